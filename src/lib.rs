@@ -1,0 +1,1 @@
+//! wsgate: a TLS-terminating WebSocket reverse proxy.
