@@ -14,10 +14,20 @@ fn assert_no_address(body: &[u8], addrs: &[SocketAddr]) {
     let text = String::from_utf8_lossy(body);
     assert!(body.len() < 512, "error body is {} bytes", body.len());
     for addr in addrs {
-        assert!(!text.contains(&addr.to_string()), "body names {addr}: {text:?}");
-        assert!(!text.contains(&addr.port().to_string()), "body names port {}: {text:?}", addr.port());
+        assert!(
+            !text.contains(&addr.to_string()),
+            "body names {addr}: {text:?}"
+        );
+        assert!(
+            !text.contains(&addr.port().to_string()),
+            "body names port {}: {text:?}",
+            addr.port()
+        );
     }
-    assert!(!text.contains("127.0.0.1"), "body names an address: {text:?}");
+    assert!(
+        !text.contains("127.0.0.1"),
+        "body names an address: {text:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +78,8 @@ async fn a_backend_that_sends_half_an_answer_is_504() {
     client.send(ws().bytes()).await;
     let mut back = backend.accept().await;
     back.read_head().await;
-    back.send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n").await;
+    back.send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n")
+        .await;
     let head = client.read_head().await;
     assert_eq!(head.status, 504, "{head:?}");
 }
@@ -98,14 +109,22 @@ async fn a_non_101_answer_is_relayed_as_is_and_the_connection_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_refusals_are_relayed_with_their_status() {
-    for (status, reason) in [(403, "Forbidden"), (404, "Not Found"), (500, "Internal Server Error"), (200, "OK")] {
+    for (status, reason) in [
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (500, "Internal Server Error"),
+        (200, "OK"),
+    ] {
         let backend = RawBackend::start().await;
         let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
         let mut client = raw_client(proxy.addr).await;
         client.send(ws().bytes()).await;
         let mut back = backend.accept().await;
         back.read_head().await;
-        back.send(format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 4\r\n\r\nnope")).await;
+        back.send(format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: 4\r\n\r\nnope"
+        ))
+        .await;
         let head = client.read_head().await;
         assert_eq!(head.status, status, "{head:?}");
         assert_eq!(client.read_body(&head).await, b"nope");
@@ -125,11 +144,16 @@ async fn client_bytes_sent_behind_the_request_never_reach_a_refusing_backend() {
     client.send(&bytes).await;
     let mut back = backend.accept().await;
     back.read_head().await;
-    back.send("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+    back.send("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        .await;
     let head = client.read_head().await;
     assert_eq!(head.status, 403, "{head:?}");
     let leaked = back.read_to_end().await;
-    assert!(leaked.is_empty(), "backend got {:?}", String::from_utf8_lossy(&leaked));
+    assert!(
+        leaked.is_empty(),
+        "backend got {:?}",
+        String::from_utf8_lossy(&leaked)
+    );
     client.read_to_end().await;
 }
 
@@ -230,12 +254,16 @@ async fn a_101_choosing_a_protocol_the_proxy_filtered_out_is_502() {
     .await;
     let mut client = raw_client(proxy.addr).await;
     client
-        .send(ws().add("Sec-WebSocket-Protocol", "chat.v1, chat.v2").bytes())
+        .send(
+            ws().add("Sec-WebSocket-Protocol", "chat.v1, chat.v2")
+                .bytes(),
+        )
         .await;
     let mut back = backend.accept().await;
     let seen = back.read_head().await;
     assert_eq!(seen.list("sec-websocket-protocol"), ["chat.v2"]);
-    back.send(switching(&seen, "Sec-WebSocket-Protocol: chat.v1\r\n")).await;
+    back.send(switching(&seen, "Sec-WebSocket-Protocol: chat.v1\r\n"))
+        .await;
     let head = client.read_head().await;
     assert_eq!(head.status, 502, "{head:?}");
 }

@@ -81,7 +81,10 @@ fn help_names_the_subcommands() {
     let out = wsgate(&["--help"]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("run") && stdout.contains("check"), "{stdout}");
+    assert!(
+        stdout.contains("run") && stdout.contains("check"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -97,7 +100,10 @@ fn check_accepts_a_good_config_with_a_one_line_summary() {
 #[test]
 fn check_names_file_line_and_key_of_a_bad_value() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"));
+    let path = write_config(
+        dir.path(),
+        &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"),
+    );
     let out = check(&path);
     assert_clean_failure(&out);
     let line = head_lines() + 2;
@@ -109,7 +115,10 @@ fn check_names_file_line_and_key_of_a_bad_value() {
 #[test]
 fn check_names_file_line_and_key_of_an_unknown_key() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &format!("{ROUTE}\n[limits]\nmax_conections = 5\n"));
+    let path = write_config(
+        dir.path(),
+        &format!("{ROUTE}\n[limits]\nmax_conections = 5\n"),
+    );
     let out = check(&path);
     assert_clean_failure(&out);
     let line = head_lines() + ROUTE.lines().count() + 3;
@@ -150,7 +159,10 @@ fn check_names_a_missing_config_file() {
 #[test]
 fn run_with_a_bad_config_exits_non_zero_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"));
+    let path = write_config(
+        dir.path(),
+        &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"),
+    );
     let out = wsgate(&["run", "--config", path.to_str().unwrap()]);
     assert_clean_failure(&out);
     assert!(text(&out).contains("idle"), "{}", text(&out));

@@ -43,7 +43,11 @@ async fn a_plain_get_on_a_route_is_426_with_upgrade_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_426_never_forwarded() {
-    let (head, _) = status_of(ws().set("Upgrade", "h2c").add("HTTP2-Settings", "AAMAAABkAAQAAP__")).await;
+    let (head, _) = status_of(
+        ws().set("Upgrade", "h2c")
+            .add("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+    )
+    .await;
     assert_eq!(head.status, 426, "{head:?}");
     assert_eq!(head.tokens("upgrade"), ["websocket"]);
 }
@@ -117,7 +121,11 @@ async fn a_head_larger_than_the_limit_is_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_larger_than_the_default_16_kib_is_431() {
     let proxy = proxy("").await;
-    let (head, _) = request(proxy.addr, ws().add("X-Big", &"a".repeat(17 * 1024)).bytes()).await;
+    let (head, _) = request(
+        proxy.addr,
+        ws().add("X-Big", &"a".repeat(17 * 1024)).bytes(),
+    )
+    .await;
     assert_eq!(head.status, 431, "{head:?}");
 }
 
@@ -133,7 +141,9 @@ async fn a_head_within_the_limit_is_not_431() {
 async fn an_incomplete_head_is_closed_after_the_handshake_timeout() {
     let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
     let mut client = raw_client(proxy.addr).await;
-    client.send(b"GET /ws HTTP/1.1\r\nHost: chat.example.com\r\n").await;
+    client
+        .send(b"GET /ws HTTP/1.1\r\nHost: chat.example.com\r\n")
+        .await;
     // Either a bare close or a 408 then a close; never a hang.
     let rest = client.read_to_end().await;
     let text = String::from_utf8_lossy(&rest);
@@ -156,7 +166,9 @@ async fn a_partial_tls_hello_is_closed_after_the_handshake_timeout() {
     let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     // The first bytes of a TLS record header announcing a ClientHello that never comes.
-    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
     let mut raw = RawConn::new(tcp);
     raw.read_to_end().await;
 }
@@ -168,5 +180,8 @@ async fn plain_http_on_the_tls_port_gets_no_http_answer() {
     let mut raw = RawConn::new(tcp);
     raw.send(ws().bytes()).await;
     let rest = raw.read_to_end().await;
-    assert!(!rest.starts_with(b"HTTP/"), "answered plain HTTP on the TLS port");
+    assert!(
+        !rest.starts_with(b"HTTP/"),
+        "answered plain HTTP on the TLS port"
+    );
 }

@@ -6,8 +6,16 @@ use std::net::SocketAddr;
 
 use support::*;
 
-fn host_route(name: &str, host: Option<&str>, path: &str, extra: &str, backend: SocketAddr) -> String {
-    let host = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
+fn host_route(
+    name: &str,
+    host: Option<&str>,
+    path: &str,
+    extra: &str,
+    backend: SocketAddr,
+) -> String {
+    let host = host
+        .map(|h| format!("host = \"{h}\"\n"))
+        .unwrap_or_default();
     format!(
         "[[route]]\nname = \"{name}\"\n{host}path = \"{path}\"\n{extra}backends = [\"{backend}\"]\n\n"
     )
@@ -25,7 +33,13 @@ async fn exact_host_beats_wildcard_beats_no_host_then_longest_prefix() {
         host_route("any-admin", None, "/ws/admin", "", any.addr),
         host_route("wild", Some("*.example.com"), "/", "", wild.addr),
         host_route("exact", Some("chat.example.com"), "/", "", exact.addr),
-        host_route("exact-admin", Some("chat.example.com"), "/ws/admin", "", exact_admin.addr),
+        host_route(
+            "exact-admin",
+            Some("chat.example.com"),
+            "/ws/admin",
+            "",
+            exact_admin.addr,
+        ),
     ]
     .concat();
     let proxy = start_proxy(&config).await;
@@ -62,7 +76,14 @@ async fn the_port_in_the_host_header_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_no_route_covers_is_404() {
     let exact = WsBackend::start("exact").await;
-    let proxy = start_proxy(&host_route("exact", Some("chat.example.com"), "/ws", "", exact.addr)).await;
+    let proxy = start_proxy(&host_route(
+        "exact",
+        Some("chat.example.com"),
+        "/ws",
+        "",
+        exact.addr,
+    ))
+    .await;
     for host in ["other.test", "example.com", "chat.example.com.evil.test"] {
         let (head, _) = request(proxy.addr, Req::upgrade(host, "/ws").bytes()).await;
         assert_eq!(head.status, 404, "{host}: {head:?}");
@@ -72,8 +93,18 @@ async fn a_host_no_route_covers_is_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_host_matches_a_subdomain() {
     let wild = WsBackend::start("wild").await;
-    let proxy = start_proxy(&host_route("wild", Some("*.example.com"), "/ws", "", wild.addr)).await;
-    assert_eq!(which_backend(proxy.addr, "wss://api.example.com/ws").await, "wild");
+    let proxy = start_proxy(&host_route(
+        "wild",
+        Some("*.example.com"),
+        "/ws",
+        "",
+        wild.addr,
+    ))
+    .await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://api.example.com/ws").await,
+        "wild"
+    );
     let (head, _) = request(proxy.addr, Req::upgrade("example.net", "/ws").bytes()).await;
     assert_eq!(head.status, 404, "{head:?}");
 }
@@ -103,7 +134,10 @@ async fn equal_routes_are_taken_in_file_order() {
     .concat();
     let proxy = start_proxy(&config).await;
     for _ in 0..3 {
-        assert_eq!(which_backend(proxy.addr, "wss://chat.example.com/ws").await, "first");
+        assert_eq!(
+            which_backend(proxy.addr, "wss://chat.example.com/ws").await,
+            "first"
+        );
     }
 }
 
@@ -112,12 +146,22 @@ async fn the_first_ranked_route_whose_subprotocols_fit_wins() {
     let v2 = WsBackend::start("v2").await;
     let v1 = WsBackend::start("v1").await;
     let config = [
-        host_route("v2", Some("chat.example.com"), "/ws", "subprotocols = [\"chat.v2\"]\n", v2.addr),
+        host_route(
+            "v2",
+            Some("chat.example.com"),
+            "/ws",
+            "subprotocols = [\"chat.v2\"]\n",
+            v2.addr,
+        ),
         host_route("v1", None, "/ws", "subprotocols = [\"chat.v1\"]\n", v1.addr),
     ]
     .concat();
     let proxy = start_proxy(&config).await;
-    for (offer, want) in [("chat.v1", "v1"), ("chat.v2", "v2"), ("chat.v1, chat.v2", "v2")] {
+    for (offer, want) in [
+        ("chat.v1", "v1"),
+        ("chat.v2", "v2"),
+        ("chat.v1, chat.v2", "v2"),
+    ] {
         let (mut ws, _) = ws_connect(
             proxy.addr,
             "wss://chat.example.com/ws",
@@ -158,6 +202,9 @@ async fn a_refused_backend_is_skipped_for_the_next_one() {
     let b = WsBackend::start("b").await;
     let proxy = start_proxy(&route("rr", "/ws", &[refused, b.addr])).await;
     for _ in 0..4 {
-        assert_eq!(which_backend(proxy.addr, "wss://chat.example.com/ws").await, "b");
+        assert_eq!(
+            which_backend(proxy.addr, "wss://chat.example.com/ws").await,
+            "b"
+        );
     }
 }

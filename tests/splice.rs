@@ -55,7 +55,10 @@ async fn frames_pass_byte_for_byte_from_client_to_backend() {
     let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     let bytes = conversation(true);
     send_in_pieces(&mut client, &bytes).await;
-    assert!(back.read_exact(bytes.len()).await == bytes, "bytes changed on the way");
+    assert!(
+        back.read_exact(bytes.len()).await == bytes,
+        "bytes changed on the way"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +68,10 @@ async fn frames_pass_byte_for_byte_from_backend_to_client() {
     let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     let bytes = conversation(false);
     send_in_pieces(&mut back, &bytes).await;
-    assert!(client.read_exact(bytes.len()).await == bytes, "bytes changed on the way");
+    assert!(
+        client.read_exact(bytes.len()).await == bytes,
+        "bytes changed on the way"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,9 +119,12 @@ async fn a_fragmented_message_reaches_a_real_peer() {
         ("men", OpCode::Data(Data::Continue), false),
         ("ted", OpCode::Data(Data::Continue), true),
     ] {
-        within("send", ws.send(Message::Frame(Frame::message(data, opcode, fin))))
-            .await
-            .unwrap();
+        within(
+            "send",
+            ws.send(Message::Frame(Frame::message(data, opcode, fin))),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(next_message(&mut ws).await, Message::text("fragmented"));
 }
@@ -150,15 +159,14 @@ async fn pings_and_pongs_pass_both_ways() {
     within("send", ws.send(Message::text("ping from-backend")))
         .await
         .unwrap();
-    let ping = within("a ping", async {
-        loop {
-            match ws.next().await.expect("stream ended").expect("ws error") {
-                Message::Ping(p) => return p,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    })
-    .await;
+    let ping = match within("a ping", ws.next())
+        .await
+        .expect("stream ended")
+        .expect("ws error")
+    {
+        Message::Ping(p) => p,
+        other => panic!("expected a ping, got {other:?}"),
+    };
     assert_eq!(&ping[..], b"from-backend");
     // tungstenite queues the pong; a flush sends it.
     within("flush", ws.flush()).await.unwrap();
@@ -181,8 +189,13 @@ async fn a_close_code_from_the_client_reaches_the_backend() {
         code: CloseCode::from(4001),
         reason: "client-bye".into(),
     };
-    within("close", ws.close(Some(close.clone()))).await.unwrap();
-    assert_eq!(backend.next_message().await, Message::Close(Some(close.clone())));
+    within("close", ws.close(Some(close.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.next_message().await,
+        Message::Close(Some(close.clone()))
+    );
     // The backend's echoed close comes back.
     assert_eq!(next_message(&mut ws).await, Message::Close(Some(close)));
 }
@@ -227,7 +240,11 @@ async fn a_client_half_close_is_passed_on_and_the_backend_can_still_answer() {
     let last = frame(true, OP_TEXT, b"last words", true);
     client.send(&last).await;
     client.shutdown_write().await;
-    assert_eq!(back.read_to_end().await, last, "backend should see the bytes, then EOF");
+    assert_eq!(
+        back.read_to_end().await,
+        last,
+        "backend should see the bytes, then EOF"
+    );
     let reply = frame(true, OP_TEXT, b"still here", false);
     back.send(&reply).await;
     assert_eq!(client.read_exact(reply.len()).await, reply);
@@ -243,7 +260,11 @@ async fn a_backend_half_close_is_passed_on_and_the_client_can_still_send() {
     let last = frame(true, OP_TEXT, b"server done", false);
     back.send(&last).await;
     back.shutdown_write().await;
-    assert_eq!(client.read_to_end().await, last, "client should see the bytes, then EOF");
+    assert_eq!(
+        client.read_to_end().await,
+        last,
+        "client should see the bytes, then EOF"
+    );
     let more = frame(true, OP_TEXT, b"client not done", true);
     client.send(&more).await;
     assert_eq!(back.read_exact(more.len()).await, more);

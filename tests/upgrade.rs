@@ -197,11 +197,21 @@ async fn extensions_are_negotiated_end_to_end_and_compressed_frames_pass_unchang
     );
 
     // RSV1-flagged ("compressed") frames are opaque to the proxy.
-    let mut to_backend = frame(true, OP_TEXT, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], true);
+    let mut to_backend = frame(
+        true,
+        OP_TEXT,
+        &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+        true,
+    );
     to_backend[0] |= 0x40;
     client.send(&to_backend).await;
     assert_eq!(back.read_exact(to_backend.len()).await, to_backend);
-    let mut to_client = frame(true, OP_TEXT, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], false);
+    let mut to_client = frame(
+        true,
+        OP_TEXT,
+        &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+        false,
+    );
     to_client[0] |= 0x40;
     back.send(&to_client).await;
     assert_eq!(client.read_exact(to_client.len()).await, to_client);

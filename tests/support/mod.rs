@@ -767,6 +767,8 @@ impl WsBackend {
     }
 }
 
+// tungstenite's handshake callback returns its (large) error response type.
+#[allow(clippy::result_large_err)]
 async fn echo_connection(
     tcp: TcpStream,
     name: String,
