@@ -277,6 +277,8 @@ async fn a_vanished_backend_closes_the_client() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
     let (mut client, back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    // Vanish: a reset, not a (half-)close.
+    back.stream.set_zero_linger().unwrap();
     drop(back);
     client.read_to_end().await;
     until("the tunnel to be released", || {
@@ -290,7 +292,8 @@ async fn a_vanished_client_closes_the_backend() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
     let (client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
-    // Drop the socket without a TLS close_notify.
+    // Vanish: a reset without a TLS close_notify.
+    client.stream.get_ref().0.set_zero_linger().unwrap();
     drop(client);
     back.read_to_end().await;
     until("the tunnel to be released", || {

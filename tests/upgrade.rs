@@ -38,6 +38,11 @@ fn assert_switched(head: &Head) {
     assert_eq!(head.get("sec-websocket-accept"), Some(ACCEPT));
     assert!(head.tokens("upgrade").contains(&"websocket".to_string()));
     assert!(head.tokens("connection").contains(&"upgrade".to_string()));
+    // A 101 saying "close" is self-contradictory and real clients (tungstenite) refuse it.
+    assert!(
+        !head.tokens("connection").contains(&"close".to_string()),
+        "101 with Connection: close: {head:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

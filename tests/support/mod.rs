@@ -177,6 +177,7 @@ impl Proxy {
 
 /// Starts a proxy whose config is [`CONFIG_HEAD`] + `body` (routes, timeouts, limits).
 pub async fn start_proxy(body: &str) -> Proxy {
+    init_logging();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), body);
     let server = match within("the proxy to start", wsgate::Server::start(&path)).await {
@@ -185,6 +186,17 @@ pub async fn start_proxy(body: &str) -> Proxy {
     };
     let addr = server.local_addrs()[0];
     Proxy { addr, dir, server }
+}
+
+/// With `RUST_LOG` set (e.g. `RUST_LOG=wsgate=debug cargo test …`), the proxy's log lines go
+/// to the test output.
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// A config body with one route `name` on `path` (no host) to `backends`.
@@ -419,7 +431,7 @@ impl Req {
 }
 
 /// A parsed request or response head.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Head {
     pub start_line: String,
     /// Response status (0 for a request head).
@@ -428,6 +440,12 @@ pub struct Head {
     pub headers: Vec<(String, String)>,
     /// The head exactly as it came, including the final CRLF CRLF.
     pub raw: Vec<u8>,
+}
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.raw))
+    }
 }
 
 impl Head {
