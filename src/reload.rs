@@ -47,6 +47,7 @@ impl Snapshot {
         let config = Config::load(path)?;
         let tls = tls::server_config(&config)?;
         let routes = RouteTable::new(&config.routes);
+        // Same file set as `relevant_files` yields when the disk matches this config.
         let fingerprint = fingerprint(&config.watched_files());
         Ok(Snapshot {
             config,
@@ -71,6 +72,7 @@ pub struct ReloadStatus {
 
 /// Hash of the files' contents; a missing file hashes as such, so its return is a change.
 fn fingerprint(files: &[PathBuf]) -> u64 {
+    let files: BTreeSet<&PathBuf> = files.iter().collect();
     let mut hasher = DefaultHasher::new();
     for file in files {
         file.hash(&mut hasher);
@@ -108,8 +110,14 @@ pub(crate) async fn watch(
         }
     };
     let mut watched = BTreeSet::new();
-    refresh_watches(watcher.as_mut(), &mut watched, &shared.current().config);
+    refresh_watches(
+        watcher.as_mut(),
+        &mut watched,
+        &relevant_files(&shared, &path),
+    );
     let mut hangup = hangup_signal();
+    // The content of a rejected config: the same bytes are not retried (or logged) again.
+    let mut rejected = None;
 
     loop {
         let trigger = tokio::select! {
@@ -121,8 +129,12 @@ pub(crate) async fn watch(
             Some(()) = manual.recv() => Trigger::Manual,
             Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
         };
-        reload(&shared, &path, trigger).await;
-        refresh_watches(watcher.as_mut(), &mut watched, &shared.current().config);
+        reload(&shared, &path, trigger, &mut rejected).await;
+        refresh_watches(
+            watcher.as_mut(),
+            &mut watched,
+            &relevant_files(&shared, &path),
+        );
     }
 }
 
@@ -135,11 +147,10 @@ async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
 fn refresh_watches(
     watcher: Option<&mut RecommendedWatcher>,
     watched: &mut BTreeSet<PathBuf>,
-    config: &Config,
+    files: &[PathBuf],
 ) {
     let Some(watcher) = watcher else { return };
-    let wanted: BTreeSet<PathBuf> = config
-        .watched_files()
+    let wanted: BTreeSet<PathBuf> = files
         .iter()
         .filter_map(|file| absolute(file).parent().map(Path::to_path_buf))
         .collect();
@@ -158,13 +169,22 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// The files of the config in force plus those the file on disk names (if it parses): a
+/// rejected config waiting for its missing certificate must see that certificate appear.
+fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
+    let mut files = shared.current().config.watched_files();
+    if let Ok(candidate) = Config::load(path) {
+        files.extend(candidate.watched_files());
+    }
+    files
+}
+
 /// Builds and applies a new snapshot, or keeps the current one and says why.
-async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger) {
+async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &mut Option<u64>) {
     let current = shared.current();
-    if trigger == Trigger::Files
-        && fingerprint(&current.config.watched_files()) == current.fingerprint
-    {
-        tracing::debug!("config files changed on disk but their content did not; nothing to do");
+    let on_disk = fingerprint(&relevant_files(shared, path));
+    if trigger == Trigger::Files && (on_disk == current.fingerprint || Some(on_disk) == *rejected) {
+        tracing::debug!("config files touched but their content did not change; nothing to do");
         return;
     }
     let generation = current.generation + 1;
@@ -178,12 +198,14 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger) {
     };
     shared.reload_status.send_modify(|status| match result {
         Ok(()) => {
+            *rejected = None;
             status.generation = generation;
             status.successes += 1;
             status.last_success = Some(SystemTime::now());
             tracing::info!(generation, "config reloaded");
         }
         Err(error) => {
+            *rejected = Some(on_disk);
             status.failures += 1;
             tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");
             status.last_error = Some(error);
