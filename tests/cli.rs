@@ -176,3 +176,13 @@ fn run_with_a_missing_certificate_exits_non_zero_without_panicking() {
     let out = wsgate(&["run", "--config", path.to_str().unwrap()]);
     assert_clean_failure(&out);
 }
+
+#[test]
+fn the_shipped_configs_pass_check() {
+    for name in ["config/wsgate.toml", "config/example.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let out = check(&path);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).contains("ok"), "{name}: {}", text(&out));
+    }
+}
