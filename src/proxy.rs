@@ -120,8 +120,7 @@ async fn route_and_forward(
         return Err(ProxyError::OriginDenied);
     }
 
-    let (parts, _) = clone_head(req);
-    let backend_request = upstream::backend_request(&parts, &protocols, conn.peer);
+    let backend_request = upstream::backend_request(req, &protocols, conn.peer);
     let timeout = snapshot.config.timeouts.connect;
     let answer = upstream::open(
         route,
@@ -143,16 +142,6 @@ async fn route_and_forward(
             Ok(head.map(|()| Either::Left(Full::new(Bytes::new()))))
         }
     }
-}
-
-/// The request head without its body, for building the backend request.
-fn clone_head(req: &Request<Incoming>) -> (hyper::http::request::Parts, ()) {
-    let mut copy = Request::new(());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy.into_parts()
 }
 
 /// The size of the head as the client sent it, near enough: hyper only enforces a buffer

@@ -9,7 +9,6 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::header::{CONNECTION, HOST, UPGRADE};
-use hyper::http::request::Parts;
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -65,16 +64,16 @@ pub enum Answer {
 
 /// The request line and headers to send to the backend.
 pub fn backend_request(
-    client: &Parts,
+    client: &Request<impl Sized>,
     protocols: &[&str],
     peer: SocketAddr,
 ) -> Request<Empty<Bytes>> {
-    let mut headers = HeaderMap::with_capacity(client.headers.len() + 4);
-    let named_in_connection: Vec<String> = websocket::tokens(&client.headers, &CONNECTION)
+    let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
+    let named_in_connection: Vec<String> = websocket::tokens(client.headers(), &CONNECTION)
         .map(str::to_ascii_lowercase)
         .filter(|name| !is_protected(name))
         .collect();
-    for (name, value) in &client.headers {
+    for (name, value) in client.headers() {
         let n = name.as_str();
         if NOT_FORWARDED.contains(&n) || named_in_connection.iter().any(|c| c == n) {
             continue;
@@ -90,14 +89,15 @@ pub fn backend_request(
     }
     append_forwarded_for(&mut headers, peer);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    if let Some(host) = client.headers.get(HOST) {
+    if let Some(host) = client.headers().get(HOST) {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
     let mut request = Request::new(Empty::new());
-    *request.uri_mut() = client.uri.path_and_query().map_or_else(
-        || "/".parse().unwrap_or_default(),
-        |pq| pq.as_str().parse().unwrap_or_default(),
-    );
+    // Origin-form, exactly as the client sent it (an absolute-form target loses its authority,
+    // which Host and X-Forwarded-Host carry).
+    if let Some(pq) = client.uri().path_and_query() {
+        *request.uri_mut() = hyper::Uri::from(pq.clone());
+    }
     *request.headers_mut() = headers;
     request
 }
