@@ -172,24 +172,14 @@ fn spawn_tunnel(
     // tunnel's whole life.
     let Tunnel { socket, early, .. } = tunnel;
     shared.tracker.spawn(async move {
-        let client = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TlsStream<TcpStream>>>()) {
-            Ok(Ok(parts)) => parts,
-            Ok(Err(_)) | Err(_) => {
-                tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
-                return;
-            }
+        let upgraded = on_upgrade.await;
+        // Built in a plain function so that nothing but the splice itself is held across the
+        // await below: every byte of this future is kept for the tunnel's whole life.
+        let Some(splice) = client_splice(upgraded, socket, early, &conn) else {
+            tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
+            return;
         };
-        let idle = conn.snapshot.config.timeouts.idle;
-        // The TLS stream is its own buffered reader (rustls's plaintext buffer).
-        let outcome = splice::run(
-            client.io.into_inner(),
-            client.read_buf,
-            socket,
-            early,
-            idle,
-            &conn.shared.drain,
-        )
-        .await;
+        let outcome = splice.await;
         tracing::info!(
             client = %conn.peer,
             route,
@@ -202,6 +192,29 @@ fn spawn_tunnel(
             "tunnel closed"
         );
     });
+}
+
+type ClientSplice = splice::Splice<TlsStream<TcpStream>, TcpStream>;
+
+fn client_splice(
+    upgraded: hyper::Result<hyper::upgrade::Upgraded>,
+    backend: TcpStream,
+    backend_early: Bytes,
+    conn: &Conn,
+) -> Option<ClientSplice> {
+    let client = upgraded
+        .ok()?
+        .downcast::<TokioIo<TlsStream<TcpStream>>>()
+        .ok()?;
+    // The TLS stream is its own buffered reader (rustls's plaintext buffer).
+    Some(splice::Splice::new(
+        client.io.into_inner(),
+        client.read_buf,
+        backend,
+        backend_early,
+        conn.snapshot.config.timeouts.idle,
+        &conn.shared.drain,
+    ))
 }
 
 /// Writes the refusal's log line and builds its response.

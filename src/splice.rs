@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{sleep_until, Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{sleep_until, Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Size of a pooled relay buffer: one full TLS record of plaintext.
 const BUF_SIZE: usize = 16 * 1024;
@@ -68,70 +68,116 @@ pub struct Outcome {
     pub reason: CloseReason,
 }
 
-/// Relays until both directions have finished, one fails, the tunnel idles out, or `drain`
-/// fires. `client_early` / `backend_early` are bytes each side sent right behind its handshake
-/// that the HTTP layer already read; they go out first.
-pub async fn run<C, B>(
-    mut client: C,
-    client_early: Bytes,
-    mut backend: B,
-    backend_early: Bytes,
+/// The relay of one tunnel, as a hand-written future: an `async fn` would store its
+/// arguments twice (once as arguments, once as locals), and the TLS stream alone is over 1 KiB;
+/// per idle tunnel, that is memory held for nothing.
+pub struct Splice<C, B> {
+    client: C,
+    backend: B,
+    /// Client → backend.
+    up: Direction,
+    /// Backend → client.
+    down: Direction,
     idle: Duration,
-    drain: &CancellationToken,
-) -> Outcome
+    last_activity: Instant,
+    timer: Pin<Box<Sleep>>,
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    first_eof: Option<Peer>,
+}
+
+impl<C, B> Splice<C, B>
 where
     C: AsyncBufRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Direction::new(client_early);
-    let mut down = Direction::new(backend_early);
-    let mut last_activity = Instant::now();
-    let timer = sleep_until(last_activity + idle);
-    let cancelled = drain.cancelled();
-    tokio::pin!(timer, cancelled);
-    let mut first_eof = None;
+    /// Relays until both directions have finished, one fails, the tunnel idles out, or
+    /// `drain` fires. `client_early` / `backend_early` are bytes each side sent right behind
+    /// its handshake that the HTTP layer already read; they go out first.
+    pub fn new(
+        client: C,
+        client_early: Bytes,
+        backend: B,
+        backend_early: Bytes,
+        idle: Duration,
+        drain: &CancellationToken,
+    ) -> Self {
+        let now = Instant::now();
+        Splice {
+            client,
+            backend,
+            up: Direction::new(client_early),
+            down: Direction::new(backend_early),
+            idle,
+            last_activity: now,
+            timer: Box::pin(sleep_until(now + idle)),
+            drain: Box::pin(drain.clone().cancelled_owned()),
+            first_eof: None,
+        }
+    }
 
-    let reason = poll_fn(|cx| {
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut active = false;
-        if !up.finished {
-            match up.poll_from_buffered(cx, &mut client, &mut backend, &mut active) {
-                Poll::Ready(Ok(())) => _ = first_eof.get_or_insert(Peer::Client),
+        if !self.up.finished {
+            match self
+                .up
+                .poll_from_buffered(cx, &mut self.client, &mut self.backend, &mut active)
+            {
+                Poll::Ready(Ok(())) => _ = self.first_eof.get_or_insert(Peer::Client),
                 Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Client, Peer::Backend)),
                 Poll::Pending => {}
             }
         }
-        if !down.finished {
-            match down.poll_from_raw(cx, &mut backend, &mut client, &mut active) {
-                Poll::Ready(Ok(())) => _ = first_eof.get_or_insert(Peer::Backend),
+        if !self.down.finished {
+            match self
+                .down
+                .poll_from_raw(cx, &mut self.backend, &mut self.client, &mut active)
+            {
+                Poll::Ready(Ok(())) => _ = self.first_eof.get_or_insert(Peer::Backend),
                 Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Backend, Peer::Client)),
                 Poll::Pending => {}
             }
         }
-        if let (true, true, Some(first)) = (up.finished, down.finished, first_eof) {
+        if let (true, true, Some(first)) = (self.up.finished, self.down.finished, self.first_eof) {
             return Poll::Ready(CloseReason::Closed(first));
         }
-        if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(CloseReason::Shutdown);
-        }
         if active {
-            last_activity = Instant::now();
+            self.last_activity = Instant::now();
         }
-        // Re-arm only when the timer fires: traffic costs an Instant::now(), not a timer reset.
-        while timer.as_mut().poll(cx).is_ready() {
-            let deadline = last_activity + idle;
+        Poll::Pending
+    }
+
+    /// Re-armed only when it fires: traffic costs an `Instant::now()`, not a timer reset.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_activity + self.idle;
             if deadline <= Instant::now() {
                 return Poll::Ready(CloseReason::IdleTimeout);
             }
-            timer.as_mut().reset(deadline);
+            self.timer.as_mut().reset(deadline);
         }
         Poll::Pending
-    })
-    .await;
+    }
+}
 
-    Outcome {
-        client_to_backend: up.bytes,
-        backend_to_client: down.bytes,
-        reason,
+impl<C, B> Future for Splice<C, B>
+where
+    C: AsyncBufRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        let reason = match this.poll_relay(cx) {
+            Poll::Ready(reason) => reason,
+            Poll::Pending if this.drain.as_mut().poll(cx).is_ready() => CloseReason::Shutdown,
+            Poll::Pending => ready!(this.poll_idle(cx)),
+        };
+        Poll::Ready(Outcome {
+            client_to_backend: this.up.bytes,
+            backend_to_client: this.down.bytes,
+            reason,
+        })
     }
 }
 
@@ -375,7 +421,7 @@ mod tests {
         let relay = tokio::spawn(async move {
             let early_up = Bytes::from_static(b"early-up ");
             let early_down = Bytes::from_static(b"early-down ");
-            run(
+            Splice::new(
                 BufReader::new(client),
                 early_up,
                 backend,
@@ -406,7 +452,7 @@ mod tests {
         let (client, _client_peer) = duplex(64);
         let (backend, _backend_peer) = duplex(64);
         let drain = CancellationToken::new();
-        let outcome = run(
+        let outcome = Splice::new(
             BufReader::new(client),
             Bytes::new(),
             backend,
@@ -424,7 +470,7 @@ mod tests {
         let (backend, _b) = duplex(64);
         let drain = CancellationToken::new();
         drain.cancel();
-        let outcome = run(
+        let outcome = Splice::new(
             BufReader::new(client),
             Bytes::new(),
             backend,
