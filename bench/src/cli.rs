@@ -170,3 +170,113 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(secs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wsgate-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn defaults_and_shared_options() {
+        let cli = parse(&[
+            "latency",
+            "wss://127.0.0.1:8443/",
+            "--insecure",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+        ])
+        .unwrap();
+        let Command::Latency(a) = cli.command else {
+            panic!("not latency")
+        };
+        assert_eq!(a.client.url, "wss://127.0.0.1:8443/");
+        assert!(a.client.insecure && !a.client.json);
+        assert_eq!(a.client.pids, vec![1, 2]);
+        assert_eq!(a.client.duration, Duration::from_secs(10));
+        assert_eq!(a.client.threads, 1);
+        assert_eq!((a.connections, a.rate, a.size), (100, 5000.0, 64));
+
+        let cli = parse(&[
+            "throughput",
+            "ws://h/",
+            "-c",
+            "1000",
+            "-s",
+            "64",
+            "-w",
+            "8",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Throughput(a) = cli.command else {
+            panic!("not throughput")
+        };
+        assert_eq!(
+            (a.connections, a.size, a.window, a.client.json),
+            (1000, 64, 8, true)
+        );
+
+        let Command::Bulk(a) = parse(&["bulk", "ws://h/"]).unwrap().command else {
+            panic!("not bulk")
+        };
+        assert_eq!((a.size, a.window), (65536, 8));
+
+        let Command::Idle(a) = parse(&["idle", "ws://h/", "-n", "5000", "--hold", "30s"])
+            .unwrap()
+            .command
+        else {
+            panic!("not idle")
+        };
+        assert_eq!((a.count, a.hold), (5000, Some(Duration::from_secs(30))));
+
+        let Command::Handshake(a) = parse(&["handshake", "ws://h/", "-d", "500ms"])
+            .unwrap()
+            .command
+        else {
+            panic!("not handshake")
+        };
+        assert_eq!(
+            (a.concurrency, a.client.duration),
+            (32, Duration::from_millis(500))
+        );
+
+        let Command::Echo(a) = parse(&["echo", "--listen", "127.0.0.1:0", "--threads", "2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not echo")
+        };
+        assert_eq!((a.listen.port(), a.threads), (0, 2));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        assert!(parse(&["latency"]).is_err(), "URL is required");
+        assert!(parse(&["latency", "ws://h/", "-c", "0"]).is_err());
+        assert!(parse(&["handshake", "ws://h/", "--threads", "0"]).is_err());
+        assert!(parse(&["idle", "ws://h/", "--hold", "soon"]).is_err());
+        assert!(
+            parse(&["echo", "--tls-cert", "c.pem"]).is_err(),
+            "needs --tls-key"
+        );
+        assert!(parse(&["frobnicate"]).is_err());
+    }
+}

@@ -32,7 +32,7 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
             }
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Asks the kernel for precise sleeps on this thread (default slack is 50 µs).

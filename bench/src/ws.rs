@@ -460,7 +460,7 @@ mod tests {
     fn accept_key_matches_rfc_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiXxhOQBcGIiy+xOo+xmo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
@@ -468,7 +468,7 @@ mod tests {
     fn response_checks() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                   Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiXxhOQBcGIiy+xOo+xmo=\r\n\r\n";
+                   Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
         check_response(ok, key).unwrap();
         let err = check_response(b"HTTP/1.1 404 Not Found\r\n\r\n", key).unwrap_err();
         assert_eq!(

@@ -75,15 +75,13 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
         .spawn(move || {
             crate::sys::precise_timer_slack();
             let mut j = 0u64;
+            let mut oversleep = Oversleep::default();
             loop {
                 let due = start + scheduled_offset(j, rate);
                 if due >= end {
                     break;
                 }
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
+                oversleep.wait_until(due);
                 // A closed channel means that connection failed; its error is recorded.
                 let _ = senders[connection_for(j, connections)].send(due);
                 j += 1;
@@ -123,11 +121,38 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
         .percentiles("", &Percentiles::of(&corrected))
         .num("service_p50_us", Percentiles::of(&service).p50_us, "µs")
         .num("service_p99_us", Percentiles::of(&service).p99_us, "µs")
+        .num("send_lag_p50_us", Percentiles::of(&send_lag).p50_us, "µs")
         .num("send_lag_p99_us", Percentiles::of(&send_lag).p99_us, "µs")
         .int("lost", lost, "no reply")
         .cpu(&window, messages, "msg");
     errors.report(&mut r);
     Ok(r)
+}
+
+/// Sleeps until a deadline precisely: sleeps until the deadline minus the typical oversleep of
+/// the OS timer (learned as a moving average), then yields until the deadline.
+#[derive(Debug, Default)]
+struct Oversleep {
+    estimate_ns: f64,
+}
+
+impl Oversleep {
+    /// Upper bound for the learned oversleep, and so for the spin per send.
+    const MAX_NS: f64 = 200_000.0;
+
+    fn wait_until(&mut self, due: Instant) {
+        let wake = due - Duration::from_nanos(self.estimate_ns as u64);
+        let now = Instant::now();
+        if wake > now {
+            std::thread::sleep(wake - now);
+            let late = Instant::now().saturating_duration_since(wake).as_nanos() as f64;
+            self.estimate_ns = (0.9 * self.estimate_ns + 0.1 * late).min(Self::MAX_NS);
+        }
+        // Yield rather than spin hard: the backend and the runtime thread may share this core.
+        while Instant::now() < due {
+            std::thread::yield_now();
+        }
+    }
 }
 
 async fn drive(
