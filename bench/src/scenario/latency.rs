@@ -129,16 +129,18 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
     Ok(r)
 }
 
-/// Sleeps until a deadline precisely: sleeps until the deadline minus the typical oversleep of
-/// the OS timer (learned as a moving average), then yields until the deadline.
+/// Wakes close to a deadline without spinning (the backend and the runtime thread may share this
+/// core): sleeps until the deadline minus the typical oversleep of the OS timer, learned as a
+/// moving average. It may wake a little early; the latency of a message sent early is then
+/// measured from when it was actually sent (see [`drive`]), so it is never understated.
 #[derive(Debug, Default)]
 struct Oversleep {
     estimate_ns: f64,
 }
 
 impl Oversleep {
-    /// Upper bound for the learned oversleep, and so for the spin per send.
-    const MAX_NS: f64 = 200_000.0;
+    /// Upper bound for the learned oversleep.
+    const MAX_NS: f64 = 100_000.0;
 
     fn wait_until(&mut self, due: Instant) {
         let wake = due - Duration::from_nanos(self.estimate_ns as u64);
@@ -147,10 +149,6 @@ impl Oversleep {
             std::thread::sleep(wake - now);
             let late = Instant::now().saturating_duration_since(wake).as_nanos() as f64;
             self.estimate_ns = (0.9 * self.estimate_ns + 0.1 * late).min(Self::MAX_NS);
-        }
-        // Yield rather than spin hard: the backend and the runtime thread may share this core.
-        while Instant::now() < due {
-            std::thread::yield_now();
         }
     }
 }
@@ -200,9 +198,10 @@ async fn drive(
                 bail!("received more echoes than messages sent");
             };
             if scheduled >= measure_from {
-                stats::record(&mut r.corrected, now - scheduled);
+                // From the scheduled time, or from the actual send if that was (slightly) early.
+                stats::record(&mut r.corrected, now - scheduled.max(sent));
                 stats::record(&mut r.service, now - sent);
-                stats::record(&mut r.send_lag, sent - scheduled);
+                stats::record(&mut r.send_lag, sent.saturating_duration_since(scheduled));
             }
         }
     }

@@ -22,6 +22,9 @@ use crate::ws::{self, WsConn};
 
 /// Runs a command to completion, printing its report.
 pub fn run(command: Command) -> Result<()> {
+    if let Err(e) = crate::sys::raise_nofile_limit() {
+        eprintln!("warning: cannot raise the open-files limit: {e}");
+    }
     let client = match &command {
         Command::Echo(args) => return crate::echo::run(args),
         Command::Handshake(a) => &a.client,
@@ -30,9 +33,6 @@ pub fn run(command: Command) -> Result<()> {
         Command::Bulk(a) => &a.client,
         Command::Idle(a) => &a.client,
     };
-    if let Err(e) = crate::sys::raise_nofile_limit() {
-        eprintln!("warning: cannot raise the open-files limit: {e}");
-    }
     let json = client.json;
     let runtime = crate::sys::runtime(client.threads)?;
     let report = runtime.block_on(async {
