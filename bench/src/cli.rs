@@ -44,6 +44,15 @@ pub struct EchoArgs {
     /// Private key (PEM) for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Echo implementation: the lean frame-streaming one, or tokio-tungstenite (for comparison).
+    #[arg(long, value_enum, default_value_t = EchoEngine::Lean)]
+    pub engine: EchoEngine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EchoEngine {
+    Lean,
+    Tungstenite,
 }
 
 /// Options shared by every client scenario.
@@ -265,6 +274,7 @@ mod tests {
             panic!("not echo")
         };
         assert_eq!((a.listen.port(), a.threads), (0, 2));
+        assert_eq!(a.engine, EchoEngine::Lean);
     }
 
     #[test]

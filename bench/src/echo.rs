@@ -1,4 +1,4 @@
-//! The built-in echo backend: echoes text and binary messages, answers pings, completes close
+//! The built-in echo backend (lean engine in [`crate::server`] by default): echoes text and binary messages, answers pings, completes close
 //! handshakes, accepts any path and selects the first offered subprotocol. Plain `ws://`, or
 //! `wss://` with `--tls-cert/--tls-key`.
 
@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cli::EchoArgs;
+use crate::cli::{EchoArgs, EchoEngine};
 
 /// Runs the echo server until the process is killed. Prints `LISTENING addr` once bound.
 pub fn run(args: &EchoArgs) -> Result<()> {
@@ -34,7 +34,7 @@ pub fn run(args: &EchoArgs) -> Result<()> {
             "LISTENING {}://{addr}",
             if tls.is_some() { "wss" } else { "ws" }
         );
-        serve(listener, tls).await;
+        serve(listener, tls, args.engine).await;
         Ok(())
     })
 }
@@ -73,7 +73,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
 }
 
 /// Accepts connections forever, one task each.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>) {
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, engine: EchoEngine) {
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -88,10 +88,10 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>) {
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             match tls {
-                None => handle(tcp).await,
+                None => handle(tcp, engine).await,
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(tcp).await {
-                        handle(stream).await;
+                        handle(stream, engine).await;
                     }
                 }
             }
@@ -117,7 +117,17 @@ fn select_subprotocol(req: &Request, mut resp: Response) -> Result<Response, Err
     Ok(resp)
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(stream: S, engine: EchoEngine) {
+    match engine {
+        // Errors end the connection; a benchmark backend has nobody to report them to.
+        EchoEngine::Lean => {
+            let _ = crate::server::serve_conn(stream).await;
+        }
+        EchoEngine::Tungstenite => handle_tungstenite(stream).await,
+    }
+}
+
+async fn handle_tungstenite<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
     let config = WebSocketConfig::default();
     let Ok(mut ws) =
         tokio_tungstenite::accept_hdr_async_with_config(stream, select_subprotocol, Some(config))
@@ -150,9 +160,13 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
 }
 
 /// Starts an echo server on `addr` in the current runtime (for tests); returns its address.
-pub async fn spawn(addr: SocketAddr, tls: Option<TlsAcceptor>) -> Result<SocketAddr> {
+pub async fn spawn(
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    engine: EchoEngine,
+) -> Result<SocketAddr> {
     let listener = bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(serve(listener, tls));
+    tokio::spawn(serve(listener, tls, engine));
     Ok(local)
 }

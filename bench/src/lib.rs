@@ -16,6 +16,7 @@ pub mod echo;
 pub mod procstat;
 pub mod report;
 pub mod scenario;
+pub mod server;
 pub mod stats;
 pub mod sys;
 pub mod target;

@@ -4,14 +4,18 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use wsgate_bench::cli::{Cli, Command};
+use wsgate_bench::cli::{Cli, Command, EchoEngine};
 use wsgate_bench::report::Report;
 use wsgate_bench::scenario;
 
-async fn echo_backend() -> SocketAddr {
-    wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), None)
+async fn echo_backend_with(engine: EchoEngine) -> SocketAddr {
+    wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), None, engine)
         .await
         .unwrap()
+}
+
+async fn echo_backend() -> SocketAddr {
+    echo_backend_with(EchoEngine::Lean).await
 }
 
 fn command(args: &[&str]) -> Command {
@@ -110,9 +114,10 @@ async fn wss_with_ca_and_sni() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path).unwrap();
-    let addr = wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls))
-        .await
-        .unwrap();
+    let addr =
+        wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls), EchoEngine::Lean)
+            .await
+            .unwrap();
     let url = format!("wss://{addr}/");
     let ca = cert_path.to_str().unwrap();
     let mut args = vec![
@@ -178,12 +183,33 @@ async fn clear_errors_when_down_or_refusing() {
 }
 
 #[tokio::test]
-async fn echo_backend_speaks_websocket_to_a_standard_client() {
+async fn echo_backends_speak_websocket_to_a_standard_client() {
+    for engine in [EchoEngine::Lean, EchoEngine::Tungstenite] {
+        standard_client_against(echo_backend_with(engine).await).await;
+    }
+    // The load generator against the tungstenite engine too.
+    let addr = echo_backend_with(EchoEngine::Tungstenite).await;
+    let url = format!("ws://{addr}/");
+    let r = run(command(&[
+        "throughput",
+        &url,
+        "-c",
+        "4",
+        "-d",
+        "200ms",
+        "--warmup",
+        "50ms",
+    ]))
+    .await
+    .unwrap();
+    assert_clean(&r, "messages");
+}
+
+async fn standard_client_against(addr: SocketAddr) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
-    let addr = echo_backend().await;
     let mut req = format!("ws://{addr}/whatever")
         .into_client_request()
         .unwrap();
