@@ -1,1 +1,45 @@
 //! wsgate: a TLS-terminating WebSocket reverse proxy.
+//!
+//! One connection's path through the crate:
+//!
+//! ```text
+//! server   accept → limit guard → TLS under the handshake deadline → hyper HTTP/1.1
+//! proxy    snapshot → route select (404) → websocket checks (400/426) → subprotocols (400)
+//!          → origin (403) → upstream
+//! upstream dial backends in turn (502/504) → forward the upgrade → non-101: relay, close
+//!          → 101: check Accept/Upgrade/protocol (502) → client gets the 101
+//! splice   bytes both ways, idle timer, half-close, drain; one log line at the end
+//! reload   file/SIGHUP → build a whole new snapshot or nothing → swap; tunnels untouched
+//! ```
+//!
+//! Layout: [`config`] (TOML → validated `Config`), [`routes`] (route table, pure),
+//! `websocket` (RFC 6455 rules, pure), `tls` (PEM → rustls with SNI), `error` (refusals →
+//! statuses), `proxy`, `upstream`, `splice`, `reload`, `server`.
+
+pub mod config;
+mod error;
+mod proxy;
+mod reload;
+pub mod routes;
+mod server;
+mod splice;
+mod tls;
+mod upstream;
+pub mod websocket;
+
+pub use reload::ReloadStatus;
+pub use server::{Error, Server};
+
+/// Loads and fully validates a config file (TOML, keys, certificates, routes) without serving;
+/// returns a one-line summary.
+pub fn check(path: &std::path::Path) -> Result<String, config::ConfigError> {
+    let snapshot = reload::Snapshot::build(path, 1)?;
+    let config = &snapshot.config;
+    Ok(format!(
+        "{}: ok: {} listener(s), {} certificate(s), {} route(s)",
+        path.display(),
+        config.listen.len(),
+        config.certificates.len(),
+        config.routes.len()
+    ))
+}

@@ -1,1 +1,135 @@
-fn main() {}
+//! The `wsgate` command: parses the command line, sets up logging and the runtime, and hands
+//! over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wsgate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A TLS-terminating WebSocket reverse proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config; reloads it when it changes or on SIGHUP.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short, env = "WSGATE_CONFIG")]
+        config: PathBuf,
+        /// Log format (overrides `[proxy] log_format`).
+        #[arg(long, value_enum)]
+        log_format: Option<Format>,
+        /// Worker threads (default: one per CPU).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Load and fully validate a config file, then exit.
+    Check {
+        #[arg(long, short, env = "WSGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { config } => match wsgate::check(&config) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run {
+            config,
+            log_format,
+            threads,
+        } => run(config, log_format, threads),
+    }
+}
+
+fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
+    let config_format = Config::load(&path)
+        .map(|c| c.log_format)
+        .unwrap_or_default();
+    let json = match format {
+        Some(Format::Json) => true,
+        Some(Format::Text) => false,
+        None => config_format == LogFormat::Json,
+    };
+    init_logging(json);
+    let mut runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = threads.filter(|n| *n > 1) {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match wsgate::Server::start(&path).await {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
+        wait_for_termination().await;
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// SIGTERM (Kubernetes, systemd) or Ctrl-C.
+async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

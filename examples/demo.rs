@@ -1,0 +1,63 @@
+//! The newcomer's demo: a WebSocket echo backend on 127.0.0.1:9001, wsgate in front of it on
+//! the default config (`config/wsgate.toml`, wss://localhost:8443 with the dev certificates),
+//! and one message sent through both to prove the path works. Then it keeps serving until
+//! Ctrl-C; try it with `cargo run --example wsclient`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+const BACKEND: &str = "127.0.0.1:9001";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let backend = TcpListener::bind(BACKEND)
+        .await
+        .map_err(|e| format!("cannot start the demo echo backend on {BACKEND}: {e}"))?;
+    tokio::spawn(echo_backend(backend));
+    let server = wsgate::Server::start(root.join("config/wsgate.toml"))
+        .await
+        .map_err(|e| format!("cannot start wsgate: {e}"))?;
+    let addr = server.local_addrs()[0];
+
+    let url = format!("wss://localhost:{}/echo", addr.port());
+    let mut ws = common::connect(&url, &root.join("certs/dev-ca.crt")).await?;
+    ws.send(Message::text("hello through wsgate")).await?;
+    match ws.next().await {
+        Some(Ok(reply)) => println!("\n  echo OK via {url}: {reply}\n"),
+        other => return Err(format!("no echo: {other:?}").into()),
+    }
+    ws.close(None).await?;
+    println!("  wsgate is serving {url} → ws://{BACKEND} (Ctrl-C to stop)");
+    println!("  try it:  cargo run --example wsclient -- {url}\n");
+    tokio::signal::ctrl_c().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Echoes every text and binary message back; tungstenite answers pings and closes.
+async fn echo_backend(listener: TcpListener) {
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}

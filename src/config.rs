@@ -1,0 +1,783 @@
+//! The TOML config file: `RawConfig` (serde, unknown keys rejected) is validated once into a
+//! typed [`Config`]. Every error names the file, the line and column, and the key, because an
+//! operator editing by hand (or a reload log line) needs to know exactly where to look.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The config file as given.
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub certificates: Vec<CertificatePaths>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+    /// In file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One certificate chain and its key, paths resolved against the config's folder.
+#[derive(Clone, Debug)]
+pub struct CertificatePaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where the entry is written, so certificate errors can point at it.
+    pub location: Location,
+}
+
+/// A place in the config file: 1-based line and column, and the key written there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub connect: Duration,
+    pub idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_request_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<HostPattern>,
+    /// Starts with '/', no trailing '/' except the root.
+    pub path: String,
+    pub subprotocols: Option<Vec<String>>,
+    /// ASCII-lowercased, without a trailing '/'.
+    pub origins: Option<Vec<String>>,
+    /// `host:port`, as written.
+    pub backends: Vec<String>,
+}
+
+/// A route's host rule, lowercased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix with its leading dot: ".example.com" for "*.example.com".
+    Wildcard(String),
+}
+
+/// A config that cannot be used, and where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(l) => write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file.display(),
+                l.line,
+                l.column,
+                l.key,
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn at(file: &Path, location: &Location, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            location: Some(location.clone()),
+            message: message.into(),
+        }
+    }
+}
+
+// ---- the file as written ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    proxy: RawProxy,
+    tls: RawTls,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    log_format: LogFormat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default = "defaults::handshake")]
+    handshake: Spanned<HumanDuration>,
+    #[serde(default = "defaults::connect")]
+    connect: Spanned<HumanDuration>,
+    #[serde(default = "defaults::idle")]
+    idle: Spanned<HumanDuration>,
+    #[serde(default = "defaults::shutdown_grace")]
+    shutdown_grace: Spanned<HumanDuration>,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            handshake: defaults::handshake(),
+            connect: defaults::connect(),
+            idle: defaults::idle(),
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "defaults::max_request_header_bytes")]
+    max_request_header_bytes: Spanned<i64>,
+    #[serde(default = "defaults::max_connections")]
+    max_connections: Spanned<i64>,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_request_header_bytes: defaults::max_request_header_bytes(),
+            max_connections: defaults::max_connections(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    host: Option<Spanned<String>>,
+    path: Spanned<String>,
+    subprotocols: Option<Spanned<Vec<String>>>,
+    origins: Option<Spanned<Vec<String>>>,
+    backends: Spanned<Vec<Spanned<String>>>,
+}
+
+/// Defaults, documented in docs/configuration.md; keep the two in step.
+mod defaults {
+    use super::HumanDuration;
+    use std::time::Duration;
+    use toml::Spanned;
+
+    fn secs(s: u64) -> Spanned<HumanDuration> {
+        Spanned::new(0..0, HumanDuration(Duration::from_secs(s)))
+    }
+    pub fn handshake() -> Spanned<HumanDuration> {
+        secs(10)
+    }
+    pub fn connect() -> Spanned<HumanDuration> {
+        secs(5)
+    }
+    pub fn idle() -> Spanned<HumanDuration> {
+        secs(300)
+    }
+    pub fn shutdown_grace() -> Spanned<HumanDuration> {
+        secs(30)
+    }
+    pub fn max_request_header_bytes() -> Spanned<i64> {
+        Spanned::new(0..0, 16384)
+    }
+    pub fn max_connections() -> Spanned<i64> {
+        Spanned::new(0..0, 10000)
+    }
+}
+
+/// A duration written like "500ms", "10s" or "5m".
+#[derive(Clone, Copy, Debug)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?}: write it like \"500ms\", \"10s\" or \"5m\""
+                ))
+            })
+    }
+}
+
+// ---- loading and validation ---------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            location: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Config::from_toml_str(&src, path)
+    }
+
+    /// Parses and validates `src`; `path` names the file in errors and its folder anchors
+    /// relative paths.
+    pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            ConfigError {
+                file: path.to_path_buf(),
+                location: Some(locate(src, &span, &key_at(src, span.start))),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Validator { src, path }.config(raw)
+    }
+
+    /// The config file and every file it names: what the reload watcher follows.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        for c in &self.certificates {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+        files
+    }
+}
+
+struct Validator<'a> {
+    src: &'a str,
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.path, &locate(self.src, span, key), message)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            listen: self.listen(&raw.proxy.listen)?,
+            certificates: self.certificates(&raw.tls.certificates)?,
+            timeouts: self.timeouts(&raw.timeouts)?,
+            limits: self.limits(&raw.limits)?,
+            log_format: raw.proxy.log_format,
+            routes: self.routes(&raw.routes)?,
+        })
+    }
+
+    fn listen(&self, raw: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<SocketAddr>, ConfigError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.error(&raw.span(), "proxy.listen", "needs at least one address"));
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for (i, text) in raw.get_ref().iter().enumerate() {
+            let key = format!("proxy.listen[{i}]");
+            let addr: SocketAddr = text.get_ref().trim().parse().map_err(|_| {
+                self.error(
+                    &text.span(),
+                    &key,
+                    format!(
+                        "{:?} is not an IP:port address (e.g. \"0.0.0.0:8443\" or \"[::]:8443\")",
+                        text.get_ref()
+                    ),
+                )
+            })?;
+            if addrs.contains(&addr) {
+                return Err(self.error(&text.span(), &key, format!("{addr} is listed twice")));
+            }
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
+
+    fn certificates(
+        &self,
+        raw: &Spanned<Vec<Spanned<RawCertificate>>>,
+    ) -> Result<Vec<CertificatePaths>, ConfigError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.error(
+                &raw.span(),
+                "tls.certificates",
+                "needs at least one certificate",
+            ));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let mut out = Vec::new();
+        for (i, entry) in raw.get_ref().iter().enumerate() {
+            let key = format!("tls.certificates[{i}]");
+            let c = entry.get_ref();
+            for (field, value) in [("cert", &c.cert), ("key", &c.key)] {
+                if value.get_ref().trim().is_empty() {
+                    return Err(self.error(
+                        &value.span(),
+                        &format!("{key}.{field}"),
+                        "must name a file",
+                    ));
+                }
+            }
+            out.push(CertificatePaths {
+                cert: base.join(c.cert.get_ref()),
+                key: base.join(c.key.get_ref()),
+                location: locate(self.src, &entry.span(), &key),
+            });
+        }
+        Ok(out)
+    }
+
+    fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
+        let positive = |d: &Spanned<HumanDuration>, name: &str| {
+            if d.get_ref().0.is_zero() {
+                Err(self.error(
+                    &d.span(),
+                    &format!("timeouts.{name}"),
+                    "must be longer than zero",
+                ))
+            } else {
+                Ok(d.get_ref().0)
+            }
+        };
+        Ok(Timeouts {
+            handshake: positive(&raw.handshake, "handshake")?,
+            connect: positive(&raw.connect, "connect")?,
+            idle: positive(&raw.idle, "idle")?,
+            shutdown_grace: positive(&raw.shutdown_grace, "shutdown_grace")?,
+        })
+    }
+
+    fn limits(&self, raw: &RawLimits) -> Result<Limits, ConfigError> {
+        let in_range = |v: &Spanned<i64>, name: &str, range: Range<i64>| {
+            let n = *v.get_ref();
+            if range.contains(&n) {
+                Ok(n as usize)
+            } else {
+                Err(self.error(
+                    &v.span(),
+                    &format!("limits.{name}"),
+                    format!("{n} is out of range ({}..={})", range.start, range.end - 1),
+                ))
+            }
+        };
+        Ok(Limits {
+            max_request_header_bytes: in_range(
+                &raw.max_request_header_bytes,
+                "max_request_header_bytes",
+                1024..1_048_577,
+            )?,
+            max_connections: in_range(&raw.max_connections, "max_connections", 1..10_000_001)?,
+        })
+    }
+
+    fn routes(&self, raw: &[RawRoute]) -> Result<Vec<RouteConfig>, ConfigError> {
+        let mut first_seen: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, route) in raw.iter().enumerate() {
+            let key = |field: &str| format!("route[{i}].{field}");
+            let name = route.name.get_ref().trim();
+            if name.is_empty() {
+                return Err(self.error(&route.name.span(), &key("name"), "must not be empty"));
+            }
+            let line = locate(self.src, &route.name.span(), "").line;
+            if let Some(first) = first_seen.insert(name, line) {
+                return Err(self.error(
+                    &route.name.span(),
+                    &key("name"),
+                    format!("duplicate route name {name:?} (first at line {first})"),
+                ));
+            }
+            out.push(RouteConfig {
+                name: name.to_string(),
+                host: match &route.host {
+                    Some(h) => Some(
+                        host_pattern(h.get_ref())
+                            .map_err(|m| self.error(&h.span(), &key("host"), m))?,
+                    ),
+                    None => None,
+                },
+                path: route_path(route.path.get_ref())
+                    .map_err(|m| self.error(&route.path.span(), &key("path"), m))?,
+                subprotocols: self.list(&route.subprotocols, &key("subprotocols"), subprotocol)?,
+                origins: self.list(&route.origins, &key("origins"), origin)?,
+                backends: self.backends(&route.backends, &key("backends"))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// An optional allow-list: if present, non-empty, every entry checked (and normalized).
+    fn list(
+        &self,
+        raw: &Option<Spanned<Vec<String>>>,
+        key: &str,
+        check: fn(&str) -> Result<String, String>,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(list) = raw else { return Ok(None) };
+        if list.get_ref().is_empty() {
+            return Err(self.error(
+                &list.span(),
+                key,
+                "an empty list would refuse everything; leave the key out to allow all",
+            ));
+        }
+        list.get_ref()
+            .iter()
+            .map(|entry| check(entry).map_err(|m| self.error(&list.span(), key, m)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn backends(
+        &self,
+        raw: &Spanned<Vec<Spanned<String>>>,
+        key: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.error(&raw.span(), key, "needs at least one backend"));
+        }
+        raw.get_ref()
+            .iter()
+            .map(|b| backend(b.get_ref()).map_err(|m| self.error(&b.span(), key, m)))
+            .collect()
+    }
+}
+
+fn host_pattern(text: &str) -> Result<HostPattern, String> {
+    let host = text.trim().to_ascii_lowercase();
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host.as_str()),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{text:?} is not a host name: write \"chat.example.com\" or \"*.example.com\", without a port"
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::Wildcard(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_string())
+    })
+}
+
+fn route_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
+        return Err(format!(
+            "{text:?} is not a path prefix: it starts with '/' and has no query"
+        ));
+    }
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+/// RFC 9110 token characters, which is what a subprotocol name must be (RFC 6455 §4.1).
+fn subprotocol(text: &str) -> Result<String, String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.is_empty() || !text.bytes().all(tchar) {
+        return Err(format!(
+            "{text:?} is not a valid subprotocol name (an HTTP token)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn origin(text: &str) -> Result<String, String> {
+    let normalized = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let ok = normalized.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty() && !rest.is_empty() && !rest.contains('/')
+    });
+    if !ok {
+        return Err(format!(
+            "{text:?} is not an origin: write it like \"https://chat.example.com\""
+        ));
+    }
+    Ok(normalized)
+}
+
+fn backend(text: &str) -> Result<String, String> {
+    let bad = || {
+        format!("{text:?} is not host:port (e.g. \"10.0.0.7:9001\", \"app:9001\", \"[::1]:9001\")")
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty() && !host.contains([':', '/', ' '])
+    };
+    if port_ok && host_ok {
+        Ok(text.to_string())
+    } else {
+        Err(bad())
+    }
+}
+
+// ---- positions ------------------------------------------------------------------------------
+
+/// Line and column (1-based, in characters) of `span.start`, and the key to name.
+fn locate(src: &str, span: &Range<usize>, key: &str) -> Location {
+    let start = span.start.min(src.len());
+    let before = &src[..floor_char_boundary(src, start)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location {
+        line,
+        column,
+        key: key.to_string(),
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
+/// only: the enclosing `[table]` / `[[array]]` header plus the key written on that line.
+fn key_at(src: &str, offset: usize) -> String {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let mut table = String::new();
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    let mut line_start = 0;
+    for line in src[..offset].split_inclusive('\n') {
+        let end = line_start + line.len();
+        let trimmed = line.trim();
+        if end <= offset || !line.ends_with('\n') {
+            if let Some(name) = trimmed
+                .strip_prefix("[[")
+                .and_then(|t| t.split("]]").next())
+            {
+                let name = name.trim().to_string();
+                let n = arrays
+                    .entry(name.clone())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(0);
+                table = format!("{name}[{n}]");
+            } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.split(']').next()) {
+                table = name.trim().to_string();
+            }
+        }
+        line_start = end;
+    }
+    let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = src[offset..].find('\n').map_or(src.len(), |i| offset + i);
+    let line = &src[line_begin..line_end];
+    let upto = &src[line_begin..offset.max(line_begin)];
+    // The key is the last `name =` before the offset on its line, or the name at the offset.
+    let key = upto
+        .rsplit_once('=')
+        .map(|(left, _)| last_ident(left))
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            line.split('=')
+                .next()
+                .map(|k| last_ident(k.trim()))
+                .filter(|k| !k.is_empty() && !k.starts_with('['))
+        })
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn last_ident(text: &str) -> String {
+    let ident: String = text
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '"')
+        .collect();
+    ident.chars().rev().filter(|c| *c != '"').collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = r#"[proxy]
+listen = ["127.0.0.1:8443"]
+
+[tls]
+certificates = [{ cert = "a.crt", key = "a.key" }]
+"#;
+
+    fn parse(body: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            &format!("{HEAD}{body}"),
+            Path::new("/etc/wsgate/wsgate.toml"),
+        )
+    }
+
+    fn error(body: &str) -> String {
+        match parse(body) {
+            Ok(_) => panic!("expected an error for {body:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.timeouts.handshake, Duration::from_secs(10));
+        assert_eq!(config.timeouts.connect, Duration::from_secs(5));
+        assert_eq!(config.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(config.timeouts.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.limits.max_request_header_bytes, 16384);
+        assert_eq!(config.limits.max_connections, 10000);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn relative_certificate_paths_resolve_against_the_config_folder() {
+        let config = parse("").unwrap();
+        assert_eq!(config.certificates[0].cert, Path::new("/etc/wsgate/a.crt"));
+        assert_eq!(config.watched_files().len(), 3);
+    }
+
+    #[test]
+    fn a_full_route_is_normalized() {
+        let config = parse(
+            r#"
+[timeouts]
+idle = "500ms"
+[[route]]
+name = "chat"
+host = "*.Example.COM"
+path = "/ws/"
+subprotocols = ["chat.v2"]
+origins = ["HTTPS://Chat.Example.com/"]
+backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
+"#,
+        )
+        .unwrap();
+        let route = &config.routes[0];
+        assert_eq!(
+            route.host,
+            Some(HostPattern::Wildcard(".example.com".into()))
+        );
+        assert_eq!(route.path, "/ws");
+        assert_eq!(
+            route.origins.as_deref(),
+            Some(&["https://chat.example.com".to_string()][..])
+        );
+        assert_eq!(config.timeouts.idle, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        let cases = [
+            ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
+            ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
+            ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections:"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends:"),
+            (
+                "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n",
+                ":11:8: route[1].name: duplicate route name \"a\" (first at line 7)",
+            ),
+            ("[[route]]\nname = \"a\"\npath = \"ws\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\nhost = \"a.com:443\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = []\n", "route[0].backends: needs at least one"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\norigins = []\nbackends = [\"h:1\"]\n", "route[0].origins:"),
+        ];
+        for (body, expected) in cases {
+            let message = error(body);
+            assert!(message.starts_with("/etc/wsgate/wsgate.toml:"), "{message}");
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_named() {
+        let err = Config::from_toml_str(
+            "[proxy]\nlisten = [\"localhost:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.location.as_ref().map(|l| (l.line, l.key.as_str())),
+            Some((2, "proxy.listen[0]"))
+        );
+    }
+
+    #[test]
+    fn broken_toml_points_at_the_line() {
+        let err = error("[[route]\nname = 1\n");
+        assert!(err.contains(":6:"), "{err}");
+    }
+
+    #[test]
+    fn missing_sections_are_reported() {
+        let err =
+            Config::from_toml_str("[proxy]\nlisten = [\"127.0.0.1:1\"]\n", Path::new("w.toml"))
+                .unwrap_err();
+        assert!(err.message.contains("tls"), "{err}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Why a request was refused, which side caused it, and the one place that turns that into an
+//! HTTP answer.
+//!
+//! Every refusal in the request path is a [`ProxyError`]. [`ProxyError::status`] is an exhaustive
+//! `match` with no `_` arm, so a new variant cannot slip out as a 500 by accident. Bodies are
+//! short fixed text: never a backend address or an error chain.
+
+use hyper::StatusCode;
+
+/// Who is to blame for a refusal; decides the log level of its line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+    Internal,
+}
+
+/// Every way the request path can end without a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("not a websocket upgrade")]
+    NotUpgrade,
+    #[error("method is not GET")]
+    MethodNotGet,
+    #[error("HTTP version older than 1.1")]
+    HttpTooOld,
+    #[error("Connection header has no upgrade token")]
+    NoConnectionUpgrade,
+    #[error("Sec-WebSocket-Key missing or not base64 of 16 bytes")]
+    BadKey,
+    #[error("Sec-WebSocket-Version is not 13")]
+    UnsupportedVersion,
+    #[error("Host header missing or repeated")]
+    BadHost,
+    #[error("upgrade request carries a body")]
+    UnexpectedBody,
+    #[error("request head too large")]
+    HeadTooLarge,
+    #[error("origin not allowed")]
+    OriginDenied,
+    #[error("no offered subprotocol is allowed")]
+    NoSubprotocol,
+    #[error("connection limit reached")]
+    Overloaded,
+    #[error("backend unavailable")]
+    BackendUnavailable,
+    #[error("backend timed out")]
+    BackendTimeout,
+    #[error("backend sent an invalid upgrade response: {0}")]
+    BadBackendUpgrade(&'static str),
+    #[error("backend connection failed: {0}")]
+    BackendProtocol(String),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl ProxyError {
+    /// The status a client sees, and the side the refusal is blamed on.
+    pub fn status(&self) -> (StatusCode, Side) {
+        use ProxyError::*;
+        match self {
+            NoRoute => (StatusCode::NOT_FOUND, Side::Client),
+            NotUpgrade | UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, Side::Client),
+            MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost | UnexpectedBody
+            | NoSubprotocol => (StatusCode::BAD_REQUEST, Side::Client),
+            HeadTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client),
+            OriginDenied => (StatusCode::FORBIDDEN, Side::Client),
+            // Load, not a fault: logged like a client refusal so overload does not flood error logs.
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
+            BackendUnavailable | BadBackendUpgrade(_) | BackendProtocol(_) => {
+                (StatusCode::BAD_GATEWAY, Side::Backend)
+            }
+            BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, Side::Backend),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, Side::Internal),
+        }
+    }
+
+    /// The fixed plain-text body. Backend details stay in the log, never in the body.
+    pub fn body(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            NoRoute => "no route\n",
+            NotUpgrade => "websocket upgrade required\n",
+            MethodNotGet => "websocket upgrade must use GET\n",
+            HttpTooOld => "websocket upgrade needs HTTP/1.1\n",
+            NoConnectionUpgrade => "Connection header must contain upgrade\n",
+            BadKey => "invalid Sec-WebSocket-Key\n",
+            UnsupportedVersion => "unsupported Sec-WebSocket-Version\n",
+            BadHost => "invalid Host header\n",
+            UnexpectedBody => "upgrade request must not have a body\n",
+            HeadTooLarge => "request header fields too large\n",
+            OriginDenied => "origin not allowed\n",
+            NoSubprotocol => "no acceptable subprotocol\n",
+            Overloaded => "server busy, retry later\n",
+            BackendUnavailable => "backend unavailable\n",
+            BackendTimeout => "backend timeout\n",
+            BadBackendUpgrade(_) => "backend refused the upgrade\n",
+            BackendProtocol(_) => "backend error\n",
+            Internal(_) => "internal error\n",
+        }
+    }
+
+    /// Headers a client needs to act on the refusal (RFC 6455 §4.2.2, RFC 9110 §15.5.22).
+    pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ProxyError::NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade")],
+            ProxyError::UnsupportedVersion => &[("sec-websocket-version", "13")],
+            ProxyError::Overloaded => &[("retry-after", "1")],
+            _ => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_the_documented_statuses() {
+        let cases = [
+            (ProxyError::NoRoute, 404),
+            (ProxyError::NotUpgrade, 426),
+            (ProxyError::UnsupportedVersion, 426),
+            (ProxyError::MethodNotGet, 400),
+            (ProxyError::BadKey, 400),
+            (ProxyError::NoSubprotocol, 400),
+            (ProxyError::OriginDenied, 403),
+            (ProxyError::HeadTooLarge, 431),
+            (ProxyError::Overloaded, 503),
+            (ProxyError::BackendUnavailable, 502),
+            (ProxyError::BadBackendUpgrade("x"), 502),
+            (ProxyError::BackendTimeout, 504),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.status().0.as_u16(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn bodies_never_name_the_backend() {
+        let err = ProxyError::BackendProtocol("10.0.0.7:9001 reset".into());
+        assert!(!err.body().contains("10.0.0.7"));
+    }
+}

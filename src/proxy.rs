@@ -1,0 +1,244 @@
+//! The request path: one upgrade request in, one answer out, and a tunnel when the backend
+//! accepted. This is the only place that turns a [`ProxyError`] into a response, and the place
+//! that writes each connection's one log line once a request has been seen.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+
+use crate::error::{ProxyError, Side};
+use crate::reload::Snapshot;
+use crate::routes::Selection;
+use crate::server::{ConnGuard, Shared};
+use crate::splice;
+use crate::upstream::{self, Answer, Tunnel};
+use crate::websocket;
+
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// What the request path knows about the connection it serves.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub started: Instant,
+    pub snapshot: Arc<Snapshot>,
+    pub shared: Arc<Shared>,
+    /// Counts this connection in `max_connections`; the tunnel keeps it for its whole life.
+    pub guard: Arc<ConnGuard>,
+    /// Set once the connection's end line has been (or will be) written by the request path.
+    pub logged: AtomicBool,
+}
+
+/// Serves one request. Never fails: every refusal becomes a response here.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    conn: Arc<Conn>,
+) -> Result<Response<Body>, Infallible> {
+    conn.logged.store(true, Ordering::Relaxed);
+    let mut log = Line::new(&conn);
+    match route_and_forward(&mut req, &conn, &mut log).await {
+        Ok(response) => Ok(response),
+        Err(err) => Ok(refuse(&err, &mut log)),
+    }
+}
+
+/// The fields of a connection's log line gathered along the way.
+struct Line<'a> {
+    conn: &'a Conn,
+    route: Option<String>,
+    backend: Option<String>,
+    /// The line was written (or handed to the tunnel).
+    written: bool,
+}
+
+impl<'a> Line<'a> {
+    fn new(conn: &'a Conn) -> Self {
+        Line {
+            conn,
+            route: None,
+            backend: None,
+            written: false,
+        }
+    }
+}
+
+impl Drop for Line<'_> {
+    /// hyper drops the request future when the client goes away mid-request (say, while the
+    /// backend is being dialled): the connection still gets its line.
+    fn drop(&mut self) {
+        if !self.written {
+            log_end(
+                self,
+                StatusCode::from_u16(499).unwrap_or_default(),
+                None,
+                "client went away before the answer",
+            );
+        }
+    }
+}
+
+async fn route_and_forward(
+    req: &mut Request<Incoming>,
+    conn: &Arc<Conn>,
+    log: &mut Line<'_>,
+) -> Result<Response<Body>, ProxyError> {
+    let snapshot = &conn.snapshot;
+    // Taken first: it needs the request mutably, the checks below borrow it.
+    let on_client_upgrade = hyper::upgrade::on(&mut *req);
+    if conn.guard.over_limit() {
+        return Err(ProxyError::Overloaded);
+    }
+    if head_size(req) > snapshot.config.limits.max_request_header_bytes {
+        return Err(ProxyError::HeadTooLarge);
+    }
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let offered = websocket::offered_protocols(req.headers());
+    let selection = snapshot.routes.select(host, req.uri().path(), &offered);
+    if let Selection::NoRoute = selection {
+        return Err(ProxyError::NoRoute);
+    }
+    websocket::check_request(req.method(), req.version(), req.headers())?;
+    let Selection::Matched { route, protocols } = selection else {
+        return Err(ProxyError::NoSubprotocol);
+    };
+    log.route = Some(route.config.name.clone());
+    let origin = req
+        .headers()
+        .get(ORIGIN)
+        .map(|o| o.to_str().unwrap_or("\u{0}"));
+    if !route.allows_origin(origin) {
+        return Err(ProxyError::OriginDenied);
+    }
+
+    let backend_request = upstream::backend_request(req, &protocols, conn.peer);
+    let timeout = snapshot.config.timeouts.connect;
+    let answer = upstream::open(
+        route,
+        backend_request,
+        &protocols,
+        timeout,
+        &mut log.backend,
+    )
+    .await?;
+    match answer {
+        Answer::Refused(response) => {
+            let response = upstream::relay_refusal(response);
+            log_end(log, response.status(), None, "backend refused the upgrade");
+            Ok(response.map(Either::Right))
+        }
+        Answer::Upgraded(tunnel) => {
+            let head = upstream::client_switching_head(&tunnel.head);
+            spawn_tunnel(conn.clone(), log, on_client_upgrade, tunnel);
+            Ok(head.map(|()| Either::Left(Full::new(Bytes::new()))))
+        }
+    }
+}
+
+/// The size of the head as the client sent it, near enough: hyper only enforces a buffer
+/// size with an 8 KiB floor, so the configured limit is checked here.
+fn head_size(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+        + 2
+}
+
+/// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.
+fn spawn_tunnel(
+    conn: Arc<Conn>,
+    log: &mut Line<'_>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    tunnel: Tunnel,
+) {
+    // The tunnel writes the connection's line when it ends.
+    log.written = true;
+    let route = log.route.clone().unwrap_or_default();
+    let backend = log.backend.clone().unwrap_or_default();
+    let shared = conn.shared.clone();
+    // Only the socket and its early bytes move into the task: the head would be held for the
+    // tunnel's whole life.
+    let Tunnel { socket, early, .. } = tunnel;
+    shared.tracker.spawn(async move {
+        let client = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TlsStream<TcpStream>>>()) {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
+                return;
+            }
+        };
+        let idle = conn.snapshot.config.timeouts.idle;
+        // The TLS stream is its own buffered reader (rustls's plaintext buffer).
+        let outcome = splice::run(
+            client.io.into_inner(),
+            client.read_buf,
+            socket,
+            early,
+            idle,
+            &conn.shared.drain,
+        )
+        .await;
+        tracing::info!(
+            client = %conn.peer,
+            route,
+            backend,
+            status = 101,
+            bytes_in = outcome.client_to_backend,
+            bytes_out = outcome.backend_to_client,
+            duration_ms = conn.started.elapsed().as_millis() as u64,
+            reason = %outcome.reason,
+            "tunnel closed"
+        );
+    });
+}
+
+/// Writes the refusal's log line and builds its response.
+fn refuse(err: &ProxyError, log: &mut Line<'_>) -> Response<Body> {
+    let (status, side) = err.status();
+    log_end(log, status, Some(side), &err.to_string());
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(
+        err.body().as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    for (name, value) in err.extra_headers() {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn log_end(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &str) {
+    log.written = true;
+    let conn = log.conn;
+    let route = log.route.as_deref().unwrap_or("-");
+    let backend = log.backend.as_deref().unwrap_or("-");
+    let duration_ms = conn.started.elapsed().as_millis() as u64;
+    let status = status.as_u16();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed")
+        };
+    }
+    match side {
+        None | Some(Side::Client) => line!(info),
+        Some(Side::Backend) => line!(warn),
+        Some(Side::Internal) => line!(error),
+    }
+}

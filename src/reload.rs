@@ -1,0 +1,242 @@
+//! Live configuration: the [`Snapshot`] every connection reads, and the watcher that rebuilds
+//! it when the config file or a certificate changes, or on SIGHUP.
+//!
+//! A reload builds a complete new snapshot (config parsed and validated, every PEM loaded and
+//! checked, routes compiled, new listeners bound) or nothing; then it is swapped in atomically.
+//! Connections take the snapshot's `Arc` when they start, so a live tunnel never sees a reload.
+//!
+//! The watcher follows the *folders* of the files, not their inodes: editors save by rename,
+//! Kubernetes swaps a `..data` symlink, cert-manager rewrites Secrets, and an inode watch goes
+//! deaf after the first of those. Any event in a watched folder triggers a debounced check, and
+//! a content fingerprint skips reloads that would change nothing.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use rustls::ServerConfig;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::routes::RouteTable;
+use crate::server::Shared;
+use crate::tls;
+
+/// Quiet time after the last file event before a reload: coalesces an editor's or
+/// Kubernetes' burst of events into one reload, well inside the one-second promise.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Everything a new connection needs, built and validated as one unit.
+pub struct Snapshot {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub tls: Arc<ServerConfig>,
+    pub generation: u64,
+    /// Hash of the bytes of every file the config depends on.
+    fingerprint: u64,
+}
+
+impl Snapshot {
+    /// Loads the config at `path` and everything it names.
+    pub fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
+        let config = Config::load(path)?;
+        let tls = tls::server_config(&config)?;
+        let routes = RouteTable::new(&config.routes);
+        // Same file set as `relevant_files` yields when the disk matches this config.
+        let fingerprint = fingerprint(&config.watched_files());
+        Ok(Snapshot {
+            config,
+            routes,
+            tls,
+            generation,
+            fingerprint,
+        })
+    }
+}
+
+/// Reload results, published for tests and the metrics endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadStatus {
+    /// Generation of the config in force; 1 at start.
+    pub generation: u64,
+    pub successes: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    pub last_success: Option<SystemTime>,
+}
+
+/// Hash of the files' contents; a missing file hashes as such, so its return is a change.
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let files: BTreeSet<&PathBuf> = files.iter().collect();
+    let mut hasher = DefaultHasher::new();
+    for file in files {
+        file.hash(&mut hasher);
+        std::fs::read(file).ok().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Why a reload was asked for: file events skip no-op changes, a manual one always reloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    Files,
+    Manual,
+}
+
+/// Runs until `stop`: watches the config's folders, SIGHUP and manual requests, and reloads.
+pub(crate) async fn watch(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    mut manual: mpsc::UnboundedReceiver<()>,
+    stop: CancellationToken,
+) {
+    let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
+    let mut watcher = match notify::recommended_watcher(
+        move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = events_tx.send(());
+            }
+        },
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config for changes; only SIGHUP reloads");
+            None
+        }
+    };
+    let mut watched = BTreeSet::new();
+    refresh_watches(
+        watcher.as_mut(),
+        &mut watched,
+        &relevant_files(&shared, &path),
+    );
+    let mut hangup = hangup_signal();
+    // The content of a rejected config: the same bytes are not retried (or logged) again.
+    let mut rejected = None;
+
+    loop {
+        let trigger = tokio::select! {
+            _ = stop.cancelled() => return,
+            Some(()) = events.recv() => {
+                debounce(&mut events).await;
+                Trigger::Files
+            }
+            Some(()) = manual.recv() => Trigger::Manual,
+            Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
+        };
+        reload(&shared, &path, trigger, &mut rejected).await;
+        refresh_watches(
+            watcher.as_mut(),
+            &mut watched,
+            &relevant_files(&shared, &path),
+        );
+    }
+}
+
+/// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
+async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
+    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+}
+
+/// Watches the folder of every file the config depends on (and stops watching the rest).
+fn refresh_watches(
+    watcher: Option<&mut RecommendedWatcher>,
+    watched: &mut BTreeSet<PathBuf>,
+    files: &[PathBuf],
+) {
+    let Some(watcher) = watcher else { return };
+    let wanted: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|file| absolute(file).parent().map(Path::to_path_buf))
+        .collect();
+    for gone in watched.difference(&wanted) {
+        let _ = watcher.unwatch(gone);
+    }
+    for new in wanted.difference(watched) {
+        if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
+            tracing::warn!(folder = %new.display(), error = %e, "cannot watch folder");
+        }
+    }
+    *watched = wanted;
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The files of the config in force plus those the file on disk names (if it parses): a
+/// rejected config waiting for its missing certificate must see that certificate appear.
+fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
+    let mut files = shared.current().config.watched_files();
+    if let Ok(candidate) = Config::load(path) {
+        files.extend(candidate.watched_files());
+    }
+    files
+}
+
+/// Builds and applies a new snapshot, or keeps the current one and says why.
+async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &mut Option<u64>) {
+    let current = shared.current();
+    let on_disk = fingerprint(&relevant_files(shared, path));
+    if trigger == Trigger::Files && (on_disk == current.fingerprint || Some(on_disk) == *rejected) {
+        tracing::debug!("config files touched but their content did not change; nothing to do");
+        return;
+    }
+    let generation = current.generation + 1;
+    let path = path.to_path_buf();
+    // Reading and parsing PEM files is blocking work: keep it off the accept loops' threads.
+    let built = tokio::task::spawn_blocking(move || Snapshot::build(&path, generation)).await;
+    let result = match built {
+        Ok(Ok(snapshot)) => shared.apply(snapshot).await.map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("reload task failed: {e}")),
+    };
+    shared.reload_status.send_modify(|status| match result {
+        Ok(()) => {
+            *rejected = None;
+            status.generation = generation;
+            status.successes += 1;
+            status.last_success = Some(SystemTime::now());
+            tracing::info!(generation, "config reloaded");
+        }
+        Err(error) => {
+            *rejected = Some(on_disk);
+            status.failures += 1;
+            tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");
+            status.last_error = Some(error);
+        }
+    });
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(unix)]
+async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
+    match hangup {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    None
+}
+
+#[cfg(not(unix))]
+async fn recv_hangup(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
+}

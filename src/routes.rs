@@ -1,0 +1,400 @@
+//! The routing table: which route serves a (Host, path, offered subprotocols) triple. Pure, no
+//! I/O, built once per config.
+//!
+//! Lookups are hash probes, never a scan of all routes: by exact host, by each of the host's
+//! wildcard suffixes (most specific first), then host-less routes; within each, by each of the
+//! path's segment prefixes (longest first). So a lookup costs O(labels × segments) whatever the
+//! number of routes. The probe order *is* the ranking: exact host, wildcard, no host; then
+//! longest path prefix; then file order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::config::{HostPattern, RouteConfig};
+
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact: HashMap<String, Paths>,
+    /// Keyed by suffix with its leading dot: ".example.com".
+    wildcard: HashMap<String, Paths>,
+    any_host: Paths,
+}
+
+/// Path prefix → indices into `routes`, in file order.
+#[derive(Default)]
+struct Paths(HashMap<String, Vec<usize>>);
+
+pub struct Route {
+    pub config: RouteConfig,
+    next_backend: AtomicUsize,
+}
+
+/// The outcome of a lookup.
+pub enum Selection<'a> {
+    /// No route's host and path match: 404.
+    NoRoute,
+    /// Some routes match by host and path, but none accepts the offered subprotocols: 400.
+    NoProtocolFits,
+    Matched {
+        route: &'a Route,
+        /// The offered subprotocols to forward, in the client's order.
+        protocols: Vec<&'a str>,
+    },
+}
+
+impl Route {
+    /// The backends in the order to try them for one request: from the next round-robin
+    /// position, wrapping around, so a refused connect moves on to the next backend.
+    pub fn backends_in_turn(&self) -> impl Iterator<Item = &str> + '_ {
+        let backends = &self.config.backends;
+        let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
+        (0..backends.len()).map(move |i| backends[(start + i) % backends.len()].as_str())
+    }
+
+    /// The offered protocols this route allows, in the client's order; `None` if the route has
+    /// an allow-list and nothing offered is on it. Without a list the offer passes unchanged.
+    pub fn fit_protocols<'a>(&self, offered: &[&'a str]) -> Option<Vec<&'a str>> {
+        let Some(allowed) = &self.config.subprotocols else {
+            return Some(offered.to_vec());
+        };
+        let kept: Vec<&str> = offered
+            .iter()
+            .copied()
+            .filter(|p| allowed.iter().any(|a| a == p))
+            .collect();
+        (!kept.is_empty()).then_some(kept)
+    }
+
+    /// Browsers always send Origin, so an allow-list stops cross-site pages; a request without
+    /// Origin (not a browser) passes.
+    pub fn allows_origin(&self, origin: Option<&str>) -> bool {
+        match (&self.config.origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(list), Some(origin)) => {
+                let origin = origin.trim().trim_end_matches('/');
+                list.iter().any(|o| o.eq_ignore_ascii_case(origin))
+            }
+        }
+    }
+}
+
+impl RouteTable {
+    pub fn new(configs: &[RouteConfig]) -> RouteTable {
+        let mut table = RouteTable {
+            routes: Vec::with_capacity(configs.len()),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            any_host: Paths::default(),
+        };
+        for (index, config) in configs.iter().enumerate() {
+            let paths = match &config.host {
+                Some(HostPattern::Exact(h)) => table.exact.entry(h.clone()).or_default(),
+                Some(HostPattern::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
+                None => &mut table.any_host,
+            };
+            paths.0.entry(config.path.clone()).or_default().push(index);
+            table.routes.push(Route {
+                config: config.clone(),
+                next_backend: AtomicUsize::new(0),
+            });
+        }
+        table
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Picks the route for a request. `host` is the Host header (a port is ignored), `path`
+    /// the request path without its query.
+    pub fn select<'a>(
+        &'a self,
+        host: Option<&str>,
+        path: &str,
+        offered: &[&'a str],
+    ) -> Selection<'a> {
+        if has_dot_segment(path) {
+            // "/public/../admin" must not ride the "/public" route to a backend that resolves it.
+            return Selection::NoRoute;
+        }
+        let host = host.map(normalize_host);
+        let mut candidates = false;
+        for paths in self.host_classes(host.as_deref()) {
+            for prefix in prefixes(path) {
+                for &index in paths.0.get(prefix).into_iter().flatten() {
+                    candidates = true;
+                    let route = &self.routes[index];
+                    if let Some(protocols) = route.fit_protocols(offered) {
+                        return Selection::Matched { route, protocols };
+                    }
+                }
+            }
+        }
+        if candidates {
+            Selection::NoProtocolFits
+        } else {
+            Selection::NoRoute
+        }
+    }
+
+    /// The path indexes to probe, in rank order: exact host, wildcard suffixes from the most
+    /// specific, then routes without a host.
+    fn host_classes<'a>(&'a self, host: Option<&'a str>) -> impl Iterator<Item = &'a Paths> + 'a {
+        let exact = host.and_then(|h| self.exact.get(h));
+        let wildcards = host.into_iter().flat_map(move |h| {
+            // ".b.example.com", ".example.com", ".com" for "a.b.example.com"; the host itself
+            // never matches its own wildcard ("*.example.com" does not cover "example.com").
+            h.match_indices('.')
+                .filter_map(move |(i, _)| self.wildcard.get(&h[i..]))
+        });
+        exact
+            .into_iter()
+            .chain(wildcards)
+            .chain(std::iter::once(&self.any_host))
+    }
+}
+
+/// Lowercased host without its port or a trailing dot.
+fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let without_port = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The path's whole-segment prefixes, longest first: "/a/b/" → "/a/b", "/a", "/".
+fn prefixes(path: &str) -> impl Iterator<Item = &str> {
+    let trimmed = path.trim_end_matches('/');
+    let mut next = Some(if trimmed.is_empty() { "/" } else { trimmed });
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind('/') {
+            _ if current == "/" => None,
+            Some(0) => Some("/"),
+            Some(i) => Some(&current[..i]),
+            None => None,
+        };
+        Some(current)
+    })
+}
+
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let s = segment.to_ascii_lowercase();
+        matches!(s.as_str(), "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(
+        name: &str,
+        host: Option<&str>,
+        path: &str,
+        protocols: Option<&[&str]>,
+    ) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            host: host.map(|h| match h.strip_prefix('*') {
+                Some(suffix) => HostPattern::Wildcard(suffix.into()),
+                None => HostPattern::Exact(h.into()),
+            }),
+            path: path.into(),
+            subprotocols: protocols.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            origins: None,
+            backends: vec!["a:1".into(), "b:2".into(), "c:3".into()],
+        }
+    }
+
+    fn pick(table: &RouteTable, host: Option<&str>, path: &str, offered: &[&str]) -> String {
+        match table.select(host, path, offered) {
+            Selection::NoRoute => "404".into(),
+            Selection::NoProtocolFits => "400".into(),
+            Selection::Matched { route, protocols } => {
+                format!(
+                    "{}{}",
+                    route.config.name,
+                    if protocols.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {protocols:?}")
+                    }
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn paths_match_on_whole_segments() {
+        let table = RouteTable::new(&[route("ws", None, "/ws", None)]);
+        for (path, expected) in [
+            ("/ws", "ws"),
+            ("/ws/", "ws"),
+            ("/ws/a/b", "ws"),
+            ("/wsx", "404"),
+            ("/", "404"),
+            ("/w", "404"),
+        ] {
+            assert_eq!(pick(&table, None, path, &[]), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_root_path_matches_everything() {
+        let table = RouteTable::new(&[route("all", None, "/", None)]);
+        assert_eq!(pick(&table, Some("x.test"), "/anything/at/all", &[]), "all");
+        assert_eq!(pick(&table, None, "/", &[]), "all");
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_beats_no_host_whatever_the_path_length() {
+        let table = RouteTable::new(&[
+            route("nohost", None, "/a/b/c", None),
+            route("wild", Some("*.example.com"), "/a/b", None),
+            route("exact", Some("chat.example.com"), "/", None),
+        ]);
+        assert_eq!(
+            pick(&table, Some("chat.example.com"), "/a/b/c", &[]),
+            "exact"
+        );
+        assert_eq!(
+            pick(&table, Some("other.example.com"), "/a/b/c", &[]),
+            "wild"
+        );
+        assert_eq!(pick(&table, Some("other.test"), "/a/b/c", &[]), "nohost");
+    }
+
+    #[test]
+    fn longer_prefix_then_file_order_break_ties() {
+        let table = RouteTable::new(&[
+            route("short", None, "/a", None),
+            route("long", None, "/a/b", None),
+            route("long-second", None, "/a/b", None),
+        ]);
+        assert_eq!(pick(&table, None, "/a/b/c", &[]), "long");
+        assert_eq!(pick(&table, None, "/a/x", &[]), "short");
+    }
+
+    #[test]
+    fn hosts_are_case_insensitive_and_ports_are_ignored() {
+        let table = RouteTable::new(&[route("exact", Some("chat.example.com"), "/", None)]);
+        for host in [
+            "CHAT.Example.com",
+            "chat.example.com:8443",
+            "chat.example.com.",
+        ] {
+            assert_eq!(pick(&table, Some(host), "/", &[]), "exact", "{host}");
+        }
+        assert_eq!(pick(&table, None, "/", &[]), "404");
+    }
+
+    #[test]
+    fn a_wildcard_covers_any_depth_of_subdomain_but_not_the_bare_domain() {
+        let table = RouteTable::new(&[
+            route("wide", Some("*.example.com"), "/", None),
+            route("narrow", Some("*.eu.example.com"), "/", None),
+        ]);
+        assert_eq!(pick(&table, Some("a.example.com"), "/", &[]), "wide");
+        assert_eq!(pick(&table, Some("a.eu.example.com"), "/", &[]), "narrow");
+        assert_eq!(pick(&table, Some("x.a.eu.example.com"), "/", &[]), "narrow");
+        assert_eq!(pick(&table, Some("example.com"), "/", &[]), "404");
+    }
+
+    #[test]
+    fn the_first_candidate_whose_subprotocols_fit_wins() {
+        let table = RouteTable::new(&[
+            route("v2", None, "/chat", Some(&["chat.v2"])),
+            route("v1", None, "/chat", Some(&["chat.v1"])),
+        ]);
+        assert_eq!(
+            pick(&table, None, "/chat", &["chat.v1", "chat.v2"]),
+            "v2 [\"chat.v2\"]"
+        );
+        assert_eq!(
+            pick(&table, None, "/chat", &["chat.v1"]),
+            "v1 [\"chat.v1\"]"
+        );
+        assert_eq!(pick(&table, None, "/chat", &["chat.v9"]), "400");
+        assert_eq!(pick(&table, None, "/chat", &[]), "400");
+    }
+
+    #[test]
+    fn a_route_without_a_list_forwards_the_offer_unchanged() {
+        let table = RouteTable::new(&[route("open", None, "/", None)]);
+        assert_eq!(pick(&table, None, "/", &["b", "a"]), "open [\"b\", \"a\"]");
+    }
+
+    #[test]
+    fn dot_segments_never_match_a_route() {
+        let table = RouteTable::new(&[route("pub", None, "/public", None)]);
+        assert_eq!(pick(&table, None, "/public/../admin", &[]), "404");
+        assert_eq!(pick(&table, None, "/public/%2E%2e/admin", &[]), "404");
+    }
+
+    #[test]
+    fn backends_rotate_and_wrap_around() {
+        let table = RouteTable::new(&[route("r", None, "/", None)]);
+        let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
+            panic!()
+        };
+        let turns: Vec<Vec<&str>> = (0..3).map(|_| route.backends_in_turn().collect()).collect();
+        assert_eq!(
+            turns,
+            [
+                ["a:1", "b:2", "c:3"],
+                ["b:2", "c:3", "a:1"],
+                ["c:3", "a:1", "b:2"]
+            ]
+        );
+    }
+
+    #[test]
+    fn origins_compare_case_insensitively_and_a_missing_origin_passes() {
+        let mut config = route("r", None, "/", None);
+        config.origins = Some(vec!["https://chat.example.com".into()]);
+        let table = RouteTable::new(&[config]);
+        let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
+            panic!()
+        };
+        assert!(route.allows_origin(Some("HTTPS://Chat.Example.com")));
+        assert!(route.allows_origin(None));
+        assert!(!route.allows_origin(Some("https://evil.example")));
+        assert!(!route.allows_origin(Some("null")));
+    }
+
+    #[test]
+    fn ten_thousand_routes_select_correctly() {
+        let configs: Vec<RouteConfig> = (0..10_000)
+            .map(|i| {
+                route(
+                    &format!("r{i}"),
+                    Some(&format!("h{i}.example.com")),
+                    &format!("/svc{i}"),
+                    None,
+                )
+            })
+            .collect();
+        let table = RouteTable::new(&configs);
+        assert_eq!(table.len(), 10_000);
+        assert_eq!(
+            pick(&table, Some("h7777.example.com"), "/svc7777/ws", &[]),
+            "r7777"
+        );
+        assert_eq!(
+            pick(&table, Some("h7777.example.com"), "/svc7778/ws", &[]),
+            "404"
+        );
+    }
+}

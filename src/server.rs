@@ -1,0 +1,385 @@
+//! Listeners, the accept loops, the per-connection task (TLS, then hyper), the connection
+//! limit, and shutdown.
+//!
+//! Tunnels outlive hyper's view of their connection, so every connection carries its own
+//! guards: a [`ConnGuard`] counting it against `max_connections` and an entry in the
+//! `TaskTracker`; both move into the tunnel after the upgrade.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ConfigError;
+use crate::proxy::{self, Conn};
+use crate::reload::{self, ReloadStatus, Snapshot};
+
+/// Why the server could not start or a reload could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{file}: cannot listen on {addr}: {source}")]
+    Bind {
+        file: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Connections beyond `max_connections` that still get a polite 503 (TLS, then the answer).
+/// Past this many at once they are closed right after accept, so overload cannot turn the
+/// refusal itself into unbounded handshake work.
+const MAX_REFUSING: usize = 256;
+
+/// State shared by the accept loops, connections, tunnels and the reloader.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    listeners: Mutex<Vec<Listener>>,
+    active: AtomicUsize,
+    refusing: AtomicUsize,
+    pub(crate) tracker: TaskTracker,
+    /// Fired when the shutdown grace is over: live tunnels close.
+    pub(crate) drain: CancellationToken,
+    pub(crate) reload_status: watch::Sender<ReloadStatus>,
+}
+
+struct Listener {
+    configured: SocketAddr,
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// Counts one open client connection (tunnel included) until dropped.
+pub struct ConnGuard {
+    shared: Arc<Shared>,
+    over_limit: bool,
+}
+
+impl ConnGuard {
+    fn new(shared: &Arc<Shared>, max: usize) -> Option<ConnGuard> {
+        let active = shared.active.fetch_add(1, Ordering::AcqRel);
+        if active < max {
+            return Some(ConnGuard {
+                shared: shared.clone(),
+                over_limit: false,
+            });
+        }
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        if shared.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+            shared.refusing.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnGuard {
+            shared: shared.clone(),
+            over_limit: true,
+        })
+    }
+
+    /// Accepted beyond the limit: the only answer it gets is 503.
+    pub fn over_limit(&self) -> bool {
+        self.over_limit
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let counter = if self.over_limit {
+            &self.shared.refusing
+        } else {
+            &self.shared.active
+        };
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    pub(crate) fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Binds the listeners `next` adds, then swaps it in, then stops the listeners it drops:
+    /// a listener that stays is never paused, and a bind failure changes nothing.
+    pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
+        let next = Arc::new(next);
+        let added = {
+            let listeners = lock(&self.listeners);
+            let wanted: Vec<SocketAddr> = next
+                .config
+                .listen
+                .iter()
+                .copied()
+                .filter(|addr| !listeners.iter().any(|l| l.configured == *addr))
+                .collect();
+            wanted
+        };
+        let bound = bind_all(&added, &next.config.path.display().to_string())?;
+        self.snapshot.store(next.clone());
+        let mut listeners = lock(&self.listeners);
+        listeners.retain(|l| {
+            let keep = next.config.listen.contains(&l.configured);
+            if !keep {
+                tracing::info!(listen = %l.local, "listener removed; its live connections continue");
+                l.stop.cancel();
+            }
+            keep
+        });
+        for (configured, socket) in added.into_iter().zip(bound) {
+            listeners.push(self.start_listener(configured, socket));
+        }
+        Ok(())
+    }
+
+    fn start_listener(self: &Arc<Self>, configured: SocketAddr, socket: TcpListener) -> Listener {
+        let local = socket.local_addr().unwrap_or(configured);
+        let stop = CancellationToken::new();
+        tracing::info!(listen = %local, "listening");
+        tokio::spawn(accept_loop(socket, self.clone(), stop.clone()));
+        Listener {
+            configured,
+            local,
+            stop,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the listener list half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn bind_all(addrs: &[SocketAddr], file: &str) -> Result<Vec<TcpListener>, Error> {
+    addrs
+        .iter()
+        .map(|&addr| {
+            bind(addr).map_err(|source| Error::Bind {
+                file: file.to_string(),
+                addr,
+                source,
+            })
+        })
+        .collect()
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // Like nginx: "[::]:443" means IPv6 only, so it can sit beside "0.0.0.0:443".
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // A deep backlog absorbs reconnect storms (every client of a restarted replica at once).
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let max = shared.current().config.limits.max_connections;
+                match ConnGuard::new(&shared, max) {
+                    Some(guard) => {
+                        shared
+                            .tracker
+                            .spawn(serve(stream, peer, shared.clone(), guard));
+                    }
+                    None => {
+                        tracing::warn!(client = %peer, "connection limit and refusal budget exhausted; closed without an answer")
+                    }
+                }
+            }
+            // The peer gave up between SYN and accept: nothing to do.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                // EMFILE and friends: neither spin nor stop; give closing connections a moment.
+                tracing::error!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One client connection: TLS under the handshake deadline, then hyper until the request is
+/// answered (or upgraded, after which the tunnel owns the guard).
+async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
+    let started = Instant::now();
+    let snapshot = shared.current();
+    let deadline = started + snapshot.config.timeouts.handshake;
+    let _ = tcp.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(snapshot.tls.clone());
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return log_early_close(peer, started, &format!("TLS handshake failed: {e}")),
+        Err(_) => return log_early_close(peer, started, "handshake timeout (TLS)"),
+    };
+    let max_head = snapshot.config.limits.max_request_header_bytes;
+    let conn = Arc::new(Conn {
+        peer,
+        started,
+        snapshot,
+        shared: shared.clone(),
+        guard: Arc::new(guard),
+        logged: AtomicBool::new(false),
+    });
+    let service = {
+        let conn = conn.clone();
+        service_fn(move |req| proxy::handle(req, conn.clone()))
+    };
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
+        // Keep-alive stays on: with it off hyper adds "close" to the 101's Connection header,
+        // which clients reject. Every answer that is not a 101 carries "Connection: close".
+        // hyper's floor is 8 KiB; the exact limit is checked in proxy::handle.
+        .max_buf_size((max_head + 1024).max(8192));
+    let serving = http
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    let result = tokio::select! {
+        result = serving => result,
+        _ = shared.drain.cancelled() => return,
+    };
+    if conn.logged.load(Ordering::Relaxed) {
+        return;
+    }
+    let reason = match result {
+        Ok(()) => "closed before sending a request".to_string(),
+        Err(e) if e.is_parse_too_large() => "request head too large (431)".to_string(),
+        Err(e) if e.is_timeout() => "handshake timeout (request head)".to_string(),
+        Err(e) => format!("bad request: {e}"),
+    };
+    log_early_close(peer, started, &reason);
+}
+
+fn log_early_close(peer: SocketAddr, started: Instant, reason: &str) {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
+}
+
+/// A running proxy on the current tokio runtime.
+pub struct Server {
+    shared: Arc<Shared>,
+    manual_reload: mpsc::UnboundedSender<()>,
+    stop_watching: CancellationToken,
+}
+
+impl Server {
+    /// Loads and validates the config file, binds every listener, starts serving and watching
+    /// the config for changes.
+    pub async fn start(config_path: impl AsRef<Path>) -> Result<Server, Error> {
+        let path = config_path.as_ref().to_path_buf();
+        let snapshot = Snapshot::build(&path, 1)?;
+        let file = path.display().to_string();
+        let sockets = bind_all(&snapshot.config.listen, &file)?;
+        let listen = snapshot.config.listen.clone();
+        let (reload_status, _) = watch::channel(ReloadStatus {
+            generation: 1,
+            ..ReloadStatus::default()
+        });
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            listeners: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
+            tracker: TaskTracker::new(),
+            drain: CancellationToken::new(),
+            reload_status,
+        });
+        {
+            let mut listeners = lock(&shared.listeners);
+            for (configured, socket) in listen.into_iter().zip(sockets) {
+                listeners.push(shared.start_listener(configured, socket));
+            }
+        }
+        let (manual_reload, manual) = mpsc::unbounded_channel();
+        let stop_watching = CancellationToken::new();
+        tokio::spawn(reload::watch(
+            shared.clone(),
+            path,
+            manual,
+            stop_watching.clone(),
+        ));
+        Ok(Server {
+            shared,
+            manual_reload,
+            stop_watching,
+        })
+    }
+
+    /// The bound address of every listener, in config order (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let listeners = lock(&self.shared.listeners);
+        let order = self.shared.current().config.listen.clone();
+        order
+            .iter()
+            .filter_map(|addr| {
+                listeners
+                    .iter()
+                    .find(|l| l.configured == *addr)
+                    .map(|l| l.local)
+            })
+            .collect()
+    }
+
+    /// Open client connections, tunnels included.
+    pub fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::Acquire)
+    }
+
+    pub fn reload_status(&self) -> watch::Receiver<ReloadStatus> {
+        self.shared.reload_status.subscribe()
+    }
+
+    /// Reloads now, like SIGHUP; watch [`Server::reload_status`] for the outcome.
+    pub fn reload(&self) {
+        let _ = self.manual_reload.send(());
+    }
+
+    /// Stops accepting, lets live tunnels run for the configured grace, then closes them.
+    pub async fn shutdown(self) {
+        self.stop_watching.cancel();
+        for listener in lock(&self.shared.listeners).drain(..) {
+            listener.stop.cancel();
+        }
+        let grace = self.shared.current().config.timeouts.shutdown_grace;
+        let tracker = &self.shared.tracker;
+        tracker.close();
+        tracing::info!(connections = self.active_connections(), grace = ?grace, "shutting down: no new connections");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::info!(
+                connections = self.active_connections(),
+                "shutdown grace over; closing live tunnels"
+            );
+            self.shared.drain.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!("shutdown complete");
+    }
+}

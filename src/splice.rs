@@ -1,0 +1,438 @@
+//! The byte relay between a client and a backend once the backend's 101 has been checked.
+//!
+//! Most WebSocket tunnels are idle most of the time, so an idle tunnel holds no relay buffer:
+//! - client → backend reads straight out of rustls's own plaintext buffer (`AsyncBufRead`), so
+//!   that direction needs no buffer of ours at all;
+//! - backend → client borrows a buffer from a small per-thread pool only for the duration of a
+//!   read, and keeps it only while read bytes wait to be written (the way HAProxy does it,
+//!   rather than `copy_bidirectional`'s two 8 KiB buffers held for the tunnel's whole life).
+//!
+//! A half-close is passed on, an error on either side ends both at once, and the idle timer is
+//! re-armed lazily (only when it fires) so traffic never touches the timer wheel.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Size of a pooled relay buffer: one full TLS record of plaintext.
+const BUF_SIZE: usize = 16 * 1024;
+/// Buffers kept per worker thread between uses; beyond that they are freed.
+const POOL_CAP: usize = 64;
+
+/// How a tunnel ended, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides finished; the named one finished first.
+    Closed(Peer),
+    /// One side failed (reset, TLS error); the other was closed at once.
+    Error(Peer, io::ErrorKind),
+    IdleTimeout,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Backend,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |p: &Peer| match p {
+            Peer::Client => "client",
+            Peer::Backend => "backend",
+        };
+        match self {
+            CloseReason::Closed(p) => write!(f, "{} closed", side(p)),
+            CloseReason::Error(p, kind) => write!(f, "{} error: {kind}", side(p)),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+/// What a finished tunnel reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub client_to_backend: u64,
+    pub backend_to_client: u64,
+    pub reason: CloseReason,
+}
+
+/// Relays until both directions have finished, one fails, the tunnel idles out, or `drain`
+/// fires. `client_early` / `backend_early` are bytes each side sent right behind its handshake
+/// that the HTTP layer already read; they go out first.
+pub async fn run<C, B>(
+    mut client: C,
+    client_early: Bytes,
+    mut backend: B,
+    backend_early: Bytes,
+    idle: Duration,
+    drain: &CancellationToken,
+) -> Outcome
+where
+    C: AsyncBufRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Direction::new(client_early);
+    let mut down = Direction::new(backend_early);
+    let mut last_activity = Instant::now();
+    let timer = sleep_until(last_activity + idle);
+    let cancelled = drain.cancelled();
+    tokio::pin!(timer, cancelled);
+    let mut first_eof = None;
+
+    let reason = poll_fn(|cx| {
+        let mut active = false;
+        if !up.finished {
+            match up.poll_from_buffered(cx, &mut client, &mut backend, &mut active) {
+                Poll::Ready(Ok(())) => _ = first_eof.get_or_insert(Peer::Client),
+                Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Client, Peer::Backend)),
+                Poll::Pending => {}
+            }
+        }
+        if !down.finished {
+            match down.poll_from_raw(cx, &mut backend, &mut client, &mut active) {
+                Poll::Ready(Ok(())) => _ = first_eof.get_or_insert(Peer::Backend),
+                Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Backend, Peer::Client)),
+                Poll::Pending => {}
+            }
+        }
+        if let (true, true, Some(first)) = (up.finished, down.finished, first_eof) {
+            return Poll::Ready(CloseReason::Closed(first));
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(CloseReason::Shutdown);
+        }
+        if active {
+            last_activity = Instant::now();
+        }
+        // Re-arm only when the timer fires: traffic costs an Instant::now(), not a timer reset.
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + idle;
+            if deadline <= Instant::now() {
+                return Poll::Ready(CloseReason::IdleTimeout);
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
+
+    Outcome {
+        client_to_backend: up.bytes,
+        backend_to_client: down.bytes,
+        reason,
+    }
+}
+
+/// A direction fails on its reading or its writing side; the caller knows which peer that is.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Read(io::ErrorKind),
+    Write(io::ErrorKind),
+}
+
+impl Failure {
+    fn blame(self, reader: Peer, writer: Peer) -> CloseReason {
+        match self {
+            Failure::Read(kind) => CloseReason::Error(reader, kind),
+            Failure::Write(kind) => CloseReason::Error(writer, kind),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// One direction of the relay.
+struct Direction {
+    /// Bytes read during the HTTP handshake that still have to go out.
+    early: Bytes,
+    /// A pooled buffer holding read-but-unwritten bytes `[pos, end)`; `None` while idle.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    /// Something was written since the last flush.
+    unflushed: bool,
+    /// The reader hit EOF and the writer is being shut down.
+    eof: bool,
+    finished: bool,
+    bytes: u64,
+}
+
+impl Direction {
+    fn new(early: Bytes) -> Direction {
+        Direction {
+            early,
+            buf: None,
+            pos: 0,
+            end: 0,
+            unflushed: false,
+            eof: false,
+            finished: false,
+            bytes: 0,
+        }
+    }
+
+    /// Client → backend: the reader keeps its own buffer (rustls's plaintext), so write from it
+    /// directly and consume what was written.
+    fn poll_from_buffered<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        active: &mut bool,
+    ) -> Poll<Result<()>>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        ready!(self.poll_early(cx, writer, active))?;
+        loop {
+            if self.eof {
+                return self.poll_finish(cx, writer);
+            }
+            let data = match Pin::new(&mut *reader).poll_fill_buf(cx) {
+                Poll::Ready(Ok(data)) => data,
+                Poll::Ready(Err(e)) if is_eof(&e) => &[],
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e.kind()))),
+                Poll::Pending => return self.poll_idle_flush(cx, writer),
+            };
+            if data.is_empty() {
+                self.eof = true;
+                continue;
+            }
+            let n = ready!(poll_write_some(cx, writer, data))?;
+            Pin::new(&mut *reader).consume(n);
+            self.wrote(n, active);
+        }
+    }
+
+    /// Backend → client: borrow a pooled buffer for each read, give it back while idle.
+    fn poll_from_raw<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        active: &mut bool,
+    ) -> Poll<Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        ready!(self.poll_early(cx, writer, active))?;
+        loop {
+            if let Some(buf) = self.buf.take() {
+                while self.pos < self.end {
+                    match poll_write_some(cx, writer, &buf[self.pos..self.end]) {
+                        Poll::Ready(Ok(n)) => {
+                            self.pos += n;
+                            self.wrote(n, active);
+                        }
+                        other => {
+                            // Keep the unwritten bytes until the writer can take them.
+                            self.buf = Some(buf);
+                            return other.map_ok(|_| ());
+                        }
+                    }
+                }
+                release(Some(buf));
+            }
+            if self.eof {
+                return self.poll_finish(cx, writer);
+            }
+            let mut buf = acquire();
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => self.eof = true,
+                Poll::Ready(Ok(())) => {
+                    self.end = read.filled().len();
+                    self.pos = 0;
+                    self.buf = Some(buf);
+                    continue;
+                }
+                Poll::Ready(Err(e)) if is_eof(&e) => self.eof = true,
+                Poll::Ready(Err(e)) => {
+                    release(Some(buf));
+                    return Poll::Ready(Err(Failure::Read(e.kind())));
+                }
+                Poll::Pending => {
+                    release(Some(buf));
+                    return self.poll_idle_flush(cx, writer);
+                }
+            }
+            release(Some(buf));
+        }
+    }
+
+    fn poll_early<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        active: &mut bool,
+    ) -> Poll<Result<()>> {
+        while self.early.has_remaining() {
+            let n = ready!(poll_write_some(cx, writer, &self.early))?;
+            self.early.advance(n);
+            self.wrote(n, active);
+        }
+        // Drop the handshake-time buffer: it may pin hyper's whole read buffer.
+        self.early = Bytes::new();
+        Poll::Ready(Ok(()))
+    }
+
+    /// The reader has nothing now: push out what was written so the peer sees it.
+    fn poll_idle_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<Result<()>> {
+        if self.unflushed {
+            ready!(Pin::new(writer).poll_flush(cx)).map_err(|e| Failure::Write(e.kind()))?;
+            self.unflushed = false;
+        }
+        Poll::Pending
+    }
+
+    /// Pass the half-close on: flush and shut down the writer's sending side.
+    fn poll_finish<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<Result<()>> {
+        match ready!(Pin::new(writer).poll_shutdown(cx)) {
+            // The peer may already be gone; the other direction decides what that means.
+            Ok(()) | Err(_) => {}
+        }
+        self.finished = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn wrote(&mut self, n: usize, active: &mut bool) {
+        self.bytes += n as u64;
+        self.unflushed = true;
+        *active = true;
+    }
+}
+
+fn poll_write_some<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    writer: &mut W,
+    data: &[u8],
+) -> Poll<Result<usize>> {
+    match ready!(Pin::new(writer).poll_write(cx, data)) {
+        Ok(0) => Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero))),
+        Ok(n) => Poll::Ready(Ok(n)),
+        Err(e) => Poll::Ready(Err(Failure::Write(e.kind()))),
+    }
+}
+
+/// A TCP close without TLS close_notify is how most clients end a WebSocket after its close
+/// frames; treat it as a plain end of stream, not a failure.
+fn is_eof(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn acquire() -> Box<[u8]> {
+    POOL.with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn release(buf: Option<Box<[u8]>>) {
+    if let Some(buf) = buf {
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOL_CAP {
+                pool.push(buf);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    #[tokio::test]
+    async fn early_bytes_go_first_and_half_close_is_passed_on() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let drain = CancellationToken::new();
+        let relay = tokio::spawn(async move {
+            let early_up = Bytes::from_static(b"early-up ");
+            let early_down = Bytes::from_static(b"early-down ");
+            run(
+                BufReader::new(client),
+                early_up,
+                backend,
+                early_down,
+                Duration::from_secs(60),
+                &drain,
+            )
+            .await
+        });
+        client_peer.write_all(b"hello").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early-up hello");
+        backend_peer.write_all(b"bye").await.unwrap();
+        backend_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early-down bye");
+        let outcome = relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
+        assert_eq!(outcome.client_to_backend, 14);
+        assert_eq!(outcome.backend_to_client, 14);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_tunnel_is_closed_after_the_idle_timeout() {
+        let (client, _client_peer) = duplex(64);
+        let (backend, _backend_peer) = duplex(64);
+        let drain = CancellationToken::new();
+        let outcome = run(
+            BufReader::new(client),
+            Bytes::new(),
+            backend,
+            Bytes::new(),
+            Duration::from_secs(300),
+            &drain,
+        )
+        .await;
+        assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn drain_ends_the_tunnel() {
+        let (client, _c) = duplex(64);
+        let (backend, _b) = duplex(64);
+        let drain = CancellationToken::new();
+        drain.cancel();
+        let outcome = run(
+            BufReader::new(client),
+            Bytes::new(),
+            backend,
+            Bytes::new(),
+            Duration::from_secs(300),
+            &drain,
+        )
+        .await;
+        assert_eq!(outcome.reason, CloseReason::Shutdown);
+    }
+}

@@ -1,0 +1,123 @@
+//! Certificates: PEM files → a rustls `ServerConfig` whose resolver picks a certificate by SNI.
+//!
+//! Everything is loaded and checked up front (chain parses, key parses, key matches the leaf),
+//! so a reload either gets a complete TLS config or an error naming the config line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{CertificatePaths, Config, ConfigError};
+
+/// Builds the TLS server config for every certificate the config names.
+pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut resolver = SniResolver::default();
+    for paths in &config.certificates {
+        let key = load_certified_key(paths, &provider)
+            .map_err(|msg| ConfigError::at(&config.path, &paths.location, msg))?;
+        resolver.add(key);
+    }
+    let mut tls = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| {
+            ConfigError::at(
+                &config.path,
+                &config.certificates[0].location,
+                e.to_string(),
+            )
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    // Pin HTTP/1.1: a WebSocket upgrade is an HTTP/1.1 affair, and a client that would pick h2
+    // from a longer list must not.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Stateless tickets make a reconnect (the common case after a network blip) cheap.
+    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+        tls.ticketer = ticketer;
+    }
+    Ok(Arc::new(tls))
+}
+
+fn load_certified_key(
+    paths: &CertificatePaths,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("cannot read certificate {}: {e}", paths.cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {}", paths.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&paths.key)
+        .map_err(|e| format!("cannot read private key {}: {e}", paths.key.display()))?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => format!(
+            "private key {} does not match certificate {}",
+            paths.key.display(),
+            paths.cert.display()
+        ),
+        other => format!(
+            "unusable key or certificate {}: {other}",
+            paths.key.display()
+        ),
+    })
+}
+
+/// Picks the certificate whose names cover the SNI name; the first certificate otherwise.
+#[derive(Debug, Default)]
+struct SniResolver {
+    keys: Vec<Arc<CertifiedKey>>,
+    /// Lowercased DNS name → index; the first certificate naming it wins.
+    exact: HashMap<String, usize>,
+    /// Wildcard suffix (".example.com" for "*.example.com") → index.
+    wildcard: HashMap<String, usize>,
+}
+
+impl SniResolver {
+    fn add(&mut self, key: CertifiedKey) {
+        let index = self.keys.len();
+        for name in dns_names(&key) {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix('*') {
+                Some(suffix) => self.wildcard.entry(suffix.to_string()).or_insert(index),
+                None => self.exact.entry(name).or_insert(index),
+            };
+        }
+        self.keys.push(Arc::new(key));
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let by_name = sni.and_then(|name| {
+            let name = name.to_ascii_lowercase();
+            self.exact.get(&name).or_else(|| {
+                // A certificate wildcard covers exactly one label (RFC 6125 §6.4.3).
+                let dot = name.find('.')?;
+                self.wildcard.get(&name[dot..])
+            })
+        });
+        self.keys.get(by_name.copied().unwrap_or(0))
+    }
+}
+
+fn dns_names(key: &CertifiedKey) -> Vec<String> {
+    let Some(leaf) = key.cert.first() else {
+        return Vec::new();
+    };
+    match webpki::EndEntityCert::try_from(leaf) {
+        Ok(cert) => cert.valid_dns_names().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name()).cloned()
+    }
+}

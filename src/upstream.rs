@@ -1,0 +1,275 @@
+//! The backend leg: dial a route's backends in turn, forward the upgrade request, and return
+//! either a checked 101 with the raw backend socket, or the backend's refusal to relay.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper::http::response;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::error::ProxyError;
+use crate::routes::Route;
+use crate::websocket::{self, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones this proxy sets itself. Built here, not
+/// from the client's `Connection` list alone, so a client cannot make us drop what we add
+/// (Traefik CVE-2024-45410).
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "sec-websocket-protocol",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Headers a client's `Connection` list may not remove: the handshake itself depends on them.
+fn is_protected(name: &str) -> bool {
+    name == "host" || name.starts_with("sec-websocket-") || name.starts_with("x-forwarded-")
+}
+
+/// A backend that accepted the upgrade.
+pub struct Tunnel {
+    /// The 101 head to pass to the client.
+    pub head: response::Parts,
+    pub socket: TcpStream,
+    /// Bytes the backend sent right behind its 101.
+    pub early: Bytes,
+}
+
+/// What the backend said to the upgrade.
+pub enum Answer {
+    Upgraded(Tunnel),
+    /// Anything but 101: relayed as is, never spliced.
+    Refused(Response<Incoming>),
+}
+
+/// The request line and headers to send to the backend.
+pub fn backend_request(
+    client: &Request<impl Sized>,
+    protocols: &[&str],
+    peer: SocketAddr,
+) -> Request<Empty<Bytes>> {
+    let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
+    let named_in_connection: Vec<String> = websocket::tokens(client.headers(), &CONNECTION)
+        .map(str::to_ascii_lowercase)
+        .filter(|name| !is_protected(name))
+        .collect();
+    for (name, value) in client.headers() {
+        let n = name.as_str();
+        if NOT_FORWARDED.contains(&n) || named_in_connection.iter().any(|c| c == n) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if !protocols.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&protocols.join(", ")) {
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
+    append_forwarded_for(&mut headers, peer);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Some(host) = client.headers().get(HOST) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let mut request = Request::new(Empty::new());
+    // Origin-form, exactly as the client sent it (an absolute-form target loses its authority,
+    // which Host and X-Forwarded-Host carry).
+    if let Some(pq) = client.uri().path_and_query() {
+        *request.uri_mut() = hyper::Uri::from(pq.clone());
+    }
+    *request.headers_mut() = headers;
+    request
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical().to_string();
+    let joined = match headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+    {
+        prior if prior.is_empty() => ip,
+        prior => format!("{}, {ip}", prior.join(", ")),
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
+/// the backend's complete answer head) must fit in `timeout`. `tried` names the backend that
+/// answered (or the last one tried), for the log line.
+pub async fn open(
+    route: &Route,
+    request: Request<Empty<Bytes>>,
+    protocols: &[&str],
+    timeout: Duration,
+    tried: &mut Option<String>,
+) -> Result<Answer, ProxyError> {
+    match tokio::time::timeout(timeout, exchange(route, request, protocols, tried)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ProxyError::BackendTimeout),
+    }
+}
+
+async fn exchange(
+    route: &Route,
+    request: Request<Empty<Bytes>>,
+    protocols: &[&str],
+    tried: &mut Option<String>,
+) -> Result<Answer, ProxyError> {
+    let key = request
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or(ProxyError::BadKey)?;
+    let socket = connect_in_turn(route, tried).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
+        .await
+        .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
+    let mut conn = conn.with_upgrades();
+    // Drive the connection in this task until the answer head is in: no extra task per
+    // upgrade, and a timeout drops both together. With upgrades on, the connection future
+    // completes in the very poll that delivers a 101, so its end is not an error by itself.
+    let send = sender.send_request(request);
+    tokio::pin!(send);
+    let mut conn_done = false;
+    let mut response = loop {
+        tokio::select! {
+            biased;
+            response = &mut send => {
+                break response.map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
+            }
+            ended = &mut conn, if !conn_done => match ended {
+                Ok(()) => conn_done = true,
+                Err(e) => return Err(ProxyError::BackendProtocol(e.to_string())),
+            },
+        }
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if !conn_done {
+            // The body still has to flow; the connection ends when the client has it.
+            tokio::spawn(conn);
+        }
+        return Ok(Answer::Refused(response));
+    }
+    websocket::check_response(response.headers(), &key, protocols)?;
+    let on_upgrade = hyper::upgrade::on(&mut response);
+    if !conn_done {
+        conn.await
+            .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
+    }
+    let upgraded = on_upgrade
+        .await
+        .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
+    let parts = upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| ProxyError::Internal("unexpected upgraded stream type"))?;
+    let (head, _) = response.into_parts();
+    Ok(Answer::Upgraded(Tunnel {
+        head,
+        socket: parts.io.into_inner(),
+        early: parts.read_buf,
+    }))
+}
+
+/// Tries every backend once, starting at the route's round-robin position; a refused or
+/// unresolvable backend moves on to the next.
+async fn connect_in_turn(
+    route: &Route,
+    tried: &mut Option<String>,
+) -> Result<TcpStream, ProxyError> {
+    for backend in route.backends_in_turn() {
+        *tried = Some(backend.to_string());
+        match connect(backend).await {
+            Ok(socket) => return Ok(socket),
+            Err(e) => {
+                tracing::debug!(route = %route.config.name, backend, error = %e, "backend connect failed")
+            }
+        }
+    }
+    Err(ProxyError::BackendUnavailable)
+}
+
+async fn connect(backend: &str) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
+    for addr in tokio::net::lookup_host(backend).await? {
+        match TcpStream::connect(addr).await {
+            Ok(socket) => {
+                // WebSocket frames are small and latency-bound; never wait for Nagle.
+                socket.set_nodelay(true)?;
+                return Ok(socket);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The 101 the client gets: the backend's headers (extensions, chosen protocol, cookies…)
+/// without its hop-by-hop ones, with the upgrade tokens set by us.
+pub fn client_switching_head(backend: &response::Parts) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    for (name, value) in &backend.headers {
+        if !is_hop_by_hop(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    response
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+/// Strips hop-by-hop headers from a relayed refusal and marks it as the connection's last.
+pub fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
+    let headers = response.headers_mut();
+    let named: Vec<HeaderName> = websocket::tokens(headers, &CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
+        headers.remove(name);
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}

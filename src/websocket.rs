@@ -1,0 +1,291 @@
+//! The WebSocket opening handshake rules (RFC 6455 §4, RFC 9110 §7.6) as pure functions over
+//! request and response heads: no I/O, so every rule is table-tested here.
+//!
+//! Header tokens are parsed as comma lists, case-insensitively, across every line of a header:
+//! `Connection: keep-alive, Upgrade` (Firefox) and `Upgrade: WebSocket` broke several proxies.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::{Method, Version};
+use sha1::{Digest, Sha1};
+
+use crate::error::ProxyError;
+
+pub const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+pub const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+pub const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+pub const SEC_WEBSOCKET_PROTOCOL: HeaderName = HeaderName::from_static("sec-websocket-protocol");
+
+/// The GUID RFC 6455 §1.3 appends to the key before hashing.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Every comma-separated token of every `name` header line, trimmed, empty ones skipped.
+pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Whether the request asks for a WebSocket at all; a route match plus `false` here is a 426.
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    has_token(headers, &UPGRADE, "websocket")
+}
+
+/// Checks a request head against RFC 6455 §4.2.1, in the order that gives the most useful
+/// answer: the method and version first, then whether it is an upgrade at all.
+pub fn check_request(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    if method != Method::GET {
+        return Err(ProxyError::MethodNotGet);
+    }
+    if version < Version::HTTP_11 {
+        return Err(ProxyError::HttpTooOld);
+    }
+    if !asks_for_websocket(headers) {
+        return Err(ProxyError::NotUpgrade);
+    }
+    if !has_token(headers, &CONNECTION, "upgrade") {
+        return Err(ProxyError::NoConnectionUpgrade);
+    }
+    if headers.get_all(HOST).iter().count() != 1 {
+        return Err(ProxyError::BadHost);
+    }
+    // A body on an upgrade request is a smuggling vector: the bytes after the head belong to
+    // the tunnel, so a declared body makes the framing ambiguous.
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(ProxyError::UnexpectedBody);
+    }
+    if !single_value_is(headers, &SEC_WEBSOCKET_VERSION, "13") {
+        return Err(ProxyError::UnsupportedVersion);
+    }
+    match single(headers, &SEC_WEBSOCKET_KEY) {
+        Some(key) if is_valid_key(key) => Ok(()),
+        _ => Err(ProxyError::BadKey),
+    }
+}
+
+/// The header's value if it occurs exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
+}
+
+fn single_value_is(headers: &HeaderMap, name: &HeaderName, expected: &str) -> bool {
+    single(headers, name).is_some_and(|v| v.as_bytes().trim_ascii() == expected.as_bytes())
+}
+
+/// A key is the base64 encoding of exactly 16 bytes (RFC 6455 §4.1, item 7).
+pub fn is_valid_key(key: &HeaderValue) -> bool {
+    let raw = key.as_bytes().trim_ascii();
+    raw.len() == 24 && BASE64.decode(raw).is_ok_and(|bytes| bytes.len() == 16)
+}
+
+/// The `Sec-WebSocket-Accept` value a server must send for `key`.
+pub fn accept_for(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.trim_ascii());
+    sha.update(ACCEPT_GUID);
+    BASE64.encode(sha.finalize())
+}
+
+/// The subprotocols the client offered, in its order.
+pub fn offered_protocols(headers: &HeaderMap) -> Vec<&str> {
+    tokens(headers, &SEC_WEBSOCKET_PROTOCOL).collect()
+}
+
+/// Checks a backend's 101 against the request we forwarded (RFC 6455 §4.2.2 / §4.1 client
+/// rules): only a checked 101 may open a tunnel.
+pub fn check_response(
+    headers: &HeaderMap,
+    key: &HeaderValue,
+    forwarded_protocols: &[&str],
+) -> Result<(), ProxyError> {
+    if !has_token(headers, &UPGRADE, "websocket") {
+        return Err(ProxyError::BadBackendUpgrade("Upgrade is not websocket"));
+    }
+    if !has_token(headers, &CONNECTION, "upgrade") {
+        return Err(ProxyError::BadBackendUpgrade("Connection lacks upgrade"));
+    }
+    let expected = accept_for(key.as_bytes());
+    if !single_value_is(headers, &SEC_WEBSOCKET_ACCEPT, &expected) {
+        return Err(ProxyError::BadBackendUpgrade("wrong Sec-WebSocket-Accept"));
+    }
+    let mut chosen = tokens(headers, &SEC_WEBSOCKET_PROTOCOL);
+    match (chosen.next(), chosen.next()) {
+        (None, _) => Ok(()),
+        (Some(p), None) if forwarded_protocols.contains(&p) => Ok(()),
+        _ => Err(ProxyError::BadBackendUpgrade(
+            "chose a subprotocol that was not offered",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in lines {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn good() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("host", "example.com"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", KEY),
+        ]
+    }
+
+    fn check(lines: &[(&'static str, &'static str)]) -> Result<(), ProxyError> {
+        check_request(&Method::GET, Version::HTTP_11, &headers(lines))
+    }
+
+    fn with(name: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
+        let mut lines: Vec<_> = good().into_iter().filter(|(n, _)| *n != name).collect();
+        lines.push((name, value));
+        lines
+    }
+
+    fn without(name: &str) -> Vec<(&'static str, &'static str)> {
+        good().into_iter().filter(|(n, _)| *n != name).collect()
+    }
+
+    #[test]
+    fn the_rfc_example_accept_is_computed() {
+        assert_eq!(accept_for(KEY.as_bytes()), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn a_complete_upgrade_passes() {
+        assert_eq!(check(&good()), Ok(()));
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_comma_lists_over_several_lines() {
+        assert_eq!(check(&with("connection", "keep-alive, Upgrade")), Ok(()));
+        assert_eq!(check(&with("upgrade", "WebSocket")), Ok(()));
+        let mut split = with("connection", "keep-alive");
+        split.push(("connection", "UPGRADE"));
+        assert_eq!(check(&split), Ok(()));
+    }
+
+    #[test]
+    fn each_fault_gets_its_own_refusal() {
+        let cases: Vec<(Vec<(&'static str, &'static str)>, ProxyError)> = vec![
+            (without("upgrade"), ProxyError::NotUpgrade),
+            (with("upgrade", "h2c"), ProxyError::NotUpgrade),
+            (without("connection"), ProxyError::NoConnectionUpgrade),
+            (
+                with("connection", "keep-alive"),
+                ProxyError::NoConnectionUpgrade,
+            ),
+            (without("sec-websocket-key"), ProxyError::BadKey),
+            (with("sec-websocket-key", "c2hvcnQ="), ProxyError::BadKey),
+            (
+                with("sec-websocket-key", "!!!!!!!!!!!!!!!!!!!!!!=="),
+                ProxyError::BadKey,
+            ),
+            (
+                with("sec-websocket-version", "8"),
+                ProxyError::UnsupportedVersion,
+            ),
+            (
+                without("sec-websocket-version"),
+                ProxyError::UnsupportedVersion,
+            ),
+            (without("host"), ProxyError::BadHost),
+            (with("content-length", "5"), ProxyError::UnexpectedBody),
+            (
+                with("transfer-encoding", "chunked"),
+                ProxyError::UnexpectedBody,
+            ),
+        ];
+        for (lines, expected) in cases {
+            assert_eq!(check(&lines), Err(expected.clone()), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn method_and_version_are_checked_first() {
+        let h = headers(&good());
+        assert_eq!(
+            check_request(&Method::POST, Version::HTTP_11, &h),
+            Err(ProxyError::MethodNotGet)
+        );
+        assert_eq!(
+            check_request(&Method::GET, Version::HTTP_10, &h),
+            Err(ProxyError::HttpTooOld)
+        );
+    }
+
+    fn response(
+        lines: &[(&'static str, &'static str)],
+        forwarded: &[&str],
+    ) -> Result<(), ProxyError> {
+        check_response(&headers(lines), &HeaderValue::from_static(KEY), forwarded)
+    }
+
+    #[test]
+    fn a_correct_101_is_accepted_with_or_without_a_chosen_protocol() {
+        let ok = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        assert_eq!(response(&ok, &[]), Ok(()));
+        let mut chose = ok.to_vec();
+        chose.push(("sec-websocket-protocol", "chat.v1"));
+        assert_eq!(response(&chose, &["chat.v2", "chat.v1"]), Ok(()));
+    }
+
+    #[test]
+    fn a_bad_101_is_refused() {
+        let wrong_accept = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        ];
+        assert!(response(&wrong_accept, &[]).is_err());
+        let unoffered = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ("sec-websocket-protocol", "evil"),
+        ];
+        assert!(response(&unoffered, &["chat.v1"]).is_err());
+        let not_websocket = [
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        assert!(response(&not_websocket, &[]).is_err());
+    }
+}

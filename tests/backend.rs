@@ -1,0 +1,282 @@
+//! What the proxy does with backends that fail, refuse or answer wrongly.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+
+fn ws() -> Req {
+    Req::upgrade("chat.example.com", "/ws")
+}
+
+fn assert_no_address(body: &[u8], addrs: &[SocketAddr]) {
+    let text = String::from_utf8_lossy(body);
+    assert!(body.len() < 512, "error body is {} bytes", body.len());
+    for addr in addrs {
+        assert!(
+            !text.contains(&addr.to_string()),
+            "body names {addr}: {text:?}"
+        );
+        assert!(
+            !text.contains(&addr.port().to_string()),
+            "body names port {}: {text:?}",
+            addr.port()
+        );
+    }
+    assert!(
+        !text.contains("127.0.0.1"),
+        "body names an address: {text:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backend_refusing_is_502_without_addresses() {
+    let a = closed_port().await;
+    let b = closed_port().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[a, b])).await;
+    let (head, body) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_no_address(&body, &[a, b]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_backend_is_502() {
+    let proxy = start_proxy(
+        "[timeouts]\nconnect = \"3s\"\n\n[[route]]\nname = \"chat\"\npath = \"/ws\"\nbackends = [\"backend.invalid:9001\"]\n",
+    )
+    .await;
+    let (head, body) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(!String::from_utf8_lossy(&body).contains("backend.invalid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_is_504_after_the_connect_timeout() {
+    let hole = BlackHole::start().await;
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"300ms\"\n\n{}",
+        route("chat", "/ws", &[hole.addr])
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let (head, body) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 504, "{head:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert_no_address(&body, &[hole.addr]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_sends_half_an_answer_is_504() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"300ms\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n")
+        .await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 504, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_101_answer_is_relayed_as_is_and_the_connection_ends() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.send(
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"chat\"\r\n\
+         X-Reason: token-expired\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nlog in first",
+    )
+    .await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 401, "{head:?}");
+    assert_eq!(head.get("www-authenticate"), Some("Bearer realm=\"chat\""));
+    assert_eq!(head.get("x-reason"), Some("token-expired"));
+    assert_eq!(client.read_body(&head).await, b"log in first");
+    // Never spliced: the client connection ends, and so does the backend one.
+    client.expect_closed().await;
+    back.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_refusals_are_relayed_with_their_status() {
+    for (status, reason) in [
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (500, "Internal Server Error"),
+        (200, "OK"),
+    ] {
+        let backend = RawBackend::start().await;
+        let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+        let mut client = raw_client(proxy.addr).await;
+        client.send(ws().bytes()).await;
+        let mut back = backend.accept().await;
+        back.read_head().await;
+        back.send(format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: 4\r\n\r\nnope"
+        ))
+        .await;
+        let head = client.read_head().await;
+        assert_eq!(head.status, status, "{head:?}");
+        assert_eq!(client.read_body(&head).await, b"nope");
+        client.expect_closed().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_bytes_sent_behind_the_request_never_reach_a_refusing_backend() {
+    // RFC 9931 / request smuggling: bytes after the upgrade request are not HTTP to the backend.
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    let mut bytes = ws().bytes();
+    let smuggled = b"GET /admin HTTP/1.1\r\nHost: internal\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&smuggled);
+    client.send(&bytes).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 403, "{head:?}");
+    let leaked = back.read_to_end().await;
+    assert!(
+        leaked.is_empty(),
+        "backend got {:?}",
+        String::from_utf8_lossy(&leaked)
+    );
+    client.read_to_end().await;
+}
+
+/// Sends an upgrade (with `offer` as Sec-WebSocket-Protocol, if any) and answers it with
+/// `answer(request head)`; returns the client's answer and what follows it.
+async fn answered_with(offer: Option<&str>, answer: impl Fn(&Head) -> String) -> (Head, Vec<u8>) {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut req = ws();
+    if let Some(offer) = offer {
+        req = req.add("Sec-WebSocket-Protocol", offer);
+    }
+    let mut client = raw_client(proxy.addr).await;
+    client.send(req.bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    back.send(answer(&seen)).await;
+    // A frame right behind the 101 that must not reach the client if the 101 is refused.
+    back.send(frame(true, OP_TEXT, b"leak", false)).await;
+    let head = client.read_head().await;
+    let body = client.read_body(&head).await;
+    (head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_with_a_wrong_accept_is_502() {
+    let (head, body) = answered_with(None, |_| {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
+            .to_string()
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(!String::from_utf8_lossy(&body).contains("leak"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_without_an_accept_is_502() {
+    let (head, _) = answered_with(None, |_| {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            .to_string()
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_without_upgrade_websocket_is_502() {
+    let (head, _) = answered_with(None, |seen| {
+        let key = seen.get("sec-websocket-key").unwrap();
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_for(key)
+        )
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_h2c_is_502() {
+    let (head, _) = answered_with(None, |seen| {
+        let key = seen.get("sec-websocket-key").unwrap();
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_for(key)
+        )
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_choosing_a_protocol_that_was_not_offered_is_502() {
+    let (head, _) = answered_with(Some("chat.v1"), |seen| {
+        switching(seen, "Sec-WebSocket-Protocol: chat.v9\r\n")
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_choosing_a_protocol_when_none_was_offered_is_502() {
+    let (head, _) = answered_with(None, |seen| {
+        switching(seen, "Sec-WebSocket-Protocol: chat.v1\r\n")
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_choosing_a_protocol_the_proxy_filtered_out_is_502() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!(
+        "[[route]]\nname = \"chat\"\npath = \"/ws\"\nsubprotocols = [\"chat.v2\"]\nbackends = [\"{}\"]\n",
+        backend.addr
+    ))
+    .await;
+    let mut client = raw_client(proxy.addr).await;
+    client
+        .send(
+            ws().add("Sec-WebSocket-Protocol", "chat.v1, chat.v2")
+                .bytes(),
+        )
+        .await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    assert_eq!(seen.list("sec-websocket-protocol"), ["chat.v2"]);
+    back.send(switching(&seen, "Sec-WebSocket-Protocol: chat.v1\r\n"))
+        .await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_closing_without_an_answer_is_502() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    drop(back);
+    let head = client.read_head().await;
+    assert_eq!(head.status, 502, "{head:?}");
+}

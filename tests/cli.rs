@@ -1,0 +1,188 @@
+//! The `wsgate` binary: --version, --help, `check`, and `run` with a bad config.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Runs `wsgate args…` from `/` (so relative paths must resolve against the config's folder)
+/// and fails the test if it does not exit within [`TIMEOUT`].
+fn wsgate(args: &[&str]) -> Output {
+    let mut child = Command::new(wsgate_bin())
+        .args(args)
+        .current_dir("/")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wsgate");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "wsgate {args:?} did not exit within {TIMEOUT:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn check(path: &Path) -> Output {
+    wsgate(&["check", "--config", path.to_str().unwrap()])
+}
+
+const ROUTE: &str = "[[route]]\nname = \"chat\"\npath = \"/ws\"\nbackends = [\"127.0.0.1:9001\"]\n";
+
+/// Line numbers in test configs: [`CONFIG_HEAD`] takes this many lines before the body.
+fn head_lines() -> usize {
+    CONFIG_HEAD.lines().count()
+}
+
+fn assert_clean_failure(out: &Output) {
+    assert!(!out.status.success(), "expected a failure: {}", text(out));
+    assert!(
+        !text(out).contains("panicked"),
+        "wsgate panicked: {}",
+        text(out)
+    );
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = wsgate(&["--version"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn help_names_the_subcommands() {
+    let out = wsgate(&["--help"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("run") && stdout.contains("check"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_accepts_a_good_config_with_a_one_line_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout:?}");
+}
+
+#[test]
+fn check_names_file_line_and_key_of_a_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"),
+    );
+    let out = check(&path);
+    assert_clean_failure(&out);
+    let line = head_lines() + 2;
+    let all = text(&out);
+    assert!(all.contains(&format!("wsgate.toml:{line}:")), "{all}");
+    assert!(all.contains("idle"), "{all}");
+}
+
+#[test]
+fn check_names_file_line_and_key_of_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("{ROUTE}\n[limits]\nmax_conections = 5\n"),
+    );
+    let out = check(&path);
+    assert_clean_failure(&out);
+    let line = head_lines() + ROUTE.lines().count() + 3;
+    let all = text(&out);
+    assert!(all.contains(&format!("wsgate.toml:{line}:")), "{all}");
+    assert!(all.contains("max_conections"), "{all}");
+}
+
+#[test]
+fn check_names_a_missing_certificate_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    std::fs::remove_file(dir.path().join("server.crt")).unwrap();
+    let out = check(&path);
+    assert_clean_failure(&out);
+    assert!(text(&out).contains("server.crt"), "{}", text(&out));
+}
+
+#[test]
+fn check_refuses_a_key_that_does_not_match_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let (_, other_key) = pki().leaf(&["localhost"]);
+    std::fs::write(dir.path().join("server.key"), other_key).unwrap();
+    let out = check(&path);
+    assert_clean_failure(&out);
+}
+
+#[test]
+fn check_names_a_missing_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let out = check(&path);
+    assert_clean_failure(&out);
+    assert!(text(&out).contains("nope.toml"), "{}", text(&out));
+}
+
+#[test]
+fn run_with_a_bad_config_exits_non_zero_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"),
+    );
+    let out = wsgate(&["run", "--config", path.to_str().unwrap()]);
+    assert_clean_failure(&out);
+    assert!(text(&out).contains("idle"), "{}", text(&out));
+}
+
+#[test]
+fn run_with_a_missing_certificate_exits_non_zero_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    std::fs::remove_file(dir.path().join("server.key")).unwrap();
+    let out = wsgate(&["run", "--config", path.to_str().unwrap()]);
+    assert_clean_failure(&out);
+}
+
+#[test]
+fn the_shipped_configs_pass_check() {
+    for name in ["config/wsgate.toml", "config/example.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let out = check(&path);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).contains("ok"), "{name}: {}", text(&out));
+    }
+}

@@ -1,0 +1,78 @@
+//! Origin allow-lists.
+
+mod support;
+
+use support::*;
+
+async fn proxy_with_origins(backend: &WsBackend) -> Proxy {
+    start_proxy(&format!(
+        "[[route]]\nname = \"chat\"\npath = \"/ws\"\norigins = [\"https://chat.example.com\", \"https://admin.example.com\"]\nbackends = [\"{}\"]\n",
+        backend.addr
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_origin_passes() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = proxy_with_origins(&backend).await;
+    for origin in ["https://chat.example.com", "https://admin.example.com"] {
+        let (mut ws, _) = ws_connect(
+            proxy.addr,
+            "wss://chat.example.com/ws",
+            &[("Origin", origin)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{origin} refused: {e:?}"));
+        assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_origin_is_403() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = proxy_with_origins(&backend).await;
+    for origin in [
+        "https://evil.example.net",
+        "http://chat.example.com",
+        "https://chat.example.com:8443",
+        "null",
+    ] {
+        let (head, body) = request(
+            proxy.addr,
+            Req::upgrade("chat.example.com", "/ws")
+                .add("Origin", origin)
+                .bytes(),
+        )
+        .await;
+        assert_eq!(head.status, 403, "origin {origin}: {head:?}");
+        assert!(body.len() < 512);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_origin_header_passes() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = proxy_with_origins(&backend).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_a_list_accepts_any_origin() {
+    let mut backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut ws, _) = ws_connect(
+        proxy.addr,
+        "wss://chat.example.com/ws",
+        &[("Origin", "https://anywhere.test")],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+    // The Origin header is end-to-end: the backend sees it.
+    assert_eq!(
+        backend.next_request().await.get("origin"),
+        Some("https://anywhere.test")
+    );
+}

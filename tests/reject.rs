@@ -1,0 +1,187 @@
+//! Requests the proxy refuses itself, before any backend is involved.
+
+mod support;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// A proxy with one route `/ws` to a backend that must never be reached (a closed port, so a
+/// request that leaks through gets a 502 rather than a 4xx).
+async fn proxy(extra: &str) -> Proxy {
+    let nowhere = closed_port().await;
+    start_proxy(&format!("{extra}\n{}", route("chat", "/ws", &[nowhere]))).await
+}
+
+async fn status_of(req: Req) -> (Head, Vec<u8>) {
+    let proxy = proxy("").await;
+    request(proxy.addr, req.bytes()).await
+}
+
+fn ws() -> Req {
+    Req::upgrade("chat.example.com", "/ws")
+}
+
+fn assert_short_plain_text(body: &[u8]) {
+    assert!(body.len() < 512, "error body is {} bytes", body.len());
+    assert!(std::str::from_utf8(body).is_ok(), "error body is not text");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_no_route_matches_is_404() {
+    let (head, body) = status_of(Req::upgrade("chat.example.com", "/nothing-here")).await;
+    assert_eq!(head.status, 404, "{head:?}");
+    assert_short_plain_text(&body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_get_on_a_route_is_426_with_upgrade_headers() {
+    let (head, _) = status_of(Req::get("chat.example.com", "/ws")).await;
+    assert_eq!(head.status, 426, "{head:?}");
+    assert_eq!(head.tokens("upgrade"), ["websocket"]);
+    assert!(head.tokens("connection").contains(&"upgrade".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_426_never_forwarded() {
+    let (head, _) = status_of(
+        ws().set("Upgrade", "h2c")
+            .add("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+    )
+    .await;
+    assert_eq!(head.status, 426, "{head:?}");
+    assert_eq!(head.tokens("upgrade"), ["websocket"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_upgrade_is_400() {
+    let (head, _) = status_of(ws().method("POST").add("Content-Length", "0")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_upgrade_is_400() {
+    let (head, _) = status_of(ws().version("HTTP/1.0")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_without_the_upgrade_token_is_400() {
+    let (head, _) = status_of(ws().set("Connection", "keep-alive")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_is_400() {
+    let (head, _) = status_of(ws().remove("Sec-WebSocket-Key")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_not_base64_is_400() {
+    let (head, _) = status_of(ws().set("Sec-WebSocket-Key", "not base64 at all!!!!!!!")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_15_bytes_is_400() {
+    // base64 of 15 bytes
+    let (head, _) = status_of(ws().set("Sec-WebSocket-Key", "AAECAwQFBgcICQoLDA0O")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_17_bytes_is_400() {
+    let (head, _) = status_of(ws().set("Sec-WebSocket-Key", "AAECAwQFBgcICQoLDA0ODxA=")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_8_is_426_naming_version_13() {
+    let (head, _) = status_of(ws().set("Sec-WebSocket-Version", "8")).await;
+    assert_eq!(head.status, 426, "{head:?}");
+    assert_eq!(head.get("sec-websocket-version"), Some("13"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_version_is_refused() {
+    let (head, _) = status_of(ws().remove("Sec-WebSocket-Version")).await;
+    assert!(
+        head.status == 426 || head.status == 400,
+        "expected 400 or 426, got {head:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_larger_than_the_limit_is_431() {
+    let proxy = proxy("[limits]\nmax_request_header_bytes = 4096\n").await;
+    let (head, _) = request(proxy.addr, ws().add("X-Big", &"a".repeat(5000)).bytes()).await;
+    assert_eq!(head.status, 431, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_larger_than_the_default_16_kib_is_431() {
+    let proxy = proxy("").await;
+    let (head, _) = request(
+        proxy.addr,
+        ws().add("X-Big", &"a".repeat(17 * 1024)).bytes(),
+    )
+    .await;
+    assert_eq!(head.status, 431, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_within_the_limit_is_not_431() {
+    let proxy = proxy("[limits]\nmax_request_header_bytes = 4096\n").await;
+    // Reaches routing (and the closed backend), so 502: the size check did not fire.
+    let (head, _) = request(proxy.addr, ws().add("X-Big", &"a".repeat(2000)).bytes()).await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_head_is_closed_after_the_handshake_timeout() {
+    let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
+    let mut client = raw_client(proxy.addr).await;
+    client
+        .send(b"GET /ws HTTP/1.1\r\nHost: chat.example.com\r\n")
+        .await;
+    // Either a bare close or a 408 then a close; never a hang.
+    let rest = client.read_to_end().await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "unexpected answer {text:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeout() {
+    let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut raw = RawConn::new(tcp);
+    raw.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_tls_hello_is_closed_after_the_handshake_timeout() {
+    let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // The first bytes of a TLS record header announcing a ClientHello that never comes.
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let mut raw = RawConn::new(tcp);
+    raw.read_to_end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_the_tls_port_gets_no_http_answer() {
+    let proxy = proxy("").await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut raw = RawConn::new(tcp);
+    raw.send(ws().bytes()).await;
+    let rest = raw.read_to_end().await;
+    assert!(
+        !rest.starts_with(b"HTTP/"),
+        "answered plain HTTP on the TLS port"
+    );
+}

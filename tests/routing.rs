@@ -1,0 +1,210 @@
+//! Route choice: host ranking, wildcards, segment prefixes, subprotocol fit, round-robin.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+
+fn host_route(
+    name: &str,
+    host: Option<&str>,
+    path: &str,
+    extra: &str,
+    backend: SocketAddr,
+) -> String {
+    let host = host
+        .map(|h| format!("host = \"{h}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[[route]]\nname = \"{name}\"\n{host}path = \"{path}\"\n{extra}backends = [\"{backend}\"]\n\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_host_beats_wildcard_beats_no_host_then_longest_prefix() {
+    let any = WsBackend::start("any").await;
+    let wild = WsBackend::start("wild").await;
+    let exact = WsBackend::start("exact").await;
+    let exact_admin = WsBackend::start("exact-admin").await;
+    // Written in the opposite order of their rank, so file order cannot explain the result.
+    let config = [
+        host_route("any", None, "/", "", any.addr),
+        host_route("any-admin", None, "/ws/admin", "", any.addr),
+        host_route("wild", Some("*.example.com"), "/", "", wild.addr),
+        host_route("exact", Some("chat.example.com"), "/", "", exact.addr),
+        host_route(
+            "exact-admin",
+            Some("chat.example.com"),
+            "/ws/admin",
+            "",
+            exact_admin.addr,
+        ),
+    ]
+    .concat();
+    let proxy = start_proxy(&config).await;
+    let cases = [
+        ("wss://chat.example.com/ws/admin/x", "exact-admin"),
+        ("wss://chat.example.com/ws/admin", "exact-admin"),
+        ("wss://chat.example.com/ws", "exact"),
+        ("wss://chat.example.com/", "exact"),
+        ("wss://foo.example.com/ws/admin", "wild"),
+        ("wss://other.test/ws", "any"),
+        ("wss://other.test/ws/admin", "any"),
+    ];
+    for (url, want) in cases {
+        assert_eq!(which_backend(proxy.addr, url).await, want, "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_in_the_host_header_is_ignored() {
+    let exact = WsBackend::start("exact").await;
+    let any = WsBackend::start("any").await;
+    let config = [
+        host_route("exact", Some("chat.example.com"), "/ws", "", exact.addr),
+        host_route("any", None, "/ws", "", any.addr),
+    ]
+    .concat();
+    let proxy = start_proxy(&config).await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://chat.example.com:8443/ws").await,
+        "exact"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_no_route_covers_is_404() {
+    let exact = WsBackend::start("exact").await;
+    let proxy = start_proxy(&host_route(
+        "exact",
+        Some("chat.example.com"),
+        "/ws",
+        "",
+        exact.addr,
+    ))
+    .await;
+    for host in ["other.test", "example.com", "chat.example.com.evil.test"] {
+        let (head, _) = request(proxy.addr, Req::upgrade(host, "/ws").bytes()).await;
+        assert_eq!(head.status, 404, "{host}: {head:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_host_matches_a_subdomain() {
+    let wild = WsBackend::start("wild").await;
+    let proxy = start_proxy(&host_route(
+        "wild",
+        Some("*.example.com"),
+        "/ws",
+        "",
+        wild.addr,
+    ))
+    .await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://api.example.com/ws").await,
+        "wild"
+    );
+    let (head, _) = request(proxy.addr, Req::upgrade("example.net", "/ws").bytes()).await;
+    assert_eq!(head.status, 404, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_prefixes_match_whole_segments() {
+    let backend = WsBackend::start("ws").await;
+    let proxy = start_proxy(&route("ws", "/ws", &[backend.addr])).await;
+    for target in ["/ws", "/ws/", "/ws/room/1", "/ws?room=1"] {
+        let url = format!("wss://chat.example.com{target}");
+        assert_eq!(which_backend(proxy.addr, &url).await, "ws", "{target}");
+    }
+    for target in ["/wsx", "/w", "/", "/other/ws"] {
+        let (head, _) = request(proxy.addr, Req::upgrade("chat.example.com", target).bytes()).await;
+        assert_eq!(head.status, 404, "{target}: {head:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_routes_are_taken_in_file_order() {
+    let first = WsBackend::start("first").await;
+    let second = WsBackend::start("second").await;
+    let config = [
+        host_route("first", Some("chat.example.com"), "/ws", "", first.addr),
+        host_route("second", Some("chat.example.com"), "/ws", "", second.addr),
+    ]
+    .concat();
+    let proxy = start_proxy(&config).await;
+    for _ in 0..3 {
+        assert_eq!(
+            which_backend(proxy.addr, "wss://chat.example.com/ws").await,
+            "first"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_ranked_route_whose_subprotocols_fit_wins() {
+    let v2 = WsBackend::start("v2").await;
+    let v1 = WsBackend::start("v1").await;
+    let config = [
+        host_route(
+            "v2",
+            Some("chat.example.com"),
+            "/ws",
+            "subprotocols = [\"chat.v2\"]\n",
+            v2.addr,
+        ),
+        host_route("v1", None, "/ws", "subprotocols = [\"chat.v1\"]\n", v1.addr),
+    ]
+    .concat();
+    let proxy = start_proxy(&config).await;
+    for (offer, want) in [
+        ("chat.v1", "v1"),
+        ("chat.v2", "v2"),
+        ("chat.v1, chat.v2", "v2"),
+    ] {
+        let (mut ws, _) = ws_connect(
+            proxy.addr,
+            "wss://chat.example.com/ws",
+            &[("Sec-WebSocket-Protocol", offer)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("offer {offer}: {e:?}"));
+        assert_eq!(round_trip(&mut ws, "whoami").await, want, "offer {offer}");
+    }
+    // Candidates exist but none fits.
+    let (head, _) = request(
+        proxy.addr,
+        Req::upgrade("chat.example.com", "/ws")
+            .add("Sec-WebSocket-Protocol", "chat.v3")
+            .bytes(),
+    )
+    .await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_are_used_round_robin() {
+    let a = WsBackend::start("a").await;
+    let b = WsBackend::start("b").await;
+    let proxy = start_proxy(&route("rr", "/ws", &[a.addr, b.addr])).await;
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(which_backend(proxy.addr, "wss://chat.example.com/ws").await);
+    }
+    for pair in names.windows(2) {
+        assert_ne!(pair[0], pair[1], "not round-robin: {names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_backend_is_skipped_for_the_next_one() {
+    let refused = closed_port().await;
+    let b = WsBackend::start("b").await;
+    let proxy = start_proxy(&route("rr", "/ws", &[refused, b.addr])).await;
+    for _ in 0..4 {
+        assert_eq!(
+            which_backend(proxy.addr, "wss://chat.example.com/ws").await,
+            "b"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The tunnel after a 101: bytes unchanged both ways, half-close, vanished peers, idle
+//! timeout, and tunnels counted in the connection limit.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+fn ws() -> Req {
+    Req::upgrade("chat.example.com", "/ws")
+}
+
+/// A conversation of frames of every kind: fragmented text with a ping in the middle, a
+/// binary message needing a 64-bit length, a pong, and a close with a code.
+fn conversation(masked: bool) -> Vec<u8> {
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    [
+        frame(false, OP_TEXT, b"hel", masked),
+        frame(true, OP_PING, b"mid-message ping", masked),
+        frame(false, OP_CONT, b"lo, ", masked),
+        frame(true, OP_CONT, "wörld".as_bytes(), masked),
+        frame(true, OP_BINARY, &big, masked),
+        frame(true, OP_BINARY, &[], masked),
+        frame(true, OP_PONG, b"unsolicited", masked),
+        frame(true, OP_CLOSE, &close_payload(4321, "done"), masked),
+    ]
+    .concat()
+}
+
+/// Writes `bytes` in uneven pieces, so frame and record boundaries do not line up.
+async fn send_in_pieces<S>(conn: &mut RawConn<S>, bytes: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut rest = bytes;
+    let mut size = 1;
+    while !rest.is_empty() {
+        let n = size.min(rest.len());
+        conn.send(&rest[..n]).await;
+        rest = &rest[n..];
+        size = size * 3 + 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_pass_byte_for_byte_from_client_to_backend() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let bytes = conversation(true);
+    send_in_pieces(&mut client, &bytes).await;
+    assert!(
+        back.read_exact(bytes.len()).await == bytes,
+        "bytes changed on the way"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_pass_byte_for_byte_from_backend_to_client() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let bytes = conversation(false);
+    send_in_pieces(&mut back, &bytes).await;
+    assert!(
+        client.read_exact(bytes.len()).await == bytes,
+        "bytes changed on the way"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_right_behind_the_backends_101_reach_the_client() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    let first = frame(true, OP_TEXT, b"welcome", false);
+    // One write: the 101 and the first frame share a segment.
+    let mut answer = switching(&seen, "").into_bytes();
+    answer.extend_from_slice(&first);
+    back.send(&answer).await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 101, "{head:?}");
+    assert_eq!(client.read_exact(first.len()).await, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_right_behind_the_clients_request_reach_the_backend_after_its_101() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    let first = frame(true, OP_TEXT, b"eager", true);
+    let mut bytes = ws().bytes();
+    bytes.extend_from_slice(&first);
+    client.send(&bytes).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    assert_eq!(back.read_exact(first.len()).await, first);
+    let head = client.read_head().await;
+    assert_eq!(head.status, 101, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_message_reaches_a_real_peer() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    for (data, opcode, fin) in [
+        ("frag", OpCode::Data(Data::Text), false),
+        ("men", OpCode::Data(Data::Continue), false),
+        ("ted", OpCode::Data(Data::Continue), true),
+    ] {
+        within(
+            "send",
+            ws.send(Message::Frame(Frame::message(data, opcode, fin))),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(next_message(&mut ws).await, Message::text("fragmented"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_pongs_pass_both_ways() {
+    let mut backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+
+    // Client ping → backend; the backend's pong → client.
+    within("send", ws.send(Message::Ping("from-client".into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.next_message().await,
+        Message::Ping("from-client".into())
+    );
+    let pong = within("a pong", async {
+        loop {
+            match ws.next().await.expect("stream ended").expect("ws error") {
+                Message::Pong(p) => return p,
+                Message::Ping(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(&pong[..], b"from-client");
+
+    // Backend ping → client; the client's pong → backend.
+    within("send", ws.send(Message::text("ping from-backend")))
+        .await
+        .unwrap();
+    let ping = match within("a ping", ws.next())
+        .await
+        .expect("stream ended")
+        .expect("ws error")
+    {
+        Message::Ping(p) => p,
+        other => panic!("expected a ping, got {other:?}"),
+    };
+    assert_eq!(&ping[..], b"from-backend");
+    // tungstenite queues the pong; a flush sends it.
+    within("flush", ws.flush()).await.unwrap();
+    assert_eq!(
+        backend.next_message().await,
+        Message::text("ping from-backend")
+    );
+    assert_eq!(
+        backend.next_message().await,
+        Message::Pong("from-backend".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_code_from_the_client_reaches_the_backend() {
+    let mut backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    let close = CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "client-bye".into(),
+    };
+    within("close", ws.close(Some(close.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.next_message().await,
+        Message::Close(Some(close.clone()))
+    );
+    // The backend's echoed close comes back.
+    assert_eq!(next_message(&mut ws).await, Message::Close(Some(close)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_code_from_the_backend_reaches_the_client() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    within("send", ws.send(Message::text("close 4002 server-bye")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4002),
+            reason: "server-bye".into(),
+        }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_mib_message_passes_both_ways() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    let payload: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let message = Message::binary(payload);
+    // The echo backend reads the whole message before echoing it, so sending first is safe.
+    within("send 16 MiB", ws.send(message.clone()))
+        .await
+        .unwrap();
+    let back = next_message(&mut ws).await;
+    assert!(back == message, "the 16 MiB message came back changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_half_close_is_passed_on_and_the_backend_can_still_answer() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let last = frame(true, OP_TEXT, b"last words", true);
+    client.send(&last).await;
+    client.shutdown_write().await;
+    assert_eq!(
+        back.read_to_end().await,
+        last,
+        "backend should see the bytes, then EOF"
+    );
+    let reply = frame(true, OP_TEXT, b"still here", false);
+    back.send(&reply).await;
+    assert_eq!(client.read_exact(reply.len()).await, reply);
+    back.shutdown_write().await;
+    client.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_half_close_is_passed_on_and_the_client_can_still_send() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let last = frame(true, OP_TEXT, b"server done", false);
+    back.send(&last).await;
+    back.shutdown_write().await;
+    assert_eq!(
+        client.read_to_end().await,
+        last,
+        "client should see the bytes, then EOF"
+    );
+    let more = frame(true, OP_TEXT, b"client not done", true);
+    client.send(&more).await;
+    assert_eq!(back.read_exact(more.len()).await, more);
+    client.shutdown_write().await;
+    back.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_backend_closes_the_client() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut client, back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    // Vanish: a reset, not a (half-)close.
+    back.stream.set_zero_linger().unwrap();
+    drop(back);
+    client.read_to_end().await;
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_closes_the_backend() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    // Vanish: a reset without a TLS close_notify.
+    client.stream.get_ref().0.set_zero_linger().unwrap();
+    drop(client);
+    back.read_to_end().await;
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_on_both_sides() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nidle = \"300ms\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let started = std::time::Instant::now();
+    client.read_to_end().await;
+    back.read_to_end().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_tunnel_outlives_the_idle_timeout() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nidle = \"600ms\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    // Traffic every 150 ms for about 1.5 s: pacing, not synchronisation.
+    for i in 0..10 {
+        let text = format!("tick {i}");
+        assert_eq!(round_trip(&mut ws, &text).await, text);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_in_the_connection_limit_for_their_whole_life() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&format!(
+        "[limits]\nmax_connections = 2\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let mut first = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    let mut second = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    assert_eq!(round_trip(&mut first, "1").await, "1");
+    assert_eq!(round_trip(&mut second, "2").await, "2");
+    assert_eq!(proxy.server.active_connections(), 2);
+
+    let (head, _) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 503, "{head:?}");
+    assert!(head.has("retry-after"), "503 without Retry-After: {head:?}");
+    until("the refused connection to be released", || {
+        proxy.server.active_connections() == 2
+    })
+    .await;
+
+    // Closing one tunnel frees its place.
+    within("close", first.close(None)).await.unwrap();
+    drop(first);
+    until("the closed tunnel to be released", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+    let mut third = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    assert_eq!(round_trip(&mut third, "3").await, "3");
+    assert_eq!(round_trip(&mut second, "2 again").await, "2 again");
+}

@@ -1,0 +1,952 @@
+//! Shared helpers for the integration tests: a test PKI made at test time, a proxy started
+//! in-process on `127.0.0.1:0`, a TLS client that trusts the test CA (raw HTTP and WebSocket),
+//! and backends on `127.0.0.1:0` (WebSocket echo, scripted raw bytes, black hole, closed port).
+//!
+//! Every wait is bounded by [`TIMEOUT`], so a hang fails the test instead of blocking the suite.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Upper bound for any single wait in a test.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sample key of RFC 6455 section 1.3 and its accept value.
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Names the test server certificate covers. The TLS client always sends SNI `localhost`;
+/// routing is by the `Host` header.
+pub const SERVER_NAMES: &[&str] = &["localhost", "example.com", "*.example.com", "other.test"];
+
+/// Awaits `fut`, failing the test if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(TIMEOUT, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {TIMEOUT:?} waiting for {what}"),
+    }
+}
+
+/// Polls `cond` until it holds (bounded by [`TIMEOUT`]). For state that has no signal to await,
+/// such as the proxy's connection count going down after a close.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn accept_for(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test PKI
+// ---------------------------------------------------------------------------------------------
+
+/// A test CA (ECDSA P-256), made once per test binary.
+pub struct Pki {
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    roots: Arc<rustls::RootCertStore>,
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wsgate test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        Pki {
+            ca_cert,
+            ca_key,
+            roots: Arc::new(roots),
+        }
+    })
+}
+
+impl Pki {
+    /// A leaf certificate for `names`, signed by the CA: (cert PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a leaf for `names` as `<stem>.crt` and `<stem>.key` into `dir`.
+    pub fn write_leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(names);
+        let cert_path = dir.join(format!("{stem}.crt"));
+        let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        (cert_path, key_path)
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca_cert.pem()
+    }
+
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------------------------
+
+/// The `[proxy]` and `[tls]` sections every test config starts with.
+pub const CONFIG_HEAD: &str = r#"[proxy]
+listen = ["127.0.0.1:0"]
+
+[tls]
+certificates = [ { cert = "server.crt", key = "server.key" } ]
+
+"#;
+
+/// Writes `server.crt`/`server.key` (for [`SERVER_NAMES`]) and `wsgate.toml` =
+/// [`CONFIG_HEAD`] + `body` into `dir`; returns the config path.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    pki().write_leaf(dir, "server", SERVER_NAMES);
+    let path = dir.join("wsgate.toml");
+    std::fs::write(&path, format!("{CONFIG_HEAD}{body}")).unwrap();
+    path
+}
+
+/// A proxy running in-process on the test's runtime.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub server: wsgate::Server,
+}
+
+impl Proxy {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("wsgate.toml")
+    }
+}
+
+/// Starts a proxy whose config is [`CONFIG_HEAD`] + `body` (routes, timeouts, limits).
+pub async fn start_proxy(body: &str) -> Proxy {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), body);
+    let server = match within("the proxy to start", wsgate::Server::start(&path)).await {
+        Ok(server) => server,
+        Err(err) => panic!("proxy failed to start: {err}\nconfig:\n{CONFIG_HEAD}{body}"),
+    };
+    let addr = server.local_addrs()[0];
+    Proxy { addr, dir, server }
+}
+
+/// With `RUST_LOG` set (e.g. `RUST_LOG=wsgate=debug cargo test …`), the proxy's log lines go
+/// to the test output.
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A config body with one route `name` on `path` (no host) to `backends`.
+pub fn route(name: &str, path: &str, backends: &[SocketAddr]) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\npath = \"{path}\"\nbackends = {}\n\n",
+        backends_list(backends)
+    )
+}
+
+/// `["127.0.0.1:1", "127.0.0.1:2"]`
+pub fn backends_list(backends: &[SocketAddr]) -> String {
+    let items: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+pub type Ws = WebSocketStream<Tls>;
+
+/// A TLS connection to the proxy with SNI `localhost`, trusting the test CA.
+pub async fn tls_connect(addr: SocketAddr) -> Tls {
+    tls_connect_sni(addr, "localhost").await
+}
+
+pub async fn tls_connect_sni(addr: SocketAddr, sni: &str) -> Tls {
+    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    within("the TLS handshake", async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .expect("TCP connect to the proxy");
+        tcp.set_nodelay(true).unwrap();
+        connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with the proxy")
+    })
+    .await
+}
+
+/// A raw connection to the proxy over TLS.
+pub async fn raw_client(addr: SocketAddr) -> RawConn<Tls> {
+    RawConn::new(tls_connect(addr).await)
+}
+
+/// Sends `request` on a new TLS connection and reads the whole response (head, then the body
+/// by `Content-Length`, or until the connection closes).
+pub async fn request(addr: SocketAddr, request: impl AsRef<[u8]>) -> (Head, Vec<u8>) {
+    let mut conn = raw_client(addr).await;
+    conn.send(request).await;
+    let head = conn.read_head().await;
+    let body = conn.read_body(&head).await;
+    (head, body)
+}
+
+/// A WebSocket client over TLS (`client_async`). `url` is `wss://host/path` (the `Host` header
+/// comes from it); `headers` are added to the request.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        req.headers_mut().append(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    let tls = tls_connect(addr).await;
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async_with_config(req, tls, Some(config)),
+    )
+    .await
+}
+
+/// [`ws_connect`] that must succeed.
+pub async fn ws_connect_ok(addr: SocketAddr, url: &str) -> Ws {
+    match ws_connect(addr, url, &[]).await {
+        Ok((ws, _)) => ws,
+        Err(err) => panic!("WebSocket handshake to {url} failed: {err:?}"),
+    }
+}
+
+/// The next data or close message (pings and pongs skipped), bounded by [`TIMEOUT`].
+pub async fn next_message<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    within("a WebSocket message", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(msg)) => return msg,
+                Some(Err(err)) => panic!("WebSocket error: {err}"),
+                None => panic!("WebSocket stream ended"),
+            }
+        }
+    })
+    .await
+}
+
+/// Sends `text` and returns the text that comes back.
+pub async fn round_trip<S>(ws: &mut WebSocketStream<S>, text: &str) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    within("a send", ws.send(Message::text(text)))
+        .await
+        .unwrap();
+    match next_message(ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Connects to `url` through the proxy and asks the echo backend its name.
+pub async fn which_backend(addr: SocketAddr, url: &str) -> String {
+    let mut ws = ws_connect_ok(addr, url).await;
+    let name = round_trip(&mut ws, "whoami").await;
+    let _ = ws.close(None).await;
+    name
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP/1.1 request built line by line, for raw requests.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Req {
+    /// A valid WebSocket upgrade request for `host` and `target` with [`KEY`].
+    pub fn upgrade(host: &str, target: &str) -> Req {
+        Req {
+            method: "GET".into(),
+            target: target.into(),
+            version: "HTTP/1.1".into(),
+            headers: vec![
+                ("Host".into(), host.into()),
+                ("Upgrade".into(), "websocket".into()),
+                ("Connection".into(), "Upgrade".into()),
+                ("Sec-WebSocket-Key".into(), KEY.into()),
+                ("Sec-WebSocket-Version".into(), "13".into()),
+            ],
+        }
+    }
+
+    /// A plain GET (no upgrade headers).
+    pub fn get(host: &str, target: &str) -> Req {
+        Req {
+            method: "GET".into(),
+            target: target.into(),
+            version: "HTTP/1.1".into(),
+            headers: vec![("Host".into(), host.into())],
+        }
+    }
+
+    pub fn method(mut self, method: &str) -> Req {
+        self.method = method.into();
+        self
+    }
+
+    pub fn version(mut self, version: &str) -> Req {
+        self.version = version.into();
+        self
+    }
+
+    /// Replaces every `name` header with one `name: value` (added if absent).
+    pub fn set(mut self, name: &str, value: &str) -> Req {
+        match self
+            .headers
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(i) => {
+                self.headers[i].1 = value.into();
+                let mut seen = 0;
+                self.headers.retain(|(n, _)| {
+                    if n.eq_ignore_ascii_case(name) {
+                        seen += 1;
+                        seen == 1
+                    } else {
+                        true
+                    }
+                });
+            }
+            None => self.headers.push((name.into(), value.into())),
+        }
+        self
+    }
+
+    /// Adds one more `name: value` line.
+    pub fn add(mut self, name: &str, value: &str) -> Req {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn remove(mut self, name: &str) -> Req {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = format!("{} {} {}\r\n", self.method, self.target, self.version);
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+}
+
+/// A parsed request or response head.
+#[derive(Clone)]
+pub struct Head {
+    pub start_line: String,
+    /// Response status (0 for a request head).
+    pub status: u16,
+    /// Header lines in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The head exactly as it came, including the final CRLF CRLF.
+    pub raw: Vec<u8>,
+}
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.raw))
+    }
+}
+
+impl Head {
+    fn parse(raw: Vec<u8>) -> Head {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let mut lines = text.split("\r\n");
+        let start_line = lines.next().unwrap_or_default().to_string();
+        let status = if start_line.starts_with("HTTP/") {
+            start_line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("bad status line {start_line:?}"))
+        } else {
+            0
+        };
+        let headers = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (name, value) = l
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("bad header line {l:?}"));
+                (name.trim().to_string(), value.trim().to_string())
+            })
+            .collect();
+        Head {
+            start_line,
+            status,
+            headers,
+            raw,
+        }
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The comma-separated elements of every `name` line, trimmed, in order.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.get_all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// [`Head::list`], lowercased.
+    pub fn tokens(&self, name: &str) -> Vec<String> {
+        self.list(name)
+            .into_iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The request target (second word of a request line).
+    pub fn target(&self) -> &str {
+        self.start_line.split(' ').nth(1).unwrap_or_default()
+    }
+}
+
+/// A byte stream with a read buffer, for either side of a raw exchange.
+pub struct RawConn<S> {
+    pub stream: S,
+    buf: Vec<u8>,
+}
+
+fn is_closed(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
+    pub fn new(stream: S) -> Self {
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes and flushes `bytes`.
+    pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.try_send(bytes).await.expect("write");
+    }
+
+    pub async fn try_send(&mut self, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+        let bytes = bytes.as_ref();
+        within("a write", async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` on a clean or abrupt close.
+    async fn fill(&mut self) -> usize {
+        let mut chunk = vec![0u8; 64 * 1024];
+        match self.stream.read(&mut chunk).await {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(err) if is_closed(&err) => 0,
+            Err(err) => panic!("read error: {err}"),
+        }
+    }
+
+    /// Reads one head; `None` if the peer closed first (bytes read so far are kept).
+    pub async fn try_read_head(&mut self) -> Option<Head> {
+        within("a head", async {
+            loop {
+                if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let raw: Vec<u8> = self.buf.drain(..pos + 4).collect();
+                    return Some(Head::parse(raw));
+                }
+                if self.fill().await == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads one head, failing the test if the peer closes first.
+    pub async fn read_head(&mut self) -> Head {
+        match self.try_read_head().await {
+            Some(head) => head,
+            None => panic!(
+                "connection closed before a complete head; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// Reads exactly `n` bytes.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        within("bytes", async {
+            while self.buf.len() < n {
+                if self.fill().await == 0 {
+                    panic!(
+                        "connection closed after {} of {n} expected bytes",
+                        self.buf.len()
+                    );
+                }
+            }
+            self.buf.drain(..n).collect()
+        })
+        .await
+    }
+
+    /// Reads until the peer closes (cleanly or not) and returns everything left.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        within("the connection to close", async {
+            while self.fill().await > 0 {}
+            std::mem::take(&mut self.buf)
+        })
+        .await
+    }
+
+    /// Reads a response body: `Content-Length` bytes, or until close.
+    pub async fn read_body(&mut self, head: &Head) -> Vec<u8> {
+        match head.get("content-length") {
+            Some(len) => self.read_exact(len.parse().expect("Content-Length")).await,
+            None if head.status == 101 => Vec::new(),
+            None => self.read_to_end().await,
+        }
+    }
+
+    /// Asserts the peer closes without sending anything more.
+    pub async fn expect_closed(&mut self) {
+        let rest = self.read_to_end().await;
+        assert!(
+            rest.is_empty(),
+            "expected a close, got {} more bytes: {:?}",
+            rest.len(),
+            String::from_utf8_lossy(&rest)
+        );
+    }
+
+    /// Shuts down our write side (TLS close_notify + FIN, or FIN), keeping the read side.
+    pub async fn shutdown_write(&mut self) {
+        within("shutdown", self.stream.shutdown())
+            .await
+            .expect("shutdown");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket frames by hand (client frames are masked)
+// ---------------------------------------------------------------------------------------------
+
+pub const OP_CONT: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// One frame; masked with a fixed key when `mask` (client → server frames must be).
+pub fn frame(fin: bool, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let mask_bit = if mask { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if mask {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// A close frame payload: code + reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+/// What the WebSocket echo backend saw of an upgrade request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_string()))
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+}
+
+/// A tokio-tungstenite echo backend. It records each upgrade request, picks the first offered
+/// subprotocol, echoes data messages and reports every message it receives. Text commands:
+/// `whoami` → its name; `close <code> <reason>` → it closes with that code;
+/// `ping <payload>` → it sends a ping.
+pub struct WsBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    requests: mpsc::UnboundedReceiver<Seen>,
+    messages: mpsc::UnboundedReceiver<Message>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for WsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WsBackend {
+    pub async fn start(name: &str) -> WsBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (req_tx, requests) = mpsc::unbounded_channel();
+        let (msg_tx, messages) = mpsc::unbounded_channel();
+        let backend_name = name.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let req_tx = req_tx.clone();
+                let msg_tx = msg_tx.clone();
+                let name = backend_name.clone();
+                tokio::spawn(echo_connection(tcp, name, req_tx, msg_tx));
+            }
+        });
+        WsBackend {
+            addr,
+            name: name.to_string(),
+            requests,
+            messages,
+            task,
+        }
+    }
+
+    /// The next upgrade request this backend accepted.
+    pub async fn next_request(&mut self) -> Seen {
+        within("the backend to see a request", self.requests.recv())
+            .await
+            .expect("backend stopped")
+    }
+
+    /// The next message this backend received (pings and pongs included).
+    pub async fn next_message(&mut self) -> Message {
+        within("the backend to receive a message", self.messages.recv())
+            .await
+            .expect("backend stopped")
+    }
+}
+
+// tungstenite's handshake callback returns its (large) error response type.
+#[allow(clippy::result_large_err)]
+async fn echo_connection(
+    tcp: TcpStream,
+    name: String,
+    req_tx: mpsc::UnboundedSender<Seen>,
+    msg_tx: mpsc::UnboundedSender<Message>,
+) {
+    let callback = move |req: &Request, mut resp: Response| {
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let seen = Seen {
+            target: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            headers,
+        };
+        if let Some(first) = seen.list("sec-websocket-protocol").first() {
+            resp.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(first).unwrap(),
+            );
+        }
+        let _ = req_tx.send(seen);
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let Ok(mut ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await
+    else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        let _ = msg_tx.send(msg.clone());
+        let reply = match msg {
+            Message::Text(t) if t.as_str() == "whoami" => Some(Message::text(name.clone())),
+            Message::Text(t) if t.as_str().starts_with("close ") => {
+                let mut parts = t.as_str().splitn(3, ' ').skip(1);
+                let code: u16 = parts.next().unwrap().parse().unwrap();
+                let reason = parts.next().unwrap_or("").to_string();
+                Some(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                })))
+            }
+            Message::Text(t) if t.as_str().starts_with("ping ") => {
+                Some(Message::Ping(t.as_str()[5..].to_string().into()))
+            }
+            Message::Text(_) | Message::Binary(_) => Some(msg),
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        } else if ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A backend the test scripts by hand: accept a connection, read the head, write whatever
+/// bytes the test wants.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    listener: TcpListener,
+}
+
+impl RawBackend {
+    pub async fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        RawBackend { addr, listener }
+    }
+
+    /// The next connection from the proxy.
+    pub async fn accept(&self) -> RawConn<TcpStream> {
+        let (tcp, _) = within(
+            "the proxy to connect to the backend",
+            self.listener.accept(),
+        )
+        .await
+        .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        RawConn::new(tcp)
+    }
+}
+
+/// A 101 answer for a request head: correct Accept, plus `extra` header lines (each ending
+/// in CRLF).
+pub fn switching(request: &Head, extra: &str) -> String {
+    let key = request.get("sec-websocket-key").expect("forwarded key");
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+        accept_for(key)
+    )
+}
+
+/// Opens a tunnel through the proxy to `backend` with raw bytes on both sides: sends `req`,
+/// lets the backend answer a 101, and returns (client, backend, 101 head seen by the client,
+/// request head seen by the backend).
+pub async fn raw_tunnel(
+    addr: SocketAddr,
+    backend: &RawBackend,
+    req: &Req,
+) -> (RawConn<Tls>, RawConn<TcpStream>, Head, Head) {
+    let mut client = raw_client(addr).await;
+    client.send(req.bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 101, "expected 101, got {:?}", head.start_line);
+    (client, back, head, seen)
+}
+
+/// Accepts connections and never answers (for connect/answer timeouts).
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl BlackHole {
+    pub async fn start() -> BlackHole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        BlackHole { addr, task }
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens (connections are refused).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The `wsgate` binary.
+pub fn wsgate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wsgate")
+}
