@@ -86,10 +86,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() { # port timeout_s
+wait_port() { # port timeout_s [pid: give up early if it exits]
   local i
   for ((i = 0; i < $2 * 20; i++)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    [[ -n ${3:-} ]] && ! kill -0 "$3" 2>/dev/null && return 1
     sleep 0.05
   done
   return 1
@@ -191,7 +192,8 @@ start_proxy() { # target -> sets PIDS[target]; returns 1 if it does not come up
   case $t in
     wsgate)
       [[ -x $WSGATE ]] || return 1
-      taskset -c "$PROXY_CPU" "$WSGATE" run --config "$TMP/wsgate.toml" --threads 1 \
+      # Logging off: warnings only (the access log is at info).
+      RUST_LOG=warn taskset -c "$PROXY_CPU" "$WSGATE" run --config "$TMP/wsgate.toml" --threads 1 \
         >"$TMP/wsgate.log" 2>&1 &
       pid=$!; PIDS[$t]=$pid ;;
     nginx)
@@ -203,8 +205,8 @@ start_proxy() { # target -> sets PIDS[target]; returns 1 if it does not come up
       pid=$!; PIDS[$t]=$pid ;;
     *) return 0 ;;
   esac
-  if ! wait_port "${PORT[$t]}" 10; then
-    log "$t did not come up on port ${PORT[$t]}; skipping it"
+  if ! wait_port "${PORT[$t]}" 10 "$pid"; then
+    log "$t did not come up on port ${PORT[$t]}; skipping it: $(tail -2 "$TMP/$t.log" 2>/dev/null)"
     stop_pids $pid; unset "PIDS[$t]"; return 1
   fi
   if [[ $t == nginx ]]; then
@@ -360,7 +362,10 @@ for row in rows:
     cells = [label] + [fmt(vals[c]) for c in cols]
     for c in ratio_cols:
         a, b = vals.get("wsgate"), vals.get(c)
-        cells.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "n/a")
+        if _better is None:
+            cells.append("")
+        else:
+            cells.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "n/a")
     lines.append("| " + " | ".join(cells) + " |")
 
 notes = [
@@ -369,6 +374,7 @@ notes = [
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
     "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
     "For the backend columns, 'proxy CPU' is the echo backend's own CPU.",
+    "Load generator CPU % near 100 means a client-bound run (the proxy's CPU per operation still holds).",
     "Ratios are wsgate divided by the other proxy (lower is better for CPU, latency, memory;",
     "higher is better for rates and MB/s).",
 ]
