@@ -69,6 +69,10 @@ pub struct ClientArgs {
     /// TLS server name to send and verify (default: the URL's host).
     #[arg(long)]
     pub sni: Option<String>,
+    /// Offer rustls' default TLS versions, cipher suites and groups instead of only TLS 1.3 with
+    /// TLS_AES_128_GCM_SHA256 and X25519.
+    #[arg(long)]
+    pub tls_defaults: bool,
     /// PID of the proxy process; repeat for several (e.g. nginx master and worker). Its CPU time
     /// over the measured window is reported per operation.
     #[arg(long = "pid")]

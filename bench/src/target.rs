@@ -104,14 +104,14 @@ impl Target {
             .next()
             .ok_or_else(|| anyhow!("{} has no address", url.host))?;
         let tls = if url.tls {
-            let config = client_config(args.ca.as_deref(), args.insecure)?;
+            let config = client_config(args.ca.as_deref(), args.insecure, args.tls_defaults)?;
             let name = args.sni.clone().unwrap_or_else(|| url.host.clone());
             let name = ServerName::try_from(name.clone())
                 .map_err(|_| anyhow!("invalid TLS server name {name:?}"))?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
-            if args.ca.is_some() || args.insecure || args.sni.is_some() {
-                bail!("--ca, --insecure and --sni only apply to wss:// URLs");
+            if args.ca.is_some() || args.insecure || args.sni.is_some() || args.tls_defaults {
+                bail!("--ca, --insecure, --sni and --tls-defaults only apply to wss:// URLs");
             }
             None
         };
@@ -144,10 +144,26 @@ impl Target {
 
 /// A rustls client config with the aws-lc-rs provider and TLS session resumption disabled, so
 /// every connection does a full handshake.
-pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+///
+/// Unless `tls_defaults`, it offers only TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519, so every
+/// proxy under test negotiates the same parameters whatever its own defaults.
+pub fn client_config(
+    ca: Option<&Path>,
+    insecure: bool,
+    tls_defaults: bool,
+) -> Result<ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls_defaults {
+        rustls::DEFAULT_VERSIONS
+    } else {
+        provider.cipher_suites =
+            vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256];
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        &[&rustls::version::TLS13]
+    };
+    let provider = Arc::new(provider);
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .context("TLS protocol versions")?;
     let mut config = if insecure {
         builder
@@ -290,8 +306,9 @@ mod tests {
 
     #[test]
     fn wss_needs_ca_or_insecure() {
-        let err = client_config(None, false).unwrap_err().to_string();
+        let err = client_config(None, false, false).unwrap_err().to_string();
         assert!(err.contains("--ca"), "{err}");
-        assert!(client_config(None, true).is_ok());
+        assert!(client_config(None, true, false).is_ok());
+        assert!(client_config(None, true, true).is_ok());
     }
 }
