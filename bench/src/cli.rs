@@ -1,0 +1,296 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load generator and echo backend for benchmarking WebSocket proxies.
+#[derive(Debug, Parser)]
+#[command(name = "wsgate-bench", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the built-in WebSocket echo backend.
+    Echo(EchoArgs),
+    /// New TCP + TLS + upgrade connections per second (no TLS resumption).
+    Handshake(HandshakeArgs),
+    /// Echo round-trip latency at a fixed total rate (corrected for coordinated omission).
+    Latency(LatencyArgs),
+    /// Echoed messages per second over many connections with a window of messages in flight.
+    Throughput(ThroughputArgs),
+    /// MB/s each way on one connection with large messages.
+    Bulk(BulkArgs),
+    /// Open and hold many idle tunnels (for measuring the proxy's memory per tunnel).
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+    /// Runtime worker threads (1 = single-threaded runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+    /// Serve wss:// with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Echo implementation: the lean frame-streaming one, or tokio-tungstenite (for comparison).
+    #[arg(long, value_enum, default_value_t = EchoEngine::Lean)]
+    pub engine: EchoEngine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EchoEngine {
+    Lean,
+    Tungstenite,
+}
+
+/// Options shared by every client scenario.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Target URL: ws://host:port/path or wss://host:port/path.
+    pub url: String,
+    /// Trust this CA certificate (PEM) for wss://.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Skip certificate verification for wss:// (benchmarking only).
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// TLS server name to send and verify (default: the URL's host).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// Offer rustls' default TLS versions, cipher suites and groups instead of only TLS 1.3 with
+    /// TLS_AES_128_GCM_SHA256 and X25519.
+    #[arg(long)]
+    pub tls_defaults: bool,
+    /// PID of the proxy process; repeat for several (e.g. nginx master and worker). Its CPU time
+    /// over the measured window is reported per operation.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Load generator runtime threads (1 = single-threaded runtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+    /// Measured window (e.g. 10s, 500ms).
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up before the measured window (not counted).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HandshakeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Concurrent workers, each opening one connection after another.
+    #[arg(long, short = 'c', default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Connections (tunnels); the rate is spread evenly over them.
+    #[arg(long, short = 'c', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Total messages per second over all connections.
+    #[arg(long, short = 'r', default_value_t = 5000.0)]
+    pub rate: f64,
+    /// Message payload size in bytes.
+    #[arg(long, short = 's', default_value_t = 64)]
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Connections (tunnels).
+    #[arg(long, short = 'c', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Message payload size in bytes.
+    #[arg(long, short = 's', default_value_t = 64)]
+    pub size: usize,
+    /// Messages in flight per connection.
+    #[arg(long, short = 'w', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub window: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BulkArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Message payload size in bytes.
+    #[arg(long, short = 's', default_value_t = 65536)]
+    pub size: usize,
+    /// Messages in flight on the connection.
+    #[arg(long, short = 'w', default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub window: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Tunnels to open and hold.
+    #[arg(long, short = 'n', default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Hold the tunnels this long after READY, then report and exit (default: until killed).
+    #[arg(long, value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+    /// Wait this long after READY before reading the proxy's memory.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub settle: Duration,
+}
+
+/// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`, `250us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 10s, 500ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wsgate-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn defaults_and_shared_options() {
+        let cli = parse(&[
+            "latency",
+            "wss://127.0.0.1:8443/",
+            "--insecure",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+        ])
+        .unwrap();
+        let Command::Latency(a) = cli.command else {
+            panic!("not latency")
+        };
+        assert_eq!(a.client.url, "wss://127.0.0.1:8443/");
+        assert!(a.client.insecure && !a.client.json);
+        assert_eq!(a.client.pids, vec![1, 2]);
+        assert_eq!(a.client.duration, Duration::from_secs(10));
+        assert_eq!(a.client.threads, 1);
+        assert_eq!((a.connections, a.rate, a.size), (100, 5000.0, 64));
+
+        let cli = parse(&[
+            "throughput",
+            "ws://h/",
+            "-c",
+            "1000",
+            "-s",
+            "64",
+            "-w",
+            "8",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Throughput(a) = cli.command else {
+            panic!("not throughput")
+        };
+        assert_eq!(
+            (a.connections, a.size, a.window, a.client.json),
+            (1000, 64, 8, true)
+        );
+
+        let Command::Bulk(a) = parse(&["bulk", "ws://h/"]).unwrap().command else {
+            panic!("not bulk")
+        };
+        assert_eq!((a.size, a.window), (65536, 8));
+
+        let Command::Idle(a) = parse(&["idle", "ws://h/", "-n", "5000", "--hold", "30s"])
+            .unwrap()
+            .command
+        else {
+            panic!("not idle")
+        };
+        assert_eq!((a.count, a.hold), (5000, Some(Duration::from_secs(30))));
+
+        let Command::Handshake(a) = parse(&["handshake", "ws://h/", "-d", "500ms"])
+            .unwrap()
+            .command
+        else {
+            panic!("not handshake")
+        };
+        assert_eq!(
+            (a.concurrency, a.client.duration),
+            (32, Duration::from_millis(500))
+        );
+
+        let Command::Echo(a) = parse(&["echo", "--listen", "127.0.0.1:0", "--threads", "2"])
+            .unwrap()
+            .command
+        else {
+            panic!("not echo")
+        };
+        assert_eq!((a.listen.port(), a.threads), (0, 2));
+        assert_eq!(a.engine, EchoEngine::Lean);
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        assert!(parse(&["latency"]).is_err(), "URL is required");
+        assert!(parse(&["latency", "ws://h/", "-c", "0"]).is_err());
+        assert!(parse(&["handshake", "ws://h/", "--threads", "0"]).is_err());
+        assert!(parse(&["idle", "ws://h/", "--hold", "soon"]).is_err());
+        assert!(
+            parse(&["echo", "--tls-cert", "c.pem"]).is_err(),
+            "needs --tls-key"
+        );
+        assert!(parse(&["frobnicate"]).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! The built-in echo backend (lean engine in [`crate::server`] by default): echoes text and binary messages, answers pings, completes close
+//! handshakes, accepts any path and selects the first offered subprotocol. Plain `ws://`, or
+//! `wss://` with `--tls-cert/--tls-key`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context as _, Result};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::cli::{EchoArgs, EchoEngine};
+
+/// Runs the echo server until the process is killed. Prints `LISTENING addr` once bound.
+pub fn run(args: &EchoArgs) -> Result<()> {
+    let runtime = crate::sys::runtime(args.threads)?;
+    runtime.block_on(async {
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let listener = bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        println!(
+            "LISTENING {}://{addr}",
+            if tls.is_some() { "wss" } else { "ws" }
+        );
+        serve(listener, tls, args.engine).await;
+        Ok(())
+    })
+}
+
+/// Binds the listener (with a large backlog for handshake storms).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .context("create listening socket")?;
+    socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
+    socket.bind(addr).with_context(|| format!("bind {addr}"))?;
+    socket
+        .listen(4096)
+        .with_context(|| format!("listen on {addr}"))
+}
+
+/// Builds a TLS acceptor from PEM files (aws-lc-rs provider).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parse {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("read {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow!("TLS certificate/key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts connections forever, one task each.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, engine: EchoEngine) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                eprintln!("echo: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            match tls {
+                None => handle(tcp, engine).await,
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        handle(stream, engine).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Selects the first offered subprotocol, if any.
+#[allow(clippy::result_large_err)]
+fn select_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let first = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| !p.is_empty())
+        .and_then(|p| HeaderValue::from_str(p).ok());
+    if let Some(p) = first {
+        resp.headers_mut().insert("sec-websocket-protocol", p);
+    }
+    Ok(resp)
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(stream: S, engine: EchoEngine) {
+    match engine {
+        // Errors end the connection; a benchmark backend has nobody to report them to.
+        EchoEngine::Lean => {
+            let _ = crate::server::serve_conn(stream).await;
+        }
+        EchoEngine::Tungstenite => handle_tungstenite(stream).await,
+    }
+}
+
+async fn handle_tungstenite<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+    let config = WebSocketConfig::default();
+    let Ok(mut ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, select_subprotocol, Some(config))
+            .await
+    else {
+        return;
+    };
+    // Echo in batches: take every message that is already readable, then flush once.
+    'conn: while let Some(Ok(first)) = ws.next().await {
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            let echo = matches!(m, Message::Text(_) | Message::Binary(_));
+            if echo && ws.feed(m).await.is_err() {
+                break 'conn;
+            }
+            // Pings are answered and close replies queued by tungstenite itself; the flush
+            // below sends them.
+            msg = match ws.next().now_or_never() {
+                Some(Some(Ok(m))) => Some(m),
+                Some(Some(Err(_))) => break 'conn,
+                Some(None) => None,
+                None => None,
+            };
+        }
+        if ws.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+/// Starts an echo server on `addr` in the current runtime (for tests); returns its address.
+pub async fn spawn(
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    engine: EchoEngine,
+) -> Result<SocketAddr> {
+    let listener = bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(serve(listener, tls, engine));
+    Ok(local)
+}

@@ -1,0 +1,23 @@
+//! wsgate-bench: a load generator and echo backend for benchmarking WebSocket proxies.
+//!
+//! Modules, one per concept:
+//! - [`cli`]: command-line arguments (clap).
+//! - [`target`]: the `ws://` / `wss://` URL, TLS client config, TCP/TLS connect.
+//! - [`ws`]: a lean WebSocket client: the HTTP upgrade and a frame codec that never copies payloads
+//!   it does not need.
+//! - [`echo`]: the built-in echo backend (tokio-tungstenite).
+//! - [`stats`]: HDR histograms, percentiles and the coordinated-omission-free send schedule.
+//! - [`procstat`]: CPU time and memory of the proxy process and of the tool itself.
+//! - [`report`]: human-readable table or JSON.
+//! - [`scenario`]: handshake, latency, throughput, bulk and idle.
+
+pub mod cli;
+pub mod echo;
+pub mod procstat;
+pub mod report;
+pub mod scenario;
+pub mod server;
+pub mod stats;
+pub mod sys;
+pub mod target;
+pub mod ws;

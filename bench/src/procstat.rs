@@ -1,0 +1,173 @@
+//! CPU time and memory from /proc: the proxy's (by PID) and the tool's own.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Context as _, Result};
+
+/// Clock ticks per second for /proc/PID/stat times.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// utime + stime in clock ticks from the text of /proc/PID/stat.
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces and ')': fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time (user + system) of a process in microseconds.
+pub fn process_cpu_us(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .with_context(|| format!("read {path} (is process {pid} running?)"))?;
+    let ticks = parse_stat_ticks(&stat).ok_or_else(|| anyhow!("cannot parse {path}"))?;
+    Ok(ticks * 1_000_000 / clock_ticks())
+}
+
+/// Sum of CPU µs over several processes.
+pub fn processes_cpu_us(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&p| process_cpu_us(p)).sum()
+}
+
+/// This process's CPU time (user + system) in microseconds.
+pub fn self_cpu_us() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// A `Key: value kB` field from /proc/PID/status or /proc/meminfo text.
+pub fn parse_kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("read {path} (is process {pid} running?)"))?;
+    parse_kib_field(&text, "VmRSS").ok_or_else(|| anyhow!("no VmRSS in {path}"))
+}
+
+/// Sum of RSS over several processes, in KiB.
+pub fn processes_rss_kib(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&p| rss_kib(p)).sum()
+}
+
+/// Kernel slab memory (system-wide) in KiB.
+pub fn slab_kib() -> Option<u64> {
+    parse_kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "Slab")
+}
+
+/// The TCP `mem` field (pages, system-wide) of /proc/net/sockstat text.
+pub fn parse_sockstat_tcp_mem(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(word) = it.next() {
+        if word == "mem" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// TCP socket buffer memory in KiB (sockstat pages × page size), system-wide.
+pub fn tcp_mem_kib() -> Option<u64> {
+    let pages = parse_sockstat_tcp_mem(&std::fs::read_to_string("/proc/net/sockstat").ok()?)?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page / 1024)
+}
+
+/// CPU times at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnapshot {
+    pub at: Instant,
+    pub proxy_us: Option<u64>,
+    pub tool_us: u64,
+}
+
+impl CpuSnapshot {
+    pub fn take(pids: &[u32]) -> Result<CpuSnapshot> {
+        let proxy_us = if pids.is_empty() {
+            None
+        } else {
+            Some(processes_cpu_us(pids)?)
+        };
+        Ok(CpuSnapshot {
+            at: Instant::now(),
+            proxy_us,
+            tool_us: self_cpu_us(),
+        })
+    }
+}
+
+/// CPU used between two snapshots.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWindow {
+    pub secs: f64,
+    pub proxy_us: Option<u64>,
+    pub tool_us: u64,
+}
+
+impl CpuWindow {
+    pub fn between(a: &CpuSnapshot, b: &CpuSnapshot) -> CpuWindow {
+        CpuWindow {
+            secs: b.at.duration_since(a.at).as_secs_f64(),
+            proxy_us: match (a.proxy_us, b.proxy_us) {
+                (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+                _ => None,
+            },
+            tool_us: b.tool_us.saturating_sub(a.tool_us),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let stat = "1234 (ng inx) (w)) S 1 1234 1234 0 -1 4194560 500 0 0 0 \
+                    250 75 0 0 20 0 1 0 100 1000000 200 18446744073709551615";
+        assert_eq!(parse_stat_ticks(stat), Some(325));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).unwrap() > 0);
+        process_cpu_us(pid).unwrap();
+        assert!(process_cpu_us(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn parses_kib_fields_and_sockstat() {
+        let status = "Name:\tx\nVmRSS:\t  12345 kB\nVmSwap:\t0 kB\n";
+        assert_eq!(parse_kib_field(status, "VmRSS"), Some(12345));
+        assert_eq!(parse_kib_field(status, "VmHWM"), None);
+        let sockstat =
+            "sockets: used 10\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 42\nUDP: inuse 1 mem 3\n";
+        assert_eq!(parse_sockstat_tcp_mem(sockstat), Some(42));
+    }
+}

@@ -1,0 +1,157 @@
+//! Results: a human-readable table, or JSON for scripts.
+
+use serde_json::{Map, Number, Value};
+
+use crate::procstat::CpuWindow;
+use crate::stats::Percentiles;
+
+/// One scenario's results, in insertion order.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub target: String,
+    rows: Vec<Row>,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    key: String,
+    value: Value,
+    unit: &'static str,
+}
+
+impl Report {
+    pub fn new(scenario: &'static str, target: &str) -> Report {
+        Report {
+            scenario,
+            target: target.to_string(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a number (rounded to 3 decimals; non-finite becomes null).
+    pub fn num(&mut self, key: &str, value: f64, unit: &'static str) -> &mut Self {
+        let v = Number::from_f64((value * 1000.0).round() / 1000.0)
+            .map(Value::Number)
+            .unwrap_or(Value::Null);
+        self.push(key, v, unit)
+    }
+
+    pub fn int(&mut self, key: &str, value: u64, unit: &'static str) -> &mut Self {
+        self.push(key, Value::from(value), unit)
+    }
+
+    pub fn text(&mut self, key: &str, value: &str) -> &mut Self {
+        self.push(key, Value::from(value), "")
+    }
+
+    fn push(&mut self, key: &str, value: Value, unit: &'static str) -> &mut Self {
+        self.rows.push(Row {
+            key: key.to_string(),
+            value,
+            unit,
+        });
+        self
+    }
+
+    /// Looks a value up (tests, scripts).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.rows.iter().find(|r| r.key == key).map(|r| &r.value)
+    }
+
+    /// Adds latency percentiles with a key prefix.
+    pub fn percentiles(&mut self, prefix: &str, p: &Percentiles) -> &mut Self {
+        self.num(&format!("{prefix}p50_us"), p.p50_us, "µs")
+            .num(&format!("{prefix}p90_us"), p.p90_us, "µs")
+            .num(&format!("{prefix}p99_us"), p.p99_us, "µs")
+            .num(&format!("{prefix}p99.9_us"), p.p999_us, "µs")
+            .num(&format!("{prefix}max_us"), p.max_us, "µs")
+            .num(&format!("{prefix}mean_us"), p.mean_us, "µs")
+    }
+
+    /// Adds proxy and tool CPU for `ops` operations over the window.
+    pub fn cpu(&mut self, window: &CpuWindow, ops: u64, op: &str) -> &mut Self {
+        let per = |us: u64| {
+            if ops > 0 {
+                us as f64 / ops as f64
+            } else {
+                f64::NAN
+            }
+        };
+        if let Some(proxy) = window.proxy_us {
+            self.int("proxy_cpu_us", proxy, "µs")
+                .num(&format!("proxy_cpu_us_per_{op}"), per(proxy), "µs")
+                .num(
+                    "proxy_cpu_pct",
+                    proxy as f64 / 1e4 / window.secs.max(1e-9),
+                    "% of a core",
+                );
+        }
+        self.num(&format!("tool_cpu_us_per_{op}"), per(window.tool_us), "µs")
+            .num(
+                "tool_cpu_pct",
+                window.tool_us as f64 / 1e4 / window.secs.max(1e-9),
+                "% of a core",
+            )
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("scenario".into(), Value::from(self.scenario));
+        m.insert("target".into(), Value::from(self.target.as_str()));
+        for r in &self.rows {
+            m.insert(r.key.clone(), r.value.clone());
+        }
+        Value::Object(m)
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = format!("{} → {}\n", self.scenario, self.target);
+        let width = self.rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
+        for r in &self.rows {
+            let v = match &r.value {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            out.push_str(&format!("  {:<width$}  {:>14} {}\n", r.key, v, r.unit));
+        }
+        out
+    }
+
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", self.to_json());
+        } else {
+            print!("{}", self.to_table());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_table_and_json_in_order() {
+        let mut r = Report::new("throughput", "ws://127.0.0.1:9001/");
+        r.int("messages", 42, "")
+            .num("msgs_per_s", 1234.56789, "msg/s");
+        r.num("nan", f64::NAN, "");
+        let j = r.to_json();
+        assert_eq!(j["messages"], 42);
+        assert_eq!(j["msgs_per_s"], 1234.568);
+        assert!(j["nan"].is_null());
+        let keys: Vec<&String> = j.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["scenario", "target", "messages", "msgs_per_s", "nan"]
+        );
+        let t = r.to_table();
+        assert!(
+            t.contains("msgs_per_s") && t.contains("1234.568 msg/s"),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Idle tunnels: open N at a bounded concurrency, print `READY n=N` once all are up, hold them.
+//!
+//! With `--pid`, the proxy's RSS is read before connecting and `--settle` after READY, and the
+//! report gives KiB per tunnel; system-wide kernel memory (slab, TCP socket buffers) is reported
+//! beside it, and that includes the tool's and the backend's sockets.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{probe, target_url, Errors};
+use crate::cli::IdleArgs;
+use crate::procstat;
+use crate::report::Report;
+use crate::target::Target;
+use crate::ws;
+
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    proxy_rss_kib: Option<u64>,
+    slab_kib: Option<u64>,
+    tcp_mem_kib: Option<u64>,
+}
+
+fn memory(pids: &[u32]) -> Result<Memory> {
+    Ok(Memory {
+        proxy_rss_kib: if pids.is_empty() {
+            None
+        } else {
+            Some(procstat::processes_rss_kib(pids)?)
+        },
+        slab_kib: procstat::slab_kib(),
+        tcp_mem_kib: procstat::tcp_mem_kib(),
+    })
+}
+
+pub async fn run(args: &IdleArgs) -> Result<Report> {
+    let target = Arc::new(Target::new(&args.client).await?);
+    probe(&target).await?;
+    let before = memory(&args.client.pids)?;
+
+    let sem = Arc::new(Semaphore::new(args.concurrency as usize));
+    let errors = Arc::new(Errors::default());
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
+    let t0 = Instant::now();
+    for _ in 0..args.count {
+        let (target, sem, errors, dropped, ready_tx) = (
+            target.clone(),
+            sem.clone(),
+            errors.clone(),
+            dropped.clone(),
+            ready_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let permit = sem.acquire_owned().await;
+            let conn = ws::open(&target, 256).await;
+            drop(permit);
+            let mut conn = match conn {
+                Ok(c) => {
+                    let _ = ready_tx.send(true);
+                    c
+                }
+                Err(e) => {
+                    errors.add(&e);
+                    let _ = ready_tx.send(false);
+                    return;
+                }
+            };
+            drop(ready_tx);
+            // Hold: answer pings; any end of the tunnel is counted.
+            loop {
+                if conn.recv().await.is_err() {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
+    }
+    drop(ready_tx);
+    let mut up = 0u64;
+    while let Some(ok) = ready_rx.recv().await {
+        up += ok as u64;
+    }
+    let open_secs = t0.elapsed().as_secs_f64();
+    if up == 0 {
+        bail!(
+            "no tunnel could be opened: {}",
+            errors.first().unwrap_or_default()
+        );
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let failed = args.count as u64 - up;
+        if failed == 0 {
+            writeln!(out, "READY n={up}")?;
+        } else {
+            writeln!(out, "READY n={up} failed={failed}")?;
+        }
+        out.flush()?;
+    }
+
+    tokio::time::sleep(args.settle).await;
+    let after = memory(&args.client.pids)?;
+    let held = up - dropped.load(Ordering::Relaxed);
+    match args.hold {
+        Some(hold) => tokio::time::sleep(hold.saturating_sub(args.settle)).await,
+        None => wait_for_signal().await?,
+    }
+
+    let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some((b as f64 - a as f64) / held.max(1) as f64),
+        _ => None,
+    };
+    let mut r = Report::new("idle", &target_url(&target));
+    r.int("tunnels", up, "opened")
+        .int("held", held, "still open at measurement")
+        .num("open_s", open_secs, "s")
+        .num("opens_per_s", up as f64 / open_secs.max(1e-9), "/s");
+    if let (Some(b), Some(a)) = (before.proxy_rss_kib, after.proxy_rss_kib) {
+        r.int("proxy_rss_before_kib", b, "KiB")
+            .int("proxy_rss_after_kib", a, "KiB");
+    }
+    if let Some(v) = per(before.proxy_rss_kib, after.proxy_rss_kib) {
+        r.num("proxy_rss_kib_per_tunnel", v, "KiB");
+    }
+    if let Some(v) = per(before.slab_kib, after.slab_kib) {
+        r.num("kernel_slab_kib_per_tunnel", v, "KiB (system-wide)");
+    }
+    if let Some(v) = per(before.tcp_mem_kib, after.tcp_mem_kib) {
+        r.num("kernel_tcp_mem_kib_per_tunnel", v, "KiB (system-wide)");
+    }
+    r.int("dropped", dropped.load(Ordering::Relaxed), "during hold");
+    errors.report(&mut r);
+    Ok(r)
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

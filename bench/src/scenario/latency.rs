@@ -1,0 +1,208 @@
+//! Echo round-trip latency at a fixed total rate, open loop.
+//!
+//! A pacer thread (precise timer slack) walks the schedule `start + j / rate` and hands send `j`
+//! to connection `j % C`. Latency is measured from the scheduled time (corrected for coordinated
+//! omission), and also from the moment the message was written ("service" time). The difference
+//! of the two is the tool's own send lag, reported too.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{open_many, target_url, Errors};
+use crate::cli::LatencyArgs;
+use crate::procstat::{CpuSnapshot, CpuWindow};
+use crate::report::Report;
+use crate::stats::{self, connection_for, scheduled_offset, Percentiles};
+use crate::target::Target;
+use crate::ws::{self, WsConn};
+
+/// How long to wait for outstanding replies after the last send.
+const DRAIN: Duration = Duration::from_secs(2);
+
+struct ConnResult {
+    corrected: Histogram<u64>,
+    service: Histogram<u64>,
+    send_lag: Histogram<u64>,
+    lost: u64,
+}
+
+pub async fn run(args: &LatencyArgs) -> Result<Report> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of messages per second");
+    }
+    let target = Arc::new(Target::new(&args.client).await?);
+    super::probe(&target).await?;
+    let conns = open_many(&target, args.connections, 64, 16 * 1024).await?;
+    let errors = Arc::new(Errors::default());
+    let frame: Arc<[u8]> = ws::binary_message(args.size).into();
+
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + args.client.warmup;
+    let end = measure_from + args.client.duration;
+
+    let mut senders = Vec::with_capacity(conns.len());
+    let mut tasks = JoinSet::new();
+    for conn in conns {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        let (errors, frame) = (errors.clone(), frame.clone());
+        tasks.spawn(async move {
+            let mut r = ConnResult {
+                corrected: stats::histogram(),
+                service: stats::histogram(),
+                send_lag: stats::histogram(),
+                lost: 0,
+            };
+            if let Err(e) = drive(conn, rx, &frame, measure_from, end + DRAIN, &mut r).await {
+                errors.add(&e);
+            }
+            r
+        });
+    }
+
+    let rate = args.rate;
+    let connections = args.connections;
+    let pacer = std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || {
+            crate::sys::precise_timer_slack();
+            let mut j = 0u64;
+            let mut oversleep = Oversleep::default();
+            loop {
+                let due = start + scheduled_offset(j, rate);
+                if due >= end {
+                    break;
+                }
+                oversleep.wait_until(due);
+                // A closed channel means that connection failed; its error is recorded.
+                let _ = senders[connection_for(j, connections)].send(due);
+                j += 1;
+            }
+            j
+        })?;
+
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_start = CpuSnapshot::take(&args.client.pids)?;
+    tokio::time::sleep_until(end.into()).await;
+    let cpu_end = CpuSnapshot::take(&args.client.pids)?;
+    let window = CpuWindow::between(&cpu_start, &cpu_end);
+
+    let mut corrected = stats::histogram();
+    let mut service = stats::histogram();
+    let mut send_lag = stats::histogram();
+    let mut lost = 0;
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(r) = res {
+            corrected.add(&r.corrected).ok();
+            service.add(&r.service).ok();
+            send_lag.add(&r.send_lag).ok();
+            lost += r.lost;
+        }
+    }
+    let _ = pacer.join();
+
+    let messages = corrected.len();
+    let secs = args.client.duration.as_secs_f64();
+    let mut r = Report::new("latency", &target_url(&target));
+    r.int("connections", args.connections as u64, "")
+        .num("rate", args.rate, "msg/s target")
+        .int("size", args.size as u64, "B")
+        .num("duration_s", secs, "s")
+        .int("messages", messages, "echoed in window")
+        .num("msgs_per_s", messages as f64 / secs, "msg/s")
+        .percentiles("", &Percentiles::of(&corrected))
+        .num("service_p50_us", Percentiles::of(&service).p50_us, "µs")
+        .num("service_p99_us", Percentiles::of(&service).p99_us, "µs")
+        .num("send_lag_p50_us", Percentiles::of(&send_lag).p50_us, "µs")
+        .num("send_lag_p99_us", Percentiles::of(&send_lag).p99_us, "µs")
+        .int("lost", lost, "no reply")
+        .cpu(&window, messages, "msg");
+    errors.report(&mut r);
+    Ok(r)
+}
+
+/// Wakes close to a deadline without spinning (the backend and the runtime thread may share this
+/// core): sleeps until the deadline minus the typical oversleep of the OS timer, learned as a
+/// moving average. It may wake a little early; the latency of a message sent early is then
+/// measured from when it was actually sent (see [`drive`]), so it is never understated.
+#[derive(Debug, Default)]
+struct Oversleep {
+    estimate_ns: f64,
+}
+
+impl Oversleep {
+    /// Upper bound for the learned oversleep.
+    const MAX_NS: f64 = 100_000.0;
+
+    fn wait_until(&mut self, due: Instant) {
+        let wake = due - Duration::from_nanos(self.estimate_ns as u64);
+        let now = Instant::now();
+        if wake > now {
+            std::thread::sleep(wake - now);
+            let late = Instant::now().saturating_duration_since(wake).as_nanos() as f64;
+            self.estimate_ns = (0.9 * self.estimate_ns + 0.1 * late).min(Self::MAX_NS);
+        }
+    }
+}
+
+async fn drive(
+    mut conn: WsConn,
+    mut rx: mpsc::UnboundedReceiver<Instant>,
+    frame: &[u8],
+    measure_from: Instant,
+    give_up: Instant,
+    r: &mut ConnResult,
+) -> Result<()> {
+    // (scheduled, sent) of each message in flight; the echo preserves order.
+    let mut in_flight: VecDeque<(Instant, Instant)> = VecDeque::new();
+    let mut closed = false;
+    loop {
+        let step = poll_fn(|cx| {
+            while !closed {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(scheduled)) => {
+                        conn.queue(frame);
+                        in_flight.push_back((scheduled, Instant::now()));
+                    }
+                    Poll::Ready(None) => closed = true,
+                    Poll::Pending => break,
+                }
+            }
+            if closed && in_flight.is_empty() {
+                return Poll::Ready(Ok(false));
+            }
+            conn.poll_drive(cx).map(|res| res.map(|_| true))
+        });
+        let more = match tokio::time::timeout_at(give_up.into(), step).await {
+            Ok(res) => res?,
+            Err(_) => {
+                r.lost += in_flight.len() as u64;
+                return Ok(());
+            }
+        };
+        if !more {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let got = conn.take_received()?;
+        for _ in 0..got.messages {
+            let Some((scheduled, sent)) = in_flight.pop_front() else {
+                bail!("received more echoes than messages sent");
+            };
+            if scheduled >= measure_from {
+                // From the scheduled time, or from the actual send if that was (slightly) early.
+                stats::record(&mut r.corrected, now - scheduled.max(sent));
+                stats::record(&mut r.service, now - sent);
+                stats::record(&mut r.send_lag, sent.saturating_duration_since(scheduled));
+            }
+        }
+    }
+}

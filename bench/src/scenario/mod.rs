@@ -1,0 +1,177 @@
+//! The scenarios, and what they share: the measured window, error collection, opening many
+//! connections at a bounded concurrency.
+
+pub mod handshake;
+pub mod idle;
+pub mod latency;
+pub mod throughput;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::cli::{ClientArgs, Command};
+use crate::procstat::{CpuSnapshot, CpuWindow};
+use crate::report::Report;
+use crate::target::Target;
+use crate::ws::{self, WsConn};
+
+/// Runs a command to completion, printing its report.
+pub fn run(command: Command) -> Result<()> {
+    if let Err(e) = crate::sys::raise_nofile_limit() {
+        eprintln!("warning: cannot raise the open-files limit: {e}");
+    }
+    let client = match &command {
+        Command::Echo(args) => return crate::echo::run(args),
+        Command::Handshake(a) => &a.client,
+        Command::Latency(a) => &a.client,
+        Command::Throughput(a) => &a.client,
+        Command::Bulk(a) => &a.client,
+        Command::Idle(a) => &a.client,
+    };
+    let json = client.json;
+    let runtime = crate::sys::runtime(client.threads)?;
+    let report = runtime.block_on(async {
+        match &command {
+            Command::Echo(_) => unreachable!("handled above"),
+            Command::Handshake(a) => handshake::run(a).await,
+            Command::Latency(a) => latency::run(a).await,
+            Command::Throughput(a) => throughput::run(a).await,
+            Command::Bulk(a) => throughput::run_bulk(a).await,
+            Command::Idle(a) => idle::run(a).await,
+        }
+    })?;
+    if let Some(e) = report.get("first_error").and_then(|v| v.as_str()) {
+        eprintln!("warning: errors during the run; first: {e}");
+    }
+    report.print(json);
+    // Held connections and stragglers are dropped with the runtime, without waiting for them.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+pub const WARMUP: u8 = 0;
+pub const MEASURE: u8 = 1;
+pub const STOP: u8 = 2;
+
+/// Phase of a run, shared with the workers.
+#[derive(Debug, Default)]
+pub struct Phase(AtomicU8);
+
+impl Phase {
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn set(&self, p: u8) {
+        self.0.store(p, Ordering::Relaxed)
+    }
+}
+
+/// Counts errors and keeps the first message.
+#[derive(Debug, Default)]
+pub struct Errors {
+    count: AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+impl Errors {
+    pub fn add(&self, e: &anyhow::Error) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first.lock() {
+            if first.is_none() {
+                *first = Some(format!("{e:#}"));
+            }
+        }
+    }
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+    pub fn first(&self) -> Option<String> {
+        self.first.lock().ok().and_then(|f| f.clone())
+    }
+    /// Adds `errors` and, if any, `first_error` to a report.
+    pub fn report(&self, r: &mut Report) {
+        r.int("errors", self.count(), "");
+        if let Some(first) = self.first() {
+            r.text("first_error", &first);
+        }
+    }
+}
+
+/// Warm-up, then the measured window: returns the CPU used in it and the workers' counters
+/// (`snap`) at its start and end. Sets MEASURE at its start and STOP at its end.
+pub async fn measure_window<T>(
+    phase: &Phase,
+    client: &ClientArgs,
+    snap: impl Fn() -> T,
+) -> Result<(CpuWindow, T, T)> {
+    tokio::time::sleep(client.warmup).await;
+    phase.set(MEASURE);
+    let first = snap();
+    let start = CpuSnapshot::take(&client.pids)?;
+    tokio::time::sleep(client.duration).await;
+    let last = snap();
+    let end = CpuSnapshot::take(&client.pids)?;
+    phase.set(STOP);
+    Ok((CpuWindow::between(&start, &end), first, last))
+}
+
+/// One connection and upgrade, so a down or refusing target gives one clear error up front.
+pub async fn probe(target: &Target) -> Result<()> {
+    let conn = ws::open(target, 4096)
+        .await
+        .with_context(|| format!("cannot open a WebSocket to {}", target_url(target)))?;
+    conn.close_now().await;
+    Ok(())
+}
+
+pub fn target_url(target: &Target) -> String {
+    format!(
+        "{}://{}{}",
+        if target.url.tls { "wss" } else { "ws" },
+        target.url.authority,
+        target.url.path
+    )
+}
+
+/// Opens `n` connections, at most `concurrency` at a time. Fails on the first error.
+pub async fn open_many(
+    target: &Arc<Target>,
+    n: u32,
+    concurrency: u32,
+    read_buffer: usize,
+) -> Result<Vec<WsConn>> {
+    let sem = Arc::new(Semaphore::new(concurrency as usize));
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let target = target.clone();
+        let sem = sem.clone();
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            ws::open(&target, read_buffer).await
+        });
+    }
+    let mut conns = Vec::with_capacity(n as usize);
+    while let Some(res) = set.join_next().await {
+        let conn = res.context("connection task failed")??;
+        conns.push(conn);
+    }
+    Ok(conns)
+}
+
+/// Waits for tasks until `grace` passes, then aborts the rest.
+pub async fn join_with_grace<T: 'static>(set: &mut JoinSet<T>, grace: Duration) -> Vec<T> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + grace;
+    while let Ok(Some(res)) = tokio::time::timeout_at(deadline, set.join_next()).await {
+        if let Ok(v) = res {
+            out.push(v);
+        }
+    }
+    set.abort_all();
+    out
+}

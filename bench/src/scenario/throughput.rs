@@ -1,0 +1,168 @@
+//! Throughput: C connections each keep W messages of S bytes in flight; every echo received is
+//! replaced by a new message. `bulk` is the same on one connection with 64 KiB messages,
+//! reported in MB/s (10^6 bytes) each way.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::task::JoinSet;
+
+use super::{join_with_grace, measure_window, open_many, target_url, Errors, Phase, STOP};
+use crate::cli::{BulkArgs, ClientArgs, ThroughputArgs};
+use crate::procstat::CpuWindow;
+use crate::report::Report;
+use crate::target::Target;
+use crate::ws;
+
+#[derive(Default)]
+struct Counters {
+    recv_msgs: AtomicU64,
+    recv_bytes: AtomicU64,
+    sent_msgs: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    recv_msgs: u64,
+    recv_bytes: u64,
+    sent_msgs: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            recv_msgs: self.recv_msgs.load(Ordering::Relaxed),
+            recv_bytes: self.recv_bytes.load(Ordering::Relaxed),
+            sent_msgs: self.sent_msgs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct PumpResult {
+    window: CpuWindow,
+    delta: Snapshot,
+    errors: Arc<Errors>,
+    target: String,
+}
+
+async fn pump(
+    client: &ClientArgs,
+    connections: u32,
+    size: usize,
+    window: u32,
+) -> Result<PumpResult> {
+    let target = Arc::new(Target::new(client).await?);
+    super::probe(&target).await?;
+    // Large messages: large reads (few syscalls); small ones: 16 KiB per connection is plenty.
+    let read_buffer = if size >= 16 * 1024 {
+        256 * 1024
+    } else {
+        16 * 1024
+    };
+    let conns = open_many(&target, connections, 64, read_buffer).await?;
+    let phase = Arc::new(Phase::default());
+    let errors = Arc::new(Errors::default());
+    let counters = Arc::new(Counters::default());
+    let frame: Arc<[u8]> = ws::binary_message(size).into();
+
+    let mut tasks = JoinSet::new();
+    for mut conn in conns {
+        let (phase, errors, counters, frame) = (
+            phase.clone(),
+            errors.clone(),
+            counters.clone(),
+            frame.clone(),
+        );
+        tasks.spawn(async move {
+            for _ in 0..window {
+                conn.queue(&frame);
+            }
+            counters
+                .sent_msgs
+                .fetch_add(window as u64, Ordering::Relaxed);
+            while phase.get() != STOP {
+                match conn.recv().await {
+                    Ok((got, _)) => {
+                        counters
+                            .recv_msgs
+                            .fetch_add(got.messages, Ordering::Relaxed);
+                        counters
+                            .recv_bytes
+                            .fetch_add(got.payload_bytes, Ordering::Relaxed);
+                        for _ in 0..got.messages {
+                            conn.queue(&frame);
+                        }
+                        counters
+                            .sent_msgs
+                            .fetch_add(got.messages, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if phase.get() != STOP {
+                            errors.add(&e);
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    let (cpu, first, last) = measure_window(&phase, client, || counters.snapshot()).await?;
+    let at = [first, last];
+    join_with_grace(&mut tasks, Duration::from_millis(500)).await;
+    Ok(PumpResult {
+        window: cpu,
+        delta: Snapshot {
+            recv_msgs: at[1].recv_msgs - at[0].recv_msgs,
+            recv_bytes: at[1].recv_bytes - at[0].recv_bytes,
+            sent_msgs: at[1].sent_msgs - at[0].sent_msgs,
+        },
+        errors,
+        target: target_url(&target),
+    })
+}
+
+pub async fn run(args: &ThroughputArgs) -> Result<Report> {
+    let p = pump(&args.client, args.connections, args.size, args.window).await?;
+    let secs = p.window.secs;
+    let mut r = Report::new("throughput", &p.target);
+    r.int("connections", args.connections as u64, "")
+        .int("size", args.size as u64, "B")
+        .int("window", args.window as u64, "in flight per connection")
+        .num("duration_s", secs, "s")
+        .int("messages", p.delta.recv_msgs, "echoed")
+        .num("msgs_per_s", p.delta.recv_msgs as f64 / secs, "msg/s")
+        .num(
+            "mb_per_s",
+            p.delta.recv_bytes as f64 / 1e6 / secs,
+            "MB/s each way",
+        )
+        .cpu(&p.window, p.delta.recv_msgs, "msg");
+    p.errors.report(&mut r);
+    Ok(r)
+}
+
+pub async fn run_bulk(args: &BulkArgs) -> Result<Report> {
+    let p = pump(&args.client, 1, args.size, args.window).await?;
+    let secs = p.window.secs;
+    let mut r = Report::new("bulk", &p.target);
+    r.int("size", args.size as u64, "B")
+        .int("window", args.window as u64, "in flight")
+        .num("duration_s", secs, "s")
+        .int("messages", p.delta.recv_msgs, "echoed")
+        .num(
+            "sent_mb_per_s",
+            (p.delta.sent_msgs * args.size as u64) as f64 / 1e6 / secs,
+            "MB/s",
+        )
+        .num(
+            "recv_mb_per_s",
+            p.delta.recv_bytes as f64 / 1e6 / secs,
+            "MB/s",
+        )
+        .cpu(&p.window, p.delta.recv_bytes / 1_000_000, "mb");
+    p.errors.report(&mut r);
+    Ok(r)
+}

@@ -1,0 +1,314 @@
+//! The target: URL parsing, TLS client configuration and connecting (TCP, then TLS for wss://).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::cli::ClientArgs;
+
+/// A parsed `ws://` or `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub tls: bool,
+    /// Host as written (without brackets for IPv6).
+    pub host: String,
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub path: String,
+    /// Value for the Host header.
+    pub authority: String,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Result<Url> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            bail!("URL {s:?} must start with ws:// or wss://");
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_string()),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            bail!("URL {s:?} needs a host (and no user info)");
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6
+                .find(']')
+                .ok_or_else(|| anyhow!("URL {s:?}: unclosed '['"))?;
+            let host = &v6[..end];
+            let port = match &v6[end + 1..] {
+                "" => default_port,
+                p => parse_port(p.strip_prefix(':').unwrap_or(p), s)?,
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), parse_port(p, s)?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            bail!("URL {s:?} needs a host");
+        }
+        Ok(Url {
+            tls,
+            host,
+            port,
+            path,
+            authority: authority.to_string(),
+        })
+    }
+}
+
+fn parse_port(p: &str, url: &str) -> Result<u16> {
+    p.parse()
+        .map_err(|_| anyhow!("URL {url:?}: invalid port {p:?}"))
+}
+
+/// Everything needed to open connections to the target.
+#[derive(Clone)]
+pub struct Target {
+    pub url: Url,
+    pub addr: SocketAddr,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    /// Resolves the host once and builds the TLS config (fresh, resumption disabled).
+    pub async fn new(args: &ClientArgs) -> Result<Target> {
+        let url = Url::parse(&args.url)?;
+        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .with_context(|| format!("cannot resolve {}", url.host))?
+            .next()
+            .ok_or_else(|| anyhow!("{} has no address", url.host))?;
+        let tls = if url.tls {
+            let config = client_config(args.ca.as_deref(), args.insecure, args.tls_defaults)?;
+            let name = args.sni.clone().unwrap_or_else(|| url.host.clone());
+            let name = ServerName::try_from(name.clone())
+                .map_err(|_| anyhow!("invalid TLS server name {name:?}"))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            if args.ca.is_some() || args.insecure || args.sni.is_some() || args.tls_defaults {
+                bail!("--ca, --insecure, --sni and --tls-defaults only apply to wss:// URLs");
+            }
+            None
+        };
+        Ok(Target { url, addr, tls })
+    }
+
+    /// Opens TCP (and TLS for wss://) with clear errors.
+    pub async fn connect(&self) -> Result<Stream> {
+        let tcp = TcpStream::connect(self.addr).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::ConnectionRefused {
+                anyhow!("connect to {} refused", self.addr)
+            } else {
+                anyhow!("connect to {}: {e}", self.addr)
+            }
+        })?;
+        tcp.set_nodelay(true)
+            .with_context(|| format!("set TCP_NODELAY on connection to {}", self.addr))?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| anyhow!("TLS handshake with {} failed: {e}", self.addr))?;
+                Ok(Stream::Tls(Box::new(tls)))
+            }
+        }
+    }
+}
+
+/// A rustls client config with the aws-lc-rs provider and TLS session resumption disabled, so
+/// every connection does a full handshake.
+///
+/// Unless `tls_defaults`, it offers only TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519, so every
+/// proxy under test negotiates the same parameters whatever its own defaults.
+pub fn client_config(
+    ca: Option<&Path>,
+    insecure: bool,
+    tls_defaults: bool,
+) -> Result<ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls_defaults {
+        rustls::DEFAULT_VERSIONS
+    } else {
+        provider.cipher_suites =
+            vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256];
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        &[&rustls::version::TLS13]
+    };
+    let provider = Arc::new(provider);
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .context("TLS protocol versions")?;
+    let mut config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let ca = ca.ok_or_else(|| {
+            anyhow!("wss:// needs --ca PEM (the CA or self-signed certificate) or --insecure")
+        })?;
+        let mut roots = RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("read CA file {}", ca.display()))?;
+        for cert in certs {
+            let cert = cert.with_context(|| format!("parse CA file {}", ca.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("add CA certificate from {}", ca.display()))?;
+        }
+        if roots.is_empty() {
+            bail!("no certificate found in {}", ca.display());
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.resumption = Resumption::disabled();
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// Accepts any certificate and signature (`--insecure`): skips the client's verification work
+/// entirely, so the load generator spends its CPU on load.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A plain or TLS client connection.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = Url::parse("wss://127.0.0.1:8443/echo?x=1").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.host, "127.0.0.1");
+        assert_eq!(u.port, 8443);
+        assert_eq!(u.path, "/echo?x=1");
+        assert_eq!(u.authority, "127.0.0.1:8443");
+
+        let u = Url::parse("ws://localhost").unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (false, 80, "/"));
+        let u = Url::parse("wss://[::1]/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 443));
+        let u = Url::parse("ws://[::1]:9001?q").unwrap();
+        assert_eq!((u.port, u.path.as_str()), (9001, "/?q"));
+
+        assert!(Url::parse("http://x/").is_err());
+        assert!(Url::parse("ws://host:notaport/").is_err());
+        assert!(Url::parse("ws:///").is_err());
+    }
+
+    #[test]
+    fn wss_needs_ca_or_insecure() {
+        let err = client_config(None, false, false).unwrap_err().to_string();
+        assert!(err.contains("--ca"), "{err}");
+        assert!(client_config(None, true, false).is_ok());
+        assert!(client_config(None, true, true).is_ok());
+    }
+}

@@ -1,0 +1,539 @@
+//! A lean WebSocket client: the HTTP/1.1 upgrade and a frame codec.
+//!
+//! The load generator must not be the bottleneck, so messages are pre-built masked frames that are
+//! copied into the write buffer, and received data frames are counted and skipped without
+//! buffering their payloads. Reads and writes are driven from one task by [`WsConn::poll_drive`],
+//! so a connection never blocks writing while the peer waits for it to read.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::target::{Stream, Target};
+
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+pub const OP_CONT: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// A cheap per-process pseudo-random source (xorshift), good enough for mask keys and
+/// Sec-WebSocket-Key nonces of a benchmark client.
+pub fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9E37_79B9_7F4A_7C15);
+            (t ^ (std::process::id() as u64) << 32) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+/// The expected Sec-WebSocket-Accept for a key.
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Builds a complete client (masked) frame.
+pub fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = Vec::with_capacity(len + 14);
+    f.push(0x80 | opcode);
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
+/// A binary message of `size` bytes as a masked frame, with a random mask.
+pub fn binary_message(size: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    masked_frame(OP_BINARY, &payload, (random_u64() as u32).to_ne_bytes())
+}
+
+/// Writes the upgrade request and reads the 101 response. Returns bytes that arrived after the
+/// response head (frames the server already sent).
+pub async fn upgrade(stream: &mut Stream, target: &Target) -> Result<Vec<u8>> {
+    let key_bytes = [random_u64().to_ne_bytes(), random_u64().to_ne_bytes()].concat();
+    let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        target.url.path, target.url.authority
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .with_context(|| format!("send upgrade request to {}", target.addr))?;
+    stream
+        .flush()
+        .await
+        .with_context(|| format!("send upgrade request to {}", target.addr))?;
+
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let head_end = loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .with_context(|| format!("read upgrade response from {}", target.addr))?;
+        if n == 0 {
+            bail!(
+                "{} closed the connection instead of answering the upgrade",
+                target.addr
+            );
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = find_head_end(&buf) {
+            break i;
+        }
+        if buf.len() > MAX_RESPONSE_HEAD {
+            bail!("{}: upgrade response head too large", target.addr);
+        }
+    };
+    check_response(&buf[..head_end], &key).map_err(|e| anyhow!("{}: {e}", target.addr))?;
+    Ok(buf.split_off(head_end))
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Checks a response head for a valid 101 upgrade answering `key`.
+pub fn check_response(head: &[u8], key: &str) -> Result<()> {
+    let text = std::str::from_utf8(head).map_err(|_| anyhow!("response head is not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let mut parts = status.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let code = parts.next().unwrap_or("");
+    let reason = parts.next().unwrap_or("").trim();
+    if !version.starts_with("HTTP/1.") {
+        bail!("not an HTTP/1.x response: {status:?}");
+    }
+    if code != "101" {
+        bail!("server answered {code} {reason} instead of 101");
+    }
+    let mut upgrade_ok = false;
+    let mut accept_ok = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_ok = value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept_ok = value == accept_key(key);
+        }
+    }
+    if !upgrade_ok {
+        bail!("101 response without Upgrade: websocket");
+    }
+    if !accept_ok {
+        bail!("101 response with a missing or wrong Sec-WebSocket-Accept");
+    }
+    Ok(())
+}
+
+/// Connects (TCP, TLS) and upgrades; returns the ready connection.
+pub async fn open(target: &Target, read_buffer: usize) -> Result<WsConn> {
+    let mut stream = target.connect().await?;
+    let leftover = upgrade(&mut stream, target).await?;
+    Ok(WsConn::new(stream, read_buffer, &leftover))
+}
+
+/// What a batch of received bytes contained.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Complete data messages (text or binary, FIN seen).
+    pub messages: u64,
+    /// Payload bytes of data frames.
+    pub payload_bytes: u64,
+}
+
+/// Incremental parser for server-to-client frames. Data payloads are skipped, not buffered.
+#[derive(Debug, Default)]
+pub struct FrameParser {
+    /// Payload bytes of the current data frame still to skip.
+    skip: u64,
+    /// Whether the current data frame ends a message.
+    fin: bool,
+}
+
+/// A control frame the connection must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Control {
+    Ping(Vec<u8>),
+    Close(Option<u16>),
+}
+
+impl FrameParser {
+    /// Consumes what it can from `buf`; returns bytes consumed. Control frames are pushed to
+    /// `controls` (only once complete).
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        got: &mut Received,
+        controls: &mut Vec<Control>,
+    ) -> Result<usize> {
+        let mut pos = 0;
+        loop {
+            if self.skip > 0 {
+                let take = self.skip.min((buf.len() - pos) as u64);
+                self.skip -= take;
+                pos += take as usize;
+                got.payload_bytes += take;
+                if self.skip > 0 {
+                    return Ok(pos);
+                }
+                if self.fin {
+                    got.messages += 1;
+                }
+            }
+            let rest = &buf[pos..];
+            if rest.len() < 2 {
+                return Ok(pos);
+            }
+            let fin = rest[0] & 0x80 != 0;
+            let opcode = rest[0] & 0x0F;
+            let masked = rest[1] & 0x80 != 0;
+            let (len, mut hdr) = match rest[1] & 0x7F {
+                126 if rest.len() < 4 => return Ok(pos),
+                126 => (u16::from_be_bytes([rest[2], rest[3]]) as u64, 4),
+                127 if rest.len() < 10 => return Ok(pos),
+                127 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&rest[2..10]);
+                    (u64::from_be_bytes(b), 10)
+                }
+                n => (n as u64, 2),
+            };
+            let mask = if masked {
+                if rest.len() < hdr + 4 {
+                    return Ok(pos);
+                }
+                let m = [rest[hdr], rest[hdr + 1], rest[hdr + 2], rest[hdr + 3]];
+                hdr += 4;
+                Some(m)
+            } else {
+                None
+            };
+            match opcode {
+                OP_CONT | OP_TEXT | OP_BINARY => {
+                    pos += hdr;
+                    self.fin = fin;
+                    self.skip = len;
+                    if len == 0 {
+                        if fin {
+                            got.messages += 1;
+                        }
+                        continue;
+                    }
+                }
+                OP_PING | OP_PONG | OP_CLOSE => {
+                    if len > 125 {
+                        bail!("server sent a control frame of {len} bytes");
+                    }
+                    let total = hdr + len as usize;
+                    if rest.len() < total {
+                        return Ok(pos);
+                    }
+                    let mut payload = rest[hdr..total].to_vec();
+                    if let Some(m) = mask {
+                        for (i, b) in payload.iter_mut().enumerate() {
+                            *b ^= m[i & 3];
+                        }
+                    }
+                    pos += total;
+                    match opcode {
+                        OP_PING => controls.push(Control::Ping(payload)),
+                        OP_CLOSE => {
+                            let code = (payload.len() >= 2)
+                                .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                            controls.push(Control::Close(code));
+                        }
+                        _ => {}
+                    }
+                }
+                other => bail!("server sent a frame with reserved opcode {other:#x}"),
+            }
+        }
+    }
+}
+
+/// A WebSocket client connection with a read buffer, a write buffer and a frame parser.
+pub struct WsConn {
+    io: Stream,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    need_flush: bool,
+    parser: FrameParser,
+    controls: Vec<Control>,
+    mask: [u8; 4],
+}
+
+impl WsConn {
+    pub fn new(io: Stream, read_buffer: usize, leftover: &[u8]) -> WsConn {
+        let mut rbuf = vec![0u8; read_buffer.max(leftover.len()).max(256)];
+        rbuf[..leftover.len()].copy_from_slice(leftover);
+        WsConn {
+            io,
+            rbuf,
+            rstart: 0,
+            rend: leftover.len(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            need_flush: false,
+            parser: FrameParser::default(),
+            controls: Vec::new(),
+            mask: (random_u64() as u32).to_ne_bytes(),
+        }
+    }
+
+    /// Appends bytes (a pre-built frame) to the write buffer.
+    pub fn queue(&mut self, frame: &[u8]) {
+        self.wbuf.extend_from_slice(frame);
+    }
+
+    /// Bytes queued but not yet handed to the socket.
+    pub fn pending_write(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.wpos += n;
+                    self.need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        if self.need_flush {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what it can, then reads. Ready with the number of bytes read (> 0) once data
+    /// arrived; an error when the peer closed or the socket failed.
+    pub fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize>> {
+        if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
+            return Poll::Ready(Err(anyhow!("write: {e}")));
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        } else if self.rend == self.rbuf.len() {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(anyhow!("connection closed by the server")));
+                }
+                self.rend += n;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(anyhow!("read: {e}"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Parses buffered bytes: counts data messages, answers pings, fails on a close frame.
+    pub fn take_received(&mut self) -> Result<Received> {
+        let mut got = Received::default();
+        let n = self.parser.parse(
+            &self.rbuf[self.rstart..self.rend],
+            &mut got,
+            &mut self.controls,
+        )?;
+        self.rstart += n;
+        for control in std::mem::take(&mut self.controls) {
+            match control {
+                Control::Ping(payload) => {
+                    let pong = masked_frame(OP_PONG, &payload, self.mask);
+                    self.queue(&pong);
+                }
+                Control::Close(code) => {
+                    let code = code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
+                    bail!("server sent a close frame (code {code})");
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Waits for data, returns what arrived and when.
+    pub async fn recv(&mut self) -> Result<(Received, Instant)> {
+        loop {
+            poll_fn(|cx| self.poll_drive(cx)).await?;
+            let now = Instant::now();
+            let got = self.take_received()?;
+            if got.messages > 0 || got.payload_bytes > 0 {
+                return Ok((got, now));
+            }
+        }
+    }
+
+    /// Sends a close frame (1000) and TLS close_notify, then drops the connection without waiting
+    /// for the server's close frame.
+    pub async fn close_now(mut self) {
+        let close = masked_frame(OP_CLOSE, &1000u16.to_be_bytes(), self.mask);
+        self.queue(&close);
+        let _ = poll_fn(|cx| self.poll_write_pending(cx)).await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = masked_frame(opcode, payload, [0; 4]);
+        // Strip the mask: clear the mask bit and remove the 4 zero key bytes.
+        f[1] &= 0x7F;
+        let hdr = match f[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        f.drain(hdr..hdr + 4);
+        if !fin {
+            f[0] &= 0x7F;
+        }
+        f
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn response_checks() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        check_response(ok, key).unwrap();
+        let err = check_response(b"HTTP/1.1 404 Not Found\r\n\r\n", key).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "server answered 404 Not Found instead of 101"
+        );
+        let bad = b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        assert!(check_response(bad, key).is_err());
+    }
+
+    #[test]
+    fn masked_frame_lengths() {
+        assert_eq!(
+            masked_frame(OP_BINARY, &[0; 125], [1; 4]).len(),
+            2 + 4 + 125
+        );
+        assert_eq!(
+            masked_frame(OP_BINARY, &[0; 126], [1; 4]).len(),
+            4 + 4 + 126
+        );
+        assert_eq!(
+            masked_frame(OP_BINARY, &[0; 65536], [1; 4]).len(),
+            10 + 4 + 65536
+        );
+        let f = masked_frame(OP_TEXT, b"ab", [1, 2, 3, 4]);
+        assert_eq!(f, vec![0x81, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]);
+    }
+
+    #[test]
+    fn parser_counts_messages_across_splits() {
+        let mut stream = Vec::new();
+        stream.extend(server_frame(OP_BINARY, true, &[7; 64]));
+        stream.extend(server_frame(OP_BINARY, false, &[7; 300]));
+        stream.extend(server_frame(OP_PING, true, b"hi"));
+        stream.extend(server_frame(OP_CONT, true, &[7; 70000]));
+        stream.extend(server_frame(OP_TEXT, true, b""));
+        // Feed in every chunking of a few sizes: totals must not depend on the split.
+        for chunk in [1usize, 3, 7, 1000, stream.len()] {
+            let mut parser = FrameParser::default();
+            let mut got = Received::default();
+            let mut controls = Vec::new();
+            let mut pending: Vec<u8> = Vec::new();
+            for piece in stream.chunks(chunk) {
+                pending.extend_from_slice(piece);
+                let n = parser.parse(&pending, &mut got, &mut controls).unwrap();
+                pending.drain(..n);
+            }
+            assert!(pending.is_empty(), "chunk {chunk}");
+            assert_eq!(got.messages, 3, "chunk {chunk}");
+            assert_eq!(got.payload_bytes, 64 + 300 + 70000, "chunk {chunk}");
+            assert_eq!(
+                controls,
+                vec![Control::Ping(b"hi".to_vec())],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn parser_reports_close() {
+        let mut parser = FrameParser::default();
+        let mut got = Received::default();
+        let mut controls = Vec::new();
+        let f = server_frame(OP_CLOSE, true, &1001u16.to_be_bytes());
+        assert_eq!(parser.parse(&f, &mut got, &mut controls).unwrap(), f.len());
+        assert_eq!(controls, vec![Control::Close(Some(1001))]);
+    }
+}

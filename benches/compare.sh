@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# benches/compare.sh — wsgate vs nginx vs HAProxy (and the echo backend directly), side by side.
+#
+#   benches/compare.sh [RESULTS.md]          # full run, < 15 min
+#   QUICK=1 benches/compare.sh               # 1–2 min sanity pass
+#
+# Method: the proxy under test runs alone on CPU $PROXY_CPU with one worker (taskset; nginx
+# worker_processes 1, HAProxy nbthread 1, wsgate --threads 1); the load generator and the echo
+# backend share CPU $LOAD_CPU. TLS 1.3 only, TLS_AES_128_GCM_SHA256, X25519, one ECDSA P-256
+# certificate, no session resumption or tickets, logging off, tunnel timeouts 1 h. Targets are
+# alternated within each repetition (A B C A B C …); each cell is the median over $REPS runs.
+# Memory: a fresh proxy process per run, VmRSS before and with $IDLE_N idle tunnels.
+#
+# Environment (defaults in brackets):
+#   QUICK [0]        1: REPS=1, DUR=1s, WARMUP=0.3s, IDLE_N=1000
+#   REPS [3]         repetitions per scenario and target
+#   DUR [5s]         measured window per run;  WARMUP [1s] before it
+#   TARGETS ["wsgate nginx haproxy direct direct-tls"]
+#   HS_CONC [48]     handshake workers
+#   LAT_RATE [5000] LAT_CONNS [100] LAT_SIZE [64]
+#   TP_CONNS [1000] TP_SIZE [64] TP_WINDOW [4]
+#   BULK_SIZE [65536] BULK_WINDOW [8]
+#   IDLE_N [5000]    tunnels for the memory run
+#   PROXY_CPU [0] LOAD_CPU [1]
+#   OUT [benches/results.md, or the first argument]  the markdown table is written here too
+#   KEEP_TMP [0]     1: keep the temp dir (configs, logs, raw JSON)
+#   VERIFY [0]       1: the client verifies the certificate (--ca); 0: --insecure, which spares
+#                    the load generator the signature check (the proxy's work is the same)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+  REPS=${REPS:-1}; DUR=${DUR:-1s}; WARMUP=${WARMUP:-0.3s}; IDLE_N=${IDLE_N:-1000}
+fi
+REPS=${REPS:-3}
+DUR=${DUR:-5s}
+WARMUP=${WARMUP:-1s}
+TARGETS=${TARGETS:-"wsgate nginx haproxy direct direct-tls"}
+HS_CONC=${HS_CONC:-48}
+LAT_RATE=${LAT_RATE:-5000}; LAT_CONNS=${LAT_CONNS:-100}; LAT_SIZE=${LAT_SIZE:-64}
+TP_CONNS=${TP_CONNS:-1000}; TP_SIZE=${TP_SIZE:-64}; TP_WINDOW=${TP_WINDOW:-4}
+BULK_SIZE=${BULK_SIZE:-65536}; BULK_WINDOW=${BULK_WINDOW:-8}
+IDLE_N=${IDLE_N:-5000}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OUT=${1:-${OUT:-$ROOT/benches/results.md}}
+KEEP_TMP=${KEEP_TMP:-0}
+VERIFY=${VERIFY:-0}
+
+BACKEND_PORT=9001
+BACKEND_TLS_PORT=9443
+declare -A PORT=([wsgate]=8443 [nginx]=8444 [haproxy]=8445)
+
+log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- build ---------------------------------------------------------------------------------------
+log "building release"
+(cd "$ROOT" && cargo build --release --workspace) >&2
+BENCH=$ROOT/target/release/wsgate-bench
+WSGATE=$ROOT/target/release/wsgate
+[[ -x $BENCH ]] || die "$BENCH missing after build"
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+TMP=$(mktemp -d /tmp/wsgate-compare.XXXXXX)
+mkdir -p "$TMP/results"
+declare -A PIDS=()          # target -> "pid pid…" of the running proxy
+BACKEND_PIDS=()
+
+stop_pids() {
+  local p
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+}
+cleanup() {
+  local t
+  for t in "${!PIDS[@]}"; do stop_pids ${PIDS[$t]}; done
+  stop_pids "${BACKEND_PIDS[@]}"
+  if [[ $KEEP_TMP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() { # port timeout_s [pid: give up early if it exits]
+  local i
+  for ((i = 0; i < $2 * 20; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    [[ -n ${3:-} ]] && ! kill -0 "$3" 2>/dev/null && return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+# --- certificate ---------------------------------------------------------------------------------
+log "making an ECDSA P-256 certificate in $TMP"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -addext "basicConstraints=critical,CA:FALSE" \
+  -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
+
+# --- proxies -------------------------------------------------------------------------------------
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  if [[ " $TARGETS " == *" nginx "* || " $TARGETS " == *" haproxy "* ]]; then
+    log "installing nginx and haproxy"
+    (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx haproxy) >&2
+  fi
+fi
+
+mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
+cat >"$TMP/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log crit;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx/tmp/body;
+  proxy_temp_path $TMP/nginx/tmp/proxy;
+  fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
+  uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
+  scgi_temp_path $TMP/nginx/tmp/scgi;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  server {
+    listen 127.0.0.1:${PORT[nginx]} ssl;
+    ssl_certificate $TMP/cert.pem;
+    ssl_certificate_key $TMP/key.pem;
+    ssl_protocols TLSv1.3;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+    ssl_conf_command NumTickets 0;
+    ssl_ecdh_curve X25519;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    location / {
+      proxy_pass http://127.0.0.1:$BACKEND_PORT;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+EOF
+
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9500
+  tune.ssl.cachesize 0
+  ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets
+  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 3600s
+  timeout server 3600s
+  timeout tunnel 3600s
+frontend fe
+  bind 127.0.0.1:${PORT[haproxy]} ssl crt $TMP/combined.pem curves X25519
+  default_backend be
+backend be
+  server echo 127.0.0.1:$BACKEND_PORT maxconn 9500
+EOF
+
+cat >"$TMP/wsgate.toml" <<EOF
+[proxy]
+listen = ["127.0.0.1:${PORT[wsgate]}"]
+[tls]
+certificates = [ { cert = "cert.pem", key = "key.pem" } ]
+[timeouts]
+idle = "3600s"
+[limits]
+max_connections = 100000
+[[route]]
+name = "echo"
+path = "/"
+backends = ["127.0.0.1:$BACKEND_PORT"]
+EOF
+
+start_proxy() { # target -> sets PIDS[target]; returns 1 if it does not come up
+  local t=$1 pid
+  case $t in
+    wsgate)
+      [[ -x $WSGATE ]] || return 1
+      # Logging off: warnings only (the access log is at info).
+      RUST_LOG=warn taskset -c "$PROXY_CPU" "$WSGATE" run --config "$TMP/wsgate.toml" --threads 1 \
+        >"$TMP/wsgate.log" 2>&1 &
+      pid=$!; PIDS[$t]=$pid ;;
+    nginx)
+      taskset -c "$PROXY_CPU" nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" \
+        >"$TMP/nginx/logs/stdout.log" 2>&1 &
+      pid=$!; PIDS[$t]=$pid ;;
+    haproxy)
+      taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+      pid=$!; PIDS[$t]=$pid ;;
+    *) return 0 ;;
+  esac
+  if ! wait_port "${PORT[$t]}" 10 "$pid"; then
+    log "$t did not come up on port ${PORT[$t]}; skipping it: $(tail -2 "$TMP/$t.log" 2>/dev/null)"
+    stop_pids $pid; unset "PIDS[$t]"; return 1
+  fi
+  if [[ $t == nginx ]]; then
+    # The master plus its worker: CPU and RSS are summed over both.
+    PIDS[$t]="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+  fi
+}
+stop_proxy() {
+  local t=$1
+  [[ -n ${PIDS[$t]:-} ]] && stop_pids ${PIDS[$t]}
+  unset "PIDS[$t]"
+}
+
+url_of() { # target
+  case $1 in
+    direct) echo "ws://127.0.0.1:$BACKEND_PORT/" ;;
+    direct-tls) echo "wss://127.0.0.1:$BACKEND_TLS_PORT/" ;;
+    *) echo "wss://127.0.0.1:${PORT[$1]}/" ;;
+  esac
+}
+pids_of() { # target -> "--pid X --pid Y"
+  local p out=""
+  case $1 in
+    direct) out="--pid ${BACKEND_PIDS[0]}" ;;
+    direct-tls) out="--pid ${BACKEND_PIDS[1]}" ;;
+    *) for p in ${PIDS[$1]:-}; do out+=" --pid $p"; done ;;
+  esac
+  echo "$out"
+}
+tls_opts() { # wss: verify against the test certificate only with VERIFY=1 (costs the client CPU)
+  [[ $(url_of "$1") == wss://* ]] || return 0
+  if [[ $VERIFY == 1 ]]; then echo "--ca $TMP/cert.pem --sni localhost"; else echo "--insecure"; fi
+}
+
+# --- backend -------------------------------------------------------------------------------------
+taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_PORT" >"$TMP/echo.log" 2>&1 &
+BACKEND_PIDS+=($!)
+taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_TLS_PORT" \
+  --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" >"$TMP/echo-tls.log" 2>&1 &
+BACKEND_PIDS+=($!)
+wait_port $BACKEND_PORT 10 || die "echo backend did not start: $(cat "$TMP/echo.log")"
+wait_port $BACKEND_TLS_PORT 10 || die "TLS echo backend did not start: $(cat "$TMP/echo-tls.log")"
+
+ACTIVE=()
+for t in $TARGETS; do
+  if start_proxy "$t"; then ACTIVE+=("$t"); fi
+done
+((${#ACTIVE[@]})) || die "no target came up"
+log "targets: ${ACTIVE[*]}; reps=$REPS dur=$DUR warmup=$WARMUP"
+
+run_one() { # scenario target rep args…
+  local sc=$1 t=$2 rep=$3; shift 3
+  local out="$TMP/results/$sc.$t.$rep.json"
+  # shellcheck disable=SC2046
+  if ! taskset -c "$LOAD_CPU" "$BENCH" "$sc" "$(url_of "$t")" $(tls_opts "$t") $(pids_of "$t") \
+      --json "$@" >"$out.raw" 2>"$out.err"; then
+    log "$sc on $t failed: $(tail -1 "$out.err")"
+    printf '{"error": %s}\n' "$(tail -1 "$out.err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')" >"$out"
+    return 0
+  fi
+  tail -1 "$out.raw" >"$out"
+}
+
+COMMON=(--duration "$DUR" --warmup "$WARMUP")
+for ((rep = 1; rep <= REPS; rep++)); do
+  for t in "${ACTIVE[@]}"; do
+    log "rep $rep: handshake $t"
+    run_one handshake "$t" "$rep" "${COMMON[@]}" -c "$HS_CONC"
+  done
+  for t in "${ACTIVE[@]}"; do
+    log "rep $rep: latency $t"
+    run_one latency "$t" "$rep" "${COMMON[@]}" -c "$LAT_CONNS" -r "$LAT_RATE" -s "$LAT_SIZE"
+  done
+  for t in "${ACTIVE[@]}"; do
+    log "rep $rep: throughput $t"
+    run_one throughput "$t" "$rep" "${COMMON[@]}" -c "$TP_CONNS" -s "$TP_SIZE" -w "$TP_WINDOW"
+  done
+  for t in "${ACTIVE[@]}"; do
+    log "rep $rep: bulk $t"
+    run_one bulk "$t" "$rep" "${COMMON[@]}" -s "$BULK_SIZE" -w "$BULK_WINDOW"
+  done
+done
+
+# Memory: a fresh proxy process for every run.
+for ((rep = 1; rep <= REPS; rep++)); do
+  for t in "${ACTIVE[@]}"; do
+    [[ $t == direct* ]] && continue
+    stop_proxy "$t"
+    start_proxy "$t" || continue
+    sleep 0.5
+    log "rep $rep: idle $t (n=$IDLE_N)"
+    run_one idle "$t" "$rep" -n "$IDLE_N" --concurrency 64 --settle 1s --hold 1.5s
+  done
+done
+
+# --- table ---------------------------------------------------------------------------------------
+python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" <<'PY'
+import glob, json, os, statistics, sys
+res_dir, out, reps, active = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
+runs = {}
+for f in glob.glob(os.path.join(res_dir, "*.json")):
+    sc, t, rep, _ = os.path.basename(f).rsplit(".", 3)
+    try:
+        with open(f) as fh:
+            runs.setdefault((sc, t), []).append(json.load(fh))
+    except (OSError, ValueError):
+        pass
+
+def med(sc, t, key):
+    vals = [r[key] for r in runs.get((sc, t), []) if isinstance(r.get(key), (int, float))]
+    return statistics.median(vals) if vals else None
+
+def errs(sc, t):
+    return sum(r.get("errors", 0) or 0 for r in runs.get((sc, t), [])) + \
+        sum(1 for r in runs.get((sc, t), []) if "error" in r)
+
+rows = [
+    ("Upgrade: proxy CPU µs per handshake", "handshake", "proxy_cpu_us_per_handshake", "low"),
+    ("Upgrade: handshakes/s", "handshake", "handshakes_per_s", "high"),
+    ("Upgrade: p99 ms per handshake", "handshake", "handshake_p99_us", "low", 1e-3),
+    ("Echo latency p50 µs (5,000 msg/s, 100 tunnels)", "latency", "p50_us", "low"),
+    ("Echo latency p99 µs (5,000 msg/s, 100 tunnels)", "latency", "p99_us", "low"),
+    ("Echo: proxy CPU µs per 64 B message (1,000 tunnels)", "throughput", "proxy_cpu_us_per_msg", "low"),
+    ("Echo: msgs/s (1,000 tunnels)", "throughput", "msgs_per_s", "high"),
+    ("Bulk: MB/s each way (1 tunnel × 64 KiB)", "bulk", "recv_mb_per_s", "high"),
+    ("Bulk: proxy CPU µs per MB", "bulk", "proxy_cpu_us_per_mb", "low"),
+    ("Idle: KiB RSS per tunnel", "idle", "proxy_rss_kib_per_tunnel", "low"),
+    ("Idle: kernel slab KiB per tunnel (system-wide)", "idle", "kernel_slab_kib_per_tunnel", "low"),
+    ("Load generator CPU % in handshake run", "handshake", "tool_cpu_pct", None),
+    ("Load generator CPU % in echo run", "throughput", "tool_cpu_pct", None),
+]
+names = {"wsgate": "wsgate", "nginx": "nginx", "haproxy": "HAProxy",
+         "direct": "backend ws", "direct-tls": "backend wss"}
+cols = [t for t in ["wsgate", "nginx", "haproxy", "direct", "direct-tls"] if t in active]
+ratio_cols = [t for t in ("nginx", "haproxy") if "wsgate" in active and t in active]
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+head = ["Metric"] + [names[c] for c in cols] + [f"wsgate/{names[c]}" for c in ratio_cols]
+lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+for row in rows:
+    label, sc, key, _better = row[:4]
+    scale = row[4] if len(row) > 4 else 1
+    vals = {c: med(sc, c, key) for c in cols}
+    vals = {c: (v * scale if v is not None else None) for c, v in vals.items()}
+    cells = [label] + [fmt(vals[c]) for c in cols]
+    for c in ratio_cols:
+        a, b = vals.get("wsgate"), vals.get(c)
+        if _better is None:
+            cells.append("")
+        else:
+            cells.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "n/a")
+    lines.append("| " + " | ".join(cells) + " |")
+
+notes = [
+    "",
+    f"Median of {reps} run(s) per cell; targets alternated within each repetition.",
+    "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
+    "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
+    "For the backend columns, 'proxy CPU' is the echo backend's own CPU.",
+    "Load generator CPU % near 100 means a client-bound run (the proxy's CPU per operation still holds).",
+    "Ratios are wsgate divided by the other proxy (lower is better for CPU, latency, memory;",
+    "higher is better for rates and MB/s).",
+]
+bad = [(sc, t, errs(sc, t)) for (sc, t) in sorted(runs) if errs(sc, t)]
+if bad:
+    notes.append("Errors: " + ", ".join(f"{sc}/{names.get(t, t)}: {n}" for sc, t, n in bad))
+text = "\n".join(lines + notes) + "\n"
+print(text)
+with open(out, "w") as fh:
+    fh.write(text)
+PY
+log "table written to $OUT"
