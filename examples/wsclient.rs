@@ -26,11 +26,16 @@ async fn main() -> Result<(), common::Error> {
     eprintln!("connected to {url}; type lines, Ctrl-D to close");
     let (mut sink, mut stream) = ws.split();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut typing = true;
     loop {
         tokio::select! {
-            line = lines.next_line() => match line? {
+            line = lines.next_line(), if typing => match line? {
                 Some(line) => sink.send(Message::text(line)).await?,
-                None => { sink.send(Message::Close(None)).await?; }
+                None => {
+                    // End of input: close politely, then wait for the server's close.
+                    typing = false;
+                    sink.send(Message::Close(None)).await?;
+                }
             },
             msg = stream.next() => match msg {
                 Some(Ok(Message::Close(frame))) => { eprintln!("closed: {frame:?}"); break; }
