@@ -609,7 +609,7 @@ fn key_at(src: &str, offset: usize) -> String {
                 .strip_prefix("[[")
                 .and_then(|t| t.split("]]").next())
             {
-                let name = name.trim().to_string();
+                let name = name.trim().trim_end_matches(']').to_string();
                 let n = arrays
                     .entry(name.clone())
                     .and_modify(|n| *n += 1)

@@ -88,21 +88,22 @@ enum Trigger {
     Manual,
 }
 
-/// Runs until `stop`: watches the config's folders, SIGHUP and manual requests, and reloads.
-pub(crate) async fn watch(
+/// Starts watching the config's folders, SIGHUP and `manual`, and reloading, until `stop`.
+/// The watches are in place when this returns, so a write right after start is not missed.
+pub(crate) fn spawn_watcher(
     shared: Arc<Shared>,
     path: PathBuf,
-    mut manual: mpsc::UnboundedReceiver<()>,
+    manual: mpsc::UnboundedReceiver<()>,
     stop: CancellationToken,
 ) {
-    let (events_tx, mut events) = mpsc::unbounded_channel::<()>();
-    let mut watcher = match notify::recommended_watcher(
-        move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = events_tx.send(());
-            }
-        },
-    ) {
+    let (events_tx, events) = mpsc::unbounded_channel::<()>();
+    let on_event = move |event: notify::Result<notify::Event>| {
+        // Our own reads of the files show up as access events: reacting to them would loop.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = events_tx.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(on_event) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the config for changes; only SIGHUP reloads");
@@ -110,31 +111,52 @@ pub(crate) async fn watch(
         }
     };
     let mut watched = BTreeSet::new();
-    refresh_watches(
-        watcher.as_mut(),
-        &mut watched,
-        &relevant_files(&shared, &path),
-    );
-    let mut hangup = hangup_signal();
-    // The content of a rejected config: the same bytes are not retried (or logged) again.
-    let mut rejected = None;
-
-    loop {
-        let trigger = tokio::select! {
-            _ = stop.cancelled() => return,
-            Some(()) = events.recv() => {
-                debounce(&mut events).await;
-                Trigger::Files
-            }
-            Some(()) = manual.recv() => Trigger::Manual,
-            Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
+    let files = relevant_files(&shared, &path);
+    refresh_watches(watcher.as_mut(), &mut watched, &files);
+    let hangup = hangup_signal();
+    tokio::spawn(async move {
+        let mut state = WatchState {
+            watcher,
+            watched,
+            rejected: None,
         };
-        reload(&shared, &path, trigger, &mut rejected).await;
-        refresh_watches(
-            watcher.as_mut(),
-            &mut watched,
-            &relevant_files(&shared, &path),
-        );
+        state
+            .run(&shared, &path, events, manual, hangup, stop)
+            .await;
+    });
+}
+
+struct WatchState {
+    watcher: Option<RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+    /// The content of a rejected config: the same bytes are not retried (or logged) again.
+    rejected: Option<u64>,
+}
+
+impl WatchState {
+    async fn run(
+        &mut self,
+        shared: &Arc<Shared>,
+        path: &Path,
+        mut events: mpsc::UnboundedReceiver<()>,
+        mut manual: mpsc::UnboundedReceiver<()>,
+        mut hangup: Hangup,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let trigger = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(()) = events.recv() => {
+                    debounce(&mut events).await;
+                    Trigger::Files
+                }
+                Some(()) = manual.recv() => Trigger::Manual,
+                Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
+            };
+            reload(shared, path, trigger, &mut self.rejected).await;
+            let files = relevant_files(shared, path);
+            refresh_watches(self.watcher.as_mut(), &mut self.watched, &files);
+        }
     }
 }
 

@@ -61,6 +61,16 @@ struct Listener {
     configured: SocketAddr,
     local: SocketAddr,
     stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Stops accepting and waits until the socket is closed, so that whoever asked (a reload,
+    /// shutdown) can rely on it: a connect after this is refused. Live connections continue.
+    async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
 }
 
 /// Counts one open client connection (tunnel included) until dropped.
@@ -128,17 +138,20 @@ impl Shared {
         };
         let bound = bind_all(&added, &next.config.path.display().to_string())?;
         self.snapshot.store(next.clone());
-        let mut listeners = lock(&self.listeners);
-        listeners.retain(|l| {
-            let keep = next.config.listen.contains(&l.configured);
-            if !keep {
-                tracing::info!(listen = %l.local, "listener removed; its live connections continue");
-                l.stop.cancel();
+        let removed: Vec<Listener> = {
+            let mut listeners = lock(&self.listeners);
+            for (configured, socket) in added.into_iter().zip(bound) {
+                listeners.push(self.start_listener(configured, socket));
             }
-            keep
-        });
-        for (configured, socket) in added.into_iter().zip(bound) {
-            listeners.push(self.start_listener(configured, socket));
+            let (kept, removed) = listeners
+                .drain(..)
+                .partition(|l| next.config.listen.contains(&l.configured));
+            *listeners = kept;
+            removed
+        };
+        for listener in removed {
+            tracing::info!(listen = %listener.local, "listener removed; its live connections continue");
+            listener.close().await;
         }
         Ok(())
     }
@@ -147,11 +160,12 @@ impl Shared {
         let local = socket.local_addr().unwrap_or(configured);
         let stop = CancellationToken::new();
         tracing::info!(listen = %local, "listening");
-        tokio::spawn(accept_loop(socket, self.clone(), stop.clone()));
+        let task = tokio::spawn(accept_loop(socket, self.clone(), stop.clone()));
         Listener {
             configured,
             local,
             stop,
+            task,
         }
     }
 }
@@ -320,12 +334,7 @@ impl Server {
         }
         let (manual_reload, manual) = mpsc::unbounded_channel();
         let stop_watching = CancellationToken::new();
-        tokio::spawn(reload::watch(
-            shared.clone(),
-            path,
-            manual,
-            stop_watching.clone(),
-        ));
+        reload::spawn_watcher(shared.clone(), path, manual, stop_watching.clone());
         Ok(Server {
             shared,
             manual_reload,
@@ -365,8 +374,9 @@ impl Server {
     /// Stops accepting, lets live tunnels run for the configured grace, then closes them.
     pub async fn shutdown(self) {
         self.stop_watching.cancel();
-        for listener in lock(&self.shared.listeners).drain(..) {
-            listener.stop.cancel();
+        let listeners: Vec<Listener> = lock(&self.shared.listeners).drain(..).collect();
+        for listener in listeners {
+            listener.close().await;
         }
         let grace = self.shared.current().config.timeouts.shutdown_grace;
         let tracker = &self.shared.tracker;
