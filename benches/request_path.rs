@@ -82,6 +82,23 @@ fn request_path(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The lookup alone, to see what share of the path it is.
+    let mut group = c.benchmark_group("route_only");
+    for n in [10usize, 10_000] {
+        let routes = table(n);
+        let target = n / 2;
+        let host = format!("h{target}.example.com:8443");
+        let path = format!("/svc{target}/ws/room/42");
+        let offered = ["chat.v3", "chat.v1"];
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                let selected = routes.select(Some(black_box(&host)), black_box(&path), &offered);
+                assert!(matches!(selected, Selection::Matched { .. }));
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, request_path);
