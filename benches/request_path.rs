@@ -56,13 +56,22 @@ fn request(host: &str) -> HeaderMap {
     h
 }
 
-fn request_path(c: &mut Criterion) {
+/// A table of `n` routes, and the Host and path of a request for the one in the middle.
+fn fixture(n: usize) -> (RouteTable, String, String) {
+    let target = n / 2;
+    (
+        table(n),
+        format!("h{target}.example.com:8443"),
+        format!("/svc{target}/ws/room/42"),
+    )
+}
+
+const SIZES: [usize; 2] = [10, 10_000];
+
+fn checks_and_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("check_and_route");
-    for n in [10usize, 10_000] {
-        let routes = table(n);
-        let target = n / 2;
-        let host = format!("h{target}.example.com:8443");
-        let path = format!("/svc{target}/ws/room/42");
+    for n in SIZES {
+        let (routes, host, path) = fixture(n);
         let headers = request(&host);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
@@ -82,14 +91,13 @@ fn request_path(c: &mut Criterion) {
         });
     }
     group.finish();
+}
 
-    // The lookup alone, to see what share of the path it is.
+/// The lookup alone, to see what share of the path it is.
+fn lookup_only(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_only");
-    for n in [10usize, 10_000] {
-        let routes = table(n);
-        let target = n / 2;
-        let host = format!("h{target}.example.com:8443");
-        let path = format!("/svc{target}/ws/room/42");
+    for n in SIZES {
+        let (routes, host, path) = fixture(n);
         let offered = ["chat.v3", "chat.v1"];
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
@@ -101,5 +109,5 @@ fn request_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request_path);
+criterion_group!(benches, checks_and_lookup, lookup_only);
 criterion_main!(benches);
