@@ -104,14 +104,16 @@ async fn route_and_forward(
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let offered = websocket::offered_protocols(req.headers());
     let selection = snapshot.routes.select(host, req.uri().path(), &offered);
-    if let Selection::NoRoute = selection {
-        return Err(ProxyError::NoRoute);
+    match &selection {
+        Selection::NoRoute => return Err(ProxyError::NoRoute),
+        // Named before the checks, so a refusal's line says which route refused.
+        Selection::Matched { route, .. } => log.route = Some(route.config.name.clone()),
+        Selection::NoProtocolFits => {}
     }
     websocket::check_request(req.method(), req.version(), req.headers())?;
     let Selection::Matched { route, protocols } = selection else {
         return Err(ProxyError::NoSubprotocol);
     };
-    log.route = Some(route.config.name.clone());
     let origin = req
         .headers()
         .get(ORIGIN)

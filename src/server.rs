@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ConfigError;
 use crate::proxy::{self, Conn};
 use crate::reload::{self, ReloadStatus, Snapshot};
+use crate::splice::Drain;
 
 /// Why the server could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,7 @@ pub struct Shared {
     refusing: AtomicUsize,
     pub(crate) tracker: TaskTracker,
     /// Fired when the shutdown grace is over: live tunnels close.
-    pub(crate) drain: CancellationToken,
+    pub(crate) drain: Arc<Drain>,
     pub(crate) reload_status: watch::Sender<ReloadStatus>,
 }
 
@@ -278,7 +279,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
         .with_upgrades();
     let result = tokio::select! {
         result = serving => result,
-        _ = shared.drain.cancelled() => return,
+        _ = shared.drain.started() => return,
     };
     if conn.logged.load(Ordering::Relaxed) {
         return;
@@ -323,7 +324,7 @@ impl Server {
             active: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
-            drain: CancellationToken::new(),
+            drain: Arc::new(Drain::default()),
             reload_status,
         });
         {
@@ -387,7 +388,7 @@ impl Server {
                 connections = self.active_connections(),
                 "shutdown grace over; closing live tunnels"
             );
-            self.shared.drain.cancel();
+            self.shared.drain.start();
             tracker.wait().await;
         }
         tracing::info!("shutdown complete");

@@ -19,14 +19,70 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Size of a pooled relay buffer: one full TLS record of plaintext.
 const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per worker thread between uses; beyond that they are freed.
 const POOL_CAP: usize = 64;
+
+/// Tells every live tunnel to close (the end of the shutdown grace). A tunnel checks it with
+/// one atomic load per wake-up and is woken once by the `Notify`; tokio-util's
+/// `CancellationToken` costs a mutex on every poll, which showed up in the per-message profile.
+#[derive(Debug, Default)]
+pub struct Drain {
+    started: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.started.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`Drain::start`] has been called.
+    pub async fn started(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a start() in between is not missed.
+            notified.as_mut().enable();
+            if self.is_started() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether draining started; the first call registers `cx` to be woken when it does.
+    fn poll_started(
+        &self,
+        wakeup: &mut Option<Pin<Box<OwnedNotified>>>,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        if self.is_started() {
+            return true;
+        }
+        if wakeup.is_none() {
+            let mut notified = Box::pin(self.notify.clone().notified_owned());
+            let _ = notified.as_mut().poll(cx);
+            *wakeup = Some(notified);
+            // A start() between the check above and the registration would be missed.
+            return self.is_started();
+        }
+        false
+    }
+}
 
 /// How a tunnel ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +137,9 @@ pub struct Splice<C, B> {
     idle: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
-    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain: Arc<Drain>,
+    /// Registered with `drain` on the first poll.
+    wakeup: Option<Pin<Box<OwnedNotified>>>,
     first_eof: Option<Peer>,
 }
 
@@ -99,7 +157,7 @@ where
         backend: B,
         backend_early: Bytes,
         idle: Duration,
-        drain: &CancellationToken,
+        drain: &Arc<Drain>,
     ) -> Self {
         let now = Instant::now();
         Splice {
@@ -110,7 +168,8 @@ where
             idle,
             last_activity: now,
             timer: Box::pin(sleep_until(now + idle)),
-            drain: Box::pin(drain.clone().cancelled_owned()),
+            drain: drain.clone(),
+            wakeup: None,
             first_eof: None,
         }
     }
@@ -170,7 +229,7 @@ where
         let this = self.get_mut();
         let reason = match this.poll_relay(cx) {
             Poll::Ready(reason) => reason,
-            Poll::Pending if this.drain.as_mut().poll(cx).is_ready() => CloseReason::Shutdown,
+            Poll::Pending if this.drain.poll_started(&mut this.wakeup, cx) => CloseReason::Shutdown,
             Poll::Pending => ready!(this.poll_idle(cx)),
         };
         Poll::Ready(Outcome {
@@ -417,7 +476,7 @@ mod tests {
     async fn early_bytes_go_first_and_half_close_is_passed_on() {
         let (client, mut client_peer) = duplex(64);
         let (backend, mut backend_peer) = duplex(64);
-        let drain = CancellationToken::new();
+        let drain = Arc::new(Drain::default());
         let relay = tokio::spawn(async move {
             let early_up = Bytes::from_static(b"early-up ");
             let early_down = Bytes::from_static(b"early-down ");
@@ -451,7 +510,7 @@ mod tests {
     async fn a_quiet_tunnel_is_closed_after_the_idle_timeout() {
         let (client, _client_peer) = duplex(64);
         let (backend, _backend_peer) = duplex(64);
-        let drain = CancellationToken::new();
+        let drain = Arc::new(Drain::default());
         let outcome = Splice::new(
             BufReader::new(client),
             Bytes::new(),
@@ -468,8 +527,8 @@ mod tests {
     async fn drain_ends_the_tunnel() {
         let (client, _c) = duplex(64);
         let (backend, _b) = duplex(64);
-        let drain = CancellationToken::new();
-        drain.cancel();
+        let drain = Arc::new(Drain::default());
+        drain.start();
         let outcome = Splice::new(
             BufReader::new(client),
             Bytes::new(),
