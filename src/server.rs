@@ -206,7 +206,33 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// At most one log line a second for a condition that can repeat thousands of times a second
+/// (descriptor exhaustion, overload), carrying the count of the lines left out.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed since the last line)` when a line may be written now.
+    fn ready(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let (mut exhausted, mut failing) = (Throttle::default(), Throttle::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -222,7 +248,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
                             .spawn(serve(stream, peer, shared.clone(), guard));
                     }
                     None => {
-                        tracing::warn!(client = %peer, "connection limit and refusal budget exhausted; closed without an answer")
+                        if let Some(suppressed) = exhausted.ready() {
+                            tracing::warn!(client = %peer, suppressed, "connection limit and refusal budget exhausted; closed without an answer");
+                        }
                     }
                 }
             }
@@ -234,7 +262,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
                 ) => {}
             Err(e) => {
                 // EMFILE and friends: neither spin nor stop; give closing connections a moment.
-                tracing::error!(error = %e, "accept failed; backing off");
+                if let Some(suppressed) = failing.ready() {
+                    tracing::error!(error = %e, suppressed, "accept failed; backing off");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
