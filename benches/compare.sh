@@ -16,6 +16,7 @@
 #   REPS [3]         repetitions per scenario and target
 #   DUR [5s]         measured window per run;  WARMUP [1s] before it
 #   TARGETS ["wsgate nginx haproxy direct direct-tls"]
+#   SCENARIOS ["handshake latency throughput bulk idle"]  e.g. SCENARIOS=latency REPS=7
 #   HS_CONC [48]     handshake workers
 #   LAT_RATE [5000] LAT_CONNS [100] LAT_SIZE [64]
 #   TP_CONNS [1000] TP_SIZE [64] TP_WINDOW [4]
@@ -37,6 +38,8 @@ REPS=${REPS:-3}
 DUR=${DUR:-5s}
 WARMUP=${WARMUP:-1s}
 TARGETS=${TARGETS:-"wsgate nginx haproxy direct direct-tls"}
+SCENARIOS=${SCENARIOS:-"handshake latency throughput bulk idle"}
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 HS_CONC=${HS_CONC:-48}
 LAT_RATE=${LAT_RATE:-5000}; LAT_CONNS=${LAT_CONNS:-100}; LAT_SIZE=${LAT_SIZE:-64}
 TP_CONNS=${TP_CONNS:-1000}; TP_SIZE=${TP_SIZE:-64}; TP_WINDOW=${TP_WINDOW:-4}
@@ -272,35 +275,45 @@ run_one() { # scenario target rep args…
 
 COMMON=(--duration "$DUR" --warmup "$WARMUP")
 for ((rep = 1; rep <= REPS; rep++)); do
-  for t in "${ACTIVE[@]}"; do
-    log "rep $rep: handshake $t"
-    run_one handshake "$t" "$rep" "${COMMON[@]}" -c "$HS_CONC"
-  done
-  for t in "${ACTIVE[@]}"; do
-    log "rep $rep: latency $t"
-    run_one latency "$t" "$rep" "${COMMON[@]}" -c "$LAT_CONNS" -r "$LAT_RATE" -s "$LAT_SIZE"
-  done
-  for t in "${ACTIVE[@]}"; do
-    log "rep $rep: throughput $t"
-    run_one throughput "$t" "$rep" "${COMMON[@]}" -c "$TP_CONNS" -s "$TP_SIZE" -w "$TP_WINDOW"
-  done
-  for t in "${ACTIVE[@]}"; do
-    log "rep $rep: bulk $t"
-    run_one bulk "$t" "$rep" "${COMMON[@]}" -s "$BULK_SIZE" -w "$BULK_WINDOW"
-  done
+  if want handshake; then
+    for t in "${ACTIVE[@]}"; do
+      log "rep $rep: handshake $t"
+      run_one handshake "$t" "$rep" "${COMMON[@]}" -c "$HS_CONC"
+    done
+  fi
+  if want latency; then
+    for t in "${ACTIVE[@]}"; do
+      log "rep $rep: latency $t"
+      run_one latency "$t" "$rep" "${COMMON[@]}" -c "$LAT_CONNS" -r "$LAT_RATE" -s "$LAT_SIZE"
+    done
+  fi
+  if want throughput; then
+    for t in "${ACTIVE[@]}"; do
+      log "rep $rep: throughput $t"
+      run_one throughput "$t" "$rep" "${COMMON[@]}" -c "$TP_CONNS" -s "$TP_SIZE" -w "$TP_WINDOW"
+    done
+  fi
+  if want bulk; then
+    for t in "${ACTIVE[@]}"; do
+      log "rep $rep: bulk $t"
+      run_one bulk "$t" "$rep" "${COMMON[@]}" -s "$BULK_SIZE" -w "$BULK_WINDOW"
+    done
+  fi
 done
 
 # Memory: a fresh proxy process for every run.
-for ((rep = 1; rep <= REPS; rep++)); do
-  for t in "${ACTIVE[@]}"; do
-    [[ $t == direct* ]] && continue
-    stop_proxy "$t"
-    start_proxy "$t" || continue
-    sleep 0.5
-    log "rep $rep: idle $t (n=$IDLE_N)"
-    run_one idle "$t" "$rep" -n "$IDLE_N" --concurrency 64 --settle 1s --hold 1.5s
+if want idle; then
+  for ((rep = 1; rep <= REPS; rep++)); do
+    for t in "${ACTIVE[@]}"; do
+      [[ $t == direct* ]] && continue
+      stop_proxy "$t"
+      start_proxy "$t" || continue
+      sleep 0.5
+      log "rep $rep: idle $t (n=$IDLE_N)"
+      run_one idle "$t" "$rep" -n "$IDLE_N" --concurrency 64 --settle 1s --hold 1.5s
+    done
   done
-done
+fi
 
 # --- table ---------------------------------------------------------------------------------------
 python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" <<'PY'
