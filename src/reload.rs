@@ -204,19 +204,30 @@ fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
 /// Builds and applies a new snapshot, or keeps the current one and says why.
 async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &mut Option<u64>) {
     let current = shared.current();
-    let on_disk = fingerprint(&relevant_files(shared, path));
-    if trigger == Trigger::Files && (on_disk == current.fingerprint || Some(on_disk) == *rejected) {
-        tracing::debug!("config files touched but their content did not change; nothing to do");
-        return;
-    }
     let generation = current.generation + 1;
-    let path = path.to_path_buf();
-    // Reading and parsing PEM files is blocking work: keep it off the accept loops' threads.
-    let built = tokio::task::spawn_blocking(move || Snapshot::build(&path, generation)).await;
-    let result = match built {
-        Ok(Ok(snapshot)) => shared.apply(snapshot).await.map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("reload task failed: {e}")),
+    let previously_rejected = *rejected;
+    let (reader, path) = (shared.clone(), path.to_path_buf());
+    // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
+    let built = tokio::task::spawn_blocking(move || {
+        let on_disk = fingerprint(&relevant_files(&reader, &path));
+        let unchanged = on_disk == current.fingerprint || Some(on_disk) == previously_rejected;
+        if trigger == Trigger::Files && unchanged {
+            return (on_disk, None);
+        }
+        (on_disk, Some(Snapshot::build(&path, generation)))
+    })
+    .await;
+    let (on_disk, result) = match built {
+        Ok((_, None)) => {
+            tracing::debug!("config files touched but their content did not change; nothing to do");
+            return;
+        }
+        Ok((on_disk, Some(Ok(snapshot)))) => (
+            on_disk,
+            shared.apply(snapshot).await.map_err(|e| e.to_string()),
+        ),
+        Ok((on_disk, Some(Err(e)))) => (on_disk, Err(e.to_string())),
+        Err(e) => (0, Err(format!("reload task failed: {e}"))),
     };
     shared.reload_status.send_modify(|status| match result {
         Ok(()) => {
