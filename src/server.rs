@@ -285,6 +285,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
         Err(_) => return log_early_close(peer, started, "handshake timeout (TLS)"),
     };
     let max_head = snapshot.config.limits.max_request_header_bytes;
+    let connect_timeout = snapshot.config.timeouts.connect;
     let conn = Arc::new(Conn {
         peer,
         started,
@@ -307,8 +308,14 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     let serving = http
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
+    // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
+    // answer is bounded too, so a client that stops reading cannot hold its slot forever.
+    let answer_by = deadline + connect_timeout + (deadline - started);
     let result = tokio::select! {
         result = serving => result,
+        _ = tokio::time::sleep_until(answer_by) => {
+            return log_early_close(peer, started, "answer not delivered in time; connection dropped");
+        }
         _ = shared.drain.started() => return,
     };
     if conn.logged.load(Ordering::Relaxed) {

@@ -280,3 +280,27 @@ async fn a_backend_closing_without_an_answer_is_502() {
     let head = client.read_head().await;
     assert_eq!(head.status, 502, "{head:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_a_relayed_refusal_is_dropped_in_time() {
+    let backend = RawBackend::start().await;
+    let body = format!(
+        "[timeouts]\nhandshake = \"300ms\"\nconnect = \"300ms\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    );
+    let proxy = start_proxy(&body).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    // A refusal far larger than the socket buffers, to a client that never reads it.
+    let size = 32 << 20;
+    let head = format!("HTTP/1.1 403 Forbidden\r\nContent-Length: {size}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        let _ = back.try_send(head).await;
+        let _ = back.try_send(vec![b'x'; size]).await;
+    });
+    until("the stuck connection to be dropped", || proxy.server.active_connections() == 0).await;
+    drop(client);
+    writer.abort();
+}
