@@ -300,7 +300,10 @@ async fn a_client_that_never_reads_a_relayed_refusal_is_dropped_in_time() {
         let _ = back.try_send(head).await;
         let _ = back.try_send(vec![b'x'; size]).await;
     });
-    until("the stuck connection to be dropped", || proxy.server.active_connections() == 0).await;
+    until("the stuck connection to be dropped", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
     drop(client);
     writer.abort();
 }
