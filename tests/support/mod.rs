@@ -78,12 +78,18 @@ pub struct Pki {
 
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
+    PKI.get_or_init(|| Pki::new("wsgate test CA"))
+}
+
+impl Pki {
+    /// A new CA named `name`. [`pki`] is the one every test client trusts; make others for
+    /// rotations to a different issuer.
+    pub fn new(name: &str) -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "wsgate test CA");
+            .push(rcgen::DnType::CommonName, name);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
@@ -98,7 +104,7 @@ pub fn pki() -> &'static Pki {
             ca_key,
             roots: Arc::new(roots),
         }
-    })
+    }
 }
 
 impl Pki {
@@ -333,6 +339,185 @@ pub async fn which_backend(addr: SocketAddr, url: &str) -> String {
     let name = round_trip(&mut ws, "whoami").await;
     let _ = ws.close(None).await;
     name
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which certificate the proxy serves
+// ---------------------------------------------------------------------------------------------
+
+/// A client config trusting every CA in `cas`. With `any_name`, a certificate that chains to
+/// one of them is accepted even if it does not cover the server name, so a test can see which
+/// certificate the proxy falls back to for a name none covers.
+pub fn client_config_trusting(cas: &[&Pki], any_name: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.ca_cert.der().clone()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let config = if any_name {
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyName(webpki)))
+            .with_no_client_auth()
+    } else {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Arc::new(config)
+}
+
+/// Full WebPKI verification except the name check.
+#[derive(Debug)]
+struct AnyName(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// A TLS connection to `addr` sending SNI `sni` (none for an IP address), with `config`.
+pub async fn tls_connect_with(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Tls {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    within("the TLS handshake", async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .expect("TCP connect to the proxy");
+        connector
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("TLS handshake with SNI {sni:?}: {e}"))
+    })
+    .await
+}
+
+/// The DER of the leaf certificate the peer presented on `tls`.
+pub fn peer_leaf(tls: &Tls) -> Vec<u8> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("a peer certificate")[0]
+        .to_vec()
+}
+
+/// The DER of the leaf the proxy at `addr` serves for SNI `localhost` (test CA only).
+pub async fn served_leaf(addr: SocketAddr) -> Vec<u8> {
+    peer_leaf(&tls_connect(addr).await)
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reloads
+// ---------------------------------------------------------------------------------------------
+
+/// The issue promises a change is applied within 1 s of the last write. Tests wait 2 s: the
+/// promise plus 1 s for a loaded 2-core CI machine running test binaries side by side (the
+/// debounce itself is ~150 ms, so a watcher that missed the change still fails).
+pub const APPLIED_WITHIN: Duration = Duration::from_secs(2);
+
+/// Waits until the reload status satisfies `done`; fails after [`APPLIED_WITHIN`].
+pub async fn status_where(
+    rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    what: &str,
+    done: impl Fn(&wsgate::ReloadStatus) -> bool,
+) -> wsgate::ReloadStatus {
+    let waited = tokio::time::timeout(APPLIED_WITHIN, rx.wait_for(|s| done(s)))
+        .await
+        .map(|seen| seen.map(|status| status.clone()));
+    match waited {
+        Ok(Ok(status)) => status,
+        Ok(Err(_)) => panic!("reload status channel closed while waiting for {what}"),
+        Err(_) => panic!("not {what} within {APPLIED_WITHIN:?}: {:?}", *rx.borrow()),
+    }
+}
+
+/// Waits for the config of generation `n` to be in force.
+pub async fn generation(
+    rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    n: u64,
+) -> wsgate::ReloadStatus {
+    status_where(rx, &format!("generation {n}"), |s| s.generation == n).await
+}
+
+/// Waits for the `n`th rejected reload.
+pub async fn failures(
+    rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    n: u64,
+) -> wsgate::ReloadStatus {
+    status_where(rx, &format!("{n} failed reload(s)"), |s| s.failures == n).await
+}
+
+/// Writes [`CONFIG_HEAD`] + `body` to `path` in place.
+pub fn write_body(path: &Path, body: &str) {
+    std::fs::write(path, format!("{CONFIG_HEAD}{body}")).unwrap();
+}
+
+/// A config head listening on `listen` (in this order), with the test certificate.
+pub fn head_listening(listen: &[&str]) -> String {
+    let items: Vec<String> = listen.iter().map(|a| format!("\"{a}\"")).collect();
+    CONFIG_HEAD.replace("[\"127.0.0.1:0\"]", &format!("[{}]", items.join(", ")))
+}
+
+/// Status of a new WebSocket upgrade to `path` on `addr`: 101 or the refusal's status.
+pub async fn upgrade_status(addr: SocketAddr, path: &str) -> u16 {
+    let (head, _) = request(addr, Req::upgrade("localhost", path).bytes()).await;
+    head.status
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -949,4 +1134,70 @@ pub async fn closed_port() -> SocketAddr {
 /// The `wsgate` binary.
 pub fn wsgate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_wsgate")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary as a child process
+// ---------------------------------------------------------------------------------------------
+
+/// `wsgate run --config <config>` with JSON logs at `info` on a piped stderr.
+pub fn spawn_wsgate(config: &Path) -> std::process::Child {
+    std::process::Command::new(wsgate_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stderr lines of a child process, delivered as they are written.
+pub fn stderr_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; fails after [`TIMEOUT`] or when the stream ends.
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => continue,
+            Err(err) => panic!("no log line containing {needle:?} ({err})"),
+        }
+    }
+}
+
+/// `kill -<name> <pid>`.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// The address in a JSON `"listening"` log line.
+pub fn listening_addr(line: &str) -> SocketAddr {
+    line.split("\"listen\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
 }
