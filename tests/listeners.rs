@@ -1,0 +1,175 @@
+//! Listeners come and go with reloads: an added address starts accepting, a removed one stops
+//! (connects are refused) while tunnels opened through it continue, a listener that stays is the
+//! same socket, and a reload with an address that cannot be bound changes nothing at all.
+//! Extra listeners use other loopback addresses (Linux routes all of 127/8 to `lo`).
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+
+/// A free port on `ip`: bound, read, released. Only for addresses the test then binds itself.
+fn free_addr(ip: &str) -> SocketAddr {
+    std::net::TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Asserts nothing accepts connections on `addr`.
+async fn assert_refused(addr: SocketAddr, why: &str) {
+    let connected = within("a connect", tokio::net::TcpStream::connect(addr)).await;
+    assert!(connected.is_err(), "{addr} still accepts: {why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_are_added_and_removed_while_their_tunnels_continue() {
+    let backend = WsBackend::start("one").await;
+    let body = route("a", "/a", &[backend.addr]);
+    let proxy = start_proxy(&body).await;
+    let mut rx = proxy.server.reload_status();
+    let head = head_listening(&["127.0.0.1:0", "127.0.0.2:0"]);
+    std::fs::write(proxy.config_path(), format!("{head}{body}")).unwrap();
+    generation(&mut rx, 2).await;
+    let addrs = proxy.server.local_addrs();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_eq!(
+        addrs[0], proxy.addr,
+        "the listener that stays is the same socket"
+    );
+    let second = addrs[1];
+    assert_eq!(second.ip().to_string(), "127.0.0.2");
+    let mut through_second = ws_connect_ok(second, "wss://localhost/a").await;
+    assert_eq!(round_trip(&mut through_second, "hello").await, "hello");
+
+    write_body(&proxy.config_path(), &body);
+    generation(&mut rx, 3).await;
+    assert_eq!(proxy.server.local_addrs(), vec![proxy.addr]);
+    assert_refused(second, "the listener was removed").await;
+    assert_eq!(round_trip(&mut through_second, "alive").await, "alive");
+    assert_eq!(upgrade_status(proxy.addr, "/a").await, 101);
+    until("the probes to close", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reload_can_remove_one_listener_and_add_another() {
+    let backend = WsBackend::start("one").await;
+    let body = route("a", "/a", &[backend.addr]);
+    let proxy = start_proxy(&body).await;
+    let mut rx = proxy.server.reload_status();
+    let with = |extra: &str| format!("{}{body}", head_listening(&["127.0.0.1:0", extra]));
+    std::fs::write(proxy.config_path(), with("127.0.0.2:0")).unwrap();
+    generation(&mut rx, 2).await;
+    let two = proxy.server.local_addrs()[1];
+    let mut tunnel = ws_connect_ok(two, "wss://localhost/a").await;
+
+    std::fs::write(proxy.config_path(), with("127.0.0.3:0")).unwrap();
+    generation(&mut rx, 3).await;
+    let addrs = proxy.server.local_addrs();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_eq!(addrs[0], proxy.addr);
+    assert_eq!(addrs[1].ip().to_string(), "127.0.0.3");
+    assert_refused(two, "127.0.0.2 was removed").await;
+    assert_eq!(which_backend(addrs[1], "wss://localhost/a").await, "one");
+    assert_eq!(round_trip(&mut tunnel, "alive").await, "alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_addrs_follow_the_config_order() {
+    let backend = WsBackend::start("one").await;
+    let body = route("a", "/a", &[backend.addr]);
+    let proxy = start_proxy(&body).await;
+    let mut rx = proxy.server.reload_status();
+    let head = head_listening(&["127.0.0.2:0", "127.0.0.1:0"]);
+    std::fs::write(proxy.config_path(), format!("{head}{body}")).unwrap();
+    generation(&mut rx, 2).await;
+    let addrs = proxy.server.local_addrs();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_eq!(addrs[0].ip().to_string(), "127.0.0.2");
+    assert_eq!(
+        addrs[1], proxy.addr,
+        "127.0.0.1:0 is still the same listener"
+    );
+    for addr in addrs {
+        assert_eq!(upgrade_status(addr, "/a").await, 101, "{addr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_stays_keeps_connections_waiting_in_its_backlog() {
+    // A connection accepted by the kernel before the reload, whose TLS handshake only starts
+    // after it: a listener that were closed and bound again would have reset it.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let early = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = head_listening(&["127.0.0.1:0", "127.0.0.2:0"]);
+    std::fs::write(
+        proxy.config_path(),
+        format!("{head}{}", route("a", "/a", &[backend.addr])),
+    )
+    .unwrap();
+    generation(&mut rx, 2).await;
+
+    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = within("the TLS handshake", connector.connect(name, early))
+        .await
+        .expect("the early connection still works");
+    let mut conn = RawConn::new(tls);
+    conn.send(Req::upgrade("localhost", "/a").bytes()).await;
+    assert_eq!(conn.read_head().await.status, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_cannot_be_bound_rejects_the_whole_reload() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    // Listed before the busy one: binding it must not survive the failure.
+    let free = free_addr("127.0.0.3");
+    let head = head_listening(&["127.0.0.1:0", &free.to_string(), &busy.to_string()]);
+    std::fs::write(
+        proxy.config_path(),
+        format!("{head}{}", route("b", "/b", &[backend.addr])),
+    )
+    .unwrap();
+    let status = failures(&mut rx, 1).await;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains(&busy.to_string()),
+        "{:?}",
+        status.last_error
+    );
+    assert_eq!(status.generation, 1);
+    assert_eq!(proxy.server.local_addrs(), vec![proxy.addr]);
+    assert_refused(free, "a rejected reload binds nothing").await;
+    assert_eq!(
+        upgrade_status(proxy.addr, "/a").await,
+        101,
+        "nothing changed"
+    );
+    assert_eq!(
+        upgrade_status(proxy.addr, "/b").await,
+        404,
+        "nothing changed"
+    );
+
+    // Once the address is free, a forced reload (SIGHUP's path) applies the same file.
+    drop(taken);
+    proxy.server.reload();
+    generation(&mut rx, 2).await;
+    assert_eq!(proxy.server.local_addrs(), vec![proxy.addr, free, busy]);
+    for addr in [proxy.addr, free, busy] {
+        assert_eq!(upgrade_status(addr, "/b").await, 101, "{addr}");
+    }
+}
