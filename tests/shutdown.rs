@@ -1,0 +1,212 @@
+//! Graceful shutdown: new connections are refused at once, live tunnels get
+//! `timeouts.shutdown_grace` and are then closed (both sides), and shutdown returns; nothing
+//! else (a client that never speaks, an idle TLS connection) may hold it past the grace.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn config_with_grace(grace: &str, extra: &str, backend: std::net::SocketAddr) -> String {
+    format!(
+        "[timeouts]\nshutdown_grace = \"{grace}\"\n{extra}\n{}",
+        route("a", "/a", &[backend])
+    )
+}
+
+/// Waits until connects to `addr` are refused (the listener is closed); returns when.
+async fn refused(addr: std::net::SocketAddr) -> Instant {
+    within("new connections to be refused", async {
+        // Each attempt is a real connect; a socket that still accepted is dropped at once.
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    Instant::now()
+}
+
+/// What the stream yields once pings and pongs are skipped: the end of the tunnel.
+async fn tunnel_end(ws: &mut Ws) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    within("the tunnel to be closed", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_connections_at_once_and_closes_tunnels_after_the_grace() {
+    const GRACE: Duration = Duration::from_secs(1);
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&config_with_grace("1s", "", backend.addr)).await;
+    let addr = proxy.addr;
+    let (mut client, mut back, _, _) =
+        raw_tunnel(addr, &backend, &Req::upgrade("localhost", "/a")).await;
+
+    let started = Instant::now();
+    let shutdown = tokio::spawn(proxy.server.shutdown());
+    let refused_at = refused(addr).await;
+    assert!(
+        refused_at - started < GRACE / 2,
+        "refusing took {:?}",
+        refused_at - started
+    );
+
+    // Inside the grace the tunnel still carries bytes both ways.
+    client
+        .send(frame(true, OP_TEXT, b"in the grace", true))
+        .await;
+    let up = back
+        .read_exact(frame(true, OP_TEXT, b"in the grace", true).len())
+        .await;
+    assert_eq!(up, frame(true, OP_TEXT, b"in the grace", true));
+    back.send(frame(true, OP_TEXT, b"reply", false)).await;
+    assert_eq!(
+        client
+            .read_exact(frame(true, OP_TEXT, b"reply", false).len())
+            .await,
+        frame(true, OP_TEXT, b"reply", false)
+    );
+    assert!(
+        started.elapsed() < GRACE,
+        "the checks inside the grace took too long to mean anything: {:?}",
+        started.elapsed()
+    );
+
+    // Then both legs are closed, not before the grace is over.
+    client.read_to_end().await;
+    let closed_after = started.elapsed();
+    assert!(closed_after >= GRACE, "closed after only {closed_after:?}");
+    back.read_to_end().await;
+    within("shutdown to return", shutdown).await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_websocket_tunnel_after_a_short_grace() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&config_with_grace("300ms", "", backend.addr)).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
+    assert_eq!(round_trip(&mut ws, "before").await, "before");
+    let shutdown = tokio::spawn(proxy.server.shutdown());
+    let ended = tunnel_end(&mut ws).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    within("shutdown to return", shutdown).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_as_soon_as_the_last_tunnel_ends() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&config_with_grace("30s", "", backend.addr)).await;
+    let addr = proxy.addr;
+    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    let started = Instant::now();
+    let shutdown = tokio::spawn(proxy.server.shutdown());
+    refused(addr).await;
+    assert_eq!(round_trip(&mut ws, "last words").await, "last words");
+    ws.send(Message::Close(None)).await.unwrap();
+    tunnel_end(&mut ws).await;
+    // The close handshake is done; the client hangs up (the tunnel relays half-closes, so it
+    // lives until both sides have).
+    drop(ws);
+    within("shutdown to return once no tunnel is left", shutdown)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_nothing_open_returns_at_once() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&config_with_grace("30s", "", backend.addr)).await;
+    let started = Instant::now();
+    within("shutdown to return", proxy.server.shutdown()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_starts_tls_does_not_hold_shutdown_past_the_grace() {
+    // A long handshake timeout, so only the shutdown can end this connection in time.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&config_with_grace(
+        "300ms",
+        "handshake = \"20s\"\n",
+        backend.addr,
+    ))
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Make sure the proxy has accepted it: a full TLS exchange on another connection.
+    assert_eq!(upgrade_status(proxy.addr, "/a").await, 101);
+    let returned = tokio::time::timeout(Duration::from_secs(3), proxy.server.shutdown()).await;
+    assert!(
+        returned.is_ok(),
+        "shutdown still waiting 3 s after it began (grace 300 ms) for a connection \
+         that never sent a ClientHello"
+    );
+    let mut buf = [0u8; 1];
+    use tokio::io::AsyncReadExt;
+    let read = within("the silent connection to be closed", silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_without_a_request_does_not_hold_shutdown_past_the_grace() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&config_with_grace(
+        "300ms",
+        "handshake = \"20s\"\n",
+        backend.addr,
+    ))
+    .await;
+    let mut idle = raw_client(proxy.addr).await;
+    let returned = tokio::time::timeout(Duration::from_secs(3), proxy.server.shutdown()).await;
+    assert!(
+        returned.is_ok(),
+        "shutdown still waiting 3 s after it began (grace 300 ms) for an idle TLS connection"
+    );
+    idle.read_to_end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
+    let mut child = spawn_wsgate(&config);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    wait_for_line(&lines, "wsgate started");
+    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    assert_eq!(round_trip(&mut ws, "before").await, "before");
+
+    send_signal(child.id(), "TERM");
+    let ended = tunnel_end(&mut ws).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    let status = within(
+        "wsgate to exit",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&lines, "shutdown complete");
+            child.wait().unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

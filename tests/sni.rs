@@ -1,0 +1,105 @@
+//! Certificate choice by SNI: the certificate whose names cover the requested name, the first
+//! configured one for any other name (or none), and the choice follows reloads.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use support::*;
+
+/// Writes `<stem>.crt`/`.key` for each (stem, names) into `dir` and a config listing them in
+/// that order; returns the config path and each certificate's DER.
+fn write_sni_config(dir: &Path, certs: &[(&str, &[&str])]) -> (std::path::PathBuf, Vec<Vec<u8>>) {
+    let mut ders = Vec::new();
+    let mut entries = Vec::new();
+    for (stem, names) in certs {
+        let (cert, key) = pki().leaf(names);
+        std::fs::write(dir.join(format!("{stem}.crt")), &cert).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key).unwrap();
+        ders.push(der_of(&cert));
+        entries.push(format!(
+            "  {{ cert = \"{stem}.crt\", key = \"{stem}.key\" }},\n"
+        ));
+    }
+    let config = dir.join("wsgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[tls]\ncertificates = [\n{}]\n",
+            entries.concat()
+        ),
+    )
+    .unwrap();
+    (config, ders)
+}
+
+/// The leaf the proxy serves for `sni` (an IP address sends no SNI). Verified against the
+/// test CA; with `any_name` a certificate that does not cover `sni` is accepted too.
+async fn served(addr: SocketAddr, sni: &str, any_name: bool) -> Vec<u8> {
+    let config = client_config_trusting(&[pki()], any_name);
+    peer_leaf(&tls_connect_with(addr, sni, config).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_name_gets_its_certificate_and_an_unknown_name_gets_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, der) = write_sni_config(
+        dir.path(),
+        &[("a", &["a.test"]), ("b", &["b.test", "*.wild.test"])],
+    );
+    let server = wsgate::Server::start(&config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    assert_eq!(served(addr, "a.test", false).await, der[0]);
+    assert_eq!(served(addr, "b.test", false).await, der[1]);
+    assert_eq!(served(addr, "x.wild.test", false).await, der[1]);
+    assert_eq!(
+        served(addr, "B.Test", false).await,
+        der[1],
+        "names are case-insensitive"
+    );
+    assert_eq!(served(addr, "unknown.test", true).await, der[0]);
+    // A wildcard covers one label only.
+    assert_eq!(served(addr, "y.x.wild.test", true).await, der[0]);
+    // An IP address as server name: the client sends no SNI at all.
+    assert_eq!(served(addr, "127.0.0.1", true).await, der[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_is_the_first_configured_certificate_whatever_its_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, der) = write_sni_config(dir.path(), &[("b", &["b.test"]), ("a", &["a.test"])]);
+    let server = wsgate::Server::start(&config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    assert_eq!(served(addr, "a.test", false).await, der[1]);
+    assert_eq!(served(addr, "unknown.test", true).await, der[0]);
+    assert_eq!(served(addr, "127.0.0.1", true).await, der[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_added_and_removed_by_a_reload_change_the_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, der) = write_sni_config(dir.path(), &[("a", &["a.test"])]);
+    let server = wsgate::Server::start(&config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+    assert_eq!(served(addr, "c.test", true).await, der[0]);
+    let mut held = tls_connect_with(addr, "a.test", pki().client_config()).await;
+
+    let (_, both) = write_sni_config(dir.path(), &[("a", &["a.test"]), ("c", &["c.test"])]);
+    generation(&mut rx, 2).await;
+    assert_eq!(served(addr, "c.test", false).await, both[1]);
+    assert_eq!(served(addr, "a.test", false).await, both[0]);
+
+    let (_, only_c) = write_sni_config(dir.path(), &[("c", &["c.test"])]);
+    generation(&mut rx, 3).await;
+    assert_eq!(
+        served(addr, "a.test", true).await,
+        only_c[0],
+        "a.test falls back"
+    );
+    // A TLS session opened before stays up across both reloads.
+    let mut conn = RawConn::new(&mut held);
+    conn.send(Req::upgrade("localhost", "/none").bytes()).await;
+    assert_eq!(conn.read_head().await.status, 404);
+}
