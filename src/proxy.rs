@@ -18,7 +18,6 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{ProxyError, Side};
-use crate::reload::Snapshot;
 use crate::routes::Selection;
 use crate::server::{ConnGuard, Shared};
 use crate::splice;
@@ -31,7 +30,6 @@ pub type Body = Either<Full<Bytes>, Incoming>;
 pub struct Conn {
     pub peer: SocketAddr,
     pub started: Instant,
-    pub snapshot: Arc<Snapshot>,
     pub shared: Arc<Shared>,
     /// Counts this connection in `max_connections`; the tunnel keeps it for its whole life.
     pub guard: Arc<ConnGuard>,
@@ -92,7 +90,9 @@ async fn route_and_forward(
     conn: &Arc<Conn>,
     log: &mut Line<'_>,
 ) -> Result<Response<Body>, ProxyError> {
-    let snapshot = &conn.snapshot;
+    // The config in force now, not at accept: a reload between the TLS handshake and the
+    // request head must route this request by the new table.
+    let snapshot = &conn.shared.current();
     // Taken first: it needs the request mutably, the checks below borrow it.
     let on_client_upgrade = hyper::upgrade::on(&mut *req);
     if conn.guard.over_limit() {
@@ -140,7 +140,13 @@ async fn route_and_forward(
         }
         Answer::Upgraded(tunnel) => {
             let head = upstream::client_switching_head(&tunnel.head);
-            spawn_tunnel(conn.clone(), log, on_client_upgrade, tunnel);
+            spawn_tunnel(
+                conn.clone(),
+                log,
+                on_client_upgrade,
+                tunnel,
+                snapshot.config.timeouts.idle,
+            );
             Ok(head.map(|()| Either::Left(Full::new(Bytes::new()))))
         }
     }
@@ -164,6 +170,7 @@ fn spawn_tunnel(
     log: &mut Line<'_>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     tunnel: Tunnel,
+    idle: std::time::Duration,
 ) {
     // The tunnel writes the connection's line when it ends.
     log.written = true;
@@ -177,7 +184,7 @@ fn spawn_tunnel(
         let upgraded = on_upgrade.await;
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
-        let Some(splice) = client_splice(upgraded, socket, early, &conn) else {
+        let Some(splice) = client_splice(upgraded, socket, early, idle, &conn) else {
             tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
             return;
         };
@@ -202,6 +209,7 @@ fn client_splice(
     upgraded: hyper::Result<hyper::upgrade::Upgraded>,
     backend: TcpStream,
     backend_early: Bytes,
+    idle: std::time::Duration,
     conn: &Conn,
 ) -> Option<ClientSplice> {
     let client = upgraded
@@ -214,7 +222,7 @@ fn client_splice(
         client.read_buf,
         backend,
         backend_early,
-        conn.snapshot.config.timeouts.idle,
+        idle,
         &conn.shared.drain,
     ))
 }

@@ -172,8 +172,14 @@ fn refresh_watches(
     files: &[PathBuf],
 ) {
     let Some(watcher) = watcher else { return };
+    // A file reached through a symlink into another folder changes there: watch both folders.
+    let resolved: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect();
     let wanted: BTreeSet<PathBuf> = files
         .iter()
+        .chain(&resolved)
         .filter_map(|file| absolute(file).parent().map(Path::to_path_buf))
         .collect();
     for gone in watched.difference(&wanted) {

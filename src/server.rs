@@ -279,17 +279,21 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     let deadline = started + snapshot.config.timeouts.handshake;
     let _ = tcp.set_nodelay(true);
     let acceptor = TlsAcceptor::from(snapshot.tls.clone());
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return log_early_close(peer, started, &format!("TLS handshake failed: {e}")),
-        Err(_) => return log_early_close(peer, started, "handshake timeout (TLS)"),
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return log_early_close(peer, started, &format!("TLS handshake failed: {e}")),
+            Err(_) => return log_early_close(peer, started, "handshake timeout (TLS)"),
+        },
+        // A client that never finishes TLS must not hold shutdown past the grace.
+        _ = shared.drain.started() => return log_early_close(peer, started, "shutdown during TLS handshake"),
     };
     let max_head = snapshot.config.limits.max_request_header_bytes;
     let connect_timeout = snapshot.config.timeouts.connect;
     let conn = Arc::new(Conn {
         peer,
         started,
-        snapshot,
         shared: shared.clone(),
         guard: Arc::new(guard),
         logged: AtomicBool::new(false),
