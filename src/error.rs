@@ -105,7 +105,7 @@ impl ProxyError {
     /// Headers a client needs to act on the refusal (RFC 6455 §4.2.2, RFC 9110 §15.5.22).
     pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
         match self {
-            ProxyError::NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade")],
+            ProxyError::NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade, close")],
             ProxyError::UnsupportedVersion => &[("sec-websocket-version", "13")],
             ProxyError::Overloaded => &[("retry-after", "1")],
             _ => &[],
