@@ -258,6 +258,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// The longest accepted timeout.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 // ---- loading and validation ---------------------------------------------------------------
 
 impl Config {
@@ -379,11 +382,13 @@ impl Validator<'_> {
 
     fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
         let positive = |d: &Spanned<HumanDuration>, name: &str| {
-            if d.get_ref().0.is_zero() {
+            let value = d.get_ref().0;
+            if value.is_zero() || value > MAX_TIMEOUT {
+                // Deadlines are computed as now + timeout: a huge one would overflow.
                 Err(self.error(
                     &d.span(),
                     &format!("timeouts.{name}"),
-                    "must be longer than zero",
+                    "must be longer than zero and at most 30 days",
                 ))
             } else {
                 Ok(d.get_ref().0)
