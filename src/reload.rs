@@ -162,7 +162,15 @@ impl WatchState {
 
 /// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
 async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
-    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+    // Capped: a neighbour file written more often than DEBOUNCE must not postpone forever.
+    let until = tokio::time::Instant::now() + DEBOUNCE * 4;
+    loop {
+        let wait = until.min(tokio::time::Instant::now() + DEBOUNCE);
+        match tokio::time::timeout_at(wait, events.recv()).await {
+            Ok(Some(())) if tokio::time::Instant::now() < until => continue,
+            _ => return,
+        }
+    }
 }
 
 /// Watches the folder of every file the config depends on (and stops watching the rest).
@@ -220,7 +228,13 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &
         if trigger == Trigger::Files && unchanged {
             return (on_disk, None);
         }
-        (on_disk, Some(Snapshot::build(&path, generation)))
+        // The hash taken before reading: a write landing during the build then still looks
+        // like a change afterwards, and is applied by its own event.
+        let built = Snapshot::build(&path, generation).map(|mut snapshot| {
+            snapshot.fingerprint = on_disk;
+            snapshot
+        });
+        (on_disk, Some(built))
     })
     .await;
     let (on_disk, result) = match built {

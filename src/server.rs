@@ -318,7 +318,10 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     let result = tokio::select! {
         result = serving => result,
         _ = tokio::time::sleep_until(answer_by) => {
-            return log_early_close(peer, started, "answer not delivered in time; connection dropped");
+            if !conn.logged.load(Ordering::Relaxed) {
+                log_early_close(peer, started, "answer not delivered in time; connection dropped");
+            }
+            return;
         }
         _ = shared.drain.started() => return,
     };
