@@ -47,7 +47,7 @@ impl Snapshot {
         let config = Config::load(path)?;
         let tls = tls::server_config(&config)?;
         let routes = RouteTable::new(&config.routes);
-        // Same file set as `relevant_files` yields when the disk matches this config.
+        // Same file set as `on_disk_fingerprint` hashes when the disk matches this config.
         let fingerprint = fingerprint(&config.watched_files());
         Ok(Snapshot {
             config,
@@ -103,23 +103,21 @@ pub(crate) fn spawn_watcher(
             let _ = events_tx.send(());
         }
     };
-    let mut watcher = match notify::recommended_watcher(on_event) {
+    let watcher = match notify::recommended_watcher(on_event) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the config for changes; only SIGHUP reloads");
             None
         }
     };
-    let mut watched = BTreeSet::new();
-    let files = relevant_files(&shared, &path);
-    refresh_watches(watcher.as_mut(), &mut watched, &files);
+    let mut state = WatchState {
+        watcher,
+        watched: BTreeSet::new(),
+        rejected: None,
+    };
+    state.refresh_watches(&shared, &path);
     let hangup = hangup_signal();
     tokio::spawn(async move {
-        let mut state = WatchState {
-            watcher,
-            watched,
-            rejected: None,
-        };
         state
             .run(&shared, &path, events, manual, hangup, stop)
             .await;
@@ -144,19 +142,63 @@ impl WatchState {
         stop: CancellationToken,
     ) {
         loop {
-            let trigger = tokio::select! {
+            let first = tokio::select! {
                 _ = stop.cancelled() => return,
-                Some(()) = events.recv() => {
-                    debounce(&mut events).await;
-                    Trigger::Files
-                }
+                Some(()) = events.recv() => Trigger::Files,
                 Some(()) = manual.recv() => Trigger::Manual,
                 Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
             };
+            let trigger = match first {
+                // A manual reload asked for while a burst settles is served at once.
+                Trigger::Files => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    () = debounce(&mut events) => Trigger::Files,
+                    Some(()) = manual.recv() => Trigger::Manual,
+                    Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
+                },
+                Trigger::Manual => Trigger::Manual,
+            };
             reload(shared, path, trigger, &mut self.rejected).await;
-            let files = relevant_files(shared, path);
-            refresh_watches(self.watcher.as_mut(), &mut self.watched, &files);
+            // A folder that just started being watched may have changed between the reload's
+            // read and the watch: look once more (cheap: unchanged content is skipped).
+            while self.refresh_watches(shared, path) {
+                reload(shared, path, Trigger::Files, &mut self.rejected).await;
+            }
         }
+    }
+
+    /// Watches the folder of every file the config depends on (and stops watching the rest);
+    /// true if a folder is watched now that was not before.
+    ///
+    /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
+    /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
+    /// its creation is noticed and it is watched from then on.
+    fn refresh_watches(&mut self, shared: &Shared, path: &Path) -> bool {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return false;
+        };
+        let wanted = wanted_folders(&relevant_files(shared, path));
+        for gone in self.watched.difference(&wanted) {
+            let _ = watcher.unwatch(gone);
+        }
+        self.watched.retain(|folder| wanted.contains(folder));
+        let mut added = false;
+        for folder in &wanted {
+            if self.watched.contains(folder) {
+                continue;
+            }
+            // Only recorded when the watch took: a failed one is tried again next time.
+            match watcher.watch(folder, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(folder.clone());
+                    added = true;
+                }
+                Err(e) => {
+                    tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder")
+                }
+            }
+        }
+        added
     }
 }
 
@@ -173,32 +215,26 @@ async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
     }
 }
 
-/// Watches the folder of every file the config depends on (and stops watching the rest).
-fn refresh_watches(
-    watcher: Option<&mut RecommendedWatcher>,
-    watched: &mut BTreeSet<PathBuf>,
-    files: &[PathBuf],
-) {
-    let Some(watcher) = watcher else { return };
-    // A file reached through a symlink into another folder changes there: watch both folders.
+/// The folders to watch for `files`: each file's folder, and the folder of its symlink
+/// target (a file reached through a symlink into another folder changes there); a folder
+/// that does not exist is replaced by its nearest existing ancestor.
+fn wanted_folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     let resolved: Vec<PathBuf> = files
         .iter()
         .filter_map(|f| std::fs::canonicalize(f).ok())
         .collect();
-    let wanted: BTreeSet<PathBuf> = files
+    files
         .iter()
         .chain(&resolved)
-        .filter_map(|file| absolute(file).parent().map(Path::to_path_buf))
-        .collect();
-    for gone in watched.difference(&wanted) {
-        let _ = watcher.unwatch(gone);
-    }
-    for new in wanted.difference(watched) {
-        if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
-            tracing::warn!(folder = %new.display(), error = %e, "cannot watch folder");
-        }
-    }
-    *watched = wanted;
+        .filter_map(|file| {
+            let absolute = absolute(file);
+            absolute
+                .ancestors()
+                .skip(1)
+                .find(|dir| dir.is_dir())
+                .map(Path::to_path_buf)
+        })
+        .collect()
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -215,15 +251,25 @@ fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Fingerprint of the config on disk and the files it names: what a snapshot built now would
+/// depend on. (Not the files of the config in force: once a reload drops a certificate, that
+/// file's content must not make the same config look changed.)
+fn on_disk_fingerprint(path: &Path) -> u64 {
+    match Config::load(path) {
+        Ok(config) => fingerprint(&config.watched_files()),
+        Err(_) => fingerprint(&[path.to_path_buf()]),
+    }
+}
+
 /// Builds and applies a new snapshot, or keeps the current one and says why.
 async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &mut Option<u64>) {
     let current = shared.current();
     let generation = current.generation + 1;
     let previously_rejected = *rejected;
-    let (reader, path) = (shared.clone(), path.to_path_buf());
+    let path = path.to_path_buf();
     // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
     let built = tokio::task::spawn_blocking(move || {
-        let on_disk = fingerprint(&relevant_files(&reader, &path));
+        let on_disk = on_disk_fingerprint(&path);
         let unchanged = on_disk == current.fingerprint || Some(on_disk) == previously_rejected;
         if trigger == Trigger::Files && unchanged {
             return (on_disk, None);

@@ -469,6 +469,55 @@ async fn a_certificate_folder_named_by_a_reload_is_watched_from_then_on() {
     assert_eq!(served_leaf(addr).await, der_of(&new_cert));
 }
 
+/// Names a certificate in `later` (a folder that does not exist yet) and waits until that
+/// config has been rejected twice, so the watch refresh after the first rejection is done.
+async fn reject_twice_naming(
+    proxy: &Proxy,
+    rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    later: &Path,
+    body: &str,
+) {
+    let head = head_with_cert(&later.join("tls.crt"), &later.join("tls.key"));
+    std::fs::write(proxy.config_path(), format!("{head}{body}")).unwrap();
+    failures(rx, 1).await;
+    std::fs::write(
+        proxy.config_path(),
+        format!("{head}# still missing\n{body}"),
+    )
+    .unwrap();
+    failures(rx, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_folder_created_after_the_reload_named_it_is_noticed_and_watched() {
+    // A Secret mounted after the ConfigMap that names it: the folder does not exist when the
+    // reload is rejected, so the proxy must notice it appear and then follow rotations in it.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let later = elsewhere.path().join("secret").join("tls");
+    let body = route("b", "/b", &[backend.addr]);
+    reject_twice_naming(&proxy, &mut rx, &later, &body).await;
+    assert_eq!(upgrade_status(proxy.addr, "/a").await, 101);
+
+    std::fs::create_dir_all(&later).unwrap();
+    let (cert, key) = pki().write_leaf(&later, "tls", SERVER_NAMES);
+    generation(&mut rx, 2).await;
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+    assert_eq!(
+        served_leaf(proxy.addr).await,
+        der_of(&std::fs::read_to_string(&cert).unwrap())
+    );
+
+    // cert-manager renews in place, in the folder the proxy did not see at first.
+    let (new_cert, new_key) = pki().leaf(SERVER_NAMES);
+    std::fs::write(&key, new_key).unwrap();
+    std::fs::write(&cert, &new_cert).unwrap();
+    generation(&mut rx, 3).await;
+    assert_eq!(served_leaf(proxy.addr).await, der_of(&new_cert));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_another_ca_renamed_into_place_is_served_while_old_tunnels_continue() {
     let backend = WsBackend::start("one").await;
@@ -679,4 +728,35 @@ async fn a_request_after_a_reload_is_routed_by_the_new_config_on_an_older_connec
     assert_eq!(early_b.read_head().await.status, 101, "the new route");
     early_a.send(Req::upgrade("localhost", "/a").bytes()).await;
     assert_eq!(early_a.read_head().await.status, 404, "the removed route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_nonstop_next_to_the_config_does_not_starve_reloads() {
+    // A log or pid file in the config's folder keeps the watcher busy; debouncing must not
+    // wait for a quiet moment that never comes, and a manual reload must not queue behind it.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let noisy = proxy.dir.path().join("app.log");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut ticks = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::write(&noisy, format!("tick {ticks}\n")).unwrap();
+                ticks += 1;
+                // The write rate, not a synchronisation: faster than the debounce window.
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            }
+            ticks
+        })
+    };
+    write_body(&proxy.config_path(), &route("b", "/b", &[backend.addr]));
+    generation(&mut rx, 2).await;
+    proxy.server.reload();
+    generation(&mut rx, 3).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
 }
