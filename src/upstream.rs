@@ -128,7 +128,13 @@ pub async fn open(
     timeout: Duration,
     tried: &mut Option<String>,
 ) -> Result<Answer, ProxyError> {
-    match tokio::time::timeout(timeout, exchange(route, request, protocols, tried)).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(
+        deadline,
+        exchange(route, request, protocols, deadline, tried),
+    )
+    .await
+    {
         Ok(answer) => answer,
         Err(_) => Err(ProxyError::BackendTimeout),
     }
@@ -138,6 +144,7 @@ async fn exchange(
     route: &Route,
     request: Request<Empty<Bytes>>,
     protocols: &[&str],
+    deadline: tokio::time::Instant,
     tried: &mut Option<String>,
 ) -> Result<Answer, ProxyError> {
     let key = request
@@ -145,7 +152,7 @@ async fn exchange(
         .get(SEC_WEBSOCKET_KEY)
         .cloned()
         .ok_or(ProxyError::BadKey)?;
-    let socket = connect_in_turn(route, tried).await?;
+    let socket = connect_in_turn(route, deadline, tried).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
         .await
         .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
@@ -195,22 +202,39 @@ async fn exchange(
     }))
 }
 
-/// Tries every backend once, starting at the route's round-robin position; a refused or
-/// unresolvable backend moves on to the next.
+/// Tries every backend once, starting at the route's round-robin position; a refused,
+/// unresolvable or silent backend moves on to the next.
+///
+/// Each attempt gets an equal share of the time left (the last one all of it), so one
+/// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
+/// a healthy one waits its turn.
 async fn connect_in_turn(
     route: &Route,
+    deadline: tokio::time::Instant,
     tried: &mut Option<String>,
 ) -> Result<TcpStream, ProxyError> {
-    for backend in route.backends_in_turn() {
+    let count = route.config.backends.len();
+    let mut timed_out = false;
+    for (i, backend) in route.backends_in_turn().enumerate() {
         *tried = Some(backend.to_string());
-        match connect(backend).await {
-            Ok(socket) => return Ok(socket),
-            Err(e) => {
-                tracing::debug!(route = %route.config.name, backend, error = %e, "backend connect failed")
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
+        let error = match tokio::time::timeout(share, connect(backend)).await {
+            Ok(Ok(socket)) => return Ok(socket),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                timed_out = true;
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
             }
-        }
+        };
+        tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
     }
-    Err(ProxyError::BackendUnavailable)
+    // Every backend failed; if any of them was merely slow, the request ran out of time.
+    Err(if timed_out {
+        ProxyError::BackendTimeout
+    } else {
+        ProxyError::BackendUnavailable
+    })
 }
 
 async fn connect(backend: &str) -> std::io::Result<TcpStream> {

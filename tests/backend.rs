@@ -67,6 +67,42 @@ async fn a_backend_that_never_answers_is_504_after_the_connect_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_drops_syns_does_not_eat_the_whole_connect_timeout() {
+    // The first backend in turn never answers the TCP handshake; it gets its share of the
+    // connect timeout, and the healthy one after it still serves the upgrade.
+    let silent = Unreachable::start();
+    let good = WsBackend::start("good").await;
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"2s\"\n\n{}",
+        route("chat", "/ws", &[silent.addr, good.addr])
+    ))
+    .await;
+    for turn in 0..2 {
+        assert_eq!(
+            which_backend(proxy.addr, "wss://localhost/ws").await,
+            "good",
+            "request {turn}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_that_drop_syns_or_refuse_are_504_within_the_connect_timeout() {
+    let silent = Unreachable::start();
+    let refused = closed_port().await;
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"400ms\"\n\n{}",
+        route("chat", "/ws", &[silent.addr, refused])
+    ))
+    .await;
+    for _ in 0..2 {
+        let (head, body) = request(proxy.addr, ws().bytes()).await;
+        assert_eq!(head.status, 504, "{head:?}");
+        assert_no_address(&body, &[silent.addr, refused]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_sends_half_an_answer_is_504() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&format!(

@@ -1125,6 +1125,33 @@ impl BlackHole {
     }
 }
 
+/// An address whose SYNs go unanswered, like a host behind a firewall that drops packets:
+/// its listen queue (backlog 0) is filled by one connection never accepted, so the kernel
+/// drops every further SYN and a connect hangs.
+pub struct Unreachable {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _filler: std::net::TcpStream,
+}
+
+impl Unreachable {
+    pub fn start() -> Unreachable {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let filler = std::net::TcpStream::connect(addr).unwrap();
+        Unreachable {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+}
+
 /// An address on 127.0.0.1 where nothing listens (connections are refused).
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
