@@ -49,7 +49,9 @@ const MAX_REFUSING: usize = 256;
 /// State shared by the accept loops, connections, tunnels and the reloader.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    listeners: Mutex<Vec<Listener>>,
+    /// Listeners, or `None` once shutdown took them: a reload finishing after that must not
+    /// start accepting again.
+    listeners: Mutex<Option<Vec<Listener>>>,
     active: AtomicUsize,
     refusing: AtomicUsize,
     pub(crate) tracker: TaskTracker,
@@ -127,7 +129,10 @@ impl Shared {
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
         let next = Arc::new(next);
         let added = {
-            let listeners = lock(&self.listeners);
+            let guard = lock(&self.listeners);
+            let Some(listeners) = guard.as_ref() else {
+                return Ok(()); // shutting down
+            };
             let wanted: Vec<SocketAddr> = next
                 .config
                 .listen
@@ -140,7 +145,12 @@ impl Shared {
         let bound = bind_all(&added, &next.config.path.display().to_string())?;
         self.snapshot.store(next.clone());
         let removed: Vec<Listener> = {
-            let mut listeners = lock(&self.listeners);
+            let mut guard = lock(&self.listeners);
+            // Shutdown took the listeners while this reload was binding: the new sockets
+            // close here, unused.
+            let Some(listeners) = guard.as_mut() else {
+                return Ok(());
+            };
             for (configured, socket) in added.into_iter().zip(bound) {
                 listeners.push(self.start_listener(configured, socket));
             }
@@ -315,26 +325,36 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
     let answer_by = deadline + connect_timeout + (deadline - started);
-    let result = tokio::select! {
-        result = serving => result,
-        _ = tokio::time::sleep_until(answer_by) => {
-            if !conn.logged.load(Ordering::Relaxed) {
-                log_early_close(peer, started, "answer not delivered in time; connection dropped");
-            }
-            return;
-        }
-        _ = shared.drain.started() => return,
+    let ended = tokio::select! {
+        result = serving => Ended::Served(result),
+        _ = tokio::time::sleep_until(answer_by) => Ended::Late,
+        _ = shared.drain.started() => Ended::Drained,
     };
+    // Past the select the request's future is dropped, so a request in flight has logged its
+    // own line (499) by now; what is left is a connection that never got that far.
     if conn.logged.load(Ordering::Relaxed) {
         return;
     }
-    let reason = match result {
-        Ok(()) => "closed before sending a request".to_string(),
-        Err(e) if e.is_parse_too_large() => "request head too large (431)".to_string(),
-        Err(e) if e.is_timeout() => "handshake timeout (request head)".to_string(),
-        Err(e) => format!("bad request: {e}"),
+    let reason = match ended {
+        Ended::Served(Ok(())) => "closed before sending a request".to_string(),
+        Ended::Served(Err(e)) if e.is_parse_too_large() => {
+            "request head too large (431)".to_string()
+        }
+        Ended::Served(Err(e)) if e.is_timeout() => "handshake timeout (request head)".to_string(),
+        Ended::Served(Err(e)) => format!("bad request: {e}"),
+        Ended::Late => "answer not delivered in time; connection dropped".to_string(),
+        Ended::Drained => "shutdown before a request was answered".to_string(),
     };
     log_early_close(peer, started, &reason);
+}
+
+/// How hyper's part of a connection ended.
+enum Ended {
+    Served(hyper::Result<()>),
+    /// The answer was not delivered by its deadline.
+    Late,
+    /// The shutdown grace ran out.
+    Drained,
 }
 
 fn log_early_close(peer: SocketAddr, started: Instant, reason: &str) {
@@ -364,7 +384,7 @@ impl Server {
         });
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Some(Vec::new())),
             active: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
@@ -374,7 +394,9 @@ impl Server {
         {
             let mut listeners = lock(&shared.listeners);
             for (configured, socket) in listen.into_iter().zip(sockets) {
-                listeners.push(shared.start_listener(configured, socket));
+                listeners
+                    .get_or_insert_with(Vec::new)
+                    .push(shared.start_listener(configured, socket));
             }
         }
         let (manual_reload, manual) = mpsc::unbounded_channel();
@@ -389,7 +411,8 @@ impl Server {
 
     /// The bound address of every listener, in config order (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        let listeners = lock(&self.shared.listeners);
+        let guard = lock(&self.shared.listeners);
+        let listeners = guard.as_deref().unwrap_or_default();
         let order = self.shared.current().config.listen.clone();
         order
             .iter()
@@ -419,7 +442,7 @@ impl Server {
     /// Stops accepting, lets live tunnels run for the configured grace, then closes them.
     pub async fn shutdown(self) {
         self.stop_watching.cancel();
-        let listeners: Vec<Listener> = lock(&self.shared.listeners).drain(..).collect();
+        let listeners = lock(&self.shared.listeners).take().unwrap_or_default();
         for listener in listeners {
             listener.close().await;
         }

@@ -210,3 +210,31 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
+    let mut child = spawn_wsgate(&config);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    wait_for_line(&lines, "wsgate started");
+    // TLS done, request never sent: no request-level line exists for this connection.
+    let mut silent = raw_client(addr).await;
+
+    send_signal(child.id(), "TERM");
+    let line = within(
+        "the connection's end line",
+        tokio::task::spawn_blocking(move || {
+            let line = wait_for_line(&lines, "shutdown before a request was answered");
+            wait_for_line(&lines, "shutdown complete");
+            let _ = child.wait();
+            line
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(line.contains("connection closed"), "{line}");
+    assert!(silent.try_read_head().await.is_none());
+}
