@@ -22,6 +22,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub log_format: LogFormat,
+    /// The plain-HTTP admin listener (metrics, health), if configured.
+    pub admin: Option<SocketAddr>,
     /// In file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -134,6 +136,7 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     limits: RawLimits,
+    admin: Option<RawAdmin>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
 }
@@ -144,6 +147,12 @@ struct RawProxy {
     listen: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     log_format: LogFormat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -310,9 +319,15 @@ impl Validator<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = self.listen(&raw.proxy.listen)?;
         Ok(Config {
             path: self.path.to_path_buf(),
-            listen: self.listen(&raw.proxy.listen)?,
+            admin: raw
+                .admin
+                .as_ref()
+                .map(|admin| self.admin(&admin.listen, &listen))
+                .transpose()?,
+            listen,
             certificates: self.certificates(&raw.tls.certificates)?,
             timeouts: self.timeouts(&raw.timeouts)?,
             limits: self.limits(&raw.limits)?,
@@ -344,6 +359,32 @@ impl Validator<'_> {
             addrs.push(addr);
         }
         Ok(addrs)
+    }
+
+    fn admin(
+        &self,
+        raw: &Spanned<String>,
+        proxy: &[SocketAddr],
+    ) -> Result<SocketAddr, ConfigError> {
+        let addr: SocketAddr = raw.get_ref().trim().parse().map_err(|_| {
+            self.error(
+                &raw.span(),
+                "admin.listen",
+                format!(
+                    "{:?} is not an IP:port address (e.g. \"127.0.0.1:9090\")",
+                    raw.get_ref()
+                ),
+            )
+        })?;
+        // Port 0 (any free port, for tests) cannot collide.
+        if addr.port() != 0 && proxy.contains(&addr) {
+            return Err(self.error(
+                &raw.span(),
+                "admin.listen",
+                format!("{addr} is also in proxy.listen"),
+            ));
+        }
+        Ok(addr)
     }
 
     fn certificates(
@@ -694,7 +735,26 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         assert_eq!(config.limits.max_request_header_bytes, 16384);
         assert_eq!(config.limits.max_connections, 10000);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.admin, None);
         assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn the_admin_listener_is_checked_and_may_not_share_a_proxy_address() {
+        let config = parse("[admin]\nlisten = \"127.0.0.1:9090\"\n").unwrap();
+        assert_eq!(config.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        let bad = error("[admin]\nlisten = \"localhost:9090\"\n");
+        assert!(
+            bad.contains(":7:10: admin.listen: \"localhost:9090\" is not an IP:port"),
+            "{bad}"
+        );
+        let shared = error("[admin]\nlisten = \"127.0.0.1:8443\"\n");
+        assert!(
+            shared.contains("admin.listen: 127.0.0.1:8443 is also in proxy.listen"),
+            "{shared}"
+        );
+        let unknown = error("[admin]\nlisten = \"127.0.0.1:9090\"\npath = \"/m\"\n");
+        assert!(unknown.contains("admin"), "{unknown}");
     }
 
     #[test]

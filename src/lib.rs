@@ -14,10 +14,13 @@
 //!
 //! Layout: [`config`] (TOML → validated `Config`), [`routes`] (route table, pure),
 //! `websocket` (RFC 6455 rules, pure), `tls` (PEM → rustls with SNI), `error` (refusals →
-//! statuses), `proxy`, `upstream`, `splice`, `reload`, `server`.
+//! statuses), `proxy`, `upstream`, `splice`, `reload`, `server`, `metrics` (Prometheus
+//! counters), `admin` (the plain-HTTP metrics and probe endpoint).
 
+mod admin;
 pub mod config;
 mod error;
+mod metrics;
 mod proxy;
 mod reload;
 pub mod routes;
@@ -35,8 +38,12 @@ pub use server::{Error, Server};
 pub fn check(path: &std::path::Path) -> Result<String, config::ConfigError> {
     let snapshot = reload::Snapshot::build(path, 1)?;
     let config = &snapshot.config;
+    let admin = match config.admin {
+        Some(addr) => format!(", admin on {addr}"),
+        None => String::new(),
+    };
     Ok(format!(
-        "{}: ok: {} listener(s), {} certificate(s), {} route(s)",
+        "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}",
         path.display(),
         config.listen.len(),
         config.certificates.len(),

@@ -44,6 +44,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     conn.logged.store(true, Ordering::Relaxed);
     let mut log = Line::new(&conn);
+    log.head_at = Instant::now();
     match route_and_forward(&mut req, &conn, &mut log).await {
         Ok(response) => Ok(response),
         Err(err) => Ok(refuse(&err, &mut log)),
@@ -55,6 +56,8 @@ struct Line<'a> {
     conn: &'a Conn,
     route: Option<String>,
     backend: Option<String>,
+    /// When the request head was complete: the upgrade latency is measured from here.
+    head_at: Instant,
     /// The line was written (or handed to the tunnel).
     written: bool,
 }
@@ -65,6 +68,7 @@ impl<'a> Line<'a> {
             conn,
             route: None,
             backend: None,
+            head_at: Instant::now(),
             written: false,
         }
     }
@@ -175,6 +179,7 @@ fn spawn_tunnel(
     // The tunnel writes the connection's line when it ends.
     log.written = true;
     let route = log.route.clone().unwrap_or_default();
+    conn.shared.metrics.upgraded(&route, log.head_at.elapsed());
     let backend = log.backend.clone().unwrap_or_default();
     let shared = conn.shared.clone();
     // Only the socket and its early bytes move into the task: the head would be held for the
@@ -188,7 +193,9 @@ fn spawn_tunnel(
             tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
             return;
         };
+        conn.shared.metrics.tunnel_started();
         let outcome = splice.await;
+        conn.shared.metrics.tunnel_closed(&route, &outcome);
         tracing::info!(
             client = %conn.peer,
             route,
@@ -254,6 +261,7 @@ fn log_end(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &
     let backend = log.backend.as_deref().unwrap_or("-");
     let duration_ms = conn.started.elapsed().as_millis() as u64;
     let status = status.as_u16();
+    conn.shared.metrics.answered(log.route.as_deref(), status);
     macro_rules! line {
         ($level:ident) => {
             tracing::$level!(client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed")

@@ -301,11 +301,13 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &
             status.generation = generation;
             status.successes += 1;
             status.last_success = Some(SystemTime::now());
+            shared.metrics.reloaded(status, true);
             tracing::info!(generation, "config reloaded");
         }
         Err(error) => {
             *rejected = Some(on_disk);
             status.failures += 1;
+            shared.metrics.reloaded(status, false);
             tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");
             status.last_error = Some(error);
         }

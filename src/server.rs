@@ -23,7 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::config::ConfigError;
+use crate::metrics::{EarlyClose, Metrics};
 use crate::proxy::{self, Conn};
 use crate::reload::{self, ReloadStatus, Snapshot};
 use crate::splice::Drain;
@@ -58,9 +60,22 @@ pub struct Shared {
     /// Fired when the shutdown grace is over: live tunnels close.
     pub(crate) drain: Arc<Drain>,
     pub(crate) reload_status: watch::Sender<ReloadStatus>,
+    pub(crate) metrics: Metrics,
+    /// Set when shutdown begins: the readiness probe fails from then on.
+    pub(crate) stopping: AtomicBool,
+}
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `proxy.listen`: TLS and WebSocket upgrades.
+    Proxy,
+    /// `admin.listen`: metrics and probes over plain HTTP.
+    Admin,
 }
 
 struct Listener {
+    kind: Kind,
     configured: SocketAddr,
     local: SocketAddr,
     stop: CancellationToken,
@@ -128,21 +143,20 @@ impl Shared {
     /// a listener that stays is never paused, and a bind failure changes nothing.
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
         let next = Arc::new(next);
-        let added = {
+        let wanted = wanted_listeners(&next.config);
+        let added: Vec<(Kind, SocketAddr)> = {
             let guard = lock(&self.listeners);
             let Some(listeners) = guard.as_ref() else {
                 return Ok(()); // shutting down
             };
-            let wanted: Vec<SocketAddr> = next
-                .config
-                .listen
+            wanted
                 .iter()
                 .copied()
-                .filter(|addr| !listeners.iter().any(|l| l.configured == *addr))
-                .collect();
-            wanted
+                .filter(|&(kind, addr)| !listeners.iter().any(|l| l.is(kind, addr)))
+                .collect()
         };
-        let bound = bind_all(&added, &next.config.path.display().to_string())?;
+        let addrs: Vec<SocketAddr> = added.iter().map(|&(_, addr)| addr).collect();
+        let bound = bind_all(&addrs, &next.config.path.display().to_string())?;
         self.snapshot.store(next.clone());
         let removed: Vec<Listener> = {
             let mut guard = lock(&self.listeners);
@@ -151,34 +165,74 @@ impl Shared {
             let Some(listeners) = guard.as_mut() else {
                 return Ok(());
             };
-            for (configured, socket) in added.into_iter().zip(bound) {
-                listeners.push(self.start_listener(configured, socket));
+            for ((kind, configured), socket) in added.into_iter().zip(bound) {
+                listeners.push(self.start_listener(kind, configured, socket));
             }
             let (kept, removed) = listeners
                 .drain(..)
-                .partition(|l| next.config.listen.contains(&l.configured));
+                .partition(|l| wanted.iter().any(|&(kind, addr)| l.is(kind, addr)));
             *listeners = kept;
             removed
         };
         for listener in removed {
-            tracing::info!(listen = %listener.local, "listener removed; its live connections continue");
+            match listener.kind {
+                Kind::Proxy => {
+                    tracing::info!(listen = %listener.local, "listener removed; its live connections continue")
+                }
+                Kind::Admin => tracing::info!(admin = %listener.local, "admin listener removed"),
+            }
             listener.close().await;
         }
         Ok(())
     }
 
-    fn start_listener(self: &Arc<Self>, configured: SocketAddr, socket: TcpListener) -> Listener {
+    fn start_listener(
+        self: &Arc<Self>,
+        kind: Kind,
+        configured: SocketAddr,
+        socket: TcpListener,
+    ) -> Listener {
         let local = socket.local_addr().unwrap_or(configured);
         let stop = CancellationToken::new();
-        tracing::info!(listen = %local, "listening");
-        let task = tokio::spawn(accept_loop(socket, self.clone(), stop.clone()));
+        let task = match kind {
+            Kind::Proxy => {
+                tracing::info!(listen = %local, "listening");
+                tokio::spawn(accept_loop(socket, self.clone(), stop.clone()))
+            }
+            Kind::Admin => {
+                tracing::info!(admin = %local, "admin endpoint listening (/metrics, /healthz, /readyz)");
+                tokio::spawn(admin::accept_loop(socket, self.clone(), stop.clone()))
+            }
+        };
         Listener {
+            kind,
             configured,
             local,
             stop,
             task,
         }
     }
+}
+
+impl Shared {
+    /// Open client connections, tunnels included.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+impl Listener {
+    fn is(&self, kind: Kind, addr: SocketAddr) -> bool {
+        self.kind == kind && self.configured == addr
+    }
+}
+
+/// Every listener `config` asks for, proxy ones in config order, then the admin one.
+fn wanted_listeners(config: &crate::config::Config) -> Vec<(Kind, SocketAddr)> {
+    let proxy = config.listen.iter().map(|&addr| (Kind::Proxy, addr));
+    proxy
+        .chain(config.admin.map(|addr| (Kind::Admin, addr)))
+        .collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,6 +304,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         };
         match accepted {
             Ok((stream, peer)) => {
+                shared.metrics.accepted();
                 let max = shared.current().config.limits.max_connections;
                 match ConnGuard::new(&shared, max) {
                     Some(guard) => {
@@ -258,6 +313,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
                             .spawn(serve(stream, peer, shared.clone(), guard));
                     }
                     None => {
+                        shared.metrics.closed_early(EarlyClose::OverCapacity);
                         if let Some(suppressed) = exhausted.ready() {
                             tracing::warn!(client = %peer, suppressed, "connection limit and refusal budget exhausted; closed without an answer");
                         }
@@ -293,11 +349,11 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     let tls = tokio::select! {
         done = handshake => match done {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return log_early_close(peer, started, &format!("TLS handshake failed: {e}")),
-            Err(_) => return log_early_close(peer, started, "handshake timeout (TLS)"),
+            Ok(Err(e)) => return early_close(&shared, peer, started, EarlyClose::TlsFailed, &format!("TLS handshake failed: {e}")),
+            Err(_) => return early_close(&shared, peer, started, EarlyClose::HandshakeTimeout, "handshake timeout (TLS)"),
         },
         // A client that never finishes TLS must not hold shutdown past the grace.
-        _ = shared.drain.started() => return log_early_close(peer, started, "shutdown during TLS handshake"),
+        _ = shared.drain.started() => return early_close(&shared, peer, started, EarlyClose::Shutdown, "shutdown during TLS handshake"),
     };
     let max_head = snapshot.config.limits.max_request_header_bytes;
     let connect_timeout = snapshot.config.timeouts.connect;
@@ -335,17 +391,30 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     if conn.logged.load(Ordering::Relaxed) {
         return;
     }
-    let reason = match ended {
-        Ended::Served(Ok(())) => "closed before sending a request".to_string(),
-        Ended::Served(Err(e)) if e.is_parse_too_large() => {
-            "request head too large (431)".to_string()
-        }
-        Ended::Served(Err(e)) if e.is_timeout() => "handshake timeout (request head)".to_string(),
-        Ended::Served(Err(e)) => format!("bad request: {e}"),
-        Ended::Late => "answer not delivered in time; connection dropped".to_string(),
-        Ended::Drained => "shutdown before a request was answered".to_string(),
+    let (kind, reason) = match ended {
+        Ended::Served(Ok(())) => (
+            EarlyClose::NoRequest,
+            "closed before sending a request".into(),
+        ),
+        Ended::Served(Err(e)) if e.is_parse_too_large() => (
+            EarlyClose::HeadTooLarge,
+            "request head too large (431)".into(),
+        ),
+        Ended::Served(Err(e)) if e.is_timeout() => (
+            EarlyClose::HandshakeTimeout,
+            "handshake timeout (request head)".into(),
+        ),
+        Ended::Served(Err(e)) => (EarlyClose::BadRequest, format!("bad request: {e}")),
+        Ended::Late => (
+            EarlyClose::AnswerLate,
+            "answer not delivered in time; connection dropped".into(),
+        ),
+        Ended::Drained => (
+            EarlyClose::Shutdown,
+            "shutdown before a request was answered".into(),
+        ),
     };
-    log_early_close(peer, started, &reason);
+    early_close(&shared, peer, started, kind, &reason);
 }
 
 /// How hyper's part of a connection ended.
@@ -357,7 +426,15 @@ enum Ended {
     Drained,
 }
 
-fn log_early_close(peer: SocketAddr, started: Instant, reason: &str) {
+/// Logs and counts a connection that ended before any request was answered.
+fn early_close(
+    shared: &Shared,
+    peer: SocketAddr,
+    started: Instant,
+    kind: EarlyClose,
+    reason: &str,
+) {
+    shared.metrics.closed_early(kind);
     let duration_ms = started.elapsed().as_millis() as u64;
     tracing::info!(client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
 }
@@ -376,8 +453,9 @@ impl Server {
         let path = config_path.as_ref().to_path_buf();
         let snapshot = Snapshot::build(&path, 1)?;
         let file = path.display().to_string();
-        let sockets = bind_all(&snapshot.config.listen, &file)?;
-        let listen = snapshot.config.listen.clone();
+        let wanted = wanted_listeners(&snapshot.config);
+        let addrs: Vec<SocketAddr> = wanted.iter().map(|&(_, addr)| addr).collect();
+        let sockets = bind_all(&addrs, &file)?;
         let (reload_status, _) = watch::channel(ReloadStatus {
             generation: 1,
             ..ReloadStatus::default()
@@ -390,15 +468,15 @@ impl Server {
             tracker: TaskTracker::new(),
             drain: Arc::new(Drain::default()),
             reload_status,
+            metrics: Metrics::default(),
+            stopping: AtomicBool::new(false),
         });
-        {
-            let mut listeners = lock(&shared.listeners);
-            for (configured, socket) in listen.into_iter().zip(sockets) {
-                listeners
-                    .get_or_insert_with(Vec::new)
-                    .push(shared.start_listener(configured, socket));
-            }
-        }
+        let started: Vec<Listener> = wanted
+            .into_iter()
+            .zip(sockets)
+            .map(|((kind, addr), socket)| shared.start_listener(kind, addr, socket))
+            .collect();
+        *lock(&shared.listeners) = Some(started);
         let (manual_reload, manual) = mpsc::unbounded_channel();
         let stop_watching = CancellationToken::new();
         reload::spawn_watcher(shared.clone(), path, manual, stop_watching.clone());
@@ -409,25 +487,30 @@ impl Server {
         })
     }
 
-    /// The bound address of every listener, in config order (port 0 resolved).
+    /// The bound address of every proxy listener, in config order (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        let guard = lock(&self.shared.listeners);
-        let listeners = guard.as_deref().unwrap_or_default();
         let order = self.shared.current().config.listen.clone();
         order
             .iter()
-            .filter_map(|addr| {
-                listeners
-                    .iter()
-                    .find(|l| l.configured == *addr)
-                    .map(|l| l.local)
-            })
+            .filter_map(|&addr| self.bound(Kind::Proxy, addr))
             .collect()
+    }
+
+    /// The bound address of the admin endpoint, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let addr = self.shared.current().config.admin?;
+        self.bound(Kind::Admin, addr)
+    }
+
+    fn bound(&self, kind: Kind, addr: SocketAddr) -> Option<SocketAddr> {
+        let guard = lock(&self.shared.listeners);
+        let listeners = guard.as_deref().unwrap_or_default();
+        listeners.iter().find(|l| l.is(kind, addr)).map(|l| l.local)
     }
 
     /// Open client connections, tunnels included.
     pub fn active_connections(&self) -> usize {
-        self.shared.active.load(Ordering::Acquire)
+        self.shared.open_connections()
     }
 
     pub fn reload_status(&self) -> watch::Receiver<ReloadStatus> {
@@ -440,10 +523,14 @@ impl Server {
     }
 
     /// Stops accepting, lets live tunnels run for the configured grace, then closes them.
+    /// The admin endpoint answers until the end, with `/readyz` failing.
     pub async fn shutdown(self) {
+        self.shared.stopping.store(true, Ordering::Release);
         self.stop_watching.cancel();
         let listeners = lock(&self.shared.listeners).take().unwrap_or_default();
-        for listener in listeners {
+        let (proxy, admin): (Vec<Listener>, Vec<Listener>) =
+            listeners.into_iter().partition(|l| l.kind == Kind::Proxy);
+        for listener in proxy {
             listener.close().await;
         }
         let grace = self.shared.current().config.timeouts.shutdown_grace;
@@ -457,6 +544,9 @@ impl Server {
             );
             self.shared.drain.start();
             tracker.wait().await;
+        }
+        for listener in admin {
+            listener.close().await;
         }
         tracing::info!("shutdown complete");
     }

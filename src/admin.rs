@@ -1,0 +1,121 @@
+//! The admin endpoint: plain HTTP on `[admin] listen`, serving Prometheus metrics and the
+//! liveness and readiness probes. It is a listener of its own so that it needs no certificate,
+//! can stay off the public network, and keeps answering while the proxy drains on shutdown.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+/// Admin connections served at once; more are closed at accept. Scrapers and probes need a
+/// handful, and the endpoint must not become a way to exhaust the process.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Any admin connection ends after this long, idle keep-alive included; clients reconnect.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Time for a client to send a complete request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                // Descriptor exhaustion must not turn this loop into a spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(client = %peer, "admin connection limit reached; closed");
+            continue;
+        };
+        let shared = shared.clone();
+        // Not on the proxy's task tracker: an open scrape connection must not delay shutdown.
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, serve(tcp, shared)).await;
+        });
+    }
+}
+
+async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(respond(&req, &shared)) }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let body = shared
+                .metrics
+                .render(shared.open_connections(), shared.current().generation);
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            response
+        }
+        // Alive as long as the runtime answers at all.
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        // Not ready once shutdown began: a load balancer should stop sending new clients.
+        "/readyz" if shared.stopping.load(Ordering::Acquire) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        }
+        "/readyz" => text(StatusCode::OK, "ready\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,276 @@
+//! Prometheus metrics: the counters the accept loop, the request path, tunnels and reloads
+//! bump, and the gauges read from live state when scraped, rendered in the OpenMetrics text
+//! format for the admin endpoint.
+//!
+//! Nothing here runs per message: tunnel bytes are added when a tunnel ends, so a busy tunnel
+//! costs the same with metrics as without. Label values come from the config (route names)
+//! or from small fixed sets, so the number of series stays bounded.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::reload::ReloadStatus;
+use crate::splice::{CloseReason, Outcome, Peer};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    route: String,
+    /// `client_to_backend` or `backend_to_client`.
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    route: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EarlyLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Why a connection ended before any request was answered: the `reason` label of
+/// `wsgate_connections_closed_early_total`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum EarlyClose {
+    TlsFailed,
+    HandshakeTimeout,
+    NoRequest,
+    BadRequest,
+    HeadTooLarge,
+    AnswerLate,
+    Shutdown,
+    /// Beyond `max_connections` and the refusal budget: closed right after accept.
+    OverCapacity,
+}
+
+impl EarlyClose {
+    fn label(self) -> &'static str {
+        match self {
+            EarlyClose::TlsFailed => "tls_failed",
+            EarlyClose::HandshakeTimeout => "handshake_timeout",
+            EarlyClose::NoRequest => "no_request",
+            EarlyClose::BadRequest => "bad_request",
+            EarlyClose::HeadTooLarge => "head_too_large",
+            EarlyClose::AnswerLate => "answer_late",
+            EarlyClose::Shutdown => "shutdown",
+            EarlyClose::OverCapacity => "over_capacity",
+        }
+    }
+}
+
+/// Buckets for the time from request head to the backend's 101: 0.5 ms to ~8 s.
+fn upgrade_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+type UpgradeHistograms = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric wsgate exports. Cheap to bump from any task: all handles are atomics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    accepted: Counter,
+    open: Gauge,
+    tunnels_open: Gauge,
+    requests: Family<RequestLabels, Counter>,
+    upgrade_seconds: UpgradeHistograms,
+    tunnel_bytes: Family<BytesLabels, Counter>,
+    tunnels_closed: Family<ClosedLabels, Counter>,
+    closed_early: Family<EarlyLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    generation: Gauge,
+    last_reload: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Metrics {
+            accepted: Counter::default(),
+            open: Gauge::default(),
+            tunnels_open: Gauge::default(),
+            requests: Family::default(),
+            upgrade_seconds: Family::new_with_constructor(upgrade_histogram),
+            tunnel_bytes: Family::default(),
+            tunnels_closed: Family::default(),
+            closed_early: Family::default(),
+            reloads: Family::default(),
+            generation: Gauge::default(),
+            last_reload: Gauge::default(),
+            registry: Registry::with_prefix("wsgate"),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "connections_accepted",
+            "Client TCP connections accepted",
+            metrics.accepted.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open now, tunnels included (what max_connections limits)",
+            metrics.open.clone(),
+        );
+        registry.register(
+            "tunnels_open",
+            "WebSocket tunnels open now",
+            metrics.tunnels_open.clone(),
+        );
+        registry.register(
+            "requests",
+            "Upgrade requests answered, by route (\"-\" if none matched) and status (101 = tunnel opened; 499 = client left first)",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "upgrade_duration_seconds",
+            "Time from the complete request head to the backend's checked 101, by route",
+            metrics.upgrade_seconds.clone(),
+        );
+        registry.register(
+            "tunnel_bytes",
+            "Bytes relayed by tunnels, by route and direction; added when a tunnel ends",
+            metrics.tunnel_bytes.clone(),
+        );
+        registry.register(
+            "tunnels_closed",
+            "Tunnels ended, by route and reason",
+            metrics.tunnels_closed.clone(),
+        );
+        registry.register(
+            "connections_closed_early",
+            "Connections ended before a request was answered, by reason",
+            metrics.closed_early.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (success, failure)",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the config in force (1 at start, +1 per applied reload)",
+            metrics.generation.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last applied reload (0 if none since start)",
+            metrics.last_reload.clone(),
+        );
+        metrics
+    }
+}
+
+impl Metrics {
+    pub(crate) fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    pub(crate) fn answered(&self, route: Option<&str>, status: u16) {
+        let route = route.unwrap_or("-").to_string();
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    /// The backend's 101 came `took` after the request head; the client gets it now.
+    pub(crate) fn upgraded(&self, route: &str, took: Duration) {
+        self.answered(Some(route), 101);
+        self.upgrade_seconds
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A tunnel starts relaying; [`Metrics::tunnel_closed`] follows when it ends.
+    pub(crate) fn tunnel_started(&self) {
+        self.tunnels_open.inc();
+    }
+
+    pub(crate) fn tunnel_closed(&self, route: &str, outcome: &Outcome) {
+        self.tunnels_open.dec();
+        for (direction, bytes) in [
+            ("client_to_backend", outcome.client_to_backend),
+            ("backend_to_client", outcome.backend_to_client),
+        ] {
+            let labels = BytesLabels {
+                route: route.to_string(),
+                direction,
+            };
+            self.tunnel_bytes.get_or_create(&labels).inc_by(bytes);
+        }
+        let reason = close_label(&outcome.reason);
+        self.tunnels_closed
+            .get_or_create(&ClosedLabels {
+                route: route.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub(crate) fn closed_early(&self, reason: EarlyClose) {
+        self.closed_early
+            .get_or_create(&EarlyLabels {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.generation
+            .set(i64::try_from(status.generation).unwrap_or(i64::MAX));
+        if let Some(at) = status.last_success {
+            let unix = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_reload.set(unix.as_secs_f64());
+        }
+    }
+
+    /// The OpenMetrics text, with the gauges that mirror live state refreshed first.
+    pub(crate) fn render(&self, open_connections: usize, generation: u64) -> String {
+        self.open
+            .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let mut text = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn close_label(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Closed(Peer::Client) => "client_closed",
+        CloseReason::Closed(Peer::Backend) => "backend_closed",
+        CloseReason::Error(Peer::Client, _) => "client_error",
+        CloseReason::Error(Peer::Backend, _) => "backend_error",
+        CloseReason::IdleTimeout => "idle_timeout",
+        CloseReason::Shutdown => "shutdown",
+    }
+}

@@ -1,0 +1,277 @@
+//! The admin endpoint: Prometheus metrics that follow real traffic and reloads, liveness and
+//! readiness probes (readiness fails once shutdown begins), and its own listener, which a
+//! reload can add, move or remove like any other.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+
+/// Closes `ws` as a client does: close frame, read to the end, drop the connection.
+async fn close(mut ws: Ws) {
+    use futures_util::StreamExt;
+    ws.close(None).await.unwrap();
+    within("the close handshake", async {
+        while ws.next().await.is_some() {}
+    })
+    .await;
+}
+
+/// One plain-HTTP GET (or `method`) to the admin endpoint: status and body.
+async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    within("an admin answer", async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    })
+    .await
+}
+
+async fn metrics(addr: SocketAddr) -> String {
+    let (status, body) = admin_request(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// The value of the sample `series` (name with labels, exactly as exported), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split(' ').next()?.parse().ok())
+}
+
+/// Scrapes until `series` has `value`. Metrics have no signal to await; tunnels are counted
+/// closed by their own task, a moment after the client sees the close.
+async fn scrape_until(addr: SocketAddr, series: &str, value: f64) -> String {
+    within(&format!("{series} to be {value}"), async {
+        loop {
+            let text = metrics(addr).await;
+            if sample(&text, series) == Some(value) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_upgrades_refusals_and_tunnels() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&format!(
+        "{ADMIN}{}",
+        route("chat", "/chat", &[backend.addr])
+    ))
+    .await;
+    let admin = proxy.server.admin_addr().expect("admin endpoint bound");
+
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/chat").await;
+    assert_eq!(round_trip(&mut ws, "hello").await, "hello");
+    assert_eq!(upgrade_status(proxy.addr, "/nowhere").await, 404);
+
+    let text = scrape_until(admin, "wsgate_tunnels_open", 1.0).await;
+    assert_eq!(
+        sample(&text, r#"wsgate_requests_total{route="chat",status="101"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"wsgate_requests_total{route="-",status="404"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wsgate_connections_open"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wsgate_connections_accepted_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"wsgate_upgrade_duration_seconds_count{route="chat"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wsgate_config_generation"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    close(ws).await;
+    let text = scrape_until(admin, "wsgate_tunnels_open", 0.0).await;
+    // The backend ends the close handshake (RFC 6455 §7.1.1), so it usually closes first.
+    let closed: f64 = ["client_closed", "backend_closed"]
+        .iter()
+        .filter_map(|reason| {
+            let series =
+                format!(r#"wsgate_tunnels_closed_total{{route="chat",reason="{reason}"}}"#);
+            sample(&text, &series)
+        })
+        .sum();
+    assert_eq!(closed, 1.0, "{text}");
+    for direction in ["client_to_backend", "backend_to_client"] {
+        let series =
+            format!(r#"wsgate_tunnel_bytes_total{{route="chat",direction="{direction}"}}"#);
+        // "hello" in a frame plus a close frame, at least.
+        assert!(
+            sample(&text, &series).unwrap_or(0.0) >= 7.0,
+            "{series}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_before_a_request_are_counted_by_reason() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&format!(
+        "{ADMIN}{}",
+        route("chat", "/chat", &[backend.addr])
+    ))
+    .await;
+    let admin = proxy.server.admin_addr().unwrap();
+    // Not TLS at all.
+    let mut plain = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = plain.read_to_end(&mut sink).await;
+    scrape_until(
+        admin,
+        r#"wsgate_connections_closed_early_total{reason="tls_failed"}"#,
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_and_unknown_paths_or_methods_are_refused() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&format!(
+        "{ADMIN}{}",
+        route("chat", "/chat", &[backend.addr])
+    ))
+    .await;
+    let admin = proxy.server.admin_addr().unwrap();
+    assert_eq!(
+        admin_request(admin, "GET", "/healthz").await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        admin_request(admin, "GET", "/readyz").await,
+        (200, "ready\n".into())
+    );
+    assert_eq!(admin_request(admin, "GET", "/secret").await.0, 404);
+    assert_eq!(admin_request(admin, "POST", "/metrics").await.0, 405);
+    let (status, body) = admin_request(admin, "HEAD", "/metrics").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    // Plain HTTP only: the proxy's TLS listener is not the admin endpoint.
+    assert_ne!(admin, proxy.addr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_during_shutdown_while_metrics_still_answer() {
+    let backend = WsBackend::start("one").await;
+    let body = format!(
+        "{ADMIN}[timeouts]\nshutdown_grace = \"30s\"\n\n{}",
+        route("chat", "/chat", &[backend.addr])
+    );
+    let proxy = start_proxy(&body).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/chat").await;
+    assert_eq!(round_trip(&mut ws, "before").await, "before");
+
+    let Proxy { server, dir, .. } = proxy;
+    let shutdown = tokio::spawn(server.shutdown());
+    within("readiness to fail", async {
+        while admin_request(admin, "GET", "/readyz").await != (503, "shutting down\n".into()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The tunnel holds shutdown in its grace; the admin endpoint keeps answering meanwhile.
+    assert_eq!(round_trip(&mut ws, "during").await, "during");
+    assert_eq!(
+        sample(&metrics(admin).await, "wsgate_tunnels_open"),
+        Some(1.0)
+    );
+
+    close(ws).await;
+    within("shutdown to finish", shutdown).await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "admin closed at the end"
+    );
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_the_admin_endpoint_and_is_counted() {
+    let backend = WsBackend::start("one").await;
+    let body = route("chat", "/chat", &[backend.addr]);
+    let proxy = start_proxy(&body).await;
+    let mut rx = proxy.server.reload_status();
+    assert_eq!(proxy.server.admin_addr(), None);
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap();
+    drop(free);
+    write_body(
+        &proxy.config_path(),
+        &format!("[admin]\nlisten = \"{port}\"\n\n{body}"),
+    );
+    generation(&mut rx, 2).await;
+    assert_eq!(proxy.server.admin_addr(), Some(port));
+    let text = metrics(port).await;
+    assert_eq!(
+        sample(&text, r#"wsgate_config_reloads_total{result="success"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wsgate_config_generation"),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(sample(&text, "wsgate_config_last_reload_success_timestamp_seconds").unwrap() > 1.7e9);
+
+    // A bad reload is counted as a failure, and the endpoint stays.
+    write_body(
+        &proxy.config_path(),
+        &format!("[admin]\nlisten = \"{port}\"\nbogus = 1\n\n{body}"),
+    );
+    failures(&mut rx, 1).await;
+    let text = metrics(port).await;
+    assert_eq!(
+        sample(&text, r#"wsgate_config_reloads_total{result="failure"}"#),
+        Some(1.0),
+        "{text}"
+    );
+
+    write_body(&proxy.config_path(), &body);
+    generation(&mut rx, 3).await;
+    assert_eq!(proxy.server.admin_addr(), None);
+    assert!(tokio::net::TcpStream::connect(port).await.is_err());
+    assert_eq!(upgrade_status(proxy.addr, "/chat").await, 101);
+}
