@@ -22,6 +22,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub log_format: LogFormat,
+    /// Every connection starts with a PROXY protocol header naming the real client.
+    pub proxy_protocol: bool,
     /// The plain-HTTP admin listener (metrics, health), if configured.
     pub admin: Option<SocketAddr>,
     /// In file order.
@@ -147,6 +149,8 @@ struct RawProxy {
     listen: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     log_format: LogFormat,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Deserialize)]
@@ -332,6 +336,7 @@ impl Validator<'_> {
             timeouts: self.timeouts(&raw.timeouts)?,
             limits: self.limits(&raw.limits)?,
             log_format: raw.proxy.log_format,
+            proxy_protocol: raw.proxy.proxy_protocol,
             routes: self.routes(&raw.routes)?,
         })
     }
@@ -736,6 +741,7 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         assert_eq!(config.limits.max_connections, 10000);
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.admin, None);
+        assert!(!config.proxy_protocol);
         assert!(config.routes.is_empty());
     }
 

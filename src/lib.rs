@@ -22,6 +22,7 @@ pub mod config;
 mod error;
 mod metrics;
 mod proxy;
+mod proxy_protocol;
 mod reload;
 pub mod routes;
 mod server;

@@ -57,6 +57,8 @@ struct ResultLabels {
 /// `wsgate_connections_closed_early_total`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum EarlyClose {
+    /// `proxy.proxy_protocol` is on and the connection did not start with a valid header.
+    BadProxyHeader,
     TlsFailed,
     HandshakeTimeout,
     NoRequest,
@@ -71,6 +73,7 @@ pub(crate) enum EarlyClose {
 impl EarlyClose {
     fn label(self) -> &'static str {
         match self {
+            EarlyClose::BadProxyHeader => "bad_proxy_header",
             EarlyClose::TlsFailed => "tls_failed",
             EarlyClose::HandshakeTimeout => "handshake_timeout",
             EarlyClose::NoRequest => "no_request",

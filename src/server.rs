@@ -27,6 +27,7 @@ use crate::admin;
 use crate::config::ConfigError;
 use crate::metrics::{EarlyClose, Metrics};
 use crate::proxy::{self, Conn};
+use crate::proxy_protocol;
 use crate::reload::{self, ReloadStatus, Snapshot};
 use crate::splice::Drain;
 
@@ -339,17 +340,29 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 
 /// One client connection: TLS under the handshake deadline, then hyper until the request is
 /// answered (or upgraded, after which the tunnel owns the guard).
-async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
+async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
     let started = Instant::now();
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
     let _ = tcp.set_nodelay(true);
     let acceptor = TlsAcceptor::from(snapshot.tls.clone());
-    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
-    let tls = tokio::select! {
-        done = handshake => match done {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return early_close(&shared, peer, started, EarlyClose::TlsFailed, &format!("TLS handshake failed: {e}")),
+    let proxy_protocol = snapshot.config.proxy_protocol;
+    // The PROXY header (if configured) and TLS share the handshake deadline.
+    let setup = async {
+        let client = match proxy_protocol {
+            true => client_from_header(&mut tcp, peer).await?,
+            false => peer,
+        };
+        let tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| (EarlyClose::TlsFailed, format!("TLS handshake failed: {e}")))?;
+        Ok::<_, (EarlyClose, String)>((client, tls))
+    };
+    let (peer, tls) = tokio::select! {
+        done = tokio::time::timeout_at(deadline, setup) => match done {
+            Ok(Ok(ready)) => ready,
+            Ok(Err((kind, reason))) => return early_close(&shared, peer, started, kind, &reason),
             Err(_) => return early_close(&shared, peer, started, EarlyClose::HandshakeTimeout, "handshake timeout (TLS)"),
         },
         // A client that never finishes TLS must not hold shutdown past the grace.
@@ -415,6 +428,22 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
         ),
     };
     early_close(&shared, peer, started, kind, &reason);
+}
+
+/// The client named by the connection's PROXY protocol header (the socket's peer is the load
+/// balancer); the peer itself when the header names no client (a balancer's health check).
+async fn client_from_header(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<SocketAddr, (EarlyClose, String)> {
+    match proxy_protocol::read_header(tcp).await {
+        Ok(client) => {
+            let client = client.unwrap_or(peer);
+            tracing::debug!(%client, via = %peer, "PROXY protocol header");
+            Ok(client)
+        }
+        Err(e) => Err((EarlyClose::BadProxyHeader, e.to_string())),
+    }
 }
 
 /// How hyper's part of a connection ended.

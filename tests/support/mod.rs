@@ -232,13 +232,20 @@ pub async fn tls_connect(addr: SocketAddr) -> Tls {
 }
 
 pub async fn tls_connect_sni(addr: SocketAddr, sni: &str) -> Tls {
+    tls_connect_after(addr, sni, b"").await
+}
+
+/// A TLS connection whose first bytes on the wire are `prefix` (a PROXY protocol header, as a
+/// load balancer sends it).
+pub async fn tls_connect_after(addr: SocketAddr, sni: &str, prefix: &[u8]) -> Tls {
     let connector = tokio_rustls::TlsConnector::from(pki().client_config());
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
     within("the TLS handshake", async {
-        let tcp = TcpStream::connect(addr)
+        let mut tcp = TcpStream::connect(addr)
             .await
             .expect("TCP connect to the proxy");
         tcp.set_nodelay(true).unwrap();
+        tcp.write_all(prefix).await.unwrap();
         connector
             .connect(name, tcp)
             .await

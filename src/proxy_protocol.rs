@@ -1,0 +1,196 @@
+//! The PROXY protocol (HAProxy's, v1 text and v2 binary) in front of TLS: an L4 load balancer
+//! that terminates TCP (AWS NLB, HAProxy in TCP mode, a cloud TCP proxy…) announces the real
+//! client's address in a header before the TLS bytes. With `proxy.proxy_protocol` on, wsgate
+//! reads that header and uses the address in logs, metrics and `X-Forwarded-For`.
+//!
+//! The header is consumed exactly: the bytes behind it are the client's TLS handshake, which
+//! must reach rustls untouched, and wrapping every connection in a replay buffer would cost
+//! memory for the tunnel's whole life. So the socket is peeked, parsed, and only the header's
+//! own bytes are read.
+
+use std::net::SocketAddr;
+
+use ppp::{v1, v2, HeaderResult, PartialResult};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// v1 headers are at most 107 bytes; v2 ones carry TLVs (AWS adds a few dozen bytes). More
+/// than this is not a header a load balancer sends.
+const MAX_HEADER: usize = 4096;
+
+/// Why a connection's PROXY header was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeaderError {
+    #[error("connection closed before a complete PROXY protocol header")]
+    Closed,
+    #[error("not a PROXY protocol header (is the load balancer set to send one?)")]
+    Invalid,
+    #[error("PROXY protocol header longer than {MAX_HEADER} bytes")]
+    TooLong,
+    #[error("reading the PROXY protocol header: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the PROXY header at the start of `tcp`: the client address it names, or `None` when
+/// it names none (v2 `LOCAL`, a load balancer's own health check; v1 `UNKNOWN`; a Unix socket),
+/// in which case the socket's peer is the client.
+pub(crate) async fn read_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, HeaderError> {
+    let mut seen: Vec<u8> = Vec::new();
+    let mut peeked = [0u8; 512];
+    loop {
+        let n = tcp.peek(&mut peeked).await?;
+        if n == 0 {
+            return Err(HeaderError::Closed);
+        }
+        let start = seen.len();
+        seen.extend_from_slice(&peeked[..n]);
+        match parse(&seen) {
+            Parsed::Header { length, client } => {
+                // Take only the header's bytes; the TLS handshake behind them stays queued.
+                let mut header_rest = vec![0u8; length - start];
+                tcp.read_exact(&mut header_rest).await?;
+                return Ok(client);
+            }
+            Parsed::Incomplete if seen.len() >= MAX_HEADER => return Err(HeaderError::TooLong),
+            Parsed::Incomplete => {
+                // Everything seen so far is header: consume it, so the next peek waits for
+                // new bytes instead of returning the same ones.
+                let mut consumed = vec![0u8; n];
+                tcp.read_exact(&mut consumed).await?;
+            }
+            Parsed::Invalid => return Err(HeaderError::Invalid),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Parsed {
+    Header {
+        /// Bytes of the header, from the start of the connection.
+        length: usize,
+        client: Option<SocketAddr>,
+    },
+    Incomplete,
+    Invalid,
+}
+
+fn parse(input: &[u8]) -> Parsed {
+    let result = HeaderResult::parse(input);
+    if result.is_incomplete() {
+        return Parsed::Incomplete;
+    }
+    match result {
+        HeaderResult::V1(Ok(header)) => Parsed::Header {
+            length: header.header.len(),
+            client: match header.addresses {
+                v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
+                v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
+                v1::Addresses::Unknown => None,
+            },
+        },
+        HeaderResult::V2(Ok(header)) => Parsed::Header {
+            length: header.len(),
+            client: match (header.command, header.addresses) {
+                (v2::Command::Local, _) => None,
+                (_, v2::Addresses::IPv4(a)) => Some((a.source_address, a.source_port).into()),
+                (_, v2::Addresses::IPv6(a)) => Some((a.source_address, a.source_port).into()),
+                (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
+            },
+        },
+        HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => Parsed::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(addr: &str) -> Option<SocketAddr> {
+        Some(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn v1_headers_give_the_client_and_their_exact_length() {
+        let tcp4 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n\x16\x03\x01";
+        assert_eq!(
+            parse(tcp4),
+            Parsed::Header {
+                length: tcp4.len() - 3,
+                client: client("203.0.113.7:51000")
+            }
+        );
+        let tcp6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 51000 443\r\n";
+        assert_eq!(
+            parse(tcp6),
+            Parsed::Header {
+                length: tcp6.len(),
+                client: client("[2001:db8::1]:51000")
+            }
+        );
+        let unknown = b"PROXY UNKNOWN\r\n";
+        assert_eq!(
+            parse(unknown),
+            Parsed::Header {
+                length: unknown.len(),
+                client: None
+            }
+        );
+    }
+
+    #[test]
+    fn v2_headers_with_tlvs_give_the_client_and_their_exact_length() {
+        let addrs: (SocketAddr, SocketAddr) = (
+            "198.51.100.9:40000".parse().unwrap(),
+            "10.0.0.1:443".parse().unwrap(),
+        );
+        let header = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            addrs,
+        )
+        .write_tlv(v2::Type::NoOp, b"padding")
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut input = header.clone();
+        input.extend_from_slice(b"\x16\x03\x01");
+        assert_eq!(
+            parse(&input),
+            Parsed::Header {
+                length: header.len(),
+                client: client("198.51.100.9:40000")
+            }
+        );
+        let local = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Local,
+            v2::Protocol::Unspecified,
+            v2::Addresses::Unspecified,
+        )
+        .build()
+        .unwrap();
+        assert_eq!(
+            parse(&local),
+            Parsed::Header {
+                length: local.len(),
+                client: None
+            }
+        );
+    }
+
+    #[test]
+    fn partial_headers_wait_and_anything_else_is_invalid() {
+        assert_eq!(parse(b"PROX"), Parsed::Incomplete);
+        assert_eq!(parse(b"PROXY TCP4 203.0.113.7 10.0.0"), Parsed::Incomplete);
+        assert_eq!(parse(b"\r\n\r\n\0\r\nQU"), Parsed::Incomplete);
+        // A TLS ClientHello from a client that was not meant to come through the balancer.
+        assert_eq!(
+            parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Parsed::Invalid
+        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Parsed::Invalid);
+        assert_eq!(
+            parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n"),
+            Parsed::Invalid
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! `proxy.proxy_protocol`: behind an L4 load balancer, the PROXY protocol header (v1 or v2)
+//! names the real client, which then appears in `X-Forwarded-For`; a connection without a
+//! valid header is closed before TLS.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ON: &str = "[proxy]\nlisten = [\"127.0.0.1:0\"]\nproxy_protocol = true\n\n[tls]\ncertificates = [ { cert = \"server.crt\", key = \"server.key\" } ]\n\n";
+
+/// A proxy with `proxy_protocol = true` routing /ws to `backend`.
+async fn proxy_with_header(
+    backend: &RawBackend,
+) -> (tempfile::TempDir, wsgate::Server, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "");
+    std::fs::write(
+        &path,
+        format!("{ON}{}", route("chat", "/ws", &[backend.addr])),
+    )
+    .unwrap();
+    let server = wsgate::Server::start(&path).await.unwrap();
+    let addr = server.local_addrs()[0];
+    (dir, server, addr)
+}
+
+/// Upgrades through the proxy after sending `prefix`; returns what the backend saw.
+async fn upgrade_after(
+    addr: SocketAddr,
+    backend: &RawBackend,
+    prefix: &[u8],
+) -> (RawConn<Tls>, RawConn<tokio::net::TcpStream>, Head) {
+    let mut client = RawConn::new(tls_connect_after(addr, "localhost", prefix).await);
+    client.send(Req::upgrade("localhost", "/ws").bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    assert_eq!(client.read_head().await.status, 101);
+    (client, back, seen)
+}
+
+/// A v2 header from `source` to `destination` (same address family), with a TLV as AWS adds.
+fn v2(command: ppp::v2::Command, source: &str, destination: &str) -> Vec<u8> {
+    let addresses: (SocketAddr, SocketAddr) =
+        (source.parse().unwrap(), destination.parse().unwrap());
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | command,
+        ppp::v2::Protocol::Stream,
+        addresses,
+    )
+    .write_tlv(ppp::v2::Type::NoOp, b"aws-vpce-0123")
+    .unwrap()
+    .build()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_header_names_the_client_and_the_tunnel_is_transparent() {
+    let backend = RawBackend::start().await;
+    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let header = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n";
+    let (mut client, mut back, seen) = upgrade_after(addr, &backend, header).await;
+    assert_eq!(seen.list("x-forwarded-for"), ["203.0.113.7"]);
+    // The header is consumed exactly: TLS and the tunnel behind it are untouched.
+    let frame = frame(true, OP_TEXT, b"through", true);
+    client.send(&frame).await;
+    assert_eq!(back.read_exact(frame.len()).await, frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_header_with_tlvs_names_an_ipv6_client() {
+    let backend = RawBackend::start().await;
+    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let header = v2(
+        ppp::v2::Command::Proxy,
+        "[2001:db8::7]:40000",
+        "[2001:db8::1]:443",
+    );
+    let (_client, _back, seen) = upgrade_after(addr, &backend, &header).await;
+    assert_eq!(seen.list("x-forwarded-for"), ["2001:db8::7"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_local_header_keeps_the_socket_peer() {
+    // LOCAL is what a balancer sends for its own health checks.
+    let backend = RawBackend::start().await;
+    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let header = v2(ppp::v2::Command::Local, "198.51.100.1:1", "10.0.0.1:443");
+    let (_client, _back, seen) = upgrade_after(addr, &backend, &header).await;
+    assert_eq!(seen.list("x-forwarded-for"), ["127.0.0.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_arriving_in_pieces_is_assembled() {
+    let backend = RawBackend::start().await;
+    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let header = b"PROXY TCP4 192.0.2.55 10.0.0.1 51000 443\r\n";
+    // Each piece in its own write on a no-delay socket; the TLS handshake follows.
+    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    for piece in header.chunks(9) {
+        tcp.write_all(piece).await.unwrap();
+        tcp.flush().await.unwrap();
+    }
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = within("TLS after a split header", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    let mut client = RawConn::new(tls);
+    client.send(Req::upgrade("localhost", "/ws").bytes()).await;
+    let seen = backend.accept().await.read_head().await;
+    assert_eq!(seen.list("x-forwarded-for"), ["192.0.2.55"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_header_is_closed_before_tls() {
+    let backend = RawBackend::start().await;
+    let (_dir, server, addr) = proxy_with_header(&backend).await;
+    // A client that reached the proxy directly, bypassing the balancer.
+    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = within("the refusal", connector.connect(name, tcp)).await;
+    assert!(tls.is_err(), "TLS must not start without a PROXY header");
+    // Garbage that is not a header at all.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"HELLO THERE\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    // Closed with our bytes unread: an orderly close or a reset, but never an answer.
+    match within("the close", tcp.read_to_end(&mut rest)).await {
+        Ok(_) => assert!(rest.is_empty(), "no answer: {rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    until("both connections to be let go", || {
+        server.active_connections() == 0
+    })
+    .await;
+}
