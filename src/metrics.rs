@@ -6,6 +6,7 @@
 //! costs the same with metrics as without. Label values come from the config (route names)
 //! or from small fixed sets, so the number of series stays bounded.
 
+use std::io;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +42,15 @@ struct BytesLabels {
 struct ClosedLabels {
     route: String,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    route: String,
+    /// As written in the config.
+    backend: String,
+    /// `refused`, `timeout`, `unresolvable` or `error`.
+    error: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,6 +114,7 @@ pub(crate) struct Metrics {
     tunnel_bytes: Family<BytesLabels, Counter>,
     tunnels_closed: Family<ClosedLabels, Counter>,
     closed_early: Family<EarlyLabels, Counter>,
+    backend_failures: Family<BackendLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     last_reload: Gauge<f64, AtomicU64>,
@@ -120,6 +131,7 @@ impl Default for Metrics {
             tunnel_bytes: Family::default(),
             tunnels_closed: Family::default(),
             closed_early: Family::default(),
+            backend_failures: Family::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
             last_reload: Gauge::default(),
@@ -165,6 +177,11 @@ impl Default for Metrics {
             "connections_closed_early",
             "Connections ended before a request was answered, by reason",
             metrics.closed_early.clone(),
+        );
+        registry.register(
+            "backend_connect_failures",
+            "Failed TCP connects to a backend, by route, backend and error; the request moves on to the next backend",
+            metrics.backend_failures.clone(),
         );
         registry.register(
             "config_reloads",
@@ -239,6 +256,22 @@ impl Metrics {
                 reason: reason.label(),
             })
             .inc();
+    }
+
+    pub(crate) fn backend_connect_failed(&self, route: &str, backend: &str, error: &io::Error) {
+        let error = match error.kind() {
+            io::ErrorKind::ConnectionRefused => "refused",
+            io::ErrorKind::TimedOut => "timeout",
+            // upstream maps name resolution failures to NotFound.
+            io::ErrorKind::NotFound => "unresolvable",
+            _ => "error",
+        };
+        let labels = BackendLabels {
+            route: route.to_string(),
+            backend: backend.to_string(),
+            error,
+        };
+        self.backend_failures.get_or_create(&labels).inc();
     }
 
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {

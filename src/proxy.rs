@@ -134,6 +134,7 @@ async fn route_and_forward(
         &protocols,
         timeout,
         &mut log.backend,
+        &conn.shared.metrics,
     )
     .await?;
     match answer {

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::websocket::{self, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 
@@ -127,11 +128,12 @@ pub async fn open(
     protocols: &[&str],
     timeout: Duration,
     tried: &mut Option<String>,
+    metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
     let deadline = tokio::time::Instant::now() + timeout;
     match tokio::time::timeout_at(
         deadline,
-        exchange(route, request, protocols, deadline, tried),
+        exchange(route, request, protocols, deadline, tried, metrics),
     )
     .await
     {
@@ -146,13 +148,14 @@ async fn exchange(
     protocols: &[&str],
     deadline: tokio::time::Instant,
     tried: &mut Option<String>,
+    metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
     let key = request
         .headers()
         .get(SEC_WEBSOCKET_KEY)
         .cloned()
         .ok_or(ProxyError::BadKey)?;
-    let socket = connect_in_turn(route, deadline, tried).await?;
+    let socket = connect_in_turn(route, deadline, tried, metrics).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
         .await
         .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
@@ -212,6 +215,7 @@ async fn connect_in_turn(
     route: &Route,
     deadline: tokio::time::Instant,
     tried: &mut Option<String>,
+    metrics: &Metrics,
 ) -> Result<TcpStream, ProxyError> {
     let count = route.config.backends.len();
     let mut timed_out = false;
@@ -227,6 +231,8 @@ async fn connect_in_turn(
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
             }
         };
+        // Failover hides a dead backend from clients; the counter shows it to operators.
+        metrics.backend_connect_failed(&route.config.name, backend, &error);
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
     }
     // Every backend failed; if any of them was merely slow, the request ran out of time.
@@ -239,7 +245,12 @@ async fn connect_in_turn(
 
 async fn connect(backend: &str) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
-    for addr in tokio::net::lookup_host(backend).await? {
+    // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
+    // mark them NotFound, as a name that resolves to nothing is.
+    let addrs = tokio::net::lookup_host(backend)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+    for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(socket) => {
                 // WebSocket frames are small and latency-bound; never wait for Nagle.

@@ -275,3 +275,41 @@ async fn a_reload_adds_and_removes_the_admin_endpoint_and_is_counted() {
     assert!(tokio::net::TcpStream::connect(port).await.is_err());
     assert_eq!(upgrade_status(proxy.addr, "/chat").await, 101);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_hidden_by_failover_are_counted_per_backend() {
+    let good = WsBackend::start("good").await;
+    let refused = closed_port().await;
+    let body = format!(
+        "{ADMIN}[[route]]\nname = \"chat\"\npath = \"/chat\"\nbackends = [\"{refused}\", \"backend.invalid:9001\", \"{}\"]\n",
+        good.addr
+    );
+    let proxy = start_proxy(&body).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    // Round-robin starts at the first backend: both bad ones are tried before the good one.
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/chat").await,
+        "good"
+    );
+    let text = metrics(admin).await;
+    let failures = |backend: &str, error: &str| {
+        let series = format!(
+            r#"wsgate_backend_connect_failures_total{{route="chat",backend="{backend}",error="{error}"}}"#
+        );
+        sample(&text, &series)
+    };
+    assert_eq!(
+        failures(&refused.to_string(), "refused"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        failures("backend.invalid:9001", "unresolvable"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"wsgate_requests_total{route="chat",status="101"}"#),
+        Some(1.0)
+    );
+}
