@@ -44,7 +44,6 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     conn.logged.store(true, Ordering::Relaxed);
     let mut log = Line::new(&conn);
-    log.head_at = Instant::now();
     match route_and_forward(&mut req, &conn, &mut log).await {
         Ok(response) => Ok(response),
         Err(err) => Ok(refuse(&err, &mut log)),
@@ -56,7 +55,8 @@ struct Line<'a> {
     conn: &'a Conn,
     route: Option<String>,
     backend: Option<String>,
-    /// When the request head was complete: the upgrade latency is measured from here.
+    /// When the request head was complete (the line is made as hyper hands over the request):
+    /// the upgrade latency is measured from here.
     head_at: Instant,
     /// The line was written (or handed to the tunnel).
     written: bool,

@@ -140,6 +140,11 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    /// Open client connections, tunnels included.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
     /// Binds the listeners `next` adds, then swaps it in, then stops the listeners it drops:
     /// a listener that stays is never paused, and a bind failure changes nothing.
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
@@ -212,13 +217,6 @@ impl Shared {
             stop,
             task,
         }
-    }
-}
-
-impl Shared {
-    /// Open client connections, tunnels included.
-    pub(crate) fn open_connections(&self) -> usize {
-        self.active.load(Ordering::Acquire)
     }
 }
 
@@ -349,9 +347,10 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
     let proxy_protocol = snapshot.config.proxy_protocol;
     // The PROXY header (if configured) and TLS share the handshake deadline.
     let setup = async {
-        let client = match proxy_protocol {
-            true => client_from_header(&mut tcp, peer).await?,
-            false => peer,
+        let client = if proxy_protocol {
+            client_from_header(&mut tcp, peer).await?
+        } else {
+            peer
         };
         let tls = acceptor
             .accept(tcp)
