@@ -277,8 +277,6 @@ impl Metrics {
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
-        self.generation
-            .set(i64::try_from(status.generation).unwrap_or(i64::MAX));
         if let Some(at) = status.last_success {
             let unix = at
                 .duration_since(SystemTime::UNIX_EPOCH)
