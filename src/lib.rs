@@ -32,7 +32,7 @@ mod upstream;
 pub mod websocket;
 
 pub use reload::ReloadStatus;
-pub use server::{Error, Server};
+pub use server::{Closer, Error, Server};
 
 /// Loads and fully validates a config file (TOML, keys, certificates, routes) without serving;
 /// returns a one-line summary.

@@ -98,8 +98,16 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
                 return ExitCode::from(2);
             }
         };
+        let mut termination = Termination::register();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
-        wait_for_termination().await;
+        termination.recv().await;
+        // A second signal cuts the grace short, as operators expect of Ctrl-C twice.
+        let closer = server.closer();
+        tokio::spawn(async move {
+            termination.recv().await;
+            tracing::warn!("second signal: closing live tunnels now");
+            closer.close_now();
+        });
         server.shutdown().await;
         ExitCode::SUCCESS
     })
@@ -118,18 +126,37 @@ fn init_logging(json: bool) {
     }
 }
 
-/// SIGTERM (Kubernetes, systemd) or Ctrl-C.
-async fn wait_for_termination() {
+/// SIGTERM (Kubernetes, systemd) or Ctrl-C, registered once so that a second one sent right
+/// after the first is not missed.
+struct Termination {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Termination {
+    fn register() -> Termination {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate());
+            let int = signal(SignalKind::interrupt());
+            Termination {
+                signals: term.ok().zip(int.ok()),
+            }
+        }
+        #[cfg(not(unix))]
+        Termination {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = self.signals.as_mut() {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -467,6 +467,16 @@ fn early_close(
     tracing::info!(client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
 }
 
+/// Closes every live tunnel and unfinished connection now, from anywhere.
+#[derive(Clone)]
+pub struct Closer(Arc<Drain>);
+
+impl Closer {
+    pub fn close_now(&self) {
+        self.0.start();
+    }
+}
+
 /// A running proxy on the current tokio runtime.
 pub struct Server {
     shared: Arc<Shared>,
@@ -548,6 +558,11 @@ impl Server {
     /// Reloads now, like SIGHUP; watch [`Server::reload_status`] for the outcome.
     pub fn reload(&self) {
         let _ = self.manual_reload.send(());
+    }
+
+    /// A handle that ends the shutdown grace early (a second SIGTERM, an impatient operator).
+    pub fn closer(&self) -> Closer {
+        Closer(self.shared.drain.clone())
     }
 
     /// Stops accepting, lets live tunnels run for the configured grace, then closes them.

@@ -238,3 +238,44 @@ async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
     assert!(line.contains("connection closed"), "{line}");
     assert!(silent.try_read_head().await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A grace far longer than the test's own time limit: only the second signal can end it.
+    let config = write_config(dir.path(), &config_with_grace("1h", "", backend.addr));
+    let mut child = spawn_wsgate(&config);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    wait_for_line(&lines, "wsgate started");
+    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    assert_eq!(round_trip(&mut ws, "before").await, "before");
+
+    send_signal(child.id(), "TERM");
+    let lines = within(
+        "shutdown to begin",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&lines, "shutting down");
+            lines
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(round_trip(&mut ws, "in the grace").await, "in the grace");
+
+    send_signal(child.id(), "TERM");
+    let ended = tunnel_end(&mut ws).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    let status = within(
+        "wsgate to exit",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&lines, "second signal");
+            wait_for_line(&lines, "shutdown complete");
+            child.wait().unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(status.success(), "exits 0, got {status:?}");
+}
