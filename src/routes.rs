@@ -398,3 +398,125 @@ mod tests {
         );
     }
 }
+
+/// The table against a plain reading of the documented rules: rank every route, take the
+/// first that fits. Slow, obviously right, and compared on random tables and requests.
+#[cfg(test)]
+mod reference {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HOSTS: &[Option<&str>] = &[
+        None,
+        Some("a.example.com"),
+        Some("b.example.com"),
+        Some(".example.com"),
+        Some(".a.example.com"),
+    ];
+    const PATHS: &[&str] = &["/", "/a", "/ab", "/a/b", "/a/b/c"];
+    const REQUEST_HOSTS: &[Option<&str>] = &[
+        None,
+        Some("a.example.com"),
+        Some("A.Example.COM:8443"),
+        Some("x.a.example.com"),
+        Some("b.example.com."),
+        Some("example.com"),
+        Some("other.test"),
+    ];
+    const REQUEST_PATHS: &[&str] = &["/", "/a", "/a/", "/ab", "/abc", "/a/b", "/a/bc", "/a/b/c/d"];
+    const PROTOCOLS: &[&str] = &["p1", "p2"];
+
+    /// Host rank: 0 exact, then wildcards by decreasing suffix length, then no host; `None`
+    /// if the route's host does not match.
+    fn host_rank(pattern: &Option<HostPattern>, host: Option<&str>) -> Option<usize> {
+        match (pattern, host) {
+            (None, _) => Some(usize::MAX),
+            (Some(HostPattern::Exact(h)), Some(host)) => (h == host).then_some(0),
+            (Some(HostPattern::Wildcard(suffix)), Some(host)) => (host.ends_with(suffix.as_str())
+                && host.len() > suffix.len())
+            .then(|| 1000 - suffix.len()),
+            (Some(_), None) => None,
+        }
+    }
+
+    fn path_matches(route: &str, path: &str) -> bool {
+        route == "/" || path == route || path.starts_with(&format!("{route}/"))
+    }
+
+    fn expected(
+        configs: &[RouteConfig],
+        host: Option<&str>,
+        path: &str,
+        offered: &[&str],
+    ) -> String {
+        let host = host.map(normalize_host);
+        let mut candidates: Vec<(usize, std::cmp::Reverse<usize>, usize)> = configs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| path_matches(&c.path, path))
+            .filter_map(|(i, c)| {
+                let rank = host_rank(&c.host, host.as_deref())?;
+                Some((rank, std::cmp::Reverse(c.path.len()), i))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return "404".into();
+        }
+        candidates.sort();
+        for (_, _, i) in candidates {
+            let fits = match &configs[i].subprotocols {
+                None => true,
+                Some(list) => offered.iter().any(|p| list.iter().any(|a| a == p)),
+            };
+            if fits {
+                return configs[i].name.clone();
+            }
+        }
+        "400".into()
+    }
+
+    fn route_config() -> impl Strategy<Value = (usize, usize, Option<Vec<bool>>)> {
+        (
+            0..HOSTS.len(),
+            0..PATHS.len(),
+            proptest::option::of(proptest::collection::vec(any::<bool>(), PROTOCOLS.len())),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_table_agrees_with_the_documented_ranking(
+            routes in proptest::collection::vec(route_config(), 0..12),
+            host in 0..REQUEST_HOSTS.len(),
+            path in 0..REQUEST_PATHS.len(),
+            offered in proptest::collection::vec(any::<bool>(), PROTOCOLS.len()),
+        ) {
+            let configs: Vec<RouteConfig> = routes
+                .iter()
+                .enumerate()
+                .map(|(i, (h, p, protocols))| RouteConfig {
+                    name: format!("r{i}"),
+                    host: HOSTS[*h].map(|h| match h.strip_prefix('.') {
+                        Some(_) => HostPattern::Wildcard(h.to_string()),
+                        None => HostPattern::Exact(h.to_string()),
+                    }),
+                    path: PATHS[*p].to_string(),
+                    subprotocols: protocols.as_ref().map(|on| {
+                        PROTOCOLS.iter().zip(on).filter(|(_, on)| **on).map(|(p, _)| p.to_string()).collect()
+                    }),
+                    origins: None,
+                    backends: vec!["b:1".into()],
+                })
+                .collect();
+            let offered: Vec<&str> = PROTOCOLS.iter().zip(&offered).filter(|(_, on)| **on).map(|(p, _)| *p).collect();
+            let table = RouteTable::new(&configs);
+            let got = match table.select(REQUEST_HOSTS[host], REQUEST_PATHS[path], &offered) {
+                Selection::NoRoute => "404".to_string(),
+                Selection::NoProtocolFits => "400".to_string(),
+                Selection::Matched { route, .. } => route.config.name.clone(),
+            };
+            prop_assert_eq!(got, expected(&configs, REQUEST_HOSTS[host], REQUEST_PATHS[path], &offered));
+        }
+    }
+}
