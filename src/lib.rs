@@ -44,10 +44,34 @@ pub fn check(path: &std::path::Path) -> Result<String, config::ConfigError> {
         None => String::new(),
     };
     Ok(format!(
-        "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}",
+        "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}{}",
         path.display(),
         config.listen.len(),
         config.certificates.len(),
-        config.routes.len()
+        config.routes.len(),
+        expiry_note(&snapshot.expiry),
     ))
+}
+
+/// When the first certificate runs out, or which one already has.
+fn expiry_note(expiry: &[tls::Expiry]) -> String {
+    use std::time::{Duration, SystemTime};
+    let Some(first) = expiry.iter().min_by_key(|e| e.not_after) else {
+        return String::new();
+    };
+    let at = u64::try_from(first.not_after)
+        .ok()
+        .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
+    let when = at.map_or_else(
+        || first.not_after.to_string(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    );
+    if at.is_some_and(|t| t > SystemTime::now()) {
+        format!(", certificates valid until {when}")
+    } else {
+        format!(
+            ", WARNING: certificate {} expired at {when}",
+            first.file.display()
+        )
+    }
 }

@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::reload::ReloadStatus;
 use crate::splice::{CloseReason, Outcome, Peer};
+use crate::tls::Expiry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -51,6 +52,11 @@ struct BackendLabels {
     backend: String,
     /// `refused`, `timeout`, `unresolvable` or `error`.
     error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabels {
+    file: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +121,7 @@ pub(crate) struct Metrics {
     tunnels_closed: Family<ClosedLabels, Counter>,
     closed_early: Family<EarlyLabels, Counter>,
     backend_failures: Family<BackendLabels, Counter>,
+    certificate_expiry: Family<FileLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     last_reload: Gauge<f64, AtomicU64>,
@@ -132,6 +139,7 @@ impl Default for Metrics {
             tunnels_closed: Family::default(),
             closed_early: Family::default(),
             backend_failures: Family::default(),
+            certificate_expiry: Family::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
             last_reload: Gauge::default(),
@@ -182,6 +190,11 @@ impl Default for Metrics {
             "backend_connect_failures",
             "Failed TCP connects to a backend, by route, backend and error; the request moves on to the next backend",
             metrics.backend_failures.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time at which each served certificate (by file) expires",
+            metrics.certificate_expiry.clone(),
         );
         registry.register(
             "config_reloads",
@@ -272,6 +285,20 @@ impl Metrics {
             error,
         };
         self.backend_failures.get_or_create(&labels).inc();
+    }
+
+    /// The certificates now served: series of certificates no longer in the config go away,
+    /// so an alert on a replaced certificate does not keep firing.
+    pub(crate) fn certificates(&self, expiry: &[Expiry]) {
+        self.certificate_expiry.clear();
+        for cert in expiry {
+            let labels = FileLabels {
+                file: cert.file.display().to_string(),
+            };
+            self.certificate_expiry
+                .get_or_create(&labels)
+                .set(cert.not_after);
+        }
     }
 
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {

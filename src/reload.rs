@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
     pub tls: Arc<ServerConfig>,
+    /// When each served certificate expires.
+    pub expiry: Vec<tls::Expiry>,
     pub generation: u64,
     /// Hash of the bytes of every file the config depends on.
     fingerprint: u64,
@@ -45,7 +47,8 @@ impl Snapshot {
     /// Loads the config at `path` and everything it names.
     pub fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
         let config = Config::load(path)?;
-        let tls = tls::server_config(&config)?;
+        let (tls, expiry) = tls::server_config(&config)?;
+        warn_about_expiry(&expiry);
         let routes = RouteTable::new(&config.routes);
         // Same file set as `on_disk_fingerprint` hashes when the disk matches this config.
         let fingerprint = fingerprint(&config.watched_files());
@@ -53,9 +56,27 @@ impl Snapshot {
             config,
             routes,
             tls,
+            expiry,
             generation,
             fingerprint,
         })
+    }
+}
+
+/// Certificates this close to their end get a warning at every load.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+fn warn_about_expiry(expiry: &[tls::Expiry]) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for cert in expiry {
+        let left = cert.not_after - now;
+        if left <= 0 {
+            tracing::warn!(file = %cert.file.display(), expired_seconds_ago = -left, "certificate has expired; clients will refuse it");
+        } else if left < EXPIRY_WARNING.as_secs() as i64 {
+            tracing::warn!(file = %cert.file.display(), days_left = left / 86400, "certificate expires soon; is its renewal working?");
+        }
     }
 }
 

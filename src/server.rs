@@ -164,6 +164,7 @@ impl Shared {
         let addrs: Vec<SocketAddr> = added.iter().map(|&(_, addr)| addr).collect();
         let bound = bind_all(&addrs, &next.config.path.display().to_string())?;
         self.snapshot.store(next.clone());
+        self.metrics.certificates(&next.expiry);
         let removed: Vec<Listener> = {
             let mut guard = lock(&self.listeners);
             // Shutdown took the listeners while this reload was binding: the new sockets
@@ -509,6 +510,7 @@ impl Server {
             metrics: Metrics::default(),
             stopping: AtomicBool::new(false),
         });
+        shared.metrics.certificates(&shared.current().expiry);
         let started: Vec<Listener> = wanted
             .into_iter()
             .zip(sockets)

@@ -4,6 +4,7 @@
 //! so a reload either gets a complete TLS config or an error naming the config line.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -15,13 +16,30 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertificatePaths, Config, ConfigError};
 
-/// Builds the TLS server config for every certificate the config names.
-pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> {
+/// When a served certificate stops being valid: exported as a metric and warned about, since
+/// a renewal that silently failed (cert-manager, certbot) is the classic outage.
+#[derive(Clone, Debug)]
+pub struct Expiry {
+    pub file: PathBuf,
+    /// Unix seconds of the leaf's notAfter.
+    pub not_after: i64,
+}
+
+/// Builds the TLS server config for every certificate the config names, and says when each
+/// leaf expires.
+pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>), ConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut resolver = SniResolver::default();
+    let mut expiry = Vec::with_capacity(config.certificates.len());
     for paths in &config.certificates {
         let key = load_certified_key(paths, &provider)
             .map_err(|msg| ConfigError::at(&config.path, &paths.location, msg))?;
+        if let Some(not_after) = key.cert.first().and_then(not_after) {
+            expiry.push(Expiry {
+                file: paths.cert.clone(),
+                not_after,
+            });
+        }
         resolver.add(key);
     }
     let mut tls = ServerConfig::builder_with_provider(provider)
@@ -42,7 +60,14 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> 
     if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
         tls.ticketer = ticketer;
     }
-    Ok(Arc::new(tls))
+    Ok((Arc::new(tls), expiry))
+}
+
+/// The leaf's notAfter in Unix seconds (rustls has already parsed it, so this cannot fail on a
+/// certificate it accepted; `None` keeps it that way regardless).
+fn not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn load_certified_key(

@@ -313,3 +313,43 @@ async fn backend_failures_hidden_by_failover_are_counted_per_backend() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_is_exported_and_follows_a_rotation() {
+    let backend = WsBackend::start("one").await;
+    let body = format!("{ADMIN}{}", route("chat", "/chat", &[backend.addr]));
+    let proxy = start_proxy(&body).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let mut rx = proxy.server.reload_status();
+    let series = |file: &str| {
+        let path = proxy.dir.path().join(file);
+        format!(
+            r#"wsgate_certificate_expiry_timestamp_seconds{{file="{}"}}"#,
+            path.display()
+        )
+    };
+    // rcgen's default notAfter: 4096-01-01T00:00:00Z.
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(&text, &series("server.crt")),
+        Some(67_090_118_400.0),
+        "{text}"
+    );
+
+    // Rotated to another file that expires on 2030-03-31: the old series goes away.
+    let (cert, key) = pki().leaf_until(SERVER_NAMES, Some((2030, 3, 31)));
+    std::fs::write(proxy.dir.path().join("next.crt"), cert).unwrap();
+    std::fs::write(proxy.dir.path().join("next.key"), key).unwrap();
+    let head = CONFIG_HEAD
+        .replace("server.crt", "next.crt")
+        .replace("server.key", "next.key");
+    std::fs::write(proxy.config_path(), format!("{head}{body}")).unwrap();
+    generation(&mut rx, 2).await;
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(&text, &series("next.crt")),
+        Some(1_901_145_600.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, &series("server.crt")), None, "{text}");
+}

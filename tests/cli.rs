@@ -95,6 +95,29 @@ fn check_accepts_a_good_config_with_a_one_line_summary() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.trim().lines().count(), 1, "{stdout:?}");
+    // rcgen's default validity ends in 4096.
+    assert!(
+        stdout.contains("certificates valid until 4096-01-01T00:00:00Z"),
+        "{stdout:?}"
+    );
+}
+
+#[test]
+fn check_warns_about_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let (cert, key) = pki().leaf_until(SERVER_NAMES, Some((2020, 6, 30)));
+    std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
+    let out = check(&path);
+    // Loadable (a running proxy keeps serving it), but the operator is told.
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("WARNING: certificate")
+            && stdout.contains("server.crt expired at 2020-06-30T00:00:00Z"),
+        "{stdout:?}"
+    );
 }
 
 #[test]

@@ -110,8 +110,17 @@ impl Pki {
 impl Pki {
     /// A leaf certificate for `names`, signed by the CA: (cert PEM, key PEM).
     pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        self.leaf_until(names, None)
+    }
+
+    /// [`Pki::leaf`] whose validity ends on (year, month, day) if given.
+    pub fn leaf_until(&self, names: &[&str], not_after: Option<(i32, u8, u8)>) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        if let Some((year, month, day)) = not_after {
+            params.not_before = rcgen::date_time_ymd(year - 2, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, month, day);
+        }
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].clone());
