@@ -80,6 +80,8 @@ pub struct RouteConfig {
     pub origins: Option<Vec<String>>,
     /// `host:port`, as written.
     pub backends: Vec<String>,
+    /// This route's tunnels' idle timeout, instead of `timeouts.idle`.
+    pub idle: Option<Duration>,
 }
 
 /// A route's host rule, lowercased.
@@ -223,6 +225,7 @@ struct RawRoute {
     subprotocols: Option<Spanned<Vec<String>>>,
     origins: Option<Spanned<Vec<String>>>,
     backends: Spanned<Vec<Spanned<String>>>,
+    idle: Option<Spanned<HumanDuration>>,
 }
 
 /// Defaults, documented in docs/configuration.md; keep the two in step.
@@ -426,20 +429,24 @@ impl Validator<'_> {
         Ok(out)
     }
 
+    /// A timeout: longer than zero, at most [`MAX_TIMEOUT`].
+    fn timeout(&self, d: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
+        let value = d.get_ref().0;
+        if value.is_zero() || value > MAX_TIMEOUT {
+            // Deadlines are computed as now + timeout: a huge one would overflow.
+            Err(self.error(
+                &d.span(),
+                key,
+                "must be longer than zero and at most 30 days",
+            ))
+        } else {
+            Ok(value)
+        }
+    }
+
     fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
-        let positive = |d: &Spanned<HumanDuration>, name: &str| {
-            let value = d.get_ref().0;
-            if value.is_zero() || value > MAX_TIMEOUT {
-                // Deadlines are computed as now + timeout: a huge one would overflow.
-                Err(self.error(
-                    &d.span(),
-                    &format!("timeouts.{name}"),
-                    "must be longer than zero and at most 30 days",
-                ))
-            } else {
-                Ok(d.get_ref().0)
-            }
-        };
+        let positive =
+            |d: &Spanned<HumanDuration>, name: &str| self.timeout(d, &format!("timeouts.{name}"));
         Ok(Timeouts {
             handshake: positive(&raw.handshake, "handshake")?,
             connect: positive(&raw.connect, "connect")?,
@@ -502,6 +509,11 @@ impl Validator<'_> {
                 subprotocols: self.list(&route.subprotocols, &key("subprotocols"), subprotocol)?,
                 origins: self.list(&route.origins, &key("origins"), origin)?,
                 backends: self.backends(&route.backends, &key("backends"))?,
+                idle: route
+                    .idle
+                    .as_ref()
+                    .map(|d| self.timeout(d, &key("idle")))
+                    .transpose()?,
             });
         }
         Ok(out)
@@ -743,6 +755,23 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         assert_eq!(config.admin, None);
         assert!(!config.proxy_protocol);
         assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn a_route_may_set_its_own_idle_timeout_within_the_same_bounds() {
+        let route = |idle: &str| {
+            format!(
+                "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"b:1\"]\nidle = \"{idle}\"\n"
+            )
+        };
+        let config = parse(&route("1h")).unwrap();
+        assert_eq!(config.routes[0].idle, Some(Duration::from_secs(3600)));
+        let zero = error(&route("0s"));
+        assert!(
+            zero.contains("route[0].idle: must be longer than zero"),
+            "{zero}"
+        );
+        assert!(error(&route("soon")).contains("invalid duration"));
     }
 
     #[test]

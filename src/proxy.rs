@@ -150,7 +150,7 @@ async fn route_and_forward(
                 log,
                 on_client_upgrade,
                 tunnel,
-                snapshot.config.timeouts.idle,
+                route.config.idle.unwrap_or(snapshot.config.timeouts.idle),
             );
             Ok(head.map(|()| Either::Left(Full::new(Bytes::new()))))
         }

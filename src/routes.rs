@@ -215,6 +215,7 @@ mod tests {
             subprotocols: protocols.map(|p| p.iter().map(|s| s.to_string()).collect()),
             origins: None,
             backends: vec!["a:1".into(), "b:2".into(), "c:3".into()],
+            idle: None,
         }
     }
 
@@ -507,6 +508,7 @@ mod reference {
                     }),
                     origins: None,
                     backends: vec!["b:1".into()],
+                    idle: None,
                 })
                 .collect();
             let offered: Vec<&str> = PROTOCOLS.iter().zip(&offered).filter(|(_, on)| **on).map(|(p, _)| *p).collect();

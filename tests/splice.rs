@@ -326,6 +326,26 @@ async fn an_idle_tunnel_is_closed_on_both_sides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_own_idle_timeout_overrides_the_global_one() {
+    let backend = RawBackend::start().await;
+    // Globally an hour, far past the test's time limit: only the route's 300 ms can close it.
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nidle = \"1h\"\n\n[[route]]\nname = \"quick\"\npath = \"/ws\"\nidle = \"300ms\"\nbackends = [\"{}\"]\n",
+        backend.addr
+    ))
+    .await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let started = std::time::Instant::now();
+    client.read_to_end().await;
+    back.read_to_end().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the route's idle timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_tunnel_outlives_the_idle_timeout() {
     let backend = WsBackend::start("echo").await;
     let proxy = start_proxy(&format!(
