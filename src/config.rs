@@ -59,6 +59,8 @@ pub struct Timeouts {
 pub struct Limits {
     pub max_request_header_bytes: usize,
     pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64); `None` = no such limit.
+    pub max_connections_per_client: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
@@ -205,6 +207,7 @@ struct RawLimits {
     max_request_header_bytes: Spanned<i64>,
     #[serde(default = "defaults::max_connections")]
     max_connections: Spanned<i64>,
+    max_connections_per_client: Option<Spanned<i64>>,
 }
 
 impl Default for RawLimits {
@@ -212,6 +215,7 @@ impl Default for RawLimits {
         RawLimits {
             max_request_header_bytes: defaults::max_request_header_bytes(),
             max_connections: defaults::max_connections(),
+            max_connections_per_client: None,
         }
     }
 }
@@ -475,6 +479,11 @@ impl Validator<'_> {
                 1024..1_048_577,
             )?,
             max_connections: in_range(&raw.max_connections, "max_connections", 1..10_000_001)?,
+            max_connections_per_client: raw
+                .max_connections_per_client
+                .as_ref()
+                .map(|v| in_range(v, "max_connections_per_client", 1..10_000_001))
+                .transpose()?,
         })
     }
 

@@ -44,6 +44,8 @@ pub enum ProxyError {
     NoSubprotocol,
     #[error("connection limit reached")]
     Overloaded,
+    #[error("per-client connection limit reached")]
+    ClientOverLimit,
     #[error("backend unavailable")]
     BackendUnavailable,
     #[error("backend timed out")]
@@ -69,6 +71,7 @@ impl ProxyError {
             OriginDenied => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
+            ClientOverLimit => (StatusCode::TOO_MANY_REQUESTS, Side::Client),
             BackendUnavailable | BadBackendUpgrade(_) | BackendProtocol(_) => {
                 (StatusCode::BAD_GATEWAY, Side::Backend)
             }
@@ -94,6 +97,7 @@ impl ProxyError {
             OriginDenied => "origin not allowed\n",
             NoSubprotocol => "no acceptable subprotocol\n",
             Overloaded => "server busy, retry later\n",
+            ClientOverLimit => "too many connections from your address\n",
             BackendUnavailable => "backend unavailable\n",
             BackendTimeout => "backend timeout\n",
             BadBackendUpgrade(_) => "backend refused the upgrade\n",
@@ -107,7 +111,7 @@ impl ProxyError {
         match self {
             ProxyError::NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade, close")],
             ProxyError::UnsupportedVersion => &[("sec-websocket-version", "13")],
-            ProxyError::Overloaded => &[("retry-after", "1")],
+            ProxyError::Overloaded | ProxyError::ClientOverLimit => &[("retry-after", "1")],
             _ => &[],
         }
     }
@@ -129,6 +133,7 @@ mod tests {
             (ProxyError::OriginDenied, 403),
             (ProxyError::HeadTooLarge, 431),
             (ProxyError::Overloaded, 503),
+            (ProxyError::ClientOverLimit, 429),
             (ProxyError::BackendUnavailable, 502),
             (ProxyError::BadBackendUpgrade("x"), 502),
             (ProxyError::BackendTimeout, 504),

@@ -19,7 +19,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::{ProxyError, Side};
 use crate::routes::Selection;
-use crate::server::{ConnGuard, Shared};
+use crate::server::{ClientSlot, ConnGuard, Shared};
 use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
@@ -33,6 +33,12 @@ pub struct Conn {
     pub shared: Arc<Shared>,
     /// Counts this connection in `max_connections`; the tunnel keeps it for its whole life.
     pub guard: Arc<ConnGuard>,
+    /// Counts it in `max_connections_per_client`, if set; held (never read) as long as
+    /// `guard`, and released by its drop.
+    #[allow(dead_code)]
+    pub client_slot: Option<ClientSlot>,
+    /// Over `max_connections_per_client`: the only answer it gets is 429.
+    pub over_client_limit: bool,
     /// Set once the connection's end line has been (or will be) written by the request path.
     pub logged: AtomicBool,
 }
@@ -101,6 +107,9 @@ async fn route_and_forward(
     let on_client_upgrade = hyper::upgrade::on(&mut *req);
     if conn.guard.over_limit() {
         return Err(ProxyError::Overloaded);
+    }
+    if conn.over_client_limit {
+        return Err(ProxyError::ClientOverLimit);
     }
     if head_size(req) > snapshot.config.limits.max_request_header_bytes {
         return Err(ProxyError::HeadTooLarge);

@@ -5,8 +5,9 @@
 //! guards: a [`ConnGuard`] counting it against `max_connections` and an entry in the
 //! `TaskTracker`; both move into the tunnel after the upgrade.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,8 @@ pub struct Shared {
     listeners: Mutex<Option<Vec<Listener>>>,
     active: AtomicUsize,
     refusing: AtomicUsize,
+    /// Open connections per client key (see [`client_key`]); only with a per-client limit.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     pub(crate) tracker: TaskTracker,
     /// Fired when the shutdown grace is over: live tunnels close.
     pub(crate) drain: Arc<Drain>,
@@ -121,6 +124,52 @@ impl ConnGuard {
     /// Accepted beyond the limit: the only answer it gets is 503.
     pub fn over_limit(&self) -> bool {
         self.over_limit
+    }
+}
+
+/// Counts one connection against its client's share of `max_connections_per_client` until
+/// dropped; it moves into the tunnel with the connection.
+pub struct ClientSlot {
+    shared: Arc<Shared>,
+    key: IpAddr,
+}
+
+impl ClientSlot {
+    /// A slot for `client`, or `None` if it already holds `max` connections.
+    fn take(shared: &Arc<Shared>, client: IpAddr, max: usize) -> Option<ClientSlot> {
+        let key = client_key(client);
+        let mut counts = lock(&shared.per_client);
+        let open = counts.entry(key).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(ClientSlot {
+            shared: shared.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.shared.per_client);
+        if let Some(open) = counts.get_mut(&self.key) {
+            *open -= 1;
+            if *open == 0 {
+                // Only clients with open connections take memory.
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Whom a per-client limit counts: an IPv4 address, or an IPv6 /64, the block one subscriber
+/// (and one attacker) gets, so rotating through a prefix gains nothing.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        v4 => v4,
     }
 }
 
@@ -370,11 +419,20 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
     };
     let max_head = snapshot.config.limits.max_request_header_bytes;
     let connect_timeout = snapshot.config.timeouts.connect;
+    // Taken once the client is known (after the PROXY header); refused with 429 in the
+    // request path, like the global limit's 503, so the client gets an answer.
+    let client_slot = snapshot
+        .config
+        .limits
+        .max_connections_per_client
+        .map(|max| ClientSlot::take(&shared, peer.ip(), max));
     let conn = Arc::new(Conn {
         peer,
         started,
         shared: shared.clone(),
         guard: Arc::new(guard),
+        over_client_limit: matches!(client_slot, Some(None)),
+        client_slot: client_slot.flatten(),
         logged: AtomicBool::new(false),
     });
     let service = {
@@ -504,6 +562,7 @@ impl Server {
             listeners: Mutex::new(Some(Vec::new())),
             active: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             drain: Arc::new(Drain::default()),
             reload_status,

@@ -140,3 +140,45 @@ async fn a_connection_without_a_header_is_closed_before_tls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_client_limit_counts_the_real_client_and_ipv6_by_its_64() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "");
+    let body = format!(
+        "[limits]\nmax_connections_per_client = 1\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    );
+    std::fs::write(&path, format!("{ON}{body}")).unwrap();
+    let server = wsgate::Server::start(&path).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let status_from = |header: &'static [u8]| async move {
+        let mut client = RawConn::new(tls_connect_after(addr, "localhost", header).await);
+        client.send(Req::upgrade("localhost", "/ws").bytes()).await;
+        (client.read_head().await.status, client)
+    };
+
+    // One tunnel each for two IPv4 clients behind the same balancer address.
+    let held_a = upgrade_after(addr, &backend, b"PROXY TCP4 203.0.113.7 10.0.0.1 1 443\r\n").await;
+    let held_b = upgrade_after(addr, &backend, b"PROXY TCP4 203.0.113.8 10.0.0.1 1 443\r\n").await;
+    let (status, _) = status_from(b"PROXY TCP4 203.0.113.7 10.0.0.1 2 443\r\n").await;
+    assert_eq!(status, 429);
+
+    // Another address in the same IPv6 /64 is the same client; another /64 is not.
+    let held_c = upgrade_after(
+        addr,
+        &backend,
+        b"PROXY TCP6 2001:db8:0:1::1 2001:db8::2 1 443\r\n",
+    )
+    .await;
+    let (status, _) = status_from(b"PROXY TCP6 2001:db8:0:1::2 2001:db8::2 1 443\r\n").await;
+    assert_eq!(status, 429);
+    let _held_d = upgrade_after(
+        addr,
+        &backend,
+        b"PROXY TCP6 2001:db8:0:2::1 2001:db8::2 1 443\r\n",
+    )
+    .await;
+    drop((held_a, held_b, held_c));
+}

@@ -395,3 +395,32 @@ async fn tunnels_count_in_the_connection_limit_for_their_whole_life() {
     assert_eq!(round_trip(&mut third, "3").await, "3");
     assert_eq!(round_trip(&mut second, "2 again").await, "2 again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_own_limit_gets_429_while_tunnels_hold_their_places() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&format!(
+        "[limits]\nmax_connections_per_client = 2\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let mut first = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    let mut second = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    assert_eq!(round_trip(&mut first, "1").await, "1");
+
+    let (head, body) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 429, "{head:?}");
+    assert_eq!(head.get("retry-after"), Some("1"));
+    assert_eq!(body, b"too many connections from your address\n");
+
+    // The refused connection took no place, and a closed tunnel gives its place back.
+    within("close", first.close(None)).await.unwrap();
+    drop(first);
+    until("the closed tunnel to be released", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+    let mut third = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    assert_eq!(round_trip(&mut third, "3").await, "3");
+    assert_eq!(round_trip(&mut second, "2").await, "2");
+}
