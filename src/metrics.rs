@@ -2,9 +2,10 @@
 //! bump, and the gauges read from live state when scraped, rendered in the OpenMetrics text
 //! format for the admin endpoint.
 //!
-//! Nothing here runs per message: tunnel bytes are added when a tunnel ends, so a busy tunnel
-//! costs the same with metrics as without. Label values come from the config (route names)
-//! or from small fixed sets, so the number of series stays bounded.
+//! The only per-message cost is a tunnel's [`Meter`]: two atomic adds when a poll moved bytes,
+//! so rates of long-lived tunnels are live rather than booked at their end. Everything else is
+//! per request or per tunnel end. Label values come from the config (route names) or from
+//! small fixed sets, so the number of series stays bounded.
 
 use std::io;
 use std::sync::atomic::AtomicU64;
@@ -173,7 +174,7 @@ impl Default for Metrics {
         );
         registry.register(
             "tunnel_bytes",
-            "Bytes relayed by tunnels, by route and direction; added when a tunnel ends",
+            "Bytes relayed by tunnels, by route and direction, counted as they move",
             metrics.tunnel_bytes.clone(),
         );
         registry.register(
@@ -242,18 +243,25 @@ impl Metrics {
         self.tunnels_open.inc();
     }
 
-    pub(crate) fn tunnel_closed(&self, route: &str, outcome: &Outcome) {
-        self.tunnels_open.dec();
-        for (direction, bytes) in [
-            ("client_to_backend", outcome.client_to_backend),
-            ("backend_to_client", outcome.backend_to_client),
-        ] {
+    /// The byte counters of `route`'s tunnels, for a tunnel to feed as it relays.
+    pub(crate) fn meter(&self, route: &str) -> Meter {
+        let counter = |direction| {
             let labels = BytesLabels {
                 route: route.to_string(),
                 direction,
             };
-            self.tunnel_bytes.get_or_create(&labels).inc_by(bytes);
+            self.tunnel_bytes.get_or_create(&labels).clone()
+        };
+        Meter {
+            up: counter("client_to_backend"),
+            down: counter("backend_to_client"),
+            reported: (0, 0),
         }
+    }
+
+    /// The tunnel's bytes were fed by its [`Meter`] as they moved.
+    pub(crate) fn tunnel_closed(&self, route: &str, outcome: &Outcome) {
+        self.tunnels_open.dec();
         let reason = close_label(&outcome.reason);
         self.tunnels_closed
             .get_or_create(&ClosedLabels {
@@ -322,6 +330,28 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// One tunnel's handle on its route's byte counters. Adds what moved since the last report:
+/// two atomic adds when a poll moved bytes, none while the tunnel is idle.
+pub(crate) struct Meter {
+    up: Counter,
+    down: Counter,
+    /// Totals already added.
+    reported: (u64, u64),
+}
+
+impl Meter {
+    pub(crate) fn report(&mut self, up: u64, down: u64) {
+        let (old_up, old_down) = self.reported;
+        if up > old_up {
+            self.up.inc_by(up - old_up);
+        }
+        if down > old_down {
+            self.down.inc_by(down - old_down);
+        }
+        self.reported = (up, down);
     }
 }
 

@@ -199,7 +199,7 @@ fn spawn_tunnel(
         let upgraded = on_upgrade.await;
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
-        let Some(splice) = client_splice(upgraded, socket, early, idle, &conn) else {
+        let Some(splice) = client_splice(upgraded, socket, early, idle, &conn, &route) else {
             tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
             return;
         };
@@ -228,20 +228,22 @@ fn client_splice(
     backend_early: Bytes,
     idle: std::time::Duration,
     conn: &Conn,
+    route: &str,
 ) -> Option<ClientSplice> {
     let client = upgraded
         .ok()?
         .downcast::<TokioIo<TlsStream<TcpStream>>>()
         .ok()?;
     // The TLS stream is its own buffered reader (rustls's plaintext buffer).
-    Some(splice::Splice::new(
+    let splice = splice::Splice::new(
         client.io.into_inner(),
         client.read_buf,
         backend,
         backend_early,
         idle,
         &conn.shared.drain,
-    ))
+    );
+    Some(splice.metered(conn.shared.metrics.meter(route)))
 }
 
 /// Writes the refusal's log line and builds its response.

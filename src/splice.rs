@@ -26,6 +26,8 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use crate::metrics::Meter;
+
 /// Size of a pooled relay buffer: one full TLS record of plaintext.
 const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per worker thread between uses; beyond that they are freed.
@@ -141,6 +143,8 @@ pub struct Splice<C, B> {
     /// Registered with `drain` on the first poll.
     wakeup: Option<Pin<Box<OwnedNotified>>>,
     first_eof: Option<Peer>,
+    /// Live byte counters, fed as bytes move so a long tunnel shows up in rates.
+    meter: Option<Meter>,
 }
 
 impl<C, B> Splice<C, B>
@@ -171,6 +175,19 @@ where
             drain: drain.clone(),
             wakeup: None,
             first_eof: None,
+            meter: None,
+        }
+    }
+
+    /// Feeds the tunnel's bytes to `meter` as they move.
+    pub fn metered(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    fn report(&mut self) {
+        if let Some(meter) = &mut self.meter {
+            meter.report(self.up.bytes, self.down.bytes);
         }
     }
 
@@ -201,6 +218,7 @@ where
         }
         if active {
             self.last_activity = Instant::now();
+            self.report();
         }
         Poll::Pending
     }
@@ -232,6 +250,7 @@ where
             Poll::Pending if this.drain.poll_started(&mut this.wakeup, cx) => CloseReason::Shutdown,
             Poll::Pending => ready!(this.poll_idle(cx)),
         };
+        this.report();
         Poll::Ready(Outcome {
             client_to_backend: this.up.bytes,
             backend_to_client: this.down.bytes,

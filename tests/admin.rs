@@ -82,6 +82,13 @@ async fn metrics_follow_upgrades_refusals_and_tunnels() {
     assert_eq!(upgrade_status(proxy.addr, "/nowhere").await, 404);
 
     let text = scrape_until(admin, "wsgate_tunnels_open", 1.0).await;
+    // Bytes count while the tunnel lives: "hello" as a masked client frame (2 + 4 + 5 bytes)
+    // up, and as a server frame (2 + 5) down.
+    let bytes = |direction: &str| {
+        format!(r#"wsgate_tunnel_bytes_total{{route="chat",direction="{direction}"}}"#)
+    };
+    scrape_until(admin, &bytes("client_to_backend"), 11.0).await;
+    scrape_until(admin, &bytes("backend_to_client"), 7.0).await;
     assert_eq!(
         sample(&text, r#"wsgate_requests_total{route="chat",status="101"}"#),
         Some(1.0),
