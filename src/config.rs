@@ -19,6 +19,7 @@ pub struct Config {
     pub path: PathBuf,
     pub listen: Vec<SocketAddr>,
     pub certificates: Vec<CertificatePaths>,
+    pub tls_min_version: TlsVersion,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub log_format: LogFormat,
@@ -61,6 +62,16 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections from one client address (IPv6: one /64); `None` = no such limit.
     pub max_connections_per_client: Option<usize>,
+}
+
+/// The oldest TLS version offered to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
@@ -167,6 +178,8 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawTls {
     certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    #[serde(default)]
+    min_version: TlsVersion,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +353,7 @@ impl Validator<'_> {
                 .transpose()?,
             listen,
             certificates: self.certificates(&raw.tls.certificates)?,
+            tls_min_version: raw.tls.min_version,
             timeouts: self.timeouts(&raw.timeouts)?,
             limits: self.limits(&raw.limits)?,
             log_format: raw.proxy.log_format,
@@ -763,6 +777,7 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.admin, None);
         assert!(!config.proxy_protocol);
+        assert_eq!(config.tls_min_version, TlsVersion::Tls12);
         assert!(config.routes.is_empty());
     }
 
@@ -781,6 +796,19 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
             "{zero}"
         );
         assert!(error(&route("soon")).contains("invalid duration"));
+    }
+
+    #[test]
+    fn tls_min_version_is_1_2_or_1_3() {
+        let head_with =
+            |v: &str| HEAD.replace("[tls]\n", &format!("[tls]\nmin_version = \"{v}\"\n"));
+        let load = |v: &str| Config::from_toml_str(&head_with(v), Path::new("/w.toml"));
+        assert_eq!(load("1.3").unwrap().tls_min_version, TlsVersion::Tls13);
+        let old = load("1.1").unwrap_err().to_string();
+        assert!(
+            old.contains("tls.min_version") && old.contains("1.3"),
+            "{old}"
+        );
     }
 
     #[test]

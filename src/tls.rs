@@ -14,7 +14,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertificatePaths, Config, ConfigError};
+use crate::config::{CertificatePaths, Config, ConfigError, TlsVersion};
 
 /// When a served certificate stops being valid: exported as a metric and warned about, since
 /// a renewal that silently failed (cert-manager, certbot) is the classic outage.
@@ -42,8 +42,12 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>)
         }
         resolver.add(key);
     }
+    let versions: &[&rustls::SupportedProtocolVersion] = match config.tls_min_version {
+        TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
     let mut tls = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| {
             ConfigError::at(
                 &config.path,

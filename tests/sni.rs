@@ -103,3 +103,49 @@ async fn certificates_added_and_removed_by_a_reload_change_the_choice() {
     conn.send(Req::upgrade("localhost", "/none").bytes()).await;
     assert_eq!(conn.read_head().await.status, 404);
 }
+
+/// A client that speaks only TLS 1.2, trusting the test CA.
+fn tls12_only() -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der_of(&pki().ca_pem()).into()).unwrap();
+        roots
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_is_served_by_default_and_refused_with_min_version_1_3() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let tls = tls_connect_with(proxy.addr, "localhost", tls12_only()).await;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+
+    let mut rx = proxy.server.reload_status();
+    let head = CONFIG_HEAD.replace("[tls]\n", "[tls]\nmin_version = \"1.3\"\n");
+    std::fs::write(
+        proxy.config_path(),
+        format!("{head}{}", route("a", "/a", &[backend.addr])),
+    )
+    .unwrap();
+    generation(&mut rx, 2).await;
+    let connector = tokio_rustls::TlsConnector::from(tls12_only());
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let refused = within("the TLS 1.2 handshake", connector.connect(name, tcp)).await;
+    assert!(
+        refused.is_err(),
+        "TLS 1.2 accepted with min_version = \"1.3\""
+    );
+    // TLS 1.3 clients are served.
+    assert_eq!(upgrade_status(proxy.addr, "/a").await, 101);
+}
