@@ -110,7 +110,12 @@ impl ProxyError {
     pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
         match self {
             ProxyError::NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade, close")],
-            ProxyError::UnsupportedVersion => &[("sec-websocket-version", "13")],
+            // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22).
+            ProxyError::UnsupportedVersion => &[
+                ("sec-websocket-version", "13"),
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade, close"),
+            ],
             ProxyError::Overloaded | ProxyError::ClientOverLimit => &[("retry-after", "1")],
             _ => &[],
         }

@@ -75,6 +75,13 @@ enum Parsed {
 }
 
 fn parse(input: &[u8]) -> Parsed {
+    // ppp judges a v1 line cut inside its fields (say, after the source port's space) as
+    // invalid; a v1 line is only complete with its CRLF, so wait for it (107 bytes at most).
+    let v1_prefix = &b"PROXY "[..input.len().min(6)];
+    if input.starts_with(v1_prefix) && !input.windows(2).any(|w| w == b"\r\n") && input.len() < 107
+    {
+        return Parsed::Incomplete;
+    }
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
         return Parsed::Incomplete;
@@ -182,6 +189,10 @@ mod tests {
         assert_eq!(parse(b"PROX"), Parsed::Incomplete);
         assert_eq!(parse(b"PROXY TCP4 203.0.113.7 10.0.0"), Parsed::Incomplete);
         assert_eq!(parse(b"\r\n\r\n\0\r\nQU"), Parsed::Incomplete);
+        assert_eq!(
+            parse(b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 "),
+            Parsed::Incomplete
+        );
         // A TLS ClientHello from a client that was not meant to come through the balancer.
         assert_eq!(
             parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),

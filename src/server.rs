@@ -425,6 +425,8 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         .config
         .limits
         .max_connections_per_client
+        // A connection over the global limit only gets its 503: it takes no client place.
+        .filter(|_| !guard.over_limit())
         .map(|max| ClientSlot::take(&shared, peer.ip(), max));
     let conn = Arc::new(Conn {
         peer,
