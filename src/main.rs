@@ -95,7 +95,11 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("error: {e}");
-                return ExitCode::from(2);
+                // 2 is a bad config; an address in use is the machine's state, not the file's.
+                return match e {
+                    wsgate::Error::Config(_) => ExitCode::from(2),
+                    wsgate::Error::Bind { .. } => ExitCode::FAILURE,
+                };
             }
         };
         let mut termination = Termination::register();

@@ -269,8 +269,12 @@ pub fn client_switching_head(backend: &response::Parts) -> Response<()> {
     let mut response = Response::new(());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
+    // Headers the backend names in its own Connection are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<String> = websocket::tokens(&backend.headers, &CONNECTION)
+        .map(str::to_ascii_lowercase)
+        .collect();
     for (name, value) in &backend.headers {
-        if !is_hop_by_hop(name) {
+        if !is_hop_by_hop(name) && !named.iter().any(|n| n == name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }
