@@ -11,20 +11,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ON: &str = "[proxy]\nlisten = [\"127.0.0.1:0\"]\nproxy_protocol = true\n\n[tls]\ncertificates = [ { cert = \"server.crt\", key = \"server.key\" } ]\n\n";
 
-/// A proxy with `proxy_protocol = true` routing /ws to `backend`.
-async fn proxy_with_header(
-    backend: &RawBackend,
-) -> (tempfile::TempDir, wsgate::Server, SocketAddr) {
+/// A proxy with `proxy_protocol = true` and `body` (limits, routes…).
+async fn proxy_with_header(body: &str) -> (tempfile::TempDir, wsgate::Server, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "");
-    std::fs::write(
-        &path,
-        format!("{ON}{}", route("chat", "/ws", &[backend.addr])),
-    )
-    .unwrap();
+    std::fs::write(&path, format!("{ON}{body}")).unwrap();
     let server = wsgate::Server::start(&path).await.unwrap();
     let addr = server.local_addrs()[0];
     (dir, server, addr)
+}
+
+/// The one route these tests use: /ws to `backend`.
+fn chat(backend: &RawBackend) -> String {
+    route("chat", "/ws", &[backend.addr])
 }
 
 /// Upgrades through the proxy after sending `prefix`; returns what the backend saw.
@@ -60,7 +59,7 @@ fn v2(command: ppp::v2::Command, source: &str, destination: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_header_names_the_client_and_the_tunnel_is_transparent() {
     let backend = RawBackend::start().await;
-    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let (_dir, _server, addr) = proxy_with_header(&chat(&backend)).await;
     let header = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n";
     let (mut client, mut back, seen) = upgrade_after(addr, &backend, header).await;
     assert_eq!(seen.list("x-forwarded-for"), ["203.0.113.7"]);
@@ -73,7 +72,7 @@ async fn a_v1_header_names_the_client_and_the_tunnel_is_transparent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v2_header_with_tlvs_names_an_ipv6_client() {
     let backend = RawBackend::start().await;
-    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let (_dir, _server, addr) = proxy_with_header(&chat(&backend)).await;
     let header = v2(
         ppp::v2::Command::Proxy,
         "[2001:db8::7]:40000",
@@ -87,7 +86,7 @@ async fn a_v2_header_with_tlvs_names_an_ipv6_client() {
 async fn a_v2_local_header_keeps_the_socket_peer() {
     // LOCAL is what a balancer sends for its own health checks.
     let backend = RawBackend::start().await;
-    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let (_dir, _server, addr) = proxy_with_header(&chat(&backend)).await;
     let header = v2(ppp::v2::Command::Local, "198.51.100.1:1", "10.0.0.1:443");
     let (_client, _back, seen) = upgrade_after(addr, &backend, &header).await;
     assert_eq!(seen.list("x-forwarded-for"), ["127.0.0.1"]);
@@ -96,30 +95,36 @@ async fn a_v2_local_header_keeps_the_socket_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_arriving_in_pieces_is_assembled() {
     let backend = RawBackend::start().await;
-    let (_dir, _server, addr) = proxy_with_header(&backend).await;
+    let (_dir, _server, addr) = proxy_with_header(&chat(&backend)).await;
     let header = b"PROXY TCP4 192.0.2.55 10.0.0.1 51000 443\r\n";
-    // Each piece in its own write on a no-delay socket; the TLS handshake follows.
-    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    for piece in header.chunks(9) {
-        tcp.write_all(piece).await.unwrap();
-        tcp.flush().await.unwrap();
+    // 9-byte pieces, and a cut right after the source port's space (where a naive parser
+    // sees an empty destination port); the parser's side of that cut is unit-tested.
+    let cut = header.len() - b"443\r\n".len();
+    let nine: Vec<&[u8]> = header.chunks(9).collect();
+    for pieces in [nine, vec![&header[..cut], &header[cut..]]] {
+        // Each piece in its own write on a no-delay socket; the TLS handshake follows.
+        let connector = tokio_rustls::TlsConnector::from(pki().client_config());
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        for piece in pieces {
+            tcp.write_all(piece).await.unwrap();
+            tcp.flush().await.unwrap();
+        }
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = within("TLS after a split header", connector.connect(name, tcp))
+            .await
+            .unwrap();
+        let mut client = RawConn::new(tls);
+        client.send(Req::upgrade("localhost", "/ws").bytes()).await;
+        let seen = backend.accept().await.read_head().await;
+        assert_eq!(seen.list("x-forwarded-for"), ["192.0.2.55"]);
     }
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = within("TLS after a split header", connector.connect(name, tcp))
-        .await
-        .unwrap();
-    let mut client = RawConn::new(tls);
-    client.send(Req::upgrade("localhost", "/ws").bytes()).await;
-    let seen = backend.accept().await.read_head().await;
-    assert_eq!(seen.list("x-forwarded-for"), ["192.0.2.55"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_a_header_is_closed_before_tls() {
     let backend = RawBackend::start().await;
-    let (_dir, server, addr) = proxy_with_header(&backend).await;
+    let (_dir, server, addr) = proxy_with_header(&chat(&backend)).await;
     // A client that reached the proxy directly, bypassing the balancer.
     let connector = tokio_rustls::TlsConnector::from(pki().client_config());
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -144,15 +149,11 @@ async fn a_connection_without_a_header_is_closed_before_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_client_limit_counts_the_real_client_and_ipv6_by_its_64() {
     let backend = RawBackend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), "");
     let body = format!(
         "[limits]\nmax_connections_per_client = 1\n\n{}",
-        route("chat", "/ws", &[backend.addr])
+        chat(&backend)
     );
-    std::fs::write(&path, format!("{ON}{body}")).unwrap();
-    let server = wsgate::Server::start(&path).await.unwrap();
-    let addr = server.local_addrs()[0];
+    let (_dir, _server, addr) = proxy_with_header(&body).await;
     let status_from = |header: &'static [u8]| async move {
         let mut client = RawConn::new(tls_connect_after(addr, "localhost", header).await);
         client.send(Req::upgrade("localhost", "/ws").bytes()).await;
@@ -181,4 +182,34 @@ async fn the_per_client_limit_counts_the_real_client_and_ipv6_by_its_64() {
     )
     .await;
     drop((held_a, held_b, held_c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_refused_for_global_capacity_takes_no_per_client_place() {
+    let backend = RawBackend::start().await;
+    let body = format!(
+        "[limits]\nmax_connections = 1\nmax_connections_per_client = 1\n\n{}",
+        chat(&backend)
+    );
+    let (_dir, server, addr) = proxy_with_header(&body).await;
+    const X: &[u8] = b"PROXY TCP4 203.0.113.7 10.0.0.1 1 443\r\n";
+    const Y: &[u8] = b"PROXY TCP4 203.0.113.8 10.0.0.1 1 443\r\n";
+
+    // X holds the only place; Y connects while the proxy is full and sends nothing, so the
+    // proxy holds that connection (bound for a 503) with its limits decided.
+    let tunnel_x = upgrade_after(addr, &backend, X).await;
+    let refused_y = RawConn::new(tls_connect_after(addr, "localhost", Y).await);
+    // No signal says the proxy has finished its side of that handshake (answering the 503
+    // would close the connection and free what it held). The wait only lets the test see
+    // the bug; it cannot make a correct proxy fail.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    drop(tunnel_x);
+    until("X's tunnel to be released", || {
+        server.active_connections() == 0
+    })
+    .await;
+    // Y's next connection: the refused one must not have taken Y's only place.
+    let _tunnel_y = upgrade_after(addr, &backend, Y).await;
+    drop(refused_y);
 }
