@@ -1,10 +1,8 @@
 //! Route choice: host ranking, wildcards, segment prefixes, subprotocol fit, round-robin.
 
-mod support;
-
 use std::net::SocketAddr;
 
-use support::*;
+use crate::support::*;
 
 fn host_route(
     name: &str,

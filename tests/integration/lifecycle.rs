@@ -1,11 +1,9 @@
 //! The process around the proxy under resource exhaustion. SIGHUP is in `reload.rs`; SIGTERM
 //! and graceful shutdown in `shutdown.rs`; certificate choice by SNI in `sni.rs`.
 
-mod support;
-
 use std::process::Stdio;
 
-use support::*;
+use crate::support::*;
 
 /// Reads the child's stderr until a line contains `needle`; fails after [`TIMEOUT`].
 async fn next_line_with(

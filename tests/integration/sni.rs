@@ -1,12 +1,10 @@
 //! Certificate choice by SNI: the certificate whose names cover the requested name, the first
 //! configured one for any other name (or none), and the choice follows reloads.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 /// Writes `<stem>.crt`/`.key` for each (stem, names) into `dir` and a config listing them in
 /// that order; returns the config path and each certificate's DER.

@@ -1,10 +1,8 @@
 //! The happy path: a valid upgrade is forwarded (with the right headers) and a real WebSocket
 //! peer on each side is happy.
 
-mod support;
-
+use crate::support::*;
 use futures_util::SinkExt;
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

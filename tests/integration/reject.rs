@@ -1,8 +1,6 @@
 //! Requests the proxy refuses itself, before any backend is involved.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 
 /// A proxy with one route `/ws` to a backend that must never be reached (a closed port, so a

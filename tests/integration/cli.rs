@@ -1,12 +1,10 @@
 //! The `wsgate` binary: --version, --help, `check`, and `run` with a bad config.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Runs `wsgate args…` from `/` (so relative paths must resolve against the config's folder)
 /// and fails the test if it does not exit within [`TIMEOUT`].

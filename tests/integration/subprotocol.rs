@@ -1,8 +1,6 @@
 //! Sec-WebSocket-Protocol: filtered by the route's allow-list, in the client's order.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn allow_list_route(backend: std::net::SocketAddr) -> String {
     format!(

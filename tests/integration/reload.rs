@@ -2,11 +2,9 @@
 //! are never touched. Real files in a temp folder, a real proxy, real clients; every wait is on
 //! the proxy's reload status (a `watch` channel), never a guess.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
-use support::*;
+use crate::support::*;
 
 /// Saves like an editor: write a temporary file beside it, then rename it over the original.
 fn rename_save(path: &Path, body: &str) {

@@ -1,12 +1,10 @@
 //! The tunnel after a 101: bytes unchanged both ways, half-close, vanished peers, idle
 //! timeout, and tunnels counted in the connection limit.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;

@@ -2,12 +2,10 @@
 //! readiness probes (readiness fails once shutdown begins), and its own listener, which a
 //! reload can add, move or remove like any other.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";

@@ -1,8 +1,6 @@
 //! Origin allow-lists.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 async fn proxy_with_origins(backend: &WsBackend) -> Proxy {
     start_proxy(&format!(

@@ -3,11 +3,9 @@
 //! same socket, and a reload with an address that cannot be bound changes nothing at all.
 //! Extra listeners use other loopback addresses (Linux routes all of 127/8 to `lo`).
 
-mod support;
-
 use std::net::SocketAddr;
 
-use support::*;
+use crate::support::*;
 
 /// A free port on `ip`: bound, read, released. Only for addresses the test then binds itself.
 fn free_addr(ip: &str) -> SocketAddr {

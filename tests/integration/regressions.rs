@@ -2,9 +2,7 @@
 //! headers a backend named in its 101's Connection reaching the client. (The PROXY protocol
 //! and per-client limit ones live in proxy_protocol.rs.)
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_426_for_an_unsupported_version_names_the_protocol_to_upgrade_to() {

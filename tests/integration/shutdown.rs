@@ -2,12 +2,10 @@
 //! `timeouts.shutdown_grace` and are then closed (both sides), and shutdown returns; nothing
 //! else (a client that never speaks, an idle TLS connection) may hold it past the grace.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 fn config_with_grace(grace: &str, extra: &str, backend: std::net::SocketAddr) -> String {

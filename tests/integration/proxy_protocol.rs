@@ -2,11 +2,9 @@
 //! names the real client, which then appears in `X-Forwarded-For`; a connection without a
 //! valid header is closed before TLS.
 
-mod support;
-
 use std::net::SocketAddr;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ON: &str = "[proxy]\nlisten = [\"127.0.0.1:0\"]\nproxy_protocol = true\n\n[tls]\ncertificates = [ { cert = \"server.crt\", key = \"server.key\" } ]\n\n";

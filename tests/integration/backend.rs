@@ -1,10 +1,8 @@
 //! What the proxy does with backends that fail, refuse or answer wrongly.
 
-mod support;
-
 use std::net::SocketAddr;
 
-use support::*;
+use crate::support::*;
 
 fn ws() -> Req {
     Req::upgrade("chat.example.com", "/ws")

@@ -1,0 +1,24 @@
+//! The integration suite, one test binary: real sockets on 127.0.0.1, real TLS (rcgen
+//! certificates made at test time), real WebSocket clients and backends.
+//!
+//! One binary rather than one per file: every test binary links the whole TLS stack, and
+//! seventeen of them cost gigabytes of disk and minutes of linking on a CI machine.
+
+mod support;
+
+mod admin;
+mod backend;
+mod cli;
+mod lifecycle;
+mod listeners;
+mod origin;
+mod proxy_protocol;
+mod regressions;
+mod reject;
+mod reload;
+mod routing;
+mod shutdown;
+mod sni;
+mod splice;
+mod subprotocol;
+mod upgrade;
