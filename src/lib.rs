@@ -20,6 +20,7 @@
 mod admin;
 pub mod config;
 mod error;
+mod head;
 mod metrics;
 mod proxy;
 mod proxy_protocol;

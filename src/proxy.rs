@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, ORIGIN};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{ProxyError, Side};
+use crate::head::Prefixed;
 use crate::routes::Selection;
 use crate::server::{ClientSlot, ConnGuard, Shared};
 use crate::splice;
@@ -39,6 +40,8 @@ pub struct Conn {
     pub client_slot: Option<ClientSlot>,
     /// Over `max_connections_per_client`: the only answer it gets is 429.
     pub over_client_limit: bool,
+    /// The request head the client sent is over `max_request_header_bytes`: 431.
+    pub head_too_large: bool,
     /// Set once the connection's end line has been (or will be) written by the request path.
     pub logged: AtomicBool,
 }
@@ -111,10 +114,10 @@ async fn route_and_forward(
     if conn.over_client_limit {
         return Err(ProxyError::ClientOverLimit);
     }
-    if head_size(req) > snapshot.config.limits.max_request_header_bytes {
+    if conn.head_too_large {
         return Err(ProxyError::HeadTooLarge);
     }
-    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let host = websocket::request_host(req.uri(), req.headers())?;
     let offered = websocket::offered_protocols(req.headers());
     let selection = snapshot.routes.select(host, req.uri().path(), &offered);
     match &selection {
@@ -166,18 +169,6 @@ async fn route_and_forward(
     }
 }
 
-/// The size of the head as the client sent it, near enough: hyper only enforces a buffer
-/// size with an 8 KiB floor, so the configured limit is checked here.
-fn head_size(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
-    req.headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>()
-        + line
-        + 2
-}
-
 /// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.
 fn spawn_tunnel(
     conn: Arc<Conn>,
@@ -221,6 +212,7 @@ fn spawn_tunnel(
 }
 
 type ClientSplice = splice::Splice<TlsStream<TcpStream>, TcpStream>;
+type ClientIo = TokioIo<Prefixed<TlsStream<TcpStream>>>;
 
 fn client_splice(
     upgraded: hyper::Result<hyper::upgrade::Upgraded>,
@@ -230,19 +222,17 @@ fn client_splice(
     conn: &Conn,
     route: &str,
 ) -> Option<ClientSplice> {
-    let client = upgraded
-        .ok()?
-        .downcast::<TokioIo<TlsStream<TcpStream>>>()
-        .ok()?;
+    let client = upgraded.ok()?.downcast::<ClientIo>().ok()?;
+    let (tls, unread) = client.io.into_inner().into_parts();
+    // The client's early bytes: what hyper read past the head, then what it never got to of
+    // the bytes read with the head (nearly always nothing).
+    let early = if unread.is_empty() {
+        client.read_buf
+    } else {
+        [client.read_buf, unread].concat().into()
+    };
     // The TLS stream is its own buffered reader (rustls's plaintext buffer).
-    let splice = splice::Splice::new(
-        client.io.into_inner(),
-        client.read_buf,
-        backend,
-        backend_early,
-        idle,
-        &conn.shared.drain,
-    );
+    let splice = splice::Splice::new(tls, early, backend, backend_early, idle, &conn.shared.drain);
     Some(splice.metered(conn.shared.metrics.meter(route)))
 }
 

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::ConfigError;
+use crate::head::{self, Head, Prefixed};
 use crate::metrics::{EarlyClose, Metrics};
 use crate::proxy::{self, Conn};
 use crate::proxy_protocol;
@@ -408,16 +409,33 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
             .map_err(|e| (EarlyClose::TlsFailed, format!("TLS handshake failed: {e}")))?;
         Ok::<_, (EarlyClose, String)>((client, tls))
     };
-    let (peer, tls) = tokio::select! {
-        done = tokio::time::timeout_at(deadline, setup) => match done {
-            Ok(Ok(ready)) => ready,
-            Ok(Err((kind, reason))) => return early_close(&shared, peer, started, kind, &reason),
-            Err(_) => return early_close(&shared, peer, started, EarlyClose::HandshakeTimeout, "handshake timeout (TLS)"),
-        },
-        // A client that never finishes TLS must not hold shutdown past the grace.
-        _ = shared.drain.started() => return early_close(&shared, peer, started, EarlyClose::Shutdown, "shutdown during TLS handshake"),
+    let (peer, mut tls) = match in_time(&shared, deadline, setup, "TLS").await {
+        Ok(ready) => ready,
+        Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
     };
     let max_head = snapshot.config.limits.max_request_header_bytes;
+    let read_head = async {
+        match head::read(&mut tls, max_head).await {
+            Ok((Head::Closed, read)) if read.is_empty() => Err((
+                EarlyClose::NoRequest,
+                "closed before sending a request".to_string(),
+            )),
+            Ok((Head::Closed, _)) => Err((
+                EarlyClose::BadRequest,
+                "closed in the middle of the request head".to_string(),
+            )),
+            Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
+            Err(e) => Err((
+                EarlyClose::TlsFailed,
+                format!("reading the request failed: {e}"),
+            )),
+        }
+    };
+    let (head_too_large, head_bytes) =
+        match in_time(&shared, deadline, read_head, "request head").await {
+            Ok(read) => read,
+            Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
+        };
     let connect_timeout = snapshot.config.timeouts.connect;
     // Taken once the client is known (after the PROXY header); refused with 429 in the
     // request path, like the global limit's 503, so the client gets an answer.
@@ -434,6 +452,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         shared: shared.clone(),
         guard: Arc::new(guard),
         over_client_limit: matches!(client_slot, Some(None)),
+        head_too_large,
         client_slot: client_slot.flatten(),
         logged: AtomicBool::new(false),
     });
@@ -446,10 +465,11 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
         // Keep-alive stays on: with it off hyper adds "close" to the 101's Connection header,
         // which clients reject. Every answer that is not a 101 carries "Connection: close".
-        // hyper's floor is 8 KiB; the exact limit is checked in proxy::handle.
+        // hyper's floor is 8 KiB; the exact limit was measured by head::read. The margin
+        // keeps hyper from refusing a head within the limit that arrives with early bytes.
         .max_buf_size((max_head + 1024).max(8192));
     let serving = http
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(Prefixed::new(head_bytes, tls)), service)
         .with_upgrades();
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
@@ -488,6 +508,23 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         ),
     };
     early_close(&shared, peer, started, kind, &reason);
+}
+
+/// Runs one step of a connection's set-up under the handshake deadline, giving way to a
+/// shutdown: a client that never finishes must not hold its slot, nor shutdown past the grace.
+async fn in_time<T>(
+    shared: &Shared,
+    deadline: Instant,
+    step: impl std::future::Future<Output = Result<T, (EarlyClose, String)>>,
+    what: &str,
+) -> Result<T, (EarlyClose, String)> {
+    tokio::select! {
+        done = tokio::time::timeout_at(deadline, step) => done.unwrap_or_else(|_| Err((
+            EarlyClose::HandshakeTimeout,
+            format!("handshake timeout ({what})"),
+        ))),
+        _ = shared.drain.started() => Err((EarlyClose::Shutdown, format!("shutdown during {what}"))),
+    }
 }
 
 /// The client named by the connection's PROXY protocol header (the socket's peer is the load

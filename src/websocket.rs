@@ -8,7 +8,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
-use hyper::{Method, Version};
+use hyper::http::uri::Authority;
+use hyper::{Method, Uri, Version};
 use sha1::{Digest, Sha1};
 
 use crate::error::ProxyError;
@@ -78,6 +79,43 @@ pub fn check_request(
     match single(headers, &SEC_WEBSOCKET_KEY) {
         Some(key) if is_valid_key(key) => Ok(()),
         _ => Err(ProxyError::BadKey),
+    }
+}
+
+/// The Host the request is for, checked: one well-formed `host[:port]` with no userinfo, and,
+/// when the target is in absolute form, the same host and port as the target's authority
+/// (RFC 9112 §3.2.2 has the target win; a Host that disagrees would route this request one
+/// way and the backend another, so it is refused rather than rewritten). `None` when the
+/// request has no Host at all, which [`check_request`] refuses once a route is known.
+pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a str>, ProxyError> {
+    let mut values = headers.get_all(HOST).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(value), None) => value,
+        (None, _) if uri.authority().is_none() => return Ok(None),
+        _ => return Err(ProxyError::BadHost),
+    };
+    let host = value.to_str().map_err(|_| ProxyError::BadHost)?;
+    let parsed: Authority = host.parse().map_err(|_| ProxyError::BadHost)?;
+    // "user@a.example.com" would match "*.example.com" by its suffix.
+    if host.contains('@') || parsed.host().is_empty() || !is_port(&host[parsed.host().len()..]) {
+        return Err(ProxyError::BadHost);
+    }
+    if let Some(target) = uri.authority() {
+        let same = !target.as_str().contains('@')
+            && target.host().eq_ignore_ascii_case(parsed.host())
+            && target.port_u16() == parsed.port_u16();
+        if !same {
+            return Err(ProxyError::BadHost);
+        }
+    }
+    Ok(Some(host))
+}
+
+/// What follows the host in an authority: nothing, or ":" and a port (possibly empty).
+fn is_port(rest: &str) -> bool {
+    match rest.strip_prefix(':') {
+        Some(port) => port.is_empty() || port.parse::<u16>().is_ok(),
+        None => rest.is_empty(),
     }
 }
 
@@ -243,6 +281,61 @@ mod tests {
         assert_eq!(
             check_request(&Method::GET, Version::HTTP_10, &h),
             Err(ProxyError::HttpTooOld)
+        );
+    }
+
+    fn host_of(target: &str, hosts: &[&'static str]) -> Result<Option<String>, ProxyError> {
+        let lines: Vec<_> = hosts.iter().map(|h| ("host", *h)).collect();
+        let h = headers(&lines);
+        request_host(&target.parse().unwrap(), &h).map(|o| o.map(str::to_owned))
+    }
+
+    #[test]
+    fn the_host_is_one_plain_authority() {
+        assert_eq!(
+            host_of("/ws", &["a.example.com:8443"]),
+            Ok(Some("a.example.com:8443".into()))
+        );
+        assert_eq!(
+            host_of("/ws", &["[::1]:8443"]),
+            Ok(Some("[::1]:8443".into()))
+        );
+        assert_eq!(host_of("/ws", &[]), Ok(None));
+        for bad in [
+            "x@a.example.com",
+            "a.example.com/x",
+            "a b",
+            "",
+            ":8443",
+            "a.example.com:x",
+        ] {
+            assert_eq!(host_of("/ws", &[bad]), Err(ProxyError::BadHost), "{bad:?}");
+        }
+        assert_eq!(
+            host_of("/ws", &["a.example.com", "b.example.com"]),
+            Err(ProxyError::BadHost)
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_must_agree_with_host() {
+        let target = "https://chat.example.com/ws";
+        assert_eq!(
+            host_of(target, &["Chat.Example.com"]),
+            Ok(Some("Chat.Example.com".into()))
+        );
+        assert_eq!(
+            host_of(target, &["admin.example.com"]),
+            Err(ProxyError::BadHost)
+        );
+        assert_eq!(
+            host_of(target, &["chat.example.com:444"]),
+            Err(ProxyError::BadHost)
+        );
+        assert_eq!(host_of(target, &[]), Err(ProxyError::BadHost));
+        assert_eq!(
+            host_of("https://u@chat.example.com/ws", &["chat.example.com"]),
+            Err(ProxyError::BadHost)
         );
     }
 

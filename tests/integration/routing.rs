@@ -206,3 +206,46 @@ async fn a_refused_backend_is_skipped_for_the_next_one() {
         );
     }
 }
+
+/// Routes by host only: a request the proxy misreads as the other host would reach it.
+async fn two_hosts() -> (Proxy, WsBackend, WsBackend) {
+    let chat = WsBackend::start("chat").await;
+    let admin = WsBackend::start("admin").await;
+    let config = [
+        host_route("chat", Some("chat.example.com"), "/ws", "", chat.addr),
+        host_route("admin", Some("*.example.com"), "/ws", "", admin.addr),
+    ]
+    .concat();
+    (start_proxy(&config).await, chat, admin)
+}
+
+async fn status_for(proxy: &Proxy, req: Req) -> u16 {
+    let mut client = raw_client(proxy.addr).await;
+    client.send(req.bytes()).await;
+    client.read_head().await.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_target_must_name_the_host_it_is_sent_with() {
+    let (proxy, _chat, _admin) = two_hosts().await;
+    let mut agreeing = Req::upgrade("chat.example.com", "/ws");
+    agreeing.target = "https://chat.example.com/ws".into();
+    assert_eq!(status_for(&proxy, agreeing).await, 101);
+    // RFC 9112 §3.2.2 routes by the target; the backend would route by Host. Never both.
+    let mut disagreeing = Req::upgrade("chat.example.com", "/ws");
+    disagreeing.target = "https://admin.example.com/ws".into();
+    assert_eq!(status_for(&proxy, disagreeing).await, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_is_not_a_plain_host_and_port_is_400() {
+    let (proxy, _chat, _admin) = two_hosts().await;
+    for host in [
+        "x@chat.example.com",
+        "chat.example.com/ws",
+        "chat.example.com:https",
+    ] {
+        let status = status_for(&proxy, Req::upgrade(host, "/ws")).await;
+        assert_eq!(status, 400, "{host}");
+    }
+}

@@ -225,7 +225,7 @@ async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
     let line = within(
         "the connection's end line",
         tokio::task::spawn_blocking(move || {
-            let line = wait_for_line(&lines, "shutdown before a request was answered");
+            let line = wait_for_line(&lines, "shutdown during request head");
             wait_for_line(&lines, "shutdown complete");
             let _ = child.wait();
             line

@@ -1,0 +1,198 @@
+//! Reads a request head off the client's stream before hyper parses it, so that
+//! `max_request_header_bytes` counts the bytes the client actually sent.
+//!
+//! hyper enforces only a read-buffer size with an 8 KiB floor, and the parsed request no longer
+//! shows padding, line folds or spacing, so neither gives an exact size. The bytes read here are
+//! handed to hyper in front of the stream ([`Prefixed`]), so nothing is lost or read twice.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// What reading the head found.
+pub enum Head {
+    /// The head is complete within the limit (possibly followed by more bytes).
+    Complete,
+    /// More than the limit arrived without the head ending.
+    TooLarge,
+    /// The client closed (or half-closed) before the head was complete.
+    Closed,
+}
+
+/// Reads until the head's empty line, or until more than `max` bytes show it is too large.
+/// Returns the bytes read, which [`Prefixed`] must put back in front of the stream.
+pub async fn read<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<(Head, Bytes)> {
+    // Most heads are a few hundred bytes: grow as needed rather than reserve the limit.
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scanned = 0;
+    loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().clamp(1024, 8192));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok((Head::Closed, buf.freeze()));
+        }
+        if let Some(end) = head_end(&buf, scanned) {
+            let head = if end <= max {
+                Head::Complete
+            } else {
+                Head::TooLarge
+            };
+            return Ok((head, buf.freeze()));
+        }
+        if buf.len() > max {
+            return Ok((Head::TooLarge, buf.freeze()));
+        }
+        // The terminator may straddle reads: look again from just before this read's bytes.
+        scanned = buf.len().saturating_sub(2);
+    }
+}
+
+/// The length of the head through its empty line, searching from `from`. Like hyper's parser
+/// (httparse), a bare LF ends a line as well as CRLF.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
+        let lf = i + offset;
+        match &buf[lf + 1..] {
+            [b'\n', ..] => return Some(lf + 2),
+            [b'\r', b'\n', ..] => return Some(lf + 3),
+            _ => i = lf + 1,
+        }
+    }
+    None
+}
+
+/// A stream with bytes already read from it put back in front.
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Bytes, io: T) -> Self {
+        Prefixed { prefix, io }
+    }
+
+    /// The stream and whatever of the prefix has not been read yet.
+    pub fn into_parts(self) -> (T, Bytes) {
+        (self.io, self.prefix)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // An emptied `Bytes` still holds its allocation: let it go.
+            self.prefix = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_ends_at_its_empty_line() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nxyz", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nxyz", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+    }
+
+    #[tokio::test]
+    async fn reads_stop_at_the_limit_and_give_back_every_byte() {
+        let sent = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nearly".to_vec();
+        let (head, bytes) = read(&mut &sent[..], 27).await.unwrap();
+        assert!(matches!(head, Head::Complete));
+        assert_eq!(&bytes[..], &sent[..]);
+        let (head, _) = read(&mut &sent[..], 26).await.unwrap();
+        assert!(matches!(head, Head::TooLarge));
+        let (head, _) = read(&mut &sent[..20], 1000).await.unwrap();
+        assert!(matches!(head, Head::Closed));
+    }
+
+    /// Hands out one chunk per read, as a socket would when the client's writes trickle in.
+    struct Chunks(Vec<&'static [u8]>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.0.is_empty() {
+                buf.put_slice(self.0.remove(0));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_terminator_split_across_reads_is_found() {
+        let mut io = Chunks(vec![
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"\n",
+            b"never read",
+        ]);
+        let (head, bytes) = read(&mut io, 100).await.unwrap();
+        assert!(matches!(head, Head::Complete));
+        assert_eq!(bytes.len(), 27);
+    }
+
+    #[tokio::test]
+    async fn the_prefix_is_read_before_the_stream() {
+        let mut io = Prefixed::new(Bytes::from_static(b"abc"), &b"def"[..]);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"abcdef");
+    }
+}
