@@ -2,9 +2,10 @@
 //! liveness and readiness probes. It is a listener of its own so that it needs no certificate,
 //! can stay off the public network, and keeps answering while the proxy drains on shutdown.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,13 +16,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Shared;
+use crate::server::{lock, Shared};
 
-/// Admin connections served at once; more are closed at accept. Scrapers and probes need a
-/// handful, and the endpoint must not become a way to exhaust the process.
+/// Admin connections served at once. Scrapers and probes need a handful, and the endpoint
+/// must not become a way to exhaust the process. One more closes the oldest: refusing the
+/// newcomer instead would let a few idle connections starve the kubelet's probes.
 const MAX_CONNECTIONS: usize = 64;
 
 /// Any admin connection ends after this long, idle keep-alive included; clients reconnect.
@@ -37,13 +38,13 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let live = Arc::new(Live::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let (tcp, peer) = match accepted {
+        let (tcp, _peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::debug!(error = %e, "admin accept failed");
@@ -52,16 +53,45 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(client = %peer, "admin connection limit reached; closed");
-            continue;
-        };
+        let (id, evict) = live.admit();
         let shared = shared.clone();
+        let live = live.clone();
         // Not on the proxy's task tracker: an open scrape connection must not delay shutdown.
         tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, serve(tcp, shared)).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, serve(tcp, shared)) => {}
+                _ = evict.cancelled() => {}
+            }
+            live.leave(id);
         });
+    }
+}
+
+/// The admin connections open now, oldest first.
+#[derive(Default)]
+struct Live {
+    connections: Mutex<VecDeque<(u64, CancellationToken)>>,
+    next_id: AtomicU64,
+}
+
+impl Live {
+    /// Counts a new connection in, closing the oldest if that makes one too many.
+    fn admit(&self) -> (u64, CancellationToken) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut connections = lock(&self.connections);
+        if connections.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = connections.pop_front() {
+                tracing::debug!("admin connection limit reached; oldest connection closed");
+                oldest.cancel();
+            }
+        }
+        connections.push_back((id, token.clone()));
+        (id, token)
+    }
+
+    fn leave(&self, id: u64) {
+        lock(&self.connections).retain(|(live, _)| *live != id);
     }
 }
 

@@ -285,7 +285,7 @@ fn wanted_listeners(config: &crate::config::Config) -> Vec<(Kind, SocketAddr)> {
         .collect()
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the listener list half-written.
     mutex
         .lock()
@@ -482,6 +482,12 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
     // Past the select the request's future is dropped, so a request in flight has logged its
     // own line (499) by now; what is left is a connection that never got that far.
     if conn.logged.load(Ordering::Relaxed) {
+        // The line was written when the answer was made; that it never reached the client
+        // (a large relayed refusal to a client that stopped reading) is worth its own line.
+        if let Ended::Late | Ended::Drained = ended {
+            shared.metrics.closed_early(EarlyClose::AnswerLate);
+            tracing::info!(client = %peer, "answer not delivered in time; connection dropped");
+        }
         return;
     }
     let (kind, reason) = match ended {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
+pub(crate) const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
 
 /// Closes `ws` as a client does: close frame, read to the end, drop the connection.
 async fn close(mut ws: Ws) {
@@ -21,7 +21,7 @@ async fn close(mut ws: Ws) {
 }
 
 /// One plain-HTTP GET (or `method`) to the admin endpoint: status and body.
-async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+pub(crate) async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     within("an admin answer", async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request =
@@ -37,14 +37,14 @@ async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, Stri
     .await
 }
 
-async fn metrics(addr: SocketAddr) -> String {
+pub(crate) async fn metrics(addr: SocketAddr) -> String {
     let (status, body) = admin_request(addr, "GET", "/metrics").await;
     assert_eq!(status, 200);
     body
 }
 
 /// The value of the sample `series` (name with labels, exactly as exported), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.split(' ').next()?.parse().ok())
@@ -52,7 +52,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Scrapes until `series` has `value`. Metrics have no signal to await; tunnels are counted
 /// closed by their own task, a moment after the client sees the close.
-async fn scrape_until(addr: SocketAddr, series: &str, value: f64) -> String {
+pub(crate) async fn scrape_until(addr: SocketAddr, series: &str, value: f64) -> String {
     within(&format!("{series} to be {value}"), async {
         loop {
             let text = metrics(addr).await;
@@ -357,4 +357,31 @@ async fn certificate_expiry_is_exported_and_follows_a_rotation() {
         "{text}"
     );
     assert_eq!(sample(&text, &series("server.crt")), None, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_starve_the_probes() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&format!(
+        "{ADMIN}{}",
+        route("chat", "/chat", &[backend.addr])
+    ))
+    .await;
+    let admin = proxy.server.admin_addr().unwrap();
+    // Far more silent connections than the endpoint serves at once (64).
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    let (status, body) = admin_request(admin, "GET", "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The oldest ones were closed to make room: they read an end, not a hang.
+    let mut first = idle.remove(0);
+    let mut buf = [0u8; 1];
+    let read = within(
+        "the oldest idle connection to be closed",
+        first.read(&mut buf),
+    )
+    .await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }

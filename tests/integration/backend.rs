@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::admin::{scrape_until, ADMIN};
 use crate::support::*;
 
 fn ws() -> Req {
@@ -319,7 +320,7 @@ async fn a_backend_closing_without_an_answer_is_502() {
 async fn a_client_that_never_reads_a_relayed_refusal_is_dropped_in_time() {
     let backend = RawBackend::start().await;
     let body = format!(
-        "[timeouts]\nhandshake = \"300ms\"\nconnect = \"300ms\"\n\n{}",
+        "{ADMIN}[timeouts]\nhandshake = \"300ms\"\nconnect = \"300ms\"\n\n{}",
         route("chat", "/ws", &[backend.addr])
     );
     let proxy = start_proxy(&body).await;
@@ -338,6 +339,10 @@ async fn a_client_that_never_reads_a_relayed_refusal_is_dropped_in_time() {
         proxy.server.active_connections() == 0
     })
     .await;
+    // Counted (and logged) as undelivered, beside the 403's own line.
+    let admin = proxy.server.admin_addr().unwrap();
+    let late = r#"wsgate_connections_closed_early_total{reason="answer_late"}"#;
+    scrape_until(admin, late, 1.0).await;
     drop(client);
     writer.abort();
 }
