@@ -382,6 +382,9 @@ impl Validator<'_> {
             if addrs.contains(&addr) {
                 return Err(self.error(&text.span(), &key, format!("{addr} is listed twice")));
             }
+            if let Some(other) = addrs.iter().find(|a| overlap(**a, addr)) {
+                return Err(self.error(&text.span(), &key, overlap_message(addr, *other)));
+            }
             addrs.push(addr);
         }
         Ok(addrs)
@@ -409,6 +412,9 @@ impl Validator<'_> {
                 "admin.listen",
                 format!("{addr} is also in proxy.listen"),
             ));
+        }
+        if let Some(other) = proxy.iter().find(|a| overlap(**a, addr)) {
+            return Err(self.error(&raw.span(), "admin.listen", overlap_message(addr, *other)));
         }
         Ok(addr)
     }
@@ -740,6 +746,21 @@ fn last_ident(text: &str) -> String {
     ident.chars().rev().filter(|c| *c != '"').collect()
 }
 
+/// Two different addresses that cannot both be bound: the same port (not 0) in the same
+/// family, one of them the unspecified address, which takes the port on every address.
+/// (`[::]` is bound IPv6-only, so it does not collide with `0.0.0.0`.)
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a != b
+        && a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn overlap_message(addr: SocketAddr, other: SocketAddr) -> String {
+    format!("{addr} overlaps {other}: an unspecified address takes the port on every address")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,6 +841,12 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
             bad.contains(":7:10: admin.listen: \"localhost:9090\" is not an IP:port"),
             "{bad}"
         );
+        let overlapping = error("[admin]\nlisten = \"0.0.0.0:8443\"\n");
+        assert!(
+            overlapping.contains("admin.listen: 0.0.0.0:8443 overlaps 127.0.0.1:8443"),
+            "{overlapping}"
+        );
+        assert!(parse("[admin]\nlisten = \"[::]:8443\"\n").is_ok());
         let shared = error("[admin]\nlisten = \"127.0.0.1:8443\"\n");
         assert!(
             shared.contains("admin.listen: 127.0.0.1:8443 is also in proxy.listen"),
@@ -902,6 +929,16 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             err.location.as_ref().map(|l| (l.line, l.key.as_str())),
             Some((2, "proxy.listen[0]"))
         );
+        let err = Config::from_toml_str(
+            "[proxy]\nlisten = [\"127.0.0.1:8443\", \"0.0.0.0:8443\", \"[::]:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.location.as_ref().map(|l| (l.line, l.key.as_str())),
+            Some((2, "proxy.listen[1]"))
+        );
+        assert!(err.message.contains("overlaps 127.0.0.1:8443"), "{err}");
     }
 
     #[test]

@@ -304,17 +304,17 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &
         (on_disk, Some(built))
     })
     .await;
-    let (on_disk, result) = match built {
+    // `remember`: the content to skip until it changes, for rejections the content decides.
+    let (remember, result) = match built {
         Ok((_, None)) => {
             tracing::debug!("config files touched but their content did not change; nothing to do");
             return;
         }
-        Ok((on_disk, Some(Ok(snapshot)))) => (
-            on_disk,
-            shared.apply(snapshot).await.map_err(|e| e.to_string()),
-        ),
-        Ok((on_disk, Some(Err(e)))) => (on_disk, Err(e.to_string())),
-        Err(e) => (0, Err(format!("reload task failed: {e}"))),
+        // An address that cannot be bound is the machine's state, not the file's: once the
+        // port is free, touching the file (or SIGHUP) must retry the very same content.
+        Ok((_, Some(Ok(snapshot)))) => (None, shared.apply(snapshot).await.map_err(|e| e.to_string())),
+        Ok((on_disk, Some(Err(e)))) => (Some(on_disk), Err(e.to_string())),
+        Err(e) => (None, Err(format!("reload task failed: {e}"))),
     };
     shared.reload_status.send_modify(|status| match result {
         Ok(()) => {
@@ -326,7 +326,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &
             tracing::info!(generation, "config reloaded");
         }
         Err(error) => {
-            *rejected = Some(on_disk);
+            *rejected = remember;
             status.failures += 1;
             shared.metrics.reloaded(status, false);
             tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");
