@@ -9,6 +9,7 @@
 
 use std::io;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -123,6 +124,8 @@ pub(crate) struct Metrics {
     closed_early: Family<EarlyLabels, Counter>,
     backend_failures: Family<BackendLabels, Counter>,
     certificate_expiry: Family<FileLabels, Gauge>,
+    /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
+    certificate_files: Mutex<Vec<FileLabels>>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     last_reload: Gauge<f64, AtomicU64>,
@@ -141,6 +144,7 @@ impl Default for Metrics {
             closed_early: Family::default(),
             backend_failures: Family::default(),
             certificate_expiry: Family::default(),
+            certificate_files: Mutex::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
             last_reload: Gauge::default(),
@@ -298,15 +302,23 @@ impl Metrics {
     /// The certificates now served: series of certificates no longer in the config go away,
     /// so an alert on a replaced certificate does not keep firing.
     pub(crate) fn certificates(&self, expiry: &[Expiry]) {
-        self.certificate_expiry.clear();
-        for cert in expiry {
-            let labels = FileLabels {
+        let files: Vec<FileLabels> = expiry
+            .iter()
+            .map(|cert| FileLabels {
                 file: cert.file.display().to_string(),
-            };
+            })
+            .collect();
+        // New values first, old series removed after: a scrape in between never sees none.
+        for (labels, cert) in files.iter().zip(expiry) {
             self.certificate_expiry
-                .get_or_create(&labels)
+                .get_or_create(labels)
                 .set(cert.not_after);
         }
+        let mut previous = crate::server::lock(&self.certificate_files);
+        for gone in previous.iter().filter(|old| !files.contains(old)) {
+            self.certificate_expiry.remove(gone);
+        }
+        *previous = files;
     }
 
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {

@@ -180,7 +180,7 @@ fn spawn_tunnel(
     // The tunnel writes the connection's line when it ends.
     log.written = true;
     let route = log.route.clone().unwrap_or_default();
-    conn.shared.metrics.upgraded(&route, log.head_at.elapsed());
+    let took = log.head_at.elapsed();
     let backend = log.backend.clone().unwrap_or_default();
     let shared = conn.shared.clone();
     // Only the socket and its early bytes move into the task: the head would be held for the
@@ -191,9 +191,13 @@ fn spawn_tunnel(
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
         let Some(splice) = client_splice(upgraded, socket, early, idle, &conn, &route) else {
+            // The 101 never reached the client: counted as a client that left first.
+            conn.shared.metrics.answered(Some(&route), 499);
             tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
             return;
         };
+        // Counted once the client has its 101, so 101s and opened tunnels always agree.
+        conn.shared.metrics.upgraded(&route, took);
         conn.shared.metrics.tunnel_started();
         let outcome = splice.await;
         conn.shared.metrics.tunnel_closed(&route, &outcome);

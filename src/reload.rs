@@ -312,7 +312,10 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &
         }
         // An address that cannot be bound is the machine's state, not the file's: once the
         // port is free, touching the file (or SIGHUP) must retry the very same content.
-        Ok((_, Some(Ok(snapshot)))) => (None, shared.apply(snapshot).await.map_err(|e| e.to_string())),
+        Ok((_, Some(Ok(snapshot)))) => (
+            None,
+            shared.apply(snapshot).await.map_err(|e| e.to_string()),
+        ),
         Ok((on_disk, Some(Err(e)))) => (Some(on_disk), Err(e.to_string())),
         Err(e) => (None, Err(format!("reload task failed: {e}"))),
     };

@@ -1,7 +1,7 @@
 //! The backend leg: dial a route's backends in turn, forward the upgrade request, and return
 //! either a checked 101 with the raw backend socket, or the backend's refusal to relay.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -247,7 +248,7 @@ async fn connect(backend: &str) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is.
-    let addrs = tokio::net::lookup_host(backend)
+    let addrs = resolve(backend)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
     for addr in addrs {
@@ -261,6 +262,29 @@ async fn connect(backend: &str) -> std::io::Result<TcpStream> {
         }
     }
     Err(last)
+}
+
+/// Name lookups in flight at once. getaddrinfo blocks a thread of tokio's blocking pool until
+/// the resolver answers, even after the request that asked has given up; unbounded, a slow
+/// resolver under load would take the whole pool, and the reloads that need it too.
+const MAX_LOOKUPS: usize = 32;
+static LOOKUPS: Semaphore = Semaphore::const_new(MAX_LOOKUPS);
+
+/// The addresses of a `host:port` backend: an IP literal at once, a name through the system
+/// resolver, at most [`MAX_LOOKUPS`] at a time.
+async fn resolve(backend: &str) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(addr) = backend.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let permit = LOOKUPS.acquire().await.map_err(std::io::Error::other)?;
+    let name = backend.to_owned();
+    tokio::task::spawn_blocking(move || {
+        // Held until the resolver answers, however long after the caller gave up.
+        let _permit = permit;
+        name.to_socket_addrs().map(Iterator::collect)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The 101 the client gets: the backend's headers (extensions, chosen protocol, cookies…)
@@ -311,4 +335,23 @@ pub fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
     }
     headers.insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn literals_skip_the_resolver_and_names_go_through_it() {
+        let literal = resolve("[::1]:9001").await.unwrap();
+        assert_eq!(literal, vec!["[::1]:9001".parse().unwrap()]);
+        assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
+        let named = resolve("localhost:9001").await.unwrap();
+        assert!(named
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 9001));
+        assert!(!named.is_empty());
+        // The permit went back when the lookup ended.
+        assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
+    }
 }
