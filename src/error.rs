@@ -32,8 +32,10 @@ pub enum ProxyError {
     BadKey,
     #[error("Sec-WebSocket-Version is not 13")]
     UnsupportedVersion,
-    #[error("Host header missing or repeated")]
+    #[error("Host header missing, repeated, malformed or not the target's host")]
     BadHost,
+    #[error("malformed request head")]
+    MalformedRequest,
     #[error("upgrade request carries a body")]
     UnexpectedBody,
     #[error("request head too large")]
@@ -65,8 +67,10 @@ impl ProxyError {
         match self {
             NoRoute => (StatusCode::NOT_FOUND, Side::Client),
             NotUpgrade | UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, Side::Client),
-            MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost | UnexpectedBody
-            | NoSubprotocol => (StatusCode::BAD_REQUEST, Side::Client),
+            MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
+            | MalformedRequest | UnexpectedBody | NoSubprotocol => {
+                (StatusCode::BAD_REQUEST, Side::Client)
+            }
             HeadTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client),
             OriginDenied => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
@@ -92,6 +96,7 @@ impl ProxyError {
             BadKey => "invalid Sec-WebSocket-Key\n",
             UnsupportedVersion => "unsupported Sec-WebSocket-Version\n",
             BadHost => "invalid Host header\n",
+            MalformedRequest => "malformed request\n",
             UnexpectedBody => "upgrade request must not have a body\n",
             HeadTooLarge => "request header fields too large\n",
             OriginDenied => "origin not allowed\n",
@@ -134,6 +139,7 @@ mod tests {
             (ProxyError::UnsupportedVersion, 426),
             (ProxyError::MethodNotGet, 400),
             (ProxyError::BadKey, 400),
+            (ProxyError::MalformedRequest, 400),
             (ProxyError::NoSubprotocol, 400),
             (ProxyError::OriginDenied, 403),
             (ProxyError::HeadTooLarge, 431),

@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
+use crate::error::ProxyError;
+
 /// What reading the head found.
 pub enum Head {
     /// The head is complete within the limit (possibly followed by more bytes).
@@ -51,10 +53,28 @@ pub async fn read<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<(H
     }
 }
 
+/// Header fields a request may have: hyper's limit, checked here so that the refusal is ours.
+const MAX_HEADERS: usize = 100;
+
+/// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
+/// status of its own gets the proxy's refusal instead: too many header fields → 431, anything
+/// malformed → 400.
+pub fn check(head: &[u8]) -> Result<(), ProxyError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(head) {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        Err(httparse::Error::TooManyHeaders) => Err(ProxyError::HeadTooLarge),
+        // Partial cannot happen: `read` found the end of the head.
+        Ok(httparse::Status::Partial) | Err(_) => Err(ProxyError::MalformedRequest),
+    }
+}
+
 /// The length of the head through its empty line, searching from `from`. Like hyper's parser
-/// (httparse), a bare LF ends a line as well as CRLF.
+/// (httparse), a bare LF ends a line as well as CRLF, and empty lines before the request line
+/// are skipped (RFC 9112 §2.2), not taken for the end (they still count in the size).
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let mut i = from.max(start);
     while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
         let lf = i + offset;
         match &buf[lf + 1..] {
@@ -146,6 +166,25 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nxyz", 0), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(22));
+        assert_eq!(head_end(b"\r\n\r\n", 0), None);
+    }
+
+    #[test]
+    fn what_hyper_would_refuse_is_refused_here() {
+        assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        assert_eq!(check(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        assert_eq!(
+            check(b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n"),
+            Err(ProxyError::MalformedRequest)
+        );
+        assert_eq!(
+            check(b"GET /\x01 HTTP/1.1\r\n\r\n"),
+            Err(ProxyError::MalformedRequest)
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(check(head.as_bytes()), Err(ProxyError::HeadTooLarge));
     }
 
     #[tokio::test]

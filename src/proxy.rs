@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, ORIGIN};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -40,8 +41,6 @@ pub struct Conn {
     pub client_slot: Option<ClientSlot>,
     /// Over `max_connections_per_client`: the only answer it gets is 429.
     pub over_client_limit: bool,
-    /// The request head the client sent is over `max_request_header_bytes`: 431.
-    pub head_too_large: bool,
     /// Set once the connection's end line has been (or will be) written by the request path.
     pub logged: AtomicBool,
 }
@@ -58,6 +57,40 @@ pub async fn handle(
         Err(err) => Ok(refuse(&err, &mut log)),
     }
 }
+
+/// Refuses a request hyper is never shown (a head over the limit, or one hyper would not
+/// parse) with the answer and log line the request path gives, written straight to `io`.
+pub async fn refuse_unparsed<S>(io: &mut S, err: &ProxyError, conn: &Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.logged.store(true, Ordering::Relaxed);
+    let mut log = Line::new(conn);
+    let response = refuse(err, &mut log);
+    let body = err.body();
+    let mut head = format!("HTTP/1.1 {}\r\n", response.status());
+    for (name, value) in response.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    if io.write_all(head.as_bytes()).await.is_err() || io.shutdown().await.is_err() {
+        return;
+    }
+    // A close with unread bytes in the socket is a reset, which can destroy the answer before
+    // the client reads it: take in (a bounded amount of) what the client is still sending.
+    let mut sink = [0u8; 4096];
+    let mut budget = LINGER_BYTES;
+    while budget > 0 {
+        match io.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => budget = budget.saturating_sub(n),
+        }
+    }
+}
+
+/// What a refused client may still send before its connection is closed under it.
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// The fields of a connection's log line gathered along the way.
 struct Line<'a> {
@@ -113,9 +146,6 @@ async fn route_and_forward(
     }
     if conn.over_client_limit {
         return Err(ProxyError::ClientOverLimit);
-    }
-    if conn.head_too_large {
-        return Err(ProxyError::HeadTooLarge);
     }
     let host = websocket::request_host(req.uri(), req.headers())?;
     let offered = websocket::offered_protocols(req.headers());

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::ConfigError;
+use crate::error::ProxyError;
 use crate::head::{self, Head, Prefixed};
 use crate::metrics::{EarlyClose, Metrics};
 use crate::proxy::{self, Conn};
@@ -425,6 +426,11 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
                 "closed in the middle of the request head".to_string(),
             )),
             Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
+            // A TCP close without TLS's close_notify: a client gone, not a TLS failure.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err((
+                EarlyClose::NoRequest,
+                "closed before completing a request".to_string(),
+            )),
             Err(e) => Err((
                 EarlyClose::TlsFailed,
                 format!("reading the request failed: {e}"),
@@ -452,10 +458,23 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         shared: shared.clone(),
         guard: Arc::new(guard),
         over_client_limit: matches!(client_slot, Some(None)),
-        head_too_large,
         client_slot: client_slot.flatten(),
         logged: AtomicBool::new(false),
     });
+    // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
+    // answer is bounded too, so a client that stops reading cannot hold its slot forever.
+    let answer_by = deadline + connect_timeout + (deadline - started);
+    let refusal = match head_too_large {
+        true => Some(ProxyError::HeadTooLarge),
+        false => head::check(&head_bytes).err(),
+    };
+    if let Some(err) = refusal {
+        tokio::select! {
+            _ = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(&mut tls, &err, &conn)) => {}
+            _ = shared.drain.started() => {}
+        }
+        return;
+    }
     let service = {
         let conn = conn.clone();
         service_fn(move |req| proxy::handle(req, conn.clone()))
@@ -467,13 +486,13 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         // which clients reject. Every answer that is not a 101 carries "Connection: close".
         // hyper's floor is 8 KiB; the exact limit was measured by head::read. The margin
         // keeps hyper from refusing a head within the limit that arrives with early bytes.
-        .max_buf_size((max_head + 1024).max(8192));
+        .max_buf_size((max_head + 1024).max(8192))
+        // A client may shut its sending side right after the request (its half-close is
+        // passed on once the tunnel runs); without this hyper would drop the request.
+        .half_close(true);
     let serving = http
         .serve_connection(TokioIo::new(Prefixed::new(head_bytes, tls)), service)
         .with_upgrades();
-    // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
-    // answer is bounded too, so a client that stops reading cannot hold its slot forever.
-    let answer_by = deadline + connect_timeout + (deadline - started);
     let ended = tokio::select! {
         result = serving => Ended::Served(result),
         _ = tokio::time::sleep_until(answer_by) => Ended::Late,

@@ -97,18 +97,43 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
     let host = value.to_str().map_err(|_| ProxyError::BadHost)?;
     let parsed: Authority = host.parse().map_err(|_| ProxyError::BadHost)?;
     // "user@a.example.com" would match "*.example.com" by its suffix.
-    if host.contains('@') || parsed.host().is_empty() || !is_port(&host[parsed.host().len()..]) {
+    if !is_host(parsed.host()) || !is_port(&host[parsed.host().len()..]) {
         return Err(ProxyError::BadHost);
     }
     if let Some(target) = uri.authority() {
+        // Ports compare with the scheme's default filled in: https://a/ and "a:443" agree.
+        let default = match uri.scheme_str() {
+            Some("https" | "wss") => Some(443),
+            Some("http" | "ws") => Some(80),
+            _ => None,
+        };
         let same = !target.as_str().contains('@')
-            && target.host().eq_ignore_ascii_case(parsed.host())
-            && target.port_u16() == parsed.port_u16();
+            && same_name(target.host(), parsed.host())
+            && target.port_u16().or(default) == parsed.port_u16().or(default);
         if !same {
             return Err(ProxyError::BadHost);
         }
     }
     Ok(Some(host))
+}
+
+/// A host a route can be chosen by: a DNS name (letters, digits, '-', '_', '.') or a
+/// bracketed IPv6 literal. The URI grammar also allows "user@", "*", "," and other
+/// sub-delimiters, which would let "evil.test,chat.example.com" match "*.example.com".
+fn is_host(host: &str) -> bool {
+    if let Some(literal) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return literal.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Host names compare case-insensitively, with a trailing root dot ignored.
+fn same_name(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
 /// What follows the host in an authority: nothing, or ":" and a port (possibly empty).
@@ -308,6 +333,10 @@ mod tests {
             "",
             ":8443",
             "a.example.com:x",
+            "evil.test,a.example.com",
+            "*.example.com",
+            "[::1",
+            "[zz]:1",
         ] {
             assert_eq!(host_of("/ws", &[bad]), Err(ProxyError::BadHost), "{bad:?}");
         }
@@ -331,6 +360,21 @@ mod tests {
         assert_eq!(
             host_of(target, &["chat.example.com:444"]),
             Err(ProxyError::BadHost)
+        );
+        let ok = |h: &str| Ok(Some(h.to_string()));
+        assert_eq!(
+            host_of(target, &["chat.example.com:443"]),
+            ok("chat.example.com:443")
+        );
+        let explicit = "https://chat.example.com:443/ws";
+        assert_eq!(
+            host_of(explicit, &["chat.example.com"]),
+            ok("chat.example.com")
+        );
+        let rooted = "https://chat.example.com./ws";
+        assert_eq!(
+            host_of(rooted, &["chat.example.com"]),
+            ok("chat.example.com")
         );
         assert_eq!(host_of(target, &[]), Err(ProxyError::BadHost));
         assert_eq!(

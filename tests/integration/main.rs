@@ -16,6 +16,7 @@ mod proxy_protocol;
 mod regressions;
 mod reject;
 mod reload;
+mod review;
 mod routing;
 mod shutdown;
 mod sni;
