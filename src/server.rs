@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -415,28 +417,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
     };
     let max_head = snapshot.config.limits.max_request_header_bytes;
-    let read_head = async {
-        match head::read(&mut tls, max_head).await {
-            Ok((Head::Closed, read)) if read.is_empty() => Err((
-                EarlyClose::NoRequest,
-                "closed before sending a request".to_string(),
-            )),
-            Ok((Head::Closed, _)) => Err((
-                EarlyClose::BadRequest,
-                "closed in the middle of the request head".to_string(),
-            )),
-            Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
-            // A TCP close without TLS's close_notify: a client gone, not a TLS failure.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err((
-                EarlyClose::NoRequest,
-                "closed before completing a request".to_string(),
-            )),
-            Err(e) => Err((
-                EarlyClose::TlsFailed,
-                format!("reading the request failed: {e}"),
-            )),
-        }
-    };
+    let read_head = read_request_head(&mut tls, max_head);
     let (head_too_large, head_bytes) =
         match in_time(&shared, deadline, read_head, "request head").await {
             Ok(read) => read,
@@ -509,7 +490,40 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         }
         return;
     }
-    let (kind, reason) = match ended {
+    let (kind, reason) = unanswered(ended);
+    early_close(&shared, peer, started, kind, &reason);
+}
+
+/// Reads the request head (see [`head::read`]): whether it is over `max`, and the bytes read.
+async fn read_request_head(
+    tls: &mut TlsStream<TcpStream>,
+    max: usize,
+) -> Result<(bool, Bytes), (EarlyClose, String)> {
+    match head::read(tls, max).await {
+        Ok((Head::Closed, read)) if read.is_empty() => Err((
+            EarlyClose::NoRequest,
+            "closed before sending a request".to_string(),
+        )),
+        Ok((Head::Closed, _)) => Err((
+            EarlyClose::BadRequest,
+            "closed in the middle of the request head".to_string(),
+        )),
+        Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
+        // A TCP close without TLS's close_notify: a client gone, not a TLS failure.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err((
+            EarlyClose::NoRequest,
+            "closed before completing a request".to_string(),
+        )),
+        Err(e) => Err((
+            EarlyClose::TlsFailed,
+            format!("reading the request failed: {e}"),
+        )),
+    }
+}
+
+/// Why a connection hyper served ended without any request being answered.
+fn unanswered(ended: Ended) -> (EarlyClose, String) {
+    match ended {
         Ended::Served(Ok(())) => (
             EarlyClose::NoRequest,
             "closed before sending a request".into(),
@@ -531,8 +545,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
             EarlyClose::Shutdown,
             "shutdown before a request was answered".into(),
         ),
-    };
-    early_close(&shared, peer, started, kind, &reason);
+    }
 }
 
 /// Runs one step of a connection's set-up under the handshake deadline, giving way to a
