@@ -1,7 +1,7 @@
 //! The newcomer's demo: a WebSocket echo backend on 127.0.0.1:9001, wsgate in front of it on
 //! the default config (`config/wsgate.toml`, wss://localhost:8443 with the dev certificates),
 //! and one message sent through both to prove the path works. Then it keeps serving until
-//! Ctrl-C; try it with `cargo run --example wsclient`.
+//! Ctrl-C; try it with `cargo run --release --example wsclient`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     ws.close(None).await?;
     println!("  wsgate is serving {url} → ws://{BACKEND} (Ctrl-C to stop)");
-    println!("  try it:  cargo run --example wsclient -- {url}\n");
+    println!("  try it:  cargo run --release --example wsclient -- {url}\n");
     tokio::signal::ctrl_c().await?;
     server.shutdown().await;
     Ok(())

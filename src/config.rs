@@ -312,9 +312,17 @@ impl Config {
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(src).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
+            let mut key = key_at(src, span.start);
+            if key.is_empty() {
+                // A top-level problem ("missing field `tls`", "unknown field `tls2`") is
+                // reported on the whole document or on a header: the field is the key.
+                key = first_quoted(e.message())
+                    .unwrap_or("(top level)")
+                    .to_string();
+            }
             ConfigError {
                 file: path.to_path_buf(),
-                location: Some(locate(src, &span, &key_at(src, span.start))),
+                location: Some(locate(src, &span, &key)),
                 message: e.message().trim().to_string(),
             }
         })?;
@@ -736,6 +744,12 @@ fn key_at(src: &str, offset: usize) -> String {
     }
 }
 
+/// The first `backquoted` word of a parser message.
+fn first_quoted(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once('`')?;
+    rest.split_once('`').map(|(word, _)| word)
+}
+
 fn last_ident(text: &str) -> String {
     let ident: String = text
         .trim_end()
@@ -953,5 +967,8 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             Config::from_toml_str("[proxy]\nlisten = [\"127.0.0.1:1\"]\n", Path::new("w.toml"))
                 .unwrap_err();
         assert!(err.message.contains("tls"), "{err}");
+        assert_eq!(err.location.as_ref().map(|l| l.key.as_str()), Some("tls"));
+        let err = error("[tls2]\nx = 1\n");
+        assert!(err.contains(": tls2: unknown field `tls2`"), "{err}");
     }
 }

@@ -216,6 +216,10 @@ impl Default for Metrics {
             "Unix time of the last applied reload (0 if none since start)",
             metrics.last_reload.clone(),
         );
+        // Both results exist from the start at 0, so `increase()` sees the first failure.
+        for result in ["success", "failure"] {
+            drop(metrics.reloads.get_or_create(&ResultLabels { result }));
+        }
         metrics
     }
 }

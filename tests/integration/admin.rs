@@ -260,6 +260,12 @@ async fn a_reload_adds_and_removes_the_admin_endpoint_and_is_counted() {
         "{text}"
     );
     assert!(sample(&text, "wsgate_config_last_reload_success_timestamp_seconds").unwrap() > 1.7e9);
+    // Exported at 0 before the first failure, so an alert on increase() sees that failure.
+    assert_eq!(
+        sample(&text, r#"wsgate_config_reloads_total{result="failure"}"#),
+        Some(0.0),
+        "{text}"
+    );
 
     // A bad reload is counted as a failure, and the endpoint stays.
     write_body(
