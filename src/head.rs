@@ -29,7 +29,7 @@ pub enum Head {
 pub async fn read<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<(Head, Bytes)> {
     // Most heads are a few hundred bytes: grow as needed rather than reserve the limit.
     let mut buf = BytesMut::with_capacity(1024);
-    let mut scanned = 0;
+    let mut scan = Scan::default();
     loop {
         if buf.capacity() == buf.len() {
             buf.reserve(buf.len().clamp(1024, 8192));
@@ -37,7 +37,7 @@ pub async fn read<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<(H
         if io.read_buf(&mut buf).await? == 0 {
             return Ok((Head::Closed, buf.freeze()));
         }
-        if let Some(end) = head_end(&buf, scanned) {
+        if let Some(end) = scan.head_end(&buf) {
             let head = if end <= max {
                 Head::Complete
             } else {
@@ -48,8 +48,6 @@ pub async fn read<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<(H
         if buf.len() > max {
             return Ok((Head::TooLarge, buf.freeze()));
         }
-        // The terminator may straddle reads: look again from just before this read's bytes.
-        scanned = buf.len().saturating_sub(2);
     }
 }
 
@@ -61,29 +59,74 @@ const MAX_HEADERS: usize = 100;
 /// malformed → 400.
 pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(head) {
-        Ok(httparse::Status::Complete(_)) => Ok(()),
-        Err(httparse::Error::TooManyHeaders) => Err(ProxyError::HeadTooLarge),
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::HeadTooLarge),
         // Partial cannot happen: `read` found the end of the head.
-        Ok(httparse::Status::Partial) | Err(_) => Err(ProxyError::MalformedRequest),
+        Ok(httparse::Status::Partial) | Err(_) => return Err(ProxyError::MalformedRequest),
     }
-}
-
-/// The length of the head through its empty line, searching from `from`. Like hyper's parser
-/// (httparse), a bare LF ends a line as well as CRLF, and empty lines before the request line
-/// are skipped (RFC 9112 §2.2), not taken for the end (they still count in the size).
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    let mut i = from.max(start);
-    while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
-        let lf = i + offset;
-        match &buf[lf + 1..] {
-            [b'\n', ..] => return Some(lf + 2),
-            [b'\r', b'\n', ..] => return Some(lf + 3),
-            _ => i = lf + 1,
+    // What hyper checks beyond the syntax: a target that parses as a URI, and a framing it
+    // understands. An upgrade request has no body, so any framing header is refused here.
+    let target = request.path.unwrap_or_default();
+    if target.parse::<hyper::Uri>().is_err() {
+        return Err(ProxyError::MalformedRequest);
+    }
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ProxyError::UnexpectedBody);
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
+            match value.parse::<u64>() {
+                Ok(0) => {}
+                Ok(_) => return Err(ProxyError::UnexpectedBody),
+                Err(_) => return Err(ProxyError::MalformedRequest),
+            }
         }
     }
-    None
+    Ok(())
+}
+
+/// Where the search for the end of the head stands: each byte is looked at about once, however
+/// the head is split over reads (a head trickling in byte by byte must not cost O(n²)).
+#[derive(Default)]
+struct Scan {
+    /// Where the request line starts, once a byte other than CR or LF has arrived.
+    start: Option<usize>,
+    /// Bytes already searched.
+    scanned: usize,
+}
+
+impl Scan {
+    /// The length of the head through its empty line, if it has arrived. Like hyper's parser
+    /// (httparse), a bare LF ends a line as well as CRLF, and empty lines before the request
+    /// line are skipped (RFC 9112 §2.2), not taken for the end (they still count in the size).
+    fn head_end(&mut self, buf: &[u8]) -> Option<usize> {
+        if self.start.is_none() {
+            self.start = buf[self.scanned..]
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .map(|p| p + self.scanned);
+        }
+        let Some(start) = self.start else {
+            self.scanned = buf.len();
+            return None;
+        };
+        let mut i = self.scanned.max(start);
+        while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
+            let lf = i + offset;
+            match &buf[lf + 1..] {
+                [b'\n', ..] => return Some(lf + 2),
+                [b'\r', b'\n', ..] => return Some(lf + 3),
+                _ => i = lf + 1,
+            }
+        }
+        // The terminator may straddle reads: look again from just before the last two bytes.
+        self.scanned = buf.len().saturating_sub(2).max(start);
+        None
+    }
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -157,17 +200,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 mod tests {
     use super::*;
 
+    fn end_of(buf: &[u8]) -> Option<usize> {
+        Scan::default().head_end(buf)
+    }
+
+    #[test]
+    fn a_head_fed_byte_by_byte_is_found_once_complete() {
+        let head = b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut scan = Scan::default();
+        for n in 1..head.len() {
+            assert_eq!(scan.head_end(&head[..n]), None, "{n}");
+        }
+        assert_eq!(scan.head_end(head), Some(head.len()));
+    }
+
     #[test]
     fn the_head_ends_at_its_empty_line() {
-        assert_eq!(
-            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nxyz", 0),
-            Some(27)
-        );
-        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nxyz", 0), Some(24));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
-        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(22));
-        assert_eq!(head_end(b"\r\n\r\n", 0), None);
+        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nxyz"), Some(27));
+        assert_eq!(end_of(b"GET / HTTP/1.1\nHost: a\n\nxyz"), Some(24));
+        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(end_of(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
+        assert_eq!(end_of(b"\r\n\r\n"), None);
     }
 
     #[test]
@@ -180,6 +234,21 @@ mod tests {
         );
         assert_eq!(
             check(b"GET /\x01 HTTP/1.1\r\n\r\n"),
+            Err(ProxyError::MalformedRequest)
+        );
+        let framed = |line: &str| check(format!("GET / HTTP/1.1\r\n{line}\r\n\r\n").as_bytes());
+        assert_eq!(framed("Content-Length: 0"), Ok(()));
+        assert_eq!(
+            framed("Content-Length: abc"),
+            Err(ProxyError::MalformedRequest)
+        );
+        assert_eq!(framed("Content-Length: 5"), Err(ProxyError::UnexpectedBody));
+        assert_eq!(
+            framed("Transfer-Encoding: gzip"),
+            Err(ProxyError::UnexpectedBody)
+        );
+        assert_eq!(
+            check(b"GET http://[::1/ws HTTP/1.1\r\n\r\n"),
             Err(ProxyError::MalformedRequest)
         );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();

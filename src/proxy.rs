@@ -58,6 +58,18 @@ pub async fn handle(
     }
 }
 
+/// The refusals decided when the connection was accepted: over `max_connections` (503) or
+/// over `max_connections_per_client` (429). Checked before hyper is involved.
+pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
+    if conn.guard.over_limit() {
+        return Err(ProxyError::Overloaded);
+    }
+    if conn.over_client_limit {
+        return Err(ProxyError::ClientOverLimit);
+    }
+    Ok(())
+}
+
 /// Refuses a request hyper is never shown (a head over the limit, or one hyper would not
 /// parse) with the answer and log line the request path gives, written straight to `io`.
 pub async fn refuse_unparsed<S>(io: &mut S, err: &ProxyError, conn: &Conn)
@@ -79,18 +91,23 @@ where
     }
     // A close with unread bytes in the socket is a reset, which can destroy the answer before
     // the client reads it: take in (a bounded amount of) what the client is still sending.
-    let mut sink = [0u8; 4096];
-    let mut budget = LINGER_BYTES;
-    while budget > 0 {
-        match io.read(&mut sink).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => budget = budget.saturating_sub(n),
+    // Bounded in bytes and time, so a refused client cannot hold its slot, or shutdown.
+    let linger = async {
+        let mut sink = [0u8; 4096];
+        let mut budget = LINGER_BYTES;
+        while budget > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, linger).await;
 }
 
 /// What a refused client may still send before its connection is closed under it.
 const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fields of a connection's log line gathered along the way.
 struct Line<'a> {
@@ -139,14 +156,9 @@ async fn route_and_forward(
     // The config in force now, not at accept: a reload between the TLS handshake and the
     // request head must route this request by the new table.
     let snapshot = &conn.shared.current();
-    // Taken first: it needs the request mutably, the checks below borrow it.
+    // Taken first: it needs the request mutably, the checks below borrow it. (Connection
+    // limits were checked by `admit` before hyper read the request.)
     let on_client_upgrade = hyper::upgrade::on(&mut *req);
-    if conn.guard.over_limit() {
-        return Err(ProxyError::Overloaded);
-    }
-    if conn.over_client_limit {
-        return Err(ProxyError::ClientOverLimit);
-    }
     let host = websocket::request_host(req.uri(), req.headers())?;
     let offered = websocket::offered_protocols(req.headers());
     let selection = snapshot.routes.select(host, req.uri().path(), &offered);

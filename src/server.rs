@@ -416,16 +416,10 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         Ok(ready) => ready,
         Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
     };
-    let max_head = snapshot.config.limits.max_request_header_bytes;
-    let read_head = read_request_head(&mut tls, max_head);
-    let (head_too_large, head_bytes) =
-        match in_time(&shared, deadline, read_head, "request head").await {
-            Ok(read) => read,
-            Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
-        };
     let connect_timeout = snapshot.config.timeouts.connect;
-    // Taken once the client is known (after the PROXY header); refused with 429 in the
-    // request path, like the global limit's 503, so the client gets an answer.
+    // Taken once the client is known (after the PROXY header) and before its request is read,
+    // so idle connections count; refused with 429 once the head is in (see `proxy::admit`),
+    // like the global limit's 503, so the client gets an answer.
     let client_slot = snapshot
         .config
         .limits
@@ -442,17 +436,29 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         client_slot: client_slot.flatten(),
         logged: AtomicBool::new(false),
     });
+    let max_head = snapshot.config.limits.max_request_header_bytes;
+    let read_head = read_request_head(&mut tls, max_head);
+    let (head_too_large, head_bytes) =
+        match in_time(&shared, deadline, read_head, "request head").await {
+            Ok(read) => read,
+            Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
+        };
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
     let answer_by = deadline + connect_timeout + (deadline - started);
-    let refusal = match head_too_large {
+    // Refusals that need no routing are answered here, and hyper never sees the request.
+    let refusal = proxy::admit(&conn).err().or_else(|| match head_too_large {
         true => Some(ProxyError::HeadTooLarge),
         false => head::check(&head_bytes).err(),
-    };
+    });
     if let Some(err) = refusal {
-        tokio::select! {
-            _ = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(&mut tls, &err, &conn)) => {}
-            _ = shared.drain.started() => {}
+        let answered = tokio::select! {
+            done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(&mut tls, &err, &conn)) => done.is_ok(),
+            _ = shared.drain.started() => false,
+        };
+        if !answered {
+            shared.metrics.closed_early(EarlyClose::AnswerLate);
+            tracing::info!(client = %peer, "answer not delivered in time; connection dropped");
         }
         return;
     }

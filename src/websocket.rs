@@ -124,10 +124,18 @@ fn is_host(host: &str) -> bool {
     if let Some(literal) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return literal.parse::<std::net::Ipv6Addr>().is_ok();
     }
-    !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    // Labels of letters, digits, '-' (not first or last) and '_', none empty; one trailing
+    // root dot is allowed.
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
 }
 
 /// Host names compare case-insensitively, with a trailing root dot ignored.
@@ -139,7 +147,11 @@ fn same_name(a: &str, b: &str) -> bool {
 /// What follows the host in an authority: nothing, or ":" and a port (possibly empty).
 fn is_port(rest: &str) -> bool {
     match rest.strip_prefix(':') {
-        Some(port) => port.is_empty() || port.parse::<u16>().is_ok(),
+        // Digits only: u16's parser would also take "+443".
+        Some(port) => {
+            port.is_empty()
+                || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+        }
         None => rest.is_empty(),
     }
 }
@@ -337,6 +349,13 @@ mod tests {
             "*.example.com",
             "[::1",
             "[zz]:1",
+            "..",
+            "a..b",
+            ".",
+            "...example.com",
+            "a:+1",
+            "-",
+            "a.-b.example.com",
         ] {
             assert_eq!(host_of("/ws", &[bad]), Err(ProxyError::BadHost), "{bad:?}");
         }
