@@ -5,7 +5,6 @@
 //! lingering without delaying shutdown; hosts that are not plain names; absolute targets with
 //! default ports; clients half-closing, vanishing or resetting around the 101.
 
-
 use crate::admin::{metrics, sample, ADMIN};
 use crate::support::*;
 
