@@ -27,6 +27,9 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// The plain-HTTP admin listener (metrics, health), if configured.
     pub admin: Option<SocketAddr>,
+    /// Where each `listen` address and the admin one are written, for bind errors.
+    listen_locations: Vec<Location>,
+    admin_location: Option<Location>,
     /// In file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -329,6 +332,24 @@ impl Config {
         Validator { src, path }.config(raw)
     }
 
+    /// An error about the listener on `addr` (the admin one if `admin`), pointing at where
+    /// the address is written.
+    pub fn listener_error(&self, addr: SocketAddr, admin: bool, message: String) -> ConfigError {
+        let location = match admin {
+            true => self.admin_location.as_ref(),
+            false => (self.listen.iter().position(|&a| a == addr))
+                .and_then(|i| self.listen_locations.get(i)),
+        };
+        match location {
+            Some(location) => ConfigError::at(&self.path, location, message),
+            None => ConfigError {
+                file: self.path.clone(),
+                location: None,
+                message,
+            },
+        }
+    }
+
     /// The config file and every file it names: what the reload watcher follows.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
@@ -352,6 +373,11 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = self.listen(&raw.proxy.listen)?;
+        let listen_locations = (raw.proxy.listen.get_ref().iter().enumerate())
+            .map(|(i, text)| locate(self.src, &text.span(), &format!("proxy.listen[{i}]")))
+            .collect();
+        let admin_location = (raw.admin.as_ref())
+            .map(|admin| locate(self.src, &admin.listen.span(), "admin.listen"));
         Ok(Config {
             path: self.path.to_path_buf(),
             admin: raw
@@ -360,6 +386,8 @@ impl Validator<'_> {
                 .map(|admin| self.admin(&admin.listen, &listen))
                 .transpose()?,
             listen,
+            listen_locations,
+            admin_location,
             certificates: self.certificates(&raw.tls.certificates)?,
             tls_min_version: raw.tls.min_version,
             timeouts: self.timeouts(&raw.timeouts)?,

@@ -74,6 +74,11 @@ pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     }
     for header in request.headers.iter() {
         let name = header.name;
+        // Values the proxy reads as token lists or addresses must be plain ASCII: a byte it
+        // would skip (say, a `Connection` token it then fails to strip) is refused instead.
+        if PARSED.iter().any(|p| name.eq_ignore_ascii_case(p)) && !header.value.is_ascii() {
+            return Err(ProxyError::MalformedRequest);
+        }
         if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ProxyError::UnexpectedBody);
         }
@@ -88,6 +93,18 @@ pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     }
     Ok(())
 }
+
+/// Fields whose values the proxy parses.
+const PARSED: [&str; 8] = [
+    "connection",
+    "upgrade",
+    "host",
+    "origin",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "x-forwarded-for",
+];
 
 /// Where the search for the end of the head stands: each byte is looked at about once, however
 /// the head is split over reads (a head trickling in byte by byte must not cost O(n²)).
@@ -237,6 +254,14 @@ mod tests {
             Err(ProxyError::MalformedRequest)
         );
         let framed = |line: &str| check(format!("GET / HTTP/1.1\r\n{line}\r\n\r\n").as_bytes());
+        assert_eq!(
+            check(b"GET / HTTP/1.1\r\nConnection: Upgrade, X-Secret\x80\r\n\r\n"),
+            Err(ProxyError::MalformedRequest)
+        );
+        assert_eq!(
+            check(b"GET / HTTP/1.1\r\nX-Note: caf\xc3\xa9\r\n\r\n"),
+            Ok(())
+        );
         assert_eq!(framed("Content-Length: 0"), Ok(()));
         assert_eq!(
             framed("Content-Length: abc"),

@@ -98,7 +98,7 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
                 // 2 is a bad config; an address in use is the machine's state, not the file's.
                 return match e {
                     wsgate::Error::Config(_) => ExitCode::from(2),
-                    wsgate::Error::Bind { .. } => ExitCode::FAILURE,
+                    wsgate::Error::Bind(_) => ExitCode::FAILURE,
                 };
             }
         };

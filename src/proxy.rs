@@ -172,10 +172,14 @@ async fn route_and_forward(
     let Selection::Matched { route, protocols } = selection else {
         return Err(ProxyError::NoSubprotocol);
     };
-    let origin = req
-        .headers()
-        .get(ORIGIN)
-        .map(|o| o.to_str().unwrap_or("\u{0}"));
+    // One Origin line, as browsers send. With two, this check and the backend could read
+    // different ones: a route with an allow-list refuses that (a NUL matches no entry).
+    let mut origins = req.headers().get_all(ORIGIN).iter();
+    let origin = match (origins.next(), origins.next()) {
+        (None, _) => None,
+        (Some(o), None) => Some(o.to_str().unwrap_or("\u{0}")),
+        (Some(_), Some(_)) => Some("\u{0}"),
+    };
     if !route.allows_origin(origin) {
         return Err(ProxyError::OriginDenied);
     }

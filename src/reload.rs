@@ -11,13 +11,14 @@
 //! a content fingerprint skips reloads that would change nothing.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::ModifyKind;
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use rustls::ServerConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,12 +47,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Loads the config at `path` and everything it names.
     pub fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
+        // Hashed before reading: a write landing during the build then still looks like a
+        // change afterwards, and is applied by its own event (never hidden under this hash).
+        let fingerprint = on_disk_fingerprint(path);
         let config = Config::load(path)?;
         let (tls, expiry) = tls::server_config(&config)?;
         warn_about_expiry(&expiry);
         let routes = RouteTable::new(&config.routes);
-        // Same file set as `on_disk_fingerprint` hashes when the disk matches this config.
-        let fingerprint = fingerprint(&config.watched_files());
         Ok(Snapshot {
             config,
             routes,
@@ -89,6 +91,9 @@ pub struct ReloadStatus {
     pub failures: u64,
     pub last_error: Option<String>,
     pub last_success: Option<SystemTime>,
+    /// Times the watcher looked at the files, whatever it found (a change, a rejection, the
+    /// same content): lets a test await "the watcher has seen this event".
+    pub checks: u64,
 }
 
 /// Hash of the files' contents; a missing file hashes as such, so its return is a change.
@@ -109,35 +114,61 @@ enum Trigger {
     Manual,
 }
 
-/// Starts watching the config's folders, SIGHUP and `manual`, and reloading, until `stop`.
-/// The watches are in place when this returns, so a write right after start is not missed.
+/// Starts watching the config's folders, SIGHUP (`hangup`, registered by the caller before
+/// anything else, so a SIGHUP during start-up cannot kill the process) and `manual`, and
+/// reloading, until `stop`. The watches are in place when this returns, and the files are
+/// checked once more right after, so a write during start-up is not missed.
 pub(crate) fn spawn_watcher(
     shared: Arc<Shared>,
     path: PathBuf,
     manual: mpsc::UnboundedReceiver<()>,
+    hangup: Hangup,
     stop: CancellationToken,
 ) {
     let (events_tx, events) = mpsc::unbounded_channel::<()>();
-    let on_event = move |event: notify::Result<notify::Event>| {
-        // Our own reads of the files show up as access events: reacting to them would loop.
-        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+    let lost = Arc::new(Mutex::new(BTreeSet::new()));
+    let on_event = {
+        let lost = lost.clone();
+        let events_tx = events_tx.clone();
+        move |event: notify::Result<notify::Event>| {
+            match event {
+                // Our own reads of the files show up as access events: reacting would loop.
+                Ok(e) if matches!(e.kind, EventKind::Access(_)) => return,
+                // A watched folder deleted or renamed takes its watch with it (the watch
+                // follows the inode): remember the paths, so the next refresh watches anew.
+                Ok(e)
+                    if matches!(
+                        e.kind,
+                        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                    ) =>
+                {
+                    lock(&lost).extend(e.paths);
+                }
+                Ok(_) => {}
+                // Events may have been lost with it (a queue overflow, say): look anyway.
+                Err(e) => tracing::warn!(error = %e, "file watch error; checking the config files"),
+            }
             let _ = events_tx.send(());
         }
     };
     let watcher = match notify::recommended_watcher(on_event) {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::error!(error = %e, "cannot watch the config for changes; only SIGHUP reloads");
+            tracing::error!(error = %e, "cannot watch the config for changes; polling it every second");
             None
         }
     };
     let mut state = WatchState {
         watcher,
-        watched: BTreeSet::new(),
+        watched: BTreeMap::new(),
+        lost,
+        degraded: false,
         rejected: None,
+        unbindable: None,
     };
     state.refresh_watches(&shared, &path);
-    let hangup = hangup_signal();
+    // Covers writes between the start-up read and the watches taking.
+    let _ = events_tx.send(());
     tokio::spawn(async move {
         state
             .run(&shared, &path, events, manual, hangup, stop)
@@ -145,11 +176,42 @@ pub(crate) fn spawn_watcher(
     });
 }
 
+/// A folder's identity: a folder deleted and made again, or swapped by rename, is a new one
+/// at the same path, and needs a new watch.
+#[cfg(unix)]
+fn folder_id(folder: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(folder).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn folder_id(folder: &Path) -> Option<(u64, u64)> {
+    folder.is_dir().then_some((0, 0))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How often the files are checked while a wanted folder cannot be watched (or there is no
+/// watcher at all): the one-second promise holds, at the cost of reading a few small files.
+const POLL: Duration = Duration::from_secs(1);
+
 struct WatchState {
     watcher: Option<RecommendedWatcher>,
-    watched: BTreeSet<PathBuf>,
+    /// Watched folders and the identity each had when its watch was taken.
+    watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
+    /// Paths reported deleted or renamed since the last refresh (filled by the watcher).
+    lost: Arc<Mutex<BTreeSet<PathBuf>>>,
+    /// A wanted folder could not be watched (or there is no watcher): poll until it can.
+    degraded: bool,
     /// The content of a rejected config: the same bytes are not retried (or logged) again.
     rejected: Option<u64>,
+    /// Content that failed to bind, and why: retried on every event (the port may have been
+    /// freed), but the same failure again is not logged or counted again.
+    unbindable: Option<(u64, String)>,
 }
 
 impl WatchState {
@@ -162,65 +224,87 @@ impl WatchState {
         mut hangup: Hangup,
         stop: CancellationToken,
     ) {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
-                Some(()) = events.recv() => Trigger::Files,
-                Some(()) = manual.recv() => Trigger::Manual,
-                Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
+                Some(()) = events.recv() => Wake::Event,
+                Some(()) = manual.recv() => Wake::Manual,
+                Some(()) = recv_hangup(&mut hangup) => Wake::Manual,
+                _ = poll.tick(), if self.degraded => Wake::Poll,
             };
             let trigger = match first {
                 // A manual reload asked for while a burst settles is served at once.
-                Trigger::Files => tokio::select! {
+                Wake::Event => tokio::select! {
                     _ = stop.cancelled() => return,
                     () = debounce(&mut events) => Trigger::Files,
                     Some(()) = manual.recv() => Trigger::Manual,
                     Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
                 },
-                Trigger::Manual => Trigger::Manual,
+                Wake::Poll => Trigger::Files,
+                Wake::Manual => Trigger::Manual,
             };
-            reload(shared, path, trigger, &mut self.rejected).await;
+            self.reload(shared, path, trigger).await;
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
             while self.refresh_watches(shared, path) {
-                reload(shared, path, Trigger::Files, &mut self.rejected).await;
+                self.reload(shared, path, Trigger::Files).await;
             }
         }
     }
 
     /// Watches the folder of every file the config depends on (and stops watching the rest);
-    /// true if a folder is watched now that was not before.
+    /// true if a folder is watched now that was not before, or is watched anew because it was
+    /// replaced (deleted and made again, or swapped by rename).
     ///
     /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
     /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
     /// its creation is noticed and it is watched from then on.
     fn refresh_watches(&mut self, shared: &Shared, path: &Path) -> bool {
+        let lost = std::mem::take(&mut *lock(&self.lost));
         let Some(watcher) = self.watcher.as_mut() else {
+            self.degraded = true;
             return false;
         };
         let wanted = wanted_folders(&relevant_files(shared, path));
-        for gone in self.watched.difference(&wanted) {
+        for gone in self.watched.keys().filter(|f| !wanted.contains(*f)) {
             let _ = watcher.unwatch(gone);
         }
-        self.watched.retain(|folder| wanted.contains(folder));
+        self.watched.retain(|folder, _| wanted.contains(folder));
         let mut added = false;
+        self.degraded = false;
         for folder in &wanted {
-            if self.watched.contains(folder) {
-                continue;
+            let id = folder_id(folder);
+            if let Some(known) = self.watched.get(folder) {
+                if *known == id && !lost.contains(folder) {
+                    continue;
+                }
+                // Replaced: the old watch follows the old folder (or died with it).
+                let _ = watcher.unwatch(folder);
+                self.watched.remove(folder);
             }
-            // Only recorded when the watch took: a failed one is tried again next time.
+            // Only recorded when the watch took: a failed one is polled for and tried again.
             match watcher.watch(folder, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    self.watched.insert(folder.clone());
+                    self.watched.insert(folder.clone(), id);
                     added = true;
                 }
                 Err(e) => {
-                    tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder")
+                    self.degraded = true;
+                    tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead")
                 }
             }
         }
         added
     }
+}
+
+/// What woke the watcher.
+enum Wake {
+    Event,
+    Manual,
+    Poll,
 }
 
 /// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
@@ -282,69 +366,102 @@ fn on_disk_fingerprint(path: &Path) -> u64 {
     }
 }
 
-/// Builds and applies a new snapshot, or keeps the current one and says why.
-async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, rejected: &mut Option<u64>) {
-    let current = shared.current();
-    let generation = current.generation + 1;
-    let previously_rejected = *rejected;
-    let path = path.to_path_buf();
-    // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
-    let built = tokio::task::spawn_blocking(move || {
-        let on_disk = on_disk_fingerprint(&path);
-        let unchanged = on_disk == current.fingerprint || Some(on_disk) == previously_rejected;
-        if trigger == Trigger::Files && unchanged {
-            return (on_disk, None);
+impl WatchState {
+    /// Builds and applies a new snapshot, or keeps the current one and says why.
+    async fn reload(&mut self, shared: &Arc<Shared>, path: &Path, trigger: Trigger) {
+        let current = shared.current();
+        let generation = current.generation + 1;
+        let previously_rejected = self.rejected;
+        let path = path.to_path_buf();
+        // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
+        let built = tokio::task::spawn_blocking(move || {
+            let on_disk = on_disk_fingerprint(&path);
+            let unchanged = on_disk == current.fingerprint || Some(on_disk) == previously_rejected;
+            if trigger == Trigger::Files && unchanged {
+                return None;
+            }
+            let built = Snapshot::build(&path, generation);
+            // A file caught mid-write fails to build, but its finished content may hash like
+            // the content hashed above: remember a rejection only if the disk held still.
+            let settled = built.is_ok() || on_disk_fingerprint(&path) == on_disk;
+            Some((on_disk, settled, built))
+        })
+        .await;
+        let result = match built {
+            Ok(None) => {
+                tracing::debug!("config files touched but their content did not change");
+                None
+            }
+            Ok(Some((on_disk, _, Ok(snapshot)))) => {
+                self.rejected = None;
+                self.apply(shared, snapshot, on_disk, trigger).await
+            }
+            Ok(Some((on_disk, settled, Err(e)))) => {
+                self.rejected = settled.then_some(on_disk);
+                Some(Err(e.to_string()))
+            }
+            Err(e) => Some(Err(format!("reload task failed: {e}"))),
+        };
+        self.record(shared, generation, result);
+    }
+
+    /// Swaps `snapshot` in, binding its new listeners; `None` if it failed to bind exactly as
+    /// the last file-triggered try of this content did (not news: not logged or counted again).
+    async fn apply(
+        &mut self,
+        shared: &Arc<Shared>,
+        snapshot: Snapshot,
+        on_disk: u64,
+        trigger: Trigger,
+    ) -> Option<Result<(), String>> {
+        // An address that cannot be bound is the machine's state, not the file's: the very
+        // same content is retried on the next event (the port may be free by then).
+        let Err(e) = shared.apply(snapshot).await else {
+            return Some(Ok(()));
+        };
+        let failure = (on_disk, e.to_string());
+        if trigger == Trigger::Files && self.unbindable.as_ref() == Some(&failure) {
+            tracing::debug!(error = %failure.1, "still cannot bind; the current config stays in force");
+            return None;
         }
-        // The hash taken before reading: a write landing during the build then still looks
-        // like a change afterwards, and is applied by its own event.
-        let built = Snapshot::build(&path, generation).map(|mut snapshot| {
-            snapshot.fingerprint = on_disk;
-            snapshot
+        self.unbindable = Some(failure);
+        Some(Err(e.to_string()))
+    }
+
+    /// Publishes what a look at the files came to (`None`: nothing new) and logs it.
+    fn record(&mut self, shared: &Shared, generation: u64, result: Option<Result<(), String>>) {
+        shared.reload_status.send_modify(|status| {
+            status.checks += 1;
+            match result {
+                None => {}
+                Some(Ok(())) => {
+                    self.rejected = None;
+                    self.unbindable = None;
+                    status.generation = generation;
+                    status.successes += 1;
+                    status.last_success = Some(SystemTime::now());
+                    shared.metrics.reloaded(status, true);
+                    tracing::info!(generation, "config reloaded");
+                }
+                Some(Err(error)) => {
+                    status.failures += 1;
+                    shared.metrics.reloaded(status, false);
+                    tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");
+                    status.last_error = Some(error);
+                }
+            }
         });
-        (on_disk, Some(built))
-    })
-    .await;
-    // `remember`: the content to skip until it changes, for rejections the content decides.
-    let (remember, result) = match built {
-        Ok((_, None)) => {
-            tracing::debug!("config files touched but their content did not change; nothing to do");
-            return;
-        }
-        // An address that cannot be bound is the machine's state, not the file's: once the
-        // port is free, touching the file (or SIGHUP) must retry the very same content.
-        Ok((_, Some(Ok(snapshot)))) => (
-            None,
-            shared.apply(snapshot).await.map_err(|e| e.to_string()),
-        ),
-        Ok((on_disk, Some(Err(e)))) => (Some(on_disk), Err(e.to_string())),
-        Err(e) => (None, Err(format!("reload task failed: {e}"))),
-    };
-    shared.reload_status.send_modify(|status| match result {
-        Ok(()) => {
-            *rejected = None;
-            status.generation = generation;
-            status.successes += 1;
-            status.last_success = Some(SystemTime::now());
-            shared.metrics.reloaded(status, true);
-            tracing::info!(generation, "config reloaded");
-        }
-        Err(error) => {
-            *rejected = remember;
-            status.failures += 1;
-            shared.metrics.reloaded(status, false);
-            tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");
-            status.last_error = Some(error);
-        }
-    });
+    }
 }
 
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
-type Hangup = Option<()>;
+pub(crate) type Hangup = Option<()>;
 
+/// SIGHUP, taken over from its default action (ending the process) from now on.
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 
@@ -357,7 +474,7 @@ async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
 }
 
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     None
 }
 

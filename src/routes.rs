@@ -188,10 +188,22 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Whether a backend could take part of `path` for a `.` or `..` segment: also percent-encoded,
+/// also split off by a `\` or an encoded `/` or `\` (servers that decode before resolving),
+/// also with `;parameters` (servlet containers read "..;x" as "..").
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let s = segment.to_ascii_lowercase();
-        matches!(s.as_str(), "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
+    // Most paths have neither a dot nor an escape: nothing to look at.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    let separated = lower
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    separated.split('/').any(|segment| {
+        let core = segment.split(';').next().unwrap_or_default();
+        matches!(core.replace("%2e", ".").as_str(), "." | "..")
     })
 }
 
@@ -342,6 +354,25 @@ mod tests {
         let table = RouteTable::new(&[route("pub", None, "/public", None)]);
         assert_eq!(pick(&table, None, "/public/../admin", &[]), "404");
         assert_eq!(pick(&table, None, "/public/%2E%2e/admin", &[]), "404");
+        for sneaky in [
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
+            "/public/..%2Fadmin",
+            "/public/..%5cadmin",
+            "/public/.%2E%2F/admin",
+            "/public/.",
+        ] {
+            assert_eq!(pick(&table, None, sneaky, &[]), "404", "{sneaky}");
+        }
+        for fine in [
+            "/public/a.b",
+            "/public/...",
+            "/public/a%2Fb",
+            "/public/.well-known",
+            "/public/;x",
+        ] {
+            assert_ne!(pick(&table, None, fine, &[]), "404", "{fine}");
+        }
     }
 
     #[test]

@@ -41,12 +41,10 @@ use crate::splice::Drain;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{file}: cannot listen on {addr}: {source}")]
-    Bind {
-        file: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    /// An address that cannot be bound (in use, not on this host…): the machine's state, not
+    /// the file's. Says where the address is written.
+    #[error("{0}")]
+    Bind(ConfigError),
 }
 
 /// Connections beyond `max_connections` that still get a polite 503 (TLS, then the answer).
@@ -214,8 +212,7 @@ impl Shared {
                 .filter(|&(kind, addr)| !listeners.iter().any(|l| l.is(kind, addr)))
                 .collect()
         };
-        let addrs: Vec<SocketAddr> = added.iter().map(|&(_, addr)| addr).collect();
-        let bound = bind_all(&addrs, &next.config.path.display().to_string())?;
+        let bound = bind_all(&added, &next.config)?;
         self.snapshot.store(next.clone());
         self.metrics.certificates(&next.expiry);
         let removed: Vec<Listener> = {
@@ -295,14 +292,16 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn bind_all(addrs: &[SocketAddr], file: &str) -> Result<Vec<TcpListener>, Error> {
-    addrs
+fn bind_all(
+    wanted: &[(Kind, SocketAddr)],
+    config: &crate::config::Config,
+) -> Result<Vec<TcpListener>, Error> {
+    wanted
         .iter()
-        .map(|&addr| {
-            bind(addr).map_err(|source| Error::Bind {
-                file: file.to_string(),
-                addr,
-                source,
+        .map(|&(kind, addr)| {
+            bind(addr).map_err(|e| {
+                let message = format!("cannot listen on {addr}: {e}");
+                Error::Bind(config.listener_error(addr, kind == Kind::Admin, message))
             })
         })
         .collect()
@@ -416,7 +415,6 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         Ok(ready) => ready,
         Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
     };
-    let connect_timeout = snapshot.config.timeouts.connect;
     // Taken once the client is known (after the PROXY header) and before its request is read,
     // so idle connections count; refused with 429 once the head is in (see `proxy::admit`),
     // like the global limit's 503, so the client gets an answer.
@@ -445,6 +443,9 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         };
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
+    // `connect` from the config in force now, as the request path reads it: a reload since
+    // the accept must not cut short a backend answer the new timeout still allows.
+    let connect_timeout = shared.current().config.timeouts.connect;
     let answer_by = deadline + connect_timeout + (deadline - started);
     // Refusals that need no routing are answered here, and hyper never sees the request.
     let refusal = proxy::admit(&conn).err().or_else(|| match head_too_large {
@@ -630,12 +631,13 @@ impl Server {
     /// Loads and validates the config file, binds every listener, starts serving and watching
     /// the config for changes.
     pub async fn start(config_path: impl AsRef<Path>) -> Result<Server, Error> {
+        // First of all: from here on a SIGHUP (a deploy hook during a restart) reloads, and
+        // never kills the process, even one still starting.
+        let hangup = reload::hangup_signal();
         let path = config_path.as_ref().to_path_buf();
         let snapshot = Snapshot::build(&path, 1)?;
-        let file = path.display().to_string();
         let wanted = wanted_listeners(&snapshot.config);
-        let addrs: Vec<SocketAddr> = wanted.iter().map(|&(_, addr)| addr).collect();
-        let sockets = bind_all(&addrs, &file)?;
+        let sockets = bind_all(&wanted, &snapshot.config)?;
         let (reload_status, _) = watch::channel(ReloadStatus {
             generation: 1,
             ..ReloadStatus::default()
@@ -661,7 +663,7 @@ impl Server {
         *lock(&shared.listeners) = Some(started);
         let (manual_reload, manual) = mpsc::unbounded_channel();
         let stop_watching = CancellationToken::new();
-        reload::spawn_watcher(shared.clone(), path, manual, stop_watching.clone());
+        reload::spawn_watcher(shared.clone(), path, manual, hangup, stop_watching.clone());
         Ok(Server {
             shared,
             manual_reload,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -61,10 +61,19 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>)
     // from a longer list must not.
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Stateless tickets make a reconnect (the common case after a network blip) cheap.
-    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+    if let Some(ticketer) = ticketer() {
         tls.ticketer = ticketer;
     }
     Ok((Arc::new(tls), expiry))
+}
+
+/// One ticket key set (rotated by rustls every few hours) for the whole process: a reload, a
+/// certificate renewal say, must not turn every reconnect after it into a full handshake.
+fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
+    TICKETER
+        .get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().ok())
+        .clone()
 }
 
 /// The leaf's notAfter in Unix seconds (rustls has already parsed it, so this cannot fail on a

@@ -330,7 +330,18 @@ pub fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
     for name in named {
         headers.remove(name);
     }
-    for name in ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
+    // The framing too: hyper decoded the body, and frames it anew from what it knows (its
+    // length, else chunked). A backend sending both Content-Length and Transfer-Encoding
+    // would otherwise have its answer refused by hyper's encoder, and the client get nothing.
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+    ] {
         headers.remove(name);
     }
     headers.insert(CONNECTION, HeaderValue::from_static("close"));

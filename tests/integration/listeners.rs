@@ -145,9 +145,21 @@ async fn an_address_that_cannot_be_bound_rejects_the_whole_reload() {
         "{:?}",
         status.last_error
     );
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains(":2:") && error.contains("proxy.listen[2]"),
+        "{error}"
+    );
     assert_eq!(status.generation, 1);
     assert_eq!(proxy.server.local_addrs(), vec![proxy.addr]);
     assert_refused(free, "a rejected reload binds nothing").await;
+
+    // Something else in the folder changes: the same content is tried again (the port could
+    // be free by now) but the same failure is not logged or counted again.
+    let checks = status.checks;
+    std::fs::write(proxy.config_path().with_file_name("neighbour.log"), "x").unwrap();
+    let status = status_where(&mut rx, "another look", |s| s.checks > checks).await;
+    assert_eq!((status.generation, status.failures), (1, 1));
     assert_eq!(
         upgrade_status(proxy.addr, "/a").await,
         101,

@@ -49,6 +49,22 @@ async fn an_unlisted_origin_is_403() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_origin_is_403_even_if_one_is_listed() {
+    // The check and the backend could read different lines.
+    let backend = WsBackend::start("echo").await;
+    let proxy = proxy_with_origins(&backend).await;
+    let (head, _) = request(
+        proxy.addr,
+        Req::upgrade("chat.example.com", "/ws")
+            .add("Origin", "https://chat.example.com")
+            .add("Origin", "https://evil.example.net")
+            .bytes(),
+    )
+    .await;
+    assert_eq!(head.status, 403, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_origin_header_passes() {
     let backend = WsBackend::start("echo").await;
     let proxy = proxy_with_origins(&backend).await;

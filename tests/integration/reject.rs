@@ -69,6 +69,18 @@ async fn connection_without_the_upgrade_token_is_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_token_outside_ascii_is_400() {
+    // A token the proxy cannot read is one it would not strip as hop-by-hop: refused instead.
+    let text = ws().set("Connection", "Upgrade, X-Secret-MARK").bytes();
+    let at = text.windows(4).position(|w| w == b"MARK").unwrap();
+    let raw = [&text[..at], &[0x80][..], &text[at + 4..]].concat();
+    let proxy = proxy("").await;
+    let (head, body) = request(proxy.addr, raw).await;
+    assert_eq!(head.status, 400, "{head:?}");
+    assert_short_plain_text(&body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_key_is_400() {
     let (head, _) = status_of(ws().remove("Sec-WebSocket-Key")).await;
     assert_eq!(head.status, 400, "{head:?}");

@@ -758,3 +758,95 @@ async fn a_file_written_nonstop_next_to_the_config_does_not_starve_reloads() {
     assert!(writer.join().unwrap() > 0);
     assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
 }
+
+/// A proxy configured in `conf`, its certificate in `<secrets>/tls/`; returns the server and
+/// that folder.
+async fn proxy_with_cert_folder(
+    conf: &Path,
+    secrets: &Path,
+    backend: std::net::SocketAddr,
+) -> (wsgate::Server, PathBuf) {
+    let folder = secrets.join("tls");
+    std::fs::create_dir(&folder).unwrap();
+    let (cert, key) = pki().write_leaf(&folder, "tls", SERVER_NAMES);
+    let config = conf.join("wsgate.toml");
+    let body = route("a", "/a", &[backend]);
+    std::fs::write(&config, format!("{}{body}", head_with_cert(&cert, &key))).unwrap();
+    (wsgate::Server::start(&config).await.unwrap(), folder)
+}
+
+/// Rewrites the leaf in `folder` in place, key first; returns the new certificate.
+fn renew_in_place(folder: &Path) -> String {
+    let (cert, key) = pki().leaf(SERVER_NAMES);
+    std::fs::write(folder.join("tls.key"), key).unwrap();
+    std::fs::write(folder.join("tls.crt"), &cert).unwrap();
+    cert
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_folder_deleted_and_made_again_is_still_watched_afterwards() {
+    // The watch on a folder goes with its inode: once the folder is deleted, a watch on the
+    // path must be taken again, or every later renewal in the new folder goes unnoticed. The
+    // folder's parent is not watched (nothing else the config names is there).
+    let backend = WsBackend::start("one").await;
+    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::create_dir(&folder).unwrap();
+    let second = renew_in_place(&folder);
+    generation(&mut rx, 2).await;
+    assert_eq!(served_leaf(addr).await, der_of(&second));
+
+    let third = renew_in_place(&folder);
+    generation(&mut rx, 3).await;
+    assert_eq!(served_leaf(addr).await, der_of(&third));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_folder_swapped_by_rename_is_watched_at_its_path_afterwards() {
+    // `mv tls tls.old && mv tls.new tls`: the old watch follows the old folder away.
+    let backend = WsBackend::start("one").await;
+    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+
+    let staged = secrets.path().join("tls.new");
+    std::fs::create_dir(&staged).unwrap();
+    let second = renew_in_place(&staged);
+    std::fs::rename(&folder, secrets.path().join("tls.old")).unwrap();
+    std::fs::rename(&staged, &folder).unwrap();
+    generation(&mut rx, 2).await;
+    assert_eq!(served_leaf(addr).await, der_of(&second));
+
+    let third = renew_in_place(&folder);
+    generation(&mut rx, 3).await;
+    assert_eq!(served_leaf(addr).await, der_of(&third));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_session_from_before_a_reload_resumes_after_it() {
+    // One ticket key for the process: after a reload (a renewal, a route edit) reconnecting
+    // clients resume instead of paying for a full handshake.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let client = pki().client_config(); // one session store for both connections
+    let mut first = RawConn::new(tls_connect_with(proxy.addr, "localhost", client.clone()).await);
+    // Reading the answer takes in the session ticket sent after the handshake.
+    first
+        .send(Req::upgrade("localhost", "/nowhere").bytes())
+        .await;
+    assert_eq!(first.read_head().await.status, 404);
+
+    write_body(&proxy.config_path(), &route("b", "/b", &[backend.addr]));
+    generation(&mut rx, 2).await;
+    let second = tls_connect_with(proxy.addr, "localhost", client).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
