@@ -1168,10 +1168,19 @@ impl Unreachable {
     }
 }
 
-/// An address on 127.0.0.1 where nothing listens (connections are refused).
+/// An address on 127.0.0.1 where nothing listens (connections are refused). The port stays
+/// bound, without listening, for the life of the test binary: a port merely freed could be
+/// handed to another test's listener running in parallel, which would then answer.
 pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    use socket2::{Domain, Socket, Type};
+    static HELD: std::sync::Mutex<Vec<Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// The `wsgate` binary.
