@@ -166,7 +166,7 @@ pub(crate) fn spawn_watcher(
         rejected: None,
         unbindable: None,
     };
-    state.refresh_watches(&shared, &path);
+    state.refresh_watches(Some(wanted_now(&shared, &path)));
     // Covers writes between the start-up read and the watches taking.
     let _ = events_tx.send(());
     tokio::spawn(async move {
@@ -248,34 +248,44 @@ impl WatchState {
             self.reload(shared, path, trigger).await;
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
-            while self.refresh_watches(shared, path) {
+            while self.refresh_watches(self.wanted(shared, path).await) {
                 self.reload(shared, path, Trigger::Files).await;
             }
         }
     }
 
-    /// Watches the folder of every file the config depends on (and stops watching the rest);
-    /// true if a folder is watched now that was not before, or is watched anew because it was
-    /// replaced (deleted and made again, or swapped by rename).
+    /// The folders to watch now, found off the async threads: it reads the config and looks
+    /// at folders, which may sit on a slow mount, and accepting must not wait for that.
+    async fn wanted(&self, shared: &Arc<Shared>, path: &Path) -> Option<Wanted> {
+        let (shared, path) = (shared.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || wanted_now(&shared, &path))
+            .await
+            .ok()
+    }
+
+    /// Watches the `wanted` folders (and stops watching the rest); true if a folder is watched
+    /// now that was not before, or is watched anew because it was replaced (deleted and made
+    /// again, or swapped by rename). `None` (the lookup failed) changes nothing.
     ///
     /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
     /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
     /// its creation is noticed and it is watched from then on.
-    fn refresh_watches(&mut self, shared: &Shared, path: &Path) -> bool {
+    fn refresh_watches(&mut self, wanted: Option<Wanted>) -> bool {
+        let Some(wanted) = wanted else {
+            return false;
+        };
         let lost = std::mem::take(&mut *lock(&self.lost));
         let Some(watcher) = self.watcher.as_mut() else {
             self.degraded = true;
             return false;
         };
-        let wanted = wanted_folders(&relevant_files(shared, path));
-        for gone in self.watched.keys().filter(|f| !wanted.contains(*f)) {
+        for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
             let _ = watcher.unwatch(gone);
         }
-        self.watched.retain(|folder, _| wanted.contains(folder));
+        self.watched.retain(|folder, _| wanted.contains_key(folder));
         let mut added = false;
         self.degraded = false;
-        for folder in &wanted {
-            let id = folder_id(folder);
+        for (folder, &id) in &wanted {
             if let Some(known) = self.watched.get(folder) {
                 if *known == id && !lost.contains(folder) {
                     continue;
@@ -298,6 +308,20 @@ impl WatchState {
         }
         added
     }
+}
+
+/// Folders to watch, each with its identity when looked at.
+type Wanted = BTreeMap<PathBuf, Option<(u64, u64)>>;
+
+fn wanted_now(shared: &Shared, path: &Path) -> Wanted {
+    let folders = wanted_folders(&relevant_files(shared, path));
+    folders
+        .into_iter()
+        .map(|folder| {
+            let id = folder_id(&folder);
+            (folder, id)
+        })
+        .collect()
 }
 
 /// What woke the watcher.
