@@ -759,10 +759,15 @@ fn key_at(src: &str, offset: usize) -> String {
         .map(|(left, _)| last_ident(left))
         .filter(|k| !k.is_empty())
         .or_else(|| {
+            // A table header names no key of its own: the table is the place.
+            let line = line.trim();
+            if line.starts_with('[') {
+                return None;
+            }
             line.split('=')
                 .next()
                 .map(|k| last_ident(k.trim()))
-                .filter(|k| !k.is_empty() && !k.starts_with('['))
+                .filter(|k| !k.is_empty())
         })
         .unwrap_or_default();
     match (table.is_empty(), key.is_empty()) {
@@ -987,6 +992,11 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
     fn broken_toml_points_at_the_line() {
         let err = error("[[route]\nname = 1\n");
         assert!(err.contains(":6:"), "{err}");
+        // An unclosed table header names the table, not a key made of it.
+        let err = Config::from_toml_str("[proxy\n", Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("w.toml:1:7: proxy: "), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `wsgate` command: parses the command line, sets up logging and the runtime, and hands
 //! over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -93,8 +94,12 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
         let server = match wsgate::Server::start(&path).await {
             Ok(server) => server,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("error: {e}");
+                // Said once: a structured line for a log collector, a plain one otherwise.
+                if json {
+                    tracing::error!(error = %e, "cannot start");
+                } else {
+                    eprintln!("error: {e}");
+                }
                 // 2 is a bad config; an address in use is the machine's state, not the file's.
                 return match e {
                     wsgate::Error::Config(_) => ExitCode::from(2),
@@ -120,8 +125,12 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
+    let colour = std::io::stderr().is_terminal()
+        && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
