@@ -213,8 +213,18 @@ start_proxy() { # target -> sets PIDS[target]; returns 1 if it does not come up
     stop_pids $pid; unset "PIDS[$t]"; return 1
   fi
   if [[ $t == nginx ]]; then
-    # The master plus its worker: CPU and RSS are summed over both.
-    PIDS[$t]="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+    # The master plus its worker: CPU and RSS are summed over both. The master listens before
+    # it forks the worker, so an open port does not mean the worker exists yet: wait for it.
+    local workers="" tries=0
+    while [[ -z $workers ]] && ((tries++ < 100)); do
+      workers=$(pgrep -P "$pid" | tr '\n' ' ')
+      [[ -n $workers ]] || sleep 0.05
+    done
+    if [[ -z $workers ]]; then
+      log "nginx started no worker; skipping it"
+      stop_pids $pid; unset "PIDS[$t]"; return 1
+    fi
+    PIDS[$t]="$pid $workers"
   fi
 }
 stop_proxy() {
@@ -350,6 +360,8 @@ rows = [
     ("Idle: kernel slab KiB per tunnel (system-wide)", "idle", "kernel_slab_kib_per_tunnel", "low"),
     ("Load generator CPU % in handshake run", "handshake", "tool_cpu_pct", None),
     ("Load generator CPU % in echo run", "throughput", "tool_cpu_pct", None),
+    ("Load CPU busy % in handshake run (tool + backend)", "handshake", "load_cpu_busy_pct", None),
+    ("Load CPU busy % in echo run (tool + backend)", "throughput", "load_cpu_busy_pct", None),
 ]
 names = {"wsgate": "wsgate", "nginx": "nginx", "haproxy": "HAProxy",
          "direct": "backend ws", "direct-tls": "backend wss"}
@@ -387,10 +399,19 @@ notes = [
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
     "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
     "For the backend columns, 'proxy CPU' is the echo backend's own CPU.",
-    "Load generator CPU % near 100 means a client-bound run (the proxy's CPU per operation still holds).",
+    "Load CPU busy % is the whole load CPU (load generator and echo backend): at 90 % or more",
+    "the run is client-bound, and its rate says more about the client than the proxy (the",
+    "proxy's CPU per operation still holds).",
     "Ratios are wsgate divided by the other proxy (lower is better for CPU, latency, memory;",
     "higher is better for rates and MB/s).",
 ]
+bound = [(sc, t, v) for (sc, t) in sorted(runs)
+         if sc != "idle" and (v := med(sc, t, "load_cpu_busy_pct")) is not None and v >= 90]
+if bound:
+    notes.append("Client-bound runs (load CPU busy ≥ 90 %): " +
+                 ", ".join(f"{sc}/{names.get(t, t)} ({v:.0f} %)" for sc, t, v in bound))
+else:
+    notes.append("No run was client-bound (load CPU busy < 90 % in every scenario).")
 bad = [(sc, t, errs(sc, t)) for (sc, t) in sorted(runs) if errs(sc, t)]
 if bad:
     notes.append("Errors: " + ", ".join(f"{sc}/{names.get(t, t)}: {n}" for sc, t, n in bad))

@@ -97,12 +97,53 @@ pub fn tcp_mem_kib() -> Option<u64> {
     Some(pages * page / 1024)
 }
 
+/// The one CPU this process may run on, if it is pinned to exactly one (`taskset -c N`).
+pub fn pinned_cpu() -> Option<usize> {
+    // SAFETY: sched_getaffinity writes into the zeroed set whose size we pass; CPU_ISSET only
+    // reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set));
+        match (cpus.next(), cpus.next()) {
+            (Some(cpu), None) => Some(cpu),
+            _ => None,
+        }
+    }
+}
+
+/// (busy, total) clock ticks of CPU `n` from /proc/stat text; idle and iowait are not busy.
+pub fn parse_cpu_ticks(stat: &str, n: usize) -> Option<(u64, u64)> {
+    let label = format!("cpu{n}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&label))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+fn cpu_ticks(n: usize) -> Option<(u64, u64)> {
+    parse_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?, n)
+}
+
 /// CPU times at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSnapshot {
     pub at: Instant,
     pub proxy_us: Option<u64>,
     pub tool_us: u64,
+    /// (busy, total) ticks of the CPU the tool is pinned to: it shares that CPU with the
+    /// backend in `compare.sh`, and a saturated CPU there means a client-bound run.
+    pub load_cpu: Option<(u64, u64)>,
 }
 
 impl CpuSnapshot {
@@ -116,6 +157,7 @@ impl CpuSnapshot {
             at: Instant::now(),
             proxy_us,
             tool_us: self_cpu_us(),
+            load_cpu: pinned_cpu().and_then(cpu_ticks),
         })
     }
 }
@@ -126,6 +168,8 @@ pub struct CpuWindow {
     pub secs: f64,
     pub proxy_us: Option<u64>,
     pub tool_us: u64,
+    /// How busy the tool's CPU was (all processes on it), in percent; `None` if not pinned.
+    pub load_cpu_busy_pct: Option<f64>,
 }
 
 impl CpuWindow {
@@ -137,6 +181,12 @@ impl CpuWindow {
                 _ => None,
             },
             tool_us: b.tool_us.saturating_sub(a.tool_us),
+            load_cpu_busy_pct: match (a.load_cpu, b.load_cpu) {
+                (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+                    Some(busy1.saturating_sub(busy0) as f64 * 100.0 / (total1 - total0) as f64)
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -169,5 +219,17 @@ mod tests {
         let sockstat =
             "sockets: used 10\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 42\nUDP: inuse 1 mem 3\n";
         assert_eq!(parse_sockstat_tcp_mem(sockstat), Some(42));
+    }
+
+    #[test]
+    fn parses_one_cpus_busy_and_total_ticks() {
+        let stat = "cpu  10 0 10 80 0 0 0 0 0 0\n\
+                    cpu0 5 0 5 40 0 0 0 0 0 0\n\
+                    cpu1 30 1 9 50 10 0 0 0 7 0\n\
+                    intr 1 2 3\n";
+        // busy = user + nice + system + irq + softirq + steal; idle and iowait are not.
+        assert_eq!(parse_cpu_ticks(stat, 1), Some((40, 100)));
+        assert_eq!(parse_cpu_ticks(stat, 0), Some((10, 50)));
+        assert_eq!(parse_cpu_ticks(stat, 2), None);
     }
 }

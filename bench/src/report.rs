@@ -87,6 +87,13 @@ impl Report {
                     "% of a core",
                 );
         }
+        if let Some(busy) = window.load_cpu_busy_pct {
+            self.num(
+                "load_cpu_busy_pct",
+                busy,
+                "% (the tool's CPU, all processes on it)",
+            );
+        }
         self.num(&format!("tool_cpu_us_per_{op}"), per(window.tool_us), "µs")
             .num(
                 "tool_cpu_pct",

@@ -6,7 +6,7 @@
 //! `j` is due at `start + j / rate` whatever happened before, and its latency is measured from
 //! that scheduled time, not from when it actually left.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -62,10 +62,11 @@ pub fn connection_for(j: u64, connections: u32) -> usize {
     (j % connections as u64) as usize
 }
 
-/// Latency of one request measured from its scheduled send time (the corrected value), given
-/// when it was scheduled and when its reply arrived, both as offsets from the start.
-pub fn corrected_latency(scheduled: Duration, replied: Duration) -> Duration {
-    replied.saturating_sub(scheduled)
+/// Latency of one request corrected for coordinated omission: from when it was due, however
+/// late it actually left (a sender that fell behind must not hide its lateness); from when it
+/// left if that was earlier than due (the sender wakes a little early to be on time).
+pub fn corrected_latency(scheduled: Instant, sent: Instant, replied: Instant) -> Duration {
+    replied.saturating_duration_since(scheduled.min(sent))
 }
 
 #[cfg(test)]
@@ -135,13 +136,19 @@ mod tests {
             start + service
         };
 
+        let start = Instant::now();
         let mut corrected = histogram();
         let mut server_free = Duration::ZERO;
         for j in 0..2000 {
             let scheduled = scheduled_offset(j, 1000.0);
             let replied = serve(scheduled.max(server_free));
             server_free = replied;
-            record(&mut corrected, corrected_latency(scheduled, replied));
+            // Sent on time: the server's stall is what delays the reply.
+            let (due, sent) = (start + scheduled, start + scheduled);
+            record(
+                &mut corrected,
+                corrected_latency(due, sent, start + replied),
+            );
         }
         let c = Percentiles::of(&corrected);
         // Requests due before the stall are fast (about 44 % of them).
@@ -162,5 +169,23 @@ mod tests {
         let n = Percentiles::of(&naive);
         assert!(n.p99_us < 1_000.0, "closed loop hides the stall: {n:?}");
         assert!(n.max_us >= 999_000.0, "{n:?}");
+    }
+
+    #[test]
+    fn a_late_send_counts_from_when_it_was_due_and_an_early_one_from_when_it_left() {
+        let due = Instant::now();
+        let ms = Duration::from_millis;
+        // The load generator itself stalled 300 ms: the reply 100 µs after the late send
+        // still counts the 300 ms the request waited to leave.
+        let late = due + ms(300);
+        let replied = late + Duration::from_micros(100);
+        assert_eq!(
+            corrected_latency(due, late, replied),
+            ms(300) + Duration::from_micros(100)
+        );
+        // Woke 50 µs early: measured from the actual send, never less than the round trip.
+        let early = due - Duration::from_micros(50);
+        let replied = early + ms(1);
+        assert_eq!(corrected_latency(due, early, replied), ms(1));
     }
 }

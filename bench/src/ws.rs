@@ -171,10 +171,23 @@ pub fn check_response(head: &[u8], key: &str) -> Result<()> {
 
 /// Connects (TCP, TLS) and upgrades; returns the ready connection.
 pub async fn open(target: &Target, read_buffer: usize) -> Result<WsConn> {
-    let mut stream = target.connect().await?;
-    let leftover = upgrade(&mut stream, target).await?;
-    Ok(WsConn::new(stream, read_buffer, &leftover))
+    let opening = async {
+        let mut stream = target.connect().await?;
+        let leftover = upgrade(&mut stream, target).await?;
+        Ok(WsConn::new(stream, read_buffer, &leftover))
+    };
+    // A silent target (dropped SYNs, a TLS port that never answers, a wss:// URL on a plain
+    // port) must end in an error, not a hang.
+    tokio::time::timeout(OPEN_TIMEOUT, opening)
+        .await
+        .unwrap_or_else(|_| {
+            bail!("no answer within {OPEN_TIMEOUT:?} (TCP connect, TLS handshake and upgrade)")
+        })
 }
+
+/// How long one connection may take to become a WebSocket: far above any handshake under
+/// load (tens of milliseconds), far below a TCP connect's own retry timeout.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a batch of received bytes contained.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

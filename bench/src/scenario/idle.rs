@@ -4,7 +4,7 @@
 //! report gives KiB per tunnel; system-wide kernel memory (slab, TCP socket buffers) is reported
 //! beside it, and that includes the tool's and the backend's sockets.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,7 +94,12 @@ pub async fn run(args: &IdleArgs) -> Result<Report> {
         );
     }
     {
-        let mut out = std::io::stdout().lock();
+        // On stdout for a person or a script waiting for it; on stderr with --json, so that
+        // stdout is one JSON document.
+        let mut out: Box<dyn Write> = match args.client.json {
+            true => Box::new(std::io::stderr().lock()),
+            false => Box::new(std::io::stdout().lock()),
+        };
         let failed = args.count as u64 - up;
         if failed == 0 {
             writeln!(out, "READY n={up}")?;

@@ -198,8 +198,8 @@ async fn drive(
                 bail!("received more echoes than messages sent");
             };
             if scheduled >= measure_from {
-                // From the scheduled time, or from the actual send if that was (slightly) early.
-                stats::record(&mut r.corrected, now - scheduled.max(sent));
+                let corrected = stats::corrected_latency(scheduled, sent, now);
+                stats::record(&mut r.corrected, corrected);
                 stats::record(&mut r.service, now - sent);
                 stats::record(&mut r.send_lag, sent.saturating_duration_since(scheduled));
             }
