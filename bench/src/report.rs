@@ -70,10 +70,11 @@ impl Report {
     }
 
     /// Adds proxy and tool CPU for `ops` operations over the window.
-    pub fn cpu(&mut self, window: &CpuWindow, ops: u64, op: &str) -> &mut Self {
+    /// `ops` may be fractional (megabytes moved, say).
+    pub fn cpu(&mut self, window: &CpuWindow, ops: f64, op: &str) -> &mut Self {
         let per = |us: u64| {
-            if ops > 0 {
-                us as f64 / ops as f64
+            if ops > 0.0 {
+                us as f64 / ops
             } else {
                 f64::NAN
             }

@@ -38,10 +38,12 @@ pub struct Percentiles {
 
 impl Percentiles {
     pub fn of(h: &Histogram<u64>) -> Percentiles {
-        let us = |ns: u64| ns as f64 / 1000.0;
+        // No sample, no percentile: NaN is reported as null, not as a (perfect) 0 µs.
+        let empty = h.is_empty();
+        let us = |ns: u64| if empty { f64::NAN } else { ns as f64 / 1000.0 };
         Percentiles {
             count: h.len(),
-            mean_us: h.mean() / 1000.0,
+            mean_us: if empty { f64::NAN } else { h.mean() / 1000.0 },
             p50_us: us(h.value_at_quantile(0.50)),
             p90_us: us(h.value_at_quantile(0.90)),
             p99_us: us(h.value_at_quantile(0.99)),
@@ -89,6 +91,16 @@ mod tests {
         assert!(close(p.p999_us, 999.0), "{p:?}");
         assert!(close(p.max_us, 1000.0), "{p:?}");
         assert!(close(p.mean_us, 500.5), "{p:?}");
+    }
+
+    #[test]
+    fn an_empty_histogram_has_no_percentiles() {
+        let p = Percentiles::of(&histogram());
+        assert_eq!(p.count, 0);
+        assert!(
+            p.p50_us.is_nan() && p.p99_us.is_nan() && p.mean_us.is_nan(),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
         .int("handshakes", handshakes, "")
         .num("handshakes_per_s", handshakes as f64 / window.secs, "/s")
         .percentiles("handshake_", &Percentiles::of(&hist))
-        .cpu(&window, handshakes, "handshake");
+        .cpu(&window, handshakes as f64, "handshake");
     errors.report(&mut r);
     Ok(r)
 }

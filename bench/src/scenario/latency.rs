@@ -124,7 +124,7 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
         .num("send_lag_p50_us", Percentiles::of(&send_lag).p50_us, "µs")
         .num("send_lag_p99_us", Percentiles::of(&send_lag).p99_us, "µs")
         .int("lost", lost, "no reply")
-        .cpu(&window, messages, "msg");
+        .cpu(&window, messages as f64, "msg");
     errors.report(&mut r);
     Ok(r)
 }

@@ -139,7 +139,7 @@ pub async fn run(args: &ThroughputArgs) -> Result<Report> {
             p.delta.recv_bytes as f64 / 1e6 / secs,
             "MB/s each way",
         )
-        .cpu(&p.window, p.delta.recv_msgs, "msg");
+        .cpu(&p.window, p.delta.recv_msgs as f64, "msg");
     p.errors.report(&mut r);
     Ok(r)
 }
@@ -162,7 +162,7 @@ pub async fn run_bulk(args: &BulkArgs) -> Result<Report> {
             p.delta.recv_bytes as f64 / 1e6 / secs,
             "MB/s",
         )
-        .cpu(&p.window, p.delta.recv_bytes / 1_000_000, "mb");
+        .cpu(&p.window, p.delta.recv_bytes as f64 / 1e6, "mb");
     p.errors.report(&mut r);
     Ok(r)
 }
