@@ -89,6 +89,10 @@ pub struct ClientArgs {
     /// Warm-up before the measured window (not counted).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Longest a connection may take to become a WebSocket (TCP connect, TLS handshake and
+    /// upgrade): a silent target is an error, not a hang. Far above any handshake under load.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub open_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -92,6 +92,8 @@ pub struct Target {
     pub url: Url,
     pub addr: SocketAddr,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// How long one connection may take to become a WebSocket.
+    pub open_timeout: std::time::Duration,
 }
 
 impl Target {
@@ -115,7 +117,12 @@ impl Target {
             }
             None
         };
-        Ok(Target { url, addr, tls })
+        Ok(Target {
+            url,
+            addr,
+            tls,
+            open_timeout: args.open_timeout,
+        })
     }
 
     /// Opens TCP (and TLS for wss://) with clear errors.

@@ -178,16 +178,16 @@ pub async fn open(target: &Target, read_buffer: usize) -> Result<WsConn> {
     };
     // A silent target (dropped SYNs, a TLS port that never answers, a wss:// URL on a plain
     // port) must end in an error, not a hang.
-    tokio::time::timeout(OPEN_TIMEOUT, opening)
+    let limit = target.open_timeout;
+    tokio::time::timeout(limit, opening)
         .await
         .unwrap_or_else(|_| {
-            bail!("no answer within {OPEN_TIMEOUT:?} (TCP connect, TLS handshake and upgrade)")
+            bail!(
+                "{}: no answer within {limit:?} (TCP connect, TLS handshake and upgrade)",
+                target.addr
+            )
         })
 }
-
-/// How long one connection may take to become a WebSocket: far above any handshake under
-/// load (tens of milliseconds), far below a TCP connect's own retry timeout.
-const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a batch of received bytes contained.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

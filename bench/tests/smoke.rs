@@ -180,6 +180,21 @@ async fn clear_errors_when_down_or_refusing() {
         format!("{err:#}").contains("server answered 404 Not Found instead of 101"),
         "{err:#}"
     );
+
+    // A server that accepts and never answers (a wss:// URL on a plain port looks the same).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let err = run(command(&["latency", &url, "--open-timeout", "200ms"]))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("no answer within"), "{err:#}");
 }
 
 #[tokio::test]
