@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::routes::RouteTable;
-use crate::server::Shared;
+use crate::server::{lock, Shared};
 use crate::tls;
 
 /// Quiet time after the last file event before a reload: coalesces an editor's or
@@ -187,12 +187,6 @@ fn folder_id(folder: &Path) -> Option<(u64, u64)> {
 #[cfg(not(unix))]
 fn folder_id(folder: &Path) -> Option<(u64, u64)> {
     folder.is_dir().then_some((0, 0))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// How often the files are checked while a wanted folder cannot be watched (or there is no
