@@ -89,6 +89,8 @@ pub struct ReloadStatus {
     pub generation: u64,
     pub successes: u64,
     pub failures: u64,
+    /// Why the files on disk are not in force, if they are not: set by a rejection, cleared
+    /// by a successful reload or by the files going back to the config in force.
     pub last_error: Option<String>,
     pub last_success: Option<SystemTime>,
     /// Times the watcher looked at the files, whatever it found (a change, a rejection, the
@@ -318,6 +320,27 @@ fn wanted_now(shared: &Shared, path: &Path) -> Wanted {
         .collect()
 }
 
+/// What a look at the files found.
+enum Look {
+    /// The content in force: nothing to do.
+    InForce,
+    /// The content last rejected: not tried (or logged) again.
+    StillRejected,
+    /// Something new, built (or not): its fingerprint, whether the disk held still while it
+    /// was read, and the result.
+    Built(u64, bool, Box<Result<Snapshot, ConfigError>>),
+}
+
+/// What a look at the files came to.
+enum Outcome {
+    /// Nothing new: the same rejected content, or the same bind failure.
+    Nothing,
+    /// The files hold the config in force (again).
+    InForce,
+    Applied,
+    Rejected(String),
+}
+
 /// What woke the watcher.
 enum Wake {
     Event,
@@ -392,76 +415,86 @@ impl WatchState {
         let previously_rejected = self.rejected;
         let path = path.to_path_buf();
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
-        let built = tokio::task::spawn_blocking(move || {
+        let look = tokio::task::spawn_blocking(move || {
             let on_disk = on_disk_fingerprint(&path);
-            let unchanged = on_disk == current.fingerprint || Some(on_disk) == previously_rejected;
-            if trigger == Trigger::Files && unchanged {
-                return None;
+            if trigger == Trigger::Files && on_disk == current.fingerprint {
+                return Look::InForce;
+            }
+            if trigger == Trigger::Files && Some(on_disk) == previously_rejected {
+                return Look::StillRejected;
             }
             let built = Snapshot::build(&path, generation);
             // A file caught mid-write fails to build, but its finished content may hash like
             // the content hashed above: remember a rejection only if the disk held still.
             let settled = built.is_ok() || on_disk_fingerprint(&path) == on_disk;
-            Some((on_disk, settled, built))
+            Look::Built(on_disk, settled, Box::new(built))
         })
         .await;
-        let result = match built {
-            Ok(None) => {
+        let outcome = match look {
+            Ok(Look::InForce) => {
                 tracing::debug!("config files touched but their content did not change");
-                None
-            }
-            Ok(Some((on_disk, _, Ok(snapshot)))) => {
+                // Back to what is in force: a rejected content saved again is news again.
                 self.rejected = None;
-                self.apply(shared, snapshot, on_disk, trigger).await
+                self.unbindable = None;
+                Outcome::InForce
             }
-            Ok(Some((on_disk, settled, Err(e)))) => {
-                self.rejected = settled.then_some(on_disk);
-                Some(Err(e.to_string()))
-            }
-            Err(e) => Some(Err(format!("reload task failed: {e}"))),
+            Ok(Look::StillRejected) => Outcome::Nothing,
+            Ok(Look::Built(on_disk, settled, built)) => match *built {
+                Ok(snapshot) => {
+                    self.rejected = None;
+                    self.apply(shared, snapshot, on_disk, trigger).await
+                }
+                Err(e) => {
+                    self.rejected = settled.then_some(on_disk);
+                    Outcome::Rejected(e.to_string())
+                }
+            },
+            Err(e) => Outcome::Rejected(format!("reload task failed: {e}")),
         };
-        self.record(shared, generation, result);
+        self.record(shared, generation, outcome);
     }
 
-    /// Swaps `snapshot` in, binding its new listeners; `None` if it failed to bind exactly as
-    /// the last file-triggered try of this content did (not news: not logged or counted again).
+    /// Swaps `snapshot` in, binding its new listeners; nothing new if it failed to bind exactly
+    /// as the last file-triggered try of this content did (not logged or counted again).
     async fn apply(
         &mut self,
         shared: &Arc<Shared>,
         snapshot: Snapshot,
         on_disk: u64,
         trigger: Trigger,
-    ) -> Option<Result<(), String>> {
+    ) -> Outcome {
         // An address that cannot be bound is the machine's state, not the file's: the very
         // same content is retried on the next event (the port may be free by then).
         let Err(e) = shared.apply(snapshot).await else {
-            return Some(Ok(()));
+            return Outcome::Applied;
         };
         let failure = (on_disk, e.to_string());
         if trigger == Trigger::Files && self.unbindable.as_ref() == Some(&failure) {
             tracing::debug!(error = %failure.1, "still cannot bind; the current config stays in force");
-            return None;
+            return Outcome::Nothing;
         }
         self.unbindable = Some(failure);
-        Some(Err(e.to_string()))
+        Outcome::Rejected(e.to_string())
     }
 
-    /// Publishes what a look at the files came to (`None`: nothing new) and logs it.
-    fn record(&mut self, shared: &Shared, generation: u64, result: Option<Result<(), String>>) {
+    /// Publishes what a look at the files came to and logs it.
+    fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome) {
         shared.reload_status.send_modify(|status| {
             status.checks += 1;
-            match result {
-                None => {}
-                Some(Ok(())) => {
+            match outcome {
+                Outcome::Nothing => {}
+                Outcome::InForce => status.last_error = None,
+                Outcome::Applied => {
                     self.rejected = None;
                     self.unbindable = None;
+                    status.last_error = None;
                     status.generation = generation;
                     status.successes += 1;
                     status.last_success = Some(SystemTime::now());
                     shared.metrics.reloaded(status, true);
                     tracing::info!(generation, "config reloaded");
                 }
-                Some(Err(error)) => {
+                Outcome::Rejected(error) => {
                     status.failures += 1;
                     shared.metrics.reloaded(status, false);
                     tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");

@@ -173,6 +173,26 @@ async fn broken_toml_is_rejected_until_fixed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_mistake_made_again_after_a_revert_is_reported_again() {
+    // bad, then back to the config in force (nothing to reload), then the same bad content:
+    // the operator made the mistake again and must see it again.
+    let backend = WsBackend::start("one").await;
+    let good = route("a", "/a", &[backend.addr]);
+    let proxy = start_proxy(&good).await;
+    let mut rx = proxy.server.reload_status();
+    let bad = "[[route]\nname = \"b\"\n";
+    write_body(&proxy.config_path(), bad);
+    let status = failures(&mut rx, 1).await;
+    write_body(&proxy.config_path(), &good);
+    assert!(status.last_error.is_some());
+    // Seen once last_error clears: the files hold the config in force again.
+    let status = status_where(&mut rx, "the revert seen", |s| s.last_error.is_none()).await;
+    assert_eq!((status.generation, status.failures), (1, 1));
+    write_body(&proxy.config_path(), bad);
+    failures(&mut rx, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_certificate_is_rejected_and_applied_once_it_appears() {
     let backend = WsBackend::start("one").await;
     let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
