@@ -453,15 +453,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         false => head::check(&head_bytes).err(),
     });
     if let Some(err) = refusal {
-        let answered = tokio::select! {
-            done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(&mut tls, &err, &conn)) => done.is_ok(),
-            _ = shared.drain.started() => false,
-        };
-        if !answered {
-            shared.metrics.closed_early(EarlyClose::AnswerLate);
-            tracing::info!(client = %peer, "answer not delivered in time; connection dropped");
-        }
-        return;
+        return refuse_before_hyper(&mut tls, &err, &conn, answer_by).await;
     }
     let service = {
         let conn = conn.clone();
@@ -617,6 +609,25 @@ pub struct Closer(Arc<Drain>);
 impl Closer {
     pub fn close_now(&self) {
         self.0.start();
+    }
+}
+
+/// Answers a refusal decided before hyper saw the request, by `answer_by` and unless
+/// shutdown comes first; a client that does not take its answer in time is dropped.
+async fn refuse_before_hyper(
+    tls: &mut TlsStream<TcpStream>,
+    err: &ProxyError,
+    conn: &Conn,
+    answer_by: Instant,
+) {
+    let shared = &conn.shared;
+    let answered = tokio::select! {
+        done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(tls, err, conn)) => done.is_ok(),
+        _ = shared.drain.started() => false,
+    };
+    if !answered {
+        shared.metrics.closed_early(EarlyClose::AnswerLate);
+        tracing::info!(client = %conn.peer, "answer not delivered in time; connection dropped");
     }
 }
 
