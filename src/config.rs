@@ -627,12 +627,8 @@ fn host_pattern(text: &str) -> Result<HostPattern, String> {
         Some(rest) => (true, rest),
         None => (false, host.as_str()),
     };
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if name.is_empty() || !name.split('.').all(label_ok) {
+    // The rules a request's Host is held to: a route no Host can match is a mistake.
+    if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
         return Err(format!(
             "{text:?} is not a host name: write \"chat.example.com\" or \"*.example.com\", without a port"
         ));
@@ -952,6 +948,9 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ),
             ("[[route]]\nname = \"a\"\npath = \"ws\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[[route]]\nname = \"a\"\nhost = \"a.com:443\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\nhost = \"a-.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\nhost = \"*.-x.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\nhost = \"a..com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
             ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = []\n", "route[0].backends: needs at least one"),
             ("[[route]]\nname = \"a\"\npath = \"/\"\norigins = []\nbackends = [\"h:1\"]\n", "route[0].origins:"),
         ];

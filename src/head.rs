@@ -84,6 +84,10 @@ pub fn check(head: &[u8]) -> Result<(), ProxyError> {
         }
         if name.eq_ignore_ascii_case("content-length") {
             let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
+            // Digits only, as hyper reads it: u64's parser would also take "+0".
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ProxyError::MalformedRequest);
+            }
             match value.parse::<u64>() {
                 Ok(0) => {}
                 Ok(_) => return Err(ProxyError::UnexpectedBody),
@@ -263,10 +267,13 @@ mod tests {
             Ok(())
         );
         assert_eq!(framed("Content-Length: 0"), Ok(()));
-        assert_eq!(
-            framed("Content-Length: abc"),
-            Err(ProxyError::MalformedRequest)
-        );
+        for bad in ["abc", "+0", "-0", "", "1 2"] {
+            assert_eq!(
+                framed(&format!("Content-Length: {bad}")),
+                Err(ProxyError::MalformedRequest),
+                "{bad:?}"
+            );
+        }
         assert_eq!(framed("Content-Length: 5"), Err(ProxyError::UnexpectedBody));
         assert_eq!(
             framed("Transfer-Encoding: gzip"),

@@ -446,6 +446,9 @@ impl WatchState {
                 }
                 Err(e) => {
                     self.rejected = settled.then_some(on_disk);
+                    // Something else was saved since: that content failing to bind again
+                    // would be news again.
+                    self.unbindable = None;
                     Outcome::Rejected(e.to_string())
                 }
             },

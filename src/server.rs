@@ -613,7 +613,8 @@ impl Closer {
 }
 
 /// Answers a refusal decided before hyper saw the request, by `answer_by` and unless
-/// shutdown comes first; a client that does not take its answer in time is dropped.
+/// shutdown comes first; a client that does not take its answer in time is dropped (and
+/// counted as such).
 async fn refuse_before_hyper(
     tls: &mut TlsStream<TcpStream>,
     err: &ProxyError,
@@ -621,11 +622,12 @@ async fn refuse_before_hyper(
     answer_by: Instant,
 ) {
     let shared = &conn.shared;
-    let answered = tokio::select! {
-        done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(tls, err, conn)) => done.is_ok(),
+    let late = tokio::select! {
+        done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(tls, err, conn)) => done.is_err(),
+        // Shutting down: not the client's lateness.
         _ = shared.drain.started() => false,
     };
-    if !answered {
+    if late {
         shared.metrics.closed_early(EarlyClose::AnswerLate);
         tracing::info!(client = %conn.peer, "answer not delivered in time; connection dropped");
     }

@@ -124,18 +124,20 @@ fn is_host(host: &str) -> bool {
     if let Some(literal) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return literal.parse::<std::net::Ipv6Addr>().is_ok();
     }
-    // Labels of letters, digits, '-' (not first or last) and '_', none empty; one trailing
-    // root dot is allowed.
+    // One trailing root dot is allowed.
     let name = host.strip_suffix('.').unwrap_or(host);
-    !name.is_empty()
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
+    !name.is_empty() && name.split('.').all(is_label)
+}
+
+/// A label of a host name, as requests and routes may write it: letters, digits, '-' (not
+/// first or last) and '_', not empty.
+pub(crate) fn is_label(label: &str) -> bool {
+    !label.is_empty()
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// Host names compare case-insensitively, with a trailing root dot ignored.

@@ -160,6 +160,16 @@ async fn an_address_that_cannot_be_bound_rejects_the_whole_reload() {
     std::fs::write(proxy.config_path().with_file_name("neighbour.log"), "x").unwrap();
     let status = status_where(&mut rx, "another look", |s| s.checks > checks).await;
     assert_eq!((status.generation, status.failures), (1, 1));
+
+    // Another mistake in between, then the busy address again: that is news again.
+    std::fs::write(proxy.config_path(), "[proxy").unwrap();
+    failures(&mut rx, 2).await;
+    std::fs::write(proxy.config_path(), &body).unwrap();
+    let status = failures(&mut rx, 3).await;
+    assert!(status
+        .last_error
+        .unwrap_or_default()
+        .contains("proxy.listen[2]"));
     assert_eq!(
         upgrade_status(proxy.addr, "/a").await,
         101,
