@@ -146,22 +146,16 @@ async fn a_non_101_answer_is_relayed_as_is_and_the_connection_ends() {
 async fn a_refusal_framed_both_ways_is_relayed_chunked() {
     // Content-Length beside chunked: the body is the chunked one (RFC 9112 §6.3), and the
     // relay must frame it one way only, or the client would get nothing at all.
-    let backend = RawBackend::start().await;
-    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
-    let mut client = raw_client(proxy.addr).await;
-    client.send(ws().bytes()).await;
-    let mut back = backend.accept().await;
-    back.read_head().await;
-    back.send(
+    let (head, body) = answered_with(None, |_| {
         "HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n\
-         5\r\nhello\r\n0\r\n\r\n",
-    )
+         5\r\nhello\r\n0\r\n\r\n"
+            .to_string()
+    })
     .await;
-    let head = client.read_head().await;
     assert_eq!(head.status, 403, "{head:?}");
     assert_eq!(head.get("content-length"), None, "{head:?}");
     assert_eq!(head.get("transfer-encoding"), Some("chunked"), "{head:?}");
-    assert_eq!(client.read_to_end().await, b"5\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(body, b"5\r\nhello\r\n0\r\n\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,22 +205,31 @@ async fn odd_hosts_are_refused() {
     }
 }
 
-/// A client that sends its request, closes TLS (close_notify) and the socket while the
-/// backend is slow: it is gone, so neither a tunnel nor its slot may outlive it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_gone_before_the_101_does_not_keep_a_tunnel() {
+/// A proxy (with `timeouts`) to a raw backend, and a client that sends its upgrade request,
+/// closes TLS and its socket and goes: returns the proxy, the backend's end and the request.
+async fn client_gone_after_its_request(
+    timeouts: &str,
+) -> (Proxy, RawConn<tokio::net::TcpStream>, Head) {
     let backend = RawBackend::start().await;
-    let proxy = start_proxy(&format!(
-        "[timeouts]\nidle = \"60s\"\n\n{}",
+    let config = format!(
+        "[timeouts]\n{timeouts}\n\n{}",
         route("chat", "/ws", &[backend.addr])
-    ))
-    .await;
+    );
+    let proxy = start_proxy(&config).await;
     let mut client = raw_client(proxy.addr).await;
     client.send(ws().bytes()).await;
     client.shutdown_write().await;
     drop(client);
     let mut back = backend.accept().await;
     let seen = back.try_read_head().await.expect("request forwarded");
+    (proxy, back, seen)
+}
+
+/// A client that sends its request, closes TLS (close_notify) and the socket while the
+/// backend is slow: it is gone, so neither a tunnel nor its slot may outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_the_101_does_not_keep_a_tunnel() {
+    let (proxy, mut back, seen) = client_gone_after_its_request("idle = \"60s\"").await;
     back.send(switching(&seen, "")).await;
     // With a 60 s idle timeout, only noticing the client is gone frees the slot in time.
     until("the vanished client's slot to be freed", || {
@@ -233,18 +242,7 @@ async fn a_client_gone_before_the_101_does_not_keep_a_tunnel() {
 /// Same with the backend never answering: the slot goes by the connect timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_while_the_backend_is_slow_frees_its_slot_by_connect() {
-    let backend = RawBackend::start().await;
-    let proxy = start_proxy(&format!(
-        "[timeouts]\nconnect = \"1s\"\n\n{}",
-        route("chat", "/ws", &[backend.addr])
-    ))
-    .await;
-    let mut client = raw_client(proxy.addr).await;
-    client.send(ws().bytes()).await;
-    client.shutdown_write().await;
-    drop(client);
-    let mut back = backend.accept().await;
-    let _seen = back.try_read_head().await.expect("request forwarded");
+    let (proxy, mut back, _) = client_gone_after_its_request("connect = \"1s\"").await;
     until("the slot to be freed by the connect timeout", || {
         proxy.server.active_connections() == 0
     })
