@@ -47,9 +47,17 @@ pub struct Snapshot {
 impl Snapshot {
     /// Loads the config at `path` and everything it names.
     pub fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
-        // Hashed before reading: a write landing during the build then still looks like a
-        // change afterwards, and is applied by its own event (never hidden under this hash).
-        let fingerprint = on_disk_fingerprint(path);
+        Self::build_hashed(path, generation, on_disk_fingerprint(path))
+    }
+
+    /// Like `build`, with the files' fingerprint taken by the caller *before* reading: a
+    /// write landing during the build then still looks like a change afterwards, and is
+    /// applied by its own event (never hidden under this hash).
+    fn build_hashed(
+        path: &Path,
+        generation: u64,
+        fingerprint: u64,
+    ) -> Result<Snapshot, ConfigError> {
         let config = Config::load(path)?;
         let (tls, expiry) = tls::server_config(&config)?;
         warn_about_expiry(&expiry);
@@ -423,7 +431,7 @@ impl WatchState {
             if trigger == Trigger::Files && Some(on_disk) == previously_rejected {
                 return Look::StillRejected;
             }
-            let built = Snapshot::build(&path, generation);
+            let built = Snapshot::build_hashed(&path, generation, on_disk);
             // A file caught mid-write fails to build, but its finished content may hash like
             // the content hashed above: remember a rejection only if the disk held still.
             let settled = built.is_ok() || on_disk_fingerprint(&path) == on_disk;
