@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 /// A validated configuration.
@@ -315,14 +316,19 @@ impl Config {
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(src).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let mut key = key_at(src, span.start);
-            if key.is_empty() {
-                // A top-level problem ("missing field `tls`", "unknown field `tls2`") is
-                // reported on the whole document or on a header: the field is the key.
-                key = first_quoted(e.message())
+            // A document that parses is its own map of keys; one that does not is read line
+            // by line around the error.
+            let key = match DeTable::parse(src) {
+                Ok(root) => path_to(root.get_ref(), "", &span),
+                Err(_) => Some(key_at(src, span.start)).filter(|k| !k.is_empty()),
+            };
+            // A top-level problem ("missing field `tls`") is reported on the whole document:
+            // the field is the key.
+            let key = key.unwrap_or_else(|| {
+                first_quoted(e.message())
                     .unwrap_or("(top level)")
-                    .to_string();
-            }
+                    .to_string()
+            });
             ConfigError {
                 file: path.to_path_buf(),
                 location: Some(locate(src, &span, &key)),
@@ -718,6 +724,35 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// The dotted path (`route[1]`, `tls.certificates[0].pass`) of the deepest key or value
+/// written exactly at `span`: serde's errors point at the key for an unknown field, at the
+/// value for a wrong type, and at the table (its header, or its braces) for a missing field.
+fn path_to(table: &DeTable<'_>, prefix: &str, span: &Range<usize>) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let path = match prefix {
+            "" => key.get_ref().to_string(),
+            _ => format!("{prefix}.{}", key.get_ref()),
+        };
+        if key.span() == *span {
+            return Some(path);
+        }
+        value_path(value, path, span)
+    })
+}
+
+fn value_path(value: &Spanned<DeValue<'_>>, path: String, span: &Range<usize>) -> Option<String> {
+    // Inner first: the `[[route]]` array and its element share the header's span.
+    let inner = match value.get_ref() {
+        DeValue::Table(table) => path_to(table, &path, span),
+        DeValue::Array(array) => array
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| value_path(item, format!("{path}[{i}]"), span)),
+        _ => None,
+    };
+    inner.or_else(|| (value.span() == *span).then_some(path))
+}
+
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
 /// only: the enclosing `[table]` / `[[array]]` header plus the key written on that line.
 fn key_at(src: &str, offset: usize) -> String {
@@ -960,6 +995,35 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             assert!(
                 message.contains(expected),
                 "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn serde_errors_name_the_key_they_are_about() {
+        let head = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n";
+        let route = "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+        let cases = [
+            // A missing field names its table: the header, or the inline table's braces.
+            (format!("{head}[[route]]\npath = \"/\"\nbackends = [\"h:1\"]\n"), "w.toml:5:1: route[0]: missing field `name`"),
+            (format!("{head}{route}[[route]]\npath = \"/\"\nbackends = [\"h:1\"]\n"), "w.toml:9:1: route[1]: missing field `name`"),
+            (format!("{head}[[route]]\nname = \"a\"\npath = \"/\"\n[limits]\n"), "w.toml:5:1: route[0]: missing field `backends`"),
+            ("[proxy]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n".into(), "w.toml:1:1: proxy: missing field `listen`"),
+            ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }, { cert = \"c\" }]\n".into(), "w.toml:4:44: tls.certificates[1]: missing field `key`"),
+            // An unknown field names itself, however deep.
+            ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\", pass = \"x\" }]\n".into(), "w.toml:4:42: tls.certificates[0].pass: unknown field `pass`"),
+            // A wrong type names the value.
+            ("[proxy]\nlisten = \"127.0.0.1:1\"\n".into(), "w.toml:2:10: proxy.listen: invalid type"),
+            // Nothing to point at: the field is the key.
+            ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n".into(), "w.toml:1:1: tls: missing field `tls`"),
+        ];
+        for (body, expected) in cases {
+            let err = Config::from_toml_str(&body, Path::new("w.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
             );
         }
     }

@@ -102,7 +102,8 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
     pub last_success: Option<SystemTime>,
     /// Times the watcher looked at the files, whatever it found (a change, a rejection, the
-    /// same content): lets a test await "the watcher has seen this event".
+    /// same content), and watched their folders again: lets a test await "the watcher has
+    /// seen this event, and will see the next one".
     pub checks: u64,
 }
 
@@ -255,6 +256,8 @@ impl WatchState {
             while self.refresh_watches(self.wanted(shared, path).await) {
                 self.reload(shared, path, Trigger::Files).await;
             }
+            // Counted once the watches are in place again: from here on, a change is seen.
+            shared.reload_status.send_modify(|status| status.checks += 1);
         }
     }
 
@@ -369,27 +372,51 @@ async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
     }
 }
 
-/// The folders to watch for `files`: each file's folder, and the folder of its symlink
-/// target (a file reached through a symlink into another folder changes there); a folder
-/// that does not exist is replaced by its nearest existing ancestor.
+/// The folders to watch for `files`: the folder of each file, and of every symlink met on the
+/// way to it (the file itself, a folder above it, or a link its target goes through), so
+/// repointing any of them is seen (`..data` in a Kubernetes volume, a `current -> releases/N`
+/// folder). A folder that does not exist is replaced by its nearest existing ancestor.
+///
+/// Each folder is named by its real path: one folder watched under two names would have one
+/// name's unwatch end the other's watch.
 fn wanted_folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
-    let resolved: Vec<PathBuf> = files
-        .iter()
-        .filter_map(|f| std::fs::canonicalize(f).ok())
-        .collect();
     files
         .iter()
-        .chain(&resolved)
-        .filter_map(|file| {
-            let absolute = absolute(file);
-            absolute
-                .ancestors()
-                .skip(1)
-                .find(|dir| dir.is_dir())
-                .map(Path::to_path_buf)
+        .flat_map(|file| paths_through_links(&absolute(file)))
+        .filter_map(|path| {
+            let folder = path.ancestors().skip(1).find(|dir| dir.is_dir())?;
+            Some(std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf()))
         })
         .collect()
 }
+
+/// `path`, and each symlink on it (the path itself or a folder above it) with, for every such
+/// link, the path it leads to (followed in turn, at most [`MAX_LINKS`] links).
+fn paths_through_links(path: &Path) -> Vec<PathBuf> {
+    let mut found = vec![path.to_path_buf()];
+    let mut next = 0;
+    while next < found.len() && found.len() < MAX_LINKS {
+        let current = found[next].clone();
+        next += 1;
+        for link in current.ancestors().filter(|a| a.is_symlink()) {
+            let (Some(folder), Ok(target)) = (link.parent(), std::fs::read_link(link)) else {
+                continue;
+            };
+            let rest = current.strip_prefix(link).unwrap_or(Path::new(""));
+            // The link itself is watched through its folder: `found` holds it, and the folder
+            // is what [`wanted_folders`] takes from each path.
+            for path in [link.to_path_buf(), folder.join(target).join(rest)] {
+                if !found.contains(&path) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Links followed per file, as the kernel's own limit on a path.
+const MAX_LINKS: usize = 40;
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
@@ -491,7 +518,6 @@ impl WatchState {
     /// Publishes what a look at the files came to and logs it.
     fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome) {
         shared.reload_status.send_modify(|status| {
-            status.checks += 1;
             match outcome {
                 Outcome::Nothing => {}
                 Outcome::InForce => status.last_error = None,

@@ -167,16 +167,23 @@ async fn exchange(
     let send = sender.send_request(request);
     tokio::pin!(send);
     let mut conn_done = false;
+    // The connection can fail after it handed over a complete answer (a backend that sends
+    // stray bytes behind a refusal): that answer still stands, so the error only counts
+    // when no answer comes.
+    let mut conn_error = None;
     let mut response = loop {
         tokio::select! {
             biased;
-            response = &mut send => {
-                break response.map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
-            }
-            ended = &mut conn, if !conn_done => match ended {
-                Ok(()) => conn_done = true,
-                Err(e) => return Err(ProxyError::BackendProtocol(e.to_string())),
+            response = &mut send => match (response, conn_error) {
+                (Ok(response), _) => break response,
+                (Err(_), Some(e)) | (Err(e), None) => {
+                    return Err(ProxyError::BackendProtocol(e.to_string()))
+                }
             },
+            ended = &mut conn, if !conn_done => {
+                conn_done = true;
+                conn_error = ended.err();
+            }
         }
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -159,6 +159,18 @@ async fn a_refusal_framed_both_ways_is_relayed_chunked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_with_stray_bytes_behind_it_is_still_relayed() {
+    // hyper's backend connection fails on the bytes past the body, after it has handed over
+    // the complete answer: the answer stands, the stray bytes go nowhere.
+    let (head, body) = answered_with(None, |_| {
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nabcEXTRA".to_string()
+    })
+    .await;
+    assert_eq!(head.status, 403, "{head:?}");
+    assert_eq!(body, b"abc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_refusals_are_relayed_with_their_status() {
     for (status, reason) in [
         (403, "Forbidden"),

@@ -874,3 +874,70 @@ async fn a_tls_session_from_before_a_reload_resumes_after_it() {
         Some(rustls::HandshakeKind::Resumed)
     );
 }
+
+/// Points the symlink `link` at `target` atomically, as a deploy script does (`ln -s` beside
+/// it, then `mv -T` over it); what it pointed at before stays.
+fn repoint(link: &Path, target: &str) {
+    let tmp = link.with_extension("tmp");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_folder_reached_through_a_repointed_symlink_is_followed() {
+    // `current -> v1` becomes `current -> v2`, v1 kept: nothing changes in v1 or in v2, only
+    // in the folder holding the link, which must be watched too.
+    let backend = WsBackend::start("one").await;
+    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for version in ["v1", "v2"] {
+        std::fs::create_dir(secrets.path().join(version)).unwrap();
+        pki().write_leaf(&secrets.path().join(version), "tls", SERVER_NAMES);
+    }
+    let current = secrets.path().join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+    let config = conf.path().join("wsgate.toml");
+    let body = route("a", "/a", &[backend.addr]);
+    let head = head_with_cert(&current.join("tls.crt"), &current.join("tls.key"));
+    std::fs::write(&config, format!("{head}{body}")).unwrap();
+    let server = wsgate::Server::start(&config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+    first_look(&mut rx).await;
+
+    repoint(&current, "v2");
+    generation(&mut rx, 2).await;
+    let v2 = std::fs::read_to_string(secrets.path().join("v2/tls.crt")).unwrap();
+    assert_eq!(served_leaf(addr).await, der_of(&v2));
+    // And v2 is watched from then on.
+    let renewed = renew_in_place(&secrets.path().join("v2"));
+    generation(&mut rx, 3).await;
+    assert_eq!(served_leaf(addr).await, der_of(&renewed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_folder_reached_through_a_repointed_symlink_is_followed() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Each release complete in its folder: nothing but the link is in the parent.
+    for (release, path) in [("r1", "/a"), ("r2", "/b")] {
+        std::fs::create_dir(dir.path().join(release)).unwrap();
+        write_config(
+            &dir.path().join(release),
+            &route("a", path, &[backend.addr]),
+        );
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink("r1", &current).unwrap();
+    let server = wsgate::Server::start(current.join("wsgate.toml"))
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+    assert_eq!(upgrade_status(addr, "/a").await, 101);
+    first_look(&mut rx).await;
+
+    repoint(&current, "r2");
+    generation(&mut rx, 2).await;
+    assert_eq!(upgrade_status(addr, "/b").await, 101);
+    assert_eq!(upgrade_status(addr, "/a").await, 404);
+}

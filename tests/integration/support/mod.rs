@@ -511,6 +511,12 @@ pub async fn generation(
     status_where(rx, &format!("generation {n}"), |s| s.generation == n).await
 }
 
+/// Waits for the watcher's look at the files right after start-up: a change made after it is
+/// seen through a watch, not by that look.
+pub async fn first_look(rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>) {
+    status_where(rx, "the start-up look", |s| s.checks >= 1).await;
+}
+
 /// Waits for the `n`th rejected reload.
 pub async fn failures(
     rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
