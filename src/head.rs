@@ -69,7 +69,14 @@ pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     // What hyper checks beyond the syntax: a target that parses as a URI, and a framing it
     // understands. An upgrade request has no body, so any framing header is refused here.
     let target = request.path.unwrap_or_default();
-    if target.parse::<hyper::Uri>().is_err() {
+    let Ok(uri) = target.parse::<hyper::Uri>() else {
+        return Err(ProxyError::MalformedRequest);
+    };
+    // A GET's target is origin-form or absolute-form (RFC 9112 §3.2), without a fragment.
+    // hyper also takes "host:port" (CONNECT's form) and "ws", and reads both as path "/", and
+    // drops a "#fragment": the backend would get a different target than the client sent.
+    let absolute = uri.scheme().is_some() && uri.authority().is_some();
+    if !(target.starts_with('/') || absolute) || target.contains('#') {
         return Err(ProxyError::MalformedRequest);
     }
     for header in request.headers.iter() {

@@ -257,7 +257,9 @@ impl WatchState {
                 self.reload(shared, path, Trigger::Files).await;
             }
             // Counted once the watches are in place again: from here on, a change is seen.
-            shared.reload_status.send_modify(|status| status.checks += 1);
+            shared
+                .reload_status
+                .send_modify(|status| status.checks += 1);
         }
     }
 

@@ -37,6 +37,21 @@ async fn leading_blank_lines_do_not_escape_the_head_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_is_neither_a_path_nor_a_url_is_400() {
+    // hyper reads each of these as "/": with a catch-all route they would be routed (a 502
+    // here), and the backend asked for "/" instead of what the client sent.
+    let nowhere = closed_port().await;
+    let proxy = start_proxy(&route("all", "/", &[nowhere])).await;
+    for target in ["chat.example.com:443", "ws", "/ws#top", "*"] {
+        let req = Req::upgrade("chat.example.com:443", target);
+        let (head, _) = request(proxy.addr, req.bytes()).await;
+        assert_eq!(head.status, 400, "{target}: {head:?}");
+    }
+    let (head, _) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 502, "a path is routed: {head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_comma_list_host_is_not_routed() {
     let proxy = proxy_to_nowhere("", Some("*.example.com")).await;
     let (head, _) = request(
