@@ -4,12 +4,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, ORIGIN};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -21,12 +23,12 @@ use tokio_rustls::server::TlsStream;
 use crate::error::{ProxyError, Side};
 use crate::head::Prefixed;
 use crate::routes::Selection;
-use crate::server::{ClientSlot, ConnGuard, Shared};
+use crate::server::{lock, ClientSlot, ConnGuard, Shared};
 use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
 
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, Relayed>;
 
 /// What the request path knows about the connection it serves.
 pub struct Conn {
@@ -34,15 +36,65 @@ pub struct Conn {
     pub started: Instant,
     pub shared: Arc<Shared>,
     /// Counts this connection in `max_connections`; the tunnel keeps it for its whole life.
-    pub guard: Arc<ConnGuard>,
-    /// Counts it in `max_connections_per_client`, if set; held (never read) as long as
-    /// `guard`, and released by its drop.
-    #[allow(dead_code)]
-    pub client_slot: Option<ClientSlot>,
+    guard: ConnGuard,
+    /// Counts it in `max_connections_per_client`, if set: held as long as `guard`, and
+    /// released by its drop.
+    _client_slot: Option<ClientSlot>,
     /// Over `max_connections_per_client`: the only answer it gets is 429.
-    pub over_client_limit: bool,
-    /// Set once the connection's end line has been (or will be) written by the request path.
+    over_client_limit: bool,
+    /// Set once the request path has taken over the connection's end line: a tunnel writes
+    /// its own, an answer leaves its [`Ending`] for [`end_line`].
     pub logged: AtomicBool,
+    /// The answer given, waiting for the connection's end to be logged (boxed: a tunnel
+    /// holds its `Conn` for life, and never has one).
+    ending: Mutex<Option<Box<Ending>>>,
+}
+
+impl Conn {
+    /// `client_slot`: `None` without a per-client limit, `Some(None)` over it.
+    pub fn new(
+        peer: SocketAddr,
+        started: Instant,
+        shared: Arc<Shared>,
+        guard: ConnGuard,
+        client_slot: Option<Option<ClientSlot>>,
+    ) -> Self {
+        Conn {
+            peer,
+            started,
+            shared,
+            guard,
+            over_client_limit: matches!(client_slot, Some(None)),
+            _client_slot: client_slot.flatten(),
+            logged: AtomicBool::new(false),
+            ending: Mutex::new(None),
+        }
+    }
+}
+
+/// The answer a connection got, as its end line will tell it.
+struct Ending {
+    route: Option<String>,
+    backend: Option<String>,
+    status: StatusCode,
+    /// Who caused a refusal (sets the line's level); `None` for a relayed backend answer.
+    side: Option<Side>,
+    reason: String,
+    /// Body bytes of a relayed backend answer handed to the client connection.
+    bytes_out: u64,
+    /// False when the client left before any answer (499): nothing was there to deliver.
+    answered: bool,
+}
+
+/// How the delivery of a connection's answer ended.
+pub enum Delivery {
+    Delivered,
+    /// Not delivered by the connection's answer deadline (a client that stopped reading).
+    Late,
+    /// Shutdown's grace ran out first.
+    Shutdown,
+    /// The connection failed while the answer was sent (a client gone, a relayed body cut).
+    Failed(String),
 }
 
 /// Serves one request. Never fails: every refusal becomes a response here.
@@ -71,10 +123,11 @@ pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
 }
 
 /// Refuses a request hyper is never shown (a head over the limit, or one hyper would not
-/// parse) with the answer and log line the request path gives, written straight to `io`.
-pub async fn refuse_unparsed<S>(io: &mut S, err: &ProxyError, conn: &Conn)
+/// parse) with the answer the request path gives, written straight to `io`. The caller logs
+/// the connection's end with [`end_line`], then lets the client [`linger`].
+pub async fn refuse_unparsed<S>(io: &mut S, err: &ProxyError, conn: &Conn) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
 {
     conn.logged.store(true, Ordering::Relaxed);
     let mut log = Line::new(conn);
@@ -86,12 +139,14 @@ where
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
-    if io.write_all(head.as_bytes()).await.is_err() || io.shutdown().await.is_err() {
-        return;
-    }
-    // A close with unread bytes in the socket is a reset, which can destroy the answer before
-    // the client reads it: take in (a bounded amount of) what the client is still sending.
-    // Bounded in bytes and time, so a refused client cannot hold its slot, or shutdown.
+    io.write_all(head.as_bytes()).await?;
+    io.shutdown().await
+}
+
+/// Takes in (a bounded amount of) what a refused client is still sending: a close with
+/// unread bytes in the socket is a reset, which can destroy the answer before the client
+/// reads it. Bounded in bytes and time, so a refused client cannot hold its slot, or shutdown.
+pub async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
     let linger = async {
         let mut sink = [0u8; 4096];
         let mut budget = LINGER_BYTES;
@@ -138,15 +193,24 @@ impl Drop for Line<'_> {
     /// backend is being dialled): the connection still gets its line.
     fn drop(&mut self) {
         if !self.written {
-            log_end(
+            decide(
                 self,
-                StatusCode::from_u16(499).unwrap_or_default(),
+                CLIENT_GONE,
                 None,
                 "client went away before the answer",
             );
+            if let Some(ending) = lock(&self.conn.ending).as_mut() {
+                ending.answered = false;
+            }
         }
     }
 }
+
+/// nginx's status for a client that left before its answer: logs and metrics use it too.
+const CLIENT_GONE: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 async fn route_and_forward(
     req: &mut Request<Incoming>,
@@ -198,8 +262,15 @@ async fn route_and_forward(
     match answer {
         Answer::Refused(response) => {
             let response = upstream::relay_refusal(response);
-            log_end(log, response.status(), None, "backend refused the upgrade");
-            Ok(response.map(Either::Right))
+            decide(log, response.status(), None, "backend refused the upgrade");
+            let conn = conn.clone();
+            Ok(response.map(|body| {
+                Either::Right(Relayed {
+                    body,
+                    conn,
+                    sent: 0,
+                })
+            }))
         }
         Answer::Upgraded(tunnel) => {
             let head = upstream::client_switching_head(&tunnel.head);
@@ -237,10 +308,18 @@ fn spawn_tunnel(
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
         let Some(splice) = client_splice(upgraded, socket, early, idle, &conn, &route) else {
-            // The 101 never reached the client: counted as a client that left first.
+            // The 101 never reached the client: a client that left first.
             conn.shared.metrics.answered(Some(&route), 499);
-            tracing::warn!(client = %conn.peer, route, backend, "client upgrade did not complete");
-            return;
+            let ending = Ending {
+                route: Some(route),
+                backend: Some(backend),
+                status: CLIENT_GONE,
+                side: None,
+                reason: "client went away before its 101 was delivered".into(),
+                bytes_out: 0,
+                answered: false,
+            };
+            return write_line(&conn, &ending, None);
         };
         // Counted once the client has its 101, so 101s and opened tunnels always agree.
         conn.shared.metrics.upgraded(&route, took);
@@ -286,10 +365,10 @@ fn client_splice(
     Some(splice.metered(conn.shared.metrics.meter(route)))
 }
 
-/// Writes the refusal's log line and builds its response.
+/// Decides the refusal's log line and builds its response.
 fn refuse(err: &ProxyError, log: &mut Line<'_>) -> Response<Body> {
     let (status, side) = err.status();
-    log_end(log, status, Some(side), &err.to_string());
+    decide(log, status, Some(side), &err.to_string());
     let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(
         err.body().as_bytes(),
     ))));
@@ -306,22 +385,101 @@ fn refuse(err: &ProxyError, log: &mut Line<'_>) -> Response<Body> {
     response
 }
 
-fn log_end(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &str) {
+/// Counts the answer now, and leaves the connection's line for [`end_line`].
+fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &str) {
     log.written = true;
-    let conn = log.conn;
-    let route = log.route.as_deref().unwrap_or("-");
-    let backend = log.backend.as_deref().unwrap_or("-");
+    log.conn
+        .shared
+        .metrics
+        .answered(log.route.as_deref(), status.as_u16());
+    *lock(&log.conn.ending) = Some(Box::new(Ending {
+        route: log.route.take(),
+        backend: log.backend.take(),
+        status,
+        side,
+        reason: reason.to_string(),
+        bytes_out: 0,
+        answered: true,
+    }));
+}
+
+/// Writes the line of a connection that got an answer (or left before it), saying how its
+/// delivery ended; false if there is no such answer (a tunnel writes its own line).
+pub fn end_line(conn: &Conn, delivery: Delivery) -> bool {
+    let Some(ending) = lock(&conn.ending).take() else {
+        return false;
+    };
+    let cut = match delivery {
+        _ if !ending.answered => None,
+        Delivery::Delivered => None,
+        Delivery::Late => Some("answer not delivered in time".to_string()),
+        Delivery::Shutdown => Some("shutdown before the answer was delivered".to_string()),
+        Delivery::Failed(e) => Some(format!("answer cut short: {e}")),
+    };
+    write_line(conn, &ending, cut.as_deref());
+    true
+}
+
+fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
+    let route = ending.route.as_deref().unwrap_or("-");
+    let backend = ending.backend.as_deref().unwrap_or("-");
+    let status = ending.status.as_u16();
+    let bytes_out = ending.bytes_out;
     let duration_ms = conn.started.elapsed().as_millis() as u64;
-    let status = status.as_u16();
-    conn.shared.metrics.answered(log.route.as_deref(), status);
+    let reason = match cut {
+        Some(cut) => format!("{}; {cut}", ending.reason),
+        None => ending.reason.clone(),
+    };
     macro_rules! line {
         ($level:ident) => {
-            tracing::$level!(client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed")
+            tracing::$level!(client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out, duration_ms, reason, "connection closed")
         };
     }
-    match side {
+    match ending.side {
         None | Some(Side::Client) => line!(info),
         Some(Side::Backend) => line!(warn),
         Some(Side::Internal) => line!(error),
+    }
+}
+
+/// A relayed backend answer's body, counting the bytes handed to the client connection into
+/// its end line.
+pub struct Relayed {
+    body: Incoming,
+    conn: Arc<Conn>,
+    sent: u64,
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        if let Some(ending) = lock(&self.conn.ending).as_mut() {
+            ending.bytes_out = self.sent;
+        }
     }
 }

@@ -31,7 +31,7 @@ use crate::config::ConfigError;
 use crate::error::ProxyError;
 use crate::head::{self, Head, Prefixed};
 use crate::metrics::{EarlyClose, Metrics};
-use crate::proxy::{self, Conn};
+use crate::proxy::{self, Conn, Delivery};
 use crate::proxy_protocol;
 use crate::reload::{self, ReloadStatus, Snapshot};
 use crate::splice::Drain;
@@ -391,26 +391,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 
 /// One client connection: TLS under the handshake deadline, then hyper until the request is
 /// answered (or upgraded, after which the tunnel owns the guard).
-async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
+async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
     let started = Instant::now();
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
-    let _ = tcp.set_nodelay(true);
-    let acceptor = TlsAcceptor::from(snapshot.tls.clone());
-    let proxy_protocol = snapshot.config.proxy_protocol;
-    // The PROXY header (if configured) and TLS share the handshake deadline.
-    let setup = async {
-        let client = if proxy_protocol {
-            client_from_header(&mut tcp, peer).await?
-        } else {
-            peer
-        };
-        let tls = acceptor
-            .accept(tcp)
-            .await
-            .map_err(|e| (EarlyClose::TlsFailed, format!("TLS handshake failed: {e}")))?;
-        Ok::<_, (EarlyClose, String)>((client, tls))
-    };
+    let setup = accept_client(tcp, peer, &snapshot);
     let (peer, mut tls) = match in_time(&shared, deadline, setup, "TLS").await {
         Ok(ready) => ready,
         Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
@@ -425,15 +410,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         // A connection over the global limit only gets its 503: it takes no client place.
         .filter(|_| !guard.over_limit())
         .map(|max| ClientSlot::take(&shared, peer.ip(), max));
-    let conn = Arc::new(Conn {
-        peer,
-        started,
-        shared: shared.clone(),
-        guard: Arc::new(guard),
-        over_client_limit: matches!(client_slot, Some(None)),
-        client_slot: client_slot.flatten(),
-        logged: AtomicBool::new(false),
-    });
+    let conn = Arc::new(Conn::new(peer, started, shared.clone(), guard, client_slot));
     let max_head = snapshot.config.limits.max_request_header_bytes;
     let read_head = read_request_head(&mut tls, max_head);
     let (head_too_large, head_bytes) =
@@ -455,6 +432,40 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
     if let Some(err) = refusal {
         return refuse_before_hyper(&mut tls, &err, &conn, answer_by).await;
     }
+    serve_http(tls, head_bytes, conn, deadline, max_head, answer_by).await;
+}
+
+/// The PROXY header (if configured) and the TLS handshake: the client's address and stream.
+async fn accept_client(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+) -> Result<(SocketAddr, TlsStream<TcpStream>), (EarlyClose, String)> {
+    let _ = tcp.set_nodelay(true);
+    let client = if snapshot.config.proxy_protocol {
+        client_from_header(&mut tcp, peer).await?
+    } else {
+        peer
+    };
+    let tls = TlsAcceptor::from(snapshot.tls.clone())
+        .accept(tcp)
+        .await
+        .map_err(|e| (EarlyClose::TlsFailed, format!("TLS handshake failed: {e}")))?;
+    Ok((client, tls))
+}
+
+/// hyper serves the request (`head` already read from `tls`, within `max_head`; `deadline`
+/// for the rest of it) until it is answered by `answer_by`; then the connection's line is
+/// written, unless a tunnel took it over.
+async fn serve_http(
+    tls: TlsStream<TcpStream>,
+    head: Bytes,
+    conn: Arc<Conn>,
+    deadline: Instant,
+    max_head: usize,
+    answer_by: Instant,
+) {
+    let shared = conn.shared.clone();
     let service = {
         let conn = conn.clone();
         service_fn(move |req| proxy::handle(req, conn.clone()))
@@ -471,26 +482,30 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard:
         // passed on once the tunnel runs); without this hyper would drop the request.
         .half_close(true);
     let serving = http
-        .serve_connection(TokioIo::new(Prefixed::new(head_bytes, tls)), service)
+        .serve_connection(TokioIo::new(Prefixed::new(head, tls)), service)
         .with_upgrades();
     let ended = tokio::select! {
         result = serving => Ended::Served(result),
         _ = tokio::time::sleep_until(answer_by) => Ended::Late,
         _ = shared.drain.started() => Ended::Drained,
     };
-    // Past the select the request's future is dropped, so a request in flight has logged its
-    // own line (499) by now; what is left is a connection that never got that far.
+    // Past the select the request's future (and a relayed body) is dropped: an answer given
+    // or a client gone has left its line to write, a tunnel writes its own.
     if conn.logged.load(Ordering::Relaxed) {
-        // The line was written when the answer was made; that it never reached the client
-        // (a large relayed refusal to a client that stopped reading) is worth its own line.
-        if let Ended::Late | Ended::Drained = ended {
+        let delivery = match ended {
+            Ended::Served(Ok(())) => Delivery::Delivered,
+            Ended::Served(Err(e)) => Delivery::Failed(e.to_string()),
+            Ended::Late => Delivery::Late,
+            Ended::Drained => Delivery::Shutdown,
+        };
+        if matches!(delivery, Delivery::Late) {
             shared.metrics.closed_early(EarlyClose::AnswerLate);
-            tracing::info!(client = %peer, "answer not delivered in time; connection dropped");
         }
+        proxy::end_line(&conn, delivery);
         return;
     }
     let (kind, reason) = unanswered(ended);
-    early_close(&shared, peer, started, kind, &reason);
+    early_close(&shared, conn.peer, conn.started, kind, &reason);
 }
 
 /// Reads the request head (see [`head::read`]): whether it is over `max`, and the bytes read.
@@ -622,14 +637,24 @@ async fn refuse_before_hyper(
     answer_by: Instant,
 ) {
     let shared = &conn.shared;
-    let late = tokio::select! {
-        done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(tls, err, conn)) => done.is_err(),
-        // Shutting down: not the client's lateness.
-        _ = shared.drain.started() => false,
+    let delivery = tokio::select! {
+        done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(tls, err, conn)) => match done {
+            Ok(Ok(())) => Delivery::Delivered,
+            Ok(Err(e)) => Delivery::Failed(e.to_string()),
+            Err(_) => Delivery::Late,
+        },
+        _ = shared.drain.started() => Delivery::Shutdown,
     };
-    if late {
+    let delivered = matches!(delivery, Delivery::Delivered);
+    if matches!(delivery, Delivery::Late) {
         shared.metrics.closed_early(EarlyClose::AnswerLate);
-        tracing::info!(client = %conn.peer, "answer not delivered in time; connection dropped");
+    }
+    proxy::end_line(conn, delivery);
+    if delivered {
+        tokio::select! {
+            () = proxy::linger(tls) => {}
+            _ = shared.drain.started() => {}
+        }
     }
 }
 

@@ -374,3 +374,50 @@ async fn a_client_that_never_reads_a_relayed_refusal_is_dropped_in_time() {
     drop(client);
     writer.abort();
 }
+
+/// A backend that answers the upgrade with a 403 whose chunked body stops after "hello",
+/// then does `end` with its connection; returns the proxy's line for the connection, which
+/// must be written once, when the connection is over, saying how it ended.
+async fn line_of_a_refusal_cut_short(end: impl FnOnce(RawConn<tokio::net::TcpStream>)) -> String {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let timeouts = "[timeouts]\nhandshake = \"300ms\"\nconnect = \"300ms\"\n\n";
+    let body = format!("{timeouts}{}", route("chat", "/ws", &[backend.addr]));
+    let mut child = spawn_wsgate(&write_config(dir.path(), &body));
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    let mut client = raw_client(addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await;
+    assert_eq!(client.read_head().await.status, 403);
+    end(back);
+    client.read_to_end().await;
+    let line = within(
+        "the connection's line",
+        tokio::task::spawn_blocking(move || wait_for_line(&lines, "backend refused the upgrade")),
+    )
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("\"status\":403"), "{line}");
+    assert!(line.contains("\"bytes_out\":5"), "{line}");
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_refusal_whose_backend_leaves_mid_body_is_logged_cut_short() {
+    let line = line_of_a_refusal_cut_short(drop).await;
+    assert!(line.contains("answer cut short"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_refusal_whose_body_stalls_is_logged_once_when_it_is_dropped() {
+    let (keep, kept) = std::sync::mpsc::channel();
+    let line = line_of_a_refusal_cut_short(move |back| keep.send(back).unwrap()).await;
+    assert!(line.contains("answer not delivered in time"), "{line}");
+    drop(kept);
+}
