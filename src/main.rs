@@ -2,7 +2,7 @@
 //! over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -67,15 +67,6 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
-    let config_format = Config::load(&path)
-        .map(|c| c.log_format)
-        .unwrap_or_default();
-    let json = match format {
-        Some(Format::Json) => true,
-        Some(Format::Text) => false,
-        None => config_format == LogFormat::Json,
-    };
-    init_logging(json);
     let mut runtime = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -90,8 +81,35 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    // Before anything slow (reading the config, certificates): a SIGHUP from a deploy hook
+    // during a restart must reload, not end the process. The handler stays installed for
+    // the process's life; the server takes its own stream of the signal.
+    #[cfg(unix)]
     runtime.block_on(async {
-        let server = match wsgate::Server::start(&path).await {
+        let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    });
+    let config_format = Config::load(&path)
+        .map(|c| c.log_format)
+        .unwrap_or_default();
+    let json = match format {
+        Some(Format::Json) => true,
+        Some(Format::Text) => false,
+        None => config_format == LogFormat::Json,
+    };
+    init_logging(json);
+    let code = serve(&runtime, &path, json);
+    // Tasks on the blocking pool (a name lookup, a file read on a slow mount) must not hold
+    // the exit past the grace the server already gave its connections.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    code
+}
+
+/// How long exiting waits for stray blocking tasks.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode {
+    runtime.block_on(async {
+        let server = match wsgate::Server::start(path).await {
             Ok(server) => server,
             Err(e) => {
                 // Said once: a structured line for a log collector, a plain one otherwise.
@@ -123,8 +141,20 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let parsed = from_env.as_deref().map(tracing_subscriber::EnvFilter::try_new);
+    let mut filter = match &parsed {
+        Some(Ok(filter)) => filter.clone(),
+        _ => tracing_subscriber::EnvFilter::new("info"),
+    };
+    // The file watcher library's own messages (a watch on a deleted folder going away, on
+    // every Kubernetes volume update) are for its developers: wsgate logs what matters
+    // about watching itself. Unless RUST_LOG asks for them by name.
+    if !from_env.as_deref().is_some_and(|v| v.contains("notify")) {
+        if let Ok(quiet) = "notify=error".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
     let colour = std::io::stderr().is_terminal()
         && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
@@ -136,6 +166,9 @@ fn init_logging(json: bool) {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+    if let Some(Err(e)) = parsed {
+        tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
     }
 }
 

@@ -207,3 +207,23 @@ fn the_shipped_configs_pass_check() {
         assert!(text(&out).contains("ok"), "{name}: {}", text(&out));
     }
 }
+
+#[test]
+fn an_invalid_rust_log_is_reported_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    std::fs::remove_file(dir.path().join("server.key")).unwrap();
+    // A config that cannot start: the process says its piece and exits.
+    let out = Command::new(wsgate_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "wsgate=[")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("RUST_LOG is not a valid filter; logging at info"),
+        "{}",
+        text(&out)
+    );
+}
