@@ -142,7 +142,9 @@ fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode
 
 fn init_logging(json: bool) {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let parsed = from_env.as_deref().map(tracing_subscriber::EnvFilter::try_new);
+    let parsed = from_env
+        .as_deref()
+        .map(tracing_subscriber::EnvFilter::try_new);
     let mut filter = match &parsed {
         Some(Ok(filter)) => filter.clone(),
         _ => tracing_subscriber::EnvFilter::new("info"),

@@ -260,7 +260,10 @@ async fn route_and_forward(
     )
     .await?;
     match answer {
-        Answer::Refused(response) => {
+        Answer::Refused(response, backend) => {
+            if let Some(backend) = backend {
+                conn.shared.tracker.spawn(backend);
+            }
             let response = upstream::relay_refusal(response);
             decide(log, response.status(), None, "backend refused the upgrade");
             let conn = conn.clone();

@@ -60,9 +60,15 @@ pub struct Tunnel {
 /// What the backend said to the upgrade.
 pub enum Answer {
     Upgraded(Tunnel),
-    /// Anything but 101: relayed as is, never spliced.
-    Refused(Response<Incoming>),
+    /// Anything but 101: relayed as is, never spliced. The backend connection, if it is
+    /// still needed to read the body, must be driven (on the server's task tracker).
+    Refused(Response<Incoming>, Option<BackendConn>),
 }
+
+/// A backend connection that still has an answer's body to read (hyper does not name the
+/// type of an upgradeable connection).
+pub type BackendConn =
+    std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
 
 /// The request line and headers to send to the backend.
 pub fn backend_request(
@@ -187,11 +193,9 @@ async fn exchange(
         }
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        if !conn_done {
-            // The body still has to flow; the connection ends when the client has it.
-            tokio::spawn(conn);
-        }
-        return Ok(Answer::Refused(response));
+        // The body still has to flow; the connection ends when the client has it.
+        let backend = (!conn_done).then(|| Box::pin(conn) as BackendConn);
+        return Ok(Answer::Refused(response, backend));
     }
     websocket::check_response(response.headers(), &key, protocols)?;
     let on_upgrade = hyper::upgrade::on(&mut response);
