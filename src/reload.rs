@@ -339,6 +339,8 @@ enum Look {
     InForce,
     /// The content last rejected: not tried (or logged) again.
     StillRejected,
+    /// The config file is not there (deleted, to be written again).
+    Missing,
     /// Something new, built (or not): its fingerprint, whether the disk held still while it
     /// was read, and the result.
     Built(u64, bool, Box<Result<Snapshot, ConfigError>>),
@@ -348,6 +350,9 @@ enum Look {
 enum Outcome {
     /// Nothing new: the same rejected content, or the same bind failure.
     Nothing,
+    /// The config file is gone (this error says so): the config in force stays, and nothing
+    /// is counted (it is usually about to be written again).
+    Missing(String),
     /// The files hold the config in force (again).
     InForce,
     Applied,
@@ -450,9 +455,14 @@ impl WatchState {
         let current = shared.current();
         let generation = current.generation + 1;
         let previously_rejected = self.rejected;
+        let shown = path;
         let path = path.to_path_buf();
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let look = tokio::task::spawn_blocking(move || {
+            // Between a delete and the new file (`rm; cp`, a deploy script): nothing to try.
+            if trigger == Trigger::Files && !path.exists() {
+                return Look::Missing;
+            }
             let on_disk = on_disk_fingerprint(&path);
             if trigger == Trigger::Files && on_disk == current.fingerprint {
                 return Look::InForce;
@@ -476,6 +486,11 @@ impl WatchState {
                 Outcome::InForce
             }
             Ok(Look::StillRejected) => Outcome::Nothing,
+            Ok(Look::Missing) => {
+                // Whatever comes back is news, a content rejected before included.
+                self.rejected = None;
+                Outcome::Missing(format!("{}: config file not found", shown.display()))
+            }
             Ok(Look::Built(on_disk, settled, built)) => match *built {
                 Ok(snapshot) => {
                     self.rejected = None;
@@ -522,7 +537,18 @@ impl WatchState {
         shared.reload_status.send_modify(|status| {
             match outcome {
                 Outcome::Nothing => {}
-                Outcome::InForce => status.last_error = None,
+                Outcome::Missing(error) => {
+                    if status.last_error.as_ref() != Some(&error) {
+                        tracing::warn!(generation = status.generation, %error, "config file gone; the current config stays in force until it is back");
+                        status.last_error = Some(error);
+                    }
+                }
+                Outcome::InForce => {
+                    // Said once, so the last line about reloads is not a stale error.
+                    if status.last_error.take().is_some() {
+                        tracing::info!(generation = status.generation, "config files are back to the config in force");
+                    }
+                }
                 Outcome::Applied => {
                     self.rejected = None;
                     self.unbindable = None;

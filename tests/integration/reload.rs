@@ -134,6 +134,33 @@ async fn a_file_deleted_and_created_again_is_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_gone_for_a_while_is_no_failure() {
+    // `rm wsgate.toml; …; cp new.toml wsgate.toml`: the gap is not a rejected reload (that
+    // would trip failure alerts), but it is visible while it lasts.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    std::fs::remove_file(proxy.config_path()).unwrap();
+    let gone = status_where(&mut rx, "the file seen gone", |s| s.last_error.is_some()).await;
+    let error = gone.last_error.unwrap_or_default();
+    assert!(
+        error.ends_with("wsgate.toml: config file not found"),
+        "{error}"
+    );
+    assert_eq!((gone.generation, gone.failures), (1, 0));
+    assert_eq!(
+        upgrade_status(proxy.addr, "/a").await,
+        101,
+        "still in force"
+    );
+
+    write_body(&proxy.config_path(), &route("b", "/b", &[backend.addr]));
+    let back = generation(&mut rx, 2).await;
+    assert_eq!((back.failures, back.last_error), (0, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_identical_content_does_nothing() {
     let backend = WsBackend::start("one").await;
     let body = route("a", "/a", &[backend.addr]);
