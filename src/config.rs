@@ -649,7 +649,7 @@ fn host_pattern(text: &str) -> Result<HostPattern, String> {
 fn route_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
         return Err(format!(
-            "{text:?} is not a path prefix: it starts with '/' and has no query"
+            "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
         ));
     }
     let trimmed = text.trim_end_matches('/');
