@@ -111,7 +111,7 @@ fn checks_and_lookup(c: &mut Criterion) {
                         wsgate::websocket::check_request(&Method::GET, Version::HTTP_11, headers);
                     let host = wsgate::websocket::request_host(black_box(&uri), headers);
                     let offered = wsgate::websocket::offered_protocols(headers);
-                    let origin = headers.get("origin").and_then(|o| o.to_str().ok());
+                    let origin = wsgate::websocket::origin(headers);
                     let allowed = match routes.select(host.ok().flatten(), uri.path(), &offered) {
                         Selection::Matched { route, .. } => route.allows_origin(origin),
                         _ => false,

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, ORIGIN};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -236,15 +236,7 @@ async fn route_and_forward(
     let Selection::Matched { route, protocols } = selection else {
         return Err(ProxyError::NoSubprotocol);
     };
-    // One Origin line, as browsers send. With two, this check and the backend could read
-    // different ones: a route with an allow-list refuses that (a NUL matches no entry).
-    let mut origins = req.headers().get_all(ORIGIN).iter();
-    let origin = match (origins.next(), origins.next()) {
-        (None, _) => None,
-        (Some(o), None) => Some(o.to_str().unwrap_or("\u{0}")),
-        (Some(_), Some(_)) => Some("\u{0}"),
-    };
-    if !route.allows_origin(origin) {
+    if !route.allows_origin(websocket::origin(req.headers())) {
         return Err(ProxyError::OriginDenied);
     }
 
@@ -260,21 +252,7 @@ async fn route_and_forward(
     )
     .await?;
     match answer {
-        Answer::Refused(response, backend) => {
-            if let Some(backend) = backend {
-                conn.shared.tracker.spawn(backend);
-            }
-            let response = upstream::relay_refusal(response);
-            decide(log, response.status(), None, "backend refused the upgrade");
-            let conn = conn.clone();
-            Ok(response.map(|body| {
-                Either::Right(Relayed {
-                    body,
-                    conn,
-                    sent: 0,
-                })
-            }))
-        }
+        Answer::Refused(response, backend) => Ok(relay(conn, log, response, backend)),
         Answer::Upgraded(tunnel) => {
             let head = upstream::client_switching_head(&tunnel.head);
             spawn_tunnel(
@@ -287,6 +265,29 @@ async fn route_and_forward(
             Ok(head.map(|()| Either::Left(Full::new(Bytes::new()))))
         }
     }
+}
+
+/// The backend's refusal, passed on: its body read (by `backend`, if still needed) as the
+/// client takes it.
+fn relay(
+    conn: &Arc<Conn>,
+    log: &mut Line<'_>,
+    response: Response<Incoming>,
+    backend: Option<upstream::BackendConn>,
+) -> Response<Body> {
+    if let Some(backend) = backend {
+        conn.shared.tracker.spawn(backend);
+    }
+    let response = upstream::relay_refusal(response);
+    decide(log, response.status(), None, "backend refused the upgrade");
+    let conn = conn.clone();
+    response.map(|body| {
+        Either::Right(Relayed {
+            body,
+            conn,
+            sent: 0,
+        })
+    })
 }
 
 /// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.

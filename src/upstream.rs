@@ -177,7 +177,7 @@ async fn exchange(
     // stray bytes behind a refusal): that answer still stands, so the error only counts
     // when no answer comes.
     let mut conn_error = None;
-    let mut response = loop {
+    let response = loop {
         tokio::select! {
             biased;
             response = &mut send => match (response, conn_error) {
@@ -198,8 +198,18 @@ async fn exchange(
         return Ok(Answer::Refused(response, backend));
     }
     websocket::check_response(response.headers(), &key, protocols)?;
+    take_tunnel(response, (!conn_done).then_some(conn))
+        .await
+        .map(Answer::Upgraded)
+}
+
+/// The backend's socket behind its checked 101 (`conn`: its connection, unless it is done).
+async fn take_tunnel(
+    mut response: Response<Incoming>,
+    conn: Option<impl std::future::Future<Output = hyper::Result<()>>>,
+) -> Result<Tunnel, ProxyError> {
     let on_upgrade = hyper::upgrade::on(&mut response);
-    if !conn_done {
+    if let Some(conn) = conn {
         conn.await
             .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
     }
@@ -210,11 +220,11 @@ async fn exchange(
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| ProxyError::Internal("unexpected upgraded stream type"))?;
     let (head, _) = response.into_parts();
-    Ok(Answer::Upgraded(Tunnel {
+    Ok(Tunnel {
         head,
         socket: parts.io.into_inner(),
         early: parts.read_buf,
-    }))
+    })
 }
 
 /// Tries every backend once, starting at the route's round-robin position; a refused,

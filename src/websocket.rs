@@ -7,7 +7,7 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, ORIGIN, TRANSFER_ENCODING, UPGRADE};
 use hyper::http::uri::Authority;
 use hyper::{Method, Uri, Version};
 use sha1::{Digest, Sha1};
@@ -15,15 +15,20 @@ use sha1::{Digest, Sha1};
 use crate::error::ProxyError;
 
 pub(crate) const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
-pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
+    HeaderName::from_static("sec-websocket-version");
 pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
-pub(crate) const SEC_WEBSOCKET_PROTOCOL: HeaderName = HeaderName::from_static("sec-websocket-protocol");
+pub(crate) const SEC_WEBSOCKET_PROTOCOL: HeaderName =
+    HeaderName::from_static("sec-websocket-protocol");
 
 /// The GUID RFC 6455 §1.3 appends to the key before hashing.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Every comma-separated token of every `name` header line, trimmed, empty ones skipped.
-pub(crate) fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+pub(crate) fn tokens<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
@@ -41,6 +46,21 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
 fn asks_for_websocket(headers: &HeaderMap) -> bool {
     has_token(headers, &UPGRADE, "websocket")
 }
+
+/// The request's `Origin`, for a route's allow-list. Browsers send one line; with two, the
+/// check and the backend could read different ones, so two (or one that is not text) read
+/// as a value no list holds.
+pub fn origin(headers: &HeaderMap) -> Option<&str> {
+    let mut origins = headers.get_all(ORIGIN).iter();
+    match (origins.next(), origins.next()) {
+        (None, _) => None,
+        (Some(o), None) => Some(o.to_str().unwrap_or(NO_ORIGIN)),
+        (Some(_), Some(_)) => Some(NO_ORIGIN),
+    }
+}
+
+/// An `Origin` no allow-list entry can equal (entries are URLs).
+const NO_ORIGIN: &str = "\u{0}";
 
 /// Checks a request head against RFC 6455 §4.2.1, in the order that gives the most useful
 /// answer: the method and version first, then whether it is an upgrade at all.
