@@ -151,71 +151,27 @@ impl Default for Metrics {
             registry: Registry::with_prefix("wsgate"),
         };
         let registry = &mut metrics.registry;
-        registry.register(
-            "connections_accepted",
-            "Client TCP connections accepted",
-            metrics.accepted.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "Client connections open now, tunnels included (what max_connections limits)",
-            metrics.open.clone(),
-        );
-        registry.register(
-            "tunnels_open",
-            "WebSocket tunnels open now",
-            metrics.tunnels_open.clone(),
-        );
-        registry.register(
-            "requests",
-            "Upgrade requests answered, by route (\"-\" if none matched) and status (101 = tunnel opened; 499 = client left first)",
-            metrics.requests.clone(),
-        );
-        registry.register(
-            "upgrade_duration_seconds",
-            "Time from the complete request head to the backend's checked 101, by route",
-            metrics.upgrade_seconds.clone(),
-        );
-        registry.register(
-            "tunnel_bytes",
-            "Bytes relayed by tunnels, by route and direction, counted as they move",
-            metrics.tunnel_bytes.clone(),
-        );
-        registry.register(
-            "tunnels_closed",
-            "Tunnels ended, by route and reason",
-            metrics.tunnels_closed.clone(),
-        );
-        registry.register(
-            "connections_closed_early",
-            "Connections ended before a request was answered, by reason",
-            metrics.closed_early.clone(),
-        );
-        registry.register(
-            "backend_connect_failures",
-            "Failed TCP connects to a backend, by route, backend and error; the request moves on to the next backend",
-            metrics.backend_failures.clone(),
-        );
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "Unix time at which each served certificate (by file) expires",
-            metrics.certificate_expiry.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reloads, by result (success, failure)",
-            metrics.reloads.clone(),
-        );
-        registry.register(
-            "config_generation",
-            "Generation of the config in force (1 at start, +1 per applied reload)",
-            metrics.generation.clone(),
-        );
-        registry.register(
-            "config_last_reload_success_timestamp_seconds",
-            "Unix time of the last applied reload (0 if none since start)",
-            metrics.last_reload.clone(),
-        );
+        // name, help, metric: one line each, the names as docs/operations.md lists them.
+        macro_rules! register {
+            ($($name:literal, $help:literal, $metric:ident;)*) => {
+                $(registry.register($name, $help, metrics.$metric.clone());)*
+            };
+        }
+        register! {
+            "connections_accepted", "Client TCP connections accepted", accepted;
+            "connections_open", "Client connections open now, tunnels included (what max_connections limits)", open;
+            "tunnels_open", "WebSocket tunnels open now", tunnels_open;
+            "requests", "Upgrade requests answered, by route (\"-\" if none matched) and status (101 = tunnel opened; 499 = client left first)", requests;
+            "upgrade_duration_seconds", "Time from the complete request head to the backend's checked 101, by route", upgrade_seconds;
+            "tunnel_bytes", "Bytes relayed by tunnels, by route and direction, counted as they move", tunnel_bytes;
+            "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
+            "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
+            "backend_connect_failures", "Failed TCP connects to a backend, by route, backend and error; the request moves on to the next backend", backend_failures;
+            "certificate_expiry_timestamp_seconds", "Unix time at which each served certificate (by file) expires", certificate_expiry;
+            "config_reloads", "Config reloads, by result (success, failure)", reloads;
+            "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
+            "config_last_reload_success_timestamp_seconds", "Unix time of the last applied reload (0 if none since start)", last_reload;
+        }
         // Both results exist from the start at 0, so `increase()` sees the first failure.
         for result in ["success", "failure"] {
             drop(metrics.reloads.get_or_create(&ResultLabels { result }));
