@@ -26,6 +26,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Every connection starts with a PROXY protocol header naming the real client.
     pub proxy_protocol: bool,
+    /// How changes to the config's files are noticed.
+    pub watch: WatchMode,
     /// The plain-HTTP admin listener (metrics, health), if configured.
     pub admin: Option<SocketAddr>,
     /// Where each `listen` address and the admin one are written, for bind errors.
@@ -84,6 +86,19 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// How changes to the config's files are noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// File system events (inotify), with a check every second for a folder that cannot be
+    /// watched.
+    #[default]
+    Events,
+    /// A check every second, for file systems that deliver no events (NFS, SMB, some FUSE
+    /// mounts, bind mounts edited from outside a VM).
+    Poll,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +173,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    reload: RawReload,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
 }
@@ -170,6 +187,13 @@ struct RawProxy {
     log_format: LogFormat,
     #[serde(default)]
     proxy_protocol: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    #[serde(default)]
+    watch: WatchMode,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +424,7 @@ impl Validator<'_> {
             limits: self.limits(&raw.limits)?,
             log_format: raw.proxy.log_format,
             proxy_protocol: raw.proxy.proxy_protocol,
+            watch: raw.reload.watch,
             routes: self.routes(&raw.routes)?,
         })
     }
@@ -876,6 +901,7 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.admin, None);
         assert!(!config.proxy_protocol);
+        assert_eq!(config.watch, WatchMode::Events);
         assert_eq!(config.tls_min_version, TlsVersion::Tls12);
         assert!(config.routes.is_empty());
     }

@@ -23,7 +23,7 @@ use rustls::ServerConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, WatchMode};
 use crate::routes::RouteTable;
 use crate::server::{lock, Shared};
 use crate::tls;
@@ -177,7 +177,10 @@ pub(crate) fn spawn_watcher(
         rejected: None,
         unbindable: None,
     };
-    state.refresh_watches(Some(wanted_now(&shared, &path)));
+    if watch_mode(&shared) == WatchMode::Poll {
+        tracing::info!("reload.watch = \"poll\": checking the config files every second");
+    }
+    state.refresh_watches(Some(wanted_now(&shared, &path)), watch_mode(&shared));
     // Covers writes between the start-up read and the watches taking.
     let _ = events_tx.send(());
     tokio::spawn(async move {
@@ -253,7 +256,7 @@ impl WatchState {
             self.reload(shared, path, trigger).await;
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
-            while self.refresh_watches(self.wanted(shared, path).await) {
+            while self.refresh_watches(self.wanted(shared, path).await, watch_mode(shared)) {
                 self.reload(shared, path, Trigger::Files).await;
             }
             // Counted once the watches are in place again: from here on, a change is seen.
@@ -279,7 +282,7 @@ impl WatchState {
     /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
     /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
     /// its creation is noticed and it is watched from then on.
-    fn refresh_watches(&mut self, wanted: Option<Wanted>) -> bool {
+    fn refresh_watches(&mut self, wanted: Option<Wanted>, mode: WatchMode) -> bool {
         let Some(wanted) = wanted else {
             return false;
         };
@@ -288,6 +291,14 @@ impl WatchState {
             self.degraded = true;
             return false;
         };
+        if mode == WatchMode::Poll {
+            // Events would only duplicate the polling (or never come: that is why it is on).
+            for folder in std::mem::take(&mut self.watched).keys() {
+                let _ = watcher.unwatch(folder);
+            }
+            self.degraded = true;
+            return false;
+        }
         for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
             let _ = watcher.unwatch(gone);
         }
@@ -317,6 +328,11 @@ impl WatchState {
         }
         added
     }
+}
+
+/// How the config in force asks for its files to be watched.
+fn watch_mode(shared: &Shared) -> WatchMode {
+    shared.current().config.watch
 }
 
 /// Folders to watch, each with its identity when looked at.

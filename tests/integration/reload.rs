@@ -968,3 +968,30 @@ async fn a_config_folder_reached_through_a_repointed_symlink_is_followed() {
     assert_eq!(upgrade_status(addr, "/b").await, 101);
     assert_eq!(upgrade_status(addr, "/a").await, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_polling_chosen_every_kind_of_save_is_still_applied() {
+    // `reload.watch = "poll"` takes no watch at all: only the once-a-second check can see these.
+    let backend = WsBackend::start("one").await;
+    let poll = "[reload]\nwatch = \"poll\"\n\n";
+    let proxy = start_proxy(&format!("{poll}{}", route("a", "/a", &[backend.addr]))).await;
+    let mut rx = proxy.server.reload_status();
+    write_body(
+        &proxy.config_path(),
+        &format!("{poll}{}", route("b", "/b", &[backend.addr])),
+    );
+    generation(&mut rx, 2).await;
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+    rename_save(
+        &proxy.config_path(),
+        &format!("{poll}{}", route("c", "/c", &[backend.addr])),
+    );
+    generation(&mut rx, 3).await;
+    assert_eq!(upgrade_status(proxy.addr, "/c").await, 101);
+    // Back to events: a save is seen through a watch again.
+    write_body(&proxy.config_path(), &route("d", "/d", &[backend.addr]));
+    generation(&mut rx, 4).await;
+    write_body(&proxy.config_path(), &route("e", "/e", &[backend.addr]));
+    generation(&mut rx, 5).await;
+    assert_eq!(upgrade_status(proxy.addr, "/e").await, 101);
+}
