@@ -405,7 +405,12 @@ async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
 fn wanted_folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     files
         .iter()
-        .flat_map(|file| paths_through_links(&absolute(file)))
+        .flat_map(|file| {
+            let mut paths = paths_through_links(&absolute(file));
+            // The folder the file really sits in, however the links lead there.
+            paths.extend(std::fs::canonicalize(file).ok());
+            paths
+        })
         .filter_map(|path| {
             let folder = path.ancestors().skip(1).find(|dir| dir.is_dir())?;
             Some(std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf()))
@@ -414,27 +419,36 @@ fn wanted_folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
 }
 
 /// `path`, and each symlink on it (the path itself or a folder above it) with, for every such
-/// link, the path it leads to (followed in turn, at most [`MAX_LINKS`] links).
+/// link, the path it leads to (followed in turn, at most [`MAX_LINKS`] links: a cycle ends).
 fn paths_through_links(path: &Path) -> Vec<PathBuf> {
     let mut found = vec![path.to_path_buf()];
-    let mut next = 0;
-    while next < found.len() && found.len() < MAX_LINKS {
+    let mut link_paths: Vec<PathBuf> = Vec::new();
+    let (mut next, mut links) = (0, 0);
+    while next < found.len() && links < MAX_LINKS {
         let current = found[next].clone();
         next += 1;
         for link in current.ancestors().filter(|a| a.is_symlink()) {
             let (Some(folder), Ok(target)) = (link.parent(), std::fs::read_link(link)) else {
                 continue;
             };
-            let rest = current.strip_prefix(link).unwrap_or(Path::new(""));
-            // The link itself is watched through its folder: `found` holds it, and the folder
-            // is what [`wanted_folders`] takes from each path.
-            for path in [link.to_path_buf(), folder.join(target).join(rest)] {
-                if !found.contains(&path) {
-                    found.push(path);
-                }
+            links += 1;
+            let mut leads_to = folder.join(target);
+            // Not `join("")`: a trailing '/' would make the next link look like a folder.
+            match current.strip_prefix(link) {
+                Ok(rest) if !rest.as_os_str().is_empty() => leads_to.push(rest),
+                _ => {}
+            }
+            if !found.contains(&leads_to) {
+                found.push(leads_to);
+            }
+            // The link itself is watched through its folder, which [`wanted_folders`] takes
+            // from each path returned; it is not followed again (its target is, above).
+            if !link_paths.iter().any(|l| l == link) {
+                link_paths.push(link.to_path_buf());
             }
         }
     }
+    found.extend(link_paths);
     found
 }
 
@@ -476,7 +490,9 @@ impl WatchState {
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let look = tokio::task::spawn_blocking(move || {
             // Between a delete and the new file (`rm; cp`, a deploy script): nothing to try.
-            if trigger == Trigger::Files && !path.exists() {
+            // Only a clear "not there" (a dangling link included): an unreadable folder is an
+            // error to report, not a file to wait for.
+            if trigger == Trigger::Files && matches!(path.try_exists(), Ok(false)) {
                 return Look::Missing;
             }
             let on_disk = on_disk_fingerprint(&path);
@@ -613,4 +629,64 @@ pub(crate) fn hangup_signal() -> Hangup {
 #[cfg(not(unix))]
 async fn recv_hangup(_: &mut Hangup) -> Option<()> {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// The folders watched for `file` under `root`, relative to it.
+    fn watched(root: &Path, file: &str) -> BTreeSet<String> {
+        let real = std::fs::canonicalize(root).unwrap();
+        wanted_folders(&[root.join(file)])
+            .iter()
+            .map(|f| f.strip_prefix(&real).unwrap().display().to_string())
+            .collect()
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_folder_a_chain_of_links_passes_through_is_watched() {
+        // certbot: live/cert.pem -> ../archive/v3/cert.pem, and a config naming it through
+        // one more link of its own.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for folder in ["etc", "live", "archive/v3"] {
+            std::fs::create_dir_all(root.join(folder)).unwrap();
+        }
+        std::fs::write(root.join("archive/v3/cert.pem"), "x").unwrap();
+        symlink("../archive/v3/cert.pem", root.join("live/cert.pem")).unwrap();
+        symlink("../live/cert.pem", root.join("etc/tls.crt")).unwrap();
+        assert_eq!(
+            watched(root, "etc/tls.crt"),
+            set(&["etc", "live", "archive/v3"])
+        );
+    }
+
+    #[test]
+    fn a_linked_folder_is_watched_where_the_link_is_and_where_it_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("releases/7")).unwrap();
+        std::fs::write(root.join("releases/7/wsgate.toml"), "x").unwrap();
+        symlink("releases/7", root.join("current")).unwrap();
+        assert_eq!(
+            watched(root, "current/wsgate.toml"),
+            set(&["", "releases/7"])
+        );
+    }
+
+    #[test]
+    fn a_cycle_of_links_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        assert_eq!(watched(root, "a"), set(&[""]));
+        assert!(paths_through_links(&root.join("a")).len() <= MAX_LINKS + 3);
+    }
 }
