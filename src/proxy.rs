@@ -15,13 +15,14 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{ProxyError, Side};
 use crate::head::Prefixed;
+use crate::metrics::EarlyClose;
 use crate::routes::Selection;
 use crate::server::{lock, ClientSlot, ConnGuard, Shared};
 use crate::splice;
@@ -76,7 +77,8 @@ impl Conn {
 struct Ending {
     route: Option<String>,
     backend: Option<String>,
-    status: StatusCode,
+    /// The status the client got; 0 for none.
+    status: u16,
     /// Who caused a refusal (sets the line's level); `None` for a relayed backend answer.
     side: Option<Side>,
     reason: String,
@@ -87,13 +89,14 @@ struct Ending {
 }
 
 /// How the delivery of a connection's answer ended.
-pub enum Delivery {
+pub(crate) enum Delivery {
     Delivered,
     /// Not delivered by the connection's answer deadline (a client that stopped reading).
     Late,
     /// Shutdown's grace ran out first.
     Shutdown,
-    /// The connection failed while the answer was sent (a client gone, a relayed body cut).
+    /// The connection failed while the answer was sent; says which side broke (a client gone,
+    /// a relayed body cut off by the backend).
     Failed(String),
 }
 
@@ -122,13 +125,11 @@ pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Refuses a request hyper is never shown (a head over the limit, or one hyper would not
-/// parse) with the answer the request path gives, written straight to `io`. The caller logs
-/// the connection's end with [`end_line`], then lets the client [`linger`].
-pub async fn refuse_unparsed<S>(io: &mut S, err: &ProxyError, conn: &Conn) -> std::io::Result<()>
-where
-    S: AsyncWrite + Unpin,
-{
+/// The answer to a request hyper is never shown (a head over the limit, or one hyper would
+/// not parse), as the request path would give it: decided (and counted) now, whatever
+/// happens to its delivery. The caller writes it, logs the connection's end with
+/// [`end_line`], then lets the client [`linger`].
+pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
     conn.logged.store(true, Ordering::Relaxed);
     let mut log = Line::new(conn);
     let response = refuse(err, &mut log);
@@ -139,8 +140,7 @@ where
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
-    io.write_all(head.as_bytes()).await?;
-    io.shutdown().await
+    head.into_bytes()
 }
 
 /// Takes in (a bounded amount of) what a refused client is still sending: a close with
@@ -193,24 +193,23 @@ impl Drop for Line<'_> {
     /// backend is being dialled): the connection still gets its line.
     fn drop(&mut self) {
         if !self.written {
-            decide(
-                self,
-                CLIENT_GONE,
-                None,
-                "client went away before the answer",
-            );
-            if let Some(ending) = lock(&self.conn.ending).as_mut() {
-                ending.answered = false;
-            }
+            // Counted and worded by `end_line`, which knows why the request was dropped.
+            self.written = true;
+            *lock(&self.conn.ending) = Some(Box::new(Ending {
+                route: self.route.take(),
+                backend: self.backend.take(),
+                status: CLIENT_GONE,
+                side: None,
+                reason: String::new(),
+                bytes_out: 0,
+                answered: false,
+            }));
         }
     }
 }
 
 /// nginx's status for a client that left before its answer: logs and metrics use it too.
-const CLIENT_GONE: StatusCode = match StatusCode::from_u16(499) {
-    Ok(status) => status,
-    Err(_) => StatusCode::BAD_REQUEST,
-};
+const CLIENT_GONE: u16 = 499;
 
 async fn route_and_forward(
     req: &mut Request<Incoming>,
@@ -399,7 +398,7 @@ fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &s
     *lock(&log.conn.ending) = Some(Box::new(Ending {
         route: log.route.take(),
         backend: log.backend.take(),
-        status,
+        status: status.as_u16(),
         side,
         reason: reason.to_string(),
         bytes_out: 0,
@@ -407,27 +406,52 @@ fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &s
     }));
 }
 
-/// Writes the line of a connection that got an answer (or left before it), saying how its
-/// delivery ended; false if there is no such answer (a tunnel writes its own line).
-pub fn end_line(conn: &Conn, delivery: Delivery) -> bool {
-    let Some(ending) = lock(&conn.ending).take() else {
-        return false;
+/// Writes the line of a connection that got an answer (or whose request was dropped before
+/// one), saying how its delivery ended. Nothing for a tunnel: it writes its own line.
+pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
+    let Some(mut ending) = lock(&conn.ending).take() else {
+        return;
     };
+    if !ending.answered {
+        return unanswered_line(conn, &mut ending, delivery);
+    }
     let cut = match delivery {
-        _ if !ending.answered => None,
         Delivery::Delivered => None,
         Delivery::Late => Some("answer not delivered in time".to_string()),
         Delivery::Shutdown => Some("shutdown before the answer was delivered".to_string()),
-        Delivery::Failed(e) => Some(format!("answer cut short: {e}")),
+        Delivery::Failed(why) => Some(format!("answer not delivered in full: {why}")),
     };
     write_line(conn, &ending, cut.as_deref());
-    true
+}
+
+/// A request dropped before its answer was decided: by the client leaving (499), or by
+/// shutdown or the connection's deadline (status 0: the client got nothing, and did nothing
+/// wrong).
+fn unanswered_line(conn: &Conn, ending: &mut Ending, delivery: Delivery) {
+    let metrics = &conn.shared.metrics;
+    let reason = match delivery {
+        Delivery::Shutdown => {
+            metrics.closed_early(EarlyClose::Shutdown);
+            "shutdown before the answer"
+        }
+        // Counted (as answer_late) by the caller, like any answer past the deadline.
+        Delivery::Late => "no answer by the connection's deadline",
+        Delivery::Delivered | Delivery::Failed(_) => {
+            metrics.answered(ending.route.as_deref(), CLIENT_GONE);
+            "client went away before the answer"
+        }
+    };
+    if !matches!(delivery, Delivery::Delivered | Delivery::Failed(_)) {
+        ending.status = 0;
+    }
+    ending.reason = reason.to_string();
+    write_line(conn, ending, None);
 }
 
 fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
     let route = ending.route.as_deref().unwrap_or("-");
     let backend = ending.backend.as_deref().unwrap_or("-");
-    let status = ending.status.as_u16();
+    let status = ending.status;
     let bytes_out = ending.bytes_out;
     let duration_ms = conn.started.elapsed().as_millis() as u64;
     let reason = match cut {
@@ -448,7 +472,7 @@ fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
 
 /// A relayed backend answer's body, counting the bytes handed to the client connection into
 /// its end line.
-pub struct Relayed {
+pub(crate) struct Relayed {
     body: Incoming,
     conn: Arc<Conn>,
     sent: u64,

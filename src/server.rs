@@ -18,6 +18,7 @@ use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -494,7 +495,7 @@ async fn serve_http(
     if conn.logged.load(Ordering::Relaxed) {
         let delivery = match ended {
             Ended::Served(Ok(())) => Delivery::Delivered,
-            Ended::Served(Err(e)) => Delivery::Failed(e.to_string()),
+            Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
             Ended::Late => Delivery::Late,
             Ended::Drained => Delivery::Shutdown,
         };
@@ -506,6 +507,23 @@ async fn serve_http(
     }
     let (kind, reason) = unanswered(ended);
     early_close(&shared, conn.peer, conn.started, kind, &reason);
+}
+
+/// hyper's own words for a failed answer ("error writing a body to connection") name neither
+/// side: an error of the body is the backend's (a relayed body cut off), any other the
+/// client connection's, named by its I/O error where there is one.
+fn which_side_failed(e: &hyper::Error) -> String {
+    if e.is_user() {
+        return "the backend broke off its body".to_string();
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return format!("the client's connection failed: {io}");
+        }
+        source = cause.source();
+    }
+    format!("the client's connection failed: {e}")
 }
 
 /// Reads the request head (see [`head::read`]): whether it is over `max`, and the bytes read.
@@ -637,10 +655,16 @@ async fn refuse_before_hyper(
     answer_by: Instant,
 ) {
     let shared = &conn.shared;
+    // Decided before anything can interrupt it, so the connection's line always has it.
+    let answer = proxy::refuse_unparsed(err, conn);
+    let write = async {
+        tls.write_all(&answer).await?;
+        tls.shutdown().await
+    };
     let delivery = tokio::select! {
-        done = tokio::time::timeout_at(answer_by, proxy::refuse_unparsed(tls, err, conn)) => match done {
+        done = tokio::time::timeout_at(answer_by, write) => match done {
             Ok(Ok(())) => Delivery::Delivered,
-            Ok(Err(e)) => Delivery::Failed(e.to_string()),
+            Ok(Err(e)) => Delivery::Failed(format!("the client's connection failed: {e}")),
             Err(_) => Delivery::Late,
         },
         _ = shared.drain.started() => Delivery::Shutdown,
@@ -650,6 +674,8 @@ async fn refuse_before_hyper(
         shared.metrics.closed_early(EarlyClose::AnswerLate);
     }
     proxy::end_line(conn, delivery);
+    // Past `answer_by` by at most the linger's own second: the answer is out, and a client
+    // still sending is taken in briefly so that closing does not reset the answer away.
     if delivered {
         tokio::select! {
             () = proxy::linger(tls) => {}

@@ -277,3 +277,35 @@ async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace() {
     .unwrap();
     assert!(status.success(), "exits 0, got {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_waiting_for_its_backend_at_the_end_of_the_grace_says_so() {
+    // Not "client went away" (499): the client is still there, the shutdown ended it.
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
+    let mut child = spawn_wsgate(&config);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    wait_for_line(&lines, "wsgate started");
+    let mut client = raw_client(addr).await;
+    client.send(Req::upgrade("localhost", "/a").bytes()).await;
+    let mut silent = backend.accept().await;
+    silent.read_head().await;
+
+    send_signal(child.id(), "TERM");
+    let line = within(
+        "the connection's end line",
+        tokio::task::spawn_blocking(move || {
+            let line = wait_for_line(&lines, "shutdown before the answer");
+            wait_for_line(&lines, "shutdown complete");
+            let _ = child.wait();
+            line
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(line.contains("\"status\":0"), "{line}");
+    assert!(line.contains("\"route\":\"a\""), "{line}");
+    assert!(client.try_read_head().await.is_none());
+}
