@@ -7,6 +7,7 @@
 //! number of routes. The probe order *is* the ranking: exact host, wildcard, no host; then
 //! longest path prefix; then file order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -92,7 +93,9 @@ impl RouteTable {
                 Some(HostPattern::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
                 None => &mut table.any_host,
             };
-            paths.0.entry(config.path.clone()).or_default().push(index);
+            let key = match_path(&config.path).trim_end_matches('/').to_string();
+            let key = if key.is_empty() { "/".to_string() } else { key };
+            paths.0.entry(key).or_default().push(index);
             table.routes.push(Route {
                 config: config.clone(),
                 next_backend: AtomicUsize::new(0),
@@ -122,9 +125,10 @@ impl RouteTable {
             return Selection::NoRoute;
         }
         let host = host.map(normalize_host);
+        let path = match_path(path);
         let mut candidates = false;
         for paths in self.host_classes(host.as_deref()) {
-            for prefix in prefixes(path) {
+            for prefix in prefixes(&path) {
                 for &index in paths.0.get(prefix).into_iter().flatten() {
                     candidates = true;
                     let route = &self.routes[index];
@@ -186,6 +190,59 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
         };
         Some(current)
     })
+}
+
+/// The path as routes are matched against it: the forms a backend may read as the same path
+/// are made one, so that none of them rides past a more specific route (and its `origins`
+/// or `subprotocols` rules) to a catch-all: percent-encoded unreserved characters decoded
+/// (`/or%69g` is `/orig`, RFC 3986 §6.2.2.2), empty segments dropped (`//orig`), and
+/// `;parameters` cut from each segment (`/orig;jsessionid=1`, as servlet containers read it).
+/// The request goes to the backend unchanged.
+fn match_path(path: &str) -> Cow<'_, str> {
+    if !path.bytes().any(|b| matches!(b, b'%' | b';')) && !path.contains("//") {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let segment = segment.split(';').next().unwrap_or_default();
+        if segment.is_empty() {
+            continue;
+        }
+        out.push('/');
+        decode_unreserved(segment, &mut out);
+    }
+    if out.is_empty() || path.ends_with('/') {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// Appends `segment` with every `%XX` that encodes an unreserved character decoded; other
+/// escapes (`%2F`, `%20`…) are kept, with their hex in upper case.
+fn decode_unreserved(segment: &str, out: &mut String) {
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| segment.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            Some(b) => {
+                out.push_str(&format!("%{b:02X}"));
+                i += 3;
+            }
+            None => {
+                let c = segment[i..].chars().next().unwrap_or_default();
+                out.push(c);
+                i += c.len_utf8().max(1);
+            }
+        }
+    }
 }
 
 /// Whether a backend could take part of `path` for a `.` or `..` segment: also percent-encoded,
@@ -259,6 +316,35 @@ mod tests {
             ("/wsx", "404"),
             ("/", "404"),
             ("/w", "404"),
+        ] {
+            assert_eq!(pick(&table, None, path, &[]), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_path_a_backend_reads_as_a_routes_is_matched_as_one() {
+        // Each of these reaches "/orig" at a backend that decodes, merges slashes or reads
+        // ;parameters: none may slip past its route's rules to the catch-all.
+        let table = RouteTable::new(&[
+            route("all", None, "/", None),
+            route("orig", None, "/orig", None),
+            route("café", None, "/caf%C3%A9", None),
+        ]);
+        for (path, expected) in [
+            ("/or%69g", "orig"),
+            ("/%6Frig/x", "orig"),
+            ("//orig", "orig"),
+            ("/orig//x", "orig"),
+            ("/orig;jsessionid=1", "orig"),
+            ("/orig;x/y", "orig"),
+            ("/;x/orig", "orig"),
+            ("/caf%c3%a9", "café"),
+            // Reserved characters stay encoded: "%2F" is not a separator here.
+            ("/orig%2Fx", "all"),
+            ("/ORIG", "all"),
+            ("/origin", "all"),
+            ("/%", "all"),
+            ("/%zz", "all"),
         ] {
             assert_eq!(pick(&table, None, path, &[]), expected, "{path}");
         }

@@ -90,3 +90,21 @@ async fn a_route_without_a_list_accepts_any_origin() {
         Some("https://anywhere.test")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_spelling_of_the_path_does_not_escape_the_list_to_a_catch_all() {
+    // A backend that decodes %69, merges slashes or reads ;parameters serves these as /ws:
+    // they must meet /ws's allow-list, not ride the catch-all route past it.
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&format!(
+        "[[route]]\nname = \"all\"\npath = \"/\"\nbackends = [\"{0}\"]\n\n\
+         [[route]]\nname = \"chat\"\npath = \"/ws\"\norigins = [\"https://chat.example.com\"]\nbackends = [\"{0}\"]\n",
+        backend.addr
+    ))
+    .await;
+    for path in ["/w%73", "//ws", "/ws;jsessionid=1", "/%77s/room"] {
+        let req = Req::upgrade("chat.example.com", path).add("Origin", "https://evil.example.net");
+        let (head, _) = request(proxy.addr, req.bytes()).await;
+        assert_eq!(head.status, 403, "{path}: {head:?}");
+    }
+}
