@@ -42,8 +42,11 @@ pub struct Config {
 pub struct CertificatePaths {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Where the entry is written, so certificate errors can point at it.
+    /// Where the entry is written, so certificate errors can point at it: the entry, its
+    /// `cert` value and its `key` value.
     pub location: Location,
+    pub cert_location: Location,
+    pub key_location: Location,
 }
 
 /// A place in the config file: 1-based line and column, and the key written there.
@@ -515,6 +518,8 @@ impl Validator<'_> {
                 cert: base.join(c.cert.get_ref()),
                 key: base.join(c.key.get_ref()),
                 location: locate(self.src, &entry.span(), &key),
+                cert_location: locate(self.src, &c.cert.span(), &format!("{key}.cert")),
+                key_location: locate(self.src, &c.key.span(), &format!("{key}.key")),
             });
         }
         Ok(out)

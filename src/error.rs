@@ -95,7 +95,7 @@ impl ProxyError {
             NoConnectionUpgrade => "Connection header must contain upgrade\n",
             BadKey => "invalid Sec-WebSocket-Key\n",
             UnsupportedVersion => "unsupported Sec-WebSocket-Version\n",
-            BadHost => "invalid Host header\n",
+            BadHost => "invalid Host header, or not the host the request target names\n",
             MalformedRequest => "malformed request\n",
             UnexpectedBody => "upgrade request must not have a body\n",
             HeadTooLarge => "request header fields too large\n",

@@ -141,7 +141,10 @@ fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode
 }
 
 fn init_logging(json: bool) {
-    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    // Blank, or nothing but commas: no directive at all, which would log errors only.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| v.split(',').any(|d| !d.trim().is_empty()));
     let parsed = from_env
         .as_deref()
         .map(tracing_subscriber::EnvFilter::try_new);

@@ -32,8 +32,14 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>)
     let mut resolver = SniResolver::default();
     let mut expiry = Vec::with_capacity(config.certificates.len());
     for paths in &config.certificates {
-        let key = load_certified_key(paths, &provider)
-            .map_err(|msg| ConfigError::at(&config.path, &paths.location, msg))?;
+        let key = load_certified_key(paths, &provider).map_err(|(at, msg)| {
+            let location = match at {
+                Part::Cert => &paths.cert_location,
+                Part::Key => &paths.key_location,
+                Part::Pair => &paths.location,
+            };
+            ConfigError::at(&config.path, location, msg)
+        })?;
         if let Some(not_after) = key.cert.first().and_then(not_after) {
             expiry.push(Expiry {
                 file: paths.cert.clone(),
@@ -83,28 +89,44 @@ fn not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// Which part of a certificate entry an error is about, so it can point at that value.
+enum Part {
+    Cert,
+    Key,
+    Pair,
+}
+
 fn load_certified_key(
     paths: &CertificatePaths,
     provider: &CryptoProvider,
-) -> Result<CertifiedKey, String> {
+) -> Result<CertifiedKey, (Part, String)> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
         .and_then(|certs| certs.collect())
-        .map_err(|e| format!("cannot read certificate {}: {e}", paths.cert.display()))?;
+        .map_err(|e| {
+            let msg = format!("cannot read certificate {}: {e}", paths.cert.display());
+            (Part::Cert, msg)
+        })?;
     if chain.is_empty() {
-        return Err(format!("no certificate in {}", paths.cert.display()));
+        let msg = format!("no certificate in {}", paths.cert.display());
+        return Err((Part::Cert, msg));
     }
-    let key = PrivateKeyDer::from_pem_file(&paths.key)
-        .map_err(|e| format!("cannot read private key {}: {e}", paths.key.display()))?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => format!(
-            "private key {} does not match certificate {}",
-            paths.key.display(),
-            paths.cert.display()
-        ),
-        other => format!(
-            "unusable key or certificate {}: {other}",
-            paths.key.display()
-        ),
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
+        let msg = format!("cannot read private key {}: {e}", paths.key.display());
+        (Part::Key, msg)
+    })?;
+    let pair = |msg| (Part::Pair, msg);
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        pair(match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "private key {} does not match certificate {}",
+                paths.key.display(),
+                paths.cert.display()
+            ),
+            other => format!(
+                "unusable key or certificate {}: {other}",
+                paths.key.display()
+            ),
+        })
     })
 }
 

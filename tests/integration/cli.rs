@@ -155,7 +155,15 @@ fn check_names_a_missing_certificate_file() {
     std::fs::remove_file(dir.path().join("server.crt")).unwrap();
     let out = check(&path);
     assert_clean_failure(&out);
+    // The place is the value naming the file.
+    let expected = ":5:27: tls.certificates[0].cert: cannot read certificate";
+    assert!(text(&out).contains(expected), "{}", text(&out));
     assert!(text(&out).contains("server.crt"), "{}", text(&out));
+    pki().write_leaf(dir.path(), "server", SERVER_NAMES);
+    std::fs::remove_file(dir.path().join("server.key")).unwrap();
+    let out = check(&path);
+    let expected = ":5:47: tls.certificates[0].key: cannot read private key";
+    assert!(text(&out).contains(expected), "{}", text(&out));
 }
 
 #[test]
@@ -226,4 +234,23 @@ fn an_invalid_rust_log_is_reported_not_ignored() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn a_rust_log_of_only_commas_logs_at_info() {
+    // No directive at all would mean errors only: a blank RUST_LOG means the default.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let mut child = Command::new(wsgate_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", ", ,")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let line = wait_for_line(&lines, "wsgate started");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("INFO"), "{line}");
 }

@@ -235,7 +235,7 @@ async fn a_missing_certificate_is_rejected_and_applied_once_it_appears() {
     let status = failures(&mut rx, 1).await;
     let error = status.last_error.unwrap();
     assert!(
-        error.contains("new.crt") && error.contains("tls.certificates[0]"),
+        error.contains("new.crt") && error.contains("tls.certificates[0].cert"),
         "{error}"
     );
     assert_eq!(
