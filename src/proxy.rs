@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -43,12 +42,18 @@ pub struct Conn {
     _client_slot: Option<ClientSlot>,
     /// Over `max_connections_per_client`: the only answer it gets is 429.
     over_client_limit: bool,
-    /// Set once the request path has taken over the connection's end line: a tunnel writes
-    /// its own, an answer leaves its [`Ending`] for [`end_line`].
-    pub logged: AtomicBool,
-    /// The answer given, waiting for the connection's end to be logged (boxed: a tunnel
-    /// holds its `Conn` for life, and never has one).
-    ending: Mutex<Option<Box<Ending>>>,
+    /// Who writes the connection's end line, and with what.
+    line: Mutex<EndLine>,
+}
+
+/// Who writes a connection's end line: the server (no request seen), the tunnel, or
+/// [`end_line`] with the answer the request got.
+enum EndLine {
+    Server,
+    Tunnel,
+    /// Boxed: a tunnel holds its `Conn` for life, and never has one.
+    Answer(Box<Ending>),
+    Written,
 }
 
 impl Conn {
@@ -67,8 +72,7 @@ impl Conn {
             guard,
             over_client_limit: matches!(client_slot, Some(None)),
             _client_slot: client_slot.flatten(),
-            logged: AtomicBool::new(false),
-            ending: Mutex::new(None),
+            line: Mutex::new(EndLine::Server),
         }
     }
 }
@@ -105,7 +109,6 @@ pub async fn handle(
     mut req: Request<Incoming>,
     conn: Arc<Conn>,
 ) -> Result<Response<Body>, Infallible> {
-    conn.logged.store(true, Ordering::Relaxed);
     let mut log = Line::new(&conn);
     match route_and_forward(&mut req, &conn, &mut log).await {
         Ok(response) => Ok(response),
@@ -130,7 +133,6 @@ pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
 /// happens to its delivery. The caller writes it, logs the connection's end with
 /// [`end_line`], then lets the client [`linger`].
 pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
-    conn.logged.store(true, Ordering::Relaxed);
     let mut log = Line::new(conn);
     let response = refuse(err, &mut log);
     let body = err.body();
@@ -195,7 +197,7 @@ impl Drop for Line<'_> {
         if !self.written {
             // Counted and worded by `end_line`, which knows why the request was dropped.
             self.written = true;
-            *lock(&self.conn.ending) = Some(Box::new(Ending {
+            *lock(&self.conn.line) = EndLine::Answer(Box::new(Ending {
                 route: self.route.take(),
                 backend: self.backend.take(),
                 status: CLIENT_GONE,
@@ -299,6 +301,7 @@ fn spawn_tunnel(
 ) {
     // The tunnel writes the connection's line when it ends.
     log.written = true;
+    *lock(&conn.line) = EndLine::Tunnel;
     let route = log.route.clone().unwrap_or_default();
     let took = log.head_at.elapsed();
     let backend = log.backend.clone().unwrap_or_default();
@@ -395,7 +398,7 @@ fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &s
         .shared
         .metrics
         .answered(log.route.as_deref(), status.as_u16());
-    *lock(&log.conn.ending) = Some(Box::new(Ending {
+    *lock(&log.conn.line) = EndLine::Answer(Box::new(Ending {
         route: log.route.take(),
         backend: log.backend.take(),
         status: status.as_u16(),
@@ -406,10 +409,17 @@ fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &s
     }));
 }
 
+/// Whether the request path has the connection's end line (a request was seen): then
+/// [`end_line`] writes it (or the tunnel does), not the server.
+pub(crate) fn has_line(conn: &Conn) -> bool {
+    !matches!(*lock(&conn.line), EndLine::Server)
+}
+
 /// Writes the line of a connection that got an answer (or whose request was dropped before
 /// one), saying how its delivery ended. Nothing for a tunnel: it writes its own line.
 pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
-    let Some(mut ending) = lock(&conn.ending).take() else {
+    let EndLine::Answer(mut ending) = std::mem::replace(&mut *lock(&conn.line), EndLine::Written)
+    else {
         return;
     };
     if !ending.answered {
@@ -506,7 +516,7 @@ impl hyper::body::Body for Relayed {
 
 impl Drop for Relayed {
     fn drop(&mut self) {
-        if let Some(ending) = lock(&self.conn.ending).as_mut() {
+        if let EndLine::Answer(ending) = &mut *lock(&self.conn.line) {
             ending.bytes_out = self.sent;
         }
     }

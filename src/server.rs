@@ -492,7 +492,7 @@ async fn serve_http(
     };
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
-    if conn.logged.load(Ordering::Relaxed) {
+    if proxy::has_line(&conn) {
         let delivery = match ended {
             Ended::Served(Ok(())) => Delivery::Delivered,
             Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
