@@ -396,9 +396,13 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     let started = Instant::now();
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
-    let setup = accept_client(tcp, peer, &snapshot);
-    let (peer, mut tls) = match in_time(&shared, deadline, setup, "TLS").await {
-        Ok(ready) => ready,
+    let (peer, tcp) = match proxy_header(tcp, peer, &shared, &snapshot, deadline).await {
+        Ok(known) => known,
+        Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
+    };
+    let handshake = tls_handshake(tcp, &snapshot);
+    let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
+        Ok(tls) => tls,
         Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
     };
     // Taken once the client is known (after the PROXY header) and before its request is read,
@@ -436,23 +440,61 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
     serve_http(tls, head_bytes, conn, deadline, max_head, answer_by).await;
 }
 
-/// The PROXY header (if configured) and the TLS handshake: the client's address and stream.
-async fn accept_client(
+/// The client's address: the one the PROXY header names, if the listener expects one (read
+/// under the handshake deadline, which the TLS handshake shares), else the socket's peer.
+async fn proxy_header(
     mut tcp: TcpStream,
     peer: SocketAddr,
+    shared: &Shared,
     snapshot: &Snapshot,
-) -> Result<(SocketAddr, TlsStream<TcpStream>), (EarlyClose, String)> {
+    deadline: Instant,
+) -> Result<(SocketAddr, TcpStream), (EarlyClose, String)> {
     let _ = tcp.set_nodelay(true);
-    let client = if snapshot.config.proxy_protocol {
-        client_from_header(&mut tcp, peer).await?
-    } else {
-        peer
-    };
-    let tls = TlsAcceptor::from(snapshot.tls.clone())
+    if !snapshot.config.proxy_protocol {
+        return Ok((peer, tcp));
+    }
+    let header = in_time(
+        shared,
+        deadline,
+        client_from_header(&mut tcp, peer),
+        "PROXY header",
+    );
+    match header.await {
+        Ok(client) => Ok((client, tcp)),
+        // No valid header in time is a bad header, whatever it was waiting for.
+        Err((EarlyClose::HandshakeTimeout, reason)) => Err((EarlyClose::BadProxyHeader, reason)),
+        Err(other) => Err(other),
+    }
+}
+
+async fn tls_handshake(
+    tcp: TcpStream,
+    snapshot: &Snapshot,
+) -> Result<TlsStream<TcpStream>, (EarlyClose, String)> {
+    TlsAcceptor::from(snapshot.tls.clone())
         .accept(tcp)
         .await
-        .map_err(|e| (EarlyClose::TlsFailed, format!("TLS handshake failed: {e}")))?;
-    Ok((client, tls))
+        .map_err(|e| match gone(&e) {
+            // A TCP connect and close (a load balancer's or kubelet's tcpSocket check), or a
+            // client dropping mid-handshake: no TLS problem to alert on. A client that does
+            // not trust the certificate sends an alert, which is a TLS failure.
+            true => (
+                EarlyClose::NoRequest,
+                format!("closed during the TLS handshake: {e}"),
+            ),
+            false => (EarlyClose::TlsFailed, format!("TLS handshake failed: {e}")),
+        })
+}
+
+/// An error that only says the client's connection went away.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// hyper serves the request (`head` already read from `tls`, within `max_head`; `deadline`
@@ -541,10 +583,11 @@ async fn read_request_head(
             "closed in the middle of the request head".to_string(),
         )),
         Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
-        // A TCP close without TLS's close_notify: a client gone, not a TLS failure.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err((
+        // A TCP close without TLS's close_notify, or a reset: a client gone, not a TLS
+        // failure.
+        Err(e) if gone(&e) => Err((
             EarlyClose::NoRequest,
-            "closed before completing a request".to_string(),
+            format!("closed before completing a request: {e}"),
         )),
         Err(e) => Err((
             EarlyClose::TlsFailed,

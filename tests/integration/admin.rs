@@ -157,6 +157,15 @@ async fn connections_closed_before_a_request_are_counted_by_reason() {
     ))
     .await;
     let admin = proxy.server.admin_addr().unwrap();
+    // A TCP connect and close, as a load balancer's or kubelet's tcpSocket check does: a
+    // client gone, not a TLS failure to alert on.
+    drop(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    scrape_until(
+        admin,
+        r#"wsgate_connections_closed_early_total{reason="no_request"}"#,
+        1.0,
+    )
+    .await;
     // Not TLS at all.
     let mut plain = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();

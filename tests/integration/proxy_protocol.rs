@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use crate::admin::{metrics, sample, scrape_until, ADMIN};
 use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -210,4 +211,24 @@ async fn a_connection_refused_for_global_capacity_takes_no_per_client_place() {
     // Y's next connection: the refused one must not have taken Y's only place.
     let _tunnel_y = upgrade_after(addr, &backend, Y).await;
     drop(refused_y);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_that_never_completes_is_counted_as_a_bad_header() {
+    // Not a TLS handshake timeout: TLS never started.
+    let backend = RawBackend::start().await;
+    let fast = "[timeouts]\nhandshake = \"300ms\"\n\n";
+    let (_dir, server, addr) = proxy_with_header(&format!("{fast}{ADMIN}{}", chat(&backend))).await;
+    let admin = server.admin_addr().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 1.2.").await.unwrap();
+    let text = scrape_until(
+        admin,
+        r#"wsgate_connections_closed_early_total{reason="bad_proxy_header"}"#,
+        1.0,
+    )
+    .await;
+    let timeouts = r#"wsgate_connections_closed_early_total{reason="handshake_timeout"}"#;
+    assert_eq!(sample(&text, timeouts).unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(sample(&metrics(admin).await, timeouts).unwrap_or(0.0), 0.0);
 }
