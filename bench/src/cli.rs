@@ -84,14 +84,14 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
     /// Measured window (e.g. 10s, 500ms).
-    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_window)]
     pub duration: Duration,
     /// Warm-up before the measured window (not counted).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Longest a connection may take to become a WebSocket (TCP connect, TLS handshake and
     /// upgrade): a silent target is an error, not a hang. Far above any handshake under load.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_window)]
     pub open_timeout: Duration,
 }
 
@@ -157,11 +157,20 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
     /// Hold the tunnels this long after READY, then report and exit (default: until killed).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_window)]
     pub hold: Option<Duration>,
     /// Wait this long after READY before reading the proxy's memory.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
+}
+
+/// A duration that must be longer than zero (a measured window, a timeout): a zero-length
+/// window would report rates from nothing.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
+        d => Ok(d),
+    }
 }
 
 /// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`, `250us`.
@@ -207,6 +216,10 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_window("0s").is_err());
+        assert!(parse_window("0ms").is_err());
+        assert_eq!(parse_window("2s").unwrap(), Duration::from_secs(2));
     }
 
     #[test]

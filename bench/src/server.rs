@@ -20,25 +20,20 @@ const READ_BUF: usize = 256 * 1024;
 /// Reads the upgrade request and answers it. Returns bytes received after the request head.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("closed before the upgrade request");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            bail!("request head too large");
-        }
+    // A client that never completes its head, or speaks TLS to this plain port, gets a 400
+    // and a close at once (or after HEAD_TIMEOUT): a clear error, not its own timeout.
+    let answer = match tokio::time::timeout(HEAD_TIMEOUT, read_head(s, &mut buf)).await {
+        Ok(Ok(end)) => response(&buf[..end]).map(|resp| (resp, end)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(anyhow::anyhow!(
+            "no complete request head in {HEAD_TIMEOUT:?}"
+        )),
     };
-    match response(&buf[..head_end]) {
-        Ok(resp) => {
+    match answer {
+        Ok((resp, end)) => {
             s.write_all(resp.as_bytes()).await?;
             s.flush().await?;
-            Ok(buf.split_off(head_end))
+            Ok(buf.split_off(end))
         }
         Err(e) => {
             let _ = s
@@ -48,6 +43,32 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<V
                 .await;
             let _ = s.shutdown().await;
             Err(e)
+        }
+    }
+}
+
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads into `buf` until the end of a request head; returns where the head ends. Bytes that
+/// cannot begin an HTTP request (a TLS ClientHello, say) fail at once.
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<usize> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed before the upgrade request");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(i + 4);
+        }
+        if buf.len() > MAX_HEAD {
+            bail!("request head too large");
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        if let Err(e) = httparse::Request::new(&mut headers).parse(buf) {
+            bail!("not an HTTP request: {e}");
         }
     }
 }

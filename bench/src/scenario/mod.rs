@@ -34,6 +34,8 @@ pub fn run(command: Command) -> Result<()> {
         Command::Idle(a) => &a.client,
     };
     let json = client.json;
+    // Before any load: a wrong --pid must not cost the target a run.
+    CpuSnapshot::take(&client.pids).context("--pid")?;
     let runtime = crate::sys::runtime(client.threads)?;
     let report = runtime.block_on(async {
         match &command {
@@ -51,7 +53,18 @@ pub fn run(command: Command) -> Result<()> {
     report.print(json);
     // Held connections and stragglers are dropped with the runtime, without waiting for them.
     runtime.shutdown_background();
-    Ok(())
+    // Refusals are part of what the handshake and idle runs measure; in a steady-state run
+    // a failed connection leaves the rest of the window unmeasured, so its figures are not.
+    let steady = matches!(
+        command,
+        Command::Latency(_) | Command::Throughput(_) | Command::Bulk(_)
+    );
+    match report.get("errors").and_then(|v| v.as_u64()) {
+        Some(n) if steady && n > 0 => Err(anyhow::anyhow!(
+            "the target failed during the run ({n} errors): the figures above do not measure it"
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub const WARMUP: u8 = 0;

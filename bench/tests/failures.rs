@@ -1,0 +1,92 @@
+//! The load tool as a command: mistakes and failing targets end the run with a clear error
+//! (and exit status 1), never with figures that measure nothing.
+
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_wrong_pid_is_refused_before_any_load() {
+    // The target does not even exist: the --pid error must come first.
+    let out = bench(&["handshake", "ws://127.0.0.1:9/", "--pid", "999999999"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--pid"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_zero_length_window_is_refused() {
+    let out = bench(&["latency", "ws://127.0.0.1:9/", "-d", "0s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("longer than zero"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_plain_echo_backend_fails_at_once_not_at_the_open_timeout() {
+    let addr = wsgate_bench::echo::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        wsgate_bench::cli::EchoEngine::Lean,
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://{addr}/");
+    let out = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "handshake",
+            &url,
+            "-k",
+            "--open-timeout",
+            "600s",
+            "-d",
+            "1s",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot open"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("no answer"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_dies_during_a_steady_run_fails_the_run() {
+    // Upgrades, then drops every connection 300 ms later.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if wsgate_bench::server::handshake(&mut tcp).await.is_ok() {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            });
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let out = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "latency", &url, "-c", "2", "-r", "100", "-d", "1s", "--warmup", "50ms",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the target failed during the run"),
+        "{}",
+        stderr(&out)
+    );
+}
