@@ -677,6 +677,13 @@ fn host_pattern(text: &str) -> Result<HostPattern, String> {
 }
 
 fn route_path(text: &str) -> Result<String, String> {
+    // Requests are matched with `;parameters` cut and empty segments dropped (routes.rs), so
+    // a route written with either would match more than it says ("/;v1" every path).
+    if text.contains(';') || text.trim_end_matches('/').contains("//") {
+        return Err(format!(
+            "{text:?} has a ';parameter' or an empty segment: requests are matched without them, so write the path without"
+        ));
+    }
     if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
         return Err(format!(
             "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
@@ -1013,6 +1020,8 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
                 ":11:8: route[1].name: duplicate route name \"a\" (first at line 7)",
             ),
             ("[[route]]\nname = \"a\"\npath = \"ws\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\npath = \"/;v1\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\npath = \"/a//b\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[[route]]\nname = \"a\"\nhost = \"a.com:443\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
             ("[[route]]\nname = \"a\"\nhost = \"a-.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
             ("[[route]]\nname = \"a\"\nhost = \"*.-x.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),

@@ -51,6 +51,12 @@ pub struct Conn {
 enum EndLine {
     Server,
     Tunnel,
+    /// The client never got its 101 (the upgrade failed), and [`end_line`], which knows
+    /// why, has not run yet: it writes this line.
+    TunnelFailed(Box<Ending>),
+    /// [`end_line`] ran first, with how hyper's part ended: the tunnel's task writes the line
+    /// if the upgrade then fails.
+    TunnelCut(Delivery),
     /// Boxed: a tunnel holds its `Conn` for life, and never has one.
     Answer(Box<Ending>),
     Written,
@@ -314,18 +320,25 @@ fn spawn_tunnel(
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
         let Some(splice) = client_splice(upgraded, socket, early, idle, &conn, &route) else {
-            // The 101 never reached the client: a client that left first.
-            conn.shared.metrics.answered(Some(&route), 499);
+            // The 101 never reached the client: why is known to `end_line`, and whichever
+            // of the two comes second writes the line.
             let ending = Ending {
                 route: Some(route),
                 backend: Some(backend),
                 status: CLIENT_GONE,
                 side: None,
-                reason: "client went away before its 101 was delivered".into(),
+                reason: String::new(),
                 bytes_out: 0,
                 answered: false,
             };
-            return write_line(&conn, &ending, None);
+            let mut line = lock(&conn.line);
+            return match std::mem::replace(&mut *line, EndLine::Written) {
+                EndLine::TunnelCut(delivery) => {
+                    drop(line);
+                    no_tunnel_line(&conn, ending, delivery);
+                }
+                _ => *line = EndLine::TunnelFailed(Box::new(ending)),
+            };
         };
         // Counted once the client has its 101, so 101s and opened tunnels always agree.
         conn.shared.metrics.upgraded(&route, took);
@@ -416,12 +429,28 @@ pub(crate) fn has_line(conn: &Conn) -> bool {
 }
 
 /// Writes the line of a connection that got an answer (or whose request was dropped before
-/// one), saying how its delivery ended. Nothing for a tunnel: it writes its own line.
+/// one, or whose 101 did not go out), saying how its delivery ended. Nothing for a tunnel
+/// that opened: it writes its own line.
 pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
-    let EndLine::Answer(mut ending) = std::mem::replace(&mut *lock(&conn.line), EndLine::Written)
-    else {
-        return;
+    if matches!(delivery, Delivery::Late) {
+        conn.shared.metrics.closed_early(EarlyClose::AnswerLate);
+    }
+    let mut line = lock(&conn.line);
+    let ending = match std::mem::replace(&mut *line, EndLine::Written) {
+        EndLine::Answer(ending) => ending,
+        EndLine::TunnelFailed(ending) => {
+            drop(line);
+            return no_tunnel_line(conn, *ending, delivery);
+        }
+        // Whether the 101 went out only the tunnel's task knows: it writes the line if not.
+        EndLine::Tunnel => {
+            *line = EndLine::TunnelCut(delivery);
+            return;
+        }
+        EndLine::TunnelCut(_) | EndLine::Server | EndLine::Written => return,
     };
+    drop(line);
+    let mut ending = *ending;
     if !ending.answered {
         return unanswered_line(conn, &mut ending, delivery);
     }
@@ -434,6 +463,29 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
     write_line(conn, &ending, cut.as_deref());
 }
 
+/// The line of a connection whose 101 never reached the client.
+fn no_tunnel_line(conn: &Conn, mut ending: Ending, delivery: Delivery) {
+    ending.reason = match delivery {
+        Delivery::Late | Delivery::Shutdown => {
+            let cause = match delivery {
+                Delivery::Late => "no 101 delivered by the connection's deadline",
+                _ => "shutdown before its 101 was delivered",
+            };
+            if matches!(delivery, Delivery::Shutdown) {
+                conn.shared.metrics.closed_early(EarlyClose::Shutdown);
+            }
+            ending.status = 0;
+            cause.to_string()
+        }
+        Delivery::Delivered | Delivery::Failed(_) => {
+            let route = ending.route.as_deref();
+            conn.shared.metrics.answered(route, CLIENT_GONE);
+            "client went away before its 101 was delivered".to_string()
+        }
+    };
+    write_line(conn, &ending, None);
+}
+
 /// A request dropped before its answer was decided: by the client leaving (499), or by
 /// shutdown or the connection's deadline (status 0: the client got nothing, and did nothing
 /// wrong).
@@ -444,7 +496,7 @@ fn unanswered_line(conn: &Conn, ending: &mut Ending, delivery: Delivery) {
             metrics.closed_early(EarlyClose::Shutdown);
             "shutdown before the answer"
         }
-        // Counted (as answer_late) by the caller, like any answer past the deadline.
+        // Counted (as answer_late) by `end_line`, like any answer past the deadline.
         Delivery::Late => "no answer by the connection's deadline",
         Delivery::Delivered | Delivery::Failed(_) => {
             metrics.answered(ending.route.as_deref(), CLIENT_GONE);

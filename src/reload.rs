@@ -162,15 +162,10 @@ pub(crate) fn spawn_watcher(
             let _ = events_tx.send(());
         }
     };
-    let watcher = match notify::recommended_watcher(on_event) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the config for changes; polling it every second");
-            None
-        }
-    };
     let mut state = WatchState {
-        watcher,
+        // Made when events are wanted (not in poll mode, which takes no inotify instance).
+        watcher: None,
+        make_watcher: Box::new(move || notify::recommended_watcher(on_event.clone())),
         watched: BTreeMap::new(),
         lost,
         degraded: false,
@@ -209,6 +204,7 @@ const POLL: Duration = Duration::from_secs(1);
 
 struct WatchState {
     watcher: Option<RecommendedWatcher>,
+    make_watcher: Box<dyn FnMut() -> notify::Result<RecommendedWatcher> + Send + Sync>,
     /// Watched folders and the identity each had when its watch was taken.
     watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
     /// Paths reported deleted or renamed since the last refresh (filled by the watcher).
@@ -287,18 +283,28 @@ impl WatchState {
             return false;
         };
         let lost = std::mem::take(&mut *lock(&self.lost));
+        if mode == WatchMode::Poll {
+            // Events would only duplicate the polling (or never come: that is why it is on);
+            // dropping the watcher gives back its inotify instance.
+            self.watcher = None;
+            self.watched.clear();
+            self.degraded = true;
+            return false;
+        }
+        if self.watcher.is_none() {
+            match (self.make_watcher)() {
+                Ok(watcher) => self.watcher = Some(watcher),
+                // Said once: later refreshes try again quietly, polling meanwhile.
+                Err(e) if !self.degraded => {
+                    tracing::error!(error = %e, "cannot watch the config for changes; checking it every second instead");
+                }
+                Err(_) => {}
+            }
+        }
         let Some(watcher) = self.watcher.as_mut() else {
             self.degraded = true;
             return false;
         };
-        if mode == WatchMode::Poll {
-            // Events would only duplicate the polling (or never come: that is why it is on).
-            for folder in std::mem::take(&mut self.watched).keys() {
-                let _ = watcher.unwatch(folder);
-            }
-            self.degraded = true;
-            return false;
-        }
         for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
             let _ = watcher.unwatch(gone);
         }
@@ -678,6 +684,29 @@ mod tests {
             watched(root, "current/wsgate.toml"),
             set(&["", "releases/7"])
         );
+    }
+
+    #[test]
+    fn poll_mode_holds_no_watch_and_events_mode_takes_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted: Wanted = [(dir.path().to_path_buf(), folder_id(dir.path()))].into();
+        let mut state = WatchState {
+            watcher: None,
+            make_watcher: Box::new(|| {
+                notify::recommended_watcher(|_: notify::Result<notify::Event>| {})
+            }),
+            watched: BTreeMap::new(),
+            lost: Arc::default(),
+            degraded: false,
+            rejected: None,
+            unbindable: None,
+        };
+        assert!(state.refresh_watches(Some(wanted.clone()), WatchMode::Events));
+        assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
+        assert!(!state.refresh_watches(Some(wanted.clone()), WatchMode::Poll));
+        assert!(state.watcher.is_none() && state.degraded && state.watched.is_empty());
+        assert!(state.refresh_watches(Some(wanted), WatchMode::Events));
+        assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
     }
 
     #[test]

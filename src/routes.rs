@@ -223,10 +223,12 @@ fn decode_unreserved(segment: &str, out: &mut String) {
     let bytes = segment.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
+        // Two hex digits exactly (`from_str_radix` alone would take "%+6").
         let escaped = (bytes[i] == b'%')
-            .then(|| segment.get(i + 1..i + 3))
+            .then(|| bytes.get(i + 1..i + 3))
             .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
         match escaped {
             Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
                 out.push(char::from(b));
@@ -345,6 +347,10 @@ mod tests {
             ("/origin", "all"),
             ("/%", "all"),
             ("/%zz", "all"),
+            ("/or%+69g", "all"),
+            ("/%é", "all"),
+            ("/%aé", "all"),
+            ("/orig%", "all"),
         ] {
             assert_eq!(pick(&table, None, path, &[]), expected, "{path}");
         }

@@ -541,9 +541,6 @@ async fn serve_http(
             Ended::Late => Delivery::Late,
             Ended::Drained => Delivery::Shutdown,
         };
-        if matches!(delivery, Delivery::Late) {
-            shared.metrics.closed_early(EarlyClose::AnswerLate);
-        }
         proxy::end_line(&conn, delivery);
         return;
     }
@@ -555,8 +552,13 @@ async fn serve_http(
 /// side: an error of the body is the backend's (a relayed body cut off), any other the
 /// client connection's, named by its I/O error where there is one.
 fn which_side_failed(e: &hyper::Error) -> String {
-    if e.is_user() {
+    // The relayed body's errors are the backend connection's own hyper errors.
+    let from_body = std::error::Error::source(e).is_some_and(|c| c.is::<hyper::Error>());
+    if e.is_user() && from_body {
         return "the backend broke off its body".to_string();
+    }
+    if e.is_user() {
+        return e.to_string();
     }
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
@@ -713,9 +715,6 @@ async fn refuse_before_hyper(
         _ = shared.drain.started() => Delivery::Shutdown,
     };
     let delivered = matches!(delivery, Delivery::Delivered);
-    if matches!(delivery, Delivery::Late) {
-        shared.metrics.closed_early(EarlyClose::AnswerLate);
-    }
     proxy::end_line(conn, delivery);
     // Past `answer_by` by at most the linger's own second: the answer is out, and a client
     // still sending is taken in briefly so that closing does not reset the answer away.

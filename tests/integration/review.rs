@@ -5,7 +5,7 @@
 //! lingering without delaying shutdown; hosts that are not plain names; absolute targets with
 //! default ports; clients half-closing, vanishing or resetting around the 101.
 
-use crate::admin::{metrics, sample, ADMIN};
+use crate::admin::{metrics, sample, scrape_until, ADMIN};
 use crate::support::*;
 
 fn ws() -> Req {
@@ -235,7 +235,7 @@ async fn client_gone_after_its_request(
 ) -> (Proxy, RawConn<tokio::net::TcpStream>, Head) {
     let backend = RawBackend::start().await;
     let config = format!(
-        "[timeouts]\n{timeouts}\n\n{}",
+        "{ADMIN}[timeouts]\n{timeouts}\n\n{}",
         route("chat", "/ws", &[backend.addr])
     );
     let proxy = start_proxy(&config).await;
@@ -260,6 +260,14 @@ async fn a_client_gone_before_the_101_does_not_keep_a_tunnel() {
     })
     .await;
     back.expect_closed().await;
+    // Its 101 never reached it: a client gone (499), counted once, and no tunnel.
+    let admin = proxy.server.admin_addr().unwrap();
+    let gone = r#"wsgate_requests_total{route="chat",status="499"}"#;
+    let text = scrape_until(admin, gone, 1.0).await;
+    assert_eq!(
+        sample(&text, r#"wsgate_requests_total{route="chat",status="101"}"#),
+        None
+    );
 }
 
 /// Same with the backend never answering: the slot goes by the connect timeout.
