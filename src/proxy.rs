@@ -56,7 +56,7 @@ enum EndLine {
     TunnelFailed(Box<Ending>),
     /// [`end_line`] ran first, with how hyper's part ended: the tunnel's task writes the line
     /// if the upgrade then fails.
-    TunnelCut(Delivery),
+    TunnelCut(NoTunnel),
     /// Boxed: a tunnel holds its `Conn` for life, and never has one.
     Answer(Box<Ending>),
     Written,
@@ -440,11 +440,12 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
         EndLine::Answer(ending) => ending,
         EndLine::TunnelFailed(ending) => {
             drop(line);
-            return no_tunnel_line(conn, *ending, delivery);
+            return no_tunnel_line(conn, *ending, NoTunnel::from(&delivery));
         }
         // Whether the 101 went out only the tunnel's task knows: it writes the line if not.
         EndLine::Tunnel => {
-            *line = EndLine::TunnelCut(delivery);
+            // Only the cause is kept: this stays in every open tunnel's `Conn`.
+            *line = EndLine::TunnelCut(NoTunnel::from(&delivery));
             return;
         }
         EndLine::TunnelCut(_) | EndLine::Server | EndLine::Written => return,
@@ -463,26 +464,43 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
     write_line(conn, &ending, cut.as_deref());
 }
 
-/// The line of a connection whose 101 never reached the client.
-fn no_tunnel_line(conn: &Conn, mut ending: Ending, delivery: Delivery) {
-    ending.reason = match delivery {
-        Delivery::Late | Delivery::Shutdown => {
-            let cause = match delivery {
-                Delivery::Late => "no 101 delivered by the connection's deadline",
-                _ => "shutdown before its 101 was delivered",
-            };
-            if matches!(delivery, Delivery::Shutdown) {
-                conn.shared.metrics.closed_early(EarlyClose::Shutdown);
-            }
-            ending.status = 0;
-            cause.to_string()
+/// Why a client never got its 101, as far as hyper's end of the connection tells.
+#[derive(Clone, Copy)]
+enum NoTunnel {
+    ClientGone,
+    Late,
+    Shutdown,
+}
+
+impl From<&Delivery> for NoTunnel {
+    fn from(delivery: &Delivery) -> Self {
+        match delivery {
+            Delivery::Late => NoTunnel::Late,
+            Delivery::Shutdown => NoTunnel::Shutdown,
+            Delivery::Delivered | Delivery::Failed(_) => NoTunnel::ClientGone,
         }
-        Delivery::Delivered | Delivery::Failed(_) => {
-            let route = ending.route.as_deref();
-            conn.shared.metrics.answered(route, CLIENT_GONE);
-            "client went away before its 101 was delivered".to_string()
+    }
+}
+
+/// The line of a connection whose 101 never reached the client.
+fn no_tunnel_line(conn: &Conn, mut ending: Ending, cause: NoTunnel) {
+    let metrics = &conn.shared.metrics;
+    let reason = match cause {
+        // answer_late was counted by `end_line`.
+        NoTunnel::Late => "no 101 delivered by the connection's deadline",
+        NoTunnel::Shutdown => {
+            metrics.closed_early(EarlyClose::Shutdown);
+            "shutdown before its 101 was delivered"
+        }
+        NoTunnel::ClientGone => {
+            metrics.answered(ending.route.as_deref(), CLIENT_GONE);
+            "client went away before its 101 was delivered"
         }
     };
+    if !matches!(cause, NoTunnel::ClientGone) {
+        ending.status = 0;
+    }
+    ending.reason = reason.to_string();
     write_line(conn, &ending, None);
 }
 
