@@ -331,13 +331,17 @@ fn spawn_tunnel(
                 bytes_out: 0,
                 answered: false,
             };
+            // (`end_line` runs whenever hyper's part of the connection ends, which drain and
+            // the answer deadline bound: a TunnelFailed left here is always written.)
             let mut line = lock(&conn.line);
             return match std::mem::replace(&mut *line, EndLine::Written) {
-                EndLine::TunnelCut(delivery) => {
+                EndLine::TunnelCut(cause) => {
                     drop(line);
-                    no_tunnel_line(&conn, ending, delivery);
+                    no_tunnel_line(&conn, ending, cause, None);
                 }
-                _ => *line = EndLine::TunnelFailed(Box::new(ending)),
+                EndLine::Tunnel => *line = EndLine::TunnelFailed(Box::new(ending)),
+                // Only this task leaves the Tunnel state.
+                other => *line = other,
             };
         };
         // Counted once the client has its 101, so 101s and opened tunnels always agree.
@@ -440,7 +444,11 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
         EndLine::Answer(ending) => ending,
         EndLine::TunnelFailed(ending) => {
             drop(line);
-            return no_tunnel_line(conn, *ending, NoTunnel::from(&delivery));
+            let why = match &delivery {
+                Delivery::Failed(why) => Some(why.as_str()),
+                _ => None,
+            };
+            return no_tunnel_line(conn, *ending, NoTunnel::from(&delivery), why);
         }
         // Whether the 101 went out only the tunnel's task knows: it writes the line if not.
         EndLine::Tunnel => {
@@ -482,8 +490,9 @@ impl From<&Delivery> for NoTunnel {
     }
 }
 
-/// The line of a connection whose 101 never reached the client.
-fn no_tunnel_line(conn: &Conn, mut ending: Ending, cause: NoTunnel) {
+/// The line of a connection whose 101 never reached the client (`why`: the connection's
+/// error, when known).
+fn no_tunnel_line(conn: &Conn, mut ending: Ending, cause: NoTunnel, why: Option<&str>) {
     let metrics = &conn.shared.metrics;
     let reason = match cause {
         // answer_late was counted by `end_line`.
@@ -501,7 +510,7 @@ fn no_tunnel_line(conn: &Conn, mut ending: Ending, cause: NoTunnel) {
         ending.status = 0;
     }
     ending.reason = reason.to_string();
-    write_line(conn, &ending, None);
+    write_line(conn, &ending, why);
 }
 
 /// A request dropped before its answer was decided: by the client leaving (499), or by
