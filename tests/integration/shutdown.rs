@@ -209,6 +209,27 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Sends SIGTERM to `child`; returns its first log line containing `needle`, once it has
+/// exited after a complete shutdown.
+async fn line_after_sigterm(
+    mut child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    needle: &'static str,
+) -> String {
+    send_signal(child.id(), "TERM");
+    within(
+        "the connection's end line",
+        tokio::task::spawn_blocking(move || {
+            let line = wait_for_line(&lines, needle);
+            wait_for_line(&lines, "shutdown complete");
+            let _ = child.wait();
+            line
+        }),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
     let backend = WsBackend::start("one").await;
@@ -221,18 +242,7 @@ async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
     // TLS done, request never sent: no request-level line exists for this connection.
     let mut silent = raw_client(addr).await;
 
-    send_signal(child.id(), "TERM");
-    let line = within(
-        "the connection's end line",
-        tokio::task::spawn_blocking(move || {
-            let line = wait_for_line(&lines, "shutdown during request head");
-            wait_for_line(&lines, "shutdown complete");
-            let _ = child.wait();
-            line
-        }),
-    )
-    .await
-    .unwrap();
+    let line = line_after_sigterm(child, lines, "shutdown during request head").await;
     assert!(line.contains("connection closed"), "{line}");
     assert!(silent.try_read_head().await.is_none());
 }
@@ -293,18 +303,7 @@ async fn a_request_still_waiting_for_its_backend_at_the_end_of_the_grace_says_so
     let mut silent = backend.accept().await;
     silent.read_head().await;
 
-    send_signal(child.id(), "TERM");
-    let line = within(
-        "the connection's end line",
-        tokio::task::spawn_blocking(move || {
-            let line = wait_for_line(&lines, "shutdown before the answer");
-            wait_for_line(&lines, "shutdown complete");
-            let _ = child.wait();
-            line
-        }),
-    )
-    .await
-    .unwrap();
+    let line = line_after_sigterm(child, lines, "shutdown before the answer").await;
     assert!(line.contains("\"status\":0"), "{line}");
     assert!(line.contains("\"route\":\"a\""), "{line}");
     assert!(client.try_read_head().await.is_none());
