@@ -8,15 +8,18 @@
 //!          → origin (403) → upstream
 //! upstream dial backends in turn (502/504) → forward the upgrade → non-101: relay, close
 //!          → 101: check Accept/Upgrade/protocol (502) → client gets the 101
-//! splice   bytes both ways, idle timer, half-close, drain; one log line at the end
+//! splice   bytes both ways, idle timer, half-close, drain
+//! access_log  one line per connection, written when it is over (answer, tunnel, or neither)
 //! reload   file/SIGHUP → build a whole new snapshot or nothing → swap; tunnels untouched
 //! ```
 //!
 //! Layout: [`config`] (TOML → validated `Config`), [`routes`] (route table, pure),
 //! `websocket` (RFC 6455 rules, pure), `tls` (PEM → rustls with SNI), `error` (refusals →
-//! statuses), `proxy`, `upstream`, `splice`, `reload`, `server`, `metrics` (Prometheus
-//! counters), `admin` (the plain-HTTP metrics and probe endpoint).
+//! statuses), `proxy`, `upstream`, `splice`, `access_log` (each connection's end line and
+//! answer metrics), `reload`, `server`, `metrics` (Prometheus counters), `admin` (the
+//! plain-HTTP metrics and probe endpoint).
 
+mod access_log;
 mod admin;
 pub mod config;
 mod error;

@@ -27,12 +27,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{self, Delivery};
 use crate::admin;
 use crate::config::ConfigError;
 use crate::error::ProxyError;
 use crate::head::{self, Head, Prefixed};
 use crate::metrics::{EarlyClose, Metrics};
-use crate::proxy::{self, Conn, Delivery};
+use crate::proxy::{self, Conn};
 use crate::proxy_protocol;
 use crate::reload::{self, ReloadStatus, Snapshot};
 use crate::splice::Drain;
@@ -534,14 +535,14 @@ async fn serve_http(
     };
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
-    if proxy::has_line(&conn) {
+    if access_log::has_line(&conn) {
         let delivery = match ended {
             Ended::Served(Ok(())) => Delivery::Delivered,
             Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
             Ended::Late => Delivery::Late,
             Ended::Drained => Delivery::Shutdown,
         };
-        proxy::end_line(&conn, delivery);
+        access_log::end_line(&conn, delivery);
         return;
     }
     let (kind, reason) = unanswered(ended);
@@ -715,7 +716,7 @@ async fn refuse_before_hyper(
         _ = shared.drain.started() => Delivery::Shutdown,
     };
     let delivered = matches!(delivery, Delivery::Delivered);
-    proxy::end_line(conn, delivery);
+    access_log::end_line(conn, delivery);
     // Past `answer_by` by at most the linger's own second: the answer is out, and a client
     // still sending is taken in briefly so that closing does not reset the answer away.
     if delivered {

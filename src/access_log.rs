@@ -1,0 +1,337 @@
+//! The access log: each client connection's one end line, and the answer metrics that go
+//! with it. The request path decides an answer ([`decide`]) or hands the connection to a
+//! tunnel; the line is written once the connection is over ([`end_line`]), so it can say
+//! whether the answer got through. Who writes it is one state per connection ([`EndLine`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming};
+use hyper::StatusCode;
+use tokio::time::Instant;
+
+use crate::error::Side;
+use crate::metrics::EarlyClose;
+use crate::proxy::Conn;
+use crate::server::lock;
+
+/// Who writes a connection's end line: the server (no request seen), the tunnel, or
+/// [`end_line`] with the answer the request got.
+pub(crate) enum EndLine {
+    Server,
+    Tunnel,
+    /// The client never got its 101 (the upgrade failed), and [`end_line`], which knows
+    /// why, has not run yet: it writes this line.
+    TunnelFailed(Box<Ending>),
+    /// [`end_line`] ran first, with how hyper's part ended: the tunnel's task writes the line
+    /// if the upgrade then fails.
+    TunnelCut(NoTunnel),
+    /// Boxed: a tunnel holds its `Conn` for life, and never has one.
+    Answer(Box<Ending>),
+    Written,
+}
+
+/// The answer a connection got, as its end line will tell it.
+pub(crate) struct Ending {
+    route: Option<String>,
+    backend: Option<String>,
+    /// The status the client got; 0 for none.
+    status: u16,
+    /// Who caused a refusal (sets the line's level); `None` for a relayed backend answer.
+    side: Option<Side>,
+    reason: String,
+    /// Body bytes of a relayed backend answer handed to the client connection.
+    bytes_out: u64,
+    /// False when the client left before any answer (499): nothing was there to deliver.
+    answered: bool,
+}
+
+/// How the delivery of a connection's answer ended.
+pub(crate) enum Delivery {
+    Delivered,
+    /// Not delivered by the connection's answer deadline (a client that stopped reading).
+    Late,
+    /// Shutdown's grace ran out first.
+    Shutdown,
+    /// The connection failed while the answer was sent; says which side broke (a client gone,
+    /// a relayed body cut off by the backend).
+    Failed(String),
+}
+
+/// The fields of a connection's log line gathered along the way.
+pub(crate) struct Line<'a> {
+    conn: &'a Conn,
+    pub(crate) route: Option<String>,
+    pub(crate) backend: Option<String>,
+    /// When the request head was complete (the line is made as hyper hands over the request):
+    /// the upgrade latency is measured from here.
+    pub(crate) head_at: Instant,
+    /// The line was written (or handed to the tunnel).
+    pub(crate) written: bool,
+}
+
+impl<'a> Line<'a> {
+    pub(crate) fn new(conn: &'a Conn) -> Self {
+        Line {
+            conn,
+            route: None,
+            backend: None,
+            head_at: Instant::now(),
+            written: false,
+        }
+    }
+}
+
+impl Drop for Line<'_> {
+    /// hyper drops the request future when the client goes away mid-request (say, while the
+    /// backend is being dialled): the connection still gets its line.
+    fn drop(&mut self) {
+        if !self.written {
+            // Counted and worded by `end_line`, which knows why the request was dropped.
+            self.written = true;
+            *lock(&self.conn.line) = EndLine::Answer(Box::new(Ending {
+                route: self.route.take(),
+                backend: self.backend.take(),
+                status: CLIENT_GONE,
+                side: None,
+                reason: String::new(),
+                bytes_out: 0,
+                answered: false,
+            }));
+        }
+    }
+}
+
+/// nginx's status for a client that left before its answer: logs and metrics use it too.
+const CLIENT_GONE: u16 = 499;
+
+/// Counts the answer now, and leaves the connection's line for [`end_line`].
+pub(crate) fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>, reason: &str) {
+    log.written = true;
+    log.conn
+        .shared
+        .metrics
+        .answered(log.route.as_deref(), status.as_u16());
+    *lock(&log.conn.line) = EndLine::Answer(Box::new(Ending {
+        route: log.route.take(),
+        backend: log.backend.take(),
+        status: status.as_u16(),
+        side,
+        reason: reason.to_string(),
+        bytes_out: 0,
+        answered: true,
+    }));
+}
+
+/// Whether the request path has the connection's end line (a request was seen): then
+/// [`end_line`] writes it (or the tunnel does), not the server.
+pub(crate) fn has_line(conn: &Conn) -> bool {
+    !matches!(*lock(&conn.line), EndLine::Server)
+}
+
+/// Writes the line of a connection that got an answer (or whose request was dropped before
+/// one, or whose 101 did not go out), saying how its delivery ended. Nothing for a tunnel
+/// that opened: it writes its own line.
+pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
+    if matches!(delivery, Delivery::Late) {
+        conn.shared.metrics.closed_early(EarlyClose::AnswerLate);
+    }
+    let mut line = lock(&conn.line);
+    let ending = match std::mem::replace(&mut *line, EndLine::Written) {
+        EndLine::Answer(ending) => ending,
+        EndLine::TunnelFailed(ending) => {
+            drop(line);
+            let why = match &delivery {
+                Delivery::Failed(why) => Some(why.as_str()),
+                _ => None,
+            };
+            return no_tunnel_line(conn, *ending, NoTunnel::from(&delivery), why);
+        }
+        // Whether the 101 went out only the tunnel's task knows: it writes the line if not.
+        EndLine::Tunnel => {
+            // Only the cause is kept: this stays in every open tunnel's `Conn`.
+            *line = EndLine::TunnelCut(NoTunnel::from(&delivery));
+            return;
+        }
+        EndLine::TunnelCut(_) | EndLine::Server | EndLine::Written => return,
+    };
+    drop(line);
+    let mut ending = *ending;
+    if !ending.answered {
+        return unanswered_line(conn, &mut ending, delivery);
+    }
+    let cut = match delivery {
+        Delivery::Delivered => None,
+        Delivery::Late => Some("answer not delivered in time".to_string()),
+        Delivery::Shutdown => Some("shutdown before the answer was delivered".to_string()),
+        Delivery::Failed(why) => Some(format!("answer not delivered in full: {why}")),
+    };
+    write_line(conn, &ending, cut.as_deref());
+}
+
+/// Why a client never got its 101, as far as hyper's end of the connection tells.
+#[derive(Clone, Copy)]
+pub(crate) enum NoTunnel {
+    ClientGone,
+    Late,
+    Shutdown,
+}
+
+impl From<&Delivery> for NoTunnel {
+    fn from(delivery: &Delivery) -> Self {
+        match delivery {
+            Delivery::Late => NoTunnel::Late,
+            Delivery::Shutdown => NoTunnel::Shutdown,
+            Delivery::Delivered | Delivery::Failed(_) => NoTunnel::ClientGone,
+        }
+    }
+}
+
+/// The line of a connection whose 101 never reached the client (`why`: the connection's
+/// error, when known).
+fn no_tunnel_line(conn: &Conn, mut ending: Ending, cause: NoTunnel, why: Option<&str>) {
+    let metrics = &conn.shared.metrics;
+    let reason = match cause {
+        // answer_late was counted by `end_line`.
+        NoTunnel::Late => "no 101 delivered by the connection's deadline",
+        NoTunnel::Shutdown => {
+            metrics.closed_early(EarlyClose::Shutdown);
+            "shutdown before its 101 was delivered"
+        }
+        NoTunnel::ClientGone => {
+            metrics.answered(ending.route.as_deref(), CLIENT_GONE);
+            "client went away before its 101 was delivered"
+        }
+    };
+    if !matches!(cause, NoTunnel::ClientGone) {
+        ending.status = 0;
+    }
+    ending.reason = reason.to_string();
+    write_line(conn, &ending, why);
+}
+
+/// A request dropped before its answer was decided: by the client leaving (499), or by
+/// shutdown or the connection's deadline (status 0: the client got nothing, and did nothing
+/// wrong).
+fn unanswered_line(conn: &Conn, ending: &mut Ending, delivery: Delivery) {
+    let metrics = &conn.shared.metrics;
+    let reason = match delivery {
+        Delivery::Shutdown => {
+            metrics.closed_early(EarlyClose::Shutdown);
+            "shutdown before the answer"
+        }
+        // Counted (as answer_late) by `end_line`, like any answer past the deadline.
+        Delivery::Late => "no answer by the connection's deadline",
+        Delivery::Delivered | Delivery::Failed(_) => {
+            metrics.answered(ending.route.as_deref(), CLIENT_GONE);
+            "client went away before the answer"
+        }
+    };
+    if !matches!(delivery, Delivery::Delivered | Delivery::Failed(_)) {
+        ending.status = 0;
+    }
+    ending.reason = reason.to_string();
+    write_line(conn, ending, None);
+}
+
+fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
+    let route = ending.route.as_deref().unwrap_or("-");
+    let backend = ending.backend.as_deref().unwrap_or("-");
+    let status = ending.status;
+    let bytes_out = ending.bytes_out;
+    let duration_ms = conn.started.elapsed().as_millis() as u64;
+    let reason = match cut {
+        Some(cut) => format!("{}; {cut}", ending.reason),
+        None => ending.reason.clone(),
+    };
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out, duration_ms, reason, "connection closed")
+        };
+    }
+    match ending.side {
+        None | Some(Side::Client) => line!(info),
+        Some(Side::Backend) => line!(warn),
+        Some(Side::Internal) => line!(error),
+    }
+}
+
+/// A relayed backend answer's body, counting the bytes handed to the client connection into
+/// its end line.
+pub(crate) struct Relayed {
+    body: Incoming,
+    conn: Arc<Conn>,
+    sent: u64,
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        if let EndLine::Answer(ending) = &mut *lock(&self.conn.line) {
+            ending.bytes_out = self.sent;
+        }
+    }
+}
+
+/// The tunnel's task found that the client's upgrade failed: the 101 never reached it. Why is
+/// known to [`end_line`], and whichever of the two comes second writes the line. (`end_line`
+/// runs whenever hyper's part of the connection ends, which drain and the answer deadline
+/// bound: a `TunnelFailed` left here is always written.)
+pub(crate) fn tunnel_not_opened(conn: &Conn, route: String, backend: String) {
+    let ending = Ending {
+        route: Some(route),
+        backend: Some(backend),
+        status: CLIENT_GONE,
+        side: None,
+        reason: String::new(),
+        bytes_out: 0,
+        answered: false,
+    };
+    let mut line = lock(&conn.line);
+    match std::mem::replace(&mut *line, EndLine::Written) {
+        EndLine::TunnelCut(cause) => {
+            drop(line);
+            no_tunnel_line(conn, ending, cause, None);
+        }
+        EndLine::Tunnel => *line = EndLine::TunnelFailed(Box::new(ending)),
+        // Only the tunnel's task leaves the Tunnel state.
+        other => *line = other,
+    }
+}
+
+impl Relayed {
+    pub(crate) fn new(body: Incoming, conn: Arc<Conn>) -> Self {
+        Relayed {
+            body,
+            conn,
+            sent: 0,
+        }
+    }
+}
