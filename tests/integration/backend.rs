@@ -383,9 +383,7 @@ async fn line_of_a_refusal_cut_short(end: impl FnOnce(RawConn<tokio::net::TcpStr
     let dir = tempfile::tempdir().unwrap();
     let timeouts = "[timeouts]\nhandshake = \"300ms\"\nconnect = \"300ms\"\n\n";
     let body = format!("{timeouts}{}", route("chat", "/ws", &[backend.addr]));
-    let mut child = spawn_wsgate(&write_config(dir.path(), &body));
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    let (mut child, lines, addr) = started_wsgate(&write_config(dir.path(), &body));
     let mut client = raw_client(addr).await;
     client.send(ws().bytes()).await;
     let mut back = backend.accept().await;

@@ -733,10 +733,7 @@ fn sighup_reloads_the_running_binary_without_killing_it() {
         dir.path(),
         &route("a", "/a", &["127.0.0.1:9".parse().unwrap()]),
     );
-    let mut child = spawn_wsgate(&config);
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
-    wait_for_line(&lines, "wsgate started");
+    let (mut child, lines, addr) = started_wsgate(&config);
 
     send_signal(child.id(), "HUP");
     let reloaded = wait_for_line(&lines, "config reloaded");

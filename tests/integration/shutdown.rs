@@ -186,10 +186,7 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
-    let mut child = spawn_wsgate(&config);
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
-    wait_for_line(&lines, "wsgate started");
+    let (mut child, lines, addr) = started_wsgate(&config);
     let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "before").await, "before");
 
@@ -235,10 +232,7 @@ async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
-    let mut child = spawn_wsgate(&config);
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
-    wait_for_line(&lines, "wsgate started");
+    let (child, lines, addr) = started_wsgate(&config);
     // TLS done, request never sent: no request-level line exists for this connection.
     let mut silent = raw_client(addr).await;
 
@@ -253,10 +247,7 @@ async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     // A grace far longer than the test's own time limit: only the second signal can end it.
     let config = write_config(dir.path(), &config_with_grace("1h", "", backend.addr));
-    let mut child = spawn_wsgate(&config);
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
-    wait_for_line(&lines, "wsgate started");
+    let (mut child, lines, addr) = started_wsgate(&config);
     let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "before").await, "before");
 
@@ -294,10 +285,7 @@ async fn a_request_still_waiting_for_its_backend_at_the_end_of_the_grace_says_so
     let backend = RawBackend::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
-    let mut child = spawn_wsgate(&config);
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
-    wait_for_line(&lines, "wsgate started");
+    let (child, lines, addr) = started_wsgate(&config);
     let mut client = raw_client(addr).await;
     client.send(Req::upgrade("localhost", "/a").bytes()).await;
     let mut silent = backend.accept().await;

@@ -1242,6 +1242,22 @@ pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) ->
     }
 }
 
+/// A `wsgate run` process on `config` that has started serving: the process, its log lines
+/// (JSON), and its first listening address.
+pub fn started_wsgate(
+    config: &Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    SocketAddr,
+) {
+    let mut child = spawn_wsgate(config);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    wait_for_line(&lines, "wsgate started");
+    (child, lines, addr)
+}
+
 /// `kill -<name> <pid>`.
 pub fn send_signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
