@@ -252,13 +252,22 @@ impl WatchState {
             self.reload(shared, path, trigger).await;
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
-            while self.refresh_watches(self.wanted(shared, path).await, watch_mode(shared)) {
+            while self.refresh_watches(self.wanted_in(shared, path).await, watch_mode(shared)) {
                 self.reload(shared, path, Trigger::Files).await;
             }
             // Counted once the watches are in place again: from here on, a change is seen.
             shared
                 .reload_status
                 .send_modify(|status| status.checks += 1);
+        }
+    }
+
+    /// [`Self::wanted`], unless the config in force polls: then no folder is watched, and
+    /// every poll would read the config a second time for nothing.
+    async fn wanted_in(&self, shared: &Arc<Shared>, path: &Path) -> Option<Wanted> {
+        match watch_mode(shared) {
+            WatchMode::Poll => Some(Wanted::new()),
+            WatchMode::Events => self.wanted(shared, path).await,
         }
     }
 
