@@ -54,7 +54,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .with_context(|| format!("listen on {addr}"))
 }
 
-/// Builds a TLS acceptor from PEM files (aws-lc-rs provider).
+/// Builds a TLS acceptor from PEM files (the load tool's own [`crypto_provider`](crate::target::crypto_provider)).
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("read {}", cert.display()))?
@@ -62,7 +62,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
         .with_context(|| format!("parse {}", cert.display()))?;
     let key =
         PrivateKeyDer::from_pem_file(key).with_context(|| format!("read {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(crate::target::crypto_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?

@@ -104,18 +104,79 @@ async fn certificates_added_and_removed_by_a_reload_change_the_choice() {
 
 /// A client that speaks only TLS 1.2, trusting the test CA.
 fn tls12_only() -> std::sync::Arc<rustls::ClientConfig> {
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut suites = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+    suites.retain(|s| s.tls13().is_none());
+    client_offering(suites)
+}
+
+/// A client (aws-lc-rs) that offers only `suites`, with the TLS versions they belong to,
+/// trusting the test CA.
+fn client_offering(
+    suites: Vec<rustls::SupportedCipherSuite>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let tls13 = suites.iter().any(|s| s.tls13().is_some());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls13 {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS12]
+    };
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = suites;
     let roots = {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der_of(&pki().ca_pem()).into()).unwrap();
         roots
     };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     std::sync::Arc::new(config)
+}
+
+/// wsgate encrypts records with ring on x86-64 and handshakes with aws-lc-rs: a client on
+/// aws-lc-rs alone must get every suite (TLS 1.3 and 1.2, AES-GCM and ChaCha20) and carry a
+/// multi-record message through a tunnel both ways with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cipher_suite_carries_a_tunnel() {
+    use futures_util::SinkExt as _;
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let suites = [
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    // Over four full records each way, with bytes that are not one repeated value.
+    let payload: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for suite in suites {
+        let tls = tls_connect_with(proxy.addr, "localhost", client_offering(vec![suite])).await;
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite(),
+            Some(suite),
+            "{suite:?} not negotiated"
+        );
+        let (mut ws, _) = within(
+            "the WebSocket handshake",
+            tokio_tungstenite::client_async("wss://localhost/a", tls),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("upgrade over {suite:?}: {e}"));
+        assert_eq!(round_trip(&mut ws, "hello").await, "hello", "{suite:?}");
+        within("a send", ws.send(Message::binary(payload.clone())))
+            .await
+            .unwrap();
+        match next_message(&mut ws).await {
+            Message::Binary(back) => assert!(back == payload, "{suite:?} changed the bytes"),
+            other => panic!("expected the binary echo over {suite:?}, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
