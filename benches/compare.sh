@@ -180,6 +180,8 @@ cat >"$TMP/wsgate.toml" <<EOF
 listen = ["127.0.0.1:${PORT[wsgate]}"]
 [tls]
 certificates = [ { cert = "cert.pem", key = "key.pem" } ]
+# As nginx (ssl_session_tickets off) and HAProxy (no-tls-tickets) are set up: no tickets sent.
+session_resumption = false
 [timeouts]
 idle = "3600s"
 [limits]

@@ -21,6 +21,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub certificates: Vec<CertificatePaths>,
     pub tls_min_version: TlsVersion,
+    /// Clients may resume TLS sessions (tickets; session IDs for TLS 1.2).
+    pub session_resumption: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub log_format: LogFormat,
@@ -211,6 +213,8 @@ struct RawTls {
     certificates: Spanned<Vec<Spanned<RawCertificate>>>,
     #[serde(default)]
     min_version: TlsVersion,
+    #[serde(default = "defaults::session_resumption")]
+    session_resumption: bool,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +306,9 @@ mod defaults {
     }
     pub fn max_connections() -> Spanned<i64> {
         Spanned::new(0..0, 10000)
+    }
+    pub fn session_resumption() -> bool {
+        true
     }
 }
 
@@ -423,6 +430,7 @@ impl Validator<'_> {
             admin_location,
             certificates: self.certificates(&raw.tls.certificates)?,
             tls_min_version: raw.tls.min_version,
+            session_resumption: raw.tls.session_resumption,
             timeouts: self.timeouts(&raw.timeouts)?,
             limits: self.limits(&raw.limits)?,
             log_format: raw.proxy.log_format,
@@ -915,6 +923,7 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         assert!(!config.proxy_protocol);
         assert_eq!(config.watch, WatchMode::Events);
         assert_eq!(config.tls_min_version, TlsVersion::Tls12);
+        assert!(config.session_resumption);
         assert!(config.routes.is_empty());
     }
 

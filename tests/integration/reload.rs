@@ -899,6 +899,50 @@ async fn a_tls_session_from_before_a_reload_resumes_after_it() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resumption_false_sends_no_tickets_and_honours_none() {
+    let backend = WsBackend::start("one").await;
+    let body = route("a", "/a", &[backend.addr]);
+    let proxy = start_proxy(&body).await;
+    let mut rx = proxy.server.reload_status();
+    let client = pki().client_config(); // one session store for every connection
+    let handshake = |client| async {
+        let mut conn = RawConn::new(tls_connect_with(proxy.addr, "localhost", client).await);
+        // Reading an answer takes in any session ticket sent after the handshake.
+        conn.send(Req::upgrade("localhost", "/nowhere").bytes())
+            .await;
+        assert_eq!(conn.read_head().await.status, 404);
+        conn.stream.get_ref().1.handshake_kind()
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(handshake(client.clone()).await, Some(Full));
+    assert_eq!(
+        handshake(client.clone()).await,
+        Some(Resumed),
+        "on by default"
+    );
+
+    let off = CONFIG_HEAD.replace("[tls]\n", "[tls]\nsession_resumption = false\n");
+    std::fs::write(proxy.config_path(), format!("{off}{body}")).unwrap();
+    generation(&mut rx, 2).await;
+    // The client still holds tickets from before: none is honoured, none is added.
+    assert_eq!(handshake(client.clone()).await, Some(Full));
+    assert_eq!(handshake(client.clone()).await, Some(Full));
+    let fresh = pki().client_config();
+    assert_eq!(handshake(fresh.clone()).await, Some(Full));
+    assert_eq!(handshake(fresh).await, Some(Full), "a ticket was sent");
+
+    write_body(&proxy.config_path(), &body);
+    generation(&mut rx, 3).await;
+    let fresh = pki().client_config();
+    assert_eq!(handshake(fresh.clone()).await, Some(Full));
+    assert_eq!(
+        handshake(fresh).await,
+        Some(Resumed),
+        "back on after a reload"
+    );
+}
+
 /// Points the symlink `link` at `target` atomically, as a deploy script does (`ln -s` beside
 /// it, then `mv -T` over it); what it pointed at before stays.
 fn repoint(link: &Path, target: &str) {
