@@ -37,6 +37,9 @@ pub struct Config {
     admin_location: Option<Location>,
     /// In file order.
     pub routes: Vec<RouteConfig>,
+    /// What loads but is surely a mistake (a route that can never be chosen), each pointing
+    /// at its place like an error: logged at every load, printed by `wsgate check`.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One certificate chain and its key, paths resolved against the config's folder.
@@ -121,8 +124,17 @@ pub struct RouteConfig {
     pub idle: Option<Duration>,
 }
 
+/// serde names Rust types in its messages ("expected i64"); an operator reads "an integer".
+fn plain_types(message: &str) -> String {
+    ["i64", "u64", "u32", "u16", "usize"]
+        .iter()
+        .fold(message.to_string(), |m, t| {
+            m.replace(&format!("expected {t}"), "expected an integer")
+        })
+}
+
 /// A route's host rule, lowercased.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     Exact(String),
     /// The suffix with its leading dot: ".example.com" for "*.example.com".
@@ -274,8 +286,8 @@ struct RawRoute {
     name: Spanned<String>,
     host: Option<Spanned<String>>,
     path: Spanned<String>,
-    subprotocols: Option<Spanned<Vec<String>>>,
-    origins: Option<Spanned<Vec<String>>>,
+    subprotocols: Option<Spanned<Vec<Spanned<String>>>>,
+    origins: Option<Spanned<Vec<Spanned<String>>>>,
     backends: Spanned<Vec<Spanned<String>>>,
     idle: Option<Spanned<HumanDuration>>,
 }
@@ -366,7 +378,7 @@ impl Config {
             ConfigError {
                 file: path.to_path_buf(),
                 location: Some(locate(src, &span, &key)),
-                message: e.message().trim().to_string(),
+                message: plain_types(e.message().trim()),
             }
         })?;
         Validator { src, path }.config(raw)
@@ -418,6 +430,7 @@ impl Validator<'_> {
             .collect();
         let admin_location = (raw.admin.as_ref())
             .map(|admin| locate(self.src, &admin.listen.span(), "admin.listen"));
+        let mut warnings = Vec::new();
         Ok(Config {
             path: self.path.to_path_buf(),
             admin: raw
@@ -436,7 +449,8 @@ impl Validator<'_> {
             log_format: raw.proxy.log_format,
             proxy_protocol: raw.proxy.proxy_protocol,
             watch: raw.reload.watch,
-            routes: self.routes(&raw.routes)?,
+            routes: self.routes(&raw.routes, &mut warnings)?,
+            warnings,
         })
     }
 
@@ -587,9 +601,17 @@ impl Validator<'_> {
         })
     }
 
-    fn routes(&self, raw: &[RawRoute]) -> Result<Vec<RouteConfig>, ConfigError> {
+    /// The routes, checked; `warnings` gets what loads but is surely a mistake.
+    fn routes(
+        &self,
+        raw: &[RawRoute],
+        warnings: &mut Vec<ConfigError>,
+    ) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut first_seen: HashMap<&str, usize> = HashMap::new();
-        let mut out = Vec::with_capacity(raw.len());
+        // Earlier routes by the requests they match (host, path key): a later one there may
+        // never get a request.
+        let mut same_place: HashMap<(Option<HostPattern>, String), Vec<usize>> = HashMap::new();
+        let mut out: Vec<RouteConfig> = Vec::with_capacity(raw.len());
         for (i, route) in raw.iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
             let name = route.name.get_ref().trim();
@@ -624,14 +646,29 @@ impl Validator<'_> {
                     .map(|d| self.timeout(d, &key("idle")))
                     .transpose()?,
             });
+            let this = &out[i];
+            let place = (this.host.clone(), crate::routes::route_key(&this.path));
+            let earlier = same_place.entry(place).or_default();
+            if let Some(&shadow) = earlier.iter().find(|&&e| takes_all_of(&out[e], this)) {
+                // A warning, not an error: equal routes taken in file order is the documented
+                // rule, and a config relying on it must keep loading.
+                let line = locate(self.src, &raw[shadow].name.span(), "").line;
+                let message = format!(
+                    "route {name:?} can never be chosen: route {:?} (line {line}) has the same host and path and comes first, and its subprotocol rule fits every request this one's does",
+                    out[shadow].name
+                );
+                warnings.push(self.error(&route.path.span(), &key("path"), message));
+            }
+            earlier.push(i);
         }
         Ok(out)
     }
 
-    /// An optional allow-list: if present, non-empty, every entry checked (and normalized).
+    /// An optional allow-list: if present, non-empty, every entry checked (and normalized);
+    /// an error points at the entry (`route[0].origins[1]`).
     fn list(
         &self,
-        raw: &Option<Spanned<Vec<String>>>,
+        raw: &Option<Spanned<Vec<Spanned<String>>>>,
         key: &str,
         check: fn(&str) -> Result<String, String>,
     ) -> Result<Option<Vec<String>>, ConfigError> {
@@ -645,7 +682,11 @@ impl Validator<'_> {
         }
         list.get_ref()
             .iter()
-            .map(|entry| check(entry).map_err(|m| self.error(&list.span(), key, m)))
+            .enumerate()
+            .map(|(j, entry)| {
+                check(entry.get_ref())
+                    .map_err(|m| self.error(&entry.span(), &format!("{key}[{j}]"), m))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }
@@ -660,16 +701,32 @@ impl Validator<'_> {
         }
         raw.get_ref()
             .iter()
-            .map(|b| backend(b.get_ref()).map_err(|m| self.error(&b.span(), key, m)))
+            .enumerate()
+            .map(|(j, b)| {
+                backend(b.get_ref()).map_err(|m| self.error(&b.span(), &format!("{key}[{j}]"), m))
+            })
             .collect()
+    }
+}
+
+/// Whether `first`, ranked before `later` with the same host and path, is chosen for every
+/// request `later` would take: its subprotocol rule fits wherever `later`'s does.
+fn takes_all_of(first: &RouteConfig, later: &RouteConfig) -> bool {
+    match (&first.subprotocols, &later.subprotocols) {
+        (None, _) => true,
+        // `later` without a list also takes requests that offer no subprotocol at all.
+        (Some(_), None) => false,
+        (Some(first), Some(later)) => later.iter().all(|p| first.contains(p)),
     }
 }
 
 fn host_pattern(text: &str) -> Result<HostPattern, String> {
     let host = text.trim().to_ascii_lowercase();
+    // One trailing dot (the fully qualified form) is dropped, as it is from a request's Host.
+    let host = host.strip_suffix('.').unwrap_or(&host);
     let (wildcard, name) = match host.strip_prefix("*.") {
         Some(rest) => (true, rest),
-        None => (false, host.as_str()),
+        None => (false, host),
     };
     // The rules a request's Host is held to: a route no Host can match is a mistake.
     if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
@@ -695,6 +752,13 @@ fn route_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
         return Err(format!(
             "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
+        ));
+    }
+    // Requests with a dot segment are refused before routing (routes.rs): no request could
+    // ever reach such a route.
+    if crate::routes::has_dot_segment(text) {
+        return Err(format!(
+            "{text:?} has a '.' or '..' segment: requests with one never match a route, so this one could not be reached"
         ));
     }
     let trimmed = text.trim_end_matches('/');
@@ -1023,7 +1087,17 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
             ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
             ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections:"),
-            ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends:"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends[0]:"),
+            (
+                "[[route]]\nname = \"a\"\npath = \"/\"\nsubprotocols = [\"ok\", \"bad token\"]\nbackends = [\"h:1\"]\n",
+                ":9:23: route[0].subprotocols[1]: \"bad token\" is not a valid subprotocol",
+            ),
+            (
+                "[[route]]\nname = \"a\"\npath = \"/\"\norigins = [\"https://a.com\", \"nope\"]\nbackends = [\"h:1\"]\n",
+                ":9:29: route[0].origins[1]: \"nope\" is not an origin",
+            ),
+            ("[[route]]\nname = \"a\"\npath = \"/a/../b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a/../b\" has a '.' or '..' segment"),
+            ("[[route]]\nname = \"a\"\npath = \"/a/%2E\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             (
                 "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n",
                 ":11:8: route[1].name: duplicate route name \"a\" (first at line 7)",
@@ -1048,6 +1122,58 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         }
     }
 
+    /// A route behind an earlier one with the same host and path, whose subprotocol rule fits
+    /// every request it would take, could never be chosen: a warning (file order among equal
+    /// routes is the documented rule, so such a config still loads).
+    #[test]
+    fn a_route_that_could_never_be_chosen_is_warned_about() {
+        let route = |name: &str, host: &str, path: &str, protocols: &str| {
+            format!("[[route]]\nname = \"{name}\"\n{host}path = \"{path}\"\n{protocols}backends = [\"h:1\"]\n")
+        };
+        let host = "host = \"a.com\"\n";
+        let list = |p: &str| format!("subprotocols = [{p}]\n");
+        let shadowed = [
+            route("a", "", "/x", "") + &route("b", "", "/x/", ""),
+            route("a", host, "/x", "")
+                + &route("b", "host = \"A.com.\"\n", "/%78", &list("\"v1\"")),
+            route("a", "", "/x", &list("\"v1\", \"v2\"")) + &route("b", "", "/x", &list("\"v2\"")),
+        ];
+        for body in &shadowed {
+            let config = parse(body).unwrap();
+            assert_eq!(config.routes.len(), 2);
+            assert_eq!(config.warnings.len(), 1, "{body}");
+            let message = config.warnings[0].to_string();
+            assert!(
+                message.contains(
+                    ":8: route[1].path: route \"b\" can never be chosen: route \"a\" (line 7)"
+                ),
+                "{message}\n{body}"
+            );
+        }
+        let reachable = [
+            // Different host, different path, or a rule that fits requests the first refuses.
+            route("a", host, "/x", "") + &route("b", "", "/x", ""),
+            route("a", "", "/x", "") + &route("b", "", "/x/y", ""),
+            route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", ""),
+            route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", &list("\"v1\", \"v2\"")),
+        ];
+        for body in &reachable {
+            let config = parse(body).unwrap();
+            assert_eq!(config.routes.len(), 2);
+            assert!(config.warnings.is_empty(), "{body}: {:?}", config.warnings);
+        }
+    }
+
+    #[test]
+    fn a_fully_qualified_route_host_is_the_host_without_its_dot() {
+        let body = "[[route]]\nname = \"a\"\nhost = \"Chat.Example.com.\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+        let config = parse(body).unwrap();
+        assert_eq!(
+            config.routes[0].host,
+            Some(HostPattern::Exact("chat.example.com".into()))
+        );
+    }
+
     #[test]
     fn serde_errors_name_the_key_they_are_about() {
         let head = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n";
@@ -1063,6 +1189,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\", pass = \"x\" }]\n".into(), "w.toml:4:42: tls.certificates[0].pass: unknown field `pass`"),
             // A wrong type names the value.
             ("[proxy]\nlisten = \"127.0.0.1:1\"\n".into(), "w.toml:2:10: proxy.listen: invalid type"),
+            (format!("{head}[limits]\nmax_connections = \"10\"\n"), "w.toml:6:19: limits.max_connections: invalid type: string \"10\", expected an integer"),
             // Nothing to point at: the field is the key.
             ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n".into(), "w.toml:1:1: tls: missing field `tls`"),
         ];

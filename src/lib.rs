@@ -39,22 +39,26 @@ pub use reload::ReloadStatus;
 pub use server::{Closer, Error, Server};
 
 /// Loads and fully validates a config file (TOML, keys, certificates, routes) without serving;
-/// returns a one-line summary.
-pub fn check(path: &std::path::Path) -> Result<String, config::ConfigError> {
+/// returns a one-line summary and the config's warnings (it loads, but something in it is
+/// surely a mistake).
+pub fn check(
+    path: &std::path::Path,
+) -> Result<(String, Vec<config::ConfigError>), config::ConfigError> {
     let snapshot = reload::Snapshot::build(path, 1)?;
     let config = &snapshot.config;
     let admin = match config.admin {
         Some(addr) => format!(", admin on {addr}"),
         None => String::new(),
     };
-    Ok(format!(
+    let summary = format!(
         "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}{}",
         path.display(),
         config.listen.len(),
         config.certificates.len(),
         config.routes.len(),
         expiry_note(&snapshot.expiry),
-    ))
+    );
+    Ok((summary, config.warnings.clone()))
 }
 
 /// When the first certificate runs out, or which one already has.

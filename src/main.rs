@@ -49,7 +49,10 @@ enum Format {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => match wsgate::check(&config) {
-            Ok(summary) => {
+            Ok((summary, warnings)) => {
+                for warning in warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("{summary}");
                 ExitCode::SUCCESS
             }

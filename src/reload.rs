@@ -61,6 +61,9 @@ impl Snapshot {
         let config = Config::load(path)?;
         let (tls, expiry) = tls::server_config(&config)?;
         warn_about_expiry(&expiry);
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         let routes = RouteTable::new(&config.routes);
         Ok(Snapshot {
             config,

@@ -93,9 +93,11 @@ impl RouteTable {
                 Some(HostPattern::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
                 None => &mut table.any_host,
             };
-            let key = match_path(&config.path).trim_end_matches('/').to_string();
-            let key = if key.is_empty() { "/".to_string() } else { key };
-            paths.0.entry(key).or_default().push(index);
+            paths
+                .0
+                .entry(route_key(&config.path))
+                .or_default()
+                .push(index);
             table.routes.push(Route {
                 config: config.clone(),
                 next_backend: AtomicUsize::new(0),
@@ -192,6 +194,16 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// A route's path as the table keys it: two routes with the same key match the same requests.
+pub(crate) fn route_key(path: &str) -> String {
+    let key = match_path(path).trim_end_matches('/').to_string();
+    if key.is_empty() {
+        "/".to_string()
+    } else {
+        key
+    }
+}
+
 /// The path as routes are matched against it: the forms a backend may read as the same path
 /// are made one, so that none of them rides past a more specific route (and its `origins`
 /// or `subprotocols` rules) to a catch-all: percent-encoded unreserved characters decoded
@@ -250,7 +262,7 @@ fn decode_unreserved(segment: &str, out: &mut String) {
 /// Whether a backend could take part of `path` for a `.` or `..` segment: also percent-encoded,
 /// also split off by a `\` or an encoded `/` or `\` (servers that decode before resolving),
 /// also with `;parameters` (servlet containers read "..;x" as "..").
-fn has_dot_segment(path: &str) -> bool {
+pub(crate) fn has_dot_segment(path: &str) -> bool {
     // Most paths have neither a dot nor an escape: nothing to look at.
     if !path.bytes().any(|b| b == b'.' || b == b'%') {
         return false;

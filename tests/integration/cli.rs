@@ -149,6 +149,24 @@ fn check_names_file_line_and_key_of_an_unknown_key() {
 }
 
 #[test]
+fn check_warns_about_a_route_that_can_never_be_chosen_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shadowed = ROUTE.replace("name = \"chat\"", "name = \"b\"");
+    let path = write_config(dir.path(), &format!("{ROUTE}{shadowed}"));
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one summary line: {stdout}");
+    assert!(stdout.contains("2 route(s)"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: ")
+            && stderr.contains("route[1].path: route \"b\" can never be chosen: route \"chat\""),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_names_a_missing_certificate_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), ROUTE);
