@@ -29,8 +29,8 @@ enum Command {
         /// Log format (overrides `[proxy] log_format`).
         #[arg(long, value_enum)]
         log_format: Option<Format>,
-        /// Worker threads (default: one per CPU).
-        #[arg(long)]
+        /// Worker threads (default: one per CPU; 1 runs a single-threaded runtime).
+        #[arg(long, value_parser = at_least_one)]
         threads: Option<usize>,
     },
     /// Load and fully validate a config file, then exit.
@@ -66,6 +66,15 @@ fn main() -> ExitCode {
             log_format,
             threads,
         } => run(config, log_format, threads),
+    }
+}
+
+/// `--threads 0` would silently mean "the default": refuse it instead.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

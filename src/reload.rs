@@ -367,14 +367,32 @@ fn wanted_now(shared: &Shared, path: &Path) -> Wanted {
         .collect()
 }
 
+/// The first certificate or key file the config at `path` names, and the config `in_force`
+/// serves, that is clearly not there (a dangling link included), as an error naming it and
+/// the config line; `None` if the config does not parse or no such file is missing.
+fn served_file_gone(path: &Path, in_force: &Config) -> Option<String> {
+    let config = Config::load(path).ok()?;
+    let served =
+        |file: &Path| (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file);
+    config.certificates.iter().find_map(|c| {
+        [(&c.cert, &c.cert_location), (&c.key, &c.key_location)]
+            .into_iter()
+            .find(|(file, _)| served(file) && matches!(file.try_exists(), Ok(false)))
+            .map(|(file, at)| {
+                ConfigError::at(path, at, format!("{} not found", file.display())).to_string()
+            })
+    })
+}
+
 /// What a look at the files found.
 enum Look {
     /// The content in force: nothing to do.
     InForce,
     /// The content last rejected: not tried (or logged) again.
     StillRejected,
-    /// The config file is not there (deleted, to be written again).
-    Missing,
+    /// The config file, or a certificate or key file it names, is not there (deleted, to
+    /// be written again): what is gone, and the error naming it.
+    Missing(&'static str, String),
     /// Something new, built (or not): its fingerprint, whether the disk held still while it
     /// was read, and the result.
     Built(u64, bool, Box<Result<Snapshot, ConfigError>>),
@@ -384,9 +402,10 @@ enum Look {
 enum Outcome {
     /// Nothing new: the same rejected content, or the same bind failure.
     Nothing,
-    /// The config file is gone (this error says so): the config in force stays, and nothing
-    /// is counted (it is usually about to be written again).
-    Missing(String),
+    /// A file is gone (the config file, or a certificate or key: the first names it, the
+    /// error says which): the config in force stays, and nothing is counted (it is usually
+    /// about to be written again).
+    Missing(&'static str, String),
     /// The files hold the config in force (again).
     InForce,
     Applied,
@@ -503,7 +522,6 @@ impl WatchState {
         let current = shared.current();
         let generation = current.generation + 1;
         let previously_rejected = self.rejected;
-        let shown = path;
         let path = path.to_path_buf();
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let look = tokio::task::spawn_blocking(move || {
@@ -511,7 +529,8 @@ impl WatchState {
             // Only a clear "not there" (a dangling link included): an unreadable folder is an
             // error to report, not a file to wait for.
             if trigger == Trigger::Files && matches!(path.try_exists(), Ok(false)) {
-                return Look::Missing;
+                let error = format!("{}: config file not found", path.display());
+                return Look::Missing("config file", error);
             }
             let on_disk = on_disk_fingerprint(&path);
             if trigger == Trigger::Files && on_disk == current.fingerprint {
@@ -521,6 +540,15 @@ impl WatchState {
                 return Look::StillRejected;
             }
             let built = Snapshot::build_hashed(&path, generation, on_disk);
+            // A served certificate renewed by `rm; cp` is gone for a moment, like a config
+            // file written that way: wait for it rather than count a failure. A file the
+            // config in force does not serve is a mistake in the new config: rejected. (SIGHUP
+            // reports either: someone asked, and gets the error.)
+            if trigger == Trigger::Files && built.is_err() {
+                if let Some(error) = served_file_gone(&path, &current.config) {
+                    return Look::Missing("certificate file", error);
+                }
+            }
             // A file caught mid-write fails to build, but its finished content may hash like
             // the content hashed above: remember a rejection only if the disk held still.
             let settled = built.is_ok() || on_disk_fingerprint(&path) == on_disk;
@@ -536,10 +564,10 @@ impl WatchState {
                 Outcome::InForce
             }
             Ok(Look::StillRejected) => Outcome::Nothing,
-            Ok(Look::Missing) => {
+            Ok(Look::Missing(what, error)) => {
                 // Whatever comes back is news, a content rejected before included.
                 self.rejected = None;
-                Outcome::Missing(format!("{}: config file not found", shown.display()))
+                Outcome::Missing(what, error)
             }
             Ok(Look::Built(on_disk, settled, built)) => match *built {
                 Ok(snapshot) => {
@@ -587,9 +615,9 @@ impl WatchState {
         shared.reload_status.send_modify(|status| {
             match outcome {
                 Outcome::Nothing => {}
-                Outcome::Missing(error) => {
+                Outcome::Missing(what, error) => {
                     if status.last_error.as_ref() != Some(&error) {
-                        tracing::warn!(generation = status.generation, %error, "config file gone; the current config stays in force until it is back");
+                        tracing::warn!(generation = status.generation, %error, "{what} gone; the current config stays in force until it is back");
                         status.last_error = Some(error);
                     }
                 }

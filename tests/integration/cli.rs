@@ -86,6 +86,13 @@ fn help_names_the_subcommands() {
 }
 
 #[test]
+fn zero_threads_is_a_usage_error() {
+    let out = wsgate(&["run", "--config", "/nonexistent.toml", "--threads", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("must be at least 1"), "{}", text(&out));
+}
+
+#[test]
 fn check_accepts_a_good_config_with_a_one_line_summary() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), ROUTE);

@@ -161,6 +161,51 @@ async fn a_config_file_gone_for_a_while_is_no_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_gone_for_a_while_is_no_failure() {
+    // A renewal script doing `rm tls.crt; …; cp new.crt tls.crt`: like a config file written
+    // that way, the gap must not count as a rejected reload.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let served = served_leaf(proxy.addr).await;
+    let crt = proxy.dir.path().join("server.crt");
+    let pem = std::fs::read(&crt).unwrap();
+    std::fs::remove_file(&crt).unwrap();
+    let gone = status_where(&mut rx, "the certificate seen gone", |s| {
+        s.last_error.is_some()
+    })
+    .await;
+    let error = gone.last_error.unwrap_or_default();
+    assert!(
+        error.contains(":5:27: tls.certificates[0].cert: ")
+            && error.ends_with("server.crt not found"),
+        "{error}"
+    );
+    assert_eq!((gone.generation, gone.failures), (1, 0));
+    assert_eq!(served_leaf(proxy.addr).await, served, "still in force");
+
+    std::fs::write(&crt, pem).unwrap();
+    let back = status_where(&mut rx, "the certificate seen back", |s| {
+        s.last_error.is_none()
+    })
+    .await;
+    assert_eq!((back.generation, back.failures), (1, 0));
+
+    // Asked for by hand, the same gap is an error: whoever sent SIGHUP gets an answer.
+    std::fs::remove_file(&crt).unwrap();
+    proxy.server.reload();
+    let refused = status_where(&mut rx, "the manual reload refused", |s| s.failures == 1).await;
+    assert!(
+        refused
+            .last_error
+            .unwrap_or_default()
+            .contains("cannot read certificate"),
+        "a manual reload reports the missing file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_identical_content_does_nothing() {
     let backend = WsBackend::start("one").await;
     let body = route("a", "/a", &[backend.addr]);
