@@ -44,6 +44,7 @@ pub use server::{Closer, Error, Server};
 pub fn check(
     path: &std::path::Path,
 ) -> Result<(String, Vec<config::ConfigError>), config::ConfigError> {
+    tls::install_default_provider();
     let snapshot = reload::Snapshot::build(path, 1)?;
     let config = &snapshot.config;
     let admin = match config.admin {

@@ -367,20 +367,33 @@ fn wanted_now(shared: &Shared, path: &Path) -> Wanted {
         .collect()
 }
 
-/// The first certificate or key file the config at `path` names, and the config `in_force`
-/// serves, that is clearly not there (a dangling link included), as an error naming it and
-/// the config line; `None` if the config does not parse or no such file is missing.
-fn served_file_gone(path: &Path, in_force: &Config) -> Option<String> {
+/// Whether `error`, the failure to build the config at `path`, is only that a certificate or
+/// key file the config `in_force` serves is clearly not there (a dangling link included):
+/// what is gone, and an error naming it and its config line. `None` for any other failure,
+/// so a real mistake saved in the same moment is still reported as one.
+fn served_file_gone(
+    path: &Path,
+    in_force: &Config,
+    error: &ConfigError,
+) -> Option<(&'static str, String)> {
     let config = Config::load(path).ok()?;
     let served =
         |file: &Path| (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file);
     config.certificates.iter().find_map(|c| {
-        [(&c.cert, &c.cert_location), (&c.key, &c.key_location)]
-            .into_iter()
-            .find(|(file, _)| served(file) && matches!(file.try_exists(), Ok(false)))
-            .map(|(file, at)| {
-                ConfigError::at(path, at, format!("{} not found", file.display())).to_string()
-            })
+        [
+            ("certificate file", &c.cert, &c.cert_location),
+            ("key file", &c.key, &c.key_location),
+        ]
+        .into_iter()
+        .find(|(_, file, at)| {
+            error.location.as_ref() == Some(*at)
+                && served(file)
+                && matches!(file.try_exists(), Ok(false))
+        })
+        .map(|(what, file, at)| {
+            let gone = ConfigError::at(path, at, format!("{} not found", file.display()));
+            (what, gone.to_string())
+        })
     })
 }
 
@@ -390,9 +403,10 @@ enum Look {
     InForce,
     /// The content last rejected: not tried (or logged) again.
     StillRejected,
-    /// The config file, or a certificate or key file it names, is not there (deleted, to
-    /// be written again): what is gone, and the error naming it.
-    Missing(&'static str, String),
+    /// The config file, or a certificate or key file it serves, is not there (deleted, to
+    /// be written again): what is gone, the error naming it, and the files' fingerprint if
+    /// they were read (the same files are then not built again while it lasts).
+    Missing(&'static str, String, Option<u64>),
     /// Something new, built (or not): its fingerprint, whether the disk held still while it
     /// was read, and the result.
     Built(u64, bool, Box<Result<Snapshot, ConfigError>>),
@@ -530,7 +544,7 @@ impl WatchState {
             // error to report, not a file to wait for.
             if trigger == Trigger::Files && matches!(path.try_exists(), Ok(false)) {
                 let error = format!("{}: config file not found", path.display());
-                return Look::Missing("config file", error);
+                return Look::Missing("config file", error, None);
             }
             let on_disk = on_disk_fingerprint(&path);
             if trigger == Trigger::Files && on_disk == current.fingerprint {
@@ -544,9 +558,9 @@ impl WatchState {
             // file written that way: wait for it rather than count a failure. A file the
             // config in force does not serve is a mistake in the new config: rejected. (SIGHUP
             // reports either: someone asked, and gets the error.)
-            if trigger == Trigger::Files && built.is_err() {
-                if let Some(error) = served_file_gone(&path, &current.config) {
-                    return Look::Missing("certificate file", error);
+            if let (Trigger::Files, Err(e)) = (trigger, &built) {
+                if let Some((what, error)) = served_file_gone(&path, &current.config, e) {
+                    return Look::Missing(what, error, Some(on_disk));
                 }
             }
             // A file caught mid-write fails to build, but its finished content may hash like
@@ -564,9 +578,10 @@ impl WatchState {
                 Outcome::InForce
             }
             Ok(Look::StillRejected) => Outcome::Nothing,
-            Ok(Look::Missing(what, error)) => {
-                // Whatever comes back is news, a content rejected before included.
-                self.rejected = None;
+            Ok(Look::Missing(what, error, seen)) => {
+                // Whatever comes back is news, a content rejected before included; files
+                // that still lack the same file are not built again (a poll every second).
+                self.rejected = seen;
                 Outcome::Missing(what, error)
             }
             Ok(Look::Built(on_disk, settled, built)) => match *built {

@@ -741,6 +741,7 @@ impl Server {
         // First of all: from here on a SIGHUP (a deploy hook during a restart) reloads, and
         // never kills the process, even one still starting.
         let hangup = reload::hangup_signal();
+        crate::tls::install_default_provider();
         let path = config_path.as_ref().to_path_buf();
         let snapshot = Snapshot::build(&path, 1)?;
         let wanted = wanted_listeners(&snapshot.config);

@@ -98,6 +98,13 @@ fn provider() -> CryptoProvider {
     provider
 }
 
+/// Makes [`provider`] the process default. Both rustls backends are compiled in, so rustls
+/// cannot pick one itself, and any config built without naming a provider (a future client
+/// config, a crate that uses the process default) would panic. A second call keeps the first.
+pub(crate) fn install_default_provider() {
+    let _ = CryptoProvider::install_default(provider());
+}
+
 /// One ticket key set (rotated by rustls every few hours) for the whole process: a reload, a
 /// certificate renewal say, must not turn every reconnect after it into a full handshake.
 fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
@@ -213,6 +220,22 @@ mod tests {
 
     /// Taking the record layer from ring must not change which suites are offered, or in
     /// which order: the same list as aws-lc-rs's defaults, suite for suite.
+    #[test]
+    fn the_process_default_is_the_mixed_provider() {
+        install_default_provider();
+        install_default_provider();
+        let installed = CryptoProvider::get_default().map(|p| p.cipher_suites.len());
+        assert_eq!(installed, Some(provider().cipher_suites.len()));
+        // What rustls would otherwise refuse to build without naming a provider.
+        let config = ServerConfig::builder().with_no_client_auth();
+        assert!(config
+            .with_single_cert(
+                vec![],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(vec![].into())
+            )
+            .is_err());
+    }
+
     #[test]
     fn the_mixed_provider_offers_the_default_suites() {
         let ids = |p: &CryptoProvider| {

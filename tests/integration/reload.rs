@@ -203,6 +203,21 @@ async fn a_certificate_gone_for_a_while_is_no_failure() {
             .contains("cannot read certificate"),
         "a manual reload reports the missing file"
     );
+
+    // A mistake saved while the file is gone is reported as the mistake it is: here a new
+    // certificate entry whose key is another certificate's.
+    let dir = proxy.dir.path();
+    pki().write_leaf(dir, "other", &["other.test"]);
+    pki().write_leaf(dir, "third", &["third.test"]);
+    let mismatched = CONFIG_HEAD.replace(
+        "certificates = [ ",
+        "certificates = [ { cert = \"other.crt\", key = \"third.key\" }, ",
+    );
+    let body = route("a", "/a", &[backend.addr]);
+    std::fs::write(proxy.config_path(), format!("{mismatched}{body}")).unwrap();
+    let refused = failures(&mut rx, 2).await;
+    let error = refused.last_error.unwrap_or_default();
+    assert!(error.contains("does not match certificate"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
