@@ -16,6 +16,7 @@ use crate::error::Side;
 use crate::metrics::EarlyClose;
 use crate::proxy::Conn;
 use crate::server::lock;
+use crate::splice;
 
 /// Who writes a connection's end line: the server (no request seen), the tunnel, or
 /// [`end_line`] with the answer the request got.
@@ -236,6 +237,26 @@ fn unanswered_line(conn: &Conn, ending: &mut Ending, delivery: Delivery) {
     write_line(conn, ending, None);
 }
 
+/// Every connection's end line has this target, whatever wrote it, so one `RUST_LOG`
+/// directive (`wsgate::access_log=info`, `…=off`) keeps or drops the whole access log.
+pub(crate) const TARGET: &str = "wsgate::access_log";
+
+/// A tunnel's end line.
+pub(crate) fn tunnel_line(conn: &Conn, route: &str, backend: &str, outcome: &splice::Outcome) {
+    tracing::info!(
+        target: TARGET,
+        client = %conn.peer,
+        route,
+        backend,
+        status = 101,
+        bytes_in = outcome.client_to_backend,
+        bytes_out = outcome.backend_to_client,
+        duration_ms = conn.started.elapsed().as_millis() as u64,
+        reason = outcome.reason.to_string(),
+        "tunnel closed"
+    );
+}
+
 fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
     let route = ending.route.as_deref().unwrap_or("-");
     let backend = ending.backend.as_deref().unwrap_or("-");
@@ -248,7 +269,7 @@ fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
     };
     macro_rules! line {
         ($level:ident) => {
-            tracing::$level!(client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out, duration_ms, reason, "connection closed")
+            tracing::$level!(target: TARGET, client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out, duration_ms, reason, "connection closed")
         };
     }
     match ending.side {

@@ -229,17 +229,7 @@ fn spawn_tunnel(
         conn.shared.metrics.tunnel_started();
         let outcome = splice.await;
         conn.shared.metrics.tunnel_closed(&route, &outcome);
-        tracing::info!(
-            client = %conn.peer,
-            route,
-            backend,
-            status = 101,
-            bytes_in = outcome.client_to_backend,
-            bytes_out = outcome.backend_to_client,
-            duration_ms = conn.started.elapsed().as_millis() as u64,
-            reason = %outcome.reason,
-            "tunnel closed"
-        );
+        access_log::tunnel_line(&conn, &route, &backend, &outcome);
     });
 }
 

@@ -678,7 +678,7 @@ fn early_close(
 ) {
     shared.metrics.closed_early(kind);
     let duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
+    tracing::info!(target: access_log::TARGET, client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
 }
 
 /// Closes every live tunnel and unfinished connection now, from anywhere.

@@ -77,13 +77,17 @@ pub fn backend_request(
     peer: SocketAddr,
 ) -> Request<Empty<Bytes>> {
     let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
-    let named_in_connection: Vec<String> = websocket::tokens(client.headers(), &CONNECTION)
+    let named: Vec<String> = websocket::tokens(client.headers(), &CONNECTION)
         .map(str::to_ascii_lowercase)
-        .filter(|name| !is_protected(name))
         .collect();
+    // A client naming X-Forwarded-For drops its own value (hop-by-hop, as it says), never the
+    // address this proxy adds; the other protected names it cannot strip at all.
+    let own_xff_dropped = named.iter().any(|n| n == "x-forwarded-for");
     for (name, value) in client.headers() {
         let n = name.as_str();
-        if NOT_FORWARDED.contains(&n) || named_in_connection.iter().any(|c| c == n) {
+        let named_here = named.iter().any(|c| c == n) && !is_protected(n);
+        if NOT_FORWARDED.contains(&n) || named_here || (own_xff_dropped && name == X_FORWARDED_FOR)
+        {
             continue;
         }
         headers.append(name.clone(), value.clone());
@@ -110,17 +114,19 @@ pub fn backend_request(
     request
 }
 
+/// The client's `X-Forwarded-For` list (all its lines, empty elements left out) with the
+/// client's address appended: one line, so a backend reading only the first line or only
+/// the last element gets what it expects.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_canonical().to_string();
-    let joined = match headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
+    let mut list: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
         .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-    {
-        prior if prior.is_empty() => ip,
-        prior => format!("{}, {ip}", prior.join(", ")),
-    };
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|element| !element.is_empty())
+        .collect();
+    list.push(&ip);
+    let joined = list.join(", ");
     if let Ok(value) = HeaderValue::from_str(&joined) {
         headers.insert(X_FORWARDED_FOR, value);
     }

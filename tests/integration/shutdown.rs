@@ -296,3 +296,42 @@ async fn a_request_still_waiting_for_its_backend_at_the_end_of_the_grace_says_so
     assert!(line.contains("\"route\":\"a\""), "{line}");
     assert!(client.try_read_head().await.is_none());
 }
+
+/// Every connection's end line, whoever writes it (a tunnel, a refusal, a connection that
+/// never sent a request), has the one target `wsgate::access_log`, so one `RUST_LOG` directive
+/// keeps or drops the whole access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_end_line_has_the_access_log_target() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("a", "/a", &[backend.addr]));
+    let (mut child, lines, addr) = started_wsgate(&config);
+    let url = format!("wss://localhost:{}/a", addr.port());
+    let mut ws = ws_connect_ok(addr, &url).await;
+    assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+    drop(ws);
+    assert_eq!(upgrade_status(addr, "/nowhere").await, 404);
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let found = within(
+        "the three end lines",
+        // In whatever order the three connections end.
+        tokio::task::spawn_blocking(move || {
+            let needles = ["tunnel closed", "\"status\":404", "\"status\":0"];
+            let mut found: [Option<String>; 3] = Default::default();
+            while found.iter().any(Option::is_none) {
+                let line = lines.recv_timeout(TIMEOUT).expect("an end line");
+                if let Some(i) = needles.iter().position(|n| line.contains(n)) {
+                    found[i] = Some(line);
+                }
+            }
+            found.map(Option::unwrap_or_default)
+        }),
+    )
+    .await
+    .unwrap();
+    for line in &found {
+        assert!(line.contains("\"target\":\"wsgate::access_log\""), "{line}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

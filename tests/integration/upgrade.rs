@@ -125,6 +125,28 @@ async fn x_forwarded_for_is_appended_to_the_clients_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_x_forwarded_for_elements_are_left_out_of_the_list() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    for (lines, expected) in [
+        (&[""][..], "127.0.0.1"),
+        (&[" , 203.0.113.7,", ""][..], "203.0.113.7, 127.0.0.1"),
+        (
+            &["203.0.113.7", "10.0.0.1"][..],
+            "203.0.113.7, 10.0.0.1, 127.0.0.1",
+        ),
+    ] {
+        let req = lines
+            .iter()
+            .fold(Req::upgrade("chat.example.com", "/ws"), |req, line| {
+                req.add("X-Forwarded-For", line)
+            });
+        let (_client, _back, _head, seen) = raw_tunnel(proxy.addr, &backend, &req).await;
+        assert_eq!(seen.get_all("x-forwarded-for"), [expected], "{lines:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_not_forwarded() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
@@ -146,12 +168,15 @@ async fn client_cannot_strip_the_proxys_headers_by_naming_them_in_connection() {
     // Traefik CVE-2024-45410.
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
-    let req = Req::upgrade("chat.example.com", "/ws").set(
-        "Connection",
-        "Upgrade, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Upgrade",
-    );
+    let req = Req::upgrade("chat.example.com", "/ws")
+        .set(
+            "Connection",
+            "Upgrade, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Upgrade",
+        )
+        .add("X-Forwarded-For", "203.0.113.7");
     let (_client, _back, _head, seen) = raw_tunnel(proxy.addr, &backend, &req).await;
-    assert_eq!(seen.list("x-forwarded-for"), ["127.0.0.1"]);
+    // The client's own value goes (it named it hop-by-hop); the proxy's address stays.
+    assert_eq!(seen.get_all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(seen.get("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.get("x-forwarded-host"), Some("chat.example.com"));
     assert_eq!(seen.list("upgrade"), ["websocket"]);
