@@ -40,6 +40,8 @@ pub enum ProxyError {
     UnexpectedBody,
     #[error("request head too large")]
     HeadTooLarge,
+    #[error("request head has more than 100 header fields")]
+    TooManyFields,
     #[error("origin not allowed")]
     OriginDenied,
     #[error("no offered subprotocol is allowed")]
@@ -71,7 +73,9 @@ impl ProxyError {
             | MalformedRequest | UnexpectedBody | NoSubprotocol => {
                 (StatusCode::BAD_REQUEST, Side::Client)
             }
-            HeadTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client),
+            HeadTooLarge | TooManyFields => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
+            }
             OriginDenied => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
@@ -98,7 +102,7 @@ impl ProxyError {
             BadHost => "invalid Host header, or not the host the request target names\n",
             MalformedRequest => "malformed request\n",
             UnexpectedBody => "upgrade request must not have a body\n",
-            HeadTooLarge => "request header fields too large\n",
+            HeadTooLarge | TooManyFields => "request header fields too large\n",
             OriginDenied => "origin not allowed\n",
             NoSubprotocol => "no acceptable subprotocol\n",
             Overloaded => "server busy, retry later\n",
@@ -143,6 +147,7 @@ mod tests {
             (ProxyError::NoSubprotocol, 400),
             (ProxyError::OriginDenied, 403),
             (ProxyError::HeadTooLarge, 431),
+            (ProxyError::TooManyFields, 431),
             (ProxyError::Overloaded, 503),
             (ProxyError::ClientOverLimit, 429),
             (ProxyError::BackendUnavailable, 502),

@@ -62,7 +62,7 @@ pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::HeadTooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::TooManyFields),
         // Partial cannot happen: `read` found the end of the head.
         Ok(httparse::Status::Partial) | Err(_) => return Err(ProxyError::MalformedRequest),
     }
@@ -292,7 +292,7 @@ mod tests {
         );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(check(head.as_bytes()), Err(ProxyError::HeadTooLarge));
+        assert_eq!(check(head.as_bytes()), Err(ProxyError::TooManyFields));
     }
 
     #[tokio::test]

@@ -129,6 +129,26 @@ async fn a_head_larger_than_the_limit_is_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_100_header_fields_pass_and_101_are_431() {
+    let proxy = proxy("").await;
+    let fields = |n: usize| (0..n).fold(ws(), |req, i| req.add(&format!("X-{i}"), "v"));
+    // The upgrade request's own fields plus these: 100 in all reach routing, 101 do not.
+    let own = ws()
+        .bytes()
+        .split(|&b| b == b'\n')
+        .filter(|l| l.contains(&b':'))
+        .count();
+    let (head, _) = request(proxy.addr, fields(100 - own).bytes()).await;
+    assert_ne!(head.status, 431, "{head:?}");
+    let (head, body) = request(proxy.addr, fields(101 - own).bytes()).await;
+    assert_eq!(head.status, 431, "{head:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "request header fields too large\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_larger_than_the_default_16_kib_is_431() {
     let proxy = proxy("").await;
     let (head, _) = request(
