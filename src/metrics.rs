@@ -129,6 +129,7 @@ pub(crate) struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     last_reload: Gauge<f64, AtomicU64>,
+    files_in_force: Gauge,
 }
 
 impl Default for Metrics {
@@ -148,6 +149,7 @@ impl Default for Metrics {
             reloads: Family::default(),
             generation: Gauge::default(),
             last_reload: Gauge::default(),
+            files_in_force: Gauge::default(),
             registry: Registry::with_prefix("wsgate"),
         };
         let registry = &mut metrics.registry;
@@ -171,7 +173,10 @@ impl Default for Metrics {
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
             "config_last_reload_success_timestamp_seconds", "Unix time of the last applied reload (0 if none since start)", last_reload;
+            "config_files_in_force", "1 if the config files on disk are the config in force; 0 while a rejected change or a deleted file keeps an older config serving", files_in_force;
         }
+        // The config in force at start is the one on disk.
+        metrics.files_in_force.set(1);
         // Both results exist from the start at 0, so `increase()` sees the first failure.
         for result in ["success", "failure"] {
             drop(metrics.reloads.get_or_create(&ResultLabels { result }));
@@ -290,6 +295,12 @@ impl Metrics {
                 .unwrap_or_default();
             self.last_reload.set(unix.as_secs_f64());
         }
+    }
+
+    /// Whether the files on disk are the config in force (no rejection or missing file
+    /// pending): the signal for "someone's change is not serving", however long ago it was.
+    pub(crate) fn files_in_force(&self, yes: bool) {
+        self.files_in_force.set(i64::from(yes));
     }
 
     /// The OpenMetrics text, with the gauges that mirror live state refreshed first.

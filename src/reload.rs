@@ -659,6 +659,7 @@ impl WatchState {
                     status.last_error = Some(error);
                 }
             }
+            shared.metrics.files_in_force(status.last_error.is_none());
         });
     }
 }

@@ -269,6 +269,11 @@ async fn a_reload_adds_and_removes_the_admin_endpoint_and_is_counted() {
         "{text}"
     );
     assert!(sample(&text, "wsgate_config_last_reload_success_timestamp_seconds").unwrap() > 1.7e9);
+    assert_eq!(
+        sample(&text, "wsgate_config_files_in_force"),
+        Some(1.0),
+        "{text}"
+    );
     // Exported at 0 before the first failure, so an alert on increase() sees that failure.
     assert_eq!(
         sample(&text, r#"wsgate_config_reloads_total{result="failure"}"#),
@@ -286,6 +291,12 @@ async fn a_reload_adds_and_removes_the_admin_endpoint_and_is_counted() {
     assert_eq!(
         sample(&text, r#"wsgate_config_reloads_total{result="failure"}"#),
         Some(1.0),
+        "{text}"
+    );
+    // The files on disk are not what serves: visible for as long as it lasts.
+    assert_eq!(
+        sample(&text, "wsgate_config_files_in_force"),
+        Some(0.0),
         "{text}"
     );
 
