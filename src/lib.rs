@@ -39,11 +39,10 @@ pub use reload::ReloadStatus;
 pub use server::{Closer, Error, Server};
 
 /// Loads and fully validates a config file (TOML, keys, certificates, routes) without serving;
-/// returns a one-line summary and the config's warnings (it loads, but something in it is
-/// surely a mistake).
-pub fn check(
-    path: &std::path::Path,
-) -> Result<(String, Vec<config::ConfigError>), config::ConfigError> {
+/// returns a one-line summary and warnings: what loads but is surely a mistake, and the
+/// certificates that have expired or will within two weeks (what `run` warns about at every
+/// load).
+pub fn check(path: &std::path::Path) -> Result<(String, Vec<String>), config::ConfigError> {
     tls::install_default_provider();
     let snapshot = reload::Snapshot::build(path, 1)?;
     let config = &snapshot.config;
@@ -59,7 +58,17 @@ pub fn check(
         config.routes.len(),
         expiry_note(&snapshot.expiry),
     );
-    Ok((summary, config.warnings.clone()))
+    let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    for (cert, left) in reload::expiring(&snapshot.expiry) {
+        let file = cert.file.display();
+        warnings.push(if left <= 0 {
+            format!("{file}: certificate has expired; clients will refuse it")
+        } else {
+            let days = left / 86400;
+            format!("{file}: certificate expires in {days} day(s); is its renewal working?")
+        });
+    }
+    Ok((summary, warnings))
 }
 
 /// When the first certificate runs out, or which one already has.

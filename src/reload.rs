@@ -79,15 +79,22 @@ impl Snapshot {
 /// Certificates this close to their end get a warning at every load.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
-fn warn_about_expiry(expiry: &[tls::Expiry]) {
+/// The certificates that have expired or will within [`EXPIRY_WARNING`], with the seconds
+/// each has left (0 or less: expired).
+pub(crate) fn expiring(expiry: &[tls::Expiry]) -> impl Iterator<Item = (&tls::Expiry, i64)> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    for cert in expiry {
-        let left = cert.not_after - now;
+    (expiry.iter())
+        .map(move |cert| (cert, cert.not_after - now))
+        .filter(|(_, left)| *left < EXPIRY_WARNING.as_secs() as i64)
+}
+
+fn warn_about_expiry(expiry: &[tls::Expiry]) {
+    for (cert, left) in expiring(expiry) {
         if left <= 0 {
             tracing::warn!(file = %cert.file.display(), expired_seconds_ago = -left, "certificate has expired; clients will refuse it");
-        } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        } else {
             tracing::warn!(file = %cert.file.display(), days_left = left / 86400, "certificate expires soon; is its renewal working?");
         }
     }

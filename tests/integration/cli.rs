@@ -123,6 +123,13 @@ fn check_warns_about_an_expired_certificate() {
             && stdout.contains("server.crt expired at 2020-06-30T00:00:00Z"),
         "{stdout:?}"
     );
+    // And warned about on stderr, as `run` does at every load.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: ")
+            && stderr.contains("server.crt: certificate has expired; clients will refuse it"),
+        "{stderr:?}"
+    );
 }
 
 #[test]
