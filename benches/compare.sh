@@ -14,6 +14,8 @@
 # Environment (defaults in brackets):
 #   QUICK [0]        1: REPS=1, DUR=1s, WARMUP=0.3s, IDLE_N=1000
 #   REPS [3]         repetitions per scenario and target
+#   LAT_REPS [7]     repetitions of the latency scenario (at least REPS): its p99 swings with
+#                    the machine's noisy seconds, so it gets more runs than the CPU rows need
 #   DUR [5s]         measured window per run;  WARMUP [1s] before it
 #   TARGETS ["wsgate nginx haproxy direct direct-tls"]
 #   SCENARIOS ["handshake latency throughput bulk idle"]  e.g. SCENARIOS=latency REPS=7
@@ -35,6 +37,9 @@ if [[ $QUICK == 1 ]]; then
   REPS=${REPS:-1}; DUR=${DUR:-1s}; WARMUP=${WARMUP:-0.3s}; IDLE_N=${IDLE_N:-1000}
 fi
 REPS=${REPS:-3}
+if [[ $QUICK == 1 ]]; then LAT_REPS=${LAT_REPS:-$REPS}; fi
+LAT_REPS=${LAT_REPS:-7}
+((LAT_REPS >= REPS)) || LAT_REPS=$REPS
 DUR=${DUR:-5s}
 WARMUP=${WARMUP:-1s}
 TARGETS=${TARGETS:-"wsgate nginx haproxy direct direct-tls"}
@@ -313,6 +318,16 @@ for ((rep = 1; rep <= REPS; rep++)); do
   fi
 done
 
+# The latency row's extra repetitions, alternated the same way.
+if want latency; then
+  for ((rep = REPS + 1; rep <= LAT_REPS; rep++)); do
+    for t in "${ACTIVE[@]}"; do
+      log "rep $rep: latency $t"
+      run_one latency "$t" "$rep" "${COMMON[@]}" -c "$LAT_CONNS" -r "$LAT_RATE" -s "$LAT_SIZE"
+    done
+  done
+fi
+
 # Memory: a fresh proxy process for every run.
 if want idle; then
   for ((rep = 1; rep <= REPS; rep++)); do
@@ -328,9 +343,10 @@ if want idle; then
 fi
 
 # --- table ---------------------------------------------------------------------------------------
-python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" <<'PY'
+python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" "$LAT_REPS" <<'PY'
 import glob, json, os, statistics, sys
 res_dir, out, reps, active = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
+lat_reps = int(sys.argv[5])
 runs = {}
 for f in glob.glob(os.path.join(res_dir, "*.json")):
     sc, t, rep, _ = os.path.basename(f).rsplit(".", 3)
@@ -397,7 +413,7 @@ for row in rows:
 
 notes = [
     "",
-    f"Median of {reps} run(s) per cell; targets alternated within each repetition.",
+    f"Median of {reps} run(s) per cell ({lat_reps} for the echo latency rows); targets alternated within each repetition.",
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
     "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
     "For the backend columns, 'proxy CPU' is the echo backend's own CPU.",
