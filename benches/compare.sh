@@ -347,6 +347,8 @@ python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" "$LAT_REPS" <<'PY'
 import glob, json, os, statistics, sys
 res_dir, out, reps, active = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
 lat_reps = int(sys.argv[5])
+has_latency = bool(glob.glob(os.path.join(res_dir, "latency.*.json")))
+lat_note = f" ({lat_reps} for the echo latency rows)" if has_latency and lat_reps > reps else ""
 runs = {}
 for f in glob.glob(os.path.join(res_dir, "*.json")):
     sc, t, rep, _ = os.path.basename(f).rsplit(".", 3)
@@ -413,7 +415,7 @@ for row in rows:
 
 notes = [
     "",
-    f"Median of {reps} run(s) per cell ({lat_reps} for the echo latency rows); targets alternated within each repetition.",
+    f"Median of {reps} run(s) per cell{lat_note}; targets alternated within each repetition.",
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
     "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
     "For the backend columns, 'proxy CPU' is the echo backend's own CPU.",

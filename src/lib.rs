@@ -64,8 +64,11 @@ pub fn check(path: &std::path::Path) -> Result<(String, Vec<String>), config::Co
         warnings.push(if left <= 0 {
             format!("{file}: certificate has expired; clients will refuse it")
         } else {
-            let days = left / 86400;
-            format!("{file}: certificate expires in {days} day(s); is its renewal working?")
+            let when = match left / 86400 {
+                0 => "less than a day".to_string(),
+                days => format!("{days} day(s)"),
+            };
+            format!("{file}: certificate expires in {when}; is its renewal working?")
         });
     }
     Ok((summary, warnings))
