@@ -24,6 +24,7 @@ mod admin;
 pub mod config;
 mod error;
 mod head;
+mod limits;
 mod metrics;
 mod proxy;
 mod proxy_protocol;

@@ -20,8 +20,9 @@ use tokio_rustls::server::TlsStream;
 use crate::access_log::{self, decide, EndLine, Line, Relayed};
 use crate::error::ProxyError;
 use crate::head::Prefixed;
+use crate::limits::{ClientSlot, ConnGuard, Over};
 use crate::routes::Selection;
-use crate::server::{lock, ClientSlot, ConnGuard, Shared};
+use crate::server::{lock, Shared};
 use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
@@ -38,28 +39,24 @@ pub struct Conn {
     /// Counts it in `max_connections_per_client`, if set: held as long as `guard`, and
     /// released by its drop.
     _client_slot: Option<ClientSlot>,
-    /// Over `max_connections_per_client`: the only answer it gets is 429.
-    over_client_limit: bool,
     /// Who writes the connection's end line, and with what.
     pub(crate) line: Mutex<EndLine>,
 }
 
 impl Conn {
-    /// `client_slot`: `None` without a per-client limit, `Some(None)` over it.
     pub fn new(
         peer: SocketAddr,
         started: Instant,
         shared: Arc<Shared>,
         guard: ConnGuard,
-        client_slot: Option<Option<ClientSlot>>,
+        client_slot: Option<ClientSlot>,
     ) -> Self {
         Conn {
             peer,
             started,
             shared,
             guard,
-            over_client_limit: matches!(client_slot, Some(None)),
-            _client_slot: client_slot.flatten(),
+            _client_slot: client_slot,
             line: Mutex::new(EndLine::Server),
         }
     }
@@ -80,13 +77,11 @@ pub async fn handle(
 /// The refusals decided when the connection was accepted: over `max_connections` (503) or
 /// over `max_connections_per_client` (429). Checked before hyper is involved.
 pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
-    if conn.guard.over_limit() {
-        return Err(ProxyError::Overloaded);
+    match conn.guard.over() {
+        None => Ok(()),
+        Some(Over::Connections) => Err(ProxyError::Overloaded),
+        Some(Over::Client) => Err(ProxyError::ClientOverLimit),
     }
-    if conn.over_client_limit {
-        return Err(ProxyError::ClientOverLimit);
-    }
-    Ok(())
 }
 
 /// The answer to a request hyper is never shown (a head over the limit, or one hyper would

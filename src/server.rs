@@ -1,15 +1,13 @@
-//! Listeners, the accept loops, the per-connection task (TLS, then hyper), the connection
-//! limit, and shutdown.
+//! Listeners, the accept loops, the per-connection task (TLS, then hyper), and shutdown.
 //!
 //! Tunnels outlive hyper's view of their connection, so every connection carries its own
-//! guards: a [`ConnGuard`] counting it against `max_connections` and an entry in the
+//! guards: a `limits::ConnGuard` counting it against `max_connections` and an entry in the
 //! `TaskTracker`; both move into the tunnel after the upgrade.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +30,7 @@ use crate::admin;
 use crate::config::ConfigError;
 use crate::error::ProxyError;
 use crate::head::{self, Head, Prefixed};
+use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::metrics::{EarlyClose, Metrics};
 use crate::proxy::{self, Conn};
 use crate::proxy_protocol;
@@ -49,21 +48,14 @@ pub enum Error {
     Bind(ConfigError),
 }
 
-/// Connections beyond `max_connections` that still get a polite 503 (TLS, then the answer).
-/// Past this many at once they are closed right after accept, so overload cannot turn the
-/// refusal itself into unbounded handshake work.
-const MAX_REFUSING: usize = 256;
-
 /// State shared by the accept loops, connections, tunnels and the reloader.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// Listeners, or `None` once shutdown took them: a reload finishing after that must not
     /// start accepting again.
     listeners: Mutex<Option<Vec<Listener>>>,
-    active: AtomicUsize,
-    refusing: AtomicUsize,
-    /// Open connections per client key (see [`client_key`]); only with a per-client limit.
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// What the connection limits count.
+    counts: Arc<Counts>,
     pub(crate) tracker: TaskTracker,
     /// Fired when the shutdown grace is over: live tunnels close.
     pub(crate) drain: Arc<Drain>,
@@ -99,95 +91,6 @@ impl Listener {
     }
 }
 
-/// Counts one open client connection (tunnel included) until dropped.
-pub struct ConnGuard {
-    shared: Arc<Shared>,
-    over_limit: bool,
-}
-
-impl ConnGuard {
-    fn new(shared: &Arc<Shared>, max: usize) -> Option<ConnGuard> {
-        let active = shared.active.fetch_add(1, Ordering::AcqRel);
-        if active < max {
-            return Some(ConnGuard {
-                shared: shared.clone(),
-                over_limit: false,
-            });
-        }
-        shared.active.fetch_sub(1, Ordering::AcqRel);
-        if shared.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
-            shared.refusing.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnGuard {
-            shared: shared.clone(),
-            over_limit: true,
-        })
-    }
-
-    /// Accepted beyond the limit: the only answer it gets is 503.
-    pub fn over_limit(&self) -> bool {
-        self.over_limit
-    }
-}
-
-/// Counts one connection against its client's share of `max_connections_per_client` until
-/// dropped; it moves into the tunnel with the connection.
-pub struct ClientSlot {
-    shared: Arc<Shared>,
-    key: IpAddr,
-}
-
-impl ClientSlot {
-    /// A slot for `client`, or `None` if it already holds `max` connections.
-    fn take(shared: &Arc<Shared>, client: IpAddr, max: usize) -> Option<ClientSlot> {
-        let key = client_key(client);
-        let mut counts = lock(&shared.per_client);
-        let open = counts.entry(key).or_insert(0);
-        if *open >= max {
-            return None;
-        }
-        *open += 1;
-        Some(ClientSlot {
-            shared: shared.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut counts = lock(&self.shared.per_client);
-        if let Some(open) = counts.get_mut(&self.key) {
-            *open -= 1;
-            if *open == 0 {
-                // Only clients with open connections take memory.
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// Whom a per-client limit counts: an IPv4 address, or an IPv6 /64, the block one subscriber
-/// (and one attacker) gets, so rotating through a prefix gains nothing.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
-        v4 => v4,
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let counter = if self.over_limit {
-            &self.shared.refusing
-        } else {
-            &self.shared.active
-        };
-        counter.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Shared {
     pub(crate) fn current(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
@@ -195,7 +98,7 @@ impl Shared {
 
     /// Open client connections, tunnels included.
     pub(crate) fn open_connections(&self) -> usize {
-        self.active.load(Ordering::Acquire)
+        self.counts.open()
     }
 
     /// Binds the listeners `next` adds, then swaps it in, then stops the listeners it drops:
@@ -360,13 +263,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
             Ok((stream, peer)) => {
                 shared.metrics.accepted();
                 let max = shared.current().config.limits.max_connections;
-                match ConnGuard::new(&shared, max) {
-                    Some(guard) => {
+                match ConnGuard::new(&shared.counts, max) {
+                    Ok(guard) => {
                         shared
                             .tracker
                             .spawn(serve(stream, peer, shared.clone(), guard));
                     }
-                    None => {
+                    Err(BudgetExhausted) => {
                         shared.metrics.closed_early(EarlyClose::OverCapacity);
                         if let Some(suppressed) = exhausted.ready() {
                             tracing::warn!(client = %peer, suppressed, "connection limit and refusal budget exhausted; closed without an answer");
@@ -393,7 +296,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 
 /// One client connection: TLS under the handshake deadline, then hyper until the request is
 /// answered (or upgraded, after which the tunnel owns the guard).
-async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
+async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut guard: ConnGuard) {
     let started = Instant::now();
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
@@ -401,21 +304,19 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: Con
         Ok(known) => known,
         Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
     };
+    // Taken as soon as the client is known, so its connections still in the TLS handshake or
+    // idle before their request count; one over the limit gets 429 once its head is in (see
+    // `proxy::admit`), like the global limit's 503, so the client gets an answer.
+    let per_client = snapshot.config.limits.max_connections_per_client;
+    let Ok(client_slot) = guard.client_slot(peer.ip(), per_client) else {
+        let reason = "over the client's connection limit, and the refusal budget is exhausted";
+        return early_close(&shared, peer, started, EarlyClose::OverCapacity, reason);
+    };
     let handshake = tls_handshake(tcp, &snapshot);
     let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
         Ok(tls) => tls,
         Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
     };
-    // Taken once the client is known (after the PROXY header) and before its request is read,
-    // so idle connections count; refused with 429 once the head is in (see `proxy::admit`),
-    // like the global limit's 503, so the client gets an answer.
-    let client_slot = snapshot
-        .config
-        .limits
-        .max_connections_per_client
-        // A connection over the global limit only gets its 503: it takes no client place.
-        .filter(|_| !guard.over_limit())
-        .map(|max| ClientSlot::take(&shared, peer.ip(), max));
     let conn = Arc::new(Conn::new(peer, started, shared.clone(), guard, client_slot));
     let max_head = snapshot.config.limits.max_request_header_bytes;
     let read_head = read_request_head(&mut tls, max_head);
@@ -753,9 +654,7 @@ impl Server {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             listeners: Mutex::new(Some(Vec::new())),
-            active: AtomicUsize::new(0),
-            refusing: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
+            counts: Arc::default(),
             tracker: TaskTracker::new(),
             drain: Arc::new(Drain::default()),
             reload_status,

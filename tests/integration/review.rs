@@ -306,6 +306,28 @@ async fn a_client_idle_after_tls_counts_against_the_per_client_limit() {
     assert_eq!(head.status, 429, "{head:?}");
 }
 
+/// A client's connections count against its limit from the accept on, TLS handshake included,
+/// and those past it hold no place in `max_connections`: one client stalling handshakes
+/// cannot fill the proxy for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_excess_holds_no_global_place_even_before_tls() {
+    let limits = "[limits]\nmax_connections = 2\nmax_connections_per_client = 1\n";
+    let proxy = proxy_to_nowhere(limits, None).await;
+    // A TCP connection that never starts TLS holds the client's one place...
+    let _stalled = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    until("the stalled connection to be counted", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+    // ...so the next one is over the client's limit from the start. The proxy decides that
+    // before its side of the TLS handshake, so with the handshake done it is settled.
+    let mut over = raw_client(proxy.addr).await;
+    assert_eq!(proxy.server.active_connections(), 1);
+    over.send(ws().bytes()).await;
+    let head = over.read_head().await;
+    assert_eq!(head.status, 429, "{head:?}");
+}
+
 /// A refused client that has its answer but keeps the socket open must not hold shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lingering_refused_client_does_not_delay_shutdown() {

@@ -1,0 +1,238 @@
+//! The connection limits: `max_connections` over all clients, `max_connections_per_client`
+//! for one client, and the small budget of connections past them that still get a polite
+//! refusal (503 or 429) instead of a close.
+//!
+//! A connection holds its places through guards that move with it into its tunnel, so a
+//! tunnel counts for its whole life and every exit path gives its places back.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::server::lock;
+
+/// Connections past a limit that still get their refusal (TLS, then the answer). Past this
+/// many at once they are closed right away, so overload cannot turn the refusals themselves
+/// into unbounded handshake work.
+const MAX_REFUSING: usize = 256;
+
+/// The counts the limits are held to.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    /// Connections counted in `max_connections`.
+    active: AtomicUsize,
+    /// Connections past a limit, waiting for their refusal.
+    refusing: AtomicUsize,
+    /// Open connections per client key (see [`client_key`]); only with a per-client limit.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Counts {
+    /// Open client connections, tunnels included: what `max_connections` limits.
+    pub(crate) fn open(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// A place in the refusal budget, if one is left.
+    fn take_refusal(&self) -> bool {
+        if self.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
+            return true;
+        }
+        self.refusing.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+}
+
+/// The limit a connection is over: its only answer is that limit's refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Over {
+    /// `max_connections`: 503.
+    Connections,
+    /// `max_connections_per_client`: 429.
+    Client,
+}
+
+/// The connection could not even be given its refusal: close it.
+#[derive(Debug)]
+pub(crate) struct BudgetExhausted;
+
+/// Counts one open client connection (tunnel included) until dropped: in `max_connections`,
+/// or, for a connection over a limit, in the refusal budget.
+pub struct ConnGuard {
+    counts: Arc<Counts>,
+    over: Option<Over>,
+}
+
+impl ConnGuard {
+    /// A place for a connection just accepted, beyond `max` one in the refusal budget.
+    pub(crate) fn new(counts: &Arc<Counts>, max: usize) -> Result<ConnGuard, BudgetExhausted> {
+        let over = match counts.active.fetch_add(1, Ordering::AcqRel) < max {
+            true => None,
+            false => {
+                counts.active.fetch_sub(1, Ordering::AcqRel);
+                counts
+                    .take_refusal()
+                    .then_some(Over::Connections)
+                    .ok_or(BudgetExhausted)?;
+                Some(Over::Connections)
+            }
+        };
+        Ok(ConnGuard {
+            counts: counts.clone(),
+            over,
+        })
+    }
+
+    /// The limit this connection is over, if any.
+    pub(crate) fn over(&self) -> Option<Over> {
+        self.over
+    }
+
+    /// The connection's place among its `client`'s connections when a per-client limit
+    /// (`max`) is set: taken as soon as the client is known, before TLS, so connections still
+    /// in their handshake count too. One over the client's limit leaves `max_connections` for
+    /// the refusal budget, so a client's excess cannot crowd out everyone else's connections.
+    /// A connection already over the global limit gets its 503 and takes no client place.
+    pub(crate) fn client_slot(
+        &mut self,
+        client: IpAddr,
+        max: Option<usize>,
+    ) -> Result<Option<ClientSlot>, BudgetExhausted> {
+        let Some(max) = max.filter(|_| self.over.is_none()) else {
+            return Ok(None);
+        };
+        if let Some(slot) = ClientSlot::take(&self.counts, client, max) {
+            return Ok(Some(slot));
+        }
+        if !self.counts.take_refusal() {
+            return Err(BudgetExhausted);
+        }
+        self.counts.active.fetch_sub(1, Ordering::AcqRel);
+        self.over = Some(Over::Client);
+        Ok(None)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let counter = match self.over {
+            Some(_) => &self.counts.refusing,
+            None => &self.counts.active,
+        };
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts one connection against its client's share of `max_connections_per_client` until
+/// dropped; it moves into the tunnel with the connection.
+pub struct ClientSlot {
+    counts: Arc<Counts>,
+    key: IpAddr,
+}
+
+impl ClientSlot {
+    /// A slot for `client`, or `None` if it already holds `max` connections.
+    fn take(counts: &Arc<Counts>, client: IpAddr, max: usize) -> Option<ClientSlot> {
+        let key = client_key(client);
+        let mut open = lock(&counts.per_client);
+        let open = open.entry(key).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(ClientSlot {
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts.per_client);
+        if let Some(open) = counts.get_mut(&self.key) {
+            *open -= 1;
+            if *open == 0 {
+                // Only clients with open connections take memory.
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Whom a per-client limit counts: an IPv4 address, or an IPv6 /64, the block one subscriber
+/// (and one attacker) gets, so rotating through a prefix gains nothing.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn past_the_limit_a_connection_takes_a_refusal_place_until_none_is_left() {
+        let counts = Arc::new(Counts::default());
+        let first = ConnGuard::new(&counts, 1).unwrap();
+        assert_eq!(first.over(), None);
+        let refused: Vec<_> = (0..MAX_REFUSING)
+            .map(|_| ConnGuard::new(&counts, 1).unwrap())
+            .collect();
+        assert!(refused.iter().all(|g| g.over() == Some(Over::Connections)));
+        assert!(ConnGuard::new(&counts, 1).is_err());
+        assert_eq!(counts.open(), 1);
+        drop(refused);
+        assert!(ConnGuard::new(&counts, 1).is_ok());
+        drop(first);
+        assert_eq!(counts.open(), 0);
+    }
+
+    #[test]
+    fn a_connection_over_its_clients_limit_leaves_max_connections() {
+        let counts = Arc::new(Counts::default());
+        let mut a = ConnGuard::new(&counts, 10).unwrap();
+        let slot = a.client_slot(ip("192.0.2.1"), Some(1)).unwrap();
+        assert!(slot.is_some());
+        let mut b = ConnGuard::new(&counts, 10).unwrap();
+        assert!(b.client_slot(ip("192.0.2.1"), Some(1)).unwrap().is_none());
+        assert_eq!(b.over(), Some(Over::Client));
+        assert_eq!(counts.open(), 1);
+        // Another client, and the same client once its first connection is gone.
+        let mut c = ConnGuard::new(&counts, 10).unwrap();
+        let c_slot = c.client_slot(ip("192.0.2.2"), Some(1)).unwrap();
+        assert!(c_slot.is_some());
+        drop((a, slot, b));
+        let mut d = ConnGuard::new(&counts, 10).unwrap();
+        let d_slot = d.client_slot(ip("192.0.2.1"), Some(1)).unwrap();
+        assert!(d_slot.is_some());
+        assert_eq!(lock(&counts.per_client).len(), 2);
+        assert_eq!(counts.refusing.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_connection_over_the_global_limit_takes_no_client_place() {
+        let counts = Arc::new(Counts::default());
+        let _held = ConnGuard::new(&counts, 1).unwrap();
+        let mut over = ConnGuard::new(&counts, 1).unwrap();
+        assert!(over
+            .client_slot(ip("192.0.2.1"), Some(1))
+            .unwrap()
+            .is_none());
+        assert_eq!(over.over(), Some(Over::Connections));
+        assert!(lock(&counts.per_client).is_empty());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        assert_eq!(client_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+    }
+}
