@@ -199,6 +199,11 @@ where
                 .poll_from_buffered(cx, &mut self.client, &mut self.backend, &mut active)
             {
                 Poll::Ready(Ok(())) => _ = self.first_eof.get_or_insert(Peer::Client),
+                Poll::Ready(Err(Failure::Write(kind))) => {
+                    if let Some(reason) = self.write_failed(Peer::Backend, kind) {
+                        return Poll::Ready(reason);
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Client, Peer::Backend)),
                 Poll::Pending => {}
             }
@@ -209,6 +214,11 @@ where
                 .poll_from_raw(cx, &mut self.backend, &mut self.client, &mut active)
             {
                 Poll::Ready(Ok(())) => _ = self.first_eof.get_or_insert(Peer::Backend),
+                Poll::Ready(Err(Failure::Write(kind))) => {
+                    if let Some(reason) = self.write_failed(Peer::Client, kind) {
+                        return Poll::Ready(reason);
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Backend, Peer::Client)),
                 Poll::Pending => {}
             }
@@ -221,6 +231,27 @@ where
             self.report();
         }
         Poll::Pending
+    }
+
+    /// A write to `to` failed: its connection is broken (typically its reset answering bytes
+    /// sent after it closed), so what is left for it is dropped and that direction ends. The
+    /// other direction runs on to its own end rather than ending with it: it still delivers
+    /// what `to` sent before it went (a backend's last message and close frame, already read,
+    /// must not be thrown away because the client sent a ping meanwhile), and the same broken
+    /// connection soon ends its reads with an EOF or an error. If the other direction is over
+    /// too, so is the tunnel: as a close when `to` had closed first, else as this failure.
+    fn write_failed(&mut self, to: Peer, kind: io::ErrorKind) -> Option<CloseReason> {
+        let (this, other) = match to {
+            Peer::Backend => (&mut self.up, &self.down),
+            Peer::Client => (&mut self.down, &self.up),
+        };
+        this.finished = true;
+        release(this.buf.take());
+        match (other.finished, self.first_eof) {
+            (false, _) => None,
+            (true, Some(first)) => Some(CloseReason::Closed(first)),
+            (true, None) => Some(CloseReason::Error(to, kind)),
+        }
     }
 
     /// Re-armed only when it fires: traffic costs an `Instant::now()`, not a timer reset.
@@ -523,6 +554,84 @@ mod tests {
         assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
         assert_eq!(outcome.client_to_backend, 14);
         assert_eq!(outcome.backend_to_client, 14);
+    }
+
+    /// A connection after its peer closed and then reset it: what arrived before is still
+    /// read, every write fails.
+    struct ResetAfter(io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for ResetAfter {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for ResetAfter {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_gone_after_its_last_words_still_gets_them_delivered() {
+        // The backend sent 1 MiB and closed; the client, which has not read it yet, sends a
+        // ping that the backend's reset refuses. The 1 MiB still reaches the client.
+        let last_words: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let backend = ResetAfter(io::Cursor::new(last_words.clone()));
+        let (client, mut client_peer) = duplex(64 * 1024);
+        let drain = Arc::new(Drain::default());
+        client_peer.write_all(b"ping").await.unwrap();
+        let relay = tokio::spawn(async move {
+            let idle = Duration::from_secs(60);
+            Splice::new(
+                BufReader::new(client),
+                Bytes::new(),
+                backend,
+                Bytes::new(),
+                idle,
+                &drain,
+            )
+            .await
+        });
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == last_words,
+            "{} of {} bytes",
+            got.len(),
+            last_words.len()
+        );
+        let outcome = relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Backend));
+        assert_eq!(outcome.backend_to_client, 1 << 20);
+        assert_eq!(outcome.client_to_backend, 0);
+    }
+
+    #[tokio::test]
+    async fn writes_failing_both_ways_end_the_tunnel_with_the_failure() {
+        let backend = ResetAfter(io::Cursor::new(b"late".to_vec()));
+        let client = BufReader::new(ResetAfter(io::Cursor::new(b"ping".to_vec())));
+        let drain = Arc::new(Drain::default());
+        let idle = Duration::from_secs(60);
+        let outcome = Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, &drain).await;
+        assert_eq!(
+            outcome.reason,
+            CloseReason::Error(Peer::Client, io::ErrorKind::BrokenPipe)
+        );
     }
 
     #[tokio::test(start_paused = true)]
