@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify::event::ModifyKind;
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use rustls::ServerConfig;
 use tokio::sync::mpsc;
@@ -154,7 +154,13 @@ pub(crate) fn spawn_watcher(
         move |event: notify::Result<notify::Event>| {
             match event {
                 // Our own reads of the files show up as access events: reacting would loop.
-                Ok(e) if matches!(e.kind, EventKind::Access(_)) => return,
+                // A writer closing a file it wrote is news: its last write is done.
+                Ok(e)
+                    if matches!(e.kind, EventKind::Access(a)
+                        if a != AccessKind::Close(AccessMode::Write)) =>
+                {
+                    return
+                }
                 // A watched folder deleted or renamed takes its watch with it (the watch
                 // follows the inode): remember the paths, so the next refresh watches anew.
                 Ok(e)
@@ -259,11 +265,18 @@ impl WatchState {
                 Wake::Poll => Trigger::Files,
                 Wake::Manual => Trigger::Manual,
             };
-            self.reload(shared, path, trigger).await;
+            let mut trigger = trigger;
+            while self.reload(shared, path, trigger).await == Read::Unsettled {
+                // Written to while being read: look again once the writes have paused.
+                tokio::time::sleep(DEBOUNCE).await;
+                trigger = Trigger::Files;
+            }
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
             while self.refresh_watches(self.wanted_in(shared, path).await, watch_mode(shared)) {
-                self.reload(shared, path, Trigger::Files).await;
+                while self.reload(shared, path, Trigger::Files).await == Read::Unsettled {
+                    tokio::time::sleep(DEBOUNCE).await;
+                }
             }
             // Counted once the watches are in place again: from here on, a change is seen.
             shared
@@ -419,10 +432,20 @@ enum Look {
     Built(u64, bool, Box<Result<Snapshot, ConfigError>>),
 }
 
+/// Whether a reload read files that held still.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    Settled,
+    /// Written to while being read: nothing was applied, read them again shortly.
+    Unsettled,
+}
+
 /// What a look at the files came to.
 enum Outcome {
     /// Nothing new: the same rejected content, or the same bind failure.
     Nothing,
+    /// A good config, but the files changed while being read: not applied.
+    Unsettled,
     /// A file is gone (the config file, or a certificate or key: the first names it, the
     /// error says which): the config in force stays, and nothing is counted (it is usually
     /// about to be written again).
@@ -539,7 +562,7 @@ fn on_disk_fingerprint(path: &Path) -> u64 {
 
 impl WatchState {
     /// Builds and applies a new snapshot, or keeps the current one and says why.
-    async fn reload(&mut self, shared: &Arc<Shared>, path: &Path, trigger: Trigger) {
+    async fn reload(&mut self, shared: &Arc<Shared>, path: &Path, trigger: Trigger) -> Read {
         let current = shared.current();
         let generation = current.generation + 1;
         let previously_rejected = self.rejected;
@@ -570,9 +593,11 @@ impl WatchState {
                     return Look::Missing(what, error, Some(on_disk));
                 }
             }
-            // A file caught mid-write fails to build, but its finished content may hash like
-            // the content hashed above: remember a rejection only if the disk held still.
-            let settled = built.is_ok() || on_disk_fingerprint(&path) == on_disk;
+            // Files written to while they were read: a failed build may be a file caught
+            // mid-write whose finished content hashes like the content hashed above (so it
+            // is not remembered as rejected), and a good one may mix old and new files, or
+            // hold a valid prefix of a file still being written (so it is not applied).
+            let settled = on_disk_fingerprint(&path) == on_disk;
             Look::Built(on_disk, settled, Box::new(built))
         })
         .await;
@@ -592,6 +617,10 @@ impl WatchState {
                 Outcome::Missing(what, error)
             }
             Ok(Look::Built(on_disk, settled, built)) => match *built {
+                Ok(_) if !settled => {
+                    tracing::debug!("config files changed while being read; reading them again");
+                    Outcome::Unsettled
+                }
                 Ok(snapshot) => {
                     self.rejected = None;
                     self.apply(shared, snapshot, on_disk, trigger).await
@@ -606,7 +635,12 @@ impl WatchState {
             },
             Err(e) => Outcome::Rejected(format!("reload task failed: {e}")),
         };
+        let read = match outcome {
+            Outcome::Unsettled => Read::Unsettled,
+            _ => Read::Settled,
+        };
         self.record(shared, generation, outcome);
+        read
     }
 
     /// Swaps `snapshot` in, binding its new listeners; nothing new if it failed to bind exactly
@@ -636,7 +670,7 @@ impl WatchState {
     fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome) {
         shared.reload_status.send_modify(|status| {
             match outcome {
-                Outcome::Nothing => {}
+                Outcome::Nothing | Outcome::Unsettled => {}
                 Outcome::Missing(what, error) => {
                     if status.last_error.as_ref() != Some(&error) {
                         tracing::warn!(generation = status.generation, %error, "{what} gone; the current config stays in force until it is back");
