@@ -607,7 +607,9 @@ impl Validator<'_> {
         raw: &[RawRoute],
         warnings: &mut Vec<ConfigError>,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
-        let mut first_seen: HashMap<&str, usize> = HashMap::new();
+        // Spans, not lines: finding a line reads the file up to it, once per route would make
+        // a large table's check quadratic.
+        let mut first_seen: HashMap<&str, Range<usize>> = HashMap::new();
         // Earlier routes by the requests they match (host, path key): a later one there may
         // never get a request.
         let mut same_place: HashMap<(Option<HostPattern>, String), Vec<usize>> = HashMap::new();
@@ -618,8 +620,8 @@ impl Validator<'_> {
             if name.is_empty() {
                 return Err(self.error(&route.name.span(), &key("name"), "must not be empty"));
             }
-            let line = locate(self.src, &route.name.span(), "").line;
-            if let Some(first) = first_seen.insert(name, line) {
+            if let Some(first) = first_seen.insert(name, route.name.span()) {
+                let first = locate(self.src, &first, "").line;
                 return Err(self.error(
                     &route.name.span(),
                     &key("name"),
