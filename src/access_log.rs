@@ -282,6 +282,8 @@ fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
 /// A relayed backend answer's body, counting the bytes handed to the client connection into
 /// its end line.
 pub(crate) struct Relayed {
+    /// The body's first frame, read before the answer was passed on.
+    first: Option<Frame<Bytes>>,
     body: Incoming,
     conn: Arc<Conn>,
     sent: u64,
@@ -295,7 +297,10 @@ impl hyper::body::Body for Relayed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let polled = match self.first.take() {
+            Some(first) => Poll::Ready(Some(Ok(first))),
+            None => Pin::new(&mut self.body).poll_frame(cx),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.sent += data.len() as u64;
@@ -305,11 +310,22 @@ impl hyper::body::Body for Relayed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.first.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len());
+        let rest = self.body.size_hint();
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(rest.lower() + first as u64);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + first as u64);
+        }
+        hint
     }
 }
 
@@ -348,8 +364,9 @@ pub(crate) fn tunnel_not_opened(conn: &Conn, route: String, backend: String) {
 }
 
 impl Relayed {
-    pub(crate) fn new(body: Incoming, conn: Arc<Conn>) -> Self {
+    pub(crate) fn new(first: Option<Frame<Bytes>>, body: Incoming, conn: Arc<Conn>) -> Self {
         Relayed {
+            first,
             body,
             conn,
             sent: 0,

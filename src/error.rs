@@ -58,6 +58,9 @@ pub enum ProxyError {
     BadBackendUpgrade(&'static str),
     #[error("backend connection failed: {0}")]
     BackendProtocol(String),
+    /// A non-101 answer that cannot be passed on as it is.
+    #[error("backend answer cannot be relayed: {0}")]
+    BadBackendAnswer(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -80,9 +83,8 @@ impl ProxyError {
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
             ClientOverLimit => (StatusCode::TOO_MANY_REQUESTS, Side::Client),
-            BackendUnavailable | BadBackendUpgrade(_) | BackendProtocol(_) => {
-                (StatusCode::BAD_GATEWAY, Side::Backend)
-            }
+            BackendUnavailable | BadBackendUpgrade(_) | BackendProtocol(_)
+            | BadBackendAnswer(_) => (StatusCode::BAD_GATEWAY, Side::Backend),
             BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, Side::Backend),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, Side::Internal),
         }
@@ -110,7 +112,7 @@ impl ProxyError {
             BackendUnavailable => "backend unavailable\n",
             BackendTimeout => "backend timeout\n",
             BadBackendUpgrade(_) => "backend refused the upgrade\n",
-            BackendProtocol(_) => "backend error\n",
+            BackendProtocol(_) | BadBackendAnswer(_) => "backend error\n",
             Internal(_) => "internal error\n",
         }
     }
@@ -152,6 +154,7 @@ mod tests {
             (ProxyError::ClientOverLimit, 429),
             (ProxyError::BackendUnavailable, 502),
             (ProxyError::BadBackendUpgrade("x"), 502),
+            (ProxyError::BadBackendAnswer("x".into()), 502),
             (ProxyError::BackendTimeout, 504),
         ];
         for (err, code) in cases {

@@ -162,7 +162,7 @@ async fn route_and_forward(
     )
     .await?;
     match answer {
-        Answer::Refused(response, backend) => Ok(relay(conn, log, response, backend)),
+        Answer::Refused(refusal) => Ok(relay(conn, log, refusal)),
         Answer::Upgraded(tunnel) => {
             let head = upstream::client_switching_head(&tunnel.head);
             spawn_tunnel(
@@ -179,19 +179,14 @@ async fn route_and_forward(
 
 /// The backend's refusal, passed on: its body read (by `backend`, if still needed) as the
 /// client takes it.
-fn relay(
-    conn: &Arc<Conn>,
-    log: &mut Line<'_>,
-    response: Response<Incoming>,
-    backend: Option<upstream::BackendConn>,
-) -> Response<Body> {
-    if let Some(backend) = backend {
+fn relay(conn: &Arc<Conn>, log: &mut Line<'_>, refusal: upstream::Refusal) -> Response<Body> {
+    if let Some(backend) = refusal.backend {
         conn.shared.tracker.spawn(backend);
     }
-    let response = upstream::relay_refusal(response);
+    let response = upstream::relay_refusal(refusal.response);
     decide(log, response.status(), None, "backend refused the upgrade");
     let conn = conn.clone();
-    response.map(|body| Either::Right(Relayed::new(body, conn)))
+    response.map(|body| Either::Right(Relayed::new(refusal.first, body, conn)))
 }
 
 /// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.

@@ -5,12 +5,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper::header::{CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
 use hyper::http::response;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -41,6 +41,10 @@ const NOT_FORWARDED: &[&str] = &[
     "sec-websocket-protocol",
     "x-forwarded-proto",
     "x-forwarded-host",
+    // Other ways to name the client, which wsgate does not keep up: a client could claim any
+    // address in them to a backend that reads them instead of X-Forwarded-For.
+    "forwarded",
+    "x-real-ip",
 ];
 
 /// Headers a client's `Connection` list may not remove: the handshake itself depends on them.
@@ -62,7 +66,15 @@ pub enum Answer {
     Upgraded(Tunnel),
     /// Anything but 101: relayed as is, never spliced. The backend connection, if it is
     /// still needed to read the body, must be driven (on the server's task tracker).
-    Refused(Response<Incoming>, Option<BackendConn>),
+    Refused(Refusal),
+}
+
+/// A backend's answer other than 101, to relay.
+pub struct Refusal {
+    pub response: Response<Incoming>,
+    /// The body's first frame, already read (`None` for an empty body).
+    pub first: Option<Frame<Bytes>>,
+    pub backend: Option<BackendConn>,
 }
 
 /// A backend connection that still has an answer's body to read (hyper does not name the
@@ -199,14 +211,59 @@ async fn exchange(
         }
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The body still has to flow; the connection ends when the client has it.
+        check_refusal(&response)?;
+        // The body's first frame is read before anything is passed on: a body broken from
+        // its start (bad chunk framing) gets the client a 502, where hyper would drop the
+        // connection without even the head, the answer already logged as relayed.
+        let mut response = response;
+        let first = loop {
+            tokio::select! {
+                biased;
+                frame = response.body_mut().frame() => break frame,
+                // Its error, if any, reaches the body too.
+                _ = &mut conn, if !conn_done => conn_done = true,
+            }
+        };
+        let first = match first {
+            Some(Ok(frame)) => Some(frame),
+            Some(Err(e)) => return Err(ProxyError::BadBackendAnswer(format!("body: {e}"))),
+            None => None,
+        };
+        // The rest of the body still has to flow; the connection ends when the client has it.
         let backend = (!conn_done).then(|| Box::pin(conn) as BackendConn);
-        return Ok(Answer::Refused(response, backend));
+        return Ok(Answer::Refused(Refusal {
+            response,
+            first,
+            backend,
+        }));
+    }
+    // 101 is HTTP/1.1's (RFC 9110 §15.2.2 and RFC 6455 §4.1: an HTTP/1.0 server has no
+    // upgrade); a client would have to accept a tunnel its backend never properly offered.
+    if response.version() != Version::HTTP_11 {
+        return Err(ProxyError::BadBackendUpgrade("101 not in HTTP/1.1"));
     }
     websocket::check_response(response.headers(), &key, protocols)?;
     take_tunnel(response, (!conn_done).then_some(conn))
         .await
         .map(Answer::Upgraded)
+}
+
+/// A non-101 answer that cannot be passed on as it is: a status beyond the five classes
+/// (RFC 9110 §15), or a transfer coding other than chunked, which the client never asked for
+/// (wsgate sends no `TE`) and which would reach it undeclared once the answer is framed anew.
+fn check_refusal(response: &Response<Incoming>) -> Result<(), ProxyError> {
+    if response.status().as_u16() > 599 {
+        let status = response.status().as_u16();
+        return Err(ProxyError::BadBackendAnswer(format!("status {status}")));
+    }
+    let mut codings = websocket::tokens(response.headers(), &TRANSFER_ENCODING);
+    if let Some(coding) = codings.find(|c| !c.eq_ignore_ascii_case("chunked")) {
+        let coding = coding.to_string();
+        return Err(ProxyError::BadBackendAnswer(format!(
+            "transfer coding {coding:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// The backend's socket behind its checked 101 (`conn`: its connection, unless it is done).
@@ -368,6 +425,10 @@ pub fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
         "upgrade",
         "content-length",
         "transfer-encoding",
+        // The challenge of a proxy: wsgate asks for no proxy credentials (and forwards
+        // none), so this can only confuse the client.
+        "proxy-authenticate",
+        "proxy-authentication-info",
     ] {
         headers.remove(name);
     }

@@ -230,6 +230,10 @@ pub(crate) fn check_response(
     }
     let mut chosen = tokens(headers, &SEC_WEBSOCKET_PROTOCOL);
     match (chosen.next(), chosen.next()) {
+        // An empty value chooses nothing, which clients refuse as a malformed header.
+        (None, _) if headers.contains_key(&SEC_WEBSOCKET_PROTOCOL) => Err(
+            ProxyError::BadBackendUpgrade("empty Sec-WebSocket-Protocol"),
+        ),
         (None, _) => Ok(()),
         (Some(p), None) if forwarded_protocols.contains(&p) => Ok(()),
         _ => Err(ProxyError::BadBackendUpgrade(
@@ -463,6 +467,11 @@ mod tests {
             ("sec-websocket-protocol", "evil"),
         ];
         assert!(response(&unoffered, &["chat.v1"]).is_err());
+        for offered in [&[][..], &["chat.v1"]] {
+            let mut empty = unoffered.to_vec();
+            empty[3] = ("sec-websocket-protocol", " ");
+            assert!(response(&empty, offered).is_err(), "{offered:?}");
+        }
         let not_websocket = [
             ("upgrade", "h2c"),
             ("connection", "Upgrade"),

@@ -308,6 +308,56 @@ async fn a_101_choosing_a_protocol_when_none_was_offered_is_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_with_an_empty_protocol_is_502() {
+    // Clients refuse an empty Sec-WebSocket-Protocol as malformed, whatever they offered.
+    for offer in [None, Some("chat.v1")] {
+        let (head, _) = answered_with(offer, |seen| {
+            switching(seen, "Sec-WebSocket-Protocol: \r\n")
+        })
+        .await;
+        assert_eq!(head.status, 502, "{offer:?}: {head:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_101_is_502() {
+    let (head, _) = answered_with(None, |seen| {
+        switching(seen, "").replacen("HTTP/1.1", "HTTP/1.0", 1)
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_cannot_be_passed_on_as_it_is_is_502() {
+    for answer in [
+        // Chunk framing broken from the body's first byte: nothing of it can be relayed.
+        "HTTP/1.1 500 X\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n",
+        // A transfer coding the client never asked for, which framing anew would hide.
+        "HTTP/1.1 500 X\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        // A status beyond the five classes.
+        "HTTP/1.1 900 X\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let (head, body) = answered_with(None, |_| answer.to_string()).await;
+        assert_eq!(head.status, 502, "{answer:?}: {head:?}");
+        assert_eq!(body, b"backend error\n", "{answer:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_proxy_challenge_is_not_passed_on() {
+    let (head, body) = answered_with(None, |_| {
+        "HTTP/1.1 403 Forbidden\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\
+         Content-Length: 2\r\n\r\nno"
+            .to_string()
+    })
+    .await;
+    assert_eq!(head.status, 403, "{head:?}");
+    assert_eq!(head.get("proxy-authenticate"), None, "{head:?}");
+    assert_eq!(body, b"no");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_choosing_a_protocol_the_proxy_filtered_out_is_502() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&format!(

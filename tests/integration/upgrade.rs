@@ -112,6 +112,22 @@ async fn backend_sees_the_request_line_and_forwarded_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_claims_about_itself_are_replaced_or_dropped() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let req = Req::upgrade("chat.example.com", "/ws")
+        .add("Forwarded", "for=10.0.0.1;proto=https;host=admin.internal")
+        .add("X-Real-IP", "10.0.0.1")
+        .add("X-Forwarded-Proto", "http")
+        .add("X-Forwarded-Host", "admin.internal");
+    let (_client, _back, _head, seen) = raw_tunnel(proxy.addr, &backend, &req).await;
+    assert_eq!(seen.get("forwarded"), None, "{seen:?}");
+    assert_eq!(seen.get("x-real-ip"), None, "{seen:?}");
+    assert_eq!(seen.list("x-forwarded-proto"), ["https"]);
+    assert_eq!(seen.list("x-forwarded-host"), ["chat.example.com"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_is_appended_to_the_clients_one() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
