@@ -643,7 +643,11 @@ impl Server {
         // never kills the process, even one still starting.
         let hangup = reload::hangup_signal();
         crate::tls::install_default_provider();
-        let path = config_path.as_ref().to_path_buf();
+        // Absolute from the start: a relative path would be followed through the working
+        // folder as it was at start-up, and go stale if that folder is replaced (the watch
+        // promise is about paths). Symlinks stay as they are, to be followed on every read.
+        let path = config_path.as_ref();
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let snapshot = Snapshot::build(&path, 1)?;
         let wanted = wanted_listeners(&snapshot.config);
         let sockets = bind_all(&wanted, &snapshot.config)?;

@@ -35,6 +35,16 @@ fn wsgate(args: &[&str]) -> Output {
     }
 }
 
+/// A `wsgate run` child, killed when the test ends, failed or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -273,16 +283,47 @@ fn a_rust_log_of_only_commas_logs_at_info() {
     // No directive at all would mean errors only: a blank RUST_LOG means the default.
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), ROUTE);
-    let mut child = Command::new(wsgate_bin())
-        .args(["run", "--config", path.to_str().unwrap()])
-        .env("RUST_LOG", ", ,")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(child.stderr.take().unwrap());
+    let mut child = Running(
+        Command::new(wsgate_bin())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", ", ,")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stderr_lines(child.0.stderr.take().unwrap());
     let line = wait_for_line(&lines, "wsgate started");
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(line.contains("INFO"), "{line}");
+}
+
+#[test]
+fn a_relative_config_path_is_followed_when_its_folder_is_replaced() {
+    // Started from the config's own folder, which a deploy then swaps for a new one: the
+    // path, not the folder the process started in, is what gets watched and read.
+    let root = tempfile::tempdir().unwrap();
+    let conf = root.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    write_config(&conf, ROUTE);
+    let mut child = Running(
+        Command::new(wsgate_bin())
+            .args(["run", "--config", "wsgate.toml"])
+            .current_dir(&conf)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stderr_lines(child.0.stderr.take().unwrap());
+    wait_for_line(&lines, "wsgate started");
+    let fresh = root.path().join("conf.new");
+    std::fs::create_dir(&fresh).unwrap();
+    write_config(&fresh, &ROUTE.replace("\"chat\"", "\"chat2\""));
+    std::fs::rename(&conf, root.path().join("conf.old")).unwrap();
+    std::fs::rename(&fresh, &conf).unwrap();
+    let line = wait_for_line(&lines, "config reloaded");
+    assert!(line.contains("generation=2"), "{line}");
 }
