@@ -265,17 +265,17 @@ impl WatchState {
                 Wake::Poll => Trigger::Files,
                 Wake::Manual => Trigger::Manual,
             };
-            let mut trigger = trigger;
-            while self.reload(shared, path, trigger).await == Read::Unsettled {
-                // Written to while being read: look again once the writes have paused.
-                tokio::time::sleep(DEBOUNCE).await;
-                trigger = Trigger::Files;
+            if !self.reload_settled(shared, path, trigger, &stop).await {
+                return;
             }
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
             while self.refresh_watches(self.wanted_in(shared, path).await, watch_mode(shared)) {
-                while self.reload(shared, path, Trigger::Files).await == Read::Unsettled {
-                    tokio::time::sleep(DEBOUNCE).await;
+                if !self
+                    .reload_settled(shared, path, Trigger::Files, &stop)
+                    .await
+                {
+                    return;
                 }
             }
             // Counted once the watches are in place again: from here on, a change is seen.
@@ -283,6 +283,25 @@ impl WatchState {
                 .reload_status
                 .send_modify(|status| status.checks += 1);
         }
+    }
+
+    /// [`Self::reload`], again after a pause while the files change under it; false if
+    /// `stop` came first.
+    async fn reload_settled(
+        &mut self,
+        shared: &Arc<Shared>,
+        path: &Path,
+        mut trigger: Trigger,
+        stop: &CancellationToken,
+    ) -> bool {
+        while self.reload(shared, path, trigger).await == Read::Unsettled {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(DEBOUNCE) => {}
+            }
+            trigger = Trigger::Files;
+        }
+        true
     }
 
     /// [`Self::wanted`], unless the config in force polls: then no folder is watched, and
@@ -444,7 +463,7 @@ enum Read {
 enum Outcome {
     /// Nothing new: the same rejected content, or the same bind failure.
     Nothing,
-    /// A good config, but the files changed while being read: not applied.
+    /// The files changed while being read: nothing decided, read again shortly.
     Unsettled,
     /// A file is gone (the config file, or a certificate or key: the first names it, the
     /// error says which): the config in force stays, and nothing is counted (it is usually
@@ -594,9 +613,8 @@ impl WatchState {
                 }
             }
             // Files written to while they were read: a failed build may be a file caught
-            // mid-write whose finished content hashes like the content hashed above (so it
-            // is not remembered as rejected), and a good one may mix old and new files, or
-            // hold a valid prefix of a file still being written (so it is not applied).
+            // mid-write (not a mistake to report), and a good one may mix old and new files,
+            // or hold a valid prefix of a file still being written (not to be applied).
             let settled = on_disk_fingerprint(&path) == on_disk;
             Look::Built(on_disk, settled, Box::new(built))
         })
@@ -616,17 +634,18 @@ impl WatchState {
                 self.rejected = seen;
                 Outcome::Missing(what, error)
             }
-            Ok(Look::Built(on_disk, settled, built)) => match *built {
-                Ok(_) if !settled => {
-                    tracing::debug!("config files changed while being read; reading them again");
-                    Outcome::Unsettled
-                }
+            Ok(Look::Built(_, false, _)) => {
+                // Good or bad, what was read may be no file's finished content.
+                tracing::debug!("config files changed while being read; reading them again");
+                Outcome::Unsettled
+            }
+            Ok(Look::Built(on_disk, true, built)) => match *built {
                 Ok(snapshot) => {
                     self.rejected = None;
                     self.apply(shared, snapshot, on_disk, trigger).await
                 }
                 Err(e) => {
-                    self.rejected = settled.then_some(on_disk);
+                    self.rejected = Some(on_disk);
                     // Something else was saved since: that content failing to bind again
                     // would be news again.
                     self.unbindable = None;
