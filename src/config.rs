@@ -756,6 +756,18 @@ fn route_path(text: &str) -> Result<String, String> {
             "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
         ));
     }
+    // RFC 3986's pct-encoded: no request carries a '%' that does not start an escape.
+    let bytes = text.as_bytes();
+    let broken_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if broken_escape {
+        return Err(format!(
+            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%')"
+        ));
+    }
     // Requests with a dot segment are refused before routing (routes.rs): no request could
     // ever reach such a route.
     if crate::routes::has_dot_segment(text) {
@@ -1100,6 +1112,8 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ),
             ("[[route]]\nname = \"a\"\npath = \"/a/../b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a/../b\" has a '.' or '..' segment"),
             ("[[route]]\nname = \"a\"\npath = \"/a/%2E\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
+            ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             (
                 "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n",
                 ":11:8: route[1].name: duplicate route name \"a\" (first at line 7)",

@@ -123,14 +123,15 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
     }
     if let Some(target) = uri.authority() {
         // Ports compare with the scheme's default filled in: https://a/ and "a:443" agree.
-        let default = match uri.scheme_str() {
-            Some("https" | "wss") => Some(443),
-            Some("http" | "ws") => Some(80),
-            _ => None,
+        // Any other scheme (`ftp://host/ws`) asks for something this is not.
+        let default = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("https" | "wss") => 443,
+            Some("http" | "ws") => 80,
+            _ => return Err(ProxyError::MalformedRequest),
         };
         let same = !target.as_str().contains('@')
             && same_name(target.host(), parsed.host())
-            && target.port_u16().or(default) == parsed.port_u16().or(default);
+            && target.port_u16().unwrap_or(default) == parsed.port_u16().unwrap_or(default);
         if !same {
             return Err(ProxyError::BadHost);
         }
@@ -429,6 +430,14 @@ mod tests {
         assert_eq!(
             host_of("https://u@chat.example.com/ws", &["chat.example.com"]),
             Err(ProxyError::BadHost)
+        );
+        assert_eq!(
+            host_of("HTTPS://chat.example.com/ws", &["chat.example.com"]),
+            ok("chat.example.com")
+        );
+        assert_eq!(
+            host_of("ftp://chat.example.com/ws", &["chat.example.com"]),
+            Err(ProxyError::MalformedRequest)
         );
     }
 
