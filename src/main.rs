@@ -164,11 +164,16 @@ fn init_logging(json: bool) {
         Some(Ok(filter)) => filter.clone(),
         _ => tracing_subscriber::EnvFilter::new("info"),
     };
-    // The file watcher library's own messages (a watch on a deleted folder going away, on
-    // every Kubernetes volume update) are for its developers: wsgate logs what matters
-    // about watching itself. Unless RUST_LOG asks for them by name.
-    if !from_env.as_deref().is_some_and(|v| v.contains("notify")) {
-        if let Ok(quiet) = "notify=error".parse() {
+    // Libraries' own warnings are for their developers, and wsgate logs what matters itself:
+    // the file watcher's (a watch on a deleted folder going away, on every Kubernetes volume
+    // update), and the TLS library's (any client can trigger one per connection, with an
+    // odd SNI, say, and the connection's own line already names the TLS failure). Unless
+    // RUST_LOG asks for them by name.
+    for library in ["notify", "rustls"] {
+        if from_env.as_deref().is_some_and(|v| v.contains(library)) {
+            continue;
+        }
+        if let Ok(quiet) = format!("{library}=error").parse() {
             filter = filter.add_directive(quiet);
         }
     }

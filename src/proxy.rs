@@ -92,7 +92,9 @@ pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
     let mut log = Line::new(conn);
     let response = refuse(err, &mut log);
     let body = err.body();
-    let mut head = format!("HTTP/1.1 {}\r\n", response.status());
+    // Like every answer hyper writes (RFC 9110 §6.6.1: an origin with a clock sends one).
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut head = format!("HTTP/1.1 {}\r\ndate: {date}\r\n", response.status());
     for (name, value) in response.headers() {
         let value = String::from_utf8_lossy(value.as_bytes());
         head.push_str(&format!("{name}: {value}\r\n"));

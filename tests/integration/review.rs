@@ -95,6 +95,10 @@ async fn a_malformed_head_gets_a_plain_text_400() {
     let (head, body) = request(proxy.addr, ws().add("Bad Name", "v").bytes()).await;
     assert_eq!(head.status, 400, "{head:?}");
     assert_eq!(head.get("content-type"), Some("text/plain; charset=utf-8"));
+    assert!(
+        head.get("date").is_some_and(|d| d.ends_with(" GMT")),
+        "{head:?}"
+    );
     assert_eq!(body, b"malformed request\n");
 }
 
