@@ -178,16 +178,8 @@ pub(crate) fn spawn_watcher(
             let _ = events_tx.send(());
         }
     };
-    let mut state = WatchState {
-        // Made when events are wanted (not in poll mode, which takes no inotify instance).
-        watcher: None,
-        make_watcher: Box::new(move || notify::recommended_watcher(on_event.clone())),
-        watched: BTreeMap::new(),
-        lost,
-        degraded: false,
-        rejected: None,
-        unbindable: None,
-    };
+    let make_watcher = move || notify::recommended_watcher(on_event.clone());
+    let mut state = WatchState::new(Box::new(make_watcher), lost);
     if watch_mode(&shared) == WatchMode::Poll {
         tracing::info!("reload.watch = \"poll\": checking the config files every second");
     }
@@ -218,15 +210,19 @@ fn folder_id(folder: &Path) -> Option<(u64, u64)> {
 /// watcher at all): the one-second promise holds, at the cost of reading a few small files.
 const POLL: Duration = Duration::from_secs(1);
 
+type MakeWatcher = Box<dyn FnMut() -> notify::Result<RecommendedWatcher> + Send + Sync>;
+
 struct WatchState {
     watcher: Option<RecommendedWatcher>,
-    make_watcher: Box<dyn FnMut() -> notify::Result<RecommendedWatcher> + Send + Sync>,
+    make_watcher: MakeWatcher,
     /// Watched folders and the identity each had when its watch was taken.
     watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
     /// Paths reported deleted or renamed since the last refresh (filled by the watcher).
     lost: Arc<Mutex<BTreeSet<PathBuf>>>,
     /// A wanted folder could not be watched (or there is no watcher): poll until it can.
     degraded: bool,
+    /// Folders whose watch failed, already reported.
+    unwatchable: BTreeSet<PathBuf>,
     /// The content of a rejected config: the same bytes are not retried (or logged) again.
     rejected: Option<u64>,
     /// Content that failed to bind, and why: retried on every event (the port may have been
@@ -235,6 +231,20 @@ struct WatchState {
 }
 
 impl WatchState {
+    fn new(make_watcher: MakeWatcher, lost: Arc<Mutex<BTreeSet<PathBuf>>>) -> WatchState {
+        WatchState {
+            // Made when events are wanted (not in poll mode, which takes no inotify instance).
+            watcher: None,
+            make_watcher,
+            watched: BTreeMap::new(),
+            lost,
+            degraded: false,
+            unwatchable: BTreeSet::new(),
+            rejected: None,
+            unbindable: None,
+        }
+    }
+
     async fn run(
         &mut self,
         shared: &Arc<Shared>,
@@ -379,10 +389,18 @@ impl WatchState {
                 }
                 Err(e) => {
                     self.degraded = true;
-                    tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead")
+                    // Gone since it was looked up (a Kubernetes volume's folder replaced by
+                    // the next update): nothing wrong, the poll finds what replaced it.
+                    let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
+                    // Said once per folder, not on every poll while it lasts.
+                    if self.unwatchable.insert(folder.clone()) && !vanished {
+                        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead");
+                    }
                 }
             }
         }
+        self.unwatchable
+            .retain(|folder| !self.watched.contains_key(folder));
         added
     }
 }
@@ -584,6 +602,7 @@ impl WatchState {
     async fn reload(&mut self, shared: &Arc<Shared>, path: &Path, trigger: Trigger) -> Read {
         let current = shared.current();
         let generation = current.generation + 1;
+        let format_in_force = current.config.log_format;
         let previously_rejected = self.rejected;
         let path = path.to_path_buf();
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
@@ -642,7 +661,13 @@ impl WatchState {
             Ok(Look::Built(on_disk, true, built)) => match *built {
                 Ok(snapshot) => {
                     self.rejected = None;
-                    self.apply(shared, snapshot, on_disk, trigger).await
+                    let format = snapshot.config.log_format;
+                    let outcome = self.apply(shared, snapshot, on_disk, trigger).await;
+                    // The logger is set up once; say so rather than seem to ignore the key.
+                    if matches!(outcome, Outcome::Applied) && format != format_in_force {
+                        tracing::warn!(log_format = ?format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
+                    }
+                    outcome
                 }
                 Err(e) => {
                     self.rejected = Some(on_disk);
@@ -806,23 +831,34 @@ mod tests {
     fn poll_mode_holds_no_watch_and_events_mode_takes_them_again() {
         let dir = tempfile::tempdir().unwrap();
         let wanted: Wanted = [(dir.path().to_path_buf(), folder_id(dir.path()))].into();
-        let mut state = WatchState {
-            watcher: None,
-            make_watcher: Box::new(|| {
-                notify::recommended_watcher(|_: notify::Result<notify::Event>| {})
-            }),
-            watched: BTreeMap::new(),
-            lost: Arc::default(),
-            degraded: false,
-            rejected: None,
-            unbindable: None,
-        };
+        let mut state = quiet_watch_state();
         assert!(state.refresh_watches(Some(wanted.clone()), WatchMode::Events));
         assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
         assert!(!state.refresh_watches(Some(wanted.clone()), WatchMode::Poll));
         assert!(state.watcher.is_none() && state.degraded && state.watched.is_empty());
         assert!(state.refresh_watches(Some(wanted), WatchMode::Events));
         assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
+    }
+
+    fn quiet_watch_state() -> WatchState {
+        let make = || notify::recommended_watcher(|_: notify::Result<notify::Event>| {});
+        WatchState::new(Box::new(make), Arc::default())
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_watched_is_polled_and_reported_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let later = dir.path().join("later");
+        let wanted = || -> Wanted { [(later.clone(), folder_id(&later))].into() };
+        let mut state = quiet_watch_state();
+        assert!(!state.refresh_watches(Some(wanted()), WatchMode::Events));
+        assert!(state.degraded && state.unwatchable.contains(&later));
+        // Polled meanwhile: the same failure again is already known.
+        assert!(!state.refresh_watches(Some(wanted()), WatchMode::Events));
+        assert_eq!(state.unwatchable.len(), 1);
+        std::fs::create_dir(&later).unwrap();
+        assert!(state.refresh_watches(Some(wanted()), WatchMode::Events));
+        assert!(!state.degraded && state.unwatchable.is_empty());
     }
 
     #[test]

@@ -327,3 +327,21 @@ fn a_relative_config_path_is_followed_when_its_folder_is_replaced() {
     let line = wait_for_line(&lines, "config reloaded");
     assert!(line.contains("generation=2"), "{line}");
 }
+
+#[test]
+fn a_reload_changing_the_log_format_says_it_waits_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let mut child = Running(spawn_wsgate(&path));
+    let lines = stderr_lines(child.0.stderr.take().unwrap());
+    wait_for_line(&lines, "wsgate started");
+    let changed = std::fs::read_to_string(&path).unwrap().replacen(
+        "[proxy]\n",
+        "[proxy]\nlog_format = \"json\"\n",
+        1,
+    );
+    std::fs::write(&path, changed).unwrap();
+    let line = wait_for_line(&lines, "read at start only");
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
+    wait_for_line(&lines, "config reloaded");
+}
