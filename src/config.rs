@@ -882,30 +882,24 @@ fn key_at(src: &str, offset: usize) -> String {
     let offset = floor_char_boundary(src, offset.min(src.len()));
     let mut table = String::new();
     let mut arrays: HashMap<String, usize> = HashMap::new();
-    let mut line_start = 0;
-    for line in src[..offset].split_inclusive('\n') {
-        let end = line_start + line.len();
-        let trimmed = line.trim();
-        if end <= offset || !line.ends_with('\n') {
-            if let Some(name) = trimmed
-                .strip_prefix("[[")
-                .and_then(|t| t.split("]]").next())
-            {
-                let name = name.trim().trim_end_matches(']').to_string();
-                let n = arrays
-                    .entry(name.clone())
-                    .and_modify(|n| *n += 1)
-                    .or_insert(0);
-                table = format!("{name}[{n}]");
-            } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.split(']').next()) {
-                table = name.trim().to_string();
-            }
-        }
-        line_start = end;
-    }
     let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_end = src[offset..].find('\n').map_or(src.len(), |i| offset + i);
     let line = &src[line_begin..line_end];
+    // The headers before the offset's line, and its own if it is one (read whole: a
+    // repeated `[proxy]` is reported inside its brackets).
+    let lines = src[..line_begin].split_inclusive('\n');
+    for header in lines.chain([line]).map(str::trim) {
+        if let Some(name) = header.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
+            let name = name.trim().trim_end_matches(']').to_string();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            table = format!("{name}[{n}]");
+        } else if let Some(name) = header.strip_prefix('[').and_then(|t| t.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
     let upto = &src[line_begin..offset.max(line_begin)];
     // The key is the last `name =` before the offset on its line, or the name at the offset.
     let key = upto
@@ -1099,6 +1093,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
     fn errors_name_file_line_column_and_key() {
         let cases = [
             ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
+            ("[proxy]\nlog_format = \"json\"\n", ":6:2: proxy: duplicate key"),
             ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
             ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections:"),
             ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends[0]:"),
