@@ -207,9 +207,10 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// A tunnel starts relaying; [`Metrics::tunnel_closed`] follows when it ends.
-    pub(crate) fn tunnel_started(&self) {
+    /// A tunnel starts relaying: counted open until its [`OpenTunnel`] is dropped.
+    pub(crate) fn tunnel_started(&self) -> OpenTunnel<'_> {
         self.tunnels_open.inc();
+        OpenTunnel(self)
     }
 
     /// The byte counters of `route`'s tunnels, for a tunnel to feed as it relays.
@@ -229,8 +230,7 @@ impl Metrics {
     }
 
     /// The tunnel's bytes were fed by its [`Meter`] as they moved.
-    pub(crate) fn tunnel_closed(&self, route: &str, outcome: &Outcome) {
-        self.tunnels_open.dec();
+    fn tunnel_closed(&self, route: &str, outcome: &Outcome) {
         let reason = close_label(&outcome.reason);
         self.tunnels_closed
             .get_or_create(&ClosedLabels {
@@ -316,6 +316,25 @@ impl Metrics {
     }
 }
 
+/// One tunnel in `wsgate_tunnels_open`. The count comes down on drop, so a tunnel whose task
+/// never reaches [`OpenTunnel::closed`] (a panic, a runtime shut down under it) is not left
+/// counted open for the rest of the process's life.
+#[must_use]
+pub(crate) struct OpenTunnel<'a>(&'a Metrics);
+
+impl OpenTunnel<'_> {
+    /// Counts how the tunnel ended, on `route`.
+    pub(crate) fn closed(self, route: &str, outcome: &Outcome) {
+        self.0.tunnel_closed(route, outcome);
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.tunnels_open.dec();
+    }
+}
+
 /// One tunnel's handle on its route's byte counters. Adds what moved since the last report:
 /// two atomic adds when a poll moved bytes, none while the tunnel is idle.
 pub(crate) struct Meter {
@@ -346,5 +365,36 @@ fn close_label(reason: &CloseReason) -> &'static str {
         CloseReason::Error(Peer::Backend, _) => "backend_error",
         CloseReason::IdleTimeout => "idle_timeout",
         CloseReason::Shutdown => "shutdown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_tunnel_is_counted_open_until_it_ends_even_if_its_task_panics() {
+        let metrics = Arc::new(Metrics::default());
+        let open = metrics.tunnel_started();
+        assert_eq!(metrics.tunnels_open.get(), 1);
+        let ended = Outcome {
+            client_to_backend: 0,
+            backend_to_client: 0,
+            reason: CloseReason::Closed(Peer::Client),
+        };
+        open.closed("chat", &ended);
+        assert_eq!(metrics.tunnels_open.get(), 0);
+        let text = metrics.render(0, 1);
+        let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_closed"} 1"#;
+        assert!(text.contains(closed), "{text}");
+
+        let in_task = metrics.clone();
+        let task = tokio::spawn(async move {
+            let _open = in_task.tunnel_started();
+            panic!("a bug in a tunnel");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(metrics.tunnels_open.get(), 0);
     }
 }

@@ -218,9 +218,9 @@ fn spawn_tunnel(
         };
         // Counted once the client has its 101, so 101s and opened tunnels always agree.
         conn.shared.metrics.upgraded(&route, took);
-        conn.shared.metrics.tunnel_started();
+        let open = conn.shared.metrics.tunnel_started();
         let outcome = splice.await;
-        conn.shared.metrics.tunnel_closed(&route, &outcome);
+        open.closed(&route, &outcome);
         access_log::tunnel_line(&conn, &route, &backend, &outcome);
     });
 }
