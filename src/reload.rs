@@ -210,6 +210,11 @@ fn folder_id(folder: &Path) -> Option<(u64, u64)> {
 /// watcher at all): the one-second promise holds, at the cost of reading a few small files.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How often the files are checked even while every folder is watched: a watch can die
+/// without an event (its file system unmounted and mounted again, an event queue overflow
+/// notify does not report), and this bounds how long such a loss can go unnoticed.
+const RECHECK: Duration = Duration::from_secs(60);
+
 type MakeWatcher = Box<dyn FnMut() -> notify::Result<RecommendedWatcher> + Send + Sync>;
 
 struct WatchState {
@@ -256,6 +261,8 @@ impl WatchState {
     ) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -263,6 +270,7 @@ impl WatchState {
                 Some(()) = manual.recv() => Wake::Manual,
                 Some(()) = recv_hangup(&mut hangup) => Wake::Manual,
                 _ = poll.tick(), if self.degraded => Wake::Poll,
+                _ = recheck.tick(), if !self.degraded => Wake::Poll,
             };
             let trigger = match first {
                 // A manual reload asked for while a burst settles is served at once.
