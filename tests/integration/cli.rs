@@ -45,6 +45,26 @@ impl Drop for Running {
     }
 }
 
+/// `wsgate run --config config` from `dir`, logging text at `rust_log`: the process and its
+/// log lines.
+fn run_text(
+    config: &str,
+    dir: &Path,
+    rust_log: &str,
+) -> (Running, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(wsgate_bin())
+        .args(["run", "--config", config])
+        .current_dir(dir)
+        .env("RUST_LOG", rust_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    (Running(child), lines)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -283,17 +303,7 @@ fn a_rust_log_of_only_commas_logs_at_info() {
     // No directive at all would mean errors only: a blank RUST_LOG means the default.
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), ROUTE);
-    let mut child = Running(
-        Command::new(wsgate_bin())
-            .args(["run", "--config", path.to_str().unwrap()])
-            .env("RUST_LOG", ", ,")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let lines = stderr_lines(child.0.stderr.take().unwrap());
+    let (_child, lines) = run_text(path.to_str().unwrap(), Path::new("/"), ", ,");
     let line = wait_for_line(&lines, "wsgate started");
     assert!(line.contains("INFO"), "{line}");
 }
@@ -306,18 +316,7 @@ fn a_relative_config_path_is_followed_when_its_folder_is_replaced() {
     let conf = root.path().join("conf");
     std::fs::create_dir(&conf).unwrap();
     write_config(&conf, ROUTE);
-    let mut child = Running(
-        Command::new(wsgate_bin())
-            .args(["run", "--config", "wsgate.toml"])
-            .current_dir(&conf)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let lines = stderr_lines(child.0.stderr.take().unwrap());
+    let (_child, lines) = run_text("wsgate.toml", &conf, "info");
     wait_for_line(&lines, "wsgate started");
     let fresh = root.path().join("conf.new");
     std::fs::create_dir(&fresh).unwrap();
