@@ -2,11 +2,13 @@
 //! either a checked 101 with the raw backend socket, or the backend's refusal to relay.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Frame, Incoming};
+use http_body_util::Empty;
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::header::{CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
 use hyper::http::response;
@@ -212,22 +214,17 @@ async fn exchange(
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         check_refusal(&response)?;
-        // The body's first frame is read before anything is passed on: a body broken from
-        // its start (bad chunk framing) gets the client a 502, where hyper would drop the
-        // connection without even the head, the answer already logged as relayed.
+        // The body's first frame, if it came with the head, is read before anything is passed
+        // on: a body broken from its start (bad chunk framing) gets the client a 502, where
+        // hyper would drop the connection without even the head. A body still to come is not
+        // waited for (the head goes out, and a body that breaks later cuts the answer short).
         let mut response = response;
-        let first = loop {
-            tokio::select! {
-                biased;
-                frame = response.body_mut().frame() => break frame,
-                // Its error, if any, reaches the body too.
-                _ = &mut conn, if !conn_done => conn_done = true,
+        let first = match arrived_frame(response.body_mut(), &mut conn, &mut conn_done).await {
+            Some(Some(Err(e))) => {
+                return Err(ProxyError::BadBackendAnswer(format!("body: {e}")));
             }
-        };
-        let first = match first {
-            Some(Ok(frame)) => Some(frame),
-            Some(Err(e)) => return Err(ProxyError::BadBackendAnswer(format!("body: {e}"))),
-            None => None,
+            Some(Some(Ok(frame))) => Some(frame),
+            Some(None) | None => None,
         };
         // The rest of the body still has to flow; the connection ends when the client has it.
         let backend = (!conn_done).then(|| Box::pin(conn) as BackendConn);
@@ -248,12 +245,42 @@ async fn exchange(
         .map(Answer::Upgraded)
 }
 
+/// The body's next frame if the backend has already sent it (`Some(None)` at the body's
+/// end), without waiting for more: a few rounds of the body asking for data and the
+/// connection decoding what its socket holds.
+async fn arrived_frame<C>(
+    body: &mut Incoming,
+    conn: &mut C,
+    conn_done: &mut bool,
+) -> Option<Option<hyper::Result<Frame<Bytes>>>>
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        for _ in 0..4 {
+            if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                return Poll::Ready(Some(frame));
+            }
+            if *conn_done {
+                break;
+            }
+            // Its error, if any, reaches the body too.
+            if Pin::new(&mut *conn).poll(cx).is_ready() {
+                *conn_done = true;
+            }
+        }
+        Poll::Ready(None)
+    })
+    .await
+}
+
 /// A non-101 answer that cannot be passed on as it is: a status beyond the five classes
-/// (RFC 9110 §15), or a transfer coding other than chunked, which the client never asked for
+/// (RFC 9110 §15) or 407, or a transfer coding other than chunked, which the client never asked for
 /// (wsgate sends no `TE`) and which would reach it undeclared once the answer is framed anew.
 fn check_refusal(response: &Response<Incoming>) -> Result<(), ProxyError> {
-    if response.status().as_u16() > 599 {
-        let status = response.status().as_u16();
+    let status = response.status().as_u16();
+    // 407 asks for credentials of a proxy the client never chose (wsgate is none).
+    if status > 599 || status == 407 {
         return Err(ProxyError::BadBackendAnswer(format!("status {status}")));
     }
     let mut codings = websocket::tokens(response.headers(), &TRANSFER_ENCODING);

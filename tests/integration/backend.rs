@@ -345,6 +345,44 @@ async fn a_refusal_that_cannot_be_passed_on_as_it_is_is_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_whose_body_comes_later_is_relayed_whole_and_framed_as_sent() {
+    // The head in time, the body in two pieces, the second past the connect timeout: the
+    // answer is the backend's, with its length, not a 504.
+    let backend = RawBackend::start().await;
+    let config = format!(
+        "[timeouts]\nconnect = \"300ms\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    );
+    let proxy = start_proxy(&config).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 10\r\n\r\n")
+        .await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 503, "{head:?}");
+    assert_eq!(head.get("content-length"), Some("10"), "{head:?}");
+    back.send("hello").await;
+    // Not a wait for anything: the second piece must come after the connect timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    back.send("world").await;
+    assert_eq!(client.read_body(&head).await, b"helloworld");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_407_is_502() {
+    // A backend cannot ask the client for proxy credentials: wsgate is no forward proxy.
+    let (head, _) = answered_with(None, |_| {
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\
+         Content-Length: 0\r\n\r\n"
+            .to_string()
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backends_proxy_challenge_is_not_passed_on() {
     let (head, body) = answered_with(None, |_| {
         "HTTP/1.1 403 Forbidden\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\
