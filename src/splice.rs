@@ -7,8 +7,10 @@
 //!   read, and keeps it only while read bytes wait to be written (the way HAProxy does it,
 //!   rather than `copy_bidirectional`'s two 8 KiB buffers held for the tunnel's whole life).
 //!
-//! A half-close is passed on, an error on either side ends both at once, and the idle timer is
-//! re-armed lazily (only when it fires) so traffic never touches the timer wheel.
+//! A half-close is passed on; a failed read ends both sides at once, a failed write only the
+//! direction writing to the broken peer (what that peer sent before it went is still
+//! delivered); and the idle timer is re-armed lazily (only when it fires) so traffic never
+//! touches the timer wheel.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -91,7 +93,8 @@ impl Drain {
 pub enum CloseReason {
     /// Both sides finished; the named one finished first.
     Closed(Peer),
-    /// One side failed (reset, TLS error); the other was closed at once.
+    /// One side failed (reset, TLS error); the other was closed once what that side had sent
+    /// was delivered.
     Error(Peer, io::ErrorKind),
     IdleTimeout,
     Shutdown,
@@ -143,6 +146,8 @@ pub struct Splice<C, B> {
     /// Registered with `drain` on the first poll.
     wakeup: Option<Pin<Box<OwnedNotified>>>,
     first_eof: Option<Peer>,
+    /// The first failed write, and to whom.
+    write_failure: Option<(Peer, io::ErrorKind)>,
     /// Live byte counters, fed as bytes move so a long tunnel shows up in rates.
     meter: Option<Meter>,
 }
@@ -175,6 +180,7 @@ where
             drain: drain.clone(),
             wakeup: None,
             first_eof: None,
+            write_failure: None,
             meter: None,
         }
     }
@@ -199,11 +205,7 @@ where
                 .poll_from_buffered(cx, &mut self.client, &mut self.backend, &mut active)
             {
                 Poll::Ready(Ok(())) => _ = self.first_eof.get_or_insert(Peer::Client),
-                Poll::Ready(Err(Failure::Write(kind))) => {
-                    if let Some(reason) = self.write_failed(Peer::Backend, kind) {
-                        return Poll::Ready(reason);
-                    }
-                }
+                Poll::Ready(Err(Failure::Write(kind))) => self.write_failed(Peer::Backend, kind),
                 Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Client, Peer::Backend)),
                 Poll::Pending => {}
             }
@@ -214,17 +216,13 @@ where
                 .poll_from_raw(cx, &mut self.backend, &mut self.client, &mut active)
             {
                 Poll::Ready(Ok(())) => _ = self.first_eof.get_or_insert(Peer::Backend),
-                Poll::Ready(Err(Failure::Write(kind))) => {
-                    if let Some(reason) = self.write_failed(Peer::Client, kind) {
-                        return Poll::Ready(reason);
-                    }
-                }
+                Poll::Ready(Err(Failure::Write(kind))) => self.write_failed(Peer::Client, kind),
                 Poll::Ready(Err(e)) => return Poll::Ready(e.blame(Peer::Backend, Peer::Client)),
                 Poll::Pending => {}
             }
         }
-        if let (true, true, Some(first)) = (self.up.finished, self.down.finished, self.first_eof) {
-            return Poll::Ready(CloseReason::Closed(first));
+        if self.up.finished && self.down.finished {
+            return Poll::Ready(self.ending());
         }
         if active {
             self.last_activity = Instant::now();
@@ -236,21 +234,35 @@ where
     /// A write to `to` failed: its connection is broken (typically its reset answering bytes
     /// sent after it closed), so what is left for it is dropped and that direction ends. The
     /// other direction runs on to its own end rather than ending with it: it still delivers
-    /// what `to` sent before it went (a backend's last message and close frame, already read,
-    /// must not be thrown away because the client sent a ping meanwhile), and the same broken
-    /// connection soon ends its reads with an EOF or an error. If the other direction is over
-    /// too, so is the tunnel: as a close when `to` had closed first, else as this failure.
-    fn write_failed(&mut self, to: Peer, kind: io::ErrorKind) -> Option<CloseReason> {
-        let (this, other) = match to {
-            Peer::Backend => (&mut self.up, &self.down),
-            Peer::Client => (&mut self.down, &self.up),
+    /// what `to` sent before it went (a backend's last message and close frame must not be
+    /// thrown away because the client sent a ping meanwhile), and the same broken connection
+    /// soon ends its reads with an EOF or an error.
+    fn write_failed(&mut self, to: Peer, kind: io::ErrorKind) {
+        let this = match to {
+            Peer::Backend => &mut self.up,
+            Peer::Client => &mut self.down,
         };
         this.finished = true;
         release(this.buf.take());
-        match (other.finished, self.first_eof) {
-            (false, _) => None,
-            (true, Some(first)) => Some(CloseReason::Closed(first)),
-            (true, None) => Some(CloseReason::Error(to, kind)),
+        self.write_failure.get_or_insert((to, kind));
+    }
+
+    /// How a tunnel whose directions have both finished ended: a failed write counts as the
+    /// failure it is, unless the peer it failed on had closed its side cleanly (the write
+    /// only met the reset of a connection already closed); else whoever closed first.
+    fn ending(&self) -> CloseReason {
+        let closed_cleanly = |peer| match peer {
+            Peer::Backend => self.down.eof,
+            Peer::Client => self.up.eof,
+        };
+        match (self.write_failure, self.first_eof) {
+            (Some((peer, kind)), _) if !closed_cleanly(peer) => CloseReason::Error(peer, kind),
+            (_, Some(first)) => CloseReason::Closed(first),
+            // Not reached: a direction ends by its reader's EOF or by a failed write.
+            (failure, None) => {
+                let (peer, kind) = failure.unwrap_or((Peer::Client, io::ErrorKind::Other));
+                CloseReason::Error(peer, kind)
+            }
         }
     }
 
@@ -628,9 +640,10 @@ mod tests {
         let drain = Arc::new(Drain::default());
         let idle = Duration::from_secs(60);
         let outcome = Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, &drain).await;
+        // The first failure: the write to the backend, which never closed cleanly.
         assert_eq!(
             outcome.reason,
-            CloseReason::Error(Peer::Client, io::ErrorKind::BrokenPipe)
+            CloseReason::Error(Peer::Backend, io::ErrorKind::BrokenPipe)
         );
     }
 
