@@ -36,7 +36,7 @@ mod tls;
 mod upstream;
 pub mod websocket;
 
-pub use reload::ReloadStatus;
+pub use reload::{logging_set_up, ReloadStatus};
 pub use server::{Closer, Error, Server};
 
 /// Loads and fully validates a config file (TOML, keys, certificates, routes) without serving;

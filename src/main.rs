@@ -109,6 +109,12 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
         None => config_format == LogFormat::Json,
     };
     init_logging(json);
+    let in_use = if json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    wsgate::logging_set_up(in_use, format.is_some());
     let code = serve(&runtime, &path, json);
     // Tasks on the blocking pool (a name lookup, a file read on a slow mount) must not hold
     // the exit past the grace the server already gave its connections.

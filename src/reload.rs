@@ -14,7 +14,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
@@ -23,7 +23,7 @@ use rustls::ServerConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, WatchMode};
+use crate::config::{Config, ConfigError, LogFormat, WatchMode};
 use crate::routes::RouteTable;
 use crate::server::{lock, Shared};
 use crate::tls;
@@ -305,19 +305,27 @@ impl WatchState {
 
     /// [`Self::reload`], again after a pause while the files change under it; false if
     /// `stop` came first.
+    /// Files that never hold still (rewritten nonstop) are taken as they were last read after
+    /// [`MAX_REREADS`] tries, about three seconds, so a change still takes effect.
     async fn reload_settled(
         &mut self,
         shared: &Arc<Shared>,
         path: &Path,
-        mut trigger: Trigger,
+        trigger: Trigger,
         stop: &CancellationToken,
     ) -> bool {
-        while self.reload(shared, path, trigger).await == Read::Unsettled {
+        for tries_left in (0..MAX_REREADS).rev() {
+            let patience = match tries_left {
+                0 => Patience::TakeAsRead,
+                _ => Patience::WaitForStill,
+            };
+            if self.reload(shared, path, trigger, patience).await == Read::Settled {
+                break;
+            }
             tokio::select! {
                 _ = stop.cancelled() => return false,
                 _ = tokio::time::sleep(DEBOUNCE) => {}
             }
-            trigger = Trigger::Files;
         }
         true
     }
@@ -477,6 +485,40 @@ enum Look {
     Built(u64, bool, Box<Result<Snapshot, ConfigError>>),
 }
 
+/// The log format the process logs in, and whether `--log-format` chose it, as set up at
+/// start (the logger is the process's, set up once): what a reload's `proxy.log_format` is
+/// compared with.
+static LOGGING: OnceLock<(LogFormat, bool)> = OnceLock::new();
+
+/// Tells reloads the log format logging was set up with, and whether the command line chose
+/// it (then the config's key does not matter).
+pub fn logging_set_up(format: LogFormat, by_flag: bool) {
+    let _ = LOGGING.set((format, by_flag));
+}
+
+/// A reload set `proxy.log_format` to `format`: say so if it is not the format in use,
+/// rather than seem to ignore the key.
+fn log_format_changed(format: LogFormat) {
+    if let Some(&(in_use, false)) = LOGGING.get() {
+        if format != in_use {
+            tracing::warn!(log_format = ?format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
+        }
+    }
+}
+
+/// How many times files that change while being read are read again (every [`DEBOUNCE`])
+/// before what was read is taken as it is.
+const MAX_REREADS: usize = 20;
+
+/// What a reload does with files that changed while it read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Patience {
+    /// Nothing: read them again shortly.
+    WaitForStill,
+    /// Take what was read (they never held still).
+    TakeAsRead,
+}
+
 /// Whether a reload read files that held still.
 #[derive(Debug, PartialEq, Eq)]
 enum Read {
@@ -607,7 +649,13 @@ fn on_disk_fingerprint(path: &Path) -> u64 {
 
 impl WatchState {
     /// Builds and applies a new snapshot, or keeps the current one and says why.
-    async fn reload(&mut self, shared: &Arc<Shared>, path: &Path, trigger: Trigger) -> Read {
+    async fn reload(
+        &mut self,
+        shared: &Arc<Shared>,
+        path: &Path,
+        trigger: Trigger,
+        patience: Patience,
+    ) -> Read {
         let current = shared.current();
         let generation = current.generation + 1;
         let format_in_force = current.config.log_format;
@@ -661,24 +709,26 @@ impl WatchState {
                 self.rejected = seen;
                 Outcome::Missing(what, error)
             }
-            Ok(Look::Built(_, false, _)) => {
+            Ok(Look::Built(_, false, _)) if patience == Patience::WaitForStill => {
                 // Good or bad, what was read may be no file's finished content.
                 tracing::debug!("config files changed while being read; reading them again");
                 Outcome::Unsettled
             }
-            Ok(Look::Built(on_disk, true, built)) => match *built {
+            Ok(Look::Built(on_disk, settled, built)) => match *built {
                 Ok(snapshot) => {
+                    if !settled {
+                        tracing::warn!("config files kept changing while being read; applying them as last read");
+                    }
                     self.rejected = None;
                     let format = snapshot.config.log_format;
                     let outcome = self.apply(shared, snapshot, on_disk, trigger).await;
-                    // The logger is set up once; say so rather than seem to ignore the key.
                     if matches!(outcome, Outcome::Applied) && format != format_in_force {
-                        tracing::warn!(log_format = ?format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
+                        log_format_changed(format);
                     }
                     outcome
                 }
                 Err(e) => {
-                    self.rejected = Some(on_disk);
+                    self.rejected = settled.then_some(on_disk);
                     // Something else was saved since: that content failing to bind again
                     // would be news again.
                     self.unbindable = None;
