@@ -84,7 +84,8 @@ pub(crate) enum EarlyClose {
     HeadTooLarge,
     AnswerLate,
     Shutdown,
-    /// Beyond `max_connections` and the refusal budget: closed right after accept.
+    /// Beyond `max_connections` (or `max_connections_per_client`) and the refusal budget:
+    /// closed at once.
     OverCapacity,
 }
 

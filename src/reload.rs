@@ -409,7 +409,7 @@ impl WatchState {
                     // the next update): nothing wrong, the poll finds what replaced it.
                     let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
                     // Said once per folder, not on every poll while it lasts.
-                    if self.unwatchable.insert(folder.clone()) && !vanished {
+                    if !vanished && self.unwatchable.insert(folder.clone()) {
                         tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead");
                     }
                 }
@@ -904,19 +904,34 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_that_cannot_be_watched_is_polled_and_reported_until_it_can() {
+    fn a_folder_that_cannot_be_watched_is_polled_and_reported_once_until_it_can() {
         let dir = tempfile::tempdir().unwrap();
-        let later = dir.path().join("later");
-        let wanted = || -> Wanted { [(later.clone(), folder_id(&later))].into() };
+        // Under a plain file: not a folder that can be watched, whoever asks.
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, "").unwrap();
+        let bad = blocked.join("tls");
         let mut state = quiet_watch_state();
-        assert!(!state.refresh_watches(Some(wanted()), WatchMode::Events));
-        assert!(state.degraded && state.unwatchable.contains(&later));
-        // Polled meanwhile: the same failure again is already known.
-        assert!(!state.refresh_watches(Some(wanted()), WatchMode::Events));
+        let wanted: Wanted = [(bad.clone(), None)].into();
+        assert!(!state.refresh_watches(Some(wanted.clone()), WatchMode::Events));
+        assert!(state.degraded && state.unwatchable.contains(&bad));
+        // Polled meanwhile: the same failure again is already reported.
+        assert!(!state.refresh_watches(Some(wanted), WatchMode::Events));
         assert_eq!(state.unwatchable.len(), 1);
-        std::fs::create_dir(&later).unwrap();
-        assert!(state.refresh_watches(Some(wanted()), WatchMode::Events));
+        // Once it can be watched, it is, and a later failure would be news again.
+        std::fs::remove_file(&blocked).unwrap();
+        std::fs::create_dir_all(&bad).unwrap();
+        let wanted: Wanted = [(bad.clone(), folder_id(&bad))].into();
+        assert!(state.refresh_watches(Some(wanted), WatchMode::Events));
         assert!(!state.degraded && state.unwatchable.is_empty());
+    }
+
+    #[test]
+    fn a_folder_gone_before_its_watch_is_polled_for_without_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("..2026_12_02_05_00_00.1");
+        let mut state = quiet_watch_state();
+        assert!(!state.refresh_watches(Some([(gone, None)].into()), WatchMode::Events));
+        assert!(state.degraded && state.unwatchable.is_empty());
     }
 
     #[test]

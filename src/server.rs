@@ -56,6 +56,8 @@ pub struct Shared {
     listeners: Mutex<Option<Vec<Listener>>>,
     /// What the connection limits count.
     counts: Arc<Counts>,
+    /// Paces the lines about connections closed past the limits.
+    over_capacity_log: Mutex<Throttle>,
     pub(crate) tracker: TaskTracker,
     /// Fired when the shutdown grace is over: live tunnels close.
     pub(crate) drain: Arc<Drain>,
@@ -92,6 +94,15 @@ impl Listener {
 }
 
 impl Shared {
+    /// A connection past `limit` and the refusal budget, closed without an answer: counted,
+    /// and logged at most once a second (one client or a storm can cause thousands a second).
+    fn over_capacity(&self, client: SocketAddr, limit: &str) {
+        self.metrics.closed_early(EarlyClose::OverCapacity);
+        if let Some(suppressed) = lock(&self.over_capacity_log).ready() {
+            tracing::warn!(%client, suppressed, "{limit} and refusal budget exhausted; closed without an answer");
+        }
+    }
+
     pub(crate) fn current(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
@@ -253,7 +264,7 @@ impl Throttle {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let (mut exhausted, mut failing) = (Throttle::default(), Throttle::default());
+    let mut failing = Throttle::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -269,12 +280,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
                             .tracker
                             .spawn(serve(stream, peer, shared.clone(), guard));
                     }
-                    Err(BudgetExhausted) => {
-                        shared.metrics.closed_early(EarlyClose::OverCapacity);
-                        if let Some(suppressed) = exhausted.ready() {
-                            tracing::warn!(client = %peer, suppressed, "connection limit and refusal budget exhausted; closed without an answer");
-                        }
-                    }
+                    Err(BudgetExhausted) => shared.over_capacity(peer, "connection limit"),
                 }
             }
             // The peer gave up between SYN and accept: nothing to do.
@@ -309,8 +315,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut guard:
     // `proxy::admit`), like the global limit's 503, so the client gets an answer.
     let per_client = snapshot.config.limits.max_connections_per_client;
     let Ok(client_slot) = guard.client_slot(peer.ip(), per_client) else {
-        let reason = "over the client's connection limit, and the refusal budget is exhausted";
-        return early_close(&shared, peer, started, EarlyClose::OverCapacity, reason);
+        return shared.over_capacity(peer, "client's connection limit");
     };
     let handshake = tls_handshake(tcp, &snapshot);
     let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
@@ -659,6 +664,7 @@ impl Server {
             snapshot: ArcSwap::from_pointee(snapshot),
             listeners: Mutex::new(Some(Vec::new())),
             counts: Arc::default(),
+            over_capacity_log: Mutex::default(),
             tracker: TaskTracker::new(),
             drain: Arc::new(Drain::default()),
             reload_status,
