@@ -67,17 +67,14 @@ pub struct ConnGuard {
 impl ConnGuard {
     /// A place for a connection just accepted, beyond `max` one in the refusal budget.
     pub(crate) fn new(counts: &Arc<Counts>, max: usize) -> Result<ConnGuard, BudgetExhausted> {
-        let over = match counts.active.fetch_add(1, Ordering::AcqRel) < max {
-            true => None,
-            false => {
-                counts.active.fetch_sub(1, Ordering::AcqRel);
-                counts
-                    .take_refusal()
-                    .then_some(Over::Connections)
-                    .ok_or(BudgetExhausted)?;
-                Some(Over::Connections)
+        let mut over = None;
+        if counts.active.fetch_add(1, Ordering::AcqRel) >= max {
+            counts.active.fetch_sub(1, Ordering::AcqRel);
+            if !counts.take_refusal() {
+                return Err(BudgetExhausted);
             }
-        };
+            over = Some(Over::Connections);
+        }
         Ok(ConnGuard {
             counts: counts.clone(),
             over,

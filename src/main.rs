@@ -176,7 +176,7 @@ fn init_logging(json: bool) {
     // odd SNI, say, and the connection's own line already names the TLS failure). Unless
     // RUST_LOG asks for them by name.
     for library in ["notify", "rustls"] {
-        if from_env.as_deref().is_some_and(|v| v.contains(library)) {
+        if from_env.as_deref().is_some_and(|v| names(v, library)) {
             continue;
         }
         if let Ok(quiet) = format!("{library}=error").parse() {
@@ -198,6 +198,19 @@ fn init_logging(json: bool) {
     if let Some(Err(e)) = parsed {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
     }
+}
+
+/// Whether a `RUST_LOG` value has a directive for `library` (or one of its modules), not
+/// merely one mentioning it (`tokio_rustls` is not `rustls`).
+fn names(filter: &str, library: &str) -> bool {
+    filter.split(',').any(|directive| {
+        let target = directive
+            .trim()
+            .split(['=', '['])
+            .next()
+            .unwrap_or_default();
+        target == library || target.starts_with(&format!("{library}::"))
+    })
 }
 
 /// SIGTERM (Kubernetes, systemd) or Ctrl-C, registered once so that a second one sent right

@@ -623,7 +623,7 @@ fn paths_through_links(path: &Path) -> Vec<PathBuf> {
 /// Links followed per file, as the kernel's own limit on a path.
 const MAX_LINKS: usize = 40;
 
-fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 

@@ -651,8 +651,7 @@ impl Server {
         // Absolute from the start: a relative path would be followed through the working
         // folder as it was at start-up, and go stale if that folder is replaced (the watch
         // promise is about paths). Symlinks stay as they are, to be followed on every read.
-        let path = config_path.as_ref();
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let path = reload::absolute(config_path.as_ref());
         let snapshot = Snapshot::build(&path, 1)?;
         let wanted = wanted_listeners(&snapshot.config);
         let sockets = bind_all(&wanted, &snapshot.config)?;

@@ -124,9 +124,11 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
     if let Some(target) = uri.authority() {
         // Ports compare with the scheme's default filled in: https://a/ and "a:443" agree.
         // Any other scheme (`ftp://host/ws`) asks for something this is not.
-        let default = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
-            Some("https" | "wss") => 443,
-            Some("http" | "ws") => 80,
+        let scheme = uri.scheme_str().unwrap_or_default();
+        let is = |name: &str| scheme.eq_ignore_ascii_case(name);
+        let default = match () {
+            _ if is("https") || is("wss") => 443,
+            _ if is("http") || is("ws") => 80,
             _ => return Err(ProxyError::MalformedRequest),
         };
         let same = !target.as_str().contains('@')
