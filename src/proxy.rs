@@ -219,9 +219,12 @@ fn spawn_tunnel(
         // Counted once the client has its 101, so 101s and opened tunnels always agree.
         conn.shared.metrics.upgraded(&route, took);
         let open = conn.shared.metrics.tunnel_started();
-        let outcome = splice.await;
+        let mut splice = splice;
+        let outcome = (&mut splice).await;
         open.closed(&route, &outcome);
         access_log::tunnel_line(&conn, &route, &backend, &outcome);
+        // Still counted among the connections while the client takes in the rest.
+        splice.linger(outcome.reason).await;
     });
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -34,6 +34,11 @@ use crate::metrics::Meter;
 const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per worker thread between uses; beyond that they are freed.
 const POOL_CAP: usize = 64;
+/// How long an ended tunnel's client may take to read the rest and close (see
+/// [`Splice::linger`]), and how much it may send meanwhile.
+const LINGER_TIME: Duration = Duration::from_secs(10);
+const LINGER_QUIET: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Tells every live tunnel to close (the end of the shutdown grace). A tunnel checks it with
 /// one atomic load per wake-up and is woken once by the `Notify`; tokio-util's
@@ -263,6 +268,50 @@ where
                 let (peer, kind) = failure.unwrap_or((Peer::Client, io::ErrorKind::Other));
                 CloseReason::Error(peer, kind)
             }
+        }
+    }
+
+    /// After the relay ended with `reason`: closes the backend, and lets the client take in
+    /// what is still on its way before its connection is closed. A socket closed with unread
+    /// input makes the kernel answer with a reset and throw away what it has not sent yet
+    /// (the tail of the backend's last message, megabytes on a slow link, when the client
+    /// went on sending after the backend had gone). So the client's side is shut (TLS
+    /// close_notify, then FIN, once the TLS layer's bytes are out), and what the client still
+    /// sends is read and dropped until it closes or is quiet for [`LINGER_QUIET`], for at
+    /// most [`LINGER_TIME`] and [`LINGER_BYTES`], or until shutdown (nginx's lingering close).
+    /// A client that had closed already costs one read.
+    /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor when the
+    /// client's own connection failed.
+    pub async fn linger(self, reason: CloseReason) {
+        let Splice {
+            mut client,
+            backend,
+            drain,
+            ..
+        } = self;
+        drop(backend);
+        if matches!(
+            reason,
+            CloseReason::IdleTimeout | CloseReason::Shutdown | CloseReason::Error(Peer::Client, _)
+        ) {
+            return;
+        }
+        let linger = async {
+            let _ = client.shutdown().await;
+            let mut budget = LINGER_BYTES;
+            while budget > 0 {
+                // A client quiet for a moment has nothing in flight to make the close a reset.
+                let n = match tokio::time::timeout(LINGER_QUIET, client.fill_buf()).await {
+                    Ok(Ok(data)) if !data.is_empty() => data.len(),
+                    _ => break,
+                };
+                client.consume(n);
+                budget = budget.saturating_sub(n);
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER_TIME, linger) => {}
+            () = drain.started() => {}
         }
     }
 
@@ -631,6 +680,50 @@ mod tests {
         assert_eq!(outcome.reason, CloseReason::Closed(Peer::Backend));
         assert_eq!(outcome.backend_to_client, 1 << 20);
         assert_eq!(outcome.client_to_backend, 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_still_sending_when_the_tunnel_ends_gets_everything_and_a_clean_close() {
+        // The backend sent 1 MiB and is gone; the client, not reading yet, sends on, and what
+        // it sends is never read by the relay. Closing its socket with that input unread would
+        // reset the connection and lose what the kernel had not sent yet.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client_peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (client, _) = listener.accept().await.unwrap();
+        let last_words: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let backend = ResetAfter(io::Cursor::new(last_words.clone()));
+        let drain = Arc::new(Drain::default());
+        client_peer.write_all(&[b'p'; 64 * 1024]).await.unwrap();
+        let relay = tokio::spawn(async move {
+            let idle = Duration::from_secs(60);
+            let mut splice = Splice::new(
+                BufReader::new(client),
+                Bytes::new(),
+                backend,
+                Bytes::new(),
+                idle,
+                &drain,
+            );
+            let outcome = (&mut splice).await;
+            splice.linger(outcome.reason).await;
+            outcome
+        });
+        let mut got = Vec::new();
+        client_peer
+            .read_to_end(&mut got)
+            .await
+            .expect("a clean end, not a reset");
+        assert!(
+            got == last_words,
+            "{} of {} bytes",
+            got.len(),
+            last_words.len()
+        );
+        drop(client_peer);
+        let outcome = relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Backend));
     }
 
     #[tokio::test]
