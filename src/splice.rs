@@ -35,10 +35,9 @@ const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per worker thread between uses; beyond that they are freed.
 const POOL_CAP: usize = 64;
 /// How long an ended tunnel's client may take to read the rest and close (see
-/// [`Splice::linger`]), and how much it may send meanwhile.
+/// [`Splice::linger`]), and how long it may stay quiet meanwhile.
 const LINGER_TIME: Duration = Duration::from_secs(10);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 1 << 20;
 
 /// Tells every live tunnel to close (the end of the shutdown grace). A tunnel checks it with
 /// one atomic load per wake-up and is woken once by the `Notify`; tokio-util's
@@ -278,7 +277,8 @@ where
     /// went on sending after the backend had gone). So the client's side is shut (TLS
     /// close_notify, then FIN, once the TLS layer's bytes are out), and what the client still
     /// sends is read and dropped until it closes or is quiet for [`LINGER_QUIET`], for at
-    /// most [`LINGER_TIME`] and [`LINGER_BYTES`], or until shutdown (nginx's lingering close).
+    /// most [`LINGER_TIME`], or until shutdown (nginx's lingering close; no byte limit: a
+    /// client sending fast is the very one whose close would be a reset).
     /// A client that had closed already costs one read.
     /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor when the
     /// client's own connection failed.
@@ -298,15 +298,13 @@ where
         }
         let linger = async {
             let _ = client.shutdown().await;
-            let mut budget = LINGER_BYTES;
-            while budget > 0 {
-                // A client quiet for a moment has nothing in flight to make the close a reset.
-                let n = match tokio::time::timeout(LINGER_QUIET, client.fill_buf()).await {
-                    Ok(Ok(data)) if !data.is_empty() => data.len(),
-                    _ => break,
-                };
+            // A client quiet for a moment has nothing in flight to make the close a reset.
+            while let Ok(Ok(data)) = tokio::time::timeout(LINGER_QUIET, client.fill_buf()).await {
+                if data.is_empty() {
+                    break;
+                }
+                let n = data.len();
                 client.consume(n);
-                budget = budget.saturating_sub(n);
             }
         };
         tokio::select! {
