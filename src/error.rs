@@ -50,6 +50,9 @@ pub enum ProxyError {
     Overloaded,
     #[error("per-client connection limit reached")]
     ClientOverLimit,
+    /// A request that arrived after shutdown began: a tunnel would be cut at the grace's end.
+    #[error("shutting down")]
+    ShuttingDown,
     #[error("backend unavailable")]
     BackendUnavailable,
     #[error("backend timed out")]
@@ -81,7 +84,7 @@ impl ProxyError {
             }
             OriginDenied => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
-            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
+            Overloaded | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
             ClientOverLimit => (StatusCode::TOO_MANY_REQUESTS, Side::Client),
             BackendUnavailable | BadBackendUpgrade(_) | BackendProtocol(_)
             | BadBackendAnswer(_) => (StatusCode::BAD_GATEWAY, Side::Backend),
@@ -109,6 +112,7 @@ impl ProxyError {
             NoSubprotocol => "no acceptable subprotocol\n",
             Overloaded => "server busy, retry later\n",
             ClientOverLimit => "too many connections from your address\n",
+            ShuttingDown => "server shutting down, retry\n",
             BackendUnavailable => "backend unavailable\n",
             BackendTimeout => "backend timeout\n",
             BadBackendUpgrade(_) => "backend refused the upgrade\n",
@@ -127,7 +131,9 @@ impl ProxyError {
                 ("upgrade", "websocket"),
                 ("connection", "Upgrade, close"),
             ],
-            ProxyError::Overloaded | ProxyError::ClientOverLimit => &[("retry-after", "1")],
+            ProxyError::Overloaded | ProxyError::ClientOverLimit | ProxyError::ShuttingDown => {
+                &[("retry-after", "1")]
+            }
             _ => &[],
         }
     }
@@ -151,6 +157,7 @@ mod tests {
             (ProxyError::HeadTooLarge, 431),
             (ProxyError::TooManyFields, 431),
             (ProxyError::Overloaded, 503),
+            (ProxyError::ShuttingDown, 503),
             (ProxyError::ClientOverLimit, 429),
             (ProxyError::BackendUnavailable, 502),
             (ProxyError::BadBackendUpgrade("x"), 502),

@@ -74,9 +74,17 @@ pub async fn handle(
     }
 }
 
-/// The refusals decided when the connection was accepted: over `max_connections` (503) or
+/// The refusals that need no routing: shutdown begun (503), over `max_connections` (503) or
 /// over `max_connections_per_client` (429). Checked before hyper is involved.
 pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
+    // Another replica can take it; a tunnel here would be cut when the grace ends.
+    if conn
+        .shared
+        .stopping
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        return Err(ProxyError::ShuttingDown);
+    }
     match conn.guard.over() {
         None => Ok(()),
         Some(Over::Connections) => Err(ProxyError::Overloaded),

@@ -335,3 +335,23 @@ async fn every_end_line_has_the_access_log_target() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_arriving_during_the_grace_gets_503_not_a_tunnel_to_be_cut() {
+    // Connected before the shutdown, asking after it began: another replica should take it.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&config_with_grace("5s", "", backend.addr)).await;
+    let addr = proxy.addr;
+    let mut late = raw_client(addr).await;
+    let shutdown = tokio::spawn(proxy.server.shutdown());
+    refused(addr).await;
+    late.send(Req::upgrade("localhost", "/a").bytes()).await;
+    let head = late.read_head().await;
+    assert_eq!(head.status, 503, "{head:?}");
+    assert_eq!(head.get("retry-after"), Some("1"), "{head:?}");
+    assert_eq!(
+        late.read_body(&head).await,
+        b"server shutting down, retry\n"
+    );
+    within("shutdown to return", shutdown).await.unwrap();
+}
