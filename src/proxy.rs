@@ -231,8 +231,10 @@ fn spawn_tunnel(
         let outcome = (&mut splice).await;
         open.closed(&route, &outcome);
         access_log::tunnel_line(&conn, &route, &backend, &outcome);
-        // Still counted among the connections while the client takes in the rest.
-        splice.linger(outcome.reason).await;
+        // Still counted among the connections while the client takes in the rest. Boxed: this
+        // future's size is held for the tunnel's whole life, the lingering only at its end
+        // (unboxed, it took 4.5 KiB more per idle tunnel).
+        Box::pin(splice.linger(outcome.reason)).await;
     });
 }
 
