@@ -221,13 +221,12 @@ fn spawn_tunnel(
         let upgraded = on_upgrade.await;
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
-        let Some(splice) = client_splice(upgraded, socket, early, idle, &conn, &route) else {
+        let Some(mut splice) = client_splice(upgraded, socket, early, idle, &conn, &route) else {
             return access_log::tunnel_not_opened(&conn, route, backend);
         };
         // Counted once the client has its 101, so 101s and opened tunnels always agree.
         conn.shared.metrics.upgraded(&route, took);
         let open = conn.shared.metrics.tunnel_started();
-        let mut splice = splice;
         let outcome = (&mut splice).await;
         open.closed(&route, &outcome);
         access_log::tunnel_line(&conn, &route, &backend, &outcome);
