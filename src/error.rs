@@ -1,11 +1,16 @@
 //! Why a request was refused, which side caused it, and the one place that turns that into an
-//! HTTP answer.
+//! HTTP answer; and why a connection ended before any answer at all.
 //!
 //! Every refusal in the request path is a [`ProxyError`]. [`ProxyError::status`] is an exhaustive
 //! `match` with no `_` arm, so a new variant cannot slip out as a 500 by accident. Bodies are
 //! short fixed text: never a backend address or an error chain.
 
+use std::io;
+
 use hyper::StatusCode;
+
+use crate::metrics::EarlyClose;
+use crate::proxy_protocol::HeaderError;
 
 /// Who is to blame for a refusal; decides the log level of its line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +144,59 @@ impl ProxyError {
     }
 }
 
+/// Why a connection ended before any request on it was answered (its line has status 0): the
+/// reason its line gives and its `wsgate_connections_closed_early_total` label, in one place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unanswered {
+    #[error("{0}")]
+    BadProxyHeader(HeaderError),
+    #[error("handshake timeout (PROXY header)")]
+    ProxyHeaderLate,
+    /// A TCP connect and close (a load balancer's health check), or a client dropping out.
+    #[error("closed during the TLS handshake: {0}")]
+    GoneDuringTls(io::Error),
+    #[error("TLS handshake failed: {0}")]
+    TlsFailed(io::Error),
+    #[error("closed before sending a request")]
+    NoRequest,
+    #[error("closed in the middle of the request head")]
+    ClosedMidHead,
+    #[error("closed before completing a request: {0}")]
+    GoneMidHead(io::Error),
+    #[error("reading the request failed: {0}")]
+    ReadFailed(io::Error),
+    /// `timeouts.handshake` ran out during the named step.
+    #[error("handshake timeout ({0})")]
+    Late(&'static str),
+    #[error("shutdown during {0}")]
+    ShutdownDuring(&'static str),
+    #[error("request head too large (431)")]
+    HeadTooLarge,
+    #[error("bad request: {0}")]
+    BadRequest(hyper::Error),
+    #[error("answer not delivered in time; connection dropped")]
+    AnswerLate,
+    #[error("shutdown before a request was answered")]
+    Shutdown,
+}
+
+impl Unanswered {
+    /// Its label in `wsgate_connections_closed_early_total`.
+    pub(crate) fn kind(&self) -> EarlyClose {
+        use Unanswered::*;
+        match self {
+            BadProxyHeader(_) | ProxyHeaderLate => EarlyClose::BadProxyHeader,
+            GoneDuringTls(_) | NoRequest | GoneMidHead(_) => EarlyClose::NoRequest,
+            TlsFailed(_) | ReadFailed(_) => EarlyClose::TlsFailed,
+            ClosedMidHead | BadRequest(_) => EarlyClose::BadRequest,
+            Late(_) => EarlyClose::HandshakeTimeout,
+            HeadTooLarge => EarlyClose::HeadTooLarge,
+            AnswerLate => EarlyClose::AnswerLate,
+            ShutdownDuring(_) | Shutdown => EarlyClose::Shutdown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +224,47 @@ mod tests {
         ];
         for (err, code) in cases {
             assert_eq!(err.status().0.as_u16(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn unanswered_connections_are_labelled_and_worded_in_one_place() {
+        let gone = || io::Error::from(io::ErrorKind::UnexpectedEof);
+        let cases = [
+            (
+                Unanswered::ProxyHeaderLate,
+                EarlyClose::BadProxyHeader,
+                "handshake timeout (PROXY header)",
+            ),
+            (
+                Unanswered::Late("TLS"),
+                EarlyClose::HandshakeTimeout,
+                "handshake timeout (TLS)",
+            ),
+            (
+                Unanswered::GoneDuringTls(gone()),
+                EarlyClose::NoRequest,
+                "closed during the TLS handshake: unexpected end of file",
+            ),
+            (
+                Unanswered::ReadFailed(gone()),
+                EarlyClose::TlsFailed,
+                "reading the request failed: unexpected end of file",
+            ),
+            (
+                Unanswered::ClosedMidHead,
+                EarlyClose::BadRequest,
+                "closed in the middle of the request head",
+            ),
+            (
+                Unanswered::ShutdownDuring("request head"),
+                EarlyClose::Shutdown,
+                "shutdown during request head",
+            ),
+        ];
+        for (why, kind, text) in cases {
+            assert_eq!(why.kind(), kind, "{why}");
+            assert_eq!(why.to_string(), text);
         }
     }
 

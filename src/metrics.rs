@@ -73,7 +73,7 @@ struct ResultLabels {
 
 /// Why a connection ended before any request was answered: the `reason` label of
 /// `wsgate_connections_closed_early_total`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EarlyClose {
     /// `proxy.proxy_protocol` is on and the connection did not start with a valid header.
     BadProxyHeader,

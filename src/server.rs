@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::{self, Delivery};
 use crate::admin;
 use crate::config::ConfigError;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Unanswered};
 use crate::head::{self, Head, Prefixed};
 use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::metrics::{EarlyClose, Metrics};
@@ -308,7 +308,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut guard:
     let deadline = started + snapshot.config.timeouts.handshake;
     let (peer, tcp) = match proxy_header(tcp, peer, &shared, &snapshot, deadline).await {
         Ok(known) => known,
-        Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
+        Err(why) => return early_close(&shared, peer, started, &why),
     };
     // Taken as soon as the client is known, so its connections still in the TLS handshake or
     // idle before their request count; one over the limit gets 429 once its head is in (see
@@ -320,7 +320,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut guard:
     let handshake = tls_handshake(tcp, &snapshot);
     let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
         Ok(tls) => tls,
-        Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
+        Err(why) => return early_close(&shared, peer, started, &why),
     };
     let conn = Arc::new(Conn::new(peer, started, shared.clone(), guard, client_slot));
     let max_head = snapshot.config.limits.max_request_header_bytes;
@@ -328,7 +328,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut guard:
     let (head_too_large, head_bytes) =
         match in_time(&shared, deadline, read_head, "request head").await {
             Ok(read) => read,
-            Err((kind, reason)) => return early_close(&shared, peer, started, kind, &reason),
+            Err(why) => return early_close(&shared, peer, started, &why),
         };
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
@@ -355,7 +355,7 @@ async fn proxy_header(
     shared: &Shared,
     snapshot: &Snapshot,
     deadline: Instant,
-) -> Result<(SocketAddr, TcpStream), (EarlyClose, String)> {
+) -> Result<(SocketAddr, TcpStream), Unanswered> {
     let _ = tcp.set_nodelay(true);
     if !snapshot.config.proxy_protocol {
         return Ok((peer, tcp));
@@ -369,7 +369,7 @@ async fn proxy_header(
     match header.await {
         Ok(client) => Ok((client, tcp)),
         // No valid header in time is a bad header, whatever it was waiting for.
-        Err((EarlyClose::HandshakeTimeout, reason)) => Err((EarlyClose::BadProxyHeader, reason)),
+        Err(Unanswered::Late(_)) => Err(Unanswered::ProxyHeaderLate),
         Err(other) => Err(other),
     }
 }
@@ -377,7 +377,7 @@ async fn proxy_header(
 async fn tls_handshake(
     tcp: TcpStream,
     snapshot: &Snapshot,
-) -> Result<TlsStream<TcpStream>, (EarlyClose, String)> {
+) -> Result<TlsStream<TcpStream>, Unanswered> {
     TlsAcceptor::from(snapshot.tls.clone())
         .accept(tcp)
         .await
@@ -385,11 +385,8 @@ async fn tls_handshake(
             // A TCP connect and close (a load balancer's or kubelet's tcpSocket check), or a
             // client dropping mid-handshake: no TLS problem to alert on. A client that does
             // not trust the certificate sends an alert, which is a TLS failure.
-            true => (
-                EarlyClose::NoRequest,
-                format!("closed during the TLS handshake: {e}"),
-            ),
-            false => (EarlyClose::TlsFailed, format!("TLS handshake failed: {e}")),
+            true => Unanswered::GoneDuringTls(e),
+            false => Unanswered::TlsFailed(e),
         })
 }
 
@@ -451,8 +448,7 @@ async fn serve_http(
         access_log::end_line(&conn, delivery);
         return;
     }
-    let (kind, reason) = unanswered(ended);
-    early_close(&shared, conn.peer, conn.started, kind, &reason);
+    early_close(&shared, conn.peer, conn.started, &unanswered(ended));
 }
 
 /// hyper's own words for a failed answer ("error writing a body to connection") name neither
@@ -481,54 +477,27 @@ fn which_side_failed(e: &hyper::Error) -> String {
 async fn read_request_head(
     tls: &mut TlsStream<TcpStream>,
     max: usize,
-) -> Result<(bool, Bytes), (EarlyClose, String)> {
+) -> Result<(bool, Bytes), Unanswered> {
     match head::read(tls, max).await {
-        Ok((Head::Closed, read)) if read.is_empty() => Err((
-            EarlyClose::NoRequest,
-            "closed before sending a request".to_string(),
-        )),
-        Ok((Head::Closed, _)) => Err((
-            EarlyClose::BadRequest,
-            "closed in the middle of the request head".to_string(),
-        )),
+        Ok((Head::Closed, read)) if read.is_empty() => Err(Unanswered::NoRequest),
+        Ok((Head::Closed, _)) => Err(Unanswered::ClosedMidHead),
         Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
         // A TCP close without TLS's close_notify, or a reset: a client gone, not a TLS
         // failure.
-        Err(e) if gone(&e) => Err((
-            EarlyClose::NoRequest,
-            format!("closed before completing a request: {e}"),
-        )),
-        Err(e) => Err((
-            EarlyClose::TlsFailed,
-            format!("reading the request failed: {e}"),
-        )),
+        Err(e) if gone(&e) => Err(Unanswered::GoneMidHead(e)),
+        Err(e) => Err(Unanswered::ReadFailed(e)),
     }
 }
 
 /// Why a connection hyper served ended without any request being answered.
-fn unanswered(ended: Ended) -> (EarlyClose, String) {
+fn unanswered(ended: Ended) -> Unanswered {
     match ended {
-        Ended::Served(Ok(())) => (
-            EarlyClose::NoRequest,
-            "closed before sending a request".into(),
-        ),
-        Ended::Served(Err(e)) if e.is_parse_too_large() => (
-            EarlyClose::HeadTooLarge,
-            "request head too large (431)".into(),
-        ),
-        Ended::Served(Err(e)) if e.is_timeout() => (
-            EarlyClose::HandshakeTimeout,
-            "handshake timeout (request head)".into(),
-        ),
-        Ended::Served(Err(e)) => (EarlyClose::BadRequest, format!("bad request: {e}")),
-        Ended::Late => (
-            EarlyClose::AnswerLate,
-            "answer not delivered in time; connection dropped".into(),
-        ),
-        Ended::Drained => (
-            EarlyClose::Shutdown,
-            "shutdown before a request was answered".into(),
-        ),
+        Ended::Served(Ok(())) => Unanswered::NoRequest,
+        Ended::Served(Err(e)) if e.is_parse_too_large() => Unanswered::HeadTooLarge,
+        Ended::Served(Err(e)) if e.is_timeout() => Unanswered::Late("request head"),
+        Ended::Served(Err(e)) => Unanswered::BadRequest(e),
+        Ended::Late => Unanswered::AnswerLate,
+        Ended::Drained => Unanswered::Shutdown,
     }
 }
 
@@ -537,15 +506,14 @@ fn unanswered(ended: Ended) -> (EarlyClose, String) {
 async fn in_time<T>(
     shared: &Shared,
     deadline: Instant,
-    step: impl std::future::Future<Output = Result<T, (EarlyClose, String)>>,
-    what: &str,
-) -> Result<T, (EarlyClose, String)> {
+    step: impl std::future::Future<Output = Result<T, Unanswered>>,
+    what: &'static str,
+) -> Result<T, Unanswered> {
     tokio::select! {
-        done = tokio::time::timeout_at(deadline, step) => done.unwrap_or_else(|_| Err((
-            EarlyClose::HandshakeTimeout,
-            format!("handshake timeout ({what})"),
-        ))),
-        _ = shared.drain.started() => Err((EarlyClose::Shutdown, format!("shutdown during {what}"))),
+        done = tokio::time::timeout_at(deadline, step) => {
+            done.unwrap_or(Err(Unanswered::Late(what)))
+        }
+        _ = shared.drain.started() => Err(Unanswered::ShutdownDuring(what)),
     }
 }
 
@@ -554,14 +522,14 @@ async fn in_time<T>(
 async fn client_from_header(
     tcp: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<SocketAddr, (EarlyClose, String)> {
+) -> Result<SocketAddr, Unanswered> {
     match proxy_protocol::read_header(tcp).await {
         Ok(client) => {
             let client = client.unwrap_or(peer);
             tracing::debug!(%client, via = %peer, "PROXY protocol header");
             Ok(client)
         }
-        Err(e) => Err((EarlyClose::BadProxyHeader, e.to_string())),
+        Err(e) => Err(Unanswered::BadProxyHeader(e)),
     }
 }
 
@@ -575,15 +543,11 @@ enum Ended {
 }
 
 /// Logs and counts a connection that ended before any request was answered.
-fn early_close(
-    shared: &Shared,
-    peer: SocketAddr,
-    started: Instant,
-    kind: EarlyClose,
-    reason: &str,
-) {
-    shared.metrics.closed_early(kind);
+fn early_close(shared: &Shared, peer: SocketAddr, started: Instant, why: &Unanswered) {
+    shared.metrics.closed_early(why.kind());
     let duration_ms = started.elapsed().as_millis() as u64;
+    let reason = why.to_string();
+    let reason = reason.as_str();
     tracing::info!(target: access_log::TARGET, client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
 }
 
