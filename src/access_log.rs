@@ -126,6 +126,13 @@ pub(crate) fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>,
     }));
 }
 
+/// The upgrade is on its way: the tunnel's task writes the connection's line when it ends
+/// ([`tunnel_line`], or [`tunnel_not_opened`] if the client never gets its 101).
+pub(crate) fn tunnel_takes_line(log: &mut Line<'_>) {
+    log.written = true;
+    *lock(&log.conn.line) = EndLine::Tunnel;
+}
+
 /// Whether the request path has the connection's end line (a request was seen): then
 /// [`end_line`] writes it (or the tunnel does), not the server.
 pub(crate) fn has_line(conn: &Conn) -> bool {

@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::head::Prefixed;
 use crate::limits::{ClientSlot, ConnGuard, Over};
 use crate::routes::Selection;
-use crate::server::{lock, Shared};
+use crate::server::Shared;
 use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
@@ -207,9 +207,7 @@ fn spawn_tunnel(
     tunnel: Tunnel,
     idle: std::time::Duration,
 ) {
-    // The tunnel writes the connection's line when it ends.
-    log.written = true;
-    *lock(&conn.line) = EndLine::Tunnel;
+    access_log::tunnel_takes_line(log);
     let route = log.route.clone().unwrap_or_default();
     let took = log.head_at.elapsed();
     let backend = log.backend.clone().unwrap_or_default();
