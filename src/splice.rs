@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -270,45 +270,41 @@ where
         }
     }
 
-    /// After the relay ended with `reason`: closes the backend, and lets the client take in
-    /// what is still on its way before its connection is closed. A socket closed with unread
-    /// input makes the kernel answer with a reset and throw away what it has not sent yet
-    /// (the tail of the backend's last message, megabytes on a slow link, when the client
-    /// went on sending after the backend had gone). So the client's side is shut (TLS
-    /// close_notify, then FIN, once the TLS layer's bytes are out), and what the client still
-    /// sends is read and dropped until it closes or is quiet for [`LINGER_QUIET`], for at
-    /// most [`LINGER_TIME`], or until shutdown (nginx's lingering close; no byte limit: a
-    /// client sending fast is the very one whose close would be a reset).
-    /// A client that had closed already costs one read.
-    /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor when the
-    /// client's own connection failed.
+    /// After the relay ended with `reason`: lets each side take in what is still on its way
+    /// to it before its connection is closed. A socket closed with unread input makes the
+    /// kernel answer with a reset and throw away what it has not sent yet: the tail of the
+    /// backend's last message, megabytes on a slow link, when the client went on sending after
+    /// the backend had gone (or the tail of the client's last message, the other way round).
+    /// So each side still connected is shut (for the client: TLS close_notify, then FIN, once
+    /// the TLS layer's bytes are out), and what it still sends is read and dropped until it
+    /// closes or is quiet for [`LINGER_QUIET`], for at most [`LINGER_TIME`], or until
+    /// shutdown (nginx's lingering close; no byte limit: a peer sending fast is the very one
+    /// whose close would be a reset). A side that had closed already costs one read.
+    /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor for a
+    /// side whose own connection failed.
     pub async fn linger(self, reason: CloseReason) {
         let Splice {
-            mut client,
+            client,
             backend,
             drain,
             ..
         } = self;
-        drop(backend);
-        if matches!(
-            reason,
-            CloseReason::IdleTimeout | CloseReason::Shutdown | CloseReason::Error(Peer::Client, _)
-        ) {
+        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
             return;
         }
-        let linger = async {
-            let _ = client.shutdown().await;
-            // A client quiet for a moment has nothing in flight to make the close a reset.
-            while let Ok(Ok(data)) = tokio::time::timeout(LINGER_QUIET, client.fill_buf()).await {
-                if data.is_empty() {
-                    break;
-                }
-                let n = data.len();
-                client.consume(n);
+        let failed = |peer| matches!(reason, CloseReason::Error(p, _) if p == peer);
+        let client = async {
+            if !failed(Peer::Client) {
+                linger_on(client).await;
+            }
+        };
+        let backend = async {
+            if !failed(Peer::Backend) {
+                linger_on(backend).await;
             }
         };
         tokio::select! {
-            _ = tokio::time::timeout(LINGER_TIME, linger) => {}
+            _ = tokio::time::timeout(LINGER_TIME, async { tokio::join!(client, backend) }) => {}
             () = drain.started() => {}
         }
     }
@@ -538,6 +534,19 @@ impl Direction {
     }
 }
 
+/// Shuts `io`'s sending side, then reads and drops what it still sends until it closes or is
+/// quiet for [`LINGER_QUIET`] (see [`Splice::linger`]).
+async fn linger_on<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 1024];
+    // A peer quiet for a moment has nothing in flight to make the close a reset.
+    while let Ok(Ok(n)) = tokio::time::timeout(LINGER_QUIET, io.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 fn poll_write_some<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     writer: &mut W,
@@ -722,6 +731,42 @@ mod tests {
         drop(client_peer);
         let outcome = relay.await.unwrap();
         assert_eq!(outcome.reason, CloseReason::Closed(Peer::Backend));
+    }
+
+    #[tokio::test]
+    async fn a_backend_still_sending_when_the_tunnel_ends_gets_everything_and_a_clean_close() {
+        // The mirror case: the client sent 1 MiB and is gone; the backend, not reading yet,
+        // sends on, and what it sends is never read by the relay.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut backend_peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (backend, _) = listener.accept().await.unwrap();
+        let last_words: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let client = BufReader::new(ResetAfter(io::Cursor::new(last_words.clone())));
+        let drain = Arc::new(Drain::default());
+        backend_peer.write_all(&[b'p'; 64 * 1024]).await.unwrap();
+        let relay = tokio::spawn(async move {
+            let idle = Duration::from_secs(60);
+            let mut splice = Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, &drain);
+            let outcome = (&mut splice).await;
+            splice.linger(outcome.reason).await;
+            outcome
+        });
+        let mut got = Vec::new();
+        backend_peer
+            .read_to_end(&mut got)
+            .await
+            .expect("a clean end, not a reset");
+        assert!(
+            got == last_words,
+            "{} of {} bytes",
+            got.len(),
+            last_words.len()
+        );
+        drop(backend_peer);
+        let outcome = relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
     }
 
     #[tokio::test]
