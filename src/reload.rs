@@ -283,14 +283,17 @@ impl WatchState {
                 Wake::Poll => Trigger::Files,
                 Wake::Manual => Trigger::Manual,
             };
-            if !self.reload_settled(shared, path, trigger, &stop).await {
+            if !self
+                .reload_settled(shared, path, trigger, &mut events, &stop)
+                .await
+            {
                 return;
             }
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
             while self.refresh_watches(self.wanted_in(shared, path).await, watch_mode(shared)) {
                 if !self
-                    .reload_settled(shared, path, Trigger::Files, &stop)
+                    .reload_settled(shared, path, Trigger::Files, &mut events, &stop)
                     .await
                 {
                     return;
@@ -312,6 +315,7 @@ impl WatchState {
         shared: &Arc<Shared>,
         path: &Path,
         trigger: Trigger,
+        events: &mut mpsc::UnboundedReceiver<()>,
         stop: &CancellationToken,
     ) -> bool {
         for tries_left in (0..MAX_REREADS).rev() {
@@ -319,7 +323,7 @@ impl WatchState {
                 0 => Patience::TakeAsRead,
                 _ => Patience::WaitForStill,
             };
-            if self.reload(shared, path, trigger, patience).await == Read::Settled {
+            if self.reload(shared, path, trigger, patience, events).await == Read::Settled {
                 break;
             }
             tokio::select! {
@@ -501,7 +505,11 @@ pub fn logging_set_up(format: LogFormat, by_flag: bool) {
 fn log_format_changed(format: LogFormat) {
     if let Some(&(in_use, false)) = LOGGING.get() {
         if format != in_use {
-            tracing::warn!(log_format = ?format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
+            let log_format = match format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            };
+            tracing::warn!(log_format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
         }
     }
 }
@@ -548,6 +556,14 @@ enum Wake {
     Event,
     Manual,
     Poll,
+}
+
+/// Whether a file event arrives within [`DEBOUNCE`].
+async fn written_again(events: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    matches!(
+        tokio::time::timeout(DEBOUNCE, events.recv()).await,
+        Ok(Some(()))
+    )
 }
 
 /// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
@@ -655,10 +671,14 @@ impl WatchState {
         path: &Path,
         trigger: Trigger,
         patience: Patience,
+        events: &mut mpsc::UnboundedReceiver<()>,
     ) -> Read {
         let current = shared.current();
         let generation = current.generation + 1;
         let format_in_force = current.config.log_format;
+        // Events so far are of writes this read will see: only one arriving from now on says
+        // the files were written to again (see `written_again` below).
+        while events.try_recv().is_ok() {}
         let previously_rejected = self.rejected;
         let path = path.to_path_buf();
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
@@ -694,7 +714,23 @@ impl WatchState {
             Look::Built(on_disk, settled, Box::new(built))
         })
         .await;
+        // A file read between two writes of a writer that pauses between them (in place,
+        // piece by piece) may fail to build though it held still while it was read: a failure
+        // is reported only if no write follows within a debounce's time (a file rewritten
+        // nonstop is reported once it holds still: only then is its error its content's).
+        let still_being_written = match &look {
+            Ok(Look::Built(_, _, built)) if built.is_err() && trigger == Trigger::Files => {
+                written_again(events).await
+            }
+            _ => false,
+        };
         let outcome = match look {
+            Ok(Look::Built(..)) if still_being_written => {
+                tracing::debug!(
+                    "config files written to again after a failed read; reading them again"
+                );
+                Outcome::Unsettled
+            }
             Ok(Look::InForce) => {
                 tracing::debug!("config files touched but their content did not change");
                 // Back to what is in force: a rejected content saved again is news again.

@@ -433,6 +433,47 @@ async fn a_burst_of_writes_is_applied_as_one_reload_of_the_last_content() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_rewritten_piece_by_piece_nonstop_is_never_reported_half_written() {
+    // In place, in ten pieces 2 ms apart, over and over for longer than the debounce's cap:
+    // reads land mid-write. None may count as a failure, and the last content wins.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("r", "/r", &[backend.addr])).await;
+    let rx = proxy.server.reload_status();
+    let path = proxy.config_path();
+    let addr = backend.addr;
+    let body = move |n: usize| {
+        let route = route("r", &format!("/p{n}"), &[addr]);
+        format!("{CONFIG_HEAD}{route}")
+    };
+    let writer = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            n += 1;
+            let text = body(n);
+            let mut file = std::fs::File::create(&path).unwrap();
+            for piece in text.as_bytes().chunks(text.len().div_ceil(10)) {
+                std::io::Write::write_all(&mut file, piece).unwrap();
+                // Not a wait for anything: the writer pauses mid-file, as slow writers do.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        n
+    });
+    let last = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let last_path = format!("/p{last}");
+    within("the last content to be in force", async {
+        while upgrade_status(proxy.addr, &last_path).await != 101 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(rx.borrow().failures, 0, "{:?}", rx.borrow().last_error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_that_deletes_the_old_folder_like_kubelet_is_applied_twice() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
