@@ -38,6 +38,8 @@ const POOL_CAP: usize = 64;
 /// [`Splice::linger`]), and how long it may stay quiet meanwhile.
 const LINGER_TIME: Duration = Duration::from_secs(10);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
+/// The idle timeout of a tunnel one of whose directions is over, if its own is longer.
+const HALF_CLOSED_IDLE: Duration = Duration::from_secs(30);
 
 /// Tells every live tunnel to close (the end of the shutdown grace). A tunnel checks it with
 /// one atomic load per wake-up and is woken once by the `Notify`; tokio-util's
@@ -231,6 +233,13 @@ where
         if active {
             self.last_activity = Instant::now();
             self.report();
+        }
+        // Once one direction is over (a WebSocket whose backend closed, whose client has not
+        // yet), a quiet tunnel waits for its other side briefly, not the whole idle timeout:
+        // HAProxy's `timeout client-fin`.
+        if (self.up.finished || self.down.finished) && self.idle > HALF_CLOSED_IDLE {
+            self.idle = HALF_CLOSED_IDLE;
+            self.timer.as_mut().reset(self.last_activity + self.idle);
         }
         Poll::Pending
     }
@@ -798,6 +807,28 @@ mod tests {
         )
         .await;
         assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_half_closed_tunnel_is_closed_after_thirty_seconds() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, _backend_peer) = duplex(64);
+        let drain = Arc::new(Drain::default());
+        // The client half-closes and then neither side sends anything.
+        client_peer.shutdown().await.unwrap();
+        let started = Instant::now();
+        let idle = Duration::from_secs(300);
+        let outcome = Splice::new(
+            BufReader::new(client),
+            Bytes::new(),
+            backend,
+            Bytes::new(),
+            idle,
+            &drain,
+        )
+        .await;
+        assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+        assert_eq!(started.elapsed().as_secs(), HALF_CLOSED_IDLE.as_secs());
     }
 
     #[tokio::test]
