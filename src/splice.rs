@@ -698,84 +698,68 @@ mod tests {
         assert_eq!(outcome.client_to_backend, 0);
     }
 
-    #[tokio::test]
-    async fn a_client_still_sending_when_the_tunnel_ends_gets_everything_and_a_clean_close() {
-        // The backend sent 1 MiB and is gone; the client, not reading yet, sends on, and what
-        // it sends is never read by the relay. Closing its socket with that input unread would
-        // reset the connection and lose what the kernel had not sent yet.
+    /// `gone` sent 1 MiB and is gone; the other side, a real socket whose peer has not read
+    /// yet, sent on (64 KiB the relay never reads). Closing that socket with its input unread
+    /// would reset it and lose what the kernel had not delivered yet: the peer must read the
+    /// whole 1 MiB, then a clean end.
+    async fn last_words_reach_a_peer_still_sending(gone: Peer) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client_peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (client, _) = listener.accept().await.unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
         let last_words: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-        let backend = ResetAfter(io::Cursor::new(last_words.clone()));
+        let gone_side = ResetAfter(io::Cursor::new(last_words.clone()));
+        peer.write_all(&[b'p'; 64 * 1024]).await.unwrap();
         let drain = Arc::new(Drain::default());
-        client_peer.write_all(&[b'p'; 64 * 1024]).await.unwrap();
+        let idle = Duration::from_secs(60);
         let relay = tokio::spawn(async move {
-            let idle = Duration::from_secs(60);
-            let mut splice = Splice::new(
-                BufReader::new(client),
-                Bytes::new(),
-                backend,
-                Bytes::new(),
-                idle,
-                &drain,
-            );
-            let outcome = (&mut splice).await;
-            splice.linger(outcome.reason).await;
-            outcome
+            match gone {
+                Peer::Backend => {
+                    let client = BufReader::new(socket);
+                    let splice =
+                        Splice::new(client, Bytes::new(), gone_side, Bytes::new(), idle, &drain);
+                    relay_then_linger(splice).await
+                }
+                Peer::Client => {
+                    let client = BufReader::new(gone_side);
+                    let splice =
+                        Splice::new(client, Bytes::new(), socket, Bytes::new(), idle, &drain);
+                    relay_then_linger(splice).await
+                }
+            }
         });
         let mut got = Vec::new();
-        client_peer
-            .read_to_end(&mut got)
-            .await
-            .expect("a clean end, not a reset");
+        let read = peer.read_to_end(&mut got).await;
+        read.expect("a clean end, not a reset");
         assert!(
             got == last_words,
             "{} of {} bytes",
             got.len(),
             last_words.len()
         );
-        drop(client_peer);
-        let outcome = relay.await.unwrap();
-        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Backend));
+        drop(peer);
+        assert_eq!(relay.await.unwrap().reason, CloseReason::Closed(gone));
+    }
+
+    async fn relay_then_linger<C, B>(mut splice: Splice<C, B>) -> Outcome
+    where
+        C: AsyncBufRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        let outcome = (&mut splice).await;
+        splice.linger(outcome.reason).await;
+        outcome
+    }
+
+    #[tokio::test]
+    async fn a_client_still_sending_when_the_tunnel_ends_gets_everything_and_a_clean_close() {
+        last_words_reach_a_peer_still_sending(Peer::Backend).await;
     }
 
     #[tokio::test]
     async fn a_backend_still_sending_when_the_tunnel_ends_gets_everything_and_a_clean_close() {
-        // The mirror case: the client sent 1 MiB and is gone; the backend, not reading yet,
-        // sends on, and what it sends is never read by the relay.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut backend_peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (backend, _) = listener.accept().await.unwrap();
-        let last_words: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-        let client = BufReader::new(ResetAfter(io::Cursor::new(last_words.clone())));
-        let drain = Arc::new(Drain::default());
-        backend_peer.write_all(&[b'p'; 64 * 1024]).await.unwrap();
-        let relay = tokio::spawn(async move {
-            let idle = Duration::from_secs(60);
-            let mut splice = Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, &drain);
-            let outcome = (&mut splice).await;
-            splice.linger(outcome.reason).await;
-            outcome
-        });
-        let mut got = Vec::new();
-        backend_peer
-            .read_to_end(&mut got)
-            .await
-            .expect("a clean end, not a reset");
-        assert!(
-            got == last_words,
-            "{} of {} bytes",
-            got.len(),
-            last_words.len()
-        );
-        drop(backend_peer);
-        let outcome = relay.await.unwrap();
-        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
+        last_words_reach_a_peer_still_sending(Peer::Client).await;
     }
 
     #[tokio::test]
