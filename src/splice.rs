@@ -633,6 +633,20 @@ mod tests {
         assert_eq!(outcome.backend_to_client, 14);
     }
 
+    /// A relay with no early bytes either way.
+    fn without_early<C, B>(
+        client: C,
+        backend: B,
+        idle: Duration,
+        drain: &Arc<Drain>,
+    ) -> Splice<C, B>
+    where
+        C: AsyncBufRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, drain)
+    }
+
     /// A connection after its peer closed and then reset it: what arrived before is still
     /// read, every write fails.
     struct ResetAfter(io::Cursor<Vec<u8>>);
@@ -674,15 +688,7 @@ mod tests {
         client_peer.write_all(b"ping").await.unwrap();
         let relay = tokio::spawn(async move {
             let idle = Duration::from_secs(60);
-            Splice::new(
-                BufReader::new(client),
-                Bytes::new(),
-                backend,
-                Bytes::new(),
-                idle,
-                &drain,
-            )
-            .await
+            without_early(BufReader::new(client), backend, idle, &drain).await
         });
         let mut got = Vec::new();
         client_peer.read_to_end(&mut got).await.unwrap();
@@ -717,14 +723,12 @@ mod tests {
             match gone {
                 Peer::Backend => {
                     let client = BufReader::new(socket);
-                    let splice =
-                        Splice::new(client, Bytes::new(), gone_side, Bytes::new(), idle, &drain);
+                    let splice = without_early(client, gone_side, idle, &drain);
                     relay_then_linger(splice).await
                 }
                 Peer::Client => {
                     let client = BufReader::new(gone_side);
-                    let splice =
-                        Splice::new(client, Bytes::new(), socket, Bytes::new(), idle, &drain);
+                    let splice = without_early(client, socket, idle, &drain);
                     relay_then_linger(splice).await
                 }
             }
@@ -768,7 +772,7 @@ mod tests {
         let client = BufReader::new(ResetAfter(io::Cursor::new(b"ping".to_vec())));
         let drain = Arc::new(Drain::default());
         let idle = Duration::from_secs(60);
-        let outcome = Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, &drain).await;
+        let outcome = without_early(client, backend, idle, &drain).await;
         // The first failure: the write to the backend, which never closed cleanly.
         assert_eq!(
             outcome.reason,
@@ -781,11 +785,9 @@ mod tests {
         let (client, _client_peer) = duplex(64);
         let (backend, _backend_peer) = duplex(64);
         let drain = Arc::new(Drain::default());
-        let outcome = Splice::new(
+        let outcome = without_early(
             BufReader::new(client),
-            Bytes::new(),
             backend,
-            Bytes::new(),
             Duration::from_secs(300),
             &drain,
         )
@@ -802,15 +804,7 @@ mod tests {
         client_peer.shutdown().await.unwrap();
         let started = Instant::now();
         let idle = Duration::from_secs(300);
-        let outcome = Splice::new(
-            BufReader::new(client),
-            Bytes::new(),
-            backend,
-            Bytes::new(),
-            idle,
-            &drain,
-        )
-        .await;
+        let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
         assert_eq!(outcome.reason, CloseReason::IdleTimeout);
         assert_eq!(started.elapsed().as_secs(), HALF_CLOSED_IDLE.as_secs());
     }
@@ -821,11 +815,9 @@ mod tests {
         let (backend, _b) = duplex(64);
         let drain = Arc::new(Drain::default());
         drain.start();
-        let outcome = Splice::new(
+        let outcome = without_early(
             BufReader::new(client),
-            Bytes::new(),
             backend,
-            Bytes::new(),
             Duration::from_secs(300),
             &drain,
         )
