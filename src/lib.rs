@@ -10,14 +10,21 @@
 //!          → 101: check Accept/Upgrade/protocol (502) → client gets the 101
 //! splice   bytes both ways, idle timer, half-close, drain
 //! access_log  one line per connection, written when it is over (answer, tunnel, or neither)
-//! reload   file/SIGHUP → build a whole new snapshot or nothing → swap; tunnels untouched
+//! reload   watch (folder events) / SIGHUP / poll → build a whole new snapshot or nothing
+//!          → swap; tunnels untouched
 //! ```
 //!
-//! Layout: [`config`] (TOML → validated `Config`), [`routes`] (route table, pure),
-//! `websocket` (RFC 6455 rules, pure), `tls` (PEM → rustls with SNI), `error` (refusals →
-//! statuses), `proxy`, `upstream`, `splice`, `access_log` (each connection's end line and
-//! answer metrics), `reload`, `server`, `metrics` (Prometheus counters), `admin` (the
-//! plain-HTTP metrics and probe endpoint).
+//! Layout, one module per concept:
+//! - [`config`]: TOML → validated `Config`; [`routes`]: the route table (pure);
+//!   [`websocket`]: RFC 6455 rules (pure); `head`: the request head read before hyper;
+//! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
+//!   the watches; `reload`: when and how a new snapshot replaces the old;
+//! - `server`: listeners, accept, each connection's task, drain; `limits`: connection counts
+//!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
+//! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
+//!   `error`: refusals → statuses, in one place;
+//! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
+//!   plain-HTTP metrics and probe endpoint.
 
 mod access_log;
 mod admin;
@@ -31,9 +38,11 @@ mod proxy_protocol;
 mod reload;
 pub mod routes;
 mod server;
+mod snapshot;
 mod splice;
 mod tls;
 mod upstream;
+mod watch;
 pub mod websocket;
 
 pub use reload::{logging_set_up, ReloadStatus};
@@ -45,7 +54,7 @@ pub use server::{Closer, Error, Server};
 /// load).
 pub fn check(path: &std::path::Path) -> Result<(String, Vec<String>), config::ConfigError> {
     tls::install_default_provider();
-    let snapshot = reload::Snapshot::build(path, 1)?;
+    let snapshot = snapshot::Snapshot::build(path, 1)?;
     let config = &snapshot.config;
     let admin = match config.admin {
         Some(addr) => format!(", admin on {addr}"),
@@ -60,7 +69,7 @@ pub fn check(path: &std::path::Path) -> Result<(String, Vec<String>), config::Co
         expiry_note(&snapshot.expiry),
     );
     let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
-    for (cert, left) in reload::expiring(&snapshot.expiry) {
+    for (cert, left) in snapshot::expiring(&snapshot.expiry) {
         let file = cert.file.display();
         warnings.push(if left <= 0 {
             format!("{file}: certificate has expired; clients will refuse it")

@@ -34,7 +34,8 @@ use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::metrics::{EarlyClose, Metrics};
 use crate::proxy::{self, Conn};
 use crate::proxy_protocol;
-use crate::reload::{self, ReloadStatus, Snapshot};
+use crate::reload::{self, ReloadStatus};
+use crate::snapshot::Snapshot;
 use crate::splice::Drain;
 
 /// Why the server could not start or a reload could not be applied.
@@ -615,7 +616,7 @@ impl Server {
         // Absolute from the start: a relative path would be followed through the working
         // folder as it was at start-up, and go stale if that folder is replaced (the watch
         // promise is about paths). Symlinks stay as they are, to be followed on every read.
-        let path = reload::absolute(config_path.as_ref());
+        let path = crate::watch::absolute(config_path.as_ref());
         let snapshot = Snapshot::build(&path, 1)?;
         let wanted = wanted_listeners(&snapshot.config);
         let sockets = bind_all(&wanted, &snapshot.config)?;

@@ -1,0 +1,366 @@
+//! Noticing changes to the files a config depends on: which folders to watch for them, and
+//! the kernel's watches (inotify, through notify) on those folders.
+//!
+//! Folders, not files: editors save by rename, Kubernetes swaps a `..data` symlink,
+//! cert-manager rewrites Secrets, and a watch on a file's inode goes deaf after the first of
+//! those. The folder of every symlink on the way to a file is watched too, so repointing a link
+//! is seen; a folder replaced (deleted and made again, or swapped by rename) is watched anew.
+//! What to do about a change is [`crate::reload`]'s business: a watch only says "look".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::config::WatchMode;
+use crate::server::lock;
+
+/// Folders to watch, each with its identity when looked at.
+pub(crate) type Wanted = BTreeMap<PathBuf, Option<(u64, u64)>>;
+
+/// The folders to watch for `files` now, with their identities.
+pub(crate) fn wanted(files: &[PathBuf]) -> Wanted {
+    (wanted_folders(files).into_iter())
+        .map(|folder| {
+            let id = folder_id(&folder);
+            (folder, id)
+        })
+        .collect()
+}
+
+type MakeWatcher = Box<dyn FnMut() -> notify::Result<RecommendedWatcher> + Send + Sync>;
+
+/// The watches on the wanted folders, and what became of them.
+pub(crate) struct Watches {
+    watcher: Option<RecommendedWatcher>,
+    make_watcher: MakeWatcher,
+    /// Watched folders and the identity each had when its watch was taken.
+    watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
+    /// Paths reported deleted or renamed since the last refresh (filled by the watcher).
+    lost: Arc<Mutex<BTreeSet<PathBuf>>>,
+    /// A wanted folder could not be watched (or there is no watcher): poll until it can.
+    degraded: bool,
+    /// Folders whose watch failed, already reported.
+    unwatchable: BTreeSet<PathBuf>,
+}
+
+impl Watches {
+    /// Watches that send `()` on `events` for every change in a watched folder (and for a
+    /// watch error: events may have been lost with it). Nothing is watched before
+    /// [`Self::refresh`].
+    pub(crate) fn new(events: mpsc::UnboundedSender<()>) -> Watches {
+        let lost = Arc::new(Mutex::new(BTreeSet::new()));
+        let on_event = {
+            let lost = lost.clone();
+            move |event: notify::Result<notify::Event>| {
+                match event {
+                    // Our own reads of the files show up as access events: reacting would
+                    // loop. A writer closing a file it wrote is news: its last write is done.
+                    Ok(e)
+                        if matches!(e.kind, EventKind::Access(a)
+                            if a != AccessKind::Close(AccessMode::Write)) =>
+                    {
+                        return
+                    }
+                    // A watched folder deleted or renamed takes its watch with it (the watch
+                    // follows the inode): remember the paths, so the next refresh watches anew.
+                    Ok(e)
+                        if matches!(
+                            e.kind,
+                            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                        ) =>
+                    {
+                        lock(&lost).extend(e.paths);
+                    }
+                    Ok(_) => {}
+                    // Events may have been lost with it (a queue overflow, say): look anyway.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "file watch error; checking the config files")
+                    }
+                }
+                let _ = events.send(());
+            }
+        };
+        let make_watcher = move || notify::recommended_watcher(on_event.clone());
+        Watches::with(Box::new(make_watcher), lost)
+    }
+
+    fn with(make_watcher: MakeWatcher, lost: Arc<Mutex<BTreeSet<PathBuf>>>) -> Watches {
+        Watches {
+            // Made when events are wanted (not in poll mode, which takes no inotify instance).
+            watcher: None,
+            make_watcher,
+            watched: BTreeMap::new(),
+            lost,
+            degraded: false,
+            unwatchable: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the files must be polled for: a wanted folder is not watched (or there is no
+    /// watcher, or none is wanted).
+    pub(crate) fn degraded(&self) -> bool {
+        self.degraded
+    }
+
+    /// Watches the `wanted` folders (and stops watching the rest); true if a folder is watched
+    /// now that was not before, or is watched anew because it was replaced (deleted and made
+    /// again, or swapped by rename). `None` (the lookup failed) changes nothing.
+    ///
+    /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
+    /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
+    /// its creation is noticed and it is watched from then on.
+    pub(crate) fn refresh(&mut self, wanted: Option<Wanted>, mode: WatchMode) -> bool {
+        let Some(wanted) = wanted else {
+            return false;
+        };
+        let lost = std::mem::take(&mut *lock(&self.lost));
+        if mode == WatchMode::Poll {
+            // Events would only duplicate the polling (or never come: that is why it is on);
+            // dropping the watcher gives back its inotify instance.
+            self.watcher = None;
+            self.watched.clear();
+            self.degraded = true;
+            return false;
+        }
+        if self.watcher.is_none() {
+            match (self.make_watcher)() {
+                Ok(watcher) => self.watcher = Some(watcher),
+                // Said once: later refreshes try again quietly, polling meanwhile.
+                Err(e) if !self.degraded => {
+                    tracing::error!(error = %e, "cannot watch the config for changes; checking it every second instead");
+                }
+                Err(_) => {}
+            }
+        }
+        let Some(watcher) = self.watcher.as_mut() else {
+            self.degraded = true;
+            return false;
+        };
+        for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
+            let _ = watcher.unwatch(gone);
+        }
+        self.watched.retain(|folder, _| wanted.contains_key(folder));
+        let mut added = false;
+        self.degraded = false;
+        for (folder, &id) in &wanted {
+            if let Some(known) = self.watched.get(folder) {
+                if *known == id && !lost.contains(folder) {
+                    continue;
+                }
+                // Replaced: the old watch follows the old folder (or died with it).
+                let _ = watcher.unwatch(folder);
+                self.watched.remove(folder);
+            }
+            // Only recorded when the watch took: a failed one is polled for and tried again.
+            match watcher.watch(folder, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(folder.clone(), id);
+                    added = true;
+                }
+                Err(e) => {
+                    self.degraded = true;
+                    // Gone since it was looked up (a Kubernetes volume's folder replaced by
+                    // the next update): nothing wrong, the poll finds what replaced it.
+                    let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
+                    // Said once per folder, not on every poll while it lasts.
+                    if !vanished && self.unwatchable.insert(folder.clone()) {
+                        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead");
+                    }
+                }
+            }
+        }
+        self.unwatchable
+            .retain(|folder| !self.watched.contains_key(folder));
+        added
+    }
+}
+
+/// A folder's identity: a folder deleted and made again, or swapped by rename, is a new one
+/// at the same path, and needs a new watch.
+#[cfg(unix)]
+fn folder_id(folder: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(folder).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn folder_id(folder: &Path) -> Option<(u64, u64)> {
+    folder.is_dir().then_some((0, 0))
+}
+
+/// The folders to watch for `files`: the folder of each file, and of every symlink met on the
+/// way to it (the file itself, a folder above it, or a link its target goes through), so
+/// repointing any of them is seen (`..data` in a Kubernetes volume, a `current -> releases/N`
+/// folder). A folder that does not exist is replaced by its nearest existing ancestor.
+///
+/// Each folder is named by its real path: one folder watched under two names would have one
+/// name's unwatch end the other's watch.
+fn wanted_folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    files
+        .iter()
+        .flat_map(|file| {
+            let mut paths = paths_through_links(&absolute(file));
+            // The folder the file really sits in, however the links lead there.
+            paths.extend(std::fs::canonicalize(file).ok());
+            paths
+        })
+        .filter_map(|path| {
+            let folder = path.ancestors().skip(1).find(|dir| dir.is_dir())?;
+            Some(std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf()))
+        })
+        .collect()
+}
+
+/// `path`, and each symlink on it (the path itself or a folder above it) with, for every such
+/// link, the path it leads to (followed in turn, at most [`MAX_LINKS`] links: a cycle ends).
+fn paths_through_links(path: &Path) -> Vec<PathBuf> {
+    let mut found = vec![path.to_path_buf()];
+    let mut link_paths: Vec<PathBuf> = Vec::new();
+    let (mut next, mut links) = (0, 0);
+    while next < found.len() && links < MAX_LINKS {
+        let current = found[next].clone();
+        next += 1;
+        for link in current.ancestors().filter(|a| a.is_symlink()) {
+            let (Some(folder), Ok(target)) = (link.parent(), std::fs::read_link(link)) else {
+                continue;
+            };
+            links += 1;
+            let mut leads_to = folder.join(target);
+            // Not `join("")`: a trailing '/' would make the next link look like a folder.
+            match current.strip_prefix(link) {
+                Ok(rest) if !rest.as_os_str().is_empty() => leads_to.push(rest),
+                _ => {}
+            }
+            if !found.contains(&leads_to) {
+                found.push(leads_to);
+            }
+            // The link itself is watched through its folder, which [`wanted_folders`] takes
+            // from each path returned; it is not followed again (its target is, above).
+            if !link_paths.iter().any(|l| l == link) {
+                link_paths.push(link.to_path_buf());
+            }
+        }
+    }
+    found.extend(link_paths);
+    found
+}
+
+/// Links followed per file, as the kernel's own limit on a path.
+const MAX_LINKS: usize = 40;
+
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// The folders watched for `file` under `root`, relative to it.
+    fn watched(root: &Path, file: &str) -> BTreeSet<String> {
+        let real = std::fs::canonicalize(root).unwrap();
+        wanted_folders(&[root.join(file)])
+            .iter()
+            .map(|f| f.strip_prefix(&real).unwrap().display().to_string())
+            .collect()
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_folder_a_chain_of_links_passes_through_is_watched() {
+        // certbot: live/cert.pem -> ../archive/v3/cert.pem, and a config naming it through
+        // one more link of its own.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for folder in ["etc", "live", "archive/v3"] {
+            std::fs::create_dir_all(root.join(folder)).unwrap();
+        }
+        std::fs::write(root.join("archive/v3/cert.pem"), "x").unwrap();
+        symlink("../archive/v3/cert.pem", root.join("live/cert.pem")).unwrap();
+        symlink("../live/cert.pem", root.join("etc/tls.crt")).unwrap();
+        assert_eq!(
+            watched(root, "etc/tls.crt"),
+            set(&["etc", "live", "archive/v3"])
+        );
+    }
+
+    #[test]
+    fn a_linked_folder_is_watched_where_the_link_is_and_where_it_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("releases/7")).unwrap();
+        std::fs::write(root.join("releases/7/wsgate.toml"), "x").unwrap();
+        symlink("releases/7", root.join("current")).unwrap();
+        assert_eq!(
+            watched(root, "current/wsgate.toml"),
+            set(&["", "releases/7"])
+        );
+    }
+
+    #[test]
+    fn poll_mode_holds_no_watch_and_events_mode_takes_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted: Wanted = [(dir.path().to_path_buf(), folder_id(dir.path()))].into();
+        let mut state = quiet_watch_state();
+        assert!(state.refresh(Some(wanted.clone()), WatchMode::Events));
+        assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
+        assert!(!state.refresh(Some(wanted.clone()), WatchMode::Poll));
+        assert!(state.watcher.is_none() && state.degraded && state.watched.is_empty());
+        assert!(state.refresh(Some(wanted), WatchMode::Events));
+        assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
+    }
+
+    fn quiet_watch_state() -> Watches {
+        let make = || notify::recommended_watcher(|_: notify::Result<notify::Event>| {});
+        Watches::with(Box::new(make), Arc::default())
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_watched_is_polled_and_reported_once_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        // Under a plain file: not a folder that can be watched, whoever asks.
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, "").unwrap();
+        let bad = blocked.join("tls");
+        let mut state = quiet_watch_state();
+        let wanted: Wanted = [(bad.clone(), None)].into();
+        assert!(!state.refresh(Some(wanted.clone()), WatchMode::Events));
+        assert!(state.degraded && state.unwatchable.contains(&bad));
+        // Polled meanwhile: the same failure again is already reported.
+        assert!(!state.refresh(Some(wanted), WatchMode::Events));
+        assert_eq!(state.unwatchable.len(), 1);
+        // Once it can be watched, it is, and a later failure would be news again.
+        std::fs::remove_file(&blocked).unwrap();
+        std::fs::create_dir_all(&bad).unwrap();
+        let wanted: Wanted = [(bad.clone(), folder_id(&bad))].into();
+        assert!(state.refresh(Some(wanted), WatchMode::Events));
+        assert!(!state.degraded && state.unwatchable.is_empty());
+    }
+
+    #[test]
+    fn a_folder_gone_before_its_watch_is_polled_for_without_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("..2026_12_02_05_00_00.1");
+        let mut state = quiet_watch_state();
+        assert!(!state.refresh(Some([(gone, None)].into()), WatchMode::Events));
+        assert!(state.degraded && state.unwatchable.is_empty());
+    }
+
+    #[test]
+    fn a_cycle_of_links_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        assert_eq!(watched(root, "a"), set(&[""]));
+        assert!(paths_through_links(&root.join("a")).len() <= MAX_LINKS + 3);
+    }
+}
