@@ -19,7 +19,8 @@
 //!   [`websocket`]: RFC 6455 rules (pure); `head`: the request head read before hyper;
 //! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
 //!   the watches; `reload`: when and how a new snapshot replaces the old;
-//! - `server`: listeners, accept, each connection's task, drain; `limits`: connection counts
+//! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;
+//!   `connection`: one connection until its answer or tunnel; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
 //!   `error`: refusals → statuses, in one place;
@@ -29,9 +30,11 @@
 mod access_log;
 mod admin;
 pub mod config;
+mod connection;
 mod error;
 mod head;
 mod limits;
+mod listener;
 mod metrics;
 mod proxy;
 mod proxy_protocol;

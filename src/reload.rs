@@ -52,7 +52,7 @@ enum Trigger {
 /// anything else, so a SIGHUP during start-up cannot kill the process) and `manual`, and
 /// reloading, until `stop`. The watches are in place when this returns, and the files are
 /// checked once more right after, so a write during start-up is not missed.
-pub(crate) fn spawn_watcher(
+pub(crate) fn spawn_reloader(
     shared: Arc<Shared>,
     path: PathBuf,
     manual: mpsc::UnboundedReceiver<()>,

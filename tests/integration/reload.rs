@@ -1113,7 +1113,7 @@ async fn a_config_folder_reached_through_a_repointed_symlink_is_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_polling_chosen_every_kind_of_save_is_still_applied() {
-    // `reload.watch = "poll"` takes no watch at all (the unit test of `refresh_watches` shows
+    // `reload.watch = "poll"` takes no watch at all (the unit test of `Watches::refresh` shows
     // it): the once-a-second check sees these.
     let backend = WsBackend::start("one").await;
     let poll = "[reload]\nwatch = \"poll\"\n\n";

@@ -1,0 +1,322 @@
+//! One client connection, from accept to its answer or its tunnel: the PROXY header if the
+//! listener expects one, the per-client slot, TLS and the request head under the handshake
+//! deadline, refusals that need no routing, then hyper with [`crate::proxy::handle`] as the
+//! service. A connection that ends before any answer gets its one log line here.
+//!
+//! Tunnels outlive hyper's view of their connection, so the connection's guards (its
+//! `limits::ConnGuard` and its `TaskTracker` entry) travel in [`Conn`] into the tunnel.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::access_log::{self, Delivery};
+use crate::error::{ProxyError, Unanswered};
+use crate::head::{self, Head, Prefixed};
+use crate::limits::ConnGuard;
+use crate::proxy::{self, Conn};
+use crate::proxy_protocol;
+use crate::server::Shared;
+use crate::snapshot::Snapshot;
+
+/// One client connection: TLS under the handshake deadline, then hyper until the request is
+/// answered (or upgraded, after which the tunnel owns the guard).
+pub(crate) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut guard: ConnGuard,
+) {
+    let started = Instant::now();
+    let snapshot = shared.current();
+    let deadline = started + snapshot.config.timeouts.handshake;
+    let (peer, tcp) = match proxy_header(tcp, peer, &shared, &snapshot, deadline).await {
+        Ok(known) => known,
+        Err(why) => return early_close(&shared, peer, started, &why),
+    };
+    // Taken as soon as the client is known, so its connections still in the TLS handshake or
+    // idle before their request count; one over the limit gets 429 once its head is in (see
+    // `proxy::admit`), like the global limit's 503, so the client gets an answer.
+    let per_client = snapshot.config.limits.max_connections_per_client;
+    let Ok(client_slot) = guard.client_slot(peer.ip(), per_client) else {
+        return shared.over_capacity(peer, "client's connection limit");
+    };
+    let handshake = tls_handshake(tcp, &snapshot);
+    let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
+        Ok(tls) => tls,
+        Err(why) => return early_close(&shared, peer, started, &why),
+    };
+    let conn = Arc::new(Conn::new(peer, started, shared.clone(), guard, client_slot));
+    let max_head = snapshot.config.limits.max_request_header_bytes;
+    let read_head = read_request_head(&mut tls, max_head);
+    let (head_too_large, head_bytes) =
+        match in_time(&shared, deadline, read_head, "request head").await {
+            Ok(read) => read,
+            Err(why) => return early_close(&shared, peer, started, &why),
+        };
+    // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
+    // answer is bounded too, so a client that stops reading cannot hold its slot forever.
+    // `connect` from the config in force now, as the request path reads it: a reload since
+    // the accept must not cut short a backend answer the new timeout still allows.
+    let connect_timeout = shared.current().config.timeouts.connect;
+    let answer_by = deadline + connect_timeout + (deadline - started);
+    // Refusals that need no routing are answered here, and hyper never sees the request.
+    let refusal = proxy::admit(&conn).err().or_else(|| match head_too_large {
+        true => Some(ProxyError::HeadTooLarge),
+        false => head::check(&head_bytes).err(),
+    });
+    if let Some(err) = refusal {
+        return refuse_before_hyper(&mut tls, &err, &conn, answer_by).await;
+    }
+    serve_http(tls, head_bytes, conn, deadline, max_head, answer_by).await;
+}
+
+/// The client's address: the one the PROXY header names, if the listener expects one (read
+/// under the handshake deadline, which the TLS handshake shares), else the socket's peer.
+async fn proxy_header(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    snapshot: &Snapshot,
+    deadline: Instant,
+) -> Result<(SocketAddr, TcpStream), Unanswered> {
+    let _ = tcp.set_nodelay(true);
+    if !snapshot.config.proxy_protocol {
+        return Ok((peer, tcp));
+    }
+    let header = in_time(
+        shared,
+        deadline,
+        client_from_header(&mut tcp, peer),
+        "PROXY header",
+    );
+    match header.await {
+        Ok(client) => Ok((client, tcp)),
+        // No valid header in time is a bad header, whatever it was waiting for.
+        Err(Unanswered::Late(_)) => Err(Unanswered::ProxyHeaderLate),
+        Err(other) => Err(other),
+    }
+}
+
+async fn tls_handshake(
+    tcp: TcpStream,
+    snapshot: &Snapshot,
+) -> Result<TlsStream<TcpStream>, Unanswered> {
+    TlsAcceptor::from(snapshot.tls.clone())
+        .accept(tcp)
+        .await
+        .map_err(|e| match gone(&e) {
+            // A TCP connect and close (a load balancer's or kubelet's tcpSocket check), or a
+            // client dropping mid-handshake: no TLS problem to alert on. A client that does
+            // not trust the certificate sends an alert, which is a TLS failure.
+            true => Unanswered::GoneDuringTls(e),
+            false => Unanswered::TlsFailed(e),
+        })
+}
+
+/// An error that only says the client's connection went away.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// hyper serves the request (`head` already read from `tls`, within `max_head`; `deadline`
+/// for the rest of it) until it is answered by `answer_by`; then the connection's line is
+/// written, unless a tunnel took it over.
+async fn serve_http(
+    tls: TlsStream<TcpStream>,
+    head: Bytes,
+    conn: Arc<Conn>,
+    deadline: Instant,
+    max_head: usize,
+    answer_by: Instant,
+) {
+    let shared = conn.shared.clone();
+    let service = {
+        let conn = conn.clone();
+        service_fn(move |req| proxy::handle(req, conn.clone()))
+    };
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
+        // Keep-alive stays on: with it off hyper adds "close" to the 101's Connection header,
+        // which clients reject. Every answer that is not a 101 carries "Connection: close".
+        // hyper's floor is 8 KiB; the exact limit was measured by head::read. The margin
+        // keeps hyper from refusing a head within the limit that arrives with early bytes.
+        .max_buf_size((max_head + 1024).max(8192))
+        // A client may shut its sending side right after the request (its half-close is
+        // passed on once the tunnel runs); without this hyper would drop the request.
+        .half_close(true);
+    let serving = http
+        .serve_connection(TokioIo::new(Prefixed::new(head, tls)), service)
+        .with_upgrades();
+    let ended = tokio::select! {
+        result = serving => Ended::Served(result),
+        _ = tokio::time::sleep_until(answer_by) => Ended::Late,
+        _ = shared.drain.started() => Ended::Drained,
+    };
+    // Past the select the request's future (and a relayed body) is dropped: an answer given
+    // or a client gone has left its line to write, a tunnel writes its own.
+    if access_log::has_line(&conn) {
+        let delivery = match ended {
+            Ended::Served(Ok(())) => Delivery::Delivered,
+            Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
+            Ended::Late => Delivery::Late,
+            Ended::Drained => Delivery::Shutdown,
+        };
+        access_log::end_line(&conn, delivery);
+        return;
+    }
+    early_close(&shared, conn.peer, conn.started, &unanswered(ended));
+}
+
+/// hyper's own words for a failed answer ("error writing a body to connection") name neither
+/// side: an error of the body is the backend's (a relayed body cut off), any other the
+/// client connection's, named by its I/O error where there is one.
+fn which_side_failed(e: &hyper::Error) -> String {
+    // The relayed body's errors are the backend connection's own hyper errors.
+    let from_body = std::error::Error::source(e).is_some_and(|c| c.is::<hyper::Error>());
+    if e.is_user() && from_body {
+        return "the backend broke off its body".to_string();
+    }
+    if e.is_user() {
+        return e.to_string();
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return format!("the client's connection failed: {io}");
+        }
+        source = cause.source();
+    }
+    format!("the client's connection failed: {e}")
+}
+
+/// Reads the request head (see [`head::read`]): whether it is over `max`, and the bytes read.
+async fn read_request_head(
+    tls: &mut TlsStream<TcpStream>,
+    max: usize,
+) -> Result<(bool, Bytes), Unanswered> {
+    match head::read(tls, max).await {
+        Ok((Head::Closed, read)) if read.is_empty() => Err(Unanswered::NoRequest),
+        Ok((Head::Closed, _)) => Err(Unanswered::ClosedMidHead),
+        Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
+        // A TCP close without TLS's close_notify, or a reset: a client gone, not a TLS
+        // failure.
+        Err(e) if gone(&e) => Err(Unanswered::GoneMidHead(e)),
+        Err(e) => Err(Unanswered::ReadFailed(e)),
+    }
+}
+
+/// Why a connection hyper served ended without any request being answered.
+fn unanswered(ended: Ended) -> Unanswered {
+    match ended {
+        Ended::Served(Ok(())) => Unanswered::NoRequest,
+        Ended::Served(Err(e)) if e.is_parse_too_large() => Unanswered::HeadTooLarge,
+        Ended::Served(Err(e)) if e.is_timeout() => Unanswered::Late("request head"),
+        Ended::Served(Err(e)) => Unanswered::BadRequest(e),
+        Ended::Late => Unanswered::AnswerLate,
+        Ended::Drained => Unanswered::Shutdown,
+    }
+}
+
+/// Runs one step of a connection's set-up under the handshake deadline, giving way to a
+/// shutdown: a client that never finishes must not hold its slot, nor shutdown past the grace.
+async fn in_time<T>(
+    shared: &Shared,
+    deadline: Instant,
+    step: impl std::future::Future<Output = Result<T, Unanswered>>,
+    what: &'static str,
+) -> Result<T, Unanswered> {
+    tokio::select! {
+        done = tokio::time::timeout_at(deadline, step) => {
+            done.unwrap_or(Err(Unanswered::Late(what)))
+        }
+        _ = shared.drain.started() => Err(Unanswered::ShutdownDuring(what)),
+    }
+}
+
+/// The client named by the connection's PROXY protocol header (the socket's peer is the load
+/// balancer); the peer itself when the header names no client (a balancer's health check).
+async fn client_from_header(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<SocketAddr, Unanswered> {
+    match proxy_protocol::read_header(tcp).await {
+        Ok(client) => {
+            let client = client.unwrap_or(peer);
+            tracing::debug!(%client, via = %peer, "PROXY protocol header");
+            Ok(client)
+        }
+        Err(e) => Err(Unanswered::BadProxyHeader(e)),
+    }
+}
+
+/// How hyper's part of a connection ended.
+enum Ended {
+    Served(hyper::Result<()>),
+    /// The answer was not delivered by its deadline.
+    Late,
+    /// The shutdown grace ran out.
+    Drained,
+}
+
+/// Logs and counts a connection that ended before any request was answered.
+fn early_close(shared: &Shared, peer: SocketAddr, started: Instant, why: &Unanswered) {
+    shared.metrics.closed_early(why.kind());
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let reason = why.to_string();
+    let reason = reason.as_str();
+    tracing::info!(target: access_log::TARGET, client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
+}
+
+/// Answers a refusal decided before hyper saw the request, by `answer_by` and unless
+/// shutdown comes first; a client that does not take its answer in time is dropped (and
+/// counted as such).
+async fn refuse_before_hyper(
+    tls: &mut TlsStream<TcpStream>,
+    err: &ProxyError,
+    conn: &Conn,
+    answer_by: Instant,
+) {
+    let shared = &conn.shared;
+    // Decided before anything can interrupt it, so the connection's line always has it.
+    let answer = proxy::refuse_unparsed(err, conn);
+    let write = async {
+        tls.write_all(&answer).await?;
+        tls.shutdown().await
+    };
+    let delivery = tokio::select! {
+        done = tokio::time::timeout_at(answer_by, write) => match done {
+            Ok(Ok(())) => Delivery::Delivered,
+            Ok(Err(e)) => Delivery::Failed(format!("the client's connection failed: {e}")),
+            Err(_) => Delivery::Late,
+        },
+        _ = shared.drain.started() => Delivery::Shutdown,
+    };
+    let delivered = matches!(delivery, Delivery::Delivered);
+    access_log::end_line(conn, delivery);
+    // Past `answer_by` by at most the linger's own second: the answer is out, and a client
+    // still sending is taken in briefly so that closing does not reset the answer away.
+    if delivered {
+        tokio::select! {
+            () = proxy::linger(tls) => {}
+            _ = shared.drain.started() => {}
+        }
+    }
+}

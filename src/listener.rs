@@ -1,0 +1,157 @@
+//! Listeners: binding the addresses a config asks for, and the accept loop that hands each
+//! connection to [`crate::connection`] once the connection limit lets it in.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::config::Config;
+use crate::connection;
+use crate::limits::{BudgetExhausted, ConnGuard};
+use crate::server::{Error, Shared, Throttle};
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `proxy.listen`: TLS and WebSocket upgrades.
+    Proxy,
+    /// `admin.listen`: metrics and probes over plain HTTP.
+    Admin,
+}
+
+/// One bound socket and its accept loop.
+pub(crate) struct Listener {
+    pub(crate) kind: Kind,
+    /// The address as the config writes it (port 0 included).
+    configured: SocketAddr,
+    /// The address bound.
+    pub(crate) local: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Stops accepting and waits until the socket is closed, so that whoever asked (a reload,
+    /// shutdown) can rely on it: a connect after this is refused. Live connections continue.
+    pub(crate) async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Starts accepting on `socket`, bound for `configured`.
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        kind: Kind,
+        configured: SocketAddr,
+        socket: TcpListener,
+    ) -> Listener {
+        let local = socket.local_addr().unwrap_or(configured);
+        let stop = CancellationToken::new();
+        let task = match kind {
+            Kind::Proxy => {
+                tracing::info!(listen = %local, "listening");
+                tokio::spawn(accept_loop(socket, shared.clone(), stop.clone()))
+            }
+            Kind::Admin => {
+                tracing::info!(admin = %local, "admin endpoint listening (/metrics, /healthz, /readyz)");
+                tokio::spawn(admin::accept_loop(socket, shared.clone(), stop.clone()))
+            }
+        };
+        Listener {
+            kind,
+            configured,
+            local,
+            stop,
+            task,
+        }
+    }
+
+    /// Whether this is the listener `config` asks for with (`kind`, `addr`).
+    pub(crate) fn is(&self, kind: Kind, addr: SocketAddr) -> bool {
+        self.kind == kind && self.configured == addr
+    }
+}
+
+/// Every listener `config` asks for, proxy ones in config order, then the admin one.
+pub(crate) fn wanted(config: &Config) -> Vec<(Kind, SocketAddr)> {
+    let proxy = config.listen.iter().map(|&addr| (Kind::Proxy, addr));
+    proxy
+        .chain(config.admin.map(|addr| (Kind::Admin, addr)))
+        .collect()
+}
+
+/// Binds every address of `wanted`, or none: an error names the address's place in `config`.
+pub(crate) fn bind_all(
+    wanted: &[(Kind, SocketAddr)],
+    config: &Config,
+) -> Result<Vec<TcpListener>, Error> {
+    wanted
+        .iter()
+        .map(|&(kind, addr)| {
+            bind(addr).map_err(|e| {
+                let message = format!("cannot listen on {addr}: {e}");
+                Error::Bind(config.listener_error(addr, kind == Kind::Admin, message))
+            })
+        })
+        .collect()
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // Like nginx: "[::]:443" means IPv6 only, so it can sit beside "0.0.0.0:443".
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // A deep backlog absorbs reconnect storms (every client of a restarted replica at once).
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut failing = Throttle::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                shared.metrics.accepted();
+                let max = shared.current().config.limits.max_connections;
+                match ConnGuard::new(&shared.counts, max) {
+                    Ok(guard) => {
+                        shared.tracker.spawn(connection::serve(
+                            stream,
+                            peer,
+                            shared.clone(),
+                            guard,
+                        ));
+                    }
+                    Err(BudgetExhausted) => shared.over_capacity(peer, "connection limit"),
+                }
+            }
+            // The peer gave up between SYN and accept: nothing to do.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                // EMFILE and friends: neither spin nor stop; give closing connections a moment.
+                if let Some(suppressed) = failing.ready() {
+                    tracing::error!(error = %e, suppressed, "accept failed; backing off");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
