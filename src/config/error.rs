@@ -1,0 +1,179 @@
+//! A config error and where it is: the file, the line and column, and the dotted key
+//! (`route[1].backends[0]`), found from the TOML parser's byte spans, because an operator
+//! editing by hand (or reading a reload's log line) needs to know exactly where to look.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// A place in the config file: 1-based line and column, and the key written there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+}
+
+/// A config that cannot be used, and where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(l) => write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file.display(),
+                l.line,
+                l.column,
+                l.key,
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn at(file: &Path, location: &Location, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            location: Some(location.clone()),
+            message: message.into(),
+        }
+    }
+}
+
+/// serde names Rust types in its messages ("expected i64"); an operator reads "an integer".
+pub(super) fn plain_types(message: &str) -> String {
+    ["i64", "u64", "u32", "u16", "usize"]
+        .iter()
+        .fold(message.to_string(), |m, t| {
+            m.replace(&format!("expected {t}"), "expected an integer")
+        })
+}
+
+/// Line and column (1-based, in characters) of `span.start`, and the key to name.
+pub(super) fn locate(src: &str, span: &Range<usize>, key: &str) -> Location {
+    let start = span.start.min(src.len());
+    let before = &src[..floor_char_boundary(src, start)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location {
+        line,
+        column,
+        key: key.to_string(),
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The dotted path (`route[1]`, `tls.certificates[0].pass`) of the deepest key or value
+/// written exactly at `span`: serde's errors point at the key for an unknown field, at the
+/// value for a wrong type, and at the table (its header, or its braces) for a missing field.
+pub(super) fn path_to(table: &DeTable<'_>, prefix: &str, span: &Range<usize>) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let path = match prefix {
+            "" => key.get_ref().to_string(),
+            _ => format!("{prefix}.{}", key.get_ref()),
+        };
+        if key.span() == *span {
+            return Some(path);
+        }
+        value_path(value, path, span)
+    })
+}
+
+fn value_path(value: &Spanned<DeValue<'_>>, path: String, span: &Range<usize>) -> Option<String> {
+    // Inner first: the `[[route]]` array and its element share the header's span.
+    let inner = match value.get_ref() {
+        DeValue::Table(table) => path_to(table, &path, span),
+        DeValue::Array(array) => array
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| value_path(item, format!("{path}[{i}]"), span)),
+        _ => None,
+    };
+    inner.or_else(|| (value.span() == *span).then_some(path))
+}
+
+/// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
+/// only: the enclosing `[table]` / `[[array]]` header plus the key written on that line.
+pub(super) fn key_at(src: &str, offset: usize) -> String {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let mut table = String::new();
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = src[offset..].find('\n').map_or(src.len(), |i| offset + i);
+    let line = &src[line_begin..line_end];
+    // The headers before the offset's line, and its own if it is one (read whole: a
+    // repeated `[proxy]` is reported inside its brackets).
+    let lines = src[..line_begin].split_inclusive('\n');
+    for header in lines.chain([line]).map(str::trim) {
+        if let Some(name) = header.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
+            let name = name.trim().trim_end_matches(']').to_string();
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            table = format!("{name}[{n}]");
+        } else if let Some(name) = header.strip_prefix('[').and_then(|t| t.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let upto = &src[line_begin..offset.max(line_begin)];
+    // The key is the last `name =` before the offset on its line, or the name at the offset.
+    let key = upto
+        .rsplit_once('=')
+        .map(|(left, _)| last_ident(left))
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            // A table header names no key of its own: the table is the place.
+            let line = line.trim();
+            if line.starts_with('[') {
+                return None;
+            }
+            line.split('=')
+                .next()
+                .map(|k| last_ident(k.trim()))
+                .filter(|k| !k.is_empty())
+        })
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// The first `backquoted` word of a parser message.
+pub(super) fn first_quoted(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once('`')?;
+    rest.split_once('`').map(|(word, _)| word)
+}
+
+fn last_ident(text: &str) -> String {
+    let ident: String = text
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '"')
+        .collect();
+    ident.chars().rev().filter(|c| *c != '"').collect()
+}

@@ -1,0 +1,505 @@
+//! The TOML config file: read as written ([`raw`], serde, unknown keys rejected), validated
+//! once ([`validate`]) into a typed [`Config`]. Every error names the file, the line and
+//! column, and the key ([`error`]), because an operator editing by hand (or a reload log line)
+//! needs to know exactly where to look.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::DeTable;
+
+use error::{first_quoted, key_at, locate, path_to, plain_types};
+pub use error::{ConfigError, Location};
+use raw::RawConfig;
+use validate::Validator;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The config file as given.
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub certificates: Vec<CertificatePaths>,
+    pub tls_min_version: TlsVersion,
+    /// Clients may resume TLS sessions (tickets; session IDs for TLS 1.2).
+    pub session_resumption: bool,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+    /// Every connection starts with a PROXY protocol header naming the real client.
+    pub proxy_protocol: bool,
+    /// How changes to the config's files are noticed.
+    pub watch: WatchMode,
+    /// The plain-HTTP admin listener (metrics, health), if configured.
+    pub admin: Option<SocketAddr>,
+    /// Where each `listen` address and the admin one are written, for bind errors.
+    listen_locations: Vec<Location>,
+    admin_location: Option<Location>,
+    /// In file order.
+    pub routes: Vec<RouteConfig>,
+    /// What loads but is surely a mistake (a route that can never be chosen), each pointing
+    /// at its place like an error: logged at every load, printed by `wsgate check`.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// One certificate chain and its key, paths resolved against the config's folder.
+#[derive(Clone, Debug)]
+pub struct CertificatePaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where the entry is written, so certificate errors can point at it: the entry, its
+    /// `cert` value and its `key` value.
+    pub location: Location,
+    pub cert_location: Location,
+    pub key_location: Location,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub connect: Duration,
+    pub idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_request_header_bytes: usize,
+    pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64); `None` = no such limit.
+    pub max_connections_per_client: Option<usize>,
+}
+
+/// The oldest TLS version offered to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// How changes to the config's files are noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// File system events (inotify), with a check every second for a folder that cannot be
+    /// watched.
+    #[default]
+    Events,
+    /// A check every second, for file systems that deliver no events (NFS, SMB, some FUSE
+    /// mounts, bind mounts edited from outside a VM).
+    Poll,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: Option<HostPattern>,
+    /// Starts with '/', no trailing '/' except the root.
+    pub path: String,
+    pub subprotocols: Option<Vec<String>>,
+    /// ASCII-lowercased, without a trailing '/'.
+    pub origins: Option<Vec<String>>,
+    /// `host:port`, as written.
+    pub backends: Vec<String>,
+    /// This route's tunnels' idle timeout, instead of `timeouts.idle`.
+    pub idle: Option<Duration>,
+}
+
+/// A route's host rule, lowercased.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix with its leading dot: ".example.com" for "*.example.com".
+    Wildcard(String),
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            location: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Config::from_toml_str(&src, path)
+    }
+
+    /// Parses and validates `src`; `path` names the file in errors and its folder anchors
+    /// relative paths.
+    pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            // A document that parses is its own map of keys; one that does not is read line
+            // by line around the error.
+            let key = match DeTable::parse(src) {
+                Ok(root) => path_to(root.get_ref(), "", &span),
+                Err(_) => Some(key_at(src, span.start)).filter(|k| !k.is_empty()),
+            };
+            // A top-level problem ("missing field `tls`") is reported on the whole document:
+            // the field is the key.
+            let key = key.unwrap_or_else(|| {
+                first_quoted(e.message())
+                    .unwrap_or("(top level)")
+                    .to_string()
+            });
+            ConfigError {
+                file: path.to_path_buf(),
+                location: Some(locate(src, &span, &key)),
+                message: plain_types(e.message().trim()),
+            }
+        })?;
+        Validator { src, path }.config(raw)
+    }
+
+    /// An error about the listener on `addr` (the admin one if `admin`), pointing at where
+    /// the address is written.
+    pub fn listener_error(&self, addr: SocketAddr, admin: bool, message: String) -> ConfigError {
+        let location = match admin {
+            true => self.admin_location.as_ref(),
+            false => (self.listen.iter().position(|&a| a == addr))
+                .and_then(|i| self.listen_locations.get(i)),
+        };
+        match location {
+            Some(location) => ConfigError::at(&self.path, location, message),
+            None => ConfigError {
+                file: self.path.clone(),
+                location: None,
+                message,
+            },
+        }
+    }
+
+    /// The config file and every file it names: what the reload watcher follows.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        for c in &self.certificates {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+        files
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = r#"[proxy]
+listen = ["127.0.0.1:8443"]
+
+[tls]
+certificates = [{ cert = "a.crt", key = "a.key" }]
+"#;
+
+    fn parse(body: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            &format!("{HEAD}{body}"),
+            Path::new("/etc/wsgate/wsgate.toml"),
+        )
+    }
+
+    fn error(body: &str) -> String {
+        match parse(body) {
+            Ok(_) => panic!("expected an error for {body:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.timeouts.handshake, Duration::from_secs(10));
+        assert_eq!(config.timeouts.connect, Duration::from_secs(5));
+        assert_eq!(config.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(config.timeouts.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.limits.max_request_header_bytes, 16384);
+        assert_eq!(config.limits.max_connections, 10000);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.admin, None);
+        assert!(!config.proxy_protocol);
+        assert_eq!(config.watch, WatchMode::Events);
+        assert_eq!(config.tls_min_version, TlsVersion::Tls12);
+        assert!(config.session_resumption);
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn a_route_may_set_its_own_idle_timeout_within_the_same_bounds() {
+        let route = |idle: &str| {
+            format!(
+                "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"b:1\"]\nidle = \"{idle}\"\n"
+            )
+        };
+        let config = parse(&route("1h")).unwrap();
+        assert_eq!(config.routes[0].idle, Some(Duration::from_secs(3600)));
+        let zero = error(&route("0s"));
+        assert!(
+            zero.contains("route[0].idle: must be longer than zero"),
+            "{zero}"
+        );
+        assert!(error(&route("soon")).contains("invalid duration"));
+    }
+
+    #[test]
+    fn tls_min_version_is_1_2_or_1_3() {
+        let head_with =
+            |v: &str| HEAD.replace("[tls]\n", &format!("[tls]\nmin_version = \"{v}\"\n"));
+        let load = |v: &str| Config::from_toml_str(&head_with(v), Path::new("/w.toml"));
+        assert_eq!(load("1.3").unwrap().tls_min_version, TlsVersion::Tls13);
+        let old = load("1.1").unwrap_err().to_string();
+        assert!(
+            old.contains("tls.min_version") && old.contains("1.3"),
+            "{old}"
+        );
+    }
+
+    #[test]
+    fn the_admin_listener_is_checked_and_may_not_share_a_proxy_address() {
+        let config = parse("[admin]\nlisten = \"127.0.0.1:9090\"\n").unwrap();
+        assert_eq!(config.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        let bad = error("[admin]\nlisten = \"localhost:9090\"\n");
+        assert!(
+            bad.contains(":7:10: admin.listen: \"localhost:9090\" is not an IP:port"),
+            "{bad}"
+        );
+        let overlapping = error("[admin]\nlisten = \"0.0.0.0:8443\"\n");
+        assert!(
+            overlapping.contains("admin.listen: 0.0.0.0:8443 overlaps 127.0.0.1:8443"),
+            "{overlapping}"
+        );
+        assert!(parse("[admin]\nlisten = \"[::]:8443\"\n").is_ok());
+        let shared = error("[admin]\nlisten = \"127.0.0.1:8443\"\n");
+        assert!(
+            shared.contains("admin.listen: 127.0.0.1:8443 is also in proxy.listen"),
+            "{shared}"
+        );
+        let unknown = error("[admin]\nlisten = \"127.0.0.1:9090\"\npath = \"/m\"\n");
+        assert!(unknown.contains("admin"), "{unknown}");
+    }
+
+    #[test]
+    fn relative_certificate_paths_resolve_against_the_config_folder() {
+        let config = parse("").unwrap();
+        assert_eq!(config.certificates[0].cert, Path::new("/etc/wsgate/a.crt"));
+        assert_eq!(config.watched_files().len(), 3);
+    }
+
+    #[test]
+    fn a_full_route_is_normalized() {
+        let config = parse(
+            r#"
+[timeouts]
+idle = "500ms"
+[[route]]
+name = "chat"
+host = "*.Example.COM"
+path = "/ws/"
+subprotocols = ["chat.v2"]
+origins = ["HTTPS://Chat.Example.com/"]
+backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
+"#,
+        )
+        .unwrap();
+        let route = &config.routes[0];
+        assert_eq!(
+            route.host,
+            Some(HostPattern::Wildcard(".example.com".into()))
+        );
+        assert_eq!(route.path, "/ws");
+        assert_eq!(
+            route.origins.as_deref(),
+            Some(&["https://chat.example.com".to_string()][..])
+        );
+        assert_eq!(config.timeouts.idle, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        let cases = [
+            ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
+            ("[proxy]\nlog_format = \"json\"\n", ":6:2: proxy: duplicate key"),
+            ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
+            ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections:"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends[0]:"),
+            (
+                "[[route]]\nname = \"a\"\npath = \"/\"\nsubprotocols = [\"ok\", \"bad token\"]\nbackends = [\"h:1\"]\n",
+                ":9:23: route[0].subprotocols[1]: \"bad token\" is not a valid subprotocol",
+            ),
+            (
+                "[[route]]\nname = \"a\"\npath = \"/\"\norigins = [\"https://a.com\", \"nope\"]\nbackends = [\"h:1\"]\n",
+                ":9:29: route[0].origins[1]: \"nope\" is not an origin",
+            ),
+            ("[[route]]\nname = \"a\"\npath = \"/a/../b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a/../b\" has a '.' or '..' segment"),
+            ("[[route]]\nname = \"a\"\npath = \"/a/%2E\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
+            ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            (
+                "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n",
+                ":11:8: route[1].name: duplicate route name \"a\" (first at line 7)",
+            ),
+            ("[[route]]\nname = \"a\"\npath = \"ws\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\npath = \"/;v1\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\npath = \"/a//b\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\nhost = \"a.com:443\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\nhost = \"a-.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\nhost = \"*.-x.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\nhost = \"a..com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = []\n", "route[0].backends: needs at least one"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\norigins = []\nbackends = [\"h:1\"]\n", "route[0].origins:"),
+        ];
+        for (body, expected) in cases {
+            let message = error(body);
+            assert!(message.starts_with("/etc/wsgate/wsgate.toml:"), "{message}");
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    /// A route behind an earlier one with the same host and path, whose subprotocol rule fits
+    /// every request it would take, could never be chosen: a warning (file order among equal
+    /// routes is the documented rule, so such a config still loads).
+    #[test]
+    fn a_route_that_could_never_be_chosen_is_warned_about() {
+        let route = |name: &str, host: &str, path: &str, protocols: &str| {
+            format!("[[route]]\nname = \"{name}\"\n{host}path = \"{path}\"\n{protocols}backends = [\"h:1\"]\n")
+        };
+        let host = "host = \"a.com\"\n";
+        let list = |p: &str| format!("subprotocols = [{p}]\n");
+        let shadowed = [
+            route("a", "", "/x", "") + &route("b", "", "/x/", ""),
+            route("a", host, "/x", "")
+                + &route("b", "host = \"A.com.\"\n", "/%78", &list("\"v1\"")),
+            route("a", "", "/x", &list("\"v1\", \"v2\"")) + &route("b", "", "/x", &list("\"v2\"")),
+        ];
+        for body in &shadowed {
+            let config = parse(body).unwrap();
+            assert_eq!(config.routes.len(), 2);
+            assert_eq!(config.warnings.len(), 1, "{body}");
+            let message = config.warnings[0].to_string();
+            assert!(
+                message.contains(
+                    ":8: route[1].path: route \"b\" can never be chosen: route \"a\" (line 7)"
+                ),
+                "{message}\n{body}"
+            );
+        }
+        let reachable = [
+            // Different host, different path, or a rule that fits requests the first refuses.
+            route("a", host, "/x", "") + &route("b", "", "/x", ""),
+            route("a", "", "/x", "") + &route("b", "", "/x/y", ""),
+            route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", ""),
+            route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", &list("\"v1\", \"v2\"")),
+        ];
+        for body in &reachable {
+            let config = parse(body).unwrap();
+            assert_eq!(config.routes.len(), 2);
+            assert!(config.warnings.is_empty(), "{body}: {:?}", config.warnings);
+        }
+    }
+
+    #[test]
+    fn a_fully_qualified_route_host_is_the_host_without_its_dot() {
+        let body = "[[route]]\nname = \"a\"\nhost = \"Chat.Example.com.\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+        let config = parse(body).unwrap();
+        assert_eq!(
+            config.routes[0].host,
+            Some(HostPattern::Exact("chat.example.com".into()))
+        );
+    }
+
+    #[test]
+    fn serde_errors_name_the_key_they_are_about() {
+        let head = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n";
+        let route = "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+        let cases = [
+            // A missing field names its table: the header, or the inline table's braces.
+            (format!("{head}[[route]]\npath = \"/\"\nbackends = [\"h:1\"]\n"), "w.toml:5:1: route[0]: missing field `name`"),
+            (format!("{head}{route}[[route]]\npath = \"/\"\nbackends = [\"h:1\"]\n"), "w.toml:9:1: route[1]: missing field `name`"),
+            (format!("{head}[[route]]\nname = \"a\"\npath = \"/\"\n[limits]\n"), "w.toml:5:1: route[0]: missing field `backends`"),
+            ("[proxy]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n".into(), "w.toml:1:1: proxy: missing field `listen`"),
+            ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }, { cert = \"c\" }]\n".into(), "w.toml:4:44: tls.certificates[1]: missing field `key`"),
+            // An unknown field names itself, however deep.
+            ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\", pass = \"x\" }]\n".into(), "w.toml:4:42: tls.certificates[0].pass: unknown field `pass`"),
+            // A wrong type names the value.
+            ("[proxy]\nlisten = \"127.0.0.1:1\"\n".into(), "w.toml:2:10: proxy.listen: invalid type"),
+            (format!("{head}[limits]\nmax_connections = \"10\"\n"), "w.toml:6:19: limits.max_connections: invalid type: string \"10\", expected an integer"),
+            // Nothing to point at: the field is the key.
+            ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n".into(), "w.toml:1:1: tls: missing field `tls`"),
+        ];
+        for (body, expected) in cases {
+            let err = Config::from_toml_str(&body, Path::new("w.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_named() {
+        let err = Config::from_toml_str(
+            "[proxy]\nlisten = [\"localhost:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.location.as_ref().map(|l| (l.line, l.key.as_str())),
+            Some((2, "proxy.listen[0]"))
+        );
+        let err = Config::from_toml_str(
+            "[proxy]\nlisten = [\"127.0.0.1:8443\", \"0.0.0.0:8443\", \"[::]:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.location.as_ref().map(|l| (l.line, l.key.as_str())),
+            Some((2, "proxy.listen[1]"))
+        );
+        assert!(err.message.contains("overlaps 127.0.0.1:8443"), "{err}");
+    }
+
+    #[test]
+    fn broken_toml_points_at_the_line() {
+        let err = error("[[route]\nname = 1\n");
+        assert!(err.contains(":6:"), "{err}");
+        // An unclosed table header names the table, not a key made of it.
+        let err = Config::from_toml_str("[proxy\n", Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("w.toml:1:7: proxy: "), "{err}");
+    }
+
+    #[test]
+    fn missing_sections_are_reported() {
+        let err =
+            Config::from_toml_str("[proxy]\nlisten = [\"127.0.0.1:1\"]\n", Path::new("w.toml"))
+                .unwrap_err();
+        assert!(err.message.contains("tls"), "{err}");
+        assert_eq!(err.location.as_ref().map(|l| l.key.as_str()), Some("tls"));
+        let err = error("[tls2]\nx = 1\n");
+        assert!(err.contains(": tls2: unknown field `tls2`"), "{err}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The config file as written: serde's view of the TOML, every key spanned so an error can
+//! point at it, unknown keys rejected. Defaults live here, and in docs/configuration.md.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{LogFormat, TlsVersion, WatchMode};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) proxy: RawProxy,
+    pub(super) tls: RawTls,
+    #[serde(default)]
+    pub(super) timeouts: RawTimeouts,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    pub(super) admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub(super) reload: RawReload,
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub(super) listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) log_format: LogFormat,
+    #[serde(default)]
+    pub(super) proxy_protocol: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReload {
+    #[serde(default)]
+    pub(super) watch: WatchMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    #[serde(default)]
+    pub(super) min_version: TlsVersion,
+    #[serde(default = "defaults::session_resumption")]
+    pub(super) session_resumption: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    #[serde(default = "defaults::handshake")]
+    pub(super) handshake: Spanned<HumanDuration>,
+    #[serde(default = "defaults::connect")]
+    pub(super) connect: Spanned<HumanDuration>,
+    #[serde(default = "defaults::idle")]
+    pub(super) idle: Spanned<HumanDuration>,
+    #[serde(default = "defaults::shutdown_grace")]
+    pub(super) shutdown_grace: Spanned<HumanDuration>,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            handshake: defaults::handshake(),
+            connect: defaults::connect(),
+            idle: defaults::idle(),
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    #[serde(default = "defaults::max_request_header_bytes")]
+    pub(super) max_request_header_bytes: Spanned<i64>,
+    #[serde(default = "defaults::max_connections")]
+    pub(super) max_connections: Spanned<i64>,
+    pub(super) max_connections_per_client: Option<Spanned<i64>>,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_request_header_bytes: defaults::max_request_header_bytes(),
+            max_connections: defaults::max_connections(),
+            max_connections_per_client: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: Spanned<String>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) path: Spanned<String>,
+    pub(super) subprotocols: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) backends: Spanned<Vec<Spanned<String>>>,
+    pub(super) idle: Option<Spanned<HumanDuration>>,
+}
+
+/// Defaults, documented in docs/configuration.md; keep the two in step.
+mod defaults {
+    use super::HumanDuration;
+    use std::time::Duration;
+    use toml::Spanned;
+
+    fn secs(s: u64) -> Spanned<HumanDuration> {
+        Spanned::new(0..0, HumanDuration(Duration::from_secs(s)))
+    }
+    pub fn handshake() -> Spanned<HumanDuration> {
+        secs(10)
+    }
+    pub fn connect() -> Spanned<HumanDuration> {
+        secs(5)
+    }
+    pub fn idle() -> Spanned<HumanDuration> {
+        secs(300)
+    }
+    pub fn shutdown_grace() -> Spanned<HumanDuration> {
+        secs(30)
+    }
+    pub fn max_request_header_bytes() -> Spanned<i64> {
+        Spanned::new(0..0, 16384)
+    }
+    pub fn max_connections() -> Spanned<i64> {
+        Spanned::new(0..0, 10000)
+    }
+    pub fn session_resumption() -> bool {
+        true
+    }
+}
+
+/// A duration written like "500ms", "10s" or "5m".
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HumanDuration(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?}: write it like \"500ms\", \"10s\" or \"5m\""
+                ))
+            })
+    }
+}
+
+/// The longest accepted timeout.
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);

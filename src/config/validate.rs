@@ -1,0 +1,445 @@
+//! The rules a config must keep beyond its TOML types: addresses that can be bound side by
+//! side, certificate files, sane routes (paths, hosts, origins, subprotocols, backends), and
+//! the warnings for what loads but is surely a mistake. Turns [`RawConfig`] into [`Config`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::locate;
+use super::raw::{
+    HumanDuration, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts, MAX_TIMEOUT,
+};
+use super::{CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig, Timeouts};
+
+/// Checks a [`RawConfig`] against the rules, with the source at hand to locate errors.
+pub(super) struct Validator<'a> {
+    pub(super) src: &'a str,
+    pub(super) path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.path, &locate(self.src, span, key), message)
+    }
+
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = self.listen(&raw.proxy.listen)?;
+        let listen_locations = (raw.proxy.listen.get_ref().iter().enumerate())
+            .map(|(i, text)| locate(self.src, &text.span(), &format!("proxy.listen[{i}]")))
+            .collect();
+        let admin_location = (raw.admin.as_ref())
+            .map(|admin| locate(self.src, &admin.listen.span(), "admin.listen"));
+        let mut warnings = Vec::new();
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            admin: raw
+                .admin
+                .as_ref()
+                .map(|admin| self.admin(&admin.listen, &listen))
+                .transpose()?,
+            listen,
+            listen_locations,
+            admin_location,
+            certificates: self.certificates(&raw.tls.certificates)?,
+            tls_min_version: raw.tls.min_version,
+            session_resumption: raw.tls.session_resumption,
+            timeouts: self.timeouts(&raw.timeouts)?,
+            limits: self.limits(&raw.limits)?,
+            log_format: raw.proxy.log_format,
+            proxy_protocol: raw.proxy.proxy_protocol,
+            watch: raw.reload.watch,
+            routes: self.routes(&raw.routes, &mut warnings)?,
+            warnings,
+        })
+    }
+
+    fn listen(&self, raw: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<SocketAddr>, ConfigError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.error(&raw.span(), "proxy.listen", "needs at least one address"));
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for (i, text) in raw.get_ref().iter().enumerate() {
+            let key = format!("proxy.listen[{i}]");
+            let addr: SocketAddr = text.get_ref().trim().parse().map_err(|_| {
+                self.error(
+                    &text.span(),
+                    &key,
+                    format!(
+                        "{:?} is not an IP:port address (e.g. \"0.0.0.0:8443\" or \"[::]:8443\")",
+                        text.get_ref()
+                    ),
+                )
+            })?;
+            if addrs.contains(&addr) {
+                return Err(self.error(&text.span(), &key, format!("{addr} is listed twice")));
+            }
+            if let Some(other) = addrs.iter().find(|a| overlap(**a, addr)) {
+                return Err(self.error(&text.span(), &key, overlap_message(addr, *other)));
+            }
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
+
+    fn admin(
+        &self,
+        raw: &Spanned<String>,
+        proxy: &[SocketAddr],
+    ) -> Result<SocketAddr, ConfigError> {
+        let addr: SocketAddr = raw.get_ref().trim().parse().map_err(|_| {
+            self.error(
+                &raw.span(),
+                "admin.listen",
+                format!(
+                    "{:?} is not an IP:port address (e.g. \"127.0.0.1:9090\")",
+                    raw.get_ref()
+                ),
+            )
+        })?;
+        // Port 0 (any free port, for tests) cannot collide.
+        if addr.port() != 0 && proxy.contains(&addr) {
+            return Err(self.error(
+                &raw.span(),
+                "admin.listen",
+                format!("{addr} is also in proxy.listen"),
+            ));
+        }
+        if let Some(other) = proxy.iter().find(|a| overlap(**a, addr)) {
+            return Err(self.error(&raw.span(), "admin.listen", overlap_message(addr, *other)));
+        }
+        Ok(addr)
+    }
+
+    fn certificates(
+        &self,
+        raw: &Spanned<Vec<Spanned<RawCertificate>>>,
+    ) -> Result<Vec<CertificatePaths>, ConfigError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.error(
+                &raw.span(),
+                "tls.certificates",
+                "needs at least one certificate",
+            ));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let mut out = Vec::new();
+        for (i, entry) in raw.get_ref().iter().enumerate() {
+            let key = format!("tls.certificates[{i}]");
+            let c = entry.get_ref();
+            for (field, value) in [("cert", &c.cert), ("key", &c.key)] {
+                if value.get_ref().trim().is_empty() {
+                    return Err(self.error(
+                        &value.span(),
+                        &format!("{key}.{field}"),
+                        "must name a file",
+                    ));
+                }
+            }
+            out.push(CertificatePaths {
+                cert: base.join(c.cert.get_ref()),
+                key: base.join(c.key.get_ref()),
+                location: locate(self.src, &entry.span(), &key),
+                cert_location: locate(self.src, &c.cert.span(), &format!("{key}.cert")),
+                key_location: locate(self.src, &c.key.span(), &format!("{key}.key")),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A timeout: longer than zero, at most [`MAX_TIMEOUT`].
+    fn timeout(&self, d: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
+        let value = d.get_ref().0;
+        if value.is_zero() || value > MAX_TIMEOUT {
+            // Deadlines are computed as now + timeout: a huge one would overflow.
+            Err(self.error(
+                &d.span(),
+                key,
+                "must be longer than zero and at most 30 days",
+            ))
+        } else {
+            Ok(value)
+        }
+    }
+
+    fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
+        let positive =
+            |d: &Spanned<HumanDuration>, name: &str| self.timeout(d, &format!("timeouts.{name}"));
+        Ok(Timeouts {
+            handshake: positive(&raw.handshake, "handshake")?,
+            connect: positive(&raw.connect, "connect")?,
+            idle: positive(&raw.idle, "idle")?,
+            shutdown_grace: positive(&raw.shutdown_grace, "shutdown_grace")?,
+        })
+    }
+
+    fn limits(&self, raw: &RawLimits) -> Result<Limits, ConfigError> {
+        let in_range = |v: &Spanned<i64>, name: &str, range: Range<i64>| {
+            let n = *v.get_ref();
+            if range.contains(&n) {
+                Ok(n as usize)
+            } else {
+                Err(self.error(
+                    &v.span(),
+                    &format!("limits.{name}"),
+                    format!("{n} is out of range ({}..={})", range.start, range.end - 1),
+                ))
+            }
+        };
+        Ok(Limits {
+            max_request_header_bytes: in_range(
+                &raw.max_request_header_bytes,
+                "max_request_header_bytes",
+                1024..1_048_577,
+            )?,
+            max_connections: in_range(&raw.max_connections, "max_connections", 1..10_000_001)?,
+            max_connections_per_client: raw
+                .max_connections_per_client
+                .as_ref()
+                .map(|v| in_range(v, "max_connections_per_client", 1..10_000_001))
+                .transpose()?,
+        })
+    }
+
+    /// The routes, checked; `warnings` gets what loads but is surely a mistake.
+    fn routes(
+        &self,
+        raw: &[RawRoute],
+        warnings: &mut Vec<ConfigError>,
+    ) -> Result<Vec<RouteConfig>, ConfigError> {
+        // Spans, not lines: finding a line reads the file up to it, once per route would make
+        // a large table's check quadratic.
+        let mut first_seen: HashMap<&str, Range<usize>> = HashMap::new();
+        // Earlier routes by the requests they match (host, path key): a later one there may
+        // never get a request.
+        let mut same_place: HashMap<(Option<HostPattern>, String), Vec<usize>> = HashMap::new();
+        let mut out: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+        for (i, route) in raw.iter().enumerate() {
+            let key = |field: &str| format!("route[{i}].{field}");
+            let name = route.name.get_ref().trim();
+            if name.is_empty() {
+                return Err(self.error(&route.name.span(), &key("name"), "must not be empty"));
+            }
+            if let Some(first) = first_seen.insert(name, route.name.span()) {
+                let first = locate(self.src, &first, "").line;
+                return Err(self.error(
+                    &route.name.span(),
+                    &key("name"),
+                    format!("duplicate route name {name:?} (first at line {first})"),
+                ));
+            }
+            out.push(RouteConfig {
+                name: name.to_string(),
+                host: match &route.host {
+                    Some(h) => Some(
+                        host_pattern(h.get_ref())
+                            .map_err(|m| self.error(&h.span(), &key("host"), m))?,
+                    ),
+                    None => None,
+                },
+                path: route_path(route.path.get_ref())
+                    .map_err(|m| self.error(&route.path.span(), &key("path"), m))?,
+                subprotocols: self.list(&route.subprotocols, &key("subprotocols"), subprotocol)?,
+                origins: self.list(&route.origins, &key("origins"), origin)?,
+                backends: self.backends(&route.backends, &key("backends"))?,
+                idle: route
+                    .idle
+                    .as_ref()
+                    .map(|d| self.timeout(d, &key("idle")))
+                    .transpose()?,
+            });
+            let this = &out[i];
+            let place = (this.host.clone(), crate::routes::route_key(&this.path));
+            let earlier = same_place.entry(place).or_default();
+            if let Some(&shadow) = earlier.iter().find(|&&e| takes_all_of(&out[e], this)) {
+                // A warning, not an error: equal routes taken in file order is the documented
+                // rule, and a config relying on it must keep loading.
+                let line = locate(self.src, &raw[shadow].name.span(), "").line;
+                let message = format!(
+                    "route {name:?} can never be chosen: route {:?} (line {line}) has the same host and path and comes first, and its subprotocol rule fits every request this one's does",
+                    out[shadow].name
+                );
+                warnings.push(self.error(&route.path.span(), &key("path"), message));
+            }
+            earlier.push(i);
+        }
+        Ok(out)
+    }
+
+    /// An optional allow-list: if present, non-empty, every entry checked (and normalized);
+    /// an error points at the entry (`route[0].origins[1]`).
+    fn list(
+        &self,
+        raw: &Option<Spanned<Vec<Spanned<String>>>>,
+        key: &str,
+        check: fn(&str) -> Result<String, String>,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(list) = raw else { return Ok(None) };
+        if list.get_ref().is_empty() {
+            return Err(self.error(
+                &list.span(),
+                key,
+                "an empty list would refuse everything; leave the key out to allow all",
+            ));
+        }
+        list.get_ref()
+            .iter()
+            .enumerate()
+            .map(|(j, entry)| {
+                check(entry.get_ref())
+                    .map_err(|m| self.error(&entry.span(), &format!("{key}[{j}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn backends(
+        &self,
+        raw: &Spanned<Vec<Spanned<String>>>,
+        key: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.error(&raw.span(), key, "needs at least one backend"));
+        }
+        raw.get_ref()
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                backend(b.get_ref()).map_err(|m| self.error(&b.span(), &format!("{key}[{j}]"), m))
+            })
+            .collect()
+    }
+}
+
+/// Whether `first`, ranked before `later` with the same host and path, is chosen for every
+/// request `later` would take: its subprotocol rule fits wherever `later`'s does.
+fn takes_all_of(first: &RouteConfig, later: &RouteConfig) -> bool {
+    match (&first.subprotocols, &later.subprotocols) {
+        (None, _) => true,
+        // `later` without a list also takes requests that offer no subprotocol at all.
+        (Some(_), None) => false,
+        (Some(first), Some(later)) => later.iter().all(|p| first.contains(p)),
+    }
+}
+
+fn host_pattern(text: &str) -> Result<HostPattern, String> {
+    let host = text.trim().to_ascii_lowercase();
+    // One trailing dot (the fully qualified form) is dropped, as it is from a request's Host.
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host),
+    };
+    // The rules a request's Host is held to: a route no Host can match is a mistake.
+    if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
+        return Err(format!(
+            "{text:?} is not a host name: write \"chat.example.com\" or \"*.example.com\", without a port"
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::Wildcard(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_string())
+    })
+}
+
+fn route_path(text: &str) -> Result<String, String> {
+    // Requests are matched with `;parameters` cut and empty segments dropped (routes.rs), so
+    // a route written with either would match more than it says ("/;v1" every path).
+    if text.contains(';') || text.trim_end_matches('/').contains("//") {
+        return Err(format!(
+            "{text:?} has a ';parameter' or an empty segment: requests are matched without them, so write the path without"
+        ));
+    }
+    if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
+        return Err(format!(
+            "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
+        ));
+    }
+    // RFC 3986's pct-encoded: no request carries a '%' that does not start an escape.
+    let bytes = text.as_bytes();
+    let broken_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if broken_escape {
+        return Err(format!(
+            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%')"
+        ));
+    }
+    // Requests with a dot segment are refused before routing (routes.rs): no request could
+    // ever reach such a route.
+    if crate::routes::has_dot_segment(text) {
+        return Err(format!(
+            "{text:?} has a '.' or '..' segment: requests with one never match a route, so this one could not be reached"
+        ));
+    }
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+/// RFC 9110 token characters, which is what a subprotocol name must be (RFC 6455 §4.1).
+fn subprotocol(text: &str) -> Result<String, String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.is_empty() || !text.bytes().all(tchar) {
+        return Err(format!(
+            "{text:?} is not a valid subprotocol name (an HTTP token)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn origin(text: &str) -> Result<String, String> {
+    let normalized = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let ok = normalized.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty() && !rest.is_empty() && !rest.contains('/')
+    });
+    if !ok {
+        return Err(format!(
+            "{text:?} is not an origin: write it like \"https://chat.example.com\""
+        ));
+    }
+    Ok(normalized)
+}
+
+fn backend(text: &str) -> Result<String, String> {
+    let bad = || {
+        format!("{text:?} is not host:port (e.g. \"10.0.0.7:9001\", \"app:9001\", \"[::1]:9001\")")
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty() && !host.contains([':', '/', ' '])
+    };
+    if port_ok && host_ok {
+        Ok(text.to_string())
+    } else {
+        Err(bad())
+    }
+}
+
+/// Two different addresses that cannot both be bound: the same port (not 0) in the same
+/// family, one of them the unspecified address, which takes the port on every address.
+/// (`[::]` is bound IPv6-only, so it does not collide with `0.0.0.0`.)
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a != b
+        && a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn overlap_message(addr: SocketAddr, other: SocketAddr) -> String {
+    format!("{addr} overlaps {other}: an unspecified address takes the port on every address")
+}
