@@ -1,6 +1,6 @@
-//! The TOML config file: read as written ([`raw`], serde, unknown keys rejected), validated
-//! once ([`validate`]) into a typed [`Config`]. Every error names the file, the line and
-//! column, and the key ([`error`]), because an operator editing by hand (or a reload log line)
+//! The TOML config file: read as written (`raw`, serde, unknown keys rejected), validated
+//! once (`validate`) into a typed [`Config`]. Every error names the file, the line and
+//! column, and the key (`error`), because an operator editing by hand (or a reload log line)
 //! needs to know exactly where to look.
 
 mod error;
