@@ -352,6 +352,47 @@ fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Looks at the files at `path` (blocking work: reading files, parsing PEM) and builds a
+/// snapshot of generation `generation` from them unless there is nothing to build: the
+/// content `in_force` or the content last rejected (`rejected`), unless asked by hand.
+fn look(
+    path: &Path,
+    trigger: Trigger,
+    in_force: &Snapshot,
+    rejected: Option<u64>,
+    generation: u64,
+) -> Look {
+    // Between a delete and the new file (`rm; cp`, a deploy script): nothing to try. Only a
+    // clear "not there" (a dangling link included): an unreadable folder is an error to
+    // report, not a file to wait for.
+    if trigger == Trigger::Files && matches!(path.try_exists(), Ok(false)) {
+        let error = format!("{}: config file not found", path.display());
+        return Look::Missing("config file", error, None);
+    }
+    let on_disk = on_disk_fingerprint(path);
+    if trigger == Trigger::Files && on_disk == in_force.fingerprint {
+        return Look::InForce;
+    }
+    if trigger == Trigger::Files && Some(on_disk) == rejected {
+        return Look::StillRejected;
+    }
+    let built = Snapshot::build_hashed(path, generation, on_disk);
+    // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
+    // written that way: wait for it rather than count a failure. A file the config in force
+    // does not serve is a mistake in the new config: rejected. (SIGHUP reports either:
+    // someone asked, and gets the error.)
+    if let (Trigger::Files, Err(e)) = (trigger, &built) {
+        if let Some((what, error)) = served_file_gone(path, &in_force.config, e) {
+            return Look::Missing(what, error, Some(on_disk));
+        }
+    }
+    // Files written to while they were read: a failed build may be a file caught mid-write
+    // (not a mistake to report), and a good one may mix old and new files, or hold a valid
+    // prefix of a file still being written (not to be applied).
+    let settled = on_disk_fingerprint(path) == on_disk;
+    Look::Built(on_disk, settled, Box::new(built))
+}
+
 impl Reloader {
     /// Builds and applies a new snapshot, or keeps the current one and says why.
     async fn reload(
@@ -364,88 +405,76 @@ impl Reloader {
     ) -> Read {
         let current = shared.current();
         let generation = current.generation + 1;
-        let format_in_force = current.config.log_format;
         // Events so far are of writes this read will see: only one arriving from now on says
         // the files were written to again (see `written_again` below).
         while events.try_recv().is_ok() {}
-        let previously_rejected = self.rejected;
-        let path = path.to_path_buf();
+        let (path_owned, rejected) = (path.to_path_buf(), self.rejected);
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
-        let look = tokio::task::spawn_blocking(move || {
-            // Between a delete and the new file (`rm; cp`, a deploy script): nothing to try.
-            // Only a clear "not there" (a dangling link included): an unreadable folder is an
-            // error to report, not a file to wait for.
-            if trigger == Trigger::Files && matches!(path.try_exists(), Ok(false)) {
-                let error = format!("{}: config file not found", path.display());
-                return Look::Missing("config file", error, None);
-            }
-            let on_disk = on_disk_fingerprint(&path);
-            if trigger == Trigger::Files && on_disk == current.fingerprint {
-                return Look::InForce;
-            }
-            if trigger == Trigger::Files && Some(on_disk) == previously_rejected {
-                return Look::StillRejected;
-            }
-            let built = Snapshot::build_hashed(&path, generation, on_disk);
-            // A served certificate renewed by `rm; cp` is gone for a moment, like a config
-            // file written that way: wait for it rather than count a failure. A file the
-            // config in force does not serve is a mistake in the new config: rejected. (SIGHUP
-            // reports either: someone asked, and gets the error.)
-            if let (Trigger::Files, Err(e)) = (trigger, &built) {
-                if let Some((what, error)) = served_file_gone(&path, &current.config, e) {
-                    return Look::Missing(what, error, Some(on_disk));
-                }
-            }
-            // Files written to while they were read: a failed build may be a file caught
-            // mid-write (not a mistake to report), and a good one may mix old and new files,
-            // or hold a valid prefix of a file still being written (not to be applied).
-            let settled = on_disk_fingerprint(&path) == on_disk;
-            Look::Built(on_disk, settled, Box::new(built))
+        let looked = tokio::task::spawn_blocking(move || {
+            look(&path_owned, trigger, &current, rejected, generation)
         })
         .await;
-        // A file read between two writes of a writer that pauses between them (in place,
-        // piece by piece) may fail to build though it held still while it was read: a failure
-        // is reported only if no write follows within a debounce's time (a file rewritten
-        // nonstop is reported once it holds still: only then is its error its content's).
-        let still_being_written = match &look {
-            Ok(Look::Built(_, _, built)) if built.is_err() && trigger == Trigger::Files => {
-                written_again(events).await
-            }
-            _ => false,
-        };
-        let outcome = match look {
-            Ok(Look::Built(..)) if still_being_written => {
+        let outcome = match looked {
+            // A file read between two writes of a writer that pauses between them (in place,
+            // piece by piece) may fail to build though it held still while it was read: a
+            // failure is reported only if no write follows within a debounce's time (a file
+            // rewritten nonstop is reported once it holds still: only then is its error its
+            // content's).
+            Ok(Look::Built(_, _, built))
+                if built.is_err() && trigger == Trigger::Files && written_again(events).await =>
+            {
                 tracing::debug!(
                     "config files written to again after a failed read; reading them again"
                 );
                 Outcome::Unsettled
             }
-            Ok(Look::InForce) => {
+            Ok(look) => self.decide(shared, look, trigger, patience).await,
+            Err(e) => Outcome::Rejected(format!("reload task failed: {e}")),
+        };
+        let read = match outcome {
+            Outcome::Unsettled => Read::Unsettled,
+            _ => Read::Settled,
+        };
+        self.record(shared, generation, outcome);
+        read
+    }
+
+    /// What to do about what [`look`] found: apply a good build, remember a rejected one.
+    async fn decide(
+        &mut self,
+        shared: &Arc<Shared>,
+        look: Look,
+        trigger: Trigger,
+        patience: Patience,
+    ) -> Outcome {
+        match look {
+            Look::InForce => {
                 tracing::debug!("config files touched but their content did not change");
                 // Back to what is in force: a rejected content saved again is news again.
                 self.rejected = None;
                 self.unbindable = None;
                 Outcome::InForce
             }
-            Ok(Look::StillRejected) => Outcome::Nothing,
-            Ok(Look::Missing(what, error, seen)) => {
+            Look::StillRejected => Outcome::Nothing,
+            Look::Missing(what, error, seen) => {
                 // Whatever comes back is news, a content rejected before included; files
                 // that still lack the same file are not built again (a poll every second).
                 self.rejected = seen;
                 Outcome::Missing(what, error)
             }
-            Ok(Look::Built(_, false, _)) if patience == Patience::WaitForStill => {
+            Look::Built(_, false, _) if patience == Patience::WaitForStill => {
                 // Good or bad, what was read may be no file's finished content.
                 tracing::debug!("config files changed while being read; reading them again");
                 Outcome::Unsettled
             }
-            Ok(Look::Built(on_disk, settled, built)) => match *built {
+            Look::Built(on_disk, settled, built) => match *built {
                 Ok(snapshot) => {
                     if !settled {
                         tracing::warn!("config files kept changing while being read; applying them as last read");
                     }
                     self.rejected = None;
                     let format = snapshot.config.log_format;
+                    let format_in_force = shared.current().config.log_format;
                     let outcome = self.apply(shared, snapshot, on_disk, trigger).await;
                     if matches!(outcome, Outcome::Applied) && format != format_in_force {
                         log_format_changed(format);
@@ -460,14 +489,7 @@ impl Reloader {
                     Outcome::Rejected(e.to_string())
                 }
             },
-            Err(e) => Outcome::Rejected(format!("reload task failed: {e}")),
-        };
-        let read = match outcome {
-            Outcome::Unsettled => Read::Unsettled,
-            _ => Read::Settled,
-        };
-        self.record(shared, generation, outcome);
-        read
+        }
     }
 
     /// Swaps `snapshot` in, binding its new listeners; nothing new if it failed to bind exactly
