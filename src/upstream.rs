@@ -187,31 +187,8 @@ async fn exchange(
         .await
         .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
     let mut conn = conn.with_upgrades();
-    // Drive the connection in this task until the answer head is in: no extra task per
-    // upgrade, and a timeout drops both together. With upgrades on, the connection future
-    // completes in the very poll that delivers a 101, so its end is not an error by itself.
-    let send = sender.send_request(request);
-    tokio::pin!(send);
     let mut conn_done = false;
-    // The connection can fail after it handed over a complete answer (a backend that sends
-    // stray bytes behind a refusal): that answer still stands, so the error only counts
-    // when no answer comes.
-    let mut conn_error = None;
-    let response = loop {
-        tokio::select! {
-            biased;
-            response = &mut send => match (response, conn_error) {
-                (Ok(response), _) => break response,
-                (Err(_), Some(e)) | (Err(e), None) => {
-                    return Err(ProxyError::BackendProtocol(e.to_string()))
-                }
-            },
-            ended = &mut conn, if !conn_done => {
-                conn_done = true;
-                conn_error = ended.err();
-            }
-        }
-    };
+    let response = answer_head(&mut sender, request, &mut conn, &mut conn_done).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         check_refusal(&response)?;
         // The body's first frame, if it came with the head, is read before anything is passed
@@ -243,6 +220,42 @@ async fn exchange(
     take_tunnel(response, (!conn_done).then_some(conn))
         .await
         .map(Answer::Upgraded)
+}
+
+/// Sends `request` and drives `conn` in this task until the answer's head is in (`conn_done`
+/// tells whether the connection future has finished meanwhile): no extra task per upgrade,
+/// and a timeout drops both together. With upgrades on, the connection future completes in
+/// the very poll that delivers a 101, so its end is not an error by itself.
+async fn answer_head<C>(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    request: Request<Empty<Bytes>>,
+    conn: &mut C,
+    conn_done: &mut bool,
+) -> Result<Response<Incoming>, ProxyError>
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Unpin,
+{
+    let send = sender.send_request(request);
+    tokio::pin!(send);
+    // The connection can fail after it handed over a complete answer (a backend that sends
+    // stray bytes behind a refusal): that answer still stands, so the error only counts
+    // when no answer comes.
+    let mut conn_error = None;
+    loop {
+        tokio::select! {
+            biased;
+            response = &mut send => return match (response, conn_error) {
+                (Ok(response), _) => Ok(response),
+                (Err(_), Some(e)) | (Err(e), None) => {
+                    Err(ProxyError::BackendProtocol(e.to_string()))
+                }
+            },
+            ended = &mut *conn, if !*conn_done => {
+                *conn_done = true;
+                conn_error = ended.err();
+            }
+        }
+    }
 }
 
 /// The body's next frame if the backend has already sent it (`Some(None)` at the body's
