@@ -232,26 +232,7 @@ impl Validator<'_> {
                     format!("duplicate route name {name:?} (first at line {first})"),
                 ));
             }
-            out.push(RouteConfig {
-                name: name.to_string(),
-                host: match &route.host {
-                    Some(h) => Some(
-                        host_pattern(h.get_ref())
-                            .map_err(|m| self.error(&h.span(), &key("host"), m))?,
-                    ),
-                    None => None,
-                },
-                path: route_path(route.path.get_ref())
-                    .map_err(|m| self.error(&route.path.span(), &key("path"), m))?,
-                subprotocols: self.list(&route.subprotocols, &key("subprotocols"), subprotocol)?,
-                origins: self.list(&route.origins, &key("origins"), origin)?,
-                backends: self.backends(&route.backends, &key("backends"))?,
-                idle: route
-                    .idle
-                    .as_ref()
-                    .map(|d| self.timeout(d, &key("idle")))
-                    .transpose()?,
-            });
+            out.push(self.route(i, name, route)?);
             let this = &out[i];
             let place = (this.host.clone(), crate::routes::route_key(&this.path));
             let earlier = same_place.entry(place).or_default();
@@ -268,6 +249,26 @@ impl Validator<'_> {
             earlier.push(i);
         }
         Ok(out)
+    }
+
+    /// One route's rules checked, `name` already (`route[i]`).
+    fn route(&self, i: usize, name: &str, route: &RawRoute) -> Result<RouteConfig, ConfigError> {
+        let key = |field: &str| format!("route[{i}].{field}");
+        let host = (route.host.as_ref())
+            .map(|h| host_pattern(h.get_ref()).map_err(|m| self.error(&h.span(), &key("host"), m)))
+            .transpose()?;
+        Ok(RouteConfig {
+            name: name.to_string(),
+            host,
+            path: route_path(route.path.get_ref())
+                .map_err(|m| self.error(&route.path.span(), &key("path"), m))?,
+            subprotocols: self.list(&route.subprotocols, &key("subprotocols"), subprotocol)?,
+            origins: self.list(&route.origins, &key("origins"), origin)?,
+            backends: self.backends(&route.backends, &key("backends"))?,
+            idle: (route.idle.as_ref())
+                .map(|d| self.timeout(d, &key("idle")))
+                .transpose()?,
+        })
     }
 
     /// An optional allow-list: if present, non-empty, every entry checked (and normalized);
