@@ -56,7 +56,7 @@ pub(crate) fn spawn_reloader(
     shared: Arc<Shared>,
     path: PathBuf,
     manual: mpsc::UnboundedReceiver<()>,
-    hangup: Hangup,
+    mut hangup: Hangup,
     stop: CancellationToken,
 ) {
     let (events_tx, events) = mpsc::unbounded_channel::<()>();
@@ -74,8 +74,13 @@ pub(crate) fn spawn_reloader(
     let _ = events_tx.send(());
     tokio::spawn(async move {
         state
-            .run(&shared, &path, events, manual, hangup, stop)
+            .run(&shared, &path, events, manual, &mut hangup, stop)
             .await;
+        // Shutting down (the runtime ends this task when it is over): a SIGHUP now, a deploy
+        // hook's say, does nothing, and the log says so rather than seem to lose it.
+        while recv_hangup(&mut hangup).await.is_some() {
+            tracing::info!("SIGHUP: not reloading, shutting down");
+        }
     });
 }
 
@@ -105,7 +110,7 @@ impl Reloader {
         path: &Path,
         mut events: mpsc::UnboundedReceiver<()>,
         mut manual: mpsc::UnboundedReceiver<()>,
-        mut hangup: Hangup,
+        hangup: &mut Hangup,
         stop: CancellationToken,
     ) {
         let mut poll = tokio::time::interval(POLL);
@@ -117,7 +122,7 @@ impl Reloader {
                 _ = stop.cancelled() => return,
                 Some(()) = events.recv() => Wake::Event,
                 Some(()) = manual.recv() => Wake::Manual,
-                Some(()) = recv_hangup(&mut hangup) => Wake::Manual,
+                Some(()) = recv_hangup(hangup) => Wake::Manual,
                 _ = poll.tick(), if self.watches.degraded() => Wake::Poll,
                 _ = recheck.tick(), if !self.watches.degraded() => Wake::Poll,
             };
@@ -127,7 +132,7 @@ impl Reloader {
                     _ = stop.cancelled() => return,
                     () = debounce(&mut events) => Trigger::Files,
                     Some(()) = manual.recv() => Trigger::Manual,
-                    Some(()) = recv_hangup(&mut hangup) => Trigger::Manual,
+                    Some(()) = recv_hangup(hangup) => Trigger::Manual,
                 },
                 Wake::Poll => Trigger::Files,
                 Wake::Manual => Trigger::Manual,

@@ -242,7 +242,8 @@ async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace() {
+async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace_and_a_sighup_does_not()
+{
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     // A grace far longer than the test's own time limit: only the second signal can end it.
@@ -262,6 +263,18 @@ async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace() {
     .await
     .unwrap();
     assert_eq!(round_trip(&mut ws, "in the grace").await, "in the grace");
+    // A SIGHUP in the grace (a deploy hook) neither reloads nor kills; the log says so.
+    send_signal(child.id(), "HUP");
+    let lines = within(
+        "the SIGHUP to be answered",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&lines, "SIGHUP: not reloading, shutting down");
+            lines
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(round_trip(&mut ws, "after HUP").await, "after HUP");
 
     send_signal(child.id(), "TERM");
     let ended = tunnel_end(&mut ws).await;
