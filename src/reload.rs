@@ -88,11 +88,6 @@ pub(crate) fn spawn_reloader(
 /// watcher at all): the one-second promise holds, at the cost of reading a few small files.
 const POLL: Duration = Duration::from_secs(1);
 
-/// How often the files are checked even while every folder is watched: a watch can die
-/// without an event (its file system unmounted and mounted again, an event queue overflow
-/// notify does not report), and this bounds how long such a loss can go unnoticed.
-const RECHECK: Duration = Duration::from_secs(60);
-
 /// The reloader's memory between looks at the files.
 struct Reloader {
     watches: Watches,
@@ -113,18 +108,23 @@ impl Reloader {
         hangup: &mut Hangup,
         stop: CancellationToken,
     ) {
-        let mut poll = tokio::time::interval(POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looked = tokio::time::Instant::now();
         loop {
+            // The files are looked at again after a while without a reason to: every second
+            // while a folder is not watched, and every `reload.recheck` (a minute) even while
+            // all are, because a watch can die or miss a change without an event (its file
+            // system mounted again, a queue overflow notify does not report, a write through
+            // mmap).
+            let period = match self.watches.degraded() {
+                true => POLL,
+                false => shared.current().config.recheck,
+            };
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
                 Some(()) = events.recv() => Wake::Event,
                 Some(()) = manual.recv() => Wake::Manual,
                 Some(()) = recv_hangup(hangup) => Wake::Manual,
-                _ = poll.tick(), if self.watches.degraded() => Wake::Poll,
-                _ = recheck.tick(), if !self.watches.degraded() => Wake::Poll,
+                _ = tokio::time::sleep_until(looked + period) => Wake::Poll,
             };
             let trigger = match first {
                 // A manual reload asked for while a burst settles is served at once.
@@ -153,6 +153,7 @@ impl Reloader {
                     return;
                 }
             }
+            looked = tokio::time::Instant::now();
             // Counted once the watches are in place again: from here on, a change is seen.
             shared
                 .reload_status

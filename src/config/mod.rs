@@ -36,6 +36,9 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// How changes to the config's files are noticed.
     pub watch: WatchMode,
+    /// How often the files are read again while every folder is watched, in case a change
+    /// made no event.
+    pub recheck: Duration,
     /// The plain-HTTP admin listener (metrics, health), if configured.
     pub admin: Option<SocketAddr>,
     /// Where each `listen` address and the admin one are written, for bind errors.
@@ -237,6 +240,7 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         assert_eq!(config.admin, None);
         assert!(!config.proxy_protocol);
         assert_eq!(config.watch, WatchMode::Events);
+        assert_eq!(config.recheck, Duration::from_secs(60));
         assert_eq!(config.tls_min_version, TlsVersion::Tls12);
         assert!(config.session_resumption);
         assert!(config.routes.is_empty());

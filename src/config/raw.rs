@@ -34,11 +34,22 @@ pub(super) struct RawProxy {
     pub(super) proxy_protocol: bool,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawReload {
     #[serde(default)]
     pub(super) watch: WatchMode,
+    #[serde(default = "defaults::recheck")]
+    pub(super) recheck: Spanned<HumanDuration>,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            watch: WatchMode::default(),
+            recheck: defaults::recheck(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -140,6 +151,9 @@ mod defaults {
     }
     pub fn shutdown_grace() -> Spanned<HumanDuration> {
         secs(30)
+    }
+    pub fn recheck() -> Spanned<HumanDuration> {
+        secs(60)
     }
     pub fn max_request_header_bytes() -> Spanned<i64> {
         Spanned::new(0..0, 16384)

@@ -53,6 +53,7 @@ impl Validator<'_> {
             log_format: raw.proxy.log_format,
             proxy_protocol: raw.proxy.proxy_protocol,
             watch: raw.reload.watch,
+            recheck: self.timeout(&raw.reload.recheck, "reload.recheck")?,
             routes: self.routes(&raw.routes, &mut warnings)?,
             warnings,
         })

@@ -1138,3 +1138,32 @@ async fn with_polling_chosen_every_kind_of_save_is_still_applied() {
     generation(&mut rx, 5).await;
     assert_eq!(upgrade_status(proxy.addr, "/e").await, 101);
 }
+
+/// A change the kernel reports no event for (a write through a shared mapping: inotify(7)
+/// says so) is still applied: while every folder is watched, the files are read again every
+/// `reload.recheck`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_makes_no_file_event_is_applied_by_the_recheck() {
+    let backend = WsBackend::start("one").await;
+    let recheck = "[reload]\nrecheck = \"300ms\"\n\n";
+    let proxy = start_proxy(&format!("{recheck}{}", route("a", "/a", &[backend.addr]))).await;
+    let mut rx = proxy.server.reload_status();
+    // After the start-up look, which would find the change itself.
+    first_look(&mut rx).await;
+    // Held open until the end: closing a file opened for writing is itself an event.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(proxy.config_path())
+        .unwrap();
+    // SAFETY: the file is this test's own, and nothing truncates it while it is mapped.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    let at = (map.windows(11).position(|w| w == b"path = \"/a\""))
+        .expect("the route's path in the file");
+    map[at + 9] = b'b';
+    map.flush().unwrap();
+    generation(&mut rx, 2).await;
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+    assert_eq!(upgrade_status(proxy.addr, "/a").await, 404);
+    drop((map, file));
+}
