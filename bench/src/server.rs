@@ -9,7 +9,7 @@ use std::io;
 use anyhow::{anyhow, bail, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::ws::{accept_key, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::ws::{accept_key, payload_len, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 
 const MAX_HEAD: usize = 16 * 1024;
 /// Large reads matter for bulk transfers: measured on loopback, a 16 KiB buffer growing to 256 KiB
@@ -139,82 +139,123 @@ impl Echoer {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, Next)> {
         let mut pos = 0;
         loop {
+            pos += self.echo_payload(&input[pos..], out);
             if self.remaining > 0 {
-                let take = self.remaining.min((input.len() - pos) as u64) as usize;
-                unmask_into(out, &input[pos..pos + take], self.mask, self.offset);
-                self.offset += take;
-                self.remaining -= take as u64;
-                pos += take;
-                if self.remaining > 0 {
-                    return Ok((pos, Next::More));
-                }
+                return Ok((pos, Next::More));
             }
             let rest = &input[pos..];
-            if rest.len() < 2 {
+            let Some(head) = ClientHead::decode(rest)? else {
                 return Ok((pos, Next::More));
-            }
-            let b0 = rest[0];
-            let opcode = b0 & 0x0F;
-            if rest[1] & 0x80 == 0 {
-                bail!("client frame without mask");
-            }
-            let (len, hdr) = match rest[1] & 0x7F {
-                126 if rest.len() < 4 => return Ok((pos, Next::More)),
-                126 => (u16::from_be_bytes([rest[2], rest[3]]) as u64, 4),
-                127 if rest.len() < 10 => return Ok((pos, Next::More)),
-                127 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&rest[2..10]);
-                    (u64::from_be_bytes(b), 10)
-                }
-                n => (n as u64, 2),
             };
-            if rest.len() < hdr + 4 {
-                return Ok((pos, Next::More));
-            }
-            let mask = [rest[hdr], rest[hdr + 1], rest[hdr + 2], rest[hdr + 3]];
-            let hdr = hdr + 4;
-            match opcode {
+            match head.opcode() {
                 OP_CONT | OP_TEXT | OP_BINARY => {
-                    push_header(out, b0, len);
-                    pos += hdr;
-                    self.remaining = len;
-                    self.mask = mask;
+                    push_header(out, head.b0, head.len);
+                    pos += head.hdr;
+                    self.remaining = head.len;
+                    self.mask = head.mask;
                     self.offset = 0;
                 }
-                OP_PING | OP_PONG | OP_CLOSE => {
-                    if len > 125 || b0 & 0x80 == 0 {
-                        bail!("invalid control frame");
-                    }
-                    let total = hdr + len as usize;
-                    if rest.len() < total {
-                        return Ok((pos, Next::More));
-                    }
-                    let payload: Vec<u8> = rest[hdr..total]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| b ^ mask[i & 3])
-                        .collect();
-                    pos += total;
-                    match opcode {
-                        OP_PING => {
-                            push_header(out, 0x80 | OP_PONG, payload.len() as u64);
-                            out.extend_from_slice(&payload);
-                        }
-                        OP_CLOSE => {
-                            // Echo the status code back (RFC 6455 §5.5.1), without the reason.
-                            let code = &payload[..payload.len().min(2)];
-                            push_header(out, 0x80 | OP_CLOSE, code.len() as u64);
-                            out.extend_from_slice(code);
-                            return Ok((pos, Next::Close));
-                        }
-                        _ => {}
-                    }
-                }
+                OP_PING | OP_PONG | OP_CLOSE => match answer_control(head, rest, out)? {
+                    Some((total, Next::More)) => pos += total,
+                    Some((total, Next::Close)) => return Ok((pos + total, Next::Close)),
+                    None => return Ok((pos, Next::More)),
+                },
                 other => bail!("reserved opcode {other:#x}"),
             }
         }
     }
+
+    /// Unmasks into `out` what `input` holds of the current data frame's payload; returns the
+    /// bytes taken.
+    #[inline]
+    fn echo_payload(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        if self.remaining == 0 {
+            return 0;
+        }
+        let take = self.remaining.min(input.len() as u64) as usize;
+        unmask_into(out, &input[..take], self.mask, self.offset);
+        self.offset += take;
+        self.remaining -= take as u64;
+        take
+    }
+}
+
+/// A client frame's head, decoded.
+#[derive(Debug, Clone, Copy)]
+struct ClientHead {
+    /// The first byte, echoed as is: FIN, RSV bits and opcode.
+    b0: u8,
+    len: u64,
+    /// Bytes of the head, mask key included: where the payload starts.
+    hdr: usize,
+    mask: [u8; 4],
+}
+
+impl ClientHead {
+    /// The head at the start of `rest`, or None until all of it is in. An unmasked frame fails
+    /// as soon as its second byte is in.
+    #[inline]
+    fn decode(rest: &[u8]) -> Result<Option<ClientHead>> {
+        if rest.len() < 2 {
+            return Ok(None);
+        }
+        if rest[1] & 0x80 == 0 {
+            bail!("client frame without mask");
+        }
+        let Some((len, hdr)) = payload_len(rest) else {
+            return Ok(None);
+        };
+        let Some(key) = rest.get(hdr..hdr + 4) else {
+            return Ok(None);
+        };
+        Ok(Some(ClientHead {
+            b0: rest[0],
+            len,
+            hdr: hdr + 4,
+            mask: [key[0], key[1], key[2], key[3]],
+        }))
+    }
+
+    fn opcode(&self) -> u8 {
+        self.b0 & 0x0F
+    }
+}
+
+/// Answers the control frame at the start of `rest` once it is all in: a ping with a pong, a
+/// close with a close (and `Next::Close`), a pong with nothing. Returns the frame's length and
+/// what next, or None until then.
+fn answer_control(
+    head: ClientHead,
+    rest: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Option<(usize, Next)>> {
+    if head.len > 125 || head.b0 & 0x80 == 0 {
+        bail!("invalid control frame");
+    }
+    let total = head.hdr + head.len as usize;
+    let Some(masked) = rest.get(head.hdr..total) else {
+        return Ok(None);
+    };
+    let payload: Vec<u8> = masked
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ head.mask[i & 3])
+        .collect();
+    match head.opcode() {
+        OP_PING => {
+            push_header(out, 0x80 | OP_PONG, payload.len() as u64);
+            out.extend_from_slice(&payload);
+        }
+        OP_CLOSE => {
+            // Echo the status code back (RFC 6455 §5.5.1), without the reason.
+            let code = &payload[..payload.len().min(2)];
+            push_header(out, 0x80 | OP_CLOSE, code.len() as u64);
+            out.extend_from_slice(code);
+            return Ok(Some((total, Next::Close)));
+        }
+        _ => {}
+    }
+    Ok(Some((total, Next::More)))
 }
 
 /// Appends `src` unmasked with `mask`, `offset` bytes into the frame's payload; 8 bytes at a time.
@@ -361,5 +402,7 @@ mod tests {
         assert!(Echoer::default()
             .feed(&[0x82, 0x01, 0x00], &mut out)
             .is_err());
+        // As soon as the second byte is in, before the extended length.
+        assert!(Echoer::default().feed(&[0x82, 126], &mut out).is_err());
     }
 }
