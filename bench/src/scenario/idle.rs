@@ -42,45 +42,49 @@ pub async fn run(args: &IdleArgs) -> Result<Report> {
     let target = Arc::new(Target::new(&args.client).await?);
     probe(&target).await?;
     let before = memory(&args.client.pids)?;
+    let tunnels = open_tunnels(&target, args.count, args.concurrency).await?;
+    print_ready(args.client.json, tunnels.up, args.count as u64 - tunnels.up)?;
 
-    let sem = Arc::new(Semaphore::new(args.concurrency as usize));
+    tokio::time::sleep(args.settle).await;
+    let after = memory(&args.client.pids)?;
+    let held = tunnels.up - tunnels.dropped.load(Ordering::Relaxed);
+    match args.hold {
+        Some(hold) => tokio::time::sleep(hold.saturating_sub(args.settle)).await,
+        None => wait_for_signal().await?,
+    }
+    Ok(report(&target, tunnels, held, before, after))
+}
+
+/// The tunnels once all tries to open them are over. The tasks holding them go on counting in
+/// `dropped` until the runtime ends.
+struct Tunnels {
+    /// Opened.
+    up: u64,
+    /// Time from the first try to the last one's end.
+    open_secs: f64,
+    errors: Arc<Errors>,
+    /// Ended since they were opened.
+    dropped: Arc<AtomicU64>,
+}
+
+/// Opens `count` tunnels, at most `concurrency` at a time, each held by its own task; returns
+/// when every try has succeeded or failed. Fails if none could be opened.
+async fn open_tunnels(target: &Arc<Target>, count: u32, concurrency: u32) -> Result<Tunnels> {
+    let sem = Arc::new(Semaphore::new(concurrency as usize));
     let errors = Arc::new(Errors::default());
     let dropped = Arc::new(AtomicU64::new(0));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
     let t0 = Instant::now();
-    for _ in 0..args.count {
-        let (target, sem, errors, dropped, ready_tx) = (
+    for _ in 0..count {
+        tokio::spawn(open_and_hold(
             target.clone(),
             sem.clone(),
             errors.clone(),
             dropped.clone(),
             ready_tx.clone(),
-        );
-        tokio::spawn(async move {
-            let permit = sem.acquire_owned().await;
-            let conn = ws::open(&target, 256).await;
-            drop(permit);
-            let mut conn = match conn {
-                Ok(c) => {
-                    let _ = ready_tx.send(true);
-                    c
-                }
-                Err(e) => {
-                    errors.add(&e);
-                    let _ = ready_tx.send(false);
-                    return;
-                }
-            };
-            drop(ready_tx);
-            // Hold: answer pings; any end of the tunnel is counted.
-            loop {
-                if conn.recv().await.is_err() {
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-        });
+        ));
     }
+    // The channel ends once every task has reported: each drops its sender after its report.
     drop(ready_tx);
     let mut up = 0u64;
     while let Some(ok) = ready_rx.recv().await {
@@ -93,35 +97,77 @@ pub async fn run(args: &IdleArgs) -> Result<Report> {
             errors.first().unwrap_or_default()
         );
     }
-    {
-        // On stdout for a person or a script waiting for it; on stderr with --json, so that
-        // stdout is one JSON document.
-        let mut out: Box<dyn Write> = match args.client.json {
-            true => Box::new(std::io::stderr().lock()),
-            false => Box::new(std::io::stdout().lock()),
-        };
-        let failed = args.count as u64 - up;
-        if failed == 0 {
-            writeln!(out, "READY n={up}")?;
-        } else {
-            writeln!(out, "READY n={up} failed={failed}")?;
+    Ok(Tunnels {
+        up,
+        open_secs,
+        errors,
+        dropped,
+    })
+}
+
+/// One tunnel: opens it under a permit of `sem` (released once open, so the count held is not
+/// bounded by it), reports on `ready` whether it came up, then holds it until it ends.
+async fn open_and_hold(
+    target: Arc<Target>,
+    sem: Arc<Semaphore>,
+    errors: Arc<Errors>,
+    dropped: Arc<AtomicU64>,
+    ready: mpsc::UnboundedSender<bool>,
+) {
+    let permit = sem.acquire_owned().await;
+    let conn = ws::open(&target, 256).await;
+    drop(permit);
+    let mut conn = match conn {
+        Ok(c) => {
+            let _ = ready.send(true);
+            c
         }
-        out.flush()?;
+        Err(e) => {
+            errors.add(&e);
+            let _ = ready.send(false);
+            return;
+        }
+    };
+    drop(ready);
+    // Hold: answer pings; any end of the tunnel is counted.
+    loop {
+        if conn.recv().await.is_err() {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     }
+}
 
-    tokio::time::sleep(args.settle).await;
-    let after = memory(&args.client.pids)?;
-    let held = up - dropped.load(Ordering::Relaxed);
-    match args.hold {
-        Some(hold) => tokio::time::sleep(hold.saturating_sub(args.settle)).await,
-        None => wait_for_signal().await?,
+/// Says that the tunnels are up (and how many failed, if any), for whoever waits to measure.
+fn print_ready(json: bool, up: u64, failed: u64) -> Result<()> {
+    // On stdout for a person or a script waiting for it; on stderr with --json, so that
+    // stdout is one JSON document.
+    let mut out: Box<dyn Write> = match json {
+        true => Box::new(std::io::stderr().lock()),
+        false => Box::new(std::io::stdout().lock()),
+    };
+    if failed == 0 {
+        writeln!(out, "READY n={up}")?;
+    } else {
+        writeln!(out, "READY n={up} failed={failed}")?;
     }
+    out.flush()?;
+    Ok(())
+}
 
+/// The report: memory grown between `before` and `after` is divided among the `held` tunnels.
+fn report(target: &Target, tunnels: Tunnels, held: u64, before: Memory, after: Memory) -> Report {
     let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => Some((b as f64 - a as f64) / held.max(1) as f64),
         _ => None,
     };
-    let mut r = Report::new("idle", &target_url(&target));
+    let Tunnels {
+        up,
+        open_secs,
+        errors,
+        dropped,
+    } = tunnels;
+    let mut r = Report::new("idle", &target_url(target));
     r.int("tunnels", up, "opened")
         .int("held", held, "still open at measurement")
         .num("open_s", open_secs, "s")
@@ -139,9 +185,10 @@ pub async fn run(args: &IdleArgs) -> Result<Report> {
     if let Some(v) = per(before.tcp_mem_kib, after.tcp_mem_kib) {
         r.num("kernel_tcp_mem_kib_per_tunnel", v, "KiB (system-wide)");
     }
+    // Read again, not taken from `held`: this counts the drops during the whole hold.
     r.int("dropped", dropped.load(Ordering::Relaxed), "during hold");
     errors.report(&mut r);
-    Ok(r)
+    r
 }
 
 async fn wait_for_signal() -> Result<()> {
