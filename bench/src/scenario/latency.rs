@@ -34,6 +34,24 @@ struct ConnResult {
     lost: u64,
 }
 
+impl ConnResult {
+    fn new() -> ConnResult {
+        ConnResult {
+            corrected: stats::histogram(),
+            service: stats::histogram(),
+            send_lag: stats::histogram(),
+            lost: 0,
+        }
+    }
+
+    fn add(&mut self, other: &ConnResult) {
+        self.corrected.add(&other.corrected).ok();
+        self.service.add(&other.service).ok();
+        self.send_lag.add(&other.send_lag).ok();
+        self.lost += other.lost;
+    }
+}
+
 pub async fn run(args: &LatencyArgs) -> Result<Report> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of messages per second");
@@ -44,10 +62,41 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
     let errors = Arc::new(Errors::default());
     let frame: Arc<[u8]> = ws::binary_message(args.size).into();
 
+    // 20 ms ahead: time for the tasks and the pacer thread to start before the first send is due.
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + args.client.warmup;
     let end = measure_from + args.client.duration;
 
+    let (senders, mut tasks) = spawn_drivers(conns, &errors, &frame, measure_from, end);
+    let pacer = spawn_pacer(senders, start, end, args.rate, args.connections)?;
+
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_start = CpuSnapshot::take(&args.client.pids)?;
+    tokio::time::sleep_until(end.into()).await;
+    let cpu_end = CpuSnapshot::take(&args.client.pids)?;
+    let window = CpuWindow::between(&cpu_start, &cpu_end);
+
+    let mut total = ConnResult::new();
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(r) = res {
+            total.add(&r);
+        }
+    }
+    let _ = pacer.join();
+    let mut r = report(args, &target, &total, &window);
+    errors.report(&mut r);
+    Ok(r)
+}
+
+/// One task per connection, [`drive`]n by the sends it is handed on its channel; returns the
+/// channels' senders, in the order of `conns`, and the tasks.
+fn spawn_drivers(
+    conns: Vec<WsConn>,
+    errors: &Arc<Errors>,
+    frame: &Arc<[u8]>,
+    measure_from: Instant,
+    end: Instant,
+) -> (Vec<mpsc::UnboundedSender<Instant>>, JoinSet<ConnResult>) {
     let mut senders = Vec::with_capacity(conns.len());
     let mut tasks = JoinSet::new();
     for conn in conns {
@@ -55,22 +104,27 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
         senders.push(tx);
         let (errors, frame) = (errors.clone(), frame.clone());
         tasks.spawn(async move {
-            let mut r = ConnResult {
-                corrected: stats::histogram(),
-                service: stats::histogram(),
-                send_lag: stats::histogram(),
-                lost: 0,
-            };
+            let mut r = ConnResult::new();
             if let Err(e) = drive(conn, rx, &frame, measure_from, end + DRAIN, &mut r).await {
                 errors.add(&e);
             }
             r
         });
     }
+    (senders, tasks)
+}
 
-    let rate = args.rate;
-    let connections = args.connections;
-    let pacer = std::thread::Builder::new()
+/// The pacer thread: hands each send its scheduled time, on the connection whose turn it is,
+/// until `end`; returns how many it scheduled. A thread of its own, not a task: it sleeps
+/// blocking, with a precise timer slack (a per-thread setting) the runtime's threads need not have.
+fn spawn_pacer(
+    senders: Vec<mpsc::UnboundedSender<Instant>>,
+    start: Instant,
+    end: Instant,
+    rate: f64,
+    connections: u32,
+) -> std::io::Result<std::thread::JoinHandle<u64>> {
+    std::thread::Builder::new()
         .name("pacer".into())
         .spawn(move || {
             crate::sys::precise_timer_slack();
@@ -87,46 +141,32 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
                 j += 1;
             }
             j
-        })?;
+        })
+}
 
-    tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_start = CpuSnapshot::take(&args.client.pids)?;
-    tokio::time::sleep_until(end.into()).await;
-    let cpu_end = CpuSnapshot::take(&args.client.pids)?;
-    let window = CpuWindow::between(&cpu_start, &cpu_end);
-
-    let mut corrected = stats::histogram();
-    let mut service = stats::histogram();
-    let mut send_lag = stats::histogram();
-    let mut lost = 0;
-    while let Some(res) = tasks.join_next().await {
-        if let Ok(r) = res {
-            corrected.add(&r.corrected).ok();
-            service.add(&r.service).ok();
-            send_lag.add(&r.send_lag).ok();
-            lost += r.lost;
-        }
-    }
-    let _ = pacer.join();
-
-    let messages = corrected.len();
+/// The report, without the errors: the run's totals over the measured window.
+fn report(args: &LatencyArgs, target: &Target, total: &ConnResult, window: &CpuWindow) -> Report {
+    let messages = total.corrected.len();
     let secs = args.client.duration.as_secs_f64();
-    let mut r = Report::new("latency", &target_url(&target));
+    let (service, send_lag) = (
+        Percentiles::of(&total.service),
+        Percentiles::of(&total.send_lag),
+    );
+    let mut r = Report::new("latency", &target_url(target));
     r.int("connections", args.connections as u64, "")
         .num("rate", args.rate, "msg/s target")
         .int("size", args.size as u64, "B")
         .num("duration_s", secs, "s")
         .int("messages", messages, "echoed in window")
         .num("msgs_per_s", messages as f64 / secs, "msg/s")
-        .percentiles("", &Percentiles::of(&corrected))
-        .num("service_p50_us", Percentiles::of(&service).p50_us, "µs")
-        .num("service_p99_us", Percentiles::of(&service).p99_us, "µs")
-        .num("send_lag_p50_us", Percentiles::of(&send_lag).p50_us, "µs")
-        .num("send_lag_p99_us", Percentiles::of(&send_lag).p99_us, "µs")
-        .int("lost", lost, "no reply")
-        .cpu(&window, messages as f64, "msg");
-    errors.report(&mut r);
-    Ok(r)
+        .percentiles("", &Percentiles::of(&total.corrected))
+        .num("service_p50_us", service.p50_us, "µs")
+        .num("service_p99_us", service.p99_us, "µs")
+        .num("send_lag_p50_us", send_lag.p50_us, "µs")
+        .num("send_lag_p99_us", send_lag.p99_us, "µs")
+        .int("lost", total.lost, "no reply")
+        .cpu(window, messages as f64, "msg");
+    r
 }
 
 /// Wakes close to a deadline without spinning (the backend and the runtime thread may share this
