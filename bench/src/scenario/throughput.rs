@@ -14,7 +14,7 @@ use crate::cli::{BulkArgs, ClientArgs, ThroughputArgs};
 use crate::procstat::CpuWindow;
 use crate::report::Report;
 use crate::target::Target;
-use crate::ws;
+use crate::ws::{self, WsConn};
 
 #[derive(Default)]
 struct Counters {
@@ -40,6 +40,17 @@ impl Counters {
     }
 }
 
+impl Snapshot {
+    /// The counts from `earlier` to this one.
+    fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            recv_msgs: self.recv_msgs - earlier.recv_msgs,
+            recv_bytes: self.recv_bytes - earlier.recv_bytes,
+            sent_msgs: self.sent_msgs - earlier.sent_msgs,
+        }
+    }
+}
+
 struct PumpResult {
     window: CpuWindow,
     delta: Snapshot,
@@ -55,73 +66,84 @@ async fn pump(
 ) -> Result<PumpResult> {
     let target = Arc::new(Target::new(client).await?);
     super::probe(&target).await?;
-    // Large messages: large reads (few syscalls); small ones: 16 KiB per connection is plenty.
-    let read_buffer = if size >= 16 * 1024 {
-        256 * 1024
-    } else {
-        16 * 1024
-    };
-    let conns = open_many(&target, connections, 64, read_buffer).await?;
+    let conns = open_many(&target, connections, 64, read_buffer(size)).await?;
     let phase = Arc::new(Phase::default());
     let errors = Arc::new(Errors::default());
     let counters = Arc::new(Counters::default());
     let frame: Arc<[u8]> = ws::binary_message(size).into();
 
     let mut tasks = JoinSet::new();
-    for mut conn in conns {
-        let (phase, errors, counters, frame) = (
+    for conn in conns {
+        tasks.spawn(keep_window_full(
+            conn,
+            window,
+            frame.clone(),
             phase.clone(),
             errors.clone(),
             counters.clone(),
-            frame.clone(),
-        );
-        tasks.spawn(async move {
-            for _ in 0..window {
-                conn.queue(&frame);
-            }
-            counters
-                .sent_msgs
-                .fetch_add(window as u64, Ordering::Relaxed);
-            while phase.get() != STOP {
-                match conn.recv().await {
-                    Ok((got, _)) => {
-                        counters
-                            .recv_msgs
-                            .fetch_add(got.messages, Ordering::Relaxed);
-                        counters
-                            .recv_bytes
-                            .fetch_add(got.payload_bytes, Ordering::Relaxed);
-                        for _ in 0..got.messages {
-                            conn.queue(&frame);
-                        }
-                        counters
-                            .sent_msgs
-                            .fetch_add(got.messages, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if phase.get() != STOP {
-                            errors.add(&e);
-                        }
-                        return;
-                    }
-                }
-            }
-        });
+        ));
     }
 
     let (cpu, first, last) = measure_window(&phase, client, || counters.snapshot()).await?;
-    let at = [first, last];
     join_with_grace(&mut tasks, Duration::from_millis(500)).await;
     Ok(PumpResult {
         window: cpu,
-        delta: Snapshot {
-            recv_msgs: at[1].recv_msgs - at[0].recv_msgs,
-            recv_bytes: at[1].recv_bytes - at[0].recv_bytes,
-            sent_msgs: at[1].sent_msgs - at[0].sent_msgs,
-        },
+        delta: last.since(&first),
         errors,
         target: target_url(&target),
     })
+}
+
+/// The read buffer of each connection for messages of `size` bytes.
+fn read_buffer(size: usize) -> usize {
+    // Large messages: large reads (few syscalls); small ones: 16 KiB per connection is plenty.
+    if size >= 16 * 1024 {
+        256 * 1024
+    } else {
+        16 * 1024
+    }
+}
+
+/// One connection: sends `window` messages, then a new one for each echo received, until the
+/// run's end (STOP). A failure after STOP is not counted: the measured window is over.
+async fn keep_window_full(
+    mut conn: WsConn,
+    window: u32,
+    frame: Arc<[u8]>,
+    phase: Arc<Phase>,
+    errors: Arc<Errors>,
+    counters: Arc<Counters>,
+) {
+    for _ in 0..window {
+        conn.queue(&frame);
+    }
+    counters
+        .sent_msgs
+        .fetch_add(window as u64, Ordering::Relaxed);
+    while phase.get() != STOP {
+        match conn.recv().await {
+            Ok((got, _)) => {
+                counters
+                    .recv_msgs
+                    .fetch_add(got.messages, Ordering::Relaxed);
+                counters
+                    .recv_bytes
+                    .fetch_add(got.payload_bytes, Ordering::Relaxed);
+                for _ in 0..got.messages {
+                    conn.queue(&frame);
+                }
+                counters
+                    .sent_msgs
+                    .fetch_add(got.messages, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if phase.get() != STOP {
+                    errors.add(&e);
+                }
+                return;
+            }
+        }
+    }
 }
 
 pub async fn run(args: &ThroughputArgs) -> Result<Report> {
