@@ -327,12 +327,15 @@ enum Wake {
     Poll,
 }
 
-/// Whether a file event arrives within [`DEBOUNCE`].
-async fn written_again(events: &mut mpsc::UnboundedReceiver<()>) -> bool {
-    matches!(
-        tokio::time::timeout(DEBOUNCE, events.recv()).await,
-        Ok(Some(()))
-    )
+/// Whether the files at `path`, read with fingerprint `on_disk`, still have it after a
+/// [`DEBOUNCE`]: content, not events, so a neighbour file written nonstop in the same folder
+/// does not count as a write to them.
+async fn holds_still(path: &Path, on_disk: u64) -> bool {
+    tokio::time::sleep(DEBOUNCE).await;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || on_disk_fingerprint(&path) == on_disk)
+        .await
+        .unwrap_or(false)
 }
 
 /// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
@@ -412,7 +415,7 @@ impl Reloader {
         let current = shared.current();
         let generation = current.generation + 1;
         // Events so far are of writes this read will see: only one arriving from now on says
-        // the files were written to again (see `written_again` below).
+        // the files were written to again.
         while events.try_recv().is_ok() {}
         let (path_owned, rejected) = (path.to_path_buf(), self.rejected);
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
@@ -422,15 +425,19 @@ impl Reloader {
         .await;
         let outcome = match looked {
             // A file read between two writes of a writer that pauses between them (in place,
-            // piece by piece) may fail to build though it held still while it was read: a
-            // failure is reported only if no write follows within a debounce's time (a file
-            // rewritten nonstop is reported once it holds still: only then is its error its
-            // content's).
-            Ok(Look::Built(_, _, built))
-                if built.is_err() && trigger == Trigger::Files && written_again(events).await =>
+            // piece by piece) may have held still while it was read, and still be no finished
+            // content: a failure may be a file cut short, and a success a valid prefix that
+            // lacks a rule still to come (an `origins` list). So what the files triggered is
+            // decided only once they have held still for a debounce's time after the read (a
+            // file rewritten nonstop is taken as last read after MAX_REREADS, if good; if bad,
+            // reported once it holds still: only then is its error its content's).
+            Ok(Look::Built(on_disk, settled, built))
+                if trigger == Trigger::Files
+                    && (built.is_err() || (settled && patience == Patience::WaitForStill))
+                    && !holds_still(path, on_disk).await =>
             {
                 tracing::debug!(
-                    "config files written to again after a failed read; reading them again"
+                    "config files written to again after they were read; reading them again"
                 );
                 Outcome::Unsettled
             }

@@ -473,6 +473,52 @@ async fn a_config_rewritten_piece_by_piece_nonstop_is_never_reported_half_writte
     assert_eq!(rx.borrow().failures, 0, "{:?}", rx.borrow().last_error);
 }
 
+/// A writer that pauses mid-file for less than the debounce, over and over (a slow script, a
+/// config management tool writing in pieces): a valid prefix that lacks a rule still to come
+/// (here the route's `origins`) must never be applied, only the finished file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_prefix_of_a_file_still_being_written_is_never_applied() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let path = proxy.config_path();
+    let (prefix, rest) = (
+        format!("{CONFIG_HEAD}{}", route("admin", "/admin", &[backend.addr])),
+        "origins = [\"https://admin.example.com\"]\n",
+    );
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&path).unwrap();
+            std::io::Write::write_all(&mut file, prefix.as_bytes()).unwrap();
+            for _ in 0..10 {
+                // Not a wait for anything: the writer pauses mid-file, as slow writers do.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::io::Write::write_all(&mut file, b"\n").unwrap();
+            }
+            std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let status = generation(&mut rx, 2).await;
+    assert!(
+        done.load(std::sync::atomic::Ordering::SeqCst),
+        "applied while being written"
+    );
+    let (head, _) = request(
+        proxy.addr,
+        Req::upgrade("localhost", "/admin")
+            .add("Origin", "https://evil.example.net")
+            .bytes(),
+    )
+    .await;
+    assert_eq!(head.status, 403, "{head:?}");
+    assert_eq!((status.successes, status.failures), (1, 0));
+    writer.join().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_that_deletes_the_old_folder_like_kubelet_is_applied_twice() {
     let backend = WsBackend::start("one").await;
