@@ -4,7 +4,9 @@
 //! Folders, not files: editors save by rename, Kubernetes swaps a `..data` symlink,
 //! cert-manager rewrites Secrets, and a watch on a file's inode goes deaf after the first of
 //! those. The folder of every symlink on the way to a file is watched too, so repointing a link
-//! is seen; a folder replaced (deleted and made again, or swapped by rename) is watched anew.
+//! is seen; and every folder above them, for the one change a watch on a folder cannot see: the
+//! folder itself, or one above it, swapped by rename (a release directory, a deploy tool's
+//! `mv new current`). A folder replaced is watched anew.
 //! What to do about a change is [`crate::reload`]'s business: a watch only says "look".
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,17 +20,88 @@ use tokio::sync::mpsc;
 use crate::config::WatchMode;
 use crate::server::lock;
 
-/// Folders to watch, each with its identity when looked at.
-pub(crate) type Wanted = BTreeMap<PathBuf, Option<(u64, u64)>>;
+/// What a folder is watched for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// It holds one of the files, or a link on the way to one: any change in it may be theirs.
+    Holds,
+    /// It is above such a folder: only a change to the path down to it matters (a folder on
+    /// the way made, deleted or renamed), not the other files in it (`/tmp` is busy).
+    Above,
+}
 
-/// The folders to watch for `files` now, with their identities.
+/// A folder to watch: its identity when looked at, and its role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Want {
+    id: Option<(u64, u64)>,
+    role: Role,
+}
+
+impl Want {
+    fn of(folder: &Path, role: Role) -> Want {
+        Want {
+            id: folder_id(folder),
+            role,
+        }
+    }
+}
+
+/// Folders to watch.
+pub(crate) type Wanted = BTreeMap<PathBuf, Want>;
+
+/// The folders to watch for `files` now: those that hold them, and every folder above those.
 pub(crate) fn wanted(files: &[PathBuf]) -> Wanted {
-    (wanted_folders(files).into_iter())
-        .map(|folder| {
-            let id = folder_id(&folder);
-            (folder, id)
-        })
-        .collect()
+    let holding = wanted_folders(files);
+    let mut wanted = Wanted::new();
+    for above in holding.iter().flat_map(|folder| folder.ancestors().skip(1)) {
+        (wanted.entry(above.to_path_buf())).or_insert_with(|| Want::of(above, Role::Above));
+    }
+    // A folder that holds a file and is above another holds it: any change in it matters.
+    for folder in holding {
+        let want = Want::of(&folder, Role::Holds);
+        wanted.insert(folder, want);
+    }
+    wanted
+}
+
+/// Which events say "look", from the wanted folders: shared with the watcher's callback.
+#[derive(Debug, Default)]
+struct Interest {
+    /// Folders any change in which matters.
+    holding: BTreeSet<PathBuf>,
+    /// Every folder that holds a file, and every folder between it and the root: a change to
+    /// one of these paths (made, deleted, renamed) matters, in whichever folder it is seen.
+    on_the_way: BTreeSet<PathBuf>,
+}
+
+impl Interest {
+    fn of(wanted: &Wanted) -> Interest {
+        let holding: BTreeSet<PathBuf> = (wanted.iter())
+            .filter(|(_, want)| want.role == Role::Holds)
+            .map(|(folder, _)| folder.clone())
+            .collect();
+        let on_the_way = (holding.iter())
+            .flat_map(|folder| folder.ancestors())
+            .filter(|path| path.parent().is_some())
+            .map(Path::to_path_buf)
+            .collect();
+        Interest {
+            holding,
+            on_the_way,
+        }
+    }
+
+    /// Whether an event about `paths` may be a change to the files (one about no path, such
+    /// as a rescan, may be anything).
+    fn matters(&self, paths: &[PathBuf]) -> bool {
+        paths.is_empty()
+            || paths.iter().any(|path| {
+                self.on_the_way.contains(path)
+                    || path
+                        .parent()
+                        .is_some_and(|folder| self.holding.contains(folder))
+            })
+    }
 }
 
 type MakeWatcher = Box<dyn FnMut() -> notify::Result<RecommendedWatcher> + Send + Sync>;
@@ -39,22 +112,26 @@ pub(crate) struct Watches {
     make_watcher: MakeWatcher,
     /// Watched folders and the identity each had when its watch was taken.
     watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
+    /// What the watcher's callback reacts to, from the last refresh.
+    interest: Arc<Mutex<Interest>>,
     /// Paths reported deleted or renamed since the last refresh (filled by the watcher).
     lost: Arc<Mutex<BTreeSet<PathBuf>>>,
-    /// A wanted folder could not be watched (or there is no watcher): poll until it can.
+    /// A folder holding a file could not be watched (or there is no watcher): poll until it
+    /// can.
     degraded: bool,
     /// Folders whose watch failed, already reported.
     unwatchable: BTreeSet<PathBuf>,
 }
 
 impl Watches {
-    /// Watches that send `()` on `events` for every change in a watched folder (and for a
-    /// watch error: events may have been lost with it). Nothing is watched before
-    /// [`Self::refresh`].
+    /// Watches that send `()` on `events` for every change in a watched folder that may be a
+    /// change to the files (and for a watch error: events may have been lost with it).
+    /// Nothing is watched before [`Self::refresh`].
     pub(crate) fn new(events: mpsc::UnboundedSender<()>) -> Watches {
         let lost = Arc::new(Mutex::new(BTreeSet::new()));
+        let interest = Arc::new(Mutex::new(Interest::default()));
         let on_event = {
-            let lost = lost.clone();
+            let (lost, interest) = (lost.clone(), interest.clone());
             move |event: notify::Result<notify::Event>| {
                 match event {
                     // Our own reads of the files show up as access events: reacting would
@@ -65,6 +142,7 @@ impl Watches {
                     {
                         return
                     }
+                    Ok(e) if !lock(&interest).matters(&e.paths) => return,
                     // A watched folder deleted or renamed takes its watch with it (the watch
                     // follows the inode): remember the paths, so the next refresh watches anew.
                     Ok(e)
@@ -85,23 +163,28 @@ impl Watches {
             }
         };
         let make_watcher = move || notify::recommended_watcher(on_event.clone());
-        Watches::with(Box::new(make_watcher), lost)
+        Watches::with(Box::new(make_watcher), lost, interest)
     }
 
-    fn with(make_watcher: MakeWatcher, lost: Arc<Mutex<BTreeSet<PathBuf>>>) -> Watches {
+    fn with(
+        make_watcher: MakeWatcher,
+        lost: Arc<Mutex<BTreeSet<PathBuf>>>,
+        interest: Arc<Mutex<Interest>>,
+    ) -> Watches {
         Watches {
             // Made when events are wanted (not in poll mode, which takes no inotify instance).
             watcher: None,
             make_watcher,
             watched: BTreeMap::new(),
+            interest,
             lost,
             degraded: false,
             unwatchable: BTreeSet::new(),
         }
     }
 
-    /// Whether the files must be polled for: a wanted folder is not watched (or there is no
-    /// watcher, or none is wanted).
+    /// Whether the files must be polled for: a folder holding one is not watched (or there is
+    /// no watcher, or none is wanted).
     pub(crate) fn degraded(&self) -> bool {
         self.degraded
     }
@@ -118,6 +201,57 @@ impl Watches {
             return false;
         };
         let lost = std::mem::take(&mut *lock(&self.lost));
+        if !self.ensure_watcher(mode) {
+            return false;
+        }
+        *lock(&self.interest) = Interest::of(&wanted);
+        let Some(watcher) = self.watcher.as_mut() else {
+            return false;
+        };
+        for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
+            let _ = watcher.unwatch(gone);
+        }
+        self.watched.retain(|folder, _| wanted.contains_key(folder));
+        let mut added = false;
+        self.degraded = false;
+        for (folder, want) in &wanted {
+            if let Some(known) = self.watched.get(folder) {
+                if *known == want.id && !lost.contains(folder) {
+                    continue;
+                }
+                // Replaced: the old watch follows the old folder (or died with it).
+                let _ = watcher.unwatch(folder);
+                self.watched.remove(folder);
+            }
+            // Only recorded when the watch took: a failed one is tried again at every refresh.
+            match watcher.watch(folder, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(folder.clone(), want.id);
+                    added = true;
+                }
+                // A folder above that cannot be watched (not readable) costs only the swap
+                // of a folder on the way being seen late, by the recheck: no polling for it.
+                Err(_) if want.role == Role::Above => {}
+                Err(e) => {
+                    self.degraded = true;
+                    // Gone since it was looked up (a Kubernetes volume's folder replaced by
+                    // the next update): nothing wrong, the poll finds what replaced it.
+                    let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
+                    // Said once per folder, not on every poll while it lasts.
+                    if !vanished && self.unwatchable.insert(folder.clone()) {
+                        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead");
+                    }
+                }
+            }
+        }
+        self.unwatchable
+            .retain(|folder| !self.watched.contains_key(folder));
+        added
+    }
+
+    /// Makes the watcher if `mode` wants one and there is none; whether there is one now
+    /// (else the files are polled for).
+    fn ensure_watcher(&mut self, mode: WatchMode) -> bool {
         if mode == WatchMode::Poll {
             // Events would only duplicate the polling (or never come: that is why it is on);
             // dropping the watcher gives back its inotify instance.
@@ -136,46 +270,10 @@ impl Watches {
                 Err(_) => {}
             }
         }
-        let Some(watcher) = self.watcher.as_mut() else {
+        if self.watcher.is_none() {
             self.degraded = true;
-            return false;
-        };
-        for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
-            let _ = watcher.unwatch(gone);
         }
-        self.watched.retain(|folder, _| wanted.contains_key(folder));
-        let mut added = false;
-        self.degraded = false;
-        for (folder, &id) in &wanted {
-            if let Some(known) = self.watched.get(folder) {
-                if *known == id && !lost.contains(folder) {
-                    continue;
-                }
-                // Replaced: the old watch follows the old folder (or died with it).
-                let _ = watcher.unwatch(folder);
-                self.watched.remove(folder);
-            }
-            // Only recorded when the watch took: a failed one is polled for and tried again.
-            match watcher.watch(folder, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    self.watched.insert(folder.clone(), id);
-                    added = true;
-                }
-                Err(e) => {
-                    self.degraded = true;
-                    // Gone since it was looked up (a Kubernetes volume's folder replaced by
-                    // the next update): nothing wrong, the poll finds what replaced it.
-                    let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
-                    // Said once per folder, not on every poll while it lasts.
-                    if !vanished && self.unwatchable.insert(folder.clone()) {
-                        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead");
-                    }
-                }
-            }
-        }
-        self.unwatchable
-            .retain(|folder| !self.watched.contains_key(folder));
-        added
+        self.watcher.is_some()
     }
 }
 
@@ -308,7 +406,7 @@ mod tests {
     #[test]
     fn poll_mode_holds_no_watch_and_events_mode_takes_them_again() {
         let dir = tempfile::tempdir().unwrap();
-        let wanted: Wanted = [(dir.path().to_path_buf(), folder_id(dir.path()))].into();
+        let wanted = holding(dir.path());
         let mut state = quiet_watch_state();
         assert!(state.refresh(Some(wanted.clone()), WatchMode::Events));
         assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
@@ -318,9 +416,14 @@ mod tests {
         assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
     }
 
+    /// Just `folder`, holding a file.
+    fn holding(folder: &Path) -> Wanted {
+        [(folder.to_path_buf(), Want::of(folder, Role::Holds))].into()
+    }
+
     fn quiet_watch_state() -> Watches {
         let make = || notify::recommended_watcher(|_: notify::Result<notify::Event>| {});
-        Watches::with(Box::new(make), Arc::default())
+        Watches::with(Box::new(make), Arc::default(), Arc::default())
     }
 
     #[test]
@@ -331,7 +434,7 @@ mod tests {
         std::fs::write(&blocked, "").unwrap();
         let bad = blocked.join("tls");
         let mut state = quiet_watch_state();
-        let wanted: Wanted = [(bad.clone(), None)].into();
+        let wanted = holding(&bad);
         assert!(!state.refresh(Some(wanted.clone()), WatchMode::Events));
         assert!(state.degraded && state.unwatchable.contains(&bad));
         // Polled meanwhile: the same failure again is already reported.
@@ -340,7 +443,7 @@ mod tests {
         // Once it can be watched, it is, and a later failure would be news again.
         std::fs::remove_file(&blocked).unwrap();
         std::fs::create_dir_all(&bad).unwrap();
-        let wanted: Wanted = [(bad.clone(), folder_id(&bad))].into();
+        let wanted = holding(&bad);
         assert!(state.refresh(Some(wanted), WatchMode::Events));
         assert!(!state.degraded && state.unwatchable.is_empty());
     }
@@ -350,7 +453,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("..2026_12_02_05_00_00.1");
         let mut state = quiet_watch_state();
-        assert!(!state.refresh(Some([(gone, None)].into()), WatchMode::Events));
+        assert!(!state.refresh(Some(holding(&gone)), WatchMode::Events));
         assert!(state.degraded && state.unwatchable.is_empty());
     }
 
@@ -362,5 +465,41 @@ mod tests {
         symlink("a", root.join("b")).unwrap();
         assert_eq!(watched(root, "a"), set(&[""]));
         assert!(paths_through_links(&root.join("a")).len() <= MAX_LINKS + 3);
+    }
+
+    #[test]
+    fn every_folder_above_a_folder_holding_a_file_is_watched_for_the_way_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = std::fs::canonicalize(dir.path()).unwrap().join("site/conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        let wanted = wanted(&[conf.join("wsgate.toml")]);
+        assert_eq!(wanted[&conf].role, Role::Holds);
+        for above in conf.ancestors().skip(1) {
+            assert_eq!(wanted[above].role, Role::Above, "{}", above.display());
+        }
+        assert_eq!(wanted.len(), conf.ancestors().count());
+    }
+
+    #[test]
+    fn above_a_folder_holding_a_file_only_a_change_on_the_way_down_matters() {
+        let want = |folder: &str, role| (PathBuf::from(folder), Want { id: None, role });
+        let wanted: Wanted = [
+            want("/r/site/conf", Role::Holds),
+            want("/r/site", Role::Above),
+            want("/r", Role::Above),
+            want("/", Role::Above),
+        ]
+        .into();
+        let interest = Interest::of(&wanted);
+        let matters =
+            |paths: &[&str]| interest.matters(&paths.iter().map(PathBuf::from).collect::<Vec<_>>());
+        // Anything in the folder that holds the file: an editor's temporary file included.
+        assert!(matters(&["/r/site/conf/wsgate.toml"]) && matters(&["/r/site/conf/.w.swp"]));
+        // A folder on the way swapped by rename, seen from above.
+        assert!(matters(&["/r/site.new", "/r/site"]) && matters(&["/r"]));
+        // Anything else above is someone else's.
+        assert!(!matters(&["/r/site/other"]) && !matters(&["/r/log.txt"]) && !matters(&["/tmp"]));
+        // An event naming no path (a rescan) may be anything.
+        assert!(matters(&[]));
     }
 }

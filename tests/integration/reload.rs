@@ -519,6 +519,33 @@ async fn a_valid_prefix_of_a_file_still_being_written_is_never_applied() {
     writer.join().unwrap();
 }
 
+/// A folder above the config's own swapped by rename (a deploy tool's `mv new current`), twice:
+/// the swap is seen from the folder above, and the new folders are watched in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_above_the_config_swapped_by_rename_is_applied_twice_in_a_row() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let release = |name: &str, path: &str| {
+        let conf = dir.path().join(name).join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        write_config(&conf, &route("r", path, &[backend.addr]));
+    };
+    release("site", "/a");
+    let server = wsgate::Server::start(dir.path().join("site/conf/wsgate.toml"))
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+    first_look(&mut rx).await;
+    for (n, path) in [(2, "/b"), (3, "/c")] {
+        release("new", path);
+        std::fs::rename(dir.path().join("site"), dir.path().join(format!("old{n}"))).unwrap();
+        std::fs::rename(dir.path().join("new"), dir.path().join("site")).unwrap();
+        generation(&mut rx, n).await;
+        assert_eq!(upgrade_status(addr, path).await, 101);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_that_deletes_the_old_folder_like_kubelet_is_applied_twice() {
     let backend = WsBackend::start("one").await;
