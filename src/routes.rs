@@ -207,15 +207,18 @@ pub(crate) fn route_key(path: &str) -> String {
 /// The path as routes are matched against it: the forms a backend may read as the same path
 /// are made one, so that none of them rides past a more specific route (and its `origins`
 /// or `subprotocols` rules) to a catch-all: percent-encoded unreserved characters decoded
-/// (`/or%69g` is `/orig`, RFC 3986 §6.2.2.2), empty segments dropped (`//orig`), and
-/// `;parameters` cut from each segment (`/orig;jsessionid=1`, as servlet containers read it).
-/// The request goes to the backend unchanged.
+/// (`/or%69g` is `/orig`, RFC 3986 §6.2.2.2), a `\` or an encoded `/` or `\` read as `/`
+/// (`/orig%2Fx` is `/orig/x` to a server that decodes before routing, as Go's does, and
+/// `/orig\x` to Node's URL parser), empty segments dropped (`//orig`), and `;parameters` cut
+/// from each segment (`/orig;jsessionid=1`, as servlet containers read it). The request goes
+/// to the backend unchanged.
 fn match_path(path: &str) -> Cow<'_, str> {
-    if !path.bytes().any(|b| matches!(b, b'%' | b';')) && !path.contains("//") {
+    if !path.bytes().any(|b| matches!(b, b'%' | b';' | b'\\')) && !path.contains("//") {
         return Cow::Borrowed(path);
     }
+    let separated = separated(path);
     let mut out = String::with_capacity(path.len());
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
+    for segment in separated.split('/').filter(|s| !s.is_empty()) {
         let segment = segment.split(';').next().unwrap_or_default();
         if segment.is_empty() {
             continue;
@@ -223,8 +226,29 @@ fn match_path(path: &str) -> Cow<'_, str> {
         out.push('/');
         decode_unreserved(segment, &mut out);
     }
-    if out.is_empty() || path.ends_with('/') {
+    if out.is_empty() || separated.ends_with('/') {
         out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// `path` with every spelling of a segment separator some backend reads as one made `/`: a
+/// `\`, and `%2F` or `%5C` in either case.
+fn separated(path: &str) -> Cow<'_, str> {
+    if !path.bytes().any(|b| matches!(b, b'%' | b'\\')) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(c) = rest.chars().next() {
+        let escaped = rest.get(..3).map(str::to_ascii_lowercase);
+        if matches!(escaped.as_deref(), Some("%2f" | "%5c")) {
+            out.push('/');
+            rest = &rest[3..];
+        } else {
+            out.push(if c == '\\' { '/' } else { c });
+            rest = &rest[c.len_utf8()..];
+        }
     }
     Cow::Owned(out)
 }
@@ -268,10 +292,7 @@ pub(crate) fn has_dot_segment(path: &str) -> bool {
         return false;
     }
     let lower = path.to_ascii_lowercase();
-    let separated = lower
-        .replace("%2f", "/")
-        .replace("%5c", "/")
-        .replace('\\', "/");
+    let separated = separated(&lower);
     separated.split('/').any(|segment| {
         let core = segment.split(';').next().unwrap_or_default();
         matches!(core.replace("%2e", ".").as_str(), "." | "..")
@@ -353,8 +374,14 @@ mod tests {
             ("/orig;x/y", "orig"),
             ("/;x/orig", "orig"),
             ("/caf%c3%a9", "café"),
-            // Reserved characters stay encoded: "%2F" is not a separator here.
-            ("/orig%2Fx", "all"),
+            // A separator however spelled: what a decoding server or Node's URL parser reads.
+            ("/orig%2Fx", "orig"),
+            ("/orig%2f", "orig"),
+            ("/orig%5Cx", "orig"),
+            ("/orig\\x", "orig"),
+            ("%2Forig", "orig"),
+            // Other reserved characters stay encoded.
+            ("/orig%3Fx", "all"),
             ("/ORIG", "all"),
             ("/origin", "all"),
             ("/%", "all"),

@@ -362,6 +362,12 @@ fn route_path(text: &str) -> Result<String, String> {
             "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
         ));
     }
+    let lower = text.to_ascii_lowercase();
+    if text.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+        return Err(format!(
+            "{text:?} has a '\\' or an encoded '/' or '\\': requests are matched with these read as '/', so write '/'"
+        ));
+    }
     // RFC 3986's pct-encoded: no request carries a '%' that does not start an escape.
     let bytes = text.as_bytes();
     let broken_escape = bytes.iter().enumerate().any(|(i, &b)| {

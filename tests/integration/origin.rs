@@ -108,3 +108,34 @@ async fn another_spelling_of_the_path_does_not_escape_the_list_to_a_catch_all() 
         assert_eq!(head.status, 403, "{path}: {head:?}");
     }
 }
+
+/// A route's Origin rule binds every spelling of its path a backend may read as its own: a
+/// `\` (Node's URL parser) or an encoded `/` or `\` (servers that decode before routing) does
+/// not ride past it to a catch-all without the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_spelling_of_the_separator_does_not_escape_the_routes_origins() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&format!(
+        "{}[[route]]\nname = \"admin\"\npath = \"/admin\"\norigins = [\"https://admin.example.com\"]\nbackends = [\"{}\"]\n",
+        route("all", "/", &[backend.addr]),
+        backend.addr
+    ))
+    .await;
+    for path in [
+        "/admin/x",
+        "/admin%2Fx",
+        "/admin%2fx",
+        "/admin\\x",
+        "/admin%5Cx",
+    ] {
+        let (head, _) = request(
+            proxy.addr,
+            Req::upgrade("localhost", path)
+                .add("Origin", "https://evil.example.net")
+                .bytes(),
+        )
+        .await;
+        assert_eq!(head.status, 403, "{path}: {head:?}");
+    }
+    assert_eq!(upgrade_status(proxy.addr, "/other%2Fx").await, 101);
+}
