@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat, WatchMode};
 use crate::server::Shared;
-use crate::snapshot::{on_disk_fingerprint, Snapshot};
+use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
 use crate::watch::{self, Wanted, Watches};
 
 /// Quiet time after the last file event before a reload: coalesces an editor's or
@@ -255,7 +255,14 @@ enum Look {
     Missing(&'static str, String, Option<u64>),
     /// Something new, built (or not): its fingerprint, whether the disk held still while it
     /// was read, and the result.
-    Built(u64, bool, Box<Result<Snapshot, ConfigError>>),
+    Built {
+        on_disk: u64,
+        /// The files' content and write times as they were before the read (see
+        /// [`holds_still`]).
+        stamp: u64,
+        settled: bool,
+        built: Box<Result<Snapshot, ConfigError>>,
+    },
 }
 
 /// The log format the process logs in, and whether `--log-format` chose it, as set up at
@@ -327,13 +334,14 @@ enum Wake {
     Poll,
 }
 
-/// Whether the files at `path`, read with fingerprint `on_disk`, still have it after a
-/// [`DEBOUNCE`]: content, not events, so a neighbour file written nonstop in the same folder
-/// does not count as a write to them.
-async fn holds_still(path: &Path, on_disk: u64) -> bool {
+/// Whether the files at `path`, stamped `stamp` before they were read, still have that stamp
+/// after a [`DEBOUNCE`]. Content and write times, not events: a neighbour file written nonstop
+/// in the same folder is no write to them, and a writer that rewrote the same first pieces in
+/// the meantime is one.
+async fn holds_still(path: &Path, stamp: u64) -> bool {
     tokio::time::sleep(DEBOUNCE).await;
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || on_disk_fingerprint(&path) == on_disk)
+    tokio::task::spawn_blocking(move || on_disk_stamp(&path) == stamp)
         .await
         .unwrap_or(false)
 }
@@ -385,6 +393,7 @@ fn look(
     if trigger == Trigger::Files && Some(on_disk) == rejected {
         return Look::StillRejected;
     }
+    let stamp = on_disk_stamp(path);
     let built = Snapshot::build_hashed(path, generation, on_disk);
     // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
     // written that way: wait for it rather than count a failure. A file the config in force
@@ -399,7 +408,12 @@ fn look(
     // (not a mistake to report), and a good one may mix old and new files, or hold a valid
     // prefix of a file still being written (not to be applied).
     let settled = on_disk_fingerprint(path) == on_disk;
-    Look::Built(on_disk, settled, Box::new(built))
+    Look::Built {
+        on_disk,
+        stamp,
+        settled,
+        built: Box::new(built),
+    }
 }
 
 impl Reloader {
@@ -431,10 +445,14 @@ impl Reloader {
             // decided only once they have held still for a debounce's time after the read (a
             // file rewritten nonstop is taken as last read after MAX_REREADS, if good; if bad,
             // reported once it holds still: only then is its error its content's).
-            Ok(Look::Built(on_disk, settled, built))
-                if trigger == Trigger::Files
-                    && (built.is_err() || (settled && patience == Patience::WaitForStill))
-                    && !holds_still(path, on_disk).await =>
+            Ok(Look::Built {
+                stamp,
+                settled,
+                built,
+                ..
+            }) if trigger == Trigger::Files
+                && (built.is_err() || (settled && patience == Patience::WaitForStill))
+                && !holds_still(path, stamp).await =>
             {
                 tracing::debug!(
                     "config files written to again after they were read; reading them again"
@@ -475,12 +493,17 @@ impl Reloader {
                 self.rejected = seen;
                 Outcome::Missing(what, error)
             }
-            Look::Built(_, false, _) if patience == Patience::WaitForStill => {
+            Look::Built { settled: false, .. } if patience == Patience::WaitForStill => {
                 // Good or bad, what was read may be no file's finished content.
                 tracing::debug!("config files changed while being read; reading them again");
                 Outcome::Unsettled
             }
-            Look::Built(on_disk, settled, built) => match *built {
+            Look::Built {
+                on_disk,
+                settled,
+                built,
+                ..
+            } => match *built {
                 Ok(snapshot) => {
                     if !settled {
                         tracing::warn!("config files kept changing while being read; applying them as last read");

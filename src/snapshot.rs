@@ -84,22 +84,58 @@ fn warn_about_expiry(expiry: &[tls::Expiry]) {
 }
 
 /// Hash of the files' contents; a missing file hashes as such, so its return is a change.
-fn fingerprint(files: &[PathBuf]) -> u64 {
+/// With `written`, also of when each was last written, and its size and inode: a file written
+/// again with the same bytes then hashes differently.
+fn fingerprint(files: &[PathBuf], written: bool) -> u64 {
     let files: BTreeSet<&PathBuf> = files.iter().collect();
     let mut hasher = DefaultHasher::new();
     for file in files {
         file.hash(&mut hasher);
         std::fs::read(file).ok().hash(&mut hasher);
+        if written {
+            write_times(file).hash(&mut hasher);
+        }
     }
     hasher.finish()
 }
 
-/// Fingerprint of the config on disk and the files it names: what a snapshot built now would
-/// depend on. (Not the files of the config in force: once a reload drops a certificate, that
-/// file's content must not make the same config look changed.)
-pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
+#[cfg(unix)]
+fn write_times(file: &Path) -> Option<[i64; 6]> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).ok()?;
+    let (size, inode) = (m.size() as i64, m.ino() as i64);
+    Some([
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        size,
+        inode,
+    ])
+}
+
+#[cfg(not(unix))]
+fn write_times(file: &Path) -> Option<SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
+}
+
+/// The files a snapshot built now from the config at `path` would depend on: the config file,
+/// and the files it names if it parses. (Not the files of the config in force: once a reload
+/// drops a certificate, that file's content must not make the same config look changed.)
+fn on_disk_files(path: &Path) -> Vec<PathBuf> {
     match Config::load(path) {
-        Ok(config) => fingerprint(&config.watched_files()),
-        Err(_) => fingerprint(&[path.to_path_buf()]),
+        Ok(config) => config.watched_files(),
+        Err(_) => vec![path.to_path_buf()],
     }
+}
+
+/// Fingerprint of the content of [`on_disk_files`]: what a snapshot built now would hold.
+pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
+    fingerprint(&on_disk_files(path), false)
+}
+
+/// Like [`on_disk_fingerprint`], and of when the files were last written: tells whether
+/// anything was written to them since, even the same bytes.
+pub(crate) fn on_disk_stamp(path: &Path) -> u64 {
+    fingerprint(&on_disk_files(path), true)
 }
