@@ -24,7 +24,8 @@ pub(crate) struct Counts {
     active: AtomicUsize,
     /// Connections past a limit, waiting for their refusal.
     refusing: AtomicUsize,
-    /// Open connections per client key (see [`client_key`]); only with a per-client limit.
+    /// Open connections per client key (see [`client_key`]), counted with or without a
+    /// per-client limit: one set by a reload counts the connections already open.
     per_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -86,19 +87,21 @@ impl ConnGuard {
         self.over
     }
 
-    /// The connection's place among its `client`'s connections when a per-client limit
-    /// (`max`) is set: taken as soon as the client is known, before TLS, so connections still
-    /// in their handshake count too. One over the client's limit leaves `max_connections` for
-    /// the refusal budget, so a client's excess cannot crowd out everyone else's connections.
-    /// A connection already over the global limit gets its 503 and takes no client place.
+    /// The connection's place among its `client`'s connections, within the per-client limit
+    /// (`max`) if one is set: taken as soon as the client is known, before TLS, so connections
+    /// still in their handshake count too. One over the client's limit leaves
+    /// `max_connections` for the refusal budget, so a client's excess cannot crowd out
+    /// everyone else's connections. A connection already over the global limit gets its 503
+    /// and takes no client place.
     pub(crate) fn client_slot(
         &mut self,
         client: IpAddr,
         max: Option<usize>,
     ) -> Result<Option<ClientSlot>, BudgetExhausted> {
-        let Some(max) = max.filter(|_| self.over.is_none()) else {
+        if self.over.is_some() {
             return Ok(None);
-        };
+        }
+        let max = max.unwrap_or(usize::MAX);
         if let Some(slot) = ClientSlot::take(&self.counts, client, max) {
             return Ok(Some(slot));
         }
@@ -224,6 +227,27 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(over.over(), Some(Over::Connections));
+        assert!(lock(&counts.per_client).is_empty());
+    }
+
+    #[test]
+    fn connections_count_for_their_client_before_any_limit_is_set() {
+        // A limit set by a reload holds the connections opened without one.
+        let counts = Arc::new(Counts::default());
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let mut guard = ConnGuard::new(&counts, 10).unwrap();
+            let slot = guard.client_slot(ip("192.0.2.1"), None).unwrap();
+            assert!(slot.is_some());
+            open.push((guard, slot));
+        }
+        let mut next = ConnGuard::new(&counts, 10).unwrap();
+        assert!(next
+            .client_slot(ip("192.0.2.1"), Some(2))
+            .unwrap()
+            .is_none());
+        assert_eq!(next.over(), Some(Over::Client));
+        drop(open);
         assert!(lock(&counts.per_client).is_empty());
     }
 
