@@ -422,3 +422,26 @@ async fn a_client_over_its_own_limit_gets_429_while_tunnels_hold_their_places() 
     assert_eq!(round_trip(&mut third, "3").await, "3");
     assert_eq!(round_trip(&mut second, "2").await, "2");
 }
+
+/// A per-client limit switched on by a reload holds the tunnels opened before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_client_limit_set_by_a_reload_counts_the_tunnels_already_open() {
+    let backend = WsBackend::start("echo").await;
+    let chat = route("chat", "/ws", &[backend.addr]);
+    let proxy = start_proxy(&chat).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await);
+    }
+    let mut rx = proxy.server.reload_status();
+    write_body(
+        &proxy.config_path(),
+        &format!("[limits]\nmax_connections_per_client = 2\n\n{chat}"),
+    );
+    generation(&mut rx, 2).await;
+    let (head, _) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 429, "{head:?}");
+    for (n, ws) in open.iter_mut().enumerate() {
+        assert_eq!(round_trip(ws, &n.to_string()).await, n.to_string());
+    }
+}
