@@ -26,28 +26,65 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones this proxy sets itself. Built here, not
-/// from the client's `Connection` list alone, so a client cannot make us drop what we add
-/// (Traefik CVE-2024-45410).
-const NOT_FORWARDED: &[&str] = &[
+/// Hop-by-hop headers (RFC 9110 §7.6.1), and the framing hyper writes anew: never passed on,
+/// either way.
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
     "content-length",
+];
+
+/// Proxy authentication: wsgate asks for no proxy credentials and forwards none, so neither
+/// side's can mean anything past it (a challenge would only confuse the client).
+const PROXY_AUTH: &[&str] = &[
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-authentication-info",
+];
+
+/// The client's headers this proxy sets itself, or that name the client in ways it does not
+/// keep up (a client could claim any address in them to a backend that reads them instead of
+/// X-Forwarded-For). Dropped by name, not only when the client's `Connection` list names them,
+/// so a client cannot make us drop what we add (Traefik CVE-2024-45410).
+const SET_HERE: &[&str] = &[
     "sec-websocket-protocol",
     "x-forwarded-proto",
     "x-forwarded-host",
-    // Other ways to name the client, which wsgate does not keep up: a client could claim any
-    // address in them to a backend that reads them instead of X-Forwarded-For.
     "forwarded",
     "x-real-ip",
 ];
+
+/// Whether the client's header `name` is never forwarded, whatever its `Connection` says.
+fn not_forwarded(name: &str) -> bool {
+    [HOP_BY_HOP, PROXY_AUTH, SET_HERE]
+        .iter()
+        .any(|list| list.contains(&name))
+        || underscored_alias(name)
+}
+
+/// A name with `_` for `-` that CGI, WSGI, Rack and PHP backends read as the same header as one
+/// this proxy sets or strips (both spellings become `HTTP_X_FORWARDED_FOR`): a client could
+/// spoof it past the dashed name's handling. (nginx drops every name with `_`; only these are
+/// dropped here.)
+fn underscored_alias(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    dashed == X_FORWARDED_FOR.as_str() || not_forwarded(&dashed)
+}
+
+/// The header names a message's own `Connection` lists: hop-by-hop too (RFC 9110 §7.6.1).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    (websocket::tokens(headers, &CONNECTION))
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
 
 /// Headers a client's `Connection` list may not remove: the handshake itself depends on them.
 fn is_protected(name: &str) -> bool {
@@ -91,17 +128,14 @@ pub fn backend_request(
     peer: SocketAddr,
 ) -> Request<Empty<Bytes>> {
     let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
-    let named: Vec<String> = websocket::tokens(client.headers(), &CONNECTION)
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let named = connection_named(client.headers());
     // A client naming X-Forwarded-For drops its own value (hop-by-hop, as it says), never the
     // address this proxy adds; the other protected names it cannot strip at all.
     let own_xff_dropped = named.iter().any(|n| n == "x-forwarded-for");
     for (name, value) in client.headers() {
         let n = name.as_str();
         let named_here = named.iter().any(|c| c == n) && !is_protected(n);
-        if NOT_FORWARDED.contains(&n) || named_here || (own_xff_dropped && name == X_FORWARDED_FOR)
-        {
+        if not_forwarded(n) || named_here || (own_xff_dropped && name == X_FORWARDED_FOR) {
             continue;
         }
         headers.append(name.clone(), value.clone());
@@ -417,12 +451,10 @@ pub fn client_switching_head(backend: &response::Parts) -> Response<()> {
     let mut response = Response::new(());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    // Headers the backend names in its own Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    let named: Vec<String> = websocket::tokens(&backend.headers, &CONNECTION)
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let named = connection_named(&backend.headers);
     for (name, value) in &backend.headers {
-        if !is_hop_by_hop(name) && !named.iter().any(|n| n == name.as_str()) {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !PROXY_AUTH.contains(&n) && !named.iter().any(|c| c == n) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -431,45 +463,19 @@ pub fn client_switching_head(backend: &response::Parts) -> Response<()> {
     response
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-    )
-}
-
 /// Strips hop-by-hop headers from a relayed refusal and marks it as the connection's last.
 pub fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
     let headers = response.headers_mut();
-    let named: Vec<HeaderName> = websocket::tokens(headers, &CONNECTION)
-        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    // The framing too: hyper decoded the body, and frames it anew from what it knows (its
-    // length, else chunked). A backend sending both Content-Length and Transfer-Encoding
-    // would otherwise have its answer refused by hyper's encoder, and the client get nothing.
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        "transfer-encoding",
-        // The challenge of a proxy: wsgate asks for no proxy credentials (and forwards
-        // none), so this can only confuse the client.
-        "proxy-authenticate",
-        "proxy-authentication-info",
-    ] {
+    let named = connection_named(headers);
+    // The framing too (in HOP_BY_HOP): hyper decoded the body, and frames it anew from what it
+    // knows (its length, else chunked). A backend sending both Content-Length and
+    // Transfer-Encoding would otherwise have its answer refused by hyper's encoder, and the
+    // client get nothing.
+    let dropped = named.iter().map(String::as_str);
+    for name in dropped
+        .chain(HOP_BY_HOP.iter().copied())
+        .chain(PROXY_AUTH.iter().copied())
+    {
         headers.remove(name);
     }
     headers.insert(CONNECTION, HeaderValue::from_static("close"));

@@ -119,10 +119,25 @@ async fn a_clients_own_claims_about_itself_are_replaced_or_dropped() {
         .add("Forwarded", "for=10.0.0.1;proto=https;host=admin.internal")
         .add("X-Real-IP", "10.0.0.1")
         .add("X-Forwarded-Proto", "http")
-        .add("X-Forwarded-Host", "admin.internal");
+        .add("X-Forwarded-Host", "admin.internal")
+        // The same names with `_`, which CGI, WSGI and Rack backends read as the dashed ones.
+        .add("X_Forwarded_For", "10.0.0.1")
+        .add("X_Forwarded_Host", "admin.internal")
+        .add("X_Real_IP", "10.0.0.1")
+        .add("Proxy_Connection", "keep-alive")
+        .add("X_Custom", "kept");
     let (_client, _back, _head, seen) = raw_tunnel(proxy.addr, &backend, &req).await;
     assert_eq!(seen.get("forwarded"), None, "{seen:?}");
     assert_eq!(seen.get("x-real-ip"), None, "{seen:?}");
+    for alias in [
+        "x_forwarded_for",
+        "x_forwarded_host",
+        "x_real_ip",
+        "proxy_connection",
+    ] {
+        assert_eq!(seen.get(alias), None, "{alias}: {seen:?}");
+    }
+    assert_eq!(seen.get("x_custom"), Some("kept"));
     assert_eq!(seen.list("x-forwarded-proto"), ["https"]);
     assert_eq!(seen.list("x-forwarded-host"), ["chat.example.com"]);
 }
