@@ -185,10 +185,13 @@ impl Unanswered {
     pub(crate) fn kind(&self) -> EarlyClose {
         use Unanswered::*;
         match self {
+            // A health check's connect and close is no bad header: it sent none at all.
+            BadProxyHeader(HeaderError::Nothing) => EarlyClose::NoRequest,
             BadProxyHeader(_) | ProxyHeaderLate => EarlyClose::BadProxyHeader,
-            GoneDuringTls(_) | NoRequest | GoneMidHead(_) => EarlyClose::NoRequest,
+            // A client gone before its request was complete, however it closed.
+            GoneDuringTls(_) | NoRequest | GoneMidHead(_) | ClosedMidHead => EarlyClose::NoRequest,
             TlsFailed(_) | ReadFailed(_) => EarlyClose::TlsFailed,
-            ClosedMidHead | BadRequest(_) => EarlyClose::BadRequest,
+            BadRequest(_) => EarlyClose::BadRequest,
             Late(_) => EarlyClose::HandshakeTimeout,
             HeadTooLarge => EarlyClose::HeadTooLarge,
             AnswerLate => EarlyClose::AnswerLate,
@@ -253,7 +256,7 @@ mod tests {
             ),
             (
                 Unanswered::ClosedMidHead,
-                EarlyClose::BadRequest,
+                EarlyClose::NoRequest,
                 "closed in the middle of the request head",
             ),
             (
@@ -272,5 +275,20 @@ mod tests {
     fn bodies_never_name_the_backend() {
         let err = ProxyError::BackendProtocol("10.0.0.7:9001 reset".into());
         assert!(!err.body().contains("10.0.0.7"));
+    }
+
+    #[test]
+    fn a_client_gone_before_a_complete_request_is_no_request_however_it_went() {
+        let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
+        for gone in [
+            Unanswered::ClosedMidHead,
+            Unanswered::GoneMidHead(reset()),
+            Unanswered::GoneDuringTls(reset()),
+            Unanswered::BadProxyHeader(HeaderError::Nothing),
+        ] {
+            assert_eq!(gone.kind(), EarlyClose::NoRequest, "{gone}");
+        }
+        let cut = Unanswered::BadProxyHeader(HeaderError::Closed);
+        assert_eq!(cut.kind(), EarlyClose::BadProxyHeader);
     }
 }

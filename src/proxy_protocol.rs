@@ -21,6 +21,9 @@ const MAX_HEADER: usize = 4096;
 /// Why a connection's PROXY header was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HeaderError {
+    /// A TCP connect and close (a load balancer's or kubelet's `tcpSocket` check): no client.
+    #[error("closed before sending anything")]
+    Nothing,
     #[error("connection closed before a complete PROXY protocol header")]
     Closed,
     #[error("not a PROXY protocol header (is the load balancer set to send one?)")]
@@ -38,16 +41,23 @@ pub(crate) async fn read_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr
     let mut seen: Vec<u8> = Vec::new();
     let mut peeked = [0u8; 512];
     loop {
-        let n = tcp.peek(&mut peeked).await?;
-        if n == 0 {
-            return Err(HeaderError::Closed);
-        }
+        let n = match tcp.peek(&mut peeked).await {
+            Ok(0) if seen.is_empty() => return Err(HeaderError::Nothing),
+            Ok(0) => return Err(HeaderError::Closed),
+            Ok(n) => n,
+            Err(e) if seen.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(HeaderError::Nothing)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let start = seen.len();
         seen.extend_from_slice(&peeked[..n]);
         match parse(&seen) {
             Parsed::Header { length, client } => {
                 // Take only the header's bytes; the TLS handshake behind them stays queued.
-                let mut header_rest = vec![0u8; length - start];
+                // (A header shorter than what was consumed as header already cannot be.)
+                let rest = length.checked_sub(start).ok_or(HeaderError::Invalid)?;
+                let mut header_rest = vec![0u8; rest];
                 tcp.read_exact(&mut header_rest).await?;
                 return Ok(client);
             }

@@ -232,3 +232,21 @@ async fn a_header_that_never_completes_is_counted_as_a_bad_header() {
     assert_eq!(sample(&text, timeouts).unwrap_or(0.0), 0.0, "{text}");
     assert_eq!(sample(&metrics(admin).await, timeouts).unwrap_or(0.0), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_checks_connect_and_close_is_no_bad_header() {
+    // A load balancer's or kubelet's tcpSocket check sends nothing: an alert on bad headers
+    // must not fire for it.
+    let backend = RawBackend::start().await;
+    let (_dir, server, addr) = proxy_with_header(&format!("{ADMIN}{}", chat(&backend))).await;
+    let admin = server.admin_addr().unwrap();
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let text = scrape_until(
+        admin,
+        r#"wsgate_connections_closed_early_total{reason="no_request"}"#,
+        1.0,
+    )
+    .await;
+    let bad = r#"wsgate_connections_closed_early_total{reason="bad_proxy_header"}"#;
+    assert_eq!(sample(&text, bad).unwrap_or(0.0), 0.0, "{text}");
+}
