@@ -53,59 +53,10 @@ pub use server::{Closer, Error, Server};
 
 /// Loads and fully validates a config file (TOML, keys, certificates, routes) without serving;
 /// returns a one-line summary and warnings: what loads but is surely a mistake, and the
-/// certificates that have expired or will within two weeks (what `run` warns about at every
-/// load).
+/// certificates that have expired, will within two weeks, or are not valid yet (what `run`
+/// warns about at every load).
 pub fn check(path: &std::path::Path) -> Result<(String, Vec<String>), config::ConfigError> {
     tls::install_default_provider();
     let snapshot = snapshot::Snapshot::build(path, 1)?;
-    let config = &snapshot.config;
-    let admin = match config.admin {
-        Some(addr) => format!(", admin on {addr}"),
-        None => String::new(),
-    };
-    let summary = format!(
-        "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}{}",
-        path.display(),
-        config.listen.len(),
-        config.certificates.len(),
-        config.routes.len(),
-        expiry_note(&snapshot.expiry),
-    );
-    let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
-    for (cert, left) in snapshot::expiring(&snapshot.expiry) {
-        let file = cert.file.display();
-        warnings.push(if left <= 0 {
-            format!("{file}: certificate has expired; clients will refuse it")
-        } else {
-            let when = match left / 86400 {
-                0 => "less than a day".to_string(),
-                days => format!("{days} day(s)"),
-            };
-            format!("{file}: certificate expires in {when}; is its renewal working?")
-        });
-    }
-    Ok((summary, warnings))
-}
-
-/// When the first certificate runs out, or which one already has.
-fn expiry_note(expiry: &[tls::Expiry]) -> String {
-    use std::time::{Duration, SystemTime};
-    let Some(first) = expiry.iter().min_by_key(|e| e.not_after) else {
-        return String::new();
-    };
-    let at = u64::try_from(first.not_after)
-        .ok()
-        .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)));
-    let when = at.map_or_else(
-        || first.not_after.to_string(),
-        |t| humantime::format_rfc3339_seconds(t).to_string(),
-    );
-    if at.is_some_and(|t| t > SystemTime::now()) {
-        format!(", certificates valid until {when}")
-    } else {
-        format!(
-            ", WARNING: certificate {} expired at {when}",
-            first.file.display()
-        )
-    }
+    Ok((snapshot.summary(), snapshot.warnings()))
 }

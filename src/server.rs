@@ -93,6 +93,7 @@ impl Shared {
         };
         let bound = listener::bind_all(&added, &next.config)?;
         self.snapshot.store(next.clone());
+        next.log_warnings();
         self.metrics.certificates(&next.expiry);
         let removed: Vec<Listener> = {
             let mut guard = lock(&self.listeners);
@@ -185,6 +186,7 @@ impl Server {
         // promise is about paths). Symlinks stay as they are, to be followed on every read.
         let path = crate::watch::absolute(config_path.as_ref());
         let snapshot = Snapshot::build(&path, 1)?;
+        snapshot.log_warnings();
         let wanted = listener::wanted(&snapshot.config);
         let sockets = listener::bind_all(&wanted, &snapshot.config)?;
         let (reload_status, _) = watch::channel(ReloadStatus {

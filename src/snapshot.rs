@@ -43,10 +43,6 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigError> {
         let config = Config::load(path)?;
         let (tls, expiry) = tls::server_config(&config)?;
-        warn_about_expiry(&expiry);
-        for warning in &config.warnings {
-            tracing::warn!("{warning}");
-        }
         let routes = RouteTable::new(&config.routes);
         Ok(Snapshot {
             config,
@@ -59,28 +55,97 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// What loads but is surely a mistake (a route that can never be chosen), and what is
+    /// wrong with the certificates' validity: logged when the snapshot goes into force (not
+    /// at every build: a file still being written is built several times), printed by
+    /// `wsgate check`.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let config = self.config.warnings.iter().map(ToString::to_string);
+        config.chain(validity_warnings(&self.expiry)).collect()
+    }
+
+    pub(crate) fn log_warnings(&self) {
+        for warning in self.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+
+    /// `wsgate check`'s line: what the config holds, and when the first certificate runs
+    /// out (or which one already has).
+    pub(crate) fn summary(&self) -> String {
+        let config = &self.config;
+        let admin = match config.admin {
+            Some(addr) => format!(", admin on {addr}"),
+            None => String::new(),
+        };
+        let expiry = match self.expiry.iter().min_by_key(|e| e.not_after) {
+            None => String::new(),
+            Some(first) if first.not_after > unix_now() => {
+                format!(", certificates valid until {}", rfc3339(first.not_after))
+            }
+            Some(first) => format!(
+                ", WARNING: certificate {} expired at {}",
+                first.file.display(),
+                rfc3339(first.not_after)
+            ),
+        };
+        format!(
+            "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}{expiry}",
+            config.path.display(),
+            config.listen.len(),
+            config.certificates.len(),
+            config.routes.len(),
+        )
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Certificates this close to their end get a warning at every load.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// The certificates that have expired or will within [`EXPIRY_WARNING`], with the seconds
-/// each has left (0 or less: expired).
-pub(crate) fn expiring(expiry: &[tls::Expiry]) -> impl Iterator<Item = (&tls::Expiry, i64)> {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+/// What is wrong, or soon will be, with the served certificates' validity, one line each
+/// naming its file: expired, expiring within [`EXPIRY_WARNING`], or not valid yet (a clock or
+/// an issuer ahead of this machine's). Logged at every load and printed by `wsgate check`.
+fn validity_warnings(expiry: &[tls::Expiry]) -> Vec<String> {
+    let now = unix_now();
+    let soon = EXPIRY_WARNING.as_secs() as i64;
     (expiry.iter())
-        .map(move |cert| (cert, cert.not_after - now))
-        .filter(|(_, left)| *left < EXPIRY_WARNING.as_secs() as i64)
+        .filter_map(|cert| {
+            let file = cert.file.display();
+            let left = cert.not_after - now;
+            Some(if cert.not_before > now {
+                let from = rfc3339(cert.not_before);
+                format!("{file}: certificate is not valid before {from}; clients will refuse it until then")
+            } else if left <= 0 {
+                format!("{file}: certificate has expired; clients will refuse it")
+            } else if left < soon {
+                let when = match left / 86400 {
+                    0 => "less than a day".to_string(),
+                    days => format!("{days} day(s)"),
+                };
+                format!("{file}: certificate expires in {when}; is its renewal working?")
+            } else {
+                return None;
+            })
+        })
+        .collect()
 }
 
-fn warn_about_expiry(expiry: &[tls::Expiry]) {
-    for (cert, left) in expiring(expiry) {
-        if left <= 0 {
-            tracing::warn!(file = %cert.file.display(), expired_seconds_ago = -left, "certificate has expired; clients will refuse it");
-        } else {
-            tracing::warn!(file = %cert.file.display(), days_left = left / 86400, "certificate expires soon; is its renewal working?");
-        }
-    }
+/// Unix seconds as an RFC 3339 time, or as the number if out of range.
+fn rfc3339(unix: i64) -> String {
+    u64::try_from(unix)
+        .ok()
+        .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+        .map_or_else(
+            || unix.to_string(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
 }
 
 /// Hash of the files' contents; a missing file hashes as such, so its return is a change.

@@ -21,7 +21,8 @@ use crate::config::{CertificatePaths, Config, ConfigError, TlsVersion};
 #[derive(Clone, Debug)]
 pub struct Expiry {
     pub file: PathBuf,
-    /// Unix seconds of the leaf's notAfter.
+    /// Unix seconds of the leaf's notBefore and notAfter.
+    pub not_before: i64,
     pub not_after: i64,
 }
 
@@ -40,9 +41,10 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>)
             };
             ConfigError::at(&config.path, location, msg)
         })?;
-        if let Some(not_after) = key.cert.first().and_then(not_after) {
+        if let Some((not_before, not_after)) = key.cert.first().and_then(validity) {
             expiry.push(Expiry {
                 file: paths.cert.clone(),
+                not_before,
                 not_after,
             });
         }
@@ -114,11 +116,15 @@ fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
         .clone()
 }
 
-/// The leaf's notAfter in Unix seconds (rustls has already parsed it, so this cannot fail on a
-/// certificate it accepted; `None` keeps it that way regardless).
-fn not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
+/// The leaf's notBefore and notAfter in Unix seconds (rustls has already parsed it, so this
+/// cannot fail on a certificate it accepted; `None` keeps it that way regardless).
+fn validity(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// Which part of a certificate entry an error is about, so it can point at that value.
@@ -135,7 +141,11 @@ fn load_certified_key(
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
         .and_then(|certs| certs.collect())
         .map_err(|e| {
-            let msg = format!("cannot read certificate {}: {e}", paths.cert.display());
+            let msg = format!(
+                "cannot read certificate {}: {}",
+                paths.cert.display(),
+                pem(e)
+            );
             (Part::Cert, msg)
         })?;
     if chain.is_empty() {
@@ -143,23 +153,77 @@ fn load_certified_key(
         return Err((Part::Cert, msg));
     }
     let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
-        let msg = format!("cannot read private key {}: {e}", paths.key.display());
+        let why = match e {
+            rustls_pki_types::pem::Error::NoItemsFound if encrypted(&paths.key) => {
+                "the key is encrypted; wsgate needs it decrypted (openssl pkey -in KEY -out PLAIN)"
+                    .to_string()
+            }
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "no private key in it (PKCS#8, SEC1 or PKCS#1 PEM)".to_string()
+            }
+            other => pem(other),
+        };
+        let msg = format!("cannot read private key {}: {why}", paths.key.display());
         (Part::Key, msg)
     })?;
     let pair = |msg| (Part::Pair, msg);
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        pair(match e {
-            rustls::Error::InconsistentKeys(_) => format!(
-                "private key {} does not match certificate {}",
+    match CertifiedKey::from_der(chain.clone(), key.clone_key(), provider) {
+        Ok(certified) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(_)) if key_fits_later(&chain, &key, provider) => {
+            Err(pair(format!(
+                "the certificate matching private key {} is not the first in {}: put the server's own certificate first, then its intermediates",
                 paths.key.display(),
                 paths.cert.display()
-            ),
-            other => format!(
-                "unusable key or certificate {}: {other}",
-                paths.key.display()
-            ),
-        })
+            )))
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => Err(pair(format!(
+            "private key {} does not match certificate {}",
+            paths.key.display(),
+            paths.cert.display()
+        ))),
+        Err(other) => Err(pair(format!(
+            "unusable key or certificate {}: {other}",
+            paths.key.display()
+        ))),
+    }
+}
+
+/// A PEM reading error in words: the library's own print a missing end marker as bytes.
+fn pem(e: rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "no \"-----END {}-----\" line after its BEGIN line (is the file cut short?)",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("malformed PEM line {:?}", String::from_utf8_lossy(&line))
+        }
+        Error::Base64Decode(what) => format!("bad base64 in a PEM section: {what}"),
+        Error::NoItemsFound => "no PEM section of the expected kind in it".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether the PEM file at `path` holds an encrypted private key (which needs a passphrase
+/// wsgate does not take).
+fn encrypted(path: &std::path::Path) -> bool {
+    std::fs::read(path).is_ok_and(|pem| {
+        pem.windows(30)
+            .any(|w| w == b"-----BEGIN ENCRYPTED PRIVATE K")
+            || pem.windows(16).any(|w| w == b"Proc-Type: 4,ENC")
     })
+}
+
+/// Whether `key` belongs to a certificate of `chain` other than the first: the chain is in
+/// the wrong order (a CA bundle put ahead of the server's certificate), not a wrong key.
+fn key_fits_later(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> bool {
+    (chain.iter().skip(1))
+        .any(|cert| CertifiedKey::from_der(vec![cert.clone()], key.clone_key(), provider).is_ok())
 }
 
 /// Picks the certificate whose names cover the SNI name; the first certificate otherwise.

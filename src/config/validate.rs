@@ -66,16 +66,7 @@ impl Validator<'_> {
         let mut addrs: Vec<SocketAddr> = Vec::new();
         for (i, text) in raw.get_ref().iter().enumerate() {
             let key = format!("proxy.listen[{i}]");
-            let addr: SocketAddr = text.get_ref().trim().parse().map_err(|_| {
-                self.error(
-                    &text.span(),
-                    &key,
-                    format!(
-                        "{:?} is not an IP:port address (e.g. \"0.0.0.0:8443\" or \"[::]:8443\")",
-                        text.get_ref()
-                    ),
-                )
-            })?;
+            let addr = self.socket_addr(text, &key, "\"0.0.0.0:8443\" or \"[::]:8443\"")?;
             if addrs.contains(&addr) {
                 return Err(self.error(&text.span(), &key, format!("{addr} is listed twice")));
             }
@@ -87,21 +78,37 @@ impl Validator<'_> {
         Ok(addrs)
     }
 
+    /// A listen address (`key`, written like `example`): an IP and a port. Not an IPv4 address
+    /// in IPv6 form (`[::ffff:127.0.0.1]:8443`): IPv6 listeners are bound IPv6-only (so that
+    /// `[::]` can sit beside `0.0.0.0`), which such an address cannot be.
+    fn socket_addr(
+        &self,
+        text: &Spanned<String>,
+        key: &str,
+        example: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let error = |message| self.error(&text.span(), key, message);
+        let written = text.get_ref();
+        let addr: SocketAddr = (written.trim().parse()).map_err(|_| {
+            error(format!(
+                "{written:?} is not an IP:port address (e.g. {example})"
+            ))
+        })?;
+        match addr {
+            SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => Err(error(format!(
+                "{written:?} is an IPv4 address in IPv6 form: write it as {}",
+                SocketAddr::new(addr.ip().to_canonical(), addr.port())
+            ))),
+            _ => Ok(addr),
+        }
+    }
+
     fn admin(
         &self,
         raw: &Spanned<String>,
         proxy: &[SocketAddr],
     ) -> Result<SocketAddr, ConfigError> {
-        let addr: SocketAddr = raw.get_ref().trim().parse().map_err(|_| {
-            self.error(
-                &raw.span(),
-                "admin.listen",
-                format!(
-                    "{:?} is not an IP:port address (e.g. \"127.0.0.1:9090\")",
-                    raw.get_ref()
-                ),
-            )
-        })?;
+        let addr = self.socket_addr(raw, "admin.listen", "\"127.0.0.1:9090\"")?;
         // Port 0 (any free port, for tests) cannot collide.
         if addr.port() != 0 && proxy.contains(&addr) {
             return Err(self.error(

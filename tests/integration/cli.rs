@@ -239,6 +239,60 @@ fn check_refuses_a_key_that_does_not_match_its_certificate() {
 }
 
 #[test]
+fn check_warns_about_a_certificate_not_valid_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let (cert, key) = pki().leaf_valid(SERVER_NAMES, Some(((2999, 1, 1), (3001, 1, 1))));
+    std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.crt: certificate is not valid before 2999-01-01T00:00:00Z"),
+        "{stderr:?}"
+    );
+}
+
+/// Each way a PEM file goes wrong gets words an operator can act on.
+#[test]
+fn check_says_what_is_wrong_with_a_pem_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let (cert, key) = pki().leaf(SERVER_NAMES);
+    std::fs::write(dir.path().join("server.key"), &key).unwrap();
+    let crt = dir.path().join("server.crt");
+    let cut_short = &cert[..cert.find("-----END").unwrap()];
+    std::fs::write(&crt, cut_short).unwrap();
+    let out = text(&check(&path));
+    assert!(
+        out.contains(
+            "no \"-----END CERTIFICATE-----\" line after its BEGIN line (is the file cut short?)"
+        ),
+        "{out}"
+    );
+    // The CA first, then the server's own certificate: a bundle in the wrong order.
+    std::fs::write(&crt, format!("{}{cert}", pki().ca_pem())).unwrap();
+    let out = text(&check(&path));
+    assert!(
+        out.contains("server.key is not the first in")
+            && out.contains("put the server's own certificate first"),
+        "{out}"
+    );
+    std::fs::write(&crt, &cert).unwrap();
+    let encrypted =
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+    std::fs::write(dir.path().join("server.key"), encrypted).unwrap();
+    let out = text(&check(&path));
+    assert!(out.contains("the key is encrypted"), "{out}");
+    std::fs::write(dir.path().join("server.key"), &cert).unwrap();
+    let out = text(&check(&path));
+    assert!(out.contains("no private key in it"), "{out}");
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
+    assert!(check(&path).status.success());
+}
+
+#[test]
 fn check_names_a_missing_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nope.toml");

@@ -76,6 +76,9 @@ pub struct Pki {
     roots: Arc<rustls::RootCertStore>,
 }
 
+/// A date: (year, month, day).
+pub type Ymd = (i32, u8, u8);
+
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| Pki::new("wsgate test CA"))
@@ -115,11 +118,17 @@ impl Pki {
 
     /// [`Pki::leaf`] whose validity ends on (year, month, day) if given.
     pub fn leaf_until(&self, names: &[&str], not_after: Option<(i32, u8, u8)>) -> (String, String) {
+        let validity = not_after.map(|(year, month, day)| ((year - 2, 1, 1), (year, month, day)));
+        self.leaf_valid(names, validity)
+    }
+
+    /// [`Pki::leaf`] valid from and until the given (year, month, day), if given.
+    pub fn leaf_valid(&self, names: &[&str], validity: Option<(Ymd, Ymd)>) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
-        if let Some((year, month, day)) = not_after {
-            params.not_before = rcgen::date_time_ymd(year - 2, 1, 1);
-            params.not_after = rcgen::date_time_ymd(year, month, day);
+        if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
+            params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+            params.not_after = rcgen::date_time_ymd(y1, m1, d1);
         }
         params
             .distinguished_name
