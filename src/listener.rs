@@ -36,6 +36,12 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
+    /// Stops accepting, without waiting for the socket to close (its accept loop closes it
+    /// when it sees this).
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
     /// Stops accepting and waits until the socket is closed, so that whoever asked (a reload,
     /// shutdown) can rely on it: a connect after this is refused. Live connections continue.
     pub(crate) async fn close(self) {

@@ -139,7 +139,7 @@ fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode
                 // 2 is a bad config; an address in use is the machine's state, not the file's.
                 return match e {
                     wsgate::Error::Config(_) => ExitCode::from(2),
-                    wsgate::Error::Bind(_) => ExitCode::FAILURE,
+                    wsgate::Error::Bind(_) | wsgate::Error::ShuttingDown => ExitCode::FAILURE,
                 };
             }
         };

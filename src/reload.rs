@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat, WatchMode};
-use crate::server::Shared;
+use crate::server::{Error, Shared};
 use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
 use crate::watch::{self, Wanted, Watches};
 
@@ -76,8 +76,13 @@ pub(crate) fn spawn_reloader(
         state
             .run(&shared, &path, events, manual, &mut hangup, stop)
             .await;
-        // Shutting down (the runtime ends this task when it is over): a SIGHUP now, a deploy
-        // hook's say, does nothing, and the log says so rather than seem to lose it.
+        // Shutting down: the watches and the shared state go now. A SIGHUP from here on (a
+        // deploy hook's, say) does nothing, and the log says so rather than seem to lose it,
+        // until the runtime ends with the process.
+        drop((state, shared));
+        if hangup.is_none() {
+            return;
+        }
         while recv_hangup(&mut hangup).await.is_some() {
             tracing::info!("SIGHUP: not reloading, shutting down");
         }
@@ -539,8 +544,10 @@ impl Reloader {
     ) -> Outcome {
         // An address that cannot be bound is the machine's state, not the file's: the very
         // same content is retried on the next event (the port may be free by then).
-        let Err(e) = shared.apply(snapshot).await else {
-            return Outcome::Applied;
+        let e = match shared.apply(snapshot).await {
+            Ok(()) => return Outcome::Applied,
+            Err(Error::ShuttingDown) => return Outcome::Nothing,
+            Err(e) => e,
         };
         let failure = (on_disk, e.to_string());
         if trigger == Trigger::Files && self.unbindable.as_ref() == Some(&failure) {

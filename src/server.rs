@@ -35,6 +35,9 @@ pub enum Error {
     /// the file's. Says where the address is written.
     #[error("{0}")]
     Bind(ConfigError),
+    /// Shutdown began: a reload finishing now changes nothing.
+    #[error("shutting down")]
+    ShuttingDown,
 }
 
 /// State shared by the accept loops, connections, tunnels and the reloader.
@@ -76,15 +79,14 @@ impl Shared {
     }
 
     /// Binds the listeners `next` adds, then swaps it in, then stops the listeners it drops:
-    /// a listener that stays is never paused, and a bind failure changes nothing.
+    /// a listener that stays is never paused, and a bind failure changes nothing. Once
+    /// shutdown has taken the listeners nothing changes either: the new sockets close unused.
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
         let added: Vec<(Kind, SocketAddr)> = {
             let guard = lock(&self.listeners);
-            let Some(listeners) = guard.as_ref() else {
-                return Ok(()); // shutting down
-            };
+            let listeners = guard.as_ref().ok_or(Error::ShuttingDown)?;
             wanted
                 .iter()
                 .copied()
@@ -92,16 +94,12 @@ impl Shared {
                 .collect()
         };
         let bound = listener::bind_all(&added, &next.config)?;
-        self.snapshot.store(next.clone());
-        next.log_warnings();
-        self.metrics.certificates(&next.expiry);
         let removed: Vec<Listener> = {
+            // Under the listeners' lock: shutdown, which takes them, sees either the old
+            // snapshot and listeners or the new ones, never a mix.
             let mut guard = lock(&self.listeners);
-            // Shutdown took the listeners while this reload was binding: the new sockets
-            // close here, unused.
-            let Some(listeners) = guard.as_mut() else {
-                return Ok(());
-            };
+            let listeners = guard.as_mut().ok_or(Error::ShuttingDown)?;
+            self.snapshot.store(next.clone());
             for ((kind, configured), socket) in added.into_iter().zip(bound) {
                 listeners.push(Listener::start(self, kind, configured, socket));
             }
@@ -111,6 +109,8 @@ impl Shared {
             *listeners = kept;
             removed
         };
+        next.log_warnings();
+        self.metrics.certificates(&next.expiry);
         for listener in removed {
             match listener.kind {
                 Kind::Proxy => {
@@ -156,13 +156,16 @@ impl Throttle {
     }
 }
 
-/// Closes every live tunnel and unfinished connection now, from anywhere.
+/// Ends the server's service now, from anywhere: every live tunnel and unfinished connection
+/// is closed, and from then on `/readyz` fails and a new connection is closed at once (the
+/// drain cannot be undone). Meant for a second SIGTERM during [`Server::shutdown`]'s grace.
 #[derive(Clone)]
-pub struct Closer(Arc<Drain>);
+pub struct Closer(Arc<Shared>);
 
 impl Closer {
     pub fn close_now(&self) {
-        self.0.start();
+        self.0.stopping.store(true, Ordering::Release);
+        self.0.drain.start();
     }
 }
 
@@ -258,7 +261,7 @@ impl Server {
 
     /// A handle that ends the shutdown grace early (a second SIGTERM, an impatient operator).
     pub fn closer(&self) -> Closer {
-        Closer(self.shared.drain.clone())
+        Closer(self.shared.clone())
     }
 
     /// Stops accepting, lets live tunnels run for the configured grace, then closes them.
@@ -288,5 +291,17 @@ impl Server {
             listener.close().await;
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without [`Server::shutdown`] (a test, a program embedding wsgate)
+    /// stops watching and accepting: its ports are free once its accept loops see it. Live
+    /// connections run on until they end, or the runtime does.
+    fn drop(&mut self) {
+        self.stop_watching.cancel();
+        for listener in lock(&self.shared.listeners).take().unwrap_or_default() {
+            listener.stop();
+        }
     }
 }

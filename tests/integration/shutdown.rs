@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::admin::{admin_request, ADMIN};
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -367,4 +368,35 @@ async fn a_request_arriving_during_the_grace_gets_503_not_a_tunnel_to_be_cut() {
         b"server shutting down, retry\n"
     );
     within("shutdown to return", shutdown).await.unwrap();
+}
+
+/// A server dropped without a shutdown (a test, a program embedding wsgate) frees its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dropped_without_shutdown_stops_accepting() {
+    let backend = WsBackend::start("one").await;
+    let Proxy { server, addr, .. } = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    assert_eq!(upgrade_status(addr, "/a").await, 101);
+    drop(server);
+    refused(addr).await;
+}
+
+/// Closing everything outside a shutdown (the drain cannot be undone) also says the server is
+/// not ready, so a balancer stops sending it connections it would only close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_everything_makes_readiness_fail() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&format!(
+        "{ADMIN}{}",
+        route("chat", "/chat", &[backend.addr])
+    ))
+    .await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/chat").await;
+    proxy.server.closer().close_now();
+    assert_eq!(
+        admin_request(admin, "GET", "/readyz").await,
+        (503, "shutting down\n".into())
+    );
+    let ended = tunnel_end(&mut ws).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
 }
