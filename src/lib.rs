@@ -3,20 +3,23 @@
 //! One connection's path through the crate:
 //!
 //! ```text
-//! server   accept → limit guard → TLS under the handshake deadline → hyper HTTP/1.1
-//! proxy    snapshot → route select (404) → websocket checks (400/426) → subprotocols (400)
-//!          → origin (403) → upstream
-//! upstream dial backends in turn (502/504) → forward the upgrade → non-101: relay, close
-//!          → 101: check Accept/Upgrade/protocol (502) → client gets the 101
-//! splice   bytes both ways, idle timer, half-close, drain
+//! listener    accept → limit guard (over it: the refusal budget, else closed)
+//! connection  PROXY header → per-client slot → TLS and the request head under the handshake
+//!             deadline → refusals needing no route (503/429/431/400) → hyper HTTP/1.1
+//! proxy       snapshot → route select (404) → websocket checks (400/426) → subprotocols (400)
+//!             → origin (403) → upstream
+//! upstream    dial backends in turn (502/504) → forward the upgrade → non-101: relay, close
+//!             → 101: check Accept/Upgrade/protocol (502) → client gets the 101
+//! splice      bytes both ways, idle timer, half-close, drain
 //! access_log  one line per connection, written when it is over (answer, tunnel, or neither)
-//! reload   watch (folder events) / SIGHUP / poll → build a whole new snapshot or nothing
-//!          → swap; tunnels untouched
+//! reload      watch (folder events) / SIGHUP / poll → build a whole new snapshot or nothing
+//!             → swap; tunnels untouched
 //! ```
 //!
 //! Layout, one module per concept:
-//! - [`config`]: TOML → validated `Config` (raw, validate, error); [`routes`]: the route table (pure);
-//!   [`websocket`]: RFC 6455 rules (pure); `head`: the request head read before hyper;
+//! - [`config`]: TOML → validated `Config` (raw, validate, error); [`routes`]: the route
+//!   table (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the request head read
+//!   before hyper;
 //! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
 //!   the watches; `reload`: when and how a new snapshot replaces the old;
 //! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;

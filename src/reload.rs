@@ -4,7 +4,8 @@
 //!
 //! A reload builds a complete new snapshot (config parsed and validated, every PEM loaded and
 //! checked, routes compiled, new listeners bound) or nothing; then it is swapped in atomically.
-//! Connections take the snapshot's `Arc` when they start, so a live tunnel never sees a reload.
+//! A connection takes the snapshot's `Arc` when it is accepted and again for its request, and
+//! a tunnel keeps what its request had, so a live tunnel never sees a reload.
 //! Bursts of events are debounced into one look, a content fingerprint skips reloads that would
 //! change nothing, and files caught mid-write are read again rather than applied or reported.
 
