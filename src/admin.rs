@@ -129,7 +129,7 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         // Alive as long as the runtime answers at all.
         "/healthz" => text(StatusCode::OK, "ok\n"),
         // Not ready once shutdown began: a load balancer should stop sending new clients.
-        "/readyz" if shared.stopping.load(Ordering::Acquire) => {
+        "/readyz" if shared.is_stopping() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
         }
         "/readyz" => text(StatusCode::OK, "ready\n"),

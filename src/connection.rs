@@ -38,6 +38,9 @@ pub(crate) async fn serve(
     mut guard: ConnGuard,
 ) {
     let started = Instant::now();
+    // Small writes (a 101, a WebSocket frame) go out at once: Nagle would hold each one back
+    // for the peer's delayed ACK.
+    let _ = tcp.set_nodelay(true);
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
     let (peer, tcp) = match proxy_header(tcp, peer, &shared, &snapshot, deadline).await {
@@ -68,8 +71,10 @@ pub(crate) async fn serve(
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
     // `connect` from the config in force now, as the request path reads it: a reload since
     // the accept must not cut short a backend answer the new timeout still allows.
+    // Delivering gets as long again as the handshake had.
     let connect_timeout = shared.current().config.timeouts.connect;
-    let answer_by = deadline + connect_timeout + (deadline - started);
+    let delivery = snapshot.config.timeouts.handshake;
+    let answer_by = deadline + connect_timeout + delivery;
     // Refusals that need no routing are answered here, and hyper never sees the request.
     let refusal = proxy::admit(&conn).err().or_else(|| match head_too_large {
         true => Some(ProxyError::HeadTooLarge),
@@ -90,7 +95,6 @@ async fn proxy_header(
     snapshot: &Snapshot,
     deadline: Instant,
 ) -> Result<(SocketAddr, TcpStream), Unanswered> {
-    let _ = tcp.set_nodelay(true);
     if !snapshot.config.proxy_protocol {
         return Ok((peer, tcp));
     }

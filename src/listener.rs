@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::config::Config;
 use crate::connection;
-use crate::limits::{BudgetExhausted, ConnGuard};
+use crate::limits::BudgetExhausted;
 use crate::server::{Error, Shared, Throttle};
 
 /// What a listener serves.
@@ -132,8 +132,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         match accepted {
             Ok((stream, peer)) => {
                 shared.metrics.accepted();
-                let max = shared.current().config.limits.max_connections;
-                match ConnGuard::new(&shared.counts, max) {
+                match shared.admit_connection() {
                     Ok(guard) => {
                         shared.tracker.spawn(connection::serve(
                             stream,

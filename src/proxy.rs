@@ -78,11 +78,7 @@ pub async fn handle(
 /// over `max_connections_per_client` (429). Checked before hyper is involved.
 pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
     // Another replica can take it; a tunnel here would be cut when the grace ends.
-    if conn
-        .shared
-        .stopping
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
+    if conn.shared.is_stopping() {
         return Err(ProxyError::ShuttingDown);
     }
     match conn.guard.over() {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ConfigError;
-use crate::limits::Counts;
+use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::listener::{self, Kind, Listener};
 use crate::metrics::{EarlyClose, Metrics};
 use crate::reload::{self, ReloadStatus};
@@ -47,7 +47,7 @@ pub struct Shared {
     /// start accepting again.
     listeners: Mutex<Option<Vec<Listener>>>,
     /// What the connection limits count.
-    pub(crate) counts: Arc<Counts>,
+    counts: Arc<Counts>,
     /// Paces the lines about connections closed past the limits.
     over_capacity_log: Mutex<Throttle>,
     pub(crate) tracker: TaskTracker,
@@ -56,7 +56,7 @@ pub struct Shared {
     pub(crate) reload_status: watch::Sender<ReloadStatus>,
     pub(crate) metrics: Metrics,
     /// Set when shutdown begins: the readiness probe fails from then on.
-    pub(crate) stopping: AtomicBool,
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -76,6 +76,19 @@ impl Shared {
     /// Open client connections, tunnels included.
     pub(crate) fn open_connections(&self) -> usize {
         self.counts.open()
+    }
+
+    /// A place for a connection just accepted, within `max_connections` (or in the refusal
+    /// budget beyond it).
+    pub(crate) fn admit_connection(&self) -> Result<ConnGuard, BudgetExhausted> {
+        let max = self.current().config.limits.max_connections;
+        ConnGuard::new(&self.counts, max)
+    }
+
+    /// Whether shutdown (or [`Closer::close_now`]) has begun: new requests get 503 and
+    /// `/readyz` fails.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Binds the listeners `next` adds, then swaps it in, then stops the listeners it drops:
@@ -124,8 +137,10 @@ impl Shared {
     }
 }
 
+/// Locks `mutex`, poisoned or not. Every lock in the crate guards state that a panic cannot
+/// leave half-written (a list swapped whole, a count changed in one step, a timestamp), so
+/// serving goes on rather than turn one panic into a panic on every later connection.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the listener list half-written.
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

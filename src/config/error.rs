@@ -46,6 +46,30 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
+    /// The TOML parser's (or serde's) error about `src`, the text of the config at `path`,
+    /// located: file, line and column, and the dotted key.
+    pub(super) fn from_toml(e: &toml::de::Error, src: &str, path: &Path) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        // A document that parses is its own map of keys; one that does not is read line by
+        // line around the error.
+        let key = match DeTable::parse(src) {
+            Ok(root) => path_to(root.get_ref(), "", &span),
+            Err(_) => Some(key_at(src, span.start)).filter(|k| !k.is_empty()),
+        };
+        // A top-level problem ("missing field `tls`") is reported on the whole document: the
+        // field is the key.
+        let key = key.unwrap_or_else(|| {
+            first_quoted(e.message())
+                .unwrap_or("(top level)")
+                .to_string()
+        });
+        ConfigError {
+            file: path.to_path_buf(),
+            location: Some(locate(src, &span, &key)),
+            message: plain_types(e.message().trim()),
+        }
+    }
+
     pub fn at(file: &Path, location: &Location, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: file.to_path_buf(),
@@ -56,7 +80,7 @@ impl ConfigError {
 }
 
 /// serde names Rust types in its messages ("expected i64"); an operator reads "an integer".
-pub(super) fn plain_types(message: &str) -> String {
+fn plain_types(message: &str) -> String {
     ["i64", "u64", "u32", "u16", "usize"]
         .iter()
         .fold(message.to_string(), |m, t| {
@@ -87,7 +111,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 /// The dotted path (`route[1]`, `tls.certificates[0].pass`) of the deepest key or value
 /// written exactly at `span`: serde's errors point at the key for an unknown field, at the
 /// value for a wrong type, and at the table (its header, or its braces) for a missing field.
-pub(super) fn path_to(table: &DeTable<'_>, prefix: &str, span: &Range<usize>) -> Option<String> {
+fn path_to(table: &DeTable<'_>, prefix: &str, span: &Range<usize>) -> Option<String> {
     table.iter().find_map(|(key, value)| {
         let path = match prefix {
             "" => key.get_ref().to_string(),
@@ -115,7 +139,7 @@ fn value_path(value: &Spanned<DeValue<'_>>, path: String, span: &Range<usize>) -
 
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
 /// only: the enclosing `[table]` / `[[array]]` header plus the key written on that line.
-pub(super) fn key_at(src: &str, offset: usize) -> String {
+fn key_at(src: &str, offset: usize) -> String {
     let offset = floor_char_boundary(src, offset.min(src.len()));
     let mut table = String::new();
     let mut arrays: HashMap<String, usize> = HashMap::new();
@@ -163,7 +187,7 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
 }
 
 /// The first `backquoted` word of a parser message.
-pub(super) fn first_quoted(message: &str) -> Option<&str> {
+fn first_quoted(message: &str) -> Option<&str> {
     let (_, rest) = message.split_once('`')?;
     rest.split_once('`').map(|(word, _)| word)
 }

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::de::DeTable;
 
-use error::{first_quoted, key_at, locate, path_to, plain_types};
 pub use error::{ConfigError, Location};
 use raw::RawConfig;
 use validate::Validator;
@@ -133,8 +131,6 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
-// ---- loading ---------------------------------------------------------------------------------
-
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -149,27 +145,8 @@ impl Config {
     /// Parses and validates `src`; `path` names the file in errors and its folder anchors
     /// relative paths.
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            // A document that parses is its own map of keys; one that does not is read line
-            // by line around the error.
-            let key = match DeTable::parse(src) {
-                Ok(root) => path_to(root.get_ref(), "", &span),
-                Err(_) => Some(key_at(src, span.start)).filter(|k| !k.is_empty()),
-            };
-            // A top-level problem ("missing field `tls`") is reported on the whole document:
-            // the field is the key.
-            let key = key.unwrap_or_else(|| {
-                first_quoted(e.message())
-                    .unwrap_or("(top level)")
-                    .to_string()
-            });
-            ConfigError {
-                file: path.to_path_buf(),
-                location: Some(locate(src, &span, &key)),
-                message: plain_types(e.message().trim()),
-            }
-        })?;
+        let raw: RawConfig =
+            toml::from_str(src).map_err(|e| ConfigError::from_toml(&e, src, path))?;
         Validator { src, path }.config(raw)
     }
 

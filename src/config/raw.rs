@@ -182,6 +182,3 @@ impl<'de> Deserialize<'de> for HumanDuration {
             })
     }
 }
-
-/// The longest accepted timeout.
-pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);

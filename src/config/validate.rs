@@ -11,10 +11,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::locate;
-use super::raw::{
-    HumanDuration, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts, MAX_TIMEOUT,
-};
+use super::raw::{HumanDuration, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts};
 use super::{CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig, Timeouts};
+
+/// The longest accepted timeout.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Checks a [`RawConfig`] against the rules, with the source at hand to locate errors.
 pub(super) struct Validator<'a> {
