@@ -25,7 +25,8 @@
 //! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;
 //!   `connection`: one connection until its answer or tunnel; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
-//! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
+//! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel; `drain`:
+//!   the signal that ends them all at the end of a shutdown;
 //!   `error`: refusals → statuses, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint.
@@ -34,6 +35,7 @@ mod access_log;
 mod admin;
 pub mod config;
 mod connection;
+mod drain;
 mod error;
 mod head;
 mod limits;

@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ConfigError;
+use crate::drain::Drain;
 use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::listener::{self, Kind, Listener};
 use crate::metrics::{EarlyClose, Metrics};
 use crate::reload::{self, ReloadStatus};
 use crate::snapshot::Snapshot;
-use crate::splice::Drain;
 
 /// Why the server could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]

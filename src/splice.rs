@@ -17,17 +17,16 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use crate::drain::Drain;
 use crate::metrics::Meter;
 
 /// Size of a pooled relay buffer: one full TLS record of plaintext.
@@ -40,59 +39,6 @@ const LINGER_TIME: Duration = Duration::from_secs(10);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
 /// The idle timeout of a tunnel one of whose directions is over, if its own is longer.
 const HALF_CLOSED_IDLE: Duration = Duration::from_secs(30);
-
-/// Tells every live tunnel to close (the end of the shutdown grace). A tunnel checks it with
-/// one atomic load per wake-up and is woken once by the `Notify`; tokio-util's
-/// `CancellationToken` costs a mutex on every poll, which showed up in the per-message profile.
-#[derive(Debug, Default)]
-pub struct Drain {
-    started: AtomicBool,
-    notify: Arc<Notify>,
-}
-
-impl Drain {
-    pub fn start(&self) {
-        self.started.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    fn is_started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
-    }
-
-    /// Resolves once [`Drain::start`] has been called.
-    pub async fn started(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a start() in between is not missed.
-            notified.as_mut().enable();
-            if self.is_started() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Whether draining started; the first call registers `cx` to be woken when it does.
-    fn poll_started(
-        &self,
-        wakeup: &mut Option<Pin<Box<OwnedNotified>>>,
-        cx: &mut Context<'_>,
-    ) -> bool {
-        if self.is_started() {
-            return true;
-        }
-        if wakeup.is_none() {
-            let mut notified = Box::pin(self.notify.clone().notified_owned());
-            let _ = notified.as_mut().poll(cx);
-            *wakeup = Some(notified);
-            // A start() between the check above and the registration would be missed.
-            return self.is_started();
-        }
-        false
-    }
-}
 
 /// How a tunnel ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
