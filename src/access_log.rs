@@ -12,16 +12,16 @@ use hyper::body::{Frame, Incoming};
 use hyper::StatusCode;
 use tokio::time::Instant;
 
+use crate::connection::Conn;
 use crate::error::Side;
 use crate::metrics::EarlyClose;
-use crate::proxy::Conn;
 use crate::server::lock;
 use crate::splice;
 
-/// Who writes a connection's end line: the server (no request seen), the tunnel, or
+/// Who writes a connection's end line: [`crate::connection`] (no request seen), the tunnel, or
 /// [`end_line`] with the answer the request got.
 pub(crate) enum EndLine {
-    Server,
+    Connection,
     Tunnel,
     /// The client never got its 101 (the upgrade failed), and [`end_line`], which knows
     /// why, has not run yet: it writes this line.
@@ -134,9 +134,9 @@ pub(crate) fn tunnel_takes_line(log: &mut Line<'_>) {
 }
 
 /// Whether the request path has the connection's end line (a request was seen): then
-/// [`end_line`] writes it (or the tunnel does), not the server.
+/// [`end_line`] writes it (or the tunnel does), not [`crate::connection`].
 pub(crate) fn has_line(conn: &Conn) -> bool {
-    !matches!(*lock(&conn.line), EndLine::Server)
+    !matches!(*lock(&conn.line), EndLine::Connection)
 }
 
 /// Writes the line of a connection that got an answer (or whose request was dropped before
@@ -163,7 +163,7 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
             *line = EndLine::TunnelCut(NoTunnel::from(&delivery));
             return;
         }
-        EndLine::TunnelCut(_) | EndLine::Server | EndLine::Written => return,
+        EndLine::TunnelCut(_) | EndLine::Connection | EndLine::Written => return,
     };
     drop(line);
     let mut ending = *ending;

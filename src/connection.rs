@@ -8,23 +8,23 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::access_log::{self, Delivery};
+use crate::access_log::{self, Delivery, EndLine};
 use crate::error::{ProxyError, Unanswered};
 use crate::head::{self, Head, Prefixed};
-use crate::limits::ConnGuard;
-use crate::proxy::{self, Conn};
+use crate::limits::{ClientSlot, ConnGuard, Over};
+use crate::proxy;
 use crate::proxy_protocol;
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
@@ -49,7 +49,7 @@ pub(crate) async fn serve(
     };
     // Taken as soon as the client is known, so its connections still in the TLS handshake or
     // idle before their request count; one over the limit gets 429 once its head is in (see
-    // `proxy::admit`), like the global limit's 503, so the client gets an answer.
+    // `admit`), like the global limit's 503, so the client gets an answer.
     let per_client = snapshot.config.limits.max_connections_per_client;
     let Ok(client_slot) = guard.client_slot(peer.ip(), per_client) else {
         return shared.over_capacity(peer, "client's connection limit");
@@ -76,7 +76,7 @@ pub(crate) async fn serve(
     let delivery = snapshot.config.timeouts.handshake;
     let answer_by = deadline + connect_timeout + delivery;
     // Refusals that need no routing are answered here, and hyper never sees the request.
-    let refusal = proxy::admit(&conn).err().or_else(|| match head_too_large {
+    let refusal = admit(&conn).err().or_else(|| match head_too_large {
         true => Some(ProxyError::HeadTooLarge),
         false => head::check(&head_bytes).err(),
     });
@@ -319,8 +319,76 @@ async fn refuse_before_hyper(
     // still sending is taken in briefly so that closing does not reset the answer away.
     if delivered {
         tokio::select! {
-            () = proxy::linger(tls) => {}
+            () = linger(tls) => {}
             _ = shared.drain.started() => {}
         }
     }
 }
+
+/// What the request path knows about the connection it serves.
+pub(crate) struct Conn {
+    pub(crate) peer: SocketAddr,
+    pub(crate) started: Instant,
+    pub(crate) shared: Arc<Shared>,
+    /// Counts this connection in `max_connections`; the tunnel keeps it for its whole life.
+    guard: ConnGuard,
+    /// Counts it in `max_connections_per_client`, if set: held as long as `guard`, and
+    /// released by its drop.
+    _client_slot: Option<ClientSlot>,
+    /// Who writes the connection's end line, and with what.
+    pub(crate) line: Mutex<EndLine>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        started: Instant,
+        shared: Arc<Shared>,
+        guard: ConnGuard,
+        client_slot: Option<ClientSlot>,
+    ) -> Self {
+        Conn {
+            peer,
+            started,
+            shared,
+            guard,
+            _client_slot: client_slot,
+            line: Mutex::new(EndLine::Connection),
+        }
+    }
+}
+
+/// The refusals that need no routing: shutdown begun (503), over `max_connections` (503) or
+/// over `max_connections_per_client` (429). Checked before hyper is involved.
+fn admit(conn: &Conn) -> Result<(), ProxyError> {
+    // Another replica can take it; a tunnel here would be cut when the grace ends.
+    if conn.shared.is_stopping() {
+        return Err(ProxyError::ShuttingDown);
+    }
+    match conn.guard.over() {
+        None => Ok(()),
+        Some(Over::Connections) => Err(ProxyError::Overloaded),
+        Some(Over::Client) => Err(ProxyError::ClientOverLimit),
+    }
+}
+
+/// Takes in (a bounded amount of) what a refused client is still sending: a close with
+/// unread bytes in the socket is a reset, which can destroy the answer before the client
+/// reads it. Bounded in bytes and time, so a refused client cannot hold its slot, or shutdown.
+async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
+    let linger = async {
+        let mut sink = [0u8; 4096];
+        let mut budget = LINGER_BYTES;
+        while budget > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, linger).await;
+}
+
+/// What a refused client may still send before its connection is closed under it.
+const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);

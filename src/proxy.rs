@@ -3,8 +3,7 @@
 //! is handed to the [`access_log`] for the connection's one line.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -12,55 +11,19 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
-use crate::access_log::{self, decide, EndLine, Line, Relayed};
+use crate::access_log::{self, decide, Line, Relayed};
+use crate::connection::Conn;
 use crate::error::ProxyError;
 use crate::head::Prefixed;
-use crate::limits::{ClientSlot, ConnGuard, Over};
 use crate::routes::Selection;
-use crate::server::Shared;
 use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
 
 pub type Body = Either<Full<Bytes>, Relayed>;
-
-/// What the request path knows about the connection it serves.
-pub struct Conn {
-    pub peer: SocketAddr,
-    pub started: Instant,
-    pub shared: Arc<Shared>,
-    /// Counts this connection in `max_connections`; the tunnel keeps it for its whole life.
-    guard: ConnGuard,
-    /// Counts it in `max_connections_per_client`, if set: held as long as `guard`, and
-    /// released by its drop.
-    _client_slot: Option<ClientSlot>,
-    /// Who writes the connection's end line, and with what.
-    pub(crate) line: Mutex<EndLine>,
-}
-
-impl Conn {
-    pub fn new(
-        peer: SocketAddr,
-        started: Instant,
-        shared: Arc<Shared>,
-        guard: ConnGuard,
-        client_slot: Option<ClientSlot>,
-    ) -> Self {
-        Conn {
-            peer,
-            started,
-            shared,
-            guard,
-            _client_slot: client_slot,
-            line: Mutex::new(EndLine::Server),
-        }
-    }
-}
 
 /// Serves one request. Never fails: every refusal becomes a response here.
 pub async fn handle(
@@ -74,24 +37,10 @@ pub async fn handle(
     }
 }
 
-/// The refusals that need no routing: shutdown begun (503), over `max_connections` (503) or
-/// over `max_connections_per_client` (429). Checked before hyper is involved.
-pub fn admit(conn: &Conn) -> Result<(), ProxyError> {
-    // Another replica can take it; a tunnel here would be cut when the grace ends.
-    if conn.shared.is_stopping() {
-        return Err(ProxyError::ShuttingDown);
-    }
-    match conn.guard.over() {
-        None => Ok(()),
-        Some(Over::Connections) => Err(ProxyError::Overloaded),
-        Some(Over::Client) => Err(ProxyError::ClientOverLimit),
-    }
-}
-
 /// The answer to a request hyper is never shown (a head over the limit, or one hyper would
 /// not parse), as the request path would give it: decided (and counted) now, whatever
 /// happens to its delivery. The caller writes it, logs the connection's end with
-/// [`access_log::end_line`], then lets the client [`linger`].
+/// [`access_log::end_line`], then lets the client linger.
 pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
     let mut log = Line::new(conn);
     let response = refuse(err, &mut log);
@@ -106,27 +55,6 @@ pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
     head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
     head.into_bytes()
 }
-
-/// Takes in (a bounded amount of) what a refused client is still sending: a close with
-/// unread bytes in the socket is a reset, which can destroy the answer before the client
-/// reads it. Bounded in bytes and time, so a refused client cannot hold its slot, or shutdown.
-pub async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
-    let linger = async {
-        let mut sink = [0u8; 4096];
-        let mut budget = LINGER_BYTES;
-        while budget > 0 {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => budget = budget.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, linger).await;
-}
-
-/// What a refused client may still send before its connection is closed under it.
-const LINGER_BYTES: usize = 256 * 1024;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn route_and_forward(
     req: &mut Request<Incoming>,
