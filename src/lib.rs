@@ -29,7 +29,7 @@
 //!   the signal that ends them all at the end of a shutdown;
 //!   `error`: refusals → statuses, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
-//!   plain-HTTP metrics and probe endpoint.
+//!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up.
 
 mod access_log;
 mod admin;
@@ -40,6 +40,7 @@ mod error;
 mod head;
 mod limits;
 mod listener;
+mod logging;
 mod metrics;
 mod proxy;
 mod proxy_protocol;
@@ -53,7 +54,8 @@ mod upstream;
 mod watch;
 pub mod websocket;
 
-pub use reload::{logging_set_up, ReloadStatus};
+pub use logging::init as init_logging;
+pub use reload::ReloadStatus;
 pub use server::{Closer, Error, Server};
 
 /// Loads and fully validates a config file (TOML, keys, certificates, routes) without serving;

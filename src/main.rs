@@ -1,7 +1,6 @@
 //! The `wsgate` command: parses the command line, sets up logging and the runtime, and hands
 //! over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -103,19 +102,13 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
     let config_format = Config::load(&path)
         .map(|c| c.log_format)
         .unwrap_or_default();
-    let json = match format {
-        Some(Format::Json) => true,
-        Some(Format::Text) => false,
-        None => config_format == LogFormat::Json,
+    let in_use = match format {
+        Some(Format::Json) => LogFormat::Json,
+        Some(Format::Text) => LogFormat::Text,
+        None => config_format,
     };
-    init_logging(json);
-    let in_use = if json {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    };
-    wsgate::logging_set_up(in_use, format.is_some());
-    let code = serve(&runtime, &path, json);
+    wsgate::init_logging(in_use, format.is_some());
+    let code = serve(&runtime, &path, in_use == LogFormat::Json);
     // Tasks on the blocking pool (a name lookup, a file read on a slow mount) must not hold
     // the exit past the grace the server already gave its connections.
     runtime.shutdown_timeout(EXIT_WAIT);
@@ -155,61 +148,6 @@ fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode
         });
         server.shutdown().await;
         ExitCode::SUCCESS
-    })
-}
-
-fn init_logging(json: bool) {
-    // Blank, or nothing but commas: no directive at all, which would log errors only.
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| v.split(',').any(|d| !d.trim().is_empty()));
-    let parsed = from_env
-        .as_deref()
-        .map(tracing_subscriber::EnvFilter::try_new);
-    let mut filter = match &parsed {
-        Some(Ok(filter)) => filter.clone(),
-        _ => tracing_subscriber::EnvFilter::new("info"),
-    };
-    // Libraries' own warnings are for their developers, and wsgate logs what matters itself:
-    // the file watcher's (a watch on a deleted folder going away, on every Kubernetes volume
-    // update), and the TLS library's (any client can trigger one per connection, with an
-    // odd SNI, say, and the connection's own line already names the TLS failure). Unless
-    // RUST_LOG asks for them by name.
-    for library in ["notify", "rustls"] {
-        if from_env.as_deref().is_some_and(|v| names(v, library)) {
-            continue;
-        }
-        if let Ok(quiet) = format!("{library}=error").parse() {
-            filter = filter.add_directive(quiet);
-        }
-    }
-    // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
-    let colour = std::io::stderr().is_terminal()
-        && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-    if let Some(Err(e)) = parsed {
-        tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
-    }
-}
-
-/// Whether a `RUST_LOG` value has a directive for `library` (or one of its modules), not
-/// merely one mentioning it (`tokio_rustls` is not `rustls`).
-fn names(filter: &str, library: &str) -> bool {
-    filter.split(',').any(|directive| {
-        let target = directive
-            .trim()
-            .split(['=', '['])
-            .next()
-            .unwrap_or_default();
-        target == library || target.starts_with(&format!("{library}::"))
     })
 }
 

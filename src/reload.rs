@@ -10,13 +10,13 @@
 //! change nothing, and files caught mid-write are read again rather than applied or reported.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, LogFormat, WatchMode};
+use crate::config::{Config, ConfigError, WatchMode};
 use crate::server::{Error, Shared};
 use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
 use crate::watch::{self, Wanted, Watches};
@@ -271,31 +271,6 @@ enum Look {
     },
 }
 
-/// The log format the process logs in, and whether `--log-format` chose it, as set up at
-/// start (the logger is the process's, set up once): what a reload's `proxy.log_format` is
-/// compared with.
-static LOGGING: OnceLock<(LogFormat, bool)> = OnceLock::new();
-
-/// Tells reloads the log format logging was set up with, and whether the command line chose
-/// it (then the config's key does not matter).
-pub fn logging_set_up(format: LogFormat, by_flag: bool) {
-    let _ = LOGGING.set((format, by_flag));
-}
-
-/// A reload set `proxy.log_format` to `format`: say so if it is not the format in use,
-/// rather than seem to ignore the key.
-fn log_format_changed(format: LogFormat) {
-    if let Some(&(in_use, false)) = LOGGING.get() {
-        if format != in_use {
-            let log_format = match format {
-                LogFormat::Json => "json",
-                LogFormat::Text => "text",
-            };
-            tracing::warn!(log_format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
-        }
-    }
-}
-
 /// How many times files that change while being read are read again (every [`DEBOUNCE`])
 /// before what was read is taken as it is.
 const MAX_REREADS: usize = 20;
@@ -519,7 +494,7 @@ impl Reloader {
                     let format_in_force = shared.current().config.log_format;
                     let outcome = self.apply(shared, snapshot, on_disk, trigger).await;
                     if matches!(outcome, Outcome::Applied) && format != format_in_force {
-                        log_format_changed(format);
+                        crate::logging::format_changed(format);
                     }
                     outcome
                 }

@@ -1,0 +1,87 @@
+//! The process's logging: set up once at start (text or JSON on stderr, filtered by
+//! `RUST_LOG`), and what a reload that changes `proxy.log_format` is told about it.
+
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use crate::config::LogFormat;
+
+/// Sets up the process's logging: `format`, filtered by `RUST_LOG` (`info` by default), on
+/// stderr; `by_flag` if the command line chose the format (then the config's key does not
+/// matter to reloads).
+pub fn init(format: LogFormat, by_flag: bool) {
+    let _ = IN_USE.set((format, by_flag));
+    let json = format == LogFormat::Json;
+    // Blank, or nothing but commas: no directive at all, which would log errors only.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| v.split(',').any(|d| !d.trim().is_empty()));
+    let parsed = from_env
+        .as_deref()
+        .map(tracing_subscriber::EnvFilter::try_new);
+    let mut filter = match &parsed {
+        Some(Ok(filter)) => filter.clone(),
+        _ => tracing_subscriber::EnvFilter::new("info"),
+    };
+    // Libraries' own warnings are for their developers, and wsgate logs what matters itself:
+    // the file watcher's (a watch on a deleted folder going away, on every Kubernetes volume
+    // update), and the TLS library's (any client can trigger one per connection, with an
+    // odd SNI, say, and the connection's own line already names the TLS failure). Unless
+    // RUST_LOG asks for them by name.
+    for library in ["notify", "rustls"] {
+        if from_env.as_deref().is_some_and(|v| names(v, library)) {
+            continue;
+        }
+        if let Ok(quiet) = format!("{library}=error").parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
+    // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
+    let colour = std::io::stderr().is_terminal()
+        && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
+    // `try_init`: a second set-up (a program embedding wsgate with its own logger) keeps the
+    // first rather than panic.
+    let _ = match json {
+        true => builder.json().flatten_event(true).try_init(),
+        false => builder.try_init(),
+    };
+    if let Some(Err(e)) = parsed {
+        tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
+    }
+}
+
+/// Whether a `RUST_LOG` value has a directive for `library` (or one of its modules), not
+/// merely one mentioning it (`tokio_rustls` is not `rustls`).
+fn names(filter: &str, library: &str) -> bool {
+    filter.split(',').any(|directive| {
+        let target = directive
+            .trim()
+            .split(['=', '['])
+            .next()
+            .unwrap_or_default();
+        target == library || target.starts_with(&format!("{library}::"))
+    })
+}
+
+/// The log format the process logs in, and whether `--log-format` chose it, as set up at
+/// start (the logger is the process's, set up once): what a reload's `proxy.log_format` is
+/// compared with.
+static IN_USE: OnceLock<(LogFormat, bool)> = OnceLock::new();
+
+/// A reload set `proxy.log_format` to `format`: say so if it is not the format in use,
+/// rather than seem to ignore the key.
+pub(crate) fn format_changed(format: LogFormat) {
+    if let Some(&(in_use, false)) = IN_USE.get() {
+        if format != in_use {
+            let log_format = match format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            };
+            tracing::warn!(log_format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
+        }
+    }
+}
