@@ -18,7 +18,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{lock, Shared};
+use crate::listener::next_connection;
+use crate::server::{lock, Shared, Throttle};
 
 /// Admin connections served at once. Scrapers and probes need a handful, and the endpoint
 /// must not become a way to exhaust the process. One more closes the oldest: refusing the
@@ -39,20 +40,8 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let live = Arc::new(Live::default());
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, _peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::debug!(error = %e, "admin accept failed");
-                // Descriptor exhaustion must not turn this loop into a spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let mut failing = Throttle::default();
+    while let Some((tcp, _)) = next_connection(&listener, &stop, &mut failing).await {
         let (id, evict) = live.admit();
         let shared = shared.clone();
         let live = live.clone();

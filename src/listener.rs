@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin;
@@ -124,36 +124,43 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let mut failing = Throttle::default();
+    while let Some((stream, peer)) = next_connection(&listener, &stop, &mut failing).await {
+        shared.metrics.accepted();
+        match shared.admit_connection() {
+            Ok(guard) => {
+                let serve = connection::serve(stream, peer, shared.clone(), guard);
+                shared.tracker.spawn(serve);
+            }
+            Err(BudgetExhausted) => shared.over_capacity(peer, "connection limit"),
+        }
+    }
+}
+
+/// The next connection on `listener`, or `None` once `stop` is cancelled. Accept errors neither
+/// stop nor spin the loop: a peer gone between SYN and accept is skipped, and anything else
+/// (EMFILE and friends) backs off for 50 ms, giving closing connections a moment, logged at
+/// most once a second (`failing`).
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    failing: &mut Throttle,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return None,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                shared.metrics.accepted();
-                match shared.admit_connection() {
-                    Ok(guard) => {
-                        shared.tracker.spawn(connection::serve(
-                            stream,
-                            peer,
-                            shared.clone(),
-                            guard,
-                        ));
-                    }
-                    Err(BudgetExhausted) => shared.over_capacity(peer, "connection limit"),
-                }
-            }
-            // The peer gave up between SYN and accept: nothing to do.
+            Ok(accepted) => return Some(accepted),
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
                 ) => {}
             Err(e) => {
-                // EMFILE and friends: neither spin nor stop; give closing connections a moment.
                 if let Some(suppressed) = failing.ready() {
-                    tracing::error!(error = %e, suppressed, "accept failed; backing off");
+                    let listen = listener.local_addr().ok();
+                    tracing::error!(error = %e, ?listen, suppressed, "accept failed; backing off");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
