@@ -57,6 +57,18 @@ const MAX_HEADERS: usize = 100;
 /// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
 /// status of its own gets the proxy's refusal instead: too many header fields → 431, anything
 /// malformed → 400.
+/// Whether a path starts with two separators, however spelled (`//`, `/\`, `/%2F`, `/%5C`):
+/// Node's and Python's URL parsers read what follows as a host (`//localhost/admin` is path
+/// `/admin` to them), so a backend would route such a request by another path than the one
+/// wsgate matched (`/localhost/admin`, a catch-all's), past the specific route's rules.
+fn reads_as_authority(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let lower = rest.get(..3).map(str::to_ascii_lowercase);
+    rest.starts_with(['/', '\\']) || matches!(lower.as_deref(), Some("%2f" | "%5c"))
+}
+
 pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -77,6 +89,9 @@ pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     // drops a "#fragment": the backend would get a different target than the client sent.
     let absolute = uri.scheme().is_some() && uri.authority().is_some();
     if !(target.starts_with('/') || absolute) || target.contains('#') {
+        return Err(ProxyError::MalformedRequest);
+    }
+    if reads_as_authority(uri.path()) {
         return Err(ProxyError::MalformedRequest);
     }
     for header in request.headers.iter() {
@@ -250,6 +265,24 @@ mod tests {
         assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
         assert_eq!(end_of(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
         assert_eq!(end_of(b"\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_path_a_url_parser_reads_as_a_host_is_refused() {
+        let get =
+            |target: &str| check(format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        for sneaky in [
+            "//localhost/admin",
+            "/\\localhost/admin",
+            "/%2Fx/admin",
+            "/%5cx",
+            "http://a//x/admin",
+        ] {
+            assert_eq!(get(sneaky), Err(ProxyError::MalformedRequest), "{sneaky}");
+        }
+        for fine in ["/", "/admin//x", "/a%2Fb", "/%2", "http://a/x"] {
+            assert_eq!(get(fine), Ok(()), "{fine}");
+        }
     }
 
     #[test]

@@ -273,7 +273,7 @@ enum Look {
 
 /// How many times files that change while being read are read again (every [`DEBOUNCE`])
 /// before what was read is taken as it is.
-const MAX_REREADS: usize = 20;
+const MAX_REREADS: usize = 10;
 
 /// What a reload does with files that changed while it read them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -486,7 +486,9 @@ impl Reloader {
                 ..
             } => match *built {
                 Ok(snapshot) => {
-                    if !settled {
+                    // Taken as read after MAX_REREADS: they never held still (while being
+                    // read, or in the debounce after).
+                    if !settled || patience == Patience::TakeAsRead {
                         tracing::warn!("config files kept changing while being read; applying them as last read");
                     }
                     self.rejected = None;

@@ -60,10 +60,16 @@ const SET_HERE: &[&str] = &[
 ];
 
 /// Whether the client's header `name` is never forwarded, whatever its `Connection` says.
+/// Besides the lists: every `X-Forwarded-*` but `-For` (which gets the client's address
+/// appended), and `Front-End-Https`. wsgate is where TLS ends, so the scheme, port, prefix or
+/// server a client claims there (`X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`…, which
+/// Spring and Rack trust) can only be a lie.
 fn not_forwarded(name: &str) -> bool {
     [HOP_BY_HOP, PROXY_AUTH, SET_HERE]
         .iter()
         .any(|list| list.contains(&name))
+        || (name.starts_with("x-forwarded-") && name != X_FORWARDED_FOR.as_str())
+        || name == "front-end-https"
         || underscored_alias(name)
 }
 
@@ -76,7 +82,9 @@ fn underscored_alias(name: &str) -> bool {
         return false;
     }
     let dashed = name.replace('_', "-");
-    dashed == X_FORWARDED_FOR.as_str() || not_forwarded(&dashed)
+    dashed == X_FORWARDED_FOR.as_str()
+        || dashed.starts_with("sec-websocket-")
+        || not_forwarded(&dashed)
 }
 
 /// The header names a message's own `Connection` lists: hop-by-hop too (RFC 9110 §7.6.1).

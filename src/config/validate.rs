@@ -54,7 +54,7 @@ impl Validator<'_> {
             log_format: raw.proxy.log_format,
             proxy_protocol: raw.proxy.proxy_protocol,
             watch: raw.reload.watch,
-            recheck: self.timeout(&raw.reload.recheck, "reload.recheck")?,
+            recheck: self.recheck(&raw.reload.recheck)?,
             routes: self.routes(&raw.routes, &mut warnings)?,
             warnings,
         })
@@ -173,6 +173,16 @@ impl Validator<'_> {
         } else {
             Ok(value)
         }
+    }
+
+    /// `reload.recheck`: a timeout, and at least a second (each look reads and hashes every
+    /// file; a tiny period would keep a core busy doing it).
+    fn recheck(&self, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
+        let value = self.timeout(d, "reload.recheck")?;
+        if value < Duration::from_secs(1) {
+            return Err(self.error(&d.span(), "reload.recheck", "must be at least 1s"));
+        }
+        Ok(value)
     }
 
     fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {

@@ -1218,7 +1218,7 @@ async fn with_polling_chosen_every_kind_of_save_is_still_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_makes_no_file_event_is_applied_by_the_recheck() {
     let backend = WsBackend::start("one").await;
-    let recheck = "[reload]\nrecheck = \"300ms\"\n\n";
+    let recheck = "[reload]\nrecheck = \"1s\"\n\n";
     let proxy = start_proxy(&format!("{recheck}{}", route("a", "/a", &[backend.addr]))).await;
     let mut rx = proxy.server.reload_status();
     // After the start-up look, which would find the change itself.

@@ -125,7 +125,12 @@ async fn a_clients_own_claims_about_itself_are_replaced_or_dropped() {
         .add("X_Forwarded_Host", "admin.internal")
         .add("X_Real_IP", "10.0.0.1")
         .add("Proxy_Connection", "keep-alive")
-        .add("X_Custom", "kept");
+        .add("X_Custom", "kept")
+        .add("X-Forwarded-Port", "80")
+        .add("X-Forwarded-Prefix", "/admin")
+        .add("X-Forwarded-Ssl", "off")
+        .add("Front-End-Https", "off")
+        .add("Sec_WebSocket_Key", "AAAAAAAAAAAAAAAAAAAAAA==");
     let (_client, _back, _head, seen) = raw_tunnel(proxy.addr, &backend, &req).await;
     assert_eq!(seen.get("forwarded"), None, "{seen:?}");
     assert_eq!(seen.get("x-real-ip"), None, "{seen:?}");
@@ -134,6 +139,11 @@ async fn a_clients_own_claims_about_itself_are_replaced_or_dropped() {
         "x_forwarded_host",
         "x_real_ip",
         "proxy_connection",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-ssl",
+        "front-end-https",
+        "sec_websocket_key",
     ] {
         assert_eq!(seen.get(alias), None, "{alias}: {seen:?}");
     }
