@@ -69,6 +69,12 @@ pub enum ProxyError {
     /// A non-101 answer that cannot be passed on as it is.
     #[error("backend answer cannot be relayed: {0}")]
     BadBackendAnswer(String),
+    /// wsgate's own open-files limit reached while connecting to a backend: no backend's
+    /// fault, and no other backend would fare better.
+    #[error(
+        "cannot open a backend connection: wsgate has reached its open-files limit (ulimit -n)"
+    )]
+    OutOfDescriptors,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -94,6 +100,8 @@ impl ProxyError {
             BackendUnavailable | BadBackendUpgrade(_) | BackendProtocol(_)
             | BadBackendAnswer(_) => (StatusCode::BAD_GATEWAY, Side::Backend),
             BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, Side::Backend),
+            // Another replica may have descriptors to spare: 503 with Retry-After, not 502.
+            OutOfDescriptors => (StatusCode::SERVICE_UNAVAILABLE, Side::Internal),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, Side::Internal),
         }
     }
@@ -115,7 +123,7 @@ impl ProxyError {
             HeadTooLarge | TooManyFields => "request header fields too large\n",
             OriginDenied => "origin not allowed\n",
             NoSubprotocol => "no acceptable subprotocol\n",
-            Overloaded => "server busy, retry later\n",
+            Overloaded | OutOfDescriptors => "server busy, retry later\n",
             ClientOverLimit => "too many connections from your address\n",
             ShuttingDown => "server shutting down, retry\n",
             BackendUnavailable => "backend unavailable\n",
@@ -136,9 +144,10 @@ impl ProxyError {
                 ("upgrade", "websocket"),
                 ("connection", "Upgrade, close"),
             ],
-            ProxyError::Overloaded | ProxyError::ClientOverLimit | ProxyError::ShuttingDown => {
-                &[("retry-after", "1")]
-            }
+            ProxyError::Overloaded
+            | ProxyError::ClientOverLimit
+            | ProxyError::ShuttingDown
+            | ProxyError::OutOfDescriptors => &[("retry-after", "1")],
             _ => &[],
         }
     }
@@ -224,6 +233,7 @@ mod tests {
             (ProxyError::BadBackendUpgrade("x"), 502),
             (ProxyError::BadBackendAnswer("x".into()), 502),
             (ProxyError::BackendTimeout, 504),
+            (ProxyError::OutOfDescriptors, 503),
         ];
         for (err, code) in cases {
             assert_eq!(err.status().0.as_u16(), code, "{err}");

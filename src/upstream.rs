@@ -392,6 +392,8 @@ async fn connect_in_turn(
         let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
         let error = match tokio::time::timeout(share, connect(backend)).await {
             Ok(Ok(socket)) => return Ok(socket),
+            // The process's descriptors, not the backend: trying others would only fail too.
+            Ok(Err(e)) if out_of_descriptors(&e) => return Err(ProxyError::OutOfDescriptors),
             Ok(Err(e)) => e,
             Err(_) => {
                 timed_out = true;
@@ -408,6 +410,11 @@ async fn connect_in_turn(
     } else {
         ProxyError::BackendUnavailable
     })
+}
+
+/// EMFILE or ENFILE: this process (or the system) cannot open another socket.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 async fn connect(backend: &str) -> std::io::Result<TcpStream> {
@@ -506,5 +513,14 @@ mod tests {
         assert!(!named.is_empty());
         // The permit went back when the lookup ended.
         assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
+    }
+
+    #[test]
+    fn only_the_processs_own_descriptor_limits_are_out_of_descriptors() {
+        let os = std::io::Error::from_raw_os_error;
+        assert!(out_of_descriptors(&os(24)) && out_of_descriptors(&os(23)));
+        assert!(!out_of_descriptors(&os(111)));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!out_of_descriptors(&refused));
     }
 }
