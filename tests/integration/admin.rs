@@ -21,6 +21,15 @@ async fn close(mut ws: Ws) {
 }
 
 /// One plain-HTTP GET (or `method`) to the admin endpoint: status and body.
+/// A proxy with the admin endpoint and one route, `chat` at `/chat`, to `backend`.
+pub(crate) async fn proxy_with_admin(backend: &WsBackend) -> Proxy {
+    start_proxy(&format!(
+        "{ADMIN}{}",
+        route("chat", "/chat", &[backend.addr])
+    ))
+    .await
+}
+
 pub(crate) async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     within("an admin answer", async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -68,11 +77,7 @@ pub(crate) async fn scrape_until(addr: SocketAddr, series: &str, value: f64) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_upgrades_refusals_and_tunnels() {
     let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&format!(
-        "{ADMIN}{}",
-        route("chat", "/chat", &[backend.addr])
-    ))
-    .await;
+    let proxy = proxy_with_admin(&backend).await;
     let admin = proxy.server.admin_addr().expect("admin endpoint bound");
 
     let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/chat").await;
@@ -151,11 +156,7 @@ async fn metrics_follow_upgrades_refusals_and_tunnels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_before_a_request_are_counted_by_reason() {
     let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&format!(
-        "{ADMIN}{}",
-        route("chat", "/chat", &[backend.addr])
-    ))
-    .await;
+    let proxy = proxy_with_admin(&backend).await;
     let admin = proxy.server.admin_addr().unwrap();
     // A TCP connect and close, as a load balancer's or kubelet's tcpSocket check does: a
     // client gone, not a TLS failure to alert on.
@@ -182,11 +183,7 @@ async fn connections_closed_before_a_request_are_counted_by_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_and_unknown_paths_or_methods_are_refused() {
     let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&format!(
-        "{ADMIN}{}",
-        route("chat", "/chat", &[backend.addr])
-    ))
-    .await;
+    let proxy = proxy_with_admin(&backend).await;
     let admin = proxy.server.admin_addr().unwrap();
     assert_eq!(
         admin_request(admin, "GET", "/healthz").await,
@@ -388,11 +385,7 @@ async fn certificate_expiry_is_exported_and_follows_a_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_starve_the_probes() {
     let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&format!(
-        "{ADMIN}{}",
-        route("chat", "/chat", &[backend.addr])
-    ))
-    .await;
+    let proxy = proxy_with_admin(&backend).await;
     let admin = proxy.server.admin_addr().unwrap();
     // Far more silent connections than the endpoint serves at once (64).
     let mut idle = Vec::new();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::admin::{admin_request, ADMIN};
+use crate::admin::{admin_request, proxy_with_admin};
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -207,6 +207,23 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Waits (`what`) until the process's log has a line containing `needle`; gives the lines back.
+async fn line_seen(
+    lines: std::sync::mpsc::Receiver<String>,
+    what: &'static str,
+    needle: &'static str,
+) -> std::sync::mpsc::Receiver<String> {
+    within(
+        what,
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&lines, needle);
+            lines
+        }),
+    )
+    .await
+    .unwrap()
+}
+
 /// Sends SIGTERM to `child`; returns its first log line containing `needle`, once it has
 /// exited after a complete shutdown.
 async fn line_after_sigterm(
@@ -254,27 +271,16 @@ async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace_and_
     assert_eq!(round_trip(&mut ws, "before").await, "before");
 
     send_signal(child.id(), "TERM");
-    let lines = within(
-        "shutdown to begin",
-        tokio::task::spawn_blocking(move || {
-            wait_for_line(&lines, "shutting down");
-            lines
-        }),
-    )
-    .await
-    .unwrap();
+    let lines = line_seen(lines, "shutdown to begin", "shutting down").await;
     assert_eq!(round_trip(&mut ws, "in the grace").await, "in the grace");
     // A SIGHUP in the grace (a deploy hook) neither reloads nor kills; the log says so.
     send_signal(child.id(), "HUP");
-    let lines = within(
+    let lines = line_seen(
+        lines,
         "the SIGHUP to be answered",
-        tokio::task::spawn_blocking(move || {
-            wait_for_line(&lines, "SIGHUP: not reloading, shutting down");
-            lines
-        }),
+        "SIGHUP: not reloading, shutting down",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(round_trip(&mut ws, "after HUP").await, "after HUP");
 
     send_signal(child.id(), "TERM");
@@ -385,11 +391,7 @@ async fn a_server_dropped_without_shutdown_stops_accepting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_everything_makes_readiness_fail() {
     let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&format!(
-        "{ADMIN}{}",
-        route("chat", "/chat", &[backend.addr])
-    ))
-    .await;
+    let proxy = proxy_with_admin(&backend).await;
     let admin = proxy.server.admin_addr().unwrap();
     let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/chat").await;
     proxy.server.closer().close_now();
