@@ -245,9 +245,7 @@ async fn a_reload_adds_and_removes_the_admin_endpoint_and_is_counted() {
     let mut rx = proxy.server.reload_status();
     assert_eq!(proxy.server.admin_addr(), None);
 
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap();
-    drop(free);
+    let port = free_addr("127.0.0.1");
     write_body(
         &proxy.config_path(),
         &format!("[admin]\nlisten = \"{port}\"\n\n{body}"),

@@ -7,14 +7,6 @@ use std::net::SocketAddr;
 
 use crate::support::*;
 
-/// A free port on `ip`: bound, read, released. Only for addresses the test then binds itself.
-fn free_addr(ip: &str) -> SocketAddr {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Asserts nothing accepts connections on `addr`.
 async fn assert_refused(addr: SocketAddr, why: &str) {
     let connected = within("a connect", tokio::net::TcpStream::connect(addr)).await;

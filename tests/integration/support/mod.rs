@@ -1284,3 +1284,19 @@ pub fn listening_addr(line: &str) -> SocketAddr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line}"))
 }
+
+/// An address on `ip` that nothing listens on, for a test to put in a config. Its port is below
+/// Linux's ephemeral range (32768 and up), which every bind to port 0 and every outgoing
+/// connection of the other tests draws from: none of them can take it before the test binds it.
+pub fn free_addr(ip: &str) -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread by process, so two test binaries running at once start apart.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 6_000) as u16;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 6_000;
+        if let Ok(listener) = std::net::TcpListener::bind((ip, port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+}
