@@ -1240,3 +1240,44 @@ async fn a_change_that_makes_no_file_event_is_applied_by_the_recheck() {
     assert_eq!(upgrade_status(proxy.addr, "/a").await, 404);
     drop((map, file));
 }
+
+#[test]
+fn a_config_rewritten_nonstop_is_applied_as_last_read_with_a_warning() {
+    // A generator rewriting the file in a loop never lets it hold still: after a few seconds
+    // of re-reads, what was read last is applied anyway (it was valid), and the log says why.
+    let dir = tempfile::tempdir().unwrap();
+    let closed: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = write_config(dir.path(), &route("a", "/a", &[closed]));
+    let (mut child, lines, addr) = started_wsgate(&config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dir, config) = (stop.clone(), dir.path().to_path_buf(), config.clone());
+        std::thread::spawn(move || {
+            // Renamed over, so every read sees a whole (valid) file, each time a new one.
+            for n in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let temp = dir.join("wsgate.toml.tmp");
+                let body = format!("{}# write {n}\n", route("b", "/b", &[closed]));
+                write_body(&temp, &body);
+                std::fs::rename(&temp, &config).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let warned = wait_for_line(&lines, "kept changing");
+    let reloaded = wait_for_line(&lines, "config reloaded");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(reloaded.contains("\"generation\":2"), "{reloaded}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(
+        rt.block_on(upgrade_status(addr, "/a")),
+        404,
+        "the old route"
+    );
+    assert_eq!(rt.block_on(upgrade_status(addr, "/b")), 502, "the new one");
+    child.kill().unwrap();
+}
