@@ -41,14 +41,15 @@ impl Snapshot {
         generation: u64,
         fingerprint: u64,
     ) -> Result<Snapshot, ConfigError> {
-        let config = Config::load(path)?;
-        let (tls, expiry) = tls::server_config(&config)?;
+        let mut config = Config::load(path)?;
+        let served = tls::server_config(&config)?;
+        config.warnings.extend(served.warnings);
         let routes = RouteTable::new(&config.routes);
         Ok(Snapshot {
             config,
             routes,
-            tls,
-            expiry,
+            tls: served.tls,
+            expiry: served.expiry,
             generation,
             fingerprint,
         })

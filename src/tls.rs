@@ -26,13 +26,22 @@ pub struct Expiry {
     pub not_after: i64,
 }
 
+/// What [`server_config`] builds.
+pub(crate) struct Served {
+    pub tls: Arc<ServerConfig>,
+    pub expiry: Vec<Expiry>,
+    /// Certificates that load but that SNI can never pick: surely a mistake.
+    pub warnings: Vec<ConfigError>,
+}
+
 /// Builds the TLS server config for every certificate the config names, and says when each
 /// leaf expires.
-pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>), ConfigError> {
+pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     let provider = Arc::new(provider());
     let mut resolver = SniResolver::default();
     let mut expiry = Vec::with_capacity(config.certificates.len());
-    for paths in &config.certificates {
+    let mut warnings = Vec::new();
+    for (index, paths) in config.certificates.iter().enumerate() {
         let key = load_certified_key(paths, &provider).map_err(|(at, msg)| {
             let location = match at {
                 Part::Cert => &paths.cert_location,
@@ -48,7 +57,17 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>)
                 not_after,
             });
         }
-        resolver.add(key);
+        let (names, first_for) = resolver.add(key);
+        // The first certificate also serves every name no other covers; a later one serves
+        // only the names it is the first to cover.
+        if index > 0 && first_for == 0 {
+            let why = match names {
+                0 => "its subjectAltName holds no DNS name, and SNI picks by those alone (a name only in the subject's CN counts for nothing)",
+                _ => "an earlier certificate already covers each of its names (the first one listed wins)",
+            };
+            let message = format!("{} is never served: {why}", paths.cert.display());
+            warnings.push(ConfigError::at(&config.path, &paths.location, message));
+        }
     }
     let versions: &[&rustls::SupportedProtocolVersion] = match config.tls_min_version {
         TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
@@ -56,12 +75,9 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>)
     };
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .map_err(|e| {
-            ConfigError::at(
-                &config.path,
-                &config.certificates[0].location,
-                e.to_string(),
-            )
+        .map_err(|e| match config.certificates.first() {
+            Some(first) => ConfigError::at(&config.path, &first.location, e.to_string()),
+            None => ConfigError::new(&config.path, e.to_string()),
         })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
@@ -79,7 +95,11 @@ pub fn server_config(config: &Config) -> Result<(Arc<ServerConfig>, Vec<Expiry>)
         tls.send_tls13_tickets = 0;
         tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     }
-    Ok((Arc::new(tls), expiry))
+    Ok(Served {
+        tls: Arc::new(tls),
+        expiry,
+        warnings,
+    })
 }
 
 /// The crypto wsgate serves with: aws-lc-rs for the handshake, and on x86-64 ring for the
@@ -237,16 +257,23 @@ struct SniResolver {
 }
 
 impl SniResolver {
-    fn add(&mut self, key: CertifiedKey) {
+    /// Adds a certificate; returns how many DNS names it has, and how many of them it is the
+    /// first to cover.
+    fn add(&mut self, key: CertifiedKey) -> (usize, usize) {
         let index = self.keys.len();
-        for name in dns_names(&key) {
+        let names = dns_names(&key);
+        let count = names.len();
+        let mut first_for = 0;
+        for name in names {
             let name = name.to_ascii_lowercase();
-            match name.strip_prefix('*') {
+            let owner = match name.strip_prefix('*') {
                 Some(suffix) => self.wildcard.entry(suffix.to_string()).or_insert(index),
                 None => self.exact.entry(name).or_insert(index),
             };
+            first_for += usize::from(*owner == index);
         }
         self.keys.push(Arc::new(key));
+        (count, first_for)
     }
 
     fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {

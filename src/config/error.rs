@@ -70,6 +70,15 @@ impl ConfigError {
         }
     }
 
+    /// An error about the file as a whole, at no line.
+    pub(crate) fn new(file: &Path, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            location: None,
+            message: message.into(),
+        }
+    }
+
     pub fn at(file: &Path, location: &Location, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: file.to_path_buf(),

@@ -254,6 +254,46 @@ fn check_warns_about_a_certificate_not_valid_yet() {
     );
 }
 
+/// A later certificate that SNI can never pick (no DNS name in its subjectAltName, or every
+/// name already covered by an earlier one) loads, with a warning naming its line.
+#[test]
+fn check_warns_about_certificates_sni_never_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("{CONFIG_HEAD}{ROUTE}").replace(
+        r#"{ cert = "server.crt", key = "server.key" }"#,
+        r#"{ cert = "server.crt", key = "server.key" },
+  { cert = "cn.crt", key = "cn.key" },
+  { cert = "again.crt", key = "again.key" },
+  { cert = "new.crt", key = "new.key" },"#,
+    );
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(&path, &body).unwrap();
+    pki().write_leaf(dir.path(), "server", SERVER_NAMES);
+    let (cert, key) = pki().leaf_cn_only("legacy.test");
+    std::fs::write(dir.path().join("cn.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("cn.key"), key).unwrap();
+    pki().write_leaf(
+        dir.path(),
+        "again",
+        &["localhost", "example.com", "*.example.com"],
+    );
+    pki().write_leaf(dir.path(), "new", &["localhost", "new.test"]);
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tls.certificates[1]: ")
+            && stderr.contains("cn.crt is never served: its subjectAltName holds no DNS name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tls.certificates[2]: ")
+            && stderr.contains("again.crt is never served: an earlier certificate already covers"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("new.crt"), "it serves new.test: {stderr}");
+}
+
 /// Each way a PEM file goes wrong gets words an operator can act on.
 #[test]
 fn check_says_what_is_wrong_with_a_pem_file() {

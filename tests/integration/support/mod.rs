@@ -139,6 +139,18 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A leaf naming `cn` only in its subject's common name (no subjectAltName), as old
+    /// tooling made them: (cert PEM, key PEM).
+    pub fn leaf_cn_only(&self, cn: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// Writes a leaf for `names` as `<stem>.crt` and `<stem>.key` into `dir`.
     pub fn write_leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let (cert, key) = self.leaf(names);
