@@ -390,16 +390,15 @@ async fn connect_in_turn(
         *tried = Some(backend.to_string());
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
-        let error = match tokio::time::timeout(share, connect(backend)).await {
+        let until = tokio::time::Instant::now() + share;
+        let error = match tokio::time::timeout_at(until, connect(backend, until)).await {
             Ok(Ok(socket)) => return Ok(socket),
             // The process's descriptors, not the backend: trying others would only fail too.
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(ProxyError::OutOfDescriptors),
             Ok(Err(e)) => e,
-            Err(_) => {
-                timed_out = true;
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
-            }
+            Err(_) => no_answer(),
         };
+        timed_out |= error.kind() == std::io::ErrorKind::TimedOut;
         // Failover hides a dead backend from clients; the counter shows it to operators.
         metrics.backend_connect_failed(&route.config.name, backend, &error);
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
@@ -417,24 +416,45 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
-async fn connect(backend: &str) -> std::io::Result<TcpStream> {
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
+/// Connects to one of `backend`'s addresses by `deadline`. Each address gets an equal share
+/// of the time left, like each backend: a name whose first address is blackholed (an IPv6
+/// address without a route to it, on a dual-stack cluster) must not use up the time its
+/// second, working, address needed.
+async fn connect(backend: &str, deadline: tokio::time::Instant) -> std::io::Result<TcpStream> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is.
     let addrs = resolve(backend)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(socket) => {
+    connect_any(addrs, deadline).await
+}
+
+/// Connects to the first of `addrs` that answers, each in its share of the time to `deadline`.
+async fn connect_any(
+    addrs: Vec<SocketAddr>,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
+    let count = addrs.len();
+    for (i, addr) in addrs.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(socket)) => {
                 // WebSocket frames are small and latency-bound; never wait for Nagle.
                 socket.set_nodelay(true)?;
                 return Ok(socket);
             }
-            Err(e) => last = e,
+            Ok(Err(e)) if out_of_descriptors(&e) => return Err(e),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = no_answer(),
         }
     }
     Err(last)
+}
+
+fn no_answer() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
 }
 
 /// Name lookups in flight at once. getaddrinfo blocks a thread of tokio's blocking pool until
@@ -513,6 +533,34 @@ mod tests {
         assert!(!named.is_empty());
         // The permit went back when the lookup ended.
         assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
+    }
+
+    /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
+    /// second working: the second is reached within the time, not after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_address_leaves_time_for_the_next_one() {
+        use socket2::{Domain, Socket, Type};
+        let silent = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        silent
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        silent.listen(0).unwrap();
+        let silent_addr = silent.local_addr().unwrap().as_socket().unwrap();
+        let _filler = std::net::TcpStream::connect(silent_addr).unwrap();
+        let working = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let working_addr = working.local_addr().unwrap();
+
+        let start = tokio::time::Instant::now();
+        let deadline = start + std::time::Duration::from_secs(5);
+        let socket = connect_any(vec![silent_addr, working_addr], deadline)
+            .await
+            .unwrap();
+        assert_eq!(socket.peer_addr().unwrap(), working_addr);
+        assert!(tokio::time::Instant::now() < deadline);
+        let error = connect_any(vec![silent_addr], start + std::time::Duration::from_secs(6))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[test]
