@@ -59,7 +59,6 @@ pub(crate) async fn serve(
         Ok(tls) => tls,
         Err(why) => return early_close(&shared, peer, started, &why),
     };
-    let conn = Arc::new(Conn::new(peer, started, shared.clone(), guard, client_slot));
     let max_head = snapshot.config.limits.max_request_header_bytes;
     let read_head = read_request_head(&mut tls, max_head);
     let (head_too_large, head_bytes) =
@@ -69,12 +68,23 @@ pub(crate) async fn serve(
         };
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
-    // `connect` from the config in force now, as the request path reads it: a reload since
-    // the accept must not cut short a backend answer the new timeout still allows.
+    // `connect` from the config in force now, which the request path then uses too: a reload
+    // since the accept must not cut short a backend answer the new timeout allows, nor one
+    // after this line give the backend longer than this deadline leaves.
     // Delivering gets as long again as the handshake had.
     let connect_timeout = shared.current().config.timeouts.connect;
     let delivery = snapshot.config.timeouts.handshake;
     let answer_by = deadline + connect_timeout + delivery;
+    let conn = Conn {
+        peer,
+        started,
+        shared: shared.clone(),
+        connect_timeout,
+        guard,
+        _client_slot: client_slot,
+        line: Mutex::new(EndLine::Connection),
+    };
+    let conn = Arc::new(conn);
     // Refusals that need no routing are answered here, and hyper never sees the request.
     let refusal = admit(&conn).err().or_else(|| match head_too_large {
         true => Some(ProxyError::HeadTooLarge),
@@ -330,6 +340,8 @@ pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
     pub(crate) started: Instant,
     pub(crate) shared: Arc<Shared>,
+    /// `timeouts.connect` for this connection's request, as its answer deadline counts it.
+    pub(crate) connect_timeout: std::time::Duration,
     /// Counts this connection in `max_connections`; the tunnel keeps it for its whole life.
     guard: ConnGuard,
     /// Counts it in `max_connections_per_client`, if set: held as long as `guard`, and
@@ -337,25 +349,6 @@ pub(crate) struct Conn {
     _client_slot: Option<ClientSlot>,
     /// Who writes the connection's end line, and with what.
     pub(crate) line: Mutex<EndLine>,
-}
-
-impl Conn {
-    pub(crate) fn new(
-        peer: SocketAddr,
-        started: Instant,
-        shared: Arc<Shared>,
-        guard: ConnGuard,
-        client_slot: Option<ClientSlot>,
-    ) -> Self {
-        Conn {
-            peer,
-            started,
-            shared,
-            guard,
-            _client_slot: client_slot,
-            line: Mutex::new(EndLine::Connection),
-        }
-    }
 }
 
 /// The refusals that need no routing: shutdown begun (503), over `max_connections` (503) or

@@ -29,7 +29,8 @@
 //!   the signal that ends them all at the end of a shutdown;
 //!   `error`: refusals → statuses, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
-//!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up.
+//!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
+//!   [`signals`]: SIGHUP, SIGTERM and Ctrl-C.
 
 mod access_log;
 mod admin;
@@ -47,6 +48,7 @@ mod proxy_protocol;
 mod reload;
 pub mod routes;
 mod server;
+pub mod signals;
 mod snapshot;
 mod splice;
 mod tls;

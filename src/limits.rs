@@ -37,12 +37,18 @@ impl Counts {
 
     /// A place in the refusal budget, if one is left.
     fn take_refusal(&self) -> bool {
-        if self.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
-            return true;
-        }
-        self.refusing.fetch_sub(1, Ordering::AcqRel);
-        false
+        take_below(&self.refusing, MAX_REFUSING)
     }
+}
+
+/// Adds one to `counter` if it is below `max`. Compared and added in one step: adding first
+/// and taking it back when over would let two connections arriving together at the limit
+/// both see the other's passing count, and both be refused with a place still free.
+fn take_below(counter: &AtomicUsize, max: usize) -> bool {
+    (counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n < max).then_some(n + 1)
+    }))
+    .is_ok()
 }
 
 /// The limit a connection is over: its only answer is that limit's refusal.
@@ -69,8 +75,7 @@ impl ConnGuard {
     /// A place for a connection just accepted, beyond `max` one in the refusal budget.
     pub(crate) fn new(counts: &Arc<Counts>, max: usize) -> Result<ConnGuard, BudgetExhausted> {
         let mut over = None;
-        if counts.active.fetch_add(1, Ordering::AcqRel) >= max {
-            counts.active.fetch_sub(1, Ordering::AcqRel);
+        if !take_below(&counts.active, max) {
             if !counts.take_refusal() {
                 return Err(BudgetExhausted);
             }

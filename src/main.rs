@@ -95,10 +95,7 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
     // Before anything slow (reading the config, certificates): a SIGHUP from a deploy hook
     // during a restart must reload, not end the process. The handler stays installed for
     // the process's life; the server takes its own stream of the signal.
-    #[cfg(unix)]
-    runtime.block_on(async {
-        let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    });
+    runtime.block_on(async { drop(wsgate::signals::hangup()) });
     let config_format = Config::load(&path)
         .map(|c| c.log_format)
         .unwrap_or_default();
@@ -136,52 +133,10 @@ fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode
                 };
             }
         };
-        let mut termination = Termination::register();
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
-        termination.recv().await;
-        // A second signal cuts the grace short, as operators expect of Ctrl-C twice.
-        let closer = server.closer();
-        tokio::spawn(async move {
-            termination.recv().await;
-            tracing::warn!("second signal: closing live tunnels now");
-            closer.close_now();
-        });
-        server.shutdown().await;
+        wsgate::signals::serve_until_terminated(server, || {
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
+        })
+        .await;
         ExitCode::SUCCESS
     })
-}
-
-/// SIGTERM (Kubernetes, systemd) or Ctrl-C, registered once so that a second one sent right
-/// after the first is not missed.
-struct Termination {
-    #[cfg(unix)]
-    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl Termination {
-    fn register() -> Termination {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let term = signal(SignalKind::terminate());
-            let int = signal(SignalKind::interrupt());
-            Termination {
-                signals: term.ok().zip(int.ok()),
-            }
-        }
-        #[cfg(not(unix))]
-        Termination {}
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some((term, int)) = self.signals.as_mut() {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -85,12 +85,11 @@ async fn route_and_forward(
     }
 
     let backend_request = upstream::backend_request(req, &protocols, conn.peer);
-    let timeout = snapshot.config.timeouts.connect;
     let answer = upstream::open(
         route,
         backend_request,
         &protocols,
-        timeout,
+        conn.connect_timeout,
         &mut log.backend,
         &conn.shared.metrics,
     )
@@ -115,7 +114,12 @@ async fn route_and_forward(
 /// client takes it.
 fn relay(conn: &Arc<Conn>, log: &mut Line<'_>, refusal: upstream::Refusal) -> Response<Body> {
     if let Some(backend) = refusal.backend {
-        conn.shared.tracker.spawn(backend);
+        // The client's side of a body cut short is in the connection's line; this is why.
+        conn.shared.tracker.spawn(async move {
+            if let Err(error) = backend.await {
+                tracing::debug!(%error, "backend connection failed while relaying its refusal");
+            }
+        });
     }
     let response = upstream::relay_refusal(refusal.response);
     decide(log, response.status(), None, "backend refused the upgrade");

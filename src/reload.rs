@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, WatchMode};
 use crate::server::{Error, Shared};
+use crate::signals::{recv_hangup, Hangup};
 use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
 use crate::watch::{self, Wanted, Watches};
 
@@ -573,33 +574,4 @@ impl Reloader {
             shared.metrics.files_in_force(status.last_error.is_none());
         });
     }
-}
-
-#[cfg(unix)]
-pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-pub(crate) type Hangup = Option<()>;
-
-/// SIGHUP, taken over from its default action (ending the process) from now on.
-#[cfg(unix)]
-pub(crate) fn hangup_signal() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-
-#[cfg(unix)]
-async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
-    match hangup {
-        Some(signal) => signal.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-pub(crate) fn hangup_signal() -> Hangup {
-    None
-}
-
-#[cfg(not(unix))]
-async fn recv_hangup(_: &mut Hangup) -> Option<()> {
-    std::future::pending().await
 }

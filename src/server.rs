@@ -197,7 +197,7 @@ impl Server {
     pub async fn start(config_path: impl AsRef<Path>) -> Result<Server, Error> {
         // First of all: from here on a SIGHUP (a deploy hook during a restart) reloads, and
         // never kills the process, even one still starting.
-        let hangup = reload::hangup_signal();
+        let hangup = crate::signals::hangup();
         crate::tls::install_default_provider();
         // Absolute from the start: a relative path would be followed through the working
         // folder as it was at start-up, and go stale if that folder is replaced (the watch
