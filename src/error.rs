@@ -136,19 +136,23 @@ impl ProxyError {
 
     /// Headers a client needs to act on the refusal (RFC 6455 §4.2.2, RFC 9110 §15.5.22).
     pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        use ProxyError::*;
+        // Every variant named: a new load refusal must not go out without its Retry-After.
         match self {
-            ProxyError::NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade, close")],
+            NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade, close")],
             // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22).
-            ProxyError::UnsupportedVersion => &[
+            UnsupportedVersion => &[
                 ("sec-websocket-version", "13"),
                 ("upgrade", "websocket"),
                 ("connection", "Upgrade, close"),
             ],
-            ProxyError::Overloaded
-            | ProxyError::ClientOverLimit
-            | ProxyError::ShuttingDown
-            | ProxyError::OutOfDescriptors => &[("retry-after", "1")],
-            _ => &[],
+            Overloaded | ClientOverLimit | ShuttingDown | OutOfDescriptors => {
+                &[("retry-after", "1")]
+            }
+            NoRoute | MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
+            | MalformedRequest | UnexpectedBody | HeadTooLarge | TooManyFields | OriginDenied
+            | NoSubprotocol | BackendUnavailable | BackendTimeout | BadBackendUpgrade(_)
+            | BackendProtocol(_) | BadBackendAnswer(_) | Internal(_) => &[],
         }
     }
 }
@@ -220,7 +224,11 @@ mod tests {
             (ProxyError::NotUpgrade, 426),
             (ProxyError::UnsupportedVersion, 426),
             (ProxyError::MethodNotGet, 400),
+            (ProxyError::HttpTooOld, 400),
+            (ProxyError::NoConnectionUpgrade, 400),
             (ProxyError::BadKey, 400),
+            (ProxyError::BadHost, 400),
+            (ProxyError::UnexpectedBody, 400),
             (ProxyError::MalformedRequest, 400),
             (ProxyError::NoSubprotocol, 400),
             (ProxyError::OriginDenied, 403),
@@ -232,11 +240,19 @@ mod tests {
             (ProxyError::BackendUnavailable, 502),
             (ProxyError::BadBackendUpgrade("x"), 502),
             (ProxyError::BadBackendAnswer("x".into()), 502),
+            (ProxyError::BackendProtocol("x".into()), 502),
             (ProxyError::BackendTimeout, 504),
             (ProxyError::OutOfDescriptors, 503),
+            (ProxyError::Internal("x"), 500),
         ];
         for (err, code) in cases {
             assert_eq!(err.status().0.as_u16(), code, "{err}");
+            // Load refusals say when to come back; the others do not invite a retry.
+            let retry = err
+                .extra_headers()
+                .iter()
+                .any(|(name, _)| *name == "retry-after");
+            assert_eq!(retry, matches!(code, 503 | 429), "{err}");
         }
     }
 

@@ -54,9 +54,6 @@ pub async fn read<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<(H
 /// Header fields a request may have: hyper's limit, checked here so that the refusal is ours.
 const MAX_HEADERS: usize = 100;
 
-/// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
-/// status of its own gets the proxy's refusal instead: too many header fields → 431, anything
-/// malformed → 400.
 /// Whether a path starts with two separators, however spelled (`//`, `/\`, `/%2F`, `/%5C`):
 /// Node's and Python's URL parsers read what follows as a host (`//localhost/admin` is path
 /// `/admin` to them), so a backend would route such a request by another path than the one
@@ -69,6 +66,9 @@ fn reads_as_authority(path: &str) -> bool {
     rest.starts_with(['/', '\\']) || matches!(lower.as_deref(), Some("%2f" | "%5c"))
 }
 
+/// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
+/// status of its own gets the proxy's refusal instead: too many header fields → 431, anything
+/// malformed → 400.
 pub fn check(head: &[u8]) -> Result<(), ProxyError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);

@@ -174,7 +174,15 @@ fn client_splice(
     conn: &Conn,
     route: &str,
 ) -> Option<ClientSplice> {
-    let client = upgraded.ok()?.downcast::<ClientIo>().ok()?;
+    // An upgrade that failed is a client gone before its 101 was out.
+    let Ok(client) = upgraded.ok()?.downcast::<ClientIo>() else {
+        // Not the client's doing: the connection was served over another type than this.
+        tracing::error!(
+            route,
+            "internal error: the upgraded connection has an unexpected type"
+        );
+        return None;
+    };
     let (tls, unread) = client.io.into_inner().into_parts();
     // The client's early bytes: what hyper read past the head, then what it never got to of
     // the bytes read with the head (nearly always nothing).

@@ -49,6 +49,8 @@ impl Route {
     pub fn backends_in_turn(&self) -> impl Iterator<Item = &str> + '_ {
         let backends = &self.config.backends;
         let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
+        // The counter wraps (after 2^64 requests); the sum must not overflow.
+        let start = start % backends.len().max(1);
         (0..backends.len()).map(move |i| backends[(start + i) % backends.len()].as_str())
     }
 
@@ -104,14 +106,6 @@ impl RouteTable {
             });
         }
         table
-    }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
     }
 
     /// Picks the route for a request. `host` is the Host header (a port is ignored), `path`
@@ -550,7 +544,7 @@ mod tests {
             })
             .collect();
         let table = RouteTable::new(&configs);
-        assert_eq!(table.len(), 10_000);
+        assert_eq!(table.routes.len(), 10_000);
         assert_eq!(
             pick(&table, Some("h7777.example.com"), "/svc7777/ws", &[]),
             "r7777"
