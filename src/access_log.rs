@@ -86,8 +86,11 @@ impl<'a> Line<'a> {
 }
 
 impl Drop for Line<'_> {
-    /// hyper drops the request future when the client goes away mid-request (say, while the
-    /// backend is being dialled): the connection still gets its line.
+    /// The request future is dropped when its connection is given up mid-request (the answer
+    /// deadline passed, or the end of a shutdown's grace, while the backend was dialled, or
+    /// hyper failing on the client's socket): the connection still gets its line. A client
+    /// that merely vanishes meanwhile is seen only when its answer is written: with half-close
+    /// allowed, hyper does not read from a client whose request is in flight.
     fn drop(&mut self) {
         if !self.written {
             // Counted and worded by `end_line`, which knows why the request was dropped.
