@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, WatchMode};
 use crate::server::{Error, Shared};
 use crate::signals::{recv_hangup, Hangup};
 use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
-use crate::watch::{self, Wanted, Watches};
+use crate::watch::{self, Events, Wanted, Watches};
 
 /// Quiet time after the last file event before a reload: coalesces an editor's or
 /// Kubernetes' burst of events into one reload, well inside the one-second promise.
@@ -61,7 +61,8 @@ pub(crate) fn spawn_reloader(
     mut hangup: Hangup,
     stop: CancellationToken,
 ) {
-    let (events_tx, events) = mpsc::unbounded_channel::<()>();
+    let (events_tx, events) = tokio::sync::watch::channel(());
+    let events_tx = Arc::new(events_tx);
     let mut state = Reloader {
         watches: Watches::new(events_tx.clone()),
         rejected: None,
@@ -73,7 +74,7 @@ pub(crate) fn spawn_reloader(
     let wanted = watch::wanted(&relevant_files(&shared, &path));
     (state.watches).refresh(Some(wanted), watch_mode(&shared));
     // Covers writes between the start-up read and the watches taking.
-    let _ = events_tx.send(());
+    events_tx.send_replace(());
     tokio::spawn(async move {
         state
             .run(&shared, &path, events, manual, &mut hangup, stop)
@@ -110,7 +111,7 @@ impl Reloader {
         &mut self,
         shared: &Arc<Shared>,
         path: &Path,
-        mut events: mpsc::UnboundedReceiver<()>,
+        mut events: Events,
         mut manual: mpsc::UnboundedReceiver<()>,
         hangup: &mut Hangup,
         stop: CancellationToken,
@@ -128,7 +129,7 @@ impl Reloader {
             };
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
-                Some(()) = events.recv() => Wake::Event,
+                Ok(()) = events.changed() => Wake::Event,
                 Some(()) = manual.recv() => Wake::Manual,
                 Some(()) = recv_hangup(hangup) => Wake::Manual,
                 _ = tokio::time::sleep_until(looked + period) => Wake::Poll,
@@ -177,7 +178,7 @@ impl Reloader {
         shared: &Arc<Shared>,
         path: &Path,
         trigger: Trigger,
-        events: &mut mpsc::UnboundedReceiver<()>,
+        events: &mut Events,
         stop: &CancellationToken,
     ) -> bool {
         for tries_left in (0..MAX_REREADS).rev() {
@@ -329,13 +330,13 @@ async fn holds_still(path: &Path, stamp: u64) -> bool {
 }
 
 /// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
-async fn debounce(events: &mut mpsc::UnboundedReceiver<()>) {
+async fn debounce(events: &mut Events) {
     // Capped: a neighbour file written more often than DEBOUNCE must not postpone forever.
     let until = tokio::time::Instant::now() + DEBOUNCE * 4;
     loop {
         let wait = until.min(tokio::time::Instant::now() + DEBOUNCE);
-        match tokio::time::timeout_at(wait, events.recv()).await {
-            Ok(Some(())) if tokio::time::Instant::now() < until => continue,
+        match tokio::time::timeout_at(wait, events.changed()).await {
+            Ok(Ok(())) if tokio::time::Instant::now() < until => continue,
             _ => return,
         }
     }
@@ -406,13 +407,13 @@ impl Reloader {
         path: &Path,
         trigger: Trigger,
         patience: Patience,
-        events: &mut mpsc::UnboundedReceiver<()>,
+        events: &mut Events,
     ) -> Read {
         let current = shared.current();
         let generation = current.generation + 1;
         // Events so far are of writes this read will see: only one arriving from now on says
         // the files were written to again.
-        while events.try_recv().is_ok() {}
+        events.borrow_and_update();
         let (path_owned, rejected) = (path.to_path_buf(), self.rejected);
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let looked = tokio::task::spawn_blocking(move || {

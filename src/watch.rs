@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
 
 use crate::config::WatchMode;
 use crate::server::lock;
@@ -63,6 +62,10 @@ pub(crate) fn wanted(files: &[PathBuf]) -> Wanted {
     }
     wanted
 }
+
+/// "Look at the files again", set by the watcher's events: any number of them since the
+/// last look is one.
+pub(crate) type Events = tokio::sync::watch::Receiver<()>;
 
 /// Which events say "look", from the wanted folders: shared with the watcher's callback.
 #[derive(Debug, Default)]
@@ -124,10 +127,11 @@ pub(crate) struct Watches {
 }
 
 impl Watches {
-    /// Watches that send `()` on `events` for every change in a watched folder that may be a
-    /// change to the files (and for a watch error: events may have been lost with it).
+    /// Watches that mark `events` changed for every change in a watched folder that may be a
+    /// change to the files (and for a watch error: events may have been lost with it). A
+    /// mark, not a queue: a burst while a reload reads is one "look again", however long.
     /// Nothing is watched before [`Self::refresh`].
-    pub(crate) fn new(events: mpsc::UnboundedSender<()>) -> Watches {
+    pub(crate) fn new(events: Arc<tokio::sync::watch::Sender<()>>) -> Watches {
         let lost = Arc::new(Mutex::new(BTreeSet::new()));
         let interest = Arc::new(Mutex::new(Interest::default()));
         let on_event = {
@@ -159,7 +163,7 @@ impl Watches {
                         tracing::warn!(error = %e, "file watch error; checking the config files")
                     }
                 }
-                let _ = events.send(());
+                events.send_replace(());
             }
         };
         let make_watcher = move || notify::recommended_watcher(on_event.clone());
