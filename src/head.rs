@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use crate::error::ProxyError;
 
 /// What reading the head found.
-pub enum Head {
+pub(crate) enum Head {
     /// The head is complete within the limit (possibly followed by more bytes).
     Complete,
     /// More than the limit arrived without the head ending.
@@ -26,7 +26,10 @@ pub enum Head {
 
 /// Reads until the head's empty line, or until more than `max` bytes show it is too large.
 /// Returns the bytes read, which [`Prefixed`] must put back in front of the stream.
-pub async fn read<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<(Head, Bytes)> {
+pub(crate) async fn read<T: AsyncRead + Unpin>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<(Head, Bytes)> {
     // Most heads are a few hundred bytes: grow as needed rather than reserve the limit.
     let mut buf = BytesMut::with_capacity(1024);
     let mut scan = Scan::default();
@@ -69,7 +72,7 @@ fn reads_as_authority(path: &str) -> bool {
 /// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
 /// status of its own gets the proxy's refusal instead: too many header fields → 431, anything
 /// malformed → 400.
-pub fn check(head: &[u8]) -> Result<(), ProxyError> {
+pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -173,18 +176,18 @@ impl Scan {
 }
 
 /// A stream with bytes already read from it put back in front.
-pub struct Prefixed<T> {
+pub(crate) struct Prefixed<T> {
     prefix: Bytes,
     io: T,
 }
 
 impl<T> Prefixed<T> {
-    pub fn new(prefix: Bytes, io: T) -> Self {
+    pub(crate) fn new(prefix: Bytes, io: T) -> Self {
         Prefixed { prefix, io }
     }
 
     /// The stream and whatever of the prefix has not been read yet.
-    pub fn into_parts(self) -> (T, Bytes) {
+    pub(crate) fn into_parts(self) -> (T, Bytes) {
         (self.io, self.prefix)
     }
 }

@@ -32,6 +32,8 @@
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
 //!   [`signals`]: SIGHUP, SIGTERM and Ctrl-C.
 
+#![warn(unreachable_pub)]
+
 mod access_log;
 mod admin;
 pub mod config;

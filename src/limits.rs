@@ -66,7 +66,7 @@ pub(crate) struct BudgetExhausted;
 
 /// Counts one open client connection (tunnel included) until dropped: in `max_connections`,
 /// or, for a connection over a limit, in the refusal budget.
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     counts: Arc<Counts>,
     over: Option<Over>,
 }
@@ -131,7 +131,7 @@ impl Drop for ConnGuard {
 
 /// Counts one connection against its client's share of `max_connections_per_client` until
 /// dropped; it moves into the tunnel with the connection.
-pub struct ClientSlot {
+pub(crate) struct ClientSlot {
     counts: Arc<Counts>,
     key: IpAddr,
 }

@@ -23,10 +23,10 @@ use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
 
-pub type Body = Either<Full<Bytes>, Relayed>;
+pub(crate) type Body = Either<Full<Bytes>, Relayed>;
 
 /// Serves one request. Never fails: every refusal becomes a response here.
-pub async fn handle(
+pub(crate) async fn handle(
     mut req: Request<Incoming>,
     conn: Arc<Conn>,
 ) -> Result<Response<Body>, Infallible> {

@@ -41,7 +41,7 @@ pub enum Error {
 }
 
 /// State shared by the accept loops, connections, tunnels and the reloader.
-pub struct Shared {
+pub(crate) struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// Listeners, or `None` once shutdown took them: a reload finishing after that must not
     /// start accepting again.

@@ -16,7 +16,7 @@ use crate::routes::RouteTable;
 use crate::tls;
 
 /// Everything a new connection needs, built and validated as one unit.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
     pub tls: Arc<ServerConfig>,
@@ -29,7 +29,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Loads the config at `path` and everything it names.
-    pub fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
+    pub(crate) fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
         Self::build_hashed(path, generation, on_disk_fingerprint(path))
     }
 

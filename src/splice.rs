@@ -42,7 +42,7 @@ const HALF_CLOSED_IDLE: Duration = Duration::from_secs(30);
 
 /// How a tunnel ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// Both sides finished; the named one finished first.
     Closed(Peer),
     /// One side failed (reset, TLS error); the other was closed once what that side had sent
@@ -53,7 +53,7 @@ pub enum CloseReason {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     Client,
     Backend,
 }
@@ -75,7 +75,7 @@ impl fmt::Display for CloseReason {
 
 /// What a finished tunnel reports.
 #[derive(Debug, Clone, Copy)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub client_to_backend: u64,
     pub backend_to_client: u64,
     pub reason: CloseReason,
@@ -84,7 +84,7 @@ pub struct Outcome {
 /// The relay of one tunnel, as a hand-written future: an `async fn` would store its
 /// arguments twice (once as arguments, once as locals), and the TLS stream alone is over 1 KiB;
 /// per idle tunnel, that is memory held for nothing.
-pub struct Splice<C, B> {
+pub(crate) struct Splice<C, B> {
     client: C,
     backend: B,
     /// Client → backend.
@@ -112,7 +112,7 @@ where
     /// Relays until both directions have finished, one fails, the tunnel idles out, or
     /// `drain` fires. `client_early` / `backend_early` are bytes each side sent right behind
     /// its handshake that the HTTP layer already read; they go out first.
-    pub fn new(
+    pub(crate) fn new(
         client: C,
         client_early: Bytes,
         backend: B,
@@ -138,7 +138,7 @@ where
     }
 
     /// Feeds the tunnel's bytes to `meter` as they move.
-    pub fn metered(mut self, meter: Meter) -> Self {
+    pub(crate) fn metered(mut self, meter: Meter) -> Self {
         self.meter = Some(meter);
         self
     }
@@ -237,7 +237,7 @@ where
     /// whose close would be a reset). A side that had closed already costs one read.
     /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor for a
     /// side whose own connection failed.
-    pub async fn linger(self, reason: CloseReason) {
+    pub(crate) async fn linger(self, reason: CloseReason) {
         let Splice {
             client,
             backend,

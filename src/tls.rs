@@ -19,7 +19,7 @@ use crate::config::{CertificatePaths, Config, ConfigError, TlsVersion};
 /// When a served certificate stops being valid: exported as a metric and warned about, since
 /// a renewal that silently failed (cert-manager, certbot) is the classic outage.
 #[derive(Clone, Debug)]
-pub struct Expiry {
+pub(crate) struct Expiry {
     pub file: PathBuf,
     /// Unix seconds of the leaf's notBefore and notAfter.
     pub not_before: i64,

@@ -100,7 +100,7 @@ fn is_protected(name: &str) -> bool {
 }
 
 /// A backend that accepted the upgrade.
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     /// The 101 head to pass to the client.
     pub head: response::Parts,
     pub socket: TcpStream,
@@ -109,7 +109,7 @@ pub struct Tunnel {
 }
 
 /// What the backend said to the upgrade.
-pub enum Answer {
+pub(crate) enum Answer {
     Upgraded(Tunnel),
     /// Anything but 101: relayed as is, never spliced. The backend connection, if it is
     /// still needed to read the body, must be driven (on the server's task tracker).
@@ -117,7 +117,7 @@ pub enum Answer {
 }
 
 /// A backend's answer other than 101, to relay.
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub response: Response<Incoming>,
     /// The body's first frame, already read (`None` for an empty body).
     pub first: Option<Frame<Bytes>>,
@@ -126,11 +126,11 @@ pub struct Refusal {
 
 /// A backend connection that still has an answer's body to read (hyper does not name the
 /// type of an upgradeable connection).
-pub type BackendConn =
+pub(crate) type BackendConn =
     std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
 
 /// The request line and headers to send to the backend.
-pub fn backend_request(
+pub(crate) fn backend_request(
     client: &Request<impl Sized>,
     protocols: &[&str],
     peer: SocketAddr,
@@ -191,7 +191,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 /// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
 /// the backend's complete answer head) must fit in `timeout`. `tried` names the backend that
 /// answered (or the last one tried), for the log line.
-pub async fn open(
+pub(crate) async fn open(
     route: &Route,
     request: Request<Empty<Bytes>>,
     protocols: &[&str],
@@ -482,7 +482,7 @@ async fn resolve(backend: &str) -> std::io::Result<Vec<SocketAddr>> {
 
 /// The 101 the client gets: the backend's headers (extensions, chosen protocol, cookies…)
 /// without its hop-by-hop ones, with the upgrade tokens set by us.
-pub fn client_switching_head(backend: &response::Parts) -> Response<()> {
+pub(crate) fn client_switching_head(backend: &response::Parts) -> Response<()> {
     let mut response = Response::new(());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -499,7 +499,7 @@ pub fn client_switching_head(backend: &response::Parts) -> Response<()> {
 }
 
 /// Strips hop-by-hop headers from a relayed refusal and marks it as the connection's last.
-pub fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
+pub(crate) fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
     let headers = response.headers_mut();
     let named = connection_named(headers);
     // The framing too (in HOP_BY_HOP): hyper decoded the body, and frames it anew from what it

@@ -140,28 +140,28 @@ mod defaults {
     fn secs(s: u64) -> Spanned<HumanDuration> {
         Spanned::new(0..0, HumanDuration(Duration::from_secs(s)))
     }
-    pub fn handshake() -> Spanned<HumanDuration> {
+    pub(super) fn handshake() -> Spanned<HumanDuration> {
         secs(10)
     }
-    pub fn connect() -> Spanned<HumanDuration> {
+    pub(super) fn connect() -> Spanned<HumanDuration> {
         secs(5)
     }
-    pub fn idle() -> Spanned<HumanDuration> {
+    pub(super) fn idle() -> Spanned<HumanDuration> {
         secs(300)
     }
-    pub fn shutdown_grace() -> Spanned<HumanDuration> {
+    pub(super) fn shutdown_grace() -> Spanned<HumanDuration> {
         secs(30)
     }
-    pub fn recheck() -> Spanned<HumanDuration> {
+    pub(super) fn recheck() -> Spanned<HumanDuration> {
         secs(60)
     }
-    pub fn max_request_header_bytes() -> Spanned<i64> {
+    pub(super) fn max_request_header_bytes() -> Spanned<i64> {
         Spanned::new(0..0, 16384)
     }
-    pub fn max_connections() -> Spanned<i64> {
+    pub(super) fn max_connections() -> Spanned<i64> {
         Spanned::new(0..0, 10000)
     }
-    pub fn session_resumption() -> bool {
+    pub(super) fn session_resumption() -> bool {
         true
     }
 }
