@@ -25,7 +25,8 @@
 //! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;
 //!   `connection`: one connection until its answer or tunnel; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
-//! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel; `drain`:
+//! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
+//!   `forwarding`: which headers cross, each way; `drain`:
 //!   the signal that ends them all at the end of a shutdown;
 //!   `error`: refusals → statuses, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
@@ -40,6 +41,7 @@ pub mod config;
 mod connection;
 mod drain;
 mod error;
+mod forwarding;
 mod head;
 mod limits;
 mod listener;

@@ -17,6 +17,7 @@ use tokio_rustls::server::TlsStream;
 use crate::access_log::{self, decide, Line, Relayed};
 use crate::connection::Conn;
 use crate::error::ProxyError;
+use crate::forwarding;
 use crate::head::Prefixed;
 use crate::routes::Selection;
 use crate::splice;
@@ -84,7 +85,7 @@ async fn route_and_forward(
         return Err(ProxyError::OriginDenied);
     }
 
-    let backend_request = upstream::backend_request(req, &protocols, conn.peer);
+    let backend_request = forwarding::backend_request(req, &protocols, conn.peer);
     let answer = upstream::open(
         route,
         backend_request,
@@ -97,7 +98,7 @@ async fn route_and_forward(
     match answer {
         Answer::Refused(refusal) => Ok(relay(conn, log, refusal)),
         Answer::Upgraded(tunnel) => {
-            let head = upstream::client_switching_head(&tunnel.head);
+            let head = forwarding::client_switching_head(&tunnel.head);
             spawn_tunnel(
                 conn.clone(),
                 log,
@@ -121,7 +122,7 @@ fn relay(conn: &Arc<Conn>, log: &mut Line<'_>, refusal: upstream::Refusal) -> Re
             }
         });
     }
-    let response = upstream::relay_refusal(refusal.response);
+    let response = forwarding::relay_refusal(refusal.response);
     decide(log, response.status(), None, "backend refused the upgrade");
     let conn = conn.clone();
     response.map(|body| Either::Right(Relayed::new(refusal.first, body, conn)))

@@ -9,8 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::body::{Body as _, Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::header::{CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::TRANSFER_ENCODING;
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
@@ -20,84 +19,7 @@ use tokio::sync::Semaphore;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::routes::Route;
-use crate::websocket::{self, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), and the framing hyper writes anew: never passed on,
-/// either way.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
-
-/// Proxy authentication: wsgate asks for no proxy credentials and forwards none, so neither
-/// side's can mean anything past it (a challenge would only confuse the client).
-const PROXY_AUTH: &[&str] = &[
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-authentication-info",
-];
-
-/// The client's headers this proxy sets itself, or that name the client in ways it does not
-/// keep up (a client could claim any address in them to a backend that reads them instead of
-/// X-Forwarded-For). Dropped by name, not only when the client's `Connection` list names them,
-/// so a client cannot make us drop what we add (Traefik CVE-2024-45410).
-const SET_HERE: &[&str] = &[
-    "sec-websocket-protocol",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-real-ip",
-];
-
-/// Whether the client's header `name` is never forwarded, whatever its `Connection` says.
-/// Besides the lists: every `X-Forwarded-*` but `-For` (which gets the client's address
-/// appended), and `Front-End-Https`. wsgate is where TLS ends, so the scheme, port, prefix or
-/// server a client claims there (`X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`…, which
-/// Spring and Rack trust) can only be a lie.
-fn not_forwarded(name: &str) -> bool {
-    [HOP_BY_HOP, PROXY_AUTH, SET_HERE]
-        .iter()
-        .any(|list| list.contains(&name))
-        || (name.starts_with("x-forwarded-") && name != X_FORWARDED_FOR.as_str())
-        || name == "front-end-https"
-        || underscored_alias(name)
-}
-
-/// A name with `_` for `-` that CGI, WSGI, Rack and PHP backends read as the same header as one
-/// this proxy sets or strips (both spellings become `HTTP_X_FORWARDED_FOR`): a client could
-/// spoof it past the dashed name's handling. (nginx drops every name with `_`; only these are
-/// dropped here.)
-fn underscored_alias(name: &str) -> bool {
-    if !name.contains('_') {
-        return false;
-    }
-    let dashed = name.replace('_', "-");
-    dashed == X_FORWARDED_FOR.as_str()
-        || dashed.starts_with("sec-websocket-")
-        || not_forwarded(&dashed)
-}
-
-/// The header names a message's own `Connection` lists: hop-by-hop too (RFC 9110 §7.6.1).
-fn connection_named(headers: &HeaderMap) -> Vec<String> {
-    (websocket::tokens(headers, &CONNECTION))
-        .map(str::to_ascii_lowercase)
-        .collect()
-}
-
-/// Headers a client's `Connection` list may not remove: the handshake itself depends on them.
-fn is_protected(name: &str) -> bool {
-    name == "host" || name.starts_with("sec-websocket-") || name.starts_with("x-forwarded-")
-}
+use crate::websocket::{self, SEC_WEBSOCKET_KEY};
 
 /// A backend that accepted the upgrade.
 pub(crate) struct Tunnel {
@@ -128,65 +50,6 @@ pub(crate) struct Refusal {
 /// type of an upgradeable connection).
 pub(crate) type BackendConn =
     std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
-
-/// The request line and headers to send to the backend.
-pub(crate) fn backend_request(
-    client: &Request<impl Sized>,
-    protocols: &[&str],
-    peer: SocketAddr,
-) -> Request<Empty<Bytes>> {
-    let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
-    let named = connection_named(client.headers());
-    // A client naming X-Forwarded-For drops its own value (hop-by-hop, as it says), never the
-    // address this proxy adds; the other protected names it cannot strip at all.
-    let own_xff_dropped = named.iter().any(|n| n == "x-forwarded-for");
-    for (name, value) in client.headers() {
-        let n = name.as_str();
-        let named_here = named.iter().any(|c| c == n) && !is_protected(n);
-        if not_forwarded(n) || named_here || (own_xff_dropped && name == X_FORWARDED_FOR) {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    if !protocols.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&protocols.join(", ")) {
-            headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
-        }
-    }
-    append_forwarded_for(&mut headers, peer);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    if let Some(host) = client.headers().get(HOST) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
-    let mut request = Request::new(Empty::new());
-    // Origin-form, exactly as the client sent it (an absolute-form target loses its authority,
-    // which Host and X-Forwarded-Host carry).
-    if let Some(pq) = client.uri().path_and_query() {
-        *request.uri_mut() = hyper::Uri::from(pq.clone());
-    }
-    *request.headers_mut() = headers;
-    request
-}
-
-/// The client's `X-Forwarded-For` list (all its lines, empty elements left out) with the
-/// client's address appended: one line, so a backend reading only the first line or only
-/// the last element gets what it expects.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical().to_string();
-    let mut list: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|element| !element.is_empty())
-        .collect();
-    list.push(&ip);
-    let joined = list.join(", ");
-    if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-}
 
 /// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
 /// the backend's complete answer head) must fit in `timeout`. `tried` names the backend that
@@ -478,43 +341,6 @@ async fn resolve(backend: &str) -> std::io::Result<Vec<SocketAddr>> {
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// The 101 the client gets: the backend's headers (extensions, chosen protocol, cookies…)
-/// without its hop-by-hop ones, with the upgrade tokens set by us.
-pub(crate) fn client_switching_head(backend: &response::Parts) -> Response<()> {
-    let mut response = Response::new(());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    let named = connection_named(&backend.headers);
-    for (name, value) in &backend.headers {
-        let n = name.as_str();
-        if !HOP_BY_HOP.contains(&n) && !PROXY_AUTH.contains(&n) && !named.iter().any(|c| c == n) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    response
-}
-
-/// Strips hop-by-hop headers from a relayed refusal and marks it as the connection's last.
-pub(crate) fn relay_refusal(mut response: Response<Incoming>) -> Response<Incoming> {
-    let headers = response.headers_mut();
-    let named = connection_named(headers);
-    // The framing too (in HOP_BY_HOP): hyper decoded the body, and frames it anew from what it
-    // knows (its length, else chunked). A backend sending both Content-Length and
-    // Transfer-Encoding would otherwise have its answer refused by hyper's encoder, and the
-    // client get nothing.
-    let dropped = named.iter().map(String::as_str);
-    for name in dropped
-        .chain(HOP_BY_HOP.iter().copied())
-        .chain(PROXY_AUTH.iter().copied())
-    {
-        headers.remove(name);
-    }
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 #[cfg(test)]

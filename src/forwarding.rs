@@ -1,0 +1,352 @@
+//! What crosses the proxy in each direction's headers: the upgrade request as the backend
+//! gets it (hop-by-hop and spoofable headers dropped, `X-Forwarded-*` set here), the 101 and
+//! the refusals as the client gets them. Pure functions of the headers, no I/O.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper::http::response;
+use hyper::{Request, Response, StatusCode};
+
+use crate::websocket::{self, SEC_WEBSOCKET_PROTOCOL};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), and the framing hyper writes anew: never passed on,
+/// either way.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Proxy authentication: wsgate asks for no proxy credentials and forwards none, so neither
+/// side's can mean anything past it (a challenge would only confuse the client).
+const PROXY_AUTH: &[&str] = &[
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-authentication-info",
+];
+
+/// The client's headers this proxy sets itself, or that name the client in ways it does not
+/// keep up (a client could claim any address in them to a backend that reads them instead of
+/// X-Forwarded-For). Dropped by name, not only when the client's `Connection` list names them,
+/// so a client cannot make us drop what we add (Traefik CVE-2024-45410).
+const SET_HERE: &[&str] = &[
+    "sec-websocket-protocol",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Whether the client's header `name` is never forwarded, whatever its `Connection` says.
+/// Besides the lists: every `X-Forwarded-*` but `-For` (which gets the client's address
+/// appended), and `Front-End-Https`. wsgate is where TLS ends, so the scheme, port, prefix or
+/// server a client claims there (`X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`…, which
+/// Spring and Rack trust) can only be a lie.
+fn not_forwarded(name: &str) -> bool {
+    [HOP_BY_HOP, PROXY_AUTH, SET_HERE]
+        .iter()
+        .any(|list| list.contains(&name))
+        || (name.starts_with("x-forwarded-") && name != X_FORWARDED_FOR.as_str())
+        || name == "front-end-https"
+        || underscored_alias(name)
+}
+
+/// A name with `_` for `-` that CGI, WSGI, Rack and PHP backends read as the same header as one
+/// this proxy sets or strips (both spellings become `HTTP_X_FORWARDED_FOR`): a client could
+/// spoof it past the dashed name's handling. (nginx drops every name with `_`; only these are
+/// dropped here.)
+fn underscored_alias(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    dashed == X_FORWARDED_FOR.as_str()
+        || dashed.starts_with("sec-websocket-")
+        || not_forwarded(&dashed)
+}
+
+/// The header names a message's own `Connection` lists: hop-by-hop too (RFC 9110 §7.6.1).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    (websocket::tokens(headers, &CONNECTION))
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// Headers a client's `Connection` list may not remove: the handshake itself depends on them.
+fn is_protected(name: &str) -> bool {
+    name == "host" || name.starts_with("sec-websocket-") || name.starts_with("x-forwarded-")
+}
+
+/// The request line and headers to send to the backend.
+pub(crate) fn backend_request(
+    client: &Request<impl Sized>,
+    protocols: &[&str],
+    peer: SocketAddr,
+) -> Request<Empty<Bytes>> {
+    let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
+    let named = connection_named(client.headers());
+    // A client naming X-Forwarded-For drops its own value (hop-by-hop, as it says), never the
+    // address this proxy adds; the other protected names it cannot strip at all.
+    let own_xff_dropped = named.iter().any(|n| n == "x-forwarded-for");
+    for (name, value) in client.headers() {
+        let n = name.as_str();
+        let named_here = named.iter().any(|c| c == n) && !is_protected(n);
+        if not_forwarded(n) || named_here || (own_xff_dropped && name == X_FORWARDED_FOR) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if !protocols.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&protocols.join(", ")) {
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
+    append_forwarded_for(&mut headers, peer);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Some(host) = client.headers().get(HOST) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let mut request = Request::new(Empty::new());
+    // Origin-form, exactly as the client sent it (an absolute-form target loses its authority,
+    // which Host and X-Forwarded-Host carry).
+    if let Some(pq) = client.uri().path_and_query() {
+        *request.uri_mut() = hyper::Uri::from(pq.clone());
+    }
+    *request.headers_mut() = headers;
+    request
+}
+
+/// The client's `X-Forwarded-For` list (all its lines, empty elements left out) with the
+/// client's address appended: one line, so a backend reading only the first line or only
+/// the last element gets what it expects.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical().to_string();
+    let mut list: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|element| !element.is_empty())
+        .collect();
+    list.push(&ip);
+    let joined = list.join(", ");
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// The 101 the client gets: the backend's headers (extensions, chosen protocol, cookies…)
+/// without its hop-by-hop ones, with the upgrade tokens set by us.
+pub(crate) fn client_switching_head(backend: &response::Parts) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    let named = connection_named(&backend.headers);
+    for (name, value) in &backend.headers {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !PROXY_AUTH.contains(&n) && !named.iter().any(|c| c == n) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    response
+}
+
+/// Strips hop-by-hop headers from a relayed refusal and marks it as the connection's last.
+pub(crate) fn relay_refusal<B>(mut response: Response<B>) -> Response<B> {
+    let headers = response.headers_mut();
+    let named = connection_named(headers);
+    // The framing too (in HOP_BY_HOP): hyper decoded the body, and frames it anew from what it
+    // knows (its length, else chunked). A backend sending both Content-Length and
+    // Transfer-Encoding would otherwise have its answer refused by hyper's encoder, and the
+    // client get nothing.
+    let dropped = named.iter().map(String::as_str);
+    for name in dropped
+        .chain(HOP_BY_HOP.iter().copied())
+        .chain(PROXY_AUTH.iter().copied())
+    {
+        headers.remove(name);
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::get("/chat?room=1");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn forwarded(headers: &[(&str, &str)], protocols: &[&str]) -> HeaderMap {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let forwarded = backend_request(&request(headers), protocols, peer);
+        assert_eq!(forwarded.uri(), "/chat?room=1");
+        forwarded.headers().clone()
+    }
+
+    fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        let all = headers.get_all(name).iter();
+        all.map(|v| v.to_str().unwrap()).collect()
+    }
+
+    /// Each client header: forwarded as it came (`Some(value)`) or not at all (`None`).
+    #[test]
+    fn the_backend_gets_the_client_headers_but_the_ones_set_or_dropped_here() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("host", "chat.example.com", Some("chat.example.com")),
+            (
+                "origin",
+                "https://chat.example.com",
+                Some("https://chat.example.com"),
+            ),
+            ("cookie", "a=1", Some("a=1")),
+            (
+                "sec-websocket-key",
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                Some("dGhlIHNhbXBsZSBub25jZQ=="),
+            ),
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate",
+                Some("permessage-deflate"),
+            ),
+            ("x_custom", "kept", Some("kept")),
+            // Hop-by-hop, framing, proxy credentials.
+            ("keep-alive", "timeout=5", None),
+            ("te", "trailers", None),
+            ("proxy-authorization", "Basic eA==", None),
+            ("content-length", "0", None),
+            // What only this proxy may say about the client or the connection.
+            ("x-forwarded-proto", "http", Some("https")),
+            ("x-forwarded-host", "evil.test", Some("chat.example.com")),
+            ("x-forwarded-port", "80", None),
+            ("x-forwarded-prefix", "/admin", None),
+            ("forwarded", "for=10.0.0.1", None),
+            ("x-real-ip", "10.0.0.1", None),
+            ("front-end-https", "off", None),
+            // Underscore spellings a CGI-style backend reads as the dashed names.
+            ("x_forwarded_for", "10.0.0.1", None),
+            ("x_real_ip", "10.0.0.1", None),
+            ("sec_websocket_protocol", "admin", None),
+        ];
+        for (name, value, expected) in cases {
+            let headers = forwarded(&[("host", "chat.example.com"), (name, value)], &[]);
+            let got = values(&headers, name);
+            assert_eq!(got.first().copied(), *expected, "{name}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn upgrade_tokens_protocols_and_the_client_address_are_set_here() {
+        let headers = forwarded(
+            &[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "WebSocket"),
+                ("sec-websocket-protocol", "chat.v2, admin"),
+                ("x-forwarded-for", "203.0.113.1, , 198.51.100.2"),
+                ("x-forwarded-for", "198.51.100.3"),
+            ],
+            &["chat.v2"],
+        );
+        assert_eq!(values(&headers, "upgrade"), ["websocket"]);
+        assert_eq!(values(&headers, "connection"), ["Upgrade"]);
+        assert_eq!(values(&headers, "sec-websocket-protocol"), ["chat.v2"]);
+        assert_eq!(
+            values(&headers, "x-forwarded-for"),
+            ["203.0.113.1, 198.51.100.2, 198.51.100.3, 192.0.2.7"]
+        );
+        // No protocol left to forward: none sent, not an empty one.
+        assert!(forwarded(&[("sec-websocket-protocol", "x")], &[])
+            .get("sec-websocket-protocol")
+            .is_none());
+    }
+
+    #[test]
+    fn a_clients_connection_list_drops_what_it_names_but_not_the_handshake() {
+        let headers = forwarded(
+            &[
+                (
+                    "connection",
+                    "Upgrade, x-trace, host, sec-websocket-key, x-forwarded-for",
+                ),
+                ("host", "chat.example.com"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("x-trace", "1"),
+                ("x-forwarded-for", "10.0.0.1"),
+            ],
+            &[],
+        );
+        assert!(headers.get("x-trace").is_none());
+        assert_eq!(values(&headers, "host"), ["chat.example.com"]);
+        assert!(headers.get("sec-websocket-key").is_some());
+        // Its own X-Forwarded-For goes, as it asked; the address added here stays.
+        assert_eq!(values(&headers, "x-forwarded-for"), ["192.0.2.7"]);
+    }
+
+    #[test]
+    fn the_client_gets_the_backends_101_and_refusals_without_hop_by_hop_headers() {
+        let backend = Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade, x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic")
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .header("set-cookie", "s=1")
+            .body(())
+            .unwrap();
+        let (parts, ()) = backend.into_parts();
+        let switching = client_switching_head(&parts);
+        let headers = switching.headers();
+        assert_eq!(switching.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(values(headers, "connection"), ["Upgrade"]);
+        assert_eq!(
+            values(headers, "sec-websocket-extensions"),
+            ["permessage-deflate"]
+        );
+        assert_eq!(values(headers, "set-cookie"), ["s=1"]);
+        for gone in ["x-hop", "keep-alive", "proxy-authenticate"] {
+            assert!(headers.get(gone).is_none(), "{gone}");
+        }
+
+        let refusal = Response::builder()
+            .status(401)
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "1")
+            .header("transfer-encoding", "chunked")
+            .header("content-length", "5")
+            .header("www-authenticate", "Bearer")
+            .body(())
+            .unwrap();
+        let relayed = relay_refusal(refusal);
+        let headers = relayed.headers();
+        assert_eq!(relayed.status(), 401);
+        assert_eq!(values(headers, "connection"), ["close"]);
+        assert_eq!(values(headers, "www-authenticate"), ["Bearer"]);
+        for gone in ["x-hop", "transfer-encoding", "content-length"] {
+            assert!(headers.get(gone).is_none(), "{gone}");
+        }
+    }
+}
