@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use crate::connection::Conn;
 use crate::error::Side;
 use crate::metrics::EarlyClose;
-use crate::server::lock;
 use crate::splice;
+use crate::sync::lock;
 
 /// Who writes a connection's end line: [`crate::connection`] (no request seen), the tunnel, or
 /// [`end_line`] with the answer the request got.

@@ -19,7 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::next_connection;
-use crate::server::{lock, Shared, Throttle};
+use crate::logging::Throttle;
+use crate::server::Shared;
+use crate::sync::lock;
 
 /// Admin connections served at once. Scrapers and probes need a handful, and the endpoint
 /// must not become a way to exhaust the process. One more closes the oldest: refusing the

@@ -31,7 +31,7 @@
 //!   `error`: refusals → statuses, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
-//!   [`signals`]: SIGHUP, SIGTERM and Ctrl-C.
+//!   [`signals`]: SIGHUP, SIGTERM and Ctrl-C; `sync`: locking that survives a panic.
 
 #![warn(unreachable_pub)]
 
@@ -55,6 +55,7 @@ mod server;
 pub mod signals;
 mod snapshot;
 mod splice;
+mod sync;
 mod tls;
 mod upstream;
 mod watch;

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::server::lock;
+use crate::sync::lock;
 
 /// Connections past a limit that still get their refusal (TLS, then the answer). Past this
 /// many at once they are closed right away, so overload cannot turn the refusals themselves

@@ -13,7 +13,8 @@ use crate::admin;
 use crate::config::Config;
 use crate::connection;
 use crate::limits::BudgetExhausted;
-use crate::server::{Error, Shared, Throttle};
+use crate::logging::Throttle;
+use crate::server::{Error, Shared};
 
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,8 +1,12 @@
 //! The process's logging: set up once at start (text or JSON on stderr, filtered by
-//! `RUST_LOG`), and what a reload that changes `proxy.log_format` is told about it.
+//! `RUST_LOG`), what a reload that changes `proxy.log_format` is told about it, and the
+//! throttle for lines that could repeat thousands of times a second.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::LogFormat;
 
@@ -82,6 +86,31 @@ pub(crate) fn format_changed(format: LogFormat) {
                 LogFormat::Text => "text",
             };
             tracing::warn!(log_format, "proxy.log_format is read at start only: the log format stays as it is until wsgate is restarted");
+        }
+    }
+}
+
+/// At most one log line a second for a condition that can repeat thousands of times a second
+/// (descriptor exhaustion, overload), carrying the count of the lines left out.
+#[derive(Default)]
+pub(crate) struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed since the last line)` when a line may be written now.
+    pub(crate) fn ready(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
         }
     }
 }

@@ -280,7 +280,7 @@ impl Metrics {
                 .get_or_create(labels)
                 .set(cert.not_after);
         }
-        let mut previous = crate::server::lock(&self.certificate_files);
+        let mut previous = crate::sync::lock(&self.certificate_files);
         for gone in previous.iter().filter(|old| !files.contains(old)) {
             self.certificate_expiry.remove(gone);
         }

@@ -10,11 +10,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,9 +20,11 @@ use crate::config::ConfigError;
 use crate::drain::Drain;
 use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::listener::{self, Kind, Listener};
+use crate::logging::Throttle;
 use crate::metrics::{EarlyClose, Metrics};
 use crate::reload::{self, ReloadStatus};
 use crate::snapshot::Snapshot;
+use crate::sync::lock;
 
 /// Why the server could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -134,40 +134,6 @@ impl Shared {
             listener.close().await;
         }
         Ok(())
-    }
-}
-
-/// Locks `mutex`, poisoned or not. Every lock in the crate guards state that a panic cannot
-/// leave half-written (a list swapped whole, a count changed in one step, a timestamp), so
-/// serving goes on rather than turn one panic into a panic on every later connection.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// At most one log line a second for a condition that can repeat thousands of times a second
-/// (descriptor exhaustion, overload), carrying the count of the lines left out.
-#[derive(Default)]
-pub(crate) struct Throttle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    /// `Some(suppressed since the last line)` when a line may be written now.
-    pub(crate) fn ready(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
     }
 }
 

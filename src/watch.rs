@@ -17,7 +17,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::config::WatchMode;
-use crate::server::lock;
+use crate::sync::lock;
 
 /// What a folder is watched for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
