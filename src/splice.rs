@@ -731,6 +731,7 @@ mod tests {
         let (client, _client_peer) = duplex(64);
         let (backend, _backend_peer) = duplex(64);
         let drain = Arc::new(Drain::default());
+        let started = Instant::now();
         let outcome = without_early(
             BufReader::new(client),
             backend,
@@ -739,6 +740,7 @@ mod tests {
         )
         .await;
         assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(300));
     }
 
     #[tokio::test(start_paused = true)]
@@ -769,5 +771,35 @@ mod tests {
         )
         .await;
         assert_eq!(outcome.reason, CloseReason::Shutdown);
+    }
+
+    /// The drain started while the tunnel waits on both sides: its wake-up must reach it.
+    #[tokio::test(start_paused = true)]
+    async fn drain_wakes_a_waiting_tunnel() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let drain = Arc::new(Drain::default());
+        let relay = tokio::spawn({
+            let drain = drain.clone();
+            async move {
+                let idle = Duration::from_secs(300);
+                without_early(BufReader::new(client), backend, idle, &drain).await
+            }
+        });
+        // A byte through proves the tunnel runs and is parked on its reads again.
+        client_peer.write_all(b"x").await.unwrap();
+        let mut at_backend = [0u8; 1];
+        backend_peer.read_exact(&mut at_backend).await.unwrap();
+        assert_eq!(&at_backend, b"x");
+        tokio::task::yield_now().await;
+        drain.start();
+        let started = Instant::now();
+        let outcome = relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::Shutdown);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "ended at once, not by a timer"
+        );
     }
 }

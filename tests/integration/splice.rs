@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::admin::{scrape_until, ADMIN};
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -304,7 +305,7 @@ async fn a_vanished_client_closes_the_backend() {
 async fn an_idle_tunnel_is_closed_on_both_sides() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&format!(
-        "[timeouts]\nidle = \"300ms\"\n\n{}",
+        "{ADMIN}[timeouts]\nidle = \"300ms\"\n\n{}",
         route("chat", "/ws", &[backend.addr])
     ))
     .await;
@@ -321,6 +322,8 @@ async fn an_idle_tunnel_is_closed_on_both_sides() {
         proxy.server.active_connections() == 0
     })
     .await;
+    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="idle_timeout"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +331,7 @@ async fn a_routes_own_idle_timeout_overrides_the_global_one() {
     let backend = RawBackend::start().await;
     // Globally an hour, far past the test's time limit: only the route's 300 ms can close it.
     let proxy = start_proxy(&format!(
-        "[timeouts]\nidle = \"1h\"\n\n[[route]]\nname = \"quick\"\npath = \"/ws\"\nidle = \"300ms\"\nbackends = [\"{}\"]\n",
+        "{ADMIN}[timeouts]\nidle = \"1h\"\n\n[[route]]\nname = \"quick\"\npath = \"/ws\"\nidle = \"300ms\"\nbackends = [\"{}\"]\n",
         backend.addr
     ))
     .await;
@@ -341,6 +344,8 @@ async fn a_routes_own_idle_timeout_overrides_the_global_one() {
         "closed before the route's idle timeout: {:?}",
         started.elapsed()
     );
+    let closed = r#"wsgate_tunnels_closed_total{route="quick",reason="idle_timeout"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
