@@ -41,6 +41,9 @@ pub enum ProxyError {
     BadHost,
     #[error("malformed request head")]
     MalformedRequest,
+    /// A target backends may read in more ways than one: see `head::check`.
+    #[error("request target with bytes outside ASCII, or a path with a broken or NUL escape or escapes that are no UTF-8")]
+    BadPath,
     #[error("upgrade request carries a body")]
     UnexpectedBody,
     #[error("request head too large")]
@@ -87,7 +90,7 @@ impl ProxyError {
             NoRoute => (StatusCode::NOT_FOUND, Side::Client),
             NotUpgrade | UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, Side::Client),
             MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
-            | MalformedRequest | UnexpectedBody | NoSubprotocol => {
+            | MalformedRequest | BadPath | UnexpectedBody | NoSubprotocol => {
                 (StatusCode::BAD_REQUEST, Side::Client)
             }
             HeadTooLarge | TooManyFields => {
@@ -119,6 +122,7 @@ impl ProxyError {
             UnsupportedVersion => "unsupported Sec-WebSocket-Version\n",
             BadHost => "invalid Host header, or not the host the request target names\n",
             MalformedRequest => "malformed request\n",
+            BadPath => "malformed request path\n",
             UnexpectedBody => "upgrade request must not have a body\n",
             HeadTooLarge | TooManyFields => "request header fields too large\n",
             OriginDenied => "origin not allowed\n",
@@ -150,9 +154,9 @@ impl ProxyError {
                 &[("retry-after", "1")]
             }
             NoRoute | MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
-            | MalformedRequest | UnexpectedBody | HeadTooLarge | TooManyFields | OriginDenied
-            | NoSubprotocol | BackendUnavailable | BackendTimeout | BadBackendUpgrade(_)
-            | BackendProtocol(_) | BadBackendAnswer(_) | Internal(_) => &[],
+            | MalformedRequest | BadPath | UnexpectedBody | HeadTooLarge | TooManyFields
+            | OriginDenied | NoSubprotocol | BackendUnavailable | BackendTimeout
+            | BadBackendUpgrade(_) | BackendProtocol(_) | BadBackendAnswer(_) | Internal(_) => &[],
         }
     }
 }
@@ -230,6 +234,7 @@ mod tests {
             (ProxyError::BadHost, 400),
             (ProxyError::UnexpectedBody, 400),
             (ProxyError::MalformedRequest, 400),
+            (ProxyError::BadPath, 400),
             (ProxyError::NoSubprotocol, 400),
             (ProxyError::OriginDenied, 403),
             (ProxyError::HeadTooLarge, 431),

@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::error::ProxyError;
+use crate::routes;
 
 /// What reading the head found.
 pub(crate) enum Head {
@@ -96,6 +97,13 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
     }
     if reads_as_authority(uri.path()) {
         return Err(ProxyError::MalformedRequest);
+    }
+    // Bytes outside ASCII have no meaning in a target (RFC 9112 §3.2: browsers escape them),
+    // and a path escape that is broken, NUL or no UTF-8 (`%u002e`, `.%00.`, the overlong
+    // `%c0%ae`) is read as a dot or a separator by some backends and not by others: each
+    // would let a path ride a route it does not belong to. All refused.
+    if !target.is_ascii() || !routes::escapes_sound(uri.path()) {
+        return Err(ProxyError::BadPath);
     }
     for header in request.headers.iter() {
         let name = header.name;
@@ -283,8 +291,31 @@ mod tests {
         ] {
             assert_eq!(get(sneaky), Err(ProxyError::MalformedRequest), "{sneaky}");
         }
-        for fine in ["/", "/admin//x", "/a%2Fb", "/%2", "http://a/x"] {
+        for fine in ["/", "/admin//x", "/a%2Fb", "/%2Ex", "http://a/x"] {
             assert_eq!(get(fine), Ok(()), "{fine}");
+        }
+    }
+
+    #[test]
+    fn a_target_backends_could_read_differently_is_refused() {
+        let get = |target: &[u8]| {
+            let head = [b"GET ", target, b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+            check(&head)
+        };
+        for sneaky in [
+            &b"/ws/%u002e%u002e/admin"[..],
+            b"/ws/..%00/admin",
+            b"/ws/%c0%ae%c0%ae/admin",
+            b"/ws/%",
+            b"/ws/\xc3\xa9",
+            b"/ws?q=\xc3\xa9",
+        ] {
+            let shown = String::from_utf8_lossy(sneaky);
+            assert_eq!(get(sneaky), Err(ProxyError::BadPath), "{shown}");
+        }
+        // A query's escapes are the application's business.
+        for fine in [&b"/ws/caf%C3%A9"[..], b"/ws?discount=100%", b"/ws?q=%u00e9"] {
+            assert_eq!(get(fine), Ok(()), "{}", String::from_utf8_lossy(fine));
         }
     }
 

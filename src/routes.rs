@@ -200,97 +200,119 @@ pub(crate) fn route_key(path: &str) -> String {
 
 /// The path as routes are matched against it: the forms a backend may read as the same path
 /// are made one, so that none of them rides past a more specific route (and its `origins`
-/// or `subprotocols` rules) to a catch-all: percent-encoded unreserved characters decoded
-/// (`/or%69g` is `/orig`, RFC 3986 §6.2.2.2), a `\` or an encoded `/` or `\` read as `/`
-/// (`/orig%2Fx` is `/orig/x` to a server that decodes before routing, as Go's does, and
-/// `/orig\x` to Node's URL parser), empty segments dropped (`//orig`), and `;parameters` cut
-/// from each segment (`/orig;jsessionid=1`, as servlet containers read it). The request goes
-/// to the backend unchanged.
+/// or `subprotocols` rules) to a catch-all: percent-escapes decoded (`/or%69g` is `/orig`),
+/// a `\` or an encoded `/` or `\` read as `/` (`/orig%2Fx` is `/orig/x` to a server that
+/// decodes before routing, as Go's does, and `/orig\x` to Node's URL parser), the
+/// compatibility forms of ASCII that Unicode normalisation (NFKC) turns into ASCII read as
+/// that (see [`canonical`]), empty segments dropped (`//orig`), and `;parameters` cut from
+/// each segment (`/orig;jsessionid=1`, as servlet containers read it). The request goes to
+/// the backend unchanged.
 fn match_path(path: &str) -> Cow<'_, str> {
-    if !path.bytes().any(|b| matches!(b, b'%' | b';' | b'\\')) && !path.contains("//") {
+    if !needs_reading(path) && !path.contains("//") && !path.contains(';') {
         return Cow::Borrowed(path);
     }
-    let separated = separated(path);
-    let mut out = String::with_capacity(path.len());
-    for segment in separated.split('/').filter(|s| !s.is_empty()) {
-        let segment = segment.split(';').next().unwrap_or_default();
-        if segment.is_empty() {
-            continue;
-        }
+    let canonical = canonical(path);
+    let mut out = String::with_capacity(canonical.len());
+    for segment in segments(&canonical) {
         out.push('/');
-        decode_unreserved(segment, &mut out);
+        out.push_str(segment);
     }
-    if out.is_empty() || separated.ends_with('/') {
+    if out.is_empty() || canonical.ends_with('/') {
         out.push('/');
     }
     Cow::Owned(out)
 }
 
-/// `path` with every spelling of a segment separator some backend reads as one made `/`: a
-/// `\`, and `%2F` or `%5C` in either case.
-fn separated(path: &str) -> Cow<'_, str> {
-    if !path.bytes().any(|b| matches!(b, b'%' | b'\\')) {
-        return Cow::Borrowed(path);
-    }
-    let mut out = String::with_capacity(path.len());
-    let mut rest = path;
-    while let Some(c) = rest.chars().next() {
-        let escaped = rest.get(..3).map(str::to_ascii_lowercase);
-        if matches!(escaped.as_deref(), Some("%2f" | "%5c")) {
-            out.push('/');
-            rest = &rest[3..];
-        } else {
-            out.push(if c == '\\' { '/' } else { c });
-            rest = &rest[c.len_utf8()..];
-        }
-    }
-    Cow::Owned(out)
+/// Whether `path` holds anything [`canonical`] changes.
+fn needs_reading(path: &str) -> bool {
+    path.bytes()
+        .any(|b| matches!(b, b'%' | b'\\') || !b.is_ascii())
 }
 
-/// Appends `segment` with every `%XX` that encodes an unreserved character decoded; other
-/// escapes (`%2F`, `%20`…) are kept, with their hex in upper case.
-fn decode_unreserved(segment: &str, out: &mut String) {
-    let bytes = segment.as_bytes();
+/// `path` as a backend that decodes and normalises may read it: every `%XX` escape decoded
+/// (one that is not two hex digits kept as it is; bytes that decode to no UTF-8 read as
+/// U+FFFD), every `\` made `/`, and the characters NFKC maps to ASCII (fullwidth forms,
+/// `．` U+FF0E and the like) made that ASCII, since IIS's "best fit" and normalising
+/// frameworks read `／..／` as `/../`.
+fn canonical(path: &str) -> String {
+    let decoded = percent_decode(path);
+    let text = String::from_utf8_lossy(&decoded);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' | '\u{FE68}' => out.push('/'),
+            // Fullwidth ASCII: U+FF01..U+FF5E are '!'..'~' in the same order.
+            '\u{FF01}'..='\u{FF5E}' => match char::from_u32(u32::from(c) - 0xFEE0) {
+                Some('\\') | None => out.push('/'),
+                Some(ascii) => out.push(ascii),
+            },
+            '\u{2024}' | '\u{FE52}' => out.push('.'),
+            '\u{2025}' => out.push_str(".."),
+            '\u{2026}' => out.push_str("..."),
+            '\u{FE5F}' => out.push('#'),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// `path`'s bytes with every `%XX` of two hex digits decoded.
+fn percent_decode(path: &str) -> Vec<u8> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        // Two hex digits exactly (`from_str_radix` alone would take "%+6").
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        let hex = |b: u8| char::from(b).to_digit(16);
+        let escaped = match bytes[i..] {
+            [b'%', high, low, ..] => hex(high).zip(hex(low)),
+            _ => None,
+        };
         match escaped {
-            Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
-                out.push(char::from(b));
-                i += 3;
-            }
-            Some(b) => {
-                out.push_str(&format!("%{b:02X}"));
+            Some((high, low)) => {
+                // Two hex digits: at most 0xFF.
+                out.push(u8::try_from(high * 16 + low).unwrap_or(u8::MAX));
                 i += 3;
             }
             None => {
-                let c = segment[i..].chars().next().unwrap_or_default();
-                out.push(c);
-                i += c.len_utf8().max(1);
+                out.push(bytes[i]);
+                i += 1;
             }
         }
     }
+    out
 }
 
-/// Whether a backend could take part of `path` for a `.` or `..` segment: also percent-encoded,
-/// also split off by a `\` or an encoded `/` or `\` (servers that decode before resolving),
-/// also with `;parameters` (servlet containers read "..;x" as "..").
+/// Whether every `%` in `path` starts an escape of two hex digits, none of them encodes NUL,
+/// and together they decode to UTF-8: a path every backend decodes the same way.
+pub(crate) fn escapes_sound(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let whole = (bytes.iter().enumerate())
+        .filter(|(_, b)| **b == b'%')
+        .all(|(i, _)| {
+            matches!(bytes.get(i + 1..i + 3), Some([high, low])
+                if high.is_ascii_hexdigit() && low.is_ascii_hexdigit())
+        });
+    let decoded = percent_decode(path);
+    whole && !decoded.contains(&0) && std::str::from_utf8(&decoded).is_ok()
+}
+
+/// The segments of a [`canonical`] path, empty ones dropped and `;parameters` cut.
+fn segments(canonical: &str) -> impl Iterator<Item = &str> {
+    (canonical.split('/'))
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .filter(|segment| !segment.is_empty())
+}
+
+/// Whether a backend could take part of `path` for a `.` or `..` segment, however spelled:
+/// percent-encoded, split off by a `\` or an encoded `/` or `\` (servers that decode before
+/// resolving), with `;parameters` (servlet containers read "..;x" as ".."), or in the
+/// compatibility forms NFKC reads as dots (`%EF%BC%8E` is `．`, which is `.`).
 pub(crate) fn has_dot_segment(path: &str) -> bool {
     // Most paths have neither a dot nor an escape: nothing to look at.
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+    if !path.contains('.') && !needs_reading(path) {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    let separated = separated(&lower);
-    separated.split('/').any(|segment| {
-        let core = segment.split(';').next().unwrap_or_default();
-        matches!(core.replace("%2e", ".").as_str(), "." | "..")
-    })
+    segments(&canonical(path)).any(|core| matches!(core, "." | ".."))
 }
 
 #[cfg(test)]
@@ -368,6 +390,9 @@ mod tests {
             ("/orig;x/y", "orig"),
             ("/;x/orig", "orig"),
             ("/caf%c3%a9", "café"),
+            // Fullwidth letters, which NFKC makes ASCII.
+            ("/%EF%BD%8F%EF%BD%92%EF%BD%89%EF%BD%87", "orig"),
+            ("/orig%EF%BC%8Fx", "orig"),
             // A separator however spelled: what a decoding server or Node's URL parser reads.
             ("/orig%2Fx", "orig"),
             ("/orig%2f", "orig"),
@@ -489,6 +514,17 @@ mod tests {
         ] {
             assert_eq!(pick(&table, None, sneaky, &[]), "404", "{sneaky}");
         }
+        // The compatibility forms NFKC reads as dots and separators (IIS "best fit" too).
+        for lookalike in [
+            "/public/%EF%BC%8E%EF%BC%8E/admin",
+            "/public/\u{FF0E}\u{FF0E}/admin",
+            "/public/%E2%80%A5/admin",
+            "/public/..%EF%BC%8Fadmin",
+            "/public/..%EF%BC%BCadmin",
+            "/public/%EF%B9%92.",
+        ] {
+            assert_eq!(pick(&table, None, lookalike, &[]), "404", "{lookalike}");
+        }
         for fine in [
             "/public/a.b",
             "/public/...",
@@ -497,6 +533,25 @@ mod tests {
             "/public/;x",
         ] {
             assert_ne!(pick(&table, None, fine, &[]), "404", "{fine}");
+        }
+    }
+
+    #[test]
+    fn only_whole_nul_free_utf8_escapes_are_sound() {
+        for sound in [
+            "/",
+            "/a%20b",
+            "/caf%C3%A9",
+            "/%EF%BC%8E",
+            "/a%2Fb",
+            "/100%25",
+        ] {
+            assert!(escapes_sound(sound), "{sound}");
+        }
+        for broken in [
+            "/%u002e", "/%", "/a%2", "/%zz", "/..%00/x", "/%c0%ae", "/%ff", "/%C3",
+        ] {
+            assert!(!escapes_sound(broken), "{broken}");
         }
     }
 

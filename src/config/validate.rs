@@ -386,16 +386,10 @@ fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '\\' or an encoded '/' or '\\': requests are matched with these read as '/', so write '/'"
         ));
     }
-    // RFC 3986's pct-encoded: no request carries a '%' that does not start an escape.
-    let bytes = text.as_bytes();
-    let broken_escape = bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%'
-            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-    });
-    if broken_escape {
+    // The escapes requests may carry (see `head::check`): others are refused with 400.
+    if !crate::routes::escapes_sound(text) {
         return Err(format!(
-            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%')"
+            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of NUL, or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
         ));
     }
     // Requests with a dot segment are refused before routing (routes.rs): no request could

@@ -129,6 +129,10 @@ async fn another_spelling_of_the_separator_does_not_escape_the_routes_origins() 
         "/admin%2fx",
         "/admin\\x",
         "/admin%5Cx",
+        // Fullwidth forms, which NFKC-normalising backends (and IIS's "best fit") read as
+        // ASCII: "／" and "ａｄｍｉｎ".
+        "/admin%EF%BC%8Fx",
+        "/%EF%BD%81%EF%BD%84%EF%BD%8D%EF%BD%89%EF%BD%8E",
     ] {
         let (head, _) = request(
             proxy.addr,
@@ -148,5 +152,21 @@ async fn another_spelling_of_the_separator_does_not_escape_the_routes_origins() 
         "/%2Flocalhost/admin",
     ] {
         assert_eq!(upgrade_status(proxy.addr, path).await, 400, "{path}");
+    }
+    // Escapes backends disagree about (Jetty's "%u", a NUL, the overlong "%c0%ae" for "."),
+    // and bytes outside ASCII: refused, never routed.
+    for path in [
+        "/other/%u002e%u002e/admin",
+        "/other/..%00/admin",
+        "/other/%c0%ae%c0%ae/admin",
+        "/other/\u{e9}",
+    ] {
+        let (head, body) = request(proxy.addr, Req::upgrade("localhost", path).bytes()).await;
+        assert_eq!(head.status, 400, "{path}: {head:?}");
+        assert_eq!(body, b"malformed request path\n");
+    }
+    // Dots however spelled, fullwidth "．．" included: never a route.
+    for path in ["/other/%EF%BC%8E%EF%BC%8E/admin", "/other/%E2%80%A5/admin"] {
+        assert_eq!(upgrade_status(proxy.addr, path).await, 404, "{path}");
     }
 }
