@@ -170,17 +170,17 @@ pub(crate) enum Unanswered {
     #[error("handshake timeout (PROXY header)")]
     ProxyHeaderLate,
     /// A TCP connect and close (a load balancer's health check), or a client dropping out.
-    #[error("closed during the TLS handshake: {0}")]
+    #[error("closed during the TLS handshake: {}", words(.0))]
     GoneDuringTls(io::Error),
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed: {}", words(.0))]
     TlsFailed(io::Error),
     #[error("closed before sending a request")]
     NoRequest,
     #[error("closed in the middle of the request head")]
     ClosedMidHead,
-    #[error("closed before completing a request: {0}")]
+    #[error("closed before completing a request: {}", words(.0))]
     GoneMidHead(io::Error),
-    #[error("reading the request failed: {0}")]
+    #[error("reading the request failed: {}", words(.0))]
     ReadFailed(io::Error),
     /// `timeouts.handshake` ran out during the named step.
     #[error("handshake timeout ({0})")]
@@ -195,6 +195,17 @@ pub(crate) enum Unanswered {
     AnswerLate,
     #[error("shutdown before a request was answered")]
     Shutdown,
+}
+
+/// An I/O error's message without the documentation link rustls appends to some ("peer
+/// closed connection without sending TLS close_notify: https://docs.rs/…"): a log line says
+/// what happened, not where to read about it.
+fn words(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.split_once(": https://") {
+        Some((words, _)) => words.to_string(),
+        None => text,
+    }
 }
 
 impl Unanswered {
@@ -284,6 +295,15 @@ mod tests {
                 Unanswered::ReadFailed(gone()),
                 EarlyClose::TlsFailed,
                 "reading the request failed: unexpected end of file",
+            ),
+            (
+                Unanswered::GoneMidHead(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify: \
+                     https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+                )),
+                EarlyClose::NoRequest,
+                "closed before completing a request: peer closed connection without sending TLS close_notify",
             ),
             (
                 Unanswered::ClosedMidHead,

@@ -169,6 +169,12 @@ impl Scan {
             return None;
         };
         let mut i = self.scanned.max(start);
+        // A bare CR (one not followed by LF) is in no head hyper reads (RFC 9112 §2.2): the
+        // head "ends" there, to be refused at once, not when the handshake timeout runs out
+        // on a client whose lines end in CR alone.
+        if let Some(cr) = (buf[i..].windows(2)).position(|w| w[0] == b'\r' && w[1] != b'\n') {
+            return Some(i + cr + 2);
+        }
         while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
             let lf = i + offset;
             match &buf[lf + 1..] {
@@ -276,6 +282,10 @@ mod tests {
         assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
         assert_eq!(end_of(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
         assert_eq!(end_of(b"\r\n\r\n"), None);
+        // A bare CR ends the head where it is (it is refused), a CR at the very end waits.
+        assert_eq!(end_of(b"GET / HTTP/1.1\rHost: a\r\r"), Some(16));
+        assert_eq!(end_of(b"GET / HTTP/1.1\r\nX: a\rb"), Some(22));
+        assert_eq!(end_of(b"GET / HTTP/1.1\r"), None);
     }
 
     #[test]

@@ -196,6 +196,20 @@ async fn whitespace_the_parser_drops_still_counts() {
     assert_eq!(head.status, 431, "{head:?}");
 }
 
+/// Lines ended by CR alone never make a head: 400 at once, not a wait for the handshake
+/// timeout (an hour here, so a wait would fail the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_bare_cr_line_ends_is_400_at_once() {
+    let proxy = proxy("[timeouts]\nhandshake = \"1h\"\n").await;
+    let (head, body) = request(
+        proxy.addr,
+        "GET /ws HTTP/1.1\rHost: chat.example.com\rUpgrade: websocket\r\r",
+    )
+    .await;
+    assert_eq!(head.status, 400, "{head:?}");
+    assert_short_plain_text(&body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_head_is_closed_after_the_handshake_timeout() {
     let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
