@@ -510,3 +510,27 @@ async fn a_relayed_refusal_whose_body_stalls_is_logged_once_when_it_is_dropped()
     assert!(line.contains("answer not delivered in time"), "{line}");
     drop(kept);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_does_not_pass_on_headers_the_backend_named_in_connection() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(Req::upgrade("localhost", "/ws").bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    let key = seen.get("sec-websocket-key").unwrap().to_string();
+    back.send(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade, X-Backend-Hop\r\nX-Backend-Hop: internal-secret\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_for(&key)
+    ))
+    .await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 101, "{head:?}");
+    assert!(
+        !head.has("x-backend-hop"),
+        "a header the backend marked hop-by-hop (named in its Connection) reached the client: {head:?}"
+    );
+}

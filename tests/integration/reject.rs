@@ -258,3 +258,15 @@ async fn plain_http_on_the_tls_port_gets_no_http_answer() {
         "answered plain HTTP on the TLS port"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_426_for_an_unsupported_version_names_the_protocol_to_upgrade_to() {
+    let nowhere = closed_port().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[nowhere])).await;
+    let req = Req::upgrade("localhost", "/ws").set("Sec-WebSocket-Version", "8");
+    let (head, _) = request(proxy.addr, req.bytes()).await;
+    assert_eq!(head.status, 426, "{head:?}");
+    assert_eq!(head.get("sec-websocket-version"), Some("13"));
+    // RFC 9110 §15.5.22: a 426 must carry Upgrade.
+    assert_eq!(head.tokens("upgrade"), ["websocket"], "{head:?}");
+}

@@ -1,5 +1,5 @@
-//! The process around the proxy under resource exhaustion. SIGHUP is in `reload.rs`; SIGTERM
-//! and graceful shutdown in `shutdown.rs`; certificate choice by SNI in `sni.rs`.
+//! The proxy out of file descriptors: accepting backs off and resumes, and a backend connect
+//! that finds none left is a 503 with Retry-After.
 
 use std::process::Stdio;
 

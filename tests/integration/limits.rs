@@ -1,0 +1,91 @@
+//! Connection limits applied before the head is read and to idle connections, and refused
+//! clients lingering without delaying shutdown.
+
+use crate::head::{proxy_to_nowhere, ws};
+use crate::support::*;
+
+/// Beyond max_connections the answer is 503 whatever the head looks like.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_limit_a_bad_head_still_gets_503() {
+    let proxy = proxy_to_nowhere("[limits]\nmax_connections = 1\n", None).await;
+    let _holder = raw_client(proxy.addr).await;
+    until("the first connection to be counted", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+    let (head, _) = request(proxy.addr, ws().add("Bad Name", "v").bytes()).await;
+    assert_eq!(head.status, 503, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_after_tls_counts_against_the_per_client_limit() {
+    let proxy = proxy_to_nowhere("[limits]\nmax_connections_per_client = 1\n", None).await;
+    let _holder = raw_client(proxy.addr).await;
+    until("the first connection to be counted", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+    let (head, _) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 429, "{head:?}");
+}
+
+/// A client's connections count against its limit from the accept on, TLS handshake included,
+/// and those past it hold no place in `max_connections`: one client stalling handshakes
+/// cannot fill the proxy for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_excess_holds_no_global_place_even_before_tls() {
+    let limits = "[limits]\nmax_connections = 2\nmax_connections_per_client = 1\n";
+    let proxy = proxy_to_nowhere(limits, None).await;
+    // A TCP connection that never starts TLS holds the client's one place...
+    let _stalled = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    until("the stalled connection to be counted", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+    // ...so the next one is over the client's limit from the start. The proxy decides that
+    // before its side of the TLS handshake, so with the handshake done it is settled.
+    let mut over = raw_client(proxy.addr).await;
+    assert_eq!(proxy.server.active_connections(), 1);
+    over.send(ws().bytes()).await;
+    let head = over.read_head().await;
+    assert_eq!(head.status, 429, "{head:?}");
+}
+
+/// A refused client that has its answer but keeps the socket open must not hold shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_refused_client_does_not_delay_shutdown() {
+    let proxy = proxy_to_nowhere("", None).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().add("Bad Name", "v").bytes()).await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 400);
+    let _body = client.read_body(&head).await;
+    // The client keeps its socket open: shutdown must not wait for it (the grace is for
+    // tunnels), so it ends within the test's limit, far below the 25 s answer deadline.
+    within(
+        "shutdown with a refused client still connected",
+        proxy.server.shutdown(),
+    )
+    .await;
+    drop(client);
+}
+
+/// Same for a refusal hyper makes (a 404): for comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_404_client_does_not_delay_shutdown() {
+    let proxy = proxy_to_nowhere("", None).await;
+    let mut client = raw_client(proxy.addr).await;
+    client
+        .send(Req::upgrade("chat.example.com", "/nothing").bytes())
+        .await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 404);
+    // The client keeps its socket open: shutdown must not wait for it (the grace is for
+    // tunnels), so it ends within the test's limit, far below the 25 s answer deadline.
+    within(
+        "shutdown with a refused client still connected",
+        proxy.server.shutdown(),
+    )
+    .await;
+    drop(client);
+}
