@@ -47,6 +47,9 @@ pub(crate) struct Ending {
     bytes_out: u64,
     /// False when the client left before any answer (499): nothing was there to deliver.
     answered: bool,
+    /// A relayed body was waiting on the backend when its delivery ended: a deadline that ran
+    /// out then is the backend's slowness, not a client that stopped reading.
+    backend_stalled: bool,
 }
 
 /// How the delivery of a connection's answer ended.
@@ -103,6 +106,7 @@ impl Drop for Line<'_> {
                 reason: String::new(),
                 bytes_out: 0,
                 answered: false,
+                backend_stalled: false,
             }));
         }
     }
@@ -126,6 +130,7 @@ pub(crate) fn decide(log: &mut Line<'_>, status: StatusCode, side: Option<Side>,
         reason: reason.to_string(),
         bytes_out: 0,
         answered: true,
+        backend_stalled: false,
     }));
 }
 
@@ -146,9 +151,6 @@ pub(crate) fn has_line(conn: &Conn) -> bool {
 /// one, or whose 101 did not go out), saying how its delivery ended. Nothing for a tunnel
 /// that opened: it writes its own line.
 pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
-    if matches!(delivery, Delivery::Late) {
-        conn.shared.metrics.closed_early(EarlyClose::AnswerLate);
-    }
     let mut line = lock(&conn.line);
     let ending = match std::mem::replace(&mut *line, EndLine::Written) {
         EndLine::Answer(ending) => ending,
@@ -170,11 +172,18 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
     };
     drop(line);
     let mut ending = *ending;
+    // A client that stopped reading; a backend too slow with its body is its own reason.
+    if matches!(delivery, Delivery::Late) && !ending.backend_stalled {
+        conn.shared.metrics.closed_early(EarlyClose::AnswerLate);
+    }
     if !ending.answered {
         return unanswered_line(conn, &mut ending, delivery);
     }
     let cut = match delivery {
         Delivery::Delivered => None,
+        Delivery::Late if ending.backend_stalled => Some(
+            "answer not delivered in time: the backend was too slow sending its body".to_string(),
+        ),
         Delivery::Late => Some("answer not delivered in time".to_string()),
         Delivery::Shutdown => Some("shutdown before the answer was delivered".to_string()),
         Delivery::Failed(why) => Some(format!("answer not delivered in full: {why}")),
@@ -297,6 +306,8 @@ pub(crate) struct Relayed {
     body: Incoming,
     conn: Arc<Conn>,
     sent: u64,
+    /// The last poll of the backend's body found nothing yet.
+    stalled: bool,
 }
 
 impl hyper::body::Body for Relayed {
@@ -311,6 +322,9 @@ impl hyper::body::Body for Relayed {
             Some(first) => Poll::Ready(Some(Ok(first))),
             None => Pin::new(&mut self.body).poll_frame(cx),
         };
+        // hyper polls the body only when the client connection can take more: pending here
+        // means the backend, not the client, holds the answer up.
+        self.stalled = polled.is_pending();
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.sent += data.len() as u64;
@@ -343,6 +357,7 @@ impl Drop for Relayed {
     fn drop(&mut self) {
         if let EndLine::Answer(ending) = &mut *lock(&self.conn.line) {
             ending.bytes_out = self.sent;
+            ending.backend_stalled = self.stalled;
         }
     }
 }
@@ -360,6 +375,7 @@ pub(crate) fn tunnel_not_opened(conn: &Conn, route: String, backend: String) {
         reason: String::new(),
         bytes_out: 0,
         answered: false,
+        backend_stalled: false,
     };
     let mut line = lock(&conn.line);
     match std::mem::replace(&mut *line, EndLine::Written) {
@@ -380,6 +396,7 @@ impl Relayed {
             body,
             conn,
             sent: 0,
+            stalled: false,
         }
     }
 }

@@ -132,7 +132,7 @@ impl ProxyError {
             ShuttingDown => "server shutting down, retry\n",
             BackendUnavailable => "backend unavailable\n",
             BackendTimeout => "backend timeout\n",
-            BadBackendUpgrade(_) => "backend refused the upgrade\n",
+            BadBackendUpgrade(_) => "backend sent an invalid upgrade response\n",
             BackendProtocol(_) | BadBackendAnswer(_) => "backend error\n",
             Internal(_) => "internal error\n",
         }

@@ -169,6 +169,9 @@ pub(crate) fn client_switching_head(backend: &response::Parts) -> Response<()> {
 
 /// Strips hop-by-hop headers from a relayed refusal and marks it as the connection's last.
 pub(crate) fn relay_refusal<B>(mut response: Response<B>) -> Response<B> {
+    // Our own version, whatever the backend spoke (RFC 9110 §2.5): an HTTP/1.0 answer passed
+    // on as 1.0 would go out delimited by the close, and a body cut short would look whole.
+    *response.version_mut() = hyper::Version::HTTP_11;
     let headers = response.headers_mut();
     let named = connection_named(headers);
     // The framing too (in HOP_BY_HOP): hyper decoded the body, and frames it anew from what it
@@ -333,6 +336,7 @@ mod tests {
 
         let refusal = Response::builder()
             .status(401)
+            .version(hyper::Version::HTTP_10)
             .header("connection", "keep-alive, x-hop")
             .header("x-hop", "1")
             .header("transfer-encoding", "chunked")
@@ -343,6 +347,7 @@ mod tests {
         let relayed = relay_refusal(refusal);
         let headers = relayed.headers();
         assert_eq!(relayed.status(), 401);
+        assert_eq!(relayed.version(), hyper::Version::HTTP_11);
         assert_eq!(values(headers, "connection"), ["close"]);
         assert_eq!(values(headers, "www-authenticate"), ["Bearer"]);
         for gone in ["x-hop", "transfer-encoding", "content-length"] {

@@ -248,7 +248,8 @@ async fn connect_in_turn(
     metrics: &Metrics,
 ) -> Result<TcpStream, ProxyError> {
     let count = route.config.backends.len();
-    let mut timed_out = false;
+    // The first backend that did not answer in its share: what a 504 is about.
+    let mut timed_out = None;
     for (i, backend) in route.backends_in_turn().enumerate() {
         *tried = Some(backend.to_string());
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -261,17 +262,22 @@ async fn connect_in_turn(
             Ok(Err(e)) => e,
             Err(_) => no_answer(),
         };
-        timed_out |= error.kind() == std::io::ErrorKind::TimedOut;
+        if error.kind() == std::io::ErrorKind::TimedOut && timed_out.is_none() {
+            timed_out = Some(backend);
+        }
         // Failover hides a dead backend from clients; the counter shows it to operators.
         metrics.backend_connect_failed(&route.config.name, backend, &error);
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
     }
-    // Every backend failed; if any of them was merely slow, the request ran out of time.
-    Err(if timed_out {
-        ProxyError::BackendTimeout
-    } else {
-        ProxyError::BackendUnavailable
-    })
+    // Every backend failed; if any of them was merely slow, the request ran out of time, and
+    // the line names that one (the others' failures are in the metrics, by backend).
+    match timed_out {
+        Some(slow) => {
+            *tried = Some(slow.to_string());
+            Err(ProxyError::BackendTimeout)
+        }
+        None => Err(ProxyError::BackendUnavailable),
+    }
 }
 
 /// EMFILE or ENFILE: this process (or the system) cannot open another socket.

@@ -101,6 +101,40 @@ async fn backends_that_drop_syns_or_refuse_are_504_within_the_connect_timeout() 
     }
 }
 
+/// A 504's line names the backend that did not answer, not whichever was tried last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_504_is_logged_against_the_backend_that_timed_out() {
+    let silent = Unreachable::start();
+    let refused = closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[timeouts]\nconnect = \"400ms\"\n\n{}",
+        route("chat", "/ws", &[silent.addr, refused])
+    );
+    let (mut child, lines, addr) = started_wsgate(&write_config(dir.path(), &body));
+    // Round-robin: one request tries the silent backend first, the next one second.
+    for _ in 0..2 {
+        let (head, _) = request(addr, ws().bytes()).await;
+        assert_eq!(head.status, 504, "{head:?}");
+    }
+    let logged = within(
+        "two 504 lines",
+        tokio::task::spawn_blocking(move || {
+            [0, 1].map(|_| wait_for_line(&lines, "\"status\":504"))
+        }),
+    )
+    .await
+    .unwrap();
+    for line in logged {
+        assert!(
+            line.contains(&format!("\"backend\":\"{}\"", silent.addr)),
+            "{line}"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_sends_half_an_answer_is_504() {
     let backend = RawBackend::start().await;
@@ -507,7 +541,11 @@ async fn a_relayed_refusal_whose_backend_leaves_mid_body_is_logged_cut_short() {
 async fn a_relayed_refusal_whose_body_stalls_is_logged_once_when_it_is_dropped() {
     let (keep, kept) = std::sync::mpsc::channel();
     let line = line_of_a_refusal_cut_short(move |back| keep.send(back).unwrap()).await;
-    assert!(line.contains("answer not delivered in time"), "{line}");
+    // The client read all it was given: the backend is the one that held the answer up.
+    assert!(
+        line.contains("answer not delivered in time: the backend was too slow sending its body"),
+        "{line}"
+    );
     drop(kept);
 }
 
@@ -533,4 +571,24 @@ async fn a_101_does_not_pass_on_headers_the_backend_named_in_connection() {
         !head.has("x-backend-hop"),
         "a header the backend marked hop-by-hop (named in its Connection) reached the client: {head:?}"
     );
+}
+
+/// An HTTP/1.0 backend's refusal, its body ended by its close, reaches the client as HTTP/1.1
+/// with a body framed anew (chunked): a body cut short would otherwise look complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_refusal_is_relayed_as_http_1_1_with_its_body_framed() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(Req::upgrade("localhost", "/ws").bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.0 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nforbidden")
+        .await;
+    drop(back);
+    let head = client.read_head().await;
+    assert!(head.start_line.starts_with("HTTP/1.1 403"), "{head:?}");
+    assert_eq!(head.get("transfer-encoding"), Some("chunked"), "{head:?}");
+    let body = String::from_utf8(client.read_to_end().await).unwrap();
+    assert_eq!(body, "9\r\nforbidden\r\n0\r\n\r\n");
 }
