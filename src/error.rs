@@ -228,6 +228,11 @@ impl Unanswered {
     }
 }
 
+/// EMFILE or ENFILE: this process (or the system) cannot open another file or socket.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +346,14 @@ mod tests {
         }
         let cut = Unanswered::BadProxyHeader(HeaderError::Closed);
         assert_eq!(cut.kind(), EarlyClose::BadProxyHeader);
+    }
+
+    #[test]
+    fn only_the_processs_own_descriptor_limits_are_out_of_descriptors() {
+        let os = std::io::Error::from_raw_os_error;
+        assert!(out_of_descriptors(&os(24)) && out_of_descriptors(&os(23)));
+        assert!(!out_of_descriptors(&os(111)));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!out_of_descriptors(&refused));
     }
 }

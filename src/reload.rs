@@ -67,6 +67,7 @@ pub(crate) fn spawn_reloader(
         watches: Watches::new(events_tx.clone()),
         rejected: None,
         unbindable: None,
+        short_of_files: false,
     };
     if watch_mode(&shared) == WatchMode::Poll {
         tracing::info!("reload.watch = \"poll\": checking the config files every second");
@@ -104,6 +105,9 @@ struct Reloader {
     /// Content that failed to bind, and why: retried on every event (the port may have been
     /// freed), but the same failure again is not logged or counted again.
     unbindable: Option<(u64, String)>,
+    /// The last look could not read the files for want of open files: look again in a
+    /// second, not at the next recheck.
+    short_of_files: bool,
 }
 
 impl Reloader {
@@ -123,7 +127,7 @@ impl Reloader {
             // all are, because a watch can die or miss a change without an event (its file
             // system mounted again, a queue overflow notify does not report, a write through
             // mmap).
-            let period = match self.watches.degraded() {
+            let period = match self.watches.degraded() || self.short_of_files {
                 true => POLL,
                 false => shared.current().config.recheck,
             };
@@ -304,6 +308,9 @@ enum Outcome {
     /// error says which): the config in force stays, and nothing is counted (it is usually
     /// about to be written again).
     Missing(&'static str, String),
+    /// The files could not be read for want of the process's open files: nothing is known
+    /// about them, so nothing is counted (see [`ConfigError`]'s `for_now`).
+    Unreadable(String),
     /// The files hold the config in force (again).
     InForce,
     Applied,
@@ -502,6 +509,7 @@ impl Reloader {
                     }
                     outcome
                 }
+                Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
                 Err(e) => {
                     self.rejected = settled.then_some(on_disk);
                     // Something else was saved since: that content failing to bind again
@@ -540,9 +548,18 @@ impl Reloader {
 
     /// Publishes what a look at the files came to and logs it.
     fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome) {
+        let was_short = std::mem::replace(
+            &mut self.short_of_files,
+            matches!(outcome, Outcome::Unreadable(_)),
+        );
         shared.reload_status.send_modify(|status| {
             match outcome {
                 Outcome::Nothing | Outcome::Unsettled => {}
+                // Said when it starts, not at every look while it lasts.
+                Outcome::Unreadable(error) if !was_short => {
+                    tracing::warn!(generation = status.generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every second");
+                }
+                Outcome::Unreadable(_) => {}
                 Outcome::Missing(what, error) => {
                     if status.last_error.as_ref() != Some(&error) {
                         tracing::warn!(generation = status.generation, %error, "{what} gone; the current config stays in force until it is back");

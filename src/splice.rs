@@ -39,6 +39,29 @@ const LINGER_TIME: Duration = Duration::from_secs(10);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
 /// The idle timeout of a tunnel one of whose directions is over, if its own is longer.
 const HALF_CLOSED_IDLE: Duration = Duration::from_secs(30);
+/// How often a stuck direction's reader is checked for having gone (see [`Splice::probe`]).
+const PROBE: Duration = Duration::from_secs(2);
+
+/// A peer's connection, asked whether it has failed without anything reading from it.
+pub(crate) trait PeerSocket {
+    /// The error the kernel holds for the connection (a reset that arrived), if any.
+    fn peer_error(&self) -> Option<io::ErrorKind>;
+}
+
+impl PeerSocket for tokio::net::TcpStream {
+    fn peer_error(&self) -> Option<io::ErrorKind> {
+        match socket2::SockRef::from(self).take_error() {
+            Ok(Some(e)) | Err(e) => Some(e.kind()),
+            Ok(None) => None,
+        }
+    }
+}
+
+impl PeerSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn peer_error(&self) -> Option<io::ErrorKind> {
+        self.get_ref().0.peer_error()
+    }
+}
 
 /// How a tunnel ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +117,8 @@ pub(crate) struct Splice<C, B> {
     idle: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
+    /// The timer is set for a [`PROBE`], not (only) for the idle deadline.
+    probing: bool,
     drain: Arc<Drain>,
     /// Registered with `drain` on the first poll.
     wakeup: Option<Pin<Box<OwnedNotified>>>,
@@ -106,8 +131,8 @@ pub(crate) struct Splice<C, B> {
 
 impl<C, B> Splice<C, B>
 where
-    C: AsyncBufRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncBufRead + AsyncWrite + PeerSocket + Unpin,
+    B: AsyncRead + AsyncWrite + PeerSocket + Unpin,
 {
     /// Relays until both directions have finished, one fails, the tunnel idles out, or
     /// `drain` fires. `client_early` / `backend_early` are bytes each side sent right behind
@@ -129,6 +154,7 @@ where
             idle,
             last_activity: now,
             timer: Box::pin(sleep_until(now + idle)),
+            probing: false,
             drain: drain.clone(),
             wakeup: None,
             first_eof: None,
@@ -187,7 +213,33 @@ where
             self.idle = HALF_CLOSED_IDLE;
             self.timer.as_mut().reset(self.last_activity + self.idle);
         }
+        if self.stuck() && !self.probing {
+            self.probing = true;
+            let probe = Instant::now() + PROBE;
+            if probe < self.timer.deadline() {
+                self.timer.as_mut().reset(probe);
+            }
+        }
         Poll::Pending
+    }
+
+    /// A direction holds bytes its writer does not take (a peer that stopped reading): its
+    /// reader is not read meanwhile, so nothing would notice that reader going.
+    fn stuck(&self) -> bool {
+        self.up.stuck || self.down.stuck
+    }
+
+    /// Whether the reader of a stuck direction has gone (its reset arrived, unread): then the
+    /// tunnel ends now rather than at the idle timeout, and its slot is free. What that reader
+    /// sent before it went, still waiting for the stuck writer, is dropped with it, as a reset
+    /// drops data in flight.
+    fn probe(&self) -> Option<CloseReason> {
+        let gone = |stuck: bool, socket: &dyn PeerSocket, peer| {
+            let kind = if stuck { socket.peer_error() } else { None };
+            kind.map(|kind| CloseReason::Error(peer, kind))
+        };
+        gone(self.up.stuck, &self.client, Peer::Client)
+            .or_else(|| gone(self.down.stuck, &self.backend, Peer::Backend))
     }
 
     /// A write to `to` failed: its connection is broken (typically its reset answering bytes
@@ -265,13 +317,23 @@ where
     }
 
     /// Re-armed only when it fires: traffic costs an `Instant::now()`, not a timer reset.
+    /// While a direction is stuck it also fires every [`PROBE`], to [`Self::probe`].
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
             let deadline = self.last_activity + self.idle;
-            if deadline <= Instant::now() {
+            if deadline <= now {
                 return Poll::Ready(CloseReason::IdleTimeout);
             }
-            self.timer.as_mut().reset(deadline);
+            self.probing = self.stuck();
+            if !self.probing {
+                self.timer.as_mut().reset(deadline);
+                continue;
+            }
+            if let Some(gone) = self.probe() {
+                return Poll::Ready(gone);
+            }
+            self.timer.as_mut().reset(deadline.min(now + PROBE));
         }
         Poll::Pending
     }
@@ -279,8 +341,8 @@ where
 
 impl<C, B> Future for Splice<C, B>
 where
-    C: AsyncBufRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncBufRead + AsyncWrite + PeerSocket + Unpin,
+    B: AsyncRead + AsyncWrite + PeerSocket + Unpin,
 {
     type Output = Outcome;
 
@@ -331,6 +393,8 @@ struct Direction {
     /// The reader hit EOF and the writer is being shut down.
     eof: bool,
     finished: bool,
+    /// The last write found the writer full, with bytes still to go.
+    stuck: bool,
     bytes: u64,
 }
 
@@ -344,6 +408,7 @@ impl Direction {
             unflushed: false,
             eof: false,
             finished: false,
+            stuck: false,
             bytes: 0,
         }
     }
@@ -376,7 +441,9 @@ impl Direction {
                 self.eof = true;
                 continue;
             }
-            let n = ready!(poll_write_some(cx, writer, data))?;
+            let written = poll_write_some(cx, writer, data);
+            self.stuck = written.is_pending();
+            let n = ready!(written)?;
             Pin::new(&mut *reader).consume(n);
             self.wrote(n, active);
         }
@@ -398,7 +465,9 @@ impl Direction {
         loop {
             if let Some(buf) = self.buf.take() {
                 while self.pos < self.end {
-                    match poll_write_some(cx, writer, &buf[self.pos..self.end]) {
+                    let written = poll_write_some(cx, writer, &buf[self.pos..self.end]);
+                    self.stuck = written.is_pending();
+                    match written {
                         Poll::Ready(Ok(n)) => {
                             self.pos += n;
                             self.wrote(n, active);
@@ -446,7 +515,9 @@ impl Direction {
         active: &mut bool,
     ) -> Poll<Result<()>> {
         while self.early.has_remaining() {
-            let n = ready!(poll_write_some(cx, writer, &self.early))?;
+            let written = poll_write_some(cx, writer, &self.early);
+            self.stuck = written.is_pending();
+            let n = ready!(written)?;
             self.early.advance(n);
             self.wrote(n, active);
         }
@@ -543,7 +614,26 @@ fn release(buf: Option<Box<[u8]>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+
+    /// In-memory pipes have no kernel connection to ask.
+    impl PeerSocket for DuplexStream {
+        fn peer_error(&self) -> Option<io::ErrorKind> {
+            None
+        }
+    }
+
+    impl PeerSocket for ResetAfter {
+        fn peer_error(&self) -> Option<io::ErrorKind> {
+            None
+        }
+    }
+
+    impl<T: PeerSocket + AsyncRead> PeerSocket for BufReader<T> {
+        fn peer_error(&self) -> Option<io::ErrorKind> {
+            self.get_ref().peer_error()
+        }
+    }
 
     #[tokio::test]
     async fn early_bytes_go_first_and_half_close_is_passed_on() {
@@ -587,8 +677,8 @@ mod tests {
         drain: &Arc<Drain>,
     ) -> Splice<C, B>
     where
-        C: AsyncBufRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncBufRead + AsyncWrite + PeerSocket + Unpin,
+        B: AsyncRead + AsyncWrite + PeerSocket + Unpin,
     {
         Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, drain)
     }
@@ -694,8 +784,8 @@ mod tests {
 
     async fn relay_then_linger<C, B>(mut splice: Splice<C, B>) -> Outcome
     where
-        C: AsyncBufRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncBufRead + AsyncWrite + PeerSocket + Unpin,
+        B: AsyncRead + AsyncWrite + PeerSocket + Unpin,
     {
         let outcome = (&mut splice).await;
         splice.linger(outcome.reason).await;

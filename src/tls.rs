@@ -42,13 +42,14 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     let mut expiry = Vec::with_capacity(config.certificates.len());
     let mut warnings = Vec::new();
     for (index, paths) in config.certificates.iter().enumerate() {
-        let key = load_certified_key(paths, &provider).map_err(|(at, msg)| {
-            let location = match at {
+        let key = load_certified_key(paths, &provider).map_err(|refused| {
+            let location = match refused.part {
                 Part::Cert => &paths.cert_location,
                 Part::Key => &paths.key_location,
                 Part::Pair => &paths.location,
             };
-            ConfigError::at(&config.path, location, msg)
+            let error = ConfigError::at(&config.path, location, refused.message);
+            error.caused_by(refused.io.as_ref())
         })?;
         if let Some((not_before, not_after)) = key.cert.first().and_then(validity) {
             expiry.push(Expiry {
@@ -154,25 +155,57 @@ enum Part {
     Pair,
 }
 
+/// Why a certificate entry cannot be served: where, in words, and the I/O error behind it.
+struct Refused {
+    part: Part,
+    message: String,
+    io: Option<std::io::Error>,
+}
+
+impl Refused {
+    fn new(part: Part, message: String) -> Refused {
+        Refused {
+            part,
+            message,
+            io: None,
+        }
+    }
+}
+
+/// The OS error behind a PEM error, if reading the file failed.
+fn os_error(e: &rustls_pki_types::pem::Error) -> Option<std::io::Error> {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => {
+            io.raw_os_error().map(std::io::Error::from_raw_os_error)
+        }
+        _ => None,
+    }
+}
+
 fn load_certified_key(
     paths: &CertificatePaths,
     provider: &CryptoProvider,
-) -> Result<CertifiedKey, (Part, String)> {
+) -> Result<CertifiedKey, Refused> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
         .and_then(|certs| certs.collect())
         .map_err(|e| {
+            let io = os_error(&e);
             let msg = format!(
                 "cannot read certificate {}: {}",
                 paths.cert.display(),
                 pem(e)
             );
-            (Part::Cert, msg)
+            Refused {
+                io,
+                ..Refused::new(Part::Cert, msg)
+            }
         })?;
     if chain.is_empty() {
         let msg = format!("no certificate in {}", paths.cert.display());
-        return Err((Part::Cert, msg));
+        return Err(Refused::new(Part::Cert, msg));
     }
     let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
+        let io = os_error(&e);
         let why = match e {
             rustls_pki_types::pem::Error::NoItemsFound if encrypted(&paths.key) => {
                 "the key is encrypted; wsgate needs it decrypted (openssl pkey -in KEY -out PLAIN)"
@@ -184,9 +217,12 @@ fn load_certified_key(
             other => pem(other),
         };
         let msg = format!("cannot read private key {}: {why}", paths.key.display());
-        (Part::Key, msg)
+        Refused {
+            io,
+            ..Refused::new(Part::Key, msg)
+        }
     })?;
-    let pair = |msg| (Part::Pair, msg);
+    let pair = |msg| Refused::new(Part::Pair, msg);
     match CertifiedKey::from_der(chain.clone(), key.clone_key(), provider) {
         Ok(certified) => Ok(certified),
         Err(rustls::Error::InconsistentKeys(_)) if key_fits_later(&chain, &key, provider) => {

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::error::ProxyError;
+use crate::error::{out_of_descriptors, ProxyError};
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::websocket::{self, SEC_WEBSOCKET_KEY};
@@ -280,11 +280,6 @@ async fn connect_in_turn(
     }
 }
 
-/// EMFILE or ENFILE: this process (or the system) cannot open another socket.
-fn out_of_descriptors(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24))
-}
-
 /// Connects to one of `backend`'s addresses by `deadline`. Each address gets an equal share
 /// of the time left, like each backend: a name whose first address is blackholed (an IPv6
 /// address without a route to it, on a dual-stack cluster) must not use up the time its
@@ -393,14 +388,5 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
-    }
-
-    #[test]
-    fn only_the_processs_own_descriptor_limits_are_out_of_descriptors() {
-        let os = std::io::Error::from_raw_os_error;
-        assert!(out_of_descriptors(&os(24)) && out_of_descriptors(&os(23)));
-        assert!(!out_of_descriptors(&os(111)));
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(!out_of_descriptors(&refused));
     }
 }

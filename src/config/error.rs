@@ -24,6 +24,9 @@ pub struct ConfigError {
     pub file: PathBuf,
     pub location: Option<Location>,
     pub message: String,
+    /// A file could not be read for want of the process's own resources (its open-files
+    /// limit): the machine's state, not the files', so worth reading again and no mistake.
+    pub(crate) for_now: bool,
 }
 
 impl std::error::Error for ConfigError {}
@@ -67,6 +70,7 @@ impl ConfigError {
             file: path.to_path_buf(),
             location: Some(locate(src, &span, &key)),
             message: plain_types(e.message().trim()),
+            for_now: false,
         }
     }
 
@@ -76,6 +80,7 @@ impl ConfigError {
             file: file.to_path_buf(),
             location: None,
             message: message.into(),
+            for_now: false,
         }
     }
 
@@ -84,7 +89,15 @@ impl ConfigError {
             file: file.to_path_buf(),
             location: Some(location.clone()),
             message: message.into(),
+            for_now: false,
         }
+    }
+
+    /// This error, marked as one `io` caused if that is the process running out of open
+    /// files (see [`ConfigError::for_now`]).
+    pub(crate) fn caused_by(mut self, io: Option<&std::io::Error>) -> ConfigError {
+        self.for_now = io.is_some_and(crate::error::out_of_descriptors);
+        self
     }
 }
 

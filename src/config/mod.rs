@@ -134,10 +134,8 @@ pub enum HostPattern {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            location: None,
-            message: format!("cannot read config file: {e}"),
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path, format!("cannot read config file: {e}")).caused_by(Some(&e))
         })?;
         Config::from_toml_str(&src, path)
     }
@@ -160,11 +158,7 @@ impl Config {
         };
         match location {
             Some(location) => ConfigError::at(&self.path, location, message),
-            None => ConfigError {
-                file: self.path.clone(),
-                location: None,
-                message,
-            },
+            None => ConfigError::new(&self.path, message),
         }
     }
 

@@ -1,20 +1,102 @@
-//! The proxy out of file descriptors: accepting backs off and resumes, and a backend connect
-//! that finds none left is a 503 with Retry-After.
+//! The proxy out of file descriptors: accepting backs off and resumes, a backend connect that
+//! finds none left is a 503 with Retry-After, and config files it cannot open are no rejected
+//! config.
 
 use std::process::Stdio;
 
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, ChildStderr};
+
 use crate::support::*;
 
+/// The descriptor limit the proxy runs under: a handful of connections exhausts it.
+const LIMIT: usize = 40;
+
+type Lines = tokio::io::Lines<tokio::io::BufReader<ChildStderr>>;
+
+/// `wsgate run` under `ulimit -n` [`LIMIT`] with JSON logs (the reloader's at debug), once
+/// it has started and taken its first look at the files (the last start-up step that opens
+/// descriptors).
+struct Limited {
+    child: Child,
+    lines: Lines,
+    pid: u32,
+    addr: std::net::SocketAddr,
+}
+
+impl Limited {
+    async fn start(config: &std::path::Path) -> Limited {
+        let script = format!(
+            "ulimit -n {LIMIT} && exec '{}' run --config '{}' --log-format json --threads 1",
+            wsgate_bin(),
+            config.display()
+        );
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("RUST_LOG", "info,wsgate::reload=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = listening_addr(&next_line_with(&mut lines, "\"listening\"").await);
+        next_line_with(&mut lines, "content did not change").await;
+        Limited {
+            child,
+            lines,
+            pid,
+            addr,
+        }
+    }
+
+    /// Its descriptors numbered below the limit: one inherited from the test harness can sit
+    /// above it (cargo's jobserver pipe) without taking a slot.
+    fn open(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .filter_map(|fd| fd.ok()?.file_name().to_str()?.parse::<usize>().ok())
+            .filter(|&fd| fd < LIMIT)
+            .count()
+    }
+
+    /// Plain TCP connections that never start TLS, until it holds `until` descriptors, each
+    /// counted once the proxy has accepted it.
+    async fn hog(&self, until_open: usize) -> Vec<tokio::net::TcpStream> {
+        let mut hogs = Vec::new();
+        while self.open() < until_open {
+            let before = self.open();
+            hogs.push(tokio::net::TcpStream::connect(self.addr).await.unwrap());
+            until("the proxy to accept a connection", || self.open() > before).await;
+        }
+        hogs
+    }
+
+    async fn line_with(&mut self, needle: &str) -> String {
+        next_line_with(&mut self.lines, needle).await
+    }
+}
+
 /// Reads the child's stderr until a line contains `needle`; fails after [`TIMEOUT`].
-async fn next_line_with(
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-    needle: &str,
-) -> String {
+async fn next_line_with(lines: &mut Lines, needle: &str) -> String {
+    lines_until(lines, needle).await.pop().unwrap_or_default()
+}
+
+/// The child's stderr lines up to and including the first containing `needle`.
+async fn lines_until(lines: &mut Lines, needle: &str) -> Vec<String> {
     within(&format!("a log line containing {needle:?}"), async {
+        let mut seen = Vec::new();
         loop {
             match lines.next_line().await.unwrap() {
-                Some(line) if line.contains(needle) => return line,
-                Some(_) => continue,
+                Some(line) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
                 None => panic!("wsgate exited before logging {needle:?}"),
             }
         }
@@ -24,41 +106,23 @@ async fn next_line_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
-    use tokio::io::AsyncBufReadExt;
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &route("a", "/a", &[backend.addr]));
-    // A tiny descriptor limit, so a handful of connections exhausts it.
-    let script = format!(
-        "ulimit -n 40 && exec '{}' run --config '{}' --log-format json --threads 1",
-        env!("CARGO_BIN_EXE_wsgate"),
-        config.display()
-    );
-    let mut child = tokio::process::Command::new("sh")
-        .args(["-c", &script])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = next_line_with(&mut lines, "\"listening\"").await;
-    let addr = listening_addr(&listening);
+    let mut proxy = Limited::start(&config).await;
 
-    // Plain TCP connections that never start TLS: each holds one of the proxy's descriptors.
+    // More connections than descriptors: accepting fails, and backs off.
     let mut hogs = Vec::new();
-    for _ in 0..60 {
-        hogs.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    for _ in 0..LIMIT + 20 {
+        hogs.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
     }
-    next_line_with(&mut lines, "accept failed; backing off").await;
+    proxy.line_with("accept failed; backing off").await;
 
     // Once they go away, the proxy accepts and serves again.
     drop(hogs);
-    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "after EMFILE").await, "after EMFILE");
-    child.kill().await.unwrap();
+    proxy.child.kill().await.unwrap();
 }
 
 /// The proxy's own descriptor limit met while connecting to a backend is wsgate's trouble, not
@@ -66,70 +130,61 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
 /// connection after a descriptor frees up is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_at_the_backend_connect_is_a_503_with_retry_after() {
-    use tokio::io::AsyncBufReadExt;
-    const LIMIT: usize = 40;
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let body = format!(
         "[timeouts]\nhandshake = \"60s\"\n{}",
         route("a", "/a", &[backend.addr])
     );
-    let config = write_config(dir.path(), &body);
-    let script = format!(
-        "ulimit -n {LIMIT} && exec '{}' run --config '{}' --log-format json --threads 1",
-        env!("CARGO_BIN_EXE_wsgate"),
-        config.display()
-    );
-    let mut child = tokio::process::Command::new("sh")
-        .args(["-c", &script])
-        .env("RUST_LOG", "info,wsgate::reload=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = next_line_with(&mut lines, "\"listening\"").await;
-    let addr = listening_addr(&listening);
-    // Descriptors numbered below the limit: one inherited from the test harness can sit above
-    // it (cargo's jobserver pipe) without taking a slot.
-    let open = move || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|fd| fd.ok()?.file_name().to_str()?.parse::<usize>().ok())
-            .filter(|&fd| fd < LIMIT)
-            .count()
-    };
+    let mut proxy = Limited::start(&write_config(dir.path(), &body)).await;
 
-    // The reloader's first look at the files (after its watches are set) is the last start-up
-    // step that opens descriptors.
-    next_line_with(&mut lines, "content did not change").await;
-
-    // Plain TCP connections that never start TLS hold all descriptors but one, each counted
-    // once the proxy has accepted it: the next client is accepted, and its backend connect is
+    // All descriptors but one held: the next client is accepted, and its backend connect is
     // the one that finds none left.
-    let mut hogs = Vec::new();
-    while open() < LIMIT - 1 {
-        let before = open();
-        hogs.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-        until("the proxy to accept a connection", || open() > before).await;
-    }
-    let (head, body) = request(addr, Req::upgrade("localhost", "/a").bytes()).await;
+    let mut hogs = proxy.hog(LIMIT - 1).await;
+    let (head, body) = request(proxy.addr, Req::upgrade("localhost", "/a").bytes()).await;
     assert_eq!(head.status, 503, "{head:?}");
     assert_eq!(head.get("retry-after"), Some("1"));
     assert_eq!(String::from_utf8_lossy(&body), "server busy, retry later\n");
-    let refused = next_line_with(&mut lines, "\"status\":503").await;
+    let refused = proxy.line_with("\"status\":503").await;
     assert!(refused.contains("\"route\":\"a\""), "{refused}");
 
     // One descriptor back, and the proxy serves again.
     drop(hogs.pop());
     until("the proxy to close the dropped connection", || {
-        open() < LIMIT - 1
+        proxy.open() < LIMIT - 1
     })
     .await;
-    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "after EMFILE").await, "after EMFILE");
-    child.kill().await.unwrap();
+    proxy.child.kill().await.unwrap();
+}
+
+/// Config files that cannot be read for want of descriptors are the process's trouble, not a
+/// bad config: no rejection is logged or counted, and once descriptors are back a change is
+/// applied as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_while_reloading_is_no_rejected_config() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("a", "/a", &[backend.addr]));
+    let mut proxy = Limited::start(&config).await;
+
+    // Every descriptor taken, then a reload asked for: the files cannot be opened.
+    let hogs = proxy.hog(LIMIT).await;
+    send_signal(proxy.pid, "HUP");
+    let mut seen = vec![proxy.line_with("out of open files").await];
+
+    // Descriptors back, and a real change: applied, with no rejection logged on the way.
+    drop(hogs);
+    until("the proxy to close the hogs", || proxy.open() < LIMIT / 2).await;
+    write_body(&config, &route("b", "/b", &[backend.addr]));
+    seen.extend(lines_until(&mut proxy.lines, "config reloaded").await);
+    assert!(seen[0].contains("WARN"), "{}", seen[0]);
+    assert!(
+        !seen.iter().any(|line| line.contains("rejected")),
+        "{seen:#?}"
+    );
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/b").await;
+    assert_eq!(round_trip(&mut ws, "after").await, "after");
+    proxy.child.kill().await.unwrap();
 }

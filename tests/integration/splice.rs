@@ -450,3 +450,38 @@ async fn a_per_client_limit_set_by_a_reload_counts_the_tunnels_already_open() {
         assert_eq!(round_trip(ws, &n.to_string()).await, n.to_string());
     }
 }
+
+/// A client that resets while its backend has stopped reading (so the proxy, holding the
+/// client's bytes back, is not reading from it) is noticed by the stuck tunnel's probe, not
+/// the idle timeout (an hour here, past the test's time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_vanishing_behind_a_backend_that_stopped_reading_is_noticed() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!(
+        "{ADMIN}[timeouts]\nidle = \"1h\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let (mut client, _back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    client.stream.get_ref().0.set_zero_linger().unwrap();
+    // Far more than every buffer on the way holds: the writes block once they are full.
+    let flood = tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            if client.try_send(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Not a synchronisation: whether the proxy is stuck yet or still reading when the reset
+    // comes, the tunnel must end. The pause makes the stuck case, this test's, the likely one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    flood.abort();
+    let _ = flood.await;
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_error"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+}
