@@ -177,6 +177,10 @@ where
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut active = false;
+        // A direction ending (a half-close passed on, or its writer gone) is news on the
+        // tunnel like a byte: the half-closed wait below counts from it, not from the last
+        // byte, which on a quiet tunnel may be long past.
+        let finished_before = (self.up.finished, self.down.finished);
         if !self.up.finished {
             match self
                 .up
@@ -202,6 +206,7 @@ where
         if self.up.finished && self.down.finished {
             return Poll::Ready(self.ending());
         }
+        active |= (self.up.finished, self.down.finished) != finished_before;
         if active {
             self.last_activity = Instant::now();
             self.report();
@@ -845,6 +850,36 @@ mod tests {
         let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
         assert_eq!(outcome.reason, CloseReason::IdleTimeout);
         assert_eq!(started.elapsed().as_secs(), HALF_CLOSED_IDLE.as_secs());
+    }
+
+    /// The wait after a half-close counts from the half-close: on a tunnel quiet for longer
+    /// than that wait, the other side still gets to answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_close_after_a_long_quiet_still_lets_the_other_side_answer() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let drain = Arc::new(Drain::default());
+        let idle = Duration::from_secs(300);
+        let relay = tokio::spawn(async move {
+            without_early(BufReader::new(client), backend, idle, &drain).await
+        });
+        tokio::time::sleep(HALF_CLOSED_IDLE * 2).await;
+        client_peer.shutdown().await.unwrap();
+        let mut eof = [0u8; 1];
+        assert_eq!(
+            backend_peer.read(&mut eof).await.unwrap(),
+            0,
+            "half-close passed on"
+        );
+        backend_peer.write_all(b"last words").await.unwrap();
+        backend_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        assert_eq!(
+            relay.await.unwrap().reason,
+            CloseReason::Closed(Peer::Client)
+        );
     }
 
     #[tokio::test]
