@@ -70,7 +70,7 @@ pub(crate) fn spawn_reloader(
         short_of_files: false,
     };
     if watch_mode(&shared) == WatchMode::Poll {
-        tracing::info!("reload.watch = \"poll\": checking the config files every second");
+        tracing::info!("reload.watch = \"poll\": checking the config files every 0.75 s");
     }
     let wanted = watch::wanted(&relevant_files(&shared, &path));
     (state.watches).refresh(Some(wanted), watch_mode(&shared));
@@ -94,8 +94,9 @@ pub(crate) fn spawn_reloader(
 }
 
 /// How often the files are checked while a wanted folder cannot be watched (or there is no
-/// watcher at all): the one-second promise holds, at the cost of reading a few small files.
-const POLL: Duration = Duration::from_secs(1);
+/// watcher at all), at the cost of reading a few small files: with the [`DEBOUNCE`] a good
+/// read waits to see them hold still, a change is in force within a second of its write.
+const POLL: Duration = Duration::from_millis(750);
 
 /// The reloader's memory between looks at the files.
 struct Reloader {
@@ -122,7 +123,7 @@ impl Reloader {
     ) {
         let mut looked = tokio::time::Instant::now();
         loop {
-            // The files are looked at again after a while without a reason to: every second
+            // The files are looked at again after a while without a reason to: every 0.75 s
             // while a folder is not watched, and every `reload.recheck` (a minute) even while
             // all are, because a watch can die or miss a change without an event (its file
             // system mounted again, a queue overflow notify does not report, a write through
@@ -557,7 +558,7 @@ impl Reloader {
                 Outcome::Nothing | Outcome::Unsettled => {}
                 // Said when it starts, not at every look while it lasts.
                 Outcome::Unreadable(error) if !was_short => {
-                    tracing::warn!(generation = status.generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every second");
+                    tracing::warn!(generation = status.generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every 0.75 s");
                 }
                 Outcome::Unreadable(_) => {}
                 Outcome::Missing(what, error) => {

@@ -243,7 +243,7 @@ impl Watches {
                     let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
                     // Said once per folder, not on every poll while it lasts.
                     if !vanished && self.unwatchable.insert(folder.clone()) {
-                        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every second instead");
+                        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every 0.75 s instead");
                     }
                 }
             }
@@ -269,7 +269,14 @@ impl Watches {
                 Ok(watcher) => self.watcher = Some(watcher),
                 // Said once: later refreshes try again quietly, polling meanwhile.
                 Err(e) if !self.degraded => {
-                    tracing::error!(error = %e, "cannot watch the config for changes; checking it every second instead");
+                    // "Too many open files" from inotify_init is the kernel's per-user count
+                    // of inotify instances, not `ulimit -n`: say which.
+                    let hint = match &e.kind {
+                        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(24) => "; the per-user limit of inotify instances (sysctl fs.inotify.max_user_instances) is likely reached",
+                        notify::ErrorKind::MaxFilesWatch => "; the per-user limit of inotify watches (sysctl fs.inotify.max_user_watches) is reached",
+                        _ => "",
+                    };
+                    tracing::warn!(error = %e, "cannot watch the config for changes{hint}; checking it every 0.75 s instead");
                 }
                 Err(_) => {}
             }

@@ -99,11 +99,11 @@ pub enum LogFormat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchMode {
-    /// File system events (inotify), with a check every second for a folder that cannot be
+    /// File system events (inotify), with a check every 0.75 s for a folder that cannot be
     /// watched.
     #[default]
     Events,
-    /// A check every second, for file systems that deliver no events (NFS, SMB, some FUSE
+    /// A check every 0.75 s, for file systems that deliver no events (NFS, SMB, some FUSE
     /// mounts, bind mounts edited from outside a VM).
     Poll,
 }
