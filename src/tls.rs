@@ -83,8 +83,9 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     // Pin HTTP/1.1: a WebSocket upgrade is an HTTP/1.1 affair, and a client that would pick h2
-    // from a longer list must not.
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // from a longer list must not. HTTP/1.0 is agreed to only so that a client offering
+    // nothing else gets the handshake's answer to it (400), not a TLS alert it cannot read.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     if config.session_resumption {
         // Stateless tickets make a reconnect (the common case after a network blip) cheap.
         if let Some(ticketer) = ticketer() {
@@ -222,6 +223,14 @@ fn load_certified_key(
             ..Refused::new(Part::Key, msg)
         }
     })?;
+    if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
+        let msg = format!(
+            "cannot use private key {}: not a key wsgate can sign with (RSA of 2048 bits or more, ECDSA on P-256, P-384 or P-521, Ed25519): {}",
+            paths.key.display(),
+            e.to_string().trim_start_matches("unexpected error: ")
+        );
+        return Err(Refused::new(Part::Key, msg));
+    }
     let pair = |msg| Refused::new(Part::Pair, msg);
     match CertifiedKey::from_der(chain.clone(), key.clone_key(), provider) {
         Ok(certified) => Ok(certified),

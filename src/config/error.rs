@@ -57,7 +57,13 @@ impl ConfigError {
         // line around the error.
         let key = match DeTable::parse(src) {
             Ok(root) => path_to(root.get_ref(), "", &span),
-            Err(_) => Some(key_at(src, span.start)).filter(|k| !k.is_empty()),
+            // Inside an array or inline table left open, the mistake belongs to the key whose
+            // value that is, wherever the parser noticed it (a `[table]` header further down
+            // read as an element, say).
+            Err(_) => {
+                let at = unclosed_value(src, span.start).unwrap_or(span.start);
+                Some(key_at(src, at)).filter(|k| !k.is_empty())
+            }
         };
         // A top-level problem ("missing field `tls`") is reported on the whole document: the
         // field is the key.
@@ -206,6 +212,47 @@ fn key_at(src: &str, offset: usize) -> String {
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// Where the outermost array or inline table still open at `offset` starts, if one is: a
+/// `[` or `{` after a `=` or inside another value, outside strings and comments.
+fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let mut open: Vec<usize> = Vec::new();
+    let mut after_equals = false;
+    let mut chars = src[..offset].char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' => {
+                // A comment runs to the end of its line.
+                while chars.next_if(|&(_, c)| c != '\n').is_some() {}
+            }
+            '"' | '\'' => {
+                // A string: to its closing quote (a basic one's `\"` does not close it).
+                let mut escaped = false;
+                for (_, s) in chars.by_ref() {
+                    match s {
+                        '\\' if c == '"' && !escaped => escaped = true,
+                        '\n' => break,
+                        s if s == c && !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
+                after_equals = false;
+            }
+            '=' => after_equals = true,
+            '[' | '{' if after_equals || !open.is_empty() => {
+                open.push(i);
+                after_equals = false;
+            }
+            ']' | '}' => {
+                open.pop();
+            }
+            c if !c.is_whitespace() => after_equals = false,
+            _ => {}
+        }
+    }
+    open.first().copied()
 }
 
 /// The first `backquoted` word of a parser message.

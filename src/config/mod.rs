@@ -476,6 +476,23 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         assert!(err.starts_with("w.toml:1:7: proxy: "), "{err}");
     }
 
+    /// An array or inline table left open is the mistake of the key whose value it is, not of
+    /// the header or key the parser stumbled on further down.
+    #[test]
+    fn an_unclosed_value_names_its_own_key() {
+        let key_of = |src: &str| {
+            let err = Config::from_toml_str(src, Path::new("w.toml")).unwrap_err();
+            err.location.map(|l| l.key).unwrap_or_default()
+        };
+        let unclosed_array = "[proxy]\nlisten = [\"127.0.0.1:1\"\n\n[tls]\ncertificates = []\n";
+        assert_eq!(key_of(unclosed_array), "proxy.listen");
+        let unclosed_table = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a]\", key = \"b\" ]\n";
+        assert_eq!(key_of(unclosed_table), "tls.certificates");
+        let in_a_route =
+            "[[route]]\nname = \"a\" # [\nbackends = [\"h:1\"\n[[route]]\nname = \"b\"\n";
+        assert_eq!(key_of(in_a_route), "route[0].backends");
+    }
+
     #[test]
     fn missing_sections_are_reported() {
         let err =

@@ -328,6 +328,16 @@ fn check_says_what_is_wrong_with_a_pem_file() {
     std::fs::write(dir.path().join("server.key"), &cert).unwrap();
     let out = text(&check(&path));
     assert!(out.contains("no private key in it"), "{out}");
+    // Well-formed PEM, but no key rustls can sign with (an RSA-1024 or secp256k1 key reads so).
+    let foreign =
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END PRIVATE KEY-----\n";
+    std::fs::write(dir.path().join("server.key"), foreign).unwrap();
+    let out = text(&check(&path));
+    assert!(
+        out.contains("tls.certificates[0].key: cannot use private key")
+            && out.contains("not a key wsgate can sign with (RSA of 2048 bits or more"),
+        "{out}"
+    );
     std::fs::write(dir.path().join("server.key"), key).unwrap();
     assert!(check(&path).status.success());
 }

@@ -1,6 +1,8 @@
 //! Requests the proxy refuses itself, before any backend is involved.
 
 use crate::support::*;
+use std::sync::Arc;
+
 use tokio::io::AsyncWriteExt;
 
 /// A proxy with one route `/ws` to a backend that must never be reached (a closed port, so a
@@ -269,4 +271,29 @@ async fn a_426_for_an_unsupported_version_names_the_protocol_to_upgrade_to() {
     assert_eq!(head.get("sec-websocket-version"), Some("13"));
     // RFC 9110 §15.5.22: a 426 must carry Upgrade.
     assert_eq!(head.tokens("upgrade"), ["websocket"], "{head:?}");
+}
+
+/// ALPN never agrees to h2, agrees to http/1.1 from a longer list, and to http/1.0 for a client
+/// offering only that, which then gets the HTTP answer to an HTTP/1.0 upgrade (400), not a
+/// TLS alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_agrees_to_http_1_only() {
+    let proxy = proxy("").await;
+    let offering = |protocols: &[&[u8]]| {
+        let mut config = (*pki().client_config()).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    };
+    let tls = tls_connect_with(proxy.addr, "localhost", offering(&[b"h2", b"http/1.1"])).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let tls = tls_connect_with(proxy.addr, "localhost", offering(&[b"http/1.0"])).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    let mut client = RawConn::new(tls);
+    client.send(ws().version("HTTP/1.0").bytes()).await;
+    assert_eq!(client.read_head().await.status, 400);
+    // h2 alone: nothing to agree on.
+    let connector = tokio_rustls::TlsConnector::from(offering(&[b"h2"]));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    assert!(connector.connect(name, tcp).await.is_err());
 }
