@@ -58,22 +58,27 @@ pub(crate) async fn read<T: AsyncRead + Unpin>(
 /// Header fields a request may have: hyper's limit, checked here so that the refusal is ours.
 const MAX_HEADERS: usize = 100;
 
-/// Whether a path starts with two separators, however spelled (`//`, `/\`, `/%2F`, `/%5C`):
+/// Whether a path starts with two separators, however spelled (`//`, `/\`, `/%2F`, `/%5C`,
+/// `/／`: as [`routes::canonical`] reads it):
 /// Node's and Python's URL parsers read what follows as a host (`//localhost/admin` is path
 /// `/admin` to them), so a backend would route such a request by another path than the one
 /// wsgate matched (`/localhost/admin`, a catch-all's), past the specific route's rules.
 fn reads_as_authority(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else {
-        return false;
-    };
-    let lower = rest.get(..3).map(str::to_ascii_lowercase);
-    rest.starts_with(['/', '\\']) || matches!(lower.as_deref(), Some("%2f" | "%5c"))
+    routes::canonical(path).starts_with("//")
 }
 
 /// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
 /// status of its own gets the proxy's refusal instead: too many header fields → 431, anything
 /// malformed → 400.
 pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
+    // Bytes outside ASCII have no meaning in a target (RFC 9112 §3.2: browsers escape them):
+    // refused as such before the parser, which takes some of them and not others.
+    let request_line = head
+        .split(|&b| b == b'\n')
+        .find(|line| !matches!(line, [] | [b'\r']));
+    if request_line.is_some_and(|line| !line.is_ascii()) {
+        return Err(ProxyError::BadPath);
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -98,11 +103,10 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
     if reads_as_authority(uri.path()) {
         return Err(ProxyError::MalformedRequest);
     }
-    // Bytes outside ASCII have no meaning in a target (RFC 9112 §3.2: browsers escape them),
-    // and a path escape that is broken, NUL or no UTF-8 (`%u002e`, `.%00.`, the overlong
+    // A path escape that is broken, NUL or no UTF-8 (`%u002e`, `.%00.`, the overlong
     // `%c0%ae`) is read as a dot or a separator by some backends and not by others: each
-    // would let a path ride a route it does not belong to. All refused.
-    if !target.is_ascii() || !routes::escapes_sound(uri.path()) {
+    // would let a path ride a route it does not belong to. Refused.
+    if !routes::escapes_sound(uri.path()) {
         return Err(ProxyError::BadPath);
     }
     for header in request.headers.iter() {
@@ -298,6 +302,7 @@ mod tests {
             "/%2Fx/admin",
             "/%5cx",
             "http://a//x/admin",
+            "/%EF%BC%8Fevil.example/admin",
         ] {
             assert_eq!(get(sneaky), Err(ProxyError::MalformedRequest), "{sneaky}");
         }
@@ -319,6 +324,8 @@ mod tests {
             b"/ws/%",
             b"/ws/\xc3\xa9",
             b"/ws?q=\xc3\xa9",
+            b"/ws/\xff",
+            b"/\x80",
         ] {
             let shown = String::from_utf8_lossy(sneaky);
             assert_eq!(get(sneaky), Err(ProxyError::BadPath), "{shown}");

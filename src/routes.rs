@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use unicode_normalization::UnicodeNormalization;
+
 use crate::config::{HostPattern, RouteConfig};
 
 pub struct RouteTable {
@@ -231,33 +233,21 @@ fn needs_reading(path: &str) -> bool {
 
 /// `path` as a backend that decodes and normalises may read it: every `%XX` escape decoded
 /// (one that is not two hex digits kept as it is; bytes that decode to no UTF-8 read as
-/// U+FFFD), every `\` made `/`, and the characters NFKC maps to ASCII (fullwidth forms,
-/// `．` U+FF0E and the like) made that ASCII, since IIS's "best fit" and normalising
-/// frameworks read `／..／` as `/../`.
-fn canonical(path: &str) -> String {
+/// U+FFFD), every `\` made `/`, and the text in Unicode's NFKC form, which normalising
+/// frameworks (and, roughly, IIS's "best fit") read paths in: fullwidth and other
+/// compatibility forms become what they stand for (`／` is `/`, `．．` and `︰` are `..`, `ａ`
+/// and `ᵃ` are `a`), and combining sequences compose (`e` + U+0301 is `é`).
+pub(crate) fn canonical(path: &str) -> String {
     let decoded = percent_decode(path);
     let text = String::from_utf8_lossy(&decoded);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' | '\u{FE68}' => out.push('/'),
-            // Fullwidth ASCII: U+FF01..U+FF5E are '!'..'~' in the same order.
-            '\u{FF01}'..='\u{FF5E}' => match char::from_u32(u32::from(c) - 0xFEE0) {
-                Some('\\') | None => out.push('/'),
-                Some(ascii) => out.push(ascii),
-            },
-            '\u{2024}' | '\u{FE52}' => out.push('.'),
-            '\u{2025}' => out.push_str(".."),
-            '\u{2026}' => out.push_str("..."),
-            '\u{FE5F}' => out.push('#'),
-            _ => out.push(c),
-        }
-    }
-    out
+    // NFKC can make a `\` (from `＼`): mapped after it.
+    (text.nfkc())
+        .map(|c| if c == '\\' { '/' } else { c })
+        .collect()
 }
 
 /// `path`'s bytes with every `%XX` of two hex digits decoded.
-fn percent_decode(path: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(path: &str) -> Vec<u8> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -393,6 +383,12 @@ mod tests {
             // Fullwidth letters, which NFKC makes ASCII.
             ("/%EF%BD%8F%EF%BD%92%EF%BD%89%EF%BD%87", "orig"),
             ("/orig%EF%BC%8Fx", "orig"),
+            // Other compatibility forms (superscript, mathematical, circled letters) and a
+            // decomposed accent: NFKC reads them as the plain letters.
+            ("/%E1%B5%92rig", "orig"),
+            ("/%F0%9D%90%A8rig", "orig"),
+            ("/%E2%93%9Erig", "orig"),
+            ("/cafe%CC%81", "café"),
             // A separator however spelled: what a decoding server or Node's URL parser reads.
             ("/orig%2Fx", "orig"),
             ("/orig%2f", "orig"),
@@ -522,6 +518,9 @@ mod tests {
             "/public/..%EF%BC%8Fadmin",
             "/public/..%EF%BC%BCadmin",
             "/public/%EF%B9%92.",
+            // U+FE30 is ".." and U+2025 too, in NFKC.
+            "/public/%EF%B8%B0/admin",
+            "/public/%EF%B8%B0%EF%B9%A8admin",
         ] {
             assert_eq!(pick(&table, None, lookalike, &[]), "404", "{lookalike}");
         }

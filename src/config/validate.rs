@@ -368,16 +368,24 @@ fn host_pattern(text: &str) -> Result<HostPattern, String> {
 }
 
 fn route_path(text: &str) -> Result<String, String> {
-    // Requests are matched with `;parameters` cut and empty segments dropped (routes.rs), so
-    // a route written with either would match more than it says ("/;v1" every path).
-    if text.contains(';') || text.trim_end_matches('/').contains("//") {
-        return Err(format!(
-            "{text:?} has a ';parameter' or an empty segment: requests are matched without them, so write the path without"
-        ));
-    }
     if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
         return Err(format!(
             "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
+        ));
+    }
+    // The escapes requests may carry (see `head::check`): others are refused with 400.
+    if !crate::routes::escapes_sound(text) {
+        return Err(format!(
+            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of NUL, or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
+        ));
+    }
+    // Requests are matched as `routes::canonical` reads them, with `;parameters` cut and
+    // empty segments dropped, so a route holding either, however spelled (`%3B`, `；`),
+    // would match more than it says ("/;v1" every path).
+    let read = crate::routes::canonical(text);
+    if read.contains(';') || read.trim_end_matches('/').contains("//") {
+        return Err(format!(
+            "{text:?} has a ';parameter' or an empty segment (however spelled): requests are matched without them, so write the path without"
         ));
     }
     let lower = text.to_ascii_lowercase();
@@ -386,10 +394,11 @@ fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '\\' or an encoded '/' or '\\': requests are matched with these read as '/', so write '/'"
         ));
     }
-    // The escapes requests may carry (see `head::check`): others are refused with 400.
-    if !crate::routes::escapes_sound(text) {
+    // A path written in a form requests are not matched in (`／`, `ａ`, a decomposed accent).
+    let decoded = crate::routes::percent_decode(text);
+    if read != String::from_utf8_lossy(&decoded) {
         return Err(format!(
-            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of NUL, or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
+            "{text:?} is matched in its Unicode normal form (NFKC), as normalising backends read it: write {read:?}"
         ));
     }
     // Requests with a dot segment are refused before routing (routes.rs): no request could

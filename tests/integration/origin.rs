@@ -133,6 +133,8 @@ async fn another_spelling_of_the_separator_does_not_escape_the_routes_origins() 
         // ASCII: "／" and "ａｄｍｉｎ".
         "/admin%EF%BC%8Fx",
         "/%EF%BD%81%EF%BD%84%EF%BD%8D%EF%BD%89%EF%BD%8E",
+        // Any compatibility form NFKC reads as ASCII: a superscript "ᵃ".
+        "/%E1%B5%83dmin",
     ] {
         let (head, _) = request(
             proxy.addr,
@@ -150,6 +152,7 @@ async fn another_spelling_of_the_separator_does_not_escape_the_routes_origins() 
         "//localhost/admin",
         "/\\localhost/admin",
         "/%2Flocalhost/admin",
+        "/%EF%BC%8Flocalhost/admin",
     ] {
         assert_eq!(upgrade_status(proxy.addr, path).await, 400, "{path}");
     }
@@ -166,7 +169,11 @@ async fn another_spelling_of_the_separator_does_not_escape_the_routes_origins() 
         assert_eq!(body, b"malformed request path\n");
     }
     // Dots however spelled, fullwidth "．．" included: never a route.
-    for path in ["/other/%EF%BC%8E%EF%BC%8E/admin", "/other/%E2%80%A5/admin"] {
+    for path in [
+        "/other/%EF%BC%8E%EF%BC%8E/admin",
+        "/other/%E2%80%A5/admin",
+        "/other/%EF%B8%B0/admin",
+    ] {
         assert_eq!(upgrade_status(proxy.addr, path).await, 404, "{path}");
     }
 }
