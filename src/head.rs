@@ -64,7 +64,17 @@ const MAX_HEADERS: usize = 100;
 /// `/admin` to them), so a backend would route such a request by another path than the one
 /// wsgate matched (`/localhost/admin`, a catch-all's), past the specific route's rules.
 fn reads_as_authority(path: &str) -> bool {
-    routes::canonical(path).starts_with("//")
+    match path.as_bytes() {
+        [b'/', b'/' | b'\\', ..] => true,
+        // Nothing but plain characters: nothing that could read as a second separator.
+        _ if path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b)) =>
+        {
+            false
+        }
+        _ => routes::canonical(path).starts_with("//"),
+    }
 }
 
 /// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
@@ -172,24 +182,33 @@ impl Scan {
             self.scanned = buf.len();
             return None;
         };
-        let mut i = self.scanned.max(start);
-        // A bare CR (one not followed by LF) is in no head hyper reads (RFC 9112 §2.2): the
-        // head "ends" there, to be refused at once, not when the handshake timeout runs out
-        // on a client whose lines end in CR alone.
-        if let Some(cr) = (buf[i..].windows(2)).position(|w| w[0] == b'\r' && w[1] != b'\n') {
-            return Some(i + cr + 2);
-        }
+        let from = self.scanned.max(start);
+        let mut i = from;
+        let mut end = None;
         while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
             let lf = i + offset;
             match &buf[lf + 1..] {
-                [b'\n', ..] => return Some(lf + 2),
-                [b'\r', b'\n', ..] => return Some(lf + 3),
+                [b'\n', ..] => end = Some(lf + 2),
+                [b'\r', b'\n', ..] => end = Some(lf + 3),
                 _ => i = lf + 1,
             }
+            if end.is_some() {
+                break;
+            }
         }
-        // The terminator may straddle reads: look again from just before the last two bytes.
-        self.scanned = buf.len().saturating_sub(2).max(start);
-        None
+        // A bare CR (one not followed by LF) is in no head hyper reads (RFC 9112 §2.2): the
+        // head "ends" there, to be refused at once, not when the handshake timeout runs out on
+        // a client whose lines end in CR alone. Only within the head: the bytes after it (early
+        // WebSocket frames) may hold any.
+        let head = &buf[from..end.unwrap_or(buf.len())];
+        if let Some(cr) = (head.windows(2)).position(|w| w[0] == b'\r' && w[1] != b'\n') {
+            return Some(from + cr + 2);
+        }
+        if end.is_none() {
+            // The terminator may straddle reads: look again from just before the last two bytes.
+            self.scanned = buf.len().saturating_sub(2).max(start);
+        }
+        end
     }
 }
 
@@ -290,6 +309,11 @@ mod tests {
         assert_eq!(end_of(b"GET / HTTP/1.1\rHost: a\r\r"), Some(16));
         assert_eq!(end_of(b"GET / HTTP/1.1\r\nX: a\rb"), Some(22));
         assert_eq!(end_of(b"GET / HTTP/1.1\r"), None);
+        // A CR in the early bytes after a complete head is theirs, not the head's.
+        assert_eq!(
+            end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\x81\x05\rhello"),
+            Some(27)
+        );
     }
 
     #[test]

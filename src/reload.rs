@@ -106,8 +106,8 @@ struct Reloader {
     /// Content that failed to bind, and why: retried on every event (the port may have been
     /// freed), but the same failure again is not logged or counted again.
     unbindable: Option<(u64, String)>,
-    /// The last look could not read the files for want of open files: look again in a
-    /// second, not at the next recheck.
+    /// The last look could not read the files for want of open files: look again after a
+    /// [`POLL`], not at the next recheck.
     short_of_files: bool,
 }
 
@@ -421,7 +421,7 @@ impl Reloader {
         let generation = current.generation + 1;
         // Events so far are of writes this read will see: only one arriving from now on says
         // the files were written to again.
-        events.borrow_and_update();
+        events.mark_unchanged();
         let (path_owned, rejected) = (path.to_path_buf(), self.rejected);
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let looked = tokio::task::spawn_blocking(move || {
@@ -549,10 +549,12 @@ impl Reloader {
 
     /// Publishes what a look at the files came to and logs it.
     fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome) {
-        let was_short = std::mem::replace(
-            &mut self.short_of_files,
-            matches!(outcome, Outcome::Unreadable(_)),
-        );
+        // Only a read that got through ends a shortage: a look that decided nothing (files
+        // still being written) says nothing about it.
+        let was_short = self.short_of_files;
+        if !matches!(outcome, Outcome::Nothing | Outcome::Unsettled) {
+            self.short_of_files = matches!(outcome, Outcome::Unreadable(_));
+        }
         shared.reload_status.send_modify(|status| {
             match outcome {
                 Outcome::Nothing | Outcome::Unsettled => {}

@@ -87,6 +87,8 @@ impl Termination {
             tokio::select! {
                 Some(()) = next(&mut self.term) => {}
                 Some(()) = next(&mut self.int) => {}
+                // Both streams ended (the runtime's signal driver is gone): no signal will come.
+                else => std::future::pending().await,
             }
         }
         #[cfg(not(unix))]

@@ -49,11 +49,17 @@ pub(crate) trait PeerSocket {
 }
 
 impl PeerSocket for tokio::net::TcpStream {
+    /// Only an error that ends the connection: `SO_ERROR` also hands out (and clears) soft
+    /// errors of a connection still alive, such as an ICMP "host unreachable" on the way or
+    /// a smaller path MTU, and those must not cut a slow but healthy tunnel.
     fn peer_error(&self) -> Option<io::ErrorKind> {
-        match socket2::SockRef::from(self).take_error() {
-            Ok(Some(e)) | Err(e) => Some(e.kind()),
-            Ok(None) => None,
-        }
+        let kind = socket2::SockRef::from(self).take_error().ok()??.kind();
+        use io::ErrorKind::*;
+        matches!(
+            kind,
+            ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
+        )
+        .then_some(kind)
     }
 }
 
@@ -217,6 +223,8 @@ where
         if (self.up.finished || self.down.finished) && self.idle > HALF_CLOSED_IDLE {
             self.idle = HALF_CLOSED_IDLE;
             self.timer.as_mut().reset(self.last_activity + self.idle);
+            // That replaced any probe the timer was set for: a stuck direction sets it again.
+            self.probing = false;
         }
         if self.stuck() && !self.probing {
             self.probing = true;
@@ -238,9 +246,24 @@ where
     /// tunnel ends now rather than at the idle timeout, and its slot is free. What that reader
     /// sent before it went, still waiting for the stuck writer, is dropped with it, as a reset
     /// drops data in flight.
+    ///
+    /// A reset a write to that reader already took (the other direction's) is as good as
+    /// one still held: that peer is gone either way.
     fn probe(&self) -> Option<CloseReason> {
         let gone = |stuck: bool, socket: &dyn PeerSocket, peer| {
-            let kind = if stuck { socket.peer_error() } else { None };
+            let reset = match self.write_failure {
+                Some((failed, kind))
+                    if failed == peer && kind == io::ErrorKind::ConnectionReset =>
+                {
+                    Some(kind)
+                }
+                _ => None,
+            };
+            let kind = if stuck {
+                reset.or_else(|| socket.peer_error())
+            } else {
+                None
+            };
             kind.map(|kind| CloseReason::Error(peer, kind))
         };
         gone(self.up.stuck, &self.client, Peer::Client)
@@ -266,13 +289,21 @@ where
     /// How a tunnel whose directions have both finished ended: a failed write counts as the
     /// failure it is, unless the peer it failed on had closed its side cleanly (the write
     /// only met the reset of a connection already closed); else whoever closed first.
+    ///
+    /// The kernel tells the two apart: a reset that follows the peer's FIN fails the write
+    /// with EPIPE (`BrokenPipe`), a reset without one (a crash, an abort, a close with unread
+    /// input) with ECONNRESET, after which the peer's stream reads as ended all the same.
     fn ending(&self) -> CloseReason {
         let closed_cleanly = |peer| match peer {
             Peer::Backend => self.down.eof,
             Peer::Client => self.up.eof,
         };
         match (self.write_failure, self.first_eof) {
-            (Some((peer, kind)), _) if !closed_cleanly(peer) => CloseReason::Error(peer, kind),
+            (Some((peer, kind)), _)
+                if kind == io::ErrorKind::ConnectionReset || !closed_cleanly(peer) =>
+            {
+                CloseReason::Error(peer, kind)
+            }
             (_, Some(first)) => CloseReason::Closed(first),
             // Not reached: a direction ends by its reader's EOF or by a failed write.
             (failure, None) => {
@@ -688,9 +719,164 @@ mod tests {
         Splice::new(client, Bytes::new(), backend, Bytes::new(), idle, drain)
     }
 
-    /// A connection after its peer closed and then reset it: what arrived before is still
-    /// read, every write fails.
-    struct ResetAfter(io::Cursor<Vec<u8>>);
+    /// A peer for the probe: reads come from a pipe the test feeds, writes are taken, never
+    /// taken (a peer that stopped reading), or fail; the kernel's error for the connection
+    /// is whatever the test sets.
+    struct Peer2 {
+        read: DuplexStream,
+        write: Write,
+        error: Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Write {
+        Stuck,
+        Fails(io::ErrorKind),
+    }
+
+    impl Peer2 {
+        /// The peer, the test's end of its pipe, and the handle to set its error.
+        fn new(
+            write: Write,
+        ) -> (
+            Peer2,
+            DuplexStream,
+            Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
+        ) {
+            let (read, feed) = duplex(1 << 16);
+            let error = Arc::new(std::sync::Mutex::new(None));
+            let peer = Peer2 {
+                read,
+                write,
+                error: error.clone(),
+            };
+            (peer, feed, error)
+        }
+    }
+
+    impl AsyncRead for Peer2 {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.read).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Peer2 {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.write {
+                // Never woken: only the tunnel's timer polls it again.
+                Write::Stuck => Poll::Pending,
+                Write::Fails(kind) => Poll::Ready(Err(kind.into())),
+            }
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl PeerSocket for Peer2 {
+        fn peer_error(&self) -> Option<io::ErrorKind> {
+            *self.error.lock().unwrap()
+        }
+    }
+
+    /// A client that sent bytes a backend that stopped reading does not take, then reset:
+    /// found by the probe after [`PROBE`], not at the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_directions_reader_that_reset_is_found_by_the_probe() {
+        let (client, mut client_feed, client_error) = Peer2::new(Write::Stuck);
+        let (backend, _backend_feed, _) = Peer2::new(Write::Stuck);
+        client_feed.write_all(b"never taken").await.unwrap();
+        let drain = Arc::new(Drain::default());
+        let started = Instant::now();
+        let idle = Duration::from_secs(300);
+        let relay = tokio::spawn(async move {
+            without_early(BufReader::new(client), backend, idle, &drain).await
+        });
+        tokio::time::sleep(PROBE * 3 + PROBE / 2).await;
+        assert!(
+            !relay.is_finished(),
+            "a slow reader is not cut by the probe"
+        );
+        *client_error.lock().unwrap() = Some(io::ErrorKind::ConnectionReset);
+        let outcome = relay.await.unwrap();
+        assert_eq!(
+            outcome.reason,
+            CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(started.elapsed(), PROBE * 4);
+    }
+
+    /// The other side half-closing while the probe waits does not switch the probe off.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_close_while_stuck_keeps_the_probe_going() {
+        let (client, mut client_feed, client_error) = Peer2::new(Write::Stuck);
+        let (backend, backend_feed, _) = Peer2::new(Write::Stuck);
+        client_feed.write_all(b"never taken").await.unwrap();
+        let drain = Arc::new(Drain::default());
+        let started = Instant::now();
+        let idle = Duration::from_secs(300);
+        let relay = tokio::spawn(async move {
+            without_early(BufReader::new(client), backend, idle, &drain).await
+        });
+        tokio::time::sleep(PROBE / 2).await;
+        drop(backend_feed);
+        *client_error.lock().unwrap() = Some(io::ErrorKind::ConnectionReset);
+        let outcome = relay.await.unwrap();
+        assert_eq!(
+            outcome.reason,
+            CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
+        );
+        assert!(started.elapsed() <= PROBE * 2, "{:?}", started.elapsed());
+    }
+
+    /// Both sides stopped reading; the client resets, and the write to it takes the reset the
+    /// probe would have found: still found, not left to the half-closed wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_a_write_already_took_is_found_by_the_probe() {
+        let (client, mut client_feed, _) = Peer2::new(Write::Fails(io::ErrorKind::ConnectionReset));
+        let (backend, mut backend_feed, _) = Peer2::new(Write::Stuck);
+        client_feed.write_all(b"never taken").await.unwrap();
+        backend_feed.write_all(b"meets the reset").await.unwrap();
+        let drain = Arc::new(Drain::default());
+        let started = Instant::now();
+        let idle = Duration::from_secs(300);
+        let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
+        assert_eq!(
+            outcome.reason,
+            CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
+        );
+        assert!(started.elapsed() <= PROBE, "{:?}", started.elapsed());
+    }
+
+    /// A connection after its peer reset it: what arrived before is still read, then the
+    /// end; every write fails with `.1`, as the kernel says it: `BrokenPipe` if the peer had
+    /// closed cleanly first (its FIN, then a reset answering a later write), `ConnectionReset`
+    /// if it aborted.
+    struct ResetAfter(io::Cursor<Vec<u8>>, io::ErrorKind);
+
+    impl ResetAfter {
+        fn closed(read: &[u8]) -> ResetAfter {
+            ResetAfter(io::Cursor::new(read.to_vec()), io::ErrorKind::BrokenPipe)
+        }
+
+        fn aborted(read: &[u8]) -> ResetAfter {
+            ResetAfter(
+                io::Cursor::new(read.to_vec()),
+                io::ErrorKind::ConnectionReset,
+            )
+        }
+    }
 
     impl AsyncRead for ResetAfter {
         fn poll_read(
@@ -708,7 +894,7 @@ mod tests {
             _: &mut Context<'_>,
             _: &[u8],
         ) -> Poll<io::Result<usize>> {
-            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            Poll::Ready(Err(self.1.into()))
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
@@ -723,7 +909,7 @@ mod tests {
         // The backend sent 1 MiB and closed; the client, which has not read it yet, sends a
         // ping that the backend's reset refuses. The 1 MiB still reaches the client.
         let last_words: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-        let backend = ResetAfter(io::Cursor::new(last_words.clone()));
+        let backend = ResetAfter::closed(&last_words);
         let (client, mut client_peer) = duplex(64 * 1024);
         let drain = Arc::new(Drain::default());
         client_peer.write_all(b"ping").await.unwrap();
@@ -756,7 +942,7 @@ mod tests {
             .unwrap();
         let (socket, _) = listener.accept().await.unwrap();
         let last_words: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-        let gone_side = ResetAfter(io::Cursor::new(last_words.clone()));
+        let gone_side = ResetAfter::closed(&last_words);
         peer.write_all(&[b'p'; 64 * 1024]).await.unwrap();
         let drain = Arc::new(Drain::default());
         let idle = Duration::from_secs(60);
@@ -809,8 +995,8 @@ mod tests {
 
     #[tokio::test]
     async fn writes_failing_both_ways_end_the_tunnel_with_the_failure() {
-        let backend = ResetAfter(io::Cursor::new(b"late".to_vec()));
-        let client = BufReader::new(ResetAfter(io::Cursor::new(b"ping".to_vec())));
+        let backend = ResetAfter::closed(b"late");
+        let client = BufReader::new(ResetAfter::closed(b"ping"));
         let drain = Arc::new(Drain::default());
         let idle = Duration::from_secs(60);
         let outcome = without_early(client, backend, idle, &drain).await;
@@ -818,6 +1004,27 @@ mod tests {
         assert_eq!(
             outcome.reason,
             CloseReason::Error(Peer::Backend, io::ErrorKind::BrokenPipe)
+        );
+    }
+
+    /// A backend that aborts (a crash: a reset with no FIN before it) while the client sends
+    /// is a backend error, although its stream then reads as ended.
+    #[tokio::test]
+    async fn a_reset_without_a_close_is_an_error_whatever_is_read_after() {
+        let (client, mut client_peer) = duplex(1 << 16);
+        let drain = Arc::new(Drain::default());
+        let relay = tokio::spawn(async move {
+            let idle = Duration::from_secs(60);
+            let backend = ResetAfter::aborted(b"partial");
+            without_early(BufReader::new(client), backend, idle, &drain).await
+        });
+        client_peer.write_all(b"upload").await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"partial", "what it sent before it went is delivered");
+        assert_eq!(
+            relay.await.unwrap().reason,
+            CloseReason::Error(Peer::Backend, io::ErrorKind::ConnectionReset)
         );
     }
 

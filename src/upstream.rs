@@ -383,6 +383,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(socket.peer_addr().unwrap(), working_addr);
+        // The silent address had its half of the time, and the working one got through in
+        // the other half.
+        let took = start.elapsed();
+        assert!(took >= std::time::Duration::from_millis(2500), "{took:?}");
         assert!(tokio::time::Instant::now() < deadline);
         let error = connect_any(vec![silent_addr], start + std::time::Duration::from_secs(6))
             .await

@@ -451,9 +451,27 @@ async fn a_per_client_limit_set_by_a_reload_counts_the_tunnels_already_open() {
     }
 }
 
+/// Sends far more than every buffer on the way holds, so the writes block once they are full.
+fn flood<S>(mut conn: RawConn<S>) -> tokio::task::JoinHandle<RawConn<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            if conn.try_send(&chunk).await.is_err() {
+                break;
+            }
+        }
+        conn
+    })
+}
+
 /// A client that resets while its backend has stopped reading (so the proxy, holding the
-/// client's bytes back, is not reading from it) is noticed by the stuck tunnel's probe, not
-/// the idle timeout (an hour here, past the test's time limit).
+/// client's bytes back, is not reading from it) is noticed by the stuck tunnel's probe (the
+/// kernel's error for the socket, through TLS), not at the idle timeout (an hour here, past
+/// the test's time limit), and its tunnel is counted as the client's error. (The probe's
+/// timing, and a half-close or a write taking the reset first, are unit-tested in splice.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_vanishing_behind_a_backend_that_stopped_reading_is_noticed() {
     let backend = RawBackend::start().await;
@@ -462,22 +480,14 @@ async fn a_client_vanishing_behind_a_backend_that_stopped_reading_is_noticed() {
         route("chat", "/ws", &[backend.addr])
     ))
     .await;
-    let (mut client, _back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let (client, _back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     client.stream.get_ref().0.set_zero_linger().unwrap();
-    // Far more than every buffer on the way holds: the writes block once they are full.
-    let flood = tokio::spawn(async move {
-        let chunk = vec![b'x'; 1 << 20];
-        for _ in 0..64 {
-            if client.try_send(&chunk).await.is_err() {
-                break;
-            }
-        }
-    });
+    let client_flood = flood(client);
     // Not a synchronisation: whether the proxy is stuck yet or still reading when the reset
     // comes, the tunnel must end. The pause makes the stuck case, this test's, the likely one.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    flood.abort();
-    let _ = flood.await;
+    client_flood.abort();
+    let _ = client_flood.await;
     until("the tunnel to be released", || {
         proxy.server.active_connections() == 0
     })
