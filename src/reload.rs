@@ -62,7 +62,6 @@ pub(crate) fn spawn_reloader(
     stop: CancellationToken,
 ) {
     let (events_tx, events) = tokio::sync::watch::channel(());
-    let events_tx = Arc::new(events_tx);
     let mut state = Reloader {
         watches: Watches::new(events_tx.clone()),
         rejected: None,

@@ -252,8 +252,7 @@ async fn connect_in_turn(
     let mut timed_out = None;
     for (i, backend) in route.backends_in_turn().enumerate() {
         *tried = Some(backend.to_string());
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
+        let share = share_of(deadline, count - i);
         let until = tokio::time::Instant::now() + share;
         let error = match tokio::time::timeout_at(until, connect(backend, until)).await {
             Ok(Ok(socket)) => return Ok(socket),
@@ -301,8 +300,7 @@ async fn connect_any(
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     let count = addrs.len();
     for (i, addr) in addrs.into_iter().enumerate() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let share = left / u32::try_from(count - i).unwrap_or(u32::MAX);
+        let share = share_of(deadline, count - i);
         match tokio::time::timeout(share, TcpStream::connect(addr)).await {
             Ok(Ok(socket)) => {
                 // WebSocket frames are small and latency-bound; never wait for Nagle.
@@ -315,6 +313,13 @@ async fn connect_any(
         }
     }
     Err(last)
+}
+
+/// An equal share of the time left until `deadline` for each of `remaining` tries (the last
+/// one gets all of it).
+fn share_of(deadline: tokio::time::Instant, remaining: usize) -> Duration {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    left / u32::try_from(remaining).unwrap_or(u32::MAX).max(1)
 }
 
 fn no_answer() -> std::io::Error {

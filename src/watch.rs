@@ -131,7 +131,7 @@ impl Watches {
     /// change to the files (and for a watch error: events may have been lost with it). A
     /// mark, not a queue: a burst while a reload reads is one "look again", however long.
     /// Nothing is watched before [`Self::refresh`].
-    pub(crate) fn new(events: Arc<tokio::sync::watch::Sender<()>>) -> Watches {
+    pub(crate) fn new(events: tokio::sync::watch::Sender<()>) -> Watches {
         let lost = Arc::new(Mutex::new(BTreeSet::new()));
         let interest = Arc::new(Mutex::new(Interest::default()));
         let on_event = {
