@@ -160,8 +160,10 @@ pub(crate) async fn next_connection(
                 ) => {}
             Err(e) => {
                 if let Some(suppressed) = failing.ready() {
-                    let listen = listener.local_addr().ok();
-                    tracing::error!(error = %e, ?listen, suppressed, "accept failed; backing off");
+                    let listen = listener
+                        .local_addr()
+                        .map_or_else(|_| "-".to_string(), |a| a.to_string());
+                    tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -78,6 +78,12 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
+    if let Some(limit) = open_files_limit().filter(|&l| l < MIN_OPEN_FILES) {
+        eprintln!(
+            "error: the open-files limit (ulimit -n) is {limit}; wsgate needs at least {MIN_OPEN_FILES}, and one more per connection"
+        );
+        return ExitCode::FAILURE;
+    }
     let mut runtime = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -110,6 +116,17 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
     // the exit past the grace the server already gave its connections.
     runtime.shutdown_timeout(EXIT_WAIT);
     code
+}
+
+/// Below this many open files the runtime, the signal handlers and the listeners cannot all
+/// be set up (and tokio's signal set-up panics when it runs out): refused with words instead.
+const MIN_OPEN_FILES: u64 = 16;
+
+/// The process's soft limit of open files, from `/proc/self/limits` (Linux), if known.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// How long exiting waits for stray blocking tasks.

@@ -66,10 +66,10 @@ pub(crate) fn spawn_reloader(
         watches: Watches::new(events_tx.clone()),
         rejected: None,
         unbindable: None,
-        short_of_files: false,
+        short_of_files: None,
     };
     if watch_mode(&shared) == WatchMode::Poll {
-        tracing::info!("reload.watch = \"poll\": checking the config files every 0.75 s");
+        tracing::info!("reload.watch = \"poll\": checking the config files every 0.6 s");
     }
     let wanted = watch::wanted(&relevant_files(&shared, &path));
     (state.watches).refresh(Some(wanted), watch_mode(&shared));
@@ -95,7 +95,7 @@ pub(crate) fn spawn_reloader(
 /// How often the files are checked while a wanted folder cannot be watched (or there is no
 /// watcher at all), at the cost of reading a few small files: with the [`DEBOUNCE`] a good
 /// read waits to see them hold still, a change is in force within a second of its write.
-const POLL: Duration = Duration::from_millis(750);
+const POLL: Duration = Duration::from_millis(600);
 
 /// The reloader's memory between looks at the files.
 struct Reloader {
@@ -106,8 +106,9 @@ struct Reloader {
     /// freed), but the same failure again is not logged or counted again.
     unbindable: Option<(u64, String)>,
     /// The last look could not read the files for want of open files: look again after a
-    /// [`POLL`], not at the next recheck.
-    short_of_files: bool,
+    /// [`POLL`], not at the next recheck, as what asked for that look (a SIGHUP that could
+    /// not be served is served once the files can be read).
+    short_of_files: Option<Trigger>,
 }
 
 impl Reloader {
@@ -122,12 +123,12 @@ impl Reloader {
     ) {
         let mut looked = tokio::time::Instant::now();
         loop {
-            // The files are looked at again after a while without a reason to: every 0.75 s
+            // The files are looked at again after a while without a reason to: every 0.6 s
             // while a folder is not watched, and every `reload.recheck` (a minute) even while
             // all are, because a watch can die or miss a change without an event (its file
             // system mounted again, a queue overflow notify does not report, a write through
             // mmap).
-            let period = match self.watches.degraded() || self.short_of_files {
+            let period = match self.watches.degraded() || self.short_of_files.is_some() {
                 true => POLL,
                 false => shared.current().config.recheck,
             };
@@ -146,7 +147,7 @@ impl Reloader {
                     Some(()) = manual.recv() => Trigger::Manual,
                     Some(()) = recv_hangup(hangup) => Trigger::Manual,
                 },
-                Wake::Poll => Trigger::Files,
+                Wake::Poll => self.short_of_files.unwrap_or(Trigger::Files),
                 Wake::Manual => Trigger::Manual,
             };
             if !self
@@ -456,7 +457,7 @@ impl Reloader {
             Outcome::Unsettled => Read::Unsettled,
             _ => Read::Settled,
         };
-        self.record(shared, generation, outcome);
+        self.record(shared, generation, outcome, trigger);
         read
     }
 
@@ -547,19 +548,25 @@ impl Reloader {
     }
 
     /// Publishes what a look at the files came to and logs it.
-    fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome) {
+    fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome, trigger: Trigger) {
         // Only a read that got through ends a shortage: a look that decided nothing (files
-        // still being written) says nothing about it.
-        let was_short = self.short_of_files;
-        if !matches!(outcome, Outcome::Nothing | Outcome::Unsettled) {
-            self.short_of_files = matches!(outcome, Outcome::Unreadable(_));
+        // still being written) says nothing about it. A SIGHUP asked for is not forgotten.
+        let was_short = self.short_of_files.is_some();
+        match outcome {
+            Outcome::Nothing | Outcome::Unsettled => {}
+            Outcome::Unreadable(_) => {
+                let asked = self.short_of_files.filter(|&t| t == Trigger::Manual);
+                self.short_of_files = Some(asked.unwrap_or(trigger));
+            }
+            _ => self.short_of_files = None,
         }
+        // Said when it starts, and to every SIGHUP: someone asked, and gets the answer.
+        let quiet = was_short && trigger == Trigger::Files;
         shared.reload_status.send_modify(|status| {
             match outcome {
                 Outcome::Nothing | Outcome::Unsettled => {}
-                // Said when it starts, not at every look while it lasts.
-                Outcome::Unreadable(error) if !was_short => {
-                    tracing::warn!(generation = status.generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every 0.75 s");
+                Outcome::Unreadable(error) if !quiet => {
+                    tracing::warn!(generation = status.generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every 0.6 s");
                 }
                 Outcome::Unreadable(_) => {}
                 Outcome::Missing(what, error) => {

@@ -63,7 +63,7 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         // only the names it is the first to cover.
         if index > 0 && first_for == 0 {
             let why = match names {
-                0 => "its subjectAltName holds no DNS name, and SNI picks by those alone (a name only in the subject's CN counts for nothing)",
+                0 => "its subjectAltName holds no DNS name an SNI name can match, and SNI picks by those alone (IP addresses, malformed names and a name only in the subject's CN count for nothing)",
                 _ => "an earlier certificate already covers each of its names (the first one listed wins)",
             };
             let message = format!("{} is never served: {why}", paths.cert.display());
@@ -225,7 +225,7 @@ fn load_certified_key(
     })?;
     if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
         let msg = format!(
-            "cannot use private key {}: not a key wsgate can sign with (RSA of 2048 bits or more, ECDSA on P-256, P-384 or P-521, Ed25519): {}",
+            "cannot use private key {}: not a key wsgate can sign with (RSA of 2048 bits or more as rsaEncryption, not RSA-PSS; ECDSA on P-256, P-384 or P-521; Ed25519): {}",
             paths.key.display(),
             e.to_string().trim_start_matches("unexpected error: ")
         );
@@ -310,7 +310,8 @@ impl SniResolver {
         let count = names.len();
         let mut first_for = 0;
         for name in names {
-            let name = name.to_ascii_lowercase();
+            // SNI is compared without its trailing dot: so are the names.
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
             let owner = match name.strip_prefix('*') {
                 Some(suffix) => self.wildcard.entry(suffix.to_string()).or_insert(index),
                 None => self.exact.entry(name).or_insert(index),

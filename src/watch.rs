@@ -243,7 +243,8 @@ impl Watches {
                     let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
                     // Said once per folder, not on every poll while it lasts.
                     if !vanished && self.unwatchable.insert(folder.clone()) {
-                        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch folder; checking it every 0.75 s instead");
+                        let error = words(&e);
+                        tracing::warn!(folder = %folder.display(), %error, "cannot watch folder; checking it every 0.6 s instead");
                     }
                 }
             }
@@ -269,14 +270,8 @@ impl Watches {
                 Ok(watcher) => self.watcher = Some(watcher),
                 // Said once: later refreshes try again quietly, polling meanwhile.
                 Err(e) if !self.degraded => {
-                    // "Too many open files" from inotify_init is the kernel's per-user count
-                    // of inotify instances, not `ulimit -n`: say which.
-                    let hint = match &e.kind {
-                        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(24) => "; the per-user limit of inotify instances (sysctl fs.inotify.max_user_instances) is likely reached",
-                        notify::ErrorKind::MaxFilesWatch => "; the per-user limit of inotify watches (sysctl fs.inotify.max_user_watches) is reached",
-                        _ => "",
-                    };
-                    tracing::warn!(error = %e, "cannot watch the config for changes{hint}; checking it every 0.75 s instead");
+                    let (error, hint) = (words(&e), limit_hint(&e));
+                    tracing::warn!(%error, "cannot watch the config for changes{hint}; checking it every 0.6 s instead");
                 }
                 Err(_) => {}
             }
@@ -285,6 +280,34 @@ impl Watches {
             self.degraded = true;
         }
         self.watcher.is_some()
+    }
+}
+
+/// A notify error in words: its own print adds the paths as a debug list.
+fn words(e: &notify::Error) -> String {
+    match &e.kind {
+        notify::ErrorKind::Io(io) => io.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Which limit an inotify failure ran into, for the operator to raise. "Too many open files"
+/// from inotify_init is either this process's open-files limit or the kernel's per-user count
+/// of inotify instances: if a file still opens, it is the latter.
+fn limit_hint(e: &notify::Error) -> &'static str {
+    match &e.kind {
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(24) => {
+            match std::fs::File::open("/dev/null") {
+                Err(open) if open.raw_os_error() == Some(24) => {
+                    "; wsgate is out of open files (ulimit -n)"
+                }
+                _ => "; the per-user limit of inotify instances (sysctl fs.inotify.max_user_instances) is reached",
+            }
+        }
+        notify::ErrorKind::MaxFilesWatch => {
+            "; the per-user limit of inotify watches (sysctl fs.inotify.max_user_watches) is reached"
+        }
+        _ => "",
     }
 }
 

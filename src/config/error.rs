@@ -266,7 +266,8 @@ fn last_ident(text: &str) -> String {
         .trim_end()
         .chars()
         .rev()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '"')
+        // A dotted key (`tls.certificates = …`) whole.
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '"' | '.'))
         .collect();
     ident.chars().rev().filter(|c| *c != '"').collect()
 }

@@ -99,11 +99,11 @@ pub enum LogFormat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchMode {
-    /// File system events (inotify), with a check every 0.75 s for a folder that cannot be
+    /// File system events (inotify), with a check every 0.6 s for a folder that cannot be
     /// watched.
     #[default]
     Events,
-    /// A check every 0.75 s, for file systems that deliver no events (NFS, SMB, some FUSE
+    /// A check every 0.6 s, for file systems that deliver no events (NFS, SMB, some FUSE
     /// mounts, bind mounts edited from outside a VM).
     Poll,
 }
@@ -493,6 +493,8 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         assert_eq!(key_of(unclosed_array), "proxy.listen");
         let unclosed_table = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a]\", key = \"b\" ]\n";
         assert_eq!(key_of(unclosed_table), "tls.certificates");
+        let dotted = "[proxy]\ntls.certificates = [\"a\"\n[x]\n";
+        assert_eq!(key_of(dotted), "proxy.tls.certificates");
         let in_a_route =
             "[[route]]\nname = \"a\" # [\nbackends = [\"h:1\"\n[[route]]\nname = \"b\"\n";
         assert_eq!(key_of(in_a_route), "route[0].backends");

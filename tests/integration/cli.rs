@@ -9,15 +9,21 @@ use crate::support::*;
 /// Runs `wsgate args…` from `/` (so relative paths must resolve against the config's folder)
 /// and fails the test if it does not exit within [`TIMEOUT`].
 fn wsgate(args: &[&str]) -> Output {
-    let mut child = Command::new(wsgate_bin())
-        .args(args)
-        .current_dir("/")
+    let mut command = Command::new(wsgate_bin());
+    command.args(args).current_dir("/");
+    exited(command, &format!("wsgate {args:?}"))
+}
+
+/// Runs `command` to its end, output captured; fails the test (killing it) if it does not
+/// exit within [`TIMEOUT`].
+fn exited(mut command: Command, what: &str) -> Output {
+    let mut child = command
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn wsgate");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let deadline = Instant::now() + TIMEOUT;
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -27,7 +33,7 @@ fn wsgate(args: &[&str]) -> Output {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
             panic!(
-                "wsgate {args:?} did not exit within {TIMEOUT:?}; stderr: {}",
+                "{what} did not exit within {TIMEOUT:?}; stderr: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -264,7 +270,8 @@ fn check_warns_about_certificates_sni_never_picks() {
         r#"{ cert = "server.crt", key = "server.key" },
   { cert = "cn.crt", key = "cn.key" },
   { cert = "again.crt", key = "again.key" },
-  { cert = "new.crt", key = "new.key" },"#,
+  { cert = "new.crt", key = "new.key" },
+  { cert = "dot.crt", key = "dot.key" },"#,
     );
     let path = dir.path().join("wsgate.toml");
     std::fs::write(&path, &body).unwrap();
@@ -278,6 +285,8 @@ fn check_warns_about_certificates_sni_never_picks() {
         &["localhost", "example.com", "*.example.com"],
     );
     pki().write_leaf(dir.path(), "new", &["localhost", "new.test"]);
+    // SNI is compared without a trailing dot: "localhost." is the first certificate's name.
+    pki().write_leaf(dir.path(), "dot", &["localhost."]);
     let out = check(&path);
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -292,6 +301,10 @@ fn check_warns_about_certificates_sni_never_picks() {
         "{stderr}"
     );
     assert!(!stderr.contains("new.crt"), "it serves new.test: {stderr}");
+    assert!(
+        stderr.contains("tls.certificates[4]: ") && stderr.contains("dot.crt is never served"),
+        "{stderr}"
+    );
 }
 
 /// Each way a PEM file goes wrong gets words an operator can act on.
@@ -460,4 +473,28 @@ fn lines_until(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<S
         seen.push(wait_for_line(lines, ""));
     }
     seen
+}
+
+/// Too few open files to start at all is said in words (it used to end in a panic inside the
+/// signal set-up).
+#[test]
+fn too_low_an_open_files_limit_is_refused_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let script = format!(
+        "ulimit -n 8 && exec '{}' run --config '{}'",
+        wsgate_bin(),
+        path.display()
+    );
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &script]);
+    let out = exited(sh, "wsgate under ulimit -n 8");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("error: the open-files limit (ulimit -n) is 8; wsgate needs at least 16"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("panicked"), "{}", text(&out));
 }
