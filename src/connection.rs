@@ -161,15 +161,17 @@ async fn serve_http(
     answer_by: Instant,
 ) {
     let shared = conn.shared.clone();
+    let answered = Arc::new(tokio::sync::Notify::new());
     let service = {
-        let conn = conn.clone();
-        service_fn(move |req| proxy::handle(req, conn.clone()))
+        let (conn, answered) = (conn.clone(), answered.clone());
+        service_fn(move |req| proxy::handle(req, conn.clone(), answered.clone()))
     };
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
         // Keep-alive stays on: with it off hyper adds "close" to the 101's Connection header,
-        // which clients reject. Every answer that is not a 101 carries "Connection: close".
+        // which clients reject (and to a 426's, which names `Upgrade` alone). A refusal ends
+        // the connection once written (`answered`, below); relayed answers say "close".
         // hyper's floor is 8 KiB; the exact limit was measured by head::read. The margin
         // keeps hyper from refusing a head within the limit that arrives with early bytes.
         .max_buf_size((max_head + 1024).max(8192))
@@ -179,10 +181,23 @@ async fn serve_http(
     let serving = http
         .serve_connection(TokioIo::new(Prefixed::new(head, tls)), service)
         .with_upgrades();
-    let ended = tokio::select! {
-        result = serving => Ended::Served(result),
-        _ = tokio::time::sleep_until(answer_by) => Ended::Late,
-        _ = shared.drain.started() => Ended::Drained,
+    // In a block of its own, so that the pinned future is dropped at its end.
+    let ended = {
+        let mut serving = std::pin::pin!(serving);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = serving.as_mut() => break Ended::Served(result),
+                // A refusal written: one request per connection, so it ends here (hyper
+                // closes it once it is idle), whatever the answer's `Connection` said.
+                () = answered.notified(), if !closing => {
+                    closing = true;
+                    serving.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(answer_by) => break Ended::Late,
+                _ = shared.drain.started() => break Ended::Drained,
+            }
+        }
     };
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.

@@ -143,12 +143,13 @@ impl ProxyError {
         use ProxyError::*;
         // Every variant named: a new load refusal must not go out without its Retry-After.
         match self {
-            NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade, close")],
-            // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22).
+            // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22); the connection is
+            // closed after it all the same (see `proxy::Refusal`).
+            NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade")],
             UnsupportedVersion => &[
                 ("sec-websocket-version", "13"),
                 ("upgrade", "websocket"),
-                ("connection", "Upgrade, close"),
+                ("connection", "Upgrade"),
             ],
             Overloaded | ClientOverLimit | ShuttingDown | OutOfDescriptors => {
                 &[("retry-after", "1")]

@@ -12,6 +12,7 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_rustls::server::TlsStream;
 
 use crate::access_log::{self, decide, Line, Relayed};
@@ -24,17 +25,65 @@ use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
 
-pub(crate) type Body = Either<Full<Bytes>, Relayed>;
+pub(crate) type Body = Either<Refusal, Relayed>;
 
-/// Serves one request. Never fails: every refusal becomes a response here.
+/// Serves one request. Never fails: every refusal becomes a response here, whose end
+/// `answered` is told of (the connection then closes: one request per connection).
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     conn: Arc<Conn>,
+    answered: Arc<Notify>,
 ) -> Result<Response<Body>, Infallible> {
     let mut log = Line::new(&conn);
     match route_and_forward(&mut req, &conn, &mut log).await {
         Ok(response) => Ok(response),
-        Err(err) => Ok(refuse(&err, &mut log)),
+        Err(err) => Ok(refuse(&err, &mut log, Some(answered))),
+    }
+}
+
+/// A refusal's fixed body, which says when hyper is done with it (written, or given up on),
+/// so that the connection can be closed then. The header cannot say it for every refusal: a
+/// 426's `Connection` names `Upgrade`, as RFC 9110 and the contract spell it, and a `close`
+/// beside it would be hyper's doing if it were told to close up front.
+pub(crate) struct Refusal {
+    body: Full<Bytes>,
+    done: Option<Arc<Notify>>,
+}
+
+impl Refusal {
+    fn new(body: Bytes, done: Option<Arc<Notify>>) -> Refusal {
+        Refusal {
+            body: Full::new(body),
+            done,
+        }
+    }
+}
+
+impl hyper::body::Body for Refusal {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Refusal {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.notify_one();
+        }
     }
 }
 
@@ -44,7 +93,7 @@ pub(crate) async fn handle(
 /// [`access_log::end_line`], then lets the client linger.
 pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
     let mut log = Line::new(conn);
-    let response = refuse(err, &mut log);
+    let response = refuse(err, &mut log, None);
     let body = err.body();
     // Like every answer hyper writes (RFC 9110 §6.6.1: an origin with a clock sends one).
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
@@ -106,7 +155,7 @@ async fn route_and_forward(
                 tunnel,
                 route.config.idle.unwrap_or(snapshot.config.timeouts.idle),
             );
-            Ok(head.map(|()| Either::Left(Full::new(Bytes::new()))))
+            Ok(head.map(|()| Either::Left(Refusal::new(Bytes::new(), None))))
         }
     }
 }
@@ -197,13 +246,13 @@ fn client_splice(
     Some(splice.metered(conn.shared.metrics.meter(route)))
 }
 
-/// Decides the refusal's log line and builds its response.
-fn refuse(err: &ProxyError, log: &mut Line<'_>) -> Response<Body> {
+/// Decides the refusal's log line and builds its response; `done` is told when its body has
+/// been written.
+fn refuse(err: &ProxyError, log: &mut Line<'_>, done: Option<Arc<Notify>>) -> Response<Body> {
     let (status, side) = err.status();
     decide(log, status, Some(side), &err.to_string());
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(
-        err.body().as_bytes(),
-    ))));
+    let body = Bytes::from_static(err.body().as_bytes());
+    let mut response = Response::new(Either::Left(Refusal::new(body, done)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

@@ -35,10 +35,23 @@ async fn a_path_no_route_matches_is_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_get_on_a_route_is_426_with_upgrade_headers() {
-    let (head, _) = status_of(Req::get("chat.example.com", "/ws")).await;
-    assert_eq!(head.status, 426, "{head:?}");
-    assert_eq!(head.tokens("upgrade"), ["websocket"]);
-    assert!(head.tokens("connection").contains(&"upgrade".to_string()));
+    // A handshake timeout of an hour: the close after the answer must be the proxy's own.
+    let proxy = proxy("[timeouts]\nhandshake = \"1h\"\n").await;
+    for req in [
+        Req::get("chat.example.com", "/ws"),
+        ws().set("Sec-WebSocket-Version", "8"),
+    ] {
+        let mut client = raw_client(proxy.addr).await;
+        client.send(req.bytes()).await;
+        let head = client.read_head().await;
+        assert_eq!(head.status, 426, "{head:?}");
+        // Exactly as RFC 9110 §15.5.22 and the contract spell them.
+        assert_eq!(head.get_all("upgrade"), ["websocket"], "{head:?}");
+        assert_eq!(head.get_all("connection"), ["Upgrade"], "{head:?}");
+        // One request per connection: closed once the answer is out.
+        client.read_body(&head).await;
+        client.expect_closed().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
