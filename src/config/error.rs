@@ -109,9 +109,13 @@ impl ConfigError {
 
 /// serde names Rust types in its messages ("expected i64"); an operator reads "an integer".
 fn plain_types(message: &str) -> String {
+    // An integer beyond 64 bits is read as a 128-bit one, and named so.
+    let message = message
+        .replace(" as i128,", " (too large),")
+        .replace(" as u128,", " (too large),");
     ["i64", "u64", "u32", "u16", "usize"]
         .iter()
-        .fold(message.to_string(), |m, t| {
+        .fold(message, |m, t| {
             m.replace(&format!("expected {t}"), "expected an integer")
         })
 }

@@ -328,6 +328,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
             ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[reload]\nrecheck = \"10ms\"\n", "reload.recheck: must be at least 1s"),
+            ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: invalid type: integer `99999999999999999999` (too large), expected an integer"),
             ("[[route]]\nname = \"a\"\npath = \"/a%2fb\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2fb\" has a '\\' or an encoded '/'"),
             ("[[route]]\nname = \"a\"\npath = '/a\\b'\nbackends = [\"h:1\"]\n", "route[0].path:"),
             (
