@@ -46,6 +46,9 @@ pub enum ProxyError {
     BadPath,
     #[error("upgrade request carries a body")]
     UnexpectedBody,
+    /// A request target longer than the HTTP library takes (64 KiB).
+    #[error("request target too long")]
+    UriTooLong,
     #[error("request head too large")]
     HeadTooLarge,
     #[error("request head has more than 100 header fields")]
@@ -96,6 +99,7 @@ impl ProxyError {
             HeadTooLarge | TooManyFields => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
             }
+            UriTooLong => (StatusCode::URI_TOO_LONG, Side::Client),
             OriginDenied => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
@@ -125,6 +129,7 @@ impl ProxyError {
             BadPath => "malformed request path\n",
             UnexpectedBody => "upgrade request must not have a body\n",
             HeadTooLarge | TooManyFields => "request header fields too large\n",
+            UriTooLong => "request target too long\n",
             OriginDenied => "origin not allowed\n",
             NoSubprotocol => "no acceptable subprotocol\n",
             Overloaded | OutOfDescriptors => "server busy, retry later\n",
@@ -156,7 +161,7 @@ impl ProxyError {
             }
             NoRoute | MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
             | MalformedRequest | BadPath | UnexpectedBody | HeadTooLarge | TooManyFields
-            | OriginDenied | NoSubprotocol | BackendUnavailable | BackendTimeout
+            | UriTooLong | OriginDenied | NoSubprotocol | BackendUnavailable | BackendTimeout
             | BadBackendUpgrade(_) | BackendProtocol(_) | BadBackendAnswer(_) | Internal(_) => &[],
         }
     }
@@ -256,6 +261,7 @@ mod tests {
             (ProxyError::OriginDenied, 403),
             (ProxyError::HeadTooLarge, 431),
             (ProxyError::TooManyFields, 431),
+            (ProxyError::UriTooLong, 414),
             (ProxyError::Overloaded, 503),
             (ProxyError::ShuttingDown, 503),
             (ProxyError::ClientOverLimit, 429),

@@ -58,6 +58,9 @@ pub(crate) async fn read<T: AsyncRead + Unpin>(
 /// Header fields a request may have: hyper's limit, checked here so that the refusal is ours.
 const MAX_HEADERS: usize = 100;
 
+/// The longest request target the `http` crate's `Uri` takes.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
+
 /// Whether a path starts with two separators, however spelled (`//`, `/\`, `/%2F`, `/%5C`,
 /// `/／`: as [`routes::canonical`] reads it):
 /// Node's and Python's URL parsers read what follows as a host (`//localhost/admin` is path
@@ -100,6 +103,10 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
     // What hyper checks beyond the syntax: a target that parses as a URI, and a framing it
     // understands. An upgrade request has no body, so any framing header is refused here.
     let target = request.path.unwrap_or_default();
+    // The longest target the `http` crate parses: beyond it, 414 rather than hyper's 400.
+    if target.len() > MAX_TARGET {
+        return Err(ProxyError::UriTooLong);
+    }
     let Ok(uri) = target.parse::<hyper::Uri>() else {
         return Err(ProxyError::MalformedRequest);
     };

@@ -80,7 +80,7 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
     if let Some(limit) = open_files_limit().filter(|&l| l < MIN_OPEN_FILES) {
         eprintln!(
-            "error: the open-files limit (ulimit -n) is {limit}; wsgate needs at least {MIN_OPEN_FILES}, and one more per connection"
+            "error: the open-files limit (ulimit -n) is {limit}; wsgate needs at least {MIN_OPEN_FILES}, plus one per client connection and another per tunnel"
         );
         return ExitCode::FAILURE;
     }

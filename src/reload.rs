@@ -67,6 +67,7 @@ pub(crate) fn spawn_reloader(
         rejected: None,
         unbindable: None,
         short_of_files: None,
+        retrying: false,
     };
     if watch_mode(&shared) == WatchMode::Poll {
         tracing::info!("reload.watch = \"poll\": checking the config files every 0.6 s");
@@ -109,6 +110,9 @@ struct Reloader {
     /// [`POLL`], not at the next recheck, as what asked for that look (a SIGHUP that could
     /// not be served is served once the files can be read).
     short_of_files: Option<Trigger>,
+    /// This look retries one the shortage stopped (not a new SIGHUP): it is not announced
+    /// again.
+    retrying: bool,
 }
 
 impl Reloader {
@@ -147,7 +151,10 @@ impl Reloader {
                     Some(()) = manual.recv() => Trigger::Manual,
                     Some(()) = recv_hangup(hangup) => Trigger::Manual,
                 },
-                Wake::Poll => self.short_of_files.unwrap_or(Trigger::Files),
+                Wake::Poll => {
+                    self.retrying = self.short_of_files.is_some();
+                    self.short_of_files.unwrap_or(Trigger::Files)
+                }
                 Wake::Manual => Trigger::Manual,
             };
             if !self
@@ -561,7 +568,8 @@ impl Reloader {
             _ => self.short_of_files = None,
         }
         // Said when it starts, and to every SIGHUP: someone asked, and gets the answer.
-        let quiet = was_short && trigger == Trigger::Files;
+        let retrying = std::mem::take(&mut self.retrying);
+        let quiet = was_short && (trigger == Trigger::Files || retrying);
         shared.reload_status.send_modify(|status| {
             match outcome {
                 Outcome::Nothing | Outcome::Unsettled => {}

@@ -264,7 +264,12 @@ where
             } else {
                 None
             };
-            kind.map(|kind| CloseReason::Error(peer, kind))
+            // EPIPE: the reset followed the peer's FIN, still unread behind the stuck bytes:
+            // it had closed cleanly (see `ending`).
+            kind.map(|kind| match kind {
+                io::ErrorKind::BrokenPipe => CloseReason::Closed(peer),
+                kind => CloseReason::Error(peer, kind),
+            })
         };
         gone(self.up.stuck, &self.client, Peer::Client)
             .or_else(|| gone(self.down.stuck, &self.backend, Peer::Backend))
@@ -815,6 +820,20 @@ mod tests {
             CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
         );
         assert_eq!(started.elapsed(), PROBE * 4);
+    }
+
+    /// A reader whose reset followed its FIN (EPIPE) had closed cleanly: found by the probe,
+    /// and said so.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_directions_reader_that_closed_then_reset_closed_cleanly() {
+        let (client, mut client_feed, client_error) = Peer2::new(Write::Stuck);
+        let (backend, _backend_feed, _) = Peer2::new(Write::Stuck);
+        client_feed.write_all(b"never taken").await.unwrap();
+        *client_error.lock().unwrap() = Some(io::ErrorKind::BrokenPipe);
+        let drain = Arc::new(Drain::default());
+        let idle = Duration::from_secs(300);
+        let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
+        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
     }
 
     /// The other side half-closing while the probe waits does not switch the probe off.

@@ -394,12 +394,18 @@ fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '\\' or an encoded '/' or '\\': requests are matched with these read as '/', so write '/'"
         ));
     }
-    // A path written in a form requests are not matched in (`／`, `ａ`, a decomposed accent).
+    // A path written in a form requests are not matched in (`／`, `ａ`, a decomposed accent):
+    // the form to write, unless that is no route path either (`‥` is `..`).
     let decoded = crate::routes::percent_decode(text);
     if read != String::from_utf8_lossy(&decoded) {
-        return Err(format!(
-            "{text:?} is matched in its Unicode normal form (NFKC), as normalising backends read it: write {read:?}"
-        ));
+        return Err(match route_path(&read) {
+            Ok(_) => format!(
+                "{text:?} is matched in its Unicode normal form (NFKC), as normalising backends read it: write {read:?}"
+            ),
+            Err(_) => format!(
+                "{text:?} is read as {read:?} in its Unicode normal form (NFKC), as normalising backends read it, and that cannot be a route path"
+            ),
+        });
     }
     // Requests with a dot segment are refused before routing (routes.rs): no request could
     // ever reach such a route.

@@ -273,3 +273,22 @@ async fn a_head_at_the_limit_with_many_early_bytes() {
     assert_eq!(h.status, 101, "{h:?}");
     assert_eq!(back.read_exact(40000).await, vec![b'e'; 40000]);
 }
+
+/// A target longer than the HTTP library parses (64 KiB), within a larger head limit: 414,
+/// not a 400 for a head that is well formed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_over_64_kib_is_414() {
+    let proxy = proxy_to_nowhere("[limits]\nmax_request_header_bytes = 1048576\n", None).await;
+    let long = format!("/ws/{}", "a".repeat(70_000));
+    let (head, body) = request(proxy.addr, Req::upgrade("chat.example.com", &long).bytes()).await;
+    assert_eq!(head.status, 414, "{head:?}");
+    assert_eq!(body, b"request target too long\n");
+    // Just within it, the request is routed (502: its backend's port is closed).
+    let within = format!("/ws/{}", "a".repeat(65_000));
+    let (head, _) = request(
+        proxy.addr,
+        Req::upgrade("chat.example.com", &within).bytes(),
+    )
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
