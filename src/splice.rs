@@ -727,7 +727,7 @@ mod tests {
     /// A peer for the probe: reads come from a pipe the test feeds, writes are taken, never
     /// taken (a peer that stopped reading), or fail; the kernel's error for the connection
     /// is whatever the test sets.
-    struct Peer2 {
+    struct Scripted {
         read: DuplexStream,
         write: Write,
         error: Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
@@ -739,18 +739,18 @@ mod tests {
         Fails(io::ErrorKind),
     }
 
-    impl Peer2 {
+    impl Scripted {
         /// The peer, the test's end of its pipe, and the handle to set its error.
         fn new(
             write: Write,
         ) -> (
-            Peer2,
+            Scripted,
             DuplexStream,
             Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
         ) {
             let (read, feed) = duplex(1 << 16);
             let error = Arc::new(std::sync::Mutex::new(None));
-            let peer = Peer2 {
+            let peer = Scripted {
                 read,
                 write,
                 error: error.clone(),
@@ -759,7 +759,7 @@ mod tests {
         }
     }
 
-    impl AsyncRead for Peer2 {
+    impl AsyncRead for Scripted {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -769,7 +769,7 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for Peer2 {
+    impl AsyncWrite for Scripted {
         fn poll_write(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
@@ -789,9 +789,45 @@ mod tests {
         }
     }
 
-    impl PeerSocket for Peer2 {
+    impl PeerSocket for Scripted {
         fn peer_error(&self) -> Option<io::ErrorKind> {
             *self.error.lock().unwrap()
+        }
+    }
+
+    /// A relay whose client sent bytes its backend, which stopped reading, does not take;
+    /// writes to the client `client_write`, the backend having sent `backend_sent`.
+    struct StuckUp {
+        relay: tokio::task::JoinHandle<Outcome>,
+        /// The client's kernel error, for the probe to find.
+        client_error: Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
+        /// The backend's end of its pipe: dropping it is the backend's FIN.
+        backend_feed: DuplexStream,
+        _client_feed: DuplexStream,
+        started: Instant,
+    }
+
+    impl StuckUp {
+        async fn start(client_write: Write, backend_sent: &[u8]) -> StuckUp {
+            let (client, mut client_feed, client_error) = Scripted::new(client_write);
+            let (backend, mut backend_feed, _) = Scripted::new(Write::Stuck);
+            client_feed.write_all(b"never taken").await.unwrap();
+            backend_feed.write_all(backend_sent).await.unwrap();
+            let drain = Arc::new(Drain::default());
+            let idle = Duration::from_secs(300);
+            StuckUp {
+                relay: tokio::spawn(async move {
+                    without_early(BufReader::new(client), backend, idle, &drain).await
+                }),
+                client_error,
+                backend_feed,
+                _client_feed: client_feed,
+                started: Instant::now(),
+            }
+        }
+
+        fn client_fails(&self, kind: io::ErrorKind) {
+            *self.client_error.lock().unwrap() = Some(kind);
         }
     }
 
@@ -799,83 +835,66 @@ mod tests {
     /// found by the probe after [`PROBE`], not at the idle timeout.
     #[tokio::test(start_paused = true)]
     async fn a_stuck_directions_reader_that_reset_is_found_by_the_probe() {
-        let (client, mut client_feed, client_error) = Peer2::new(Write::Stuck);
-        let (backend, _backend_feed, _) = Peer2::new(Write::Stuck);
-        client_feed.write_all(b"never taken").await.unwrap();
-        let drain = Arc::new(Drain::default());
-        let started = Instant::now();
-        let idle = Duration::from_secs(300);
-        let relay = tokio::spawn(async move {
-            without_early(BufReader::new(client), backend, idle, &drain).await
-        });
+        let stuck = StuckUp::start(Write::Stuck, b"").await;
         tokio::time::sleep(PROBE * 3 + PROBE / 2).await;
         assert!(
-            !relay.is_finished(),
+            !stuck.relay.is_finished(),
             "a slow reader is not cut by the probe"
         );
-        *client_error.lock().unwrap() = Some(io::ErrorKind::ConnectionReset);
-        let outcome = relay.await.unwrap();
+        stuck.client_fails(io::ErrorKind::ConnectionReset);
+        let outcome = stuck.relay.await.unwrap();
         assert_eq!(
             outcome.reason,
             CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
         );
-        assert_eq!(started.elapsed(), PROBE * 4);
+        assert_eq!(stuck.started.elapsed(), PROBE * 4);
     }
 
     /// A reader whose reset followed its FIN (EPIPE) had closed cleanly: found by the probe,
     /// and said so.
     #[tokio::test(start_paused = true)]
     async fn a_stuck_directions_reader_that_closed_then_reset_closed_cleanly() {
-        let (client, mut client_feed, client_error) = Peer2::new(Write::Stuck);
-        let (backend, _backend_feed, _) = Peer2::new(Write::Stuck);
-        client_feed.write_all(b"never taken").await.unwrap();
-        *client_error.lock().unwrap() = Some(io::ErrorKind::BrokenPipe);
-        let drain = Arc::new(Drain::default());
-        let idle = Duration::from_secs(300);
-        let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
+        let stuck = StuckUp::start(Write::Stuck, b"").await;
+        stuck.client_fails(io::ErrorKind::BrokenPipe);
+        let outcome = stuck.relay.await.unwrap();
         assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
     }
 
     /// The other side half-closing while the probe waits does not switch the probe off.
     #[tokio::test(start_paused = true)]
     async fn a_half_close_while_stuck_keeps_the_probe_going() {
-        let (client, mut client_feed, client_error) = Peer2::new(Write::Stuck);
-        let (backend, backend_feed, _) = Peer2::new(Write::Stuck);
-        client_feed.write_all(b"never taken").await.unwrap();
-        let drain = Arc::new(Drain::default());
-        let started = Instant::now();
-        let idle = Duration::from_secs(300);
-        let relay = tokio::spawn(async move {
-            without_early(BufReader::new(client), backend, idle, &drain).await
-        });
+        let stuck = StuckUp::start(Write::Stuck, b"").await;
         tokio::time::sleep(PROBE / 2).await;
-        drop(backend_feed);
-        *client_error.lock().unwrap() = Some(io::ErrorKind::ConnectionReset);
-        let outcome = relay.await.unwrap();
+        stuck.client_fails(io::ErrorKind::ConnectionReset);
+        drop(stuck.backend_feed);
+        let outcome = stuck.relay.await.unwrap();
         assert_eq!(
             outcome.reason,
             CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
         );
-        assert!(started.elapsed() <= PROBE * 2, "{:?}", started.elapsed());
+        assert!(
+            stuck.started.elapsed() <= PROBE * 2,
+            "{:?}",
+            stuck.started.elapsed()
+        );
     }
 
     /// Both sides stopped reading; the client resets, and the write to it takes the reset the
     /// probe would have found: still found, not left to the half-closed wait.
     #[tokio::test(start_paused = true)]
     async fn a_reset_a_write_already_took_is_found_by_the_probe() {
-        let (client, mut client_feed, _) = Peer2::new(Write::Fails(io::ErrorKind::ConnectionReset));
-        let (backend, mut backend_feed, _) = Peer2::new(Write::Stuck);
-        client_feed.write_all(b"never taken").await.unwrap();
-        backend_feed.write_all(b"meets the reset").await.unwrap();
-        let drain = Arc::new(Drain::default());
-        let started = Instant::now();
-        let idle = Duration::from_secs(300);
-        let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
+        let reset = Write::Fails(io::ErrorKind::ConnectionReset);
+        let stuck = StuckUp::start(reset, b"meets the reset").await;
+        let outcome = stuck.relay.await.unwrap();
         assert_eq!(
             outcome.reason,
             CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
         );
-        assert!(started.elapsed() <= PROBE, "{:?}", started.elapsed());
+        assert!(
+            stuck.started.elapsed() <= PROBE,
+            "{:?}",
+            stuck.started.elapsed()
+        );
     }
 
     /// A connection after its peer reset it: what arrived before is still read, then the
