@@ -118,12 +118,12 @@ impl RouteTable {
         path: &str,
         offered: &[&'a str],
     ) -> Selection<'a> {
-        if has_dot_segment(path) {
+        let path = match read_path(path) {
+            Read::Matched(path) => path,
             // "/public/../admin" must not ride the "/public" route to a backend that resolves it.
-            return Selection::NoRoute;
-        }
+            Read::DotSegment => return Selection::NoRoute,
+        };
         let host = host.map(normalize_host);
-        let path = match_path(path);
         let mut candidates = false;
         for paths in self.host_classes(host.as_deref()) {
             for prefix in prefixes(&path) {
@@ -192,7 +192,12 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
 
 /// A route's path as the table keys it: two routes with the same key match the same requests.
 pub(crate) fn route_key(path: &str) -> String {
-    let key = match_path(path).trim_end_matches('/').to_string();
+    // Route paths have no dot segment (validated): matched as written if one slipped through.
+    let matched = match read_path(path) {
+        Read::Matched(matched) => matched,
+        Read::DotSegment => Cow::Borrowed(path),
+    };
+    let key = matched.trim_end_matches('/').to_string();
     if key.is_empty() {
         "/".to_string()
     } else {
@@ -200,7 +205,8 @@ pub(crate) fn route_key(path: &str) -> String {
     }
 }
 
-/// The path as routes are matched against it: the forms a backend may read as the same path
+/// The path as routes are matched against it (unless it has a dot segment, however spelled:
+/// see [`has_dot_segment`]): the forms a backend may read as the same path
 /// are made one, so that none of them rides past a more specific route (and its `origins`
 /// or `subprotocols` rules) to a catch-all: percent-escapes decoded (`/or%69g` is `/orig`),
 /// a `\` or an encoded `/` or `\` read as `/` (`/orig%2Fx` is `/orig/x` to a server that
@@ -209,11 +215,19 @@ pub(crate) fn route_key(path: &str) -> String {
 /// that (see [`canonical`]), empty segments dropped (`//orig`), and `;parameters` cut from
 /// each segment (`/orig;jsessionid=1`, as servlet containers read it). The request goes to
 /// the backend unchanged.
-fn match_path(path: &str) -> Cow<'_, str> {
+fn read_path(path: &str) -> Read<'_> {
+    let is_dot = |segment: &str| matches!(segment, "." | "..");
+    // Most paths have nothing to decode, normalise, merge or cut: their segments are theirs.
     if !needs_reading(path) && !path.contains("//") && !path.contains(';') {
-        return Cow::Borrowed(path);
+        if path.contains('.') && path.split('/').any(is_dot) {
+            return Read::DotSegment;
+        }
+        return Read::Matched(Cow::Borrowed(path));
     }
     let canonical = canonical(path);
+    if segments(&canonical).any(is_dot) {
+        return Read::DotSegment;
+    }
     let mut out = String::with_capacity(canonical.len());
     for segment in segments(&canonical) {
         out.push('/');
@@ -222,7 +236,15 @@ fn match_path(path: &str) -> Cow<'_, str> {
     if out.is_empty() || canonical.ends_with('/') {
         out.push('/');
     }
-    Cow::Owned(out)
+    Read::Matched(Cow::Owned(out))
+}
+
+/// What [`read_path`] makes of a request path.
+enum Read<'a> {
+    /// The form it is matched in.
+    Matched(Cow<'a, str>),
+    /// A backend could take part of it for a `.` or `..` segment: it matches no route.
+    DotSegment,
 }
 
 /// Whether `path` holds anything [`canonical`] changes.
@@ -298,11 +320,7 @@ fn segments(canonical: &str) -> impl Iterator<Item = &str> {
 /// resolving), with `;parameters` (servlet containers read "..;x" as ".."), or in the
 /// compatibility forms NFKC reads as dots (`%EF%BC%8E` is `．`, which is `.`).
 pub(crate) fn has_dot_segment(path: &str) -> bool {
-    // Most paths have neither a dot nor an escape: nothing to look at.
-    if !path.contains('.') && !needs_reading(path) {
-        return false;
-    }
-    segments(&canonical(path)).any(|core| matches!(core, "." | ".."))
+    matches!(read_path(path), Read::DotSegment)
 }
 
 #[cfg(test)]
