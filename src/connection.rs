@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -83,6 +84,7 @@ pub(crate) async fn serve(
         guard,
         _client_slot: client_slot,
         line: Mutex::new(EndLine::Connection),
+        served: AtomicBool::new(false),
     };
     let conn = Arc::new(conn);
     // Refusals that need no routing are answered here, and hyper never sees the request.
@@ -364,6 +366,18 @@ pub(crate) struct Conn {
     _client_slot: Option<ClientSlot>,
     /// Who writes the connection's end line, and with what.
     pub(crate) line: Mutex<EndLine>,
+    /// Set by the first request hyper hands the service: see [`Conn::first_request`].
+    served: AtomicBool,
+}
+
+impl Conn {
+    /// Whether this is the connection's first request. hyper may parse a request pipelined
+    /// behind a refused one before the connection is shut (a 426 does not say `close`, and
+    /// hyper reads on as soon as the answer is written): such a request must not be served,
+    /// as it was never read by `head::check` nor admitted.
+    pub(crate) fn first_request(&self) -> bool {
+        !self.served.swap(true, Ordering::AcqRel)
+    }
 }
 
 /// The refusals that need no routing: shutdown begun (503), over `max_connections` (503) or

@@ -44,6 +44,9 @@ pub enum ProxyError {
     /// A target backends may read in more ways than one: see `head::check`.
     #[error("request target with bytes outside ASCII, or a path with a broken or NUL escape or escapes that are no UTF-8")]
     BadPath,
+    /// A request pipelined behind the connection's first: one request per connection.
+    #[error("a second request on the connection")]
+    SecondRequest,
     #[error("upgrade request carries a body")]
     UnexpectedBody,
     /// A request target longer than the HTTP library takes (64 KiB).
@@ -93,7 +96,7 @@ impl ProxyError {
             NoRoute => (StatusCode::NOT_FOUND, Side::Client),
             NotUpgrade | UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, Side::Client),
             MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
-            | MalformedRequest | BadPath | UnexpectedBody | NoSubprotocol => {
+            | MalformedRequest | BadPath | SecondRequest | UnexpectedBody | NoSubprotocol => {
                 (StatusCode::BAD_REQUEST, Side::Client)
             }
             HeadTooLarge | TooManyFields => {
@@ -127,6 +130,7 @@ impl ProxyError {
             BadHost => "invalid Host header, or not the host the request target names\n",
             MalformedRequest => "malformed request\n",
             BadPath => "malformed request path\n",
+            SecondRequest => "one request per connection\n",
             UnexpectedBody => "upgrade request must not have a body\n",
             HeadTooLarge | TooManyFields => "request header fields too large\n",
             UriTooLong => "request target too long\n",
@@ -160,9 +164,10 @@ impl ProxyError {
                 &[("retry-after", "1")]
             }
             NoRoute | MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
-            | MalformedRequest | BadPath | UnexpectedBody | HeadTooLarge | TooManyFields
-            | UriTooLong | OriginDenied | NoSubprotocol | BackendUnavailable | BackendTimeout
-            | BadBackendUpgrade(_) | BackendProtocol(_) | BadBackendAnswer(_) | Internal(_) => &[],
+            | MalformedRequest | BadPath | SecondRequest | UnexpectedBody | HeadTooLarge
+            | TooManyFields | UriTooLong | OriginDenied | NoSubprotocol | BackendUnavailable
+            | BackendTimeout | BadBackendUpgrade(_) | BackendProtocol(_) | BadBackendAnswer(_)
+            | Internal(_) => &[],
         }
     }
 }

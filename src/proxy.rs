@@ -34,6 +34,11 @@ pub(crate) async fn handle(
     conn: Arc<Conn>,
     answered: Arc<Notify>,
 ) -> Result<Response<Body>, Infallible> {
+    if !conn.first_request() {
+        // The connection's line stays the first request's; this one is only refused.
+        tracing::debug!(client = %conn.peer, "request behind a refused one refused unread");
+        return Ok(refusal(&ProxyError::SecondRequest, None));
+    }
     let mut log = Line::new(&conn);
     match route_and_forward(&mut req, &conn, &mut log).await {
         Ok(response) => Ok(response),
@@ -251,9 +256,14 @@ fn client_splice(
 fn refuse(err: &ProxyError, log: &mut Line<'_>, done: Option<Arc<Notify>>) -> Response<Body> {
     let (status, side) = err.status();
     decide(log, status, Some(side), &err.to_string());
+    refusal(err, done)
+}
+
+/// The answer to `err`: its status, fixed body and headers.
+fn refusal(err: &ProxyError, done: Option<Arc<Notify>>) -> Response<Body> {
     let body = Bytes::from_static(err.body().as_bytes());
     let mut response = Response::new(Either::Left(Refusal::new(body, done)));
-    *response.status_mut() = status;
+    *response.status_mut() = err.status().0;
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,

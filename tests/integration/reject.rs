@@ -55,6 +55,28 @@ async fn a_plain_get_on_a_route_is_426_with_upgrade_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_behind_a_426_is_never_served() {
+    // A 426 does not say `close`, and the bytes behind its request are already read: the
+    // second request, an upgrade that would reach the (closed) backend as a 502 if served,
+    // is refused unread or never read at all.
+    let proxy = proxy("[timeouts]\nhandshake = \"1h\"\n").await;
+    let mut client = raw_client(proxy.addr).await;
+    let mut both = Req::get("chat.example.com", "/ws").bytes();
+    both.extend(ws().bytes());
+    client.send(both).await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 426, "{head:?}");
+    client.read_body(&head).await;
+    if let Some(second) = client.try_read_head().await {
+        assert_eq!(second.status, 400, "{second:?}");
+        assert_eq!(second.tokens("connection"), ["close"], "{second:?}");
+        let body = client.read_body(&second).await;
+        assert_eq!(body, b"one request per connection\n");
+    }
+    client.expect_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_426_never_forwarded() {
     let (head, _) = status_of(
         ws().set("Upgrade", "h2c")
