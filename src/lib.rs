@@ -26,6 +26,7 @@
 //!   `connection`: one connection until its answer or tunnel; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
+//!   `resolve`: backend names to addresses, briefly cached;
 //!   `forwarding`: which headers cross, each way; `drain`:
 //!   the signal that ends them all at the end of a shutdown;
 //!   `error`: refusals → statuses, in one place;
@@ -50,6 +51,7 @@ mod metrics;
 mod proxy;
 mod proxy_protocol;
 mod reload;
+mod resolve;
 pub mod routes;
 mod server;
 pub mod signals;

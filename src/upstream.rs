@@ -1,7 +1,7 @@
 //! The backend leg: dial a route's backends in turn, forward the upgrade request, and return
 //! either a checked 101 with the raw backend socket, or the backend's refusal to relay.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -14,7 +14,6 @@ use hyper::http::response;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::metrics::Metrics;
@@ -286,20 +285,20 @@ async fn connect_in_turn(
 async fn connect(backend: &str, deadline: tokio::time::Instant) -> std::io::Result<TcpStream> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is.
-    let addrs = resolve(backend)
+    let addrs = crate::resolve::resolve(backend)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
-    connect_any(addrs, deadline).await
+    connect_any(&addrs, deadline).await
 }
 
 /// Connects to the first of `addrs` that answers, each in its share of the time to `deadline`.
 async fn connect_any(
-    addrs: Vec<SocketAddr>,
+    addrs: &[SocketAddr],
     deadline: tokio::time::Instant,
 ) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     let count = addrs.len();
-    for (i, addr) in addrs.into_iter().enumerate() {
+    for (i, &addr) in addrs.iter().enumerate() {
         let share = share_of(deadline, count - i);
         match tokio::time::timeout(share, TcpStream::connect(addr)).await {
             Ok(Ok(socket)) => {
@@ -326,46 +325,9 @@ fn no_answer() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
 }
 
-/// Name lookups in flight at once. getaddrinfo blocks a thread of tokio's blocking pool until
-/// the resolver answers, even after the request that asked has given up; unbounded, a slow
-/// resolver under load would take the whole pool, and the reloads that need it too.
-const MAX_LOOKUPS: usize = 32;
-static LOOKUPS: Semaphore = Semaphore::const_new(MAX_LOOKUPS);
-
-/// The addresses of a `host:port` backend: an IP literal at once, a name through the system
-/// resolver, at most [`MAX_LOOKUPS`] at a time.
-async fn resolve(backend: &str) -> std::io::Result<Vec<SocketAddr>> {
-    if let Ok(addr) = backend.parse::<SocketAddr>() {
-        return Ok(vec![addr]);
-    }
-    let permit = LOOKUPS.acquire().await.map_err(std::io::Error::other)?;
-    let name = backend.to_owned();
-    tokio::task::spawn_blocking(move || {
-        // Held until the resolver answers, however long after the caller gave up.
-        let _permit = permit;
-        name.to_socket_addrs().map(Iterator::collect)
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn literals_skip_the_resolver_and_names_go_through_it() {
-        let literal = resolve("[::1]:9001").await.unwrap();
-        assert_eq!(literal, vec!["[::1]:9001".parse().unwrap()]);
-        assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
-        let named = resolve("localhost:9001").await.unwrap();
-        assert!(named
-            .iter()
-            .all(|a| a.ip().is_loopback() && a.port() == 9001));
-        assert!(!named.is_empty());
-        // The permit went back when the lookup ended.
-        assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
-    }
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
     /// second working: the second is reached within the time, not after it.
@@ -384,7 +346,7 @@ mod tests {
 
         let start = tokio::time::Instant::now();
         let deadline = start + std::time::Duration::from_secs(5);
-        let socket = connect_any(vec![silent_addr, working_addr], deadline)
+        let socket = connect_any(&[silent_addr, working_addr], deadline)
             .await
             .unwrap();
         assert_eq!(socket.peer_addr().unwrap(), working_addr);
@@ -393,7 +355,7 @@ mod tests {
         let took = start.elapsed();
         assert!(took >= std::time::Duration::from_millis(2500), "{took:?}");
         assert!(tokio::time::Instant::now() < deadline);
-        let error = connect_any(vec![silent_addr], start + std::time::Duration::from_secs(6))
+        let error = connect_any(&[silent_addr], start + std::time::Duration::from_secs(6))
             .await
             .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
