@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -85,6 +86,7 @@ pub(crate) async fn serve(
         _client_slot: client_slot,
         line: Mutex::new(EndLine::Connection),
         served: AtomicBool::new(false),
+        refused_upgrade: Mutex::new(None),
     };
     let conn = Arc::new(conn);
     // Refusals that need no routing are answered here, and hyper never sees the request.
@@ -211,9 +213,36 @@ async fn serve_http(
             Ended::Drained => Delivery::Shutdown,
         };
         access_log::end_line(&conn, delivery);
+        let refused = crate::sync::lock(&conn.refused_upgrade).take();
+        if let Some(upgrade) = refused {
+            close_refused(upgrade, &shared).await;
+        }
         return;
     }
     early_close(&shared, conn.peer, conn.started, &unanswered(ended));
+}
+
+/// hyper ends a connection whose request asked for an upgrade by handing its socket to the
+/// upgrade, whatever the answer was, without shutting it: dropped as it is, a refused client
+/// would get a bare FIN where TLS wants a `close_notify` (a truncation, to a strict client),
+/// or a reset that can destroy the answer if it sent anything more. So it is closed as every
+/// other refusal is: `close_notify`, then a brief linger.
+async fn close_refused(upgrade: OnUpgrade, shared: &Shared) {
+    // Ready at once: hyper has handed the socket over, or dropped it with the connection.
+    let Ok(upgraded) = upgrade.await else {
+        return;
+    };
+    let mut io = TokioIo::new(upgraded);
+    let close = async {
+        // A client that reads nothing cannot take the close_notify: bounded like the linger.
+        if let Ok(Ok(())) = tokio::time::timeout(LINGER_TIME, io.shutdown()).await {
+            linger(&mut io).await;
+        }
+    };
+    tokio::select! {
+        () = close => {}
+        _ = shared.drain.started() => {}
+    }
 }
 
 /// hyper's own words for a failed answer ("error writing a body to connection") name neither
@@ -368,6 +397,9 @@ pub(crate) struct Conn {
     pub(crate) line: Mutex<EndLine>,
     /// Set by the first request hyper hands the service: see [`Conn::first_request`].
     served: AtomicBool,
+    /// An upgrade request's socket, which hyper hands to the upgrade even when the answer was
+    /// no 101 (see [`close_refused`]).
+    refused_upgrade: Mutex<Option<OnUpgrade>>,
 }
 
 impl Conn {
@@ -377,6 +409,11 @@ impl Conn {
     /// as it was never read by `head::check` nor admitted.
     pub(crate) fn first_request(&self) -> bool {
         !self.served.swap(true, Ordering::AcqRel)
+    }
+
+    /// Keeps the upgrade of a request answered with anything but a 101, for [`close_refused`].
+    pub(crate) fn keep_refused_upgrade(&self, upgrade: OnUpgrade) {
+        *crate::sync::lock(&self.refused_upgrade) = Some(upgrade);
     }
 }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -40,10 +41,16 @@ pub(crate) async fn handle(
         return Ok(refusal(&ProxyError::SecondRequest, None));
     }
     let mut log = Line::new(&conn);
-    match route_and_forward(&mut req, &conn, &mut log).await {
-        Ok(response) => Ok(response),
-        Err(err) => Ok(refuse(&err, &mut log, Some(answered))),
+    // Taken first: it needs the request mutably, the checks borrow it. A tunnel takes it.
+    let mut upgrade = Some(hyper::upgrade::on(&mut req));
+    let response = match route_and_forward(&mut req, &conn, &mut log, &mut upgrade).await {
+        Ok(response) => response,
+        Err(err) => refuse(&err, &mut log, Some(answered)),
+    };
+    if let Some(upgrade) = upgrade {
+        conn.keep_refused_upgrade(upgrade);
     }
+    Ok(response)
 }
 
 /// A refusal's fixed body, which says when hyper is done with it (written, or given up on),
@@ -115,13 +122,12 @@ async fn route_and_forward(
     req: &mut Request<Incoming>,
     conn: &Arc<Conn>,
     log: &mut Line<'_>,
+    upgrade: &mut Option<OnUpgrade>,
 ) -> Result<Response<Body>, ProxyError> {
     // The config in force now, not at accept: a reload between the TLS handshake and the
     // request head must route this request by the new table.
     let snapshot = &conn.shared.current();
-    // Taken first: it needs the request mutably, the checks below borrow it. (Connection
-    // limits were checked by `admit` before hyper read the request.)
-    let on_client_upgrade = hyper::upgrade::on(&mut *req);
+    // (Connection limits were checked by `admit` before hyper read the request.)
     let host = websocket::request_host(req.uri(), req.headers())?;
     let offered = websocket::offered_protocols(req.headers());
     let selection = snapshot.routes.select(host, req.uri().path(), &offered);
@@ -152,6 +158,7 @@ async fn route_and_forward(
     match answer {
         Answer::Refused(refusal) => Ok(relay(conn, log, refusal)),
         Answer::Upgraded(tunnel) => {
+            let on_client_upgrade = upgrade.take().ok_or(ProxyError::Internal("no upgrade"))?;
             let head = forwarding::client_switching_head(&tunnel.head);
             spawn_tunnel(
                 conn.clone(),

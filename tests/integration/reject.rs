@@ -77,6 +77,25 @@ async fn a_request_pipelined_behind_a_426_is_never_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_request_ends_with_a_tls_close_notify() {
+    // hyper hands an upgrade request's socket over unshut whatever the answer: the proxy must
+    // still end TLS properly, for a request refused by routing (404) as by the checks (400).
+    let proxy = proxy("").await;
+    for (req, status) in [
+        (Req::upgrade("chat.example.com", "/nothing-here"), 404),
+        (ws().set("Sec-WebSocket-Key", "c2hvcnQ="), 400),
+        (Req::get("chat.example.com", "/ws"), 426),
+    ] {
+        let mut client = raw_client(proxy.addr).await;
+        client.send(req.bytes()).await;
+        let head = client.read_head().await;
+        assert_eq!(head.status, status, "{head:?}");
+        client.read_body(&head).await;
+        client.expect_close_notify().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_426_never_forwarded() {
     let (head, _) = status_of(
         ws().set("Upgrade", "h2c")

@@ -873,6 +873,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
         );
     }
 
+    /// Asserts the peer sends nothing more and ends TLS properly: a `close_notify`, not a bare
+    /// FIN (which rustls reads as a truncation) or a reset.
+    pub async fn expect_close_notify(&mut self) {
+        let end = within("the connection to close", async {
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(err) => return Err(err),
+                }
+            }
+        })
+        .await;
+        assert!(
+            self.buf.is_empty(),
+            "expected a close, got {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        if let Err(err) = end {
+            panic!("the connection ended without a close_notify: {err}");
+        }
+    }
+
     /// Shuts down our write side (TLS close_notify + FIN, or FIN), keeping the read side.
     pub async fn shutdown_write(&mut self) {
         within("shutdown", self.stream.shutdown())
