@@ -52,6 +52,9 @@ pub(crate) struct Ending {
     backend_stalled: bool,
 }
 
+/// Why a relayed answer was cut short, when its body broke off on the backend's side.
+pub(crate) const BACKEND_BROKE_OFF: &str = "the backend broke off its body";
+
 /// How the delivery of a connection's answer ended.
 pub(crate) enum Delivery {
     Delivered,
@@ -179,6 +182,16 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
     if !ending.answered {
         return unanswered_line(conn, &mut ending, delivery);
     }
+    // A relayed answer the backend broke off, or held up, is the backend's fault, whoever
+    // decided the answer: its line is a warning, like any other backend fault.
+    let backend_cut = match &delivery {
+        Delivery::Late => ending.backend_stalled,
+        Delivery::Failed(why) => why == BACKEND_BROKE_OFF,
+        Delivery::Delivered | Delivery::Shutdown => false,
+    };
+    if backend_cut {
+        ending.side = Some(Side::Backend);
+    }
     let cut = match delivery {
         Delivery::Delivered => None,
         Delivery::Late if ending.backend_stalled => Some(
@@ -262,18 +275,28 @@ pub(crate) const TARGET: &str = "wsgate::access_log";
 
 /// A tunnel's end line.
 pub(crate) fn tunnel_line(conn: &Conn, route: &str, backend: &str, outcome: &splice::Outcome) {
-    tracing::info!(
-        target: TARGET,
-        client = %conn.peer,
-        route,
-        backend,
-        status = 101,
-        bytes_in = outcome.client_to_backend,
-        bytes_out = outcome.backend_to_client,
-        duration_ms = conn.started.elapsed().as_millis() as u64,
-        reason = outcome.reason.to_string(),
-        "tunnel closed"
-    );
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: TARGET,
+                client = %conn.peer,
+                route,
+                backend,
+                status = 101,
+                bytes_in = outcome.client_to_backend,
+                bytes_out = outcome.backend_to_client,
+                duration_ms = conn.started.elapsed().as_millis() as u64,
+                reason = outcome.reason.to_string(),
+                "tunnel closed"
+            )
+        };
+    }
+    // A backend that vanished (a reset, a crash) is a backend fault; a client that vanished
+    // is everyday mobile life.
+    match outcome.reason {
+        splice::CloseReason::Error(splice::Peer::Backend, _) => line!(warn),
+        _ => line!(info),
+    }
 }
 
 fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {

@@ -252,7 +252,7 @@ fn which_side_failed(e: &hyper::Error) -> String {
     // The relayed body's errors are the backend connection's own hyper errors.
     let from_body = std::error::Error::source(e).is_some_and(|c| c.is::<hyper::Error>());
     if e.is_user() && from_body {
-        return "the backend broke off its body".to_string();
+        return access_log::BACKEND_BROKE_OFF.to_string();
     }
     if e.is_user() {
         return e.to_string();

@@ -526,7 +526,36 @@ async fn line_of_a_refusal_cut_short(end: impl FnOnce(RawConn<tokio::net::TcpStr
     let _ = child.wait();
     assert!(line.contains("\"status\":403"), "{line}");
     assert!(line.contains("\"bytes_out\":5"), "{line}");
+    // The backend's doing, whoever decided the answer: a warning.
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
     line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_the_backend_resets_is_logged_as_a_warning_and_a_client_close_is_not() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
+    let (mut child, lines, addr) = started_wsgate(&config);
+    // The backend vanishes: a reset, not a close.
+    let (mut client, back, _, _) = raw_tunnel(addr, &backend, &ws()).await;
+    back.stream.set_zero_linger().unwrap();
+    drop(back);
+    client.read_to_end().await;
+    let line = wait_for_line(&lines, "tunnel closed");
+    assert!(line.contains("backend error"), "{line}");
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
+    // The client closes: everyday life, at info.
+    let (mut client, mut back, _, _) = raw_tunnel(addr, &backend, &ws()).await;
+    client.shutdown_write().await;
+    back.read_to_end().await;
+    drop(back);
+    client.read_to_end().await;
+    let line = wait_for_line(&lines, "tunnel closed");
+    assert!(line.contains("client closed"), "{line}");
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
