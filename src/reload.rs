@@ -68,10 +68,10 @@ pub(crate) fn spawn_reloader(
         unbindable: None,
         short_of_files: None,
         retrying: false,
+        // What runs before any config asks: said only if the config asks otherwise.
+        mode: WatchMode::Events,
     };
-    if watch_mode(&shared) == WatchMode::Poll {
-        tracing::info!("reload.watch = \"poll\": checking the config files every 0.6 s");
-    }
+    state.announce_mode(watch_mode(&shared));
     let wanted = watch::wanted(&relevant_files(&shared, &path));
     (state.watches).refresh(Some(wanted), watch_mode(&shared));
     // Covers writes between the start-up read and the watches taking.
@@ -113,6 +113,8 @@ struct Reloader {
     /// This look retries one the shortage stopped (not a new SIGHUP): it is not announced
     /// again.
     retrying: bool,
+    /// How the files are watched for changes now.
+    mode: WatchMode,
 }
 
 impl Reloader {
@@ -163,6 +165,7 @@ impl Reloader {
             {
                 return;
             }
+            self.announce_mode(watch_mode(shared));
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
             while (self.watches).refresh(self.wanted_in(shared, path).await, watch_mode(shared)) {
@@ -207,6 +210,24 @@ impl Reloader {
             }
         }
         true
+    }
+
+    /// Says how the files are watched, when the config in force changed it (or asks to poll
+    /// at start).
+    fn announce_mode(&mut self, mode: WatchMode) {
+        if mode == std::mem::replace(&mut self.mode, mode) {
+            return;
+        }
+        match mode {
+            WatchMode::Poll => {
+                tracing::info!("reload.watch = \"poll\": checking the config files every 0.6 s")
+            }
+            WatchMode::Events => {
+                tracing::info!(
+                    "reload.watch = \"events\": watching the config's folders for changes"
+                )
+            }
+        }
     }
 
     /// [`Self::wanted`], unless the config in force polls: then no folder is watched, and

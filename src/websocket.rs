@@ -228,6 +228,16 @@ pub(crate) fn check_response(
         return Err(ProxyError::BadBackendUpgrade("Connection lacks upgrade"));
     }
     let expected = accept_for(key.as_bytes());
+    if headers
+        .get_all(&SEC_WEBSOCKET_ACCEPT)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ProxyError::BadBackendUpgrade(
+            "repeated Sec-WebSocket-Accept",
+        ));
+    }
     if !single_value_is(headers, &SEC_WEBSOCKET_ACCEPT, &expected) {
         return Err(ProxyError::BadBackendUpgrade("wrong Sec-WebSocket-Accept"));
     }
@@ -489,5 +499,18 @@ mod tests {
             ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         ];
         assert!(response(&not_websocket, &[]).is_err());
+        // Twice, even right twice: which one counts is anyone's guess (the log says which).
+        let mut twice = unoffered[..3].to_vec();
+        twice.push(twice[2]);
+        assert_eq!(
+            response(&twice, &[]),
+            Err(ProxyError::BadBackendUpgrade(
+                "repeated Sec-WebSocket-Accept"
+            ))
+        );
+        assert_eq!(
+            response(&wrong_accept, &[]),
+            Err(ProxyError::BadBackendUpgrade("wrong Sec-WebSocket-Accept"))
+        );
     }
 }
