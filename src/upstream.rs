@@ -87,7 +87,13 @@ async fn exchange(
         .cloned()
         .ok_or(ProxyError::BadKey)?;
     let socket = connect_in_turn(route, deadline, tried, metrics).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        // The answer's head must fit (64 KiB: four times nginx's proxy_buffer_size ceiling),
+        // and a relayed body is read in pieces no larger: hyper's default of 400 KiB let a
+        // client that does not read a large refusal hold ~2 MiB of buffers until its deadline.
+        .max_buf_size(BACKEND_BUFFER)
+        .max_header_size(BACKEND_BUFFER)
+        .handshake(TokioIo::new(socket))
         .await
         .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
     let mut conn = conn.with_upgrades();
@@ -233,6 +239,9 @@ async fn take_tunnel(
         early: parts.read_buf,
     })
 }
+
+/// The most of a backend's answer read ahead: all of its head, or a piece of its body.
+const BACKEND_BUFFER: usize = 64 * 1024;
 
 /// Tries every backend once, starting at the route's round-robin position; a refused,
 /// unresolvable or silent backend moves on to the next.

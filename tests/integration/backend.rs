@@ -178,6 +178,26 @@ async fn a_non_101_answer_is_relayed_as_is_and_the_connection_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answer_head_up_to_64_kib_is_relayed_and_a_larger_one_is_502() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    for (size, status) in [(60 * 1024, 403), (70 * 1024, 502)] {
+        let mut client = raw_client(proxy.addr).await;
+        client.send(ws().bytes()).await;
+        let mut back = backend.accept().await;
+        back.read_head().await;
+        let big = "a".repeat(size);
+        let answer = format!("HTTP/1.1 403 Forbidden\r\nX-Big: {big}\r\nContent-Length: 0\r\n\r\n");
+        let _ = back.try_send(answer).await;
+        let head = client.read_head().await;
+        assert_eq!(head.status, status, "{size}");
+        if status == 403 {
+            assert_eq!(head.get("x-big").map(str::len), Some(size));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_framed_both_ways_is_relayed_chunked() {
     // Content-Length beside chunked: the body is the chunked one (RFC 9112 §6.3), and the
     // relay must frame it one way only, or the client would get nothing at all.
