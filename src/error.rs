@@ -89,6 +89,19 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A backend connection's failure, in words down to its root cause: hyper's own words
+    /// name only the top of it ("connection error"), not the reset that caused it.
+    pub(crate) fn backend_failed(e: &hyper::Error) -> ProxyError {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ProxyError::BackendProtocol(text)
+    }
+
     /// The status a client sees, and the side the refusal is blamed on.
     pub fn status(&self) -> (StatusCode, Side) {
         use ProxyError::*;

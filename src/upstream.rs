@@ -95,7 +95,7 @@ async fn exchange(
         .max_header_size(BACKEND_BUFFER)
         .handshake(TokioIo::new(socket))
         .await
-        .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
+        .map_err(|e| ProxyError::backend_failed(&e))?;
     let mut conn = conn.with_upgrades();
     let mut conn_done = false;
     let response = answer_head(&mut sender, request, &mut conn, &mut conn_done).await?;
@@ -156,9 +156,7 @@ where
             biased;
             response = &mut send => return match (response, conn_error) {
                 (Ok(response), _) => Ok(response),
-                (Err(_), Some(e)) | (Err(e), None) => {
-                    Err(ProxyError::BackendProtocol(e.to_string()))
-                }
+                (Err(_), Some(e)) | (Err(e), None) => Err(ProxyError::backend_failed(&e)),
             },
             ended = &mut *conn, if !*conn_done => {
                 *conn_done = true;
@@ -223,12 +221,11 @@ async fn take_tunnel(
 ) -> Result<Tunnel, ProxyError> {
     let on_upgrade = hyper::upgrade::on(&mut response);
     if let Some(conn) = conn {
-        conn.await
-            .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
+        conn.await.map_err(|e| ProxyError::backend_failed(&e))?;
     }
     let upgraded = on_upgrade
         .await
-        .map_err(|e| ProxyError::BackendProtocol(e.to_string()))?;
+        .map_err(|e| ProxyError::backend_failed(&e))?;
     let parts = upgraded
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| ProxyError::Internal("unexpected upgraded stream type"))?;
