@@ -112,7 +112,10 @@ fn plain_types(message: &str) -> String {
     // An integer beyond 64 bits is read as a 128-bit one, and named so.
     let message = message
         .replace(" as i128,", " (too large),")
-        .replace(" as u128,", " (too large),");
+        .replace(" as u128,", " (too large),")
+        // toml's words for a number or a bool where one of a few words belongs (`min_version
+        // = 1.3`): the fix is the quotes.
+        .replace("wanted string or table", "expected a quoted string");
     ["i64", "u64", "u32", "u16", "usize"]
         .iter()
         .fold(message, |m, t| {

@@ -245,6 +245,16 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
             old.contains("tls.min_version") && old.contains("1.3"),
             "{old}"
         );
+        // Unquoted, it is a number: the message says what to write, not toml's "wanted
+        // string or table".
+        let unquoted = HEAD.replace("[tls]\n", "[tls]\nmin_version = 1.3\n");
+        let error = Config::from_toml_str(&unquoted, Path::new("/w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tls.min_version") && error.contains("expected a quoted string"),
+            "{error}"
+        );
     }
 
     #[test]
