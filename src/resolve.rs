@@ -4,13 +4,15 @@
 //!
 //! Why a cache: a reconnect storm (a load balancer failing over, a deploy) brings thousands of
 //! upgrades a second, and asking the resolver for each would queue them behind a few dozen
-//! lookups, through cluster DNS with its search domains, and turn a healthy backend into
-//! 504s. So a name is asked at most once per [`FRESH`], requests for a name whose lookup is in
-//! flight wait for that lookup rather than starting their own, and a failed lookup falls back
-//! on the name's last answer if it is at most [`STALE`] old, so that a resolver blip
-//! (CoreDNS restarting) does not fail upgrades to backends that are up. getaddrinfo gives no
-//! TTL; five seconds is what Envoy re-resolves at by default, short beside a Kubernetes
-//! endpoint change.
+//! lookups through cluster DNS and its search domains, and turn a healthy backend into 504s.
+//! So a name is looked up at most once per [`FRESH`], by a task of its own that stores its
+//! answer whoever is still waiting (a request that runs out of time does not waste it), and
+//! while a name is looked up again, its last answer (up to [`STALE`] old) is used at once, so
+//! a slow resolver delays no request for a name it knew. A lookup that fails for the
+//! resolver's own reasons (a timeout, "temporary failure": CoreDNS restarting) is a warning,
+//! and the last answer stands in for it; one that says the name does not exist is believed at
+//! once (the addresses may already be someone else's). getaddrinfo gives no TTL; five seconds
+//! is what Envoy re-resolves at by default, short beside a Kubernetes endpoint change.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,24 +21,29 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-/// How long a name's answer is used without asking again.
+use crate::sync::lock;
+
+/// How long an answer is used without looking the name up again.
 const FRESH: Duration = Duration::from_secs(5);
-/// How long after it was asked a name's last answer stands in for a failed lookup.
+/// How long an answer may stand in while the name is looked up again, or when that lookup
+/// failed for the resolver's own reasons.
 const STALE: Duration = Duration::from_secs(60);
-/// How long a failed lookup's error is the answer: one lookup a second per name while the
-/// resolver is down, not one per request.
+/// How long a failed lookup is the answer: one lookup a second per name while the resolver
+/// is down, not one per request.
 const FAILED: Duration = Duration::from_secs(1);
+/// Names not asked for this long are forgotten (backends of configs replaced since).
+const FORGET: Duration = Duration::from_secs(600);
 
 /// Name lookups in flight at once. getaddrinfo blocks a thread of tokio's blocking pool until
-/// the resolver answers, even after the request that asked has given up; unbounded, a slow
-/// resolver under load would take the whole pool, and the reloads that need it too.
+/// the resolver answers; unbounded, a slow resolver under load would take the whole pool, and
+/// the reloads that need it too.
 const MAX_LOOKUPS: usize = 32;
 static LOOKUPS: Semaphore = Semaphore::const_new(MAX_LOOKUPS);
 
-static NAMES: LazyLock<Names> = LazyLock::new(Names::default);
+static NAMES: LazyLock<Arc<Names>> = LazyLock::new(Arc::default);
 
 /// The addresses of a `host:port` backend: an IP literal at once, a name from the cache or
 /// through the system resolver.
@@ -48,10 +55,9 @@ pub(crate) async fn resolve(backend: &str) -> io::Result<Arc<[SocketAddr]>> {
 }
 
 /// One getaddrinfo call on the blocking pool, at most [`MAX_LOOKUPS`] at a time.
-async fn system_lookup(name: String) -> Lookup {
+async fn system_lookup(name: String) -> io::Result<Arc<[SocketAddr]>> {
     let permit = LOOKUPS.acquire().await.map_err(io::Error::other)?;
     let addrs = tokio::task::spawn_blocking(move || {
-        // Held until the resolver answers, however long after the caller gave up.
         let _permit = permit;
         name.to_socket_addrs().map(Iterator::collect::<Vec<_>>)
     })
@@ -60,83 +66,139 @@ async fn system_lookup(name: String) -> Lookup {
     Ok(addrs.into())
 }
 
-type Lookup = io::Result<Arc<[SocketAddr]>>;
+/// Whether a failed lookup says the name does not exist (glibc's and musl's words for
+/// EAI_NONAME and EAI_NODATA; the standard library keeps only the words): the resolver
+/// answered, and an old address is no stand-in.
+fn name_is_gone(error: &io::Error) -> bool {
+    let text = error.to_string();
+    [
+        "Name or service not known",
+        "No address associated with hostname",
+        "Name does not resolve",
+        "Name has no usable address",
+    ]
+    .iter()
+    .any(|words| text.contains(words))
+}
 
 /// What a lookup gave, shared by everyone who waited for it (`io::Error` is not `Clone`).
 type Answer = Result<Arc<[SocketAddr]>, Arc<io::Error>>;
 
-/// The names asked so far (those of backends configured since start: a bounded set).
+/// The names looked up lately.
 #[derive(Default)]
 struct Names(Mutex<HashMap<String, Entry>>);
 
+#[derive(Default)]
 struct Entry {
-    /// The latest lookup, perhaps still in flight.
-    latest: Arc<OnceCell<Answer>>,
-    asked: Instant,
-    /// The last answer that had addresses, and when it was asked.
+    /// The last lookup's answer, and when it came.
+    last: Option<(Answer, Instant)>,
+    /// The last answer with addresses, and when it came; forgotten when the name is gone.
     good: Option<(Arc<[SocketAddr]>, Instant)>,
+    /// The lookup in flight: it sends its answer here.
+    pending: Option<watch::Receiver<Option<Answer>>>,
+    asked: Option<Instant>,
+}
+
+/// What a request for a name does now.
+enum Plan {
+    Answer(Answer),
+    Wait(watch::Receiver<Option<Answer>>),
 }
 
 impl Entry {
-    /// Whether the latest lookup can still be used (or waited for).
-    fn usable(&self) -> bool {
-        match self.latest.get() {
-            None => true,
-            Some(Ok(_)) => self.asked.elapsed() < FRESH,
-            Some(Err(_)) => self.asked.elapsed() < FAILED,
-        }
-    }
-
-    /// A new lookup in place of the latest, which becomes the fallback if it had addresses.
-    fn renew(&mut self) {
-        if let Some(Ok(addrs)) = self.latest.get() {
-            self.good = Some((addrs.clone(), self.asked));
-        }
-        self.latest = Arc::default();
-        self.asked = Instant::now();
-    }
-
-    fn fallback(&self) -> Option<Arc<[SocketAddr]>> {
-        let (addrs, asked) = self.good.as_ref()?;
-        (asked.elapsed() < STALE).then(|| addrs.clone())
+    fn recent_good(&self, now: Instant) -> Option<Arc<[SocketAddr]>> {
+        let (addrs, at) = self.good.as_ref()?;
+        (now - *at < STALE).then(|| addrs.clone())
     }
 }
 
 impl Names {
-    async fn get<F, Fut>(&self, name: &str, lookup: F) -> Lookup
+    async fn get<F, Fut>(self: &Arc<Self>, name: &str, lookup: F) -> io::Result<Arc<[SocketAddr]>>
     where
         F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Lookup>,
+        Fut: Future<Output = io::Result<Arc<[SocketAddr]>>> + Send + 'static,
     {
-        let (latest, fallback) = self.latest(name);
-        // Whoever comes first runs the lookup; the others wait for it. If that request gives
-        // up (its connect timeout), the next one waiting takes the lookup over.
-        let answer = latest
-            .get_or_init(|| async { lookup(name.to_owned()).await.map_err(Arc::new) })
-            .await;
-        match (answer, fallback) {
-            (Ok(addrs), _) => Ok(addrs.clone()),
-            (Err(error), Some(addrs)) => {
-                tracing::debug!(backend = name, %error, "name lookup failed; using its last answer");
-                Ok(addrs)
+        let answer = match self.plan(name, lookup) {
+            Plan::Answer(answer) => answer,
+            Plan::Wait(mut pending) => loop {
+                if let Some(answer) = pending.borrow_and_update().clone() {
+                    break answer;
+                }
+                if pending.changed().await.is_err() {
+                    break Err(Arc::new(io::Error::other("the name lookup was lost")));
+                }
+            },
+        };
+        answer.map_err(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+
+    /// An answer now (recent enough, or standing in while the name is looked up again), or
+    /// the lookup to wait for, started if none is in flight.
+    fn plan<F, Fut>(self: &Arc<Self>, name: &str, lookup: F) -> Plan
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = io::Result<Arc<[SocketAddr]>>> + Send + 'static,
+    {
+        let now = Instant::now();
+        let mut names = lock(&self.0);
+        let entry = names.entry(name.to_owned()).or_default();
+        entry.asked = Some(now);
+        match &entry.last {
+            Some((Ok(addrs), at)) if now - *at < FRESH => return Plan::Answer(Ok(addrs.clone())),
+            Some((Err(error), at)) if now - *at < FAILED => {
+                return Plan::Answer(entry.recent_good(now).ok_or(error.clone()));
             }
-            (Err(error), None) => Err(io::Error::new(error.kind(), error.to_string())),
+            _ => {}
+        }
+        // A lookup whose task died (it cannot, short of a panic) is started again.
+        let alive = (entry.pending.as_ref()).is_some_and(|pending| pending.has_changed().is_ok());
+        let pending = match &entry.pending {
+            Some(pending) if alive => pending.clone(),
+            _ => {
+                let pending = self.start(name, lookup);
+                entry.pending = Some(pending.clone());
+                pending
+            }
+        };
+        match entry.recent_good(now) {
+            Some(addrs) => Plan::Answer(Ok(addrs)),
+            None => Plan::Wait(pending),
         }
     }
 
-    /// The lookup to use for `name` (a new one if the latest is too old), and the answer to
-    /// fall back on if it fails.
-    fn latest(&self, name: &str) -> (Arc<OnceCell<Answer>>, Option<Arc<[SocketAddr]>>) {
-        let mut names = crate::sync::lock(&self.0);
-        let entry = names.entry(name.to_owned()).or_insert_with(|| Entry {
-            latest: Arc::default(),
-            asked: Instant::now(),
-            good: None,
+    /// Looks `name` up in a task of its own, which stores the answer when it comes.
+    fn start<F, Fut>(self: &Arc<Self>, name: &str, lookup: F) -> watch::Receiver<Option<Answer>>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = io::Result<Arc<[SocketAddr]>>> + Send + 'static,
+    {
+        let (tx, rx) = watch::channel(None);
+        let looking = lookup(name.to_owned());
+        let (names, name) = (Arc::clone(self), name.to_owned());
+        tokio::spawn(async move {
+            let answer = looking.await.map_err(Arc::new);
+            names.store(&name, &answer);
+            let _ = tx.send(Some(answer));
         });
-        if !entry.usable() {
-            entry.renew();
+        rx
+    }
+
+    fn store(&self, name: &str, answer: &Answer) {
+        let now = Instant::now();
+        let mut names = lock(&self.0);
+        names.retain(|_, entry| entry.asked.is_some_and(|at| now - at < FORGET));
+        let entry = names.entry(name.to_owned()).or_default();
+        entry.pending = None;
+        entry.last = Some((answer.clone(), now));
+        match answer {
+            Ok(addrs) => entry.good = Some((addrs.clone(), now)),
+            Err(error) if name_is_gone(error) => entry.good = None,
+            Err(error) => {
+                if entry.recent_good(now).is_some() {
+                    tracing::warn!(backend = name, %error, "backend name lookup failed; using its last answer (at most 60 s old)");
+                }
+            }
         }
-        (entry.latest.clone(), entry.fallback())
     }
 }
 
@@ -145,127 +207,160 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn addrs(port: u16) -> Arc<[SocketAddr]> {
-        Arc::new([SocketAddr::from(([10, 0, 0, 1], port))])
-    }
+    const TEMPORARY: &str =
+        "failed to lookup address information: Temporary failure in name resolution";
+    const GONE: &str = "failed to lookup address information: Name or service not known";
 
-    /// A resolver that counts its lookups and answers what `answers` says next.
-    struct Scripted {
+    /// A resolver that counts its lookups and answers as scripted: a port, or an error's words;
+    /// each answer comes `delay` after it is asked.
+    #[derive(Clone)]
+    struct Scripted(Arc<Script>);
+
+    struct Script {
         asked: AtomicUsize,
-        answers: Mutex<Vec<Option<u16>>>,
+        answers: Mutex<Vec<Result<u16, &'static str>>>,
+        delay: Duration,
     }
 
     impl Scripted {
-        fn new(answers: &[Option<u16>]) -> Scripted {
-            Scripted {
+        fn new(answers: &[Result<u16, &'static str>], delay: Duration) -> Scripted {
+            Scripted(Arc::new(Script {
                 asked: AtomicUsize::new(0),
                 answers: Mutex::new(answers.iter().rev().copied().collect()),
-            }
+                delay,
+            }))
         }
 
-        async fn lookup(&self, _name: String) -> Lookup {
-            self.asked.fetch_add(1, Ordering::SeqCst);
-            let next = self
-                .answers
-                .lock()
-                .unwrap()
-                .pop()
-                .expect("an unscripted lookup");
-            match next {
-                Some(port) => Ok(addrs(port)),
-                None => Err(io::Error::other("Temporary failure in name resolution")),
+        fn lookup(&self) -> impl FnOnce(String) -> BoxedLookup {
+            let script = self.0.clone();
+            move |_name| {
+                // Counted when asked, not when its task first runs.
+                script.asked.fetch_add(1, Ordering::SeqCst);
+                let next = script
+                    .answers
+                    .lock()
+                    .unwrap()
+                    .pop()
+                    .expect("an unscripted lookup");
+                Box::pin(async move {
+                    tokio::time::sleep(script.delay).await;
+                    match next {
+                        Ok(port) => Ok(Arc::from([SocketAddr::from(([10, 0, 0, 1], port))])),
+                        Err(words) => Err(io::Error::other(words)),
+                    }
+                })
             }
         }
 
         fn asked(&self) -> usize {
-            self.asked.load(Ordering::SeqCst)
+            self.0.asked.load(Ordering::SeqCst)
         }
     }
 
-    async fn get(names: &Names, resolver: &Scripted) -> io::Result<u16> {
-        let got = names.get("svc:80", |name| resolver.lookup(name)).await?;
-        Ok(got[0].port())
+    type BoxedLookup =
+        std::pin::Pin<Box<dyn Future<Output = io::Result<Arc<[SocketAddr]>>> + Send>>;
+
+    async fn get(names: &Arc<Names>, resolver: &Scripted) -> Result<u16, String> {
+        let got = names.get("svc:80", resolver.lookup()).await;
+        got.map(|addrs| addrs[0].port()).map_err(|e| e.to_string())
+    }
+
+    /// Lets spawned lookups run to their end (time is paused: their delays pass at once).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
     #[tokio::test]
     async fn literals_skip_the_resolver_and_names_go_through_it() {
         let literal = resolve("[::1]:9001").await.unwrap();
         assert_eq!(&literal[..], ["[::1]:9001".parse().unwrap()]);
-        assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
         let named = resolve("localhost:9001").await.unwrap();
+        assert!(!named.is_empty());
         assert!(named
             .iter()
             .all(|a| a.ip().is_loopback() && a.port() == 9001));
-        assert!(!named.is_empty());
-        // The permit went back when the lookup ended.
-        assert_eq!(LOOKUPS.available_permits(), MAX_LOOKUPS);
-        let missing = resolve("no-such-backend.invalid:9001").await.unwrap_err();
-        assert!(!missing.to_string().is_empty());
+    }
+
+    #[test]
+    fn a_name_that_does_not_exist_is_told_from_a_resolver_failure() {
+        assert!(name_is_gone(&io::Error::other(GONE)));
+        assert!(!name_is_gone(&io::Error::other(TEMPORARY)));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_answer_is_reused_until_it_is_five_seconds_old() {
-        let (names, resolver) = (Names::default(), Scripted::new(&[Some(1), Some(2)]));
-        assert_eq!(get(&names, &resolver).await.unwrap(), 1);
+    async fn an_answer_is_reused_until_five_seconds_after_it_came() {
+        let (names, resolver) = (Arc::default(), Scripted::new(&[Ok(1), Ok(2)], FRESH));
+        // Five seconds to answer: counted from the answer, not the question.
+        assert_eq!(get(&names, &resolver).await, Ok(1));
         tokio::time::advance(FRESH - Duration::from_millis(1)).await;
-        assert_eq!(get(&names, &resolver).await.unwrap(), 1);
+        assert_eq!(get(&names, &resolver).await, Ok(1));
         assert_eq!(resolver.asked(), 1);
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(get(&names, &resolver).await.unwrap(), 2);
+        // Looked up again; meanwhile the last answer stands in.
+        assert_eq!(get(&names, &resolver).await, Ok(1));
         assert_eq!(resolver.asked(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn requests_during_a_lookup_wait_for_it() {
-        let (names, resolver) = (Names::default(), Scripted::new(&[Some(1)]));
-        let gate = tokio::sync::Notify::new();
-        let slow = |name| async {
-            gate.notified().await;
-            resolver.lookup(name).await
-        };
-        let first = names.get("svc:80", slow);
-        // Its own lookup would fail: the answer it gets is the first one's.
-        let second = names.get("svc:80", |_| async {
-            Err(io::Error::other("a second lookup"))
-        });
-        let release = async {
-            tokio::task::yield_now().await;
-            gate.notify_one();
-        };
-        let (first, second, ()) = tokio::join!(first, second, release);
-        assert_eq!(first.unwrap()[0].port(), 1);
-        assert_eq!(second.unwrap()[0].port(), 1);
-        assert_eq!(resolver.asked(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_lookup_falls_back_on_an_answer_up_to_a_minute_old() {
-        let script = [Some(1), None, None, None];
-        let (names, resolver) = (Names::default(), Scripted::new(&script));
-        assert_eq!(get(&names, &resolver).await.unwrap(), 1);
+        settle().await;
         tokio::time::advance(FRESH).await;
-        // The resolver fails: the five-second-old answer stands in.
-        assert_eq!(get(&names, &resolver).await.unwrap(), 1);
-        // Its error is held a second: no new lookup for the next request.
-        assert_eq!(get(&names, &resolver).await.unwrap(), 1);
-        assert_eq!(resolver.asked(), 2);
-        tokio::time::advance(STALE - FRESH - Duration::from_millis(1)).await;
-        assert_eq!(get(&names, &resolver).await.unwrap(), 1);
-        assert_eq!(resolver.asked(), 3);
-        // A minute after the good answer was asked, the failure is the answer.
-        tokio::time::advance(FAILED).await;
-        let error = get(&names, &resolver).await.unwrap_err();
-        assert!(error.to_string().contains("name resolution"), "{error}");
-        assert_eq!(resolver.asked(), 4);
+        settle().await;
+        assert_eq!(get(&names, &resolver).await, Ok(2));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_name_that_never_resolved_fails_and_is_asked_again_after_a_second() {
-        let (names, resolver) = (Names::default(), Scripted::new(&[None, Some(7)]));
+    async fn requests_during_a_lookup_share_it_and_one_that_gives_up_does_not_waste_it() {
+        let (names, resolver) = (
+            Arc::default(),
+            Scripted::new(&[Ok(1)], Duration::from_secs(3)),
+        );
+        // The first request gives up before the answer (its connect share ran out).
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), get(&names, &resolver)).await;
+        assert!(gave_up.is_err());
+        // The next ones wait for the same lookup, which still lands.
+        let (second, third) = tokio::join!(get(&names, &resolver), get(&names, &resolver));
+        assert_eq!((second, third), (Ok(1), Ok(1)));
+        assert_eq!(resolver.asked(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resolver_failure_is_covered_by_an_answer_up_to_a_minute_old() {
+        let script = [Ok(1), Err(TEMPORARY), Err(TEMPORARY)];
+        let (names, resolver) = (Arc::default(), Scripted::new(&script, Duration::ZERO));
+        assert_eq!(get(&names, &resolver).await, Ok(1));
+        tokio::time::advance(FRESH).await;
+        assert_eq!(get(&names, &resolver).await, Ok(1));
+        settle().await;
+        // The failure is held a second, the old answer standing in: no lookup per request.
+        assert_eq!(get(&names, &resolver).await, Ok(1));
+        assert_eq!(resolver.asked(), 2);
+        // A minute after the good answer came, the failure is the answer.
+        tokio::time::advance(STALE - FRESH).await;
+        let error = get(&names, &resolver).await.unwrap_err();
+        assert!(error.contains("Temporary failure"), "{error}");
+        assert_eq!(resolver.asked(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_that_no_longer_exists_is_believed_at_once() {
+        let script = [Ok(1), Err(GONE), Ok(2)];
+        let (names, resolver) = (Arc::default(), Scripted::new(&script, Duration::ZERO));
+        assert_eq!(get(&names, &resolver).await, Ok(1));
+        tokio::time::advance(FRESH).await;
+        // The lookup that finds it gone runs while the old answer stands in...
+        assert_eq!(get(&names, &resolver).await, Ok(1));
+        settle().await;
+        // ...and from its answer on, the old addresses are no stand-in.
+        assert!(get(&names, &resolver).await.is_err());
+        tokio::time::advance(FAILED).await;
+        assert_eq!(get(&names, &resolver).await, Ok(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_never_resolved_fails_and_is_looked_up_again_after_a_second() {
+        let script = [Err(GONE), Ok(7)];
+        let (names, resolver) = (Arc::default(), Scripted::new(&script, Duration::ZERO));
         assert!(get(&names, &resolver).await.is_err());
         assert!(get(&names, &resolver).await.is_err());
         assert_eq!(resolver.asked(), 1);
         tokio::time::advance(FAILED).await;
-        assert_eq!(get(&names, &resolver).await.unwrap(), 7);
+        assert_eq!(get(&names, &resolver).await, Ok(7));
     }
 }
