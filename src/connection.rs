@@ -234,13 +234,13 @@ async fn close_refused(upgrade: OnUpgrade, shared: &Shared) {
     };
     let mut io = TokioIo::new(upgraded);
     let close = async {
-        // A client that reads nothing cannot take the close_notify: bounded like the linger.
-        if let Ok(Ok(())) = tokio::time::timeout(LINGER_TIME, io.shutdown()).await {
+        if io.shutdown().await.is_ok() {
             linger(&mut io).await;
         }
     };
+    // One bound for both: a client that reads nothing cannot take the close_notify either.
     tokio::select! {
-        () = close => {}
+        _ = tokio::time::timeout(LINGER_TIME, close) => {}
         _ = shared.drain.started() => {}
     }
 }

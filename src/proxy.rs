@@ -36,8 +36,11 @@ pub(crate) async fn handle(
     answered: Arc<Notify>,
 ) -> Result<Response<Body>, Infallible> {
     if !conn.first_request() {
-        // The connection's line stays the first request's; this one is only refused.
+        // The connection's line stays the first request's; this one is only refused. If it
+        // asked for an upgrade, hyper hands the socket to this request's upgrade, not the
+        // first's: kept in its place, so the connection is still closed properly.
         tracing::debug!(client = %conn.peer, "request behind a refused one refused unread");
+        conn.keep_refused_upgrade(hyper::upgrade::on(&mut req));
         return Ok(refusal(&ProxyError::SecondRequest, None));
     }
     let mut log = Line::new(&conn);

@@ -175,6 +175,7 @@ impl Reloader {
                 {
                     return;
                 }
+                self.announce_mode(watch_mode(shared));
             }
             looked = tokio::time::Instant::now();
             // Counted once the watches are in place again: from here on, a change is seen.
