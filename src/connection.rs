@@ -165,7 +165,7 @@ async fn serve_http(
     answer_by: Instant,
 ) {
     let shared = conn.shared.clone();
-    let answered = Arc::new(tokio::sync::Notify::new());
+    let answered = Arc::new(proxy::Answered::default());
     let service = {
         let (conn, answered) = (conn.clone(), answered.clone());
         service_fn(move |req| proxy::handle(req, conn.clone(), answered.clone()))
@@ -189,25 +189,29 @@ async fn serve_http(
     let ended = {
         let mut serving = std::pin::pin!(serving);
         let mut closing = false;
-        loop {
+        let ended = loop {
             tokio::select! {
                 result = serving.as_mut() => break Ended::Served(result),
                 // A refusal written: one request per connection, so it ends here (hyper
                 // closes it once it is idle), whatever the answer's `Connection` said.
-                () = answered.notified(), if !closing => {
+                () = answered.notify.notified(), if !closing => {
                     closing = true;
                     serving.as_mut().graceful_shutdown();
                 }
                 _ = tokio::time::sleep_until(answer_by) => break Ended::Late,
                 _ = shared.drain.started() => break Ended::Drained,
             }
-        }
+        };
+        ended
     };
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
     if access_log::has_line(&conn) {
         let delivery = match ended {
             Ended::Served(Ok(())) => Delivery::Delivered,
+            // Bytes behind a refusal that hyper read as a request and could not parse: the
+            // refusal itself was written whole before.
+            Ended::Served(Err(e)) if answered.given() && e.is_parse() => Delivery::Delivered,
             Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
             Ended::Late => Delivery::Late,
             Ended::Drained => Delivery::Shutdown,

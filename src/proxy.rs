@@ -3,6 +3,7 @@
 //! is handed to the [`access_log`] for the connection's one line.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -33,7 +34,7 @@ pub(crate) type Body = Either<Refusal, Relayed>;
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     conn: Arc<Conn>,
-    answered: Arc<Notify>,
+    answered: Arc<Answered>,
 ) -> Result<Response<Body>, Infallible> {
     if !conn.first_request() {
         // The connection's line stays the first request's; this one is only refused. If it
@@ -62,11 +63,11 @@ pub(crate) async fn handle(
 /// beside it would be hyper's doing if it were told to close up front.
 pub(crate) struct Refusal {
     body: Full<Bytes>,
-    done: Option<Arc<Notify>>,
+    done: Option<Arc<Answered>>,
 }
 
 impl Refusal {
-    fn new(body: Bytes, done: Option<Arc<Notify>>) -> Refusal {
+    fn new(body: Bytes, done: Option<Arc<Answered>>) -> Refusal {
         Refusal {
             body: Full::new(body),
             done,
@@ -97,8 +98,24 @@ impl hyper::body::Body for Refusal {
 impl Drop for Refusal {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done.notify_one();
+            done.given.store(true, Ordering::Release);
+            done.notify.notify_one();
         }
+    }
+}
+
+/// Whether (and when) a refusal's body is done with: written, or given up on.
+#[derive(Default)]
+pub(crate) struct Answered {
+    pub(crate) notify: Notify,
+    given: AtomicBool,
+}
+
+impl Answered {
+    /// Whether the refusal was done with, even if the connection ended in the same poll
+    /// (hyper reading on past it), before a waiter could be told.
+    pub(crate) fn given(&self) -> bool {
+        self.given.load(Ordering::Acquire)
     }
 }
 
@@ -263,14 +280,14 @@ fn client_splice(
 
 /// Decides the refusal's log line and builds its response; `done` is told when its body has
 /// been written.
-fn refuse(err: &ProxyError, log: &mut Line<'_>, done: Option<Arc<Notify>>) -> Response<Body> {
+fn refuse(err: &ProxyError, log: &mut Line<'_>, done: Option<Arc<Answered>>) -> Response<Body> {
     let (status, side) = err.status();
     decide(log, status, Some(side), &err.to_string());
     refusal(err, done)
 }
 
 /// The answer to `err`: its status, fixed body and headers.
-fn refusal(err: &ProxyError, done: Option<Arc<Notify>>) -> Response<Body> {
+fn refusal(err: &ProxyError, done: Option<Arc<Answered>>) -> Response<Body> {
     let body = Bytes::from_static(err.body().as_bytes());
     let mut response = Response::new(Either::Left(Refusal::new(body, done)));
     *response.status_mut() = err.status().0;

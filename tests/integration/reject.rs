@@ -83,6 +83,32 @@ async fn a_request_pipelined_behind_a_426_is_never_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_behind_a_426_that_are_no_request_leave_its_line_as_delivered() {
+    // hyper reads on past the 426 and fails to parse what follows (a head over its buffer):
+    // that is no failure to deliver the 426, which went out whole.
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = closed_port().await;
+    let config = write_config(dir.path(), &route("chat", "/ws", &[nowhere]));
+    let (mut child, lines, addr) = started_wsgate(&config);
+    let mut client = raw_client(addr).await;
+    let mut bytes = Req::get("chat.example.com", "/ws").bytes();
+    bytes.extend(format!("GET /ws HTTP/1.1\r\nX: {}", "a".repeat(40_000)).as_bytes());
+    let _ = client.try_send(bytes).await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 426, "{head:?}");
+    let line = within(
+        "the connection's line",
+        tokio::task::spawn_blocking(move || wait_for_line(&lines, "connection closed")),
+    )
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("\"status\":426"), "{line}");
+    assert!(!line.contains("not delivered"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upgrade_request_ends_with_a_tls_close_notify() {
     // hyper hands an upgrade request's socket over unshut whatever the answer: the proxy must
     // still end TLS properly, for a request refused by routing (404) as by the checks (400).
