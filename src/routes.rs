@@ -48,7 +48,7 @@ pub enum Selection<'a> {
 impl Route {
     /// The backends in the order to try them for one request: from the next round-robin
     /// position, wrapping around, so a refused connect moves on to the next backend.
-    pub fn backends_in_turn(&self) -> impl Iterator<Item = &str> + '_ {
+    pub fn backends_in_turn(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         let backends = &self.config.backends;
         let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
         // The counter wraps (after 2^64 requests); the sum must not overflow.

@@ -75,7 +75,7 @@ pub(crate) async fn open(
 
 async fn exchange(
     route: &Route,
-    request: Request<Empty<Bytes>>,
+    mut request: Request<Empty<Bytes>>,
     protocols: &[&str],
     deadline: tokio::time::Instant,
     tried: &mut Option<String>,
@@ -86,7 +86,73 @@ async fn exchange(
         .get(SEC_WEBSOCKET_KEY)
         .cloned()
         .ok_or(ProxyError::BadKey)?;
-    let socket = connect_in_turn(route, deadline, tried, metrics).await?;
+    let mut backends = route.backends_in_turn();
+    loop {
+        let socket = connect_in_turn(route, &mut backends, deadline, tried, metrics).await?;
+        let copy = (backends.len() > 0).then(|| copy_of(&request));
+        match attempt(socket, request, &key, protocols).await {
+            Ok(answer) => return Ok(answer),
+            // Died before answering (a backend restarting, killed mid-deploy): nothing of it
+            // reached the client, and the next backend may take the request.
+            Err(Attempt::Gone(error)) if copy.is_some() => {
+                tracing::debug!(route = %route.config.name, backend = tried.as_deref(), %error, "backend closed before answering; trying the next one");
+            }
+            Err(Attempt::Gone(error) | Attempt::Failed(error)) => return Err(error),
+        }
+        let Some(next) = copy else {
+            return Err(ProxyError::Internal("no request to try again"));
+        };
+        request = next;
+    }
+}
+
+/// How one backend's exchange failed.
+enum Attempt {
+    /// Its connection closed or reset before any answer: another backend may be tried.
+    Gone(ProxyError),
+    Failed(ProxyError),
+}
+
+impl From<ProxyError> for Attempt {
+    fn from(error: ProxyError) -> Attempt {
+        Attempt::Failed(error)
+    }
+}
+
+/// The upgrade request again, for the next backend (it has no body).
+fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
+    let mut copy = Request::new(Empty::new());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether a backend connection failed before its answer: it closed (or reset) with the
+/// request in flight.
+fn gone_before_answer(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe);
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Forwards `request` on `socket` and takes the backend's answer.
+async fn attempt(
+    socket: TcpStream,
+    request: Request<Empty<Bytes>>,
+    key: &hyper::header::HeaderValue,
+    protocols: &[&str],
+) -> Result<Answer, Attempt> {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         // The answer's head must fit (64 KiB: four times nginx's proxy_buffer_size ceiling),
         // and a relayed body is read in pieces no larger: hyper's default of 400 KiB let a
@@ -98,7 +164,13 @@ async fn exchange(
         .map_err(|e| ProxyError::backend_failed(&e))?;
     let mut conn = conn.with_upgrades();
     let mut conn_done = false;
-    let response = answer_head(&mut sender, request, &mut conn, &mut conn_done).await?;
+    let response = match answer_head(&mut sender, request, &mut conn, &mut conn_done).await {
+        Ok(response) => response,
+        Err(e) if gone_before_answer(&e) => {
+            return Err(Attempt::Gone(ProxyError::backend_failed(&e)))
+        }
+        Err(e) => return Err(ProxyError::backend_failed(&e).into()),
+    };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         check_refusal(&response)?;
         // The body's first frame, if it came with the head, is read before anything is passed
@@ -108,7 +180,7 @@ async fn exchange(
         let mut response = response;
         let first = match arrived_frame(response.body_mut(), &mut conn, &mut conn_done).await {
             Some(Some(Err(e))) => {
-                return Err(ProxyError::BadBackendAnswer(format!("body: {e}")));
+                return Err(ProxyError::BadBackendAnswer(format!("body: {e}")).into());
             }
             Some(Some(Ok(frame))) => Some(frame),
             Some(None) | None => None,
@@ -124,12 +196,11 @@ async fn exchange(
     // 101 is HTTP/1.1's (RFC 9110 §15.2.2 and RFC 6455 §4.1: an HTTP/1.0 server has no
     // upgrade); a client would have to accept a tunnel its backend never properly offered.
     if response.version() != Version::HTTP_11 {
-        return Err(ProxyError::BadBackendUpgrade("101 not in HTTP/1.1"));
+        return Err(ProxyError::BadBackendUpgrade("101 not in HTTP/1.1").into());
     }
-    websocket::check_response(response.headers(), &key, protocols)?;
-    take_tunnel(response, (!conn_done).then_some(conn))
-        .await
-        .map(Answer::Upgraded)
+    websocket::check_response(response.headers(), key, protocols)?;
+    let tunnel = take_tunnel(response, (!conn_done).then_some(conn)).await?;
+    Ok(Answer::Upgraded(tunnel))
 }
 
 /// Sends `request` and drives `conn` in this task until the answer's head is in (`conn_done`
@@ -141,7 +212,7 @@ async fn answer_head<C>(
     request: Request<Empty<Bytes>>,
     conn: &mut C,
     conn_done: &mut bool,
-) -> Result<Response<Incoming>, ProxyError>
+) -> Result<Response<Incoming>, hyper::Error>
 where
     C: std::future::Future<Output = hyper::Result<()>> + Unpin,
 {
@@ -156,7 +227,7 @@ where
             biased;
             response = &mut send => return match (response, conn_error) {
                 (Ok(response), _) => Ok(response),
-                (Err(_), Some(e)) | (Err(e), None) => Err(ProxyError::backend_failed(&e)),
+                (Err(_), Some(e)) | (Err(e), None) => Err(e),
             },
             ended = &mut *conn, if !*conn_done => {
                 *conn_done = true;
@@ -246,18 +317,18 @@ const BACKEND_BUFFER: usize = 64 * 1024;
 /// Each attempt gets an equal share of the time left (the last one all of it), so one
 /// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
 /// a healthy one waits its turn.
-async fn connect_in_turn(
+async fn connect_in_turn<'a>(
     route: &Route,
+    backends: &mut impl ExactSizeIterator<Item = &'a str>,
     deadline: tokio::time::Instant,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<TcpStream, ProxyError> {
-    let count = route.config.backends.len();
     // The first backend that did not answer in its share: what a 504 is about.
     let mut timed_out = None;
-    for (i, backend) in route.backends_in_turn().enumerate() {
+    while let Some(backend) = backends.next() {
         *tried = Some(backend.to_string());
-        let share = share_of(deadline, count - i);
+        let share = share_of(deadline, backends.len() + 1);
         let until = tokio::time::Instant::now() + share;
         let error = match tokio::time::timeout_at(until, connect(backend, until)).await {
             Ok(Ok(socket)) => return Ok(socket),

@@ -40,6 +40,48 @@ async fn every_backend_refusing_is_502_without_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_dies_before_answering_is_skipped_for_the_next_one() {
+    // A backend killed mid-deploy: it took the connection and the request, then reset (or
+    // closed) without a word. Nothing reached the client yet: the next backend answers.
+    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+    let proxy = start_proxy(&route("chat", "/ws", &[a.addr, b.addr])).await;
+    for reset in [true, false] {
+        // Round-robin: every other request starts at `b` (the one at the end of the loop).
+        let mut client = raw_client(proxy.addr).await;
+        client.send(ws().bytes()).await;
+        let mut first = a.accept().await;
+        first.read_head().await;
+        if reset {
+            first.stream.set_zero_linger().unwrap();
+        }
+        drop(first);
+        let mut second = b.accept().await;
+        let seen = second.read_head().await;
+        second.send(switching(&seen, "")).await;
+        let head = client.read_head().await;
+        assert_eq!(head.status, 101, "reset: {reset}: {head:?}");
+        // The tunnel is the second backend's.
+        client.send(b"ping").await;
+        assert_eq!(second.read_exact(4).await, b"ping");
+        let _turn_of_b = raw_tunnel(proxy.addr, &b, &ws()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_backend_dying_before_answering_is_502() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.stream.set_zero_linger().unwrap();
+    drop(back);
+    let head = client.read_head().await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolvable_backend_is_502() {
     let proxy = start_proxy(
         "[timeouts]\nconnect = \"3s\"\n\n[[route]]\nname = \"chat\"\npath = \"/ws\"\nbackends = [\"backend.invalid:9001\"]\n",
