@@ -92,12 +92,19 @@ async fn exchange(
         let copy = (backends.len() > 0).then(|| copy_of(&request));
         match attempt(socket, request, &key, protocols).await {
             Ok(answer) => return Ok(answer),
+            Err(Attempt::Failed(error)) => return Err(error),
             // Died before answering (a backend restarting, killed mid-deploy): nothing of it
-            // reached the client, and the next backend may take the request.
-            Err(Attempt::Gone(error)) if copy.is_some() => {
-                tracing::debug!(route = %route.config.name, backend = tried.as_deref(), %error, "backend closed before answering; trying the next one");
+            // reached the client, and the next backend may take the request. Counted like a
+            // failed connect: failover hides it from clients, not from operators.
+            Err(Attempt::Gone(error)) => {
+                let backend = tried.as_deref().unwrap_or_default();
+                let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "closed");
+                metrics.backend_connect_failed(&route.config.name, backend, &reset);
+                if copy.is_none() {
+                    return Err(error);
+                }
+                tracing::debug!(route = %route.config.name, backend, %error, "backend closed before answering; trying the next one");
             }
-            Err(Attempt::Gone(error) | Attempt::Failed(error)) => return Err(error),
         }
         let Some(next) = copy else {
             return Err(ProxyError::Internal("no request to try again"));

@@ -70,7 +70,7 @@ async fn a_backend_that_dies_before_answering_is_skipped_for_the_next_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_backend_dying_before_answering_is_502() {
     let backend = RawBackend::start().await;
-    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;
     let mut client = raw_client(proxy.addr).await;
     client.send(ws().bytes()).await;
     let mut back = backend.accept().await;
@@ -79,6 +79,12 @@ async fn the_only_backend_dying_before_answering_is_502() {
     drop(back);
     let head = client.read_head().await;
     assert_eq!(head.status, 502, "{head:?}");
+    // Counted against the backend, as a failed connect is.
+    let failed = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{}",error="error"}}"#,
+        backend.addr
+    );
+    scrape_until(proxy.server.admin_addr().unwrap(), &failed, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
