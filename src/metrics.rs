@@ -52,7 +52,7 @@ struct BackendLabels {
     route: String,
     /// As written in the config.
     backend: String,
-    /// `refused`, `timeout`, `unresolvable` or `error`.
+    /// `refused`, `timeout`, `unresolvable`, `error`, or `closed` (before answering).
     error: &'static str,
 }
 
@@ -247,6 +247,16 @@ impl Metrics {
                 reason: reason.label(),
             })
             .inc();
+    }
+
+    /// A backend that took the connection and closed it before a byte of answer.
+    pub(crate) fn backend_closed_early(&self, route: &str, backend: &str) {
+        let labels = BackendLabels {
+            route: route.to_string(),
+            backend: backend.to_string(),
+            error: "closed",
+        };
+        self.backend_failures.get_or_create(&labels).inc();
     }
 
     pub(crate) fn backend_connect_failed(&self, route: &str, backend: &str, error: &io::Error) {

@@ -141,7 +141,13 @@ impl Names {
     {
         let now = Instant::now();
         let mut names = lock(&self.0);
-        let entry = names.entry(name.to_owned()).or_default();
+        // The name is copied only the first time it is asked for.
+        if !names.contains_key(name) {
+            names.insert(name.to_owned(), Entry::default());
+        }
+        let Some(entry) = names.get_mut(name) else {
+            return Plan::Answer(Err(Arc::new(io::Error::other("name cache entry lost"))));
+        };
         entry.asked = Some(now);
         match &entry.last {
             Some((Ok(addrs), at)) if now - *at < FRESH => return Plan::Answer(Ok(addrs.clone())),
@@ -186,7 +192,10 @@ impl Names {
     fn store(&self, name: &str, answer: &Answer) {
         let now = Instant::now();
         let mut names = lock(&self.0);
-        names.retain(|_, entry| entry.asked.is_some_and(|at| now - at < FORGET));
+        // Not one with a lookup in flight: its answer is awaited (a resolver stuck that long).
+        names.retain(|_, entry| {
+            entry.pending.is_some() || entry.asked.is_some_and(|at| now - at < FORGET)
+        });
         let entry = names.entry(name.to_owned()).or_default();
         entry.pending = None;
         entry.last = Some((answer.clone(), now));

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use hyper::header::TRANSFER_ENCODING;
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{out_of_descriptors, ProxyError};
@@ -86,30 +89,50 @@ async fn exchange(
         .get(SEC_WEBSOCKET_KEY)
         .cloned()
         .ok_or(ProxyError::BadKey)?;
-    let mut backends = route.backends_in_turn();
+    let mut turns = Turns {
+        backends: route.backends_in_turn(),
+        timed_out: None,
+        gone: Vec::new(),
+    };
     loop {
-        let socket = connect_in_turn(route, &mut backends, deadline, tried, metrics).await?;
-        let copy = (backends.len() > 0).then(|| copy_of(&request));
-        match attempt(socket, request, &key, protocols).await {
+        let socket = connect_in_turn(route, &mut turns, deadline, tried, metrics).await?;
+        let copy = (turns.backends.len() > 0).then(|| copy_of(&request));
+        let error = match attempt(socket, request, &key, protocols).await {
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),
-            // Died before answering (a backend restarting, killed mid-deploy): nothing of it
-            // reached the client, and the next backend may take the request. Counted like a
-            // failed connect: failover hides it from clients, not from operators.
-            Err(Attempt::Gone(error)) => {
-                let backend = tried.as_deref().unwrap_or_default();
-                let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "closed");
-                metrics.backend_connect_failed(&route.config.name, backend, &reset);
-                if copy.is_none() {
-                    return Err(error);
-                }
-                tracing::debug!(route = %route.config.name, backend, %error, "backend closed before answering; trying the next one");
-            }
-        }
-        let Some(next) = copy else {
-            return Err(ProxyError::Internal("no request to try again"));
+            Err(Attempt::Gone(error)) => error,
         };
+        // Died before a byte of answer (a backend restarting, killed mid-deploy): nothing of
+        // it reached the client, and the next backend may take the request. Counted: failover
+        // hides it from clients, not from operators.
+        let backend = tried.clone().unwrap_or_default();
+        metrics.backend_closed_early(&route.config.name, &backend);
+        let Some(next) = copy else {
+            return Err(turns.outcome(tried).unwrap_or(error));
+        };
+        tracing::debug!(route = %route.config.name, backend, %error, "backend closed before answering; trying the next one");
+        turns.gone.push(backend);
         request = next;
+    }
+}
+
+/// Where a request is in its route's backends, across the backends it tries.
+struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
+    /// The backends not tried yet, in round-robin order.
+    backends: I,
+    /// The first backend that did not answer in its share: what a 504 is about.
+    timed_out: Option<&'a str>,
+    /// Backends that closed before answering: not tried again (a name listed twice).
+    gone: Vec<String>,
+}
+
+impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
+    /// The refusal once every backend failed: if any of them was merely slow, the request ran
+    /// out of time, and the line names that one (the others' failures are in the metrics).
+    fn outcome(&self, tried: &mut Option<String>) -> Option<ProxyError> {
+        let slow = self.timed_out?;
+        *tried = Some(slow.to_string());
+        Some(ProxyError::BackendTimeout)
     }
 }
 
@@ -136,23 +159,6 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
     copy
 }
 
-/// Whether a backend connection failed before its answer: it closed (or reset) with the
-/// request in flight.
-fn gone_before_answer(error: &hyper::Error) -> bool {
-    if error.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe);
-        }
-        source = cause.source();
-    }
-    false
-}
-
 /// Forwards `request` on `socket` and takes the backend's answer.
 async fn attempt(
     socket: TcpStream,
@@ -160,6 +166,11 @@ async fn attempt(
     key: &hyper::header::HeaderValue,
     protocols: &[&str],
 ) -> Result<Answer, Attempt> {
+    let heard = Arc::new(AtomicBool::new(false));
+    let socket = Heard {
+        socket,
+        heard: heard.clone(),
+    };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         // The answer's head must fit (64 KiB: four times nginx's proxy_buffer_size ceiling),
         // and a relayed body is read in pieces no larger: hyper's default of 400 KiB let a
@@ -173,7 +184,9 @@ async fn attempt(
     let mut conn_done = false;
     let response = match answer_head(&mut sender, request, &mut conn, &mut conn_done).await {
         Ok(response) => response,
-        Err(e) if gone_before_answer(&e) => {
+        // Not a byte of answer (not even a 100 Continue): the connection failed with the
+        // request unanswered, closed or reset, whether or not the request was written.
+        Err(e) if !heard.load(Ordering::Relaxed) => {
             return Err(Attempt::Gone(ProxyError::backend_failed(&e)))
         }
         Err(e) => return Err(ProxyError::backend_failed(&e).into()),
@@ -305,12 +318,12 @@ async fn take_tunnel(
         .await
         .map_err(|e| ProxyError::backend_failed(&e))?;
     let parts = upgraded
-        .downcast::<TokioIo<TcpStream>>()
+        .downcast::<TokioIo<Heard>>()
         .map_err(|_| ProxyError::Internal("unexpected upgraded stream type"))?;
     let (head, _) = response.into_parts();
     Ok(Tunnel {
         head,
-        socket: parts.io.into_inner(),
+        socket: parts.io.into_inner().socket,
         early: parts.read_buf,
     })
 }
@@ -326,16 +339,17 @@ const BACKEND_BUFFER: usize = 64 * 1024;
 /// a healthy one waits its turn.
 async fn connect_in_turn<'a>(
     route: &Route,
-    backends: &mut impl ExactSizeIterator<Item = &'a str>,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     deadline: tokio::time::Instant,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<TcpStream, ProxyError> {
-    // The first backend that did not answer in its share: what a 504 is about.
-    let mut timed_out = None;
-    while let Some(backend) = backends.next() {
+    while let Some(backend) = turns.backends.next() {
+        if turns.gone.iter().any(|gone| gone == backend) {
+            continue;
+        }
         *tried = Some(backend.to_string());
-        let share = share_of(deadline, backends.len() + 1);
+        let share = share_of(deadline, turns.backends.len() + 1);
         let until = tokio::time::Instant::now() + share;
         let error = match tokio::time::timeout_at(until, connect(backend, until)).await {
             Ok(Ok(socket)) => return Ok(socket),
@@ -344,22 +358,16 @@ async fn connect_in_turn<'a>(
             Ok(Err(e)) => e,
             Err(_) => no_answer(),
         };
-        if error.kind() == std::io::ErrorKind::TimedOut && timed_out.is_none() {
-            timed_out = Some(backend);
+        if error.kind() == std::io::ErrorKind::TimedOut && turns.timed_out.is_none() {
+            turns.timed_out = Some(backend);
         }
         // Failover hides a dead backend from clients; the counter shows it to operators.
         metrics.backend_connect_failed(&route.config.name, backend, &error);
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
     }
-    // Every backend failed; if any of them was merely slow, the request ran out of time, and
-    // the line names that one (the others' failures are in the metrics, by backend).
-    match timed_out {
-        Some(slow) => {
-            *tried = Some(slow.to_string());
-            Err(ProxyError::BackendTimeout)
-        }
-        None => Err(ProxyError::BackendUnavailable),
-    }
+    Err(turns
+        .outcome(tried)
+        .unwrap_or(ProxyError::BackendUnavailable))
 }
 
 /// Connects to one of `backend`'s addresses by `deadline`. Each address gets an equal share
@@ -407,6 +415,64 @@ fn share_of(deadline: tokio::time::Instant, remaining: usize) -> Duration {
 
 fn no_answer() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
+}
+
+/// A backend socket that notes whether the backend has sent a byte yet: a connection that
+/// failed before then carried no answer, and the request may go to the next backend.
+struct Heard {
+    socket: TcpStream,
+    heard: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Heard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.socket).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Heard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,26 @@ async fn a_backend_that_dies_before_answering_is_skipped_for_the_next_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_began_its_answer_is_not_tried_again_elsewhere() {
+    // Half a 101, then gone: it read the request and ran its upgrade handler, so the request
+    // is not repeated on the next backend (which would take it and never answer: a 504).
+    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+    let proxy = start_proxy(&route("chat", "/ws", &[a.addr, b.addr])).await;
+    for answer in ["HTTP/1.1 101 Switch", "HTTP/1.1 100 Continue\r\n\r\n"] {
+        let mut client = raw_client(proxy.addr).await;
+        client.send(ws().bytes()).await;
+        let mut first = a.accept().await;
+        first.read_head().await;
+        first.send(answer).await;
+        drop(first);
+        let head = client.read_head().await;
+        assert_eq!(head.status, 502, "{answer:?}: {head:?}");
+        // Round-robin: the next request starts at `b`.
+        let _turn_of_b = raw_tunnel(proxy.addr, &b, &ws()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_backend_dying_before_answering_is_502() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;
@@ -81,7 +101,7 @@ async fn the_only_backend_dying_before_answering_is_502() {
     assert_eq!(head.status, 502, "{head:?}");
     // Counted against the backend, as a failed connect is.
     let failed = format!(
-        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{}",error="error"}}"#,
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{}",error="closed"}}"#,
         backend.addr
     );
     scrape_until(proxy.server.admin_addr().unwrap(), &failed, 1.0).await;
