@@ -211,6 +211,18 @@ impl Names {
     }
 }
 
+/// Makes `name` resolve to `addrs` for the next few seconds, for tests elsewhere in the crate
+/// (the system resolver here knows one address per name).
+#[cfg(test)]
+pub(crate) fn seed(name: &str, addrs: &[SocketAddr]) {
+    let entry = Entry {
+        last: Some((Ok(addrs.into()), Instant::now())),
+        asked: Some(Instant::now()),
+        ..Entry::default()
+    };
+    lock(&NAMES.0).insert(name.to_owned(), entry);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,28 +91,31 @@ async fn exchange(
         .ok_or(ProxyError::BadKey)?;
     let mut turns = Turns {
         backends: route.backends_in_turn(),
+        again: None,
         timed_out: None,
         gone: Vec::new(),
+        gone_error: None,
     };
     loop {
-        let socket = connect_in_turn(route, &mut turns, deadline, tried, metrics).await?;
-        let copy = (turns.backends.len() > 0).then(|| copy_of(&request));
+        let (backend, socket) =
+            connect_in_turn(route, &mut turns, deadline, tried, metrics).await?;
+        let peer = socket.peer_addr().ok();
+        let copy = copy_of(&request);
         let error = match attempt(socket, request, &key, protocols).await {
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),
             Err(Attempt::Gone(error)) => error,
         };
         // Died before a byte of answer (a backend restarting, killed mid-deploy): nothing of
-        // it reached the client, and the next backend may take the request. Counted: failover
-        // hides it from clients, not from operators.
-        let backend = tried.clone().unwrap_or_default();
-        metrics.backend_closed_early(&route.config.name, &backend);
-        let Some(next) = copy else {
-            return Err(turns.outcome(tried).unwrap_or(error));
-        };
-        tracing::debug!(route = %route.config.name, backend, %error, "backend closed before answering; trying the next one");
-        turns.gone.push(backend);
-        request = next;
+        // it reached the client, and another address of the name (a headless Service's next
+        // pod), or the next backend, may take the request. Counted: failover hides it from
+        // clients, not from operators.
+        metrics.backend_closed_early(&route.config.name, backend);
+        tracing::debug!(route = %route.config.name, backend, %error, "backend closed before answering; trying another");
+        turns.gone.extend(peer);
+        turns.gone_error = Some(error);
+        turns.again = Some(backend);
+        request = copy;
     }
 }
 
@@ -120,19 +123,31 @@ async fn exchange(
 struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
     /// The backends not tried yet, in round-robin order.
     backends: I,
+    /// A backend to try again first: one of its addresses closed before answering, and it
+    /// may have others.
+    again: Option<&'a str>,
     /// The first backend that did not answer in its share: what a 504 is about.
     timed_out: Option<&'a str>,
-    /// Backends that closed before answering: not tried again (a name listed twice).
-    gone: Vec<String>,
+    /// Addresses that closed before answering: not tried again in this request (a backend
+    /// listed twice, or a name's other addresses, are).
+    gone: Vec<SocketAddr>,
+    /// Why the last of those failed: the answer if nothing else is left to try.
+    gone_error: Option<ProxyError>,
 }
 
 impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
     /// The refusal once every backend failed: if any of them was merely slow, the request ran
     /// out of time, and the line names that one (the others' failures are in the metrics).
-    fn outcome(&self, tried: &mut Option<String>) -> Option<ProxyError> {
-        let slow = self.timed_out?;
-        *tried = Some(slow.to_string());
-        Some(ProxyError::BackendTimeout)
+    fn outcome(&mut self, tried: &mut Option<String>) -> ProxyError {
+        if let Some(slow) = self.timed_out {
+            *tried = Some(slow.to_string());
+            return ProxyError::BackendTimeout;
+        }
+        (self.gone_error.take()).unwrap_or(ProxyError::BackendUnavailable)
+    }
+
+    fn next(&mut self) -> Option<&'a str> {
+        self.again.take().or_else(|| self.backends.next())
     }
 }
 
@@ -343,21 +358,24 @@ async fn connect_in_turn<'a>(
     deadline: tokio::time::Instant,
     tried: &mut Option<String>,
     metrics: &Metrics,
-) -> Result<TcpStream, ProxyError> {
-    while let Some(backend) = turns.backends.next() {
-        if turns.gone.iter().any(|gone| gone == backend) {
-            continue;
-        }
-        *tried = Some(backend.to_string());
+) -> Result<(&'a str, TcpStream), ProxyError> {
+    while let Some(backend) = turns.next() {
         let share = share_of(deadline, turns.backends.len() + 1);
         let until = tokio::time::Instant::now() + share;
-        let error = match tokio::time::timeout_at(until, connect(backend, until)).await {
-            Ok(Ok(socket)) => return Ok(socket),
+        let connected = connect(backend, &turns.gone, until);
+        let error = match tokio::time::timeout_at(until, connected).await {
+            // Every address of it closed before answering already: nothing to count.
+            Ok(Ok(None)) => continue,
+            Ok(Ok(Some(socket))) => {
+                *tried = Some(backend.to_string());
+                return Ok((backend, socket));
+            }
             // The process's descriptors, not the backend: trying others would only fail too.
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(ProxyError::OutOfDescriptors),
             Ok(Err(e)) => e,
             Err(_) => no_answer(),
         };
+        *tried = Some(backend.to_string());
         if error.kind() == std::io::ErrorKind::TimedOut && turns.timed_out.is_none() {
             turns.timed_out = Some(backend);
         }
@@ -365,22 +383,36 @@ async fn connect_in_turn<'a>(
         metrics.backend_connect_failed(&route.config.name, backend, &error);
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
     }
-    Err(turns
-        .outcome(tried)
-        .unwrap_or(ProxyError::BackendUnavailable))
+    Err(turns.outcome(tried))
 }
 
 /// Connects to one of `backend`'s addresses by `deadline`. Each address gets an equal share
 /// of the time left, like each backend: a name whose first address is blackholed (an IPv6
 /// address without a route to it, on a dual-stack cluster) must not use up the time its
 /// second, working, address needed.
-async fn connect(backend: &str, deadline: tokio::time::Instant) -> std::io::Result<TcpStream> {
+/// `None` if every address is among the `gone` ones.
+async fn connect(
+    backend: &str,
+    gone: &[SocketAddr],
+    deadline: tokio::time::Instant,
+) -> std::io::Result<Option<TcpStream>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is.
     let addrs = crate::resolve::resolve(backend)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
-    connect_any(&addrs, deadline).await
+    if gone.is_empty() {
+        return connect_any(&addrs, deadline).await.map(Some);
+    }
+    let left: Vec<SocketAddr> = addrs
+        .iter()
+        .filter(|a| !gone.contains(a))
+        .copied()
+        .collect();
+    if left.is_empty() {
+        return Ok(None);
+    }
+    connect_any(&left, deadline).await.map(Some)
 }
 
 /// Connects to the first of `addrs` that answers, each in its share of the time to `deadline`.
@@ -478,6 +510,81 @@ impl AsyncWrite for Heard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend name with two addresses (a headless Service's two pods): the first takes the
+    /// connection and closes it unanswered (its pod killed), the second answers. The request
+    /// goes to the second.
+    #[tokio::test]
+    async fn an_address_that_closes_before_answering_leaves_the_name_s_next_one() {
+        let good = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = good.local_addr().unwrap().port();
+        let dying = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = format!("two-pods.test:{port}");
+        crate::resolve::seed(
+            &name,
+            &[dying.local_addr().unwrap(), good.local_addr().unwrap()],
+        );
+        tokio::spawn(async move { drop(dying.accept().await) });
+        tokio::spawn(async move {
+            let (mut socket, _) = good.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8];
+                socket.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                .unwrap();
+            let accept = websocket::accept_for(key.as_bytes());
+            let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let config = crate::config::RouteConfig {
+            name: "chat".into(),
+            host: None,
+            path: "/".into(),
+            subprotocols: None,
+            origins: None,
+            backends: vec![name],
+            idle: None,
+        };
+        let table = crate::routes::RouteTable::new(&[config]);
+        let crate::routes::Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
+            panic!("the route");
+        };
+        let request = Request::builder()
+            .uri("/")
+            .header("host", "two-pods.test")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(Empty::new())
+            .unwrap();
+        let (metrics, mut tried) = (Metrics::default(), None);
+        let answer = open(
+            route,
+            request,
+            &[],
+            Duration::from_secs(5),
+            &mut tried,
+            &metrics,
+        )
+        .await;
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        assert_eq!(
+            tunnel.socket.peer_addr().unwrap().ip().to_string(),
+            "127.0.0.2"
+        );
+    }
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
     /// second working: the second is reached within the time, not after it.
