@@ -169,7 +169,7 @@ impl Default for Metrics {
             "tunnel_bytes", "Bytes relayed by tunnels, by route and direction, counted as they move", tunnel_bytes;
             "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
-            "backend_connect_failures", "Failed TCP connects to a backend, by route, backend and error; the request moves on to the next backend", backend_failures;
+            "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
             "certificate_expiry_timestamp_seconds", "Unix time at which each served certificate (by file) expires", certificate_expiry;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
