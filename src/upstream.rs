@@ -96,12 +96,13 @@ async fn exchange(
         gone: Vec::new(),
         gone_error: None,
     };
-    loop {
-        let (backend, socket) =
+    for closed in 1.. {
+        let (backend, dialed) =
             connect_in_turn(route, &mut turns, deadline, tried, metrics).await?;
-        let peer = socket.peer_addr().ok();
-        let copy = copy_of(&request);
-        let error = match attempt(socket, request, &key, protocols).await {
+        // Copied only when there is somewhere to send it again.
+        let others = dialed.more || turns.backends.len() > 0;
+        let copy = (others && closed <= MAX_CLOSED).then(|| copy_of(&request));
+        let error = match attempt(dialed.socket, request, &key, protocols).await {
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),
             Err(Attempt::Gone(error)) => error,
@@ -111,13 +112,22 @@ async fn exchange(
         // pod), or the next backend, may take the request. Counted: failover hides it from
         // clients, not from operators.
         metrics.backend_closed_early(&route.config.name, backend);
-        tracing::debug!(route = %route.config.name, backend, %error, "backend closed before answering; trying another");
-        turns.gone.extend(peer);
-        turns.gone_error = Some(error);
+        turns.gone.push(dialed.addr);
+        turns.gone_error = Some((backend, error));
+        let Some(copy) = copy else {
+            return Err(turns.outcome(tried));
+        };
+        tracing::debug!(route = %route.config.name, backend, "backend closed before answering; trying another");
         turns.again = Some(backend);
         request = copy;
     }
+    Err(turns.outcome(tried))
 }
+
+/// How many backends (or addresses) may close before answering one request before it is
+/// given up: a failing deploy whose every pod accepts and closes must not get each request
+/// once per pod.
+const MAX_CLOSED: usize = 3;
 
 /// Where a request is in its route's backends, across the backends it tries.
 struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
@@ -131,8 +141,8 @@ struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
     /// Addresses that closed before answering: not tried again in this request (a backend
     /// listed twice, or a name's other addresses, are).
     gone: Vec<SocketAddr>,
-    /// Why the last of those failed: the answer if nothing else is left to try.
-    gone_error: Option<ProxyError>,
+    /// The last of those, and why it failed: the answer if nothing else is left to try.
+    gone_error: Option<(&'a str, ProxyError)>,
 }
 
 impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
@@ -143,7 +153,13 @@ impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
             *tried = Some(slow.to_string());
             return ProxyError::BackendTimeout;
         }
-        (self.gone_error.take()).unwrap_or(ProxyError::BackendUnavailable)
+        match self.gone_error.take() {
+            Some((backend, error)) => {
+                *tried = Some(backend.to_string());
+                error
+            }
+            None => ProxyError::BackendUnavailable,
+        }
     }
 
     fn next(&mut self) -> Option<&'a str> {
@@ -358,24 +374,26 @@ async fn connect_in_turn<'a>(
     deadline: tokio::time::Instant,
     tried: &mut Option<String>,
     metrics: &Metrics,
-) -> Result<(&'a str, TcpStream), ProxyError> {
+) -> Result<(&'a str, Dialed), ProxyError> {
     while let Some(backend) = turns.next() {
         let share = share_of(deadline, turns.backends.len() + 1);
         let until = tokio::time::Instant::now() + share;
         let connected = connect(backend, &turns.gone, until);
+        // Named before the connect: if the request's time runs out during it, this is the
+        // backend its 504 is about.
+        let before = tried.replace(backend.to_string());
         let error = match tokio::time::timeout_at(until, connected).await {
             // Every address of it closed before answering already: nothing to count.
-            Ok(Ok(None)) => continue,
-            Ok(Ok(Some(socket))) => {
-                *tried = Some(backend.to_string());
-                return Ok((backend, socket));
+            Ok(Ok(None)) => {
+                *tried = before;
+                continue;
             }
+            Ok(Ok(Some(dialed))) => return Ok((backend, dialed)),
             // The process's descriptors, not the backend: trying others would only fail too.
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(ProxyError::OutOfDescriptors),
             Ok(Err(e)) => e,
             Err(_) => no_answer(),
         };
-        *tried = Some(backend.to_string());
         if error.kind() == std::io::ErrorKind::TimedOut && turns.timed_out.is_none() {
             turns.timed_out = Some(backend);
         }
@@ -395,7 +413,7 @@ async fn connect(
     backend: &str,
     gone: &[SocketAddr],
     deadline: tokio::time::Instant,
-) -> std::io::Result<Option<TcpStream>> {
+) -> std::io::Result<Option<Dialed>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is.
     let addrs = crate::resolve::resolve(backend)
@@ -419,7 +437,7 @@ async fn connect(
 async fn connect_any(
     addrs: &[SocketAddr],
     deadline: tokio::time::Instant,
-) -> std::io::Result<TcpStream> {
+) -> std::io::Result<Dialed> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     let count = addrs.len();
     for (i, &addr) in addrs.iter().enumerate() {
@@ -428,7 +446,8 @@ async fn connect_any(
             Ok(Ok(socket)) => {
                 // WebSocket frames are small and latency-bound; never wait for Nagle.
                 socket.set_nodelay(true)?;
-                return Ok(socket);
+                let more = i + 1 < count;
+                return Ok(Dialed { socket, addr, more });
             }
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(e),
             Ok(Err(e)) => last = e,
@@ -436,6 +455,15 @@ async fn connect_any(
         }
     }
     Err(last)
+}
+
+/// A backend connection, the address it went to, and whether the name has addresses after
+/// it (to go on to if this one closes before answering).
+#[derive(Debug)]
+struct Dialed {
+    socket: TcpStream,
+    addr: SocketAddr,
+    more: bool,
 }
 
 /// An equal share of the time left until `deadline` for each of `remaining` tries (the last
@@ -517,12 +545,11 @@ mod tests {
     /// goes to the second.
     #[tokio::test]
     async fn an_address_that_closes_before_answering_leaves_the_name_s_next_one() {
-        let good = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-        let port = good.local_addr().unwrap().port();
-        let dying = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let name = format!("two-pods.test:{port}");
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dying = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+        // Only a key for the cache: the seeded addresses are what is dialled.
+        let name = "two-pods.test:9001".to_string();
         crate::resolve::seed(
             &name,
             &[dying.local_addr().unwrap(), good.local_addr().unwrap()],
@@ -580,10 +607,7 @@ mod tests {
         let Ok(Answer::Upgraded(tunnel)) = answer else {
             panic!("no tunnel: {:?}", answer.err());
         };
-        assert_eq!(
-            tunnel.socket.peer_addr().unwrap().ip().to_string(),
-            "127.0.0.2"
-        );
+        assert_eq!(tunnel.socket.peer_addr().unwrap(), good_addr);
     }
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
@@ -603,10 +627,11 @@ mod tests {
 
         let start = tokio::time::Instant::now();
         let deadline = start + std::time::Duration::from_secs(5);
-        let socket = connect_any(&[silent_addr, working_addr], deadline)
+        let dialed = connect_any(&[silent_addr, working_addr], deadline)
             .await
             .unwrap();
-        assert_eq!(socket.peer_addr().unwrap(), working_addr);
+        assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
+        assert_eq!((dialed.addr, dialed.more), (working_addr, false));
         // The silent address had its half of the time, and the working one got through in
         // the other half.
         let took = start.elapsed();
