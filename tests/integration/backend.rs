@@ -604,12 +604,7 @@ async fn line_of_a_refusal_cut_short(end: impl FnOnce(RawConn<tokio::net::TcpStr
     assert_eq!(client.read_head().await.status, 403);
     end(back);
     client.read_to_end().await;
-    let line = within(
-        "the connection's line",
-        tokio::task::spawn_blocking(move || wait_for_line(&lines, "backend refused the upgrade")),
-    )
-    .await
-    .unwrap();
+    let line = line_containing(lines, "backend refused the upgrade").await;
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.contains("\"status\":403"), "{line}");

@@ -1287,6 +1287,16 @@ pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) ->
     }
 }
 
+/// [`wait_for_line`] off the async threads, for a test whose backends run on its runtime.
+pub async fn line_containing(
+    lines: std::sync::mpsc::Receiver<String>,
+    needle: &'static str,
+) -> String {
+    tokio::task::spawn_blocking(move || wait_for_line(&lines, needle))
+        .await
+        .unwrap()
+}
+
 /// A `wsgate run` process on `config` that has started serving: the process, its log lines
 /// (JSON), and its first listening address.
 pub fn started_wsgate(
