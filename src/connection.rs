@@ -189,7 +189,7 @@ async fn serve_http(
     let ended = {
         let mut serving = std::pin::pin!(serving);
         let mut closing = false;
-        let ended = loop {
+        loop {
             tokio::select! {
                 result = serving.as_mut() => break Ended::Served(result),
                 // A refusal written: one request per connection, so it ends here (hyper
@@ -201,8 +201,7 @@ async fn serve_http(
                 _ = tokio::time::sleep_until(answer_by) => break Ended::Late,
                 _ = shared.drain.started() => break Ended::Drained,
             }
-        };
-        ended
+        }
     };
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
