@@ -251,12 +251,7 @@ impl Metrics {
 
     /// A backend that took the connection and closed it before a byte of answer.
     pub(crate) fn backend_closed_early(&self, route: &str, backend: &str) {
-        let labels = BackendLabels {
-            route: route.to_string(),
-            backend: backend.to_string(),
-            error: "closed",
-        };
-        self.backend_failures.get_or_create(&labels).inc();
+        self.backend_failed(route, backend, "closed");
     }
 
     pub(crate) fn backend_connect_failed(&self, route: &str, backend: &str, error: &io::Error) {
@@ -267,6 +262,10 @@ impl Metrics {
             io::ErrorKind::NotFound => "unresolvable",
             _ => "error",
         };
+        self.backend_failed(route, backend, error);
+    }
+
+    fn backend_failed(&self, route: &str, backend: &str, error: &'static str) {
         let labels = BackendLabels {
             route: route.to_string(),
             backend: backend.to_string(),
