@@ -130,7 +130,7 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
         let name = header.name;
         // Values the proxy reads as token lists or addresses must be plain ASCII: a byte it
         // would skip (say, a `Connection` token it then fails to strip) is refused instead.
-        if PARSED.iter().any(|p| name.eq_ignore_ascii_case(p)) && !header.value.is_ascii() {
+        if is_parsed(name) && !header.value.is_ascii() {
             return Err(ProxyError::MalformedRequest);
         }
         if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -153,16 +153,18 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
 }
 
 /// Fields whose values the proxy parses.
-const PARSED: [&str; 8] = [
-    "connection",
-    "upgrade",
-    "host",
-    "origin",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-    "x-forwarded-for",
-];
+fn is_parsed(name: &str) -> bool {
+    // Every `Sec-WebSocket-*`, as the docs say: the ones the proxy does not read
+    // (`-Extensions`) go to the backend, whose own parser must not meet a byte it may skip.
+    let websocket = name
+        .get(..SEC_WEBSOCKET.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SEC_WEBSOCKET));
+    websocket || PARSED.iter().any(|p| name.eq_ignore_ascii_case(p))
+}
+
+const SEC_WEBSOCKET: &str = "sec-websocket-";
+
+const PARSED: [&str; 5] = ["connection", "upgrade", "host", "origin", "x-forwarded-for"];
 
 /// Where the search for the end of the head stands: each byte is looked at about once, however
 /// the head is split over reads (a head trickling in byte by byte must not cost O(n²)).
@@ -382,6 +384,10 @@ mod tests {
         let framed = |line: &str| check(format!("GET / HTTP/1.1\r\n{line}\r\n\r\n").as_bytes());
         assert_eq!(
             check(b"GET / HTTP/1.1\r\nConnection: Upgrade, X-Secret\x80\r\n\r\n"),
+            Err(ProxyError::MalformedRequest)
+        );
+        assert_eq!(
+            check(b"GET / HTTP/1.1\r\nSec-WebSocket-Extensions: x\xe9\r\n\r\n"),
             Err(ProxyError::MalformedRequest)
         );
         assert_eq!(

@@ -149,6 +149,12 @@ async fn route_and_forward(
     let snapshot = &conn.shared.current();
     // (Connection limits were checked by `admit` before hyper read the request.)
     let host = websocket::request_host(req.uri(), req.headers())?;
+    // HTTP/1.1 without Host is malformed wherever it was headed (RFC 9112 §3.2): 400 before
+    // routing, not a 404 when only host-bound routes have the path. (HTTP/1.0, which may
+    // leave Host out, is refused as too old once a route is known.)
+    if host.is_none() && req.version() >= hyper::Version::HTTP_11 {
+        return Err(ProxyError::BadHost);
+    }
     let offered = websocket::offered_protocols(req.headers());
     let selection = snapshot.routes.select(host, req.uri().path(), &offered);
     match &selection {

@@ -1,11 +1,13 @@
 //! The routing table: which route serves a (Host, path, offered subprotocols) triple. Pure, no
 //! I/O, built once per config.
 //!
-//! Lookups are hash probes, never a scan of all routes: by exact host, by each of the host's
-//! wildcard suffixes (most specific first), then host-less routes; within each, by each of the
-//! path's segment prefixes (longest first). So a lookup costs O(labels × segments) whatever the
-//! number of routes. The probe order *is* the ranking: exact host, wildcard, no host; then
-//! longest path prefix; then file order.
+//! Lookups are hash probes, never a scan of all routes: by exact host, by the host's wildcard
+//! suffixes, then host-less routes; within each, by each of the path's segment prefixes
+//! (longest first, and none deeper than the deepest route path there). So a lookup costs
+//! O(labels × route depth) whatever the number of routes or the request's path. The probe
+//! order *is* the ranking: exact host, wildcard, no host; then longest path prefix; then file
+//! order (the wildcard suffixes a host matches rank as one: `*.b.example.com` and
+//! `*.example.com` are both "wildcard").
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -25,7 +27,19 @@ pub struct RouteTable {
 
 /// Path prefix → indices into `routes`, in file order.
 #[derive(Default)]
-struct Paths(HashMap<String, Vec<usize>>);
+struct Paths {
+    routes: HashMap<String, Vec<usize>>,
+    /// The most segments of any key: a deeper prefix of a request's path matches none, so a
+    /// path of thousands of segments costs as many probes as the routes are deep.
+    depth: usize,
+}
+
+impl Paths {
+    fn add(&mut self, key: String, index: usize) {
+        self.depth = self.depth.max(depth(&key));
+        self.routes.entry(key).or_default().push(index);
+    }
+}
 
 pub struct Route {
     pub config: RouteConfig,
@@ -76,7 +90,9 @@ impl Route {
         match (&self.config.origins, origin) {
             (None, _) | (_, None) => true,
             (Some(list), Some(origin)) => {
-                let origin = origin.trim().trim_end_matches('/');
+                // One trailing `/` (some clients send "https://host/"), not any number.
+                let origin = origin.trim();
+                let origin = origin.strip_suffix('/').unwrap_or(origin);
                 list.iter().any(|o| o.eq_ignore_ascii_case(origin))
             }
         }
@@ -97,11 +113,7 @@ impl RouteTable {
                 Some(HostPattern::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
                 None => &mut table.any_host,
             };
-            paths
-                .0
-                .entry(route_key(&config.path))
-                .or_default()
-                .push(index);
+            paths.add(route_key(&config.path), index);
             table.routes.push(Route {
                 config: config.clone(),
                 next_backend: AtomicUsize::new(0),
@@ -125,9 +137,13 @@ impl RouteTable {
         };
         let host = host.map(normalize_host);
         let mut candidates = false;
-        for paths in self.host_classes(host.as_deref()) {
-            for prefix in prefixes(&path) {
-                for &index in paths.0.get(prefix).into_iter().flatten() {
+        for class in self.host_classes(host.as_deref()) {
+            let depth = match class.iter().map(|paths| paths.depth).max() {
+                Some(depth) if depth > 0 => depth,
+                _ => continue, // no route in this class
+            };
+            for prefix in prefixes(cut_to_depth(&path, depth)) {
+                for &index in in_file_order(&class, prefix).iter() {
                     candidates = true;
                     let route = &self.routes[index];
                     if let Some(protocols) = route.fit_protocols(offered) {
@@ -143,20 +159,49 @@ impl RouteTable {
         }
     }
 
-    /// The path indexes to probe, in rank order: exact host, wildcard suffixes from the most
-    /// specific, then routes without a host.
-    fn host_classes<'a>(&'a self, host: Option<&'a str>) -> impl Iterator<Item = &'a Paths> + 'a {
+    /// The path indexes to probe, by host class in rank order: exact host, every wildcard
+    /// suffix that covers it, then routes without a host.
+    fn host_classes(&self, host: Option<&str>) -> [Vec<&Paths>; 3] {
         let exact = host.and_then(|h| self.exact.get(h));
-        let wildcards = host.into_iter().flat_map(move |h| {
-            // ".b.example.com", ".example.com", ".com" for "a.b.example.com"; the host itself
-            // never matches its own wildcard ("*.example.com" does not cover "example.com").
+        // ".b.example.com", ".example.com", ".com" for "a.b.example.com"; the host itself
+        // never matches its own wildcard ("*.example.com" does not cover "example.com").
+        let wildcards = host.into_iter().flat_map(|h| {
             h.match_indices('.')
-                .filter_map(move |(i, _)| self.wildcard.get(&h[i..]))
+                .filter_map(|(i, _)| self.wildcard.get(&h[i..]))
         });
-        exact
-            .into_iter()
-            .chain(wildcards)
-            .chain(std::iter::once(&self.any_host))
+        [
+            exact.into_iter().collect(),
+            wildcards.collect(),
+            vec![&self.any_host],
+        ]
+    }
+}
+
+/// The routes keyed `prefix` in any of `class`'s indexes, in file order.
+fn in_file_order<'a>(class: &[&'a Paths], prefix: &str) -> Cow<'a, [usize]> {
+    let mut hits = class.iter().filter_map(|paths| paths.routes.get(prefix));
+    let Some(first) = hits.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let rest: Vec<usize> = hits.flatten().copied().collect();
+    if rest.is_empty() {
+        return Cow::Borrowed(first);
+    }
+    let mut all: Vec<usize> = first.iter().copied().chain(rest).collect();
+    all.sort_unstable();
+    Cow::Owned(all)
+}
+
+/// How many segments a route key or path has ("/" and "/a" one, "/a/b" two).
+fn depth(path: &str) -> usize {
+    path.bytes().filter(|&b| b == b'/').count()
+}
+
+/// `path` cut to its first `depth` segments: its deeper prefixes match no key `depth` deep.
+fn cut_to_depth(path: &str, depth: usize) -> &str {
+    match path.match_indices('/').nth(depth) {
+        Some((i, _)) if i > 0 => &path[..i],
+        _ => path,
     }
 }
 
@@ -212,20 +257,23 @@ pub(crate) fn route_key(path: &str) -> String {
 /// a `\` or an encoded `/` or `\` read as `/` (`/orig%2Fx` is `/orig/x` to a server that
 /// decodes before routing, as Go's does, and `/orig\x` to Node's URL parser), the
 /// compatibility forms of ASCII that Unicode normalisation (NFKC) turns into ASCII read as
-/// that (see [`canonical`]), empty segments dropped (`//orig`), and `;parameters` cut from
-/// each segment (`/orig;jsessionid=1`, as servlet containers read it). The request goes to
-/// the backend unchanged.
+/// that (see [`canonical`]), empty segments dropped (`//orig`), `;parameters` cut from
+/// each segment (`/orig;jsessionid=1`, as servlet containers read it), and trailing dots and
+/// spaces cut from each segment (`/orig.`, `/orig%20`, as Windows servers read them). The
+/// request goes to the backend unchanged.
 fn read_path(path: &str) -> Read<'_> {
-    let is_dot = |segment: &str| matches!(segment, "." | "..");
     // Most paths have nothing to decode, normalise, merge or cut: their segments are theirs.
-    if !needs_reading(path) && !path.contains("//") && !path.contains(';') {
-        if path.contains('.') && path.split('/').any(is_dot) {
-            return Read::DotSegment;
-        }
+    let plain = !needs_reading(path) && !path.contains("//") && !path.contains(';');
+    if plain && !path.contains("./") && !path.ends_with('.') {
         return Read::Matched(Cow::Borrowed(path));
     }
-    let canonical = canonical(path);
-    if segments(&canonical).any(is_dot) {
+    let canonical = if plain {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(canonical(path))
+    };
+    // ".", "..", and what Windows reads as one of them ("...", ". .").
+    if segments(&canonical).any(|segment| segment.is_empty()) {
         return Read::DotSegment;
     }
     let mut out = String::with_capacity(canonical.len());
@@ -313,11 +361,13 @@ pub(crate) fn escapes_sound(path: &str) -> bool {
     whole && !decoded.contains(&0) && std::str::from_utf8(&decoded).is_ok()
 }
 
-/// The segments of a [`canonical`] path, empty ones dropped and `;parameters` cut.
+/// The segments of a [`canonical`] path as [`read_path`] reads them: empty ones dropped,
+/// `;parameters` cut, then trailing dots and spaces, so that a dot segment reads as empty.
 fn segments(canonical: &str) -> impl Iterator<Item = &str> {
     (canonical.split('/'))
         .map(|segment| segment.split(';').next().unwrap_or_default())
         .filter(|segment| !segment.is_empty())
+        .map(|segment| segment.trim_end_matches(['.', ' ']))
 }
 
 /// Whether a backend could take part of `path` for a `.` or `..` segment, however spelled:
@@ -498,13 +548,45 @@ mod tests {
     #[test]
     fn a_wildcard_covers_any_depth_of_subdomain_but_not_the_bare_domain() {
         let table = RouteTable::new(&[
-            route("wide", Some("*.example.com"), "/", None),
             route("narrow", Some("*.eu.example.com"), "/", None),
+            route("wide", Some("*.example.com"), "/", None),
         ]);
         assert_eq!(pick(&table, Some("a.example.com"), "/", &[]), "wide");
         assert_eq!(pick(&table, Some("a.eu.example.com"), "/", &[]), "narrow");
         assert_eq!(pick(&table, Some("x.a.eu.example.com"), "/", &[]), "narrow");
         assert_eq!(pick(&table, Some("example.com"), "/", &[]), "404");
+    }
+
+    #[test]
+    fn wildcards_rank_as_one_class_then_by_path_then_by_file_order() {
+        let table = RouteTable::new(&[
+            route("wide", Some("*.example.com"), "/", None),
+            route("narrow", Some("*.eu.example.com"), "/", None),
+            route("deep", Some("*.example.com"), "/api/ws", None),
+        ]);
+        assert_eq!(pick(&table, Some("a.eu.example.com"), "/", &[]), "wide");
+        assert_eq!(
+            pick(&table, Some("a.eu.example.com"), "/api/ws/x", &[]),
+            "deep"
+        );
+    }
+
+    #[test]
+    fn a_path_deeper_than_every_route_is_matched_by_its_first_segments() {
+        let table = RouteTable::new(&[
+            route("a", None, "/a", None),
+            route("ab", Some("h.test"), "/a/b", None),
+        ]);
+        let deep = format!("/a/b{}", "/x".repeat(10_000));
+        assert_eq!(pick(&table, Some("h.test"), &deep, &[]), "ab");
+        assert_eq!(pick(&table, None, &deep, &[]), "a");
+        assert_eq!(
+            pick(&table, None, &format!("/z{}", "/a".repeat(10_000)), &[]),
+            "404"
+        );
+        assert_eq!(cut_to_depth("/a/b/c/", 2), "/a/b");
+        assert_eq!(cut_to_depth("/a/b", 2), "/a/b");
+        assert_eq!(cut_to_depth("/", 1), "/");
     }
 
     #[test]
@@ -543,6 +625,10 @@ mod tests {
             "/public/..%5cadmin",
             "/public/.%2E%2F/admin",
             "/public/.",
+            // What Windows servers read as a dot segment, trailing dots and spaces dropped.
+            "/public/...",
+            "/public/.%20./admin",
+            "/public/..%20/admin",
         ] {
             assert_eq!(pick(&table, None, sneaky, &[]), "404", "{sneaky}");
         }
@@ -562,12 +648,22 @@ mod tests {
         }
         for fine in [
             "/public/a.b",
-            "/public/...",
             "/public/a%2Fb",
             "/public/.well-known",
             "/public/;x",
         ] {
             assert_ne!(pick(&table, None, fine, &[]), "404", "{fine}");
+        }
+    }
+
+    #[test]
+    fn a_segment_is_matched_without_its_trailing_dots_and_spaces() {
+        let table = RouteTable::new(&[route("f", None, "/f", None), route("all", None, "/", None)]);
+        for windows in ["/f.", "/f%2E", "/f%20", "/f. .", "/f./x", "/f%2e%20/x"] {
+            assert_eq!(pick(&table, None, windows, &[]), "f", "{windows}");
+        }
+        for other in ["/f.x", "/.f", "/fx."] {
+            assert_eq!(pick(&table, None, other, &[]), "all", "{other}");
         }
     }
 
@@ -616,6 +712,8 @@ mod tests {
             panic!()
         };
         assert!(route.allows_origin(Some("HTTPS://Chat.Example.com")));
+        assert!(route.allows_origin(Some("https://chat.example.com/")));
+        assert!(!route.allows_origin(Some("https://chat.example.com//")));
         assert!(route.allows_origin(None));
         assert!(!route.allows_origin(Some("https://evil.example")));
         assert!(!route.allows_origin(Some("null")));
@@ -673,15 +771,15 @@ mod reference {
     const REQUEST_PATHS: &[&str] = &["/", "/a", "/a/", "/ab", "/abc", "/a/b", "/a/bc", "/a/b/c/d"];
     const PROTOCOLS: &[&str] = &["p1", "p2"];
 
-    /// Host rank: 0 exact, then wildcards by decreasing suffix length, then no host; `None`
-    /// if the route's host does not match.
+    /// Host rank: 0 exact, 1 any wildcard, then no host; `None` if the route's host does not
+    /// match.
     fn host_rank(pattern: &Option<HostPattern>, host: Option<&str>) -> Option<usize> {
         match (pattern, host) {
             (None, _) => Some(usize::MAX),
             (Some(HostPattern::Exact(h)), Some(host)) => (h == host).then_some(0),
-            (Some(HostPattern::Wildcard(suffix)), Some(host)) => (host.ends_with(suffix.as_str())
-                && host.len() > suffix.len())
-            .then(|| 1000 - suffix.len()),
+            (Some(HostPattern::Wildcard(suffix)), Some(host)) => {
+                (host.ends_with(suffix.as_str()) && host.len() > suffix.len()).then_some(1)
+            }
             (Some(_), None) => None,
         }
     }

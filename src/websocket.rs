@@ -132,6 +132,7 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
             _ => return Err(ProxyError::MalformedRequest),
         };
         let same = !target.as_str().contains('@')
+            && !target.as_str().ends_with(':')
             && same_name(target.host(), parsed.host())
             && target.port_u16().unwrap_or(default) == parsed.port_u16().unwrap_or(default);
         if !same {
@@ -170,13 +171,15 @@ fn same_name(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
-/// What follows the host in an authority: nothing, or ":" and a port (possibly empty).
+/// What follows the host in an authority: nothing, or ":" and a port. The URI grammar allows
+/// an empty port ("a.example.com:"), which only adds a spelling for backends to disagree on.
 fn is_port(rest: &str) -> bool {
     match rest.strip_prefix(':') {
         // Digits only: u16's parser would also take "+443".
         Some(port) => {
-            port.is_empty()
-                || (port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok())
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok()
         }
         None => rest.is_empty(),
     }
@@ -221,8 +224,12 @@ pub(crate) fn check_response(
     key: &HeaderValue,
     forwarded_protocols: &[&str],
 ) -> Result<(), ProxyError> {
-    if !has_token(headers, &UPGRADE, "websocket") {
-        return Err(ProxyError::BadBackendUpgrade("Upgrade is not websocket"));
+    // Exactly "websocket" (RFC 6455 §4.1): a backend switching to that and something else
+    // (`websocket, h2c`, or two lines) is not speaking the protocol the client asked for.
+    let mut upgrade = tokens(headers, &UPGRADE);
+    match (upgrade.next(), upgrade.next()) {
+        (Some(token), None) if token.eq_ignore_ascii_case("websocket") => {}
+        _ => return Err(ProxyError::BadBackendUpgrade("Upgrade is not websocket")),
     }
     if !has_token(headers, &CONNECTION, "upgrade") {
         return Err(ProxyError::BadBackendUpgrade("Connection lacks upgrade"));
@@ -388,6 +395,8 @@ mod tests {
             "",
             ":8443",
             "a.example.com:x",
+            "a.example.com:",
+            "[::1]:",
             "evil.test,a.example.com",
             "*.example.com",
             "[::1",
@@ -439,6 +448,10 @@ mod tests {
             ok("chat.example.com")
         );
         assert_eq!(host_of(target, &[]), Err(ProxyError::BadHost));
+        assert_eq!(
+            host_of("https://chat.example.com:/ws", &["chat.example.com"]),
+            Err(ProxyError::BadHost)
+        );
         assert_eq!(
             host_of("https://u@chat.example.com/ws", &["chat.example.com"]),
             Err(ProxyError::BadHost)
@@ -499,6 +512,13 @@ mod tests {
             ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         ];
         assert!(response(&not_websocket, &[]).is_err());
+        // Websocket and something else, on one line or two.
+        let mut also_h2c = not_websocket.to_vec();
+        also_h2c[0] = ("upgrade", "WebSocket, h2c");
+        assert!(response(&also_h2c, &[]).is_err());
+        also_h2c[0] = ("upgrade", "websocket");
+        also_h2c.push(("upgrade", "h2c"));
+        assert!(response(&also_h2c, &[]).is_err());
         // Twice, even right twice: which one counts is anyone's guess (the log says which).
         let mut twice = unoffered[..3].to_vec();
         twice.push(twice[2]);

@@ -334,6 +334,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
                 ":9:29: route[0].origins[1]: \"nope\" is not an origin",
             ),
             ("[[route]]\nname = \"a\"\npath = \"/a/../b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a/../b\" has a '.' or '..' segment"),
+            ("[[route]]\nname = \"a\"\npath = \"/v1./b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/v1./b\" has a segment ending in '.'"),
             ("[[route]]\nname = \"a\"\npath = \"/a/%2E\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
             ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
@@ -385,6 +386,9 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             route("a", host, "/x", "")
                 + &route("b", "host = \"A.com.\"\n", "/%78", &list("\"v1\"")),
             route("a", "", "/x", &list("\"v1\", \"v2\"")) + &route("b", "", "/x", &list("\"v2\"")),
+            // Wildcards rank as one class: the wider one, first, takes the narrower's hosts.
+            route("a", "host = \"*.a.com\"\n", "/x", "")
+                + &route("b", "host = \"*.eu.a.com\"\n", "/x", ""),
         ];
         for body in &shadowed {
             let config = parse(body).unwrap();
@@ -404,6 +408,9 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             route("a", "", "/x", "") + &route("b", "", "/x/y", ""),
             route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", ""),
             route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", &list("\"v1\", \"v2\"")),
+            // The narrower wildcard first: each gets its own hosts.
+            route("a", "host = \"*.eu.a.com\"\n", "/x", "")
+                + &route("b", "host = \"*.a.com\"\n", "/x", ""),
         ];
         for body in &reachable {
             let config = parse(body).unwrap();

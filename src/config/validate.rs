@@ -253,19 +253,39 @@ impl Validator<'_> {
             }
             out.push(self.route(i, name, route)?);
             let this = &out[i];
-            let place = (this.host.clone(), crate::routes::route_key(&this.path));
-            let earlier = same_place.entry(place).or_default();
-            if let Some(&shadow) = earlier.iter().find(|&&e| takes_all_of(&out[e], this)) {
+            let path = crate::routes::route_key(&this.path);
+            // A wildcard ranks with every other wildcard: an earlier one whose suffix covers
+            // this one's takes its requests as surely as an earlier one with the same host.
+            let covering: Vec<Option<HostPattern>> = match &this.host {
+                Some(HostPattern::Wildcard(suffix)) => (suffix.match_indices('.'))
+                    .map(|(at, _)| Some(HostPattern::Wildcard(suffix[at..].to_string())))
+                    .collect(),
+                host => vec![host.clone()],
+            };
+            let shadow = covering.into_iter().find_map(|host| {
+                let earlier = same_place.get(&(host.clone(), path.clone()))?;
+                let shadow = earlier.iter().find(|&&e| takes_all_of(&out[e], this))?;
+                Some((*shadow, host == this.host))
+            });
+            if let Some((shadow, same_host)) = shadow {
                 // A warning, not an error: equal routes taken in file order is the documented
                 // rule, and a config relying on it must keep loading.
                 let line = locate(self.src, &raw[shadow].name.span(), "").line;
+                let host = if same_host {
+                    "the same host"
+                } else {
+                    "a wildcard host covering this one's"
+                };
                 let message = format!(
-                    "route {name:?} can never be chosen: route {:?} (line {line}) has the same host and path and comes first, and its subprotocol rule fits every request this one's does",
+                    "route {name:?} can never be chosen: route {:?} (line {line}) has {host} and the same path and comes first, and its subprotocol rule fits every request this one's does",
                     out[shadow].name
                 );
                 warnings.push(self.error(&route.path.span(), &key("path"), message));
             }
-            earlier.push(i);
+            same_place
+                .entry((this.host.clone(), path))
+                .or_default()
+                .push(i);
         }
         Ok(out)
     }
@@ -414,6 +434,11 @@ fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '.' or '..' segment: requests with one never match a route, so this one could not be reached"
         ));
     }
+    if read.split('/').any(|segment| segment.ends_with('.')) {
+        return Err(format!(
+            "{text:?} has a segment ending in '.': requests are matched without it, as Windows servers read them, so write the path without"
+        ));
+    }
     let trimmed = text.trim_end_matches('/');
     Ok(if trimmed.is_empty() {
         "/".to_string()
@@ -434,7 +459,11 @@ fn subprotocol(text: &str) -> Result<String, String> {
 }
 
 fn origin(text: &str) -> Result<String, String> {
-    let normalized = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let trimmed = text.trim();
+    let normalized = trimmed
+        .strip_suffix('/')
+        .unwrap_or(trimmed)
+        .to_ascii_lowercase();
     let ok = normalized.split_once("://").is_some_and(|(scheme, rest)| {
         !scheme.is_empty() && !rest.is_empty() && !rest.contains('/')
     });

@@ -164,6 +164,21 @@ async fn a_connection_token_outside_ascii_is_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_host_is_400_whatever_the_path() {
+    for path in ["/ws", "/nothing-here"] {
+        let (head, body) = status_of(Req::upgrade("x", path).remove("Host")).await;
+        assert_eq!(head.status, 400, "{path}: {head:?}");
+        assert!(String::from_utf8_lossy(&body).contains("Host"), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_an_empty_port_is_400() {
+    let (head, _) = status_of(ws().set("Host", "chat.example.com:")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_key_is_400() {
     let (head, _) = status_of(ws().remove("Sec-WebSocket-Key")).await;
     assert_eq!(head.status, 400, "{head:?}");
@@ -268,6 +283,10 @@ async fn the_limit_counts_the_bytes_sent_exactly() {
     let (head, _) = request(proxy.addr, head_of(1024)).await;
     assert_eq!(head.status, 502, "{head:?}");
     let (head, _) = request(proxy.addr, head_of(1025)).await;
+    assert_eq!(head.status, 431, "{head:?}");
+    // Empty lines before the request line (which HTTP lets a server skip) are bytes sent.
+    let led = [&b"\r\n"[..], &head_of(1023)].concat();
+    let (head, _) = request(proxy.addr, led).await;
     assert_eq!(head.status, 431, "{head:?}");
 }
 
