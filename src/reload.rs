@@ -70,6 +70,7 @@ pub(crate) fn spawn_reloader(
         retrying: false,
         // What runs before any config asks: said only if the config asks otherwise.
         mode: WatchMode::Events,
+        renewal_failed: None,
     };
     state.announce_mode(watch_mode(&shared));
     let wanted = watch::wanted(&relevant_files(&shared, &path));
@@ -115,6 +116,8 @@ struct Reloader {
     retrying: bool,
     /// How the files are watched for changes now.
     mode: WatchMode,
+    /// Why the last renewal of the certificates in force failed: not said again.
+    renewal_failed: Option<String>,
 }
 
 impl Reloader {
@@ -123,10 +126,11 @@ impl Reloader {
         shared: &Arc<Shared>,
         path: &Path,
         mut events: Events,
-        mut manual: mpsc::UnboundedReceiver<()>,
+        manual: mpsc::UnboundedReceiver<()>,
         hangup: &mut Hangup,
         stop: CancellationToken,
     ) {
+        let mut asks = Asks { manual, hangup };
         let mut looked = tokio::time::Instant::now();
         loop {
             // The files are looked at again after a while without a reason to: every 0.6 s
@@ -141,8 +145,7 @@ impl Reloader {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
                 Ok(()) = events.changed() => Wake::Event,
-                Some(()) = manual.recv() => Wake::Manual,
-                Some(()) = recv_hangup(hangup) => Wake::Manual,
+                () = asks.by_hand() => Wake::Manual,
                 _ = tokio::time::sleep_until(looked + period) => Wake::Poll,
             };
             let trigger = match first {
@@ -150,8 +153,7 @@ impl Reloader {
                 Wake::Event => tokio::select! {
                     _ = stop.cancelled() => return,
                     () = debounce(&mut events) => Trigger::Files,
-                    Some(()) = manual.recv() => Trigger::Manual,
-                    Some(()) = recv_hangup(hangup) => Trigger::Manual,
+                    () = asks.by_hand() => Trigger::Manual,
                 },
                 Wake::Poll => {
                     self.retrying = self.short_of_files.is_some();
@@ -160,7 +162,7 @@ impl Reloader {
                 Wake::Manual => Trigger::Manual,
             };
             if !self
-                .reload_settled(shared, path, trigger, &mut events, &stop)
+                .reload_settled(shared, path, trigger, &mut events, &mut asks, &stop)
                 .await
             {
                 return;
@@ -170,7 +172,7 @@ impl Reloader {
             // read and the watch: look once more (cheap: unchanged content is skipped).
             while (self.watches).refresh(self.wanted_in(shared, path).await, watch_mode(shared)) {
                 if !self
-                    .reload_settled(shared, path, Trigger::Files, &mut events, &stop)
+                    .reload_settled(shared, path, Trigger::Files, &mut events, &mut asks, &stop)
                     .await
                 {
                     return;
@@ -186,15 +188,17 @@ impl Reloader {
     }
 
     /// [`Self::reload`], again after a pause while the files change under it; false if
-    /// `stop` came first.
+    /// `stop` came first. A SIGHUP (or manual reload) during a pause makes the rest of the
+    /// tries manual: served by this loop, not by a second rebuild after it.
     /// Files that never hold still (rewritten nonstop) are taken as they were last read after
     /// [`MAX_REREADS`] tries, about three seconds, so a change still takes effect.
     async fn reload_settled(
         &mut self,
         shared: &Arc<Shared>,
         path: &Path,
-        trigger: Trigger,
+        mut trigger: Trigger,
         events: &mut Events,
+        asks: &mut Asks<'_>,
         stop: &CancellationToken,
     ) -> bool {
         for tries_left in (0..MAX_REREADS).rev() {
@@ -208,6 +212,7 @@ impl Reloader {
             tokio::select! {
                 _ = stop.cancelled() => return false,
                 _ = tokio::time::sleep(DEBOUNCE) => {}
+                () = asks.by_hand() => trigger = Trigger::Manual,
             }
         }
         true
@@ -345,6 +350,29 @@ enum Outcome {
     InForce,
     Applied,
     Rejected(String),
+}
+
+/// What came of reading the certificates in force again.
+enum Renewal {
+    Applied,
+    Failed(String),
+}
+
+/// What asks for a reload by hand: SIGHUP, and [`crate::Server`]'s manual reloads.
+struct Asks<'a> {
+    manual: mpsc::UnboundedReceiver<()>,
+    hangup: &'a mut Hangup,
+}
+
+impl Asks<'_> {
+    /// The next reload asked for by hand; never, once neither can ask any more.
+    async fn by_hand(&mut self) {
+        tokio::select! {
+            Some(()) = self.manual.recv() => {}
+            Some(()) = recv_hangup(self.hangup) => {}
+            else => std::future::pending().await,
+        }
+    }
 }
 
 /// What woke the watcher.
@@ -486,8 +514,58 @@ impl Reloader {
             Outcome::Unsettled => Read::Unsettled,
             _ => Read::Settled,
         };
+        // The files on disk are not going into force (rejected, now or before, or unbindable):
+        // the certificates in force are still renewed.
+        let renewal = match outcome {
+            Outcome::Nothing | Outcome::Rejected(_) => self.renew(shared, generation).await,
+            _ => None,
+        };
         self.record(shared, generation, outcome, trigger);
+        if let Some(renewal) = renewal {
+            self.record_renewal(shared, generation, renewal);
+        }
         read
+    }
+
+    /// The config in force with its certificates and keys read again, swapped in, if their
+    /// files changed; `None` if they did not (or the process is shutting down).
+    async fn renew(&mut self, shared: &Arc<Shared>, generation: u64) -> Option<Renewal> {
+        let current = shared.current();
+        let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
+        match renewed.await.ok()?? {
+            Ok(snapshot) => match shared.apply(snapshot).await {
+                Ok(()) => Some(Renewal::Applied),
+                Err(Error::ShuttingDown) => None,
+                Err(e) => Some(Renewal::Failed(e.to_string())),
+            },
+            // Out of open files: nothing is known; the next look tries again.
+            Err(e) if e.for_now => None,
+            Err(e) => Some(Renewal::Failed(e.to_string())),
+        }
+    }
+
+    /// Publishes and logs a renewal of the certificates in force. A failed one (a certificate
+    /// written before its key, say) is said once: the next write is looked at anyway.
+    fn record_renewal(&mut self, shared: &Shared, generation: u64, renewal: Renewal) {
+        let error = match renewal {
+            Renewal::Failed(error) => error,
+            Renewal::Applied => {
+                self.renewal_failed = None;
+                shared.reload_status.send_modify(|status| {
+                    status.generation = generation;
+                    status.successes += 1;
+                    status.last_success = Some(SystemTime::now());
+                    shared.metrics.reloaded(status, true);
+                });
+                tracing::info!(generation, "certificates renewed for the config in force (the config file on disk is still not in force)");
+                return;
+            }
+        };
+        if self.renewal_failed.as_ref() == Some(&error) {
+            return;
+        }
+        tracing::warn!(%error, "renewed certificate files rejected; the certificates in force stay");
+        self.renewal_failed = Some(error);
     }
 
     /// What to do about what [`look`] found: apply a good build, remember a rejected one.

@@ -25,6 +25,11 @@ pub(crate) struct Snapshot {
     pub generation: u64,
     /// Hash of the bytes of every file the config depends on.
     pub(crate) fingerprint: u64,
+    /// Hash of the bytes of the certificate and key files, as they were when read: tells a
+    /// renewal apart while the config file on disk is rejected (see [`Snapshot::renewed`]).
+    served: u64,
+    /// What is wrong with the certificates (a name no route's host uses, say).
+    tls_warnings: Vec<ConfigError>,
 }
 
 impl Snapshot {
@@ -41,9 +46,17 @@ impl Snapshot {
         generation: u64,
         fingerprint: u64,
     ) -> Result<Snapshot, ConfigError> {
-        let mut config = Config::load(path)?;
+        Self::from_config(Config::load(path)?, generation, fingerprint)
+    }
+
+    fn from_config(
+        config: Config,
+        generation: u64,
+        fingerprint: u64,
+    ) -> Result<Snapshot, ConfigError> {
+        // Hashed before the PEM files are read: a write in between reads as a change later.
+        let served_hash = fingerprint_of(&served_files(&config), false);
         let served = tls::server_config(&config)?;
-        config.warnings.extend(served.warnings);
         let routes = RouteTable::new(&config.routes);
         Ok(Snapshot {
             config,
@@ -52,8 +65,32 @@ impl Snapshot {
             expiry: served.expiry,
             generation,
             fingerprint,
+            served: served_hash,
+            tls_warnings: served.warnings,
         })
     }
+
+    /// This config with its certificates and keys read again, as generation `generation`, if
+    /// their files changed since they were read. For a config file on disk that is rejected
+    /// (or cannot bind): a certificate renewal must not wait for someone to fix that file,
+    /// or a typo becomes an expired certificate.
+    pub(crate) fn renewed(&self, generation: u64) -> Option<Result<Snapshot, ConfigError>> {
+        if fingerprint_of(&served_files(&self.config), false) == self.served {
+            return None;
+        }
+        Some(Self::from_config(
+            self.config.clone(),
+            generation,
+            self.fingerprint,
+        ))
+    }
+}
+
+/// The certificate and key files `config` serves.
+fn served_files(config: &Config) -> Vec<PathBuf> {
+    (config.certificates.iter())
+        .flat_map(|c| [c.cert.clone(), c.key.clone()])
+        .collect()
 }
 
 impl Snapshot {
@@ -62,7 +99,9 @@ impl Snapshot {
     /// at every build: a file still being written is built several times), printed by
     /// `wsgate check`.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        let config = self.config.warnings.iter().map(ToString::to_string);
+        let config = (self.config.warnings.iter())
+            .chain(&self.tls_warnings)
+            .map(ToString::to_string);
         config.chain(validity_warnings(&self.expiry)).collect()
     }
 
@@ -152,7 +191,7 @@ fn rfc3339(unix: i64) -> String {
 /// Hash of the files' contents; a missing file hashes as such, so its return is a change.
 /// With `written`, also of when each was last written, and its size and inode: a file written
 /// again with the same bytes then hashes differently.
-fn fingerprint(files: &[PathBuf], written: bool) -> u64 {
+fn fingerprint_of(files: &[PathBuf], written: bool) -> u64 {
     let files: BTreeSet<&PathBuf> = files.iter().collect();
     let mut hasher = DefaultHasher::new();
     for file in files {
@@ -197,11 +236,11 @@ fn on_disk_files(path: &Path) -> Vec<PathBuf> {
 
 /// Fingerprint of the content of [`on_disk_files`]: what a snapshot built now would hold.
 pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
-    fingerprint(&on_disk_files(path), false)
+    fingerprint_of(&on_disk_files(path), false)
 }
 
 /// Like [`on_disk_fingerprint`], and of when the files were last written: tells whether
 /// anything was written to them since, even the same bytes.
 pub(crate) fn on_disk_stamp(path: &Path) -> u64 {
-    fingerprint(&on_disk_files(path), true)
+    fingerprint_of(&on_disk_files(path), true)
 }

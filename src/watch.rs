@@ -195,7 +195,9 @@ impl Watches {
 
     /// Watches the `wanted` folders (and stops watching the rest); true if a folder is watched
     /// now that was not before, or is watched anew because it was replaced (deleted and made
-    /// again, or swapped by rename). `None` (the lookup failed) changes nothing.
+    /// again, or swapped by rename), or a folder already watched (as one on the way) now holds
+    /// a file: events for its files were dropped until now. `None` (the lookup failed) changes
+    /// nothing.
     ///
     /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
     /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
@@ -208,7 +210,12 @@ impl Watches {
         if !self.ensure_watcher(mode) {
             return false;
         }
-        *lock(&self.interest) = Interest::of(&wanted);
+        let interest = Interest::of(&wanted);
+        // Watched already (as a folder on the way), so no new watch says so.
+        let holds_more = (interest.holding)
+            .difference(&lock(&self.interest).holding)
+            .any(|folder| self.watched.contains_key(folder));
+        *lock(&self.interest) = interest;
         let Some(watcher) = self.watcher.as_mut() else {
             return false;
         };
@@ -251,7 +258,7 @@ impl Watches {
         }
         self.unwatchable
             .retain(|folder| !self.watched.contains_key(folder));
-        added
+        added || holds_more
     }
 
     /// Makes the watcher if `mode` wants one and there is none; whether there is one now
@@ -448,6 +455,23 @@ mod tests {
         assert!(state.watcher.is_none() && state.degraded && state.watched.is_empty());
         assert!(state.refresh(Some(wanted), WatchMode::Events));
         assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
+    }
+
+    /// A folder watched as one on the way that comes to hold a file (a certificate named in
+    /// the config's own folder's parent) is news: its files' events were dropped until now.
+    #[test]
+    fn a_watched_folder_that_comes_to_hold_a_file_counts_as_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = std::fs::canonicalize(dir.path()).unwrap().join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        let mut state = quiet_watch_state();
+        let before = wanted(&[conf.join("wsgate.toml")]);
+        assert!(state.refresh(Some(before.clone()), WatchMode::Events));
+        assert!(!state.refresh(Some(before), WatchMode::Events));
+        let parent = conf.parent().unwrap().to_path_buf();
+        let after = wanted(&[conf.join("wsgate.toml"), parent.join("b.crt")]);
+        assert!(state.refresh(Some(after.clone()), WatchMode::Events));
+        assert!(!state.refresh(Some(after), WatchMode::Events));
     }
 
     /// Just `folder`, holding a file.

@@ -326,6 +326,35 @@ async fn a_duplicate_route_name_is_rejected() {
     assert_eq!(upgrade_status(proxy.addr, "/x").await, 404);
 }
 
+/// A typo left in the config file must not turn into an expired certificate: renewals of the
+/// certificate in force are served while the file on disk stays rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_served_while_the_config_file_is_rejected() {
+    let backend = WsBackend::start("one").await;
+    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+    let config = conf.path().join("wsgate.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}[[route]]\nname = \"a\"\n")).unwrap();
+    failures(&mut rx, 1).await;
+
+    let renewed = renew_in_place(&folder);
+    let status = generation(&mut rx, 2).await;
+    assert_eq!(served_leaf(addr).await, der_of(&renewed));
+    assert!(
+        status.last_error.is_some(),
+        "the file on disk is still not in force"
+    );
+    assert_eq!(status.failures, 1, "the rejection is not counted again");
+    assert_eq!(
+        upgrade_status(addr, "/a").await,
+        101,
+        "the routes in force stay"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_style_reload_always_rebuilds() {
     let backend = WsBackend::start("one").await;
