@@ -52,6 +52,22 @@ pub(crate) struct Ending {
     backend_stalled: bool,
 }
 
+impl Ending {
+    /// A client that left before it was answered (499).
+    fn client_gone(route: Option<String>, backend: Option<String>) -> Ending {
+        Ending {
+            route,
+            backend,
+            status: CLIENT_GONE,
+            side: None,
+            reason: String::new(),
+            bytes_out: 0,
+            answered: false,
+            backend_stalled: false,
+        }
+    }
+}
+
 /// Why a relayed answer was cut short, when its body broke off on the backend's side.
 pub(crate) const BACKEND_BROKE_OFF: &str = "the backend broke off its body";
 
@@ -101,16 +117,8 @@ impl Drop for Line<'_> {
         if !self.written {
             // Counted and worded by `end_line`, which knows why the request was dropped.
             self.written = true;
-            *lock(&self.conn.line) = EndLine::Answer(Box::new(Ending {
-                route: self.route.take(),
-                backend: self.backend.take(),
-                status: CLIENT_GONE,
-                side: None,
-                reason: String::new(),
-                bytes_out: 0,
-                answered: false,
-                backend_stalled: false,
-            }));
+            let ending = Ending::client_gone(self.route.take(), self.backend.take());
+            *lock(&self.conn.line) = EndLine::Answer(Box::new(ending));
         }
     }
 }
@@ -390,16 +398,7 @@ impl Drop for Relayed {
 /// runs whenever hyper's part of the connection ends, which drain and the answer deadline
 /// bound: a `TunnelFailed` left here is always written.)
 pub(crate) fn tunnel_not_opened(conn: &Conn, route: String, backend: String) {
-    let ending = Ending {
-        route: Some(route),
-        backend: Some(backend),
-        status: CLIENT_GONE,
-        side: None,
-        reason: String::new(),
-        bytes_out: 0,
-        answered: false,
-        backend_stalled: false,
-    };
+    let ending = Ending::client_gone(Some(route), Some(backend));
     let mut line = lock(&conn.line);
     match std::mem::replace(&mut *line, EndLine::Written) {
         EndLine::TunnelCut(cause) => {

@@ -40,9 +40,7 @@ pub(crate) async fn serve(
     mut guard: ConnGuard,
 ) {
     let started = Instant::now();
-    // Small writes (a 101, a WebSocket frame) go out at once: Nagle would hold each one back
-    // for the peer's delayed ACK.
-    let _ = tcp.set_nodelay(true);
+    crate::socket::tune(&tcp);
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
     let (peer, tcp) = match proxy_header(tcp, peer, &shared, &snapshot, deadline).await {

@@ -56,6 +56,7 @@ pub mod routes;
 mod server;
 pub mod signals;
 mod snapshot;
+mod socket;
 mod splice;
 mod sync;
 mod tls;

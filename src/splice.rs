@@ -186,7 +186,7 @@ where
         // A direction ending (a half-close passed on, or its writer gone) is news on the
         // tunnel like a byte: the half-closed wait below counts from it, not from the last
         // byte, which on a quiet tunnel may be long past.
-        let finished_before = (self.up.finished, self.down.finished);
+        let over_before = (self.up.over(), self.down.over());
         if !self.up.finished {
             match self
                 .up
@@ -212,15 +212,16 @@ where
         if self.up.finished && self.down.finished {
             return Poll::Ready(self.ending());
         }
-        active |= (self.up.finished, self.down.finished) != finished_before;
+        active |= (self.up.over(), self.down.over()) != over_before;
         if active {
             self.last_activity = Instant::now();
             self.report();
         }
         // Once one direction is over (a WebSocket whose backend closed, whose client has not
         // yet), a quiet tunnel waits for its other side briefly, not the whole idle timeout:
-        // HAProxy's `timeout client-fin`.
-        if (self.up.finished || self.down.finished) && self.idle > HALF_CLOSED_IDLE {
+        // HAProxy's `timeout client-fin`. Over is from the reader's EOF, not from the
+        // shutdown passing it on: a peer that stopped reading never takes the close_notify.
+        if (self.up.over() || self.down.over()) && self.idle > HALF_CLOSED_IDLE {
             self.idle = HALF_CLOSED_IDLE;
             self.timer.as_mut().reset(self.last_activity + self.idle);
             // That replaced any probe the timer was set for: a stuck direction sets it again.
@@ -594,6 +595,11 @@ impl Direction {
         Poll::Ready(Ok(()))
     }
 
+    /// Nothing more will be read in this direction: its reader ended, or its writer failed.
+    fn over(&self) -> bool {
+        self.eof || self.finished
+    }
+
     fn wrote(&mut self, n: usize, active: &mut bool) {
         self.bytes += n as u64;
         self.unflushed = true;
@@ -736,6 +742,8 @@ mod tests {
     #[derive(Clone, Copy)]
     enum Write {
         Stuck,
+        /// Takes bytes, never its close (a TLS peer not reading the close_notify).
+        StuckOnClose,
         Fails(io::ErrorKind),
     }
 
@@ -773,11 +781,12 @@ mod tests {
         fn poll_write(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
-            _: &[u8],
+            data: &[u8],
         ) -> Poll<io::Result<usize>> {
             match self.write {
                 // Never woken: only the tunnel's timer polls it again.
                 Write::Stuck => Poll::Pending,
+                Write::StuckOnClose => Poll::Ready(Ok(data.len())),
                 Write::Fails(kind) => Poll::Ready(Err(kind.into())),
             }
         }
@@ -785,7 +794,10 @@ mod tests {
             Poll::Ready(Ok(()))
         }
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
+            match self.write {
+                Write::StuckOnClose => Poll::Pending,
+                _ => Poll::Ready(Ok(())),
+            }
         }
     }
 
@@ -1095,6 +1107,27 @@ mod tests {
         let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
         assert_eq!(outcome.reason, CloseReason::IdleTimeout);
         assert_eq!(started.elapsed().as_secs(), HALF_CLOSED_IDLE.as_secs());
+    }
+
+    /// A backend that closed, to a client that takes its last bytes but not the close: the
+    /// tunnel is half-closed from the backend's EOF, so the short wait applies, not the idle
+    /// timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_the_client_never_takes_ends_after_the_half_closed_wait() {
+        let (client, _feed, _) = Scripted::new(Write::StuckOnClose);
+        let (backend, mut backend_peer) = duplex(64);
+        let drain = Arc::new(Drain::default());
+        backend_peer.write_all(b"last words").await.unwrap();
+        backend_peer.shutdown().await.unwrap();
+        let started = Instant::now();
+        let idle = Duration::from_secs(300);
+        let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
+        assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+        assert_eq!(started.elapsed().as_secs(), HALF_CLOSED_IDLE.as_secs());
+        assert_eq!(
+            outcome.backend_to_client, 10,
+            "the last words were passed on"
+        );
     }
 
     /// The wait after a half-close counts from the half-close: on a tunnel quiet for longer

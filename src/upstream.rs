@@ -444,8 +444,7 @@ async fn connect_any(
         let share = share_of(deadline, count - i);
         match tokio::time::timeout(share, TcpStream::connect(addr)).await {
             Ok(Ok(socket)) => {
-                // WebSocket frames are small and latency-bound; never wait for Nagle.
-                socket.set_nodelay(true)?;
+                crate::socket::tune(&socket);
                 let more = i + 1 < count;
                 return Ok(Dialed { socket, addr, more });
             }
