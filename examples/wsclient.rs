@@ -38,7 +38,9 @@ async fn main() -> Result<(), common::Error> {
                 }
             },
             msg = stream.next() => match msg {
-                Some(Ok(Message::Close(frame))) => { eprintln!("closed: {frame:?}"); break; }
+                // Read on to the end of the connection: dropping it with the proxy's TLS
+                // close still unread would make the kernel reset it.
+                Some(Ok(Message::Close(frame))) => { eprintln!("closed: {frame:?}"); typing = false; }
                 Some(Ok(msg)) => println!("< {msg}"),
                 Some(Err(e)) => return Err(e.into()),
                 None => break,

@@ -92,20 +92,34 @@ pub(crate) fn wanted(config: &Config) -> Vec<(Kind, SocketAddr)> {
         .collect()
 }
 
-/// Binds every address of `wanted`, or none: an error names the address's place in `config`.
+/// Binds every address of `wanted`, or none: an error names the address's place in `config`,
+/// and which of this process's own listeners (`held`) is in the way, if one is.
 pub(crate) fn bind_all(
     wanted: &[(Kind, SocketAddr)],
+    held: &[SocketAddr],
     config: &Config,
 ) -> Result<Vec<TcpListener>, Error> {
     wanted
         .iter()
         .map(|&(kind, addr)| {
             bind(addr).map_err(|e| {
-                let message = format!("cannot listen on {addr}: {e}");
+                let mut message = format!("cannot listen on {addr}: {e}");
+                let ours = held.iter().find(|&&h| h != addr && takes_port_of(h, addr));
+                if let (io::ErrorKind::AddrInUse, Some(ours)) = (e.kind(), ours) {
+                    message.push_str(&format!(" (held by this wsgate's own listener {ours}, which this config drops: remove it in one save, then add {addr} in the next)"));
+                }
                 Error::Bind(config.listener_error(addr, kind == Kind::Admin, message))
             })
         })
         .collect()
+}
+
+/// Whether a socket listening on `held` keeps `addr` from being bound: the same port in the
+/// same family, on the same address or with either one the unspecified address.
+fn takes_port_of(held: SocketAddr, addr: SocketAddr) -> bool {
+    held.port() == addr.port()
+        && held.is_ipv4() == addr.is_ipv4()
+        && (held.ip() == addr.ip() || held.ip().is_unspecified() || addr.ip().is_unspecified())
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -34,6 +34,7 @@ enum Command {
     },
     /// Load and fully validate a config file, then exit.
     Check {
+        /// The TOML config file.
         #[arg(long, short, env = "WSGATE_CONFIG")]
         config: PathBuf,
     },

@@ -374,6 +374,7 @@ fn close_label(reason: &CloseReason) -> &'static str {
         CloseReason::Error(Peer::Client, _) => "client_error",
         CloseReason::Error(Peer::Backend, _) => "backend_error",
         CloseReason::IdleTimeout => "idle_timeout",
+        CloseReason::HalfClosedTimeout => "half_closed_timeout",
         CloseReason::Shutdown => "shutdown",
     }
 }

@@ -97,16 +97,15 @@ impl Shared {
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
-        let added: Vec<(Kind, SocketAddr)> = {
+        let (added, held): (Vec<(Kind, SocketAddr)>, Vec<SocketAddr>) = {
             let guard = lock(&self.listeners);
             let listeners = guard.as_ref().ok_or(Error::ShuttingDown)?;
-            wanted
-                .iter()
-                .copied()
+            let added = (wanted.iter().copied())
                 .filter(|&(kind, addr)| !listeners.iter().any(|l| l.is(kind, addr)))
-                .collect()
+                .collect();
+            (added, listeners.iter().map(|l| l.local).collect())
         };
-        let bound = listener::bind_all(&added, &next.config)?;
+        let bound = listener::bind_all(&added, &held, &next.config)?;
         let removed: Vec<Listener> = {
             // Under the listeners' lock: shutdown, which takes them, sees either the old
             // snapshot and listeners or the new ones, never a mix.
@@ -172,7 +171,7 @@ impl Server {
         let snapshot = Snapshot::build(&path, 1)?;
         snapshot.log_warnings();
         let wanted = listener::wanted(&snapshot.config);
-        let sockets = listener::bind_all(&wanted, &snapshot.config)?;
+        let sockets = listener::bind_all(&wanted, &[], &snapshot.config)?;
         let (reload_status, _) = watch::channel(ReloadStatus {
             generation: 1,
             ..ReloadStatus::default()

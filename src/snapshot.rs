@@ -102,7 +102,9 @@ impl Snapshot {
         let config = (self.config.warnings.iter())
             .chain(&self.tls_warnings)
             .map(ToString::to_string);
-        config.chain(validity_warnings(&self.expiry)).collect()
+        config
+            .chain(validity_warnings(&self.expiry, &self.config))
+            .collect()
     }
 
     pub(crate) fn log_warnings(&self) {
@@ -150,16 +152,17 @@ fn unix_now() -> i64 {
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// What is wrong, or soon will be, with the served certificates' validity, one line each
-/// naming its file: expired, expiring within [`EXPIRY_WARNING`], or not valid yet (a clock or
-/// an issuer ahead of this machine's). Logged at every load and printed by `wsgate check`.
-fn validity_warnings(expiry: &[tls::Expiry]) -> Vec<String> {
+/// naming its file and where `config` names it: expired, expiring within [`EXPIRY_WARNING`],
+/// or not valid yet (a clock or an issuer ahead of this machine's). Logged at every load and
+/// printed by `wsgate check`.
+fn validity_warnings(expiry: &[tls::Expiry], config: &Config) -> Vec<String> {
     let now = unix_now();
     let soon = EXPIRY_WARNING.as_secs() as i64;
     (expiry.iter())
         .filter_map(|cert| {
             let file = cert.file.display();
             let left = cert.not_after - now;
-            Some(if cert.not_before > now {
+            let message = if cert.not_before > now {
                 let from = rfc3339(cert.not_before);
                 format!("{file}: certificate is not valid before {from}; clients will refuse it until then")
             } else if left <= 0 {
@@ -172,7 +175,15 @@ fn validity_warnings(expiry: &[tls::Expiry]) -> Vec<String> {
                 format!("{file}: certificate expires in {when}; is its renewal working?")
             } else {
                 return None;
-            })
+            };
+            Some((&cert.file, message))
+        })
+        .map(|(file, message)| {
+            let entry = config.certificates.iter().find(|c| &c.cert == file);
+            match entry {
+                Some(c) => ConfigError::at(&config.path, &c.cert_location, message).to_string(),
+                None => message,
+            }
         })
         .collect()
 }

@@ -78,6 +78,8 @@ pub(crate) enum CloseReason {
     /// was delivered.
     Error(Peer, io::ErrorKind),
     IdleTimeout,
+    /// One direction was over, and the other side then sent nothing for the half-closed wait.
+    HalfClosedTimeout,
     Shutdown,
 }
 
@@ -97,6 +99,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Closed(p) => write!(f, "{} closed", side(p)),
             CloseReason::Error(p, kind) => write!(f, "{} error: {kind}", side(p)),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::HalfClosedTimeout => f.write_str("half-closed timeout"),
             CloseReason::Shutdown => f.write_str("shutdown"),
         }
     }
@@ -338,7 +341,10 @@ where
             drain,
             ..
         } = self;
-        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+        if matches!(
+            reason,
+            CloseReason::IdleTimeout | CloseReason::HalfClosedTimeout | CloseReason::Shutdown
+        ) {
             return;
         }
         let failed = |peer| matches!(reason, CloseReason::Error(p, _) if p == peer);
@@ -365,7 +371,10 @@ where
             let now = Instant::now();
             let deadline = self.last_activity + self.idle;
             if deadline <= now {
-                return Poll::Ready(CloseReason::IdleTimeout);
+                return Poll::Ready(match self.up.over() || self.down.over() {
+                    true => CloseReason::HalfClosedTimeout,
+                    false => CloseReason::IdleTimeout,
+                });
             }
             self.probing = self.stuck();
             if !self.probing {
@@ -1105,7 +1114,7 @@ mod tests {
         let started = Instant::now();
         let idle = Duration::from_secs(300);
         let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
-        assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+        assert_eq!(outcome.reason, CloseReason::HalfClosedTimeout);
         assert_eq!(started.elapsed().as_secs(), HALF_CLOSED_IDLE.as_secs());
     }
 
@@ -1122,7 +1131,7 @@ mod tests {
         let started = Instant::now();
         let idle = Duration::from_secs(300);
         let outcome = without_early(BufReader::new(client), backend, idle, &drain).await;
-        assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+        assert_eq!(outcome.reason, CloseReason::HalfClosedTimeout);
         assert_eq!(started.elapsed().as_secs(), HALF_CLOSED_IDLE.as_secs());
         assert_eq!(
             outcome.backend_to_client, 10,

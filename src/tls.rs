@@ -202,7 +202,10 @@ fn load_certified_key(
             }
         })?;
     if chain.is_empty() {
-        let msg = format!("no certificate in {}", paths.cert.display());
+        let msg = format!(
+            "no certificate in {}: wsgate reads PEM (-----BEGIN CERTIFICATE-----); convert DER with `openssl x509 -inform der -in CERT -out CERT.pem`",
+            paths.cert.display()
+        );
         return Err(Refused::new(Part::Cert, msg));
     }
     let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {

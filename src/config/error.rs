@@ -72,10 +72,14 @@ impl ConfigError {
                 .unwrap_or("(top level)")
                 .to_string()
         });
+        let mut message = plain_types(e.message().trim());
+        if single_route_table(src) {
+            message.push_str(" (a route is written `[[route]]`, with two brackets)");
+        }
         ConfigError {
             file: path.to_path_buf(),
             location: Some(locate(src, &span, &key)),
-            message: plain_types(e.message().trim()),
+            message,
             for_now: false,
         }
     }
@@ -105,6 +109,17 @@ impl ConfigError {
         self.for_now = io.is_some_and(crate::error::out_of_descriptors);
         self
     }
+}
+
+/// Whether the file has a `[route]` table header, the likely cause of whatever went wrong
+/// with `route`: routes are an array of tables.
+fn single_route_table(src: &str) -> bool {
+    src.lines().any(|line| {
+        let line = line.trim();
+        line.strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .is_some_and(|name| name.trim() == "route")
+    })
 }
 
 /// serde names Rust types in its messages ("expected i64"); an operator reads "an integer".

@@ -420,6 +420,51 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
     }
 
     #[test]
+    fn a_config_without_routes_loads_with_a_warning() {
+        let config = parse("").unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        let warning = config.warnings[0].to_string();
+        assert!(
+            warning.contains("route: no [[route]]: every request gets 404"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn an_origin_with_its_default_port_is_warned_about() {
+        let route = |origins: &str| {
+            format!("[[route]]\nname = \"a\"\npath = \"/\"\norigins = [{origins}]\nbackends = [\"h:1\"]\n")
+        };
+        let config = parse(&route("\"https://a.com\", \"HTTPS://b.com:443/\"")).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        let warning = config.warnings[0].to_string();
+        assert!(
+            warning.contains("route[0].origins[1]: browsers leave"),
+            "{warning}"
+        );
+        assert!(warning.contains("write \"https://b.com\""), "{warning}");
+        for fine in [
+            "\"https://a.com:8443\"",
+            "\"http://a.com:443\"",
+            "\"https://a.com\"",
+        ] {
+            assert!(parse(&route(fine)).unwrap().warnings.is_empty(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn a_route_written_as_a_single_table_is_pointed_at_its_brackets() {
+        let one = "[route]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+        let two = format!("{one}{one}");
+        for body in [one.to_string(), two] {
+            let error = parse(&body).unwrap_err().to_string();
+            assert!(error.contains("written `[[route]]`"), "{error}");
+        }
+        let fine = parse("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n");
+        assert!(fine.is_ok());
+    }
+
+    #[test]
     fn a_fully_qualified_route_host_is_the_host_without_its_dot() {
         let body = "[[route]]\nname = \"a\"\nhost = \"Chat.Example.com.\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
         let config = parse(body).unwrap();

@@ -165,10 +165,12 @@ impl Validator<'_> {
         let value = d.get_ref().0;
         if value.is_zero() || value > MAX_TIMEOUT {
             // Deadlines are computed as now + timeout: a huge one would overflow.
+            // Said as read: "5M" is five months to the parser, not five minutes.
+            let read = humantime::format_duration(value);
             Err(self.error(
                 &d.span(),
                 key,
-                "must be longer than zero and at most 30 days",
+                format!("must be longer than zero and at most 30 days (read as {read}; `m` is minutes, `M` months)"),
             ))
         } else {
             Ok(value)
@@ -236,6 +238,11 @@ impl Validator<'_> {
         // Earlier routes by the requests they match (host, path key): a later one there may
         // never get a request.
         let mut same_place: HashMap<(Option<HostPattern>, String), Vec<usize>> = HashMap::new();
+        if raw.is_empty() {
+            // Valid (a proxy being set up, routes to come by reload), but it serves nothing.
+            let message = "no [[route]]: every request gets 404";
+            warnings.push(self.error(&(0..0), "route", message));
+        }
         let mut out: Vec<RouteConfig> = Vec::with_capacity(raw.len());
         for (i, route) in raw.iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
@@ -252,6 +259,7 @@ impl Validator<'_> {
                 ));
             }
             out.push(self.route(i, name, route)?);
+            self.default_ports(i, route, warnings);
             let this = &out[i];
             let path = crate::routes::route_key(&this.path);
             // A wildcard ranks with every other wildcard: an earlier one whose suffix covers
@@ -288,6 +296,31 @@ impl Validator<'_> {
                 .push(i);
         }
         Ok(out)
+    }
+
+    /// `origins` entries with their scheme's default port, which browsers never send: the
+    /// entry allows nobody. A warning, as the config is valid, but surely not what was meant.
+    fn default_ports(&self, i: usize, route: &RawRoute, warnings: &mut Vec<ConfigError>) {
+        let entries = route.origins.iter().flat_map(|list| list.get_ref().iter());
+        for (j, entry) in entries.enumerate() {
+            let text = entry.get_ref().trim().to_ascii_lowercase();
+            let text = text.strip_suffix('/').unwrap_or(&text);
+            let without = (text
+                .strip_suffix(":443")
+                .filter(|t| t.starts_with("https://")))
+            .or_else(|| {
+                text.strip_suffix(":80")
+                    .filter(|t| t.starts_with("http://"))
+            });
+            if let Some(without) = without {
+                let message = format!("browsers leave the scheme's default port out of Origin, so {text:?} matches none: write {without:?}");
+                warnings.push(self.error(
+                    &entry.span(),
+                    &format!("route[{i}].origins[{j}]"),
+                    message,
+                ));
+            }
+        }
     }
 
     /// One route's rules checked, `name` already (`route[i]`).

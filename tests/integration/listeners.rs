@@ -68,6 +68,31 @@ async fn one_reload_can_remove_one_listener_and_add_another() {
     assert_eq!(round_trip(&mut tunnel, "alive").await, "alive");
 }
 
+/// Moving a port to the unspecified address in one save cannot work (the old listener holds
+/// it until the reload is applied): rejected, and the error says whose listener is in the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_port_in_one_save_names_the_own_listener_in_the_way() {
+    let backend = WsBackend::start("one").await;
+    let body = route("a", "/a", &[backend.addr]);
+    let proxy = start_proxy(&body).await;
+    let mut rx = proxy.server.reload_status();
+    let moved = format!("0.0.0.0:{}", proxy.addr.port());
+    std::fs::write(
+        proxy.config_path(),
+        format!("{}{body}", head_listening(&[&moved])),
+    )
+    .unwrap();
+    let status = failures(&mut rx, 1).await;
+    let error = status.last_error.unwrap_or_default();
+    let ours = format!("held by this wsgate's own listener {}", proxy.addr);
+    assert!(error.contains(&ours), "{error}");
+    assert_eq!(
+        upgrade_status(proxy.addr, "/a").await,
+        101,
+        "nothing changed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_addrs_follow_the_config_order() {
     let backend = WsBackend::start("one").await;
