@@ -122,6 +122,25 @@ impl RouteTable {
         table
     }
 
+    /// Continues each route's backend rotation where the route of the same name in `old` (the
+    /// table in force) has it: frequent reloads (a Kubernetes sync loop) must not skew the
+    /// spread by restarting every rotation.
+    pub(crate) fn continue_from(&self, old: &RouteTable) {
+        let positions: HashMap<&str, usize> = (old.routes.iter())
+            .map(|r| {
+                (
+                    r.config.name.as_str(),
+                    r.next_backend.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        for route in &self.routes {
+            if let Some(&at) = positions.get(route.config.name.as_str()) {
+                route.next_backend.store(at, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Picks the route for a request. `host` is the Host header (a port is ignored), `path`
     /// the request path without its query.
     pub fn select<'a>(
@@ -684,6 +703,29 @@ mod tests {
         ] {
             assert!(!escapes_sound(broken), "{broken}");
         }
+    }
+
+    #[test]
+    fn a_reloaded_route_goes_on_rotating_where_it_was() {
+        let old = RouteTable::new(&[route("r", None, "/", None), route("s", None, "/s", None)]);
+        let Selection::Matched { route: r, .. } = old.select(None, "/", &[]) else {
+            panic!()
+        };
+        assert_eq!(r.backends_in_turn().next(), Some("a:1"));
+        let new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
+        new.continue_from(&old);
+        let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
+            panic!()
+        };
+        assert_eq!(r.backends_in_turn().next(), Some("b:2"));
+        let Selection::Matched { route: n, .. } = new.select(None, "/n", &[]) else {
+            panic!()
+        };
+        assert_eq!(
+            n.backends_in_turn().next(),
+            Some("a:1"),
+            "a new route starts afresh"
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl Shared {
     /// a listener that stays is never paused, and a bind failure changes nothing. Once
     /// shutdown has taken the listeners nothing changes either: the new sockets close unused.
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
+        next.routes.continue_from(&self.current().routes);
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
         let (added, held): (Vec<(Kind, SocketAddr)>, Vec<SocketAddr>) = {

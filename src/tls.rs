@@ -91,6 +91,9 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         if let Some(ticketer) = ticketer() {
             tls.ticketer = ticketer;
         }
+        // TLS 1.2 clients without ticket support resume by session ID, from this cache: one
+        // for the process, like the ticketer, so a reload does not forget their sessions.
+        tls.session_storage = session_cache();
     } else {
         // No tickets sent (they cost ~8 % of a full handshake's CPU, for nothing where a
         // reconnect rarely lands on the same replica) and no session cache kept.
@@ -135,6 +138,14 @@ fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
     static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
     TICKETER
         .get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().ok())
+        .clone()
+}
+
+/// The process's TLS 1.2 session-ID cache (rustls's default size).
+fn session_cache() -> Arc<dyn rustls::server::StoresServerSessions> {
+    static CACHE: OnceLock<Arc<rustls::server::ServerSessionMemoryCache>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| rustls::server::ServerSessionMemoryCache::new(256))
         .clone()
 }
 

@@ -1102,6 +1102,30 @@ async fn a_tls_session_from_before_a_reload_resumes_after_it() {
     );
 }
 
+/// A TLS 1.2 client without ticket support resumes by session ID: the server's cache of those
+/// is the process's too, not the config's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_session_id_from_before_a_reload_resumes_after_it() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let client = pki().tls12_session_id_client();
+    let first = tls_connect_with(proxy.addr, "localhost", client.clone()).await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    drop(first);
+
+    write_body(&proxy.config_path(), &route("b", "/b", &[backend.addr]));
+    generation(&mut rx, 2).await;
+    let second = tls_connect_with(proxy.addr, "localhost", client).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_resumption_false_sends_no_tickets_and_honours_none() {
     let backend = WsBackend::start("one").await;

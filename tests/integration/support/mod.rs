@@ -174,6 +174,20 @@ impl Pki {
             .with_no_client_auth();
         Arc::new(config)
     }
+
+    /// A TLS 1.2-only client that resumes by session ID alone (no tickets), keeping its
+    /// sessions across connections.
+    pub fn tls12_session_id_client(&self) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8)
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+        Arc::new(config)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
