@@ -206,7 +206,9 @@ impl Reloader {
                 0 => Patience::TakeAsRead,
                 _ => Patience::WaitForStill,
             };
-            if self.reload(shared, path, trigger, patience, events).await == Read::Settled {
+            let read = self.reload(shared, path, trigger, patience, events).await;
+            // After the last try nothing would serve a SIGHUP taken here: leave it queued.
+            if read == Read::Settled || tries_left == 0 {
                 break;
             }
             tokio::select! {
@@ -532,7 +534,17 @@ impl Reloader {
     async fn renew(&mut self, shared: &Arc<Shared>, generation: u64) -> Option<Renewal> {
         let current = shared.current();
         let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
-        match renewed.await.ok()?? {
+        let (read, renewed) = renewed.await.ok()??;
+        // As for any reload: files still being written (a chain in pieces, a certificate
+        // whose key comes next) are neither applied nor reported; their next write is looked
+        // at anyway.
+        tokio::time::sleep(DEBOUNCE).await;
+        let current = shared.current();
+        let still = tokio::task::spawn_blocking(move || current.served_hash() == read);
+        if !still.await.unwrap_or(false) {
+            return None;
+        }
+        match renewed {
             Ok(snapshot) => match shared.apply(snapshot).await {
                 Ok(()) => Some(Renewal::Applied),
                 Err(Error::ShuttingDown) => None,
@@ -692,6 +704,7 @@ impl Reloader {
                 Outcome::Applied => {
                     self.rejected = None;
                     self.unbindable = None;
+                    self.renewal_failed = None;
                     status.last_error = None;
                     status.generation = generation;
                     status.successes += 1;

@@ -74,15 +74,19 @@ impl Snapshot {
     /// their files changed since they were read. For a config file on disk that is rejected
     /// (or cannot bind): a certificate renewal must not wait for someone to fix that file,
     /// or a typo becomes an expired certificate.
-    pub(crate) fn renewed(&self, generation: u64) -> Option<Result<Snapshot, ConfigError>> {
-        if fingerprint_of(&served_files(&self.config), false) == self.served {
+    /// With the renewal, the hash of the files as they were before it read them.
+    pub(crate) fn renewed(&self, generation: u64) -> Option<(u64, Result<Snapshot, ConfigError>)> {
+        let read = self.served_hash();
+        if read == self.served {
             return None;
         }
-        Some(Self::from_config(
-            self.config.clone(),
-            generation,
-            self.fingerprint,
-        ))
+        let renewed = Self::from_config(self.config.clone(), generation, self.fingerprint);
+        Some((read, renewed))
+    }
+
+    /// The hash of this config's certificate and key files as they are on disk now.
+    pub(crate) fn served_hash(&self) -> u64 {
+        fingerprint_of(&served_files(&self.config), false)
     }
 }
 

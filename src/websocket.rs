@@ -226,10 +226,10 @@ pub(crate) fn check_response(
 ) -> Result<(), ProxyError> {
     // Exactly "websocket" (RFC 6455 §4.1): a backend switching to that and something else
     // (`websocket, h2c`, or two lines) is not speaking the protocol the client asked for.
-    let mut upgrade = tokens(headers, &UPGRADE);
-    match (upgrade.next(), upgrade.next()) {
-        (Some(token), None) if token.eq_ignore_ascii_case("websocket") => {}
-        _ => return Err(ProxyError::BadBackendUpgrade("Upgrade is not websocket")),
+    // One line: a second one, even one that is no text, says something else too.
+    let upgrade = single(headers, &UPGRADE).map(|v| v.as_bytes().trim_ascii());
+    if !upgrade.is_some_and(|v| v.eq_ignore_ascii_case(b"websocket")) {
+        return Err(ProxyError::BadBackendUpgrade("Upgrade is not websocket"));
     }
     if !has_token(headers, &CONNECTION, "upgrade") {
         return Err(ProxyError::BadBackendUpgrade("Connection lacks upgrade"));
@@ -519,6 +519,11 @@ mod tests {
         also_h2c[0] = ("upgrade", "websocket");
         also_h2c.push(("upgrade", "h2c"));
         assert!(response(&also_h2c, &[]).is_err());
+        // A second line that is no text is a second line all the same.
+        let mut map = headers(&also_h2c[..3]);
+        map.append(UPGRADE, HeaderValue::from_bytes(b"\xe9").unwrap());
+        let key = HeaderValue::from_static(KEY);
+        assert!(check_response(&map, &key, &[]).is_err());
         // Twice, even right twice: which one counts is anyone's guess (the log says which).
         let mut twice = unoffered[..3].to_vec();
         twice.push(twice[2]);

@@ -335,6 +335,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ),
             ("[[route]]\nname = \"a\"\npath = \"/a/../b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a/../b\" has a '.' or '..' segment"),
             ("[[route]]\nname = \"a\"\npath = \"/v1./b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/v1./b\" has a segment ending in '.'"),
+            ("[[route]]\nname = \"a\"\npath = \"/a%20\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%20\" has a segment ending in '.' or a space"),
             ("[[route]]\nname = \"a\"\npath = \"/a/%2E\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
             ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),

@@ -467,9 +467,9 @@ fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '.' or '..' segment: requests with one never match a route, so this one could not be reached"
         ));
     }
-    if read.split('/').any(|segment| segment.ends_with('.')) {
+    if read.split('/').any(|segment| segment.ends_with(['.', ' '])) {
         return Err(format!(
-            "{text:?} has a segment ending in '.': requests are matched without it, as Windows servers read them, so write the path without"
+            "{text:?} has a segment ending in '.' or a space: requests are matched without them, as Windows servers read them, so write the path without"
         ));
     }
     let trimmed = text.trim_end_matches('/');
