@@ -104,9 +104,10 @@ struct Reloader {
     watches: Watches,
     /// The content of a rejected config: the same bytes are not retried (or logged) again.
     rejected: Option<u64>,
-    /// Content that failed to bind, and why: retried on every event (the port may have been
-    /// freed), but the same failure again is not logged or counted again.
-    unbindable: Option<(u64, String)>,
+    /// Why the files failed to bind: retried on every event (the port may have been freed),
+    /// but the same failure again is not logged or counted again, whatever else changed
+    /// meanwhile (a certificate renewed: the address is still taken).
+    unbindable: Option<String>,
     /// The last look could not read the files for want of open files: look again after a
     /// [`POLL`], not at the next recheck, as what asked for that look (a SIGHUP that could
     /// not be served is served once the files can be read).
@@ -623,7 +624,7 @@ impl Reloader {
                     self.rejected = None;
                     let format = snapshot.config.log_format;
                     let format_in_force = shared.current().config.log_format;
-                    let outcome = self.apply(shared, snapshot, on_disk, trigger).await;
+                    let outcome = self.apply(shared, snapshot, trigger).await;
                     if matches!(outcome, Outcome::Applied) && format != format_in_force {
                         crate::logging::format_changed(format);
                     }
@@ -647,7 +648,6 @@ impl Reloader {
         &mut self,
         shared: &Arc<Shared>,
         snapshot: Snapshot,
-        on_disk: u64,
         trigger: Trigger,
     ) -> Outcome {
         // An address that cannot be bound is the machine's state, not the file's: the very
@@ -657,13 +657,13 @@ impl Reloader {
             Err(Error::ShuttingDown) => return Outcome::Nothing,
             Err(e) => e,
         };
-        let failure = (on_disk, e.to_string());
+        let failure = e.to_string();
         if trigger == Trigger::Files && self.unbindable.as_ref() == Some(&failure) {
-            tracing::debug!(error = %failure.1, "still cannot bind; the current config stays in force");
+            tracing::debug!(error = %failure, "still cannot bind; the current config stays in force");
             return Outcome::Nothing;
         }
-        self.unbindable = Some(failure);
-        Outcome::Rejected(e.to_string())
+        self.unbindable = Some(failure.clone());
+        Outcome::Rejected(failure)
     }
 
     /// Publishes what a look at the files came to and logs it.

@@ -4,7 +4,8 @@
 //! Lookups are hash probes, never a scan of all routes: by exact host, by the host's wildcard
 //! suffixes, then host-less routes; within each, by each of the path's segment prefixes
 //! (longest first, and none deeper than the deepest route path there). So a lookup costs
-//! O(labels × route depth) whatever the number of routes or the request's path. The probe
+//! O(wildcard depth × route depth) whatever the number of routes or the request's Host and
+//! path. The probe
 //! order *is* the ranking: exact host, wildcard, no host; then longest path prefix; then file
 //! order (the wildcard suffixes a host matches rank as one: `*.b.example.com` and
 //! `*.example.com` are both "wildcard").
@@ -22,6 +23,9 @@ pub struct RouteTable {
     exact: HashMap<String, Paths>,
     /// Keyed by suffix with its leading dot: ".example.com".
     wildcard: HashMap<String, Paths>,
+    /// The most labels of any wildcard suffix: a host's longer suffixes match none, so a Host
+    /// of thousands of labels costs as many probes as the wildcards are deep.
+    wildcard_labels: usize,
     any_host: Paths,
 }
 
@@ -105,12 +109,17 @@ impl RouteTable {
             routes: Vec::with_capacity(configs.len()),
             exact: HashMap::new(),
             wildcard: HashMap::new(),
+            wildcard_labels: 0,
             any_host: Paths::default(),
         };
         for (index, config) in configs.iter().enumerate() {
             let paths = match &config.host {
                 Some(HostPattern::Exact(h)) => table.exact.entry(h.clone()).or_default(),
-                Some(HostPattern::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
+                Some(HostPattern::Wildcard(s)) => {
+                    let labels = s.matches('.').count();
+                    table.wildcard_labels = table.wildcard_labels.max(labels);
+                    table.wildcard.entry(s.clone()).or_default()
+                }
                 None => &mut table.any_host,
             };
             paths.add(route_key(&config.path), index);
@@ -185,7 +194,7 @@ impl RouteTable {
         // ".b.example.com", ".example.com", ".com" for "a.b.example.com"; the host itself
         // never matches its own wildcard ("*.example.com" does not cover "example.com").
         let wildcards = host.into_iter().flat_map(|h| {
-            h.match_indices('.')
+            (h.rmatch_indices('.').take(self.wildcard_labels))
                 .filter_map(|(i, _)| self.wildcard.get(&h[i..]))
         });
         [
@@ -588,6 +597,14 @@ mod tests {
             pick(&table, Some("a.eu.example.com"), "/api/ws/x", &[]),
             "deep"
         );
+    }
+
+    #[test]
+    fn a_host_of_many_labels_is_matched_by_its_last_ones() {
+        let table = RouteTable::new(&[route("w", Some("*.example.com"), "/", None)]);
+        let long = format!("{}example.com", "a.".repeat(10_000));
+        assert_eq!(pick(&table, Some(&long), "/", &[]), "w");
+        assert_eq!(pick(&table, Some(&format!("{long}.org")), "/", &[]), "404");
     }
 
     #[test]

@@ -77,7 +77,9 @@ impl Snapshot {
     /// With the renewal, the hash of the files as they were before it read them.
     pub(crate) fn renewed(&self, generation: u64) -> Option<(u64, Result<Snapshot, ConfigError>)> {
         let read = self.served_hash();
-        if read == self.served {
+        // A file gone is no renewal (the "file gone" wait covers it); it is renewed once back.
+        let gone = |file: &PathBuf| matches!(file.try_exists(), Ok(false));
+        if read == self.served || served_files(&self.config).iter().any(gone) {
             return None;
         }
         let renewed = Self::from_config(self.config.clone(), generation, self.fingerprint);

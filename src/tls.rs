@@ -227,7 +227,7 @@ fn load_certified_key(
                     .to_string()
             }
             rustls_pki_types::pem::Error::NoItemsFound => {
-                "no private key in it (PKCS#8, SEC1 or PKCS#1 PEM)".to_string()
+                "no private key in it (PKCS#8, SEC1 or PKCS#1 PEM; convert DER with `openssl pkey -inform der -in KEY -out KEY.pem`)".to_string()
             }
             other => pem(other),
         };

@@ -469,7 +469,7 @@ fn route_path(text: &str) -> Result<String, String> {
     }
     if read.split('/').any(|segment| segment.ends_with(['.', ' '])) {
         return Err(format!(
-            "{text:?} has a segment ending in '.' or a space: requests are matched without them, as Windows servers read them, so write the path without"
+            "{text:?} has a segment ending in '.' or a space: requests are matched without them, as Windows servers read them, so write the path without them"
         ));
     }
     let trimmed = text.trim_end_matches('/');

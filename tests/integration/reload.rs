@@ -327,9 +327,9 @@ async fn a_duplicate_route_name_is_rejected() {
 }
 
 /// A typo left in the config file must not turn into an expired certificate: renewals of the
-/// certificate in force are served while the file on disk stays rejected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_renewal_is_served_while_the_config_file_is_rejected() {
+/// certificate in force are served while the file on disk stays rejected (`spoil` makes it
+/// so), and the rejection is not reported again for them.
+async fn a_renewal_is_served_while_the_config_file_is(spoil: impl FnOnce(&str) -> String) {
     let backend = WsBackend::start("one").await;
     let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
@@ -337,7 +337,7 @@ async fn a_renewal_is_served_while_the_config_file_is_rejected() {
     let mut rx = server.reload_status();
     let config = conf.path().join("wsgate.toml");
     let good = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{good}[[route]]\nname = \"a\"\n")).unwrap();
+    std::fs::write(&config, spoil(&good)).unwrap();
     failures(&mut rx, 1).await;
 
     let renewed = renew_in_place(&folder);
@@ -347,12 +347,32 @@ async fn a_renewal_is_served_while_the_config_file_is_rejected() {
         status.last_error.is_some(),
         "the file on disk is still not in force"
     );
+    let renewed = renew_in_place(&folder);
+    let status = generation(&mut rx, 3).await;
+    assert_eq!(served_leaf(addr).await, der_of(&renewed));
     assert_eq!(status.failures, 1, "the rejection is not counted again");
     assert_eq!(
         upgrade_status(addr, "/a").await,
         101,
         "the routes in force stay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_served_while_the_config_file_is_rejected() {
+    a_renewal_is_served_while_the_config_file_is(|good| format!("{good}[[route]]\nname = \"a\"\n"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_served_while_the_config_file_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    a_renewal_is_served_while_the_config_file_is(|good| {
+        good.replace("\"127.0.0.1:0\"", &format!("\"127.0.0.1:0\", \"{busy}\""))
+    })
+    .await;
+    drop(taken);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
