@@ -386,30 +386,38 @@ async fn a_101_without_an_accept_is_502() {
     assert_eq!(head.status, 502, "{head:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_101_without_upgrade_websocket_is_502() {
-    let (head, _) = answered_with(None, |seen| {
-        let key = seen.get("sec-websocket-key").unwrap();
-        format!(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_for(key)
-        )
-    })
-    .await;
-    assert_eq!(head.status, 502, "{head:?}");
+/// A 101 with a right Accept for the request `seen`, and `lines` for its other headers.
+fn accepted_with(seen: &Head, lines: &str) -> String {
+    let key = seen.get("sec-websocket-key").unwrap();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\n{lines}Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_for(key)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_101_to_h2c_is_502() {
-    let (head, _) = answered_with(None, |seen| {
-        let key = seen.get("sec-websocket-key").unwrap();
-        format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            accept_for(key)
-        )
-    })
-    .await;
-    assert_eq!(head.status, 502, "{head:?}");
+async fn a_101_that_does_not_upgrade_to_exactly_websocket_is_502() {
+    for upgrade in [
+        "",
+        "Upgrade: h2c\r\n",
+        "Upgrade: websocket, h2c\r\n",
+        "Upgrade: websocket\r\nUpgrade: h2c\r\n",
+        "Upgrade:\r\nUpgrade: websocket\r\n",
+        "Upgrade: websocket,\r\n",
+    ] {
+        let lines = format!("{upgrade}Connection: Upgrade\r\n");
+        let (head, _) = answered_with(None, |seen| accepted_with(seen, &lines)).await;
+        assert_eq!(head.status, 502, "{upgrade:?}: {head:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_whose_connection_lacks_upgrade_is_502() {
+    for connection in ["", "Connection: keep-alive\r\n"] {
+        let lines = format!("Upgrade: websocket\r\n{connection}");
+        let (head, _) = answered_with(None, |seen| accepted_with(seen, &lines)).await;
+        assert_eq!(head.status, 502, "{connection:?}: {head:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
