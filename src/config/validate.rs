@@ -167,10 +167,14 @@ impl Validator<'_> {
             // Deadlines are computed as now + timeout: a huge one would overflow.
             // Said as read: "5M" is five months to the parser, not five minutes.
             let read = humantime::format_duration(value);
+            let hint = match value.is_zero() {
+                true => "",
+                false => "; `m` is minutes, `M` months",
+            };
             Err(self.error(
                 &d.span(),
                 key,
-                format!("must be longer than zero and at most 30 days (read as {read}; `m` is minutes, `M` months)"),
+                format!("must be longer than zero and at most 30 days (read as {read}{hint})"),
             ))
         } else {
             Ok(value)
