@@ -355,6 +355,14 @@ enum Outcome {
     Rejected(String),
 }
 
+/// Counts a successful reload: `generation` is in force from now on.
+fn in_force(shared: &Shared, status: &mut ReloadStatus, generation: u64) {
+    status.generation = generation;
+    status.successes += 1;
+    status.last_success = Some(SystemTime::now());
+    shared.metrics.reloaded(status, true);
+}
+
 /// What came of reading the certificates in force again.
 enum Renewal {
     Applied,
@@ -564,12 +572,9 @@ impl Reloader {
             Renewal::Failed(error) => error,
             Renewal::Applied => {
                 self.renewal_failed = None;
-                shared.reload_status.send_modify(|status| {
-                    status.generation = generation;
-                    status.successes += 1;
-                    status.last_success = Some(SystemTime::now());
-                    shared.metrics.reloaded(status, true);
-                });
+                shared
+                    .reload_status
+                    .send_modify(|status| in_force(shared, status, generation));
                 tracing::info!(generation, "certificates renewed for the config in force (the config file on disk is still not in force)");
                 return;
             }
@@ -706,10 +711,7 @@ impl Reloader {
                     self.unbindable = None;
                     self.renewal_failed = None;
                     status.last_error = None;
-                    status.generation = generation;
-                    status.successes += 1;
-                    status.last_success = Some(SystemTime::now());
-                    shared.metrics.reloaded(status, true);
+                    in_force(shared, status, generation);
                     tracing::info!(generation, "config reloaded");
                 }
                 Outcome::Rejected(error) => {
