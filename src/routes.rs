@@ -5,10 +5,9 @@
 //! suffixes, then host-less routes; within each, by each of the path's segment prefixes
 //! (longest first, and none deeper than the deepest route path there). So a lookup costs
 //! O(wildcard depth × route depth) whatever the number of routes or the request's Host and
-//! path. The probe
-//! order *is* the ranking: exact host, wildcard, no host; then longest path prefix; then file
-//! order (the wildcard suffixes a host matches rank as one: `*.b.example.com` and
-//! `*.example.com` are both "wildcard").
+//! path. The probe order *is* the ranking: exact host, wildcard, no host; then longest path
+//! prefix; then file order (the wildcard suffixes a host matches rank as one:
+//! `*.b.example.com` and `*.example.com` are both "wildcard").
 
 use std::borrow::Cow;
 use std::collections::HashMap;
