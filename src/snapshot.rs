@@ -55,7 +55,7 @@ impl Snapshot {
         fingerprint: u64,
     ) -> Result<Snapshot, ConfigError> {
         // Hashed before the PEM files are read: a write in between reads as a change later.
-        let served_hash = fingerprint_of(&served_files(&config), false);
+        let served_hash = served_hash(&config);
         let served = tls::server_config(&config)?;
         let routes = RouteTable::new(&config.routes);
         Ok(Snapshot {
@@ -76,7 +76,7 @@ impl Snapshot {
     /// or a typo becomes an expired certificate.
     /// With the renewal, the hash of the files as they were before it read them.
     pub(crate) fn renewed(&self, generation: u64) -> Option<(u64, Result<Snapshot, ConfigError>)> {
-        let read = self.served_hash();
+        let read = served_hash(&self.config);
         // A file gone is no renewal (the "file gone" wait covers it); it is renewed once back.
         let gone = |file: &PathBuf| matches!(file.try_exists(), Ok(false));
         if read == self.served || served_files(&self.config).iter().any(gone) {
@@ -88,8 +88,13 @@ impl Snapshot {
 
     /// The hash of this config's certificate and key files as they are on disk now.
     pub(crate) fn served_hash(&self) -> u64 {
-        fingerprint_of(&served_files(&self.config), false)
+        served_hash(&self.config)
     }
+}
+
+/// The hash of the certificate and key files `config` serves, as they are on disk now.
+fn served_hash(config: &Config) -> u64 {
+    fingerprint_of(&served_files(config), false)
 }
 
 /// The certificate and key files `config` serves.

@@ -263,7 +263,7 @@ impl Validator<'_> {
                 ));
             }
             out.push(self.route(i, name, route)?);
-            self.default_ports(i, route, warnings);
+            self.default_ports(i, route, &out[i], warnings);
             let this = &out[i];
             let path = crate::routes::route_key(&this.path);
             // A wildcard ranks with every other wildcard: an earlier one whose suffix covers
@@ -304,11 +304,17 @@ impl Validator<'_> {
 
     /// `origins` entries with their scheme's default port, which browsers never send: the
     /// entry allows nobody. A warning, as the config is valid, but surely not what was meant.
-    fn default_ports(&self, i: usize, route: &RawRoute, warnings: &mut Vec<ConfigError>) {
+    /// (`checked` is `route` as validated: its origins normalised, as they are compared.)
+    fn default_ports(
+        &self,
+        i: usize,
+        route: &RawRoute,
+        checked: &RouteConfig,
+        warnings: &mut Vec<ConfigError>,
+    ) {
         let entries = route.origins.iter().flat_map(|list| list.get_ref().iter());
-        for (j, entry) in entries.enumerate() {
-            let text = entry.get_ref().trim().to_ascii_lowercase();
-            let text = text.strip_suffix('/').unwrap_or(&text);
+        let normalised = checked.origins.iter().flatten();
+        for (j, (entry, text)) in entries.zip(normalised).enumerate() {
             let without = (text
                 .strip_suffix(":443")
                 .filter(|t| t.starts_with("https://")))
