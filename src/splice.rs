@@ -42,10 +42,16 @@ const HALF_CLOSED_IDLE: Duration = Duration::from_secs(30);
 /// How often a stuck direction's reader is checked for having gone (see [`Splice::probe`]).
 const PROBE: Duration = Duration::from_secs(2);
 
-/// A peer's connection, asked whether it has failed without anything reading from it.
+/// A peer's connection, asked whether it has failed without anything reading from it, and
+/// whether the peer still takes bytes while the proxy's writes to it wait.
 pub(crate) trait PeerSocket {
     /// The error the kernel holds for the connection (a reset that arrived), if any.
     fn peer_error(&self) -> Option<io::ErrorKind>;
+
+    /// Bytes the kernel holds for the peer (see [`crate::socket::queued`]), if it can say.
+    fn queued(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl PeerSocket for tokio::net::TcpStream {
@@ -61,11 +67,19 @@ impl PeerSocket for tokio::net::TcpStream {
         )
         .then_some(kind)
     }
+
+    fn queued(&self) -> Option<u32> {
+        crate::socket::queued(self)
+    }
 }
 
 impl PeerSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     fn peer_error(&self) -> Option<io::ErrorKind> {
         self.get_ref().0.peer_error()
+    }
+
+    fn queued(&self) -> Option<u32> {
+        self.get_ref().0.queued()
     }
 }
 
@@ -128,6 +142,8 @@ pub(crate) struct Splice<C, B> {
     timer: Pin<Box<Sleep>>,
     /// The timer is set for a [`PROBE`], not (only) for the idle deadline.
     probing: bool,
+    /// What the kernel held for each stuck direction's peer (up, down) when last looked at.
+    queued: [Option<u32>; 2],
     drain: Arc<Drain>,
     /// Registered with `drain` on the first poll.
     wakeup: Option<Pin<Box<OwnedNotified>>>,
@@ -164,6 +180,7 @@ where
             last_activity: now,
             timer: Box::pin(sleep_until(now + idle)),
             probing: false,
+            queued: [None; 2],
             drain: drain.clone(),
             wakeup: None,
             first_eof: None,
@@ -233,6 +250,7 @@ where
         }
         if self.stuck() && !self.probing {
             self.probing = true;
+            self.queued = self.queue_sizes();
             let probe = Instant::now() + PROBE;
             if probe < self.timer.deadline() {
                 self.timer.as_mut().reset(probe);
@@ -245,6 +263,27 @@ where
     /// reader is not read meanwhile, so nothing would notice that reader going.
     fn stuck(&self) -> bool {
         self.up.stuck || self.down.stuck
+    }
+
+    /// What the kernel holds for the peer of each stuck direction.
+    fn queue_sizes(&self) -> [Option<u32>; 2] {
+        [
+            self.up.stuck.then(|| self.backend.queued()).flatten(),
+            self.down.stuck.then(|| self.client.queued()).flatten(),
+        ]
+    }
+
+    /// Whether a stuck direction's peer took bytes since the last look: a slow reader is
+    /// still reading. The proxy's write waits all the while, and the kernel wakes it only
+    /// once a good part of its queue has drained (at the slowest, a sixteenth of the peer's
+    /// receive buffer has to be free before its window opens at all): at a slow enough pace,
+    /// longer than the idle timeout, with bytes moving the whole time.
+    fn peer_took_some(&mut self) -> bool {
+        let now = self.queue_sizes();
+        let then = std::mem::replace(&mut self.queued, now);
+        now.iter()
+            .zip(&then)
+            .any(|(now, then)| matches!((now, then), (Some(now), Some(then)) if now != then))
     }
 
     /// Whether the reader of a stuck direction has gone (its reset arrived, unread): then the
@@ -366,10 +405,14 @@ where
     }
 
     /// Re-armed only when it fires: traffic costs an `Instant::now()`, not a timer reset.
-    /// While a direction is stuck it also fires every [`PROBE`], to [`Self::probe`].
+    /// While a direction is stuck it also fires every [`PROBE`], to [`Self::probe`] and to see
+    /// whether its peer [took some](Self::peer_took_some) of what waits for it.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
+            if self.stuck() && self.peer_took_some() {
+                self.last_activity = now;
+            }
             let deadline = self.last_activity + self.idle;
             if deadline <= now {
                 return Poll::Ready(match self.up.finished || self.down.finished {

@@ -365,6 +365,68 @@ async fn a_busy_tunnel_outlives_the_idle_timeout() {
     }
 }
 
+/// A client reading steadily but slower than the backend sends keeps the proxy's writes
+/// waiting most of the time; the bytes it takes are traffic all the same, so the tunnel is not
+/// idle. (Without `TCP_NOTSENT_LOWAT` the kernel woke the proxy's write only once a third of
+/// its send buffer, some megabytes, had drained: far longer than the idle timeout at this
+/// pace, and the tunnel was cut with most of the data undelivered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_still_reading_outlives_the_idle_timeout() {
+    const PIECE: usize = 8 << 10;
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nidle = \"1s\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    // Far more than the kernels buffer on the way: the proxy is held up for the whole test.
+    let sender = tokio::spawn(async move {
+        let data: Vec<u8> = (0..64 << 20).map(|i| (i % 241) as u8).collect();
+        let _ = back.try_send(&data).await;
+    });
+    // About 200 KB/s for four idle timeouts: pacing, not synchronisation.
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got.extend(client.read_exact(PIECE).await);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(
+        proxy.server.active_connections(),
+        1,
+        "the tunnel was cut while its client was still reading"
+    );
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == (i % 241) as u8),
+        "the slow reader's bytes came through changed"
+    );
+    sender.abort();
+}
+
+/// A client that takes nothing any more is idle however much waits for it: the tunnel ends at
+/// the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stopped_reading_is_idle() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!(
+        "{ADMIN}[timeouts]\nidle = \"500ms\"\n\n{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let (_client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let sender = tokio::spawn(async move {
+        let data = vec![7u8; 64 << 20];
+        let _ = back.try_send(&data).await;
+    });
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="idle_timeout"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+    sender.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_count_in_the_connection_limit_for_their_whole_life() {
     let backend = WsBackend::start("echo").await;
