@@ -42,6 +42,7 @@ pub mod config;
 mod connection;
 mod drain;
 mod error;
+mod files;
 mod forwarding;
 mod head;
 mod limits;

@@ -218,7 +218,7 @@ fn fingerprint_of(files: &[PathBuf], written: bool) -> u64 {
     let mut hasher = DefaultHasher::new();
     for file in files {
         file.hash(&mut hasher);
-        std::fs::read(file).ok().hash(&mut hasher);
+        crate::files::read(file).ok().hash(&mut hasher);
         if written {
             write_times(file).hash(&mut hasher);
         }

@@ -184,33 +184,27 @@ impl Refused {
     }
 }
 
-/// The OS error behind a PEM error, if reading the file failed.
-fn os_error(e: &rustls_pki_types::pem::Error) -> Option<std::io::Error> {
-    match e {
-        rustls_pki_types::pem::Error::Io(io) => {
-            io.raw_os_error().map(std::io::Error::from_raw_os_error)
-        }
-        _ => None,
-    }
-}
-
 fn load_certified_key(
     paths: &CertificatePaths,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, Refused> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
-        .and_then(|certs| certs.collect())
+    let read = |path: &std::path::Path, part, what| {
+        crate::files::read(path).map_err(|e| Refused {
+            message: format!("cannot read {what} {}: {e}", path.display()),
+            io: Some(e),
+            ..Refused::new(part, String::new())
+        })
+    };
+    let cert_pem = read(&paths.cert, Part::Cert, "certificate")?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| {
-            let io = os_error(&e);
             let msg = format!(
                 "cannot read certificate {}: {}",
                 paths.cert.display(),
                 pem(e)
             );
-            Refused {
-                io,
-                ..Refused::new(Part::Cert, msg)
-            }
+            Refused::new(Part::Cert, msg)
         })?;
     if chain.is_empty() {
         let msg = format!(
@@ -219,10 +213,10 @@ fn load_certified_key(
         );
         return Err(Refused::new(Part::Cert, msg));
     }
-    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
-        let io = os_error(&e);
+    let key_pem = read(&paths.key, Part::Key, "private key")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         let why = match e {
-            rustls_pki_types::pem::Error::NoItemsFound if encrypted(&paths.key) => {
+            rustls_pki_types::pem::Error::NoItemsFound if encrypted(&key_pem) => {
                 "the key is encrypted; wsgate needs it decrypted (openssl pkey -in KEY -out PLAIN)"
                     .to_string()
             }
@@ -232,10 +226,7 @@ fn load_certified_key(
             other => pem(other),
         };
         let msg = format!("cannot read private key {}: {why}", paths.key.display());
-        Refused {
-            io,
-            ..Refused::new(Part::Key, msg)
-        }
+        Refused::new(Part::Key, msg)
     })?;
     if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
         let msg = format!(
@@ -284,14 +275,12 @@ fn pem(e: rustls_pki_types::pem::Error) -> String {
     }
 }
 
-/// Whether the PEM file at `path` holds an encrypted private key (which needs a passphrase
-/// wsgate does not take).
-fn encrypted(path: &std::path::Path) -> bool {
-    std::fs::read(path).is_ok_and(|pem| {
-        pem.windows(30)
-            .any(|w| w == b"-----BEGIN ENCRYPTED PRIVATE K")
-            || pem.windows(16).any(|w| w == b"Proc-Type: 4,ENC")
-    })
+/// Whether a key file's PEM holds an encrypted private key (which needs a passphrase wsgate
+/// does not take).
+fn encrypted(pem: &[u8]) -> bool {
+    pem.windows(30)
+        .any(|w| w == b"-----BEGIN ENCRYPTED PRIVATE K")
+        || pem.windows(16).any(|w| w == b"Proc-Type: 4,ENC")
 }
 
 /// Whether `key` belongs to a certificate of `chain` other than the first: the chain is in

@@ -134,8 +134,14 @@ pub enum HostPattern {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = crate::files::read(path).map_err(|e| {
             ConfigError::new(path, format!("cannot read config file: {e}")).caused_by(Some(&e))
+        })?;
+        let src = String::from_utf8(bytes).map_err(|_| {
+            ConfigError::new(
+                path,
+                "cannot read config file: it is not UTF-8 text".to_string(),
+            )
         })?;
         Config::from_toml_str(&src, path)
     }

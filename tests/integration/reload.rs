@@ -259,6 +259,46 @@ async fn broken_toml_is_rejected_until_fixed() {
     assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
 }
 
+/// A named pipe where the config was, then a key that is `/dev/zero`: each is refused at once
+/// (not waited on for a writer, not read until memory runs out), and reloads go on.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_or_a_device_in_place_of_a_file_is_refused_and_reloads_go_on() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    std::fs::remove_file(proxy.config_path()).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(proxy.config_path())
+        .status();
+    assert!(made.unwrap().success());
+    let error = failures(&mut rx, 1).await.last_error.unwrap();
+    assert!(error.contains("not a regular file"), "{error}");
+
+    rename_save(&proxy.config_path(), &route("b", "/b", &[backend.addr]));
+    generation(&mut rx, 2).await;
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+
+    std::os::unix::fs::symlink("/dev/zero", proxy.dir.path().join("zero.key")).unwrap();
+    let head = CONFIG_HEAD.replace("server.key", "zero.key");
+    let body = route("c", "/c", &[backend.addr]);
+    std::fs::write(proxy.config_path(), format!("{head}{body}")).unwrap();
+    let error = failures(&mut rx, 2).await.last_error.unwrap();
+    assert!(
+        error.contains("zero.key") && error.contains("not a regular file"),
+        "{error}"
+    );
+    assert_eq!(
+        upgrade_status(proxy.addr, "/b").await,
+        101,
+        "the old config still serves"
+    );
+
+    rename_save(&proxy.config_path(), &body);
+    generation(&mut rx, 3).await;
+    assert_eq!(upgrade_status(proxy.addr, "/c").await, 101);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_mistake_made_again_after_a_revert_is_reported_again() {
     // bad, then back to the config in force (nothing to reload), then the same bad content:

@@ -1,0 +1,100 @@
+//! Reading the files an operator points wsgate at (its config, certificates and keys): regular
+//! files only, of a bounded size, and never blocking.
+//!
+//! A reload reads them on the one task that applies reloads. A named pipe at one of those
+//! paths would block its open until a writer came (none ever does: reloads stopped for good,
+//! silently), and `/dev/zero` or a runaway file would be read until memory ran out, taking
+//! every tunnel down with the process. So each file is opened without blocking, checked to be
+//! a regular file, and read up to a limit no real config or certificate chain comes near.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+/// The largest file read: a config of 10,000 routes is about 1 MiB, a CA bundle well under.
+const MAX_BYTES: u64 = 16 << 20;
+
+/// The contents of the regular file at `path`, at most [`MAX_BYTES`] of them.
+pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::other("it is a folder, not a file"));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::other(
+            "not a regular file (a named pipe, a device or a socket)",
+        ));
+    }
+    let too_large = || io::Error::other(format!("larger than {} MiB", MAX_BYTES >> 20));
+    if meta.len() > MAX_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow between the look and the read.
+    (&mut file).take(MAX_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` for reading; a named pipe opens at once instead of waiting for a writer.
+fn open(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_regular_file_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wsgate.toml");
+        std::fs::write(&path, b"[proxy]\n").unwrap();
+        assert_eq!(read(&path).unwrap(), b"[proxy]\n");
+    }
+
+    #[test]
+    fn a_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("folder"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_device_is_refused_not_read_forever() {
+        let err = read(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wsgate.toml");
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.unwrap().success());
+        let err = read(&path).unwrap_err();
+        assert!(err.to_string().contains("named pipe"), "{err}");
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.pem");
+        let file = File::create(&path).unwrap();
+        file.set_len(MAX_BYTES + 1).unwrap();
+        let err = read(&path).unwrap_err();
+        assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+    }
+}
