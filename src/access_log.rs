@@ -235,8 +235,11 @@ impl From<&Delivery> for NoTunnel {
 fn no_tunnel_line(conn: &Conn, mut ending: Ending, cause: NoTunnel, why: Option<&str>) {
     let metrics = &conn.shared.metrics;
     let reason = match cause {
-        // answer_late was counted by `end_line`.
-        NoTunnel::Late => "no 101 delivered by the connection's deadline",
+        // `end_line` returned before counting it: a tunnel's answer is counted here.
+        NoTunnel::Late => {
+            metrics.closed_early(EarlyClose::AnswerLate);
+            "no 101 delivered by the connection's deadline"
+        }
         NoTunnel::Shutdown => {
             metrics.closed_early(EarlyClose::Shutdown);
             "shutdown before its 101 was delivered"

@@ -172,6 +172,7 @@ pub(crate) fn relay_refusal<B>(mut response: Response<B>) -> Response<B> {
     // Our own version, whatever the backend spoke (RFC 9110 §2.5): an HTTP/1.0 answer passed
     // on as 1.0 would go out delimited by the close, and a body cut short would look whole.
     *response.version_mut() = hyper::Version::HTTP_11;
+    let upgrade_required = response.status() == StatusCode::UPGRADE_REQUIRED;
     let headers = response.headers_mut();
     let named = connection_named(headers);
     // The framing too (in HOP_BY_HOP): hyper decoded the body, and frames it anew from what it
@@ -185,7 +186,15 @@ pub(crate) fn relay_refusal<B>(mut response: Response<B>) -> Response<B> {
     {
         headers.remove(name);
     }
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    // A 426 must say which upgrade it wants (RFC 9110 §15.5.22): the backend's `Upgrade` went
+    // with the hop-by-hop headers, so say it again, for this hop. A backend's 426 is how it
+    // asks for another `Sec-WebSocket-Version` (RFC 6455 §4.4), which is passed on.
+    if upgrade_required {
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade, close"));
+    } else {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -353,5 +362,21 @@ mod tests {
         for gone in ["x-hop", "transfer-encoding", "content-length"] {
             assert!(headers.get(gone).is_none(), "{gone}");
         }
+    }
+
+    #[test]
+    fn a_relayed_426_names_the_upgrade_it_wants_and_keeps_the_versions() {
+        let refusal = Response::builder()
+            .status(426)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-version", "13, 8")
+            .body(())
+            .unwrap();
+        let relayed = relay_refusal(refusal);
+        let headers = relayed.headers();
+        assert_eq!(values(headers, "upgrade"), ["websocket"]);
+        assert_eq!(values(headers, "connection"), ["Upgrade, close"]);
+        assert_eq!(values(headers, "sec-websocket-version"), ["13, 8"]);
     }
 }

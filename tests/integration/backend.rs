@@ -300,6 +300,7 @@ async fn other_refusals_are_relayed_with_their_status() {
         (404, "Not Found"),
         (500, "Internal Server Error"),
         (200, "OK"),
+        (426, "Upgrade Required"),
     ] {
         let backend = RawBackend::start().await;
         let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
@@ -313,6 +314,9 @@ async fn other_refusals_are_relayed_with_their_status() {
         .await;
         let head = client.read_head().await;
         assert_eq!(head.status, status, "{head:?}");
+        if status == 426 {
+            assert_eq!(head.get("upgrade"), Some("websocket"), "{head:?}");
+        }
         assert_eq!(client.read_body(&head).await, b"nope");
         client.expect_closed().await;
     }
