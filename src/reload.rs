@@ -531,9 +531,13 @@ impl Reloader {
             Outcome::Nothing | Outcome::Rejected(_) => self.renew(shared, generation).await,
             _ => None,
         };
+        let rejected = match &outcome {
+            Outcome::Rejected(error) => Some(error.clone()),
+            _ => None,
+        };
         self.record(shared, generation, outcome, trigger);
         if let Some(renewal) = renewal {
-            self.record_renewal(shared, generation, renewal);
+            self.record_renewal(shared, generation, renewal, rejected.as_deref());
         }
         read
     }
@@ -566,8 +570,16 @@ impl Reloader {
     }
 
     /// Publishes and logs a renewal of the certificates in force. A failed one (a certificate
-    /// written before its key, say) is said once: the next write is looked at anyway.
-    fn record_renewal(&mut self, shared: &Shared, generation: u64, renewal: Renewal) {
+    /// written before its key, say) is said once: the next write is looked at anyway. Not at
+    /// all when it failed as the reload just `rejected` did (the config on disk is the one in
+    /// force, and its certificate files are what is wrong): that error was said already.
+    fn record_renewal(
+        &mut self,
+        shared: &Shared,
+        generation: u64,
+        renewal: Renewal,
+        rejected: Option<&str>,
+    ) {
         let error = match renewal {
             Renewal::Failed(error) => error,
             Renewal::Applied => {
@@ -579,7 +591,8 @@ impl Reloader {
                 return;
             }
         };
-        if self.renewal_failed.as_ref() == Some(&error) {
+        if self.renewal_failed.as_ref() == Some(&error) || rejected == Some(error.as_str()) {
+            self.renewal_failed = Some(error);
             return;
         }
         tracing::warn!(%error, "renewed certificate files rejected; the certificates in force stay");
