@@ -92,6 +92,12 @@ impl ProxyError {
     /// A backend connection's failure, in words down to its root cause: hyper's own words
     /// name only the top of it ("connection error"), not the reset that caused it.
     pub(crate) fn backend_failed(e: &hyper::Error) -> ProxyError {
+        // hyper says the same for a head over its size and one over its count of fields.
+        if e.is_parse_too_large() {
+            return ProxyError::BackendProtocol(
+                "answer head too large (over 64 KiB or 100 header fields)".to_string(),
+            );
+        }
         let mut text = e.to_string();
         let mut source = std::error::Error::source(e);
         while let Some(cause) = source {

@@ -266,6 +266,18 @@ async fn a_backend_answer_head_up_to_64_kib_is_relayed_and_a_larger_one_is_502()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answer_of_up_to_100_fields_is_relayed_and_more_is_502() {
+    for (fields, status) in [(99, 403), (101, 502)] {
+        let (head, _) = answered_with(None, |_| {
+            let many: String = (0..fields).map(|i| format!("X-{i}: {i}\r\n")).collect();
+            format!("HTTP/1.1 403 Forbidden\r\n{many}Content-Length: 0\r\n\r\n")
+        })
+        .await;
+        assert_eq!(head.status, status, "{fields} fields");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_framed_both_ways_is_relayed_chunked() {
     // Content-Length beside chunked: the body is the chunked one (RFC 9112 §6.3), and the
     // relay must frame it one way only, or the client would get nothing at all.
