@@ -52,6 +52,11 @@ pub(crate) trait PeerSocket {
     fn queued(&self) -> Option<u32> {
         None
     }
+
+    /// The TCP connection under any TLS, to end it without TLS's close_notify.
+    fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        None
+    }
 }
 
 impl PeerSocket for tokio::net::TcpStream {
@@ -71,6 +76,10 @@ impl PeerSocket for tokio::net::TcpStream {
     fn queued(&self) -> Option<u32> {
         crate::socket::queued(self)
     }
+
+    fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        Some(self)
+    }
 }
 
 impl PeerSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
@@ -80,6 +89,11 @@ impl PeerSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
 
     fn queued(&self) -> Option<u32> {
         self.get_ref().0.queued()
+    }
+
+    fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        let (tcp, _) = self.get_mut();
+        Some(tcp)
     }
 }
 
@@ -373,7 +387,9 @@ where
     /// shutdown (nginx's lingering close; no byte limit: a peer sending fast is the very one
     /// whose close would be a reset). A side that had closed already costs one read.
     /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor for a
-    /// side whose own connection failed.
+    /// side whose own connection failed. After the backend's failed, the client's TLS is not
+    /// ended properly (no close_notify, only the FIN): the stream was cut, and a client must
+    /// be able to tell that from a backend that closed.
     pub(crate) async fn linger(self, reason: CloseReason) {
         let Splice {
             client,
@@ -390,12 +406,12 @@ where
         let failed = |peer| matches!(reason, CloseReason::Error(p, _) if p == peer);
         let client = async {
             if !failed(Peer::Client) {
-                linger_on(client).await;
+                linger_on(client, failed(Peer::Backend)).await;
             }
         };
         let backend = async {
             if !failed(Peer::Backend) {
-                linger_on(backend).await;
+                linger_on(backend, false).await;
             }
         };
         tokio::select! {
@@ -655,16 +671,34 @@ impl Direction {
     }
 }
 
-/// Shuts `io`'s sending side, then reads and drops what it still sends until it closes or is
+/// Shuts `io`'s sending side (`cut`: its TCP only, once what is written is out, so a TLS
+/// peer reads a truncation), then reads and drops what it still sends until it closes or is
 /// quiet for [`LINGER_QUIET`] (see [`Splice::linger`]).
-async fn linger_on<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
-    let _ = io.shutdown().await;
+async fn linger_on<S: AsyncRead + AsyncWrite + PeerSocket + Unpin>(mut io: S, cut: bool) {
+    if !(cut && shut_tcp_only(&mut io).await) {
+        let _ = io.shutdown().await;
+    }
     let mut sink = [0u8; 1024];
     // A peer quiet for a moment has nothing in flight to make the close a reset.
     while let Ok(Ok(n)) = tokio::time::timeout(LINGER_QUIET, io.read(&mut sink)).await {
         if n == 0 {
             break;
         }
+    }
+}
+
+/// Sends what is written, then the TCP FIN under any TLS; false if there is no TCP to reach.
+async fn shut_tcp_only<S: AsyncWrite + PeerSocket + Unpin>(io: &mut S) -> bool {
+    if io.flush().await.is_err() {
+        // Its connection is broken too: nothing left to end properly.
+        return true;
+    }
+    match io.tcp() {
+        Some(tcp) => {
+            let _ = tcp.shutdown().await;
+            true
+        }
+        None => false,
     }
 }
 

@@ -275,11 +275,24 @@ async fn a_backend_half_close_is_passed_on_and_the_client_can_still_send() {
 async fn a_vanished_backend_closes_the_client() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
-    let (mut client, back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    back.send(b"last words").await;
+    assert_eq!(client.read_exact(10).await, b"last words");
     // Vanish: a reset, not a (half-)close.
     back.stream.set_zero_linger().unwrap();
     drop(back);
-    client.read_to_end().await;
+    // The client is told the stream was cut, not that it ended: no TLS close_notify.
+    let end = within("the client's connection to end", async {
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut client.stream, &mut rest)
+            .await
+            .map(|_| rest)
+    })
+    .await;
+    match end {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}"),
+        Ok(rest) => panic!("a close_notify after {} more bytes", rest.len()),
+    }
     until("the tunnel to be released", || {
         proxy.server.active_connections() == 0
     })
@@ -372,24 +385,27 @@ async fn a_busy_tunnel_outlives_the_idle_timeout() {
 /// pace, and the tunnel was cut with most of the data undelivered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_still_reading_outlives_the_idle_timeout() {
-    const PIECE: usize = 8 << 10;
+    const PIECE: usize = 16 << 10;
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&format!(
         "[timeouts]\nidle = \"1s\"\n\n{}",
         route("chat", "/ws", &[backend.addr])
     ))
     .await;
-    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     // Far more than the kernels buffer on the way: the proxy is held up for the whole test.
+    // Made before the tunnel opens, so the backend starts sending at once.
+    let data = (0..241u8).collect::<Vec<u8>>().repeat((16 << 20) / 241);
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     let sender = tokio::spawn(async move {
-        let data: Vec<u8> = (0..64 << 20).map(|i| (i % 241) as u8).collect();
         let _ = back.try_send(&data).await;
     });
-    // About 200 KB/s for four idle timeouts: pacing, not synchronisation.
+    // About 650 KB/s for four idle timeouts: pacing, not synchronisation. (Slower, the
+    // client's own kernel would hold back its window for longer than the timeout while the
+    // client reads what it already has: nothing would move on the proxy's side.)
     let mut got = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..160 {
         got.extend(client.read_exact(PIECE).await);
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(
         proxy.server.active_connections(),
