@@ -4,24 +4,33 @@
 //!
 //! The only per-message cost is a tunnel's [`Meter`]: two atomic adds when a poll moved bytes,
 //! so rates of long-lived tunnels are live rather than booked at their end. Everything else is
-//! per request or per tunnel end. Label values come from the config (route names) or from
-//! small fixed sets, so the number of series stays bounded.
+//! per request or per tunnel end. Label values come from the config (route names, backends)
+//! or from small fixed sets, and a reload retires the series of the routes and backends it
+//! removes (see [`Metrics::routes`]), so the number of series stays bounded by the config in
+//! force, not by every config since start.
 
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::io;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::config::RouteConfig;
 use crate::reload::ReloadStatus;
 use crate::splice::{CloseReason, Outcome, Peer};
+use crate::sync::lock;
 use crate::tls::Expiry;
+
+/// The `route` label of a request no route matched.
+const NO_ROUTE: &str = "-";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -112,6 +121,63 @@ fn upgrade_histogram() -> Histogram {
 
 type UpgradeHistograms = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+/// The label sets of the route-labelled series that exist (a [`Family`] cannot list its
+/// own), so a reload can retire those of the routes and backends it removed; and the routes
+/// with live tunnels, whose series stay.
+///
+/// A series is created, and entered here, under this lock; a reload removes series, and their
+/// entries, under it too. So every series in a family is listed here: none escapes retirement.
+#[derive(Default)]
+struct Series {
+    /// Live tunnels by route. Each holds a [`Meter`] with handles on its route's byte
+    /// counters: removing those series would leave it counting into counters no scrape sees.
+    live: HashMap<String, usize>,
+    requests: HashSet<RequestLabels>,
+    upgrade_seconds: HashSet<RouteLabels>,
+    tunnel_bytes: HashSet<BytesLabels>,
+    tunnels_closed: HashSet<ClosedLabels>,
+    backend_failures: HashSet<BackendLabels>,
+}
+
+/// Runs `f` on the series `labels` of `family`, created and entered in its `index` in
+/// `series` if it is new. An existing series costs what `get_or_create` would: a read lock.
+fn bump<S, M, C>(
+    series: &Mutex<Series>,
+    family: &Family<S, M, C>,
+    index: fn(&mut Series) -> &mut HashSet<S>,
+    labels: S,
+    f: impl FnOnce(&M),
+) where
+    S: Clone + Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    if let Some(metric) = family.get(&labels) {
+        return f(&metric);
+    }
+    let mut series = lock(series);
+    f(&family.get_or_create(&labels));
+    index(&mut series).insert(labels);
+}
+
+fn inc(counter: &Counter) {
+    counter.inc();
+}
+
+/// Removes from `family` (and from its `index`) the series `keep` refuses.
+fn retain<S, M, C>(family: &Family<S, M, C>, index: &mut HashSet<S>, keep: impl Fn(&S) -> bool)
+where
+    S: Clone + Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    index.retain(|labels| {
+        let kept = keep(labels);
+        if !kept {
+            family.remove(labels);
+        }
+        kept
+    });
+}
+
 /// Every metric wsgate exports. Cheap to bump from any task: all handles are atomics.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -127,6 +193,8 @@ pub(crate) struct Metrics {
     certificate_expiry: Family<FileLabels, Gauge>,
     /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
     certificate_files: Mutex<Vec<FileLabels>>,
+    /// The route-labelled series, to retire those of routes and backends a reload drops.
+    series: Arc<Mutex<Series>>,
     reloads: Family<ResultLabels, Counter>,
     generation: Gauge,
     last_reload: Gauge<f64, AtomicU64>,
@@ -147,6 +215,7 @@ impl Default for Metrics {
             backend_failures: Family::default(),
             certificate_expiry: Family::default(),
             certificate_files: Mutex::default(),
+            series: Arc::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
             last_reload: Gauge::default(),
@@ -192,20 +261,22 @@ impl Metrics {
     }
 
     pub(crate) fn answered(&self, route: Option<&str>, status: u16) {
-        let route = route.unwrap_or("-").to_string();
-        self.requests
-            .get_or_create(&RequestLabels { route, status })
-            .inc();
+        let route = route.unwrap_or(NO_ROUTE).to_string();
+        let labels = RequestLabels { route, status };
+        let index: fn(&mut Series) -> &mut HashSet<_> = |s| &mut s.requests;
+        bump(&self.series, &self.requests, index, labels, inc);
     }
 
     /// The backend's 101 came `took` after the request head; the client gets it now.
     pub(crate) fn upgraded(&self, route: &str, took: Duration) {
         self.answered(Some(route), 101);
-        self.upgrade_seconds
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
-            .observe(took.as_secs_f64());
+        let labels = RouteLabels {
+            route: route.to_string(),
+        };
+        let index: fn(&mut Series) -> &mut HashSet<_> = |s| &mut s.upgrade_seconds;
+        bump(&self.series, &self.upgrade_seconds, index, labels, |h| {
+            h.observe(took.as_secs_f64());
+        });
     }
 
     /// A tunnel starts relaying: counted open until its [`OpenTunnel`] is dropped.
@@ -214,31 +285,41 @@ impl Metrics {
         OpenTunnel(self)
     }
 
-    /// The byte counters of `route`'s tunnels, for a tunnel to feed as it relays.
+    /// The byte counters of `route`'s tunnels, for a tunnel to feed as it relays. Until the
+    /// meter is dropped, `route` counts as having a live tunnel: a reload keeps its series.
     pub(crate) fn meter(&self, route: &str) -> Meter {
-        let counter = |direction| {
+        // Counted live and handed its counters in one step: a reload between the two could
+        // otherwise remove the series this meter is about to hold.
+        let mut series = lock(&self.series);
+        *series.live.entry(route.to_string()).or_default() += 1;
+        let mut counter = |direction| {
             let labels = BytesLabels {
                 route: route.to_string(),
                 direction,
             };
-            self.tunnel_bytes.get_or_create(&labels).clone()
+            let counter = self.tunnel_bytes.get_or_create_owned(&labels);
+            series.tunnel_bytes.insert(labels);
+            counter
         };
         Meter {
             up: counter("client_to_backend"),
             down: counter("backend_to_client"),
             reported: (0, 0),
+            _live: Live {
+                series: self.series.clone(),
+                route: route.to_string(),
+            },
         }
     }
 
     /// The tunnel's bytes were fed by its [`Meter`] as they moved.
     fn tunnel_closed(&self, route: &str, outcome: &Outcome) {
-        let reason = close_label(&outcome.reason);
-        self.tunnels_closed
-            .get_or_create(&ClosedLabels {
-                route: route.to_string(),
-                reason,
-            })
-            .inc();
+        let labels = ClosedLabels {
+            route: route.to_string(),
+            reason: close_label(&outcome.reason),
+        };
+        let index: fn(&mut Series) -> &mut HashSet<_> = |s| &mut s.tunnels_closed;
+        bump(&self.series, &self.tunnels_closed, index, labels, inc);
     }
 
     pub(crate) fn closed_early(&self, reason: EarlyClose) {
@@ -271,7 +352,50 @@ impl Metrics {
             backend: backend.to_string(),
             error,
         };
-        self.backend_failures.get_or_create(&labels).inc();
+        let index: fn(&mut Series) -> &mut HashSet<_> = |s| &mut s.backend_failures;
+        bump(&self.series, &self.backend_failures, index, labels, inc);
+    }
+
+    /// The routes now configured (a reload was applied): the series of routes, and of
+    /// route-and-backend pairs, no longer in the config go away, so a generator that renames
+    /// routes or rotates backends (per-tenant routes, per-pod addresses) does not grow
+    /// /metrics, and memory, without bound.
+    ///
+    /// A route that still has live tunnels keeps its series: their [`Meter`]s hold its byte
+    /// counters, and a counter removed under them would stop showing what they relay, and
+    /// read as a reset. Its series go at the first reload after its last tunnel ended (until
+    /// then they show the final counts, which a scrape would otherwise miss). Backend series
+    /// go with their pair whatever the tunnels: a tunnel never fails a connect.
+    //
+    // A request that chose a dropped route on the previous config and ends after this (its
+    // backend answers late, its client leaves) counts into a series created again by `bump`,
+    // from 0: that single event lands in a fresh, listed series, which the next reload
+    // retires. Acceptable: it is rare, bounded by the requests in flight at the reload, and
+    // nothing is counted into a series no scrape sees. A tunnel closing on a dropped route
+    // cannot do this: its route is live, so its `tunnels_closed` series was kept.
+    pub(crate) fn routes(&self, routes: &[RouteConfig]) {
+        let names: HashSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let pairs: HashSet<(&str, &str)> = (routes.iter())
+            .flat_map(|r| r.backends.iter().map(|b| (r.name.as_str(), b.as_str())))
+            .collect();
+        let mut series = lock(&self.series);
+        let Series {
+            live,
+            requests,
+            upgrade_seconds,
+            tunnel_bytes,
+            tunnels_closed,
+            backend_failures,
+        } = &mut *series;
+        let kept =
+            |route: &str| route == NO_ROUTE || names.contains(route) || live.contains_key(route);
+        retain(&self.requests, requests, |l| kept(&l.route));
+        retain(&self.upgrade_seconds, upgrade_seconds, |l| kept(&l.route));
+        retain(&self.tunnel_bytes, tunnel_bytes, |l| kept(&l.route));
+        retain(&self.tunnels_closed, tunnels_closed, |l| kept(&l.route));
+        retain(&self.backend_failures, backend_failures, |l| {
+            pairs.contains(&(l.route.as_str(), l.backend.as_str()))
+        });
     }
 
     /// The certificates now served: series of certificates no longer in the config go away,
@@ -289,7 +413,7 @@ impl Metrics {
                 .get_or_create(labels)
                 .set(cert.not_after);
         }
-        let mut previous = crate::sync::lock(&self.certificate_files);
+        let mut previous = lock(&self.certificate_files);
         for gone in previous.iter().filter(|old| !files.contains(old)) {
             self.certificate_expiry.remove(gone);
         }
@@ -352,6 +476,26 @@ pub(crate) struct Meter {
     down: Counter,
     /// Totals already added.
     reported: (u64, u64),
+    /// Keeps the route's series through reloads while the tunnel lives.
+    _live: Live,
+}
+
+/// One live tunnel on `route`, in [`Series::live`] until dropped.
+struct Live {
+    series: Arc<Mutex<Series>>,
+    route: String,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut series = lock(&self.series);
+        if let Some(count) = series.live.get_mut(&self.route) {
+            *count -= 1;
+            if *count == 0 {
+                series.live.remove(&self.route);
+            }
+        }
+    }
 }
 
 impl Meter {
@@ -407,5 +551,95 @@ mod tests {
         });
         assert!(task.await.unwrap_err().is_panic());
         assert_eq!(metrics.tunnels_open.get(), 0);
+    }
+
+    fn route(name: &str, backends: &[&str]) -> RouteConfig {
+        RouteConfig {
+            name: name.to_string(),
+            host: None,
+            path: format!("/{name}"),
+            subprotocols: None,
+            origins: None,
+            backends: backends.iter().map(ToString::to_string).collect(),
+            idle: None,
+        }
+    }
+
+    fn client_closed() -> Outcome {
+        Outcome {
+            client_to_backend: 0,
+            backend_to_client: 0,
+            reason: CloseReason::Closed(Peer::Client),
+        }
+    }
+
+    #[test]
+    fn a_reload_retires_the_series_of_the_routes_and_backends_it_drops() {
+        let metrics = Metrics::default();
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        for name in ["a", "b"] {
+            metrics.answered(Some(name), 502);
+            metrics.backend_connect_failed(name, "old:1", &refused);
+            metrics.backend_connect_failed(name, "kept:1", &refused);
+            let mut meter = metrics.meter(name);
+            metrics.upgraded(name, Duration::from_millis(1));
+            let open = metrics.tunnel_started();
+            meter.report(3, 4);
+            open.closed(name, &client_closed());
+        }
+        metrics.answered(None, 404);
+
+        metrics.routes(&[route("b", &["kept:1", "new:1"])]);
+        let text = metrics.render(0, 2);
+        assert!(!text.contains(r#"route="a""#), "{text}");
+        assert!(!text.contains(r#"backend="old:1""#), "{text}");
+        for kept in [
+            r#"wsgate_requests_total{route="b",status="101"} 1"#,
+            r#"wsgate_requests_total{route="b",status="502"} 1"#,
+            r#"wsgate_requests_total{route="-",status="404"} 1"#,
+            r#"wsgate_upgrade_duration_seconds_count{route="b"} 1"#,
+            r#"wsgate_tunnel_bytes_total{route="b",direction="client_to_backend"} 3"#,
+            r#"wsgate_tunnel_bytes_total{route="b",direction="backend_to_client"} 4"#,
+            r#"wsgate_tunnels_closed_total{route="b",reason="client_closed"} 1"#,
+            r#"wsgate_backend_connect_failures_total{route="b",backend="kept:1",error="refused"} 1"#,
+        ] {
+            assert!(text.contains(kept), "{kept}: {text}");
+        }
+
+        // A request still in flight on the old config counts into a series created again,
+        // from 0, and listed: the next reload retires it too.
+        metrics.answered(Some("a"), 499);
+        let again = r#"wsgate_requests_total{route="a",status="499"} 1"#;
+        assert!(metrics.render(0, 2).contains(again));
+        metrics.routes(&[route("b", &["kept:1"])]);
+        assert!(!metrics.render(0, 3).contains(r#"route="a""#));
+    }
+
+    #[test]
+    fn a_route_with_live_tunnels_keeps_its_series_until_the_reload_after_they_end() {
+        let metrics = Metrics::default();
+        let mut first = metrics.meter("a");
+        let second = metrics.meter("a");
+        first.report(5, 0);
+        metrics.answered(Some("a"), 101);
+
+        metrics.routes(&[]);
+        // Still the series a scrape sees: bytes moved after the reload are in it.
+        first.report(7, 0);
+        let bytes = r#"wsgate_tunnel_bytes_total{route="a",direction="client_to_backend"} 7"#;
+        assert!(metrics.render(0, 2).contains(bytes));
+        drop(first);
+        metrics.routes(&[]);
+        assert!(
+            metrics.render(0, 3).contains(bytes),
+            "one tunnel still lives"
+        );
+
+        // The last one ended: its final counts stay in view until the next reload.
+        drop(second);
+        assert!(metrics.render(0, 3).contains(bytes));
+        metrics.routes(&[]);
+        assert!(!metrics.render(0, 4).contains(r#"route="a""#));
+        assert!(lock(&metrics.series).live.is_empty());
     }
 }

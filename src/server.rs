@@ -124,6 +124,7 @@ impl Shared {
         };
         next.log_warnings();
         self.metrics.certificates(&next.expiry);
+        self.metrics.routes(&next.config.routes);
         for listener in removed {
             match listener.kind {
                 Kind::Proxy => {

@@ -378,6 +378,76 @@ async fn certificate_expiry_is_exported_and_follows_a_rotation() {
     assert_eq!(sample(&text, &series("server.crt")), None, "{text}");
 }
 
+/// Whether some sample of `text` is labelled `route="{name}"`.
+fn has_route(text: &str, name: &str) -> bool {
+    let label = format!(r#"route="{name}""#);
+    text.lines().any(|line| line.contains(&label))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_retires_the_series_of_a_route_it_removes() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("a", "/a", &[backend.addr]))).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let mut rx = proxy.server.reload_status();
+    close(ws_connect_ok(proxy.addr, "wss://localhost/a").await).await;
+    // The tunnel is over, its lingering too: nothing on route a is live any more.
+    let text = scrape_until(admin, "wsgate_connections_open", 0.0).await;
+    assert_eq!(
+        sample(&text, r#"wsgate_requests_total{route="a",status="101"}"#),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A generator renamed the route.
+    let renamed = format!("{ADMIN}{}", route("b", "/b", &[backend.addr]));
+    write_body(&proxy.config_path(), &renamed);
+    generation(&mut rx, 2).await;
+    let ws = ws_connect_ok(proxy.addr, "wss://localhost/b").await;
+    let text = scrape_until(
+        admin,
+        r#"wsgate_requests_total{route="b",status="101"}"#,
+        1.0,
+    )
+    .await;
+    assert!(!has_route(&text, "a"), "{text}");
+    assert_eq!(
+        sample(&text, r#"wsgate_upgrade_duration_seconds_count{route="b"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    close(ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_route_keeps_its_series_while_its_tunnels_live() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("a", "/a", &[backend.addr]))).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let mut rx = proxy.server.reload_status();
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
+    assert_eq!(round_trip(&mut ws, "hello").await, "hello");
+
+    let b = route("b", "/b", &[backend.addr]);
+    write_body(&proxy.config_path(), &format!("{ADMIN}{b}"));
+    generation(&mut rx, 2).await;
+    // The tunnel outlives its route, and what it relays still shows: "hello" as a masked
+    // client frame is 11 bytes, twice now.
+    assert_eq!(round_trip(&mut ws, "hello").await, "hello");
+    let up = r#"wsgate_tunnel_bytes_total{route="a",direction="client_to_backend"}"#;
+    scrape_until(admin, up, 22.0).await;
+
+    // Its end is counted in the kept series, in view until the next reload retires them.
+    close(ws).await;
+    let text = scrape_until(admin, "wsgate_connections_open", 0.0).await;
+    assert!(has_route(&text, "a"), "{text}");
+    let c = route("c", "/c", &[backend.addr]);
+    write_body(&proxy.config_path(), &format!("{ADMIN}{b}{c}"));
+    generation(&mut rx, 3).await;
+    let text = metrics(admin).await;
+    assert!(!has_route(&text, "a"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_starve_the_probes() {
     let backend = WsBackend::start("one").await;
