@@ -84,27 +84,35 @@ enum Parsed {
     Invalid,
 }
 
+/// The longest v1 header: one line, CRLF included.
+const V1_MAX: usize = 107;
+
 fn parse(input: &[u8]) -> Parsed {
-    // ppp judges a v1 line cut inside its fields (say, after the source port's space) as
-    // invalid; a v1 line is only complete with its CRLF, so wait for it (107 bytes at most).
+    // A v1 header is one line, complete once its CRLF is in (or once 107 bytes are in without
+    // one): until then it waits, after that it is valid or refused at once. ppp cannot judge
+    // this itself: it calls a line cut inside its fields (say, after the source port's space)
+    // invalid, and a line that ends too soon (`PROXY TCP4 1.2.3.4\r\n`) "missing" fields —
+    // incomplete, however many bytes follow its CRLF, so the connection would wait out the
+    // handshake timeout.
     let v1_prefix = &b"PROXY "[..input.len().min(6)];
-    if input.starts_with(v1_prefix) && !input.windows(2).any(|w| w == b"\r\n") && input.len() < 107
-    {
-        return Parsed::Incomplete;
+    if input.starts_with(v1_prefix) {
+        let line_ended = input.windows(2).any(|w| w == b"\r\n");
+        if !line_ended && input.len() < V1_MAX {
+            return Parsed::Incomplete;
+        }
+        // Complete (a shorter input matching the prefix is a prefix of `PROXY `, without
+        // CRLF): whatever ppp says, "need more" is no longer an answer.
+        return match v1::Header::try_from(input) {
+            Ok(header) => v1_header(&header),
+            Err(_) => Parsed::Invalid,
+        };
     }
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
         return Parsed::Incomplete;
     }
     match result {
-        HeaderResult::V1(Ok(header)) => Parsed::Header {
-            length: header.header.len(),
-            client: match header.addresses {
-                v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
-                v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
-                v1::Addresses::Unknown => None,
-            },
-        },
+        HeaderResult::V1(Ok(header)) => v1_header(&header),
         HeaderResult::V2(Ok(header)) => Parsed::Header {
             length: header.len(),
             client: match (header.command, header.addresses) {
@@ -115,6 +123,17 @@ fn parse(input: &[u8]) -> Parsed {
             },
         },
         HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => Parsed::Invalid,
+    }
+}
+
+fn v1_header(header: &v1::Header) -> Parsed {
+    Parsed::Header {
+        length: header.header.len(),
+        client: match header.addresses {
+            v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
+            v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
+            v1::Addresses::Unknown => None,
+        },
     }
 }
 
@@ -213,5 +232,91 @@ mod tests {
             parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n"),
             Parsed::Invalid
         );
+    }
+
+    #[test]
+    fn a_v1_line_that_ends_too_soon_is_refused_at_once() {
+        // Its CRLF is in, so it is complete: no more bytes can make it valid, and the ones
+        // behind it (a ClientHello, an HTTP request) are no part of it.
+        for trailing in [
+            &b""[..],
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        ] {
+            for line in [
+                &b"PROXY TCP4 1.2.3.4\r\n"[..],
+                b"PROXY\r\n",
+                b"PROXY \r\n",
+                b"PROXY TCP4\r\n",
+                b"PROXY TCP4 \r\n",
+                b"PROXY TCP4 1.2.3.4 5.6.7.8\r\n",
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1 \r\n",
+                b"PROXY TCP6 ::1 ::1 1\r\n",
+                b"PROXY TCP6 ::1\r\n",
+                b"PROXY TCP\r\n",
+                b"PROXY UNKNOW\r\n",
+                // A CR that is not the line's end, the line's CRLF behind it.
+                b"PROXY TCP4 1.2.3.4\rX 5.6.7.8 1 2\r\n",
+            ] {
+                let input = [line, trailing].concat();
+                assert_eq!(
+                    parse(&input),
+                    Parsed::Invalid,
+                    "{:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_complete_v1_line_is_valid_whatever_follows_it() {
+        let line = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n";
+        for trailing in [&b""[..], b"\x16\x03\x01", b"GET / HTTP/1.1\r\n\r\n"] {
+            assert_eq!(
+                parse(&[&line[..], trailing].concat()),
+                Parsed::Header {
+                    length: line.len(),
+                    client: client("1.2.3.4:1")
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_v1_line_split_anywhere_waits_for_its_crlf() {
+        let line = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n\x16\x03\x01";
+        let end = line.len() - 3;
+        // Every cut before the LF is incomplete (including one between CR and LF)...
+        for cut in 0..end {
+            assert_eq!(parse(&line[..cut]), Parsed::Incomplete, "cut at {cut}");
+        }
+        // ...and every one from the LF on is the header.
+        for cut in end..=line.len() {
+            assert_eq!(
+                parse(&line[..cut]),
+                Parsed::Header {
+                    length: end,
+                    client: client("1.2.3.4:1")
+                },
+                "cut at {cut}"
+            );
+        }
+        // Short shapes wait too until their CRLF: only the CRLF says the line is short.
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Parsed::Incomplete);
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4\r"), Parsed::Incomplete);
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4\r\n"), Parsed::Invalid);
+    }
+
+    #[test]
+    fn a_v1_line_without_crlf_in_its_107_bytes_is_refused() {
+        let mut long = b"PROXY TCP6 ".to_vec();
+        long.resize(106, b'1');
+        assert_eq!(parse(&long), Parsed::Incomplete);
+        long.push(b'1');
+        assert_eq!(parse(&long), Parsed::Invalid);
+        long.extend_from_slice(b" 1 2\r\n");
+        assert_eq!(parse(&long), Parsed::Invalid);
     }
 }

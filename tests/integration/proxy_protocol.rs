@@ -146,6 +146,29 @@ async fn a_connection_without_a_header_is_closed_before_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_line_that_ends_too_soon_is_refused_at_once() {
+    // `PROXY TCP4 1.2.3.4\r\n` is complete (its CRLF is in) but short of fields: refused as
+    // a bad header at once, not held until the handshake timeout, which is set far away.
+    let backend = RawBackend::start().await;
+    let slow = "[timeouts]\nhandshake = \"60s\"\n\n";
+    let (_dir, server, addr) = proxy_with_header(&format!("{slow}{}", chat(&backend))).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 1.2.3.4\r\nGET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    // Closed well within the suite's bound (seconds), with the 60 s timeout far away.
+    match within("the refusal of a short v1 line", tcp.read_to_end(&mut rest)).await {
+        Ok(_) => assert!(rest.is_empty(), "no answer: {rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    until("the connection to be let go", || {
+        server.active_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_client_limit_counts_the_real_client_and_ipv6_by_its_64() {
     let backend = RawBackend::start().await;
     let body = format!(
