@@ -101,7 +101,7 @@ async fn exchange(
             connect_in_turn(route, &mut turns, deadline, tried, metrics).await?;
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || turns.backends.len() > 0;
-        let copy = (others && closed <= MAX_CLOSED).then(|| copy_of(&request));
+        let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
         let error = match attempt(dialed.socket, request, &key, protocols).await {
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),

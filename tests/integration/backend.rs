@@ -88,6 +88,33 @@ async fn a_backend_that_began_its_answer_is_not_tried_again_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_given_up_after_three_backends_closed_on_it() {
+    // A failing deploy: every backend accepts and closes. Three tries, then 502; the fourth
+    // backend never sees the request (had it, it would hold it unanswered: a 504).
+    let backends = [
+        RawBackend::start().await,
+        RawBackend::start().await,
+        RawBackend::start().await,
+        RawBackend::start().await,
+    ];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let proxy = start_proxy(&route("chat", "/ws", &addrs)).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    for backend in &backends[..3] {
+        let mut conn = backend.accept().await;
+        conn.read_head().await;
+        drop(conn);
+    }
+    let head = client.read_head().await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(
+        backends[3].waiting().await.is_none(),
+        "the fourth backend was dialed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_only_backend_dying_before_answering_is_502() {
     let backend = RawBackend::start().await;
     let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;

@@ -1149,6 +1149,16 @@ impl RawBackend {
         tcp.set_nodelay(true).unwrap();
         RawConn::new(tcp)
     }
+
+    /// A connection from the proxy already waiting to be accepted, if there is one: the
+    /// listener is asked once, without waiting.
+    pub async fn waiting(&self) -> Option<TcpStream> {
+        let once = std::future::poll_fn(|cx| match self.listener.poll_accept(cx) {
+            std::task::Poll::Ready(accepted) => std::task::Poll::Ready(Some(accepted)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        });
+        once.await.map(|accepted| accepted.unwrap().0)
+    }
 }
 
 /// A 101 answer for a request head: correct Accept, plus `extra` header lines (each ending
