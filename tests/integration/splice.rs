@@ -549,7 +549,8 @@ where
 /// client's bytes back, is not reading from it) is noticed by the stuck tunnel's probe (the
 /// kernel's error for the socket, through TLS), not at the idle timeout (an hour here, past
 /// the test's time limit), and its tunnel is counted as the client's error. (The probe's
-/// timing, and a half-close or a write taking the reset first, are unit-tested in splice.rs.)
+/// timing, and a half-close or a write taking the reset first, are unit-tested in
+/// src/splice/mod.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_vanishing_behind_a_backend_that_stopped_reading_is_noticed() {
     let backend = RawBackend::start().await;

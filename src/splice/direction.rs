@@ -1,0 +1,311 @@
+//! One direction of the relay: the bytes read during the handshake go out first, then what
+//! the reader sends is written on as it comes, then its half-close is passed on.
+//!
+//! The two directions hold their bytes differently, so an idle one holds no buffer of ours:
+//! client → backend writes straight out of the reader's own buffer (rustls's plaintext);
+//! backend → client borrows a buffer from a small per-thread pool for each read and keeps it
+//! only while read bytes wait to be written.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{CloseReason, Peer};
+
+/// Size of a pooled relay buffer: one full TLS record of plaintext.
+const BUF_SIZE: usize = 16 * 1024;
+/// Buffers kept per worker thread between uses; beyond that they are freed.
+const POOL_CAP: usize = 64;
+
+/// A direction fails on its reading or its writing side; the caller knows which peer that is.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Failure {
+    Read(io::ErrorKind),
+    Write(io::ErrorKind),
+}
+
+impl Failure {
+    pub(super) fn blame(self, reader: Peer, writer: Peer) -> CloseReason {
+        match self {
+            Failure::Read(kind) => CloseReason::Error(reader, kind),
+            Failure::Write(kind) => CloseReason::Error(writer, kind),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// One direction of the relay.
+pub(super) struct Direction {
+    /// Bytes read during the HTTP handshake that still have to go out.
+    early: Bytes,
+    /// A pooled buffer holding read-but-unwritten bytes `[pos, end)`; `None` while idle.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    /// Something was written since the last flush.
+    unflushed: bool,
+    /// The reader hit EOF and the writer is being shut down.
+    pub(super) eof: bool,
+    pub(super) finished: bool,
+    /// The last write found the writer full, with bytes still to go.
+    pub(super) stuck: bool,
+    pub(super) bytes: u64,
+}
+
+impl Direction {
+    pub(super) fn new(early: Bytes) -> Direction {
+        Direction {
+            early,
+            buf: None,
+            pos: 0,
+            end: 0,
+            unflushed: false,
+            eof: false,
+            finished: false,
+            stuck: false,
+            bytes: 0,
+        }
+    }
+
+    /// Client → backend: the reader keeps its own buffer (rustls's plaintext), so write from it
+    /// directly and consume what was written.
+    pub(super) fn poll_from_buffered<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        active: &mut bool,
+    ) -> Poll<Result<()>>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        ready!(self.poll_early(cx, writer, active))?;
+        loop {
+            if self.eof {
+                return self.poll_finish(cx, writer);
+            }
+            let data = match Pin::new(&mut *reader).poll_fill_buf(cx) {
+                Poll::Ready(Ok(data)) => data,
+                Poll::Ready(Err(e)) if is_eof(&e) => &[],
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e.kind()))),
+                Poll::Pending => return self.poll_idle_flush(cx, writer),
+            };
+            if data.is_empty() {
+                self.eof = true;
+                continue;
+            }
+            let written = poll_write_some(cx, writer, data);
+            self.stuck = written.is_pending();
+            let n = ready!(written)?;
+            Pin::new(&mut *reader).consume(n);
+            self.wrote(n, active);
+        }
+    }
+
+    /// Backend → client: borrow a pooled buffer for each read, give it back while idle.
+    pub(super) fn poll_from_raw<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        active: &mut bool,
+    ) -> Poll<Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        ready!(self.poll_early(cx, writer, active))?;
+        loop {
+            if let Some(buf) = self.buf.take() {
+                while self.pos < self.end {
+                    let written = poll_write_some(cx, writer, &buf[self.pos..self.end]);
+                    self.stuck = written.is_pending();
+                    match written {
+                        Poll::Ready(Ok(n)) => {
+                            self.pos += n;
+                            self.wrote(n, active);
+                        }
+                        other => {
+                            // Keep the unwritten bytes until the writer can take them.
+                            self.buf = Some(buf);
+                            return other.map_ok(|_| ());
+                        }
+                    }
+                }
+                release(Some(buf));
+            }
+            if self.eof {
+                return self.poll_finish(cx, writer);
+            }
+            let mut buf = acquire();
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => self.eof = true,
+                Poll::Ready(Ok(())) => {
+                    self.end = read.filled().len();
+                    self.pos = 0;
+                    self.buf = Some(buf);
+                    continue;
+                }
+                Poll::Ready(Err(e)) if is_eof(&e) => self.eof = true,
+                Poll::Ready(Err(e)) => {
+                    release(Some(buf));
+                    return Poll::Ready(Err(Failure::Read(e.kind())));
+                }
+                Poll::Pending => {
+                    release(Some(buf));
+                    return self.poll_idle_flush(cx, writer);
+                }
+            }
+            release(Some(buf));
+        }
+    }
+
+    /// Its writer is broken: what is left for it is dropped (the buffer back to the pool),
+    /// and the direction is over.
+    pub(super) fn abandon(&mut self) {
+        self.finished = true;
+        release(self.buf.take());
+    }
+
+    fn poll_early<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        active: &mut bool,
+    ) -> Poll<Result<()>> {
+        while self.early.has_remaining() {
+            let written = poll_write_some(cx, writer, &self.early);
+            self.stuck = written.is_pending();
+            let n = ready!(written)?;
+            self.early.advance(n);
+            self.wrote(n, active);
+        }
+        // Drop the handshake-time buffer: it may pin hyper's whole read buffer.
+        self.early = Bytes::new();
+        Poll::Ready(Ok(()))
+    }
+
+    /// The reader has nothing now: push out what was written so the peer sees it.
+    fn poll_idle_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<Result<()>> {
+        if self.unflushed {
+            ready!(Pin::new(writer).poll_flush(cx)).map_err(|e| Failure::Write(e.kind()))?;
+            self.unflushed = false;
+        }
+        Poll::Pending
+    }
+
+    /// Pass the half-close on: flush and shut down the writer's sending side.
+    fn poll_finish<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<Result<()>> {
+        match ready!(Pin::new(writer).poll_shutdown(cx)) {
+            // The peer may already be gone; the other direction decides what that means.
+            Ok(()) | Err(_) => {}
+        }
+        self.finished = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn wrote(&mut self, n: usize, active: &mut bool) {
+        self.bytes += n as u64;
+        self.unflushed = true;
+        *active = true;
+    }
+}
+
+fn poll_write_some<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    writer: &mut W,
+    data: &[u8],
+) -> Poll<Result<usize>> {
+    match ready!(Pin::new(writer).poll_write(cx, data)) {
+        Ok(0) => Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero))),
+        Ok(n) => Poll::Ready(Ok(n)),
+        Err(e) => Poll::Ready(Err(Failure::Write(e.kind()))),
+    }
+}
+
+/// A TCP close without TLS close_notify is how most clients end a WebSocket after its close
+/// frames; treat it as a plain end of stream, not a failure.
+fn is_eof(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn acquire() -> Box<[u8]> {
+    POOL.with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn release(buf: Option<Box<[u8]>>) {
+    if let Some(buf) = buf {
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOL_CAP {
+                pool.push(buf);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::drain::Drain;
+    use crate::splice::Splice;
+
+    #[tokio::test]
+    async fn early_bytes_go_first_and_half_close_is_passed_on() {
+        let (client, mut client_peer) = duplex(64);
+        let (backend, mut backend_peer) = duplex(64);
+        let drain = Arc::new(Drain::default());
+        let relay = tokio::spawn(async move {
+            let early_up = Bytes::from_static(b"early-up ");
+            let early_down = Bytes::from_static(b"early-down ");
+            Splice::new(
+                BufReader::new(client),
+                early_up,
+                backend,
+                early_down,
+                Duration::from_secs(60),
+                &drain,
+            )
+            .await
+        });
+        client_peer.write_all(b"hello").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early-up hello");
+        backend_peer.write_all(b"bye").await.unwrap();
+        backend_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early-down bye");
+        let outcome = relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
+        assert_eq!(outcome.client_to_backend, 14);
+        assert_eq!(outcome.backend_to_client, 14);
+    }
+}
