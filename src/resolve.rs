@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::error::out_of_descriptors;
 use crate::sync::lock;
 
 /// How long an answer is used without looking the name up again.
@@ -59,11 +60,38 @@ async fn system_lookup(name: String) -> io::Result<Arc<[SocketAddr]>> {
     let permit = LOOKUPS.acquire().await.map_err(io::Error::other)?;
     let addrs = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        name.to_socket_addrs().map(Iterator::collect::<Vec<_>>)
+        let addrs = name.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
+        addrs.map_err(|e| {
+            if descriptors_left() {
+                e
+            } else {
+                io::Error::from_raw_os_error(24)
+            }
+        })
     })
     .await
     .map_err(io::Error::other)??;
     Ok(addrs.into())
+}
+
+/// Whether the process can still open a descriptor. getaddrinfo that could open neither
+/// /etc/hosts nor a socket to the resolver says "Name or service not known" (glibc), not
+/// EMFILE: the process's own trouble would pass for a name that does not exist. Asked only
+/// after a lookup failed.
+fn descriptors_left() -> bool {
+    match std::fs::File::open("/dev/null") {
+        Ok(_) => true,
+        Err(e) => !out_of_descriptors(&e),
+    }
+}
+
+/// A failed lookup's error for each request that waited for it: the OS error code kept where
+/// there is one (the process out of descriptors is told apart by it), the words otherwise.
+fn copy_error(error: &io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(error.kind(), error.to_string()),
+    }
 }
 
 /// Whether a failed lookup says the name does not exist (glibc's and musl's words for
@@ -129,7 +157,7 @@ impl Names {
                 }
             },
         };
-        answer.map_err(|e| io::Error::new(e.kind(), e.to_string()))
+        answer.map_err(|e| copy_error(&e))
     }
 
     /// An answer now (recent enough, or standing in while the name is looked up again), or
@@ -192,6 +220,16 @@ impl Names {
     fn store(&self, name: &str, answer: &Answer) {
         let now = Instant::now();
         let mut names = lock(&self.0);
+        // The process out of descriptors says nothing about the name: not its answer for a
+        // second, or every request for it would be refused that long after one frees up.
+        if let Err(error) = answer {
+            if out_of_descriptors(error) {
+                if let Some(entry) = names.get_mut(name) {
+                    entry.pending = None;
+                }
+                return;
+            }
+        }
         // Not one with a lookup in flight: its answer is awaited (a resolver stuck that long).
         names.retain(|_, entry| {
             entry.pending.is_some() || entry.asked.is_some_and(|at| now - at < FORGET)
@@ -269,6 +307,7 @@ mod tests {
                     tokio::time::sleep(script.delay).await;
                     match next {
                         Ok(port) => Ok(Arc::from([SocketAddr::from(([10, 0, 0, 1], port))])),
+                        Err("EMFILE") => Err(io::Error::from_raw_os_error(24)),
                         Err(words) => Err(io::Error::other(words)),
                     }
                 })
@@ -308,6 +347,17 @@ mod tests {
     fn a_name_that_does_not_exist_is_told_from_a_resolver_failure() {
         assert!(name_is_gone(&io::Error::other(GONE)));
         assert!(!name_is_gone(&io::Error::other(TEMPORARY)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_without_descriptors_is_no_answer_for_the_name() {
+        let names: Arc<Names> = Arc::default();
+        let resolver = Scripted::new(&[Err("EMFILE"), Ok(1)], FRESH);
+        let failed = names.get("svc:80", resolver.lookup()).await.unwrap_err();
+        assert!(out_of_descriptors(&failed), "{failed}");
+        // Not remembered as the name's answer: the next request looks it up again at once.
+        assert_eq!(get(&names, &resolver).await, Ok(1));
+        assert_eq!(resolver.asked(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -415,10 +415,15 @@ async fn connect(
     deadline: tokio::time::Instant,
 ) -> std::io::Result<Option<Dialed>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
-    // mark them NotFound, as a name that resolves to nothing is.
-    let addrs = crate::resolve::resolve(backend)
-        .await
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+    // mark them NotFound, as a name that resolves to nothing is; but the process out of
+    // descriptors stays what it is (a 503, not the backend's fault).
+    let addrs = crate::resolve::resolve(backend).await.map_err(|e| {
+        if out_of_descriptors(&e) {
+            e
+        } else {
+            std::io::Error::new(std::io::ErrorKind::NotFound, e)
+        }
+    })?;
     if gone.is_empty() {
         return connect_any(&addrs, deadline).await.map(Some);
     }

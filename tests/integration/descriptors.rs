@@ -131,10 +131,21 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_at_the_backend_connect_is_a_503_with_retry_after() {
     let backend = WsBackend::start("one").await;
+    out_of_descriptors_at_the_backend(&backend.addr.to_string()).await;
+}
+
+/// The same with a backend named, not an IP: the name lookup is what finds no descriptor
+/// left (getaddrinfo opens /etc/hosts), and that is no "unresolvable" 502 either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_at_the_name_lookup_is_a_503_with_retry_after() {
+    let backend = WsBackend::start("one").await;
+    out_of_descriptors_at_the_backend(&format!("localhost:{}", backend.addr.port())).await;
+}
+
+async fn out_of_descriptors_at_the_backend(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let body = format!(
-        "[timeouts]\nhandshake = \"60s\"\n{}",
-        route("a", "/a", &[backend.addr])
+        "[timeouts]\nhandshake = \"60s\"\n\n[[route]]\nname = \"a\"\npath = \"/a\"\nbackends = [\"{backend}\"]\n"
     );
     let mut proxy = Limited::start(&write_config(dir.path(), &body)).await;
 
