@@ -4,7 +4,8 @@
 //! service. A connection that ends before any answer gets its one log line here.
 //!
 //! Tunnels outlive hyper's view of their connection, so the connection's guards (its
-//! `limits::ConnGuard` and its `TaskTracker` entry) travel in [`Conn`] into the tunnel.
+//! `limits::ConnGuard` and its client slot) travel in [`Conn`] into the tunnel's own task
+//! (tracked on its own, so a shutdown waits for it).
 
 use std::io;
 use std::net::SocketAddr;

@@ -263,41 +263,47 @@ pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
+/// Every refusal, with its documented status: for tests here and where answers are built.
+#[cfg(test)]
+pub(crate) fn every_refusal() -> [(ProxyError, u16); 27] {
+    [
+        (ProxyError::NoRoute, 404),
+        (ProxyError::NotUpgrade, 426),
+        (ProxyError::UnsupportedVersion, 426),
+        (ProxyError::MethodNotGet, 400),
+        (ProxyError::HttpTooOld, 400),
+        (ProxyError::NoConnectionUpgrade, 400),
+        (ProxyError::BadKey, 400),
+        (ProxyError::BadHost, 400),
+        (ProxyError::UnexpectedBody, 400),
+        (ProxyError::MalformedRequest, 400),
+        (ProxyError::BadPath, 400),
+        (ProxyError::SecondRequest, 400),
+        (ProxyError::NoSubprotocol, 400),
+        (ProxyError::OriginDenied, 403),
+        (ProxyError::HeadTooLarge, 431),
+        (ProxyError::TooManyFields, 431),
+        (ProxyError::UriTooLong, 414),
+        (ProxyError::Overloaded, 503),
+        (ProxyError::ShuttingDown, 503),
+        (ProxyError::ClientOverLimit, 429),
+        (ProxyError::BackendUnavailable, 502),
+        (ProxyError::BadBackendUpgrade("x"), 502),
+        (ProxyError::BadBackendAnswer("x".into()), 502),
+        (ProxyError::BackendProtocol("x".into()), 502),
+        (ProxyError::BackendTimeout, 504),
+        (ProxyError::OutOfDescriptors, 503),
+        (ProxyError::Internal("x"), 500),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn refusals_map_to_the_documented_statuses() {
-        let cases = [
-            (ProxyError::NoRoute, 404),
-            (ProxyError::NotUpgrade, 426),
-            (ProxyError::UnsupportedVersion, 426),
-            (ProxyError::MethodNotGet, 400),
-            (ProxyError::HttpTooOld, 400),
-            (ProxyError::NoConnectionUpgrade, 400),
-            (ProxyError::BadKey, 400),
-            (ProxyError::BadHost, 400),
-            (ProxyError::UnexpectedBody, 400),
-            (ProxyError::MalformedRequest, 400),
-            (ProxyError::BadPath, 400),
-            (ProxyError::NoSubprotocol, 400),
-            (ProxyError::OriginDenied, 403),
-            (ProxyError::HeadTooLarge, 431),
-            (ProxyError::TooManyFields, 431),
-            (ProxyError::UriTooLong, 414),
-            (ProxyError::Overloaded, 503),
-            (ProxyError::ShuttingDown, 503),
-            (ProxyError::ClientOverLimit, 429),
-            (ProxyError::BackendUnavailable, 502),
-            (ProxyError::BadBackendUpgrade("x"), 502),
-            (ProxyError::BadBackendAnswer("x".into()), 502),
-            (ProxyError::BackendProtocol("x".into()), 502),
-            (ProxyError::BackendTimeout, 504),
-            (ProxyError::OutOfDescriptors, 503),
-            (ProxyError::Internal("x"), 500),
-        ];
-        for (err, code) in cases {
+        for (err, code) in every_refusal() {
             assert_eq!(err.status().0.as_u16(), code, "{err}");
             // Load refusals say when to come back; the others do not invite a retry.
             let retry = err

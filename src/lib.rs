@@ -26,7 +26,8 @@
 //!   `connection`: one connection until its answer or tunnel; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
-//!   `resolve`: backend names to addresses, briefly cached;
+//!   `resolve`: backend names to addresses, briefly cached; `socket`: TCP options and the
+//!   send queue both legs share; `files`: reading a config or PEM file safely;
 //!   `forwarding`: which headers cross, each way; `drain`:
 //!   the signal that ends them all at the end of a shutdown;
 //!   `error`: refusals → statuses, in one place;

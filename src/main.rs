@@ -103,13 +103,12 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
     // during a restart must reload, not end the process. The handler stays installed for
     // the process's life; the server takes its own stream of the signal.
     runtime.block_on(async { drop(wsgate::signals::hangup()) });
-    let config_format = Config::load(&path)
-        .map(|c| c.log_format)
-        .unwrap_or_default();
     let in_use = match format {
         Some(Format::Json) => LogFormat::Json,
         Some(Format::Text) => LogFormat::Text,
-        None => config_format,
+        // Logging starts before the server loads the config for good: a config that does not
+        // load is reported by the server, in the default format.
+        None => (Config::load(&path).map(|c| c.log_format)).unwrap_or_default(),
     };
     wsgate::init_logging(in_use, format.is_some());
     let code = serve(&runtime, &path, in_use == LogFormat::Json);

@@ -308,3 +308,26 @@ fn refusal(err: &ProxyError, done: Option<Arc<Answered>>) -> Response<Body> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_builds_its_answer() {
+        // Header names and values are checked only when an answer is built: a bad one added
+        // to `extra_headers` would panic on the serving path, so every refusal is built here.
+        for (err, code) in crate::error::every_refusal() {
+            let answer = refusal(&err, None);
+            assert_eq!(answer.status().as_u16(), code, "{err}");
+            let headers = answer.headers();
+            for (name, value) in err.extra_headers() {
+                assert_eq!(headers[*name], *value, "{err}");
+            }
+            // A 426 names the upgrade in `Connection` instead (closed all the same).
+            if code != 426 {
+                assert_eq!(headers[CONNECTION], "close", "{err}");
+            }
+        }
+    }
+}

@@ -26,7 +26,8 @@ use crate::watch::{self, Events, Wanted, Watches};
 /// Kubernetes' burst of events into one reload, well inside the one-second promise.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Reload results, published for tests and the metrics endpoint.
+/// Reload results, published for tests and for the reload counters (the admin endpoint reads
+/// the generation from the snapshot in force).
 #[derive(Clone, Debug, Default)]
 pub struct ReloadStatus {
     /// Generation of the config in force; 1 at start.

@@ -4,7 +4,7 @@
 //! so a reload either gets a complete TLS config or an error naming the config line.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
@@ -184,36 +184,47 @@ impl Refused {
     }
 }
 
+/// The certificate chain and private key of one `[[tls.certificates]]` entry, read, parsed
+/// and checked to belong together.
 fn load_certified_key(
     paths: &CertificatePaths,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, Refused> {
-    let read = |path: &std::path::Path, part, what| {
-        crate::files::read(path).map_err(|e| Refused {
-            message: format!("cannot read {what} {}: {e}", path.display()),
-            io: Some(e),
-            ..Refused::new(part, String::new())
-        })
-    };
-    let cert_pem = read(&paths.cert, Part::Cert, "certificate")?;
+    let chain = read_chain(&paths.cert)?;
+    let key = read_key(&paths.key, provider)?;
+    pair_up(chain, key, paths, provider)
+}
+
+/// A file's bytes, or a refusal naming the file, what it was for and why.
+fn read_file(path: &Path, part: Part, what: &str) -> Result<Vec<u8>, Refused> {
+    crate::files::read(path).map_err(|e| Refused {
+        message: format!("cannot read {what} {}: {e}", path.display()),
+        io: Some(e),
+        ..Refused::new(part, String::new())
+    })
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Refused> {
+    let cert_pem = read_file(path, Part::Cert, "certificate")?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| {
-            let msg = format!(
-                "cannot read certificate {}: {}",
-                paths.cert.display(),
-                pem(e)
-            );
+            let msg = format!("cannot read certificate {}: {}", path.display(), pem(e));
             Refused::new(Part::Cert, msg)
         })?;
     if chain.is_empty() {
         let msg = format!(
             "no certificate in {}: wsgate reads PEM (-----BEGIN CERTIFICATE-----); convert DER with `openssl x509 -inform der -in CERT -out CERT.pem`",
-            paths.cert.display()
+            path.display()
         );
         return Err(Refused::new(Part::Cert, msg));
     }
-    let key_pem = read(&paths.key, Part::Key, "private key")?;
+    Ok(chain)
+}
+
+/// The private key, parsed and accepted by the provider for signing.
+fn read_key(path: &Path, provider: &CryptoProvider) -> Result<PrivateKeyDer<'static>, Refused> {
+    let key_pem = read_file(path, Part::Key, "private key")?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         let why = match e {
             rustls_pki_types::pem::Error::NoItemsFound if encrypted(&key_pem) => {
@@ -225,17 +236,27 @@ fn load_certified_key(
             }
             other => pem(other),
         };
-        let msg = format!("cannot read private key {}: {why}", paths.key.display());
+        let msg = format!("cannot read private key {}: {why}", path.display());
         Refused::new(Part::Key, msg)
     })?;
     if let Err(e) = provider.key_provider.load_private_key(key.clone_key()) {
         let msg = format!(
             "cannot use private key {}: not a key wsgate can sign with (RSA of 2048 bits or more as rsaEncryption, not RSA-PSS; ECDSA on P-256, P-384 or P-521; Ed25519): {}",
-            paths.key.display(),
+            path.display(),
             e.to_string().trim_start_matches("unexpected error: ")
         );
         return Err(Refused::new(Part::Key, msg));
     }
+    Ok(key)
+}
+
+/// The chain and key as one `CertifiedKey`, if the key is the chain's first certificate's.
+fn pair_up(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    paths: &CertificatePaths,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, Refused> {
     let pair = |msg| Refused::new(Part::Pair, msg);
     match CertifiedKey::from_der(chain.clone(), key.clone_key(), provider) {
         Ok(certified) => Ok(certified),

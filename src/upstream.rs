@@ -54,8 +54,9 @@ pub(crate) type BackendConn =
     std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
 
 /// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
-/// the backend's complete answer head) must fit in `timeout`. `tried` names the backend that
-/// answered (or the last one tried), for the log line.
+/// the backend's complete answer head) must fit in `timeout`. `tried` names, for the log
+/// line, the backend that answered; failing that, the one the error is about (the first out
+/// of time for a 504, the last that closed or failed otherwise).
 pub(crate) async fn open(
     route: &Route,
     request: Request<Empty<Bytes>>,
@@ -362,8 +363,9 @@ async fn take_tunnel(
 /// The most of a backend's answer read ahead: all of its head, or a piece of its body.
 const BACKEND_BUFFER: usize = 64 * 1024;
 
-/// Tries every backend once, starting at the route's round-robin position; a refused,
-/// unresolvable or silent backend moves on to the next.
+/// Tries the backends in turn, starting at the route's round-robin position; a refused,
+/// unresolvable or silent backend moves on to the next (a name's other addresses first,
+/// after one of them closed before answering).
 ///
 /// Each attempt gets an equal share of the time left (the last one all of it), so one
 /// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
