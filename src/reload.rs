@@ -408,7 +408,9 @@ async fn holds_still(path: &Path, stamp: u64) -> bool {
 
 /// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
 async fn debounce(events: &mut Events) {
-    // Capped: a neighbour file written more often than DEBOUNCE must not postpone forever.
+    // Capped: a file written more often than DEBOUNCE must not postpone forever (one of the
+    // files rewritten nonstop by a sync loop, or a neighbour where any name in a folder
+    // matters: see `watch`'s `NAMES_ARE_EXACT`).
     let until = tokio::time::Instant::now() + DEBOUNCE * 4;
     loop {
         let wait = until.min(tokio::time::Instant::now() + DEBOUNCE);

@@ -7,10 +7,14 @@
 //! is seen; and every folder above them, for the one change a watch on a folder cannot see: the
 //! folder itself, or one above it, swapped by rename (a release directory, a deploy tool's
 //! `mv new current`). A folder replaced is watched anew.
+//! In a folder that holds a file, only an event about a name on the way to one says "look":
+//! the file's own, a link's on the way, a folder's on the way; a neighbour written nonstop in
+//! the same folder (a log in `/etc`, anything in `/tmp`) neither delays a reload nor causes one.
 //! What to do about a change is [`crate::reload`]'s business: a watch only says "look".
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
@@ -20,17 +24,37 @@ use crate::config::WatchMode;
 use crate::sync::lock;
 
 /// What a folder is watched for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// It holds one of the files, or a link on the way to one: any change in it may be theirs.
-    Holds,
+    /// It holds one of the files, or a link on the way to one: a change to one of these names
+    /// in it may be theirs (and one to a folder on the way down to another, as for
+    /// [`Role::Above`]).
+    Holds(Names),
     /// It is above such a folder: only a change to the path down to it matters (a folder on
     /// the way made, deleted or renamed), not the other files in it (`/tmp` is busy).
     Above,
 }
 
+/// The names in a folder holding a file whose changes matter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Names {
+    /// These: each file's own name (a file not there yet included), each link's on the way to
+    /// one, and for a path still to be made, its first folder's (what gets made first).
+    Only(BTreeSet<OsString>),
+    /// Any: the names events carry cannot be trusted to be these (see [`NAMES_ARE_EXACT`]),
+    /// or a name on the way could not be told.
+    Any,
+}
+
+/// Whether the watcher's events name exactly the entry that changed, as it is spelt in the
+/// folder: inotify's do (the kernel's own name for it, the new name of a rename in an event
+/// of its own). Elsewhere any name in a folder holding a file matters: kqueue (the BSDs)
+/// guesses which file a folder's change made from a listing, and the file systems of macOS
+/// and Windows take a name spelt in other letter case for the same file.
+const NAMES_ARE_EXACT: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 /// A folder to watch: its identity when looked at, and its role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Want {
     id: Option<(u64, u64)>,
     role: Role,
@@ -52,12 +76,13 @@ pub(crate) type Wanted = BTreeMap<PathBuf, Want>;
 pub(crate) fn wanted(files: &[PathBuf]) -> Wanted {
     let holding = wanted_folders(files);
     let mut wanted = Wanted::new();
-    for above in holding.iter().flat_map(|folder| folder.ancestors().skip(1)) {
+    for above in holding.keys().flat_map(|folder| folder.ancestors().skip(1)) {
         (wanted.entry(above.to_path_buf())).or_insert_with(|| Want::of(above, Role::Above));
     }
-    // A folder that holds a file and is above another holds it: any change in it matters.
-    for folder in holding {
-        let want = Want::of(&folder, Role::Holds);
+    // A folder that holds a file and is above another holds it: its names matter, and so
+    // does the folder on the way down (as every folder on the way does, wherever it is seen).
+    for (folder, names) in holding {
+        let want = Want::of(&folder, Role::Holds(names));
         wanted.insert(folder, want);
     }
     wanted
@@ -70,40 +95,60 @@ pub(crate) type Events = tokio::sync::watch::Receiver<()>;
 /// Which events say "look", from the wanted folders: shared with the watcher's callback.
 #[derive(Debug, Default)]
 struct Interest {
-    /// Folders any change in which matters.
-    holding: BTreeSet<PathBuf>,
-    /// Every folder that holds a file, and every folder between it and the root: a change to
-    /// one of these paths (made, deleted, renamed) matters, in whichever folder it is seen.
-    on_the_way: BTreeSet<PathBuf>,
+    /// Paths a change to which (written, made, deleted, renamed to or from) matters, in
+    /// whichever watched folder it is seen: the names that matter in each folder holding a
+    /// file, every such folder, and every folder between it and the root.
+    paths: BTreeSet<PathBuf>,
+    /// Folders holding a file any change in which matters ([`Names::Any`]).
+    any_name: BTreeSet<PathBuf>,
 }
 
 impl Interest {
     fn of(wanted: &Wanted) -> Interest {
-        let holding: BTreeSet<PathBuf> = (wanted.iter())
-            .filter(|(_, want)| want.role == Role::Holds)
-            .map(|(folder, _)| folder.clone())
-            .collect();
-        let on_the_way = (holding.iter())
-            .flat_map(|folder| folder.ancestors())
-            .filter(|path| path.parent().is_some())
-            .map(Path::to_path_buf)
-            .collect();
-        Interest {
-            holding,
-            on_the_way,
+        let mut interest = Interest::default();
+        for (folder, want) in wanted {
+            let Role::Holds(names) = &want.role else {
+                continue;
+            };
+            match names {
+                Names::Only(names) => {
+                    (interest.paths).extend(names.iter().map(|name| folder.join(name)))
+                }
+                Names::Any => {
+                    interest.any_name.insert(folder.clone());
+                }
+            }
+            (interest.paths).extend(
+                (folder.ancestors())
+                    .filter(|path| path.parent().is_some())
+                    .map(Path::to_path_buf),
+            );
         }
+        interest
     }
 
     /// Whether an event about `paths` may be a change to the files (one about no path, such
-    /// as a rescan, may be anything).
+    /// as a rescan, may be anything). A rename seen whole names both sides, and each side
+    /// alone in an event of its own: either way the side that is a file's name is seen.
     fn matters(&self, paths: &[PathBuf]) -> bool {
         paths.is_empty()
             || paths.iter().any(|path| {
-                self.on_the_way.contains(path)
+                self.paths.contains(path)
                     || path
                         .parent()
-                        .is_some_and(|folder| self.holding.contains(folder))
+                        .is_some_and(|folder| self.any_name.contains(folder))
             })
+    }
+
+    /// Whether `self` takes events that `before` dropped in a folder `watched`: what changed
+    /// there until now went unseen.
+    fn news(&self, before: &Interest, watched: impl Fn(&Path) -> bool) -> bool {
+        let dropped = |path: &&PathBuf| !before.matters(std::slice::from_ref(*path));
+        let newly_named = (self.paths.difference(&before.paths)).filter(dropped);
+        let newly_any = self.any_name.difference(&before.any_name);
+        (newly_named.filter_map(|path| path.parent()))
+            .chain(newly_any.map(PathBuf::as_path))
+            .any(watched)
     }
 }
 
@@ -195,9 +240,10 @@ impl Watches {
 
     /// Watches the `wanted` folders (and stops watching the rest); true if a folder is watched
     /// now that was not before, or is watched anew because it was replaced (deleted and made
-    /// again, or swapped by rename), or a folder already watched (as one on the way) now holds
-    /// a file: events for its files were dropped until now. `None` (the lookup failed) changes
-    /// nothing.
+    /// again, or swapped by rename), or a name in a folder already watched matters now that
+    /// did not (a file the config newly names, a folder already watched as one on the way now
+    /// holding a file): events about it were dropped until now. `None` (the lookup failed)
+    /// changes nothing.
     ///
     /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
     /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
@@ -211,10 +257,10 @@ impl Watches {
             return false;
         }
         let interest = Interest::of(&wanted);
-        // Watched already (as a folder on the way), so no new watch says so.
-        let holds_more = (interest.holding)
-            .difference(&lock(&self.interest).holding)
-            .any(|folder| self.watched.contains_key(folder));
+        // In a folder watched already, so no new watch says so.
+        let news = interest.news(&lock(&self.interest), |folder| {
+            self.watched.contains_key(folder)
+        });
         *lock(&self.interest) = interest;
         let Some(watcher) = self.watcher.as_mut() else {
             return false;
@@ -258,7 +304,7 @@ impl Watches {
         }
         self.unwatchable
             .retain(|folder| !self.watched.contains_key(folder));
-        added || holds_more
+        added || news
     }
 
     /// Makes the watcher if `mode` wants one and there is none; whether there is one now
@@ -331,27 +377,46 @@ fn folder_id(folder: &Path) -> Option<(u64, u64)> {
     folder.is_dir().then_some((0, 0))
 }
 
-/// The folders to watch for `files`: the folder of each file, and of every symlink met on the
-/// way to it (the file itself, a folder above it, or a link its target goes through), so
-/// repointing any of them is seen (`..data` in a Kubernetes volume, a `current -> releases/N`
-/// folder). A folder that does not exist is replaced by its nearest existing ancestor.
+/// The folders to watch for `files`, each with the names in it that matter: the folder of
+/// each file, and of every symlink met on the way to it (the file itself, a folder above it,
+/// or a link its target goes through), so repointing any of them is seen (`..data` in a
+/// Kubernetes volume, a `current -> releases/N` folder), with the file's or the link's name.
+/// A folder that does not exist is replaced by its nearest existing ancestor, with the name
+/// of the first folder still to be made (so its making is seen).
 ///
 /// Each folder is named by its real path: one folder watched under two names would have one
-/// name's unwatch end the other's watch.
-fn wanted_folders(files: &[PathBuf]) -> BTreeSet<PathBuf> {
-    files
-        .iter()
-        .flat_map(|file| {
-            let mut paths = paths_through_links(&absolute(file));
-            // The folder the file really sits in, however the links lead there.
-            paths.extend(std::fs::canonicalize(file).ok());
-            paths
-        })
-        .filter_map(|path| {
-            let folder = path.ancestors().skip(1).find(|dir| dir.is_dir())?;
-            Some(std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf()))
-        })
-        .collect()
+/// name's unwatch end the other's watch (and the watcher names what it sees under the path
+/// it watches).
+fn wanted_folders(files: &[PathBuf]) -> BTreeMap<PathBuf, Names> {
+    let paths = files.iter().flat_map(|file| {
+        let mut paths = paths_through_links(&absolute(file));
+        // The folder the file really sits in, however the links lead there.
+        paths.extend(std::fs::canonicalize(file).ok());
+        paths
+    });
+    let mut folders = BTreeMap::new();
+    for path in paths {
+        let Some(folder) = path.ancestors().skip(1).find(|dir| dir.is_dir()) else {
+            continue;
+        };
+        // Under the folder as the kernel resolves it (`link/..` is the link target's parent).
+        let name = match path
+            .strip_prefix(folder)
+            .map(|rest| rest.components().next())
+        {
+            Ok(Some(Component::Normal(name))) => Some(name.to_os_string()),
+            _ => None,
+        };
+        let real = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        let names = (folders.entry(real)).or_insert_with(|| Names::Only(BTreeSet::new()));
+        match (names, name) {
+            (Names::Only(names), Some(name)) if NAMES_ARE_EXACT => {
+                names.insert(name);
+            }
+            (names, _) => *names = Names::Any,
+        }
+    }
+    folders
 }
 
 /// `path`, and each symlink on it (the path itself or a folder above it) with, for every such
@@ -404,7 +469,7 @@ mod tests {
     fn watched(root: &Path, file: &str) -> BTreeSet<String> {
         let real = std::fs::canonicalize(root).unwrap();
         wanted_folders(&[root.join(file)])
-            .iter()
+            .keys()
             .map(|f| f.strip_prefix(&real).unwrap().display().to_string())
             .collect()
     }
@@ -476,7 +541,8 @@ mod tests {
 
     /// Just `folder`, holding a file.
     fn holding(folder: &Path) -> Wanted {
-        [(folder.to_path_buf(), Want::of(folder, Role::Holds))].into()
+        let role = Role::Holds(Names::Only(["wsgate.toml".into()].into()));
+        [(folder.to_path_buf(), Want::of(folder, role))].into()
     }
 
     fn quiet_watch_state() -> Watches {
@@ -531,33 +597,237 @@ mod tests {
         let conf = std::fs::canonicalize(dir.path()).unwrap().join("site/conf");
         std::fs::create_dir_all(&conf).unwrap();
         let wanted = wanted(&[conf.join("wsgate.toml")]);
-        assert_eq!(wanted[&conf].role, Role::Holds);
+        assert!(matches!(wanted[&conf].role, Role::Holds(_)));
         for above in conf.ancestors().skip(1) {
             assert_eq!(wanted[above].role, Role::Above, "{}", above.display());
         }
         assert_eq!(wanted.len(), conf.ancestors().count());
     }
 
+    /// Which of `paths` matter to `interest`.
+    fn matters(interest: &Interest, paths: &[&str]) -> bool {
+        interest.matters(&paths.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    fn names(names: &[&str]) -> Role {
+        Role::Holds(Names::Only(names.iter().map(OsString::from).collect()))
+    }
+
     #[test]
     fn above_a_folder_holding_a_file_only_a_change_on_the_way_down_matters() {
         let want = |folder: &str, role| (PathBuf::from(folder), Want { id: None, role });
         let wanted: Wanted = [
-            want("/r/site/conf", Role::Holds),
+            want("/r/site/conf", names(&["wsgate.toml"])),
             want("/r/site", Role::Above),
             want("/r", Role::Above),
             want("/", Role::Above),
         ]
         .into();
         let interest = Interest::of(&wanted);
-        let matters =
-            |paths: &[&str]| interest.matters(&paths.iter().map(PathBuf::from).collect::<Vec<_>>());
-        // Anything in the folder that holds the file: an editor's temporary file included.
-        assert!(matters(&["/r/site/conf/wsgate.toml"]) && matters(&["/r/site/conf/.w.swp"]));
+        let matters = |paths: &[&str]| matters(&interest, paths);
+        assert!(matters(&["/r/site/conf/wsgate.toml"]) && matters(&["/r/site/conf"]));
         // A folder on the way swapped by rename, seen from above.
         assert!(matters(&["/r/site.new", "/r/site"]) && matters(&["/r"]));
         // Anything else above is someone else's.
         assert!(!matters(&["/r/site/other"]) && !matters(&["/r/log.txt"]) && !matters(&["/tmp"]));
         // An event naming no path (a rescan) may be anything.
         assert!(matters(&[]));
+    }
+
+    #[test]
+    fn in_a_folder_holding_a_file_only_its_name_matters_not_a_neighbours_or_an_editors_scratch() {
+        let want = |folder: &str, role| (PathBuf::from(folder), Want { id: None, role });
+        let wanted: Wanted = [
+            want("/etc/wsgate", names(&["wsgate.toml", "tls.crt", "tls.key"])),
+            want("/etc", Role::Above),
+            want("/", Role::Above),
+        ]
+        .into();
+        let interest = Interest::of(&wanted);
+        let matters = |paths: &[&str]| matters(&interest, paths);
+        for name in ["wsgate.toml", "tls.crt", "tls.key"] {
+            assert!(matters(&[&format!("/etc/wsgate/{name}")]), "{name}");
+        }
+        // A neighbour written nonstop, vim's probe and backup, a swap file, a temporary file:
+        // alone, none is a change to the files.
+        for other in [
+            "app.log",
+            "4913",
+            "wsgate.toml~",
+            ".wsgate.toml.swp",
+            "wsgate.toml.tmp",
+        ] {
+            assert!(!matters(&[&format!("/etc/wsgate/{other}")]), "{other}");
+        }
+        // A save by rename: the rename seen whole names both sides, and each side alone comes
+        // in an event of its own; the side that is the file's name matters either way (vim
+        // moving the original away to `wsgate.toml~` included).
+        assert!(matters(&[
+            "/etc/wsgate/wsgate.toml.tmp",
+            "/etc/wsgate/wsgate.toml"
+        ]));
+        assert!(matters(&[
+            "/etc/wsgate/wsgate.toml",
+            "/etc/wsgate/wsgate.toml~"
+        ]));
+        // The folder itself deleted or moved (an event on its own watch).
+        assert!(matters(&["/etc/wsgate"]));
+        // Names elsewhere are not these.
+        assert!(!matters(&["/etc/wsgate.toml"]) && !matters(&["/etc/other/wsgate.toml"]));
+    }
+
+    #[test]
+    fn a_folder_whose_names_cannot_be_told_takes_any_name() {
+        let wanted: Wanted = [(
+            PathBuf::from("/srv/conf"),
+            Want {
+                id: None,
+                role: Role::Holds(Names::Any),
+            },
+        )]
+        .into();
+        let interest = Interest::of(&wanted);
+        assert!(matters(&interest, &["/srv/conf/anything"]));
+        assert!(!matters(&interest, &["/srv/other"]));
+    }
+
+    /// The names that matter in each folder watched for `file` under `root` (both relative
+    /// to it): none for a folder above.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn names_for(root: &Path, files: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
+        let real = std::fs::canonicalize(root).unwrap();
+        let files: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
+        (wanted(&files).into_iter())
+            .filter_map(|(folder, want)| {
+                let folder = folder.strip_prefix(&real).ok()?.display().to_string();
+                let names = match want.role {
+                    Role::Holds(Names::Only(names)) => names,
+                    Role::Holds(Names::Any) => panic!("any name in {folder}"),
+                    Role::Above => BTreeSet::new(),
+                };
+                let names = names.iter().map(|n| n.to_string_lossy().into_owned());
+                Some((folder, names.collect()))
+            })
+            .collect()
+    }
+
+    /// `(folder, names)` pairs as [`names_for`] gives them.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn folders(items: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
+        (items.iter())
+            .map(|(folder, names)| (folder.to_string(), set(names)))
+            .collect()
+    }
+
+    /// A Kubernetes volume: `wsgate.toml -> ..data/wsgate.toml`, `..data -> ..<stamp>`. The
+    /// kubelet's update makes a new stamped folder and a `..data_tmp` link to it (neither
+    /// matters yet), renames that link over `..data` (that event names `..data`), and deletes
+    /// the old stamped folder (a folder holding the file, whose going matters).
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn in_a_configmap_volume_the_file_and_the_data_link_matter() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let stamp = "..2026_12_03_05_00_00.1";
+        std::fs::create_dir(root.join(stamp)).unwrap();
+        std::fs::write(root.join(stamp).join("wsgate.toml"), "x").unwrap();
+        symlink(stamp, root.join("..data")).unwrap();
+        symlink("..data/wsgate.toml", root.join("wsgate.toml")).unwrap();
+        assert_eq!(
+            names_for(root, &["wsgate.toml"]),
+            folders(&[("", &["wsgate.toml", "..data"]), (stamp, &["wsgate.toml"])])
+        );
+
+        let real = std::fs::canonicalize(root).unwrap();
+        let interest = Interest::of(&wanted(&[root.join("wsgate.toml")]));
+        let at = |name: &str| real.join(name).display().to_string();
+        let matters = |paths: &[String]| {
+            interest.matters(&paths.iter().map(PathBuf::from).collect::<Vec<_>>())
+        };
+        // The swap: `..data_tmp` renamed over `..data`, whole or in halves.
+        assert!(matters(&[at("..data_tmp"), at("..data")]) && matters(&[at("..data")]));
+        // The old stamped folder deleted; the file in it written.
+        assert!(matters(&[at(stamp)]) && matters(&[at(&format!("{stamp}/wsgate.toml"))]));
+        // The new stamped folder made, the temporary link made, and a neighbour: not yet.
+        for other in ["..2026_12_03_06_00_00.2", "..data_tmp", "app.log"] {
+            assert!(!matters(&[at(other)]), "{other}");
+        }
+    }
+
+    /// A certificate not there yet matters by its name, one whose folder is not there yet by
+    /// the name of the first folder still to be made; a folder holding a file and above
+    /// another's takes both.
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn a_file_or_folder_still_to_be_made_matters_by_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("conf/tls")).unwrap();
+        std::fs::write(root.join("conf/wsgate.toml"), "x").unwrap();
+        let files = [
+            "conf/wsgate.toml",
+            "conf/new.crt",
+            "conf/tls/a.crt",
+            "conf/secret/tls/b.crt",
+        ];
+        assert_eq!(
+            names_for(root, &files),
+            folders(&[
+                ("", &[]),
+                ("conf", &["wsgate.toml", "new.crt", "secret"]),
+                ("conf/tls", &["a.crt"]),
+            ])
+        );
+        let real = std::fs::canonicalize(root).unwrap();
+        let interest = Interest::of(&wanted(&files.map(|f| root.join(f))));
+        // `tls` is a folder on the way down to a file: it matters in the folder above it.
+        for path in ["conf/secret", "conf/tls", "conf/new.crt", "conf/tls/a.crt"] {
+            assert!(interest.matters(&[real.join(path)]), "{path}");
+        }
+        assert!(!interest.matters(&[real.join("conf/old.crt")]));
+    }
+
+    /// `current -> releases/7`: the link matters where it is, the file where it really is.
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn through_a_linked_folder_the_link_and_the_file_matter() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("releases/7")).unwrap();
+        std::fs::write(root.join("releases/7/wsgate.toml"), "x").unwrap();
+        symlink("releases/7", root.join("current")).unwrap();
+        assert_eq!(
+            names_for(root, &["current/wsgate.toml"]),
+            folders(&[
+                ("", &["current"]),
+                ("releases", &[]),
+                ("releases/7", &["wsgate.toml"]),
+            ])
+        );
+        let real = std::fs::canonicalize(root).unwrap();
+        let interest = Interest::of(&wanted(&[root.join("current/wsgate.toml")]));
+        // `mv -T current.new current`; `mv releases/7 releases/7.old`.
+        assert!(interest.matters(&[real.join("current.new"), real.join("current")]));
+        assert!(interest.matters(&[real.join("releases/7")]));
+        assert!(!interest.matters(&[real.join("current.new")]));
+        assert!(!interest.matters(&[real.join("releases/8")]));
+    }
+
+    /// A name newly mattering in a folder watched already (a certificate the config now names
+    /// beside it) is news: its events were dropped until now, so the caller looks again.
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn a_file_newly_named_in_a_watched_folder_counts_as_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = std::fs::canonicalize(dir.path()).unwrap();
+        let mut state = quiet_watch_state();
+        let before = wanted(&[conf.join("wsgate.toml")]);
+        assert!(state.refresh(Some(before.clone()), WatchMode::Events));
+        assert!(!state.refresh(Some(before.clone()), WatchMode::Events));
+        let after = wanted(&[conf.join("wsgate.toml"), conf.join("new.crt")]);
+        assert!(state.refresh(Some(after.clone()), WatchMode::Events));
+        assert!(!state.refresh(Some(after), WatchMode::Events));
+        // Names no longer mattering are no news.
+        assert!(!state.refresh(Some(before), WatchMode::Events));
     }
 }

@@ -1066,6 +1066,115 @@ async fn a_file_written_nonstop_next_to_the_config_does_not_starve_reloads() {
     assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
 }
 
+/// Another program busy in a folder: every 20 ms it appends to `neighbour.log`, and every
+/// fifth time it also saves `state.json` by rename, as editors and config tools save. Counts
+/// its writes; stops when dropped. (Where the watcher's events name exactly what changed: see
+/// `watch::NAMES_ARE_EXACT`.)
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct Neighbour {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writes: tokio::sync::watch::Receiver<u64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Neighbour {
+    fn start(dir: &Path) -> Neighbour {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, writes) = tokio::sync::watch::channel(0u64);
+        let (dir, stopping) = (dir.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut log = std::fs::File::create(dir.join("neighbour.log")).unwrap();
+            let mut ticks = 0u64;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                std::io::Write::write_all(&mut log, format!("tick {ticks}\n").as_bytes()).unwrap();
+                if ticks % 5 == 0 {
+                    let tmp = dir.join("state.json.tmp");
+                    std::fs::write(&tmp, format!("{{\"tick\": {ticks}}}")).unwrap();
+                    std::fs::rename(&tmp, dir.join("state.json")).unwrap();
+                }
+                ticks += 1;
+                count.send_replace(ticks);
+                // The write rate, not a synchronisation: faster than the debounce window.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Neighbour {
+            stop,
+            writes,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for `more` writes after those done so far.
+    async fn writes_more(&mut self, more: u64) {
+        let target = *self.writes.borrow() + more;
+        let done = self.writes.wait_for(|&n| n >= target);
+        within("the neighbour's writes", done).await.unwrap();
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes of a neighbour that a watcher taking them for changes would have looked at the files
+/// for: it waits for 0.15 s without an event, and at most 0.6 s, before it looks.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const NEIGHBOUR_WRITES: u64 = 60;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_written_nonstop_in_the_config_folder_is_no_change_and_no_delay() {
+    // A log or a state file in /etc or /tmp, beside the config: its writes are not the
+    // config's, so the watcher does not even look (the looks are counted); the config's own
+    // edits, by rename and in place, are applied all the same while it writes.
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let looks = rx.borrow().checks;
+    let mut neighbour = Neighbour::start(proxy.dir.path());
+
+    neighbour.writes_more(NEIGHBOUR_WRITES).await;
+    assert_eq!(
+        rx.borrow().checks,
+        looks,
+        "the neighbour's writes alone made a look"
+    );
+
+    rename_save(&proxy.config_path(), &route("b", "/b", &[backend.addr]));
+    let status = status_where(&mut rx, "generation 2, and its look counted", |s| {
+        s.generation == 2 && s.checks > looks
+    })
+    .await;
+    assert_eq!(
+        (status.checks, status.successes, status.failures),
+        (looks + 1, 1, 0)
+    );
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+
+    neighbour.writes_more(NEIGHBOUR_WRITES).await;
+    assert_eq!(
+        rx.borrow().checks,
+        looks + 1,
+        "the neighbour's writes alone made a look"
+    );
+
+    write_body(&proxy.config_path(), &route("c", "/c", &[backend.addr]));
+    let status = generation(&mut rx, 3).await;
+    assert_eq!((status.successes, status.failures), (2, 0));
+    drop(neighbour);
+    assert_eq!(upgrade_status(proxy.addr, "/c").await, 101);
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 404);
+}
+
 /// A proxy configured in `conf`, its certificate in `<secrets>/tls/`; returns the server and
 /// that folder.
 async fn proxy_with_cert_folder(
