@@ -356,6 +356,8 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("[[route]]\nname = \"a\"\npath = \"ws\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[[route]]\nname = \"a\"\npath = \"/;v1\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[[route]]\nname = \"a\"\npath = \"/a//b\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+            ("[[route]]\nname = \"a\"\npath = \"/ws//\"\nbackends = [\"h:1\"]\n", "or an empty segment"),
+            ("[[route]]\nname = \"a\"\npath = \"//\"\nbackends = [\"h:1\"]\n", "or an empty segment"),
             ("[[route]]\nname = \"a\"\npath = \"/e%3Bx\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/e%3Bx\" has a ';parameter'"),
             ("[[route]]\nname = \"a\"\npath = \"/e\u{FF1B}x\"\nbackends = [\"h:1\"]\n", "has a ';parameter'"),
             ("[[route]]\nname = \"a\"\npath = \"/a\u{FF0F}b\"\nbackends = [\"h:1\"]\n", "is matched in its Unicode normal form (NFKC), as normalising backends read it: write \"/a/b\""),

@@ -446,7 +446,7 @@ fn route_path(text: &str) -> Result<String, String> {
     // empty segments dropped, so a route holding either, however spelled (`%3B`, `；`),
     // would match more than it says ("/;v1" every path).
     let read = crate::routes::canonical(text);
-    if read.contains(';') || read.trim_end_matches('/').contains("//") {
+    if read.contains(';') || read.contains("//") {
         return Err(format!(
             "{text:?} has a ';parameter' or an empty segment (however spelled): requests are matched without them, so write the path without"
         ));
