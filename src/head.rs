@@ -89,8 +89,8 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
     let request_line = head
         .split(|&b| b == b'\n')
         .find(|line| !matches!(line, [] | [b'\r']));
-    if request_line.is_some_and(|line| !line.is_ascii()) {
-        return Err(ProxyError::BadPath);
+    if let Some(line) = request_line.filter(|line| !line.is_ascii()) {
+        return Err(non_ascii_line(line));
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -150,6 +150,21 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// The refusal of a request line with a byte outside ASCII: a bad path if the byte is in the
+/// target, a malformed request if it is in the method or the version (no path to speak of).
+fn non_ascii_line(line: &[u8]) -> ProxyError {
+    let first = line.iter().position(|&b| b == b' ');
+    let last = line.iter().rposition(|&b| b == b' ');
+    match (first, last) {
+        (Some(first), Some(last))
+            if first < last && line[..first].is_ascii() && line[last..].is_ascii() =>
+        {
+            ProxyError::BadPath
+        }
+        _ => ProxyError::MalformedRequest,
+    }
 }
 
 /// Fields whose values the proxy parses.
@@ -362,6 +377,16 @@ mod tests {
         ] {
             let shown = String::from_utf8_lossy(sneaky);
             assert_eq!(get(sneaky), Err(ProxyError::BadPath), "{shown}");
+        }
+        // Outside the target it is no path: the request line itself is malformed.
+        for line in [
+            &b"G\xc3\xa9T /ws HTTP/1.1"[..],
+            b"GET /ws HTTP/1.\xff",
+            b"GET\xa0/ws",
+        ] {
+            let head = [line, b"\r\nHost: a\r\n\r\n"].concat();
+            let shown = String::from_utf8_lossy(line);
+            assert_eq!(check(&head), Err(ProxyError::MalformedRequest), "{shown}");
         }
         // A query's escapes are the application's business.
         for fine in [&b"/ws/caf%C3%A9"[..], b"/ws?discount=100%", b"/ws?q=%u00e9"] {
