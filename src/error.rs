@@ -98,8 +98,15 @@ impl ProxyError {
                 "answer head too large (over 64 KiB or 100 header fields)".to_string(),
             );
         }
-        let mut text = e.to_string();
         let mut source = std::error::Error::source(e);
+        // Over a socket's failure hyper's words are only "connection error": the OS's say it.
+        let mut text = match source {
+            Some(io) if io.is::<std::io::Error>() => {
+                source = io.source();
+                io.to_string()
+            }
+            _ => e.to_string(),
+        };
         while let Some(cause) = source {
             text.push_str(": ");
             text.push_str(&cause.to_string());

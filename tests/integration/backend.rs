@@ -135,6 +135,29 @@ async fn the_only_backend_dying_before_answering_is_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_reset_before_its_answer_is_logged_in_the_os_words() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
+    let (mut child, lines, addr) = started_wsgate(&config);
+    let mut client = raw_client(addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    back.stream.set_zero_linger().unwrap();
+    drop(back);
+    assert_eq!(client.read_head().await.status, 502);
+    let line = wait_for_line(&lines, "connection closed");
+    // The cause, not hyper's "connection error" in front of it.
+    assert!(
+        line.contains("backend connection failed: Connection reset by peer"),
+        "{line}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolvable_backend_is_502() {
     let proxy = start_proxy(
         "[timeouts]\nconnect = \"3s\"\n\n[[route]]\nname = \"chat\"\npath = \"/ws\"\nbackends = [\"backend.invalid:9001\"]\n",
