@@ -62,11 +62,10 @@ pub(crate) async fn serve(
     };
     let max_head = snapshot.config.limits.max_request_header_bytes;
     let read_head = read_request_head(&mut tls, max_head);
-    let (head_too_large, head_bytes) =
-        match in_time(&shared, deadline, read_head, "request head").await {
-            Ok(read) => read,
-            Err(why) => return early_close(&shared, peer, started, &why),
-        };
+    let (head, head_bytes) = match in_time(&shared, deadline, read_head, "request head").await {
+        Ok(read) => read,
+        Err(why) => return early_close(&shared, peer, started, &why),
+    };
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
     // `connect` from the config in force now, which the request path then uses too: a reload
@@ -89,14 +88,17 @@ pub(crate) async fn serve(
     };
     let conn = Arc::new(conn);
     // Refusals that need no routing are answered here, and hyper never sees the request.
-    let refusal = admit(&conn).err().or_else(|| match head_too_large {
-        true => Some(ProxyError::HeadTooLarge),
-        false => head::check(&head_bytes).err(),
+    let checked = admit(&conn).and_then(|()| match head {
+        Some(len) => head::check(&head_bytes[..len]).map(|()| len),
+        None => Err(ProxyError::HeadTooLarge),
     });
-    if let Some(err) = refusal {
-        return refuse_before_hyper(&mut tls, &err, &conn, answer_by).await;
+    match checked {
+        Ok(head_len) => {
+            let client = Prefixed::new(head_bytes, head_len, tls);
+            serve_http(client, conn, deadline, max_head, answer_by).await;
+        }
+        Err(err) => refuse_before_hyper(&mut tls, &err, &conn, answer_by).await,
     }
-    serve_http(tls, head_bytes, conn, deadline, max_head, answer_by).await;
 }
 
 /// The client's address: the one the PROXY header names, if the listener expects one (read
@@ -152,12 +154,11 @@ fn gone(e: &io::Error) -> bool {
     )
 }
 
-/// hyper serves the request (`head` already read from `tls`, within `max_head`; `deadline`
-/// for the rest of it) until it is answered by `answer_by`; then the connection's line is
-/// written, unless a tunnel took it over.
+/// hyper serves the request (its head already read from the stream into `client`, within
+/// `max_head`) until it is answered by `answer_by`; then the connection's line is written,
+/// unless a tunnel took it over.
 async fn serve_http(
-    tls: TlsStream<TcpStream>,
-    head: Bytes,
+    client: Prefixed<TlsStream<TcpStream>>,
     conn: Arc<Conn>,
     deadline: Instant,
     max_head: usize,
@@ -182,7 +183,7 @@ async fn serve_http(
         // passed on once the tunnel runs); without this hyper would drop the request.
         .half_close(true);
     let serving = http
-        .serve_connection(TokioIo::new(Prefixed::new(head, tls)), service)
+        .serve_connection(TokioIo::new(client), service)
         .with_upgrades();
     // In a block of its own, so that the pinned future is dropped at its end.
     let ended = {
@@ -231,10 +232,9 @@ async fn serve_http(
 /// other refusal is: `close_notify`, then a brief linger.
 async fn close_refused(upgrade: OnUpgrade, shared: &Shared) {
     // Ready at once: hyper has handed the socket over, or dropped it with the connection.
-    let Ok(upgraded) = upgrade.await else {
+    let Some((mut io, _)) = upgrade.await.ok().and_then(proxy::client_stream) else {
         return;
     };
-    let mut io = TokioIo::new(upgraded);
     let close = async {
         if io.shutdown().await.is_ok() {
             linger(&mut io).await;
@@ -269,15 +269,17 @@ fn which_side_failed(e: &hyper::Error) -> String {
     format!("the client's connection failed: {e}")
 }
 
-/// Reads the request head (see [`head::read`]): whether it is over `max`, and the bytes read.
+/// Reads the request head (see [`head::read`]): its length (`None` if over `max`), and the
+/// bytes read.
 async fn read_request_head(
     tls: &mut TlsStream<TcpStream>,
     max: usize,
-) -> Result<(bool, Bytes), Unanswered> {
+) -> Result<(Option<usize>, Bytes), Unanswered> {
     match head::read(tls, max).await {
+        Ok((Head::Complete(len), read)) => Ok((Some(len), read)),
+        Ok((Head::TooLarge, read)) => Ok((None, read)),
         Ok((Head::Closed, read)) if read.is_empty() => Err(Unanswered::NoRequest),
         Ok((Head::Closed, _)) => Err(Unanswered::ClosedMidHead),
-        Ok((head, read)) => Ok((matches!(head, Head::TooLarge), read)),
         // A TCP close without TLS's close_notify, or a reset: a client gone, not a TLS
         // failure.
         Err(e) if gone(&e) => Err(Unanswered::GoneMidHead(e)),
@@ -405,10 +407,9 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Whether this is the connection's first request. hyper may parse a request pipelined
-    /// behind a refused one before the connection is shut (a 426 does not say `close`, and
-    /// hyper reads on as soon as the answer is written): such a request must not be served,
-    /// as it was never read by `head::check` nor admitted.
+    /// Whether this is the connection's first request. hyper never gets to a second one
+    /// (`Prefixed` ends its reads at the first head), but should it ever, such a request must
+    /// not be served, as it was never read by `head::check` nor admitted.
     pub(crate) fn first_request(&self) -> bool {
         !self.served.swap(true, Ordering::AcqRel)
     }

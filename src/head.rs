@@ -17,8 +17,9 @@ use crate::routes;
 
 /// What reading the head found.
 pub(crate) enum Head {
-    /// The head is complete within the limit (possibly followed by more bytes).
-    Complete,
+    /// The head is complete within the limit: its length, through its empty line (more bytes
+    /// may follow it).
+    Complete(usize),
     /// More than the limit arrived without the head ending.
     TooLarge,
     /// The client closed (or half-closed) before the head was complete.
@@ -43,7 +44,7 @@ pub(crate) async fn read<T: AsyncRead + Unpin>(
         }
         if let Some(end) = scan.head_end(&buf) {
             let head = if end <= max {
-                Head::Complete
+                Head::Complete(end)
             } else {
                 Head::TooLarge
             };
@@ -236,15 +237,27 @@ impl Scan {
     }
 }
 
-/// A stream with bytes already read from it put back in front.
+/// A stream with bytes already read from it put back in front, for hyper to parse the one
+/// request it serves: reads hand out the request head and stop there.
+///
+/// What follows the head is never hyper's to read. Early WebSocket bytes go to the tunnel,
+/// which takes them with the stream ([`Prefixed::into_parts`]); anything else behind a request
+/// (one per connection) would be parsed as a second request once the first is answered, and
+/// answered too: a refusal must be the connection's last word. So past the head a read stays
+/// pending; hyper reads nothing while the request is served (`half_close`), and the closing
+/// connection is ended by the server once the answer is out.
 pub(crate) struct Prefixed<T> {
     prefix: Bytes,
+    /// How much of `prefix` hyper may still read: what is left of the head.
+    head: usize,
     io: T,
 }
 
 impl<T> Prefixed<T> {
-    pub(crate) fn new(prefix: Bytes, io: T) -> Self {
-        Prefixed { prefix, io }
+    /// `head` is the length of the request head that starts `prefix`.
+    pub(crate) fn new(prefix: Bytes, head: usize, io: T) -> Self {
+        let head = head.min(prefix.len());
+        Prefixed { prefix, head, io }
     }
 
     /// The stream and whatever of the prefix has not been read yet.
@@ -256,15 +269,18 @@ impl<T> Prefixed<T> {
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.head == 0 {
+            // No waker kept: the connection's other events (its answer written, its
+            // shutdown) wake its task, and nothing here ever becomes readable.
+            return Poll::Pending;
         }
-        let n = self.prefix.len().min(buf.remaining());
+        let n = self.head.min(buf.remaining());
         buf.put_slice(&self.prefix[..n]);
         self.prefix.advance(n);
+        self.head -= n;
         if self.prefix.is_empty() {
             // An emptied `Bytes` still holds its allocation: let it go.
             self.prefix = Bytes::new();
@@ -445,7 +461,7 @@ mod tests {
     async fn reads_stop_at_the_limit_and_give_back_every_byte() {
         let sent = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nearly".to_vec();
         let (head, bytes) = read(&mut &sent[..], 27).await.unwrap();
-        assert!(matches!(head, Head::Complete));
+        assert!(matches!(head, Head::Complete(_)));
         assert_eq!(&bytes[..], &sent[..]);
         let (head, _) = read(&mut &sent[..], 26).await.unwrap();
         assert!(matches!(head, Head::TooLarge));
@@ -477,15 +493,24 @@ mod tests {
             b"never read",
         ]);
         let (head, bytes) = read(&mut io, 100).await.unwrap();
-        assert!(matches!(head, Head::Complete));
+        assert!(matches!(head, Head::Complete(_)));
         assert_eq!(bytes.len(), 27);
     }
 
     #[tokio::test]
-    async fn the_prefix_is_read_before_the_stream() {
-        let mut io = Prefixed::new(Bytes::from_static(b"abc"), &b"def"[..]);
+    async fn reads_stop_at_the_end_of_the_head_and_the_rest_is_handed_over() {
+        use futures_util::FutureExt;
+        let head = b"GET / HTTP/1.1\r\n\r\n";
+        let prefix = Bytes::from([&head[..], b"early"].concat());
+        let mut io = Prefixed::new(prefix, head.len(), &b"later"[..]);
+        let mut read = vec![0; 8];
         let mut all = Vec::new();
-        io.read_to_end(&mut all).await.unwrap();
-        assert_eq!(all, b"abcdef");
+        // In small reads, as hyper may make them: the head, and not a byte more.
+        while let Some(n) = io.read(&mut read).now_or_never() {
+            all.extend_from_slice(&read[..n.unwrap()]);
+        }
+        assert_eq!(all, head);
+        let (rest, unread) = io.into_parts();
+        assert_eq!((rest, &unread[..]), (&b"later"[..], &b"early"[..]));
     }
 }

@@ -263,25 +263,31 @@ fn client_splice(
     route: &str,
 ) -> Option<ClientSplice> {
     // An upgrade that failed is a client gone before its 101 was out.
-    let Ok(client) = upgraded.ok()?.downcast::<ClientIo>() else {
-        // Not the client's doing: the connection was served over another type than this.
-        tracing::error!(
-            route,
-            "internal error: the upgraded connection has an unexpected type"
-        );
-        return None;
-    };
-    let (tls, unread) = client.io.into_inner().into_parts();
-    // The client's early bytes: what hyper read past the head, then what it never got to of
-    // the bytes read with the head (nearly always nothing).
-    let early = if unread.is_empty() {
-        client.read_buf
-    } else {
-        [client.read_buf, unread].concat().into()
-    };
+    let (tls, early) = client_stream(upgraded.ok()?)?;
     // The TLS stream is its own buffered reader (rustls's plaintext buffer).
     let splice = splice::Splice::new(tls, early, backend, backend_early, idle, &conn.shared.drain);
     Some(splice.metered(conn.shared.metrics.meter(route)))
+}
+
+/// The client's TLS stream, as hyper hands it over after the request, and the bytes read
+/// behind the request head: the client's early bytes, for a tunnel.
+pub(crate) fn client_stream(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Option<(TlsStream<TcpStream>, Bytes)> {
+    let Ok(client) = upgraded.downcast::<ClientIo>() else {
+        // Not the client's doing: the connection was served over another type than this.
+        tracing::error!("internal error: the upgraded connection has an unexpected type");
+        return None;
+    };
+    let (tls, unread) = client.io.into_inner().into_parts();
+    // hyper's buffer holds nothing past the head (`Prefixed` ends its reads there), but
+    // should it ever, those bytes came first.
+    let early = if client.read_buf.is_empty() {
+        unread
+    } else {
+        [client.read_buf, unread].concat().into()
+    };
+    Some((tls, early))
 }
 
 /// Decides the refusal's log line and builds its response; `done` is told when its body has
