@@ -216,7 +216,7 @@ fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> 
     }
     let (offset, first, depth) = deepest_key(src)?;
     let message = format!(
-        "nested too deep: a key of {depth} parts, more than the TOML reader takes (80) and than any setting has"
+        "nested too deep: {depth} levels, more than the TOML reader takes (no setting has more than three)"
     );
     Some(ConfigError::at(
         path,

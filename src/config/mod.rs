@@ -661,7 +661,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         let deep = vec!["a"; 100].join(".");
         let header = error(&format!("[{deep}]\n"));
         assert!(
-            header.contains(":6:2: a: nested too deep: a key of 100 parts"),
+            header.contains(":6:2: a: nested too deep: 100 levels, more than"),
             "{header}"
         );
         let key = error(&format!("[x]\n  {} = 1\n", deep.replace('a', "b")));
