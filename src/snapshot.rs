@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{escape_controls, Config, ConfigError};
 use crate::routes::RouteTable;
 use crate::tls;
 
@@ -143,13 +143,15 @@ impl Snapshot {
                 rfc3339(first.not_after)
             ),
         };
-        format!(
+        let summary = format!(
             "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}{expiry}",
             config.path.display(),
             config.listen.len(),
             config.certificates.len(),
             config.routes.len(),
-        )
+        );
+        // File names come from the config: no control character reaches the terminal.
+        escape_controls(&summary)
     }
 }
 
@@ -193,7 +195,7 @@ fn validity_warnings(expiry: &[tls::Expiry], config: &Config) -> Vec<String> {
             let entry = config.certificates.iter().find(|c| &c.cert == file);
             match entry {
                 Some(c) => ConfigError::at(&config.path, &c.cert_location, message).to_string(),
-                None => message,
+                None => escape_controls(&message),
             }
         })
         .collect()
@@ -201,13 +203,31 @@ fn validity_warnings(expiry: &[tls::Expiry], config: &Config) -> Vec<String> {
 
 /// Unix seconds as an RFC 3339 time, or as the number if out of range.
 fn rfc3339(unix: i64) -> String {
-    u64::try_from(unix)
-        .ok()
-        .and_then(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
-        .map_or_else(
-            || unix.to_string(),
-            |t| humantime::format_rfc3339_seconds(t).to_string(),
-        )
+    // By hand, not humantime: a certificate may end before 1970 (or after 9999), and
+    // humantime formats neither.
+    let (days, secs) = (unix.div_euclid(86400), unix.rem_euclid(86400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`: 400-year eras starting on 1 March, so leap days fall at the end).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Hash of the files' contents; a missing file hashes as such, so its return is a change.
@@ -265,4 +285,19 @@ pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
 /// anything was written to them since, even the same bytes.
 pub(crate) fn on_disk_stamp(path: &Path) -> u64 {
     fingerprint_of(&on_disk_files(path), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn certificate_dates_print_as_rfc3339_before_1970_and_after_9999_too() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(2_110_940_486), "2036-11-22T04:21:26Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(-599_616_000), "1951-01-01T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+    }
 }

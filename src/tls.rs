@@ -197,11 +197,22 @@ fn load_certified_key(
 
 /// A file's bytes, or a refusal naming the file, what it was for and why.
 fn read_file(path: &Path, part: Part, what: &str) -> Result<Vec<u8>, Refused> {
-    crate::files::read(path).map_err(|e| Refused {
-        message: format!("cannot read {what} {}: {e}", path.display()),
-        io: Some(e),
-        ..Refused::new(part, String::new())
-    })
+    crate::files::read(path)
+        .map(without_bom)
+        .map_err(|e| Refused {
+            message: format!("cannot read {what} {}: {e}", path.display()),
+            io: Some(e),
+            ..Refused::new(part, String::new())
+        })
+}
+
+/// The bytes without a leading UTF-8 byte-order mark: Windows editors write one, and the
+/// PEM reader would otherwise see no BEGIN line.
+fn without_bom(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    bytes
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Refused> {
@@ -395,6 +406,24 @@ mod tests {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(vec![].into())
             )
             .is_err());
+    }
+
+    /// Windows editors start a UTF-8 file with a byte-order mark; the PEM is still read.
+    #[test]
+    fn a_pem_file_starting_with_a_byte_order_mark_is_read() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let with_bom = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, [&b"\xEF\xBB\xBF"[..], pem.as_bytes()].concat()).unwrap();
+            path
+        };
+        let cert_path = with_bom("c.pem", cert.cert.pem());
+        let key_path = with_bom("k.pem", cert.key_pair.serialize_pem());
+        assert_eq!(read_chain(&cert_path).map(|c| c.len()).ok(), Some(1));
+        assert!(read_key(&key_path, &provider()).is_ok());
+        // Only at the start: the mark is not stripped from the middle of a file.
+        assert_eq!(without_bom(b"a\xEF\xBB\xBF".to_vec()), b"a\xEF\xBB\xBF");
     }
 
     #[test]

@@ -33,9 +33,8 @@ impl std::error::Error for ConfigError {}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.location {
-            Some(l) => write!(
-                f,
+        let line = match &self.location {
+            Some(l) => format!(
                 "{}:{}:{}: {}: {}",
                 self.file.display(),
                 l.line,
@@ -43,8 +42,11 @@ impl fmt::Display for ConfigError {
                 l.key,
                 self.message
             ),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
+            None => format!("{}: {}", self.file.display(), self.message),
+        };
+        // The last step before a log line or a terminal: a key or value from the file (a
+        // quoted key, serde's `unknown variant` echo) must not start a forged line.
+        f.write_str(&escape_controls(&line))
     }
 }
 
@@ -52,6 +54,9 @@ impl ConfigError {
     /// The TOML parser's (or serde's) error about `src`, the text of the config at `path`,
     /// located: file, line and column, and the dotted key.
     pub(super) fn from_toml(e: &toml::de::Error, src: &str, path: &Path) -> ConfigError {
+        if let Some(deep) = too_deep(e, src, path) {
+            return deep;
+        }
         let span = e.span().unwrap_or(0..0);
         // A document that parses is its own map of keys; one that does not is read line by
         // line around the error.
@@ -79,7 +84,7 @@ impl ConfigError {
         ConfigError {
             file: path.to_path_buf(),
             location: Some(locate(src, &span, &key)),
-            message,
+            message: escape_controls(&message),
             for_now: false,
         }
     }
@@ -89,7 +94,7 @@ impl ConfigError {
         ConfigError {
             file: file.to_path_buf(),
             location: None,
-            message: message.into(),
+            message: escape_controls(&message.into()),
             for_now: false,
         }
     }
@@ -98,9 +103,35 @@ impl ConfigError {
         ConfigError {
             file: file.to_path_buf(),
             location: Some(location.clone()),
-            message: message.into(),
+            message: escape_controls(&message.into()),
             for_now: false,
         }
+    }
+
+    /// The config file's bytes are not UTF-8 (`e`): where the first bad byte is.
+    pub(super) fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> ConfigError {
+        let good = e.valid_up_to();
+        // The bytes before the bad one are UTF-8 by definition; `from_utf8` cannot fail.
+        let src = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let line_begin = src.rfind('\n').map_or(0, |i| i + 1);
+        let table = key_at(&src[..line_begin], line_begin);
+        let upto = &src[line_begin..];
+        // The key on the bad byte's line, unless the byte is in a comment.
+        let key = (upto.rsplit_once('=').filter(|_| !upto.contains('#')))
+            .map(|(left, _)| last_ident(left))
+            .filter(|k| !k.is_empty());
+        let key = match (table.is_empty(), key) {
+            (true, None) => "(top level)".to_string(),
+            (false, None) => table,
+            (true, Some(key)) => key,
+            (false, Some(key)) => format!("{table}.{key}"),
+        };
+        let byte = bytes.get(good).copied().unwrap_or_default();
+        let message = format!(
+            "cannot read config file: it must be UTF-8 text, and byte 0x{byte:02X} here is not \
+             (was it saved as Latin-1 or UTF-16? save it as UTF-8)"
+        );
+        ConfigError::at(path, &locate(src, &(good..good), &key), message)
     }
 
     /// This error, marked as one `io` caused if that is the process running out of open
@@ -122,7 +153,8 @@ fn single_route_table(src: &str) -> bool {
     })
 }
 
-/// serde names Rust types in its messages ("expected i64"); an operator reads "an integer".
+/// serde names Rust types in its messages ("expected i64", "expected struct RawProxy",
+/// "invalid type: map"); an operator reads "an integer", "a table".
 fn plain_types(message: &str) -> String {
     // An integer beyond 64 bits is read as a 128-bit one, and named so.
     let message = message
@@ -130,12 +162,93 @@ fn plain_types(message: &str) -> String {
         .replace(" as u128,", " (too large),")
         // toml's words for a number or a bool where one of a few words belongs (`min_version
         // = 1.3`): the fix is the quotes.
-        .replace("wanted string or table", "expected a quoted string");
+        .replace("wanted string or table", "expected a quoted string")
+        // TOML's names for serde's: date-times, the other "map", are refused before serde
+        // reads the file (`shape`), so a map here is a table.
+        .replace("invalid type: map", "invalid type: table")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table");
+    let message = without_struct_names(message);
     ["i64", "u64", "u32", "u16", "usize"]
         .iter()
         .fold(message, |m, t| {
             m.replace(&format!("expected {t}"), "expected an integer")
         })
+}
+
+/// "expected struct RawProxy" as "expected a table": the Rust name means nothing in the file.
+fn without_struct_names(mut message: String) -> String {
+    while let Some(at) = message.find("struct Raw") {
+        let name_end = message[at + "struct ".len()..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(message.len(), |i| at + "struct ".len() + i);
+        message.replace_range(at..name_end, "a table");
+    }
+    message
+}
+
+/// Characters that would end or rewrite a line on a terminal or in a log (newline, ESC,
+/// NUL, bidi overrides), written as Rust escapes (`\n`, `\u{1b}`). Only these: a message's
+/// own `{:?}` quoting has none left, so escaping twice changes nothing.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.contains(hidden) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| match hidden(c) {
+            true if c.is_control() => c.escape_debug().to_string(),
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+/// toml stops at 80 levels of dotted key and reports it with no position ("recursion
+/// limit"): found here, the deepest key or table header, named by its first part.
+fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> {
+    if e.span().is_some() || !e.message().contains("recursion limit") {
+        return None;
+    }
+    let (offset, first, depth) = deepest_key(src)?;
+    let message = format!(
+        "nested too deep: {depth} levels, more than the TOML reader takes (no setting has more than three)"
+    );
+    Some(ConfigError::at(
+        path,
+        &locate(src, &(offset..offset), &first),
+        message,
+    ))
+}
+
+/// The first of the keys or table headers with the most dotted parts: where it starts, its
+/// first part, and how many parts it has.
+fn deepest_key(src: &str) -> Option<(usize, String, usize)> {
+    let mut deepest: Option<(usize, String, usize)> = None;
+    let mut line_start = 0;
+    for line in src.split_inclusive('\n') {
+        let begin = line_start;
+        line_start += line.len();
+        // A header's name, or what stands before a line's `=`: a suffix of the line, so its
+        // offset is where the key starts.
+        let body = line.trim_start().trim_start_matches('[').trim_start();
+        let key = match line.trim_start().starts_with('[') {
+            true => body.split(']').next(),
+            false => body.split_once('=').map(|(key, _)| key),
+        };
+        let Some(key) = key else { continue };
+        let parts = key.split('.').count();
+        if !matches!(&deepest, Some(d) if d.2 >= parts) {
+            let first = key.split('.').next().unwrap_or_default();
+            let at = begin + line.len() - body.len();
+            deepest = Some((at, first.trim().trim_matches('"').to_string(), parts));
+        }
+    }
+    deepest
 }
 
 /// Line and column (1-based, in characters) of `span.start`, and the key to name.

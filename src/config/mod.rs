@@ -5,6 +5,7 @@
 
 mod error;
 mod raw;
+mod shape;
 mod validate;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub(crate) use error::escape_controls;
 pub use error::{ConfigError, Location};
 use raw::RawConfig;
 use validate::Validator;
@@ -137,18 +139,15 @@ impl Config {
         let bytes = crate::files::read(path).map_err(|e| {
             ConfigError::new(path, format!("cannot read config file: {e}")).caused_by(Some(&e))
         })?;
-        let src = String::from_utf8(bytes).map_err(|_| {
-            ConfigError::new(
-                path,
-                "cannot read config file: it is not UTF-8 text".to_string(),
-            )
-        })?;
+        let src = String::from_utf8(bytes)
+            .map_err(|e| ConfigError::not_utf8(path, e.as_bytes(), e.utf8_error()))?;
         Config::from_toml_str(&src, path)
     }
 
     /// Parses and validates `src`; `path` names the file in errors and its folder anchors
     /// relative paths.
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        shape::check(src, path)?;
         let raw: RawConfig =
             toml::from_str(src).map_err(|e| ConfigError::from_toml(&e, src, path))?;
         Validator { src, path }.config(raw)
@@ -581,5 +580,149 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         assert_eq!(err.location.as_ref().map(|l| l.key.as_str()), Some("tls"));
         let err = error("[tls2]\nx = 1\n");
         assert!(err.contains(": tls2: unknown field `tls2`"), "{err}");
+    }
+
+    /// The whole-file error for `src`, a config at "w.toml".
+    fn error_in(src: &str) -> String {
+        match Config::from_toml_str(src, Path::new("w.toml")) {
+            Ok(_) => panic!("expected an error for {src:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// serde's derived structs would take an array and fill their fields by position
+    /// (`timeouts = ["1s", "2s"]` loaded): every section and entry must be a table.
+    #[test]
+    fn sections_and_entries_written_as_arrays_are_refused() {
+        let tls = "[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n";
+        let cases = [
+            (format!("timeouts = [\"1s\", \"2s\", \"3s\"]\n{HEAD}"), "w.toml:1:12: timeouts: must be a table ([timeouts] or timeouts = { handshake = \"10s\" }), not an array"),
+            (format!("limits = [2000]\n{HEAD}"), "w.toml:1:10: limits: must be a table ([limits] or"),
+            (format!("admin = [\"127.0.0.1:9090\"]\n{HEAD}"), "w.toml:1:9: admin: must be a table ("),
+            (format!("reload = [\"poll\"]\n{HEAD}"), "w.toml:1:10: reload: must be a table ("),
+            (format!("proxy = [[\"127.0.0.1:8443\"], \"text\", false]\n{tls}"), "w.toml:1:9: proxy: must be a table ("),
+            ("proxy = { listen = [\"127.0.0.1:1\"] }\ntls = [[[\"a\", \"b\"]], \"1.3\"]\n".into(), "w.toml:2:7: tls: must be a table ("),
+            (format!("route = [[\"a\", \"/\", [\"h:1\"]]]\n{HEAD}"), "w.toml:1:10: route[0]: must be a table ([[route]]"),
+            (HEAD.replace("[{ cert = \"a.crt\", key = \"a.key\" }]", "[[\"a.crt\", \"a.key\"]]"), "w.toml:5:17: tls.certificates[0]: must be a table ({ cert = "),
+            // Any other kind, too, in the operator's words rather than serde's `struct RawProxy`.
+            (format!("proxy = 5\n{tls}"), "w.toml:1:9: proxy: must be a table ([proxy] or proxy = { listen = [\"127.0.0.1:8443\"] }), not an integer"),
+            (format!("timeouts = \"10s\"\n{HEAD}"), "w.toml:1:12: timeouts: must be a table ([timeouts] or timeouts = { handshake = \"10s\" }), not a string"),
+        ];
+        for (src, expected) in cases {
+            let message = error_in(&src);
+            assert!(
+                message.starts_with(expected),
+                "{message:?} should start with {expected:?}"
+            );
+            assert!(!message.contains("Raw"), "{message}");
+        }
+        // Inline tables are tables.
+        let inline = format!("timeouts = {{ idle = \"1m\" }}\nroute = [{{ name = \"a\", path = \"/\", backends = [\"h:1\"] }}]\n{HEAD}");
+        let config = Config::from_toml_str(&inline, Path::new("w.toml")).unwrap();
+        assert_eq!(config.timeouts.idle, Duration::from_secs(60));
+        assert_eq!(config.routes.len(), 1);
+    }
+
+    /// TOML date-times reach serde as a map with a private key; no setting takes one, and the
+    /// message says what belongs there instead.
+    #[test]
+    fn a_date_time_or_a_wrong_kind_is_named_in_the_operators_words() {
+        let route = "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+        let cases = [
+            ("[timeouts]\nidle = 1979-05-27T07:32:00Z\n".into(), ":7:8: timeouts.idle: invalid type: date-time, expected a duration string like \"10s\""),
+            (format!("{route}idle = 07:32:00\n"), ":10:8: route[0].idle: invalid type: date-time, expected a duration string like \"10s\""),
+            ("[[route]]\nname = 1979-05-27\npath = \"/\"\nbackends = [\"h:1\"]\n".into(), ":7:8: route[0].name: invalid type: date-time: no setting takes one"),
+            ("[timeouts]\nidle = 10\n".into(), ":7:8: timeouts.idle: invalid type: integer `10`, expected a duration string like \"10s\""),
+            ("[[route]]\nname = { a = 1 }\npath = \"/\"\nbackends = [\"h:1\"]\n".into(), ":7:8: route[0].name: invalid type: table, expected a string"),
+            ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = \"h:1\"\n".into(), "route[0].backends: invalid type: string \"h:1\", expected an array"),
+        ];
+        for (body, expected) in cases {
+            let message = error(&body);
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+            for internal in ["$__toml", "map", "sequence", "struct", "Raw"] {
+                assert!(!message.contains(internal), "{message}");
+            }
+        }
+        let message = error_in(&format!("timeouts = 1979-05-27\n{HEAD}"));
+        assert!(
+            message.starts_with("w.toml:1:12: timeouts: must be a table ("),
+            "{message}"
+        );
+        assert!(message.ends_with("not a date-time"), "{message}");
+    }
+
+    /// toml stops at 80 levels of dotted key with no position of its own: the error points
+    /// at the deep header or key, not at the top of the file.
+    #[test]
+    fn a_key_nested_too_deep_is_pointed_at() {
+        let deep = vec!["a"; 100].join(".");
+        let header = error(&format!("[{deep}]\n"));
+        assert!(
+            header.contains(":6:2: a: nested too deep: 100 levels, more than"),
+            "{header}"
+        );
+        let key = error(&format!("[x]\n  {} = 1\n", deep.replace('a', "b")));
+        assert!(key.contains(":7:3: b: nested too deep"), "{key}");
+        // Below the limit, the usual unknown field.
+        let shallow = error_in(&format!("{HEAD}[{}]\n", ["a"; 10].join(".")));
+        assert!(shallow.contains(":6:2: a: unknown field `a`"), "{shallow}");
+    }
+
+    /// A config in Latin-1 (or UTF-16) is refused where its first non-UTF-8 byte is.
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        let mut bytes = HEAD.replace("[tls]\n", "# caf\u{e9}\n[tls]\n").into_bytes();
+        let at = bytes.iter().position(|&b| b == 0xC3).unwrap();
+        bytes.splice(at..at + 2, [0xE9]);
+        std::fs::write(&path, &bytes).unwrap();
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(message.contains("w.toml:4:6: proxy: "), "{message}");
+        assert!(
+            message.contains("must be UTF-8 text, and byte 0xE9 here is not"),
+            "{message}"
+        );
+        std::fs::write(&path, b"\xFF\xFE[\x00").unwrap();
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(message.contains("w.toml:1:1: (top level): "), "{message}");
+    }
+
+    /// A value or key from the file is echoed escaped, so an error logged at reload cannot
+    /// forge a log line or drive a terminal; values we quote with `{:?}` are not escaped twice.
+    #[test]
+    fn control_characters_from_the_file_are_escaped_in_messages() {
+        let controls = r#"\nERROR forged\t\u001b[31m\u0000"#;
+        let escaped = r"\nERROR forged\t\u{1b}[31m\0";
+        let variant = error_in(&HEAD.replace(
+            "[tls]\n",
+            &format!("log_format = \"json{controls}\"\n[tls]\n"),
+        ));
+        assert!(
+            variant.contains(&format!("unknown variant `json{escaped}`")),
+            "{variant}"
+        );
+        let field = error(&format!("\"x{controls}\" = 1\n"));
+        assert!(
+            field.contains(&format!(": tls.x{escaped}: unknown field `x{escaped}`")),
+            "{field}"
+        );
+        let ours = error(&format!(
+            "[[route]]\nname = \"a\"\npath = \"/a{controls}\"\nbackends = [\"h:1\"]\n"
+        ));
+        assert!(
+            ours.contains(&format!("route[0].path: \"/a{escaped}")),
+            "{ours}"
+        );
+        for message in [variant, field, ours] {
+            assert!(!message.contains(char::is_control), "{message:?}");
+            assert!(!message.contains(r"\\"), "escaped twice: {message}");
+        }
+        let once = error::escape_controls("a\u{202e}b\n");
+        assert_eq!(once, r"a\u{202e}b\n");
+        assert_eq!(error::escape_controls(&once), once);
     }
 }

@@ -172,11 +172,26 @@ pub(super) struct HumanDuration(pub(super) Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+        d.deserialize_str(DurationVisitor)
+    }
+}
+
+/// Only a string: its `expecting` is what serde's "invalid type" message asks for
+/// (`idle = 10` says "expected a duration string like "10s"", not "expected a string").
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = HumanDuration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration string like \"10s\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
             .map_err(|_| {
-                serde::de::Error::custom(format!(
+                E::custom(format!(
                     "invalid duration {text:?}: write it like \"500ms\", \"10s\" or \"5m\""
                 ))
             })

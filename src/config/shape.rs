@@ -1,0 +1,145 @@
+//! The document's shape, checked before serde reads it: every section and entry is a table,
+//! and no value is a date-time. serde's derived structs also take a sequence, filling
+//! fields by position (`timeouts = ["1s", "2s"]` would load), and toml hands a date-time
+//! over as a map with a private key; both would otherwise load wrongly or be reported in
+//! serde's internal names.
+
+use std::ops::Range;
+use std::path::Path;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::error::{locate, ConfigError};
+
+/// The sections, and how to write each: the message shows the fix.
+const SECTIONS: [(&str, &str); 6] = [
+    (
+        "proxy",
+        "[proxy] or proxy = { listen = [\"127.0.0.1:8443\"] }",
+    ),
+    (
+        "tls",
+        "[tls] or tls = { certificates = [{ cert = \"a.crt\", key = \"a.key\" }] }",
+    ),
+    (
+        "timeouts",
+        "[timeouts] or timeouts = { handshake = \"10s\" }",
+    ),
+    ("limits", "[limits] or limits = { max_connections = 10000 }"),
+    (
+        "admin",
+        "[admin] or admin = { listen = \"127.0.0.1:9090\" }",
+    ),
+    ("reload", "[reload] or reload = { watch = \"poll\" }"),
+];
+const ROUTE: &str =
+    "[[route]], or { name = \"a\", path = \"/\", backends = [\"h:1\"] } in route = [...]";
+const CERTIFICATE: &str = "{ cert = \"a.crt\", key = \"a.key\" }";
+
+/// Refuses what serde would misread: a section or entry that is not a table, a date-time.
+/// A document that does not parse is left to toml's own error.
+pub(super) fn check(src: &str, path: &Path) -> Result<(), ConfigError> {
+    let Ok(root) = DeTable::parse(src) else {
+        return Ok(());
+    };
+    let root = root.get_ref();
+    let refuse = |span: &Range<usize>, key: &str, message: String| {
+        Err(ConfigError::at(path, &locate(src, span, key), message))
+    };
+    for (name, how) in SECTIONS {
+        if let Some(value) = get(root, name) {
+            must_be_table(value, how).or_else(|m| refuse(&value.span(), name, m))?;
+        }
+    }
+    let entries = [
+        ("route", get(root, "route")),
+        (
+            "tls.certificates",
+            get(root, "tls").and_then(|tls| match tls.get_ref() {
+                DeValue::Table(t) => get(t, "certificates"),
+                _ => None,
+            }),
+        ),
+    ];
+    for (name, list) in entries {
+        // Not an array at all: serde says so ("expected an array"), or, for `[route]`, the
+        // single-table hint does.
+        let Some(DeValue::Array(items)) = list.map(Spanned::get_ref) else {
+            continue;
+        };
+        let how = if name == "route" { ROUTE } else { CERTIFICATE };
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("{name}[{i}]");
+            must_be_table(item, how).or_else(|m| refuse(&item.span(), &key, m))?;
+        }
+    }
+    match first_datetime(root, "") {
+        Some((span, key)) => refuse(&span, &key, datetime_message(&key)),
+        None => Ok(()),
+    }
+}
+
+fn get<'a, 'i>(table: &'a DeTable<'i>, name: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == name)
+        .map(|(_, v)| v)
+}
+
+fn must_be_table(value: &Spanned<DeValue<'_>>, how: &str) -> Result<(), String> {
+    match value.get_ref() {
+        DeValue::Table(_) => Ok(()),
+        // The key is named before the message already.
+        other => Err(format!("must be a table ({how}), not {}", kind(other))),
+    }
+}
+
+/// A value's kind in the operator's words.
+fn kind(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a number",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// The first date-time in the file (by position) and its dotted key: no setting takes one.
+fn first_datetime(table: &DeTable<'_>, prefix: &str) -> Option<(Range<usize>, String)> {
+    (table.iter())
+        .filter_map(|(key, value)| {
+            let path = match prefix {
+                "" => key.get_ref().to_string(),
+                _ => format!("{prefix}.{}", key.get_ref()),
+            };
+            datetime_in(value, path)
+        })
+        .min_by_key(|(span, _)| span.start)
+}
+
+fn datetime_in(value: &Spanned<DeValue<'_>>, path: String) -> Option<(Range<usize>, String)> {
+    match value.get_ref() {
+        DeValue::Datetime(_) => Some((value.span(), path)),
+        DeValue::Table(table) => first_datetime(table, &path),
+        DeValue::Array(items) => (items.iter().enumerate())
+            .filter_map(|(i, item)| datetime_in(item, format!("{path}[{i}]")))
+            .min_by_key(|(span, _)| span.start),
+        _ => None,
+    }
+}
+
+fn datetime_message(key: &str) -> String {
+    // A duration is the likeliest thing meant (`idle = 10:00:00` reads as a time of day).
+    let duration =
+        key.starts_with("timeouts.") || key == "reload.recheck" || key.ends_with(".idle");
+    match duration {
+        true => "invalid type: date-time, expected a duration string like \"10s\"".to_string(),
+        false => {
+            "invalid type: date-time: no setting takes one (quote it if it is text)".to_string()
+        }
+    }
+}
