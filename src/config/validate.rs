@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::locate;
+use super::error::Location;
 use super::raw::{HumanDuration, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts};
 use super::{CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig, Timeouts};
 
@@ -24,17 +24,76 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::at(self.path, &locate(self.src, span, key), message)
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let lines = LineIndex::new(self.src);
+        Checker {
+            src: self.src,
+            path: self.path,
+            lines,
+        }
+        .config(raw)
+    }
+}
+
+/// Where each line of the source starts, so that locating a span is a binary search: a
+/// config with a warning per route (thousands of shadowed routes, say) would otherwise read
+/// the file from its start once per warning, which is quadratic.
+struct LineIndex {
+    /// Byte offsets of the first byte of each line; the first is 0.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(src: &str) -> LineIndex {
+        let after_newlines = src.match_indices('\n').map(|(at, _)| at + 1);
+        LineIndex {
+            starts: std::iter::once(0).chain(after_newlines).collect(),
+        }
     }
 
-    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    /// The place of `span` in `src`, as `error::locate` finds it: the line, and the column
+    /// counted in characters, of the span's start (clamped to the text, and moved back to a
+    /// character boundary).
+    fn locate(&self, src: &str, span: &Range<usize>, key: &str) -> Location {
+        let mut start = span.start.min(src.len());
+        while start > 0 && !src.is_char_boundary(start) {
+            start -= 1;
+        }
+        // The last line starting at or before `start`; there is always one (offset 0).
+        let line = self.starts.partition_point(|&s| s <= start).max(1);
+        let line_start = self.starts[line - 1];
+        let column = src[line_start..start].chars().count() + 1;
+        Location {
+            line,
+            column,
+            key: key.to_string(),
+        }
+    }
+}
+
+/// The [`Validator`] at work: the source, its path and its line index.
+struct Checker<'a> {
+    src: &'a str,
+    path: &'a Path,
+    lines: LineIndex,
+}
+
+impl Checker<'_> {
+    fn locate(&self, span: &Range<usize>, key: &str) -> Location {
+        self.lines.locate(self.src, span, key)
+    }
+
+    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.path, &self.locate(span, key), message)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = self.listen(&raw.proxy.listen)?;
         let listen_locations = (raw.proxy.listen.get_ref().iter().enumerate())
-            .map(|(i, text)| locate(self.src, &text.span(), &format!("proxy.listen[{i}]")))
+            .map(|(i, text)| self.locate(&text.span(), &format!("proxy.listen[{i}]")))
             .collect();
-        let admin_location = (raw.admin.as_ref())
-            .map(|admin| locate(self.src, &admin.listen.span(), "admin.listen"));
+        let admin_location =
+            (raw.admin.as_ref()).map(|admin| self.locate(&admin.listen.span(), "admin.listen"));
         let mut warnings = Vec::new();
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -152,9 +211,9 @@ impl Validator<'_> {
             out.push(CertificatePaths {
                 cert: base.join(c.cert.get_ref()),
                 key: base.join(c.key.get_ref()),
-                location: locate(self.src, &entry.span(), &key),
-                cert_location: locate(self.src, &c.cert.span(), &format!("{key}.cert")),
-                key_location: locate(self.src, &c.key.span(), &format!("{key}.key")),
+                location: self.locate(&entry.span(), &key),
+                cert_location: self.locate(&c.cert.span(), &format!("{key}.cert")),
+                key_location: self.locate(&c.key.span(), &format!("{key}.key")),
             });
         }
         Ok(out)
@@ -236,8 +295,7 @@ impl Validator<'_> {
         raw: &[RawRoute],
         warnings: &mut Vec<ConfigError>,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
-        // Spans, not lines: finding a line reads the file up to it, once per route would make
-        // a large table's check quadratic.
+        // Spans, not lines: a line is found only for a message.
         let mut first_seen: HashMap<&str, Range<usize>> = HashMap::new();
         // Earlier routes by the requests they match (host, path key): a later one there may
         // never get a request.
@@ -255,7 +313,7 @@ impl Validator<'_> {
                 return Err(self.error(&route.name.span(), &key("name"), "must not be empty"));
             }
             if let Some(first) = first_seen.insert(name, route.name.span()) {
-                let first = locate(self.src, &first, "").line;
+                let first = self.locate(&first, "").line;
                 return Err(self.error(
                     &route.name.span(),
                     &key("name"),
@@ -282,7 +340,7 @@ impl Validator<'_> {
             if let Some((shadow, same_host)) = shadow {
                 // A warning, not an error: equal routes taken in file order is the documented
                 // rule, and a config relying on it must keep loading.
-                let line = locate(self.src, &raw[shadow].name.span(), "").line;
+                let line = self.locate(&raw[shadow].name.span(), "").line;
                 let host = if same_host {
                     "the same host"
                 } else {
@@ -549,4 +607,26 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn overlap_message(addr: SocketAddr, other: SocketAddr) -> String {
     format!("{addr} overlaps {other}: an unspecified address takes the port on every address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineIndex;
+
+    /// The index finds what `error::locate` finds by reading the text, at every offset
+    /// (inside a character, past the end, on a newline, in a CRLF file).
+    #[test]
+    fn the_line_index_locates_as_reading_the_text_does() {
+        let src = "a = 1\r\n\nname = \"é✓\" # ü\n\n[x]\ny = \"z\"";
+        let lines = LineIndex::new(src);
+        for start in 0..src.len() + 3 {
+            let span = start..start + 1;
+            assert_eq!(
+                lines.locate(src, &span, "k"),
+                super::super::error::locate(src, &span, "k"),
+                "at {start}"
+            );
+        }
+        assert_eq!(LineIndex::new("").locate("", &(0..0), "k").line, 1);
+    }
 }
