@@ -725,4 +725,210 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         assert_eq!(once, r"a\u{202e}b\n");
         assert_eq!(error::escape_controls(&once), once);
     }
+
+    /// A route with `field = value` (TOML) added, for the value rules below.
+    fn route_with(field: &str) -> String {
+        format!("[[route]]\nname = \"a\"\npath = \"/\"\n{field}\nbackends = [\"h:1\"]\n")
+    }
+
+    /// An `origins` entry that no browser could send is refused, each with its reason.
+    #[test]
+    fn origins_are_origins_as_browsers_send_them() {
+        let cases = [
+            (
+                "\"https://*.example.com\"",
+                "origins do not support: list each origin",
+            ),
+            ("\"https://a b.com\"", "does not name a host"),
+            ("\"https://a.com?x\"", "path, query, fragment or user name"),
+            ("\"https://a.com#x\"", "path, query, fragment or user name"),
+            (
+                "\"https://user@a.com\"",
+                "path, query, fragment or user name",
+            ),
+            ("\"https://a.com/x\"", "path, query, fragment or user name"),
+            ("\"https://a.com:99999\"", "not a number from 1 to 65535"),
+            ("\"https://a.com:\"", "not a number from 1 to 65535"),
+            ("\"https://a.com:08443\"", "without leading zeros"),
+            ("\"https://a..com\"", "does not name a host"),
+            (
+                "\"https://a.com\\n\"",
+                "has whitespace around it: write \"https://a.com\"",
+            ),
+            ("\"https://é.com\"", "punycode"),
+            ("\"https://[0::1]\"", "write the IPv6 address as [::1]"),
+            ("\"https://127.1\"", "is not an IPv4 address"),
+            ("\"1https://a.com\"", "no valid scheme"),
+            ("\"null\"", "allowing it would allow everyone"),
+            ("\"a.com\"", "is not an origin"),
+        ];
+        for (entry, expected) in cases {
+            let message = error(&route_with(&format!("origins = [{entry}]")));
+            assert!(
+                message.contains("route[0].origins[0]: ") && message.contains(expected),
+                "{entry}: {message:?} should contain {expected:?}"
+            );
+        }
+        let fine = "origins = [\"HTTPS://Chat.Example.com/\", \"http://127.0.0.1:8080\", \"https://[::1]:8443\", \"chrome-extension://abc\", \"https://a_b.example.com.\"]";
+        let config = parse(&route_with(fine)).unwrap();
+        assert_eq!(
+            config.routes[0].origins.as_deref().unwrap_or_default(),
+            [
+                "https://chat.example.com",
+                "http://127.0.0.1:8080",
+                "https://[::1]:8443",
+                "chrome-extension://abc",
+                "https://a_b.example.com.",
+            ]
+        );
+    }
+
+    /// A backend is a name, an IPv4 address or a bracketed IPv6 address, and a plain port:
+    /// nothing a resolver would read otherwise or not at all.
+    #[test]
+    fn backends_are_names_or_addresses_with_a_port() {
+        let backends =
+            |list: &str| format!("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [{list}]\n");
+        let cases = [
+            ("\"user@app:80\"", "is not a host name"),
+            ("\"*:80\"", "is not a host name"),
+            ("\"app,b:80\"", "is not a host name"),
+            ("\"-app:80\"", "is not a host name"),
+            ("\".app:80\"", "is not a host name"),
+            ("\"a..b:80\"", "is not a host name"),
+            ("\"a b:80\"", "is not a host name"),
+            ("\"%61pp:80\"", "is not a host name"),
+            ("\"é.com:80\"", "punycode form (\"xn--"),
+            ("\"a\\u0000b:80\"", "control character '\\0'"),
+            ("\"a\\tb:80\"", "control character '\\t'"),
+            ("\"app\\n:80\"", "control character '\\n'"),
+            ("\" app:80\"", "has whitespace around it"),
+            ("\"app:+80\"", "not a number from 1 to 65535"),
+            ("\"app:0\"", "not a number from 1 to 65535"),
+            ("\"app:65536\"", "not a number from 1 to 65535"),
+            ("\"app\"", "is not host:port (e.g."),
+            ("\"[::1]\"", "is not host:port (e.g."),
+            ("\"[fe80::1%2]:80\"", "without a scope id"),
+            ("\"127.1:80\"", "is not an IPv4 address"),
+            ("\"010.0.0.1:80\"", "is not an IPv4 address"),
+            ("\"10.0.0.7.:80\"", "is not an IPv4 address"),
+        ];
+        for (entry, expected) in cases {
+            let message = error(&backends(entry));
+            assert!(
+                message.contains("route[0].backends[0]: ") && message.contains(expected),
+                "{entry}: {message:?} should contain {expected:?}"
+            );
+        }
+        let fine = [
+            "app:80",
+            "echo:9001",
+            "localhost:1",
+            "my-svc.ns.svc.cluster.local:8080",
+            "my-svc.ns.svc.cluster.local.:8080",
+            "my_service:80",
+            "10.0.0.7:65535",
+            "[::1]:9001",
+        ];
+        let list: Vec<String> = fine.iter().map(|b| format!("\"{b}\"")).collect();
+        let config = parse(&backends(&list.join(", "))).unwrap();
+        assert_eq!(config.routes[0].backends, fine);
+    }
+
+    /// Whitespace around an address, a host or a name was trimmed away: it is refused now,
+    /// as it is surely a pasting mistake (a newline, say), not part of the value.
+    #[test]
+    fn whitespace_around_a_value_is_refused() {
+        let config = |listen: &str, admin: &str| {
+            format!("[proxy]\nlisten = [{listen}]\n[admin]\nlisten = {admin}\n[tls]\ncertificates = [{{ cert = \"a\", key = \"b\" }}]\n")
+        };
+        let cases = [
+            (config("\" 127.0.0.1:8443\\n\"", "\"127.0.0.1:9090\""), "proxy.listen[0]: \" 127.0.0.1:8443\\n\" has whitespace around it: write \"127.0.0.1:8443\""),
+            (config("\"127.0.0.1:8443\"", "\"\\t127.0.0.1:9090 \""), "admin.listen: \"\\t127.0.0.1:9090 \" has whitespace around it"),
+        ];
+        for (body, expected) in cases {
+            let message = Config::from_toml_str(&body, Path::new("w.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+        let message = error(&route_with("host = \" chat.example.com\\n\""));
+        assert!(
+            message.contains("route[0].host: \" chat.example.com\\n\" has whitespace around it"),
+            "{message}"
+        );
+        let named =
+            |name: &str| format!("[[route]]\nname = {name}\npath = \"/\"\nbackends = [\"h:1\"]\n");
+        let message = error(&named("\"chat \""));
+        assert!(
+            message.contains("route[0].name: \"chat \" has whitespace around it"),
+            "{message}"
+        );
+        let message = error(&named("\"  \""));
+        assert!(
+            message.contains("route[0].name: must not be empty"),
+            "{message}"
+        );
+    }
+
+    /// A route name labels log lines and metrics: no control character, and not the `-`
+    /// they show for a request no route took.
+    #[test]
+    fn a_route_name_reads_the_same_in_logs_and_metrics() {
+        let named =
+            |name: &str| format!("[[route]]\nname = {name}\npath = \"/\"\nbackends = [\"h:1\"]\n");
+        let message = error(&named("\"-\""));
+        assert!(
+            message.contains("route[0].name: \"-\" is what log lines and metrics show"),
+            "{message}"
+        );
+        let message = error(&named("\"a\\nb\""));
+        assert!(
+            message.contains("route[0].name: \"a\\nb\" has a control character"),
+            "{message}"
+        );
+        assert!(parse(&named("\"chat \\\"eu\\\" -1\"")).is_ok());
+    }
+
+    #[test]
+    fn a_route_path_with_a_control_character_is_refused_as_such() {
+        let message = error(&route_with("").replace("path = \"/\"", "path = \"/a\\u0000b\""));
+        assert!(
+            message.contains("route[0].path: \"/a\\0b\" has a control character"),
+            "{message}"
+        );
+    }
+
+    /// Addresses a TCP listener cannot be bound to, or not as they read, are refused before
+    /// serving: multicast and broadcast, and a scope id where the kernel ignores it (which
+    /// made `[::1%1]:P` beside `[::1]:P` pass `check` and fail to bind).
+    #[test]
+    fn listen_addresses_a_listener_cannot_take_are_refused() {
+        let config = |listen: &str, admin: &str| {
+            format!("[proxy]\nlisten = [{listen}]\n{admin}[tls]\ncertificates = [{{ cert = \"a\", key = \"b\" }}]\n")
+        };
+        let admin = |a: &str| format!("[admin]\nlisten = \"{a}\"\n");
+        let cases = [
+            (config("\"224.0.0.1:8443\"", ""), "proxy.listen[0]: \"224.0.0.1:8443\" is a multicast address"),
+            (config("\"[ff02::1]:8443\"", ""), "proxy.listen[0]: \"[ff02::1]:8443\" is a multicast address"),
+            (config("\"255.255.255.255:8443\"", ""), "is a broadcast address"),
+            (config("\"127.0.0.1:8443\"", &admin("239.1.1.1:9090")), "admin.listen: \"239.1.1.1:9090\" is a multicast address"),
+            (config("\"[::1%1]:8443\", \"[::1]:8443\"", ""), "proxy.listen[0]: \"[::1%1]:8443\" has a scope id, which only a link-local address (fe80::/10) uses: write it as [::1]:8443"),
+            (config("\"[::%2]:8443\"", ""), "has a scope id"),
+        ];
+        for (body, expected) in cases {
+            let message = Config::from_toml_str(&body, Path::new("w.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+        let link_local = config("\"[fe80::1%1]:8443\", \"[fe80::1%2]:8443\"", "");
+        assert!(Config::from_toml_str(&link_local, Path::new("w.toml")).is_ok());
+    }
 }

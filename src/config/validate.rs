@@ -2,6 +2,7 @@
 //! side, certificate files, sane routes (paths, hosts, origins, subprotocols, backends), and
 //! the warnings for what loads but is surely a mistake. Turns [`RawConfig`] into [`Config`].
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::locate;
+use super::error::Location;
 use super::raw::{HumanDuration, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts};
 use super::{CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig, Timeouts};
 
@@ -24,17 +25,88 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::at(self.path, &locate(self.src, span, key), message)
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let lines = LineIndex::new(self.src);
+        Checker {
+            src: self.src,
+            path: self.path,
+            lines,
+        }
+        .config(raw)
+    }
+}
+
+/// Where each line of the source starts, so that locating a span is a binary search: a
+/// config with a warning per route (thousands of shadowed routes, say) would otherwise read
+/// the file from its start once per warning, which is quadratic.
+struct LineIndex {
+    /// Byte offsets of the first byte of each line; the first is 0.
+    starts: Vec<usize>,
+    /// The last place located: its byte offset and its column. Spans are located mostly in
+    /// file order, so the next one on the same line counts characters from there, not from
+    /// the line's start: thousands of inline tables on one line (`certificates = [{…}, …]`)
+    /// would make counting from the start quadratic again.
+    last: Cell<(usize, usize)>,
+}
+
+impl LineIndex {
+    fn new(src: &str) -> LineIndex {
+        let after_newlines = src.match_indices('\n').map(|(at, _)| at + 1);
+        LineIndex {
+            starts: std::iter::once(0).chain(after_newlines).collect(),
+            last: Cell::new((0, 1)),
+        }
     }
 
-    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    /// The place of `span` in `src`, as `error::locate` finds it: the line, and the column
+    /// counted in characters, of the span's start (clamped to the text, and moved back to a
+    /// character boundary).
+    fn locate(&self, src: &str, span: &Range<usize>, key: &str) -> Location {
+        let mut start = span.start.min(src.len());
+        while start > 0 && !src.is_char_boundary(start) {
+            start -= 1;
+        }
+        // The last line starting at or before `start`; there is always one (offset 0).
+        let line = self.starts.partition_point(|&s| s <= start).max(1);
+        let line_start = self.starts[line - 1];
+        let (last, last_column) = self.last.get();
+        let column = if (line_start..=start).contains(&last) {
+            last_column + src[last..start].chars().count()
+        } else {
+            src[line_start..start].chars().count() + 1
+        };
+        self.last.set((start, column));
+        Location {
+            line,
+            column,
+            key: key.to_string(),
+        }
+    }
+}
+
+/// The [`Validator`] at work: the source, its path and its line index.
+struct Checker<'a> {
+    src: &'a str,
+    path: &'a Path,
+    lines: LineIndex,
+}
+
+impl Checker<'_> {
+    fn locate(&self, span: &Range<usize>, key: &str) -> Location {
+        self.lines.locate(self.src, span, key)
+    }
+
+    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.path, &self.locate(span, key), message)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = self.listen(&raw.proxy.listen)?;
         let listen_locations = (raw.proxy.listen.get_ref().iter().enumerate())
-            .map(|(i, text)| locate(self.src, &text.span(), &format!("proxy.listen[{i}]")))
+            .map(|(i, text)| self.locate(&text.span(), &format!("proxy.listen[{i}]")))
             .collect();
-        let admin_location = (raw.admin.as_ref())
-            .map(|admin| locate(self.src, &admin.listen.span(), "admin.listen"));
+        let admin_location =
+            (raw.admin.as_ref()).map(|admin| self.locate(&admin.listen.span(), "admin.listen"));
         let mut warnings = Vec::new();
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -79,9 +151,8 @@ impl Validator<'_> {
         Ok(addrs)
     }
 
-    /// A listen address (`key`, written like `example`): an IP and a port. Not an IPv4 address
-    /// in IPv6 form (`[::ffff:127.0.0.1]:8443`): IPv6 listeners are bound IPv6-only (so that
-    /// `[::]` can sit beside `0.0.0.0`), which such an address cannot be.
+    /// A listen address (`key`, written like `example`): an IP and a port, and one a TCP
+    /// listener can be bound to (see [`bindable`]).
     fn socket_addr(
         &self,
         text: &Spanned<String>,
@@ -90,18 +161,16 @@ impl Validator<'_> {
     ) -> Result<SocketAddr, ConfigError> {
         let error = |message| self.error(&text.span(), key, message);
         let written = text.get_ref();
-        let addr: SocketAddr = (written.trim().parse()).map_err(|_| {
+        if let Some(message) = surrounded_by_space(written) {
+            return Err(error(message));
+        }
+        let addr: SocketAddr = written.parse().map_err(|_| {
             error(format!(
                 "{written:?} is not an IP:port address (e.g. {example})"
             ))
         })?;
-        match addr {
-            SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => Err(error(format!(
-                "{written:?} is an IPv4 address in IPv6 form: write it as {}",
-                SocketAddr::new(addr.ip().to_canonical(), addr.port())
-            ))),
-            _ => Ok(addr),
-        }
+        bindable(written, addr).map_err(error)?;
+        Ok(addr)
     }
 
     fn admin(
@@ -152,9 +221,9 @@ impl Validator<'_> {
             out.push(CertificatePaths {
                 cert: base.join(c.cert.get_ref()),
                 key: base.join(c.key.get_ref()),
-                location: locate(self.src, &entry.span(), &key),
-                cert_location: locate(self.src, &c.cert.span(), &format!("{key}.cert")),
-                key_location: locate(self.src, &c.key.span(), &format!("{key}.key")),
+                location: self.locate(&entry.span(), &key),
+                cert_location: self.locate(&c.cert.span(), &format!("{key}.cert")),
+                key_location: self.locate(&c.key.span(), &format!("{key}.key")),
             });
         }
         Ok(out)
@@ -236,8 +305,7 @@ impl Validator<'_> {
         raw: &[RawRoute],
         warnings: &mut Vec<ConfigError>,
     ) -> Result<Vec<RouteConfig>, ConfigError> {
-        // Spans, not lines: finding a line reads the file up to it, once per route would make
-        // a large table's check quadratic.
+        // Spans, not lines: a line is found only for a message.
         let mut first_seen: HashMap<&str, Range<usize>> = HashMap::new();
         // Earlier routes by the requests they match (host, path key): a later one there may
         // never get a request.
@@ -250,12 +318,10 @@ impl Validator<'_> {
         let mut out: Vec<RouteConfig> = Vec::with_capacity(raw.len());
         for (i, route) in raw.iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
-            let name = route.name.get_ref().trim();
-            if name.is_empty() {
-                return Err(self.error(&route.name.span(), &key("name"), "must not be empty"));
-            }
+            let name = route.name.get_ref().as_str();
+            route_name(name).map_err(|m| self.error(&route.name.span(), &key("name"), m))?;
             if let Some(first) = first_seen.insert(name, route.name.span()) {
-                let first = locate(self.src, &first, "").line;
+                let first = self.locate(&first, "").line;
                 return Err(self.error(
                     &route.name.span(),
                     &key("name"),
@@ -282,7 +348,7 @@ impl Validator<'_> {
             if let Some((shadow, same_host)) = shadow {
                 // A warning, not an error: equal routes taken in file order is the documented
                 // rule, and a config relying on it must keep loading.
-                let line = locate(self.src, &raw[shadow].name.span(), "").line;
+                let line = self.locate(&raw[shadow].name.span(), "").line;
                 let host = if same_host {
                     "the same host"
                 } else {
@@ -409,8 +475,36 @@ fn takes_all_of(first: &RouteConfig, later: &RouteConfig) -> bool {
     }
 }
 
+/// A route's name: it labels the route's log lines and metric series, so it must read the
+/// same there as here. Not empty, no whitespace around it, no control character (a newline
+/// would start a forged line in a text log; metrics escape only `\n`, `"` and `\\`), and
+/// not `-`, which is what the log and metrics say for a request no route took.
+fn route_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if let Some(message) = surrounded_by_space(name) {
+        return Err(message);
+    }
+    if name.contains(char::is_control) {
+        return Err(format!(
+            "{name:?} has a control character: a name labels log lines and metrics, write it in plain text"
+        ));
+    }
+    if name == "-" {
+        return Err(
+            "\"-\" is what log lines and metrics show for a request no route took: choose another name"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
 fn host_pattern(text: &str) -> Result<HostPattern, String> {
-    let host = text.trim().to_ascii_lowercase();
+    if let Some(message) = surrounded_by_space(text) {
+        return Err(message);
+    }
+    let host = text.to_ascii_lowercase();
     // One trailing dot (the fully qualified form) is dropped, as it is from a request's Host.
     let host = host.strip_suffix('.').unwrap_or(&host);
     let (wildcard, name) = match host.strip_prefix("*.") {
@@ -431,6 +525,12 @@ fn host_pattern(text: &str) -> Result<HostPattern, String> {
 }
 
 fn route_path(text: &str) -> Result<String, String> {
+    // Before the rules below, whose messages would be about '%' escapes or whitespace.
+    if text.contains(char::is_control) {
+        return Err(format!(
+            "{text:?} has a control character (NUL, a tab, a newline…): no request path holds one, so this route could not be reached"
+        ));
+    }
     if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
         return Err(format!(
             "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
@@ -501,39 +601,183 @@ fn subprotocol(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// An `origins` entry, normalised as requests' `Origin` is compared with it (lowercase, one
+/// trailing `/` dropped: see `routes::Route::allows_origin`). It must be an origin as browsers
+/// serialise one (RFC 6454 §6.2): `scheme "://" host [":" port]`, the host a name, an IPv4
+/// address or a bracketed IPv6 address in the form browsers write it; anything else would
+/// match no request. Not `null`: any page can send that (a sandboxed frame, a `file:` page),
+/// so allowing it would allow everyone.
 fn origin(text: &str) -> Result<String, String> {
-    let trimmed = text.trim();
-    let normalized = trimmed
-        .strip_suffix('/')
-        .unwrap_or(trimmed)
-        .to_ascii_lowercase();
-    let ok = normalized.split_once("://").is_some_and(|(scheme, rest)| {
-        !scheme.is_empty() && !rest.is_empty() && !rest.contains('/')
-    });
-    if !ok {
+    let example = "write it like \"https://chat.example.com\" or \"https://chat.example.com:8443\"";
+    if let Some(message) = surrounded_by_space(text) {
+        return Err(message);
+    }
+    let lower = text.to_ascii_lowercase();
+    let normalized = lower.strip_suffix('/').unwrap_or(&lower);
+    if normalized == "null" {
+        return Err("\"null\" is refused: any page can send it (sandboxed frames, file: pages), so allowing it would allow everyone".to_string());
+    }
+    let Some((scheme, authority)) = normalized.split_once("://") else {
+        return Err(format!("{text:?} is not an origin: {example}"));
+    };
+    if !is_scheme(scheme) {
         return Err(format!(
-            "{text:?} is not an origin: write it like \"https://chat.example.com\""
+            "{text:?} has no valid scheme (letters, digits, '+', '-', '.', starting with a letter): {example}"
         ));
     }
-    Ok(normalized)
+    if authority.contains('*') {
+        return Err(format!(
+            "{text:?} has a wildcard, which origins do not support: list each origin (\"https://a.example.com\", \"https://b.example.com\")"
+        ));
+    }
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{text:?} has a path, query, fragment or user name, which an Origin never holds: {example}"
+        ));
+    }
+    let (host, port) = split_port(authority);
+    if let Some(port) = port {
+        // Browsers write the port as a plain number, without leading zeros.
+        if port_number(port).is_none() || port.starts_with('0') {
+            return Err(format!(
+                "{text:?} has a port that is not a number from 1 to 65535 (without leading zeros)"
+            ));
+        }
+    }
+    host_part(host, true)
+        .map_err(|why| format!("{text:?} does not name a host as browsers write it: {why}"))?;
+    Ok(normalized.to_string())
 }
 
-fn backend(text: &str) -> Result<String, String> {
-    let bad = || {
-        format!("{text:?} is not host:port (e.g. \"10.0.0.7:9001\", \"app:9001\", \"[::1]:9001\")")
-    };
-    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
-    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<std::net::Ipv6Addr>().is_ok()
-    } else {
-        !host.is_empty() && !host.contains([':', '/', ' '])
-    };
-    if port_ok && host_ok {
-        Ok(text.to_string())
-    } else {
-        Err(bad())
+/// A URI scheme (RFC 3986 §3.1): a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(scheme: &str) -> bool {
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && (scheme.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// `authority` split at its port's `:`, if it has one (a bracketed IPv6 address's own colons
+/// are not one).
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rfind(':') {
+        Some(at) if !authority[at..].contains(']') => {
+            (&authority[..at], Some(&authority[at + 1..]))
+        }
+        _ => (authority, None),
     }
+}
+
+/// A TCP port written as plain digits (no sign, no space), 1 to 65535.
+fn port_number(text: &str) -> Option<u16> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    (digits && text.len() <= 5)
+        .then(|| text.parse::<u16>().ok())
+        .flatten()
+        .filter(|&p| p != 0)
+}
+
+/// What is wrong with `host` as the host of a backend or an origin, if anything: it must be
+/// a DNS name (labels of letters, digits, `-` and `_`, as `websocket::is_label` allows; one
+/// trailing dot, the fully qualified form), an IPv4 address, or a bracketed IPv6 address,
+/// without a scope id. `canonical`: an IP address written only as browsers serialise it
+/// (`[::1]`, not `[0::1]`), since an origin is compared as a string.
+fn host_part(host: &str, canonical: bool) -> Result<(), String> {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = (v6.parse())
+            .map_err(|_| format!("{v6:?} is not an IPv6 address (without a scope id)"))?;
+        if canonical && ip.to_string() != v6 {
+            return Err(format!("write the IPv6 address as [{ip}]"));
+        }
+        return Ok(());
+    }
+    if !host.is_ascii() {
+        return Err("a name outside ASCII is written in its punycode form (\"xn--…\", as `idn2` or a browser's address bar shows it)".to_string());
+    }
+    if let Some(c) = host.chars().find(|c| c.is_ascii_control()) {
+        return Err(format!("it holds the control character {c:?}"));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    // A name ending in a number is an IPv4 address to resolvers (`127.1`, `0x7f.1`, `010.1.1.1`
+    // read by inet_aton as 127.0.0.1, 127.0.0.1, 8.1.1.1), so it must be one, written plainly.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return match host.parse::<std::net::Ipv4Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "{host:?} ends in a number but is not an IPv4 address written as four decimal numbers 0-255 (\"10.0.0.7\")"
+            )),
+        };
+    }
+    if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
+        return Err(format!(
+            "{host:?} is not a host name (dot-separated labels of letters, digits, '-' and '_', none empty, none starting or ending with '-'), an IPv4 address or a bracketed IPv6 address"
+        ));
+    }
+    Ok(())
+}
+
+/// A backend, `host:port` as `resolve::resolve` hands it to the system resolver (see
+/// [`host_part`] for the host; no userinfo, no `*`, no list, no `%` escape: none of them is a
+/// name a resolver could answer for). The port is plain digits, 1 to 65535.
+fn backend(text: &str) -> Result<String, String> {
+    let example = "(e.g. \"10.0.0.7:9001\", \"app:9001\", \"[::1]:9001\")";
+    if let Some(message) = surrounded_by_space(text) {
+        return Err(message);
+    }
+    let (host, port) = split_port(text);
+    let Some(port) = port else {
+        return Err(format!("{text:?} is not host:port {example}"));
+    };
+    if port_number(port).is_none() {
+        return Err(format!(
+            "{text:?} has a port that is not a number from 1 to 65535 {example}"
+        ));
+    }
+    host_part(host, false).map_err(|why| format!("{text:?} is not host:port: {why}"))?;
+    Ok(text.to_string())
+}
+
+/// Whether `addr` (as `written`) is an address a TCP listener can be bound to, and bound
+/// to as it reads:
+/// - not an IPv4 address in IPv6 form (`[::ffff:127.0.0.1]:8443`): IPv6 listeners are bound
+///   IPv6-only (so that `[::]` can sit beside `0.0.0.0`), which such an address cannot be;
+/// - not a multicast or the broadcast address: TCP has no listener for a group;
+/// - a scope id (`%2`) only on a link-local address (`fe80::/10`), the one kind whose scope
+///   picks the interface. The kernel ignores it on any other, so `[::1%1]:P` is `[::1]:P`
+///   bound twice, and would fail only when serving; refusing the id, rather than comparing
+///   addresses without it, keeps one spelling of each address.
+fn bindable(written: &str, addr: SocketAddr) -> Result<(), String> {
+    let ip = addr.ip();
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().to_ipv4_mapped().is_some() {
+            let plain = SocketAddr::new(ip.to_canonical(), addr.port());
+            return Err(format!(
+                "{written:?} is an IPv4 address in IPv6 form: write it as {plain}"
+            ));
+        }
+        // fe80::/10 (`Ipv6Addr::is_unicast_link_local` is newer than the supported Rust).
+        let link_local = v6.ip().segments()[0] & 0xffc0 == 0xfe80;
+        if v6.scope_id() != 0 && !link_local {
+            let plain = SocketAddr::new(ip, addr.port());
+            return Err(format!(
+                "{written:?} has a scope id, which only a link-local address (fe80::/10) uses: write it as {plain}"
+            ));
+        }
+    }
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_multicast() || broadcast {
+        let kind = if broadcast { "broadcast" } else { "multicast" };
+        return Err(format!(
+            "{written:?} is a {kind} address, which a TCP listener cannot be bound to: use a local unicast address"
+        ));
+    }
+    Ok(())
+}
+
+/// What is wrong with a value that has whitespace (a space, a tab, a newline) at either end:
+/// nothing ever reads it so, and it usually means another value was pasted in with it.
+fn surrounded_by_space(written: &str) -> Option<String> {
+    let trimmed = written.trim();
+    (trimmed != written).then(|| format!("{written:?} has whitespace around it: write {trimmed:?}"))
 }
 
 /// Two different addresses that cannot both be bound: the same port (not 0) in the same
@@ -549,4 +793,35 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn overlap_message(addr: SocketAddr, other: SocketAddr) -> String {
     format!("{addr} overlaps {other}: an unspecified address takes the port on every address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineIndex;
+
+    /// The index finds what `error::locate` finds by reading the text, at every offset
+    /// (inside a character, past the end, on a newline, in a CRLF file).
+    #[test]
+    fn the_line_index_locates_as_reading_the_text_does() {
+        let src = "a = 1\r\n\nname = \"é✓\" # ü\n\n[x]\ny = \"z\"";
+        let lines = LineIndex::new(src);
+        for start in 0..src.len() + 3 {
+            let span = start..start + 1;
+            assert_eq!(
+                lines.locate(src, &span, "k"),
+                super::super::error::locate(src, &span, "k"),
+                "at {start}"
+            );
+        }
+        // Out of order too: backwards, and jumping between lines.
+        for start in (0..src.len() + 3).rev().chain([30, 3, 31, 9, 2]) {
+            let span = start..start;
+            assert_eq!(
+                lines.locate(src, &span, "k"),
+                super::super::error::locate(src, &span, "k"),
+                "at {start}, backwards"
+            );
+        }
+        assert_eq!(LineIndex::new("").locate("", &(0..0), "k").line, 1);
+    }
 }
