@@ -40,7 +40,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(Ok(reply)) => println!("\n  echo OK via {url}: {reply}\n"),
         other => return Err(format!("no echo: {other:?}").into()),
     }
+    // The close handshake completed (the backend's close frame read, then the end of the
+    // stream) and the connection dropped: a tunnel left open would linger in the log.
     ws.close(None).await?;
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
     println!("  wsgate is serving {url} → ws://{BACKEND} (Ctrl-C to stop)");
     println!("  try it:  cargo run --release --example wsclient -- {url}\n");
     tokio::signal::ctrl_c().await?;
