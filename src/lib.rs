@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Layout, one module per concept:
-//! - [`config`]: TOML → validated `Config` (raw, validate, error); [`routes`]: the route
+//! - [`config`]: TOML → validated `Config` (raw, shape, validate, values, error); [`routes`]: the route
 //!   table (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the request head read
 //!   before hyper;
 //! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and

@@ -2,6 +2,7 @@
 //! (`route[1].backends[0]`), found from the TOML parser's byte spans, because an operator
 //! editing by hand (or reading a reload's log line) needs to know exactly where to look.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
@@ -251,6 +252,54 @@ fn deepest_key(src: &str) -> Option<(usize, String, usize)> {
     deepest
 }
 
+/// Where each line of the source starts, so that locating a span is a binary search: a
+/// config with a warning per route (thousands of shadowed routes, say) would otherwise read
+/// the file from its start once per warning, which is quadratic.
+pub(super) struct LineIndex {
+    /// Byte offsets of the first byte of each line; the first is 0.
+    starts: Vec<usize>,
+    /// The last place located: its byte offset and its column. Spans are located mostly in
+    /// file order, so the next one on the same line counts characters from there, not from
+    /// the line's start: thousands of inline tables on one line (`certificates = [{…}, …]`)
+    /// would make counting from the start quadratic again.
+    last: Cell<(usize, usize)>,
+}
+
+impl LineIndex {
+    pub(super) fn new(src: &str) -> LineIndex {
+        let after_newlines = src.match_indices('\n').map(|(at, _)| at + 1);
+        LineIndex {
+            starts: std::iter::once(0).chain(after_newlines).collect(),
+            last: Cell::new((0, 1)),
+        }
+    }
+
+    /// The place of `span` in `src`, as `error::locate` finds it: the line, and the column
+    /// counted in characters, of the span's start (clamped to the text, and moved back to a
+    /// character boundary).
+    pub(super) fn locate(&self, src: &str, span: &Range<usize>, key: &str) -> Location {
+        let mut start = span.start.min(src.len());
+        while start > 0 && !src.is_char_boundary(start) {
+            start -= 1;
+        }
+        // The last line starting at or before `start`; there is always one (offset 0).
+        let line = self.starts.partition_point(|&s| s <= start).max(1);
+        let line_start = self.starts[line - 1];
+        let (last, last_column) = self.last.get();
+        let column = if (line_start..=start).contains(&last) {
+            last_column + src[last..start].chars().count()
+        } else {
+            src[line_start..start].chars().count() + 1
+        };
+        self.last.set((start, column));
+        Location {
+            line,
+            column,
+            key: key.to_string(),
+        }
+    }
+}
+
 /// Line and column (1-based, in characters) of `span.start`, and the key to name.
 pub(super) fn locate(src: &str, span: &Range<usize>, key: &str) -> Location {
     let start = span.start.min(src.len());
@@ -405,4 +454,35 @@ fn last_ident(text: &str) -> String {
         .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '"' | '.'))
         .collect();
     ident.chars().rev().filter(|c| *c != '"').collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineIndex;
+
+    /// The index finds what `error::locate` finds by reading the text, at every offset
+    /// (inside a character, past the end, on a newline, in a CRLF file).
+    #[test]
+    fn the_line_index_locates_as_reading_the_text_does() {
+        let src = "a = 1\r\n\nname = \"é✓\" # ü\n\n[x]\ny = \"z\"";
+        let lines = LineIndex::new(src);
+        for start in 0..src.len() + 3 {
+            let span = start..start + 1;
+            assert_eq!(
+                lines.locate(src, &span, "k"),
+                super::locate(src, &span, "k"),
+                "at {start}"
+            );
+        }
+        // Out of order too: backwards, and jumping between lines.
+        for start in (0..src.len() + 3).rev().chain([30, 3, 31, 9, 2]) {
+            let span = start..start;
+            assert_eq!(
+                lines.locate(src, &span, "k"),
+                super::locate(src, &span, "k"),
+                "at {start}, backwards"
+            );
+        }
+        assert_eq!(LineIndex::new("").locate("", &(0..0), "k").line, 1);
+    }
 }

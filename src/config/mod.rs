@@ -7,6 +7,7 @@ mod error;
 mod raw;
 mod shape;
 mod validate;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,328 @@
+//! The syntax of single values, each checked on its own: route names, hosts, paths,
+//! subprotocols, origins, backends and listen addresses. Each check returns the value in the
+//! form it is compared in, or the message that says what is wrong and how to write it;
+//! `validate` puts the file, line and key in front.
+
+use std::net::SocketAddr;
+
+use super::HostPattern;
+
+/// A route's name: it labels the route's log lines and metric series, so it must read the
+/// same there as here. Not empty, no whitespace around it, no control character (a newline
+/// would start a forged line in a text log; metrics escape only `\n`, `"` and `\\`), and
+/// not `-`, which is what the log and metrics say for a request no route took.
+pub(super) fn route_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if let Some(message) = surrounded_by_space(name) {
+        return Err(message);
+    }
+    if name.contains(char::is_control) {
+        return Err(format!(
+            "{name:?} has a control character: a name labels log lines and metrics, write it in plain text"
+        ));
+    }
+    if name == "-" {
+        return Err(
+            "\"-\" is what log lines and metrics show for a request no route took: choose another name"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn host_pattern(text: &str) -> Result<HostPattern, String> {
+    if let Some(message) = surrounded_by_space(text) {
+        return Err(message);
+    }
+    let host = text.to_ascii_lowercase();
+    // One trailing dot (the fully qualified form) is dropped, as it is from a request's Host.
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host),
+    };
+    // The rules a request's Host is held to: a route no Host can match is a mistake.
+    if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
+        return Err(format!(
+            "{text:?} is not a host name: write \"chat.example.com\" or \"*.example.com\", without a port"
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::Wildcard(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_string())
+    })
+}
+
+pub(super) fn route_path(text: &str) -> Result<String, String> {
+    // Before the rules below, whose messages would be about '%' escapes or whitespace.
+    if text.contains(char::is_control) {
+        return Err(format!(
+            "{text:?} has a control character (NUL, a tab, a newline…): no request path holds one, so this route could not be reached"
+        ));
+    }
+    if !text.starts_with('/') || text.contains(['?', '#']) || text.contains(char::is_whitespace) {
+        return Err(format!(
+            "{text:?} is not a path prefix (one starts with '/', and has no query, fragment or whitespace)"
+        ));
+    }
+    // The escapes requests may carry (see `head::check`): others are refused with 400.
+    if !crate::routes::escapes_sound(text) {
+        return Err(format!(
+            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of NUL, or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
+        ));
+    }
+    // Requests are matched as `routes::canonical` reads them, with `;parameters` cut and
+    // empty segments dropped, so a route holding either, however spelled (`%3B`, `；`),
+    // would match more than it says ("/;v1" every path).
+    let read = crate::routes::canonical(text);
+    if read.contains(';') || read.contains("//") {
+        return Err(format!(
+            "{text:?} has a ';parameter' or an empty segment (however spelled): requests are matched without them, so write the path without"
+        ));
+    }
+    let lower = text.to_ascii_lowercase();
+    if text.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+        return Err(format!(
+            "{text:?} has a '\\' or an encoded '/' or '\\': requests are matched with these read as '/', so write '/'"
+        ));
+    }
+    // A path written in a form requests are not matched in (`／`, `ａ`, a decomposed accent):
+    // the form to write, unless that is no route path either (`‥` is `..`).
+    let decoded = crate::routes::percent_decode(text);
+    if read != String::from_utf8_lossy(&decoded) {
+        return Err(match route_path(&read) {
+            Ok(_) => format!(
+                "{text:?} is matched in its Unicode normal form (NFKC), as normalising backends read it: write {read:?}"
+            ),
+            Err(_) => format!(
+                "{text:?} is read as {read:?} in its Unicode normal form (NFKC), as normalising backends read it, and that cannot be a route path"
+            ),
+        });
+    }
+    // Requests with a dot segment are refused before routing (routes.rs): no request could
+    // ever reach such a route.
+    if crate::routes::has_dot_segment(text) {
+        return Err(format!(
+            "{text:?} has a '.' or '..' segment: requests with one never match a route, so this one could not be reached"
+        ));
+    }
+    if read.split('/').any(|segment| segment.ends_with(['.', ' '])) {
+        return Err(format!(
+            "{text:?} has a segment ending in '.' or a space: requests are matched without them, as Windows servers read them, so write the path without them"
+        ));
+    }
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+/// RFC 9110 token characters, which is what a subprotocol name must be (RFC 6455 §4.1).
+pub(super) fn subprotocol(text: &str) -> Result<String, String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.is_empty() || !text.bytes().all(tchar) {
+        return Err(format!(
+            "{text:?} is not a valid subprotocol name (an HTTP token)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// An `origins` entry, normalised as requests' `Origin` is compared with it (lowercase, one
+/// trailing `/` dropped: see `routes::Route::allows_origin`). It must be an origin as browsers
+/// serialise one (RFC 6454 §6.2): `scheme "://" host [":" port]`, the host a name, an IPv4
+/// address or a bracketed IPv6 address in the form browsers write it; anything else would
+/// match no request. Not `null`: any page can send that (a sandboxed frame, a `file:` page),
+/// so allowing it would allow everyone.
+pub(super) fn origin(text: &str) -> Result<String, String> {
+    let example = "write it like \"https://chat.example.com\" or \"https://chat.example.com:8443\"";
+    if let Some(message) = surrounded_by_space(text) {
+        return Err(message);
+    }
+    let lower = text.to_ascii_lowercase();
+    let normalized = lower.strip_suffix('/').unwrap_or(&lower);
+    if normalized == "null" {
+        return Err("\"null\" is refused: any page can send it (sandboxed frames, file: pages), so allowing it would allow everyone".to_string());
+    }
+    let Some((scheme, authority)) = normalized.split_once("://") else {
+        return Err(format!("{text:?} is not an origin: {example}"));
+    };
+    if !is_scheme(scheme) {
+        return Err(format!(
+            "{text:?} has no valid scheme (letters, digits, '+', '-', '.', starting with a letter): {example}"
+        ));
+    }
+    if authority.contains('*') {
+        return Err(format!(
+            "{text:?} has a wildcard, which origins do not support: list each origin (\"https://a.example.com\", \"https://b.example.com\")"
+        ));
+    }
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{text:?} has a path, query, fragment or user name, which an Origin never holds: {example}"
+        ));
+    }
+    let (host, port) = split_port(authority);
+    if let Some(port) = port {
+        // Browsers write the port as a plain number, without leading zeros.
+        if port_number(port).is_none() || port.starts_with('0') {
+            return Err(format!(
+                "{text:?} has a port that is not a number from 1 to 65535 (without leading zeros)"
+            ));
+        }
+    }
+    host_part(host, true)
+        .map_err(|why| format!("{text:?} does not name a host as browsers write it: {why}"))?;
+    Ok(normalized.to_string())
+}
+
+/// A URI scheme (RFC 3986 §3.1): a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(scheme: &str) -> bool {
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && (scheme.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// `authority` split at its port's `:`, if it has one (a bracketed IPv6 address's own colons
+/// are not one).
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rfind(':') {
+        Some(at) if !authority[at..].contains(']') => {
+            (&authority[..at], Some(&authority[at + 1..]))
+        }
+        _ => (authority, None),
+    }
+}
+
+/// A TCP port written as plain digits (no sign, no space), 1 to 65535.
+fn port_number(text: &str) -> Option<u16> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    (digits && text.len() <= 5)
+        .then(|| text.parse::<u16>().ok())
+        .flatten()
+        .filter(|&p| p != 0)
+}
+
+/// What is wrong with `host` as the host of a backend or an origin, if anything: it must be
+/// a DNS name (labels of letters, digits, `-` and `_`, as `websocket::is_label` allows; one
+/// trailing dot, the fully qualified form), an IPv4 address, or a bracketed IPv6 address,
+/// without a scope id. `canonical`: an IP address written only as browsers serialise it
+/// (`[::1]`, not `[0::1]`), since an origin is compared as a string.
+fn host_part(host: &str, canonical: bool) -> Result<(), String> {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = (v6.parse())
+            .map_err(|_| format!("{v6:?} is not an IPv6 address (without a scope id)"))?;
+        if canonical && ip.to_string() != v6 {
+            return Err(format!("write the IPv6 address as [{ip}]"));
+        }
+        return Ok(());
+    }
+    if !host.is_ascii() {
+        return Err("a name outside ASCII is written in its punycode form (\"xn--…\", as `idn2` or a browser's address bar shows it)".to_string());
+    }
+    if let Some(c) = host.chars().find(|c| c.is_ascii_control()) {
+        return Err(format!("it holds the control character {c:?}"));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    // A name ending in a number is an IPv4 address to resolvers (`127.1`, `0x7f.1`, `010.1.1.1`
+    // read by inet_aton as 127.0.0.1, 127.0.0.1, 8.1.1.1), so it must be one, written plainly.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return match host.parse::<std::net::Ipv4Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "{host:?} ends in a number but is not an IPv4 address written as four decimal numbers 0-255 (\"10.0.0.7\")"
+            )),
+        };
+    }
+    if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
+        return Err(format!(
+            "{host:?} is not a host name (dot-separated labels of letters, digits, '-' and '_', none empty, none starting or ending with '-'), an IPv4 address or a bracketed IPv6 address"
+        ));
+    }
+    Ok(())
+}
+
+/// A backend, `host:port` as `resolve::resolve` hands it to the system resolver (see
+/// [`host_part`] for the host; no userinfo, no `*`, no list, no `%` escape: none of them is a
+/// name a resolver could answer for). The port is plain digits, 1 to 65535.
+pub(super) fn backend(text: &str) -> Result<String, String> {
+    let example = "(e.g. \"10.0.0.7:9001\", \"app:9001\", \"[::1]:9001\")";
+    if let Some(message) = surrounded_by_space(text) {
+        return Err(message);
+    }
+    let (host, port) = split_port(text);
+    let Some(port) = port else {
+        return Err(format!("{text:?} is not host:port {example}"));
+    };
+    if port_number(port).is_none() {
+        return Err(format!(
+            "{text:?} has a port that is not a number from 1 to 65535 {example}"
+        ));
+    }
+    host_part(host, false).map_err(|why| format!("{text:?} is not host:port: {why}"))?;
+    Ok(text.to_string())
+}
+
+/// Whether `addr` (as `written`) is an address a TCP listener can be bound to, and bound
+/// to as it reads:
+/// - not an IPv4 address in IPv6 form (`[::ffff:127.0.0.1]:8443`): IPv6 listeners are bound
+///   IPv6-only (so that `[::]` can sit beside `0.0.0.0`), which such an address cannot be;
+/// - not a multicast or the broadcast address: TCP has no listener for a group;
+/// - a scope id (`%2`) only on a link-local address (`fe80::/10`), the one kind whose scope
+///   picks the interface. The kernel ignores it on any other, so `[::1%1]:P` is `[::1]:P`
+///   bound twice, and would fail only when serving; refusing the id, rather than comparing
+///   addresses without it, keeps one spelling of each address.
+pub(super) fn bindable(written: &str, addr: SocketAddr) -> Result<(), String> {
+    let ip = addr.ip();
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().to_ipv4_mapped().is_some() {
+            let plain = SocketAddr::new(ip.to_canonical(), addr.port());
+            return Err(format!(
+                "{written:?} is an IPv4 address in IPv6 form: write it as {plain}"
+            ));
+        }
+        // fe80::/10 (`Ipv6Addr::is_unicast_link_local` is newer than the supported Rust).
+        let link_local = v6.ip().segments()[0] & 0xffc0 == 0xfe80;
+        if v6.scope_id() != 0 && !link_local {
+            let plain = SocketAddr::new(ip, addr.port());
+            return Err(format!(
+                "{written:?} has a scope id, which only a link-local address (fe80::/10) uses: write it as {plain}"
+            ));
+        }
+    }
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_multicast() || broadcast {
+        let kind = if broadcast { "broadcast" } else { "multicast" };
+        return Err(format!(
+            "{written:?} is a {kind} address, which a TCP listener cannot be bound to: use a local unicast address"
+        ));
+    }
+    Ok(())
+}
+
+/// What is wrong with a value that has whitespace (a space, a tab, a newline) at either end:
+/// nothing ever reads it so, and it usually means another value was pasted in with it.
+pub(super) fn surrounded_by_space(written: &str) -> Option<String> {
+    let trimmed = written.trim();
+    (trimmed != written).then(|| format!("{written:?} has whitespace around it: write {trimmed:?}"))
+}
+
+/// Two different addresses that cannot both be bound: the same port (not 0) in the same
+/// family, one of them the unspecified address, which takes the port on every address.
+/// (`[::]` is bound IPv6-only, so it does not collide with `0.0.0.0`.)
+pub(super) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a != b
+        && a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+pub(super) fn overlap_message(addr: SocketAddr, other: SocketAddr) -> String {
+    format!("{addr} overlaps {other}: an unspecified address takes the port on every address")
+}
