@@ -17,9 +17,9 @@
 //! ```
 //!
 //! Layout, one module per concept:
-//! - [`config`]: TOML → validated `Config` (raw, shape, validate, values, error); [`routes`]: the route
-//!   table (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the request head read
-//!   before hyper;
+//! - [`config`]: TOML → validated `Config` (raw, shape, validate, values, error);
+//!   [`routes`]: the route table (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the
+//!   request head read before hyper;
 //! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
 //!   the watches; `reload`: when and how a new snapshot replaces the old;
 //! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;
