@@ -69,6 +69,7 @@ pub(crate) async fn read_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr
                 tcp.read_exact(&mut consumed).await?;
             }
             Parsed::Invalid => return Err(HeaderError::Invalid),
+            Parsed::TooLong => return Err(HeaderError::TooLong),
         }
     }
 }
@@ -82,6 +83,8 @@ enum Parsed {
     },
     Incomplete,
     Invalid,
+    /// A v2 header announcing more than [`MAX_HEADER`] bytes.
+    TooLong,
 }
 
 /// The longest v1 header: one line, CRLF included.
@@ -107,6 +110,9 @@ fn parse(input: &[u8]) -> Parsed {
             Err(_) => Parsed::Invalid,
         };
     }
+    if let Some(decided) = v2_fixed_part(input) {
+        return decided;
+    }
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
         return Parsed::Incomplete;
@@ -117,8 +123,8 @@ fn parse(input: &[u8]) -> Parsed {
             length: header.len(),
             client: match (header.command, header.addresses) {
                 (v2::Command::Local, _) => None,
-                (_, v2::Addresses::IPv4(a)) => Some((a.source_address, a.source_port).into()),
-                (_, v2::Addresses::IPv6(a)) => Some((a.source_address, a.source_port).into()),
+                (_, v2::Addresses::IPv4(a)) => Some(client(a.source_address.into(), a.source_port)),
+                (_, v2::Addresses::IPv6(a)) => Some(client(a.source_address.into(), a.source_port)),
                 (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
             },
         },
@@ -126,12 +132,53 @@ fn parse(input: &[u8]) -> Parsed {
     }
 }
 
+/// The client a header names, an IPv4 address sent in IPv6 form (`::ffff:a.b.c.d`) read as
+/// the IPv4 address it is: logs, limits and `X-Forwarded-For` all show the one form.
+fn client(ip: std::net::IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.to_canonical(), port)
+}
+
+/// The v2 signature, which starts every v2 header.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// What a v2 header's fixed 16 bytes decide before its address block is in, where ppp would
+/// wait for the whole header: a version or command that is none (refused once its byte is
+/// in), a length over the limit (refused once it is in, not after the handshake timeout),
+/// and a `LOCAL` header, which the spec says to accept whatever family it names and discard
+/// its block (a balancer's health check may name its own family with no addresses, which ppp
+/// refuses). `None` leaves the header to ppp.
+fn v2_fixed_part(input: &[u8]) -> Option<Parsed> {
+    if input.len() <= V2_SIGNATURE.len() || !input.starts_with(V2_SIGNATURE) {
+        return None;
+    }
+    let version_command = input[12];
+    if version_command >> 4 != 2 || version_command & 0x0f > 1 {
+        return Some(Parsed::Invalid);
+    }
+    let Some(&[_, _, high, low]) = input.get(12..16) else {
+        return Some(Parsed::Incomplete);
+    };
+    let length = 16 + usize::from(u16::from_be_bytes([high, low]));
+    if length > MAX_HEADER {
+        return Some(Parsed::TooLong);
+    }
+    let local = version_command == 0x20;
+    match local {
+        true if input.len() >= length => Some(Parsed::Header {
+            length,
+            client: None,
+        }),
+        true => Some(Parsed::Incomplete),
+        false => None,
+    }
+}
+
 fn v1_header(header: &v1::Header) -> Parsed {
     Parsed::Header {
         length: header.header.len(),
         client: match header.addresses {
-            v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
-            v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
+            v1::Addresses::Tcp4(a) => Some(client(a.source_address.into(), a.source_port)),
+            v1::Addresses::Tcp6(a) => Some(client(a.source_address.into(), a.source_port)),
             v1::Addresses::Unknown => None,
         },
     }
@@ -161,6 +208,14 @@ mod tests {
             Parsed::Header {
                 length: tcp6.len(),
                 client: client("[2001:db8::1]:51000")
+            }
+        );
+        let mapped = b"PROXY TCP6 ::ffff:203.0.113.7 ::1 51000 443\r\n";
+        assert_eq!(
+            parse(mapped),
+            Parsed::Header {
+                length: mapped.len(),
+                client: client("203.0.113.7:51000")
             }
         );
         let unknown = b"PROXY UNKNOWN\r\n";
@@ -211,6 +266,47 @@ mod tests {
                 client: None
             }
         );
+    }
+
+    #[test]
+    fn a_v2_fixed_part_decides_what_it_can_at_once() {
+        let fixed = |version_command: u8, family: u8, length: u16| {
+            let mut header = V2_SIGNATURE.to_vec();
+            header.extend([version_command, family]);
+            header.extend(length.to_be_bytes());
+            header
+        };
+        // LOCAL naming AF_INET with no addresses: accepted, its block (none) discarded.
+        let local = fixed(0x20, 0x11, 0);
+        assert_eq!(
+            parse(&[&local[..], b"\x16\x03\x01"].concat()),
+            Parsed::Header {
+                length: 16,
+                client: None
+            }
+        );
+        // LOCAL with a block: the block is skipped whatever is in it.
+        let mut with_block = fixed(0x20, 0x11, 5);
+        assert_eq!(parse(&with_block), Parsed::Incomplete);
+        with_block.extend(b"abcde");
+        assert_eq!(
+            parse(&with_block),
+            Parsed::Header {
+                length: 21,
+                client: None
+            }
+        );
+        // A version or command byte that is none: refused before the length is in.
+        for bad in [0x11, 0x31, 0x22, 0x2f] {
+            assert_eq!(
+                parse(&fixed(bad, 0x11, 12)[..13]),
+                Parsed::Invalid,
+                "{bad:#x}"
+            );
+        }
+        // More than the limit announced: refused once the length is in.
+        assert_eq!(parse(&fixed(0x21, 0x11, 65535)), Parsed::TooLong);
+        assert_eq!(parse(&fixed(0x21, 0x11, 12)[..14]), Parsed::Incomplete);
     }
 
     #[test]
