@@ -89,6 +89,20 @@ async fn a_v2_local_header_keeps_the_socket_peer() {
     let header = v2(ppp::v2::Command::Local, "198.51.100.1:1", "10.0.0.1:443");
     let (_client, _back, seen) = upgrade_after(addr, &backend, &header).await;
     assert_eq!(seen.list("x-forwarded-for"), ["127.0.0.1"]);
+    // The spec: LOCAL is accepted whatever family it names, its block discarded; here
+    // AF_INET with no addresses at all.
+    let bare = b"\r\n\r\n\0\r\nQUIT\n\x20\x11\x00\x00";
+    let (_client, _back, seen) = upgrade_after(addr, &backend, bare).await;
+    assert_eq!(seen.list("x-forwarded-for"), ["127.0.0.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_client_in_ipv6_form_is_the_ipv4_client() {
+    let backend = RawBackend::start().await;
+    let (_dir, _server, addr) = proxy_with_header(&chat(&backend)).await;
+    let header = b"PROXY TCP6 ::ffff:203.0.113.91 ::1 5 443\r\n";
+    let (_client, _back, seen) = upgrade_after(addr, &backend, header).await;
+    assert_eq!(seen.list("x-forwarded-for"), ["203.0.113.91"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
