@@ -758,6 +758,11 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ),
             ("\"https://é.com\"", "punycode"),
             ("\"https://[0::1]\"", "write the IPv6 address as [::1]"),
+            // Browsers write an IPv4-mapped address in hex, never dotted.
+            (
+                "\"http://[::ffff:127.0.0.1]\"",
+                "write the IPv6 address as [::ffff:7f00:1]",
+            ),
             ("\"https://127.1\"", "is not an IPv4 address"),
             ("\"1https://a.com\"", "no valid scheme"),
             ("\"null\"", "allowing it would allow everyone"),
@@ -770,7 +775,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
                 "{entry}: {message:?} should contain {expected:?}"
             );
         }
-        let fine = "origins = [\"HTTPS://Chat.Example.com/\", \"http://127.0.0.1:8080\", \"https://[::1]:8443\", \"chrome-extension://abc\", \"https://a_b.example.com.\"]";
+        let fine = "origins = [\"HTTPS://Chat.Example.com/\", \"http://127.0.0.1:8080\", \"https://[::1]:8443\", \"chrome-extension://abc\", \"https://a_b.example.com.\", \"http://[::ffff:7f00:1]\"]";
         let config = parse(&route_with(fine)).unwrap();
         assert_eq!(
             config.routes[0].origins.as_deref().unwrap_or_default(),
@@ -780,6 +785,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
                 "https://[::1]:8443",
                 "chrome-extension://abc",
                 "https://a_b.example.com.",
+                "http://[::ffff:7f00:1]",
             ]
         );
     }

@@ -216,8 +216,9 @@ fn host_part(host: &str, canonical: bool) -> Result<(), String> {
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         let ip: std::net::Ipv6Addr = (v6.parse())
             .map_err(|_| format!("{v6:?} is not an IPv6 address (without a scope id)"))?;
-        if canonical && ip.to_string() != v6 {
-            return Err(format!("write the IPv6 address as [{ip}]"));
+        let url_form = url_form(ip);
+        if canonical && url_form != v6 {
+            return Err(format!("write the IPv6 address as [{url_form}]"));
         }
         return Ok(());
     }
@@ -245,6 +246,34 @@ fn host_part(host: &str, canonical: bool) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// An IPv6 address as browsers write it in a URL, and so in `Origin` (the WHATWG URL
+/// standard's IPv6 serializer): RFC 5952's form, lowercase hex with the first longest run of
+/// two or more zero pieces as `::`, but an IPv4-mapped address in hex too (`::ffff:7f00:1`),
+/// where Rust's `Display` writes it dotted (`::ffff:127.0.0.1`), a form no browser sends.
+fn url_form(ip: std::net::Ipv6Addr) -> String {
+    let pieces = ip.segments();
+    let mut longest: Option<std::ops::Range<usize>> = None;
+    let mut i = 0;
+    while i < pieces.len() {
+        let start = i;
+        while i < pieces.len() && pieces[i] == 0 {
+            i += 1;
+        }
+        if i - start >= 2 && longest.as_ref().map_or(true, |run| i - start > run.len()) {
+            longest = Some(start..i);
+        }
+        i = i.max(start + 1);
+    }
+    let hex = |pieces: &[u16]| {
+        let hex: Vec<String> = pieces.iter().map(|p| format!("{p:x}")).collect();
+        hex.join(":")
+    };
+    match longest {
+        Some(run) => format!("{}::{}", hex(&pieces[..run.start]), hex(&pieces[run.end..])),
+        None => hex(&pieces),
+    }
 }
 
 /// A backend, `host:port` as `resolve::resolve` hands it to the system resolver (see
@@ -325,4 +354,34 @@ pub(super) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 
 pub(super) fn overlap_message(addr: SocketAddr, other: SocketAddr) -> String {
     format!("{addr} overlaps {other}: an unspecified address takes the port on every address")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::url_form;
+
+    #[test]
+    fn ipv6_addresses_are_written_as_browsers_write_them() {
+        for (ip, written) in [
+            ("::", "::"),
+            ("::1", "::1"),
+            ("1::", "1::"),
+            ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+            ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),
+            ("1:0:0:2:0:0:3:4", "1::2:0:0:3:4"),
+            ("1:0:2:3:4:5:6:7", "1:0:2:3:4:5:6:7"),
+            ("::ffff:127.0.0.1", "::ffff:7f00:1"),
+            ("::ffff:7f00:1", "::ffff:7f00:1"),
+        ] {
+            let ip: Ipv6Addr = ip.parse().unwrap();
+            assert_eq!(url_form(ip), written, "{ip}");
+        }
+        // Elsewhere it is RFC 5952's form, which `Display` writes.
+        for ip in ["fe80::1:2", "2001:db8:1:2:3:4:5:6", "0:0:1::", "::2:3"] {
+            let ip: Ipv6Addr = ip.parse().unwrap();
+            assert_eq!(url_form(ip), ip.to_string());
+        }
+    }
 }
