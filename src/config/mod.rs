@@ -426,6 +426,16 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             assert_eq!(config.routes.len(), 2);
             assert!(config.warnings.is_empty(), "{body}: {:?}", config.warnings);
         }
+        // Of several routes taking all of a later one's requests, the first is named.
+        let body = route("a", "", "/x", &list("\"v1\", \"v2\""))
+            + &route("b", "", "/x", "")
+            + &route("c", "", "/x", &list("\"v3\""))
+            + &route("d", "", "/x", &list("\"v2\", \"v1\""));
+        let config = parse(&body).unwrap();
+        let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("route \"c\" can never be chosen: route \"b\""));
+        assert!(warnings[1].contains("route \"d\" can never be chosen: route \"a\""));
     }
 
     #[test]

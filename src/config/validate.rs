@@ -265,7 +265,7 @@ impl Checker<'_> {
         let mut first_seen: HashMap<&str, Range<usize>> = HashMap::new();
         // Earlier routes by the requests they match (host, path key): a later one there may
         // never get a request.
-        let mut same_place: HashMap<(Option<HostPattern>, String), Vec<usize>> = HashMap::new();
+        let mut same_place: HashMap<(Option<HostPattern>, String), Place> = HashMap::new();
         if raw.is_empty() {
             // Valid (a proxy being set up, routes to come by reload), but it serves nothing.
             let message = "no [[route]]: every request gets 404";
@@ -298,8 +298,7 @@ impl Checker<'_> {
             };
             let shadow = covering.into_iter().find_map(|host| {
                 let earlier = same_place.get(&(host.clone(), path.clone()))?;
-                let shadow = earlier.iter().find(|&&e| takes_all_of(&out[e], this))?;
-                Some((*shadow, host == this.host))
+                Some((earlier.shadow(&out, this)?, host == this.host))
             });
             if let Some((shadow, same_host)) = shadow {
                 // A warning, not an error: equal routes taken in file order is the documented
@@ -319,7 +318,7 @@ impl Checker<'_> {
             same_place
                 .entry((this.host.clone(), path))
                 .or_default()
-                .push(i);
+                .add(i, this);
         }
         Ok(out)
     }
@@ -417,6 +416,52 @@ impl Checker<'_> {
                 backend(b.get_ref()).map_err(|m| self.error(&b.span(), &format!("{key}[{j}]"), m))
             })
             .collect()
+    }
+}
+
+/// The earlier routes at one place (host, path key), indexed for [`Place::shadow`].
+#[derive(Default)]
+struct Place {
+    /// The first route without a subprotocol list: it takes every later request here.
+    open: Option<usize>,
+    /// The routes with a list, by each protocol on it, in file order.
+    by_protocol: HashMap<String, Vec<usize>>,
+}
+
+impl Place {
+    fn add(&mut self, i: usize, route: &RouteConfig) {
+        match &route.subprotocols {
+            None => {
+                self.open.get_or_insert(i);
+            }
+            Some(list) => {
+                for protocol in list {
+                    self.by_protocol
+                        .entry(protocol.clone())
+                        .or_default()
+                        .push(i);
+                }
+            }
+        }
+    }
+
+    /// The first earlier route here that takes every request `later` would (see
+    /// [`takes_all_of`]). A route whose list holds all of `later`'s protocols holds its
+    /// rarest one: only those are tried, not every earlier route, so thousands of routes at
+    /// one place, each with protocols of its own, are checked in linear time.
+    fn shadow(&self, routes: &[RouteConfig], later: &RouteConfig) -> Option<usize> {
+        let listed = later.subprotocols.as_ref().and_then(|list| {
+            let holders = |p: &String| self.by_protocol.get(p);
+            let rarest = list
+                .iter()
+                .map(holders)
+                .min_by_key(|h| h.map_or(0, Vec::len))??;
+            (rarest.iter().copied()).find(|&e| takes_all_of(&routes[e], later))
+        });
+        match (self.open, listed) {
+            (Some(open), Some(listed)) => Some(open.min(listed)),
+            (open, listed) => open.or(listed),
+        }
     }
 }
 
