@@ -11,8 +11,11 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-/// The largest file read: a config of 10,000 routes is about 1 MiB, a CA bundle well under.
-const MAX_BYTES: u64 = 16 << 20;
+/// The largest file read: a config of 10,000 routes is about 1 MiB (a Kubernetes ConfigMap
+/// holds at most 1 MiB), a CA bundle well under. Parsing TOML takes up to ~75 times a file's
+/// size in memory at its peak (a file of nothing but small numbers): 4 MiB keeps a runaway
+/// file's reload within a few hundred MiB where 16 MiB took over a GiB.
+const MAX_BYTES: u64 = 4 << 20;
 
 /// The contents of the regular file at `path`, at most [`MAX_BYTES`] of them.
 pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
@@ -95,6 +98,6 @@ mod tests {
         let file = File::create(&path).unwrap();
         file.set_len(MAX_BYTES + 1).unwrap();
         let err = read(&path).unwrap_err();
-        assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
     }
 }
