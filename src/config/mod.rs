@@ -134,15 +134,38 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
+/// The last config file [`Config::load`] parsed, and what came of it. One reload looks at
+/// the same bytes several times (their files' fingerprint before the build, the build, the
+/// check that nothing was written meanwhile, the wait for the files to hold still): parsing
+/// a large table each time made a reload several times slower than a `check`.
+struct LastLoad {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    result: Result<Config, ConfigError>,
+}
+
+static LAST_LOAD: std::sync::Mutex<Option<LastLoad>> = std::sync::Mutex::new(None);
+
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path` (parsed again only if its bytes changed).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let bytes = crate::files::read(path).map_err(|e| {
             ConfigError::new(path, format!("cannot read config file: {e}")).caused_by(Some(&e))
         })?;
-        let src = String::from_utf8(bytes)
-            .map_err(|e| ConfigError::not_utf8(path, e.as_bytes(), e.utf8_error()))?;
-        Config::from_toml_str(&src, path)
+        let mut last = crate::sync::lock(&LAST_LOAD);
+        if let Some(last) = last.as_ref().filter(|l| l.path == path && l.bytes == bytes) {
+            return last.result.clone();
+        }
+        let result = match std::str::from_utf8(&bytes) {
+            Ok(src) => Config::from_toml_str(src, path),
+            Err(e) => Err(ConfigError::not_utf8(path, &bytes, e)),
+        };
+        *last = Some(LastLoad {
+            path: path.to_path_buf(),
+            bytes,
+            result: result.clone(),
+        });
+        result
     }
 
     /// Parses and validates `src`; `path` names the file in errors and its folder anchors
@@ -292,6 +315,25 @@ certificates = [{ cert = "a.crt", key = "a.key" }]
         let config = parse("").unwrap();
         assert_eq!(config.certificates[0].cert, Path::new("/etc/wsgate/a.crt"));
         assert_eq!(config.watched_files().len(), 3);
+    }
+
+    #[test]
+    fn a_file_is_parsed_again_when_its_bytes_change_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        let idle = |path: &Path| Config::load(path).map(|c| c.timeouts.idle.as_secs());
+        let with_idle = |secs: u64| format!("{HEAD}[timeouts]\nidle = \"{secs}s\"\n");
+        std::fs::write(&a, with_idle(7)).unwrap();
+        std::fs::write(&b, with_idle(7)).unwrap();
+        assert_eq!(idle(&a), Ok(7));
+        // Same bytes at another path: a path of its own (relative files resolve against it).
+        assert_eq!(Config::load(&b).unwrap().path, b);
+        std::fs::write(&a, with_idle(8)).unwrap();
+        assert_eq!(idle(&a), Ok(8));
+        std::fs::write(&a, "[proxy\n").unwrap();
+        assert!(idle(&a).is_err());
+        std::fs::write(&a, with_idle(7)).unwrap();
+        assert_eq!(idle(&a), Ok(7));
     }
 
     #[test]
