@@ -592,6 +592,12 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         )
         .unwrap_err();
         assert!(err.message.contains("write it as 127.0.0.1:8443"), "{err}");
+        let err = Config::from_toml_str(
+            "[proxy]\nlisten = [\"[fe80::1%eth0]:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+            Path::new("w.toml"),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("interface's number"), "{err}");
     }
 
     #[test]

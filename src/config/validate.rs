@@ -121,8 +121,15 @@ impl Checker<'_> {
             return Err(error(message));
         }
         let addr: SocketAddr = written.parse().map_err(|_| {
+            // `[fe80::1%eth0]:443`: a scope id is read as a number only.
+            let scope = match written.contains('%') {
+                true => {
+                    "; a scope id is the interface's number (`ip link` lists them), not its name"
+                }
+                false => "",
+            };
             error(format!(
-                "{written:?} is not an IP:port address (e.g. {example})"
+                "{written:?} is not an IP:port address (e.g. {example}){scope}"
             ))
         })?;
         bindable(written, addr).map_err(error)?;
