@@ -190,23 +190,56 @@ fn without_struct_names(mut message: String) -> String {
 }
 
 /// Characters that would end or rewrite a line on a terminal or in a log (newline, ESC,
-/// NUL, bidi overrides), written as Rust escapes (`\n`, `\u{1b}`). Only these: a message's
-/// own `{:?}` quoting has none left, so escaping twice changes nothing.
+/// NUL, bidi overrides) or hide in it (a zero-width space, a soft hyphen, tag characters),
+/// written as Rust escapes (`\n`, `\u{1b}`, `\u{200b}`): those [`is_hidden`] matches. Only
+/// these: the escapes are plain ASCII and a message's own `{:?}` quoting has none left, so
+/// escaping twice changes nothing.
 pub(crate) fn escape_controls(text: &str) -> String {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-    };
-    if !text.contains(hidden) {
+    if !text.contains(is_hidden) {
         return text.to_string();
     }
     text.chars()
-        .map(|c| match hidden(c) {
+        .map(|c| match is_hidden(c) {
+            // `\n`, `\t`, `\0` read better than their numbers; the rest have no short form.
             true if c.is_control() => c.escape_debug().to_string(),
             true => c.escape_unicode().to_string(),
             false => c.to_string(),
         })
         .collect()
+}
+
+/// A character that is not seen as itself where text is shown: a control (Unicode category
+/// Cc), a line or paragraph separator (U+2028, U+2029: a line break to some readers), or a
+/// format character (category Cf: zero-width spaces and joiners, bidi marks and overrides,
+/// the soft hyphen, invisible operators, tag characters). Such a character makes a key or a
+/// name read as something else, or not at all, so it is escaped in messages and refused in
+/// route names. std has no category lookup: the Cf ranges are those of Unicode 16.0
+/// (`DerivedGeneralCategory.txt`; unchanged from 15.0, which added U+13439–U+1343F).
+pub(crate) fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' // Zl, Zp
+                | '\u{ad}' // soft hyphen
+                | '\u{600}'..='\u{605}' // Arabic number signs
+                | '\u{61c}' // Arabic letter mark (bidi)
+                | '\u{6dd}' // Arabic end of ayah
+                | '\u{70f}' // Syriac abbreviation mark
+                | '\u{890}'..='\u{891}' // Arabic pound and piastre marks above
+                | '\u{8e2}' // Arabic disputed end of ayah
+                | '\u{180e}' // Mongolian vowel separator
+                | '\u{200b}'..='\u{200f}' // zero-width space, (non-)joiner, LRM, RLM
+                | '\u{202a}'..='\u{202e}' // bidi embeddings and overrides
+                | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+                | '\u{2066}'..='\u{206f}' // bidi isolates, deprecated format characters
+                | '\u{feff}' // byte order mark, zero-width no-break space
+                | '\u{fff9}'..='\u{fffb}' // interlinear annotation
+                | '\u{110bd}' | '\u{110cd}' // Kaithi number signs
+                | '\u{13430}'..='\u{1343f}' // Egyptian hieroglyph format controls
+                | '\u{1bca0}'..='\u{1bca3}' // shorthand format controls
+                | '\u{1d173}'..='\u{1d17a}' // musical symbol beams and slurs
+                | '\u{e0001}' | '\u{e0020}'..='\u{e007f}' // tag characters
+        )
 }
 
 /// toml stops at 80 levels of dotted key and reports it with no position ("recursion

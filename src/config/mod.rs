@@ -932,4 +932,98 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         let link_local = config("\"[fe80::1%1]:8443\", \"[fe80::1%2]:8443\"", "");
         assert!(Config::from_toml_str(&link_local, Path::new("w.toml")).is_ok());
     }
+
+    /// Every invisible character (Unicode category Cf, the line and paragraph separators, the
+    /// controls) is escaped in messages, once: a key holding one reads as it is written.
+    #[test]
+    fn invisible_characters_from_the_file_are_escaped_in_messages() {
+        let hidden = [
+            '\u{ad}',
+            '\u{600}',
+            '\u{605}',
+            '\u{61c}',
+            '\u{6dd}',
+            '\u{70f}',
+            '\u{890}',
+            '\u{891}',
+            '\u{8e2}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200f}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{fffb}',
+            '\u{110bd}',
+            '\u{110cd}',
+            '\u{13430}',
+            '\u{1343f}',
+            '\u{1bca0}',
+            '\u{1bca3}',
+            '\u{1d173}',
+            '\u{1d17a}',
+            '\u{e0001}',
+            '\u{e0020}',
+            '\u{e007f}',
+            '\u{85}',
+            '\u{7f}',
+        ];
+        for c in hidden {
+            let code = u32::from(c);
+            let once = error::escape_controls(&format!("a{c}b"));
+            assert_eq!(once, format!("a\\u{{{code:x}}}b"), "U+{code:04X}");
+            assert_eq!(error::escape_controls(&once), once, "U+{code:04X} twice");
+            // Written as TOML escapes: a raw DEL or C1 control is not allowed in a string.
+            let field = error(&format!("\"a\\U{code:08X}b\" = 1\n"));
+            assert!(
+                field.contains(&format!("unknown field `a\\u{{{code:x}}}b`")),
+                "U+{code:04X}: {field}"
+            );
+        }
+        // Their neighbours, and visible text outside ASCII, are shown as they are.
+        let visible = "\u{ac}\u{606}\u{2030}\u{13440}\u{e0000}\u{e0080}é✓チャット";
+        assert_eq!(error::escape_controls(visible), visible);
+    }
+
+    /// A route name with an invisible character would read differently in the log and the
+    /// metrics, which carry it raw: refused, with what the name is for.
+    #[test]
+    fn a_route_name_must_be_visible_text() {
+        let named = |name: &str| {
+            format!("[[route]]\nname = \"{name}\"\npath = \"/\"\nbackends = [\"h:1\"]\n")
+        };
+        let cases = [
+            (
+                "a\\u202Eb",
+                "\"a\\u{202e}b\" has an invisible character (U+202E)",
+            ),
+            (
+                "\\u200b",
+                "\"\\u{200b}\" has an invisible character (U+200B)",
+            ),
+            ("chat\\u00ADeu", "(U+00AD)"),
+            ("a\\u2060b", "(U+2060)"),
+            ("chat\\U000E0041", "(U+E0041)"),
+        ];
+        for (name, expected) in cases {
+            let message = error(&named(name));
+            assert!(
+                message.contains("route[0].name: \"")
+                    && message.contains(expected)
+                    && message.contains(
+                        "a name labels log lines and metrics, so it must be visible text"
+                    ),
+                "{name}: {message}"
+            );
+            assert!(!message.contains(error::is_hidden), "{message:?}");
+        }
+        assert!(parse(&named("chat-café-チャット")).is_ok());
+    }
 }
