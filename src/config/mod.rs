@@ -1026,4 +1026,49 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         }
         assert!(parse(&named("chat-café-チャット")).is_ok());
     }
+
+    /// serde would read an enum from a one-entry table (`{ json = [] }` as "json"): a setting
+    /// of a few words must be one of them, quoted.
+    #[test]
+    fn a_setting_of_a_few_words_is_not_a_table() {
+        let cases = [
+            (
+                HEAD.replace("[tls]\n", "log_format = { json = [] }\n[tls]\n"),
+                ":4:14: proxy.log_format: must be a quoted string (\"json\" or \"text\"), not a table",
+            ),
+            (
+                HEAD.replace("[tls]\n", "log_format = [\"json\"]\n[tls]\n"),
+                "proxy.log_format: must be a quoted string (\"json\" or \"text\"), not an array",
+            ),
+            (
+                format!("{HEAD}min_version = {{ \"1.3\" = {{}} }}\n"),
+                "tls.min_version: must be a quoted string (\"1.2\" or \"1.3\"), not a table",
+            ),
+            (
+                format!("{HEAD}[reload]\nwatch = {{ poll = [] }}\n"),
+                ":7:9: reload.watch: must be a quoted string (\"events\" or \"poll\"), not a table",
+            ),
+            (
+                format!("{HEAD}[reload]\nwatch = {{}}\n"),
+                "reload.watch: must be a quoted string (\"events\" or \"poll\"), not a table",
+            ),
+        ];
+        for (src, expected) in cases {
+            let message = Config::from_toml_str(&src, Path::new("w.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+        let words = format!("{HEAD}[reload]\nwatch = \"poll\"\n").replace(
+            "[tls]\n",
+            "log_format = \"json\"\n[tls]\nmin_version = \"1.3\"\n",
+        );
+        let config = Config::from_toml_str(&words, Path::new("w.toml")).unwrap();
+        assert_eq!(config.watch, WatchMode::Poll);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.tls_min_version, TlsVersion::Tls13);
+    }
 }
