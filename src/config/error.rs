@@ -157,10 +157,10 @@ fn single_route_table(src: &str) -> bool {
 /// serde names Rust types in its messages ("expected i64", "expected struct RawProxy",
 /// "invalid type: map"); an operator reads "an integer", "a table".
 fn plain_types(message: &str) -> String {
-    // An integer beyond 64 bits is read as a 128-bit one, and named so.
-    let message = message
-        .replace(" as i128,", " (too large),")
-        .replace(" as u128,", " (too large),")
+    if let Some(plain) = beyond_64_bits(message) {
+        return plain;
+    }
+    let message = short_floats(message)
         // toml's words for a number or a bool where one of a few words belongs (`min_version
         // = 1.3`): the fix is the quotes.
         .replace("wanted string or table", "expected a quoted string")
@@ -176,6 +176,46 @@ fn plain_types(message: &str) -> String {
         .fold(message, |m, t| {
             m.replace(&format!("expected {t}"), "expected an integer")
         })
+}
+
+/// An integer beyond 64 bits, which serde reads as a 128-bit one and names so ("invalid
+/// type: integer `99999999999999999999` as i128, expected i64"), in plain words: no setting
+/// takes a number that large, whatever its type.
+fn beyond_64_bits(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: integer `")?;
+    let (number, rest) = rest.split_once('`')?;
+    if !(rest.starts_with(" as i128,") || rest.starts_with(" as u128,")) {
+        return None;
+    }
+    Some(match number.starts_with('-') {
+        true => {
+            format!("{number} is too small for a number here (no setting takes a negative one)")
+        }
+        false => format!(
+            "{number} is too large for a number here (no setting takes more than {})",
+            i64::MAX
+        ),
+    })
+}
+
+/// serde's "floating point `1.5`" as TOML's "float `1.5`", and a float of many digits (it
+/// prints `1e308` as 309 of them) in exponent form.
+fn short_floats(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some((before, after)) = rest.split_once("floating point `") {
+        let Some((number, after)) = after.split_once('`') else {
+            break;
+        };
+        // Past 17 digits a float's digits are no longer its own: they are noise.
+        let number = match number.parse::<f64>() {
+            Ok(value) if number.len() > 20 => format!("{value:e}"),
+            _ => number.to_string(),
+        };
+        out.push_str(&format!("{before}float `{number}`"));
+        rest = after;
+    }
+    out + rest
 }
 
 /// "expected struct RawProxy" as "expected a table": the Rust name means nothing in the file.
@@ -245,7 +285,10 @@ pub(crate) fn is_hidden(c: char) -> bool {
 /// toml stops at 80 levels of dotted key and reports it with no position ("recursion
 /// limit"): found here, the deepest key or table header, named by its first part.
 fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> {
-    if e.span().is_some() || !e.message().contains("recursion limit") {
+    if let Some(span) = e.span() {
+        return values_too_deep(e, src, &span, path);
+    }
+    if !e.message().contains("recursion limit") {
         return None;
     }
     let (offset, first, depth) = deepest_key(src)?;
@@ -257,6 +300,58 @@ fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> 
         &locate(src, &(offset..offset), &first),
         message,
     ))
+}
+
+/// toml stops at 80 levels of arrays and inline tables too ("cannot recurse further; max
+/// recursion depth met", at the bracket one too deep): told as for keys, at the value's
+/// start, with how deep it goes.
+fn values_too_deep(
+    e: &toml::de::Error,
+    src: &str,
+    span: &Range<usize>,
+    path: &Path,
+) -> Option<ConfigError> {
+    if !e.message().contains("max recursion depth") {
+        return None;
+    }
+    let start = unclosed_value(src, span.start).unwrap_or(span.start);
+    let depth = nesting(&src[start..]);
+    let message = format!(
+        "nested too deep: {depth} levels of arrays and inline tables, more than the TOML reader takes (no setting has more than three)"
+    );
+    let key = Some(key_at(src, start)).filter(|k| !k.is_empty());
+    let key = key.unwrap_or_else(|| "(top level)".to_string());
+    Some(ConfigError::at(
+        path,
+        &locate(src, &(start..start), &key),
+        message,
+    ))
+}
+
+/// How deep the arrays and inline tables at the start of `value` go, outside strings and
+/// comments, up to where the outermost one closes (or the text ends: the value may be left
+/// open).
+fn nesting(value: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0);
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => while chars.next_if(|&c| c != '\n').is_some() {},
+            '"' | '\'' => skip_string(chars.by_ref().map(|c| ((), c)), c),
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The first of the keys or table headers with the most dotted parts: where it starts, its
@@ -445,16 +540,7 @@ fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
                 while chars.next_if(|&(_, c)| c != '\n').is_some() {}
             }
             '"' | '\'' => {
-                // A string: to its closing quote (a basic one's `\"` does not close it).
-                let mut escaped = false;
-                for (_, s) in chars.by_ref() {
-                    match s {
-                        '\\' if c == '"' && !escaped => escaped = true,
-                        '\n' => break,
-                        s if s == c && !escaped => break,
-                        _ => escaped = false,
-                    }
-                }
+                skip_string(chars.by_ref(), c);
                 after_equals = false;
             }
             '=' => after_equals = true,
@@ -470,6 +556,20 @@ fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
         }
     }
     open.first().copied()
+}
+
+/// Past a string whose opening `quote` was just read: to its closing quote (a basic one's
+/// `\"` does not close it) or the end of its line.
+fn skip_string<T>(chars: impl Iterator<Item = (T, char)>, quote: char) {
+    let mut escaped = false;
+    for (_, c) in chars {
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            '\n' => break,
+            c if c == quote && !escaped => break,
+            _ => escaped = false,
+        }
+    }
 }
 
 /// The first `backquoted` word of a parser message.

@@ -346,7 +346,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
             ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[reload]\nrecheck = \"10ms\"\n", "reload.recheck: must be at least 1s"),
-            ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: invalid type: integer `99999999999999999999` (too large), expected an integer"),
+            ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: 99999999999999999999 is too large for a number here"),
             ("[[route]]\nname = \"a\"\npath = \"/a%2fb\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2fb\" has a '\\' or an encoded '/'"),
             ("[[route]]\nname = \"a\"\npath = '/a\\b'\nbackends = [\"h:1\"]\n", "route[0].path:"),
             (
@@ -1070,5 +1070,54 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         assert_eq!(config.watch, WatchMode::Poll);
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.tls_min_version, TlsVersion::Tls13);
+    }
+
+    /// Numbers TOML reads but no setting takes, and values nested past what the reader
+    /// takes, in the file's words and at a readable length.
+    #[test]
+    fn numbers_and_nesting_beyond_the_readers_are_told_plainly() {
+        let limit = |value: &str| error(&format!("[limits]\nmax_connections = {value}\n"));
+        let float = limit("1.5");
+        assert!(
+            float
+                .contains("limits.max_connections: invalid type: float `1.5`, expected an integer"),
+            "{float}"
+        );
+        let huge = limit("1e308");
+        assert!(huge.contains("invalid type: float `1e308`"), "{huge}");
+        assert!(huge.len() < 200, "{huge}");
+        let tiny = limit("1e-300");
+        assert!(tiny.contains("invalid type: float `1e-300`"), "{tiny}");
+        let large = limit("99999999999999999999");
+        assert!(
+            large.contains("limits.max_connections: 99999999999999999999 is too large for a number here (no setting takes more than 9223372036854775807)"),
+            "{large}"
+        );
+        let small = limit("-99999999999999999999");
+        assert!(
+            small.contains("-99999999999999999999 is too small for a number here"),
+            "{small}"
+        );
+        for message in [float, huge, large, small] {
+            assert!(
+                !message.contains("floating point") && !message.contains("128"),
+                "{message}"
+            );
+        }
+        let arrays = format!("[limits]\nx = {}{}\n", "[".repeat(100), "]".repeat(100));
+        let message = error(&arrays);
+        assert!(
+            message.contains(
+                ":7:5: limits.x: nested too deep: 100 levels of arrays and inline tables"
+            ),
+            "{message}"
+        );
+        let tables = format!("[limits]\nx = {}{}\n", "{ a = ".repeat(90), " }".repeat(90))
+            .replace("{ a =  }", "{ a = 1 }");
+        let message = error(&tables);
+        assert!(
+            message.contains("limits.x: nested too deep: 90 levels of arrays and inline tables"),
+            "{message}"
+        );
     }
 }
