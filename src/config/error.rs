@@ -157,10 +157,10 @@ fn single_route_table(src: &str) -> bool {
 /// serde names Rust types in its messages ("expected i64", "expected struct RawProxy",
 /// "invalid type: map"); an operator reads "an integer", "a table".
 fn plain_types(message: &str) -> String {
-    // An integer beyond 64 bits is read as a 128-bit one, and named so.
-    let message = message
-        .replace(" as i128,", " (too large),")
-        .replace(" as u128,", " (too large),")
+    if let Some(plain) = beyond_64_bits(message) {
+        return plain;
+    }
+    let message = short_floats(message)
         // toml's words for a number or a bool where one of a few words belongs (`min_version
         // = 1.3`): the fix is the quotes.
         .replace("wanted string or table", "expected a quoted string")
@@ -178,6 +178,46 @@ fn plain_types(message: &str) -> String {
         })
 }
 
+/// An integer beyond 64 bits, which serde reads as a 128-bit one and names so ("invalid
+/// type: integer `99999999999999999999` as i128, expected i64"), in plain words: no setting
+/// takes a number that large, whatever its type.
+fn beyond_64_bits(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: integer `")?;
+    let (number, rest) = rest.split_once('`')?;
+    if !(rest.starts_with(" as i128,") || rest.starts_with(" as u128,")) {
+        return None;
+    }
+    Some(match number.starts_with('-') {
+        true => {
+            format!("{number} is too small for a number here (no setting takes a negative one)")
+        }
+        false => format!(
+            "{number} is too large for a number here (no setting takes more than {})",
+            i64::MAX
+        ),
+    })
+}
+
+/// serde's "floating point `1.5`" as TOML's "float `1.5`", and a float of many digits (it
+/// prints `1e308` as 309 of them) in exponent form.
+fn short_floats(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some((before, after)) = rest.split_once("floating point `") {
+        let Some((number, after)) = after.split_once('`') else {
+            break;
+        };
+        // Past 17 digits a float's digits are no longer its own: they are noise.
+        let number = match number.parse::<f64>() {
+            Ok(value) if number.len() > 20 => format!("{value:e}"),
+            _ => number.to_string(),
+        };
+        out.push_str(&format!("{before}float `{number}`"));
+        rest = after;
+    }
+    out + rest
+}
+
 /// "expected struct RawProxy" as "expected a table": the Rust name means nothing in the file.
 fn without_struct_names(mut message: String) -> String {
     while let Some(at) = message.find("struct Raw") {
@@ -190,18 +230,17 @@ fn without_struct_names(mut message: String) -> String {
 }
 
 /// Characters that would end or rewrite a line on a terminal or in a log (newline, ESC,
-/// NUL, bidi overrides), written as Rust escapes (`\n`, `\u{1b}`). Only these: a message's
-/// own `{:?}` quoting has none left, so escaping twice changes nothing.
+/// NUL, bidi overrides) or hide in it (a zero-width space, a soft hyphen, tag characters),
+/// written as Rust escapes (`\n`, `\u{1b}`, `\u{200b}`): those [`is_hidden`] matches. Only
+/// these: the escapes are plain ASCII and a message's own `{:?}` quoting has none left, so
+/// escaping twice changes nothing.
 pub(crate) fn escape_controls(text: &str) -> String {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-    };
-    if !text.contains(hidden) {
+    if !text.contains(is_hidden) {
         return text.to_string();
     }
     text.chars()
-        .map(|c| match hidden(c) {
+        .map(|c| match is_hidden(c) {
+            // `\n`, `\t`, `\0` read better than their numbers; the rest have no short form.
             true if c.is_control() => c.escape_debug().to_string(),
             true => c.escape_unicode().to_string(),
             false => c.to_string(),
@@ -209,10 +248,47 @@ pub(crate) fn escape_controls(text: &str) -> String {
         .collect()
 }
 
+/// A character that is not seen as itself where text is shown: a control (Unicode category
+/// Cc), a line or paragraph separator (U+2028, U+2029: a line break to some readers), or a
+/// format character (category Cf: zero-width spaces and joiners, bidi marks and overrides,
+/// the soft hyphen, invisible operators, tag characters). Such a character makes a key or a
+/// name read as something else, or not at all, so it is escaped in messages and refused in
+/// route names. std has no category lookup: the Cf ranges are those of Unicode 16.0
+/// (`DerivedGeneralCategory.txt`; unchanged from 15.0, which added U+13439–U+1343F).
+pub(crate) fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' // Zl, Zp
+                | '\u{ad}' // soft hyphen
+                | '\u{600}'..='\u{605}' // Arabic number signs
+                | '\u{61c}' // Arabic letter mark (bidi)
+                | '\u{6dd}' // Arabic end of ayah
+                | '\u{70f}' // Syriac abbreviation mark
+                | '\u{890}'..='\u{891}' // Arabic pound and piastre marks above
+                | '\u{8e2}' // Arabic disputed end of ayah
+                | '\u{180e}' // Mongolian vowel separator
+                | '\u{200b}'..='\u{200f}' // zero-width space, (non-)joiner, LRM, RLM
+                | '\u{202a}'..='\u{202e}' // bidi embeddings and overrides
+                | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+                | '\u{2066}'..='\u{206f}' // bidi isolates, deprecated format characters
+                | '\u{feff}' // byte order mark, zero-width no-break space
+                | '\u{fff9}'..='\u{fffb}' // interlinear annotation
+                | '\u{110bd}' | '\u{110cd}' // Kaithi number signs
+                | '\u{13430}'..='\u{1343f}' // Egyptian hieroglyph format controls
+                | '\u{1bca0}'..='\u{1bca3}' // shorthand format controls
+                | '\u{1d173}'..='\u{1d17a}' // musical symbol beams and slurs
+                | '\u{e0001}' | '\u{e0020}'..='\u{e007f}' // tag characters
+        )
+}
+
 /// toml stops at 80 levels of dotted key and reports it with no position ("recursion
 /// limit"): found here, the deepest key or table header, named by its first part.
 fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> {
-    if e.span().is_some() || !e.message().contains("recursion limit") {
+    if let Some(span) = e.span() {
+        return values_too_deep(e, src, &span, path);
+    }
+    if !e.message().contains("recursion limit") {
         return None;
     }
     let (offset, first, depth) = deepest_key(src)?;
@@ -224,6 +300,58 @@ fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> 
         &locate(src, &(offset..offset), &first),
         message,
     ))
+}
+
+/// toml stops at 80 levels of arrays and inline tables too ("cannot recurse further; max
+/// recursion depth met", at the bracket one too deep): told as for keys, at the value's
+/// start, with how deep it goes.
+fn values_too_deep(
+    e: &toml::de::Error,
+    src: &str,
+    span: &Range<usize>,
+    path: &Path,
+) -> Option<ConfigError> {
+    if !e.message().contains("max recursion depth") {
+        return None;
+    }
+    let start = unclosed_value(src, span.start).unwrap_or(span.start);
+    let depth = nesting(&src[start..]);
+    let message = format!(
+        "nested too deep: {depth} levels of arrays and inline tables, more than the TOML reader takes (no setting has more than three)"
+    );
+    let key = Some(key_at(src, start)).filter(|k| !k.is_empty());
+    let key = key.unwrap_or_else(|| "(top level)".to_string());
+    Some(ConfigError::at(
+        path,
+        &locate(src, &(start..start), &key),
+        message,
+    ))
+}
+
+/// How deep the arrays and inline tables at the start of `value` go, outside strings and
+/// comments, up to where the outermost one closes (or the text ends: the value may be left
+/// open).
+fn nesting(value: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0);
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => while chars.next_if(|&c| c != '\n').is_some() {},
+            '"' | '\'' => skip_string(chars.by_ref().map(|c| ((), c)), c),
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The first of the keys or table headers with the most dotted parts: where it starts, its
@@ -412,16 +540,7 @@ fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
                 while chars.next_if(|&(_, c)| c != '\n').is_some() {}
             }
             '"' | '\'' => {
-                // A string: to its closing quote (a basic one's `\"` does not close it).
-                let mut escaped = false;
-                for (_, s) in chars.by_ref() {
-                    match s {
-                        '\\' if c == '"' && !escaped => escaped = true,
-                        '\n' => break,
-                        s if s == c && !escaped => break,
-                        _ => escaped = false,
-                    }
-                }
+                skip_string(chars.by_ref(), c);
                 after_equals = false;
             }
             '=' => after_equals = true,
@@ -437,6 +556,20 @@ fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
         }
     }
     open.first().copied()
+}
+
+/// Past a string whose opening `quote` was just read: to its closing quote (a basic one's
+/// `\"` does not close it) or the end of its line.
+fn skip_string<T>(chars: impl Iterator<Item = (T, char)>, quote: char) {
+    let mut escaped = false;
+    for (_, c) in chars {
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            '\n' => break,
+            c if c == quote && !escaped => break,
+            _ => escaped = false,
+        }
+    }
 }
 
 /// The first `backquoted` word of a parser message.

@@ -388,7 +388,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
             ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
             ("[reload]\nrecheck = \"10ms\"\n", "reload.recheck: must be at least 1s"),
-            ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: invalid type: integer `99999999999999999999` (too large), expected an integer"),
+            ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: 99999999999999999999 is too large for a number here"),
             ("[[route]]\nname = \"a\"\npath = \"/a%2fb\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2fb\" has a '\\' or an encoded '/'"),
             ("[[route]]\nname = \"a\"\npath = '/a\\b'\nbackends = [\"h:1\"]\n", "route[0].path:"),
             (
@@ -995,5 +995,193 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         }
         let link_local = config("\"[fe80::1%1]:8443\", \"[fe80::1%2]:8443\"", "");
         assert!(Config::from_toml_str(&link_local, Path::new("w.toml")).is_ok());
+    }
+
+    /// Every invisible character (Unicode category Cf, the line and paragraph separators, the
+    /// controls) is escaped in messages, once: a key holding one reads as it is written.
+    #[test]
+    fn invisible_characters_from_the_file_are_escaped_in_messages() {
+        let hidden = [
+            '\u{ad}',
+            '\u{600}',
+            '\u{605}',
+            '\u{61c}',
+            '\u{6dd}',
+            '\u{70f}',
+            '\u{890}',
+            '\u{891}',
+            '\u{8e2}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200f}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{fffb}',
+            '\u{110bd}',
+            '\u{110cd}',
+            '\u{13430}',
+            '\u{1343f}',
+            '\u{1bca0}',
+            '\u{1bca3}',
+            '\u{1d173}',
+            '\u{1d17a}',
+            '\u{e0001}',
+            '\u{e0020}',
+            '\u{e007f}',
+            '\u{85}',
+            '\u{7f}',
+        ];
+        for c in hidden {
+            let code = u32::from(c);
+            let once = error::escape_controls(&format!("a{c}b"));
+            assert_eq!(once, format!("a\\u{{{code:x}}}b"), "U+{code:04X}");
+            assert_eq!(error::escape_controls(&once), once, "U+{code:04X} twice");
+            // Written as TOML escapes: a raw DEL or C1 control is not allowed in a string.
+            let field = error(&format!("\"a\\U{code:08X}b\" = 1\n"));
+            assert!(
+                field.contains(&format!("unknown field `a\\u{{{code:x}}}b`")),
+                "U+{code:04X}: {field}"
+            );
+        }
+        // Their neighbours, and visible text outside ASCII, are shown as they are.
+        let visible = "\u{ac}\u{606}\u{2030}\u{13440}\u{e0000}\u{e0080}é✓チャット";
+        assert_eq!(error::escape_controls(visible), visible);
+    }
+
+    /// A route name with an invisible character would read differently in the log and the
+    /// metrics, which carry it raw: refused, with what the name is for.
+    #[test]
+    fn a_route_name_must_be_visible_text() {
+        let named = |name: &str| {
+            format!("[[route]]\nname = \"{name}\"\npath = \"/\"\nbackends = [\"h:1\"]\n")
+        };
+        let cases = [
+            (
+                "a\\u202Eb",
+                "\"a\\u{202e}b\" has an invisible character (U+202E)",
+            ),
+            (
+                "\\u200b",
+                "\"\\u{200b}\" has an invisible character (U+200B)",
+            ),
+            ("chat\\u00ADeu", "(U+00AD)"),
+            ("a\\u2060b", "(U+2060)"),
+            ("chat\\U000E0041", "(U+E0041)"),
+        ];
+        for (name, expected) in cases {
+            let message = error(&named(name));
+            assert!(
+                message.contains("route[0].name: \"")
+                    && message.contains(expected)
+                    && message.contains(
+                        "a name labels log lines and metrics, so it must be visible text"
+                    ),
+                "{name}: {message}"
+            );
+            assert!(!message.contains(error::is_hidden), "{message:?}");
+        }
+        assert!(parse(&named("chat-café-チャット")).is_ok());
+    }
+
+    /// serde would read an enum from a one-entry table (`{ json = [] }` as "json"): a setting
+    /// of a few words must be one of them, quoted.
+    #[test]
+    fn a_setting_of_a_few_words_is_not_a_table() {
+        let cases = [
+            (
+                HEAD.replace("[tls]\n", "log_format = { json = [] }\n[tls]\n"),
+                ":4:14: proxy.log_format: must be a quoted string (\"json\" or \"text\"), not a table",
+            ),
+            (
+                HEAD.replace("[tls]\n", "log_format = [\"json\"]\n[tls]\n"),
+                "proxy.log_format: must be a quoted string (\"json\" or \"text\"), not an array",
+            ),
+            (
+                format!("{HEAD}min_version = {{ \"1.3\" = {{}} }}\n"),
+                "tls.min_version: must be a quoted string (\"1.2\" or \"1.3\"), not a table",
+            ),
+            (
+                format!("{HEAD}[reload]\nwatch = {{ poll = [] }}\n"),
+                ":7:9: reload.watch: must be a quoted string (\"events\" or \"poll\"), not a table",
+            ),
+            (
+                format!("{HEAD}[reload]\nwatch = {{}}\n"),
+                "reload.watch: must be a quoted string (\"events\" or \"poll\"), not a table",
+            ),
+        ];
+        for (src, expected) in cases {
+            let message = Config::from_toml_str(&src, Path::new("w.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+        let words = format!("{HEAD}[reload]\nwatch = \"poll\"\n").replace(
+            "[tls]\n",
+            "log_format = \"json\"\n[tls]\nmin_version = \"1.3\"\n",
+        );
+        let config = Config::from_toml_str(&words, Path::new("w.toml")).unwrap();
+        assert_eq!(config.watch, WatchMode::Poll);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.tls_min_version, TlsVersion::Tls13);
+    }
+
+    /// Numbers TOML reads but no setting takes, and values nested past what the reader
+    /// takes, in the file's words and at a readable length.
+    #[test]
+    fn numbers_and_nesting_beyond_the_readers_are_told_plainly() {
+        let limit = |value: &str| error(&format!("[limits]\nmax_connections = {value}\n"));
+        let float = limit("1.5");
+        assert!(
+            float
+                .contains("limits.max_connections: invalid type: float `1.5`, expected an integer"),
+            "{float}"
+        );
+        let huge = limit("1e308");
+        assert!(huge.contains("invalid type: float `1e308`"), "{huge}");
+        assert!(huge.len() < 200, "{huge}");
+        let tiny = limit("1e-300");
+        assert!(tiny.contains("invalid type: float `1e-300`"), "{tiny}");
+        let large = limit("99999999999999999999");
+        assert!(
+            large.contains("limits.max_connections: 99999999999999999999 is too large for a number here (no setting takes more than 9223372036854775807)"),
+            "{large}"
+        );
+        let small = limit("-99999999999999999999");
+        assert!(
+            small.contains("-99999999999999999999 is too small for a number here"),
+            "{small}"
+        );
+        for message in [float, huge, large, small] {
+            assert!(
+                !message.contains("floating point") && !message.contains("128"),
+                "{message}"
+            );
+        }
+        let arrays = format!("[limits]\nx = {}{}\n", "[".repeat(100), "]".repeat(100));
+        let message = error(&arrays);
+        assert!(
+            message.contains(
+                ":7:5: limits.x: nested too deep: 100 levels of arrays and inline tables"
+            ),
+            "{message}"
+        );
+        let tables = format!("[limits]\nx = {}{}\n", "{ a = ".repeat(90), " }".repeat(90))
+            .replace("{ a =  }", "{ a = 1 }");
+        let message = error(&tables);
+        assert!(
+            message.contains("limits.x: nested too deep: 90 levels of arrays and inline tables"),
+            "{message}"
+        );
     }
 }

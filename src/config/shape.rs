@@ -1,8 +1,9 @@
 //! The document's shape, checked before serde reads it: every section and entry is a table,
-//! and no value is a date-time. serde's derived structs also take a sequence, filling
-//! fields by position (`timeouts = ["1s", "2s"]` would load), and toml hands a date-time
-//! over as a map with a private key; both would otherwise load wrongly or be reported in
-//! serde's internal names.
+//! no setting of a few words (`log_format`) is a table or an array, and no value is a
+//! date-time. serde's derived structs also take a sequence, filling fields by position
+//! (`timeouts = ["1s", "2s"]` would load), its enums a one-entry table
+//! (`log_format = { json = [] }`), and toml hands a date-time over as a map with a private
+//! key; all would otherwise load wrongly or be reported in serde's internal names.
 
 use std::ops::Range;
 use std::path::Path;
@@ -36,6 +37,12 @@ const SECTIONS: [(&str, &str); 6] = [
 const ROUTE: &str =
     "[[route]], or { name = \"a\", path = \"/\", backends = [\"h:1\"] } in route = [...]";
 const CERTIFICATE: &str = "{ cert = \"a.crt\", key = \"a.key\" }";
+/// The settings that are one of a few words (the enums in `raw`), and the words.
+const WORDS: [(&str, &str, &str); 3] = [
+    ("proxy", "log_format", "\"json\" or \"text\""),
+    ("tls", "min_version", "\"1.2\" or \"1.3\""),
+    ("reload", "watch", "\"events\" or \"poll\""),
+];
 
 /// Refuses what serde would misread: a section or entry that is not a table, a date-time.
 /// A document that does not parse is left to toml's own error.
@@ -52,14 +59,18 @@ pub(super) fn check(src: &str, path: &Path) -> Result<(), ConfigError> {
             must_be_table(value, how).or_else(|m| refuse(&value.span(), name, m))?;
         }
     }
+    for (section, name, words) in WORDS {
+        let Some(value) = get(root, section).and_then(|t| field(t, name)) else {
+            continue;
+        };
+        let key = format!("{section}.{name}");
+        must_be_word(value, words).or_else(|m| refuse(&value.span(), &key, m))?;
+    }
     let entries = [
         ("route", get(root, "route")),
         (
             "tls.certificates",
-            get(root, "tls").and_then(|tls| match tls.get_ref() {
-                DeValue::Table(t) => get(t, "certificates"),
-                _ => None,
-            }),
+            get(root, "tls").and_then(|tls| field(tls, "certificates")),
         ),
     ];
     for (name, list) in entries {
@@ -85,6 +96,31 @@ fn get<'a, 'i>(table: &'a DeTable<'i>, name: &str) -> Option<&'a Spanned<DeValue
         .iter()
         .find(|(k, _)| k.get_ref().as_ref() == name)
         .map(|(_, v)| v)
+}
+
+/// The value of `name` in `section`, if the section is a table and has it.
+fn field<'a, 'i>(
+    section: &'a Spanned<DeValue<'i>>,
+    name: &str,
+) -> Option<&'a Spanned<DeValue<'i>>> {
+    match section.get_ref() {
+        DeValue::Table(table) => get(table, name),
+        _ => None,
+    }
+}
+
+/// serde reads an enum from a one-entry table too, its externally tagged form, so
+/// `log_format = { json = [] }` would load as JSON (and `{}` be reported as "wanted exactly 1
+/// element"): a setting of a few words is written as one of them. A number or a boolean is
+/// left to serde, which already asks for "a quoted string".
+fn must_be_word(value: &Spanned<DeValue<'_>>, words: &str) -> Result<(), String> {
+    match value.get_ref() {
+        DeValue::Table(_) | DeValue::Array(_) => Err(format!(
+            "must be a quoted string ({words}), not {}",
+            kind(value.get_ref())
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn must_be_table(value: &Spanned<DeValue<'_>>, how: &str) -> Result<(), String> {

@@ -9,8 +9,9 @@ use super::HostPattern;
 
 /// A route's name: it labels the route's log lines and metric series, so it must read the
 /// same there as here. Not empty, no whitespace around it, no control character (a newline
-/// would start a forged line in a text log; metrics escape only `\n`, `"` and `\\`), and
-/// not `-`, which is what the log and metrics say for a request no route took.
+/// would start a forged line in a text log; metrics escape only `\n`, `"` and `\\`), no
+/// invisible one (a bidi override, a zero-width space: `error::is_hidden`), and not `-`,
+/// which is what the log and metrics say for a request no route took.
 pub(super) fn route_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("must not be empty".to_string());
@@ -21,6 +22,14 @@ pub(super) fn route_name(name: &str) -> Result<(), String> {
     if name.contains(char::is_control) {
         return Err(format!(
             "{name:?} has a control character: a name labels log lines and metrics, write it in plain text"
+        ));
+    }
+    // A bidi override or a zero-width character passes through logs and metrics raw, so the
+    // name would read one way here and another (or not at all) there.
+    if let Some(c) = name.chars().find(|&c| super::error::is_hidden(c)) {
+        return Err(format!(
+            "{name:?} has an invisible character (U+{:04X}): a name labels log lines and metrics, so it must be visible text",
+            u32::from(c)
         ));
     }
     if name == "-" {
