@@ -106,8 +106,8 @@ fn parse(input: &[u8]) -> Parsed {
         // Complete (a shorter input matching the prefix is a prefix of `PROXY `, without
         // CRLF): whatever ppp says, "need more" is no longer an answer.
         return match v1::Header::try_from(input) {
-            Ok(header) => v1_header(&header),
-            Err(_) => Parsed::Invalid,
+            Ok(header) if ports_are_digits(header.header.as_ref()) => v1_header(&header),
+            _ => Parsed::Invalid,
         };
     }
     if let Some(decided) = v2_fixed_part(input) {
@@ -170,6 +170,18 @@ fn v2_fixed_part(input: &[u8]) -> Option<Parsed> {
         }),
         true => Some(Parsed::Incomplete),
         false => None,
+    }
+}
+
+/// Whether a v1 line's ports (its last two fields, if it names addresses) are plain decimal
+/// digits, as the spec writes them: ppp reads them with Rust's parser, which also takes `+1`.
+fn ports_are_digits(line: &str) -> bool {
+    let fields: Vec<&str> = line.trim_end_matches("\r\n").split(' ').collect();
+    match fields.as_slice() {
+        ["PROXY", "TCP4" | "TCP6", _, _, source, destination] => [source, destination]
+            .iter()
+            .all(|port| port.bytes().all(|b| b.is_ascii_digit())),
+        _ => true,
     }
 }
 
@@ -354,6 +366,9 @@ mod tests {
                 b"PROXY UNKNOW\r\n",
                 // A CR that is not the line's end, the line's CRLF behind it.
                 b"PROXY TCP4 1.2.3.4\rX 5.6.7.8 1 2\r\n",
+                // Ports are decimal digits, nothing else.
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 443\r\n",
+                b"PROXY TCP6 ::1 ::1 1 +443\r\n",
             ] {
                 let input = [line, trailing].concat();
                 assert_eq!(
