@@ -208,9 +208,8 @@ async fn serve_http(
     if access_log::has_line(&conn) {
         let delivery = match ended {
             Ended::Served(Ok(())) => Delivery::Delivered,
-            // Bytes behind a refusal that hyper read as a request and could not parse: the
-            // refusal itself was written whole before.
-            Ended::Served(Err(e)) if answered.given() && e.is_parse() => Delivery::Delivered,
+            // (Never bytes behind the request that hyper failed to parse: it reads the head
+            // alone, see `head::Prefixed`.)
             Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
             Ended::Late => Delivery::Late,
             Ended::Drained => Delivery::Shutdown,

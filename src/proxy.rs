@@ -3,7 +3,6 @@
 //! is handed to the [`access_log`] for the connection's one line.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -98,25 +97,15 @@ impl hyper::body::Body for Refusal {
 impl Drop for Refusal {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done.given.store(true, Ordering::Release);
             done.notify.notify_one();
         }
     }
 }
 
-/// Whether (and when) a refusal's body is done with: written, or given up on.
+/// When a refusal's body is done with: written, or given up on.
 #[derive(Default)]
 pub(crate) struct Answered {
     pub(crate) notify: Notify,
-    given: AtomicBool,
-}
-
-impl Answered {
-    /// Whether the refusal was done with, even if the connection ended in the same poll
-    /// (hyper reading on past it), before a waiter could be told.
-    pub(crate) fn given(&self) -> bool {
-        self.given.load(Ordering::Acquire)
-    }
 }
 
 /// The answer to a request hyper is never shown (a head over the limit, or one hyper would

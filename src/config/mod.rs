@@ -822,6 +822,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
                 "write the IPv6 address as [::ffff:7f00:1]",
             ),
             ("\"https://127.1\"", "is not an IPv4 address"),
+            ("\"http://0x7f000001\"", "is not an IPv4 address"),
             ("\"1https://a.com\"", "no valid scheme"),
             ("\"null\"", "allowing it would allow everyone"),
             ("\"a.com\"", "is not an origin"),
@@ -876,6 +877,9 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("\"[fe80::1%2]:80\"", "without a scope id"),
             ("\"127.1:80\"", "is not an IPv4 address"),
             ("\"010.0.0.1:80\"", "is not an IPv4 address"),
+            ("\"0x7f000001:80\"", "is not an IPv4 address"),
+            ("\"127.0.0.0x1:80\"", "is not an IPv4 address"),
+            ("\"app.0X:80\"", "is not an IPv4 address"),
             ("\"10.0.0.7.:80\"", "is not an IPv4 address"),
         ];
         for (entry, expected) in cases {

@@ -239,9 +239,10 @@ fn host_part(host: &str, canonical: bool) -> Result<(), String> {
     }
     let name = host.strip_suffix('.').unwrap_or(host);
     // A name ending in a number is an IPv4 address to resolvers (`127.1`, `0x7f.1`, `010.1.1.1`
-    // read by inet_aton as 127.0.0.1, 127.0.0.1, 8.1.1.1), so it must be one, written plainly.
+    // read by inet_aton as 127.0.0.1, 127.0.0.1, 8.1.1.1) and to browsers (the URL standard's
+    // "ends in a number", hex `0x1` included), so it must be one, written plainly.
     let last = name.rsplit('.').next().unwrap_or(name);
-    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+    if is_number(last) {
         return match host.parse::<std::net::Ipv4Addr>() {
             Ok(_) => Ok(()),
             Err(_) => Err(format!(
@@ -255,6 +256,18 @@ fn host_part(host: &str, canonical: bool) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A label the URL standard and `inet_aton` read as a number: decimal digits, or `0x` with
+/// hex digits (or none) after it.
+fn is_number(label: &str) -> bool {
+    let hex = label
+        .strip_prefix("0x")
+        .or_else(|| label.strip_prefix("0X"));
+    match hex {
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()),
+    }
 }
 
 /// An IPv6 address as browsers write it in a URL, and so in `Origin` (the WHATWG URL
