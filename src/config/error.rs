@@ -114,19 +114,13 @@ impl ConfigError {
         let good = e.valid_up_to();
         // The bytes before the bad one are UTF-8 by definition; `from_utf8` cannot fail.
         let src = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
-        let line_begin = src.rfind('\n').map_or(0, |i| i + 1);
-        let table = key_at(&src[..line_begin], line_begin);
-        let upto = &src[line_begin..];
-        // The key on the bad byte's line, unless the byte is in a comment.
-        let key = (upto.rsplit_once('=').filter(|_| !upto.contains('#')))
-            .map(|(left, _)| last_ident(left))
-            .filter(|k| !k.is_empty());
-        let key = match (table.is_empty(), key) {
-            (true, None) => "(top level)".to_string(),
-            (false, None) => table,
-            (true, Some(key)) => key,
-            (false, Some(key)) => format!("{table}.{key}"),
-        };
+        // The file read with the bad bytes replaced (the text before the first is unchanged)
+        // names the key or value holding it, if the rest is TOML; else it is read line by line.
+        let lossy = String::from_utf8_lossy(bytes);
+        let parsed = DeTable::parse(&lossy).ok();
+        let key = (parsed.as_ref())
+            .and_then(|root| path_around(root.get_ref(), "", good))
+            .unwrap_or_else(|| key_by_line(src));
         let byte = bytes.get(good).copied().unwrap_or_default();
         let message = format!(
             "cannot read config file: it must be UTF-8 text, and byte 0x{byte:02X} here is not \
@@ -446,6 +440,49 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+/// The key a bad byte at the end of `src` (the text before it) is on, read line by line: the
+/// enclosing table and the key written on its line, unless the byte is in a comment.
+fn key_by_line(src: &str) -> String {
+    let line_begin = src.rfind('\n').map_or(0, |i| i + 1);
+    let table = key_at(&src[..line_begin], line_begin);
+    let upto = &src[line_begin..];
+    let key = (upto.rsplit_once('=').filter(|_| !upto.contains('#')))
+        .map(|(left, _)| last_ident(left))
+        .filter(|k| !k.is_empty());
+    match (table.is_empty(), key) {
+        (true, None) => "(top level)".to_string(),
+        (false, None) => table,
+        (true, Some(key)) => key,
+        (false, Some(key)) => format!("{table}.{key}"),
+    }
+}
+
+/// The dotted path of the deepest key or value whose text holds `offset`.
+fn path_around(table: &DeTable<'_>, prefix: &str, offset: usize) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let path = match prefix {
+            "" => key.get_ref().to_string(),
+            _ => format!("{prefix}.{}", key.get_ref()),
+        };
+        if key.span().contains(&offset) {
+            return Some(path);
+        }
+        value_around(value, path, offset)
+    })
+}
+
+fn value_around(value: &Spanned<DeValue<'_>>, path: String, offset: usize) -> Option<String> {
+    let inner = match value.get_ref() {
+        DeValue::Table(table) => path_around(table, &path, offset),
+        DeValue::Array(array) => array
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| value_around(item, format!("{path}[{i}]"), offset)),
+        _ => None,
+    };
+    inner.or_else(|| value.span().contains(&offset).then_some(path))
 }
 
 /// The dotted path (`route[1]`, `tls.certificates[0].pass`) of the deepest key or value

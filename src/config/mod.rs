@@ -748,6 +748,22 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         std::fs::write(&path, b"\xFF\xFE[\x00").unwrap();
         let message = Config::load(&path).unwrap_err().to_string();
         assert!(message.contains("w.toml:1:1: (top level): "), "{message}");
+        // In a value, named by its key, whatever the value holds before the byte.
+        let in_value = HEAD.replace("[tls]\n", "log_format = \"a=b#c\u{1}\"\n[tls]\n");
+        let bytes: Vec<u8> = (in_value.bytes())
+            .map(|b| if b == 1 { 0xFF } else { b })
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(message.contains(":4:20: proxy.log_format: "), "{message}");
+        // In a bare key: its table, not a piece of the key.
+        let in_key = HEAD.replace("[tls]\n", "na\u{1}ve = 1\n[tls]\n");
+        let bytes: Vec<u8> = (in_key.bytes())
+            .map(|b| if b == 1 { 0xEF } else { b })
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(message.contains(":4:3: proxy: "), "{message}");
     }
 
     /// A value or key from the file is echoed escaped, so an error logged at reload cannot
