@@ -459,59 +459,51 @@ fn key_by_line(src: &str) -> String {
     }
 }
 
-/// The dotted path of the deepest key or value whose text holds `offset`.
-fn path_around(table: &DeTable<'_>, prefix: &str, offset: usize) -> Option<String> {
-    table.iter().find_map(|(key, value)| {
-        let path = match prefix {
-            "" => key.get_ref().to_string(),
-            _ => format!("{prefix}.{}", key.get_ref()),
-        };
-        if key.span().contains(&offset) {
-            return Some(path);
-        }
-        value_around(value, path, offset)
-    })
-}
-
-fn value_around(value: &Spanned<DeValue<'_>>, path: String, offset: usize) -> Option<String> {
-    let inner = match value.get_ref() {
-        DeValue::Table(table) => path_around(table, &path, offset),
-        DeValue::Array(array) => array
-            .iter()
-            .enumerate()
-            .find_map(|(i, item)| value_around(item, format!("{path}[{i}]"), offset)),
-        _ => None,
-    };
-    inner.or_else(|| value.span().contains(&offset).then_some(path))
-}
-
 /// The dotted path (`route[1]`, `tls.certificates[0].pass`) of the deepest key or value
 /// written exactly at `span`: serde's errors point at the key for an unknown field, at the
 /// value for a wrong type, and at the table (its header, or its braces) for a missing field.
 fn path_to(table: &DeTable<'_>, prefix: &str, span: &Range<usize>) -> Option<String> {
+    path_where(table, prefix, &|at| at == span)
+}
+
+/// The dotted path of the deepest key or value whose text holds `offset`.
+fn path_around(table: &DeTable<'_>, prefix: &str, offset: usize) -> Option<String> {
+    path_where(table, prefix, &|at| at.contains(&offset))
+}
+
+/// The dotted path of the deepest key or value whose span `hit` picks.
+fn path_where(
+    table: &DeTable<'_>,
+    prefix: &str,
+    hit: &dyn Fn(&Range<usize>) -> bool,
+) -> Option<String> {
     table.iter().find_map(|(key, value)| {
         let path = match prefix {
             "" => key.get_ref().to_string(),
             _ => format!("{prefix}.{}", key.get_ref()),
         };
-        if key.span() == *span {
+        if hit(&key.span()) {
             return Some(path);
         }
-        value_path(value, path, span)
+        value_path(value, path, hit)
     })
 }
 
-fn value_path(value: &Spanned<DeValue<'_>>, path: String, span: &Range<usize>) -> Option<String> {
+fn value_path(
+    value: &Spanned<DeValue<'_>>,
+    path: String,
+    hit: &dyn Fn(&Range<usize>) -> bool,
+) -> Option<String> {
     // Inner first: the `[[route]]` array and its element share the header's span.
     let inner = match value.get_ref() {
-        DeValue::Table(table) => path_to(table, &path, span),
+        DeValue::Table(table) => path_where(table, &path, hit),
         DeValue::Array(array) => array
             .iter()
             .enumerate()
-            .find_map(|(i, item)| value_path(item, format!("{path}[{i}]"), span)),
+            .find_map(|(i, item)| value_path(item, format!("{path}[{i}]"), hit)),
         _ => None,
     };
-    inner.or_else(|| (value.span() == *span).then_some(path))
+    inner.or_else(|| hit(&value.span()).then_some(path))
 }
 
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position

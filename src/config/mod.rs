@@ -801,6 +801,11 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         assert_eq!(error::escape_controls(&once), once);
     }
 
+    /// A route named `name` (a TOML value: quotes included).
+    fn named_route(name: &str) -> String {
+        format!("[[route]]\nname = {name}\npath = \"/\"\nbackends = [\"h:1\"]\n")
+    }
+
     /// A route with `field = value` (TOML) added, for the value rules below.
     fn route_with(field: &str) -> String {
         format!("[[route]]\nname = \"a\"\npath = \"/\"\n{field}\nbackends = [\"h:1\"]\n")
@@ -945,14 +950,12 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             message.contains("route[0].host: \" chat.example.com\\n\" has whitespace around it"),
             "{message}"
         );
-        let named =
-            |name: &str| format!("[[route]]\nname = {name}\npath = \"/\"\nbackends = [\"h:1\"]\n");
-        let message = error(&named("\"chat \""));
+        let message = error(&named_route("\"chat \""));
         assert!(
             message.contains("route[0].name: \"chat \" has whitespace around it"),
             "{message}"
         );
-        let message = error(&named("\"  \""));
+        let message = error(&named_route("\"  \""));
         assert!(
             message.contains("route[0].name: must not be empty"),
             "{message}"
@@ -963,19 +966,17 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
     /// they show for a request no route took.
     #[test]
     fn a_route_name_reads_the_same_in_logs_and_metrics() {
-        let named =
-            |name: &str| format!("[[route]]\nname = {name}\npath = \"/\"\nbackends = [\"h:1\"]\n");
-        let message = error(&named("\"-\""));
+        let message = error(&named_route("\"-\""));
         assert!(
             message.contains("route[0].name: \"-\" is what log lines and metrics show"),
             "{message}"
         );
-        let message = error(&named("\"a\\nb\""));
+        let message = error(&named_route("\"a\\nb\""));
         assert!(
             message.contains("route[0].name: \"a\\nb\" has a control character"),
             "{message}"
         );
-        assert!(parse(&named("\"chat \\\"eu\\\" -1\"")).is_ok());
+        assert!(parse(&named_route("\"chat \\\"eu\\\" -1\"")).is_ok());
     }
 
     #[test]
@@ -1080,9 +1081,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
     /// metrics, which carry it raw: refused, with what the name is for.
     #[test]
     fn a_route_name_must_be_visible_text() {
-        let named = |name: &str| {
-            format!("[[route]]\nname = \"{name}\"\npath = \"/\"\nbackends = [\"h:1\"]\n")
-        };
+        let named = |name: &str| named_route(&format!("\"{name}\""));
         let cases = [
             (
                 "a\\u202Eb",
