@@ -171,9 +171,11 @@ impl Config {
     /// Parses and validates `src`; `path` names the file in errors and its folder anchors
     /// relative paths.
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
-        shape::check(src, path)?;
-        let raw: RawConfig =
-            toml::from_str(src).map_err(|e| ConfigError::from_toml(&e, src, path))?;
+        let toml_error = |e: toml::de::Error| ConfigError::from_toml(&e, src, path);
+        // Parsed once, for the shape check and then for serde.
+        let root = toml::de::DeTable::parse(src).map_err(toml_error)?;
+        shape::check(root.get_ref(), src, path)?;
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(toml_error)?;
         Validator { src, path }.config(raw)
     }
 

@@ -45,12 +45,8 @@ const WORDS: [(&str, &str, &str); 3] = [
 ];
 
 /// Refuses what serde would misread: a section or entry that is not a table, a date-time.
-/// A document that does not parse is left to toml's own error.
-pub(super) fn check(src: &str, path: &Path) -> Result<(), ConfigError> {
-    let Ok(root) = DeTable::parse(src) else {
-        return Ok(());
-    };
-    let root = root.get_ref();
+/// (`root` is `src` parsed: a document that does not parse gets toml's own error first.)
+pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), ConfigError> {
     let refuse = |span: &Range<usize>, key: &str, message: String| {
         Err(ConfigError::at(path, &locate(src, span, key), message))
     };
