@@ -737,11 +737,16 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
     fn a_file_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
-        let mut bytes = HEAD.replace("[tls]\n", "# caf\u{e9}\n[tls]\n").into_bytes();
-        let at = bytes.iter().position(|&b| b == 0xC3).unwrap();
-        bytes.splice(at..at + 2, [0xE9]);
-        std::fs::write(&path, &bytes).unwrap();
-        let message = Config::load(&path).unwrap_err().to_string();
+        // The error for HEAD with `line` added before `[tls]`, its `\u{1}` made `bad`.
+        let refused = |line: &str, bad: u8| {
+            let text = HEAD.replace("[tls]\n", &format!("{line}\n[tls]\n"));
+            let bytes: Vec<u8> = (text.bytes())
+                .map(|b| if b == 1 { bad } else { b })
+                .collect();
+            std::fs::write(&path, bytes).unwrap();
+            Config::load(&path).unwrap_err().to_string()
+        };
+        let message = refused("# caf\u{1}", 0xE9);
         assert!(message.contains("w.toml:4:6: proxy: "), "{message}");
         assert!(
             message.contains("must be UTF-8 text, and byte 0xE9 here is not"),
@@ -751,20 +756,10 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
         let message = Config::load(&path).unwrap_err().to_string();
         assert!(message.contains("w.toml:1:1: (top level): "), "{message}");
         // In a value, named by its key, whatever the value holds before the byte.
-        let in_value = HEAD.replace("[tls]\n", "log_format = \"a=b#c\u{1}\"\n[tls]\n");
-        let bytes: Vec<u8> = (in_value.bytes())
-            .map(|b| if b == 1 { 0xFF } else { b })
-            .collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let message = Config::load(&path).unwrap_err().to_string();
+        let message = refused("log_format = \"a=b#c\u{1}\"", 0xFF);
         assert!(message.contains(":4:20: proxy.log_format: "), "{message}");
         // In a bare key: its table, not a piece of the key.
-        let in_key = HEAD.replace("[tls]\n", "na\u{1}ve = 1\n[tls]\n");
-        let bytes: Vec<u8> = (in_key.bytes())
-            .map(|b| if b == 1 { 0xEF } else { b })
-            .collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let message = Config::load(&path).unwrap_err().to_string();
+        let message = refused("na\u{1}ve = 1", 0xEF);
         assert!(message.contains(":4:3: proxy: "), "{message}");
     }
 
