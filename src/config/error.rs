@@ -400,10 +400,7 @@ impl LineIndex {
     /// counted in characters, of the span's start (clamped to the text, and moved back to a
     /// character boundary).
     pub(super) fn locate(&self, src: &str, span: &Range<usize>, key: &str) -> Location {
-        let mut start = span.start.min(src.len());
-        while start > 0 && !src.is_char_boundary(start) {
-            start -= 1;
-        }
+        let start = floor_char_boundary(src, span.start.min(src.len()));
         // The last line starting at or before `start`; there is always one (offset 0).
         let line = self.starts.partition_point(|&s| s <= start).max(1);
         let line_start = self.starts[line - 1];
