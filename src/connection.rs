@@ -17,13 +17,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::{self, Delivery, EndLine};
+use crate::closing::{linger, LINGER_TIME};
 use crate::error::{ProxyError, Unanswered};
 use crate::head::{self, Head, Prefixed};
 use crate::limits::{ClientSlot, ConnGuard, Over};
@@ -94,8 +96,9 @@ pub(crate) async fn serve(
     });
     match checked {
         Ok(head_len) => {
-            let client = Prefixed::new(head_bytes, head_len, tls);
-            serve_http(client, conn, deadline, max_head, answer_by).await;
+            let shut = Arc::new(Notify::new());
+            let client = Prefixed::new(head_bytes, head_len, tls, shut.clone());
+            serve_http(client, conn, deadline, max_head, answer_by, &shut).await;
         }
         Err(err) => refuse_before_hyper(&mut tls, &err, &conn, answer_by).await,
     }
@@ -156,13 +159,15 @@ fn gone(e: &io::Error) -> bool {
 
 /// hyper serves the request (its head already read from the stream into `client`, within
 /// `max_head`) until it is answered by `answer_by`; then the connection's line is written,
-/// unless a tunnel took it over.
+/// unless a tunnel took it over. `shut` is `client`'s: told once the answer is out and the
+/// lingering close has begun.
 async fn serve_http(
     client: Prefixed<TlsStream<TcpStream>>,
     conn: Arc<Conn>,
     deadline: Instant,
     max_head: usize,
     answer_by: Instant,
+    shut: &Notify,
 ) {
     let shared = conn.shared.clone();
     let answered = Arc::new(proxy::Answered::default());
@@ -185,13 +190,23 @@ async fn serve_http(
     let serving = http
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades();
+    // Set once the connection's line is written, as its answer went out.
+    let mut lined = false;
     // In a block of its own, so that the pinned future is dropped at its end.
     let ended = {
         let mut serving = std::pin::pin!(serving);
         let mut closing = false;
         loop {
             tokio::select! {
+                // The arms that end the connection's answer come before its deadlines.
+                biased;
                 result = serving.as_mut() => break Ended::Served(result),
+                // The answer is out, a close_notify behind it: its line is written now, not
+                // when the client's linger, which hyper drives on, is over.
+                () = shut.notified(), if !lined && access_log::has_line(&conn) => {
+                    lined = true;
+                    access_log::end_line(&conn, Delivery::Delivered);
+                }
                 // A refusal written: one request per connection, so it ends here (hyper
                 // closes it once it is idle), whatever the answer's `Connection` said.
                 () = answered.notify.notified(), if !closing => {
@@ -203,6 +218,9 @@ async fn serve_http(
             }
         }
     };
+    if lined {
+        return;
+    }
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
     if access_log::has_line(&conn) {
@@ -432,24 +450,3 @@ fn admit(conn: &Conn) -> Result<(), ProxyError> {
         Some(Over::Client) => Err(ProxyError::ClientOverLimit),
     }
 }
-
-/// Takes in (a bounded amount of) what a refused client is still sending: a close with
-/// unread bytes in the socket is a reset, which can destroy the answer before the client
-/// reads it. Bounded in bytes and time, so a refused client cannot hold its slot, or shutdown.
-async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
-    let linger = async {
-        let mut sink = [0u8; 4096];
-        let mut budget = LINGER_BYTES;
-        while budget > 0 {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => budget = budget.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, linger).await;
-}
-
-/// What a refused client may still send before its connection is closed under it.
-const LINGER_BYTES: usize = 256 * 1024;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);

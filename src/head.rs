@@ -7,11 +7,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
+use crate::closing::Lingering;
 use crate::error::ProxyError;
 use crate::routes;
 
@@ -246,18 +249,33 @@ impl Scan {
 /// answered too: a refusal must be the connection's last word. So past the head a read stays
 /// pending; hyper reads nothing while the request is served (`half_close`), and the closing
 /// connection is ended by the server once the answer is out.
+///
+/// When hyper ends the connection (its answer written), the shutdown it asks for is a
+/// lingering close ([`crate::closing`]): `close_notify`, then what the client still sends is read
+/// and dropped, before hyper lets go of the stream. `shut` tells the server that the answer
+/// is out, so that the connection's end need not wait for the linger's.
 pub(crate) struct Prefixed<T> {
     prefix: Bytes,
     /// How much of `prefix` hyper may still read: what is left of the head.
     head: usize,
     io: T,
+    /// Set once the stream is shut, lingering.
+    closing: Option<Lingering>,
+    shut: Arc<Notify>,
 }
 
 impl<T> Prefixed<T> {
-    /// `head` is the length of the request head that starts `prefix`.
-    pub(crate) fn new(prefix: Bytes, head: usize, io: T) -> Self {
+    /// `head` is the length of the request head that starts `prefix`; `shut` is told once the
+    /// stream has been shut (the answer out, and a `close_notify` behind it).
+    pub(crate) fn new(prefix: Bytes, head: usize, io: T, shut: Arc<Notify>) -> Self {
         let head = head.min(prefix.len());
-        Prefixed { prefix, head, io }
+        Prefixed {
+            prefix,
+            head,
+            io,
+            closing: None,
+            shut,
+        }
     }
 
     /// The stream and whatever of the prefix has not been read yet.
@@ -289,7 +307,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -315,7 +333,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.closing.is_none() {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.shut.notify_one();
+            this.closing = Some(Lingering::new());
+        }
+        if let Some(lingering) = &mut this.closing {
+            ready!(lingering.poll(Pin::new(&mut this.io), cx));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -502,7 +529,7 @@ mod tests {
         use futures_util::FutureExt;
         let head = b"GET / HTTP/1.1\r\n\r\n";
         let prefix = Bytes::from([&head[..], b"early"].concat());
-        let mut io = Prefixed::new(prefix, head.len(), &b"later"[..]);
+        let mut io = Prefixed::new(prefix, head.len(), &b"later"[..], Arc::default());
         let mut read = vec![0; 8];
         let mut all = Vec::new();
         // In small reads, as hyper may make them: the head, and not a byte more.

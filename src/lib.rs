@@ -23,7 +23,8 @@
 //! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
 //!   the watches; `reload`: when and how a new snapshot replaces the old;
 //! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;
-//!   `connection`: one connection until its answer or tunnel; `limits`: connection counts
+//!   `connection`: one connection until its answer or tunnel; `closing`: the lingering close
+//!   of a connection that got an answer instead; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
 //!   `resolve`: backend names to addresses, briefly cached; `socket`: TCP options and the
@@ -39,6 +40,7 @@
 
 mod access_log;
 mod admin;
+mod closing;
 pub mod config;
 mod connection;
 mod drain;

@@ -77,6 +77,36 @@ async fn a_request_pipelined_behind_a_426_is_never_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_after_its_refusal_is_taken_in_not_reset() {
+    // A socket closed with input unread is reset, and a reset can destroy an answer the client
+    // has not read yet (Windows drops its receive queue). So after every refusal, hyper's
+    // (404, 426, 400) as much as the proxy's own, what the client still sends is read and
+    // dropped for a moment before the connection goes.
+    let proxy = proxy("").await;
+    for (req, status) in [
+        (Req::get("chat.example.com", "/nothing"), 404),
+        (Req::get("chat.example.com", "/ws"), 426),
+        (ws().method("POST"), 400),
+        (Req::upgrade("chat.example.com", "/nothing"), 404),
+    ] {
+        let mut client = raw_client(proxy.addr).await;
+        client.send(req.bytes()).await;
+        let head = client.read_head().await;
+        assert_eq!(head.status, status, "{head:?}");
+        client.read_body(&head).await;
+        // An upload that crossed the answer: each write would fail once a reset came back.
+        for n in 0..8 {
+            let sent = client.try_send(vec![b'x'; 16 * 1024]).await;
+            assert!(
+                sent.is_ok(),
+                "{status}: write {n} after the answer: {sent:?}"
+            );
+        }
+        client.expect_close_notify().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_behind_a_426_that_are_no_request_leave_its_line_as_delivered() {
     // Bytes behind the 426's request that are no request (a head over hyper's buffer) are
     // left unread: they are no failure to deliver the 426, which went out whole, and get no
