@@ -175,19 +175,7 @@ async fn serve_http(
         let (conn, answered) = (conn.clone(), answered.clone());
         service_fn(move |req| proxy::handle(req, conn.clone(), answered.clone()))
     };
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
-        // Keep-alive stays on: with it off hyper adds "close" to the 101's Connection header,
-        // which clients reject (and to a 426's, which names `Upgrade` alone). A refusal ends
-        // the connection once written (`answered`, below); relayed answers say "close".
-        // hyper's floor is 8 KiB; the exact limit was measured by head::read. The margin
-        // keeps hyper from refusing a head within the limit that arrives with early bytes.
-        .max_buf_size((max_head + 1024).max(8192))
-        // A client may shut its sending side right after the request (its half-close is
-        // passed on once the tunnel runs); without this hyper would drop the request.
-        .half_close(true);
-    let serving = http
+    let serving = http_server(deadline, max_head)
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades();
     // Set once the connection's line is written, as its answer went out.
@@ -223,23 +211,44 @@ async fn serve_http(
     }
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
-    if access_log::has_line(&conn) {
-        let delivery = match ended {
-            Ended::Served(Ok(())) => Delivery::Delivered,
-            // (Never bytes behind the request that hyper failed to parse: it reads the head
-            // alone, see `head::Prefixed`.)
-            Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
-            Ended::Late => Delivery::Late,
-            Ended::Drained => Delivery::Shutdown,
-        };
-        access_log::end_line(&conn, delivery);
-        let refused = crate::sync::lock(&conn.refused_upgrade).take();
-        if let Some(upgrade) = refused {
-            close_refused(upgrade, &shared).await;
-        }
-        return;
+    if !access_log::has_line(&conn) {
+        return early_close(&shared, conn.peer, conn.started, &unanswered(ended));
     }
-    early_close(&shared, conn.peer, conn.started, &unanswered(ended));
+    access_log::end_line(&conn, delivery(ended));
+    let refused = crate::sync::lock(&conn.refused_upgrade).take();
+    if let Some(upgrade) = refused {
+        close_refused(upgrade, &shared).await;
+    }
+}
+
+/// hyper's settings for the one request of a connection.
+fn http_server(deadline: Instant, max_head: usize) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
+        // Keep-alive stays on: with it off hyper adds "close" to the 101's Connection header,
+        // which clients reject (and to a 426's, which names `Upgrade` alone). A refusal ends
+        // the connection once written (`Answered`, in `serve_http`); relayed answers say
+        // "close".
+        // hyper's floor is 8 KiB; the exact limit was measured by head::read. The margin
+        // keeps hyper from refusing a head within the limit that arrives with early bytes.
+        .max_buf_size((max_head + 1024).max(8192))
+        // A client may shut its sending side right after the request (its half-close is
+        // passed on once the tunnel runs); without this hyper would drop the request.
+        .half_close(true);
+    http
+}
+
+/// How the delivery of an answer given ended.
+fn delivery(ended: Ended) -> Delivery {
+    match ended {
+        Ended::Served(Ok(())) => Delivery::Delivered,
+        // (Never bytes behind the request that hyper failed to parse: it reads the head
+        // alone, see `head::Prefixed`.)
+        Ended::Served(Err(e)) => Delivery::Failed(which_side_failed(&e)),
+        Ended::Late => Delivery::Late,
+        Ended::Drained => Delivery::Shutdown,
+    }
 }
 
 /// hyper ends a connection whose request asked for an upgrade by handing its socket to the
