@@ -277,7 +277,8 @@ pub(crate) fn is_hidden(c: char) -> bool {
 }
 
 /// toml stops at 80 levels of dotted key and reports it with no position ("recursion
-/// limit"): found here, the deepest key or table header, named by its first part.
+/// limit"): found here, the deepest key or table header, named by its first part (under
+/// its table, for a key).
 fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> {
     if let Some(span) = e.span() {
         return values_too_deep(e, src, &span, path);
@@ -349,17 +350,19 @@ fn nesting(value: &str) -> usize {
 }
 
 /// The first of the keys or table headers with the most dotted parts: where it starts, its
-/// first part, and how many parts it has.
+/// name (its first part; a key's under its table), and how many parts it has.
 fn deepest_key(src: &str) -> Option<(usize, String, usize)> {
     let mut deepest: Option<(usize, String, usize)> = None;
     let mut line_start = 0;
+    let (mut table, mut arrays) = (String::new(), HashMap::new());
     for line in src.split_inclusive('\n') {
         let begin = line_start;
         line_start += line.len();
         // A header's name, or what stands before a line's `=`: a suffix of the line, so its
         // offset is where the key starts.
         let body = line.trim_start().trim_start_matches('[').trim_start();
-        let key = match line.trim_start().starts_with('[') {
+        let header = line.trim_start().starts_with('[');
+        let key = match header {
             true => body.split(']').next(),
             false => body.split_once('=').map(|(key, _)| key),
         };
@@ -367,8 +370,17 @@ fn deepest_key(src: &str) -> Option<(usize, String, usize)> {
         let parts = key.split('.').count();
         if !matches!(&deepest, Some(d) if d.2 >= parts) {
             let first = key.split('.').next().unwrap_or_default();
+            let first = first.trim().trim_matches('"');
+            // A key is named under its table, a header on its own.
+            let name = match table.is_empty() || header {
+                true => first.to_string(),
+                false => format!("{table}.{first}"),
+            };
             let at = begin + line.len() - body.len();
-            deepest = Some((at, first.trim().trim_matches('"').to_string(), parts));
+            deepest = Some((at, name, parts));
+        }
+        if let Some(name) = opened_table(line, &mut arrays) {
+            table = name;
         }
     }
     deepest
@@ -503,6 +515,22 @@ fn value_path(
     inner.or_else(|| hit(&value.span()).then_some(path))
 }
 
+/// The table a line opens if it is a header, as errors name it (`route[2]` for the third
+/// `[[route]]`, counted in `arrays`).
+fn opened_table(line: &str, arrays: &mut HashMap<String, usize>) -> Option<String> {
+    let header = line.trim();
+    if let Some(name) = header.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
+        let name = name.trim().trim_end_matches(']').to_string();
+        let n = arrays
+            .entry(name.clone())
+            .and_modify(|n| *n += 1)
+            .or_insert(0);
+        return Some(format!("{name}[{n}]"));
+    }
+    let name = header.strip_prefix('[').and_then(|t| t.split(']').next())?;
+    Some(name.trim().to_string())
+}
+
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
 /// only: the enclosing `[table]` / `[[array]]` header plus the key written on that line.
 fn key_at(src: &str, offset: usize) -> String {
@@ -515,16 +543,9 @@ fn key_at(src: &str, offset: usize) -> String {
     // The headers before the offset's line, and its own if it is one (read whole: a
     // repeated `[proxy]` is reported inside its brackets).
     let lines = src[..line_begin].split_inclusive('\n');
-    for header in lines.chain([line]).map(str::trim) {
-        if let Some(name) = header.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
-            let name = name.trim().trim_end_matches(']').to_string();
-            let n = arrays
-                .entry(name.clone())
-                .and_modify(|n| *n += 1)
-                .or_insert(0);
-            table = format!("{name}[{n}]");
-        } else if let Some(name) = header.strip_prefix('[').and_then(|t| t.split(']').next()) {
-            table = name.trim().to_string();
+    for header in lines.chain([line]) {
+        if let Some(name) = opened_table(header, &mut arrays) {
+            table = name;
         }
     }
     let upto = &src[line_begin..offset.max(line_begin)];

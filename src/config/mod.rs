@@ -726,7 +726,12 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             "{header}"
         );
         let key = error(&format!("[x]\n  {} = 1\n", deep.replace('a', "b")));
-        assert!(key.contains(":7:3: b: nested too deep"), "{key}");
+        assert!(key.contains(":7:3: x.b: nested too deep"), "{key}");
+        let routed = error(&format!("[[route]]\n[[route]]\n{deep} = 1\n"));
+        assert!(
+            routed.contains(":8:1: route[1].a: nested too deep"),
+            "{routed}"
+        );
         // Below the limit, the usual unknown field.
         let shallow = error_in(&format!("{HEAD}[{}]\n", ["a"; 10].join(".")));
         assert!(shallow.contains(":6:2: a: unknown field `a`"), "{shallow}");
