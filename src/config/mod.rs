@@ -849,6 +849,10 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
             ("\"1https://a.com\"", "no valid scheme"),
             ("\"null\"", "allowing it would allow everyone"),
             ("\"a.com\"", "is not an origin"),
+            ("\"app://a%b\"", "an app's own scheme takes letters"),
+            ("\"app://a b\"", "an app's own scheme takes letters"),
+            ("\"app://[::1]\"", "an app's own scheme takes letters"),
+            ("\"https://-\"", "does not name a host as browsers"),
         ];
         for (entry, expected) in cases {
             let message = error(&route_with(&format!("origins = [{entry}]")));
@@ -857,7 +861,7 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
                 "{entry}: {message:?} should contain {expected:?}"
             );
         }
-        let fine = "origins = [\"HTTPS://Chat.Example.com/\", \"http://127.0.0.1:8080\", \"https://[::1]:8443\", \"chrome-extension://abc\", \"https://a_b.example.com.\", \"http://[::ffff:7f00:1]\"]";
+        let fine = "origins = [\"HTTPS://Chat.Example.com/\", \"http://127.0.0.1:8080\", \"https://[::1]:8443\", \"chrome-extension://abc\", \"https://a_b.example.com.\", \"http://[::ffff:7f00:1]\", \"app://.\", \"app://-\", \"tauri://localhost\", \"capacitor://localhost:8080\"]";
         let config = parse(&route_with(fine)).unwrap();
         assert_eq!(
             config.routes[0].origins.as_deref().unwrap_or_default(),
@@ -868,6 +872,10 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
                 "chrome-extension://abc",
                 "https://a_b.example.com.",
                 "http://[::ffff:7f00:1]",
+                "app://.",
+                "app://-",
+                "tauri://localhost",
+                "capacitor://localhost:8080",
             ]
         );
     }

@@ -185,9 +185,24 @@ pub(super) fn origin(text: &str) -> Result<String, String> {
             ));
         }
     }
-    host_part(host, true)
-        .map_err(|why| format!("{text:?} does not name a host as browsers write it: {why}"))?;
+    if matches!(scheme, "http" | "https") {
+        host_part(host, true)
+            .map_err(|why| format!("{text:?} does not name a host as browsers write it: {why}"))?;
+    } else if !is_app_host(host) {
+        return Err(format!(
+            "{text:?} does not name a host: an app's own scheme takes letters, digits, '-', '_' and '.' (\"app://.\", \"tauri://localhost\")"
+        ));
+    }
     Ok(normalized.to_string())
+}
+
+/// The host of an app's own scheme, as Chromium-based shells write its origin: Electron
+/// apps' `app://.` (electron-builder) and `app://-` (electron-serve), `tauri://localhost`,
+/// `capacitor://localhost`, `chrome-extension://<id>`. Such hosts are no DNS names, so not
+/// held to a name's rules; only to the characters those shells put there.
+fn is_app_host(host: &str) -> bool {
+    !host.is_empty()
+        && (host.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A URI scheme (RFC 3986 §3.1): a letter, then letters, digits, `+`, `-` or `.`.

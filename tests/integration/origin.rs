@@ -27,6 +27,36 @@ async fn a_listed_origin_passes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_apps_own_origin_can_be_listed() {
+    // Electron (electron-builder's `app://.`, electron-serve's `app://-`) and Tauri pages
+    // send their scheme's origin, whose host is no DNS name.
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&format!(
+        "[[route]]\nname = \"app\"\npath = \"/ws\"\norigins = [\"app://.\", \"app://-\", \"tauri://localhost\"]\nbackends = [\"{}\"]\n",
+        backend.addr
+    ))
+    .await;
+    for origin in ["app://.", "app://-", "tauri://localhost"] {
+        let (mut ws, _) = ws_connect(
+            proxy.addr,
+            "wss://chat.example.com/ws",
+            &[("Origin", origin)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{origin} refused: {e:?}"));
+        assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+    }
+    let (head, _) = request(
+        proxy.addr,
+        Req::upgrade("chat.example.com", "/ws")
+            .add("Origin", "app://evil")
+            .bytes(),
+    )
+    .await;
+    assert_eq!(head.status, 403, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_origin_is_403() {
     let backend = WsBackend::start("echo").await;
     let proxy = proxy_with_origins(&backend).await;
