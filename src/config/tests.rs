@@ -1,0 +1,1002 @@
+//! The config's unit tests: what loads, what is refused, and how each refusal is worded and
+//! located.
+
+use super::*;
+
+const HEAD: &str = r#"[proxy]
+listen = ["127.0.0.1:8443"]
+
+[tls]
+certificates = [{ cert = "a.crt", key = "a.key" }]
+"#;
+
+fn parse(body: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(
+        &format!("{HEAD}{body}"),
+        Path::new("/etc/wsgate/wsgate.toml"),
+    )
+}
+
+fn error(body: &str) -> String {
+    match parse(body) {
+        Ok(_) => panic!("expected an error for {body:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_minimal_config_gets_the_documented_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config.timeouts.handshake, Duration::from_secs(10));
+    assert_eq!(config.timeouts.connect, Duration::from_secs(5));
+    assert_eq!(config.timeouts.idle, Duration::from_secs(300));
+    assert_eq!(config.timeouts.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.limits.max_request_header_bytes, 16384);
+    assert_eq!(config.limits.max_connections, 10000);
+    assert_eq!(config.log_format, LogFormat::Text);
+    assert_eq!(config.admin, None);
+    assert!(!config.proxy_protocol);
+    assert_eq!(config.watch, WatchMode::Events);
+    assert_eq!(config.recheck, Duration::from_secs(60));
+    assert_eq!(config.tls_min_version, TlsVersion::Tls12);
+    assert!(config.session_resumption);
+    assert!(config.routes.is_empty());
+}
+
+#[test]
+fn a_route_may_set_its_own_idle_timeout_within_the_same_bounds() {
+    let route = |idle: &str| {
+        format!("[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"b:1\"]\nidle = \"{idle}\"\n")
+    };
+    let config = parse(&route("1h")).unwrap();
+    assert_eq!(config.routes[0].idle, Some(Duration::from_secs(3600)));
+    let zero = error(&route("0s"));
+    assert!(
+        zero.contains("route[0].idle: must be longer than zero"),
+        "{zero}"
+    );
+    assert!(error(&route("soon")).contains("invalid duration"));
+}
+
+#[test]
+fn tls_min_version_is_1_2_or_1_3() {
+    let head_with = |v: &str| HEAD.replace("[tls]\n", &format!("[tls]\nmin_version = \"{v}\"\n"));
+    let load = |v: &str| Config::from_toml_str(&head_with(v), Path::new("/w.toml"));
+    assert_eq!(load("1.3").unwrap().tls_min_version, TlsVersion::Tls13);
+    let old = load("1.1").unwrap_err().to_string();
+    assert!(
+        old.contains("tls.min_version") && old.contains("1.3"),
+        "{old}"
+    );
+    // Unquoted, it is a number: the message says what to write, not toml's "wanted
+    // string or table".
+    let unquoted = HEAD.replace("[tls]\n", "[tls]\nmin_version = 1.3\n");
+    let error = Config::from_toml_str(&unquoted, Path::new("/w.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("tls.min_version") && error.contains("expected a quoted string"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_admin_listener_is_checked_and_may_not_share_a_proxy_address() {
+    let config = parse("[admin]\nlisten = \"127.0.0.1:9090\"\n").unwrap();
+    assert_eq!(config.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    let bad = error("[admin]\nlisten = \"localhost:9090\"\n");
+    assert!(
+        bad.contains(":7:10: admin.listen: \"localhost:9090\" is not an IP:port"),
+        "{bad}"
+    );
+    let overlapping = error("[admin]\nlisten = \"0.0.0.0:8443\"\n");
+    assert!(
+        overlapping.contains("admin.listen: 0.0.0.0:8443 overlaps 127.0.0.1:8443"),
+        "{overlapping}"
+    );
+    assert!(parse("[admin]\nlisten = \"[::]:8443\"\n").is_ok());
+    let shared = error("[admin]\nlisten = \"127.0.0.1:8443\"\n");
+    assert!(
+        shared.contains("admin.listen: 127.0.0.1:8443 is also in proxy.listen"),
+        "{shared}"
+    );
+    let unknown = error("[admin]\nlisten = \"127.0.0.1:9090\"\npath = \"/m\"\n");
+    assert!(unknown.contains("admin"), "{unknown}");
+}
+
+#[test]
+fn relative_certificate_paths_resolve_against_the_config_folder() {
+    let config = parse("").unwrap();
+    assert_eq!(config.certificates[0].cert, Path::new("/etc/wsgate/a.crt"));
+    assert_eq!(config.watched_files().len(), 3);
+}
+
+#[test]
+fn a_file_is_parsed_again_when_its_bytes_change_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    let idle = |path: &Path| Config::load(path).map(|c| c.timeouts.idle.as_secs());
+    let with_idle = |secs: u64| format!("{HEAD}[timeouts]\nidle = \"{secs}s\"\n");
+    std::fs::write(&a, with_idle(7)).unwrap();
+    std::fs::write(&b, with_idle(7)).unwrap();
+    assert_eq!(idle(&a), Ok(7));
+    // Same bytes at another path: a path of its own (relative files resolve against it).
+    assert_eq!(Config::load(&b).unwrap().path, b);
+    std::fs::write(&a, with_idle(8)).unwrap();
+    assert_eq!(idle(&a), Ok(8));
+    std::fs::write(&a, "[proxy\n").unwrap();
+    assert!(idle(&a).is_err());
+    std::fs::write(&a, with_idle(7)).unwrap();
+    assert_eq!(idle(&a), Ok(7));
+}
+
+#[test]
+fn a_full_route_is_normalized() {
+    let config = parse(
+        r#"
+[timeouts]
+idle = "500ms"
+[[route]]
+name = "chat"
+host = "*.Example.COM"
+path = "/ws/"
+subprotocols = ["chat.v2"]
+origins = ["HTTPS://Chat.Example.com/"]
+backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
+"#,
+    )
+    .unwrap();
+    let route = &config.routes[0];
+    assert_eq!(
+        route.host,
+        Some(HostPattern::Wildcard(".example.com".into()))
+    );
+    assert_eq!(route.path, "/ws");
+    assert_eq!(
+        route.origins.as_deref(),
+        Some(&["https://chat.example.com".to_string()][..])
+    );
+    assert_eq!(config.timeouts.idle, Duration::from_millis(500));
+}
+
+#[test]
+fn errors_name_file_line_column_and_key() {
+    let cases = [
+        ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
+        ("[proxy]\nlog_format = \"json\"\n", ":6:2: proxy: duplicate key"),
+        ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
+        ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections:"),
+        ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends[0]:"),
+        (
+            "[[route]]\nname = \"a\"\npath = \"/\"\nsubprotocols = [\"ok\", \"bad token\"]\nbackends = [\"h:1\"]\n",
+            ":9:23: route[0].subprotocols[1]: \"bad token\" is not a valid subprotocol",
+        ),
+        (
+            "[[route]]\nname = \"a\"\npath = \"/\"\norigins = [\"https://a.com\", \"nope\"]\nbackends = [\"h:1\"]\n",
+            ":9:29: route[0].origins[1]: \"nope\" is not an origin",
+        ),
+        ("[[route]]\nname = \"a\"\npath = \"/a/../b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a/../b\" has a '.' or '..' segment"),
+        ("[[route]]\nname = \"a\"\npath = \"/v1./b\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/v1./b\" has a segment ending in '.'"),
+        ("[[route]]\nname = \"a\"\npath = \"/a%20\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%20\" has a segment ending in '.' or a space"),
+        ("[[route]]\nname = \"a\"\npath = \"/a/%2E\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+        ("[[route]]\nname = \"a\"\npath = \"/a%2\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2\" has a '%' that does not start an escape"),
+        ("[[route]]\nname = \"a\"\npath = \"/a%zz\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+        ("[reload]\nrecheck = \"10ms\"\n", "reload.recheck: must be at least 1s"),
+        ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: 99999999999999999999 is too large for a number here"),
+        ("[[route]]\nname = \"a\"\npath = \"/a%2fb\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2fb\" has a '\\' or an encoded '/'"),
+        ("[[route]]\nname = \"a\"\npath = '/a\\b'\nbackends = [\"h:1\"]\n", "route[0].path:"),
+        (
+            "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n",
+            ":11:8: route[1].name: duplicate route name \"a\" (first at line 7)",
+        ),
+        ("[[route]]\nname = \"a\"\npath = \"ws\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+        ("[[route]]\nname = \"a\"\npath = \"/;v1\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+        ("[[route]]\nname = \"a\"\npath = \"/a//b\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
+        ("[[route]]\nname = \"a\"\npath = \"/ws//\"\nbackends = [\"h:1\"]\n", "or an empty segment"),
+        ("[[route]]\nname = \"a\"\npath = \"//\"\nbackends = [\"h:1\"]\n", "or an empty segment"),
+        ("[[route]]\nname = \"a\"\npath = \"/e%3Bx\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/e%3Bx\" has a ';parameter'"),
+        ("[[route]]\nname = \"a\"\npath = \"/e\u{FF1B}x\"\nbackends = [\"h:1\"]\n", "has a ';parameter'"),
+        ("[[route]]\nname = \"a\"\npath = \"/a\u{FF0F}b\"\nbackends = [\"h:1\"]\n", "is matched in its Unicode normal form (NFKC), as normalising backends read it: write \"/a/b\""),
+        ("[[route]]\nname = \"a\"\npath = \"/\u{1D43}dmin\"\nbackends = [\"h:1\"]\n", "write \"/admin\""),
+        ("[[route]]\nname = \"a\"\npath = \"/x/\u{FE30}\"\nbackends = [\"h:1\"]\n", "is read as \"/x/..\" in its Unicode normal form (NFKC), as normalising backends read it, and that cannot be a route path"),
+        ("[[route]]\nname = \"a\"\nhost = \"a.com:443\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+        ("[[route]]\nname = \"a\"\nhost = \"a-.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+        ("[[route]]\nname = \"a\"\nhost = \"*.-x.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+        ("[[route]]\nname = \"a\"\nhost = \"a..com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+        ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = []\n", "route[0].backends: needs at least one"),
+        ("[[route]]\nname = \"a\"\npath = \"/\"\norigins = []\nbackends = [\"h:1\"]\n", "route[0].origins:"),
+    ];
+    for (body, expected) in cases {
+        let message = error(body);
+        assert!(message.starts_with("/etc/wsgate/wsgate.toml:"), "{message}");
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+}
+
+/// A route behind an earlier one with the same host and path, whose subprotocol rule fits
+/// every request it would take, could never be chosen: a warning (file order among equal
+/// routes is the documented rule, so such a config still loads).
+#[test]
+fn a_route_that_could_never_be_chosen_is_warned_about() {
+    let route = |name: &str, host: &str, path: &str, protocols: &str| {
+        format!("[[route]]\nname = \"{name}\"\n{host}path = \"{path}\"\n{protocols}backends = [\"h:1\"]\n")
+    };
+    let host = "host = \"a.com\"\n";
+    let list = |p: &str| format!("subprotocols = [{p}]\n");
+    let shadowed = [
+        route("a", "", "/x", "") + &route("b", "", "/x/", ""),
+        route("a", host, "/x", "") + &route("b", "host = \"A.com.\"\n", "/%78", &list("\"v1\"")),
+        route("a", "", "/x", &list("\"v1\", \"v2\"")) + &route("b", "", "/x", &list("\"v2\"")),
+        // Wildcards rank as one class: the wider one, first, takes the narrower's hosts.
+        route("a", "host = \"*.a.com\"\n", "/x", "")
+            + &route("b", "host = \"*.eu.a.com\"\n", "/x", ""),
+    ];
+    for body in &shadowed {
+        let config = parse(body).unwrap();
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.warnings.len(), 1, "{body}");
+        let message = config.warnings[0].to_string();
+        assert!(
+            message.contains(
+                ":8: route[1].path: route \"b\" can never be chosen: route \"a\" (line 7)"
+            ),
+            "{message}\n{body}"
+        );
+    }
+    let reachable = [
+        // Different host, different path, or a rule that fits requests the first refuses.
+        route("a", host, "/x", "") + &route("b", "", "/x", ""),
+        route("a", "", "/x", "") + &route("b", "", "/x/y", ""),
+        route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", ""),
+        route("a", "", "/x", &list("\"v1\"")) + &route("b", "", "/x", &list("\"v1\", \"v2\"")),
+        // The narrower wildcard first: each gets its own hosts.
+        route("a", "host = \"*.eu.a.com\"\n", "/x", "")
+            + &route("b", "host = \"*.a.com\"\n", "/x", ""),
+    ];
+    for body in &reachable {
+        let config = parse(body).unwrap();
+        assert_eq!(config.routes.len(), 2);
+        assert!(config.warnings.is_empty(), "{body}: {:?}", config.warnings);
+    }
+    // Of several routes taking all of a later one's requests, the first is named.
+    let body = route("a", "", "/x", &list("\"v1\", \"v2\""))
+        + &route("b", "", "/x", "")
+        + &route("c", "", "/x", &list("\"v3\""))
+        + &route("d", "", "/x", &list("\"v2\", \"v1\""));
+    let config = parse(&body).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("route \"c\" can never be chosen: route \"b\""));
+    assert!(warnings[1].contains("route \"d\" can never be chosen: route \"a\""));
+}
+
+#[test]
+fn a_config_without_routes_loads_with_a_warning() {
+    let config = parse("").unwrap();
+    assert_eq!(config.warnings.len(), 1);
+    let warning = config.warnings[0].to_string();
+    assert!(
+        warning.contains("route: no [[route]]: every request gets 404"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn an_origin_with_its_default_port_is_warned_about() {
+    let route = |origins: &str| {
+        format!(
+            "[[route]]\nname = \"a\"\npath = \"/\"\norigins = [{origins}]\nbackends = [\"h:1\"]\n"
+        )
+    };
+    let config = parse(&route("\"https://a.com\", \"HTTPS://b.com:443/\"")).unwrap();
+    assert_eq!(config.warnings.len(), 1);
+    let warning = config.warnings[0].to_string();
+    assert!(
+        warning.contains("route[0].origins[1]: browsers leave"),
+        "{warning}"
+    );
+    assert!(warning.contains("write \"https://b.com\""), "{warning}");
+    for fine in [
+        "\"https://a.com:8443\"",
+        "\"http://a.com:443\"",
+        "\"https://a.com\"",
+    ] {
+        assert!(parse(&route(fine)).unwrap().warnings.is_empty(), "{fine}");
+    }
+}
+
+#[test]
+fn a_route_written_as_a_single_table_is_pointed_at_its_brackets() {
+    let one = "[route]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+    let two = format!("{one}{one}");
+    for body in [one.to_string(), two] {
+        let error = parse(&body).unwrap_err().to_string();
+        assert!(error.contains("written `[[route]]`"), "{error}");
+    }
+    let fine = parse("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n");
+    assert!(fine.is_ok());
+}
+
+#[test]
+fn a_fully_qualified_route_host_is_the_host_without_its_dot() {
+    let body = "[[route]]\nname = \"a\"\nhost = \"Chat.Example.com.\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+    let config = parse(body).unwrap();
+    assert_eq!(
+        config.routes[0].host,
+        Some(HostPattern::Exact("chat.example.com".into()))
+    );
+}
+
+#[test]
+fn serde_errors_name_the_key_they_are_about() {
+    let head = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n";
+    let route = "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+    let cases = [
+        // A missing field names its table: the header, or the inline table's braces.
+        (format!("{head}[[route]]\npath = \"/\"\nbackends = [\"h:1\"]\n"), "w.toml:5:1: route[0]: missing field `name`"),
+        (format!("{head}{route}[[route]]\npath = \"/\"\nbackends = [\"h:1\"]\n"), "w.toml:9:1: route[1]: missing field `name`"),
+        (format!("{head}[[route]]\nname = \"a\"\npath = \"/\"\n[limits]\n"), "w.toml:5:1: route[0]: missing field `backends`"),
+        ("[proxy]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n".into(), "w.toml:1:1: proxy: missing field `listen`"),
+        ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }, { cert = \"c\" }]\n".into(), "w.toml:4:44: tls.certificates[1]: missing field `key`"),
+        // An unknown field names itself, however deep.
+        ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\", pass = \"x\" }]\n".into(), "w.toml:4:42: tls.certificates[0].pass: unknown field `pass`"),
+        // A wrong type names the value.
+        ("[proxy]\nlisten = \"127.0.0.1:1\"\n".into(), "w.toml:2:10: proxy.listen: invalid type"),
+        (format!("{head}[limits]\nmax_connections = \"10\"\n"), "w.toml:6:19: limits.max_connections: invalid type: string \"10\", expected an integer"),
+        // Nothing to point at: the field is the key.
+        ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n".into(), "w.toml:1:1: tls: missing field `tls`"),
+    ];
+    for (body, expected) in cases {
+        let err = Config::from_toml_str(&body, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(expected),
+            "{err:?} should start with {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_listen_addresses_are_named() {
+    let err = Config::from_toml_str(
+        "[proxy]\nlisten = [\"localhost:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+        Path::new("w.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.location.as_ref().map(|l| (l.line, l.key.as_str())),
+        Some((2, "proxy.listen[0]"))
+    );
+    let err = Config::from_toml_str(
+        "[proxy]\nlisten = [\"127.0.0.1:8443\", \"0.0.0.0:8443\", \"[::]:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+        Path::new("w.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.location.as_ref().map(|l| (l.line, l.key.as_str())),
+        Some((2, "proxy.listen[1]"))
+    );
+    assert!(err.message.contains("overlaps 127.0.0.1:8443"), "{err}");
+    let err = Config::from_toml_str(
+        "[proxy]\nlisten = [\"[::ffff:127.0.0.1]:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+        Path::new("w.toml"),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("write it as 127.0.0.1:8443"), "{err}");
+    let err = Config::from_toml_str(
+        "[proxy]\nlisten = [\"[fe80::1%eth0]:8443\"]\n[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n",
+        Path::new("w.toml"),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("interface's number"), "{err}");
+}
+
+#[test]
+fn broken_toml_points_at_the_line() {
+    let err = error("[[route]\nname = 1\n");
+    assert!(err.contains(":6:"), "{err}");
+    // An unclosed table header names the table, not a key made of it.
+    let err = Config::from_toml_str("[proxy\n", Path::new("w.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("w.toml:1:7: proxy: "), "{err}");
+}
+
+/// An array or inline table left open is the mistake of the key whose value it is, not of
+/// the header or key the parser stumbled on further down.
+#[test]
+fn an_unclosed_value_names_its_own_key() {
+    let key_of = |src: &str| {
+        let err = Config::from_toml_str(src, Path::new("w.toml")).unwrap_err();
+        err.location.map(|l| l.key).unwrap_or_default()
+    };
+    let unclosed_array = "[proxy]\nlisten = [\"127.0.0.1:1\"\n\n[tls]\ncertificates = []\n";
+    assert_eq!(key_of(unclosed_array), "proxy.listen");
+    let unclosed_table = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"a]\", key = \"b\" ]\n";
+    assert_eq!(key_of(unclosed_table), "tls.certificates");
+    let dotted = "[proxy]\ntls.certificates = [\"a\"\n[x]\n";
+    assert_eq!(key_of(dotted), "proxy.tls.certificates");
+    let in_a_route = "[[route]]\nname = \"a\" # [\nbackends = [\"h:1\"\n[[route]]\nname = \"b\"\n";
+    assert_eq!(key_of(in_a_route), "route[0].backends");
+}
+
+#[test]
+fn missing_sections_are_reported() {
+    let err = Config::from_toml_str("[proxy]\nlisten = [\"127.0.0.1:1\"]\n", Path::new("w.toml"))
+        .unwrap_err();
+    assert!(err.message.contains("tls"), "{err}");
+    assert_eq!(err.location.as_ref().map(|l| l.key.as_str()), Some("tls"));
+    let err = error("[tls2]\nx = 1\n");
+    assert!(err.contains(": tls2: unknown field `tls2`"), "{err}");
+}
+
+/// The whole-file error for `src`, a config at "w.toml".
+fn error_in(src: &str) -> String {
+    match Config::from_toml_str(src, Path::new("w.toml")) {
+        Ok(_) => panic!("expected an error for {src:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// serde's derived structs would take an array and fill their fields by position
+/// (`timeouts = ["1s", "2s"]` loaded): every section and entry must be a table.
+#[test]
+fn sections_and_entries_written_as_arrays_are_refused() {
+    let tls = "[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }]\n";
+    let cases = [
+        (format!("timeouts = [\"1s\", \"2s\", \"3s\"]\n{HEAD}"), "w.toml:1:12: timeouts: must be a table ([timeouts] or timeouts = { handshake = \"10s\" }), not an array"),
+        (format!("limits = [2000]\n{HEAD}"), "w.toml:1:10: limits: must be a table ([limits] or"),
+        (format!("admin = [\"127.0.0.1:9090\"]\n{HEAD}"), "w.toml:1:9: admin: must be a table ("),
+        (format!("reload = [\"poll\"]\n{HEAD}"), "w.toml:1:10: reload: must be a table ("),
+        (format!("proxy = [[\"127.0.0.1:8443\"], \"text\", false]\n{tls}"), "w.toml:1:9: proxy: must be a table ("),
+        ("proxy = { listen = [\"127.0.0.1:1\"] }\ntls = [[[\"a\", \"b\"]], \"1.3\"]\n".into(), "w.toml:2:7: tls: must be a table ("),
+        (format!("route = [[\"a\", \"/\", [\"h:1\"]]]\n{HEAD}"), "w.toml:1:10: route[0]: must be a table ([[route]]"),
+        (HEAD.replace("[{ cert = \"a.crt\", key = \"a.key\" }]", "[[\"a.crt\", \"a.key\"]]"), "w.toml:5:17: tls.certificates[0]: must be a table ({ cert = "),
+        // Any other kind, too, in the operator's words rather than serde's `struct RawProxy`.
+        (format!("proxy = 5\n{tls}"), "w.toml:1:9: proxy: must be a table ([proxy] or proxy = { listen = [\"127.0.0.1:8443\"] }), not an integer"),
+        (format!("timeouts = \"10s\"\n{HEAD}"), "w.toml:1:12: timeouts: must be a table ([timeouts] or timeouts = { handshake = \"10s\" }), not a string"),
+    ];
+    for (src, expected) in cases {
+        let message = error_in(&src);
+        assert!(
+            message.starts_with(expected),
+            "{message:?} should start with {expected:?}"
+        );
+        assert!(!message.contains("Raw"), "{message}");
+    }
+    // Inline tables are tables.
+    let inline = format!("timeouts = {{ idle = \"1m\" }}\nroute = [{{ name = \"a\", path = \"/\", backends = [\"h:1\"] }}]\n{HEAD}");
+    let config = Config::from_toml_str(&inline, Path::new("w.toml")).unwrap();
+    assert_eq!(config.timeouts.idle, Duration::from_secs(60));
+    assert_eq!(config.routes.len(), 1);
+}
+
+/// TOML date-times reach serde as a map with a private key; no setting takes one, and the
+/// message says what belongs there instead.
+#[test]
+fn a_date_time_or_a_wrong_kind_is_named_in_the_operators_words() {
+    let route = "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+    let cases = [
+        ("[timeouts]\nidle = 1979-05-27T07:32:00Z\n".into(), ":7:8: timeouts.idle: invalid type: date-time, expected a duration string like \"10s\""),
+        (format!("{route}idle = 07:32:00\n"), ":10:8: route[0].idle: invalid type: date-time, expected a duration string like \"10s\""),
+        ("[[route]]\nname = 1979-05-27\npath = \"/\"\nbackends = [\"h:1\"]\n".into(), ":7:8: route[0].name: invalid type: date-time: no setting takes one"),
+        ("[timeouts]\nidle = 10\n".into(), ":7:8: timeouts.idle: invalid type: integer `10`, expected a duration string like \"10s\""),
+        ("[[route]]\nname = { a = 1 }\npath = \"/\"\nbackends = [\"h:1\"]\n".into(), ":7:8: route[0].name: invalid type: table, expected a string"),
+        ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = \"h:1\"\n".into(), "route[0].backends: invalid type: string \"h:1\", expected an array"),
+    ];
+    for (body, expected) in cases {
+        let message = error(&body);
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+        for internal in ["$__toml", "map", "sequence", "struct", "Raw"] {
+            assert!(!message.contains(internal), "{message}");
+        }
+    }
+    let message = error_in(&format!("timeouts = 1979-05-27\n{HEAD}"));
+    assert!(
+        message.starts_with("w.toml:1:12: timeouts: must be a table ("),
+        "{message}"
+    );
+    assert!(message.ends_with("not a date-time"), "{message}");
+}
+
+/// toml stops at 80 levels of dotted key with no position of its own: the error points
+/// at the deep header or key, not at the top of the file.
+#[test]
+fn a_key_nested_too_deep_is_pointed_at() {
+    let deep = vec!["a"; 100].join(".");
+    let header = error(&format!("[{deep}]\n"));
+    assert!(
+        header.contains(":6:2: a: nested too deep: 100 levels, more than"),
+        "{header}"
+    );
+    let key = error(&format!("[x]\n  {} = 1\n", deep.replace('a', "b")));
+    assert!(key.contains(":7:3: x.b: nested too deep"), "{key}");
+    let routed = error(&format!("[[route]]\n[[route]]\n{deep} = 1\n"));
+    assert!(
+        routed.contains(":8:1: route[1].a: nested too deep"),
+        "{routed}"
+    );
+    // Below the limit, the usual unknown field.
+    let shallow = error_in(&format!("{HEAD}[{}]\n", ["a"; 10].join(".")));
+    assert!(shallow.contains(":6:2: a: unknown field `a`"), "{shallow}");
+}
+
+/// A config in Latin-1 (or UTF-16) is refused where its first non-UTF-8 byte is.
+#[test]
+fn a_file_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    // The error for HEAD with `line` added before `[tls]`, its `\u{1}` made `bad`.
+    let refused = |line: &str, bad: u8| {
+        let text = HEAD.replace("[tls]\n", &format!("{line}\n[tls]\n"));
+        let bytes: Vec<u8> = (text.bytes())
+            .map(|b| if b == 1 { bad } else { b })
+            .collect();
+        std::fs::write(&path, bytes).unwrap();
+        Config::load(&path).unwrap_err().to_string()
+    };
+    let message = refused("# caf\u{1}", 0xE9);
+    assert!(message.contains("w.toml:4:6: proxy: "), "{message}");
+    assert!(
+        message.contains("must be UTF-8 text, and byte 0xE9 here is not"),
+        "{message}"
+    );
+    std::fs::write(&path, b"\xFF\xFE[\x00").unwrap();
+    let message = Config::load(&path).unwrap_err().to_string();
+    assert!(message.contains("w.toml:1:1: (top level): "), "{message}");
+    // In a value, named by its key, whatever the value holds before the byte.
+    let message = refused("log_format = \"a=b#c\u{1}\"", 0xFF);
+    assert!(message.contains(":4:20: proxy.log_format: "), "{message}");
+    // In a bare key: its table, not a piece of the key.
+    let message = refused("na\u{1}ve = 1", 0xEF);
+    assert!(message.contains(":4:3: proxy: "), "{message}");
+}
+
+/// A value or key from the file is echoed escaped, so an error logged at reload cannot
+/// forge a log line or drive a terminal; values we quote with `{:?}` are not escaped twice.
+#[test]
+fn control_characters_from_the_file_are_escaped_in_messages() {
+    let controls = r#"\nERROR forged\t\u001b[31m\u0000"#;
+    let escaped = r"\nERROR forged\t\u{1b}[31m\0";
+    let variant = error_in(&HEAD.replace(
+        "[tls]\n",
+        &format!("log_format = \"json{controls}\"\n[tls]\n"),
+    ));
+    assert!(
+        variant.contains(&format!("unknown variant `json{escaped}`")),
+        "{variant}"
+    );
+    let field = error(&format!("\"x{controls}\" = 1\n"));
+    assert!(
+        field.contains(&format!(": tls.x{escaped}: unknown field `x{escaped}`")),
+        "{field}"
+    );
+    let ours = error(&format!(
+        "[[route]]\nname = \"a\"\npath = \"/a{controls}\"\nbackends = [\"h:1\"]\n"
+    ));
+    assert!(
+        ours.contains(&format!("route[0].path: \"/a{escaped}")),
+        "{ours}"
+    );
+    for message in [variant, field, ours] {
+        assert!(!message.contains(char::is_control), "{message:?}");
+        assert!(!message.contains(r"\\"), "escaped twice: {message}");
+    }
+    let once = error::escape_controls("a\u{202e}b\n");
+    assert_eq!(once, r"a\u{202e}b\n");
+    assert_eq!(error::escape_controls(&once), once);
+}
+
+/// A route named `name` (a TOML value: quotes included).
+fn named_route(name: &str) -> String {
+    format!("[[route]]\nname = {name}\npath = \"/\"\nbackends = [\"h:1\"]\n")
+}
+
+/// A route with `field = value` (TOML) added, for the value rules below.
+fn route_with(field: &str) -> String {
+    format!("[[route]]\nname = \"a\"\npath = \"/\"\n{field}\nbackends = [\"h:1\"]\n")
+}
+
+/// An `origins` entry that no browser could send is refused, each with its reason.
+#[test]
+fn origins_are_origins_as_browsers_send_them() {
+    let cases = [
+        (
+            "\"https://*.example.com\"",
+            "origins do not support: list each origin",
+        ),
+        ("\"https://a b.com\"", "does not name a host"),
+        ("\"https://a.com?x\"", "path, query, fragment or user name"),
+        ("\"https://a.com#x\"", "path, query, fragment or user name"),
+        (
+            "\"https://user@a.com\"",
+            "path, query, fragment or user name",
+        ),
+        ("\"https://a.com/x\"", "path, query, fragment or user name"),
+        ("\"https://a.com:99999\"", "not a number from 1 to 65535"),
+        ("\"https://a.com:\"", "not a number from 1 to 65535"),
+        ("\"https://a.com:08443\"", "without leading zeros"),
+        ("\"https://a..com\"", "does not name a host"),
+        (
+            "\"https://a.com\\n\"",
+            "has whitespace around it: write \"https://a.com\"",
+        ),
+        ("\"https://é.com\"", "punycode"),
+        ("\"https://[0::1]\"", "write the IPv6 address as [::1]"),
+        // Browsers write an IPv4-mapped address in hex, never dotted.
+        (
+            "\"http://[::ffff:127.0.0.1]\"",
+            "write the IPv6 address as [::ffff:7f00:1]",
+        ),
+        ("\"https://127.1\"", "is not an IPv4 address"),
+        ("\"http://0x7f000001\"", "is not an IPv4 address"),
+        ("\"1https://a.com\"", "no valid scheme"),
+        ("\"null\"", "allowing it would allow everyone"),
+        ("\"a.com\"", "is not an origin"),
+        ("\"app://a%b\"", "an app's own scheme takes letters"),
+        ("\"app://a b\"", "an app's own scheme takes letters"),
+        ("\"app://[::1]\"", "an app's own scheme takes letters"),
+        ("\"https://-\"", "does not name a host as browsers"),
+    ];
+    for (entry, expected) in cases {
+        let message = error(&route_with(&format!("origins = [{entry}]")));
+        assert!(
+            message.contains("route[0].origins[0]: ") && message.contains(expected),
+            "{entry}: {message:?} should contain {expected:?}"
+        );
+    }
+    let fine = "origins = [\"HTTPS://Chat.Example.com/\", \"http://127.0.0.1:8080\", \"https://[::1]:8443\", \"chrome-extension://abc\", \"https://a_b.example.com.\", \"http://[::ffff:7f00:1]\", \"app://.\", \"app://-\", \"tauri://localhost\", \"capacitor://localhost:8080\"]";
+    let config = parse(&route_with(fine)).unwrap();
+    assert_eq!(
+        config.routes[0].origins.as_deref().unwrap_or_default(),
+        [
+            "https://chat.example.com",
+            "http://127.0.0.1:8080",
+            "https://[::1]:8443",
+            "chrome-extension://abc",
+            "https://a_b.example.com.",
+            "http://[::ffff:7f00:1]",
+            "app://.",
+            "app://-",
+            "tauri://localhost",
+            "capacitor://localhost:8080",
+        ]
+    );
+}
+
+/// A backend is a name, an IPv4 address or a bracketed IPv6 address, and a plain port:
+/// nothing a resolver would read otherwise or not at all.
+#[test]
+fn backends_are_names_or_addresses_with_a_port() {
+    let backends =
+        |list: &str| format!("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [{list}]\n");
+    let cases = [
+        ("\"user@app:80\"", "is not a host name"),
+        ("\"*:80\"", "is not a host name"),
+        ("\"app,b:80\"", "is not a host name"),
+        ("\"-app:80\"", "is not a host name"),
+        ("\".app:80\"", "is not a host name"),
+        ("\"a..b:80\"", "is not a host name"),
+        ("\"a b:80\"", "is not a host name"),
+        ("\"%61pp:80\"", "is not a host name"),
+        ("\"é.com:80\"", "punycode form (\"xn--"),
+        ("\"a\\u0000b:80\"", "control character '\\0'"),
+        ("\"a\\tb:80\"", "control character '\\t'"),
+        ("\"app\\n:80\"", "control character '\\n'"),
+        ("\" app:80\"", "has whitespace around it"),
+        ("\"app:+80\"", "not a number from 1 to 65535"),
+        ("\"app:0\"", "not a number from 1 to 65535"),
+        ("\"app:65536\"", "not a number from 1 to 65535"),
+        ("\"app\"", "is not host:port (e.g."),
+        ("\"[::1]\"", "is not host:port (e.g."),
+        ("\"[fe80::1%2]:80\"", "without a scope id"),
+        ("\"127.1:80\"", "is not an IPv4 address"),
+        ("\"010.0.0.1:80\"", "is not an IPv4 address"),
+        ("\"0x7f000001:80\"", "is not an IPv4 address"),
+        ("\"127.0.0.0x1:80\"", "is not an IPv4 address"),
+        ("\"app.0X:80\"", "is not an IPv4 address"),
+        ("\"10.0.0.7.:80\"", "is not an IPv4 address"),
+    ];
+    for (entry, expected) in cases {
+        let message = error(&backends(entry));
+        assert!(
+            message.contains("route[0].backends[0]: ") && message.contains(expected),
+            "{entry}: {message:?} should contain {expected:?}"
+        );
+    }
+    let fine = [
+        "app:80",
+        "echo:9001",
+        "localhost:1",
+        "my-svc.ns.svc.cluster.local:8080",
+        "my-svc.ns.svc.cluster.local.:8080",
+        "my_service:80",
+        "10.0.0.7:65535",
+        "[::1]:9001",
+    ];
+    let list: Vec<String> = fine.iter().map(|b| format!("\"{b}\"")).collect();
+    let config = parse(&backends(&list.join(", "))).unwrap();
+    assert_eq!(config.routes[0].backends, fine);
+}
+
+/// Whitespace around an address, a host or a name was trimmed away: it is refused now,
+/// as it is surely a pasting mistake (a newline, say), not part of the value.
+#[test]
+fn whitespace_around_a_value_is_refused() {
+    let config = |listen: &str, admin: &str| {
+        format!("[proxy]\nlisten = [{listen}]\n[admin]\nlisten = {admin}\n[tls]\ncertificates = [{{ cert = \"a\", key = \"b\" }}]\n")
+    };
+    let cases = [
+        (config("\" 127.0.0.1:8443\\n\"", "\"127.0.0.1:9090\""), "proxy.listen[0]: \" 127.0.0.1:8443\\n\" has whitespace around it: write \"127.0.0.1:8443\""),
+        (config("\"127.0.0.1:8443\"", "\"\\t127.0.0.1:9090 \""), "admin.listen: \"\\t127.0.0.1:9090 \" has whitespace around it"),
+    ];
+    for (body, expected) in cases {
+        let message = Config::from_toml_str(&body, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+    let message = error(&route_with("host = \" chat.example.com\\n\""));
+    assert!(
+        message.contains("route[0].host: \" chat.example.com\\n\" has whitespace around it"),
+        "{message}"
+    );
+    let message = error(&named_route("\"chat \""));
+    assert!(
+        message.contains("route[0].name: \"chat \" has whitespace around it"),
+        "{message}"
+    );
+    let message = error(&named_route("\"  \""));
+    assert!(
+        message.contains("route[0].name: must not be empty"),
+        "{message}"
+    );
+}
+
+/// A route name labels log lines and metrics: no control character, and not the `-`
+/// they show for a request no route took.
+#[test]
+fn a_route_name_reads_the_same_in_logs_and_metrics() {
+    let message = error(&named_route("\"-\""));
+    assert!(
+        message.contains("route[0].name: \"-\" is what log lines and metrics show"),
+        "{message}"
+    );
+    let message = error(&named_route("\"a\\nb\""));
+    assert!(
+        message.contains("route[0].name: \"a\\nb\" has a control character"),
+        "{message}"
+    );
+    assert!(parse(&named_route("\"chat \\\"eu\\\" -1\"")).is_ok());
+}
+
+#[test]
+fn a_route_path_with_a_control_character_is_refused_as_such() {
+    let message = error(&route_with("").replace("path = \"/\"", "path = \"/a\\u0000b\""));
+    assert!(
+        message.contains("route[0].path: \"/a\\0b\" has a control character"),
+        "{message}"
+    );
+}
+
+/// Addresses a TCP listener cannot be bound to, or not as they read, are refused before
+/// serving: multicast and broadcast, and a scope id where the kernel ignores it (which
+/// made `[::1%1]:P` beside `[::1]:P` pass `check` and fail to bind).
+#[test]
+fn listen_addresses_a_listener_cannot_take_are_refused() {
+    let config = |listen: &str, admin: &str| {
+        format!("[proxy]\nlisten = [{listen}]\n{admin}[tls]\ncertificates = [{{ cert = \"a\", key = \"b\" }}]\n")
+    };
+    let admin = |a: &str| format!("[admin]\nlisten = \"{a}\"\n");
+    let cases = [
+        (config("\"224.0.0.1:8443\"", ""), "proxy.listen[0]: \"224.0.0.1:8443\" is a multicast address"),
+        (config("\"[ff02::1]:8443\"", ""), "proxy.listen[0]: \"[ff02::1]:8443\" is a multicast address"),
+        (config("\"255.255.255.255:8443\"", ""), "is a broadcast address"),
+        (config("\"127.0.0.1:8443\"", &admin("239.1.1.1:9090")), "admin.listen: \"239.1.1.1:9090\" is a multicast address"),
+        (config("\"[::1%1]:8443\", \"[::1]:8443\"", ""), "proxy.listen[0]: \"[::1%1]:8443\" has a scope id, which only a link-local address (fe80::/10) uses: write it as [::1]:8443"),
+        (config("\"[::%2]:8443\"", ""), "has a scope id"),
+    ];
+    for (body, expected) in cases {
+        let message = Config::from_toml_str(&body, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+    let link_local = config("\"[fe80::1%1]:8443\", \"[fe80::1%2]:8443\"", "");
+    assert!(Config::from_toml_str(&link_local, Path::new("w.toml")).is_ok());
+}
+
+/// Every invisible character (Unicode category Cf, the line and paragraph separators, the
+/// controls) is escaped in messages, once: a key holding one reads as it is written.
+#[test]
+fn invisible_characters_from_the_file_are_escaped_in_messages() {
+    let hidden = [
+        '\u{ad}',
+        '\u{600}',
+        '\u{605}',
+        '\u{61c}',
+        '\u{6dd}',
+        '\u{70f}',
+        '\u{890}',
+        '\u{891}',
+        '\u{8e2}',
+        '\u{180e}',
+        '\u{200b}',
+        '\u{200f}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{202a}',
+        '\u{202e}',
+        '\u{2060}',
+        '\u{2064}',
+        '\u{2066}',
+        '\u{206f}',
+        '\u{feff}',
+        '\u{fff9}',
+        '\u{fffb}',
+        '\u{110bd}',
+        '\u{110cd}',
+        '\u{13430}',
+        '\u{1343f}',
+        '\u{1bca0}',
+        '\u{1bca3}',
+        '\u{1d173}',
+        '\u{1d17a}',
+        '\u{e0001}',
+        '\u{e0020}',
+        '\u{e007f}',
+        '\u{85}',
+        '\u{7f}',
+    ];
+    for c in hidden {
+        let code = u32::from(c);
+        let once = error::escape_controls(&format!("a{c}b"));
+        assert_eq!(once, format!("a\\u{{{code:x}}}b"), "U+{code:04X}");
+        assert_eq!(error::escape_controls(&once), once, "U+{code:04X} twice");
+        // Written as TOML escapes: a raw DEL or C1 control is not allowed in a string.
+        let field = error(&format!("\"a\\U{code:08X}b\" = 1\n"));
+        assert!(
+            field.contains(&format!("unknown field `a\\u{{{code:x}}}b`")),
+            "U+{code:04X}: {field}"
+        );
+    }
+    // Their neighbours, and visible text outside ASCII, are shown as they are.
+    let visible = "\u{ac}\u{606}\u{2030}\u{13440}\u{e0000}\u{e0080}é✓チャット";
+    assert_eq!(error::escape_controls(visible), visible);
+}
+
+/// A route name with an invisible character would read differently in the log and the
+/// metrics, which carry it raw: refused, with what the name is for.
+#[test]
+fn a_route_name_must_be_visible_text() {
+    let named = |name: &str| named_route(&format!("\"{name}\""));
+    let cases = [
+        (
+            "a\\u202Eb",
+            "\"a\\u{202e}b\" has an invisible character (U+202E)",
+        ),
+        (
+            "\\u200b",
+            "\"\\u{200b}\" has an invisible character (U+200B)",
+        ),
+        ("chat\\u00ADeu", "(U+00AD)"),
+        ("a\\u2060b", "(U+2060)"),
+        ("chat\\U000E0041", "(U+E0041)"),
+    ];
+    for (name, expected) in cases {
+        let message = error(&named(name));
+        assert!(
+            message.contains("route[0].name: \"")
+                && message.contains(expected)
+                && message
+                    .contains("a name labels log lines and metrics, so it must be visible text"),
+            "{name}: {message}"
+        );
+        assert!(!message.contains(error::is_hidden), "{message:?}");
+    }
+    assert!(parse(&named("chat-café-チャット")).is_ok());
+}
+
+/// serde would read an enum from a one-entry table (`{ json = [] }` as "json"): a setting
+/// of a few words must be one of them, quoted.
+#[test]
+fn a_setting_of_a_few_words_is_not_a_table() {
+    let cases = [
+        (
+            HEAD.replace("[tls]\n", "log_format = { json = [] }\n[tls]\n"),
+            ":4:14: proxy.log_format: must be a quoted string (\"json\" or \"text\"), not a table",
+        ),
+        (
+            HEAD.replace("[tls]\n", "log_format = [\"json\"]\n[tls]\n"),
+            "proxy.log_format: must be a quoted string (\"json\" or \"text\"), not an array",
+        ),
+        (
+            format!("{HEAD}min_version = {{ \"1.3\" = {{}} }}\n"),
+            "tls.min_version: must be a quoted string (\"1.2\" or \"1.3\"), not a table",
+        ),
+        (
+            format!("{HEAD}[reload]\nwatch = {{ poll = [] }}\n"),
+            ":7:9: reload.watch: must be a quoted string (\"events\" or \"poll\"), not a table",
+        ),
+        (
+            format!("{HEAD}[reload]\nwatch = {{}}\n"),
+            "reload.watch: must be a quoted string (\"events\" or \"poll\"), not a table",
+        ),
+    ];
+    for (src, expected) in cases {
+        let message = Config::from_toml_str(&src, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+    let words = format!("{HEAD}[reload]\nwatch = \"poll\"\n").replace(
+        "[tls]\n",
+        "log_format = \"json\"\n[tls]\nmin_version = \"1.3\"\n",
+    );
+    let config = Config::from_toml_str(&words, Path::new("w.toml")).unwrap();
+    assert_eq!(config.watch, WatchMode::Poll);
+    assert_eq!(config.log_format, LogFormat::Json);
+    assert_eq!(config.tls_min_version, TlsVersion::Tls13);
+}
+
+/// Numbers TOML reads but no setting takes, and values nested past what the reader
+/// takes, in the file's words and at a readable length.
+#[test]
+fn numbers_and_nesting_beyond_the_readers_are_told_plainly() {
+    let limit = |value: &str| error(&format!("[limits]\nmax_connections = {value}\n"));
+    let float = limit("1.5");
+    assert!(
+        float.contains("limits.max_connections: invalid type: float `1.5`, expected an integer"),
+        "{float}"
+    );
+    let huge = limit("1e308");
+    assert!(huge.contains("invalid type: float `1e308`"), "{huge}");
+    assert!(huge.len() < 200, "{huge}");
+    let tiny = limit("1e-300");
+    assert!(tiny.contains("invalid type: float `1e-300`"), "{tiny}");
+    let large = limit("99999999999999999999");
+    assert!(
+        large.contains("limits.max_connections: 99999999999999999999 is too large for a number here (no setting takes more than 9223372036854775807)"),
+        "{large}"
+    );
+    let small = limit("-99999999999999999999");
+    assert!(
+        small.contains("-99999999999999999999 is too small for a number here"),
+        "{small}"
+    );
+    for message in [float, huge, large, small] {
+        assert!(
+            !message.contains("floating point") && !message.contains("128"),
+            "{message}"
+        );
+    }
+    let arrays = format!("[limits]\nx = {}{}\n", "[".repeat(100), "]".repeat(100));
+    let message = error(&arrays);
+    assert!(
+        message.contains(":7:5: limits.x: nested too deep: 100 levels of arrays and inline tables"),
+        "{message}"
+    );
+    let tables = format!("[limits]\nx = {}{}\n", "{ a = ".repeat(90), " }".repeat(90))
+        .replace("{ a =  }", "{ a = 1 }");
+    let message = error(&tables);
+    assert!(
+        message.contains("limits.x: nested too deep: 90 levels of arrays and inline tables"),
+        "{message}"
+    );
+}
