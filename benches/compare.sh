@@ -66,9 +66,13 @@ die() { log "error: $*"; exit 1; }
 # --- build ---------------------------------------------------------------------------------------
 log "building release"
 (cd "$ROOT" && cargo build --release --workspace) >&2
-BENCH=$ROOT/target/release/wsgate-bench
-WSGATE=$ROOT/target/release/wsgate
-[[ -x $BENCH ]] || die "$BENCH missing after build"
+# Where cargo put them: CARGO_TARGET_DIR or a config may move the target folder, and an old
+# build left in $ROOT/target must not be measured instead.
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+BENCH=$TARGET_DIR/release/wsgate-bench
+WSGATE=$TARGET_DIR/release/wsgate
+[[ -x $BENCH && -x $WSGATE ]] || die "$BENCH or $WSGATE missing after build"
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -94,6 +98,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+port_holder() { # port -> what listens there already (empty if nothing does)
+  if command -v ss >/dev/null; then
+    ss -ltnpH "sport = :$1" 2>/dev/null | head -1
+  elif (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "something (install iproute2's ss to see what)"
+  fi
+}
 wait_port() { # port timeout_s [pid: give up early if it exits]
   local i
   for ((i = 0; i < $2 * 20; i++)); do
@@ -106,7 +117,7 @@ wait_port() { # port timeout_s [pid: give up early if it exits]
 
 # --- certificate ---------------------------------------------------------------------------------
 log "making an ECDSA P-256 certificate in $TMP"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -addext "basicConstraints=critical,CA:FALSE" \
   -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
@@ -160,6 +171,16 @@ http {
 }
 EOF
 
+cat >"$TMP/openssl-no-tickets.cnf" <<EOF
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_module
+[ssl_module]
+system_default = system_default_sect
+[system_default_sect]
+NumTickets = 0
+EOF
+
 cat >"$TMP/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -211,12 +232,18 @@ start_proxy() { # target -> sets PIDS[target]; returns 1 if it does not come up
         >"$TMP/nginx/logs/stdout.log" 2>&1 &
       pid=$!; PIDS[$t]=$pid ;;
     haproxy)
-      taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+      # `no-tls-tickets` with the cache off still sends TLS 1.3 tickets (haproxy#1103,
+      # openssl#8077): OpenSSL's NumTickets = 0 is what stops them, as nginx is told.
+      OPENSSL_CONF=$TMP/openssl-no-tickets.cnf taskset -c "$PROXY_CPU" \
+        haproxy -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
       pid=$!; PIDS[$t]=$pid ;;
     *) return 0 ;;
   esac
-  if ! wait_port "${PORT[$t]}" 10 "$pid"; then
-    log "$t did not come up on port ${PORT[$t]}; skipping it: $(tail -2 "$TMP/$t.log" 2>/dev/null)"
+  local logfile=$TMP/$t.log
+  [[ $t == nginx ]] && logfile=$TMP/nginx/logs/stdout.log
+  # Alive after its port opened: the port is its own, not another process's.
+  if ! wait_port "${PORT[$t]}" 10 "$pid" || ! kill -0 "$pid" 2>/dev/null; then
+    log "$t did not come up on port ${PORT[$t]}; skipping it: $(tail -2 "$logfile" 2>/dev/null)"
     stop_pids $pid; unset "PIDS[$t]"; return 1
   fi
   if [[ $t == nginx ]]; then
@@ -262,6 +289,18 @@ tls_opts() { # wss: verify against the test certificate only with VERIFY=1 (cost
 }
 
 # --- backend -------------------------------------------------------------------------------------
+# A port already taken would be measured as the target (or fail it in odd ways): refuse.
+busy=""
+for t in $TARGETS; do
+  [[ -n ${PORT[$t]:-} ]] || continue
+  holder=$(port_holder "${PORT[$t]}")
+  [[ -z $holder ]] || busy+=$'\n'"  ${PORT[$t]} ($t): $holder"
+done
+for p in $BACKEND_PORT $BACKEND_TLS_PORT; do
+  holder=$(port_holder "$p")
+  [[ -z $holder ]] || busy+=$'\n'"  $p (echo backend): $holder"
+done
+[[ -z $busy ]] || die "ports already in use, stop what holds them first:$busy"
 taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_PORT" >"$TMP/echo.log" 2>&1 &
 BACKEND_PIDS+=($!)
 taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_TLS_PORT" \
@@ -284,12 +323,14 @@ run_one() { # scenario target rep args…
   if ! taskset -c "$LOAD_CPU" "$BENCH" "$sc" "$(url_of "$t")" $(tls_opts "$t") $(pids_of "$t") \
       --json "$@" >"$out.raw" 2>"$out.err"; then
     log "$sc on $t failed: $(tail -1 "$out.err")"
+    FAILED+=("$sc/$t")
     printf '{"error": %s}\n' "$(tail -1 "$out.err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')" >"$out"
     return 0
   fi
   tail -1 "$out.raw" >"$out"
 }
 
+FAILED=()
 COMMON=(--duration "$DUR" --warmup "$WARMUP")
 for ((rep = 1; rep <= REPS; rep++)); do
   if want handshake; then
@@ -343,8 +384,11 @@ if want idle; then
 fi
 
 # --- table ---------------------------------------------------------------------------------------
-python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" "$LAT_REPS" <<'PY'
-import glob, json, os, statistics, sys
+LAT_RATE=$LAT_RATE LAT_CONNS=$LAT_CONNS TP_CONNS=$TP_CONNS TP_SIZE=$TP_SIZE BULK_SIZE=$BULK_SIZE \
+  IDLE_N=$IDLE_N DUR=$DUR WARMUP=$WARMUP QUICK=$QUICK \
+  python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" "$LAT_REPS" <<'PY'
+import datetime, glob, json, os, statistics, sys
+env = os.environ
 res_dir, out, reps, active = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split()
 lat_reps = int(sys.argv[5])
 has_latency = bool(glob.glob(os.path.join(res_dir, "latency.*.json")))
@@ -366,17 +410,24 @@ def errs(sc, t):
     return sum(r.get("errors", 0) or 0 for r in runs.get((sc, t), [])) + \
         sum(1 for r in runs.get((sc, t), []) if "error" in r)
 
+def size(n):
+    n = int(n)
+    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+# The labels say what was run: the scenario settings come from the script's environment.
+lat = f"{int(env['LAT_RATE']):,} msg/s, {int(env['LAT_CONNS']):,} tunnels"
+tp = f"{int(env['TP_CONNS']):,} tunnels"
 rows = [
     ("Upgrade: proxy CPU µs per handshake", "handshake", "proxy_cpu_us_per_handshake", "low"),
     ("Upgrade: handshakes/s", "handshake", "handshakes_per_s", "high"),
     ("Upgrade: p99 ms per handshake", "handshake", "handshake_p99_us", "low", 1e-3),
-    ("Echo latency p50 µs (5,000 msg/s, 100 tunnels)", "latency", "p50_us", "low"),
-    ("Echo latency p99 µs (5,000 msg/s, 100 tunnels)", "latency", "p99_us", "low"),
-    ("Echo: proxy CPU µs per 64 B message (1,000 tunnels)", "throughput", "proxy_cpu_us_per_msg", "low"),
-    ("Echo: msgs/s (1,000 tunnels)", "throughput", "msgs_per_s", "high"),
-    ("Bulk: MB/s each way (1 tunnel × 64 KiB)", "bulk", "recv_mb_per_s", "high"),
+    (f"Echo latency p50 µs ({lat})", "latency", "p50_us", "low"),
+    (f"Echo latency p99 µs ({lat})", "latency", "p99_us", "low"),
+    (f"Echo: proxy CPU µs per {size(env['TP_SIZE'])} message ({tp})", "throughput", "proxy_cpu_us_per_msg", "low"),
+    (f"Echo: msgs/s ({tp})", "throughput", "msgs_per_s", "high"),
+    (f"Bulk: MB/s each way (1 tunnel × {size(env['BULK_SIZE'])})", "bulk", "recv_mb_per_s", "high"),
     ("Bulk: proxy CPU µs per MB", "bulk", "proxy_cpu_us_per_mb", "low"),
-    ("Idle: KiB RSS per tunnel", "idle", "proxy_rss_kib_per_tunnel", "low"),
+    (f"Idle: KiB RSS per tunnel ({int(env['IDLE_N']):,} tunnels)", "idle", "proxy_rss_kib_per_tunnel", "low"),
     ("Idle: kernel slab KiB per tunnel (system-wide)", "idle", "kernel_slab_kib_per_tunnel", "low"),
     ("Load generator CPU % in handshake run", "handshake", "tool_cpu_pct", None),
     ("Load generator CPU % in echo run", "throughput", "tool_cpu_pct", None),
@@ -399,8 +450,11 @@ def fmt(v):
 
 head = ["Metric"] + [names[c] for c in cols] + [f"wsgate/{names[c]}" for c in ratio_cols]
 lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+ran = {sc for (sc, _t) in runs}
 for row in rows:
     label, sc, key, _better = row[:4]
+    if sc not in ran:
+        continue
     scale = row[4] if len(row) > 4 else 1
     vals = {c: med(sc, c, key) for c in cols}
     vals = {c: (v * scale if v is not None else None) for c, v in vals.items()}
@@ -413,8 +467,11 @@ for row in rows:
             cells.append(f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "n/a")
     lines.append("| " + " | ".join(cells) + " |")
 
+quick = " (QUICK=1: a sanity pass, not a reading)" if env["QUICK"] == "1" else ""
 notes = [
     "",
+    f"Run of {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC{quick}: "
+    f"{env['DUR']} measured after {env['WARMUP']} of warm-up per run.",
     f"Median of {reps} run(s) per cell{lat_note}; targets alternated within each repetition.",
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
     "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
@@ -441,3 +498,6 @@ with open(out, "w") as fh:
     fh.write(text)
 PY
 log "table written to $OUT"
+if ((${#FAILED[@]})); then
+  die "${#FAILED[@]} run(s) failed: ${FAILED[*]} (their cells are medians of the others, or n/a)"
+fi
