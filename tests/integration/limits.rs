@@ -60,8 +60,8 @@ async fn a_lingering_refused_client_does_not_delay_shutdown() {
     let head = client.read_head().await;
     assert_eq!(head.status, 400);
     let _body = client.read_body(&head).await;
-    // The client keeps its socket open: shutdown must not wait for it (the grace is for
-    // tunnels), so it ends within the test's limit, far below the 25 s answer deadline.
+    // The client keeps its socket open: shutdown waits for it no longer than the linger's
+    // second (the grace is for tunnels), far below the 25 s answer deadline.
     within(
         "shutdown with a refused client still connected",
         proxy.server.shutdown(),
@@ -70,18 +70,28 @@ async fn a_lingering_refused_client_does_not_delay_shutdown() {
     drop(client);
 }
 
-/// Same for a refusal hyper makes (a 404): for comparison.
+/// Same for a refusal hyper makes (a 404), to an upgrade request (whose socket hyper hands
+/// back) and to a plain GET (which hyper closes, lingering): for comparison.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lingering_404_client_does_not_delay_shutdown() {
+    for req in [
+        Req::upgrade("chat.example.com", "/nothing"),
+        Req::get("chat.example.com", "/nothing"),
+    ] {
+        a_lingering_client_does_not_delay_shutdown(req).await;
+    }
+}
+
+async fn a_lingering_client_does_not_delay_shutdown(req: Req) {
     let proxy = proxy_to_nowhere("", None).await;
     let mut client = raw_client(proxy.addr).await;
-    client
-        .send(Req::upgrade("chat.example.com", "/nothing").bytes())
-        .await;
+    client.send(req.bytes()).await;
     let head = client.read_head().await;
     assert_eq!(head.status, 404);
-    // The client keeps its socket open: shutdown must not wait for it (the grace is for
-    // tunnels), so it ends within the test's limit, far below the 25 s answer deadline.
+    // Still sending: the proxy lingers, taking it in.
+    client.send(b"more").await;
+    // The client keeps its socket open: shutdown waits for it no longer than the linger's
+    // second (the grace is for tunnels), far below the 25 s answer deadline.
     within(
         "shutdown with a refused client still connected",
         proxy.server.shutdown(),
