@@ -112,7 +112,7 @@ pub struct LatencyArgs {
     #[arg(long, short = 'c', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
     /// Total messages per second over all connections.
-    #[arg(long, short = 'r', default_value_t = 5000.0)]
+    #[arg(long, short = 'r', default_value_t = 5000.0, value_parser = parse_rate)]
     pub rate: f64,
     /// Message payload size in bytes.
     #[arg(long, short = 's', default_value_t = 64)]
@@ -162,6 +162,27 @@ pub struct IdleArgs {
     /// Wait this long after READY before reading the proxy's memory.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
+}
+
+/// A send rate: a finite number of messages per second above zero. The schedule divides by it:
+/// zero or NaN leaves every due time undefined, and infinity puts every send at the start, so
+/// the pacer would never reach the window's end.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid rate {s:?} (examples: 5000, 2.5e4)"))?;
+    if !valid_rate(rate) {
+        return Err(format!(
+            "{s:?} must be a finite number of messages per second above zero"
+        ));
+    }
+    Ok(rate)
+}
+
+/// Whether [`parse_rate`] would take `rate`.
+pub fn valid_rate(rate: f64) -> bool {
+    rate.is_finite() && rate > 0.0
 }
 
 /// A duration that must be longer than zero (a measured window, a timeout): a zero-length
@@ -220,6 +241,16 @@ mod tests {
         assert!(parse_window("0s").is_err());
         assert!(parse_window("0ms").is_err());
         assert_eq!(parse_window("2s").unwrap(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("5000"), Ok(5000.0));
+        assert_eq!(parse_rate("2.5e4"), Ok(25_000.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "nan", "NaN", "inf", "-inf", "1e400", "fast", ""] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
@@ -302,6 +333,14 @@ mod tests {
     fn rejects_bad_arguments() {
         assert!(parse(&["latency"]).is_err(), "URL is required");
         assert!(parse(&["latency", "ws://h/", "-c", "0"]).is_err());
+        for rate in ["0", "nan", "inf"] {
+            let err = parse(&["latency", "ws://h/", "-r", rate]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{rate}"
+            );
+        }
         assert!(parse(&["handshake", "ws://h/", "--threads", "0"]).is_err());
         assert!(parse(&["idle", "ws://h/", "--hold", "soon"]).is_err());
         assert!(

@@ -1,5 +1,6 @@
-//! The load tool as a command: mistakes and failing targets end the run with a clear error
-//! (and exit status 1), never with figures that measure nothing.
+//! The load tool as a command: a bad value is a usage error (exit status 2); a wrong `--pid`
+//! or a failing target ends the run with a clear error (exit status 1), never with figures
+//! that measure nothing.
 
 use std::process::{Command, Output};
 
@@ -31,6 +32,24 @@ fn a_zero_length_window_is_refused() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Each bad value ends as a usage error (exit status 2, clap's message naming the option)
+/// before anything is connected: the target does not even exist.
+#[test]
+fn bad_values_are_usage_errors() {
+    for (args, option) in [
+        (&["latency", "ws://127.0.0.1:9/", "-r", "0"][..], "--rate"),
+        (&["latency", "ws://127.0.0.1:9/", "-r", "nan"][..], "--rate"),
+        (
+            &["latency", "ws://127.0.0.1:9/", "--rate", "inf"][..],
+            "--rate",
+        ),
+    ] {
+        let out = bench(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(option), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,8 +53,9 @@ impl ConnResult {
 }
 
 pub async fn run(args: &LatencyArgs) -> Result<Report> {
-    if !(args.rate.is_finite() && args.rate > 0.0) {
-        bail!("--rate must be a positive number of messages per second");
+    // clap refuses such a rate; this guards callers that build the arguments themselves.
+    if !crate::cli::valid_rate(args.rate) {
+        bail!("--rate must be a finite number of messages per second above zero");
     }
     let target = Arc::new(Target::new(&args.client).await?);
     super::probe(&target).await?;
