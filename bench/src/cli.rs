@@ -114,8 +114,8 @@ pub struct LatencyArgs {
     /// Total messages per second over all connections.
     #[arg(long, short = 'r', default_value_t = 5000.0, value_parser = parse_rate)]
     pub rate: f64,
-    /// Message payload size in bytes.
-    #[arg(long, short = 's', default_value_t = 64)]
+    /// Message payload size in bytes (1 to 64 MiB).
+    #[arg(long, short = 's', default_value_t = 64, value_parser = size_parser())]
     pub size: usize,
 }
 
@@ -126,8 +126,8 @@ pub struct ThroughputArgs {
     /// Connections (tunnels).
     #[arg(long, short = 'c', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
-    /// Message payload size in bytes.
-    #[arg(long, short = 's', default_value_t = 64)]
+    /// Message payload size in bytes (1 to 64 MiB).
+    #[arg(long, short = 's', default_value_t = 64, value_parser = size_parser())]
     pub size: usize,
     /// Messages in flight per connection.
     #[arg(long, short = 'w', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
@@ -138,8 +138,8 @@ pub struct ThroughputArgs {
 pub struct BulkArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Message payload size in bytes.
-    #[arg(long, short = 's', default_value_t = 65536)]
+    /// Message payload size in bytes (1 to 64 MiB).
+    #[arg(long, short = 's', default_value_t = 65536, value_parser = size_parser())]
     pub size: usize,
     /// Messages in flight on the connection.
     #[arg(long, short = 'w', default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -162,6 +162,16 @@ pub struct IdleArgs {
     /// Wait this long after READY before reading the proxy's memory.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub settle: Duration,
+}
+
+/// Largest `--size`: 64 MiB, a thousand times the bulk default. Every connection's write buffer
+/// holds a copy of each message in flight, so a far larger size only ends in an allocation
+/// failure (an abort, not an error).
+pub const MAX_SIZE: u64 = 64 * 1024 * 1024;
+
+/// `--size`: 1 byte to [`MAX_SIZE`].
+fn size_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_SIZE)
 }
 
 /// A send rate: a finite number of messages per second above zero. The schedule divides by it:
@@ -333,6 +343,18 @@ mod tests {
     fn rejects_bad_arguments() {
         assert!(parse(&["latency"]).is_err(), "URL is required");
         assert!(parse(&["latency", "ws://h/", "-c", "0"]).is_err());
+        for scenario in ["latency", "throughput", "bulk"] {
+            for size in ["0", "67108865", "100000000000"] {
+                let err = parse(&[scenario, "ws://h/", "-s", size]).unwrap_err();
+                assert_eq!(
+                    err.kind(),
+                    clap::error::ErrorKind::ValueValidation,
+                    "{scenario} -s {size}"
+                );
+            }
+            let cli = parse(&[scenario, "ws://h/", "--size", "67108864"]);
+            assert!(cli.is_ok(), "{scenario}: 64 MiB is the largest size");
+        }
         for rate in ["0", "nan", "inf"] {
             let err = parse(&["latency", "ws://h/", "-r", rate]).unwrap_err();
             assert_eq!(

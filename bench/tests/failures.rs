@@ -45,6 +45,15 @@ fn bad_values_are_usage_errors() {
             &["latency", "ws://127.0.0.1:9/", "--rate", "inf"][..],
             "--rate",
         ),
+        // Used to abort on the allocation (exit 134, with a backtrace).
+        (
+            &["bulk", "ws://127.0.0.1:9/", "-s", "100000000000"][..],
+            "--size",
+        ),
+        (
+            &["throughput", "ws://127.0.0.1:9/", "-s", "0"][..],
+            "--size",
+        ),
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
