@@ -55,7 +55,7 @@ pub enum EchoEngine {
     Tungstenite,
 }
 
-/// Options shared by every client scenario.
+/// Options shared by every client scenario (the windowed ones add [`MeasureArgs`]).
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Target URL: ws://host:port/path or wss://host:port/path.
@@ -83,22 +83,30 @@ pub struct ClientArgs {
     /// Load generator runtime threads (1 = single-threaded runtime).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
-    /// Measured window (e.g. 10s, 500ms).
-    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_window)]
-    pub duration: Duration,
-    /// Warm-up before the measured window (not counted).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub warmup: Duration,
     /// Longest a connection may take to become a WebSocket (TCP connect, TLS handshake and
     /// upgrade): a silent target is an error, not a hang. Far above any handshake under load.
     #[arg(long, default_value = "10s", value_parser = parse_window)]
     pub open_timeout: Duration,
 }
 
+/// The measured window of the scenarios that run one: all but idle, whose measurement is the
+/// tunnels' opening and holding.
+#[derive(Debug, Clone, Args)]
+pub struct MeasureArgs {
+    /// Measured window (e.g. 10s, 500ms).
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_window)]
+    pub duration: Duration,
+    /// Warm-up before the measured window (not counted).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct HandshakeArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// Concurrent workers, each opening one connection after another.
     #[arg(long, short = 'c', default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
@@ -108,6 +116,8 @@ pub struct HandshakeArgs {
 pub struct LatencyArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// Connections (tunnels); the rate is spread evenly over them.
     #[arg(long, short = 'c', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
@@ -123,6 +133,8 @@ pub struct LatencyArgs {
 pub struct ThroughputArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// Connections (tunnels).
     #[arg(long, short = 'c', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
@@ -138,6 +150,8 @@ pub struct ThroughputArgs {
 pub struct BulkArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
     /// Message payload size in bytes (1 to 64 MiB).
     #[arg(long, short = 's', default_value_t = 65536, value_parser = size_parser())]
     pub size: usize,
@@ -154,7 +168,7 @@ pub struct IdleArgs {
     #[arg(long, short = 'n', default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
     /// Connections being set up at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, short = 'c', default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
     /// Hold the tunnels this long after READY, then report and exit (default: until killed).
     #[arg(long, value_parser = parse_window)]
@@ -281,7 +295,7 @@ mod tests {
         assert_eq!(a.client.url, "wss://127.0.0.1:8443/");
         assert!(a.client.insecure && !a.client.json);
         assert_eq!(a.client.pids, vec![1, 2]);
-        assert_eq!(a.client.duration, Duration::from_secs(10));
+        assert_eq!(a.measure.duration, Duration::from_secs(10));
         assert_eq!(a.client.threads, 1);
         assert_eq!((a.connections, a.rate, a.size), (100, 5000.0, 64));
 
@@ -317,6 +331,7 @@ mod tests {
             panic!("not idle")
         };
         assert_eq!((a.count, a.hold), (5000, Some(Duration::from_secs(30))));
+        assert_eq!(a.concurrency, 64);
 
         let Command::Handshake(a) = parse(&["handshake", "ws://h/", "-d", "500ms"])
             .unwrap()
@@ -325,7 +340,7 @@ mod tests {
             panic!("not handshake")
         };
         assert_eq!(
-            (a.concurrency, a.client.duration),
+            (a.concurrency, a.measure.duration),
             (32, Duration::from_millis(500))
         );
 
@@ -337,6 +352,51 @@ mod tests {
         };
         assert_eq!((a.listen.port(), a.threads), (0, 2));
         assert_eq!(a.engine, EchoEngine::Lean);
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Duplicate short flags and the like panic here rather than at a user's run.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn idle_has_no_measured_window_and_the_others_keep_theirs() {
+        // Idle measures the opening and the hold: a window would be ignored, so it is refused.
+        for window in [
+            &["-d", "5s"][..],
+            &["--duration", "5s"],
+            &["--warmup", "1s"],
+        ] {
+            let mut args = vec!["idle", "ws://h/"];
+            args.extend(window);
+            let err = parse(&args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{window:?}"
+            );
+        }
+        let Command::Idle(a) = parse(&["idle", "ws://h/", "-c", "8"]).unwrap().command else {
+            panic!("not idle")
+        };
+        assert_eq!(a.concurrency, 8);
+
+        for scenario in ["handshake", "latency", "throughput", "bulk"] {
+            let cli = parse(&[scenario, "ws://h/", "-d", "2s", "--warmup", "250ms"]);
+            let measure = match cli.unwrap().command {
+                Command::Handshake(a) => a.measure,
+                Command::Latency(a) => a.measure,
+                Command::Throughput(a) => a.measure,
+                Command::Bulk(a) => a.measure,
+                _ => panic!("not {scenario}"),
+            };
+            assert_eq!(
+                (measure.duration, measure.warmup),
+                (Duration::from_secs(2), Duration::from_millis(250)),
+                "{scenario}"
+            );
+        }
     }
 
     #[test]

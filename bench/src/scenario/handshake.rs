@@ -55,8 +55,10 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
         });
     }
 
-    let (window, first, last) =
-        measure_window(&phase, &args.client, || done.load(Ordering::Relaxed)).await?;
+    let (window, first, last) = measure_window(&phase, &args.client.pids, &args.measure, || {
+        done.load(Ordering::Relaxed)
+    })
+    .await?;
     let handshakes = last - first;
     let mut hist = stats::histogram();
     for h in join_with_grace(&mut workers, Duration::from_secs(3)).await {

@@ -65,8 +65,8 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
 
     // 20 ms ahead: time for the tasks and the pacer thread to start before the first send is due.
     let start = Instant::now() + Duration::from_millis(20);
-    let measure_from = start + args.client.warmup;
-    let end = measure_from + args.client.duration;
+    let measure_from = start + args.measure.warmup;
+    let end = measure_from + args.measure.duration;
 
     let (senders, mut tasks) = spawn_drivers(conns, &errors, &frame, measure_from, end);
     let pacer = spawn_pacer(senders, start, end, args.rate, args.connections)?;
@@ -148,7 +148,7 @@ fn spawn_pacer(
 /// The report, without the errors: the run's totals over the measured window.
 fn report(args: &LatencyArgs, target: &Target, total: &ConnResult, window: &CpuWindow) -> Report {
     let messages = total.corrected.len();
-    let secs = args.client.duration.as_secs_f64();
+    let secs = args.measure.duration.as_secs_f64();
     let (service, send_lag) = (
         Percentiles::of(&total.service),
         Percentiles::of(&total.send_lag),

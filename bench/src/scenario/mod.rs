@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::cli::{ClientArgs, Command};
+use crate::cli::{Command, MeasureArgs};
 use crate::procstat::{CpuSnapshot, CpuWindow};
 use crate::report::Report;
 use crate::target::Target;
@@ -115,20 +115,22 @@ impl Errors {
     }
 }
 
-/// Warm-up, then the measured window: returns the CPU used in it and the workers' counters
-/// (`snap`) at its start and end. Sets MEASURE at its start and STOP at its end.
+/// Warm-up, then the measured window: returns the CPU used in it (by the processes `pids` and
+/// the tool) and the workers' counters (`snap`) at its start and end. Sets MEASURE at its start
+/// and STOP at its end.
 pub async fn measure_window<T>(
     phase: &Phase,
-    client: &ClientArgs,
+    pids: &[u32],
+    measure: &MeasureArgs,
     snap: impl Fn() -> T,
 ) -> Result<(CpuWindow, T, T)> {
-    tokio::time::sleep(client.warmup).await;
+    tokio::time::sleep(measure.warmup).await;
     phase.set(MEASURE);
     let first = snap();
-    let start = CpuSnapshot::take(&client.pids)?;
-    tokio::time::sleep(client.duration).await;
+    let start = CpuSnapshot::take(pids)?;
+    tokio::time::sleep(measure.duration).await;
     let last = snap();
-    let end = CpuSnapshot::take(&client.pids)?;
+    let end = CpuSnapshot::take(pids)?;
     phase.set(STOP);
     Ok((CpuWindow::between(&start, &end), first, last))
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use tokio::task::JoinSet;
 
 use super::{join_with_grace, measure_window, open_many, target_url, Errors, Phase, STOP};
-use crate::cli::{BulkArgs, ClientArgs, ThroughputArgs};
+use crate::cli::{BulkArgs, ClientArgs, MeasureArgs, ThroughputArgs};
 use crate::procstat::CpuWindow;
 use crate::report::Report;
 use crate::target::Target;
@@ -60,6 +60,7 @@ struct PumpResult {
 
 async fn pump(
     client: &ClientArgs,
+    measure: &MeasureArgs,
     connections: u32,
     size: usize,
     window: u32,
@@ -84,7 +85,8 @@ async fn pump(
         ));
     }
 
-    let (cpu, first, last) = measure_window(&phase, client, || counters.snapshot()).await?;
+    let (cpu, first, last) =
+        measure_window(&phase, &client.pids, measure, || counters.snapshot()).await?;
     join_with_grace(&mut tasks, Duration::from_millis(500)).await;
     Ok(PumpResult {
         window: cpu,
@@ -147,7 +149,14 @@ async fn keep_window_full(
 }
 
 pub async fn run(args: &ThroughputArgs) -> Result<Report> {
-    let p = pump(&args.client, args.connections, args.size, args.window).await?;
+    let p = pump(
+        &args.client,
+        &args.measure,
+        args.connections,
+        args.size,
+        args.window,
+    )
+    .await?;
     let secs = p.window.secs;
     let mut r = Report::new("throughput", &p.target);
     r.int("connections", args.connections as u64, "")
@@ -167,7 +176,7 @@ pub async fn run(args: &ThroughputArgs) -> Result<Report> {
 }
 
 pub async fn run_bulk(args: &BulkArgs) -> Result<Report> {
-    let p = pump(&args.client, 1, args.size, args.window).await?;
+    let p = pump(&args.client, &args.measure, 1, args.size, args.window).await?;
     let secs = p.window.secs;
     let mut r = Report::new("bulk", &p.target);
     r.int("size", args.size as u64, "B")
