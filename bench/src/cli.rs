@@ -74,7 +74,8 @@ pub struct ClientArgs {
     #[arg(long)]
     pub tls_defaults: bool,
     /// PID of the proxy process; repeat for several (e.g. nginx master and worker). Its CPU time
-    /// over the measured window is reported per operation.
+    /// over the measured window is reported per operation (idle: over opening and holding the
+    /// tunnels, per tunnel, beside its memory per tunnel).
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
     /// Print JSON instead of a table.

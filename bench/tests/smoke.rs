@@ -103,6 +103,10 @@ async fn every_scenario_against_the_echo_backend() {
     assert_eq!(num(&r, "held"), 50.0);
     assert_eq!(num(&r, "errors"), 0.0);
     assert!(r.get("proxy_rss_kib_per_tunnel").is_some());
+    // The proxy's (here the test's own) CPU over opening and holding, per tunnel opened.
+    assert!(num(&r, "proxy_cpu_us") >= 0.0);
+    assert!(num(&r, "proxy_cpu_us_per_tunnel") >= 0.0);
+    assert!(r.get("tool_cpu_us_per_tunnel").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

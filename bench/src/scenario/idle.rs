@@ -2,7 +2,9 @@
 //!
 //! With `--pid`, the proxy's RSS is read before connecting and `--settle` after READY, and the
 //! report gives KiB per tunnel; system-wide kernel memory (slab, TCP socket buffers) is reported
-//! beside it, and that includes the tool's and the backend's sockets.
+//! beside it, and that includes the tool's and the backend's sockets. The proxy's CPU time from
+//! before the first connect to the end of the hold is reported per tunnel opened: the handshakes'
+//! cost plus whatever holding idle tunnels costs it (timers, keep-alive pings).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{probe, target_url, Errors};
 use crate::cli::IdleArgs;
-use crate::procstat;
+use crate::procstat::{self, CpuSnapshot, CpuWindow};
 use crate::report::Report;
 use crate::target::Target;
 use crate::ws;
@@ -41,18 +43,21 @@ fn memory(pids: &[u32]) -> Result<Memory> {
 pub async fn run(args: &IdleArgs) -> Result<Report> {
     let target = Arc::new(Target::new(&args.client).await?);
     probe(&target).await?;
-    let before = memory(&args.client.pids)?;
+    let pids = &args.client.pids;
+    let before = memory(pids)?;
+    let cpu_start = CpuSnapshot::take(pids)?;
     let tunnels = open_tunnels(&target, args.count, args.concurrency).await?;
     print_ready(args.client.json, tunnels.up, args.count as u64 - tunnels.up)?;
 
     tokio::time::sleep(args.settle).await;
-    let after = memory(&args.client.pids)?;
+    let after = memory(pids)?;
     let held = tunnels.up - tunnels.dropped.load(Ordering::Relaxed);
     match args.hold {
         Some(hold) => tokio::time::sleep(hold.saturating_sub(args.settle)).await,
         None => wait_for_signal().await?,
     }
-    Ok(report(&target, tunnels, held, before, after))
+    let cpu = CpuWindow::between(&cpu_start, &CpuSnapshot::take(pids)?);
+    Ok(report(&target, tunnels, held, before, after, &cpu))
 }
 
 /// The tunnels once all tries to open them are over. The tasks holding them go on counting in
@@ -155,8 +160,16 @@ fn print_ready(json: bool, up: u64, failed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The report: memory grown between `before` and `after` is divided among the `held` tunnels.
-fn report(target: &Target, tunnels: Tunnels, held: u64, before: Memory, after: Memory) -> Report {
+/// The report: memory grown between `before` and `after` is divided among the `held` tunnels,
+/// CPU used while opening and holding them among the tunnels opened.
+fn report(
+    target: &Target,
+    tunnels: Tunnels,
+    held: u64,
+    before: Memory,
+    after: Memory,
+    cpu: &CpuWindow,
+) -> Report {
     let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => Some((b as f64 - a as f64) / held.max(1) as f64),
         _ => None,
@@ -185,6 +198,9 @@ fn report(target: &Target, tunnels: Tunnels, held: u64, before: Memory, after: M
     if let Some(v) = per(before.tcp_mem_kib, after.tcp_mem_kib) {
         r.num("kernel_tcp_mem_kib_per_tunnel", v, "KiB (system-wide)");
     }
+    // Per tunnel opened, not held: the opening is most of the CPU, and a tunnel dropped during
+    // the hold cost its handshake all the same.
+    r.cpu(cpu, up as f64, "tunnel");
     // Read again, not taken from `held`: this counts the drops during the whole hold.
     r.int("dropped", dropped.load(Ordering::Relaxed), "during hold");
     errors.report(&mut r);
