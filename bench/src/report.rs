@@ -11,6 +11,8 @@ pub struct Report {
     pub scenario: &'static str,
     pub target: String,
     rows: Vec<Row>,
+    /// Why the figures do not measure the target, if they do not (see [`Report::fail`]).
+    failure: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -26,7 +28,21 @@ impl Report {
             scenario,
             target: target.to_string(),
             rows: Vec::new(),
+            failure: None,
         }
+    }
+
+    /// Marks the run as failed: its figures do not measure the target. The report is still
+    /// printed, since what was measured helps find out why, and then the run ends with `why` as
+    /// its error. The first reason given is kept.
+    pub fn fail(&mut self, why: impl Into<String>) -> &mut Self {
+        self.failure.get_or_insert_with(|| why.into());
+        self
+    }
+
+    /// The reason given to [`Report::fail`], if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     /// Adds a number (rounded to 3 decimals; non-finite becomes null).
@@ -161,5 +177,16 @@ mod tests {
             t.contains("msgs_per_s") && t.contains("1234.568 msg/s"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_failed_report_keeps_its_first_reason_and_its_rows() {
+        let mut r = Report::new("latency", "ws://127.0.0.1:9001/");
+        assert_eq!(r.failure(), None);
+        r.int("messages", 0, "")
+            .fail("no echo")
+            .fail("later reason");
+        assert_eq!(r.failure(), Some("no echo"));
+        assert_eq!(r.to_json()["messages"], 0);
     }
 }

@@ -2,7 +2,10 @@
 //! or a failing target ends the run with a clear error (exit status 1), never with figures
 //! that measure nothing.
 
+use std::net::SocketAddr;
 use std::process::{Command, Output};
+
+use tokio::net::TcpListener;
 
 fn bench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
@@ -117,4 +120,66 @@ async fn a_target_that_dies_during_a_steady_run_fails_the_run() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Runs the tool off the test's runtime, which serves the targets meanwhile.
+async fn bench_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(&args)
+    })
+    .await
+    .unwrap()
+}
+
+/// Arguments from string slices, with a short window and JSON output.
+fn short_json(args: &[&str]) -> Vec<String> {
+    let tail = ["-d", "300ms", "--warmup", "50ms", "--json"];
+    args.iter().chain(&tail).map(|a| a.to_string()).collect()
+}
+
+/// The report printed on stdout (with --json) before any failure.
+fn report(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A target that upgrades every connection, then reads and drops whatever it is sent: no echo
+/// ever comes back, and no connection fails.
+async fn upgrades_and_never_echoes() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if wsgate_bench::server::handshake(&mut tcp).await.is_ok() {
+                    let _ = tokio::io::copy(&mut tcp, &mut tokio::io::sink()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_echoes_fails_the_run_after_its_report() {
+    let url = format!("ws://{}/", upgrades_and_never_echoes().await);
+    for (args, why) in [
+        (
+            &["latency", &url, "-c", "2", "-r", "100"][..],
+            "no echo came back for a message of the measured window",
+        ),
+        (
+            &["throughput", &url, "-c", "2"],
+            "no echoed message came back",
+        ),
+        (&["bulk", &url], "not one echoed byte came back"),
+    ] {
+        let out = bench_async(short_json(args)).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+        let report = report(&out);
+        assert_eq!(report["messages"], 0, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+    }
 }

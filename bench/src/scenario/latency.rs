@@ -86,7 +86,35 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
     let _ = pacer.join();
     let mut r = report(args, &target, &total, &window);
     errors.report(&mut r);
+    let measured = total.corrected.len();
+    if let Some(why) = shortfall(measured, total.lost, args.rate, args.measure.duration) {
+        r.fail(why);
+    }
     Ok(r)
+}
+
+/// Why a run with `measured` echoes in the window and `lost` messages never echoed does not
+/// measure the target's latency, if it does not. A lost message has no latency to record, so
+/// the percentiles of a run that lost any leave out exactly the slowest.
+fn shortfall(measured: u64, lost: u64, rate: f64, window: Duration) -> Option<String> {
+    let behind = format!("the target (or this tool) did not keep up with --rate {rate}");
+    if lost > 0 && measured == 0 {
+        Some(format!(
+            "no echo came back for a message of the measured window, and {lost} messages got \
+             none within {DRAIN:?} of the last send: {behind}"
+        ))
+    } else if lost > 0 {
+        Some(format!(
+            "{lost} messages got no echo within {DRAIN:?} of the last send: {behind}, and the \
+             percentiles above leave those messages out"
+        ))
+    } else if measured == 0 {
+        Some(format!(
+            "no message was due in the {window:?} window at --rate {rate}"
+        ))
+    } else {
+        None
+    }
 }
 
 /// One task per connection, [`drive`]n by the sends it is handed on its channel; returns the
@@ -245,5 +273,31 @@ async fn drive(
                 stats::record(&mut r.send_lag, sent.saturating_duration_since(scheduled));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_without_samples_or_with_lost_messages_is_a_shortfall() {
+        let window = Duration::from_secs(10);
+        assert_eq!(shortfall(50_000, 0, 5000.0, window), None);
+
+        let why = shortfall(0, 14_009_856, 1e8, window).unwrap();
+        assert!(why.contains("no echo came back"), "{why}");
+        assert!(why.contains("14009856 messages"), "{why}");
+        assert!(why.contains("--rate 100000000"), "{why}");
+
+        let why = shortfall(49_990, 10, 5000.0, window).unwrap();
+        assert!(why.starts_with("10 messages got no echo"), "{why}");
+        assert!(why.contains("leave those messages out"), "{why}");
+
+        let why = shortfall(0, 0, 0.01, Duration::from_millis(300)).unwrap();
+        assert!(
+            why.contains("no message was due in the 300ms window"),
+            "{why}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -53,6 +53,12 @@ pub fn run(command: Command) -> Result<()> {
     report.print(json);
     // Held connections and stragglers are dropped with the runtime, without waiting for them.
     runtime.shutdown_background();
+    verdict(&command, &report)
+}
+
+/// Whether the printed figures measure the target: a run whose report says they do not, or a
+/// steady run with any error, fails.
+fn verdict(command: &Command, report: &Report) -> Result<()> {
     // Refusals are part of what the handshake and idle runs measure; in a steady-state run
     // a failed connection leaves the rest of the window unmeasured, so its figures are not.
     let steady = matches!(
@@ -60,10 +66,14 @@ pub fn run(command: Command) -> Result<()> {
         Command::Latency(_) | Command::Throughput(_) | Command::Bulk(_)
     );
     match report.get("errors").and_then(|v| v.as_u64()) {
-        Some(n) if steady && n > 0 => Err(anyhow::anyhow!(
+        Some(n) if steady && n > 0 => bail!(
             "the target failed during the run ({n} errors): the figures above do not measure it"
-        )),
-        _ => Ok(()),
+        ),
+        _ => {}
+    }
+    match report.failure() {
+        Some(why) => bail!("{why}"),
+        None => Ok(()),
     }
 }
 

@@ -172,6 +172,9 @@ pub async fn run(args: &ThroughputArgs) -> Result<Report> {
         )
         .cpu(&p.window, p.delta.recv_msgs as f64, "msg");
     p.errors.report(&mut r);
+    if p.delta.recv_msgs == 0 {
+        r.fail(nothing_echoed("no echoed message", p.window.secs));
+    }
     Ok(r)
 }
 
@@ -195,5 +198,18 @@ pub async fn run_bulk(args: &BulkArgs) -> Result<Report> {
         )
         .cpu(&p.window, p.delta.recv_bytes as f64 / 1e6, "mb");
     p.errors.report(&mut r);
+    // Bytes, not messages: a message too large to end within the window still measures MB/s.
+    if p.delta.recv_bytes == 0 {
+        r.fail(nothing_echoed("not one echoed byte", p.window.secs));
+    }
     Ok(r)
+}
+
+/// Why a run that received `nothing` in its measured window of `secs` does not measure the
+/// target: a rate of zero would read as a (very slow) result.
+fn nothing_echoed(nothing: &str, secs: f64) -> String {
+    format!(
+        "{nothing} came back in the {secs:.1} s measured window: the target answered nothing \
+         (or not within the window), so there is no rate to report"
+    )
 }
