@@ -124,8 +124,28 @@ pub async fn upgrade(stream: &mut Stream, target: &Target) -> Result<Vec<u8>> {
             bail!("{}: upgrade response head too large", target.addr);
         }
     };
-    check_response(&buf[..head_end], &key).map_err(|e| anyhow!("{}: {e}", target.addr))?;
+    check_response(&buf[..head_end], &key)
+        .map_err(|e| anyhow::Error::new(Answered(format!("{}: {e}", target.addr))))?;
     Ok(buf.split_off(head_end))
+}
+
+/// The server answered the upgrade, but not with a valid 101 (a 503 at its connection limit, a
+/// 404): the connection itself worked. Marks such an error apart from a failed connection (a
+/// refused connect, a reset, a TLS failure, a timeout); see [`is_answered`].
+#[derive(Debug)]
+pub struct Answered(String);
+
+impl std::fmt::Display for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Answered {}
+
+/// Whether an error of [`open`] is the server's HTTP answer rather than a failed connection.
+pub fn is_answered(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Answered>().is_some()
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -546,6 +566,16 @@ mod tests {
         );
         let bad = b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
         assert!(check_response(bad, key).is_err());
+    }
+
+    #[test]
+    fn an_http_answer_is_told_apart_from_a_failed_connection() {
+        let answered = anyhow::Error::new(Answered("server answered 503".into()));
+        assert!(is_answered(&answered));
+        assert!(is_answered(&answered.context("opening")));
+        assert!(!is_answered(&anyhow!("connect to 127.0.0.1:9 refused")));
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(!is_answered(&anyhow::Error::new(reset).context("read")));
     }
 
     #[test]

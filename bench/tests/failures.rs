@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 fn bench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
@@ -182,4 +183,69 @@ async fn a_target_that_never_echoes_fails_the_run_after_its_report() {
         assert_eq!(report["messages"], 0, "{report}");
         assert_eq!(report["errors"], 0, "{report}");
     }
+}
+
+/// Reads a request head (to its blank line) and answers `response`, then closes.
+async fn answer(mut tcp: TcpStream, response: &[u8]) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = tcp.write_all(response).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_dies_during_a_handshake_run_fails_the_run() {
+    // Upgrades the probe's connection, then closes its listener: later connects are refused
+    // (or reset, those the backlog took before it closed).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = wsgate_bench::server::handshake(&mut tcp).await;
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let out = bench_async(short_json(&["handshake", &url, "-c", "2"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("connection attempts failed below HTTP"),
+        "{err}"
+    );
+    assert!(err.contains("first: "), "{err}");
+    assert!(err.contains(&addr.to_string()), "{err}");
+    let report = report(&out);
+    assert!(report["connection_errors"].as_u64() > Some(0), "{report}");
+    assert_eq!(report["connection_errors"], report["errors"], "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_run_refused_over_http_is_measured_not_failed() {
+    // A proxy at its connection limit: the probe is upgraded, every later upgrade gets a 503.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = wsgate_bench::server::handshake(&mut tcp).await;
+        }
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(answer(
+                tcp,
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            ));
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let out = bench_async(short_json(&["handshake", &url, "-c", "2"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = report(&out);
+    assert!(report["errors"].as_u64() > Some(0), "{report}");
+    assert_eq!(report["connection_errors"], 0, "{report}");
+    let first = report["first_error"].as_str().unwrap_or_default();
+    assert!(first.contains("503 Service Unavailable"), "{report}");
 }
