@@ -28,6 +28,28 @@ fn a_wrong_pid_is_refused_before_any_load() {
 }
 
 #[test]
+fn more_in_flight_than_memory_allows_is_refused_before_any_load() {
+    // 1,000 × 4 × 64 MiB: 250 GiB the tool would try to hold. The target does not exist:
+    // the refusal must come first.
+    let out = bench(&[
+        "throughput",
+        "ws://127.0.0.1:9/",
+        "-c",
+        "1000",
+        "-w",
+        "4",
+        "-s",
+        "67108864",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in flight; at most 4096 MiB"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn a_zero_length_window_is_refused() {
     let out = bench(&["latency", "ws://127.0.0.1:9/", "-d", "0s"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

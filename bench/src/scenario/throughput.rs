@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tokio::task::JoinSet;
 
 use super::{join_with_grace, measure_window, open_many, target_url, Errors, Phase, STOP};
@@ -65,6 +65,7 @@ async fn pump(
     size: usize,
     window: u32,
 ) -> Result<PumpResult> {
+    check_in_flight(connections, window, size)?;
     let target = Arc::new(Target::new(client).await?);
     super::probe(&target).await?;
     let conns = open_many(&target, connections, 64, read_buffer(size)).await?;
@@ -94,6 +95,23 @@ async fn pump(
         errors,
         target: target_url(&target),
     })
+}
+
+/// The most bytes a run may keep in flight: each connection's write buffer holds a copy of
+/// every message it has in flight, so connections × window × size is memory the tool needs,
+/// and past this it would abort on allocation halfway through instead of refusing at once.
+const MAX_IN_FLIGHT: u64 = 4 << 30;
+
+fn check_in_flight(connections: u32, window: u32, size: usize) -> Result<()> {
+    let in_flight = u64::from(connections) * u64::from(window) * size as u64;
+    if in_flight > MAX_IN_FLIGHT {
+        bail!(
+            "{connections} connections × {window} in flight × {size} B is {} MiB in flight; at most {} MiB: lower -c, -w or -s",
+            in_flight >> 20,
+            MAX_IN_FLIGHT >> 20
+        );
+    }
+    Ok(())
 }
 
 /// The read buffer of each connection for messages of `size` bytes.
