@@ -102,7 +102,19 @@ async fn a_client_still_sending_after_its_refusal_is_taken_in_not_reset() {
                 "{status}: write {n} after the answer: {sent:?}"
             );
         }
+        client.shutdown_write().await;
         client.expect_close_notify().await;
+        // Gone from the proxy (its socket closed before its slot is freed): had the upload
+        // been left unread, that close was a reset, which the client's socket now holds.
+        until("the connection to end", || {
+            proxy.server.active_connections() == 0
+        })
+        .await;
+        let reset = client.stream.get_ref().0.take_error().unwrap();
+        assert!(
+            reset.is_none(),
+            "{status}: the close was a reset: {reset:?}"
+        );
     }
 }
 
