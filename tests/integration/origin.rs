@@ -10,19 +10,24 @@ async fn proxy_with_origins(backend: &WsBackend) -> Proxy {
     .await
 }
 
+/// A tunnel opened with `origin` echoes.
+async fn assert_echoes_with_origin(proxy: &Proxy, origin: &str) {
+    let (mut ws, _) = ws_connect(
+        proxy.addr,
+        "wss://chat.example.com/ws",
+        &[("Origin", origin)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{origin} refused: {e:?}"));
+    assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_origin_passes() {
     let backend = WsBackend::start("echo").await;
     let proxy = proxy_with_origins(&backend).await;
     for origin in ["https://chat.example.com", "https://admin.example.com"] {
-        let (mut ws, _) = ws_connect(
-            proxy.addr,
-            "wss://chat.example.com/ws",
-            &[("Origin", origin)],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{origin} refused: {e:?}"));
-        assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+        assert_echoes_with_origin(&proxy, origin).await;
     }
 }
 
@@ -37,14 +42,7 @@ async fn a_desktop_apps_own_origin_can_be_listed() {
     ))
     .await;
     for origin in ["app://.", "app://-", "tauri://localhost"] {
-        let (mut ws, _) = ws_connect(
-            proxy.addr,
-            "wss://chat.example.com/ws",
-            &[("Origin", origin)],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{origin} refused: {e:?}"));
-        assert_eq!(round_trip(&mut ws, "hi").await, "hi");
+        assert_echoes_with_origin(&proxy, origin).await;
     }
     let (head, _) = request(
         proxy.addr,
