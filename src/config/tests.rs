@@ -350,9 +350,7 @@ fn serde_errors_name_the_key_they_are_about() {
         ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n".into(), "w.toml:1:1: tls: missing field `tls`"),
     ];
     for (body, expected) in cases {
-        let err = Config::from_toml_str(&body, Path::new("w.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = error_in(&body);
         assert!(
             err.starts_with(expected),
             "{err:?} should start with {expected:?}"
@@ -738,9 +736,7 @@ fn whitespace_around_a_value_is_refused() {
         (config("\"127.0.0.1:8443\"", "\"\\t127.0.0.1:9090 \""), "admin.listen: \"\\t127.0.0.1:9090 \" has whitespace around it"),
     ];
     for (body, expected) in cases {
-        let message = Config::from_toml_str(&body, Path::new("w.toml"))
-            .unwrap_err()
-            .to_string();
+        let message = error_in(&body);
         assert!(
             message.contains(expected),
             "{message:?} should contain {expected:?}"
@@ -807,9 +803,7 @@ fn listen_addresses_a_listener_cannot_take_are_refused() {
         (config("\"[::%2]:8443\"", ""), "has a scope id"),
     ];
     for (body, expected) in cases {
-        let message = Config::from_toml_str(&body, Path::new("w.toml"))
-            .unwrap_err()
-            .to_string();
+        let message = error_in(&body);
         assert!(
             message.contains(expected),
             "{message:?} should contain {expected:?}"
