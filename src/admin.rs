@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -106,6 +106,9 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
+    if !has_one_host(req) {
+        return text(StatusCode::BAD_REQUEST, "a request needs one Host header\n");
+    }
     match req.uri().path() {
         "/metrics" => {
             let body = shared
@@ -128,6 +131,15 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /healthz or /readyz\n",
         ),
+    }
+}
+
+/// RFC 9112 §3.2 makes a server refuse an HTTP/1.1 request with no Host or several; hyper
+/// leaves that check to the service.
+fn has_one_host<B>(req: &Request<B>) -> bool {
+    match req.headers().get_all(HOST).iter().count() {
+        0 => req.version() < Version::HTTP_11,
+        n => n == 1,
     }
 }
 

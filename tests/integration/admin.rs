@@ -20,7 +20,6 @@ async fn close(mut ws: Ws) {
     .await;
 }
 
-/// One plain-HTTP GET (or `method`) to the admin endpoint: status and body.
 /// A proxy with the admin endpoint and one route, `chat` at `/chat`, to `backend`.
 pub(crate) async fn proxy_with_admin(backend: &WsBackend) -> Proxy {
     start_proxy(&format!(
@@ -30,11 +29,16 @@ pub(crate) async fn proxy_with_admin(backend: &WsBackend) -> Proxy {
     .await
 }
 
+/// One plain-HTTP GET (or `method`) to the admin endpoint: status and body.
 pub(crate) async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    admin_exchange(addr, &request).await
+}
+
+/// Sends `request` as it is to the admin endpoint and reads the answer to its end.
+async fn admin_exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     within("an admin answer", async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         tcp.read_to_end(&mut raw).await.unwrap();
@@ -197,6 +201,25 @@ async fn probes_answer_and_unknown_paths_or_methods_are_refused() {
     assert_eq!((status, body.as_str()), (200, ""));
     // Plain HTTP only: the proxy's TLS listener is not the admin endpoint.
     assert_ne!(admin, proxy.addr);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is answered 400; HTTP/1.0
+/// never needed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_exactly_one_host_is_refused() {
+    let backend = WsBackend::start("one").await;
+    let proxy = proxy_with_admin(&backend).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let no_host = "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let two_hosts = "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n";
+    let old = "GET /healthz HTTP/1.0\r\n\r\n";
+    let (status, body) = admin_exchange(admin, no_host).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "a request needs one Host header\n")
+    );
+    assert_eq!(admin_exchange(admin, two_hosts).await.0, 400);
+    assert_eq!(admin_exchange(admin, old).await, (200, "ok\n".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
