@@ -46,7 +46,11 @@ pub fn init(format: LogFormat, by_flag: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A line that cannot be written (stderr a pipe whose reader is gone) is lost, not
+        // reported: the library's report goes through `eprintln!`, which panics on the same
+        // broken pipe, and would end the process mid-serving.
+        .log_internal_errors(false);
     // `try_init`: a second set-up (a program embedding wsgate with its own logger) keeps the
     // first rather than panic.
     let _ = match json {

@@ -1,6 +1,7 @@
 //! The `wsgate` command: parses the command line, sets up logging and the runtime, and hands
 //! over to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -51,13 +52,13 @@ fn main() -> ExitCode {
         Command::Check { config } => match wsgate::check(&config) {
             Ok((summary, warnings)) => {
                 for warning in warnings {
-                    eprintln!("warning: {warning}");
+                    say(std::io::stderr(), format_args!("warning: {warning}"));
                 }
-                println!("{summary}");
+                say(std::io::stdout(), format_args!("{summary}"));
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                say(std::io::stderr(), format_args!("error: {e}"));
                 ExitCode::from(2)
             }
         },
@@ -67,6 +68,12 @@ fn main() -> ExitCode {
             threads,
         } => run(config, log_format, threads),
     }
+}
+
+/// Writes a line for the operator. `println!` and `eprintln!` panic when the stream is a pipe
+/// whose reader is gone (`wsgate check … | true`); the exit code still tells the outcome.
+fn say(mut out: impl Write, line: std::fmt::Arguments) {
+    let _ = writeln!(out, "{line}");
 }
 
 /// `--threads 0` would silently mean "the default": refuse it instead.
@@ -80,9 +87,9 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 
 fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
     if let Some(limit) = open_files_limit().filter(|&l| l < MIN_OPEN_FILES) {
-        eprintln!(
+        say(std::io::stderr(), format_args!(
             "error: the open-files limit (ulimit -n) is {limit}; wsgate needs at least {MIN_OPEN_FILES}, plus one per client connection and another per tunnel"
-        );
+        ));
         return ExitCode::FAILURE;
     }
     let mut runtime = match threads {
@@ -95,7 +102,10 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            say(
+                std::io::stderr(),
+                format_args!("error: cannot start the runtime: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -141,7 +151,7 @@ fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode
                 if json {
                     tracing::error!(error = %e, "cannot start");
                 } else {
-                    eprintln!("error: {e}");
+                    say(std::io::stderr(), format_args!("error: {e}"));
                 }
                 // 2 is a bad config; an address in use is the machine's state, not the file's.
                 return match e {

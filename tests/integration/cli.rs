@@ -364,6 +364,29 @@ fn check_names_a_missing_config_file() {
     assert!(text(&out).contains("nope.toml"), "{}", text(&out));
 }
 
+/// `wsgate check … | head -0`: output nobody reads is no reason to panic (exit 101); the
+/// exit code still gives the verdict.
+#[test]
+fn check_whose_output_is_not_read_exits_with_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), ROUTE);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[proxy\n").unwrap();
+    for (path, code) in [(good, 0), (bad, 2)] {
+        // Pipes whose reading ends are closed before wsgate writes: every write fails.
+        let (_, stdout) = std::io::pipe().unwrap();
+        let (_, stderr) = std::io::pipe().unwrap();
+        let status = Command::new(wsgate_bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{}", path.display());
+    }
+}
+
 #[test]
 fn run_with_a_bad_config_exits_non_zero_without_panicking() {
     let dir = tempfile::tempdir().unwrap();

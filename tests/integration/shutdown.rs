@@ -207,6 +207,42 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Logging to a pipe whose reader went away (a log shipper that died) loses the lines, not
+/// the process: it goes on serving, and SIGTERM still ends it with 0 (it used to panic, 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_pipe_closed_by_its_reader_ends_nothing() {
+    use std::io::BufRead;
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
+    let mut child = spawn_wsgate(&config);
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next_line = || stderr.next().expect("a log line").unwrap();
+    let addr = listening_addr(
+        &std::iter::repeat_with(&mut next_line)
+            .find(|l| l.contains("\"listening\""))
+            .unwrap(),
+    );
+    while !next_line().contains("wsgate started") {}
+    drop(stderr);
+
+    // Each tunnel's end writes a line into the broken pipe; the next one is still served.
+    for word in ["one", "two"] {
+        let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+        assert_eq!(round_trip(&mut ws, word).await, word);
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+    }
+    send_signal(child.id(), "TERM");
+    let status = within(
+        "wsgate to exit",
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+}
+
 /// Waits (`what`) until the process's log has a line containing `needle`; gives the lines back.
 async fn line_seen(
     lines: std::sync::mpsc::Receiver<String>,
