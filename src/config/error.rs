@@ -72,13 +72,15 @@ impl ConfigError {
             }
         };
         // A top-level problem ("missing field `tls`") is reported on the whole document: the
-        // field is the key.
-        let key = key.unwrap_or_else(|| {
-            first_quoted(e.message())
-                .unwrap_or("(top level)")
-                .to_string()
-        });
+        // field is the key, and a section is what is missing.
         let mut message = plain_types(e.message().trim());
+        let key = key.unwrap_or_else(|| {
+            let field = first_quoted(e.message());
+            if let Some(field) = field.filter(|_| message.starts_with("missing field")) {
+                message = format!("missing section [{field}]");
+            }
+            field.unwrap_or("(top level)").to_string()
+        });
         if single_route_table(src) {
             message.push_str(" (a route is written `[[route]]`, with two brackets)");
         }

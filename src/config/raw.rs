@@ -192,7 +192,7 @@ impl serde::de::Visitor<'_> for DurationVisitor {
             .map(HumanDuration)
             .map_err(|_| {
                 E::custom(format!(
-                    "invalid duration {text:?}: write it like \"500ms\", \"10s\" or \"5m\""
+                    "invalid duration {text:?}: write it like \"500ms\", \"10s\" or \"5m\" (units are case-sensitive)"
                 ))
             })
     }

@@ -56,6 +56,19 @@ fn a_route_may_set_its_own_idle_timeout_within_the_same_bounds() {
         "{zero}"
     );
     assert!(error(&route("soon")).contains("invalid duration"));
+    // Too long is said in days; the months hint only where an `M` was written.
+    let days = error(&route("31d"));
+    assert!(
+        days.ends_with("at most 30 days (read as 31 days)"),
+        "{days}"
+    );
+    let months = error(&route("5M"));
+    assert!(
+        months.ends_with("(read as 152.2 days; `M` is months, minutes are `m`)"),
+        "{months}"
+    );
+    let case = error(&route("10S"));
+    assert!(case.ends_with("(units are case-sensitive)"), "{case}");
 }
 
 #[test]
@@ -192,8 +205,8 @@ fn errors_name_file_line_column_and_key() {
         ("[[route]]\nname = \"a\"\npath = \"ws\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
         ("[[route]]\nname = \"a\"\npath = \"/;v1\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
         ("[[route]]\nname = \"a\"\npath = \"/a//b\"\nbackends = [\"h:1\"]\n", "route[0].path:"),
-        ("[[route]]\nname = \"a\"\npath = \"/ws//\"\nbackends = [\"h:1\"]\n", "or an empty segment"),
-        ("[[route]]\nname = \"a\"\npath = \"//\"\nbackends = [\"h:1\"]\n", "or an empty segment"),
+        ("[[route]]\nname = \"a\"\npath = \"/ws//\"\nbackends = [\"h:1\"]\n", "has an empty segment ('//')"),
+        ("[[route]]\nname = \"a\"\npath = \"//\"\nbackends = [\"h:1\"]\n", "has an empty segment ('//')"),
         ("[[route]]\nname = \"a\"\npath = \"/e%3Bx\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/e%3Bx\" has a ';parameter'"),
         ("[[route]]\nname = \"a\"\npath = \"/e\u{FF1B}x\"\nbackends = [\"h:1\"]\n", "has a ';parameter'"),
         ("[[route]]\nname = \"a\"\npath = \"/a\u{FF0F}b\"\nbackends = [\"h:1\"]\n", "is matched in its Unicode normal form (NFKC), as normalising backends read it: write \"/a/b\""),
@@ -347,7 +360,7 @@ fn serde_errors_name_the_key_they_are_about() {
         ("[proxy]\nlisten = \"127.0.0.1:1\"\n".into(), "w.toml:2:10: proxy.listen: invalid type"),
         (format!("{head}[limits]\nmax_connections = \"10\"\n"), "w.toml:6:19: limits.max_connections: invalid type: string \"10\", expected an integer"),
         // Nothing to point at: the field is the key.
-        ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n".into(), "w.toml:1:1: tls: missing field `tls`"),
+        ("[proxy]\nlisten = [\"127.0.0.1:1\"]\n".into(), "w.toml:1:1: tls: missing section [tls]"),
     ];
     for (body, expected) in cases {
         let err = error_in(&body);

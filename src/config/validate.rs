@@ -198,15 +198,17 @@ impl Checker<'_> {
         if value.is_zero() || value > MAX_TIMEOUT {
             // Deadlines are computed as now + timeout: a huge one would overflow.
             // Said as read: "5M" is five months to the parser, not five minutes.
-            let read = humantime::format_duration(value);
-            let hint = match value.is_zero() {
-                true => "",
-                false => "; `m` is minutes, `M` months",
+            let hint = match self.src.get(d.span()).is_some_and(|t| t.contains('M')) {
+                true => "; `M` is months, minutes are `m`",
+                false => "",
             };
             Err(self.error(
                 &d.span(),
                 key,
-                format!("must be longer than zero and at most 30 days (read as {read}{hint})"),
+                format!(
+                    "must be longer than zero and at most 30 days (read as {}{hint})",
+                    as_read(value)
+                ),
             ))
         } else {
             Ok(value)
@@ -480,5 +482,16 @@ fn takes_all_of(first: &RouteConfig, later: &RouteConfig) -> bool {
         // `later` without a list also takes requests that offer no subprotocol at all.
         (Some(_), None) => false,
         (Some(first), Some(later)) => later.iter().all(|p| first.contains(p)),
+    }
+}
+
+/// A duration in the unit an operator thinks in: days past one day (humantime would say
+/// "1month 13h 26m 24s" for 31 days), humantime's own form below.
+fn as_read(value: Duration) -> String {
+    const DAY: f64 = 86_400.0;
+    let days = value.as_secs_f64() / DAY;
+    match days >= 1.0 {
+        true => format!("{} days", (days * 10.0).round() / 10.0),
+        false => humantime::format_duration(value).to_string(),
     }
 }

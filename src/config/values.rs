@@ -87,9 +87,14 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
     // empty segments dropped, so a route holding either, however spelled (`%3B`, `；`),
     // would match more than it says ("/;v1" every path).
     let read = crate::routes::canonical(text);
-    if read.contains(';') || read.contains("//") {
+    if read.contains(';') {
         return Err(format!(
-            "{text:?} has a ';parameter' or an empty segment (however spelled): requests are matched without them, so write the path without"
+            "{text:?} has a ';parameter' (however spelled): requests are matched with parameters cut off, so write the path without it"
+        ));
+    }
+    if read.contains("//") {
+        return Err(format!(
+            "{text:?} has an empty segment ('//'): requests are matched with empty segments dropped, so write one '/'"
         ));
     }
     let lower = text.to_ascii_lowercase();

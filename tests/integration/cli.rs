@@ -408,6 +408,22 @@ fn run_with_a_missing_certificate_exits_non_zero_without_panicking() {
     assert_clean_failure(&out);
 }
 
+/// docs/configuration.md's complete example is config/example.toml, but for its certificate
+/// paths (the file's point at the dev certificates) and the file's opening comment.
+#[test]
+fn the_documented_complete_example_is_the_shipped_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let (_, rest) = doc
+        .split_once("## A complete example\n\n```toml\n")
+        .unwrap();
+    let (documented, _) = rest.split_once("```\n").unwrap();
+    let shipped = std::fs::read_to_string(root.join("config/example.toml")).unwrap();
+    let (_, shipped) = shipped.split_once('\n').unwrap();
+    let shipped = shipped.replace("../certs/localhost", "tls/example");
+    assert_eq!(documented, shipped);
+}
+
 #[test]
 fn the_shipped_configs_pass_check() {
     for name in ["config/wsgate.toml", "config/example.toml"] {
