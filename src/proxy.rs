@@ -148,9 +148,11 @@ async fn route_and_forward(
     let selection = snapshot.routes.select(host, req.uri().path(), &offered);
     match &selection {
         Selection::NoRoute => return Err(ProxyError::NoRoute),
-        // Named before the checks, so a refusal's line says which route refused.
-        Selection::Matched { route, .. } => log.route = Some(route.config.name.clone()),
-        Selection::NoProtocolFits => {}
+        // Named before the checks, so a refusal's line says which route refused; when no
+        // route takes the offered subprotocols, the one that ranked first.
+        Selection::Matched { route, .. } | Selection::NoProtocolFits { first: route } => {
+            log.route = Some(route.config.name.clone())
+        }
     }
     websocket::check_request(req.method(), req.version(), req.headers())?;
     let Selection::Matched { route, protocols } = selection else {

@@ -53,8 +53,9 @@ pub struct Route {
 pub enum Selection<'a> {
     /// No route's host and path match: 404.
     NoRoute,
-    /// Some routes match by host and path, but none accepts the offered subprotocols: 400.
-    NoProtocolFits,
+    /// Some routes match by host and path, but none accepts the offered subprotocols: 400,
+    /// in the name of `first`, the best-ranked of them.
+    NoProtocolFits { first: &'a Route },
     Matched {
         route: &'a Route,
         /// The offered subprotocols to forward, in the client's order.
@@ -163,7 +164,7 @@ impl RouteTable {
             Read::DotSegment => return Selection::NoRoute,
         };
         let host = host.map(normalize_host);
-        let mut candidates = false;
+        let mut first = None;
         for class in self.host_classes(host.as_deref()) {
             let depth = match class.iter().map(|paths| paths.depth).max() {
                 Some(depth) if depth > 0 => depth,
@@ -171,18 +172,17 @@ impl RouteTable {
             };
             for prefix in prefixes(cut_to_depth(&path, depth)) {
                 for &index in in_file_order(&class, prefix).iter() {
-                    candidates = true;
                     let route = &self.routes[index];
+                    first.get_or_insert(route);
                     if let Some(protocols) = route.fit_protocols(offered) {
                         return Selection::Matched { route, protocols };
                     }
                 }
             }
         }
-        if candidates {
-            Selection::NoProtocolFits
-        } else {
-            Selection::NoRoute
+        match first {
+            Some(first) => Selection::NoProtocolFits { first },
+            None => Selection::NoRoute,
         }
     }
 
@@ -445,7 +445,7 @@ mod tests {
     fn pick(table: &RouteTable, host: Option<&str>, path: &str, offered: &[&str]) -> String {
         match table.select(host, path, offered) {
             Selection::NoRoute => "404".into(),
-            Selection::NoProtocolFits => "400".into(),
+            Selection::NoProtocolFits { .. } => "400".into(),
             Selection::Matched { route, protocols } => {
                 format!(
                     "{}{}",
@@ -917,7 +917,7 @@ mod reference {
             let table = RouteTable::new(&configs);
             let got = match table.select(REQUEST_HOSTS[host], REQUEST_PATHS[path], &offered) {
                 Selection::NoRoute => "404".to_string(),
-                Selection::NoProtocolFits => "400".to_string(),
+                Selection::NoProtocolFits { .. } => "400".to_string(),
                 Selection::Matched { route, .. } => route.config.name.clone(),
             };
             prop_assert_eq!(got, expected(&configs, REQUEST_HOSTS[host], REQUEST_PATHS[path], &offered));

@@ -248,14 +248,26 @@ pub(crate) fn check_response(
     if !single_value_is(headers, &SEC_WEBSOCKET_ACCEPT, &expected) {
         return Err(ProxyError::BadBackendUpgrade("wrong Sec-WebSocket-Accept"));
     }
-    let mut chosen = tokens(headers, &SEC_WEBSOCKET_PROTOCOL);
-    match (chosen.next(), chosen.next()) {
-        // An empty value chooses nothing, which clients refuse as a malformed header.
-        (None, _) if headers.contains_key(&SEC_WEBSOCKET_PROTOCOL) => Err(
-            ProxyError::BadBackendUpgrade("empty Sec-WebSocket-Protocol"),
-        ),
-        (None, _) => Ok(()),
-        (Some(p), None) if forwarded_protocols.contains(&p) => Ok(()),
+    chosen_protocol_fits(headers, forwarded_protocols)
+}
+
+/// A server chooses one subprotocol (RFC 6455 §4.2.2): one header line holding exactly one of
+/// those forwarded, or none at all. Clients fail the handshake on anything else, an empty
+/// value or a stray comma (`a,`) included, so it must not open a tunnel.
+fn chosen_protocol_fits(headers: &HeaderMap, forwarded: &[&str]) -> Result<(), ProxyError> {
+    if !headers.contains_key(&SEC_WEBSOCKET_PROTOCOL) {
+        return Ok(());
+    }
+    let Some(value) = single(headers, &SEC_WEBSOCKET_PROTOCOL) else {
+        return Err(ProxyError::BadBackendUpgrade(
+            "repeated Sec-WebSocket-Protocol",
+        ));
+    };
+    match value.to_str().map(str::trim) {
+        Ok("") => Err(ProxyError::BadBackendUpgrade(
+            "empty Sec-WebSocket-Protocol",
+        )),
+        Ok(chosen) if forwarded.contains(&chosen) => Ok(()),
         _ => Err(ProxyError::BadBackendUpgrade(
             "chose a subprotocol that was not offered",
         )),
@@ -505,6 +517,26 @@ mod tests {
             let mut empty = unoffered.to_vec();
             empty[3] = ("sec-websocket-protocol", " ");
             assert!(response(&empty, offered).is_err(), "{offered:?}");
+        }
+        // One offered protocol, but not written as one choice: a stray comma, a second line
+        // (empty or the same again).
+        let offered = ["chat.v1", "chat.v2"];
+        for value in ["chat.v1,", ", chat.v1", "chat.v1, chat.v2"] {
+            let mut list = unoffered.to_vec();
+            list[3] = ("sec-websocket-protocol", value);
+            assert!(response(&list, &offered).is_err(), "{value:?}");
+        }
+        for second in ["", "chat.v1"] {
+            let mut lines = unoffered.to_vec();
+            lines[3] = ("sec-websocket-protocol", "chat.v1");
+            lines.push(("sec-websocket-protocol", second));
+            assert_eq!(
+                response(&lines, &offered),
+                Err(ProxyError::BadBackendUpgrade(
+                    "repeated Sec-WebSocket-Protocol"
+                )),
+                "{second:?}"
+            );
         }
         let not_websocket = [
             ("upgrade", "h2c"),

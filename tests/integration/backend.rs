@@ -517,6 +517,20 @@ async fn a_101_with_an_empty_protocol_is_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_choosing_an_offered_protocol_in_a_malformed_way_is_502() {
+    // One protocol chosen, but not as one value: clients fail such a handshake.
+    for lines in [
+        "Sec-WebSocket-Protocol: chat.v1,\r\n",
+        "Sec-WebSocket-Protocol: chat.v1\r\nSec-WebSocket-Protocol: \r\n",
+        "Sec-WebSocket-Protocol: chat.v1\r\nSec-WebSocket-Protocol: chat.v1\r\n",
+    ] {
+        let (head, _) =
+            answered_with(Some("chat.v1, chat.v2"), |seen| switching(seen, lines)).await;
+        assert_eq!(head.status, 502, "{lines:?}: {head:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_101_is_502() {
     let (head, _) = answered_with(None, |seen| {
         switching(seen, "").replacen("HTTP/1.1", "HTTP/1.0", 1)

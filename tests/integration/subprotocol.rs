@@ -52,8 +52,9 @@ async fn offers_across_several_header_lines_are_all_considered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_allowed_offer_is_400() {
+    use crate::admin::{scrape_until, ADMIN};
     let backend = RawBackend::start().await;
-    let proxy = start_proxy(&allow_list_route(backend.addr)).await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", allow_list_route(backend.addr))).await;
     let (head, _) = request(
         proxy.addr,
         Req::upgrade("chat.example.com", "/ws")
@@ -62,6 +63,14 @@ async fn no_allowed_offer_is_400() {
     )
     .await;
     assert_eq!(head.status, 400, "{head:?}");
+    // Counted (and logged) against the route that refused, not as routeless.
+    let admin = proxy.server.admin_addr().unwrap();
+    scrape_until(
+        admin,
+        r#"wsgate_requests_total{route="chat",status="400"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
