@@ -101,6 +101,26 @@ async fn a_malformed_head_gets_a_plain_text_400() {
     assert_eq!(body, b"malformed request\n");
 }
 
+/// The raw characters the HTTP library refuses in a target (documented: RFC 3986 forbids
+/// them, browsers encode them) get a 400 before routing; the others it takes are routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_characters_the_parser_refuses_are_400_and_the_rest_are_routed() {
+    let proxy = proxy_to_nowhere("", None).await;
+    let status = |target: &'static str| async move {
+        request(proxy.addr, Req::upgrade("localhost", target).bytes())
+            .await
+            .0
+            .status
+    };
+    for target in ["/ws?f=\"q\"", "/ws?f=<x>", "/ws/<x>", "/ws/`x"] {
+        assert_eq!(status(target).await, 400, "{target}");
+    }
+    // Routed: the backend is unreachable, so 502.
+    for target in ["/ws/\"q\"", "/ws?f={x}|`^"] {
+        assert_eq!(status(target).await, 502, "{target}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_beyond_hypers_buffer_gets_the_same_431_as_one_just_over_the_limit() {
     let proxy = proxy_to_nowhere("", None).await;
