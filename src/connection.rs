@@ -17,12 +17,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::access_log::{self, Delivery, EndLine};
 use crate::closing::{linger, LINGER_TIME};
@@ -57,17 +58,20 @@ pub(crate) async fn serve(
     let Ok(client_slot) = guard.client_slot(peer.ip(), per_client) else {
         return shared.over_capacity(peer, "client's connection limit");
     };
-    let handshake = tls_handshake(tcp, &snapshot);
+    let handshake = tls_handshake(tcp, &shared);
     let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
         Ok(tls) => tls,
         Err(why) => return early_close(&shared, peer, started, &why),
     };
-    let max_head = snapshot.config.limits.max_request_header_bytes;
-    let read_head = read_request_head(&mut tls, max_head);
-    let (head, head_bytes) = match in_time(&shared, deadline, read_head, "request head").await {
-        Ok(read) => read,
-        Err(why) => return early_close(&shared, peer, started, &why),
-    };
+    // The limit in force when the head starts to come, not at accept: a reload in between
+    // applies to this request, as its routes do.
+    let limit = || shared.current().config.limits.max_request_header_bytes;
+    let read_head = read_request_head(&mut tls, limit);
+    let (head, head_bytes, max_head) =
+        match in_time(&shared, deadline, read_head, "request head").await {
+            Ok(read) => read,
+            Err(why) => return early_close(&shared, peer, started, &why),
+        };
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
     // `connect` from the config in force now, which the request path then uses too: a reload
@@ -130,20 +134,27 @@ async fn proxy_header(
     }
 }
 
+/// The TLS handshake, with the certificates (and TLS settings) in force when the client's
+/// hello arrives, not at accept: a client that connected just before a rotation, or one slow
+/// to start, still gets the new certificate.
 async fn tls_handshake(
     tcp: TcpStream,
-    snapshot: &Snapshot,
+    shared: &Shared,
 ) -> Result<TlsStream<TcpStream>, Unanswered> {
-    TlsAcceptor::from(snapshot.tls.clone())
-        .accept(tcp)
+    let unanswered = |e: io::Error| match gone(&e) {
+        // A TCP connect and close (a load balancer's or kubelet's tcpSocket check), or a
+        // client dropping mid-handshake: no TLS problem to alert on. A client that does not
+        // trust the certificate sends an alert, which is a TLS failure.
+        true => Unanswered::GoneDuringTls(e),
+        false => Unanswered::TlsFailed(e),
+    };
+    let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp)
         .await
-        .map_err(|e| match gone(&e) {
-            // A TCP connect and close (a load balancer's or kubelet's tcpSocket check), or a
-            // client dropping mid-handshake: no TLS problem to alert on. A client that does
-            // not trust the certificate sends an alert, which is a TLS failure.
-            true => Unanswered::GoneDuringTls(e),
-            false => Unanswered::TlsFailed(e),
-        })
+        .map_err(unanswered)?;
+    hello
+        .into_stream(shared.current().tls.clone())
+        .await
+        .map_err(unanswered)
 }
 
 /// An error that only says the client's connection went away.
@@ -295,17 +306,17 @@ fn which_side_failed(e: &hyper::Error) -> String {
     format!("the client's connection failed: {e}")
 }
 
-/// Reads the request head (see [`head::read`]): its length (`None` if over `max`), and the
-/// bytes read.
+/// Reads the request head (see [`head::read`]): its length (`None` if over the limit), the
+/// bytes read, and the limit applied.
 async fn read_request_head(
     tls: &mut TlsStream<TcpStream>,
-    max: usize,
-) -> Result<(Option<usize>, Bytes), Unanswered> {
-    match head::read(tls, max).await {
-        Ok((Head::Complete(len), read)) => Ok((Some(len), read)),
-        Ok((Head::TooLarge, read)) => Ok((None, read)),
-        Ok((Head::Closed, read)) if read.is_empty() => Err(Unanswered::NoRequest),
-        Ok((Head::Closed, _)) => Err(Unanswered::ClosedMidHead),
+    limit: impl FnOnce() -> usize,
+) -> Result<(Option<usize>, Bytes, usize), Unanswered> {
+    match head::read(tls, limit).await {
+        Ok((Head::Complete(len), read, max)) => Ok((Some(len), read, max)),
+        Ok((Head::TooLarge, read, max)) => Ok((None, read, max)),
+        Ok((Head::Closed, read, _)) if read.is_empty() => Err(Unanswered::NoRequest),
+        Ok((Head::Closed, ..)) => Err(Unanswered::ClosedMidHead),
         // A TCP close without TLS's close_notify, or a reset: a client gone, not a TLS
         // failure.
         Err(e) if gone(&e) => Err(Unanswered::GoneMidHead(e)),

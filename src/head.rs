@@ -29,21 +29,28 @@ pub(crate) enum Head {
     Closed,
 }
 
-/// Reads until the head's empty line, or until more than `max` bytes show it is too large.
-/// Returns the bytes read, which [`Prefixed`] must put back in front of the stream.
+/// Reads until the head's empty line, or until more than the limit's bytes show it is too
+/// large. `limit` is asked once, when the first bytes arrive: a reload while the client was
+/// quiet applies to its request. Returns the bytes read, which [`Prefixed`] must put back in
+/// front of the stream, and the limit applied (0 if nothing came).
 pub(crate) async fn read<T: AsyncRead + Unpin>(
     io: &mut T,
-    max: usize,
-) -> io::Result<(Head, Bytes)> {
+    limit: impl FnOnce() -> usize,
+) -> io::Result<(Head, Bytes, usize)> {
     // Most heads are a few hundred bytes: grow as needed rather than reserve the limit.
     let mut buf = BytesMut::with_capacity(1024);
     let mut scan = Scan::default();
+    let mut limit = Some(limit);
+    let mut max = 0;
     loop {
         if buf.capacity() == buf.len() {
             buf.reserve(buf.len().clamp(1024, 8192));
         }
         if io.read_buf(&mut buf).await? == 0 {
-            return Ok((Head::Closed, buf.freeze()));
+            return Ok((Head::Closed, buf.freeze(), max));
+        }
+        if let Some(limit) = limit.take() {
+            max = limit();
         }
         if let Some(end) = scan.head_end(&buf) {
             let head = if end <= max {
@@ -51,10 +58,10 @@ pub(crate) async fn read<T: AsyncRead + Unpin>(
             } else {
                 Head::TooLarge
             };
-            return Ok((head, buf.freeze()));
+            return Ok((head, buf.freeze(), max));
         }
         if buf.len() > max {
-            return Ok((Head::TooLarge, buf.freeze()));
+            return Ok((Head::TooLarge, buf.freeze(), max));
         }
     }
 }
@@ -487,12 +494,13 @@ mod tests {
     #[tokio::test]
     async fn reads_stop_at_the_limit_and_give_back_every_byte() {
         let sent = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nearly".to_vec();
-        let (head, bytes) = read(&mut &sent[..], 27).await.unwrap();
+        let (head, bytes, max) = read(&mut &sent[..], || 27).await.unwrap();
+        assert_eq!(max, 27);
         assert!(matches!(head, Head::Complete(_)));
         assert_eq!(&bytes[..], &sent[..]);
-        let (head, _) = read(&mut &sent[..], 26).await.unwrap();
+        let (head, _, _) = read(&mut &sent[..], || 26).await.unwrap();
         assert!(matches!(head, Head::TooLarge));
-        let (head, _) = read(&mut &sent[..20], 1000).await.unwrap();
+        let (head, _, _) = read(&mut &sent[..20], || 1000).await.unwrap();
         assert!(matches!(head, Head::Closed));
     }
 
@@ -519,7 +527,7 @@ mod tests {
             b"\n",
             b"never read",
         ]);
-        let (head, bytes) = read(&mut io, 100).await.unwrap();
+        let (head, bytes, _) = read(&mut io, || 100).await.unwrap();
         assert!(matches!(head, Head::Complete(_)));
         assert_eq!(bytes.len(), 27);
     }

@@ -1017,6 +1017,52 @@ fn sighup_reloads_the_running_binary_without_killing_it() {
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
 }
 
+/// A TCP connection accepted before a renewal whose TLS handshake comes after it: the
+/// handshake is new, so it gets the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_after_a_renewal_gets_the_new_certificate_on_an_older_connection() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    until("the connection accepted", || {
+        proxy.server.active_connections() == 1
+    })
+    .await;
+
+    let (cert, key) = pki().leaf(SERVER_NAMES);
+    std::fs::write(proxy.dir.path().join("server.key"), key).unwrap();
+    std::fs::write(proxy.dir.path().join("server.crt"), &cert).unwrap();
+    generation(&mut rx, 2).await;
+
+    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = within("the TLS handshake", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    assert_eq!(peer_leaf(&tls), der_of(&cert));
+}
+
+/// A connection whose TLS is done before a reload lowers `max_request_header_bytes`, and whose
+/// request comes after: the request is read under the new limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_a_reload_is_read_under_the_new_head_limit_on_an_older_connection() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let mut early = raw_client(proxy.addr).await;
+    let lower = format!(
+        "[limits]\nmax_request_header_bytes = 1024\n\n{}",
+        route("a", "/a", &[backend.addr])
+    );
+    write_body(&proxy.config_path(), &lower);
+    generation(&mut rx, 2).await;
+
+    let big = Req::upgrade("localhost", "/a").add("X-Pad", &"p".repeat(2000));
+    early.send(big.bytes()).await;
+    assert_eq!(early.read_head().await.status, 431);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_after_a_reload_is_routed_by_the_new_config_on_an_older_connection() {
     // The design reads the config at each request: a client that connected (TLS done) before
