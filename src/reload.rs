@@ -448,6 +448,12 @@ fn look(
         let error = format!("{}: config file not found", path.display());
         return Look::Missing("config file", error, None);
     }
+    // Truncated and not written yet (`generate-config > wsgate.toml` with a slow generator):
+    // an empty file is never a config, so it is waited for like a deleted one.
+    if trigger == Trigger::Files && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        let error = format!("{}: config file is empty", path.display());
+        return Look::Missing("config file's content", error, None);
+    }
     let on_disk = on_disk_fingerprint(path);
     if trigger == Trigger::Files && on_disk == in_force.fingerprint {
         return Look::InForce;

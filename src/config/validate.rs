@@ -218,11 +218,12 @@ impl Checker<'_> {
     /// `reload.recheck`: a timeout, and at least a second (each look reads and hashes every
     /// file; a tiny period would keep a core busy doing it).
     fn recheck(&self, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
-        let value = self.timeout(d, "reload.recheck")?;
-        if value < Duration::from_secs(1) {
-            return Err(self.error(&d.span(), "reload.recheck", "must be at least 1s"));
+        // Below the floor first: "0s" is told the real bound, not "longer than zero".
+        if d.get_ref().0 < Duration::from_secs(1) {
+            let message = "must be at least 1s and at most 30 days";
+            return Err(self.error(&d.span(), "reload.recheck", message));
         }
-        Ok(value)
+        self.timeout(d, "reload.recheck")
     }
 
     fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
