@@ -169,6 +169,8 @@ pub(crate) struct Watches {
     degraded: bool,
     /// Folders whose watch failed, already reported.
     unwatchable: BTreeSet<PathBuf>,
+    /// Making the watcher failed, and that was reported: its return is news too.
+    no_watcher_reported: bool,
 }
 
 impl Watches {
@@ -229,6 +231,7 @@ impl Watches {
             lost,
             degraded: false,
             unwatchable: BTreeSet::new(),
+            no_watcher_reported: false,
         }
     }
 
@@ -302,8 +305,15 @@ impl Watches {
                 }
             }
         }
-        self.unwatchable
-            .retain(|folder| !self.watched.contains_key(folder));
+        // A folder reported unwatchable that is watched now: said, so the warning is not the
+        // last word on it.
+        self.unwatchable.retain(|folder| {
+            let back = self.watched.contains_key(folder);
+            if back {
+                tracing::info!(folder = %folder.display(), "watching folder for changes again");
+            }
+            !back
+        });
         added || news
     }
 
@@ -320,11 +330,19 @@ impl Watches {
         }
         if self.watcher.is_none() {
             match (self.make_watcher)() {
-                Ok(watcher) => self.watcher = Some(watcher),
+                Ok(watcher) => {
+                    if std::mem::take(&mut self.no_watcher_reported) {
+                        tracing::info!(
+                            "file events work again: watching the config's folders for changes"
+                        );
+                    }
+                    self.watcher = Some(watcher);
+                }
                 // Said once: later refreshes try again quietly, polling meanwhile.
                 Err(e) if !self.degraded => {
                     let (error, hint) = (words(&e), limit_hint(&e));
                     tracing::warn!(%error, "cannot watch the config for changes{hint}; checking it every 0.6 s instead");
+                    self.no_watcher_reported = true;
                 }
                 Err(_) => {}
             }
