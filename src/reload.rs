@@ -449,8 +449,10 @@ fn look(
         return Look::Missing("config file", error, None);
     }
     // Truncated and not written yet (`generate-config > wsgate.toml` with a slow generator):
-    // an empty file is never a config, so it is waited for like a deleted one.
-    if trigger == Trigger::Files && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+    // an empty file is never a config, so it is waited for like a deleted one. (A pipe or a
+    // device has no length either: it is refused as what it is.)
+    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
+    if trigger == Trigger::Files && std::fs::metadata(path).is_ok_and(empty) {
         let error = format!("{}: config file is empty", path.display());
         return Look::Missing("config file's content", error, None);
     }
