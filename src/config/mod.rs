@@ -174,7 +174,10 @@ impl Config {
         let toml_error = |e: toml::de::Error| ConfigError::from_toml(&e, src, path);
         // Parsed once, for the shape check and then for serde.
         let root = toml::de::DeTable::parse(src).map_err(toml_error)?;
-        shape::check(root.get_ref(), src, path)?;
+        // A date-time (which no setting takes) under a misspelt key: the key is the mistake
+        // to name, as it would be under any other value.
+        shape::check(root.get_ref(), src, path)
+            .map_err(|refused| unknown_key(&root).map_or(refused, toml_error))?;
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(toml_error)?;
         Validator { src, path }.config(raw)
     }
@@ -202,6 +205,17 @@ impl Config {
         }
         files
     }
+}
+
+/// serde's "unknown field" for a document holding date-times, read with them as text; `None`
+/// if it has none, or no unknown key.
+fn unknown_key(root: &toml::Spanned<toml::de::DeTable<'_>>) -> Option<toml::de::Error> {
+    let mut as_text = root.clone();
+    if !shape::datetimes_as_text(as_text.get_mut()) {
+        return None;
+    }
+    let error = RawConfig::deserialize(toml::de::Deserializer::from(as_text)).err()?;
+    error.message().starts_with("unknown field").then_some(error)
 }
 
 #[cfg(test)]

@@ -164,6 +164,29 @@ fn datetime_in(value: &Spanned<DeValue<'_>>, path: String) -> Option<(Range<usiz
     }
 }
 
+/// Makes every date-time in `table` an empty string, for serde to read the document past
+/// them (and name an unknown key one sits under); whether there was one.
+pub(super) fn datetimes_as_text(table: &mut DeTable<'_>) -> bool {
+    let mut found = false;
+    for (_, value) in table.iter_mut() {
+        found |= datetime_as_text(value.get_mut());
+    }
+    found
+}
+
+fn datetime_as_text(value: &mut DeValue<'_>) -> bool {
+    match value {
+        DeValue::Datetime(_) => {
+            *value = DeValue::String("".into());
+            true
+        }
+        DeValue::Table(table) => datetimes_as_text(table),
+        DeValue::Array(items) => (items.iter_mut())
+            .fold(false, |found, item| datetime_as_text(item.get_mut()) | found),
+        _ => false,
+    }
+}
+
 fn datetime_message(key: &str) -> String {
     // A duration is the likeliest thing meant (`idle = 10:00:00` reads as a time of day).
     let duration =

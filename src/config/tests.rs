@@ -497,6 +497,9 @@ fn a_date_time_or_a_wrong_kind_is_named_in_the_operators_words() {
         ("[timeouts]\nidle = 1979-05-27T07:32:00Z\n".into(), ":7:8: timeouts.idle: invalid type: date-time, expected a duration string like \"10s\""),
         (format!("{route}idle = 07:32:00\n"), ":10:8: route[0].idle: invalid type: date-time, expected a duration string like \"10s\""),
         ("[[route]]\nname = 1979-05-27\npath = \"/\"\nbackends = [\"h:1\"]\n".into(), ":7:8: route[0].name: invalid type: date-time: no setting takes one"),
+        // Under a key no setting has, the key is what is wrong.
+        ("[timeouts]\nwhen = 1979-05-27T07:32:00Z\n".into(), ":7:1: timeouts.when: unknown field `when`"),
+        (format!("{route}expires = 1979-05-27\n"), ":10:1: route[0].expires: unknown field `expires`"),
         ("[timeouts]\nidle = 10\n".into(), ":7:8: timeouts.idle: invalid type: integer `10`, expected a duration string like \"10s\""),
         ("[[route]]\nname = { a = 1 }\npath = \"/\"\nbackends = [\"h:1\"]\n".into(), ":7:8: route[0].name: invalid type: table, expected a string"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = \"h:1\"\n".into(), "route[0].backends: invalid type: string \"h:1\", expected an array"),
