@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::metrics::Metrics;
 use crate::routes::Route;
-use crate::websocket::{self, SEC_WEBSOCKET_KEY};
+use crate::websocket;
 
 /// A backend that accepted the upgrade.
 pub(crate) struct Tunnel {
@@ -85,11 +85,7 @@ async fn exchange(
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
-    let key = request
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .cloned()
-        .ok_or(ProxyError::BadKey)?;
+    let offer = websocket::Offer::of(request.headers(), protocols)?;
     let mut turns = Turns {
         backends: route.backends_in_turn(),
         again: None,
@@ -103,7 +99,7 @@ async fn exchange(
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || turns.backends.len() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
-        let error = match attempt(dialed.socket, request, &key, protocols).await {
+        let error = match attempt(dialed.socket, request, &offer).await {
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),
             Err(Attempt::Gone(error)) => error,
@@ -195,8 +191,7 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
 async fn attempt(
     socket: TcpStream,
     request: Request<Empty<Bytes>>,
-    key: &hyper::header::HeaderValue,
-    protocols: &[&str],
+    offer: &websocket::Offer<'_>,
 ) -> Result<Answer, Attempt> {
     let heard = Arc::new(AtomicBool::new(false));
     let socket = Heard {
@@ -250,7 +245,7 @@ async fn attempt(
     if response.version() != Version::HTTP_11 {
         return Err(ProxyError::BadBackendUpgrade("101 not in HTTP/1.1").into());
     }
-    websocket::check_response(response.headers(), key, protocols)?;
+    websocket::check_response(response.headers(), offer)?;
     let tunnel = take_tunnel(response, (!conn_done).then_some(conn)).await?;
     Ok(Answer::Upgraded(tunnel))
 }

@@ -20,6 +20,7 @@ pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
 pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 pub(crate) const SEC_WEBSOCKET_PROTOCOL: HeaderName =
     HeaderName::from_static("sec-websocket-protocol");
+const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
 
 /// The GUID RFC 6455 §1.3 appends to the key before hashing.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -217,13 +218,63 @@ pub fn offered_protocols(headers: &HeaderMap) -> Vec<&str> {
     tokens(headers, &SEC_WEBSOCKET_PROTOCOL).collect()
 }
 
+/// What the request forwarded to a backend offered: what its 101 is checked against.
+pub(crate) struct Offer<'a> {
+    pub(crate) key: HeaderValue,
+    /// The subprotocols forwarded (a route's allow-list may have filtered the client's).
+    pub(crate) protocols: &'a [&'a str],
+    /// The names of the extensions offered (as the client offered them: forwarded as is).
+    extensions: Vec<String>,
+}
+
+impl<'a> Offer<'a> {
+    /// The offer of a request forwarded with `headers` and, filtered, `protocols`.
+    pub(crate) fn of(headers: &HeaderMap, protocols: &'a [&'a str]) -> Result<Self, ProxyError> {
+        let key = headers.get(&SEC_WEBSOCKET_KEY).ok_or(ProxyError::BadKey)?;
+        Ok(Offer {
+            key: key.clone(),
+            protocols,
+            extensions: extension_names(headers).map(str::to_owned).collect(),
+        })
+    }
+}
+
+/// The names in every `Sec-WebSocket-Extensions` line (RFC 6455 §9.1): each element's token
+/// before its `;parameters`. A comma inside a quoted parameter value separates nothing.
+fn extension_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    let lines = headers.get_all(&SEC_WEBSOCKET_EXTENSIONS).iter();
+    lines
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(split_outside_quotes)
+        .filter_map(|element| element.split(';').next())
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+}
+
+/// `line` split at the commas outside `"quoted strings"` (with their `\` escapes).
+fn split_outside_quotes(line: &str) -> Vec<&str> {
+    let (mut parts, mut start) = (Vec::new(), 0);
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, b) in line.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                parts.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&line[start..]);
+    parts
+}
+
 /// Checks a backend's 101 against the request we forwarded (RFC 6455 §4.2.2 / §4.1 client
 /// rules): only a checked 101 may open a tunnel.
-pub(crate) fn check_response(
-    headers: &HeaderMap,
-    key: &HeaderValue,
-    forwarded_protocols: &[&str],
-) -> Result<(), ProxyError> {
+pub(crate) fn check_response(headers: &HeaderMap, offer: &Offer) -> Result<(), ProxyError> {
+    let key = &offer.key;
     // Exactly "websocket" (RFC 6455 §4.1): a backend switching to that and something else
     // (`websocket, h2c`, or two lines) is not speaking the protocol the client asked for.
     // One line: a second one, even one that is no text, says something else too.
@@ -248,7 +299,21 @@ pub(crate) fn check_response(
     if !single_value_is(headers, &SEC_WEBSOCKET_ACCEPT, &expected) {
         return Err(ProxyError::BadBackendUpgrade("wrong Sec-WebSocket-Accept"));
     }
-    chosen_protocol_fits(headers, forwarded_protocols)
+    chosen_protocol_fits(headers, offer.protocols)?;
+    // A client fails the connection on an extension it did not offer (RFC 6455 §4.1): a 502
+    // here names the backend's mistake instead.
+    let offered = |name: &str| {
+        offer
+            .extensions
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(name))
+    };
+    match extension_names(headers).all(offered) {
+        true => Ok(()),
+        false => Err(ProxyError::BadBackendUpgrade(
+            "chose an extension that was not offered",
+        )),
+    }
 }
 
 /// A server chooses one subprotocol (RFC 6455 §4.2.2): one header line holding exactly one of
@@ -482,7 +547,12 @@ mod tests {
         lines: &[(&'static str, &'static str)],
         forwarded: &[&str],
     ) -> Result<(), ProxyError> {
-        check_response(&headers(lines), &HeaderValue::from_static(KEY), forwarded)
+        let offer = Offer {
+            key: HeaderValue::from_static(KEY),
+            protocols: forwarded,
+            extensions: vec!["permessage-deflate".into()],
+        };
+        check_response(&headers(lines), &offer)
     }
 
     #[test]
@@ -496,6 +566,49 @@ mod tests {
         let mut chose = ok.to_vec();
         chose.push(("sec-websocket-protocol", "chat.v1"));
         assert_eq!(response(&chose, &["chat.v2", "chat.v1"]), Ok(()));
+    }
+
+    #[test]
+    fn extension_names_are_the_tokens_before_their_parameters() {
+        let offer = headers(&[
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits, x-a",
+            ),
+            (
+                "sec-websocket-extensions",
+                "x-b; p=\"1,2\"; q=\"\\\",x-c\", ,x-d",
+            ),
+        ]);
+        let names: Vec<&str> = extension_names(&offer).collect();
+        assert_eq!(names, ["permessage-deflate", "x-a", "x-b", "x-d"]);
+    }
+
+    #[test]
+    fn a_101_may_accept_only_extensions_that_were_offered() {
+        let ok = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        // Offered (see `response`): permessage-deflate, with any parameters, any case.
+        let mut deflate = ok.to_vec();
+        deflate.push((
+            "sec-websocket-extensions",
+            "Permessage-Deflate; server_no_context_takeover",
+        ));
+        assert_eq!(response(&deflate, &[]), Ok(()));
+        let mut other = ok.to_vec();
+        other.push((
+            "sec-websocket-extensions",
+            "permessage-deflate, x-webkit-deflate-frame",
+        ));
+        assert_eq!(
+            response(&other, &[]),
+            Err(ProxyError::BadBackendUpgrade(
+                "chose an extension that was not offered"
+            ))
+        );
     }
 
     #[test]
@@ -555,7 +668,12 @@ mod tests {
         let mut map = headers(&also_h2c[..3]);
         map.append(UPGRADE, HeaderValue::from_bytes(b"\xe9").unwrap());
         let key = HeaderValue::from_static(KEY);
-        assert!(check_response(&map, &key, &[]).is_err());
+        let offer = Offer {
+            key,
+            protocols: &[],
+            extensions: Vec::new(),
+        };
+        assert!(check_response(&map, &offer).is_err());
         // Twice, even right twice: which one counts is anyone's guess (the log says which).
         let mut twice = unoffered[..3].to_vec();
         twice.push(twice[2]);

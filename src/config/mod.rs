@@ -215,7 +215,10 @@ fn unknown_key(root: &toml::Spanned<toml::de::DeTable<'_>>) -> Option<toml::de::
         return None;
     }
     let error = RawConfig::deserialize(toml::de::Deserializer::from(as_text)).err()?;
-    error.message().starts_with("unknown field").then_some(error)
+    error
+        .message()
+        .starts_with("unknown field")
+        .then_some(error)
 }
 
 #[cfg(test)]

@@ -181,8 +181,9 @@ fn datetime_as_text(value: &mut DeValue<'_>) -> bool {
             true
         }
         DeValue::Table(table) => datetimes_as_text(table),
-        DeValue::Array(items) => (items.iter_mut())
-            .fold(false, |found, item| datetime_as_text(item.get_mut()) | found),
+        DeValue::Array(items) => (items.iter_mut()).fold(false, |found, item| {
+            datetime_as_text(item.get_mut()) | found
+        }),
         _ => false,
     }
 }

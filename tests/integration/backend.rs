@@ -531,6 +531,17 @@ async fn a_101_choosing_an_offered_protocol_in_a_malformed_way_is_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_accepting_an_extension_the_client_did_not_offer_is_502() {
+    // The client offered none; clients fail a handshake that accepts one (RFC 6455 §4.1).
+    let (head, body) = answered_with(None, |seen| {
+        switching(seen, "Sec-WebSocket-Extensions: permessage-deflate\r\n")
+    })
+    .await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(!String::from_utf8_lossy(&body).contains("leak"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_101_is_502() {
     let (head, _) = answered_with(None, |seen| {
         switching(seen, "").replacen("HTTP/1.1", "HTTP/1.0", 1)
