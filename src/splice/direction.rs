@@ -2,9 +2,11 @@
 //! the reader sends is written on as it comes, then its half-close is passed on.
 //!
 //! The two directions hold their bytes differently, so an idle one holds no buffer of ours:
-//! client → backend writes straight out of the reader's own buffer (rustls's plaintext);
-//! backend → client borrows a buffer from a small per-thread pool for each read and keeps it
-//! only while read bytes wait to be written.
+//! client → backend writes a record's worth straight out of the reader's own buffer (rustls's
+//! plaintext), and gathers smaller records into a pooled buffer first, so a client sending
+//! a byte per TLS record costs one write per buffer, not one per byte; backend → client
+//! borrows a buffer from a small per-thread pool for each read. Either keeps a pooled buffer
+//! only while its bytes wait to be written.
 
 use std::cell::RefCell;
 use std::io;
@@ -20,6 +22,10 @@ use super::{CloseReason, Peer};
 const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per worker thread between uses; beyond that they are freed.
 const POOL_CAP: usize = 64;
+/// Plaintext the TLS reader hands over at once from which client → backend writes without
+/// gathering: a quarter of a full record. Below it, pieces are copied together first, so the
+/// backend gets at least this much per write while the client keeps sending.
+const GATHER_BELOW: usize = BUF_SIZE / 4;
 
 /// A direction fails on its reading or its writing side; the caller knows which peer that is.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +78,9 @@ impl Direction {
         }
     }
 
-    /// Client → backend: the reader keeps its own buffer (rustls's plaintext), so write from it
-    /// directly and consume what was written.
+    /// Client → backend: the reader keeps its own buffer (rustls's plaintext, a record at a
+    /// time). A record's worth is written from it directly; smaller records are gathered into
+    /// a pooled buffer, written out when it is full or the reader has nothing more now.
     pub(super) fn poll_from_buffered<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -88,23 +95,38 @@ impl Direction {
         ready!(self.poll_early(cx, writer, active))?;
         loop {
             if self.eof {
+                ready!(self.poll_write_held(cx, writer, active))?;
                 return self.poll_finish(cx, writer);
             }
             let data = match Pin::new(&mut *reader).poll_fill_buf(cx) {
                 Poll::Ready(Ok(data)) => data,
                 Poll::Ready(Err(e)) if is_eof(&e) => &[],
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e.kind()))),
-                Poll::Pending => return self.poll_idle_flush(cx, writer),
+                Poll::Pending => {
+                    ready!(self.poll_write_held(cx, writer, active))?;
+                    return self.poll_idle_flush(cx, writer);
+                }
             };
             if data.is_empty() {
                 self.eof = true;
                 continue;
             }
-            let written = poll_write_some(cx, writer, data);
-            self.stuck = written.is_pending();
-            let n = ready!(written)?;
+            if self.buf.is_none() && data.len() >= GATHER_BELOW {
+                let written = poll_write_some(cx, writer, data);
+                self.stuck = written.is_pending();
+                let n = ready!(written)?;
+                Pin::new(&mut *reader).consume(n);
+                self.wrote(n, active);
+                continue;
+            }
+            let buf = self.buf.get_or_insert_with(acquire);
+            let n = data.len().min(buf.len() - self.end);
+            buf[self.end..self.end + n].copy_from_slice(&data[..n]);
+            self.end += n;
             Pin::new(&mut *reader).consume(n);
-            self.wrote(n, active);
+            if self.end == BUF_SIZE {
+                ready!(self.poll_write_held(cx, writer, active))?;
+            }
         }
     }
 
@@ -122,24 +144,7 @@ impl Direction {
     {
         ready!(self.poll_early(cx, writer, active))?;
         loop {
-            if let Some(buf) = self.buf.take() {
-                while self.pos < self.end {
-                    let written = poll_write_some(cx, writer, &buf[self.pos..self.end]);
-                    self.stuck = written.is_pending();
-                    match written {
-                        Poll::Ready(Ok(n)) => {
-                            self.pos += n;
-                            self.wrote(n, active);
-                        }
-                        other => {
-                            // Keep the unwritten bytes until the writer can take them.
-                            self.buf = Some(buf);
-                            return other.map_ok(|_| ());
-                        }
-                    }
-                }
-                release(Some(buf));
-            }
+            ready!(self.poll_write_held(cx, writer, active))?;
             if self.eof {
                 return self.poll_finish(cx, writer);
             }
@@ -165,6 +170,36 @@ impl Direction {
             }
             release(Some(buf));
         }
+    }
+
+    /// Writes out the pooled buffer's bytes, if it holds any, and gives the buffer back once
+    /// they are all written; a writer that cannot take them now keeps them held.
+    fn poll_write_held<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        active: &mut bool,
+    ) -> Poll<Result<()>> {
+        let Some(buf) = self.buf.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        while self.pos < self.end {
+            let written = poll_write_some(cx, writer, &buf[self.pos..self.end]);
+            self.stuck = written.is_pending();
+            match written {
+                Poll::Ready(Ok(n)) => {
+                    self.pos += n;
+                    self.wrote(n, active);
+                }
+                other => {
+                    self.buf = Some(buf);
+                    return other.map_ok(|_| ());
+                }
+            }
+        }
+        (self.pos, self.end) = (0, 0);
+        release(Some(buf));
+        Poll::Ready(Ok(()))
     }
 
     /// Its writer is broken: what is left for it is dropped (the buffer back to the pool),
@@ -307,5 +342,104 @@ mod tests {
         assert_eq!(outcome.reason, CloseReason::Closed(Peer::Client));
         assert_eq!(outcome.client_to_backend, 14);
         assert_eq!(outcome.backend_to_client, 14);
+    }
+
+    /// Hands out its plaintext as rustls does, a record at a time, here a byte per record;
+    /// after `pending_after` bytes it has nothing more for now (Pending), at the end EOF.
+    struct TinyRecords {
+        data: Vec<u8>,
+        pos: usize,
+        pending_after: usize,
+    }
+
+    impl AsyncRead for TinyRecords {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            unreachable!("read through its buffer")
+        }
+    }
+
+    impl AsyncBufRead for TinyRecords {
+        fn poll_fill_buf(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+            let this = self.get_mut();
+            if this.pos == this.pending_after {
+                return Poll::Pending;
+            }
+            let end = (this.pos + 1).min(this.data.len());
+            Poll::Ready(Ok(&this.data[this.pos..end]))
+        }
+
+        fn consume(self: Pin<&mut Self>, n: usize) {
+            self.get_mut().pos += n;
+        }
+    }
+
+    /// Takes everything, and notes the size of each write.
+    #[derive(Default)]
+    struct Writes {
+        sizes: Vec<usize>,
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.sizes.push(data.len());
+            this.bytes.extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn relay_once(reader: &mut TinyRecords, writer: &mut Writes) -> Poll<Result<()>> {
+        let mut direction = Direction::new(Bytes::new());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        direction.poll_from_buffered(&mut cx, reader, writer, &mut false)
+    }
+
+    #[test]
+    fn a_byte_per_tls_record_is_written_a_buffer_at_a_time() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let mut reader = TinyRecords {
+            data: data.clone(),
+            pos: 0,
+            pending_after: usize::MAX,
+        };
+        let mut writer = Writes::default();
+        assert!(matches!(
+            relay_once(&mut reader, &mut writer),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(writer.sizes, [BUF_SIZE, BUF_SIZE, 40_000 - 2 * BUF_SIZE]);
+        assert_eq!(writer.bytes, data);
+    }
+
+    #[test]
+    fn gathered_bytes_go_out_as_soon_as_the_reader_has_no_more() {
+        let mut reader = TinyRecords {
+            data: b"hello world".to_vec(),
+            pos: 0,
+            pending_after: 5,
+        };
+        let mut writer = Writes::default();
+        assert!(relay_once(&mut reader, &mut writer).is_pending());
+        assert_eq!(
+            (writer.sizes.as_slice(), writer.bytes.as_slice()),
+            (&[5][..], &b"hello"[..])
+        );
     }
 }
