@@ -12,6 +12,10 @@ use super::{CloseReason, Peer, PeerSocket, Splice};
 /// [`Splice::linger`]), and how long it may stay quiet meanwhile.
 const LINGER_TIME: Duration = Duration::from_secs(10);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
+/// How much a side may still send before it is closed anyway: many socket buffers' worth of
+/// last words. A peer still sending past it is streaming, not finishing, and reading it at
+/// full speed for [`LINGER_TIME`] would cost a core (an audit's flooding backend: 7.5 GB).
+const LINGER_BYTES: usize = 4 << 20;
 
 impl<C, B> Splice<C, B>
 where
@@ -25,9 +29,9 @@ where
     /// the backend had gone (or the tail of the client's last message, the other way round).
     /// So each side still connected is shut (for the client: TLS close_notify, then FIN, once
     /// the TLS layer's bytes are out), and what it still sends is read and dropped until it
-    /// closes or is quiet for [`LINGER_QUIET`], for at most [`LINGER_TIME`], or until
-    /// shutdown (nginx's lingering close; no byte limit: a peer sending fast is the very one
-    /// whose close would be a reset). A side that had closed already costs one read.
+    /// closes or is quiet for [`LINGER_QUIET`], for at most [`LINGER_TIME`] and
+    /// [`LINGER_BYTES`], or until shutdown (nginx's lingering close). A side that had closed
+    /// already costs one read.
     /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor for a
     /// side whose own connection failed. After the backend's failed, the client's TLS is not
     /// ended properly (no close_notify, only the FIN): the stream was cut, and a client must
@@ -70,10 +74,13 @@ async fn linger_on<S: AsyncRead + AsyncWrite + PeerSocket + Unpin>(mut io: S, cu
     if !(cut && shut_tcp_only(&mut io).await) {
         let _ = io.shutdown().await;
     }
-    let mut sink = [0u8; 1024];
+    // In the boxed linger future (see `proxy`), not in every tunnel's task.
+    let mut sink = [0u8; 4096];
+    let mut budget = LINGER_BYTES;
     // A peer quiet for a moment has nothing in flight to make the close a reset.
     while let Ok(Ok(n)) = tokio::time::timeout(LINGER_QUIET, io.read(&mut sink)).await {
-        if n == 0 {
+        budget = budget.saturating_sub(n);
+        if n == 0 || budget == 0 {
             break;
         }
     }
@@ -155,6 +162,32 @@ mod tests {
         let outcome = (&mut splice).await;
         splice.linger(outcome.reason).await;
         outcome
+    }
+
+    /// The backend is gone; the client floods on and never stops. It is read for
+    /// [`LINGER_BYTES`], not for [`LINGER_TIME`].
+    #[tokio::test]
+    async fn a_peer_that_never_stops_sending_is_left_after_the_byte_budget() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let flood = tokio::spawn(async move {
+            let chunk = [b'f'; 64 * 1024];
+            let mut sent = 0usize;
+            while peer.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        let drain = Arc::new(Drain::default());
+        let client = BufReader::new(socket);
+        let splice = without_early(client, ResetAfter::closed(b""), LINGER_TIME, &drain);
+        let ended = tokio::time::timeout(LINGER_TIME / 2, relay_then_linger(splice)).await;
+        assert!(ended.is_ok(), "still lingering at half the linger time");
+        let sent = flood.await.unwrap();
+        assert!(sent >= LINGER_BYTES, "{sent}");
     }
 
     #[tokio::test]
