@@ -51,6 +51,7 @@ mod head;
 mod limits;
 mod listener;
 mod logging;
+mod memory;
 mod metrics;
 mod proxy;
 mod proxy_protocol;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
@@ -27,12 +27,19 @@ pub(crate) struct Counts {
     /// Open connections per client key (see [`client_key`]), counted with or without a
     /// per-client limit: one set by a reload counts the connections already open.
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections ended since start, refused ones included.
+    ended: AtomicU64,
 }
 
 impl Counts {
     /// Open client connections, tunnels included: what `max_connections` limits.
     pub(crate) fn open(&self) -> usize {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Connections ended since start, refused ones included.
+    pub(crate) fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// A place in the refusal budget, if one is left.
@@ -126,6 +133,7 @@ impl Drop for ConnGuard {
             None => &self.counts.active,
         };
         counter.fetch_sub(1, Ordering::AcqRel);
+        self.counts.ended.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -78,6 +78,10 @@ impl Shared {
         self.counts.open()
     }
 
+    pub(crate) fn ended_connections(&self) -> u64 {
+        self.counts.ended()
+    }
+
     /// A place for a connection just accepted, within `max_connections` (or in the refusal
     /// budget beyond it).
     pub(crate) fn admit_connection(&self) -> Result<ConnGuard, BudgetExhausted> {
@@ -199,6 +203,7 @@ impl Server {
         let (manual_reload, manual) = mpsc::unbounded_channel();
         let stop_watching = CancellationToken::new();
         reload::spawn_reloader(shared.clone(), path, manual, hangup, stop_watching.clone());
+        crate::memory::spawn_trimmer(shared.clone(), stop_watching.clone());
         Ok(Server {
             shared,
             manual_reload,

@@ -1,0 +1,48 @@
+//! Gives memory freed after a burst of connections back to the system. glibc's malloc keeps
+//! what its per-thread arenas freed for reuse, so a burst of 5,000 connections left the
+//! process 36 MB larger for good (an audit's slowloris: 8 MB before, 44 MB after every
+//! connection had ended), memory a container's limit goes on charging. Once enough
+//! connections have ended since the last time, `malloc_trim` returns the free pages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+/// How often the count of ended connections is looked at.
+const LOOK_EVERY: Duration = Duration::from_secs(10);
+
+/// Connections that must have ended since the last trim for another: a burst's worth, so a
+/// quiet proxy never trims, and a busy one at most every [`LOOK_EVERY`].
+const ENDED_BEFORE_TRIM: u64 = 1_000;
+
+pub(crate) fn spawn_trimmer(shared: Arc<Shared>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut trimmed_at = shared.ended_connections();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+            let ended = shared.ended_connections();
+            if ended - trimmed_at >= ENDED_BEFORE_TRIM {
+                trimmed_at = ended;
+                // It walks every arena's free lists: off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(trim).await;
+            }
+        }
+    });
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only takes glibc's own arena locks; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
