@@ -334,6 +334,9 @@ fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
 
 /// A relayed backend answer's body, counting the bytes handed to the client connection into
 /// its end line.
+/// How far a relayed body may run ahead of what hyper has written to the client.
+const RELAY_AHEAD: u64 = 64 * 1024;
+
 pub(crate) struct Relayed {
     /// The body's first frame, read before the answer was passed on.
     first: Option<Frame<Bytes>>,
@@ -352,6 +355,12 @@ impl hyper::body::Body for Relayed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // Far enough ahead of what the client has taken: the rest waits at the backend (and
+        // in the kernel's buffers), not in hyper's.
+        if !self.conn.written.within(self.sent, RELAY_AHEAD, cx) {
+            self.stalled = false;
+            return Poll::Pending;
+        }
         let polled = match self.first.take() {
             Some(first) => Poll::Ready(Some(Ok(first))),
             None => Pin::new(&mut self.body).poll_frame(cx),

@@ -28,7 +28,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::access_log::{self, Delivery, EndLine};
 use crate::closing::{linger, LINGER_TIME};
 use crate::error::{ProxyError, Unanswered};
-use crate::head::{self, Head, Prefixed};
+use crate::head::{self, Head, Prefixed, Written};
 use crate::limits::{ClientSlot, ConnGuard, Over};
 use crate::proxy;
 use crate::proxy_protocol;
@@ -91,6 +91,7 @@ pub(crate) async fn serve(
         line: Mutex::new(EndLine::Connection),
         served: AtomicBool::new(false),
         refused_upgrade: Mutex::new(None),
+        written: Arc::default(),
     };
     let conn = Arc::new(conn);
     // Refusals that need no routing are answered here, and hyper never sees the request.
@@ -101,7 +102,8 @@ pub(crate) async fn serve(
     match checked {
         Ok(head_len) => {
             let shut = Arc::new(Notify::new());
-            let client = Prefixed::new(head_bytes, head_len, tls, shut.clone());
+            let written = conn.written.clone();
+            let client = Prefixed::new(head_bytes, head_len, tls, shut.clone(), written);
             serve_http(client, conn, deadline, max_head, answer_by, &shut).await;
         }
         Err(err) => refuse_before_hyper(&mut tls, &err, &conn, answer_by).await,
@@ -441,6 +443,8 @@ pub(crate) struct Conn {
     /// An upgrade request's socket, which hyper hands to the upgrade even when the answer was
     /// no 101 (see [`close_refused`]).
     refused_upgrade: Mutex<Option<OnUpgrade>>,
+    /// What hyper has written to the client: a relayed body keeps only so far ahead.
+    pub(crate) written: Arc<Written>,
 }
 
 impl Conn {

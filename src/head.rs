@@ -7,8 +7,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use crate::closing::Lingering;
 use crate::error::ProxyError;
 use crate::routes;
+use crate::sync::lock;
 
 /// What reading the head found.
 pub(crate) enum Head {
@@ -269,12 +271,20 @@ pub(crate) struct Prefixed<T> {
     /// Set once the stream is shut, lingering.
     closing: Option<Lingering>,
     shut: Arc<Notify>,
+    written: Arc<Written>,
 }
 
 impl<T> Prefixed<T> {
     /// `head` is the length of the request head that starts `prefix`; `shut` is told once the
-    /// stream has been shut (the answer out, and a `close_notify` behind it).
-    pub(crate) fn new(prefix: Bytes, head: usize, io: T, shut: Arc<Notify>) -> Self {
+    /// stream has been shut (the answer out, and a `close_notify` behind it); `written`
+    /// counts what hyper writes through it.
+    pub(crate) fn new(
+        prefix: Bytes,
+        head: usize,
+        io: T,
+        shut: Arc<Notify>,
+        written: Arc<Written>,
+    ) -> Self {
         let head = head.min(prefix.len());
         Prefixed {
             prefix,
@@ -282,6 +292,7 @@ impl<T> Prefixed<T> {
             io,
             closing: None,
             shut,
+            written,
         }
     }
 
@@ -320,7 +331,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+        self.written.add(n);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -328,7 +341,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
+        self.written.add(n);
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -350,6 +365,38 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
             ready!(lingering.poll(Pin::new(&mut this.io), cx));
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// What hyper has written through a [`Prefixed`] stream: a relayed body is passed to hyper
+/// only so far ahead of it. hyper buffers what it is given up to its buffer size, which is
+/// sized for the largest request head (`max_request_header_bytes`, up to 1 MiB), and a client
+/// that does not read would otherwise have that much of an answer held for it.
+#[derive(Default)]
+pub(crate) struct Written {
+    bytes: AtomicU64,
+    /// The body waiting for more to be written.
+    waiting: Mutex<Option<Waker>>,
+}
+
+impl Written {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::AcqRel);
+        if let Some(waker) = lock(&self.waiting).take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether `given` bytes handed to hyper are at most `ahead` past what it has written;
+    /// if not, `cx` is woken once more is written.
+    pub(crate) fn within(&self, given: u64, ahead: u64, cx: &Context<'_>) -> bool {
+        let fits = || given <= self.bytes.load(Ordering::Acquire) + ahead;
+        if fits() {
+            return true;
+        }
+        *lock(&self.waiting) = Some(cx.waker().clone());
+        // Written meanwhile: its wake may have found no waker yet.
+        fits()
     }
 }
 
@@ -537,7 +584,13 @@ mod tests {
         use futures_util::FutureExt;
         let head = b"GET / HTTP/1.1\r\n\r\n";
         let prefix = Bytes::from([&head[..], b"early"].concat());
-        let mut io = Prefixed::new(prefix, head.len(), &b"later"[..], Arc::default());
+        let mut io = Prefixed::new(
+            prefix,
+            head.len(),
+            &b"later"[..],
+            Arc::default(),
+            Arc::default(),
+        );
         let mut read = vec![0; 8];
         let mut all = Vec::new();
         // In small reads, as hyper may make them: the head, and not a byte more.
@@ -547,5 +600,27 @@ mod tests {
         assert_eq!(all, head);
         let (rest, unread) = io.into_parts();
         assert_eq!((rest, &unread[..]), (&b"later"[..], &b"early"[..]));
+    }
+
+    #[test]
+    fn a_body_too_far_ahead_waits_for_writes_and_is_woken_by_them() {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let cx = Context::from_waker(&waker);
+        let written = Written::default();
+        assert!(written.within(100, 100, &cx));
+        assert!(!written.within(101, 100, &cx));
+        written.add(1);
+        assert!(
+            flag.0.load(std::sync::atomic::Ordering::SeqCst),
+            "woken by the write"
+        );
+        assert!(written.within(101, 100, &cx));
     }
 }
