@@ -60,6 +60,34 @@ async fn frames_pass_byte_for_byte_from_client_to_backend() {
     );
 }
 
+/// TLS records of at most 32 bytes (the smallest fragment rustls will write): the proxy
+/// gathers them into fewer, larger writes to the backend, across many of its buffers, and
+/// not a byte may move, go missing or wait for more to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_in_tiny_tls_records_pass_byte_for_byte_and_without_waiting_for_more() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut config = (*pki().client_config()).clone();
+    config.max_fragment_size = Some(32);
+    let tls = tls_connect_with(proxy.addr, "localhost", std::sync::Arc::new(config)).await;
+    let mut client = RawConn::new(tls);
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    assert_eq!(client.read_head().await.status, 101);
+
+    let bytes = conversation(true);
+    client.send(&bytes).await;
+    assert!(
+        back.read_exact(bytes.len()).await == bytes,
+        "bytes changed on the way"
+    );
+    // A last few bytes alone: written on as soon as they are in, not held for company.
+    client.send(b"tail").await;
+    assert_eq!(back.read_exact(4).await, b"tail");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_pass_byte_for_byte_from_backend_to_client() {
     let backend = RawBackend::start().await;
