@@ -295,6 +295,42 @@ async fn a_non_101_answer_is_relayed_as_is_and_the_connection_ends() {
     back.expect_closed().await;
 }
 
+/// A refusal body far larger than the 64 KiB it may run ahead of the client (with the head
+/// limit, and so hyper's buffer, at 1 MiB): relayed whole, the pace set by the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_refusal_body_is_relayed_whole_at_the_clients_pace() {
+    let backend = RawBackend::start().await;
+    let limits = "[limits]\nmax_request_header_bytes = 1048576\n\n";
+    let proxy = start_proxy(&format!(
+        "{limits}{}",
+        route("chat", "/ws", &[backend.addr])
+    ))
+    .await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    let body: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let head = format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = [head.as_bytes(), &body].concat();
+    let reading = async {
+        let head = client.read_head().await;
+        assert_eq!(head.status, 403, "{head:?}");
+        client.read_body(&head).await
+    };
+    let (_, got) = tokio::join!(back.send(answer), reading);
+    assert!(
+        got == body,
+        "{} of {} bytes, or changed",
+        got.len(),
+        body.len()
+    );
+    client.expect_close_notify().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answer_head_up_to_64_kib_is_relayed_and_a_larger_one_is_502() {
     let backend = RawBackend::start().await;
