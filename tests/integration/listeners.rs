@@ -130,11 +130,8 @@ async fn a_listener_that_stays_keeps_connections_waiting_in_its_backlog() {
     .unwrap();
     generation(&mut rx, 2).await;
 
-    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = within("the TLS handshake", connector.connect(name, early))
-        .await
-        .expect("the early connection still works");
+    let tls =
+        (tls_handshake_on(early, "localhost").await).expect("the early connection still works");
     let mut conn = RawConn::new(tls);
     conn.send(Req::upgrade("localhost", "/a").bytes()).await;
     assert_eq!(conn.read_head().await.status, 101);

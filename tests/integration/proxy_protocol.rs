@@ -116,17 +116,13 @@ async fn a_header_arriving_in_pieces_is_assembled() {
     let nine: Vec<&[u8]> = header.chunks(9).collect();
     for pieces in [nine, vec![&header[..cut], &header[cut..]]] {
         // Each piece in its own write on a no-delay socket; the TLS handshake follows.
-        let connector = tokio_rustls::TlsConnector::from(pki().client_config());
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         for piece in pieces {
             tcp.write_all(piece).await.unwrap();
             tcp.flush().await.unwrap();
         }
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = within("TLS after a split header", connector.connect(name, tcp))
-            .await
-            .unwrap();
+        let tls = tls_handshake_on(tcp, "localhost").await.unwrap();
         let mut client = RawConn::new(tls);
         client.send(Req::upgrade("localhost", "/ws").bytes()).await;
         let seen = backend.accept().await.read_head().await;
@@ -139,10 +135,8 @@ async fn a_connection_without_a_header_is_closed_before_tls() {
     let backend = RawBackend::start().await;
     let (_dir, server, addr) = proxy_with_header(&chat(&backend)).await;
     // A client that reached the proxy directly, bypassing the balancer.
-    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = within("the refusal", connector.connect(name, tcp)).await;
+    let tls = tls_handshake_on(tcp, "localhost").await;
     assert!(tls.is_err(), "TLS must not start without a PROXY header");
     // Garbage that is not a header at all.
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -1045,11 +1045,7 @@ async fn a_handshake_after_a_renewal_gets_the_new_certificate_on_an_older_connec
     std::fs::write(proxy.dir.path().join("server.crt"), &cert).unwrap();
     generation(&mut rx, 2).await;
 
-    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = within("the TLS handshake", connector.connect(name, tcp))
-        .await
-        .unwrap();
+    let tls = tls_handshake_on(tcp, "localhost").await.unwrap();
     assert_eq!(peer_leaf(&tls), der_of(&cert));
 }
 

@@ -282,20 +282,22 @@ pub async fn tls_connect_sni(addr: SocketAddr, sni: &str) -> Tls {
 /// A TLS connection whose first bytes on the wire are `prefix` (a PROXY protocol header, as a
 /// load balancer sends it).
 pub async fn tls_connect_after(addr: SocketAddr, sni: &str, prefix: &[u8]) -> Tls {
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .expect("TCP connect to the proxy");
+    tcp.set_nodelay(true).unwrap();
+    tcp.write_all(prefix).await.unwrap();
+    tls_handshake_on(tcp, sni)
+        .await
+        .expect("TLS handshake with the proxy")
+}
+
+/// The TLS handshake, with SNI `sni` and trusting the test CA, on a TCP connection already
+/// open (one accepted before a reload, or that sent a PROXY header first).
+pub async fn tls_handshake_on(tcp: TcpStream, sni: &str) -> std::io::Result<Tls> {
     let connector = tokio_rustls::TlsConnector::from(pki().client_config());
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    within("the TLS handshake", async {
-        let mut tcp = TcpStream::connect(addr)
-            .await
-            .expect("TCP connect to the proxy");
-        tcp.set_nodelay(true).unwrap();
-        tcp.write_all(prefix).await.unwrap();
-        connector
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake with the proxy")
-    })
-    .await
+    within("the TLS handshake", connector.connect(name, tcp)).await
 }
 
 /// A raw connection to the proxy over TLS.
