@@ -206,6 +206,8 @@ cat >"$TMP/wsgate.toml" <<EOF
 listen = ["127.0.0.1:${PORT[wsgate]}"]
 [tls]
 certificates = [ { cert = "cert.pem", key = "key.pem" } ]
+# As nginx (ssl_protocols TLSv1.3) and HAProxy (ssl-min-ver TLSv1.3): no TLS 1.2.
+min_version = "1.3"
 # As nginx (ssl_session_tickets off) and HAProxy (no-tls-tickets) are set up: no tickets sent.
 session_resumption = false
 [timeouts]
@@ -425,7 +427,7 @@ rows = [
     (f"Echo latency p99 µs ({lat})", "latency", "p99_us", "low"),
     (f"Echo: proxy CPU µs per {size(env['TP_SIZE'])} message ({tp})", "throughput", "proxy_cpu_us_per_msg", "low"),
     (f"Echo: msgs/s ({tp})", "throughput", "msgs_per_s", "high"),
-    (f"Bulk: MB/s each way (1 tunnel × {size(env['BULK_SIZE'])})", "bulk", "recv_mb_per_s", "high"),
+    (f"Bulk: MB/s each way (1 tunnel × {size(env['BULK_SIZE'])})", "bulk", "mb_per_s", "high"),
     ("Bulk: proxy CPU µs per MB", "bulk", "proxy_cpu_us_per_mb", "low"),
     (f"Idle: KiB RSS per tunnel ({int(env['IDLE_N']):,} tunnels)", "idle", "proxy_rss_kib_per_tunnel", "low"),
     ("Idle: kernel slab KiB per tunnel (system-wide)", "idle", "kernel_slab_kib_per_tunnel", "low"),

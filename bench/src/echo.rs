@@ -63,12 +63,16 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     let key =
         PrivateKeyDer::from_pem_file(key).with_context(|| format!("read {}", key.display()))?;
     let provider = Arc::new(crate::target::crypto_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    // Set up as the proxies are in the comparison (TLS 1.3 only, no resumption): the direct
+    // wss row is their baseline, and tickets would cost it work they do not do.
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| anyhow!("TLS certificate/key: {e}"))?;
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

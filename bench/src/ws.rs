@@ -5,6 +5,7 @@
 //! buffering their payloads. Reads and writes are driven from one task by [`WsConn::poll_drive`],
 //! so a connection never blocks writing while the peer waits for it to read.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -384,15 +385,72 @@ impl FrameHead {
     }
 }
 
+/// Frames waiting to be written. Each goes out in its own write (its own TLS record, its own
+/// syscall), as from an application sending messages one by one: coalescing frames queued
+/// together would let every proxy relay a batch for the CPU of one message, and make "CPU per
+/// message" a figure per batch.
+#[derive(Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    /// Where each queued frame ends in `buf`.
+    ends: VecDeque<usize>,
+    need_flush: bool,
+}
+
+impl Outbox {
+    fn queue(&mut self, frame: &[u8]) {
+        self.buf.extend_from_slice(frame);
+        self.ends.push_back(self.buf.len());
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Writes every queued frame, one write each (a frame the socket takes in part is finished
+    /// before the next starts), then flushes.
+    fn poll_write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pos < self.buf.len() {
+            let end = self.ends.front().copied().unwrap_or(self.buf.len());
+            match Pin::new(&mut *io).poll_write(cx, &self.buf[self.pos..end]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.pos += n;
+                    self.need_flush = true;
+                    while self.ends.front().is_some_and(|&e| e <= self.pos) {
+                        self.ends.pop_front();
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.buf.clear();
+        self.pos = 0;
+        if self.need_flush {
+            match Pin::new(io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// A WebSocket client connection with a read buffer, a write buffer and a frame parser.
 pub struct WsConn {
     io: Stream,
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    need_flush: bool,
+    out: Outbox,
     parser: FrameParser,
     controls: Vec<Control>,
     mask: [u8; 4],
@@ -407,47 +465,25 @@ impl WsConn {
             rbuf,
             rstart: 0,
             rend: leftover.len(),
-            wbuf: Vec::new(),
-            wpos: 0,
-            need_flush: false,
+            out: Outbox::default(),
             parser: FrameParser::default(),
             controls: Vec::new(),
             mask: (random_u64() as u32).to_ne_bytes(),
         }
     }
 
-    /// Appends bytes (a pre-built frame) to the write buffer.
+    /// Queues a pre-built frame, to go out in its own write.
     pub fn queue(&mut self, frame: &[u8]) {
-        self.wbuf.extend_from_slice(frame);
+        self.out.queue(frame);
     }
 
     /// Bytes queued but not yet handed to the socket.
     pub fn pending_write(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.out.pending()
     }
 
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.wpos += n;
-                    self.need_flush = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.wbuf.clear();
-        self.wpos = 0;
-        if self.need_flush {
-            match Pin::new(&mut self.io).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.need_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
+        self.out.poll_write_to(&mut self.io, cx)
     }
 
     /// Writes what it can, then reads. Ready with the number of bytes read (> 0) once data
@@ -528,6 +564,56 @@ impl WsConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes at most `max` bytes a write, and records each write's length.
+    struct Recorder {
+        max: usize,
+        writes: Vec<usize>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.writes.push(n);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn each_queued_frame_goes_out_in_its_own_write() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Outbox::default();
+        for len in [70, 70, 3] {
+            out.queue(&vec![0; len]);
+        }
+        let mut io = Recorder {
+            max: 1000,
+            writes: vec![],
+        };
+        assert!(out.poll_write_to(&mut io, &mut cx).is_ready());
+        assert_eq!(io.writes, [70, 70, 3]);
+        assert_eq!(out.pending(), 0);
+        // A frame the socket takes in part is finished before the next one starts.
+        out.queue(&[0; 70]);
+        out.queue(&[0; 5]);
+        let mut io = Recorder {
+            max: 50,
+            writes: vec![],
+        };
+        assert!(out.poll_write_to(&mut io, &mut cx).is_ready());
+        assert_eq!(io.writes, [50, 20, 5]);
+    }
 
     fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mut f = masked_frame(opcode, payload, [0; 4]);

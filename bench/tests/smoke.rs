@@ -92,7 +92,7 @@ async fn every_scenario_against_the_echo_backend() {
         .await
         .unwrap();
     assert_clean(&r, "messages");
-    assert!(num(&r, "recv_mb_per_s") > 0.0);
+    assert!(num(&r, "mb_per_s") > 0.0);
 
     let r = run(command(&[
         "idle", &url, "-n", "50", "--hold", "100ms", "--settle", "50ms", "--pid", &pid,
