@@ -152,6 +152,11 @@ impl Config {
         let bytes = crate::files::read(path).map_err(|e| {
             ConfigError::new(path, format!("cannot read config file: {e}")).caused_by(Some(&e))
         })?;
+        // Named as what it is (a file truncated and not yet written, say), not as the first
+        // of the many things an empty config lacks.
+        if bytes.is_empty() {
+            return Err(ConfigError::new(path, "config file is empty"));
+        }
         let mut last = crate::sync::lock(&LAST_LOAD);
         if let Some(last) = last.as_ref().filter(|l| l.path == path && l.bytes == bytes) {
             return last.result.clone();

@@ -364,6 +364,20 @@ fn check_names_a_missing_config_file() {
     assert!(text(&out).contains("nope.toml"), "{}", text(&out));
 }
 
+#[test]
+fn check_says_an_empty_config_file_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(&path, "").unwrap();
+    let out = check(&path);
+    assert_clean_failure(&out);
+    assert!(
+        text(&out).contains("wsgate.toml: config file is empty"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// `wsgate check … | head -0`: output nobody reads is no reason to panic (exit 101); the
 /// exit code still gives the verdict.
 #[test]
