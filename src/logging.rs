@@ -3,12 +3,13 @@
 //! throttle for lines that could repeat thousands of times a second.
 
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::LogFormat;
+use crate::sync::lock;
 
 /// Sets up the process's logging: `format`, filtered by `RUST_LOG` (`info` by default), on
 /// stderr; `by_flag` if the command line chose the format (then the config's key does not
@@ -102,12 +103,15 @@ pub(crate) struct Throttle {
     suppressed: u64,
 }
 
+/// How often a throttled line may be written.
+const THROTTLE_WINDOW: Duration = Duration::from_secs(1);
+
 impl Throttle {
     /// `Some(suppressed since the last line)` when a line may be written now.
     pub(crate) fn ready(&mut self) -> Option<u64> {
         let now = Instant::now();
         match self.last {
-            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+            Some(last) if now.duration_since(last) < THROTTLE_WINDOW => {
                 self.suppressed += 1;
                 None
             }
@@ -116,5 +120,88 @@ impl Throttle {
                 Some(std::mem::take(&mut self.suppressed))
             }
         }
+    }
+
+    /// The count of lines left out since the last line written, taken as a line written now.
+    fn left_over(&mut self) -> Option<u64> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// One occurrence of a condition throttled by `throttle`, shared by many tasks: `line` is
+/// written now if the throttle allows, with the count of occurrences left out before it. The
+/// first one left out schedules `rest` a window later with the count left out by then, if no
+/// line carried it meanwhile: the count of a burst's tail is written when the burst ends, not
+/// at the next burst, which may never come.
+pub(crate) fn throttled(
+    throttle: &Arc<Mutex<Throttle>>,
+    line: impl FnOnce(u64),
+    rest: impl FnOnce(u64) + Send + 'static,
+) {
+    let mut guard = lock(throttle);
+    if let Some(suppressed) = guard.ready() {
+        drop(guard);
+        return line(suppressed);
+    }
+    if guard.suppressed == 1 {
+        let throttle = throttle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(THROTTLE_WINDOW).await;
+            let left_over = lock(&throttle).left_over();
+            if let Some(suppressed) = left_over {
+                rest(suppressed);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_count_left_out_at_a_bursts_end_is_written_a_window_later() {
+        let throttle = Arc::new(Mutex::new(Throttle::default()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut lines = Vec::new();
+        let occur = |lines: &mut Vec<u64>| {
+            let tx = tx.clone();
+            throttled(
+                &throttle,
+                |n| lines.push(n),
+                move |n| {
+                    let _ = tx.send(n);
+                },
+            );
+        };
+        // A burst: the first is written, the next 43 left out.
+        for _ in 0..44 {
+            occur(&mut lines);
+        }
+        assert_eq!(lines, [0]);
+        // A window later the 43 are written, without another occurrence.
+        assert_eq!(rx.recv().await, Some(43));
+        // That counted as a line: one more at once is left out, and written a window later.
+        occur(&mut lines);
+        assert_eq!(lines, [0]);
+        assert_eq!(rx.recv().await, Some(1));
+        // Past the window, an occurrence is written at once, and carries no count.
+        tokio::time::advance(THROTTLE_WINDOW).await;
+        occur(&mut lines);
+        assert_eq!(lines, [0, 0]);
+        // A count carried by a line written at once is not written again: left out halfway
+        // through the window, then one written past it, before that count's own line is due.
+        tokio::time::advance(THROTTLE_WINDOW / 2).await;
+        occur(&mut lines);
+        tokio::time::advance(THROTTLE_WINDOW * 6 / 10).await;
+        occur(&mut lines);
+        assert_eq!(lines, [0, 0, 1]);
+        drop(tx);
+        tokio::time::advance(THROTTLE_WINDOW * 2).await;
+        assert_eq!(rx.try_recv().ok(), None);
     }
 }

@@ -20,7 +20,7 @@ use crate::config::ConfigError;
 use crate::drain::Drain;
 use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::listener::{self, Kind, Listener};
-use crate::logging::Throttle;
+use crate::logging::{self, Throttle};
 use crate::metrics::{EarlyClose, Metrics};
 use crate::reload::{self, ReloadStatus};
 use crate::snapshot::Snapshot;
@@ -49,7 +49,7 @@ pub(crate) struct Shared {
     /// What the connection limits count.
     counts: Arc<Counts>,
     /// Paces the lines about connections closed past the limits.
-    over_capacity_log: Mutex<Throttle>,
+    over_capacity_log: Arc<Mutex<Throttle>>,
     pub(crate) tracker: TaskTracker,
     /// Fired when the shutdown grace is over: live tunnels close.
     pub(crate) drain: Arc<Drain>,
@@ -64,9 +64,13 @@ impl Shared {
     /// and logged at most once a second (one client or a storm can cause thousands a second).
     pub(crate) fn over_capacity(&self, client: SocketAddr, limit: &str) {
         self.metrics.closed_early(EarlyClose::OverCapacity);
-        if let Some(suppressed) = lock(&self.over_capacity_log).ready() {
-            tracing::warn!(%client, suppressed, "{limit} and refusal budget exhausted; closed without an answer");
-        }
+        logging::throttled(
+            &self.over_capacity_log,
+            |suppressed| tracing::warn!(%client, suppressed, "{limit} and refusal budget exhausted; closed without an answer"),
+            |suppressed| {
+                tracing::warn!(suppressed, "connection limits and refusal budget exhausted: the rest of the burst closed without an answer")
+            },
+        );
     }
 
     pub(crate) fn current(&self) -> Arc<Snapshot> {
@@ -186,7 +190,7 @@ impl Server {
             snapshot: ArcSwap::from_pointee(snapshot),
             listeners: Mutex::new(Some(Vec::new())),
             counts: Arc::default(),
-            over_capacity_log: Mutex::default(),
+            over_capacity_log: Arc::default(),
             tracker: TaskTracker::new(),
             drain: Arc::new(Drain::default()),
             reload_status,
