@@ -226,13 +226,12 @@ async fn a_connection_refused_for_global_capacity_takes_no_per_client_place() {
     const Y: &[u8] = b"PROXY TCP4 203.0.113.8 10.0.0.1 1 443\r\n";
 
     // X holds the only place; Y connects while the proxy is full and sends nothing, so the
-    // proxy holds that connection (bound for a 503) with its limits decided.
+    // proxy holds that connection (bound for a 503) with its limits decided: the global
+    // place is decided at accept and the per-client one before TLS starts, so the proxy's
+    // half of the handshake, which the client has once `tls_connect_after` returns, comes
+    // after both.
     let tunnel_x = upgrade_after(addr, &backend, X).await;
     let refused_y = RawConn::new(tls_connect_after(addr, "localhost", Y).await);
-    // No signal says the proxy has finished its side of that handshake (answering the 503
-    // would close the connection and free what it held). The wait only lets the test see
-    // the bug; it cannot make a correct proxy fail.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     drop(tunnel_x);
     until("X's tunnel to be released", || {
