@@ -21,6 +21,21 @@ fn ws() -> Req {
     Req::upgrade("chat.example.com", "/ws")
 }
 
+/// The handshake timeout of the tests of connections that never complete their head.
+const HANDSHAKE: &str = "[timeouts]\nhandshake = \"300ms\"\n";
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Asserts the connection was closed no earlier than the handshake timeout: `since` is taken
+/// before the client connects, so before the proxy's deadline starts. A lower bound only:
+/// a proxy that closed such a connection at once would fail it.
+fn assert_closed_no_earlier_than_the_timeout(since: std::time::Instant) {
+    let held = since.elapsed();
+    assert!(
+        held >= HANDSHAKE_TIMEOUT,
+        "closed after {held:?}, before the {HANDSHAKE_TIMEOUT:?} handshake timeout"
+    );
+}
+
 fn assert_short_plain_text(body: &[u8]) {
     assert!(body.len() < 512, "error body is {} bytes", body.len());
     assert!(std::str::from_utf8(body).is_ok(), "error body is not text");
@@ -353,7 +368,8 @@ async fn a_head_with_bare_cr_line_ends_is_400_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_head_is_closed_after_the_handshake_timeout() {
-    let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
+    let proxy = proxy(HANDSHAKE).await;
+    let since = std::time::Instant::now();
     let mut client = raw_client(proxy.addr).await;
     client
         .send(b"GET /ws HTTP/1.1\r\nHost: chat.example.com\r\n")
@@ -365,19 +381,23 @@ async fn an_incomplete_head_is_closed_after_the_handshake_timeout() {
         rest.is_empty() || text.starts_with("HTTP/1.1 408"),
         "unexpected answer {text:?}"
     );
+    assert_closed_no_earlier_than_the_timeout(since);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeout() {
-    let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
+    let proxy = proxy(HANDSHAKE).await;
+    let since = std::time::Instant::now();
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let mut raw = RawConn::new(tcp);
     raw.expect_closed().await;
+    assert_closed_no_earlier_than_the_timeout(since);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_tls_hello_is_closed_after_the_handshake_timeout() {
-    let proxy = proxy("[timeouts]\nhandshake = \"300ms\"\n").await;
+    let proxy = proxy(HANDSHAKE).await;
+    let since = std::time::Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     // The first bytes of a TLS record header announcing a ClientHello that never comes.
     tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
@@ -385,6 +405,7 @@ async fn a_partial_tls_hello_is_closed_after_the_handshake_timeout() {
         .unwrap();
     let mut raw = RawConn::new(tcp);
     raw.read_to_end().await;
+    assert_closed_no_earlier_than_the_timeout(since);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
