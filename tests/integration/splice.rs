@@ -557,6 +557,38 @@ async fn a_per_client_limit_set_by_a_reload_counts_the_tunnels_already_open() {
     }
 }
 
+/// Whether the proxy's socket connected to `backend` (the backend's end of it) can take no
+/// more bytes: a poll for writing, without waiting, on the proxy's own socket, found among
+/// this process's descriptors (the proxy runs in it) by its two addresses. Linux only, as
+/// the proxy's stuck-reader probe is.
+fn proxy_cannot_write_to(backend: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::{BorrowedFd, RawFd};
+    let (ours, theirs) = (backend.peer_addr().unwrap(), backend.local_addr().unwrap());
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().flatten();
+    let fds = fds.filter_map(|fd| fd.file_name().to_str()?.parse::<RawFd>().ok());
+    for fd in fds {
+        // SAFETY: borrowed only for two address queries and a zero-timeout poll, none of
+        // which changes the descriptor; one closed meanwhile fails them (or, reused, is some
+        // other socket, whose addresses do not match).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&borrowed);
+        let addr = |a: std::io::Result<socket2::SockAddr>| a.ok().and_then(|a| a.as_socket());
+        if addr(sock.local_addr()) != Some(ours) || addr(sock.peer_addr()) != Some(theirs) {
+            continue;
+        }
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid `pollfd`, and a timeout of 0: it returns at once.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
+        return poll.revents & libc::POLLOUT == 0;
+    }
+    panic!("no socket of the proxy's from {ours} to {theirs} in this process");
+}
+
 /// Sends far more than every buffer on the way holds, so the writes block once they are full.
 fn flood<S>(mut conn: RawConn<S>) -> tokio::task::JoinHandle<RawConn<S>>
 where
@@ -587,12 +619,16 @@ async fn a_client_vanishing_behind_a_backend_that_stopped_reading_is_noticed() {
         route("chat", "/ws", &[backend.addr])
     ))
     .await;
-    let (client, _back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let (client, back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     client.stream.get_ref().0.set_zero_linger().unwrap();
     let client_flood = flood(client);
-    // Not a synchronisation: whether the proxy is stuck yet or still reading when the reset
-    // comes, the tunnel must end. The pause makes the stuck case, this test's, the likely one.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The reset comes once the proxy's socket to the backend takes no more: with a backend
+    // that never reads, that is for good, and the proxy holds the client's bytes back from
+    // its next write on (its reader, the client, no longer read: the stuck case).
+    until("the proxy's writes to the backend to be held up", || {
+        proxy_cannot_write_to(&back.stream)
+    })
+    .await;
     client_flood.abort();
     let _ = client_flood.await;
     until("the tunnel to be released", || {
