@@ -8,19 +8,27 @@
 //! a tunnel keeps what its request had, so a live tunnel never sees a reload.
 //! Bursts of events are debounced into one look, a content fingerprint skips reloads that would
 //! change nothing, and files caught mid-write are read again rather than applied or reported.
+//!
+//! Layout: `look` is what a look at the files finds (blocking work, run off the async
+//! threads); this module is the state machine around it: when to look, what to do about what
+//! was found, and what to publish and log.
+
+mod look;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, WatchMode};
+use crate::config::{Config, WatchMode};
 use crate::server::{Error, Shared};
 use crate::signals::{recv_hangup, Hangup};
-use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::watch::{self, Events, Wanted, Watches};
+use look::{holds_still, look, Look, Patience};
 
 /// Quiet time after the last file event before a reload: coalesces an editor's or
 /// Kubernetes' burst of events into one reload, well inside the one-second promise.
@@ -100,6 +108,10 @@ pub(crate) fn spawn_reloader(
 /// read waits to see them hold still, a change is in force within a second of its write.
 const POLL: Duration = Duration::from_millis(600);
 
+/// How many times files that change while being read are read again (every [`DEBOUNCE`])
+/// before what was read is taken as it is.
+const MAX_REREADS: usize = 10;
+
 /// The reloader's memory between looks at the files.
 struct Reloader {
     watches: Watches,
@@ -133,59 +145,87 @@ impl Reloader {
         stop: CancellationToken,
     ) {
         let mut asks = Asks { manual, hangup };
-        let mut looked = tokio::time::Instant::now();
+        let mut looked = Instant::now();
         loop {
-            // The files are looked at again after a while without a reason to: every 0.6 s
-            // while a folder is not watched, and every `reload.recheck` (a minute) even while
-            // all are, because a watch can die or miss a change without an event (its file
-            // system mounted again, a queue overflow notify does not report, a write through
-            // mmap).
-            let period = match self.watches.degraded() || self.short_of_files.is_some() {
-                true => POLL,
-                false => shared.current().config.recheck,
+            let next = self.next_look(shared, looked, &mut events, &mut asks, &stop);
+            let Some(trigger) = next.await else {
+                return;
             };
-            let first = tokio::select! {
-                _ = stop.cancelled() => return,
-                Ok(()) = events.changed() => Wake::Event,
-                () = asks.by_hand() => Wake::Manual,
-                _ = tokio::time::sleep_until(looked + period) => Wake::Poll,
-            };
-            let trigger = match first {
-                // A manual reload asked for while a burst settles is served at once.
-                Wake::Event => tokio::select! {
-                    _ = stop.cancelled() => return,
-                    () = debounce(&mut events) => Trigger::Files,
-                    () = asks.by_hand() => Trigger::Manual,
-                },
-                Wake::Poll => {
-                    self.retrying = self.short_of_files.is_some();
-                    self.short_of_files.unwrap_or(Trigger::Files)
-                }
-                Wake::Manual => Trigger::Manual,
-            };
-            if !self
-                .reload_settled(shared, path, trigger, &mut events, &mut asks, &stop)
-                .await
-            {
+            let watched = self.look_and_watch(shared, path, trigger, &mut events, &mut asks, &stop);
+            if !watched.await {
                 return;
             }
-            self.announce_mode(watch_mode(shared));
-            // A folder that just started being watched may have changed between the reload's
-            // read and the watch: look once more (cheap: unchanged content is skipped).
-            while (self.watches).refresh(self.wanted_in(shared, path).await, watch_mode(shared)) {
-                if !self
-                    .reload_settled(shared, path, Trigger::Files, &mut events, &mut asks, &stop)
-                    .await
-                {
-                    return;
-                }
-                self.announce_mode(watch_mode(shared));
-            }
-            looked = tokio::time::Instant::now();
+            looked = Instant::now();
             // Counted once the watches are in place again: from here on, a change is seen.
             shared
                 .reload_status
                 .send_modify(|status| status.checks += 1);
+        }
+    }
+
+    /// Waits for a reason to look at the files (last looked at `looked`), and says what asked
+    /// for the look; `None` if `stop` came first.
+    async fn next_look(
+        &mut self,
+        shared: &Shared,
+        looked: Instant,
+        events: &mut Events,
+        asks: &mut Asks<'_>,
+        stop: &CancellationToken,
+    ) -> Option<Trigger> {
+        // The files are looked at again after a while without a reason to: every 0.6 s
+        // while a folder is not watched, and every `reload.recheck` (a minute) even while
+        // all are, because a watch can die or miss a change without an event (its file
+        // system mounted again, a queue overflow notify does not report, a write through
+        // mmap).
+        let period = match self.watches.degraded() || self.short_of_files.is_some() {
+            true => POLL,
+            false => shared.current().config.recheck,
+        };
+        let first = tokio::select! {
+            _ = stop.cancelled() => return None,
+            Ok(()) = events.changed() => Wake::Event,
+            () = asks.by_hand() => Wake::Manual,
+            _ = tokio::time::sleep_until(looked + period) => Wake::Poll,
+        };
+        let trigger = match first {
+            // A manual reload asked for while a burst settles is served at once.
+            Wake::Event => tokio::select! {
+                _ = stop.cancelled() => return None,
+                () = debounce(events) => Trigger::Files,
+                () = asks.by_hand() => Trigger::Manual,
+            },
+            Wake::Poll => {
+                self.retrying = self.short_of_files.is_some();
+                self.short_of_files.unwrap_or(Trigger::Files)
+            }
+            Wake::Manual => Trigger::Manual,
+        };
+        Some(trigger)
+    }
+
+    /// [`Self::reload_settled`], then the folders the files are in now watched; false if
+    /// `stop` came first.
+    async fn look_and_watch(
+        &mut self,
+        shared: &Arc<Shared>,
+        path: &Path,
+        mut trigger: Trigger,
+        events: &mut Events,
+        asks: &mut Asks<'_>,
+        stop: &CancellationToken,
+    ) -> bool {
+        loop {
+            if !(self.reload_settled(shared, path, trigger, events, asks, stop)).await {
+                return false;
+            }
+            self.announce_mode(watch_mode(shared));
+            // A folder that just started being watched may have changed between the reload's
+            // read and the watch: look once more (cheap: unchanged content is skipped).
+            if !(self.watches).refresh(self.wanted_in(shared, path).await, watch_mode(shared)) {
+                return true;
+            }
+            trigger = Trigger::Files;
         }
     }
 
@@ -257,236 +297,7 @@ impl Reloader {
             .await
             .ok()
     }
-}
 
-/// How the config in force asks for its files to be watched.
-fn watch_mode(shared: &Shared) -> WatchMode {
-    shared.current().config.watch
-}
-
-/// Whether `error`, the failure to build the config at `path`, is only that a certificate or
-/// key file the config `in_force` serves is clearly not there (a dangling link included):
-/// what is gone, and an error naming it and its config line. `None` for any other failure,
-/// so a real mistake saved in the same moment is still reported as one.
-fn served_file_gone(
-    path: &Path,
-    in_force: &Config,
-    error: &ConfigError,
-) -> Option<(&'static str, String)> {
-    let config = Config::load(path).ok()?;
-    let served =
-        |file: &Path| (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file);
-    config.certificates.iter().find_map(|c| {
-        [
-            ("certificate file", &c.cert, &c.cert_location),
-            ("key file", &c.key, &c.key_location),
-        ]
-        .into_iter()
-        .find(|(_, file, at)| {
-            error.location.as_ref() == Some(*at)
-                && served(file)
-                && matches!(file.try_exists(), Ok(false))
-        })
-        .map(|(what, file, at)| {
-            let gone = ConfigError::at(path, at, format!("{} not found", file.display()));
-            (what, gone.to_string())
-        })
-    })
-}
-
-/// What a look at the files found.
-enum Look {
-    /// The content in force: nothing to do.
-    InForce,
-    /// The content last rejected: not tried (or logged) again.
-    StillRejected,
-    /// The config file, or a certificate or key file it serves, is not there (deleted, to
-    /// be written again): what is gone, the error naming it, and the files' fingerprint if
-    /// they were read (the same files are then not built again while it lasts).
-    Missing(&'static str, String, Option<u64>),
-    /// Something new, built (or not): its fingerprint, whether the disk held still while it
-    /// was read, and the result.
-    Built {
-        on_disk: u64,
-        /// The files' content and write times as they were before the read (see
-        /// [`holds_still`]).
-        stamp: u64,
-        settled: bool,
-        built: Box<Result<Snapshot, ConfigError>>,
-    },
-}
-
-/// How many times files that change while being read are read again (every [`DEBOUNCE`])
-/// before what was read is taken as it is.
-const MAX_REREADS: usize = 10;
-
-/// What a reload does with files that changed while it read them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Patience {
-    /// Nothing: read them again shortly.
-    WaitForStill,
-    /// Take what was read (they never held still).
-    TakeAsRead,
-}
-
-/// Whether a reload read files that held still.
-#[derive(Debug, PartialEq, Eq)]
-enum Read {
-    Settled,
-    /// Written to while being read: nothing was applied, read them again shortly.
-    Unsettled,
-}
-
-/// What a look at the files came to.
-enum Outcome {
-    /// Nothing new: the same rejected content, or the same bind failure.
-    Nothing,
-    /// The files changed while being read: nothing decided, read again shortly.
-    Unsettled,
-    /// A file is gone (the config file, or a certificate or key: the first names it, the
-    /// error says which): the config in force stays, and nothing is counted (it is usually
-    /// about to be written again).
-    Missing(&'static str, String),
-    /// The files could not be read for want of the process's open files: nothing is known
-    /// about them, so nothing is counted (see [`ConfigError`]'s `for_now`).
-    Unreadable(String),
-    /// The files hold the config in force (again).
-    InForce,
-    Applied,
-    Rejected(String),
-}
-
-/// Counts a successful reload: `generation` is in force from now on.
-fn in_force(shared: &Shared, status: &mut ReloadStatus, generation: u64) {
-    status.generation = generation;
-    status.successes += 1;
-    status.last_success = Some(SystemTime::now());
-    shared.metrics.reloaded(status, true);
-}
-
-/// What came of reading the certificates in force again.
-enum Renewal {
-    Applied,
-    Failed(String),
-}
-
-/// What asks for a reload by hand: SIGHUP, and [`crate::Server`]'s manual reloads.
-struct Asks<'a> {
-    manual: mpsc::UnboundedReceiver<()>,
-    hangup: &'a mut Hangup,
-}
-
-impl Asks<'_> {
-    /// The next reload asked for by hand; never, once neither can ask any more.
-    async fn by_hand(&mut self) {
-        tokio::select! {
-            Some(()) = self.manual.recv() => {}
-            Some(()) = recv_hangup(self.hangup) => {}
-            else => std::future::pending().await,
-        }
-    }
-}
-
-/// What woke the watcher.
-enum Wake {
-    Event,
-    Manual,
-    Poll,
-}
-
-/// Whether the files at `path`, stamped `stamp` before they were read, still have that stamp
-/// after a [`DEBOUNCE`]. Content and write times, not events: a neighbour file written nonstop
-/// in the same folder is no write to them, and a writer that rewrote the same first pieces in
-/// the meantime is one.
-async fn holds_still(path: &Path, stamp: u64) -> bool {
-    tokio::time::sleep(DEBOUNCE).await;
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || on_disk_stamp(&path) == stamp)
-        .await
-        .unwrap_or(false)
-}
-
-/// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
-async fn debounce(events: &mut Events) {
-    // Capped: a file written more often than DEBOUNCE must not postpone forever (one of the
-    // files rewritten nonstop by a sync loop, or a neighbour where any name in a folder
-    // matters: see `watch`'s `NAMES_ARE_EXACT`).
-    let until = tokio::time::Instant::now() + DEBOUNCE * 4;
-    loop {
-        let wait = until.min(tokio::time::Instant::now() + DEBOUNCE);
-        match tokio::time::timeout_at(wait, events.changed()).await {
-            Ok(Ok(())) if tokio::time::Instant::now() < until => continue,
-            _ => return,
-        }
-    }
-}
-
-/// The files of the config in force plus those the file on disk names (if it parses): a
-/// rejected config waiting for its missing certificate must see that certificate appear.
-fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
-    let mut files = shared.current().config.watched_files();
-    if let Ok(candidate) = Config::load(path) {
-        files.extend(candidate.watched_files());
-    }
-    files
-}
-
-/// Looks at the files at `path` (blocking work: reading files, parsing PEM) and builds a
-/// snapshot of generation `generation` from them unless there is nothing to build: the
-/// content `in_force` or the content last rejected (`rejected`), unless asked by hand.
-fn look(
-    path: &Path,
-    trigger: Trigger,
-    in_force: &Snapshot,
-    rejected: Option<u64>,
-    generation: u64,
-) -> Look {
-    // Between a delete and the new file (`rm; cp`, a deploy script): nothing to try. Only a
-    // clear "not there" (a dangling link included): an unreadable folder is an error to
-    // report, not a file to wait for.
-    if trigger == Trigger::Files && matches!(path.try_exists(), Ok(false)) {
-        let error = format!("{}: config file not found", path.display());
-        return Look::Missing("config file", error, None);
-    }
-    // Truncated and not written yet (`generate-config > wsgate.toml` with a slow generator):
-    // an empty file is never a config, so it is waited for like a deleted one. (A pipe or a
-    // device has no length either: it is refused as what it is.)
-    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
-    if trigger == Trigger::Files && std::fs::metadata(path).is_ok_and(empty) {
-        let error = format!("{}: config file is empty", path.display());
-        return Look::Missing("config file's content", error, None);
-    }
-    let on_disk = on_disk_fingerprint(path);
-    if trigger == Trigger::Files && on_disk == in_force.fingerprint {
-        return Look::InForce;
-    }
-    if trigger == Trigger::Files && Some(on_disk) == rejected {
-        return Look::StillRejected;
-    }
-    let stamp = on_disk_stamp(path);
-    let built = Snapshot::build_hashed(path, generation, on_disk);
-    // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
-    // written that way: wait for it rather than count a failure. A file the config in force
-    // does not serve is a mistake in the new config: rejected. (SIGHUP reports either:
-    // someone asked, and gets the error.)
-    if let (Trigger::Files, Err(e)) = (trigger, &built) {
-        if let Some((what, error)) = served_file_gone(path, &in_force.config, e) {
-            return Look::Missing(what, error, Some(on_disk));
-        }
-    }
-    // Files written to while they were read: a failed build may be a file caught mid-write
-    // (not a mistake to report), and a good one may mix old and new files, or hold a valid
-    // prefix of a file still being written (not to be applied).
-    let settled = on_disk_fingerprint(path) == on_disk;
-    Look::Built {
-        on_disk,
-        stamp,
-        settled,
-        built: Box::new(built),
-    }
-}
-
-impl Reloader {
     /// Builds and applies a new snapshot, or keeps the current one and says why.
     async fn reload(
         &mut self,
@@ -508,34 +319,65 @@ impl Reloader {
         })
         .await;
         let outcome = match looked {
-            // A file read between two writes of a writer that pauses between them (in place,
-            // piece by piece) may have held still while it was read, and still be no finished
-            // content: a failure may be a file cut short, and a success a valid prefix that
-            // lacks a rule still to come (an `origins` list). So what the files triggered is
-            // decided only once they have held still for a debounce's time after the read (a
-            // file rewritten nonstop is taken as last read after MAX_REREADS, if good; if bad,
-            // reported once it holds still: only then is its error its content's).
-            Ok(Look::Built {
-                stamp,
-                settled,
-                built,
-                ..
-            }) if trigger == Trigger::Files
-                && (built.is_err() || (settled && patience == Patience::WaitForStill))
-                && !holds_still(path, stamp).await =>
-            {
-                tracing::debug!(
-                    "config files written to again after they were read; reading them again"
-                );
-                Outcome::Unsettled
+            Ok(look) => {
+                self.decide_settled(shared, path, look, trigger, patience)
+                    .await
             }
-            Ok(look) => self.decide(shared, look, trigger, patience).await,
             Err(e) => Outcome::Rejected(format!("reload task failed: {e}")),
         };
         let read = match outcome {
             Outcome::Unsettled => Read::Unsettled,
             _ => Read::Settled,
         };
+        self.conclude(shared, generation, outcome, trigger).await;
+        read
+    }
+
+    /// [`Self::decide`], once files that triggered the look have held still after it.
+    async fn decide_settled(
+        &mut self,
+        shared: &Arc<Shared>,
+        path: &Path,
+        look: Look,
+        trigger: Trigger,
+        patience: Patience,
+    ) -> Outcome {
+        // A file read between two writes of a writer that pauses between them (in place,
+        // piece by piece) may have held still while it was read, and still be no finished
+        // content: a failure may be a file cut short, and a success a valid prefix that
+        // lacks a rule still to come (an `origins` list). So what the files triggered is
+        // decided only once they have held still for a debounce's time after the read (a
+        // file rewritten nonstop is taken as last read after MAX_REREADS, if good; if bad,
+        // reported once it holds still: only then is its error its content's).
+        if let Look::Built {
+            stamp,
+            settled,
+            built,
+            ..
+        } = &look
+        {
+            if trigger == Trigger::Files
+                && (built.is_err() || (*settled && patience == Patience::WaitForStill))
+                && !holds_still(path, *stamp).await
+            {
+                tracing::debug!(
+                    "config files written to again after they were read; reading them again"
+                );
+                return Outcome::Unsettled;
+            }
+        }
+        self.decide(shared, look, trigger, patience).await
+    }
+
+    /// Publishes and logs what a look came to, after renewing the certificates in force if
+    /// the files on disk are not going into force.
+    async fn conclude(
+        &mut self,
+        shared: &Arc<Shared>,
+        generation: u64,
+        outcome: Outcome,
+        trigger: Trigger,
+    ) {
         // The files on disk are not going into force (rejected, now or before, or unbindable):
         // the certificates in force are still renewed.
         let renewal = match outcome {
@@ -550,7 +392,6 @@ impl Reloader {
         if let Some(renewal) = renewal {
             self.record_renewal(shared, generation, renewal, rejected.as_deref());
         }
-        read
     }
 
     /// The config in force with its certificates and keys read again, swapped in, if their
@@ -651,13 +492,7 @@ impl Reloader {
                         tracing::warn!("config files kept changing while being read; applying them as last read");
                     }
                     self.rejected = None;
-                    let format = snapshot.config.log_format;
-                    let format_in_force = shared.current().config.log_format;
-                    let outcome = self.apply(shared, snapshot, trigger).await;
-                    if matches!(outcome, Outcome::Applied) && format != format_in_force {
-                        crate::logging::format_changed(format);
-                    }
-                    outcome
+                    self.apply_built(shared, snapshot, trigger).await
                 }
                 Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
                 Err(e) => {
@@ -669,6 +504,23 @@ impl Reloader {
                 }
             },
         }
+    }
+
+    /// [`Self::apply`], and the log switched to the new config's format if it asks for
+    /// another.
+    async fn apply_built(
+        &mut self,
+        shared: &Arc<Shared>,
+        snapshot: Snapshot,
+        trigger: Trigger,
+    ) -> Outcome {
+        let format = snapshot.config.log_format;
+        let format_in_force = shared.current().config.log_format;
+        let outcome = self.apply(shared, snapshot, trigger).await;
+        if matches!(outcome, Outcome::Applied) && format != format_in_force {
+            crate::logging::format_changed(format);
+        }
+        outcome
     }
 
     /// Swaps `snapshot` in, binding its new listeners; nothing new if it failed to bind exactly
@@ -748,4 +600,99 @@ impl Reloader {
             shared.metrics.files_in_force(status.last_error.is_none());
         });
     }
+}
+
+/// How the config in force asks for its files to be watched.
+fn watch_mode(shared: &Shared) -> WatchMode {
+    shared.current().config.watch
+}
+
+/// Whether a reload read files that held still.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    Settled,
+    /// Written to while being read: nothing was applied, read them again shortly.
+    Unsettled,
+}
+
+/// What a look at the files came to.
+enum Outcome {
+    /// Nothing new: the same rejected content, or the same bind failure.
+    Nothing,
+    /// The files changed while being read: nothing decided, read again shortly.
+    Unsettled,
+    /// A file is gone (the config file, or a certificate or key: the first names it, the
+    /// error says which): the config in force stays, and nothing is counted (it is usually
+    /// about to be written again).
+    Missing(&'static str, String),
+    /// The files could not be read for want of the process's open files: nothing is known
+    /// about them, so nothing is counted (see [`crate::config::ConfigError`]'s `for_now`).
+    Unreadable(String),
+    /// The files hold the config in force (again).
+    InForce,
+    Applied,
+    Rejected(String),
+}
+
+/// Counts a successful reload: `generation` is in force from now on.
+fn in_force(shared: &Shared, status: &mut ReloadStatus, generation: u64) {
+    status.generation = generation;
+    status.successes += 1;
+    status.last_success = Some(SystemTime::now());
+    shared.metrics.reloaded(status, true);
+}
+
+/// What came of reading the certificates in force again.
+enum Renewal {
+    Applied,
+    Failed(String),
+}
+
+/// What asks for a reload by hand: SIGHUP, and [`crate::Server`]'s manual reloads.
+struct Asks<'a> {
+    manual: mpsc::UnboundedReceiver<()>,
+    hangup: &'a mut Hangup,
+}
+
+impl Asks<'_> {
+    /// The next reload asked for by hand; never, once neither can ask any more.
+    async fn by_hand(&mut self) {
+        tokio::select! {
+            Some(()) = self.manual.recv() => {}
+            Some(()) = recv_hangup(self.hangup) => {}
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// What woke the watcher.
+enum Wake {
+    Event,
+    Manual,
+    Poll,
+}
+
+/// Waits until no event arrived for [`DEBOUNCE`], swallowing the burst.
+async fn debounce(events: &mut Events) {
+    // Capped: a file written more often than DEBOUNCE must not postpone forever (one of the
+    // files rewritten nonstop by a sync loop, or a neighbour where any name in a folder
+    // matters: see `watch`'s `NAMES_ARE_EXACT`).
+    let until = tokio::time::Instant::now() + DEBOUNCE * 4;
+    loop {
+        let wait = until.min(tokio::time::Instant::now() + DEBOUNCE);
+        match tokio::time::timeout_at(wait, events.changed()).await {
+            Ok(Ok(())) if tokio::time::Instant::now() < until => continue,
+            _ => return,
+        }
+    }
+}
+
+/// The files of the config in force plus those the file on disk names (if it parses): a
+/// rejected config waiting for its missing certificate must see that certificate appear.
+fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
+    let mut files = shared.current().config.watched_files();
+    if let Ok(candidate) = Config::load(path) {
+        files.extend(candidate.watched_files());
+    }
+    files
 }

@@ -1,0 +1,295 @@
+//! A look at the files on disk: whether there is anything to build from them (the content in
+//! force, the content last rejected, a file gone for a moment), the build if there is, and
+//! whether the files held still while they were read. Blocking work (reading files, parsing
+//! PEM): the reloader runs it off the async threads.
+
+use std::path::Path;
+
+use super::{Trigger, DEBOUNCE};
+use crate::config::{Config, ConfigError};
+use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
+
+/// What a look at the files found.
+pub(super) enum Look {
+    /// The content in force: nothing to do.
+    InForce,
+    /// The content last rejected: not tried (or logged) again.
+    StillRejected,
+    /// The config file, or a certificate or key file it serves, is not there (deleted, to
+    /// be written again): what is gone, the error naming it, and the files' fingerprint if
+    /// they were read (the same files are then not built again while it lasts).
+    Missing(&'static str, String, Option<u64>),
+    /// Something new, built (or not): its fingerprint, whether the disk held still while it
+    /// was read, and the result.
+    Built {
+        on_disk: u64,
+        /// The files' content and write times as they were before the read (see
+        /// [`holds_still`]).
+        stamp: u64,
+        settled: bool,
+        built: Box<Result<Snapshot, ConfigError>>,
+    },
+}
+
+/// What a reload does with files that changed while it read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Patience {
+    /// Nothing: read them again shortly.
+    WaitForStill,
+    /// Take what was read (they never held still).
+    TakeAsRead,
+}
+
+/// Looks at the files at `path` (blocking work: reading files, parsing PEM) and builds a
+/// snapshot of generation `generation` from them unless there is nothing to build: the
+/// content `in_force` or the content last rejected (`rejected`), unless asked by hand.
+pub(super) fn look(
+    path: &Path,
+    trigger: Trigger,
+    in_force: &Snapshot,
+    rejected: Option<u64>,
+    generation: u64,
+) -> Look {
+    if trigger == Trigger::Files {
+        if let Some(missing) = config_file_missing(path) {
+            return missing;
+        }
+    }
+    let on_disk = on_disk_fingerprint(path);
+    if trigger == Trigger::Files && on_disk == in_force.fingerprint {
+        return Look::InForce;
+    }
+    if trigger == Trigger::Files && Some(on_disk) == rejected {
+        return Look::StillRejected;
+    }
+    let stamp = on_disk_stamp(path);
+    let built = Snapshot::build_hashed(path, generation, on_disk);
+    // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
+    // written that way: wait for it rather than count a failure. A file the config in force
+    // does not serve is a mistake in the new config: rejected. (SIGHUP reports either:
+    // someone asked, and gets the error.)
+    if let (Trigger::Files, Err(e)) = (trigger, &built) {
+        if let Some((what, error)) = served_file_gone(path, &in_force.config, e) {
+            return Look::Missing(what, error, Some(on_disk));
+        }
+    }
+    // Files written to while they were read: a failed build may be a file caught mid-write
+    // (not a mistake to report), and a good one may mix old and new files, or hold a valid
+    // prefix of a file still being written (not to be applied).
+    let settled = on_disk_fingerprint(path) == on_disk;
+    Look::Built {
+        on_disk,
+        stamp,
+        settled,
+        built: Box::new(built),
+    }
+}
+
+/// The config file at `path` deleted or truncated, and not written yet: nothing to try.
+fn config_file_missing(path: &Path) -> Option<Look> {
+    // Between a delete and the new file (`rm; cp`, a deploy script). Only a clear "not
+    // there" (a dangling link included): an unreadable folder is an error to report, not a
+    // file to wait for.
+    if matches!(path.try_exists(), Ok(false)) {
+        let error = format!("{}: config file not found", path.display());
+        return Some(Look::Missing("config file", error, None));
+    }
+    // Truncated and not written yet (`generate-config > wsgate.toml` with a slow generator):
+    // an empty file is never a config, so it is waited for like a deleted one. (A pipe or a
+    // device has no length either: it is refused as what it is.)
+    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
+    if std::fs::metadata(path).is_ok_and(empty) {
+        let error = format!("{}: config file is empty", path.display());
+        return Some(Look::Missing("config file's content", error, None));
+    }
+    None
+}
+
+/// Whether `error`, the failure to build the config at `path`, is only that a certificate or
+/// key file the config `in_force` serves is clearly not there (a dangling link included):
+/// what is gone, and an error naming it and its config line. `None` for any other failure,
+/// so a real mistake saved in the same moment is still reported as one.
+fn served_file_gone(
+    path: &Path,
+    in_force: &Config,
+    error: &ConfigError,
+) -> Option<(&'static str, String)> {
+    let config = Config::load(path).ok()?;
+    let served =
+        |file: &Path| (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file);
+    config.certificates.iter().find_map(|c| {
+        [
+            ("certificate file", &c.cert, &c.cert_location),
+            ("key file", &c.key, &c.key_location),
+        ]
+        .into_iter()
+        .find(|(_, file, at)| {
+            error.location.as_ref() == Some(*at)
+                && served(file)
+                && matches!(file.try_exists(), Ok(false))
+        })
+        .map(|(what, file, at)| {
+            let gone = ConfigError::at(path, at, format!("{} not found", file.display()));
+            (what, gone.to_string())
+        })
+    })
+}
+
+/// Whether the files at `path`, stamped `stamp` before they were read, still have that stamp
+/// after a [`DEBOUNCE`]. Content and write times, not events: a neighbour file written nonstop
+/// in the same folder is no write to them, and a writer that rewrote the same first pieces in
+/// the meantime is one.
+pub(super) async fn holds_still(path: &Path, stamp: u64) -> bool {
+    tokio::time::sleep(DEBOUNCE).await;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || on_disk_stamp(&path) == stamp)
+        .await
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A folder with a self-signed certificate and key, and a config serving them.
+    struct Files {
+        dir: tempfile::TempDir,
+        config: PathBuf,
+    }
+
+    const CONFIG: &str = r#"[proxy]
+listen = ["127.0.0.1:0"]
+
+[tls]
+certificates = [ { cert = "server.crt", key = "server.key" } ]
+"#;
+
+    impl Files {
+        fn new() -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).unwrap();
+            std::fs::write(dir.path().join("server.key"), cert.key_pair.serialize_pem()).unwrap();
+            let config = dir.path().join("wsgate.toml");
+            std::fs::write(&config, CONFIG).unwrap();
+            Files { dir, config }
+        }
+
+        fn in_force(&self) -> Snapshot {
+            Snapshot::build(&self.config, 1).unwrap()
+        }
+
+        fn write_config(&self, body: &str) {
+            std::fs::write(&self.config, body).unwrap();
+        }
+    }
+
+    fn missing(look: &Look) -> Option<(&'static str, &str, Option<u64>)> {
+        match look {
+            Look::Missing(what, error, seen) => Some((*what, error.as_str(), *seen)),
+            _ => None,
+        }
+    }
+
+    /// The build a look made, if it made one: whether it held still, and its result.
+    fn built(look: Look) -> Option<(u64, bool, Result<Snapshot, ConfigError>)> {
+        match look {
+            Look::Built {
+                on_disk,
+                settled,
+                built,
+                ..
+            } => Some((on_disk, settled, *built)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_content_in_force_is_built_again_only_when_asked_by_hand() {
+        let files = Files::new();
+        let in_force = files.in_force();
+        let look_by = |trigger| look(&files.config, trigger, &in_force, None, 2);
+        assert!(matches!(look_by(Trigger::Files), Look::InForce));
+        let (on_disk, settled, snapshot) = built(look_by(Trigger::Manual)).unwrap();
+        assert_eq!(on_disk, in_force.fingerprint);
+        assert!(settled);
+        assert_eq!(snapshot.unwrap().generation, 2);
+    }
+
+    #[test]
+    fn new_content_is_built_and_a_rejected_one_is_not_tried_again() {
+        let files = Files::new();
+        let in_force = files.in_force();
+        files.write_config(&format!("{CONFIG}\n[limits]\nmax_connections = 10\n"));
+        let (_, settled, snapshot) = built(look(&files.config, Trigger::Files, &in_force, None, 2))
+            .expect("a changed config is built");
+        assert!(settled);
+        assert_eq!(snapshot.unwrap().config.limits.max_connections, 10);
+
+        files.write_config(&format!("{CONFIG}\n[limits]\nmax_connections = \"many\"\n"));
+        let (on_disk, _, rejected) =
+            built(look(&files.config, Trigger::Files, &in_force, None, 2)).unwrap();
+        assert!(rejected.is_err());
+        let again = look(&files.config, Trigger::Files, &in_force, Some(on_disk), 2);
+        assert!(matches!(again, Look::StillRejected));
+        // A SIGHUP is answered with the error again.
+        let asked = look(&files.config, Trigger::Manual, &in_force, Some(on_disk), 2);
+        assert!(built(asked).is_some_and(|(_, _, b)| b.is_err()));
+    }
+
+    #[test]
+    fn a_config_file_deleted_or_truncated_is_waited_for_unless_asked_by_hand() {
+        let files = Files::new();
+        let in_force = files.in_force();
+        files.write_config("");
+        let empty = look(&files.config, Trigger::Files, &in_force, None, 2);
+        let (what, error, seen) = missing(&empty).unwrap();
+        assert_eq!((what, seen), ("config file's content", None));
+        assert!(
+            error.ends_with("wsgate.toml: config file is empty"),
+            "{error}"
+        );
+
+        std::fs::remove_file(&files.config).unwrap();
+        let gone = look(&files.config, Trigger::Files, &in_force, None, 2);
+        let (what, error, _) = missing(&gone).unwrap();
+        assert_eq!(what, "config file");
+        assert!(
+            error.ends_with("wsgate.toml: config file not found"),
+            "{error}"
+        );
+        let asked = look(&files.config, Trigger::Manual, &in_force, None, 2);
+        assert!(built(asked).is_some_and(|(_, _, b)| b.is_err()));
+    }
+
+    #[test]
+    fn a_served_certificate_gone_is_waited_for_and_a_new_one_missing_is_rejected() {
+        let files = Files::new();
+        let in_force = files.in_force();
+        std::fs::remove_file(files.dir.path().join("server.crt")).unwrap();
+        let gone = look(&files.config, Trigger::Files, &in_force, None, 2);
+        let (what, error, seen) = missing(&gone).unwrap();
+        assert_eq!(what, "certificate file");
+        assert!(error.contains("server.crt not found"), "{error}");
+        assert_eq!(seen, Some(on_disk_fingerprint(&files.config)));
+
+        // A file the config in force does not serve: a mistake in the new config.
+        files.write_config(&CONFIG.replace("server.crt", "other.crt"));
+        let new = look(&files.config, Trigger::Files, &in_force, None, 2);
+        assert!(built(new).is_some_and(|(_, _, b)| b.is_err()));
+    }
+
+    #[tokio::test]
+    async fn files_hold_still_until_written_to_even_with_the_same_bytes() {
+        let files = Files::new();
+        let stamp = on_disk_stamp(&files.config);
+        assert!(holds_still(&files.config, stamp).await);
+        // Replaced by a file with the same content, as an editor saves.
+        let new = files.dir.path().join("wsgate.toml.new");
+        std::fs::write(&new, CONFIG).unwrap();
+        std::fs::rename(&new, &files.config).unwrap();
+        assert!(!holds_still(&files.config, stamp).await);
+    }
+}
