@@ -10,14 +10,15 @@
 //! change nothing, and files caught mid-write are read again rather than applied or reported.
 //!
 //! Layout: `look` is what a look at the files finds (blocking work, run off the async
-//! threads); this module is the state machine around it: when to look, what to do about what
-//! was found, and what to publish and log.
+//! threads); `status` what is published about reloads, and the log line with it; this module
+//! is the state machine around them: when to look, and what to do about what was found.
 
 mod look;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -29,28 +30,12 @@ use crate::signals::{recv_hangup, Hangup};
 use crate::snapshot::Snapshot;
 use crate::watch::{self, Events, Wanted, Watches};
 use look::{holds_still, look, Look, Patience};
+pub use status::ReloadStatus;
+use status::{in_force, publish};
 
 /// Quiet time after the last file event before a reload: coalesces an editor's or
 /// Kubernetes' burst of events into one reload, well inside the one-second promise.
 const DEBOUNCE: Duration = Duration::from_millis(150);
-
-/// Reload results, published for tests and for the reload counters (the admin endpoint reads
-/// the generation from the snapshot in force).
-#[derive(Clone, Debug, Default)]
-pub struct ReloadStatus {
-    /// Generation of the config in force; 1 at start.
-    pub generation: u64,
-    pub successes: u64,
-    pub failures: u64,
-    /// Why the files on disk are not in force, if they are not: set by a rejection, cleared
-    /// by a successful reload or by the files going back to the config in force.
-    pub last_error: Option<String>,
-    pub last_success: Option<SystemTime>,
-    /// Times the watcher looked at the files, whatever it found (a change, a rejection, the
-    /// same content), and watched their folders again: lets a test await "the watcher has
-    /// seen this event, and will see the next one".
-    pub checks: u64,
-}
 
 /// Why a reload was asked for: file events skip no-op changes, a manual one always reloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -547,7 +532,7 @@ impl Reloader {
         Outcome::Rejected(failure)
     }
 
-    /// Publishes what a look at the files came to and logs it.
+    /// Publishes what a look at the files came to, then logs it.
     fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome, trigger: Trigger) {
         // Only a read that got through ends a shortage: a look that decided nothing (files
         // still being written) says nothing about it. A SIGHUP asked for is not forgotten.
@@ -563,42 +548,20 @@ impl Reloader {
         // Said when it starts, and to every SIGHUP: someone asked, and gets the answer.
         let retrying = std::mem::take(&mut self.retrying);
         let quiet = was_short && (trigger == Trigger::Files || retrying);
+        if matches!(outcome, Outcome::Applied) {
+            self.rejected = None;
+            self.unbindable = None;
+            self.renewal_failed = None;
+        }
+        let mut news = None;
         shared.reload_status.send_modify(|status| {
-            match outcome {
-                Outcome::Nothing | Outcome::Unsettled => {}
-                Outcome::Unreadable(error) if !quiet => {
-                    tracing::warn!(generation = status.generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every 0.6 s");
-                }
-                Outcome::Unreadable(_) => {}
-                Outcome::Missing(what, error) => {
-                    if status.last_error.as_ref() != Some(&error) {
-                        tracing::warn!(generation = status.generation, %error, "{what} gone; the current config stays in force until it is back");
-                        status.last_error = Some(error);
-                    }
-                }
-                Outcome::InForce => {
-                    // Said once, so the last line about reloads is not a stale error.
-                    if status.last_error.take().is_some() {
-                        tracing::info!(generation = status.generation, "config files are back to the config in force");
-                    }
-                }
-                Outcome::Applied => {
-                    self.rejected = None;
-                    self.unbindable = None;
-                    self.renewal_failed = None;
-                    status.last_error = None;
-                    in_force(shared, status, generation);
-                    tracing::info!(generation, "config reloaded");
-                }
-                Outcome::Rejected(error) => {
-                    status.failures += 1;
-                    shared.metrics.reloaded(status, false);
-                    tracing::error!(generation = status.generation, %error, "config reload rejected; the current config stays in force");
-                    status.last_error = Some(error);
-                }
-            }
-            shared.metrics.files_in_force(status.last_error.is_none());
+            news = publish(shared, status, generation, outcome, quiet);
         });
+        // Logged with the status's lock let go: a log write that blocks (a full pipe) must not
+        // hold up whoever reads the status.
+        if let Some(news) = news {
+            news.log();
+        }
     }
 }
 
@@ -632,14 +595,6 @@ enum Outcome {
     InForce,
     Applied,
     Rejected(String),
-}
-
-/// Counts a successful reload: `generation` is in force from now on.
-fn in_force(shared: &Shared, status: &mut ReloadStatus, generation: u64) {
-    status.generation = generation;
-    status.successes += 1;
-    status.last_success = Some(SystemTime::now());
-    shared.metrics.reloaded(status, true);
 }
 
 /// What came of reading the certificates in force again.
