@@ -5,9 +5,10 @@
 
 use std::path::Path;
 
+use super::fingerprint::{on_disk_fingerprint, on_disk_stamp};
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
-use crate::snapshot::{on_disk_fingerprint, on_disk_stamp, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// What a look at the files found.
 pub(super) enum Look {

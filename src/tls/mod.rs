@@ -2,9 +2,14 @@
 //!
 //! Everything is loaded and checked up front (chain parses, key parses, key matches the leaf),
 //! so a reload either gets a complete TLS config or an error naming the config line.
+//!
+//! Layout: `expiry` is when each served certificate stops being valid, and the warnings and
+//! summary about it; this module loads the certificates and picks one by SNI.
+
+mod expiry;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
@@ -15,16 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertificatePaths, Config, ConfigError, TlsVersion};
-
-/// When a served certificate stops being valid: exported as a metric and warned about, since
-/// a renewal that silently failed (cert-manager, certbot) is the classic outage.
-#[derive(Clone, Debug)]
-pub(crate) struct Expiry {
-    pub file: PathBuf,
-    /// Unix seconds of the leaf's notBefore and notAfter.
-    pub not_before: i64,
-    pub not_after: i64,
-}
+pub(crate) use expiry::{expiry_summary, validity_warnings, Expiry};
 
 /// What [`server_config`] builds.
 pub(crate) struct Served {
@@ -51,13 +47,11 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
             let error = ConfigError::at(&config.path, location, refused.message);
             error.caused_by(refused.io.as_ref())
         })?;
-        if let Some((not_before, not_after)) = key.cert.first().and_then(validity) {
-            expiry.push(Expiry {
-                file: paths.cert.clone(),
-                not_before,
-                not_after,
-            });
-        }
+        expiry.extend(
+            key.cert
+                .first()
+                .and_then(|leaf| Expiry::of(&paths.cert, leaf)),
+        );
         let (names, first_for) = resolver.add(key);
         // The first certificate also serves every name no other covers; a later one serves
         // only the names it is the first to cover.
@@ -147,17 +141,6 @@ fn session_cache() -> Arc<dyn rustls::server::StoresServerSessions> {
     CACHE
         .get_or_init(|| rustls::server::ServerSessionMemoryCache::new(256))
         .clone()
-}
-
-/// The leaf's notBefore and notAfter in Unix seconds (rustls has already parsed it, so this
-/// cannot fail on a certificate it accepted; `None` keeps it that way regardless).
-fn validity(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    let validity = cert.validity();
-    Some((
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    ))
 }
 
 /// Which part of a certificate entry an error is about, so it can point at that value.

@@ -1,0 +1,67 @@
+//! Fingerprints of the files on disk, by which a reload tells whether they changed: of their
+//! content (what a snapshot built from them would hold), and of their content and write times
+//! (whether anything was written to them, even the same bytes).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// Hash of the files' contents; a missing file hashes as such, so its return is a change.
+/// With `written`, also of when each was last written, and its size and inode: a file written
+/// again with the same bytes then hashes differently.
+pub(crate) fn fingerprint_of(files: &[PathBuf], written: bool) -> u64 {
+    let files: BTreeSet<&PathBuf> = files.iter().collect();
+    let mut hasher = DefaultHasher::new();
+    for file in files {
+        file.hash(&mut hasher);
+        crate::files::read(file).ok().hash(&mut hasher);
+        if written {
+            write_times(file).hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+#[cfg(unix)]
+fn write_times(file: &Path) -> Option<[i64; 6]> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).ok()?;
+    let (size, inode) = (m.size() as i64, m.ino() as i64);
+    Some([
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        size,
+        inode,
+    ])
+}
+
+#[cfg(not(unix))]
+fn write_times(file: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
+}
+
+/// The files a snapshot built now from the config at `path` would depend on: the config file,
+/// and the files it names if it parses. (Not the files of the config in force: once a reload
+/// drops a certificate, that file's content must not make the same config look changed.)
+fn on_disk_files(path: &Path) -> Vec<PathBuf> {
+    match Config::load(path) {
+        Ok(config) => config.watched_files(),
+        Err(_) => vec![path.to_path_buf()],
+    }
+}
+
+/// Fingerprint of the content of [`on_disk_files`]: what a snapshot built now would hold.
+pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
+    fingerprint_of(&on_disk_files(path), false)
+}
+
+/// Like [`on_disk_fingerprint`], and of when the files were last written: tells whether
+/// anything was written to them since, even the same bytes.
+pub(super) fn on_disk_stamp(path: &Path) -> u64 {
+    fingerprint_of(&on_disk_files(path), true)
+}
