@@ -21,6 +21,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::config::WatchMode;
+use crate::reload::POLL;
 use crate::sync::lock;
 
 /// What a folder is watched for.
@@ -300,7 +301,7 @@ impl Watches {
                     // Said once per folder, not on every poll while it lasts.
                     if !vanished && self.unwatchable.insert(folder.clone()) {
                         let error = words(&e);
-                        tracing::warn!(folder = %folder.display(), %error, "cannot watch folder; checking it every 0.6 s instead");
+                        tracing::warn!(folder = %folder.display(), %error, "cannot watch folder; checking it every {} s instead", POLL.as_secs_f64());
                     }
                 }
             }
@@ -341,7 +342,7 @@ impl Watches {
                 // Said once: later refreshes try again quietly, polling meanwhile.
                 Err(e) if !self.degraded => {
                     let (error, hint) = (words(&e), limit_hint(&e));
-                    tracing::warn!(%error, "cannot watch the config for changes{hint}; checking it every 0.6 s instead");
+                    tracing::warn!(%error, "cannot watch the config for changes{hint}; checking it every {} s instead", POLL.as_secs_f64());
                     self.no_watcher_reported = true;
                 }
                 Err(_) => {}
@@ -367,9 +368,9 @@ fn words(e: &notify::Error) -> String {
 /// of inotify instances: if a file still opens, it is the latter.
 fn limit_hint(e: &notify::Error) -> &'static str {
     match &e.kind {
-        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(24) => {
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
             match std::fs::File::open("/dev/null") {
-                Err(open) if open.raw_os_error() == Some(24) => {
+                Err(open) if open.raw_os_error() == Some(libc::EMFILE) => {
                     "; wsgate is out of open files (ulimit -n)"
                 }
                 _ => "; the per-user limit of inotify instances (sysctl fs.inotify.max_user_instances) is reached",

@@ -94,7 +94,7 @@ pub(crate) fn spawn_reloader(
 /// How often the files are checked while a wanted folder cannot be watched (or there is no
 /// watcher at all), at the cost of reading a few small files: with the [`DEBOUNCE`] a good
 /// read waits to see them hold still, a change is in force within a second of its write.
-const POLL: Duration = Duration::from_millis(600);
+pub(crate) const POLL: Duration = Duration::from_millis(600);
 
 /// How many times files that change while being read are read again (every [`DEBOUNCE`])
 /// before what was read is taken as it is.
@@ -161,7 +161,7 @@ impl Reloader {
         asks: &mut Asks<'_>,
         stop: &CancellationToken,
     ) -> Option<Trigger> {
-        // The files are looked at again after a while without a reason to: every 0.6 s
+        // The files are looked at again after a while without a reason to: every `POLL`
         // while a folder is not watched, and every `reload.recheck` (a minute) even while
         // all are, because a watch can die or miss a change without an event (its file
         // system mounted again, a queue overflow notify does not report, a write through
@@ -258,7 +258,10 @@ impl Reloader {
         }
         match mode {
             WatchMode::Poll => {
-                tracing::info!("reload.watch = \"poll\": checking the config files every 0.6 s")
+                tracing::info!(
+                    "reload.watch = \"poll\": checking the config files every {} s",
+                    POLL.as_secs_f64()
+                )
             }
             WatchMode::Events => {
                 tracing::info!(
@@ -653,4 +656,16 @@ fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
         files.extend(candidate.watched_files());
     }
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::POLL;
+
+    /// The log lines say the poll's period as the config's documentation does (`reload.watch`
+    /// in `config`): a new period must be documented too.
+    #[test]
+    fn the_poll_period_is_said_as_documented() {
+        assert_eq!(format!("every {} s", POLL.as_secs_f64()), "every 0.6 s");
+    }
 }

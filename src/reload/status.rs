@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use super::Outcome;
+use super::{Outcome, POLL};
 use crate::server::Shared;
 
 /// Reload results, published for tests and for the reload counters (the admin endpoint reads
@@ -86,7 +86,7 @@ impl News {
     pub(super) fn log(self) {
         match self {
             News::Unreadable(generation, error) => {
-                tracing::warn!(generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every 0.6 s");
+                tracing::warn!(generation, %error, "cannot read the config files now: wsgate is out of open files (ulimit -n); the current config stays in force, looking again every {} s", POLL.as_secs_f64());
             }
             News::Missing(generation, what, error) => {
                 tracing::warn!(generation, %error, "{what} gone; the current config stays in force until it is back");
