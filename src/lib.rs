@@ -21,11 +21,14 @@
 //!   [`routes`]: the route table (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the
 //!   request head read before hyper;
 //! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
-//!   the watches; `reload`: when and how a new snapshot replaces the old;
+//!   the watches; `reload`: when and how a new snapshot replaces the old (`reload::look`: what
+//!   a look at the files finds; `reload::fingerprint`: whether they changed;
+//!   `reload::status`: what is published and logged about reloads);
 //! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;
 //!   `connection`: one connection until its answer or tunnel; `closing`: the lingering close
 //!   of a connection that got an answer instead; `limits`: connection counts
-//!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI;
+//!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI
+//!   (`tls::expiry`: when the certificates run out, and the warnings about it);
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
 //!   `resolve`: backend names to addresses, briefly cached; `socket`: TCP options and the
 //!   send queue both legs share; `files`: reading a config or PEM file safely;
@@ -34,7 +37,9 @@
 //!   `error`: refusals → statuses, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
-//!   [`signals`]: SIGHUP, SIGTERM and Ctrl-C; `sync`: locking that survives a panic.
+//!   `memory`: giving memory freed after a burst of connections back to the system
+//!   (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM and Ctrl-C; `sync`: locking that survives
+//!   a panic.
 
 #![warn(unreachable_pub)]
 
