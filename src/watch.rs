@@ -266,16 +266,25 @@ impl Watches {
             self.watched.contains_key(folder)
         });
         *lock(&self.interest) = interest;
-        let Some(watcher) = self.watcher.as_mut() else {
+        let Some(added) = self.watch_only(&wanted, &lost) else {
             return false;
         };
+        self.say_watched_again();
+        added || news
+    }
+
+    /// Watches the `wanted` folders and stops watching the rest; a folder replaced, or
+    /// reported `lost` (deleted or renamed), is watched anew. Whether a folder is watched now
+    /// that was not; `None` without a watcher.
+    fn watch_only(&mut self, wanted: &Wanted, lost: &BTreeSet<PathBuf>) -> Option<bool> {
+        let watcher = self.watcher.as_mut()?;
         for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
             let _ = watcher.unwatch(gone);
         }
         self.watched.retain(|folder, _| wanted.contains_key(folder));
         let mut added = false;
         self.degraded = false;
-        for (folder, want) in &wanted {
+        for (folder, want) in wanted {
             if let Some(known) = self.watched.get(folder) {
                 if *known == want.id && !lost.contains(folder) {
                     continue;
@@ -306,8 +315,12 @@ impl Watches {
                 }
             }
         }
-        // A folder reported unwatchable that is watched now: said, so the warning is not the
-        // last word on it.
+        Some(added)
+    }
+
+    /// Says which folders reported unwatchable are watched now, so the warning is not the
+    /// last word on them.
+    fn say_watched_again(&mut self) {
         self.unwatchable.retain(|folder| {
             let back = self.watched.contains_key(folder);
             if back {
@@ -315,7 +328,6 @@ impl Watches {
             }
             !back
         });
-        added || news
     }
 
     /// Makes the watcher if `mode` wants one and there is none; whether there is one now

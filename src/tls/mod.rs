@@ -34,36 +34,7 @@ pub(crate) struct Served {
 /// leaf expires.
 pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     let provider = Arc::new(provider());
-    let mut resolver = SniResolver::default();
-    let mut expiry = Vec::with_capacity(config.certificates.len());
-    let mut warnings = Vec::new();
-    for (index, paths) in config.certificates.iter().enumerate() {
-        let key = load_certified_key(paths, &provider).map_err(|refused| {
-            let location = match refused.part {
-                Part::Cert => &paths.cert_location,
-                Part::Key => &paths.key_location,
-                Part::Pair => &paths.location,
-            };
-            let error = ConfigError::at(&config.path, location, refused.message);
-            error.caused_by(refused.io.as_ref())
-        })?;
-        expiry.extend(
-            key.cert
-                .first()
-                .and_then(|leaf| Expiry::of(&paths.cert, leaf)),
-        );
-        let (names, first_for) = resolver.add(key);
-        // The first certificate also serves every name no other covers; a later one serves
-        // only the names it is the first to cover.
-        if index > 0 && first_for == 0 {
-            let why = match names {
-                0 => "its subjectAltName holds no DNS name an SNI name can match, and SNI picks by those alone (IP addresses, malformed names and a name only in the subject's CN count for nothing)",
-                _ => "an earlier certificate already covers each of its names (the first one listed wins)",
-            };
-            let message = format!("{} is never served: {why}", paths.cert.display());
-            warnings.push(ConfigError::at(&config.path, &paths.location, message));
-        }
-    }
+    let (resolver, expiry, warnings) = load_certificates(config, &provider)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match config.tls_min_version {
         TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -99,6 +70,45 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         expiry,
         warnings,
     })
+}
+
+/// Every certificate the config names, read, checked and added to the SNI resolver; with when
+/// each leaf expires, and a warning for each one SNI can never pick.
+fn load_certificates(
+    config: &Config,
+    provider: &CryptoProvider,
+) -> Result<(SniResolver, Vec<Expiry>, Vec<ConfigError>), ConfigError> {
+    let mut resolver = SniResolver::default();
+    let mut expiry = Vec::with_capacity(config.certificates.len());
+    let mut warnings = Vec::new();
+    for (index, paths) in config.certificates.iter().enumerate() {
+        let key = load_certified_key(paths, provider).map_err(|refused| {
+            let location = match refused.part {
+                Part::Cert => &paths.cert_location,
+                Part::Key => &paths.key_location,
+                Part::Pair => &paths.location,
+            };
+            let error = ConfigError::at(&config.path, location, refused.message);
+            error.caused_by(refused.io.as_ref())
+        })?;
+        expiry.extend(
+            key.cert
+                .first()
+                .and_then(|leaf| Expiry::of(&paths.cert, leaf)),
+        );
+        let (names, first_for) = resolver.add(key);
+        // The first certificate also serves every name no other covers; a later one serves
+        // only the names it is the first to cover.
+        if index > 0 && first_for == 0 {
+            let why = match names {
+                0 => "its subjectAltName holds no DNS name an SNI name can match, and SNI picks by those alone (IP addresses, malformed names and a name only in the subject's CN count for nothing)",
+                _ => "an earlier certificate already covers each of its names (the first one listed wins)",
+            };
+            let message = format!("{} is never served: {why}", paths.cert.display());
+            warnings.push(ConfigError::at(&config.path, &paths.location, message));
+        }
+    }
+    Ok((resolver, expiry, warnings))
 }
 
 /// The crypto wsgate serves with: aws-lc-rs for the handshake, and on x86-64 ring for the
