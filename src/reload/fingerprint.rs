@@ -6,6 +6,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 
@@ -58,6 +59,29 @@ fn on_disk_files(path: &Path) -> Vec<PathBuf> {
 /// Fingerprint of the content of [`on_disk_files`]: what a snapshot built now would hold.
 pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
     fingerprint_of(&on_disk_files(path), false)
+}
+
+/// Whether any of [`on_disk_files`] was written (or renamed into place) less than `lately`
+/// ago: a reload asked for by hand right behind a write may have caught it halfway.
+pub(super) fn on_disk_written_within(path: &Path, lately: Duration) -> bool {
+    let now = SystemTime::now();
+    on_disk_files(path).iter().any(|file| {
+        last_written(file).is_some_and(|at| now.duration_since(at).map_or(true, |ago| ago < lately))
+    })
+}
+
+/// When `file` was last written to or renamed into place (its ctime, which a write sets too).
+#[cfg(unix)]
+fn last_written(file: &Path) -> Option<SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).ok()?;
+    let since_epoch = Duration::new(u64::try_from(m.ctime()).ok()?, m.ctime_nsec() as u32);
+    Some(SystemTime::UNIX_EPOCH + since_epoch)
+}
+
+#[cfg(not(unix))]
+fn last_written(file: &Path) -> Option<SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
 }
 
 /// Like [`on_disk_fingerprint`], and of when the files were last written: tells whether

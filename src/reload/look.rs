@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::fingerprint::{on_disk_fingerprint, on_disk_stamp};
+use super::fingerprint::{on_disk_fingerprint, on_disk_stamp, on_disk_written_within};
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
 use crate::snapshot::Snapshot;
@@ -28,6 +28,8 @@ pub(super) enum Look {
         /// [`holds_still`]).
         stamp: u64,
         settled: bool,
+        /// Whether a file was written less than a [`DEBOUNCE`] before the read.
+        fresh: bool,
         built: Box<Result<Snapshot, ConfigError>>,
     },
 }
@@ -64,6 +66,7 @@ pub(super) fn look(
         return Look::StillRejected;
     }
     let stamp = on_disk_stamp(path);
+    let fresh = on_disk_written_within(path, DEBOUNCE);
     let built = Snapshot::build_hashed(path, generation, on_disk);
     // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
     // written that way: wait for it rather than count a failure. A file the config in force
@@ -82,6 +85,7 @@ pub(super) fn look(
         on_disk,
         stamp,
         settled,
+        fresh,
         built: Box::new(built),
     }
 }

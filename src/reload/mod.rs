@@ -340,17 +340,23 @@ impl Reloader {
         // decided only once they have held still for a debounce's time after the read (a
         // file rewritten nonstop is taken as last read after MAX_REREADS, if good; if bad,
         // reported once it holds still: only then is its error its content's).
+        // Asked for by hand, the files are taken at once, unless one was written a moment
+        // ago: a SIGHUP sent right behind a write (or during one) may have caught it halfway.
         if let Look::Built {
             stamp,
             settled,
+            fresh,
             built,
             ..
         } = &look
         {
-            if trigger == Trigger::Files
-                && (built.is_err() || (*settled && patience == Patience::WaitForStill))
-                && !holds_still(path, *stamp).await
-            {
+            let wait_for_still = match trigger {
+                Trigger::Files => {
+                    built.is_err() || (*settled && patience == Patience::WaitForStill)
+                }
+                Trigger::Manual => *fresh && patience == Patience::WaitForStill,
+            };
+            if wait_for_still && !holds_still(path, *stamp).await {
                 tracing::debug!(
                     "config files written to again after they were read; reading them again"
                 );
@@ -558,6 +564,14 @@ impl Reloader {
             self.rejected = None;
             self.unbindable = None;
             self.renewal_failed = None;
+        }
+        // A look still short of descriptors is not announced again; said at debug level only
+        // (a test awaits these looks).
+        if quiet && matches!(outcome, Outcome::Unreadable(_)) {
+            tracing::debug!(
+                "config files still cannot be opened; looking again in {} s",
+                POLL.as_secs_f64()
+            );
         }
         let mut news = None;
         shared.reload_status.send_modify(|status| {

@@ -194,13 +194,11 @@ async fn out_of_descriptors_while_reloading_is_no_rejected_config() {
         seen.extend(lines_until(&mut proxy.lines, "out of open files").await);
     }
     assert!(seen.last().unwrap().contains("WARN"), "{seen:#?}");
-    // A few of its looks every 0.6 s while the shortage lasts: not announced again. A
-    // window, not a synchronisation: those looks leave no trace outside the process by
-    // design (no log line; the admin endpoint cannot accept while no descriptor is left), so
-    // nothing says how many fell in it. At the 0.6 s pace it holds two; a machine too slow
-    // for that makes this check weaker, never failing. (A debug line for a look that finds
-    // the files still unreadable would let the test await two of them instead.)
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Two of its looks every 0.6 s while the shortage lasts (a debug line each): not
+    // announced again.
+    for _ in 0..2 {
+        seen.extend(lines_until(&mut proxy.lines, "still cannot be opened").await);
+    }
 
     // Descriptors back: the reload asked for is done, with nothing changed on disk.
     drop(hogs);

@@ -425,6 +425,35 @@ async fn a_renewal_is_served_while_the_config_file_cannot_bind() {
     drop(taken);
 }
 
+/// A SIGHUP sent right behind a write still going on (a script's `kill -HUP` after starting a
+/// slow write, or one sent during an editor's save) is served once the file holds still: the
+/// half written is neither applied nor reported as a failed reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_by_hand_waits_for_a_file_still_being_written() {
+    use std::io::Write;
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let whole = format!(
+        "{CONFIG_HEAD}{}{}",
+        route("a", "/a", &[backend.addr]),
+        route("b", "/b", &[backend.addr])
+    );
+    // Cut inside route b: its name is written, its path and backends not yet.
+    let cut = whole.find("path = \"/b\"").unwrap();
+    let mut file = std::fs::File::create(proxy.config_path()).unwrap();
+    file.write_all(&whole.as_bytes()[..cut]).unwrap();
+    proxy.server.reload();
+    // Pacing a slow writer: the rest comes well within the reload's wait for still files.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    file.write_all(&whole.as_bytes()[cut..]).unwrap();
+    drop(file);
+    let status = generation(&mut rx, 2).await;
+    assert_eq!((status.successes, status.failures), (1, 0), "{status:?}");
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_style_reload_always_rebuilds() {
     let backend = WsBackend::start("one").await;
