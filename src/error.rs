@@ -7,6 +7,9 @@
 
 use std::io;
 
+use hyper::header::{
+    HeaderName, HeaderValue, CONNECTION, RETRY_AFTER, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use hyper::StatusCode;
 
 use crate::metrics::EarlyClose;
@@ -174,21 +177,16 @@ impl ProxyError {
     }
 
     /// Headers a client needs to act on the refusal (RFC 6455 §4.2.2, RFC 9110 §15.5.22).
-    pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+    /// Constants, so a bad name or value fails the build rather than the serving path.
+    pub fn extra_headers(&self) -> &'static [(HeaderName, HeaderValue)] {
         use ProxyError::*;
         // Every variant named: a new load refusal must not go out without its Retry-After.
         match self {
             // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22); the connection is
             // closed after it all the same (see `proxy::Refusal`).
-            NotUpgrade => &[("upgrade", "websocket"), ("connection", "Upgrade")],
-            UnsupportedVersion => &[
-                ("sec-websocket-version", "13"),
-                ("upgrade", "websocket"),
-                ("connection", "Upgrade"),
-            ],
-            Overloaded | ClientOverLimit | ShuttingDown | OutOfDescriptors => {
-                &[("retry-after", "1")]
-            }
+            NotUpgrade => &UPGRADE_TO_WEBSOCKET,
+            UnsupportedVersion => &UPGRADE_TO_VERSION_13,
+            Overloaded | ClientOverLimit | ShuttingDown | OutOfDescriptors => &RETRY_SOON,
             NoRoute | MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
             | MalformedRequest | BadPath | SecondRequest | UnexpectedBody | HeadTooLarge
             | TooManyFields | UriTooLong | OriginDenied | NoSubprotocol | BackendUnavailable
@@ -197,6 +195,19 @@ impl ProxyError {
         }
     }
 }
+
+// Statics, not consts: a header holds `Bytes`, which has a destructor, so a reference to a
+// const of it would not be promoted to `'static`.
+static UPGRADE_TO_WEBSOCKET: [(HeaderName, HeaderValue); 2] = [
+    (UPGRADE, HeaderValue::from_static("websocket")),
+    (CONNECTION, HeaderValue::from_static("Upgrade")),
+];
+static UPGRADE_TO_VERSION_13: [(HeaderName, HeaderValue); 3] = [
+    (SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")),
+    (UPGRADE, HeaderValue::from_static("websocket")),
+    (CONNECTION, HeaderValue::from_static("Upgrade")),
+];
+static RETRY_SOON: [(HeaderName, HeaderValue); 1] = [(RETRY_AFTER, HeaderValue::from_static("1"))];
 
 /// Why a connection ended before any request on it was answered (its line has status 0): the
 /// reason its line gives and its `wsgate_connections_closed_early_total` label, in one place.
@@ -270,38 +281,50 @@ pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
+/// Lists refusals with their documented statuses, and makes the build fail unless every
+/// variant is among them: the list and a `match` with no `_` arm come from the same words.
+#[cfg(test)]
+macro_rules! listing_every {
+    ($($variant:ident $(($arg:expr))? => $code:literal,)*) => {{
+        let _every_variant_listed = |err: &ProxyError| match err {
+            $(ProxyError::$variant { .. } => {})*
+        };
+        vec![$((ProxyError::$variant $(($arg))?, $code),)*]
+    }};
+}
+
 /// Every refusal, with its documented status: for tests here and where answers are built.
 #[cfg(test)]
-pub(crate) fn every_refusal() -> [(ProxyError, u16); 27] {
-    [
-        (ProxyError::NoRoute, 404),
-        (ProxyError::NotUpgrade, 426),
-        (ProxyError::UnsupportedVersion, 426),
-        (ProxyError::MethodNotGet, 400),
-        (ProxyError::HttpTooOld, 400),
-        (ProxyError::NoConnectionUpgrade, 400),
-        (ProxyError::BadKey, 400),
-        (ProxyError::BadHost, 400),
-        (ProxyError::UnexpectedBody, 400),
-        (ProxyError::MalformedRequest, 400),
-        (ProxyError::BadPath, 400),
-        (ProxyError::SecondRequest, 400),
-        (ProxyError::NoSubprotocol, 400),
-        (ProxyError::OriginDenied, 403),
-        (ProxyError::HeadTooLarge, 431),
-        (ProxyError::TooManyFields, 431),
-        (ProxyError::UriTooLong, 414),
-        (ProxyError::Overloaded, 503),
-        (ProxyError::ShuttingDown, 503),
-        (ProxyError::ClientOverLimit, 429),
-        (ProxyError::BackendUnavailable, 502),
-        (ProxyError::BadBackendUpgrade("x"), 502),
-        (ProxyError::BadBackendAnswer("x".into()), 502),
-        (ProxyError::BackendProtocol("x".into()), 502),
-        (ProxyError::BackendTimeout, 504),
-        (ProxyError::OutOfDescriptors, 503),
-        (ProxyError::Internal("x"), 500),
-    ]
+pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
+    listing_every! {
+        NoRoute => 404,
+        NotUpgrade => 426,
+        UnsupportedVersion => 426,
+        MethodNotGet => 400,
+        HttpTooOld => 400,
+        NoConnectionUpgrade => 400,
+        BadKey => 400,
+        BadHost => 400,
+        UnexpectedBody => 400,
+        MalformedRequest => 400,
+        BadPath => 400,
+        SecondRequest => 400,
+        NoSubprotocol => 400,
+        OriginDenied => 403,
+        HeadTooLarge => 431,
+        TooManyFields => 431,
+        UriTooLong => 414,
+        Overloaded => 503,
+        ShuttingDown => 503,
+        ClientOverLimit => 429,
+        BackendUnavailable => 502,
+        BadBackendUpgrade("x") => 502,
+        BadBackendAnswer("x".into()) => 502,
+        BackendProtocol("x".into()) => 502,
+        BackendTimeout => 504,
+        OutOfDescriptors => 503,
+        Internal("x") => 500,
+    }
 }
 
 #[cfg(test)]
@@ -316,7 +339,7 @@ mod tests {
             let retry = err
                 .extra_headers()
                 .iter()
-                .any(|(name, _)| *name == "retry-after");
+                .any(|(name, _)| *name == RETRY_AFTER);
             assert_eq!(retry, matches!(code, 503 | 429), "{err}");
         }
     }
