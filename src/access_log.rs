@@ -3,12 +3,6 @@
 //! tunnel; the line is written once the connection is over ([`end_line`]), so it can say
 //! whether the answer got through. Who writes it is one state per connection ([`EndLine`]).
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming};
 use hyper::StatusCode;
 use tokio::time::Instant;
 
@@ -332,76 +326,12 @@ fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
     }
 }
 
-/// A relayed backend answer's body, counting the bytes handed to the client connection into
-/// its end line.
-/// How far a relayed body may run ahead of what hyper has written to the client.
-const RELAY_AHEAD: u64 = 64 * 1024;
-
-pub(crate) struct Relayed {
-    /// The body's first frame, read before the answer was passed on.
-    first: Option<Frame<Bytes>>,
-    body: Incoming,
-    conn: Arc<Conn>,
-    sent: u64,
-    /// The last poll of the backend's body found nothing yet.
-    stalled: bool,
-}
-
-impl hyper::body::Body for Relayed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // Far enough ahead of what the client has taken: the rest waits at the backend (and
-        // in the kernel's buffers), not in hyper's.
-        if !self.conn.written.within(self.sent, RELAY_AHEAD, cx) {
-            self.stalled = false;
-            return Poll::Pending;
-        }
-        let polled = match self.first.take() {
-            Some(first) => Poll::Ready(Some(Ok(first))),
-            None => Pin::new(&mut self.body).poll_frame(cx),
-        };
-        // hyper polls the body only when the client connection can take more: pending here
-        // means the backend, not the client, holds the answer up.
-        self.stalled = polled.is_pending();
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.sent += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        let first = self
-            .first
-            .as_ref()
-            .and_then(Frame::data_ref)
-            .map_or(0, |d| d.len());
-        let rest = self.body.size_hint();
-        let mut hint = hyper::body::SizeHint::new();
-        hint.set_lower(rest.lower() + first as u64);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + first as u64);
-        }
-        hint
-    }
-}
-
-impl Drop for Relayed {
-    fn drop(&mut self) {
-        if let EndLine::Answer(ending) = &mut *lock(&self.conn.line) {
-            ending.bytes_out = self.sent;
-            ending.backend_stalled = self.stalled;
-        }
+/// A relayed answer's body is done with (see [`crate::relay`]): how much of it was handed to
+/// the client connection, and whether it was waiting on the backend then, for the end line.
+pub(crate) fn record_relayed(conn: &Conn, bytes_out: u64, backend_stalled: bool) {
+    if let EndLine::Answer(ending) = &mut *lock(&conn.line) {
+        ending.bytes_out = bytes_out;
+        ending.backend_stalled = backend_stalled;
     }
 }
 
@@ -420,17 +350,5 @@ pub(crate) fn tunnel_not_opened(conn: &Conn, route: String, backend: String) {
         EndLine::Tunnel => *line = EndLine::TunnelFailed(Box::new(ending)),
         // Only the tunnel's task leaves the Tunnel state.
         other => *line = other,
-    }
-}
-
-impl Relayed {
-    pub(crate) fn new(first: Option<Frame<Bytes>>, body: Incoming, conn: Arc<Conn>) -> Self {
-        Relayed {
-            first,
-            body,
-            conn,
-            sent: 0,
-            stalled: false,
-        }
     }
 }

@@ -28,10 +28,11 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::access_log::{self, Delivery, EndLine};
 use crate::closing::{linger, LINGER_TIME};
 use crate::error::{ProxyError, Unanswered};
-use crate::head::{self, Head, Prefixed, Written};
+use crate::head::{self, Head, Prefixed};
 use crate::limits::{ClientSlot, ConnGuard, Over};
 use crate::proxy;
 use crate::proxy_protocol;
+use crate::relay::Written;
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
 

@@ -7,9 +7,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -17,8 +16,8 @@ use tokio::sync::Notify;
 
 use crate::closing::Lingering;
 use crate::error::ProxyError;
+use crate::relay::Written;
 use crate::routes;
-use crate::sync::lock;
 
 /// What reading the head found.
 pub(crate) enum Head {
@@ -368,38 +367,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 }
 
-/// What hyper has written through a [`Prefixed`] stream: a relayed body is passed to hyper
-/// only so far ahead of it. hyper buffers what it is given up to its buffer size, which is
-/// sized for the largest request head (`max_request_header_bytes`, up to 1 MiB), and a client
-/// that does not read would otherwise have that much of an answer held for it.
-#[derive(Default)]
-pub(crate) struct Written {
-    bytes: AtomicU64,
-    /// The body waiting for more to be written.
-    waiting: Mutex<Option<Waker>>,
-}
-
-impl Written {
-    fn add(&self, n: usize) {
-        self.bytes.fetch_add(n as u64, Ordering::AcqRel);
-        if let Some(waker) = lock(&self.waiting).take() {
-            waker.wake();
-        }
-    }
-
-    /// Whether `given` bytes handed to hyper are at most `ahead` past what it has written;
-    /// if not, `cx` is woken once more is written.
-    pub(crate) fn within(&self, given: u64, ahead: u64, cx: &Context<'_>) -> bool {
-        let fits = || given <= self.bytes.load(Ordering::Acquire) + ahead;
-        if fits() {
-            return true;
-        }
-        *lock(&self.waiting) = Some(cx.waker().clone());
-        // Written meanwhile: its wake may have found no waker yet.
-        fits()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,27 +567,5 @@ mod tests {
         assert_eq!(all, head);
         let (rest, unread) = io.into_parts();
         assert_eq!((rest, &unread[..]), (&b"later"[..], &b"early"[..]));
-    }
-
-    #[test]
-    fn a_body_too_far_ahead_waits_for_writes_and_is_woken_by_them() {
-        struct Flag(std::sync::atomic::AtomicBool);
-        impl std::task::Wake for Flag {
-            fn wake(self: Arc<Self>) {
-                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let flag = Arc::new(Flag(false.into()));
-        let waker = Waker::from(flag.clone());
-        let cx = Context::from_waker(&waker);
-        let written = Written::default();
-        assert!(written.within(100, 100, &cx));
-        assert!(!written.within(101, 100, &cx));
-        written.add(1);
-        assert!(
-            flag.0.load(std::sync::atomic::Ordering::SeqCst),
-            "woken by the write"
-        );
-        assert!(written.within(101, 100, &cx));
     }
 }

@@ -30,6 +30,7 @@
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI
 //!   (`tls::expiry`: when the certificates run out, and the warnings about it);
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
+//!   `relay`: a backend's non-101 answer, passed on at the client's pace;
 //!   `resolve`: backend names to addresses, briefly cached; `socket`: TCP options and the
 //!   send queue both legs share; `files`: reading a config or PEM file safely;
 //!   `forwarding`: which headers cross, each way; `drain`:
@@ -60,6 +61,7 @@ mod memory;
 mod metrics;
 mod proxy;
 mod proxy_protocol;
+mod relay;
 mod reload;
 mod resolve;
 pub mod routes;

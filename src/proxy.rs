@@ -16,11 +16,12 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_rustls::server::TlsStream;
 
-use crate::access_log::{self, decide, Line, Relayed};
+use crate::access_log::{self, decide, Line};
 use crate::connection::Conn;
 use crate::error::ProxyError;
 use crate::forwarding;
 use crate::head::Prefixed;
+use crate::relay::{self, Relayed};
 use crate::routes::Selection;
 use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
@@ -173,7 +174,7 @@ async fn route_and_forward(
     )
     .await?;
     match answer {
-        Answer::Refused(refusal) => Ok(relay(conn, log, refusal)),
+        Answer::Refused(refusal) => Ok(relay::answer(conn, log, refusal).map(Either::Right)),
         Answer::Upgraded(tunnel) => {
             let on_client_upgrade = upgrade.take().ok_or(ProxyError::Internal("no upgrade"))?;
             let head = forwarding::client_switching_head(&tunnel.head);
@@ -187,23 +188,6 @@ async fn route_and_forward(
             Ok(head.map(|()| Either::Left(Refusal::new(Bytes::new(), None))))
         }
     }
-}
-
-/// The backend's refusal, passed on: its body read (by `backend`, if still needed) as the
-/// client takes it.
-fn relay(conn: &Arc<Conn>, log: &mut Line<'_>, refusal: upstream::Refusal) -> Response<Body> {
-    if let Some(backend) = refusal.backend {
-        // The client's side of a body cut short is in the connection's line; this is why.
-        conn.shared.tracker.spawn(async move {
-            if let Err(error) = backend.await {
-                tracing::debug!(%error, "backend connection failed while relaying its refusal");
-            }
-        });
-    }
-    let response = forwarding::relay_refusal(refusal.response);
-    decide(log, response.status(), None, "backend refused the upgrade");
-    let conn = conn.clone();
-    response.map(|body| Either::Right(Relayed::new(refusal.first, body, conn)))
 }
 
 /// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.
