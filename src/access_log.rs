@@ -3,12 +3,16 @@
 //! tunnel; the line is written once the connection is over ([`end_line`]), so it can say
 //! whether the answer got through. Who writes it is one state per connection ([`EndLine`]).
 
+use std::net::SocketAddr;
+
 use hyper::StatusCode;
 use tokio::time::Instant;
+use tracing::Level;
 
 use crate::connection::Conn;
-use crate::error::Side;
+use crate::error::{Side, Unanswered};
 use crate::metrics::EarlyClose;
+use crate::server::Shared;
 use crate::splice;
 use crate::sync::lock;
 
@@ -280,49 +284,108 @@ pub(crate) const TARGET: &str = "wsgate::access_log";
 
 /// A tunnel's end line.
 pub(crate) fn tunnel_line(conn: &Conn, route: &str, backend: &str, outcome: &splice::Outcome) {
-    macro_rules! line {
-        ($level:ident) => {
-            tracing::$level!(
-                target: TARGET,
-                client = %conn.peer,
-                route,
-                backend,
-                status = 101,
-                bytes_in = outcome.client_to_backend,
-                bytes_out = outcome.backend_to_client,
-                duration_ms = conn.started.elapsed().as_millis() as u64,
-                reason = outcome.reason.to_string(),
-                "tunnel closed"
-            )
-        };
-    }
     // A backend that vanished (a reset, a crash) is a backend fault; a client that vanished
     // is everyday mobile life.
-    match outcome.reason {
-        splice::CloseReason::Error(splice::Peer::Backend, _) => line!(warn),
-        _ => line!(info),
-    }
+    let level = match outcome.reason {
+        splice::CloseReason::Error(splice::Peer::Backend, _) => Level::WARN,
+        _ => Level::INFO,
+    };
+    let fields = Fields {
+        client: conn.peer,
+        route,
+        backend,
+        status: 101,
+        bytes_in: outcome.client_to_backend,
+        bytes_out: outcome.backend_to_client,
+        duration_ms: since(conn.started),
+        reason: &outcome.reason.to_string(),
+    };
+    emit(level, "tunnel closed", &fields);
+}
+
+/// Logs and counts a connection that ended before any request was answered.
+pub(crate) fn early_close(shared: &Shared, peer: SocketAddr, started: Instant, why: &Unanswered) {
+    shared.metrics.closed_early(why.kind());
+    let fields = Fields {
+        client: peer,
+        route: "-",
+        backend: "-",
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: since(started),
+        reason: &why.to_string(),
+    };
+    emit(Level::INFO, "connection closed", &fields);
 }
 
 fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
-    let route = ending.route.as_deref().unwrap_or("-");
-    let backend = ending.backend.as_deref().unwrap_or("-");
-    let status = ending.status;
-    let bytes_out = ending.bytes_out;
-    let duration_ms = conn.started.elapsed().as_millis() as u64;
     let reason = match cut {
         Some(cut) => format!("{}; {cut}", ending.reason),
         None => ending.reason.clone(),
     };
+    let level = match ending.side {
+        None | Some(Side::Client) => Level::INFO,
+        Some(Side::Backend) => Level::WARN,
+        Some(Side::Internal) => Level::ERROR,
+    };
+    let fields = Fields {
+        client: conn.peer,
+        route: ending.route.as_deref().unwrap_or("-"),
+        backend: ending.backend.as_deref().unwrap_or("-"),
+        status: ending.status,
+        bytes_in: 0,
+        bytes_out: ending.bytes_out,
+        duration_ms: since(conn.started),
+        reason: &reason,
+    };
+    emit(level, "connection closed", &fields);
+}
+
+/// A connection's age in whole milliseconds, as its line gives it.
+fn since(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+/// The fields of an access line, whoever writes it.
+struct Fields<'a> {
+    client: SocketAddr,
+    /// `-` when there is none.
+    route: &'a str,
+    /// `-` when there is none.
+    backend: &'a str,
+    /// The status the client got; 0 for none.
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: u64,
+    reason: &'a str,
+}
+
+/// Writes an access line. The one place its fields are named, so every line has them all,
+/// in one order, under [`TARGET`]. (An event's level is fixed where it is written, hence a
+/// copy per level.)
+fn emit(level: Level, message: &str, fields: &Fields<'_>) {
+    let Fields {
+        client,
+        route,
+        backend,
+        status,
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        reason,
+    } = fields;
     macro_rules! line {
-        ($level:ident) => {
-            tracing::$level!(target: TARGET, client = %conn.peer, route, backend, status, bytes_in = 0u64, bytes_out, duration_ms, reason, "connection closed")
+        ($level:expr) => {
+            tracing::event!(target: TARGET, $level, client = %client, route, backend, status, bytes_in, bytes_out, duration_ms, reason, "{message}")
         };
     }
-    match ending.side {
-        None | Some(Side::Client) => line!(info),
-        Some(Side::Backend) => line!(warn),
-        Some(Side::Internal) => line!(error),
+    match level {
+        Level::ERROR => line!(Level::ERROR),
+        Level::WARN => line!(Level::WARN),
+        // Access lines are never quieter than info.
+        _ => line!(Level::INFO),
     }
 }
 

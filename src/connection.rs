@@ -1,7 +1,8 @@
 //! One client connection, from accept to its answer or its tunnel: the PROXY header if the
 //! listener expects one, the per-client slot, TLS and the request head under the handshake
 //! deadline, refusals that need no routing, then hyper with [`crate::proxy::handle`] as the
-//! service. A connection that ends before any answer gets its one log line here.
+//! service. A connection that ends before any answer gets its one log line from here
+//! ([`access_log::early_close`]).
 //!
 //! Tunnels outlive hyper's view of their connection, so the connection's guards (its
 //! `limits::ConnGuard` and its client slot) travel in [`Conn`] into the tunnel's own task
@@ -50,7 +51,7 @@ pub(crate) async fn serve(
     let deadline = started + snapshot.config.timeouts.handshake;
     let (peer, tcp) = match proxy_header(tcp, peer, &shared, &snapshot, deadline).await {
         Ok(known) => known,
-        Err(why) => return early_close(&shared, peer, started, &why),
+        Err(why) => return access_log::early_close(&shared, peer, started, &why),
     };
     // Taken as soon as the client is known, so its connections still in the TLS handshake or
     // idle before their request count; one over the limit gets 429 once its head is in (see
@@ -62,7 +63,7 @@ pub(crate) async fn serve(
     let handshake = tls_handshake(tcp, &shared);
     let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
         Ok(tls) => tls,
-        Err(why) => return early_close(&shared, peer, started, &why),
+        Err(why) => return access_log::early_close(&shared, peer, started, &why),
     };
     // The limit in force when the head starts to come, not at accept: a reload in between
     // applies to this request, as its routes do.
@@ -71,7 +72,7 @@ pub(crate) async fn serve(
     let (head, head_bytes, max_head) =
         match in_time(&shared, deadline, read_head, "request head").await {
             Ok(read) => read,
-            Err(why) => return early_close(&shared, peer, started, &why),
+            Err(why) => return access_log::early_close(&shared, peer, started, &why),
         };
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
@@ -226,7 +227,7 @@ async fn serve_http(
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
     if !access_log::has_line(&conn) {
-        return early_close(&shared, conn.peer, conn.started, &unanswered(ended));
+        return access_log::early_close(&shared, conn.peer, conn.started, &unanswered(ended));
     }
     access_log::end_line(&conn, delivery(ended));
     let refused = crate::sync::lock(&conn.refused_upgrade).take();
@@ -378,15 +379,6 @@ enum Ended {
     Late,
     /// The shutdown grace ran out.
     Drained,
-}
-
-/// Logs and counts a connection that ended before any request was answered.
-fn early_close(shared: &Shared, peer: SocketAddr, started: Instant, why: &Unanswered) {
-    shared.metrics.closed_early(why.kind());
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let reason = why.to_string();
-    let reason = reason.as_str();
-    tracing::info!(target: access_log::TARGET, client = %peer, route = "-", backend = "-", status = 0u16, bytes_in = 0u64, bytes_out = 0u64, duration_ms, reason, "connection closed");
 }
 
 /// Answers a refusal decided before hyper saw the request, by `answer_by` and unless
