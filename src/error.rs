@@ -183,7 +183,7 @@ impl ProxyError {
         // Every variant named: a new load refusal must not go out without its Retry-After.
         match self {
             // A 426 names the protocol to upgrade to (RFC 9110 §15.5.22); the connection is
-            // closed after it all the same (see `proxy::Refusal`).
+            // closed after it all the same (see `proxy::FixedBody`).
             NotUpgrade => &UPGRADE_TO_WEBSOCKET,
             UnsupportedVersion => &UPGRADE_TO_VERSION_13,
             Overloaded | ClientOverLimit | ShuttingDown | OutOfDescriptors => &RETRY_SOON,

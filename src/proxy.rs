@@ -27,7 +27,7 @@ use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
 
-pub(crate) type Body = Either<Refusal, Relayed>;
+pub(crate) type Body = Either<FixedBody, Relayed>;
 
 /// Serves one request. Never fails: every refusal becomes a response here, whose end
 /// `answered` is told of (the connection then closes: one request per connection).
@@ -57,25 +57,26 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-/// A refusal's fixed body, which says when hyper is done with it (written, or given up on),
-/// so that the connection can be closed then. The header cannot say it for every refusal: a
+/// A body of wsgate's own: a refusal's fixed text, or the 101's empty body. It says when
+/// hyper is done with it (written, or given up on), so that a refused connection can be
+/// closed then. The header cannot say it for every refusal: a
 /// 426's `Connection` names `Upgrade`, as RFC 9110 and the contract spell it, and a `close`
 /// beside it would be hyper's doing if it were told to close up front.
-pub(crate) struct Refusal {
+pub(crate) struct FixedBody {
     body: Full<Bytes>,
     done: Option<Arc<Answered>>,
 }
 
-impl Refusal {
-    fn new(body: Bytes, done: Option<Arc<Answered>>) -> Refusal {
-        Refusal {
+impl FixedBody {
+    fn new(body: Bytes, done: Option<Arc<Answered>>) -> FixedBody {
+        FixedBody {
             body: Full::new(body),
             done,
         }
     }
 }
 
-impl hyper::body::Body for Refusal {
+impl hyper::body::Body for FixedBody {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -95,7 +96,7 @@ impl hyper::body::Body for Refusal {
     }
 }
 
-impl Drop for Refusal {
+impl Drop for FixedBody {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             done.notify.notify_one();
@@ -174,7 +175,7 @@ async fn route_and_forward(
     )
     .await?;
     match answer {
-        Answer::Refused(refusal) => Ok(relay::answer(conn, log, refusal).map(Either::Right)),
+        Answer::NotUpgraded(answer) => Ok(relay::answer(conn, log, answer).map(Either::Right)),
         Answer::Upgraded(tunnel) => {
             let on_client_upgrade = upgrade.take().ok_or(ProxyError::Internal("no upgrade"))?;
             let head = forwarding::client_switching_head(&tunnel.head);
@@ -185,7 +186,7 @@ async fn route_and_forward(
                 tunnel,
                 route.config.idle.unwrap_or(snapshot.config.timeouts.idle),
             );
-            Ok(head.map(|()| Either::Left(Refusal::new(Bytes::new(), None))))
+            Ok(head.map(|()| Either::Left(FixedBody::new(Bytes::new(), None))))
         }
     }
 }
@@ -276,7 +277,7 @@ fn refuse(err: &ProxyError, log: &mut Line<'_>, done: Option<Arc<Answered>>) -> 
 /// The answer to `err`: its status, fixed body and headers.
 fn refusal(err: &ProxyError, done: Option<Arc<Answered>>) -> Response<Body> {
     let body = Bytes::from_static(err.body().as_bytes());
-    let mut response = Response::new(Either::Left(Refusal::new(body, done)));
+    let mut response = Response::new(Either::Left(FixedBody::new(body, done)));
     *response.status_mut() = err.status().0;
     let headers = response.headers_mut();
     headers.insert(

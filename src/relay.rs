@@ -17,14 +17,14 @@ use crate::forwarding;
 use crate::sync::lock;
 use crate::upstream;
 
-/// The backend's refusal, passed on: its body read (by `backend`, if still needed) as the
-/// client takes it.
+/// The backend's non-101 answer, passed on: its body read (by `backend`, if still needed) as
+/// the client takes it.
 pub(crate) fn answer(
     conn: &Arc<Conn>,
     log: &mut Line<'_>,
-    refusal: upstream::Refusal,
+    non_upgrade: upstream::NonUpgrade,
 ) -> Response<Relayed> {
-    if let Some(backend) = refusal.backend {
+    if let Some(backend) = non_upgrade.backend {
         // The client's side of a body cut short is in the connection's line; this is why.
         conn.shared.tracker.spawn(async move {
             if let Err(error) = backend.await {
@@ -32,10 +32,10 @@ pub(crate) fn answer(
             }
         });
     }
-    let response = forwarding::relay_refusal(refusal.response);
+    let response = forwarding::relay_refusal(non_upgrade.response);
     decide(log, response.status(), None, "backend refused the upgrade");
     let conn = conn.clone();
-    response.map(|body| Relayed::new(refusal.first, body, conn))
+    response.map(|body| Relayed::new(non_upgrade.first, body, conn))
 }
 
 /// How far a relayed body may run ahead of what hyper has written to the client.

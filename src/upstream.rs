@@ -1,5 +1,5 @@
 //! The backend leg: dial a route's backends in turn, forward the upgrade request, and return
-//! either a checked 101 with the raw backend socket, or the backend's refusal to relay.
+//! either a checked 101 with the raw backend socket, or the backend's non-101 answer to relay.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,11 +37,11 @@ pub(crate) enum Answer {
     Upgraded(Tunnel),
     /// Anything but 101: relayed as is, never spliced. The backend connection, if it is
     /// still needed to read the body, must be driven (on the server's task tracker).
-    Refused(Refusal),
+    NotUpgraded(NonUpgrade),
 }
 
 /// A backend's answer other than 101, to relay.
-pub(crate) struct Refusal {
+pub(crate) struct NonUpgrade {
     pub response: Response<Incoming>,
     /// The body's first frame, already read (`None` for an empty body).
     pub first: Option<Frame<Bytes>>,
@@ -234,7 +234,7 @@ async fn attempt(
         };
         // The rest of the body still has to flow; the connection ends when the client has it.
         let backend = (!conn_done).then(|| Box::pin(conn) as BackendConn);
-        return Ok(Answer::Refused(Refusal {
+        return Ok(Answer::NotUpgraded(NonUpgrade {
             response,
             first,
             backend,
