@@ -278,7 +278,7 @@ impl Unanswered {
 
 /// EMFILE or ENFILE: this process (or the system) cannot open another file or socket.
 pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24))
+    matches!(e.raw_os_error(), Some(libc::ENFILE | libc::EMFILE))
 }
 
 /// Lists refusals with their documented statuses, and makes the build fail unless every
@@ -418,8 +418,8 @@ mod tests {
     #[test]
     fn only_the_processs_own_descriptor_limits_are_out_of_descriptors() {
         let os = std::io::Error::from_raw_os_error;
-        assert!(out_of_descriptors(&os(24)) && out_of_descriptors(&os(23)));
-        assert!(!out_of_descriptors(&os(111)));
+        assert!(out_of_descriptors(&os(libc::EMFILE)) && out_of_descriptors(&os(libc::ENFILE)));
+        assert!(!out_of_descriptors(&os(libc::ECONNREFUSED)));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!out_of_descriptors(&refused));
     }

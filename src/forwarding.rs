@@ -136,12 +136,7 @@ pub(crate) fn backend_request(
 /// the last element gets what it expects.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_canonical().to_string();
-    let mut list: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|element| !element.is_empty())
-        .collect();
+    let mut list: Vec<&str> = websocket::tokens(headers, &X_FORWARDED_FOR).collect();
     list.push(&ip);
     let joined = list.join(", ");
     if let Ok(value) = HeaderValue::from_str(&joined) {

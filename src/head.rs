@@ -149,19 +149,27 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
             return Err(ProxyError::UnexpectedBody);
         }
         if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
-            // Digits only, as hyper reads it: u64's parser would also take "+0".
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ProxyError::MalformedRequest);
-            }
-            match value.parse::<u64>() {
-                Ok(0) => {}
-                Ok(_) => return Err(ProxyError::UnexpectedBody),
-                Err(_) => return Err(ProxyError::MalformedRequest),
-            }
+            no_body(header.value)?;
         }
     }
     Ok(())
+}
+
+/// A `Content-Length` value, as hyper reads it: an upgrade request's must say zero, however
+/// written ("00"). Anything but a length is malformed; any other length a body.
+pub(crate) fn no_body(content_length: &[u8]) -> Result<(), ProxyError> {
+    let value = std::str::from_utf8(content_length)
+        .unwrap_or_default()
+        .trim();
+    // Digits only, as hyper reads it: u64's parser would also take "+0".
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProxyError::MalformedRequest);
+    }
+    match value.parse::<u64>() {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(ProxyError::UnexpectedBody),
+        Err(_) => Err(ProxyError::MalformedRequest),
+    }
 }
 
 /// The refusal of a request line with a byte outside ASCII: a bad path if the byte is in the

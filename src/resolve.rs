@@ -65,7 +65,7 @@ async fn system_lookup(name: String) -> io::Result<Arc<[SocketAddr]>> {
             if descriptors_left() {
                 e
             } else {
-                io::Error::from_raw_os_error(24)
+                io::Error::from_raw_os_error(libc::EMFILE)
             }
         })
     })
@@ -307,7 +307,7 @@ mod tests {
                     tokio::time::sleep(script.delay).await;
                     match next {
                         Ok(port) => Ok(Arc::from([SocketAddr::from(([10, 0, 0, 1], port))])),
-                        Err("EMFILE") => Err(io::Error::from_raw_os_error(24)),
+                        Err("EMFILE") => Err(io::Error::from_raw_os_error(libc::EMFILE)),
                         Err(words) => Err(io::Error::other(words)),
                     }
                 })

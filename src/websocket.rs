@@ -13,6 +13,7 @@ use hyper::{Method, Uri, Version};
 use sha1::{Digest, Sha1};
 
 use crate::error::ProxyError;
+use crate::head;
 
 pub(crate) const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
@@ -86,14 +87,13 @@ pub fn check_request(
         return Err(ProxyError::BadHost);
     }
     // A body on an upgrade request is a smuggling vector: the bytes after the head belong to
-    // the tunnel, so a declared body makes the framing ambiguous.
-    let has_body = headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            // Zero however written ("00"), as `head::check` reads it.
-            .is_some_and(|v| !v.as_bytes().iter().all(|b| *b == b'0'));
-    if has_body {
+    // the tunnel, so a declared body makes the framing ambiguous. The length is read by the
+    // helper `head::check` reads it with (which, serving, has already refused these).
+    if headers.contains_key(TRANSFER_ENCODING) {
         return Err(ProxyError::UnexpectedBody);
+    }
+    for length in headers.get_all(CONTENT_LENGTH) {
+        head::no_body(length.as_bytes())?;
     }
     if !single_value_is(headers, &SEC_WEBSOCKET_VERSION, "13") {
         return Err(ProxyError::UnsupportedVersion);
@@ -119,7 +119,8 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
     let host = value.to_str().map_err(|_| ProxyError::BadHost)?;
     let parsed: Authority = host.parse().map_err(|_| ProxyError::BadHost)?;
     // "user@a.example.com" would match "*.example.com" by its suffix.
-    if !is_host(parsed.host()) || !is_port(&host[parsed.host().len()..]) {
+    let port = host.strip_prefix(parsed.host());
+    if !is_host(parsed.host()) || !port.is_some_and(is_port) {
         return Err(ProxyError::BadHost);
     }
     if let Some(target) = uri.authority() {
@@ -388,6 +389,9 @@ mod tests {
         // An empty body, however its length is written (as `head::check` reads it).
         assert_eq!(check(&with("content-length", "0")), Ok(()));
         assert_eq!(check(&with("content-length", "00")), Ok(()));
+        // And no length at all is no zero.
+        let empty = check(&with("content-length", ""));
+        assert_eq!(empty, Err(ProxyError::MalformedRequest));
     }
 
     #[test]
