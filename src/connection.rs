@@ -239,12 +239,12 @@ async fn serve_http(
 /// hyper's settings for the one request of a connection.
 fn http_server(deadline: Instant, max_head: usize) -> http1::Builder {
     let mut http = http1::Builder::new();
+    // Keep-alive stays on (hyper's default, so not set here): with it off hyper adds "close"
+    // to the 101's Connection header, which clients reject (and to a 426's, which names
+    // `Upgrade` alone). A refusal ends the connection once written (`Answered`, in
+    // `serve_http`); relayed answers say "close".
     http.timer(TokioTimer::new())
         .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
-        // Keep-alive stays on: with it off hyper adds "close" to the 101's Connection header,
-        // which clients reject (and to a 426's, which names `Upgrade` alone). A refusal ends
-        // the connection once written (`Answered`, in `serve_http`); relayed answers say
-        // "close".
         // hyper's floor is 8 KiB; the exact limit was measured by head::read. The margin
         // keeps hyper from refusing a head within the limit that arrives with early bytes.
         .max_buf_size((max_head + 1024).max(8192))

@@ -1,9 +1,14 @@
-//! Why a request was refused, which side caused it, and the one place that turns that into an
-//! HTTP answer; and why a connection ended before any answer at all.
+//! Why a request was refused, which side caused it, and what the client is told: the one
+//! place that decides each refusal's status, body and headers (`proxy` builds the response
+//! from them); and why a connection ended before any answer at all.
 //!
 //! Every refusal in the request path is a [`ProxyError`]. [`ProxyError::status`] is an exhaustive
 //! `match` with no `_` arm, so a new variant cannot slip out as a 500 by accident. Bodies are
 //! short fixed text: never a backend address or an error chain.
+//!
+//! Two statuses are decided elsewhere, on purpose: the admin endpoint's own answers (`admin`:
+//! its plain-HTTP port serves probes and metrics, not the request path), and the access log's
+//! 499 for a client that left before its answer (a status logged and counted, never sent).
 
 use std::io;
 

@@ -35,7 +35,7 @@
 //!   send queue both legs share; `files`: reading a config or PEM file safely;
 //!   `forwarding`: which headers cross, each way; `drain`:
 //!   the signal that ends them all at the end of a shutdown;
-//!   `error`: refusals → statuses, in one place;
+//!   `error`: each refusal's status, body and headers, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
 //!   `memory`: giving memory freed after a burst of connections back to the system

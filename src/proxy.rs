@@ -1,6 +1,7 @@
 //! The request path: one upgrade request in, one answer out, and a tunnel when the backend
-//! accepted. This is the only place that turns a [`ProxyError`] into a response; each answer
-//! is handed to the [`access_log`] for the connection's one line.
+//! accepted. Builds the response of every refusal, from what [`crate::error`] decides of a
+//! [`ProxyError`] (status, body, headers); each answer is handed to the [`access_log`] for the
+//! connection's one line.
 
 use std::convert::Infallible;
 use std::sync::Arc;
