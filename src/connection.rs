@@ -45,35 +45,97 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut guard: ConnGuard,
 ) {
+    if let Some(opened) = handshake(tcp, peer, &shared, &mut guard).await {
+        answer(opened, shared, guard).await;
+    }
+}
+
+/// A connection through its handshake: the client known, TLS up, the request head read.
+struct Opened {
+    peer: SocketAddr,
+    started: Instant,
+    /// The handshake's deadline, and how long it was given (`timeouts.handshake` at accept).
+    deadline: Instant,
+    handshake: std::time::Duration,
+    client_slot: Option<ClientSlot>,
+    tls: TlsStream<TcpStream>,
+    /// The head's length, `None` if over the limit.
+    head: Option<usize>,
+    /// The bytes read with the head, and the head limit applied.
+    head_bytes: Bytes,
+    max_head: usize,
+}
+
+/// The PROXY header, the per-client slot, TLS and the request head, under the handshake
+/// deadline; `None` if the connection ended on the way (its line, if any, written).
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    guard: &mut ConnGuard,
+) -> Option<Opened> {
     let started = Instant::now();
     crate::socket::tune(&tcp);
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
-    let (peer, tcp) = match proxy_header(tcp, peer, &shared, &snapshot, deadline).await {
+    // The connection's line, when it ends on the way.
+    let early_close = |peer, why: Unanswered| {
+        access_log::early_close(shared, peer, started, &why);
+        None
+    };
+    let (peer, tcp) = match proxy_header(tcp, peer, shared, &snapshot, deadline).await {
         Ok(known) => known,
-        Err(why) => return access_log::early_close(&shared, peer, started, &why),
+        Err(why) => return early_close(peer, why),
     };
     // Taken as soon as the client is known, so its connections still in the TLS handshake or
     // idle before their request count; one over the limit gets 429 once its head is in (see
     // `admit`), like the global limit's 503, so the client gets an answer.
     let per_client = snapshot.config.limits.max_connections_per_client;
     let Ok(client_slot) = guard.client_slot(peer.ip(), per_client) else {
-        return shared.over_capacity(peer, "client's connection limit");
+        shared.over_capacity(peer, "client's connection limit");
+        return None;
     };
-    let handshake = tls_handshake(tcp, &shared);
-    let mut tls = match in_time(&shared, deadline, handshake, "TLS").await {
+    let handshake = tls_handshake(tcp, shared);
+    let mut tls = match in_time(shared, deadline, handshake, "TLS").await {
         Ok(tls) => tls,
-        Err(why) => return access_log::early_close(&shared, peer, started, &why),
+        Err(why) => return early_close(peer, why),
     };
     // The limit in force when the head starts to come, not at accept: a reload in between
     // applies to this request, as its routes do.
     let limit = || shared.current().config.limits.max_request_header_bytes;
     let read_head = read_request_head(&mut tls, limit);
     let (head, head_bytes, max_head) =
-        match in_time(&shared, deadline, read_head, "request head").await {
+        match in_time(shared, deadline, read_head, "request head").await {
             Ok(read) => read,
-            Err(why) => return access_log::early_close(&shared, peer, started, &why),
+            Err(why) => return early_close(peer, why),
         };
+    Some(Opened {
+        peer,
+        started,
+        deadline,
+        handshake: snapshot.config.timeouts.handshake,
+        client_slot,
+        tls,
+        head,
+        head_bytes,
+        max_head,
+    })
+}
+
+/// Answers the request whose head `opened` holds: a refusal that needs no routing, or hyper
+/// with the request path as its service.
+async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
+    let Opened {
+        peer,
+        started,
+        deadline,
+        handshake,
+        client_slot,
+        mut tls,
+        head,
+        head_bytes,
+        max_head,
+    } = opened;
     // Reading the head is bounded by `handshake` and the backend by `connect`; delivering the
     // answer is bounded too, so a client that stops reading cannot hold its slot forever.
     // `connect` from the config in force now, which the request path then uses too: a reload
@@ -81,12 +143,11 @@ pub(crate) async fn serve(
     // after this line give the backend longer than this deadline leaves.
     // Delivering gets as long again as the handshake had.
     let connect_timeout = shared.current().config.timeouts.connect;
-    let delivery = snapshot.config.timeouts.handshake;
-    let answer_by = deadline + connect_timeout + delivery;
+    let answer_by = deadline + connect_timeout + handshake;
     let conn = Conn {
         peer,
         started,
-        shared: shared.clone(),
+        shared,
         connect_timeout,
         guard,
         _client_slot: client_slot,
