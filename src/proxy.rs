@@ -23,7 +23,8 @@ use crate::error::ProxyError;
 use crate::forwarding;
 use crate::head::Prefixed;
 use crate::relay::{self, Relayed};
-use crate::routes::Selection;
+use crate::routes::{Route, Selection};
+use crate::snapshot::Snapshot;
 use crate::splice;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
@@ -130,6 +131,8 @@ pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
     head.into_bytes()
 }
 
+/// Routes the request, checks it, and forwards it to the route's backends: the backend's
+/// answer relayed, or a tunnel on its way once the client has its 101.
 async fn route_and_forward(
     req: &mut Request<Incoming>,
     conn: &Arc<Conn>,
@@ -139,32 +142,7 @@ async fn route_and_forward(
     // The config in force now, not at accept: a reload between the TLS handshake and the
     // request head must route this request by the new table.
     let snapshot = &conn.shared.current();
-    // (Connection limits were checked by `admit` before hyper read the request.)
-    let host = websocket::request_host(req.uri(), req.headers())?;
-    // HTTP/1.1 without Host is malformed wherever it was headed (RFC 9112 §3.2): 400 before
-    // routing, not a 404 when only host-bound routes have the path. (HTTP/1.0, which may
-    // leave Host out, is refused as too old once a route is known.)
-    if host.is_none() && req.version() >= hyper::Version::HTTP_11 {
-        return Err(ProxyError::BadHost);
-    }
-    let offered = websocket::offered_protocols(req.headers());
-    let selection = snapshot.routes.select(host, req.uri().path(), &offered);
-    match &selection {
-        Selection::NoRoute => return Err(ProxyError::NoRoute),
-        // Named before the checks, so a refusal's line says which route refused; when no
-        // route takes the offered subprotocols, the one that ranked first.
-        Selection::Matched { route, .. } | Selection::NoProtocolFits { first: route } => {
-            log.route = Some(route.config.name.clone())
-        }
-    }
-    websocket::check_request(req.method(), req.version(), req.headers())?;
-    let Selection::Matched { route, protocols } = selection else {
-        return Err(ProxyError::NoSubprotocol);
-    };
-    if !route.allows_origin(websocket::origin(req.headers())) {
-        return Err(ProxyError::OriginDenied);
-    }
-
+    let (route, protocols) = checked_route(req, snapshot, log)?;
     let backend_request = forwarding::backend_request(req, &protocols, conn.peer);
     let answer = upstream::open(
         route,
@@ -190,6 +168,41 @@ async fn route_and_forward(
             Ok(head.map(|()| Either::Left(FixedBody::new(Bytes::new(), None))))
         }
     }
+}
+
+/// The route the request takes, and the offered subprotocols to forward, once the request
+/// has passed every check; the route is named in the line as soon as it is known.
+fn checked_route<'a>(
+    req: &'a Request<Incoming>,
+    snapshot: &'a Snapshot,
+    log: &mut Line<'_>,
+) -> Result<(&'a Route, Vec<&'a str>), ProxyError> {
+    // (Connection limits were checked by `admit` before hyper read the request.)
+    let host = websocket::request_host(req.uri(), req.headers())?;
+    // HTTP/1.1 without Host is malformed wherever it was headed (RFC 9112 §3.2): 400 before
+    // routing, not a 404 when only host-bound routes have the path. (HTTP/1.0, which may
+    // leave Host out, is refused as too old once a route is known.)
+    if host.is_none() && req.version() >= hyper::Version::HTTP_11 {
+        return Err(ProxyError::BadHost);
+    }
+    let offered = websocket::offered_protocols(req.headers());
+    let selection = snapshot.routes.select(host, req.uri().path(), &offered);
+    match &selection {
+        Selection::NoRoute => return Err(ProxyError::NoRoute),
+        // Named before the checks, so a refusal's line says which route refused; when no
+        // route takes the offered subprotocols, the one that ranked first.
+        Selection::Matched { route, .. } | Selection::NoProtocolFits { first: route } => {
+            log.route = Some(route.config.name.clone())
+        }
+    }
+    websocket::check_request(req.method(), req.version(), req.headers())?;
+    let Selection::Matched { route, protocols } = selection else {
+        return Err(ProxyError::NoSubprotocol);
+    };
+    if !route.allows_origin(websocket::origin(req.headers())) {
+        return Err(ProxyError::OriginDenied);
+    }
+    Ok((route, protocols))
 }
 
 /// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.
