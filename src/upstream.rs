@@ -219,26 +219,8 @@ async fn attempt(
         Err(e) => return Err(ProxyError::backend_failed(&e).into()),
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        check_refusal(&response)?;
-        // The body's first frame, if it came with the head, is read before anything is passed
-        // on: a body broken from its start (bad chunk framing) gets the client a 502, where
-        // hyper would drop the connection without even the head. A body still to come is not
-        // waited for (the head goes out, and a body that breaks later cuts the answer short).
-        let mut response = response;
-        let first = match arrived_frame(response.body_mut(), &mut conn, &mut conn_done).await {
-            Some(Some(Err(e))) => {
-                return Err(ProxyError::BadBackendAnswer(format!("body: {e}")).into());
-            }
-            Some(Some(Ok(frame))) => Some(frame),
-            Some(None) | None => None,
-        };
-        // The rest of the body still has to flow; the connection ends when the client has it.
-        let backend = (!conn_done).then(|| Box::pin(conn) as BackendConn);
-        return Ok(Answer::NotUpgraded(NonUpgrade {
-            response,
-            first,
-            backend,
-        }));
+        let answer = non_upgrade(response, conn, conn_done).await?;
+        return Ok(Answer::NotUpgraded(answer));
     }
     // 101 is HTTP/1.1's (RFC 9110 §15.2.2 and RFC 6455 §4.1: an HTTP/1.0 server has no
     // upgrade); a client would have to accept a tunnel its backend never properly offered.
@@ -248,6 +230,37 @@ async fn attempt(
     websocket::check_response(response.headers(), offer)?;
     let tunnel = take_tunnel(response, (!conn_done).then_some(conn)).await?;
     Ok(Answer::Upgraded(tunnel))
+}
+
+/// A backend's answer other than 101, checked, to relay; `conn` is its connection, still to
+/// be driven unless `conn_done`.
+async fn non_upgrade<C>(
+    mut response: Response<Incoming>,
+    mut conn: C,
+    mut conn_done: bool,
+) -> Result<NonUpgrade, ProxyError>
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Send + Unpin + 'static,
+{
+    check_refusal(&response)?;
+    // The body's first frame, if it came with the head, is read before anything is passed
+    // on: a body broken from its start (bad chunk framing) gets the client a 502, where
+    // hyper would drop the connection without even the head. A body still to come is not
+    // waited for (the head goes out, and a body that breaks later cuts the answer short).
+    let first = match arrived_frame(response.body_mut(), &mut conn, &mut conn_done).await {
+        Some(Some(Err(e))) => {
+            return Err(ProxyError::BadBackendAnswer(format!("body: {e}")));
+        }
+        Some(Some(Ok(frame))) => Some(frame),
+        Some(None) | None => None,
+    };
+    // The rest of the body still has to flow; the connection ends when the client has it.
+    let backend = (!conn_done).then(|| Box::pin(conn) as BackendConn);
+    Ok(NonUpgrade {
+        response,
+        first,
+        backend,
+    })
 }
 
 /// Sends `request` and drives `conn` in this task until the answer's head is in (`conn_done`
