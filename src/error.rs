@@ -75,14 +75,18 @@ pub enum ProxyError {
     /// A request that arrived after shutdown began: a tunnel would be cut at the grace's end.
     #[error("shutting down")]
     ShuttingDown,
-    #[error("backend unavailable")]
-    BackendUnavailable,
+    /// No backend could be connected to: the last one's connect error, in the OS's words
+    /// (refused, no route, name not resolved).
+    #[error("backend unavailable: {0}")]
+    BackendUnavailable(String),
     #[error("backend timed out")]
     BackendTimeout,
     #[error("backend sent an invalid upgrade response: {0}")]
     BadBackendUpgrade(&'static str),
-    #[error("backend connection failed: {0}")]
-    BackendProtocol(String),
+    /// A backend connection that failed after the connect: the words say how (see
+    /// [`ProxyError::backend_failed`]).
+    #[error("{0}")]
+    BackendFailed(String),
     /// A non-101 answer that cannot be passed on as it is.
     #[error("backend answer cannot be relayed: {0}")]
     BadBackendAnswer(String),
@@ -102,8 +106,18 @@ impl ProxyError {
     pub(crate) fn backend_failed(e: &hyper::Error) -> ProxyError {
         // hyper says the same for a head over its size and one over its count of fields.
         if e.is_parse_too_large() {
-            return ProxyError::BackendProtocol(
-                "answer head too large (over 64 KiB or 100 header fields)".to_string(),
+            return ProxyError::BackendFailed(
+                "backend sent a malformed answer: head too large (over 64 KiB or 100 header fields)"
+                    .to_string(),
+            );
+        }
+        // Not the connection's failure: what came over it was no HTTP answer.
+        if e.is_parse() || e.is_parse_status() {
+            return ProxyError::BackendFailed(format!("backend sent a malformed answer: {e}"));
+        }
+        if e.is_incomplete_message() {
+            return ProxyError::BackendFailed(
+                "backend closed the connection before completing its answer".to_string(),
             );
         }
         let mut source = std::error::Error::source(e);
@@ -120,7 +134,7 @@ impl ProxyError {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
-        ProxyError::BackendProtocol(text)
+        ProxyError::BackendFailed(format!("backend connection failed: {text}"))
     }
 
     /// The status a client sees, and the side the refusal is blamed on.
@@ -141,7 +155,9 @@ impl ProxyError {
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
             ClientOverLimit => (StatusCode::TOO_MANY_REQUESTS, Side::Client),
-            BackendUnavailable | BadBackendUpgrade(_) | BackendProtocol(_)
+            BackendUnavailable(_)
+            | BadBackendUpgrade(_)
+            | BackendFailed(_)
             | BadBackendAnswer(_) => (StatusCode::BAD_GATEWAY, Side::Backend),
             BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, Side::Backend),
             // Another replica may have descriptors to spare: 503 with Retry-After, not 502.
@@ -173,10 +189,10 @@ impl ProxyError {
             Overloaded | OutOfDescriptors => "server busy, retry later\n",
             ClientOverLimit => "too many connections from your address\n",
             ShuttingDown => "server shutting down, retry\n",
-            BackendUnavailable => "backend unavailable\n",
+            BackendUnavailable(_) => "backend unavailable\n",
             BackendTimeout => "backend timeout\n",
             BadBackendUpgrade(_) => "backend sent an invalid upgrade response\n",
-            BackendProtocol(_) | BadBackendAnswer(_) => "backend error\n",
+            BackendFailed(_) | BadBackendAnswer(_) => "backend error\n",
             Internal(_) => "internal error\n",
         }
     }
@@ -192,10 +208,26 @@ impl ProxyError {
             NotUpgrade => &UPGRADE_TO_WEBSOCKET,
             UnsupportedVersion => &UPGRADE_TO_VERSION_13,
             Overloaded | ClientOverLimit | ShuttingDown | OutOfDescriptors => &RETRY_SOON,
-            NoRoute | MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
-            | MalformedRequest | BadPath | SecondRequest | UnexpectedBody | HeadTooLarge
-            | TooManyFields | UriTooLong | OriginDenied | NoSubprotocol | BackendUnavailable
-            | BackendTimeout | BadBackendUpgrade(_) | BackendProtocol(_) | BadBackendAnswer(_)
+            NoRoute
+            | MethodNotGet
+            | HttpTooOld
+            | NoConnectionUpgrade
+            | BadKey
+            | BadHost
+            | MalformedRequest
+            | BadPath
+            | SecondRequest
+            | UnexpectedBody
+            | HeadTooLarge
+            | TooManyFields
+            | UriTooLong
+            | OriginDenied
+            | NoSubprotocol
+            | BackendUnavailable(_)
+            | BackendTimeout
+            | BadBackendUpgrade(_)
+            | BackendFailed(_)
+            | BadBackendAnswer(_)
             | Internal(_) => &[],
         }
     }
@@ -322,10 +354,10 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         Overloaded => 503,
         ShuttingDown => 503,
         ClientOverLimit => 429,
-        BackendUnavailable => 502,
+        BackendUnavailable("x".into()) => 502,
         BadBackendUpgrade("x") => 502,
         BadBackendAnswer("x".into()) => 502,
-        BackendProtocol("x".into()) => 502,
+        BackendFailed("x".into()) => 502,
         BackendTimeout => 504,
         OutOfDescriptors => 503,
         Internal("x") => 500,
@@ -401,7 +433,8 @@ mod tests {
 
     #[test]
     fn bodies_never_name_the_backend() {
-        let err = ProxyError::BackendProtocol("10.0.0.7:9001 reset".into());
+        let err =
+            ProxyError::BackendFailed("backend connection failed: 10.0.0.7:9001 reset".into());
         assert!(!err.body().contains("10.0.0.7"));
     }
 

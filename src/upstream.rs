@@ -92,6 +92,7 @@ async fn exchange(
         timed_out: None,
         gone: Vec::new(),
         gone_error: None,
+        connect_error: None,
     };
     for closed in 1.. {
         let (backend, dialed) =
@@ -140,6 +141,9 @@ struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
     gone: Vec<SocketAddr>,
     /// The last of those, and why it failed: the answer if nothing else is left to try.
     gone_error: Option<(&'a str, ProxyError)>,
+    /// The last failed connect's error, in the OS's words: what a 502 says when no backend
+    /// could be connected to (refused, unresolvable, unreachable).
+    connect_error: Option<String>,
 }
 
 impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
@@ -155,7 +159,11 @@ impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
                 *tried = Some(backend.to_string());
                 error
             }
-            None => ProxyError::BackendUnavailable,
+            None => ProxyError::BackendUnavailable(
+                self.connect_error
+                    .take()
+                    .unwrap_or_else(|| "no address to connect to".to_string()),
+            ),
         }
     }
 
@@ -410,6 +418,7 @@ async fn connect_in_turn<'a>(
         // Failover hides a dead backend from clients; the counter shows it to operators.
         metrics.backend_connect_failed(&route.config.name, backend, &error);
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
+        turns.connect_error = Some(error.to_string());
     }
     Err(turns.outcome(tried))
 }
@@ -431,7 +440,10 @@ async fn connect(
         if out_of_descriptors(&e) {
             e
         } else {
-            std::io::Error::new(std::io::ErrorKind::NotFound, e)
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("cannot resolve the name: {e}"),
+            )
         }
     })?;
     if gone.is_empty() {

@@ -157,6 +157,74 @@ async fn a_backend_reset_before_its_answer_is_logged_in_the_os_words() {
     let _ = child.wait();
 }
 
+/// A 502's line says what went wrong with the backend: no connect (and why, in the OS's
+/// words), no HTTP answer, or an answer cut short; not all of them "connection failed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_backend_failure_is_logged_as_what_went_wrong() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let garbage = RawBackend::start().await;
+    let short = RawBackend::start().await;
+    let routes = format!(
+        "[timeouts]\nconnect = \"3s\"\n\n{}{}{}[[route]]\nname = \"nowhere\"\npath = \"/nowhere\"\nbackends = [\"backend.invalid:9001\"]\n",
+        route("closed", "/closed", &[closed_port]),
+        route("garbage", "/garbage", &[garbage.addr]),
+        route("short", "/short", &[short.addr]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &routes);
+    let (mut child, lines, addr) = started_wsgate(&config);
+    let refused = |path: &str| {
+        let path = path.to_string();
+        async move {
+            let mut client = raw_client(addr).await;
+            client.send(Req::upgrade("localhost", &path).bytes()).await;
+            client
+        }
+    };
+
+    let mut client = refused("/closed").await;
+    assert_eq!(client.read_head().await.status, 502);
+    let line = wait_for_line(&lines, "connection closed");
+    assert!(
+        line.contains("backend unavailable: Connection refused"),
+        "{line}"
+    );
+
+    let mut client = refused("/nowhere").await;
+    assert_eq!(client.read_head().await.status, 502);
+    let line = wait_for_line(&lines, "connection closed");
+    assert!(
+        line.contains("backend unavailable: cannot resolve the name"),
+        "{line}"
+    );
+
+    let mut client = refused("/garbage").await;
+    let mut back = garbage.accept().await;
+    back.read_head().await;
+    back.send("SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+    assert_eq!(client.read_head().await.status, 502);
+    let line = wait_for_line(&lines, "connection closed");
+    assert!(line.contains("backend sent a malformed answer: "), "{line}");
+
+    let mut client = refused("/short").await;
+    let mut back = short.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n")
+        .await;
+    drop(back);
+    assert_eq!(client.read_head().await.status, 502);
+    let line = wait_for_line(&lines, "connection closed");
+    assert!(
+        line.contains("backend closed the connection before completing its answer"),
+        "{line}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unresolvable_backend_is_502() {
     let proxy = start_proxy(
