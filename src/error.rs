@@ -257,7 +257,7 @@ pub(crate) enum Unanswered {
     /// A TCP connect and close (a load balancer's health check), or a client dropping out.
     #[error("closed during the TLS handshake: {}", words(.0))]
     GoneDuringTls(io::Error),
-    #[error("TLS handshake failed: {}", words(.0))]
+    #[error("TLS handshake failed: {}", tls_words(.0))]
     TlsFailed(io::Error),
     #[error("closed before sending a request")]
     NoRequest,
@@ -290,6 +290,22 @@ fn words(e: &io::Error) -> String {
     match text.split_once(": https://") {
         Some((words, _)) => words.to_string(),
         None => text,
+    }
+}
+
+/// A failed TLS handshake in words: rustls names a client it shares nothing with only by the
+/// missing piece (`SignatureAlgorithmsExtensionRequired` for a TLS 1.0 client), which does not
+/// say "too old" to an operator.
+fn tls_words(e: &io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::PeerIncompatible(why)) => format!(
+            "client incompatible (an old TLS version, or no cipher suite, group or signature \
+             scheme in common): {why:?}"
+        ),
+        _ => words(e),
     }
 }
 
@@ -429,6 +445,25 @@ mod tests {
             assert_eq!(why.kind(), kind, "{why}");
             assert_eq!(why.to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_client_too_old_for_tls_is_said_to_be_incompatible() {
+        let why = rustls::PeerIncompatible::SignatureAlgorithmsExtensionRequired;
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::PeerIncompatible(why),
+        );
+        assert_eq!(
+            Unanswered::TlsFailed(e).to_string(),
+            "TLS handshake failed: client incompatible (an old TLS version, or no cipher suite, \
+             group or signature scheme in common): SignatureAlgorithmsExtensionRequired"
+        );
+        let other = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_eq!(
+            Unanswered::TlsFailed(other).to_string(),
+            "TLS handshake failed: cannot decrypt peer's message"
+        );
     }
 
     #[test]
