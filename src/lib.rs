@@ -5,11 +5,12 @@
 //! ```text
 //! listener    accept → limit guard (over it: the refusal budget, else closed)
 //! connection  PROXY header → per-client slot → TLS and the request head under the handshake
-//!             deadline → refusals needing no route (503/429/431/400) → hyper HTTP/1.1
-//! proxy       snapshot → route select (404) → websocket checks (400/426) → subprotocols (400)
-//!             → origin (403) → upstream
-//! upstream    dial backends in turn (502/504) → forward the upgrade → non-101: relay, close
-//!             → 101: check Accept/Upgrade/protocol (502) → client gets the 101
+//!             deadline → refusals needing no route (503/429/431/414/400) → hyper HTTP/1.1
+//! proxy       snapshot → Host (400) → route select (404) → websocket checks (400/426)
+//!             → subprotocols (400) → origin (403) → upstream
+//! upstream    dial backends in turn (502/504; 503 out of descriptors) → forward the upgrade
+//!             → non-101: relay, close → 101: check Accept/Upgrade/protocol (502)
+//!             → client gets the 101
 //! splice      bytes both ways, idle timer, half-close, drain
 //! access_log  one line per connection, written when it is over (answer, tunnel, or neither)
 //! reload      watch (folder events) / SIGHUP / poll → build a whole new snapshot or nothing
