@@ -66,7 +66,7 @@ pub enum Selection<'a> {
 impl Route {
     /// The backends in the order to try them for one request: from the next round-robin
     /// position, wrapping around, so a refused connect moves on to the next backend.
-    pub fn backends_in_turn(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+    pub(crate) fn backends_in_turn(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         let backends = &self.config.backends;
         let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
         // The counter wraps (after 2^64 requests); the sum must not overflow.
@@ -76,7 +76,7 @@ impl Route {
 
     /// The offered protocols this route allows, in the client's order; `None` if the route has
     /// an allow-list and nothing offered is on it. Without a list the offer passes unchanged.
-    pub fn fit_protocols<'a>(&self, offered: &[&'a str]) -> Option<Vec<&'a str>> {
+    fn fit_protocols<'a>(&self, offered: &[&'a str]) -> Option<Vec<&'a str>> {
         let Some(allowed) = &self.config.subprotocols else {
             return Some(offered.to_vec());
         };

@@ -26,7 +26,7 @@ use crate::sync::lock;
 
 /// What a folder is watched for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
+enum Role {
     /// It holds one of the files, or a link on the way to one: a change to one of these names
     /// in it may be theirs (and one to a folder on the way down to another, as for
     /// [`Role::Above`]).

@@ -102,7 +102,7 @@ impl ConfigError {
         }
     }
 
-    pub fn at(file: &Path, location: &Location, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn at(file: &Path, location: &Location, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: file.to_path_buf(),
             location: Some(location.clone()),

@@ -189,7 +189,12 @@ impl Config {
 
     /// An error about the listener on `addr` (the admin one if `admin`), pointing at where
     /// the address is written.
-    pub fn listener_error(&self, addr: SocketAddr, admin: bool, message: String) -> ConfigError {
+    pub(crate) fn listener_error(
+        &self,
+        addr: SocketAddr,
+        admin: bool,
+        message: String,
+    ) -> ConfigError {
         let location = match admin {
             true => self.admin_location.as_ref(),
             false => (self.listen.iter().position(|&a| a == addr))
@@ -202,7 +207,7 @@ impl Config {
     }
 
     /// The config file and every file it names: what the reload watcher follows.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         for c in &self.certificates {
             files.push(c.cert.clone());

@@ -116,8 +116,8 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
             ),
         });
     }
-    // Requests with a dot segment are refused before routing (routes.rs): no request could
-    // ever reach such a route.
+    // A request path with a dot segment matches no route (`routes::select` answers 404 for
+    // it): no request could ever reach such a route.
     if crate::routes::has_dot_segment(text) {
         return Err(format!(
             "{text:?} has a '.' or '..' segment: requests with one never match a route, so this one could not be reached"
