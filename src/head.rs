@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 
 use crate::closing::Lingering;
 use crate::error::ProxyError;
+use crate::path;
 use crate::relay::Written;
-use crate::routes;
 
 /// What reading the head found.
 pub(crate) enum Head {
@@ -74,7 +74,7 @@ const MAX_HEADERS: usize = 100;
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
 /// Whether a path starts with two separators, however spelled (`//`, `/\`, `/%2F`, `/%5C`,
-/// `/／`: as [`routes::canonical`] reads it):
+/// `/／`: as [`path::canonical`] reads it):
 /// Node's and Python's URL parsers read what follows as a host (`//localhost/admin` is path
 /// `/admin` to them), so a backend would route such a request by another path than the one
 /// wsgate matched (`/localhost/admin`, a catch-all's), past the specific route's rules.
@@ -88,7 +88,7 @@ fn reads_as_authority(path: &str) -> bool {
         {
             false
         }
-        _ => routes::canonical(path).starts_with("//"),
+        _ => path::canonical(path).starts_with("//"),
     }
 }
 
@@ -135,7 +135,7 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
     // A path escape that is broken, NUL or no UTF-8 (`%u002e`, `.%00.`, the overlong
     // `%c0%ae`) is read as a dot or a separator by some backends and not by others: each
     // would let a path ride a route it does not belong to. Refused.
-    if !routes::escapes_sound(uri.path()) {
+    if !path::escapes_sound(uri.path()) {
         return Err(ProxyError::BadPath);
     }
     for header in request.headers.iter() {

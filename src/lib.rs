@@ -19,8 +19,9 @@
 //!
 //! Layout, one module per concept:
 //! - [`config`]: TOML → validated `Config` (raw, shape, validate, values, error);
-//!   [`routes`]: the route table (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the
-//!   request head read before hyper;
+//!   [`routes`]: the route table (pure); `path`: a request path in the form a backend may
+//!   read it (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the request head read
+//!   before hyper;
 //! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
 //!   the watches; `reload`: when and how a new snapshot replaces the old (`reload::look`: what
 //!   a look at the files finds; `reload::fingerprint`: whether they changed;
@@ -60,6 +61,7 @@ mod listener;
 mod logging;
 mod memory;
 mod metrics;
+mod path;
 mod proxy;
 mod proxy_protocol;
 mod relay;

@@ -78,15 +78,15 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
         ));
     }
     // The escapes requests may carry (see `head::check`): others are refused with 400.
-    if !crate::routes::escapes_sound(text) {
+    if !crate::path::escapes_sound(text) {
         return Err(format!(
             "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of NUL, or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
         ));
     }
-    // Requests are matched as `routes::canonical` reads them, with `;parameters` cut and
+    // Requests are matched as `path::canonical` reads them, with `;parameters` cut and
     // empty segments dropped, so a route holding either, however spelled (`%3B`, `；`),
     // would match more than it says ("/;v1" every path).
-    let read = crate::routes::canonical(text);
+    let read = crate::path::canonical(text);
     if read.contains(';') {
         return Err(format!(
             "{text:?} has a ';parameter' (however spelled): requests are matched with parameters cut off, so write the path without it"
@@ -105,7 +105,7 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
     }
     // A path written in a form requests are not matched in (`／`, `ａ`, a decomposed accent):
     // the form to write, unless that is no route path either (`‥` is `..`).
-    let decoded = crate::routes::percent_decode(text);
+    let decoded = crate::path::percent_decode(text);
     if read != String::from_utf8_lossy(&decoded) {
         return Err(match route_path(&read) {
             Ok(_) => format!(
@@ -118,7 +118,7 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
     }
     // A request path with a dot segment matches no route (`routes::select` answers 404 for
     // it): no request could ever reach such a route.
-    if crate::routes::has_dot_segment(text) {
+    if crate::path::has_dot_segment(text) {
         return Err(format!(
             "{text:?} has a '.' or '..' segment: requests with one never match a route, so this one could not be reached"
         ));
