@@ -137,6 +137,17 @@ impl ProxyError {
         ProxyError::BackendFailed(format!("backend connection failed: {text}"))
     }
 
+    /// A backend connection that failed before a byte of answer came: a clean close is the
+    /// backend closing without answering (not an answer cut short).
+    pub(crate) fn backend_gone(e: &hyper::Error) -> ProxyError {
+        if e.is_incomplete_message() {
+            return ProxyError::BackendFailed(
+                "backend closed the connection without answering".to_string(),
+            );
+        }
+        ProxyError::backend_failed(e)
+    }
+
     /// The status a client sees, and the side the refusal is blamed on.
     pub fn status(&self) -> (StatusCode, Side) {
         use ProxyError::*;

@@ -122,9 +122,10 @@ impl Throttle {
         }
     }
 
-    /// The count of lines left out since the last line written, taken as a line written now.
-    fn left_over(&mut self) -> Option<u64> {
-        if self.suppressed == 0 {
+    /// The count of lines left out since the line written at `since`, if no line was written
+    /// after it; taken as a line written now.
+    fn left_over(&mut self, since: Option<Instant>) -> Option<u64> {
+        if self.last != since || self.suppressed == 0 {
             return None;
         }
         self.last = Some(Instant::now());
@@ -132,11 +133,16 @@ impl Throttle {
     }
 }
 
+/// How long past a window's end a burst must have been quiet for its tail's count to be
+/// written on its own: an occurrence within it writes the count in its line instead.
+const QUIET_AFTER: Duration = Duration::from_millis(100);
+
 /// One occurrence of a condition throttled by `throttle`, shared by many tasks: `line` is
 /// written now if the throttle allows, with the count of occurrences left out before it. The
-/// first one left out schedules `rest` a window later with the count left out by then, if no
-/// line carried it meanwhile: the count of a burst's tail is written when the burst ends, not
-/// at the next burst, which may never come.
+/// first one left out after a line schedules `rest` for a little after that line's window
+/// ends, with the count left out by then, unless a line was written meanwhile (which carried
+/// the count): so the count of a burst's tail is written when the burst ends, not at the next
+/// burst, which may never come, and a storm still gets one line a window.
 pub(crate) fn throttled(
     throttle: &Arc<Mutex<Throttle>>,
     line: impl FnOnce(u64),
@@ -148,10 +154,13 @@ pub(crate) fn throttled(
         return line(suppressed);
     }
     if guard.suppressed == 1 {
-        let throttle = throttle.clone();
+        let (throttle, since) = (throttle.clone(), guard.last);
+        let due = since.map_or_else(Instant::now, |last| last + THROTTLE_WINDOW) + QUIET_AFTER;
+        // Not on the server's task tracker: a count still pending at shutdown is not worth
+        // holding the shutdown for (the metrics have it).
         tokio::spawn(async move {
-            tokio::time::sleep(THROTTLE_WINDOW).await;
-            let left_over = lock(&throttle).left_over();
+            tokio::time::sleep_until(due).await;
+            let left_over = lock(&throttle).left_over(since);
             if let Some(suppressed) = left_over {
                 rest(suppressed);
             }
@@ -164,7 +173,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_count_left_out_at_a_bursts_end_is_written_a_window_later() {
+    async fn the_count_left_out_at_a_bursts_end_is_written_once_it_is_over() {
         let throttle = Arc::new(Mutex::new(Throttle::default()));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut lines = Vec::new();
@@ -178,30 +187,35 @@ mod tests {
                 },
             );
         };
-        // A burst: the first is written, the next 43 left out.
+        let start = Instant::now();
+        // A burst: the first is written, the next 43 left out; their count is written a little
+        // after the window, without another occurrence.
         for _ in 0..44 {
             occur(&mut lines);
         }
         assert_eq!(lines, [0]);
-        // A window later the 43 are written, without another occurrence.
         assert_eq!(rx.recv().await, Some(43));
-        // That counted as a line: one more at once is left out, and written a window later.
-        occur(&mut lines);
-        assert_eq!(lines, [0]);
-        assert_eq!(rx.recv().await, Some(1));
-        // Past the window, an occurrence is written at once, and carries no count.
-        tokio::time::advance(THROTTLE_WINDOW).await;
-        occur(&mut lines);
-        assert_eq!(lines, [0, 0]);
-        // A count carried by a line written at once is not written again: left out halfway
-        // through the window, then one written past it, before that count's own line is due.
+        assert_eq!(Instant::now() - start, THROTTLE_WINDOW + QUIET_AFTER);
+
+        // A storm: one left out halfway through the window that count's line opened, then one
+        // just past the window, which is written with that count; the first one's own
+        // schedule then finds a line written since, and writes nothing.
         tokio::time::advance(THROTTLE_WINDOW / 2).await;
         occur(&mut lines);
-        tokio::time::advance(THROTTLE_WINDOW * 6 / 10).await;
+        tokio::time::advance(THROTTLE_WINDOW / 2 + QUIET_AFTER / 2).await;
         occur(&mut lines);
-        assert_eq!(lines, [0, 0, 1]);
+        assert_eq!(lines, [0, 1]);
+        let line_at = Instant::now();
+        tokio::time::advance(QUIET_AFTER).await;
+        assert!(rx.try_recv().is_err(), "a second line in one window");
+
+        // Left out after that line, and the storm over: written once its window is.
+        occur(&mut lines);
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(Instant::now(), line_at + THROTTLE_WINDOW + QUIET_AFTER);
+        assert_eq!(lines, [0, 1]);
         drop(tx);
-        tokio::time::advance(THROTTLE_WINDOW * 2).await;
-        assert_eq!(rx.try_recv().ok(), None);
+        tokio::time::advance(THROTTLE_WINDOW * 3).await;
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -222,7 +222,7 @@ async fn attempt(
         // Not a byte of answer (not even a 100 Continue): the connection failed with the
         // request unanswered, closed or reset, whether or not the request was written.
         Err(e) if !heard.load(Ordering::Relaxed) => {
-            return Err(Attempt::Gone(ProxyError::backend_failed(&e)))
+            return Err(Attempt::Gone(ProxyError::backend_gone(&e)))
         }
         Err(e) => return Err(ProxyError::backend_failed(&e).into()),
     };

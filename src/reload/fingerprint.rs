@@ -66,7 +66,12 @@ pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
 pub(super) fn on_disk_written_within(path: &Path, lately: Duration) -> bool {
     let now = SystemTime::now();
     on_disk_files(path).iter().any(|file| {
-        last_written(file).is_some_and(|at| now.duration_since(at).map_or(true, |ago| ago < lately))
+        last_written(file).is_some_and(|at| {
+            // A time ahead of the clock (a file server's, or the clock stepped back) is
+            // fresh only if it is that little ahead.
+            now.duration_since(at)
+                .map_or_else(|ahead| ahead.duration() < lately, |ago| ago < lately)
+        })
     })
 }
 

@@ -11,8 +11,10 @@
 //!
 //! Layout: `fingerprint` is how changed files are told apart (the [`Snapshot`] keeps the
 //! fingerprint of the files it was built from); `look` is what a look at the files finds
-//! (blocking work, run off the async threads); `status` what is published about reloads, and the log line with it; this module
-//! is the state machine around them: when to look, and what to do about what was found.
+//! (blocking work, run off the async threads); `status` what is published about reloads, and
+//! the log line with it; this module is the state machine around them: when to look, and what
+//! to do about what was found. A SIGHUP is served at once, unless a file was written a moment
+//! before it (then after the files have held still).
 
 mod fingerprint;
 mod look;

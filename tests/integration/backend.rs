@@ -167,11 +167,13 @@ async fn each_backend_failure_is_logged_as_what_went_wrong() {
     };
     let garbage = RawBackend::start().await;
     let short = RawBackend::start().await;
+    let silent = RawBackend::start().await;
     let routes = format!(
-        "[timeouts]\nconnect = \"3s\"\n\n{}{}{}[[route]]\nname = \"nowhere\"\npath = \"/nowhere\"\nbackends = [\"backend.invalid:9001\"]\n",
+        "[timeouts]\nconnect = \"3s\"\n\n{}{}{}{}[[route]]\nname = \"nowhere\"\npath = \"/nowhere\"\nbackends = [\"backend.invalid:9001\"]\n",
         route("closed", "/closed", &[closed_port]),
         route("garbage", "/garbage", &[garbage.addr]),
         route("short", "/short", &[short.addr]),
+        route("silent", "/silent", &[silent.addr]),
     );
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &routes);
@@ -219,6 +221,17 @@ async fn each_backend_failure_is_logged_as_what_went_wrong() {
     let line = wait_for_line(&lines, "connection closed");
     assert!(
         line.contains("backend closed the connection before completing its answer"),
+        "{line}"
+    );
+
+    let mut client = refused("/silent").await;
+    let mut back = silent.accept().await;
+    back.read_head().await;
+    drop(back);
+    assert_eq!(client.read_head().await.status, 502);
+    let line = wait_for_line(&lines, "connection closed");
+    assert!(
+        line.contains("backend closed the connection without answering"),
         "{line}"
     );
     let _ = child.kill();
