@@ -401,6 +401,15 @@ struct Outbox {
 
 impl Outbox {
     fn queue(&mut self, frame: &[u8]) {
+        // A write backlog that never drains (bulk against a slow target) must not keep what
+        // was written: drop it once it is most of the buffer.
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            for end in &mut self.ends {
+                *end -= self.pos;
+            }
+            self.pos = 0;
+        }
         self.buf.extend_from_slice(frame);
         self.ends.push_back(self.buf.len());
     }
@@ -565,9 +574,11 @@ impl WsConn {
 mod tests {
     use super::*;
 
-    /// Takes at most `max` bytes a write, and records each write's length.
+    /// Takes at most `max` bytes a write and `budget` in all (then it is pending), and
+    /// records each write's length.
     struct Recorder {
         max: usize,
+        budget: usize,
         writes: Vec<usize>,
     }
 
@@ -577,7 +588,11 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.max);
+            let n = buf.len().min(self.max).min(self.budget);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.budget -= n;
             self.writes.push(n);
             Poll::Ready(Ok(n))
         }
@@ -599,6 +614,7 @@ mod tests {
         }
         let mut io = Recorder {
             max: 1000,
+            budget: usize::MAX,
             writes: vec![],
         };
         assert!(out.poll_write_to(&mut io, &mut cx).is_ready());
@@ -609,10 +625,31 @@ mod tests {
         out.queue(&[0; 5]);
         let mut io = Recorder {
             max: 50,
+            budget: usize::MAX,
             writes: vec![],
         };
         assert!(out.poll_write_to(&mut io, &mut cx).is_ready());
         assert_eq!(io.writes, [50, 20, 5]);
+        // Queued while the socket has taken only part of the buffer: what was written is
+        // dropped, and the frames still go out whole, one write each.
+        out.queue(&[1; 70]);
+        out.queue(&[2; 30]);
+        let mut io = Recorder {
+            max: 60,
+            budget: 80,
+            writes: vec![],
+        };
+        assert!(out.poll_write_to(&mut io, &mut cx).is_pending());
+        assert_eq!(io.writes, [60, 10, 10]);
+        out.queue(&[3; 50]);
+        assert_eq!(
+            (out.buf.len(), out.pos),
+            (70, 0),
+            "the 80 bytes written dropped"
+        );
+        io.budget = usize::MAX;
+        assert!(out.poll_write_to(&mut io, &mut cx).is_ready());
+        assert_eq!(io.writes, [60, 10, 10, 20, 50]);
     }
 
     fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
