@@ -22,9 +22,9 @@
 //!   [`routes`]: the route table (pure); `path`: a request path in the form a backend may
 //!   read it (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the request head read
 //!   before hyper;
-//! - `snapshot`: the config in force, built as one unit; `watch`: which folders to watch, and
-//!   the watches; `reload`: when and how a new snapshot replaces the old (`reload::look`: what
-//!   a look at the files finds; `reload::fingerprint`: whether they changed;
+//! - `snapshot`: the config in force, built as one unit; `fingerprint`: whether the files it
+//!   is built from changed; `watch`: which folders to watch, and the watches; `reload`: when
+//!   and how a new snapshot replaces the old (`reload::look`: what a look at the files finds;
 //!   `reload::status`: what is published and logged about reloads);
 //! - `server`: start-up, shared state, shutdown; `listener`: binding and accepting;
 //!   `connection`: one connection until its answer or tunnel; `closing`: the lingering close
@@ -54,6 +54,7 @@ mod connection;
 mod drain;
 mod error;
 mod files;
+mod fingerprint;
 mod forwarding;
 mod head;
 mod limits;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 use crate::config::{escape_controls, Config, ConfigError};
-use crate::reload::{fingerprint_of, on_disk_fingerprint};
+use crate::fingerprint::{fingerprint_of, on_disk_fingerprint};
 use crate::routes::RouteTable;
 use crate::tls;
 

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use super::fingerprint::{on_disk_fingerprint, on_disk_stamp, on_disk_written_within};
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
+use crate::fingerprint::{on_disk_fingerprint, on_disk_stamp, on_disk_written_within};
 use crate::snapshot::Snapshot;
 
 /// What a look at the files found.

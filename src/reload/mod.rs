@@ -9,14 +9,13 @@
 //! Bursts of events are debounced into one look, a content fingerprint skips reloads that would
 //! change nothing, and files caught mid-write are read again rather than applied or reported.
 //!
-//! Layout: `fingerprint` is how changed files are told apart (the [`Snapshot`] keeps the
-//! fingerprint of the files it was built from); `look` is what a look at the files finds
-//! (blocking work, run off the async threads); `status` what is published about reloads, and
+//! Layout: `look` is what a look at the files finds (blocking work, run off the async
+//! threads; whether they changed is told by [`crate::fingerprint`], of which the [`Snapshot`]
+//! keeps the files' it was built from); `status` what is published about reloads, and
 //! the log line with it; this module is the state machine around them: when to look, and what
 //! to do about what was found. A SIGHUP is served at once, unless a file was written a moment
 //! before it (then after the files have held still).
 
-mod fingerprint;
 mod look;
 mod status;
 
@@ -33,7 +32,6 @@ use crate::server::{Error, Shared};
 use crate::signals::{recv_hangup, Hangup};
 use crate::snapshot::Snapshot;
 use crate::watch::{self, Events, Wanted, Watches};
-pub(crate) use fingerprint::{fingerprint_of, on_disk_fingerprint};
 use look::{holds_still, look, Look, Patience};
 pub use status::ReloadStatus;
 use status::{in_force, publish};

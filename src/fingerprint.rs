@@ -63,7 +63,7 @@ pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
 
 /// Whether any of [`on_disk_files`] was written (or renamed into place) less than `lately`
 /// ago: a reload asked for by hand right behind a write may have caught it halfway.
-pub(super) fn on_disk_written_within(path: &Path, lately: Duration) -> bool {
+pub(crate) fn on_disk_written_within(path: &Path, lately: Duration) -> bool {
     let now = SystemTime::now();
     on_disk_files(path).iter().any(|file| {
         last_written(file).is_some_and(|at| {
@@ -91,6 +91,6 @@ fn last_written(file: &Path) -> Option<SystemTime> {
 
 /// Like [`on_disk_fingerprint`], and of when the files were last written: tells whether
 /// anything was written to them since, even the same bytes.
-pub(super) fn on_disk_stamp(path: &Path) -> u64 {
+pub(crate) fn on_disk_stamp(path: &Path) -> u64 {
     fingerprint_of(&on_disk_files(path), true)
 }
