@@ -61,11 +61,18 @@ pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
     fingerprint_of(&on_disk_files(path), false)
 }
 
-/// Whether any of [`on_disk_files`] was written (or renamed into place) less than `lately`
-/// ago: a reload asked for by hand right behind a write may have caught it halfway.
-pub(crate) fn on_disk_written_within(path: &Path, lately: Duration) -> bool {
+/// [`on_disk_stamp`], and whether any of its files was written (or renamed into place) less
+/// than `lately` ago: a reload asked for by hand right behind a write may have caught it
+/// halfway. One read of the config for both.
+pub(crate) fn on_disk_stamp_and_freshness(path: &Path, lately: Duration) -> (u64, bool) {
+    let files = on_disk_files(path);
+    (fingerprint_of(&files, true), written_within(&files, lately))
+}
+
+/// Whether any of `files` was written less than `lately` ago.
+fn written_within(files: &[PathBuf], lately: Duration) -> bool {
     let now = SystemTime::now();
-    on_disk_files(path).iter().any(|file| {
+    files.iter().any(|file| {
         last_written(file).is_some_and(|at| {
             // A time ahead of the clock (a file server's, or the clock stepped back) is
             // fresh only if it is that little ahead.

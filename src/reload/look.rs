@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
-use crate::fingerprint::{on_disk_fingerprint, on_disk_stamp, on_disk_written_within};
+use crate::fingerprint::{on_disk_fingerprint, on_disk_stamp, on_disk_stamp_and_freshness};
 use crate::snapshot::Snapshot;
 
 /// What a look at the files found.
@@ -65,8 +65,7 @@ pub(super) fn look(
     if trigger == Trigger::Files && Some(on_disk) == rejected {
         return Look::StillRejected;
     }
-    let stamp = on_disk_stamp(path);
-    let fresh = on_disk_written_within(path, DEBOUNCE);
+    let (stamp, fresh) = on_disk_stamp_and_freshness(path, DEBOUNCE);
     let built = Snapshot::build_hashed(path, generation, on_disk);
     // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
     // written that way: wait for it rather than count a failure. A file the config in force
