@@ -55,11 +55,16 @@ pub(crate) fn spawn_reloader(
     shared: Arc<Shared>,
     path: PathBuf,
     manual: mpsc::UnboundedReceiver<()>,
-    mut hangup: Hangup,
+    hangup: Hangup,
     stop: CancellationToken,
 ) {
     let (events_tx, events) = tokio::sync::watch::channel(());
     let mut state = Reloader {
+        shared,
+        path,
+        events,
+        asks: Asks { manual, hangup },
+        stop,
         watches: Watches::new(events_tx.clone()),
         rejected: None,
         unbindable: None,
@@ -69,19 +74,16 @@ pub(crate) fn spawn_reloader(
         mode: WatchMode::Events,
         renewal_failed: None,
     };
-    state.announce_mode(watch_mode(&shared));
-    let wanted = watch::wanted(&relevant_files(&shared, &path));
-    (state.watches).refresh(Some(wanted), watch_mode(&shared));
+    state.announce_mode(state.watch_mode());
+    let wanted = watch::wanted(&state.relevant_files());
+    (state.watches).refresh(Some(wanted), state.watch_mode());
     // Covers writes between the start-up read and the watches taking.
     events_tx.send_replace(());
     tokio::spawn(async move {
-        state
-            .run(&shared, &path, events, manual, &mut hangup, stop)
-            .await;
-        // Shutting down: the watches and the shared state go now. A SIGHUP from here on (a
-        // deploy hook's, say) does nothing, and the log says so rather than seem to lose it,
-        // until the runtime ends with the process.
-        drop((state, shared));
+        // Shutting down: the watches and the shared state went with the reloader. A SIGHUP
+        // from here on (a deploy hook's, say) does nothing, and the log says so rather than
+        // seem to lose it, until the runtime ends with the process.
+        let mut hangup = state.run().await;
         if hangup.is_none() {
             return;
         }
@@ -100,8 +102,15 @@ pub(crate) const POLL: Duration = Duration::from_millis(600);
 /// before what was read is taken as it is.
 const MAX_REREADS: usize = 10;
 
-/// The reloader's memory between looks at the files.
+/// The reloader: what it serves and listens to, and its memory between looks at the files.
 struct Reloader {
+    shared: Arc<Shared>,
+    /// The config file, as given on the command line.
+    path: PathBuf,
+    /// Changes in the watched folders.
+    events: Events,
+    asks: Asks,
+    stop: CancellationToken,
     watches: Watches,
     /// The content of a rejected config: the same bytes are not retried (or logged) again.
     rejected: Option<u64>,
@@ -123,29 +132,24 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn run(
-        &mut self,
-        shared: &Arc<Shared>,
-        path: &Path,
-        mut events: Events,
-        manual: mpsc::UnboundedReceiver<()>,
-        hangup: &mut Hangup,
-        stop: CancellationToken,
-    ) {
-        let mut asks = Asks { manual, hangup };
+    /// Serves until `stop`; then gives back SIGHUP, all else dropped.
+    async fn run(mut self) -> Hangup {
+        self.serve().await;
+        self.asks.hangup
+    }
+
+    async fn serve(&mut self) {
         let mut looked = Instant::now();
         loop {
-            let next = self.next_look(shared, looked, &mut events, &mut asks, &stop);
-            let Some(trigger) = next.await else {
+            let Some(trigger) = self.next_look(looked).await else {
                 return;
             };
-            let watched = self.look_and_watch(shared, path, trigger, &mut events, &mut asks, &stop);
-            if !watched.await {
+            if !self.look_and_watch(trigger).await {
                 return;
             }
             looked = Instant::now();
             // Counted once the watches are in place again: from here on, a change is seen.
-            shared
+            self.shared
                 .reload_status
                 .send_modify(|status| status.checks += 1);
         }
@@ -153,14 +157,7 @@ impl Reloader {
 
     /// Waits for a reason to look at the files (last looked at `looked`), and says what asked
     /// for the look; `None` if `stop` came first.
-    async fn next_look(
-        &mut self,
-        shared: &Shared,
-        looked: Instant,
-        events: &mut Events,
-        asks: &mut Asks<'_>,
-        stop: &CancellationToken,
-    ) -> Option<Trigger> {
+    async fn next_look(&mut self, looked: Instant) -> Option<Trigger> {
         // The files are looked at again after a while without a reason to: every `POLL`
         // while a folder is not watched, and every `reload.recheck` (a minute) even while
         // all are, because a watch can die or miss a change without an event (its file
@@ -168,20 +165,20 @@ impl Reloader {
         // mmap).
         let period = match self.watches.degraded() || self.short_of_files.is_some() {
             true => POLL,
-            false => shared.current().config.recheck,
+            false => self.shared.current().config.recheck,
         };
         let first = tokio::select! {
-            _ = stop.cancelled() => return None,
-            Ok(()) = events.changed() => Wake::Event,
-            () = asks.by_hand() => Wake::Manual,
+            _ = self.stop.cancelled() => return None,
+            Ok(()) = self.events.changed() => Wake::Event,
+            () = self.asks.by_hand() => Wake::Manual,
             _ = tokio::time::sleep_until(looked + period) => Wake::Poll,
         };
         let trigger = match first {
             // A manual reload asked for while a burst settles is served at once.
             Wake::Event => tokio::select! {
-                _ = stop.cancelled() => return None,
-                () = debounce(events) => Trigger::Files,
-                () = asks.by_hand() => Trigger::Manual,
+                _ = self.stop.cancelled() => return None,
+                () = debounce(&mut self.events) => Trigger::Files,
+                () = self.asks.by_hand() => Trigger::Manual,
             },
             Wake::Poll => {
                 self.retrying = self.short_of_files.is_some();
@@ -194,23 +191,16 @@ impl Reloader {
 
     /// [`Self::reload_settled`], then the folders the files are in now watched; false if
     /// `stop` came first.
-    async fn look_and_watch(
-        &mut self,
-        shared: &Arc<Shared>,
-        path: &Path,
-        mut trigger: Trigger,
-        events: &mut Events,
-        asks: &mut Asks<'_>,
-        stop: &CancellationToken,
-    ) -> bool {
+    async fn look_and_watch(&mut self, mut trigger: Trigger) -> bool {
         loop {
-            if !(self.reload_settled(shared, path, trigger, events, asks, stop)).await {
+            if !self.reload_settled(trigger).await {
                 return false;
             }
-            self.announce_mode(watch_mode(shared));
+            self.announce_mode(self.watch_mode());
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
-            if !(self.watches).refresh(self.wanted_in(shared, path).await, watch_mode(shared)) {
+            let wanted = self.wanted_in().await;
+            if !(self.watches).refresh(wanted, self.watch_mode()) {
                 return true;
             }
             trigger = Trigger::Files;
@@ -222,29 +212,21 @@ impl Reloader {
     /// tries manual: served by this loop, not by a second rebuild after it.
     /// Files that never hold still (rewritten nonstop) are taken as they were last read after
     /// [`MAX_REREADS`] tries, about three seconds, so a change still takes effect.
-    async fn reload_settled(
-        &mut self,
-        shared: &Arc<Shared>,
-        path: &Path,
-        mut trigger: Trigger,
-        events: &mut Events,
-        asks: &mut Asks<'_>,
-        stop: &CancellationToken,
-    ) -> bool {
+    async fn reload_settled(&mut self, mut trigger: Trigger) -> bool {
         for tries_left in (0..MAX_REREADS).rev() {
             let patience = match tries_left {
                 0 => Patience::TakeAsRead,
                 _ => Patience::WaitForStill,
             };
-            let read = self.reload(shared, path, trigger, patience, events).await;
+            let read = self.reload(trigger, patience).await;
             // After the last try nothing would serve a SIGHUP taken here: leave it queued.
             if read == Read::Settled || tries_left == 0 {
                 break;
             }
             tokio::select! {
-                _ = stop.cancelled() => return false,
+                _ = self.stop.cancelled() => return false,
                 _ = tokio::time::sleep(DEBOUNCE) => {}
-                () = asks.by_hand() => trigger = Trigger::Manual,
+                () = self.asks.by_hand() => trigger = Trigger::Manual,
             }
         }
         true
@@ -271,64 +253,62 @@ impl Reloader {
         }
     }
 
+    /// How the config in force asks for its files to be watched.
+    fn watch_mode(&self) -> WatchMode {
+        self.shared.current().config.watch
+    }
+
+    /// The files to watch now: see [`relevant_files`].
+    fn relevant_files(&self) -> Vec<PathBuf> {
+        relevant_files(&self.shared, &self.path)
+    }
+
     /// [`Self::wanted`], unless the config in force polls: then no folder is watched, and
     /// every poll would read the config a second time for nothing.
-    async fn wanted_in(&self, shared: &Arc<Shared>, path: &Path) -> Option<Wanted> {
-        match watch_mode(shared) {
+    async fn wanted_in(&self) -> Option<Wanted> {
+        match self.watch_mode() {
             WatchMode::Poll => Some(Wanted::new()),
-            WatchMode::Events => self.wanted(shared, path).await,
+            WatchMode::Events => self.wanted().await,
         }
     }
 
     /// The folders to watch now, found off the async threads: it reads the config and looks
     /// at folders, which may sit on a slow mount, and accepting must not wait for that.
-    async fn wanted(&self, shared: &Arc<Shared>, path: &Path) -> Option<Wanted> {
-        let (shared, path) = (shared.clone(), path.to_path_buf());
+    async fn wanted(&self) -> Option<Wanted> {
+        let (shared, path) = (self.shared.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || watch::wanted(&relevant_files(&shared, &path)))
             .await
             .ok()
     }
 
     /// Builds and applies a new snapshot, or keeps the current one and says why.
-    async fn reload(
-        &mut self,
-        shared: &Arc<Shared>,
-        path: &Path,
-        trigger: Trigger,
-        patience: Patience,
-        events: &mut Events,
-    ) -> Read {
-        let current = shared.current();
+    async fn reload(&mut self, trigger: Trigger, patience: Patience) -> Read {
+        let current = self.shared.current();
         let generation = current.generation + 1;
         // Events so far are of writes this read will see: only one arriving from now on says
         // the files were written to again.
-        events.mark_unchanged();
-        let (path_owned, rejected) = (path.to_path_buf(), self.rejected);
+        self.events.mark_unchanged();
+        let (path_owned, rejected) = (self.path.clone(), self.rejected);
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let looked = tokio::task::spawn_blocking(move || {
             look(&path_owned, trigger, &current, rejected, generation)
         })
         .await;
         let outcome = match looked {
-            Ok(look) => {
-                self.decide_settled(shared, path, look, trigger, patience)
-                    .await
-            }
+            Ok(look) => self.decide_settled(look, trigger, patience).await,
             Err(e) => Outcome::Rejected(format!("reload task failed: {e}")),
         };
         let read = match outcome {
             Outcome::Unsettled => Read::Unsettled,
             _ => Read::Settled,
         };
-        self.conclude(shared, generation, outcome, trigger).await;
+        self.conclude(generation, outcome, trigger).await;
         read
     }
 
     /// [`Self::decide`], once files that triggered the look have held still after it.
     async fn decide_settled(
         &mut self,
-        shared: &Arc<Shared>,
-        path: &Path,
         look: Look,
         trigger: Trigger,
         patience: Patience,
@@ -356,44 +336,39 @@ impl Reloader {
                 }
                 Trigger::Manual => *fresh && patience == Patience::WaitForStill,
             };
-            if wait_for_still && !holds_still(path, *stamp).await {
+            if wait_for_still && !holds_still(&self.path, *stamp).await {
                 tracing::debug!(
                     "config files written to again after they were read; reading them again"
                 );
                 return Outcome::Unsettled;
             }
         }
-        self.decide(shared, look, trigger, patience).await
+        self.decide(look, trigger, patience).await
     }
 
     /// Publishes and logs what a look came to, after renewing the certificates in force if
     /// the files on disk are not going into force.
-    async fn conclude(
-        &mut self,
-        shared: &Arc<Shared>,
-        generation: u64,
-        outcome: Outcome,
-        trigger: Trigger,
-    ) {
+    async fn conclude(&mut self, generation: u64, outcome: Outcome, trigger: Trigger) {
         // The files on disk are not going into force (rejected, now or before, or unbindable):
         // the certificates in force are still renewed.
         let renewal = match outcome {
-            Outcome::Nothing | Outcome::Rejected(_) => self.renew(shared, generation).await,
+            Outcome::Nothing | Outcome::Rejected(_) => self.renew(generation).await,
             _ => None,
         };
         let rejected = match &outcome {
             Outcome::Rejected(error) => Some(error.clone()),
             _ => None,
         };
-        self.record(shared, generation, outcome, trigger);
+        self.record(generation, outcome, trigger);
         if let Some(renewal) = renewal {
-            self.record_renewal(shared, generation, renewal, rejected.as_deref());
+            self.record_renewal(generation, renewal, rejected.as_deref());
         }
     }
 
     /// The config in force with its certificates and keys read again, swapped in, if their
     /// files changed; `None` if they did not (or the process is shutting down).
-    async fn renew(&mut self, shared: &Arc<Shared>, generation: u64) -> Option<Renewal> {
+    async fn renew(&mut self, generation: u64) -> Option<Renewal> {
+        let shared = &self.shared;
         let current = shared.current();
         let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
         let (read, renewed) = renewed.await.ok()??;
@@ -422,13 +397,8 @@ impl Reloader {
     /// written before its key, say) is said once: the next write is looked at anyway. Not at
     /// all when it failed as the reload just `rejected` did (the config on disk is the one in
     /// force, and its certificate files are what is wrong): that error was said already.
-    fn record_renewal(
-        &mut self,
-        shared: &Shared,
-        generation: u64,
-        renewal: Renewal,
-        rejected: Option<&str>,
-    ) {
+    fn record_renewal(&mut self, generation: u64, renewal: Renewal, rejected: Option<&str>) {
+        let shared = &self.shared;
         let error = match renewal {
             Renewal::Failed(error) => error,
             Renewal::Applied => {
@@ -449,13 +419,7 @@ impl Reloader {
     }
 
     /// What to do about what [`look`] found: apply a good build, remember a rejected one.
-    async fn decide(
-        &mut self,
-        shared: &Arc<Shared>,
-        look: Look,
-        trigger: Trigger,
-        patience: Patience,
-    ) -> Outcome {
+    async fn decide(&mut self, look: Look, trigger: Trigger, patience: Patience) -> Outcome {
         match look {
             Look::InForce => {
                 tracing::debug!("config files touched but their content did not change");
@@ -489,7 +453,7 @@ impl Reloader {
                         tracing::warn!("config files kept changing while being read; applying them as last read");
                     }
                     self.rejected = None;
-                    self.apply_built(shared, snapshot, trigger).await
+                    self.apply_built(snapshot, trigger).await
                 }
                 Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
                 Err(e) => {
@@ -505,15 +469,10 @@ impl Reloader {
 
     /// [`Self::apply`], and the log switched to the new config's format if it asks for
     /// another.
-    async fn apply_built(
-        &mut self,
-        shared: &Arc<Shared>,
-        snapshot: Snapshot,
-        trigger: Trigger,
-    ) -> Outcome {
+    async fn apply_built(&mut self, snapshot: Snapshot, trigger: Trigger) -> Outcome {
         let format = snapshot.config.log_format;
-        let format_in_force = shared.current().config.log_format;
-        let outcome = self.apply(shared, snapshot, trigger).await;
+        let format_in_force = self.shared.current().config.log_format;
+        let outcome = self.apply(snapshot, trigger).await;
         if matches!(outcome, Outcome::Applied) && format != format_in_force {
             crate::logging::format_changed(format);
         }
@@ -522,15 +481,10 @@ impl Reloader {
 
     /// Swaps `snapshot` in, binding its new listeners; nothing new if it failed to bind exactly
     /// as the last file-triggered try of this content did (not logged or counted again).
-    async fn apply(
-        &mut self,
-        shared: &Arc<Shared>,
-        snapshot: Snapshot,
-        trigger: Trigger,
-    ) -> Outcome {
+    async fn apply(&mut self, snapshot: Snapshot, trigger: Trigger) -> Outcome {
         // An address that cannot be bound is the machine's state, not the file's: the very
         // same content is retried on the next event (the port may be free by then).
-        let e = match shared.apply(snapshot).await {
+        let e = match self.shared.apply(snapshot).await {
             Ok(()) => return Outcome::Applied,
             Err(Error::ShuttingDown) => return Outcome::Nothing,
             Err(e) => e,
@@ -545,7 +499,8 @@ impl Reloader {
     }
 
     /// Publishes what a look at the files came to, then logs it.
-    fn record(&mut self, shared: &Shared, generation: u64, outcome: Outcome, trigger: Trigger) {
+    fn record(&mut self, generation: u64, outcome: Outcome, trigger: Trigger) {
+        let shared = &self.shared;
         // Only a read that got through ends a shortage: a look that decided nothing (files
         // still being written) says nothing about it. A SIGHUP asked for is not forgotten.
         let was_short = self.short_of_files.is_some();
@@ -585,11 +540,6 @@ impl Reloader {
     }
 }
 
-/// How the config in force asks for its files to be watched.
-fn watch_mode(shared: &Shared) -> WatchMode {
-    shared.current().config.watch
-}
-
 /// Whether a reload read files that held still.
 #[derive(Debug, PartialEq, Eq)]
 enum Read {
@@ -624,17 +574,17 @@ enum Renewal {
 }
 
 /// What asks for a reload by hand: SIGHUP, and [`crate::Server`]'s manual reloads.
-struct Asks<'a> {
+struct Asks {
     manual: mpsc::UnboundedReceiver<()>,
-    hangup: &'a mut Hangup,
+    hangup: Hangup,
 }
 
-impl Asks<'_> {
+impl Asks {
     /// The next reload asked for by hand; never, once neither can ask any more.
     async fn by_hand(&mut self) {
         tokio::select! {
             Some(()) = self.manual.recv() => {}
-            Some(()) = recv_hangup(self.hangup) => {}
+            Some(()) = recv_hangup(&mut self.hangup) => {}
             else => std::future::pending().await,
         }
     }
