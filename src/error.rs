@@ -246,6 +246,10 @@ impl ProxyError {
 
 // Statics, not consts: a header holds `Bytes`, which has a destructor, so a reference to a
 // const of it would not be promoted to `'static`.
+// A 426's `Connection` is `Upgrade`, as the contract spells it, without the `close` every other
+// refusal says (RFC 9112 §9.6): hyper writes a second value on the same line (`Upgrade,
+// close`), which a client comparing the field with `Upgrade` would refuse, while one that
+// reuses the connection only finds it closed, as it may find any connection.
 static UPGRADE_TO_WEBSOCKET: [(HeaderName, HeaderValue); 2] = [
     (UPGRADE, HeaderValue::from_static("websocket")),
     (CONNECTION, HeaderValue::from_static("Upgrade")),
