@@ -20,20 +20,33 @@ const ENDED_BEFORE_TRIM: u64 = 1_000;
 
 pub(crate) fn spawn_trimmer(shared: Arc<Shared>, stop: CancellationToken) {
     tokio::spawn(async move {
-        let mut trimmed_at = shared.ended_connections();
+        let mut last = LastTrim(shared.ended_connections());
         loop {
             tokio::select! {
                 () = tokio::time::sleep(LOOK_EVERY) => {}
                 () = stop.cancelled() => return,
             }
-            let ended = shared.ended_connections();
-            if ended - trimmed_at >= ENDED_BEFORE_TRIM {
-                trimmed_at = ended;
+            if last.due(shared.ended_connections()) {
                 // It walks every arena's free lists: off the runtime's threads.
                 let _ = tokio::task::spawn_blocking(trim).await;
             }
         }
     });
+}
+
+/// The count of ended connections at the last trim (or at start).
+struct LastTrim(u64);
+
+impl LastTrim {
+    /// Whether a burst's worth of connections ended since the last trim, `ended` being the
+    /// count now; if so, this one is the last from now on.
+    fn due(&mut self, ended: u64) -> bool {
+        let due = ended.saturating_sub(self.0) >= ENDED_BEFORE_TRIM;
+        if due {
+            self.0 = ended;
+        }
+        due
+    }
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -46,3 +59,21 @@ fn trim() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_is_due_once_per_burst_of_ended_connections() {
+        let mut last = LastTrim(500);
+        // A quiet proxy never trims.
+        assert!(!last.due(500));
+        assert!(!last.due(500 + ENDED_BEFORE_TRIM - 1));
+        assert!(last.due(500 + ENDED_BEFORE_TRIM));
+        // Counted from that trim on, not from the start.
+        assert!(!last.due(500 + ENDED_BEFORE_TRIM + 1));
+        assert!(!last.due(499 + 2 * ENDED_BEFORE_TRIM));
+        assert!(last.due(500 + 3 * ENDED_BEFORE_TRIM));
+    }
+}
