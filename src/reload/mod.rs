@@ -349,10 +349,13 @@ impl Reloader {
     /// Publishes and logs what a look came to, after renewing the certificates in force if
     /// the files on disk are not going into force.
     async fn conclude(&mut self, generation: u64, outcome: Outcome, trigger: Trigger) {
-        // The files on disk are not going into force (rejected, now or before, or unbindable):
-        // the certificates in force are still renewed.
+        // The files on disk are not going into force (rejected, now or before, unbindable, or
+        // the config file gone or emptied for a while): the certificates in force are still
+        // renewed. (A certificate or key file of theirs gone is no renewal: see `renewed`.)
         let renewal = match outcome {
-            Outcome::Nothing | Outcome::Rejected(_) => self.renew(generation).await,
+            Outcome::Nothing | Outcome::Rejected(_) | Outcome::Missing(..) => {
+                self.renew(generation).await
+            }
             _ => None,
         };
         let rejected = match &outcome {
