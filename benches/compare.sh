@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/compare.sh — wsgate vs nginx vs HAProxy (and the echo backend directly), side by side.
 #
-#   benches/compare.sh [RESULTS.md]          # full run, < 15 min
+#   benches/compare.sh [RESULTS.md]          # full run, about 10 min after the build (< 15)
 #   QUICK=1 benches/compare.sh               # 1–2 min sanity pass
 #
 # Method: the proxy under test runs alone on CPU $PROXY_CPU with one worker (taskset; nginx

@@ -31,7 +31,9 @@
 //!   of a connection that got an answer instead; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI
 //!   (`tls::expiry`: when the certificates run out, and the warnings about it);
-//! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel;
+//! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel
+//!   (`splice::direction`: one way of it and its buffer pool; `splice::linger`: its close;
+//!   `splice::outcome`: how it ended; `splice::peer`: what it asks of a socket);
 //!   `relay`: a backend's non-101 answer, passed on at the client's pace;
 //!   `resolve`: backend names to addresses, briefly cached; `socket`: TCP options and the
 //!   send queue both legs share; `files`: reading a config or PEM file safely;

@@ -1,3 +1,6 @@
+//! The `wsgate-bench` command: parses the command line and runs the chosen scenario (or the
+//! echo backend); exit status 1 when it fails, 2 on a usage error (clap's).
+
 use std::process::ExitCode;
 
 use clap::Parser;
