@@ -50,10 +50,10 @@ fn write_times(file: &Path) -> Option<std::time::SystemTime> {
 /// and the files it names if it parses. (Not the files of the config in force: once a reload
 /// drops a certificate, that file's content must not make the same config look changed.)
 fn on_disk_files(path: &Path) -> Vec<PathBuf> {
-    match Config::load(path) {
+    Config::load_with(path, |loaded| match loaded {
         Ok(config) => config.watched_files(),
         Err(_) => vec![path.to_path_buf()],
-    }
+    })
 }
 
 /// Fingerprint of the content of [`on_disk_files`]: what a snapshot built now would hold.

@@ -115,12 +115,12 @@ impl Shared {
             (added, listeners.iter().map(|l| l.local).collect())
         };
         let bound = listener::bind_all(&added, &held, &next.config)?;
-        let removed: Vec<Listener> = {
+        let (removed, old): (Vec<Listener>, _) = {
             // Under the listeners' lock: shutdown, which takes them, sees either the old
             // snapshot and listeners or the new ones, never a mix.
             let mut guard = lock(&self.listeners);
             let listeners = guard.as_mut().ok_or(Error::ShuttingDown)?;
-            self.snapshot.store(next.clone());
+            let old = self.snapshot.swap(next.clone());
             for ((kind, configured), socket) in added.into_iter().zip(bound) {
                 listeners.push(Listener::start(self, kind, configured, socket));
             }
@@ -128,8 +128,12 @@ impl Shared {
                 .drain(..)
                 .partition(|l| wanted.iter().any(|&(kind, addr)| l.is(kind, addr)));
             *listeners = kept;
-            removed
+            (removed, old)
         };
+        // Freed on the blocking pool (if no request still holds it): tens of thousands of
+        // routes take tens of milliseconds to free, which a thread that accepts and relays
+        // must not spend.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
         next.log_warnings();
         self.metrics.certificates(&next.expiry);
         self.metrics.routes(&next.config.routes);

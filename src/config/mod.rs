@@ -149,28 +149,42 @@ static LAST_LOAD: std::sync::Mutex<Option<LastLoad>> = std::sync::Mutex::new(Non
 impl Config {
     /// Reads and validates the file at `path` (parsed again only if its bytes changed).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = crate::files::read(path).map_err(|e| {
-            ConfigError::new(path, format!("cannot read config file: {e}")).caused_by(Some(&e))
-        })?;
+        Self::load_with(path, |loaded| loaded.cloned().map_err(Clone::clone))
+    }
+
+    /// What `look` makes of the config at `path` as [`Config::load`] would return it, without
+    /// a copy of it: the look at a config's files that a reload takes several times must not
+    /// copy a table of thousands of routes each time.
+    pub(crate) fn load_with<T>(
+        path: &Path,
+        look: impl FnOnce(Result<&Config, &ConfigError>) -> T,
+    ) -> T {
+        let bytes = match crate::files::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let message = format!("cannot read config file: {e}");
+                return look(Err(&ConfigError::new(path, message).caused_by(Some(&e))));
+            }
+        };
         // Named as what it is (a file truncated and not yet written, say), not as the first
         // of the many things an empty config lacks.
         if bytes.is_empty() {
-            return Err(ConfigError::new(path, "config file is empty"));
+            return look(Err(&ConfigError::new(path, "config file is empty")));
         }
         let mut last = crate::sync::lock(&LAST_LOAD);
         if let Some(last) = last.as_ref().filter(|l| l.path == path && l.bytes == bytes) {
-            return last.result.clone();
+            return look(last.result.as_ref());
         }
         let result = match std::str::from_utf8(&bytes) {
             Ok(src) => Config::from_toml_str(src, path),
             Err(e) => Err(ConfigError::not_utf8(path, &bytes, e)),
         };
-        *last = Some(LastLoad {
+        let last = last.insert(LastLoad {
             path: path.to_path_buf(),
             bytes,
-            result: result.clone(),
+            result,
         });
-        result
+        look(last.result.as_ref())
     }
 
     /// Parses and validates `src`; `path` names the file in errors and its folder anchors

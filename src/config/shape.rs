@@ -81,7 +81,7 @@ pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), Co
             must_be_table(item, how).or_else(|m| refuse(&item.span(), &key, m))?;
         }
     }
-    match first_datetime(root, "") {
+    match first_datetime(root) {
         Some((span, key)) => refuse(&span, &key, datetime_message(&key)),
         None => Ok(()),
     }
@@ -141,27 +141,36 @@ fn kind(value: &DeValue<'_>) -> &'static str {
 }
 
 /// The first date-time in the file (by position) and its dotted key: no setting takes one.
-fn first_datetime(table: &DeTable<'_>, prefix: &str) -> Option<(Range<usize>, String)> {
-    (table.iter())
-        .filter_map(|(key, value)| {
-            let path = match prefix {
-                "" => key.get_ref().to_string(),
-                _ => format!("{prefix}.{}", key.get_ref()),
-            };
-            datetime_in(value, path)
-        })
-        .min_by_key(|(span, _)| span.start)
+fn first_datetime(root: &DeTable<'_>) -> Option<(Range<usize>, String)> {
+    let (span, path) = datetime_in_table(root)?;
+    // `.key…` at the root: no dot in front of the first key.
+    Some((span, path[1..].to_string()))
 }
 
-fn datetime_in(value: &Spanned<DeValue<'_>>, path: String) -> Option<(Range<usize>, String)> {
+/// The first date-time in `value` and the rest of its key below `value` (`""` for `value`
+/// itself, `.key`, `[i]`…). Built only for the one found: a table of thousands of routes has
+/// no key to spell out while it has no date-time.
+fn datetime_in(value: &Spanned<DeValue<'_>>) -> Option<(Range<usize>, String)> {
     match value.get_ref() {
-        DeValue::Datetime(_) => Some((value.span(), path)),
-        DeValue::Table(table) => first_datetime(table, &path),
+        DeValue::Datetime(_) => Some((value.span(), String::new())),
+        DeValue::Table(table) => datetime_in_table(table),
         DeValue::Array(items) => (items.iter().enumerate())
-            .filter_map(|(i, item)| datetime_in(item, format!("{path}[{i}]")))
+            .filter_map(|(i, item)| {
+                let (span, rest) = datetime_in(item)?;
+                Some((span, format!("[{i}]{rest}")))
+            })
             .min_by_key(|(span, _)| span.start),
         _ => None,
     }
+}
+
+fn datetime_in_table(table: &DeTable<'_>) -> Option<(Range<usize>, String)> {
+    (table.iter())
+        .filter_map(|(key, value)| {
+            let (span, rest) = datetime_in(value)?;
+            Some((span, format!(".{}{rest}", key.get_ref())))
+        })
+        .min_by_key(|(span, _)| span.start)
 }
 
 /// Makes every date-time in `table` an empty string, for serde to read the document past

@@ -375,9 +375,9 @@ impl Checker<'_> {
             host,
             path: route_path(route.path.get_ref())
                 .map_err(|m| self.error(&route.path.span(), &key("path"), m))?,
-            subprotocols: self.list(&route.subprotocols, &key("subprotocols"), subprotocol)?,
-            origins: self.list(&route.origins, &key("origins"), origin)?,
-            backends: self.backends(&route.backends, &key("backends"))?,
+            subprotocols: self.list(&route.subprotocols, Field(i, "subprotocols"), subprotocol)?,
+            origins: self.list(&route.origins, Field(i, "origins"), origin)?,
+            backends: self.backends(&route.backends, Field(i, "backends"))?,
             idle: (route.idle.as_ref())
                 .map(|d| self.timeout(d, &key("idle")))
                 .transpose()?,
@@ -389,14 +389,14 @@ impl Checker<'_> {
     fn list(
         &self,
         raw: &Option<Spanned<Vec<Spanned<String>>>>,
-        key: &str,
+        key: Field,
         check: fn(&str) -> Result<String, String>,
     ) -> Result<Option<Vec<String>>, ConfigError> {
         let Some(list) = raw else { return Ok(None) };
         if list.get_ref().is_empty() {
             return Err(self.error(
                 &list.span(),
-                key,
+                &key.to_string(),
                 "an empty list would refuse everything; leave the key out to allow all",
             ));
         }
@@ -414,10 +414,10 @@ impl Checker<'_> {
     fn backends(
         &self,
         raw: &Spanned<Vec<Spanned<String>>>,
-        key: &str,
+        key: Field,
     ) -> Result<Vec<String>, ConfigError> {
         if raw.get_ref().is_empty() {
-            return Err(self.error(&raw.span(), key, "needs at least one backend"));
+            return Err(self.error(&raw.span(), &key.to_string(), "needs at least one backend"));
         }
         raw.get_ref()
             .iter()
@@ -426,6 +426,17 @@ impl Checker<'_> {
                 backend(b.get_ref()).map_err(|m| self.error(&b.span(), &format!("{key}[{j}]"), m))
             })
             .collect()
+    }
+}
+
+/// A list of route `.0`'s, named `.1`: spelled out (`route[3].origins`) only for a message,
+/// not for each of thousands of routes that have none.
+#[derive(Clone, Copy)]
+struct Field(usize, &'static str);
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "route[{}].{}", self.0, self.1)
     }
 }
 

@@ -619,9 +619,9 @@ async fn debounce(events: &mut Events) {
 /// rejected config waiting for its missing certificate must see that certificate appear.
 fn relevant_files(shared: &Shared, path: &Path) -> Vec<PathBuf> {
     let mut files = shared.current().config.watched_files();
-    if let Ok(candidate) = Config::load(path) {
-        files.extend(candidate.watched_files());
-    }
+    Config::load_with(path, |candidate| {
+        files.extend(candidate.iter().flat_map(|c| c.watched_files()));
+    });
     files
 }
 
