@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use tokio::time::Instant;
+
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
 use crate::fingerprint::{on_disk_fingerprint, on_disk_stamp, on_disk_stamp_and_freshness};
@@ -25,8 +27,9 @@ pub(super) enum Look {
     Built {
         on_disk: u64,
         /// The files' content and write times as they were before the read (see
-        /// [`holds_still`]).
+        /// [`holds_still`]), and when.
         stamp: u64,
+        stamped_at: Instant,
         settled: bool,
         /// Whether a file was written less than a [`DEBOUNCE`] before the read.
         fresh: bool,
@@ -58,6 +61,11 @@ pub(super) fn look(
             return missing;
         }
     }
+    // Stamped first: the config's parse, which the stamp needs for the names of the files
+    // it serves (and which the fingerprint and the build then find made), is part of the
+    // read that the files must hold still through.
+    let stamped_at = Instant::now();
+    let (stamp, fresh) = on_disk_stamp_and_freshness(path, DEBOUNCE);
     let on_disk = on_disk_fingerprint(path);
     if trigger == Trigger::Files && on_disk == in_force.fingerprint {
         return Look::InForce;
@@ -65,7 +73,6 @@ pub(super) fn look(
     if trigger == Trigger::Files && Some(on_disk) == rejected {
         return Look::StillRejected;
     }
-    let (stamp, fresh) = on_disk_stamp_and_freshness(path, DEBOUNCE);
     let built = Snapshot::build_hashed(path, generation, on_disk);
     // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
     // written that way: wait for it rather than count a failure. A file the config in force
@@ -83,6 +90,7 @@ pub(super) fn look(
     Look::Built {
         on_disk,
         stamp,
+        stamped_at,
         settled,
         fresh,
         built: Box::new(built),
@@ -139,12 +147,15 @@ fn served_file_gone(
     })
 }
 
-/// Whether the files at `path`, stamped `stamp` before they were read, still have that stamp
-/// after a [`DEBOUNCE`]. Content and write times, not events: a neighbour file written nonstop
-/// in the same folder is no write to them, and a writer that rewrote the same first pieces in
-/// the meantime is one.
-pub(super) async fn holds_still(path: &Path, stamp: u64) -> bool {
-    tokio::time::sleep(DEBOUNCE).await;
+/// Whether the files at `path`, stamped `stamp` at `stamped_at` before they were read, still
+/// have that stamp now that they have been read, and a [`DEBOUNCE`] after `stamped_at`: no write
+/// came while they were read, nor in the debounce's time from the stamp on. (Not a debounce's
+/// time after the read: a large config is read for longer than that, and its writer would be
+/// caught in the read's time all the same.) Content and write times, not events: a neighbour
+/// file written nonstop in the same folder is no write to them, and a writer that rewrote the
+/// same first pieces in the meantime is one.
+pub(super) async fn holds_still(path: &Path, stamp: u64, stamped_at: Instant) -> bool {
+    tokio::time::sleep_until(stamped_at + DEBOUNCE).await;
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || on_disk_stamp(&path) == stamp)
         .await
@@ -288,12 +299,12 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
     #[tokio::test]
     async fn files_hold_still_until_written_to_even_with_the_same_bytes() {
         let files = Files::new();
-        let stamp = on_disk_stamp(&files.config);
-        assert!(holds_still(&files.config, stamp).await);
+        let (stamped_at, stamp) = (Instant::now(), on_disk_stamp(&files.config));
+        assert!(holds_still(&files.config, stamp, stamped_at).await);
         // Replaced by a file with the same content, as an editor saves.
         let new = files.dir.path().join("wsgate.toml.new");
         std::fs::write(&new, CONFIG).unwrap();
         std::fs::rename(&new, &files.config).unwrap();
-        assert!(!holds_still(&files.config, stamp).await);
+        assert!(!holds_still(&files.config, stamp, stamped_at).await);
     }
 }

@@ -317,13 +317,15 @@ impl Reloader {
         // piece by piece) may have held still while it was read, and still be no finished
         // content: a failure may be a file cut short, and a success a valid prefix that
         // lacks a rule still to come (an `origins` list). So what the files triggered is
-        // decided only once they have held still for a debounce's time after the read (a
+        // decided only once they have held still from before the read, through it, for a
+        // debounce's time at least (a
         // file rewritten nonstop is taken as last read after MAX_REREADS, if good; if bad,
         // reported once it holds still: only then is its error its content's).
         // Asked for by hand, the files are taken at once, unless one was written a moment
         // ago: a SIGHUP sent right behind a write (or during one) may have caught it halfway.
         if let Look::Built {
             stamp,
+            stamped_at,
             settled,
             fresh,
             built,
@@ -336,7 +338,7 @@ impl Reloader {
                 }
                 Trigger::Manual => *fresh && patience == Patience::WaitForStill,
             };
-            if wait_for_still && !holds_still(&self.path, *stamp).await {
+            if wait_for_still && !holds_still(&self.path, *stamp, *stamped_at).await {
                 tracing::debug!(
                     "config files written to again after they were read; reading them again"
                 );

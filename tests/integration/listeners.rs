@@ -142,6 +142,8 @@ async fn an_address_that_cannot_be_bound_rejects_the_whole_reload() {
     let backend = WsBackend::start("one").await;
     let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
     let mut rx = proxy.server.reload_status();
+    // Looks counted from here on are this test's.
+    let before = status_where(&mut rx, "the start-up look", |s| s.checks >= 1).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap();
     // Listed before the busy one: binding it must not survive the failure.
@@ -168,10 +170,12 @@ async fn an_address_that_cannot_be_bound_rejects_the_whole_reload() {
     assert_eq!(proxy.server.local_addrs(), vec![proxy.addr]);
     assert_refused(free, "a rejected reload binds nothing").await;
 
-    // Something else in the folder changes: the same content is tried again (the port could
-    // be free by now) but the same failure is not logged or counted again.
-    let checks = status.checks;
-    std::fs::write(proxy.config_path().with_file_name("neighbour.log"), "x").unwrap();
+    // The same content saved again: tried again (the port could be free by now), but the same
+    // failure is not logged or counted again. (Awaited from the end of the rejecting look:
+    // its count may come after its failure was published.)
+    let rejecting = status_where(&mut rx, "the rejecting look", |s| s.checks > before.checks);
+    let checks = rejecting.await.checks;
+    std::fs::write(proxy.config_path(), &body).unwrap();
     let status = status_where(&mut rx, "another look", |s| s.checks > checks).await;
     assert_eq!((status.generation, status.failures), (1, 1));
 
