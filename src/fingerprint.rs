@@ -14,16 +14,27 @@ use crate::config::Config;
 /// With `written`, also of when each was last written, and its size and inode: a file written
 /// again with the same bytes then hashes differently.
 pub(crate) fn fingerprint_of(files: &[PathBuf], written: bool) -> u64 {
-    let files: BTreeSet<&PathBuf> = files.iter().collect();
-    let mut hasher = DefaultHasher::new();
-    for file in files {
-        file.hash(&mut hasher);
-        crate::files::read(file).ok().hash(&mut hasher);
-        if written {
-            write_times(file).hash(&mut hasher);
-        }
+    let (content, stamp) = fingerprints(files);
+    if written {
+        stamp
+    } else {
+        content
     }
-    hasher.finish()
+}
+
+/// Both of [`fingerprint_of`]'s, from one read of each file.
+fn fingerprints(files: &[PathBuf]) -> (u64, u64) {
+    let files: BTreeSet<&PathBuf> = files.iter().collect();
+    let (mut content, mut stamp) = (DefaultHasher::new(), DefaultHasher::new());
+    for file in files {
+        let read = crate::files::read(file).ok();
+        for hasher in [&mut content, &mut stamp] {
+            file.hash(hasher);
+            read.hash(hasher);
+        }
+        write_times(file).hash(&mut stamp);
+    }
+    (content.finish(), stamp.finish())
 }
 
 #[cfg(unix)]
@@ -61,12 +72,28 @@ pub(crate) fn on_disk_fingerprint(path: &Path) -> u64 {
     fingerprint_of(&on_disk_files(path), false)
 }
 
-/// [`on_disk_stamp`], and whether any of its files was written (or renamed into place) less
-/// than `lately` ago: a reload asked for by hand right behind a write may have caught it
-/// halfway. One read of the config for both.
-pub(crate) fn on_disk_stamp_and_freshness(path: &Path, lately: Duration) -> (u64, bool) {
+/// What one read of the files at `path` tells.
+pub(crate) struct OnDisk {
+    /// [`on_disk_fingerprint`]'s.
+    pub(crate) content: u64,
+    /// [`on_disk_stamp`]'s.
+    pub(crate) stamp: u64,
+    /// Whether one of them was written (or renamed into place) less than the given time ago:
+    /// a reload asked for by hand right behind a write may have caught it halfway.
+    pub(crate) fresh: bool,
+}
+
+/// [`OnDisk`] for the files at `path`, written less than `lately` ago counting as fresh: one
+/// read of each file (a look that finds the content in force, every poll, reads no more).
+pub(crate) fn on_disk_now(path: &Path, lately: Duration) -> OnDisk {
     let files = on_disk_files(path);
-    (fingerprint_of(&files, true), written_within(&files, lately))
+    let (content, stamp) = fingerprints(&files);
+    let fresh = written_within(&files, lately);
+    OnDisk {
+        content,
+        stamp,
+        fresh,
+    }
 }
 
 /// Whether any of `files` was written less than `lately` ago.

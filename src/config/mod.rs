@@ -154,7 +154,8 @@ impl Config {
 
     /// What `look` makes of the config at `path` as [`Config::load`] would return it, without
     /// a copy of it: the look at a config's files that a reload takes several times must not
-    /// copy a table of thousands of routes each time.
+    /// copy a table of thousands of routes each time. `look` runs under the cache's lock, so
+    /// it must not load a config itself.
     pub(crate) fn load_with<T>(
         path: &Path,
         look: impl FnOnce(Result<&Config, &ConfigError>) -> T,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
-use crate::fingerprint::{on_disk_fingerprint, on_disk_stamp, on_disk_stamp_and_freshness};
+use crate::fingerprint::{on_disk_fingerprint, on_disk_now, on_disk_stamp, OnDisk};
 use crate::snapshot::Snapshot;
 
 /// What a look at the files found.
@@ -65,8 +65,11 @@ pub(super) fn look(
     // it serves (and which the fingerprint and the build then find made), is part of the
     // read that the files must hold still through.
     let stamped_at = Instant::now();
-    let (stamp, fresh) = on_disk_stamp_and_freshness(path, DEBOUNCE);
-    let on_disk = on_disk_fingerprint(path);
+    let OnDisk {
+        content: on_disk,
+        stamp,
+        fresh,
+    } = on_disk_now(path, DEBOUNCE);
     if trigger == Trigger::Files && on_disk == in_force.fingerprint {
         return Look::InForce;
     }
