@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::next_connection;
+use crate::listener::{next_connection, Reserve};
 use crate::logging::Throttle;
 use crate::server::Shared;
 use crate::sync::lock;
@@ -43,10 +43,11 @@ pub(crate) async fn accept_loop(
 ) {
     let live = Arc::new(Live::default());
     let mut failing = Throttle::default();
-    while let Some((tcp, _)) = next_connection(&listener, &stop, &mut failing).await {
+    let reserve = Arc::new(Reserve::new());
+    while let Some((tcp, _)) = next_connection(&listener, &stop, &mut failing, Some(&reserve)).await
+    {
         let (id, evict) = live.admit();
-        let shared = shared.clone();
-        let live = live.clone();
+        let (shared, live, reserve) = (shared.clone(), live.clone(), reserve.clone());
         // Not on the proxy's task tracker: an open scrape connection must not delay shutdown.
         tokio::spawn(async move {
             tokio::select! {
@@ -54,6 +55,9 @@ pub(crate) async fn accept_loop(
                 _ = evict.cancelled() => {}
             }
             live.leave(id);
+            // The connection's descriptor is closed: back into reserve with it, if one was
+            // given up for it, before anything else takes it.
+            reserve.refill();
         });
     }
 }

@@ -42,7 +42,9 @@
 //!   `error`: each refusal's status, body and headers, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
-//!   `memory`: giving memory freed after a burst of connections back to the system
+//!   `descriptors`: the open-files limit, raised at start and checked against
+//!   `max_connections`; `memory`: giving memory freed after a burst of connections back to
+//!   the system
 //!   (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM and Ctrl-C; `sync`: locking that survives
 //!   a panic.
 
@@ -53,6 +55,7 @@ mod admin;
 mod closing;
 pub mod config;
 mod connection;
+pub mod descriptors;
 mod drain;
 mod error;
 mod files;

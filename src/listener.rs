@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,9 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::config::Config;
 use crate::connection;
+use crate::error::out_of_descriptors;
 use crate::limits::BudgetExhausted;
 use crate::logging::Throttle;
 use crate::server::{Error, Shared};
+use crate::sync::lock;
 
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +141,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let mut failing = Throttle::default();
-    while let Some((stream, peer)) = next_connection(&listener, &stop, &mut failing).await {
+    while let Some((stream, peer)) = next_connection(&listener, &stop, &mut failing, None).await {
         shared.metrics.accepted();
         match shared.admit_connection() {
             Ok(guard) => {
@@ -154,11 +156,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 /// The next connection on `listener`, or `None` once `stop` is cancelled. Accept errors neither
 /// stop nor spin the loop: a peer gone between SYN and accept is skipped, and anything else
 /// (EMFILE and friends) backs off for 50 ms, giving closing connections a moment, logged at
-/// most once a second (`failing`).
+/// most once a second (`failing`). Out of descriptors, one of `reserve`'s is given up for the
+/// connection first, if it holds one.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
     stop: &CancellationToken,
     failing: &mut Throttle,
+    reserve: Option<&Reserve>,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
@@ -172,6 +176,9 @@ pub(crate) async fn next_connection(
                     e.kind(),
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
                 ) => {}
+            Err(e) if out_of_descriptors(&e) && reserve.is_some_and(Reserve::give_up_one) => {
+                tracing::debug!("out of open files: a reserved one given up for the connection");
+            }
             Err(e) => {
                 if let Some(suppressed) = failing.ready() {
                     let listen = listener
@@ -182,5 +189,39 @@ pub(crate) async fn next_connection(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Descriptors held back for the admin endpoint, given up one at a time when accepting finds
+/// none left, and taken back as its connections end: a liveness probe must keep being answered
+/// while the proxy is out of open files (a failing probe gets a healthy process killed, and
+/// every live tunnel with it), and so must a scrape that would show why.
+pub(crate) struct Reserve(Mutex<Vec<std::fs::File>>);
+
+/// How many [`Reserve`] holds: a probe or two and a scrape at once.
+const RESERVED: usize = 4;
+
+impl Reserve {
+    pub(crate) fn new() -> Reserve {
+        let reserve = Reserve(Mutex::new(Vec::with_capacity(RESERVED)));
+        reserve.refill();
+        reserve
+    }
+
+    /// Takes descriptors back into reserve, as many as are missing and free.
+    pub(crate) fn refill(&self) {
+        let mut held = lock(&self.0);
+        while held.len() < RESERVED {
+            // Any file will do; only its descriptor matters.
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => held.push(file),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Gives one descriptor back to the process; whether there was one.
+    fn give_up_one(&self) -> bool {
+        lock(&self.0).pop().is_some()
     }
 }

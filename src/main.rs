@@ -86,7 +86,8 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
-    if let Some(limit) = open_files_limit().filter(|&l| l < MIN_OPEN_FILES) {
+    let raised = wsgate::descriptors::raise();
+    if let Some(limit) = wsgate::descriptors::limit().filter(|&l| l < MIN_OPEN_FILES) {
         say(std::io::stderr(), format_args!(
             "error: the open-files limit (ulimit -n) is {limit}; wsgate needs at least {MIN_OPEN_FILES}, plus one per client connection and another per tunnel"
         ));
@@ -121,6 +122,9 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
         None => (Config::load(&path).map(|c| c.log_format)).unwrap_or_default(),
     };
     wsgate::init_logging(in_use, format.is_some());
+    if let Some((was, now)) = raised {
+        tracing::info!("open-files limit (ulimit -n) raised from {was} to the hard limit, {now}");
+    }
     let code = serve(&runtime, &path, in_use == LogFormat::Json);
     // Tasks on the blocking pool (a name lookup, a file read on a slow mount) must not hold
     // the exit past the grace the server already gave its connections.
@@ -131,13 +135,6 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
 /// Below this many open files the runtime, the signal handlers and the listeners cannot all
 /// be set up (and tokio's signal set-up panics when it runs out): refused with words instead.
 const MIN_OPEN_FILES: u64 = 16;
-
-/// The process's soft limit of open files, from `/proc/self/limits` (Linux), if known.
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
 
 /// How long exiting waits for stray blocking tasks.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -103,7 +103,10 @@ impl Shared {
     /// a listener that stays is never paused, and a bind failure changes nothing. Once
     /// shutdown has taken the listeners nothing changes either: the new sockets close unused.
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
-        next.routes.continue_from(&self.current().routes);
+        let current = self.current();
+        next.routes.continue_from(&current.routes);
+        let max_connections_before = current.config.limits.max_connections;
+        drop(current);
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
         let (added, held): (Vec<(Kind, SocketAddr)>, Vec<SocketAddr>) = {
@@ -135,6 +138,10 @@ impl Shared {
         // must not spend.
         drop(tokio::task::spawn_blocking(move || drop(old)));
         next.log_warnings();
+        let max_connections = next.config.limits.max_connections;
+        if max_connections != max_connections_before {
+            crate::descriptors::warn_if_short(max_connections);
+        }
         self.metrics.certificates(&next.expiry);
         self.metrics.routes(&next.config.routes);
         for listener in removed {
@@ -184,6 +191,7 @@ impl Server {
         let path = crate::watch::absolute(config_path.as_ref());
         let snapshot = Snapshot::build(&path, 1)?;
         snapshot.log_warnings();
+        crate::descriptors::warn_if_short(snapshot.config.limits.max_connections);
         let wanted = listener::wanted(&snapshot.config);
         let sockets = listener::bind_all(&wanted, &[], &snapshot.config)?;
         let (reload_status, _) = watch::channel(ReloadStatus {

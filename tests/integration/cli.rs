@@ -551,3 +551,56 @@ fn too_low_an_open_files_limit_is_refused_in_words() {
     );
     assert!(!text(&out).contains("panicked"), "{}", text(&out));
 }
+
+/// The soft open-files limit most processes start with (1024) fits about 500 tunnels: `run`
+/// raises it to the hard limit, says so, and warns when even that leaves room for fewer
+/// tunnels than `limits.max_connections`.
+#[test]
+fn run_raises_the_open_files_limit_to_the_hard_one_and_says_when_it_is_short() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let hard: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(hard > 100, "this test needs a hard limit above 100: {line}");
+    // More connections than the hard limit has room for (but within the key's range).
+    let max_connections = hard.min(10_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("[limits]\nmax_connections = {max_connections}\n\n{ROUTE}");
+    let path = write_config(dir.path(), &body);
+    let script = format!(
+        "ulimit -S -n 100 && exec '{}' run --config '{}'",
+        wsgate_bin(),
+        path.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let running = Running(child);
+    let seen = lines_until(&lines, "wsgate started");
+    let said = |needle: &str| seen.iter().any(|l| l.contains(needle));
+    assert!(
+        said(&format!(
+            "open-files limit (ulimit -n) raised from 100 to the hard limit, {hard}"
+        )),
+        "{seen:#?}"
+    );
+    let now = std::fs::read_to_string(format!("/proc/{}/limits", running.0.id())).unwrap();
+    let line = now
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(soft, hard, "{line}");
+    if 2 * max_connections + 64 > hard {
+        assert!(said("leaves room for about"), "{seen:#?}");
+        assert!(said("WARN"), "{seen:#?}");
+    }
+}

@@ -22,6 +22,8 @@ struct Limited {
     lines: Lines,
     pid: u32,
     addr: std::net::SocketAddr,
+    /// The admin endpoint's address, if the config has one.
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl Limited {
@@ -42,13 +44,19 @@ impl Limited {
             .unwrap();
         let pid = child.id().unwrap();
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = listening_addr(&next_line_with(&mut lines, "\"listening\"").await);
-        next_line_with(&mut lines, "content did not change").await;
+        let seen = lines_until(&mut lines, "content did not change").await;
+        let line = |needle: &str| seen.iter().find(|line| line.contains(needle)).cloned();
+        let addr = listening_addr(&line("\"listening\"").unwrap_or_default());
+        let admin = line("admin endpoint listening").map(|line| {
+            let admin = line.split("\"admin\":\"").nth(1).unwrap_or_default();
+            admin.split('"').next().unwrap_or_default().parse().unwrap()
+        });
         Limited {
             child,
             lines,
             pid,
             addr,
+            admin,
         }
     }
 
@@ -128,6 +136,45 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
     drop(hogs);
     let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "after EMFILE").await, "after EMFILE");
+    proxy.child.kill().await.unwrap();
+}
+
+/// The admin endpoint answers while the proxy is out of descriptors: a liveness probe failing
+/// then would have a working process killed, and every live tunnel with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_answers_while_the_proxy_is_out_of_descriptors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        route("a", "/a", &[backend.addr])
+    );
+    let mut proxy = Limited::start(&write_config(dir.path(), &body)).await;
+    let admin = proxy.admin.unwrap();
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
+
+    // More connections than descriptors: accepting fails, and backs off.
+    let mut hogs = Vec::new();
+    for _ in 0..LIMIT + 20 {
+        hogs.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    proxy.line_with("accept failed; backing off").await;
+
+    // Probes one after another, as a kubelet sends them, and a scrape: each answered.
+    for path in ["/healthz", "/readyz", "/healthz", "/metrics", "/healthz"] {
+        let mut probe = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        probe.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        within(path, probe.read_to_string(&mut answer))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer:?}");
+    }
+    // And the live tunnel kept working throughout.
+    assert_eq!(round_trip(&mut ws, "still here").await, "still here");
+    drop(hogs);
     proxy.child.kill().await.unwrap();
 }
 
