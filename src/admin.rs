@@ -18,8 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::{next_connection, Reserve};
-use crate::logging::Throttle;
+use crate::listener::{Acceptor, Reserve};
 use crate::server::Shared;
 use crate::sync::lock;
 
@@ -42,10 +41,9 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let live = Arc::new(Live::default());
-    let mut failing = Throttle::default();
     let reserve = Arc::new(Reserve::new());
-    while let Some((tcp, _)) = next_connection(&listener, &stop, &mut failing, Some(&reserve)).await
-    {
+    let mut acceptor = Acceptor::new(&listener, &stop, &shared, Some(&reserve));
+    while let Some((tcp, _)) = acceptor.next().await {
         let (id, evict) = live.admit();
         let (shared, live, reserve) = (shared.clone(), live.clone(), reserve.clone());
         // Not on the proxy's task tracker: an open scrape connection must not delay shutdown.

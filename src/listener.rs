@@ -140,8 +140,8 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let mut failing = Throttle::default();
-    while let Some((stream, peer)) = next_connection(&listener, &stop, &mut failing, None).await {
+    let mut acceptor = Acceptor::new(&listener, &stop, &shared, None);
+    while let Some((stream, peer)) = acceptor.next().await {
         shared.metrics.accepted();
         match shared.admit_connection() {
             Ok(guard) => {
@@ -153,41 +153,63 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
     }
 }
 
-/// The next connection on `listener`, or `None` once `stop` is cancelled. Accept errors neither
-/// stop nor spin the loop: a peer gone between SYN and accept is skipped, and anything else
-/// (EMFILE and friends) backs off for 50 ms, giving closing connections a moment, logged at
-/// most once a second (`failing`). Out of descriptors, one of `reserve`'s is given up for the
-/// connection first, if it holds one.
-pub(crate) async fn next_connection(
-    listener: &TcpListener,
-    stop: &CancellationToken,
-    failing: &mut Throttle,
-    reserve: Option<&Reserve>,
-) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return None,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok(accepted) => return Some(accepted),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                ) => {}
-            Err(e) if out_of_descriptors(&e) && reserve.is_some_and(Reserve::give_up_one) => {
+/// A listener's accepting: the next connection, until `stop`. Accept errors neither stop nor
+/// spin the loop: a peer gone between SYN and accept is skipped, and anything else (EMFILE and
+/// friends) is counted and backs off for 50 ms, giving closing connections a moment, logged
+/// at most once a second. Out of descriptors, one of the reserve's (if it has one) is given up
+/// for the connection first.
+pub(crate) struct Acceptor<'a> {
+    listener: &'a TcpListener,
+    stop: &'a CancellationToken,
+    shared: &'a Shared,
+    reserve: Option<&'a Reserve>,
+    failing: Throttle,
+}
+
+impl<'a> Acceptor<'a> {
+    pub(crate) fn new(
+        listener: &'a TcpListener,
+        stop: &'a CancellationToken,
+        shared: &'a Shared,
+        reserve: Option<&'a Reserve>,
+    ) -> Acceptor<'a> {
+        Acceptor {
+            listener,
+            stop,
+            shared,
+            reserve,
+            failing: Throttle::default(),
+        }
+    }
+
+    /// The next connection, or `None` once `stop` is cancelled.
+    pub(crate) async fn next(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                accepted = self.listener.accept() => accepted,
+            };
+            let e = match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => e,
+            };
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+            ) {
+                continue;
+            }
+            self.shared.metrics.accept_failed();
+            if out_of_descriptors(&e) && self.reserve.is_some_and(Reserve::give_up_one) {
                 tracing::debug!("out of open files: a reserved one given up for the connection");
+                continue;
             }
-            Err(e) => {
-                if let Some(suppressed) = failing.ready() {
-                    let listen = listener
-                        .local_addr()
-                        .map_or_else(|_| "-".to_string(), |a| a.to_string());
-                    tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(suppressed) = self.failing.ready() {
+                let listen = (self.listener.local_addr())
+                    .map_or_else(|_| "-".to_string(), |a| a.to_string());
+                tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off");
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -182,6 +182,7 @@ where
 pub(crate) struct Metrics {
     registry: Registry,
     accepted: Counter,
+    accept_errors: Counter,
     open: Gauge,
     tunnels_open: Gauge,
     requests: Family<RequestLabels, Counter>,
@@ -205,6 +206,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut metrics = Metrics {
             accepted: Counter::default(),
+            accept_errors: Counter::default(),
             open: Gauge::default(),
             tunnels_open: Gauge::default(),
             requests: Family::default(),
@@ -231,6 +233,7 @@ impl Default for Metrics {
         }
         register! {
             "connections_accepted", "Client TCP connections accepted", accepted;
+            "accept_errors", "Accepts that failed, on any listener (out of open files, mostly: each is retried)", accept_errors;
             "connections_open", "Client connections open now, tunnels included (what max_connections limits)", open;
             "tunnels_open", "WebSocket tunnels open now", tunnels_open;
             "requests", "Upgrade requests answered, by route (\"-\" if none matched) and status (101 = tunnel opened; 499 = client left first)", requests;
@@ -258,6 +261,10 @@ impl Default for Metrics {
 impl Metrics {
     pub(crate) fn accepted(&self) {
         self.accepted.inc();
+    }
+
+    pub(crate) fn accept_failed(&self) {
+        self.accept_errors.inc();
     }
 
     pub(crate) fn answered(&self, route: Option<&str>, status: u16) {

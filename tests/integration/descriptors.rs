@@ -171,6 +171,11 @@ async fn the_admin_endpoint_answers_while_the_proxy_is_out_of_descriptors() {
             .await
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer:?}");
+        if path == "/metrics" {
+            // The failed accepts are counted, for an alert to see.
+            let failed = crate::admin::sample(&answer, "wsgate_accept_errors_total");
+            assert!(failed.is_some_and(|n| n > 0.0), "{answer}");
+        }
     }
     // And the live tunnel kept working throughout.
     assert_eq!(round_trip(&mut ws, "still here").await, "still here");
