@@ -58,9 +58,15 @@ fn run_text(
     dir: &Path,
     rust_log: &str,
 ) -> (Running, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(wsgate_bin())
-        .args(["run", "--config", config])
-        .current_dir(dir)
+    let mut command = Command::new(wsgate_bin());
+    command.args(["run", "--config", config]).current_dir(dir);
+    running(command, rust_log)
+}
+
+/// `command` (a `wsgate run`, or a shell that execs one) started logging text at `rust_log`:
+/// the process and its log lines.
+fn running(mut command: Command, rust_log: &str) -> (Running, std::sync::mpsc::Receiver<String>) {
+    let mut child = command
         .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -69,6 +75,15 @@ fn run_text(
         .unwrap();
     let lines = stderr_lines(child.stderr.take().unwrap());
     (Running(child), lines)
+}
+
+/// The soft and hard open-files limits of process `pid` (`self` for this one), as the kernel
+/// reports them.
+fn open_files_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = (limits.lines().find(|l| l.starts_with("Max open files"))).unwrap();
+    let field = |n: usize| line.split_whitespace().nth(n).unwrap().parse().unwrap();
+    (field(3), field(4))
 }
 
 fn text(out: &Output) -> String {
@@ -557,13 +572,11 @@ fn too_low_an_open_files_limit_is_refused_in_words() {
 /// tunnels than `limits.max_connections`.
 #[test]
 fn run_raises_the_open_files_limit_to_the_hard_one_and_says_when_it_is_short() {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let hard: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
-    assert!(hard > 100, "this test needs a hard limit above 100: {line}");
+    let (_, hard) = open_files_limits("self");
+    assert!(
+        hard > 100,
+        "this test needs a hard limit above 100, not {hard}"
+    );
     // More connections than the hard limit has room for (but within the key's range).
     let max_connections = hard.min(10_000_000);
     let dir = tempfile::tempdir().unwrap();
@@ -574,16 +587,9 @@ fn run_raises_the_open_files_limit_to_the_hard_one_and_says_when_it_is_short() {
         wsgate_bin(),
         path.display()
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    let running = Running(child);
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &script]);
+    let (child, lines) = running(sh, "info");
     let seen = lines_until(&lines, "wsgate started");
     let said = |needle: &str| seen.iter().any(|l| l.contains(needle));
     assert!(
@@ -592,13 +598,8 @@ fn run_raises_the_open_files_limit_to_the_hard_one_and_says_when_it_is_short() {
         )),
         "{seen:#?}"
     );
-    let now = std::fs::read_to_string(format!("/proc/{}/limits", running.0.id())).unwrap();
-    let line = now
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
-    assert_eq!(soft, hard, "{line}");
+    let (soft, _) = open_files_limits(&child.0.id().to_string());
+    assert_eq!(soft, hard, "the soft limit of the running process");
     if 2 * max_connections + 64 > hard {
         assert!(said("leaves room for about"), "{seen:#?}");
         assert!(said("WARN"), "{seen:#?}");
