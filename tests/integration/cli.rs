@@ -549,11 +549,7 @@ fn lines_until(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<S
 fn too_low_an_open_files_limit_is_refused_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), ROUTE);
-    let script = format!(
-        "ulimit -n 8 && exec '{}' run --config '{}'",
-        wsgate_bin(),
-        path.display()
-    );
+    let script = run_under_ulimit("-n 8", &path, "");
     let mut sh = Command::new("sh");
     sh.args(["-c", &script]);
     let out = exited(sh, "wsgate under ulimit -n 8");
@@ -582,11 +578,7 @@ fn run_raises_the_open_files_limit_to_the_hard_one_and_says_when_it_is_short() {
     let dir = tempfile::tempdir().unwrap();
     let body = format!("[limits]\nmax_connections = {max_connections}\n\n{ROUTE}");
     let path = write_config(dir.path(), &body);
-    let script = format!(
-        "ulimit -S -n 100 && exec '{}' run --config '{}'",
-        wsgate_bin(),
-        path.display()
-    );
+    let script = run_under_ulimit("-S -n 100", &path, "");
     let mut sh = Command::new("sh");
     sh.args(["-c", &script]);
     let (child, lines) = running(sh, "info");

@@ -28,11 +28,8 @@ struct Limited {
 
 impl Limited {
     async fn start(config: &std::path::Path) -> Limited {
-        let script = format!(
-            "ulimit -n {LIMIT} && exec '{}' run --config '{}' --log-format json --threads 1",
-            wsgate_bin(),
-            config.display()
-        );
+        let limit = format!("-n {LIMIT}");
+        let script = run_under_ulimit(&limit, config, "--log-format json --threads 1");
         let mut child = tokio::process::Command::new("sh")
             .args(["-c", &script])
             .env("RUST_LOG", "info,wsgate::reload=debug")

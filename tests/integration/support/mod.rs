@@ -1265,6 +1265,17 @@ pub fn wsgate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_wsgate")
 }
 
+/// A shell script that sets an open-files limit (`ulimit` takes `limit`: "-n 8", "-S -n 100")
+/// and then becomes `wsgate run --config config` with `more` arguments: the child's pid is
+/// wsgate's.
+pub fn run_under_ulimit(limit: &str, config: &Path, more: &str) -> String {
+    format!(
+        "ulimit {limit} && exec '{}' run --config '{}' {more}",
+        wsgate_bin(),
+        config.display()
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // The binary as a child process
 // ---------------------------------------------------------------------------------------------
