@@ -490,14 +490,26 @@ fn path_where(
 ) -> Option<String> {
     table.iter().find_map(|(key, value)| {
         let path = match prefix {
-            "" => key.get_ref().to_string(),
-            _ => format!("{prefix}.{}", key.get_ref()),
+            "" => key_part(key.get_ref()).into_owned(),
+            _ => format!("{prefix}.{}", key_part(key.get_ref())),
         };
         if hit(&key.span()) {
             return Some(path);
         }
         value_path(value, path, hit)
     })
+}
+
+/// One part of a dotted key as TOML writes it: bare where it can be, quoted where the key is
+/// empty or holds anything but letters, digits, `_` and `-` (`timeouts."a.b"`, `"".x`), so a
+/// message names no key other than the one meant.
+pub(super) fn key_part(key: &str) -> std::borrow::Cow<'_, str> {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    match !key.is_empty() && key.chars().all(bare) {
+        true => key.into(),
+        // Controls are left to the message's own escaping (`escape_controls`).
+        false => format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\"")).into(),
+    }
 }
 
 fn value_path(

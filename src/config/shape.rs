@@ -11,7 +11,7 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::error::{locate, ConfigError};
+use super::error::{key_part, locate, ConfigError};
 
 /// The sections, and how to write each: the message shows the fix.
 const SECTIONS: [(&str, &str); 6] = [
@@ -168,7 +168,7 @@ fn datetime_in_table(table: &DeTable<'_>) -> Option<(Range<usize>, String)> {
     (table.iter())
         .filter_map(|(key, value)| {
             let (span, rest) = datetime_in(value)?;
-            Some((span, format!(".{}{rest}", key.get_ref())))
+            Some((span, format!(".{}{rest}", key_part(key.get_ref()))))
         })
         .min_by_key(|(span, _)| span.start)
 }

@@ -500,6 +500,9 @@ fn a_date_time_or_a_wrong_kind_is_named_in_the_operators_words() {
         // Under a key no setting has, the key is what is wrong.
         ("[timeouts]\nwhen = 1979-05-27T07:32:00Z\n".into(), ":7:1: timeouts.when: unknown field `when`"),
         (format!("{route}expires = 1979-05-27\n"), ":10:1: route[0].expires: unknown field `expires`"),
+        // A key that is not bare is named quoted, as TOML writes it.
+        ("[timeouts]\n\"\" = { a = 1979-05-27 }\n".into(), ":7:1: timeouts.\"\": unknown field ``"),
+        ("[timeouts]\n\"a.b\" = 1\n".into(), ":7:1: timeouts.\"a.b\": unknown field `a.b`"),
         ("[timeouts]\nidle = 10\n".into(), ":7:8: timeouts.idle: invalid type: integer `10`, expected a duration string like \"10s\""),
         ("[[route]]\nname = { a = 1 }\npath = \"/\"\nbackends = [\"h:1\"]\n".into(), ":7:8: route[0].name: invalid type: table, expected a string"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = \"h:1\"\n".into(), "route[0].backends: invalid type: string \"h:1\", expected an array"),
@@ -514,6 +517,11 @@ fn a_date_time_or_a_wrong_kind_is_named_in_the_operators_words() {
             assert!(!message.contains(internal), "{message}");
         }
     }
+    let message = error_in(&format!("\"\" = {{ a = 1979-05-27 }}\n{HEAD}"));
+    assert!(
+        message.starts_with("w.toml:1:1: \"\": unknown field ``"),
+        "{message}"
+    );
     let message = error_in(&format!("timeouts = 1979-05-27\n{HEAD}"));
     assert!(
         message.starts_with("w.toml:1:12: timeouts: must be a table ("),
@@ -591,7 +599,7 @@ fn control_characters_from_the_file_are_escaped_in_messages() {
     );
     let field = error(&format!("\"x{controls}\" = 1\n"));
     assert!(
-        field.contains(&format!(": tls.x{escaped}: unknown field `x{escaped}`")),
+        field.contains(&format!(": tls.\"x{escaped}\": unknown field `x{escaped}`")),
         "{field}"
     );
     let ours = error(&format!(

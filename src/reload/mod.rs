@@ -411,7 +411,11 @@ impl Reloader {
                 shared
                     .reload_status
                     .send_modify(|status| in_force(shared, status, generation));
-                tracing::info!(generation, "certificates renewed for the config in force (the config file on disk is still not in force)");
+                tracing::info!(
+                    generation,
+                    "certificates renewed for the config in force; the config file on disk \
+                     is not in force (rejected, unbindable, or missing)"
+                );
                 return;
             }
         };
