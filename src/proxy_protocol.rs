@@ -119,6 +119,9 @@ fn parse(input: &[u8]) -> Parsed {
     }
     match result {
         HeaderResult::V1(Ok(header)) => v1_header(&header),
+        // A TLV running past the header's end says the header is not what it claims to be
+        // (HAProxy refuses it too); well-formed TLVs are skipped, none is needed here.
+        HeaderResult::V2(Ok(header)) if header.tlvs().any(|tlv| tlv.is_err()) => Parsed::Invalid,
         HeaderResult::V2(Ok(header)) => Parsed::Header {
             length: header.len(),
             client: match (header.command, header.addresses) {
@@ -264,6 +267,15 @@ mod tests {
                 client: client("198.51.100.9:40000")
             }
         );
+        // A TLV that claims more bytes than the header holds: refused, not skipped.
+        let mut bad = header.clone();
+        let last = bad.len() - 1;
+        bad[last - b"padding".len() - 1] = 0x7f;
+        assert_eq!(parse(&bad), Parsed::Invalid);
+        let mut short = header.clone();
+        short[15] -= 1;
+        short.pop();
+        assert_eq!(parse(&short), Parsed::Invalid);
         let local = v2::Builder::with_addresses(
             v2::Version::Two | v2::Command::Local,
             v2::Protocol::Unspecified,
