@@ -153,7 +153,11 @@ pub(crate) fn client_switching_head(backend: &response::Parts) -> Response<()> {
     let named = connection_named(&backend.headers);
     for (name, value) in &backend.headers {
         let n = name.as_str();
-        if !HOP_BY_HOP.contains(&n) && !PROXY_AUTH.contains(&n) && !named.iter().any(|c| c == n) {
+        // The handshake's own headers (the Accept, the protocol and extensions chosen) were
+        // checked as the client will see them: a backend naming them in its Connection does
+        // not take them from the client, as a client's cannot from the backend.
+        let named_here = named.iter().any(|c| c == n) && !n.starts_with("sec-websocket-");
+        if !HOP_BY_HOP.contains(&n) && !PROXY_AUTH.contains(&n) && !named_here {
             headers.append(name.clone(), value.clone());
         }
     }

@@ -529,12 +529,18 @@ async fn client_bytes_sent_behind_the_request_never_reach_a_refusing_backend() {
 /// Sends an upgrade (with `offer` as Sec-WebSocket-Protocol, if any) and answers it with
 /// `answer(request head)`; returns the client's answer and what follows it.
 async fn answered_with(offer: Option<&str>, answer: impl Fn(&Head) -> String) -> (Head, Vec<u8>) {
-    let backend = RawBackend::start().await;
-    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
     let mut req = ws();
     if let Some(offer) = offer {
         req = req.add("Sec-WebSocket-Protocol", offer);
     }
+    answered_to(req, answer).await
+}
+
+/// Sends `req` and answers it with `answer(request head)`; returns the client's answer and
+/// what follows it.
+async fn answered_to(req: Req, answer: impl Fn(&Head) -> String) -> (Head, Vec<u8>) {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
     let mut client = raw_client(proxy.addr).await;
     client.send(req.bytes()).await;
     let mut back = backend.accept().await;
@@ -900,6 +906,28 @@ async fn a_101_does_not_pass_on_headers_the_backend_named_in_connection() {
         !head.has("x-backend-hop"),
         "a header the backend marked hop-by-hop (named in its Connection) reached the client: {head:?}"
     );
+}
+
+/// The handshake's headers are the 101's substance, checked as the client will see them: a
+/// backend naming them in its Connection (hop-by-hop, it says) does not strip the Accept, the
+/// protocol or the extension it chose from the client, which would fail or misread the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_keeps_the_handshake_headers_the_backend_named_in_connection() {
+    let offer = "Sec-WebSocket-Extensions";
+    let req = (ws().add("Sec-WebSocket-Protocol", "chat")).add(offer, "permessage-deflate");
+    let (head, _) = answered_to(req, |seen| {
+        accepted_with(
+            seen,
+            "Upgrade: websocket\r\nConnection: Upgrade, Sec-WebSocket-Accept, \
+             Sec-WebSocket-Protocol, Sec-WebSocket-Extensions\r\n\
+             Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\n",
+        )
+    })
+    .await;
+    assert_eq!(head.status, 101, "{head:?}");
+    assert!(head.has("sec-websocket-accept"), "{head:?}");
+    assert_eq!(head.get("sec-websocket-protocol"), Some("chat"), "{head:?}");
+    assert_eq!(head.get(offer), Some("permessage-deflate"), "{head:?}");
 }
 
 /// An HTTP/1.0 backend's refusal, its body ended by its close, reaches the client as HTTP/1.1
