@@ -189,7 +189,17 @@ impl Server {
         // folder as it was at start-up, and go stale if that folder is replaced (the watch
         // promise is about paths). Symlinks stay as they are, to be followed on every read.
         let path = crate::watch::absolute(config_path.as_ref());
-        let snapshot = Snapshot::build(&path, 1)?;
+        let snapshot = match Snapshot::build(&path, 1) {
+            Ok(snapshot) => snapshot,
+            // Said as `wsgate check` says it, with the paths as given (read again, from the
+            // same working folder, only to word the error).
+            Err(e) => {
+                return Err(Snapshot::build(config_path.as_ref(), 1)
+                    .err()
+                    .unwrap_or(e)
+                    .into())
+            }
+        };
         snapshot.log_warnings();
         crate::descriptors::warn_if_short(snapshot.config.limits.max_connections);
         let wanted = listener::wanted(&snapshot.config);

@@ -437,6 +437,33 @@ fn run_with_a_missing_certificate_exits_non_zero_without_panicking() {
     assert_clean_failure(&out);
 }
 
+/// A bad config at start-up is refused with check's message, word for word, paths as given
+/// (a relative `--config`, a certificate beside it), whatever `run` makes of them later.
+#[test]
+fn run_refuses_a_bad_config_with_checks_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    write_config(&conf, &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"));
+    let in_dir = |subcommand: &str| {
+        let mut command = Command::new(wsgate_bin());
+        command.args([subcommand, "--config", "conf/wsgate.toml"]);
+        command.current_dir(dir.path());
+        let out = exited(command, subcommand);
+        assert_clean_failure(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = in_dir("check");
+    assert!(said.starts_with("error: conf/wsgate.toml:"), "{said}");
+    assert_eq!(in_dir("run"), said);
+    write_config(&conf, ROUTE);
+    std::fs::remove_file(conf.join("server.key")).unwrap();
+    let said = in_dir("check");
+    assert!(said.contains("conf/server.key"), "{said}");
+    assert!(!said.contains(&*dir.path().to_string_lossy()), "{said}");
+    assert_eq!(in_dir("run"), said);
+}
+
 /// docs/configuration.md's complete example is config/example.toml, but for its certificate
 /// paths (the file's point at the dev certificates) and the file's opening comment.
 #[test]
