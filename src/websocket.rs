@@ -167,8 +167,16 @@ pub(crate) fn is_label(label: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
-/// Host names compare case-insensitively, with a trailing root dot ignored.
+/// Host names compare case-insensitively, with a trailing root dot ignored; IPv6 literals as
+/// the addresses they are (`[::1]` and `[0:0::1]` are one).
 fn same_name(a: &str, b: &str) -> bool {
+    let literal = |h: &str| {
+        let inner = h.strip_prefix('[')?.strip_suffix(']')?;
+        inner.parse::<std::net::Ipv6Addr>().ok()
+    };
+    if let (Some(a), Some(b)) = (literal(a), literal(b)) {
+        return a == b;
+    }
     a.trim_end_matches('.')
         .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
@@ -523,6 +531,9 @@ mod tests {
             host_of(explicit, &["chat.example.com"]),
             ok("chat.example.com")
         );
+        let literal = "https://[::1]/ws";
+        assert_eq!(host_of(literal, &["[0:0::1]:443"]), ok("[0:0::1]:443"));
+        assert_eq!(host_of(literal, &["[::2]"]), Err(ProxyError::BadHost));
         let rooted = "https://chat.example.com./ws";
         assert_eq!(
             host_of(rooted, &["chat.example.com"]),
