@@ -101,29 +101,28 @@ pub(super) fn look(
 }
 
 /// The config file at `path` deleted or truncated, and not written yet: nothing to try.
+/// Between a delete and the new file (`rm; cp`, a deploy script), or truncated by a slow
+/// generator (`generate-config > wsgate.toml`): an empty file is never a config. Only a
+/// clear "not there" (a dangling link included): an unreadable folder is an error to report,
+/// not a file to wait for.
 fn config_file_missing(path: &Path) -> Option<Look> {
-    // Between a delete and the new file (`rm; cp`, a deploy script). Only a clear "not
-    // there" (a dangling link included): an unreadable folder is an error to report, not a
-    // file to wait for.
-    if matches!(path.try_exists(), Ok(false)) {
-        let error = format!("{}: config file not found", path.display());
-        return Some(Look::Missing("config file", error, None));
-    }
-    // Truncated and not written yet (`generate-config > wsgate.toml` with a slow generator):
-    // an empty file is never a config, so it is waited for like a deleted one. (A pipe or a
-    // device has no length either: it is refused as what it is.)
-    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
-    if std::fs::metadata(path).is_ok_and(empty) {
-        let error = format!("{}: config file is empty", path.display());
-        return Some(Look::Missing("config file's content", error, None));
-    }
-    None
+    let (what, why) = match absent_or_empty(path)? {
+        Absent => ("config file", "config file not found"),
+        Empty => ("config file's content", "config file is empty"),
+    };
+    Some(Look::Missing(
+        what,
+        format!("{}: {why}", path.display()),
+        None,
+    ))
 }
 
 /// Whether `error`, the failure to build the config at `path`, is only that a certificate or
-/// key file the config `in_force` serves is clearly not there (a dangling link included):
-/// what is gone, and an error naming it and its config line. `None` for any other failure,
-/// so a real mistake saved in the same moment is still reported as one.
+/// key file the config `in_force` serves is clearly not there (a dangling link included), or
+/// is there but empty (truncated by `cat new.key > tls.key` or a two-step write, not written
+/// yet), as a config file's absence or emptiness is: what is gone, and an error naming it and
+/// its config line. `None` for any other failure, so a real mistake saved in the same moment
+/// is still reported as one.
 fn served_file_gone(
     path: &Path,
     in_force: &Config,
@@ -134,20 +133,40 @@ fn served_file_gone(
         |file: &Path| (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file);
     config.certificates.iter().find_map(|c| {
         [
-            ("certificate file", &c.cert, &c.cert_location),
-            ("key file", &c.key, &c.key_location),
+            (
+                ["certificate file", "certificate file's content"],
+                &c.cert,
+                &c.cert_location,
+            ),
+            (["key file", "key file's content"], &c.key, &c.key_location),
         ]
         .into_iter()
-        .find(|(_, file, at)| {
-            error.location.as_ref() == Some(*at)
-                && served(file)
-                && matches!(file.try_exists(), Ok(false))
-        })
-        .map(|(what, file, at)| {
-            let gone = ConfigError::at(path, at, format!("{} not found", file.display()));
-            (what, gone.to_string())
+        .filter(|(_, file, at)| error.location.as_ref() == Some(*at) && served(file))
+        .find_map(|([gone, emptied], file, at)| {
+            let (what, why) = match absent_or_empty(file)? {
+                Absent => (gone, "not found"),
+                Empty => (emptied, "is empty"),
+            };
+            let error = ConfigError::at(path, at, format!("{} {why}", file.display()));
+            Some((what, error.to_string()))
         })
     })
+}
+
+/// How a file is not there to be read, if it clearly is not.
+enum NotThere {
+    Absent,
+    Empty,
+}
+use NotThere::{Absent, Empty};
+
+fn absent_or_empty(file: &Path) -> Option<NotThere> {
+    if matches!(file.try_exists(), Ok(false)) {
+        return Some(Absent);
+    }
+    // A pipe or a device has no length either: refused as what it is, not waited for.
+    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
+    std::fs::metadata(file).is_ok_and(empty).then_some(Empty)
 }
 
 /// Whether the files at `path`, stamped `stamp` at `stamped_at` before they were read, still
