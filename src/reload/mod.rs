@@ -218,7 +218,7 @@ impl Reloader {
                 0 => Patience::TakeAsRead,
                 _ => Patience::WaitForStill,
             };
-            let read = self.reload(trigger, patience).await;
+            let read = self.reload(&mut trigger, patience).await;
             // After the last try nothing would serve a SIGHUP taken here: leave it queued.
             if read == Read::Settled || tries_left == 0 {
                 break;
@@ -281,17 +281,19 @@ impl Reloader {
             .ok()
     }
 
-    /// Builds and applies a new snapshot, or keeps the current one and says why.
-    async fn reload(&mut self, trigger: Trigger, patience: Patience) -> Read {
+    /// Builds and applies a new snapshot, or keeps the current one and says why. `trigger`
+    /// becomes manual if a SIGHUP this look serves came while it waited (see
+    /// [`Self::decide_settled`]).
+    async fn reload(&mut self, trigger: &mut Trigger, patience: Patience) -> Read {
         let current = self.shared.current();
         let generation = current.generation + 1;
         // Events so far are of writes this read will see: only one arriving from now on says
         // the files were written to again.
         self.events.mark_unchanged();
-        let (path_owned, rejected) = (self.path.clone(), self.rejected);
+        let (path_owned, rejected, asked) = (self.path.clone(), self.rejected, *trigger);
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let looked = tokio::task::spawn_blocking(move || {
-            look(&path_owned, trigger, &current, rejected, generation)
+            look(&path_owned, asked, &current, rejected, generation)
         })
         .await;
         let outcome = match looked {
@@ -302,7 +304,7 @@ impl Reloader {
             Outcome::Unsettled => Read::Unsettled,
             _ => Read::Settled,
         };
-        self.conclude(generation, outcome, trigger).await;
+        self.conclude(generation, outcome, *trigger).await;
         read
     }
 
@@ -310,7 +312,7 @@ impl Reloader {
     async fn decide_settled(
         &mut self,
         look: Look,
-        trigger: Trigger,
+        trigger: &mut Trigger,
         patience: Patience,
     ) -> Outcome {
         // A file read between two writes of a writer that pauses between them (in place,
@@ -332,20 +334,42 @@ impl Reloader {
             ..
         } = &look
         {
-            let wait_for_still = match trigger {
+            let wait_for_still = match *trigger {
                 Trigger::Files => {
                     built.is_err() || (*settled && patience == Patience::WaitForStill)
                 }
                 Trigger::Manual => *fresh && patience == Patience::WaitForStill,
             };
-            if wait_for_still && !holds_still(&self.path, *stamp, *stamped_at).await {
+            if wait_for_still && !self.holds_still_serving(*stamp, *stamped_at, trigger).await {
                 tracing::debug!(
                     "config files written to again after they were read; reading them again"
                 );
                 return Outcome::Unsettled;
             }
         }
-        self.decide(look, trigger, patience).await
+        self.decide(look, *trigger, patience).await
+    }
+
+    /// [`holds_still`], serving a SIGHUP (or manual reload) that comes meanwhile: the files
+    /// were read before it, but if they hold still until after it, what was read is what it
+    /// asks to be read, and it is answered as one asked for by hand (`trigger` made manual),
+    /// not by a second rebuild of the same files right after. If they do not hold still,
+    /// the reads that follow are manual.
+    async fn holds_still_serving(
+        &mut self,
+        stamp: u64,
+        stamped_at: Instant,
+        trigger: &mut Trigger,
+    ) -> bool {
+        tracing::debug!("config files read; waiting for them to hold still");
+        let still = holds_still(&self.path, stamp, stamped_at);
+        tokio::pin!(still);
+        loop {
+            tokio::select! {
+                still = &mut still => return still,
+                () = self.asks.by_hand() => *trigger = Trigger::Manual,
+            }
+        }
     }
 
     /// Publishes and logs what a look came to, after renewing the certificates in force if

@@ -1110,6 +1110,31 @@ fn sighup_reloads_the_running_binary_without_killing_it() {
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
 }
 
+/// A SIGHUP that comes while a reload the files triggered waits for them to hold still is
+/// served by that reload (the files, still as read, are what it asks to be read), not by a
+/// second rebuild of the same files right after: one generation, one log line.
+#[test]
+fn a_sighup_during_a_reloads_wait_is_served_by_it() {
+    const CLOSED: &str = "127.0.0.1:9";
+    let closed = [CLOSED.parse().unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("a", "/a", &closed));
+    let (mut child, lines, _) = started_wsgate_logging(&config, "info,wsgate::reload=debug");
+
+    write_body(&config, &route("b", "/b", &closed));
+    wait_for_line(&lines, "waiting for them to hold still");
+    send_signal(child.id(), "HUP");
+    let reloaded = wait_for_line(&lines, "config reloaded");
+    assert!(reloaded.contains("\"generation\":2"), "{reloaded}");
+    // A second rebuild, if any, would come at once: a rewrite of the same bytes after it is
+    // the next thing the reloader says something about.
+    std::fs::write(&config, std::fs::read(&config).unwrap()).unwrap();
+    let next = wait_for_line(&lines, "wsgate::reload");
+    assert!(next.contains("content did not change"), "{next}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A TCP connection accepted before a renewal whose TLS handshake comes after it: the
 /// handshake is new, so it gets the new certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

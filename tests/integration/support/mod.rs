@@ -1282,11 +1282,16 @@ pub fn run_under_ulimit(limit: &str, config: &Path, more: &str) -> String {
 
 /// `wsgate run --config <config>` with JSON logs at `info` on a piped stderr.
 pub fn spawn_wsgate(config: &Path) -> std::process::Child {
+    spawn_wsgate_logging(config, "info")
+}
+
+/// [`spawn_wsgate`], logging at `rust_log`.
+pub fn spawn_wsgate_logging(config: &Path, rust_log: &str) -> std::process::Child {
     std::process::Command::new(wsgate_bin())
         .args(["run", "--config"])
         .arg(config)
         .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -1343,7 +1348,19 @@ pub fn started_wsgate(
     std::sync::mpsc::Receiver<String>,
     SocketAddr,
 ) {
-    let mut child = spawn_wsgate(config);
+    started_wsgate_logging(config, "info")
+}
+
+/// [`started_wsgate`], logging at `rust_log`.
+pub fn started_wsgate_logging(
+    config: &Path,
+    rust_log: &str,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    SocketAddr,
+) {
+    let mut child = spawn_wsgate_logging(config, rust_log);
     let lines = stderr_lines(child.stderr.take().unwrap());
     let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
     wait_for_line(&lines, "wsgate started");
