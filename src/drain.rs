@@ -47,6 +47,10 @@ impl Drain {
     }
 
     /// Whether draining started; the first call registers `cx` to be woken when it does.
+    /// Only the first: polling the registration again on every poll of a busy tunnel would
+    /// cost a lock each time, so the caller must be polled by one task for its whole life
+    /// (a tunnel is: it is its connection's task), or the wake-up goes to a task no longer
+    /// polling it.
     pub(crate) fn poll_started(
         &self,
         wakeup: &mut Option<Pin<Box<OwnedNotified>>>,

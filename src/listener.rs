@@ -209,7 +209,11 @@ impl<'a> Acceptor<'a> {
                     .map_or_else(|_| "-".to_string(), |a| a.to_string());
                 tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A listener being closed (a reload removing it, a shutdown) does not wait this out.
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
     }
 }

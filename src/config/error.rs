@@ -311,7 +311,9 @@ fn values_too_deep(
     if !e.message().contains("max recursion depth") {
         return None;
     }
-    let start = unclosed_value(src, span.start).unwrap_or(span.start);
+    // Clamped like any span from the parser before it slices the text.
+    let start = unclosed_value(src, span.start)
+        .unwrap_or_else(|| floor_char_boundary(src, span.start.min(src.len())));
     let depth = nesting(&src[start..]);
     let message = format!(
         "nested too deep: {depth} levels of arrays and inline tables, more than the TOML reader takes (no setting has more than three)"
