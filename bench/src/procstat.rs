@@ -140,6 +140,8 @@ fn cpu_ticks(n: usize) -> Option<(u64, u64)> {
 pub struct CpuSnapshot {
     pub at: Instant,
     pub proxy_us: Option<u64>,
+    /// A process given with `--pid` could not be read.
+    pub proxy_lost: bool,
     pub tool_us: u64,
     /// (busy, total) ticks of the CPU the tool is pinned to: it shares that CPU with the
     /// backend in `compare.sh`, and a saturated CPU there means a client-bound run.
@@ -147,18 +149,18 @@ pub struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    pub fn take(pids: &[u32]) -> Result<CpuSnapshot> {
-        let proxy_us = if pids.is_empty() {
-            None
-        } else {
-            Some(processes_cpu_us(pids)?)
-        };
-        Ok(CpuSnapshot {
+    /// The CPU times now. A process of `pids` that cannot be read (it ended: the proxy
+    /// crashed mid-run) leaves `proxy_us` empty and `proxy_lost` set, not the run failed: its
+    /// report is what says what happened.
+    pub fn take(pids: &[u32]) -> CpuSnapshot {
+        let proxy = (!pids.is_empty()).then(|| processes_cpu_us(pids).ok());
+        CpuSnapshot {
             at: Instant::now(),
-            proxy_us,
+            proxy_us: proxy.flatten(),
+            proxy_lost: proxy.is_some_and(|us| us.is_none()),
             tool_us: self_cpu_us(),
             load_cpu: pinned_cpu().and_then(cpu_ticks),
-        })
+        }
     }
 }
 
@@ -167,6 +169,8 @@ impl CpuSnapshot {
 pub struct CpuWindow {
     pub secs: f64,
     pub proxy_us: Option<u64>,
+    /// A process given with `--pid` ended during the window: no CPU figure for it.
+    pub proxy_lost: bool,
     pub tool_us: u64,
     /// How busy the tool's CPU was (all processes on it), in percent; `None` if not pinned.
     pub load_cpu_busy_pct: Option<f64>,
@@ -180,6 +184,7 @@ impl CpuWindow {
                 (Some(x), Some(y)) => Some(y.saturating_sub(x)),
                 _ => None,
             },
+            proxy_lost: a.proxy_lost || b.proxy_lost,
             tool_us: b.tool_us.saturating_sub(a.tool_us),
             load_cpu_busy_pct: match (a.load_cpu, b.load_cpu) {
                 (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {

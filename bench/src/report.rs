@@ -95,6 +95,9 @@ impl Report {
                 f64::NAN
             }
         };
+        if window.proxy_lost {
+            self.fail("a process given with --pid ended during the run (did the proxy crash?): no CPU figure for it");
+        }
         if let Some(proxy) = window.proxy_us {
             self.int("proxy_cpu_us", proxy, "µs")
                 .num(&format!("proxy_cpu_us_per_{op}"), per(proxy), "µs")

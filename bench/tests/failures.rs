@@ -271,3 +271,73 @@ async fn a_handshake_run_refused_over_http_is_measured_not_failed() {
     let first = report["first_error"].as_str().unwrap_or_default();
     assert!(first.contains("503 Service Unavailable"), "{report}");
 }
+
+/// Tunnels that end before the memory is read (a target whose idle timeout is shorter than
+/// `--settle`): the per-tunnel figures would divide the growth among the wrong number, so the
+/// run fails after its report, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_whose_tunnels_end_before_the_reading_fails() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            // Upgrades, then closes at once: every tunnel ends during the settle.
+            tokio::spawn(async move { wsgate_bench::server::handshake(&mut tcp).await });
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let args = [
+        "idle", &url, "-n", "4", "--settle", "300ms", "--hold", "300ms", "--json",
+    ];
+    let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("4 of the 4 tunnels ended before the memory was read"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(report(&out)["held"], 0);
+}
+
+/// The process given with `--pid` ending mid-run (the proxy crashing) is when the report
+/// matters most: it is printed, and the run fails saying what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pid_that_ends_during_the_run_keeps_the_report_and_fails_it() {
+    let echo = wsgate_bench::echo::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        wsgate_bench::cli::EchoEngine::Lean,
+    )
+    .await
+    .unwrap();
+    // Stands in for the proxy: ends within the run's window, and is reaped at once so that
+    // its /proc entry goes with it.
+    let mut proxy = Command::new("sleep").arg("0.8").spawn().unwrap();
+    let pid = proxy.id().to_string();
+    std::thread::spawn(move || proxy.wait());
+    let url = format!("ws://{echo}/");
+    let args = [
+        "throughput",
+        &url,
+        "-c",
+        "2",
+        "-d",
+        "2s",
+        "--warmup",
+        "50ms",
+        "--pid",
+        &pid,
+        "--json",
+    ];
+    let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ended during the run"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        report(&out)["messages"].as_u64() > Some(0),
+        "the report is kept"
+    );
+}

@@ -28,35 +28,35 @@ struct Memory {
     tcp_mem_kib: Option<u64>,
 }
 
-fn memory(pids: &[u32]) -> Result<Memory> {
-    Ok(Memory {
-        proxy_rss_kib: if pids.is_empty() {
-            None
-        } else {
-            Some(procstat::processes_rss_kib(pids)?)
-        },
+/// Memory now; the proxy's RSS is empty if `pids` is, or if one of them ended (a crash
+/// during the run, which the report then says).
+fn memory(pids: &[u32]) -> Memory {
+    Memory {
+        proxy_rss_kib: (!pids.is_empty())
+            .then(|| procstat::processes_rss_kib(pids).ok())
+            .flatten(),
         slab_kib: procstat::slab_kib(),
         tcp_mem_kib: procstat::tcp_mem_kib(),
-    })
+    }
 }
 
 pub async fn run(args: &IdleArgs) -> Result<Report> {
     let target = Arc::new(Target::new(&args.client).await?);
     probe(&target).await?;
     let pids = &args.client.pids;
-    let before = memory(pids)?;
-    let cpu_start = CpuSnapshot::take(pids)?;
+    let before = memory(pids);
+    let cpu_start = CpuSnapshot::take(pids);
     let tunnels = open_tunnels(&target, args.count, args.concurrency).await?;
     print_ready(args.client.json, tunnels.up, args.count as u64 - tunnels.up)?;
 
     tokio::time::sleep(args.settle).await;
-    let after = memory(pids)?;
+    let after = memory(pids);
     let held = tunnels.up - tunnels.dropped.load(Ordering::Relaxed);
     match args.hold {
         Some(hold) => tokio::time::sleep(hold.saturating_sub(args.settle)).await,
         None => wait_for_signal().await?,
     }
-    let cpu = CpuWindow::between(&cpu_start, &CpuSnapshot::take(pids)?);
+    let cpu = CpuWindow::between(&cpu_start, &CpuSnapshot::take(pids));
     Ok(report(&target, tunnels, held, before, after, &cpu))
 }
 
@@ -171,7 +171,7 @@ fn report(
     cpu: &CpuWindow,
 ) -> Report {
     let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some((b as f64 - a as f64) / held.max(1) as f64),
+        (Some(a), Some(b)) if held > 0 => Some((b as f64 - a as f64) / held as f64),
         _ => None,
     };
     let Tunnels {
@@ -201,6 +201,19 @@ fn report(
     // Per tunnel opened, not held: the opening is most of the CPU, and a tunnel dropped during
     // the hold cost its handshake all the same.
     r.cpu(cpu, up as f64, "tunnel");
+    // Memory is divided among the tunnels held when it was read: with some gone by then (an
+    // idle timeout shorter than --settle, say), the figure is not per idle tunnel any more.
+    if held < up {
+        r.fail(format!(
+            "{} of the {up} tunnels ended before the memory was read: the per-tunnel figures do not measure idle tunnels (is the target's idle timeout shorter than --settle?)",
+            up - held
+        ));
+    }
+    if before.proxy_rss_kib.is_some() && after.proxy_rss_kib.is_none() {
+        r.fail(
+            "a process given with --pid ended before its memory was read (did the proxy crash?)",
+        );
+    }
     // Read again, not taken from `held`: this counts the drops during the whole hold.
     r.int("dropped", dropped.load(Ordering::Relaxed), "during hold");
     errors.report(&mut r);

@@ -72,9 +72,9 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
     let pacer = spawn_pacer(senders, start, end, args.rate, args.connections)?;
 
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_start = CpuSnapshot::take(&args.client.pids)?;
+    let cpu_start = CpuSnapshot::take(&args.client.pids);
     tokio::time::sleep_until(end.into()).await;
-    let cpu_end = CpuSnapshot::take(&args.client.pids)?;
+    let cpu_end = CpuSnapshot::take(&args.client.pids);
     let window = CpuWindow::between(&cpu_start, &cpu_end);
 
     let mut total = ConnResult::new();

@@ -35,7 +35,7 @@ pub fn run(command: Command) -> Result<()> {
     };
     let json = client.json;
     // Before any load: a wrong --pid must not cost the target a run.
-    CpuSnapshot::take(&client.pids).context("--pid")?;
+    crate::procstat::processes_cpu_us(&client.pids).context("--pid")?;
     let runtime = crate::sys::runtime(client.threads)?;
     let report = runtime.block_on(async {
         match &command {
@@ -137,10 +137,10 @@ pub async fn measure_window<T>(
     tokio::time::sleep(measure.warmup).await;
     phase.set(MEASURE);
     let first = snap();
-    let start = CpuSnapshot::take(pids)?;
+    let start = CpuSnapshot::take(pids);
     tokio::time::sleep(measure.duration).await;
     let last = snap();
-    let end = CpuSnapshot::take(pids)?;
+    let end = CpuSnapshot::take(pids);
     phase.set(STOP);
     Ok((CpuWindow::between(&start, &end), first, last))
 }
