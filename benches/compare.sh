@@ -25,6 +25,8 @@
 #   BULK_SIZE [65536] BULK_WINDOW [8]
 #   IDLE_N [5000]    tunnels for the memory run
 #   PROXY_CPU [0] LOAD_CPU [1]
+#   WSGATE_PORT [8443] NGINX_PORT [8444] HAPROXY_PORT [8445]  the proxies' listeners (loopback)
+#   BACKEND_PORT [9001] BACKEND_TLS_PORT [9443]               the echo backend's, ws and wss
 #   OUT [benches/results.md, or the first argument]  the markdown table is written here too
 #   KEEP_TMP [0]     1: keep the temp dir (configs, logs, raw JSON)
 #   VERIFY [0]       1: the client verifies the certificate (--ca); 0: --insecure, which spares
@@ -56,9 +58,9 @@ OUT=${1:-${OUT:-$ROOT/benches/results.md}}
 KEEP_TMP=${KEEP_TMP:-0}
 VERIFY=${VERIFY:-0}
 
-BACKEND_PORT=9001
-BACKEND_TLS_PORT=9443
-declare -A PORT=([wsgate]=8443 [nginx]=8444 [haproxy]=8445)
+BACKEND_PORT=${BACKEND_PORT:-9001}
+BACKEND_TLS_PORT=${BACKEND_TLS_PORT:-9443}
+declare -A PORT=([wsgate]=${WSGATE_PORT:-8443} [nginx]=${NGINX_PORT:-8444} [haproxy]=${HAPROXY_PORT:-8445})
 
 log() { printf '[compare %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
