@@ -128,6 +128,11 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         "/readyz" if shared.is_stopping() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
         }
+        // Nor while out of descriptors: no new client could be accepted, and one sent here
+        // would wait in the listen queue (liveness stays: the process is working).
+        "/readyz" if shared.shortage.now() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "out of open files\n")
+        }
         "/readyz" => text(StatusCode::OK, "ready\n"),
         _ => text(
             StatusCode::NOT_FOUND,

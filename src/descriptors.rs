@@ -5,9 +5,40 @@
 //! does by itself and nginx's `worker_rlimit_nofile` does when asked, and what is left is
 //! checked against what `limits.max_connections` asks for.
 
+use std::fs::File;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::out_of_descriptors;
+use crate::sync::lock;
+
 /// Descriptors the process holds beside its connections' (listeners, the runtime, file
 /// watches, config reads, the log, the admin endpoint's reserve), with room to spare.
 const OWN: u64 = 64;
+
+/// When accepting last found no descriptor left, for the readiness probe: a process out of
+/// them is alive but cannot take another client. Looking at that moment alone would not do:
+/// with clients queued, each descriptor that frees up is taken by the next accept within its
+/// back-off, so a probe may find one free in between.
+#[derive(Default)]
+pub(crate) struct Shortage(Mutex<Option<Instant>>);
+
+/// How long after accepting last found no descriptor the process still counts as short.
+const SHORT_FOR: Duration = Duration::from_secs(2);
+
+impl Shortage {
+    /// Accepting found no descriptor left.
+    pub(crate) fn noted(&self) {
+        *lock(&self.0) = Some(Instant::now());
+    }
+
+    /// Whether the process is out of descriptors: none can be opened now, or accepting found
+    /// none within the last [`SHORT_FOR`].
+    pub(crate) fn now(&self) -> bool {
+        let lately = lock(&self.0).is_some_and(|at| at.elapsed() < SHORT_FOR);
+        lately || matches!(File::open("/dev/null"), Err(e) if out_of_descriptors(&e))
+    }
+}
 
 /// The soft limit of open files, if it can be read.
 pub fn limit() -> Option<u64> {

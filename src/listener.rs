@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::connection;
 use crate::error::out_of_descriptors;
 use crate::limits::BudgetExhausted;
-use crate::logging::Throttle;
+use crate::logging::{self, Throttle};
 use crate::server::{Error, Shared};
 use crate::sync::lock;
 
@@ -163,7 +163,7 @@ pub(crate) struct Acceptor<'a> {
     stop: &'a CancellationToken,
     shared: &'a Shared,
     reserve: Option<&'a Reserve>,
-    failing: Throttle,
+    failing: Arc<Mutex<Throttle>>,
 }
 
 impl<'a> Acceptor<'a> {
@@ -178,7 +178,7 @@ impl<'a> Acceptor<'a> {
             stop,
             shared,
             reserve,
-            failing: Throttle::default(),
+            failing: Arc::default(),
         }
     }
 
@@ -200,15 +200,21 @@ impl<'a> Acceptor<'a> {
                 continue;
             }
             self.shared.metrics.accept_failed();
-            if out_of_descriptors(&e) && self.reserve.is_some_and(Reserve::give_up_one) {
-                tracing::debug!("out of open files: a reserved one given up for the connection");
-                continue;
+            if out_of_descriptors(&e) {
+                self.shared.shortage.noted();
+                if self.reserve.is_some_and(Reserve::give_up_one) {
+                    tracing::debug!("out of open files: a reserved one given up for it");
+                    continue;
+                }
             }
-            if let Some(suppressed) = self.failing.ready() {
-                let listen = (self.listener.local_addr())
-                    .map_or_else(|_| "-".to_string(), |a| a.to_string());
-                tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off");
-            }
+            let listen =
+                (self.listener.local_addr()).map_or_else(|_| "-".to_string(), |a| a.to_string());
+            let ended = listen.clone();
+            logging::throttled(
+                &self.failing,
+                |suppressed| tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off"),
+                move |suppressed| tracing::error!(listen = %ended, suppressed, "accept failed; the rest of the burst"),
+            );
             // A listener being closed (a reload removing it, a shutdown) does not wait this out.
             tokio::select! {
                 _ = self.stop.cancelled() => return None,

@@ -43,7 +43,7 @@ pub fn init(format: LogFormat, by_flag: bool) {
     }
     // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
     let colour = std::io::stderr().is_terminal()
-        && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Set when shutdown begins: the readiness probe fails from then on.
     stopping: AtomicBool,
+    /// When accepting last found no descriptor: the readiness probe fails meanwhile.
+    pub(crate) shortage: crate::descriptors::Shortage,
 }
 
 impl Shared {
@@ -218,6 +220,7 @@ impl Server {
             reload_status,
             metrics: Metrics::default(),
             stopping: AtomicBool::new(false),
+            shortage: Default::default(),
         });
         shared.metrics.certificates(&shared.current().expiry);
         let started: Vec<Listener> = wanted
@@ -295,7 +298,7 @@ impl Server {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::info!(
                 connections = self.active_connections(),
-                "shutdown grace over; closing live tunnels"
+                "shutdown grace over; closing the connections still open"
             );
             self.shared.drain.start();
             tracker.wait().await;

@@ -45,7 +45,7 @@ pub async fn serve_until_terminated(server: crate::Server, started: impl FnOnce(
     let closer = server.closer();
     tokio::spawn(async move {
         termination.recv().await;
-        tracing::warn!("second signal: closing live tunnels now");
+        tracing::warn!("second signal: closing every connection now");
         closer.close_now();
     });
     server.shutdown().await;

@@ -303,7 +303,7 @@ fn url_form(ip: std::net::Ipv6Addr) -> String {
         while i < pieces.len() && pieces[i] == 0 {
             i += 1;
         }
-        if i - start >= 2 && longest.as_ref().map_or(true, |run| i - start > run.len()) {
+        if i - start >= 2 && longest.as_ref().is_none_or(|run| i - start > run.len()) {
             longest = Some(start..i);
         }
         i = i.max(start + 1);

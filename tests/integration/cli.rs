@@ -583,7 +583,7 @@ fn too_low_an_open_files_limit_is_refused_in_words() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out)
-            .contains("error: the open-files limit (ulimit -n) is 8; wsgate needs at least 16, plus one per client connection and another per tunnel"),
+            .contains("error: the open-files limit (ulimit -n) is 8; wsgate needs at least 32, plus one per client connection and another per tunnel"),
         "{}",
         text(&out)
     );

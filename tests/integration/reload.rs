@@ -1248,7 +1248,7 @@ impl Neighbour {
             let mut ticks = 0u64;
             while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 std::io::Write::write_all(&mut log, format!("tick {ticks}\n").as_bytes()).unwrap();
-                if ticks % 5 == 0 {
+                if ticks.is_multiple_of(5) {
                     let tmp = dir.join("state.json.tmp");
                     std::fs::write(&tmp, format!("{{\"tick\": {ticks}}}")).unwrap();
                     std::fs::rename(&tmp, dir.join("state.json")).unwrap();
