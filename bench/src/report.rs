@@ -98,6 +98,13 @@ impl Report {
         if window.proxy_lost {
             self.fail("a process given with --pid ended during the run (did the proxy crash?): no CPU figure for it");
         }
+        // No CPU at all over this many operations is no proxy's: the PID of a wrapper (a
+        // shell, `taskset`, a container runtime) rather than of the process doing the work.
+        if window.proxy_us == Some(0) && ops >= 1000.0 {
+            self.fail(format!(
+                "the process given with --pid used no CPU over {ops:.0} {op}s: is it the proxy itself, not a wrapper that started it?"
+            ));
+        }
         if let Some(proxy) = window.proxy_us {
             self.int("proxy_cpu_us", proxy, "µs")
                 .num(&format!("proxy_cpu_us_per_{op}"), per(proxy), "µs")
@@ -191,5 +198,31 @@ mod tests {
             .fail("later reason");
         assert_eq!(r.failure(), Some("no echo"));
         assert_eq!(r.to_json()["messages"], 0);
+    }
+
+    #[test]
+    fn a_pid_without_cpu_over_many_operations_or_one_gone_fails_the_report() {
+        let window = |proxy_us, proxy_lost| CpuWindow {
+            secs: 1.0,
+            proxy_us,
+            proxy_lost,
+            tool_us: 1,
+            load_cpu_busy_pct: None,
+        };
+        let verdict = |w: CpuWindow, ops: f64| {
+            let mut r = Report::new("throughput", "ws://127.0.0.1:9001/");
+            r.cpu(&w, ops, "msg");
+            r.failure().map(str::to_string)
+        };
+        let idle = verdict(window(Some(0), false), 5000.0).unwrap_or_default();
+        assert!(idle.contains("used no CPU over 5000 msgs"), "{idle}");
+        assert_eq!(
+            verdict(window(Some(0), false), 10.0),
+            None,
+            "too few to tell"
+        );
+        assert_eq!(verdict(window(Some(7000), false), 5000.0), None);
+        let gone = verdict(window(None, true), 5000.0).unwrap_or_default();
+        assert!(gone.contains("ended during the run"), "{gone}");
     }
 }

@@ -185,7 +185,9 @@ async fn the_admin_endpoint_answers_while_the_proxy_is_out_of_descriptors() {
     .await;
     // Ready again once the connections holding the descriptors are gone.
     drop(hogs);
-    let rest = proxy.line_with("accept failed; the rest of the burst").await;
+    let rest = proxy
+        .line_with("accept failed; the rest of the burst")
+        .await;
     assert!(!rest.contains("\"suppressed\":0"), "{rest}");
     within("ready again", async {
         while !admin_get(admin, "/readyz")
