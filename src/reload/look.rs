@@ -11,6 +11,7 @@ use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
 use crate::fingerprint::{on_disk_fingerprint, on_disk_now, on_disk_stamp, OnDisk};
 use crate::snapshot::Snapshot;
+use NotThere::{Absent, Empty};
 
 /// What a look at the files found.
 pub(super) enum Look {
@@ -158,7 +159,6 @@ enum NotThere {
     Absent,
     Empty,
 }
-use NotThere::{Absent, Empty};
 
 fn absent_or_empty(file: &Path) -> Option<NotThere> {
     if matches!(file.try_exists(), Ok(false)) {
