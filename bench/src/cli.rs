@@ -90,6 +90,42 @@ pub struct ClientArgs {
     pub open_timeout: Duration,
 }
 
+impl ClientArgs {
+    /// What clap's attributes cannot check, as a usage error before anything is connected: a
+    /// URL that parses, and the TLS options its scheme needs (`wss://`: `--ca` or
+    /// `--insecure`) or has no use for (`ws://`).
+    pub fn usage_error(&self) -> Option<String> {
+        let url = match crate::target::Url::parse(&self.url) {
+            Ok(url) => url,
+            Err(e) => return Some(format!("{e:#}")),
+        };
+        let tls_options = self.ca.is_some() || self.insecure || self.sni.is_some();
+        match url.tls {
+            true if self.ca.is_none() && !self.insecure => Some(
+                "wss:// needs --ca PEM (the CA or self-signed certificate) or --insecure".into(),
+            ),
+            false if tls_options || self.tls_defaults => {
+                Some("--ca, --insecure, --sni and --tls-defaults only apply to wss:// URLs".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Command {
+    /// The client options of a load scenario; `None` for the echo backend.
+    pub fn client(&self) -> Option<&ClientArgs> {
+        match self {
+            Command::Echo(_) => None,
+            Command::Handshake(a) => Some(&a.client),
+            Command::Latency(a) => Some(&a.client),
+            Command::Throughput(a) => Some(&a.client),
+            Command::Bulk(a) => Some(&a.client),
+            Command::Idle(a) => Some(&a.client),
+        }
+    }
+}
+
 /// The measured window of the scenarios that run one: all but idle, whose measurement is the
 /// tunnels' opening and holding.
 #[derive(Debug, Clone, Args)]

@@ -3,11 +3,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use wsgate_bench::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(error) = cli.command.client().and_then(|c| c.usage_error()) {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, error)
+            .exit();
+    }
     match wsgate_bench::scenario::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -80,6 +80,10 @@ fn bad_values_are_usage_errors() {
             &["throughput", "ws://127.0.0.1:9/", "-s", "0"][..],
             "--size",
         ),
+        // The URL and the TLS options its scheme needs, checked together.
+        (&["latency", "wss://127.0.0.1:9/"][..], "--ca"),
+        (&["latency", "ws://127.0.0.1:9/", "-k"][..], "--insecure"),
+        (&["latency", "http://127.0.0.1:9/"][..], "ws://"),
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -25,13 +25,11 @@ pub fn run(command: Command) -> Result<()> {
     if let Err(e) = crate::sys::raise_nofile_limit() {
         eprintln!("warning: cannot raise the open-files limit: {e}");
     }
-    let client = match &command {
-        Command::Echo(args) => return crate::echo::run(args),
-        Command::Handshake(a) => &a.client,
-        Command::Latency(a) => &a.client,
-        Command::Throughput(a) => &a.client,
-        Command::Bulk(a) => &a.client,
-        Command::Idle(a) => &a.client,
+    if let Command::Echo(args) = &command {
+        return crate::echo::run(args);
+    }
+    let Some(client) = command.client() else {
+        bail!("not a load scenario");
     };
     let json = client.json;
     // Before any load: a wrong --pid must not cost the target a run.
