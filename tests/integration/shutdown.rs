@@ -263,7 +263,7 @@ async fn line_seen(
 /// Sends SIGTERM to `child`; returns its first log line containing `needle`, once it has
 /// exited after a complete shutdown.
 async fn line_after_sigterm(
-    mut child: std::process::Child,
+    mut child: WsgateChild,
     lines: std::sync::mpsc::Receiver<String>,
     needle: &'static str,
 ) -> String {

@@ -1281,13 +1281,37 @@ pub fn run_under_ulimit(limit: &str, config: &Path, more: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// `wsgate run --config <config>` with JSON logs at `info` on a piped stderr.
-pub fn spawn_wsgate(config: &Path) -> std::process::Child {
+pub fn spawn_wsgate(config: &Path) -> WsgateChild {
     spawn_wsgate_logging(config, "info")
 }
 
+/// A `wsgate` child process, killed (and reaped) when dropped: a test that fails midway
+/// leaves no proxy running behind it.
+pub struct WsgateChild(std::process::Child);
+
+impl std::ops::Deref for WsgateChild {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WsgateChild {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for WsgateChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// [`spawn_wsgate`], logging at `rust_log`.
-pub fn spawn_wsgate_logging(config: &Path, rust_log: &str) -> std::process::Child {
-    std::process::Command::new(wsgate_bin())
+pub fn spawn_wsgate_logging(config: &Path, rust_log: &str) -> WsgateChild {
+    let child = std::process::Command::new(wsgate_bin())
         .args(["run", "--config"])
         .arg(config)
         .args(["--log-format", "json"])
@@ -1296,7 +1320,8 @@ pub fn spawn_wsgate_logging(config: &Path, rust_log: &str) -> std::process::Chil
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    WsgateChild(child)
 }
 
 /// Stderr lines of a child process, delivered as they are written.
@@ -1343,11 +1368,7 @@ pub async fn line_containing(
 /// (JSON), and its first listening address.
 pub fn started_wsgate(
     config: &Path,
-) -> (
-    std::process::Child,
-    std::sync::mpsc::Receiver<String>,
-    SocketAddr,
-) {
+) -> (WsgateChild, std::sync::mpsc::Receiver<String>, SocketAddr) {
     started_wsgate_logging(config, "info")
 }
 
@@ -1355,11 +1376,7 @@ pub fn started_wsgate(
 pub fn started_wsgate_logging(
     config: &Path,
     rust_log: &str,
-) -> (
-    std::process::Child,
-    std::sync::mpsc::Receiver<String>,
-    SocketAddr,
-) {
+) -> (WsgateChild, std::sync::mpsc::Receiver<String>, SocketAddr) {
     let mut child = spawn_wsgate_logging(config, rust_log);
     let lines = stderr_lines(child.stderr.take().unwrap());
     let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
