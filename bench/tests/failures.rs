@@ -91,15 +91,18 @@ fn bad_values_are_usage_errors() {
     }
 }
 
+/// The built-in echo backend (plain ws://) on a free port of 127.0.0.1.
+async fn echo_backend() -> SocketAddr {
+    let any_port = "127.0.0.1:0".parse().unwrap();
+    let lean = wsgate_bench::cli::EchoEngine::Lean;
+    wsgate_bench::echo::spawn(any_port, None, lean)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_plain_echo_backend_fails_at_once_not_at_the_open_timeout() {
-    let addr = wsgate_bench::echo::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        wsgate_bench::cli::EchoEngine::Lean,
-    )
-    .await
-    .unwrap();
+    let addr = echo_backend().await;
     let url = format!("wss://{addr}/");
     let out = tokio::task::spawn_blocking(move || {
         bench(&[
@@ -307,13 +310,7 @@ async fn an_idle_run_whose_tunnels_end_before_the_reading_fails() {
 /// matters most: it is printed, and the run fails saying what happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pid_that_ends_during_the_run_keeps_the_report_and_fails_it() {
-    let echo = wsgate_bench::echo::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        wsgate_bench::cli::EchoEngine::Lean,
-    )
-    .await
-    .unwrap();
+    let echo = echo_backend().await;
     // Stands in for the proxy: ends within the run's window, and is reaped at once so that
     // its /proc entry goes with it.
     let mut proxy = Command::new("sleep").arg("0.8").spawn().unwrap();

@@ -174,13 +174,11 @@ async fn a_gap_in_the_config_is_no_failure(make_gap: impl FnOnce(&Path), said: &
 async fn a_certificate_gone_for_a_while_is_no_failure() {
     // A renewal script doing `rm tls.crt; …; cp new.crt tls.crt`: like a config file written
     // that way, the gap must not count as a rejected reload.
-    let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
-    let mut rx = proxy.server.reload_status();
-    let crt = proxy.dir.path().join("server.crt");
     let gone = |file: &Path| std::fs::remove_file(file).unwrap();
     let said = ":5:27: tls.certificates[0].cert: ";
-    a_gap_in_a_served_file_is_no_failure(&proxy, &mut rx, &crt, gone, said, "not found").await;
+    let (backend, proxy, mut rx) =
+        a_gap_in_a_served_file_is_no_failure("server.crt", gone, said, "not found").await;
+    let crt = proxy.dir.path().join("server.crt");
 
     // Asked for by hand, the same gap is an error: whoever sent SIGHUP gets an answer.
     std::fs::remove_file(&crt).unwrap();
@@ -213,32 +211,34 @@ async fn a_certificate_gone_for_a_while_is_no_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_emptied_for_a_while_is_no_failure() {
     // `cat new.key > tls.key`, or a tool writing the file in two steps: truncated first.
-    let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
-    let mut rx = proxy.server.reload_status();
-    let key = proxy.dir.path().join("server.key");
     let emptied = |file: &Path| std::fs::write(file, "").unwrap();
     let said = ":5:47: tls.certificates[0].key: ";
-    a_gap_in_a_served_file_is_no_failure(&proxy, &mut rx, &key, emptied, said, "is empty").await;
+    a_gap_in_a_served_file_is_no_failure("server.key", emptied, said, "is empty").await;
 }
 
-/// The gap `make_gap` leaves in `file`, served by `proxy`, is visible (an error at `said`
-/// ending `why`) but is no rejected reload, and the file's content back ends it.
+/// The gap `make_gap` leaves in `name`, a certificate or key file a proxy serves, is visible
+/// (an error at `said` ending `why`) but is no rejected reload, and the file's content back
+/// ends it. Returns the backend, the proxy (its route `/a`) and its reload status, for more.
 async fn a_gap_in_a_served_file_is_no_failure(
-    proxy: &Proxy,
-    rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
-    file: &Path,
+    name: &str,
     make_gap: impl FnOnce(&Path),
     said: &str,
     why: &str,
+) -> (
+    WsBackend,
+    Proxy,
+    tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
 ) {
-    first_look(rx).await;
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let file = proxy.dir.path().join(name);
+    first_look(&mut rx).await;
     let served = served_leaf(proxy.addr).await;
-    let pem = std::fs::read(file).unwrap();
-    make_gap(file);
-    let gone = status_where(rx, "the gap seen", |s| s.last_error.is_some()).await;
+    let pem = std::fs::read(&file).unwrap();
+    make_gap(&file);
+    let gone = status_where(&mut rx, "the gap seen", |s| s.last_error.is_some()).await;
     let error = gone.last_error.unwrap_or_default();
-    let name = file.file_name().unwrap().to_string_lossy();
     assert!(
         error.contains(said) && error.ends_with(&format!("{name} {why}")),
         "{error}"
@@ -246,9 +246,10 @@ async fn a_gap_in_a_served_file_is_no_failure(
     assert_eq!((gone.generation, gone.failures), (1, 0));
     assert_eq!(served_leaf(proxy.addr).await, served, "still in force");
 
-    std::fs::write(file, pem).unwrap();
-    let back = status_where(rx, "the file seen back", |s| s.last_error.is_none()).await;
+    std::fs::write(&file, pem).unwrap();
+    let back = status_where(&mut rx, "the file seen back", |s| s.last_error.is_none()).await;
     assert_eq!((back.generation, back.failures), (1, 0));
+    (backend, proxy, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
