@@ -164,6 +164,8 @@ pub(crate) struct Acceptor<'a> {
     shared: &'a Shared,
     reserve: Option<&'a Reserve>,
     failing: Arc<Mutex<Throttle>>,
+    /// The listener's address, as failure lines name it.
+    listen: Arc<str>,
 }
 
 impl<'a> Acceptor<'a> {
@@ -179,6 +181,7 @@ impl<'a> Acceptor<'a> {
             shared,
             reserve,
             failing: Arc::default(),
+            listen: (listener.local_addr()).map_or_else(|_| "-".into(), |a| a.to_string().into()),
         }
     }
 
@@ -207,9 +210,7 @@ impl<'a> Acceptor<'a> {
                     continue;
                 }
             }
-            let listen =
-                (self.listener.local_addr()).map_or_else(|_| "-".to_string(), |a| a.to_string());
-            let ended = listen.clone();
+            let (listen, ended) = (&self.listen, self.listen.clone());
             logging::throttled(
                 &self.failing,
                 |suppressed| tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off"),
