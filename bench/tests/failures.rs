@@ -125,17 +125,11 @@ async fn tls_to_the_plain_echo_backend_fails_at_once_not_at_the_open_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_dies_during_a_steady_run_fails_the_run() {
     // Upgrades, then drops every connection 300 ms later.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if wsgate_bench::server::handshake(&mut tcp).await.is_ok() {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                }
-            });
-        }
-    });
+    let addr = upgrading(|tcp| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(tcp);
+    })
+    .await;
     let url = format!("ws://{addr}/");
     let out = tokio::task::spawn_blocking(move || {
         bench(&[
@@ -177,13 +171,28 @@ fn report(out: &Output) -> serde_json::Value {
 /// A target that upgrades every connection, then reads and drops whatever it is sent: no echo
 /// ever comes back, and no connection fails.
 async fn upgrades_and_never_echoes() -> SocketAddr {
+    upgrading(|mut tcp| async move {
+        let _ = tokio::io::copy(&mut tcp, &mut tokio::io::sink()).await;
+    })
+    .await
+}
+
+/// A target on 127.0.0.1 that upgrades every connection, then hands it to `then`; the
+/// connection ends when `then` is done with it.
+async fn upgrading<F, Fut>(then: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let then = std::sync::Arc::new(then);
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
+            let then = then.clone();
             tokio::spawn(async move {
                 if wsgate_bench::server::handshake(&mut tcp).await.is_ok() {
-                    let _ = tokio::io::copy(&mut tcp, &mut tokio::io::sink()).await;
+                    then(tcp).await;
                 }
             });
         }
@@ -284,14 +293,8 @@ async fn a_handshake_run_refused_over_http_is_measured_not_failed() {
 /// run fails after its report, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_run_whose_tunnels_end_before_the_reading_fails() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            // Upgrades, then closes at once: every tunnel ends during the settle.
-            tokio::spawn(async move { wsgate_bench::server::handshake(&mut tcp).await });
-        }
-    });
+    // Upgrades, then closes at once: every tunnel ends during the settle.
+    let addr = upgrading(|tcp| async move { drop(tcp) }).await;
     let url = format!("ws://{addr}/");
     let args = [
         "idle", &url, "-n", "4", "--settle", "300ms", "--hold", "300ms", "--json",
