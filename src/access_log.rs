@@ -310,7 +310,7 @@ pub(crate) fn early_close(shared: &Shared, peer: SocketAddr, started: Instant, w
         client: peer,
         route: "-",
         backend: "-",
-        status: 0,
+        status: why.status(),
         bytes_in: 0,
         bytes_out: 0,
         duration_ms: since(started),

@@ -18,13 +18,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::LazyConfigAcceptor;
 
 use crate::access_log::{self, Delivery, EndLine};
 use crate::closing::{linger, LINGER_TIME};
@@ -36,6 +34,7 @@ use crate::proxy_protocol;
 use crate::relay::Written;
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
+use crate::tls::{self, Hello};
 
 /// One client connection: TLS under the handshake deadline, then hyper until the request is
 /// answered (or upgraded, after which the tunnel owns the guard).
@@ -97,7 +96,12 @@ async fn handshake(
     };
     let handshake = tls_handshake(tcp, shared);
     let mut tls = match in_time(shared, deadline, handshake, "TLS").await {
-        Ok(tls) => tls,
+        Ok(Handshaken::Tls(tls)) => tls,
+        // Answered outside the handshake's deadline: the answer's linger has its own bound.
+        Ok(Handshaken::PlainHttp(tcp)) => {
+            tls::tell_to_use_tls(tcp).await;
+            return early_close(peer, Unanswered::PlainHttp);
+        }
         Err(why) => return early_close(peer, why),
     };
     // The limit in force when the head starts to come, not at accept: a reload in between
@@ -202,10 +206,7 @@ async fn proxy_header(
 /// The TLS handshake, with the certificates (and TLS settings) in force when the client's
 /// hello arrives, not at accept: a client that connected just before a rotation, or one slow
 /// to start, still gets the new certificate.
-async fn tls_handshake(
-    tcp: TcpStream,
-    shared: &Shared,
-) -> Result<TlsStream<TcpStream>, Unanswered> {
+async fn tls_handshake(tcp: TcpStream, shared: &Shared) -> Result<Handshaken, Unanswered> {
     let unanswered = |e: io::Error| match gone(&e) {
         // A TCP connect and close (a load balancer's or kubelet's tcpSocket check), or a
         // client dropping mid-handshake: no TLS problem to alert on. A client that does not
@@ -213,13 +214,22 @@ async fn tls_handshake(
         true => Unanswered::GoneDuringTls(e),
         false => Unanswered::TlsFailed(e),
     };
-    let hello = LazyConfigAcceptor::new(Acceptor::default(), tcp)
-        .await
-        .map_err(unanswered)?;
-    hello
+    let hello = match tls::read_hello(tcp).await.map_err(unanswered)? {
+        Hello::Tls(hello) => hello,
+        Hello::PlainHttp(tcp) => return Ok(Handshaken::PlainHttp(tcp)),
+    };
+    let tls = hello
         .into_stream(shared.current().tls.clone())
         .await
-        .map_err(unanswered)
+        .map_err(unanswered)?;
+    Ok(Handshaken::Tls(tls))
+}
+
+/// How a connection's TLS handshake ended, if it did not fail.
+enum Handshaken {
+    Tls(TlsStream<TcpStream>),
+    /// The client spoke plain HTTP to the TLS port: it is told to use TLS.
+    PlainHttp(TcpStream),
 }
 
 /// An error that only says the client's connection went away.

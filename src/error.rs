@@ -261,8 +261,9 @@ static UPGRADE_TO_VERSION_13: [(HeaderName, HeaderValue); 3] = [
 ];
 static RETRY_SOON: [(HeaderName, HeaderValue); 1] = [(RETRY_AFTER, HeaderValue::from_static("1"))];
 
-/// Why a connection ended before any request on it was answered (its line has status 0): the
-/// reason its line gives and its `wsgate_connections_closed_early_total` label, in one place.
+/// Why a connection ended before any request on it was served: the reason its line gives, its
+/// status (0: no answer, but for the two answered without a request: see [`Self::status`])
+/// and its `wsgate_connections_closed_early_total` label, in one place.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Unanswered {
     #[error("{0}")]
@@ -274,6 +275,9 @@ pub(crate) enum Unanswered {
     GoneDuringTls(io::Error),
     #[error("TLS handshake failed: {}", tls_words(.0))]
     TlsFailed(io::Error),
+    /// A `ws://` or `http://` client at the TLS port; it was answered 400 in plain HTTP.
+    #[error("not TLS: a plain HTTP request on the TLS port; told to use wss://")]
+    PlainHttp,
     #[error("closed before sending a request")]
     NoRequest,
     #[error("closed in the middle of the request head")]
@@ -320,11 +324,32 @@ fn tls_words(e: &io::Error) -> String {
             "client incompatible (an old TLS version, or no cipher suite, group or signature \
              scheme in common): {why:?}"
         ),
+        // rustls: "peer doesn't support any known protocol", which does not say which.
+        Some(rustls::Error::NoApplicationProtocol) => {
+            "client's ALPN offers no protocol wsgate speaks (http/1.1): an HTTP/2-only client?"
+                .to_string()
+        }
+        // rustls: "received corrupt message of type InvalidContentType" (plain HTTP is told
+        // apart before rustls sees it: `tls::read_hello`).
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            "not TLS: the client sent bytes that are no TLS record".to_string()
+        }
         _ => words(e),
     }
 }
 
 impl Unanswered {
+    /// The status its line gives: the answer's, for the two that got one without a request
+    /// being read; 0, no answer, for the rest.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            // hyper answers a head over its buffer itself.
+            Unanswered::HeadTooLarge => 431,
+            Unanswered::PlainHttp => 400,
+            _ => 0,
+        }
+    }
+
     /// Its label in `wsgate_connections_closed_early_total`.
     pub(crate) fn kind(&self) -> EarlyClose {
         use Unanswered::*;
@@ -334,7 +359,7 @@ impl Unanswered {
             BadProxyHeader(_) | ProxyHeaderLate => EarlyClose::BadProxyHeader,
             // A client gone before its request was complete, however it closed.
             GoneDuringTls(_) | NoRequest | GoneMidHead(_) | ClosedMidHead => EarlyClose::NoRequest,
-            TlsFailed(_) | ReadFailed(_) => EarlyClose::TlsFailed,
+            TlsFailed(_) | ReadFailed(_) | PlainHttp => EarlyClose::TlsFailed,
             BadRequest(_) => EarlyClose::BadRequest,
             Late(_) => EarlyClose::HandshakeTimeout,
             HeadTooLarge => EarlyClose::HeadTooLarge,
@@ -473,6 +498,19 @@ mod tests {
             Unanswered::TlsFailed(e).to_string(),
             "TLS handshake failed: client incompatible (an old TLS version, or no cipher suite, \
              group or signature scheme in common): SignatureAlgorithmsExtensionRequired"
+        );
+        let tls_failed = |e: rustls::Error| {
+            Unanswered::TlsFailed(io::Error::new(io::ErrorKind::InvalidData, e)).to_string()
+        };
+        assert_eq!(
+            tls_failed(rustls::Error::NoApplicationProtocol),
+            "TLS handshake failed: client's ALPN offers no protocol wsgate speaks (http/1.1): \
+             an HTTP/2-only client?"
+        );
+        let not_tls = rustls::InvalidMessage::InvalidContentType;
+        assert_eq!(
+            tls_failed(rustls::Error::InvalidMessage(not_tls)),
+            "TLS handshake failed: not TLS: the client sent bytes that are no TLS record"
         );
         let other = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
         assert_eq!(

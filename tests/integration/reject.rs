@@ -408,17 +408,45 @@ async fn a_partial_tls_hello_is_closed_after_the_handshake_timeout() {
     assert_closed_no_earlier_than_the_timeout(since);
 }
 
+/// A `ws://` (or `http://`) client at the TLS port is told, in the HTTP it spoke, to use TLS:
+/// its request is never served in clear (its route's backend is down: served, it would get 502).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_on_the_tls_port_gets_no_http_answer() {
+async fn plain_http_on_the_tls_port_is_told_to_use_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = closed_port().await;
+    let config = write_config(dir.path(), &route("chat", "/ws", &[nowhere]));
+    let (mut child, lines, addr) = started_wsgate(&config);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut raw = RawConn::new(tcp);
+    raw.send(ws().bytes()).await;
+    let head = raw.read_head().await;
+    assert_eq!(head.status, 400, "{head:?}");
+    let body = raw.read_body(&head).await;
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "this port speaks TLS: connect with wss:// (or https://)\n"
+    );
+    assert!(raw.read_to_end().await.is_empty(), "more after the answer");
+    drop(raw);
+    let line = line_containing(lines, "connection closed").await;
+    assert!(line.contains("\"status\":400"), "{line}");
+    assert!(
+        line.contains("plain HTTP request on the TLS port"),
+        "{line}"
+    );
+    child.kill().unwrap();
+}
+
+/// Bytes that are neither TLS nor HTTP get TLS's answer (an alert, then the close), nothing
+/// in HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_neither_tls_nor_http_get_no_http_answer() {
     let proxy = proxy("").await;
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let mut raw = RawConn::new(tcp);
-    raw.send(ws().bytes()).await;
+    raw.send(b"\x00\x01\x02 not a protocol\r\n\r\n").await;
     let rest = raw.read_to_end().await;
-    assert!(
-        !rest.starts_with(b"HTTP/"),
-        "answered plain HTTP on the TLS port"
-    );
+    assert!(!rest.windows(5).any(|w| w == b"HTTP/"), "{rest:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
