@@ -226,6 +226,10 @@ async fn tls_handshake(tcp: TcpStream, shared: &Shared) -> Result<Handshaken, Un
 }
 
 /// How a connection's TLS handshake ended, if it did not fail.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and taken apart once per connection; boxing would allocate per handshake"
+)]
 enum Handshaken {
     Tls(TlsStream<TcpStream>),
     /// The client spoke plain HTTP to the TLS port: it is told to use TLS.

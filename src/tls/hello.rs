@@ -14,6 +14,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 
 /// What a connection opened with.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and taken apart once per connection; boxing would allocate per handshake"
+)]
 pub(crate) enum Hello {
     /// A TLS ClientHello, ready for a certificate.
     Tls(StartHandshake<TcpStream>),
