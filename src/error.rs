@@ -64,8 +64,10 @@ pub enum ProxyError {
     HeadTooLarge,
     #[error("request head has more than 100 header fields")]
     TooManyFields,
-    #[error("origin not allowed")]
-    OriginDenied,
+    /// The refused `Origin`, as [`crate::websocket::origin_in_words`] shows it: in the log
+    /// line, so an operator sees what to add to the list; never in the answer's body.
+    #[error("origin not allowed: {0}")]
+    OriginDenied(String),
     #[error("no offered subprotocol is allowed")]
     NoSubprotocol,
     #[error("connection limit reached")]
@@ -162,7 +164,7 @@ impl ProxyError {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
             }
             UriTooLong => (StatusCode::URI_TOO_LONG, Side::Client),
-            OriginDenied => (StatusCode::FORBIDDEN, Side::Client),
+            OriginDenied(_) => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
             ClientOverLimit => (StatusCode::TOO_MANY_REQUESTS, Side::Client),
@@ -195,7 +197,7 @@ impl ProxyError {
             UnexpectedBody => "upgrade request must not have a body\n",
             HeadTooLarge | TooManyFields => "request header fields too large\n",
             UriTooLong => "request target too long\n",
-            OriginDenied => "origin not allowed\n",
+            OriginDenied(_) => "origin not allowed\n",
             NoSubprotocol => "no acceptable subprotocol\n",
             Overloaded | OutOfDescriptors => "server busy, retry later\n",
             ClientOverLimit => "too many connections from your address\n",
@@ -232,7 +234,7 @@ impl ProxyError {
             | HeadTooLarge
             | TooManyFields
             | UriTooLong
-            | OriginDenied
+            | OriginDenied(_)
             | NoSubprotocol
             | BackendUnavailable(_)
             | BackendTimeout
@@ -403,7 +405,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         BadPath => 400,
         SecondRequest => 400,
         NoSubprotocol => 400,
-        OriginDenied => 403,
+        OriginDenied("x".into()) => 403,
         HeadTooLarge => 431,
         TooManyFields => 431,
         UriTooLong => 414,

@@ -199,8 +199,9 @@ fn checked_route<'a>(
     let Selection::Matched { route, protocols } = selection else {
         return Err(ProxyError::NoSubprotocol);
     };
-    if !route.allows_origin(websocket::origin(req.headers())) {
-        return Err(ProxyError::OriginDenied);
+    let origin = websocket::origin(req.headers());
+    if !route.allows_origin(origin) {
+        return Err(ProxyError::OriginDenied(websocket::origin_in_words(origin)));
     }
     Ok((route, protocols))
 }

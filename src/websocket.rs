@@ -64,6 +64,22 @@ pub fn origin(headers: &HeaderMap) -> Option<&str> {
 /// An `Origin` no allow-list entry can equal (entries are URLs).
 const NO_ORIGIN: &str = "\u{0}";
 
+/// The longest `Origin` a log line repeats in full: it is the client's to make long.
+const ORIGIN_SHOWN: usize = 128;
+
+/// An `Origin`, as [`origin`] read it, in words for a refusal's log line: cut to
+/// [`ORIGIN_SHOWN`] characters, and one that cannot be shown said so.
+pub(crate) fn origin_in_words(origin: Option<&str>) -> String {
+    match origin {
+        None => "(none)".to_string(),
+        Some(NO_ORIGIN) => "(several Origin fields, or one that is not text)".to_string(),
+        Some(origin) => match origin.char_indices().nth(ORIGIN_SHOWN) {
+            Some((cut, _)) => format!("{}…", &origin[..cut]),
+            None => origin.to_string(),
+        },
+    }
+}
+
 /// Checks a request head against RFC 6455 §4.2.1, in the order that gives the most useful
 /// answer: the method and version first, then whether it is an upgrade at all.
 pub fn check_request(
@@ -361,6 +377,23 @@ mod tests {
     }
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn a_refused_origin_is_shown_cut_short_and_an_unreadable_one_said_so() {
+        let shown =
+            |lines: &[(&'static str, &'static str)]| origin_in_words(origin(&headers(lines)));
+        let evil = "https://evil.example";
+        assert_eq!(shown(&[("origin", evil)]), evil);
+        let twice = [("origin", evil), ("origin", "https://a.example")];
+        assert_eq!(
+            shown(&twice),
+            "(several Origin fields, or one that is not text)"
+        );
+        let long = format!("https://{}.example", "é".repeat(200));
+        let cut = origin_in_words(Some(&long));
+        assert_eq!(cut.chars().count(), ORIGIN_SHOWN + 1, "{cut}");
+        assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+    }
 
     fn good() -> Vec<(&'static str, &'static str)> {
         vec![

@@ -76,6 +76,29 @@ async fn an_unlisted_origin_is_403() {
     }
 }
 
+/// The refusal's line names the refused origin, so an operator sees what a browser sent; the
+/// answer's body does not repeat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusals_line_names_the_refused_origin() {
+    let backend = WsBackend::start("echo").await;
+    let dir = tempfile::tempdir().unwrap();
+    let route = format!(
+        "[[route]]\nname = \"chat\"\npath = \"/ws\"\norigins = [\"https://chat.example.com\"]\nbackends = [\"{}\"]\n",
+        backend.addr
+    );
+    let (_child, lines, addr) = started_wsgate(&write_config(dir.path(), &route));
+    let evil = "https://evil.example.net";
+    let req = Req::upgrade("chat.example.com", "/ws").add("Origin", evil);
+    let (head, body) = request(addr, req.bytes()).await;
+    assert_eq!(head.status, 403, "{head:?}");
+    assert_eq!(body, b"origin not allowed\n");
+    let line = line_containing(lines, "connection closed").await;
+    assert!(
+        line.contains("\"reason\":\"origin not allowed: https://evil.example.net\""),
+        "{line}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_origin_is_403_even_if_one_is_listed() {
     // The check and the backend could read different lines.
