@@ -205,7 +205,14 @@ impl Server {
         snapshot.log_warnings();
         crate::descriptors::warn_if_short(snapshot.config.limits.max_connections);
         let wanted = listener::wanted(&snapshot.config);
-        let sockets = listener::bind_all(&wanted, &[], &snapshot.config)?;
+        let sockets = listener::bind_all(&wanted, &[], &snapshot.config).map_err(|e| match e {
+            // Named as the config error above is: by the path as given.
+            Error::Bind(mut e) => {
+                e.file = config_path.as_ref().to_path_buf();
+                Error::Bind(e)
+            }
+            other => other,
+        })?;
         let (reload_status, _) = watch::channel(ReloadStatus {
             generation: 1,
             ..ReloadStatus::default()

@@ -462,6 +462,15 @@ fn run_refuses_a_bad_config_with_checks_message() {
     assert!(said.contains("conf/server.key"), "{said}");
     assert!(!said.contains(&*dir.path().to_string_lossy()), "{said}");
     assert_eq!(in_dir("run"), said);
+    // A listen address in use, which only `run` finds: named by the path as given too.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap();
+    let config = write_config(&conf, ROUTE);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("127.0.0.1:0", &at.to_string())).unwrap();
+    let said = in_dir("run");
+    let named = |line: &str| line.starts_with("error: conf/wsgate.toml:2:11: proxy.listen[0]");
+    assert!(said.lines().any(named), "{said}");
 }
 
 /// docs/configuration.md's complete example is config/example.toml, but for its certificate
