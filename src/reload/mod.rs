@@ -410,6 +410,13 @@ impl Reloader {
         if !still.await.unwrap_or(false) {
             return None;
         }
+        // Written to since the look (a key landing right behind its certificate): the look
+        // that write brings decides, from everything on disk. Renewed here, the files would
+        // go into force said to be a renewal while the config file on disk is not in force,
+        // when the file on disk may be exactly the one in force.
+        if self.events.has_changed().unwrap_or(false) {
+            return None;
+        }
         match renewed {
             Ok(snapshot) => match shared.apply(snapshot).await {
                 Ok(()) => Some(Renewal::Applied),
