@@ -273,7 +273,7 @@ pub(crate) enum Unanswered {
     #[error("handshake timeout (PROXY header)")]
     ProxyHeaderLate,
     /// A TCP connect and close (a load balancer's health check), or a client dropping out.
-    #[error("closed during the TLS handshake: {}", words(.0))]
+    #[error("closed during the TLS handshake: {}", gone_words(.0))]
     GoneDuringTls(io::Error),
     #[error("TLS handshake failed: {}", tls_words(.0))]
     TlsFailed(io::Error),
@@ -311,6 +311,16 @@ fn words(e: &io::Error) -> String {
     match text.split_once(": https://") {
         Some((words, _)) => words.to_string(),
         None => text,
+    }
+}
+
+/// A client gone, in words: an end of file is said one way, whichever step of the handshake
+/// met it (tokio-rustls says "tls handshake eof" past the hello, the hello's read "unexpected
+/// end of file"), so log searches find them all.
+fn gone_words(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::Error::from(io::ErrorKind::UnexpectedEof).to_string(),
+        _ => words(e),
     }
 }
 
@@ -455,6 +465,14 @@ mod tests {
             ),
             (
                 Unanswered::GoneDuringTls(gone()),
+                EarlyClose::NoRequest,
+                "closed during the TLS handshake: unexpected end of file",
+            ),
+            (
+                Unanswered::GoneDuringTls(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tls handshake eof",
+                )),
                 EarlyClose::NoRequest,
                 "closed during the TLS handshake: unexpected end of file",
             ),
