@@ -40,6 +40,8 @@ where
         let Splice {
             client,
             backend,
+            up,
+            down,
             drain,
             ..
         } = self;
@@ -50,14 +52,17 @@ where
             return;
         }
         let failed = |peer| matches!(reason, CloseReason::Error(p, _) if p == peer);
+        // A side whose direction finished was shut then (its half-close passed on): shut
+        // again, it would only cost a syscall, or a second write of a close_notify that
+        // failed the first time.
         let client = async {
             if !failed(Peer::Client) {
-                linger_on(client, failed(Peer::Backend)).await;
+                linger_on(client, failed(Peer::Backend), down.finished).await;
             }
         };
         let backend = async {
             if !failed(Peer::Backend) {
-                linger_on(backend, false).await;
+                linger_on(backend, false, up.finished).await;
             }
         };
         tokio::select! {
@@ -67,11 +72,16 @@ where
     }
 }
 
-/// Shuts `io`'s sending side (`cut`: its TCP only, once what is written is out, so a TLS
-/// peer reads a truncation), then reads and drops what it still sends until it closes or is
-/// quiet for [`LINGER_QUIET`] (see [`Splice::linger`]).
-async fn linger_on<S: AsyncRead + AsyncWrite + PeerSocket + Unpin>(mut io: S, cut: bool) {
-    if !(cut && shut_tcp_only(&mut io).await) {
+/// Shuts `io`'s sending side unless it is `shut` already (`cut`: its TCP only, once what is
+/// written is out, so a TLS peer reads a truncation), then reads and drops what it still sends
+/// until it closes or is quiet for [`LINGER_QUIET`] (see [`Splice::linger`]).
+async fn linger_on<S: AsyncRead + AsyncWrite + PeerSocket + Unpin>(
+    mut io: S,
+    cut: bool,
+    shut: bool,
+) {
+    let shut = shut || (cut && shut_tcp_only(&mut io).await);
+    if !shut {
         let _ = io.shutdown().await;
     }
     // In the boxed linger future (see `proxy`), not in every tunnel's task.
@@ -103,9 +113,13 @@ async fn shut_tcp_only<S: AsyncWrite + PeerSocket + Unpin>(io: &mut S) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::task::{Context, Poll};
 
-    use tokio::io::BufReader;
+    use tokio::io::{BufReader, DuplexStream, ReadBuf};
 
     use super::*;
     use crate::drain::Drain;
@@ -188,6 +202,66 @@ mod tests {
         assert!(ended.is_ok(), "still lingering at half the linger time");
         let sent = flood.await.unwrap();
         assert!(sent >= LINGER_BYTES, "{sent}");
+    }
+
+    /// A pipe that counts its shutdowns.
+    struct Counted(DuplexStream, Arc<AtomicUsize>);
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl PeerSocket for Counted {
+        fn peer_error(&self) -> Option<io::ErrorKind> {
+            None
+        }
+    }
+
+    /// Both sides closed in turn, each half-close passed on: the linger shuts neither again
+    /// (for a TLS client a second close_notify written, or a failed write, for nothing).
+    #[tokio::test]
+    async fn a_side_shut_by_its_half_close_is_not_shut_again() {
+        let (client_end, mut client_peer) = tokio::io::duplex(1024);
+        let (backend_end, mut backend_peer) = tokio::io::duplex(1024);
+        let counts = [Arc::default(), Arc::default()];
+        let [client_shut, backend_shut]: [Arc<AtomicUsize>; 2] = counts;
+        let client = BufReader::new(Counted(client_end, client_shut.clone()));
+        let backend = Counted(backend_end, backend_shut.clone());
+        let drain = Arc::new(Drain::default());
+        let splice = without_early(client, backend, LINGER_TIME, &drain);
+        let relay = tokio::spawn(relay_then_linger(splice));
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        backend_peer.shutdown().await.unwrap();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        drop((client_peer, backend_peer));
+        relay.await.unwrap();
+        let shut = |count: &AtomicUsize| count.load(Ordering::Relaxed);
+        assert_eq!((shut(&client_shut), shut(&backend_shut)), (1, 1));
     }
 
     #[tokio::test]

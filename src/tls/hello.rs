@@ -4,12 +4,15 @@
 //! Why not `tokio_rustls::LazyConfigAcceptor`: it hides the bytes it reads, and a client that
 //! speaks `ws://` or `http://` to a `wss://` port (the commonest mistake there is) would get a
 //! TLS alert it cannot show and a log line in rustls's words ("corrupt message of type
-//! InvalidContentType"). Reading them here costs no extra read: the same reads feed rustls,
-//! and only the first byte is looked at.
+//! InvalidContentType"). Reading them here costs no extra read: the same reads, made the same
+//! way, feed rustls, and only the first byte is looked at.
 
 use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use rustls::server::Acceptor;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 
@@ -29,36 +32,37 @@ pub(crate) enum Hello {
 /// Reads the connection's first bytes until they are a complete ClientHello, or are plain
 /// HTTP. Errors are rustls's (its alert sent to the client, best effort, as
 /// `LazyConfigAcceptor` does) or the socket's; a close before the hello is `UnexpectedEof`.
-pub(crate) async fn read(tcp: TcpStream) -> io::Result<Hello> {
+pub(crate) async fn read(mut tcp: TcpStream) -> io::Result<Hello> {
     let mut acceptor = Acceptor::default();
     let mut first = None;
-    loop {
-        tcp.readable().await?;
-        let mut reader = NonBlocking {
-            tcp: &tcp,
+    let sniffed = std::future::poll_fn(|cx| loop {
+        let mut reader = Reading {
+            tcp: &mut tcp,
+            cx,
             first: &mut first,
         };
         match acceptor.read_tls(&mut reader) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) => return Poll::Ready(Err(e)),
         }
         if first.is_some_and(|byte: u8| byte.is_ascii_uppercase()) {
-            return Ok(Hello::PlainHttp(tcp));
+            return Poll::Ready(Ok(None));
         }
         match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok(Hello::Tls(StartHandshake::from_parts(accepted, tcp))),
+            Ok(Some(accepted)) => return Poll::Ready(Ok(Some(accepted))),
             Ok(None) => {}
             Err((e, mut alert)) => {
-                let _ = alert.write_all(&mut NonBlocking {
-                    tcp: &tcp,
-                    first: &mut None,
-                });
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                let _ = alert.write_all(&mut Alerting(&tcp));
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
         }
-    }
+    });
+    Ok(match sniffed.await? {
+        Some(accepted) => Hello::Tls(StartHandshake::from_parts(accepted, tcp)),
+        None => Hello::PlainHttp(tcp),
+    })
 }
 
 /// What a plain-HTTP client is told, in the protocol it spoke.
@@ -86,26 +90,38 @@ pub(crate) async fn tell_to_use_tls(mut tcp: TcpStream) {
     }
 }
 
-/// The socket as `std::io`'s reader and writer, for rustls: `WouldBlock` when it has nothing
-/// (tokio then waits for readiness again). Notes the first byte read.
-struct NonBlocking<'a> {
-    tcp: &'a TcpStream,
+/// The socket as `std::io`'s reader, for rustls: `WouldBlock` when it has nothing yet (the
+/// task then waits for it). Through tokio's `poll_read`, not `try_read`: a read that leaves
+/// the socket empty then marks it so, and the handshake's next read waits for the client
+/// rather than spending a syscall to find nothing. Notes the first byte read.
+struct Reading<'a, 'b> {
+    tcp: &'a mut TcpStream,
+    cx: &'a mut Context<'b>,
     first: &'a mut Option<u8>,
 }
 
-impl Read for NonBlocking<'_> {
+impl Read for Reading<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.tcp.try_read(buf)?;
-        if self.first.is_none() && n > 0 {
-            *self.first = Some(buf[0]);
+        let mut read = ReadBuf::new(buf);
+        match Pin::new(&mut *self.tcp).poll_read(self.cx, &mut read) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
         }
-        Ok(n)
+        let read = read.filled();
+        if let (None, Some(&byte)) = (&self.first, read.first()) {
+            *self.first = Some(byte);
+        }
+        Ok(read.len())
     }
 }
 
-impl Write for NonBlocking<'_> {
+/// The socket as `std::io`'s writer, for rustls's alert: what the socket takes now.
+struct Alerting<'a>(&'a TcpStream);
+
+impl Write for Alerting<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.try_write(buf)
+        self.0.try_write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
