@@ -217,6 +217,7 @@ async fn tls_handshake(tcp: TcpStream, shared: &Shared) -> Result<Handshaken, Un
     let hello = match tls::read_hello(tcp).await.map_err(unanswered)? {
         Hello::Tls(hello) => hello,
         Hello::PlainHttp(tcp) => return Ok(Handshaken::PlainHttp(tcp)),
+        Hello::ProxyHeader => return Err(Unanswered::UnexpectedProxyHeader),
     };
     let tls = hello
         .into_stream(shared.current().tls.clone())

@@ -280,6 +280,9 @@ pub(crate) enum Unanswered {
     /// A `ws://` or `http://` client at the TLS port; it was answered 400 in plain HTTP.
     #[error("not TLS: a plain HTTP request on the TLS port; told to use wss://")]
     PlainHttp,
+    /// A load balancer sends the PROXY protocol; wsgate was not told to expect it.
+    #[error("not TLS: a PROXY protocol header, but proxy_protocol is off (turn it on, or off at the load balancer)")]
+    UnexpectedProxyHeader,
     #[error("closed before sending a request")]
     NoRequest,
     #[error("closed in the middle of the request head")]
@@ -371,7 +374,9 @@ impl Unanswered {
             BadProxyHeader(_) | ProxyHeaderLate => EarlyClose::BadProxyHeader,
             // A client gone before its request was complete, however it closed.
             GoneDuringTls(_) | NoRequest | GoneMidHead(_) | ClosedMidHead => EarlyClose::NoRequest,
-            TlsFailed(_) | ReadFailed(_) | PlainHttp => EarlyClose::TlsFailed,
+            TlsFailed(_) | ReadFailed(_) | PlainHttp | UnexpectedProxyHeader => {
+                EarlyClose::TlsFailed
+            }
             BadRequest(_) => EarlyClose::BadRequest,
             Late(_) => EarlyClose::HandshakeTimeout,
             HeadTooLarge => EarlyClose::HeadTooLarge,

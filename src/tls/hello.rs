@@ -27,19 +27,22 @@ pub(crate) enum Hello {
     /// A plain-text request: its first byte was an ASCII capital, as an HTTP method starts,
     /// which no TLS record does (they start with a content type, 20–24, or SSLv2's 0x80).
     PlainHttp(TcpStream),
+    /// A PROXY protocol header (v1 or v2) on a listener not told to expect one: a load
+    /// balancer set up for it in front of a wsgate that is not.
+    ProxyHeader,
 }
 
 /// Reads the connection's first bytes until they are a complete ClientHello, or are plain
-/// HTTP. Errors are rustls's (its alert sent to the client, best effort, as
+/// HTTP or a PROXY header. Errors are rustls's (its alert sent to the client, best effort, as
 /// `LazyConfigAcceptor` does) or the socket's; a close before the hello is `UnexpectedEof`.
 pub(crate) async fn read(mut tcp: TcpStream) -> io::Result<Hello> {
     let mut acceptor = Acceptor::default();
-    let mut first = None;
+    let mut opening = Opening::default();
     let sniffed = std::future::poll_fn(|cx| loop {
         let mut reader = Reading {
             tcp: &mut tcp,
             cx,
-            first: &mut first,
+            opening: &mut opening,
         };
         match acceptor.read_tls(&mut reader) {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
@@ -47,11 +50,13 @@ pub(crate) async fn read(mut tcp: TcpStream) -> io::Result<Hello> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
             Err(e) => return Poll::Ready(Err(e)),
         }
-        if first.is_some_and(|byte: u8| byte.is_ascii_uppercase()) {
-            return Poll::Ready(Ok(None));
+        match sniff(opening.seen()) {
+            Sniff::Tls => {}
+            Sniff::Undecided => continue,
+            Sniff::Not(other) => return Poll::Ready(Ok(Err(other))),
         }
         match acceptor.accept() {
-            Ok(Some(accepted)) => return Poll::Ready(Ok(Some(accepted))),
+            Ok(Some(accepted)) => return Poll::Ready(Ok(Ok(accepted))),
             Ok(None) => {}
             Err((e, mut alert)) => {
                 let _ = alert.write_all(&mut Alerting(&tcp));
@@ -60,9 +65,65 @@ pub(crate) async fn read(mut tcp: TcpStream) -> io::Result<Hello> {
         }
     });
     Ok(match sniffed.await? {
-        Some(accepted) => Hello::Tls(StartHandshake::from_parts(accepted, tcp)),
-        None => Hello::PlainHttp(tcp),
+        Ok(accepted) => Hello::Tls(StartHandshake::from_parts(accepted, tcp)),
+        Err(NotTls::PlainHttp) => Hello::PlainHttp(tcp),
+        Err(NotTls::ProxyHeader) => Hello::ProxyHeader,
     })
+}
+
+/// The signatures of the PROXY protocol's two versions.
+const PROXY_V1: &[u8] = b"PROXY ";
+const PROXY_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniff {
+    /// TLS, as far as these bytes tell: rustls decides.
+    Tls,
+    /// The start of a PROXY signature: more bytes tell.
+    Undecided,
+    Not(NotTls),
+}
+
+/// What else a connection may open with that is worth telling apart (see [`Hello`]).
+#[derive(Debug, PartialEq, Eq)]
+enum NotTls {
+    PlainHttp,
+    ProxyHeader,
+}
+
+fn sniff(seen: &[u8]) -> Sniff {
+    for signature in [PROXY_V1, PROXY_V2] {
+        if seen.starts_with(signature) {
+            return Sniff::Not(NotTls::ProxyHeader);
+        }
+        if !seen.is_empty() && signature.starts_with(seen) {
+            return Sniff::Undecided;
+        }
+    }
+    match seen.first() {
+        Some(byte) if byte.is_ascii_uppercase() => Sniff::Not(NotTls::PlainHttp),
+        _ => Sniff::Tls,
+    }
+}
+
+/// A connection's first bytes, as many as [`sniff`] needs.
+#[derive(Default)]
+struct Opening {
+    bytes: [u8; PROXY_V2.len()],
+    len: usize,
+}
+
+impl Opening {
+    fn note(&mut self, read: &[u8]) {
+        let n = read.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&read[..n]);
+        self.len += n;
+    }
+
+    fn seen(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// What a plain-HTTP client is told, in the protocol it spoke.
@@ -93,11 +154,11 @@ pub(crate) async fn tell_to_use_tls(mut tcp: TcpStream) {
 /// The socket as `std::io`'s reader, for rustls: `WouldBlock` when it has nothing yet (the
 /// task then waits for it). Through tokio's `poll_read`, not `try_read`: a read that leaves
 /// the socket empty then marks it so, and the handshake's next read waits for the client
-/// rather than spending a syscall to find nothing. Notes the first byte read.
+/// rather than spending a syscall to find nothing. Notes the opening bytes.
 struct Reading<'a, 'b> {
     tcp: &'a mut TcpStream,
     cx: &'a mut Context<'b>,
-    first: &'a mut Option<u8>,
+    opening: &'a mut Opening,
 }
 
 impl Read for Reading<'_, '_> {
@@ -108,11 +169,8 @@ impl Read for Reading<'_, '_> {
             Poll::Ready(Err(e)) => return Err(e),
             Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
         }
-        let read = read.filled();
-        if let (None, Some(&byte)) = (&self.first, read.first()) {
-            *self.first = Some(byte);
-        }
-        Ok(read.len())
+        self.opening.note(read.filled());
+        Ok(read.filled().len())
     }
 }
 
@@ -132,6 +190,43 @@ impl Write for Alerting<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_tls_from_plain_http_and_a_proxy_header() {
+        let hello = [0x16, 0x03, 0x01, 0x02, 0x00];
+        assert_eq!(sniff(&hello), Sniff::Tls);
+        assert_eq!(
+            sniff(&[0x80]),
+            Sniff::Tls,
+            "an SSLv2 hello: rustls refuses it"
+        );
+        assert_eq!(
+            sniff(b"\x00\x01"),
+            Sniff::Tls,
+            "no TLS, no HTTP: rustls refuses it"
+        );
+        assert_eq!(
+            sniff(b"GET /ws HTTP/1.1\r\n"),
+            Sniff::Not(NotTls::PlainHttp)
+        );
+        assert_eq!(sniff(b"POST"), Sniff::Not(NotTls::PlainHttp));
+        assert_eq!(
+            sniff(b"PROXY TCP4 1.2.3.4"),
+            Sniff::Not(NotTls::ProxyHeader)
+        );
+        assert_eq!(
+            sniff(b"\r\n\r\n\0\r\nQUIT\n\x21"),
+            Sniff::Not(NotTls::ProxyHeader)
+        );
+        for start in [&b"P"[..], b"PROX", b"\r\n\r"] {
+            assert_eq!(sniff(start), Sniff::Undecided, "{start:?}");
+        }
+        let mut opening = Opening::default();
+        for piece in [&b"\r\n\r"[..], b"\n\0\r\nQU", b"IT\n\x21\x11\x00\x0c"] {
+            opening.note(piece);
+        }
+        assert_eq!(opening.seen(), PROXY_V2);
+    }
 
     #[test]
     fn the_plain_http_answer_is_framed_by_its_length() {

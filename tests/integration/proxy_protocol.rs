@@ -153,6 +153,28 @@ async fn a_connection_without_a_header_is_closed_before_tls() {
     .await;
 }
 
+/// A balancer sending the PROXY protocol to a wsgate not told to expect it (the annotation
+/// set, the config key not): the TLS handshake fails, with no HTTP answer, and the line says
+/// what is wrong, for either version of the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_where_none_is_expected_is_named_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RawBackend::start().await;
+    let (_child, lines, addr) = started_wsgate(&write_config(dir.path(), &chat(&backend)));
+    let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n".to_vec();
+    let v2 = v2(ppp::v2::Command::Proxy, "203.0.113.7:51000", "10.0.0.1:443");
+    for header in [v1, v2] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&header).await.unwrap();
+        assert!(tls_handshake_on(tcp, "localhost").await.is_err());
+        let line = tokio::task::block_in_place(|| wait_for_line(&lines, "connection closed"));
+        assert!(
+            line.contains("a PROXY protocol header, but proxy_protocol is off"),
+            "{line}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_line_that_ends_too_soon_is_refused_at_once() {
     // `PROXY TCP4 1.2.3.4\r\n` is complete (its CRLF is in) but short of fields: refused as
