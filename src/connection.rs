@@ -94,7 +94,7 @@ async fn handshake(
         shared.over_capacity(peer, "client's connection limit");
         return None;
     };
-    let handshake = tls_handshake(tcp, shared);
+    let handshake = tls_handshake(tcp, shared, snapshot.config.proxy_protocol);
     let mut tls = match in_time(shared, deadline, handshake, "TLS").await {
         Ok(Handshaken::Tls(tls)) => tls,
         // Answered outside the handshake's deadline: the answer's linger has its own bound.
@@ -206,7 +206,11 @@ async fn proxy_header(
 /// The TLS handshake, with the certificates (and TLS settings) in force when the client's
 /// hello arrives, not at accept: a client that connected just before a rotation, or one slow
 /// to start, still gets the new certificate.
-async fn tls_handshake(tcp: TcpStream, shared: &Shared) -> Result<Handshaken, Unanswered> {
+async fn tls_handshake(
+    tcp: TcpStream,
+    shared: &Shared,
+    header_taken: bool,
+) -> Result<Handshaken, Unanswered> {
     let unanswered = |e: io::Error| match gone(&e) {
         // A TCP connect and close (a load balancer's or kubelet's tcpSocket check), or a
         // client dropping mid-handshake: no TLS problem to alert on. A client that does not
@@ -217,6 +221,7 @@ async fn tls_handshake(tcp: TcpStream, shared: &Shared) -> Result<Handshaken, Un
     let hello = match tls::read_hello(tcp).await.map_err(unanswered)? {
         Hello::Tls(hello) => hello,
         Hello::PlainHttp(tcp) => return Ok(Handshaken::PlainHttp(tcp)),
+        Hello::ProxyHeader if header_taken => return Err(Unanswered::SecondProxyHeader),
         Hello::ProxyHeader => return Err(Unanswered::UnexpectedProxyHeader),
     };
     let tls = hello

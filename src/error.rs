@@ -283,6 +283,9 @@ pub(crate) enum Unanswered {
     /// A load balancer sends the PROXY protocol; wsgate was not told to expect it.
     #[error("not TLS: a PROXY protocol header, but proxy_protocol is off (turn it on, or off at the load balancer)")]
     UnexpectedProxyHeader,
+    /// A PROXY header behind the one `proxy_protocol` took: two proxies in front each add one.
+    #[error("not TLS: a second PROXY protocol header (two proxies in front each send one: turn it off on the inner one)")]
+    SecondProxyHeader,
     #[error("closed before sending a request")]
     NoRequest,
     #[error("closed in the middle of the request head")]
@@ -347,7 +350,9 @@ fn tls_words(e: &io::Error) -> String {
         // rustls: "received corrupt message of type InvalidContentType" (plain HTTP is told
         // apart before rustls sees it: `tls::read_hello`).
         Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
-            "not TLS: the client sent bytes that are no TLS record".to_string()
+            "not TLS: the client sent bytes that are no TLS record (or an SSLv2-format hello, \
+             from a client too old for any TLS wsgate speaks)"
+                .to_string()
         }
         _ => words(e),
     }
@@ -357,11 +362,28 @@ impl Unanswered {
     /// The status its line gives: the answer's, for the two that got one without a request
     /// being read; 0, no answer, for the rest.
     pub(crate) fn status(&self) -> u16 {
+        use Unanswered::*;
         match self {
             // hyper answers a head over its buffer itself.
-            Unanswered::HeadTooLarge => 431,
-            Unanswered::PlainHttp => 400,
-            _ => 0,
+            HeadTooLarge => 431,
+            PlainHttp => 400,
+            // hyper answers a head it cannot parse too, but which answer it wrote is its own:
+            // `head::check` refuses, with a status of its own line, what it could tell apart.
+            BadRequest(_) => 0,
+            BadProxyHeader(_)
+            | ProxyHeaderLate
+            | GoneDuringTls(_)
+            | TlsFailed(_)
+            | UnexpectedProxyHeader
+            | SecondProxyHeader
+            | NoRequest
+            | ClosedMidHead
+            | GoneMidHead(_)
+            | ReadFailed(_)
+            | Late(_)
+            | ShutdownDuring(_)
+            | AnswerLate
+            | Shutdown => 0,
         }
     }
 
@@ -374,9 +396,11 @@ impl Unanswered {
             BadProxyHeader(_) | ProxyHeaderLate => EarlyClose::BadProxyHeader,
             // A client gone before its request was complete, however it closed.
             GoneDuringTls(_) | NoRequest | GoneMidHead(_) | ClosedMidHead => EarlyClose::NoRequest,
-            TlsFailed(_) | ReadFailed(_) | PlainHttp | UnexpectedProxyHeader => {
-                EarlyClose::TlsFailed
-            }
+            TlsFailed(_)
+            | ReadFailed(_)
+            | PlainHttp
+            | UnexpectedProxyHeader
+            | SecondProxyHeader => EarlyClose::TlsFailed,
             BadRequest(_) => EarlyClose::BadRequest,
             Late(_) => EarlyClose::HandshakeTimeout,
             HeadTooLarge => EarlyClose::HeadTooLarge,
@@ -535,7 +559,8 @@ mod tests {
         let not_tls = rustls::InvalidMessage::InvalidContentType;
         assert_eq!(
             tls_failed(rustls::Error::InvalidMessage(not_tls)),
-            "TLS handshake failed: not TLS: the client sent bytes that are no TLS record"
+            "TLS handshake failed: not TLS: the client sent bytes that are no TLS record (or an \
+             SSLv2-format hello, from a client too old for any TLS wsgate speaks)"
         );
         let other = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
         assert_eq!(

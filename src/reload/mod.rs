@@ -73,6 +73,7 @@ pub(crate) fn spawn_reloader(
         // What runs before any config asks: said only if the config asks otherwise.
         mode: WatchMode::Events,
         renewal_failed: None,
+        renewals_deferred: 0,
     };
     state.announce_mode(state.watch_mode());
     let wanted = watch::wanted(&state.relevant_files());
@@ -102,6 +103,12 @@ pub(crate) const POLL: Duration = Duration::from_millis(600);
 /// before what was read is taken as it is.
 const MAX_REREADS: usize = 10;
 
+/// How many renewals in a row wait for the look a write since brings (see
+/// [`Reloader::renew`]) before one is applied anyway: one is what a key landing right behind
+/// its certificate needs, and a writer rewriting the same bytes nonstop (a sync loop) must
+/// not hold a renewal off for ever.
+const MAX_DEFERRED_RENEWALS: u8 = 1;
+
 /// The reloader: what it serves and listens to, and its memory between looks at the files.
 struct Reloader {
     shared: Arc<Shared>,
@@ -129,6 +136,8 @@ struct Reloader {
     mode: WatchMode,
     /// Why the last renewal of the certificates in force failed: not said again.
     renewal_failed: Option<String>,
+    /// Renewals in a row left to the look a write since brings.
+    renewals_deferred: u8,
 }
 
 impl Reloader {
@@ -413,10 +422,13 @@ impl Reloader {
         // Written to since the look (a key landing right behind its certificate): the look
         // that write brings decides, from everything on disk. Renewed here, the files would
         // go into force said to be a renewal while the config file on disk is not in force,
-        // when the file on disk may be exactly the one in force.
-        if self.events.has_changed().unwrap_or(false) {
+        // when the file on disk may be exactly the one in force. A few times in a row only.
+        let written = self.events.has_changed().unwrap_or(false);
+        if written && self.renewals_deferred < MAX_DEFERRED_RENEWALS {
+            self.renewals_deferred += 1;
             return None;
         }
+        self.renewals_deferred = 0;
         match renewed {
             Ok(snapshot) => match shared.apply(snapshot).await {
                 Ok(()) => Some(Renewal::Applied),

@@ -33,8 +33,9 @@ pub(crate) enum Hello {
 }
 
 /// Reads the connection's first bytes until they are a complete ClientHello, or are plain
-/// HTTP or a PROXY header. Errors are rustls's (its alert sent to the client, best effort, as
-/// `LazyConfigAcceptor` does) or the socket's; a close before the hello is `UnexpectedEof`.
+/// HTTP or a PROXY header. Errors are rustls's (its alert sent to the client: what the socket
+/// takes at once, all of it this early, its send buffer empty) or the socket's; a close
+/// before the hello is `UnexpectedEof`.
 pub(crate) async fn read(mut tcp: TcpStream) -> io::Result<Hello> {
     let mut acceptor = Acceptor::default();
     let mut opening = Opening::default();

@@ -175,6 +175,23 @@ async fn a_header_where_none_is_expected_is_named_in_the_log() {
     }
 }
 
+/// Two proxies in front, each adding its header, to a wsgate expecting one: the second is
+/// named as such, not as a header wsgate does not expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_header_is_named_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RawBackend::start().await;
+    let path = write_config(dir.path(), "");
+    std::fs::write(&path, format!("{ON}{}", chat(&backend))).unwrap();
+    let (_child, lines, addr) = started_wsgate(&path);
+    let header = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n";
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[&header[..], &header[..]].concat()).await.unwrap();
+    assert!(tls_handshake_on(tcp, "localhost").await.is_err());
+    let line = tokio::task::block_in_place(|| wait_for_line(&lines, "connection closed"));
+    assert!(line.contains("a second PROXY protocol header"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_line_that_ends_too_soon_is_refused_at_once() {
     // `PROXY TCP4 1.2.3.4\r\n` is complete (its CRLF is in) but short of fields: refused as

@@ -408,6 +408,20 @@ async fn a_partial_tls_hello_is_closed_after_the_handshake_timeout() {
     assert_closed_no_earlier_than_the_timeout(since);
 }
 
+/// A first byte that may begin a PROXY header or an HTTP method, and nothing after it: no
+/// answer is decided on it (no 400, no alert), and the connection ends at the handshake
+/// timeout like any other that never completes its hello.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_first_byte_is_closed_after_the_handshake_timeout() {
+    let proxy = proxy(HANDSHAKE).await;
+    let since = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"P").await.unwrap();
+    let mut raw = RawConn::new(tcp);
+    assert!(raw.read_to_end().await.is_empty(), "answered an undecided byte");
+    assert_closed_no_earlier_than_the_timeout(since);
+}
+
 /// A `ws://` (or `http://`) client at the TLS port is told, in the HTTP it spoke, to use TLS:
 /// its request is never served in clear (its route's backend is down: served, it would get 502).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -450,6 +450,44 @@ async fn a_renewal_is_served_while_the_config_file_is_rejected() {
         .await;
 }
 
+/// A writer rewriting the rejected config file with the same bytes nonstop (a sync loop)
+/// brings a look every time; a renewal of the certificate in force is not held off by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_served_while_the_rejected_file_is_rewritten_nonstop() {
+    let backend = WsBackend::start("one").await;
+    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+    let config = conf.path().join("wsgate.toml");
+    let spoiled = format!(
+        "{}[[route]]\nname = \"a\"\n",
+        std::fs::read_to_string(&config).unwrap()
+    );
+    std::fs::write(&config, &spoiled).unwrap();
+    status_where(&mut rx, "a failed reload", |s| s.failures == 1).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewriter = {
+        let (stop, config) = (stop.clone(), config.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::write(&config, &spoiled).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let renewed = renew_in_place(&folder);
+    // No last write to count a second from: a few looks' time.
+    let renewal = rx.wait_for(|s| s.generation == 2);
+    let renewed_in_time = tokio::time::timeout(std::time::Duration::from_secs(5), renewal)
+        .await
+        .is_ok();
+    assert!(renewed_in_time, "not renewed: {:?}", *rx.borrow());
+    assert_eq!(served_leaf(addr).await, der_of(&renewed));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rewriter.join().unwrap();
+}
+
 /// A config file deleted (a deploy script's `rm; …; cp`, stalled) or truncated and not written
 /// yet (a slow generator) is waited for, not counted as a failure: the certificates in force
 /// are renewed meanwhile all the same.
