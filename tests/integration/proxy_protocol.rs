@@ -186,7 +186,9 @@ async fn a_second_header_is_named_in_the_log() {
     let (_child, lines, addr) = started_wsgate(&path);
     let header = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n";
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&[&header[..], &header[..]].concat()).await.unwrap();
+    tcp.write_all(&[&header[..], &header[..]].concat())
+        .await
+        .unwrap();
     assert!(tls_handshake_on(tcp, "localhost").await.is_err());
     let line = tokio::task::block_in_place(|| wait_for_line(&lines, "connection closed"));
     assert!(line.contains("a second PROXY protocol header"), "{line}");

@@ -418,7 +418,10 @@ async fn an_undecided_first_byte_is_closed_after_the_handshake_timeout() {
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(b"P").await.unwrap();
     let mut raw = RawConn::new(tcp);
-    assert!(raw.read_to_end().await.is_empty(), "answered an undecided byte");
+    assert!(
+        raw.read_to_end().await.is_empty(),
+        "answered an undecided byte"
+    );
     assert_closed_no_earlier_than_the_timeout(since);
 }
 
