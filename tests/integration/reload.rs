@@ -444,9 +444,12 @@ async fn a_renewal_is_served_while(
     );
 }
 
+/// Appended to a good config, a route without its path: a config rejected.
+const ROUTE_WITHOUT_PATH: &str = "[[route]]\nname = \"a\"\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_served_while_the_config_file_is_rejected() {
-    a_renewal_is_served_while_the_config_file_is(|good| format!("{good}[[route]]\nname = \"a\"\n"))
+    a_renewal_is_served_while_the_config_file_is(|good| format!("{good}{ROUTE_WITHOUT_PATH}"))
         .await;
 }
 
@@ -460,10 +463,8 @@ async fn a_renewal_is_served_while_the_rejected_file_is_rewritten_nonstop() {
     let addr = server.local_addrs()[0];
     let mut rx = server.reload_status();
     let config = conf.path().join("wsgate.toml");
-    let spoiled = format!(
-        "{}[[route]]\nname = \"a\"\n",
-        std::fs::read_to_string(&config).unwrap()
-    );
+    let good = std::fs::read_to_string(&config).unwrap();
+    let spoiled = format!("{good}{ROUTE_WITHOUT_PATH}");
     std::fs::write(&config, &spoiled).unwrap();
     status_where(&mut rx, "a failed reload", |s| s.failures == 1).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
