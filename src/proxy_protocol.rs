@@ -99,7 +99,9 @@ fn parse(input: &[u8]) -> Parsed {
     // handshake timeout.
     let v1_prefix = &b"PROXY "[..input.len().min(6)];
     if input.starts_with(v1_prefix) {
-        let line_ended = input.windows(2).any(|w| w == b"\r\n");
+        // A bare LF ends the line too, as an invalid one: no valid header has an LF without
+        // its CR, and waiting on would hold the connection until the handshake timeout.
+        let line_ended = input.contains(&b'\n');
         if !line_ended && input.len() < V1_MAX {
             return Parsed::Incomplete;
         }
@@ -124,11 +126,18 @@ fn parse(input: &[u8]) -> Parsed {
         HeaderResult::V2(Ok(header)) if header.tlvs().any(|tlv| tlv.is_err()) => Parsed::Invalid,
         HeaderResult::V2(Ok(header)) => Parsed::Header {
             length: header.len(),
-            client: match (header.command, header.addresses) {
-                (v2::Command::Local, _) => None,
-                (_, v2::Addresses::IPv4(a)) => Some(client(a.source_address.into(), a.source_port)),
-                (_, v2::Addresses::IPv6(a)) => Some(client(a.source_address.into(), a.source_port)),
-                (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
+            client: match (header.command, header.protocol, header.addresses) {
+                (v2::Command::Local, ..) => None,
+                (_, v2::Protocol::Stream, v2::Addresses::IPv4(a)) => {
+                    Some(client(a.source_address.into(), a.source_port))
+                }
+                (_, v2::Protocol::Stream, v2::Addresses::IPv6(a)) => {
+                    Some(client(a.source_address.into(), a.source_port))
+                }
+                // Addresses of another transport (UDP, or none named) are no TCP client's:
+                // the peer stays, as HAProxy keeps it.
+                (_, v2::Protocol::Datagram | v2::Protocol::Unspecified, _) => None,
+                (_, _, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
             },
         },
         HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => Parsed::Invalid,
@@ -276,6 +285,19 @@ mod tests {
         short[15] -= 1;
         short.pop();
         assert_eq!(parse(&short), Parsed::Invalid);
+        // Addresses over UDP, or with no transport named: no TCP client's, the peer stays.
+        for protocol in [v2::Protocol::Datagram, v2::Protocol::Unspecified] {
+            let other =
+                v2::Builder::with_addresses(v2::Version::Two | v2::Command::Proxy, protocol, addrs)
+                    .build()
+                    .unwrap();
+            let parsed = parse(&other);
+            let expected = Parsed::Header {
+                length: other.len(),
+                client: None,
+            };
+            assert_eq!(parsed, expected, "{protocol:?}");
+        }
         let local = v2::Builder::with_addresses(
             v2::Version::Two | v2::Command::Local,
             v2::Protocol::Unspecified,
@@ -381,6 +403,9 @@ mod tests {
                 // Ports are decimal digits, nothing else.
                 b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 443\r\n",
                 b"PROXY TCP6 ::1 ::1 1 +443\r\n",
+                // A line ended by a bare LF: no CR can come before it any more.
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+                b"PROXY UNKNOWN\n",
             ] {
                 let input = [line, trailing].concat();
                 assert_eq!(
