@@ -417,23 +417,26 @@ async fn a_renewal_is_served_while(
     what: &str,
     said: impl Fn(&wsgate::ReloadStatus) -> bool,
 ) {
-    let backend = WsBackend::start("one").await;
-    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
+    let CertFolderProxy {
+        server,
+        folder,
+        conf,
+        ..
+    } = &CertFolderProxy::start().await;
     let addr = server.local_addrs()[0];
     let mut rx = server.reload_status();
     let config = conf.path().join("wsgate.toml");
     spoil(&config);
     let counted = status_where(&mut rx, what, said).await.failures;
 
-    let renewed = renew_in_place(&folder);
+    let renewed = renew_in_place(folder);
     let status = generation(&mut rx, 2).await;
     assert_eq!(served_leaf(addr).await, der_of(&renewed));
     assert!(
         status.last_error.is_some(),
         "the file on disk is still not in force"
     );
-    let renewed = renew_in_place(&folder);
+    let renewed = renew_in_place(folder);
     let status = generation(&mut rx, 3).await;
     assert_eq!(served_leaf(addr).await, der_of(&renewed));
     assert_eq!(status.failures, counted, "the error is not counted again");
@@ -457,9 +460,12 @@ async fn a_renewal_is_served_while_the_config_file_is_rejected() {
 /// brings a look every time; a renewal of the certificate in force is not held off by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_served_while_the_rejected_file_is_rewritten_nonstop() {
-    let backend = WsBackend::start("one").await;
-    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
+    let CertFolderProxy {
+        server,
+        folder,
+        conf,
+        ..
+    } = &CertFolderProxy::start().await;
     let addr = server.local_addrs()[0];
     let mut rx = server.reload_status();
     let config = conf.path().join("wsgate.toml");
@@ -477,7 +483,7 @@ async fn a_renewal_is_served_while_the_rejected_file_is_rewritten_nonstop() {
             }
         })
     };
-    let renewed = renew_in_place(&folder);
+    let renewed = renew_in_place(folder);
     // No last write to count a second from: a few looks' time.
     let renewal = rx.wait_for(|s| s.generation == 2);
     let renewed_in_time = tokio::time::timeout(std::time::Duration::from_secs(5), renewal)
@@ -1375,20 +1381,34 @@ async fn a_neighbour_written_nonstop_in_the_config_folder_is_no_change_and_no_de
     assert_eq!(upgrade_status(proxy.addr, "/b").await, 404);
 }
 
-/// A proxy configured in `conf`, its certificate in `<secrets>/tls/`; returns the server and
-/// that folder.
-async fn proxy_with_cert_folder(
-    conf: &Path,
-    secrets: &Path,
-    backend: std::net::SocketAddr,
-) -> (wsgate::Server, PathBuf) {
-    let folder = secrets.join("tls");
-    std::fs::create_dir(&folder).unwrap();
-    let (cert, key) = pki().write_leaf(&folder, "tls", SERVER_NAMES);
-    let config = conf.join("wsgate.toml");
-    let body = route("a", "/a", &[backend]);
-    std::fs::write(&config, format!("{}{body}", head_with_cert(&cert, &key))).unwrap();
-    (wsgate::Server::start(&config).await.unwrap(), folder)
+/// A proxy configured in `conf`, its certificate in `<secrets>/tls/` (`folder`), routing /a
+/// to a backend it keeps running.
+struct CertFolderProxy {
+    server: wsgate::Server,
+    folder: PathBuf,
+    conf: tempfile::TempDir,
+    secrets: tempfile::TempDir,
+    _backend: WsBackend,
+}
+
+impl CertFolderProxy {
+    async fn start() -> CertFolderProxy {
+        let backend = WsBackend::start("one").await;
+        let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let folder = secrets.path().join("tls");
+        std::fs::create_dir(&folder).unwrap();
+        let (cert, key) = pki().write_leaf(&folder, "tls", SERVER_NAMES);
+        let config = conf.path().join("wsgate.toml");
+        let body = route("a", "/a", &[backend.addr]);
+        std::fs::write(&config, format!("{}{body}", head_with_cert(&cert, &key))).unwrap();
+        CertFolderProxy {
+            server: wsgate::Server::start(&config).await.unwrap(),
+            folder,
+            conf,
+            secrets,
+            _backend: backend,
+        }
+    }
 }
 
 /// Rewrites the leaf in `folder` in place, key first; returns the new certificate.
@@ -1405,17 +1425,20 @@ fn renew_in_place(folder: &Path) -> String {
 async fn renewals_are_seen_after_the_folder_is_replaced(
     replace: impl FnOnce(&Path, &Path) -> String,
 ) {
-    let backend = WsBackend::start("one").await;
-    let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (server, folder) = proxy_with_cert_folder(conf.path(), secrets.path(), backend.addr).await;
+    let CertFolderProxy {
+        server,
+        folder,
+        secrets,
+        ..
+    } = &CertFolderProxy::start().await;
     let addr = server.local_addrs()[0];
     let mut rx = server.reload_status();
 
-    let second = replace(&folder, secrets.path());
+    let second = replace(folder, secrets.path());
     generation(&mut rx, 2).await;
     assert_eq!(served_leaf(addr).await, der_of(&second));
 
-    let third = renew_in_place(&folder);
+    let third = renew_in_place(folder);
     generation(&mut rx, 3).await;
     assert_eq!(served_leaf(addr).await, der_of(&third));
 }
