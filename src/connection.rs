@@ -163,11 +163,14 @@ async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
     let conn = Arc::new(conn);
     // Refusals that need no routing are answered here, and hyper never sees the request.
     let checked = admit(&conn).and_then(|()| match head {
-        Some(len) => head::check(&head_bytes[..len]).map(|()| len),
+        Some(len) => {
+            let head_bytes = head::read_as_http_1_1(head_bytes, len)?;
+            head::check(&head_bytes[..len]).map(|()| (head_bytes, len))
+        }
         None => Err(ProxyError::HeadTooLarge),
     });
     match checked {
-        Ok(head_len) => {
+        Ok((head_bytes, head_len)) => {
             let shut = Arc::new(Notify::new());
             let written = conn.written.clone();
             let client = Prefixed::new(head_bytes, head_len, tls, shut.clone(), written);

@@ -39,6 +39,11 @@ pub enum ProxyError {
     MethodNotGet,
     #[error("HTTP version older than 1.1")]
     HttpTooOld,
+    /// A request line naming HTTP/2 or later: a client speaking HTTP/2 without ALPN.
+    #[error(
+        "HTTP version 2 or later in an HTTP/1 request line (an HTTP/2 client that skipped ALPN?)"
+    )]
+    HttpVersionNotSupported,
     #[error("Connection header has no upgrade token")]
     NoConnectionUpgrade,
     #[error("Sec-WebSocket-Key missing or not base64 of 16 bytes")]
@@ -164,6 +169,7 @@ impl ProxyError {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
             }
             UriTooLong => (StatusCode::URI_TOO_LONG, Side::Client),
+            HttpVersionNotSupported => (StatusCode::HTTP_VERSION_NOT_SUPPORTED, Side::Client),
             OriginDenied(_) => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
@@ -187,6 +193,7 @@ impl ProxyError {
             NotUpgrade => "websocket upgrade required\n",
             MethodNotGet => "websocket upgrade must use GET\n",
             HttpTooOld => "websocket upgrade needs HTTP/1.1\n",
+            HttpVersionNotSupported => "HTTP version not supported: this server speaks HTTP/1.1\n",
             NoConnectionUpgrade => "Connection header must contain upgrade\n",
             BadKey => "invalid Sec-WebSocket-Key\n",
             UnsupportedVersion => "unsupported Sec-WebSocket-Version\n",
@@ -224,6 +231,7 @@ impl ProxyError {
             NoRoute
             | MethodNotGet
             | HttpTooOld
+            | HttpVersionNotSupported
             | NoConnectionUpgrade
             | BadKey
             | BadHost
@@ -436,6 +444,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         UnsupportedVersion => 426,
         MethodNotGet => 400,
         HttpTooOld => 400,
+        HttpVersionNotSupported => 505,
         NoConnectionUpgrade => 400,
         BadKey => 400,
         BadHost => 400,

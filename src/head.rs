@@ -92,6 +92,51 @@ fn reads_as_authority(path: &str) -> bool {
     }
 }
 
+/// The head as hyper is to read it, by the version its request line names (RFC 9110 §2.5):
+/// a later minor version of HTTP/1 (`HTTP/1.2`) is processed as HTTP/1.1, the highest this
+/// server speaks, as nginx and HAProxy do (hyper's parser takes only 1.0 and 1.1, and would
+/// answer a bare 400); a later major version (`HTTP/2.0`: an HTTP/2 client that skipped ALPN,
+/// or its connection preface) gets 505, and HTTP/0.x the answer to a version older than 1.1.
+/// `len` is the head's length in `head`, whose bytes behind it are the client's next ones.
+pub(crate) fn read_as_http_1_1(head: Bytes, len: usize) -> Result<Bytes, ProxyError> {
+    let Some((at, major, minor)) = request_version(&head[..len]) else {
+        return Ok(head);
+    };
+    match (major, minor) {
+        (b'0', _) => Err(ProxyError::HttpTooOld),
+        (b'1', b'2'..=b'9') => {
+            let mut read = BytesMut::from(&head[..]);
+            read[at + MINOR] = b'1';
+            Ok(read.freeze())
+        }
+        (b'2'..=b'9', _) => Err(ProxyError::HttpVersionNotSupported),
+        _ => Ok(head),
+    }
+}
+
+/// Where the minor digit sits in `HTTP/d.d`.
+const MINOR: usize = b"HTTP/1.".len();
+
+/// Where the request line's version starts, and its two digits, if the line ends in a
+/// space and `HTTP/d.d`; anything else is left to the parser to refuse.
+fn request_version(head: &[u8]) -> Option<(usize, u8, u8)> {
+    let start = head.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let lf = start + head[start..].iter().position(|&b| b == b'\n')?;
+    let end = match head[..lf].last() {
+        Some(b'\r') => lf - 1,
+        _ => lf,
+    };
+    let at = end.checked_sub(MINOR + 1).filter(|&at| at > start)?;
+    match &head[at - 1..end] {
+        [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Some((at, *major, *minor))
+        }
+        _ => None,
+    }
+}
+
 /// Parses a complete head as hyper will, so that whatever hyper would refuse with a bare
 /// status of its own gets the proxy's refusal instead: too many header fields → 431, anything
 /// malformed → 400.
@@ -381,6 +426,62 @@ mod tests {
 
     fn end_of(buf: &[u8]) -> Option<usize> {
         Scan::default().head_end(buf)
+    }
+
+    /// What [`read_as_http_1_1`] makes of a head (with `next` behind it): the bytes hyper gets.
+    fn as_read(head: &str, next: &str) -> Result<String, ProxyError> {
+        let bytes = Bytes::from(format!("{head}{next}"));
+        let read = read_as_http_1_1(bytes, head.len())?;
+        Ok(String::from_utf8(read.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn a_later_http_1_minor_version_is_read_as_1_1() {
+        for line_end in ["\r\n", "\n"] {
+            let head = format!("GET /ws HTTP/1.2{line_end}Host: a{line_end}{line_end}");
+            let read = as_read(&head, "early").unwrap();
+            assert_eq!(read, head.replace("HTTP/1.2", "HTTP/1.1") + "early");
+        }
+        assert_eq!(
+            as_read("\r\nGET / HTTP/1.9\r\n\r\n", "").unwrap(),
+            "\r\nGET / HTTP/1.1\r\n\r\n"
+        );
+        // Only the request line's version: a header value that looks like one is no version.
+        let head = "GET / HTTP/1.1\r\nX: a HTTP/1.2\r\n\r\n";
+        assert_eq!(as_read(head, "").unwrap(), head);
+    }
+
+    #[test]
+    fn versions_hyper_reads_or_refuses_itself_are_left_alone() {
+        for head in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET / HTTP/1.10\r\n\r\n",
+            "GET / HTTP/1.x\r\n\r\n",
+            "GET / http/1.2\r\n\r\n",
+            "GET /HTTP/1.2\r\n\r\n",
+            "HTTP/1.2\r\n\r\n",
+            "GET / HTTP/12\r\n\r\n",
+        ] {
+            assert_eq!(as_read(head, "").unwrap(), head, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_later_major_version_is_505_and_http_0_is_too_old() {
+        let preface = "PRI * HTTP/2.0\r\n\r\n";
+        assert_eq!(
+            as_read(preface, "SM\r\n\r\n"),
+            Err(ProxyError::HttpVersionNotSupported)
+        );
+        assert_eq!(
+            as_read("GET / HTTP/3.0\r\n\r\n", ""),
+            Err(ProxyError::HttpVersionNotSupported)
+        );
+        assert_eq!(
+            as_read("GET / HTTP/0.9\r\n\r\n", ""),
+            Err(ProxyError::HttpTooOld)
+        );
     }
 
     #[test]

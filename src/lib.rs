@@ -5,7 +5,7 @@
 //! ```text
 //! listener    accept → limit guard (over it: the refusal budget, else closed)
 //! connection  PROXY header → per-client slot → TLS and the request head under the handshake
-//!             deadline → refusals needing no route (503/429/431/414/400) → hyper HTTP/1.1
+//!             deadline → refusals needing no route (503/429/431/414/505/400) → hyper HTTP/1.1
 //! proxy       snapshot → Host (400) → route select (404) → websocket checks (400/426)
 //!             → subprotocols (400) → origin (403) → upstream
 //! upstream    dial backends in turn (502/504; 503 out of descriptors) → forward the upgrade

@@ -200,6 +200,32 @@ async fn an_http_1_0_upgrade_is_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_0_9_request_line_is_400() {
+    let (head, body) = status_of(ws().version("HTTP/0.9")).await;
+    assert_eq!(head.status, 400, "{head:?}");
+    assert_eq!(body, b"websocket upgrade needs HTTP/1.1\n");
+}
+
+/// HTTP/2 spoken without ALPN (its connection preface, or a request line naming 2.0) gets 505
+/// in HTTP/1.1, whose status line such a client can at least log; the log line says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_2_request_line_is_505() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = closed_port().await;
+    let config = write_config(dir.path(), &route("chat", "/ws", &[nowhere]));
+    let (_child, lines, addr) = started_wsgate(&config);
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let (head, body) = request(addr, preface).await;
+    assert_eq!(head.status, 505, "{head:?}");
+    assert_short_plain_text(&body);
+    let line = line_containing(lines, "connection closed").await;
+    assert!(line.contains("\"status\":505"), "{line}");
+    assert!(line.contains("HTTP version 2 or later"), "{line}");
+    let (head, _) = request(addr, ws().version("HTTP/2.0").bytes()).await;
+    assert_eq!(head.status, 505, "{head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_without_the_upgrade_token_is_400() {
     let (head, _) = status_of(ws().set("Connection", "keep-alive")).await;
     assert_eq!(head.status, 400, "{head:?}");

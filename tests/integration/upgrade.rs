@@ -43,6 +43,15 @@ fn assert_switched(head: &Head) {
     );
 }
 
+/// RFC 9110 §2.5: a later minor version of HTTP/1 is served as HTTP/1.1 (as nginx and HAProxy
+/// do), not refused; the backend gets an HTTP/1.1 request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_2_upgrade_is_served_as_http_1_1() {
+    let head = upgrade_via_echo(Req::upgrade("chat.example.com", "/ws").version("HTTP/1.2")).await;
+    assert_switched(&head);
+    assert!(head.start_line.starts_with("HTTP/1.1 101"), "{head:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_websocket_in_any_case_is_accepted() {
     let head = upgrade_via_echo(
