@@ -104,7 +104,7 @@ pub(crate) fn bind_all(
     wanted
         .iter()
         .map(|&(kind, addr)| {
-            bind(addr).map_err(|e| {
+            bind(addr, config.reuse_port).map_err(|e| {
                 let mut message = format!("cannot listen on {addr}: {e}");
                 let ours = held.iter().find(|&&h| h != addr && takes_port_of(h, addr));
                 if let (io::ErrorKind::AddrInUse, Some(ours)) = (e.kind(), ours) {
@@ -124,10 +124,16 @@ fn takes_port_of(held: SocketAddr, addr: SocketAddr) -> bool {
         && (held.ip() == addr.ip() || held.ip().is_unspecified() || addr.ip().is_unspecified())
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // Off by default: two processes sharing a port split its connections between them, which
+    // is what a new version taking over wants, and what a second wsgate started by mistake
+    // must not get silently.
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         // Like nginx: "[::]:443" means IPv6 only, so it can sit beside "0.0.0.0:443".
         socket.set_only_v6(true)?;

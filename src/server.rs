@@ -108,6 +108,7 @@ impl Shared {
         let current = self.current();
         next.routes.continue_from(&current.routes);
         let max_connections_before = current.config.limits.max_connections;
+        let reuse_port_before = current.config.reuse_port;
         drop(current);
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
@@ -143,6 +144,16 @@ impl Shared {
         let max_connections = next.config.limits.max_connections;
         if max_connections != max_connections_before {
             crate::descriptors::warn_if_short(max_connections);
+        }
+        let kept_open = held.len() - removed.len();
+        if next.config.reuse_port != reuse_port_before && kept_open > 0 {
+            // A socket's SO_REUSEPORT counts when it is bound: one already listening cannot
+            // be changed, and binding it again beside itself is what the option decides.
+            tracing::warn!(
+                reuse_port = next.config.reuse_port,
+                listeners = kept_open,
+                "proxy.reuse_port applies to listeners opened from now on: the ones already open keep how they were bound until wsgate is restarted"
+            );
         }
         self.metrics.certificates(&next.expiry);
         self.metrics.routes(&next.config.routes);

@@ -35,6 +35,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Every connection starts with a PROXY protocol header naming the real client.
     pub proxy_protocol: bool,
+    /// Listeners are bound with `SO_REUSEPORT`, so a second wsgate (a new version taking
+    /// over) can listen on the same addresses.
+    pub reuse_port: bool,
     /// How changes to the config's files are noticed.
     pub watch: WatchMode,
     /// How often the files are read again while every folder is watched, in case a change

@@ -32,6 +32,8 @@ pub(super) struct RawProxy {
     pub(super) log_format: LogFormat,
     #[serde(default)]
     pub(super) proxy_protocol: bool,
+    #[serde(default)]
+    pub(super) reuse_port: bool,
 }
 
 #[derive(Deserialize)]

@@ -36,11 +36,27 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.log_format, LogFormat::Text);
     assert_eq!(config.admin, None);
     assert!(!config.proxy_protocol);
+    assert!(!config.reuse_port);
     assert_eq!(config.watch, WatchMode::Events);
     assert_eq!(config.recheck, Duration::from_secs(60));
     assert_eq!(config.tls_min_version, TlsVersion::Tls12);
     assert!(config.session_resumption);
     assert!(config.routes.is_empty());
+}
+
+#[test]
+fn reuse_port_is_a_bool_of_the_proxy_section() {
+    let with = |value: &str| {
+        let text = HEAD.replace("[proxy]\n", &format!("[proxy]\nreuse_port = {value}\n"));
+        Config::from_toml_str(&text, Path::new("w.toml"))
+    };
+    assert!(with("true").unwrap().reuse_port);
+    assert!(!with("false").unwrap().reuse_port);
+    let refused = with("\"yes\"").unwrap_err().to_string();
+    assert!(
+        refused.contains("w.toml:2:14: proxy.reuse_port"),
+        "{refused}"
+    );
 }
 
 #[test]

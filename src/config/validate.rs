@@ -81,6 +81,7 @@ impl Checker<'_> {
             limits: self.limits(&raw.limits)?,
             log_format: raw.proxy.log_format,
             proxy_protocol: raw.proxy.proxy_protocol,
+            reuse_port: raw.proxy.reuse_port,
             watch: raw.reload.watch,
             recheck: self.recheck(&raw.reload.recheck)?,
             routes: self.routes(&raw.routes, &mut warnings)?,

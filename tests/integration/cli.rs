@@ -570,6 +570,29 @@ fn a_reload_changing_the_log_format_says_it_waits_for_a_restart() {
     );
 }
 
+/// A socket's `SO_REUSEPORT` is set when it is bound: a reload turning `reuse_port` on or off
+/// says the listeners already open keep theirs, and applies the rest.
+#[test]
+fn a_reload_changing_reuse_port_says_it_applies_to_listeners_opened_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let (_child, lines) = run_text(path.to_str().unwrap(), Path::new("/"), "info");
+    wait_for_line(&lines, "wsgate started");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let on = text.replacen("[proxy]\n", "[proxy]\nreuse_port = true\n", 1);
+    std::fs::write(&path, &on).unwrap();
+    let line = wait_for_line(
+        &lines,
+        "proxy.reuse_port applies to listeners opened from now on",
+    );
+    assert!(
+        line.contains("WARN") && line.contains("listeners=1"),
+        "{line}"
+    );
+    let line = wait_for_line(&lines, "config reloaded");
+    assert!(line.contains("generation=2"), "{line}");
+}
+
 /// The lines up to and including the first one containing `needle`.
 fn lines_until(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
     let mut seen = Vec::new();

@@ -209,3 +209,103 @@ async fn an_address_that_cannot_be_bound_rejects_the_whole_reload() {
         assert_eq!(upgrade_status(addr, "/b").await, 101, "{addr}");
     }
 }
+
+/// The config of a wsgate listening on `listen` with `reuse_port`, one route `/a` to `backend`.
+fn reusing_port(listen: &str, backend: SocketAddr) -> String {
+    let head = head_listening(&[listen]).replace("[proxy]\n", "[proxy]\nreuse_port = true\n");
+    format!("{head}{}", route("a", "/a", &[backend]))
+}
+
+/// A new version taking over: with `proxy.reuse_port`, a second wsgate listens on the address
+/// a running one holds; the first, sent SIGTERM, stops accepting while its tunnel runs on in
+/// the grace, and every connection from then on is the second's. The port never closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reuse_port_a_second_wsgate_takes_over_the_port_without_closing_it() {
+    let backend = WsBackend::start("echo").await;
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old_config = write_config(old_dir.path(), "");
+    std::fs::write(&old_config, reusing_port("127.0.0.1:0", backend.addr)).unwrap();
+    let (mut old, old_lines, addr) = started_wsgate(&old_config);
+    // Opened before the second process exists: this tunnel is the first one's.
+    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    assert_eq!(round_trip(&mut ws, "before").await, "before");
+
+    let new_config = write_config(new_dir.path(), "");
+    std::fs::write(&new_config, reusing_port(&addr.to_string(), backend.addr)).unwrap();
+    let (_new, _new_lines, new_addr) = started_wsgate(&new_config);
+    assert_eq!(new_addr, addr);
+
+    send_signal(old.id(), "TERM");
+    // Logged once its listener is closed.
+    let old_lines = within(
+        "the first wsgate to stop accepting",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&old_lines, "shutting down: no new connections");
+            old_lines
+        }),
+    )
+    .await
+    .unwrap();
+    for n in 0..10 {
+        let mut fresh = ws_connect_ok(addr, "wss://localhost/a").await;
+        let text = format!("after {n}");
+        assert_eq!(round_trip(&mut fresh, &text).await, text);
+    }
+    // The first one's tunnel runs on in its grace, beside the second one's.
+    assert_eq!(round_trip(&mut ws, "in the grace").await, "in the grace");
+    drop(ws);
+    let status = within(
+        "the first wsgate to exit once its tunnel is gone",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&old_lines, "shutdown complete");
+            old.wait().unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Without `reuse_port` (the default), a second wsgate on a held address does not start: a
+/// second process started by mistake must not silently take half the connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reuse_port_a_second_wsgate_cannot_listen_beside_the_first() {
+    let backend = WsBackend::start("echo").await;
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first_config = write_config(first_dir.path(), &route("a", "/a", &[backend.addr]));
+    let (_first, _lines, addr) = started_wsgate(&first_config);
+    let second = write_config(second_dir.path(), "");
+    let body = reusing_port(&addr.to_string(), backend.addr).replace("reuse_port = true\n", "");
+    std::fs::write(&second, body).unwrap();
+    let out = std::process::Command::new(wsgate_bin())
+        .args(["run", "--config"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+/// With `reuse_port`, a port moves to an overlapping address in one save: the new socket is
+/// bound beside the old one (without it, the kernel refuses that, and it takes two saves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reuse_port_a_port_moves_to_the_wildcard_address_in_one_save() {
+    let backend = WsBackend::start("echo").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let port = free_addr("127.0.0.1").port();
+    let on = |listen: String| reusing_port(&listen, backend.addr);
+    std::fs::write(proxy.config_path(), on(format!("127.0.0.1:{port}"))).unwrap();
+    generation(&mut rx, 2).await;
+    std::fs::write(proxy.config_path(), on(format!("0.0.0.0:{port}"))).unwrap();
+    generation(&mut rx, 3).await;
+    let wildcard: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+    assert_eq!(proxy.server.local_addrs(), vec![wildcard]);
+    let through = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut ws = ws_connect_ok(through, "wss://localhost/a").await;
+    assert_eq!(round_trip(&mut ws, "moved").await, "moved");
+}
