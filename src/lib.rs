@@ -45,8 +45,8 @@
 //!   `descriptors`: the open-files limit, raised at start and checked against
 //!   `max_connections`; `memory`: giving memory freed after a burst of connections back to
 //!   the system
-//!   (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM and Ctrl-C; `sync`: locking that survives
-//!   a panic.
+//!   (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM and Ctrl-C; `systemd`: readiness and
+//!   status for a `Type=notify` unit; `sync`: locking that survives a panic.
 
 #![warn(unreachable_pub)]
 
@@ -80,6 +80,7 @@ mod snapshot;
 mod socket;
 mod splice;
 mod sync;
+mod systemd;
 mod tls;
 mod upstream;
 mod watch;

@@ -37,11 +37,14 @@ pub(crate) async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
 
 /// Serves until SIGTERM (Kubernetes, systemd) or Ctrl-C, then shuts `server` down
 /// gracefully; a second such signal during the grace closes the live tunnels at once, as
-/// operators expect of Ctrl-C twice. `started` runs once the signals are registered.
+/// operators expect of Ctrl-C twice. `started` runs once the signals are registered; systemd,
+/// if it started the process, is told it is ready then, and stopping when the drain begins.
 pub async fn serve_until_terminated(server: crate::Server, started: impl FnOnce()) {
     let mut termination = Termination::register();
     started();
+    crate::systemd::ready(server.reload_status());
     termination.recv().await;
+    crate::systemd::stopping();
     let closer = server.closer();
     tokio::spawn(async move {
         termination.recv().await;

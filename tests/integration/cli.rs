@@ -593,6 +593,64 @@ fn a_reload_changing_reuse_port_says_it_applies_to_listeners_opened_from_then_on
     assert!(line.contains("generation=2"), "{line}");
 }
 
+/// Run as a systemd `Type=notify` unit (`NOTIFY_SOCKET` set): READY=1 once it listens, with the
+/// generation in force as its status; a new status line naming the error when a reload is
+/// rejected; STOPPING=1 once SIGTERM starts the drain. A config that does not start sends
+/// nothing, so `systemctl start` fails.
+#[test]
+fn systemd_is_told_ready_the_status_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket).unwrap();
+    systemd.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = systemd.recv(&mut buf).expect("a notification in time");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    let config = write_config(dir.path(), ROUTE);
+    let mut command = wsgate_command(&config, "info");
+    let mut child = WsgateChild::spawn(command.env("NOTIFY_SOCKET", &socket));
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.contains("STATUS=config generation 1 in force (0 reloads applied, 0 rejected)"),
+        "{ready}"
+    );
+    // Ready means accepting: the listener is up by then.
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    std::net::TcpStream::connect(addr).unwrap();
+
+    std::fs::write(&config, format!("{CONFIG_HEAD}[[route]]\nname = \"x\"\n")).unwrap();
+    let rejected = next();
+    assert!(
+        rejected.contains("STATUS=config generation 1 in force (0 reloads applied, 1 rejected); the files on disk are not: "),
+        "{rejected}"
+    );
+    assert!(rejected.contains("wsgate.toml"), "{rejected}");
+
+    send_signal(child.id(), "TERM");
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(child.wait().unwrap().success());
+
+    // A config that does not start: no READY=1, and status 2.
+    std::fs::write(&config, "[proxy\n").unwrap();
+    let status = wsgate_command(&config, "info")
+        .env("NOTIFY_SOCKET", &socket)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    systemd.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    let after = systemd
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(after.is_err(), "{after:?}");
+}
+
 /// The lines up to and including the first one containing `needle`.
 fn lines_until(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
     let mut seen = Vec::new();

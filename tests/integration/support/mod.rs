@@ -1311,17 +1311,27 @@ impl Drop for WsgateChild {
 
 /// [`spawn_wsgate`], logging at `rust_log`.
 pub fn spawn_wsgate_logging(config: &Path, rust_log: &str) -> WsgateChild {
-    let child = std::process::Command::new(wsgate_bin())
+    WsgateChild::spawn(&mut wsgate_command(config, rust_log))
+}
+
+/// The command [`spawn_wsgate_logging`] runs: `wsgate run` with JSON logs on a piped stderr.
+pub fn wsgate_command(config: &Path, rust_log: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(wsgate_bin());
+    command
         .args(["run", "--config"])
         .arg(config)
         .args(["--log-format", "json"])
         .env("RUST_LOG", rust_log)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    WsgateChild(child)
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+impl WsgateChild {
+    pub fn spawn(command: &mut std::process::Command) -> WsgateChild {
+        WsgateChild(command.spawn().unwrap())
+    }
 }
 
 /// Stderr lines of a child process, delivered as they are written.

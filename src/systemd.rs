@@ -1,0 +1,97 @@
+//! Tells systemd how wsgate is doing when it runs as a `Type=notify` unit (the sd_notify
+//! protocol): ready once every listener accepts, so that `systemctl start` returns only then
+//! (and fails on a config that does not start); the config generation in force, and why the
+//! files on disk are not in force when they are not, as the unit's status line in `systemctl
+//! status`; stopping once the drain begins. Not started by systemd (no `NOTIFY_SOCKET`),
+//! nothing is sent.
+
+use sd_notify::NotifyState;
+use tokio::sync::watch;
+
+use crate::reload::ReloadStatus;
+
+/// The longest reason the status line gives: the journal has the whole error.
+const MAX_REASON: usize = 160;
+
+/// Says wsgate is ready, then keeps the unit's status line in step with `status`.
+pub(crate) fn ready(mut status: watch::Receiver<ReloadStatus>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut said = status_line(&status.borrow_and_update());
+    send(&[NotifyState::Ready, NotifyState::Status(&said)]);
+    tokio::spawn(async move {
+        // Every look at the files changes the status (its count of looks); only a new line
+        // is sent.
+        while status.changed().await.is_ok() {
+            let line = status_line(&status.borrow_and_update());
+            if line != said {
+                send(&[NotifyState::Status(&line)]);
+                said = line;
+            }
+        }
+    });
+}
+
+/// Says the drain has begun.
+pub(crate) fn stopping() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let draining = NotifyState::Status("shutting down: no new connections; live tunnels drain");
+        send(&[NotifyState::Stopping, draining]);
+    }
+}
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd at NOTIFY_SOCKET");
+    }
+}
+
+/// One line: the generation in force, the reloads so far, and what keeps the files on disk
+/// out of force, if something does.
+fn status_line(status: &ReloadStatus) -> String {
+    let mut line = format!(
+        "config generation {} in force ({} reloads applied, {} rejected)",
+        status.generation, status.successes, status.failures
+    );
+    if let Some(error) = &status.last_error {
+        // A status line is one line (the protocol's messages are newline-separated).
+        let reason: String = error
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(MAX_REASON)
+            .collect();
+        line.push_str("; the files on disk are not: ");
+        line.push_str(&reason);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_is_one_line_naming_the_generation_and_what_keeps_the_files_out() {
+        let mut status = ReloadStatus {
+            generation: 3,
+            successes: 2,
+            failures: 1,
+            ..ReloadStatus::default()
+        };
+        assert_eq!(
+            status_line(&status),
+            "config generation 3 in force (2 reloads applied, 1 rejected)"
+        );
+        status.last_error = Some(format!("w.toml:4:1: route\n  {}", "x".repeat(400)));
+        let line = status_line(&status);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("; the files on disk are not: w.toml:4:1: route x"),
+            "{line}"
+        );
+        assert!(line.len() < 300, "{line}");
+    }
+}
