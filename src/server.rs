@@ -145,7 +145,7 @@ impl Shared {
         if max_connections != max_connections_before {
             crate::descriptors::warn_if_short(max_connections);
         }
-        let kept_open = held.len() - removed.len();
+        let kept_open = held.len().saturating_sub(removed.len());
         if next.config.reuse_port != reuse_port_before && kept_open > 0 {
             // A socket's SO_REUSEPORT counts when it is bound: one already listening cannot
             // be changed, and binding it again beside itself is what the option decides.
@@ -304,9 +304,14 @@ impl Server {
         self.shared.stopping.store(true, Ordering::Release);
         self.stop_watching.cancel();
         let listeners = lock(&self.shared.listeners).take().unwrap_or_default();
-        let (proxy, admin): (Vec<Listener>, Vec<Listener>) =
-            listeners.into_iter().partition(|l| l.kind == Kind::Proxy);
-        for listener in proxy {
+        // The admin endpoint answers through the grace (`/readyz` failing, metrics of the
+        // drain), unless its address is shared with a wsgate taking over (`reuse_port`):
+        // probes and scrapes there are the new process's business from now on.
+        let handing_over = self.shared.current().config.reuse_port;
+        let (now, admin): (Vec<Listener>, Vec<Listener>) = listeners
+            .into_iter()
+            .partition(|l| l.kind == Kind::Proxy || handing_over);
+        for listener in now {
             listener.close().await;
         }
         let grace = self.shared.current().config.timeouts.shutdown_grace;

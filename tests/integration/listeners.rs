@@ -210,28 +210,33 @@ async fn an_address_that_cannot_be_bound_rejects_the_whole_reload() {
     }
 }
 
-/// The config of a wsgate listening on `listen` with `reuse_port`, one route `/a` to `backend`.
-fn reusing_port(listen: &str, backend: SocketAddr) -> String {
+/// The config of a wsgate listening on `listen` with `reuse_port`, one route `/a` to `backend`,
+/// and its admin endpoint on `admin`, if given.
+fn reusing_port(listen: &str, admin: Option<SocketAddr>, backend: SocketAddr) -> String {
     let head = head_listening(&[listen]).replace("[proxy]\n", "[proxy]\nreuse_port = true\n");
-    format!("{head}{}", route("a", "/a", &[backend]))
+    let admin = admin.map_or(String::new(), |a| format!("[admin]\nlisten = \"{a}\"\n\n"));
+    format!("{head}{admin}{}", route("a", "/a", &[backend]))
 }
 
-/// A new version taking over: with `proxy.reuse_port`, a second wsgate listens on the address
-/// a running one holds; the first, sent SIGTERM, stops accepting while its tunnel runs on in
-/// the grace, and every connection from then on is the second's. The port never closes.
+/// A new version taking over: with `proxy.reuse_port`, a second wsgate listens on the addresses
+/// a running one holds; the first, sent SIGTERM, stops accepting (its admin endpoint too)
+/// while its tunnel runs on in the grace, and every connection from then on is the second's.
+/// The port never closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_reuse_port_a_second_wsgate_takes_over_the_port_without_closing_it() {
     let backend = WsBackend::start("echo").await;
+    let admin = free_addr("127.0.0.1");
     let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let old_config = write_config(old_dir.path(), "");
-    std::fs::write(&old_config, reusing_port("127.0.0.1:0", backend.addr)).unwrap();
+    let config = |listen: &str| reusing_port(listen, Some(admin), backend.addr);
+    std::fs::write(&old_config, config("127.0.0.1:0")).unwrap();
     let (mut old, old_lines, addr) = started_wsgate(&old_config);
     // Opened before the second process exists: this tunnel is the first one's.
     let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "before").await, "before");
 
     let new_config = write_config(new_dir.path(), "");
-    std::fs::write(&new_config, reusing_port(&addr.to_string(), backend.addr)).unwrap();
+    std::fs::write(&new_config, config(&addr.to_string())).unwrap();
     let (_new, _new_lines, new_addr) = started_wsgate(&new_config);
     assert_eq!(new_addr, addr);
 
@@ -250,6 +255,9 @@ async fn with_reuse_port_a_second_wsgate_takes_over_the_port_without_closing_it(
         let mut fresh = ws_connect_ok(addr, "wss://localhost/a").await;
         let text = format!("after {n}");
         assert_eq!(round_trip(&mut fresh, &text).await, text);
+        // The first one's would say 503, shutting down.
+        let ready = crate::admin::admin_request(admin, "GET", "/readyz").await;
+        assert_eq!(ready.0, 200, "{ready:?}");
     }
     // The first one's tunnel runs on in its grace, beside the second one's.
     assert_eq!(round_trip(&mut ws, "in the grace").await, "in the grace");
@@ -275,7 +283,8 @@ async fn without_reuse_port_a_second_wsgate_cannot_listen_beside_the_first() {
     let first_config = write_config(first_dir.path(), &route("a", "/a", &[backend.addr]));
     let (_first, _lines, addr) = started_wsgate(&first_config);
     let second = write_config(second_dir.path(), "");
-    let body = reusing_port(&addr.to_string(), backend.addr).replace("reuse_port = true\n", "");
+    let body =
+        reusing_port(&addr.to_string(), None, backend.addr).replace("reuse_port = true\n", "");
     std::fs::write(&second, body).unwrap();
     let out = std::process::Command::new(wsgate_bin())
         .args(["run", "--config"])
@@ -298,7 +307,7 @@ async fn with_reuse_port_a_port_moves_to_the_wildcard_address_in_one_save() {
     let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
     let mut rx = proxy.server.reload_status();
     let port = free_addr("127.0.0.1").port();
-    let on = |listen: String| reusing_port(&listen, backend.addr);
+    let on = |listen: String| reusing_port(&listen, None, backend.addr);
     std::fs::write(proxy.config_path(), on(format!("127.0.0.1:{port}"))).unwrap();
     generation(&mut rx, 2).await;
     std::fs::write(proxy.config_path(), on(format!("0.0.0.0:{port}"))).unwrap();
