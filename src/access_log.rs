@@ -11,6 +11,7 @@ use tracing::Level;
 
 use crate::connection::Conn;
 use crate::error::{Side, Unanswered};
+use crate::limits::Over;
 use crate::metrics::EarlyClose;
 use crate::server::Shared;
 use crate::splice;
@@ -303,9 +304,25 @@ pub(crate) fn tunnel_line(conn: &Conn, route: &str, backend: &str, outcome: &spl
     emit(level, "tunnel closed", &fields);
 }
 
-/// Logs and counts a connection that ended before any request was answered.
-pub(crate) fn early_close(shared: &Shared, peer: SocketAddr, started: Instant, why: &Unanswered) {
+/// Logs and counts a connection that ended before any request was answered; `over` the limit
+/// it was to be refused for, if any.
+pub(crate) fn early_close(
+    shared: &Shared,
+    peer: SocketAddr,
+    started: Instant,
+    why: &Unanswered,
+    over: Option<Over>,
+) {
     shared.metrics.closed_early(why.kind());
+    // Its refusal was due once its request came: under overload, the lines of the excess
+    // that never got that far still say they were the excess.
+    let reason = match over {
+        None => why.to_string(),
+        Some(Over::Connections) => format!("{why}; over max_connections, its 503 not sent"),
+        Some(Over::Client) => {
+            format!("{why}; over max_connections_per_client, its 429 not sent")
+        }
+    };
     let fields = Fields {
         client: peer,
         route: "-",
@@ -314,7 +331,7 @@ pub(crate) fn early_close(shared: &Shared, peer: SocketAddr, started: Instant, w
         bytes_in: 0,
         bytes_out: 0,
         duration_ms: since(started),
-        reason: &why.to_string(),
+        reason: &reason,
     };
     emit(Level::INFO, "connection closed", &fields);
 }

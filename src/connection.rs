@@ -78,13 +78,13 @@ async fn handshake(
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
     // The connection's line, when it ends on the way.
-    let early_close = |peer, why: Unanswered| {
-        access_log::early_close(shared, peer, started, &why);
+    let early_close = |peer, why: Unanswered, over| {
+        access_log::early_close(shared, peer, started, &why, over);
         None
     };
     let (peer, tcp) = match proxy_header(tcp, peer, shared, &snapshot, deadline).await {
         Ok(known) => known,
-        Err(why) => return early_close(peer, why),
+        Err(why) => return early_close(peer, why, guard.over()),
     };
     // Taken as soon as the client is known, so its connections still in the TLS handshake or
     // idle before their request count; one over the limit gets 429 once its head is in (see
@@ -100,9 +100,9 @@ async fn handshake(
         // Answered outside the handshake's deadline: the answer's linger has its own bound.
         Ok(Handshaken::PlainHttp(tcp)) => {
             tls::tell_to_use_tls(tcp).await;
-            return early_close(peer, Unanswered::PlainHttp);
+            return early_close(peer, Unanswered::PlainHttp, guard.over());
         }
-        Err(why) => return early_close(peer, why),
+        Err(why) => return early_close(peer, why, guard.over()),
     };
     // The limit in force when the head starts to come, not at accept: a reload in between
     // applies to this request, as its routes do.
@@ -111,7 +111,7 @@ async fn handshake(
     let (head, head_bytes, max_head) =
         match in_time(shared, deadline, read_head, "request head").await {
             Ok(read) => read,
-            Err(why) => return early_close(peer, why),
+            Err(why) => return early_close(peer, why, guard.over()),
         };
     Some(Opened {
         peer,
@@ -311,7 +311,9 @@ async fn serve_http(
     // Past the select the request's future (and a relayed body) is dropped: an answer given
     // or a client gone has left its line to write, a tunnel writes its own.
     if !access_log::has_line(&conn) {
-        return access_log::early_close(&shared, conn.peer, conn.started, &unanswered(ended));
+        // Admitted (a connection over a limit is refused before hyper): over none.
+        let why = unanswered(ended);
+        return access_log::early_close(&shared, conn.peer, conn.started, &why, None);
     }
     access_log::end_line(&conn, delivery(ended));
     let refused = crate::sync::lock(&conn.refused_upgrade).take();

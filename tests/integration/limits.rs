@@ -99,3 +99,36 @@ async fn a_lingering_client_does_not_delay_shutdown(req: Req) {
     .await;
     drop(client);
 }
+
+/// A connection over a limit that never sends its request (it times out in the TLS handshake,
+/// here) never gets its refusal, and its line says it was the excess, so that under overload
+/// the log counts every connection that was turned away, not only those that asked first.
+#[test]
+fn an_excess_connection_that_times_out_says_which_limit_it_was_over() {
+    for (limits, over) in [
+        (
+            "max_connections = 1",
+            "; over max_connections, its 503 not sent",
+        ),
+        (
+            "max_connections_per_client = 1",
+            "; over max_connections_per_client, its 429 not sent",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!("[timeouts]\nhandshake = \"300ms\"\n\n[limits]\n{limits}\n\n");
+        let (_child, lines, addr) = started_wsgate(&write_config(dir.path(), &body));
+        // Accepted in this order: the first takes the one place, the second is over it.
+        let _first = std::net::TcpStream::connect(addr).unwrap();
+        let _second = std::net::TcpStream::connect(addr).unwrap();
+        let ends = [
+            wait_for_line(&lines, "connection closed"),
+            wait_for_line(&lines, "connection closed"),
+        ];
+        let timed_out = "handshake timeout (TLS)";
+        assert!(ends.iter().all(|l| l.contains(timed_out)), "{ends:?}");
+        let excess: Vec<_> = ends.iter().filter(|l| l.contains(over)).collect();
+        assert_eq!(excess.len(), 1, "{limits}: {ends:?}");
+        assert!(excess[0].contains("\"status\":0"), "{excess:?}");
+    }
+}
