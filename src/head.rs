@@ -467,6 +467,52 @@ mod tests {
         }
     }
 
+    /// Up to 20 bytes, mostly from `alphabet`, now and then any byte.
+    fn bytes_among(alphabet: &'static [u8]) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        let byte = proptest::prop_oneof![
+            4 => proptest::sample::select(alphabet.to_vec()),
+            1 => proptest::num::u8::ANY,
+        ];
+        proptest::collection::vec(byte, 0..20)
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, reading the version panics on none, and changes at most the one
+        /// minor digit of an `HTTP/1.x` request line, to `1`: the head checked is the head
+        /// hyper parses and the backend gets, but for that digit.
+        #[test]
+        fn reading_the_version_changes_at_most_one_minor_digit(
+            (blank, before, version, end, after) in (
+                bytes_among(b"\r\n"),
+                bytes_among(b" GET/a\n"),
+                proptest::option::of((b'0'..=b'9', b'0'..=b'9')),
+                proptest::sample::select(vec![&b"\r\n"[..], b"\n", b"\r", b""]),
+                bytes_among(b"\r\n X:1"),
+            ),
+            cut in 0usize..64,
+        ) {
+            let mut head = [blank, before].concat();
+            if let Some((major, minor)) = version {
+                head.extend_from_slice(&[b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]);
+            }
+            head.extend_from_slice(end);
+            head.extend_from_slice(&after);
+            let len = cut.min(head.len());
+            let bytes = Bytes::from(head.clone());
+            if let Ok(read) = read_as_http_1_1(bytes, len) {
+                proptest::prop_assert_eq!(read.len(), head.len());
+                let changed: Vec<usize> =
+                    (0..head.len()).filter(|&i| read[i] != head[i]).collect();
+                proptest::prop_assert!(changed.len() <= 1);
+                if let [at] = changed[..] {
+                    proptest::prop_assert!(at < len);
+                    proptest::prop_assert_eq!(read[at], b'1');
+                    proptest::prop_assert_eq!(&head[at - MINOR..at], b"HTTP/1.");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_later_major_version_is_505_and_http_0_is_too_old() {
         let preface = "PRI * HTTP/2.0\r\n\r\n";
