@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::drain::Drain;
 use crate::limits::{BudgetExhausted, ConnGuard, Counts};
 use crate::listener::{self, Kind, Listener};
@@ -141,20 +141,13 @@ impl Shared {
         // must not spend.
         drop(tokio::task::spawn_blocking(move || drop(old)));
         next.log_warnings();
-        let max_connections = next.config.limits.max_connections;
-        if max_connections != max_connections_before {
-            crate::descriptors::warn_if_short(max_connections);
-        }
         let kept_open = held.len().saturating_sub(removed.len());
-        if next.config.reuse_port != reuse_port_before && kept_open > 0 {
-            // A socket's SO_REUSEPORT counts when it is bound: one already listening cannot
-            // be changed, and binding it again beside itself is what the option decides.
-            tracing::warn!(
-                reuse_port = next.config.reuse_port,
-                listeners = kept_open,
-                "proxy.reuse_port applies to listeners opened from now on: the ones already open keep how they were bound until wsgate is restarted"
-            );
-        }
+        warn_what_waits(
+            &next.config,
+            max_connections_before,
+            reuse_port_before,
+            kept_open,
+        );
         self.metrics.certificates(&next.expiry);
         self.metrics.routes(&next.config.routes);
         for listener in removed {
@@ -167,6 +160,30 @@ impl Shared {
             listener.close().await;
         }
         Ok(())
+    }
+}
+
+/// Warns of what a config just swapped in (`next`) asks for that the process cannot give it
+/// as it stands: descriptors for a raised `max_connections`, and `reuse_port` on the
+/// `kept_open` listeners bound before.
+fn warn_what_waits(
+    next: &Config,
+    max_connections_before: usize,
+    reuse_port_before: bool,
+    kept_open: usize,
+) {
+    let max_connections = next.limits.max_connections;
+    if max_connections != max_connections_before {
+        crate::descriptors::warn_if_short(max_connections);
+    }
+    if next.reuse_port != reuse_port_before && kept_open > 0 {
+        // A socket's SO_REUSEPORT counts when it is bound: one already listening cannot be
+        // changed, and binding it again beside itself is what the option decides.
+        tracing::warn!(
+            reuse_port = next.reuse_port,
+            listeners = kept_open,
+            "proxy.reuse_port applies to listeners opened from now on: the ones already open keep how they were bound until wsgate is restarted"
+        );
     }
 }
 
