@@ -105,15 +105,30 @@ pub(crate) fn bind_all(
         .iter()
         .map(|&(kind, addr)| {
             bind(addr, config.reuse_port).map_err(|e| {
-                let mut message = format!("cannot listen on {addr}: {e}");
-                let ours = held.iter().find(|&&h| h != addr && takes_port_of(h, addr));
-                if let (io::ErrorKind::AddrInUse, Some(ours)) = (e.kind(), ours) {
-                    message.push_str(&format!(" (held by this wsgate's own listener {ours}, which this config drops: remove it in one save, then add {addr} in the next)"));
-                }
+                let message = bind_error_words(&e, addr, held, config.reuse_port);
                 Error::Bind(config.listener_error(addr, kind == Kind::Admin, message))
             })
         })
         .collect()
+}
+
+/// Why `addr` could not be bound, and what to do about an address in use: this process's
+/// own listener (one of `held`) in the way, or, with `reuse_port`, a holder that did not ask
+/// to share it.
+fn bind_error_words(e: &io::Error, addr: SocketAddr, held: &[SocketAddr], reuse: bool) -> String {
+    let mut message = format!("cannot listen on {addr}: {e}");
+    let ours = held.iter().find(|&&h| h != addr && takes_port_of(h, addr));
+    match (e.kind(), ours) {
+        (io::ErrorKind::AddrInUse, Some(ours)) => {
+            message.push_str(&format!(" (held by this wsgate's own listener {ours}, which this config drops: remove it in one save, then add {addr} in the next)"));
+        }
+        // A port is shared only between sockets that all asked to share it.
+        (io::ErrorKind::AddrInUse, None) if reuse => message.push_str(
+            " (with reuse_port, the process holding it must have bound it with reuse_port on too, as the same user: a wsgate started without it needs one restart)",
+        ),
+        _ => {}
+    }
+    message
 }
 
 /// Whether a socket listening on `held` keeps `addr` from being bound: the same port in the
@@ -122,6 +137,19 @@ fn takes_port_of(held: SocketAddr, addr: SocketAddr) -> bool {
     held.port() == addr.port()
         && held.is_ipv4() == addr.is_ipv4()
         && (held.ip() == addr.ip() || held.ip().is_unspecified() || addr.ip().is_unspecified())
+}
+
+/// With `reuse_port` on, warns if the kernel will not hand the connections queued on a
+/// listener it closes to the one taking over (`net.ipv4.tcp_migrate_req`, Linux 5.14+): a
+/// handover then resets them.
+pub(crate) fn warn_if_handover_resets(config: &Config) {
+    if !config.reuse_port {
+        return;
+    }
+    let setting = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req");
+    if setting.is_ok_and(|value| value.trim() == "0") {
+        tracing::warn!("proxy.reuse_port is on, but net.ipv4.tcp_migrate_req is 0: when a wsgate stops, the connections queued on its listeners that it has not accepted yet are reset instead of handed to the one taking over (sysctl -w net.ipv4.tcp_migrate_req=1)");
+    }
 }
 
 fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {

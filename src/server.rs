@@ -176,6 +176,9 @@ fn warn_what_waits(
     if max_connections != max_connections_before {
         crate::descriptors::warn_if_short(max_connections);
     }
+    if next.reuse_port && !reuse_port_before {
+        listener::warn_if_handover_resets(next);
+    }
     if next.reuse_port != reuse_port_before && kept_open > 0 {
         // A socket's SO_REUSEPORT counts when it is bound: one already listening cannot be
         // changed, and binding it again beside itself is what the option decides.
@@ -232,6 +235,7 @@ impl Server {
         };
         snapshot.log_warnings();
         crate::descriptors::warn_if_short(snapshot.config.limits.max_connections);
+        listener::warn_if_handover_resets(&snapshot.config);
         let wanted = listener::wanted(&snapshot.config);
         let sockets = listener::bind_all(&wanted, &[], &snapshot.config).map_err(|e| match e {
             // Named as the config error above is: by the path as given.

@@ -43,15 +43,21 @@ pub(crate) fn stopping() {
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify systemd at NOTIFY_SOCKET");
+        let socket = std::env::var_os("NOTIFY_SOCKET").unwrap_or_default();
+        let socket = socket.to_string_lossy();
+        tracing::warn!(error = %e, %socket, "cannot notify systemd at NOTIFY_SOCKET");
     }
 }
 
 /// One line: the generation in force, the reloads so far, and what keeps the files on disk
 /// out of force, if something does.
 fn status_line(status: &ReloadStatus) -> String {
+    let reloads = match status.successes {
+        1 => "reload",
+        _ => "reloads",
+    };
     let mut line = format!(
-        "config generation {} in force ({} reloads applied, {} rejected)",
+        "config generation {} in force ({} {reloads} applied, {} rejected)",
         status.generation, status.successes, status.failures
     );
     if let Some(error) = &status.last_error {
@@ -85,6 +91,11 @@ mod tests {
             status_line(&status),
             "config generation 3 in force (2 reloads applied, 1 rejected)"
         );
+        let one = ReloadStatus {
+            successes: 1,
+            ..status.clone()
+        };
+        assert!(status_line(&one).contains("(1 reload applied, 1 rejected)"));
         status.last_error = Some(format!("w.toml:4:1: route\n  {}", "x".repeat(400)));
         let line = status_line(&status);
         assert!(!line.contains('\n'), "{line}");

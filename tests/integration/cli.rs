@@ -651,6 +651,29 @@ fn systemd_is_told_ready_the_status_and_stopping() {
     assert!(after.is_err(), "{after:?}");
 }
 
+/// With `reuse_port` on, start-up warns if the kernel would reset the connections queued on a
+/// stopping wsgate's listeners rather than hand them over (`net.ipv4.tcp_migrate_req` 0), and
+/// says nothing where it hands them over: whichever this machine does.
+#[test]
+fn reuse_port_warns_at_start_when_a_handover_would_reset_queued_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("[proxy]\n", "[proxy]\nreuse_port = true\n", 1),
+    )
+    .unwrap();
+    let (_child, lines) = run_text(path.to_str().unwrap(), Path::new("/"), "info");
+    let start = lines_until(&lines, "wsgate started");
+    let warned = start
+        .iter()
+        .any(|l| l.contains("net.ipv4.tcp_migrate_req is 0"));
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req");
+    let resets = migrate.is_ok_and(|value| value.trim() == "0");
+    assert_eq!(warned, resets, "tcp_migrate_req 0: {resets}; {start:?}");
+}
+
 /// The lines up to and including the first one containing `needle`.
 fn lines_until(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
     let mut seen = Vec::new();

@@ -297,6 +297,17 @@ async fn without_reuse_port_a_second_wsgate_cannot_listen_beside_the_first() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+    // Asking to share it is not enough: the holder did not. The error says so.
+    std::fs::write(&second, reusing_port(&addr.to_string(), None, backend.addr)).unwrap();
+    let out = std::process::Command::new(wsgate_bin())
+        .args(["run", "--config"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hint = "with reuse_port, the process holding it must have bound it with reuse_port on too";
+    assert!(stderr.contains(hint), "{stderr}");
 }
 
 /// With `reuse_port`, a port moves to an overlapping address in one save: the new socket is
