@@ -143,12 +143,14 @@ fn takes_port_of(held: SocketAddr, addr: SocketAddr) -> bool {
 /// listener it closes to the one taking over (`net.ipv4.tcp_migrate_req`, Linux 5.14+): a
 /// handover then resets them.
 pub(crate) fn warn_if_handover_resets(config: &Config) {
-    if !config.reuse_port {
+    if !cfg!(target_os = "linux") || !config.reuse_port {
         return;
     }
-    let setting = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req");
-    if setting.is_ok_and(|value| value.trim() == "0") {
-        tracing::warn!("proxy.reuse_port is on, but net.ipv4.tcp_migrate_req is 0: when a wsgate stops, the connections queued on its listeners that it has not accepted yet are reset instead of handed to the one taking over (sysctl -w net.ipv4.tcp_migrate_req=1)");
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(value) if value.trim() != "0" => {}
+        Ok(_) => tracing::warn!("proxy.reuse_port is on, but net.ipv4.tcp_migrate_req is 0: when a wsgate stops, the connections queued on its listeners that it has not accepted yet are reset instead of handed to the one taking over (sysctl -w net.ipv4.tcp_migrate_req=1)"),
+        // Linux before 5.14 has no such setting, and always resets them.
+        Err(e) => tracing::warn!(error = %e, "proxy.reuse_port is on, but net.ipv4.tcp_migrate_req cannot be read (Linux before 5.14 has none): when a wsgate stops, the connections queued on its listeners that it has not accepted yet may be reset instead of handed to the one taking over"),
     }
 }
 

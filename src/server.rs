@@ -320,7 +320,8 @@ impl Server {
     }
 
     /// Stops accepting, lets live tunnels run for the configured grace, then closes them.
-    /// The admin endpoint answers until the end, with `/readyz` failing.
+    /// The admin endpoint answers until the end, with `/readyz` failing, unless
+    /// `proxy.reuse_port` is on: then it stops with the other listeners.
     pub async fn shutdown(self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.stop_watching.cancel();

@@ -42,9 +42,9 @@ pub(crate) async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
 pub async fn serve_until_terminated(server: crate::Server, started: impl FnOnce()) {
     let mut termination = Termination::register();
     started();
-    crate::systemd::ready(server.reload_status());
+    let systemd = crate::systemd::ready(server.reload_status());
     termination.recv().await;
-    crate::systemd::stopping();
+    systemd.stopping();
     let closer = server.closer();
     tokio::spawn(async move {
         termination.recv().await;

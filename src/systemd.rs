@@ -5,37 +5,61 @@
 //! status`; stopping once the drain begins. Not started by systemd (no `NOTIFY_SOCKET`),
 //! nothing is sent.
 
+use std::sync::{Arc, Mutex};
+
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 
 use crate::reload::ReloadStatus;
+use crate::sync::lock;
 
 /// The longest reason the status line gives: the journal has the whole error.
 const MAX_REASON: usize = 160;
 
-/// Says wsgate is ready, then keeps the unit's status line in step with `status`.
-pub(crate) fn ready(mut status: watch::Receiver<ReloadStatus>) {
+/// What systemd has been told, from ready on. The status updates and the stop share a lock,
+/// so that no update (a reload under way when the signal came) is sent after the stop.
+pub(crate) struct Notifier(Option<Arc<Mutex<Told>>>);
+
+#[derive(PartialEq)]
+enum Told {
+    Ready,
+    Stopping,
+}
+
+/// Says wsgate is ready, then keeps the unit's status line in step with `status` until
+/// [`Notifier::stopping`].
+pub(crate) fn ready(mut status: watch::Receiver<ReloadStatus>) -> Notifier {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
+        return Notifier(None);
     }
     let mut said = status_line(&status.borrow_and_update());
     send(&[NotifyState::Ready, NotifyState::Status(&said)]);
+    let told = Arc::new(Mutex::new(Told::Ready));
+    let updates = told.clone();
     tokio::spawn(async move {
         // Every look at the files changes the status (its count of looks); only a new line
         // is sent.
         while status.changed().await.is_ok() {
             let line = status_line(&status.borrow_and_update());
+            let told = lock(&updates);
+            if *told == Told::Stopping {
+                return;
+            }
             if line != said {
                 send(&[NotifyState::Status(&line)]);
                 said = line;
             }
         }
     });
+    Notifier(Some(told))
 }
 
-/// Says the drain has begun.
-pub(crate) fn stopping() {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+impl Notifier {
+    /// Says the drain has begun; the status line stays as this says it.
+    pub(crate) fn stopping(self) {
+        let Some(told) = self.0 else { return };
+        let mut told = lock(&told);
+        *told = Told::Stopping;
         let draining = NotifyState::Status("shutting down: no new connections; live tunnels drain");
         send(&[NotifyState::Stopping, draining]);
     }

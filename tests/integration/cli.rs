@@ -670,8 +670,12 @@ fn reuse_port_warns_at_start_when_a_handover_would_reset_queued_connections() {
         .iter()
         .any(|l| l.contains("net.ipv4.tcp_migrate_req is 0"));
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req");
-    let resets = migrate.is_ok_and(|value| value.trim() == "0");
+    let resets = migrate.as_ref().is_ok_and(|value| value.trim() == "0");
     assert_eq!(warned, resets, "tcp_migrate_req 0: {resets}; {start:?}");
+    let unreadable = start
+        .iter()
+        .any(|l| l.contains("tcp_migrate_req cannot be read"));
+    assert_eq!(unreadable, migrate.is_err(), "{start:?}");
 }
 
 /// The lines up to and including the first one containing `needle`.
