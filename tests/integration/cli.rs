@@ -551,13 +551,9 @@ fn a_relative_config_path_is_followed_when_its_folder_is_replaced() {
 #[test]
 fn a_reload_changing_the_log_format_says_it_waits_for_a_restart() {
     // Started without --log-format, so the config's key chose text.
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), ROUTE);
-    let (_child, lines) = run_text(path.to_str().unwrap(), Path::new("/"), "info");
-    wait_for_line(&lines, "wsgate started");
+    let (_dir, path, _child, lines) = started_text();
     let text = std::fs::read_to_string(&path).unwrap();
-    let json = text.replacen("[proxy]\n", "[proxy]\nlog_format = \"json\"\n", 1);
-    std::fs::write(&path, &json).unwrap();
+    std::fs::write(&path, in_proxy(&text, "log_format = \"json\"")).unwrap();
     let line = wait_for_line(&lines, "read at start only");
     assert!(line.contains("WARN"), "{line}");
     wait_for_line(&lines, "config reloaded");
@@ -574,13 +570,9 @@ fn a_reload_changing_the_log_format_says_it_waits_for_a_restart() {
 /// says the listeners already open keep theirs, and applies the rest.
 #[test]
 fn a_reload_changing_reuse_port_says_it_applies_to_listeners_opened_from_then_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), ROUTE);
-    let (_child, lines) = run_text(path.to_str().unwrap(), Path::new("/"), "info");
-    wait_for_line(&lines, "wsgate started");
+    let (_dir, path, _child, lines) = started_text();
     let text = std::fs::read_to_string(&path).unwrap();
-    let on = text.replacen("[proxy]\n", "[proxy]\nreuse_port = true\n", 1);
-    std::fs::write(&path, &on).unwrap();
+    std::fs::write(&path, in_proxy(&text, "reuse_port = true")).unwrap();
     let line = wait_for_line(
         &lines,
         "proxy.reuse_port applies to listeners opened from now on",
@@ -659,11 +651,7 @@ fn reuse_port_warns_at_start_when_a_handover_would_reset_queued_connections() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), ROUTE);
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replacen("[proxy]\n", "[proxy]\nreuse_port = true\n", 1),
-    )
-    .unwrap();
+    std::fs::write(&path, in_proxy(&text, "reuse_port = true")).unwrap();
     let (_child, lines) = run_text(path.to_str().unwrap(), Path::new("/"), "info");
     let start = lines_until(&lines, "wsgate started");
     let warned = start
@@ -676,6 +664,26 @@ fn reuse_port_warns_at_start_when_a_handover_would_reset_queued_connections() {
         .iter()
         .any(|l| l.contains("tcp_migrate_req cannot be read"));
     assert_eq!(unreadable, migrate.is_err(), "{start:?}");
+}
+
+/// `wsgate run` logging text at info, on a config of [`ROUTE`] in a folder of its own, once it
+/// has started: the folder, the config's path, the process and its log lines.
+fn started_text() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Running,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let (child, lines) = run_text(path.to_str().unwrap(), Path::new("/"), "info");
+    wait_for_line(&lines, "wsgate started");
+    (dir, path, child, lines)
+}
+
+/// A config's text with `line` added to its `[proxy]` section.
+fn in_proxy(text: &str, line: &str) -> String {
+    text.replacen("[proxy]\n", &format!("[proxy]\n{line}\n"), 1)
 }
 
 /// The lines up to and including the first one containing `needle`.

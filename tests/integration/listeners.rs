@@ -285,27 +285,24 @@ async fn without_reuse_port_a_second_wsgate_cannot_listen_beside_the_first() {
     let second = write_config(second_dir.path(), "");
     let body =
         reusing_port(&addr.to_string(), None, backend.addr).replace("reuse_port = true\n", "");
-    std::fs::write(&second, body).unwrap();
-    let out = std::process::Command::new(wsgate_bin())
-        .args(["run", "--config"])
-        .arg(&second)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `wsgate run` on `body`, which must fail to start (status 1): what it says.
+    let refused = |body: String| {
+        std::fs::write(&second, body).unwrap();
+        let out = std::process::Command::new(wsgate_bin())
+            .args(["run", "--config"])
+            .arg(&second)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused(body);
     assert!(
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
     // Asking to share it is not enough: the holder did not. The error says so.
-    std::fs::write(&second, reusing_port(&addr.to_string(), None, backend.addr)).unwrap();
-    let out = std::process::Command::new(wsgate_bin())
-        .args(["run", "--config"])
-        .arg(&second)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(reusing_port(&addr.to_string(), None, backend.addr));
     let hint = "with reuse_port, the process holding it must have bound it with reuse_port on too";
     assert!(stderr.contains(hint), "{stderr}");
 }
