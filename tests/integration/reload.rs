@@ -419,14 +419,13 @@ async fn a_renewal_is_served_while(
 ) {
     let CertFolderProxy {
         server,
+        addr,
+        config,
         folder,
-        conf,
         ..
     } = &CertFolderProxy::start().await;
-    let addr = server.local_addrs()[0];
-    let mut rx = server.reload_status();
-    let config = conf.path().join("wsgate.toml");
-    spoil(&config);
+    let (addr, mut rx) = (*addr, server.reload_status());
+    spoil(config);
     let counted = status_where(&mut rx, what, said).await.failures;
 
     let renewed = renew_in_place(folder);
@@ -462,16 +461,15 @@ async fn a_renewal_is_served_while_the_config_file_is_rejected() {
 async fn a_renewal_is_served_while_the_rejected_file_is_rewritten_nonstop() {
     let CertFolderProxy {
         server,
+        addr,
+        config,
         folder,
-        conf,
         ..
     } = &CertFolderProxy::start().await;
-    let addr = server.local_addrs()[0];
-    let mut rx = server.reload_status();
-    let config = conf.path().join("wsgate.toml");
-    let good = std::fs::read_to_string(&config).unwrap();
+    let (addr, mut rx) = (*addr, server.reload_status());
+    let good = std::fs::read_to_string(config).unwrap();
     let spoiled = format!("{good}{ROUTE_WITHOUT_PATH}");
-    std::fs::write(&config, &spoiled).unwrap();
+    std::fs::write(config, &spoiled).unwrap();
     status_where(&mut rx, "a failed reload", |s| s.failures == 1).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rewriter = {
@@ -1385,8 +1383,12 @@ async fn a_neighbour_written_nonstop_in_the_config_folder_is_no_change_and_no_de
 /// to a backend it keeps running.
 struct CertFolderProxy {
     server: wsgate::Server,
+    /// Its listener.
+    addr: std::net::SocketAddr,
+    /// Its config file, in a folder of its own.
+    config: PathBuf,
     folder: PathBuf,
-    conf: tempfile::TempDir,
+    _conf: tempfile::TempDir,
     secrets: tempfile::TempDir,
     _backend: WsBackend,
 }
@@ -1401,10 +1403,13 @@ impl CertFolderProxy {
         let config = conf.path().join("wsgate.toml");
         let body = route("a", "/a", &[backend.addr]);
         std::fs::write(&config, format!("{}{body}", head_with_cert(&cert, &key))).unwrap();
+        let server = wsgate::Server::start(&config).await.unwrap();
         CertFolderProxy {
-            server: wsgate::Server::start(&config).await.unwrap(),
+            addr: server.local_addrs()[0],
+            server,
+            config,
             folder,
-            conf,
+            _conf: conf,
             secrets,
             _backend: backend,
         }
@@ -1427,12 +1432,12 @@ async fn renewals_are_seen_after_the_folder_is_replaced(
 ) {
     let CertFolderProxy {
         server,
+        addr,
         folder,
         secrets,
         ..
     } = &CertFolderProxy::start().await;
-    let addr = server.local_addrs()[0];
-    let mut rx = server.reload_status();
+    let (addr, mut rx) = (*addr, server.reload_status());
 
     let second = replace(folder, secrets.path());
     generation(&mut rx, 2).await;
