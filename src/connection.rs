@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::tls::TlsStream;
 use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -22,7 +23,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 
 use crate::access_log::{self, Delivery, EndLine};
 use crate::closing::{linger, LINGER_TIME};
@@ -207,7 +207,7 @@ async fn proxy_header(
 }
 
 /// The TLS handshake, with the certificates (and TLS settings) in force when the client's
-/// hello arrives, not at accept: a client that connected just before a rotation, or one slow
+/// hello starts to arrive, not at accept: a client that connected just before a rotation, or one slow
 /// to start, still gets the new certificate.
 async fn tls_handshake(
     tcp: TcpStream,
@@ -221,14 +221,13 @@ async fn tls_handshake(
         true => Unanswered::GoneDuringTls(e),
         false => Unanswered::TlsFailed(e),
     };
-    let hello = match tls::read_hello(tcp).await.map_err(unanswered)? {
-        Hello::Tls(hello) => hello,
+    let (tcp, opening) = match tls::read_hello(tcp).await.map_err(unanswered)? {
+        Hello::Tls(tcp, opening) => (tcp, opening),
         Hello::PlainHttp(tcp) => return Ok(Handshaken::PlainHttp(tcp)),
         Hello::ProxyHeader if header_taken => return Err(Unanswered::SecondProxyHeader),
         Hello::ProxyHeader => return Err(Unanswered::UnexpectedProxyHeader),
     };
-    let tls = hello
-        .into_stream(shared.current().tls.clone())
+    let tls = tls::accept(tcp, opening, shared.current().tls.clone())
         .await
         .map_err(unanswered)?;
     Ok(Handshaken::Tls(tls))

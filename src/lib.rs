@@ -30,9 +30,11 @@
 //!   `connection`: one connection until its answer or tunnel; `closing`: the lingering close
 //!   of a connection that got an answer instead; `limits`: connection counts
 //!   and per-client slots; `proxy_protocol`: the PROXY header; `tls`: PEM → rustls with SNI
-//!   (`tls::expiry`: when the certificates run out, and the warnings about it);
+//!   (`tls::expiry`: when the certificates run out, and the warnings about it;
+//!   `tls::stream`: a client's TLS connection, its buffers lent only while bytes wait in
+//!   them); `pool`: the per-thread buffer pools the TLS streams and the relay borrow from;
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel
-//!   (`splice::direction`: one way of it and its buffer pool; `splice::linger`: its close;
+//!   (`splice::direction`: one way of it; `splice::linger`: its close;
 //!   `splice::outcome`: how it ended; `splice::peer`: what it asks of a socket);
 //!   `relay`: a backend's non-101 answer, passed on at the client's pace;
 //!   `resolve`: backend names to addresses, briefly cached; `socket`: TCP options and the
@@ -68,6 +70,7 @@ mod logging;
 mod memory;
 mod metrics;
 mod path;
+mod pool;
 mod proxy;
 mod proxy_protocol;
 mod relay;

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::tls::TlsStream;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -15,7 +16,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_rustls::server::TlsStream;
 
 use crate::access_log::{self, decide, Line};
 use crate::connection::Conn;
@@ -255,7 +255,7 @@ fn client_splice(
 ) -> Option<ClientSplice> {
     // An upgrade that failed is a client gone before its 101 was out.
     let (tls, early) = client_stream(upgraded.ok()?)?;
-    // The TLS stream is its own buffered reader (rustls's plaintext buffer).
+    // The TLS stream is its own buffered reader (its plaintext buffer).
     let splice = splice::Splice::new(tls, early, backend, backend_early, idle, &conn.shared.drain);
     Some(splice.metered(conn.shared.metrics.meter(route)))
 }

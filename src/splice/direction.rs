@@ -2,13 +2,12 @@
 //! the reader sends is written on as it comes, then its half-close is passed on.
 //!
 //! The two directions hold their bytes differently, so an idle one holds no buffer of ours:
-//! client → backend writes a record's worth straight out of the reader's own buffer (rustls's
-//! plaintext), and gathers smaller records into a pooled buffer first, so a client sending
+//! client → backend writes a record's worth straight out of the reader's own buffer (the TLS
+//! stream's plaintext), and gathers smaller records into a pooled buffer first, so a client sending
 //! a byte per TLS record costs one write per buffer, not one per byte; backend → client
 //! borrows a buffer from a small per-thread pool for each read. Either keeps a pooled buffer
 //! only while its bytes wait to be written.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -18,10 +17,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{CloseReason, Peer};
 
-/// Size of a pooled relay buffer: one full TLS record of plaintext.
-const BUF_SIZE: usize = 16 * 1024;
-/// Buffers kept per worker thread between uses; beyond that they are freed.
-const POOL_CAP: usize = 64;
+use crate::pool::RELAY_SIZE as BUF_SIZE;
 /// Plaintext the TLS reader hands over at once from which client → backend writes without
 /// gathering: a quarter of a full record. Below it, pieces are copied together first, so the
 /// backend gets at least this much per write while the client keeps sending.
@@ -78,8 +74,8 @@ impl Direction {
         }
     }
 
-    /// Client → backend: the reader keeps its own buffer (rustls's plaintext, a record at a
-    /// time). A record's worth is written from it directly; smaller records are gathered into
+    /// Client → backend: the reader keeps its own buffer (the TLS stream's plaintext, one
+    /// record or a few small ones at a time). A record's worth is written from it directly; smaller records are gathered into
     /// a pooled buffer, written out when it is full or the reader has nothing more now.
     pub(super) fn poll_from_buffered<R, W>(
         &mut self,
@@ -279,23 +275,13 @@ fn is_eof(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::UnexpectedEof
 }
 
-thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
 fn acquire() -> Box<[u8]> {
-    POOL.with(|pool| pool.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+    crate::pool::RELAY.take()
 }
 
 fn release(buf: Option<Box<[u8]>>) {
     if let Some(buf) = buf {
-        POOL.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < POOL_CAP {
-                pool.push(buf);
-            }
-        });
+        crate::pool::RELAY.give(buf);
     }
 }
 

@@ -1,8 +1,8 @@
 //! The byte relay between a client and a backend once the backend's 101 has been checked.
 //!
 //! Most WebSocket tunnels are idle most of the time, so an idle tunnel holds no relay buffer:
-//! - client → backend reads straight out of rustls's own plaintext buffer (`AsyncBufRead`), so
-//!   that direction needs no buffer of ours at all;
+//! - client → backend reads straight out of the TLS stream's plaintext buffer (`AsyncBufRead`),
+//!   which the stream holds only while decrypted bytes wait in it (`tls::stream`);
 //! - backend → client borrows a buffer from a small per-thread pool only for the duration of a
 //!   read, and keeps it only while read bytes wait to be written (the way HAProxy does it,
 //!   rather than `copy_bidirectional`'s two 8 KiB buffers held for the tunnel's whole life).

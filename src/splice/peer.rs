@@ -45,17 +45,16 @@ impl PeerSocket for tokio::net::TcpStream {
     }
 }
 
-impl PeerSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+impl PeerSocket for crate::tls::TlsStream<tokio::net::TcpStream> {
     fn peer_error(&self) -> Option<io::ErrorKind> {
-        self.get_ref().0.peer_error()
+        self.get_ref().peer_error()
     }
 
     fn queued(&self) -> Option<u32> {
-        self.get_ref().0.queued()
+        self.get_ref().queued()
     }
 
     fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
-        let (tcp, _) = self.get_mut();
-        Some(tcp)
+        Some(self.get_mut())
     }
 }

@@ -1,29 +1,21 @@
-//! The first bytes of a connection: read until rustls has the client's hello, or found to be
-//! a plain-HTTP request sent to the TLS port.
+//! The first bytes of a connection: read until they tell a TLS ClientHello from a plain-HTTP
+//! request sent to the TLS port, or a PROXY header no one asked for.
 //!
-//! Why not `tokio_rustls::LazyConfigAcceptor`: it hides the bytes it reads, and a client that
-//! speaks `ws://` or `http://` to a `wss://` port (the commonest mistake there is) would get a
-//! TLS alert it cannot show and a log line in rustls's words ("corrupt message of type
-//! InvalidContentType"). Reading them here costs no extra read: the same reads, made the same
-//! way, feed rustls, and only the first byte is looked at.
+//! Why look: a client that speaks `ws://` or `http://` to a `wss://` port (the commonest
+//! mistake there is) would otherwise get a TLS alert it cannot show and a log line in
+//! rustls's words ("corrupt message of type InvalidContentType"). Looking costs no extra read:
+//! the bytes read here are the ones the TLS handshake starts from.
 
-use std::io::{self, Read, Write};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::io;
 
-use rustls::server::Acceptor;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::StartHandshake;
+
+use super::stream::Opening;
 
 /// What a connection opened with.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made and taken apart once per connection; boxing would allocate per handshake"
-)]
 pub(crate) enum Hello {
-    /// A TLS ClientHello, ready for a certificate.
-    Tls(StartHandshake<TcpStream>),
+    /// TLS, as far as its first bytes tell: the handshake starts from them.
+    Tls(TcpStream, Opening),
     /// A plain-text request: its first byte was an ASCII capital, as an HTTP method starts,
     /// which no TLS record does (they start with a content type, 20–24, or SSLv2's 0x80).
     PlainHttp(TcpStream),
@@ -32,43 +24,26 @@ pub(crate) enum Hello {
     ProxyHeader,
 }
 
-/// Reads the connection's first bytes until they are a complete ClientHello, or are plain
-/// HTTP or a PROXY header. Errors are rustls's (its alert sent to the client: what the socket
-/// takes at once, all of it this early, its send buffer empty) or the socket's; a close
-/// before the hello is `UnexpectedEof`.
+/// Reads the connection's first bytes until they tell TLS from plain HTTP or a PROXY header.
+/// A close before they do is `UnexpectedEof`.
 pub(crate) async fn read(mut tcp: TcpStream) -> io::Result<Hello> {
-    let mut acceptor = Acceptor::default();
-    let mut opening = Opening::default();
+    let mut opening = Opening::new();
     let sniffed = std::future::poll_fn(|cx| loop {
-        let mut reader = Reading {
-            tcp: &mut tcp,
-            cx,
-            opening: &mut opening,
-        };
-        match acceptor.read_tls(&mut reader) {
-            Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+        match std::task::ready!(opening.poll_read(cx, &mut tcp)) {
+            Ok(0) => return std::task::Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-            Err(e) => return Poll::Ready(Err(e)),
+            Err(e) => return std::task::Poll::Ready(Err(e)),
         }
-        match sniff(opening.seen()) {
-            Sniff::Tls => {}
-            Sniff::Undecided => continue,
-            Sniff::Not(other) => return Poll::Ready(Ok(Err(other))),
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => return Poll::Ready(Ok(Ok(accepted))),
-            Ok(None) => {}
-            Err((e, mut alert)) => {
-                let _ = alert.write_all(&mut Alerting(&tcp));
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-            }
+        match sniff(opening.bytes()) {
+            Sniff::Tls => return std::task::Poll::Ready(Ok(None)),
+            Sniff::Undecided => {}
+            Sniff::Not(other) => return std::task::Poll::Ready(Ok(Some(other))),
         }
     });
     Ok(match sniffed.await? {
-        Ok(accepted) => Hello::Tls(StartHandshake::from_parts(accepted, tcp)),
-        Err(NotTls::PlainHttp) => Hello::PlainHttp(tcp),
-        Err(NotTls::ProxyHeader) => Hello::ProxyHeader,
+        None => Hello::Tls(tcp, opening),
+        Some(NotTls::PlainHttp) => Hello::PlainHttp(tcp),
+        Some(NotTls::ProxyHeader) => Hello::ProxyHeader,
     })
 }
 
@@ -108,25 +83,6 @@ fn sniff(seen: &[u8]) -> Sniff {
     }
 }
 
-/// A connection's first bytes, as many as [`sniff`] needs.
-#[derive(Default)]
-struct Opening {
-    bytes: [u8; PROXY_V2.len()],
-    len: usize,
-}
-
-impl Opening {
-    fn note(&mut self, read: &[u8]) {
-        let n = read.len().min(self.bytes.len() - self.len);
-        self.bytes[self.len..self.len + n].copy_from_slice(&read[..n]);
-        self.len += n;
-    }
-
-    fn seen(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
 /// What a plain-HTTP client is told, in the protocol it spoke.
 const USE_TLS: &str = "this port speaks TLS: connect with wss:// (or https://)\n";
 
@@ -149,42 +105,6 @@ pub(crate) async fn tell_to_use_tls(mut tcp: TcpStream) {
     // Into an empty send buffer this cannot wait; the bound is for a peer that never reads.
     if let Ok(Ok(())) = tokio::time::timeout(crate::closing::LINGER_TIME, answer).await {
         crate::closing::linger(&mut tcp).await;
-    }
-}
-
-/// The socket as `std::io`'s reader, for rustls: `WouldBlock` when it has nothing yet (the
-/// task then waits for it). Through tokio's `poll_read`, not `try_read`: a read that leaves
-/// the socket empty then marks it so, and the handshake's next read waits for the client
-/// rather than spending a syscall to find nothing. Notes the opening bytes.
-struct Reading<'a, 'b> {
-    tcp: &'a mut TcpStream,
-    cx: &'a mut Context<'b>,
-    opening: &'a mut Opening,
-}
-
-impl Read for Reading<'_, '_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut read = ReadBuf::new(buf);
-        match Pin::new(&mut *self.tcp).poll_read(self.cx, &mut read) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
-        }
-        self.opening.note(read.filled());
-        Ok(read.filled().len())
-    }
-}
-
-/// The socket as `std::io`'s writer, for rustls's alert: what the socket takes now.
-struct Alerting<'a>(&'a TcpStream);
-
-impl Write for Alerting<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -222,11 +142,6 @@ mod tests {
         for start in [&b"P"[..], b"PROX", b"\r\n\r"] {
             assert_eq!(sniff(start), Sniff::Undecided, "{start:?}");
         }
-        let mut opening = Opening::default();
-        for piece in [&b"\r\n\r"[..], b"\n\0\r\nQU", b"IT\n\x21\x11\x00\x0c"] {
-            opening.note(piece);
-        }
-        assert_eq!(opening.seen(), PROXY_V2);
     }
 
     #[test]

@@ -1,0 +1,713 @@
+//! A client's TLS connection, run on rustls's unbuffered API so that its buffers are ours: each
+//! is lent from [`crate::pool::TLS`] only while bytes wait in it, and an idle connection holds
+//! none. (rustls's buffered connection keeps a 4 KiB read buffer for the connection's whole
+//! life: with many quiet tunnels, that was the largest part of what each one cost.)
+//!
+//! Three buffers, each empty and given back most of the time: `incoming` holds TLS bytes
+//! read but not yet taken by rustls (a record's start, while the rest is on its way);
+//! `plain` holds decrypted bytes not yet read; `outgoing` holds TLS bytes not yet written.
+//! The stream is the usual `AsyncRead` + `AsyncBufRead` + `AsyncWrite`, with tokio-rustls's
+//! meaning: a write is taken once encrypted, flushed as the socket takes it; shutdown sends
+//! `close_notify`, then the TCP FIN; a TCP close without `close_notify` reads as
+//! `UnexpectedEof`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::pool::TLS as POOL;
+
+/// The most plaintext one TLS record carries.
+const MAX_FRAGMENT: usize = 16 * 1024;
+/// What one record adds to its plaintext at most: header, explicit nonce (TLS 1.2), content
+/// type (TLS 1.3) and tag, rounded up.
+const RECORD_OVERHEAD: usize = 64;
+/// The most a handshake may leave unprocessed in `incoming`: rustls joins a handshake message
+/// split over records there, and allows such messages up to 64 KiB.
+const MAX_HANDSHAKE_HELD: usize = 64 * 1024 + 20 * 1024;
+
+/// A server-side TLS connection over `io`.
+pub(crate) struct TlsStream<IO> {
+    io: IO,
+    conn: UnbufferedServerConnection,
+    incoming: Held,
+    plain: Held,
+    outgoing: Held,
+    /// The client's `close_notify` arrived: its plaintext ends once `plain` is read.
+    peer_closed: bool,
+    /// The TCP connection's read side reached its end.
+    eof: bool,
+    /// Our `close_notify` is written into `outgoing` (or could not be: rustls had failed).
+    close_queued: bool,
+}
+
+/// The bytes a connection opened with, read before TLS began (to tell TLS from plain HTTP),
+/// for the handshake to start from.
+pub(crate) struct Opening(Held);
+
+impl Opening {
+    pub(crate) fn new() -> Opening {
+        Opening(Held::default())
+    }
+
+    /// Reads once more from `io` into the opening: the bytes read, or 0 at the end of stream.
+    pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut IO,
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_read_from(cx, io)
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.data()
+    }
+}
+
+/// Runs the server side of a TLS handshake over `io`, starting from the bytes already read.
+pub(crate) async fn accept<IO>(
+    io: IO,
+    opening: Opening,
+    config: Arc<ServerConfig>,
+) -> io::Result<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
+    let mut tls = TlsStream {
+        io,
+        conn,
+        incoming: opening.0,
+        plain: Held::default(),
+        outgoing: Held::default(),
+        peer_closed: false,
+        eof: false,
+        close_queued: false,
+    };
+    std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
+    Ok(tls)
+}
+
+/// What rustls made of the bytes received so far.
+enum Progress {
+    /// A record's plaintext was added to `plain`.
+    Plaintext,
+    /// It needs more bytes from the client for its next step.
+    NeedMore,
+    /// The client's `close_notify` arrived.
+    PeerClosed,
+}
+
+impl<IO> TlsStream<IO> {
+    /// The connection under TLS.
+    pub(crate) fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+
+    /// Lets rustls take what `incoming` holds, until it has plaintext for the reader, needs
+    /// more bytes, or fails. What it has to send (handshake messages, alerts, a key update)
+    /// goes into `outgoing`, for the next flush. On failure, the alert telling the client so
+    /// is in `outgoing` too.
+    fn process(&mut self) -> Result<Progress, rustls::Error> {
+        loop {
+            match self.step() {
+                Ok(Some(progress)) => return Ok(progress),
+                Ok(None) => {}
+                Err(e) => {
+                    self.queue_alert();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One state of rustls's: `None` where rustls has more to say before it needs bytes.
+    fn step(&mut self) -> Result<Option<Progress>, rustls::Error> {
+        let Self {
+            conn,
+            incoming,
+            plain,
+            outgoing,
+            ..
+        } = self;
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming.data_mut());
+        let progress = match state {
+            Ok(ConnectionState::ReadTraffic(mut records)) => {
+                while let Some(record) = records.next_record() {
+                    let record = record?;
+                    discard += record.discard;
+                    plain.push(record.payload);
+                }
+                Some(Progress::Plaintext)
+            }
+            Ok(ConnectionState::EncodeTlsData(mut message)) => {
+                encode(&mut message, outgoing)?;
+                None
+            }
+            // It goes out with `outgoing`, before anything written after it.
+            Ok(ConnectionState::TransmitTlsData(sent)) => {
+                sent.done();
+                None
+            }
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Some(Progress::PeerClosed),
+            Ok(ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake) => {
+                Some(Progress::NeedMore)
+            }
+            // Never offered: the config sets no `max_early_data_size`.
+            Ok(ConnectionState::ReadEarlyData(_)) => {
+                return Err(rustls::Error::General("early data not accepted".into()))
+            }
+            Ok(_) => Some(Progress::NeedMore),
+            Err(e) => {
+                incoming.consume(discard);
+                return Err(e);
+            }
+        };
+        incoming.consume(discard);
+        Ok(progress)
+    }
+
+    /// After a failure, rustls has its alert for the client ready: into `outgoing` with it.
+    fn queue_alert(&mut self) {
+        loop {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut message)) => {
+                    if encode(&mut message, &mut self.outgoing).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(sent)) => sent.done(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Encrypts `data` (at most a record's worth) into `outgoing`, or queues `close_notify`
+    /// where `data` is `None`.
+    fn seal(&mut self, data: Option<&[u8]>) -> io::Result<()> {
+        loop {
+            let Self {
+                conn,
+                incoming,
+                plain,
+                outgoing,
+                ..
+            } = self;
+            // The real `incoming`, as rustls asks; what it decrypts now waits in `plain`.
+            let UnbufferedStatus { mut discard, state } =
+                conn.process_tls_records(incoming.data_mut());
+            let sealed = match state {
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    let sealed = outgoing.fill_with(RECORD_OVERHEAD, |room| match data {
+                        Some(data) => traffic.encrypt(data, room),
+                        None => traffic.queue_close_notify(room),
+                    });
+                    Some(sealed.map_err(|e| io::Error::other(e.to_string())))
+                }
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    while let Some(record) = records.next_record() {
+                        let record = record.map_err(invalid_data)?;
+                        discard += record.discard;
+                        plain.push(record.payload);
+                    }
+                    None
+                }
+                Ok(ConnectionState::EncodeTlsData(mut message)) => {
+                    encode(&mut message, outgoing).map_err(invalid_data)?;
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(sent)) => {
+                    sent.done();
+                    None
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    None
+                }
+                Ok(ConnectionState::Closed) => Some(Err(io::ErrorKind::BrokenPipe.into())),
+                Ok(_) => Some(Err(io::ErrorKind::NotConnected.into())),
+                Err(e) => Some(Err(invalid_data(e))),
+            };
+            self.incoming.consume(discard);
+            if let Some(sealed) = sealed {
+                return sealed;
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
+    /// Drives the handshake to its end: the client's `Finished` taken, and everything rustls
+    /// had to send written.
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_write_out(cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.process() {
+                Ok(Progress::Plaintext) => {}
+                Ok(Progress::PeerClosed) => return Poll::Ready(Err(handshake_eof())),
+                Ok(Progress::NeedMore) if !self.outgoing.is_empty() => {}
+                Ok(Progress::NeedMore) => {
+                    if self.incoming.len() >= MAX_HANDSHAKE_HELD {
+                        return Poll::Ready(Err(invalid_data("handshake message too large")));
+                    }
+                    if ready!(self.incoming.poll_read_from(cx, &mut self.io))? == 0 {
+                        return Poll::Ready(Err(handshake_eof()));
+                    }
+                }
+                Err(e) => {
+                    // The alert, if the socket takes it now; the failure is what counts.
+                    let _ = self.poll_write_out(cx);
+                    return Poll::Ready(Err(invalid_data(e)));
+                }
+            }
+        }
+    }
+
+    /// Writes `outgoing` until it is empty (then it goes back to the pool).
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.outgoing.is_empty() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, self.outgoing.data()))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => self.outgoing.consume(n),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        loop {
+            // What is decrypted goes to the reader, unless another full record still fits
+            // beside it: small records are handed over together.
+            if this.peer_closed || (!this.plain.is_empty() && this.plain.room() < MAX_FRAGMENT) {
+                break;
+            }
+            match this.process() {
+                Ok(Progress::Plaintext) => continue,
+                Ok(Progress::PeerClosed) => this.peer_closed = true,
+                Ok(Progress::NeedMore) => {
+                    // rustls's own messages (a key update's answer, session tickets) go out
+                    // now if the socket takes them, else with the next write or flush.
+                    if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    if !this.plain.is_empty() {
+                        break;
+                    }
+                    if this.eof {
+                        return Poll::Ready(Err(truncated()));
+                    }
+                    if ready!(this.incoming.poll_read_from(cx, &mut this.io))? == 0 {
+                        this.eof = true;
+                    }
+                }
+                Err(e) => {
+                    let _ = this.poll_write_out(cx);
+                    return Poll::Ready(Err(invalid_data(e)));
+                }
+            }
+        }
+        Poll::Ready(Ok(this.plain.data()))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        self.get_mut().plain.consume(amt);
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let n = data.len().min(buf.remaining());
+        buf.put_slice(&data[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
+    /// Takes up to a record's worth once it is encrypted, as tokio-rustls does; the bytes go
+    /// out as the socket takes them. Waits only while the last record is still unwritten.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        ready!(this.poll_write_out(cx))?;
+        let n = data.len().min(MAX_FRAGMENT);
+        this.seal(Some(&data[..n]))?;
+        // Started now; what the socket does not take waits for the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    /// `close_notify`, then the TCP FIN.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_queued {
+            ready!(this.poll_write_out(cx))?;
+            this.close_queued = true;
+            // A connection rustls has failed has no close_notify to send: only the FIN.
+            let _ = this.seal(None);
+        }
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+/// Encodes one of rustls's messages into `outgoing`.
+fn encode<Data>(
+    message: &mut rustls::unbuffered::EncodeTlsData<'_, Data>,
+    outgoing: &mut Held,
+) -> Result<(), rustls::Error> {
+    outgoing
+        .fill_with(0, |room| message.encode(room))
+        .map_err(|e| rustls::Error::General(e.to_string()))
+}
+
+/// What rustls's encoders fail with when the room given is too small, and how much they need.
+trait NeedsRoom {
+    fn needs(&self) -> Option<usize>;
+}
+
+impl NeedsRoom for EncodeError {
+    fn needs(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(short) => Some(short.required_size),
+            _ => None,
+        }
+    }
+}
+
+impl NeedsRoom for EncryptError {
+    fn needs(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(short) => Some(short.required_size),
+            _ => None,
+        }
+    }
+}
+
+fn invalid_data(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The client closed TCP during the handshake.
+fn handshake_eof() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof")
+}
+
+/// The client closed TCP without `close_notify`: its stream may have been cut short.
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "peer closed connection without sending TLS close_notify",
+    )
+}
+
+/// Bytes `[start, end)` of a buffer lent from the pool, or no buffer while there are none.
+#[derive(Default)]
+struct Held {
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+}
+
+impl Held {
+    fn data(&self) -> &[u8] {
+        match &self.buf {
+            Some(buf) => &buf[self.start..self.end],
+            None => &[],
+        }
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        match &mut self.buf {
+            Some(buf) => &mut buf[self.start..self.end],
+            None => &mut [],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// How many more bytes fit, once what is held is moved to the front.
+    fn room(&self) -> usize {
+        self.buf.as_ref().map_or(POOL.size, |buf| buf.len()) - self.len()
+    }
+
+    /// Drops `n` bytes from the front; an emptied buffer goes back to the pool.
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if let Some(buf) = self.buf.take() {
+                POOL.give(buf);
+            }
+        }
+    }
+
+    /// Free space behind the held bytes, at least `at_least` bytes of it: a buffer from the
+    /// pool, the held bytes moved to the front, or a larger buffer where that is too little.
+    fn spare(&mut self, at_least: usize) -> &mut [u8] {
+        let buf = self.buf.get_or_insert_with(|| POOL.take());
+        if buf.len() - self.end < at_least && self.start > 0 {
+            buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if buf.len() - self.end < at_least {
+            let mut larger = vec![0u8; self.end + at_least].into_boxed_slice();
+            larger[..self.end].copy_from_slice(&buf[..self.end]);
+            *buf = larger;
+        }
+        &mut buf[self.end..]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Lets `fill` write into the free space (at least `at_least` bytes of it), growing it to
+    /// what `fill` says it needs if that was too little.
+    fn fill_with<E: NeedsRoom>(
+        &mut self,
+        at_least: usize,
+        mut fill: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<(), E> {
+        let mut want = at_least;
+        loop {
+            match fill(self.spare(want)) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) => match e.needs() {
+                    Some(needed) if needed > want => want = needed,
+                    _ => {
+                        // An error with nothing written: a buffer just lent goes back.
+                        self.consume(0);
+                        return Err(e);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads from `io` into the free space: the bytes read, 0 at the end of stream.
+    fn poll_read_from<IO: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut IO,
+    ) -> Poll<io::Result<usize>> {
+        // What is held is a record's start: moved to the front, the rest fits behind it.
+        if let Some(buf) = self.buf.as_mut().filter(|_| self.start > 0) {
+            buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        // Full only with a handshake message spread over records: grown a few KiB at a time.
+        let at_least = if self.room() > 0 { 1 } else { 4096 };
+        let mut read = ReadBuf::new(self.spare(at_least));
+        let polled = Pin::new(io).poll_read(cx, &mut read);
+        let n = read.filled().len();
+        self.end += n;
+        if n == 0 {
+            // Nothing came: a buffer lent for this read goes back.
+            self.consume(0);
+        }
+        polled.map_ok(|()| n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+    impl<IO> TlsStream<IO> {
+        fn holds_a_buffer(&self) -> bool {
+            [&self.incoming, &self.plain, &self.outgoing]
+                .iter()
+                .any(|held| held.buf.is_some())
+        }
+    }
+
+    /// A server config for "localhost" and a client config trusting it.
+    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        crate::tls::install_default_provider();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = CertificateDer::from(cert.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A TCP connection on 127.0.0.1: the server's end and the client's.
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    async fn handshake() -> (TlsStream<TcpStream>, Client) {
+        let (server_config, client_config) = configs();
+        let (server, client) = tcp_pair().await;
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (server, client) = tokio::join!(
+            accept(server, Opening::new(), server_config),
+            connector.connect(name, client)
+        );
+        (server.unwrap(), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_connection_holds_no_buffer_between_exchanges() {
+        let (mut server, mut client) = handshake().await;
+        assert!(!server.holds_a_buffer(), "after the handshake");
+        for round in 0..3 {
+            client.write_all(b"ping").await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            server.write_all(b"pong").await.unwrap();
+            server.flush().await.unwrap();
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"pong");
+            assert!(!server.holds_a_buffer(), "after exchange {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_exceeds_a_record_goes_out_a_record_at_a_time_both_ways() {
+        let (mut server, mut client) = handshake().await;
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let n = server.write(&big).await.unwrap();
+        assert_eq!(n, MAX_FRAGMENT, "one record's worth taken per write");
+        let sent = big.clone();
+        let echo = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.flush().await.unwrap();
+            let mut back = vec![0u8; MAX_FRAGMENT];
+            client.read_exact(&mut back).await.unwrap();
+            back
+        });
+        let mut got = vec![0u8; big.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
+        server.flush().await.unwrap();
+        assert_eq!(echo.await.unwrap(), big[..MAX_FRAGMENT]);
+        assert!(!server.holds_a_buffer());
+    }
+
+    #[tokio::test]
+    async fn close_notify_reads_as_the_end_and_a_bare_close_as_cut_short() {
+        let (mut server, mut client) = handshake().await;
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        // The other way still works after the client's half-close.
+        server.write_all(b"reply").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply");
+
+        let (mut server, client) = handshake().await;
+        let (mut tcp, _) = client.into_inner();
+        tcp.shutdown().await.unwrap();
+        let cut = server.fill_buf().await.unwrap_err();
+        assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(cut.to_string().contains("close_notify"), "{cut}");
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_followed() {
+        let (mut server, mut client) = handshake().await;
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"after the update").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 16];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after the update");
+        server.write_all(b"still here").await.unwrap();
+        server.flush().await.unwrap();
+        let mut reply = [0u8; 10];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"still here");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_hello_fails_the_handshake_with_an_alert_to_the_client() {
+        let (server_config, _) = configs();
+        let (server, mut client) = tcp_pair().await;
+        // A handshake record whose content is no ClientHello.
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0x00, 0x00, 0x00])
+            .await
+            .unwrap();
+        let failed = accept(server, Opening::new(), server_config).await;
+        let e = failed.err().expect("the handshake fails");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()));
+        let mut alert = Vec::new();
+        client.read_to_end(&mut alert).await.unwrap();
+        assert_eq!(alert.first(), Some(&0x15), "an alert record: {alert:?}");
+    }
+}
