@@ -9,7 +9,8 @@
 //! The stream is the usual `AsyncRead` + `AsyncBufRead` + `AsyncWrite`, with tokio-rustls's
 //! meaning: a write is taken once encrypted, flushed as the socket takes it; shutdown sends
 //! `close_notify`, then the TCP FIN; a TCP close without `close_notify` reads as
-//! `UnexpectedEof`.
+//! `UnexpectedEof`. One task polls both ways (hyper, then the splice): a read may write what
+//! rustls has to send (a key update's answer), so the stream is not to be split across tasks.
 
 use std::io;
 use std::pin::Pin;
@@ -28,9 +29,12 @@ const MAX_FRAGMENT: usize = 16 * 1024;
 /// What one record adds to its plaintext at most: header, explicit nonce (TLS 1.2), content
 /// type (TLS 1.3) and tag, rounded up.
 const RECORD_OVERHEAD: usize = 64;
-/// The most a handshake may leave unprocessed in `incoming`: rustls joins a handshake message
-/// split over records there, and allows such messages up to 64 KiB.
-const MAX_HANDSHAKE_HELD: usize = 64 * 1024 + 20 * 1024;
+/// The most `incoming` may hold unprocessed: rustls joins a handshake message split over
+/// records there (during the handshake, or a key update after it), and allows such messages
+/// up to 64 KiB; one record more may be on its way behind them. What is past it is refused,
+/// as rustls's own buffered connection refuses it ("message buffer full"): a client sending a
+/// handshake message a byte per padded record must not make a connection hold megabytes.
+const MAX_HELD: usize = 64 * 1024 + 20 * 1024;
 
 /// A server-side TLS connection over `io`.
 pub(crate) struct TlsStream<IO> {
@@ -45,6 +49,9 @@ pub(crate) struct TlsStream<IO> {
     eof: bool,
     /// Our `close_notify` is written into `outgoing` (or could not be: rustls had failed).
     close_queued: bool,
+    /// rustls failed (its alert is in `outgoing`): every later read and write fails the same
+    /// way, without asking rustls again (it would take the same bad record again).
+    failed: Option<rustls::Error>,
 }
 
 /// The bytes a connection opened with, read before TLS began (to tell TLS from plain HTTP),
@@ -89,6 +96,7 @@ where
         peer_closed: false,
         eof: false,
         close_queued: false,
+        failed: None,
     };
     std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
     Ok(tls)
@@ -120,15 +128,24 @@ impl<IO> TlsStream<IO> {
     /// is in `outgoing` too.
     fn process(&mut self) -> Result<Progress, rustls::Error> {
         loop {
+            if let Some(e) = &self.failed {
+                return Err(e.clone());
+            }
             match self.step() {
                 Ok(Some(progress)) => return Ok(progress),
                 Ok(None) => {}
-                Err(e) => {
-                    self.queue_alert();
-                    return Err(e);
-                }
+                Err(e) => return Err(self.fail(e)),
             }
         }
+    }
+
+    /// rustls failed: its alert goes into `outgoing`, and the failure is kept.
+    fn fail(&mut self, e: rustls::Error) -> rustls::Error {
+        if self.failed.is_none() {
+            self.queue_alert();
+            self.failed = Some(e.clone());
+        }
+        e
     }
 
     /// One state of rustls's: `None` where rustls has more to say before it needs bytes.
@@ -178,17 +195,28 @@ impl<IO> TlsStream<IO> {
     }
 
     /// After a failure, rustls has its alert for the client ready: into `outgoing` with it.
+    /// rustls is asked only while it has something to send: asked once more, it would take
+    /// the record that failed again. And with the real `incoming`, as always: rustls keeps
+    /// positions in it (of a handshake message being joined), and an empty slice in its place
+    /// would make it index out of range.
     fn queue_alert(&mut self) {
-        loop {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
+        while self.conn.wants_write() {
+            let Self {
+                conn,
+                incoming,
+                outgoing,
+                ..
+            } = self;
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming.data_mut());
+            let encoded = match state {
                 Ok(ConnectionState::EncodeTlsData(mut message)) => {
-                    if encode(&mut message, &mut self.outgoing).is_err() {
-                        return;
-                    }
+                    encode(&mut message, outgoing).is_ok()
                 }
-                Ok(ConnectionState::TransmitTlsData(sent)) => sent.done(),
-                _ => return,
+                _ => false,
+            };
+            incoming.consume(discard);
+            if !encoded {
+                return;
             }
         }
     }
@@ -196,6 +224,9 @@ impl<IO> TlsStream<IO> {
     /// Encrypts `data` (at most a record's worth) into `outgoing`, or queues `close_notify`
     /// where `data` is `None`.
     fn seal(&mut self, data: Option<&[u8]>) -> io::Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(invalid_data(e.clone()));
+        }
         loop {
             let Self {
                 conn,
@@ -213,19 +244,25 @@ impl<IO> TlsStream<IO> {
                         Some(data) => traffic.encrypt(data, room),
                         None => traffic.queue_close_notify(room),
                     });
-                    Some(sealed.map_err(|e| io::Error::other(e.to_string())))
+                    Some(Ok(sealed.map_err(|e| io::Error::other(e.to_string()))))
                 }
+                // Records the reader has not taken yet, decrypted on the way: they wait in
+                // `plain` for it (it is not waiting on the socket while they are here).
                 Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    let mut taken = Ok(None);
                     while let Some(record) = records.next_record() {
-                        let record = record.map_err(invalid_data)?;
-                        discard += record.discard;
-                        plain.push(record.payload);
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                plain.push(record.payload);
+                            }
+                            Err(e) => taken = Err(e),
+                        }
                     }
-                    None
+                    taken.transpose()
                 }
                 Ok(ConnectionState::EncodeTlsData(mut message)) => {
-                    encode(&mut message, outgoing).map_err(invalid_data)?;
-                    None
+                    encode(&mut message, outgoing).err().map(Err)
                 }
                 Ok(ConnectionState::TransmitTlsData(sent)) => {
                     sent.done();
@@ -235,13 +272,15 @@ impl<IO> TlsStream<IO> {
                     self.peer_closed = true;
                     None
                 }
-                Ok(ConnectionState::Closed) => Some(Err(io::ErrorKind::BrokenPipe.into())),
-                Ok(_) => Some(Err(io::ErrorKind::NotConnected.into())),
-                Err(e) => Some(Err(invalid_data(e))),
+                Ok(ConnectionState::Closed) => Some(Ok(Err(io::ErrorKind::BrokenPipe.into()))),
+                Ok(_) => Some(Ok(Err(io::ErrorKind::NotConnected.into()))),
+                Err(e) => Some(Err(e)),
             };
             self.incoming.consume(discard);
-            if let Some(sealed) = sealed {
-                return sealed;
+            match sealed {
+                None => {}
+                Some(Ok(sealed)) => return sealed,
+                Some(Err(e)) => return Err(invalid_data(self.fail(e))),
             }
         }
     }
@@ -261,9 +300,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                 Ok(Progress::PeerClosed) => return Poll::Ready(Err(handshake_eof())),
                 Ok(Progress::NeedMore) if !self.outgoing.is_empty() => {}
                 Ok(Progress::NeedMore) => {
-                    if self.incoming.len() >= MAX_HANDSHAKE_HELD {
-                        return Poll::Ready(Err(invalid_data("handshake message too large")));
-                    }
                     if ready!(self.incoming.poll_read_from(cx, &mut self.io))? == 0 {
                         return Poll::Ready(Err(handshake_eof()));
                     }
@@ -356,6 +392,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         let this = self.get_mut();
         if data.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        if this.close_queued {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         ready!(this.poll_write_out(cx))?;
         let n = data.len().min(MAX_FRAGMENT);
@@ -542,8 +581,17 @@ impl Held {
             buf.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
         }
-        // Full only with a handshake message spread over records: grown a few KiB at a time.
-        let at_least = if self.room() > 0 { 1 } else { 4096 };
+        // Full only with a handshake message spread over records: grown by half at a time, up
+        // to the limit.
+        if self.len() >= MAX_HELD {
+            return Poll::Ready(Err(invalid_data(rustls::Error::General(
+                "message buffer full".into(),
+            ))));
+        }
+        let at_least = match self.room() {
+            0 => (self.len() / 2).min(MAX_HELD - self.len()),
+            _ => 1,
+        };
         let mut read = ReadBuf::new(self.spare(at_least));
         let polled = Pin::new(io).poll_read(cx, &mut read);
         let n = read.filled().len();
@@ -559,6 +607,7 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -576,8 +625,8 @@ mod tests {
         }
     }
 
-    /// A server config for "localhost" and a client config trusting it.
-    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+    /// A server config for "localhost", and the roots a client trusts it with.
+    fn pki() -> (Arc<ServerConfig>, rustls::RootCertStore) {
         crate::tls::install_default_provider();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let der = CertificateDer::from(cert.cert.der().to_vec());
@@ -588,10 +637,16 @@ mod tests {
             .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
+        (Arc::new(server), roots)
+    }
+
+    /// A server config for "localhost" and a client config trusting it.
+    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let (server, roots) = pki();
         let client = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
+        (server, Arc::new(client))
     }
 
     /// A TCP connection on 127.0.0.1: the server's end and the client's.
@@ -604,6 +659,13 @@ mod tests {
 
     async fn handshake() -> (TlsStream<TcpStream>, Client) {
         let (server_config, client_config) = configs();
+        handshake_with(server_config, client_config).await
+    }
+
+    async fn handshake_with(
+        server_config: Arc<ServerConfig>,
+        client_config: Arc<rustls::ClientConfig>,
+    ) -> (TlsStream<TcpStream>, Client) {
         let (server, client) = tcp_pair().await;
         let connector = tokio_rustls::TlsConnector::from(client_config);
         let name = ServerName::try_from("localhost").unwrap();
@@ -709,5 +771,125 @@ mod tests {
         let mut alert = Vec::new();
         client.read_to_end(&mut alert).await.unwrap();
         assert_eq!(alert.first(), Some(&0x15), "an alert record: {alert:?}");
+    }
+
+    /// `accept` over what a client sends, in a task of its own: its error, or `None` for a
+    /// panic. The client's end stays open until it is over.
+    async fn handshake_error_on(bytes: &[u8]) -> Option<io::Error> {
+        let (server_config, _) = configs();
+        let (server, mut client) = tcp_pair().await;
+        client.write_all(bytes).await.unwrap();
+        let task = tokio::spawn(accept(server, Opening::new(), server_config));
+        let ended = task.await;
+        drop(client);
+        ended.ok()?.err()
+    }
+
+    /// rustls keeps positions in the buffer it is given (of a handshake message being
+    /// joined): each of these once made it index past the end of an empty one.
+    #[tokio::test]
+    async fn a_broken_hello_is_refused_without_a_panic() {
+        let cases: [&[u8]; 2] = [
+            // A ClientHello's start (it says 100 bytes), then an alert record in between.
+            &[0x16, 3, 1, 0, 5, 1, 0, 0, 100, 3, 0x15, 3, 1, 0, 2, 2, 40],
+            // Two malformed handshake messages in one record.
+            &[0x16, 3, 1, 0, 8, 0xff, 0, 0, 0, 0xff, 0, 0, 0],
+        ];
+        for bytes in cases {
+            let e = handshake_error_on(bytes).await;
+            let e = e.unwrap_or_else(|| panic!("accept panicked on {bytes:?}"));
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bytes:?}: {e}");
+        }
+    }
+
+    /// rustls does not drop a record it fails to decrypt: asked again, it would take the
+    /// same record again (and, in a debug build, panic sending a second fatal alert).
+    #[tokio::test]
+    async fn a_record_that_does_not_decrypt_fails_every_later_read_and_write() {
+        let (mut server, client) = handshake().await;
+        let (mut tcp, _) = client.into_inner();
+        let mut record = vec![0x17, 3, 3, 0, 32];
+        record.extend([7u8; 32]);
+        tcp.write_all(&record).await.unwrap();
+        let first = server.fill_buf().await.unwrap_err();
+        assert_eq!(first.kind(), io::ErrorKind::InvalidData);
+        let again = server.fill_buf().await.unwrap_err();
+        assert_eq!(again.to_string(), first.to_string());
+        let write = server.write(b"x").await.unwrap_err();
+        assert_eq!(write.to_string(), first.to_string());
+        // The client was told, once: behind the session tickets, one alert record (an
+        // encrypted one: TLS 1.3 hides its type), then the FIN of the shutdown.
+        server.shutdown().await.unwrap();
+        let mut told = Vec::new();
+        tcp.read_to_end(&mut told).await.unwrap();
+        let alert_len = 2 + 1 + 16;
+        let (before, last) = told.split_at(told.len() - (5 + alert_len));
+        assert_eq!(last[..5], [0x17, 3, 3, 0, alert_len as u8], "{told:?}");
+        assert!(!before.ends_with(&last[..5]), "a second alert: {told:?}");
+    }
+
+    /// A handshake message a byte per record, each record padded to 16 KB: rustls keeps
+    /// every record until the message is whole, and the buffer is capped as rustls's own is.
+    #[tokio::test]
+    async fn a_handshake_message_spread_over_padded_records_cannot_grow_the_buffer_unbounded() {
+        use rustls::crypto::aws_lc_rs as provider;
+        use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+        use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion};
+
+        let (server_config, roots) = pki();
+        let mut only_aes128 = provider::default_provider();
+        only_aes128.cipher_suites = vec![provider::cipher_suite::TLS13_AES_128_GCM_SHA256];
+        let mut client_config = rustls::ClientConfig::builder_with_provider(only_aes128.into())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client_config.enable_secret_extraction = true;
+        let (mut server, client) = handshake_with(server_config, Arc::new(client_config)).await;
+        let (mut tcp, conn) = client.into_inner();
+        let secrets = conn.dangerous_extract_secrets().unwrap();
+        let (mut seq, ConnectionTrafficSecrets::Aes128Gcm { key, iv }) = secrets.tx else {
+            panic!("not AES-128-GCM")
+        };
+        let suite = provider::cipher_suite::TLS13_AES_128_GCM_SHA256;
+        let mut sealer = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
+        let writer = tokio::spawn(async move {
+            for i in 0..200 {
+                // A key update's header saying 65,535 bytes, then one byte per record; the
+                // record's inner type (handshake) and 16,000 bytes of TLS 1.3 padding, spelt
+                // out here: the sealer appends `typ`, 0, as one more byte of padding.
+                let mut inner = if i == 0 {
+                    vec![24, 0, 0xff, 0xff]
+                } else {
+                    vec![0]
+                };
+                inner.push(0x16);
+                inner.resize(inner.len() + 16_000, 0);
+                let message = OutboundPlainMessage {
+                    typ: ContentType::from(0u8),
+                    version: ProtocolVersion::TLSv1_2,
+                    payload: OutboundChunks::Single(&inner),
+                };
+                let record = sealer.encrypt(message, seq).unwrap().encode();
+                seq += 1;
+                if tcp.write_all(&record).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Bounded, so that a buffer taking all 200 records (3.2 MB) fails here, not hangs.
+        let refused = tokio::time::timeout(Duration::from_secs(30), server.fill_buf()).await;
+        writer.abort();
+        let e = match refused {
+            Ok(read) => read.map(|plain| plain.len()).expect_err("refused"),
+            Err(_) => panic!("no refusal: incoming holds {} bytes", server.incoming.len()),
+        };
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("message buffer full"), "{e}");
+        assert!(
+            server.incoming.len() <= MAX_HELD,
+            "{}",
+            server.incoming.len()
+        );
     }
 }
