@@ -892,4 +892,71 @@ mod tests {
             server.incoming.len()
         );
     }
+
+    /// A real ClientHello for "localhost", as its records come off the wire.
+    fn client_hello() -> Vec<u8> {
+        let (_, client_config) = configs();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        wire
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Whatever a client opens with (a real hello with bytes changed, cut short, or with
+        /// records of any type behind it), the handshake ends once the client has sent it and
+        /// closed, with an error, and without a panic: a stuck handshake fails here at once,
+        /// as the clock is paused and the bound elapses as soon as nothing else can happen.
+        #[test]
+        fn any_opening_ends_the_handshake_without_a_panic(
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..4),
+            cut in proptest::num::usize::ANY,
+            trailing in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![20u8, 21, 22, 23, 24, 0, 255]),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                    proptest::bool::ANY,
+                ),
+                0..4,
+            ),
+        ) {
+            let mut wire = client_hello();
+            for (at, byte) in flips {
+                let at = at % wire.len();
+                wire[at] = byte;
+            }
+            wire.truncate(cut % (wire.len() + 1));
+            for (typ, fragment, honest_length) in trailing {
+                let len = match honest_length {
+                    true => fragment.len() as u16,
+                    false => 0x4800,
+                };
+                wire.extend([typ, 3, 3]);
+                wire.extend(len.to_be_bytes());
+                wire.extend(fragment);
+            }
+            let (server_config, _) = configs();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let ended = runtime.block_on(async move {
+                let (server, mut client) = tokio::io::duplex(1 << 20);
+                client.write_all(&wire).await.unwrap();
+                client.shutdown().await.unwrap();
+                let handshake = accept(server, Opening::new(), server_config);
+                tokio::time::timeout(Duration::from_secs(60), handshake).await
+            });
+            let Ok(handshake) = ended else {
+                panic!("the handshake did not end after the client closed");
+            };
+            proptest::prop_assert!(handshake.is_err());
+        }
+    }
 }
