@@ -52,6 +52,8 @@ pub(crate) struct TlsStream<IO> {
     /// rustls failed (its alert is in `outgoing`): every later read and write fails the same
     /// way, without asking rustls again (it would take the same bad record again).
     failed: Option<rustls::Error>,
+    /// A write to the socket failed, this way.
+    write_failed: Option<io::ErrorKind>,
 }
 
 /// The bytes a connection opened with, read before TLS began (to tell TLS from plain HTTP),
@@ -97,6 +99,7 @@ where
         eof: false,
         close_queued: false,
         failed: None,
+        write_failed: None,
     };
     std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
     Ok(tls)
@@ -314,12 +317,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     }
 
     /// Writes `outgoing` until it is empty (then it goes back to the pool).
+    /// A failed write is kept: what `outgoing` held can never be sent and is dropped, and
+    /// every later write fails the same way (reads do not: what the client sent before it
+    /// went is still to be read).
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(kind) = self.write_failed {
+            return Poll::Ready(Err(kind.into()));
+        }
         while !self.outgoing.is_empty() {
-            match ready!(Pin::new(&mut self.io).poll_write(cx, self.outgoing.data()))? {
-                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                n => self.outgoing.consume(n),
-            }
+            let failure = match ready!(Pin::new(&mut self.io).poll_write(cx, self.outgoing.data()))
+            {
+                Ok(0) => io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    self.outgoing.consume(n);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            self.write_failed = Some(failure.kind());
+            self.outgoing.consume(self.outgoing.len());
+            return Poll::Ready(Err(failure));
         }
         Poll::Ready(Ok(()))
     }
@@ -339,10 +356,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
                 Ok(Progress::PeerClosed) => this.peer_closed = true,
                 Ok(Progress::NeedMore) => {
                     // rustls's own messages (a key update's answer, session tickets) go out
-                    // now if the socket takes them, else with the next write or flush.
-                    if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
-                        return Poll::Ready(Err(e));
-                    }
+                    // now if the socket takes them, else with the next write or flush. A
+                    // failed write is the writer's to report: the client may have sent its
+                    // last bytes and gone, and those are still to be read.
+                    let _ = this.poll_write_out(cx);
                     if !this.plain.is_empty() {
                         break;
                     }
@@ -422,7 +439,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             let _ = this.seal(None);
         }
         ready!(this.poll_write_out(cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        // As tokio-rustls: a connection the peer has already ended is shut.
+        match ready!(Pin::new(&mut this.io).poll_shutdown(cx)) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            done => Poll::Ready(done),
+        }
     }
 }
 
@@ -958,5 +979,79 @@ mod tests {
             };
             proptest::prop_assert!(handshake.is_err());
         }
+    }
+
+    /// A socket whose writes fail once told to, as a client's does once it has reset.
+    struct WritesFail {
+        tcp: TcpStream,
+        failing: bool,
+    }
+
+    impl AsyncRead for WritesFail {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for WritesFail {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.failing {
+                true => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                false => Pin::new(&mut self.tcp).poll_write(cx, data),
+            }
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_shutdown(cx)
+        }
+    }
+
+    /// The relay ends only the direction writing to a client its writes fail on: what that
+    /// client sent before it went must still be read, not failed with the write's error.
+    #[tokio::test]
+    async fn a_failed_write_leaves_what_the_client_sent_to_be_read() {
+        let (server_config, client_config) = configs();
+        let (server, client) = tcp_pair().await;
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let name = ServerName::try_from("localhost").unwrap();
+        let server = WritesFail {
+            tcp: server,
+            failing: false,
+        };
+        let (server, client) = tokio::join!(
+            accept(server, Opening::new(), server_config),
+            connector.connect(name, client)
+        );
+        let (mut server, mut client) = (server.unwrap(), client.unwrap());
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        server.get_mut().failing = true;
+        let failed = server.write(b"to a client gone").await.unwrap_err();
+        assert_eq!(failed.kind(), io::ErrorKind::BrokenPipe);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        let again = server.write(b"more").await.unwrap_err();
+        assert_eq!(
+            again.kind(),
+            io::ErrorKind::BrokenPipe,
+            "the failure is kept"
+        );
+        assert!(
+            !server.holds_a_buffer(),
+            "what could not be sent is dropped"
+        );
     }
 }
