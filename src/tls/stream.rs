@@ -545,19 +545,40 @@ impl Held {
     }
 
     /// Free space behind the held bytes, at least `at_least` bytes of it: a buffer from the
-    /// pool, the held bytes moved to the front, or a larger buffer where that is too little.
+    /// pool, the held bytes moved to the front, or the held bytes moved to a pooled buffer (from
+    /// a small one, see [`Held::shrink`]) or to a larger one, where that is too little.
     fn spare(&mut self, at_least: usize) -> &mut [u8] {
+        let len = self.len();
         let buf = self.buf.get_or_insert_with(|| POOL.take());
-        if buf.len() - self.end < at_least && self.start > 0 {
+        if buf.len() - self.end < at_least && buf.len() - len >= at_least {
             buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-        }
-        if buf.len() - self.end < at_least {
-            let mut larger = vec![0u8; self.end + at_least].into_boxed_slice();
-            larger[..self.end].copy_from_slice(&buf[..self.end]);
-            *buf = larger;
+            (self.start, self.end) = (0, len);
+        } else if buf.len() - self.end < at_least {
+            let mut moved = match len + at_least <= POOL.size {
+                true => POOL.take(),
+                false => vec![0u8; len + at_least].into_boxed_slice(),
+            };
+            moved[..len].copy_from_slice(&buf[self.start..self.end]);
+            POOL.give(std::mem::replace(buf, moved));
+            (self.start, self.end) = (0, len);
         }
         &mut buf[self.end..]
+    }
+
+    /// Keeps only the bytes held, not the buffer around them: for a connection about to wait
+    /// with a record's start received (a client stalled mid-handshake, or between the
+    /// segments of a record), which may wait long. The next read moves them to a pooled
+    /// buffer again.
+    fn shrink(&mut self) {
+        if let Some(buf) = self
+            .buf
+            .as_mut()
+            .filter(|buf| buf.len() > self.end - self.start)
+        {
+            let kept: Box<[u8]> = buf[self.start..self.end].into();
+            POOL.give(std::mem::replace(buf, kept));
+            (self.start, self.end) = (0, self.end - self.start);
+        }
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -597,29 +618,27 @@ impl Held {
         cx: &mut Context<'_>,
         io: &mut IO,
     ) -> Poll<io::Result<usize>> {
-        // What is held is a record's start: moved to the front, the rest fits behind it.
-        if let Some(buf) = self.buf.as_mut().filter(|_| self.start > 0) {
-            buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-        }
-        // Full only with a handshake message spread over records: grown by half at a time, up
-        // to the limit.
         if self.len() >= MAX_HELD {
             return Poll::Ready(Err(invalid_data(rustls::Error::General(
                 "message buffer full".into(),
             ))));
         }
-        let at_least = match self.room() {
-            0 => (self.len() / 2).min(MAX_HELD - self.len()),
-            _ => 1,
+        // What is held is a record's start: the rest of a pooled buffer behind it, or, past
+        // that (a handshake message spread over records), half as much again, up to the limit.
+        let at_least = match POOL.size.checked_sub(self.len()) {
+            Some(rest) if rest > 0 => rest,
+            _ => (self.len() / 2).min(MAX_HELD - self.len()),
         };
         let mut read = ReadBuf::new(self.spare(at_least));
         let polled = Pin::new(io).poll_read(cx, &mut read);
         let n = read.filled().len();
         self.end += n;
-        if n == 0 {
-            // Nothing came: a buffer lent for this read goes back.
-            self.consume(0);
+        match polled {
+            // Nothing held: a buffer lent for this read goes back. A record's start held
+            // while the connection waits: just those bytes are kept.
+            _ if self.is_empty() => self.consume(0),
+            Poll::Pending => self.shrink(),
+            _ => {}
         }
         polled.map_ok(|()| n)
     }
@@ -1052,6 +1071,37 @@ mod tests {
         assert!(
             !server.holds_a_buffer(),
             "what could not be sent is dropped"
+        );
+    }
+
+    /// A client that stalls with part of a record sent (its hello's first bytes, or a record
+    /// cut between segments) keeps those bytes held while it waits, not a pooled buffer.
+    #[tokio::test]
+    async fn a_record_started_and_stalled_holds_only_its_bytes() {
+        let (server_config, _) = configs();
+        let (mut tcp, mut client) = tcp_pair().await;
+        let hello = client_hello();
+        client.write_all(&hello[..7]).await.unwrap();
+        let mut opening = Opening::new();
+        while opening.bytes().len() < 7 {
+            tcp.readable().await.unwrap();
+            let _ = std::future::poll_fn(|cx| Poll::Ready(opening.poll_read(cx, &mut tcp))).await;
+        }
+        let waits =
+            std::future::poll_fn(|cx| Poll::Ready(opening.poll_read(cx, &mut tcp).is_pending()));
+        assert!(waits.await, "nothing more has been sent");
+        let held = opening.0.buf.as_ref().map(|buf| buf.len());
+        assert_eq!(held, Some(7), "just the bytes held");
+        // The rest of the hello: the handshake goes on from the bytes kept.
+        client.write_all(&hello[7..]).await.unwrap();
+        let server = tokio::spawn(accept(tcp, opening, server_config));
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer[0], 0x16, "a ServerHello: the hello was read whole");
+        drop(client);
+        assert!(
+            server.await.unwrap().is_err(),
+            "the client left mid-handshake"
         );
     }
 }
