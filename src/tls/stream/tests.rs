@@ -1,0 +1,461 @@
+//! The TLS stream against a real rustls client on 127.0.0.1, and against what no client
+//! should send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl<IO> TlsStream<IO> {
+    fn holds_a_buffer(&self) -> bool {
+        [&self.incoming, &self.plain, &self.outgoing]
+            .iter()
+            .any(|held| held.buf.is_some())
+    }
+}
+
+/// A server config for "localhost", and the roots a client trusts it with.
+fn pki() -> (Arc<ServerConfig>, rustls::RootCertStore) {
+    crate::tls::install_default_provider();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let der = CertificateDer::from(cert.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    (Arc::new(server), roots)
+}
+
+/// A server config for "localhost" and a client config trusting it.
+fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+    let (server, roots) = pki();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (server, Arc::new(client))
+}
+
+/// A TCP connection on 127.0.0.1: the server's end and the client's.
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (client, accepted) = tokio::join!(client, listener.accept());
+    (accepted.unwrap().0, client.unwrap())
+}
+
+async fn handshake() -> (TlsStream<TcpStream>, Client) {
+    let (server_config, client_config) = configs();
+    handshake_with(server_config, client_config).await
+}
+
+async fn handshake_with(
+    server_config: Arc<ServerConfig>,
+    client_config: Arc<rustls::ClientConfig>,
+) -> (TlsStream<TcpStream>, Client) {
+    let (server, client) = tcp_pair().await;
+    let connector = tokio_rustls::TlsConnector::from(client_config);
+    let name = ServerName::try_from("localhost").unwrap();
+    let (server, client) = tokio::join!(
+        accept(server, Opening::new(), server_config),
+        connector.connect(name, client)
+    );
+    (server.unwrap(), client.unwrap())
+}
+
+#[tokio::test]
+async fn a_connection_holds_no_buffer_between_exchanges() {
+    let (mut server, mut client) = handshake().await;
+    assert!(!server.holds_a_buffer(), "after the handshake");
+    for round in 0..3 {
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        assert!(!server.holds_a_buffer(), "after exchange {round}");
+    }
+}
+
+#[tokio::test]
+async fn what_exceeds_a_record_goes_out_a_record_at_a_time_both_ways() {
+    let (mut server, mut client) = handshake().await;
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let n = server.write(&big).await.unwrap();
+    assert_eq!(n, MAX_FRAGMENT, "one record's worth taken per write");
+    let sent = big.clone();
+    let echo = tokio::spawn(async move {
+        client.write_all(&sent).await.unwrap();
+        client.flush().await.unwrap();
+        let mut back = vec![0u8; MAX_FRAGMENT];
+        client.read_exact(&mut back).await.unwrap();
+        back
+    });
+    let mut got = vec![0u8; big.len()];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, big);
+    server.flush().await.unwrap();
+    assert_eq!(echo.await.unwrap(), big[..MAX_FRAGMENT]);
+    assert!(!server.holds_a_buffer());
+}
+
+#[tokio::test]
+async fn close_notify_reads_as_the_end_and_a_bare_close_as_cut_short() {
+    let (mut server, mut client) = handshake().await;
+    client.write_all(b"last words").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"last words");
+    // The other way still works after the client's half-close.
+    server.write_all(b"reply").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"reply");
+
+    let (mut server, client) = handshake().await;
+    let (mut tcp, _) = client.into_inner();
+    tcp.shutdown().await.unwrap();
+    let cut = server.fill_buf().await.unwrap_err();
+    assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof);
+    assert!(cut.to_string().contains("close_notify"), "{cut}");
+}
+
+#[tokio::test]
+async fn a_key_update_from_the_client_is_followed() {
+    let (mut server, mut client) = handshake().await;
+    client.get_mut().1.refresh_traffic_keys().unwrap();
+    client.write_all(b"after the update").await.unwrap();
+    client.flush().await.unwrap();
+    let mut got = [0u8; 16];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"after the update");
+    server.write_all(b"still here").await.unwrap();
+    server.flush().await.unwrap();
+    let mut reply = [0u8; 10];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"still here");
+}
+
+#[tokio::test]
+async fn a_malformed_hello_fails_the_handshake_with_an_alert_to_the_client() {
+    let (server_config, _) = configs();
+    let (server, mut client) = tcp_pair().await;
+    // A handshake record whose content is no ClientHello.
+    client
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0x00, 0x00, 0x00])
+        .await
+        .unwrap();
+    let failed = accept(server, Opening::new(), server_config).await;
+    let e = failed.err().expect("the handshake fails");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()));
+    let mut alert = Vec::new();
+    client.read_to_end(&mut alert).await.unwrap();
+    assert_eq!(alert.first(), Some(&0x15), "an alert record: {alert:?}");
+}
+
+/// `accept` over what a client sends, in a task of its own: its error, or `None` for a
+/// panic. The client's end stays open until it is over.
+async fn handshake_error_on(bytes: &[u8]) -> Option<io::Error> {
+    let (server_config, _) = configs();
+    let (server, mut client) = tcp_pair().await;
+    client.write_all(bytes).await.unwrap();
+    let task = tokio::spawn(accept(server, Opening::new(), server_config));
+    let ended = task.await;
+    drop(client);
+    ended.ok()?.err()
+}
+
+/// rustls keeps positions in the buffer it is given (of a handshake message being
+/// joined): each of these once made it index past the end of an empty one.
+#[tokio::test]
+async fn a_broken_hello_is_refused_without_a_panic() {
+    let cases: [&[u8]; 2] = [
+        // A ClientHello's start (it says 100 bytes), then an alert record in between.
+        &[0x16, 3, 1, 0, 5, 1, 0, 0, 100, 3, 0x15, 3, 1, 0, 2, 2, 40],
+        // Two malformed handshake messages in one record.
+        &[0x16, 3, 1, 0, 8, 0xff, 0, 0, 0, 0xff, 0, 0, 0],
+    ];
+    for bytes in cases {
+        let e = handshake_error_on(bytes).await;
+        let e = e.unwrap_or_else(|| panic!("accept panicked on {bytes:?}"));
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bytes:?}: {e}");
+    }
+}
+
+/// rustls does not drop a record it fails to decrypt: asked again, it would take the
+/// same record again (and, in a debug build, panic sending a second fatal alert).
+#[tokio::test]
+async fn a_record_that_does_not_decrypt_fails_every_later_read_and_write() {
+    let (mut server, client) = handshake().await;
+    let (mut tcp, _) = client.into_inner();
+    let mut record = vec![0x17, 3, 3, 0, 32];
+    record.extend([7u8; 32]);
+    tcp.write_all(&record).await.unwrap();
+    let first = server.fill_buf().await.unwrap_err();
+    assert_eq!(first.kind(), io::ErrorKind::InvalidData);
+    let again = server.fill_buf().await.unwrap_err();
+    assert_eq!(again.to_string(), first.to_string());
+    let write = server.write(b"x").await.unwrap_err();
+    assert_eq!(write.to_string(), first.to_string());
+    // The client was told, once: behind the session tickets, one alert record (an
+    // encrypted one: TLS 1.3 hides its type), then the FIN of the shutdown.
+    server.shutdown().await.unwrap();
+    let mut told = Vec::new();
+    tcp.read_to_end(&mut told).await.unwrap();
+    let alert_len = 2 + 1 + 16;
+    let (before, last) = told.split_at(told.len() - (5 + alert_len));
+    assert_eq!(last[..5], [0x17, 3, 3, 0, alert_len as u8], "{told:?}");
+    assert!(!before.ends_with(&last[..5]), "a second alert: {told:?}");
+}
+
+/// A handshake message a byte per record, each record padded to 16 KB: rustls keeps
+/// every record until the message is whole, and the buffer is capped as rustls's own is.
+#[tokio::test]
+async fn a_handshake_message_spread_over_padded_records_cannot_grow_the_buffer_unbounded() {
+    use rustls::crypto::aws_lc_rs as provider;
+    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+    use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion};
+
+    let (server_config, roots) = pki();
+    let mut only_aes128 = provider::default_provider();
+    only_aes128.cipher_suites = vec![provider::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    let mut client_config = rustls::ClientConfig::builder_with_provider(only_aes128.into())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client_config.enable_secret_extraction = true;
+    let (mut server, client) = handshake_with(server_config, Arc::new(client_config)).await;
+    let (mut tcp, conn) = client.into_inner();
+    let secrets = conn.dangerous_extract_secrets().unwrap();
+    let (mut seq, ConnectionTrafficSecrets::Aes128Gcm { key, iv }) = secrets.tx else {
+        panic!("not AES-128-GCM")
+    };
+    let suite = provider::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let mut sealer = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
+    let writer = tokio::spawn(async move {
+        for i in 0..200 {
+            // A key update's header saying 65,535 bytes, then one byte per record; the
+            // record's inner type (handshake) and 16,000 bytes of TLS 1.3 padding, spelt
+            // out here: the sealer appends `typ`, 0, as one more byte of padding.
+            let mut inner = if i == 0 {
+                vec![24, 0, 0xff, 0xff]
+            } else {
+                vec![0]
+            };
+            inner.push(0x16);
+            inner.resize(inner.len() + 16_000, 0);
+            let message = OutboundPlainMessage {
+                typ: ContentType::from(0u8),
+                version: ProtocolVersion::TLSv1_2,
+                payload: OutboundChunks::Single(&inner),
+            };
+            let record = sealer.encrypt(message, seq).unwrap().encode();
+            seq += 1;
+            if tcp.write_all(&record).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Bounded, so that a buffer taking all 200 records (3.2 MB) fails here, not hangs.
+    let refused = tokio::time::timeout(Duration::from_secs(30), server.fill_buf()).await;
+    writer.abort();
+    let e = match refused {
+        Ok(read) => read.map(|plain| plain.len()).expect_err("refused"),
+        Err(_) => panic!("no refusal: incoming holds {} bytes", server.incoming.len()),
+    };
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("message buffer full"), "{e}");
+    assert!(
+        server.incoming.len() <= MAX_HELD,
+        "{}",
+        server.incoming.len()
+    );
+}
+
+/// A real ClientHello for "localhost", as its records come off the wire.
+fn client_hello() -> Vec<u8> {
+    let (_, client_config) = configs();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut wire).unwrap();
+    }
+    wire
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Whatever a client opens with (a real hello with bytes changed, cut short, or with
+    /// records of any type behind it), the handshake ends once the client has sent it and
+    /// closed, with an error, and without a panic: a stuck handshake fails here at once,
+    /// as the clock is paused and the bound elapses as soon as nothing else can happen.
+    #[test]
+    fn any_opening_ends_the_handshake_without_a_panic(
+        flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..4),
+        cut in proptest::num::usize::ANY,
+        trailing in proptest::collection::vec(
+            (
+                proptest::sample::select(vec![20u8, 21, 22, 23, 24, 0, 255]),
+                proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                proptest::bool::ANY,
+            ),
+            0..4,
+        ),
+    ) {
+        let mut wire = client_hello();
+        for (at, byte) in flips {
+            let at = at % wire.len();
+            wire[at] = byte;
+        }
+        wire.truncate(cut % (wire.len() + 1));
+        for (typ, fragment, honest_length) in trailing {
+            let len = match honest_length {
+                true => fragment.len() as u16,
+                false => 0x4800,
+            };
+            wire.extend([typ, 3, 3]);
+            wire.extend(len.to_be_bytes());
+            wire.extend(fragment);
+        }
+        let (server_config, _) = configs();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let ended = runtime.block_on(async move {
+            let (server, mut client) = tokio::io::duplex(1 << 20);
+            client.write_all(&wire).await.unwrap();
+            client.shutdown().await.unwrap();
+            let handshake = accept(server, Opening::new(), server_config);
+            tokio::time::timeout(Duration::from_secs(60), handshake).await
+        });
+        let Ok(handshake) = ended else {
+            panic!("the handshake did not end after the client closed");
+        };
+        proptest::prop_assert!(handshake.is_err());
+    }
+}
+
+/// A socket whose writes fail once told to, as a client's does once it has reset.
+struct WritesFail {
+    tcp: TcpStream,
+    failing: bool,
+}
+
+impl AsyncRead for WritesFail {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WritesFail {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.failing {
+            true => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            false => Pin::new(&mut self.tcp).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// The relay ends only the direction writing to a client its writes fail on: what that
+/// client sent before it went must still be read, not failed with the write's error.
+#[tokio::test]
+async fn a_failed_write_leaves_what_the_client_sent_to_be_read() {
+    let (server_config, client_config) = configs();
+    let (server, client) = tcp_pair().await;
+    let connector = tokio_rustls::TlsConnector::from(client_config);
+    let name = ServerName::try_from("localhost").unwrap();
+    let server = WritesFail {
+        tcp: server,
+        failing: false,
+    };
+    let (server, client) = tokio::join!(
+        accept(server, Opening::new(), server_config),
+        connector.connect(name, client)
+    );
+    let (mut server, mut client) = (server.unwrap(), client.unwrap());
+    client.write_all(b"last words").await.unwrap();
+    client.shutdown().await.unwrap();
+    server.get_mut().failing = true;
+    let failed = server.write(b"to a client gone").await.unwrap_err();
+    assert_eq!(failed.kind(), io::ErrorKind::BrokenPipe);
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"last words");
+    let again = server.write(b"more").await.unwrap_err();
+    assert_eq!(
+        again.kind(),
+        io::ErrorKind::BrokenPipe,
+        "the failure is kept"
+    );
+    assert!(
+        !server.holds_a_buffer(),
+        "what could not be sent is dropped"
+    );
+}
+
+/// A client that stalls with part of a record sent (its hello's first bytes, or a record
+/// cut between segments) keeps those bytes held while it waits, not a pooled buffer.
+#[tokio::test]
+async fn a_record_started_and_stalled_holds_only_its_bytes() {
+    let (server_config, _) = configs();
+    let (mut tcp, mut client) = tcp_pair().await;
+    let hello = client_hello();
+    client.write_all(&hello[..7]).await.unwrap();
+    let mut opening = Opening::new();
+    while opening.bytes().len() < 7 {
+        tcp.readable().await.unwrap();
+        let _ = std::future::poll_fn(|cx| Poll::Ready(opening.poll_read(cx, &mut tcp))).await;
+    }
+    let waits =
+        std::future::poll_fn(|cx| Poll::Ready(opening.poll_read(cx, &mut tcp).is_pending()));
+    assert!(waits.await, "nothing more has been sent");
+    let held = opening.0.buf.as_ref().map(|buf| buf.len());
+    assert_eq!(held, Some(7), "just the bytes held");
+    // The rest of the hello: the handshake goes on from the bytes kept.
+    client.write_all(&hello[7..]).await.unwrap();
+    let server = tokio::spawn(accept(tcp, opening, server_config));
+    let mut answer = [0u8; 1];
+    client.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], 0x16, "a ServerHello: the hello was read whole");
+    drop(client);
+    assert!(
+        server.await.unwrap().is_err(),
+        "the client left mid-handshake"
+    );
+}
