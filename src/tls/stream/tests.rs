@@ -223,14 +223,37 @@ async fn a_record_that_does_not_decrypt_fails_every_later_read_and_write() {
     assert!(!before.ends_with(&last[..5]), "a second alert: {told:?}");
 }
 
-/// A handshake message a byte per record, each record padded to 16 KB: rustls keeps
-/// every record until the message is whole, and the buffer is capped as rustls's own is.
-#[tokio::test]
-async fn a_handshake_message_spread_over_padded_records_cannot_grow_the_buffer_unbounded() {
-    use rustls::crypto::aws_lc_rs as provider;
-    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
-    use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion};
+/// A client that seals its own TLS 1.3 records once the handshake is done, to send what no
+/// rustls client would.
+struct RawClient<IO> {
+    io: IO,
+    sealer: Box<dyn rustls::crypto::cipher::MessageEncrypter>,
+    seq: u64,
+}
 
+impl<IO> RawClient<IO> {
+    /// A record whose inner plaintext is `inner` as given: content, then its content type,
+    /// then any padding (the sealer's own type byte, 0, is one more byte of padding).
+    fn record(&mut self, inner: &[u8]) -> Vec<u8> {
+        use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+        let message = OutboundPlainMessage {
+            typ: rustls::ContentType::from(0u8),
+            version: rustls::ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(inner),
+        };
+        let record = self.sealer.encrypt(message, self.seq).unwrap().encode();
+        self.seq += 1;
+        record
+    }
+}
+
+/// A handshake over `server` and `client` (TLS 1.3, AES-128-GCM), then the client's side as
+/// a [`RawClient`].
+async fn raw_client_over<IO>(server: IO, client: IO) -> (TlsStream<IO>, RawClient<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    use rustls::crypto::aws_lc_rs as provider;
     let (server_config, roots) = pki();
     let mut only_aes128 = provider::default_provider();
     only_aes128.cipher_suites = vec![provider::cipher_suite::TLS13_AES_128_GCM_SHA256];
@@ -240,19 +263,32 @@ async fn a_handshake_message_spread_over_padded_records_cannot_grow_the_buffer_u
         .with_root_certificates(roots)
         .with_no_client_auth();
     client_config.enable_secret_extraction = true;
-    let (mut server, client) = handshake_with(server_config, Arc::new(client_config)).await;
-    let (mut tcp, conn) = client.into_inner();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let name = ServerName::try_from("localhost").unwrap();
+    let (server, client) = tokio::join!(
+        accept(server, Opening::new(), server_config),
+        connector.connect(name, client)
+    );
+    let (io, conn) = client.unwrap().into_inner();
     let secrets = conn.dangerous_extract_secrets().unwrap();
-    let (mut seq, ConnectionTrafficSecrets::Aes128Gcm { key, iv }) = secrets.tx else {
+    let (seq, rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }) = secrets.tx else {
         panic!("not AES-128-GCM")
     };
     let suite = provider::cipher_suite::TLS13_AES_128_GCM_SHA256;
-    let mut sealer = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
+    let sealer = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
+    (server.unwrap(), RawClient { io, sealer, seq })
+}
+
+/// A handshake message a byte per record, each record padded to 16 KB: rustls keeps
+/// every record until the message is whole, and the buffer is capped as rustls's own is.
+#[tokio::test]
+async fn a_handshake_message_spread_over_padded_records_cannot_grow_the_buffer_unbounded() {
+    let (server, client) = tcp_pair().await;
+    let (mut server, mut client) = raw_client_over(server, client).await;
     let writer = tokio::spawn(async move {
         for i in 0..200 {
             // A key update's header saying 65,535 bytes, then one byte per record; the
-            // record's inner type (handshake) and 16,000 bytes of TLS 1.3 padding, spelt
-            // out here: the sealer appends `typ`, 0, as one more byte of padding.
+            // record's inner type (handshake) and 16,000 bytes of TLS 1.3 padding.
             let mut inner = if i == 0 {
                 vec![24, 0, 0xff, 0xff]
             } else {
@@ -260,14 +296,8 @@ async fn a_handshake_message_spread_over_padded_records_cannot_grow_the_buffer_u
             };
             inner.push(0x16);
             inner.resize(inner.len() + 16_000, 0);
-            let message = OutboundPlainMessage {
-                typ: ContentType::from(0u8),
-                version: ProtocolVersion::TLSv1_2,
-                payload: OutboundChunks::Single(&inner),
-            };
-            let record = sealer.encrypt(message, seq).unwrap().encode();
-            seq += 1;
-            if tcp.write_all(&record).await.is_err() {
+            let record = client.record(&inner);
+            if client.io.write_all(&record).await.is_err() {
                 return;
             }
         }
@@ -286,6 +316,67 @@ async fn a_handshake_message_spread_over_padded_records_cannot_grow_the_buffer_u
         "{}",
         server.incoming.len()
     );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100))]
+
+    /// Whatever records a client sends once the handshake is done (alerts, handshake
+    /// messages, data, change-cipher-spec or no type at all, with any content and padding,
+    /// some of them corrupted), then its TCP close: reading ends, in an end of stream or an
+    /// error, without a panic or a hang, and a write after it neither panics; the buffer
+    /// stays within its cap.
+    #[test]
+    fn any_records_after_the_handshake_end_the_stream_without_a_panic(
+        records in proptest::collection::vec(
+            (
+                proptest::sample::select(vec![20u8, 21, 22, 23, 24, 0, 255]),
+                proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                0usize..20,
+                proptest::option::weighted(0.2, proptest::num::usize::ANY),
+            ),
+            1..6,
+        ),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (server, client) = tokio::io::duplex(1 << 20);
+            let (mut server, mut client) = raw_client_over(server, client).await;
+            for (typ, content, padding, corrupt) in records {
+                let mut inner = content;
+                inner.push(typ);
+                inner.resize(inner.len() + padding, 0);
+                let mut record = client.record(&inner);
+                if let Some(at) = corrupt {
+                    let at = at % record.len();
+                    record[at] ^= 0x55;
+                }
+                client.io.write_all(&record).await.unwrap();
+            }
+            client.io.shutdown().await.unwrap();
+            let read_all = async {
+                loop {
+                    match server.fill_buf().await {
+                        Ok([]) | Err(_) => break,
+                        Ok(data) => {
+                            let n = data.len();
+                            Pin::new(&mut server).consume(n);
+                        }
+                    }
+                }
+            };
+            // The clock is paused: a read stuck on nothing elapses this at once.
+            let ended = tokio::time::timeout(Duration::from_secs(60), read_all).await;
+            assert!(ended.is_ok(), "reading did not end after the client closed");
+            assert!(server.incoming.len() <= MAX_HELD);
+            let _ = server.write(b"after").await;
+            let _ = server.shutdown().await;
+        });
+    }
 }
 
 /// A real ClientHello for "localhost", as its records come off the wire.
