@@ -82,7 +82,7 @@ impl Held {
     /// with a record's start received (a client stalled mid-handshake, or between the
     /// segments of a record), which may wait long. The next read moves them to a pooled
     /// buffer again.
-    pub(super) fn shrink(&mut self) {
+    fn shrink(&mut self) {
         if let Some(buf) = self
             .buf
             .as_mut()
