@@ -52,8 +52,9 @@ pub(crate) struct TlsStream<IO> {
     /// Our `close_notify` is written into `outgoing` (or could not be: rustls had failed).
     close_queued: bool,
     /// rustls failed (its alert is in `outgoing`): every later read and write fails the same
-    /// way, without asking rustls again (it would take the same bad record again).
-    failed: Option<rustls::Error>,
+    /// way, without asking rustls again (it would take the same bad record again). Boxed:
+    /// every idle tunnel carries the field, few ever fill it.
+    failed: Option<Box<rustls::Error>>,
     /// A write to the socket failed, this way.
     write_failed: Option<io::ErrorKind>,
 }
@@ -147,7 +148,7 @@ impl<IO> TlsStream<IO> {
     fn process(&mut self, sealing: Sealing<'_>) -> Result<Outcome, rustls::Error> {
         loop {
             if let Some(e) = &self.failed {
-                return Err(e.clone());
+                return Err(rustls::Error::clone(e));
             }
             match self.step(sealing) {
                 Ok(Some(outcome)) => return Ok(outcome),
@@ -161,7 +162,7 @@ impl<IO> TlsStream<IO> {
     fn fail(&mut self, e: rustls::Error) -> rustls::Error {
         if self.failed.is_none() {
             self.queue_alert();
-            self.failed = Some(e.clone());
+            self.failed = Some(Box::new(e.clone()));
         }
         e
     }
