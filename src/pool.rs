@@ -50,7 +50,8 @@ impl Pool {
         if buf.len() != self.size {
             return;
         }
-        self.free.with(|free| {
+        // `try_with`: a buffer given back while its thread is ending is only freed.
+        let _ = self.free.try_with(|free| {
             let mut free = free.borrow_mut();
             if free.len() < KEEP {
                 free.push(buf);

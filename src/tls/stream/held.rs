@@ -10,12 +10,25 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::{invalid_data, MAX_HELD};
 use crate::pool::TLS as POOL;
 
+/// The most [`Held::shrink`] keeps in a buffer of their own: a stalled client's hello or a
+/// record's first segment, where the pooled buffer would be mostly empty.
+const SHRINK_UP_TO: usize = 4 * 1024;
+
 /// Bytes `[start, end)` of a buffer lent from the pool, or no buffer while there are none.
 #[derive(Default)]
 pub(super) struct Held {
     pub(super) buf: Option<Box<[u8]>>,
     start: usize,
     end: usize,
+}
+
+/// A buffer still held when its stream goes (a connection cut mid-record) goes back too.
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            POOL.give(buf);
+        }
+    }
 }
 
 impl Held {
@@ -147,10 +160,12 @@ impl Held {
         let n = read.filled().len();
         self.end += n;
         match polled {
-            // Nothing held: a buffer lent for this read goes back. A record's start held
-            // while the connection waits: just those bytes are kept.
+            // Nothing held: a buffer lent for this read goes back. A record's small start held
+            // while the connection waits: just those bytes are kept. A larger part of a record
+            // keeps its buffer: the rest is on its way (a large record, or a long handshake
+            // message, in small segments), and trading it to and fro would copy it each time.
             _ if self.is_empty() => self.consume(0),
-            Poll::Pending => self.shrink(),
+            Poll::Pending if self.len() <= SHRINK_UP_TO => self.shrink(),
             _ => {}
         }
         polled.map_ok(|()| n)

@@ -358,6 +358,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
                 }
                 Err(e) => {
                     let _ = this.poll_write_out(cx);
+                    // What was decrypted before the failure is read first; the failure is
+                    // kept, and is the next read's answer.
+                    if !this.plain.is_empty() {
+                        break;
+                    }
                     return Poll::Ready(Err(invalid_data(e)));
                 }
             }

@@ -550,3 +550,21 @@ async fn a_record_started_and_stalled_holds_only_its_bytes() {
         "the client left mid-handshake"
     );
 }
+
+/// Data a client sent before a record that fails is read first; the failure is the next
+/// read's answer.
+#[tokio::test]
+async fn what_came_before_a_bad_record_is_read_before_the_failure() {
+    let (server, client) = tokio::io::duplex(1 << 16);
+    let (mut server, mut client) = raw_client_over(server, client).await;
+    let good = client.record(b"hello\x17");
+    let mut bad = client.record(b"world\x17");
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    client.io.write_all(&[good, bad].concat()).await.unwrap();
+    let read = server.fill_buf().await.unwrap().to_vec();
+    assert_eq!(read, b"hello");
+    Pin::new(&mut server).consume(read.len());
+    let failed = server.fill_buf().await.unwrap_err();
+    assert_eq!(failed.kind(), io::ErrorKind::InvalidData);
+}
