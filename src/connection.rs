@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::tls::TlsStream;
 use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -34,7 +33,7 @@ use crate::proxy_protocol;
 use crate::relay::Written;
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
-use crate::tls::{self, Hello};
+use crate::tls::{self, Hello, TlsStream};
 
 /// One client connection: TLS under the handshake deadline, then hyper until the request is
 /// answered (or upgraded, after which the tunnel owns the guard).
@@ -207,8 +206,8 @@ async fn proxy_header(
 }
 
 /// The TLS handshake, with the certificates (and TLS settings) in force when the client's
-/// hello starts to arrive, not at accept: a client that connected just before a rotation, or one slow
-/// to start, still gets the new certificate.
+/// hello starts to arrive, not at accept: a client that connected just before a rotation, or
+/// one slow to start, still gets the new certificate.
 async fn tls_handshake(
     tcp: TcpStream,
     shared: &Shared,

@@ -329,8 +329,8 @@ fn words(e: &io::Error) -> String {
 }
 
 /// A client gone, in words: an end of file is said one way, whichever step of the handshake
-/// met it (the handshake says "tls handshake eof" past the hello's first bytes, the hello's read "unexpected
-/// end of file"), so log searches find them all.
+/// met it (the handshake says "tls handshake eof" past the hello's first bytes, the hello's
+/// read "unexpected end of file"), so log searches find them all.
 fn gone_words(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::UnexpectedEof => io::Error::from(io::ErrorKind::UnexpectedEof).to_string(),

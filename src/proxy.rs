@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use crate::tls::TlsStream;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -26,6 +25,7 @@ use crate::relay::{self, Relayed};
 use crate::routes::{Route, Selection};
 use crate::snapshot::Snapshot;
 use crate::splice;
+use crate::tls::TlsStream;
 use crate::upstream::{self, Answer, Tunnel};
 use crate::websocket;
 
