@@ -54,14 +54,21 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 
 async fn handshake() -> (TlsStream<TcpStream>, Client) {
     let (server_config, client_config) = configs();
-    handshake_with(server_config, client_config).await
+    let (server, client) = tcp_pair().await;
+    handshake_over(server, client, server_config, client_config).await
 }
 
-async fn handshake_with(
+/// The server's handshake over `server` and a rustls client's over `client`, together.
+async fn handshake_over<S, C>(
+    server: S,
+    client: C,
     server_config: Arc<ServerConfig>,
     client_config: Arc<rustls::ClientConfig>,
-) -> (TlsStream<TcpStream>, Client) {
-    let (server, client) = tcp_pair().await;
+) -> (TlsStream<S>, tokio_rustls::client::TlsStream<C>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let connector = tokio_rustls::TlsConnector::from(client_config);
     let name = ServerName::try_from("localhost").unwrap();
     let (server, client) = tokio::join!(
@@ -263,20 +270,16 @@ where
         .with_root_certificates(roots)
         .with_no_client_auth();
     client_config.enable_secret_extraction = true;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let name = ServerName::try_from("localhost").unwrap();
-    let (server, client) = tokio::join!(
-        accept(server, Opening::new(), server_config),
-        connector.connect(name, client)
-    );
-    let (io, conn) = client.unwrap().into_inner();
+    let (server, client) =
+        handshake_over(server, client, server_config, Arc::new(client_config)).await;
+    let (io, conn) = client.into_inner();
     let secrets = conn.dangerous_extract_secrets().unwrap();
     let (seq, rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }) = secrets.tx else {
         panic!("not AES-128-GCM")
     };
     let suite = provider::cipher_suite::TLS13_AES_128_GCM_SHA256;
     let sealer = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
-    (server.unwrap(), RawClient { io, sealer, seq })
+    (server, RawClient { io, sealer, seq })
 }
 
 /// A handshake message a byte per record, each record padded to 16 KB: rustls keeps
@@ -489,17 +492,12 @@ impl AsyncWrite for WritesFail {
 async fn a_failed_write_leaves_what_the_client_sent_to_be_read() {
     let (server_config, client_config) = configs();
     let (server, client) = tcp_pair().await;
-    let connector = tokio_rustls::TlsConnector::from(client_config);
-    let name = ServerName::try_from("localhost").unwrap();
     let server = WritesFail {
         tcp: server,
         failing: false,
     };
-    let (server, client) = tokio::join!(
-        accept(server, Opening::new(), server_config),
-        connector.connect(name, client)
-    );
-    let (mut server, mut client) = (server.unwrap(), client.unwrap());
+    let (mut server, mut client) =
+        handshake_over(server, client, server_config, client_config).await;
     client.write_all(b"last words").await.unwrap();
     client.shutdown().await.unwrap();
     server.get_mut().failing = true;
