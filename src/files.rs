@@ -42,6 +42,25 @@ pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// How a file is not there to be read, if it clearly is not: about to be written (between a
+/// delete and the new file, or truncated first), so waited for rather than reported.
+pub(crate) enum NotThere {
+    Absent,
+    Empty,
+}
+
+/// Whether `file` is clearly not there (a dangling link included) or is there but empty.
+pub(crate) fn absent_or_empty(file: &Path) -> Option<NotThere> {
+    if matches!(file.try_exists(), Ok(false)) {
+        return Some(NotThere::Absent);
+    }
+    // A pipe or a device has no length either: refused as what it is, not waited for.
+    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
+    std::fs::metadata(file)
+        .is_ok_and(empty)
+        .then_some(NotThere::Empty)
+}
+
 /// Opens `path` for reading; a named pipe opens at once instead of waiting for a writer.
 fn open(path: &Path) -> io::Result<File> {
     let mut options = std::fs::OpenOptions::new();

@@ -74,9 +74,10 @@ impl Snapshot {
     /// expired certificate.
     pub(crate) fn renewed(&self, generation: u64) -> Option<(u64, Result<Snapshot, ConfigError>)> {
         let read = served_hash(&self.config);
-        // A file gone is no renewal (the "file gone" wait covers it); it is renewed once back.
-        let gone = |file: &PathBuf| matches!(file.try_exists(), Ok(false));
-        if read == self.served || served_files(&self.config).iter().any(gone) {
+        // A file gone or emptied is no renewal (the "file gone" wait covers it, as a reload
+        // does: it is about to be written); it is renewed once back.
+        let gap = |file: &PathBuf| crate::files::absent_or_empty(file).is_some();
+        if read == self.served || served_files(&self.config).iter().any(gap) {
             return None;
         }
         let renewed = Self::from_config(self.config.clone(), generation, self.fingerprint);

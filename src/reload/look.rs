@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError};
+use crate::files::{absent_or_empty, NotThere};
 use crate::fingerprint::{on_disk_fingerprint, on_disk_now, on_disk_stamp, OnDisk};
 use crate::snapshot::Snapshot;
 use NotThere::{Absent, Empty};
@@ -152,21 +153,6 @@ fn served_file_gone(
             Some((what, error.to_string()))
         })
     })
-}
-
-/// How a file is not there to be read, if it clearly is not.
-enum NotThere {
-    Absent,
-    Empty,
-}
-
-fn absent_or_empty(file: &Path) -> Option<NotThere> {
-    if matches!(file.try_exists(), Ok(false)) {
-        return Some(Absent);
-    }
-    // A pipe or a device has no length either: refused as what it is, not waited for.
-    let empty = |m: std::fs::Metadata| m.is_file() && m.len() == 0;
-    std::fs::metadata(file).is_ok_and(empty).then_some(Empty)
 }
 
 /// Whether the files at `path`, stamped `stamp` at `stamped_at` before they were read, still

@@ -442,8 +442,8 @@ impl Reloader {
     }
 
     /// Publishes and logs a renewal of the certificates in force. A failed one (a certificate
-    /// written before its key, say) is said once: the next write is looked at anyway. Not at
-    /// all when it failed as the reload just `rejected` did (the config on disk is the one in
+    /// written before its key, say) is counted and said once: the next write is looked at
+    /// anyway. Not at all when it failed as the reload just `rejected` did (the config on disk is the one in
     /// force, and its certificate files are what is wrong): that error was said already.
     fn record_renewal(&mut self, generation: u64, renewal: Renewal, rejected: Option<&str>) {
         let shared = &self.shared;
@@ -466,7 +466,18 @@ impl Reloader {
             self.renewal_failed = Some(error);
             return;
         }
-        tracing::warn!(%error, "renewed certificate files rejected; the certificates in force stay");
+        // A rejected reload like any other: counted, and said with the generation that stays.
+        let mut in_force = 0;
+        shared.reload_status.send_modify(|status| {
+            status.failures += 1;
+            shared.metrics.reloaded(status, false);
+            in_force = status.generation;
+        });
+        tracing::error!(
+            generation = in_force,
+            %error,
+            "renewed certificate files rejected; the certificates in force stay"
+        );
         self.renewal_failed = Some(error);
     }
 

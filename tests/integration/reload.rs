@@ -455,6 +455,35 @@ async fn a_renewal_is_served_while_the_config_file_is_rejected() {
         .await;
 }
 
+/// A renewal that cannot go into force (a certificate file that holds no certificate) while
+/// the config file is rejected is a failed reload like any other: counted, once, and the
+/// certificate in force stays; the renewal written after it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_renewal_while_the_config_file_is_rejected_counts_as_a_failure() {
+    let CertFolderProxy {
+        server,
+        addr,
+        config,
+        folder,
+        ..
+    } = &CertFolderProxy::start().await;
+    let (addr, mut rx) = (*addr, server.reload_status());
+    let served = served_leaf(addr).await;
+    let good = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    failures(&mut rx, 1).await;
+
+    std::fs::write(folder.join("tls.crt"), "not a certificate\n").unwrap();
+    let status = failures(&mut rx, 2).await;
+    assert_eq!(status.generation, 1, "nothing went into force");
+    assert_eq!(served_leaf(addr).await, served);
+
+    let renewed = renew_in_place(folder);
+    let status = generation(&mut rx, 2).await;
+    assert_eq!(served_leaf(addr).await, der_of(&renewed));
+    assert_eq!(status.failures, 2, "the bad renewal is counted once");
+}
+
 /// A writer rewriting the rejected config file with the same bytes nonstop (a sync loop)
 /// brings a look every time; a renewal of the certificate in force is not held off by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
