@@ -8,7 +8,8 @@
 //!             deadline → refusals needing no route (503/429/431/414/505/400) → hyper HTTP/1.1
 //! proxy       snapshot → Host (400) → route select (404) → websocket checks (400/426)
 //!             → subprotocols (400) → origin (403) → upstream
-//! upstream    dial backends in turn (502/504; 503 out of descriptors) → forward the upgrade
+//! upstream    dial backends in turn, those put aside last (502/504; 503 out of
+//!             descriptors) → forward the upgrade
 //!             → non-101: relay, close → 101: check Accept/Upgrade/protocol (502)
 //!             → client gets the 101
 //! splice      bytes both ways, idle timer, half-close, drain
@@ -37,7 +38,8 @@
 //!   (`splice::direction`: one way of it; `splice::linger`: its close;
 //!   `splice::outcome`: how it ended; `splice::peer`: what it asks of a socket);
 //!   `relay`: a backend's non-101 answer, passed on at the client's pace;
-//!   `resolve`: backend names to addresses, briefly cached; `socket`: TCP options and the
+//!   `resolve`: backend names to addresses, briefly cached; `health`: backends put aside
+//!   for a while after they failed to take a connection; `socket`: TCP options and the
 //!   send queue both legs share; `files`: reading a config or PEM file safely;
 //!   `forwarding`: which headers cross, each way; `drain`:
 //!   the signal that ends them all at the end of a shutdown;
@@ -64,6 +66,7 @@ mod files;
 mod fingerprint;
 mod forwarding;
 mod head;
+mod health;
 mod limits;
 mod listener;
 mod logging;

@@ -149,6 +149,7 @@ async fn route_and_forward(
         backend_request,
         &protocols,
         conn.connect_timeout,
+        snapshot.config.timeouts.backend_cooldown,
         &mut log.backend,
         &conn.shared.metrics,
     )

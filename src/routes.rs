@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{HostPattern, RouteConfig};
+use crate::health::{self, Health};
 use crate::path::{read_path, Read};
 
 pub struct RouteTable {
@@ -46,6 +47,8 @@ impl Paths {
 pub struct Route {
     pub config: RouteConfig,
     next_backend: AtomicUsize,
+    /// Each of `config.backends`' health, in the same order.
+    health: Box<[Health]>,
 }
 
 /// The outcome of a lookup.
@@ -63,14 +66,37 @@ pub enum Selection<'a> {
 }
 
 impl Route {
-    /// The backends in the order to try them for one request: from the next round-robin
-    /// position, wrapping around, so a refused connect moves on to the next backend.
+    /// The backends in the order to try them for one request: those up first, from the next
+    /// round-robin position among them, wrapping around, then those put aside (see
+    /// [`health`]), so a refused connect moves on to the next backend and a request is never
+    /// refused without trying them all. The position counts the backends that are up, so they
+    /// share the load evenly: a backend put aside does not hand its share to the one after it.
     pub(crate) fn backends_in_turn(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         let backends = &self.config.backends;
-        let start = self.next_backend.fetch_add(1, Ordering::Relaxed);
-        // The counter wraps (after 2^64 requests); the sum must not overflow.
-        let start = start % backends.len().max(1);
-        (0..backends.len()).map(move |i| backends[(start + i) % backends.len()].as_str())
+        let turn = self.next_backend.fetch_add(1, Ordering::Relaxed);
+        let now = health::now();
+        let up: Vec<bool> = self.health.iter().map(|h| h.is_up(now)).collect();
+        let count_up = up.iter().filter(|&&up| up).count();
+        // The counter wraps (after 2^64 requests); the sums must not overflow.
+        let start = match count_up {
+            0 => turn % backends.len().max(1),
+            n => (0..up.len()).filter(|&i| up[i]).nth(turn % n).unwrap_or(0),
+        };
+        let ring = (0..backends.len()).map(move |i| (start + i) % backends.len());
+        let (mut order, aside): (Vec<usize>, Vec<usize>) = ring.partition(|&i| up[i]);
+        order.extend(aside);
+        order.into_iter().map(move |i| backends[i].as_str())
+    }
+
+    /// The health of `backend`, one of this route's (the first, if listed twice).
+    pub(crate) fn health_of(&self, backend: &str) -> Option<&Health> {
+        let index = self.config.backends.iter().position(|b| b == backend)?;
+        self.health.get(index)
+    }
+
+    /// Whether requests have other backends to go to while one of them is put aside.
+    pub(crate) fn has_others(&self) -> bool {
+        self.config.backends.len() > 1
     }
 
     /// The offered protocols this route allows, in the client's order; `None` if the route has
@@ -125,6 +151,7 @@ impl RouteTable {
             table.routes.push(Route {
                 config: config.clone(),
                 next_backend: AtomicUsize::new(0),
+                health: config.backends.iter().map(|_| Health::default()).collect(),
             });
         }
         table
@@ -132,19 +159,22 @@ impl RouteTable {
 
     /// Continues each route's backend rotation where the route of the same name in `old` (the
     /// table in force) has it: frequent reloads (a Kubernetes sync loop) must not skew the
-    /// spread by restarting every rotation.
+    /// spread by restarting every rotation. Its backends keep their health, by name: one put
+    /// aside stays aside.
     pub(crate) fn continue_from(&self, old: &RouteTable) {
-        let positions: HashMap<&str, usize> = (old.routes.iter())
-            .map(|r| {
-                (
-                    r.config.name.as_str(),
-                    r.next_backend.load(Ordering::Relaxed),
-                )
-            })
+        let routes: HashMap<&str, &Route> = (old.routes.iter())
+            .map(|r| (r.config.name.as_str(), r))
             .collect();
         for route in &self.routes {
-            if let Some(&at) = positions.get(route.config.name.as_str()) {
-                route.next_backend.store(at, Ordering::Relaxed);
+            let Some(old) = routes.get(route.config.name.as_str()) else {
+                continue;
+            };
+            let at = old.next_backend.load(Ordering::Relaxed);
+            route.next_backend.store(at, Ordering::Relaxed);
+            for (backend, health) in route.config.backends.iter().zip(&route.health) {
+                if let Some(was) = old.health_of(backend) {
+                    health.continue_from(was);
+                }
             }
         }
     }
@@ -598,6 +628,62 @@ mod tests {
                 ["c:3", "a:1", "b:2"]
             ]
         );
+    }
+
+    #[test]
+    fn a_backend_put_aside_is_tried_last_and_the_others_share_its_load() {
+        let table = RouteTable::new(&[route("r", None, "/", None)]);
+        let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
+            panic!()
+        };
+        route
+            .health_of("a:1")
+            .unwrap()
+            .failed(std::time::Duration::from_secs(1))
+            .unwrap();
+        let turns: Vec<Vec<&str>> = (0..4).map(|_| route.backends_in_turn().collect()).collect();
+        assert_eq!(
+            turns,
+            [
+                ["b:2", "c:3", "a:1"],
+                ["c:3", "b:2", "a:1"],
+                ["b:2", "c:3", "a:1"],
+                ["c:3", "b:2", "a:1"]
+            ]
+        );
+        for backend in ["b:2", "c:3"] {
+            route
+                .health_of(backend)
+                .unwrap()
+                .failed(std::time::Duration::from_secs(1))
+                .unwrap();
+        }
+        let all_aside: Vec<&str> = route.backends_in_turn().collect();
+        assert_eq!(all_aside.len(), 3, "all tried, in turn: {all_aside:?}");
+        assert!(route.health_of("a:1").unwrap().answered());
+        assert_eq!(route.backends_in_turn().next(), Some("a:1"), "back in turn");
+    }
+
+    #[test]
+    fn a_reloaded_route_keeps_its_backends_health_by_name() {
+        let old = RouteTable::new(&[route("r", None, "/", None)]);
+        let Selection::Matched { route: r, .. } = old.select(None, "/", &[]) else {
+            panic!()
+        };
+        r.health_of("b:2")
+            .unwrap()
+            .failed(std::time::Duration::from_secs(1))
+            .unwrap();
+        let mut config = route("r", None, "/", None);
+        config.backends.reverse();
+        let new = RouteTable::new(&[config]);
+        new.continue_from(&old);
+        let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
+            panic!()
+        };
+        let now = health::now();
+        let up = |b: &str| r.health_of(b).unwrap().is_up(now);
+        assert_eq!((up("a:1"), up("b:2"), up("c:3")), (true, false, true));
     }
 
     #[test]

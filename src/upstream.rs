@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{out_of_descriptors, ProxyError};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::websocket;
@@ -62,13 +63,16 @@ pub(crate) async fn open(
     request: Request<Empty<Bytes>>,
     protocols: &[&str],
     timeout: Duration,
+    cooldown: Duration,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
     let deadline = tokio::time::Instant::now() + timeout;
     match tokio::time::timeout_at(
         deadline,
-        exchange(route, request, protocols, deadline, tried, metrics),
+        exchange(
+            route, request, protocols, deadline, cooldown, tried, metrics,
+        ),
     )
     .await
     {
@@ -82,6 +86,7 @@ async fn exchange(
     mut request: Request<Empty<Bytes>>,
     protocols: &[&str],
     deadline: tokio::time::Instant,
+    cooldown: Duration,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
@@ -96,11 +101,16 @@ async fn exchange(
     };
     for closed in 1.. {
         let (backend, dialed) =
-            connect_in_turn(route, &mut turns, deadline, tried, metrics).await?;
+            connect_in_turn(route, &mut turns, deadline, cooldown, tried, metrics).await?;
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || turns.backends.len() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
-        let error = match attempt(dialed.socket, request, &offer).await {
+        let answered = attempt(dialed.socket, request, &offer).await;
+        // Anything but a close before answering: the backend takes connections.
+        if !matches!(answered, Err(Attempt::Gone(_))) {
+            back_in_turn(route, backend);
+        }
+        let error = match answered {
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),
             Err(Attempt::Gone(error)) => error,
@@ -110,6 +120,7 @@ async fn exchange(
         // pod), or the next backend, may take the request. Counted: failover hides it from
         // clients, not from operators.
         metrics.backend_closed_early(&route.config.name, backend);
+        put_aside(route, backend, &error, cooldown);
         turns.gone.push(dialed.addr);
         turns.gone_error = Some((backend, error));
         let Some(copy) = copy else {
@@ -385,11 +396,13 @@ const BACKEND_BUFFER: usize = 64 * 1024;
 ///
 /// Each attempt gets an equal share of the time left (the last one all of it), so one
 /// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
-/// a healthy one waits its turn.
+/// a healthy one waits its turn. A backend that fails is put aside for `cooldown` (see
+/// [`crate::health`]).
 async fn connect_in_turn<'a>(
     route: &Route,
     turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     deadline: tokio::time::Instant,
+    cooldown: Duration,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<(&'a str, Dialed), ProxyError> {
@@ -417,10 +430,38 @@ async fn connect_in_turn<'a>(
         }
         // Failover hides a dead backend from clients; the counter shows it to operators.
         metrics.backend_connect_failed(&route.config.name, backend, &error);
+        put_aside(route, backend, &error, cooldown);
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
         turns.connect_error = Some(error.to_string());
     }
     Err(turns.outcome(tried))
+}
+
+/// Puts `backend` aside after it failed to take a connection (see [`crate::health`]), and
+/// says so when that is news. Not in a route with no other backend to send requests to.
+fn put_aside(route: &Route, backend: &str, error: &dyn std::fmt::Display, cooldown: Duration) {
+    if !route.has_others() || cooldown.is_zero() {
+        return;
+    }
+    let Some(aside) = route.health_of(backend).and_then(|h| h.failed(cooldown)) else {
+        return;
+    };
+    tracing::warn!(
+        route = %route.config.name,
+        backend,
+        %error,
+        failures_in_a_row = aside.nth,
+        "backend put aside for {} s: requests go to the route's other backends until it is \
+         tried again",
+        aside.cool_down.as_secs()
+    );
+}
+
+/// Notes that `backend` answered; says so if it was put aside until now.
+fn back_in_turn(route: &Route, backend: &str) {
+    if route.health_of(backend).is_some_and(Health::answered) {
+        tracing::info!(route = %route.config.name, backend, "backend answers again; back in turn");
+    }
 }
 
 /// Connects to one of `backend`'s addresses by `deadline`. Each address gets an equal share
@@ -626,6 +667,7 @@ mod tests {
             request,
             &[],
             Duration::from_secs(5),
+            Duration::from_secs(1),
             &mut tried,
             &metrics,
         )

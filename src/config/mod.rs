@@ -73,6 +73,8 @@ pub struct Timeouts {
     pub connect: Duration,
     pub idle: Duration,
     pub shutdown_grace: Duration,
+    /// How long a backend that failed to take a connection is first put aside; zero: never.
+    pub backend_cooldown: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]

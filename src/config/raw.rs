@@ -88,6 +88,8 @@ pub(super) struct RawTimeouts {
     pub(super) idle: Spanned<HumanDuration>,
     #[serde(default = "defaults::shutdown_grace")]
     pub(super) shutdown_grace: Spanned<HumanDuration>,
+    #[serde(default = "defaults::backend_cooldown")]
+    pub(super) backend_cooldown: Spanned<HumanDuration>,
 }
 
 impl Default for RawTimeouts {
@@ -97,6 +99,7 @@ impl Default for RawTimeouts {
             connect: defaults::connect(),
             idle: defaults::idle(),
             shutdown_grace: defaults::shutdown_grace(),
+            backend_cooldown: defaults::backend_cooldown(),
         }
     }
 }
@@ -153,6 +156,9 @@ mod defaults {
     }
     pub(super) fn shutdown_grace() -> Spanned<HumanDuration> {
         secs(30)
+    }
+    pub(super) fn backend_cooldown() -> Spanned<HumanDuration> {
+        secs(1)
     }
     pub(super) fn recheck() -> Spanned<HumanDuration> {
         secs(60)

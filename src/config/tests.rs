@@ -31,6 +31,7 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.timeouts.connect, Duration::from_secs(5));
     assert_eq!(config.timeouts.idle, Duration::from_secs(300));
     assert_eq!(config.timeouts.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.timeouts.backend_cooldown, Duration::from_secs(1));
     assert_eq!(config.limits.max_request_header_bytes, 16384);
     assert_eq!(config.limits.max_connections, 10000);
     assert_eq!(config.log_format, LogFormat::Text);
@@ -55,6 +56,20 @@ fn reuse_port_is_a_bool_of_the_proxy_section() {
     let refused = with("\"yes\"").unwrap_err().to_string();
     assert!(
         refused.contains("w.toml:2:14: proxy.reuse_port"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn the_backend_cooldown_may_be_zero_but_not_beyond_a_timeout() {
+    let with = |value: &str| format!("[timeouts]\nbackend_cooldown = \"{value}\"\n");
+    let config = parse(&with("0s")).unwrap();
+    assert_eq!(config.timeouts.backend_cooldown, Duration::ZERO, "off");
+    let config = parse(&with("10s")).unwrap();
+    assert_eq!(config.timeouts.backend_cooldown, Duration::from_secs(10));
+    let refused = error(&with("31d"));
+    assert!(
+        refused.contains(":7:20: timeouts.backend_cooldown: must be at most 30 days, or 0s"),
         "{refused}"
     );
 }

@@ -227,6 +227,19 @@ impl Checker<'_> {
         self.timeout(d, "reload.recheck")
     }
 
+    /// `timeouts.backend_cooldown`: as a timeout, but zero turns putting backends aside off.
+    fn cooldown(&self, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
+        let value = d.get_ref().0;
+        if value > MAX_TIMEOUT {
+            let message = format!(
+                "must be at most 30 days, or 0s to never put a backend aside (read as {})",
+                as_read(value)
+            );
+            return Err(self.error(&d.span(), "timeouts.backend_cooldown", message));
+        }
+        Ok(value)
+    }
+
     fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
         let positive =
             |d: &Spanned<HumanDuration>, name: &str| self.timeout(d, &format!("timeouts.{name}"));
@@ -235,6 +248,7 @@ impl Checker<'_> {
             connect: positive(&raw.connect, "connect")?,
             idle: positive(&raw.idle, "idle")?,
             shutdown_grace: positive(&raw.shutdown_grace, "shutdown_grace")?,
+            backend_cooldown: self.cooldown(&raw.backend_cooldown)?,
         })
     }
 

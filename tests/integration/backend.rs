@@ -39,14 +39,62 @@ async fn every_backend_refusing_is_502_without_addresses() {
     assert_no_address(&body, &[a, b]);
 }
 
+/// A backend that fails is put aside for longer than any test runs: which backend takes each
+/// request does not depend on how fast the test runs.
+const SET_ASIDE_LONG: &str = "[timeouts]\nbackend_cooldown = \"1h\"\n\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_backend_is_put_aside_and_the_others_share_its_load() {
+    // [refusing, a, b]: the first request finds the refusing one and goes on to `a`; from
+    // then on `a` and `b` take turns, the refusing one is not dialed again, and its share
+    // does not pile onto `a`, the one after it.
+    let refusing = closed_port().await;
+    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+    let body = route("chat", "/ws", &[refusing, a.addr, b.addr]);
+    let proxy = start_proxy(&format!("{SET_ASIDE_LONG}{ADMIN}{body}")).await;
+    for expected in [&a, &b, &a, &b, &a, &b] {
+        let _tunnel = raw_tunnel(proxy.addr, expected, &ws()).await;
+    }
+    let failed = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{refusing}",error="refused"}}"#
+    );
+    scrape_until(proxy.server.admin_addr().unwrap(), &failed, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_backends_are_all_put_aside_still_tries_them() {
+    // Putting aside never refuses a request by itself: with every backend aside, each is
+    // tried in turn, and one that answers again is back.
+    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+    let body = route("chat", "/ws", &[a.addr, b.addr]);
+    let proxy = start_proxy(&format!("{SET_ASIDE_LONG}{body}")).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    for backend in [&a, &b] {
+        let mut conn = backend.accept().await;
+        conn.read_head().await;
+        drop(conn);
+    }
+    assert_eq!(client.read_head().await.status, 502);
+    // Both aside now; the next request still reaches one of them, which answers.
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = b.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    assert_eq!(client.read_head().await.status, 101);
+    // `b` is back in turn, `a` still aside: the next requests go to `b`.
+    let _next = raw_tunnel(proxy.addr, &b, &ws()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_dies_before_answering_is_skipped_for_the_next_one() {
     // A backend killed mid-deploy: it took the connection and the request, then reset (or
     // closed) without a word. Nothing reached the client yet: the next backend answers.
-    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
-    let proxy = start_proxy(&route("chat", "/ws", &[a.addr, b.addr])).await;
     for reset in [true, false] {
-        // Round-robin: every other request starts at `b` (the one at the end of the loop).
+        let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+        let body = route("chat", "/ws", &[a.addr, b.addr]);
+        let proxy = start_proxy(&format!("{SET_ASIDE_LONG}{body}")).await;
         let mut client = raw_client(proxy.addr).await;
         client.send(ws().bytes()).await;
         let mut first = a.accept().await;
@@ -63,7 +111,9 @@ async fn a_backend_that_dies_before_answering_is_skipped_for_the_next_one() {
         // The tunnel is the second backend's.
         client.send(b"ping").await;
         assert_eq!(second.read_exact(4).await, b"ping");
+        // `a` is put aside for a while: the next requests, `a`'s turn included, go to `b`.
         let _turn_of_b = raw_tunnel(proxy.addr, &b, &ws()).await;
+        let _turn_of_a = raw_tunnel(proxy.addr, &b, &ws()).await;
     }
 }
 
