@@ -2,8 +2,10 @@
 //! address, silent past its share of the connect timeout, or closed before a byte of answer)
 //! is put aside for a cool-down, `timeouts.backend_cooldown` (1 s by default) doubling with
 //! each failure in a row up to 30 s, and the route's requests go to its other backends
-//! meanwhile. No probes of its own: the first
-//! request after the cool-down tries it again. A route whose backends are all put aside still
+//! meanwhile. No probes of its own: once the
+//! cool-down is over, one request tries it again (the others go on to the route's other
+//! backends until that one's try has ended, so a blackholed backend's probe holds up one
+//! request, not every request whose turn it is while the probe's connect waits). A route whose backends are all put aside still
 //! tries them all, so putting aside never refuses a request by itself; it only spares the
 //! requests a failing backend would have cost time (a refused connect, a blackholed one's share
 //! of `timeouts.connect`), and keeps its share of the load from piling onto the backend after
@@ -24,6 +26,8 @@ pub(crate) struct Health {
     aside_until: AtomicU64,
     /// Failures in a row that put it aside (or kept it there), since it last answered.
     failures: AtomicU32,
+    /// When (on [`now`]'s clock) a request began to try it again after a failure; 0: none.
+    probe_since: AtomicU64,
 }
 
 /// What a failure did to a backend's health: put it aside for this long, in the `nth` failure
@@ -37,6 +41,24 @@ impl Health {
     /// Whether requests may go to it at `now` (from [`now`]).
     pub(crate) fn is_up(&self, now: u64) -> bool {
         self.aside_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// Whether a request whose turn it is may try it now: any request, while it has not
+    /// failed; after a failure, once its cool-down is over, one request at a time (the
+    /// probe), a probe that never ended (its request dropped) counting for at most `hold`.
+    pub(crate) fn may_try(&self, hold: Duration) -> bool {
+        if self.failures.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let now = now();
+        let since = self.probe_since.load(Ordering::Relaxed);
+        let hold = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        if since != 0 && now.saturating_sub(since) < hold {
+            return false;
+        }
+        (self.probe_since)
+            .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Notes a failure to take a connection; `first` is the first cool-down
@@ -58,6 +80,7 @@ impl Health {
             .compare_exchange(until, aside_until, Ordering::Relaxed, Ordering::Relaxed)
             .ok()?;
         self.failures.store(nth, Ordering::Relaxed);
+        self.probe_since.store(0, Ordering::Relaxed);
         Some(PutAside { cool_down, nth })
     }
 
@@ -68,6 +91,7 @@ impl Health {
             return false;
         }
         self.aside_until.store(0, Ordering::Relaxed);
+        self.probe_since.store(0, Ordering::Relaxed);
         self.failures.swap(0, Ordering::Relaxed) != 0
     }
 
@@ -140,6 +164,27 @@ mod tests {
         health.failed(FIRST).unwrap();
         health.aside_until.store(now() - 1, Ordering::Relaxed);
         assert_eq!(health.failed(FIRST).unwrap().nth, 2);
+    }
+
+    #[test]
+    fn after_a_failure_one_request_at_a_time_tries_the_backend_again() {
+        let (health, hold) = (Health::default(), Duration::from_secs(5));
+        assert!(
+            health.may_try(hold) && health.may_try(hold),
+            "anyone, before"
+        );
+        health.failed(FIRST).unwrap();
+        assert!(health.may_try(hold), "the probe");
+        assert!(!health.may_try(hold), "one at a time");
+        // The probe failed: aside again, and the next probe is one request again.
+        health.aside_until.store(1, Ordering::Relaxed);
+        assert_eq!(health.failed(FIRST).unwrap().nth, 2);
+        assert!(health.may_try(hold) && !health.may_try(hold));
+        // A probe whose request was dropped holds the backend for `hold` only.
+        assert!(health.may_try(Duration::ZERO));
+        // It answered: anyone again.
+        assert!(health.answered());
+        assert!(health.may_try(hold) && health.may_try(hold));
     }
 
     #[test]

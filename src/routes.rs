@@ -88,6 +88,11 @@ impl Route {
         order.into_iter().map(move |i| backends[i].as_str())
     }
 
+    /// Whether a request whose turn `backend` is may try it now (see [`Health::may_try`]).
+    pub(crate) fn may_try(&self, backend: &str, hold: std::time::Duration) -> bool {
+        self.health_of(backend).is_none_or(|h| h.may_try(hold))
+    }
+
     /// The health of `backend`, one of this route's (the first, if listed twice).
     pub(crate) fn health_of(&self, backend: &str) -> Option<&Health> {
         let index = self.config.backends.iter().position(|b| b == backend)?;

@@ -93,6 +93,7 @@ async fn exchange(
     let offer = websocket::Offer::of(request.headers(), protocols)?;
     let mut turns = Turns {
         backends: route.backends_in_turn(),
+        later: Vec::new(),
         again: None,
         timed_out: None,
         gone: Vec::new(),
@@ -103,7 +104,7 @@ async fn exchange(
         let (backend, dialed) =
             connect_in_turn(route, &mut turns, deadline, cooldown, tried, metrics).await?;
         // Copied only when there is somewhere to send it again.
-        let others = dialed.more || turns.backends.len() > 0;
+        let others = dialed.more || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
         let answered = attempt(dialed.socket, request, &offer).await;
         // Anything but a close before answering: the backend takes connections.
@@ -142,6 +143,9 @@ const MAX_CLOSED: usize = 3;
 struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
     /// The backends not tried yet, in round-robin order.
     backends: I,
+    /// Backends another request is trying again after a failure (see [`crate::health`]):
+    /// tried only once `backends` are all tried.
+    later: Vec<&'a str>,
     /// A backend to try again first: one of its addresses closed before answering, and it
     /// may have others.
     again: Option<&'a str>,
@@ -178,8 +182,22 @@ impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
         }
     }
 
-    fn next(&mut self) -> Option<&'a str> {
-        self.again.take().or_else(|| self.backends.next())
+    /// The next backend to try, and whether to ask first if it may be tried now: not for one
+    /// this request tries again (`again`: it has just been tried) or has put off (`later`).
+    fn next(&mut self) -> Option<(&'a str, bool)> {
+        if let Some(backend) = self.again.take() {
+            return Some((backend, false));
+        }
+        match self.backends.next() {
+            Some(backend) => Some((backend, true)),
+            None if self.later.is_empty() => None,
+            None => Some((self.later.remove(0), false)),
+        }
+    }
+
+    /// How many backends are left to try after the one being tried.
+    fn left(&self) -> usize {
+        self.backends.len() + self.later.len()
     }
 }
 
@@ -406,8 +424,14 @@ async fn connect_in_turn<'a>(
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<(&'a str, Dialed), ProxyError> {
-    while let Some(backend) = turns.next() {
-        let share = share_of(deadline, turns.backends.len() + 1);
+    while let Some((backend, ask)) = turns.next() {
+        // Another request is trying this one again after its failure: the others first.
+        let hold = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if ask && !route.may_try(backend, hold) {
+            turns.later.push(backend);
+            continue;
+        }
+        let share = share_of(deadline, turns.left() + 1);
         let until = tokio::time::Instant::now() + share;
         let connected = connect(backend, &turns.gone, until);
         // Named before the connect: if the request's time runs out during it, this is the

@@ -62,6 +62,43 @@ async fn a_refusing_backend_is_put_aside_and_the_others_share_its_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_cooldown_a_failed_backend_is_tried_by_one_request_at_a_time() {
+    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+    let body = route("chat", "/ws", &[a.addr, b.addr]);
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nbackend_cooldown = \"50ms\"\n\n{body}"
+    ))
+    .await;
+    // Turn 0: `a` closes before answering (put aside for 50 ms), `b` answers.
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let mut failing = a.accept().await;
+    failing.read_head().await;
+    drop(failing);
+    let mut back = b.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    assert_eq!(client.read_head().await.status, 101);
+    // The cool-down's own time: no event says it is over.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let _turn_1 = raw_tunnel(proxy.addr, &b, &ws()).await;
+    // Turn 2, `a`'s: this request tries it again, and its answer is held back.
+    let mut probing = raw_client(proxy.addr).await;
+    probing.send(ws().bytes()).await;
+    let mut probe = a.accept().await;
+    let seen = probe.read_head().await;
+    let _turn_3 = raw_tunnel(proxy.addr, &b, &ws()).await;
+    // Turn 4, `a`'s again, while the probe waits: `b` takes it.
+    let _turn_4 = raw_tunnel(proxy.addr, &b, &ws()).await;
+    probe.send(switching(&seen, "")).await;
+    assert_eq!(probing.read_head().await.status, 101);
+    // `a` answered: back in turn for every request.
+    let _turn_5 = raw_tunnel(proxy.addr, &b, &ws()).await;
+    let _turn_6 = raw_tunnel(proxy.addr, &a, &ws()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_whose_backends_are_all_put_aside_still_tries_them() {
     // Putting aside never refuses a request by itself: with every backend aside, each is
     // tried in turn, and one that answers again is back.
