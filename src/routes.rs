@@ -164,9 +164,10 @@ impl RouteTable {
 
     /// Continues each route's backend rotation where the route of the same name in `old` (the
     /// table in force) has it: frequent reloads (a Kubernetes sync loop) must not skew the
-    /// spread by restarting every rotation. Its backends keep their health, by name: one put
-    /// aside stays aside.
-    pub(crate) fn continue_from(&self, old: &RouteTable) {
+    /// spread by restarting every rotation. With `keep_health`, its backends keep their
+    /// health, by name: one put aside stays aside (without, putting aside is off: all start
+    /// afresh).
+    pub(crate) fn continue_from(&self, old: &RouteTable, keep_health: bool) {
         let routes: HashMap<&str, &Route> = (old.routes.iter())
             .map(|r| (r.config.name.as_str(), r))
             .collect();
@@ -176,6 +177,9 @@ impl RouteTable {
             };
             let at = old.next_backend.load(Ordering::Relaxed);
             route.next_backend.store(at, Ordering::Relaxed);
+            if !keep_health {
+                continue;
+            }
             for (backend, health) in route.config.backends.iter().zip(&route.health) {
                 if let Some(was) = old.health_of(backend) {
                     health.continue_from(was);
@@ -603,7 +607,7 @@ mod tests {
         };
         assert_eq!(r.backends_in_turn().next(), Some("a:1"));
         let new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
-        new.continue_from(&old);
+        new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
         };
@@ -682,13 +686,20 @@ mod tests {
         let mut config = route("r", None, "/", None);
         config.backends.reverse();
         let new = RouteTable::new(&[config]);
-        new.continue_from(&old);
+        new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
         };
         let now = health::now();
         let up = |b: &str| r.health_of(b).unwrap().is_up(now);
         assert_eq!((up("a:1"), up("b:2"), up("c:3")), (true, false, true));
+        // Reloaded with putting aside turned off: all start afresh.
+        let off = RouteTable::new(&[route("r", None, "/", None)]);
+        off.continue_from(&new, false);
+        let Selection::Matched { route: r, .. } = off.select(None, "/", &[]) else {
+            panic!()
+        };
+        assert!(r.health_of("b:2").unwrap().is_up(now));
     }
 
     #[test]

@@ -106,7 +106,8 @@ impl Shared {
     /// shutdown has taken the listeners nothing changes either: the new sockets close unused.
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
         let current = self.current();
-        next.routes.continue_from(&current.routes);
+        let cooling = !next.config.timeouts.backend_cooldown.is_zero();
+        next.routes.continue_from(&current.routes, cooling);
         let max_connections_before = current.config.limits.max_connections;
         let reuse_port_before = current.config.reuse_port;
         drop(current);
