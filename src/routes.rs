@@ -51,6 +51,51 @@ pub struct Route {
     health: Box<[Health]>,
 }
 
+/// How many of a route's backends can be put aside (the bits of [`InTurn::aside`]): any after
+/// these are always taken as up.
+const TRACKED: usize = 128;
+
+fn is_set(bits: u128, i: usize) -> bool {
+    i < TRACKED && bits & (1 << i) != 0
+}
+
+/// A route's backends in the order one request tries them (see [`Route::backends_in_turn`]):
+/// a walk round the list from `start` taking those up, then another taking those put aside.
+/// No allocation: this runs for every upgrade.
+pub(crate) struct InTurn<'a> {
+    backends: &'a [String],
+    start: usize,
+    /// Bit `i`: backend `i` is put aside.
+    aside: u128,
+    /// Steps taken in the two walks (`0..2n`).
+    step: usize,
+    left: usize,
+}
+
+impl<'a> Iterator for InTurn<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let n = self.backends.len();
+        while self.step < 2 * n {
+            let i = (self.start + self.step % n) % n;
+            let first_walk = self.step < n;
+            self.step += 1;
+            if first_walk != is_set(self.aside, i) {
+                self.left -= 1;
+                return Some(&self.backends[i]);
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for InTurn<'_> {}
+
 /// The outcome of a lookup.
 pub enum Selection<'a> {
     /// No route's host and path match: 404.
@@ -71,21 +116,30 @@ impl Route {
     /// [`health`]), so a refused connect moves on to the next backend and a request is never
     /// refused without trying them all. The position counts the backends that are up, so they
     /// share the load evenly: a backend put aside does not hand its share to the one after it.
-    pub(crate) fn backends_in_turn(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+    pub(crate) fn backends_in_turn(&self) -> InTurn<'_> {
         let backends = &self.config.backends;
         let turn = self.next_backend.fetch_add(1, Ordering::Relaxed);
         let now = health::now();
-        let up: Vec<bool> = self.health.iter().map(|h| h.is_up(now)).collect();
-        let count_up = up.iter().filter(|&&up| up).count();
+        let aside = (self.health.iter().take(TRACKED).enumerate())
+            .filter(|(_, h)| !h.is_up(now))
+            .fold(0u128, |aside, (i, _)| aside | 1 << i);
+        let n = backends.len();
+        let count_up = n - aside.count_ones() as usize;
         // The counter wraps (after 2^64 requests); the sums must not overflow.
         let start = match count_up {
-            0 => turn % backends.len().max(1),
-            n => (0..up.len()).filter(|&i| up[i]).nth(turn % n).unwrap_or(0),
+            0 => turn % n.max(1),
+            up => (0..n)
+                .filter(|&i| !is_set(aside, i))
+                .nth(turn % up)
+                .unwrap_or(0),
         };
-        let ring = (0..backends.len()).map(move |i| (start + i) % backends.len());
-        let (mut order, aside): (Vec<usize>, Vec<usize>) = ring.partition(|&i| up[i]);
-        order.extend(aside);
-        order.into_iter().map(move |i| backends[i].as_str())
+        InTurn {
+            backends,
+            start,
+            aside,
+            step: 0,
+            left: n,
+        }
     }
 
     /// Whether a request whose turn `backend` is may try it now (see [`Health::may_try`]).
@@ -317,6 +371,8 @@ pub(crate) fn route_key(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn route(
@@ -671,6 +727,37 @@ mod tests {
         assert_eq!(all_aside.len(), 3, "all tried, in turn: {all_aside:?}");
         assert!(route.health_of("a:1").unwrap().answered());
         assert_eq!(route.backends_in_turn().next(), Some("a:1"), "back in turn");
+    }
+
+    #[test]
+    fn every_backend_comes_once_in_each_turn_however_many_are_aside() {
+        let mut config = route("r", None, "/", None);
+        config.backends = (0..200).map(|i| format!("b{i}:1")).collect();
+        let table = RouteTable::new(&[config]);
+        let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
+            panic!()
+        };
+        // Beyond the first 128, a backend is never put aside, but still comes once.
+        for aside in [3, 64, 127, 150, 199] {
+            let backend = format!("b{aside}:1");
+            route
+                .health_of(&backend)
+                .unwrap()
+                .failed(Duration::from_secs(60));
+        }
+        for _ in 0..3 {
+            let turn = route.backends_in_turn();
+            assert_eq!(turn.len(), 200);
+            let mut seen: Vec<&str> = turn.collect();
+            let last: Vec<&str> = seen[197..].to_vec();
+            assert_eq!(last.len(), 3, "the three tracked ones aside come last");
+            for tracked in ["b3:1", "b64:1", "b127:1"] {
+                assert!(last.contains(&tracked), "{last:?}");
+            }
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), 200);
+        }
     }
 
     #[test]
