@@ -2,16 +2,16 @@
 //! address, silent past its share of the connect timeout, or closed before a byte of answer)
 //! is put aside for a cool-down, `timeouts.backend_cooldown` (1 s by default) doubling with
 //! each failure in a row up to 30 s, and the route's requests go to its other backends
-//! meanwhile. No probes of its own: once the
-//! cool-down is over, one request tries it again (the others go on to the route's other
-//! backends until that one's try has ended, so a blackholed backend's probe holds up one
-//! request, not every request whose turn it is while the probe's connect waits). A route whose backends are all put aside still
-//! tries them all, so putting aside never refuses a request by itself; it only spares the
-//! requests a failing backend would have cost time (a refused connect, a blackholed one's share
-//! of `timeouts.connect`), and keeps its share of the load from piling onto the backend after
-//! it in the list.
+//! meanwhile. No probes of its own: once the cool-down is over, one request tries it again
+//! (the others whose turn it is go on to the next backend until that try has ended, so a
+//! blackholed backend's retry holds up one request, not every request whose turn it is while
+//! the connect waits). A route whose backends are all put aside still tries them all, so
+//! putting aside never refuses a request by itself; it only spares the requests a failing
+//! backend would have cost time (a refused connect, a blackholed one's share of
+//! `timeouts.connect`), and keeps its share of the load from piling onto the backend after it
+//! in the list.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -19,15 +19,22 @@ use std::time::{Duration, Instant};
 /// traffic within this.
 const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
 
+/// The bits of [`Health::state`] that count failures; the rest hold the time.
+const FAILURE_BITS: u32 = 16;
+
 /// One backend's health, as the route's requests found it.
 #[derive(Default)]
 pub(crate) struct Health {
-    /// Milliseconds (on [`now`]'s clock) until which the backend is put aside; 0: never.
-    aside_until: AtomicU64,
-    /// Failures in a row that put it aside (or kept it there), since it last answered.
-    failures: AtomicU32,
-    /// When (on [`now`]'s clock) a request began to try it again after a failure; 0: none.
-    probe_since: AtomicU64,
+    /// The time (milliseconds on [`now`]'s clock) until which it is put aside, and below it,
+    /// in [`FAILURE_BITS`], its failures in a row since it last answered. One word, so that a
+    /// failure and an answer racing each other leave one state or the other, never a backend
+    /// put aside with no failure for an answer to clear.
+    state: AtomicU64,
+    /// When it was last put aside: a try that began before then was on its way with the one
+    /// that put it aside, and its failure adds nothing.
+    aside_since: AtomicU64,
+    /// The claim of the one request trying it again after a cool-down ([`Leave`]); 0: none.
+    probe: AtomicU64,
 }
 
 /// What a failure did to a backend's health: put it aside for this long, in the `nth` failure
@@ -37,70 +44,107 @@ pub(crate) struct PutAside {
     pub(crate) nth: u32,
 }
 
+/// A request's leave to try a backend now: after a failure, the one request trying it again
+/// holds the claim to it, given back when this is dropped (its try ended, or the request was).
+#[derive(Default)]
+pub(crate) struct Leave<'a> {
+    probe: Option<(&'a Health, u64)>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        if let Some((health, claim)) = self.probe {
+            // A later claim is not this one's to give back.
+            let _ = (health.probe).compare_exchange(claim, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+fn unpack(state: u64) -> (u64, u32) {
+    let failures = (state & ((1 << FAILURE_BITS) - 1)) as u32;
+    (state >> FAILURE_BITS, failures)
+}
+
+fn pack(until: u64, failures: u32) -> u64 {
+    let failures = u64::from(failures.min((1 << FAILURE_BITS) - 1));
+    (until.min(u64::MAX >> FAILURE_BITS) << FAILURE_BITS) | failures
+}
+
 impl Health {
     /// Whether requests may go to it at `now` (from [`now`]).
     pub(crate) fn is_up(&self, now: u64) -> bool {
-        self.aside_until.load(Ordering::Relaxed) <= now
+        unpack(self.state.load(Ordering::Relaxed)).0 <= now
     }
 
-    /// Whether a request whose turn it is may try it now: any request, while it has not
-    /// failed; after a failure, once its cool-down is over, one request at a time (the
-    /// probe), a probe that never ended (its request dropped) counting for at most `hold`.
-    pub(crate) fn may_try(&self, hold: Duration) -> bool {
-        if self.failures.load(Ordering::Relaxed) == 0 {
-            return true;
+    /// Whether a request whose turn it is may try it now, and if so its leave: any request
+    /// while it has not failed, and while it is put aside (a request gets to it then only
+    /// when the route's other backends failed too: its last resort); after a failure and its
+    /// cool-down, one request at a time. `None`: another request is trying it again.
+    pub(crate) fn leave(&self) -> Option<Leave<'_>> {
+        let (until, failures) = unpack(self.state.load(Ordering::Relaxed));
+        if failures == 0 || until > now() {
+            return Some(Leave::default());
         }
-        let now = now();
-        let since = self.probe_since.load(Ordering::Relaxed);
-        let hold = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
-        if since != 0 && now.saturating_sub(since) < hold {
-            return false;
-        }
-        (self.probe_since)
-            .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        static CLAIMS: AtomicU64 = AtomicU64::new(1);
+        let claim = CLAIMS.fetch_add(1, Ordering::Relaxed);
+        (self.probe)
+            .compare_exchange(0, claim, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        Some(Leave {
+            probe: Some((self, claim)),
+        })
     }
 
-    /// Notes a failure to take a connection; `first` is the first cool-down
-    /// (`timeouts.backend_cooldown`, more than zero). Only a backend that was up is put aside (further):
-    /// requests that were already on their way to it when it was put aside, or that tried it
-    /// as a last resort, fail as the one that put it aside did and add nothing, so a burst of
-    /// them does not stretch the cool-down to its maximum at once.
-    pub(crate) fn failed(&self, first: Duration) -> Option<PutAside> {
+    /// Notes a failure to take a connection of a try that `began` (on [`now`]'s clock);
+    /// `first` is the first cool-down (`timeouts.backend_cooldown`, more than zero). Only a
+    /// backend that is up is put aside (further): a try that was on its way when another put
+    /// it aside, or that tried it as a last resort, fails as that one did and adds nothing,
+    /// so a burst of them does not stretch the cool-down to its maximum at once.
+    pub(crate) fn failed(&self, first: Duration, began: u64) -> Option<PutAside> {
         let now = now();
-        let until = self.aside_until.load(Ordering::Relaxed);
-        if until > now {
+        if began < self.aside_since.load(Ordering::Relaxed) {
             return None;
         }
-        let nth = self.failures.load(Ordering::Relaxed).saturating_add(1);
-        let cool_down = cool_down(first, nth);
-        let aside_until = now + u64::try_from(cool_down.as_millis()).unwrap_or(u64::MAX);
-        // Lost to a concurrent failure: that one put it aside.
-        (self.aside_until)
-            .compare_exchange(until, aside_until, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
-        self.failures.store(nth, Ordering::Relaxed);
-        self.probe_since.store(0, Ordering::Relaxed);
-        Some(PutAside { cool_down, nth })
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            let (until, failures) = unpack(state);
+            if until > now {
+                return None;
+            }
+            let nth = failures.saturating_add(1);
+            let cool_down = cool_down(first, nth);
+            let until =
+                now.saturating_add(u64::try_from(cool_down.as_millis()).unwrap_or(u64::MAX));
+            let next = pack(until, nth);
+            match (self.state).compare_exchange(state, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    self.aside_since.store(now, Ordering::Relaxed);
+                    let nth = unpack(next).1;
+                    return Some(PutAside { cool_down, nth });
+                }
+                Err(now_state) => state = now_state,
+            }
+        }
     }
 
-    /// Notes an answer (any answer: the backend takes connections). Whether it was put aside
+    /// Notes an answer (any answer: the backend takes connections). Whether it had failed
     /// until now.
     pub(crate) fn answered(&self) -> bool {
-        if self.failures.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
-        self.aside_until.store(0, Ordering::Relaxed);
-        self.probe_since.store(0, Ordering::Relaxed);
-        self.failures.swap(0, Ordering::Relaxed) != 0
+        // Read first: answers from a backend that is fine (all of them, nearly) write nothing.
+        self.state.load(Ordering::Relaxed) != 0 && self.state.swap(0, Ordering::Relaxed) != 0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ever_put_aside(&self) -> bool {
+        self.aside_since.load(Ordering::Relaxed) != 0
     }
 
     /// Takes over `old`'s state: the same backend in a reloaded route.
     pub(crate) fn continue_from(&self, old: &Health) {
-        let until = old.aside_until.load(Ordering::Relaxed);
-        self.aside_until.store(until, Ordering::Relaxed);
-        let failures = old.failures.load(Ordering::Relaxed);
-        self.failures.store(failures, Ordering::Relaxed);
+        let state = old.state.load(Ordering::Relaxed);
+        self.state.store(state, Ordering::Relaxed);
+        let since = old.aside_since.load(Ordering::Relaxed);
+        self.aside_since.store(since, Ordering::Relaxed);
     }
 }
 
@@ -111,8 +155,8 @@ fn cool_down(first: Duration, nth: u32) -> Duration {
     first.saturating_mul(1 << doublings).min(longest)
 }
 
-/// Milliseconds since the first call in this process, at least 1 (0 stands for "never put
-/// aside").
+/// Milliseconds since the first call in this process, at least 1 (a time of 0 stands for
+/// "never").
 pub(crate) fn now() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
@@ -125,27 +169,37 @@ mod tests {
 
     const FIRST: Duration = Duration::from_secs(1);
 
+    /// Its cool-down over, as if that much time had passed.
+    fn cooled(health: &Health) {
+        let (_, failures) = unpack(health.state.load(Ordering::Relaxed));
+        health.state.store(pack(1, failures), Ordering::Relaxed);
+    }
+
     #[test]
     fn a_failure_puts_a_backend_aside_and_an_answer_brings_it_back() {
         let health = Health::default();
         assert!(health.is_up(now()));
-        let aside = health.failed(FIRST).unwrap();
+        let aside = health.failed(FIRST, now()).unwrap();
         assert_eq!((aside.cool_down, aside.nth), (FIRST, 1));
         assert!(!health.is_up(now()));
         assert!(health.is_up(now() + 1_000), "up again after the cool-down");
-        assert!(health.answered(), "it was aside");
+        assert!(health.answered(), "it had failed");
         assert!(health.is_up(now()));
         assert!(!health.answered(), "nothing to bring back");
     }
 
     #[test]
-    fn failures_while_aside_add_nothing() {
+    fn failures_while_aside_or_of_tries_begun_before_add_nothing() {
         let health = Health::default();
-        health.failed(FIRST).unwrap();
+        let began = now();
+        health.failed(FIRST, began).unwrap();
         for _ in 0..100 {
-            assert!(health.failed(FIRST).is_none());
+            assert!(health.failed(FIRST, now()).is_none());
         }
-        assert_eq!(health.failures.load(Ordering::Relaxed), 1);
+        cooled(&health);
+        // A try that began before it was put aside, failing only now.
+        assert!(health.failed(FIRST, began.saturating_sub(1)).is_none());
+        assert_eq!(unpack(health.state.load(Ordering::Relaxed)).1, 1);
     }
 
     #[test]
@@ -161,36 +215,54 @@ mod tests {
         );
         // The failure that comes once the cool-down is over counts as the next in a row.
         let health = Health::default();
-        health.failed(FIRST).unwrap();
-        health.aside_until.store(now() - 1, Ordering::Relaxed);
-        assert_eq!(health.failed(FIRST).unwrap().nth, 2);
+        health.failed(FIRST, now()).unwrap();
+        cooled(&health);
+        assert_eq!(health.failed(FIRST, now()).unwrap().nth, 2);
     }
 
     #[test]
     fn after_a_failure_one_request_at_a_time_tries_the_backend_again() {
-        let (health, hold) = (Health::default(), Duration::from_secs(5));
+        let health = Health::default();
+        let (a, b) = (health.leave(), health.leave());
+        assert!(a.is_some() && b.is_some(), "anyone, before");
+        drop((a, b));
+        health.failed(FIRST, now()).unwrap();
         assert!(
-            health.may_try(hold) && health.may_try(hold),
-            "anyone, before"
+            health.leave().is_some(),
+            "anyone, as a last resort while aside"
         );
-        health.failed(FIRST).unwrap();
-        assert!(health.may_try(hold), "the probe");
-        assert!(!health.may_try(hold), "one at a time");
-        // The probe failed: aside again, and the next probe is one request again.
-        health.aside_until.store(1, Ordering::Relaxed);
-        assert_eq!(health.failed(FIRST).unwrap().nth, 2);
-        assert!(health.may_try(hold) && !health.may_try(hold));
-        // A probe whose request was dropped holds the backend for `hold` only.
-        assert!(health.may_try(Duration::ZERO));
-        // It answered: anyone again.
+        cooled(&health);
+        let probe = health.leave().expect("the one trying it again");
+        assert!(health.leave().is_none(), "one at a time");
+        drop(probe);
+        let probe = health.leave().expect("its leave given back, the next may");
+        // It answered: anyone again, the claim still held or not.
         assert!(health.answered());
-        assert!(health.may_try(hold) && health.may_try(hold));
+        assert!(health.leave().is_some() && health.leave().is_some());
+        drop(probe);
+        assert_eq!(health.probe.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_answer_racing_a_failure_leaves_a_consistent_state() {
+        // The failure lands first, then the answer: up, no failure left.
+        let health = Health::default();
+        health.failed(FIRST, now()).unwrap();
+        cooled(&health);
+        health.failed(FIRST, now()).unwrap();
+        assert!(health.answered());
+        assert!(health.is_up(now()) && !health.answered());
+        // The answer lands first, then the failure: aside, and the next answer clears it.
+        health.failed(FIRST, now()).unwrap();
+        assert!(!health.is_up(now()));
+        assert!(health.answered());
+        assert!(health.is_up(now()));
     }
 
     #[test]
     fn a_reloaded_route_keeps_its_backends_health() {
         let (old, new) = (Health::default(), Health::default());
-        old.failed(FIRST).unwrap();
+        old.failed(FIRST, now()).unwrap();
         new.continue_from(&old);
         assert!(!new.is_up(now()));
         assert!(new.answered());

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::{HostPattern, RouteConfig};
-use crate::health::{self, Health};
+use crate::health::{self, Health, Leave};
 use crate::path::{read_path, Read};
 
 pub struct RouteTable {
@@ -47,8 +47,20 @@ impl Paths {
 pub struct Route {
     pub config: RouteConfig,
     next_backend: AtomicUsize,
-    /// Each of `config.backends`' health, in the same order.
-    health: Box<[Health]>,
+    /// Each of `config.backends`' health, in the same order: a backend listed twice shares
+    /// one (the first place's), so it is put aside in both places.
+    health: Box<[std::sync::Arc<Health>]>,
+}
+
+/// A health for each of `backends`, one shared by the places of a backend listed twice.
+fn shared_health(backends: &[String]) -> Box<[std::sync::Arc<Health>]> {
+    let mut health: Vec<std::sync::Arc<Health>> = Vec::with_capacity(backends.len());
+    for (i, backend) in backends.iter().enumerate() {
+        let first = backends.iter().position(|b| b == backend).unwrap_or(i);
+        let shared = health.get(first).cloned().unwrap_or_default();
+        health.push(shared);
+    }
+    health.into_boxed_slice()
 }
 
 /// How many of a route's backends can be put aside (the bits of [`InTurn::aside`]): any after
@@ -142,15 +154,19 @@ impl Route {
         }
     }
 
-    /// Whether a request whose turn `backend` is may try it now (see [`Health::may_try`]).
-    pub(crate) fn may_try(&self, backend: &str, hold: std::time::Duration) -> bool {
-        self.health_of(backend).is_none_or(|h| h.may_try(hold))
+    /// Whether a request whose turn `backend` is may try it now, and its leave to (see
+    /// [`Health::leave`]).
+    pub(crate) fn leave(&self, backend: &str) -> Option<Leave<'_>> {
+        match self.health_of(backend) {
+            Some(health) => health.leave(),
+            None => Some(Leave::default()),
+        }
     }
 
     /// The health of `backend`, one of this route's (the first, if listed twice).
     pub(crate) fn health_of(&self, backend: &str) -> Option<&Health> {
         let index = self.config.backends.iter().position(|b| b == backend)?;
-        self.health.get(index)
+        self.health.get(index).map(|health| &**health)
     }
 
     /// Whether requests have other backends to go to while one of them is put aside.
@@ -210,7 +226,7 @@ impl RouteTable {
             table.routes.push(Route {
                 config: config.clone(),
                 next_backend: AtomicUsize::new(0),
-                health: config.backends.iter().map(|_| Health::default()).collect(),
+                health: shared_health(&config.backends),
             });
         }
         table
@@ -704,7 +720,7 @@ mod tests {
         route
             .health_of("a:1")
             .unwrap()
-            .failed(std::time::Duration::from_secs(1))
+            .failed(Duration::from_secs(1), health::now())
             .unwrap();
         let turns: Vec<Vec<&str>> = (0..4).map(|_| route.backends_in_turn().collect()).collect();
         assert_eq!(
@@ -720,7 +736,7 @@ mod tests {
             route
                 .health_of(backend)
                 .unwrap()
-                .failed(std::time::Duration::from_secs(1))
+                .failed(Duration::from_secs(1), health::now())
                 .unwrap();
         }
         let all_aside: Vec<&str> = route.backends_in_turn().collect();
@@ -743,7 +759,7 @@ mod tests {
             route
                 .health_of(&backend)
                 .unwrap()
-                .failed(Duration::from_secs(60));
+                .failed(Duration::from_secs(60), health::now());
         }
         for _ in 0..3 {
             let turn = route.backends_in_turn();
@@ -761,6 +777,24 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_listed_twice_is_put_aside_in_both_places() {
+        let mut config = route("r", None, "/", None);
+        config.backends = vec!["a:1".into(), "b:2".into(), "a:1".into()];
+        let table = RouteTable::new(&[config]);
+        let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
+            panic!()
+        };
+        route
+            .health_of("a:1")
+            .unwrap()
+            .failed(Duration::from_secs(60), health::now());
+        for _ in 0..3 {
+            let turn: Vec<&str> = route.backends_in_turn().collect();
+            assert_eq!(turn[0], "b:2", "{turn:?}");
+        }
+    }
+
+    #[test]
     fn a_reloaded_route_keeps_its_backends_health_by_name() {
         let old = RouteTable::new(&[route("r", None, "/", None)]);
         let Selection::Matched { route: r, .. } = old.select(None, "/", &[]) else {
@@ -768,7 +802,7 @@ mod tests {
         };
         r.health_of("b:2")
             .unwrap()
-            .failed(std::time::Duration::from_secs(1))
+            .failed(Duration::from_secs(1), health::now())
             .unwrap();
         let mut config = route("r", None, "/", None);
         config.backends.reverse();

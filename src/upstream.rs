@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{out_of_descriptors, ProxyError};
-use crate::health::Health;
+use crate::health::{self, Health, Leave};
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::websocket;
@@ -92,6 +92,7 @@ async fn exchange(
 ) -> Result<Answer, ProxyError> {
     let offer = websocket::Offer::of(request.headers(), protocols)?;
     let mut turns = Turns {
+        fair_share: share_of(deadline, route.config.backends.len()),
         backends: route.backends_in_turn(),
         later: Vec::new(),
         again: None,
@@ -101,7 +102,8 @@ async fn exchange(
         connect_error: None,
     };
     for closed in 1.. {
-        let (backend, dialed) =
+        // The leave is held until the try has ended: answered, or failed.
+        let (backend, dialed, began, _leave) =
             connect_in_turn(route, &mut turns, deadline, cooldown, tried, metrics).await?;
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || turns.left() > 0;
@@ -121,7 +123,11 @@ async fn exchange(
         // pod), or the next backend, may take the request. Counted: failover hides it from
         // clients, not from operators.
         metrics.backend_closed_early(&route.config.name, backend);
-        put_aside(route, backend, &error, cooldown);
+        // Put aside once none of its addresses is left: one pod of a headless Service closing
+        // is no reason to skip the name, whose next address is tried right after.
+        if !dialed.more {
+            put_aside(route, backend, &error, cooldown, began);
+        }
         turns.gone.push(dialed.addr);
         turns.gone_error = Some((backend, error));
         let Some(copy) = copy else {
@@ -141,6 +147,10 @@ const MAX_CLOSED: usize = 3;
 
 /// Where a request is in its route's backends, across the backends it tries.
 struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
+    /// The time each backend would get if every one were slow: a try whose share of what was
+    /// left came to much less (earlier backends took the rest) is not the backend's failure
+    /// when it runs out.
+    fair_share: Duration,
     /// The backends not tried yet, in round-robin order.
     backends: I,
     /// Backends another request is trying again after a failure (see [`crate::health`]):
@@ -416,21 +426,25 @@ const BACKEND_BUFFER: usize = 64 * 1024;
 /// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
 /// a healthy one waits its turn. A backend that fails is put aside for `cooldown` (see
 /// [`crate::health`]).
-async fn connect_in_turn<'a>(
-    route: &Route,
+async fn connect_in_turn<'a, 'r>(
+    route: &'r Route,
     turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     deadline: tokio::time::Instant,
     cooldown: Duration,
     tried: &mut Option<String>,
     metrics: &Metrics,
-) -> Result<(&'a str, Dialed), ProxyError> {
+) -> Result<(&'a str, Dialed, u64, Leave<'r>), ProxyError> {
     while let Some((backend, ask)) = turns.next() {
+        let leave = match ask {
+            true => route.leave(backend),
+            false => Some(Leave::default()),
+        };
         // Another request is trying this one again after its failure: the others first.
-        let hold = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if ask && !route.may_try(backend, hold) {
+        let Some(leave) = leave else {
             turns.later.push(backend);
             continue;
-        }
+        };
+        let began = health::now();
         let share = share_of(deadline, turns.left() + 1);
         let until = tokio::time::Instant::now() + share;
         let connected = connect(backend, &turns.gone, until);
@@ -443,7 +457,7 @@ async fn connect_in_turn<'a>(
                 *tried = before;
                 continue;
             }
-            Ok(Ok(Some(dialed))) => return Ok((backend, dialed)),
+            Ok(Ok(Some(dialed))) => return Ok((backend, dialed, began, leave)),
             // The process's descriptors, not the backend: trying others would only fail too.
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(ProxyError::OutOfDescriptors),
             Ok(Err(e)) => e,
@@ -454,7 +468,11 @@ async fn connect_in_turn<'a>(
         }
         // Failover hides a dead backend from clients; the counter shows it to operators.
         metrics.backend_connect_failed(&route.config.name, backend, &error);
-        put_aside(route, backend, &error, cooldown);
+        let cut_short =
+            error.kind() == std::io::ErrorKind::TimedOut && share < turns.fair_share / 2;
+        if !cut_short {
+            put_aside(route, backend, &error, cooldown, began);
+        }
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
         turns.connect_error = Some(error.to_string());
     }
@@ -463,11 +481,21 @@ async fn connect_in_turn<'a>(
 
 /// Puts `backend` aside after it failed to take a connection (see [`crate::health`]), and
 /// says so when that is news. Not in a route with no other backend to send requests to.
-fn put_aside(route: &Route, backend: &str, error: &dyn std::fmt::Display, cooldown: Duration) {
+/// `began`: when the failed try began (on [`health::now`]'s clock).
+fn put_aside(
+    route: &Route,
+    backend: &str,
+    error: &dyn std::fmt::Display,
+    cooldown: Duration,
+    began: u64,
+) {
     if !route.has_others() || cooldown.is_zero() {
         return;
     }
-    let Some(aside) = route.health_of(backend).and_then(|h| h.failed(cooldown)) else {
+    let Some(aside) = route
+        .health_of(backend)
+        .and_then(|h| h.failed(cooldown, began))
+    else {
         return;
     };
     tracing::warn!(
@@ -475,9 +503,9 @@ fn put_aside(route: &Route, backend: &str, error: &dyn std::fmt::Display, cooldo
         backend,
         %error,
         failures_in_a_row = aside.nth,
-        "backend put aside for {} s: requests go to the route's other backends until it is \
+        "backend put aside for {:?}: requests go to the route's other backends until it is \
          tried again",
-        aside.cool_down.as_secs()
+        aside.cool_down
     );
 }
 
@@ -669,7 +697,8 @@ mod tests {
             path: "/".into(),
             subprotocols: None,
             origins: None,
-            backends: vec![name],
+            // Another backend, so that the name could be put aside.
+            backends: vec![name, "127.0.0.1:1".into()],
             idle: None,
         };
         let table = crate::routes::RouteTable::new(&[config]);
@@ -700,6 +729,9 @@ mod tests {
             panic!("no tunnel: {:?}", answer.err());
         };
         assert_eq!(tunnel.socket.peer_addr().unwrap(), good_addr);
+        // One pod gone is no reason to put the name aside: its next address answered.
+        let health = route.health_of(&route.config.backends[0]).unwrap();
+        assert!(!health.ever_put_aside());
     }
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
