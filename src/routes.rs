@@ -171,7 +171,8 @@ impl Route {
 
     /// Whether requests have other backends to go to while one of them is put aside.
     pub(crate) fn has_others(&self) -> bool {
-        self.config.backends.len() > 1
+        let backends = &self.config.backends;
+        backends.iter().any(|b| *b != backends[0])
     }
 
     /// The offered protocols this route allows, in the client's order; `None` if the route has

@@ -123,9 +123,10 @@ async fn exchange(
         // pod), or the next backend, may take the request. Counted: failover hides it from
         // clients, not from operators.
         metrics.backend_closed_early(&route.config.name, backend);
-        // Put aside once none of its addresses is left: one pod of a headless Service closing
-        // is no reason to skip the name, whose next address is tried right after.
-        if !dialed.more {
+        // Put aside once this request goes to none of its other addresses: one pod of a
+        // headless Service closing is no reason to skip the name, whose next address is tried
+        // right after; but a request given up here (MAX_CLOSED) is a reason.
+        if !dialed.more || copy.is_none() {
             put_aside(route, backend, &error, cooldown, began);
         }
         turns.gone.push(dialed.addr);
@@ -691,23 +692,76 @@ mod tests {
             let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
             socket.write_all(answer.as_bytes()).await.unwrap();
         });
+        // Another backend, so that the name could be put aside.
+        let table = table_of(vec![name, "127.0.0.1:1".into()]);
+        let answer = open_on(&table).await;
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        assert_eq!(tunnel.socket.peer_addr().unwrap(), good_addr);
+        // One pod gone is no reason to put the name aside: its next address answered.
+        assert!(!name_health(&table).ever_put_aside());
+    }
+
+    /// Every address of a name closing before answering (a failing deploy): the request is
+    /// given up after three closes, with addresses of the name left, and the name is put
+    /// aside, so the route's next requests go to its other backend.
+    #[tokio::test]
+    async fn a_name_whose_addresses_all_close_is_put_aside() {
+        let mut addrs = Vec::new();
+        for _ in 0..4 {
+            let dying = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(dying.local_addr().unwrap());
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = dying.accept().await {
+                    drop(socket);
+                }
+            });
+        }
+        let name = "four-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &addrs);
+        let table = table_of(vec![name, "127.0.0.1:1".into()]);
+        let answer = open_on(&table).await;
+        assert!(
+            matches!(answer, Err(ProxyError::BackendFailed(_))),
+            "{:?}",
+            answer.err()
+        );
+        assert!(name_health(&table).ever_put_aside());
+    }
+
+    /// A table of one route, `/` to `backends`.
+    fn table_of(backends: Vec<String>) -> crate::routes::RouteTable {
         let config = crate::config::RouteConfig {
             name: "chat".into(),
             host: None,
             path: "/".into(),
             subprotocols: None,
             origins: None,
-            // Another backend, so that the name could be put aside.
-            backends: vec![name, "127.0.0.1:1".into()],
+            backends,
             idle: None,
         };
-        let table = crate::routes::RouteTable::new(&[config]);
+        crate::routes::RouteTable::new(&[config])
+    }
+
+    fn the_route(table: &crate::routes::RouteTable) -> &Route {
         let crate::routes::Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
             panic!("the route");
         };
+        route
+    }
+
+    /// The health of the route's first backend.
+    fn name_health(table: &crate::routes::RouteTable) -> &Health {
+        let route = the_route(table);
+        route.health_of(&route.config.backends[0]).unwrap()
+    }
+
+    /// An upgrade request through the table's route.
+    async fn open_on(table: &crate::routes::RouteTable) -> Result<Answer, ProxyError> {
         let request = Request::builder()
             .uri("/")
-            .header("host", "two-pods.test")
+            .header("host", "pods.test")
             .header("upgrade", "websocket")
             .header("connection", "Upgrade")
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
@@ -715,23 +769,17 @@ mod tests {
             .body(Empty::new())
             .unwrap();
         let (metrics, mut tried) = (Metrics::default(), None);
-        let answer = open(
-            route,
+        let (connect, cooldown) = (Duration::from_secs(5), Duration::from_secs(1));
+        open(
+            the_route(table),
             request,
             &[],
-            Duration::from_secs(5),
-            Duration::from_secs(1),
+            connect,
+            cooldown,
             &mut tried,
             &metrics,
         )
-        .await;
-        let Ok(Answer::Upgraded(tunnel)) = answer else {
-            panic!("no tunnel: {:?}", answer.err());
-        };
-        assert_eq!(tunnel.socket.peer_addr().unwrap(), good_addr);
-        // One pod gone is no reason to put the name aside: its next address answered.
-        let health = route.health_of(&route.config.backends[0]).unwrap();
-        assert!(!health.ever_put_aside());
+        .await
     }
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
