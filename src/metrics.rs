@@ -66,6 +66,13 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairLabels {
+    route: String,
+    /// As written in the config.
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FileLabels {
     file: String,
 }
@@ -137,6 +144,7 @@ struct Series {
     tunnel_bytes: HashSet<BytesLabels>,
     tunnels_closed: HashSet<ClosedLabels>,
     backend_failures: HashSet<BackendLabels>,
+    backend_put_aside: HashSet<PairLabels>,
 }
 
 /// Runs `f` on the series `labels` of `family`, created and entered in its `index` in
@@ -191,6 +199,7 @@ pub(crate) struct Metrics {
     tunnels_closed: Family<ClosedLabels, Counter>,
     closed_early: Family<EarlyLabels, Counter>,
     backend_failures: Family<BackendLabels, Counter>,
+    backend_put_aside: Family<PairLabels, Counter>,
     certificate_expiry: Family<FileLabels, Gauge>,
     /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
     certificate_files: Mutex<Vec<FileLabels>>,
@@ -215,6 +224,7 @@ impl Default for Metrics {
             tunnels_closed: Family::default(),
             closed_early: Family::default(),
             backend_failures: Family::default(),
+            backend_put_aside: Family::default(),
             certificate_expiry: Family::default(),
             certificate_files: Mutex::default(),
             series: Arc::default(),
@@ -242,6 +252,7 @@ impl Default for Metrics {
             "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
+            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "certificate_expiry_timestamp_seconds", "Unix time at which each served certificate (by file) expires", certificate_expiry;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
@@ -363,6 +374,16 @@ impl Metrics {
         bump(&self.series, &self.backend_failures, index, labels, inc);
     }
 
+    /// A backend put aside after a failure (see `health`).
+    pub(crate) fn backend_put_aside(&self, route: &str, backend: &str) {
+        let labels = PairLabels {
+            route: route.to_string(),
+            backend: backend.to_string(),
+        };
+        let index: fn(&mut Series) -> &mut HashSet<_> = |s| &mut s.backend_put_aside;
+        bump(&self.series, &self.backend_put_aside, index, labels, inc);
+    }
+
     /// The routes now configured (a reload was applied): the series of routes, and of
     /// route-and-backend pairs, no longer in the config go away, so a generator that renames
     /// routes or rotates backends (per-tenant routes, per-pod addresses) does not grow
@@ -393,6 +414,7 @@ impl Metrics {
             tunnel_bytes,
             tunnels_closed,
             backend_failures,
+            backend_put_aside,
         } = &mut *series;
         let kept =
             |route: &str| route == NO_ROUTE || names.contains(route) || live.contains_key(route);
@@ -401,6 +423,9 @@ impl Metrics {
         retain(&self.tunnel_bytes, tunnel_bytes, |l| kept(&l.route));
         retain(&self.tunnels_closed, tunnels_closed, |l| kept(&l.route));
         retain(&self.backend_failures, backend_failures, |l| {
+            pairs.contains(&(l.route.as_str(), l.backend.as_str()))
+        });
+        retain(&self.backend_put_aside, backend_put_aside, |l| {
             pairs.contains(&(l.route.as_str(), l.backend.as_str()))
         });
     }
@@ -588,6 +613,8 @@ mod tests {
             metrics.answered(Some(name), 502);
             metrics.backend_connect_failed(name, "old:1", &refused);
             metrics.backend_connect_failed(name, "kept:1", &refused);
+            metrics.backend_put_aside(name, "old:1");
+            metrics.backend_put_aside(name, "kept:1");
             let mut meter = metrics.meter(name);
             metrics.upgraded(name, Duration::from_millis(1));
             let open = metrics.tunnel_started();
@@ -609,6 +636,7 @@ mod tests {
             r#"wsgate_tunnel_bytes_total{route="b",direction="backend_to_client"} 4"#,
             r#"wsgate_tunnels_closed_total{route="b",reason="client_closed"} 1"#,
             r#"wsgate_backend_connect_failures_total{route="b",backend="kept:1",error="refused"} 1"#,
+            r#"wsgate_backend_put_aside_total{route="b",backend="kept:1"} 1"#,
         ] {
             assert!(text.contains(kept), "{kept}: {text}");
         }

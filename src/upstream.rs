@@ -127,7 +127,7 @@ async fn exchange(
         // headless Service closing is no reason to skip the name, whose next address is tried
         // right after; but a request given up here (MAX_CLOSED) is a reason.
         if !dialed.more || copy.is_none() {
-            put_aside(route, backend, &error, cooldown, began);
+            put_aside(route, backend, &error, cooldown, began, metrics);
         }
         turns.gone.push(dialed.addr);
         turns.gone_error = Some((backend, error));
@@ -472,7 +472,7 @@ async fn connect_in_turn<'a, 'r>(
         let cut_short =
             error.kind() == std::io::ErrorKind::TimedOut && share < turns.fair_share / 2;
         if !cut_short {
-            put_aside(route, backend, &error, cooldown, began);
+            put_aside(route, backend, &error, cooldown, began, metrics);
         }
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
         turns.connect_error = Some(error.to_string());
@@ -482,13 +482,15 @@ async fn connect_in_turn<'a, 'r>(
 
 /// Puts `backend` aside after it failed to take a connection (see [`crate::health`]), and
 /// says so when that is news. Not in a route with no other backend to send requests to.
-/// `began`: when the failed try began (on [`health::now`]'s clock).
+/// `began`: when the failed try began (on [`health::now`]'s clock). Counted, as each failure
+/// is: a backend put aside is a backend to look at.
 fn put_aside(
     route: &Route,
     backend: &str,
     error: &dyn std::fmt::Display,
     cooldown: Duration,
     began: u64,
+    metrics: &Metrics,
 ) {
     if !route.has_others() || cooldown.is_zero() {
         return;
@@ -499,6 +501,7 @@ fn put_aside(
     else {
         return;
     };
+    metrics.backend_put_aside(&route.config.name, backend);
     tracing::warn!(
         route = %route.config.name,
         backend,

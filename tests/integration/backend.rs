@@ -55,10 +55,13 @@ async fn a_refusing_backend_is_put_aside_and_the_others_share_its_load() {
     for expected in [&a, &b, &a, &b, &a, &b] {
         let _tunnel = raw_tunnel(proxy.addr, expected, &ws()).await;
     }
+    let admin = proxy.server.admin_addr().unwrap();
     let failed = format!(
         r#"wsgate_backend_connect_failures_total{{route="chat",backend="{refusing}",error="refused"}}"#
     );
-    scrape_until(proxy.server.admin_addr().unwrap(), &failed, 1.0).await;
+    scrape_until(admin, &failed, 1.0).await;
+    let aside = format!(r#"wsgate_backend_put_aside_total{{route="chat",backend="{refusing}"}}"#);
+    scrape_until(admin, &aside, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
