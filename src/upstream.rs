@@ -101,9 +101,12 @@ async fn exchange(
         gone_error: None,
         connect_error: None,
     };
+    // The leaves of backends whose address closed before answering: held until the request
+    // is done with them, as their next addresses are tried (`again`) without asking again.
+    let mut held = Vec::new();
     for closed in 1.. {
         // The leave is held until the try has ended: answered, or failed.
-        let (backend, dialed, began, _leave) =
+        let (backend, dialed, began, leave) =
             connect_in_turn(route, &mut turns, deadline, cooldown, tried, metrics).await?;
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || turns.left() > 0;
@@ -136,6 +139,7 @@ async fn exchange(
         };
         tracing::debug!(route = %route.config.name, backend, "backend closed before answering; trying another");
         turns.again = Some(backend);
+        held.push(leave);
         request = copy;
     }
     Err(turns.outcome(tried))
