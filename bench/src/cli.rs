@@ -225,9 +225,10 @@ fn size_parser() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..=MAX_SIZE)
 }
 
-/// A send rate: a finite number of messages per second above zero. The schedule divides by it:
-/// zero or NaN leaves every due time undefined, and infinity puts every send at the start, so
-/// the pacer would never reach the window's end.
+/// A send rate, from [`MIN_RATE`] to [`MAX_RATE`] messages per second. The schedule divides by
+/// it: zero or NaN leaves every due time undefined, a rate so small that the gap between sends
+/// is no `Duration` stops the pacer, and one so large that the gap rounds to nothing puts every
+/// send at the start, so the pacer would never reach the window's end.
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     let rate: f64 = s
         .trim()
@@ -235,16 +236,25 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
         .map_err(|_| format!("invalid rate {s:?} (examples: 5000, 2.5e4)"))?;
     if !valid_rate(rate) {
         return Err(format!(
-            "{s:?} must be a finite number of messages per second above zero"
+            "{s:?} must be a number of messages per second from {MIN_RATE} to {MAX_RATE}"
         ));
     }
     Ok(rate)
 }
 
+/// One message in about 12 days.
+pub const MIN_RATE: f64 = 1e-6;
+/// Far beyond what one core can send, or a loopback carry.
+pub const MAX_RATE: f64 = 1e7;
+
 /// Whether [`parse_rate`] would take `rate`.
 pub fn valid_rate(rate: f64) -> bool {
-    rate.is_finite() && rate > 0.0
+    (MIN_RATE..=MAX_RATE).contains(&rate)
 }
+
+/// The longest duration taken: a run, a warm-up or a hold past it is a typo, and past the
+/// clock's range one would end the tool with a panic, not an error.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A duration that must be longer than zero (a measured window, a timeout): a zero-length
 /// window would report rates from nothing.
@@ -276,6 +286,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration {s:?}"));
     }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("{s:?} is longer than 30 days"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -301,6 +314,10 @@ mod tests {
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert!(parse_window("0s").is_err());
         assert!(parse_window("0ms").is_err());
+        for huge in ["31d", "100000000000000000000", "721h", "1e30s"] {
+            assert!(parse_duration(huge).is_err(), "{huge:?} accepted");
+        }
+        assert_eq!(parse_duration("720h").unwrap(), MAX_DURATION);
         assert_eq!(parse_window("2s").unwrap(), Duration::from_secs(2));
     }
 
@@ -309,7 +326,10 @@ mod tests {
         assert_eq!(parse_rate("5000"), Ok(5000.0));
         assert_eq!(parse_rate("2.5e4"), Ok(25_000.0));
         assert_eq!(parse_rate("0.5"), Ok(0.5));
-        for bad in ["0", "-1", "nan", "NaN", "inf", "-inf", "1e400", "fast", ""] {
+        assert_eq!(parse_rate("1e7"), Ok(1e7));
+        for bad in [
+            "0", "-1", "nan", "NaN", "inf", "-inf", "1e400", "1e300", "1e-300", "fast", "",
+        ] {
             assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -55,8 +55,10 @@ impl ConnResult {
 pub async fn run(args: &LatencyArgs) -> Result<Report> {
     // clap refuses such a rate; this guards callers that build the arguments themselves.
     if !crate::cli::valid_rate(args.rate) {
-        bail!("--rate must be a finite number of messages per second above zero");
+        bail!("--rate must be a number of messages per second from 0.000001 to 10000000");
     }
+    let span = args.measure.warmup + args.measure.duration;
+    check_backlog(args.rate, args.size, span)?;
     let target = Arc::new(Target::new(&args.client).await?);
     super::probe(&target).await?;
     let conns = open_many(&target, args.connections, 64, 16 * 1024).await?;
@@ -91,6 +93,26 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
         r.fail(why);
     }
     Ok(r)
+}
+
+/// The most bytes a run may schedule: open loop, what a target that falls behind has not taken
+/// waits in this tool's write buffers, so rate × size × run time is memory the tool may need,
+/// and past this it would abort on allocation halfway through instead of refusing at once.
+const MAX_SCHEDULED: f64 = (4u64 << 30) as f64;
+
+fn check_backlog(rate: f64, size: usize, span: Duration) -> Result<()> {
+    let scheduled = rate * size as f64 * span.as_secs_f64();
+    if scheduled > MAX_SCHEDULED {
+        bail!(
+            "--rate {rate} × {size} B over {:.1} s (warm-up included) is {:.0} MiB to send, \
+             which a target that falls behind leaves queued in this tool; at most {} MiB: lower \
+             -r, -s or -d",
+            span.as_secs_f64(),
+            scheduled / f64::from(1u32 << 20),
+            MAX_SCHEDULED as u64 >> 20
+        );
+    }
+    Ok(())
 }
 
 /// Why a run with `measured` echoes in the window and `lost` messages never echoed does not
@@ -279,6 +301,18 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_that_could_queue_more_than_the_limit_is_refused_up_front() {
+        let span = Duration::from_secs(11);
+        assert!(check_backlog(5000.0, 64, span).is_ok(), "the defaults");
+        assert!(check_backlog(100.0, 1 << 20, span).is_ok());
+        let refused = check_backlog(5000.0, 1 << 20, span)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("55000 MiB to send"), "{refused}");
+        assert!(refused.contains("at most 4096 MiB"), "{refused}");
+    }
 
     #[test]
     fn a_run_without_samples_or_with_lost_messages_is_a_shortfall() {
