@@ -1,5 +1,6 @@
-//! The backend leg: dial a route's backends in turn, forward the upgrade request, and return
-//! either a checked 101 with the raw backend socket, or the backend's non-101 answer to relay.
+//! The backend leg: dial a route's backends in turn (those put aside after a failure last, see
+//! `health`), forward the upgrade request, and return either a checked 101 with the raw backend
+//! socket, or the backend's non-101 answer to relay.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
