@@ -449,6 +449,20 @@ async fn a_renewal_is_served_while(
 /// Appended to a good config, a route without its path: a config rejected.
 const ROUTE_WITHOUT_PATH: &str = "[[route]]\nname = \"a\"\n";
 
+/// A proxy serving a certificate folder, whose config file on disk is then rejected (a route
+/// without its path appended), and its reload status once that is counted.
+async fn proxy_with_a_rejected_config() -> (
+    CertFolderProxy,
+    tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+) {
+    let proxy = CertFolderProxy::start().await;
+    let mut rx = proxy.server.reload_status();
+    let good = std::fs::read_to_string(&proxy.config).unwrap();
+    std::fs::write(&proxy.config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    failures(&mut rx, 1).await;
+    (proxy, rx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_served_while_the_config_file_is_rejected() {
     a_renewal_is_served_while_the_config_file_is(|good| format!("{good}{ROUTE_WITHOUT_PATH}"))
@@ -460,19 +474,9 @@ async fn a_renewal_is_served_while_the_config_file_is_rejected() {
 /// certificate in force stays; the renewal written after it is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_renewal_while_the_config_file_is_rejected_counts_as_a_failure() {
-    let CertFolderProxy {
-        server,
-        addr,
-        config,
-        folder,
-        ..
-    } = &CertFolderProxy::start().await;
-    let (addr, mut rx) = (*addr, server.reload_status());
+    let (proxy, mut rx) = proxy_with_a_rejected_config().await;
+    let (addr, folder) = (proxy.addr, &proxy.folder);
     let served = served_leaf(addr).await;
-    let good = std::fs::read_to_string(config).unwrap();
-    std::fs::write(config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
-    failures(&mut rx, 1).await;
-
     std::fs::write(folder.join("tls.crt"), "not a certificate\n").unwrap();
     let status = failures(&mut rx, 2).await;
     assert_eq!(status.generation, 1, "nothing went into force");
@@ -488,18 +492,9 @@ async fn a_bad_renewal_while_the_config_file_is_rejected_counts_as_a_failure() {
 /// brings a look every time; a renewal of the certificate in force is not held off by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_served_while_the_rejected_file_is_rewritten_nonstop() {
-    let CertFolderProxy {
-        server,
-        addr,
-        config,
-        folder,
-        ..
-    } = &CertFolderProxy::start().await;
-    let (addr, mut rx) = (*addr, server.reload_status());
-    let good = std::fs::read_to_string(config).unwrap();
-    let spoiled = format!("{good}{ROUTE_WITHOUT_PATH}");
-    std::fs::write(config, &spoiled).unwrap();
-    status_where(&mut rx, "a failed reload", |s| s.failures == 1).await;
+    let (proxy, mut rx) = proxy_with_a_rejected_config().await;
+    let (addr, config, folder) = (proxy.addr, &proxy.config, &proxy.folder);
+    let spoiled = std::fs::read_to_string(config).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rewriter = {
         let (stop, config) = (stop.clone(), config.clone());
