@@ -83,17 +83,19 @@ async fn a_connection_holds_no_buffer_between_exchanges() {
     let (mut server, mut client) = handshake().await;
     assert!(!server.holds_a_buffer(), "after the handshake");
     for round in 0..3 {
-        client.write_all(b"ping").await.unwrap();
-        client.flush().await.unwrap();
-        let mut got = [0u8; 4];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
-        server.write_all(b"pong").await.unwrap();
-        server.flush().await.unwrap();
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"pong");
+        say(&mut client, &mut server, b"ping").await;
+        say(&mut server, &mut client, b"pong").await;
         assert!(!server.holds_a_buffer(), "after exchange {round}");
     }
+}
+
+/// `from` writes `what`, and `to` reads exactly that.
+async fn say(from: &mut (impl AsyncWrite + Unpin), to: &mut (impl AsyncRead + Unpin), what: &[u8]) {
+    from.write_all(what).await.unwrap();
+    from.flush().await.unwrap();
+    let mut got = vec![0u8; what.len()];
+    to.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, what);
 }
 
 #[tokio::test]
@@ -145,16 +147,8 @@ async fn close_notify_reads_as_the_end_and_a_bare_close_as_cut_short() {
 async fn a_key_update_from_the_client_is_followed() {
     let (mut server, mut client) = handshake().await;
     client.get_mut().1.refresh_traffic_keys().unwrap();
-    client.write_all(b"after the update").await.unwrap();
-    client.flush().await.unwrap();
-    let mut got = [0u8; 16];
-    server.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"after the update");
-    server.write_all(b"still here").await.unwrap();
-    server.flush().await.unwrap();
-    let mut reply = [0u8; 10];
-    client.read_exact(&mut reply).await.unwrap();
-    assert_eq!(&reply, b"still here");
+    say(&mut client, &mut server, b"after the update").await;
+    say(&mut server, &mut client, b"still here").await;
 }
 
 #[tokio::test]
