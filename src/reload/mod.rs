@@ -468,10 +468,9 @@ impl Reloader {
         }
         // A rejected reload like any other: counted, and said with the generation that stays.
         let mut in_force = 0;
-        shared.reload_status.send_modify(|status| {
-            status.failures += 1;
-            shared.metrics.reloaded(status, false);
-            in_force = status.generation;
+        shared.reload_status.send_modify(|reloads| {
+            status::rejected(shared, reloads);
+            in_force = reloads.generation;
         });
         tracing::error!(
             generation = in_force,

@@ -33,6 +33,12 @@ pub(super) fn in_force(shared: &Shared, status: &mut ReloadStatus, generation: u
     shared.metrics.reloaded(status, true);
 }
 
+/// Counts a rejected reload: the generation in force stays.
+pub(super) fn rejected(shared: &Shared, status: &mut ReloadStatus) {
+    status.failures += 1;
+    shared.metrics.reloaded(status, false);
+}
+
 /// What a look at the files came to that is news, to log: each with the generation the log
 /// line names (the one in force, or the one just put in force).
 pub(super) enum News {
@@ -72,8 +78,7 @@ pub(super) fn publish(
             Some(News::Reloaded(generation))
         }
         Outcome::Rejected(error) => {
-            status.failures += 1;
-            shared.metrics.reloaded(status, false);
+            rejected(shared, status);
             status.last_error = Some(error.clone());
             Some(News::Rejected(at, error))
         }
