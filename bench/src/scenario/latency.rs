@@ -98,7 +98,7 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
 /// The most bytes a run may schedule: open loop, what a target that falls behind has not taken
 /// waits in this tool's write buffers, so rate × size × run time is memory the tool may need,
 /// and past this it would abort on allocation halfway through instead of refusing at once.
-const MAX_SCHEDULED: f64 = (4u64 << 30) as f64;
+const MAX_SCHEDULED: f64 = super::MAX_QUEUED as f64;
 
 fn check_backlog(rate: f64, size: usize, span: Duration) -> Result<()> {
     let scheduled = rate * size as f64 * span.as_secs_f64();

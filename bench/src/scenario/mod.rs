@@ -14,6 +14,10 @@ use anyhow::{bail, Context as _, Result};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+/// The most message bytes a run may leave queued in the tool's write buffers (throughput's in
+/// flight, latency's scheduled): past it a run is refused up front, not aborted on allocation.
+const MAX_QUEUED: u64 = 4 << 30;
+
 use crate::cli::{Command, MeasureArgs};
 use crate::procstat::{CpuSnapshot, CpuWindow};
 use crate::report::Report;

@@ -96,7 +96,7 @@ async fn pump(
 /// The most bytes a run may keep in flight: each connection's write buffer holds a copy of
 /// every message it has in flight, so connections × window × size is memory the tool needs,
 /// and past this it would abort on allocation halfway through instead of refusing at once.
-const MAX_IN_FLIGHT: u64 = 4 << 30;
+const MAX_IN_FLIGHT: u64 = super::MAX_QUEUED;
 
 fn check_in_flight(connections: u32, window: u32, size: usize) -> Result<()> {
     let in_flight = u64::from(connections) * u64::from(window) * size as u64;
