@@ -148,8 +148,11 @@ async fn route_and_forward(
         route,
         backend_request,
         &protocols,
-        conn.connect_timeout,
-        snapshot.config.timeouts.backend_cooldown,
+        upstream::Timing {
+            timeout: conn.connect_timeout,
+            cooldown: snapshot.config.timeouts.backend_cooldown,
+            attempt_delay: snapshot.config.timeouts.attempt_delay,
+        },
         &mut log.backend,
         &conn.shared.metrics,
     )

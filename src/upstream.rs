@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::health::{self, Health, Leave};
 use crate::metrics::Metrics;
+use crate::race::{Event, Race};
 use crate::routes::Route;
 use crate::websocket;
 
@@ -55,25 +56,34 @@ pub(crate) struct NonUpgrade {
 pub(crate) type BackendConn =
     std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
 
+/// How the backend leg is timed (from `[timeouts]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// For the whole exchange: connect, and the backend's complete answer head.
+    pub(crate) timeout: Duration,
+    /// How long a backend that failed is first put aside; zero: never.
+    pub(crate) cooldown: Duration,
+    /// How long a connect may go unanswered before the next address or backend is dialed
+    /// beside it; zero: one at a time.
+    pub(crate) attempt_delay: Duration,
+}
+
 /// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
-/// the backend's complete answer head) must fit in `timeout`. `tried` names, for the log
-/// line, the backend that answered; failing that, the one the error is about (the first out
-/// of time for a 504, the last that closed or failed otherwise).
+/// the backend's complete answer head) must fit in `timing.timeout`. `tried` names, for the
+/// log line, the backend that answered; failing that, the one the error is about (the first
+/// out of time for a 504, the last that closed or failed otherwise).
 pub(crate) async fn open(
     route: &Route,
     request: Request<Empty<Bytes>>,
     protocols: &[&str],
-    timeout: Duration,
-    cooldown: Duration,
+    timing: Timing,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timing.timeout;
     match tokio::time::timeout_at(
         deadline,
-        exchange(
-            route, request, protocols, deadline, cooldown, tried, metrics,
-        ),
+        exchange(route, request, protocols, deadline, timing, tried, metrics),
     )
     .await
     {
@@ -87,7 +97,7 @@ async fn exchange(
     mut request: Request<Empty<Bytes>>,
     protocols: &[&str],
     deadline: tokio::time::Instant,
-    cooldown: Duration,
+    timing: Timing,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
@@ -108,7 +118,7 @@ async fn exchange(
     for closed in 1.. {
         // The leave is held until the try has ended: answered, or failed.
         let (backend, dialed, began, leave) =
-            connect_in_turn(route, &mut turns, deadline, cooldown, tried, metrics).await?;
+            connect_in_turn(route, &mut turns, deadline, timing, tried, metrics).await?;
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
@@ -131,7 +141,7 @@ async fn exchange(
         // headless Service closing is no reason to skip the name, whose next address is tried
         // right after; but a request given up here (MAX_CLOSED) is a reason.
         if !dialed.more || copy.is_none() {
-            put_aside(route, backend, &error, cooldown, began, metrics);
+            put_aside(route, backend, &error, timing.cooldown, began, metrics);
         }
         turns.gone.push(dialed.addr);
         turns.gone_error = Some((backend, error));
@@ -430,59 +440,154 @@ const BACKEND_BUFFER: usize = 64 * 1024;
 ///
 /// Each attempt gets an equal share of the time left (the last one all of it), so one
 /// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
-/// a healthy one waits its turn. A backend that fails is put aside for `cooldown` (see
-/// [`crate::health`]).
+/// a healthy one waits its turn; and once it has gone unanswered for `attempt_delay`, the
+/// next backend is dialed beside it (see [`crate::race`]), the first to answer taken. A
+/// backend that fails, or is left unanswered while another answers, is put aside for
+/// `cooldown` (see [`crate::health`]).
 async fn connect_in_turn<'a, 'r>(
     route: &'r Route,
     turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     deadline: tokio::time::Instant,
-    cooldown: Duration,
+    timing: Timing,
     tried: &mut Option<String>,
     metrics: &Metrics,
 ) -> Result<(&'a str, Dialed, u64, Leave<'r>), ProxyError> {
-    while let Some((backend, ask)) = turns.next() {
-        let leave = match ask {
-            true => route.leave(backend),
-            false => Some(Leave::default()),
+    let mut race = Race::new(timing.attempt_delay);
+    // The last backend that failed, or what `tried` said before: named if the attempts left
+    // do not count (every address of theirs closed before answering already).
+    let mut before = tried.clone();
+    loop {
+        if race.wants_another() {
+            if let Some((backend, leave)) = next_backend(route, turns) {
+                let share = share_of(deadline, turns.left() + 1);
+                let until = tokio::time::Instant::now() + share;
+                let attempt = Try {
+                    backend,
+                    share,
+                    began: health::now(),
+                    leave,
+                };
+                let connecting = connect(backend, turns.gone.clone(), until, timing);
+                race.start(attempt, tokio::time::timeout_at(until, connecting));
+            }
+        }
+        // Named before the connect: if the request's time runs out during it, the oldest
+        // attempt under way is the backend its 504 is about.
+        *tried = match race.under_way().next() {
+            Some((attempt, _)) => Some(attempt.backend.to_string()),
+            None => return Err(turns.outcome(tried)),
         };
-        // Another request is trying this one again after its failure: the others first.
-        let Some(leave) = leave else {
-            turns.later.push(backend);
-            continue;
+        let (attempt, began, connected) = match race.next(turns.left() > 0).await {
+            Event::Start => continue,
+            Event::Ended(attempt, began, connected) => (attempt, began, connected),
         };
-        let began = health::now();
-        let share = share_of(deadline, turns.left() + 1);
-        let until = tokio::time::Instant::now() + share;
-        let connected = connect(backend, &turns.gone, until);
-        // Named before the connect: if the request's time runs out during it, this is the
-        // backend its 504 is about.
-        let before = tried.replace(backend.to_string());
-        let error = match tokio::time::timeout_at(until, connected).await {
+        let error = match connected {
+            Ok(Ok(Some(dialed))) => {
+                put_aside_unanswered(route, &race, began, timing, metrics);
+                *tried = Some(attempt.backend.to_string());
+                return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
+            }
             // Every address of it closed before answering already: nothing to count.
             Ok(Ok(None)) => {
-                *tried = before;
+                if race.is_empty() {
+                    tried.clone_from(&before);
+                }
+                race.failed();
                 continue;
             }
-            Ok(Ok(Some(dialed))) => return Ok((backend, dialed, began, leave)),
             // The process's descriptors, not the backend: trying others would only fail too.
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(ProxyError::OutOfDescriptors),
             Ok(Err(e)) => e,
             Err(_) => no_answer(),
         };
+        race.failed();
+        let backend = attempt.backend;
+        before = Some(backend.to_string());
         if error.kind() == std::io::ErrorKind::TimedOut && turns.timed_out.is_none() {
             turns.timed_out = Some(backend);
         }
         // Failover hides a dead backend from clients; the counter shows it to operators.
         metrics.backend_connect_failed(&route.config.name, backend, &error);
         let cut_short =
-            error.kind() == std::io::ErrorKind::TimedOut && share < turns.fair_share / 2;
+            error.kind() == std::io::ErrorKind::TimedOut && attempt.share < turns.fair_share / 2;
         if !cut_short {
-            put_aside(route, backend, &error, cooldown, began, metrics);
+            put_aside(
+                route,
+                backend,
+                &error,
+                timing.cooldown,
+                attempt.began,
+                metrics,
+            );
         }
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
         turns.connect_error = Some(error.to_string());
     }
-    Err(turns.outcome(tried))
+}
+
+/// One backend's connect attempt, as it races the others.
+struct Try<'a, 'r> {
+    backend: &'a str,
+    /// Its share of the time: see `Turns::fair_share`.
+    share: Duration,
+    /// When it began, on [`health::now`]'s clock.
+    began: u64,
+    /// Held until the try has ended: answered, or failed.
+    leave: Leave<'r>,
+}
+
+/// The next backend to try now, with its leave to be tried; a backend that another request
+/// is trying again after its failure is put off until the others have been tried.
+fn next_backend<'a, 'r>(
+    route: &'r Route,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
+) -> Option<(&'a str, Leave<'r>)> {
+    loop {
+        let (backend, ask) = turns.next()?;
+        let leave = match ask {
+            true => route.leave(backend),
+            false => Some(Leave::default()),
+        };
+        match leave {
+            Some(leave) => return Some((backend, leave)),
+            None => turns.later.push(backend),
+        }
+    }
+}
+
+/// Another backend answered the connect that began at `answered_began`: those still under
+/// way that had been waiting for at least `attempt_delay` by then are as good as silent (a
+/// connect on a working network takes a round trip), and are put aside, as a backend whose
+/// connect timed out would be; the rest were only just started, and owe nothing.
+fn put_aside_unanswered<F>(
+    route: &Route,
+    race: &Race<Try<'_, '_>, F>,
+    answered_began: tokio::time::Instant,
+    timing: Timing,
+    metrics: &Metrics,
+) where
+    F: std::future::Future,
+{
+    let now = tokio::time::Instant::now();
+    for (attempt, began) in race.under_way() {
+        let waited = now - began;
+        if began > answered_began || waited < timing.attempt_delay {
+            continue;
+        }
+        let error = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer to the connect in {waited:.0?}, while another backend answered"),
+        );
+        metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
+        put_aside(
+            route,
+            attempt.backend,
+            &error,
+            timing.cooldown,
+            attempt.began,
+            metrics,
+        );
+    }
 }
 
 /// Puts `backend` aside after it failed to take a connection (see [`crate::health`]), and
@@ -525,15 +630,17 @@ fn back_in_turn(route: &Route, backend: &str) {
     }
 }
 
-/// Connects to one of `backend`'s addresses by `deadline`. Each address gets an equal share
-/// of the time left, like each backend: a name whose first address is blackholed (an IPv6
-/// address without a route to it, on a dual-stack cluster) must not use up the time its
-/// second, working, address needed.
+/// Connects to one of `backend`'s addresses by `deadline`, but for the `gone` ones. Each
+/// address gets an equal share of the time left, like each backend, and the next is dialed
+/// beside one unanswered for `timing.attempt_delay`: a name whose first address is
+/// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
+/// dual-stack cluster) must not use up the time its next, working, address needed.
 /// `None` if every address is among the `gone` ones.
 async fn connect(
     backend: &str,
-    gone: &[SocketAddr],
+    gone: Vec<SocketAddr>,
     deadline: tokio::time::Instant,
+    timing: Timing,
 ) -> std::io::Result<Option<Dialed>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is; but the process out of
@@ -548,8 +655,9 @@ async fn connect(
             )
         }
     })?;
+    let delay = timing.attempt_delay;
     if gone.is_empty() {
-        return connect_any(&addrs, deadline).await.map(Some);
+        return connect_any(&addrs, deadline, delay).await.map(Some);
     }
     let left: Vec<SocketAddr> = addrs
         .iter()
@@ -559,30 +667,48 @@ async fn connect(
     if left.is_empty() {
         return Ok(None);
     }
-    connect_any(&left, deadline).await.map(Some)
+    connect_any(&left, deadline, delay).await.map(Some)
 }
 
-/// Connects to the first of `addrs` that answers, each in its share of the time to `deadline`.
+/// Connects to the first of `addrs` that answers, each in its share of the time to
+/// `deadline`, the next dialed beside one unanswered for `delay` (see [`crate::race`]).
 async fn connect_any(
     addrs: &[SocketAddr],
     deadline: tokio::time::Instant,
+    delay: Duration,
 ) -> std::io::Result<Dialed> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     let count = addrs.len();
-    for (i, &addr) in addrs.iter().enumerate() {
-        let share = share_of(deadline, count - i);
-        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+    let mut race = Race::new(delay);
+    let mut next = 0;
+    loop {
+        if race.wants_another() && next < count {
+            let share = share_of(deadline, count - next);
+            let addr = addrs[next];
+            race.start(addr, tokio::time::timeout(share, TcpStream::connect(addr)));
+            next += 1;
+        }
+        if race.is_empty() {
+            return Err(last);
+        }
+        let (addr, connected) = match race.next(next < count).await {
+            Event::Start => continue,
+            Event::Ended(addr, _, connected) => (addr, connected),
+        };
+        match connected {
             Ok(Ok(socket)) => {
                 crate::socket::tune(&socket);
-                let more = i + 1 < count;
+                // Left to go on to if this one closes before answering: those not tried yet,
+                // and those given up on here while still unanswered.
+                let more = next < count || !race.is_empty();
                 return Ok(Dialed { socket, addr, more });
             }
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(e),
             Ok(Err(e)) => last = e,
             Err(_) => last = no_answer(),
         }
+        race.failed();
     }
-    Err(last)
 }
 
 /// A backend connection, the address it went to, and whether the name has addresses after
@@ -673,33 +799,12 @@ mod tests {
     /// goes to the second.
     #[tokio::test]
     async fn an_address_that_closes_before_answering_leaves_the_name_s_next_one() {
-        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (good_addr, _answering) = answering_backend().await;
         let dying = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let good_addr = good.local_addr().unwrap();
         // Only a key for the cache: the seeded addresses are what is dialled.
         let name = "two-pods.test:9001".to_string();
-        crate::resolve::seed(
-            &name,
-            &[dying.local_addr().unwrap(), good.local_addr().unwrap()],
-        );
+        crate::resolve::seed(&name, &[dying.local_addr().unwrap(), good_addr]);
         tokio::spawn(async move { drop(dying.accept().await) });
-        tokio::spawn(async move {
-            let (mut socket, _) = good.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8];
-                socket.read_exact(&mut byte).await.unwrap();
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8(head).unwrap();
-            let key = head
-                .lines()
-                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-                .unwrap();
-            let accept = websocket::accept_for(key.as_bytes());
-            let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-            socket.write_all(answer.as_bytes()).await.unwrap();
-        });
         // Another backend, so that the name could be put aside.
         let table = table_of(vec![name, "127.0.0.1:1".into()]);
         let answer = open_on(&table).await;
@@ -736,6 +841,30 @@ mod tests {
             answer.err()
         );
         assert!(name_health(&table).ever_put_aside());
+    }
+
+    /// A backend that answers one upgrade with a proper 101.
+    async fn answering_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answering = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8];
+                socket.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                .unwrap();
+            let accept = websocket::accept_for(key.as_bytes());
+            let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        });
+        (addr, answering)
     }
 
     /// A table of one route, `/` to `backends`.
@@ -777,49 +906,97 @@ mod tests {
             .body(Empty::new())
             .unwrap();
         let (metrics, mut tried) = (Metrics::default(), None);
-        let (connect, cooldown) = (Duration::from_secs(5), Duration::from_secs(1));
-        open(
-            the_route(table),
-            request,
-            &[],
-            connect,
-            cooldown,
-            &mut tried,
-            &metrics,
-        )
-        .await
+        let timing = Timing {
+            timeout: Duration::from_secs(5),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::from_millis(250),
+        };
+        open(the_route(table), request, &[], timing, &mut tried, &metrics).await
     }
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
-    /// second working: the second is reached within the time, not after it.
+    /// second working: the second is reached within the time, not after it. One at a time,
+    /// after the first's share of the time; raced, after `attempt_delay`.
     #[tokio::test(start_paused = true)]
     async fn a_silent_address_leaves_time_for_the_next_one() {
-        use socket2::{Domain, Socket, Type};
-        let silent = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        silent
-            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        silent.listen(0).unwrap();
-        let silent_addr = silent.local_addr().unwrap().as_socket().unwrap();
-        let _filler = std::net::TcpStream::connect(silent_addr).unwrap();
+        let silent = Unreachable::start();
         let working = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let working_addr = working.local_addr().unwrap();
+        let addrs = [silent.addr, working_addr];
 
         let start = tokio::time::Instant::now();
-        let deadline = start + std::time::Duration::from_secs(5);
-        let dialed = connect_any(&[silent_addr, working_addr], deadline)
-            .await
-            .unwrap();
+        let deadline = start + Duration::from_secs(5);
+        let dialed = connect_any(&addrs, deadline, Duration::ZERO).await.unwrap();
         assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
         assert_eq!((dialed.addr, dialed.more), (working_addr, false));
         // The silent address had its half of the time, and the working one got through in
         // the other half.
         let took = start.elapsed();
-        assert!(took >= std::time::Duration::from_millis(2500), "{took:?}");
+        assert!(took >= Duration::from_millis(2500), "{took:?}");
         assert!(tokio::time::Instant::now() < deadline);
-        let error = connect_any(&[silent_addr], start + std::time::Duration::from_secs(6))
+
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let delay = Duration::from_millis(250);
+        let dialed = connect_any(&addrs, deadline, delay).await.unwrap();
+        assert_eq!(dialed.addr, working_addr);
+        // Dialed beside the silent one once it had gone unanswered for the delay; the silent
+        // one, given up on unanswered, is left to go on to.
+        let took = start.elapsed();
+        assert!(
+            took >= delay && took < Duration::from_millis(2500),
+            "{took:?}"
+        );
+        assert!(dialed.more);
+
+        let error = connect_any(&[silent.addr], start + Duration::from_secs(6), delay)
             .await
             .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    /// An address where SYNs go unanswered: a listen queue of one, filled.
+    struct Unreachable {
+        addr: SocketAddr,
+        _listener: socket2::Socket,
+        _filler: std::net::TcpStream,
+    }
+
+    impl Unreachable {
+        fn start() -> Unreachable {
+            use socket2::{Domain, Socket, Type};
+            let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            listener
+                .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            listener.listen(0).unwrap();
+            let addr = listener.local_addr().unwrap().as_socket().unwrap();
+            let filler = std::net::TcpStream::connect(addr).unwrap();
+            Unreachable {
+                addr,
+                _listener: listener,
+                _filler: filler,
+            }
+        }
+    }
+
+    /// A route whose first backend is silent and second answers: with the attempts raced, the
+    /// request is upgraded by the second once the first has gone unanswered for the delay,
+    /// and the first is put aside.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_backend_is_raced_by_the_next_and_put_aside() {
+        let silent = Unreachable::start();
+        let (good, _answering) = answering_backend().await;
+        let table = table_of(vec![silent.addr.to_string(), good.to_string()]);
+        let start = tokio::time::Instant::now();
+        let answer = open_on(&table).await;
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+        let took = start.elapsed();
+        // The silent backend's share alone would have been 2.5 s.
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert!(name_health(&table).ever_put_aside());
     }
 }

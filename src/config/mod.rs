@@ -75,6 +75,9 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
     /// How long a backend that failed to take a connection is first put aside; zero: never.
     pub backend_cooldown: Duration,
+    /// How long a backend connect may go unanswered before the next address or backend is
+    /// dialed beside it; zero: one at a time.
+    pub attempt_delay: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -90,6 +90,8 @@ pub(super) struct RawTimeouts {
     pub(super) shutdown_grace: Spanned<HumanDuration>,
     #[serde(default = "defaults::backend_cooldown")]
     pub(super) backend_cooldown: Spanned<HumanDuration>,
+    #[serde(default = "defaults::attempt_delay")]
+    pub(super) attempt_delay: Spanned<HumanDuration>,
 }
 
 impl Default for RawTimeouts {
@@ -100,6 +102,7 @@ impl Default for RawTimeouts {
             idle: defaults::idle(),
             shutdown_grace: defaults::shutdown_grace(),
             backend_cooldown: defaults::backend_cooldown(),
+            attempt_delay: defaults::attempt_delay(),
         }
     }
 }
@@ -159,6 +162,10 @@ mod defaults {
     }
     pub(super) fn backend_cooldown() -> Spanned<HumanDuration> {
         secs(1)
+    }
+    /// RFC 8305's recommended Connection Attempt Delay.
+    pub(super) fn attempt_delay() -> Spanned<HumanDuration> {
+        Spanned::new(0..0, HumanDuration(Duration::from_millis(250)))
     }
     pub(super) fn recheck() -> Spanned<HumanDuration> {
         secs(60)

@@ -32,6 +32,7 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.timeouts.idle, Duration::from_secs(300));
     assert_eq!(config.timeouts.shutdown_grace, Duration::from_secs(30));
     assert_eq!(config.timeouts.backend_cooldown, Duration::from_secs(1));
+    assert_eq!(config.timeouts.attempt_delay, Duration::from_millis(250));
     assert_eq!(config.limits.max_request_header_bytes, 16384);
     assert_eq!(config.limits.max_connections, 10000);
     assert_eq!(config.log_format, LogFormat::Text);
@@ -70,6 +71,24 @@ fn the_backend_cooldown_may_be_zero_but_not_beyond_a_timeout() {
     let refused = error(&with("31d"));
     assert!(
         refused.contains(":7:20: timeouts.backend_cooldown: must be at most 30 days, or 0s"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn the_attempt_delay_is_250ms_by_default_and_may_be_zero() {
+    assert_eq!(
+        parse("").unwrap().timeouts.attempt_delay,
+        Duration::from_millis(250)
+    );
+    let with = |value: &str| format!("[timeouts]\nattempt_delay = \"{value}\"\n");
+    let config = parse(&with("0s")).unwrap();
+    assert_eq!(config.timeouts.attempt_delay, Duration::ZERO, "off");
+    let config = parse(&with("1s")).unwrap();
+    assert_eq!(config.timeouts.attempt_delay, Duration::from_secs(1));
+    let refused = error(&with("31d"));
+    assert!(
+        refused.contains(":7:17: timeouts.attempt_delay: must be at most 30 days, or 0s"),
         "{refused}"
     );
 }

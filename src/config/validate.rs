@@ -227,15 +227,21 @@ impl Checker<'_> {
         self.timeout(d, "reload.recheck")
     }
 
-    /// `timeouts.backend_cooldown`: as a timeout, but zero turns putting backends aside off.
-    fn cooldown(&self, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
+    /// `timeouts.backend_cooldown` and `timeouts.attempt_delay`: as a timeout, but zero turns
+    /// what they time off (`off`: what zero means, for the message).
+    fn zero_or_timeout(
+        &self,
+        d: &Spanned<HumanDuration>,
+        key: &str,
+        off: &str,
+    ) -> Result<Duration, ConfigError> {
         let value = d.get_ref().0;
         if value > MAX_TIMEOUT {
             let message = format!(
-                "must be at most 30 days, or 0s to never put a backend aside (read as {})",
+                "must be at most 30 days, or 0s {off} (read as {})",
                 as_read(value)
             );
-            return Err(self.error(&d.span(), "timeouts.backend_cooldown", message));
+            return Err(self.error(&d.span(), key, message));
         }
         Ok(value)
     }
@@ -248,7 +254,16 @@ impl Checker<'_> {
             connect: positive(&raw.connect, "connect")?,
             idle: positive(&raw.idle, "idle")?,
             shutdown_grace: positive(&raw.shutdown_grace, "shutdown_grace")?,
-            backend_cooldown: self.cooldown(&raw.backend_cooldown)?,
+            backend_cooldown: self.zero_or_timeout(
+                &raw.backend_cooldown,
+                "timeouts.backend_cooldown",
+                "to never put a backend aside",
+            )?,
+            attempt_delay: self.zero_or_timeout(
+                &raw.attempt_delay,
+                "timeouts.attempt_delay",
+                "to dial one backend address at a time",
+            )?,
         })
     }
 

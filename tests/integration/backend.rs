@@ -65,6 +65,62 @@ async fn a_refusing_backend_is_put_aside_and_the_others_share_its_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_gets_the_next_dialed_beside_it_and_is_put_aside() {
+    // [silent, a, b] with an hour to connect: the first request waits on the silent backend
+    // (its SYNs unanswered) only for `timeouts.attempt_delay` before `a` is dialed beside it,
+    // not for its 20-minute share; `a` answers, the silent one is put aside, and the next
+    // requests go to `b` and `a` in turn without waiting on it again.
+    let silent = Unreachable::start();
+    let (a, b) = (RawBackend::start().await, RawBackend::start().await);
+    let body = route("chat", "/ws", &[silent.addr, a.addr, b.addr]);
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"1h\"\nbackend_cooldown = \"1h\"\n\n{ADMIN}{body}"
+    ))
+    .await;
+    for expected in [&a, &b, &a, &b] {
+        let _tunnel = raw_tunnel(proxy.addr, expected, &ws()).await;
+    }
+    let admin = proxy.server.admin_addr().unwrap();
+    let aside = format!(
+        r#"wsgate_backend_put_aside_total{{route="chat",backend="{}"}}"#,
+        silent.addr
+    );
+    scrape_until(admin, &aside, 1.0).await;
+    let failed = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{}",error="timeout"}}"#,
+        silent.addr
+    );
+    scrape_until(admin, &failed, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_attempt_delay_backends_are_dialed_one_at_a_time() {
+    // `attempt_delay = "0s"`: the silent backend keeps its whole share (the connect timeout
+    // split between the two), and only then is `good` dialed; it still serves the upgrade.
+    let silent = Unreachable::start();
+    let good = RawBackend::start().await;
+    let body = route("chat", "/ws", &[silent.addr, good.addr]);
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"1s\"\nattempt_delay = \"0s\"\n\n{body}"
+    ))
+    .await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    let asked = std::time::Instant::now();
+    let mut back = good.accept().await;
+    let waited = asked.elapsed();
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    assert_eq!(client.read_head().await.status, 101);
+    // Not a timing: the order of events. `good` is dialed only once the silent backend's
+    // half of the second has run out.
+    assert!(
+        waited >= std::time::Duration::from_millis(450),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_its_cooldown_a_failed_backend_is_tried_by_one_request_at_a_time() {
     let (a, b) = (RawBackend::start().await, RawBackend::start().await);
     let body = route("chat", "/ws", &[a.addr, b.addr]);
