@@ -31,8 +31,8 @@ struct Attempt<T, F> {
 
 /// What happened next in a race.
 pub(crate) enum Event<T, O> {
-    /// An attempt ended, this way; it began at the instant given.
-    Ended(T, Instant, O),
+    /// An attempt ended, this way.
+    Ended(T, O),
     /// It is time to start another attempt beside those under way.
     Start,
 }
@@ -97,7 +97,7 @@ impl<T, F: Future> Race<T, F> {
         match ended {
             Some((i, output)) => {
                 let attempt = self.racing.remove(i);
-                Event::Ended(attempt.tag, attempt.began, output)
+                Event::Ended(attempt.tag, output)
             }
             None => Event::Start,
         }
@@ -137,8 +137,8 @@ mod tests {
             }
             match race.next(next < attempts.len()).await {
                 Event::Start => {}
-                Event::Ended(i, _, Ok(())) => return (Some(i), began),
-                Event::Ended(_, _, Err(())) => race.failed(),
+                Event::Ended(i, Ok(())) => return (Some(i), began),
+                Event::Ended(_, Err(())) => race.failed(),
             }
         }
     }

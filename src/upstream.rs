@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -107,6 +107,7 @@ async fn exchange(
         backends: route.backends_in_turn(),
         later: Vec::new(),
         again: None,
+        resume: Vec::new(),
         timed_out: None,
         gone: Vec::new(),
         gone_error: None,
@@ -175,6 +176,9 @@ struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
     /// A backend to try again first: one of its addresses closed before answering, and it
     /// may have others.
     again: Option<&'a str>,
+    /// Backends whose connect was dropped when another answered first, not for being silent
+    /// (see [`settle_losers`]): next in turn if this request needs another.
+    resume: Vec<&'a str>,
     /// The first backend that did not answer in its share: what a 504 is about.
     timed_out: Option<&'a str>,
     /// Addresses that closed before answering: not tried again in this request (a backend
@@ -214,6 +218,9 @@ impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
         if let Some(backend) = self.again.take() {
             return Some((backend, false));
         }
+        if !self.resume.is_empty() {
+            return Some((self.resume.remove(0), true));
+        }
         match self.backends.next() {
             Some(backend) => Some((backend, true)),
             None if self.later.is_empty() => None,
@@ -223,7 +230,7 @@ impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
 
     /// How many backends are left to try after the one being tried.
     fn left(&self) -> usize {
-        self.backends.len() + self.later.len()
+        self.resume.len() + self.backends.len() + self.later.len()
     }
 }
 
@@ -461,13 +468,16 @@ async fn connect_in_turn<'a, 'r>(
             if let Some((backend, leave)) = next_backend(route, turns) {
                 let share = share_of(deadline, turns.left() + 1);
                 let until = tokio::time::Instant::now() + share;
+                let progress = Arc::new(Progress::new());
+                let connecting =
+                    connect(backend, turns.gone.clone(), until, timing, progress.clone());
                 let attempt = Try {
                     backend,
                     share,
                     began: health::now(),
                     leave,
+                    progress,
                 };
-                let connecting = connect(backend, turns.gone.clone(), until, timing);
                 race.start(attempt, tokio::time::timeout_at(until, connecting));
             }
         }
@@ -477,13 +487,13 @@ async fn connect_in_turn<'a, 'r>(
             Some((attempt, _)) => Some(attempt.backend.to_string()),
             None => return Err(turns.outcome(tried)),
         };
-        let (attempt, began, connected) = match race.next(turns.left() > 0).await {
+        let (attempt, connected) = match race.next(turns.left() > 0).await {
             Event::Start => continue,
-            Event::Ended(attempt, began, connected) => (attempt, began, connected),
+            Event::Ended(attempt, connected) => (attempt, connected),
         };
         let error = match connected {
             Ok(Ok(Some(dialed))) => {
-                put_aside_unanswered(route, &race, began, timing, metrics);
+                settle_losers(route, race, attempt.backend, turns, timing, metrics);
                 *tried = Some(attempt.backend.to_string());
                 return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
             }
@@ -534,6 +544,44 @@ struct Try<'a, 'r> {
     began: u64,
     /// Held until the try has ended: answered, or failed.
     leave: Leave<'r>,
+    /// How far its connect has got: see [`Progress`].
+    progress: Arc<Progress>,
+}
+
+/// How far one backend's connect has got, for the race across backends to judge it by: when
+/// its latest address was dialed (µs after the connect began, plus one; 0: none yet, its
+/// name still being resolved), and whether that was its last.
+#[derive(Debug)]
+struct Progress {
+    began: tokio::time::Instant,
+    dialed: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            began: tokio::time::Instant::now(),
+            dialed: AtomicU64::new(0),
+        }
+    }
+
+    fn dialed(&self, last: bool) {
+        let since = self.began.elapsed().as_micros();
+        let at = u64::try_from(since).unwrap_or(u64::MAX >> 2) + 1;
+        self.dialed
+            .store(at << 1 | u64::from(last), Ordering::Relaxed);
+    }
+
+    /// Whether every address has been dialed, the last at least `delay` ago.
+    fn silent_for(&self, delay: Duration) -> bool {
+        let state = self.dialed.load(Ordering::Relaxed);
+        let (at, last) = (state >> 1, state & 1 == 1);
+        if at == 0 || !last {
+            return false;
+        }
+        let dialed_at = self.began + Duration::from_micros(at - 1);
+        dialed_at.elapsed() >= delay
+    }
 }
 
 /// The next backend to try now, with its leave to be tried; a backend that another request
@@ -555,28 +603,36 @@ fn next_backend<'a, 'r>(
     }
 }
 
-/// Another backend answered the connect that began at `answered_began`: those still under
-/// way that had been waiting for at least `attempt_delay` by then are as good as silent (a
-/// connect on a working network takes a round trip), and are put aside, as a backend whose
-/// connect timed out would be; the rest were only just started, and owe nothing.
-fn put_aside_unanswered<F>(
+/// `winner` answered first: the attempts still under way are dropped. One that has dialed
+/// every address of its name and heard nothing for `attempt_delay` is as good as silent (a
+/// connect on a working network takes a round trip) and is put aside, as a backend whose
+/// connect timed out would be; the others (still resolving, on to a further address, or
+/// only just started) owe nothing, and are next in turn should this request need another
+/// backend (the winner closing before it answers).
+fn settle_losers<'a, F: std::future::Future>(
     route: &Route,
-    race: &Race<Try<'_, '_>, F>,
-    answered_began: tokio::time::Instant,
+    race: Race<Try<'a, '_>, F>,
+    winner: &str,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     timing: Timing,
     metrics: &Metrics,
-) where
-    F: std::future::Future,
-{
-    let now = tokio::time::Instant::now();
-    for (attempt, began) in race.under_way() {
-        let waited = now - began;
-        if began > answered_began || waited < timing.attempt_delay {
+) {
+    let mut resume = Vec::new();
+    for (attempt, _) in race.under_way() {
+        // The same backend, listed twice: its other connect answered.
+        if attempt.backend == winner {
+            continue;
+        }
+        if !attempt.progress.silent_for(timing.attempt_delay) {
+            resume.push(attempt.backend);
             continue;
         }
         let error = std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no answer to the connect in {waited:.0?}, while another backend answered"),
+            format!(
+                "no answer to the connect for over {:?}, while another backend answered",
+                timing.attempt_delay
+            ),
         );
         metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
         put_aside(
@@ -588,6 +644,8 @@ fn put_aside_unanswered<F>(
             metrics,
         );
     }
+    resume.append(&mut turns.resume);
+    turns.resume = resume;
 }
 
 /// Puts `backend` aside after it failed to take a connection (see [`crate::health`]), and
@@ -641,6 +699,7 @@ async fn connect(
     gone: Vec<SocketAddr>,
     deadline: tokio::time::Instant,
     timing: Timing,
+    progress: Arc<Progress>,
 ) -> std::io::Result<Option<Dialed>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is; but the process out of
@@ -657,7 +716,9 @@ async fn connect(
     })?;
     let delay = timing.attempt_delay;
     if gone.is_empty() {
-        return connect_any(&addrs, deadline, delay).await.map(Some);
+        return connect_any(&addrs, deadline, delay, &progress)
+            .await
+            .map(Some);
     }
     let left: Vec<SocketAddr> = addrs
         .iter()
@@ -667,7 +728,9 @@ async fn connect(
     if left.is_empty() {
         return Ok(None);
     }
-    connect_any(&left, deadline, delay).await.map(Some)
+    connect_any(&left, deadline, delay, &progress)
+        .await
+        .map(Some)
 }
 
 /// Connects to the first of `addrs` that answers, each in its share of the time to
@@ -676,6 +739,7 @@ async fn connect_any(
     addrs: &[SocketAddr],
     deadline: tokio::time::Instant,
     delay: Duration,
+    progress: &Progress,
 ) -> std::io::Result<Dialed> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     let count = addrs.len();
@@ -687,20 +751,23 @@ async fn connect_any(
             let addr = addrs[next];
             race.start(addr, tokio::time::timeout(share, TcpStream::connect(addr)));
             next += 1;
+            progress.dialed(next == count);
         }
         if race.is_empty() {
             return Err(last);
         }
         let (addr, connected) = match race.next(next < count).await {
             Event::Start => continue,
-            Event::Ended(addr, _, connected) => (addr, connected),
+            Event::Ended(addr, connected) => (addr, connected),
         };
         match connected {
             Ok(Ok(socket)) => {
                 crate::socket::tune(&socket);
                 // Left to go on to if this one closes before answering: those not tried yet,
-                // and those given up on here while still unanswered.
-                let more = next < count || !race.is_empty();
+                // and those given up on here before they had waited `delay` (the ones silent
+                // for longer would only be waited on again).
+                let now = tokio::time::Instant::now();
+                let more = next < count || race.under_way().any(|(_, began)| now - began < delay);
                 return Ok(Dialed { socket, addr, more });
             }
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(e),
@@ -843,28 +910,34 @@ mod tests {
         assert!(name_health(&table).ever_put_aside());
     }
 
-    /// A backend that answers one upgrade with a proper 101.
+    /// A backend that answers each upgrade with a proper 101 (connections dialed and dropped
+    /// unused, as the losers of a race are, are let go).
     async fn answering_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let answering = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8];
-                socket.read_exact(&mut byte).await.unwrap();
-                head.push(byte[0]);
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer_upgrade(socket));
             }
-            let head = String::from_utf8(head).unwrap();
-            let key = head
-                .lines()
-                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
-                .unwrap();
-            let accept = websocket::accept_for(key.as_bytes());
-            let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-            socket.write_all(answer.as_bytes()).await.unwrap();
         });
         (addr, answering)
+    }
+
+    async fn answer_upgrade(mut socket: TcpStream) -> std::io::Result<()> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            socket.read_exact(&mut byte).await?;
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+            .unwrap_or_default();
+        let accept = websocket::accept_for(key.as_bytes());
+        let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+        socket.write_all(answer.as_bytes()).await
     }
 
     /// A table of one route, `/` to `backends`.
@@ -926,7 +999,10 @@ mod tests {
 
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_secs(5);
-        let dialed = connect_any(&addrs, deadline, Duration::ZERO).await.unwrap();
+        let progress = Progress::new();
+        let dialed = connect_any(&addrs, deadline, Duration::ZERO, &progress)
+            .await
+            .unwrap();
         assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
         assert_eq!((dialed.addr, dialed.more), (working_addr, false));
         // The silent address had its half of the time, and the working one got through in
@@ -938,18 +1014,21 @@ mod tests {
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_secs(5);
         let delay = Duration::from_millis(250);
-        let dialed = connect_any(&addrs, deadline, delay).await.unwrap();
+        let dialed = connect_any(&addrs, deadline, delay, &progress)
+            .await
+            .unwrap();
         assert_eq!(dialed.addr, working_addr);
         // Dialed beside the silent one once it had gone unanswered for the delay; the silent
-        // one, given up on unanswered, is left to go on to.
+        // one, given up on after waiting that long, is none to go on to.
         let took = start.elapsed();
         assert!(
             took >= delay && took < Duration::from_millis(2500),
             "{took:?}"
         );
-        assert!(dialed.more);
+        assert!(!dialed.more);
 
-        let error = connect_any(&[silent.addr], start + Duration::from_secs(6), delay)
+        let deadline = start + Duration::from_secs(6);
+        let error = connect_any(&[silent.addr], deadline, delay, &progress)
             .await
             .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
@@ -998,5 +1077,54 @@ mod tests {
         // The silent backend's share alone would have been 2.5 s.
         assert!(took < Duration::from_secs(1), "{took:?}");
         assert!(name_health(&table).ever_put_aside());
+    }
+
+    /// A listener that takes connections and closes them unanswered (a pod being killed).
+    async fn closing_backend() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        addr
+    }
+
+    /// Route `[A, B]`, A a name of two addresses, the first silent, the second closing
+    /// unanswered: once A's second address and B are raced and A's wins, then closes, the
+    /// request still has B (dropped from the race, not silent) to go to.
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_dropped_from_the_race_is_still_there_if_the_winner_closes() {
+        let silent = Unreachable::start();
+        let closing = closing_backend().await;
+        let (good, _answering) = answering_backend().await;
+        let name = "silent-then-closing.test:9001".to_string();
+        crate::resolve::seed(&name, &[silent.addr, closing]);
+        let table = table_of(vec![name, good.to_string()]);
+        let answer = open_on(&table).await;
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+    }
+
+    /// Route `[A, B]`, A a name of three addresses, the first two silent: B answers at the
+    /// delay, while A is only dialing its second address. A is not put aside: it has an
+    /// address it never got to try.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_still_dialing_its_addresses_is_not_put_aside_when_another_answers() {
+        let (first, second) = (Unreachable::start(), Unreachable::start());
+        let (working, _) = answering_backend().await;
+        let (good, _answering) = answering_backend().await;
+        let name = "two-silent-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &[first.addr, second.addr, working]);
+        let table = table_of(vec![name, good.to_string()]);
+        let answer = open_on(&table).await;
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+        assert!(!name_health(&table).ever_put_aside());
     }
 }
