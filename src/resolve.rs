@@ -13,6 +13,11 @@
 //! and the last answer stands in for it; one that says the name does not exist is believed at
 //! once (the addresses may already be someone else's). getaddrinfo gives no TTL; five seconds
 //! is what Envoy re-resolves at by default, short beside a Kubernetes endpoint change.
+//!
+//! A name's addresses are taken in turn ([`next_turn`]): the connects to a headless Service's
+//! name start at each of its pods in turn, as nginx, HAProxy and Envoy spread over a name's
+//! addresses, rather than all at the first the resolver listed for the five seconds its
+//! answer is reused (a reconnect storm would land on one pod).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,6 +58,20 @@ pub(crate) async fn resolve(backend: &str) -> io::Result<Arc<[SocketAddr]>> {
         return Ok(Arc::new([addr]));
     }
     NAMES.get(backend, system_lookup).await
+}
+
+/// Where the next connect to `backend` starts among its `count` addresses: each in turn.
+pub(crate) fn next_turn(backend: &str, count: usize) -> usize {
+    if count < 2 {
+        return 0;
+    }
+    let mut names = lock(&NAMES.0);
+    let Some(entry) = names.get_mut(backend) else {
+        return 0;
+    };
+    let turn = entry.turn;
+    entry.turn = turn.wrapping_add(1);
+    turn % count
 }
 
 /// One getaddrinfo call on the blocking pool, at most [`MAX_LOOKUPS`] at a time.
@@ -125,6 +144,8 @@ struct Entry {
     /// The lookup in flight: it sends its answer here.
     pending: Option<watch::Receiver<Option<Answer>>>,
     asked: Option<Instant>,
+    /// Connects to the name so far: where the next starts among its addresses.
+    turn: usize,
 }
 
 /// What a request for a name does now.
@@ -259,6 +280,7 @@ pub(crate) fn seed(name: &str, addrs: &[SocketAddr]) {
         good: Some((addrs.into(), Instant::now())),
         asked: Some(Instant::now()),
         pending: None,
+        turn: 0,
     };
     lock(&NAMES.0).insert(name.to_owned(), entry);
 }

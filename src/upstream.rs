@@ -688,8 +688,8 @@ fn back_in_turn(route: &Route, backend: &str) {
     }
 }
 
-/// Connects to one of `backend`'s addresses by `deadline`, but for the `gone` ones. Each
-/// address gets an equal share of the time left, like each backend, and the next is dialed
+/// Connects to one of `backend`'s addresses by `deadline`, but for the `gone` ones, starting
+/// at each in turn (see [`crate::resolve::next_turn`]). Each address gets an equal share of the time left, like each backend, and the next is dialed
 /// beside one unanswered for `timing.attempt_delay`: a name whose first address is
 /// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
 /// dual-stack cluster) must not use up the time its next, working, address needed.
@@ -715,13 +715,17 @@ async fn connect(
         }
     })?;
     let delay = timing.attempt_delay;
-    if gone.is_empty() {
+    // One address (an IP, a Service's cluster IP) is the common case: nothing to order.
+    let turn = crate::resolve::next_turn(backend, addrs.len());
+    if gone.is_empty() && turn == 0 {
         return connect_any(&addrs, deadline, delay, &progress)
             .await
             .map(Some);
     }
-    let left: Vec<SocketAddr> = addrs
+    let (first, rest) = addrs.split_at(turn);
+    let left: Vec<SocketAddr> = rest
         .iter()
+        .chain(first)
         .filter(|a| !gone.contains(a))
         .copied()
         .collect();
@@ -1126,5 +1130,28 @@ mod tests {
         };
         assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
         assert!(!name_health(&table).ever_put_aside());
+    }
+
+    /// A name of three addresses (a headless Service's three pods): requests start at each
+    /// in turn, not all at the first the resolver listed.
+    #[tokio::test]
+    async fn a_names_addresses_are_taken_in_turn() {
+        let mut pods = Vec::new();
+        for _ in 0..3 {
+            pods.push(answering_backend().await);
+        }
+        let addrs: Vec<SocketAddr> = pods.iter().map(|(addr, _)| *addr).collect();
+        let name = "three-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &addrs);
+        let table = table_of(vec![name]);
+        let mut reached = Vec::new();
+        for _ in 0..4 {
+            let answer = open_on(&table).await;
+            let Ok(Answer::Upgraded(tunnel)) = answer else {
+                panic!("no tunnel: {:?}", answer.err());
+            };
+            reached.push(tunnel.socket.peer_addr().unwrap());
+        }
+        assert_eq!(reached, [addrs[0], addrs[1], addrs[2], addrs[0]]);
     }
 }
