@@ -74,6 +74,12 @@ impl<T, F: Future> Race<T, F> {
         self.racing.iter().map(|a| (&a.tag, a.began))
     }
 
+    /// Ends the race: the tags of the attempts still under way, oldest first (their attempts
+    /// dropped).
+    pub(crate) fn into_tags(self) -> impl Iterator<Item = T> {
+        self.racing.into_iter().map(|a| a.tag)
+    }
+
     /// Waits for an attempt to end, or (if `more` attempts could start) for the time to start
     /// another. An attempt that ended in failure lets the next start at once: see
     /// [`Race::failed`].
