@@ -149,7 +149,7 @@ impl Health {
 }
 
 /// The cool-down after the `nth` failure in a row, the first being `first`.
-fn cool_down(first: Duration, nth: u32) -> Duration {
+pub(crate) fn cool_down(first: Duration, nth: u32) -> Duration {
     let doublings = nth.saturating_sub(1).min(16);
     let longest = MAX_COOL_DOWN.max(first);
     first.saturating_mul(1 << doublings).min(longest)

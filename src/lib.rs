@@ -38,7 +38,7 @@
 //!   (`splice::direction`: one way of it; `splice::linger`: its close;
 //!   `splice::outcome`: how it ended; `splice::peer`: what it asks of a socket);
 //!   `relay`: a backend's non-101 answer, passed on at the client's pace;
-//!   `resolve`: backend names to addresses, briefly cached; `race`: connect attempts, the
+//!   `resolve`: backend names to addresses, briefly cached, taken in turn; `race`: connect attempts, the
 //!   next started beside a slow one (RFC 8305's way); `health`: backends put aside
 //!   for a while after they failed to take a connection; `socket`: TCP options and the
 //!   send queue both legs share; `files`: reading a config or PEM file safely;

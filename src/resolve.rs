@@ -14,10 +14,12 @@
 //! once (the addresses may already be someone else's). getaddrinfo gives no TTL; five seconds
 //! is what Envoy re-resolves at by default, short beside a Kubernetes endpoint change.
 //!
-//! A name's addresses are taken in turn ([`next_turn`]): the connects to a headless Service's
+//! A name's addresses are taken in turn ([`in_turn`]): the connects to a headless Service's
 //! name start at each of its pods in turn, as nginx, HAProxy and Envoy spread over a name's
 //! addresses, rather than all at the first the resolver listed for the five seconds its
-//! answer is reused (a reconnect storm would land on one pod).
+//! answer is reused (a reconnect storm would land on one pod). An address that failed to take
+//! a connection (a pod on a dead node, still in the answer until the node is declared gone)
+//! is set aside for a cool-down as a backend is (see `health`), and dialed last meanwhile.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -60,18 +62,67 @@ pub(crate) async fn resolve(backend: &str) -> io::Result<Arc<[SocketAddr]>> {
     NAMES.get(backend, system_lookup).await
 }
 
-/// Where the next connect to `backend` starts among its `count` addresses: each in turn.
-pub(crate) fn next_turn(backend: &str, count: usize) -> usize {
-    if count < 2 {
-        return 0;
+/// The order to dial `backend`'s `addrs` in, but for the `gone` ones: from its next address
+/// in turn, those set aside ([`set_aside`]) last.
+pub(crate) struct Order {
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// Whether any address of the name has failed since it last answered (then an answer is
+    /// to be noted: [`answered`]).
+    pub(crate) failed_lately: bool,
+}
+
+pub(crate) fn in_turn(backend: &str, addrs: &[SocketAddr], gone: &[SocketAddr]) -> Order {
+    let now = Instant::now();
+    let mut names = lock(&NAMES.0);
+    let (turn, aside) = match names.get_mut(backend) {
+        Some(entry) => {
+            let turn = entry.turn;
+            entry.turn = turn.wrapping_add(1);
+            // Addresses the name no longer has are forgotten.
+            entry.aside.retain(|a| addrs.contains(&a.addr));
+            (turn % addrs.len().max(1), entry.aside.as_slice())
+        }
+        None => (0, &[][..]),
+    };
+    let is_aside = |addr: &&SocketAddr| aside.iter().any(|a| a.addr == **addr && a.until > now);
+    let (first, rest) = addrs.split_at(turn);
+    let left = || rest.iter().chain(first).filter(|a| !gone.contains(a));
+    let mut order: Vec<SocketAddr> = left().filter(|a| !is_aside(a)).copied().collect();
+    order.extend(left().filter(is_aside).copied());
+    Order {
+        addrs: order,
+        failed_lately: !aside.is_empty(),
     }
+}
+
+/// Sets `backend`'s address `addr` aside after it failed to take a connection: for `first`,
+/// doubling with each failure in a row as a backend's cool-down does.
+pub(crate) fn set_aside(backend: &str, addr: SocketAddr, first: Duration) {
+    let now = Instant::now();
     let mut names = lock(&NAMES.0);
     let Some(entry) = names.get_mut(backend) else {
-        return 0;
+        return;
     };
-    let turn = entry.turn;
-    entry.turn = turn.wrapping_add(1);
-    turn % count
+    match entry.aside.iter_mut().find(|a| a.addr == addr) {
+        // Already aside: a try that was on its way adds nothing.
+        Some(aside) if aside.until > now => {}
+        Some(aside) => {
+            aside.failures = aside.failures.saturating_add(1);
+            aside.until = now + crate::health::cool_down(first, aside.failures);
+        }
+        None => entry.aside.push(Aside {
+            addr,
+            until: now + first,
+            failures: 1,
+        }),
+    }
+}
+
+/// `backend`'s address `addr` took a connection: back in turn, its failures forgotten.
+pub(crate) fn answered(backend: &str, addr: SocketAddr) {
+    if let Some(entry) = lock(&NAMES.0).get_mut(backend) {
+        entry.aside.retain(|a| a.addr != addr);
+    }
 }
 
 /// One getaddrinfo call on the blocking pool, at most [`MAX_LOOKUPS`] at a time.
@@ -146,6 +197,15 @@ struct Entry {
     asked: Option<Instant>,
     /// Connects to the name so far: where the next starts among its addresses.
     turn: usize,
+    /// Its addresses that failed to take a connection lately.
+    aside: Vec<Aside>,
+}
+
+/// An address set aside: until when, after how many failures in a row.
+struct Aside {
+    addr: SocketAddr,
+    until: Instant,
+    failures: u32,
 }
 
 /// What a request for a name does now.
@@ -281,6 +341,7 @@ pub(crate) fn seed(name: &str, addrs: &[SocketAddr]) {
         asked: Some(Instant::now()),
         pending: None,
         turn: 0,
+        aside: Vec::new(),
     };
     lock(&NAMES.0).insert(name.to_owned(), entry);
 }

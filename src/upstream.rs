@@ -691,7 +691,8 @@ fn back_in_turn(route: &Route, backend: &str) {
 }
 
 /// Connects to one of `backend`'s addresses by `deadline`, but for the `gone` ones, starting
-/// at each in turn (see [`crate::resolve::next_turn`]). Each address gets an equal share of the time left, like each backend, and the next is dialed
+/// at each in turn, those that failed lately last (see [`crate::resolve::in_turn`]). Each
+/// address gets an equal share of the time left, like each backend, and the next is dialed
 /// beside one unanswered for `timing.attempt_delay`: a name whose first address is
 /// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
 /// dual-stack cluster) must not use up the time its next, working, address needed.
@@ -716,39 +717,62 @@ async fn connect(
             )
         }
     })?;
-    let delay = timing.attempt_delay;
-    // One address (an IP, a Service's cluster IP) is the common case: nothing to order.
-    let turn = crate::resolve::next_turn(backend, addrs.len());
-    if gone.is_empty() && turn == 0 {
-        return connect_any(&addrs, deadline, delay, &progress)
-            .await
-            .map(Some);
+    let mut dial = Dial {
+        backend: None,
+        timing,
+        progress: &progress,
+    };
+    // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
+    // its failures are the backend's (see `health`).
+    if addrs.len() == 1 && gone.is_empty() {
+        return connect_any(&addrs, deadline, dial).await.map(Some);
     }
-    let (first, rest) = addrs.split_at(turn);
-    let left: Vec<SocketAddr> = rest
-        .iter()
-        .chain(first)
-        .filter(|a| !gone.contains(a))
-        .copied()
-        .collect();
-    if left.is_empty() {
+    let order = crate::resolve::in_turn(backend, &addrs, &gone);
+    if order.addrs.is_empty() {
         return Ok(None);
     }
-    connect_any(&left, deadline, delay, &progress)
-        .await
-        .map(Some)
+    dial.backend = Some((backend, order.failed_lately));
+    connect_any(&order.addrs, deadline, dial).await.map(Some)
+}
+
+/// How one backend's addresses are dialed.
+#[derive(Clone, Copy)]
+struct Dial<'a> {
+    /// The name, if its addresses' failures are noted one by one (it has several), and
+    /// whether any failed lately (then an answer is noted too).
+    backend: Option<(&'a str, bool)>,
+    timing: Timing,
+    progress: &'a Progress,
+}
+
+impl Dial<'_> {
+    /// Notes that `addr` failed to take a connection (its name has others to dial meanwhile).
+    fn failed(&self, addr: SocketAddr) {
+        if let Some((backend, _)) = self.backend {
+            if !self.timing.cooldown.is_zero() {
+                crate::resolve::set_aside(backend, addr, self.timing.cooldown);
+            }
+        }
+    }
+
+    fn answered(&self, addr: SocketAddr) {
+        if let Some((backend, true)) = self.backend {
+            crate::resolve::answered(backend, addr);
+        }
+    }
 }
 
 /// Connects to the first of `addrs` that answers, each in its share of the time to
-/// `deadline`, the next dialed beside one unanswered for `delay` (see [`crate::race`]).
+/// `deadline`, the next dialed beside one unanswered for the attempt delay (see
+/// [`crate::race`]); notes each address's failures and answers (see [`Dial`]).
 async fn connect_any(
     addrs: &[SocketAddr],
     deadline: tokio::time::Instant,
-    delay: Duration,
-    progress: &Progress,
+    dial: Dial<'_>,
 ) -> std::io::Result<Dialed> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     let count = addrs.len();
+    let delay = dial.timing.attempt_delay;
     let mut race = Race::new(delay);
     let mut next = 0;
     loop {
@@ -757,7 +781,7 @@ async fn connect_any(
             let addr = addrs[next];
             race.start(addr, tokio::time::timeout(share, TcpStream::connect(addr)));
             next += 1;
-            progress.dialed(next == count);
+            dial.progress.dialed(next == count);
         }
         if race.is_empty() {
             return Err(last);
@@ -769,17 +793,25 @@ async fn connect_any(
         match connected {
             Ok(Ok(socket)) => {
                 crate::socket::tune(&socket);
-                // Left to go on to if this one closes before answering: those not tried yet,
-                // and those given up on here before they had waited `delay` (the ones silent
-                // for longer would only be waited on again).
+                dial.answered(addr);
+                // Those still unanswered after the delay are as good as silent: set aside,
+                // and none to go on to if this one closes before answering (they would only
+                // be waited on again); those not tried yet, or given up on sooner, are.
                 let now = tokio::time::Instant::now();
-                let more = next < count || race.under_way().any(|(_, began)| now - began < delay);
+                let mut more = next < count;
+                for (&loser, began) in race.under_way() {
+                    match now - began < delay {
+                        true => more = true,
+                        false => dial.failed(loser),
+                    }
+                }
                 return Ok(Dialed { socket, addr, more });
             }
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(e),
             Ok(Err(e)) => last = e,
             Err(_) => last = no_answer(),
         }
+        dial.failed(addr);
         race.failed();
     }
 }
@@ -1006,7 +1038,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_secs(5);
         let progress = Progress::new();
-        let dialed = connect_any(&addrs, deadline, Duration::ZERO, &progress)
+        let dialed = connect_any(&addrs, deadline, dial_with(Duration::ZERO, &progress))
             .await
             .unwrap();
         assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
@@ -1020,7 +1052,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_secs(5);
         let delay = Duration::from_millis(250);
-        let dialed = connect_any(&addrs, deadline, delay, &progress)
+        let dialed = connect_any(&addrs, deadline, dial_with(delay, &progress))
             .await
             .unwrap();
         assert_eq!(dialed.addr, working_addr);
@@ -1034,10 +1066,24 @@ mod tests {
         assert!(!dialed.more);
 
         let deadline = start + Duration::from_secs(6);
-        let error = connect_any(&[silent.addr], deadline, delay, &progress)
+        let error = connect_any(&[silent.addr], deadline, dial_with(delay, &progress))
             .await
             .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    /// Dialing addresses of no name, with this attempt delay.
+    fn dial_with(attempt_delay: Duration, progress: &Progress) -> Dial<'_> {
+        let timing = Timing {
+            timeout: Duration::from_secs(5),
+            cooldown: Duration::from_secs(1),
+            attempt_delay,
+        };
+        Dial {
+            backend: None,
+            timing,
+            progress,
+        }
     }
 
     /// An address where SYNs go unanswered: a listen queue of one, filled.
@@ -1160,5 +1206,33 @@ mod tests {
             reached.push(tunnel.socket.peer_addr().unwrap());
         }
         assert_eq!(reached, [addrs[0], addrs[1], addrs[2], addrs[0]]);
+    }
+
+    /// A name of three addresses, the first silent (a pod on a dead node): the first request
+    /// starts at it and reaches the second after the delay; the silent one is set aside, so
+    /// the next request that would start at it (the fourth) starts at a live one instead.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_address_of_a_name_is_dialed_last_while_set_aside() {
+        let silent = Unreachable::start();
+        let (live_1, _a) = answering_backend().await;
+        let (live_2, _b) = answering_backend().await;
+        let name = "one-dead-pod.test:9001".to_string();
+        crate::resolve::seed(&name, &[silent.addr, live_1, live_2]);
+        let table = table_of(vec![name]);
+        let mut reached = Vec::new();
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            let answer = open_on(&table).await;
+            let Ok(Answer::Upgraded(tunnel)) = answer else {
+                panic!("no tunnel: {:?}", answer.err());
+            };
+            reached.push(tunnel.socket.peer_addr().unwrap());
+        }
+        // Only the first request waited on the silent pod (on the paused clock: the order of
+        // events, not a timing).
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        assert!(!reached.contains(&silent.addr));
+        assert_eq!(reached[0], live_1);
     }
 }
