@@ -71,7 +71,17 @@ pub(crate) struct Order {
     pub(crate) failed_lately: bool,
 }
 
-pub(crate) fn in_turn(backend: &str, addrs: &[SocketAddr], gone: &[SocketAddr]) -> Order {
+///
+/// Once an address's cool-down is over, the one request that finds it so tries it again in
+/// its turn; for the others it stays last for another `first` (the first cool-down), or until
+/// that try has failed (longer) or answered (back in turn), so a silent pod's retry holds up
+/// one request, not every one whose turn it is while the retry waits.
+pub(crate) fn in_turn(
+    backend: &str,
+    addrs: &[SocketAddr],
+    gone: &[SocketAddr],
+    first: Duration,
+) -> Order {
     let now = Instant::now();
     let mut names = lock(&NAMES.0);
     let (turn, aside) = match names.get_mut(backend) {
@@ -80,11 +90,22 @@ pub(crate) fn in_turn(backend: &str, addrs: &[SocketAddr], gone: &[SocketAddr]) 
             entry.turn = turn.wrapping_add(1);
             // Addresses the name no longer has are forgotten.
             entry.aside.retain(|a| addrs.contains(&a.addr));
-            (turn % addrs.len().max(1), entry.aside.as_slice())
+            let mut retry = None;
+            for aside in &mut entry.aside {
+                if aside.until <= now && !gone.contains(&aside.addr) && retry.is_none() {
+                    (aside.until, aside.retried) = (now + first, true);
+                    retry = Some(aside.addr);
+                }
+            }
+            let turn = turn % addrs.len().max(1);
+            (turn, (entry.aside.as_slice(), retry))
         }
-        None => (0, &[][..]),
+        None => (0, (&[][..], None)),
     };
-    let is_aside = |addr: &&SocketAddr| aside.iter().any(|a| a.addr == **addr && a.until > now);
+    let (aside, retry) = aside;
+    let is_aside = |addr: &&SocketAddr| {
+        Some(**addr) != retry && aside.iter().any(|a| a.addr == **addr && a.until > now)
+    };
     let (first, rest) = addrs.split_at(turn);
     let left = || rest.iter().chain(first).filter(|a| !gone.contains(a));
     let mut order: Vec<SocketAddr> = left().filter(|a| !is_aside(a)).copied().collect();
@@ -96,33 +117,42 @@ pub(crate) fn in_turn(backend: &str, addrs: &[SocketAddr], gone: &[SocketAddr]) 
 }
 
 /// Sets `backend`'s address `addr` aside after it failed to take a connection: for `first`,
-/// doubling with each failure in a row as a backend's cool-down does.
-pub(crate) fn set_aside(backend: &str, addr: SocketAddr, first: Duration) {
+/// doubling with each failure in a row as a backend's cool-down does. The cool-down, if this
+/// failure set it (not one of a try that was on its way when another did).
+pub(crate) fn set_aside(backend: &str, addr: SocketAddr, first: Duration) -> Option<Duration> {
     let now = Instant::now();
     let mut names = lock(&NAMES.0);
-    let Some(entry) = names.get_mut(backend) else {
-        return;
-    };
+    let entry = names.get_mut(backend)?;
     match entry.aside.iter_mut().find(|a| a.addr == addr) {
-        // Already aside: a try that was on its way adds nothing.
-        Some(aside) if aside.until > now => {}
+        Some(aside) if aside.until > now && !aside.retried => None,
         Some(aside) => {
             aside.failures = aside.failures.saturating_add(1);
-            aside.until = now + crate::health::cool_down(first, aside.failures);
+            let cool_down = crate::health::cool_down(first, aside.failures);
+            (aside.until, aside.retried) = (now + cool_down, false);
+            Some(cool_down)
         }
-        None => entry.aside.push(Aside {
-            addr,
-            until: now + first,
-            failures: 1,
-        }),
+        None => {
+            entry.aside.push(Aside {
+                addr,
+                until: now + first,
+                failures: 1,
+                retried: false,
+            });
+            Some(first)
+        }
     }
 }
 
 /// `backend`'s address `addr` took a connection: back in turn, its failures forgotten.
-pub(crate) fn answered(backend: &str, addr: SocketAddr) {
-    if let Some(entry) = lock(&NAMES.0).get_mut(backend) {
-        entry.aside.retain(|a| a.addr != addr);
-    }
+/// Whether it had failed until now.
+pub(crate) fn answered(backend: &str, addr: SocketAddr) -> bool {
+    let mut names = lock(&NAMES.0);
+    let Some(entry) = names.get_mut(backend) else {
+        return false;
+    };
+    let before = entry.aside.len();
+    entry.aside.retain(|a| a.addr != addr);
+    entry.aside.len() != before
 }
 
 /// One getaddrinfo call on the blocking pool, at most [`MAX_LOOKUPS`] at a time.
@@ -201,11 +231,13 @@ struct Entry {
     aside: Vec<Aside>,
 }
 
-/// An address set aside: until when, after how many failures in a row.
+/// An address set aside: until when, after how many failures in a row, and whether a
+/// request is trying it again after its cool-down (the others still dial it last meanwhile).
 struct Aside {
     addr: SocketAddr,
     until: Instant,
     failures: u32,
+    retried: bool,
 }
 
 /// What a request for a name does now.

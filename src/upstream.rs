@@ -727,7 +727,7 @@ async fn connect(
     if addrs.len() == 1 && gone.is_empty() {
         return connect_any(&addrs, deadline, dial).await.map(Some);
     }
-    let order = crate::resolve::in_turn(backend, &addrs, &gone);
+    let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown);
     if order.addrs.is_empty() {
         return Ok(None);
     }
@@ -747,17 +747,28 @@ struct Dial<'a> {
 
 impl Dial<'_> {
     /// Notes that `addr` failed to take a connection (its name has others to dial meanwhile).
-    fn failed(&self, addr: SocketAddr) {
-        if let Some((backend, _)) = self.backend {
-            if !self.timing.cooldown.is_zero() {
-                crate::resolve::set_aside(backend, addr, self.timing.cooldown);
-            }
+    fn failed(&self, addr: SocketAddr, error: &dyn std::fmt::Display) {
+        let Some((backend, _)) = self.backend else {
+            return;
+        };
+        if self.timing.cooldown.is_zero() {
+            return;
+        }
+        if let Some(cool_down) = crate::resolve::set_aside(backend, addr, self.timing.cooldown) {
+            tracing::warn!(
+                backend,
+                %addr,
+                %error,
+                "backend address set aside for {cool_down:?}: the name's other addresses are dialed first until it is tried again"
+            );
         }
     }
 
     fn answered(&self, addr: SocketAddr) {
         if let Some((backend, true)) = self.backend {
-            crate::resolve::answered(backend, addr);
+            if crate::resolve::answered(backend, addr) {
+                tracing::info!(backend, %addr, "backend address answers again; back in turn");
+            }
         }
     }
 }
@@ -802,7 +813,10 @@ async fn connect_any(
                 for (&loser, began) in race.under_way() {
                     match now - began < delay {
                         true => more = true,
-                        false => dial.failed(loser),
+                        false => dial.failed(
+                            loser,
+                            &"no answer to the connect, while another address answered",
+                        ),
                     }
                 }
                 return Ok(Dialed { socket, addr, more });
@@ -811,7 +825,7 @@ async fn connect_any(
             Ok(Err(e)) => last = e,
             Err(_) => last = no_answer(),
         }
-        dial.failed(addr);
+        dial.failed(addr, &last);
         race.failed();
     }
 }
