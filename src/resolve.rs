@@ -69,6 +69,8 @@ pub(crate) struct Order {
     /// Whether any address of the name has failed since it last answered (then an answer is
     /// to be noted: [`answered`]).
     pub(crate) failed_lately: bool,
+    /// Whether every address to dial is set aside.
+    pub(crate) all_aside: bool,
 }
 
 ///
@@ -88,8 +90,11 @@ pub(crate) fn in_turn(
         Some(entry) => {
             let turn = entry.turn;
             entry.turn = turn.wrapping_add(1);
-            // Addresses the name no longer has are forgotten.
-            entry.aside.retain(|a| addrs.contains(&a.addr));
+            // Addresses the name no longer has are forgotten; all of them, if setting aside
+            // has been turned off (`timeouts.backend_cooldown = "0s"`).
+            entry
+                .aside
+                .retain(|a| !first.is_zero() && addrs.contains(&a.addr));
             let mut retry = None;
             for aside in &mut entry.aside {
                 if aside.until <= now && !gone.contains(&aside.addr) && retry.is_none() {
@@ -109,8 +114,10 @@ pub(crate) fn in_turn(
     let (first, rest) = addrs.split_at(turn);
     let left = || rest.iter().chain(first).filter(|a| !gone.contains(a));
     let mut order: Vec<SocketAddr> = left().filter(|a| !is_aside(a)).copied().collect();
+    let up = order.len();
     order.extend(left().filter(is_aside).copied());
     Order {
+        all_aside: up == 0 && !order.is_empty(),
         addrs: order,
         failed_lately: !aside.is_empty(),
     }
@@ -351,7 +358,14 @@ impl Names {
         entry.pending = None;
         entry.last = Some((answer.clone(), now));
         match answer {
-            Ok(addrs) => entry.good = Some((addrs.clone(), now)),
+            Ok(addrs) => {
+                // Down to one address: its failures are the backend's now (see `health`), and
+                // a count kept here would double its cool-down the day the name grows again.
+                if addrs.len() < 2 {
+                    entry.aside.clear();
+                }
+                entry.good = Some((addrs.clone(), now));
+            }
             Err(error) if name_is_gone(error) => entry.good = None,
             Err(error) => {
                 if entry.recent_good(now).is_some() {

@@ -560,6 +560,8 @@ struct Try<'a, 'r> {
 struct Progress {
     began: tokio::time::Instant,
     dialed: AtomicU64,
+    /// Every address of the name was set aside when it was ordered (see [`Dial`]).
+    all_aside: AtomicBool,
 }
 
 impl Progress {
@@ -567,6 +569,7 @@ impl Progress {
         Progress {
             began: tokio::time::Instant::now(),
             dialed: AtomicU64::new(0),
+            all_aside: AtomicBool::new(false),
         }
     }
 
@@ -577,8 +580,12 @@ impl Progress {
             .store(at << 1 | u64::from(last), Ordering::Relaxed);
     }
 
-    /// Whether every address has been dialed, the last at least `delay` ago.
+    /// Whether every address has been dialed, the last at least `delay` ago; or the name's
+    /// addresses had all failed lately, and the connect has been under way that long.
     fn silent_for(&self, delay: Duration) -> bool {
+        if self.all_aside.load(Ordering::Relaxed) && self.began.elapsed() >= delay {
+            return true;
+        }
         let state = self.dialed.load(Ordering::Relaxed);
         let (at, last) = (state >> 1, state & 1 == 1);
         if at == 0 || !last {
@@ -732,6 +739,7 @@ async fn connect(
         return Ok(None);
     }
     dial.backend = Some((backend, order.failed_lately));
+    progress.all_aside.store(order.all_aside, Ordering::Relaxed);
     connect_any(&order.addrs, deadline, dial).await.map(Some)
 }
 
@@ -784,49 +792,76 @@ async fn connect_any(
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
     let count = addrs.len();
     let delay = dial.timing.attempt_delay;
-    let mut race = Race::new(delay);
+    // What each address would get if every one were slow: one whose share came to much less
+    // (those before it took the rest) is not to blame when it runs out.
+    let fair_share = share_of(deadline, count);
+    let mut race = Unanswered {
+        race: Race::new(delay),
+        dial,
+    };
     let mut next = 0;
     loop {
-        if race.wants_another() && next < count {
+        if race.race.wants_another() && next < count {
             let share = share_of(deadline, count - next);
             let addr = addrs[next];
-            race.start(addr, tokio::time::timeout(share, TcpStream::connect(addr)));
+            let connecting = tokio::time::timeout(share, TcpStream::connect(addr));
+            race.race.start((addr, share), connecting);
             next += 1;
             dial.progress.dialed(next == count);
         }
-        if race.is_empty() {
+        if race.race.is_empty() {
             return Err(last);
         }
-        let (addr, connected) = match race.next(next < count).await {
+        let ((addr, share), connected) = match race.race.next(next < count).await {
             Event::Start => continue,
-            Event::Ended(addr, connected) => (addr, connected),
+            Event::Ended(tag, connected) => (tag, connected),
         };
         match connected {
             Ok(Ok(socket)) => {
                 crate::socket::tune(&socket);
                 dial.answered(addr);
-                // Those still unanswered after the delay are as good as silent: set aside,
-                // and none to go on to if this one closes before answering (they would only
-                // be waited on again); those not tried yet, or given up on sooner, are.
+                // Left to go on to if this one closes before answering: those not tried yet,
+                // and those given up on here before they had waited `delay` (the others are
+                // set aside as the race ends, and would only be waited on again).
                 let now = tokio::time::Instant::now();
-                let mut more = next < count;
-                for (&loser, began) in race.under_way() {
-                    match now - began < delay {
-                        true => more = true,
-                        false => dial.failed(
-                            loser,
-                            &"no answer to the connect, while another address answered",
-                        ),
-                    }
-                }
+                let more =
+                    next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
                 return Ok(Dialed { socket, addr, more });
             }
             Ok(Err(e)) if out_of_descriptors(&e) => return Err(e),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = no_answer(),
+            Ok(Err(e)) => {
+                dial.failed(addr, &e);
+                last = e;
+            }
+            Err(_) => {
+                last = no_answer();
+                if share >= fair_share / 2 {
+                    dial.failed(addr, &last);
+                }
+            }
         }
-        dial.failed(addr, &last);
-        race.failed();
+        race.race.failed();
+    }
+}
+
+/// A name's addresses racing to connect. However the race ends (an address answered,
+/// another backend did, the request ran out of time or went), the addresses still unanswered
+/// after the attempt delay are as good as silent, and are set aside (see [`Dial::failed`]).
+struct Unanswered<'d, F: std::future::Future> {
+    race: Race<(SocketAddr, Duration), F>,
+    dial: Dial<'d>,
+}
+
+impl<F: std::future::Future> Drop for Unanswered<'_, F> {
+    fn drop(&mut self) {
+        let now = tokio::time::Instant::now();
+        let delay = self.dial.timing.attempt_delay;
+        for (&(addr, _), began) in self.race.under_way() {
+            if now - began >= delay {
+                let error = "no answer to the connect, while another address or backend answered";
+                self.dial.failed(addr, &error);
+            }
+        }
     }
 }
 
@@ -1248,5 +1283,25 @@ mod tests {
         assert!(took < Duration::from_millis(500), "{took:?}");
         assert!(!reached.contains(&silent.addr));
         assert_eq!(reached[0], live_1);
+    }
+
+    /// Route `[A, B]`, A a name whose two addresses are both silent: the requests whose turn
+    /// is A reach B after the delay, A's addresses are set aside one by one as they go
+    /// unanswered, and once both are, A itself is put aside.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_whose_addresses_are_all_silent_is_put_aside() {
+        let (dead_1, dead_2) = (Unreachable::start(), Unreachable::start());
+        let (good, _answering) = answering_backend().await;
+        let name = "two-dead-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &[dead_1.addr, dead_2.addr]);
+        let table = table_of(vec![name, good.to_string()]);
+        for _ in 0..6 {
+            let answer = open_on(&table).await;
+            let Ok(Answer::Upgraded(tunnel)) = answer else {
+                panic!("no tunnel: {:?}", answer.err());
+            };
+            assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+        }
+        assert!(name_health(&table).ever_put_aside());
     }
 }
