@@ -74,8 +74,8 @@ pub(crate) struct Order {
 }
 
 ///
-/// Once an address's cool-down is over, the one request that finds it so tries it again in
-/// its turn; for the others it stays last for another `first` (the first cool-down), or until
+/// Once an address's cool-down is over, the one request that finds it so tries it again
+/// first; for the others it stays last for another `first` (the first cool-down), or until
 /// that try has failed (longer) or answered (back in turn), so a silent pod's retry holds up
 /// one request, not every one whose turn it is while the retry waits.
 pub(crate) fn in_turn(
@@ -113,7 +113,13 @@ pub(crate) fn in_turn(
     };
     let (first, rest) = addrs.split_at(turn);
     let left = || rest.iter().chain(first).filter(|a| !gone.contains(a));
-    let mut order: Vec<SocketAddr> = left().filter(|a| !is_aside(a)).copied().collect();
+    // The address being tried again goes first: its try is what ends its cool-down.
+    let mut order: Vec<SocketAddr> = retry.into_iter().collect();
+    order.extend(
+        left()
+            .filter(|a| !is_aside(a) && Some(**a) != retry)
+            .copied(),
+    );
     let up = order.len();
     order.extend(left().filter(is_aside).copied());
     Order {
