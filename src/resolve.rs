@@ -108,9 +108,10 @@ pub(crate) fn in_turn(
         None => (0, (&[][..], None)),
     };
     let (aside, retry) = aside;
-    let is_aside = |addr: &&SocketAddr| {
-        Some(**addr) != retry && aside.iter().any(|a| a.addr == **addr && a.until > now)
-    };
+    // Every address on the list but the one retried now, its cool-down over or not: the
+    // others whose cool-down is over wait for a request of their own to retry them.
+    let is_aside =
+        |addr: &&SocketAddr| Some(**addr) != retry && aside.iter().any(|a| a.addr == **addr);
     let (first, rest) = addrs.split_at(turn);
     let left = || rest.iter().chain(first).filter(|a| !gone.contains(a));
     // The address being tried again goes first: its try is what ends its cool-down.

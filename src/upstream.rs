@@ -511,7 +511,13 @@ async fn connect_in_turn<'a, 'r>(
                 continue;
             }
             // The process's descriptors, not the backend: trying others would only fail too.
-            Ok(Err(e)) if out_of_descriptors(&e) => return Err(ProxyError::OutOfDescriptors),
+            Ok(Err(e)) if out_of_descriptors(&e) => {
+                // The others' connects are dropped for the process's trouble, not theirs.
+                for (other, _) in race.under_way() {
+                    other.progress.disarm();
+                }
+                return Err(ProxyError::OutOfDescriptors);
+            }
             Ok(Err(e)) => e,
             Err(_) => no_answer(),
         };
@@ -562,6 +568,9 @@ struct Progress {
     dialed: AtomicU64,
     /// Every address of the name was set aside when it was ordered (see [`Dial`]).
     all_aside: AtomicBool,
+    /// The connect is dropped for the process's own trouble (out of descriptors): its
+    /// addresses are not to blame (see [`Unanswered`]).
+    disarmed: AtomicBool,
 }
 
 impl Progress {
@@ -570,6 +579,7 @@ impl Progress {
             began: tokio::time::Instant::now(),
             dialed: AtomicU64::new(0),
             all_aside: AtomicBool::new(false),
+            disarmed: AtomicBool::new(false),
         }
     }
 
@@ -578,6 +588,10 @@ impl Progress {
         let at = u64::try_from(since).unwrap_or(u64::MAX >> 2) + 1;
         self.dialed
             .store(at << 1 | u64::from(last), Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.disarmed.store(true, Ordering::Relaxed);
     }
 
     /// Whether every address has been dialed, the last at least `delay` ago; or the name's
@@ -828,7 +842,10 @@ async fn connect_any(
                     next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
                 return Ok(Dialed { socket, addr, more });
             }
-            Ok(Err(e)) if out_of_descriptors(&e) => return Err(e),
+            Ok(Err(e)) if out_of_descriptors(&e) => {
+                dial.progress.disarm();
+                return Err(e);
+            }
             Ok(Err(e)) => {
                 dial.failed(addr, &e);
                 last = e;
@@ -856,6 +873,11 @@ impl<F: std::future::Future> Drop for Unanswered<'_, F> {
     fn drop(&mut self) {
         let now = tokio::time::Instant::now();
         let delay = self.dial.timing.attempt_delay;
+        // Without a delay, nothing was raced: an address still dialing has had no time of its
+        // own to answer in (the request went, or ran out of time).
+        if delay.is_zero() || self.dial.progress.disarmed.load(Ordering::Relaxed) {
+            return;
+        }
         for (&(addr, _), began) in self.race.under_way() {
             if now - began >= delay {
                 let error = "no answer to the connect, while another address or backend answered";
@@ -1303,5 +1325,36 @@ mod tests {
             assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
         }
         assert!(name_health(&table).ever_put_aside());
+    }
+
+    /// With no attempt delay nothing is raced: a connect dropped while its address is still
+    /// dialing (the request gone, or out of time) blames no address.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_delay_a_dropped_connect_sets_no_address_aside() {
+        let silent = Unreachable::start();
+        let (live, _answering) = answering_backend().await;
+        let name = "dropped-while-dialing.test:9001".to_string();
+        let addrs = [silent.addr, live];
+        crate::resolve::seed(&name, &addrs);
+        let timing = Timing {
+            timeout: Duration::from_secs(5),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::ZERO,
+        };
+        let deadline = tokio::time::Instant::now() + timing.timeout;
+        let connecting = connect(
+            &name,
+            Vec::new(),
+            deadline,
+            timing,
+            Arc::new(Progress::new()),
+        );
+        let dropped = tokio::time::timeout(Duration::from_millis(100), connecting).await;
+        assert!(
+            dropped.is_err(),
+            "the silent address is dialed first, alone"
+        );
+        let order = crate::resolve::in_turn(&name, &addrs, &[], timing.cooldown);
+        assert!(!order.failed_lately);
     }
 }
