@@ -318,7 +318,7 @@ pub(crate) enum Unanswered {
 }
 
 /// An I/O error's message without the documentation link rustls appends to some ("peer
-/// closed connection without sending TLS close_notify: https://docs.rs/…"): a log line says
+/// closed connection without sending TLS close_notify: `https://docs.rs/…`"): a log line says
 /// what happened, not where to read about it.
 fn words(e: &io::Error) -> String {
     let text = e.to_string();

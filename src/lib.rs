@@ -35,7 +35,8 @@
 //!   `tls::stream`: a client's TLS connection, its buffers lent only while bytes wait in
 //!   them); `pool`: the per-thread buffer pools the TLS streams and the relay borrow from;
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel
-//!   (`splice::direction`: one way of it; `splice::linger`: its close;
+//!   (`upstream::turns`: which backend a request tries next; `upstream::dial`: connecting to
+//!   one, through its name's addresses; `splice::direction`: one way of it; `splice::linger`: its close;
 //!   `splice::outcome`: how it ended; `splice::peer`: what it asks of a socket);
 //!   `relay`: a backend's non-101 answer, passed on at the client's pace;
 //!   `resolve`: backend names to addresses, briefly cached, taken in turn; `race`: connect attempts, the

@@ -480,7 +480,7 @@ impl Reloader {
         self.renewal_failed = Some(error);
     }
 
-    /// What to do about what [`look`] found: apply a good build, remember a rejected one.
+    /// What to do about what [`look()`] found: apply a good build, remember a rejected one.
     async fn decide(&mut self, look: Look, trigger: Trigger, patience: Patience) -> Outcome {
         match look {
             Look::InForce => {

@@ -1,10 +1,10 @@
 //! The backend leg: dial a route's backends in turn (those put aside after a failure last, see
 //! `health`), forward the upgrade request, and return either a checked 101 with the raw backend
-//! socket, or the backend's non-101 answer to relay.
+//! socket, or the backend's non-101 answer to relay. Which backend is next is `turns`'s;
+//! connecting to one, through its name's addresses, is `dial`'s.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -19,12 +19,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::error::{out_of_descriptors, ProxyError};
-use crate::health::{self, Health, Leave};
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::race::{Event, Race};
 use crate::routes::Route;
 use crate::websocket;
+
+mod dial;
+mod turns;
+
+use turns::{back_in_turn, connect_in_turn, put_aside, Turns};
 
 /// A backend that accepted the upgrade.
 pub(crate) struct Tunnel {
@@ -102,17 +105,7 @@ async fn exchange(
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
     let offer = websocket::Offer::of(request.headers(), protocols)?;
-    let mut turns = Turns {
-        fair_share: share_of(deadline, route.config.backends.len()),
-        backends: route.backends_in_turn(),
-        later: Vec::new(),
-        again: None,
-        resume: Vec::new(),
-        timed_out: None,
-        gone: Vec::new(),
-        gone_error: None,
-        connect_error: None,
-    };
+    let mut turns = Turns::new(route, deadline);
     // The leaves of backends whose address closed before answering: held until the request
     // is done with them, as their next addresses are tried (`again`) without asking again.
     let mut held = Vec::new();
@@ -163,81 +156,6 @@ async fn exchange(
 /// given up: a failing deploy whose every pod accepts and closes must not get each request
 /// once per pod.
 const MAX_CLOSED: usize = 3;
-
-/// Where a request is in its route's backends, across the backends it tries.
-struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
-    /// The time each backend would get if every one were slow: a try whose share of what was
-    /// left came to much less (earlier backends took the rest) is not the backend's failure
-    /// when it runs out.
-    fair_share: Duration,
-    /// The backends not tried yet, in round-robin order.
-    backends: I,
-    /// Backends another request is trying again after a failure (see [`crate::health`]):
-    /// tried only once `backends` are all tried.
-    later: Vec<&'a str>,
-    /// A backend to try again first: one of its addresses closed before answering, and it
-    /// may have others.
-    again: Option<&'a str>,
-    /// Backends whose connect was dropped when another answered first, not for being silent
-    /// (see [`settle_losers`]): next in turn if this request needs another, with the leave
-    /// they were tried with (a cool-down's retry stays this request's).
-    resume: Vec<(&'a str, Leave<'r>)>,
-    /// The first backend that did not answer in its share: what a 504 is about.
-    timed_out: Option<&'a str>,
-    /// Addresses that closed before answering: not tried again in this request (a backend
-    /// listed twice, or a name's other addresses, are).
-    gone: Vec<SocketAddr>,
-    /// The last of those, and why it failed: the answer if nothing else is left to try.
-    gone_error: Option<(&'a str, ProxyError)>,
-    /// The last failed connect's error, in the OS's words: what a 502 says when no backend
-    /// could be connected to (refused, unresolvable, unreachable).
-    connect_error: Option<String>,
-}
-
-impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
-    /// The refusal once every backend failed: if any of them was merely slow, the request ran
-    /// out of time, and the line names that one (the others' failures are in the metrics).
-    fn outcome(&mut self, tried: &mut Option<String>) -> ProxyError {
-        if let Some(slow) = self.timed_out {
-            *tried = Some(slow.to_string());
-            return ProxyError::BackendTimeout;
-        }
-        match self.gone_error.take() {
-            Some((backend, error)) => {
-                *tried = Some(backend.to_string());
-                error
-            }
-            None => ProxyError::BackendUnavailable(
-                self.connect_error
-                    .take()
-                    .unwrap_or_else(|| "no address to connect to".to_string()),
-            ),
-        }
-    }
-
-    /// The next backend to try, and its leave to be tried if it needs none asked for: one
-    /// this request tries again (`again`: it has just been tried, and holds its leave),
-    /// resumes (`resume`) or has put off (`later`); `None`: ask first.
-    fn next(&mut self) -> Option<(&'a str, Option<Leave<'r>>)> {
-        if let Some(backend) = self.again.take() {
-            return Some((backend, Some(Leave::default())));
-        }
-        if !self.resume.is_empty() {
-            let (backend, leave) = self.resume.remove(0);
-            return Some((backend, Some(leave)));
-        }
-        match self.backends.next() {
-            Some(backend) => Some((backend, None)),
-            None if self.later.is_empty() => None,
-            None => Some((self.later.remove(0), Some(Leave::default()))),
-        }
-    }
-
-    /// How many backends are left to try after the one being tried.
-    fn left(&self) -> usize {
-        self.resume.len() + self.backends.len() + self.later.len()
-    }
-}
 
 /// How one backend's exchange failed.
 enum Attempt {
@@ -446,467 +364,6 @@ async fn take_tunnel(
 /// The most of a backend's answer read ahead: all of its head, or a piece of its body.
 const BACKEND_BUFFER: usize = 64 * 1024;
 
-/// Tries the backends in turn, starting at the route's round-robin position; a refused,
-/// unresolvable or silent backend moves on to the next (a name's other addresses first,
-/// after one of them closed before answering).
-///
-/// Each attempt gets an equal share of the time left (the last one all of it), so one
-/// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
-/// a healthy one waits its turn; and once it has gone unanswered for `attempt_delay`, the
-/// next backend is dialed beside it (see [`crate::race`]), the first to answer taken. A
-/// backend that fails, or is left unanswered while another answers, is put aside for
-/// `cooldown` (see [`crate::health`]).
-async fn connect_in_turn<'a, 'r>(
-    route: &'r Route,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-    deadline: tokio::time::Instant,
-    timing: Timing,
-    tried: &mut Option<String>,
-    metrics: &Metrics,
-) -> Result<(&'a str, Dialed, u64, Leave<'r>), ProxyError> {
-    let mut race = Race::new(timing.attempt_delay);
-    // The last backend that failed, or what `tried` said before: named if the attempts left
-    // do not count (every address of theirs closed before answering already).
-    let mut before = tried.clone();
-    loop {
-        if race.wants_another() {
-            if let Some((backend, leave)) = next_backend(route, turns) {
-                let share = share_of(deadline, turns.left() + 1);
-                let until = tokio::time::Instant::now() + share;
-                let progress = Arc::new(Progress::new());
-                let connecting =
-                    connect(backend, turns.gone.clone(), until, timing, progress.clone());
-                let attempt = Try {
-                    backend,
-                    share,
-                    began: health::now(),
-                    leave,
-                    progress,
-                };
-                race.start(attempt, tokio::time::timeout_at(until, connecting));
-            }
-        }
-        // Named before the connect: if the request's time runs out during it, the oldest
-        // attempt under way is the backend its 504 is about.
-        *tried = match race.under_way().next() {
-            Some((attempt, _)) => Some(attempt.backend.to_string()),
-            None => return Err(turns.outcome(tried)),
-        };
-        let (attempt, connected) = match race.next(turns.left() > 0).await {
-            Event::Start => continue,
-            Event::Ended(attempt, connected) => (attempt, connected),
-        };
-        let error = match connected {
-            Ok(Ok(Some(dialed))) => {
-                settle_losers(route, race, attempt.backend, turns, timing, metrics);
-                *tried = Some(attempt.backend.to_string());
-                return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
-            }
-            // Every address of it closed before answering already: nothing to count.
-            Ok(Ok(None)) => {
-                if race.is_empty() {
-                    tried.clone_from(&before);
-                }
-                race.failed();
-                continue;
-            }
-            // The process's descriptors, not the backend: trying others would only fail too.
-            Ok(Err(e)) if out_of_descriptors(&e) => {
-                // The others' connects are dropped for the process's trouble, not theirs.
-                for (other, _) in race.under_way() {
-                    other.progress.disarm();
-                }
-                return Err(ProxyError::OutOfDescriptors);
-            }
-            Ok(Err(e)) => e,
-            Err(_) => no_answer(),
-        };
-        race.failed();
-        let backend = attempt.backend;
-        before = Some(backend.to_string());
-        if error.kind() == std::io::ErrorKind::TimedOut && turns.timed_out.is_none() {
-            turns.timed_out = Some(backend);
-        }
-        // Failover hides a dead backend from clients; the counter shows it to operators.
-        metrics.backend_connect_failed(&route.config.name, backend, &error);
-        let cut_short =
-            error.kind() == std::io::ErrorKind::TimedOut && attempt.share < turns.fair_share / 2;
-        if !cut_short {
-            put_aside(
-                route,
-                backend,
-                &error,
-                timing.cooldown,
-                attempt.began,
-                metrics,
-            );
-        }
-        tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
-        turns.connect_error = Some(error.to_string());
-    }
-}
-
-/// One backend's connect attempt, as it races the others.
-struct Try<'a, 'r> {
-    backend: &'a str,
-    /// Its share of the time: see `Turns::fair_share`.
-    share: Duration,
-    /// When it began, on [`health::now`]'s clock.
-    began: u64,
-    /// Held until the try has ended: answered, or failed.
-    leave: Leave<'r>,
-    /// How far its connect has got: see [`Progress`].
-    progress: Arc<Progress>,
-}
-
-/// How far one backend's connect has got, for the race across backends to judge it by: when
-/// its latest address was dialed (µs after the connect began, plus one; 0: none yet, its
-/// name still being resolved), and whether that was its last.
-#[derive(Debug)]
-struct Progress {
-    began: tokio::time::Instant,
-    dialed: AtomicU64,
-    /// Every address of the name was set aside when it was ordered (see [`Dial`]).
-    all_aside: AtomicBool,
-    /// The connect is dropped for the process's own trouble (out of descriptors): its
-    /// addresses are not to blame (see [`Unanswered`]).
-    disarmed: AtomicBool,
-}
-
-impl Progress {
-    fn new() -> Progress {
-        Progress {
-            began: tokio::time::Instant::now(),
-            dialed: AtomicU64::new(0),
-            all_aside: AtomicBool::new(false),
-            disarmed: AtomicBool::new(false),
-        }
-    }
-
-    fn dialed(&self, last: bool) {
-        let since = self.began.elapsed().as_micros();
-        let at = u64::try_from(since).unwrap_or(u64::MAX >> 2) + 1;
-        self.dialed
-            .store(at << 1 | u64::from(last), Ordering::Relaxed);
-    }
-
-    fn disarm(&self) {
-        self.disarmed.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether every address has been dialed, the last at least `delay` ago; or the name's
-    /// addresses had all failed lately, and the connect has been under way that long.
-    fn silent_for(&self, delay: Duration) -> bool {
-        if self.all_aside.load(Ordering::Relaxed) && self.began.elapsed() >= delay {
-            return true;
-        }
-        let state = self.dialed.load(Ordering::Relaxed);
-        let (at, last) = (state >> 1, state & 1 == 1);
-        if at == 0 || !last {
-            return false;
-        }
-        let dialed_at = self.began + Duration::from_micros(at - 1);
-        dialed_at.elapsed() >= delay
-    }
-}
-
-/// The next backend to try now, with its leave to be tried; a backend that another request
-/// is trying again after its failure is put off until the others have been tried.
-fn next_backend<'a, 'r>(
-    route: &'r Route,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-) -> Option<(&'a str, Leave<'r>)> {
-    loop {
-        let (backend, leave) = turns.next()?;
-        let leave = leave.or_else(|| route.leave(backend));
-        match leave {
-            Some(leave) => return Some((backend, leave)),
-            None => turns.later.push(backend),
-        }
-    }
-}
-
-/// `winner` answered first: the attempts still under way are dropped. One that has dialed
-/// every address of its name and heard nothing for `attempt_delay` is as good as silent (a
-/// connect on a working network takes a round trip) and is put aside, as a backend whose
-/// connect timed out would be; the others (still resolving, on to a further address, or
-/// only just started) owe nothing, and are next in turn should this request need another
-/// backend (the winner closing before it answers).
-fn settle_losers<'a, 'r, F: std::future::Future>(
-    route: &Route,
-    race: Race<Try<'a, 'r>, F>,
-    winner: &str,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-    timing: Timing,
-    metrics: &Metrics,
-) {
-    let mut resume = Vec::new();
-    for attempt in race.into_tags() {
-        // The same backend, listed twice: its other connect answered.
-        if attempt.backend == winner {
-            continue;
-        }
-        if !attempt.progress.silent_for(timing.attempt_delay) {
-            resume.push((attempt.backend, attempt.leave));
-            continue;
-        }
-        let error = std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "no answer to the connect for over {:?}, while another backend answered",
-                timing.attempt_delay
-            ),
-        );
-        metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
-        put_aside(
-            route,
-            attempt.backend,
-            &error,
-            timing.cooldown,
-            attempt.began,
-            metrics,
-        );
-    }
-    resume.append(&mut turns.resume);
-    turns.resume = resume;
-}
-
-/// Puts `backend` aside after it failed to take a connection (see [`crate::health`]), and
-/// says so when that is news. Not in a route with no other backend to send requests to.
-/// `began`: when the failed try began (on [`health::now`]'s clock). Counted, as each failure
-/// is: a backend put aside is a backend to look at.
-fn put_aside(
-    route: &Route,
-    backend: &str,
-    error: &dyn std::fmt::Display,
-    cooldown: Duration,
-    began: u64,
-    metrics: &Metrics,
-) {
-    if !route.has_others() || cooldown.is_zero() {
-        return;
-    }
-    let Some(aside) = route
-        .health_of(backend)
-        .and_then(|h| h.failed(cooldown, began))
-    else {
-        return;
-    };
-    metrics.backend_put_aside(&route.config.name, backend);
-    tracing::warn!(
-        route = %route.config.name,
-        backend,
-        %error,
-        failures_in_a_row = aside.nth,
-        "backend put aside for {:?}: requests go to the route's other backends until it is \
-         tried again",
-        aside.cool_down
-    );
-}
-
-/// Notes that `backend` answered; says so if it was put aside until now.
-fn back_in_turn(route: &Route, backend: &str) {
-    if route.health_of(backend).is_some_and(Health::answered) {
-        tracing::info!(route = %route.config.name, backend, "backend answers again; back in turn");
-    }
-}
-
-/// Connects to one of `backend`'s addresses by `deadline`, but for the `gone` ones, starting
-/// at each in turn, those that failed lately last (see [`crate::resolve::in_turn`]). Each
-/// address gets an equal share of the time left, like each backend, and the next is dialed
-/// beside one unanswered for `timing.attempt_delay`: a name whose first address is
-/// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
-/// dual-stack cluster) must not use up the time its next, working, address needed.
-/// `None` if every address is among the `gone` ones.
-async fn connect(
-    backend: &str,
-    gone: Vec<SocketAddr>,
-    deadline: tokio::time::Instant,
-    timing: Timing,
-    progress: Arc<Progress>,
-) -> std::io::Result<Option<Dialed>> {
-    // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
-    // mark them NotFound, as a name that resolves to nothing is; but the process out of
-    // descriptors stays what it is (a 503, not the backend's fault).
-    let addrs = crate::resolve::resolve(backend).await.map_err(|e| {
-        if out_of_descriptors(&e) {
-            e
-        } else {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("cannot resolve the name: {e}"),
-            )
-        }
-    })?;
-    let mut dial = Dial {
-        backend: None,
-        timing,
-        progress: &progress,
-    };
-    // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
-    // its failures are the backend's (see `health`).
-    if addrs.len() == 1 && gone.is_empty() {
-        return connect_any(&addrs, deadline, dial).await.map(Some);
-    }
-    let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown);
-    if order.addrs.is_empty() {
-        return Ok(None);
-    }
-    dial.backend = Some((backend, order.failed_lately));
-    progress.all_aside.store(order.all_aside, Ordering::Relaxed);
-    connect_any(&order.addrs, deadline, dial).await.map(Some)
-}
-
-/// How one backend's addresses are dialed.
-#[derive(Clone, Copy)]
-struct Dial<'a> {
-    /// The name, if its addresses' failures are noted one by one (it has several), and
-    /// whether any failed lately (then an answer is noted too).
-    backend: Option<(&'a str, bool)>,
-    timing: Timing,
-    progress: &'a Progress,
-}
-
-impl Dial<'_> {
-    /// Notes that `addr` failed to take a connection (its name has others to dial meanwhile).
-    fn failed(&self, addr: SocketAddr, error: &dyn std::fmt::Display) {
-        let Some((backend, _)) = self.backend else {
-            return;
-        };
-        if self.timing.cooldown.is_zero() {
-            return;
-        }
-        if let Some(cool_down) = crate::resolve::set_aside(backend, addr, self.timing.cooldown) {
-            tracing::warn!(
-                backend,
-                %addr,
-                %error,
-                "backend address set aside for {cool_down:?}: the name's other addresses are dialed first until it is tried again"
-            );
-        }
-    }
-
-    fn answered(&self, addr: SocketAddr) {
-        if let Some((backend, true)) = self.backend {
-            if crate::resolve::answered(backend, addr) {
-                tracing::info!(backend, %addr, "backend address answers again; back in turn");
-            }
-        }
-    }
-}
-
-/// Connects to the first of `addrs` that answers, each in its share of the time to
-/// `deadline`, the next dialed beside one unanswered for the attempt delay (see
-/// [`crate::race`]); notes each address's failures and answers (see [`Dial`]).
-async fn connect_any(
-    addrs: &[SocketAddr],
-    deadline: tokio::time::Instant,
-    dial: Dial<'_>,
-) -> std::io::Result<Dialed> {
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
-    let count = addrs.len();
-    let delay = dial.timing.attempt_delay;
-    // What each address would get if every one were slow: one whose share came to much less
-    // (those before it took the rest) is not to blame when it runs out.
-    let fair_share = share_of(deadline, count);
-    let mut race = Unanswered {
-        race: Race::new(delay),
-        dial,
-    };
-    let mut next = 0;
-    loop {
-        if race.race.wants_another() && next < count {
-            let share = share_of(deadline, count - next);
-            let addr = addrs[next];
-            let connecting = tokio::time::timeout(share, TcpStream::connect(addr));
-            race.race.start((addr, share), connecting);
-            next += 1;
-            dial.progress.dialed(next == count);
-        }
-        if race.race.is_empty() {
-            return Err(last);
-        }
-        let ((addr, share), connected) = match race.race.next(next < count).await {
-            Event::Start => continue,
-            Event::Ended(tag, connected) => (tag, connected),
-        };
-        match connected {
-            Ok(Ok(socket)) => {
-                crate::socket::tune(&socket);
-                dial.answered(addr);
-                // Left to go on to if this one closes before answering: those not tried yet,
-                // and those given up on here before they had waited `delay` (the others are
-                // set aside as the race ends, and would only be waited on again).
-                let now = tokio::time::Instant::now();
-                let more =
-                    next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
-                return Ok(Dialed { socket, addr, more });
-            }
-            Ok(Err(e)) if out_of_descriptors(&e) => {
-                dial.progress.disarm();
-                return Err(e);
-            }
-            Ok(Err(e)) => {
-                dial.failed(addr, &e);
-                last = e;
-            }
-            Err(_) => {
-                last = no_answer();
-                if share >= fair_share / 2 {
-                    dial.failed(addr, &last);
-                }
-            }
-        }
-        race.race.failed();
-    }
-}
-
-/// A name's addresses racing to connect. However the race ends (an address answered,
-/// another backend did, the request ran out of time or went), the addresses still unanswered
-/// after the attempt delay are as good as silent, and are set aside (see [`Dial::failed`]).
-struct Unanswered<'d, F: std::future::Future> {
-    race: Race<(SocketAddr, Duration), F>,
-    dial: Dial<'d>,
-}
-
-impl<F: std::future::Future> Drop for Unanswered<'_, F> {
-    fn drop(&mut self) {
-        let now = tokio::time::Instant::now();
-        let delay = self.dial.timing.attempt_delay;
-        // Without a delay, nothing was raced: an address still dialing has had no time of its
-        // own to answer in (the request went, or ran out of time).
-        if delay.is_zero() || self.dial.progress.disarmed.load(Ordering::Relaxed) {
-            return;
-        }
-        for (&(addr, _), began) in self.race.under_way() {
-            if now - began >= delay {
-                let error = "no answer to the connect, while another address or backend answered";
-                self.dial.failed(addr, &error);
-            }
-        }
-    }
-}
-
-/// A backend connection, the address it went to, and whether the name has addresses after
-/// it (to go on to if this one closes before answering).
-#[derive(Debug)]
-struct Dialed {
-    socket: TcpStream,
-    addr: SocketAddr,
-    more: bool,
-}
-
-/// An equal share of the time left until `deadline` for each of `remaining` tries (the last
-/// one gets all of it).
-fn share_of(deadline: tokio::time::Instant, remaining: usize) -> Duration {
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    left / u32::try_from(remaining).unwrap_or(u32::MAX).max(1)
-}
-
-fn no_answer() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
-}
-
 /// A backend socket that notes whether the backend has sent a byte yet: a connection that
 /// failed before then carried no answer, and the request may go to the next backend.
 struct Heard {
@@ -968,7 +425,10 @@ impl AsyncWrite for Heard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::health::Health;
 
     /// A backend name with two addresses (a headless Service's two pods): the first takes the
     /// connection and closes it unanswered (its pod killed), the second answers. The request
@@ -1021,7 +481,7 @@ mod tests {
 
     /// A backend that answers each upgrade with a proper 101 (connections dialed and dropped
     /// unused, as the losers of a race are, are let go).
-    async fn answering_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    pub(super) async fn answering_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let answering = tokio::spawn(async move {
@@ -1096,76 +556,15 @@ mod tests {
         open(the_route(table), request, &[], timing, &mut tried, &metrics).await
     }
 
-    /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
-    /// second working: the second is reached within the time, not after it. One at a time,
-    /// after the first's share of the time; raced, after `attempt_delay`.
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_address_leaves_time_for_the_next_one() {
-        let silent = Unreachable::start();
-        let working = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let working_addr = working.local_addr().unwrap();
-        let addrs = [silent.addr, working_addr];
-
-        let start = tokio::time::Instant::now();
-        let deadline = start + Duration::from_secs(5);
-        let progress = Progress::new();
-        let dialed = connect_any(&addrs, deadline, dial_with(Duration::ZERO, &progress))
-            .await
-            .unwrap();
-        assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
-        assert_eq!((dialed.addr, dialed.more), (working_addr, false));
-        // The silent address had its half of the time, and the working one got through in
-        // the other half.
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(2500), "{took:?}");
-        assert!(tokio::time::Instant::now() < deadline);
-
-        let start = tokio::time::Instant::now();
-        let deadline = start + Duration::from_secs(5);
-        let delay = Duration::from_millis(250);
-        let dialed = connect_any(&addrs, deadline, dial_with(delay, &progress))
-            .await
-            .unwrap();
-        assert_eq!(dialed.addr, working_addr);
-        // Dialed beside the silent one once it had gone unanswered for the delay; the silent
-        // one, given up on after waiting that long, is none to go on to.
-        let took = start.elapsed();
-        assert!(
-            took >= delay && took < Duration::from_millis(2500),
-            "{took:?}"
-        );
-        assert!(!dialed.more);
-
-        let deadline = start + Duration::from_secs(6);
-        let error = connect_any(&[silent.addr], deadline, dial_with(delay, &progress))
-            .await
-            .unwrap_err();
-        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
-    }
-
-    /// Dialing addresses of no name, with this attempt delay.
-    fn dial_with(attempt_delay: Duration, progress: &Progress) -> Dial<'_> {
-        let timing = Timing {
-            timeout: Duration::from_secs(5),
-            cooldown: Duration::from_secs(1),
-            attempt_delay,
-        };
-        Dial {
-            backend: None,
-            timing,
-            progress,
-        }
-    }
-
     /// An address where SYNs go unanswered: a listen queue of one, filled.
-    struct Unreachable {
-        addr: SocketAddr,
+    pub(super) struct Unreachable {
+        pub(super) addr: SocketAddr,
         _listener: socket2::Socket,
         _filler: std::net::TcpStream,
     }
 
     impl Unreachable {
-        fn start() -> Unreachable {
+        pub(super) fn start() -> Unreachable {
             use socket2::{Domain, Socket, Type};
             let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
             listener
@@ -1325,36 +724,5 @@ mod tests {
             assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
         }
         assert!(name_health(&table).ever_put_aside());
-    }
-
-    /// With no attempt delay nothing is raced: a connect dropped while its address is still
-    /// dialing (the request gone, or out of time) blames no address.
-    #[tokio::test(start_paused = true)]
-    async fn without_a_delay_a_dropped_connect_sets_no_address_aside() {
-        let silent = Unreachable::start();
-        let (live, _answering) = answering_backend().await;
-        let name = "dropped-while-dialing.test:9001".to_string();
-        let addrs = [silent.addr, live];
-        crate::resolve::seed(&name, &addrs);
-        let timing = Timing {
-            timeout: Duration::from_secs(5),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::ZERO,
-        };
-        let deadline = tokio::time::Instant::now() + timing.timeout;
-        let connecting = connect(
-            &name,
-            Vec::new(),
-            deadline,
-            timing,
-            Arc::new(Progress::new()),
-        );
-        let dropped = tokio::time::timeout(Duration::from_millis(100), connecting).await;
-        assert!(
-            dropped.is_err(),
-            "the silent address is dialed first, alone"
-        );
-        let order = crate::resolve::in_turn(&name, &addrs, &[], timing.cooldown);
-        assert!(!order.failed_lately);
     }
 }

@@ -1,0 +1,359 @@
+//! Connecting to one backend: its name resolved, its addresses dialed from the next in turn
+//! (see `resolve`), raced as RFC 8305 races them (see `race`), and those that fail to take a
+//! connection set aside for a cool-down, so a name's dead pod is dialed last meanwhile.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::Timing;
+use crate::error::out_of_descriptors;
+use crate::race::{Event, Race};
+
+/// How far one backend's connect has got, for the race across backends to judge it by: when
+/// its latest address was dialed (µs after the connect began, plus one; 0: none yet, its
+/// name still being resolved), and whether that was its last.
+#[derive(Debug)]
+pub(super) struct Progress {
+    began: tokio::time::Instant,
+    dialed: AtomicU64,
+    /// Every address of the name was set aside when it was ordered (see [`Dial`]).
+    all_aside: AtomicBool,
+    /// The connect is dropped for the process's own trouble (out of descriptors): its
+    /// addresses are not to blame (see [`Unanswered`]).
+    disarmed: AtomicBool,
+}
+
+impl Progress {
+    pub(super) fn new() -> Progress {
+        Progress {
+            began: tokio::time::Instant::now(),
+            dialed: AtomicU64::new(0),
+            all_aside: AtomicBool::new(false),
+            disarmed: AtomicBool::new(false),
+        }
+    }
+
+    fn dialed(&self, last: bool) {
+        let since = self.began.elapsed().as_micros();
+        let at = u64::try_from(since).unwrap_or(u64::MAX >> 2) + 1;
+        self.dialed
+            .store(at << 1 | u64::from(last), Ordering::Relaxed);
+    }
+
+    pub(super) fn disarm(&self) {
+        self.disarmed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every address has been dialed, the last at least `delay` ago; or the name's
+    /// addresses had all failed lately, and the connect has been under way that long.
+    pub(super) fn silent_for(&self, delay: Duration) -> bool {
+        if self.all_aside.load(Ordering::Relaxed) && self.began.elapsed() >= delay {
+            return true;
+        }
+        let state = self.dialed.load(Ordering::Relaxed);
+        let (at, last) = (state >> 1, state & 1 == 1);
+        if at == 0 || !last {
+            return false;
+        }
+        let dialed_at = self.began + Duration::from_micros(at - 1);
+        dialed_at.elapsed() >= delay
+    }
+}
+
+/// Connects to one of `backend`'s addresses by `deadline`, but for the `gone` ones, starting
+/// at each in turn, those that failed lately last (see [`crate::resolve::in_turn`]). Each
+/// address gets an equal share of the time left, like each backend, and the next is dialed
+/// beside one unanswered for `timing.attempt_delay`: a name whose first address is
+/// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
+/// dual-stack cluster) must not use up the time its next, working, address needed.
+/// `None` if every address is among the `gone` ones.
+pub(super) async fn connect(
+    backend: &str,
+    gone: Vec<SocketAddr>,
+    deadline: tokio::time::Instant,
+    timing: Timing,
+    progress: Arc<Progress>,
+) -> std::io::Result<Option<Dialed>> {
+    // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
+    // mark them NotFound, as a name that resolves to nothing is; but the process out of
+    // descriptors stays what it is (a 503, not the backend's fault).
+    let addrs = crate::resolve::resolve(backend).await.map_err(|e| {
+        if out_of_descriptors(&e) {
+            e
+        } else {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("cannot resolve the name: {e}"),
+            )
+        }
+    })?;
+    let mut dial = Dial {
+        backend: None,
+        timing,
+        progress: &progress,
+    };
+    // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
+    // its failures are the backend's (see `health`).
+    if addrs.len() == 1 && gone.is_empty() {
+        return connect_any(&addrs, deadline, dial).await.map(Some);
+    }
+    let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown);
+    if order.addrs.is_empty() {
+        return Ok(None);
+    }
+    dial.backend = Some((backend, order.failed_lately));
+    progress.all_aside.store(order.all_aside, Ordering::Relaxed);
+    connect_any(&order.addrs, deadline, dial).await.map(Some)
+}
+
+/// How one backend's addresses are dialed.
+#[derive(Clone, Copy)]
+struct Dial<'a> {
+    /// The name, if its addresses' failures are noted one by one (it has several), and
+    /// whether any failed lately (then an answer is noted too).
+    backend: Option<(&'a str, bool)>,
+    timing: Timing,
+    progress: &'a Progress,
+}
+
+impl Dial<'_> {
+    /// Notes that `addr` failed to take a connection (its name has others to dial meanwhile).
+    fn failed(&self, addr: SocketAddr, error: &dyn std::fmt::Display) {
+        let Some((backend, _)) = self.backend else {
+            return;
+        };
+        if self.timing.cooldown.is_zero() {
+            return;
+        }
+        if let Some(cool_down) = crate::resolve::set_aside(backend, addr, self.timing.cooldown) {
+            tracing::warn!(
+                backend,
+                %addr,
+                %error,
+                "backend address set aside for {cool_down:?}: the name's other addresses are dialed first until it is tried again"
+            );
+        }
+    }
+
+    fn answered(&self, addr: SocketAddr) {
+        if let Some((backend, true)) = self.backend {
+            if crate::resolve::answered(backend, addr) {
+                tracing::info!(backend, %addr, "backend address answers again; back in turn");
+            }
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that answers, each in its share of the time to
+/// `deadline`, the next dialed beside one unanswered for the attempt delay (see
+/// [`crate::race`]); notes each address's failures and answers (see [`Dial`]).
+async fn connect_any(
+    addrs: &[SocketAddr],
+    deadline: tokio::time::Instant,
+    dial: Dial<'_>,
+) -> std::io::Result<Dialed> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
+    let count = addrs.len();
+    let delay = dial.timing.attempt_delay;
+    // What each address would get if every one were slow: one whose share came to much less
+    // (those before it took the rest) is not to blame when it runs out.
+    let fair_share = share_of(deadline, count);
+    let mut race = Unanswered {
+        race: Race::new(delay),
+        dial,
+    };
+    let mut next = 0;
+    loop {
+        if race.race.wants_another() && next < count {
+            let share = share_of(deadline, count - next);
+            let addr = addrs[next];
+            let connecting = tokio::time::timeout(share, TcpStream::connect(addr));
+            race.race.start((addr, share), connecting);
+            next += 1;
+            dial.progress.dialed(next == count);
+        }
+        if race.race.is_empty() {
+            return Err(last);
+        }
+        let ((addr, share), connected) = match race.race.next(next < count).await {
+            Event::Start => continue,
+            Event::Ended(tag, connected) => (tag, connected),
+        };
+        match connected {
+            Ok(Ok(socket)) => {
+                crate::socket::tune(&socket);
+                dial.answered(addr);
+                // Left to go on to if this one closes before answering: those not tried yet,
+                // and those given up on here before they had waited `delay` (the others are
+                // set aside as the race ends, and would only be waited on again).
+                let now = tokio::time::Instant::now();
+                let more =
+                    next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
+                return Ok(Dialed { socket, addr, more });
+            }
+            Ok(Err(e)) if out_of_descriptors(&e) => {
+                dial.progress.disarm();
+                return Err(e);
+            }
+            Ok(Err(e)) => {
+                dial.failed(addr, &e);
+                last = e;
+            }
+            Err(_) => {
+                last = no_answer();
+                if share >= fair_share / 2 {
+                    dial.failed(addr, &last);
+                }
+            }
+        }
+        race.race.failed();
+    }
+}
+
+/// A name's addresses racing to connect. However the race ends (an address answered,
+/// another backend did, the request ran out of time or went), the addresses still unanswered
+/// after the attempt delay are as good as silent, and are set aside (see [`Dial::failed`]).
+struct Unanswered<'d, F: std::future::Future> {
+    race: Race<(SocketAddr, Duration), F>,
+    dial: Dial<'d>,
+}
+
+impl<F: std::future::Future> Drop for Unanswered<'_, F> {
+    fn drop(&mut self) {
+        let now = tokio::time::Instant::now();
+        let delay = self.dial.timing.attempt_delay;
+        // Without a delay, nothing was raced: an address still dialing has had no time of its
+        // own to answer in (the request went, or ran out of time).
+        if delay.is_zero() || self.dial.progress.disarmed.load(Ordering::Relaxed) {
+            return;
+        }
+        for (&(addr, _), began) in self.race.under_way() {
+            if now - began >= delay {
+                let error = "no answer to the connect, while another address or backend answered";
+                self.dial.failed(addr, &error);
+            }
+        }
+    }
+}
+
+/// A backend connection, the address it went to, and whether the name has addresses after
+/// it (to go on to if this one closes before answering).
+#[derive(Debug)]
+pub(super) struct Dialed {
+    pub(super) socket: TcpStream,
+    pub(super) addr: SocketAddr,
+    pub(super) more: bool,
+}
+
+/// An equal share of the time left until `deadline` for each of `remaining` tries (the last
+/// one gets all of it).
+pub(super) fn share_of(deadline: tokio::time::Instant, remaining: usize) -> Duration {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    left / u32::try_from(remaining).unwrap_or(u32::MAX).max(1)
+}
+
+pub(super) fn no_answer() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::tests::{answering_backend, Unreachable};
+
+    /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
+    /// second working: the second is reached within the time, not after it. One at a time,
+    /// after the first's share of the time; raced, after `attempt_delay`.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_address_leaves_time_for_the_next_one() {
+        let silent = Unreachable::start();
+        let working = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let working_addr = working.local_addr().unwrap();
+        let addrs = [silent.addr, working_addr];
+
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let progress = Progress::new();
+        let dialed = connect_any(&addrs, deadline, dial_with(Duration::ZERO, &progress))
+            .await
+            .unwrap();
+        assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
+        assert_eq!((dialed.addr, dialed.more), (working_addr, false));
+        // The silent address had its half of the time, and the working one got through in
+        // the other half.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(2500), "{took:?}");
+        assert!(tokio::time::Instant::now() < deadline);
+
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        let delay = Duration::from_millis(250);
+        let dialed = connect_any(&addrs, deadline, dial_with(delay, &progress))
+            .await
+            .unwrap();
+        assert_eq!(dialed.addr, working_addr);
+        // Dialed beside the silent one once it had gone unanswered for the delay; the silent
+        // one, given up on after waiting that long, is none to go on to.
+        let took = start.elapsed();
+        assert!(
+            took >= delay && took < Duration::from_millis(2500),
+            "{took:?}"
+        );
+        assert!(!dialed.more);
+
+        let deadline = start + Duration::from_secs(6);
+        let error = connect_any(&[silent.addr], deadline, dial_with(delay, &progress))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    /// Dialing addresses of no name, with this attempt delay.
+    fn dial_with(attempt_delay: Duration, progress: &Progress) -> Dial<'_> {
+        let timing = Timing {
+            timeout: Duration::from_secs(5),
+            cooldown: Duration::from_secs(1),
+            attempt_delay,
+        };
+        Dial {
+            backend: None,
+            timing,
+            progress,
+        }
+    }
+
+    /// With no attempt delay nothing is raced: a connect dropped while its address is still
+    /// dialing (the request gone, or out of time) blames no address.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_delay_a_dropped_connect_sets_no_address_aside() {
+        let silent = Unreachable::start();
+        let (live, _answering) = answering_backend().await;
+        let name = "dropped-while-dialing.test:9001".to_string();
+        let addrs = [silent.addr, live];
+        crate::resolve::seed(&name, &addrs);
+        let timing = Timing {
+            timeout: Duration::from_secs(5),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::ZERO,
+        };
+        let deadline = tokio::time::Instant::now() + timing.timeout;
+        let connecting = connect(
+            &name,
+            Vec::new(),
+            deadline,
+            timing,
+            Arc::new(Progress::new()),
+        );
+        let dropped = tokio::time::timeout(Duration::from_millis(100), connecting).await;
+        assert!(
+            dropped.is_err(),
+            "the silent address is dialed first, alone"
+        );
+        let order = crate::resolve::in_turn(&name, &addrs, &[], timing.cooldown);
+        assert!(!order.failed_lately);
+    }
+}

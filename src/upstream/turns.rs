@@ -1,0 +1,322 @@
+//! Which backend a request goes to next: the route's backends from its round-robin turn, those
+//! put aside after a failure last (see `health`), each connect raced against the next once it
+//! has gone unanswered for `timeouts.attempt_delay` (see `race`), and the backends that fail,
+//! or stay silent while another answers, put aside.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::dial::{connect, no_answer, share_of, Dialed, Progress};
+use super::Timing;
+use crate::error::{out_of_descriptors, ProxyError};
+use crate::health::{self, Health, Leave};
+use crate::metrics::Metrics;
+use crate::race::{Event, Race};
+use crate::routes::Route;
+
+/// Where a request is in its route's backends, across the backends it tries.
+pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
+    /// The time each backend would get if every one were slow: a try whose share of what was
+    /// left came to much less (earlier backends took the rest) is not the backend's failure
+    /// when it runs out.
+    fair_share: Duration,
+    /// The backends not tried yet, in round-robin order.
+    backends: I,
+    /// Backends another request is trying again after a failure (see [`crate::health`]):
+    /// tried only once `backends` are all tried.
+    later: Vec<&'a str>,
+    /// A backend to try again first: one of its addresses closed before answering, and it
+    /// may have others.
+    pub(super) again: Option<&'a str>,
+    /// Backends whose connect was dropped when another answered first, not for being silent
+    /// (see [`settle_losers`]): next in turn if this request needs another, with the leave
+    /// they were tried with (a cool-down's retry stays this request's).
+    resume: Vec<(&'a str, Leave<'r>)>,
+    /// The first backend that did not answer in its share: what a 504 is about.
+    timed_out: Option<&'a str>,
+    /// Addresses that closed before answering: not tried again in this request (a backend
+    /// listed twice, or a name's other addresses, are).
+    pub(super) gone: Vec<SocketAddr>,
+    /// The last of those, and why it failed: the answer if nothing else is left to try.
+    pub(super) gone_error: Option<(&'a str, ProxyError)>,
+    /// The last failed connect's error, in the OS's words: what a 502 says when no backend
+    /// could be connected to (refused, unresolvable, unreachable).
+    connect_error: Option<String>,
+}
+
+impl<'r> Turns<'r, 'r, crate::routes::InTurn<'r>> {
+    /// A request's turns through `route`'s backends, with its whole connect time to `deadline`.
+    pub(super) fn new(route: &'r Route, deadline: tokio::time::Instant) -> Self {
+        Turns {
+            fair_share: share_of(deadline, route.config.backends.len()),
+            backends: route.backends_in_turn(),
+            later: Vec::new(),
+            again: None,
+            resume: Vec::new(),
+            timed_out: None,
+            gone: Vec::new(),
+            gone_error: None,
+            connect_error: None,
+        }
+    }
+}
+
+impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
+    /// The refusal once every backend failed: if any of them was merely slow, the request ran
+    /// out of time, and the line names that one (the others' failures are in the metrics).
+    pub(super) fn outcome(&mut self, tried: &mut Option<String>) -> ProxyError {
+        if let Some(slow) = self.timed_out {
+            *tried = Some(slow.to_string());
+            return ProxyError::BackendTimeout;
+        }
+        match self.gone_error.take() {
+            Some((backend, error)) => {
+                *tried = Some(backend.to_string());
+                error
+            }
+            None => ProxyError::BackendUnavailable(
+                self.connect_error
+                    .take()
+                    .unwrap_or_else(|| "no address to connect to".to_string()),
+            ),
+        }
+    }
+
+    /// The next backend to try, and its leave to be tried if it needs none asked for: one
+    /// this request tries again (`again`: it has just been tried, and holds its leave),
+    /// resumes (`resume`) or has put off (`later`); `None`: ask first.
+    fn next(&mut self) -> Option<(&'a str, Option<Leave<'r>>)> {
+        if let Some(backend) = self.again.take() {
+            return Some((backend, Some(Leave::default())));
+        }
+        if !self.resume.is_empty() {
+            let (backend, leave) = self.resume.remove(0);
+            return Some((backend, Some(leave)));
+        }
+        match self.backends.next() {
+            Some(backend) => Some((backend, None)),
+            None if self.later.is_empty() => None,
+            None => Some((self.later.remove(0), Some(Leave::default()))),
+        }
+    }
+
+    /// How many backends are left to try after the one being tried.
+    pub(super) fn left(&self) -> usize {
+        self.resume.len() + self.backends.len() + self.later.len()
+    }
+}
+
+/// Tries the backends in turn, starting at the route's round-robin position; a refused,
+/// unresolvable or silent backend moves on to the next (a name's other addresses first,
+/// after one of them closed before answering).
+///
+/// Each attempt gets an equal share of the time left (the last one all of it), so one
+/// blackholed backend, whose SYNs go unanswered, cannot eat the whole connect timeout while
+/// a healthy one waits its turn; and once it has gone unanswered for `attempt_delay`, the
+/// next backend is dialed beside it (see [`crate::race`]), the first to answer taken. A
+/// backend that fails, or is left unanswered while another answers, is put aside for
+/// `cooldown` (see [`crate::health`]).
+pub(super) async fn connect_in_turn<'a, 'r>(
+    route: &'r Route,
+    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    deadline: tokio::time::Instant,
+    timing: Timing,
+    tried: &mut Option<String>,
+    metrics: &Metrics,
+) -> Result<(&'a str, Dialed, u64, Leave<'r>), ProxyError> {
+    let mut race = Race::new(timing.attempt_delay);
+    // The last backend that failed, or what `tried` said before: named if the attempts left
+    // do not count (every address of theirs closed before answering already).
+    let mut before = tried.clone();
+    loop {
+        if race.wants_another() {
+            if let Some((backend, leave)) = next_backend(route, turns) {
+                let share = share_of(deadline, turns.left() + 1);
+                let until = tokio::time::Instant::now() + share;
+                let progress = Arc::new(Progress::new());
+                let connecting =
+                    connect(backend, turns.gone.clone(), until, timing, progress.clone());
+                let attempt = Try {
+                    backend,
+                    share,
+                    began: health::now(),
+                    leave,
+                    progress,
+                };
+                race.start(attempt, tokio::time::timeout_at(until, connecting));
+            }
+        }
+        // Named before the connect: if the request's time runs out during it, the oldest
+        // attempt under way is the backend its 504 is about.
+        *tried = match race.under_way().next() {
+            Some((attempt, _)) => Some(attempt.backend.to_string()),
+            None => return Err(turns.outcome(tried)),
+        };
+        let (attempt, connected) = match race.next(turns.left() > 0).await {
+            Event::Start => continue,
+            Event::Ended(attempt, connected) => (attempt, connected),
+        };
+        let error = match connected {
+            Ok(Ok(Some(dialed))) => {
+                settle_losers(route, race, attempt.backend, turns, timing, metrics);
+                *tried = Some(attempt.backend.to_string());
+                return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
+            }
+            // Every address of it closed before answering already: nothing to count.
+            Ok(Ok(None)) => {
+                if race.is_empty() {
+                    tried.clone_from(&before);
+                }
+                race.failed();
+                continue;
+            }
+            // The process's descriptors, not the backend: trying others would only fail too.
+            Ok(Err(e)) if out_of_descriptors(&e) => {
+                // The others' connects are dropped for the process's trouble, not theirs.
+                for (other, _) in race.under_way() {
+                    other.progress.disarm();
+                }
+                return Err(ProxyError::OutOfDescriptors);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => no_answer(),
+        };
+        race.failed();
+        let backend = attempt.backend;
+        before = Some(backend.to_string());
+        if error.kind() == std::io::ErrorKind::TimedOut && turns.timed_out.is_none() {
+            turns.timed_out = Some(backend);
+        }
+        // Failover hides a dead backend from clients; the counter shows it to operators.
+        metrics.backend_connect_failed(&route.config.name, backend, &error);
+        let cut_short =
+            error.kind() == std::io::ErrorKind::TimedOut && attempt.share < turns.fair_share / 2;
+        if !cut_short {
+            put_aside(
+                route,
+                backend,
+                &error,
+                timing.cooldown,
+                attempt.began,
+                metrics,
+            );
+        }
+        tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
+        turns.connect_error = Some(error.to_string());
+    }
+}
+
+/// One backend's connect attempt, as it races the others.
+struct Try<'a, 'r> {
+    backend: &'a str,
+    /// Its share of the time: see `Turns::fair_share`.
+    share: Duration,
+    /// When it began, on [`health::now`]'s clock.
+    began: u64,
+    /// Held until the try has ended: answered, or failed.
+    leave: Leave<'r>,
+    /// How far its connect has got: see [`Progress`].
+    progress: Arc<Progress>,
+}
+
+/// The next backend to try now, with its leave to be tried; a backend that another request
+/// is trying again after its failure is put off until the others have been tried.
+fn next_backend<'a, 'r>(
+    route: &'r Route,
+    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+) -> Option<(&'a str, Leave<'r>)> {
+    loop {
+        let (backend, leave) = turns.next()?;
+        let leave = leave.or_else(|| route.leave(backend));
+        match leave {
+            Some(leave) => return Some((backend, leave)),
+            None => turns.later.push(backend),
+        }
+    }
+}
+
+/// `winner` answered first: the attempts still under way are dropped. One that has dialed
+/// every address of its name and heard nothing for `attempt_delay` is as good as silent (a
+/// connect on a working network takes a round trip) and is put aside, as a backend whose
+/// connect timed out would be; the others (still resolving, on to a further address, or
+/// only just started) owe nothing, and are next in turn should this request need another
+/// backend (the winner closing before it answers).
+fn settle_losers<'a, 'r, F: std::future::Future>(
+    route: &Route,
+    race: Race<Try<'a, 'r>, F>,
+    winner: &str,
+    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    timing: Timing,
+    metrics: &Metrics,
+) {
+    let mut resume = Vec::new();
+    for attempt in race.into_tags() {
+        // The same backend, listed twice: its other connect answered.
+        if attempt.backend == winner {
+            continue;
+        }
+        if !attempt.progress.silent_for(timing.attempt_delay) {
+            resume.push((attempt.backend, attempt.leave));
+            continue;
+        }
+        let error = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer to the connect for over {:?}, while another backend answered",
+                timing.attempt_delay
+            ),
+        );
+        metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
+        put_aside(
+            route,
+            attempt.backend,
+            &error,
+            timing.cooldown,
+            attempt.began,
+            metrics,
+        );
+    }
+    resume.append(&mut turns.resume);
+    turns.resume = resume;
+}
+
+/// Puts `backend` aside after it failed to take a connection (see [`crate::health`]), and
+/// says so when that is news. Not in a route with no other backend to send requests to.
+/// `began`: when the failed try began (on [`health::now`]'s clock). Counted, as each failure
+/// is: a backend put aside is a backend to look at.
+pub(super) fn put_aside(
+    route: &Route,
+    backend: &str,
+    error: &dyn std::fmt::Display,
+    cooldown: Duration,
+    began: u64,
+    metrics: &Metrics,
+) {
+    if !route.has_others() || cooldown.is_zero() {
+        return;
+    }
+    let Some(aside) = route
+        .health_of(backend)
+        .and_then(|h| h.failed(cooldown, began))
+    else {
+        return;
+    };
+    metrics.backend_put_aside(&route.config.name, backend);
+    tracing::warn!(
+        route = %route.config.name,
+        backend,
+        %error,
+        failures_in_a_row = aside.nth,
+        "backend put aside for {:?}: requests go to the route's other backends until it is \
+         tried again",
+        aside.cool_down
+    );
+}
+
+/// Notes that `backend` answered; says so if it was put aside until now.
+pub(super) fn back_in_turn(route: &Route, backend: &str) {
+    if route.health_of(backend).is_some_and(Health::answered) {
+        tracing::info!(route = %route.config.name, backend, "backend answers again; back in turn");
+    }
+}
