@@ -572,4 +572,35 @@ mod tests {
         tokio::time::advance(FAILED).await;
         assert_eq!(get(&names, &resolver).await, Ok(7));
     }
+
+    /// One address of three set aside: dialed last; once its cool-down is over, the next
+    /// request retries it first while the others still dial it last; failing again doubles
+    /// its cool-down, and an answer puts it back in turn.
+    #[tokio::test(start_paused = true)]
+    async fn a_set_aside_address_is_dialed_last_then_retried_by_one_request() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (a, b, c) = (addr(1), addr(2), addr(3));
+        let name = "set-aside.test:9001";
+        seed(name, &[a, b, c]);
+        let all = [a, b, c];
+        let first = Duration::from_secs(1);
+        let order = |gone: &[SocketAddr]| in_turn(name, &all, gone, first).addrs;
+        assert_eq!(order(&[]), [a, b, c], "turn 0");
+        assert_eq!(set_aside(name, b, first), Some(first));
+        // A try of it that was on its way adds nothing.
+        assert_eq!(set_aside(name, b, first), None);
+        assert_eq!(order(&[]), [c, a, b], "turn 1, b last");
+        assert_eq!(order(&[]), [c, a, b], "turn 2, b last");
+        tokio::time::advance(first).await;
+        assert_eq!(order(&[]), [b, a, c], "turn 3: b retried first");
+        assert_eq!(order(&[]), [c, a, b], "turn 4: still last for the others");
+        assert_eq!(
+            set_aside(name, b, first),
+            Some(first * 2),
+            "its retry failed"
+        );
+        assert!(answered(name, b));
+        assert!(!in_turn(name, &all, &[], first).failed_lately);
+        assert_eq!(order(&[a]), [b, c], "turn 6: gone addresses left out");
+    }
 }
