@@ -443,11 +443,7 @@ mod tests {
         tokio::spawn(async move { drop(dying.accept().await) });
         // Another backend, so that the name could be put aside.
         let table = table_of(vec![name, "127.0.0.1:1".into()]);
-        let answer = open_on(&table).await;
-        let Ok(Answer::Upgraded(tunnel)) = answer else {
-            panic!("no tunnel: {:?}", answer.err());
-        };
-        assert_eq!(tunnel.socket.peer_addr().unwrap(), good_addr);
+        assert_eq!(reached(&table).await, good_addr);
         // One pod gone is no reason to put the name aside: its next address answered.
         assert!(!name_health(&table).ever_put_aside());
     }
@@ -459,13 +455,7 @@ mod tests {
     async fn a_name_whose_addresses_all_close_is_put_aside() {
         let mut addrs = Vec::new();
         for _ in 0..4 {
-            let dying = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addrs.push(dying.local_addr().unwrap());
-            tokio::spawn(async move {
-                while let Ok((socket, _)) = dying.accept().await {
-                    drop(socket);
-                }
-            });
+            addrs.push(closing_backend().await);
         }
         let name = "four-pods.test:9001".to_string();
         crate::resolve::seed(&name, &addrs);
@@ -530,6 +520,15 @@ mod tests {
         route
     }
 
+    /// Where an upgrade through the table's route went: the backend address that took it.
+    async fn reached(table: &crate::routes::RouteTable) -> SocketAddr {
+        let answer = open_on(table).await;
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        tunnel.socket.peer_addr().unwrap()
+    }
+
     /// The health of the route's first backend.
     fn name_health(table: &crate::routes::RouteTable) -> &Health {
         let route = the_route(table);
@@ -590,11 +589,7 @@ mod tests {
         let (good, _answering) = answering_backend().await;
         let table = table_of(vec![silent.addr.to_string(), good.to_string()]);
         let start = tokio::time::Instant::now();
-        let answer = open_on(&table).await;
-        let Ok(Answer::Upgraded(tunnel)) = answer else {
-            panic!("no tunnel: {:?}", answer.err());
-        };
-        assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+        assert_eq!(reached(&table).await, good);
         let took = start.elapsed();
         // The silent backend's share alone would have been 2.5 s.
         assert!(took < Duration::from_secs(1), "{took:?}");
@@ -625,11 +620,7 @@ mod tests {
         crate::resolve::seed(&name, &[silent.addr, closing]);
         let table = table_of(vec![name, good.to_string()]);
         let start = tokio::time::Instant::now();
-        let answer = open_on(&table).await;
-        let Ok(Answer::Upgraded(tunnel)) = answer else {
-            panic!("no tunnel: {:?}", answer.err());
-        };
-        assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+        assert_eq!(reached(&table).await, good);
         // Straight on to B: the name's silent address, left behind unanswered, is not dialed
         // again first (on the paused clock, so the order of events, not a timing).
         let took = start.elapsed();
@@ -647,11 +638,7 @@ mod tests {
         let name = "two-silent-pods.test:9001".to_string();
         crate::resolve::seed(&name, &[first.addr, second.addr, working]);
         let table = table_of(vec![name, good.to_string()]);
-        let answer = open_on(&table).await;
-        let Ok(Answer::Upgraded(tunnel)) = answer else {
-            panic!("no tunnel: {:?}", answer.err());
-        };
-        assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+        assert_eq!(reached(&table).await, good);
         assert!(!name_health(&table).ever_put_aside());
     }
 
@@ -667,15 +654,11 @@ mod tests {
         let name = "three-pods.test:9001".to_string();
         crate::resolve::seed(&name, &addrs);
         let table = table_of(vec![name]);
-        let mut reached = Vec::new();
+        let mut answered_by = Vec::new();
         for _ in 0..4 {
-            let answer = open_on(&table).await;
-            let Ok(Answer::Upgraded(tunnel)) = answer else {
-                panic!("no tunnel: {:?}", answer.err());
-            };
-            reached.push(tunnel.socket.peer_addr().unwrap());
+            answered_by.push(reached(&table).await);
         }
-        assert_eq!(reached, [addrs[0], addrs[1], addrs[2], addrs[0]]);
+        assert_eq!(answered_by, [addrs[0], addrs[1], addrs[2], addrs[0]]);
     }
 
     /// A name of three addresses, the first silent (a pod on a dead node): the first request
@@ -689,21 +672,17 @@ mod tests {
         let name = "one-dead-pod.test:9001".to_string();
         crate::resolve::seed(&name, &[silent.addr, live_1, live_2]);
         let table = table_of(vec![name]);
-        let mut reached = Vec::new();
+        let mut answered_by = Vec::new();
         let start = tokio::time::Instant::now();
         for _ in 0..4 {
-            let answer = open_on(&table).await;
-            let Ok(Answer::Upgraded(tunnel)) = answer else {
-                panic!("no tunnel: {:?}", answer.err());
-            };
-            reached.push(tunnel.socket.peer_addr().unwrap());
+            answered_by.push(reached(&table).await);
         }
         // Only the first request waited on the silent pod (on the paused clock: the order of
         // events, not a timing).
         let took = start.elapsed();
         assert!(took < Duration::from_millis(500), "{took:?}");
-        assert!(!reached.contains(&silent.addr));
-        assert_eq!(reached[0], live_1);
+        assert!(!answered_by.contains(&silent.addr));
+        assert_eq!(answered_by[0], live_1);
     }
 
     /// Route `[A, B]`, A a name whose two addresses are both silent: the requests whose turn
@@ -717,11 +696,7 @@ mod tests {
         crate::resolve::seed(&name, &[dead_1.addr, dead_2.addr]);
         let table = table_of(vec![name, good.to_string()]);
         for _ in 0..6 {
-            let answer = open_on(&table).await;
-            let Ok(Answer::Upgraded(tunnel)) = answer else {
-                panic!("no tunnel: {:?}", answer.err());
-            };
-            assert_eq!(tunnel.socket.peer_addr().unwrap(), good);
+            assert_eq!(reached(&table).await, good);
         }
         assert!(name_health(&table).ever_put_aside());
     }
