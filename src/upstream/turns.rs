@@ -149,10 +149,10 @@ pub(super) async fn connect_in_turn<'a, 'r>(
         }
         // Named before the connect: if the request's time runs out during it, the oldest
         // attempt under way is the backend its 504 is about.
-        *tried = match race.under_way().next() {
-            Some((attempt, _)) => Some(attempt.backend.to_string()),
+        match race.under_way().next() {
+            Some((attempt, _)) => name(tried, attempt.backend),
             None => return Err(turns.outcome(tried)),
-        };
+        }
         let (attempt, connected) = match race.next(turns.left() > 0).await {
             Event::Start => continue,
             Event::Ended(attempt, connected) => (attempt, connected),
@@ -160,7 +160,7 @@ pub(super) async fn connect_in_turn<'a, 'r>(
         let error = match connected {
             Ok(Ok(Some(dialed))) => {
                 settle_losers(route, race, attempt.backend, turns, timing, metrics);
-                *tried = Some(attempt.backend.to_string());
+                name(tried, attempt.backend);
                 return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
             }
             // Every address of it closed before answering already: nothing to count.
@@ -204,6 +204,14 @@ pub(super) async fn connect_in_turn<'a, 'r>(
         }
         tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
         turns.connect_error = Some(error.to_string());
+    }
+}
+
+/// Names `backend` in `tried`, unless it is named there already (the common case: one
+/// attempt, named as it starts and again as it answers).
+fn name(tried: &mut Option<String>, backend: &str) {
+    if tried.as_deref() != Some(backend) {
+        *tried = Some(backend.to_string());
     }
 }
 
