@@ -18,7 +18,8 @@ pub(crate) struct Race<T, F> {
     racing: Vec<Attempt<T, F>>,
     /// Zero: one attempt at a time, the next only once the last has failed.
     delay: Duration,
-    /// When another attempt may start beside those under way; `None`: now (nothing is under
+    /// When another attempt may start beside those under way (never, with no delay); `None`:
+    /// now (nothing is under
     /// way, or one has just failed).
     next_at: Option<Instant>,
 }
@@ -46,9 +47,13 @@ impl<T, F: Future> Race<T, F> {
         }
     }
 
-    /// Whether another attempt should start now, if there is one to start.
+    /// Whether another attempt should start now, if there is one to start: nothing is under
+    /// way, the last failed, or (racing) the delay since the last start has passed.
     pub(crate) fn wants_another(&self) -> bool {
-        self.next_at.is_none_or(|at| Instant::now() >= at)
+        match self.next_at {
+            None => true,
+            Some(at) => !self.delay.is_zero() && Instant::now() >= at,
+        }
     }
 
     pub(crate) fn start(&mut self, tag: T, future: F) {
@@ -58,11 +63,7 @@ impl<T, F: Future> Race<T, F> {
             began,
             future: Box::pin(future),
         });
-        self.next_at = Some(match self.delay.is_zero() {
-            // Never, unless this one fails first.
-            true => Instant::now() + Duration::from_secs(86400 * 365),
-            false => began + self.delay,
-        });
+        self.next_at = Some(began + self.delay);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
