@@ -19,8 +19,7 @@ pub(crate) struct Race<T, F> {
     /// Zero: one attempt at a time, the next only once the last has failed.
     delay: Duration,
     /// When another attempt may start beside those under way (never, with no delay); `None`:
-    /// now (nothing is under
-    /// way, or one has just failed).
+    /// now (nothing is under way, or one has just failed).
     next_at: Option<Instant>,
 }
 
