@@ -70,12 +70,14 @@ impl Progress {
 /// beside one unanswered for `timing.attempt_delay`: a name whose first address is
 /// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
 /// dual-stack cluster) must not use up the time its next, working, address needed.
-/// `None` if every address is among the `gone` ones.
+/// `None` if every address is among the `gone` ones. `alone`: the backend is its route's only
+/// one (see [`connect_one`]).
 pub(super) async fn connect(
     backend: &str,
     gone: Vec<SocketAddr>,
     deadline: tokio::time::Instant,
     timing: Timing,
+    alone: bool,
     progress: Arc<Progress>,
 ) -> std::io::Result<Option<Dialed>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
@@ -98,8 +100,8 @@ pub(super) async fn connect(
     };
     // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
     // its failures are the backend's (see `health`).
-    if addrs.len() == 1 && gone.is_empty() {
-        return connect_any(&addrs, deadline, dial).await.map(Some);
+    if let ([addr], true) = (&addrs[..], gone.is_empty()) {
+        return connect_one(*addr, deadline, dial, alone).await.map(Some);
     }
     let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown);
     if order.addrs.is_empty() {
@@ -108,6 +110,35 @@ pub(super) async fn connect(
     dial.backend = Some((backend, order.failed_lately));
     progress.all_aside.store(order.all_aside, Ordering::Relaxed);
     connect_any(&order.addrs, deadline, dial).await.map(Some)
+}
+
+/// Connections [`connect_one`] may dial to a single address: with one pod of three dead
+/// behind it, one request in 27 meets it each time, rather than one in three. Bounded, as
+/// a server that is simply slow to answer gets each of them.
+const SINGLE_ADDRESS_TRIES: usize = 3;
+
+/// Connects to a backend's single address: an IP, or its name's only one, which is often a
+/// Service's cluster IP or a load balancer's, passing each new connection on to one of the
+/// pods behind it. So a route's only backend (nothing else to race it against) gets another
+/// connection beside one unanswered for the attempt delay, or at once after a refusal: it
+/// may reach a live pod where the first met a dead one (its node gone, and not yet out of
+/// the Service's endpoints). At most [`SINGLE_ADDRESS_TRIES`]; with racing off, one, with
+/// all the time.
+async fn connect_one(
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+    dial: Dial<'_>,
+    alone: bool,
+) -> std::io::Result<Dialed> {
+    if !alone || dial.timing.attempt_delay.is_zero() {
+        return connect_any(&[addr], deadline, dial).await;
+    }
+    let dialed = connect_any(&[addr; SINGLE_ADDRESS_TRIES], deadline, dial).await?;
+    // The same address is no further one to go on to after a close before answering.
+    Ok(Dialed {
+        more: false,
+        ..dialed
+    })
 }
 
 /// How one backend's addresses are dialed.
@@ -263,7 +294,7 @@ pub(super) fn no_answer() -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::tests::{answering_backend, Unreachable};
+    use crate::upstream::tests::{answering_backend, listen_overflows, Unreachable};
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
     /// second working: the second is reached within the time, not after it. One at a time,
@@ -312,6 +343,43 @@ mod tests {
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
     }
 
+    /// A route's only backend, at a single address that passes each new connection on to a
+    /// pod of its own (a Service's cluster IP): another connection, dialed beside a first
+    /// left unanswered, gets through where the first met a dead pod. Here the first SYN finds
+    /// the listen queue full (dropped, and sent again only after a second, past the deadline)
+    /// and the second finds room. A backend beside others is raced against them instead.
+    #[tokio::test]
+    async fn a_single_address_is_dialed_again_beside_an_unanswered_connect() {
+        for alone in [true, false] {
+            let silent = Unreachable::start();
+            let dropped = listen_overflows();
+            let timing = Timing {
+                timeout: Duration::from_millis(900),
+                cooldown: Duration::from_secs(1),
+                attempt_delay: Duration::from_millis(250),
+            };
+            let deadline = tokio::time::Instant::now() + timing.timeout;
+            let backend = silent.addr.to_string();
+            let progress = Arc::new(Progress::new());
+            let connecting = tokio::spawn(async move {
+                connect(&backend, Vec::new(), deadline, timing, alone, progress).await
+            });
+            // The kernel counts the first SYN dropped; then the queue is given room.
+            while listen_overflows() == dropped {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            silent.make_room();
+            let connected = connecting.await.unwrap();
+            if alone {
+                let dialed = connected.unwrap().unwrap();
+                assert_eq!((dialed.addr, dialed.more), (silent.addr, false));
+            } else {
+                let error = connected.unwrap_err();
+                assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+            }
+        }
+    }
+
     /// Dialing addresses of no name, with this attempt delay.
     fn dial_with(attempt_delay: Duration, progress: &Progress) -> Dial<'_> {
         let timing = Timing {
@@ -346,6 +414,7 @@ mod tests {
             Vec::new(),
             deadline,
             timing,
+            true,
             Arc::new(Progress::new()),
         );
         let dropped = tokio::time::timeout(Duration::from_millis(100), connecting).await;

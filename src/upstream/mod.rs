@@ -558,7 +558,7 @@ mod tests {
     /// An address where SYNs go unanswered: a listen queue of one, filled.
     pub(super) struct Unreachable {
         pub(super) addr: SocketAddr,
-        _listener: socket2::Socket,
+        listener: socket2::Socket,
         _filler: std::net::TcpStream,
     }
 
@@ -574,10 +574,27 @@ mod tests {
             let filler = std::net::TcpStream::connect(addr).unwrap();
             Unreachable {
                 addr,
-                _listener: listener,
+                listener,
                 _filler: filler,
             }
         }
+
+        /// Takes the connection that fills the listen queue: the next SYN is answered.
+        pub(super) fn make_room(&self) {
+            self.listener.accept().unwrap();
+        }
+    }
+
+    /// SYNs the kernel dropped for a full listen queue, so far (this network namespace's).
+    pub(super) fn listen_overflows() -> u64 {
+        let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+        let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (tcp_ext.next().unwrap(), tcp_ext.next().unwrap());
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "ListenOverflows");
+        let value = values.split_whitespace().nth(at.unwrap()).unwrap();
+        value.parse().unwrap()
     }
 
     /// A route whose first backend is silent and second answers: with the attempts raced, the

@@ -135,8 +135,9 @@ pub(super) async fn connect_in_turn<'a, 'r>(
                 let share = share_of(deadline, turns.left() + 1);
                 let until = tokio::time::Instant::now() + share;
                 let progress = Arc::new(Progress::new());
-                let connecting =
-                    connect(backend, turns.gone.clone(), until, timing, progress.clone());
+                let alone = route.config.backends.len() == 1;
+                let gone = turns.gone.clone();
+                let connecting = connect(backend, gone, until, timing, alone, progress.clone());
                 let attempt = Try {
                     backend,
                     share,
