@@ -219,12 +219,18 @@ impl Checker<'_> {
     /// `reload.recheck`: a timeout, and at least a second (each look reads and hashes every
     /// file; a tiny period would keep a core busy doing it).
     fn recheck(&self, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
-        // Below the floor first: "0s" is told the real bound, not "longer than zero".
-        if d.get_ref().0 < Duration::from_secs(1) {
-            let message = "must be at least 1s and at most 30 days";
+        // Both bounds said, whichever was crossed: "0s" is told the real floor, not "longer
+        // than zero".
+        let value = d.get_ref().0;
+        let message = "must be at least 1s and at most 30 days";
+        if value < Duration::from_secs(1) {
             return Err(self.error(&d.span(), "reload.recheck", message));
         }
-        self.timeout(d, "reload.recheck")
+        if value > MAX_TIMEOUT {
+            let message = format!("{message} (read as {})", as_read(value));
+            return Err(self.error(&d.span(), "reload.recheck", message));
+        }
+        Ok(value)
     }
 
     /// `timeouts.backend_cooldown` and `timeouts.attempt_delay`: as a timeout, but zero turns
@@ -527,13 +533,17 @@ fn takes_all_of(first: &RouteConfig, later: &RouteConfig) -> bool {
     }
 }
 
-/// A duration in the unit an operator thinks in: days past one day (humantime would say
-/// "1month 13h 26m 24s" for 31 days), humantime's own form below.
+/// A refused duration in the unit an operator thinks in: days, to a tenth, once past the
+/// 30-day bound by that much (humantime would say "1month 13h 26m 24s" for 31 days);
+/// humantime's own exact form otherwise.
 fn as_read(value: Duration) -> String {
     const DAY: f64 = 86_400.0;
     let days = value.as_secs_f64() / DAY;
-    match days >= 1.0 {
-        true => format!("{} days", (days * 10.0).round() / 10.0),
+    let rounded = (days * 10.0).round() / 10.0;
+    // Rounded only where that cannot hide why a value was refused: "30d 1s" is over the
+    // bound, and "30 days" would say it is not.
+    match days >= 1.0 && rounded > 30.0 {
+        true => format!("{rounded} days"),
         false => humantime::format_duration(value).to_string(),
     }
 }
