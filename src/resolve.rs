@@ -102,7 +102,6 @@ pub(crate) fn in_turn(
                     retry = Some(aside.addr);
                 }
             }
-            let turn = turn % addrs.len().max(1);
             (turn, (entry.aside.as_slice(), retry))
         }
         None => (0, (&[][..], None)),
@@ -112,17 +111,22 @@ pub(crate) fn in_turn(
     // others whose cool-down is over wait for a request of their own to retry them.
     let is_aside =
         |addr: &&SocketAddr| Some(**addr) != retry && aside.iter().any(|a| a.addr == **addr);
-    let (first, rest) = addrs.split_at(turn);
-    let left = || rest.iter().chain(first).filter(|a| !gone.contains(a));
+    let left = addrs
+        .iter()
+        .filter(|a| !gone.contains(a) && Some(**a) != retry);
+    let (mut up, down): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        left.copied().partition(|a| !is_aside(&a));
+    // The turn goes round the addresses in turn only: one set aside does not hand its turn
+    // to the address after it, which would take twice the others' share meanwhile.
+    if !up.is_empty() {
+        let turn = turn % up.len();
+        up.rotate_left(turn);
+    }
     // The address being tried again goes first: its try is what ends its cool-down.
     let mut order: Vec<SocketAddr> = retry.into_iter().collect();
-    order.extend(
-        left()
-            .filter(|a| !is_aside(a) && Some(**a) != retry)
-            .copied(),
-    );
+    order.append(&mut up);
     let up = order.len();
-    order.extend(left().filter(is_aside).copied());
+    order.extend(down);
     Order {
         all_aside: up == 0 && !order.is_empty(),
         addrs: order,
@@ -573,8 +577,9 @@ mod tests {
         assert_eq!(get(&names, &resolver).await, Ok(7));
     }
 
-    /// One address of three set aside: dialed last; once its cool-down is over, the next
-    /// request retries it first while the others still dial it last; failing again doubles
+    /// One address of three set aside: dialed last, the other two first by turns; once its
+    /// cool-down is over, the next request retries it first while the others still dial it
+    /// last; failing again doubles
     /// its cool-down, and an answer puts it back in turn.
     #[tokio::test(start_paused = true)]
     async fn a_set_aside_address_is_dialed_last_then_retried_by_one_request() {
@@ -589,11 +594,12 @@ mod tests {
         assert_eq!(set_aside(name, b, first), Some(first));
         // A try of it that was on its way adds nothing.
         assert_eq!(set_aside(name, b, first), None);
+        // The others take turns: b's turn is not handed to c, the address after it.
         assert_eq!(order(&[]), [c, a, b], "turn 1, b last");
-        assert_eq!(order(&[]), [c, a, b], "turn 2, b last");
+        assert_eq!(order(&[]), [a, c, b], "turn 2, b last");
         tokio::time::advance(first).await;
-        assert_eq!(order(&[]), [b, a, c], "turn 3: b retried first");
-        assert_eq!(order(&[]), [c, a, b], "turn 4: still last for the others");
+        assert_eq!(order(&[]), [b, c, a], "turn 3: b retried first");
+        assert_eq!(order(&[]), [a, c, b], "turn 4: still last for the others");
         assert_eq!(
             set_aside(name, b, first),
             Some(first * 2),
