@@ -26,7 +26,16 @@ pub(crate) struct Race<T, F> {
 struct Attempt<T, F> {
     tag: T,
     began: Instant,
+    /// The end of its share of the time: see [`Event::Expired`].
+    expires: Instant,
     future: Pin<Box<F>>,
+}
+
+/// What woke [`Race::next`]: the attempts by their place in the race.
+enum Woke<O> {
+    Ended(usize, O),
+    Start,
+    Expired(usize),
 }
 
 /// What happened next in a race.
@@ -35,6 +44,10 @@ pub(crate) enum Event<T, O> {
     Ended(T, O),
     /// It is time to start another attempt beside those under way.
     Start,
+    /// An attempt ran out of its share of the time while more could start in its place, and
+    /// was dropped. With none left to start, one past its share is not dropped: it may still
+    /// answer before the whole time is up, and nothing else could.
+    Expired(T),
 }
 
 impl<T, F: Future> Race<T, F> {
@@ -55,11 +68,13 @@ impl<T, F: Future> Race<T, F> {
         }
     }
 
-    pub(crate) fn start(&mut self, tag: T, future: F) {
+    /// Starts an attempt, with its share of the time ending at `expires`.
+    pub(crate) fn start(&mut self, tag: T, future: F, expires: Instant) {
         let began = Instant::now();
         self.racing.push(Attempt {
             tag,
             began,
+            expires,
             future: Box::pin(future),
         });
         self.next_at = Some(began + self.delay);
@@ -81,31 +96,39 @@ impl<T, F: Future> Race<T, F> {
     }
 
     /// Waits for an attempt to end, or (if `more` attempts could start) for the time to start
-    /// another. An attempt that ended in failure lets the next start at once: see
-    /// [`Race::failed`].
+    /// another, or for an attempt's share of the time to end. An attempt that ended in
+    /// failure (or expired) lets the next start at once: see [`Race::failed`].
     pub(crate) async fn next(&mut self, more: bool) -> Event<T, F::Output> {
         let start_at = self.next_at.filter(|_| more && !self.delay.is_zero());
         let mut timer = pin!(tokio::time::sleep_until(
             start_at.unwrap_or_else(Instant::now)
         ));
-        let ended = poll_fn(|cx| {
+        let expiring = self.racing.iter().enumerate();
+        let expiring = expiring.map(|(i, a)| (a.expires, i)).min().filter(|_| more);
+        let mut expiry = pin!(tokio::time::sleep_until(
+            expiring.map_or_else(Instant::now, |(at, _)| at)
+        ));
+        let woke = poll_fn(|cx| {
             for (i, attempt) in self.racing.iter_mut().enumerate() {
                 if let Poll::Ready(output) = attempt.future.as_mut().poll(cx) {
-                    return Poll::Ready(Some((i, output)));
+                    return Poll::Ready(Woke::Ended(i, output));
                 }
             }
             if start_at.is_some() && timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+                return Poll::Ready(Woke::Start);
+            }
+            if let Some((_, i)) = expiring {
+                if expiry.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Expired(i));
+                }
             }
             Poll::Pending
         })
         .await;
-        match ended {
-            Some((i, output)) => {
-                let attempt = self.racing.remove(i);
-                Event::Ended(attempt.tag, output)
-            }
-            None => Event::Start,
+        match woke {
+            Woke::Ended(i, output) => Event::Ended(self.racing.remove(i).tag, output),
+            Woke::Start => Event::Start,
+            Woke::Expired(i) => Event::Expired(self.racing.remove(i).tag),
         }
     }
 
@@ -125,16 +148,27 @@ mod tests {
         ok.then_some(()).ok_or(())
     }
 
-    /// Runs a race over attempts given as (duration, succeeds), returns the winner's index
-    /// and when, on the paused clock, each attempt began.
+    /// Runs a race over attempts given as (duration, succeeds), each with a share of the
+    /// time longer than any of them; returns the winner's index and when, on the paused
+    /// clock, each attempt began.
     async fn run(delay_ms: u64, attempts: &[(u64, bool)]) -> (Option<usize>, Vec<u64>) {
+        run_with_shares(delay_ms, 1_000_000, attempts).await
+    }
+
+    /// [`run`], each attempt with a share of `share_ms`.
+    async fn run_with_shares(
+        delay_ms: u64,
+        share_ms: u64,
+        attempts: &[(u64, bool)],
+    ) -> (Option<usize>, Vec<u64>) {
         let origin = Instant::now();
         let mut race = Race::new(Duration::from_millis(delay_ms));
         let (mut next, mut began) = (0, Vec::new());
         loop {
             if race.wants_another() && next < attempts.len() {
                 let (ms, ok) = attempts[next];
-                race.start(next, after(ms, ok));
+                let expires = Instant::now() + Duration::from_millis(share_ms);
+                race.start(next, after(ms, ok), expires);
                 began.push((Instant::now() - origin).as_millis() as u64);
                 next += 1;
             }
@@ -144,9 +178,26 @@ mod tests {
             match race.next(next < attempts.len()).await {
                 Event::Start => {}
                 Event::Ended(i, Ok(())) => return (Some(i), began),
-                Event::Ended(_, Err(())) => race.failed(),
+                Event::Ended(_, Err(())) | Event::Expired(_) => race.failed(),
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_past_its_share_gives_way_to_the_next() {
+        // One at a time: the first, silent, is dropped at the end of its share.
+        let (winner, began) = run_with_shares(0, 1000, &[(100_000, true), (10, true)]).await;
+        assert_eq!((winner, began), (Some(1), vec![0, 1000]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_none_left_to_start_an_attempt_past_its_share_may_still_win() {
+        // The second fails at once; the first, slow, answers at 3 s, past its share of 1 s,
+        // and is the request's only hope by then.
+        let start = Instant::now();
+        let (winner, began) = run_with_shares(250, 1000, &[(3000, true), (5, false)]).await;
+        assert_eq!((winner, began), (Some(0), vec![0, 250]));
+        assert_eq!(start.elapsed(), Duration::from_millis(3000));
     }
 
     #[tokio::test(start_paused = true)]

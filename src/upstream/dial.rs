@@ -64,10 +64,21 @@ impl Progress {
     }
 }
 
-/// Connects to one of `backend`'s addresses by `deadline`, but for the `gone` ones, starting
-/// at each in turn, those that failed lately last (see [`crate::resolve::in_turn`]). Each
-/// address gets an equal share of the time left, like each backend, and the next is dialed
-/// beside one unanswered for `timing.attempt_delay`: a name whose first address is
+/// The time one backend's connect has.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Window {
+    /// The end of its share of the request's time: its addresses split that, each giving way
+    /// to the next at the end of its own share.
+    pub(super) until: tokio::time::Instant,
+    /// The end of the request's time, which a connect may go on using past its share when
+    /// nothing is left to try in its place (see [`crate::race::Event::Expired`]).
+    pub(super) deadline: tokio::time::Instant,
+}
+
+/// Connects to one of `backend`'s addresses within `window`, but for the `gone` ones,
+/// starting at each in turn, those that failed lately last (see
+/// [`crate::resolve::in_turn`]). Each address gets an equal share of the time left, like
+/// each backend, and the next is dialed beside one unanswered for `timing.attempt_delay`: a name whose first address is
 /// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
 /// dual-stack cluster) must not use up the time its next, working, address needed.
 /// `None` if every address is among the `gone` ones. `alone`: the backend is its route's only
@@ -75,7 +86,7 @@ impl Progress {
 pub(super) async fn connect(
     backend: &str,
     gone: Vec<SocketAddr>,
-    deadline: tokio::time::Instant,
+    window: Window,
     timing: Timing,
     alone: bool,
     progress: Arc<Progress>,
@@ -101,7 +112,7 @@ pub(super) async fn connect(
     // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
     // its failures are the backend's (see `health`).
     if let ([addr], true) = (&addrs[..], gone.is_empty()) {
-        return connect_one(*addr, deadline, dial, alone).await.map(Some);
+        return connect_one(*addr, window, dial, alone).await.map(Some);
     }
     let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown);
     if order.addrs.is_empty() {
@@ -109,7 +120,7 @@ pub(super) async fn connect(
     }
     dial.backend = Some((backend, order.failed_lately));
     progress.all_aside.store(order.all_aside, Ordering::Relaxed);
-    connect_any(&order.addrs, deadline, dial).await.map(Some)
+    connect_any(&order.addrs, window, dial).await.map(Some)
 }
 
 /// Connections [`connect_one`] may dial to a single address: with one pod of three dead
@@ -126,14 +137,14 @@ const SINGLE_ADDRESS_TRIES: usize = 3;
 /// all the time.
 async fn connect_one(
     addr: SocketAddr,
-    deadline: tokio::time::Instant,
+    window: Window,
     dial: Dial<'_>,
     alone: bool,
 ) -> std::io::Result<Dialed> {
     if !alone || dial.timing.attempt_delay.is_zero() {
-        return connect_any(&[addr], deadline, dial).await;
+        return connect_any(&[addr], window, dial).await;
     }
-    let dialed = connect_any(&[addr; SINGLE_ADDRESS_TRIES], deadline, dial).await?;
+    let dialed = connect_any(&[addr; SINGLE_ADDRESS_TRIES], window, dial).await?;
     // The same address is no further one to go on to after a close before answering.
     Ok(Dialed {
         more: false,
@@ -179,12 +190,13 @@ impl Dial<'_> {
     }
 }
 
-/// Connects to the first of `addrs` that answers, each in its share of the time to
-/// `deadline`, the next dialed beside one unanswered for the attempt delay (see
-/// [`crate::race`]); notes each address's failures and answers (see [`Dial`]).
+/// Connects to the first of `addrs` that answers, each in its share of the window, the next
+/// dialed beside one unanswered for the attempt delay (see [`crate::race`]); the last ones
+/// dialed may go on to the window's deadline. Notes each address's failures and answers (see
+/// [`Dial`]).
 async fn connect_any(
     addrs: &[SocketAddr],
-    deadline: tokio::time::Instant,
+    window: Window,
     dial: Dial<'_>,
 ) -> std::io::Result<Dialed> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "name resolved to no address");
@@ -192,7 +204,7 @@ async fn connect_any(
     let delay = dial.timing.attempt_delay;
     // What each address would get if every one were slow: one whose share came to much less
     // (those before it took the rest) is not to blame when it runs out.
-    let fair_share = share_of(deadline, count);
+    let fair_share = share_of(window.until, count);
     let mut race = Unanswered {
         race: Race::new(delay),
         dial,
@@ -200,22 +212,25 @@ async fn connect_any(
     let mut next = 0;
     loop {
         if race.race.wants_another() && next < count {
-            let share = share_of(deadline, count - next);
+            let share = share_of(window.until, count - next);
             let addr = addrs[next];
-            let connecting = tokio::time::timeout(share, TcpStream::connect(addr));
-            race.race.start((addr, share), connecting);
+            let connecting = tokio::time::timeout_at(window.deadline, TcpStream::connect(addr));
+            let expires = tokio::time::Instant::now() + share;
+            race.race.start((addr, share), connecting, expires);
             next += 1;
             dial.progress.dialed(next == count);
         }
         if race.race.is_empty() {
             return Err(last);
         }
+        // `None`: out of time, its share's or the request's.
         let ((addr, share), connected) = match race.race.next(next < count).await {
             Event::Start => continue,
-            Event::Ended(tag, connected) => (tag, connected),
+            Event::Ended(tag, connected) => (tag, connected.ok()),
+            Event::Expired(tag) => (tag, None),
         };
         match connected {
-            Ok(Ok(socket)) => {
+            Some(Ok(socket)) => {
                 crate::socket::tune(&socket);
                 dial.answered(addr);
                 // Left to go on to if this one closes before answering: those not tried yet,
@@ -226,15 +241,15 @@ async fn connect_any(
                     next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
                 return Ok(Dialed { socket, addr, more });
             }
-            Ok(Err(e)) if out_of_descriptors(&e) => {
+            Some(Err(e)) if out_of_descriptors(&e) => {
                 dial.progress.disarm();
                 return Err(e);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 dial.failed(addr, &e);
                 last = e;
             }
-            Err(_) => {
+            None => {
                 last = no_answer();
                 if share >= fair_share / 2 {
                     dial.failed(addr, &last);
@@ -309,9 +324,13 @@ mod tests {
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_secs(5);
         let progress = Progress::new();
-        let dialed = connect_any(&addrs, deadline, dial_with(Duration::ZERO, &progress))
-            .await
-            .unwrap();
+        let dialed = connect_any(
+            &addrs,
+            whole(deadline),
+            dial_with(Duration::ZERO, &progress),
+        )
+        .await
+        .unwrap();
         assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
         assert_eq!((dialed.addr, dialed.more), (working_addr, false));
         // The silent address had its half of the time, and the working one got through in
@@ -323,7 +342,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let deadline = start + Duration::from_secs(5);
         let delay = Duration::from_millis(250);
-        let dialed = connect_any(&addrs, deadline, dial_with(delay, &progress))
+        let dialed = connect_any(&addrs, whole(deadline), dial_with(delay, &progress))
             .await
             .unwrap();
         assert_eq!(dialed.addr, working_addr);
@@ -337,7 +356,7 @@ mod tests {
         assert!(!dialed.more);
 
         let deadline = start + Duration::from_secs(6);
-        let error = connect_any(&[silent.addr], deadline, dial_with(delay, &progress))
+        let error = connect_any(&[silent.addr], whole(deadline), dial_with(delay, &progress))
             .await
             .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
@@ -362,7 +381,15 @@ mod tests {
             let backend = silent.addr.to_string();
             let progress = Arc::new(Progress::new());
             let connecting = tokio::spawn(async move {
-                connect(&backend, Vec::new(), deadline, timing, alone, progress).await
+                connect(
+                    &backend,
+                    Vec::new(),
+                    whole(deadline),
+                    timing,
+                    alone,
+                    progress,
+                )
+                .await
             });
             // The kernel counts the first SYN dropped; then the queue is given room.
             while listen_overflows() == dropped {
@@ -377,6 +404,14 @@ mod tests {
                 let error = connected.unwrap_err();
                 assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
             }
+        }
+    }
+
+    /// The whole time to `deadline`, as for a route's only backend.
+    fn whole(deadline: tokio::time::Instant) -> Window {
+        Window {
+            until: deadline,
+            deadline,
         }
     }
 
@@ -412,7 +447,7 @@ mod tests {
         let connecting = connect(
             &name,
             Vec::new(),
-            deadline,
+            whole(deadline),
             timing,
             true,
             Arc::new(Progress::new()),

@@ -537,6 +537,19 @@ mod tests {
 
     /// An upgrade request through the table's route.
     async fn open_on(table: &crate::routes::RouteTable) -> Result<Answer, ProxyError> {
+        let timing = Timing {
+            timeout: Duration::from_secs(5),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::from_millis(250),
+        };
+        open_with(table, timing).await
+    }
+
+    /// An upgrade request through the table's route, with this timing.
+    async fn open_with(
+        table: &crate::routes::RouteTable,
+        timing: Timing,
+    ) -> Result<Answer, ProxyError> {
         let request = Request::builder()
             .uri("/")
             .header("host", "pods.test")
@@ -547,11 +560,6 @@ mod tests {
             .body(Empty::new())
             .unwrap();
         let (metrics, mut tried) = (Metrics::default(), None);
-        let timing = Timing {
-            timeout: Duration::from_secs(5),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::from_millis(250),
-        };
         open(the_route(table), request, &[], timing, &mut tried, &metrics).await
     }
 
@@ -595,6 +603,55 @@ mod tests {
             .position(|n| n == "ListenOverflows");
         let value = values.split_whitespace().nth(at.unwrap()).unwrap();
         value.parse().unwrap()
+    }
+
+    /// A route whose first backend is silent and second refuses: the silent one, started
+    /// first with half the time as its share, is the only one left once the other has
+    /// refused, and is waited on to the end of the time (504 at `connect`, not at its share).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_backend_left_alone_is_waited_on_to_the_end_of_the_time() {
+        let silent = Unreachable::start();
+        let table = table_of(vec![silent.addr.to_string(), "127.0.0.1:1".into()]);
+        let start = tokio::time::Instant::now();
+        let answer = open_on(&table).await;
+        assert!(matches!(answer, Err(ProxyError::BackendTimeout)));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    /// The same with a backend that is slow to take the connection (its first SYN dropped,
+    /// the kernel's second a second later): it takes the request past its share of 0.8 s,
+    /// within the time, rather than the client getting 504 at 0.8 s.
+    #[tokio::test]
+    async fn a_slow_backend_left_alone_may_answer_past_its_share() {
+        let Unreachable {
+            addr,
+            listener,
+            _filler,
+        } = Unreachable::start();
+        let table = table_of(vec![addr.to_string(), "127.0.0.1:1".into()]);
+        let timing = Timing {
+            timeout: Duration::from_millis(1600),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::from_millis(250),
+        };
+        let dropped = listen_overflows();
+        let serving = async {
+            // Its first SYN dropped; then the queue is given room, and the upgrade answered.
+            while listen_overflows() == dropped {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let listener = std::net::TcpListener::from(listener);
+            drop(listener.accept().unwrap());
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            answer_upgrade(socket).await.unwrap();
+        };
+        let (answer, ()) = tokio::join!(open_with(&table, timing), serving);
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        assert_eq!(tunnel.socket.peer_addr().unwrap(), addr);
     }
 
     /// A route whose first backend is silent and second answers: with the attempts raced, the

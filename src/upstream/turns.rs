@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dial::{connect, no_answer, share_of, Dialed, Progress};
+use super::dial::{connect, no_answer, share_of, Dialed, Progress, Window};
 use super::Timing;
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::health::{self, Health, Leave};
@@ -137,7 +137,8 @@ pub(super) async fn connect_in_turn<'a, 'r>(
                 let progress = Arc::new(Progress::new());
                 let alone = route.config.backends.len() == 1;
                 let gone = turns.gone.clone();
-                let connecting = connect(backend, gone, until, timing, alone, progress.clone());
+                let window = Window { until, deadline };
+                let connecting = connect(backend, gone, window, timing, alone, progress.clone());
                 let attempt = Try {
                     backend,
                     share,
@@ -145,7 +146,11 @@ pub(super) async fn connect_in_turn<'a, 'r>(
                     leave,
                     progress,
                 };
-                race.start(attempt, tokio::time::timeout_at(until, connecting));
+                race.start(
+                    attempt,
+                    tokio::time::timeout_at(deadline, connecting),
+                    until,
+                );
             }
         }
         // Named before the connect: if the request's time runs out during it, the oldest
@@ -154,18 +159,20 @@ pub(super) async fn connect_in_turn<'a, 'r>(
             Some((attempt, _)) => name(tried, attempt.backend),
             None => return Err(turns.outcome(tried)),
         }
+        // `None`: out of time, its share's or the request's.
         let (attempt, connected) = match race.next(turns.left() > 0).await {
             Event::Start => continue,
-            Event::Ended(attempt, connected) => (attempt, connected),
+            Event::Ended(attempt, connected) => (attempt, connected.ok()),
+            Event::Expired(attempt) => (attempt, None),
         };
         let error = match connected {
-            Ok(Ok(Some(dialed))) => {
+            Some(Ok(Some(dialed))) => {
                 settle_losers(route, race, attempt.backend, turns, timing, metrics);
                 name(tried, attempt.backend);
                 return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
             }
             // Every address of it closed before answering already: nothing to count.
-            Ok(Ok(None)) => {
+            Some(Ok(None)) => {
                 if race.is_empty() {
                     tried.clone_from(&before);
                 }
@@ -173,15 +180,15 @@ pub(super) async fn connect_in_turn<'a, 'r>(
                 continue;
             }
             // The process's descriptors, not the backend: trying others would only fail too.
-            Ok(Err(e)) if out_of_descriptors(&e) => {
+            Some(Err(e)) if out_of_descriptors(&e) => {
                 // The others' connects are dropped for the process's trouble, not theirs.
                 for (other, _) in race.under_way() {
                     other.progress.disarm();
                 }
                 return Err(ProxyError::OutOfDescriptors);
             }
-            Ok(Err(e)) => e,
-            Err(_) => no_answer(),
+            Some(Err(e)) => e,
+            None => no_answer(),
         };
         race.failed();
         let backend = attempt.backend;
