@@ -350,7 +350,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
                         break;
                     }
                     if this.eof {
-                        return Poll::Ready(Err(truncated()));
+                        return Poll::Ready(Err(truncated(&this.incoming)));
                     }
                     if ready!(this.incoming.poll_read_from(cx, &mut this.io))? == 0 {
                         this.eof = true;
@@ -462,8 +462,17 @@ fn handshake_eof() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof")
 }
 
-/// The client closed TCP without `close_notify`: its stream may have been cut short.
-fn truncated() -> io::Error {
+/// The client closed TCP without `close_notify`. Between records, as most WebSocket clients
+/// end after their close frames, that is an end (the splice passes it on as a half-close);
+/// in the middle of one (`unread`: a record's first bytes), the stream was cut, which is an
+/// error, as a record that does not decrypt is: the other side is closed at once.
+fn truncated(unread: &Held) -> io::Error {
+    if !unread.is_empty() {
+        return io::Error::new(
+            io::ErrorKind::InvalidData,
+            "peer closed connection in the middle of a TLS record",
+        );
+    }
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
         "peer closed connection without sending TLS close_notify",

@@ -560,3 +560,22 @@ async fn what_came_before_a_bad_record_is_read_before_the_failure() {
     let failed = server.fill_buf().await.unwrap_err();
     assert_eq!(failed.kind(), io::ErrorKind::InvalidData);
 }
+
+/// A client whose stream ends in the middle of a record was cut off: what came before is
+/// read, then the cut is an error (the other side closed at once), not the end of its data
+/// (a half-close passed on, as a close between records is).
+#[tokio::test]
+async fn a_stream_cut_in_the_middle_of_a_record_is_an_error_not_an_end() {
+    let (server, client) = tokio::io::duplex(1 << 16);
+    let (mut server, mut client) = raw_client_over(server, client).await;
+    let good = client.record(b"hello\x17");
+    let cut = client.record(b"world\x17");
+    client.io.write_all(&good).await.unwrap();
+    client.io.write_all(&cut[..10]).await.unwrap();
+    client.io.shutdown().await.unwrap();
+    let read = server.fill_buf().await.unwrap().to_vec();
+    assert_eq!(read, b"hello");
+    Pin::new(&mut server).consume(read.len());
+    let failed = server.fill_buf().await.unwrap_err();
+    assert_eq!(failed.kind(), io::ErrorKind::InvalidData, "{failed}");
+}
