@@ -116,7 +116,15 @@ async fn exchange(
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
-        let answered = attempt(dialed.socket, request, &offer).await;
+        let asked = tokio::time::Instant::now();
+        let answering = attempt(dialed.socket, request, &offer);
+        let answered = match tokio::time::timeout_at(deadline, answering).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                let given = (asked.elapsed(), turns.fair_share());
+                return Err(unanswered(route, backend, given, began, timing, metrics));
+            }
+        };
         // Anything but a close before answering: the backend takes connections.
         if !matches!(answered, Err(Attempt::Gone(_))) {
             back_in_turn(route, backend);
@@ -150,6 +158,31 @@ async fn exchange(
         request = copy;
     }
     Err(turns.outcome(tried))
+}
+
+/// A backend took the connection but did not answer the upgrade within the time (its
+/// process hung, or overloaded): 504, and the backend put aside as one that failed to take
+/// the connection is, so that the route's next requests go to its others meanwhile; not if
+/// the backends before it (or its own slow connect) left it less than half of an even share
+/// of the time to answer in. `given`: the time it had to answer, and that even share.
+fn unanswered(
+    route: &Route,
+    backend: &str,
+    given: (Duration, Duration),
+    began: u64,
+    timing: Timing,
+    metrics: &Metrics,
+) -> ProxyError {
+    let (waited, fair_share) = given;
+    if waited >= fair_share / 2 {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "took the connection but did not answer the upgrade in time",
+        );
+        metrics.backend_connect_failed(&route.config.name, backend, &error);
+        put_aside(route, backend, &error, timing.cooldown, began, metrics);
+    }
+    ProxyError::BackendTimeout
 }
 
 /// How many backends (or addresses) may close before answering one request before it is
@@ -671,6 +704,31 @@ mod tests {
     }
 
     /// A listener that takes connections and closes them unanswered (a pod being killed).
+    /// A backend that takes connections and never answers (its process hung): the request
+    /// that meets it gets 504 at the end of the time, and it is put aside, so the route's
+    /// next requests go to its other backend, its own turn included.
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_takes_the_connection_and_never_answers_is_put_aside() {
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hung_addr = hung.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = hung.accept().await {
+                held.push(socket);
+            }
+        });
+        let (good, _answering) = answering_backend().await;
+        let table = table_of(vec![hung_addr.to_string(), good.to_string()]);
+        let start = tokio::time::Instant::now();
+        let answer = open_on(&table).await;
+        assert!(matches!(answer, Err(ProxyError::BackendTimeout)));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert!(name_health(&table).ever_put_aside());
+        assert_eq!(reached(&table).await, good);
+        assert_eq!(reached(&table).await, good, "the hung one's turn");
+        held.abort();
+    }
+
     async fn closing_backend() -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -101,6 +101,11 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
         }
     }
 
+    /// The time each backend would get if every one were slow.
+    pub(super) fn fair_share(&self) -> Duration {
+        self.fair_share
+    }
+
     /// How many backends are left to try after the one being tried.
     pub(super) fn left(&self) -> usize {
         self.resume.len() + self.backends.len() + self.later.len()
