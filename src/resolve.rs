@@ -173,6 +173,18 @@ pub(crate) fn answered(backend: &str, addr: SocketAddr) -> bool {
     entry.aside.len() != before
 }
 
+/// Every address of these backends set aside is back in turn: a reload turned setting aside
+/// off (`timeouts.backend_cooldown = "0s"`), and one that turns it on again starts afresh,
+/// as the routes' backends do.
+pub(crate) fn forget_aside<'a>(backends: impl IntoIterator<Item = &'a str>) {
+    let mut names = lock(&NAMES.0);
+    for backend in backends {
+        if let Some(entry) = names.get_mut(backend) {
+            entry.aside.clear();
+        }
+    }
+}
+
 /// One getaddrinfo call on the blocking pool, at most [`MAX_LOOKUPS`] at a time.
 async fn system_lookup(name: String) -> io::Result<Arc<[SocketAddr]>> {
     let permit = LOOKUPS.acquire().await.map_err(io::Error::other)?;
@@ -608,5 +620,9 @@ mod tests {
         assert!(answered(name, b));
         assert!(!in_turn(name, &all, &[], first).failed_lately);
         assert_eq!(order(&[a]), [b, c], "turn 6: gone addresses left out");
+        // Setting aside turned off by a reload: forgotten, not waiting for a request.
+        assert_eq!(set_aside(name, c, first), Some(first));
+        forget_aside([name]);
+        assert_eq!(order(&[]), [b, c, a], "turn 7: c in turn");
     }
 }

@@ -108,6 +108,12 @@ impl Shared {
         let current = self.current();
         let cooling = !next.config.timeouts.backend_cooldown.is_zero();
         next.routes.continue_from(&current.routes, cooling);
+        if !cooling {
+            let routes = next.config.routes.iter();
+            crate::resolve::forget_aside(
+                routes.flat_map(|r| r.backends.iter().map(String::as_str)),
+            );
+        }
         let max_connections_before = current.config.limits.max_connections;
         let reuse_port_before = current.config.reuse_port;
         drop(current);
