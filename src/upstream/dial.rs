@@ -210,6 +210,8 @@ async fn connect_any(
         dial,
     };
     let mut next = 0;
+    // The failures an address that answers hides from the request: see [`Dialed::hidden`].
+    let mut hidden = Vec::new();
     loop {
         if race.race.wants_another() && next < count {
             let share = share_of(window.until, count - next);
@@ -239,7 +241,17 @@ async fn connect_any(
                 let now = tokio::time::Instant::now();
                 let more =
                     next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
-                return Ok(Dialed { socket, addr, more });
+                // Those left unanswered for the delay count as silent (see [`Unanswered`]).
+                let silent = (race.race.under_way()).filter(|(_, b)| now - *b >= delay);
+                if !delay.is_zero() {
+                    hidden.extend(silent.map(|_| std::io::ErrorKind::TimedOut));
+                }
+                return Ok(Dialed {
+                    socket,
+                    addr,
+                    more,
+                    hidden,
+                });
             }
             Some(Err(e)) if out_of_descriptors(&e) => {
                 dial.progress.disarm();
@@ -247,9 +259,11 @@ async fn connect_any(
             }
             Some(Err(e)) => {
                 dial.failed(addr, &e);
+                hidden.push(e.kind());
                 last = e;
             }
             None => {
+                hidden.push(std::io::ErrorKind::TimedOut);
                 last = no_answer();
                 if share >= fair_share / 2 {
                     dial.failed(addr, &last);
@@ -293,6 +307,10 @@ pub(super) struct Dialed {
     pub(super) socket: TcpStream,
     pub(super) addr: SocketAddr,
     pub(super) more: bool,
+    /// How the connects to the name's other addresses (or the same one, see
+    /// [`connect_one`]) failed before this one answered: the request never sees those
+    /// failures, so they are counted for the operator (a headless Service's dead pod).
+    pub(super) hidden: Vec<std::io::ErrorKind>,
 }
 
 /// An equal share of the time left until `deadline` for each of `remaining` tries (the last
@@ -333,6 +351,8 @@ mod tests {
         .unwrap();
         assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
         assert_eq!((dialed.addr, dialed.more), (working_addr, false));
+        // The silent one's failure, hidden from the request, is there to be counted.
+        assert_eq!(dialed.hidden, [std::io::ErrorKind::TimedOut]);
         // The silent address had its half of the time, and the working one got through in
         // the other half.
         let took = start.elapsed();
@@ -354,6 +374,25 @@ mod tests {
             "{took:?}"
         );
         assert!(!dialed.more);
+        assert_eq!(dialed.hidden, [std::io::ErrorKind::TimedOut], "left silent");
+
+        // A refusal before an answer is hidden too; an answer at once hides nothing.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused_addr = refused.local_addr().unwrap();
+        drop(refused);
+        let addrs = [refused_addr, working_addr];
+        let dialed = connect_any(&addrs, whole(deadline), dial_with(delay, &progress))
+            .await
+            .unwrap();
+        assert_eq!(dialed.hidden, [std::io::ErrorKind::ConnectionRefused]);
+        let dialed = connect_any(
+            &[working_addr],
+            whole(deadline),
+            dial_with(delay, &progress),
+        )
+        .await
+        .unwrap();
+        assert!(dialed.hidden.is_empty());
 
         let deadline = start + Duration::from_secs(6);
         let error = connect_any(&[silent.addr], whole(deadline), dial_with(delay, &progress))

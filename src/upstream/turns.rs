@@ -172,6 +172,10 @@ pub(super) async fn connect_in_turn<'a, 'r>(
         };
         let error = match connected {
             Some(Ok(Some(dialed))) => {
+                for &kind in &dialed.hidden {
+                    let error = std::io::Error::from(kind);
+                    metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
+                }
                 settle_losers(route, race, attempt.backend, turns, timing, metrics);
                 name(tried, attempt.backend);
                 return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
