@@ -164,7 +164,8 @@ async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
     let checked = admit(&conn).and_then(|()| match head {
         Some(len) => {
             let head_bytes = head::read_as_http_1_1(head_bytes, len)?;
-            head::check(&head_bytes[..len]).map(|()| (head_bytes, len))
+            head::check(&head_bytes[..len])?;
+            Ok((head::without_close(head_bytes, len), len))
         }
         None => Err(ProxyError::HeadTooLarge),
     });

@@ -114,6 +114,52 @@ pub(crate) fn read_as_http_1_1(head: Bytes, len: usize) -> Result<Bytes, ProxyEr
     }
 }
 
+/// The head with each `close` token of its `Connection` lines blanked out, in place (spaces:
+/// its length, measured against the limit, stays). Told the connection ends after this
+/// request, hyper appends `close` to the 101's `Connection`, a contradiction some clients
+/// refuse (tungstenite). Nothing else changes: the connection carries one request whatever
+/// it said (a refusal ends it once written, a relayed answer says `close` itself), and
+/// `Connection` is not forwarded.
+pub(crate) fn without_close(head: Bytes, len: usize) -> Bytes {
+    let found = close_tokens(&head[..len]);
+    if found.is_empty() {
+        return head;
+    }
+    let mut edited = BytesMut::from(&head[..]);
+    for at in found {
+        edited[at..at + b"close".len()].fill(b' ');
+    }
+    edited.freeze()
+}
+
+/// Where each `close` token of a `Connection` line in `head` starts.
+fn close_tokens(head: &[u8]) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut line_at = 0;
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        let at = line_at;
+        line_at += line.len();
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !line[..colon].eq_ignore_ascii_case(b"connection") {
+            continue;
+        }
+        let mut element_at = at + colon + 1;
+        for element in line[colon + 1..].split(|&b| b == b',') {
+            let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+            let lead = element.iter().take_while(|b| blank(b)).count();
+            let token = element[lead..].iter().take_while(|b| !blank(b)).count();
+            let rest = element[lead + token..].iter().all(blank);
+            if rest && element[lead..lead + token].eq_ignore_ascii_case(b"close") {
+                found.push(element_at + lead);
+            }
+            element_at += element.len() + 1;
+        }
+    }
+    found
+}
+
 /// Where the minor digit sits in `HTTP/d.d`.
 const MINOR: usize = b"HTTP/1.".len();
 
@@ -423,6 +469,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_tokens_of_connection_lines_are_blanked_and_nothing_else() {
+        let head = "GET http://a:80/ HTTP/1.1\r\nHost: a\r\nConnection: close, Upgrade\r\n\
+                    connection:CLOSE\r\nConnection: closed\r\nX-Connection: close\r\n\
+                    X-Note: Connection: close\r\n\r\n";
+        let behind = "Connection: close\r\n";
+        let bytes = Bytes::from(format!("{head}{behind}"));
+        let edited = without_close(bytes.clone(), head.len());
+        let want = head
+            .replacen("Connection: close,", "Connection:      ,", 1)
+            .replacen("connection:CLOSE", "connection:     ", 1);
+        assert_eq!(edited, Bytes::from(format!("{want}{behind}")));
+        let none = Bytes::from_static(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\n\r\n");
+        assert_eq!(without_close(none.clone(), none.len()), none);
+    }
 
     fn end_of(buf: &[u8]) -> Option<usize> {
         Scan::default().head_end(buf)

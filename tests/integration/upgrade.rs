@@ -73,6 +73,19 @@ async fn connection_keep_alive_comma_upgrade_is_accepted() {
     assert_switched(&head);
 }
 
+/// A client asking to close after its request still gets a 101 that says `Upgrade` alone:
+/// "close" beside it would contradict the tunnel, and tungstenite refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_upgrade_gets_a_101_without_close() {
+    for connection in ["close, Upgrade", "Upgrade, CLOSE"] {
+        let head =
+            upgrade_via_echo(Req::upgrade("chat.example.com", "/ws").set("Connection", connection))
+                .await;
+        assert_switched(&head);
+        assert_eq!(head.tokens("connection"), ["upgrade"], "{connection}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_tokens_across_several_header_lines_are_accepted() {
     let head = upgrade_via_echo(
