@@ -327,7 +327,9 @@ pub(super) fn no_answer() -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::tests::{answering_backend, listen_overflows, Unreachable};
+    use crate::upstream::tests::{
+        answering_backend, first_syn_dropped, listen_overflows, Unreachable,
+    };
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
     /// second working: the second is reached within the time, not after it. One at a time,
@@ -430,10 +432,8 @@ mod tests {
                 )
                 .await
             });
-            // The kernel counts the first SYN dropped; then the queue is given room.
-            while listen_overflows() == dropped {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            // The first SYN dropped; then the queue is given room.
+            first_syn_dropped(silent.addr, dropped).await;
             silent.make_room();
             let connected = connecting.await.unwrap();
             if alone {

@@ -626,6 +626,33 @@ mod tests {
         }
     }
 
+    /// Waits until a connect to `addr` has had its SYN dropped (the listen queue full): a
+    /// socket of this namespace stays in SYN-SENT towards it, and the kernel has counted a
+    /// drop since `dropped` (the count of [`listen_overflows`] before). The count is the
+    /// whole namespace's, other tests' drops included; the socket's state is this one's.
+    pub(super) async fn first_syn_dropped(addr: SocketAddr, dropped: u64) {
+        while listen_overflows() == dropped || !syn_sent_to(addr) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Whether a socket is in SYN-SENT towards `addr` (an IPv4 address), by /proc/net/tcp.
+    fn syn_sent_to(addr: SocketAddr) -> bool {
+        let std::net::IpAddr::V4(ip) = addr.ip() else {
+            panic!("IPv4 only");
+        };
+        let remote = format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(ip.octets()),
+            addr.port()
+        );
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"02")
+        })
+    }
+
     /// SYNs the kernel dropped for a full listen queue, so far (this network namespace's).
     pub(super) fn listen_overflows() -> u64 {
         let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
@@ -670,9 +697,7 @@ mod tests {
         let dropped = listen_overflows();
         let serving = async {
             // Its first SYN dropped; then the queue is given room, and the upgrade answered.
-            while listen_overflows() == dropped {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            first_syn_dropped(addr, dropped).await;
             let listener = std::net::TcpListener::from(listener);
             drop(listener.accept().unwrap());
             listener.set_nonblocking(true).unwrap();
