@@ -37,6 +37,13 @@ impl Counts {
         self.active.load(Ordering::Acquire)
     }
 
+    /// Connections `client` holds in its per-client count (those over its limit not among
+    /// them).
+    pub(crate) fn of_client(&self, client: IpAddr) -> usize {
+        let open = lock(&self.per_client);
+        open.get(&client_key(client)).copied().unwrap_or(0)
+    }
+
     /// Connections ended since start, refused ones included.
     pub(crate) fn ended(&self) -> u64 {
         self.ended.load(Ordering::Relaxed)

@@ -312,6 +312,13 @@ impl Server {
         self.shared.open_connections()
     }
 
+    /// Open connections counted against `client`'s `max_connections_per_client` (taken once
+    /// its address is known, a moment after the accept that [`Server::active_connections`]
+    /// counts).
+    pub fn client_connections(&self, client: std::net::IpAddr) -> usize {
+        self.shared.counts.of_client(client)
+    }
+
     pub fn reload_status(&self) -> watch::Receiver<ReloadStatus> {
         self.shared.reload_status.subscribe()
     }
