@@ -108,12 +108,6 @@ impl Shared {
         let current = self.current();
         let cooling = !next.config.timeouts.backend_cooldown.is_zero();
         next.routes.continue_from(&current.routes, cooling);
-        if !cooling {
-            let routes = next.config.routes.iter();
-            crate::resolve::forget_aside(
-                routes.flat_map(|r| r.backends.iter().map(String::as_str)),
-            );
-        }
         let max_connections_before = current.config.limits.max_connections;
         let reuse_port_before = current.config.reuse_port;
         drop(current);
@@ -147,6 +141,13 @@ impl Shared {
         // routes take tens of milliseconds to free, which a thread that accepts and relays
         // must not spend.
         drop(tokio::task::spawn_blocking(move || drop(old)));
+        // Once in force: a reload rejected (a bind failure) changes nothing.
+        if !cooling {
+            let routes = next.config.routes.iter();
+            crate::resolve::forget_aside(
+                routes.flat_map(|r| r.backends.iter().map(String::as_str)),
+            );
+        }
         next.log_warnings();
         let kept_open = held.len().saturating_sub(removed.len());
         warn_what_waits(

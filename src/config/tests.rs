@@ -247,6 +247,7 @@ fn errors_name_file_line_column_and_key() {
         ("[reload]\nrecheck = \"10ms\"\n", "reload.recheck: must be at least 1s and at most 30 days"),
         ("[reload]\nrecheck = \"0s\"\n", "reload.recheck: must be at least 1s and at most 30 days"),
         ("[reload]\nrecheck = \"31d\"\n", "reload.recheck: must be at least 1s and at most 30 days (read as 31 days)"),
+        ("[reload]\nrecheck = \"5M\"\n", "reload.recheck: must be at least 1s and at most 30 days (read as 152.2 days; `M` is months, minutes are `m`)"),
         ("[timeouts]\nidle = \"30d 1s\"\n", "timeouts.idle: must be longer than zero and at most 30 days (read as 30days 1s)"),
         ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: 99999999999999999999 is too large for a number here"),
         ("[[route]]\nname = \"a\"\npath = \"/a%2fb\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2fb\" has a '\\' or an encoded '/'"),

@@ -198,22 +198,22 @@ impl Checker<'_> {
         let value = d.get_ref().0;
         if value.is_zero() || value > MAX_TIMEOUT {
             // Deadlines are computed as now + timeout: a huge one would overflow.
-            // Said as read: "5M" is five months to the parser, not five minutes.
-            let hint = match self.src.get(d.span()).is_some_and(|t| t.contains('M')) {
-                true => "; `M` is months, minutes are `m`",
-                false => "",
-            };
-            Err(self.error(
-                &d.span(),
-                key,
-                format!(
-                    "must be longer than zero and at most 30 days (read as {}{hint})",
-                    as_read(value)
-                ),
-            ))
+            let read = self.read_as(d);
+            let message = format!("must be longer than zero and at most 30 days ({read})");
+            Err(self.error(&d.span(), key, message))
         } else {
             Ok(value)
         }
+    }
+
+    /// How a refused duration was read, said as read: "5M" is five months to the parser, not
+    /// five minutes.
+    fn read_as(&self, d: &Spanned<HumanDuration>) -> String {
+        let hint = match self.src.get(d.span()).is_some_and(|t| t.contains('M')) {
+            true => "; `M` is months, minutes are `m`",
+            false => "",
+        };
+        format!("read as {}{hint}", as_read(d.get_ref().0))
     }
 
     /// `reload.recheck`: a timeout, and at least a second (each look reads and hashes every
@@ -227,7 +227,7 @@ impl Checker<'_> {
             return Err(self.error(&d.span(), "reload.recheck", message));
         }
         if value > MAX_TIMEOUT {
-            let message = format!("{message} (read as {})", as_read(value));
+            let message = format!("{message} ({})", self.read_as(d));
             return Err(self.error(&d.span(), "reload.recheck", message));
         }
         Ok(value)
@@ -243,10 +243,8 @@ impl Checker<'_> {
     ) -> Result<Duration, ConfigError> {
         let value = d.get_ref().0;
         if value > MAX_TIMEOUT {
-            let message = format!(
-                "must be at most 30 days, or 0s {off} (read as {})",
-                as_read(value)
-            );
+            let read = self.read_as(d);
+            let message = format!("must be at most 30 days, or 0s {off} ({read})");
             return Err(self.error(&d.span(), key, message));
         }
         Ok(value)

@@ -108,6 +108,7 @@ pub(super) async fn connect(
         backend: None,
         timing,
         progress: &progress,
+        split: true,
     };
     // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
     // its failures are the backend's (see `health`).
@@ -144,6 +145,12 @@ async fn connect_one(
     if !alone || dial.timing.attempt_delay.is_zero() {
         return connect_any(&[addr], window, dial).await;
     }
+    // Each with all the time: they are to run beside each other, not to take turns (with an
+    // attempt delay over a third of the time, thirds would drop each before the next began).
+    let dial = Dial {
+        split: false,
+        ..dial
+    };
     let dialed = connect_any(&[addr; SINGLE_ADDRESS_TRIES], window, dial).await?;
     // The same address is no further one to go on to after a close before answering.
     Ok(Dialed {
@@ -160,24 +167,29 @@ struct Dial<'a> {
     backend: Option<(&'a str, bool)>,
     timing: Timing,
     progress: &'a Progress,
+    /// Whether the addresses split the window's time among them; if not (the same address
+    /// dialed again), each may use all of it.
+    split: bool,
 }
 
 impl Dial<'_> {
+    /// The time the next of `remaining` addresses has, and when it is to give way to the
+    /// next: see [`Window`]. Past the window's share (this backend kept on as the route's
+    /// last hope, or its name slow to resolve), the addresses split what is left of the
+    /// request's time instead of nothing.
+    fn share(&self, window: Window, remaining: usize) -> Duration {
+        let now = tokio::time::Instant::now();
+        let until = match window.until > now {
+            true => window.until,
+            false => window.deadline,
+        };
+        share_of(until, if self.split { remaining } else { 1 })
+    }
+
     /// Notes that `addr` failed to take a connection (its name has others to dial meanwhile).
     fn failed(&self, addr: SocketAddr, error: &dyn std::fmt::Display) {
-        let Some((backend, _)) = self.backend else {
-            return;
-        };
-        if self.timing.cooldown.is_zero() {
-            return;
-        }
-        if let Some(cool_down) = crate::resolve::set_aside(backend, addr, self.timing.cooldown) {
-            tracing::warn!(
-                backend,
-                %addr,
-                %error,
-                "backend address set aside for {cool_down:?}: the name's other addresses are dialed first until it is tried again"
-            );
+        if let Some((backend, _)) = self.backend {
+            set_aside(backend, addr, self.timing.cooldown, error);
         }
     }
 
@@ -187,6 +199,27 @@ impl Dial<'_> {
                 tracing::info!(backend, %addr, "backend address answers again; back in turn");
             }
         }
+    }
+}
+
+/// Sets `backend`'s address `addr` aside for a cool-down (see [`crate::resolve::set_aside`]),
+/// and says so when that is news: one of a name's several addresses failed.
+pub(super) fn set_aside(
+    backend: &str,
+    addr: SocketAddr,
+    cooldown: Duration,
+    error: &dyn std::fmt::Display,
+) {
+    if cooldown.is_zero() {
+        return;
+    }
+    if let Some(cool_down) = crate::resolve::set_aside(backend, addr, cooldown) {
+        tracing::warn!(
+            backend,
+            %addr,
+            %error,
+            "backend address set aside for {cool_down:?}: the name's other addresses are dialed first until it is tried again"
+        );
     }
 }
 
@@ -204,7 +237,7 @@ async fn connect_any(
     let delay = dial.timing.attempt_delay;
     // What each address would get if every one were slow: one whose share came to much less
     // (those before it took the rest) is not to blame when it runs out.
-    let fair_share = share_of(window.until, count);
+    let fair_share = dial.share(window, count);
     let mut race = Unanswered {
         race: Race::new(delay),
         dial,
@@ -214,7 +247,7 @@ async fn connect_any(
     let mut hidden = Vec::new();
     loop {
         if race.race.wants_another() && next < count {
-            let share = share_of(window.until, count - next);
+            let share = dial.share(window, count - next);
             let addr = addrs[next];
             let connecting = tokio::time::timeout_at(window.deadline, TcpStream::connect(addr));
             let expires = tokio::time::Instant::now() + share;
@@ -241,15 +274,17 @@ async fn connect_any(
                 let now = tokio::time::Instant::now();
                 let more =
                     next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
-                // Those left unanswered for the delay count as silent (see [`Unanswered`]).
+                // Other addresses left unanswered for the delay count as silent (see
+                // [`Unanswered`]); the same address dialed again, as this one took it, not.
                 let silent = (race.race.under_way()).filter(|(_, b)| now - *b >= delay);
-                if !delay.is_zero() {
+                if !delay.is_zero() && dial.split {
                     hidden.extend(silent.map(|_| std::io::ErrorKind::TimedOut));
                 }
                 return Ok(Dialed {
                     socket,
                     addr,
                     more,
+                    several: dial.backend.is_some(),
                     hidden,
                 });
             }
@@ -263,9 +298,10 @@ async fn connect_any(
                 last = e;
             }
             None => {
-                hidden.push(std::io::ErrorKind::TimedOut);
                 last = no_answer();
-                if share >= fair_share / 2 {
+                // One whose share was cut short (or came to nothing) is not to blame.
+                if !share.is_zero() && share >= fair_share / 2 {
+                    hidden.push(std::io::ErrorKind::TimedOut);
                     dial.failed(addr, &last);
                 }
             }
@@ -307,6 +343,9 @@ pub(super) struct Dialed {
     pub(super) socket: TcpStream,
     pub(super) addr: SocketAddr,
     pub(super) more: bool,
+    /// Whether `addr` is one of the name's several addresses, whose failures are its own
+    /// (set aside, rather than the name put aside).
+    pub(super) several: bool,
     /// How the connects to the name's other addresses (or the same one, see
     /// [`connect_one`]) failed before this one answered: the request never sees those
     /// failures, so they are counted for the operator (a headless Service's dead pod).
@@ -413,10 +452,12 @@ mod tests {
         for alone in [true, false] {
             let silent = Unreachable::start();
             let dropped = listen_overflows();
+            // Tries at 0, 300 and 600 ms: room made by 600 ms lets one in; the first try's
+            // own SYN, sent again at 1 s, comes after the deadline.
             let timing = Timing {
                 timeout: Duration::from_millis(900),
                 cooldown: Duration::from_secs(1),
-                attempt_delay: Duration::from_millis(250),
+                attempt_delay: Duration::from_millis(300),
             };
             let deadline = tokio::time::Instant::now() + timing.timeout;
             let backend = silent.addr.to_string();
@@ -446,6 +487,61 @@ mod tests {
         }
     }
 
+    /// A route's only address dialed again with an attempt delay over a third of the time:
+    /// the tries run beside each other, each with all the time, rather than each dropped at
+    /// a third of it before the next begins (which would fail any connect slower than that).
+    #[tokio::test(start_paused = true)]
+    async fn dialing_one_address_again_does_not_split_the_time() {
+        let silent = Unreachable::start();
+        let timing = Timing {
+            timeout: Duration::from_millis(900),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::from_millis(400),
+        };
+        let start = tokio::time::Instant::now();
+        let progress = Arc::new(Progress::new());
+        let window = whole(start + timing.timeout);
+        let backend = silent.addr.to_string();
+        let error = connect(&backend, Vec::new(), window, timing, true, progress.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), timing.timeout);
+        // The third began at 800 ms, two delays in: none of the first two was given up.
+        let state = progress.dialed.load(Ordering::Relaxed);
+        assert_eq!(state & 1, 1, "the last try was dialed");
+        assert_eq!(
+            Duration::from_micros((state >> 1) - 1),
+            2 * timing.attempt_delay
+        );
+    }
+
+    /// A name resolved only after its backend's share of the time ran out (a slow lookup,
+    /// the other backends failed meanwhile): its addresses split what is left of the
+    /// request's time, rather than each being given up at once, and blamed, for a share of
+    /// nothing.
+    #[tokio::test(start_paused = true)]
+    async fn addresses_dialed_past_the_backends_share_split_the_time_left() {
+        let silent = Unreachable::start();
+        let (live, _answering) = answering_backend().await;
+        let start = tokio::time::Instant::now();
+        let window = Window {
+            until: start,
+            deadline: start + Duration::from_secs(5),
+        };
+        let progress = Progress::new();
+        let dial = dial_with(Duration::ZERO, &progress);
+        let dialed = connect_any(&[silent.addr, live], window, dial)
+            .await
+            .unwrap();
+        assert_eq!(dialed.addr, live);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(2500),
+            "half of what was left"
+        );
+    }
+
     /// The whole time to `deadline`, as for a route's only backend.
     fn whole(deadline: tokio::time::Instant) -> Window {
         Window {
@@ -465,6 +561,7 @@ mod tests {
             backend: None,
             timing,
             progress,
+            split: true,
         }
     }
 

@@ -84,8 +84,12 @@ pub(crate) async fn open(
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
     let deadline = tokio::time::Instant::now() + timing.timeout;
+    // Each stage inside keeps the deadline itself (every connect, the answer), and says what
+    // ran out (a hung backend is put aside); this is only the net under them, a moment
+    // later, so that theirs fire first even when the task's budget would let this one win.
+    let net = deadline + Duration::from_millis(50);
     match tokio::time::timeout_at(
-        deadline,
+        net,
         exchange(route, request, protocols, deadline, timing, tried, metrics),
     )
     .await
@@ -117,12 +121,14 @@ async fn exchange(
         let others = dialed.more || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
         let asked = tokio::time::Instant::now();
+        let (addr, several) = (dialed.addr, dialed.several);
         let answering = attempt(dialed.socket, request, &offer);
         let answered = match tokio::time::timeout_at(deadline, answering).await {
             Ok(answered) => answered,
             Err(_) => {
                 let given = (asked.elapsed(), turns.fair_share());
-                return Err(unanswered(route, backend, given, began, timing, metrics));
+                let at = (backend, several.then_some(addr));
+                return Err(unanswered(route, at, given, began, timing, metrics));
             }
         };
         // Anything but a close before answering: the backend takes connections.
@@ -162,25 +168,30 @@ async fn exchange(
 
 /// A backend took the connection but did not answer the upgrade within the time (its
 /// process hung, or overloaded): 504, and the backend put aside as one that failed to take
-/// the connection is, so that the route's next requests go to its others meanwhile; not if
-/// the backends before it (or its own slow connect) left it less than half of an even share
-/// of the time to answer in. `given`: the time it had to answer, and that even share.
+/// the connection is, so that the route's next requests go to its others meanwhile; for one
+/// of a name's several addresses (`at`: the backend, and that address), the address set
+/// aside, not the name (one hung pod of a headless Service). Not if the backends before it
+/// (or its own slow connect) left it less than half of an even share of the time to answer
+/// in. `given`: the time it had to answer, and that even share.
 fn unanswered(
     route: &Route,
-    backend: &str,
+    at: (&str, Option<std::net::SocketAddr>),
     given: (Duration, Duration),
     began: u64,
     timing: Timing,
     metrics: &Metrics,
 ) -> ProxyError {
-    let (waited, fair_share) = given;
+    let ((backend, addr), (waited, fair_share)) = (at, given);
     if waited >= fair_share / 2 {
         let error = std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "took the connection but did not answer the upgrade in time",
         );
         metrics.backend_connect_failed(&route.config.name, backend, &error);
-        put_aside(route, backend, &error, timing.cooldown, began, metrics);
+        match addr {
+            Some(addr) => dial::set_aside(backend, addr, timing.cooldown, &error),
+            None => put_aside(route, backend, &error, timing.cooldown, began, metrics),
+        }
     }
     ProxyError::BackendTimeout
 }
@@ -679,8 +690,8 @@ mod tests {
     }
 
     /// The same with a backend that is slow to take the connection (its first SYN dropped,
-    /// the kernel's second a second later): it takes the request past its share of 0.8 s,
-    /// within the time, rather than the client getting 504 at 0.8 s.
+    /// the kernel's second a second later), beside two refusing: it takes the request past
+    /// its share of 0.9 s, within the time, rather than the client getting 504 at 0.9 s.
     #[tokio::test]
     async fn a_slow_backend_left_alone_may_answer_past_its_share() {
         let Unreachable {
@@ -688,9 +699,10 @@ mod tests {
             listener,
             _filler,
         } = Unreachable::start();
-        let table = table_of(vec![addr.to_string(), "127.0.0.1:1".into()]);
+        let refusing = ["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+        let table = table_of([vec![addr.to_string()], refusing.to_vec()].concat());
         let timing = Timing {
-            timeout: Duration::from_millis(1600),
+            timeout: Duration::from_millis(2700),
             cooldown: Duration::from_secs(1),
             attempt_delay: Duration::from_millis(250),
         };
@@ -728,20 +740,12 @@ mod tests {
         assert!(name_health(&table).ever_put_aside());
     }
 
-    /// A listener that takes connections and closes them unanswered (a pod being killed).
     /// A backend that takes connections and never answers (its process hung): the request
     /// that meets it gets 504 at the end of the time, and it is put aside, so the route's
     /// next requests go to its other backend, its own turn included.
     #[tokio::test(start_paused = true)]
     async fn a_backend_that_takes_the_connection_and_never_answers_is_put_aside() {
-        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hung_addr = hung.local_addr().unwrap();
-        let held = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = hung.accept().await {
-                held.push(socket);
-            }
-        });
+        let (hung_addr, held) = hung_backend().await;
         let (good, _answering) = answering_backend().await;
         let table = table_of(vec![hung_addr.to_string(), good.to_string()]);
         let start = tokio::time::Instant::now();
@@ -754,6 +758,38 @@ mod tests {
         held.abort();
     }
 
+    /// The same with one of a name's two addresses hung (a headless Service's pod): that
+    /// address is set aside, not the name, whose other pod takes the next request.
+    #[tokio::test(start_paused = true)]
+    async fn a_names_address_that_never_answers_is_set_aside_not_the_name() {
+        let (hung_addr, held) = hung_backend().await;
+        let (good, _answering) = answering_backend().await;
+        let name = "hung-pod.test:9001".to_string();
+        crate::resolve::seed(&name, &[hung_addr, good]);
+        let table = table_of(vec![name, "127.0.0.1:1".into()]);
+        let answer = open_on(&table).await;
+        assert!(matches!(answer, Err(ProxyError::BackendTimeout)));
+        assert!(!name_health(&table).ever_put_aside());
+        // The route's next turn is its other backend, refusing; then the name's good pod.
+        assert_eq!(reached(&table).await, good);
+        assert_eq!(reached(&table).await, good, "the hung pod dialed last");
+        held.abort();
+    }
+
+    /// A listener that takes connections and holds them unanswered (a hung process).
+    async fn hung_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hung.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = hung.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, held)
+    }
+
+    /// A listener that takes connections and closes them unanswered (a pod being killed).
     async fn closing_backend() -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -464,12 +464,13 @@ fn handshake_eof() -> io::Error {
 
 /// The client closed TCP without `close_notify`. Between records, as most WebSocket clients
 /// end after their close frames, that is an end (the splice passes it on as a half-close);
-/// in the middle of one (`unread`: a record's first bytes), the stream was cut, which is an
-/// error, as a record that does not decrypt is: the other side is closed at once.
+/// in the middle of one (`unread`: a record's first bytes), the stream was cut: an aborted
+/// connection, which the splice takes as the client's failure (the other side closed at
+/// once), and the head's reader as a client gone.
 fn truncated(unread: &Held) -> io::Error {
     if !unread.is_empty() {
         return io::Error::new(
-            io::ErrorKind::InvalidData,
+            io::ErrorKind::ConnectionAborted,
             "peer closed connection in the middle of a TLS record",
         );
     }
