@@ -1,6 +1,7 @@
 //! Connect attempts raced as RFC 8305 ("Happy Eyeballs") races them: one at a time while
 //! each answers quickly, the next started beside a slow one once `timeouts.attempt_delay` has
-//! passed (or at once when one fails), the first to succeed used and the others dropped.
+//! passed, or its share of the time (or at once when one fails), the first to succeed used
+//! and the others dropped.
 //!
 //! A backend whose SYNs are dropped (its node gone, a firewall) then costs a request the
 //! delay, not its whole share of the connect timeout; a slow but working one is not given up
@@ -26,8 +27,9 @@ pub(crate) struct Race<T, F> {
 struct Attempt<T, F> {
     tag: T,
     began: Instant,
-    /// The end of its share of the time: see [`Event::Expired`].
-    expires: Instant,
+    /// The end of its share of the time (see [`Event::Expired`]); `None` once past it and
+    /// racing on.
+    expires: Option<Instant>,
     future: Pin<Box<F>>,
 }
 
@@ -44,9 +46,11 @@ pub(crate) enum Event<T, O> {
     Ended(T, O),
     /// It is time to start another attempt beside those under way.
     Start,
-    /// An attempt ran out of its share of the time while more could start in its place, and
-    /// was dropped. With none left to start, one past its share is not dropped: it may still
-    /// answer before the whole time is up, and nothing else could.
+    /// One at a time (no delay): an attempt ran out of its share of the time while more could
+    /// start in its place, and was dropped. Racing, the next starts beside it instead
+    /// ([`Event::Start`]) and it runs on: the next may fail at once (a refused backend), and
+    /// it may still answer. With none left to start, one past its share is never dropped
+    /// either: it may answer before the whole time is up, and nothing else could.
     Expired(T),
 }
 
@@ -74,7 +78,7 @@ impl<T, F: Future> Race<T, F> {
         self.racing.push(Attempt {
             tag,
             began,
-            expires,
+            expires: Some(expires),
             future: Box::pin(future),
         });
         self.next_at = Some(began + self.delay);
@@ -104,7 +108,8 @@ impl<T, F: Future> Race<T, F> {
             start_at.unwrap_or_else(Instant::now)
         ));
         let expiring = self.racing.iter().enumerate();
-        let expiring = expiring.map(|(i, a)| (a.expires, i)).min().filter(|_| more);
+        let expiring = expiring.filter_map(|(i, a)| Some((a.expires?, i))).min();
+        let expiring = expiring.filter(|_| more);
         let mut expiry = pin!(tokio::time::sleep_until(
             expiring.map_or_else(Instant::now, |(at, _)| at)
         ));
@@ -128,7 +133,12 @@ impl<T, F: Future> Race<T, F> {
         match woke {
             Woke::Ended(i, output) => Event::Ended(self.racing.remove(i).tag, output),
             Woke::Start => Event::Start,
-            Woke::Expired(i) => Event::Expired(self.racing.remove(i).tag),
+            Woke::Expired(i) if self.delay.is_zero() => Event::Expired(self.racing.remove(i).tag),
+            Woke::Expired(i) => {
+                self.racing[i].expires = None;
+                self.next_at = None;
+                Event::Start
+            }
         }
     }
 
@@ -188,6 +198,14 @@ mod tests {
         // One at a time: the first, silent, is dropped at the end of its share.
         let (winner, began) = run_with_shares(0, 1000, &[(100_000, true), (10, true)]).await;
         assert_eq!((winner, began), (Some(1), vec![0, 1000]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn racing_an_attempt_past_its_share_runs_on_beside_the_next() {
+        // The delay is longer than the share: the second starts at the end of the first's
+        // share (600 ms), fails at once, and the first, still running, answers at 900.
+        let (winner, began) = run_with_shares(1000, 600, &[(900, true), (5, false)]).await;
+        assert_eq!((winner, began), (Some(0), vec![0, 600]));
     }
 
     #[tokio::test(start_paused = true)]

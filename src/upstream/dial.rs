@@ -192,14 +192,6 @@ impl Dial<'_> {
             set_aside(backend, addr, self.timing.cooldown, error);
         }
     }
-
-    fn answered(&self, addr: SocketAddr) {
-        if let Some((backend, true)) = self.backend {
-            if crate::resolve::answered(backend, addr) {
-                tracing::info!(backend, %addr, "backend address answers again; back in turn");
-            }
-        }
-    }
 }
 
 /// Sets `backend`'s address `addr` aside for a cool-down (see [`crate::resolve::set_aside`]),
@@ -220,6 +212,14 @@ pub(super) fn set_aside(
             %error,
             "backend address set aside for {cool_down:?}: the name's other addresses are dialed first until it is tried again"
         );
+    }
+}
+
+/// `backend`'s address `addr` answered the upgrade (a connect alone is no answer: a hung
+/// pod takes connections): back in turn if it was set aside.
+pub(super) fn answered(backend: &str, addr: SocketAddr) {
+    if crate::resolve::answered(backend, addr) {
+        tracing::info!(backend, %addr, "backend address answers again; back in turn");
     }
 }
 
@@ -246,7 +246,9 @@ async fn connect_any(
     // The failures an address that answers hides from the request: see [`Dialed::hidden`].
     let mut hidden = Vec::new();
     loop {
-        if race.race.wants_another() && next < count {
+        // None started with no time left: it could only connect for a request given up.
+        let time_left = tokio::time::Instant::now() < window.deadline;
+        if race.race.wants_another() && next < count && time_left {
             let share = dial.share(window, count - next);
             let addr = addrs[next];
             let connecting = tokio::time::timeout_at(window.deadline, TcpStream::connect(addr));
@@ -259,7 +261,8 @@ async fn connect_any(
             return Err(last);
         }
         // `None`: out of time, its share's or the request's.
-        let ((addr, share), connected) = match race.race.next(next < count).await {
+        let more = next < count && time_left;
+        let ((addr, share), connected) = match race.race.next(more).await {
             Event::Start => continue,
             Event::Ended(tag, connected) => (tag, connected.ok()),
             Event::Expired(tag) => (tag, None),
@@ -267,24 +270,24 @@ async fn connect_any(
         match connected {
             Some(Ok(socket)) => {
                 crate::socket::tune(&socket);
-                dial.answered(addr);
                 // Left to go on to if this one closes before answering: those not tried yet,
                 // and those given up on here before they had waited `delay` (the others are
                 // set aside as the race ends, and would only be waited on again).
                 let now = tokio::time::Instant::now();
                 let more =
                     next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
-                // Other addresses left unanswered for the delay count as silent (see
-                // [`Unanswered`]); the same address dialed again, as this one took it, not.
+                // Those left unanswered for the delay count as silent (see [`Unanswered`]):
+                // another address's, or the same address's tries through a cluster IP that
+                // met a dead pod (or a connect slower than the delay it is set to exceed).
                 let silent = (race.race.under_way()).filter(|(_, b)| now - *b >= delay);
-                if !delay.is_zero() && dial.split {
+                if !delay.is_zero() {
                     hidden.extend(silent.map(|_| std::io::ErrorKind::TimedOut));
                 }
                 return Ok(Dialed {
                     socket,
                     addr,
                     more,
-                    several: dial.backend.is_some(),
+                    several: dial.backend.map(|(_, failed_lately)| failed_lately),
                     hidden,
                 });
             }
@@ -343,9 +346,10 @@ pub(super) struct Dialed {
     pub(super) socket: TcpStream,
     pub(super) addr: SocketAddr,
     pub(super) more: bool,
-    /// Whether `addr` is one of the name's several addresses, whose failures are its own
-    /// (set aside, rather than the name put aside).
-    pub(super) several: bool,
+    /// If `addr` is one of the name's several addresses, whose failures are its own (set
+    /// aside, rather than the name put aside): whether any of them failed lately, so that an
+    /// answer from it is to be noted ([`answered`]).
+    pub(super) several: Option<bool>,
     /// How the connects to the name's other addresses (or the same one, see
     /// [`connect_one`]) failed before this one answered: the request never sees those
     /// failures, so they are counted for the operator (a headless Service's dead pod).

@@ -121,19 +121,27 @@ async fn exchange(
         let others = dialed.more || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
         let asked = tokio::time::Instant::now();
+        // Connected as the time ran out: the backend is not to start on a request whose
+        // client gets its 504 (a timeout polls what it bounds once more, past its deadline).
+        if asked >= deadline {
+            return Err(ProxyError::BackendTimeout);
+        }
         let (addr, several) = (dialed.addr, dialed.several);
         let answering = attempt(dialed.socket, request, &offer);
         let answered = match tokio::time::timeout_at(deadline, answering).await {
             Ok(answered) => answered,
             Err(_) => {
                 let given = (asked.elapsed(), turns.fair_share());
-                let at = (backend, several.then_some(addr));
+                let at = (backend, several.map(|_| addr));
                 return Err(unanswered(route, at, given, began, timing, metrics));
             }
         };
         // Anything but a close before answering: the backend takes connections.
         if !matches!(answered, Err(Attempt::Gone(_))) {
             back_in_turn(route, backend);
+            if several == Some(true) {
+                dial::answered(backend, addr);
+            }
         }
         let error = match answered {
             Ok(answer) => return Ok(answer),
@@ -773,6 +781,16 @@ mod tests {
         // The route's next turn is its other backend, refusing; then the name's good pod.
         assert_eq!(reached(&table).await, good);
         assert_eq!(reached(&table).await, good, "the hung pod dialed last");
+        // Its cool-down over, one request tries it again: taking the connection is no
+        // answer, so that try's 504 doubles the cool-down, rather than the connect putting it
+        // back in turn and the next request meeting it again a second later.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let answer = open_on(&table).await;
+        assert!(matches!(answer, Err(ProxyError::BackendTimeout)));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let name = &the_route(&table).config.backends[0];
+        let order = crate::resolve::in_turn(name, &[hung_addr, good], &[], Duration::from_secs(1));
+        assert_eq!(order.addrs, [good, hung_addr], "still aside, for 2 s");
         held.abort();
     }
 

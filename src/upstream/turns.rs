@@ -135,7 +135,8 @@ pub(super) async fn connect_in_turn<'a, 'r>(
     // do not count (every address of theirs closed before answering already).
     let mut before = tried.clone();
     loop {
-        if race.wants_another() {
+        // None started with no time left: it could only connect for a request given up.
+        if race.wants_another() && tokio::time::Instant::now() < deadline {
             if let Some((backend, leave)) = next_backend(route, turns) {
                 let share = share_of(deadline, turns.left() + 1);
                 let until = tokio::time::Instant::now() + share;
@@ -165,7 +166,8 @@ pub(super) async fn connect_in_turn<'a, 'r>(
             None => return Err(turns.outcome(tried)),
         }
         // `None`: out of time, its share's or the request's.
-        let (attempt, connected) = match race.next(turns.left() > 0).await {
+        let more = turns.left() > 0 && tokio::time::Instant::now() < deadline;
+        let (attempt, connected) = match race.next(more).await {
             Event::Start => continue,
             Event::Ended(attempt, connected) => (attempt, connected.ok()),
             Event::Expired(attempt) => (attempt, None),
