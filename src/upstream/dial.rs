@@ -520,6 +520,28 @@ mod tests {
         );
     }
 
+    /// Nothing is dialed once the time is up: a try started at the deadline could only
+    /// connect for a request already answered 504. (An attempt delay longer than the time:
+    /// the first try alone, to the end.)
+    #[tokio::test(start_paused = true)]
+    async fn no_try_starts_once_the_time_is_up() {
+        let silent = Unreachable::start();
+        let timing = Timing {
+            timeout: Duration::from_secs(1),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::from_secs(2),
+        };
+        let progress = Arc::new(Progress::new());
+        let window = whole(tokio::time::Instant::now() + timing.timeout);
+        let backend = silent.addr.to_string();
+        let error = connect(&backend, Vec::new(), window, timing, true, progress.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        // One dial, at 0 µs (stored plus one), and not the last of the three tries.
+        assert_eq!(progress.dialed.load(Ordering::Relaxed), 1 << 1);
+    }
+
     /// A name resolved only after its backend's share of the time ran out (a slow lookup,
     /// the other backends failed meanwhile): its addresses split what is left of the
     /// request's time, rather than each being given up at once, and blamed, for a share of
