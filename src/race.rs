@@ -49,8 +49,10 @@ pub(crate) enum Event<T, O> {
     /// One at a time (no delay): an attempt ran out of its share of the time while more could
     /// start in its place, and was dropped. Racing, the next starts beside it instead
     /// ([`Event::Start`]) and it runs on: the next may fail at once (a refused backend), and
-    /// it may still answer. With none left to start, one past its share is never dropped
-    /// either: it may answer before the whole time is up, and nothing else could.
+    /// it may still answer; but only one attempt past its share runs on, so when another's
+    /// share ends, the one before it is dropped (this event) for the next to start. With
+    /// none left to start, one past its share is never dropped: it may answer before the
+    /// whole time is up, and nothing else could.
     Expired(T),
 }
 
@@ -135,7 +137,15 @@ impl<T, F: Future> Race<T, F> {
             Woke::Start => Event::Start,
             Woke::Expired(i) if self.delay.is_zero() => Event::Expired(self.racing.remove(i).tag),
             Woke::Expired(i) => {
+                // One attempt past its share runs on, the latest: with shares shorter than
+                // the delay (a name of fifty pods), keeping each would hold a socket per
+                // address for every request waiting out the time.
                 self.racing[i].expires = None;
+                let older = (self.racing.iter().enumerate())
+                    .position(|(j, a)| j != i && a.expires.is_none());
+                if let Some(j) = older {
+                    return Event::Expired(self.racing.remove(j).tag);
+                }
                 self.next_at = None;
                 Event::Start
             }
@@ -206,6 +216,37 @@ mod tests {
         // share (600 ms), fails at once, and the first, still running, answers at 900.
         let (winner, began) = run_with_shares(1000, 600, &[(900, true), (5, false)]).await;
         assert_eq!((winner, began), (Some(0), vec![0, 600]));
+    }
+
+    /// Shares shorter than the delay: each attempt past its share gives way to the next, and
+    /// only the latest of them runs on beside it, not every one (a socket each).
+    #[tokio::test(start_paused = true)]
+    async fn racing_only_one_attempt_past_its_share_runs_on() {
+        let origin = Instant::now();
+        let mut race = Race::new(Duration::from_millis(250));
+        let (mut started, mut most) = (0, 0);
+        loop {
+            if race.wants_another() && started < 50 {
+                let expires = Instant::now() + Duration::from_millis(100);
+                race.start(started, after(100_000, false), expires);
+                started += 1;
+            }
+            most = most.max(race.racing.len());
+            if started == 50 {
+                break;
+            }
+            match race.next(true).await {
+                Event::Start => {}
+                Event::Expired(_) => race.failed(),
+                Event::Ended(..) => unreachable!("none ends within the time"),
+            }
+        }
+        assert_eq!(most, 2, "the one in its share, and one past it");
+        assert_eq!(
+            origin.elapsed(),
+            Duration::from_millis(4900),
+            "one each 100 ms"
+        );
     }
 
     #[tokio::test(start_paused = true)]

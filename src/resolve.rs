@@ -173,6 +173,21 @@ pub(crate) fn answered(backend: &str, addr: SocketAddr) -> bool {
     entry.aside.len() != before
 }
 
+/// Whether every address `backend` resolved to lately has failed since it last answered
+/// (set aside, its cool-down over or not): with hung pods, each failure takes the whole
+/// connect timeout, longer than a first cool-down.
+pub(crate) fn all_failed(backend: &str) -> bool {
+    let names = lock(&NAMES.0);
+    let Some(entry) = names.get(backend) else {
+        return false;
+    };
+    let Some((addrs, _)) = &entry.good else {
+        return false;
+    };
+    let failed = |addr: &SocketAddr| entry.aside.iter().any(|a| a.addr == *addr);
+    !addrs.is_empty() && addrs.iter().all(failed)
+}
+
 /// Every address of these backends set aside is back in turn: a reload turned setting aside
 /// off (`timeouts.backend_cooldown = "0s"`), and one that turns it on again starts afresh,
 /// as the routes' backends do.

@@ -178,7 +178,8 @@ async fn exchange(
 /// process hung, or overloaded): 504, and the backend put aside as one that failed to take
 /// the connection is, so that the route's next requests go to its others meanwhile; for one
 /// of a name's several addresses (`at`: the backend, and that address), the address set
-/// aside, not the name (one hung pod of a headless Service). Not if the backends before it
+/// aside, and the name only once all its addresses have failed (one hung pod of a headless
+/// Service is no reason to skip the others). Not if the backends before it
 /// (or its own slow connect) left it less than half of an even share of the time to answer
 /// in. `given`: the time it had to answer, and that even share.
 fn unanswered(
@@ -196,9 +197,13 @@ fn unanswered(
             "took the connection but did not answer the upgrade in time",
         );
         metrics.backend_connect_failed(&route.config.name, backend, &error);
-        match addr {
-            Some(addr) => dial::set_aside(backend, addr, timing.cooldown, &error),
-            None => put_aside(route, backend, &error, timing.cooldown, began, metrics),
+        if let Some(addr) = addr {
+            dial::set_aside(backend, addr, timing.cooldown, &error);
+        }
+        // The name too once every address of it has failed since it last answered (all its
+        // pods hung): its turns go to the route's other backends meanwhile.
+        if addr.is_none() || crate::resolve::all_failed(backend) {
+            put_aside(route, backend, &error, timing.cooldown, began, metrics);
         }
     }
     ProxyError::BackendTimeout
@@ -792,6 +797,36 @@ mod tests {
         let order = crate::resolve::in_turn(name, &[hung_addr, good], &[], Duration::from_secs(1));
         assert_eq!(order.addrs, [good, hung_addr], "still aside, for 2 s");
         held.abort();
+    }
+
+    /// Every address of a name hung: each 504 sets one aside, and once all are, the name is
+    /// put aside too, so the route's next requests go to its other backend.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_whose_addresses_all_never_answer_is_put_aside() {
+        let (hung_a, held_a) = hung_backend().await;
+        let (hung_b, held_b) = hung_backend().await;
+        let (good, _answering) = answering_backend().await;
+        let name = "hung-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &[hung_a, hung_b]);
+        let table = table_of(vec![name, good.to_string()]);
+        // Both 504s within the 5 s the seeded answer is fresh for.
+        let timing = Timing {
+            timeout: Duration::from_secs(2),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::from_millis(250),
+        };
+        let timed_out = |answer| matches!(answer, Err(ProxyError::BackendTimeout));
+        // The name's turn, its first pod; the good backend's turn; the name's, its second.
+        assert!(timed_out(open_with(&table, timing).await));
+        assert!(!name_health(&table).ever_put_aside(), "one pod of two");
+        assert_eq!(reached(&table).await, good);
+        assert!(timed_out(open_with(&table, timing).await));
+        assert!(name_health(&table).ever_put_aside(), "both pods");
+        // The name's turn again: put aside, it goes to the good backend.
+        assert_eq!(reached(&table).await, good);
+        assert_eq!(reached(&table).await, good);
+        held_a.abort();
+        held_b.abort();
     }
 
     /// A listener that takes connections and holds them unanswered (a hung process).
