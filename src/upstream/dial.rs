@@ -260,8 +260,8 @@ async fn connect_any(
         if race.race.is_empty() {
             return Err(last);
         }
-        // `None`: out of time, its share's or the request's.
         let more = next < count && time_left;
+        // `None`: out of time, its share's or the request's.
         let ((addr, share), connected) = match race.race.next(more).await {
             Event::Start => continue,
             Event::Ended(tag, connected) => (tag, connected.ok()),
