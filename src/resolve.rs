@@ -75,14 +75,16 @@ pub(crate) struct Order {
 
 ///
 /// Once an address's cool-down is over, the one request that finds it so tries it again
-/// first; for the others it stays last for another `first` (the first cool-down), or until
-/// that try has failed (longer) or answered (back in turn), so a silent pod's retry holds up
-/// one request, not every one whose turn it is while the retry waits.
+/// first; for the others it stays last until that try has failed (a longer cool-down) or
+/// answered (back in turn), or for `hold` (the longest a try can take: the connect timeout,
+/// for a try abandoned on the way), so a silent or hung pod's retry costs one request, not
+/// every one whose turn it is while the retry waits.
 pub(crate) fn in_turn(
     backend: &str,
     addrs: &[SocketAddr],
     gone: &[SocketAddr],
     first: Duration,
+    hold: Duration,
 ) -> Order {
     let now = Instant::now();
     let mut names = lock(&NAMES.0);
@@ -98,7 +100,7 @@ pub(crate) fn in_turn(
             let mut retry = None;
             for aside in &mut entry.aside {
                 if aside.until <= now && !gone.contains(&aside.addr) && retry.is_none() {
-                    (aside.until, aside.retried) = (now + first, true);
+                    (aside.until, aside.retried) = (now + first.max(hold), true);
                     retry = Some(aside.addr);
                 }
             }
@@ -604,6 +606,29 @@ mod tests {
         assert_eq!(get(&names, &resolver).await, Ok(7));
     }
 
+    /// A retry under way holds its address for the others until it ends, however long it
+    /// takes within `hold` (a hung pod's retry takes the whole connect timeout): not claimed
+    /// again a first cool-down later, which gave a hung pod a 504 each second under load.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_under_way_is_not_claimed_again_until_it_ends() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (a, b) = (addr(1), addr(2));
+        let name = "retry-hold.test:9001";
+        seed(name, &[a, b]);
+        let (first, hold) = (Duration::from_secs(1), Duration::from_secs(5));
+        let first_of = || in_turn(name, &[a, b], &[], first, hold).addrs[0];
+        assert_eq!(set_aside(name, b, first), Some(first));
+        tokio::time::advance(first).await;
+        assert_eq!(first_of(), b, "its retry");
+        tokio::time::advance(first * 2).await;
+        assert_eq!(first_of(), a, "the retry still under way");
+        assert_eq!(first_of(), a);
+        // The retry failed: aside for longer, its failures doubled.
+        assert_eq!(set_aside(name, b, first), Some(first * 2));
+        tokio::time::advance(first * 2).await;
+        assert_eq!(first_of(), b, "the next retry");
+    }
+
     /// One address of three set aside: dialed last, the other two first by turns; once its
     /// cool-down is over, the next request retries it first while the others still dial it
     /// last; failing again doubles
@@ -616,7 +641,7 @@ mod tests {
         seed(name, &[a, b, c]);
         let all = [a, b, c];
         let first = Duration::from_secs(1);
-        let order = |gone: &[SocketAddr]| in_turn(name, &all, gone, first).addrs;
+        let order = |gone: &[SocketAddr]| in_turn(name, &all, gone, first, first).addrs;
         assert_eq!(order(&[]), [a, b, c], "turn 0");
         assert_eq!(set_aside(name, b, first), Some(first));
         // A try of it that was on its way adds nothing.
@@ -633,7 +658,7 @@ mod tests {
             "its retry failed"
         );
         assert!(answered(name, b));
-        assert!(!in_turn(name, &all, &[], first).failed_lately);
+        assert!(!in_turn(name, &all, &[], first, first).failed_lately);
         assert_eq!(order(&[a]), [b, c], "turn 6: gone addresses left out");
         // Setting aside turned off by a reload: forgotten, not waiting for a request.
         assert_eq!(set_aside(name, c, first), Some(first));

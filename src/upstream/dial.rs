@@ -115,7 +115,7 @@ pub(super) async fn connect(
     if let ([addr], true) = (&addrs[..], gone.is_empty()) {
         return connect_one(*addr, window, dial, alone).await.map(Some);
     }
-    let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown);
+    let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown, timing.timeout);
     if order.addrs.is_empty() {
         return Ok(None);
     }
@@ -619,7 +619,7 @@ mod tests {
             dropped.is_err(),
             "the silent address is dialed first, alone"
         );
-        let order = crate::resolve::in_turn(&name, &addrs, &[], timing.cooldown);
+        let order = crate::resolve::in_turn(&name, &addrs, &[], timing.cooldown, timing.timeout);
         assert!(!order.failed_lately);
     }
 }

@@ -794,7 +794,8 @@ mod tests {
         assert!(matches!(answer, Err(ProxyError::BackendTimeout)));
         tokio::time::advance(Duration::from_millis(1500)).await;
         let name = &the_route(&table).config.backends[0];
-        let order = crate::resolve::in_turn(name, &[hung_addr, good], &[], Duration::from_secs(1));
+        let second = Duration::from_secs(1);
+        let order = crate::resolve::in_turn(name, &[hung_addr, good], &[], second, second);
         assert_eq!(order.addrs, [good, hung_addr], "still aside, for 2 s");
         held.abort();
     }
