@@ -3,7 +3,7 @@
 //! connection set aside for a cool-down, so a name's dead pod is dialed last meanwhile.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub(super) struct Progress {
     /// The connect is dropped for the process's own trouble (out of descriptors): its
     /// addresses are not to blame (see [`Unanswered`]).
     disarmed: AtomicBool,
+    /// Addresses set aside as the connect was dropped unanswered (see [`Unanswered`]), for
+    /// the metrics when another backend took the request.
+    silent: AtomicU32,
 }
 
 impl Progress {
@@ -34,6 +37,7 @@ impl Progress {
             dialed: AtomicU64::new(0),
             all_aside: AtomicBool::new(false),
             disarmed: AtomicBool::new(false),
+            silent: AtomicU32::new(0),
         }
     }
 
@@ -42,6 +46,11 @@ impl Progress {
         let at = u64::try_from(since).unwrap_or(u64::MAX >> 2) + 1;
         self.dialed
             .store(at << 1 | u64::from(last), Ordering::Relaxed);
+    }
+
+    /// How many of its addresses were set aside as it was dropped unanswered.
+    pub(super) fn silent(&self) -> u32 {
+        self.silent.load(Ordering::Relaxed)
     }
 
     pub(super) fn disarm(&self) {
@@ -331,9 +340,10 @@ impl<F: std::future::Future> Drop for Unanswered<'_, F> {
             return;
         }
         for (&(addr, _), began) in self.race.under_way() {
-            if now - began >= delay {
+            if now - began >= delay && self.dial.backend.is_some() {
                 let error = "no answer to the connect, while another address or backend answered";
                 self.dial.failed(addr, &error);
+                self.dial.progress.silent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -607,6 +607,15 @@ mod tests {
         table: &crate::routes::RouteTable,
         timing: Timing,
     ) -> Result<Answer, ProxyError> {
+        open_counted(table, timing, &Metrics::default()).await
+    }
+
+    /// The same, counted in `metrics`.
+    async fn open_counted(
+        table: &crate::routes::RouteTable,
+        timing: Timing,
+        metrics: &Metrics,
+    ) -> Result<Answer, ProxyError> {
         let request = Request::builder()
             .uri("/")
             .header("host", "pods.test")
@@ -616,8 +625,8 @@ mod tests {
             .header("sec-websocket-version", "13")
             .body(Empty::new())
             .unwrap();
-        let (metrics, mut tried) = (Metrics::default(), None);
-        open(the_route(table), request, &[], timing, &mut tried, &metrics).await
+        let mut tried = None;
+        open(the_route(table), request, &[], timing, &mut tried, metrics).await
     }
 
     /// An address where SYNs go unanswered: a listen queue of one, filled.
@@ -828,6 +837,30 @@ mod tests {
         assert_eq!(reached(&table).await, good);
         held_a.abort();
         held_b.abort();
+    }
+
+    /// A name's address left silent while another backend took the request is set aside,
+    /// and counted as a failure: the request never saw it, and neither would an operator.
+    #[tokio::test(start_paused = true)]
+    async fn a_names_silent_address_dropped_for_another_backend_is_counted() {
+        let (silent_a, silent_b) = (Unreachable::start(), Unreachable::start());
+        let (good, _answering) = answering_backend().await;
+        let name = "silent-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &[silent_a.addr, silent_b.addr]);
+        let table = table_of(vec![name.clone(), good.to_string()]);
+        let metrics = Metrics::default();
+        let timing = Timing {
+            timeout: Duration::from_secs(5),
+            cooldown: Duration::from_secs(1),
+            attempt_delay: Duration::from_millis(250),
+        };
+        let answer = open_counted(&table, timing, &metrics).await;
+        assert!(matches!(answer, Ok(Answer::Upgraded(_))));
+        let text = metrics.render(0, 1);
+        let series = format!(
+            "wsgate_backend_connect_failures_total{{route=\"chat\",backend=\"{name}\",error=\"timeout\"}} 1"
+        );
+        assert!(text.contains(&series), "{text}");
     }
 
     /// A listener that takes connections and holds them unanswered (a hung process).

@@ -284,6 +284,12 @@ fn settle_losers<'a, 'r, F: std::future::Future>(
             continue;
         }
         if !attempt.progress.silent_for(timing.attempt_delay) {
+            // Its addresses left silent (set aside as its connect was dropped) are failures
+            // the request never saw, as those an answering address hides.
+            for _ in 0..attempt.progress.silent() {
+                let error = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
+            }
             resume.push((attempt.backend, attempt.leave));
             continue;
         }
