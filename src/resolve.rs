@@ -76,9 +76,9 @@ pub(crate) struct Order {
 ///
 /// Once an address's cool-down is over, the one request that finds it so tries it again
 /// first; for the others it stays last until that try has failed (a longer cool-down) or
-/// answered (back in turn), or for `hold` (the longest a try can take: the connect timeout,
-/// for a try abandoned on the way), so a silent or hung pod's retry costs one request, not
-/// every one whose turn it is while the retry waits.
+/// answered (back in turn), or, for a try abandoned on the way, for `hold` (the longest a
+/// try can take: the connect timeout) and a first cool-down, so a silent or hung pod's retry
+/// costs one request, not every one whose turn it is while the retry waits.
 pub(crate) fn in_turn(
     backend: &str,
     addrs: &[SocketAddr],
@@ -100,7 +100,9 @@ pub(crate) fn in_turn(
             let mut retry = None;
             for aside in &mut entry.aside {
                 if aside.until <= now && !gone.contains(&aside.addr) && retry.is_none() {
-                    (aside.until, aside.retried) = (now + first.max(hold), true);
+                    // A first cool-down past the longest the try can take: its failure,
+                    // noted as it ends, comes before another request could claim it too.
+                    (aside.until, aside.retried) = (now + hold + first, true);
                     retry = Some(aside.addr);
                 }
             }
