@@ -174,10 +174,8 @@ pub(super) async fn connect_in_turn<'a, 'r>(
         };
         let error = match connected {
             Some(Ok(Some(dialed))) => {
-                for &kind in &dialed.hidden {
-                    let error = std::io::Error::from(kind);
-                    metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
-                }
+                let hidden = dialed.hidden.iter().copied();
+                count_hidden(route, attempt.backend, hidden, metrics);
                 settle_losers(route, race, attempt.backend, turns, timing, metrics);
                 name(tried, attempt.backend);
                 return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
@@ -263,6 +261,20 @@ fn next_backend<'a, 'r>(
     }
 }
 
+/// Counts connect failures of `backend`'s addresses that the request never saw (another
+/// address or backend took it): failover hides them from clients, not from operators.
+fn count_hidden(
+    route: &Route,
+    backend: &str,
+    kinds: impl Iterator<Item = std::io::ErrorKind>,
+    metrics: &Metrics,
+) {
+    for kind in kinds {
+        let error = std::io::Error::from(kind);
+        metrics.backend_connect_failed(&route.config.name, backend, &error);
+    }
+}
+
 /// `winner` answered first: the attempts still under way are dropped. One that has dialed
 /// every address of its name and heard nothing for `attempt_delay` is as good as silent (a
 /// connect on a working network takes a round trip) and is put aside, as a backend whose
@@ -286,10 +298,9 @@ fn settle_losers<'a, 'r, F: std::future::Future>(
         if !attempt.progress.silent_for(timing.attempt_delay) {
             // Its addresses left silent (set aside as its connect was dropped) are failures
             // the request never saw, as those an answering address hides.
-            for _ in 0..attempt.progress.silent() {
-                let error = std::io::Error::from(std::io::ErrorKind::TimedOut);
-                metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
-            }
+            let silent = usize::try_from(attempt.progress.silent()).unwrap_or(usize::MAX);
+            let timeouts = std::iter::repeat_n(std::io::ErrorKind::TimedOut, silent);
+            count_hidden(route, attempt.backend, timeouts, metrics);
             resume.push((attempt.backend, attempt.leave));
             continue;
         }
