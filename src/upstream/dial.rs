@@ -381,7 +381,7 @@ pub(super) fn no_answer() -> std::io::Error {
 mod tests {
     use super::*;
     use crate::upstream::tests::{
-        answering_backend, first_syn_dropped, listen_overflows, Unreachable,
+        answering_backend, first_syn_dropped, listen_overflows, timing, Unreachable,
     };
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
@@ -468,11 +468,7 @@ mod tests {
             let dropped = listen_overflows();
             // Tries at 0, 300 and 600 ms: room made by 600 ms lets one in; the first try's
             // own SYN, sent again at 1 s, comes after the deadline.
-            let timing = Timing {
-                timeout: Duration::from_millis(900),
-                cooldown: Duration::from_secs(1),
-                attempt_delay: Duration::from_millis(300),
-            };
+            let timing = timing(Duration::from_millis(900), Duration::from_millis(300));
             let deadline = tokio::time::Instant::now() + timing.timeout;
             let backend = silent.addr.to_string();
             let progress = Arc::new(Progress::new());
@@ -507,11 +503,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dialing_one_address_again_does_not_split_the_time() {
         let silent = Unreachable::start();
-        let timing = Timing {
-            timeout: Duration::from_millis(900),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::from_millis(400),
-        };
+        let timing = timing(Duration::from_millis(900), Duration::from_millis(400));
         let start = tokio::time::Instant::now();
         let progress = Arc::new(Progress::new());
         let window = whole(start + timing.timeout);
@@ -536,11 +528,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_try_starts_once_the_time_is_up() {
         let silent = Unreachable::start();
-        let timing = Timing {
-            timeout: Duration::from_secs(1),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::from_secs(2),
-        };
+        let timing = timing(Duration::from_secs(1), Duration::from_secs(2));
         let progress = Arc::new(Progress::new());
         let window = whole(tokio::time::Instant::now() + timing.timeout);
         let backend = silent.addr.to_string();
@@ -588,11 +576,7 @@ mod tests {
 
     /// Dialing addresses of no name, with this attempt delay.
     fn dial_with(attempt_delay: Duration, progress: &Progress) -> Dial<'_> {
-        let timing = Timing {
-            timeout: Duration::from_secs(5),
-            cooldown: Duration::from_secs(1),
-            attempt_delay,
-        };
+        let timing = timing(Duration::from_secs(5), attempt_delay);
         Dial {
             backend: None,
             timing,
@@ -610,11 +594,7 @@ mod tests {
         let name = "dropped-while-dialing.test:9001".to_string();
         let addrs = [silent.addr, live];
         crate::resolve::seed(&name, &addrs);
-        let timing = Timing {
-            timeout: Duration::from_secs(5),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::ZERO,
-        };
+        let timing = timing(Duration::from_secs(5), Duration::ZERO);
         let deadline = tokio::time::Instant::now() + timing.timeout;
         let connecting = connect(
             &name,

@@ -594,11 +594,7 @@ mod tests {
 
     /// An upgrade request through the table's route.
     async fn open_on(table: &crate::routes::RouteTable) -> Result<Answer, ProxyError> {
-        let timing = Timing {
-            timeout: Duration::from_secs(5),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::from_millis(250),
-        };
+        let timing = timing(Duration::from_secs(5), Duration::from_millis(250));
         open_with(table, timing).await
     }
 
@@ -627,6 +623,15 @@ mod tests {
             .unwrap();
         let mut tried = None;
         open(the_route(table), request, &[], timing, &mut tried, metrics).await
+    }
+
+    /// Timing with this connect timeout and attempt delay, and a first cool-down of 1 s.
+    pub(super) fn timing(timeout: Duration, attempt_delay: Duration) -> Timing {
+        Timing {
+            timeout,
+            cooldown: Duration::from_secs(1),
+            attempt_delay,
+        }
     }
 
     /// An address where SYNs go unanswered: a listen queue of one, filled.
@@ -723,11 +728,7 @@ mod tests {
         } = Unreachable::start();
         let refusing = ["127.0.0.1:1".into(), "127.0.0.1:2".into()];
         let table = table_of([vec![addr.to_string()], refusing.to_vec()].concat());
-        let timing = Timing {
-            timeout: Duration::from_millis(2700),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::from_millis(250),
-        };
+        let timing = timing(Duration::from_millis(2700), Duration::from_millis(250));
         let dropped = listen_overflows();
         let serving = async {
             // Its first SYN dropped; then the queue is given room, and the upgrade answered.
@@ -820,11 +821,7 @@ mod tests {
         crate::resolve::seed(&name, &[hung_a, hung_b]);
         let table = table_of(vec![name, good.to_string()]);
         // Both 504s within the 5 s the seeded answer is fresh for.
-        let timing = Timing {
-            timeout: Duration::from_secs(2),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::from_millis(250),
-        };
+        let timing = timing(Duration::from_secs(2), Duration::from_millis(250));
         let timed_out = |answer| matches!(answer, Err(ProxyError::BackendTimeout));
         // The name's turn, its first pod; the good backend's turn; the name's, its second.
         assert!(timed_out(open_with(&table, timing).await));
@@ -849,11 +846,7 @@ mod tests {
         crate::resolve::seed(&name, &[silent_a.addr, silent_b.addr]);
         let table = table_of(vec![name.clone(), good.to_string()]);
         let metrics = Metrics::default();
-        let timing = Timing {
-            timeout: Duration::from_secs(5),
-            cooldown: Duration::from_secs(1),
-            attempt_delay: Duration::from_millis(250),
-        };
+        let timing = timing(Duration::from_secs(5), Duration::from_millis(250));
         let answer = open_counted(&table, timing, &metrics).await;
         assert!(matches!(answer, Ok(Answer::Upgraded(_))));
         let text = metrics.render(0, 1);
