@@ -3,9 +3,12 @@
 //! has gone unanswered for `timeouts.attempt_delay` (see `race`), and the backends that fail,
 //! or stay silent while another answers, put aside.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::dial::{connect, no_answer, share_of, Dialed, Progress, Window};
 use super::Timing;
@@ -47,7 +50,7 @@ pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
 
 impl<'r> Turns<'r, 'r, crate::routes::InTurn<'r>> {
     /// A request's turns through `route`'s backends, with its whole connect time to `deadline`.
-    pub(super) fn new(route: &'r Route, deadline: tokio::time::Instant) -> Self {
+    pub(super) fn new(route: &'r Route, deadline: Instant) -> Self {
         Turns {
             fair_share: share_of(deadline, route.config.backends.len()),
             backends: route.backends_in_turn(),
@@ -125,7 +128,7 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
 pub(super) async fn connect_in_turn<'a, 'r>(
     route: &'r Route,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
     timing: Timing,
     tried: &mut Option<String>,
     metrics: &Metrics,
@@ -136,27 +139,9 @@ pub(super) async fn connect_in_turn<'a, 'r>(
     let mut before = tried.clone();
     loop {
         // None started with no time left: it could only connect for a request given up.
-        if race.wants_another() && tokio::time::Instant::now() < deadline {
-            if let Some((backend, leave)) = next_backend(route, turns) {
-                let share = share_of(deadline, turns.left() + 1);
-                let until = tokio::time::Instant::now() + share;
-                let progress = Arc::new(Progress::new());
-                let alone = route.config.backends.len() == 1;
-                let gone = turns.gone.clone();
-                let window = Window { until, deadline };
-                let connecting = connect(backend, gone, window, timing, alone, progress.clone());
-                let attempt = Try {
-                    backend,
-                    share,
-                    began: health::now(),
-                    leave,
-                    progress,
-                };
-                race.start(
-                    attempt,
-                    tokio::time::timeout_at(deadline, connecting),
-                    until,
-                );
+        if race.wants_another() && Instant::now() < deadline {
+            if let Some((attempt, connecting, until)) = dial_next(route, turns, deadline, timing) {
+                race.start(attempt, connecting, until);
             }
         }
         // Named before the connect: if the request's time runs out during it, the oldest
@@ -166,7 +151,7 @@ pub(super) async fn connect_in_turn<'a, 'r>(
             None => return Err(turns.outcome(tried)),
         }
         // `None`: out of time, its share's or the request's.
-        let more = turns.left() > 0 && tokio::time::Instant::now() < deadline;
+        let more = turns.left() > 0 && Instant::now() < deadline;
         let (attempt, connected) = match race.next(more).await {
             Event::Start => continue,
             Event::Ended(attempt, connected) => (attempt, connected.ok()),
@@ -200,28 +185,75 @@ pub(super) async fn connect_in_turn<'a, 'r>(
             None => no_answer(),
         };
         race.failed();
-        let backend = attempt.backend;
-        before = Some(backend.to_string());
-        if error.kind() == std::io::ErrorKind::TimedOut && turns.timed_out.is_none() {
-            turns.timed_out = Some(backend);
-        }
-        // Failover hides a dead backend from clients; the counter shows it to operators.
-        metrics.backend_connect_failed(&route.config.name, backend, &error);
-        let cut_short =
-            error.kind() == std::io::ErrorKind::TimedOut && attempt.share < turns.fair_share / 2;
-        if !cut_short {
-            put_aside(
-                route,
-                backend,
-                &error,
-                timing.cooldown,
-                attempt.began,
-                metrics,
-            );
-        }
-        tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
-        turns.connect_error = Some(error.to_string());
+        before = Some(attempt.backend.to_string());
+        note_failure(route, turns, &attempt, &error, timing, metrics);
     }
+}
+
+/// What a connect attempt comes to: `Err` if the request's time ran out first.
+type Connected = Result<std::io::Result<Option<Dialed>>, tokio::time::error::Elapsed>;
+
+/// Starts the connect to the next backend in turn, if any is left: the attempt, its connect
+/// (ending at the request's `deadline` at the latest), and when its share of the time ends.
+fn dial_next<'a, 'r>(
+    route: &'r Route,
+    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    deadline: Instant,
+    timing: Timing,
+) -> Option<(Try<'a, 'r>, impl Future<Output = Connected> + 'a, Instant)> {
+    let (backend, leave) = next_backend(route, turns)?;
+    let share = share_of(deadline, turns.left() + 1);
+    let until = Instant::now() + share;
+    let progress = Arc::new(Progress::new());
+    let alone = route.config.backends.len() == 1;
+    let window = Window { until, deadline };
+    let connecting = connect(
+        backend,
+        turns.gone.clone(),
+        window,
+        timing,
+        alone,
+        progress.clone(),
+    );
+    let attempt = Try {
+        backend,
+        share,
+        began: health::now(),
+        leave,
+        progress,
+    };
+    Some((
+        attempt,
+        tokio::time::timeout_at(deadline, connecting),
+        until,
+    ))
+}
+
+/// Notes that `attempt`'s backend failed to take the connection: counted, named in the
+/// request's refusal should nothing else answer, and put aside unless its share was cut
+/// short by the backends tried before it.
+fn note_failure<'a, 'r>(
+    route: &Route,
+    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    attempt: &Try<'a, 'r>,
+    error: &std::io::Error,
+    timing: Timing,
+    metrics: &Metrics,
+) {
+    let backend = attempt.backend;
+    let timed_out = error.kind() == std::io::ErrorKind::TimedOut;
+    if timed_out && turns.timed_out.is_none() {
+        turns.timed_out = Some(backend);
+    }
+    // Failover hides a dead backend from clients; the counter shows it to operators.
+    metrics.backend_connect_failed(&route.config.name, backend, error);
+    let cut_short = timed_out && attempt.share < turns.fair_share / 2;
+    if !cut_short {
+        let began = attempt.began;
+        put_aside(route, backend, error, timing.cooldown, began, metrics);
+    }
+    tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
+    turns.connect_error = Some(error.to_string());
 }
 
 /// Names `backend` in `tried`, unless it is named there already (the common case: one
@@ -281,7 +313,7 @@ fn count_hidden(
 /// connect timed out would be; the others (still resolving, on to a further address, or
 /// only just started) owe nothing, and are next in turn should this request need another
 /// backend (the winner closing before it answers).
-fn settle_losers<'a, 'r, F: std::future::Future>(
+fn settle_losers<'a, 'r, F: Future>(
     route: &Route,
     race: Race<Try<'a, 'r>, F>,
     winner: &str,
