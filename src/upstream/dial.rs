@@ -278,27 +278,8 @@ async fn connect_any(
         };
         match connected {
             Some(Ok(socket)) => {
-                crate::socket::tune(&socket);
-                // Left to go on to if this one closes before answering: those not tried yet,
-                // and those given up on here before they had waited `delay` (the others are
-                // set aside as the race ends, and would only be waited on again).
-                let now = tokio::time::Instant::now();
-                let more =
-                    next < count || (race.race.under_way()).any(|(_, began)| now - began < delay);
-                // Those left unanswered for the delay count as silent (see [`Unanswered`]):
-                // another address's, or the same address's tries through a cluster IP that
-                // met a dead pod (or a connect slower than the delay it is set to exceed).
-                let silent = (race.race.under_way()).filter(|(_, b)| now - *b >= delay);
-                if !delay.is_zero() {
-                    hidden.extend(silent.map(|_| std::io::ErrorKind::TimedOut));
-                }
-                return Ok(Dialed {
-                    socket,
-                    addr,
-                    more,
-                    several: dial.backend.map(|(_, failed_lately)| failed_lately),
-                    hidden,
-                });
+                let untried = next < count;
+                return Ok(won(&race, socket, addr, untried, hidden));
             }
             Some(Err(e)) if out_of_descriptors(&e) => {
                 dial.progress.disarm();
@@ -319,6 +300,37 @@ async fn connect_any(
             }
         }
         race.race.failed();
+    }
+}
+
+/// `addr` answered the connect first: the socket, with what is left to go on to if it closes
+/// before answering — the addresses `untried`, and those given up on here before they had
+/// waited the attempt delay (the others are set aside as the race ends, and would only be
+/// waited on again) — and the failures it hides.
+fn won<F: std::future::Future>(
+    race: &Unanswered<'_, F>,
+    socket: TcpStream,
+    addr: SocketAddr,
+    untried: bool,
+    mut hidden: Vec<std::io::ErrorKind>,
+) -> Dialed {
+    crate::socket::tune(&socket);
+    let delay = race.dial.timing.attempt_delay;
+    let now = tokio::time::Instant::now();
+    let more = untried || (race.race.under_way()).any(|(_, began)| now - began < delay);
+    // Those left unanswered for the delay count as silent (see [`Unanswered`]): another
+    // address's, or the same address's tries through a cluster IP that met a dead pod (or a
+    // connect slower than the delay it is set to exceed).
+    let silent = (race.race.under_way()).filter(|(_, b)| now - *b >= delay);
+    if !delay.is_zero() {
+        hidden.extend(silent.map(|_| std::io::ErrorKind::TimedOut));
+    }
+    Dialed {
+        socket,
+        addr,
+        more,
+        several: race.dial.backend.map(|(_, failed_lately)| failed_lately),
+        hidden,
     }
 }
 
