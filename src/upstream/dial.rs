@@ -144,26 +144,35 @@ const SINGLE_ADDRESS_TRIES: usize = 3;
 /// connection beside one unanswered for the attempt delay, or at once after a refusal: it
 /// may reach a live pod where the first met a dead one (its node gone, and not yet out of
 /// the Service's endpoints). At most [`SINGLE_ADDRESS_TRIES`]; with racing off, one, with
-/// all the time.
+/// all the time. For the same reason, the route's only backend is dialed again after a
+/// close before answering ([`Dialed::redial`]).
 async fn connect_one(
     addr: SocketAddr,
     window: Window,
     dial: Dial<'_>,
     alone: bool,
 ) -> std::io::Result<Dialed> {
-    if !alone || dial.timing.attempt_delay.is_zero() {
+    if !alone {
         return connect_any(&[addr], window, dial).await;
     }
-    // Each with all the time: they are to run beside each other, not to take turns (with an
-    // attempt delay over a third of the time, thirds would drop each before the next began).
-    let dial = Dial {
-        split: false,
-        ..dial
+    let dialed = if dial.timing.attempt_delay.is_zero() {
+        connect_any(&[addr], window, dial).await?
+    } else {
+        // Each with all the time: they are to run beside each other, not to take turns (with
+        // an attempt delay over a third of the time, thirds would drop each before the next
+        // began).
+        let dial = Dial {
+            split: false,
+            ..dial
+        };
+        connect_any(&[addr; SINGLE_ADDRESS_TRIES], window, dial).await?
     };
-    let dialed = connect_any(&[addr; SINGLE_ADDRESS_TRIES], window, dial).await?;
-    // The same address is no further one to go on to after a close before answering.
+    // The same address is no further one to go on to after a close before answering, but
+    // it may be dialed again: a pod behind a cluster IP that is shutting down closes the
+    // connections it had accepted, and the next one goes to another.
     Ok(Dialed {
         more: false,
+        redial: true,
         ..dialed
     })
 }
@@ -329,6 +338,7 @@ fn won<F: std::future::Future>(
         socket,
         addr,
         more,
+        redial: false,
         several: race.dial.backend.map(|(_, failed_lately)| failed_lately),
         hidden,
     }
@@ -368,6 +378,10 @@ pub(super) struct Dialed {
     pub(super) socket: TcpStream,
     pub(super) addr: SocketAddr,
     pub(super) more: bool,
+    /// Whether `addr` itself may be dialed again if it closes before answering: the route's
+    /// only backend at a single address (see [`connect_one`]), where the next connection may
+    /// reach another server behind it.
+    pub(super) redial: bool,
     /// If `addr` is one of the name's several addresses, whose failures are its own (set
     /// aside, rather than the name put aside): whether any of them failed lately, so that an
     /// answer from it is to be noted ([`answered`]).

@@ -118,7 +118,7 @@ async fn exchange(
         let (backend, dialed, began, leave) =
             connect_in_turn(route, &mut turns, deadline, timing, tried, metrics).await?;
         // Copied only when there is somewhere to send it again.
-        let others = dialed.more || turns.left() > 0;
+        let others = dialed.more || dialed.redial || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
         let asked = tokio::time::Instant::now();
         // Connected as the time ran out: the backend is not to start on a request whose
@@ -159,15 +159,18 @@ async fn exchange(
         if !dialed.more || copy.is_none() {
             put_aside(route, backend, &error, timing.cooldown, began, metrics);
         }
-        turns.gone.push(dialed.addr);
+        if !dialed.redial {
+            turns.gone.push(dialed.addr);
+        }
         turns.gone_error = Some((backend, error));
         let Some(copy) = copy else {
             return Err(turns.outcome(tried));
         };
         tracing::debug!(route = %route.config.name, backend, "backend closed before answering; trying another");
         // Its other addresses, unless those left had gone unanswered already (the name has
-        // just been put aside: the next backend, rather than those again).
-        turns.again = dialed.more.then_some(backend);
+        // just been put aside: the next backend, rather than those again); or the route's
+        // only address once more (see `Dialed::redial`).
+        turns.again = (dialed.more || dialed.redial).then_some(backend);
         held.push(leave);
         request = copy;
     }
@@ -209,9 +212,9 @@ fn unanswered(
     ProxyError::BackendTimeout
 }
 
-/// How many backends (or addresses) may close before answering one request before it is
-/// given up: a failing deploy whose every pod accepts and closes must not get each request
-/// once per pod.
+/// How many backends (or addresses, or a route's only address dialed again) may close before
+/// answering one request before it is given up: a failing deploy whose every pod accepts and
+/// closes must not get each request once per pod.
 const MAX_CLOSED: usize = 3;
 
 /// How one backend's exchange failed.

@@ -266,18 +266,37 @@ async fn the_only_backend_dying_before_answering_is_502() {
     let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;
     let mut client = raw_client(proxy.addr).await;
     client.send(ws().bytes()).await;
-    let mut back = backend.accept().await;
-    back.read_head().await;
-    back.stream.set_zero_linger().unwrap();
-    drop(back);
+    // Dialed again after each close (a cluster IP's next connection may reach another pod),
+    // three times in all.
+    backend.close_unanswered(3, true).await;
     let head = client.read_head().await;
     assert_eq!(head.status, 502, "{head:?}");
+    assert!(backend.waiting().await.is_none(), "dialed a fourth time");
     // Counted against the backend, as a failed connect is.
     let failed = format!(
         r#"wsgate_backend_connect_failures_total{{route="chat",backend="{}",error="closed"}}"#,
         backend.addr
     );
-    scrape_until(proxy.server.admin_addr().unwrap(), &failed, 1.0).await;
+    scrape_until(proxy.server.admin_addr().unwrap(), &failed, 3.0).await;
+}
+
+/// A route's only backend at one address (a Kubernetes Service's cluster IP, whose pods are
+/// behind it) that closes before answering is dialed again: the next connection may reach a
+/// pod that is not shutting down, and the client gets its tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_backend_closing_before_answering_is_dialed_again() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let mut client = raw_client(proxy.addr).await;
+    client.send(ws().bytes()).await;
+    backend.close_unanswered(2, true).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    let head = client.read_head().await;
+    assert_eq!(head.status, 101, "{head:?}");
+    client.send("ping").await;
+    assert_eq!(back.read_exact(4).await, b"ping");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,10 +307,7 @@ async fn a_backend_reset_before_its_answer_is_logged_in_the_os_words() {
     let (mut child, lines, addr) = started_wsgate(&config);
     let mut client = raw_client(addr).await;
     client.send(ws().bytes()).await;
-    let mut back = backend.accept().await;
-    back.read_head().await;
-    back.stream.set_zero_linger().unwrap();
-    drop(back);
+    backend.close_unanswered(3, true).await;
     assert_eq!(client.read_head().await.status, 502);
     let line = wait_for_line(&lines, "connection closed");
     // The cause, not hyper's "connection error" in front of it.
@@ -371,9 +387,7 @@ async fn each_backend_failure_is_logged_as_what_went_wrong() {
     );
 
     let mut client = refused("/silent").await;
-    let mut back = silent.accept().await;
-    back.read_head().await;
-    drop(back);
+    silent.close_unanswered(3, false).await;
     assert_eq!(client.read_head().await.status, 502);
     let line = wait_for_line(&lines, "connection closed");
     assert!(
@@ -916,9 +930,7 @@ async fn a_backend_closing_without_an_answer_is_502() {
     let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
     let mut client = raw_client(proxy.addr).await;
     client.send(ws().bytes()).await;
-    let mut back = backend.accept().await;
-    back.read_head().await;
-    drop(back);
+    backend.close_unanswered(3, false).await;
     let head = client.read_head().await;
     assert_eq!(head.status, 502, "{head:?}");
 }

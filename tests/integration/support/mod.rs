@@ -1152,6 +1152,19 @@ impl RawBackend {
         RawConn::new(tcp)
     }
 
+    /// Takes `times` connections from the proxy in a row, each closed (reset, if `reset`)
+    /// once its request head is in: a route's only backend is dialed again after each, up to
+    /// three times.
+    pub async fn close_unanswered(&self, times: usize, reset: bool) {
+        for _ in 0..times {
+            let mut back = self.accept().await;
+            back.read_head().await;
+            if reset {
+                back.stream.set_zero_linger().unwrap();
+            }
+        }
+    }
+
     /// A connection from the proxy already waiting to be accepted, if there is one: the
     /// listener is asked once, without waiting.
     pub async fn waiting(&self) -> Option<TcpStream> {
