@@ -38,10 +38,10 @@ const ROUTE: &str =
     "[[route]], or { name = \"a\", path = \"/\", backends = [\"h:1\"] } in route = [...]";
 const CERTIFICATE: &str = "{ cert = \"a.crt\", key = \"a.key\" }";
 /// The settings that are one of a few words (the enums in `raw`), and the words.
-const WORDS: [(&str, &str, &str); 3] = [
-    ("proxy", "log_format", "\"json\" or \"text\""),
-    ("tls", "min_version", "\"1.2\" or \"1.3\""),
-    ("reload", "watch", "\"events\" or \"poll\""),
+const WORDS: [(&str, &str, [&str; 2]); 3] = [
+    ("proxy", "log_format", ["json", "text"]),
+    ("tls", "min_version", ["1.2", "1.3"]),
+    ("reload", "watch", ["events", "poll"]),
 ];
 
 /// Refuses what serde would misread: a section or entry that is not a table, a date-time.
@@ -107,15 +107,24 @@ fn field<'a, 'i>(
 
 /// serde reads an enum from a one-entry table too, its externally tagged form, so
 /// `log_format = { json = [] }` would load as JSON (and `{}` be reported as "wanted exactly 1
-/// element"): a setting of a few words is written as one of them. A number or a boolean is
-/// left to serde, which already asks for "a quoted string".
-fn must_be_word(value: &Spanned<DeValue<'_>>, words: &str) -> Result<(), String> {
+/// element"): a setting of a few words is written as one of them. Checked here rather than
+/// left to serde for the rest too, whose messages name no type ("expected a quoted string"
+/// for `min_version = 1.3`) and speak of enum variants.
+fn must_be_word(value: &Spanned<DeValue<'_>>, words: [&str; 2]) -> Result<(), String> {
+    let listed = format!("\"{}\" or \"{}\"", words[0], words[1]);
     match value.get_ref() {
-        DeValue::Table(_) | DeValue::Array(_) => Err(format!(
-            "must be a quoted string ({words}), not {}",
-            kind(value.get_ref())
+        DeValue::String(word) if words.contains(&word.as_ref()) => Ok(()),
+        DeValue::String(word) => {
+            let case = match words.contains(&word.to_ascii_lowercase().as_str()) {
+                true => " (in lower case)",
+                false => "",
+            };
+            Err(format!("must be {listed}{case}, not {word:?}"))
+        }
+        other => Err(format!(
+            "must be a quoted string ({listed}), not {}",
+            kind(other)
         )),
-        _ => Ok(()),
     }
 }
 
@@ -132,7 +141,7 @@ fn kind(value: &DeValue<'_>) -> &'static str {
     match value {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a number",
+        DeValue::Float(_) => "a float",
         DeValue::Boolean(_) => "a boolean",
         DeValue::Datetime(_) => "a date-time",
         DeValue::Array(_) => "an array",

@@ -138,8 +138,24 @@ fn tls_min_version_is_1_2_or_1_3() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("tls.min_version") && error.contains("expected a quoted string"),
+        error.contains(
+            ":5:15: tls.min_version: must be a quoted string (\"1.2\" or \"1.3\"), not a float"
+        ),
         "{error}"
+    );
+    // A word in the wrong case is told apart from a wrong word.
+    let upper = HEAD.replace("[tls]\n", "log_format = \"JSON\"\n[tls]\n");
+    let error = error_in(&upper);
+    assert!(
+        error.contains(
+            "proxy.log_format: must be \"json\" or \"text\" (in lower case), not \"JSON\""
+        ),
+        "{error}"
+    );
+    let other = error_in(&HEAD.replace("[tls]\n", "[tls]\nmin_version = \"1.1\"\n"));
+    assert!(
+        other.contains("tls.min_version: must be \"1.2\" or \"1.3\", not \"1.1\""),
+        "{other}"
     );
 }
 
@@ -228,7 +244,7 @@ fn errors_name_file_line_column_and_key() {
         ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
         ("[proxy]\nlog_format = \"json\"\n", ":6:2: proxy: duplicate key"),
         ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
-        ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections:"),
+        ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections: 0 is out of range: must be from 1 to 10000000"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends[0]:"),
         (
             "[[route]]\nname = \"a\"\npath = \"/\"\nsubprotocols = [\"ok\", \"bad token\"]\nbackends = [\"h:1\"]\n",
@@ -270,6 +286,12 @@ fn errors_name_file_line_column_and_key() {
         ("[[route]]\nname = \"a\"\nhost = \"a-.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
         ("[[route]]\nname = \"a\"\nhost = \"*.-x.example.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
         ("[[route]]\nname = \"a\"\nhost = \"a..com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
+        ("[[route]]\nname = \"a\"\nhost = \"a.com:443\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: \"a.com:443\" has a port, which a route's host leaves out: write \"a.com\""),
+        ("[[route]]\nname = \"a\"\nhost = \"\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: must not be empty: leave `host` out"),
+        ("[[route]]\nname = \"a\"\nhost = \"[::1]\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "is an IPv6 address, which a route's host cannot be"),
+        ("[[route]]\nname = \"a\"\nhost = \"bücher.example\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "write the name in its punycode form"),
+        ("[[route]]\nname = \"a\"\nhost = \"*.*.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "has a wildcard other than one leading \"*.\" before a name"),
+        ("[[route]]\nname = \"a\"\nhost = \"-a.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "is not a host name (dot-separated labels"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = []\n", "route[0].backends: needs at least one"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\norigins = []\nbackends = [\"h:1\"]\n", "route[0].origins:"),
     ];
@@ -646,7 +668,7 @@ fn control_characters_from_the_file_are_escaped_in_messages() {
         &format!("log_format = \"json{controls}\"\n[tls]\n"),
     ));
     assert!(
-        variant.contains(&format!("unknown variant `json{escaped}`")),
+        variant.contains(&format!("not \"json{escaped}\"")),
         "{variant}"
     );
     let field = error(&format!("\"x{controls}\" = 1\n"));
@@ -698,7 +720,10 @@ fn origins_are_origins_as_browsers_send_them() {
         ("\"https://a.com/x\"", "path, query, fragment or user name"),
         ("\"https://a.com:99999\"", "not a number from 1 to 65535"),
         ("\"https://a.com:\"", "not a number from 1 to 65535"),
-        ("\"https://a.com:08443\"", "without leading zeros"),
+        (
+            "\"https://a.com:08443\"",
+            "has a port with a leading zero: write \"https://a.com:8443\"",
+        ),
         ("\"https://a..com\"", "does not name a host"),
         (
             "\"https://a.com\\n\"",
@@ -770,6 +795,30 @@ fn backends_are_names_or_addresses_with_a_port() {
         ("\"app:+80\"", "not a number from 1 to 65535"),
         ("\"app:0\"", "not a number from 1 to 65535"),
         ("\"app:65536\"", "not a number from 1 to 65535"),
+        (
+            "\"app:09001\"",
+            "\"app:09001\" has a port with a leading zero: write \"app:9001\"",
+        ),
+        (
+            "\"ws://app:9001/chat\"",
+            "\"ws://app:9001/chat\" is a URL: write the backend's host:port alone (\"app:9001\")",
+        ),
+        (
+            "\"0.0.0.0:9001\"",
+            "is the unspecified address, which names no server",
+        ),
+        (
+            "\"[::]:9001\"",
+            "is the unspecified address, which names no server",
+        ),
+        (
+            "\"224.0.0.1:9001\"",
+            "is a multicast address, which names no server",
+        ),
+        (
+            "\"255.255.255.255:9001\"",
+            "is the broadcast address, which names no server",
+        ),
         ("\"app\"", "is not host:port (e.g."),
         ("\"[::1]\"", "is not host:port (e.g."),
         ("\"[fe80::1%2]:80\"", "without a scope id"),
@@ -879,6 +928,8 @@ fn listen_addresses_a_listener_cannot_take_are_refused() {
         (config("\"127.0.0.1:8443\"", &admin("239.1.1.1:9090")), "admin.listen: \"239.1.1.1:9090\" is a multicast address"),
         (config("\"[::1%1]:8443\", \"[::1]:8443\"", ""), "proxy.listen[0]: \"[::1%1]:8443\" has a scope id, which only a link-local address (fe80::/10) uses: write it as [::1]:8443"),
         (config("\"[::%2]:8443\"", ""), "has a scope id"),
+        (config("\"127.0.0.1:65536\"", ""), "proxy.listen[0]: \"127.0.0.1:65536\" has a port that is not a number from 0 to 65535"),
+        (config("\"127.0.0.1:08443\"", ""), "proxy.listen[0]: \"127.0.0.1:08443\" has a port with a leading zero: write \"127.0.0.1:8443\""),
     ];
     for (body, expected) in cases {
         let message = error_in(&body);

@@ -121,6 +121,11 @@ impl Checker<'_> {
         if let Some(message) = surrounded_by_space(written) {
             return Err(error(message));
         }
+        if let (_, Some(port)) = super::values::split_port(written) {
+            if let Some(problem) = super::values::port_problem(written, port, 0) {
+                return Err(error(problem));
+            }
+        }
         let addr: SocketAddr = written.parse().map_err(|_| {
             // `[fe80::1%eth0]:443`: a scope id is read as a number only.
             let scope = match written.contains('%') {
@@ -280,7 +285,11 @@ impl Checker<'_> {
                 Err(self.error(
                     &v.span(),
                     &format!("limits.{name}"),
-                    format!("{n} is out of range ({}..={})", range.start, range.end - 1),
+                    format!(
+                        "{n} is out of range: must be from {} to {}",
+                        range.start,
+                        range.end - 1
+                    ),
                 ))
             }
         };

@@ -54,15 +54,43 @@ pub(super) fn host_pattern(text: &str) -> Result<HostPattern, String> {
     };
     // The rules a request's Host is held to: a route no Host can match is a mistake.
     if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
-        return Err(format!(
-            "{text:?} is not a host name: write \"chat.example.com\" or \"*.example.com\", without a port"
-        ));
+        return Err(host_pattern_problem(text, name));
     }
     Ok(if wildcard {
         HostPattern::Wildcard(format!(".{name}"))
     } else {
         HostPattern::Exact(name.to_string())
     })
+}
+
+/// Why `name`, the host of the route host `text` (its `*.` taken off), can match no request,
+/// in the words that say how to write it.
+fn host_pattern_problem(text: &str, name: &str) -> String {
+    let example = "write \"chat.example.com\" or \"*.example.com\"";
+    if text.is_empty() {
+        return format!("must not be empty: leave `host` out to match every host, or {example}");
+    }
+    if text.starts_with('[') || text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!(
+            "{text:?} is an IPv6 address, which a route's host cannot be: leave `host` out to match every host"
+        );
+    }
+    if let Some((host, _)) = text.split_once(':') {
+        return format!("{text:?} has a port, which a route's host leaves out: write {host:?}");
+    }
+    if !text.is_ascii() {
+        return format!(
+            "{text:?} is outside ASCII: write the name in its punycode form (\"xn--…\", as `idn2` or a browser's address bar shows it)"
+        );
+    }
+    if name.contains('*') || text.starts_with('*') {
+        return format!(
+            "{text:?} has a wildcard other than one leading \"*.\" before a name: {example}"
+        );
+    }
+    format!(
+        "{text:?} is not a host name (dot-separated labels of letters, digits, '-' and '_', none empty, none starting or ending with '-'): {example}"
+    )
 }
 
 pub(super) fn route_path(text: &str) -> Result<String, String> {
@@ -182,13 +210,9 @@ pub(super) fn origin(text: &str) -> Result<String, String> {
         ));
     }
     let (host, port) = split_port(authority);
-    if let Some(port) = port {
-        // Browsers write the port as a plain number, without leading zeros.
-        if port_number(port).is_none() || port.starts_with('0') {
-            return Err(format!(
-                "{text:?} has a port that is not a number from 1 to 65535 (without leading zeros)"
-            ));
-        }
+    // Browsers write the port as a plain number, without leading zeros.
+    if let Some(problem) = port.and_then(|port| port_problem(text, port, 1)) {
+        return Err(problem);
     }
     if matches!(scheme, "http" | "https") {
         host_part(host, true)
@@ -218,7 +242,7 @@ fn is_scheme(scheme: &str) -> bool {
 
 /// `authority` split at its port's `:`, if it has one (a bracketed IPv6 address's own colons
 /// are not one).
-fn split_port(authority: &str) -> (&str, Option<&str>) {
+pub(super) fn split_port(authority: &str) -> (&str, Option<&str>) {
     match authority.rfind(':') {
         Some(at) if !authority[at..].contains(']') => {
             (&authority[..at], Some(&authority[at + 1..]))
@@ -227,13 +251,27 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// A TCP port written as plain digits (no sign, no space), 1 to 65535.
-fn port_number(text: &str) -> Option<u16> {
-    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    (digits && text.len() <= 5)
-        .then(|| text.parse::<u16>().ok())
+/// What is wrong with `port`, the port of `written`, if anything: one rule for listen
+/// addresses, backends and origins, a number from `lowest` to 65535 in plain digits (no sign,
+/// no space, no leading zero: one spelling of each port, as browsers write it in `Origin`).
+pub(super) fn port_problem(written: &str, port: &str, lowest: u16) -> Option<String> {
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    let number = (digits && port.len() <= 5)
+        .then(|| port.parse::<u16>().ok())
         .flatten()
-        .filter(|&p| p != 0)
+        .filter(|&p| p >= lowest);
+    match number {
+        None => Some(format!(
+            "{written:?} has a port that is not a number from {lowest} to 65535"
+        )),
+        Some(n) if port.starts_with('0') && port != "0" => {
+            let plain = format!("{}{n}", &written[..written.len() - port.len()]);
+            Some(format!(
+                "{written:?} has a port with a leading zero: write {plain:?}"
+            ))
+        }
+        Some(_) => None,
+    }
 }
 
 /// What is wrong with `host` as the host of a backend or an origin, if anything: it must be
@@ -326,17 +364,44 @@ pub(super) fn backend(text: &str) -> Result<String, String> {
     if let Some(message) = surrounded_by_space(text) {
         return Err(message);
     }
+    // The most likely mistake of all: a URL where an address belongs.
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let plain = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        return Err(format!(
+            "{text:?} is a URL: write the backend's host:port alone ({plain:?}); wsgate speaks \
+             plain WebSocket (ws://) to its backends, whatever the scheme ({scheme:?}) says"
+        ));
+    }
     let (host, port) = split_port(text);
     let Some(port) = port else {
         return Err(format!("{text:?} is not host:port {example}"));
     };
-    if port_number(port).is_none() {
-        return Err(format!(
-            "{text:?} has a port that is not a number from 1 to 65535 {example}"
-        ));
+    if let Some(problem) = port_problem(text, port, 1) {
+        return Err(problem);
     }
     host_part(host, false).map_err(|why| format!("{text:?} is not host:port: {why}"))?;
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = ip.parse::<std::net::IpAddr>() {
+        if let Some(kind) = no_peer(ip) {
+            return Err(format!(
+                "{text:?} is {kind}, which names no server to connect to: write the backend's own address"
+            ));
+        }
+    }
     Ok(text.to_string())
+}
+
+/// What kind of address `ip` is if no TCP connection can go to it: the unspecified address
+/// (Linux would take `0.0.0.0` for this host, other systems refuse it), a multicast group
+/// or the broadcast address.
+fn no_peer(ip: std::net::IpAddr) -> Option<&'static str> {
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    match () {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        _ if broadcast => Some("the broadcast address"),
+        _ => None,
+    }
 }
 
 /// Whether `addr` (as `written`) is an address a TCP listener can be bound to, and bound
