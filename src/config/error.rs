@@ -81,6 +81,9 @@ impl ConfigError {
             }
             field.unwrap_or("(top level)").to_string()
         });
+        if message == "duplicate key" {
+            message = written_twice(src, span.start, &key);
+        }
         if single_route_table(src) {
             message.push_str(" (a route is written `[[route]]`, with two brackets)");
         }
@@ -136,6 +139,49 @@ impl ConfigError {
     pub(crate) fn caused_by(mut self, io: Option<&std::io::Error>) -> ConfigError {
         self.for_now = io.is_some_and(crate::error::out_of_descriptors);
         self
+    }
+}
+
+/// toml's "duplicate key" for `key`, found at `offset`, as what to do about it, with the
+/// line it was first written on: the table header or the `key =` line before it (in the
+/// same table), if there is one to find.
+fn written_twice(src: &str, offset: usize, key: &str) -> String {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let header = |line: &str| {
+        let line = line.trim();
+        let name = line.strip_prefix('[')?.split(']').next()?;
+        Some(name.trim().to_string())
+    };
+    // The key written where toml noticed it: inside an inline table, the dotted key names
+    // the table, not the key set twice.
+    let word: String = (src[offset..].chars())
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        .collect();
+    let last = match word.is_empty() {
+        true => key.rsplit('.').next().unwrap_or(key),
+        false => &word,
+    };
+    let here = src[line_begin..].lines().next().unwrap_or_default();
+    let table = header(here);
+    let before: Vec<&str> = src[..line_begin].lines().collect();
+    let first = before.iter().enumerate().rev().find_map(|(i, line)| {
+        let found = match (&table, header(line)) {
+            (Some(table), Some(name)) => name == *table,
+            // Another table's header: the key was not written before in this one.
+            (None, Some(_)) => return Some(None),
+            (None, None) => line.split('=').next().is_some_and(|k| k.trim() == last),
+            (Some(_), None) => false,
+        };
+        found.then_some(Some(i + 1))
+    });
+    match (table, first.flatten()) {
+        (Some(table), Some(line)) => format!(
+            "the table [{table}] is written twice (first at line {line}): put its keys under one header"
+        ),
+        (Some(table), None) => format!("the table [{table}] is written twice: put its keys under one header"),
+        (None, Some(line)) => format!("`{last}` is set twice (first at line {line}): keep one"),
+        (None, None) => format!("`{last}` is set twice: keep one"),
     }
 }
 

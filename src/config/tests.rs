@@ -242,7 +242,9 @@ backends = ["127.0.0.1:9001", "[::1]:9002", "app:80"]
 fn errors_name_file_line_column_and_key() {
     let cases = [
         ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
-        ("[proxy]\nlog_format = \"json\"\n", ":6:2: proxy: duplicate key"),
+        ("[proxy]\nlog_format = \"json\"\n", ":6:2: proxy: the table [proxy] is written twice (first at line 1): put its keys under one header"),
+        ("[[route]]\nname = \"a\"\nname = \"b\"\n", ":8:1: route[0].name: `name` is set twice (first at line 7): keep one"),
+        ("timeouts = { idle = \"1s\", idle = \"2s\" }\n", "`idle` is set twice: keep one"),
         ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
         ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections: 0 is out of range: must be from 1 to 10000000"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends[0]:"),
