@@ -325,20 +325,45 @@ pub(crate) fn check_response(headers: &HeaderMap, offer: &Offer) -> Result<(), P
         return Err(ProxyError::BadBackendUpgrade("wrong Sec-WebSocket-Accept"));
     }
     chosen_protocol_fits(headers, offer.protocols)?;
-    // A client fails the connection on an extension it did not offer (RFC 6455 §4.1): a 502
-    // here names the backend's mistake instead.
-    let offered = |name: &str| {
-        offer
-            .extensions
-            .iter()
-            .any(|o| o.eq_ignore_ascii_case(name))
-    };
-    match extension_names(headers).all(offered) {
-        true => Ok(()),
-        false => Err(ProxyError::BadBackendUpgrade(
-            "chose an extension that was not offered",
-        )),
+    chosen_extensions_fit(headers, &offer.extensions)
+}
+
+/// A client fails the connection on an extension it did not offer (RFC 6455 §4.1), on one
+/// accepted twice (RFC 7692 §7: two sets of deflate parameters for one stream), and on an
+/// element it cannot read (an empty line, a name that is no token): a 502 here names the
+/// backend's mistake instead of a tunnel the client drops.
+fn chosen_extensions_fit(headers: &HeaderMap, offered: &[String]) -> Result<(), ProxyError> {
+    let mut chosen: Vec<&str> = Vec::new();
+    for line in headers.get_all(&SEC_WEBSOCKET_EXTENSIONS) {
+        let Ok(line) = line.to_str() else {
+            return Err(ProxyError::BadBackendUpgrade(
+                "unreadable Sec-WebSocket-Extensions",
+            ));
+        };
+        for element in split_outside_quotes(line) {
+            let name = element.split(';').next().unwrap_or_default().trim();
+            if name.is_empty() || !name.bytes().all(is_tchar) {
+                return Err(ProxyError::BadBackendUpgrade(
+                    "empty or malformed Sec-WebSocket-Extensions",
+                ));
+            }
+            if !offered.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+                return Err(ProxyError::BadBackendUpgrade(
+                    "chose an extension that was not offered",
+                ));
+            }
+            if chosen.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+                return Err(ProxyError::BadBackendUpgrade("chose an extension twice"));
+            }
+            chosen.push(name);
+        }
     }
+    Ok(())
+}
+
+/// A byte of an HTTP token (RFC 9110 §5.6.2): visible ASCII but the delimiters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A server chooses one subprotocol (RFC 6455 §4.2.2): one header line holding exactly one of
@@ -656,6 +681,41 @@ mod tests {
             Err(ProxyError::BadBackendUpgrade(
                 "chose an extension that was not offered"
             ))
+        );
+        // What a client could not read, or would fail on, is the backend's mistake too.
+        for (value, why) in [
+            ("", "empty or malformed Sec-WebSocket-Extensions"),
+            (
+                "permessage-deflate,",
+                "empty or malformed Sec-WebSocket-Extensions",
+            ),
+            (
+                "permessage deflate",
+                "empty or malformed Sec-WebSocket-Extensions",
+            ),
+            (
+                "permessage-deflate, permessage-deflate",
+                "chose an extension twice",
+            ),
+        ] {
+            let mut bad = ok.to_vec();
+            bad.push(("sec-websocket-extensions", value));
+            assert_eq!(
+                response(&bad, &[]),
+                Err(ProxyError::BadBackendUpgrade(why)),
+                "{value:?}"
+            );
+        }
+        // Twice over two lines is twice too.
+        let mut two_lines = ok.to_vec();
+        two_lines.push(("sec-websocket-extensions", "permessage-deflate"));
+        two_lines.push((
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        ));
+        assert_eq!(
+            response(&two_lines, &[]),
+            Err(ProxyError::BadBackendUpgrade("chose an extension twice"))
         );
     }
 
