@@ -75,6 +75,10 @@ pub enum ProxyError {
     OriginDenied(String),
     #[error("no offered subprotocol is allowed")]
     NoSubprotocol,
+    /// An offer browsers could not have sent (RFC 6455 §4.1: distinct tokens), which a
+    /// backend might read in a way of its own.
+    #[error("Sec-WebSocket-Protocol is not a list of distinct tokens")]
+    BadProtocolOffer,
     #[error("connection limit reached")]
     Overloaded,
     #[error("per-client connection limit reached")]
@@ -162,9 +166,8 @@ impl ProxyError {
             NoRoute => (StatusCode::NOT_FOUND, Side::Client),
             NotUpgrade | UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, Side::Client),
             MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
-            | MalformedRequest | BadPath | SecondRequest | UnexpectedBody | NoSubprotocol => {
-                (StatusCode::BAD_REQUEST, Side::Client)
-            }
+            | MalformedRequest | BadPath | SecondRequest | UnexpectedBody | NoSubprotocol
+            | BadProtocolOffer => (StatusCode::BAD_REQUEST, Side::Client),
             HeadTooLarge | TooManyFields => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
             }
@@ -206,6 +209,7 @@ impl ProxyError {
             UriTooLong => "request target too long\n",
             OriginDenied(_) => "origin not allowed\n",
             NoSubprotocol => "no acceptable subprotocol\n",
+            BadProtocolOffer => "invalid Sec-WebSocket-Protocol\n",
             Overloaded | OutOfDescriptors => "server busy, retry later\n",
             ClientOverLimit => "too many connections from your address\n",
             ShuttingDown => "server shutting down, retry\n",
@@ -244,6 +248,7 @@ impl ProxyError {
             | UriTooLong
             | OriginDenied(_)
             | NoSubprotocol
+            | BadProtocolOffer
             | BackendUnavailable(_)
             | BackendTimeout
             | BadBackendUpgrade(_)
@@ -453,6 +458,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         BadPath => 400,
         SecondRequest => 400,
         NoSubprotocol => 400,
+        BadProtocolOffer => 400,
         OriginDenied("x".into()) => 403,
         HeadTooLarge => 431,
         TooManyFields => 431,

@@ -115,8 +115,12 @@ pub fn check_request(
         return Err(ProxyError::UnsupportedVersion);
     }
     match single(headers, &SEC_WEBSOCKET_KEY) {
-        Some(key) if is_valid_key(key) => Ok(()),
-        _ => Err(ProxyError::BadKey),
+        Some(key) if is_valid_key(key) => {}
+        _ => return Err(ProxyError::BadKey),
+    }
+    match protocols_are_tokens(headers) {
+        true => Ok(()),
+        false => Err(ProxyError::BadProtocolOffer),
     }
 }
 
@@ -236,6 +240,25 @@ pub(crate) fn accept_for(key: &[u8]) -> String {
     sha.update(key.trim_ascii());
     sha.update(ACCEPT_GUID);
     BASE64.encode(sha.finalize())
+}
+
+/// Whether every subprotocol offered is a token, and none offered twice (RFC 6455 §4.1, as
+/// browsers enforce it): forwarded as offered on a route without a list, anything else would
+/// reach the backend as text each side may split differently (`a b`, `"a"`, `a;q=1`).
+fn protocols_are_tokens(headers: &HeaderMap) -> bool {
+    let mut seen: Vec<&str> = Vec::new();
+    for line in headers.get_all(&SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(line) = line.to_str() else {
+            return false;
+        };
+        for protocol in line.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if !protocol.bytes().all(is_tchar) || seen.contains(&protocol) {
+                return false;
+            }
+            seen.push(protocol);
+        }
+    }
+    true
 }
 
 /// The subprotocols the client offered, in its order.
@@ -499,10 +522,33 @@ mod tests {
                 with("transfer-encoding", "chunked"),
                 ProxyError::UnexpectedBody,
             ),
+            (
+                with("sec-websocket-protocol", "a b"),
+                ProxyError::BadProtocolOffer,
+            ),
+            (
+                with("sec-websocket-protocol", "a;q=1"),
+                ProxyError::BadProtocolOffer,
+            ),
+            (
+                with("sec-websocket-protocol", "\"a\""),
+                ProxyError::BadProtocolOffer,
+            ),
+            (
+                with("sec-websocket-protocol", "chat, chat"),
+                ProxyError::BadProtocolOffer,
+            ),
         ];
         for (lines, expected) in cases {
             assert_eq!(check(&lines), Err(expected.clone()), "{lines:?}");
         }
+        // Tokens as lists go: over lines, with spaces and empty elements around them.
+        let mut offer = with("sec-websocket-protocol", " chat.v2 ,, chat.v1");
+        offer.push(("sec-websocket-protocol", "x-custom_1"));
+        assert_eq!(check(&offer), Ok(()));
+        let mut twice = with("sec-websocket-protocol", "chat");
+        twice.push(("sec-websocket-protocol", "chat"));
+        assert_eq!(check(&twice), Err(ProxyError::BadProtocolOffer));
     }
 
     #[test]

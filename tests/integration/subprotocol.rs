@@ -102,6 +102,23 @@ async fn without_an_allow_list_the_offer_is_forwarded_unchanged() {
     );
 }
 
+/// Forwarded as offered only when it is what browsers can send: a list of distinct tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_that_is_no_list_of_distinct_tokens_is_400() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    for offer in ["a b", "a;q=1", "\"a\"", "chat, chat"] {
+        let req = Req::upgrade("chat.example.com", "/ws").add("Sec-WebSocket-Protocol", offer);
+        let (head, body) = request(proxy.addr, req.bytes()).await;
+        assert_eq!(head.status, 400, "{offer}: {head:?}");
+        assert_eq!(body, b"invalid Sec-WebSocket-Protocol\n", "{offer}");
+    }
+    assert!(
+        backend.waiting().await.is_none(),
+        "a refused offer reached the backend"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_offer_no_protocol_header_is_invented() {
     let mut backend = WsBackend::start("echo").await;
