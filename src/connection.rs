@@ -97,9 +97,14 @@ async fn handshake(
     let mut tls = match in_time(shared, deadline, handshake, "TLS").await {
         Ok(Handshaken::Tls(tls)) => tls,
         // Answered outside the handshake's deadline: the answer's linger has its own bound.
-        Ok(Handshaken::PlainHttp(tcp)) => {
-            tls::tell_to_use_tls(tcp).await;
-            return early_close(peer, Unanswered::PlainHttp, guard.over());
+        Ok(Handshaken::PlainHttp(mut tcp)) => {
+            let told = tls::tell_to_use_tls(&mut tcp).await;
+            // Logged once the answer is out, as every refusal is: the linger is the client's.
+            early_close(peer, Unanswered::PlainHttp, guard.over());
+            if told {
+                crate::closing::linger(&mut tcp).await;
+            }
+            return None;
         }
         Err(why) => return early_close(peer, why, guard.over()),
     };

@@ -94,18 +94,20 @@ fn use_tls_answer() -> String {
     )
 }
 
-/// Tells a plain-HTTP client to use TLS, then closes as a refusal closes (see `closing`):
-/// what it still sends is read and dropped for a moment, so the answer is not lost to a reset.
-pub(crate) async fn tell_to_use_tls(mut tcp: TcpStream) {
+/// Tells a plain-HTTP client to use TLS, and shuts the write side: whether the answer is out.
+/// The caller then lingers as a refusal does (see `closing`): what the client still sends is
+/// read and dropped for a moment, so the answer is not lost to a reset.
+pub(crate) async fn tell_to_use_tls(tcp: &mut TcpStream) -> bool {
     use tokio::io::AsyncWriteExt;
     let answer = async {
         tcp.write_all(use_tls_answer().as_bytes()).await?;
         tcp.shutdown().await
     };
     // Into an empty send buffer this cannot wait; the bound is for a peer that never reads.
-    if let Ok(Ok(())) = tokio::time::timeout(crate::closing::LINGER_TIME, answer).await {
-        crate::closing::linger(&mut tcp).await;
-    }
+    matches!(
+        tokio::time::timeout(crate::closing::LINGER_TIME, answer).await,
+        Ok(Ok(()))
+    )
 }
 
 #[cfg(test)]
