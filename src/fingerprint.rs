@@ -27,7 +27,13 @@ fn fingerprints(files: &[PathBuf]) -> (u64, u64) {
     let files: BTreeSet<&PathBuf> = files.iter().collect();
     let (mut content, mut stamp) = (DefaultHasher::new(), DefaultHasher::new());
     for file in files {
-        let read = crate::files::read(file).ok();
+        // A file that cannot be read hashes as why, and its size: a folder, a named pipe and
+        // a file over the size limit put in each other's place are changes, each rejected
+        // (and logged) once, as two different bad contents are.
+        let read = crate::files::read(file).map_err(|e| {
+            let size = std::fs::metadata(file).map(|m| m.len()).ok();
+            (e.to_string(), size)
+        });
         for hasher in [&mut content, &mut stamp] {
             file.hash(hasher);
             read.hash(hasher);

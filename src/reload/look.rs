@@ -262,6 +262,42 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         assert!(built(asked).is_some_and(|(_, _, b)| b.is_err()));
     }
 
+    /// Content that cannot be read is told apart by why (and its size): a folder put where a
+    /// rejected over-large file was is a new mistake, to be tried and logged once too.
+    #[test]
+    fn unreadable_configs_in_each_other_s_place_are_each_tried() {
+        let files = Files::new();
+        let in_force = files.in_force();
+        let rejected = |look: Look| built(look).map(|(on_disk, _, b)| (on_disk, b.is_err()));
+        files.write_config(&"#".repeat(5 << 20));
+        let (large, failed) = rejected(look(&files.config, Trigger::Files, &in_force, None, 2))
+            .expect("an over-large file is built, and rejected");
+        assert!(failed);
+        files.write_config(&"#".repeat(6 << 20));
+        let (larger, failed) = rejected(look(
+            &files.config,
+            Trigger::Files,
+            &in_force,
+            Some(large),
+            2,
+        ))
+        .expect("another over-large file is tried again");
+        assert!(failed && larger != large);
+        std::fs::remove_file(&files.config).unwrap();
+        std::fs::create_dir(&files.config).unwrap();
+        let (folder, failed) = rejected(look(
+            &files.config,
+            Trigger::Files,
+            &in_force,
+            Some(larger),
+            2,
+        ))
+        .expect("a folder in its place is tried again");
+        assert!(failed && folder != larger);
+        let again = look(&files.config, Trigger::Files, &in_force, Some(folder), 2);
+        assert!(matches!(again, Look::StillRejected));
+    }
+
     #[test]
     fn a_config_file_deleted_or_truncated_is_waited_for_unless_asked_by_hand() {
         let files = Files::new();
