@@ -54,10 +54,7 @@ pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<Strin
             } else if left <= 0 {
                 format!("{file}: certificate has expired; clients will refuse it")
             } else if left < soon {
-                let when = match left / 86400 {
-                    0 => "less than a day".to_string(),
-                    days => format!("{days} day(s)"),
-                };
+                let when = time_left(left);
                 format!("{file}: certificate expires in {when}; is its renewal working?")
             } else {
                 return None;
@@ -87,6 +84,15 @@ pub(crate) fn expiry_summary(expiry: &[Expiry]) -> String {
             first.file.display(),
             rfc3339(first.not_after)
         ),
+    }
+}
+
+/// `left` seconds in days, to the nearest: a certificate made for 5 days reads "5" for the
+/// first half day of its life, not "4" a second after it was made.
+fn time_left(left: i64) -> String {
+    match left / 86400 {
+        0 => "less than a day".to_string(),
+        _ => format!("{} day(s)", (left + 43200) / 86400),
     }
 }
 
@@ -127,7 +133,17 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{rfc3339, time_left};
+
+    #[test]
+    fn time_left_is_in_days_to_the_nearest() {
+        let day = 86400;
+        assert_eq!(time_left(day - 1), "less than a day");
+        assert_eq!(time_left(day), "1 day(s)");
+        assert_eq!(time_left(5 * day - 1), "5 day(s)");
+        assert_eq!(time_left(5 * day - day / 2), "5 day(s)");
+        assert_eq!(time_left(5 * day - day / 2 - 1), "4 day(s)");
+    }
 
     #[test]
     fn certificate_dates_print_as_rfc3339_before_1970_and_after_9999_too() {
