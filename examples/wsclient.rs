@@ -40,7 +40,13 @@ async fn main() -> Result<(), common::Error> {
             msg = stream.next() => match msg {
                 // Read on to the end of the connection: dropping it with the proxy's TLS
                 // close still unread would make the kernel reset it.
-                Some(Ok(Message::Close(frame))) => { eprintln!("closed: {frame:?}"); typing = false; }
+                Some(Ok(Message::Close(frame))) => {
+                    match frame {
+                        Some(frame) => eprintln!("closed by the server: code {}, reason {:?}", u16::from(frame.code), frame.reason.as_str()),
+                        None => eprintln!("closed by the server"),
+                    }
+                    typing = false;
+                }
                 Some(Ok(msg)) => println!("< {msg}"),
                 Some(Err(e)) => return Err(e.into()),
                 None => break,
