@@ -118,8 +118,8 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
         Some(Format::Json) => LogFormat::Json,
         Some(Format::Text) => LogFormat::Text,
         // Logging starts before the server loads the config for good: a config that does not
-        // load is reported by the server, in the default format.
-        None => (Config::load(&path).map(|c| c.log_format)).unwrap_or_default(),
+        // load is reported by the server, in the format it asks for if that can be read.
+        None => Config::log_format_of(&path),
     };
     wsgate::init_logging(in_use, format.is_some());
     if let Some((was, now)) = raised {

@@ -160,6 +160,26 @@ impl Config {
         Self::load_with(path, |loaded| loaded.cloned().map_err(Clone::clone))
     }
 
+    /// The log format the config at `path` asks for, also when it does not load (a mistake
+    /// elsewhere in it): the error saying so must come out in the format the operator's log
+    /// pipeline reads. Text if the file does not even parse as TOML, or says nothing.
+    pub fn log_format_of(path: &Path) -> LogFormat {
+        Self::load_with(path, |loaded| match loaded {
+            Ok(config) => config.log_format,
+            Err(_) => {
+                let asked = crate::files::read(path).ok().and_then(|bytes| {
+                    let table: toml::Table = std::str::from_utf8(&bytes).ok()?.parse().ok()?;
+                    let format = table.get("proxy")?.get("log_format")?.as_str()?;
+                    Some(format == "json")
+                });
+                match asked {
+                    Some(true) => LogFormat::Json,
+                    _ => LogFormat::Text,
+                }
+            }
+        })
+    }
+
     /// What `look` makes of the config at `path` as [`Config::load`] would return it, without
     /// a copy of it: the look at a config's files that a reload takes several times must not
     /// copy a table of thousands of routes each time. `look` runs under the cache's lock, so

@@ -12,10 +12,10 @@
 //! delivered); and the idle timer is re-armed lazily (only when it fires) so traffic never
 //! touches the timer wheel.
 //!
-//! Layout: `direction` is one way of the relay (and the buffer pool), `peer` what the relay
-//! asks of a connection beyond reads and writes, `linger` the close once the relay is over,
-//! `outcome` what a finished tunnel reports; this module is the tunnel itself, both
-//! directions under one idle timer, its stuck-reader probe and the drain.
+//! Layout: `direction` is one way of the relay (its buffers borrowed from `crate::pool`),
+//! `peer` what the relay asks of a connection beyond reads and writes, `linger` the close once
+//! the relay is over, `outcome` what a finished tunnel reports; this module is the tunnel
+//! itself, both directions under one idle timer, its stuck-reader probe and the drain.
 
 mod direction;
 mod linger;

@@ -519,6 +519,37 @@ fn an_invalid_rust_log_is_reported_not_ignored() {
     );
 }
 
+/// A config that asks for JSON logs and does not load says why in JSON: the log pipeline it
+/// was written for reads that, whatever else in the file is wrong.
+#[test]
+fn a_config_that_cannot_start_is_reported_in_the_log_format_it_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let twice = format!("{ROUTE}{ROUTE}");
+    let path = write_config(dir.path(), &twice);
+    let src = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        src.replace("[proxy]\n", "[proxy]\nlog_format = \"json\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(wsgate_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = (stderr.lines())
+        .find(|l| l.contains("cannot start"))
+        .unwrap_or_else(|| panic!("no cannot-start line: {stderr}"));
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "not JSON: {line}"
+    );
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    assert!(line.contains("duplicate route name"), "{line}");
+}
+
 #[test]
 fn a_rust_log_of_only_commas_logs_at_info() {
     // No directive at all would mean errors only: a blank RUST_LOG means the default.
