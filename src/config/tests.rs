@@ -70,7 +70,7 @@ fn the_backend_cooldown_may_be_zero_but_not_beyond_a_timeout() {
     assert_eq!(config.timeouts.backend_cooldown, Duration::from_secs(10));
     let refused = error(&with("31d"));
     assert!(
-        refused.contains(":7:20: timeouts.backend_cooldown: must be at most 30 days, or 0s"),
+        refused.contains(":7:20: timeouts.backend_cooldown: must be from 1ms to 30 days, or 0s"),
         "{refused}"
     );
 }
@@ -88,7 +88,7 @@ fn the_attempt_delay_is_250ms_by_default_and_may_be_zero() {
     assert_eq!(config.timeouts.attempt_delay, Duration::from_secs(1));
     let refused = error(&with("31d"));
     assert!(
-        refused.contains(":7:17: timeouts.attempt_delay: must be at most 30 days, or 0s"),
+        refused.contains(":7:17: timeouts.attempt_delay: must be from 1ms to 30 days, or 0s"),
         "{refused}"
     );
 }
@@ -102,7 +102,7 @@ fn a_route_may_set_its_own_idle_timeout_within_the_same_bounds() {
     assert_eq!(config.routes[0].idle, Some(Duration::from_secs(3600)));
     let zero = error(&route("0s"));
     assert!(
-        zero.contains("route[0].idle: must be longer than zero"),
+        zero.contains("route[0].idle: must be at least 1ms"),
         "{zero}"
     );
     assert!(error(&route("soon")).contains("invalid duration"));
@@ -266,7 +266,9 @@ fn errors_name_file_line_column_and_key() {
         ("[reload]\nrecheck = \"0s\"\n", "reload.recheck: must be at least 1s and at most 30 days"),
         ("[reload]\nrecheck = \"31d\"\n", "reload.recheck: must be at least 1s and at most 30 days (read as 31 days)"),
         ("[reload]\nrecheck = \"5M\"\n", "reload.recheck: must be at least 1s and at most 30 days (read as 152.2 days; `M` is months, minutes are `m`)"),
-        ("[timeouts]\nidle = \"30d 1s\"\n", "timeouts.idle: must be longer than zero and at most 30 days (read as 30days 1s)"),
+        ("[timeouts]\nidle = \"30d 1s\"\n", "timeouts.idle: must be at least 1ms and at most 30 days (read as 30days 1s)"),
+        ("[timeouts]\nhandshake = \"500us\"\n", "timeouts.handshake: must be at least 1ms and at most 30 days (read as 500us)"),
+        ("[timeouts]\nattempt_delay = \"1ns\"\n", "timeouts.attempt_delay: must be from 1ms to 30 days, or 0s"),
         ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: 99999999999999999999 is too large for a number here"),
         ("[[route]]\nname = \"a\"\npath = \"/a%2fb\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2fb\" has a '\\' or an encoded '/'"),
         ("[[route]]\nname = \"a\"\npath = '/a\\b'\nbackends = [\"h:1\"]\n", "route[0].path:"),

@@ -21,6 +21,9 @@ use super::{CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteCon
 
 /// The longest accepted timeout.
 const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest: the runtime's timers tick in milliseconds, so anything less ("1ns", "500us")
+/// would be a millisecond anyway, and is a slip of the unit.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// Checks a [`RawConfig`] against the rules, with the source at hand to locate errors.
 pub(super) struct Validator<'a> {
@@ -198,13 +201,13 @@ impl Checker<'_> {
         Ok(out)
     }
 
-    /// A timeout: longer than zero, at most [`MAX_TIMEOUT`].
+    /// A timeout: at least [`MIN_TIMEOUT`], at most [`MAX_TIMEOUT`].
     fn timeout(&self, d: &Spanned<HumanDuration>, key: &str) -> Result<Duration, ConfigError> {
         let value = d.get_ref().0;
-        if value.is_zero() || value > MAX_TIMEOUT {
+        if value < MIN_TIMEOUT || value > MAX_TIMEOUT {
             // Deadlines are computed as now + timeout: a huge one would overflow.
             let read = self.read_as(d);
-            let message = format!("must be longer than zero and at most 30 days ({read})");
+            let message = format!("must be at least 1ms and at most 30 days ({read})");
             Err(self.error(&d.span(), key, message))
         } else {
             Ok(value)
@@ -247,9 +250,9 @@ impl Checker<'_> {
         off: &str,
     ) -> Result<Duration, ConfigError> {
         let value = d.get_ref().0;
-        if value > MAX_TIMEOUT {
+        if value > MAX_TIMEOUT || (!value.is_zero() && value < MIN_TIMEOUT) {
             let read = self.read_as(d);
-            let message = format!("must be at most 30 days, or 0s {off} ({read})");
+            let message = format!("must be from 1ms to 30 days, or 0s {off} ({read})");
             return Err(self.error(&d.span(), key, message));
         }
         Ok(value)
