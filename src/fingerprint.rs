@@ -27,13 +27,11 @@ fn fingerprints(files: &[PathBuf]) -> (u64, u64) {
     let files: BTreeSet<&PathBuf> = files.iter().collect();
     let (mut content, mut stamp) = (DefaultHasher::new(), DefaultHasher::new());
     for file in files {
-        // A file that cannot be read hashes as why, and its size: a folder, a named pipe and
-        // a file over the size limit put in each other's place are changes, each rejected
-        // (and logged) once, as two different bad contents are.
-        let read = crate::files::read(file).map_err(|e| {
-            let size = std::fs::metadata(file).map(|m| m.len()).ok();
-            (e.to_string(), size)
-        });
+        // A file that cannot be read hashes as why: a folder, a named pipe and a file over
+        // the size limit put in each other's place are changes, each rejected (and logged)
+        // once, as two different bad contents are. Not as its size too: a file growing past
+        // the limit (a log written at the config's path) would be a new rejection each look.
+        let read = crate::files::read(file).map_err(|e| e.to_string());
         for hasher in [&mut content, &mut stamp] {
             file.hash(hasher);
             read.hash(hasher);

@@ -118,10 +118,10 @@ pub fn check_request(
         Some(key) if is_valid_key(key) => {}
         _ => return Err(ProxyError::BadKey),
     }
-    match protocols_are_tokens(headers) {
-        true => Ok(()),
-        false => Err(ProxyError::BadProtocolOffer),
+    if !protocols_are_tokens(headers) {
+        return Err(ProxyError::BadProtocolOffer);
     }
+    Ok(())
 }
 
 /// The Host the request is for, checked: one well-formed `host[:port]` with no userinfo, and,
@@ -246,16 +246,16 @@ pub(crate) fn accept_for(key: &[u8]) -> String {
 /// browsers enforce it): forwarded as offered on a route without a list, anything else would
 /// reach the backend as text each side may split differently (`a b`, `"a"`, `a;q=1`).
 fn protocols_are_tokens(headers: &HeaderMap) -> bool {
-    let mut seen: Vec<&str> = Vec::new();
+    // A set: a head may hold thousands of them, and a list's lookups would be quadratic.
+    let mut seen = std::collections::HashSet::new();
     for line in headers.get_all(&SEC_WEBSOCKET_PROTOCOL) {
         let Ok(line) = line.to_str() else {
             return false;
         };
         for protocol in line.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            if !protocol.bytes().all(is_tchar) || seen.contains(&protocol) {
+            if !protocol.bytes().all(is_tchar) || !seen.insert(protocol) {
                 return false;
             }
-            seen.push(protocol);
         }
     }
     true
@@ -385,7 +385,7 @@ fn chosen_extensions_fit(headers: &HeaderMap, offered: &[String]) -> Result<(), 
 }
 
 /// A byte of an HTTP token (RFC 9110 §5.6.2): visible ASCII but the delimiters.
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

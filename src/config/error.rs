@@ -148,41 +148,65 @@ impl ConfigError {
 fn written_twice(src: &str, offset: usize, key: &str) -> String {
     let offset = floor_char_boundary(src, offset.min(src.len()));
     let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let header = |line: &str| {
-        let line = line.trim();
-        let name = line.strip_prefix('[')?.split(']').next()?;
-        Some(name.trim().to_string())
-    };
-    // The key written where toml noticed it: inside an inline table, the dotted key names
-    // the table, not the key set twice.
-    let word: String = (src[offset..].chars())
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-        .collect();
-    let last = match word.is_empty() {
-        true => key.rsplit('.').next().unwrap_or(key),
-        false => &word,
-    };
     let here = src[line_begin..].lines().next().unwrap_or_default();
-    let table = header(here);
     let before: Vec<&str> = src[..line_begin].lines().collect();
-    let first = before.iter().enumerate().rev().find_map(|(i, line)| {
-        let found = match (&table, header(line)) {
-            (Some(table), Some(name)) => name == *table,
-            // Another table's header: the key was not written before in this one.
-            (None, Some(_)) => return Some(None),
-            (None, None) => line.split('=').next().is_some_and(|k| k.trim() == last),
-            (Some(_), None) => false,
-        };
-        found.then_some(Some(i + 1))
-    });
-    match (table, first.flatten()) {
-        (Some(table), Some(line)) => format!(
-            "the table [{table}] is written twice (first at line {line}): put its keys under one header"
-        ),
-        (Some(table), None) => format!("the table [{table}] is written twice: put its keys under one header"),
-        (None, Some(line)) => format!("`{last}` is set twice (first at line {line}): keep one"),
-        (None, None) => format!("`{last}` is set twice: keep one"),
+    match header_name(here) {
+        Some(table) => {
+            let first =
+                (before.iter()).rposition(|line| header_name(line).as_ref() == Some(&table));
+            match first {
+                Some(i) => format!(
+                    "the table [{table}] is written twice (first at line {}): put its keys under one header",
+                    i + 1
+                ),
+                None => format!("the table [{table}] is written twice: put its keys under one header"),
+            }
+        }
+        None => {
+            let name = key_written_at(&src[offset..]);
+            let name = name
+                .as_deref()
+                .unwrap_or_else(|| key.rsplit('.').next().unwrap_or(key));
+            match first_in_table(&before, name) {
+                Some(line) => format!("`{name}` is set twice (first at line {line}): keep one"),
+                None => format!("`{name}` is set twice: keep one"),
+            }
+        }
     }
+}
+
+/// The name of the table `line` is the header of, if it is one (`[a.b]`, `[[route]]`).
+fn header_name(line: &str) -> Option<String> {
+    let name = line.trim().strip_prefix('[')?.trim_start_matches('[');
+    Some(name.split(']').next()?.trim().to_string())
+}
+
+/// The key written at the start of `text`, bare or quoted: inside an inline table the dotted
+/// key toml reports names the table, not the key set twice.
+fn key_written_at(text: &str) -> Option<String> {
+    let key = match text.strip_prefix('"').or_else(|| text.strip_prefix('\'')) {
+        Some(quoted) => quoted.split(['"', '\'']).next()?.to_string(),
+        None => (text.chars())
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            .collect(),
+    };
+    Some(key).filter(|k| !k.is_empty())
+}
+
+/// The 1-based line among `lines` (the file up to the duplicate) where `name` was first set,
+/// looking back no further than the table the duplicate is in.
+fn first_in_table(lines: &[&str], name: &str) -> Option<usize> {
+    for (i, line) in lines.iter().enumerate().rev() {
+        if header_name(line).is_some() {
+            return None;
+        }
+        let written = line.split('=').next().map(str::trim);
+        let written = written.map(|k| k.trim_matches(['"', '\'']));
+        if written == Some(name) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Whether the file has a `[route]` table header, the likely cause of whatever went wrong

@@ -728,6 +728,10 @@ fn origins_are_origins_as_browsers_send_them() {
             "\"https://a.com:08443\"",
             "has a port with a leading zero: write \"https://a.com:8443\"",
         ),
+        (
+            "\"https://a.com:08443/\"",
+            "has a port with a leading zero: write \"https://a.com:8443\"",
+        ),
         ("\"https://a..com\"", "does not name a host"),
         (
             "\"https://a.com\\n\"",
@@ -802,6 +806,14 @@ fn backends_are_names_or_addresses_with_a_port() {
         (
             "\"app:09001\"",
             "\"app:09001\" has a port with a leading zero: write \"app:9001\"",
+        ),
+        (
+            "\"ws://app\"",
+            "is a URL: write the backend's host:port alone (\"app:80\")",
+        ),
+        (
+            "\"wss://app:443\"",
+            "is a URL, and a TLS one: wsgate speaks plain WebSocket (ws://) to its backends",
         ),
         (
             "\"ws://app:9001/chat\"",
@@ -933,6 +945,7 @@ fn listen_addresses_a_listener_cannot_take_are_refused() {
         (config("\"[::1%1]:8443\", \"[::1]:8443\"", ""), "proxy.listen[0]: \"[::1%1]:8443\" has a scope id, which only a link-local address (fe80::/10) uses: write it as [::1]:8443"),
         (config("\"[::%2]:8443\"", ""), "has a scope id"),
         (config("\"127.0.0.1:65536\"", ""), "proxy.listen[0]: \"127.0.0.1:65536\" has a port that is not a number from 0 to 65535"),
+        (config("\"::1\"", ""), "proxy.listen[0]: \"::1\" is not an IP:port address"),
         (config("\"127.0.0.1:08443\"", ""), "proxy.listen[0]: \"127.0.0.1:08443\" has a port with a leading zero: write \"127.0.0.1:8443\""),
     ];
     for (body, expected) in cases {

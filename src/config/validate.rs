@@ -124,8 +124,11 @@ impl Checker<'_> {
         if let Some(message) = surrounded_by_space(written) {
             return Err(error(message));
         }
-        if let (_, Some(port)) = super::values::split_port(written) {
-            if let Some(problem) = super::values::port_problem(written, port, 0) {
+        // Not for an IPv6 address without brackets ("::1"): its last colon is no port's.
+        let unbracketed_v6 = !written.starts_with('[') && written.matches(':').count() > 1;
+        if let (host, Some(port)) = super::values::split_port(written) {
+            let problem = super::values::port_problem(written, host, port, 0);
+            if let Some(problem) = problem.filter(|_| !unbracketed_v6) {
                 return Err(error(problem));
             }
         }

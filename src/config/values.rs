@@ -166,8 +166,7 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
 
 /// RFC 9110 token characters, which is what a subprotocol name must be (RFC 6455 §4.1).
 pub(super) fn subprotocol(text: &str) -> Result<String, String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if text.is_empty() || !text.bytes().all(tchar) {
+    if text.is_empty() || !text.bytes().all(crate::websocket::is_tchar) {
         return Err(format!(
             "{text:?} is not a valid subprotocol name (an HTTP token)"
         ));
@@ -211,7 +210,8 @@ pub(super) fn origin(text: &str) -> Result<String, String> {
     }
     let (host, port) = split_port(authority);
     // Browsers write the port as a plain number, without leading zeros.
-    if let Some(problem) = port.and_then(|port| port_problem(text, port, 1)) {
+    let origin = format!("{scheme}://{host}");
+    if let Some(problem) = port.and_then(|port| port_problem(text, &origin, port, 1)) {
         return Err(problem);
     }
     if matches!(scheme, "http" | "https") {
@@ -251,10 +251,11 @@ pub(super) fn split_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// What is wrong with `port`, the port of `written`, if anything: one rule for listen
-/// addresses, backends and origins, a number from `lowest` to 65535 in plain digits (no sign,
-/// no space, no leading zero: one spelling of each port, as browsers write it in `Origin`).
-pub(super) fn port_problem(written: &str, port: &str, lowest: u16) -> Option<String> {
+/// What is wrong with `port`, the port of `written` after `host`, if anything: one rule for
+/// listen addresses, backends and origins, a number from `lowest` to 65535 in plain digits
+/// (no sign, no space, no leading zero: one spelling of each port, as browsers write it in
+/// `Origin`).
+pub(super) fn port_problem(written: &str, host: &str, port: &str, lowest: u16) -> Option<String> {
     let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
     let number = (digits && port.len() <= 5)
         .then(|| port.parse::<u16>().ok())
@@ -265,7 +266,7 @@ pub(super) fn port_problem(written: &str, port: &str, lowest: u16) -> Option<Str
             "{written:?} has a port that is not a number from {lowest} to 65535"
         )),
         Some(n) if port.starts_with('0') && port != "0" => {
-            let plain = format!("{}{n}", &written[..written.len() - port.len()]);
+            let plain = format!("{host}:{n}");
             Some(format!(
                 "{written:?} has a port with a leading zero: write {plain:?}"
             ))
@@ -366,17 +367,13 @@ pub(super) fn backend(text: &str) -> Result<String, String> {
     }
     // The most likely mistake of all: a URL where an address belongs.
     if let Some((scheme, rest)) = text.split_once("://") {
-        let plain = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-        return Err(format!(
-            "{text:?} is a URL: write the backend's host:port alone ({plain:?}); wsgate speaks \
-             plain WebSocket (ws://) to its backends, whatever the scheme ({scheme:?}) says"
-        ));
+        return Err(url_instead(text, scheme, rest));
     }
     let (host, port) = split_port(text);
     let Some(port) = port else {
         return Err(format!("{text:?} is not host:port {example}"));
     };
-    if let Some(problem) = port_problem(text, port, 1) {
+    if let Some(problem) = port_problem(text, host, port, 1) {
         return Err(problem);
     }
     host_part(host, false).map_err(|why| format!("{text:?} is not host:port: {why}"))?;
@@ -396,12 +393,31 @@ pub(super) fn backend(text: &str) -> Result<String, String> {
 /// or the broadcast address.
 fn no_peer(ip: std::net::IpAddr) -> Option<&'static str> {
     let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
-    match () {
-        _ if ip.is_unspecified() => Some("the unspecified address"),
-        _ if ip.is_multicast() => Some("a multicast address"),
-        _ if broadcast => Some("the broadcast address"),
-        _ => None,
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if broadcast {
+        Some("the broadcast address")
+    } else {
+        None
     }
+}
+
+/// What to write instead of the URL `text` (`scheme://rest`) in `backends`.
+fn url_instead(text: &str, scheme: &str, rest: &str) -> String {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    if scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https") {
+        return format!(
+            "{text:?} is a URL, and a TLS one: wsgate speaks plain WebSocket (ws://) to its \
+             backends, so write the host:port of the backend's plain listener"
+        );
+    }
+    let plain = match split_port(authority) {
+        (_, Some(_)) => authority.to_string(),
+        (host, None) => format!("{host}:80"),
+    };
+    format!("{text:?} is a URL: write the backend's host:port alone ({plain:?})")
 }
 
 /// Whether `addr` (as `written`) is an address a TCP listener can be bound to, and bound
