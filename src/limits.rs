@@ -74,15 +74,17 @@ pub(crate) enum Over {
     Client,
 }
 
-/// The connection could not even be given its refusal: close it.
+/// The connection could not even be given its refusal: close it. The limit it was over.
 #[derive(Debug)]
-pub(crate) struct BudgetExhausted;
+pub(crate) struct BudgetExhausted(pub(crate) Over);
 
 /// Counts one open client connection (tunnel included) until dropped: in `max_connections`,
 /// or, for a connection over a limit, in the refusal budget.
 pub(crate) struct ConnGuard {
     counts: Arc<Counts>,
     over: Option<Over>,
+    /// The client's place, when the client was known at accept (see [`ConnGuard::for_client`]).
+    early: Option<ClientSlot>,
 }
 
 impl ConnGuard {
@@ -91,14 +93,43 @@ impl ConnGuard {
         let mut over = None;
         if !take_below(&counts.active, max) {
             if !counts.take_refusal() {
-                return Err(BudgetExhausted);
+                return Err(BudgetExhausted(Over::Connections));
             }
             over = Some(Over::Connections);
         }
         Ok(ConnGuard {
             counts: counts.clone(),
             over,
+            early: None,
         })
+    }
+
+    /// A place for a connection just accepted from `client`, known at accept (no PROXY header
+    /// to wait for), within its client's limit (`per_client`) first: one over it never holds
+    /// a place in `max` (`max_connections`), not even until its task runs, when a burst of
+    /// accepts from one client would crowd everyone else out meanwhile.
+    pub(crate) fn for_client(
+        counts: &Arc<Counts>,
+        max: usize,
+        client: IpAddr,
+        per_client: Option<usize>,
+    ) -> Result<ConnGuard, BudgetExhausted> {
+        let Some(slot) = ClientSlot::take(counts, client, per_client.unwrap_or(usize::MAX)) else {
+            if !counts.take_refusal() {
+                return Err(BudgetExhausted(Over::Client));
+            }
+            return Ok(ConnGuard {
+                counts: counts.clone(),
+                over: Some(Over::Client),
+                early: None,
+            });
+        };
+        // Over `max`, it gets its 503 and holds no place of its client's: the slot goes.
+        let mut guard = ConnGuard::new(counts, max)?;
+        if guard.over.is_none() {
+            guard.early = Some(slot);
+        }
+        Ok(guard)
     }
 
     /// The limit this connection is over, if any.
@@ -120,12 +151,19 @@ impl ConnGuard {
         if self.over.is_some() {
             return Ok(None);
         }
+        // Taken at accept for the same client (a reload turning the PROXY protocol on since
+        // then makes the header's address the client: the socket's place is given back).
+        if let Some(early) = self.early.take() {
+            if early.key == client_key(client) {
+                return Ok(Some(early));
+            }
+        }
         let max = max.unwrap_or(usize::MAX);
         if let Some(slot) = ClientSlot::take(&self.counts, client, max) {
             return Ok(Some(slot));
         }
         if !self.counts.take_refusal() {
-            return Err(BudgetExhausted);
+            return Err(BudgetExhausted(Over::Client));
         }
         self.counts.active.fetch_sub(1, Ordering::AcqRel);
         self.over = Some(Over::Client);
@@ -248,6 +286,49 @@ mod tests {
             .is_none());
         assert_eq!(over.over(), Some(Over::Connections));
         assert!(lock(&counts.per_client).is_empty());
+    }
+
+    /// Known at accept, the client's limit comes first: a burst from one client takes no place
+    /// in `max_connections` beyond its own, whenever its tasks get to run.
+    #[test]
+    fn a_client_known_at_accept_is_held_to_its_limit_before_max_connections() {
+        let counts = Arc::new(Counts::default());
+        let a = ip("192.0.2.1");
+        let mut first = ConnGuard::for_client(&counts, 2, a, Some(1)).unwrap();
+        let burst: Vec<_> = (0..10)
+            .map(|_| ConnGuard::for_client(&counts, 2, a, Some(1)).unwrap())
+            .collect();
+        assert!(burst.iter().all(|g| g.over() == Some(Over::Client)));
+        assert_eq!(
+            counts.open(),
+            1,
+            "the burst holds no place in max_connections"
+        );
+        // Another client still gets the last place.
+        let b = ConnGuard::for_client(&counts, 2, ip("192.0.2.2"), Some(1)).unwrap();
+        assert_eq!(b.over(), None);
+        // The place taken at accept is the one the connection goes on with.
+        let slot = first.client_slot(a, Some(1)).unwrap();
+        assert!(slot.is_some());
+        assert_eq!(counts.of_client(a), 1);
+        // Over max_connections, a connection holds no place of its client's.
+        let c = ip("192.0.2.3");
+        let full = ConnGuard::for_client(&counts, 2, c, Some(1)).unwrap();
+        assert_eq!(full.over(), Some(Over::Connections));
+        assert_eq!(counts.of_client(c), 0);
+    }
+
+    /// A reload turning the PROXY protocol on between accept and the header: the client is
+    /// the header's, and the socket peer's place is given back.
+    #[test]
+    fn a_place_taken_at_accept_for_another_address_is_given_back() {
+        let counts = Arc::new(Counts::default());
+        let mut guard = ConnGuard::for_client(&counts, 10, ip("10.0.0.1"), None).unwrap();
+        assert_eq!(counts.of_client(ip("10.0.0.1")), 1);
+        let slot = guard.client_slot(ip("203.0.113.7"), Some(1)).unwrap();
+        assert!(slot.is_some());
+        assert_eq!(counts.of_client(ip("10.0.0.1")), 0);
+        assert_eq!(counts.of_client(ip("203.0.113.7")), 1);
     }
 
     #[test]

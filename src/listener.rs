@@ -13,7 +13,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::connection;
 use crate::error::out_of_descriptors;
-use crate::limits::BudgetExhausted;
+use crate::limits::{BudgetExhausted, Over};
 use crate::logging::{self, Throttle};
 use crate::server::{Error, Shared};
 use crate::sync::lock;
@@ -179,12 +179,17 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
     let mut acceptor = Acceptor::new(&listener, &stop, &shared, None);
     while let Some((stream, peer)) = acceptor.next().await {
         shared.metrics.accepted();
-        match shared.admit_connection() {
+        match shared.admit_connection(peer) {
             Ok(guard) => {
                 let serve = connection::serve(stream, peer, shared.clone(), guard);
                 shared.tracker.spawn(serve);
             }
-            Err(BudgetExhausted) => shared.over_capacity(peer, "connection limit"),
+            Err(BudgetExhausted(Over::Connections)) => {
+                shared.over_capacity(peer, "connection limit")
+            }
+            Err(BudgetExhausted(Over::Client)) => {
+                shared.over_capacity(peer, "client's connection limit")
+            }
         }
     }
 }

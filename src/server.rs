@@ -88,11 +88,17 @@ impl Shared {
         self.counts.ended()
     }
 
-    /// A place for a connection just accepted, within `max_connections` (or in the refusal
-    /// budget beyond it).
-    pub(crate) fn admit_connection(&self) -> Result<ConnGuard, BudgetExhausted> {
-        let max = self.current().config.limits.max_connections;
-        ConnGuard::new(&self.counts, max)
+    /// A place for a connection just accepted from `peer`, within `max_connections` (or in
+    /// the refusal budget beyond it); and within the per-client limit too, unless the client
+    /// is only known once its PROXY header is in.
+    pub(crate) fn admit_connection(&self, peer: SocketAddr) -> Result<ConnGuard, BudgetExhausted> {
+        let config = &self.current().config;
+        let max = config.limits.max_connections;
+        if config.proxy_protocol {
+            return ConnGuard::new(&self.counts, max);
+        }
+        let per_client = config.limits.max_connections_per_client;
+        ConnGuard::for_client(&self.counts, max, peer.ip(), per_client)
     }
 
     /// Whether shutdown (or [`Closer::close_now`]) has begun: new requests get 503 and
