@@ -143,6 +143,8 @@ const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode {
     runtime.block_on(async {
+        // Before the listeners: a SIGTERM sent as soon as the port answers drains.
+        let termination = wsgate::signals::Termination::register();
         let server = match wsgate::Server::start(path).await {
             Ok(server) => server,
             Err(e) => {
@@ -159,7 +161,7 @@ fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode
                 };
             }
         };
-        wsgate::signals::serve_until_terminated(server, || {
+        wsgate::signals::serve_until_terminated(server, termination, || {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
         })
         .await;

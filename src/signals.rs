@@ -1,5 +1,7 @@
-//! The process's signals: SIGHUP reloads (and never ends the process), SIGTERM and Ctrl-C
-//! shut down gracefully, a second one of those cuts the grace short.
+//! The process's signals: SIGHUP reloads (and never ends the process), SIGTERM, Ctrl-C and
+//! SIGQUIT (nginx's graceful stop) shut down gracefully, a second one of those cuts the grace
+//! short, and SIGUSR1 and SIGUSR2 (log reopening and binary upgrades elsewhere) are noted and
+//! do nothing, rather than end the process as their default action would.
 
 /// SIGHUP, once taken over: `None` where it cannot be (not Unix, or registration failed).
 #[cfg(unix)]
@@ -35,13 +37,19 @@ pub(crate) async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
     std::future::pending().await
 }
 
-/// Serves until SIGTERM (Kubernetes, systemd) or Ctrl-C, then shuts `server` down
+/// Serves until SIGTERM (Kubernetes, systemd), Ctrl-C or SIGQUIT, then shuts `server` down
 /// gracefully; a second such signal during the grace closes the live tunnels at once, as
-/// operators expect of Ctrl-C twice. `started` runs once the signals are registered; systemd,
-/// if it started the process, is told it is ready then, and stopping when the drain begins.
-pub async fn serve_until_terminated(server: crate::Server, started: impl FnOnce()) {
-    let mut termination = Termination::register();
+/// operators expect of Ctrl-C twice. `termination` is registered before the server starts
+/// ([`Termination::register`]), so a signal sent as soon as the port answers drains rather
+/// than kills. `started` runs first; systemd, if it started the process, is told it is ready
+/// then, and stopping when the drain begins.
+pub async fn serve_until_terminated(
+    server: crate::Server,
+    mut termination: Termination,
+    started: impl FnOnce(),
+) {
     started();
+    ignore_user_signals();
     let systemd = crate::systemd::ready(server.reload_status());
     termination.recv().await;
     systemd.stopping();
@@ -54,17 +62,21 @@ pub async fn serve_until_terminated(server: crate::Server, started: impl FnOnce(
     server.shutdown().await;
 }
 
-/// SIGTERM and SIGINT, registered once so that a second one sent right after the first is
-/// not missed.
-struct Termination {
+/// SIGTERM, SIGINT and SIGQUIT, registered once so that a second one sent right after the
+/// first is not missed.
+pub struct Termination {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    quit: Option<tokio::signal::unix::Signal>,
 }
 
 impl Termination {
-    fn register() -> Termination {
+    /// Takes the signals over from their default action (ending the process at once): call
+    /// it before the server starts listening. Needs a running tokio runtime.
+    pub fn register() -> Termination {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -78,6 +90,7 @@ impl Termination {
             Termination {
                 term: register(SignalKind::terminate(), "SIGTERM"),
                 int: register(SignalKind::interrupt(), "SIGINT"),
+                quit: register(SignalKind::quit(), "SIGQUIT"),
             }
         }
         #[cfg(not(unix))]
@@ -90,12 +103,36 @@ impl Termination {
             tokio::select! {
                 Some(()) = next(&mut self.term) => {}
                 Some(()) = next(&mut self.int) => {}
+                Some(()) = next(&mut self.quit) => {}
                 // Both streams ended (the runtime's signal driver is gone): no signal will come.
                 else => std::future::pending().await,
             }
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGUSR1 and SIGUSR2, noted and otherwise ignored: a log-rotation job's `kill -USR1` (nginx
+/// reopens its log files on it) must not end a proxy that logs to stderr, and has no files to
+/// reopen.
+fn ignore_user_signals() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        for (kind, name) in [
+            (SignalKind::user_defined1(), "SIGUSR1"),
+            (SignalKind::user_defined2(), "SIGUSR2"),
+        ] {
+            let Ok(mut signal) = signal(kind) else {
+                continue;
+            };
+            tokio::spawn(async move {
+                while signal.recv().await.is_some() {
+                    tracing::info!("{name}: nothing to do (logs go to stderr; SIGHUP reloads)");
+                }
+            });
+        }
     }
 }
 

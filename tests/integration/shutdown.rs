@@ -207,6 +207,69 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// A signal sent as soon as the port is bound (a rollout that replaces a pod just started)
+/// drains: the handlers are in place before the listeners, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_as_soon_as_the_port_is_bound_drains_and_exits_zero() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
+    let mut child = spawn_wsgate(&config);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    wait_for_line(&lines, "\"listening\"");
+    send_signal(child.id(), "TERM");
+    let status = within(
+        "wsgate to exit",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&lines, "shutdown complete");
+            child.wait().unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+}
+
+/// SIGQUIT stops gracefully, as it does nginx; SIGUSR1 and SIGUSR2 (a log-rotation job's
+/// habit) are noted and end nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_drains_and_sigusr1_and_sigusr2_end_nothing() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
+    let (mut child, lines, addr) = started_wsgate(&config);
+    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    for name in ["USR1", "USR2"] {
+        send_signal(child.id(), name);
+        let needle = if name == "USR1" {
+            "SIGUSR1: nothing to do"
+        } else {
+            "SIGUSR2: nothing to do"
+        };
+        let lines_back = line_seen_owned(&lines, needle).await;
+        assert!(lines_back.contains("SIGHUP reloads"), "{lines_back}");
+        assert_eq!(round_trip(&mut ws, name).await, name);
+    }
+    send_signal(child.id(), "QUIT");
+    let ended = tunnel_end(&mut ws).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    let status = within(
+        "wsgate to exit",
+        tokio::task::spawn_blocking(move || {
+            wait_for_line(&lines, "shutdown complete");
+            child.wait().unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(status.success(), "SIGQUIT exits 0, got {status:?}");
+}
+
+/// The first line of `lines` containing `needle`, waited for without giving the lines away.
+async fn line_seen_owned(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    tokio::task::block_in_place(|| wait_for_line(lines, needle))
+}
+
 /// Logging to a pipe whose reader went away (a log shipper that died) loses the lines, not
 /// the process: it goes on serving, and SIGTERM still ends it with 0 (it used to panic, 101).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
