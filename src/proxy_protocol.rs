@@ -28,6 +28,11 @@ pub(crate) enum HeaderError {
     Closed,
     #[error("not a PROXY protocol header (is the load balancer set to send one?)")]
     Invalid,
+    /// One that starts as a header of this version does, and is broken after (a bad address
+    /// or port, a line ended by a bare LF, a version or command that is none, TLVs that do
+    /// not add up): a balancer or something posing as one, not a client without a header.
+    #[error("malformed PROXY protocol v{0} header")]
+    Malformed(u8),
     #[error("PROXY protocol header longer than {MAX_HEADER} bytes")]
     TooLong,
     #[error("reading the PROXY protocol header: {0}")]
@@ -68,9 +73,20 @@ pub(crate) async fn read_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr
                 let mut consumed = vec![0u8; n];
                 tcp.read_exact(&mut consumed).await?;
             }
-            Parsed::Invalid => return Err(HeaderError::Invalid),
+            Parsed::Invalid => return Err(invalid(&seen)),
             Parsed::TooLong => return Err(HeaderError::TooLong),
         }
+    }
+}
+
+/// The refusal of `seen`, which is no valid header: malformed if it starts as one does.
+fn invalid(seen: &[u8]) -> HeaderError {
+    if seen.starts_with(b"PROXY ") {
+        HeaderError::Malformed(1)
+    } else if seen.starts_with(V2_SIGNATURE) {
+        HeaderError::Malformed(2)
+    } else {
+        HeaderError::Invalid
     }
 }
 

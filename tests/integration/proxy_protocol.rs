@@ -194,6 +194,36 @@ async fn a_second_header_is_named_in_the_log() {
     assert!(line.contains("a second PROXY protocol header"), "{line}");
 }
 
+/// A header that starts as one does and is broken after is named as malformed, of its
+/// version; bytes that are no header at all as what a client without the balancer sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_header_is_told_from_no_header_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RawBackend::start().await;
+    let path = write_config(dir.path(), "");
+    std::fs::write(&path, format!("{ON}{}", chat(&backend))).unwrap();
+    let (_child, lines, addr) = started_wsgate(&path);
+    let mut bad_v2 = v2(ppp::v2::Command::Proxy, "203.0.113.7:51000", "10.0.0.1:443");
+    bad_v2[12] = 0x22; // version 2, command 2: none
+    let cases: [(&[u8], &str); 3] = [
+        (
+            b"PROXY TCP4 999.1.1.1 10.0.0.1 51000 443\r\n",
+            "malformed PROXY protocol v1 header",
+        ),
+        (&bad_v2, "malformed PROXY protocol v2 header"),
+        (
+            b"HELLO THERE\r\n\r\n",
+            "not a PROXY protocol header (is the load balancer",
+        ),
+    ];
+    for (bytes, reason) in cases {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(bytes).await.unwrap();
+        let line = tokio::task::block_in_place(|| wait_for_line(&lines, "connection closed"));
+        assert!(line.contains(reason), "{reason}: {line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_line_that_ends_too_soon_is_refused_at_once() {
     // `PROXY TCP4 1.2.3.4\r\n` is complete (its CRLF is in) but short of fields: refused as
