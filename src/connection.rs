@@ -98,11 +98,15 @@ async fn handshake(
         Ok(Handshaken::Tls(tls)) => tls,
         // Answered outside the handshake's deadline: the answer's linger has its own bound.
         Ok(Handshaken::PlainHttp(mut tcp)) => {
-            let told = tls::tell_to_use_tls(&mut tcp).await;
+            let answer = proxy::use_tls_answer();
+            let told = tokio::select! {
+                told = tls::tell_to_use_tls(&mut tcp, &answer) => told,
+                _ = shared.drain.started() => false,
+            };
             // Logged once the answer is out, as every refusal is: the linger is the client's.
             early_close(peer, Unanswered::PlainHttp, guard.over());
             if told {
-                crate::closing::linger(&mut tcp).await;
+                linger_unless_draining(&mut tcp, shared).await;
             }
             return None;
         }
@@ -500,10 +504,16 @@ async fn refuse_before_hyper(
     // Past `answer_by` by at most the linger's own second: the answer is out, and a client
     // still sending is taken in briefly so that closing does not reset the answer away.
     if delivered {
-        tokio::select! {
-            () = linger(tls) => {}
-            _ = shared.drain.started() => {}
-        }
+        linger_unless_draining(tls, shared).await;
+    }
+}
+
+/// Lingers after a refusal (see `closing`), unless shutdown's drain begins: a refused
+/// connection must not hold the process past the grace.
+async fn linger_unless_draining<S: tokio::io::AsyncRead + Unpin>(io: &mut S, shared: &Shared) {
+    tokio::select! {
+        () = linger(io) => {}
+        _ = shared.drain.started() => {}
     }
 }
 

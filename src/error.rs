@@ -6,9 +6,11 @@
 //! `match` with no `_` arm, so a new variant cannot slip out as a 500 by accident. Bodies are
 //! short fixed text: never a backend address or an error chain.
 //!
-//! Two statuses are decided elsewhere, on purpose: the admin endpoint's own answers (`admin`:
-//! its plain-HTTP port serves probes and metrics, not the request path), and the access log's
-//! 499 for a client that left before its answer (a status logged and counted, never sent).
+//! Connections that end before a request are [`Unanswered`], whose status and body (the 400
+//! for plain HTTP at the TLS port) are decided here too. Two statuses are decided elsewhere,
+//! on purpose: the admin endpoint's own answers (`admin`: its plain-HTTP port serves probes
+//! and metrics, not the request path), and the access log's 499 for a client that left before
+//! its answer (a status logged and counted, never sent).
 
 use std::io;
 
@@ -370,6 +372,10 @@ fn tls_words(e: &io::Error) -> String {
         _ => words(e),
     }
 }
+
+/// What a plain-HTTP client at the TLS port is told, in the protocol it spoke, with
+/// [`Unanswered::PlainHttp`]'s status.
+pub(crate) const USE_TLS: &str = "this port speaks TLS: connect with wss:// (or https://)\n";
 
 impl Unanswered {
     /// The status its line gives: the answer's, for the two that got one without a request

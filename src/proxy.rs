@@ -119,11 +119,36 @@ pub(crate) struct Answered {
 pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
     let mut log = Line::new(conn);
     let response = refuse(err, &mut log, None);
-    let body = err.body();
+    raw_answer(response.status(), response.headers(), err.body())
+}
+
+/// The answer to a plain-HTTP client at the TLS port, in the HTTP it spoke: its status and
+/// body are [`crate::error::Unanswered::PlainHttp`]'s.
+pub(crate) fn use_tls_answer() -> Vec<u8> {
+    use crate::error::{Unanswered, USE_TLS};
+    let status = hyper::StatusCode::from_u16(Unanswered::PlainHttp.status());
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    raw_answer(
+        status.unwrap_or(hyper::StatusCode::BAD_REQUEST),
+        &headers,
+        USE_TLS,
+    )
+}
+
+/// An HTTP/1.1 answer written by wsgate itself rather than hyper, framed by its length.
+fn raw_answer(status: hyper::StatusCode, headers: &hyper::HeaderMap, body: &str) -> Vec<u8> {
     // Like every answer hyper writes (RFC 9110 §6.6.1: an origin with a clock sends one).
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let mut head = format!("HTTP/1.1 {}\r\ndate: {date}\r\n", response.status());
-    for (name, value) in response.headers() {
+    let mut head = format!("HTTP/1.1 {status}\r\ndate: {date}\r\n");
+    for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes());
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -313,6 +338,19 @@ fn refusal(err: &ProxyError, done: Option<Arc<Answered>>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_http_answer_is_a_400_framed_by_its_length() {
+        let answer = String::from_utf8(use_tls_answer()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert_eq!(body, crate::error::USE_TLS);
+        assert!(
+            head.contains(&format!("\r\ncontent-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(head.contains("\r\nconnection: close"), "{head}");
+    }
 
     #[test]
     fn every_refusal_builds_its_answer() {

@@ -83,24 +83,14 @@ fn sniff(seen: &[u8]) -> Sniff {
     }
 }
 
-/// What a plain-HTTP client is told, in the protocol it spoke.
-const USE_TLS: &str = "this port speaks TLS: connect with wss:// (or https://)\n";
-
-fn use_tls_answer() -> String {
-    format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{USE_TLS}",
-        USE_TLS.len()
-    )
-}
-
-/// Tells a plain-HTTP client to use TLS, and shuts the write side: whether the answer is out.
-/// The caller then lingers as a refusal does (see `closing`): what the client still sends is
-/// read and dropped for a moment, so the answer is not lost to a reset.
-pub(crate) async fn tell_to_use_tls(tcp: &mut TcpStream) -> bool {
+/// Tells a plain-HTTP client to use TLS (`answer`: see `proxy::use_tls_answer`), and shuts
+/// the write side: whether the answer is out. The caller then lingers as a refusal does (see
+/// `closing`): what the client still sends is read and dropped for a moment, so the answer is
+/// not lost to a reset.
+pub(crate) async fn tell_to_use_tls(tcp: &mut TcpStream, answer: &[u8]) -> bool {
     use tokio::io::AsyncWriteExt;
     let answer = async {
-        tcp.write_all(use_tls_answer().as_bytes()).await?;
+        tcp.write_all(answer).await?;
         tcp.shutdown().await
     };
     // Into an empty send buffer this cannot wait; the bound is for a peer that never reads.
@@ -144,13 +134,5 @@ mod tests {
         for start in [&b"P"[..], b"PROX", b"\r\n\r"] {
             assert_eq!(sniff(start), Sniff::Undecided, "{start:?}");
         }
-    }
-
-    #[test]
-    fn the_plain_http_answer_is_framed_by_its_length() {
-        let answer = use_tls_answer();
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        assert_eq!(body, USE_TLS);
-        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
     }
 }
