@@ -281,7 +281,7 @@ fn unanswered_line(conn: &Conn, ending: &mut Ending, delivery: Delivery) {
 
 /// Every connection's end line has this target, whatever wrote it, so one `RUST_LOG`
 /// directive (`wsgate::access_log=info`, `…=off`) keeps or drops the whole access log.
-pub(crate) const TARGET: &str = "wsgate::access_log";
+const TARGET: &str = "wsgate::access_log";
 
 /// A tunnel's end line.
 pub(crate) fn tunnel_line(conn: &Conn, route: &str, backend: &str, outcome: &splice::Outcome) {
@@ -361,7 +361,7 @@ fn write_line(conn: &Conn, ending: &Ending, cut: Option<&str>) {
 
 /// A connection's age in whole milliseconds, as its line gives it.
 fn since(started: Instant) -> u64 {
-    started.elapsed().as_millis() as u64
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The fields of an access line, whoever writes it.

@@ -1,16 +1,16 @@
 //! Passive health of a route's backends: one that failed to take a connection (refused, no
-//! address, silent past its share of the connect timeout or for `timeouts.attempt_delay`
-//! while another backend answered, or closed before a byte of answer), or that took it and
-//! did not answer the upgrade in time (a hung process), is put aside for a cool-down,
+//! address, silent past its share of the connect timeout or for `timeouts.attempt_delay` while
+//! another backend answered, or closed before a byte of answer), or that took it and did not
+//! answer the upgrade in time (a hung process), is put aside for a cool-down,
 //! `timeouts.backend_cooldown` (1 s by default) doubling with each failure in a row up to
-//! 30 s, and the route's requests go to its other backends meanwhile. No probes of its own: once the cool-down is over, one request tries it again
-//! (the others whose turn it is go on to the next backend until that try has ended, so a
-//! blackholed backend's retry holds up one request, not every request whose turn it is while
-//! the connect waits). A route whose backends are all put aside still tries them all, so
-//! putting aside never refuses a request by itself; it only spares the requests a failing
-//! backend would have cost time (a refused connect, a blackholed one's share of
-//! `timeouts.connect`), and keeps its share of the load from piling onto the backend after it
-//! in the list.
+//! 30 s, and the route's requests go to its other backends meanwhile. No probes of its own:
+//! once the cool-down is over, one request tries it again (the others whose turn it is go on to the
+//! next backend until that try has ended, so a blackholed backend's retry holds up one
+//! request, not every request whose turn it is while the connect waits). A route whose
+//! backends are all put aside still tries them all, so putting aside never refuses a request
+//! by itself; it only spares the requests a failing backend would have cost time (a refused
+//! connect, a blackholed one's share of `timeouts.connect`), and keeps its share of the load
+//! from piling onto the backend after it in the list.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

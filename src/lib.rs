@@ -36,23 +36,22 @@
 //!   them); `pool`: the per-thread buffer pools the TLS streams and the relay borrow from;
 //! - `proxy`, `upstream`, `splice`: the request path, the backend leg, the tunnel
 //!   (`upstream::turns`: which backend a request tries next; `upstream::dial`: connecting to
-//!   one, through its name's addresses; `splice::direction`: one way of it; `splice::linger`: its close;
-//!   `splice::outcome`: how it ended; `splice::peer`: what it asks of a socket);
-//!   `relay`: a backend's non-101 answer, passed on at the client's pace;
-//!   `resolve`: backend names to addresses, briefly cached, taken in turn; `race`: connect attempts, the
-//!   next started beside a slow one (RFC 8305's way); `health`: backends put aside
-//!   for a while after they failed to take a connection; `socket`: TCP options and the
-//!   send queue both legs share; `files`: reading a config or PEM file safely;
-//!   `forwarding`: which headers cross, each way; `drain`:
-//!   the signal that ends them all at the end of a shutdown;
+//!   one, through its name's addresses; `splice::direction`: one way of it; `splice::linger`:
+//!   its close; `splice::outcome`: how it ended; `splice::peer`: what it asks of a socket);
+//!   `relay`: a backend's non-101 answer, passed on at the client's pace; `resolve`: backend
+//!   names to addresses, briefly cached, taken in turn; `race`: connect attempts, the next
+//!   started beside a slow one (RFC 8305's way); `health`: backends put aside for a while
+//!   after they failed to take a connection; `socket`: TCP options and the send queue both
+//!   legs share; `files`: reading a config or PEM file safely; `forwarding`: which headers
+//!   cross, each way; `drain`: the signal that ends them all at the end of a shutdown;
 //!   `error`: each refusal's status, body and headers, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
 //!   `descriptors`: the open-files limit, raised at start and checked against
 //!   `max_connections`; `memory`: giving memory freed after a burst of connections back to
-//!   the system
-//!   (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM and Ctrl-C; `systemd`: readiness and
-//!   status for a `Type=notify` unit; `sync`: locking that survives a panic.
+//!   the system (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM, Ctrl-C, SIGQUIT and the
+//!   ignored SIGUSR1 and SIGUSR2; `systemd`: readiness and status for a `Type=notify` unit;
+//!   `sync`: locking that survives a panic.
 
 #![warn(unreachable_pub)]
 

@@ -15,10 +15,10 @@ use sha1::{Digest, Sha1};
 use crate::error::ProxyError;
 use crate::head;
 
-pub(crate) const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
 pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
     HeaderName::from_static("sec-websocket-version");
-pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 pub(crate) const SEC_WEBSOCKET_PROTOCOL: HeaderName =
     HeaderName::from_static("sec-websocket-protocol");
 const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
@@ -40,7 +40,7 @@ pub(crate) fn tokens<'a>(
         .filter(|t| !t.is_empty())
 }
 
-pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
@@ -229,7 +229,7 @@ fn single_value_is(headers: &HeaderMap, name: &HeaderName, expected: &str) -> bo
 }
 
 /// A key is the base64 encoding of exactly 16 bytes (RFC 6455 §4.1, item 7).
-pub(crate) fn is_valid_key(key: &HeaderValue) -> bool {
+fn is_valid_key(key: &HeaderValue) -> bool {
     let raw = key.as_bytes().trim_ascii();
     raw.len() == 24 && BASE64.decode(raw).is_ok_and(|bytes| bytes.len() == 16)
 }

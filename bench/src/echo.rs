@@ -1,5 +1,6 @@
-//! The built-in echo backend (lean engine in [`crate::server`] by default): echoes text and binary messages, answers pings, completes close
-//! handshakes, accepts any path and selects the first offered subprotocol. Plain `ws://`, or
+//! The built-in echo backend (lean engine in [`crate::server`] by default): echoes text and
+//! binary messages, answers pings, completes close handshakes, accepts any path and selects
+//! the first offered subprotocol. Plain `ws://`, or
 //! `wss://` with `--tls-cert/--tls-key`.
 
 use std::net::SocketAddr;
@@ -54,7 +55,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .with_context(|| format!("listen on {addr}"))
 }
 
-/// Builds a TLS acceptor from PEM files (the load tool's own [`crypto_provider`](crate::target::crypto_provider)).
+/// Builds a TLS acceptor from PEM files (the load tool's own
+/// [`crypto_provider`](crate::target::crypto_provider)).
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("read {}", cert.display()))?

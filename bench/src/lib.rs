@@ -5,7 +5,11 @@
 //! - [`target`]: the `ws://` / `wss://` URL, TLS client config, TCP/TLS connect.
 //! - [`ws`]: a lean WebSocket client: the HTTP upgrade and a frame codec that never copies payloads
 //!   it does not need.
-//! - [`echo`]: the built-in echo backend (tokio-tungstenite).
+//! - [`echo`]: the built-in echo backend: its listener and TLS, on the lean engine of [`server`]
+//!   by default (tokio-tungstenite on request).
+//! - [`server`]: the lean echo engine: the server's side of the upgrade and a streaming
+//!   frame echo that assembles no message.
+//! - [`sys`]: the runtime and the process's open-files limit.
 //! - [`stats`]: HDR histograms, percentiles and the coordinated-omission-free send schedule.
 //! - [`procstat`]: CPU time and memory of the proxy process and of the tool itself.
 //! - [`report`]: human-readable table or JSON.

@@ -443,8 +443,9 @@ impl Reloader {
 
     /// Publishes and logs a renewal of the certificates in force. A failed one (a certificate
     /// written before its key, say) is counted and said once: the next write is looked at
-    /// anyway. Not at all when it failed as the reload just `rejected` did (the config on disk is the one in
-    /// force, and its certificate files are what is wrong): that error was said already.
+    /// anyway. Not at all when it failed as the reload just `rejected` did (the config on disk
+    /// is the one in force, and its certificate files are what is wrong): that error was said
+    /// already.
     fn record_renewal(&mut self, generation: u64, renewal: Renewal, rejected: Option<&str>) {
         let shared = &self.shared;
         let error = match renewal {

@@ -75,8 +75,9 @@ impl Direction {
     }
 
     /// Client → backend: the reader keeps its own buffer (the TLS stream's plaintext, one
-    /// record or a few small ones at a time). A record's worth is written from it directly; smaller records are gathered into
-    /// a pooled buffer, written out when it is full or the reader has nothing more now.
+    /// record or a few small ones at a time). A record's worth is written from it directly;
+    /// smaller records are gathered into a pooled buffer, written out when it is full or the
+    /// reader has nothing more now.
     pub(super) fn poll_from_buffered<R, W>(
         &mut self,
         cx: &mut Context<'_>,

@@ -84,14 +84,14 @@ pub(super) struct Window {
     pub(super) deadline: tokio::time::Instant,
 }
 
-/// Connects to one of `backend`'s addresses within `window`, but for the `gone` ones,
-/// starting at each in turn, those that failed lately last (see
-/// [`crate::resolve::in_turn`]). Each address gets an equal share of the time left, like
-/// each backend, and the next is dialed beside one unanswered for `timing.attempt_delay`: a name whose first address is
-/// blackholed (a pod on a node that is gone, or an IPv6 address without a route to it on a
-/// dual-stack cluster) must not use up the time its next, working, address needed.
-/// `None` if every address is among the `gone` ones. `alone`: the backend is its route's only
-/// one (see [`connect_one`]).
+/// Connects to one of `backend`'s addresses within `window`, but for the `gone` ones, starting
+/// at each in turn, those that failed lately last (see [`crate::resolve::in_turn`]). Each
+/// address gets an equal share of the time left, like each backend, and the next is dialed
+/// beside one unanswered for `timing.attempt_delay`: a name whose first address is blackholed
+/// (a pod on a node that is gone, or an IPv6 address without a route to it on a dual-stack
+/// cluster) must not use up the time its next, working, address needed. `None` if every
+/// address is among the `gone` ones. `alone`: the backend is its route's only one (see
+/// [`connect_one`]).
 pub(super) async fn connect(
     backend: &str,
     gone: Vec<SocketAddr>,
