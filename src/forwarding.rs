@@ -11,7 +11,7 @@ use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
 
-use crate::websocket::{self, SEC_WEBSOCKET_PROTOCOL};
+use crate::websocket::SEC_WEBSOCKET_PROTOCOL;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -80,7 +80,7 @@ fn underscored_alias(name: &str) -> bool {
 
 /// The header names a message's own `Connection` lists: hop-by-hop too (RFC 9110 §7.6.1).
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
-    (websocket::tokens(headers, &CONNECTION))
+    (crate::grammar::tokens(headers, &CONNECTION))
         .map(str::to_ascii_lowercase)
         .collect()
 }
@@ -136,7 +136,7 @@ pub(crate) fn backend_request(
 /// the last element gets what it expects.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_canonical().to_string();
-    let mut list: Vec<&str> = websocket::tokens(headers, &X_FORWARDED_FOR).collect();
+    let mut list: Vec<&str> = crate::grammar::tokens(headers, &X_FORWARDED_FOR).collect();
     list.push(&ip);
     let joined = list.join(", ");
     if let Ok(value) = HeaderValue::from_str(&joined) {

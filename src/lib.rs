@@ -21,8 +21,9 @@
 //! Layout, one module per concept:
 //! - [`config`]: TOML → validated `Config` (raw, shape, validate, values, error);
 //!   [`routes`]: the route table (pure); `path`: a request path in the form a backend may
-//!   read it (pure); [`websocket`]: RFC 6455 rules (pure); `head`: the request head read
-//!   before hyper;
+//!   read it (pure); [`websocket`]: RFC 6455 rules (pure); `grammar`: the pieces of HTTP
+//!   syntax they, the forwarded headers and the config share (pure); `head`: the request
+//!   head read before hyper;
 //! - `snapshot`: the config in force, built as one unit; `fingerprint`: whether the files it
 //!   is built from changed; `watch`: which folders to watch, and the watches; `reload`: when
 //!   and how a new snapshot replaces the old (`reload::look`: what a look at the files finds;
@@ -66,6 +67,7 @@ mod error;
 mod files;
 mod fingerprint;
 mod forwarding;
+mod grammar;
 mod head;
 mod health;
 mod limits;

@@ -13,6 +13,7 @@ use hyper::{Method, Uri, Version};
 use sha1::{Digest, Sha1};
 
 use crate::error::ProxyError;
+use crate::grammar::{has_token, is_label, is_tchar, tokens};
 use crate::head;
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
@@ -25,24 +26,6 @@ const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websoc
 
 /// The GUID RFC 6455 §1.3 appends to the key before hashing.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// Every comma-separated token of every `name` header line, trimmed, empty ones skipped.
-pub(crate) fn tokens<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
-}
 
 /// Whether the request asks for a WebSocket at all; a route match plus `false` here is a 426.
 fn asks_for_websocket(headers: &HeaderMap) -> bool {
@@ -174,17 +157,6 @@ fn is_host(host: &str) -> bool {
     // One trailing root dot is allowed.
     let name = host.strip_suffix('.').unwrap_or(host);
     !name.is_empty() && name.split('.').all(is_label)
-}
-
-/// A label of a host name, as requests and routes may write it: letters, digits, '-' (not
-/// first or last) and '_', not empty.
-pub(crate) fn is_label(label: &str) -> bool {
-    !label.is_empty()
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// Host names compare case-insensitively, with a trailing root dot ignored; IPv6 literals as
@@ -382,11 +354,6 @@ fn chosen_extensions_fit(headers: &HeaderMap, offered: &[String]) -> Result<(), 
         }
     }
     Ok(())
-}
-
-/// A byte of an HTTP token (RFC 9110 §5.6.2): visible ASCII but the delimiters.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A server chooses one subprotocol (RFC 6455 §4.2.2): one header line holding exactly one of

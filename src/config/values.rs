@@ -53,7 +53,7 @@ pub(super) fn host_pattern(text: &str) -> Result<HostPattern, String> {
         None => (false, host),
     };
     // The rules a request's Host is held to: a route no Host can match is a mistake.
-    if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
+    if name.is_empty() || !name.split('.').all(crate::grammar::is_label) {
         return Err(host_pattern_problem(text, name));
     }
     Ok(if wildcard {
@@ -166,7 +166,7 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
 
 /// RFC 9110 token characters, which is what a subprotocol name must be (RFC 6455 §4.1).
 pub(super) fn subprotocol(text: &str) -> Result<String, String> {
-    if text.is_empty() || !text.bytes().all(crate::websocket::is_tchar) {
+    if text.is_empty() || !text.bytes().all(crate::grammar::is_tchar) {
         return Err(format!(
             "{text:?} is not a valid subprotocol name (an HTTP token)"
         ));
@@ -276,7 +276,7 @@ pub(super) fn port_problem(written: &str, host: &str, port: &str, lowest: u16) -
 }
 
 /// What is wrong with `host` as the host of a backend or an origin, if anything: it must be
-/// a DNS name (labels of letters, digits, `-` and `_`, as `websocket::is_label` allows; one
+/// a DNS name (labels of letters, digits, `-` and `_`, as `grammar::is_label` allows; one
 /// trailing dot, the fully qualified form), an IPv4 address, or a bracketed IPv6 address,
 /// without a scope id. `canonical`: an IP address written only as browsers serialise it
 /// (`[::1]`, not `[0::1]`), since an origin is compared as a string.
@@ -309,7 +309,7 @@ fn host_part(host: &str, canonical: bool) -> Result<(), String> {
             )),
         };
     }
-    if name.is_empty() || !name.split('.').all(crate::websocket::is_label) {
+    if name.is_empty() || !name.split('.').all(crate::grammar::is_label) {
         return Err(format!(
             "{host:?} is not a host name (dot-separated labels of letters, digits, '-' and '_', none empty, none starting or ending with '-'), an IPv4 address or a bracketed IPv6 address"
         ));

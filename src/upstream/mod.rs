@@ -388,7 +388,7 @@ fn check_refusal(response: &Response<Incoming>) -> Result<(), ProxyError> {
     if status > 599 || status == 407 {
         return Err(ProxyError::BadBackendAnswer(format!("status {status}")));
     }
-    let mut codings = websocket::tokens(response.headers(), &TRANSFER_ENCODING);
+    let mut codings = crate::grammar::tokens(response.headers(), &TRANSFER_ENCODING);
     if let Some(coding) = codings.find(|c| !c.eq_ignore_ascii_case("chunked")) {
         let coding = coding.to_string();
         return Err(ProxyError::BadBackendAnswer(format!(
