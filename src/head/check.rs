@@ -1,71 +1,13 @@
-//! Reads a request head off the client's stream before hyper parses it, so that
-//! `max_request_header_bytes` counts the bytes the client actually sent.
-//!
-//! hyper enforces only a read-buffer size with an 8 KiB floor, and the parsed request no longer
-//! shows padding, line folds or spacing, so neither gives an exact size. The bytes read here are
-//! handed to hyper in front of the stream ([`Prefixed`]), so nothing is lost or read twice.
+//! What a complete request head must be before hyper reads it, and the two rewrites it gets:
+//! whatever hyper would refuse with a bare status of its own gets the proxy's refusal instead
+//! (too many fields → 431, a target too long → 414, anything malformed → 400, a declared body
+//! → 400), a later HTTP/1 minor version is read as 1.1, and `close` tokens are blanked out of
+//! `Connection` (the 101 must not say `close`).
 
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use bytes::{Bytes, BytesMut};
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
-
-use crate::closing::Lingering;
 use crate::error::ProxyError;
 use crate::path;
-use crate::relay::Written;
-
-/// What reading the head found.
-pub(crate) enum Head {
-    /// The head is complete within the limit: its length, through its empty line (more bytes
-    /// may follow it).
-    Complete(usize),
-    /// More than the limit arrived without the head ending.
-    TooLarge,
-    /// The client closed (or half-closed) before the head was complete.
-    Closed,
-}
-
-/// Reads until the head's empty line, or until more than the limit's bytes show it is too
-/// large. `limit` is asked once, when the first bytes arrive: a reload while the client was
-/// quiet applies to its request. Returns the bytes read, which [`Prefixed`] must put back in
-/// front of the stream, and the limit applied (0 if nothing came).
-pub(crate) async fn read<T: AsyncRead + Unpin>(
-    io: &mut T,
-    limit: impl FnOnce() -> usize,
-) -> io::Result<(Head, Bytes, usize)> {
-    // Most heads are a few hundred bytes: grow as needed rather than reserve the limit.
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut scan = Scan::default();
-    let mut limit = Some(limit);
-    let mut max = 0;
-    loop {
-        if buf.capacity() == buf.len() {
-            buf.reserve(buf.len().clamp(1024, 8192));
-        }
-        if io.read_buf(&mut buf).await? == 0 {
-            return Ok((Head::Closed, buf.freeze(), max));
-        }
-        if let Some(limit) = limit.take() {
-            max = limit();
-        }
-        if let Some(end) = scan.head_end(&buf) {
-            let head = if end <= max {
-                Head::Complete(end)
-            } else {
-                Head::TooLarge
-            };
-            return Ok((head, buf.freeze(), max));
-        }
-        if buf.len() > max {
-            return Ok((Head::TooLarge, buf.freeze(), max));
-        }
-    }
-}
 
 /// Header fields a request may have: hyper's limit, checked here so that the refusal is ours.
 const MAX_HEADERS: usize = 100;
@@ -292,180 +234,6 @@ const SEC_WEBSOCKET: &str = "sec-websocket-";
 
 const PARSED: [&str; 5] = ["connection", "upgrade", "host", "origin", "x-forwarded-for"];
 
-/// Where the search for the end of the head stands: each byte is looked at about once, however
-/// the head is split over reads (a head trickling in byte by byte must not cost O(n²)).
-#[derive(Default)]
-struct Scan {
-    /// Where the request line starts, once a byte other than CR or LF has arrived.
-    start: Option<usize>,
-    /// Bytes already searched.
-    scanned: usize,
-}
-
-impl Scan {
-    /// The length of the head through its empty line, if it has arrived. Like hyper's parser
-    /// (httparse), a bare LF ends a line as well as CRLF, and empty lines before the request
-    /// line are skipped (RFC 9112 §2.2), not taken for the end (they still count in the size).
-    fn head_end(&mut self, buf: &[u8]) -> Option<usize> {
-        if self.start.is_none() {
-            self.start = buf[self.scanned..]
-                .iter()
-                .position(|&b| b != b'\r' && b != b'\n')
-                .map(|p| p + self.scanned);
-        }
-        let Some(start) = self.start else {
-            self.scanned = buf.len();
-            return None;
-        };
-        let from = self.scanned.max(start);
-        let mut i = from;
-        let mut end = None;
-        while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n') {
-            let lf = i + offset;
-            match &buf[lf + 1..] {
-                [b'\n', ..] => end = Some(lf + 2),
-                [b'\r', b'\n', ..] => end = Some(lf + 3),
-                _ => i = lf + 1,
-            }
-            if end.is_some() {
-                break;
-            }
-        }
-        // A bare CR (one not followed by LF) is in no head hyper reads (RFC 9112 §2.2): the
-        // head "ends" there, to be refused at once, not when the handshake timeout runs out on
-        // a client whose lines end in CR alone. Only within the head: the bytes after it (early
-        // WebSocket frames) may hold any.
-        let head = &buf[from..end.unwrap_or(buf.len())];
-        if let Some(cr) = (head.windows(2)).position(|w| w[0] == b'\r' && w[1] != b'\n') {
-            return Some(from + cr + 2);
-        }
-        if end.is_none() {
-            // The terminator may straddle reads: look again from just before the last two bytes.
-            self.scanned = buf.len().saturating_sub(2).max(start);
-        }
-        end
-    }
-}
-
-/// A stream with bytes already read from it put back in front, for hyper to parse the one
-/// request it serves: reads hand out the request head and stop there.
-///
-/// What follows the head is never hyper's to read. Early WebSocket bytes go to the tunnel,
-/// which takes them with the stream ([`Prefixed::into_parts`]); anything else behind a request
-/// (one per connection) would be parsed as a second request once the first is answered, and
-/// answered too: a refusal must be the connection's last word. So past the head a read stays
-/// pending; hyper reads nothing while the request is served (`half_close`), and the closing
-/// connection is ended by the server once the answer is out.
-///
-/// When hyper ends the connection (its answer written), the shutdown it asks for is a
-/// lingering close ([`crate::closing`]): `close_notify`, then what the client still sends is read
-/// and dropped, before hyper lets go of the stream. `shut` tells the server that the answer
-/// is out, so that the connection's end need not wait for the linger's.
-pub(crate) struct Prefixed<T> {
-    prefix: Bytes,
-    /// How much of `prefix` hyper may still read: what is left of the head.
-    head: usize,
-    io: T,
-    /// Set once the stream is shut, lingering.
-    closing: Option<Lingering>,
-    shut: Arc<Notify>,
-    written: Arc<Written>,
-}
-
-impl<T> Prefixed<T> {
-    /// `head` is the length of the request head that starts `prefix`; `shut` is told once the
-    /// stream has been shut (the answer out, and a `close_notify` behind it); `written`
-    /// counts what hyper writes through it.
-    pub(crate) fn new(
-        prefix: Bytes,
-        head: usize,
-        io: T,
-        shut: Arc<Notify>,
-        written: Arc<Written>,
-    ) -> Self {
-        let head = head.min(prefix.len());
-        Prefixed {
-            prefix,
-            head,
-            io,
-            closing: None,
-            shut,
-            written,
-        }
-    }
-
-    /// The stream and whatever of the prefix has not been read yet.
-    pub(crate) fn into_parts(self) -> (T, Bytes) {
-        (self.io, self.prefix)
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.head == 0 {
-            // No waker kept: the connection's other events (its answer written, its
-            // shutdown) wake its task, and nothing here ever becomes readable.
-            return Poll::Pending;
-        }
-        let n = self.head.min(buf.remaining());
-        buf.put_slice(&self.prefix[..n]);
-        self.prefix.advance(n);
-        self.head -= n;
-        if self.prefix.is_empty() {
-            // An emptied `Bytes` still holds its allocation: let it go.
-            self.prefix = Bytes::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
-        self.written.add(n);
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
-        self.written.add(n);
-        Poll::Ready(Ok(n))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.closing.is_none() {
-            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
-            this.shut.notify_one();
-            this.closing = Some(Lingering::new());
-        }
-        if let Some(lingering) = &mut this.closing {
-            ready!(lingering.poll(Pin::new(&mut this.io), cx));
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,10 +252,6 @@ mod tests {
         assert_eq!(edited, Bytes::from(format!("{want}{behind}")));
         let none = Bytes::from_static(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\n\r\n");
         assert_eq!(without_close(none.clone(), none.len()), none);
-    }
-
-    fn end_of(buf: &[u8]) -> Option<usize> {
-        Scan::default().head_end(buf)
     }
 
     /// What [`read_as_http_1_1`] makes of a head (with `next` behind it): the bytes hyper gets.
@@ -593,35 +357,6 @@ mod tests {
     }
 
     #[test]
-    fn a_head_fed_byte_by_byte_is_found_once_complete() {
-        let head = b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let mut scan = Scan::default();
-        for n in 1..head.len() {
-            assert_eq!(scan.head_end(&head[..n]), None, "{n}");
-        }
-        assert_eq!(scan.head_end(head), Some(head.len()));
-    }
-
-    #[test]
-    fn the_head_ends_at_its_empty_line() {
-        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nxyz"), Some(27));
-        assert_eq!(end_of(b"GET / HTTP/1.1\nHost: a\n\nxyz"), Some(24));
-        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
-        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
-        assert_eq!(end_of(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
-        assert_eq!(end_of(b"\r\n\r\n"), None);
-        // A bare CR ends the head where it is (it is refused), a CR at the very end waits.
-        assert_eq!(end_of(b"GET / HTTP/1.1\rHost: a\r\r"), Some(16));
-        assert_eq!(end_of(b"GET / HTTP/1.1\r\nX: a\rb"), Some(22));
-        assert_eq!(end_of(b"GET / HTTP/1.1\r"), None);
-        // A CR in the early bytes after a complete head is theirs, not the head's.
-        assert_eq!(
-            end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\x81\x05\rhello"),
-            Some(27)
-        );
-    }
-
-    #[test]
     fn a_path_a_url_parser_reads_as_a_host_is_refused() {
         let get =
             |target: &str| check(format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
@@ -720,69 +455,5 @@ mod tests {
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(check(head.as_bytes()), Err(ProxyError::TooManyFields));
-    }
-
-    #[tokio::test]
-    async fn reads_stop_at_the_limit_and_give_back_every_byte() {
-        let sent = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nearly".to_vec();
-        let (head, bytes, max) = read(&mut &sent[..], || 27).await.unwrap();
-        assert_eq!(max, 27);
-        assert!(matches!(head, Head::Complete(_)));
-        assert_eq!(&bytes[..], &sent[..]);
-        let (head, _, _) = read(&mut &sent[..], || 26).await.unwrap();
-        assert!(matches!(head, Head::TooLarge));
-        let (head, _, _) = read(&mut &sent[..20], || 1000).await.unwrap();
-        assert!(matches!(head, Head::Closed));
-    }
-
-    /// Hands out one chunk per read, as a socket would when the client's writes trickle in.
-    struct Chunks(Vec<&'static [u8]>);
-
-    impl AsyncRead for Chunks {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            if !self.0.is_empty() {
-                buf.put_slice(self.0.remove(0));
-            }
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_terminator_split_across_reads_is_found() {
-        let mut io = Chunks(vec![
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
-            b"\n",
-            b"never read",
-        ]);
-        let (head, bytes, _) = read(&mut io, || 100).await.unwrap();
-        assert!(matches!(head, Head::Complete(_)));
-        assert_eq!(bytes.len(), 27);
-    }
-
-    #[tokio::test]
-    async fn reads_stop_at_the_end_of_the_head_and_the_rest_is_handed_over() {
-        use futures_util::FutureExt;
-        let head = b"GET / HTTP/1.1\r\n\r\n";
-        let prefix = Bytes::from([&head[..], b"early"].concat());
-        let mut io = Prefixed::new(
-            prefix,
-            head.len(),
-            &b"later"[..],
-            Arc::default(),
-            Arc::default(),
-        );
-        let mut read = vec![0; 8];
-        let mut all = Vec::new();
-        // In small reads, as hyper may make them: the head, and not a byte more.
-        while let Some(n) = io.read(&mut read).now_or_never() {
-            all.extend_from_slice(&read[..n.unwrap()]);
-        }
-        assert_eq!(all, head);
-        let (rest, unread) = io.into_parts();
-        assert_eq!((rest, &unread[..]), (&b"later"[..], &b"early"[..]));
     }
 }
