@@ -223,24 +223,66 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Refused> {
             Refused::new(Part::Cert, msg)
         })?;
     if chain.is_empty() {
-        let msg = format!(
-            "no certificate in {}: wsgate reads PEM (-----BEGIN CERTIFICATE-----); convert DER with `openssl x509 -inform der -in CERT -out CERT.pem`",
-            path.display()
-        );
+        let msg = match holds_private_key(&cert_pem) {
+            true => format!(
+                "no certificate in {}: it holds a private key (are `cert` and `key` swapped?)",
+                path.display()
+            ),
+            false => format!(
+                "no certificate in {}: wsgate reads PEM (-----BEGIN CERTIFICATE-----); convert DER with `openssl x509 -inform der -in CERT -out CERT.pem`",
+                path.display()
+            ),
+        };
         return Err(Refused::new(Part::Cert, msg));
     }
+    // rustls parses only the first certificate; the others go to clients as they are, so a
+    // broken intermediate (a line lost in a copy) would load, reload, and then fail every
+    // handshake. Each one is parsed here.
+    for (i, der) in chain.iter().enumerate() {
+        if let Err(e) = x509_parser::parse_x509_certificate(der) {
+            let which = match i {
+                0 => "the server's certificate (the first)".to_string(),
+                i => format!("certificate {} of the chain", i + 1),
+            };
+            let msg = format!(
+                "{which} in {} is not a valid X.509 certificate: {e}",
+                path.display()
+            );
+            return Err(Refused::new(Part::Cert, msg));
+        }
+    }
     Ok(chain)
+}
+
+/// Whether a PEM file holds a private key of any kind.
+fn holds_private_key(pem: &[u8]) -> bool {
+    pem.windows(11).any(|w| w == b"PRIVATE KEY")
 }
 
 /// The private key, parsed and accepted by the provider for signing.
 fn read_key(path: &Path, provider: &CryptoProvider) -> Result<PrivateKeyDer<'static>, Refused> {
     let key_pem = read_file(path, Part::Key, "private key")?;
+    // Before parsing: an old-style encrypted key (`Proc-Type: 4,ENCRYPTED` headers) fails as
+    // bad base64, which would hide what is wrong.
+    if encrypted(&key_pem) {
+        let msg = format!(
+            "cannot read private key {}: the key is encrypted; wsgate needs it decrypted (openssl pkey -in KEY -out PLAIN)",
+            path.display()
+        );
+        return Err(Refused::new(Part::Key, msg));
+    }
+    let keys = PrivateKeyDer::pem_slice_iter(&key_pem)
+        .filter(Result::is_ok)
+        .count();
+    if keys > 1 {
+        let msg = format!(
+            "{} holds {keys} private keys: keep only the one of the certificate",
+            path.display()
+        );
+        return Err(Refused::new(Part::Key, msg));
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         let why = match e {
-            rustls_pki_types::pem::Error::NoItemsFound if encrypted(&key_pem) => {
-                "the key is encrypted; wsgate needs it decrypted (openssl pkey -in KEY -out PLAIN)"
-                    .to_string()
-            }
             rustls_pki_types::pem::Error::NoItemsFound => {
                 "no private key in it (PKCS#8, SEC1 or PKCS#1 PEM; convert DER with `openssl pkey -inform der -in KEY -out KEY.pem`)".to_string()
             }
@@ -283,7 +325,8 @@ fn pair_up(
             paths.cert.display()
         ))),
         Err(other) => Err(pair(format!(
-            "unusable key or certificate {}: {other}",
+            "certificate {} and private key {} cannot be used together: {other}",
+            paths.cert.display(),
             paths.key.display()
         ))),
     }
@@ -423,6 +466,60 @@ mod tests {
         assert!(read_key(&key_path, &provider()).is_ok());
         // Only at the start: the mark is not stripped from the middle of a file.
         assert_eq!(without_bom(b"a\xEF\xBB\xBF".to_vec()), b"a\xEF\xBB\xBF");
+    }
+
+    /// What rustls would take without a word and then fail every handshake on, or report in
+    /// words that hide the mistake, is refused here in words that name it.
+    #[test]
+    fn chain_and_key_mistakes_are_named() {
+        let leaf = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        fn message<T>(r: Result<T, Refused>) -> String {
+            r.err().map(|e| e.message).unwrap_or_default()
+        }
+        // An intermediate with a line lost in a copy, and a block that is no certificate.
+        let intermediate = other.cert.pem();
+        let mut lines: Vec<&str> = intermediate.lines().collect();
+        lines.remove(3);
+        let broken = write(
+            "broken.pem",
+            &format!("{}{}\n", leaf.cert.pem(), lines.join("\n")),
+        );
+        let error = message(read_chain(&broken));
+        assert!(error.contains("certificate 2 of the chain in"), "{error}");
+        assert!(
+            error.contains("is not a valid X.509 certificate"),
+            "{error}"
+        );
+        let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let junk = write("junk.pem", &format!("{}{junk}", leaf.cert.pem()));
+        assert!(message(read_chain(&junk)).contains("certificate 2 of the chain"));
+        // The key where the certificate belongs.
+        let swapped = write("swapped.pem", &leaf.key_pair.serialize_pem());
+        let error = message(read_chain(&swapped));
+        assert!(error.contains("are `cert` and `key` swapped?"), "{error}");
+        // An old-style encrypted key, which fails as bad base64 when parsed.
+        let old_style = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                         DEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nAAAA\n\
+                         -----END RSA PRIVATE KEY-----\n";
+        let old_style = write("enc.pem", old_style);
+        let error = message(read_key(&old_style, &provider()));
+        assert!(error.contains("the key is encrypted"), "{error}");
+        // Two keys in one file: which one is meant is not wsgate's guess.
+        let two = format!(
+            "{}{}",
+            leaf.key_pair.serialize_pem(),
+            other.key_pair.serialize_pem()
+        );
+        let two = write("two.pem", &two);
+        let error = message(read_key(&two, &provider()));
+        assert!(error.contains("holds 2 private keys"), "{error}");
     }
 
     #[test]
