@@ -284,7 +284,15 @@ fn unanswered_line(conn: &Conn, ending: &mut Ending, delivery: Delivery) {
 const TARGET: &str = "wsgate::access_log";
 
 /// A tunnel's end line.
-pub(crate) fn tunnel_line(conn: &Conn, route: &str, backend: &str, outcome: &splice::Outcome) {
+/// `detail`: what the client's TLS failed on, if it did (the reason's error kind alone would
+/// say only "invalid data").
+pub(crate) fn tunnel_line(
+    conn: &Conn,
+    route: &str,
+    backend: &str,
+    outcome: &splice::Outcome,
+    detail: Option<&str>,
+) {
     // A backend that vanished (a reset, a crash) is a backend fault; a client that vanished
     // is everyday mobile life.
     let level = match outcome.reason {
@@ -299,7 +307,12 @@ pub(crate) fn tunnel_line(conn: &Conn, route: &str, backend: &str, outcome: &spl
         bytes_in: outcome.client_to_backend,
         bytes_out: outcome.backend_to_client,
         duration_ms: since(conn.started),
-        reason: &outcome.reason.to_string(),
+        reason: &match (outcome.reason, detail) {
+            (reason @ splice::CloseReason::Error(splice::Peer::Client, _), Some(tls)) => {
+                format!("{reason} ({tls})")
+            }
+            (reason, _) => reason.to_string(),
+        },
     };
     emit(level, "tunnel closed", &fields);
 }

@@ -263,7 +263,8 @@ fn spawn_tunnel(
         let open = conn.shared.metrics.tunnel_started();
         let outcome = (&mut splice).await;
         open.closed(&route, &outcome);
-        access_log::tunnel_line(&conn, &route, &backend, &outcome);
+        let detail = splice.client_failure();
+        access_log::tunnel_line(&conn, &route, &backend, &outcome, detail.as_deref());
         // Still counted among the connections while the client takes in the rest. Boxed: this
         // future's size is held for the tunnel's whole life, the lingering only at its end
         // (unboxed, it took 4.5 KiB more per idle tunnel).

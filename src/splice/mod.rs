@@ -79,6 +79,11 @@ where
     C: AsyncBufRead + AsyncWrite + PeerSocket + Unpin,
     B: AsyncRead + AsyncWrite + PeerSocket + Unpin,
 {
+    /// What the client's TLS failed on, if it did: the detail behind an `invalid data` end.
+    pub(crate) fn client_failure(&self) -> Option<String> {
+        self.client.failure()
+    }
+
     /// Relays until both directions have finished, one fails, the tunnel idles out, or
     /// `drain` fires. `client_early` / `backend_early` are bytes each side sent right behind
     /// its handshake that the HTTP layer already read; they go out first.

@@ -20,6 +20,13 @@ pub(crate) trait PeerSocket {
     fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
         None
     }
+
+    /// What failed in a layer above TCP, in its own words (TLS's, behind an error whose kind
+    /// alone says only "invalid data": a renegotiation refused, a record that failed to
+    /// decrypt), for the tunnel's line.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 impl PeerSocket for tokio::net::TcpStream {
@@ -56,5 +63,9 @@ impl PeerSocket for crate::tls::TlsStream<tokio::net::TcpStream> {
 
     fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
         Some(self.get_mut())
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure().map(|e| e.to_string())
     }
 }

@@ -638,3 +638,28 @@ async fn a_client_vanishing_behind_a_backend_that_stopped_reading_is_noticed() {
     let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_error"}"#;
     scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
 }
+
+/// A client whose TLS fails inside the tunnel (a record that does not decrypt, a
+/// renegotiation attempt) is logged in TLS's words, not only as "invalid data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_tls_failure_in_the_tunnel_is_logged_in_tls_words() {
+    use tokio::io::AsyncWriteExt;
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
+    let (_child, lines, addr) = started_wsgate(&config);
+    let mut client = raw_client(addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    back.send(switching(&seen, "")).await;
+    assert_eq!(client.read_head().await.status, 101);
+    // An application-data record of 32 bytes that no key decrypts, under the TLS layer.
+    let tcp = client.stream.get_mut().0;
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    record.extend([0x5a; 32]);
+    tcp.write_all(&record).await.unwrap();
+    let line = tokio::task::block_in_place(|| wait_for_line(&lines, "tunnel closed"));
+    assert!(line.contains("client error: invalid data ("), "{line}");
+    assert!(line.to_lowercase().contains("decrypt"), "{line}");
+}

@@ -141,6 +141,11 @@ impl<IO> TlsStream<IO> {
         &mut self.io
     }
 
+    /// What TLS failed on, if it failed: the tunnel's line says it in TLS's words.
+    pub(crate) fn failure(&self) -> Option<&rustls::Error> {
+        self.failed.as_deref()
+    }
+
     /// Lets rustls take what `incoming` holds, until it has plaintext for the reader, needs
     /// more bytes, or fails; or, sealing, until it has sealed. What it has to send
     /// (handshake messages, alerts, a key update) goes into `outgoing`, for the next flush.
