@@ -102,6 +102,10 @@ fn load_certificates(
                 .first()
                 .and_then(|leaf| Expiry::of(&paths.cert, leaf)),
         );
+        if let Some(why) = chain_problem(&key.cert) {
+            let message = format!("{}: {why}", paths.cert.display());
+            warnings.push(ConfigError::at(&config.path, &paths.cert_location, message));
+        }
         let (names, first_for) = resolver.add(key);
         // The first certificate also serves every name no other covers; a later one serves
         // only the names it is the first to cover.
@@ -115,6 +119,28 @@ fn load_certificates(
         }
     }
     Ok((resolver, expiry, warnings))
+}
+
+/// What is off about a chain that still works with lenient clients: intermediates out of
+/// order (each certificate must be signed by the one after it), or the root sent along
+/// (clients have it already: bytes in every handshake for nothing). By names, as a client
+/// builds a path: each certificate's issuer is the next one's subject.
+fn chain_problem(chain: &[CertificateDer<'_>]) -> Option<&'static str> {
+    let parsed: Vec<_> = (chain.iter())
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, cert)| cert)
+        .collect();
+    if parsed.len() < 2 {
+        return None;
+    }
+    let in_order = (parsed.windows(2)).all(|pair| pair[0].issuer() == pair[1].subject());
+    if !in_order {
+        return Some("the chain is out of order: put the server's certificate first, then the intermediate that signed it, then the one that signed that (clients that build the path in the order sent refuse it as it is)");
+    }
+    let last = parsed.last()?;
+    (last.subject() == last.issuer()).then_some(
+        "the chain ends with its root (a self-signed certificate): clients have their roots already, so it only adds bytes to every handshake; leave it out",
+    )
 }
 
 /// The crypto wsgate serves with: aws-lc-rs for the handshake, and on x86-64 ring for the
@@ -520,6 +546,36 @@ mod tests {
         let two = write("two.pem", &two);
         let error = message(read_key(&two, &provider()));
         assert!(error.contains("holds 2 private keys"), "{error}");
+    }
+
+    /// A chain out of order, or with its root, is served with a warning that says so.
+    #[test]
+    fn a_chain_out_of_order_or_with_its_root_is_warned_about() {
+        let ca = |name: &str| {
+            let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            (params, rcgen::KeyPair::generate().unwrap())
+        };
+        let (root_params, root_key) = ca("root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let (int_params, int_key) = ca("intermediate");
+        let int = int_params.signed_by(&int_key, &root, &root_key).unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &int, &int_key).unwrap();
+        let der = |c: &rcgen::Certificate| c.der().clone();
+        assert_eq!(chain_problem(&[der(&leaf), der(&int)]), None);
+        assert_eq!(chain_problem(&[der(&leaf)]), None);
+        let with_root = chain_problem(&[der(&leaf), der(&int), der(&root)]);
+        assert!(with_root.is_some_and(|w| w.contains("ends with its root")));
+        let shuffled = chain_problem(&[der(&leaf), der(&root), der(&int)]);
+        assert!(shuffled.is_some_and(|w| w.contains("out of order")));
     }
 
     #[test]
