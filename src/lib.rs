@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Layout, one module per concept:
-//! - [`config`]: TOML → validated `Config` (raw, shape, validate, values, error);
+//! - [`config`]: TOML → validated `Config` (raw, shape, validate, values, error, locate,
+//!   wording);
 //!   [`routes`]: the route table (pure); `path`: a request path in the form a backend may
 //!   read it (pure); [`websocket`]: RFC 6455 rules (pure); `grammar`: the pieces of HTTP
 //!   syntax they, the forwarded headers and the config share (pure); `head`: the request

@@ -1,13 +1,15 @@
 //! The TOML config file: read as written (`raw`, serde, unknown keys rejected), validated
 //! once (`validate`) into a typed [`Config`]. Every error names the file, the line and
-//! column, and the key (`error`), because an operator editing by hand (or a reload log line)
-//! needs to know exactly where to look.
+//! column, and the key (`error`; found by `locate`, in words by `wording`), because an
+//! operator editing by hand (or a reload log line) needs to know exactly where to look.
 
 mod error;
+mod locate;
 mod raw;
 mod shape;
 mod validate;
 mod values;
+mod wording;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

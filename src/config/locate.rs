@@ -1,0 +1,299 @@
+//! Where in the config file something is: the line and column of a byte span, and the dotted
+//! key written there (`route[1].backends[0]`), from the parsed document's spans or, for a file
+//! that does not parse, by reading its lines around the error.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::error::Location;
+
+/// Where each line of the source starts, so that locating a span is a binary search: a
+/// config with a warning per route (thousands of shadowed routes, say) would otherwise read
+/// the file from its start once per warning, which is quadratic.
+pub(super) struct LineIndex {
+    /// Byte offsets of the first byte of each line; the first is 0.
+    starts: Vec<usize>,
+    /// The last place located: its byte offset and its column. Spans are located mostly in
+    /// file order, so the next one on the same line counts characters from there, not from
+    /// the line's start: thousands of inline tables on one line (`certificates = [{…}, …]`)
+    /// would make counting from the start quadratic again.
+    last: Cell<(usize, usize)>,
+}
+
+impl LineIndex {
+    pub(super) fn new(src: &str) -> LineIndex {
+        let after_newlines = src.match_indices('\n').map(|(at, _)| at + 1);
+        LineIndex {
+            starts: std::iter::once(0).chain(after_newlines).collect(),
+            last: Cell::new((0, 1)),
+        }
+    }
+
+    /// The place of `span` in `src`, as `error::locate` finds it: the line, and the column
+    /// counted in characters, of the span's start (clamped to the text, and moved back to a
+    /// character boundary).
+    pub(super) fn locate(&self, src: &str, span: &Range<usize>, key: &str) -> Location {
+        let start = floor_char_boundary(src, span.start.min(src.len()));
+        // The last line starting at or before `start`; there is always one (offset 0).
+        let line = self.starts.partition_point(|&s| s <= start).max(1);
+        let line_start = self.starts[line - 1];
+        let (last, last_column) = self.last.get();
+        let column = if (line_start..=start).contains(&last) {
+            last_column + src[last..start].chars().count()
+        } else {
+            src[line_start..start].chars().count() + 1
+        };
+        self.last.set((start, column));
+        Location {
+            line,
+            column,
+            key: key.to_string(),
+        }
+    }
+}
+
+/// Line and column (1-based, in characters) of `span.start`, and the key to name.
+pub(super) fn locate(src: &str, span: &Range<usize>, key: &str) -> Location {
+    let start = span.start.min(src.len());
+    let before = &src[..floor_char_boundary(src, start)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location {
+        line,
+        column,
+        key: key.to_string(),
+    }
+}
+
+pub(super) fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The key a bad byte at the end of `src` (the text before it) is on, read line by line: the
+/// enclosing table and the key written on its line, unless the byte is in a comment.
+pub(super) fn key_by_line(src: &str) -> String {
+    let line_begin = src.rfind('\n').map_or(0, |i| i + 1);
+    let table = key_at(&src[..line_begin], line_begin);
+    let upto = &src[line_begin..];
+    let key = (upto.rsplit_once('=').filter(|_| !upto.contains('#')))
+        .map(|(left, _)| last_ident(left))
+        .filter(|k| !k.is_empty());
+    match (table.is_empty(), key) {
+        (true, None) => "(top level)".to_string(),
+        (false, None) => table,
+        (true, Some(key)) => key,
+        (false, Some(key)) => format!("{table}.{key}"),
+    }
+}
+
+/// The dotted path (`route[1]`, `tls.certificates[0].pass`) of the deepest key or value
+/// written exactly at `span`: serde's errors point at the key for an unknown field, at the
+/// value for a wrong type, and at the table (its header, or its braces) for a missing field.
+pub(super) fn path_to(table: &DeTable<'_>, prefix: &str, span: &Range<usize>) -> Option<String> {
+    path_where(table, prefix, &|at| at == span)
+}
+
+/// The dotted path of the deepest key or value whose text holds `offset`.
+pub(super) fn path_around(table: &DeTable<'_>, prefix: &str, offset: usize) -> Option<String> {
+    path_where(table, prefix, &|at| at.contains(&offset))
+}
+
+/// The dotted path of the deepest key or value whose span `hit` picks.
+fn path_where(
+    table: &DeTable<'_>,
+    prefix: &str,
+    hit: &dyn Fn(&Range<usize>) -> bool,
+) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let path = match prefix {
+            "" => key_part(key.get_ref()).into_owned(),
+            _ => format!("{prefix}.{}", key_part(key.get_ref())),
+        };
+        if hit(&key.span()) {
+            return Some(path);
+        }
+        value_path(value, path, hit)
+    })
+}
+
+/// One part of a dotted key as TOML writes it: bare where it can be, quoted where the key is
+/// empty or holds anything but letters, digits, `_` and `-` (`timeouts."a.b"`, `"".x`), so a
+/// message names no key other than the one meant.
+pub(super) fn key_part(key: &str) -> std::borrow::Cow<'_, str> {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    match !key.is_empty() && key.chars().all(bare) {
+        true => key.into(),
+        // Controls are left to the message's own escaping (`escape_controls`).
+        false => format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\"")).into(),
+    }
+}
+
+fn value_path(
+    value: &Spanned<DeValue<'_>>,
+    path: String,
+    hit: &dyn Fn(&Range<usize>) -> bool,
+) -> Option<String> {
+    // Inner first: the `[[route]]` array and its element share the header's span.
+    let inner = match value.get_ref() {
+        DeValue::Table(table) => path_where(table, &path, hit),
+        DeValue::Array(array) => array
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| value_path(item, format!("{path}[{i}]"), hit)),
+        _ => None,
+    };
+    inner.or_else(|| hit(&value.span()).then_some(path))
+}
+
+/// The table a line opens if it is a header, as errors name it (`route[2]` for the third
+/// `[[route]]`, counted in `arrays`).
+pub(super) fn opened_table(line: &str, arrays: &mut HashMap<String, usize>) -> Option<String> {
+    let header = line.trim();
+    if let Some(name) = header.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
+        let name = name.trim().trim_end_matches(']').to_string();
+        let n = arrays
+            .entry(name.clone())
+            .and_modify(|n| *n += 1)
+            .or_insert(0);
+        return Some(format!("{name}[{n}]"));
+    }
+    let name = header.strip_prefix('[').and_then(|t| t.split(']').next())?;
+    Some(name.trim().to_string())
+}
+
+/// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
+/// only: the enclosing `[table]` / `[[array]]` header plus the key written on that line.
+pub(super) fn key_at(src: &str, offset: usize) -> String {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let mut table = String::new();
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = src[offset..].find('\n').map_or(src.len(), |i| offset + i);
+    let line = &src[line_begin..line_end];
+    // The headers before the offset's line, and its own if it is one (read whole: a
+    // repeated `[proxy]` is reported inside its brackets).
+    let lines = src[..line_begin].split_inclusive('\n');
+    for header in lines.chain([line]) {
+        if let Some(name) = opened_table(header, &mut arrays) {
+            table = name;
+        }
+    }
+    let upto = &src[line_begin..offset.max(line_begin)];
+    // The key is the last `name =` before the offset on its line, or the name at the offset.
+    let key = upto
+        .rsplit_once('=')
+        .map(|(left, _)| last_ident(left))
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            // A table header names no key of its own: the table is the place.
+            let line = line.trim();
+            if line.starts_with('[') {
+                return None;
+            }
+            line.split('=')
+                .next()
+                .map(|k| last_ident(k.trim()))
+                .filter(|k| !k.is_empty())
+        })
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// Where the outermost array or inline table still open at `offset` starts, if one is: a
+/// `[` or `{` after a `=` or inside another value, outside strings and comments.
+pub(super) fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let mut open: Vec<usize> = Vec::new();
+    let mut after_equals = false;
+    let mut chars = src[..offset].char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' => {
+                // A comment runs to the end of its line.
+                while chars.next_if(|&(_, c)| c != '\n').is_some() {}
+            }
+            '"' | '\'' => {
+                skip_string(chars.by_ref(), c);
+                after_equals = false;
+            }
+            '=' => after_equals = true,
+            '[' | '{' if after_equals || !open.is_empty() => {
+                open.push(i);
+                after_equals = false;
+            }
+            ']' | '}' => {
+                open.pop();
+            }
+            c if !c.is_whitespace() => after_equals = false,
+            _ => {}
+        }
+    }
+    open.first().copied()
+}
+
+/// Past a string whose opening `quote` was just read: to its closing quote (a basic one's
+/// `\"` does not close it) or the end of its line.
+pub(super) fn skip_string<T>(chars: impl Iterator<Item = (T, char)>, quote: char) {
+    let mut escaped = false;
+    for (_, c) in chars {
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            '\n' => break,
+            c if c == quote && !escaped => break,
+            _ => escaped = false,
+        }
+    }
+}
+
+fn last_ident(text: &str) -> String {
+    let ident: String = text
+        .trim_end()
+        .chars()
+        .rev()
+        // A dotted key (`tls.certificates = …`) whole.
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '"' | '.'))
+        .collect();
+    ident.chars().rev().filter(|c| *c != '"').collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineIndex;
+
+    /// The index finds what `error::locate` finds by reading the text, at every offset
+    /// (inside a character, past the end, on a newline, in a CRLF file).
+    #[test]
+    fn the_line_index_locates_as_reading_the_text_does() {
+        let src = "a = 1\r\n\nname = \"é✓\" # ü\n\n[x]\ny = \"z\"";
+        let lines = LineIndex::new(src);
+        for start in 0..src.len() + 3 {
+            let span = start..start + 1;
+            assert_eq!(
+                lines.locate(src, &span, "k"),
+                super::locate(src, &span, "k"),
+                "at {start}"
+            );
+        }
+        // Out of order too: backwards, and jumping between lines.
+        for start in (0..src.len() + 3).rev().chain([30, 3, 31, 9, 2]) {
+            let span = start..start;
+            assert_eq!(
+                lines.locate(src, &span, "k"),
+                super::locate(src, &span, "k"),
+                "at {start}, backwards"
+            );
+        }
+        assert_eq!(LineIndex::new("").locate("", &(0..0), "k").line, 1);
+    }
+}

@@ -1,0 +1,283 @@
+//! toml's and serde's messages in an operator's words: Rust's type names as TOML's ("an
+//! integer", "a table"), a key written twice with where it was first, a table nested past
+//! toml's limit found and named, a `[route]` that should be `[[route]]`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use super::error::ConfigError;
+use super::locate::{
+    floor_char_boundary, key_at, locate, opened_table, skip_string, unclosed_value,
+};
+
+/// toml's "duplicate key" for `key`, found at `offset`, as what to do about it, with the
+/// line it was first written on: the table header or the `key =` line before it (in the
+/// same table), if there is one to find.
+pub(super) fn written_twice(src: &str, offset: usize, key: &str) -> String {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let here = src[line_begin..].lines().next().unwrap_or_default();
+    let before: Vec<&str> = src[..line_begin].lines().collect();
+    match header_name(here) {
+        Some(table) => {
+            let first =
+                (before.iter()).rposition(|line| header_name(line).as_ref() == Some(&table));
+            match first {
+                Some(i) => format!(
+                    "the table [{table}] is written twice (first at line {}): put its keys under one header",
+                    i + 1
+                ),
+                None => format!("the table [{table}] is written twice: put its keys under one header"),
+            }
+        }
+        None => {
+            let name = key_written_at(&src[offset..]);
+            let name = name
+                .as_deref()
+                .unwrap_or_else(|| key.rsplit('.').next().unwrap_or(key));
+            match first_in_table(&before, name) {
+                Some(line) => format!("`{name}` is set twice (first at line {line}): keep one"),
+                None => format!("`{name}` is set twice: keep one"),
+            }
+        }
+    }
+}
+
+/// The name of the table `line` is the header of, if it is one (`[a.b]`, `[[route]]`).
+fn header_name(line: &str) -> Option<String> {
+    let name = line.trim().strip_prefix('[')?.trim_start_matches('[');
+    Some(name.split(']').next()?.trim().to_string())
+}
+
+/// The key written at the start of `text`, bare or quoted: inside an inline table the dotted
+/// key toml reports names the table, not the key set twice.
+fn key_written_at(text: &str) -> Option<String> {
+    let key = match text.strip_prefix('"').or_else(|| text.strip_prefix('\'')) {
+        Some(quoted) => quoted.split(['"', '\'']).next()?.to_string(),
+        None => (text.chars())
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            .collect(),
+    };
+    Some(key).filter(|k| !k.is_empty())
+}
+
+/// The 1-based line among `lines` (the file up to the duplicate) where `name` was first set,
+/// looking back no further than the table the duplicate is in.
+fn first_in_table(lines: &[&str], name: &str) -> Option<usize> {
+    for (i, line) in lines.iter().enumerate().rev() {
+        if header_name(line).is_some() {
+            return None;
+        }
+        let written = line.split('=').next().map(str::trim);
+        let written = written.map(|k| k.trim_matches(['"', '\'']));
+        if written == Some(name) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Whether the file has a `[route]` table header, the likely cause of whatever went wrong
+/// with `route`: routes are an array of tables.
+pub(super) fn single_route_table(src: &str) -> bool {
+    src.lines().any(|line| {
+        let line = line.trim();
+        line.strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .is_some_and(|name| name.trim() == "route")
+    })
+}
+
+/// serde names Rust types in its messages ("expected i64", "expected struct RawProxy",
+/// "invalid type: map"); an operator reads "an integer", "a table".
+pub(super) fn plain_types(message: &str) -> String {
+    if let Some(plain) = beyond_64_bits(message) {
+        return plain;
+    }
+    let message = short_floats(message)
+        // toml's words for a number or a bool where one of a few words belongs (`min_version
+        // = 1.3`): the fix is the quotes.
+        .replace("wanted string or table", "expected a quoted string")
+        // TOML's names for serde's: date-times, the other "map", are refused before serde
+        // reads the file (`shape`), so a map here is a table.
+        .replace("invalid type: map", "invalid type: table")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table");
+    let message = without_struct_names(message);
+    ["i64", "u64", "u32", "u16", "usize"]
+        .iter()
+        .fold(message, |m, t| {
+            m.replace(&format!("expected {t}"), "expected an integer")
+        })
+}
+
+/// An integer beyond 64 bits, which serde reads as a 128-bit one and names so ("invalid
+/// type: integer `99999999999999999999` as i128, expected i64"), in plain words: no setting
+/// takes a number that large, whatever its type.
+fn beyond_64_bits(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: integer `")?;
+    let (number, rest) = rest.split_once('`')?;
+    if !(rest.starts_with(" as i128,") || rest.starts_with(" as u128,")) {
+        return None;
+    }
+    Some(match number.starts_with('-') {
+        true => {
+            format!("{number} is too small for a number here (no setting takes a negative one)")
+        }
+        false => format!(
+            "{number} is too large for a number here (no setting takes more than {})",
+            i64::MAX
+        ),
+    })
+}
+
+/// serde's "floating point `1.5`" as TOML's "float `1.5`", and a float of many digits (it
+/// prints `1e308` as 309 of them) in exponent form.
+fn short_floats(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some((before, after)) = rest.split_once("floating point `") {
+        let Some((number, after)) = after.split_once('`') else {
+            break;
+        };
+        // Past 17 digits a float's digits are no longer its own: they are noise.
+        let number = match number.parse::<f64>() {
+            Ok(value) if number.len() > 20 => format!("{value:e}"),
+            _ => number.to_string(),
+        };
+        out.push_str(&format!("{before}float `{number}`"));
+        rest = after;
+    }
+    out + rest
+}
+
+/// "expected struct RawProxy" as "expected a table": the Rust name means nothing in the file.
+fn without_struct_names(mut message: String) -> String {
+    while let Some(at) = message.find("struct Raw") {
+        let name_end = message[at + "struct ".len()..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(message.len(), |i| at + "struct ".len() + i);
+        message.replace_range(at..name_end, "a table");
+    }
+    message
+}
+
+/// toml stops at 80 levels of dotted key and reports it with no position ("recursion
+/// limit"): found here, the deepest key or table header, named by its first part (under
+/// its table, for a key).
+pub(super) fn too_deep(e: &toml::de::Error, src: &str, path: &Path) -> Option<ConfigError> {
+    if let Some(span) = e.span() {
+        return values_too_deep(e, src, &span, path);
+    }
+    if !e.message().contains("recursion limit") {
+        return None;
+    }
+    let (offset, first, depth) = deepest_key(src)?;
+    let message = format!(
+        "nested too deep: {depth} levels, more than the TOML reader takes (no setting has more than three)"
+    );
+    Some(ConfigError::at(
+        path,
+        &locate(src, &(offset..offset), &first),
+        message,
+    ))
+}
+
+/// toml stops at 80 levels of arrays and inline tables too ("cannot recurse further; max
+/// recursion depth met", at the bracket one too deep): told as for keys, at the value's
+/// start, with how deep it goes.
+fn values_too_deep(
+    e: &toml::de::Error,
+    src: &str,
+    span: &Range<usize>,
+    path: &Path,
+) -> Option<ConfigError> {
+    if !e.message().contains("max recursion depth") {
+        return None;
+    }
+    // Clamped like any span from the parser before it slices the text.
+    let start = unclosed_value(src, span.start)
+        .unwrap_or_else(|| floor_char_boundary(src, span.start.min(src.len())));
+    let depth = nesting(&src[start..]);
+    let message = format!(
+        "nested too deep: {depth} levels of arrays and inline tables, more than the TOML reader takes (no setting has more than three)"
+    );
+    let key = Some(key_at(src, start)).filter(|k| !k.is_empty());
+    let key = key.unwrap_or_else(|| "(top level)".to_string());
+    Some(ConfigError::at(
+        path,
+        &locate(src, &(start..start), &key),
+        message,
+    ))
+}
+
+/// How deep the arrays and inline tables at the start of `value` go, outside strings and
+/// comments, up to where the outermost one closes (or the text ends: the value may be left
+/// open).
+fn nesting(value: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0);
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => while chars.next_if(|&c| c != '\n').is_some() {},
+            '"' | '\'' => skip_string(chars.by_ref().map(|c| ((), c)), c),
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The first of the keys or table headers with the most dotted parts: where it starts, its
+/// name (its first part; a key's under its table), and how many parts it has.
+fn deepest_key(src: &str) -> Option<(usize, String, usize)> {
+    let mut deepest: Option<(usize, String, usize)> = None;
+    let mut line_start = 0;
+    let (mut table, mut arrays) = (String::new(), HashMap::new());
+    for line in src.split_inclusive('\n') {
+        let begin = line_start;
+        line_start += line.len();
+        // A header's name, or what stands before a line's `=`: a suffix of the line, so its
+        // offset is where the key starts.
+        let body = line.trim_start().trim_start_matches('[').trim_start();
+        let header = line.trim_start().starts_with('[');
+        let key = match header {
+            true => body.split(']').next(),
+            false => body.split_once('=').map(|(key, _)| key),
+        };
+        let Some(key) = key else { continue };
+        let parts = key.split('.').count();
+        if !matches!(&deepest, Some(d) if d.2 >= parts) {
+            let first = key.split('.').next().unwrap_or_default();
+            let first = first.trim().trim_matches('"');
+            // A key is named under its table, a header on its own.
+            let name = match table.is_empty() || header {
+                true => first.to_string(),
+                false => format!("{table}.{first}"),
+            };
+            let at = begin + line.len() - body.len();
+            deepest = Some((at, name, parts));
+        }
+        if let Some(name) = opened_table(line, &mut arrays) {
+            table = name;
+        }
+    }
+    deepest
+}
+
+/// The first `backquoted` word of a parser message.
+pub(super) fn first_quoted(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once('`')?;
+    rest.split_once('`').map(|(word, _)| word)
+}
