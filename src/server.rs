@@ -114,35 +114,16 @@ impl Shared {
         let current = self.current();
         let cooling = !next.config.timeouts.backend_cooldown.is_zero();
         next.routes.continue_from(&current.routes, cooling);
-        let max_connections_before = current.config.limits.max_connections;
-        let reuse_port_before = current.config.reuse_port;
+        let before = (
+            current.config.limits.max_connections,
+            current.config.reuse_port,
+        );
         drop(current);
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
-        let (added, held): (Vec<(Kind, SocketAddr)>, Vec<SocketAddr>) = {
-            let guard = lock(&self.listeners);
-            let listeners = guard.as_ref().ok_or(Error::ShuttingDown)?;
-            let added = (wanted.iter().copied())
-                .filter(|&(kind, addr)| !listeners.iter().any(|l| l.is(kind, addr)))
-                .collect();
-            (added, listeners.iter().map(|l| l.local).collect())
-        };
+        let (added, held) = self.listeners_to_add(&wanted)?;
         let bound = listener::bind_all(&added, &held, &next.config)?;
-        let (removed, old): (Vec<Listener>, _) = {
-            // Under the listeners' lock: shutdown, which takes them, sees either the old
-            // snapshot and listeners or the new ones, never a mix.
-            let mut guard = lock(&self.listeners);
-            let listeners = guard.as_mut().ok_or(Error::ShuttingDown)?;
-            let old = self.snapshot.swap(next.clone());
-            for ((kind, configured), socket) in added.into_iter().zip(bound) {
-                listeners.push(Listener::start(self, kind, configured, socket));
-            }
-            let (kept, removed) = listeners
-                .drain(..)
-                .partition(|l| wanted.iter().any(|&(kind, addr)| l.is(kind, addr)));
-            *listeners = kept;
-            (removed, old)
-        };
+        let (removed, old) = self.swap_in(next.clone(), added, bound, &wanted)?;
         // Freed on the blocking pool (if no request still holds it): tens of thousands of
         // routes take tens of milliseconds to free, which a thread that accepts and relays
         // must not spend.
@@ -156,24 +137,62 @@ impl Shared {
         }
         next.log_warnings();
         let kept_open = held.len().saturating_sub(removed.len());
-        warn_what_waits(
-            &next.config,
-            max_connections_before,
-            reuse_port_before,
-            kept_open,
-        );
+        warn_what_waits(&next.config, before.0, before.1, kept_open);
         self.metrics.certificates(&next.expiry);
         self.metrics.routes(&next.config.routes);
-        for listener in removed {
-            match listener.kind {
-                Kind::Proxy => {
-                    tracing::info!(listen = %listener.local, "listener removed; its live connections continue")
-                }
-                Kind::Admin => tracing::info!(admin = %listener.local, "admin listener removed"),
-            }
-            listener.close().await;
-        }
+        close_removed(removed).await;
         Ok(())
+    }
+
+    /// The listeners of `wanted` not open yet, and the addresses of those that are (a new
+    /// one must not collide with them).
+    fn listeners_to_add(&self, wanted: &[Wanted]) -> Result<(Vec<Wanted>, Vec<SocketAddr>), Error> {
+        let guard = lock(&self.listeners);
+        let listeners = guard.as_ref().ok_or(Error::ShuttingDown)?;
+        let added = (wanted.iter().copied())
+            .filter(|&(kind, addr)| !listeners.iter().any(|l| l.is(kind, addr)))
+            .collect();
+        Ok((added, listeners.iter().map(|l| l.local).collect()))
+    }
+
+    /// Puts `next` in force with its new listeners (`added`, bound as `bound`) accepting: the
+    /// listeners `wanted` no longer has, to be closed, and the snapshot replaced. Under the
+    /// listeners' lock: shutdown, which takes them, sees either the old snapshot and
+    /// listeners or the new ones, never a mix.
+    fn swap_in(
+        self: &Arc<Self>,
+        next: Arc<Snapshot>,
+        added: Vec<Wanted>,
+        bound: Vec<tokio::net::TcpListener>,
+        wanted: &[Wanted],
+    ) -> Result<(Vec<Listener>, Arc<Snapshot>), Error> {
+        let mut guard = lock(&self.listeners);
+        let listeners = guard.as_mut().ok_or(Error::ShuttingDown)?;
+        let old = self.snapshot.swap(next);
+        for ((kind, configured), socket) in added.into_iter().zip(bound) {
+            listeners.push(Listener::start(self, kind, configured, socket));
+        }
+        let (kept, removed) = listeners
+            .drain(..)
+            .partition(|l| wanted.iter().any(|&(kind, addr)| l.is(kind, addr)));
+        *listeners = kept;
+        Ok((removed, old))
+    }
+}
+
+/// A listener a config asks for: what it serves, and where.
+type Wanted = (Kind, SocketAddr);
+
+/// Stops the listeners a reload removed; their live connections continue.
+async fn close_removed(removed: Vec<Listener>) {
+    for listener in removed {
+        match listener.kind {
+            Kind::Proxy => {
+                tracing::info!(listen = %listener.local, "listener removed; its live connections continue")
+            }
+            Kind::Admin => tracing::info!(admin = %listener.local, "admin listener removed"),
+        }
+        listener.close().await;
     }
 }
 
