@@ -131,6 +131,45 @@ enum Sealing<'a> {
     CloseNotify,
 }
 
+/// Every record rustls can decrypt now, into `plain`, their bytes in `incoming` added to
+/// `discard`: all of them at once, so the relay writes what came together in one write. Read
+/// (`reading`), that is the plaintext the reader waits for; sealing, they wait in `plain`.
+fn take_records(
+    mut records: rustls::unbuffered::ReadTraffic<'_, '_, rustls::server::ServerConnectionData>,
+    plain: &mut Held,
+    discard: &mut usize,
+    reading: bool,
+) -> Result<Option<Outcome>, rustls::Error> {
+    let mut taken = Ok(reading.then_some(Outcome::Plaintext));
+    while let Some(record) = records.next_record() {
+        match record {
+            Ok(record) => {
+                *discard += record.discard;
+                plain.push(record.payload);
+            }
+            Err(e) => taken = Err(e),
+        }
+    }
+    taken
+}
+
+/// What `sealing` asks of rustls once it takes application data, sealed into `outgoing`.
+fn seal(
+    mut traffic: rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    sealing: Sealing<'_>,
+    outgoing: &mut Held,
+) -> Outcome {
+    match sealing {
+        Sealing::Not => Outcome::NeedMore,
+        Sealing::Data(data) => Outcome::Sealed(sealed(
+            outgoing.fill_with(RECORD_OVERHEAD, |room| traffic.encrypt(data, room)),
+        )),
+        Sealing::CloseNotify => Outcome::Sealed(sealed(
+            outgoing.fill_with(RECORD_OVERHEAD, |room| traffic.queue_close_notify(room)),
+        )),
+    }
+}
+
 impl<IO> TlsStream<IO> {
     /// The connection under TLS.
     pub(crate) fn get_ref(&self) -> &IO {
@@ -187,18 +226,8 @@ impl<IO> TlsStream<IO> {
         let reading = matches!(sealing, Sealing::Not);
         let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming.data_mut());
         let step = match state {
-            Ok(ConnectionState::ReadTraffic(mut records)) => {
-                let mut taken = Ok(reading.then_some(Outcome::Plaintext));
-                while let Some(record) = records.next_record() {
-                    match record {
-                        Ok(record) => {
-                            discard += record.discard;
-                            plain.push(record.payload);
-                        }
-                        Err(e) => taken = Err(e),
-                    }
-                }
-                taken
+            Ok(ConnectionState::ReadTraffic(records)) => {
+                take_records(records, plain, &mut discard, reading)
             }
             Ok(ConnectionState::EncodeTlsData(mut message)) => {
                 encode(&mut message, outgoing).map(|()| None)
@@ -208,15 +237,9 @@ impl<IO> TlsStream<IO> {
                 sent.done();
                 Ok(None)
             }
-            Ok(ConnectionState::WriteTraffic(mut traffic)) => Ok(Some(match sealing {
-                Sealing::Not => Outcome::NeedMore,
-                Sealing::Data(data) => Outcome::Sealed(sealed(
-                    outgoing.fill_with(RECORD_OVERHEAD, |room| traffic.encrypt(data, room)),
-                )),
-                Sealing::CloseNotify => Outcome::Sealed(sealed(
-                    outgoing.fill_with(RECORD_OVERHEAD, |room| traffic.queue_close_notify(room)),
-                )),
-            })),
+            Ok(ConnectionState::WriteTraffic(traffic)) => {
+                Ok(Some(seal(traffic, sealing, outgoing)))
+            }
             Ok(ConnectionState::PeerClosed) if !reading => {
                 *peer_closed = true;
                 Ok(None)
