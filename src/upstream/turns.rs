@@ -3,6 +3,7 @@
 //! has gone unanswered for `timeouts.attempt_delay` (see `race`), and the backends that fail,
 //! or stay silent while another answers, put aside.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,14 +29,14 @@ pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
     backends: I,
     /// Backends another request is trying again after a failure (see [`crate::health`]):
     /// tried only once `backends` are all tried.
-    later: Vec<&'a str>,
+    later: VecDeque<&'a str>,
     /// A backend to try again first: one of its addresses closed before answering, and it
     /// may have others.
     pub(super) again: Option<&'a str>,
     /// Backends whose connect was dropped when another answered first, not for being silent
     /// (see [`settle_losers`]): next in turn if this request needs another, with the leave
     /// they were tried with (a cool-down's retry stays this request's).
-    resume: Vec<(&'a str, Leave<'r>)>,
+    resume: VecDeque<(&'a str, Leave<'r>)>,
     /// The first backend that did not answer in its share: what a 504 is about.
     timed_out: Option<&'a str>,
     /// Addresses that closed before answering: not tried again in this request (a backend
@@ -54,9 +55,9 @@ impl<'r> Turns<'r, 'r, crate::routes::InTurn<'r>> {
         Turns {
             fair_share: share_of(deadline, route.config.backends.len()),
             backends: route.backends_in_turn(),
-            later: Vec::new(),
+            later: VecDeque::new(),
             again: None,
-            resume: Vec::new(),
+            resume: VecDeque::new(),
             timed_out: None,
             gone: Vec::new(),
             gone_error: None,
@@ -93,14 +94,12 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
         if let Some(backend) = self.again.take() {
             return Some((backend, Some(Leave::default())));
         }
-        if !self.resume.is_empty() {
-            let (backend, leave) = self.resume.remove(0);
+        if let Some((backend, leave)) = self.resume.pop_front() {
             return Some((backend, Some(leave)));
         }
         match self.backends.next() {
             Some(backend) => Some((backend, None)),
-            None if self.later.is_empty() => None,
-            None => Some((self.later.remove(0), Some(Leave::default()))),
+            None => (self.later.pop_front()).map(|backend| (backend, Some(Leave::default()))),
         }
     }
 
@@ -288,7 +287,7 @@ fn next_backend<'a, 'r>(
         let leave = leave.or_else(|| route.leave(backend));
         match leave {
             Some(leave) => return Some((backend, leave)),
-            None => turns.later.push(backend),
+            None => turns.later.push_back(backend),
         }
     }
 }
@@ -321,7 +320,7 @@ fn settle_losers<'a, 'r, F: Future>(
     timing: Timing,
     metrics: &Metrics,
 ) {
-    let mut resume = Vec::new();
+    let mut resume = VecDeque::new();
     for attempt in race.into_tags() {
         // The same backend, listed twice: its other connect answered.
         if attempt.backend == winner {
@@ -333,7 +332,7 @@ fn settle_losers<'a, 'r, F: Future>(
             let silent = usize::try_from(attempt.progress.silent()).unwrap_or(usize::MAX);
             let timeouts = std::iter::repeat_n(std::io::ErrorKind::TimedOut, silent);
             count_hidden(route, attempt.backend, timeouts, metrics);
-            resume.push((attempt.backend, attempt.leave));
+            resume.push_back((attempt.backend, attempt.leave));
             continue;
         }
         let error = std::io::Error::new(
