@@ -62,8 +62,7 @@ pub(crate) async fn resolve(backend: &str) -> io::Result<Arc<[SocketAddr]>> {
     NAMES.get(backend, system_lookup).await
 }
 
-/// The order to dial `backend`'s `addrs` in, but for the `gone` ones: from its next address
-/// in turn, those set aside ([`set_aside`]) last.
+/// The order to dial a backend's addresses in (see [`in_turn`]).
 pub(crate) struct Order {
     pub(crate) addrs: Vec<SocketAddr>,
     /// Whether any address of the name has failed since it last answered (then an answer is
@@ -73,6 +72,8 @@ pub(crate) struct Order {
     pub(crate) all_aside: bool,
 }
 
+/// The order to dial `backend`'s `addrs` in, but for the `gone` ones: from its next address
+/// in turn, those set aside ([`set_aside`]) last.
 ///
 /// Once an address's cool-down is over, the one request that finds it so tries it again
 /// first; for the others it stays last until that try has failed (a longer cool-down) or
