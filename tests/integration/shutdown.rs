@@ -187,22 +187,14 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
-    let (mut child, lines, addr) = started_wsgate(&config);
+    let (child, lines, addr) = started_wsgate(&config);
     let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "before").await, "before");
 
     send_signal(child.id(), "TERM");
     let ended = tunnel_end(&mut ws).await;
     assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
-    let status = within(
-        "wsgate to exit",
-        tokio::task::spawn_blocking(move || {
-            wait_for_line(&lines, "shutdown complete");
-            child.wait().unwrap()
-        }),
-    )
-    .await
-    .unwrap();
+    let status = exit_after(child, lines, &["shutdown complete"]).await;
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
@@ -218,15 +210,7 @@ async fn sigterm_as_soon_as_the_port_is_bound_drains_and_exits_zero() {
     let lines = stderr_lines(child.stderr.take().unwrap());
     wait_for_line(&lines, "\"listening\"");
     send_signal(child.id(), "TERM");
-    let status = within(
-        "wsgate to exit",
-        tokio::task::spawn_blocking(move || {
-            wait_for_line(&lines, "shutdown complete");
-            child.wait().unwrap()
-        }),
-    )
-    .await
-    .unwrap();
+    let status = exit_after(child, lines, &["shutdown complete"]).await;
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
 }
 
@@ -237,7 +221,7 @@ async fn sigquit_drains_and_sigusr1_and_sigusr2_end_nothing() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
-    let (mut child, lines, addr) = started_wsgate(&config);
+    let (child, lines, addr) = started_wsgate(&config);
     let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
     for name in ["USR1", "USR2"] {
         send_signal(child.id(), name);
@@ -253,15 +237,7 @@ async fn sigquit_drains_and_sigusr1_and_sigusr2_end_nothing() {
     send_signal(child.id(), "QUIT");
     let ended = tunnel_end(&mut ws).await;
     assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
-    let status = within(
-        "wsgate to exit",
-        tokio::task::spawn_blocking(move || {
-            wait_for_line(&lines, "shutdown complete");
-            child.wait().unwrap()
-        }),
-    )
-    .await
-    .unwrap();
+    let status = exit_after(child, lines, &["shutdown complete"]).await;
     assert!(status.success(), "SIGQUIT exits 0, got {status:?}");
 }
 
@@ -304,6 +280,26 @@ async fn a_log_pipe_closed_by_its_reader_ends_nothing() {
     .await
     .unwrap();
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+}
+
+/// The exit status of `child`, once its log has had a line containing each of `needles`, in
+/// order.
+async fn exit_after(
+    mut child: WsgateChild,
+    lines: std::sync::mpsc::Receiver<String>,
+    needles: &'static [&'static str],
+) -> std::process::ExitStatus {
+    within(
+        "wsgate to exit",
+        tokio::task::spawn_blocking(move || {
+            for needle in needles {
+                wait_for_line(&lines, needle);
+            }
+            child.wait().unwrap()
+        }),
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits (`what`) until the process's log has a line containing `needle`; gives the lines back.
@@ -365,7 +361,7 @@ async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace_and_
     let dir = tempfile::tempdir().unwrap();
     // A grace far longer than the test's own time limit: only the second signal can end it.
     let config = write_config(dir.path(), &config_with_grace("1h", "", backend.addr));
-    let (mut child, lines, addr) = started_wsgate(&config);
+    let (child, lines, addr) = started_wsgate(&config);
     let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
     assert_eq!(round_trip(&mut ws, "before").await, "before");
 
@@ -385,16 +381,7 @@ async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace_and_
     send_signal(child.id(), "TERM");
     let ended = tunnel_end(&mut ws).await;
     assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
-    let status = within(
-        "wsgate to exit",
-        tokio::task::spawn_blocking(move || {
-            wait_for_line(&lines, "second signal");
-            wait_for_line(&lines, "shutdown complete");
-            child.wait().unwrap()
-        }),
-    )
-    .await
-    .unwrap();
+    let status = exit_after(child, lines, &["second signal", "shutdown complete"]).await;
     assert!(status.success(), "exits 0, got {status:?}");
 }
 
