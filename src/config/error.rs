@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
-use super::locate::{key_at, key_by_line, path_around, path_to, unclosed_value};
-pub(super) use super::locate::{key_part, locate, LineIndex};
+use super::locate::{key_at, key_by_line, locate, path_around, path_to, unclosed_value};
 use super::wording::{first_quoted, plain_types, single_route_table, too_deep, written_twice};
 
 /// A place in the config file: 1-based line and column, and the key written there.

@@ -33,7 +33,7 @@ impl LineIndex {
         }
     }
 
-    /// The place of `span` in `src`, as `error::locate` finds it: the line, and the column
+    /// The place of `span` in `src`, as [`locate`] finds it: the line, and the column
     /// counted in characters, of the span's start (clamped to the text, and moved back to a
     /// character boundary).
     pub(super) fn locate(&self, src: &str, span: &Range<usize>, key: &str) -> Location {
@@ -271,7 +271,7 @@ fn last_ident(text: &str) -> String {
 mod tests {
     use super::LineIndex;
 
-    /// The index finds what `error::locate` finds by reading the text, at every offset
+    /// The index finds what [`locate`] finds by reading the text, at every offset
     /// (inside a character, past the end, on a newline, in a CRLF file).
     #[test]
     fn the_line_index_locates_as_reading_the_text_does() {

@@ -11,7 +11,8 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::error::{key_part, locate, ConfigError};
+use super::error::ConfigError;
+use super::locate::{key_part, locate};
 
 /// The sections, and how to write each: the message shows the fix.
 const SECTIONS: [(&str, &str); 6] = [

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{LineIndex, Location};
+use super::error::Location;
+use super::locate::LineIndex;
 use super::raw::{HumanDuration, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts};
 use super::values::{
     backend, bindable, host_pattern, origin, overlap, overlap_message, route_name, route_path,
