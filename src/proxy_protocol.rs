@@ -124,7 +124,7 @@ fn parse(input: &[u8]) -> Parsed {
         // Complete (a shorter input matching the prefix is a prefix of `PROXY `, without
         // CRLF): whatever ppp says, "need more" is no longer an answer.
         return match v1::Header::try_from(input) {
-            Ok(header) if ports_are_digits(header.header.as_ref()) => v1_header(&header),
+            Ok(header) if is_v1_line(header.header.as_ref()) => v1_header(&header),
             _ => Parsed::Invalid,
         };
     }
@@ -199,6 +199,16 @@ fn v2_fixed_part(input: &[u8]) -> Option<Parsed> {
         true => Some(Parsed::Incomplete),
         false => None,
     }
+}
+
+/// Whether a line ppp accepted as a v1 header is one: one line, ended by its only CR and LF,
+/// with ports of digits only. ppp reads past a bare LF in an `UNKNOWN` line to the next CRLF
+/// (and takes `PROXY UNKNOWN \n` when nothing follows it), so its answer would hang on how
+/// the bytes arrived, where a bare LF ends the line here, as an invalid one, at once.
+fn is_v1_line(line: &str) -> bool {
+    line.strip_suffix("\r\n")
+        .is_some_and(|line| !line.contains(['\r', '\n']))
+        && ports_are_digits(line)
 }
 
 /// Whether a v1 line's ports (its last two fields, if it names addresses) are plain decimal
@@ -422,6 +432,8 @@ mod tests {
                 // A line ended by a bare LF: no CR can come before it any more.
                 b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
                 b"PROXY UNKNOWN\n",
+                b"PROXY UNKNOWN \n",
+                b"PROXY UNKNOWN 1.2.3.4\n",
             ] {
                 let input = [line, trailing].concat();
                 assert_eq!(
@@ -482,5 +494,51 @@ mod tests {
         assert_eq!(parse(&long), Parsed::Invalid);
         long.extend_from_slice(b" 1 2\r\n");
         assert_eq!(parse(&long), Parsed::Invalid);
+    }
+
+    /// Headers as balancers send them, a ClientHello, and an HTTP request: the seeds the
+    /// property below damages.
+    fn seeds() -> Vec<Vec<u8>> {
+        let mut v2 = V2_SIGNATURE.to_vec();
+        v2.extend([0x21, 0x11, 0, 19]);
+        v2.extend([203, 0, 113, 7, 10, 0, 0, 1, 0xc7, 0x38, 0x01, 0xbb]);
+        v2.extend([0x03, 0, 4, 1, 2, 3, 4]);
+        vec![
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n".to_vec(),
+            b"PROXY TCP6 2001:db8::1 2001:db8::2 51000 443\r\n".to_vec(),
+            b"PROXY UNKNOWN\r\n".to_vec(),
+            v2,
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            b"GET / HTTP/1.1\r\n".to_vec(),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, parsing panics on none, a header is never longer than the
+        /// bytes in, and what a prefix decided (a header, or a refusal) the whole says too:
+        /// the reader acts on a prefix, and more bytes must not have changed its mind.
+        #[test]
+        fn a_decision_on_a_prefix_stands_whatever_follows(
+            seed in 0usize..6,
+            edits in proptest::collection::vec((0usize..64, proptest::num::u8::ANY), 0..3),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+        ) {
+            let mut input = seeds().swap_remove(seed);
+            for (at, byte) in edits {
+                let at = at % input.len();
+                input[at] = byte;
+            }
+            input.extend(tail);
+            let whole = parse(&input);
+            if let Parsed::Header { length, .. } = whole {
+                proptest::prop_assert!(length <= input.len());
+            }
+            for cut in 0..input.len() {
+                match parse(&input[..cut]) {
+                    Parsed::Incomplete => {}
+                    decided => proptest::prop_assert_eq!(&decided, &whole, "cut at {}", cut),
+                }
+            }
+        }
     }
 }

@@ -1140,3 +1140,114 @@ fn numbers_and_nesting_beyond_the_readers_are_told_plainly() {
         "{message}"
     );
 }
+
+/// Pieces a hand edit, a bad merge or a stray paste leaves in a config: TOML's own syntax, values
+/// of every type, and text that has tripped parsers (escapes, controls, direction overrides).
+const EDITS: &[&str] = &[
+    "\"",
+    "'",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "{",
+    "}",
+    "=",
+    ",",
+    ".",
+    "#",
+    "\n",
+    "\r\n",
+    "\t",
+    " ",
+    "'''",
+    "\"\"\"",
+    "\\",
+    "\\u{0}",
+    "\\uD800",
+    "0",
+    "-1",
+    "1e400",
+    "99999999999999999999",
+    "0x1F",
+    "inf",
+    "nan",
+    "true",
+    "1979-05-27T07:32:00Z",
+    "\"1s\"",
+    "\"0s\"",
+    "\"5M\"",
+    "\"*.a\"",
+    "\"[::]:0\"",
+    "\"a:99999\"",
+    "\"/\"",
+    "\"ws://a:1\"",
+    "[[route]]",
+    "[proxy]",
+    "[tls]",
+    "[limits]",
+    "[admin]",
+    "[reload]",
+    "[timeouts]",
+    "name = \"chat\"",
+    "listen",
+    "backends",
+    "host",
+    "path",
+    "origins",
+    "subprotocols",
+    "\u{202e}",
+    "\u{feff}",
+    "é",
+    "\0",
+    "\u{1b}[2J",
+];
+
+/// One edit: at a place (a fraction of the text), cut this many bytes, or put a piece in.
+fn edit() -> impl proptest::strategy::Strategy<Value = (f64, usize, Option<usize>)> {
+    (
+        0.0..1.0f64,
+        0usize..40,
+        proptest::option::of(0..EDITS.len()),
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Whatever an edit does to a full config, loading it panics on nothing, and a refusal is
+    /// one line that names the file, and a line and column inside it.
+    #[test]
+    fn no_edit_of_a_config_panics_and_every_refusal_is_located(
+        edits in proptest::collection::vec(edit(), 1..6),
+    ) {
+        let mut text = include_str!("../../config/example.toml").to_string();
+        for (at, cut, piece) in edits {
+            let mut start = (text.len() as f64 * at) as usize;
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            match piece {
+                Some(piece) => text.insert_str(start, EDITS[piece]),
+                None => {
+                    let mut end = (start + cut).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.replace_range(start..end, "");
+                }
+            }
+        }
+        let path = Path::new("/etc/wsgate/wsgate.toml");
+        if let Err(e) = Config::from_toml_str(&text, path) {
+            let said = e.to_string();
+            proptest::prop_assert!(said.starts_with("/etc/wsgate/wsgate.toml:"), "{said}");
+            proptest::prop_assert!(!said.contains('\n') && !said.contains('\r'), "{said}");
+            if let Some(place) = &e.location {
+                let lines = text.split('\n').count();
+                proptest::prop_assert!(place.line >= 1 && place.line <= lines, "{said}");
+                proptest::prop_assert!(place.column >= 1, "{said}");
+            }
+        }
+    }
+}

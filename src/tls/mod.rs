@@ -548,6 +548,80 @@ mod tests {
         assert!(error.contains("holds 2 private keys"), "{error}");
     }
 
+    /// A leaf with its issuer's certificate behind it, and the leaf's key, in PEM.
+    fn chain_and_key() -> &'static (String, String) {
+        static PEMS: OnceLock<(String, String)> = OnceLock::new();
+        PEMS.get_or_init(|| {
+            let leaf = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+            let chain = format!("{}{}", leaf.cert.pem(), other.cert.pem());
+            (chain, leaf.key_pair.serialize_pem())
+        })
+    }
+
+    /// `text` with each edit applied: at a place (a fraction of the text), a byte replaced
+    /// by one of base64's or PEM's own (or any), or a few bytes cut.
+    fn damaged(text: &str, edits: &[(f64, u8, bool)]) -> Vec<u8> {
+        let mut bytes = text.as_bytes().to_vec();
+        for &(at, byte, cut) in edits {
+            let i = ((bytes.len() as f64 * at) as usize).min(bytes.len().saturating_sub(1));
+            match cut {
+                true => drop(bytes.drain(i..(i + usize::from(byte % 8)).min(bytes.len()))),
+                false if i < bytes.len() => bytes[i] = byte,
+                false => bytes.push(byte),
+            }
+        }
+        bytes
+    }
+
+    fn edits() -> impl proptest::strategy::Strategy<Value = Vec<(f64, u8, bool)>> {
+        let byte = proptest::prop_oneof![
+            4 => proptest::sample::select(b"AQgw/+=-\n".to_vec()),
+            1 => proptest::num::u8::ANY,
+        ];
+        proptest::collection::vec((0.0..1.0f64, byte, proptest::bool::ANY), 0..4)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// However a certificate file or key file is damaged (a byte changed in a copy, lines
+        /// lost), loading the pair panics on nothing, and a refusal names the file it is about.
+        #[test]
+        fn a_damaged_chain_or_key_is_refused_in_words_never_a_panic(
+            chain_edits in edits(),
+            key_edits in edits(),
+        ) {
+            let (chain, key) = chain_and_key();
+            let dir = tempfile::tempdir().unwrap();
+            let at = |name: &str| dir.path().join(name);
+            std::fs::write(at("c.pem"), damaged(chain, &chain_edits)).unwrap();
+            std::fs::write(at("k.pem"), damaged(key, &key_edits)).unwrap();
+            let location = crate::config::Location {
+                line: 1,
+                column: 1,
+                key: "tls.certificates[0]".into(),
+            };
+            let paths = CertificatePaths {
+                cert: at("c.pem"),
+                key: at("k.pem"),
+                location: location.clone(),
+                cert_location: location.clone(),
+                key_location: location,
+            };
+            match load_certified_key(&paths, &provider()) {
+                Ok(certified) => {
+                    let _ = chain_problem(&certified.cert);
+                }
+                Err(refused) => proptest::prop_assert!(
+                    refused.message.contains("c.pem") || refused.message.contains("k.pem"),
+                    "{}",
+                    refused.message
+                ),
+            }
+        }
+    }
+
     /// A chain out of order, or with its root, is served with a warning that says so.
     #[test]
     fn a_chain_out_of_order_or_with_its_root_is_warned_about() {
