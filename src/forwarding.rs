@@ -378,4 +378,103 @@ mod tests {
         assert_eq!(values(headers, "connection"), ["Upgrade, close"]);
         assert_eq!(values(headers, "sec-websocket-version"), ["13, 8"]);
     }
+
+    /// Header names a client may send, the ones set or stripped here among them, spelled as
+    /// clients spell them (case, `_` for `-`).
+    const NAMES: &[&str] = &[
+        "host",
+        "origin",
+        "cookie",
+        "x-custom",
+        "X-Forwarded-For",
+        "x_forwarded_for",
+        "X-Forwarded-Proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "X_Forwarded_Proto",
+        "forwarded",
+        "x-real-ip",
+        "x_real_ip",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "proxy-authorization",
+        "sec-websocket-key",
+        "sec-websocket-protocol",
+        "sec_websocket_protocol",
+        "sec-websocket-extensions",
+        "front-end-https",
+    ];
+
+    /// A value for any of them: addresses, token lists naming other headers, empty ones.
+    const VALUES: &[&str] = &[
+        "",
+        "a",
+        "10.0.0.1",
+        "10.0.0.1, 10.0.0.2",
+        " , ,",
+        "Upgrade",
+        "keep-alive, Upgrade",
+        "cookie, x-custom",
+        "host, X-Forwarded-For",
+        "x-real-ip,sec-websocket-key",
+        "websocket",
+        "h2c",
+        "https",
+        "chat.example.com",
+    ];
+
+    proptest::proptest! {
+        /// Whatever headers a client sends, the backend gets one `Upgrade: websocket`, one
+        /// `Connection: Upgrade`, `X-Forwarded-Proto: https`, the client's `Host` as
+        /// `X-Forwarded-Host`, one `X-Forwarded-For` line ending in the client's address, no
+        /// other hop-by-hop, proxy-auth or spoofable header, nothing the client's `Connection`
+        /// named but the handshake's own headers, and every other header as it came.
+        #[test]
+        fn whatever_a_client_sends_the_backend_gets_the_proxys_own_framing(
+            sent in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..12),
+        ) {
+            let sent: Vec<(&str, &str)> = sent.iter().map(|&(n, v)| (NAMES[n], VALUES[v])).collect();
+            let client = request(&sent);
+            let got = forwarded(&sent, &[]);
+            let one = |name: &str| values(&got, name);
+            proptest::prop_assert_eq!(one("upgrade"), ["websocket"]);
+            proptest::prop_assert_eq!(one("connection"), ["Upgrade"]);
+            proptest::prop_assert_eq!(one("x-forwarded-proto"), ["https"]);
+            let host = client.headers().get(HOST).map(|h| h.to_str().unwrap());
+            proptest::prop_assert_eq!(one("x-forwarded-host").first().copied(), host);
+            let xff = one("x-forwarded-for");
+            proptest::prop_assert_eq!(xff.len(), 1);
+            proptest::prop_assert!(xff[0] == "192.0.2.7" || xff[0].ends_with(", 192.0.2.7"));
+            let named = connection_named(client.headers());
+            for (name, value) in client.headers() {
+                let n = name.as_str();
+                let ours = ["upgrade", "connection", "x-forwarded-for", "x-forwarded-proto",
+                    "x-forwarded-host"];
+                if ours.contains(&n) {
+                    continue;
+                }
+                let dropped = not_forwarded(n) || (named.iter().any(|c| c == n) && !is_protected(n));
+                let kept = got.get_all(name).iter().any(|v| v == value);
+                proptest::prop_assert_eq!(kept, !dropped, "{}: {:?}", n, value);
+            }
+            for name in got.keys() {
+                let n = name.as_str();
+                // Every `_` name above is an alias of one set or stripped here.
+                proptest::prop_assert!(!n.contains('_'), "{}", n);
+                proptest::prop_assert!(
+                    !["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                        "content-length", "proxy-authorization", "forwarded", "x-real-ip",
+                        "x-forwarded-port", "front-end-https"].contains(&n),
+                    "{}",
+                    n
+                );
+            }
+        }
+    }
 }
