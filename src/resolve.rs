@@ -419,14 +419,17 @@ impl Names {
     }
 }
 
-/// Makes `name` resolve to `addrs` for the next few seconds, for tests elsewhere in the crate
-/// (the system resolver here knows one address per name).
+/// Makes `name` resolve to `addrs` for an hour of the test's clock, for tests elsewhere in the
+/// crate (the system resolver here knows one address per name). The answer is dated an hour
+/// ahead (a time in the future reads as just now), so no lookup of the name ever starts: the
+/// system resolver's "no such name", arriving in real time while a test's clock is paused,
+/// would take the addresses away between two requests of its own choosing.
 #[cfg(test)]
 pub(crate) fn seed(name: &str, addrs: &[SocketAddr]) {
+    let dated = Instant::now() + Duration::from_secs(3600);
     let entry = Entry {
-        last: Some((Ok(addrs.into()), Instant::now())),
-        // Standing in for a minute if the test is slow past the five seconds.
-        good: Some((addrs.into(), Instant::now())),
+        last: Some((Ok(addrs.into()), dated)),
+        good: Some((addrs.into(), dated)),
         asked: Some(Instant::now()),
         pending: None,
         turn: 0,

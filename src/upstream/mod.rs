@@ -823,7 +823,7 @@ mod tests {
         let name = "hung-pods.test:9001".to_string();
         crate::resolve::seed(&name, &[hung_a, hung_b]);
         let table = table_of(vec![name, good.to_string()]);
-        // Both 504s within the 5 s the seeded answer is fresh for.
+        // A 2 s connect time: each hung pod's 504 comes at its end.
         let timing = timing(Duration::from_secs(2), Duration::from_millis(250));
         let timed_out = |answer| matches!(answer, Err(ProxyError::BackendTimeout));
         // The name's turn, its first pod; the good backend's turn; the name's, its second.
