@@ -228,4 +228,31 @@ mod tests {
         let (rest, unread) = io.into_parts();
         assert_eq!((rest, &unread[..]), (&b"later"[..], &b"early"[..]));
     }
+
+    proptest::proptest! {
+        /// However the bytes are split over reads, the search stops at the place a search of
+        /// all of them at once finds, and finds nothing where that finds nothing: the end of
+        /// a head never depends on how its bytes arrived.
+        #[test]
+        fn where_a_head_ends_does_not_depend_on_how_it_arrived(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(b"\r\n\r\nGa: \x81".to_vec()),
+                0..40,
+            ),
+            cuts in proptest::collection::vec(1usize..8, 0..40),
+        ) {
+            let whole = end_of(&bytes);
+            let mut scan = Scan::default();
+            let mut found = None;
+            let mut len = 0;
+            for cut in cuts.into_iter().chain(std::iter::once(bytes.len())) {
+                len = (len + cut).min(bytes.len());
+                found = scan.head_end(&bytes[..len]);
+                if found.is_some() || len == bytes.len() {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(found, whole);
+        }
+    }
 }
