@@ -579,3 +579,146 @@ async fn a_stream_cut_in_the_middle_of_a_record_is_an_error_not_an_end() {
     let failed = server.fill_buf().await.unwrap_err();
     assert_eq!(failed.kind(), io::ErrorKind::ConnectionAborted, "{failed}");
 }
+
+/// Reads exactly `len` bytes from `from` in reads of at most `chunk`, by `read` or by
+/// `fill_buf` and `consume` in turn.
+async fn read_in_chunks<R: AsyncBufRead + Unpin>(
+    from: &mut R,
+    len: usize,
+    chunk: usize,
+) -> Vec<u8> {
+    let mut got = Vec::with_capacity(len);
+    let mut buffered = false;
+    while got.len() < len {
+        let want = chunk.min(len - got.len());
+        buffered = !buffered;
+        if buffered {
+            let data = from.fill_buf().await.unwrap();
+            assert!(
+                !data.is_empty(),
+                "the stream ended {} bytes short",
+                len - got.len()
+            );
+            let n = data.len().min(want);
+            got.extend_from_slice(&data[..n]);
+            Pin::new(&mut *from).consume(n);
+        } else {
+            let mut buf = vec![0u8; want];
+            let n = from.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended {} bytes short", len - got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    got
+}
+
+/// A pipe end that moves at most `most` bytes per read and per write: a socket whose bytes
+/// arrive, and are taken, in pieces of any size.
+struct Trickle {
+    io: tokio::io::DuplexStream,
+    most: usize,
+}
+
+impl AsyncRead for Trickle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut piece = vec![0u8; buf.remaining().min(self.most)];
+        let mut small = ReadBuf::new(&mut piece);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut small))?;
+        buf.put_slice(small.filled());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let most = data.len().min(self.most);
+        Pin::new(&mut self.io).poll_write(cx, &data[..most])
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// How many bytes a pipe end moves at a time: a few, a few hundred, or a few thousand.
+fn piece_size() -> impl proptest::strategy::Strategy<Value = usize> {
+    proptest::prop_oneof![1usize..8, 8usize..300, 300usize..5_000]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever sizes are written each way, and however they are split on the way (a pipe
+    /// of any room, from a few hundred bytes, each side's reads and writes moving any number
+    /// of bytes at a time, the stream's reads of any size), each side reads exactly the bytes
+    /// the other wrote, in order; between exchanges the stream holds no buffer; and a close
+    /// each way reads as the end of the stream. (A pipe with less room than the server's
+    /// session tickets, which the client reads only once asked to, stalls any TLS handshake.)
+    #[test]
+    fn bytes_pass_both_ways_unchanged_however_they_are_split(
+        capacity in 300usize..70_000,
+        (server_most, client_most) in (piece_size(), piece_size()),
+        pieces in proptest::collection::vec(
+            (proptest::bool::ANY, 0usize..40_000, 1usize..20_000),
+            1..8,
+        ),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let exchange = async move {
+            let (server_config, client_config) = configs();
+            let (server, client) = tokio::io::duplex(capacity);
+            let server = Trickle { io: server, most: server_most };
+            let client = Trickle { io: client, most: client_most };
+            let (mut server, client) =
+                handshake_over(server, client, server_config, client_config).await;
+            let mut client = tokio::io::BufReader::new(client);
+            for (i, (to_server, len, chunk)) in pieces.into_iter().enumerate() {
+                let sent: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
+                let got = match to_server {
+                    true => {
+                        let write = async {
+                            client.write_all(&sent).await.unwrap();
+                            client.flush().await.unwrap();
+                        };
+                        tokio::join!(write, read_in_chunks(&mut server, len, chunk)).1
+                    }
+                    false => {
+                        let write = async {
+                            server.write_all(&sent).await.unwrap();
+                            server.flush().await.unwrap();
+                        };
+                        tokio::join!(write, read_in_chunks(&mut client, len, chunk)).1
+                    }
+                };
+                assert!(got == sent, "piece {i}: {len} bytes came out changed");
+                assert!(!server.holds_a_buffer(), "after piece {i}");
+            }
+            // The close_notify may not fit the pipe until the other side reads.
+            let mut rest = [0u8; 16];
+            let (closed, read) = tokio::join!(client.shutdown(), server.read(&mut rest));
+            assert_eq!((closed.unwrap(), read.unwrap()), ((), 0));
+            let (closed, read) = tokio::join!(server.shutdown(), client.read(&mut rest));
+            assert_eq!((closed.unwrap(), read.unwrap()), ((), 0));
+        };
+        // A stalled exchange (a lost wake-up) fails the case rather than hanging the suite.
+        let ended = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), exchange).await
+        });
+        proptest::prop_assert!(ended.is_ok(), "the exchange stalled");
+    }
+}
