@@ -93,6 +93,8 @@ mod splice;
 mod sync;
 mod systemd;
 mod tls;
+#[cfg(test)]
+mod trickle;
 mod upstream;
 mod watch;
 pub mod websocket;

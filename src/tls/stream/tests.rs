@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::trickle::{piece_size, Trickle};
 
 type Client = tokio_rustls::client::TlsStream<TcpStream>;
 
@@ -610,51 +611,6 @@ async fn read_in_chunks<R: AsyncBufRead + Unpin>(
         }
     }
     got
-}
-
-/// A pipe end that moves at most `most` bytes per read and per write: a socket whose bytes
-/// arrive, and are taken, in pieces of any size.
-struct Trickle {
-    io: tokio::io::DuplexStream,
-    most: usize,
-}
-
-impl AsyncRead for Trickle {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut piece = vec![0u8; buf.remaining().min(self.most)];
-        let mut small = ReadBuf::new(&mut piece);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut small))?;
-        buf.put_slice(small.filled());
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Trickle {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let most = data.len().min(self.most);
-        Pin::new(&mut self.io).poll_write(cx, &data[..most])
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// How many bytes a pipe end moves at a time: a few, a few hundred, or a few thousand.
-fn piece_size() -> impl proptest::strategy::Strategy<Value = usize> {
-    proptest::prop_oneof![1usize..8, 8usize..300, 300usize..5_000]
 }
 
 proptest::proptest! {

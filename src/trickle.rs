@@ -1,0 +1,61 @@
+//! A test stand-in for a socket whose bytes arrive, and are taken, in pieces of any size: a
+//! pipe end that moves at most so many bytes per read and per write. Streaming code that is
+//! right for one split and wrong for another (a record cut between reads, a frame between
+//! writes) is caught by property tests run over it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+/// A pipe end moving at most `most` bytes per read and per write.
+pub(crate) struct Trickle {
+    pub(crate) io: DuplexStream,
+    pub(crate) most: usize,
+}
+
+/// How many bytes a pipe end moves at a time: a few, a few hundred, or a few thousand.
+pub(crate) fn piece_size() -> impl proptest::strategy::Strategy<Value = usize> {
+    proptest::prop_oneof![1usize..8, 8usize..300, 300usize..5_000]
+}
+
+impl AsyncRead for Trickle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut piece = vec![0u8; buf.remaining().min(self.most)];
+        let mut small = ReadBuf::new(&mut piece);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut small))?;
+        buf.put_slice(small.filled());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let most = data.len().min(self.most);
+        Pin::new(&mut self.io).poll_write(cx, &data[..most])
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A pipe has no kernel connection to ask.
+impl crate::splice::PeerSocket for Trickle {
+    fn peer_error(&self) -> Option<io::ErrorKind> {
+        None
+    }
+}
