@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
 /// A pipe end moving at most `most` bytes per read and per write.
 pub(crate) struct Trickle {
@@ -58,4 +58,39 @@ impl crate::splice::PeerSocket for Trickle {
     fn peer_error(&self) -> Option<io::ErrorKind> {
         None
     }
+}
+
+/// The TLS stream over a pipe, as the relay's client side in tests.
+impl crate::splice::PeerSocket for crate::tls::TlsStream<Trickle> {
+    fn peer_error(&self) -> Option<io::ErrorKind> {
+        None
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure().map(|e| e.to_string())
+    }
+}
+
+/// `len` bytes of a pattern that differs by `seed`.
+pub(crate) fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i * 7 + seed * 13 + i / 251) as u8)
+        .collect()
+}
+
+/// Writes `sent` to `io` and closes its sending side, while reading it to the end.
+pub(crate) async fn send_and_take<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    sent: &[u8],
+) -> Vec<u8> {
+    let (mut reading, mut writing) = tokio::io::split(io);
+    let write = async {
+        writing.write_all(sent).await.unwrap();
+        writing.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let read = reading.read_to_end(&mut got);
+    let ((), read) = tokio::join!(write, read);
+    read.unwrap();
+    got
 }

@@ -343,7 +343,7 @@ where
 mod tests {
     use super::test_peers::{without_early, ResetAfter};
     use super::*;
-    use crate::trickle::{piece_size, Trickle};
+    use crate::trickle::{pattern, piece_size, send_and_take, Trickle};
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadBuf};
 
     /// A peer for the probe: reads come from a pipe the test feeds, writes are taken, never
@@ -713,27 +713,6 @@ mod tests {
             Duration::ZERO,
             "ended at once, not by a timer"
         );
-    }
-
-    /// `len` bytes of a pattern that differs by `seed`.
-    fn pattern(len: usize, seed: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i * 7 + seed * 13 + i / 251) as u8)
-            .collect()
-    }
-
-    /// Writes `sent` to `io` and closes its sending side, while reading it to the end.
-    async fn send_and_take<T: AsyncRead + AsyncWrite + Unpin>(io: T, sent: &[u8]) -> Vec<u8> {
-        let (mut reading, mut writing) = tokio::io::split(io);
-        let write = async {
-            writing.write_all(sent).await.unwrap();
-            writing.shutdown().await.unwrap();
-        };
-        let mut got = Vec::new();
-        let read = reading.read_to_end(&mut got);
-        let ((), read) = tokio::join!(write, read);
-        read.unwrap();
-        got
     }
 
     proptest::proptest! {

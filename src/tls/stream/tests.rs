@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::trickle::{piece_size, Trickle};
+use crate::trickle::{pattern, piece_size, send_and_take, Trickle};
 
 type Client = tokio_rustls::client::TlsStream<TcpStream>;
 
@@ -676,5 +676,60 @@ proptest::proptest! {
             tokio::time::timeout(Duration::from_secs(60), exchange).await
         });
         proptest::prop_assert!(ended.is_ok(), "the exchange stalled");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// A tunnel as it runs, the TLS stream the relay's client side: whatever each side sends,
+    /// however the pipes split it, each gets the other's bytes unchanged, then the end of
+    /// the stream (the client's close_notify passed on as the backend's end, the backend's
+    /// end as a close_notify).
+    #[test]
+    fn a_tunnel_relays_both_ways_unchanged_through_tls(
+        (up, down) in (0usize..100_000, 0usize..100_000),
+        (server_most, client_most, backend_most) in (piece_size(), piece_size(), piece_size()),
+        (capacity, backend_room) in (300usize..70_000, 1usize..70_000),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let exchange = async move {
+            let (server_config, client_config) = configs();
+            let (server, client) = tokio::io::duplex(capacity);
+            let server = Trickle { io: server, most: server_most };
+            let client = Trickle { io: client, most: client_most };
+            let (server, client) =
+                handshake_over(server, client, server_config, client_config).await;
+            let (backend, backend_peer) = tokio::io::duplex(backend_room);
+            let backend = Trickle { io: backend, most: backend_most };
+            let drain = Arc::new(crate::drain::Drain::default());
+            let idle = Duration::from_secs(600);
+            let relay = crate::splice::Splice::new(
+                server,
+                bytes::Bytes::new(),
+                backend,
+                bytes::Bytes::new(),
+                idle,
+                &drain,
+            );
+            let (up, down) = (pattern(up, 1), pattern(down, 2));
+            let (outcome, got_down, got_up) = tokio::join!(
+                relay,
+                send_and_take(client, &up),
+                send_and_take(backend_peer, &down),
+            );
+            assert!(got_up == up, "client → backend changed");
+            assert!(got_down == down, "backend → client changed");
+            let closed = matches!(outcome.reason, crate::splice::CloseReason::Closed(_));
+            assert!(closed, "{:?}", outcome.reason);
+        };
+        // A stalled tunnel (a lost wake-up) fails the case rather than hanging the suite.
+        let ended = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), exchange).await
+        });
+        proptest::prop_assert!(ended.is_ok(), "the tunnel stalled");
     }
 }
