@@ -14,6 +14,7 @@ mod descriptors;
 mod head;
 mod limits;
 mod listeners;
+mod model;
 mod origin;
 mod proxy_protocol;
 mod reject;
