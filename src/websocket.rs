@@ -809,4 +809,95 @@ mod tests {
             Err(ProxyError::BadBackendUpgrade("wrong Sec-WebSocket-Accept"))
         );
     }
+
+    /// One header of a 101 as a backend may write it: its lines (none: left out), and
+    /// whether a client would refuse the handshake for it.
+    type Written = (&'static [&'static str], bool);
+
+    const UPGRADES: &[Written] = &[
+        (&["websocket"], false),
+        (&["WebSocket"], false),
+        (&[" websocket "], false),
+        (&["websocket, h2c"], true),
+        (&["websocket", "h2c"], true),
+        (&["h2c"], true),
+        (&[], true),
+    ];
+    const CONNECTIONS: &[Written] = &[
+        (&["Upgrade"], false),
+        (&["keep-alive, upgrade"], false),
+        (&["keep-alive", "UPGRADE"], false),
+        (&["keep-alive"], true),
+        (&[], true),
+    ];
+    const ACCEPTS: &[Written] = &[
+        (&["s3pPLMBiTxaQ9kYGzzhZRbK+xOo="], false),
+        (&[" s3pPLMBiTxaQ9kYGzzhZRbK+xOo= "], false),
+        (&["AAAAAAAAAAAAAAAAAAAAAAAAAAA="], true),
+        (
+            &[
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+            ],
+            true,
+        ),
+        (&[], true),
+    ];
+    /// `chat.v1` and `chat.v2` were forwarded.
+    const PROTOCOLS: &[Written] = &[
+        (&[], false),
+        (&["chat.v1"], false),
+        (&[" chat.v2 "], false),
+        (&["chat.v9"], true),
+        (&[""], true),
+        (&["chat.v1, chat.v2"], true),
+        (&["chat.v1", "chat.v1"], true),
+    ];
+    /// `permessage-deflate` was offered.
+    const EXTENSIONS: &[Written] = &[
+        (&[], false),
+        (&["permessage-deflate"], false),
+        (&["permessage-deflate; server_no_context_takeover"], false),
+        (&["permessage-deflate; x=\"a,b\""], false),
+        (&["x-webkit-deflate-frame"], true),
+        (&["permessage-deflate, permessage-deflate"], true),
+        (&["permessage-deflate", "permessage-deflate"], true),
+        (&[""], true),
+        (&["permessage-deflate,"], true),
+    ];
+
+    proptest::proptest! {
+        /// A 101 of any right and wrong parts opens a tunnel exactly when every part is one a
+        /// client takes: one wrong part anywhere is a 502, never a tunnel the client drops.
+        #[test]
+        fn a_101_is_accepted_exactly_when_every_part_of_it_is_right(
+            choice in (
+                0..UPGRADES.len(),
+                0..CONNECTIONS.len(),
+                0..ACCEPTS.len(),
+                0..PROTOCOLS.len(),
+                0..EXTENSIONS.len(),
+            ),
+        ) {
+            let (upgrade, connection, accept, protocol, extension) = choice;
+            let written = [
+                ("upgrade", UPGRADES[upgrade]),
+                ("connection", CONNECTIONS[connection]),
+                ("sec-websocket-accept", ACCEPTS[accept]),
+                ("sec-websocket-protocol", PROTOCOLS[protocol]),
+                ("sec-websocket-extensions", EXTENSIONS[extension]),
+            ];
+            let mut lines = Vec::new();
+            for (name, (values, _)) in written {
+                lines.extend(values.iter().map(|value| (name, *value)));
+            }
+            let wrong: Vec<&str> = written
+                .iter()
+                .filter(|(_, (_, wrong))| *wrong)
+                .map(|(name, _)| *name)
+                .collect();
+            let checked = response(&lines, &["chat.v1", "chat.v2"]);
+            proptest::prop_assert_eq!(checked.is_ok(), wrong.is_empty(), "{:?}: {:?}", lines, wrong);
+        }
+    }
 }
