@@ -1757,3 +1757,70 @@ fn a_config_rewritten_nonstop_is_applied_as_last_read_with_a_warning() {
     assert_eq!(rt.block_on(upgrade_status(addr, "/b")), 502, "the new one");
     child.kill().unwrap();
 }
+
+/// How a step of [`every_kind_of_save_after_every_other_is_applied`] writes the config.
+#[derive(Clone, Copy, Debug)]
+enum Save {
+    InPlace,
+    Rename,
+    DeleteAndCreate,
+}
+
+impl Save {
+    fn write(self, path: &Path, body: &str) {
+        match self {
+            Save::InPlace => write_body(path, body),
+            Save::Rename => rename_save(path, body),
+            Save::DeleteAndCreate => {
+                std::fs::remove_file(path).unwrap();
+                write_body(path, body);
+            }
+        }
+    }
+}
+
+/// Every kind of save, a broken config among them, follows every other (a de Bruijn sequence
+/// of the four, 16 steps and back to the first): each valid one is applied and each broken one
+/// rejected, whatever came before it, so no save leaves the watcher deaf to the next kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_save_after_every_other_is_applied() {
+    const SAVES: [Save; 3] = [Save::InPlace, Save::Rename, Save::DeleteAndCreate];
+    // 3: a broken config, saved each of the three ways in turn.
+    const STEPS: [usize; 17] = [0, 0, 1, 0, 2, 0, 3, 1, 1, 2, 1, 3, 2, 2, 3, 3, 0];
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("r0", "/r0", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let (mut generation_now, mut failures_now, mut served) = (1, 0, "/r0".to_string());
+    for (n, &step) in STEPS.iter().enumerate() {
+        let n = n + 1;
+        if step == 3 {
+            let save = SAVES[failures_now as usize % 3];
+            save.write(
+                &proxy.config_path(),
+                &format!("[[route]]\nname = \"r{n}\"\nbogus = {n}\n"),
+            );
+            failures_now += 1;
+            let status = failures(&mut rx, failures_now).await;
+            assert_eq!(
+                status.generation, generation_now,
+                "step {n}: {save:?}, broken"
+            );
+        } else {
+            let save = SAVES[step];
+            let path = format!("/r{n}");
+            save.write(
+                &proxy.config_path(),
+                &route(&format!("r{n}"), &path, &[backend.addr]),
+            );
+            generation_now += 1;
+            generation(&mut rx, generation_now).await;
+            assert_eq!(
+                upgrade_status(proxy.addr, &served).await,
+                404,
+                "step {n}: {save:?}"
+            );
+            served = path;
+        }
+        assert_eq!(upgrade_status(proxy.addr, &served).await, 101, "step {n}");
+    }
+}
