@@ -7,7 +7,8 @@
 //! one of them, never anything else.
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use tokio::runtime::Runtime;
 
 use crate::support::*;
 
@@ -150,14 +151,36 @@ fn request_of(parts: &[Part; 11]) -> Req {
     req
 }
 
-#[test]
-fn every_handshake_gets_the_status_its_faults_call_for() {
+/// A runtime for the proxy and its backend, built by `start` on it, and `cases` random
+/// choices of `strategy` checked by `check`, which runs its requests on that runtime.
+fn run_model<S: Strategy, T>(
+    cases: u32,
+    start: impl std::future::Future<Output = T>,
+    strategy: S,
+    check: impl Fn(&Runtime, &T, S::Value) -> Result<(), TestCaseError> + Sync,
+) where
+    T: Sync,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (_backend, proxy) = runtime.block_on(async {
+    let started = runtime.block_on(start);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let outcome = runner.run(&strategy, |choice| check(&runtime, &started, choice));
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+}
+
+#[test]
+fn every_handshake_gets_the_status_its_faults_call_for() {
+    let start = async {
         let backend = WsBackend::start("echo").await;
         let config = format!(
             "[[route]]\nname = \"chat\"\nhost = \"chat.example.com\"\npath = \"/ws\"\n\
@@ -165,14 +188,10 @@ fn every_handshake_gets_the_status_its_faults_call_for() {
              backends = [\"{}\"]\n",
             backend.addr
         );
-        (backend, start_proxy(&config).await)
-    });
-    let mut runner = TestRunner::new(Config {
-        cases: 160,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let outcome = runner.run(&choices(), |choice| {
+        let proxy = start_proxy(&config).await;
+        (backend, proxy)
+    };
+    run_model(160, start, choices(), |runtime, (_, proxy), choice| {
         let parts = parts(&choice);
         let req = request_of(&parts);
         let head = runtime.block_on(async {
@@ -201,7 +220,133 @@ fn every_handshake_gets_the_status_its_faults_call_for() {
         }
         Ok(())
     });
-    if let Err(failure) = outcome {
-        panic!("{failure}");
-    }
+}
+
+/// One header line (or lines) of a backend's 101, and whether a client would refuse it.
+type Line = (&'static [&'static str], bool);
+
+const STATUS_LINES: &[Line] = &[
+    (&["HTTP/1.1 101 Switching Protocols"], false),
+    (&["HTTP/1.1 101 "], false),
+    (&["HTTP/1.1 101 OK then"], false),
+    (&["HTTP/1.0 101 Switching Protocols"], true),
+];
+const ANSWER_UPGRADES: &[Line] = &[
+    (&["Upgrade: websocket"], false),
+    (&["upgrade: WebSocket"], false),
+    (&["Upgrade: websocket, h2c"], true),
+    (&["Upgrade: websocket", "Upgrade: h2c"], true),
+    (&[], true),
+];
+const ANSWER_CONNECTIONS: &[Line] = &[
+    (&["Connection: Upgrade"], false),
+    (&["Connection: keep-alive", "connection: upgrade"], false),
+    (&["Connection: keep-alive"], true),
+    (&[], true),
+];
+/// `{accept}` stands for the right value.
+const ANSWER_ACCEPTS: &[Line] = &[
+    (&["Sec-WebSocket-Accept: {accept}"], false),
+    (
+        &["Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA="],
+        true,
+    ),
+    (
+        &[
+            "Sec-WebSocket-Accept: {accept}",
+            "Sec-WebSocket-Accept: {accept}",
+        ],
+        true,
+    ),
+    (&[], true),
+];
+/// The client offered `chat.v1, chat.v2`.
+const ANSWER_PROTOCOLS: &[Line] = &[
+    (&[], false),
+    (&["Sec-WebSocket-Protocol: chat.v2"], false),
+    (&["Sec-WebSocket-Protocol: chat.v9"], true),
+    (&["Sec-WebSocket-Protocol: chat.v1, chat.v2"], true),
+];
+/// The client offered `permessage-deflate`.
+const ANSWER_EXTENSIONS: &[Line] = &[
+    (&[], false),
+    (
+        &["Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover"],
+        false,
+    ),
+    (&["Sec-WebSocket-Extensions: x-webkit-deflate-frame"], true),
+    (
+        &["Sec-WebSocket-Extensions: permessage-deflate, permessage-deflate"],
+        true,
+    ),
+];
+
+type Answer = [usize; 6];
+
+fn answer_lines(answer: &Answer) -> [Line; 6] {
+    let lists = [
+        STATUS_LINES,
+        ANSWER_UPGRADES,
+        ANSWER_CONNECTIONS,
+        ANSWER_ACCEPTS,
+        ANSWER_PROTOCOLS,
+        ANSWER_EXTENSIONS,
+    ];
+    std::array::from_fn(|i| lists[i][answer[i]])
+}
+
+fn answers() -> impl Strategy<Value = Answer> {
+    let lens = [
+        STATUS_LINES.len(),
+        ANSWER_UPGRADES.len(),
+        ANSWER_CONNECTIONS.len(),
+        ANSWER_ACCEPTS.len(),
+        ANSWER_PROTOCOLS.len(),
+        ANSWER_EXTENSIONS.len(),
+    ];
+    lens.map(|len| prop_oneof![3 => Just(0usize), 2 => 0..len])
+}
+
+/// A backend's 101 of any right and wrong parts, early tunnel bytes right behind it: the
+/// client gets the 101, those bytes, and a tunnel exactly when every part is right, and a
+/// 502 (never a tunnel) otherwise.
+#[test]
+fn a_backends_101_opens_a_tunnel_exactly_when_every_part_is_right() {
+    let start = async {
+        let backend = RawBackend::start().await;
+        let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+        (backend, proxy)
+    };
+    run_model(96, start, answers(), |runtime, (backend, proxy), answer| {
+        let lines = answer_lines(&answer);
+        let wrong = lines.iter().any(|(_, wrong)| *wrong);
+        let req = Req::upgrade("chat.example.com", "/ws")
+            .add("Sec-WebSocket-Protocol", "chat.v1, chat.v2")
+            .add("Sec-WebSocket-Extensions", "permessage-deflate");
+        let (head, written) = runtime.block_on(async {
+            let mut client = raw_client(proxy.addr).await;
+            client.send(req.bytes()).await;
+            let mut back = backend.accept().await;
+            let seen = back.read_head().await;
+            let key = seen.get("sec-websocket-key").expect("forwarded key");
+            let accept = accept_for(key);
+            let mut written = String::new();
+            for line in lines.iter().flat_map(|(lines, _)| lines.iter()) {
+                written.push_str(&line.replace("{accept}", &accept));
+                written.push_str("\r\n");
+            }
+            written.push_str("\r\n");
+            back.send(format!("{written}early")).await;
+            let head = client.read_head().await;
+            if head.status == 101 {
+                assert_eq!(client.read_exact(5).await, b"early", "{written}");
+                client.send("ping").await;
+                assert_eq!(back.read_exact(4).await, b"ping", "{written}");
+            }
+            (head, written)
+        });
+        let expected = if wrong { 502 } else { 101 };
+        prop_assert_eq!(head.status, expected, "{}", written);
+        Ok(())
+    });
 }
