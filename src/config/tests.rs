@@ -1251,3 +1251,169 @@ proptest::proptest! {
         }
     }
 }
+
+/// One setting of a config as the model below writes it: its section, key and right values,
+/// then wrong ones.
+struct Setting {
+    section: &'static str,
+    key: &'static str,
+    right: &'static [&'static str],
+    wrong: &'static [&'static str],
+}
+
+/// A config of every setting, each right or wrong in several ways (`""` for a right one: left
+/// out).
+const SETTINGS: &[Setting] = &[
+    Setting {
+        section: "proxy",
+        key: "listen",
+        right: &[
+            r#"["127.0.0.1:8443"]"#,
+            r#"["[::1]:8443", "127.0.0.1:9443"]"#,
+        ],
+        wrong: &[
+            r#"["127.0.0.1"]"#,
+            r#"["127.0.0.1:99999"]"#,
+            "[]",
+            r#""127.0.0.1:8443""#,
+        ],
+    },
+    Setting {
+        section: "proxy",
+        key: "log_format",
+        right: &["", r#""json""#],
+        wrong: &[r#""JSON""#, "1"],
+    },
+    Setting {
+        section: "tls",
+        key: "certificates",
+        right: &[r#"[{ cert = "a.crt", key = "a.key" }]"#],
+        wrong: &["[]", r#"[{ cert = "a.crt" }]"#],
+    },
+    Setting {
+        section: "timeouts",
+        key: "handshake",
+        right: &["", r#""10s""#, r#""1m 30s""#],
+        wrong: &[r#""10""#, r#""0s""#, r#""10S""#],
+    },
+    Setting {
+        section: "timeouts",
+        key: "connect",
+        right: &["", r#""500ms""#],
+        wrong: &[r#""forever""#, "5"],
+    },
+    Setting {
+        section: "limits",
+        key: "max_connections",
+        right: &["", "10000"],
+        wrong: &["0", "-1", r#""10""#],
+    },
+    Setting {
+        section: "route",
+        key: "name",
+        right: &[r#""chat""#],
+        wrong: &[r#""""#],
+    },
+    Setting {
+        section: "route",
+        key: "host",
+        right: &["", r#""chat.example.com""#, r#""*.example.com""#],
+        wrong: &[r#""chat.example.com:8443""#, r#""a..b""#, r#""*.*.com""#],
+    },
+    Setting {
+        section: "route",
+        key: "path",
+        right: &[r#""/ws""#, r#""/""#],
+        wrong: &[r#""ws""#, r#""/ws?x=1""#],
+    },
+    Setting {
+        section: "route",
+        key: "backends",
+        right: &[
+            r#"["127.0.0.1:9001"]"#,
+            r#"["app.internal:9001", "[::1]:9001"]"#,
+        ],
+        wrong: &[r#"["127.0.0.1"]"#, r#"["ws://app:9001"]"#, "[]"],
+    },
+    Setting {
+        section: "route",
+        key: "origins",
+        right: &["", r#"["https://chat.example.com"]"#],
+        wrong: &[r#"["chat.example.com"]"#],
+    },
+    Setting {
+        section: "route",
+        key: "subprotocols",
+        right: &["", r#"["chat.v1"]"#],
+        wrong: &[r#"["chat v1"]"#],
+    },
+    Setting {
+        section: "route",
+        key: "colour",
+        right: &[""],
+        wrong: &[r#""blue""#],
+    },
+];
+
+/// The config text of one value per setting (`(wrong, index)`), and for each wrong one the
+/// dotted key an error about it names and the line it is on.
+fn config_of(choice: &[(bool, usize)]) -> (String, Vec<(String, usize)>) {
+    let mut text = String::new();
+    let mut section = "";
+    let mut wrong = Vec::new();
+    for (setting, &(is_wrong, index)) in SETTINGS.iter().zip(choice) {
+        if setting.section != section {
+            section = setting.section;
+            let header = match section {
+                "route" => "[[route]]".to_string(),
+                other => format!("[{other}]"),
+            };
+            text.push_str(&format!("{header}\n"));
+        }
+        let values = if is_wrong {
+            setting.wrong
+        } else {
+            setting.right
+        };
+        let value = values[index % values.len()];
+        if value.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("{} = {value}\n", setting.key));
+        if is_wrong {
+            let key = match section {
+                "route" => format!("route[0].{}", setting.key),
+                other => format!("{other}.{}", setting.key),
+            };
+            wrong.push((key, text.lines().count()));
+        }
+    }
+    (text, wrong)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// A config with any of its settings wrong, in any of several ways, is refused at one of
+    /// them: the error names its key and its line. With none wrong, it loads.
+    #[test]
+    fn a_config_is_refused_at_one_of_its_wrong_settings_and_only_then(
+        choice in proptest::collection::vec(
+            (proptest::bool::weighted(0.15), 0usize..4),
+            SETTINGS.len(),
+        ),
+    ) {
+        let (text, wrong) = config_of(&choice);
+        match Config::from_toml_str(&text, Path::new("/etc/wsgate/wsgate.toml")) {
+            Ok(_) => proptest::prop_assert!(wrong.is_empty(), "loaded:\n{}", text),
+            Err(e) => {
+                let place = e.location.clone();
+                let at = place.map(|p| (p.key, p.line));
+                let named = at.as_ref().is_some_and(|(key, line)| {
+                    wrong.iter().any(|(k, l)| key.starts_with(k.as_str()) && line == l)
+                });
+                proptest::prop_assert!(named, "{} for {:?} in\n{}", e, wrong, text);
+            }
+        }
+    }
+}
