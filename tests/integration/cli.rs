@@ -489,6 +489,51 @@ fn the_documented_complete_example_is_the_shipped_one() {
     assert_eq!(documented, shipped);
 }
 
+/// `toml`, a config the docs show, passes `check` with no warning, test certificate files
+/// standing in for the ones it names at `cert` and `key`.
+fn documented_config_passes_check(toml: &str, cert: &str, key: &str) {
+    assert!(toml.contains("[[route]]"), "{toml}");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = pki().write_leaf(dir.path(), "tls", SERVER_NAMES);
+    let toml = toml
+        .replace(cert, cert_file.to_str().unwrap())
+        .replace(key, key_file.to_str().unwrap());
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let out = check(&path);
+    assert!(out.status.success(), "{}\n{toml}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+}
+
+/// The config in docs/operations.md's Kubernetes example, its ConfigMap's `wsgate.toml`.
+#[test]
+fn the_documented_kubernetes_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let (_, rest) = doc.split_once("  wsgate.toml: |\n").unwrap();
+    let lines: Vec<&str> = rest
+        .lines()
+        .take_while(|line| line.starts_with("    "))
+        .collect();
+    let toml = lines
+        .iter()
+        .map(|line| &line[4..])
+        .collect::<Vec<_>>()
+        .join("\n");
+    documented_config_passes_check(&toml, "/etc/wsgate-tls/tls.crt", "/etc/wsgate-tls/tls.key");
+}
+
+/// The config README.md shows.
+#[test]
+fn the_readmes_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let (_, rest) = readme.split_once("## A config\n").unwrap();
+    let (_, rest) = rest.split_once("```toml\n").unwrap();
+    let (toml, _) = rest.split_once("```\n").unwrap();
+    documented_config_passes_check(toml, "/etc/wsgate/tls/tls.crt", "/etc/wsgate/tls/tls.key");
+}
+
 #[test]
 fn the_shipped_configs_pass_check() {
     for name in ["config/wsgate.toml", "config/example.toml"] {
