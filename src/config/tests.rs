@@ -1417,3 +1417,39 @@ proptest::proptest! {
         }
     }
 }
+
+/// Every ```toml example in the docs loads: a part of a config (one section) with the
+/// sections it leaves out taken from a minimal one.
+#[test]
+fn every_config_example_in_the_docs_loads() {
+    let base = [
+        ("[proxy]", "[proxy]\nlisten = [\"127.0.0.1:8443\"]\n"),
+        (
+            "[tls]",
+            "[tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n",
+        ),
+        (
+            "[[route]]",
+            "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9001\"]\n",
+        ),
+    ];
+    let mut seen = 0;
+    for doc in ["configuration.md", "operations.md"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(doc);
+        let text = std::fs::read_to_string(path).unwrap();
+        for block in text.split("```toml\n").skip(1) {
+            let (example, _) = block.split_once("```").unwrap();
+            let mut config = example.to_string();
+            for (header, section) in base {
+                if !example.lines().any(|line| line.trim() == header) {
+                    config.push('\n');
+                    config.push_str(section);
+                }
+            }
+            let loaded = Config::from_toml_str(&config, Path::new("/etc/wsgate/wsgate.toml"));
+            assert!(loaded.is_ok(), "{doc}: {:?} in\n{config}", loaded.err());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "{seen} examples");
+}
