@@ -98,6 +98,9 @@ pub(crate) fn in_turn(
             entry
                 .aside
                 .retain(|a| !first.is_zero() && addrs.contains(&a.addr));
+            if entry.aside.is_empty() {
+                entry.failed_in_a_row = 0;
+            }
             let mut retry = None;
             for aside in &mut entry.aside {
                 if aside.until <= now && !gone.contains(&aside.addr) && retry.is_none() {
@@ -146,7 +149,7 @@ pub(crate) fn set_aside(backend: &str, addr: SocketAddr, first: Duration) -> Opt
     let now = Instant::now();
     let mut names = lock(&NAMES.0);
     let entry = names.get_mut(backend)?;
-    match entry.aside.iter_mut().find(|a| a.addr == addr) {
+    let set = match entry.aside.iter_mut().find(|a| a.addr == addr) {
         Some(aside) if aside.until > now && !aside.retried => None,
         Some(aside) => {
             aside.failures = aside.failures.saturating_add(1);
@@ -163,7 +166,11 @@ pub(crate) fn set_aside(backend: &str, addr: SocketAddr, first: Duration) -> Opt
             });
             Some(first)
         }
+    };
+    if set.is_some() {
+        entry.failed_in_a_row += 1;
     }
+    set
 }
 
 /// `backend`'s address `addr` took a connection: back in turn, its failures forgotten.
@@ -175,12 +182,14 @@ pub(crate) fn answered(backend: &str, addr: SocketAddr) -> bool {
     };
     let before = entry.aside.len();
     entry.aside.retain(|a| a.addr != addr);
+    entry.failed_in_a_row = 0;
     entry.aside.len() != before
 }
 
 /// Whether every address `backend` resolved to lately has failed since it last answered
-/// (set aside, its cool-down over or not): with hung pods, each failure takes the whole
-/// connect timeout, longer than a first cool-down.
+/// (set aside, its cool-down over or not: with hung pods, each failure takes the whole
+/// connect timeout, longer than a first cool-down), or as many tries of them in a row as it
+/// has addresses.
 pub(crate) fn all_failed(backend: &str) -> bool {
     let names = lock(&NAMES.0);
     let Some(entry) = names.get(backend) else {
@@ -190,7 +199,7 @@ pub(crate) fn all_failed(backend: &str) -> bool {
         return false;
     };
     let failed = |addr: &SocketAddr| entry.aside.iter().any(|a| a.addr == *addr);
-    !addrs.is_empty() && addrs.iter().all(failed)
+    !addrs.is_empty() && (addrs.iter().all(failed) || entry.failed_in_a_row >= addrs.len())
 }
 
 /// Every address of these backends set aside is back in turn: a reload turned setting aside
@@ -201,6 +210,7 @@ pub(crate) fn forget_aside<'a>(backends: impl IntoIterator<Item = &'a str>) {
     for backend in backends {
         if let Some(entry) = names.get_mut(backend) {
             entry.aside.clear();
+            entry.failed_in_a_row = 0;
         }
     }
 }
@@ -279,6 +289,11 @@ struct Entry {
     turn: usize,
     /// Its addresses that failed to take a connection lately.
     aside: Vec<Aside>,
+    /// Tries of its addresses that failed in a row, whichever addresses, no answer between:
+    /// as many as it has addresses, and it is as good as all failed. (Its addresses set aside
+    /// alone would not say so while one was never tried: a hung pod retried after its
+    /// cool-down takes the whole request, so the pod after it in turn may never be reached.)
+    failed_in_a_row: usize,
 }
 
 /// An address set aside: until when, after how many failures in a row, and whether a
@@ -406,6 +421,7 @@ impl Names {
                 // a count kept here would double its cool-down the day the name grows again.
                 if addrs.len() < 2 {
                     entry.aside.clear();
+                    entry.failed_in_a_row = 0;
                 }
                 entry.good = Some((addrs.clone(), now));
             }
@@ -434,6 +450,7 @@ pub(crate) fn seed(name: &str, addrs: &[SocketAddr]) {
         pending: None,
         turn: 0,
         aside: Vec::new(),
+        failed_in_a_row: 0,
     };
     lock(&NAMES.0).insert(name.to_owned(), entry);
 }
@@ -633,6 +650,31 @@ mod tests {
         assert_eq!(set_aside(name, b, first), Some(first * 2));
         tokio::time::advance(first * 2).await;
         assert_eq!(first_of(), b, "the next retry");
+    }
+
+    /// Tries failed in a row, as many as the name has addresses, make it all failed, though
+    /// one address was never tried (the first retried instead); any answer starts the count
+    /// again.
+    #[tokio::test(start_paused = true)]
+    async fn as_many_failures_in_a_row_as_addresses_are_all_failed() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (a, b, c) = (addr(1), addr(2), addr(3));
+        let name = "in-a-row.test:9001";
+        seed(name, &[a, b, c]);
+        let first = Duration::from_secs(1);
+        assert_eq!(set_aside(name, a, first), Some(first));
+        tokio::time::advance(first).await;
+        assert_eq!(
+            in_turn(name, &[a, b, c], &[], first, first).addrs[0],
+            a,
+            "retried"
+        );
+        assert_eq!(set_aside(name, a, first), Some(first * 2));
+        assert!(!all_failed(name), "two tries of three addresses");
+        assert_eq!(set_aside(name, b, first), Some(first));
+        assert!(all_failed(name), "three in a row, c never tried");
+        assert!(!answered(name, c));
+        assert!(!all_failed(name), "c answered");
     }
 
     /// One address of three set aside: dialed last, the other two first by turns; once its

@@ -181,8 +181,9 @@ async fn exchange(
 /// process hung, or overloaded): 504, and the backend put aside as one that failed to take
 /// the connection is, so that the route's next requests go to its others meanwhile; for one
 /// of a name's several addresses (`at`: the backend, and that address), the address set
-/// aside, and the name only once all its addresses have failed (one hung pod of a headless
-/// Service is no reason to skip the others). Not if the backends before it
+/// aside, and the name only once all its addresses have failed, or as many tries of them in
+/// a row (one hung pod of a headless Service is no reason to skip the others). Not if the
+/// backends before it
 /// (or its own slow connect) left it less than half of an even share of the time to answer
 /// in. `given`: the time it had to answer, and that even share.
 fn unanswered(
@@ -203,8 +204,9 @@ fn unanswered(
         if let Some(addr) = addr {
             dial::set_aside(backend, addr, timing.cooldown, &error);
         }
-        // The name too once every address of it has failed since it last answered (all its
-        // pods hung): its turns go to the route's other backends meanwhile.
+        // The name too once every address of it has failed since it last answered, or as
+        // many tries in a row (all its pods hung): its turns go to the route's other
+        // backends meanwhile.
         if addr.is_none() || crate::resolve::all_failed(backend) {
             put_aside(route, backend, &error, timing.cooldown, began, metrics);
         }
@@ -837,6 +839,42 @@ mod tests {
         assert_eq!(reached(&table).await, good);
         held_a.abort();
         held_b.abort();
+    }
+
+    /// Every pod of a name hung, one request at a time: each 504 takes the whole connect
+    /// time, past the first pod's cool-down, so that pod is tried again before the third
+    /// pod is ever reached. Three tries failed in a row, as many as the name has addresses,
+    /// put the name aside all the same, and the route's requests go to its other backend.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_whose_pods_all_hang_is_put_aside_though_one_was_never_tried() {
+        let (a, held_a) = hung_backend().await;
+        let (b, held_b) = hung_backend().await;
+        let (c, held_c) = hung_backend().await;
+        let (good, _answering) = answering_backend().await;
+        let name = "three-hung-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &[a, b, c]);
+        let table = table_of(vec![name, good.to_string()]);
+        let mut timed_out = 0;
+        while !name_health(&table).ever_put_aside() {
+            match open_on(&table).await {
+                Err(ProxyError::BackendTimeout) => timed_out += 1,
+                Ok(Answer::Upgraded(tunnel)) => {
+                    assert_eq!(tunnel.socket.peer_addr().unwrap(), good)
+                }
+                other => panic!("{:?}", other.err()),
+            }
+            assert!(
+                timed_out <= 3,
+                "the name is still in turn after {timed_out} 504s"
+            );
+        }
+        assert_eq!(timed_out, 3);
+        for _ in 0..4 {
+            assert_eq!(reached(&table).await, good);
+        }
+        for held in [held_a, held_b, held_c] {
+            held.abort();
+        }
     }
 
     /// A name's address left silent while another backend took the request is set aside,
