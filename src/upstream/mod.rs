@@ -71,6 +71,17 @@ pub(crate) struct Timing {
     pub(crate) attempt_delay: Duration,
 }
 
+/// One request's backend leg: its route, how it is timed and when its time runs out, and
+/// where its failures are counted; what each step of dialing and asking needs.
+#[derive(Clone, Copy)]
+pub(super) struct Leg<'r> {
+    pub(super) route: &'r Route,
+    pub(super) timing: Timing,
+    /// The end of the whole exchange: connect, and the backend's complete answer head.
+    pub(super) deadline: tokio::time::Instant,
+    pub(super) metrics: &'r Metrics,
+}
+
 /// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
 /// the backend's complete answer head) must fit in `timing.timeout`. `tried` names, for the
 /// log line, the backend that answered; failing that, the one the error is about (the first
@@ -84,30 +95,34 @@ pub(crate) async fn open(
     metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
     let deadline = tokio::time::Instant::now() + timing.timeout;
+    let leg = Leg {
+        route,
+        timing,
+        deadline,
+        metrics,
+    };
     // Each stage inside keeps the deadline itself (every connect, the answer), and says what
     // ran out (a hung backend is put aside); this is only the net under them, a moment
     // later, so that theirs fire first even when the task's budget would let this one win.
     let net = deadline + Duration::from_millis(50);
-    match tokio::time::timeout_at(
-        net,
-        exchange(route, request, protocols, deadline, timing, tried, metrics),
-    )
-    .await
-    {
+    match tokio::time::timeout_at(net, exchange(leg, request, protocols, tried)).await {
         Ok(answer) => answer,
         Err(_) => Err(ProxyError::BackendTimeout),
     }
 }
 
 async fn exchange(
-    route: &Route,
+    leg: Leg<'_>,
     mut request: Request<Empty<Bytes>>,
     protocols: &[&str],
-    deadline: tokio::time::Instant,
-    timing: Timing,
     tried: &mut Option<String>,
-    metrics: &Metrics,
 ) -> Result<Answer, ProxyError> {
+    let Leg {
+        route,
+        deadline,
+        metrics,
+        ..
+    } = leg;
     let offer = websocket::Offer::of(request.headers(), protocols)?;
     let mut turns = Turns::new(route, deadline);
     // The leaves of backends whose address closed before answering: held until the request
@@ -115,8 +130,7 @@ async fn exchange(
     let mut held = Vec::new();
     for closed in 1.. {
         // The leave is held until the try has ended: answered, or failed.
-        let (backend, dialed, began, leave) =
-            connect_in_turn(route, &mut turns, deadline, timing, tried, metrics).await?;
+        let (backend, dialed, began, leave) = connect_in_turn(leg, &mut turns, tried).await?;
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || dialed.redial || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
@@ -133,7 +147,7 @@ async fn exchange(
             Err(_) => {
                 let given = (asked.elapsed(), turns.fair_share());
                 let at = (backend, several.map(|_| addr));
-                return Err(unanswered(route, at, given, began, timing, metrics));
+                return Err(unanswered(leg, at, given, began));
             }
         };
         // Anything but a close before answering: the backend takes connections.
@@ -157,7 +171,7 @@ async fn exchange(
         // headless Service closing is no reason to skip the name, whose next address is tried
         // right after; but a request given up here (MAX_CLOSED) is a reason.
         if !dialed.more || copy.is_none() {
-            put_aside(route, backend, &error, timing.cooldown, began, metrics);
+            put_aside(leg, backend, &error, began);
         }
         if !dialed.redial {
             turns.gone.push(dialed.addr);
@@ -187,12 +201,10 @@ async fn exchange(
 /// (or its own slow connect) left it less than half of an even share of the time to answer
 /// in. `given`: the time it had to answer, and that even share.
 fn unanswered(
-    route: &Route,
+    leg: Leg<'_>,
     at: (&str, Option<std::net::SocketAddr>),
     given: (Duration, Duration),
     began: u64,
-    timing: Timing,
-    metrics: &Metrics,
 ) -> ProxyError {
     let ((backend, addr), (waited, fair_share)) = (at, given);
     if waited >= fair_share / 2 {
@@ -200,15 +212,15 @@ fn unanswered(
             std::io::ErrorKind::TimedOut,
             "took the connection but did not answer the upgrade in time",
         );
-        metrics.backend_connect_failed(&route.config.name, backend, &error);
+        (leg.metrics).backend_connect_failed(&leg.route.config.name, backend, &error);
         if let Some(addr) = addr {
-            dial::set_aside(backend, addr, timing.cooldown, &error);
+            dial::set_aside(backend, addr, leg.timing.cooldown, &error);
         }
         // The name too once every address of it has failed since it last answered, or as
         // many tries in a row (all its pods hung): its turns go to the route's other
         // backends meanwhile.
         if addr.is_none() || crate::resolve::all_failed(backend) {
-            put_aside(route, backend, &error, timing.cooldown, began, metrics);
+            put_aside(leg, backend, &error, began);
         }
     }
     ProxyError::BackendTimeout

@@ -12,10 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::dial::{connect, no_answer, share_of, Dialed, Progress, Window};
-use super::Timing;
+use super::Leg;
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::health::{self, Health, Leave};
-use crate::metrics::Metrics;
 use crate::race::{Event, Race};
 use crate::routes::Route;
 
@@ -125,21 +124,19 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
 /// backend that fails, or is left unanswered while another answers, is put aside for
 /// `cooldown` (see [`crate::health`]).
 pub(super) async fn connect_in_turn<'a, 'r>(
-    route: &'r Route,
+    leg: Leg<'r>,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-    deadline: Instant,
-    timing: Timing,
     tried: &mut Option<String>,
-    metrics: &Metrics,
 ) -> Result<(&'a str, Dialed, u64, Leave<'r>), ProxyError> {
-    let mut race = Race::new(timing.attempt_delay);
+    let deadline = leg.deadline;
+    let mut race = Race::new(leg.timing.attempt_delay);
     // The last backend that failed, or what `tried` said before: named if the attempts left
     // do not count (every address of theirs closed before answering already).
     let mut before = tried.clone();
     loop {
         // None started with no time left: it could only connect for a request given up.
         if race.wants_another() && Instant::now() < deadline {
-            if let Some((attempt, connecting, until)) = dial_next(route, turns, deadline, timing) {
+            if let Some((attempt, connecting, until)) = dial_next(leg, turns) {
                 race.start(attempt, connecting, until);
             }
         }
@@ -159,8 +156,8 @@ pub(super) async fn connect_in_turn<'a, 'r>(
         let error = match connected {
             Some(Ok(Some(dialed))) => {
                 let hidden = dialed.hidden.iter().copied();
-                count_hidden(route, attempt.backend, hidden, metrics);
-                settle_losers(route, race, attempt.backend, turns, timing, metrics);
+                count_hidden(leg, attempt.backend, hidden);
+                settle_losers(leg, race, attempt.backend, turns);
                 name(tried, attempt.backend);
                 return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
             }
@@ -185,7 +182,7 @@ pub(super) async fn connect_in_turn<'a, 'r>(
         };
         race.failed();
         before = Some(attempt.backend.to_string());
-        note_failure(route, turns, &attempt, &error, timing, metrics);
+        note_failure(leg, turns, &attempt, &error);
     }
 }
 
@@ -195,11 +192,15 @@ type Connected = Result<std::io::Result<Option<Dialed>>, tokio::time::error::Ela
 /// Starts the connect to the next backend in turn, if any is left: the attempt, its connect
 /// (ending at the request's `deadline` at the latest), and when its share of the time ends.
 fn dial_next<'a, 'r>(
-    route: &'r Route,
+    leg: Leg<'r>,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-    deadline: Instant,
-    timing: Timing,
 ) -> Option<(Try<'a, 'r>, impl Future<Output = Connected> + 'a, Instant)> {
+    let Leg {
+        route,
+        deadline,
+        timing,
+        ..
+    } = leg;
     let (backend, leave) = next_backend(route, turns)?;
     let share = share_of(deadline, turns.left() + 1);
     let until = Instant::now() + share;
@@ -232,24 +233,22 @@ fn dial_next<'a, 'r>(
 /// request's refusal should nothing else answer, and put aside unless its share was cut
 /// short by the backends tried before it.
 fn note_failure<'a, 'r>(
-    route: &Route,
+    leg: Leg<'_>,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
     attempt: &Try<'a, 'r>,
     error: &std::io::Error,
-    timing: Timing,
-    metrics: &Metrics,
 ) {
+    let route = leg.route;
     let backend = attempt.backend;
     let timed_out = error.kind() == std::io::ErrorKind::TimedOut;
     if timed_out && turns.timed_out.is_none() {
         turns.timed_out = Some(backend);
     }
     // Failover hides a dead backend from clients; the counter shows it to operators.
-    metrics.backend_connect_failed(&route.config.name, backend, error);
+    (leg.metrics).backend_connect_failed(&route.config.name, backend, error);
     let cut_short = timed_out && attempt.share < turns.fair_share / 2;
     if !cut_short {
-        let began = attempt.began;
-        put_aside(route, backend, error, timing.cooldown, began, metrics);
+        put_aside(leg, backend, error, attempt.began);
     }
     tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
     turns.connect_error = Some(error.to_string());
@@ -294,15 +293,10 @@ fn next_backend<'a, 'r>(
 
 /// Counts connect failures of `backend`'s addresses that the request never saw (another
 /// address or backend took it): failover hides them from clients, not from operators.
-fn count_hidden(
-    route: &Route,
-    backend: &str,
-    kinds: impl Iterator<Item = std::io::ErrorKind>,
-    metrics: &Metrics,
-) {
+fn count_hidden(leg: Leg<'_>, backend: &str, kinds: impl Iterator<Item = std::io::ErrorKind>) {
     for kind in kinds {
         let error = std::io::Error::from(kind);
-        metrics.backend_connect_failed(&route.config.name, backend, &error);
+        (leg.metrics).backend_connect_failed(&leg.route.config.name, backend, &error);
     }
 }
 
@@ -313,44 +307,33 @@ fn count_hidden(
 /// only just started) owe nothing, and are next in turn should this request need another
 /// backend (the winner closing before it answers).
 fn settle_losers<'a, 'r, F: Future>(
-    route: &Route,
+    leg: Leg<'_>,
     race: Race<Try<'a, 'r>, F>,
     winner: &str,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-    timing: Timing,
-    metrics: &Metrics,
 ) {
+    let delay = leg.timing.attempt_delay;
     let mut resume = VecDeque::new();
     for attempt in race.into_tags() {
         // The same backend, listed twice: its other connect answered.
         if attempt.backend == winner {
             continue;
         }
-        if !attempt.progress.silent_for(timing.attempt_delay) {
+        if !attempt.progress.silent_for(delay) {
             // Its addresses left silent (set aside as its connect was dropped) are failures
             // the request never saw, as those an answering address hides.
             let silent = usize::try_from(attempt.progress.silent()).unwrap_or(usize::MAX);
             let timeouts = std::iter::repeat_n(std::io::ErrorKind::TimedOut, silent);
-            count_hidden(route, attempt.backend, timeouts, metrics);
+            count_hidden(leg, attempt.backend, timeouts);
             resume.push_back((attempt.backend, attempt.leave));
             continue;
         }
         let error = std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!(
-                "no answer to the connect for over {:?}, while another backend answered",
-                timing.attempt_delay
-            ),
+            format!("no answer to the connect for over {delay:?}, while another backend answered"),
         );
-        metrics.backend_connect_failed(&route.config.name, attempt.backend, &error);
-        put_aside(
-            route,
-            attempt.backend,
-            &error,
-            timing.cooldown,
-            attempt.began,
-            metrics,
-        );
+        (leg.metrics).backend_connect_failed(&leg.route.config.name, attempt.backend, &error);
+        put_aside(leg, attempt.backend, &error, attempt.began);
     }
     resume.append(&mut turns.resume);
     turns.resume = resume;
@@ -360,14 +343,14 @@ fn settle_losers<'a, 'r, F: Future>(
 /// says so when that is news. Not in a route with no other backend to send requests to.
 /// `began`: when the failed try began (on [`health::now`]'s clock). Counted, as each failure
 /// is: a backend put aside is a backend to look at.
-pub(super) fn put_aside(
-    route: &Route,
-    backend: &str,
-    error: &dyn std::fmt::Display,
-    cooldown: Duration,
-    began: u64,
-    metrics: &Metrics,
-) {
+pub(super) fn put_aside(leg: Leg<'_>, backend: &str, error: &dyn std::fmt::Display, began: u64) {
+    let Leg {
+        route,
+        timing,
+        metrics,
+        ..
+    } = leg;
+    let cooldown = timing.cooldown;
     if !route.has_others() || cooldown.is_zero() {
         return;
     }
