@@ -53,7 +53,8 @@
 //!   `max_connections`; `memory`: giving memory freed after a burst of connections back to
 //!   the system (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM, Ctrl-C, SIGQUIT and the
 //!   ignored SIGUSR1 and SIGUSR2; `systemd`: readiness and status for a `Type=notify` unit;
-//!   `sync`: locking that survives a panic.
+//!   `sync`: locking that survives a panic; `trickle` (tests only): a pipe end that moves
+//!   a few bytes at a time, for the streaming code's property tests.
 
 #![warn(unreachable_pub)]
 
