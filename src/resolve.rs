@@ -142,24 +142,34 @@ pub(crate) fn in_turn(
     }
 }
 
-/// Sets `backend`'s address `addr` aside after it failed to take a connection: for `first`,
-/// doubling with each failure in a row as a backend's cool-down does. The cool-down, if this
-/// failure set it (not one of a try that was on its way when another did).
-pub(crate) fn set_aside(backend: &str, addr: SocketAddr, first: Duration) -> Option<Duration> {
+/// Sets `backend`'s address `addr` aside after a try of it that `began` then failed to take a
+/// connection: for `first`, doubling with each failure in a row as a backend's cool-down
+/// does. The cool-down, if this failure set it: not one of a try that was on its way when
+/// another set it aside (a hung pod's tries all end a whole connect timeout after they
+/// began, well after the first of them set it aside), nor one made while it is aside
+/// unless it is the retry after its cool-down.
+pub(crate) fn set_aside(
+    backend: &str,
+    addr: SocketAddr,
+    first: Duration,
+    began: Instant,
+) -> Option<Duration> {
     let now = Instant::now();
     let mut names = lock(&NAMES.0);
     let entry = names.get_mut(backend)?;
     let set = match entry.aside.iter_mut().find(|a| a.addr == addr) {
+        Some(aside) if began < aside.since => None,
         Some(aside) if aside.until > now && !aside.retried => None,
         Some(aside) => {
             aside.failures = aside.failures.saturating_add(1);
             let cool_down = crate::health::cool_down(first, aside.failures);
-            (aside.until, aside.retried) = (now + cool_down, false);
+            (aside.since, aside.until, aside.retried) = (now, now + cool_down, false);
             Some(cool_down)
         }
         None => {
             entry.aside.push(Aside {
                 addr,
+                since: now,
                 until: now + first,
                 failures: 1,
                 retried: false,
@@ -168,7 +178,7 @@ pub(crate) fn set_aside(backend: &str, addr: SocketAddr, first: Duration) -> Opt
         }
     };
     if set.is_some() {
-        entry.failed_in_a_row += 1;
+        entry.failed_in_a_row = entry.failed_in_a_row.saturating_add(1);
     }
     set
 }
@@ -300,6 +310,9 @@ struct Entry {
 /// request is trying it again after its cool-down (the others still dial it last meanwhile).
 struct Aside {
     addr: SocketAddr,
+    /// When it was set aside, or its cool-down last renewed: a try that began before then was
+    /// on its way with the one that did, and its failure says nothing new.
+    since: Instant,
     until: Instant,
     failures: u32,
     retried: bool,
@@ -640,14 +653,14 @@ mod tests {
         seed(name, &[a, b]);
         let (first, hold) = (Duration::from_secs(1), Duration::from_secs(5));
         let first_of = || in_turn(name, &[a, b], &[], first, hold).addrs[0];
-        assert_eq!(set_aside(name, b, first), Some(first));
+        assert_eq!(set_aside(name, b, first, Instant::now()), Some(first));
         tokio::time::advance(first).await;
         assert_eq!(first_of(), b, "its retry");
         tokio::time::advance(first * 2).await;
         assert_eq!(first_of(), a, "the retry still under way");
         assert_eq!(first_of(), a);
         // The retry failed: aside for longer, its failures doubled.
-        assert_eq!(set_aside(name, b, first), Some(first * 2));
+        assert_eq!(set_aside(name, b, first, Instant::now()), Some(first * 2));
         tokio::time::advance(first * 2).await;
         assert_eq!(first_of(), b, "the next retry");
     }
@@ -662,19 +675,46 @@ mod tests {
         let name = "in-a-row.test:9001";
         seed(name, &[a, b, c]);
         let first = Duration::from_secs(1);
-        assert_eq!(set_aside(name, a, first), Some(first));
+        assert_eq!(set_aside(name, a, first, Instant::now()), Some(first));
         tokio::time::advance(first).await;
         assert_eq!(
             in_turn(name, &[a, b, c], &[], first, first).addrs[0],
             a,
             "retried"
         );
-        assert_eq!(set_aside(name, a, first), Some(first * 2));
+        assert_eq!(set_aside(name, a, first, Instant::now()), Some(first * 2));
         assert!(!all_failed(name), "two tries of three addresses");
-        assert_eq!(set_aside(name, b, first), Some(first));
+        assert_eq!(set_aside(name, b, first, Instant::now()), Some(first));
         assert!(all_failed(name), "three in a row, c never tried");
         assert!(!answered(name, c));
         assert!(!all_failed(name), "c answered");
+    }
+
+    /// A try that was on its way when its address was set aside (a hung pod's next request,
+    /// sent before the first one's 504 came) adds nothing when it fails, even after the
+    /// cool-down: no longer cool-down, no failure in a row, and the retry still to come.
+    #[tokio::test(start_paused = true)]
+    async fn a_try_begun_before_its_address_was_set_aside_adds_nothing() {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (a, b) = (addr(1), addr(2));
+        let name = "on-its-way.test:9001";
+        seed(name, &[a, b]);
+        let first = Duration::from_secs(1);
+        let (one, two) = (Instant::now(), Instant::now() + first);
+        tokio::time::advance(first * 5).await;
+        assert_eq!(set_aside(name, a, first, one), Some(first));
+        tokio::time::advance(first * 2).await;
+        assert_eq!(set_aside(name, a, first, two), None, "begun before");
+        assert!(!all_failed(name), "one failure of two addresses");
+        assert_eq!(
+            in_turn(name, &[a, b], &[], first, first).addrs[0],
+            a,
+            "its retry"
+        );
+        assert_eq!(set_aside(name, a, first, Instant::now()), Some(first * 2));
+        assert!(all_failed(name), "two in a row");
+        forget_aside([name]);
+        assert!(!all_failed(name), "forgotten");
     }
 
     /// One address of three set aside: dialed last, the other two first by turns; once its
@@ -691,9 +731,9 @@ mod tests {
         let first = Duration::from_secs(1);
         let order = |gone: &[SocketAddr]| in_turn(name, &all, gone, first, first).addrs;
         assert_eq!(order(&[]), [a, b, c], "turn 0");
-        assert_eq!(set_aside(name, b, first), Some(first));
+        assert_eq!(set_aside(name, b, first, Instant::now()), Some(first));
         // A try of it that was on its way adds nothing.
-        assert_eq!(set_aside(name, b, first), None);
+        assert_eq!(set_aside(name, b, first, Instant::now()), None);
         // The others take turns: b's turn is not handed to c, the address after it.
         assert_eq!(order(&[]), [c, a, b], "turn 1, b last");
         assert_eq!(order(&[]), [a, c, b], "turn 2, b last");
@@ -701,7 +741,7 @@ mod tests {
         assert_eq!(order(&[]), [b, c, a], "turn 3: b retried first");
         assert_eq!(order(&[]), [a, c, b], "turn 4: still last for the others");
         assert_eq!(
-            set_aside(name, b, first),
+            set_aside(name, b, first, Instant::now()),
             Some(first * 2),
             "its retry failed"
         );
@@ -709,7 +749,7 @@ mod tests {
         assert!(!in_turn(name, &all, &[], first, first).failed_lately);
         assert_eq!(order(&[a]), [b, c], "turn 6: gone addresses left out");
         // Setting aside turned off by a reload: forgotten, not waiting for a request.
-        assert_eq!(set_aside(name, c, first), Some(first));
+        assert_eq!(set_aside(name, c, first, Instant::now()), Some(first));
         forget_aside([name]);
         assert_eq!(order(&[]), [b, c, a], "turn 7: c in turn");
     }

@@ -204,10 +204,11 @@ impl Dial<'_> {
         share_of(until, if self.split { remaining } else { 1 })
     }
 
-    /// Notes that `addr` failed to take a connection (its name has others to dial meanwhile).
-    fn failed(&self, addr: SocketAddr, error: &dyn std::fmt::Display) {
+    /// Notes that a connect to `addr` that `began` then failed (its name has others to dial
+    /// meanwhile).
+    fn failed(&self, addr: SocketAddr, began: tokio::time::Instant, error: &dyn std::fmt::Display) {
         if let Some((backend, _)) = self.backend {
-            set_aside(backend, addr, self.timing.cooldown, error);
+            set_aside(backend, addr, self.timing.cooldown, began, error);
         }
     }
 }
@@ -218,12 +219,13 @@ pub(super) fn set_aside(
     backend: &str,
     addr: SocketAddr,
     cooldown: Duration,
+    began: tokio::time::Instant,
     error: &dyn std::fmt::Display,
 ) {
     if cooldown.is_zero() {
         return;
     }
-    if let Some(cool_down) = crate::resolve::set_aside(backend, addr, cooldown) {
+    if let Some(cool_down) = crate::resolve::set_aside(backend, addr, cooldown, began) {
         tracing::warn!(
             backend,
             %addr,
@@ -270,8 +272,9 @@ async fn connect_any(
             let share = dial.share(window, count - next);
             let addr = addrs[next];
             let connecting = tokio::time::timeout_at(window.deadline, TcpStream::connect(addr));
-            let expires = tokio::time::Instant::now() + share;
-            race.race.start((addr, share), connecting, expires);
+            let began = tokio::time::Instant::now();
+            race.race
+                .start((addr, share, began), connecting, began + share);
             next += 1;
             dial.progress.dialed(next == count);
         }
@@ -280,7 +283,7 @@ async fn connect_any(
         }
         let more = next < count && time_left;
         // `None`: out of time, its share's or the request's.
-        let ((addr, share), connected) = match race.race.next(more).await {
+        let ((addr, share, began), connected) = match race.race.next(more).await {
             Event::Start => continue,
             Event::Ended(tag, connected) => (tag, connected.ok()),
             Event::Expired(tag) => (tag, None),
@@ -295,7 +298,7 @@ async fn connect_any(
                 return Err(e);
             }
             Some(Err(e)) => {
-                dial.failed(addr, &e);
+                dial.failed(addr, began, &e);
                 hidden.push(e.kind());
                 last = e;
             }
@@ -304,7 +307,7 @@ async fn connect_any(
                 // One whose share was cut short (or came to nothing) is not to blame.
                 if !share.is_zero() && share >= fair_share / 2 {
                     hidden.push(std::io::ErrorKind::TimedOut);
-                    dial.failed(addr, &last);
+                    dial.failed(addr, began, &last);
                 }
             }
         }
@@ -348,7 +351,8 @@ fn won<F: std::future::Future>(
 /// another backend did, the request ran out of time or went), the addresses still unanswered
 /// after the attempt delay are as good as silent, and are set aside (see [`Dial::failed`]).
 struct Unanswered<'d, F: std::future::Future> {
-    race: Race<(SocketAddr, Duration), F>,
+    /// Each connect's address, its share of the time, and when it began.
+    race: Race<(SocketAddr, Duration, tokio::time::Instant), F>,
     dial: Dial<'d>,
 }
 
@@ -361,10 +365,10 @@ impl<F: std::future::Future> Drop for Unanswered<'_, F> {
         if delay.is_zero() || self.dial.progress.disarmed.load(Ordering::Relaxed) {
             return;
         }
-        for (&(addr, _), began) in self.race.under_way() {
+        for (&(addr, _, _), began) in self.race.under_way() {
             if now - began >= delay && self.dial.backend.is_some() {
                 let error = "no answer to the connect, while another address or backend answered";
-                self.dial.failed(addr, &error);
+                self.dial.failed(addr, began, &error);
                 self.dial.progress.silent.fetch_add(1, Ordering::Relaxed);
             }
         }
