@@ -731,6 +731,7 @@ mod tests {
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .start_paused(true)
                 .build()
                 .unwrap();
             let exchange = async move {
@@ -758,7 +759,8 @@ mod tests {
                 assert_eq!(outcome.client_to_backend, got_up.len() as u64);
                 assert_eq!(outcome.backend_to_client, got_down.len() as u64);
             };
-            // A stalled relay (a lost wake-up) fails the case rather than hanging the suite.
+            // A stalled relay (a lost wake-up) fails the case rather than hanging the suite: on
+            // the paused clock the timeout fires only once nothing can run, never for a slow case.
             let ended = runtime.block_on(async {
                 tokio::time::timeout(Duration::from_secs(60), exchange).await
             });

@@ -1779,6 +1779,23 @@ impl Save {
     }
 }
 
+/// The reload status once `done` says so. This test is about the order of saves, not their
+/// speed (each single-save test holds the one-second promise): 17 waits in a row get 10 s
+/// each on a loaded machine.
+async fn in_order(
+    rx: &mut tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    done: impl Fn(&wsgate::ReloadStatus) -> bool,
+) -> wsgate::ReloadStatus {
+    let within = std::time::Duration::from_secs(10);
+    let waited = tokio::time::timeout(within, rx.wait_for(|s| done(s)))
+        .await
+        .map(|seen| seen.map(|status| status.clone()));
+    match waited {
+        Ok(Ok(status)) => status,
+        _ => panic!("the reload status did not get there: {:?}", *rx.borrow()),
+    }
+}
+
 /// Every kind of save, a broken config among them, follows every other (a de Bruijn sequence
 /// of the four, 16 steps and back to the first): each valid one is applied and each broken one
 /// rejected, whatever came before it, so no save leaves the watcher deaf to the next kind.
@@ -1800,7 +1817,7 @@ async fn every_kind_of_save_after_every_other_is_applied() {
                 &format!("[[route]]\nname = \"r{n}\"\nbogus = {n}\n"),
             );
             failures_now += 1;
-            let status = failures(&mut rx, failures_now).await;
+            let status = in_order(&mut rx, |s| s.failures == failures_now).await;
             assert_eq!(
                 status.generation, generation_now,
                 "step {n}: {save:?}, broken"
@@ -1813,7 +1830,7 @@ async fn every_kind_of_save_after_every_other_is_applied() {
                 &route(&format!("r{n}"), &path, &[backend.addr]),
             );
             generation_now += 1;
-            generation(&mut rx, generation_now).await;
+            in_order(&mut rx, |s| s.generation == generation_now).await;
             assert_eq!(
                 upgrade_status(proxy.addr, &served).await,
                 404,

@@ -633,6 +633,7 @@ proptest::proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .unwrap();
         let exchange = async move {
@@ -671,7 +672,8 @@ proptest::proptest! {
             let (closed, read) = tokio::join!(server.shutdown(), client.read(&mut rest));
             assert_eq!((closed.unwrap(), read.unwrap()), ((), 0));
         };
-        // A stalled exchange (a lost wake-up) fails the case rather than hanging the suite.
+        // A stalled exchange (a lost wake-up) fails the case rather than hanging the suite: on
+        // the paused clock the timeout fires only once nothing can run, never for a slow case.
         let ended = runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), exchange).await
         });
@@ -694,6 +696,7 @@ proptest::proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .unwrap();
         let exchange = async move {
@@ -726,7 +729,8 @@ proptest::proptest! {
             let closed = matches!(outcome.reason, crate::splice::CloseReason::Closed(_));
             assert!(closed, "{:?}", outcome.reason);
         };
-        // A stalled tunnel (a lost wake-up) fails the case rather than hanging the suite.
+        // A stalled tunnel (a lost wake-up) fails the case rather than hanging the suite: on
+        // the paused clock the timeout fires only once nothing can run, never for a slow case.
         let ended = runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), exchange).await
         });
