@@ -511,13 +511,13 @@ fn the_documented_kubernetes_config_passes_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
     let (_, rest) = doc.split_once("  wsgate.toml: |\n").unwrap();
-    let lines: Vec<&str> = rest
-        .lines()
-        .take_while(|line| line.starts_with("    "))
-        .collect();
+    // The block scalar runs to the first line with text that is not indented under it
+    // (blank lines inside it belong to it).
+    let inside = |line: &&str| line.trim().is_empty() || line.starts_with("    ");
+    let lines: Vec<&str> = rest.lines().take_while(inside).collect();
     let toml = lines
         .iter()
-        .map(|line| &line[4..])
+        .map(|line| line.get(4..).unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n");
     documented_config_passes_check(&toml, "/etc/wsgate-tls/tls.crt", "/etc/wsgate-tls/tls.key");
