@@ -65,9 +65,6 @@ pub(crate) async fn resolve(backend: &str) -> io::Result<Arc<[SocketAddr]>> {
 /// The order to dial a backend's addresses in (see [`in_turn`]).
 pub(crate) struct Order {
     pub(crate) addrs: Vec<SocketAddr>,
-    /// Whether any address of the name has failed since it last answered (then an answer is
-    /// to be noted: [`answered`]).
-    pub(crate) failed_lately: bool,
     /// Whether every address to dial is set aside.
     pub(crate) all_aside: bool,
 }
@@ -138,7 +135,6 @@ pub(crate) fn in_turn(
     Order {
         all_aside: up == 0 && !order.is_empty(),
         addrs: order,
-        failed_lately: !aside.is_empty(),
     }
 }
 
@@ -181,6 +177,14 @@ pub(crate) fn set_aside(
         entry.failed_in_a_row = entry.failed_in_a_row.saturating_add(1);
     }
     set
+}
+
+/// Whether `backend`'s address `addr` is set aside now, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn is_aside(backend: &str, addr: SocketAddr) -> bool {
+    let names = lock(&NAMES.0);
+    let aside = names.get(backend).map(|entry| entry.aside.as_slice());
+    aside.unwrap_or_default().iter().any(|a| a.addr == addr)
 }
 
 /// `backend`'s address `addr` took a connection: back in turn, its failures forgotten.
@@ -746,7 +750,8 @@ mod tests {
             "its retry failed"
         );
         assert!(answered(name, b));
-        assert!(!in_turn(name, &all, &[], first, first).failed_lately);
+        assert!(!is_aside(name, b), "answered: back in turn");
+        assert_eq!(order(&[]), [c, a, b], "turn 5: in turn with the others");
         assert_eq!(order(&[a]), [b, c], "turn 6: gone addresses left out");
         // Setting aside turned off by a reload: forgotten, not waiting for a request.
         assert_eq!(set_aside(name, c, first, Instant::now()), Some(first));

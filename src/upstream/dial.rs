@@ -128,7 +128,7 @@ pub(super) async fn connect(
     if order.addrs.is_empty() {
         return Ok(None);
     }
-    dial.backend = Some((backend, order.failed_lately));
+    dial.backend = Some(backend);
     progress.all_aside.store(order.all_aside, Ordering::Relaxed);
     connect_any(&order.addrs, window, dial).await.map(Some)
 }
@@ -180,9 +180,9 @@ async fn connect_one(
 /// How one backend's addresses are dialed.
 #[derive(Clone, Copy)]
 struct Dial<'a> {
-    /// The name, if its addresses' failures are noted one by one (it has several), and
-    /// whether any failed lately (then an answer is noted too).
-    backend: Option<(&'a str, bool)>,
+    /// The name, if its addresses' failures (and answers) are noted one by one (it has
+    /// several).
+    backend: Option<&'a str>,
     timing: Timing,
     progress: &'a Progress,
     /// Whether the addresses split the window's time among them; if not (the same address
@@ -207,7 +207,7 @@ impl Dial<'_> {
     /// Notes that a connect to `addr` that `began` then failed (its name has others to dial
     /// meanwhile).
     fn failed(&self, addr: SocketAddr, began: tokio::time::Instant, error: &dyn std::fmt::Display) {
-        if let Some((backend, _)) = self.backend {
+        if let Some(backend) = self.backend {
             set_aside(backend, addr, self.timing.cooldown, began, error);
         }
     }
@@ -342,7 +342,7 @@ fn won<F: std::future::Future>(
         addr,
         more,
         redial: false,
-        several: race.dial.backend.map(|(_, failed_lately)| failed_lately),
+        several: race.dial.backend.is_some(),
         hidden,
     }
 }
@@ -386,10 +386,9 @@ pub(super) struct Dialed {
     /// only backend at a single address (see [`connect_one`]), where the next connection may
     /// reach another server behind it.
     pub(super) redial: bool,
-    /// If `addr` is one of the name's several addresses, whose failures are its own (set
-    /// aside, rather than the name put aside): whether any of them failed lately, so that an
-    /// answer from it is to be noted ([`answered`]).
-    pub(super) several: Option<bool>,
+    /// Whether `addr` is one of the name's several addresses, whose failures are its own (set
+    /// aside, rather than the name put aside), and whose answer is noted ([`answered`]).
+    pub(super) several: bool,
     /// How the connects to the name's other addresses (or the same one, see
     /// [`connect_one`]) failed before this one answered: the request never sees those
     /// failures, so they are counted for the operator (a headless Service's dead pod).
@@ -639,7 +638,6 @@ mod tests {
             dropped.is_err(),
             "the silent address is dialed first, alone"
         );
-        let order = crate::resolve::in_turn(&name, &addrs, &[], timing.cooldown, timing.timeout);
-        assert!(!order.failed_lately);
+        assert!(!crate::resolve::is_aside(&name, silent.addr));
     }
 }

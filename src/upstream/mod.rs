@@ -146,14 +146,15 @@ async fn exchange(
             Ok(answered) => answered,
             Err(_) => {
                 let given = (asked, turns.fair_share());
-                let at = (backend, several.map(|_| addr));
+                let at = (backend, several.then_some(addr));
                 return Err(unanswered(leg, at, given, began));
             }
         };
         // Anything but a close before answering: the backend takes connections.
         if !matches!(answered, Err(Attempt::Gone(_))) {
             back_in_turn(route, backend);
-            if several == Some(true) {
+            // Every answer, so that failures in a row are counted between answers only.
+            if several {
                 dial::answered(backend, addr);
             }
         }
