@@ -15,6 +15,19 @@ pub(crate) struct Trickle {
     pub(crate) most: usize,
 }
 
+/// Runs `exchange` on a one-thread runtime with its clock paused, so that a minute's timeout
+/// fires only once nothing can run (a lost wake-up), never for a case that is merely slow.
+/// Whether it finished.
+pub(crate) fn finishes(exchange: impl std::future::Future<Output = ()>) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let within = std::time::Duration::from_secs(60);
+    runtime.block_on(async { tokio::time::timeout(within, exchange).await.is_ok() })
+}
+
 /// How many bytes a pipe end moves at a time: a few, a few hundred, or a few thousand.
 pub(crate) fn piece_size() -> impl proptest::strategy::Strategy<Value = usize> {
     proptest::prop_oneof![1usize..8, 8usize..300, 300usize..5_000]
@@ -93,4 +106,12 @@ pub(crate) async fn send_and_take<T: AsyncRead + AsyncWrite + Unpin>(
     let ((), read) = tokio::join!(write, read);
     read.unwrap();
     got
+}
+
+/// The stall detector itself: an exchange that can never finish is reported (at once, on the
+/// paused clock), one that finishes is not.
+#[test]
+fn an_exchange_that_can_never_finish_is_reported() {
+    assert!(!finishes(std::future::pending()));
+    assert!(finishes(async {}));
 }
