@@ -83,44 +83,31 @@ const PROTOCOLS: &[Part] = &[
     (Some("chat.v3"), Some(400)),
 ];
 
-/// The parts of one request, each an index into its list above.
-type Choice = [usize; 11];
+/// The parts a request is made of, each a list of ways to write it, the right ones first.
+const REQUEST: [&[Part]; 11] = [
+    HOSTS,
+    PATHS,
+    METHODS,
+    VERSIONS,
+    UPGRADES,
+    CONNECTIONS,
+    KEYS,
+    WS_VERSIONS,
+    ORIGINS,
+    PROTOCOLS,
+    BODIES,
+];
 
-fn parts(choice: &Choice) -> [Part; 11] {
-    let lists = [
-        HOSTS,
-        PATHS,
-        METHODS,
-        VERSIONS,
-        UPGRADES,
-        CONNECTIONS,
-        KEYS,
-        WS_VERSIONS,
-        ORIGINS,
-        PROTOCOLS,
-        BODIES,
-    ];
-    std::array::from_fn(|i| lists[i][choice[i]])
+/// One way of writing each part (an index into its list), mostly the first, right one, so
+/// that single faults (and the 101) come up often: with a model's eleven parts, about a third
+/// of the requests have none wrong, a third one.
+fn choices<T, const N: usize>(parts: [&[T]; N]) -> impl Strategy<Value = [usize; N]> {
+    parts.map(|ways| prop_oneof![8 => Just(0usize), 2 => 0..ways.len()])
 }
 
-fn choices() -> impl Strategy<Value = Choice> {
-    let lens = [
-        HOSTS.len(),
-        PATHS.len(),
-        METHODS.len(),
-        VERSIONS.len(),
-        UPGRADES.len(),
-        CONNECTIONS.len(),
-        KEYS.len(),
-        WS_VERSIONS.len(),
-        ORIGINS.len(),
-        PROTOCOLS.len(),
-        BODIES.len(),
-    ];
-    // Mostly right parts, so that single faults (and the 101) come up often: with eleven
-    // parts, about a third of the requests have none wrong, a third one.
-    let part = |len: usize| prop_oneof![8 => Just(0usize), 2 => 0..len];
-    lens.map(part)
+/// The parts `choice` picks.
+fn chosen<T: Copy, const N: usize>(parts: [&[T]; N], choice: &[usize; N]) -> [T; N] {
+    std::array::from_fn(|i| parts[i][choice[i]])
 }
 
 /// The request the parts make: a value with a line break is sent as that header's lines, one
@@ -192,37 +179,42 @@ fn every_handshake_gets_the_status_its_faults_call_for() {
         let proxy = start_proxy(&config).await;
         (backend, proxy)
     };
-    run_model(160, start, choices(), |runtime, (_, proxy), choice| {
-        let parts = parts(&choice);
-        let req = request_of(&parts);
-        let head = runtime.block_on(async {
-            let mut client = raw_client(proxy.addr).await;
-            client.send(req.bytes()).await;
-            client.read_head().await
-        });
-        let mut parts = parts;
-        // HTTP/1.0 may leave Host out: such a request is routed as one without a host, and
-        // this route has one.
-        let [(host, host_fault), _, _, (version, _), ..] = &mut parts;
-        if host.is_none() && *version == Some("HTTP/1.0") {
-            *host_fault = Some(404);
-        }
-        let faults: Vec<u16> = parts.iter().filter_map(|(_, fault)| *fault).collect();
-        let said = format!(
-            "{:?} for\n{}",
-            head.start_line,
-            String::from_utf8_lossy(&req.bytes())
-        );
-        match faults.as_slice() {
-            [] => {
-                prop_assert_eq!(head.status, 101, "{}", said);
-                prop_assert_eq!(head.get("sec-websocket-accept"), Some(ACCEPT), "{}", said);
+    run_model(
+        160,
+        start,
+        choices(REQUEST),
+        |runtime, (_, proxy), choice| {
+            let parts = chosen(REQUEST, &choice);
+            let req = request_of(&parts);
+            let head = runtime.block_on(async {
+                let mut client = raw_client(proxy.addr).await;
+                client.send(req.bytes()).await;
+                client.read_head().await
+            });
+            let mut parts = parts;
+            // HTTP/1.0 may leave Host out: such a request is routed as one without a host, and
+            // this route has one.
+            let [(host, host_fault), _, _, (version, _), ..] = &mut parts;
+            if host.is_none() && *version == Some("HTTP/1.0") {
+                *host_fault = Some(404);
             }
-            [fault] => prop_assert_eq!(head.status, *fault, "{}", said),
-            several => prop_assert!(several.contains(&head.status), "{:?}: {}", several, said),
-        }
-        Ok(())
-    });
+            let faults: Vec<u16> = parts.iter().filter_map(|(_, fault)| *fault).collect();
+            let said = format!(
+                "{:?} for\n{}",
+                head.start_line,
+                String::from_utf8_lossy(&req.bytes())
+            );
+            match faults.as_slice() {
+                [] => {
+                    prop_assert_eq!(head.status, 101, "{}", said);
+                    prop_assert_eq!(head.get("sec-websocket-accept"), Some(ACCEPT), "{}", said);
+                }
+                [fault] => prop_assert_eq!(head.status, *fault, "{}", said),
+                several => prop_assert!(several.contains(&head.status), "{:?}: {}", several, said),
+            }
+            Ok(())
+        },
+    );
 }
 
 /// One header line (or lines) of a backend's 101, and whether a client would refuse it.
@@ -284,31 +276,15 @@ const ANSWER_EXTENSIONS: &[Line] = &[
     ),
 ];
 
-type Answer = [usize; 6];
-
-fn answer_lines(answer: &Answer) -> [Line; 6] {
-    let lists = [
-        STATUS_LINES,
-        ANSWER_UPGRADES,
-        ANSWER_CONNECTIONS,
-        ANSWER_ACCEPTS,
-        ANSWER_PROTOCOLS,
-        ANSWER_EXTENSIONS,
-    ];
-    std::array::from_fn(|i| lists[i][answer[i]])
-}
-
-fn answers() -> impl Strategy<Value = Answer> {
-    let lens = [
-        STATUS_LINES.len(),
-        ANSWER_UPGRADES.len(),
-        ANSWER_CONNECTIONS.len(),
-        ANSWER_ACCEPTS.len(),
-        ANSWER_PROTOCOLS.len(),
-        ANSWER_EXTENSIONS.len(),
-    ];
-    lens.map(|len| prop_oneof![8 => Just(0usize), 2 => 0..len])
-}
+/// The parts a backend's 101 is made of, as [`REQUEST`] for a request.
+const ANSWER: [&[Line]; 6] = [
+    STATUS_LINES,
+    ANSWER_UPGRADES,
+    ANSWER_CONNECTIONS,
+    ANSWER_ACCEPTS,
+    ANSWER_PROTOCOLS,
+    ANSWER_EXTENSIONS,
+];
 
 /// A backend's 101 of any right and wrong parts, early tunnel bytes right behind it: the
 /// client gets the 101, those bytes, and a tunnel exactly when every part is right, and a
@@ -320,36 +296,41 @@ fn a_backends_101_opens_a_tunnel_exactly_when_every_part_is_right() {
         let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
         (backend, proxy)
     };
-    run_model(96, start, answers(), |runtime, (backend, proxy), answer| {
-        let lines = answer_lines(&answer);
-        let wrong = lines.iter().any(|(_, wrong)| *wrong);
-        let req = Req::upgrade("chat.example.com", "/ws")
-            .add("Sec-WebSocket-Protocol", "chat.v1, chat.v2")
-            .add("Sec-WebSocket-Extensions", "permessage-deflate");
-        let (head, written) = runtime.block_on(async {
-            let mut client = raw_client(proxy.addr).await;
-            client.send(req.bytes()).await;
-            let mut back = backend.accept().await;
-            let seen = back.read_head().await;
-            let key = seen.get("sec-websocket-key").expect("forwarded key");
-            let accept = accept_for(key);
-            let mut written = String::new();
-            for line in lines.iter().flat_map(|(lines, _)| lines.iter()) {
-                written.push_str(&line.replace("{accept}", &accept));
+    run_model(
+        96,
+        start,
+        choices(ANSWER),
+        |runtime, (backend, proxy), answer| {
+            let lines = chosen(ANSWER, &answer);
+            let wrong = lines.iter().any(|(_, wrong)| *wrong);
+            let req = Req::upgrade("chat.example.com", "/ws")
+                .add("Sec-WebSocket-Protocol", "chat.v1, chat.v2")
+                .add("Sec-WebSocket-Extensions", "permessage-deflate");
+            let (head, written) = runtime.block_on(async {
+                let mut client = raw_client(proxy.addr).await;
+                client.send(req.bytes()).await;
+                let mut back = backend.accept().await;
+                let seen = back.read_head().await;
+                let key = seen.get("sec-websocket-key").expect("forwarded key");
+                let accept = accept_for(key);
+                let mut written = String::new();
+                for line in lines.iter().flat_map(|(lines, _)| lines.iter()) {
+                    written.push_str(&line.replace("{accept}", &accept));
+                    written.push_str("\r\n");
+                }
                 written.push_str("\r\n");
-            }
-            written.push_str("\r\n");
-            back.send(format!("{written}early")).await;
-            let head = client.read_head().await;
-            if head.status == 101 {
-                assert_eq!(client.read_exact(5).await, b"early", "{written}");
-                client.send("ping").await;
-                assert_eq!(back.read_exact(4).await, b"ping", "{written}");
-            }
-            (head, written)
-        });
-        let expected = if wrong { 502 } else { 101 };
-        prop_assert_eq!(head.status, expected, "{}", written);
-        Ok(())
-    });
+                back.send(format!("{written}early")).await;
+                let head = client.read_head().await;
+                if head.status == 101 {
+                    assert_eq!(client.read_exact(5).await, b"early", "{written}");
+                    client.send("ping").await;
+                    assert_eq!(back.read_exact(4).await, b"ping", "{written}");
+                }
+                (head, written)
+            });
+            let expected = if wrong { 502 } else { 101 };
+            prop_assert_eq!(head.status, expected, "{}", written);
+            Ok(())
+        },
+    );
 }
