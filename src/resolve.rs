@@ -692,6 +692,24 @@ mod tests {
         assert!(all_failed(name), "three in a row, c never tried");
         assert!(!answered(name, c));
         assert!(!all_failed(name), "c answered");
+        // Addresses the name no longer has are forgotten, and their failures with them.
+        assert_eq!(
+            set_aside(name, a, first, Instant::now()),
+            None,
+            "still aside"
+        );
+        assert_eq!(
+            set_aside(name, b, first * 4, Instant::now()),
+            None,
+            "still aside"
+        );
+        tokio::time::advance(first * 8).await;
+        assert_eq!(set_aside(name, a, first, Instant::now()), Some(first * 4));
+        assert_eq!(set_aside(name, b, first, Instant::now()), Some(first * 2));
+        assert!(!all_failed(name), "two in a row of three");
+        assert_eq!(in_turn(name, &[c], &[], first, first).addrs, [c]);
+        assert_eq!(set_aside(name, c, first, Instant::now()), Some(first));
+        assert!(!all_failed(name), "a and b gone: one failure in a row");
     }
 
     /// A try that was on its way when its address was set aside (a hung pod's next request,
