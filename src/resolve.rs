@@ -223,8 +223,7 @@ pub(crate) fn forget_aside<'a>(backends: impl IntoIterator<Item = &'a str>) {
     let mut names = lock(&NAMES.0);
     for backend in backends {
         if let Some(entry) = names.get_mut(backend) {
-            entry.aside.clear();
-            entry.failed_in_a_row = 0;
+            entry.forget_failures();
         }
     }
 }
@@ -329,6 +328,12 @@ enum Plan {
 }
 
 impl Entry {
+    /// Every address back in turn, and no failure in a row counted.
+    fn forget_failures(&mut self) {
+        self.aside.clear();
+        self.failed_in_a_row = 0;
+    }
+
     fn recent_good(&self, now: Instant) -> Option<Arc<[SocketAddr]>> {
         let (addrs, at) = self.good.as_ref()?;
         (now - *at < STALE).then(|| addrs.clone())
@@ -437,8 +442,7 @@ impl Names {
                 // Down to one address: its failures are the backend's now (see `health`), and
                 // a count kept here would double its cool-down the day the name grows again.
                 if addrs.len() < 2 {
-                    entry.aside.clear();
-                    entry.failed_in_a_row = 0;
+                    entry.forget_failures();
                 }
                 entry.good = Some((addrs.clone(), now));
             }
