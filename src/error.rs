@@ -100,6 +100,10 @@ pub enum ProxyError {
     /// [`ProxyError::backend_failed`]).
     #[error("{0}")]
     BackendFailed(String),
+    /// The TLS handshake with a backend of a route with `backend_tls` failed (its
+    /// certificate not trusted, or not for the name; a backend not speaking TLS).
+    #[error("backend TLS handshake failed: {0}")]
+    BackendTls(String),
     /// A non-101 answer that cannot be passed on as it is.
     #[error("backend answer cannot be relayed: {0}")]
     BadBackendAnswer(String),
@@ -182,6 +186,7 @@ impl ProxyError {
             BackendUnavailable(_)
             | BadBackendUpgrade(_)
             | BackendFailed(_)
+            | BackendTls(_)
             | BadBackendAnswer(_) => (StatusCode::BAD_GATEWAY, Side::Backend),
             BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, Side::Backend),
             // Another replica may have descriptors to spare: 503 with Retry-After, not 502.
@@ -218,7 +223,7 @@ impl ProxyError {
             BackendUnavailable(_) => "backend unavailable\n",
             BackendTimeout => "backend timeout\n",
             BadBackendUpgrade(_) => "backend sent an invalid upgrade response\n",
-            BackendFailed(_) | BadBackendAnswer(_) => "backend error\n",
+            BackendFailed(_) | BackendTls(_) | BadBackendAnswer(_) => "backend error\n",
             Internal(_) => "internal error\n",
         }
     }
@@ -255,6 +260,7 @@ impl ProxyError {
             | BackendTimeout
             | BadBackendUpgrade(_)
             | BackendFailed(_)
+            | BackendTls(_)
             | BadBackendAnswer(_)
             | Internal(_) => &[],
         }
@@ -476,6 +482,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         BadBackendUpgrade("x") => 502,
         BadBackendAnswer("x".into()) => 502,
         BackendFailed("x".into()) => 502,
+        BackendTls("x".into()) => 502,
         BackendTimeout => 504,
         OutOfDescriptors => 503,
         Internal("x") => 500,

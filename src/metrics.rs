@@ -24,6 +24,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::config::RouteConfig;
+use crate::error::ProxyError;
 use crate::reload::ReloadStatus;
 use crate::splice::{CloseReason, Outcome, Peer};
 use crate::sync::lock;
@@ -349,8 +350,14 @@ impl Metrics {
     }
 
     /// A backend that took the connection and closed it before a byte of answer.
-    pub(crate) fn backend_closed_early(&self, route: &str, backend: &str) {
-        self.backend_failed(route, backend, "closed");
+    /// A backend connection that ended before a byte of answer: closed (or reset), or, to a
+    /// backend spoken to in TLS, its handshake failed.
+    pub(crate) fn backend_closed_early(&self, route: &str, backend: &str, error: &ProxyError) {
+        let error = match error {
+            ProxyError::BackendTls(_) => "tls",
+            _ => "closed",
+        };
+        self.backend_failed(route, backend, error);
     }
 
     pub(crate) fn backend_connect_failed(&self, route: &str, backend: &str, error: &io::Error) {
@@ -594,6 +601,7 @@ mod tests {
             origins: None,
             backends: backends.iter().map(ToString::to_string).collect(),
             idle: None,
+            backend_tls: None,
         }
     }
 

@@ -26,7 +26,7 @@ use crate::routes::{Route, Selection};
 use crate::snapshot::Snapshot;
 use crate::splice;
 use crate::tls::TlsStream;
-use crate::upstream::{self, Answer, Tunnel};
+use crate::upstream::{self, Answer, BackendIo, Tunnel};
 use crate::websocket;
 
 pub(crate) type Body = Either<FixedBody, Relayed>;
@@ -272,12 +272,12 @@ fn spawn_tunnel(
     });
 }
 
-type ClientSplice = splice::Splice<TlsStream<TcpStream>, TcpStream>;
+type ClientSplice = splice::Splice<TlsStream<TcpStream>, BackendIo>;
 type ClientIo = TokioIo<Prefixed<TlsStream<TcpStream>>>;
 
 fn client_splice(
     upgraded: hyper::Result<hyper::upgrade::Upgraded>,
-    backend: TcpStream,
+    backend: BackendIo,
     backend_early: Bytes,
     idle: std::time::Duration,
     conn: &Conn,

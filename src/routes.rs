@@ -12,10 +12,12 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::config::{HostPattern, RouteConfig};
 use crate::health::{self, Health, Leave};
 use crate::path::{read_path, Read};
+use crate::tls::BackendTls;
 
 pub struct RouteTable {
     routes: Vec<Route>,
@@ -50,6 +52,8 @@ pub struct Route {
     /// Each of `config.backends`' health, in the same order: a backend listed twice shares
     /// one (the first place's), so it is put aside in both places.
     health: Box<[std::sync::Arc<Health>]>,
+    /// TLS to the backends, for a route with `backend_tls`.
+    pub(crate) backend_tls: Option<Arc<BackendTls>>,
 }
 
 /// A health for each of `backends`, one shared by the places of a backend listed twice.
@@ -206,6 +210,16 @@ impl Route {
 
 impl RouteTable {
     pub fn new(configs: &[RouteConfig]) -> RouteTable {
+        RouteTable::with_backend_tls(configs, Vec::new())
+    }
+
+    /// [`RouteTable::new`], each route with its backends' TLS (`backend_tls[i]` for the
+    /// `i`th; missing ones plain), built by [`crate::tls::backend_clients`].
+    pub(crate) fn with_backend_tls(
+        configs: &[RouteConfig],
+        backend_tls: Vec<Option<Arc<BackendTls>>>,
+    ) -> RouteTable {
+        let mut backend_tls = backend_tls.into_iter();
         let mut table = RouteTable {
             routes: Vec::with_capacity(configs.len()),
             exact: HashMap::new(),
@@ -228,6 +242,7 @@ impl RouteTable {
                 config: config.clone(),
                 next_backend: AtomicUsize::new(0),
                 health: shared_health(&config.backends),
+                backend_tls: backend_tls.next().flatten(),
             });
         }
         table
@@ -409,6 +424,7 @@ mod tests {
             origins: None,
             backends: vec!["a:1".into(), "b:2".into(), "c:3".into()],
             idle: None,
+            backend_tls: None,
         }
     }
 
@@ -974,6 +990,7 @@ mod reference {
                     origins: None,
                     backends: vec!["b:1".into()],
                     idle: None,
+                    backend_tls: None,
                 })
                 .collect();
             let offered: Vec<&str> = PROTOCOLS.iter().zip(&offered).filter(|(_, on)| **on).map(|(p, _)| *p).collect();

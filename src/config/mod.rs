@@ -134,6 +134,21 @@ pub struct RouteConfig {
     pub backends: Vec<String>,
     /// This route's tunnels' idle timeout, instead of `timeouts.idle`.
     pub idle: Option<Duration>,
+    /// TLS to the backends, if the route asks for it.
+    pub backend_tls: Option<BackendTlsConfig>,
+}
+
+/// A route's `backend_tls`: whom its backends' certificates must chain to, and the name they
+/// must be valid for.
+#[derive(Clone, Debug)]
+pub struct BackendTlsConfig {
+    /// A PEM file of trusted CA certificates.
+    pub ca: PathBuf,
+    /// The name sent as SNI and checked against the certificate; `None`: each backend's own
+    /// host, as written in `backends`.
+    pub server_name: Option<String>,
+    /// Where `ca` is written, for an error about the file.
+    pub ca_location: Location,
 }
 
 /// A route's host rule, lowercased.
@@ -251,6 +266,15 @@ impl Config {
         }
     }
 
+    /// The CA files routes name for their backends' TLS, each once.
+    pub(crate) fn backend_cas(&self) -> impl Iterator<Item = &Path> {
+        let mut seen = std::collections::HashSet::new();
+        (self.routes.iter())
+            .filter_map(|r| r.backend_tls.as_ref())
+            .map(|tls| tls.ca.as_path())
+            .filter(move |ca| seen.insert(*ca))
+    }
+
     /// The config file and every file it names: what the reload watcher follows.
     pub(crate) fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
@@ -258,6 +282,7 @@ impl Config {
             files.push(c.cert.clone());
             files.push(c.key.clone());
         }
+        files.extend(self.backend_cas().map(Path::to_path_buf));
         files
     }
 }

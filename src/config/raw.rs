@@ -137,6 +137,15 @@ pub(super) struct RawRoute {
     pub(super) origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) backends: Spanned<Vec<Spanned<String>>>,
     pub(super) idle: Option<Spanned<HumanDuration>>,
+    pub(super) backend_tls: Option<Spanned<RawBackendTls>>,
+}
+
+/// `backend_tls = { ca = "…", server_name = "…" }`: the route's backends speak TLS.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendTls {
+    pub(super) ca: Spanned<String>,
+    pub(super) server_name: Option<Spanned<String>>,
 }
 
 /// Defaults, documented in docs/configuration.md; keep the two in step.

@@ -122,6 +122,57 @@ fn a_route_may_set_its_own_idle_timeout_within_the_same_bounds() {
 }
 
 #[test]
+fn backend_tls_names_a_ca_file_and_may_name_the_server() {
+    let route = |tls: &str| {
+        format!("[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:9443\", \"app2:9443\"]\nbackend_tls = {tls}\n")
+    };
+    let config = parse(&route(r#"{ ca = "ca/backends.pem" }"#)).unwrap();
+    let tls = config.routes[0].backend_tls.as_ref().unwrap();
+    assert_eq!(tls.ca, Path::new("/etc/wsgate/ca/backends.pem"));
+    assert_eq!(tls.server_name, None);
+    // Watched, so that a renewed CA file is applied.
+    assert!(config.watched_files().contains(&tls.ca));
+    let named = parse(&route(
+        r#"{ ca = "/ca.pem", server_name = "app.internal" }"#,
+    ))
+    .unwrap();
+    let tls = named.routes[0].backend_tls.as_ref().unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("app.internal"));
+    for ip in ["10.0.0.7", "::1", "[::1]"] {
+        let written = format!(r#"{{ ca = "/ca.pem", server_name = "{ip}" }}"#);
+        assert!(parse(&route(&written)).is_ok(), "{ip}");
+    }
+    let refused = [
+        (
+            r#"{ ca = "" }"#,
+            "route[0].backend_tls.ca: must name a file",
+        ),
+        (r#"{ }"#, "route[0].backend_tls: missing field `ca`"),
+        (
+            r#"{ ca = "/ca.pem", verify = false }"#,
+            "unknown field `verify`",
+        ),
+        (
+            r#"{ ca = "/ca.pem", server_name = "app:9443" }"#,
+            "route[0].backend_tls.server_name: \"app:9443\" has a port: write the name alone",
+        ),
+        (
+            r#"{ ca = "/ca.pem", server_name = "a b" }"#,
+            "route[0].backend_tls.server_name: \"a b\" is not a server name",
+        ),
+        (
+            r#"{ ca = "/ca.pem", server_name = "*.example.com" }"#,
+            "route[0].backend_tls.server_name: \"*.example.com\" is not a server name",
+        ),
+    ];
+    for (written, expected) in refused {
+        let message = error(&route(written));
+        assert!(message.contains(expected), "{written}: {message}");
+        assert!(message.contains("wsgate.toml:10:"), "{written}: {message}");
+    }
+}
+
+#[test]
 fn tls_min_version_is_1_2_or_1_3() {
     let head_with = |v: &str| HEAD.replace("[tls]\n", &format!("[tls]\nmin_version = \"{v}\"\n"));
     let load = |v: &str| Config::from_toml_str(&head_with(v), Path::new("/w.toml"));
@@ -812,8 +863,12 @@ fn backends_are_names_or_addresses_with_a_port() {
             "is a URL: write the backend's host:port alone (\"app:80\")",
         ),
         (
-            "\"wss://app:443\"",
-            "is a URL, and a TLS one: wsgate speaks plain WebSocket (ws://) to its backends",
+            "\"wss://app:8443\"",
+            "is a URL: write the backend's host:port alone (\"app:8443\"), and give the route `backend_tls = { ca = \"…\" }` for TLS to it",
+        ),
+        (
+            "\"wss://app\"",
+            "is a URL: write the backend's host:port alone (\"app:443\")",
         ),
         (
             "\"ws://app:9001/chat\"",

@@ -13,12 +13,17 @@ use toml::Spanned;
 
 use super::error::Location;
 use super::locate::LineIndex;
-use super::raw::{HumanDuration, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts};
+use super::raw::{
+    HumanDuration, RawBackendTls, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts,
+};
 use super::values::{
     backend, bindable, host_pattern, origin, overlap, overlap_message, route_name, route_path,
-    subprotocol, surrounded_by_space,
+    server_name, subprotocol, surrounded_by_space,
 };
-use super::{CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig, Timeouts};
+use super::{
+    BackendTlsConfig, CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig,
+    Timeouts,
+};
 
 /// The longest accepted timeout.
 const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -431,6 +436,30 @@ impl Checker<'_> {
             idle: (route.idle.as_ref())
                 .map(|d| self.timeout(d, &key("idle")))
                 .transpose()?,
+            backend_tls: (route.backend_tls.as_ref())
+                .map(|tls| self.backend_tls(tls.get_ref(), &key("backend_tls")))
+                .transpose()?,
+        })
+    }
+
+    /// A route's `backend_tls`: the CA file named (relative to the config's folder), and a
+    /// server name, if given, that a certificate can be valid for.
+    fn backend_tls(&self, raw: &RawBackendTls, key: &str) -> Result<BackendTlsConfig, ConfigError> {
+        let ca_key = format!("{key}.ca");
+        if raw.ca.get_ref().trim().is_empty() {
+            return Err(self.error(&raw.ca.span(), &ca_key, "must name a file"));
+        }
+        let server_name = (raw.server_name.as_ref())
+            .map(|name| {
+                server_name(name.get_ref())
+                    .map_err(|m| self.error(&name.span(), &format!("{key}.server_name"), m))
+            })
+            .transpose()?;
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        Ok(BackendTlsConfig {
+            ca: base.join(raw.ca.get_ref()),
+            server_name,
+            ca_location: self.locate(&raw.ca.span(), &ca_key),
         })
     }
 

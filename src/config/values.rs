@@ -407,17 +407,34 @@ fn no_peer(ip: std::net::IpAddr) -> Option<&'static str> {
 /// What to write instead of the URL `text` (`scheme://rest`) in `backends`.
 fn url_instead(text: &str, scheme: &str, rest: &str) -> String {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    if scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https") {
+    let tls = scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https");
+    let alone = match split_port(authority) {
+        (_, Some(_)) => authority.to_string(),
+        (host, None) => format!("{host}:{}", if tls { 443 } else { 80 }),
+    };
+    if tls {
         return format!(
-            "{text:?} is a URL, and a TLS one: wsgate speaks plain WebSocket (ws://) to its \
-             backends, so write the host:port of the backend's plain listener"
+            "{text:?} is a URL: write the backend's host:port alone ({alone:?}), and give the \
+             route `backend_tls = {{ ca = \"…\" }}` for TLS to it"
         );
     }
-    let plain = match split_port(authority) {
-        (_, Some(_)) => authority.to_string(),
-        (host, None) => format!("{host}:80"),
-    };
-    format!("{text:?} is a URL: write the backend's host:port alone ({plain:?})")
+    format!("{text:?} is a URL: write the backend's host:port alone ({alone:?})")
+}
+
+/// A `backend_tls.server_name`: a host name or an IP address a certificate can be valid for,
+/// written as `backends` writes hosts (no port).
+pub(super) fn server_name(text: &str) -> Result<String, String> {
+    if let Some(message) = surrounded_by_space(text) {
+        return Err(message);
+    }
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    if text.contains(':') && !text.starts_with('[') {
+        return Err(format!("{text:?} has a port: write the name alone"));
+    }
+    host_part(text, false).map_err(|why| format!("{text:?} is not a server name: {why}"))?;
+    Ok(text.to_string())
 }
 
 /// Whether `addr` (as `written`) is an address a TCP listener can be bound to, and bound

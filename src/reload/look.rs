@@ -119,8 +119,8 @@ fn config_file_missing(path: &Path) -> Option<Look> {
     ))
 }
 
-/// Whether `error`, the failure to build the config at `path`, is only that a certificate or
-/// key file the config `in_force` serves is clearly not there (a dangling link included), or
+/// Whether `error`, the failure to build the config at `path`, is only that a certificate,
+/// key or backend CA file the config `in_force` serves is clearly not there (a dangling link included), or
 /// is there but empty (truncated by `cat new.key > tls.key` or a two-step write, not written
 /// yet), as a config file's absence or emptiness is: what is gone, and an error naming it and
 /// its config line. `None` for any other failure, so a real mistake saved in the same moment
@@ -131,9 +131,11 @@ fn served_file_gone(
     error: &ConfigError,
 ) -> Option<(&'static str, String)> {
     let config = Config::load(path).ok()?;
-    let served =
-        |file: &Path| (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file);
-    config.certificates.iter().find_map(|c| {
+    let served = |file: &Path| {
+        (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file)
+            || in_force.backend_cas().any(|ca| ca == file)
+    };
+    let certificates = (config.certificates.iter()).flat_map(|c| {
         [
             (
                 ["certificate file", "certificate file's content"],
@@ -142,7 +144,12 @@ fn served_file_gone(
             ),
             (["key file", "key file's content"], &c.key, &c.key_location),
         ]
-        .into_iter()
+    });
+    let cas = (config.routes.iter())
+        .filter_map(|r| r.backend_tls.as_ref())
+        .map(|tls| (["CA file", "CA file's content"], &tls.ca, &tls.ca_location));
+    let gone = certificates
+        .chain(cas)
         .filter(|(_, file, at)| error.location.as_ref() == Some(*at) && served(file))
         .find_map(|([gone, emptied], file, at)| {
             let (what, why) = match absent_or_empty(file)? {
@@ -151,8 +158,8 @@ fn served_file_gone(
             };
             let error = ConfigError::at(path, at, format!("{} {why}", file.display()));
             Some((what, error.to_string()))
-        })
-    })
+        });
+    gone
 }
 
 /// Whether the files at `path`, stamped `stamp` at `stamped_at` before they were read, still

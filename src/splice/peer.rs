@@ -52,6 +52,22 @@ impl PeerSocket for tokio::net::TcpStream {
     }
 }
 
+/// A backend's connection, plain or TLS: as its TCP connection (a TLS failure reaches the
+/// relay as the read or write error it is, in rustls's words).
+impl PeerSocket for crate::upstream::BackendIo {
+    fn peer_error(&self) -> Option<io::ErrorKind> {
+        self.tcp().peer_error()
+    }
+
+    fn queued(&self) -> Option<u32> {
+        self.tcp().queued()
+    }
+
+    fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
+        Some(self.tcp_mut())
+    }
+}
+
 impl PeerSocket for crate::tls::TlsStream<tokio::net::TcpStream> {
     fn peer_error(&self) -> Option<io::ErrorKind> {
         self.get_ref().peer_error()

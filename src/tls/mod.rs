@@ -4,10 +4,11 @@
 //! so a reload either gets a complete TLS config or an error naming the config line.
 //!
 //! Layout: `expiry` is when each served certificate stops being valid, and the warnings and
-//! summary about it; `hello` reads a connection's first bytes, enough to tell TLS from plain
+//! summary about it; `client` is TLS to the backends of routes that ask for it; `hello` reads a connection's first bytes, enough to tell TLS from plain
 //! HTTP; `stream` is a client's TLS connection over rustls's unbuffered API, with buffers lent
 //! only while bytes wait in them; this module loads the certificates and picks one by SNI.
 
+mod client;
 mod expiry;
 mod hello;
 mod stream;
@@ -24,6 +25,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertificatePaths, Config, ConfigError, TlsVersion};
+pub(crate) use client::{backend_clients, BackendTls};
 pub(crate) use expiry::{expiry_summary, validity_warnings, Expiry};
 pub(crate) use hello::{read as read_hello, tell_to_use_tls, Hello};
 pub(crate) use stream::{accept, TlsStream};

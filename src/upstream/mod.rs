@@ -25,7 +25,10 @@ use crate::routes::Route;
 use crate::websocket;
 
 mod dial;
+mod stream;
 mod turns;
+
+pub(crate) use stream::BackendIo;
 
 use turns::{back_in_turn, connect_in_turn, put_aside, Turns};
 
@@ -33,7 +36,7 @@ use turns::{back_in_turn, connect_in_turn, put_aside, Turns};
 pub(crate) struct Tunnel {
     /// The 101 head to pass to the client.
     pub head: response::Parts,
-    pub socket: TcpStream,
+    pub socket: BackendIo,
     /// Bytes the backend sent right behind its 101.
     pub early: Bytes,
 }
@@ -141,7 +144,10 @@ async fn exchange(
             return Err(ProxyError::BackendTimeout);
         }
         let (addr, several) = (dialed.addr, dialed.several);
-        let answering = attempt(dialed.socket, request, &offer);
+        let answering = async {
+            let socket = secure(route, backend, dialed.socket).await?;
+            attempt(socket, request, &offer).await
+        };
         let answered = match tokio::time::timeout_at(deadline, answering).await {
             Ok(answered) => answered,
             Err(_) => {
@@ -167,14 +173,16 @@ async fn exchange(
         // it reached the client, and another address of the name (a headless Service's next
         // pod), or the next backend, may take the request. Counted: failover hides it from
         // clients, not from operators.
-        metrics.backend_closed_early(&route.config.name, backend);
+        metrics.backend_closed_early(&route.config.name, backend, &error);
         // Put aside once this request goes to none of its other addresses: one pod of a
         // headless Service closing is no reason to skip the name, whose next address is tried
         // right after; but a request given up here (MAX_CLOSED) is a reason.
         if !dialed.more || copy.is_none() {
             put_aside(leg, backend, &error, began);
         }
-        if !dialed.redial {
+        // A certificate refused would be refused again: its address is not dialed once more.
+        let redial = dialed.redial && !matches!(error, ProxyError::BackendTls(_));
+        if !redial {
             turns.gone.push(dialed.addr);
         }
         turns.gone_error = Some((backend, error));
@@ -185,7 +193,7 @@ async fn exchange(
         // Its other addresses, unless those left had gone unanswered already (the name has
         // just been put aside: the next backend, rather than those again); or the route's
         // only address once more (see `Dialed::redial`).
-        turns.again = (dialed.more || dialed.redial).then_some(backend);
+        turns.again = (dialed.more || redial).then_some(backend);
         held.push(leave);
         request = copy;
     }
@@ -254,9 +262,22 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
     copy
 }
 
+/// The backend connection, with TLS over it if the route asks for that. A failed handshake
+/// is as a close before answering: nothing of the request has reached the backend, and
+/// another may take it.
+async fn secure(route: &Route, backend: &str, socket: TcpStream) -> Result<BackendIo, Attempt> {
+    let Some(tls) = &route.backend_tls else {
+        return Ok(BackendIo::Plain(socket));
+    };
+    match tls.connect(backend, socket).await {
+        Ok(tls) => Ok(BackendIo::Tls(Box::new(tls))),
+        Err(e) => Err(Attempt::Gone(ProxyError::BackendTls(e.to_string()))),
+    }
+}
+
 /// Forwards `request` on `socket` and takes the backend's answer.
 async fn attempt(
-    socket: TcpStream,
+    socket: BackendIo,
     request: Request<Empty<Bytes>>,
     offer: &websocket::Offer<'_>,
 ) -> Result<Answer, Attempt> {
@@ -441,7 +462,7 @@ const BACKEND_BUFFER: usize = 64 * 1024;
 /// A backend socket that notes whether the backend has sent a byte yet: a connection that
 /// failed before then carried no answer, and the request may go to the next backend.
 struct Heard {
-    socket: TcpStream,
+    socket: BackendIo,
     heard: Arc<AtomicBool>,
 }
 
@@ -583,6 +604,7 @@ mod tests {
             origins: None,
             backends,
             idle: None,
+            backend_tls: None,
         };
         crate::routes::RouteTable::new(&[config])
     }
@@ -600,7 +622,7 @@ mod tests {
         let Ok(Answer::Upgraded(tunnel)) = answer else {
             panic!("no tunnel: {:?}", answer.err());
         };
-        tunnel.socket.peer_addr().unwrap()
+        tunnel.socket.tcp().peer_addr().unwrap()
     }
 
     /// The health of the route's first backend.
@@ -761,7 +783,7 @@ mod tests {
         let Ok(Answer::Upgraded(tunnel)) = answer else {
             panic!("no tunnel: {:?}", answer.err());
         };
-        assert_eq!(tunnel.socket.peer_addr().unwrap(), addr);
+        assert_eq!(tunnel.socket.tcp().peer_addr().unwrap(), addr);
     }
 
     /// A route whose first backend is silent and second answers: with the attempts raced, the
@@ -876,7 +898,7 @@ mod tests {
             match open_with(&table, timing).await {
                 Err(ProxyError::BackendTimeout) => timed_out += 1,
                 Ok(Answer::Upgraded(tunnel)) => {
-                    assert_eq!(tunnel.socket.peer_addr().unwrap(), good)
+                    assert_eq!(tunnel.socket.tcp().peer_addr().unwrap(), good)
                 }
                 other => panic!("{:?}", other.err()),
             }

@@ -8,6 +8,7 @@ mod support;
 
 mod admin;
 mod backend;
+mod backend_tls;
 mod cli;
 mod departures;
 mod descriptors;

@@ -161,6 +161,24 @@ impl Pki {
         (cert_path, key_path)
     }
 
+    /// A TLS server config serving a new leaf for `names`.
+    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let (cert, key) = self.leaf(names);
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+
     pub fn ca_pem(&self) -> String {
         self.ca_cert.pem()
     }
@@ -1013,6 +1031,15 @@ impl Drop for WsBackend {
 
 impl WsBackend {
     pub async fn start(name: &str) -> WsBackend {
+        WsBackend::start_with(name, None).await
+    }
+
+    /// The same backend speaking TLS (`wss://`) with `pki`'s leaf for `names`.
+    pub async fn start_tls(name: &str, pki: &Pki, names: &[&str]) -> WsBackend {
+        WsBackend::start_with(name, Some(pki.server_config(names))).await
+    }
+
+    async fn start_with(name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> WsBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (req_tx, requests) = mpsc::unbounded_channel();
@@ -1026,7 +1053,19 @@ impl WsBackend {
                 let req_tx = req_tx.clone();
                 let msg_tx = msg_tx.clone();
                 let name = backend_name.clone();
-                tokio::spawn(echo_connection(tcp, name, req_tx, msg_tx));
+                match &tls {
+                    None => tokio::spawn(echo_connection(tcp, name, req_tx, msg_tx)),
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                        tokio::spawn(async move {
+                            // A client that fails the handshake (one that does not trust
+                            // this certificate) simply goes.
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                echo_connection(tls, name, req_tx, msg_tx).await;
+                            }
+                        })
+                    }
+                };
             }
         });
         WsBackend {
@@ -1055,8 +1094,8 @@ impl WsBackend {
 
 // tungstenite's handshake callback returns its (large) error response type.
 #[allow(clippy::result_large_err)]
-async fn echo_connection(
-    tcp: TcpStream,
+async fn echo_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: S,
     name: String,
     req_tx: mpsc::UnboundedSender<Seen>,
     msg_tx: mpsc::UnboundedSender<Message>,

@@ -1,0 +1,214 @@
+//! `backend_tls`: a route's backends spoken to in TLS (`wss://` backends), their certificates
+//! checked against the route's CA file and the backend's host or `server_name`; a backend
+//! that fails the check is as one that closed before answering.
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::admin::{scrape_until, ADMIN};
+use crate::support::*;
+
+/// A backend CA's certificate written to a folder of its own; the route's `backend_tls` line.
+fn trusting(ca: &Pki, dir: &tempfile::TempDir, server_name: Option<&str>) -> String {
+    let path = dir.path().join("backend-ca.pem");
+    std::fs::write(&path, ca.ca_pem()).unwrap();
+    let name = server_name.map_or(String::new(), |n| format!(", server_name = \"{n}\""));
+    format!("backend_tls = {{ ca = \"{}\"{name} }}\n", path.display())
+}
+
+fn tls_route(backends: &[std::net::SocketAddr], tls: &str) -> String {
+    format!("{}\n{tls}\n", route("chat", "/ws", backends).trim_end())
+}
+
+#[tokio::test]
+async fn a_tls_backend_is_reached_and_bytes_pass_both_ways() {
+    let ca = Pki::new("backend CA");
+    let mut backend = WsBackend::start_tls("secure", &ca, &["127.0.0.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&tls_route(&[backend.addr], &trusting(&ca, &dir, None))).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/ws?room=1").await;
+    let seen = backend.next_request().await;
+    assert_eq!(seen.target, "/ws?room=1");
+    assert_eq!(seen.get("x-forwarded-proto"), Some("https"));
+    assert_eq!(round_trip(&mut ws, "whoami").await, "secure");
+    // Larger than a TLS record both ways, so the relay goes through many of them.
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    within("a send", ws.send(Message::binary(big.clone())))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::binary(big));
+    // A close code reaches the backend through its TLS, and the backend's own back.
+    let frame = CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "bye".into(),
+    };
+    within("a close", ws.send(Message::Close(Some(frame))))
+        .await
+        .unwrap();
+    loop {
+        match backend.next_message().await {
+            Message::Close(Some(frame)) => break assert_eq!(u16::from(frame.code), 4001),
+            Message::Close(None) => panic!("the close code was lost"),
+            _ => continue,
+        }
+    }
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4001),
+        other => panic!("expected the backend's close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_backend_closing_its_tunnel_closes_the_clients() {
+    let ca = Pki::new("backend CA");
+    let backend = WsBackend::start_tls("secure", &ca, &["127.0.0.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&tls_route(&[backend.addr], &trusting(&ca, &dir, None))).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/ws").await;
+    within("a send", ws.send(Message::text("close 4002 done")))
+        .await
+        .unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 4002);
+            assert_eq!(frame.reason.as_str(), "done");
+        }
+        other => panic!("expected the backend's close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_name_is_the_name_the_backends_certificate_is_checked_for() {
+    let ca = Pki::new("backend CA");
+    let backend = WsBackend::start_tls("named", &ca, &["app.internal"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Dialed at 127.0.0.1, but the certificate names app.internal: so must the route.
+    let named = tls_route(&[backend.addr], &trusting(&ca, &dir, Some("app.internal")));
+    let proxy = start_proxy(&named).await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/ws").await,
+        "named"
+    );
+    // Without it, the certificate is checked for the address dialed, and fails.
+    let unnamed = tls_route(&[backend.addr], &trusting(&ca, &dir, None));
+    let proxy = start_proxy(&format!("{ADMIN}{unnamed}")).await;
+    assert_eq!(upgrade_status(proxy.addr, "/ws").await, 502);
+    let failed = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{}",error="tls"}}"#,
+        backend.addr
+    );
+    scrape_until(proxy.server.admin_addr().unwrap(), &failed, 1.0).await;
+}
+
+#[tokio::test]
+async fn an_untrusted_backend_is_skipped_for_the_next_one() {
+    // [untrusted, trusted]: the first request finds the untrusted one's certificate refused
+    // and goes on to the trusted one, as after a backend that closed before answering; the
+    // client never sees the failure.
+    let (ca, stranger) = (Pki::new("backend CA"), Pki::new("someone else's CA"));
+    let untrusted = WsBackend::start_tls("untrusted", &stranger, &["127.0.0.1"]).await;
+    let trusted = WsBackend::start_tls("trusted", &ca, &["127.0.0.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = tls_route(&[untrusted.addr, trusted.addr], &trusting(&ca, &dir, None));
+    let proxy = start_proxy(&format!("[timeouts]\nbackend_cooldown = \"1h\"\n\n{body}")).await;
+    for _ in 0..3 {
+        assert_eq!(
+            which_backend(proxy.addr, "wss://localhost/ws").await,
+            "trusted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plain_backend_on_a_tls_route_is_502_with_the_reason_logged_not_sent() {
+    let plain = WsBackend::start("plain").await;
+    let (ca, dir) = (Pki::new("backend CA"), tempfile::tempdir().unwrap());
+    let proxy = start_proxy(&tls_route(&[plain.addr], &trusting(&ca, &dir, None))).await;
+    let (head, body) = request(proxy.addr, Req::upgrade("localhost", "/ws").bytes()).await;
+    assert_eq!(head.status, 502);
+    assert_eq!(String::from_utf8_lossy(&body), "backend error\n");
+}
+
+#[tokio::test]
+async fn a_renewed_ca_file_is_trusted_from_the_next_handshake() {
+    // The backend's certificate is renewed by a new CA, and the route's CA file rewritten
+    // with it (a cert-manager Secret's ca.crt): the reload that follows trusts it.
+    let (old, new) = (Pki::new("old backend CA"), Pki::new("new backend CA"));
+    let backend = WsBackend::start_tls("renewed", &new, &["127.0.0.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&tls_route(&[backend.addr], &trusting(&old, &dir, None))).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    assert_eq!(upgrade_status(proxy.addr, "/ws").await, 502);
+    first_look(&mut status).await;
+    std::fs::write(dir.path().join("backend-ca.pem"), new.ca_pem()).unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/ws").await,
+        "renewed"
+    );
+}
+
+#[test]
+fn a_ca_file_that_cannot_be_trusted_is_named_with_its_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("backend-ca.pem");
+    let body = format!(
+        "[[route]]\nname = \"chat\"\npath = \"/ws\"\nbackends = [\"127.0.0.1:9443\"]\nbackend_tls = {{ ca = \"{}\" }}\n",
+        ca.display()
+    );
+    let path = write_config(dir.path(), &body);
+    let at = format!("{}:11:22: route[0].backend_tls.ca: ", path.display());
+    let (_, key) = pki().leaf(&["localhost"]);
+    let cases = [
+        (None, "cannot read certificate"),
+        (Some("not a certificate\n".to_string()), "no certificate in"),
+        (Some(key), "it holds a private key"),
+    ];
+    for (content, expected) in cases {
+        if let Some(content) = &content {
+            std::fs::write(&ca, content).unwrap();
+        }
+        let message = wsgate::check(&path).unwrap_err().to_string();
+        assert!(message.starts_with(&at), "{message}");
+        assert!(message.contains(expected), "{message}");
+        assert!(message.contains(&ca.display().to_string()), "{message}");
+    }
+    std::fs::write(&ca, Pki::new("backend CA").ca_pem()).unwrap();
+    assert!(wsgate::check(&path).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_gone_for_a_while_is_no_failure_and_its_return_is_applied() {
+    // A Secret's ca.crt renewed by `rm; cp`: the gap is waited out, as a served certificate's
+    // is, and the tunnels and the config in force are untouched meanwhile.
+    let (old, new) = (Pki::new("old backend CA"), Pki::new("new backend CA"));
+    let backend = WsBackend::start_tls("secure", &old, &["127.0.0.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&tls_route(&[backend.addr], &trusting(&old, &dir, None))).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/ws").await;
+    let ca = dir.path().join("backend-ca.pem");
+    std::fs::remove_file(&ca).unwrap();
+    let gone = status_where(&mut rx, "the gap seen", |s| s.last_error.is_some()).await;
+    let error = gone.last_error.unwrap_or_default();
+    assert!(
+        error.contains("route[0].backend_tls.ca: ") && error.ends_with("backend-ca.pem not found"),
+        "{error}"
+    );
+    assert_eq!((gone.generation, gone.failures), (1, 0));
+    assert_eq!(round_trip(&mut ws, "whoami").await, "secure");
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/ws").await,
+        "secure"
+    );
+    // Back with another CA's certificate: applied, and the backend no longer trusted.
+    std::fs::write(&ca, new.ca_pem()).unwrap();
+    let back = generation(&mut rx, 2).await;
+    assert_eq!((back.failures, back.last_error), (0, None));
+    assert_eq!(upgrade_status(proxy.addr, "/ws").await, 502);
+    assert_eq!(round_trip(&mut ws, "still here").await, "still here");
+}
