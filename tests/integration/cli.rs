@@ -485,7 +485,9 @@ fn the_documented_complete_example_is_the_shipped_one() {
     let (documented, _) = rest.split_once("```\n").unwrap();
     let shipped = std::fs::read_to_string(root.join("config/example.toml")).unwrap();
     let (_, shipped) = shipped.split_once('\n').unwrap();
-    let shipped = shipped.replace("../certs/localhost", "tls/example");
+    let shipped = shipped
+        .replace("../certs/localhost", "tls/example")
+        .replace("../certs/dev-ca", "tls/backend-ca");
     assert_eq!(documented, shipped);
 }
 
