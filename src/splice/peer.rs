@@ -52,8 +52,7 @@ impl PeerSocket for tokio::net::TcpStream {
     }
 }
 
-/// A backend's connection, plain or TLS: as its TCP connection (a TLS failure reaches the
-/// relay as the read or write error it is, in rustls's words).
+/// A backend's connection, plain or TLS: as its TCP connection, and for TLS what failed.
 impl PeerSocket for crate::upstream::BackendIo {
     fn peer_error(&self) -> Option<io::ErrorKind> {
         self.tcp().peer_error()
@@ -65,6 +64,13 @@ impl PeerSocket for crate::upstream::BackendIo {
 
     fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
         Some(self.tcp_mut())
+    }
+
+    fn failure(&self) -> Option<String> {
+        match self {
+            crate::upstream::BackendIo::Tls(tls) => tls.failure().map(|e| e.to_string()),
+            crate::upstream::BackendIo::Plain(_) => None,
+        }
     }
 }
 

@@ -7,34 +7,34 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-use super::{provider, read_chain};
+use super::{provider, read_chain, TlsStream};
 use crate::config::{BackendTlsConfig, Config, ConfigError};
 
 /// How a route's backend connections are secured.
 pub(crate) struct BackendTls {
-    connector: TlsConnector,
+    config: Arc<ClientConfig>,
     /// The route's `server_name`; `None`: each backend's own host.
     server_name: Option<ServerName<'static>>,
 }
 
 impl BackendTls {
-    /// Runs the TLS handshake with `backend` (its `host:port` as written) over `socket`.
+    /// Runs the TLS handshake with `backend` (its `host:port` as written) over `socket`: a
+    /// stream that, like a client's, holds no buffer while idle.
     pub(crate) async fn connect(
         &self,
         backend: &str,
         socket: TcpStream,
-    ) -> std::io::Result<TlsStream<TcpStream>> {
+    ) -> std::io::Result<TlsStream<TcpStream, UnbufferedClientConnection>> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
             None => name_of(host_of(backend)).map_err(std::io::Error::other)?,
         };
-        self.connector.connect(name, socket).await
+        super::stream::connect(socket, self.config.clone(), name).await
     }
 }
 
@@ -65,7 +65,7 @@ pub(crate) fn backend_clients(
             .transpose()
             .map_err(|message| ConfigError::at(&config.path, &tls.ca_location, message))?;
         out.push(Some(Arc::new(BackendTls {
-            connector: TlsConnector::from(client),
+            config: client,
             server_name,
         })));
     }

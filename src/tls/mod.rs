@@ -1,12 +1,15 @@
-//! Certificates: PEM files → a rustls `ServerConfig` whose resolver picks a certificate by SNI.
+//! TLS: PEM files → a rustls `ServerConfig` whose resolver picks a certificate by SNI, and the
+//! client configs of routes whose backends speak TLS (`client`).
 //!
 //! Everything is loaded and checked up front (chain parses, key parses, key matches the leaf),
 //! so a reload either gets a complete TLS config or an error naming the config line.
 //!
 //! Layout: `expiry` is when each served certificate stops being valid, and the warnings and
-//! summary about it; `client` is TLS to the backends of routes that ask for it; `hello` reads a connection's first bytes, enough to tell TLS from plain
-//! HTTP; `stream` is a client's TLS connection over rustls's unbuffered API, with buffers lent
-//! only while bytes wait in them; this module loads the certificates and picks one by SNI.
+//! summary about it; `hello` reads a connection's first bytes, enough to tell TLS from plain
+//! HTTP; `stream` is a TLS connection over rustls's unbuffered API, with buffers lent only
+//! while bytes wait in them (a client's to wsgate, or wsgate's to a backend); `client` is the
+//! TLS to backends of routes with `backend_tls`; this module loads the certificates and picks
+//! one by SNI.
 
 mod client;
 mod expiry;

@@ -5,15 +5,17 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use rustls::client::UnbufferedClientConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+
+use crate::tls::TlsStream;
 
 /// A backend connection. The TLS one is boxed: most tunnels are plain, and each carries this
 /// for its whole life.
 pub(crate) enum BackendIo {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TcpStream, UnbufferedClientConnection>>),
 }
 
 impl BackendIo {
@@ -21,14 +23,14 @@ impl BackendIo {
     pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             BackendIo::Plain(tcp) => tcp,
-            BackendIo::Tls(tls) => tls.get_ref().0,
+            BackendIo::Tls(tls) => tls.get_ref(),
         }
     }
 
     pub(crate) fn tcp_mut(&mut self) -> &mut TcpStream {
         match self {
             BackendIo::Plain(tcp) => tcp,
-            BackendIo::Tls(tls) => tls.get_mut().0,
+            BackendIo::Tls(tls) => tls.get_mut(),
         }
     }
 }

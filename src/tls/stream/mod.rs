@@ -1,4 +1,6 @@
-//! A client's TLS connection, run on rustls's unbuffered API so that its buffers are ours: each
+//! A TLS connection, a client's to wsgate (the server side, [`accept`]) or wsgate's to a
+//! backend with `backend_tls` (the client side, [`connect`]), run on rustls's unbuffered API
+//! so that its buffers are ours: each
 //! is lent from [`crate::pool::TLS`] only while bytes wait in it, and an idle connection holds
 //! none. (rustls's buffered connection keeps a 4 KiB read buffer for the connection's whole
 //! life: with many quiet tunnels, that was the largest part of what each one cost.)
@@ -17,9 +19,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncryptError, UnbufferedStatus};
-use rustls::ServerConfig;
+use std::ops::DerefMut;
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus,
+};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use held::Held;
@@ -38,10 +46,44 @@ const RECORD_OVERHEAD: usize = 64;
 /// handshake message a byte per padded record must not make a connection hold megabytes.
 const MAX_HELD: usize = 64 * 1024 + 20 * 1024;
 
-/// A server-side TLS connection over `io`.
-pub(crate) struct TlsStream<IO> {
+/// Which end of TLS a stream is: the server's (a client's connection to wsgate) or the
+/// client's (wsgate's to a backend with `backend_tls`). Both run on the same state machine.
+pub(crate) trait Side: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> {
+    type Data;
+
+    /// rustls's `process_tls_records`, which each side has on its own.
+    fn process_records<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Side for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+
+    fn process_records<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Side for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+
+    fn process_records<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// A TLS connection over `io`: the server side unless said otherwise.
+pub(crate) struct TlsStream<IO, C = UnbufferedServerConnection> {
     io: IO,
-    conn: UnbufferedServerConnection,
+    conn: C,
     incoming: Held,
     plain: Held,
     outgoing: Held,
@@ -92,10 +134,31 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let conn = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
+    handshake(io, conn, opening.0).await
+}
+
+/// Runs the client side of a TLS handshake with the server `name` over `io`.
+pub(crate) async fn connect<IO>(
+    io: IO,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<TlsStream<IO, UnbufferedClientConnection>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedClientConnection::new(config, name).map_err(invalid_data)?;
+    handshake(io, conn, Held::default()).await
+}
+
+async fn handshake<IO, C>(io: IO, conn: C, incoming: Held) -> io::Result<TlsStream<IO, C>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    C: Side,
+{
     let mut tls = TlsStream {
         io,
         conn,
-        incoming: opening.0,
+        incoming,
         plain: Held::default(),
         outgoing: Held::default(),
         peer_closed: false,
@@ -134,8 +197,8 @@ enum Sealing<'a> {
 /// Every record rustls can decrypt now, into `plain`, their bytes in `incoming` added to
 /// `discard`: all of them at once, so the relay writes what came together in one write. Read
 /// (`reading`), that is the plaintext the reader waits for; sealing, they wait in `plain`.
-fn take_records(
-    mut records: rustls::unbuffered::ReadTraffic<'_, '_, rustls::server::ServerConnectionData>,
+fn take_records<Data>(
+    mut records: rustls::unbuffered::ReadTraffic<'_, '_, Data>,
     plain: &mut Held,
     discard: &mut usize,
     reading: bool,
@@ -154,8 +217,8 @@ fn take_records(
 }
 
 /// What `sealing` asks of rustls once it takes application data, sealed into `outgoing`.
-fn seal(
-    mut traffic: rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+fn seal<Data>(
+    mut traffic: rustls::unbuffered::WriteTraffic<'_, Data>,
     sealing: Sealing<'_>,
     outgoing: &mut Held,
 ) -> Outcome {
@@ -170,7 +233,7 @@ fn seal(
     }
 }
 
-impl<IO> TlsStream<IO> {
+impl<IO, C> TlsStream<IO, C> {
     /// The connection under TLS.
     pub(crate) fn get_ref(&self) -> &IO {
         &self.io
@@ -184,7 +247,9 @@ impl<IO> TlsStream<IO> {
     pub(crate) fn failure(&self) -> Option<&rustls::Error> {
         self.failed.as_deref()
     }
+}
 
+impl<IO, C: Side> TlsStream<IO, C> {
     /// Lets rustls take what `incoming` holds, until it has plaintext for the reader, needs
     /// more bytes, or fails; or, sealing, until it has sealed. What it has to send
     /// (handshake messages, alerts, a key update) goes into `outgoing`, for the next flush.
@@ -224,7 +289,7 @@ impl<IO> TlsStream<IO> {
             ..
         } = self;
         let reading = matches!(sealing, Sealing::Not);
-        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming.data_mut());
+        let UnbufferedStatus { mut discard, state } = conn.process_records(incoming.data_mut());
         let step = match state {
             Ok(ConnectionState::ReadTraffic(records)) => {
                 take_records(records, plain, &mut discard, reading)
@@ -278,7 +343,7 @@ impl<IO> TlsStream<IO> {
                 outgoing,
                 ..
             } = self;
-            let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming.data_mut());
+            let UnbufferedStatus { discard, state } = conn.process_records(incoming.data_mut());
             let encoded = match state {
                 Ok(ConnectionState::EncodeTlsData(mut message)) => {
                     encode(&mut message, outgoing).is_ok()
@@ -303,9 +368,9 @@ impl<IO> TlsStream<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
-    /// Drives the handshake to its end: the client's `Finished` taken, and everything rustls
-    /// had to send written.
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Side> TlsStream<IO, C> {
+    /// Drives the handshake to its end: the peer's `Finished` taken (or, for the client, its
+    /// own sent), and everything rustls had to send written.
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_write_out(cx))?;
@@ -356,7 +421,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Side + Unpin> AsyncBufRead for TlsStream<IO, C> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         loop {
@@ -403,7 +468,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Side + Unpin> AsyncRead for TlsStream<IO, C> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -417,7 +482,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Side + Unpin> AsyncWrite for TlsStream<IO, C> {
     /// Takes up to a record's worth once it is encrypted, as tokio-rustls does; the bytes go
     /// out as the socket takes them. Waits only while the last record is still unwritten.
     fn poll_write(
@@ -485,12 +550,12 @@ fn invalid_data(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::E
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// The client closed TCP during the handshake.
+/// The peer closed TCP during the handshake.
 fn handshake_eof() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof")
 }
 
-/// The client closed TCP without `close_notify`. Between records, as most WebSocket clients
+/// The peer closed TCP without `close_notify`. Between records, as most WebSocket clients
 /// end after their close frames, that is an end (the splice passes it on as a half-close);
 /// in the middle of one (`unread`: a record's first bytes), the stream was cut: an aborted
 /// connection, which the splice takes as the client's failure (the other side closed at

@@ -13,7 +13,7 @@ use crate::trickle::{finishes, pattern, piece_size, send_and_take, Trickle};
 
 type Client = tokio_rustls::client::TlsStream<TcpStream>;
 
-impl<IO> TlsStream<IO> {
+impl<IO, C> TlsStream<IO, C> {
     fn holds_a_buffer(&self) -> bool {
         [&self.incoming, &self.plain, &self.outgoing]
             .iter()
@@ -718,4 +718,55 @@ proptest::proptest! {
         // A stalled tunnel (a lost wake-up) fails the case rather than hanging the suite.
         proptest::prop_assert!(finishes(exchange), "the tunnel stalled");
     }
+}
+
+/// wsgate's client side (to a backend with `backend_tls`) against a rustls server (tokio-rustls):
+/// both handshakes over one TCP connection.
+async fn client_handshake(
+    server_config: Arc<ServerConfig>,
+    client_config: Arc<rustls::ClientConfig>,
+) -> (
+    io::Result<TlsStream<TcpStream, UnbufferedClientConnection>>,
+    io::Result<tokio_rustls::server::TlsStream<TcpStream>>,
+) {
+    let (server, client) = tcp_pair().await;
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::join!(
+        connect(client, client_config, name),
+        acceptor.accept(server)
+    )
+}
+
+#[tokio::test]
+async fn the_client_side_passes_bytes_both_ways_and_holds_no_buffer_between_them() {
+    let (server_config, client_config) = configs();
+    let (client, server) = client_handshake(server_config, client_config).await;
+    let (mut client, mut server) = (client.unwrap(), server.unwrap());
+    assert!(!client.holds_a_buffer(), "after the handshake");
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for round in 0..3 {
+        say(&mut client, &mut server, b"GET / HTTP/1.1").await;
+        say(&mut server, &mut client, &big).await;
+        assert!(!client.holds_a_buffer(), "after exchange {round}");
+    }
+    // Its close_notify is the server's end of stream, and the server's is the client's.
+    client.shutdown().await.unwrap();
+    assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 0);
+    server.shutdown().await.unwrap();
+    assert_eq!(client.read(&mut [0u8; 8]).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_client_side_refuses_a_certificate_it_does_not_trust() {
+    let ((server_config, _), (_, other_roots)) = (pki(), pki());
+    let untrusting = rustls::ClientConfig::builder()
+        .with_root_certificates(other_roots)
+        .with_no_client_auth();
+    let (client, _) = client_handshake(server_config, Arc::new(untrusting)).await;
+    let Err(e) = client else {
+        panic!("a certificate from another CA was trusted");
+    };
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("invalid peer certificate"), "{e}");
 }
