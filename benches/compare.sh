@@ -31,6 +31,10 @@
 #   KEEP_TMP [0]     1: keep the temp dir (configs, logs, raw JSON)
 #   VERIFY [0]       1: the client verifies the certificate (--ca); 0: --insecure, which spares
 #                    the load generator the signature check (the proxy's work is the same)
+#   BACKEND_TLS [0]  1: the proxies speak TLS to the echo backend (its wss:// listener), each
+#                    verifying its certificate against a test CA for the name localhost
+#                    (wsgate backend_tls, nginx proxy_ssl_verify, HAProxy verify required),
+#                    with their default session reuse towards it
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -57,6 +61,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 OUT=${1:-${OUT:-$ROOT/benches/results.md}}
 KEEP_TMP=${KEEP_TMP:-0}
 VERIFY=${VERIFY:-0}
+BACKEND_TLS=${BACKEND_TLS:-0}
 
 BACKEND_PORT=${BACKEND_PORT:-9001}
 BACKEND_TLS_PORT=${BACKEND_TLS_PORT:-9443}
@@ -124,6 +129,34 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -addext "basicConstraints=critical,CA:FALSE" \
   -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
+# The echo backend's certificate: the same one, or with BACKEND_TLS=1 a leaf of a test CA the
+# proxies are told to trust (a CA, as an operator's internal one is).
+BACKEND_CERT=$TMP/cert.pem BACKEND_KEY=$TMP/key.pem
+if [[ $BACKEND_TLS == 1 ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj "/CN=bench backend CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign" \
+    -keyout "$TMP/backend-ca.key" -out "$TMP/backend-ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout "$TMP/backend-key.pem" -out "$TMP/backend.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    >"$TMP/backend.ext"
+  openssl x509 -req -in "$TMP/backend.csr" -CA "$TMP/backend-ca.pem" -CAkey "$TMP/backend-ca.key" \
+    -CAcreateserial -days 30 -extfile "$TMP/backend.ext" -out "$TMP/backend-cert.pem" 2>/dev/null
+  BACKEND_CERT=$TMP/backend-cert.pem BACKEND_KEY=$TMP/backend-key.pem
+fi
+# What the proxies are pointed at, and how they speak to it.
+NGINX_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" NGINX_UPSTREAM_TLS=""
+HAPROXY_SERVER="127.0.0.1:$BACKEND_PORT"
+WSGATE_BACKEND="backends = [\"127.0.0.1:$BACKEND_PORT\"]"
+if [[ $BACKEND_TLS == 1 ]]; then
+  NGINX_UPSTREAM="https://127.0.0.1:$BACKEND_TLS_PORT"
+  NGINX_UPSTREAM_TLS="proxy_ssl_verify on; proxy_ssl_trusted_certificate $TMP/backend-ca.pem;
+      proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_protocols TLSv1.3;"
+  HAPROXY_SERVER="127.0.0.1:$BACKEND_TLS_PORT ssl verify required ca-file $TMP/backend-ca.pem sni str(localhost) verifyhost localhost ssl-min-ver TLSv1.3"
+  WSGATE_BACKEND="backends = [\"127.0.0.1:$BACKEND_TLS_PORT\"]
+backend_tls = { ca = \"backend-ca.pem\", server_name = \"localhost\" }"
+fi
 
 # --- proxies -------------------------------------------------------------------------------------
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
@@ -161,7 +194,8 @@ http {
     ssl_session_cache off;
     ssl_session_tickets off;
     location / {
-      proxy_pass http://127.0.0.1:$BACKEND_PORT;
+      proxy_pass $NGINX_UPSTREAM;
+      $NGINX_UPSTREAM_TLS
       proxy_http_version 1.1;
       proxy_set_header Upgrade \$http_upgrade;
       proxy_set_header Connection \$connection_upgrade;
@@ -200,7 +234,7 @@ frontend fe
   bind 127.0.0.1:${PORT[haproxy]} ssl crt $TMP/combined.pem curves X25519
   default_backend be
 backend be
-  server echo 127.0.0.1:$BACKEND_PORT maxconn 9500
+  server echo $HAPROXY_SERVER maxconn 9500
 EOF
 
 cat >"$TMP/wsgate.toml" <<EOF
@@ -219,7 +253,7 @@ max_connections = 100000
 [[route]]
 name = "echo"
 path = "/"
-backends = ["127.0.0.1:$BACKEND_PORT"]
+$WSGATE_BACKEND
 EOF
 
 start_proxy() { # target -> sets PIDS[target]; returns 1 if it does not come up
@@ -308,7 +342,7 @@ done
 taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_PORT" >"$TMP/echo.log" 2>&1 &
 BACKEND_PIDS+=($!)
 taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_TLS_PORT" \
-  --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" >"$TMP/echo-tls.log" 2>&1 &
+  --tls-cert "$BACKEND_CERT" --tls-key "$BACKEND_KEY" >"$TMP/echo-tls.log" 2>&1 &
 BACKEND_PIDS+=($!)
 wait_port $BACKEND_PORT 10 || die "echo backend did not start: $(cat "$TMP/echo.log")"
 wait_port $BACKEND_TLS_PORT 10 || die "TLS echo backend did not start: $(cat "$TMP/echo-tls.log")"
@@ -389,7 +423,7 @@ fi
 
 # --- table ---------------------------------------------------------------------------------------
 LAT_RATE=$LAT_RATE LAT_CONNS=$LAT_CONNS LAT_SIZE=$LAT_SIZE TP_CONNS=$TP_CONNS TP_SIZE=$TP_SIZE BULK_SIZE=$BULK_SIZE \
-  IDLE_N=$IDLE_N DUR=$DUR WARMUP=$WARMUP QUICK=$QUICK \
+  IDLE_N=$IDLE_N DUR=$DUR WARMUP=$WARMUP QUICK=$QUICK BACKEND_TLS=$BACKEND_TLS \
   python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" "$LAT_REPS" <<'PY'
 import datetime, glob, json, os, statistics, sys
 env = os.environ
@@ -481,6 +515,8 @@ notes = [
     f"{env['DUR']} measured after {env['WARMUP']} of warm-up per run.",
     f"Median of {reps} run(s) per cell{lat_note}; targets alternated within each repetition.",
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
+    *(["BACKEND_TLS=1: each proxy speaks TLS to the echo backend, verifying its certificate."]
+      if env.get("BACKEND_TLS") == "1" else []),
     "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
     "For the backend columns, 'proxy CPU' is the echo backend's own CPU.",
     "Load CPU busy % is the whole load CPU (load generator and echo backend): at 90 % or more",

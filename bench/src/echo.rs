@@ -64,9 +64,14 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
         .with_context(|| format!("parse {}", cert.display()))?;
     let key =
         PrivateKeyDer::from_pem_file(key).with_context(|| format!("read {}", key.display()))?;
-    let provider = Arc::new(crate::target::crypto_provider());
-    // Set up as the proxies are in the comparison (TLS 1.3 only, no resumption): the direct
-    // wss row is their baseline, and tickets would cost it work they do not do.
+    // Set up as the proxies are in the comparison (TLS 1.3 only, TLS_AES_128_GCM_SHA256 and
+    // X25519, no resumption): the direct wss row is their baseline, tickets would cost it work
+    // they do not do, and each proxy's own TLS to it (`BACKEND_TLS=1`) then negotiates the
+    // same parameters as the others', whatever its defaults.
+    let mut provider = crate::target::crypto_provider();
+    (provider.cipher_suites).retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let provider = Arc::new(provider);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS protocol versions")?
