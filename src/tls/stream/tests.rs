@@ -636,40 +636,84 @@ proptest::proptest! {
             let (server, client) = tokio::io::duplex(capacity);
             let server = Trickle { io: server, most: server_most };
             let client = Trickle { io: client, most: client_most };
-            let (mut server, client) =
+            let (server, client) =
                 handshake_over(server, client, server_config, client_config).await;
-            let mut client = tokio::io::BufReader::new(client);
-            for (i, (to_server, len, chunk)) in pieces.into_iter().enumerate() {
-                let sent: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
-                let got = match to_server {
-                    true => {
-                        let write = async {
-                            client.write_all(&sent).await.unwrap();
-                            client.flush().await.unwrap();
-                        };
-                        tokio::join!(write, read_in_chunks(&mut server, len, chunk)).1
-                    }
-                    false => {
-                        let write = async {
-                            server.write_all(&sent).await.unwrap();
-                            server.flush().await.unwrap();
-                        };
-                        tokio::join!(write, read_in_chunks(&mut client, len, chunk)).1
-                    }
-                };
-                assert!(got == sent, "piece {i}: {len} bytes came out changed");
-                assert!(!server.holds_a_buffer(), "after piece {i}");
-            }
-            // The close_notify may not fit the pipe until the other side reads.
-            let mut rest = [0u8; 16];
-            let (closed, read) = tokio::join!(client.shutdown(), server.read(&mut rest));
-            assert_eq!((closed.unwrap(), read.unwrap()), ((), 0));
-            let (closed, read) = tokio::join!(server.shutdown(), client.read(&mut rest));
-            assert_eq!((closed.unwrap(), read.unwrap()), ((), 0));
+            exchange_pieces(server, tokio::io::BufReader::new(client), pieces).await;
         };
         // A stalled exchange (a lost wake-up) fails the case rather than hanging the suite.
         proptest::prop_assert!(finishes(exchange), "the exchange stalled");
     }
+
+    /// The same with wsgate's own client side at the other end (its TLS to a backend with
+    /// `backend_tls`): both ends on the unbuffered stream, and neither holds a buffer between
+    /// exchanges.
+    #[test]
+    fn both_sides_of_the_stream_pass_bytes_unchanged_however_they_are_split(
+        capacity in 300usize..70_000,
+        (server_most, client_most) in (piece_size(), piece_size()),
+        pieces in proptest::collection::vec(
+            (proptest::bool::ANY, 0usize..40_000, 1usize..20_000),
+            1..8,
+        ),
+    ) {
+        let exchange = async move {
+            let (server_config, client_config) = configs();
+            let (server, client) = tokio::io::duplex(capacity);
+            let server = Trickle { io: server, most: server_most };
+            let client = Trickle { io: client, most: client_most };
+            let name = ServerName::try_from("localhost").unwrap();
+            let (server, client) = tokio::join!(
+                accept(server, Opening::new(), server_config),
+                connect(client, client_config, name)
+            );
+            let client = client.unwrap();
+            let client = exchange_pieces(server.unwrap(), client, pieces).await;
+            assert!(!client.holds_a_buffer(), "the client side, at the end");
+        };
+        proptest::prop_assert!(finishes(exchange), "the exchange stalled");
+    }
+}
+
+/// Sends each of `pieces` (which way, how long, in reads of what size) between `server` and
+/// `client` and checks it arrives unchanged, the server holding no buffer between them; then
+/// a close each way reads as the end of the stream. Gives the client back, for more checks.
+async fn exchange_pieces<S, C>(
+    mut server: TlsStream<S>,
+    mut client: C,
+    pieces: Vec<(bool, usize, usize)>,
+) -> C
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncBufRead + AsyncWrite + Unpin,
+{
+    for (i, (to_server, len, chunk)) in pieces.into_iter().enumerate() {
+        let sent: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
+        let got = match to_server {
+            true => {
+                let write = async {
+                    client.write_all(&sent).await.unwrap();
+                    client.flush().await.unwrap();
+                };
+                tokio::join!(write, read_in_chunks(&mut server, len, chunk)).1
+            }
+            false => {
+                let write = async {
+                    server.write_all(&sent).await.unwrap();
+                    server.flush().await.unwrap();
+                };
+                tokio::join!(write, read_in_chunks(&mut client, len, chunk)).1
+            }
+        };
+        assert!(got == sent, "piece {i}: {len} bytes came out changed");
+        assert!(!server.holds_a_buffer(), "after piece {i}");
+    }
+    // The close_notify may not fit the pipe until the other side reads.
+    let mut rest = [0u8; 16];
+    let (closed, read) = tokio::join!(client.shutdown(), server.read(&mut rest));
+    assert_eq!((closed.unwrap(), read.unwrap()), ((), 0));
+    let (closed, read) = tokio::join!(server.shutdown(), client.read(&mut rest));
+    assert_eq!((closed.unwrap(), read.unwrap()), ((), 0));
+    client
 }
 
 proptest::proptest! {
