@@ -170,6 +170,29 @@ fn backend_tls_names_a_ca_file_and_may_name_the_server() {
         assert!(message.contains(expected), "{written}: {message}");
         assert!(message.contains("wsgate.toml:10:"), "{written}: {message}");
     }
+    // A name no certificate can hold (a label over 63 bytes): refused where it is written,
+    // as `server_name`, or as a backend's host the certificate is checked for.
+    let long = format!("{}.internal", "a".repeat(64));
+    let named = error(&route(&format!(
+        r#"{{ ca = "/ca.pem", server_name = "{long}" }}"#
+    )));
+    assert!(
+        named.contains("route[0].backend_tls.server_name: ")
+            && named.contains("cannot be checked against a certificate"),
+        "{named}"
+    );
+    let host = format!("[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:1\", \"{long}:9443\"]\nbackend_tls = {{ ca = \"/ca.pem\" }}\n");
+    let message = error(&host);
+    assert!(
+        message.contains("route[0].backends[1]: ")
+            && message.ends_with("give the route's backend_tls a server_name"),
+        "{message}"
+    );
+    let with_name = host.replace(
+        r#"ca = "/ca.pem""#,
+        r#"ca = "/ca.pem", server_name = "app""#,
+    );
+    assert!(parse(&with_name).is_ok());
 }
 
 #[test]

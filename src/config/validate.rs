@@ -17,8 +17,8 @@ use super::raw::{
     HumanDuration, RawBackendTls, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts,
 };
 use super::values::{
-    backend, bindable, host_pattern, origin, overlap, overlap_message, route_name, route_path,
-    server_name, subprotocol, surrounded_by_space,
+    backend, bindable, certificate_name, host_pattern, origin, overlap, overlap_message,
+    route_name, route_path, server_name, split_port, subprotocol, surrounded_by_space,
 };
 use super::{
     BackendTlsConfig, CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig,
@@ -440,6 +440,32 @@ impl Checker<'_> {
                 .map(|tls| self.backend_tls(tls.get_ref(), &key("backend_tls")))
                 .transpose()?,
         })
+        .and_then(|config| self.named_for_tls(i, route, config))
+    }
+
+    /// A route with `backend_tls` but no `server_name` checks each backend's certificate for
+    /// the backend's own host: one that no certificate can name is an error at its entry.
+    fn named_for_tls(
+        &self,
+        i: usize,
+        raw: &RawRoute,
+        config: RouteConfig,
+    ) -> Result<RouteConfig, ConfigError> {
+        if (config.backend_tls.as_ref()).is_none_or(|tls| tls.server_name.is_some()) {
+            return Ok(config);
+        }
+        for (j, entry) in raw.backends.get_ref().iter().enumerate() {
+            let (host, _) = split_port(entry.get_ref());
+            certificate_name(host).map_err(|m| {
+                let key = format!("route[{i}].backends[{j}]");
+                self.error(
+                    &entry.span(),
+                    &key,
+                    format!("{m}: give the route's backend_tls a server_name"),
+                )
+            })?;
+        }
+        Ok(config)
     }
 
     /// A route's `backend_tls`: the CA file named (relative to the config's folder), and a

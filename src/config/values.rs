@@ -434,7 +434,19 @@ pub(super) fn server_name(text: &str) -> Result<String, String> {
         return Err(format!("{text:?} has a port: write the name alone"));
     }
     host_part(text, false).map_err(|why| format!("{text:?} is not a server name: {why}"))?;
+    certificate_name(text)?;
     Ok(text.to_string())
+}
+
+/// Whether a certificate can be checked for `host` (a name or an IP address, as `backends`
+/// and `server_name` write it): a DNS name's labels are at most 63 bytes, the name at most
+/// 253, which the host rules above do not limit.
+pub(super) fn certificate_name(host: &str) -> Result<(), String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let bare = bare.strip_suffix('.').unwrap_or(bare);
+    rustls_pki_types::ServerName::try_from(bare)
+        .map(|_| ())
+        .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))
 }
 
 /// Whether `addr` (as `written`) is an address a TCP listener can be bound to, and bound

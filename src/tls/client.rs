@@ -12,7 +12,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{provider, read_chain, TlsStream};
+use super::{provider, read_chain, Chain, TlsStream};
 use crate::config::{BackendTlsConfig, Config, ConfigError};
 
 /// How a route's backend connections are secured.
@@ -32,7 +32,9 @@ impl BackendTls {
     ) -> std::io::Result<TlsStream<TcpStream, UnbufferedClientConnection>> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
-            None => name_of(host_of(backend)).map_err(std::io::Error::other)?,
+            // Checked with the config (see `config::values::certificate_name`): not reached.
+            None => name_of(host_of(backend))
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
         };
         super::stream::connect(socket, self.config.clone(), name).await
     }
@@ -76,7 +78,7 @@ pub(crate) fn backend_clients(
 /// alone (a WebSocket upgrade is HTTP/1.1's).
 fn client_config(tls: &BackendTlsConfig) -> Result<Arc<ClientConfig>, String> {
     let path = &tls.ca;
-    let certificates = read_chain(path).map_err(|refused| refused.message)?;
+    let certificates = read_chain(path, Chain::Trusted).map_err(|refused| refused.message)?;
     let mut roots = RootCertStore::empty();
     for (i, der) in certificates.into_iter().enumerate() {
         roots.add(der).map_err(|e| {

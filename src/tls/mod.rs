@@ -220,7 +220,7 @@ fn load_certified_key(
     paths: &CertificatePaths,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, Refused> {
-    let chain = read_chain(&paths.cert)?;
+    let chain = read_chain(&paths.cert, Chain::Served)?;
     let key = read_key(&paths.key, provider)?;
     pair_up(chain, key, paths, provider)
 }
@@ -245,7 +245,16 @@ fn without_bom(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Refused> {
+/// What a PEM file of certificates is for, for the words of its errors.
+#[derive(Clone, Copy, PartialEq)]
+enum Chain {
+    /// A chain to serve, the server's own certificate first (beside its key).
+    Served,
+    /// Certificates to trust (a route's `backend_tls.ca`).
+    Trusted,
+}
+
+fn read_chain(path: &Path, role: Chain) -> Result<Vec<CertificateDer<'static>>, Refused> {
     let cert_pem = read_file(path, Part::Cert, "certificate")?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
@@ -255,8 +264,12 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Refused> {
         })?;
     if chain.is_empty() {
         let msg = match holds_private_key(&cert_pem) {
-            true => format!(
+            true if role == Chain::Served => format!(
                 "no certificate in {}: it holds a private key (are `cert` and `key` swapped?)",
+                path.display()
+            ),
+            true => format!(
+                "no certificate in {}: it holds a private key, not the CA's certificate",
                 path.display()
             ),
             false => format!(
@@ -271,9 +284,10 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Refused> {
     // handshake. Each one is parsed here.
     for (i, der) in chain.iter().enumerate() {
         if let Err(e) = x509_parser::parse_x509_certificate(der) {
-            let which = match i {
-                0 => "the server's certificate (the first)".to_string(),
-                i => format!("certificate {} of the chain", i + 1),
+            let which = match (role, i) {
+                (Chain::Served, 0) => "the server's certificate (the first)".to_string(),
+                (Chain::Served, i) => format!("certificate {} of the chain", i + 1),
+                (Chain::Trusted, i) => format!("certificate {}", i + 1),
             };
             let msg = format!(
                 "{which} in {} is not a valid X.509 certificate: {e}",
@@ -493,7 +507,10 @@ mod tests {
         };
         let cert_path = with_bom("c.pem", cert.cert.pem());
         let key_path = with_bom("k.pem", cert.key_pair.serialize_pem());
-        assert_eq!(read_chain(&cert_path).map(|c| c.len()).ok(), Some(1));
+        assert_eq!(
+            read_chain(&cert_path, Chain::Served).map(|c| c.len()).ok(),
+            Some(1)
+        );
         assert!(read_key(&key_path, &provider()).is_ok());
         // Only at the start: the mark is not stripped from the middle of a file.
         assert_eq!(without_bom(b"a\xEF\xBB\xBF".to_vec()), b"a\xEF\xBB\xBF");
@@ -522,7 +539,7 @@ mod tests {
             "broken.pem",
             &format!("{}{}\n", leaf.cert.pem(), lines.join("\n")),
         );
-        let error = message(read_chain(&broken));
+        let error = message(read_chain(&broken, Chain::Served));
         assert!(error.contains("certificate 2 of the chain in"), "{error}");
         assert!(
             error.contains("is not a valid X.509 certificate"),
@@ -530,10 +547,10 @@ mod tests {
         );
         let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let junk = write("junk.pem", &format!("{}{junk}", leaf.cert.pem()));
-        assert!(message(read_chain(&junk)).contains("certificate 2 of the chain"));
+        assert!(message(read_chain(&junk, Chain::Served)).contains("certificate 2 of the chain"));
         // The key where the certificate belongs.
         let swapped = write("swapped.pem", &leaf.key_pair.serialize_pem());
-        let error = message(read_chain(&swapped));
+        let error = message(read_chain(&swapped, Chain::Served));
         assert!(error.contains("are `cert` and `key` swapped?"), "{error}");
         // An old-style encrypted key, which fails as bad base64 when parsed.
         let old_style = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\

@@ -264,14 +264,22 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
 
 /// The backend connection, with TLS over it if the route asks for that. A failed handshake
 /// is as a close before answering: nothing of the request has reached the backend, and
-/// another may take it.
+/// another may take it. Refused by TLS itself (a certificate not trusted, no protocol in
+/// common), it is a TLS failure, which the same backend would repeat; closed or reset
+/// midway, it is a close like any other (a pod going away behind a cluster IP, whose next
+/// connection may reach another).
 async fn secure(route: &Route, backend: &str, socket: TcpStream) -> Result<BackendIo, Attempt> {
     let Some(tls) = &route.backend_tls else {
         return Ok(BackendIo::Plain(socket));
     };
     match tls.connect(backend, socket).await {
         Ok(tls) => Ok(BackendIo::Tls(Box::new(tls))),
-        Err(e) => Err(Attempt::Gone(ProxyError::BackendTls(e.to_string()))),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(Attempt::Gone(ProxyError::BackendTls(e.to_string())))
+        }
+        Err(e) => Err(Attempt::Gone(ProxyError::BackendFailed(format!(
+            "backend closed the connection during the TLS handshake: {e}"
+        )))),
     }
 }
 

@@ -212,3 +212,66 @@ async fn a_ca_file_gone_for_a_while_is_no_failure_and_its_return_is_applied() {
     assert_eq!(upgrade_status(proxy.addr, "/ws").await, 502);
     assert_eq!(round_trip(&mut ws, "still here").await, "still here");
 }
+
+#[tokio::test]
+async fn a_backend_speaking_only_tls_1_2_is_reached() {
+    // A full TLS 1.2 handshake ends on the server's Finished, after which the client speaks
+    // first: wsgate must not wait to read there.
+    let ca = Pki::new("backend CA");
+    let tls12 = ca.server_config_for(&["127.0.0.1"], &[&rustls::version::TLS12]);
+    let backend = WsBackend::start_with("tls12", Some(tls12)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&tls_route(&[backend.addr], &trusting(&ca, &dir, None))).await;
+    for _ in 0..2 {
+        assert_eq!(
+            which_backend(proxy.addr, "wss://localhost/ws").await,
+            "tls12"
+        );
+    }
+}
+
+/// A TLS backend at one address that resets the first connection it takes, once it has the
+/// ClientHello (a pod going away behind a cluster IP), and serves every later one: `(its address, its WebSocket backend)`.
+async fn resetting_first(ca: &Pki) -> (std::net::SocketAddr, WsBackend) {
+    let backend = WsBackend::start_tls("after the reset", ca, &["127.0.0.1"]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = backend.addr;
+    tokio::spawn(async move {
+        // Reset once its ClientHello is in: in the handshake, not the connect.
+        let (mut first, _) = listener.accept().await.unwrap();
+        let _ = tokio::io::AsyncReadExt::read(&mut first, &mut [0u8; 1]).await;
+        first.set_zero_linger().unwrap();
+        drop(first);
+        // Later connections go on to the real backend, byte for byte.
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut to = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut to).await;
+            });
+        }
+    });
+    (addr, backend)
+}
+
+#[tokio::test]
+async fn a_lone_tls_backend_reset_during_the_handshake_is_dialed_again() {
+    // A reset is a close, not a certificate refused: as with a plain backend, the route's
+    // only address is dialed again, and the failure counted as a close.
+    let ca = Pki::new("backend CA");
+    let (addr, _backend) = resetting_first(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&format!(
+        "{ADMIN}{}",
+        tls_route(&[addr], &trusting(&ca, &dir, None))
+    ))
+    .await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/ws").await,
+        "after the reset"
+    );
+    let closed = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{addr}",error="closed"}}"#
+    );
+    scrape_until(proxy.server.admin_addr().unwrap(), &closed, 1.0).await;
+}

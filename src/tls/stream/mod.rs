@@ -380,7 +380,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C: Side> TlsStream<IO, C> {
             match self.process(Sealing::Not) {
                 Ok(Outcome::Plaintext) => {}
                 Ok(Outcome::PeerClosed) => return Poll::Ready(Err(handshake_eof())),
-                Ok(Outcome::NeedMore | Outcome::Sealed(_)) if !self.outgoing.is_empty() => {}
+                // Something to send, or the handshake over with nothing to send: the top of the
+                // loop writes it, or returns. (A full TLS 1.2 handshake ends, for the client, on
+                // the server's Finished: reading on would wait for a peer waiting for us.)
+                Ok(Outcome::NeedMore | Outcome::Sealed(_))
+                    if !self.outgoing.is_empty() || !self.conn.is_handshaking() => {}
                 Ok(Outcome::NeedMore | Outcome::Sealed(_)) => {
                     if ready!(self.incoming.poll_read_from(cx, &mut self.io))? == 0 {
                         return Poll::Ready(Err(handshake_eof()));

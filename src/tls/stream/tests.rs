@@ -814,3 +814,29 @@ async fn the_client_side_refuses_a_certificate_it_does_not_trust() {
     assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     assert!(e.to_string().contains("invalid peer certificate"), "{e}");
 }
+
+#[tokio::test]
+async fn the_client_side_speaks_tls_1_2_too() {
+    let (cert, key) = {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = CertificateDer::from(cert.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        (der, key)
+    };
+    crate::tls::install_default_provider();
+    let server = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (client, server) = client_handshake(Arc::new(server), Arc::new(client)).await;
+    let (mut client, mut server) = (client.unwrap(), server.unwrap());
+    say(&mut client, &mut server, b"GET / HTTP/1.1").await;
+    say(&mut server, &mut client, b"HTTP/1.1 101").await;
+    client.shutdown().await.unwrap();
+    assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 0);
+}

@@ -163,6 +163,15 @@ impl Pki {
 
     /// A TLS server config serving a new leaf for `names`.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        self.server_config_for(names, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// [`Pki::server_config`] speaking only `versions` of TLS.
+    pub fn server_config_for(
+        &self,
+        names: &[&str],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ServerConfig> {
         use rustls::pki_types::pem::PemObject;
         let (cert, key) = self.leaf(names);
         let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
@@ -171,7 +180,7 @@ impl Pki {
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(chain, key)
@@ -1039,7 +1048,8 @@ impl WsBackend {
         WsBackend::start_with(name, Some(pki.server_config(names))).await
     }
 
-    async fn start_with(name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> WsBackend {
+    /// The same backend speaking TLS as `tls` says.
+    pub async fn start_with(name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> WsBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (req_tx, requests) = mpsc::unbounded_channel();
