@@ -55,21 +55,21 @@ impl PeerSocket for tokio::net::TcpStream {
 /// A backend's connection, plain or TLS: as its TCP connection, and for TLS what failed.
 impl PeerSocket for crate::upstream::BackendIo {
     fn peer_error(&self) -> Option<io::ErrorKind> {
-        self.tcp().peer_error()
+        crate::upstream::tcp_of(self).peer_error()
     }
 
     fn queued(&self) -> Option<u32> {
-        self.tcp().queued()
+        crate::upstream::tcp_of(self).queued()
     }
 
     fn tcp(&mut self) -> Option<&mut tokio::net::TcpStream> {
-        Some(self.tcp_mut())
+        Some(crate::upstream::tcp_of_mut(self))
     }
 
     fn failure(&self) -> Option<String> {
         match self {
-            crate::upstream::BackendIo::Tls(tls) => tls.failure().map(|e| e.to_string()),
-            crate::upstream::BackendIo::Plain(_) => None,
+            tokio_util::either::Either::Right(tls) => tls.failure().map(|e| e.to_string()),
+            tokio_util::either::Either::Left(_) => None,
         }
     }
 }

@@ -18,6 +18,7 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -28,7 +29,7 @@ mod dial;
 mod stream;
 mod turns;
 
-pub(crate) use stream::BackendIo;
+pub(crate) use stream::{tcp_of, tcp_of_mut, BackendIo};
 
 use turns::{back_in_turn, connect_in_turn, put_aside, Turns};
 
@@ -270,10 +271,10 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
 /// connection may reach another).
 async fn secure(route: &Route, backend: &str, socket: TcpStream) -> Result<BackendIo, Attempt> {
     let Some(tls) = &route.backend_tls else {
-        return Ok(BackendIo::Plain(socket));
+        return Ok(Either::Left(socket));
     };
     match tls.connect(backend, socket).await {
-        Ok(tls) => Ok(BackendIo::Tls(Box::new(tls))),
+        Ok(tls) => Ok(Either::Right(Box::new(tls))),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             Err(Attempt::Gone(ProxyError::BackendTls(e.to_string())))
         }
@@ -630,7 +631,7 @@ mod tests {
         let Ok(Answer::Upgraded(tunnel)) = answer else {
             panic!("no tunnel: {:?}", answer.err());
         };
-        tunnel.socket.tcp().peer_addr().unwrap()
+        tcp_of(&tunnel.socket).peer_addr().unwrap()
     }
 
     /// The health of the route's first backend.
@@ -791,7 +792,7 @@ mod tests {
         let Ok(Answer::Upgraded(tunnel)) = answer else {
             panic!("no tunnel: {:?}", answer.err());
         };
-        assert_eq!(tunnel.socket.tcp().peer_addr().unwrap(), addr);
+        assert_eq!(tcp_of(&tunnel.socket).peer_addr().unwrap(), addr);
     }
 
     /// A route whose first backend is silent and second answers: with the attempts raced, the
@@ -906,7 +907,7 @@ mod tests {
             match open_with(&table, timing).await {
                 Err(ProxyError::BackendTimeout) => timed_out += 1,
                 Ok(Answer::Upgraded(tunnel)) => {
-                    assert_eq!(tunnel.socket.tcp().peer_addr().unwrap(), good)
+                    assert_eq!(tcp_of(&tunnel.socket).peer_addr().unwrap(), good)
                 }
                 other => panic!("{:?}", other.err()),
             }
