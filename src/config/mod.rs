@@ -21,6 +21,7 @@ pub(crate) use error::escape_controls;
 pub use error::{ConfigError, Location};
 use raw::RawConfig;
 use validate::Validator;
+pub(crate) use values::certificate_name;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]

@@ -456,7 +456,7 @@ impl Checker<'_> {
         }
         for (j, entry) in raw.backends.get_ref().iter().enumerate() {
             let (host, _) = split_port(entry.get_ref());
-            certificate_name(host).map_err(|m| {
+            certificate_name(host).map(drop).map_err(|m| {
                 let key = format!("route[{i}].backends[{j}]");
                 self.error(
                     &entry.span(),

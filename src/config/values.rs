@@ -434,18 +434,21 @@ pub(super) fn server_name(text: &str) -> Result<String, String> {
         return Err(format!("{text:?} has a port: write the name alone"));
     }
     host_part(text, false).map_err(|why| format!("{text:?} is not a server name: {why}"))?;
-    certificate_name(text)?;
+    certificate_name(text).map(drop)?;
     Ok(text.to_string())
 }
 
-/// Whether a certificate can be checked for `host` (a name or an IP address, as `backends`
-/// and `server_name` write it): a DNS name's labels are at most 63 bytes, the name at most
-/// 253, which the host rules above do not limit.
-pub(super) fn certificate_name(host: &str) -> Result<(), String> {
+/// The name a backend's certificate is checked for, from `host` as `backends` and
+/// `server_name` write it (a name or an IP address): without an IPv6 address's brackets, and
+/// without a fully qualified name's final dot (certificates name hosts without it). An error
+/// where no certificate can hold it: a DNS name's labels are at most 63 bytes, the name at
+/// most 253, which the host rules above do not limit.
+pub(crate) fn certificate_name(
+    host: &str,
+) -> Result<rustls_pki_types::ServerName<'static>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let bare = bare.strip_suffix('.').unwrap_or(bare);
-    rustls_pki_types::ServerName::try_from(bare)
-        .map(|_| ())
+    rustls_pki_types::ServerName::try_from(bare.to_string())
         .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))
 }
 

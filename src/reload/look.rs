@@ -120,10 +120,10 @@ fn config_file_missing(path: &Path) -> Option<Look> {
 }
 
 /// Whether `error`, the failure to build the config at `path`, is only that a certificate,
-/// key or backend CA file the config `in_force` serves is clearly not there (a dangling link included), or
-/// is there but empty (truncated by `cat new.key > tls.key` or a two-step write, not written
-/// yet), as a config file's absence or emptiness is: what is gone, and an error naming it and
-/// its config line. `None` for any other failure, so a real mistake saved in the same moment
+/// key or backend CA file the config `in_force` serves is clearly not there (a dangling link
+/// included), or is there but empty (truncated by `cat new.key > tls.key` or a two-step
+/// write, not written yet), as a config file's absence or emptiness is: what is gone, and an
+/// error naming it and its config line. `None` for any other failure, so a real mistake saved in the same moment
 /// is still reported as one.
 fn served_file_gone(
     path: &Path,

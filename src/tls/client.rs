@@ -13,7 +13,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::{provider, read_chain, Chain, TlsStream};
-use crate::config::{BackendTlsConfig, Config, ConfigError};
+use crate::config::{certificate_name, BackendTlsConfig, Config, ConfigError};
 
 /// How a route's backend connections are secured.
 pub(crate) struct BackendTls {
@@ -32,8 +32,8 @@ impl BackendTls {
     ) -> std::io::Result<TlsStream<TcpStream, UnbufferedClientConnection>> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
-            // Checked with the config (see `config::values::certificate_name`): not reached.
-            None => name_of(host_of(backend))
+            // Checked with the config: not reached.
+            None => certificate_name(host_of(backend))
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
         };
         super::stream::connect(socket, self.config.clone(), name).await
@@ -62,10 +62,11 @@ pub(crate) fn backend_clients(
                 client
             }
         };
+        // Checked with the config, where an error names its key: not reached.
         let server_name = (tls.server_name.as_deref())
-            .map(name_of)
+            .map(certificate_name)
             .transpose()
-            .map_err(|message| ConfigError::at(&config.path, &tls.ca_location, message))?;
+            .map_err(|message| ConfigError::new(&config.path, message))?;
         out.push(Some(Arc::new(BackendTls {
             config: client,
             server_name,
@@ -104,15 +105,6 @@ fn host_of(backend: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// The name a certificate is checked against: a DNS name (a fully qualified one's trailing
-/// dot left out: certificates name hosts without it) or an IP address.
-fn name_of(host: &str) -> Result<ServerName<'static>, String> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = host.strip_suffix('.').unwrap_or(host);
-    ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,7 +121,7 @@ mod tests {
             ("10.0.0.7", "10.0.0.7"),
         ];
         for (written, checked) in names {
-            let name = name_of(written).unwrap();
+            let name = certificate_name(written).unwrap();
             assert_eq!(name.to_str(), checked, "{written}");
         }
     }
