@@ -117,6 +117,19 @@ pub enum ProxyError {
     Internal(&'static str),
 }
 
+/// The TLS error under a backend connection's failure, if TLS failed it.
+fn rustls_error(e: &hyper::Error) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let inner = (cause.downcast_ref::<std::io::Error>()).and_then(|io| io.get_ref());
+        if let Some(tls) = inner.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return Some(tls);
+        }
+        source = cause.source();
+    }
+    None
+}
+
 impl ProxyError {
     /// A backend connection's failure, in words down to its root cause: hyper's own words
     /// name only the top of it ("connection error"), not the reset that caused it.
@@ -157,6 +170,12 @@ impl ProxyError {
     /// A backend connection that failed before a byte of answer came: a clean close is the
     /// backend closing without answering (not an answer cut short).
     pub(crate) fn backend_gone(e: &hyper::Error) -> ProxyError {
+        // A TLS backend refusing the session after the handshake as the client saw it: over
+        // TLS 1.3 a server checks a client certificate (or its absence) only then, and says
+        // so with an alert. A TLS failure, not a close.
+        if let Some(tls) = rustls_error(e) {
+            return ProxyError::BackendTls(tls.to_string());
+        }
         if e.is_incomplete_message() {
             return ProxyError::BackendFailed(
                 "backend closed the connection without answering".to_string(),

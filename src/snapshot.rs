@@ -54,13 +54,13 @@ impl Snapshot {
         // Hashed before the PEM files are read: a write in between reads as a change later.
         let served_hash = served_hash(&config);
         let served = tls::server_config(&config)?;
-        let backend_tls = tls::backend_clients(&config)?;
-        let routes = RouteTable::with_backend_tls(&config.routes, backend_tls);
+        let backends = tls::backend_clients(&config)?;
+        let routes = RouteTable::with_backend_tls(&config.routes, backends.routes);
         Ok(Snapshot {
             config,
             routes,
             tls: served.tls,
-            expiry: served.expiry,
+            expiry: [served.expiry, backends.expiry].concat(),
             generation,
             fingerprint,
             served: served_hash,
@@ -139,6 +139,6 @@ fn served_hash(config: &Config) -> u64 {
 fn served_files(config: &Config) -> Vec<PathBuf> {
     (config.certificates.iter())
         .flat_map(|c| [c.cert.clone(), c.key.clone()])
-        .chain(config.backend_cas().map(Path::to_path_buf))
+        .chain(config.backend_tls_files().map(Path::to_path_buf))
         .collect()
 }

@@ -150,6 +150,8 @@ pub struct BackendTlsConfig {
     pub server_name: Option<String>,
     /// Where `ca` is written, for an error about the file.
     pub ca_location: Location,
+    /// The client certificate and key shown to backends that ask for one (mutual TLS).
+    pub client: Option<CertificatePaths>,
 }
 
 /// A route's host rule, lowercased.
@@ -267,13 +269,18 @@ impl Config {
         }
     }
 
-    /// The CA files routes name for their backends' TLS, each once.
-    pub(crate) fn backend_cas(&self) -> impl Iterator<Item = &Path> {
+    /// The files routes name for their backends' TLS (CA files, client certificates and
+    /// keys), each once.
+    pub(crate) fn backend_tls_files(&self) -> impl Iterator<Item = &Path> {
         let mut seen = std::collections::HashSet::new();
         (self.routes.iter())
             .filter_map(|r| r.backend_tls.as_ref())
-            .map(|tls| tls.ca.as_path())
-            .filter(move |ca| seen.insert(*ca))
+            .flat_map(|tls| {
+                let client = tls.client.iter();
+                let client = client.flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
+                std::iter::once(tls.ca.as_path()).chain(client)
+            })
+            .filter(move |file| seen.insert(*file))
     }
 
     /// The config file and every file it names: what the reload watcher follows.
@@ -283,7 +290,7 @@ impl Config {
             files.push(c.cert.clone());
             files.push(c.key.clone());
         }
-        files.extend(self.backend_cas().map(Path::to_path_buf));
+        files.extend(self.backend_tls_files().map(Path::to_path_buf));
         files
     }
 }

@@ -140,12 +140,16 @@ pub(super) struct RawRoute {
     pub(super) backend_tls: Option<Spanned<RawBackendTls>>,
 }
 
-/// `backend_tls = { ca = "…", server_name = "…" }`: the route's backends speak TLS.
+/// `backend_tls = { ca = "…", server_name = "…", cert = "…", key = "…" }`: the route's
+/// backends speak TLS, and wsgate shows them a client certificate if `cert` and `key` name
+/// one.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackendTls {
     pub(super) ca: Spanned<String>,
     pub(super) server_name: Option<Spanned<String>>,
+    pub(super) cert: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
 }
 
 /// Defaults, documented in docs/configuration.md; keep the two in step.

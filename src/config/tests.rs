@@ -138,6 +138,18 @@ fn backend_tls_names_a_ca_file_and_may_name_the_server() {
     .unwrap();
     let tls = named.routes[0].backend_tls.as_ref().unwrap();
     assert_eq!(tls.server_name.as_deref(), Some("app.internal"));
+    assert!(tls.client.is_none());
+    // A client certificate: its files resolved and watched as the CA file is.
+    let showing = parse(&route(
+        r#"{ ca = "/ca.pem", cert = "tls/client.crt", key = "/keys/client.key" }"#,
+    ))
+    .unwrap();
+    let tls = showing.routes[0].backend_tls.as_ref().unwrap();
+    let client = tls.client.as_ref().unwrap();
+    assert_eq!(client.cert, Path::new("/etc/wsgate/tls/client.crt"));
+    assert_eq!(client.key, Path::new("/keys/client.key"));
+    let watched = showing.watched_files();
+    assert!(watched.contains(&client.cert) && watched.contains(&client.key));
     for ip in ["10.0.0.7", "::1", "[::1]"] {
         let written = format!(r#"{{ ca = "/ca.pem", server_name = "{ip}" }}"#);
         assert!(parse(&route(&written)).is_ok(), "{ip}");
@@ -163,6 +175,18 @@ fn backend_tls_names_a_ca_file_and_may_name_the_server() {
         (
             r#"{ ca = "/ca.pem", server_name = "*.example.com" }"#,
             "route[0].backend_tls.server_name: \"*.example.com\" is not a server name",
+        ),
+        (
+            r#"{ ca = "/ca.pem", cert = "c.pem" }"#,
+            "route[0].backend_tls.cert: a client certificate needs both `cert` and `key`: add `key` beside `cert`",
+        ),
+        (
+            r#"{ ca = "/ca.pem", key = "k.pem" }"#,
+            "route[0].backend_tls.key: a client certificate needs both `cert` and `key`: add `cert` beside `key`",
+        ),
+        (
+            r#"{ ca = "/ca.pem", cert = "c.pem", key = " " }"#,
+            "route[0].backend_tls.key: must name a file",
         ),
     ];
     for (written, expected) in refused {

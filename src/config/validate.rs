@@ -486,7 +486,43 @@ impl Checker<'_> {
             ca: base.join(raw.ca.get_ref()),
             server_name,
             ca_location: self.locate(&raw.ca.span(), &ca_key),
+            client: self.client_certificate(raw, key)?,
         })
+    }
+
+    /// A `backend_tls`'s `cert` and `key`: both, each naming a file, or neither.
+    fn client_certificate(
+        &self,
+        raw: &RawBackendTls,
+        key: &str,
+    ) -> Result<Option<CertificatePaths>, ConfigError> {
+        let alone = |given: &Spanned<String>, has: &str, lacks: &str| {
+            let message = format!(
+                "a client certificate needs both `cert` and `key`: add `{lacks}` beside `{has}`"
+            );
+            Err(self.error(&given.span(), &format!("{key}.{has}"), message))
+        };
+        let (cert, private) = match (&raw.cert, &raw.key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(private)) => (cert, private),
+            (Some(cert), None) => return alone(cert, "cert", "key"),
+            (None, Some(private)) => return alone(private, "key", "cert"),
+        };
+        for (field, value) in [("cert", cert), ("key", private)] {
+            if value.get_ref().trim().is_empty() {
+                let key = format!("{key}.{field}");
+                return Err(self.error(&value.span(), &key, "must name a file"));
+            }
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        Ok(Some(CertificatePaths {
+            cert: base.join(cert.get_ref()),
+            key: base.join(private.get_ref()),
+            // A key that does not match its certificate is reported at the key.
+            location: self.locate(&private.span(), &format!("{key}.key")),
+            cert_location: self.locate(&cert.span(), &format!("{key}.cert")),
+            key_location: self.locate(&private.span(), &format!("{key}.key")),
+        }))
     }
 
     /// An optional allow-list: if present, non-empty, every entry checked (and normalized);

@@ -1,18 +1,20 @@
 //! TLS to backends, for routes with `backend_tls`: the client config each such route gets,
-//! built with the rest of a snapshot from the CA file it names (so a reload, or a CA file
-//! renewed on disk, gets a new one), and the handshake on a connected backend socket, its
-//! certificate checked against the route's `server_name` or the backend's own host.
+//! built with the rest of a snapshot from the CA file it names and the client certificate it
+//! shows backends that ask for one (so a reload, or a file renewed on disk, gets a new one),
+//! and the handshake on a connected backend socket, its certificate checked against the
+//! route's `server_name` or the backend's own host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::UnbufferedClientConnection;
+use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{provider, read_chain, Chain, TlsStream};
+use super::{load_certified_key, provider, read_chain, Chain, Expiry, TlsStream};
 use crate::config::{certificate_name, BackendTlsConfig, Config, ConfigError};
 
 /// How a route's backend connections are secured.
@@ -41,24 +43,26 @@ impl BackendTls {
 }
 
 /// Each route's backend TLS, in the config's route order (`None` for a route without
-/// `backend_tls`). Routes naming the same CA file share one client config, and so its cache
-/// of sessions to resume.
-pub(crate) fn backend_clients(
-    config: &Config,
-) -> Result<Vec<Option<Arc<BackendTls>>>, ConfigError> {
-    let mut configs: HashMap<&Path, Arc<ClientConfig>> = HashMap::new();
-    let mut out = Vec::with_capacity(config.routes.len());
+/// `backend_tls`), and when the client certificates among it expire. Routes naming the same
+/// CA file and client certificate share one client config, and so its cache of sessions to
+/// resume.
+pub(crate) fn backend_clients(config: &Config) -> Result<BackendClients, ConfigError> {
+    let mut configs: HashMap<Files<'_>, Arc<ClientConfig>> = HashMap::new();
+    let mut out = BackendClients::default();
     for route in &config.routes {
         let Some(tls) = &route.backend_tls else {
-            out.push(None);
+            out.routes.push(None);
             continue;
         };
-        let client = match configs.get(tls.ca.as_path()) {
+        let files = (
+            tls.ca.as_path(),
+            (tls.client.as_ref()).map(|c| (&*c.cert, &*c.key)),
+        );
+        let client = match configs.get(&files) {
             Some(client) => client.clone(),
             None => {
-                let client = client_config(tls)
-                    .map_err(|message| ConfigError::at(&config.path, &tls.ca_location, message))?;
-                configs.insert(&tls.ca, client.clone());
+                let client = client_config(config, tls, &mut out.expiry)?;
+                configs.insert(files, client.clone());
                 client
             }
         };
@@ -67,18 +71,58 @@ pub(crate) fn backend_clients(
             .map(certificate_name)
             .transpose()
             .map_err(|message| ConfigError::new(&config.path, message))?;
-        out.push(Some(Arc::new(BackendTls {
+        out.routes.push(Some(Arc::new(BackendTls {
             config: client,
             server_name,
         })));
     }
+    // A client certificate shared by routes of different CAs is one certificate to renew.
+    let mut seen = HashSet::new();
+    out.expiry.retain(|cert| seen.insert(cert.file.clone()));
     Ok(out)
 }
 
-/// A client config trusting the certificates of `tls.ca`, TLS 1.2 and 1.3, offering HTTP/1.1
-/// alone (a WebSocket upgrade is HTTP/1.1's).
-fn client_config(tls: &BackendTlsConfig) -> Result<Arc<ClientConfig>, String> {
-    let path = &tls.ca;
+/// What [`backend_clients`] builds.
+#[derive(Default)]
+pub(crate) struct BackendClients {
+    pub routes: Vec<Option<Arc<BackendTls>>>,
+    /// When each client certificate expires.
+    pub expiry: Vec<Expiry>,
+}
+
+/// A CA file, and a client certificate and its key if any.
+type Files<'a> = (&'a Path, Option<(&'a Path, &'a Path)>);
+
+/// A client config trusting the certificates of `tls.ca`, showing `tls.client`'s certificate
+/// to a backend that asks for one (its expiry added to `expiry`), TLS 1.2 and 1.3, offering
+/// HTTP/1.1 alone (a WebSocket upgrade is HTTP/1.1's).
+fn client_config(
+    config: &Config,
+    tls: &BackendTlsConfig,
+    expiry: &mut Vec<Expiry>,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    let roots = trusted(&tls.ca)
+        .map_err(|message| ConfigError::at(&config.path, &tls.ca_location, message))?;
+    let provider = Arc::new(provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::at(&config.path, &tls.ca_location, e.to_string()))?
+        .with_root_certificates(roots);
+    let mut client = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some(paths) => {
+            let key = load_certified_key(paths, Chain::Client, &provider)
+                .map_err(|refused| refused.at(config, paths))?;
+            expiry.extend(Expiry::of(&paths.cert, &key, Chain::Client));
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
+        }
+    };
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(client))
+}
+
+/// The certificates of the CA file `path`, each one a trust anchor.
+fn trusted(path: &Path) -> Result<RootCertStore, String> {
     let certificates = read_chain(path, Chain::Trusted).map_err(|refused| refused.message)?;
     let mut roots = RootCertStore::empty();
     for (i, der) in certificates.into_iter().enumerate() {
@@ -90,13 +134,7 @@ fn client_config(tls: &BackendTlsConfig) -> Result<Arc<ClientConfig>, String> {
             )
         })?;
     }
-    let mut client = ClientConfig::builder_with_provider(Arc::new(provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(client))
+    Ok(roots)
 }
 
 /// The host of `host:port` as `backends` writes it, without an IPv6 address's brackets.

@@ -5,31 +5,36 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
 
-use crate::config::{escape_controls, Config, ConfigError};
+use super::Chain;
+use crate::config::{escape_controls, CertificatePaths, Config, ConfigError};
 
-/// When a served certificate stops being valid: exported as a metric and warned about, since
-/// a renewal that silently failed (cert-manager, certbot) is the classic outage.
+/// When a certificate wsgate presents stops being valid (one it serves, or a client
+/// certificate it shows backends): exported as a metric and warned about, since a renewal
+/// that silently failed (cert-manager, certbot) is the classic outage.
 #[derive(Clone, Debug)]
 pub(crate) struct Expiry {
     pub file: PathBuf,
     /// Unix seconds of the leaf's notBefore and notAfter.
     pub not_before: i64,
     pub not_after: i64,
+    /// Who checks it, for the warnings' words.
+    role: Chain,
 }
 
 impl Expiry {
-    /// The validity of `leaf`, the first certificate of `file`'s chain (rustls has already
-    /// parsed it, so this cannot fail on a certificate it accepted; `None` keeps it that way
-    /// regardless).
-    pub(super) fn of(file: &Path, leaf: &CertificateDer<'_>) -> Option<Expiry> {
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    /// The validity of `key`'s leaf, the first certificate of `file`'s chain (rustls has
+    /// already parsed it, so this cannot fail on a certificate it accepted; `None` keeps it
+    /// that way regardless).
+    pub(super) fn of(file: &Path, key: &CertifiedKey, role: Chain) -> Option<Expiry> {
+        let (_, cert) = x509_parser::parse_x509_certificate(key.cert.first()?).ok()?;
         let validity = cert.validity();
         Some(Expiry {
             file: file.to_path_buf(),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
+            role,
         })
     }
 }
@@ -37,10 +42,10 @@ impl Expiry {
 /// Certificates this close to their end get a warning at every load.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// What is wrong, or soon will be, with the served certificates' validity, one line each
-/// naming its file and where `config` names it: expired, expiring within [`EXPIRY_WARNING`],
-/// or not valid yet (a clock or an issuer ahead of this machine's). Logged at every load and
-/// printed by `wsgate check`.
+/// What is wrong, or soon will be, with the validity of the certificates wsgate presents,
+/// one line each naming its file and where `config` names it: expired, expiring within
+/// [`EXPIRY_WARNING`], or not valid yet (a clock or an issuer ahead of this machine's).
+/// Logged at every load and printed by `wsgate check`.
 pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<String> {
     let now = unix_now();
     let soon = EXPIRY_WARNING.as_secs() as i64;
@@ -48,11 +53,15 @@ pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<Strin
         .filter_map(|cert| {
             let file = cert.file.display();
             let left = cert.not_after - now;
+            let checkers = match cert.role {
+                Chain::Client => "backends asking for it",
+                Chain::Served | Chain::Trusted => "clients",
+            };
             let message = if cert.not_before > now {
                 let from = rfc3339(cert.not_before);
-                format!("{file}: certificate is not valid before {from}; clients will refuse it until then")
+                format!("{file}: certificate is not valid before {from}; {checkers} will refuse it until then")
             } else if left <= 0 {
-                format!("{file}: certificate has expired; clients will refuse it")
+                format!("{file}: certificate has expired; {checkers} will refuse it")
             } else if left < soon {
                 let when = time_left(left);
                 format!("{file}: certificate expires in {when}; is its renewal working?")
@@ -61,14 +70,22 @@ pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<Strin
             };
             Some((&cert.file, message))
         })
-        .map(|(file, message)| {
-            let entry = config.certificates.iter().find(|c| &c.cert == file);
-            match entry {
-                Some(c) => ConfigError::at(&config.path, &c.cert_location, message).to_string(),
-                None => escape_controls(&message),
-            }
+        .map(|(file, message)| match pair_of(config, file) {
+            Some(c) => ConfigError::at(&config.path, &c.cert_location, message).to_string(),
+            None => escape_controls(&message),
         })
         .collect()
+}
+
+/// The entry of `config` naming the certificate `file`: served, or a route's client
+/// certificate.
+fn pair_of<'a>(config: &'a Config, file: &Path) -> Option<&'a CertificatePaths> {
+    let clients = (config.routes.iter())
+        .filter_map(|r| r.backend_tls.as_ref())
+        .filter_map(|tls| tls.client.as_ref());
+    (config.certificates.iter())
+        .chain(clients)
+        .find(|c| c.cert == file)
 }
 
 /// `wsgate check`'s words on the certificates: when the first runs out, or which one already

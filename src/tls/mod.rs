@@ -93,20 +93,9 @@ fn load_certificates(
     let mut expiry = Vec::with_capacity(config.certificates.len());
     let mut warnings = Vec::new();
     for (index, paths) in config.certificates.iter().enumerate() {
-        let key = load_certified_key(paths, provider).map_err(|refused| {
-            let location = match refused.part {
-                Part::Cert => &paths.cert_location,
-                Part::Key => &paths.key_location,
-                Part::Pair => &paths.location,
-            };
-            let error = ConfigError::at(&config.path, location, refused.message);
-            error.caused_by(refused.io.as_ref())
-        })?;
-        expiry.extend(
-            key.cert
-                .first()
-                .and_then(|leaf| Expiry::of(&paths.cert, leaf)),
-        );
+        let key = load_certified_key(paths, Chain::Served, provider)
+            .map_err(|refused| refused.at(config, paths))?;
+        expiry.extend(Expiry::of(&paths.cert, &key, Chain::Served));
         if let Some(why) = chain_problem(&key.cert) {
             let message = format!("{}: {why}", paths.cert.display());
             warnings.push(ConfigError::at(&config.path, &paths.cert_location, message));
@@ -212,17 +201,29 @@ impl Refused {
             io: None,
         }
     }
+
+    /// The refusal of the pair `paths` of `config`, at the line of the part it is about.
+    fn at(self, config: &Config, paths: &CertificatePaths) -> ConfigError {
+        let location = match self.part {
+            Part::Cert => &paths.cert_location,
+            Part::Key => &paths.key_location,
+            Part::Pair => &paths.location,
+        };
+        let error = ConfigError::at(&config.path, location, self.message);
+        error.caused_by(self.io.as_ref())
+    }
 }
 
-/// The certificate chain and private key of one `[[tls.certificates]]` entry, read, parsed
-/// and checked to belong together.
+/// A certificate chain and its private key (a `[[tls.certificates]]` entry, or a route's
+/// client certificate for its backends), read, parsed and checked to belong together.
 fn load_certified_key(
     paths: &CertificatePaths,
+    role: Chain,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, Refused> {
-    let chain = read_chain(&paths.cert, Chain::Served)?;
+    let chain = read_chain(&paths.cert, role)?;
     let key = read_key(&paths.key, provider)?;
-    pair_up(chain, key, paths, provider)
+    pair_up(chain, key, (paths, role), provider)
 }
 
 /// A file's bytes, or a refusal naming the file, what it was for and why.
@@ -245,13 +246,26 @@ fn without_bom(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// What a PEM file of certificates is for, for the words of its errors.
-#[derive(Clone, Copy, PartialEq)]
+/// What a PEM file of certificates is for, for the words of its errors and warnings.
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Chain {
     /// A chain to serve, the server's own certificate first (beside its key).
     Served,
+    /// A chain shown to backends that ask for a client certificate (a route's
+    /// `backend_tls.cert`), wsgate's own certificate first (beside its key).
+    Client,
     /// Certificates to trust (a route's `backend_tls.ca`).
     Trusted,
+}
+
+impl Chain {
+    /// Its first certificate, the one its key belongs to.
+    fn own(self) -> &'static str {
+        match self {
+            Chain::Client => "the client certificate",
+            Chain::Served | Chain::Trusted => "the server's own certificate",
+        }
+    }
 }
 
 fn read_chain(path: &Path, role: Chain) -> Result<Vec<CertificateDer<'static>>, Refused> {
@@ -264,7 +278,7 @@ fn read_chain(path: &Path, role: Chain) -> Result<Vec<CertificateDer<'static>>, 
         })?;
     if chain.is_empty() {
         let msg = match holds_private_key(&cert_pem) {
-            true if role == Chain::Served => format!(
+            true if role != Chain::Trusted => format!(
                 "no certificate in {}: it holds a private key (are `cert` and `key` swapped?)",
                 path.display()
             ),
@@ -286,7 +300,10 @@ fn read_chain(path: &Path, role: Chain) -> Result<Vec<CertificateDer<'static>>, 
         if let Err(e) = x509_parser::parse_x509_certificate(der) {
             let which = match (role, i) {
                 (Chain::Served, 0) => "the server's certificate (the first)".to_string(),
-                (Chain::Served, i) => format!("certificate {} of the chain", i + 1),
+                (Chain::Client, 0) => "the client certificate (the first)".to_string(),
+                (Chain::Served | Chain::Client, i) => {
+                    format!("certificate {} of the chain", i + 1)
+                }
                 (Chain::Trusted, i) => format!("certificate {}", i + 1),
             };
             let msg = format!(
@@ -351,7 +368,7 @@ fn read_key(path: &Path, provider: &CryptoProvider) -> Result<PrivateKeyDer<'sta
 fn pair_up(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    paths: &CertificatePaths,
+    (paths, role): (&CertificatePaths, Chain),
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, Refused> {
     let pair = |msg| Refused::new(Part::Pair, msg);
@@ -359,9 +376,10 @@ fn pair_up(
         Ok(certified) => Ok(certified),
         Err(rustls::Error::InconsistentKeys(_)) if key_fits_later(&chain, &key, provider) => {
             Err(pair(format!(
-                "the certificate matching private key {} is not the first in {}: put the server's own certificate first, then its intermediates",
+                "the certificate matching private key {} is not the first in {}: put {} first, then its intermediates",
                 paths.key.display(),
-                paths.cert.display()
+                paths.cert.display(),
+                role.own(),
             )))
         }
         Err(rustls::Error::InconsistentKeys(_)) => Err(pair(format!(
@@ -631,7 +649,7 @@ mod tests {
                 cert_location: location.clone(),
                 key_location: location,
             };
-            match load_certified_key(&paths, &provider()) {
+            match load_certified_key(&paths, Chain::Served, &provider()) {
                 Ok(certified) => {
                     let _ = chain_problem(&certified.cert);
                 }

@@ -279,3 +279,157 @@ async fn a_lone_tls_backend_reset_during_the_handshake_is_dialed_again() {
     );
     scrape_until(proxy.server.admin_addr().unwrap(), &closed, 1.0).await;
 }
+
+/// A client certificate `issuer` signed for wsgate, written as `client.crt` and `client.key`
+/// into `dir`, valid as given (if given).
+fn write_client(issuer: &Pki, dir: &tempfile::TempDir, validity: Option<(Ymd, Ymd)>) {
+    let (cert, key) = issuer.client_leaf("wsgate", validity);
+    std::fs::write(dir.path().join("client.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("client.key"), key).unwrap();
+}
+
+/// [`trusting`] `ca`, showing backends a client certificate `issuer` signed, written beside
+/// the CA file.
+fn showing(ca: &Pki, issuer: &Pki, dir: &tempfile::TempDir) -> String {
+    write_client(issuer, dir, None);
+    let files = format!(
+        ", cert = \"{}\", key = \"{}\" }}",
+        dir.path().join("client.crt").display(),
+        dir.path().join("client.key").display()
+    );
+    trusting(ca, dir, None).replace(" }", &files)
+}
+
+const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
+#[tokio::test]
+async fn a_backend_asking_for_a_client_certificate_is_shown_the_routes() {
+    let (ca, clients) = (Pki::new("backend CA"), Pki::new("client CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let tls = showing(&ca, &clients, &dir);
+    for versions in [TLS13, TLS12] {
+        let asking = ca.server_config_asking(&["127.0.0.1"], versions, &clients);
+        let mut backend = WsBackend::start_with("mutual", Some(asking)).await;
+        let proxy = start_proxy(&tls_route(&[backend.addr], &tls)).await;
+        let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/ws").await;
+        assert_eq!(backend.next_request().await.target, "/ws");
+        assert_eq!(round_trip(&mut ws, "whoami").await, "mutual");
+    }
+}
+
+#[tokio::test]
+async fn a_backend_refusing_the_client_certificate_is_a_tls_failure() {
+    // No certificate, or one of a CA the backend does not trust: over TLS 1.3 the backend
+    // refuses once the handshake is over on wsgate's side, over TLS 1.2 within it. Either
+    // way a TLS failure, counted as one (error="tls"), and the address not dialed again.
+    let (ca, clients, stranger) = (
+        Pki::new("backend CA"),
+        Pki::new("client CA"),
+        Pki::new("someone else's client CA"),
+    );
+    let (none, strange) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let refused = [
+        trusting(&ca, &none, None),
+        showing(&ca, &stranger, &strange),
+    ];
+    for versions in [TLS13, TLS12] {
+        let asking = ca.server_config_asking(&["127.0.0.1"], versions, &clients);
+        let backend = WsBackend::start_with("mutual", Some(asking)).await;
+        for tls in &refused {
+            let proxy = start_proxy(&format!("{ADMIN}{}", tls_route(&[backend.addr], tls))).await;
+            let (head, body) = request(proxy.addr, Req::upgrade("localhost", "/ws").bytes()).await;
+            assert_eq!(head.status, 502, "{versions:?} {tls}");
+            assert_eq!(String::from_utf8_lossy(&body), "backend error\n");
+            let failed = format!(
+                r#"wsgate_backend_connect_failures_total{{route="chat",backend="{}",error="tls"}}"#,
+                backend.addr
+            );
+            scrape_until(proxy.server.admin_addr().unwrap(), &failed, 1.0).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_client_certificate_is_shown_from_the_next_handshake() {
+    // The backends now trust only a new client CA, and wsgate's certificate is renewed by it
+    // on disk, its key first gone for a while (`rm; cp`): the gap is waited out, the reload
+    // that follows shows the new certificate, and a tunnel opened before keeps running.
+    let (ca, old, new) = (
+        Pki::new("backend CA"),
+        Pki::new("old client CA"),
+        Pki::new("new client CA"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tls = showing(&ca, &old, &dir);
+    let before = ca.server_config_asking(&["127.0.0.1"], TLS13, &old);
+    let kept = WsBackend::start_with("old", Some(before)).await;
+    let after = ca.server_config_asking(&["127.0.0.1"], TLS13, &new);
+    let renewed = WsBackend::start_with("new", Some(after)).await;
+    let routes = format!(
+        "{}{}",
+        tls_route(&[kept.addr], &tls),
+        tls_route(&[renewed.addr], &tls)
+            .replace("\"chat\"", "\"renewed\"")
+            .replace("\"/ws\"", "\"/renewed\"")
+    );
+    let proxy = start_proxy(&routes).await;
+    let mut status = proxy.server.reload_status();
+    let generation_before = status.borrow().generation;
+    first_look(&mut status).await;
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/ws").await;
+    assert_eq!(upgrade_status(proxy.addr, "/renewed").await, 502);
+    std::fs::remove_file(dir.path().join("client.key")).unwrap();
+    let gone = status_where(&mut status, "the gap seen", |s| s.last_error.is_some()).await;
+    let error = gone.last_error.unwrap_or_default();
+    assert!(
+        error.contains("route[0].backend_tls.key: ") && error.ends_with("client.key not found"),
+        "{error}"
+    );
+    assert_eq!((gone.generation, gone.failures), (generation_before, 0));
+    write_client(&new, &dir, None);
+    generation(&mut status, generation_before + 1).await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/renewed").await,
+        "new"
+    );
+    assert_eq!(round_trip(&mut ws, "whoami").await, "old");
+}
+
+#[test]
+fn a_client_certificate_and_key_are_checked_as_a_pair_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, clients) = (Pki::new("backend CA"), Pki::new("client CA"));
+    let tls = showing(&ca, &clients, &dir);
+    let body = tls_route(&["127.0.0.1:9443".parse().unwrap()], &tls);
+    let path = write_config(dir.path(), &body);
+    assert!(wsgate::check(&path).is_ok());
+    let key = dir.path().join("client.key");
+    let (_, other_key) = clients.client_leaf("wsgate", None);
+    std::fs::write(&key, other_key).unwrap();
+    let message = wsgate::check(&path).unwrap_err().to_string();
+    let at = format!("{}:11:", path.display());
+    assert!(
+        message.starts_with(&at)
+            && message.contains("route[0].backend_tls.key: ")
+            && message.contains("does not match certificate"),
+        "{message}"
+    );
+    std::fs::write(&key, "not a key\n").unwrap();
+    let message = wsgate::check(&path).unwrap_err().to_string();
+    assert!(
+        message.contains("route[0].backend_tls.key: ")
+            && message.contains("cannot read private key"),
+        "{message}"
+    );
+    // An expired one loads (a backend that asks decides), with a warning at every load.
+    write_client(&clients, &dir, Some(((2019, 1, 1), (2020, 6, 30))));
+    let (_, warnings) = wsgate::check(&path).unwrap();
+    let warned = warnings.iter().any(|w| {
+        w.contains("route[0].backend_tls.cert: ")
+            && w.ends_with(
+                "client.crt: certificate has expired; backends asking for it will refuse it",
+            )
+    });
+    assert!(warned, "{warnings:?}");
+}

@@ -124,6 +124,25 @@ impl Pki {
 
     /// [`Pki::leaf`] valid from and until the given (year, month, day), if given.
     pub fn leaf_valid(&self, names: &[&str], validity: Option<(Ymd, Ymd)>) -> (String, String) {
+        self.leaf_for(names, validity, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate for `name`, signed by the CA, valid from and until the given
+    /// (year, month, day) if given: (cert PEM, key PEM).
+    pub fn client_leaf(&self, name: &str, validity: Option<(Ymd, Ymd)>) -> (String, String) {
+        self.leaf_for(
+            &[name],
+            validity,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    fn leaf_for(
+        &self,
+        names: &[&str],
+        validity: Option<(Ymd, Ymd)>,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
         if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
@@ -133,7 +152,7 @@ impl Pki {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].clone());
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -172,6 +191,34 @@ impl Pki {
         names: &[&str],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<rustls::ServerConfig> {
+        let verifier = rustls::server::WebPkiClientVerifier::no_client_auth();
+        self.server_config_checking(names, versions, verifier)
+    }
+
+    /// [`Pki::server_config_for`] that asks every client for a certificate `clients` issued,
+    /// and refuses one without.
+    pub fn server_config_asking(
+        &self,
+        names: &[&str],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        clients: &Pki,
+    ) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            clients.roots.clone(),
+            provider,
+        )
+        .build()
+        .unwrap();
+        self.server_config_checking(names, versions, verifier)
+    }
+
+    fn server_config_checking(
+        &self,
+        names: &[&str],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Arc<rustls::ServerConfig> {
         use rustls::pki_types::pem::PemObject;
         let (cert, key) = self.leaf(names);
         let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
@@ -182,7 +229,7 @@ impl Pki {
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .unwrap();
         Arc::new(config)
