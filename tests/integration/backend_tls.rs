@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::admin::{scrape_until, ADMIN};
+use crate::admin::{metrics, sample, scrape_until, ADMIN};
 use crate::support::*;
 
 /// A backend CA's certificate written to a folder of its own; the route's `backend_tls` line.
@@ -311,10 +311,18 @@ async fn a_backend_asking_for_a_client_certificate_is_shown_the_routes() {
     for versions in [TLS13, TLS12] {
         let asking = ca.server_config_asking(&["127.0.0.1"], versions, &clients);
         let mut backend = WsBackend::start_with("mutual", Some(asking)).await;
-        let proxy = start_proxy(&tls_route(&[backend.addr], &tls)).await;
+        let proxy = start_proxy(&format!("{ADMIN}{}", tls_route(&[backend.addr], &tls))).await;
         let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/ws").await;
         assert_eq!(backend.next_request().await.target, "/ws");
         assert_eq!(round_trip(&mut ws, "whoami").await, "mutual");
+        // Its expiry is exported beside the served certificate's (rcgen's default notAfter:
+        // 4096-01-01T00:00:00Z).
+        let text = metrics(proxy.server.admin_addr().unwrap()).await;
+        let series = format!(
+            r#"wsgate_certificate_expiry_timestamp_seconds{{file="{}"}}"#,
+            dir.path().join("client.crt").display()
+        );
+        assert_eq!(sample(&text, &series), Some(67_090_118_400.0), "{text}");
     }
 }
 
