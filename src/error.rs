@@ -101,7 +101,9 @@ pub enum ProxyError {
     #[error("{0}")]
     BackendFailed(String),
     /// The TLS handshake with a backend of a route with `backend_tls` failed (its
-    /// certificate not trusted, or not for the name; a backend not speaking TLS).
+    /// certificate not trusted, or not for the name; a backend not speaking TLS; the backend
+    /// refusing wsgate's client certificate, or its absence, which over TLS 1.3 it says only
+    /// once the handshake is over on wsgate's side).
     #[error("backend TLS handshake failed: {0}")]
     BackendTls(String),
     /// A non-101 answer that cannot be passed on as it is.

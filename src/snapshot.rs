@@ -60,11 +60,11 @@ impl Snapshot {
             config,
             routes,
             tls: served.tls,
-            expiry: [served.expiry, backends.expiry].concat(),
+            expiry: presented(served.expiry, backends.expiry),
             generation,
             fingerprint,
             served: served_hash,
-            tls_warnings: served.warnings,
+            tls_warnings: [served.warnings, backends.warnings].concat(),
         })
     }
 
@@ -118,8 +118,12 @@ impl Snapshot {
             None => String::new(),
         };
         let expiry = tls::expiry_summary(&self.expiry);
+        let clients = match config.backend_client_certificates() {
+            0 => String::new(),
+            n => format!(", {n} backend client certificate(s)"),
+        };
         let summary = format!(
-            "{}: ok: {} listener(s), {} certificate(s), {} route(s){admin}{expiry}",
+            "{}: ok: {} listener(s), {} certificate(s), {} route(s){clients}{admin}{expiry}",
             config.path.display(),
             config.listen.len(),
             config.certificates.len(),
@@ -128,6 +132,15 @@ impl Snapshot {
         // File names come from the config: no control character reaches the terminal.
         escape_controls(&summary)
     }
+}
+
+/// The expiry of every certificate file wsgate presents, each once: one served that is also
+/// a route's client certificate (a certificate for both uses) is warned about as served.
+fn presented(served: Vec<tls::Expiry>, clients: Vec<tls::Expiry>) -> Vec<tls::Expiry> {
+    let mut seen = std::collections::HashSet::new();
+    let mut all = [served, clients].concat();
+    all.retain(|cert| seen.insert(cert.file.clone()));
+    all
 }
 
 /// The hash of the certificate and key files `config` serves, as they are on disk now.

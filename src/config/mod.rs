@@ -283,6 +283,15 @@ impl Config {
             .filter(move |file| seen.insert(*file))
     }
 
+    /// How many client certificate files routes show their backends.
+    pub(crate) fn backend_client_certificates(&self) -> usize {
+        let clients = (self.routes.iter())
+            .filter_map(|r| r.backend_tls.as_ref())
+            .filter_map(|tls| tls.client.as_ref());
+        let files: std::collections::HashSet<&Path> = clients.map(|c| c.cert.as_path()).collect();
+        files.len()
+    }
+
     /// The config file and every file it names: what the reload watcher follows.
     pub(crate) fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];

@@ -437,7 +437,7 @@ impl Checker<'_> {
                 .map(|d| self.timeout(d, &key("idle")))
                 .transpose()?,
             backend_tls: (route.backend_tls.as_ref())
-                .map(|tls| self.backend_tls(tls.get_ref(), &key("backend_tls")))
+                .map(|tls| self.backend_tls(tls, &key("backend_tls")))
                 .transpose()?,
         })
         .and_then(|config| self.named_for_tls(i, route, config))
@@ -470,7 +470,12 @@ impl Checker<'_> {
 
     /// A route's `backend_tls`: the CA file named (relative to the config's folder), and a
     /// server name, if given, that a certificate can be valid for.
-    fn backend_tls(&self, raw: &RawBackendTls, key: &str) -> Result<BackendTlsConfig, ConfigError> {
+    fn backend_tls(
+        &self,
+        spanned: &Spanned<RawBackendTls>,
+        key: &str,
+    ) -> Result<BackendTlsConfig, ConfigError> {
+        let raw = spanned.get_ref();
         let ca_key = format!("{key}.ca");
         if raw.ca.get_ref().trim().is_empty() {
             return Err(self.error(&raw.ca.span(), &ca_key, "must name a file"));
@@ -486,16 +491,17 @@ impl Checker<'_> {
             ca: base.join(raw.ca.get_ref()),
             server_name,
             ca_location: self.locate(&raw.ca.span(), &ca_key),
-            client: self.client_certificate(raw, key)?,
+            client: self.client_certificate(spanned, key)?,
         })
     }
 
     /// A `backend_tls`'s `cert` and `key`: both, each naming a file, or neither.
     fn client_certificate(
         &self,
-        raw: &RawBackendTls,
+        spanned: &Spanned<RawBackendTls>,
         key: &str,
     ) -> Result<Option<CertificatePaths>, ConfigError> {
+        let raw = spanned.get_ref();
         let alone = |given: &Spanned<String>, has: &str, lacks: &str| {
             let message = format!(
                 "a client certificate needs both `cert` and `key`: add `{lacks}` beside `{has}`"
@@ -518,8 +524,8 @@ impl Checker<'_> {
         Ok(Some(CertificatePaths {
             cert: base.join(cert.get_ref()),
             key: base.join(private.get_ref()),
-            // A key that does not match its certificate is reported at the key.
-            location: self.locate(&private.span(), &format!("{key}.key")),
+            // Where a pair's mistakes are reported, as a served entry's are at the entry.
+            location: self.locate(&spanned.span(), key),
             cert_location: self.locate(&cert.span(), &format!("{key}.cert")),
             key_location: self.locate(&private.span(), &format!("{key}.key")),
         }))

@@ -4,7 +4,7 @@
 //! and the handshake on a connected backend socket, its certificate checked against the
 //! route's `server_name` or the backend's own host.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{load_certified_key, provider, read_chain, Chain, Expiry, TlsStream};
+use super::{chain_warning, load_certified_key, provider, read_chain, Chain, Expiry, TlsStream};
 use crate::config::{certificate_name, BackendTlsConfig, Config, ConfigError};
 
 /// How a route's backend connections are secured.
@@ -43,7 +43,8 @@ impl BackendTls {
 }
 
 /// Each route's backend TLS, in the config's route order (`None` for a route without
-/// `backend_tls`), and when the client certificates among it expire. Routes naming the same
+/// `backend_tls`), when the client certificates among it expire, and what is off about their
+/// chains. Routes naming the same
 /// CA file and client certificate share one client config, and so its cache of sessions to
 /// resume.
 pub(crate) fn backend_clients(config: &Config) -> Result<BackendClients, ConfigError> {
@@ -61,7 +62,7 @@ pub(crate) fn backend_clients(config: &Config) -> Result<BackendClients, ConfigE
         let client = match configs.get(&files) {
             Some(client) => client.clone(),
             None => {
-                let client = client_config(config, tls, &mut out.expiry)?;
+                let client = client_config(config, tls, &mut out)?;
                 configs.insert(files, client.clone());
                 client
             }
@@ -76,30 +77,30 @@ pub(crate) fn backend_clients(config: &Config) -> Result<BackendClients, ConfigE
             server_name,
         })));
     }
-    // A client certificate shared by routes of different CAs is one certificate to renew.
-    let mut seen = HashSet::new();
-    out.expiry.retain(|cert| seen.insert(cert.file.clone()));
     Ok(out)
 }
 
 /// What [`backend_clients`] builds.
 #[derive(Default)]
 pub(crate) struct BackendClients {
-    pub routes: Vec<Option<Arc<BackendTls>>>,
-    /// When each client certificate expires.
-    pub expiry: Vec<Expiry>,
+    pub(crate) routes: Vec<Option<Arc<BackendTls>>>,
+    /// When each client certificate expires (one shared by routes of different CA files
+    /// listed for each).
+    pub(crate) expiry: Vec<Expiry>,
+    /// Client certificate chains that load but are surely a mistake.
+    pub(crate) warnings: Vec<ConfigError>,
 }
 
 /// A CA file, and a client certificate and its key if any.
 type Files<'a> = (&'a Path, Option<(&'a Path, &'a Path)>);
 
 /// A client config trusting the certificates of `tls.ca`, showing `tls.client`'s certificate
-/// to a backend that asks for one (its expiry added to `expiry`), TLS 1.2 and 1.3, offering
-/// HTTP/1.1 alone (a WebSocket upgrade is HTTP/1.1's).
+/// to a backend that asks for one (its expiry and any warning about its chain added to
+/// `out`), TLS 1.2 and 1.3, offering HTTP/1.1 alone (a WebSocket upgrade is HTTP/1.1's).
 fn client_config(
     config: &Config,
     tls: &BackendTlsConfig,
-    expiry: &mut Vec<Expiry>,
+    out: &mut BackendClients,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
     let roots = trusted(&tls.ca)
         .map_err(|message| ConfigError::at(&config.path, &tls.ca_location, message))?;
@@ -113,7 +114,9 @@ fn client_config(
         Some(paths) => {
             let key = load_certified_key(paths, Chain::Client, &provider)
                 .map_err(|refused| refused.at(config, paths))?;
-            expiry.extend(Expiry::of(&paths.cert, &key, Chain::Client));
+            out.expiry
+                .extend(Expiry::of(&paths.cert, &key, Chain::Client));
+            (out.warnings).extend(chain_warning(config, paths, &key, Chain::Client));
             builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
         }
     };

@@ -96,10 +96,7 @@ fn load_certificates(
         let key = load_certified_key(paths, Chain::Served, provider)
             .map_err(|refused| refused.at(config, paths))?;
         expiry.extend(Expiry::of(&paths.cert, &key, Chain::Served));
-        if let Some(why) = chain_problem(&key.cert) {
-            let message = format!("{}: {why}", paths.cert.display());
-            warnings.push(ConfigError::at(&config.path, &paths.cert_location, message));
-        }
+        warnings.extend(chain_warning(config, paths, &key, Chain::Served));
         let (names, first_for) = resolver.add(key);
         // The first certificate also serves every name no other covers; a later one serves
         // only the names it is the first to cover.
@@ -115,11 +112,23 @@ fn load_certificates(
     Ok((resolver, expiry, warnings))
 }
 
-/// What is off about a chain that still works with lenient clients: intermediates out of
+/// [`chain_problem`] of the pair `paths` as a warning at its `cert`.
+fn chain_warning(
+    config: &Config,
+    paths: &CertificatePaths,
+    key: &CertifiedKey,
+    role: Chain,
+) -> Option<ConfigError> {
+    let why = chain_problem(&key.cert, role)?;
+    let message = format!("{}: {why}", paths.cert.display());
+    Some(ConfigError::at(&config.path, &paths.cert_location, message))
+}
+
+/// What is off about a chain that still works with lenient peers: intermediates out of
 /// order (each certificate must be signed by the one after it), or the root sent along
-/// (clients have it already: bytes in every handshake for nothing). By names, as a client
+/// (peers have it already: bytes in every handshake for nothing). By names, as a peer
 /// builds a path: each certificate's issuer is the next one's subject.
-fn chain_problem(chain: &[CertificateDer<'_>]) -> Option<&'static str> {
+fn chain_problem(chain: &[CertificateDer<'_>], role: Chain) -> Option<String> {
     let parsed: Vec<_> = (chain.iter())
         .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
         .map(|(_, cert)| cert)
@@ -128,13 +137,14 @@ fn chain_problem(chain: &[CertificateDer<'_>]) -> Option<&'static str> {
         return None;
     }
     let in_order = (parsed.windows(2)).all(|pair| pair[0].issuer() == pair[1].subject());
+    let (own, peers) = (role.own(), role.peers());
     if !in_order {
-        return Some("the chain is out of order: put the server's certificate first, then the intermediate that signed it, then the one that signed that (clients that build the path in the order sent refuse it as it is)");
+        return Some(format!("the chain is out of order: put {own} first, then the intermediate that signed it, then the one that signed that ({peers} that build the path in the order sent refuse it as it is)"));
     }
     let last = parsed.last()?;
-    (last.subject() == last.issuer()).then_some(
-        "the chain ends with its root (a self-signed certificate): clients have their roots already, so it only adds bytes to every handshake; leave it out",
-    )
+    (last.subject() == last.issuer()).then(|| format!(
+        "the chain ends with its root (a self-signed certificate): {peers} have their roots already, so it only adds bytes to every handshake; leave it out",
+    ))
 }
 
 /// The crypto wsgate serves with: aws-lc-rs for the handshake, and on x86-64 ring for the
@@ -223,7 +233,7 @@ fn load_certified_key(
 ) -> Result<CertifiedKey, Refused> {
     let chain = read_chain(&paths.cert, role)?;
     let key = read_key(&paths.key, provider)?;
-    pair_up(chain, key, (paths, role), provider)
+    pair_up(chain, key, paths, role, provider)
 }
 
 /// A file's bytes, or a refusal naming the file, what it was for and why.
@@ -259,11 +269,20 @@ enum Chain {
 }
 
 impl Chain {
-    /// Its first certificate, the one its key belongs to.
+    /// Its first certificate, the one its key belongs to (a CA file has no key, and is
+    /// never asked).
     fn own(self) -> &'static str {
         match self {
             Chain::Client => "the client certificate",
             Chain::Served | Chain::Trusted => "the server's own certificate",
+        }
+    }
+
+    /// Who checks it.
+    fn peers(self) -> &'static str {
+        match self {
+            Chain::Client => "backends",
+            Chain::Served | Chain::Trusted => "clients",
         }
     }
 }
@@ -368,7 +387,8 @@ fn read_key(path: &Path, provider: &CryptoProvider) -> Result<PrivateKeyDer<'sta
 fn pair_up(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    (paths, role): (&CertificatePaths, Chain),
+    paths: &CertificatePaths,
+    role: Chain,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, Refused> {
     let pair = |msg| Refused::new(Part::Pair, msg);
@@ -651,7 +671,7 @@ mod tests {
             };
             match load_certified_key(&paths, Chain::Served, &provider()) {
                 Ok(certified) => {
-                    let _ = chain_problem(&certified.cert);
+                    let _ = chain_problem(&certified.cert, Chain::Served);
                 }
                 // A refusal names the file damaged, when only one was (a mismatch names both).
                 Err(refused) => {
@@ -687,12 +707,15 @@ mod tests {
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &int, &int_key).unwrap();
         let der = |c: &rcgen::Certificate| c.der().clone();
-        assert_eq!(chain_problem(&[der(&leaf), der(&int)]), None);
-        assert_eq!(chain_problem(&[der(&leaf)]), None);
-        let with_root = chain_problem(&[der(&leaf), der(&int), der(&root)]);
+        assert_eq!(chain_problem(&[der(&leaf), der(&int)], Chain::Served), None);
+        assert_eq!(chain_problem(&[der(&leaf)], Chain::Served), None);
+        let with_root = chain_problem(&[der(&leaf), der(&int), der(&root)], Chain::Served);
         assert!(with_root.is_some_and(|w| w.contains("ends with its root")));
-        let shuffled = chain_problem(&[der(&leaf), der(&root), der(&int)]);
+        let shuffled = chain_problem(&[der(&leaf), der(&root), der(&int)], Chain::Served);
         assert!(shuffled.is_some_and(|w| w.contains("out of order")));
+        // A client certificate's chain, in a backend's words.
+        let with_root = chain_problem(&[der(&leaf), der(&int), der(&root)], Chain::Client);
+        assert!(with_root.is_some_and(|w| w.contains("backends have their roots already")));
     }
 
     #[test]

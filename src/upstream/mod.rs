@@ -268,7 +268,8 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
 /// another may take it. Refused by TLS itself (a certificate not trusted, no protocol in
 /// common), it is a TLS failure, which the same backend would repeat; closed or reset
 /// midway, it is a close like any other (a pod going away behind a cluster IP, whose next
-/// connection may reach another).
+/// connection may reach another). (A TLS 1.3 backend refusing the client certificate says
+/// so after the handshake, to the request's first read: see [`ProxyError::backend_gone`].)
 async fn secure(route: &Route, backend: &str, socket: TcpStream) -> Result<BackendIo, Attempt> {
     let Some(tls) = &route.backend_tls else {
         return Ok(Either::Left(socket));

@@ -411,7 +411,11 @@ fn a_client_certificate_and_key_are_checked_as_a_pair_at_their_lines() {
     let tls = showing(&ca, &clients, &dir);
     let body = tls_route(&["127.0.0.1:9443".parse().unwrap()], &tls);
     let path = write_config(dir.path(), &body);
-    assert!(wsgate::check(&path).is_ok());
+    let (summary, _) = wsgate::check(&path).unwrap();
+    assert!(
+        summary.contains("1 route(s), 1 backend client certificate(s)"),
+        "{summary}"
+    );
     let key = dir.path().join("client.key");
     let (_, other_key) = clients.client_leaf("wsgate", None);
     std::fs::write(&key, other_key).unwrap();
@@ -419,7 +423,7 @@ fn a_client_certificate_and_key_are_checked_as_a_pair_at_their_lines() {
     let at = format!("{}:11:", path.display());
     assert!(
         message.starts_with(&at)
-            && message.contains("route[0].backend_tls.key: ")
+            && message.contains("route[0].backend_tls: ")
             && message.contains("does not match certificate"),
         "{message}"
     );
@@ -440,4 +444,42 @@ fn a_client_certificate_and_key_are_checked_as_a_pair_at_their_lines() {
             )
     });
     assert!(warned, "{warnings:?}");
+    // A certificate for both uses, served and shown to backends, is warned about once.
+    let (cert, key) = pki().leaf_until(SERVER_NAMES, Some((2020, 6, 30)));
+    std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
+    let both = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("client.crt", "server.crt")
+        .replace("client.key", "server.key");
+    std::fs::write(&path, both).unwrap();
+    let (_, warnings) = wsgate::check(&path).unwrap();
+    let expired = (warnings.iter()).filter(|w| w.contains("server.crt: certificate has expired"));
+    assert_eq!(expired.count(), 1, "{warnings:?}");
+}
+
+#[tokio::test]
+async fn a_refused_client_certificate_is_logged_with_the_backends_alert() {
+    // What the operator reads to tell "show a certificate" from "not this one", from the
+    // binary's own log line.
+    let (ca, clients, stranger) = (
+        Pki::new("backend CA"),
+        Pki::new("client CA"),
+        Pki::new("someone else's client CA"),
+    );
+    let asking = ca.server_config_asking(&["127.0.0.1"], TLS13, &clients);
+    let backend = WsBackend::start_with("mutual", Some(asking)).await;
+    let (none, strange) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cases = [
+        (trusting(&ca, &none, None), &none, "CertificateRequired"),
+        (showing(&ca, &stranger, &strange), &strange, "UnknownCA"),
+    ];
+    for (tls, dir, alert) in cases {
+        let path = write_config(dir.path(), &tls_route(&[backend.addr], &tls));
+        let (_wsgate, lines, addr) = started_wsgate(&path);
+        assert_eq!(upgrade_status(addr, "/ws").await, 502);
+        let line = line_containing(lines, "connection closed").await;
+        let reason = format!("backend TLS handshake failed: received fatal alert: {alert}");
+        assert!(line.contains(&reason), "{line}");
+    }
 }
