@@ -35,6 +35,10 @@
 #                    verifying its certificate against a test CA for the name localhost
 #                    (wsgate backend_tls, nginx proxy_ssl_verify, HAProxy verify required),
 #                    with their default session reuse towards it
+#                    mutual: as 1, and the echo backend requires a client certificate, each
+#                    proxy showing a test client CA's leaf (wsgate backend_tls cert/key, nginx
+#                    proxy_ssl_certificate, HAProxy crt); direct-tls is left out (the load tool
+#                    has no client certificate)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,6 +66,8 @@ OUT=${1:-${OUT:-$ROOT/benches/results.md}}
 KEEP_TMP=${KEEP_TMP:-0}
 VERIFY=${VERIFY:-0}
 BACKEND_TLS=${BACKEND_TLS:-0}
+[[ $BACKEND_TLS =~ ^(0|1|mutual)$ ]] || { echo "BACKEND_TLS must be 0, 1 or mutual" >&2; exit 2; }
+if [[ $BACKEND_TLS == mutual ]]; then TARGETS=${TARGETS//direct-tls/}; fi
 
 BACKEND_PORT=${BACKEND_PORT:-9001}
 BACKEND_TLS_PORT=${BACKEND_TLS_PORT:-9443}
@@ -132,7 +138,7 @@ cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
 # The echo backend's certificate: the same one, or with BACKEND_TLS=1 a leaf of a test CA the
 # proxies are told to trust (a CA, as an operator's internal one is).
 BACKEND_CERT=$TMP/cert.pem BACKEND_KEY=$TMP/key.pem
-if [[ $BACKEND_TLS == 1 ]]; then
+if [[ $BACKEND_TLS != 0 ]]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -subj "/CN=bench backend CA" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign" \
@@ -145,17 +151,40 @@ if [[ $BACKEND_TLS == 1 ]]; then
     -CAcreateserial -days 30 -extfile "$TMP/backend.ext" -out "$TMP/backend-cert.pem" 2>/dev/null
   BACKEND_CERT=$TMP/backend-cert.pem BACKEND_KEY=$TMP/backend-key.pem
 fi
+# With BACKEND_TLS=mutual, the proxies' client certificate: a leaf of a second test CA, the
+# one the echo backend requires.
+ECHO_CLIENT_CA=()
+if [[ $BACKEND_TLS == mutual ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj "/CN=bench client CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign" \
+    -keyout "$TMP/client-ca.key" -out "$TMP/client-ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=proxy \
+    -keyout "$TMP/client-key.pem" -out "$TMP/client.csr" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n' >"$TMP/client.ext"
+  openssl x509 -req -in "$TMP/client.csr" -CA "$TMP/client-ca.pem" -CAkey "$TMP/client-ca.key" \
+    -CAcreateserial -days 30 -extfile "$TMP/client.ext" -out "$TMP/client-cert.pem" 2>/dev/null
+  cat "$TMP/client-cert.pem" "$TMP/client-key.pem" >"$TMP/client-combined.pem"
+  ECHO_CLIENT_CA=(--tls-client-ca "$TMP/client-ca.pem")
+fi
 # What the proxies are pointed at, and how they speak to it.
 NGINX_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" NGINX_UPSTREAM_TLS=""
 HAPROXY_SERVER="127.0.0.1:$BACKEND_PORT"
 WSGATE_BACKEND="backends = [\"127.0.0.1:$BACKEND_PORT\"]"
-if [[ $BACKEND_TLS == 1 ]]; then
+if [[ $BACKEND_TLS != 0 ]]; then
   NGINX_UPSTREAM="https://127.0.0.1:$BACKEND_TLS_PORT"
   NGINX_UPSTREAM_TLS="proxy_ssl_verify on; proxy_ssl_trusted_certificate $TMP/backend-ca.pem;
       proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_protocols TLSv1.3;"
   HAPROXY_SERVER="127.0.0.1:$BACKEND_TLS_PORT ssl verify required ca-file $TMP/backend-ca.pem sni str(localhost) verifyhost localhost ssl-min-ver TLSv1.3"
   WSGATE_BACKEND="backends = [\"127.0.0.1:$BACKEND_TLS_PORT\"]
 backend_tls = { ca = \"backend-ca.pem\", server_name = \"localhost\" }"
+fi
+if [[ $BACKEND_TLS == mutual ]]; then
+  NGINX_UPSTREAM_TLS+="
+      proxy_ssl_certificate $TMP/client-cert.pem; proxy_ssl_certificate_key $TMP/client-key.pem;"
+  HAPROXY_SERVER+=" crt $TMP/client-combined.pem"
+  WSGATE_BACKEND="backends = [\"127.0.0.1:$BACKEND_TLS_PORT\"]
+backend_tls = { ca = \"backend-ca.pem\", server_name = \"localhost\", cert = \"client-cert.pem\", key = \"client-key.pem\" }"
 fi
 
 # --- proxies -------------------------------------------------------------------------------------
@@ -342,7 +371,7 @@ done
 taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_PORT" >"$TMP/echo.log" 2>&1 &
 BACKEND_PIDS+=($!)
 taskset -c "$LOAD_CPU" "$BENCH" echo --listen "127.0.0.1:$BACKEND_TLS_PORT" \
-  --tls-cert "$BACKEND_CERT" --tls-key "$BACKEND_KEY" >"$TMP/echo-tls.log" 2>&1 &
+  --tls-cert "$BACKEND_CERT" --tls-key "$BACKEND_KEY" "${ECHO_CLIENT_CA[@]}" >"$TMP/echo-tls.log" 2>&1 &
 BACKEND_PIDS+=($!)
 wait_port $BACKEND_PORT 10 || die "echo backend did not start: $(cat "$TMP/echo.log")"
 wait_port $BACKEND_TLS_PORT 10 || die "TLS echo backend did not start: $(cat "$TMP/echo-tls.log")"
@@ -517,6 +546,9 @@ notes = [
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
     *(["BACKEND_TLS=1: each proxy speaks TLS to the echo backend, verifying its certificate."]
       if env.get("BACKEND_TLS") == "1" else []),
+    *(["BACKEND_TLS=mutual: each proxy speaks TLS to the echo backend, verifying its certificate,",
+       "and shows it a client certificate, which the echo backend requires."]
+      if env.get("BACKEND_TLS") == "mutual" else []),
     "Idle rows: fresh proxy process per run; direct targets are not measured (n/a).",
     "For the backend columns, 'proxy CPU' is the echo backend's own CPU.",
     "Load CPU busy % is the whole load CPU (load generator and echo backend): at 90 % or more",

@@ -44,6 +44,10 @@ pub struct EchoArgs {
     /// Private key (PEM) for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Ask every client for a certificate signed by a CA in this PEM file, and refuse one
+    /// without (mutual TLS, as a backend behind a proxy with a client certificate).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Echo implementation: the lean frame-streaming one, or tokio-tungstenite (for comparison).
     #[arg(long, value_enum, default_value_t = EchoEngine::Lean)]
     pub engine: EchoEngine,

@@ -26,7 +26,9 @@ pub fn run(args: &EchoArgs) -> Result<()> {
     let runtime = crate::sys::runtime(args.threads)?;
     runtime.block_on(async {
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => {
+                Some(tls_acceptor(cert, key, args.tls_client_ca.as_deref())?)
+            }
             _ => None,
         };
         let listener = bind(args.listen).await?;
@@ -56,8 +58,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Builds a TLS acceptor from PEM files (the load tool's own
-/// [`crypto_provider`](crate::target::crypto_provider)).
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+/// [`crypto_provider`](crate::target::crypto_provider)); with `client_ca`, one that requires
+/// each client's certificate, signed by a CA in that file.
+pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor> {
     let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("read {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -72,15 +75,38 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     (provider.cipher_suites).retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
     let provider = Arc::new(provider);
+    let clients = match client_ca {
+        Some(ca) => client_verifier(ca, provider.clone())?,
+        None => rustls::server::WebPkiClientVerifier::no_client_auth(),
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS protocol versions")?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(certs, key)
         .map_err(|e| anyhow!("TLS certificate/key: {e}"))?;
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A verifier requiring a client certificate that chains to a CA of the PEM file `ca`.
+fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))?
+    {
+        let cert = cert.with_context(|| format!("parse {}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| anyhow!("{}: {e}", ca.display()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| anyhow!("client CA {}: {e}", ca.display()))
 }
 
 /// Accepts connections forever, one task each.

@@ -117,7 +117,7 @@ async fn wss_with_ca_and_sni() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path).unwrap();
+    let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path, None).unwrap();
     let addr =
         wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls), EchoEngine::Lean)
             .await
@@ -148,6 +148,28 @@ async fn wss_with_ca_and_sni() {
     args.extend(SHORT);
     let err = run(command(&args)).await.unwrap_err();
     assert!(format!("{err:#}").contains("TLS handshake"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_echo_asking_for_client_certificates_refuses_a_client_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path, Some(&cert_path)).unwrap();
+    let addr =
+        wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls), EchoEngine::Lean)
+            .await
+            .unwrap();
+    let url = format!("wss://{addr}/");
+    let mut args = vec!["latency", &url, "--insecure"];
+    args.extend(SHORT);
+    let err = run(command(&args)).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("CertificateRequired"),
+        "{err:#}"
+    );
 }
 
 #[tokio::test]
