@@ -44,9 +44,8 @@ impl BackendTls {
 
 /// Each route's backend TLS, in the config's route order (`None` for a route without
 /// `backend_tls`), when the client certificates among it expire, and what is off about their
-/// chains. Routes naming the same
-/// CA file and client certificate share one client config, and so its cache of sessions to
-/// resume.
+/// chains. Routes naming the same CA file and client certificate share one client config, and
+/// so its cache of sessions to resume.
 pub(crate) fn backend_clients(config: &Config) -> Result<BackendClients, ConfigError> {
     let mut configs: HashMap<Files<'_>, Arc<ClientConfig>> = HashMap::new();
     let mut out = BackendClients::default();
