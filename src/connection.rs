@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::access_log::{self, Delivery, EndLine};
+use crate::client_cert;
 use crate::closing::{linger, LINGER_TIME};
 use crate::error::{ProxyError, Unanswered};
 use crate::head::{self, Head, Prefixed};
@@ -157,6 +158,7 @@ async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
     let connect_timeout = shared.current().config.timeouts.connect;
     let answer_by = deadline + connect_timeout + handshake;
     let conn = Conn {
+        client_certificate: tls.client_certificate().and_then(client_cert::forwarded),
         peer,
         started,
         shared,
@@ -520,6 +522,8 @@ async fn linger_unless_draining<S: tokio::io::AsyncRead + Unpin>(io: &mut S, sha
 /// What the request path knows about the connection it serves.
 pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
+    /// The client's verified certificate, as `X-Forwarded-Client-Cert` tells backends of it.
+    pub(crate) client_certificate: Option<hyper::header::HeaderValue>,
     pub(crate) started: Instant,
     pub(crate) shared: Arc<Shared>,
     /// `timeouts.connect` for this connection's request, as its answer deadline counts it.

@@ -75,6 +75,9 @@ pub enum ProxyError {
     /// line, so an operator sees what to add to the list; never in the answer's body.
     #[error("origin not allowed: {0}")]
     OriginDenied(String),
+    /// A route with `require_client_certificate`, and a client that showed none.
+    #[error("client certificate required")]
+    ClientCertificateRequired,
     #[error("no offered subprotocol is allowed")]
     NoSubprotocol,
     /// An offer browsers could not have sent (RFC 6455 §4.1: distinct tokens), which a
@@ -200,7 +203,7 @@ impl ProxyError {
             }
             UriTooLong => (StatusCode::URI_TOO_LONG, Side::Client),
             HttpVersionNotSupported => (StatusCode::HTTP_VERSION_NOT_SUPPORTED, Side::Client),
-            OriginDenied(_) => (StatusCode::FORBIDDEN, Side::Client),
+            OriginDenied(_) | ClientCertificateRequired => (StatusCode::FORBIDDEN, Side::Client),
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
             ClientOverLimit => (StatusCode::TOO_MANY_REQUESTS, Side::Client),
@@ -236,6 +239,7 @@ impl ProxyError {
             HeadTooLarge | TooManyFields => "request header fields too large\n",
             UriTooLong => "request target too long\n",
             OriginDenied(_) => "origin not allowed\n",
+            ClientCertificateRequired => "client certificate required\n",
             NoSubprotocol => "no acceptable subprotocol\n",
             BadProtocolOffer => "invalid Sec-WebSocket-Protocol\n",
             Overloaded | OutOfDescriptors => "server busy, retry later\n",
@@ -275,6 +279,7 @@ impl ProxyError {
             | TooManyFields
             | UriTooLong
             | OriginDenied(_)
+            | ClientCertificateRequired
             | NoSubprotocol
             | BadProtocolOffer
             | BackendUnavailable(_)
@@ -493,6 +498,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         NoSubprotocol => 400,
         BadProtocolOffer => 400,
         OriginDenied("x".into()) => 403,
+        ClientCertificateRequired => 403,
         HeadTooLarge => 431,
         TooManyFields => 431,
         UriTooLong => 414,

@@ -16,6 +16,7 @@ use crate::websocket::SEC_WEBSOCKET_PROTOCOL;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), and the framing hyper writes anew: never passed on,
 /// either way.
@@ -90,11 +91,13 @@ fn is_protected(name: &str) -> bool {
     name == "host" || name.starts_with("sec-websocket-") || name.starts_with("x-forwarded-")
 }
 
-/// The request line and headers to send to the backend.
+/// The request line and headers to send to the backend: the client's, as they may be
+/// forwarded, with the client's address and its verified certificate's
+/// `X-Forwarded-Client-Cert` (if it showed one) added.
 pub(crate) fn backend_request(
     client: &Request<impl Sized>,
     protocols: &[&str],
-    peer: SocketAddr,
+    (peer, certificate): (SocketAddr, Option<&HeaderValue>),
 ) -> Request<Empty<Bytes>> {
     let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
     let named = connection_named(client.headers());
@@ -120,6 +123,10 @@ pub(crate) fn backend_request(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(host) = client.headers().get(HOST) {
         headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    // The client's own is never forwarded (`not_forwarded`: an `X-Forwarded-` name).
+    if let Some(certificate) = certificate {
+        headers.insert(X_FORWARDED_CLIENT_CERT, certificate.clone());
     }
     let mut request = Request::new(Empty::new());
     // Origin-form, exactly as the client sent it (an absolute-form target loses its authority,
@@ -211,7 +218,7 @@ mod tests {
 
     fn forwarded(headers: &[(&str, &str)], protocols: &[&str]) -> HeaderMap {
         let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        let forwarded = backend_request(&request(headers), protocols, peer);
+        let forwarded = backend_request(&request(headers), protocols, (peer, None));
         assert_eq!(forwarded.uri(), "/chat?room=1");
         forwarded.headers().clone()
     }

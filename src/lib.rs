@@ -45,7 +45,8 @@
 //!   started beside a slow one (RFC 8305's way); `health`: backends put aside for a while
 //!   after they failed to take a connection; `socket`: TCP options and the send queue both
 //!   legs share; `files`: reading a config or PEM file safely; `forwarding`: which headers
-//!   cross, each way; `drain`: the signal that ends them all at the end of a shutdown;
+//!   cross, each way; `client_cert`: what backends are told of a client's verified
+//!   certificate; `drain`: the signal that ends them all at the end of a shutdown;
 //!   `error`: each refusal's status, body and headers, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
@@ -60,6 +61,7 @@
 
 mod access_log;
 mod admin;
+mod client_cert;
 mod closing;
 pub mod config;
 mod connection;

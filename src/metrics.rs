@@ -602,6 +602,7 @@ mod tests {
             backends: backends.iter().map(ToString::to_string).collect(),
             idle: None,
             backend_tls: None,
+            require_client_certificate: false,
         }
     }
 

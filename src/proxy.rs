@@ -168,7 +168,11 @@ async fn route_and_forward(
     // request head must route this request by the new table.
     let snapshot = &conn.shared.current();
     let (route, protocols) = checked_route(req, snapshot, log)?;
-    let backend_request = forwarding::backend_request(req, &protocols, conn.peer);
+    if route.config.require_client_certificate && conn.client_certificate.is_none() {
+        return Err(ProxyError::ClientCertificateRequired);
+    }
+    let client = (conn.peer, conn.client_certificate.as_ref());
+    let backend_request = forwarding::backend_request(req, &protocols, client);
     let answer = upstream::open(
         route,
         backend_request,

@@ -425,6 +425,7 @@ mod tests {
             backends: vec!["a:1".into(), "b:2".into(), "c:3".into()],
             idle: None,
             backend_tls: None,
+            require_client_certificate: false,
         }
     }
 
@@ -991,6 +992,7 @@ mod reference {
                     backends: vec!["b:1".into()],
                     idle: None,
                     backend_tls: None,
+                    require_client_certificate: false,
                 })
                 .collect();
             let offered: Vec<&str> = PROTOCOLS.iter().zip(&offered).filter(|(_, on)| **on).map(|(p, _)| *p).collect();

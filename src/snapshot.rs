@@ -78,7 +78,7 @@ impl Snapshot {
         // A file gone or emptied is no renewal (the "file gone" wait covers it, as a reload
         // does: it is about to be written); it is renewed once back.
         let gap = |file: &PathBuf| crate::files::absent_or_empty(file).is_some();
-        if read == self.served || served_files(&self.config).iter().any(gap) {
+        if read == self.served || self.config.tls_files().iter().any(gap) {
             return None;
         }
         let renewed = Self::from_config(self.config.clone(), generation, self.fingerprint);
@@ -145,13 +145,5 @@ fn presented(served: Vec<tls::Expiry>, clients: Vec<tls::Expiry>) -> Vec<tls::Ex
 
 /// The hash of the certificate and key files `config` serves, as they are on disk now.
 fn served_hash(config: &Config) -> u64 {
-    fingerprint_of(&served_files(config), false)
-}
-
-/// The certificate and key files `config` serves.
-fn served_files(config: &Config) -> Vec<PathBuf> {
-    (config.certificates.iter())
-        .flat_map(|c| [c.cert.clone(), c.key.clone()])
-        .chain(config.backend_tls_files().map(Path::to_path_buf))
-        .collect()
+    fingerprint_of(&config.tls_files(), false)
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub tls_min_version: TlsVersion,
     /// Clients may resume TLS sessions (tickets; session IDs for TLS 1.2).
     pub session_resumption: bool,
+    /// Clients are asked for a certificate, if `tls.client_ca` is set.
+    pub client_auth: Option<ClientAuthConfig>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub log_format: LogFormat,
@@ -91,6 +93,27 @@ pub struct Limits {
     pub max_connections_per_client: Option<usize>,
 }
 
+/// `tls.client_ca` and `tls.client_auth`: which client certificates are taken, and whether a
+/// client must show one.
+#[derive(Clone, Debug)]
+pub struct ClientAuthConfig {
+    /// A PEM file of the CA certificates a client's certificate must chain to.
+    pub ca: PathBuf,
+    pub ca_location: Location,
+    pub mode: ClientAuth,
+}
+
+/// Whether a client without a certificate gets through the TLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Refused in the handshake.
+    #[default]
+    Required,
+    /// Taken; only routes with `require_client_certificate` refuse it (403).
+    Optional,
+}
+
 /// The oldest TLS version offered to clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
 pub enum TlsVersion {
@@ -137,6 +160,8 @@ pub struct RouteConfig {
     pub idle: Option<Duration>,
     /// TLS to the backends, if the route asks for it.
     pub backend_tls: Option<BackendTlsConfig>,
+    /// Requests without a verified client certificate get 403.
+    pub require_client_certificate: bool,
 }
 
 /// A route's `backend_tls`: whom its backends' certificates must chain to, and the name they
@@ -295,10 +320,19 @@ impl Config {
     /// The config file and every file it names: what the reload watcher follows.
     pub(crate) fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
+        files.extend(self.tls_files());
+        files
+    }
+
+    /// Every certificate, key and CA file the config names, each once: what a snapshot is
+    /// built from besides the config file, and renewed from.
+    pub(crate) fn tls_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
         for c in &self.certificates {
             files.push(c.cert.clone());
             files.push(c.key.clone());
         }
+        files.extend(self.client_auth.iter().map(|auth| auth.ca.clone()));
         files.extend(self.backend_tls_files().map(Path::to_path_buf));
         files
     }

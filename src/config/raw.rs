@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{LogFormat, TlsVersion, WatchMode};
+use super::{ClientAuth, LogFormat, TlsVersion, WatchMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +68,9 @@ pub(super) struct RawTls {
     pub(super) min_version: TlsVersion,
     #[serde(default = "defaults::session_resumption")]
     pub(super) session_resumption: bool,
+    /// Clients are asked for a certificate signed by a CA in this file.
+    pub(super) client_ca: Option<Spanned<String>>,
+    pub(super) client_auth: Option<Spanned<ClientAuth>>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +141,7 @@ pub(super) struct RawRoute {
     pub(super) backends: Spanned<Vec<Spanned<String>>>,
     pub(super) idle: Option<Spanned<HumanDuration>>,
     pub(super) backend_tls: Option<Spanned<RawBackendTls>>,
+    pub(super) require_client_certificate: Option<Spanned<bool>>,
 }
 
 /// `backend_tls = { ca = "…", server_name = "…", cert = "…", key = "…" }`: the route's

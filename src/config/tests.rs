@@ -122,6 +122,35 @@ fn a_route_may_set_its_own_idle_timeout_within_the_same_bounds() {
 }
 
 #[test]
+fn client_ca_asks_clients_for_certificates_required_unless_said_optional() {
+    let route = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:9\"]\n";
+    let plain = parse(route).unwrap();
+    assert!(plain.client_auth.is_none() && !plain.routes[0].require_client_certificate);
+    let asked = parse(&format!("client_ca = \"ca/clients.pem\"\n\n{route}")).unwrap();
+    let auth = asked.client_auth.as_ref().unwrap();
+    assert_eq!(auth.ca, Path::new("/etc/wsgate/ca/clients.pem"));
+    assert_eq!(auth.mode, ClientAuth::Required);
+    assert!(asked.watched_files().contains(&auth.ca));
+    let optional = format!(
+        "client_ca = \"/ca.pem\"\nclient_auth = \"optional\"\n\n{route}require_client_certificate = true\n"
+    );
+    let optional = parse(&optional).unwrap();
+    assert_eq!(optional.client_auth.unwrap().mode, ClientAuth::Optional);
+    assert!(optional.routes[0].require_client_certificate);
+    let refused = [
+        ("client_ca = \"\"\n", "tls.client_ca: must name a file"),
+        (
+            "client_ca = \"/ca.pem\"\nclient_auth = \"maybe\"\n",
+            "tls.client_auth: unknown variant `maybe`",
+        ),
+    ];
+    for (keys, expected) in refused {
+        let message = error(&format!("{keys}\n{route}"));
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
+#[test]
 fn backend_tls_names_a_ca_file_and_may_name_the_server() {
     let route = |tls: &str| {
         format!("[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:9443\", \"app2:9443\"]\nbackend_tls = {tls}\n")

@@ -15,14 +15,15 @@ use super::error::Location;
 use super::locate::LineIndex;
 use super::raw::{
     HumanDuration, RawBackendTls, RawCertificate, RawConfig, RawLimits, RawRoute, RawTimeouts,
+    RawTls,
 };
 use super::values::{
     backend, bindable, certificate_name, host_pattern, origin, overlap, overlap_message,
     route_name, route_path, server_name, split_port, subprotocol, surrounded_by_space,
 };
 use super::{
-    BackendTlsConfig, CertificatePaths, Config, ConfigError, HostPattern, Limits, RouteConfig,
-    Timeouts,
+    BackendTlsConfig, CertificatePaths, ClientAuth, ClientAuthConfig, Config, ConfigError,
+    HostPattern, Limits, RouteConfig, Timeouts,
 };
 
 /// The longest accepted timeout.
@@ -86,6 +87,7 @@ impl Checker<'_> {
             certificates: self.certificates(&raw.tls.certificates)?,
             tls_min_version: raw.tls.min_version,
             session_resumption: raw.tls.session_resumption,
+            client_auth: self.client_auth(&raw.tls, &raw.routes)?,
             timeouts: self.timeouts(&raw.timeouts)?,
             limits: self.limits(&raw.limits)?,
             log_format: raw.proxy.log_format,
@@ -208,6 +210,44 @@ impl Checker<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// `tls.client_ca` and `tls.client_auth`, the second and a route's
+    /// `require_client_certificate` only with the first.
+    fn client_auth(
+        &self,
+        tls: &RawTls,
+        routes: &[RawRoute],
+    ) -> Result<Option<ClientAuthConfig>, ConfigError> {
+        let Some(ca) = &tls.client_ca else {
+            let needs = "needs tls.client_ca, the CA file client certificates are checked against";
+            if let Some(mode) = &tls.client_auth {
+                return Err(self.error(&mode.span(), "tls.client_auth", needs));
+            }
+            let required = (routes.iter().enumerate()).find_map(|(i, route)| {
+                let flag = route.require_client_certificate.as_ref()?;
+                flag.get_ref().then_some((i, flag.span()))
+            });
+            return match required {
+                Some((i, span)) => {
+                    let key = format!("route[{i}].require_client_certificate");
+                    Err(self.error(&span, &key, needs))
+                }
+                None => Ok(None),
+            };
+        };
+        if ca.get_ref().trim().is_empty() {
+            return Err(self.error(&ca.span(), "tls.client_ca", "must name a file"));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        Ok(Some(ClientAuthConfig {
+            ca: base.join(ca.get_ref()),
+            ca_location: self.locate(&ca.span(), "tls.client_ca"),
+            mode: tls
+                .client_auth
+                .as_ref()
+                .map_or_else(ClientAuth::default, |m| *m.get_ref()),
+        }))
     }
 
     /// A timeout: at least [`MIN_TIMEOUT`], at most [`MAX_TIMEOUT`].
@@ -439,6 +479,8 @@ impl Checker<'_> {
             backend_tls: (route.backend_tls.as_ref())
                 .map(|tls| self.backend_tls(tls, &key("backend_tls")))
                 .transpose()?,
+            require_client_certificate: (route.require_client_certificate.as_ref())
+                .is_some_and(|flag| *flag.get_ref()),
         })
         .and_then(|config| self.named_for_tls(i, route, config))
     }

@@ -120,8 +120,8 @@ fn config_file_missing(path: &Path) -> Option<Look> {
 }
 
 /// Whether `error`, the failure to build the config at `path`, is only that a file the
-/// config `in_force` serves (a certificate, a key, a backend CA file, a backend client
-/// certificate or key) is clearly not there (a dangling link included), or is there but
+/// config `in_force` serves (a certificate, a key, a client or backend CA file, a backend
+/// client certificate or key) is clearly not there (a dangling link included), or is there but
 /// empty (truncated by `cat new.key > tls.key` or a two-step write, not written yet), as a
 /// config file's absence or emptiness is: what is gone, and an error naming it and its
 /// config line. `None` for any other failure, so a real mistake saved in the same moment is
@@ -132,10 +132,8 @@ fn served_file_gone(
     error: &ConfigError,
 ) -> Option<(&'static str, String)> {
     let config = Config::load(path).ok()?;
-    let served = |file: &Path| {
-        (in_force.certificates.iter()).any(|c| c.cert == file || c.key == file)
-            || in_force.backend_tls_files().any(|f| f == file)
-    };
+    let served = in_force.tls_files();
+    let served = |file: &Path| served.iter().any(|f| f == file);
     let backend_tls = (config.routes.iter()).filter_map(|r| r.backend_tls.as_ref());
     let clients = backend_tls.clone().filter_map(|tls| tls.client.as_ref());
     let certificates = (config.certificates.iter()).chain(clients).flat_map(|c| {
@@ -148,7 +146,10 @@ fn served_file_gone(
             (["key file", "key file's content"], &c.key, &c.key_location),
         ]
     });
-    let cas = backend_tls.map(|tls| (["CA file", "CA file's content"], &tls.ca, &tls.ca_location));
+    let client_cas = (config.client_auth.iter()).map(|auth| (&auth.ca, &auth.ca_location));
+    let cas = (backend_tls.map(|tls| (&tls.ca, &tls.ca_location)))
+        .chain(client_cas)
+        .map(|(ca, at)| (["CA file", "CA file's content"], ca, at));
     let gone = certificates
         .chain(cas)
         .filter(|(_, file, at)| error.location.as_ref() == Some(*at) && served(file))

@@ -124,7 +124,7 @@ fn client_config(
 }
 
 /// The certificates of the CA file `path`, each one a trust anchor.
-fn trusted(path: &Path) -> Result<RootCertStore, String> {
+pub(super) fn trusted(path: &Path) -> Result<RootCertStore, String> {
     let certificates = read_chain(path, Chain::Trusted).map_err(|refused| refused.message)?;
     let mut roots = RootCertStore::empty();
     for (i, der) in certificates.into_iter().enumerate() {

@@ -21,13 +21,14 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertificatePaths, Config, ConfigError, TlsVersion};
+use crate::config::{CertificatePaths, ClientAuth, Config, ConfigError, TlsVersion};
 pub(crate) use client::{backend_clients, BackendTls};
 pub(crate) use expiry::{expiry_summary, validity_warnings, Expiry};
 pub(crate) use hello::{read as read_hello, tell_to_use_tls, Hello};
@@ -50,13 +51,14 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
+    let clients = client_verifier(config, &provider)?;
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| match config.certificates.first() {
             Some(first) => ConfigError::at(&config.path, &first.location, e.to_string()),
             None => ConfigError::new(&config.path, e.to_string()),
         })?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_cert_resolver(Arc::new(resolver));
     // Pin HTTP/1.1: a WebSocket upgrade is an HTTP/1.1 affair, and a client that would pick h2
     // from a longer list must not. HTTP/1.0 is agreed to only so that a client offering
@@ -81,6 +83,26 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         expiry,
         warnings,
     })
+}
+
+/// Who checks clients' certificates: no one, unless `tls.client_ca` names the CAs they must
+/// chain to (and then a client without one is refused in the handshake unless
+/// `tls.client_auth` is "optional").
+fn client_verifier(
+    config: &Config,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+    let Some(auth) = &config.client_auth else {
+        return Ok(WebPkiClientVerifier::no_client_auth());
+    };
+    let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
+    let roots = client::trusted(&auth.ca).map_err(at)?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = match auth.mode {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    builder.build().map_err(|e| at(e.to_string()))
 }
 
 /// Every certificate the config names, read, checked and added to the SNI resolver; with when

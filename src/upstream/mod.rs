@@ -615,6 +615,7 @@ mod tests {
             backends,
             idle: None,
             backend_tls: None,
+            require_client_certificate: false,
         };
         crate::routes::RouteTable::new(&[config])
     }

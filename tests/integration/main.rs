@@ -10,6 +10,7 @@ mod admin;
 mod backend;
 mod backend_tls;
 mod cli;
+mod client_cert;
 mod departures;
 mod descriptors;
 mod head;

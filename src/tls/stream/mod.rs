@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 use std::ops::DerefMut;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus,
@@ -246,6 +246,13 @@ impl<IO, C> TlsStream<IO, C> {
     /// What TLS failed on, if it failed: the tunnel's line says it in TLS's words.
     pub(crate) fn failure(&self) -> Option<&rustls::Error> {
         self.failed.as_deref()
+    }
+}
+
+impl<IO> TlsStream<IO, UnbufferedServerConnection> {
+    /// The certificate the client showed, verified in the handshake (`tls.client_ca`).
+    pub(crate) fn client_certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.conn.peer_certificates()?.first()
     }
 }
 

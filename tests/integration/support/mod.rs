@@ -547,6 +547,46 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
     }
 }
 
+/// A client trusting the test CA ([`pki`]) that shows the certificate `(cert PEM, key PEM)`.
+pub fn client_config_showing((cert, key): &(String, String)) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pki().roots.clone())
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+/// A WebSocket connection to `url` at `addr` over TLS with `config`, sending `headers`.
+pub async fn ws_connect_with(
+    addr: SocketAddr,
+    url: &str,
+    config: Arc<rustls::ClientConfig>,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        req.headers_mut()
+            .append(name, HeaderValue::from_str(value).unwrap());
+    }
+    let tls = tls_connect_with(addr, "localhost", config).await;
+    within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(req, tls),
+    )
+    .await
+    .map(|(ws, _)| ws)
+}
+
 /// A TLS connection to `addr` sending SNI `sni` (none for an IP address), with `config`.
 pub async fn tls_connect_with(
     addr: SocketAddr,

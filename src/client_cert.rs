@@ -1,0 +1,91 @@
+//! A client's TLS certificate as backends learn of it: verified by rustls in the handshake
+//! (`tls.client_ca`), summed up once per connection into the `X-Forwarded-Client-Cert` value
+//! sent with its upgrade request, in the form Envoy, Istio and Traefik's readers take:
+//! `Hash=<SHA-256 of the DER, hex>;Subject="<DN>";URI=…;DNS=…` (one `URI`/`DNS` per
+//! subjectAltName entry of those kinds). The header a client sends itself is never forwarded
+//! (see `forwarding`): only wsgate's, and only for a certificate it verified.
+
+use hyper::header::HeaderValue;
+use rustls_pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+
+/// The value of `X-Forwarded-Client-Cert` for a client's verified certificate.
+pub(crate) fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut value = String::from("Hash=");
+    for byte in digest.as_ref() {
+        value.push_str(&format!("{byte:02x}"));
+    }
+    // rustls verified it, so it parses; a value without the names is still the hash.
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {
+        value.push_str(";Subject=\"");
+        value.push_str(&quoted(&cert.subject().to_string()));
+        value.push('"');
+        let names = cert.subject_alternative_name().ok().flatten();
+        for name in names.iter().flat_map(|san| &san.value.general_names) {
+            let (key, name) = match name {
+                GeneralName::URI(uri) => ("URI", *uri),
+                GeneralName::DNSName(dns) => ("DNS", *dns),
+                _ => continue,
+            };
+            value.push_str(&format!(";{key}=\"{}\"", quoted(name)));
+        }
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// `text` for a quoted XFCC value: `"` and `\` escaped with `\`, and any byte a header cannot
+/// carry (a control character, anything outside ASCII) as `\HH`, RFC 4514's escape, so a
+/// name in any script reaches the backend intact and no certificate can forge a field.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(byte as char);
+            }
+            0x20..=0x7e => out.push(byte as char),
+            _ => out.push_str(&format!("\\{byte:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_leaves_no_byte_a_header_or_a_field_could_be_forged_with() {
+        assert_eq!(quoted("CN=a,O=b"), "CN=a,O=b");
+        assert_eq!(quoted(r#"CN=x";DNS="y"#), r#"CN=x\";DNS=\"y"#);
+        assert_eq!(quoted("CN=a\\b"), "CN=a\\\\b");
+        assert_eq!(quoted("CN=\r\nX"), "CN=\\0D\\0AX");
+        assert_eq!(quoted("CN=é"), "CN=\\C3\\A9");
+    }
+
+    #[test]
+    fn a_certificate_is_its_hash_subject_and_names() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["device-7.example".to_string()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://example/device/7".try_into().unwrap(),
+        ));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "device \"7\"");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let value = forwarded(cert.der()).unwrap();
+        let value = value.to_str().unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert.der());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            value,
+            format!(
+                r#"Hash={hex};Subject="CN=device \"7\"";DNS="device-7.example";URI="spiffe://example/device/7""#
+            )
+        );
+    }
+}

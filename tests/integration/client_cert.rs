@@ -1,0 +1,192 @@
+//! Client certificates (`tls.client_ca`, `tls.client_auth`, a route's
+//! `require_client_certificate`): who gets through the TLS handshake, who gets 403, and what
+//! backends learn of a verified certificate (`X-Forwarded-Client-Cert`, never the client's
+//! own).
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+/// The `[tls]` keys asking clients for a certificate of `ca`, written into `dir`, in `mode`.
+fn asking(ca: &Pki, dir: &tempfile::TempDir, mode: &str) -> String {
+    let path = dir.path().join("client-ca.pem");
+    std::fs::write(&path, ca.ca_pem()).unwrap();
+    format!(
+        "client_ca = \"{}\"\nclient_auth = \"{mode}\"\n\n",
+        path.display()
+    )
+}
+
+/// The `X-Forwarded-Client-Cert` hash of the certificate `pem`.
+fn hash_of(pem: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der_of(pem));
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn a_verified_certificate_is_told_to_the_backend_and_a_claimed_one_never() {
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = WsBackend::start("devices").await;
+    let body = format!(
+        "{}{}",
+        asking(&clients, &dir, "required"),
+        route("r", "/", &[backend.addr])
+    );
+    let proxy = start_proxy(&body).await;
+    let shown = clients.client_leaf("device-7", None);
+    let spoofed = [("X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=admin\"")];
+    let config = client_config_showing(&shown);
+    let mut ws = ws_connect_with(proxy.addr, "wss://localhost/", config, &spoofed)
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut ws, "whoami").await, "devices");
+    let seen = backend.next_request().await;
+    let told = seen.list("x-forwarded-client-cert");
+    assert_eq!(
+        told,
+        [format!(
+            "Hash={};Subject=\"CN=device-7\";DNS=\"device-7\"",
+            hash_of(&shown.0)
+        )],
+        "{:?}",
+        seen.headers
+    );
+}
+
+/// Whether the proxy at `addr` answers an upgrade over TLS with `config` (or with none, a
+/// client showing no certificate): the status, or `None` if the connection fails first.
+async fn answer(
+    addr: std::net::SocketAddr,
+    path: &str,
+    shown: Option<&(String, String)>,
+) -> Option<u16> {
+    let config = match shown {
+        Some(pair) => client_config_showing(pair),
+        None => pki().client_config(),
+    };
+    // Over TLS 1.3 a refused certificate is said after the client's handshake is over, in an
+    // alert that fails the first read.
+    let mut tls = tls_connect_with(addr, "localhost", config).await;
+    let request = Req::upgrade("localhost", path).bytes();
+    tls.write_all(request.as_ref()).await.ok()?;
+    let mut head = vec![0; 1024];
+    let n = within("an answer or a refusal", tls.read(&mut head))
+        .await
+        .ok()?;
+    let head = String::from_utf8_lossy(&head[..n]);
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn required_refuses_a_client_without_a_certificate_or_with_a_strangers() {
+    let (clients, stranger) = (Pki::new("device CA"), Pki::new("someone else's CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let body = format!(
+        "{}{}",
+        asking(&clients, &dir, "required"),
+        route("r", "/", &[backend.addr])
+    );
+    let proxy = start_proxy(&body).await;
+    assert_eq!(answer(proxy.addr, "/", None).await, None);
+    let strange = stranger.client_leaf("device-7", None);
+    assert_eq!(answer(proxy.addr, "/", Some(&strange)).await, None);
+    let shown = clients.client_leaf("device-7", None);
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, Some(101));
+}
+
+#[tokio::test]
+async fn optional_lets_routes_choose_and_403s_where_one_is_required() {
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let mut public = WsBackend::start("public").await;
+    let devices = WsBackend::start("devices").await;
+    let body = format!(
+        "{}{}{}require_client_certificate = true\n",
+        asking(&clients, &dir, "optional"),
+        route("public", "/", &[public.addr]),
+        route("devices", "/devices", &[devices.addr]),
+    );
+    let proxy = start_proxy(&body).await;
+    // No certificate: the public route, and no claim of one reaches its backend.
+    let spoofed = [("X-Forwarded-Client-Cert", "Hash=00")];
+    let mut ws = ws_connect_with(
+        proxy.addr,
+        "wss://localhost/",
+        pki().client_config(),
+        &spoofed,
+    )
+    .await
+    .unwrap();
+    assert_eq!(round_trip(&mut ws, "whoami").await, "public");
+    let seen = public.next_request().await;
+    assert_eq!(seen.get("x-forwarded-client-cert"), None);
+    let (head, body) = request(proxy.addr, Req::upgrade("localhost", "/devices").bytes()).await;
+    assert_eq!(head.status, 403);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "client certificate required\n"
+    );
+    // With one, both.
+    let shown = clients.client_leaf("device-7", None);
+    assert_eq!(
+        answer(proxy.addr, "/devices", Some(&shown)).await,
+        Some(101)
+    );
+    let config = client_config_showing(&shown);
+    let mut ws = ws_connect_with(proxy.addr, "wss://localhost/devices", config, &[])
+        .await
+        .unwrap();
+    within(
+        "a send",
+        futures_util::SinkExt::send(&mut ws, Message::text("whoami")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("devices"));
+}
+
+#[tokio::test]
+async fn a_renewed_client_ca_file_is_applied_to_new_handshakes() {
+    let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let body = format!(
+        "{}{}",
+        asking(&old, &dir, "required"),
+        route("r", "/", &[backend.addr])
+    );
+    let proxy = start_proxy(&body).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let (kept, renewed) = (old.client_leaf("a", None), new.client_leaf("b", None));
+    let config = client_config_showing(&kept);
+    let mut ws = ws_connect_with(proxy.addr, "wss://localhost/", config, &[])
+        .await
+        .unwrap();
+    assert_eq!(answer(proxy.addr, "/", Some(&renewed)).await, None);
+    std::fs::write(dir.path().join("client-ca.pem"), new.ca_pem()).unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(answer(proxy.addr, "/", Some(&renewed)).await, Some(101));
+    assert_eq!(answer(proxy.addr, "/", Some(&kept)).await, None);
+    // The tunnel that showed the old CA's certificate is untouched.
+    assert_eq!(round_trip(&mut ws, "whoami").await, "devices");
+}
+
+#[test]
+fn client_auth_and_required_routes_need_a_client_ca_named_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("client_auth = \"optional\"\n\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\n", "tls.client_auth: needs tls.client_ca"),
+        ("[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\nrequire_client_certificate = true\n", "route[0].require_client_certificate: needs tls.client_ca"),
+        ("client_ca = \"missing.pem\"\n\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\n", "tls.client_ca: cannot read certificate"),
+    ];
+    for (body, expected) in cases {
+        let path = write_config(dir.path(), body);
+        let message = wsgate::check(&path).unwrap_err().to_string();
+        assert!(message.contains(expected), "{message}");
+    }
+}
