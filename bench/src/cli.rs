@@ -77,6 +77,12 @@ pub struct ClientArgs {
     /// TLS_AES_128_GCM_SHA256 and X25519.
     #[arg(long)]
     pub tls_defaults: bool,
+    /// Show this client certificate chain (PEM) to a wss:// server that asks; needs --key.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
     /// PID of the proxy process; repeat for several (e.g. nginx master and worker). Its CPU time
     /// over the measured window is reported per operation (idle: over opening and holding the
     /// tunnels, per tunnel, beside its memory per tunnel).

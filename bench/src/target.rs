@@ -106,14 +106,27 @@ impl Target {
             .next()
             .ok_or_else(|| anyhow!("{} has no address", url.host))?;
         let tls = if url.tls {
-            let config = client_config(args.ca.as_deref(), args.insecure, args.tls_defaults)?;
+            let identity = args.cert.as_deref().zip(args.key.as_deref());
+            let config = client_config(
+                args.ca.as_deref(),
+                args.insecure,
+                args.tls_defaults,
+                identity,
+            )?;
             let name = args.sni.clone().unwrap_or_else(|| url.host.clone());
             let name = ServerName::try_from(name.clone())
                 .map_err(|_| anyhow!("invalid TLS server name {name:?}"))?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
-            if args.ca.is_some() || args.insecure || args.sni.is_some() || args.tls_defaults {
-                bail!("--ca, --insecure, --sni and --tls-defaults only apply to wss:// URLs");
+            if args.ca.is_some()
+                || args.insecure
+                || args.sni.is_some()
+                || args.tls_defaults
+                || args.cert.is_some()
+            {
+                bail!(
+                    "--ca, --insecure, --sni, --tls-defaults and --cert only apply to wss:// URLs"
+                );
             }
             None
         };
@@ -165,11 +178,13 @@ pub fn crypto_provider() -> CryptoProvider {
 /// every connection does a full handshake.
 ///
 /// Unless `tls_defaults`, it offers only TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519, so every
-/// proxy under test negotiates the same parameters whatever its own defaults.
+/// proxy under test negotiates the same parameters whatever its own defaults. With `identity`
+/// (certificate chain and key files), it shows that certificate to a server that asks.
 pub fn client_config(
     ca: Option<&Path>,
     insecure: bool,
     tls_defaults: bool,
+    identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig> {
     let mut provider = crypto_provider();
     let versions: &[&rustls::SupportedProtocolVersion] = if tls_defaults {
@@ -185,11 +200,10 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .context("TLS protocol versions")?;
-    let mut config = if insecure {
+    let builder = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
     } else {
         let ca = ca.ok_or_else(|| {
             anyhow!("wss:// needs --ca PEM (the CA or self-signed certificate) or --insecure")
@@ -206,7 +220,21 @@ pub fn client_config(
         if roots.is_empty() {
             bail!("no certificate found in {}", ca.display());
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("read {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parse {}", cert.display()))?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("read {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| anyhow!("client certificate/key: {e}"))?
+        }
     };
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
@@ -326,9 +354,11 @@ mod tests {
 
     #[test]
     fn wss_needs_ca_or_insecure() {
-        let err = client_config(None, false, false).unwrap_err().to_string();
+        let err = client_config(None, false, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--ca"), "{err}");
-        assert!(client_config(None, true, false).is_ok());
-        assert!(client_config(None, true, true).is_ok());
+        assert!(client_config(None, true, false, None).is_ok());
+        assert!(client_config(None, true, true, None).is_ok());
     }
 }

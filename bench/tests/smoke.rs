@@ -170,6 +170,12 @@ async fn a_wss_echo_asking_for_client_certificates_refuses_a_client_without() {
         format!("{err:#}").contains("CertificateRequired"),
         "{err:#}"
     );
+    // Showing one (the same self-signed certificate, which the echo trusts) gets through.
+    let (cert, key) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let mut args = vec!["latency", &url, "--insecure", "--cert", cert, "--key", key];
+    args.extend(SHORT);
+    let r = run(command(&args)).await.unwrap();
+    assert_clean(&r, "messages");
 }
 
 #[tokio::test]
