@@ -1,13 +1,46 @@
 //! A client's TLS certificate as backends learn of it: verified by rustls in the handshake
-//! (`tls.client_ca`), summed up once per connection into the `X-Forwarded-Client-Cert` value
-//! sent with its upgrade request, in the form Envoy, Istio and Traefik's readers take:
+//! (`tls.client_ca`), or again here for a resumed session, and summed up once per connection
+//! into the `X-Forwarded-Client-Cert` value sent with its upgrade request, in the form Envoy,
+//! Istio and Traefik's readers take:
 //! `Hash=<SHA-256 of the DER, hex>;Subject="<DN>";URI=…;DNS=…` (one `URI`/`DNS` per
 //! subjectAltName entry of those kinds). The header a client sends itself is never forwarded
 //! (see `forwarding`): only wsgate's, and only for a certificate it verified.
 
 use hyper::header::HeaderValue;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;
+
+use crate::tls::{ClientCertVerifier, TlsStream};
+
+/// What backends are told of the client of `tls`, under `verifier`, the config in force's
+/// (`None`: it asks clients for no certificate, and none is told, even one restored from a
+/// session begun under a config that asked). A full handshake was verified by `verifier`
+/// already. A resumed session brings back the chain checked when the session began, which
+/// rustls takes as it is: its CA may since have left `tls.client_ca`, the certificate may
+/// have expired (each resumption issues new tickets carrying the same chain), or the session
+/// may hold none where one is now required. So it is checked again, and refused as a full
+/// handshake would refuse it.
+pub(crate) fn identity<IO>(
+    tls: &TlsStream<IO>,
+    verifier: Option<&dyn ClientCertVerifier>,
+) -> Result<Option<HeaderValue>, rustls::Error> {
+    let Some(verifier) = verifier else {
+        return Ok(None);
+    };
+    let chain = tls.client_chain().unwrap_or_default();
+    if tls.resumed() {
+        match chain {
+            [leaf, intermediates @ ..] => {
+                verifier.verify_client_cert(leaf, intermediates, UnixTime::now())?;
+            }
+            [] if verifier.client_auth_mandatory() => {
+                return Err(rustls::Error::NoCertificatesPresented)
+            }
+            [] => {}
+        }
+    }
+    Ok(chain.first().and_then(forwarded))
+}
 
 /// The value of `X-Forwarded-Client-Cert` for a client's verified certificate.
 pub(crate) fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {

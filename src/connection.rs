@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -58,6 +59,8 @@ struct Opened {
     handshake: std::time::Duration,
     client_slot: Option<ClientSlot>,
     tls: TlsStream<TcpStream>,
+    /// What backends are told of the client's certificate.
+    client_certificate: Option<HeaderValue>,
     /// The head's length, `None` if over the limit.
     head: Option<usize>,
     /// The bytes read with the head, and the head limit applied.
@@ -95,8 +98,8 @@ async fn handshake(
         return None;
     };
     let handshake = tls_handshake(tcp, shared, snapshot.config.proxy_protocol);
-    let mut tls = match in_time(shared, deadline, handshake, "TLS").await {
-        Ok(Handshaken::Tls(tls)) => tls,
+    let (mut tls, client_certificate) = match in_time(shared, deadline, handshake, "TLS").await {
+        Ok(Handshaken::Tls(tls, certificate)) => (tls, certificate),
         // Answered outside the handshake's deadline: the answer's linger has its own bound.
         Ok(Handshaken::PlainHttp(mut tcp)) => {
             let answer = proxy::use_tls_answer();
@@ -129,6 +132,7 @@ async fn handshake(
         handshake: snapshot.config.timeouts.handshake,
         client_slot,
         tls,
+        client_certificate,
         head,
         head_bytes,
         max_head,
@@ -145,6 +149,7 @@ async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
         handshake,
         client_slot,
         mut tls,
+        client_certificate,
         head,
         head_bytes,
         max_head,
@@ -158,7 +163,7 @@ async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
     let connect_timeout = shared.current().config.timeouts.connect;
     let answer_by = deadline + connect_timeout + handshake;
     let conn = Conn {
-        client_certificate: tls.client_certificate().and_then(client_cert::forwarded),
+        client_certificate,
         peer,
         started,
         shared,
@@ -238,10 +243,14 @@ async fn tls_handshake(
         Hello::ProxyHeader if header_taken => return Err(Unanswered::SecondProxyHeader),
         Hello::ProxyHeader => return Err(Unanswered::UnexpectedProxyHeader),
     };
-    let tls = tls::accept(tcp, opening, shared.current().tls.clone())
+    let current = shared.current();
+    let tls = tls::accept(tcp, opening, current.tls.clone())
         .await
         .map_err(unanswered)?;
-    Ok(Handshaken::Tls(tls))
+    let verifier = current.client_verifier.as_deref();
+    let certificate = client_cert::identity(&tls, verifier)
+        .map_err(|e| Unanswered::TlsFailed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    Ok(Handshaken::Tls(tls, certificate))
 }
 
 /// How a connection's TLS handshake ended, if it did not fail.
@@ -250,7 +259,8 @@ async fn tls_handshake(
     reason = "made and taken apart once per connection; boxing would allocate per handshake"
 )]
 enum Handshaken {
-    Tls(TlsStream<TcpStream>),
+    /// With what backends are told of the client's certificate.
+    Tls(TlsStream<TcpStream>, Option<HeaderValue>),
     /// The client spoke plain HTTP to the TLS port: it is told to use TLS.
     PlainHttp(TcpStream),
 }
@@ -523,7 +533,7 @@ async fn linger_unless_draining<S: tokio::io::AsyncRead + Unpin>(io: &mut S, sha
 pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
     /// The client's verified certificate, as `X-Forwarded-Client-Cert` tells backends of it.
-    pub(crate) client_certificate: Option<hyper::header::HeaderValue>,
+    pub(crate) client_certificate: Option<HeaderValue>,
     pub(crate) started: Instant,
     pub(crate) shared: Arc<Shared>,
     /// `timeouts.connect` for this connection's request, as its answer deadline counts it.

@@ -17,6 +17,8 @@ pub(crate) struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
     pub tls: Arc<ServerConfig>,
+    /// Who checks clients' certificates, if `tls.client_ca` is set.
+    pub client_verifier: Option<Arc<dyn tls::ClientCertVerifier>>,
     /// When each served certificate expires.
     pub expiry: Vec<tls::Expiry>,
     pub generation: u64,
@@ -60,6 +62,7 @@ impl Snapshot {
             config,
             routes,
             tls: served.tls,
+            client_verifier: served.client_verifier,
             expiry: presented(served.expiry, backends.expiry),
             generation,
             fingerprint,

@@ -21,7 +21,6 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -32,11 +31,15 @@ use crate::config::{CertificatePaths, ClientAuth, Config, ConfigError, TlsVersio
 pub(crate) use client::{backend_clients, BackendTls};
 pub(crate) use expiry::{expiry_summary, validity_warnings, Expiry};
 pub(crate) use hello::{read as read_hello, tell_to_use_tls, Hello};
+pub(crate) use rustls::server::danger::ClientCertVerifier;
 pub(crate) use stream::{accept, TlsStream};
 
 /// What [`server_config`] builds.
 pub(crate) struct Served {
     pub tls: Arc<ServerConfig>,
+    /// Who checks clients' certificates, if anyone (`tls.client_ca`): in `tls`, and again for
+    /// resumed sessions (see [`crate::client_cert::identity`]).
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     pub expiry: Vec<Expiry>,
     /// Certificates that load but that SNI can never pick: surely a mistake.
     pub warnings: Vec<ConfigError>,
@@ -51,7 +54,8 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let clients = client_verifier(config, &provider)?;
+    let client_verifier = client_verifier(config, &provider)?;
+    let clients = (client_verifier.clone()).unwrap_or_else(WebPkiClientVerifier::no_client_auth);
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| match config.certificates.first() {
@@ -80,6 +84,7 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     }
     Ok(Served {
         tls: Arc::new(tls),
+        client_verifier,
         expiry,
         warnings,
     })
@@ -91,9 +96,9 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
 fn client_verifier(
     config: &Config,
     provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, ConfigError> {
     let Some(auth) = &config.client_auth else {
-        return Ok(WebPkiClientVerifier::no_client_auth());
+        return Ok(None);
     };
     let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
     let roots = client::trusted(&auth.ca).map_err(at)?;
@@ -102,7 +107,7 @@ fn client_verifier(
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
-    builder.build().map_err(|e| at(e.to_string()))
+    builder.build().map(Some).map_err(|e| at(e.to_string()))
 }
 
 /// Every certificate the config names, read, checked and added to the SNI resolver; with when

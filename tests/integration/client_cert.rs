@@ -55,8 +55,8 @@ async fn a_verified_certificate_is_told_to_the_backend_and_a_claimed_one_never()
     );
 }
 
-/// Whether the proxy at `addr` answers an upgrade over TLS with `config` (or with none, a
-/// client showing no certificate): the status, or `None` if the connection fails first.
+/// Whether the proxy at `addr` answers an upgrade over TLS showing `shown` (or nothing): the
+/// status, or `None` if the connection fails first.
 async fn answer(
     addr: std::net::SocketAddr,
     path: &str,
@@ -66,17 +66,30 @@ async fn answer(
         Some(pair) => client_config_showing(pair),
         None => pki().client_config(),
     };
+    answer_with(addr, path, config).await.0
+}
+
+/// [`answer`] over TLS with `config` (which may hold a session to resume), and whether the
+/// session was resumed.
+async fn answer_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> (Option<u16>, bool) {
     // Over TLS 1.3 a refused certificate is said after the client's handshake is over, in an
     // alert that fails the first read.
     let mut tls = tls_connect_with(addr, "localhost", config).await;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let request = Req::upgrade("localhost", path).bytes();
-    tls.write_all(request.as_ref()).await.ok()?;
+    if tls.write_all(request.as_ref()).await.is_err() {
+        return (None, resumed);
+    }
     let mut head = vec![0; 1024];
     let n = within("an answer or a refusal", tls.read(&mut head))
         .await
-        .ok()?;
+        .unwrap_or(0);
     let head = String::from_utf8_lossy(&head[..n]);
-    head.split(' ').nth(1)?.parse().ok()
+    (head.split(' ').nth(1).and_then(|s| s.parse().ok()), resumed)
 }
 
 #[tokio::test]
@@ -189,4 +202,106 @@ fn client_auth_and_required_routes_need_a_client_ca_named_at_their_lines() {
         let message = wsgate::check(&path).unwrap_err().to_string();
         assert!(message.contains(expected), "{message}");
     }
+}
+
+/// A client that shows `shown` and keeps its sessions to resume, speaking only `version`.
+fn resuming_client(
+    shown: Option<&(String, String)>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der_of(&pki().ca_pem()).into()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match shown {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    std::sync::Arc::new(config)
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_checked_against_the_client_ca_in_force() {
+    // rustls restores a resumed session's certificate as it was checked when the session
+    // began: wsgate checks it again, so a CA taken out of client_ca is out for resumed
+    // sessions too (TLS 1.3 tickets, TLS 1.2 session IDs and tickets alike).
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = WsBackend::start("devices").await;
+        let body = format!(
+            "{}{}",
+            asking(&old, &dir, "required"),
+            route("r", "/", &[backend.addr])
+        );
+        let proxy = start_proxy(&body).await;
+        let mut status = proxy.server.reload_status();
+        let before = status.borrow().generation;
+        first_look(&mut status).await;
+        let shown = old.client_leaf("device-7", None);
+        let client = resuming_client(Some(&shown), version);
+        assert_eq!(
+            answer_with(proxy.addr, "/", client.clone()).await,
+            (Some(101), false)
+        );
+        // Resumed under the same config: taken, and the backend told of the certificate.
+        let mut ws = ws_connect_with(proxy.addr, "wss://localhost/", client.clone(), &[])
+            .await
+            .unwrap();
+        assert_eq!(round_trip(&mut ws, "whoami").await, "devices");
+        let _first = backend.next_request().await;
+        let seen = backend.next_request().await;
+        let told = seen.get("x-forwarded-client-cert").unwrap_or_default();
+        assert!(
+            told.contains("Subject=\"CN=device-7\""),
+            "{version:?}: {told}"
+        );
+        assert_eq!(
+            answer_with(proxy.addr, "/", client.clone()).await,
+            (Some(101), true)
+        );
+        std::fs::write(dir.path().join("client-ca.pem"), new.ca_pem()).unwrap();
+        generation(&mut status, before + 1).await;
+        let (answered, resumed) = answer_with(proxy.addr, "/", client.clone()).await;
+        assert_eq!(answered, None, "{version:?}: resumed {resumed}");
+    }
+}
+
+#[tokio::test]
+async fn a_session_begun_before_client_ca_cannot_resume_past_it() {
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let routes = route("r", "/", &[backend.addr]);
+    let proxy = start_proxy(&routes).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let client = resuming_client(None, &rustls::version::TLS13);
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), false)
+    );
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), true)
+    );
+    let asked = format!(
+        "{CONFIG_HEAD}{}{routes}",
+        asking(&clients, &dir, "required")
+    );
+    std::fs::write(proxy.config_path(), asked).unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(answer_with(proxy.addr, "/", client.clone()).await.0, None);
+    assert_eq!(answer(proxy.addr, "/", None).await, None);
 }

@@ -250,9 +250,15 @@ impl<IO, C> TlsStream<IO, C> {
 }
 
 impl<IO> TlsStream<IO, UnbufferedServerConnection> {
-    /// The certificate the client showed, verified in the handshake (`tls.client_ca`).
-    pub(crate) fn client_certificate(&self) -> Option<&CertificateDer<'static>> {
-        self.conn.peer_certificates()?.first()
+    /// The certificate chain the client showed (`tls.client_ca`), its own first: verified in
+    /// this handshake, or restored from a resumed session's ticket or cache entry.
+    pub(crate) fn client_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// Whether the handshake resumed an earlier session.
+    pub(crate) fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 }
 
