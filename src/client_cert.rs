@@ -6,9 +6,12 @@
 //! subjectAltName entry of those kinds). The header a client sends itself is never forwarded
 //! (see `forwarding`): only wsgate's, and only for a certificate it verified.
 
+use std::fmt::Write as _;
+
 use hyper::header::HeaderValue;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;
+use x509_parser::x509::X509Name;
 
 use crate::tls::{ClientCertVerifier, TlsStream};
 
@@ -43,17 +46,17 @@ pub(crate) fn identity<IO>(
 }
 
 /// The value of `X-Forwarded-Client-Cert` for a client's verified certificate.
-pub(crate) fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
+fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     let mut value = String::from("Hash=");
     for byte in digest.as_ref() {
-        value.push_str(&format!("{byte:02x}"));
+        let _ = write!(value, "{byte:02x}");
     }
     // rustls verified it, so it parses; a value without the names is still the hash.
     if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {
-        value.push_str(";Subject=\"");
-        value.push_str(&quoted(&cert.subject().to_string()));
-        value.push('"');
+        if let Some(subject) = rfc4514(cert.subject()) {
+            let _ = write!(value, ";Subject=\"{}\"", quoted(&subject));
+        }
         let names = cert.subject_alternative_name().ok().flatten();
         for name in names.iter().flat_map(|san| &san.value.general_names) {
             let (key, name) = match name {
@@ -61,10 +64,50 @@ pub(crate) fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
                 GeneralName::DNSName(dns) => ("DNS", *dns),
                 _ => continue,
             };
-            value.push_str(&format!(";{key}=\"{}\"", quoted(name)));
+            let _ = write!(value, ";{key}=\"{}\"", quoted(name));
         }
     }
     HeaderValue::from_str(&value).ok()
+}
+
+/// A name as RFC 4514 writes it (as Envoy's `Subject` does): its last RDN first, `,` between
+/// RDNs, `+` within one, and each value's special characters escaped, so that a CN of
+/// `dev,O=Admins` cannot read as an `O` of the name. `None` for a value that is no string
+/// (the field is then left out rather than shown other than as written).
+fn rfc4514(name: &X509Name<'_>) -> Option<String> {
+    let registry = x509_parser::objects::oid_registry();
+    let mut rdns = Vec::new();
+    for rdn in name.iter().collect::<Vec<_>>().into_iter().rev() {
+        let mut attributes = Vec::new();
+        for attribute in rdn.iter() {
+            let oid = attribute.attr_type();
+            let key = x509_parser::objects::oid2abbrev(oid, registry)
+                .map_or_else(|_| oid.to_id_string(), str::to_string);
+            let value = attribute.as_str().ok()?;
+            attributes.push(format!("{key}={}", escaped_value(value)));
+        }
+        rdns.push(attributes.join("+"));
+    }
+    Some(rdns.join(","))
+}
+
+/// An attribute value with RFC 4514 §2.4's escapes: `"+,;<>\` anywhere, `#` or a space
+/// leading, a space trailing, NUL as `\00`.
+fn escaped_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let edge = (i == 0 && (c == '#' || c == ' ')) || (i == last && c == ' ');
+        if c == '\0' {
+            out.push_str("\\00");
+            continue;
+        }
+        if edge || matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `text` for a quoted XFCC value: `"` and `\` escaped with `\`, and any byte a header cannot
@@ -79,7 +122,9 @@ fn quoted(text: &str) -> String {
                 out.push(byte as char);
             }
             0x20..=0x7e => out.push(byte as char),
-            _ => out.push_str(&format!("\\{byte:02X}")),
+            _ => {
+                let _ = write!(out, "\\{byte:02X}");
+            }
         }
     }
     out
@@ -114,11 +159,36 @@ mod tests {
         let value = value.to_str().unwrap();
         let digest = ring::digest::digest(&ring::digest::SHA256, cert.der());
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        // The DN's `\"` for the quote, each of its two characters escaped again in the field.
         assert_eq!(
             value,
             format!(
-                r#"Hash={hex};Subject="CN=device \"7\"";DNS="device-7.example";URI="spiffe://example/device/7""#
+                r#"Hash={hex};Subject="CN=device \\\"7\\\"";DNS="device-7.example";URI="spiffe://example/device/7""#
             )
         );
+    }
+
+    #[test]
+    fn a_subject_is_written_as_rfc_4514_says_last_rdn_first_values_escaped() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let dn = &mut params.distinguished_name;
+        dn.push(rcgen::DnType::CountryName, "DE");
+        dn.push(rcgen::DnType::OrganizationName, "Real");
+        dn.push(rcgen::DnType::CommonName, "dev,O=Admins");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        // rcgen writes the subject's RDNs as CN, C, O: RFC 4514 reverses them.
+        let written: Vec<String> = (parsed.subject().iter_attributes())
+            .map(|a| a.attr_type().to_id_string())
+            .collect();
+        assert_eq!(written, ["2.5.4.3", "2.5.4.6", "2.5.4.10"]);
+        assert_eq!(
+            rfc4514(parsed.subject()).unwrap(),
+            r"O=Real,C=DE,CN=dev\,O=Admins"
+        );
+        assert_eq!(escaped_value("#a b "), r"\#a b\ ");
+        assert_eq!(escaped_value(" x\0"), "\\ x\\00");
+        assert_eq!(escaped_value(r#"a+b;c<d>e"f\g"#), r#"a\+b\;c\<d\>e\"f\\g"#);
     }
 }

@@ -97,7 +97,8 @@ fn is_protected(name: &str) -> bool {
 pub(crate) fn backend_request(
     client: &Request<impl Sized>,
     protocols: &[&str],
-    (peer, certificate): (SocketAddr, Option<&HeaderValue>),
+    peer: SocketAddr,
+    certificate: Option<&HeaderValue>,
 ) -> Request<Empty<Bytes>> {
     let mut headers = HeaderMap::with_capacity(client.headers().len() + 4);
     let named = connection_named(client.headers());
@@ -218,9 +219,37 @@ mod tests {
 
     fn forwarded(headers: &[(&str, &str)], protocols: &[&str]) -> HeaderMap {
         let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        let forwarded = backend_request(&request(headers), protocols, (peer, None));
+        let forwarded = backend_request(&request(headers), protocols, peer, None);
         assert_eq!(forwarded.uri(), "/chat?room=1");
         forwarded.headers().clone()
+    }
+
+    #[test]
+    fn only_wsgates_word_on_a_client_certificate_reaches_the_backend() {
+        let claims = [
+            ("x-forwarded-client-cert", "Hash=00;Subject=\"CN=admin\""),
+            ("x_forwarded_client_cert", "Hash=00"),
+        ];
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let none = backend_request(&request(&claims), &[], peer, None);
+        assert_eq!(
+            values(none.headers(), "x-forwarded-client-cert"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            values(none.headers(), "x_forwarded_client_cert"),
+            Vec::<&str>::new()
+        );
+        let ours = HeaderValue::from_static("Hash=ab");
+        let verified = backend_request(&request(&claims), &[], peer, Some(&ours));
+        assert_eq!(
+            values(verified.headers(), "x-forwarded-client-cert"),
+            ["Hash=ab"]
+        );
+        assert_eq!(
+            values(verified.headers(), "x_forwarded_client_cert"),
+            Vec::<&str>::new()
+        );
     }
 
     fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {

@@ -171,8 +171,8 @@ async fn route_and_forward(
     if route.config.require_client_certificate && conn.client_certificate.is_none() {
         return Err(ProxyError::ClientCertificateRequired);
     }
-    let client = (conn.peer, conn.client_certificate.as_ref());
-    let backend_request = forwarding::backend_request(req, &protocols, client);
+    let certificate = conn.client_certificate.as_ref();
+    let backend_request = forwarding::backend_request(req, &protocols, conn.peer, certificate);
     let answer = upstream::open(
         route,
         backend_request,

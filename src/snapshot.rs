@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
-use crate::config::{escape_controls, Config, ConfigError};
+use crate::config::{escape_controls, ClientAuth, Config, ConfigError};
 use crate::fingerprint::{fingerprint_of, on_disk_fingerprint};
 use crate::routes::RouteTable;
 use crate::tls;
@@ -24,7 +24,7 @@ pub(crate) struct Snapshot {
     pub generation: u64,
     /// Hash of the bytes of every file the config depends on.
     pub(crate) fingerprint: u64,
-    /// Hash of the bytes of the certificate and key files, as they were when read: tells a
+    /// Hash of the bytes of the certificate, key and CA files, as they were when read: tells a
     /// renewal apart while the config file on disk is rejected (see [`Snapshot::renewed`]).
     served: u64,
     /// What is wrong with the certificates (a name no route's host uses, say).
@@ -88,7 +88,7 @@ impl Snapshot {
         Some((read, renewed))
     }
 
-    /// The hash of this config's certificate and key files as they are on disk now.
+    /// The hash of this config's certificate, key and CA files as they are on disk now.
     pub(crate) fn served_hash(&self) -> u64 {
         served_hash(&self.config)
     }
@@ -121,9 +121,14 @@ impl Snapshot {
             None => String::new(),
         };
         let expiry = tls::expiry_summary(&self.expiry);
+        let asked = match config.client_auth.as_ref().map(|auth| auth.mode) {
+            None => "",
+            Some(ClientAuth::Required) => ", client certificates required",
+            Some(ClientAuth::Optional) => ", client certificates optional",
+        };
         let clients = match config.backend_client_certificates() {
-            0 => String::new(),
-            n => format!(", {n} backend client certificate(s)"),
+            0 => asked.to_string(),
+            n => format!("{asked}, {n} backend client certificate(s)"),
         };
         let summary = format!(
             "{}: ok: {} listener(s), {} certificate(s), {} route(s){clients}{admin}{expiry}",
@@ -146,7 +151,7 @@ fn presented(served: Vec<tls::Expiry>, clients: Vec<tls::Expiry>) -> Vec<tls::Ex
     all
 }
 
-/// The hash of the certificate and key files `config` serves, as they are on disk now.
+/// The hash of the certificate, key and CA files `config` names, as they are on disk now.
 fn served_hash(config: &Config) -> u64 {
     fingerprint_of(&config.tls_files(), false)
 }

@@ -327,14 +327,13 @@ impl Config {
     /// Every certificate, key and CA file the config names, each once: what a snapshot is
     /// built from besides the config file, and renewed from.
     pub(crate) fn tls_files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        for c in &self.certificates {
-            files.push(c.cert.clone());
-            files.push(c.key.clone());
-        }
-        files.extend(self.client_auth.iter().map(|auth| auth.ca.clone()));
-        files.extend(self.backend_tls_files().map(Path::to_path_buf));
-        files
+        let served = (self.certificates.iter()).flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
+        let client_ca = self.client_auth.iter().map(|auth| auth.ca.as_path());
+        let mut seen = std::collections::HashSet::new();
+        (served.chain(client_ca).chain(self.backend_tls_files()))
+            .filter(|file| seen.insert(*file))
+            .map(Path::to_path_buf)
+            .collect()
     }
 }
 

@@ -70,6 +70,7 @@ pub(super) struct RawTls {
     pub(super) session_resumption: bool,
     /// Clients are asked for a certificate signed by a CA in this file.
     pub(super) client_ca: Option<Spanned<String>>,
+    /// Whether a client without one gets through the handshake (only with `client_ca`).
     pub(super) client_auth: Option<Spanned<ClientAuth>>,
 }
 

@@ -106,6 +106,9 @@ async fn required_refuses_a_client_without_a_certificate_or_with_a_strangers() {
     assert_eq!(answer(proxy.addr, "/", None).await, None);
     let strange = stranger.client_leaf("device-7", None);
     assert_eq!(answer(proxy.addr, "/", Some(&strange)).await, None);
+    // The right CA's, but made for servers only (extended key usage serverAuth).
+    let server_only = clients.leaf(&["device-7"]);
+    assert_eq!(answer(proxy.addr, "/", Some(&server_only)).await, None);
     let shown = clients.client_leaf("device-7", None);
     assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, Some(101));
 }
@@ -202,6 +205,15 @@ fn client_auth_and_required_routes_need_a_client_ca_named_at_their_lines() {
         let message = wsgate::check(&path).unwrap_err().to_string();
         assert!(message.contains(expected), "{message}");
     }
+    let body = format!(
+        "{}[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\n",
+        asking(&Pki::new("device CA"), &dir, "optional")
+    );
+    let (summary, _) = wsgate::check(&write_config(dir.path(), &body)).unwrap();
+    assert!(
+        summary.contains("1 route(s), client certificates optional"),
+        "{summary}"
+    );
 }
 
 /// A client that shows `shown` and keeps its sessions to resume, speaking only `version`.
