@@ -317,3 +317,35 @@ async fn a_session_begun_before_client_ca_cannot_resume_past_it() {
     assert_eq!(answer_with(proxy.addr, "/", client.clone()).await.0, None);
     assert_eq!(answer(proxy.addr, "/", None).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_file_gone_for_a_while_is_no_failure() {
+    // A Secret's ca.crt renewed by `rm; cp`: the gap is waited out, the config in force kept.
+    let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let body = format!(
+        "{}{}",
+        asking(&old, &dir, "required"),
+        route("r", "/", &[backend.addr])
+    );
+    let proxy = start_proxy(&body).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let ca = dir.path().join("client-ca.pem");
+    std::fs::remove_file(&ca).unwrap();
+    let gone = status_where(&mut status, "the gap seen", |s| s.last_error.is_some()).await;
+    let error = gone.last_error.unwrap_or_default();
+    assert!(
+        error.contains("tls.client_ca: ") && error.ends_with("client-ca.pem not found"),
+        "{error}"
+    );
+    assert_eq!((gone.generation, gone.failures), (before, 0));
+    let shown = old.client_leaf("device-7", None);
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, Some(101));
+    std::fs::write(&ca, new.ca_pem()).unwrap();
+    let back = generation(&mut status, before + 1).await;
+    assert_eq!((back.failures, back.last_error), (0, None));
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, None);
+}
