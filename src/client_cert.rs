@@ -2,9 +2,9 @@
 //! (`tls.client_ca`), or again here for a resumed session, and summed up once per connection
 //! into the `X-Forwarded-Client-Cert` value sent with its upgrade request, in the form Envoy,
 //! Istio and Traefik's readers take:
-//! `Hash=<SHA-256 of the DER, hex>;Subject="<DN>";URI=…;DNS=…` (one `URI`/`DNS` per
-//! subjectAltName entry of those kinds). The header a client sends itself is never forwarded
-//! (see `forwarding`): only wsgate's, and only for a certificate it verified.
+//! `Hash=<SHA-256 of the DER, hex>;Subject="<DN, RFC 4514>";DNS="…";URI="…"` (one `DNS`/`URI`
+//! per subjectAltName entry of those kinds). The header a client sends itself is never
+//! forwarded (see `forwarding`): only wsgate's, and only for a certificate it verified.
 
 use std::fmt::Write as _;
 
