@@ -38,7 +38,10 @@
 #                    mutual: as 1, and the echo backend requires a client certificate, each
 #                    proxy showing a test client CA's leaf (wsgate backend_tls cert/key, nginx
 #                    proxy_ssl_certificate, HAProxy crt); direct-tls is left out (the load tool
-#                    has no client certificate)
+#                    shows no certificate to the echo backend)
+#   CLIENT_CERTS [0] 1: each proxy requires a client certificate of a test device CA (wsgate
+#                    tls.client_ca, nginx ssl_verify_client on, HAProxy verify required) and
+#                    tells the backend of it in a header; the load tool shows a leaf of it
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,6 +69,7 @@ OUT=${1:-${OUT:-$ROOT/benches/results.md}}
 KEEP_TMP=${KEEP_TMP:-0}
 VERIFY=${VERIFY:-0}
 BACKEND_TLS=${BACKEND_TLS:-0}
+CLIENT_CERTS=${CLIENT_CERTS:-0}
 [[ $BACKEND_TLS =~ ^(0|1|mutual)$ ]] || { echo "BACKEND_TLS must be 0, 1 or mutual" >&2; exit 2; }
 if [[ $BACKEND_TLS == mutual ]]; then TARGETS=${TARGETS//direct-tls/}; fi
 
@@ -138,34 +142,43 @@ cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
 # The echo backend's certificate: the same one, or with BACKEND_TLS=1 a leaf of a test CA the
 # proxies are told to trust (a CA, as an operator's internal one is).
 BACKEND_CERT=$TMP/cert.pem BACKEND_KEY=$TMP/key.pem
-if [[ $BACKEND_TLS != 0 ]]; then
+test_ca() { # name file-prefix: a P-256 CA certificate and key in $TMP
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-    -subj "/CN=bench backend CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -subj "/CN=$1" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign" \
-    -keyout "$TMP/backend-ca.key" -out "$TMP/backend-ca.pem" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-    -keyout "$TMP/backend-key.pem" -out "$TMP/backend.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' \
-    >"$TMP/backend.ext"
-  openssl x509 -req -in "$TMP/backend.csr" -CA "$TMP/backend-ca.pem" -CAkey "$TMP/backend-ca.key" \
-    -CAcreateserial -days 30 -extfile "$TMP/backend.ext" -out "$TMP/backend-cert.pem" 2>/dev/null
+    -keyout "$TMP/$2-ca.key" -out "$TMP/$2-ca.pem" 2>/dev/null
+}
+test_leaf() { # ca-prefix prefix subject-CN extensions: a P-256 leaf of that CA, $TMP/PREFIX-{cert,key}.pem
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$3" \
+    -keyout "$TMP/$2-key.pem" -out "$TMP/$2.csr" 2>/dev/null
+  printf "basicConstraints=critical,CA:FALSE\n$4\n" >"$TMP/$2.ext"
+  openssl x509 -req -in "$TMP/$2.csr" -CA "$TMP/$1-ca.pem" -CAkey "$TMP/$1-ca.key" \
+    -CAcreateserial -days 30 -extfile "$TMP/$2.ext" -out "$TMP/$2-cert.pem" 2>/dev/null
+}
+if [[ $BACKEND_TLS != 0 ]]; then
+  test_ca "bench backend CA" backend
+  test_leaf backend backend localhost 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth'
   BACKEND_CERT=$TMP/backend-cert.pem BACKEND_KEY=$TMP/backend-key.pem
 fi
 # With BACKEND_TLS=mutual, the proxies' client certificate: a leaf of a second test CA, the
 # one the echo backend requires.
 ECHO_CLIENT_CA=()
 if [[ $BACKEND_TLS == mutual ]]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-    -subj "/CN=bench client CA" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign" \
-    -keyout "$TMP/client-ca.key" -out "$TMP/client-ca.pem" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=proxy \
-    -keyout "$TMP/client-key.pem" -out "$TMP/client.csr" 2>/dev/null
-  printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n' >"$TMP/client.ext"
-  openssl x509 -req -in "$TMP/client.csr" -CA "$TMP/client-ca.pem" -CAkey "$TMP/client-ca.key" \
-    -CAcreateserial -days 30 -extfile "$TMP/client.ext" -out "$TMP/client-cert.pem" 2>/dev/null
+  test_ca "bench client CA" client
+  test_leaf client client proxy 'extendedKeyUsage=clientAuth'
   cat "$TMP/client-cert.pem" "$TMP/client-key.pem" >"$TMP/client-combined.pem"
   ECHO_CLIENT_CA=(--tls-client-ca "$TMP/client-ca.pem")
+fi
+# With CLIENT_CERTS=1, the load tool's certificate, of a device CA the proxies require.
+NGINX_CLIENTS="" NGINX_TELL="" HAPROXY_CLIENTS="" HAPROXY_TELL="" WSGATE_CLIENTS=""
+if [[ $CLIENT_CERTS == 1 ]]; then
+  test_ca "bench device CA" device
+  test_leaf device device device-7 'subjectAltName=DNS:device-7\nextendedKeyUsage=clientAuth'
+  NGINX_CLIENTS="ssl_client_certificate $TMP/device-ca.pem; ssl_verify_client on;"
+  NGINX_TELL="proxy_set_header X-Forwarded-Client-Cert \"Hash=\$ssl_client_fingerprint;Subject=\\\"\$ssl_client_s_dn\\\"\";"
+  HAPROXY_CLIENTS=" ca-file $TMP/device-ca.pem verify required"
+  HAPROXY_TELL='  http-request set-header X-Forwarded-Client-Cert "Hash=%[ssl_c_sha1,hex];Subject=\"%[ssl_c_s_dn]\""'
+  WSGATE_CLIENTS="client_ca = \"device-ca.pem\""
 fi
 # What the proxies are pointed at, and how they speak to it.
 NGINX_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" NGINX_UPSTREAM_TLS=""
@@ -222,7 +235,9 @@ http {
     ssl_ecdh_curve X25519;
     ssl_session_cache off;
     ssl_session_tickets off;
+    $NGINX_CLIENTS
     location / {
+      $NGINX_TELL
       proxy_pass $NGINX_UPSTREAM;
       $NGINX_UPSTREAM_TLS
       proxy_http_version 1.1;
@@ -260,7 +275,8 @@ defaults
   timeout server 3600s
   timeout tunnel 3600s
 frontend fe
-  bind 127.0.0.1:${PORT[haproxy]} ssl crt $TMP/combined.pem curves X25519
+  bind 127.0.0.1:${PORT[haproxy]} ssl crt $TMP/combined.pem curves X25519$HAPROXY_CLIENTS
+$HAPROXY_TELL
   default_backend be
 backend be
   server echo $HAPROXY_SERVER maxconn 9500
@@ -275,6 +291,7 @@ certificates = [ { cert = "cert.pem", key = "key.pem" } ]
 min_version = "1.3"
 # As nginx (ssl_session_tickets off) and HAProxy (no-tls-tickets) are set up: no tickets sent.
 session_resumption = false
+$WSGATE_CLIENTS
 [timeouts]
 idle = "3600s"
 [limits]
@@ -353,6 +370,7 @@ pids_of() { # target -> "--pid X --pid Y"
 tls_opts() { # wss: verify against the test certificate only with VERIFY=1 (costs the client CPU)
   [[ $(url_of "$1") == wss://* ]] || return 0
   if [[ $VERIFY == 1 ]]; then echo "--ca $TMP/cert.pem --sni localhost"; else echo "--insecure"; fi
+  if [[ $CLIENT_CERTS == 1 ]]; then echo "--cert $TMP/device-cert.pem --key $TMP/device-key.pem"; fi
 }
 
 # --- backend -------------------------------------------------------------------------------------
@@ -452,7 +470,7 @@ fi
 
 # --- table ---------------------------------------------------------------------------------------
 LAT_RATE=$LAT_RATE LAT_CONNS=$LAT_CONNS LAT_SIZE=$LAT_SIZE TP_CONNS=$TP_CONNS TP_SIZE=$TP_SIZE BULK_SIZE=$BULK_SIZE \
-  IDLE_N=$IDLE_N DUR=$DUR WARMUP=$WARMUP QUICK=$QUICK BACKEND_TLS=$BACKEND_TLS \
+  IDLE_N=$IDLE_N DUR=$DUR WARMUP=$WARMUP QUICK=$QUICK BACKEND_TLS=$BACKEND_TLS CLIENT_CERTS=$CLIENT_CERTS \
   python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" "$LAT_REPS" <<'PY'
 import datetime, glob, json, os, statistics, sys
 env = os.environ
@@ -546,6 +564,9 @@ notes = [
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
     *(["BACKEND_TLS=1: each proxy speaks TLS to the echo backend, verifying its certificate."]
       if env.get("BACKEND_TLS") == "1" else []),
+    *(["CLIENT_CERTS=1: each proxy requires the load tool's client certificate (a P-256 leaf of a",
+       "test CA) and tells the backend of it in a header."]
+      if env.get("CLIENT_CERTS") == "1" else []),
     *(["BACKEND_TLS=mutual: each proxy speaks TLS to the echo backend, verifying its certificate,",
        "and shows it a client certificate, which the echo backend requires."]
       if env.get("BACKEND_TLS") == "mutual" else []),
