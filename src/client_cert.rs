@@ -7,42 +7,89 @@
 //! forwarded (see `forwarding`): only wsgate's, and only for a certificate it verified.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use hyper::header::HeaderValue;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::x509::X509Name;
 
+use crate::error::ProxyError;
 use crate::tls::{ClientCertVerifier, TlsStream};
 
-/// What backends are told of the client of `tls`, under `verifier`, the config in force's
-/// (`None`: it asks clients for no certificate, and none is told, even one restored from a
-/// session begun under a config that asked). A full handshake was verified by `verifier`
-/// already. A resumed session brings back the chain checked when the session began, which
-/// rustls takes as it is: its CA may since have left `tls.client_ca`, the certificate may
-/// have expired (each resumption issues new tickets carrying the same chain), or the session
-/// may hold none where one is now required. So it is checked again, and refused as a full
-/// handshake would refuse it.
-pub(crate) fn identity<IO>(
+/// A client's certificate (or its absence) as checked at its TLS handshake, and by whom: a
+/// request routed under a later config (a reload while the client took its time to send its
+/// head) is judged again by that config's verifier (see [`at_request`]).
+pub(crate) struct Checked {
+    /// As the client showed it, its own first; empty if it showed none.
+    chain: Vec<CertificateDer<'static>>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// What backends are told of it.
+    told: Option<HeaderValue>,
+}
+
+/// The client of `tls` under `verifier`, the one of the config whose `ServerConfig` took the
+/// handshake (`None`: that config asks clients for no certificate, and nothing is told, even
+/// of one restored from a session begun under a config that asked). A full handshake was
+/// verified by `verifier` already. A resumed session brings back the chain checked when the
+/// session began, which rustls takes as it is: its CA may since have left `tls.client_ca`,
+/// the certificate may have expired, or the session may hold none where one is now required.
+/// So it is checked again, and refused as a full handshake would refuse it.
+pub(crate) fn at_handshake<IO>(
     tls: &TlsStream<IO>,
-    verifier: Option<&dyn ClientCertVerifier>,
-) -> Result<Option<HeaderValue>, rustls::Error> {
+    verifier: Option<&Arc<dyn ClientCertVerifier>>,
+) -> Result<Option<Checked>, rustls::Error> {
     let Some(verifier) = verifier else {
         return Ok(None);
     };
     let chain = tls.client_chain().unwrap_or_default();
     if tls.resumed() {
-        match chain {
-            [leaf, intermediates @ ..] => {
-                verifier.verify_client_cert(leaf, intermediates, UnixTime::now())?;
-            }
-            [] if verifier.client_auth_mandatory() => {
-                return Err(rustls::Error::NoCertificatesPresented)
-            }
-            [] => {}
-        }
+        verify(chain, &**verifier)?;
     }
-    Ok(chain.first().and_then(forwarded))
+    Ok(Some(Checked {
+        told: chain.first().and_then(forwarded),
+        chain: chain.to_vec(),
+        verifier: verifier.clone(),
+    }))
+}
+
+/// What backends are told of the client, under `verifier`, the config in force as its request
+/// is routed: the handshake's word if that config's verifier took the handshake, else the
+/// chain checked again (a CA removed since refuses it, one added refuses a client that showed
+/// none where one is now required, and without `client_ca` nothing is told). `checked` is
+/// `None` where the handshake asked for no certificate.
+pub(crate) fn at_request(
+    checked: Option<Checked>,
+    verifier: Option<&Arc<dyn ClientCertVerifier>>,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let Some(verifier) = verifier else {
+        return Ok(None);
+    };
+    let Some(checked) = checked else {
+        verify(&[], &**verifier).map_err(|_| ProxyError::ClientCertificateRequired)?;
+        return Ok(None);
+    };
+    if !Arc::ptr_eq(&checked.verifier, verifier) {
+        verify(&checked.chain, &**verifier).map_err(|e| match e {
+            rustls::Error::NoCertificatesPresented => ProxyError::ClientCertificateRequired,
+            other => ProxyError::ClientCertificateRefused(other.to_string()),
+        })?;
+    }
+    Ok(checked.told)
+}
+
+/// Whether `verifier` takes `chain` (the client's own certificate first; empty: none shown).
+fn verify(
+    chain: &[CertificateDer<'static>],
+    verifier: &dyn ClientCertVerifier,
+) -> Result<(), rustls::Error> {
+    match chain {
+        [leaf, intermediates @ ..] => verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(drop),
+        [] if verifier.client_auth_mandatory() => Err(rustls::Error::NoCertificatesPresented),
+        [] => Ok(()),
+    }
 }
 
 /// The value of `X-Forwarded-Client-Cert` for a client's verified certificate.
@@ -54,8 +101,10 @@ fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
     }
     // rustls verified it, so it parses; a value without the names is still the hash.
     if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {
+        // RFC 4514 has escaped its `"` and `\` already: a reader takes it as it is, as
+        // Envoy's readers do.
         if let Some(subject) = rfc4514(cert.subject()) {
-            let _ = write!(value, ";Subject=\"{}\"", quoted(&subject));
+            let _ = write!(value, ";Subject=\"{}\"", printable(&subject));
         }
         let names = cert.subject_alternative_name().ok().flatten();
         for name in names.iter().flat_map(|san| &san.value.general_names) {
@@ -110,17 +159,18 @@ fn escaped_value(value: &str) -> String {
     out
 }
 
-/// `text` for a quoted XFCC value: `"` and `\` escaped with `\`, and any byte a header cannot
-/// carry (a control character, anything outside ASCII) as `\HH`, RFC 4514's escape, so a
-/// name in any script reaches the backend intact and no certificate can forge a field.
+/// `text` for a quoted XFCC value: `"` and `\` escaped with `\`, and [`printable`].
 fn quoted(text: &str) -> String {
+    printable(&text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `text` with any byte a header cannot carry (a control character, anything outside ASCII)
+/// as `\HH`, RFC 4514's escape, so a name in any script reaches the backend intact and no
+/// certificate can end the header or forge a line.
+fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         match byte {
-            b'"' | b'\\' => {
-                out.push('\\');
-                out.push(byte as char);
-            }
             0x20..=0x7e => out.push(byte as char),
             _ => {
                 let _ = write!(out, "\\{byte:02X}");
@@ -159,11 +209,11 @@ mod tests {
         let value = value.to_str().unwrap();
         let digest = ring::digest::digest(&ring::digest::SHA256, cert.der());
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        // The DN's `\"` for the quote, each of its two characters escaped again in the field.
+        // The DN's own `\"` for the quote, as RFC 4514 escapes it.
         assert_eq!(
             value,
             format!(
-                r#"Hash={hex};Subject="CN=device \\\"7\\\"";DNS="device-7.example";URI="spiffe://example/device/7""#
+                r#"Hash={hex};Subject="CN=device \"7\"";DNS="device-7.example";URI="spiffe://example/device/7""#
             )
         );
     }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -59,8 +58,8 @@ struct Opened {
     handshake: std::time::Duration,
     client_slot: Option<ClientSlot>,
     tls: TlsStream<TcpStream>,
-    /// What backends are told of the client's certificate.
-    client_certificate: Option<HeaderValue>,
+    /// The client's certificate, as checked at the handshake.
+    client_certificate: Option<client_cert::Checked>,
     /// The head's length, `None` if over the limit.
     head: Option<usize>,
     /// The bytes read with the head, and the head limit applied.
@@ -163,7 +162,7 @@ async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
     let connect_timeout = shared.current().config.timeouts.connect;
     let answer_by = deadline + connect_timeout + handshake;
     let conn = Conn {
-        client_certificate,
+        client_certificate: Mutex::new(client_certificate),
         peer,
         started,
         shared,
@@ -247,8 +246,7 @@ async fn tls_handshake(
     let tls = tls::accept(tcp, opening, current.tls.clone())
         .await
         .map_err(unanswered)?;
-    let verifier = current.client_verifier.as_deref();
-    let certificate = client_cert::identity(&tls, verifier)
+    let certificate = client_cert::at_handshake(&tls, current.client_verifier.as_ref())
         .map_err(|e| Unanswered::TlsFailed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     Ok(Handshaken::Tls(tls, certificate))
 }
@@ -259,8 +257,8 @@ async fn tls_handshake(
     reason = "made and taken apart once per connection; boxing would allocate per handshake"
 )]
 enum Handshaken {
-    /// With what backends are told of the client's certificate.
-    Tls(TlsStream<TcpStream>, Option<HeaderValue>),
+    /// With the client's certificate, as checked.
+    Tls(TlsStream<TcpStream>, Option<client_cert::Checked>),
     /// The client spoke plain HTTP to the TLS port: it is told to use TLS.
     PlainHttp(TcpStream),
 }
@@ -532,8 +530,8 @@ async fn linger_unless_draining<S: tokio::io::AsyncRead + Unpin>(io: &mut S, sha
 /// What the request path knows about the connection it serves.
 pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
-    /// The client's verified certificate, as `X-Forwarded-Client-Cert` tells backends of it.
-    pub(crate) client_certificate: Option<HeaderValue>,
+    /// The client's certificate as checked at the handshake, until its request takes it.
+    client_certificate: Mutex<Option<client_cert::Checked>>,
     pub(crate) started: Instant,
     pub(crate) shared: Arc<Shared>,
     /// `timeouts.connect` for this connection's request, as its answer deadline counts it.
@@ -560,6 +558,12 @@ impl Conn {
     /// not be served, as it was never read by `head::check` nor admitted.
     pub(crate) fn first_request(&self) -> bool {
         !self.served.swap(true, Ordering::AcqRel)
+    }
+
+    /// The client's certificate as checked at the handshake, for the (one) request to judge
+    /// under the config it is routed by; the chain is not kept for the tunnel's life.
+    pub(crate) fn take_client_certificate(&self) -> Option<client_cert::Checked> {
+        crate::sync::lock(&self.client_certificate).take()
     }
 
     /// Keeps the upgrade of a request answered with anything but a 101, for [`close_refused`].

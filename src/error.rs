@@ -75,9 +75,14 @@ pub enum ProxyError {
     /// line, so an operator sees what to add to the list; never in the answer's body.
     #[error("origin not allowed: {0}")]
     OriginDenied(String),
-    /// A route with `require_client_certificate`, and a client that showed none.
+    /// A route with `require_client_certificate`, and a client that showed none (or a
+    /// `client_auth = "required"` reloaded in since its handshake).
     #[error("client certificate required")]
     ClientCertificateRequired,
+    /// The client's certificate, checked at its handshake, is not taken by the `client_ca`
+    /// reloaded in since (its words say why).
+    #[error("client certificate not accepted: {0}")]
+    ClientCertificateRefused(String),
     #[error("no offered subprotocol is allowed")]
     NoSubprotocol,
     /// An offer browsers could not have sent (RFC 6455 §4.1: distinct tokens), which a
@@ -203,7 +208,9 @@ impl ProxyError {
             }
             UriTooLong => (StatusCode::URI_TOO_LONG, Side::Client),
             HttpVersionNotSupported => (StatusCode::HTTP_VERSION_NOT_SUPPORTED, Side::Client),
-            OriginDenied(_) | ClientCertificateRequired => (StatusCode::FORBIDDEN, Side::Client),
+            OriginDenied(_) | ClientCertificateRequired | ClientCertificateRefused(_) => {
+                (StatusCode::FORBIDDEN, Side::Client)
+            }
             // Load, not a fault: logged like a client refusal so overload does not flood error logs.
             Overloaded | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Side::Client),
             ClientOverLimit => (StatusCode::TOO_MANY_REQUESTS, Side::Client),
@@ -240,6 +247,7 @@ impl ProxyError {
             UriTooLong => "request target too long\n",
             OriginDenied(_) => "origin not allowed\n",
             ClientCertificateRequired => "client certificate required\n",
+            ClientCertificateRefused(_) => "client certificate not accepted\n",
             NoSubprotocol => "no acceptable subprotocol\n",
             BadProtocolOffer => "invalid Sec-WebSocket-Protocol\n",
             Overloaded | OutOfDescriptors => "server busy, retry later\n",
@@ -280,6 +288,7 @@ impl ProxyError {
             | UriTooLong
             | OriginDenied(_)
             | ClientCertificateRequired
+            | ClientCertificateRefused(_)
             | NoSubprotocol
             | BadProtocolOffer
             | BackendUnavailable(_)
@@ -499,6 +508,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         BadProtocolOffer => 400,
         OriginDenied("x".into()) => 403,
         ClientCertificateRequired => 403,
+        ClientCertificateRefused("x".into()) => 403,
         HeadTooLarge => 431,
         TooManyFields => 431,
         UriTooLong => 414,

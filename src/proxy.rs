@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::access_log::{self, decide, Line};
+use crate::client_cert;
 use crate::connection::Conn;
 use crate::error::ProxyError;
 use crate::forwarding;
@@ -168,11 +169,13 @@ async fn route_and_forward(
     // request head must route this request by the new table.
     let snapshot = &conn.shared.current();
     let (route, protocols) = checked_route(req, snapshot, log)?;
-    if route.config.require_client_certificate && conn.client_certificate.is_none() {
+    let checked = conn.take_client_certificate();
+    let certificate = client_cert::at_request(checked, snapshot.client_verifier.as_ref())?;
+    if route.config.require_client_certificate && certificate.is_none() {
         return Err(ProxyError::ClientCertificateRequired);
     }
-    let certificate = conn.client_certificate.as_ref();
-    let backend_request = forwarding::backend_request(req, &protocols, conn.peer, certificate);
+    let backend_request =
+        forwarding::backend_request(req, &protocols, conn.peer, certificate.as_ref());
     let answer = upstream::open(
         route,
         backend_request,

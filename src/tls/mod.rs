@@ -18,7 +18,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -54,7 +54,7 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let client_verifier = client_verifier(config, &provider)?;
+    let (client_verifier, scope) = client_verifier(config, &provider)?;
     let clients = (client_verifier.clone()).unwrap_or_else(WebPkiClientVerifier::no_client_auth);
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -69,13 +69,13 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     // nothing else gets the handshake's answer to it (400), not a TLS alert it cannot read.
     tls.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     if config.session_resumption {
+        let (ticketer, cache) = sessions(scope);
         // Stateless tickets make a reconnect (the common case after a network blip) cheap.
-        if let Some(ticketer) = ticketer() {
+        if let Some(ticketer) = ticketer {
             tls.ticketer = ticketer;
         }
-        // TLS 1.2 clients without ticket support resume by session ID, from this cache: one
-        // for the process, like the ticketer, so a reload does not forget their sessions.
-        tls.session_storage = session_cache();
+        // TLS 1.2 clients without ticket support resume by session ID, from this cache.
+        tls.session_storage = cache;
     } else {
         // No tickets sent (they cost ~8 % of a full handshake's CPU, for nothing where a
         // reconnect rarely lands on the same replica) and no session cache kept.
@@ -93,21 +93,35 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
 /// Who checks clients' certificates: no one, unless `tls.client_ca` names the CAs they must
 /// chain to (and then a client without one is refused in the handshake unless
 /// `tls.client_auth` is "optional").
+///
+/// With it, the scope of the sessions clients may resume: the same for configs that check
+/// clients alike (none, or the same CAs in the same mode), another when that changes.
 fn client_verifier(
     config: &Config,
     provider: &Arc<CryptoProvider>,
-) -> Result<Option<Arc<dyn ClientCertVerifier>>, ConfigError> {
+) -> Result<(Option<Arc<dyn ClientCertVerifier>>, u64), ConfigError> {
     let Some(auth) = &config.client_auth else {
-        return Ok(None);
+        return Ok((None, 0));
     };
     let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
     let roots = client::trusted(&auth.ca).map_err(at)?;
+    let scope = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (auth.mode == ClientAuth::Required).hash(&mut hasher);
+        for anchor in &roots.roots {
+            anchor.subject.as_ref().hash(&mut hasher);
+            anchor.subject_public_key_info.as_ref().hash(&mut hasher);
+        }
+        hasher.finish() | 1
+    };
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     let builder = match auth.mode {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
-    builder.build().map(Some).map_err(|e| at(e.to_string()))
+    let verifier = builder.build().map_err(|e| at(e.to_string()))?;
+    Ok((Some(verifier), scope))
 }
 
 /// Every certificate the config names, read, checked and added to the SNI resolver; with when
@@ -199,21 +213,27 @@ pub(crate) fn install_default_provider() {
     let _ = CryptoProvider::install_default(provider());
 }
 
-/// One ticket key set (rotated by rustls every few hours) for the whole process: a reload, a
-/// certificate renewal say, must not turn every reconnect after it into a full handshake.
-fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
-    static TICKETER: OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> = OnceLock::new();
-    TICKETER
-        .get_or_init(|| rustls::crypto::aws_lc_rs::Ticketer::new().ok())
-        .clone()
-}
+/// The ticket key and TLS 1.2 session cache of `scope` (see [`client_verifier`]): one per
+/// scope for the process, so a reload does not forget clients' sessions, but a change in how
+/// clients are checked does. rustls restores a resumed session's client certificate as it
+/// was checked when the session began, and keeps issuing tickets that carry it: under a new
+/// `client_ca`, such sessions cannot be resumed at all (a full handshake, checked by the new
+/// CAs), rather than resumed and refused again with every new ticket (see
+/// [`crate::client_cert::at_handshake`], which checks what is resumed within a scope).
+type Sessions = (
+    Option<Arc<dyn rustls::server::ProducesTickets>>,
+    Arc<dyn rustls::server::StoresServerSessions>,
+);
 
-/// The process's TLS 1.2 session-ID cache (rustls's default size).
-fn session_cache() -> Arc<dyn rustls::server::StoresServerSessions> {
-    static CACHE: OnceLock<Arc<rustls::server::ServerSessionMemoryCache>> = OnceLock::new();
-    CACHE
-        .get_or_init(|| rustls::server::ServerSessionMemoryCache::new(256))
-        .clone()
+fn sessions(scope: u64) -> Sessions {
+    static BY_SCOPE: std::sync::Mutex<Option<HashMap<u64, Sessions>>> = std::sync::Mutex::new(None);
+    let mut by_scope = crate::sync::lock(&BY_SCOPE);
+    let entry = (by_scope.get_or_insert_with(HashMap::new).entry(scope)).or_insert_with(|| {
+        let cache: Arc<dyn rustls::server::StoresServerSessions> =
+            rustls::server::ServerSessionMemoryCache::new(256);
+        (rustls::crypto::aws_lc_rs::Ticketer::new().ok(), cache)
+    });
+    entry.clone()
 }
 
 /// Which part of a certificate entry an error is about, so it can point at that value.
@@ -637,7 +657,7 @@ mod tests {
 
     /// A leaf with its issuer's certificate behind it, and the leaf's key, in PEM.
     fn chain_and_key() -> &'static (String, String) {
-        static PEMS: OnceLock<(String, String)> = OnceLock::new();
+        static PEMS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
         PEMS.get_or_init(|| {
             let leaf = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
             let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();

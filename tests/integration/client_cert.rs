@@ -78,18 +78,28 @@ async fn answer_with(
 ) -> (Option<u16>, bool) {
     // Over TLS 1.3 a refused certificate is said after the client's handshake is over, in an
     // alert that fails the first read.
-    let mut tls = tls_connect_with(addr, "localhost", config).await;
+    // Over TLS 1.2 the refusal comes within the handshake.
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(mut tls) = within("the TLS handshake", connector.connect(name, tcp)).await else {
+        return (None, false);
+    };
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    (status_of(&mut tls, path).await, resumed)
+}
+
+/// The status of the answer to an upgrade request for `path` sent on `tls`, or `None` if the
+/// connection fails first.
+async fn status_of(tls: &mut Tls, path: &str) -> Option<u16> {
     let request = Req::upgrade("localhost", path).bytes();
-    if tls.write_all(request.as_ref()).await.is_err() {
-        return (None, resumed);
-    }
+    tls.write_all(request.as_ref()).await.ok()?;
     let mut head = vec![0; 1024];
     let n = within("an answer or a refusal", tls.read(&mut head))
         .await
         .unwrap_or(0);
     let head = String::from_utf8_lossy(&head[..n]);
-    (head.split(' ').nth(1).and_then(|s| s.parse().ok()), resumed)
+    head.split(' ').nth(1).and_then(|s| s.parse().ok())
 }
 
 #[tokio::test]
@@ -348,4 +358,74 @@ async fn a_client_ca_file_gone_for_a_while_is_no_failure() {
     let back = generation(&mut status, before + 1).await;
     assert_eq!((back.failures, back.last_error), (0, None));
     assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, None);
+}
+
+#[tokio::test]
+async fn a_request_is_judged_by_the_client_ca_in_force_when_it_is_routed() {
+    // A client that shakes hands under one config and sends its head after a reload is judged
+    // by the config it is routed by: a CA taken out refuses it (403), and with no client_ca
+    // left nothing is told of its certificate.
+    let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = WsBackend::start("devices").await;
+    let routes = route("r", "/", &[backend.addr]);
+    let proxy = start_proxy(&format!("{}{routes}", asking(&old, &dir, "required"))).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let kept = client_config_showing(&old.client_leaf("device-7", None));
+    let mut early = tls_connect_with(proxy.addr, "localhost", kept).await;
+    std::fs::write(dir.path().join("client-ca.pem"), new.ca_pem()).unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(status_of(&mut early, "/").await, Some(403));
+    let renewed = client_config_showing(&new.client_leaf("device-8", None));
+    let mut early = tls_connect_with(proxy.addr, "localhost", renewed).await;
+    std::fs::write(proxy.config_path(), format!("{CONFIG_HEAD}{routes}")).unwrap();
+    generation(&mut status, before + 2).await;
+    assert_eq!(status_of(&mut early, "/").await, Some(101));
+    let seen = backend.next_request().await;
+    assert_eq!(
+        seen.get("x-forwarded-client-cert"),
+        None,
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[tokio::test]
+async fn sessions_begun_under_other_client_cas_are_not_resumed_but_begun_anew() {
+    // A change of client_ca ends the resumption of sessions begun before it: a client gets a
+    // full handshake checked by the new CAs, not a resumed session refused again and again.
+    // Sessions survive a reload that leaves client_ca as it is.
+    let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let routes = route("r", "/", &[backend.addr]);
+    let proxy = start_proxy(&format!("{}{routes}", asking(&old, &dir, "optional"))).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let client = resuming_client(None, &rustls::version::TLS13);
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), false)
+    );
+    // A reload that changes nothing about clients: the session resumes.
+    let renamed = routes.replace("name = \"r\"", "name = \"renamed\"");
+    std::fs::write(
+        proxy.config_path(),
+        format!("{CONFIG_HEAD}{}{renamed}", asking(&old, &dir, "optional")),
+    )
+    .unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), true)
+    );
+    std::fs::write(dir.path().join("client-ca.pem"), new.ca_pem()).unwrap();
+    generation(&mut status, before + 2).await;
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), false)
+    );
 }
