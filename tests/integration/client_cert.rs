@@ -429,3 +429,39 @@ async fn sessions_begun_under_other_client_cas_are_not_resumed_but_begun_anew() 
         (Some(101), false)
     );
 }
+
+#[tokio::test]
+async fn a_resumed_session_whose_certificate_has_expired_since_is_refused() {
+    // Within one way of checking clients, sessions resume, and rustls restores their
+    // certificate unchecked: one that has run out since the session began is refused.
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let body = format!(
+        "{}{}",
+        asking(&clients, &dir, "required"),
+        route("r", "/", &[backend.addr])
+    );
+    let proxy = start_proxy(&body).await;
+    // X.509 times count whole seconds: valid for the next two at least.
+    let now = std::time::SystemTime::now();
+    let unix = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix + 3);
+    let shown = clients.client_leaf_until("device-7", until);
+    let client = resuming_client(Some(&shown), &rustls::version::TLS13);
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), false)
+    );
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), true)
+    );
+    // Nothing to await but the clock.
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + std::time::Duration::from_millis(1100)).await;
+    let (answered, resumed) = answer_with(proxy.addr, "/", client.clone()).await;
+    assert_eq!((answered, resumed), (None, true));
+}

@@ -137,6 +137,20 @@ impl Pki {
         )
     }
 
+    /// [`Pki::client_leaf`] valid from a minute ago until `until`, to the second.
+    pub fn client_leaf_until(&self, name: &str, until: std::time::SystemTime) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        params.not_after = time::OffsetDateTime::from(until);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     fn leaf_for(
         &self,
         names: &[&str],
