@@ -162,7 +162,7 @@ async fn answer(opened: Opened, shared: Arc<Shared>, guard: ConnGuard) {
     let connect_timeout = shared.current().config.timeouts.connect;
     let answer_by = deadline + connect_timeout + handshake;
     let conn = Conn {
-        client_certificate: Mutex::new(client_certificate),
+        client_certificate: Mutex::new(client_certificate.map(Box::new)),
         peer,
         started,
         shared,
@@ -531,7 +531,8 @@ async fn linger_unless_draining<S: tokio::io::AsyncRead + Unpin>(io: &mut S, sha
 pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
     /// The client's certificate as checked at the handshake, until its request takes it.
-    client_certificate: Mutex<Option<client_cert::Checked>>,
+    /// Boxed: every tunnel keeps its `Conn`, few ever had a certificate to check.
+    client_certificate: Mutex<Option<Box<client_cert::Checked>>>,
     pub(crate) started: Instant,
     pub(crate) shared: Arc<Shared>,
     /// `timeouts.connect` for this connection's request, as its answer deadline counts it.
@@ -563,7 +564,9 @@ impl Conn {
     /// The client's certificate as checked at the handshake, for the (one) request to judge
     /// under the config it is routed by; the chain is not kept for the tunnel's life.
     pub(crate) fn take_client_certificate(&self) -> Option<client_cert::Checked> {
-        crate::sync::lock(&self.client_certificate).take()
+        crate::sync::lock(&self.client_certificate)
+            .take()
+            .map(|checked| *checked)
     }
 
     /// Keeps the upgrade of a request answered with anything but a 101, for [`close_refused`].

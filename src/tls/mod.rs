@@ -38,7 +38,7 @@ pub(crate) use stream::{accept, TlsStream};
 pub(crate) struct Served {
     pub tls: Arc<ServerConfig>,
     /// Who checks clients' certificates, if anyone (`tls.client_ca`): in `tls`, and again for
-    /// resumed sessions (see [`crate::client_cert::identity`]).
+    /// resumed sessions (see [`crate::client_cert::at_handshake`]).
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     pub expiry: Vec<Expiry>,
     /// Certificates that load but that SNI can never pick: surely a mistake.
