@@ -18,6 +18,27 @@ fn asking(ca: &Pki, dir: &tempfile::TempDir, mode: &str) -> String {
     )
 }
 
+/// A proxy asking clients for certificates of `ca` in `mode` (its CA file in `dir`), routing
+/// every path to `backend`; with its reload status once it has first looked at its files, and
+/// its generation then.
+async fn asking_proxy(
+    ca: &Pki,
+    dir: &tempfile::TempDir,
+    mode: &str,
+    backend: &WsBackend,
+) -> (
+    Proxy,
+    tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    u64,
+) {
+    let routes = route("r", "/", &[backend.addr]);
+    let proxy = start_proxy(&format!("{}{routes}", asking(ca, dir, mode))).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    (proxy, status, before)
+}
+
 /// The `X-Forwarded-Client-Cert` hash of the certificate `pem`.
 fn hash_of(pem: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, &der_of(pem));
@@ -179,15 +200,7 @@ async fn a_renewed_client_ca_file_is_applied_to_new_handshakes() {
     let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("devices").await;
-    let body = format!(
-        "{}{}",
-        asking(&old, &dir, "required"),
-        route("r", "/", &[backend.addr])
-    );
-    let proxy = start_proxy(&body).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (proxy, mut status, before) = asking_proxy(&old, &dir, "required", &backend).await;
     let (kept, renewed) = (old.client_leaf("a", None), new.client_leaf("b", None));
     let config = client_config_showing(&kept);
     let mut ws = ws_connect_with(proxy.addr, "wss://localhost/", config, &[])
@@ -226,32 +239,6 @@ fn client_auth_and_required_routes_need_a_client_ca_named_at_their_lines() {
     );
 }
 
-/// A client that shows `shown` and keeps its sessions to resume, speaking only `version`.
-fn resuming_client(
-    shown: Option<&(String, String)>,
-    version: &'static rustls::SupportedProtocolVersion,
-) -> std::sync::Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der_of(&pki().ca_pem()).into()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match shown {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    std::sync::Arc::new(config)
-}
-
 #[tokio::test]
 async fn a_resumed_session_is_checked_against_the_client_ca_in_force() {
     // rustls restores a resumed session's certificate as it was checked when the session
@@ -261,17 +248,9 @@ async fn a_resumed_session_is_checked_against_the_client_ca_in_force() {
         let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
         let dir = tempfile::tempdir().unwrap();
         let mut backend = WsBackend::start("devices").await;
-        let body = format!(
-            "{}{}",
-            asking(&old, &dir, "required"),
-            route("r", "/", &[backend.addr])
-        );
-        let proxy = start_proxy(&body).await;
-        let mut status = proxy.server.reload_status();
-        let before = status.borrow().generation;
-        first_look(&mut status).await;
+        let (proxy, mut status, before) = asking_proxy(&old, &dir, "required", &backend).await;
         let shown = old.client_leaf("device-7", None);
-        let client = resuming_client(Some(&shown), version);
+        let client = client_config_for(Some(&shown), &[version]);
         assert_eq!(
             answer_with(proxy.addr, "/", client.clone()).await,
             (Some(101), false)
@@ -309,7 +288,7 @@ async fn a_session_begun_before_client_ca_cannot_resume_past_it() {
     let mut status = proxy.server.reload_status();
     let before = status.borrow().generation;
     first_look(&mut status).await;
-    let client = resuming_client(None, &rustls::version::TLS13);
+    let client = client_config_for(None, &[&rustls::version::TLS13]);
     assert_eq!(
         answer_with(proxy.addr, "/", client.clone()).await,
         (Some(101), false)
@@ -334,15 +313,7 @@ async fn a_client_ca_file_gone_for_a_while_is_no_failure() {
     let (old, new) = (Pki::new("old device CA"), Pki::new("new device CA"));
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("devices").await;
-    let body = format!(
-        "{}{}",
-        asking(&old, &dir, "required"),
-        route("r", "/", &[backend.addr])
-    );
-    let proxy = start_proxy(&body).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (proxy, mut status, before) = asking_proxy(&old, &dir, "required", &backend).await;
     let ca = dir.path().join("client-ca.pem");
     std::fs::remove_file(&ca).unwrap();
     let gone = status_where(&mut status, "the gap seen", |s| s.last_error.is_some()).await;
@@ -405,7 +376,7 @@ async fn sessions_begun_under_other_client_cas_are_not_resumed_but_begun_anew() 
     let mut status = proxy.server.reload_status();
     let before = status.borrow().generation;
     first_look(&mut status).await;
-    let client = resuming_client(None, &rustls::version::TLS13);
+    let client = client_config_for(None, &[&rustls::version::TLS13]);
     assert_eq!(
         answer_with(proxy.addr, "/", client.clone()).await,
         (Some(101), false)
@@ -448,7 +419,7 @@ async fn a_resumed_session_whose_certificate_has_expired_since_is_refused() {
     let unix = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix + 3);
     let shown = clients.client_leaf_until("device-7", until);
-    let client = resuming_client(Some(&shown), &rustls::version::TLS13);
+    let client = client_config_for(Some(&shown), &[&rustls::version::TLS13]);
     assert_eq!(
         answer_with(proxy.addr, "/", client.clone()).await,
         (Some(101), false)

@@ -233,12 +233,7 @@ impl Pki {
         versions: &[&'static rustls::SupportedProtocolVersion],
         verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     ) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::pem::PemObject;
-        let (cert, key) = self.leaf(names);
-        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let (chain, key) = parsed(&self.leaf(names));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
@@ -561,20 +556,41 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
     }
 }
 
-/// A client trusting the test CA ([`pki`]) that shows the certificate `(cert PEM, key PEM)`.
-pub fn client_config_showing((cert, key): &(String, String)) -> Arc<rustls::ClientConfig> {
+/// A certificate chain and key as PEM, `(cert, key)`, parsed.
+pub fn parsed(
+    (cert, key): &(String, String),
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
     use rustls::pki_types::pem::PemObject;
     let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    (chain, key)
+}
+
+/// A client trusting the test CA ([`pki`]) that shows the certificate `(cert PEM, key PEM)`.
+pub fn client_config_showing(shown: &(String, String)) -> Arc<rustls::ClientConfig> {
+    client_config_for(Some(shown), rustls::DEFAULT_VERSIONS)
+}
+
+/// A client trusting the test CA ([`pki`]), speaking `versions`, that shows `shown` (if any)
+/// to a server that asks, and keeps its sessions to resume.
+pub fn client_config_for(
+    shown: Option<&(String, String)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .unwrap()
-        .with_root_certificates(pki().roots.clone())
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+        .with_root_certificates(pki().roots.clone());
+    let config = match shown.map(parsed) {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+    };
     Arc::new(config)
 }
 
