@@ -19,7 +19,13 @@ fn asking(ca: &Pki, dir: &tempfile::TempDir, mode: &str) -> String {
 }
 
 /// A proxy asking clients for certificates of `ca` in `mode` (its CA file in `dir`), routing
-/// every path to `backend`; with its reload status once it has first looked at its files, and
+/// every path to `backend`.
+async fn start_asking(ca: &Pki, dir: &tempfile::TempDir, mode: &str, backend: &WsBackend) -> Proxy {
+    let routes = route("r", "/", &[backend.addr]);
+    start_proxy(&format!("{}{routes}", asking(ca, dir, mode))).await
+}
+
+/// [`start_asking`], with its reload status once it has first looked at its files, and
 /// its generation then.
 async fn asking_proxy(
     ca: &Pki,
@@ -31,8 +37,7 @@ async fn asking_proxy(
     tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
     u64,
 ) {
-    let routes = route("r", "/", &[backend.addr]);
-    let proxy = start_proxy(&format!("{}{routes}", asking(ca, dir, mode))).await;
+    let proxy = start_asking(ca, dir, mode, backend).await;
     let mut status = proxy.server.reload_status();
     let before = status.borrow().generation;
     first_look(&mut status).await;
@@ -50,12 +55,7 @@ async fn a_verified_certificate_is_told_to_the_backend_and_a_claimed_one_never()
     let clients = Pki::new("device CA");
     let dir = tempfile::tempdir().unwrap();
     let mut backend = WsBackend::start("devices").await;
-    let body = format!(
-        "{}{}",
-        asking(&clients, &dir, "required"),
-        route("r", "/", &[backend.addr])
-    );
-    let proxy = start_proxy(&body).await;
+    let proxy = start_asking(&clients, &dir, "required", &backend).await;
     let shown = clients.client_leaf("device-7", None);
     let spoofed = [("X-Forwarded-Client-Cert", "Hash=00;Subject=\"CN=admin\"")];
     let config = client_config_showing(&shown);
@@ -128,12 +128,7 @@ async fn required_refuses_a_client_without_a_certificate_or_with_a_strangers() {
     let (clients, stranger) = (Pki::new("device CA"), Pki::new("someone else's CA"));
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("devices").await;
-    let body = format!(
-        "{}{}",
-        asking(&clients, &dir, "required"),
-        route("r", "/", &[backend.addr])
-    );
-    let proxy = start_proxy(&body).await;
+    let proxy = start_asking(&clients, &dir, "required", &backend).await;
     assert_eq!(answer(proxy.addr, "/", None).await, None);
     let strange = stranger.client_leaf("device-7", None);
     assert_eq!(answer(proxy.addr, "/", Some(&strange)).await, None);
@@ -408,12 +403,7 @@ async fn a_resumed_session_whose_certificate_has_expired_since_is_refused() {
     let clients = Pki::new("device CA");
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("devices").await;
-    let body = format!(
-        "{}{}",
-        asking(&clients, &dir, "required"),
-        route("r", "/", &[backend.addr])
-    );
-    let proxy = start_proxy(&body).await;
+    let proxy = start_asking(&clients, &dir, "required", &backend).await;
     // X.509 times count whole seconds: valid for the next two at least.
     let now = std::time::SystemTime::now();
     let unix = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
