@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -26,9 +27,9 @@ use prometheus_client::registry::Registry;
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
 use crate::reload::ReloadStatus;
+use crate::snapshot::Snapshot;
 use crate::splice::{CloseReason, Outcome, Peer};
 use crate::sync::lock;
-use crate::tls::Expiry;
 
 /// The `route` label of a request no route matched.
 const NO_ROUTE: &str = "-";
@@ -204,6 +205,9 @@ pub(crate) struct Metrics {
     certificate_expiry: Family<FileLabels, Gauge>,
     /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
     certificate_files: Mutex<Vec<FileLabels>>,
+    crl_next_update: Family<FileLabels, Gauge>,
+    /// The file `crl_next_update` has a series for.
+    crl_file: Mutex<Option<FileLabels>>,
     /// The route-labelled series, to retire those of routes and backends a reload drops.
     series: Arc<Mutex<Series>>,
     reloads: Family<ResultLabels, Counter>,
@@ -228,6 +232,8 @@ impl Default for Metrics {
             backend_put_aside: Family::default(),
             certificate_expiry: Family::default(),
             certificate_files: Mutex::default(),
+            crl_next_update: Family::default(),
+            crl_file: Mutex::default(),
             series: Arc::default(),
             reloads: Family::default(),
             generation: Gauge::default(),
@@ -255,6 +261,7 @@ impl Default for Metrics {
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
             "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
+            "client_crl_next_update_timestamp_seconds", "Unix time at which the first revocation list in tls.client_crl is due to be replaced (its nextUpdate)", crl_next_update;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
             "config_last_reload_success_timestamp_seconds", "Unix time of the last applied reload (0 if none since start)", last_reload;
@@ -437,9 +444,12 @@ impl Metrics {
         });
     }
 
-    /// The certificates now served: series of certificates no longer in the config go away,
-    /// so an alert on a replaced certificate does not keep firing.
-    pub(crate) fn certificates(&self, expiry: &[Expiry]) {
+    /// The certificates now served, and the revocation lists clients are checked against:
+    /// series of files no longer in the config go away, so an alert on a replaced
+    /// certificate does not keep firing.
+    pub(crate) fn certificates(&self, snapshot: &Snapshot) {
+        self.revocation_lists(snapshot.crl_due.as_ref());
+        let expiry = &snapshot.expiry;
         let files: Vec<FileLabels> = expiry
             .iter()
             .map(|cert| FileLabels {
@@ -457,6 +467,21 @@ impl Metrics {
             self.certificate_expiry.remove(gone);
         }
         *previous = files;
+    }
+
+    fn revocation_lists(&self, due: Option<&(PathBuf, i64)>) {
+        let file = due.map(|(file, next)| {
+            let labels = FileLabels {
+                file: file.display().to_string(),
+            };
+            self.crl_next_update.get_or_create(&labels).set(*next);
+            labels
+        });
+        let mut previous = lock(&self.crl_file);
+        if let Some(gone) = previous.as_ref().filter(|old| file.as_ref() != Some(*old)) {
+            self.crl_next_update.remove(gone);
+        }
+        *previous = file;
     }
 
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {

@@ -138,7 +138,7 @@ impl Shared {
         next.log_warnings();
         let kept_open = held.len().saturating_sub(removed.len());
         warn_what_waits(&next.config, before.0, before.1, kept_open);
-        self.metrics.certificates(&next.expiry);
+        self.metrics.certificates(&next);
         self.metrics.routes(&next.config.routes);
         close_removed(removed).await;
         Ok(())
@@ -294,7 +294,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             shortage: Default::default(),
         });
-        shared.metrics.certificates(&shared.current().expiry);
+        shared.metrics.certificates(&shared.current());
         let started: Vec<Listener> = wanted
             .into_iter()
             .zip(sockets)

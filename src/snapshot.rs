@@ -21,6 +21,8 @@ pub(crate) struct Snapshot {
     pub client_verifier: Option<Arc<dyn tls::ClientCertVerifier>>,
     /// When each served certificate expires.
     pub expiry: Vec<tls::Expiry>,
+    /// The `tls.client_crl` file, and when the first of its lists is due to be replaced.
+    pub crl_due: Option<(PathBuf, i64)>,
     pub generation: u64,
     /// Hash of the bytes of every file the config depends on.
     pub(crate) fingerprint: u64,
@@ -64,6 +66,7 @@ impl Snapshot {
             tls: served.tls,
             client_verifier: served.client_verifier,
             expiry: presented(served.expiry, backends.expiry),
+            crl_due: served.crl_due,
             generation,
             fingerprint,
             served: served_hash,
@@ -121,10 +124,14 @@ impl Snapshot {
             None => String::new(),
         };
         let expiry = tls::expiry_summary(&self.expiry);
-        let asked = match config.client_auth.as_ref().map(|auth| auth.mode) {
+        let asked = match config.client_auth.as_ref() {
             None => "",
-            Some(ClientAuth::Required) => ", client certificates required",
-            Some(ClientAuth::Optional) => ", client certificates optional",
+            Some(auth) => match (auth.mode, auth.crl.is_some()) {
+                (ClientAuth::Required, false) => ", client certificates required",
+                (ClientAuth::Required, true) => ", client certificates required (and not revoked)",
+                (ClientAuth::Optional, false) => ", client certificates optional",
+                (ClientAuth::Optional, true) => ", client certificates optional (and not revoked)",
+            },
         };
         let clients = match config.backend_client_certificates() {
             0 => asked.to_string(),

@@ -101,6 +101,8 @@ pub struct ClientAuthConfig {
     pub ca: PathBuf,
     pub ca_location: Location,
     pub mode: ClientAuth,
+    /// `tls.client_crl`: a file of revocation lists (PEM, or one DER list), and its line.
+    pub crl: Option<(PathBuf, Location)>,
 }
 
 /// Whether a client without a certificate gets through the TLS handshake.
@@ -328,7 +330,10 @@ impl Config {
     /// built from besides the config file, and renewed from.
     pub(crate) fn tls_files(&self) -> Vec<PathBuf> {
         let served = (self.certificates.iter()).flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
-        let client_ca = self.client_auth.iter().map(|auth| auth.ca.as_path());
+        let client_ca = (self.client_auth.iter()).flat_map(|auth| {
+            let crl = auth.crl.iter().map(|(crl, _)| crl.as_path());
+            std::iter::once(auth.ca.as_path()).chain(crl)
+        });
         let mut seen = std::collections::HashSet::new();
         (served.chain(client_ca).chain(self.backend_tls_files()))
             .filter(|file| seen.insert(*file))

@@ -72,6 +72,8 @@ pub(super) struct RawTls {
     pub(super) client_ca: Option<Spanned<String>>,
     /// Whether a client without one gets through the handshake (only with `client_ca`).
     pub(super) client_auth: Option<Spanned<ClientAuth>>,
+    /// Revocation lists the client certificates are checked against (only with `client_ca`).
+    pub(super) client_crl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -212,7 +212,7 @@ impl Checker<'_> {
         Ok(out)
     }
 
-    /// `tls.client_ca` and `tls.client_auth`, the second and a route's
+    /// `tls.client_ca`, `tls.client_auth` and `tls.client_crl`, the last two and a route's
     /// `require_client_certificate` only with the first.
     fn client_auth(
         &self,
@@ -223,6 +223,9 @@ impl Checker<'_> {
             let needs = "needs tls.client_ca, the CA file client certificates are checked against";
             if let Some(mode) = &tls.client_auth {
                 return Err(self.error(&mode.span(), "tls.client_auth", needs));
+            }
+            if let Some(crl) = &tls.client_crl {
+                return Err(self.error(&crl.span(), "tls.client_crl", needs));
             }
             let required = (routes.iter().enumerate()).find_map(|(i, route)| {
                 let flag = route.require_client_certificate.as_ref()?;
@@ -240,6 +243,16 @@ impl Checker<'_> {
             return Err(self.error(&ca.span(), "tls.client_ca", "must name a file"));
         }
         let base = self.path.parent().unwrap_or(Path::new("."));
+        let crl = match &tls.client_crl {
+            Some(crl) if crl.get_ref().trim().is_empty() => {
+                return Err(self.error(&crl.span(), "tls.client_crl", "must name a file"));
+            }
+            Some(crl) => Some((
+                base.join(crl.get_ref()),
+                self.locate(&crl.span(), "tls.client_crl"),
+            )),
+            None => None,
+        };
         Ok(Some(ClientAuthConfig {
             ca: base.join(ca.get_ref()),
             ca_location: self.locate(&ca.span(), "tls.client_ca"),
@@ -247,6 +260,7 @@ impl Checker<'_> {
                 .client_auth
                 .as_ref()
                 .map_or_else(ClientAuth::default, |m| *m.get_ref()),
+            crl,
         }))
     }
 

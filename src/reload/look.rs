@@ -121,7 +121,7 @@ fn config_file_missing(path: &Path) -> Option<Look> {
 
 /// Whether `error`, the failure to build the config at `path`, is only that a file the
 /// config `in_force` serves (a certificate, a key, a client or backend CA file, a backend
-/// client certificate or key) is clearly not there (a dangling link included), or is there but
+/// client certificate or key, a client revocation list) is clearly not there (a dangling link included), or is there but
 /// empty (truncated by `cat new.key > tls.key` or a two-step write, not written yet), as a
 /// config file's absence or emptiness is: what is gone, and an error naming it and its
 /// config line. `None` for any other failure, so a real mistake saved in the same moment is
@@ -150,8 +150,17 @@ fn served_file_gone(
     let cas = (backend_tls.map(|tls| (&tls.ca, &tls.ca_location)))
         .chain(client_cas)
         .map(|(ca, at)| (["CA file", "CA file's content"], ca, at));
+    let crls = (config.client_auth.iter()).filter_map(|auth| auth.crl.as_ref());
+    let crls = crls.map(|(crl, at)| {
+        (
+            ["revocation list file", "revocation list file's content"],
+            crl,
+            at,
+        )
+    });
     let gone = certificates
         .chain(cas)
+        .chain(crls)
         .filter(|(_, file, at)| error.location.as_ref() == Some(*at) && served(file))
         .find_map(|([gone, emptied], file, at)| {
             let (what, why) = match absent_or_empty(file)? {

@@ -113,14 +113,14 @@ fn time_left(left: i64) -> String {
     }
 }
 
-fn unix_now() -> i64 {
+pub(super) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Unix seconds as an RFC 3339 time, or as the number if out of range.
-fn rfc3339(unix: i64) -> String {
+pub(super) fn rfc3339(unix: i64) -> String {
     // By hand, not humantime: a certificate may end before 1970 (or after 9999), and
     // humantime formats neither.
     let (days, secs) = (unix.div_euclid(86400), unix.rem_euclid(86400));

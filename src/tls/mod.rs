@@ -6,7 +6,8 @@
 //!
 //! Layout: `expiry` is when each served certificate stops being valid, and the warnings and
 //! summary about it; `hello` reads a connection's first bytes, enough to tell TLS from plain
-//! HTTP; `stream` is a TLS connection over rustls's unbuffered API, with buffers lent only
+//! HTTP; `revocation` reads the lists client certificates are checked against (`tls.client_crl`);
+//! `stream` is a TLS connection over rustls's unbuffered API, with buffers lent only
 //! while bytes wait in them (a client's to wsgate, or wsgate's to a backend); `client` is the
 //! TLS to backends of routes with `backend_tls`; this module loads the certificates and picks
 //! one by SNI.
@@ -14,10 +15,11 @@
 mod client;
 mod expiry;
 mod hello;
+mod revocation;
 mod stream;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -41,7 +43,10 @@ pub(crate) struct Served {
     /// resumed sessions (see [`crate::client_cert::at_handshake`]).
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     pub expiry: Vec<Expiry>,
-    /// Certificates that load but that SNI can never pick: surely a mistake.
+    /// The `tls.client_crl` file, and when the first of its lists is due to be replaced.
+    pub crl_due: Option<(PathBuf, i64)>,
+    /// Certificates that load but that SNI can never pick, revocation lists overdue: surely a
+    /// mistake, or a renewal that stopped.
     pub warnings: Vec<ConfigError>,
 }
 
@@ -49,27 +54,27 @@ pub(crate) struct Served {
 /// leaf expires.
 pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     let provider = Arc::new(provider());
-    let (resolver, expiry, warnings) = load_certificates(config, &provider)?;
+    let (resolver, expiry, mut warnings) = load_certificates(config, &provider)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match config.tls_min_version {
         TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let (client_verifier, scope) = client_verifier(config, &provider)?;
-    let clients = (client_verifier.clone()).unwrap_or_else(WebPkiClientVerifier::no_client_auth);
+    let clients = client_verifier(config, &provider)?;
+    let verifier = (clients.verifier.clone()).unwrap_or_else(WebPkiClientVerifier::no_client_auth);
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| match config.certificates.first() {
             Some(first) => ConfigError::at(&config.path, &first.location, e.to_string()),
             None => ConfigError::new(&config.path, e.to_string()),
         })?
-        .with_client_cert_verifier(clients)
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(resolver));
     // Pin HTTP/1.1: a WebSocket upgrade is an HTTP/1.1 affair, and a client that would pick h2
     // from a longer list must not. HTTP/1.0 is agreed to only so that a client offering
     // nothing else gets the handshake's answer to it (400), not a TLS alert it cannot read.
     tls.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     if config.session_resumption {
-        let (ticketer, cache) = sessions(scope);
+        let (ticketer, cache) = sessions(clients.scope);
         // Stateless tickets make a reconnect (the common case after a network blip) cheap.
         if let Some(ticketer) = ticketer {
             tls.ticketer = ticketer;
@@ -82,26 +87,46 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         tls.send_tls13_tickets = 0;
         tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     }
+    warnings.extend(clients.warnings);
     Ok(Served {
         tls: Arc::new(tls),
-        client_verifier,
+        client_verifier: clients.verifier,
         expiry,
+        crl_due: clients.crl_due,
         warnings,
     })
 }
 
+/// Who checks clients' certificates, as [`client_verifier`] builds it.
+struct Clients {
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The scope of the sessions clients may resume: the same for configs that check clients
+    /// alike (none, or the same CAs in the same mode), another when that changes. (Not the
+    /// revocation lists: a resumed session's certificate is checked again, by the lists in
+    /// force, in [`crate::client_cert::at_handshake`].)
+    scope: u64,
+    /// A warning for each revocation list overdue.
+    warnings: Vec<ConfigError>,
+    /// The revocation list file, and when the first of its lists is due to be replaced.
+    crl_due: Option<(PathBuf, i64)>,
+}
+
 /// Who checks clients' certificates: no one, unless `tls.client_ca` names the CAs they must
 /// chain to (and then a client without one is refused in the handshake unless
-/// `tls.client_auth` is "optional").
-///
-/// With it, the scope of the sessions clients may resume: the same for configs that check
-/// clients alike (none, or the same CAs in the same mode), another when that changes.
+/// `tls.client_auth` is "optional"), and each certificate is looked up in the revocation
+/// lists of `tls.client_crl` if set.
 fn client_verifier(
     config: &Config,
     provider: &Arc<CryptoProvider>,
-) -> Result<(Option<Arc<dyn ClientCertVerifier>>, u64), ConfigError> {
+) -> Result<Clients, ConfigError> {
     let Some(auth) = &config.client_auth else {
-        return Ok((None, 0));
+        let none = Clients {
+            verifier: None,
+            scope: 0,
+            warnings: Vec::new(),
+            crl_due: None,
+        };
+        return Ok(none);
     };
     let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
     let roots = client::trusted(&auth.ca).map_err(at)?;
@@ -120,8 +145,26 @@ fn client_verifier(
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
+    let (builder, warnings, crl_due) = match &auth.crl {
+        // rustls's defaults, as nginx's and Envoy's: every certificate of the chain but the
+        // trust anchor is looked up, in the list of its issuer, and one whose issuer has no
+        // list is refused (a list left out must not let everyone in).
+        Some((file, location)) => {
+            let at = |message: String| ConfigError::at(&config.path, location, message);
+            let lists = revocation::read(file).map_err(at)?;
+            let warnings = lists.stale.into_iter().map(at).collect();
+            let due = lists.due.map(|due| (file.clone(), due));
+            (builder.with_crls(lists.ders), warnings, due)
+        }
+        None => (builder, Vec::new(), None),
+    };
     let verifier = builder.build().map_err(|e| at(e.to_string()))?;
-    Ok((Some(verifier), scope))
+    Ok(Clients {
+        verifier: Some(verifier),
+        scope,
+        warnings,
+        crl_due,
+    })
 }
 
 /// Every certificate the config names, read, checked and added to the SNI resolver; with when

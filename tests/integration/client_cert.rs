@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::*;
 
 /// The `[tls]` keys asking clients for a certificate of `ca`, written into `dir`, in `mode`.
-fn asking(ca: &Pki, dir: &tempfile::TempDir, mode: &str) -> String {
+pub(crate) fn asking(ca: &Pki, dir: &tempfile::TempDir, mode: &str) -> String {
     let path = dir.path().join("client-ca.pem");
     std::fs::write(&path, ca.ca_pem()).unwrap();
     format!(
@@ -78,7 +78,7 @@ async fn a_verified_certificate_is_told_to_the_backend_and_a_claimed_one_never()
 
 /// Whether the proxy at `addr` answers an upgrade over TLS showing `shown` (or nothing): the
 /// status, or `None` if the connection fails first.
-async fn answer(
+pub(crate) async fn answer(
     addr: std::net::SocketAddr,
     path: &str,
     shown: Option<&(String, String)>,
@@ -92,7 +92,7 @@ async fn answer(
 
 /// [`answer`] over TLS with `config` (which may hold a session to resume), and whether the
 /// session was resumed.
-async fn answer_with(
+pub(crate) async fn answer_with(
     addr: std::net::SocketAddr,
     path: &str,
     config: std::sync::Arc<rustls::ClientConfig>,
@@ -112,7 +112,7 @@ async fn answer_with(
 
 /// The status of the answer to an upgrade request for `path` sent on `tls`, or `None` if the
 /// connection fails first.
-async fn status_of(tls: &mut Tls, path: &str) -> Option<u16> {
+pub(crate) async fn status_of(tls: &mut Tls, path: &str) -> Option<u16> {
     let request = Req::upgrade("localhost", path).bytes();
     tls.write_all(request.as_ref()).await.ok()?;
     let mut head = vec![0; 1024];

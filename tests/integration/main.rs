@@ -21,6 +21,7 @@ mod origin;
 mod proxy_protocol;
 mod reject;
 mod reload;
+mod revocation;
 mod routing;
 mod shutdown;
 mod sni;

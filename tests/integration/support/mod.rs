@@ -151,6 +151,33 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A revocation list of this CA revoking the certificates `revoked` (PEM), due to be
+    /// replaced at `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[&str],
+        next_update: time::OffsetDateTime,
+    ) -> rcgen::CertificateRevocationList {
+        let now = time::OffsetDateTime::now_utc();
+        let revoked_certs = (revoked.iter())
+            .map(|pem| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&serial_of(pem)),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::days(1),
+            next_update,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.ca_cert, &self.ca_key).unwrap()
+    }
+
     fn leaf_for(
         &self,
         names: &[&str],
@@ -649,6 +676,13 @@ pub fn peer_leaf(tls: &Tls) -> Vec<u8> {
 /// The DER of the leaf the proxy at `addr` serves for SNI `localhost` (test CA only).
 pub async fn served_leaf(addr: SocketAddr) -> Vec<u8> {
     peer_leaf(&tls_connect(addr).await)
+}
+
+/// The serial number of the first certificate in `pem`, as its DER writes it.
+pub fn serial_of(pem: &str) -> Vec<u8> {
+    let der = der_of(pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.raw_serial().to_vec()
 }
 
 /// The DER of the first certificate in `pem`.

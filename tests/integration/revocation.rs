@@ -1,0 +1,228 @@
+//! Revocation lists for client certificates (`tls.client_crl`): a revoked certificate is
+//! refused in the handshake, and after a new list also on resumption and at a request that
+//! was waiting, while tunnels already open run on; a list that cannot be used is an error at
+//! its line, and one overdue a warning.
+
+use crate::admin::{metrics, sample, ADMIN};
+use crate::client_cert::{answer, answer_with, asking, status_of};
+use crate::support::*;
+
+/// A week from now: a list's `nextUpdate` that is not overdue.
+fn in_a_week() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(7)
+}
+
+/// The `[tls]` keys asking for certificates of `ca` (required) and checking them against the
+/// lists in `dir`'s `clients.crl`, which holds `lists`; then a route to `backend`.
+fn revoking(ca: &Pki, dir: &tempfile::TempDir, lists: &[u8], backend: &WsBackend) -> String {
+    let path = dir.path().join("clients.crl");
+    std::fs::write(&path, lists).unwrap();
+    let routes = route("r", "/", &[backend.addr]);
+    let crl = format!("client_crl = \"{}\"\n\n", path.display());
+    format!("{}{crl}{routes}", asking(ca, dir, "required"))
+}
+
+/// A proxy started on [`revoking`]'s config, its reload status once it has first looked at
+/// its files, and its generation then.
+async fn revoking_proxy(
+    ca: &Pki,
+    dir: &tempfile::TempDir,
+    lists: &[u8],
+    backend: &WsBackend,
+) -> (
+    Proxy,
+    tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    u64,
+) {
+    let proxy = start_proxy(&revoking(ca, dir, lists, backend)).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    (proxy, status, before)
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_and_the_others_taken_from_a_pem_or_a_der_list() {
+    let clients = Pki::new("device CA");
+    let backend = WsBackend::start("devices").await;
+    let (lost, kept) = (
+        clients.client_leaf("lost-phone", None),
+        clients.client_leaf("device-7", None),
+    );
+    let list = clients.crl(&[&lost.0], in_a_week());
+    for lists in [list.pem().unwrap().into_bytes(), list.der().to_vec()] {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = start_proxy(&revoking(&clients, &dir, &lists, &backend)).await;
+        assert_eq!(answer(proxy.addr, "/", Some(&lost)).await, None);
+        assert_eq!(answer(proxy.addr, "/", Some(&kept)).await, Some(101));
+    }
+}
+
+#[tokio::test]
+async fn a_new_list_refuses_handshakes_resumptions_and_waiting_requests_but_not_tunnels() {
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let none_revoked = clients.crl(&[], in_a_week()).pem().unwrap();
+    let (proxy, mut status, before) =
+        revoking_proxy(&clients, &dir, none_revoked.as_bytes(), &backend).await;
+    let shown = clients.client_leaf("device-7", None);
+    let client = client_config_for(Some(&shown), &[&rustls::version::TLS13]);
+    assert_eq!(
+        answer_with(proxy.addr, "/", client.clone()).await,
+        (Some(101), false)
+    );
+    let mut tunnel = ws_connect_with(proxy.addr, "wss://localhost/", client.clone(), &[])
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut tunnel, "whoami").await, "devices");
+    let mut waiting =
+        tls_connect_with(proxy.addr, "localhost", client_config_showing(&shown)).await;
+
+    let revoked = clients.crl(&[&shown.0], in_a_week()).pem().unwrap();
+    std::fs::write(dir.path().join("clients.crl"), revoked).unwrap();
+    generation(&mut status, before + 1).await;
+    // The client holds a session ticket: refused on resumption as in a full handshake.
+    assert_eq!(answer_with(proxy.addr, "/", client.clone()).await.0, None);
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, None);
+    // Its handshake came before the list, its request after: judged by the list in force.
+    assert_eq!(status_of(&mut waiting, "/").await, Some(403));
+    assert_eq!(round_trip(&mut tunnel, "whoami").await, "devices");
+}
+
+#[tokio::test]
+async fn a_certificate_whose_issuer_has_no_list_in_the_file_is_refused() {
+    // Two CAs taken, a list from one: the other's clients cannot be known not to be revoked,
+    // and a list left out must not let them in.
+    let (listed, unlisted) = (Pki::new("device CA"), Pki::new("kiosk CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let lists = listed.crl(&[], in_a_week()).pem().unwrap();
+    let config = revoking(&listed, &dir, lists.as_bytes(), &backend);
+    let both = [listed.ca_pem(), unlisted.ca_pem()].concat();
+    std::fs::write(dir.path().join("client-ca.pem"), both).unwrap();
+    let proxy = start_proxy(&config).await;
+    let kiosk = unlisted.client_leaf("kiosk-1", None);
+    assert_eq!(answer(proxy.addr, "/", Some(&kiosk)).await, None);
+    let device = listed.client_leaf("device-7", None);
+    assert_eq!(answer(proxy.addr, "/", Some(&device)).await, Some(101));
+}
+
+#[tokio::test]
+async fn lists_that_cannot_be_used_are_errors_at_their_line_and_an_overdue_one_a_warning() {
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let route = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\n";
+    let alone = format!("client_crl = \"clients.crl\"\n\n{route}");
+    let message = wsgate::check(&write_config(dir.path(), &alone))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(":7:14: tls.client_crl: needs tls.client_ca"),
+        "{message}"
+    );
+    let (certificate, _) = clients.client_leaf("device-7", None);
+    let unusable: [(&[u8], &str); 3] = [
+        (b"", "clients.crl: the file is empty"),
+        (
+            certificate.as_bytes(),
+            "holds no `-----BEGIN X509 CRL-----` block",
+        ),
+        (&[0x30, 0x03, 0x02, 0x01, 0x01], "revocation list in"),
+    ];
+    for (lists, expected) in unusable {
+        let config = write_config(dir.path(), &revoking(&clients, &dir, lists, &backend));
+        let message = wsgate::check(&config).unwrap_err().to_string();
+        assert!(message.contains("tls.client_crl: "), "{message}");
+        assert!(message.contains(expected), "{message}");
+    }
+    std::fs::remove_file(dir.path().join("clients.crl")).unwrap();
+    let message = wsgate::check(&dir.path().join("wsgate.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("tls.client_crl: cannot read revocation lists"),
+        "{message}"
+    );
+
+    let hour_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let overdue = clients.crl(&[], hour_ago).pem().unwrap();
+    let config = revoking(&clients, &dir, overdue.as_bytes(), &backend);
+    let (summary, warnings) = wsgate::check(&write_config(dir.path(), &config)).unwrap();
+    assert!(
+        summary.contains("client certificates required (and not revoked)"),
+        "{summary}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("tls.client_crl: ")
+            && w.contains("revocation list of CN=device CA was due to be replaced at")),
+        "{warnings:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_file_gone_for_a_while_is_waited_for_then_applied() {
+    // A list replaced by `rm; cp`: the gap is no failure, the lists in force are kept.
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let none_revoked = clients.crl(&[], in_a_week()).der().to_vec();
+    let (proxy, mut status, before) = revoking_proxy(&clients, &dir, &none_revoked, &backend).await;
+    let file = dir.path().join("clients.crl");
+    std::fs::remove_file(&file).unwrap();
+    let gone = status_where(&mut status, "the gap seen", |s| s.last_error.is_some()).await;
+    let error = gone.last_error.unwrap_or_default();
+    assert!(
+        error.contains("tls.client_crl: ") && error.ends_with("clients.crl not found"),
+        "{error}"
+    );
+    assert_eq!((gone.generation, gone.failures), (before, 0));
+    let shown = clients.client_leaf("device-7", None);
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, Some(101));
+    std::fs::write(&file, clients.crl(&[&shown.0], in_a_week()).der()).unwrap();
+    let back = generation(&mut status, before + 1).await;
+    assert_eq!((back.failures, back.last_error), (0, None));
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lists_first_next_update_is_exported_until_the_key_goes() {
+    // Two lists in the file (a root's and, say, an intermediate's): the one due first counts,
+    // since an alert must fire before any list goes stale.
+    let (root, other) = (Pki::new("device CA"), Pki::new("kiosk CA"));
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let (soon, later) = (in_a_week(), in_a_week() + time::Duration::days(30));
+    let lists = [
+        other.crl(&[], later).pem().unwrap(),
+        root.crl(&[], soon).pem().unwrap(),
+    ]
+    .concat();
+    let file = dir.path().join("clients.crl");
+    std::fs::write(&file, lists).unwrap();
+    let tls = asking(&root, &dir, "required");
+    let routes = route("r", "/", &[backend.addr]);
+    let crl = format!("client_crl = \"{}\"\n\n", file.display());
+    let proxy = start_proxy(&format!("{tls}{crl}{ADMIN}{routes}")).await;
+    let (admin, mut status) = (
+        proxy.server.admin_addr().unwrap(),
+        proxy.server.reload_status(),
+    );
+    let series = format!(
+        r#"wsgate_client_crl_next_update_timestamp_seconds{{file="{}"}}"#,
+        file.display()
+    );
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(&text, &series),
+        Some(soon.unix_timestamp() as f64),
+        "{text}"
+    );
+    let before = status.borrow().generation;
+    let without = format!("{CONFIG_HEAD}{tls}{ADMIN}{routes}");
+    std::fs::write(proxy.config_path(), without).unwrap();
+    generation(&mut status, before + 1).await;
+    let text = metrics(admin).await;
+    assert_eq!(sample(&text, &series), None, "{text}");
+}
