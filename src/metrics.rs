@@ -261,7 +261,7 @@ impl Default for Metrics {
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
             "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
-            "client_crl_next_update_timestamp_seconds", "Unix time at which the first revocation list in tls.client_crl is due to be replaced (its nextUpdate)", crl_next_update;
+            "client_crl_next_update_timestamp_seconds", "Unix time at which the first of the revocation lists in tls.client_crl is due to be replaced (their earliest nextUpdate)", crl_next_update;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
             "config_last_reload_success_timestamp_seconds", "Unix time of the last applied reload (0 if none since start)", last_reload;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::client::UnbufferedClientConnection;
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 use super::{chain_warning, load_certified_key, provider, read_chain, Chain, Expiry, TlsStream};
@@ -101,7 +101,7 @@ fn client_config(
     tls: &BackendTlsConfig,
     out: &mut BackendClients,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
-    let roots = trusted(&tls.ca)
+    let (roots, _) = trusted(&tls.ca)
         .map_err(|message| ConfigError::at(&config.path, &tls.ca_location, message))?;
     let provider = Arc::new(provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -123,12 +123,15 @@ fn client_config(
     Ok(Arc::new(client))
 }
 
-/// The certificates of the CA file `path`, each one a trust anchor.
-pub(super) fn trusted(path: &Path) -> Result<RootCertStore, String> {
+/// The certificates of the CA file `path`, each one a trust anchor; with them as they are in
+/// the file.
+pub(super) fn trusted(
+    path: &Path,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), String> {
     let certificates = read_chain(path, Chain::Trusted).map_err(|refused| refused.message)?;
     let mut roots = RootCertStore::empty();
-    for (i, der) in certificates.into_iter().enumerate() {
-        roots.add(der).map_err(|e| {
+    for (i, der) in certificates.iter().enumerate() {
+        roots.add(der.clone()).map_err(|e| {
             format!(
                 "certificate {} in {} cannot be trusted as a CA: {e}",
                 i + 1,
@@ -136,7 +139,7 @@ pub(super) fn trusted(path: &Path) -> Result<RootCertStore, String> {
             )
         })?;
     }
-    Ok(roots)
+    Ok((roots, certificates))
 }
 
 /// The host of `host:port` as `backends` writes it, without an IPv6 address's brackets.

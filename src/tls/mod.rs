@@ -129,7 +129,7 @@ fn client_verifier(
         return Ok(none);
     };
     let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
-    let roots = client::trusted(&auth.ca).map_err(at)?;
+    let (roots, anchors) = client::trusted(&auth.ca).map_err(at)?;
     let scope = {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -146,12 +146,14 @@ fn client_verifier(
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
     let (builder, warnings, crl_due) = match &auth.crl {
-        // rustls's defaults, as nginx's and Envoy's: every certificate of the chain but the
-        // trust anchor is looked up, in the list of its issuer, and one whose issuer has no
-        // list is refused (a list left out must not let everyone in).
+        // rustls's defaults: every certificate of the chain but the trust anchor is looked
+        // up in the list of its issuer, and one whose issuer has no list is refused (a list
+        // left out must not let everyone in), as nginx and Envoy do. Unlike them, a list past
+        // its nextUpdate is still used (warned about, and exported): refusing every client
+        // because a publisher is late would be an outage of its own.
         Some((file, location)) => {
             let at = |message: String| ConfigError::at(&config.path, location, message);
-            let lists = revocation::read(file).map_err(at)?;
+            let lists = revocation::read(file, &auth.ca, &anchors).map_err(at)?;
             let warnings = lists.stale.into_iter().map(at).collect();
             let due = lists.due.map(|due| (file.clone(), due));
             (builder.with_crls(lists.ders), warnings, due)

@@ -91,21 +91,80 @@ async fn a_new_list_refuses_handshakes_resumptions_and_waiting_requests_but_not_
 }
 
 #[tokio::test]
-async fn a_certificate_whose_issuer_has_no_list_in_the_file_is_refused() {
-    // Two CAs taken, a list from one: the other's clients cannot be known not to be revoked,
-    // and a list left out must not let them in.
-    let (listed, unlisted) = (Pki::new("device CA"), Pki::new("kiosk CA"));
+async fn an_intermediate_is_looked_up_in_its_issuers_list_and_needs_its_own() {
+    // client_ca holds the root; clients show their certificate and the intermediate that
+    // issued it. Each needs a list of its issuer: the root's for the intermediate, the
+    // intermediate's for the client's (one left out must not let its clients in).
+    let root = Pki::new("device root CA");
+    let issuing = root.intermediate("device issuing CA");
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("devices").await;
-    let lists = listed.crl(&[], in_a_week()).pem().unwrap();
-    let config = revoking(&listed, &dir, lists.as_bytes(), &backend);
-    let both = [listed.ca_pem(), unlisted.ca_pem()].concat();
-    std::fs::write(dir.path().join("client-ca.pem"), both).unwrap();
-    let proxy = start_proxy(&config).await;
-    let kiosk = unlisted.client_leaf("kiosk-1", None);
-    assert_eq!(answer(proxy.addr, "/", Some(&kiosk)).await, None);
-    let device = listed.client_leaf("device-7", None);
-    assert_eq!(answer(proxy.addr, "/", Some(&device)).await, Some(101));
+    let roots_list = root.crl(&[], in_a_week()).pem().unwrap();
+    let (proxy, mut status, before) =
+        revoking_proxy(&root, &dir, roots_list.as_bytes(), &backend).await;
+    let (leaf, key) = issuing.client_leaf("device-7", None);
+    let shown = (format!("{leaf}{}", issuing.ca_pem()), key);
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, None);
+    let issuings_list = issuing.crl(&[], in_a_week()).pem().unwrap();
+    std::fs::write(
+        dir.path().join("clients.crl"),
+        format!("{roots_list}{issuings_list}"),
+    )
+    .unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, Some(101));
+    // The root revokes the intermediate: its clients are out.
+    let revoking_it = root.crl(&[&issuing.ca_pem()], in_a_week()).pem().unwrap();
+    std::fs::write(
+        dir.path().join("clients.crl"),
+        format!("{revoking_it}{issuings_list}"),
+    )
+    .unwrap();
+    generation(&mut status, before + 2).await;
+    assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, None);
+}
+
+#[tokio::test]
+async fn a_list_file_that_would_refuse_every_client_or_hide_a_revocation_is_rejected() {
+    // Each of these loads in rustls and fails only in handshakes: told at the reload, which
+    // is rejected, the lists in force kept.
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let (lost, kept) = (
+        clients.client_leaf("lost-phone", None),
+        clients.client_leaf("device-7", None),
+    );
+    let in_force = clients.crl(&[&lost.0], in_a_week()).pem().unwrap();
+    let (proxy, mut status, _) =
+        revoking_proxy(&clients, &dir, in_force.as_bytes(), &backend).await;
+    let older = clients.crl(&[], in_a_week()).pem().unwrap();
+    let rekeyed = Pki::new("device CA").crl(&[], in_a_week()).pem().unwrap();
+    let strangers = Pki::new("someone else's CA")
+        .crl(&[], in_a_week())
+        .pem()
+        .unwrap();
+    let rejected = [
+        // Appended to the new list instead of replacing it, older first: rustls would take
+        // the first, and the revocation of `lost` would be lost.
+        (format!("{older}{in_force}"), "revocation lists 1 and 2 in"),
+        (rekeyed, "is not signed by the key of certificate 1 of"),
+        (
+            strangers,
+            "has no revocation list of CN=device CA (certificate 1 of",
+        ),
+    ];
+    for (n, (lists, expected)) in rejected.into_iter().enumerate() {
+        std::fs::write(dir.path().join("clients.crl"), lists).unwrap();
+        let failed = status_where(&mut status, expected, |s| s.failures == n as u64 + 1).await;
+        let error = failed.last_error.unwrap_or_default();
+        assert!(
+            error.contains("tls.client_crl: ") && error.contains(expected),
+            "{error}"
+        );
+        assert_eq!(answer(proxy.addr, "/", Some(&lost)).await, None);
+        assert_eq!(answer(proxy.addr, "/", Some(&kept)).await, Some(101));
+    }
 }
 
 #[tokio::test]
@@ -137,6 +196,24 @@ async fn lists_that_cannot_be_used_are_errors_at_their_line_and_an_overdue_one_a
         assert!(message.contains("tls.client_crl: "), "{message}");
         assert!(message.contains(expected), "{message}");
     }
+    // An intermediate trusted as an anchor is checked by nothing above it: one its root's
+    // list revokes cannot be one.
+    let issuing = clients.intermediate("device issuing CA");
+    let revoking_it = clients
+        .crl(&[&issuing.ca_pem()], in_a_week())
+        .pem()
+        .unwrap();
+    let its_own = issuing.crl(&[], in_a_week()).pem().unwrap();
+    let lists = format!("{revoking_it}{its_own}");
+    let config = write_config(
+        dir.path(),
+        &revoking(&issuing, &dir, lists.as_bytes(), &backend),
+    );
+    let message = wsgate::check(&config).unwrap_err().to_string();
+    assert!(
+        message.contains("(CN=device issuing CA) is revoked by revocation list 1 in"),
+        "{message}"
+    );
     std::fs::remove_file(dir.path().join("clients.crl")).unwrap();
     let message = wsgate::check(&dir.path().join("wsgate.toml"))
         .unwrap_err()
@@ -156,7 +233,7 @@ async fn lists_that_cannot_be_used_are_errors_at_their_line_and_an_overdue_one_a
     );
     assert!(
         warnings.iter().any(|w| w.contains("tls.client_crl: ")
-            && w.contains("revocation list of CN=device CA was due to be replaced at")),
+            && w.contains("clients.crl (of CN=device CA) was due to be replaced at")),
         "{warnings:?}"
     );
 }

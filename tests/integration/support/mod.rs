@@ -88,18 +88,8 @@ impl Pki {
     /// A new CA named `name`. [`pki`] is the one every test client trusts; make others for
     /// rotations to a different issuer.
     pub fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
         let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let ca_cert = ca_params(name).self_signed(&ca_key).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca_cert.der().clone()).unwrap();
         Pki {
@@ -110,7 +100,36 @@ impl Pki {
     }
 }
 
+/// The parameters of a test CA named `name`.
+fn ca_params(name: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
 impl Pki {
+    /// An intermediate CA named `name`, signed by this one: its leaves chain to this CA
+    /// through it (a client shows its [`Pki::ca_pem`] after its own certificate).
+    pub fn intermediate(&self, name: &str) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = (ca_params(name))
+            .signed_by(&ca_key, &self.ca_cert, &self.ca_key)
+            .unwrap();
+        Pki {
+            ca_cert,
+            ca_key,
+            roots: self.roots.clone(),
+        }
+    }
+
     /// A leaf certificate for `names`, signed by the CA: (cert PEM, key PEM).
     pub fn leaf(&self, names: &[&str]) -> (String, String) {
         self.leaf_until(names, None)
