@@ -101,9 +101,8 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
 struct Clients {
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The scope of the sessions clients may resume: the same for configs that check clients
-    /// alike (none, or the same CAs in the same mode), another when that changes. (Not the
-    /// revocation lists: a resumed session's certificate is checked again, by the lists in
-    /// force, in [`crate::client_cert::at_handshake`].)
+    /// alike (none, or the same CAs in the same mode with the same revocation lists), another
+    /// when that changes.
     scope: u64,
     /// A warning for each revocation list overdue.
     warnings: Vec<ConfigError>,
@@ -130,32 +129,34 @@ fn client_verifier(
     };
     let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
     let (roots, anchors) = client::trusted(&auth.ca).map_err(at)?;
-    let scope = {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (auth.mode == ClientAuth::Required).hash(&mut hasher);
-        for anchor in &roots.roots {
-            anchor.subject.as_ref().hash(&mut hasher);
-            anchor.subject_public_key_info.as_ref().hash(&mut hasher);
+    let lists = match &auth.crl {
+        Some((file, location)) => {
+            let at = |message: String| ConfigError::at(&config.path, location, message);
+            let lists = revocation::read(file, &auth.ca, &anchors).map_err(at)?;
+            Some((file, location, lists))
         }
-        hasher.finish() | 1
+        None => None,
     };
+    let no_lists = Vec::new();
+    let ders = lists
+        .as_ref()
+        .map_or(&no_lists, |(_, _, lists)| &lists.ders);
+    let scope = session_scope(auth.mode, &roots, ders);
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     let builder = match auth.mode {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
-    let (builder, warnings, crl_due) = match &auth.crl {
-        // rustls's defaults: every certificate of the chain but the trust anchor is looked
-        // up in the list of its issuer, and one whose issuer has no list is refused (a list
-        // left out must not let everyone in), as nginx and Envoy do. Unlike them, a list past
-        // its nextUpdate is still used (warned about, and exported): refusing every client
-        // because a publisher is late would be an outage of its own.
-        Some((file, location)) => {
+    // rustls's defaults: every certificate of the chain but the trust anchor is looked up in
+    // the list of its issuer, and one whose issuer has no list is refused (a list left out
+    // must not let everyone in), as nginx and Envoy do. Unlike them, a list past its
+    // nextUpdate is still used (warned about, and exported): refusing every client because a
+    // publisher is late would be an outage of its own.
+    let (builder, warnings, crl_due) = match lists {
+        Some((file, location, lists)) => {
             let at = |message: String| ConfigError::at(&config.path, location, message);
-            let lists = revocation::read(file, &auth.ca, &anchors).map_err(at)?;
-            let warnings = lists.stale.into_iter().map(at).collect();
             let due = lists.due.map(|due| (file.clone(), due));
+            let warnings = lists.stale.into_iter().map(at).collect();
             (builder.with_crls(lists.ders), warnings, due)
         }
         None => (builder, Vec::new(), None),
@@ -167,6 +168,26 @@ fn client_verifier(
         warnings,
         crl_due,
     })
+}
+
+/// The scope of the sessions of clients checked in `mode` against the CAs `roots` and the
+/// revocation lists `lists` (see [`Clients::scope`]); never 0, the scope of no check.
+fn session_scope(
+    mode: ClientAuth,
+    roots: &rustls::RootCertStore,
+    lists: &[rustls_pki_types::CertificateRevocationListDer<'_>],
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (mode == ClientAuth::Required).hash(&mut hasher);
+    for anchor in &roots.roots {
+        anchor.subject.as_ref().hash(&mut hasher);
+        anchor.subject_public_key_info.as_ref().hash(&mut hasher);
+    }
+    for list in lists {
+        list.as_ref().hash(&mut hasher);
+    }
+    hasher.finish() | 1
 }
 
 /// Every certificate the config names, read, checked and added to the SNI resolver; with when
@@ -259,27 +280,45 @@ pub(crate) fn install_default_provider() {
 }
 
 /// The ticket key and TLS 1.2 session cache of `scope` (see [`client_verifier`]): one per
-/// scope for the process, so a reload does not forget clients' sessions, but a change in how
-/// clients are checked does. rustls restores a resumed session's client certificate as it
-/// was checked when the session began, and keeps issuing tickets that carry it: under a new
-/// `client_ca`, such sessions cannot be resumed at all (a full handshake, checked by the new
-/// CAs), rather than resumed and refused again with every new ticket (see
-/// [`crate::client_cert::at_handshake`], which checks what is resumed within a scope).
+/// scope, kept for the process, so a reload does not forget clients' sessions, but a change
+/// in how clients are checked does. rustls restores a resumed session's client certificate
+/// as it was checked when the session began, and keeps issuing tickets that carry it: under a
+/// new `client_ca` or revocation list, such sessions cannot be resumed at all (a full
+/// handshake, checked by the new CAs and lists, a refusal told in a TLS alert), rather than
+/// resumed and refused again with every new ticket (see [`crate::client_cert::at_handshake`],
+/// which checks what is resumed within a scope).
 type Sessions = (
     Option<Arc<dyn rustls::server::ProducesTickets>>,
     Arc<dyn rustls::server::StoresServerSessions>,
 );
 
 fn sessions(scope: u64) -> Sessions {
-    static BY_SCOPE: std::sync::Mutex<Option<HashMap<u64, Sessions>>> = std::sync::Mutex::new(None);
-    let mut by_scope = crate::sync::lock(&BY_SCOPE);
-    let entry = (by_scope.get_or_insert_with(HashMap::new).entry(scope)).or_insert_with(|| {
-        let cache: Arc<dyn rustls::server::StoresServerSessions> =
-            rustls::server::ServerSessionMemoryCache::new(256);
-        (rustls::crypto::aws_lc_rs::Ticketer::new().ok(), cache)
-    });
-    entry.clone()
+    static KEPT: std::sync::Mutex<Vec<(u64, Sessions)>> = std::sync::Mutex::new(Vec::new());
+    let mut kept = crate::sync::lock(&KEPT);
+    let entry = match kept.iter().position(|(kept, _)| *kept == scope) {
+        Some(i) => kept.remove(i),
+        None => {
+            let cache: Arc<dyn rustls::server::StoresServerSessions> =
+                rustls::server::ServerSessionMemoryCache::new(256);
+            (
+                scope,
+                (rustls::crypto::aws_lc_rs::Ticketer::new().ok(), cache),
+            )
+        }
+    };
+    let sessions = entry.1.clone();
+    // Most recent last; the oldest goes, with its sessions (each cache holds up to 256, with
+    // their clients' chains): a list renewed hourly must not grow the process for ever.
+    kept.push(entry);
+    if kept.len() > SCOPES_KEPT {
+        kept.remove(0);
+    }
+    sessions
 }
+
+/// How many scopes' sessions [`sessions`] keeps: the one in force and a few before it, which
+/// a reload may come back to (a change reverted).
+const SCOPES_KEPT: usize = 4;
 
 /// Which part of a certificate entry an error is about, so it can point at that value.
 enum Part {
@@ -606,6 +645,26 @@ impl ResolvesServerCert for SniResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_are_kept_for_the_last_few_scopes_only() {
+        // Scopes of this test alone (other tests build configs of scope 0 meanwhile, which
+        // can only push these out sooner).
+        let scope = |i: u64| 0x5e55_1000 + i;
+        let cache = |i: u64| sessions(scope(i)).1;
+        let first = cache(0);
+        assert!(
+            Arc::ptr_eq(&first, &cache(0)),
+            "the same scope, the same sessions"
+        );
+        for i in 1..=SCOPES_KEPT as u64 {
+            cache(i);
+        }
+        assert!(
+            !Arc::ptr_eq(&first, &cache(0)),
+            "pushed out by as many newer"
+        );
+    }
 
     /// Taking the record layer from ring must not change which suites are offered, or in
     /// which order: the same list as aws-lc-rs's defaults, suite for suite.

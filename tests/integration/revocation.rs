@@ -79,11 +79,27 @@ async fn a_new_list_refuses_handshakes_resumptions_and_waiting_requests_but_not_
     let mut waiting =
         tls_connect_with(proxy.addr, "localhost", client_config_showing(&shown)).await;
 
+    let other = clients.client_leaf("device-8", None);
+    let other = client_config_for(Some(&other), &[&rustls::version::TLS13]);
+    assert_eq!(
+        answer_with(proxy.addr, "/", other.clone()).await,
+        (Some(101), false)
+    );
+    assert_eq!(
+        answer_with(proxy.addr, "/", other.clone()).await,
+        (Some(101), true)
+    );
+
     let revoked = clients.crl(&[&shown.0], in_a_week()).pem().unwrap();
     std::fs::write(dir.path().join("clients.crl"), revoked).unwrap();
     generation(&mut status, before + 1).await;
-    // The client holds a session ticket: refused on resumption as in a full handshake.
+    // Sessions begun before the list are not resumed: a full handshake, checked against it
+    // (a refusal then comes in a TLS alert, CertificateRevoked).
     assert_eq!(answer_with(proxy.addr, "/", client.clone()).await.0, None);
+    assert_eq!(
+        answer_with(proxy.addr, "/", other.clone()).await,
+        (Some(101), false)
+    );
     assert_eq!(answer(proxy.addr, "/", Some(&shown)).await, None);
     // Its handshake came before the list, its request after: judged by the list in force.
     assert_eq!(status_of(&mut waiting, "/").await, Some(403));
