@@ -101,8 +101,8 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
 struct Clients {
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The scope of the sessions clients may resume: the same for configs that check clients
-    /// alike (none, or the same CAs in the same mode with the same revocation lists), another
-    /// when that changes.
+    /// alike (none, or the same CAs in the same mode with revocation lists that say the same),
+    /// another when that changes.
     scope: u64,
     /// A warning for each revocation list overdue.
     warnings: Vec<ConfigError>,
@@ -132,16 +132,14 @@ fn client_verifier(
     let lists = match &auth.crl {
         Some((file, location)) => {
             let at = |message: String| ConfigError::at(&config.path, location, message);
-            let lists = revocation::read(file, &auth.ca, &anchors).map_err(at)?;
+            let algorithms = &provider.signature_verification_algorithms;
+            let lists = revocation::read(file, &auth.ca, &anchors, algorithms).map_err(at)?;
             Some((file, location, lists))
         }
         None => None,
     };
-    let no_lists = Vec::new();
-    let ders = lists
-        .as_ref()
-        .map_or(&no_lists, |(_, _, lists)| &lists.ders);
-    let scope = session_scope(auth.mode, &roots, ders);
+    let says = lists.as_ref().map(|(_, _, lists)| lists.says);
+    let scope = session_scope(auth.mode, &roots, says);
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     let builder = match auth.mode {
         ClientAuth::Required => builder,
@@ -156,7 +154,7 @@ fn client_verifier(
         Some((file, location, lists)) => {
             let at = |message: String| ConfigError::at(&config.path, location, message);
             let due = lists.due.map(|due| (file.clone(), due));
-            let warnings = lists.stale.into_iter().map(at).collect();
+            let warnings = lists.warnings.into_iter().map(at).collect();
             (builder.with_crls(lists.ders), warnings, due)
         }
         None => (builder, Vec::new(), None),
@@ -170,13 +168,9 @@ fn client_verifier(
     })
 }
 
-/// The scope of the sessions of clients checked in `mode` against the CAs `roots` and the
-/// revocation lists `lists` (see [`Clients::scope`]); never 0, the scope of no check.
-fn session_scope(
-    mode: ClientAuth,
-    roots: &rustls::RootCertStore,
-    lists: &[rustls_pki_types::CertificateRevocationListDer<'_>],
-) -> u64 {
+/// The scope of the sessions of clients checked in `mode` against the CAs `roots` and
+/// revocation lists saying `lists` (see [`Clients::scope`]); never 0, the scope of no check.
+fn session_scope(mode: ClientAuth, roots: &rustls::RootCertStore, lists: Option<u64>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (mode == ClientAuth::Required).hash(&mut hasher);
@@ -184,9 +178,7 @@ fn session_scope(
         anchor.subject.as_ref().hash(&mut hasher);
         anchor.subject_public_key_info.as_ref().hash(&mut hasher);
     }
-    for list in lists {
-        list.as_ref().hash(&mut hasher);
-    }
+    lists.hash(&mut hasher);
     hasher.finish() | 1
 }
 

@@ -90,9 +90,19 @@ async fn a_new_list_refuses_handshakes_resumptions_and_waiting_requests_but_not_
         (Some(101), true)
     );
 
+    // The list issued again with nothing new: sessions resume on.
+    let again = clients.crl(&[], in_a_week()).pem().unwrap();
+    assert_ne!(again, none_revoked);
+    std::fs::write(dir.path().join("clients.crl"), again).unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(
+        answer_with(proxy.addr, "/", other.clone()).await,
+        (Some(101), true)
+    );
+
     let revoked = clients.crl(&[&shown.0], in_a_week()).pem().unwrap();
     std::fs::write(dir.path().join("clients.crl"), revoked).unwrap();
-    generation(&mut status, before + 1).await;
+    generation(&mut status, before + 2).await;
     // Sessions begun before the list are not resumed: a full handshake, checked against it
     // (a refusal then comes in a TLS alert, CertificateRevoked).
     assert_eq!(answer_with(proxy.addr, "/", client.clone()).await.0, None);
@@ -229,6 +239,21 @@ async fn lists_that_cannot_be_used_are_errors_at_their_line_and_an_overdue_one_a
     assert!(
         message.contains("(CN=device issuing CA) is revoked by revocation list 1 in"),
         "{message}"
+    );
+    // A root beside its intermediate in client_ca: rustls stops at the intermediate, so the
+    // root's list is not needed for the intermediate's clients (a warning, not an error).
+    std::fs::write(
+        dir.path().join("client-ca.pem"),
+        [clients.ca_pem(), issuing.ca_pem()].concat(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("clients.crl"), &its_own).unwrap();
+    let (_, warnings) = wsgate::check(&config).unwrap();
+    assert!(
+        warnings.iter().any(|w| w
+            .contains("has no revocation list of CN=device CA (certificate 1 of")
+            && w.contains("also in client_ca")),
+        "{warnings:?}"
     );
     std::fs::remove_file(dir.path().join("clients.crl")).unwrap();
     let message = wsgate::check(&dir.path().join("wsgate.toml"))
