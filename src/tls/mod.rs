@@ -7,7 +7,8 @@
 //! Layout: `expiry` is when each served certificate stops being valid, and the warnings and
 //! summary about it; `hello` reads a connection's first bytes, enough to tell TLS from plain
 //! HTTP; `revocation` reads the lists client certificates are checked against (`tls.client_crl`);
-//! `stream` is a TLS connection over rustls's unbuffered API, with buffers lent only
+//! `verified` keeps those lists' signatures, verified at load, from being verified in every
+//! handshake; `stream` is a TLS connection over rustls's unbuffered API, with buffers lent only
 //! while bytes wait in them (a client's to wsgate, or wsgate's to a backend); `client` is the
 //! TLS to backends of routes with `backend_tls`; this module loads the certificates and picks
 //! one by SNI.
@@ -17,6 +18,7 @@ mod expiry;
 mod hello;
 mod revocation;
 mod stream;
+mod verified;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -140,7 +142,17 @@ fn client_verifier(
     };
     let says = lists.as_ref().map(|(_, _, lists)| lists.says);
     let scope = session_scope(auth.mode, &roots, says);
-    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let provider = match lists {
+        // Lists verified at load are taken as verified in handshakes (see `verified`).
+        Some(_) => Arc::new(CryptoProvider {
+            signature_verification_algorithms: verified::remembering(
+                &provider.signature_verification_algorithms,
+            ),
+            ..(**provider).clone()
+        }),
+        None => provider.clone(),
+    };
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     let builder = match auth.mode {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),

@@ -20,11 +20,14 @@ use std::path::Path;
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, SignatureVerificationAlgorithm,
+};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::expiry::{rfc3339, unix_now};
+use super::verified::Proof;
 
 /// The lists of a `client_crl` file, for rustls's client verifier.
 pub(super) struct Lists {
@@ -85,15 +88,18 @@ pub(super) fn read(
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut warnings = Vec::new();
+    let (mut warnings, mut proofs) = (Vec::new(), Vec::new());
     for (anchor, name) in &anchors {
         let check = Anchor {
             anchor,
             name,
             all: &anchors,
         };
-        warnings.extend(check.covered(&lists, &file, algorithms)?);
+        let (warning, proof) = check.covered(&lists, &file, algorithms)?;
+        warnings.extend(warning);
+        proofs.extend(proof);
     }
+    super::verified::remember(proofs);
     let (stale, due) = overdue(&lists);
     warnings.extend(stale);
     let says = says(&lists);
@@ -218,31 +224,32 @@ struct Anchor<'a> {
     all: &'a [(X509Certificate<'a>, String)],
 }
 
-impl Anchor<'_> {
+impl<'a> Anchor<'a> {
     /// That this CA has a list in `lists`, signed by its own key (not a list of another CA of
     /// the same name), and is not revoked itself by a list of its issuer; or a warning, if it
-    /// has none but clients reach it only through another CA of `client_ca` it issued.
+    /// has none but clients reach it only through another CA of `client_ca` it issued. With
+    /// the proof of its list's signature.
     fn covered(
         &self,
-        lists: &[List<'_>],
+        lists: &'a [List<'_>],
         file: &str,
         algorithms: &WebPkiSupportedAlgorithms,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<(Option<String>, Option<Proof<'a>>), String> {
         let (anchor, name) = (self.anchor, self.name);
         let subject = anchor.subject();
         let own = (lists.iter()).find(|l| l.parsed.issuer().as_raw() == subject.as_raw());
-        let warning = match own {
+        let (warning, proof) = match own {
             Some(list) => {
                 let key = anchor.public_key().raw;
-                verify(list.der, key, algorithms).map_err(|why| {
+                let proof = verify(list.der, key, algorithms).map_err(|why| {
                     format!("{} names {subject} as its issuer but {why} the key of {name}: every client that CA issued would be refused; is it the list of another CA of that name (an old key)?", list.name)
                 })?;
-                None
+                (None, Some(proof))
             }
-            None => Some(self.without_a_list(lists, file)?),
+            None => (Some(self.without_a_list(lists, file)?), None),
         };
         self.not_revoked(lists)?;
-        Ok(warning)
+        Ok((warning, proof))
     }
 
     /// This CA without a list: an error, unless it issued another CA of `client_ca` (a root
@@ -287,12 +294,12 @@ impl Anchor<'_> {
 
 /// Whether the list `der` is signed by the key of `spki` (a DER SubjectPublicKeyInfo), with
 /// the algorithms rustls verifies lists with, as webpki picks them: by the list's signature
-/// algorithm and the key's algorithm; or, in words, why not.
-fn verify(
-    der: &[u8],
-    spki: &[u8],
+/// algorithm and the key's algorithm; its proof, or, in words, why not.
+fn verify<'a>(
+    der: &'a [u8],
+    spki: &'a [u8],
     algorithms: &WebPkiSupportedAlgorithms,
-) -> Result<(), &'static str> {
+) -> Result<Proof<'a>, &'static str> {
     let signed = signed_parts(der).ok_or("cannot be read")?;
     let (key_algorithm, key) = spki_parts(spki).ok_or("cannot be checked against")?;
     let mut fitting = (algorithms.all.iter()).filter(|a| {
@@ -300,16 +307,14 @@ fn verify(
             && a.public_key_alg_id().as_ref() == key_algorithm
     });
     let found = fitting.clone().next().is_some();
-    if fitting.any(|a| {
-        a.verify_signature(key, signed.data, signed.signature)
-            .is_ok()
-    }) {
-        return Ok(());
+    let verifies = |a: &&&dyn SignatureVerificationAlgorithm| {
+        (a.verify_signature(key, signed.data, signed.signature)).is_ok()
+    };
+    match fitting.find(verifies) {
+        Some(&algorithm) => Ok((algorithm, key, signed.data, signed.signature)),
+        None if found => Err("is not signed by"),
+        None => Err("its signature algorithm does not fit"),
     }
-    Err(match found {
-        true => "is not signed by",
-        false => "its signature algorithm does not fit",
-    })
 }
 
 /// The parts of a signed DER structure (a list): what is signed, the signature algorithm (the
