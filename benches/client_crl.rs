@@ -1,8 +1,10 @@
-//! What a revocation list (`tls.client_crl`) adds to the check of a client's certificate:
-//! rustls verifies the list's signature, over the whole list, in every check of a chain that
-//! leads to its issuer. The check as wsgate builds it (rustls's WebPKI client verifier, the
-//! aws-lc-rs provider), a P-256 CA and client certificate, with no list and with lists of 10,
-//! 1,000 and 30,000 entries (0.5 KB to 1 MB).
+//! What a revocation list (`tls.client_crl`) adds to rustls's check of a client's
+//! certificate: rustls verifies the list's signature, over the whole list, in every check of a
+//! chain that leads to its issuer. rustls's WebPKI client verifier alone (the aws-lc-rs
+//! provider), a P-256 CA and client certificate, with no list and with lists of 10, 1,000 and
+//! 30,000 entries (0.5 KB to 1 MB). wsgate spares handshakes most of it for the lists of
+//! `client_ca`'s CAs, verified once at load (`src/tls/verified.rs`; measured through wsgate
+//! in docs/benchmarks.md, "With revocation lists").
 //!
 //! `cargo bench --bench client_crl`
 
