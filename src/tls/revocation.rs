@@ -20,9 +20,7 @@ use std::path::Path;
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{
-    CertificateDer, CertificateRevocationListDer, SignatureVerificationAlgorithm,
-};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -302,18 +300,16 @@ fn verify<'a>(
 ) -> Result<Proof<'a>, &'static str> {
     let signed = signed_parts(der).ok_or("cannot be read")?;
     let (key_algorithm, key) = spki_parts(spki).ok_or("cannot be checked against")?;
-    let mut fitting = (algorithms.all.iter()).filter(|a| {
-        a.signature_alg_id().as_ref() == signed.algorithm
-            && a.public_key_alg_id().as_ref() == key_algorithm
-    });
-    let found = fitting.clone().next().is_some();
-    let verifies = |a: &&&dyn SignatureVerificationAlgorithm| {
-        (a.verify_signature(key, signed.data, signed.signature)).is_ok()
-    };
-    match fitting.find(verifies) {
-        Some(&algorithm) => Ok((algorithm, key, signed.data, signed.signature)),
-        None if found => Err("is not signed by"),
-        None => Err("its signature algorithm does not fit"),
+    // The first that fits, and it alone, as webpki asks.
+    let algorithm = (algorithms.all.iter())
+        .find(|a| {
+            a.signature_alg_id().as_ref() == signed.algorithm
+                && a.public_key_alg_id().as_ref() == key_algorithm
+        })
+        .ok_or("its signature algorithm does not fit")?;
+    match algorithm.verify_signature(key, signed.data, signed.signature) {
+        Ok(()) => Ok((*algorithm, key, signed.data, signed.signature)),
+        Err(_) => Err("is not signed by"),
     }
 }
 

@@ -10,27 +10,37 @@
 //! which cannot answer otherwise than the function would. Comparing a list's bytes costs a
 //! fraction of hashing them for a verification.
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls_pki_types::{AlgorithmIdentifier, InvalidSignature, SignatureVerificationAlgorithm};
 
 /// A signature verified at load.
-#[derive(PartialEq)]
 struct Verified {
-    signature_algorithm: Vec<u8>,
-    key_algorithm: Vec<u8>,
+    /// The algorithm that verified it (the provider's own, not a [`Remembering`]): only it
+    /// answers for it, as webpki would have asked it alone.
+    algorithm: &'static dyn SignatureVerificationAlgorithm,
     key: Vec<u8>,
     message: Vec<u8>,
     signature: Vec<u8>,
 }
 
+impl PartialEq for Verified {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(self.algorithm, other.algorithm)
+            && self.key == other.key
+            && self.signature == other.signature
+            && self.message == other.message
+    }
+}
+
 /// The signatures of the last [`LOADS_KEPT`] loads that verified any, newest last: the config
-/// in force and the one before it (a load that is then rejected must not leave the lists in
-/// force checked the slow way at once).
+/// in force and those before it (a load that is then rejected must not leave the lists in
+/// force checked the slow way at once; the same load built again, as a file still being
+/// written is, takes no second place).
 static KEPT: RwLock<Vec<Vec<Arc<Verified>>>> = RwLock::new(Vec::new());
 
-const LOADS_KEPT: usize = 2;
+const LOADS_KEPT: usize = 3;
 
 /// A signature verified: by which algorithm, with which key (its bits), over which bytes:
 /// `(algorithm, key, message, signature)`.
@@ -46,11 +56,10 @@ pub(super) fn remember(verified: Vec<Proof<'_>>) {
     if verified.is_empty() {
         return;
     }
-    let load = (verified.into_iter())
+    let load: Vec<Arc<Verified>> = (verified.into_iter())
         .map(|(algorithm, key, message, signature)| {
             Arc::new(Verified {
-                signature_algorithm: algorithm.signature_alg_id().as_ref().to_vec(),
-                key_algorithm: algorithm.public_key_alg_id().as_ref().to_vec(),
+                algorithm,
                 key: key.to_vec(),
                 message: message.to_vec(),
                 signature: signature.to_vec(),
@@ -60,6 +69,7 @@ pub(super) fn remember(verified: Vec<Proof<'_>>) {
     let mut kept = KEPT
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    kept.retain(|earlier| *earlier != load);
     kept.push(load);
     if kept.len() > LOADS_KEPT {
         kept.remove(0);
@@ -68,16 +78,27 @@ pub(super) fn remember(verified: Vec<Proof<'_>>) {
 
 /// `algorithms` whose signature checks answer from [`remember`]ed ones first.
 pub(super) fn remembering(algorithms: &WebPkiSupportedAlgorithms) -> WebPkiSupportedAlgorithms {
-    static ALL: OnceLock<&'static [&'static dyn SignatureVerificationAlgorithm]> = OnceLock::new();
-    let all = ALL.get_or_init(|| {
-        // Once for the process: rustls wants them for the whole of its life.
-        let wrapped: Vec<&'static dyn SignatureVerificationAlgorithm> = (algorithms.all.iter())
-            .map(|&inner| -> &'static dyn SignatureVerificationAlgorithm {
-                Box::leak(Box::new(Remembering { inner }))
-            })
-            .collect();
-        Box::leak(wrapped.into_boxed_slice())
-    });
+    type All = &'static [&'static dyn SignatureVerificationAlgorithm];
+    // Made once for each set of algorithms (one, from `provider`), for the process: rustls
+    // wants them for the whole of its life.
+    static MADE: Mutex<Vec<(All, All)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let found = made
+        .iter()
+        .find(|(from, _)| std::ptr::eq(*from, algorithms.all));
+    let all = match found {
+        Some(&(_, all)) => all,
+        None => {
+            let wrapped: Vec<&'static dyn SignatureVerificationAlgorithm> = (algorithms.all.iter())
+                .map(|&inner| -> &'static dyn SignatureVerificationAlgorithm {
+                    Box::leak(Box::new(Remembering { inner }))
+                })
+                .collect();
+            let all: All = Box::leak(wrapped.into_boxed_slice());
+            made.push((algorithms.all, all));
+            all
+        }
+    };
     WebPkiSupportedAlgorithms {
         all,
         mapping: algorithms.mapping,
@@ -121,16 +142,11 @@ impl Remembering {
     /// a certificate's signature, checked here too, differs from every list's at once.
     fn remembered(&self, key: &[u8], message: &[u8], signature: &[u8]) -> bool {
         let kept = KEPT.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (signature_algorithm, key_algorithm) = (
-            self.inner.signature_alg_id(),
-            self.inner.public_key_alg_id(),
-        );
         kept.iter().flatten().any(|v| {
             v.signature == signature
                 && v.message.len() == message.len()
+                && std::ptr::addr_eq(v.algorithm, self.inner)
                 && v.key == key
-                && v.signature_algorithm == signature_algorithm.as_ref()
-                && v.key_algorithm == key_algorithm.as_ref()
                 && v.message == message
         })
     }
