@@ -42,6 +42,9 @@
 #   CLIENT_CERTS [0] 1: each proxy requires a client certificate of a test device CA (wsgate
 #                    tls.client_ca, nginx ssl_verify_client on, HAProxy verify required) and
 #                    tells the backend of it in a header; the load tool shows a leaf of it
+#                    crl: as 1, and each proxy checks it against the CA's revocation list,
+#                    which revokes another leaf (wsgate tls.client_crl, nginx ssl_crl,
+#                    HAProxy crl-file)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -145,7 +148,7 @@ BACKEND_CERT=$TMP/cert.pem BACKEND_KEY=$TMP/key.pem
 test_ca() { # name file-prefix: a P-256 CA certificate and key in $TMP
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -subj "/CN=$1" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
     -keyout "$TMP/$2-ca.key" -out "$TMP/$2-ca.pem" 2>/dev/null
 }
 test_leaf() { # ca-prefix prefix subject-CN extensions: a P-256 leaf of that CA, $TMP/PREFIX-{cert,key}.pem
@@ -171,7 +174,7 @@ if [[ $BACKEND_TLS == mutual ]]; then
 fi
 # With CLIENT_CERTS=1, the load tool's certificate, of a device CA the proxies require.
 NGINX_CLIENTS="" NGINX_TELL="" HAPROXY_CLIENTS="" HAPROXY_TELL="" WSGATE_CLIENTS=""
-if [[ $CLIENT_CERTS == 1 ]]; then
+if [[ $CLIENT_CERTS != 0 ]]; then
   test_ca "bench device CA" device
   test_leaf device device device-7 'subjectAltName=DNS:device-7\nextendedKeyUsage=clientAuth'
   NGINX_CLIENTS="ssl_client_certificate $TMP/device-ca.pem; ssl_verify_client on;"
@@ -179,6 +182,21 @@ if [[ $CLIENT_CERTS == 1 ]]; then
   HAPROXY_CLIENTS=" ca-file $TMP/device-ca.pem verify required"
   HAPROXY_TELL='  http-request set-header X-Forwarded-Client-Cert "Hash=%[ssl_c_sha1,hex];Subject=\"%[ssl_c_s_dn]\""'
   WSGATE_CLIENTS="client_ca = \"device-ca.pem\""
+fi
+# With CLIENT_CERTS=crl, the device CA's revocation list, revoking a leaf other than the load
+# tool's.
+if [[ $CLIENT_CERTS == crl ]]; then
+  test_leaf device revoked device-8 'extendedKeyUsage=clientAuth'
+  : >"$TMP/device-index.txt"; echo 01 >"$TMP/device-crlnumber"
+  printf '[ca]\ndefault_ca = d\n[d]\ndatabase = %s\ncrlnumber = %s\ndefault_md = sha256\ndefault_crl_days = 7\n' \
+    "$TMP/device-index.txt" "$TMP/device-crlnumber" >"$TMP/device-ca.cnf"
+  ca=(-config "$TMP/device-ca.cnf" -cert "$TMP/device-ca.pem" -keyfile "$TMP/device-ca.key")
+  openssl ca "${ca[@]}" -revoke "$TMP/revoked-cert.pem" 2>/dev/null
+  openssl ca "${ca[@]}" -gencrl -out "$TMP/device-crl.pem" 2>/dev/null
+  NGINX_CLIENTS="$NGINX_CLIENTS ssl_crl $TMP/device-crl.pem;"
+  HAPROXY_CLIENTS="$HAPROXY_CLIENTS crl-file $TMP/device-crl.pem"
+  WSGATE_CLIENTS="$WSGATE_CLIENTS
+client_crl = \"device-crl.pem\""
 fi
 # What the proxies are pointed at, and how they speak to it.
 NGINX_UPSTREAM="http://127.0.0.1:$BACKEND_PORT" NGINX_UPSTREAM_TLS=""
@@ -370,7 +388,7 @@ pids_of() { # target -> "--pid X --pid Y"
 tls_opts() { # wss: verify against the test certificate only with VERIFY=1 (costs the client CPU)
   [[ $(url_of "$1") == wss://* ]] || return 0
   if [[ $VERIFY == 1 ]]; then echo "--ca $TMP/cert.pem --sni localhost"; else echo "--insecure"; fi
-  if [[ $CLIENT_CERTS == 1 ]]; then echo "--cert $TMP/device-cert.pem --key $TMP/device-key.pem"; fi
+  if [[ $CLIENT_CERTS != 0 ]]; then echo "--cert $TMP/device-cert.pem --key $TMP/device-key.pem"; fi
 }
 
 # --- backend -------------------------------------------------------------------------------------
@@ -567,6 +585,9 @@ notes = [
     *(["CLIENT_CERTS=1: each proxy requires the load tool's client certificate (a P-256 leaf of a",
        "test CA) and tells the backend of it in a header."]
       if env.get("CLIENT_CERTS") == "1" else []),
+    *(["CLIENT_CERTS=crl: as CLIENT_CERTS=1, and each proxy checks the certificate against the",
+       "test CA's revocation list (one entry, another leaf)."]
+      if env.get("CLIENT_CERTS") == "crl" else []),
     *(["BACKEND_TLS=mutual: each proxy speaks TLS to the echo backend, verifying its certificate,",
        "and shows it a client certificate, which the echo backend requires."]
       if env.get("BACKEND_TLS") == "mutual" else []),
