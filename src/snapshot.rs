@@ -123,7 +123,8 @@ impl Snapshot {
             Some(addr) => format!(", admin on {addr}"),
             None => String::new(),
         };
-        let expiry = tls::expiry_summary(&self.expiry);
+        let due = self.crl_due.as_ref().map(|(_, due)| *due);
+        let expiry = tls::expiry_summary(&self.expiry) + &tls::lists_summary(due);
         let asked = match config.client_auth.as_ref() {
             None => "",
             Some(auth) => match (auth.mode, auth.crl.is_some()) {

@@ -104,6 +104,21 @@ pub(crate) fn expiry_summary(expiry: &[Expiry]) -> String {
     }
 }
 
+/// `wsgate check`'s words on the revocation lists clients are checked against, whose first
+/// `nextUpdate` is `due` (Unix seconds), if any.
+pub(crate) fn lists_summary(due: Option<i64>) -> String {
+    match due {
+        None => String::new(),
+        Some(due) if due > unix_now() => {
+            format!(", revocation lists due to be replaced at {}", rfc3339(due))
+        }
+        Some(due) => format!(
+            ", WARNING: a revocation list was due to be replaced at {}",
+            rfc3339(due)
+        ),
+    }
+}
+
 /// `left` seconds in days, to the nearest: a certificate made for 5 days reads "5" for the
 /// first half day of its life, not "4" a second after it was made.
 fn time_left(left: i64) -> String {

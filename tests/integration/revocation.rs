@@ -269,7 +269,8 @@ async fn lists_that_cannot_be_used_are_errors_at_their_line_and_an_overdue_one_a
     let config = revoking(&clients, &dir, overdue.as_bytes(), &backend);
     let (summary, warnings) = wsgate::check(&write_config(dir.path(), &config)).unwrap();
     assert!(
-        summary.contains("client certificates required (and not revoked)"),
+        summary.contains("client certificates required (and not revoked)")
+            && summary.contains(", WARNING: a revocation list was due to be replaced at "),
         "{summary}"
     );
     assert!(
