@@ -106,7 +106,8 @@ struct Clients {
     /// alike (none, or the same CAs in the same mode with revocation lists that say the same),
     /// another when that changes.
     scope: u64,
-    /// A warning for each revocation list overdue.
+    /// What is off about the revocation lists: one overdue, a CA of `client_ca` without one
+    /// that clients reach through another.
     warnings: Vec<ConfigError>,
     /// The revocation list file, and when the first of its lists is due to be replaced.
     crl_due: Option<(PathBuf, i64)>,
