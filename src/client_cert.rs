@@ -79,7 +79,7 @@ pub(crate) fn at_request(
 }
 
 /// Whether `verifier` takes `chain` (the client's own certificate first; empty: none shown).
-fn verify(
+pub(crate) fn verify(
     chain: &[CertificateDer<'static>],
     verifier: &dyn ClientCertVerifier,
 ) -> Result<(), rustls::Error> {

@@ -46,7 +46,8 @@
 //!   after they failed to take a connection; `socket`: TCP options and the send queue both
 //!   legs share; `files`: reading a config or PEM file safely; `forwarding`: which headers
 //!   cross, each way; `client_cert`: what backends are told of a client's verified
-//!   certificate; `drain`: the signal that ends them all at the end of a shutdown;
+//!   certificate; `drain`: the signal that ends them all at the end of a shutdown; `recheck`: tunnels'
+//!   client certificates checked again when the rules for them change;
 //!   `error`: each refusal's status, body and headers, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
 //!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up;
@@ -84,6 +85,7 @@ mod pool;
 mod proxy;
 mod proxy_protocol;
 mod race;
+mod recheck;
 mod relay;
 mod reload;
 mod resolve;

@@ -584,6 +584,7 @@ fn close_label(reason: &CloseReason) -> &'static str {
         CloseReason::IdleTimeout => "idle_timeout",
         CloseReason::HalfClosedTimeout => "half_closed_timeout",
         CloseReason::Shutdown => "shutdown",
+        CloseReason::ClientCertificateRefused => "client_certificate_refused",
     }
 }
 

@@ -22,6 +22,7 @@ use crate::connection::Conn;
 use crate::error::ProxyError;
 use crate::forwarding;
 use crate::head::Prefixed;
+use crate::recheck::Watch;
 use crate::relay::{self, Relayed};
 use crate::routes::{Route, Selection};
 use crate::snapshot::Snapshot;
@@ -199,7 +200,11 @@ async fn route_and_forward(
                 log,
                 on_client_upgrade,
                 tunnel,
-                route.config.idle.unwrap_or(snapshot.config.timeouts.idle),
+                TunnelRules {
+                    idle: route.config.idle.unwrap_or(snapshot.config.timeouts.idle),
+                    recheck: (snapshot.config.client_auth.as_ref())
+                        .is_some_and(|auth| auth.recheck_tunnels),
+                },
             );
             Ok(head.map(|()| Either::Left(FixedBody::new(Bytes::new(), None))))
         }
@@ -242,13 +247,21 @@ fn checked_route<'a>(
     Ok((route, protocols))
 }
 
+/// What a tunnel keeps of the config it opened under.
+struct TunnelRules {
+    idle: std::time::Duration,
+    /// Whether its client's certificate is checked again when the rules for it change
+    /// (`tls.recheck_tunnels`).
+    recheck: bool,
+}
+
 /// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.
 fn spawn_tunnel(
     conn: Arc<Conn>,
     log: &mut Line<'_>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     tunnel: Tunnel,
-    idle: std::time::Duration,
+    rules: TunnelRules,
 ) {
     access_log::tunnel_takes_line(log);
     let route = log.route.clone().unwrap_or_default();
@@ -262,7 +275,7 @@ fn spawn_tunnel(
         let upgraded = on_upgrade.await;
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
-        let Some(mut splice) = client_splice(upgraded, socket, early, idle, &conn, &route) else {
+        let Some(mut splice) = client_splice(upgraded, socket, early, rules, &conn, &route) else {
             return access_log::tunnel_not_opened(&conn, route, backend);
         };
         // Counted once the client has its 101, so 101s and opened tunnels always agree.
@@ -286,14 +299,21 @@ fn client_splice(
     upgraded: hyper::Result<hyper::upgrade::Upgraded>,
     backend: BackendIo,
     backend_early: Bytes,
-    idle: std::time::Duration,
+    rules: TunnelRules,
     conn: &Conn,
     route: &str,
 ) -> Option<ClientSplice> {
     // An upgrade that failed is a client gone before its 101 was out.
     let (tls, early) = client_stream(upgraded.ok()?)?;
+    let chain = (tls.client_chain()).filter(|chain| rules.recheck && !chain.is_empty());
+    let watch = chain.map(|chain| Watch::new(&conn.shared.recheck, chain.to_vec()));
     // The TLS stream is its own buffered reader (its plaintext buffer).
-    let splice = splice::Splice::new(tls, early, backend, backend_early, idle, &conn.shared.drain);
+    let drain = &conn.shared.drain;
+    let splice = splice::Splice::new(tls, early, backend, backend_early, rules.idle, drain);
+    let splice = match watch {
+        Some(watch) => splice.rechecked(watch),
+        None => splice,
+    };
     Some(splice.metered(conn.shared.metrics.meter(route)))
 }
 

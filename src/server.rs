@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Fired when the shutdown grace is over: live tunnels close.
     pub(crate) drain: Arc<Drain>,
+    /// The rules for client certificates, for tunnels that check theirs again.
+    pub(crate) recheck: Arc<crate::recheck::Recheck>,
     pub(crate) reload_status: watch::Sender<ReloadStatus>,
     pub(crate) metrics: Metrics,
     /// Set when shutdown begins: the readiness probe fails from then on.
@@ -118,6 +120,7 @@ impl Shared {
             current.config.limits.max_connections,
             current.config.reuse_port,
         );
+        let clients_before = current.client_scope;
         drop(current);
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
@@ -128,6 +131,10 @@ impl Shared {
         // routes take tens of milliseconds to free, which a thread that accepts and relays
         // must not spend.
         drop(tokio::task::spawn_blocking(move || drop(old)));
+        let recheck = (next.config.client_auth.as_ref()).is_some_and(|auth| auth.recheck_tunnels);
+        if recheck && next.client_scope != clients_before {
+            self.recheck.publish(next.client_verifier.clone());
+        }
         // Once in force: a reload rejected (a bind failure) changes nothing.
         if !cooling {
             let routes = next.config.routes.iter();
@@ -289,6 +296,7 @@ impl Server {
             over_capacity_log: Arc::default(),
             tracker: TaskTracker::new(),
             drain: Arc::new(Drain::default()),
+            recheck: Arc::default(),
             reload_status,
             metrics: Metrics::default(),
             stopping: AtomicBool::new(false),

@@ -19,6 +19,9 @@ pub(crate) struct Snapshot {
     pub tls: Arc<ServerConfig>,
     /// Who checks clients' certificates, if `tls.client_ca` is set.
     pub client_verifier: Option<Arc<dyn tls::ClientCertVerifier>>,
+    /// How clients are checked: the same for configs that check them alike (see
+    /// `tls::Served::client_scope`).
+    pub client_scope: u64,
     /// When each served certificate expires.
     pub expiry: Vec<tls::Expiry>,
     /// The `tls.client_crl` file, and when the first of its lists is due to be replaced.
@@ -65,6 +68,7 @@ impl Snapshot {
             routes,
             tls: served.tls,
             client_verifier: served.client_verifier,
+            client_scope: served.client_scope,
             expiry: presented(served.expiry, backends.expiry),
             crl_due: served.crl_due,
             generation,

@@ -103,6 +103,9 @@ pub struct ClientAuthConfig {
     pub mode: ClientAuth,
     /// `tls.client_crl`: a file of revocation lists (PEM, or one DER list), and its line.
     pub crl: Option<(PathBuf, Location)>,
+    /// `tls.recheck_tunnels`: tunnels check their client's certificate again when a reload
+    /// changes how clients are checked, and close if it is refused.
+    pub recheck_tunnels: bool,
 }
 
 /// Whether a client without a certificate gets through the TLS handshake.

@@ -74,6 +74,8 @@ pub(super) struct RawTls {
     pub(super) client_auth: Option<Spanned<ClientAuth>>,
     /// Revocation lists the client certificates are checked against (only with `client_ca`).
     pub(super) client_crl: Option<Spanned<String>>,
+    /// Whether tunnels check their client's certificate again when the rules change.
+    pub(super) recheck_tunnels: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

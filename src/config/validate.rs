@@ -227,6 +227,9 @@ impl Checker<'_> {
             if let Some(crl) = &tls.client_crl {
                 return Err(self.error(&crl.span(), "tls.client_crl", needs));
             }
+            if let Some(recheck) = tls.recheck_tunnels.as_ref().filter(|r| *r.get_ref()) {
+                return Err(self.error(&recheck.span(), "tls.recheck_tunnels", needs));
+            }
             let required = (routes.iter().enumerate()).find_map(|(i, route)| {
                 let flag = route.require_client_certificate.as_ref()?;
                 flag.get_ref().then_some((i, flag.span()))
@@ -261,6 +264,7 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or_else(ClientAuth::default, |m| *m.get_ref()),
             crl,
+            recheck_tunnels: tls.recheck_tunnels.as_ref().is_some_and(|r| *r.get_ref()),
         }))
     }
 

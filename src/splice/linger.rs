@@ -47,7 +47,10 @@ where
         } = self;
         if matches!(
             reason,
-            CloseReason::IdleTimeout | CloseReason::HalfClosedTimeout | CloseReason::Shutdown
+            CloseReason::IdleTimeout
+                | CloseReason::HalfClosedTimeout
+                | CloseReason::Shutdown
+                | CloseReason::ClientCertificateRefused
         ) {
             return;
         }

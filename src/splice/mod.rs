@@ -38,6 +38,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::drain::Drain;
 use crate::metrics::Meter;
+use crate::recheck::Watch;
 use direction::{Direction, Failure};
 pub(crate) use outcome::{CloseReason, Outcome, Peer};
 pub(crate) use peer::PeerSocket;
@@ -67,6 +68,8 @@ pub(crate) struct Splice<C, B> {
     drain: Arc<Drain>,
     /// Registered with `drain` on the first poll.
     wakeup: Option<Pin<Box<OwnedNotified>>>,
+    /// The client's certificate, checked again when the rules for it change.
+    recheck: Option<Box<Watch>>,
     first_eof: Option<Peer>,
     /// The first failed write, and to whom.
     write_failure: Option<(Peer, io::ErrorKind)>,
@@ -108,10 +111,17 @@ where
             queued: [None; 2],
             drain: drain.clone(),
             wakeup: None,
+            recheck: None,
             first_eof: None,
             write_failure: None,
             meter: None,
         }
+    }
+
+    /// Closes the tunnel when rules a reload puts in force refuse its client's certificate.
+    pub(crate) fn rechecked(mut self, watch: Watch) -> Self {
+        self.recheck = Some(Box::new(watch));
+        self
     }
 
     /// Feeds the tunnel's bytes to `meter` as they move.
@@ -328,6 +338,9 @@ where
         let reason = match this.poll_relay(cx) {
             Poll::Ready(reason) => reason,
             Poll::Pending if this.drain.poll_started(&mut this.wakeup, cx) => CloseReason::Shutdown,
+            Poll::Pending if this.recheck.as_mut().is_some_and(|w| w.poll_refused(cx)) => {
+                CloseReason::ClientCertificateRefused
+            }
             Poll::Pending => ready!(this.poll_idle(cx)),
         };
         this.report();

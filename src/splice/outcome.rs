@@ -16,6 +16,9 @@ pub(crate) enum CloseReason {
     /// One direction was over, and the other side then sent nothing for the half-closed wait.
     HalfClosedTimeout,
     Shutdown,
+    /// The client's certificate, checked again under rules a reload put in force
+    /// (`tls.recheck_tunnels`), was refused.
+    ClientCertificateRefused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,9 @@ impl fmt::Display for CloseReason {
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::HalfClosedTimeout => f.write_str("half-closed timeout"),
             CloseReason::Shutdown => f.write_str("shutdown"),
+            CloseReason::ClientCertificateRefused => {
+                f.write_str("client certificate refused since (tls.recheck_tunnels)")
+            }
         }
     }
 }

@@ -44,6 +44,9 @@ pub(crate) struct Served {
     /// Who checks clients' certificates, if anyone (`tls.client_ca`): in `tls`, and again for
     /// resumed sessions (see [`crate::client_cert::at_handshake`]).
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// How clients are checked: the same for configs that check them alike (none, or the
+    /// same CAs in the same mode with revocation lists that say the same).
+    pub client_scope: u64,
     pub expiry: Vec<Expiry>,
     /// The `tls.client_crl` file, and when the first of its lists is due to be replaced.
     pub crl_due: Option<(PathBuf, i64)>,
@@ -93,6 +96,7 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     Ok(Served {
         tls: Arc::new(tls),
         client_verifier: clients.verifier,
+        client_scope: clients.scope,
         expiry,
         crl_due: clients.crl_due,
         warnings,

@@ -3,9 +3,10 @@
 //! was waiting, while tunnels already open run on; a list that cannot be used is an error at
 //! its line, and one overdue a warning.
 
-use crate::admin::{metrics, sample, ADMIN};
+use crate::admin::{metrics, sample, scrape_until, ADMIN};
 use crate::client_cert::{answer, answer_with, asking, status_of};
 use crate::support::*;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A week from now: a list's `nextUpdate` that is not overdue.
 fn in_a_week() -> time::OffsetDateTime {
@@ -344,4 +345,67 @@ async fn the_lists_first_next_update_is_exported_until_the_key_goes() {
     generation(&mut status, before + 1).await;
     let text = metrics(admin).await;
     assert_eq!(sample(&text, &series), None, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_recheck_tunnels_a_new_list_closes_the_tunnels_of_the_clients_it_revokes() {
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let file = dir.path().join("clients.crl");
+    std::fs::write(&file, clients.crl(&[], in_a_week()).der()).unwrap();
+    let tls = format!(
+        "{}client_crl = \"{}\"\nrecheck_tunnels = true\n\n",
+        asking(&clients, &dir, "required"),
+        file.display()
+    );
+    let routes = route("r", "/", &[backend.addr]);
+    let proxy = start_proxy(&format!("{tls}{ADMIN}{routes}")).await;
+    let (admin, mut status) = (
+        proxy.server.admin_addr().unwrap(),
+        proxy.server.reload_status(),
+    );
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let (lost, kept) = (
+        clients.client_leaf("lost-phone", None),
+        clients.client_leaf("device-7", None),
+    );
+    let url = "wss://localhost/";
+    let mut lost_tunnel = ws_connect_with(proxy.addr, url, client_config_showing(&lost), &[])
+        .await
+        .unwrap();
+    let mut kept_tunnel = ws_connect_with(proxy.addr, url, client_config_showing(&kept), &[])
+        .await
+        .unwrap();
+    // A reload that changes nothing about clients wakes no tunnel.
+    let renamed = routes.replace("name = \"r\"", "name = \"renamed\"");
+    std::fs::write(
+        proxy.config_path(),
+        format!("{CONFIG_HEAD}{tls}{ADMIN}{renamed}"),
+    )
+    .unwrap();
+    generation(&mut status, before + 1).await;
+    assert_eq!(round_trip(&mut lost_tunnel, "whoami").await, "devices");
+
+    std::fs::write(&file, clients.crl(&[&lost.0], in_a_week()).der()).unwrap();
+    generation(&mut status, before + 2).await;
+    let ended = crate::shutdown::tunnel_end(&mut lost_tunnel).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    assert_eq!(round_trip(&mut kept_tunnel, "whoami").await, "devices");
+    let series = r#"wsgate_tunnels_closed_total{route="r",reason="client_certificate_refused"}"#;
+    scrape_until(admin, series, 1.0).await;
+}
+
+#[test]
+fn recheck_tunnels_needs_a_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "recheck_tunnels = true\n\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\n";
+    let message = wsgate::check(&write_config(dir.path(), body))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(":7:19: tls.recheck_tunnels: needs tls.client_ca"),
+        "{message}"
+    );
 }

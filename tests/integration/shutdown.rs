@@ -29,7 +29,9 @@ async fn refused(addr: std::net::SocketAddr) -> Instant {
 }
 
 /// What the stream yields once pings and pongs are skipped: the end of the tunnel.
-async fn tunnel_end(ws: &mut Ws) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+pub(crate) async fn tunnel_end(
+    ws: &mut Ws,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
     within("the tunnel to be closed", async {
         loop {
             match ws.next().await {
