@@ -166,6 +166,9 @@ async fn route_and_forward(
     log: &mut Line<'_>,
     upgrade: &mut Option<OnUpgrade>,
 ) -> Result<Response<Body>, ProxyError> {
+    // Before the snapshot: the rules a tunnel's client certificate is checked again after
+    // are those this request is checked under, or older.
+    let rules_seen = conn.shared.recheck.epoch();
     // The config in force now, not at accept: a reload between the TLS handshake and the
     // request head must route this request by the new table.
     let snapshot = &conn.shared.current();
@@ -203,7 +206,8 @@ async fn route_and_forward(
                 TunnelRules {
                     idle: route.config.idle.unwrap_or(snapshot.config.timeouts.idle),
                     recheck: (snapshot.config.client_auth.as_ref())
-                        .is_some_and(|auth| auth.recheck_tunnels),
+                        .is_some_and(|auth| auth.recheck_tunnels)
+                        .then_some(rules_seen),
                 },
             );
             Ok(head.map(|()| Either::Left(FixedBody::new(Bytes::new(), None))))
@@ -251,8 +255,8 @@ fn checked_route<'a>(
 struct TunnelRules {
     idle: std::time::Duration,
     /// Whether its client's certificate is checked again when the rules for it change
-    /// (`tls.recheck_tunnels`).
-    recheck: bool,
+    /// (`tls.recheck_tunnels`): from which of their generations on, if so.
+    recheck: Option<u64>,
 }
 
 /// Once the client's 101 is on the wire, hyper hands over its socket: splice it to the backend.
@@ -305,8 +309,9 @@ fn client_splice(
 ) -> Option<ClientSplice> {
     // An upgrade that failed is a client gone before its 101 was out.
     let (tls, early) = client_stream(upgraded.ok()?)?;
-    let chain = (tls.client_chain()).filter(|chain| rules.recheck && !chain.is_empty());
-    let watch = chain.map(|chain| Watch::new(&conn.shared.recheck, chain.to_vec()));
+    let chain = (tls.client_chain()).filter(|chain| !chain.is_empty());
+    let watch = (chain.zip(rules.recheck))
+        .map(|(chain, seen)| Watch::new(&conn.shared.recheck, chain.to_vec(), seen));
     // The TLS stream is its own buffered reader (its plaintext buffer).
     let drain = &conn.shared.drain;
     let splice = splice::Splice::new(tls, early, backend, backend_early, rules.idle, drain);

@@ -21,24 +21,45 @@ use crate::sync::lock;
 use crate::tls::ClientCertVerifier;
 
 /// The rules client certificates are checked against now, for the tunnels to check theirs.
-#[derive(Default)]
 pub(crate) struct Recheck {
     /// Bumped with each change of `rules`.
     epoch: AtomicU64,
     notify: Arc<Notify>,
     /// `None`: no client certificate is asked for any more, and none is refused.
     rules: Mutex<Option<Arc<dyn ClientCertVerifier>>>,
+    /// The scope of the rules last published (`Snapshot::client_scope`), or of the config
+    /// started with.
+    published: AtomicU64,
 }
 
 impl Recheck {
-    /// Puts `rules` in force for the tunnels, and wakes them to check their clients.
-    pub(crate) fn publish(&self, rules: Option<Arc<dyn ClientCertVerifier>>) {
+    /// For a process started with client checks of scope `scope`: the tunnels it opens are
+    /// checked under those until a change.
+    pub(crate) fn starting(scope: u64) -> Recheck {
+        Recheck {
+            epoch: AtomicU64::new(0),
+            notify: Arc::default(),
+            rules: Mutex::new(None),
+            published: AtomicU64::new(scope),
+        }
+    }
+
+    /// Puts `rules` of scope `scope` in force for the tunnels, and wakes them to check their
+    /// clients, if the rules last published (or started with) were of another scope. Against
+    /// those rather than the config in force before: a reload that turned rechecks off, then
+    /// one that turned them back on, may have changed the rules in between.
+    pub(crate) fn publish(&self, scope: u64, rules: Option<Arc<dyn ClientCertVerifier>>) {
+        if self.published.swap(scope, Ordering::AcqRel) == scope {
+            return;
+        }
         *lock(&self.rules) = rules;
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_waiters();
     }
 
-    fn epoch(&self) -> u64 {
+    /// The rules' generation: read before the snapshot a request is routed by, it is one the
+    /// request's checks saw (a publish follows its snapshot's swap).
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
@@ -59,10 +80,16 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// A watch over `chain`, checked again at each change of `shared` from now on.
-    pub(crate) fn new(shared: &Arc<Recheck>, chain: Vec<CertificateDer<'static>>) -> Watch {
+    /// A watch over `chain`, checked at each change of `shared` after epoch `seen`, the one
+    /// its request was checked under ([`Recheck::epoch`]): a change while the backend was
+    /// answering is checked at the tunnel's first poll.
+    pub(crate) fn new(
+        shared: &Arc<Recheck>,
+        chain: Vec<CertificateDer<'static>>,
+        seen: u64,
+    ) -> Watch {
         Watch {
-            seen: shared.epoch(),
+            seen,
             shared: shared.clone(),
             chain,
             wakeup: None,

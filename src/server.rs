@@ -120,7 +120,6 @@ impl Shared {
             current.config.limits.max_connections,
             current.config.reuse_port,
         );
-        let clients_before = current.client_scope;
         drop(current);
         let next = Arc::new(next);
         let wanted = listener::wanted(&next.config);
@@ -132,8 +131,8 @@ impl Shared {
         // must not spend.
         drop(tokio::task::spawn_blocking(move || drop(old)));
         let recheck = (next.config.client_auth.as_ref()).is_some_and(|auth| auth.recheck_tunnels);
-        if recheck && next.client_scope != clients_before {
-            self.recheck.publish(next.client_verifier.clone());
+        if recheck {
+            (self.recheck).publish(next.client_scope, next.client_verifier.clone());
         }
         // Once in force: a reload rejected (a bind failure) changes nothing.
         if !cooling {
@@ -289,6 +288,7 @@ impl Server {
             generation: 1,
             ..ReloadStatus::default()
         });
+        let client_scope = snapshot.client_scope;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             listeners: Mutex::new(Some(Vec::new())),
@@ -296,7 +296,7 @@ impl Server {
             over_capacity_log: Arc::default(),
             tracker: TaskTracker::new(),
             drain: Arc::new(Drain::default()),
-            recheck: Arc::default(),
+            recheck: Arc::new(crate::recheck::Recheck::starting(client_scope)),
             reload_status,
             metrics: Metrics::default(),
             stopping: AtomicBool::new(false),

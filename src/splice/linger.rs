@@ -32,7 +32,8 @@ where
     /// closes or is quiet for [`LINGER_QUIET`], for at most [`LINGER_TIME`] and
     /// [`LINGER_BYTES`], or until shutdown (nginx's lingering close). A side that had closed
     /// already costs one read.
-    /// Not after an idle timeout or a shutdown, which cut the tunnel on purpose, nor for a
+    /// Not after an idle timeout, a shutdown or a client certificate refused on recheck, which
+    /// cut the tunnel on purpose, nor for a
     /// side whose own connection failed. After the backend's failed, the client's TLS is not
     /// ended properly (no close_notify, only the FIN): the stream was cut, and a client must
     /// be able to tell that from a backend that closed.

@@ -40,7 +40,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HalfClosedTimeout => f.write_str("half-closed timeout"),
             CloseReason::Shutdown => f.write_str("shutdown"),
             CloseReason::ClientCertificateRefused => {
-                f.write_str("client certificate refused since (tls.recheck_tunnels)")
+                f.write_str("client certificate refused on recheck (tls.recheck_tunnels)")
             }
         }
     }

@@ -409,3 +409,81 @@ fn recheck_tunnels_needs_a_client_ca() {
         "{message}"
     );
 }
+
+/// The `[tls]` keys asking for certificates of `ca`, checked against the lists in `file`
+/// (which this writes with `lists`), tunnels rechecked if `recheck`.
+fn rechecking(ca: &Pki, dir: &tempfile::TempDir, lists: &[u8], recheck: bool) -> String {
+    let file = dir.path().join("clients.crl");
+    std::fs::write(&file, lists).unwrap();
+    format!(
+        "{}client_crl = \"{}\"\nrecheck_tunnels = {recheck}\n\n",
+        asking(ca, dir, "required"),
+        file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_put_in_force_while_the_backend_answers_is_checked_by_the_new_tunnel() {
+    // The request passed its check under the old list; the tunnel opens under the new one.
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RawBackend::start().await;
+    let none = clients.crl(&[], in_a_week()).der().to_vec();
+    let tls = rechecking(&clients, &dir, &none, true);
+    let routes = route("r", "/", &[backend.addr]);
+    let proxy = start_proxy(&format!("{tls}{ADMIN}{routes}")).await;
+    let (admin, mut status) = (
+        proxy.server.admin_addr().unwrap(),
+        proxy.server.reload_status(),
+    );
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let lost = clients.client_leaf("lost-phone", None);
+    let (addr, config) = (proxy.addr, client_config_showing(&lost));
+    let client =
+        tokio::spawn(async move { ws_connect_with(addr, "wss://localhost/", config, &[]).await });
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    let file = dir.path().join("clients.crl");
+    std::fs::write(&file, clients.crl(&[&lost.0], in_a_week()).der()).unwrap();
+    generation(&mut status, before + 1).await;
+    back.send(switching(&seen, "")).await;
+    let mut ws = client.await.unwrap().unwrap();
+    let ended = crate::shutdown::tunnel_end(&mut ws).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+    let series = r#"wsgate_tunnels_closed_total{route="r",reason="client_certificate_refused"}"#;
+    scrape_until(admin, series, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rechecks_turned_back_on_check_against_the_rules_changed_meanwhile() {
+    let clients = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = WsBackend::start("devices").await;
+    let none = clients.crl(&[], in_a_week()).der().to_vec();
+    let routes = route("r", "/", &[backend.addr]);
+    let on = rechecking(&clients, &dir, &none, true);
+    let proxy = start_proxy(&format!("{on}{routes}")).await;
+    let mut status = proxy.server.reload_status();
+    let before = status.borrow().generation;
+    first_look(&mut status).await;
+    let lost = clients.client_leaf("lost-phone", None);
+    let config = client_config_showing(&lost);
+    let mut ws = ws_connect_with(proxy.addr, "wss://localhost/", config, &[])
+        .await
+        .unwrap();
+    // Off, then a list revoking the tunnel's client: the tunnel is left alone.
+    let off = on.replace("recheck_tunnels = true", "recheck_tunnels = false");
+    std::fs::write(proxy.config_path(), format!("{CONFIG_HEAD}{off}{routes}")).unwrap();
+    generation(&mut status, before + 1).await;
+    let revoking = clients.crl(&[&lost.0], in_a_week());
+    std::fs::write(dir.path().join("clients.crl"), revoking.der()).unwrap();
+    generation(&mut status, before + 2).await;
+    assert_eq!(round_trip(&mut ws, "whoami").await, "devices");
+    // On again, nothing else changed: the rules changed since they were last put to
+    // tunnels, so they are put to them now.
+    std::fs::write(proxy.config_path(), format!("{CONFIG_HEAD}{on}{routes}")).unwrap();
+    generation(&mut status, before + 3).await;
+    let ended = crate::shutdown::tunnel_end(&mut ws).await;
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+}
