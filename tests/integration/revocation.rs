@@ -1,7 +1,8 @@
 //! Revocation lists for client certificates (`tls.client_crl`): a revoked certificate is
 //! refused in the handshake, and after a new list also on resumption and at a request that
-//! was waiting, while tunnels already open run on; a list that cannot be used is an error at
-//! its line, and one overdue a warning.
+//! was waiting, while tunnels already open run on (unless `tls.recheck_tunnels` has them
+//! check again); a list that cannot be used is an error at its line, and one overdue a
+//! warning.
 
 use crate::admin::{metrics, sample, scrape_until, ADMIN};
 use crate::client_cert::{answer, answer_with, asking, status_of};
@@ -13,14 +14,22 @@ fn in_a_week() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() + time::Duration::days(7)
 }
 
-/// The `[tls]` keys asking for certificates of `ca` (required) and checking them against the
-/// lists in `dir`'s `clients.crl`, which holds `lists`; then a route to `backend`.
+/// The `[tls]` keys asking for certificates of `ca` (required), checked against the lists in
+/// `dir`'s `clients.crl`, which holds `lists`; tunnels rechecked if `recheck`.
+fn rechecking(ca: &Pki, dir: &tempfile::TempDir, lists: &[u8], recheck: bool) -> String {
+    let file = dir.path().join("clients.crl");
+    std::fs::write(&file, lists).unwrap();
+    format!(
+        "{}client_crl = \"{}\"\nrecheck_tunnels = {recheck}\n\n",
+        asking(ca, dir, "required"),
+        file.display()
+    )
+}
+
+/// [`rechecking`]'s keys, without rechecks, and a route to `backend`.
 fn revoking(ca: &Pki, dir: &tempfile::TempDir, lists: &[u8], backend: &WsBackend) -> String {
-    let path = dir.path().join("clients.crl");
-    std::fs::write(&path, lists).unwrap();
     let routes = route("r", "/", &[backend.addr]);
-    let crl = format!("client_crl = \"{}\"\n\n", path.display());
-    format!("{}{crl}{routes}", asking(ca, dir, "required"))
+    format!("{}{routes}", rechecking(ca, dir, lists, false))
 }
 
 /// A proxy started on [`revoking`]'s config, its reload status once it has first looked at
@@ -353,11 +362,11 @@ async fn with_recheck_tunnels_a_new_list_closes_the_tunnels_of_the_clients_it_re
     let dir = tempfile::tempdir().unwrap();
     let backend = WsBackend::start("devices").await;
     let file = dir.path().join("clients.crl");
-    std::fs::write(&file, clients.crl(&[], in_a_week()).der()).unwrap();
-    let tls = format!(
-        "{}client_crl = \"{}\"\nrecheck_tunnels = true\n\n",
-        asking(&clients, &dir, "required"),
-        file.display()
+    let tls = rechecking(
+        &clients,
+        &dir,
+        &clients.crl(&[], in_a_week()).der()[..],
+        true,
     );
     let routes = route("r", "/", &[backend.addr]);
     let proxy = start_proxy(&format!("{tls}{ADMIN}{routes}")).await;
@@ -408,18 +417,6 @@ fn recheck_tunnels_needs_a_client_ca() {
         message.contains(":7:19: tls.recheck_tunnels: needs tls.client_ca"),
         "{message}"
     );
-}
-
-/// The `[tls]` keys asking for certificates of `ca`, checked against the lists in `file`
-/// (which this writes with `lists`), tunnels rechecked if `recheck`.
-fn rechecking(ca: &Pki, dir: &tempfile::TempDir, lists: &[u8], recheck: bool) -> String {
-    let file = dir.path().join("clients.crl");
-    std::fs::write(&file, lists).unwrap();
-    format!(
-        "{}client_crl = \"{}\"\nrecheck_tunnels = {recheck}\n\n",
-        asking(ca, dir, "required"),
-        file.display()
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
