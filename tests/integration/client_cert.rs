@@ -38,9 +38,7 @@ async fn asking_proxy(
     u64,
 ) {
     let proxy = start_asking(ca, dir, mode, backend).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (status, before) = proxy.watched().await;
     (proxy, status, before)
 }
 
@@ -280,9 +278,7 @@ async fn a_session_begun_before_client_ca_cannot_resume_past_it() {
     let backend = WsBackend::start("devices").await;
     let routes = route("r", "/", &[backend.addr]);
     let proxy = start_proxy(&routes).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (mut status, before) = proxy.watched().await;
     let client = client_config_for(None, &[&rustls::version::TLS13]);
     assert_eq!(
         answer_with(proxy.addr, "/", client.clone()).await,
@@ -336,9 +332,7 @@ async fn a_request_is_judged_by_the_client_ca_in_force_when_it_is_routed() {
     let mut backend = WsBackend::start("devices").await;
     let routes = route("r", "/", &[backend.addr]);
     let proxy = start_proxy(&format!("{}{routes}", asking(&old, &dir, "required"))).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (mut status, before) = proxy.watched().await;
     let kept = client_config_showing(&old.client_leaf("device-7", None));
     let mut early = tls_connect_with(proxy.addr, "localhost", kept).await;
     std::fs::write(dir.path().join("client-ca.pem"), new.ca_pem()).unwrap();
@@ -368,9 +362,7 @@ async fn sessions_begun_under_other_client_cas_are_not_resumed_but_begun_anew() 
     let backend = WsBackend::start("devices").await;
     let routes = route("r", "/", &[backend.addr]);
     let proxy = start_proxy(&format!("{}{routes}", asking(&old, &dir, "optional"))).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (mut status, before) = proxy.watched().await;
     let client = client_config_for(None, &[&rustls::version::TLS13]);
     assert_eq!(
         answer_with(proxy.addr, "/", client.clone()).await,

@@ -45,9 +45,7 @@ async fn revoking_proxy(
     u64,
 ) {
     let proxy = start_proxy(&revoking(ca, dir, lists, backend)).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (status, before) = proxy.watched().await;
     (proxy, status, before)
 }
 
@@ -370,12 +368,8 @@ async fn with_recheck_tunnels_a_new_list_closes_the_tunnels_of_the_clients_it_re
     );
     let routes = route("r", "/", &[backend.addr]);
     let proxy = start_proxy(&format!("{tls}{ADMIN}{routes}")).await;
-    let (admin, mut status) = (
-        proxy.server.admin_addr().unwrap(),
-        proxy.server.reload_status(),
-    );
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let (mut status, before) = proxy.watched().await;
     let (lost, kept) = (
         clients.client_leaf("lost-phone", None),
         clients.client_leaf("device-7", None),
@@ -429,12 +423,8 @@ async fn a_list_put_in_force_while_the_backend_answers_is_checked_by_the_new_tun
     let tls = rechecking(&clients, &dir, &none, true);
     let routes = route("r", "/", &[backend.addr]);
     let proxy = start_proxy(&format!("{tls}{ADMIN}{routes}")).await;
-    let (admin, mut status) = (
-        proxy.server.admin_addr().unwrap(),
-        proxy.server.reload_status(),
-    );
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let (mut status, before) = proxy.watched().await;
     let lost = clients.client_leaf("lost-phone", None);
     let (addr, config) = (proxy.addr, client_config_showing(&lost));
     let client =
@@ -461,9 +451,7 @@ async fn rechecks_turned_back_on_check_against_the_rules_changed_meanwhile() {
     let routes = route("r", "/", &[backend.addr]);
     let on = rechecking(&clients, &dir, &none, true);
     let proxy = start_proxy(&format!("{on}{routes}")).await;
-    let mut status = proxy.server.reload_status();
-    let before = status.borrow().generation;
-    first_look(&mut status).await;
+    let (mut status, before) = proxy.watched().await;
     let lost = clients.client_leaf("lost-phone", None);
     let config = client_config_showing(&lost);
     let mut ws = ws_connect_with(proxy.addr, "wss://localhost/", config, &[])

@@ -352,6 +352,15 @@ impl Proxy {
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("wsgate.toml")
     }
+
+    /// Its reload status once the watcher has first looked at its files (a change made after
+    /// is seen through a watch), and the generation then.
+    pub async fn watched(&self) -> (tokio::sync::watch::Receiver<wsgate::ReloadStatus>, u64) {
+        let mut status = self.server.reload_status();
+        let before = status.borrow().generation;
+        first_look(&mut status).await;
+        (status, before)
+    }
 }
 
 /// Starts a proxy whose config is [`CONFIG_HEAD`] + `body` (routes, timeouts, limits).
