@@ -113,9 +113,9 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
     }
     match req.uri().path() {
         "/metrics" => {
-            let body = shared
-                .metrics
-                .render(shared.open_connections(), shared.current().generation);
+            let current = shared.current();
+            let open = shared.open_connections();
+            let body = (shared.metrics).render(open, current.generation, &current.routes);
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response
                 .headers_mut()

@@ -43,7 +43,8 @@
 //!   `relay`: a backend's non-101 answer, passed on at the client's pace; `resolve`: backend
 //!   names to addresses, briefly cached, taken in turn; `race`: connect attempts, the next
 //!   started beside a slow one (RFC 8305's way); `health`: backends put aside for a while
-//!   after they failed to take a connection; `socket`: TCP options and the send queue both
+//!   after they failed to take a connection; `load`: each backend's open connections, for
+//!   `least_connections`; `socket`: TCP options and the send queue both
 //!   legs share; `files`: reading a config or PEM file safely; `forwarding`: which headers
 //!   cross, each way; `client_cert`: what backends are told of a client's verified
 //!   certificate; `drain`: the signal that ends them all at the end of a shutdown; `recheck`: tunnels'
@@ -77,6 +78,7 @@ mod head;
 mod health;
 mod limits;
 mod listener;
+mod load;
 mod logging;
 mod memory;
 mod metrics;

@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
 use crate::reload::ReloadStatus;
+use crate::routes::RouteTable;
 use crate::snapshot::Snapshot;
 use crate::splice::{CloseReason, Outcome, Peer};
 use crate::sync::lock;
@@ -202,6 +203,9 @@ pub(crate) struct Metrics {
     closed_early: Family<EarlyLabels, Counter>,
     backend_failures: Family<BackendLabels, Counter>,
     backend_put_aside: Family<PairLabels, Counter>,
+    backend_connections: Family<PairLabels, Gauge>,
+    /// The pairs `backend_connections` has series for, to retire those a reload drops.
+    connection_pairs: Mutex<HashSet<PairLabels>>,
     certificate_expiry: Family<FileLabels, Gauge>,
     /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
     certificate_files: Mutex<Vec<FileLabels>>,
@@ -230,6 +234,8 @@ impl Default for Metrics {
             closed_early: Family::default(),
             backend_failures: Family::default(),
             backend_put_aside: Family::default(),
+            backend_connections: Family::default(),
+            connection_pairs: Mutex::default(),
             certificate_expiry: Family::default(),
             certificate_files: Mutex::default(),
             crl_next_update: Family::default(),
@@ -260,6 +266,7 @@ impl Default for Metrics {
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
             "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
+            "backend_connections_open", "Connections open now to each backend of each route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
             "client_crl_next_update_timestamp_seconds", "Unix time at which the first of the revocation lists in tls.client_crl is due to be replaced (their earliest nextUpdate)", crl_next_update;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
@@ -484,6 +491,29 @@ impl Metrics {
         *previous = file;
     }
 
+    /// Each route's backends' open connections, as `routes` (the table in force) counts them;
+    /// the series of pairs it no longer has go away. Under one lock, so that two scrapes at
+    /// once cannot remove each other's series.
+    fn backend_loads(&self, routes: &RouteTable) {
+        let mut previous = lock(&self.connection_pairs);
+        let mut pairs = HashSet::new();
+        for route in routes.iter() {
+            for (backend, open) in route.loads() {
+                let labels = PairLabels {
+                    route: route.config.name.clone(),
+                    backend: backend.to_string(),
+                };
+                let open = i64::try_from(open).unwrap_or(i64::MAX);
+                self.backend_connections.get_or_create(&labels).set(open);
+                pairs.insert(labels);
+            }
+        }
+        for gone in previous.difference(&pairs) {
+            self.backend_connections.remove(gone);
+        }
+        *previous = pairs;
+    }
+
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
@@ -502,11 +532,17 @@ impl Metrics {
     }
 
     /// The OpenMetrics text, with the gauges that mirror live state refreshed first.
-    pub(crate) fn render(&self, open_connections: usize, generation: u64) -> String {
+    pub(crate) fn render(
+        &self,
+        open_connections: usize,
+        generation: u64,
+        routes: &RouteTable,
+    ) -> String {
         self.open
             .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.backend_loads(routes);
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -605,7 +641,7 @@ mod tests {
         };
         open.closed("chat", &ended);
         assert_eq!(metrics.tunnels_open.get(), 0);
-        let text = metrics.render(0, 1);
+        let text = metrics.render(0, 1, &RouteTable::new(&[]));
         let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_closed"} 1"#;
         assert!(text.contains(closed), "{text}");
 
@@ -626,6 +662,7 @@ mod tests {
             subprotocols: None,
             origins: None,
             backends: backends.iter().map(ToString::to_string).collect(),
+            balance: Default::default(),
             idle: None,
             backend_tls: None,
             require_client_certificate: false,
@@ -659,7 +696,7 @@ mod tests {
         metrics.answered(None, 404);
 
         metrics.routes(&[route("b", &["kept:1", "new:1"])]);
-        let text = metrics.render(0, 2);
+        let text = metrics.render(0, 2, &RouteTable::new(&[]));
         assert!(!text.contains(r#"route="a""#), "{text}");
         assert!(!text.contains(r#"backend="old:1""#), "{text}");
         for kept in [
@@ -680,9 +717,11 @@ mod tests {
         // from 0, and listed: the next reload retires it too.
         metrics.answered(Some("a"), 499);
         let again = r#"wsgate_requests_total{route="a",status="499"} 1"#;
-        assert!(metrics.render(0, 2).contains(again));
+        assert!(metrics.render(0, 2, &RouteTable::new(&[])).contains(again));
         metrics.routes(&[route("b", &["kept:1"])]);
-        assert!(!metrics.render(0, 3).contains(r#"route="a""#));
+        assert!(!metrics
+            .render(0, 3, &RouteTable::new(&[]))
+            .contains(r#"route="a""#));
     }
 
     #[test]
@@ -697,19 +736,21 @@ mod tests {
         // Still the series a scrape sees: bytes moved after the reload are in it.
         first.report(7, 0);
         let bytes = r#"wsgate_tunnel_bytes_total{route="a",direction="client_to_backend"} 7"#;
-        assert!(metrics.render(0, 2).contains(bytes));
+        assert!(metrics.render(0, 2, &RouteTable::new(&[])).contains(bytes));
         drop(first);
         metrics.routes(&[]);
         assert!(
-            metrics.render(0, 3).contains(bytes),
+            metrics.render(0, 3, &RouteTable::new(&[])).contains(bytes),
             "one tunnel still lives"
         );
 
         // The last one ended: its final counts stay in view until the next reload.
         drop(second);
-        assert!(metrics.render(0, 3).contains(bytes));
+        assert!(metrics.render(0, 3, &RouteTable::new(&[])).contains(bytes));
         metrics.routes(&[]);
-        assert!(!metrics.render(0, 4).contains(r#"route="a""#));
+        assert!(!metrics
+            .render(0, 4, &RouteTable::new(&[]))
+            .contains(r#"route="a""#));
         assert!(lock(&metrics.series).live.is_empty());
     }
 }

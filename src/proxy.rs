@@ -274,7 +274,12 @@ fn spawn_tunnel(
     let shared = conn.shared.clone();
     // Only the socket and its early bytes move into the task: the head would be held for the
     // tunnel's whole life.
-    let Tunnel { socket, early, .. } = tunnel;
+    let Tunnel {
+        socket,
+        early,
+        busy,
+        ..
+    } = tunnel;
     shared.tracker.spawn(async move {
         let upgraded = on_upgrade.await;
         // Built in a plain function so that nothing but the splice itself is held across the
@@ -286,6 +291,8 @@ fn spawn_tunnel(
         conn.shared.metrics.upgraded(&route, took);
         let open = conn.shared.metrics.tunnel_started();
         let outcome = (&mut splice).await;
+        // The backend's side is over: it has one connection less to balance by.
+        drop(busy);
         open.closed(&route, &outcome);
         let detail = splice.client_failure();
         access_log::tunnel_line(&conn, &route, &backend, &outcome, detail.as_deref());

@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{HostPattern, RouteConfig};
+use crate::config::{Balance, HostPattern, RouteConfig};
 use crate::health::{self, Health, Leave};
+use crate::load::{Busy, Load};
 use crate::path::{read_path, Read};
 use crate::tls::BackendTls;
 
@@ -51,20 +52,23 @@ pub struct Route {
     next_backend: AtomicUsize,
     /// Each of `config.backends`' health, in the same order: a backend listed twice shares
     /// one (the first place's), so it is put aside in both places.
-    health: Box<[std::sync::Arc<Health>]>,
+    health: Box<[Arc<Health>]>,
+    /// Each of `config.backends`' open connections, in the same order, shared the same way.
+    load: Box<[Arc<Load>]>,
     /// TLS to the backends, for a route with `backend_tls`.
     pub(crate) backend_tls: Option<Arc<BackendTls>>,
 }
 
-/// A health for each of `backends`, one shared by the places of a backend listed twice.
-fn shared_health(backends: &[String]) -> Box<[std::sync::Arc<Health>]> {
-    let mut health: Vec<std::sync::Arc<Health>> = Vec::with_capacity(backends.len());
+/// A `T` (a health, a load) for each of `backends`, one shared by the places of a backend
+/// listed twice.
+fn per_backend<T: Default>(backends: &[String]) -> Box<[Arc<T>]> {
+    let mut each: Vec<Arc<T>> = Vec::with_capacity(backends.len());
     for (i, backend) in backends.iter().enumerate() {
         let first = backends.iter().position(|b| b == backend).unwrap_or(i);
-        let shared = health.get(first).cloned().unwrap_or_default();
-        health.push(shared);
+        let shared = each.get(first).cloned().unwrap_or_default();
+        each.push(shared);
     }
-    health.into_boxed_slice()
+    each.into_boxed_slice()
 }
 
 /// How many of a route's backends can be put aside (the bits of [`InTurn::aside`]): any after
@@ -142,11 +146,17 @@ impl Route {
         let n = backends.len();
         let count_up = n - aside.count_ones() as usize;
         // The counter wraps (after 2^64 requests); the sums must not overflow.
-        let start = match count_up {
-            0 => turn % n.max(1),
-            up => (0..n)
+        let start = match (count_up, self.config.balance) {
+            (0, Balance::RoundRobin) => turn % n.max(1),
+            (up, Balance::RoundRobin) => (0..n)
                 .filter(|&i| !is_set(aside, i))
                 .nth(turn % up)
+                .unwrap_or(0),
+            // Put-aside backends only when every one is: then the least loaded of them all.
+            (up, Balance::LeastConnections) => (0..n)
+                .map(|k| (turn % n + k) % n)
+                .filter(|&i| up == 0 || !is_set(aside, i))
+                .min_by_key(|&i| self.load[i].now())
                 .unwrap_or(0),
         };
         InTurn {
@@ -171,6 +181,25 @@ impl Route {
     pub(crate) fn health_of(&self, backend: &str) -> Option<&Health> {
         let index = self.config.backends.iter().position(|b| b == backend)?;
         self.health.get(index).map(|health| &**health)
+    }
+
+    fn load_of(&self, backend: &str) -> Option<&Arc<Load>> {
+        let index = self.config.backends.iter().position(|b| b == backend)?;
+        self.load.get(index)
+    }
+
+    /// A connection to `backend`, one of this route's, counted open until dropped (in no
+    /// count, for a backend not of this route).
+    pub(crate) fn busy(&self, backend: &str) -> Busy {
+        (self.load_of(backend)).map_or_else(|| Busy::on(&Arc::default()), Busy::on)
+    }
+
+    /// Each of the route's backends, once, with its open connections.
+    pub(crate) fn loads(&self) -> impl Iterator<Item = (&str, usize)> {
+        let backends = self.config.backends.iter().enumerate();
+        (backends.zip(self.load.iter()))
+            .filter(|((i, b), _)| self.config.backends.iter().position(|x| x == *b) == Some(*i))
+            .map(|((_, b), load)| (b.as_str(), load.now()))
     }
 
     /// Whether requests have other backends to go to while one of them is put aside.
@@ -241,7 +270,8 @@ impl RouteTable {
             table.routes.push(Route {
                 config: config.clone(),
                 next_backend: AtomicUsize::new(0),
-                health: shared_health(&config.backends),
+                health: per_backend(&config.backends),
+                load: per_backend(&config.backends),
                 backend_tls: backend_tls.next().flatten(),
             });
         }
@@ -250,19 +280,24 @@ impl RouteTable {
 
     /// Continues each route's backend rotation where the route of the same name in `old` (the
     /// table in force) has it: frequent reloads (a Kubernetes sync loop) must not skew the
-    /// spread by restarting every rotation. With `keep_health`, its backends keep their
-    /// health, by name: one put aside stays aside (without, putting aside is off: all start
-    /// afresh).
-    pub(crate) fn continue_from(&self, old: &RouteTable, keep_health: bool) {
+    /// spread by restarting every rotation. Its backends keep their counts of open
+    /// connections, by name (see [`crate::load`]); with `keep_health`, their health too: one
+    /// put aside stays aside (without, putting aside is off: all start afresh).
+    pub(crate) fn continue_from(&mut self, old: &RouteTable, keep_health: bool) {
         let routes: HashMap<&str, &Route> = (old.routes.iter())
             .map(|r| (r.config.name.as_str(), r))
             .collect();
-        for route in &self.routes {
+        for route in &mut self.routes {
             let Some(old) = routes.get(route.config.name.as_str()) else {
                 continue;
             };
             let at = old.next_backend.load(Ordering::Relaxed);
             route.next_backend.store(at, Ordering::Relaxed);
+            for (backend, load) in route.config.backends.iter().zip(route.load.iter_mut()) {
+                if let Some(was) = old.load_of(backend) {
+                    *load = was.clone();
+                }
+            }
             if !keep_health {
                 continue;
             }
@@ -272,6 +307,11 @@ impl RouteTable {
                 }
             }
         }
+    }
+
+    /// Every route, in file order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
     }
 
     /// Picks the route for a request. `host` is the Host header (a port is ignored), `path`
@@ -423,6 +463,7 @@ mod tests {
             subprotocols: protocols.map(|p| p.iter().map(|s| s.to_string()).collect()),
             origins: None,
             backends: vec!["a:1".into(), "b:2".into(), "c:3".into()],
+            balance: Default::default(),
             idle: None,
             backend_tls: None,
             require_client_certificate: false,
@@ -696,7 +737,7 @@ mod tests {
             panic!()
         };
         assert_eq!(r.backends_in_turn().next(), Some("a:1"));
-        let new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
+        let mut new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
         new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
@@ -824,7 +865,7 @@ mod tests {
             .unwrap();
         let mut config = route("r", None, "/", None);
         config.backends.reverse();
-        let new = RouteTable::new(&[config]);
+        let mut new = RouteTable::new(&[config]);
         new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
@@ -833,12 +874,95 @@ mod tests {
         let up = |b: &str| r.health_of(b).unwrap().is_up(now);
         assert_eq!((up("a:1"), up("b:2"), up("c:3")), (true, false, true));
         // Reloaded with putting aside turned off: all start afresh.
-        let off = RouteTable::new(&[route("r", None, "/", None)]);
+        let mut off = RouteTable::new(&[route("r", None, "/", None)]);
         off.continue_from(&new, false);
         let Selection::Matched { route: r, .. } = off.select(None, "/", &[]) else {
             panic!()
         };
         assert!(r.health_of("b:2").unwrap().is_up(now));
+    }
+
+    fn least_connections(backends: &[&str]) -> RouteTable {
+        let mut config = route("r", None, "/", None);
+        config.backends = backends.iter().map(ToString::to_string).collect();
+        config.balance = Balance::LeastConnections;
+        RouteTable::new(&[config])
+    }
+
+    fn the_route(table: &RouteTable) -> &Route {
+        let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
+            panic!()
+        };
+        route
+    }
+
+    #[test]
+    fn least_connections_starts_with_the_least_loaded_backend_and_breaks_ties_in_turn() {
+        let table = least_connections(&["a:1", "b:2", "c:3"]);
+        let route = the_route(&table);
+        // All at 0: in turn, as round-robin.
+        let firsts: Vec<&str> = (0..3)
+            .map(|_| route.backends_in_turn().next().unwrap())
+            .collect();
+        assert_eq!(firsts, ["a:1", "b:2", "c:3"]);
+        let _a = [route.busy("a:1"), route.busy("a:1")];
+        let _c = route.busy("c:3");
+        for _ in 0..3 {
+            let turn: Vec<&str> = route.backends_in_turn().collect();
+            assert_eq!(turn, ["b:2", "c:3", "a:1"], "the rest in turn after it");
+        }
+        let _b = [route.busy("b:2"), route.busy("b:2")];
+        // b:2 and a:1 at 2, c:3 at 1.
+        assert_eq!(route.backends_in_turn().next(), Some("c:3"));
+        drop(_a);
+        assert_eq!(route.backends_in_turn().next(), Some("a:1"));
+        let loads: Vec<(&str, usize)> = route.loads().collect();
+        assert_eq!(loads, [("a:1", 0), ("b:2", 2), ("c:3", 1)]);
+    }
+
+    #[test]
+    fn least_connections_passes_over_a_backend_put_aside_unless_all_are() {
+        let table = least_connections(&["a:1", "b:2"]);
+        let route = the_route(&table);
+        let _b = route.busy("b:2");
+        let put_aside = |backend: &str| {
+            let health = route.health_of(backend).unwrap();
+            health.failed(Duration::from_secs(60), health::now());
+        };
+        put_aside("a:1");
+        for _ in 0..2 {
+            let turn: Vec<&str> = route.backends_in_turn().collect();
+            assert_eq!(turn, ["b:2", "a:1"], "the idle one is aside");
+        }
+        put_aside("b:2");
+        assert_eq!(route.backends_in_turn().next(), Some("a:1"), "all aside");
+    }
+
+    #[test]
+    fn a_backend_listed_twice_counts_its_connections_once_in_both_places() {
+        let table = least_connections(&["a:1", "b:2", "a:1"]);
+        let route = the_route(&table);
+        let _a = route.busy("a:1");
+        for _ in 0..3 {
+            assert_eq!(route.backends_in_turn().next(), Some("b:2"));
+        }
+        let loads: Vec<(&str, usize)> = route.loads().collect();
+        assert_eq!(loads, [("a:1", 1), ("b:2", 0)]);
+    }
+
+    #[test]
+    fn a_reloaded_route_shares_its_backends_connection_counts_by_name() {
+        let old = least_connections(&["a:1", "b:2"]);
+        let before = the_route(&old).busy("b:2");
+        let mut new = least_connections(&["c:3", "b:2", "a:1"]);
+        // Whatever `keep_health` says: the tunnels are there either way.
+        new.continue_from(&old, false);
+        let route = the_route(&new);
+        let loads: Vec<(&str, usize)> = route.loads().collect();
+        assert_eq!(loads, [("c:3", 0), ("b:2", 1), ("a:1", 0)]);
+        // The tunnel opened before the reload leaves the count the new table reads.
+        drop(before);
+        assert_eq!(route.loads().nth(1), Some(("b:2", 0)));
     }
 
     #[test]
@@ -990,6 +1114,7 @@ mod reference {
                     }),
                     origins: None,
                     backends: vec!["b:1".into()],
+                    balance: Default::default(),
                     idle: None,
                     backend_tls: None,
                     require_client_certificate: false,

@@ -112,7 +112,7 @@ impl Shared {
     /// Binds the listeners `next` adds, then swaps it in, then stops the listeners it drops:
     /// a listener that stays is never paused, and a bind failure changes nothing. Once
     /// shutdown has taken the listeners nothing changes either: the new sockets close unused.
-    pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
+    pub(crate) async fn apply(self: &Arc<Self>, mut next: Snapshot) -> Result<(), Error> {
         let current = self.current();
         let cooling = !next.config.timeouts.backend_cooldown.is_zero();
         next.routes.continue_from(&current.routes, cooling);

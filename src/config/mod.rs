@@ -119,6 +119,19 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// How a route spreads its requests over its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each in turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest connections open now (tunnels, and upgrades under way), ties
+    /// in turn: tunnels live for hours, so a backend restarted, or added, takes the new ones
+    /// until it has caught up.
+    LeastConnections,
+}
+
 /// The oldest TLS version offered to clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
 pub enum TlsVersion {
@@ -161,6 +174,8 @@ pub struct RouteConfig {
     pub origins: Option<Vec<String>>,
     /// `host:port`, as written.
     pub backends: Vec<String>,
+    /// How requests are spread over `backends`.
+    pub balance: Balance,
     /// This route's tunnels' idle timeout, instead of `timeouts.idle`.
     pub idle: Option<Duration>,
     /// TLS to the backends, if the route asks for it.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ClientAuth, LogFormat, TlsVersion, WatchMode};
+use super::{Balance, ClientAuth, LogFormat, TlsVersion, WatchMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +144,8 @@ pub(super) struct RawRoute {
     pub(super) subprotocols: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) backends: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) balance: Balance,
     pub(super) idle: Option<Spanned<HumanDuration>>,
     pub(super) backend_tls: Option<Spanned<RawBackendTls>>,
     pub(super) require_client_certificate: Option<Spanned<bool>>,

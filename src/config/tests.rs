@@ -151,6 +151,22 @@ fn client_ca_asks_clients_for_certificates_required_unless_said_optional() {
 }
 
 #[test]
+fn a_route_balances_round_robin_unless_it_says_least_connections() {
+    let route = |keys: &str| {
+        format!("[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:9\"]\n{keys}")
+    };
+    assert_eq!(
+        parse(&route("")).unwrap().routes[0].balance,
+        Balance::RoundRobin
+    );
+    let least = parse(&route("balance = \"least_connections\"\n")).unwrap();
+    assert_eq!(least.routes[0].balance, Balance::LeastConnections);
+    let message = error(&route("balance = \"leastconn\"\n"));
+    let expected = "route[0].balance: unknown variant `leastconn`, expected `round_robin` or `least_connections`";
+    assert!(message.contains(expected), "{message}");
+}
+
+#[test]
 fn backend_tls_names_a_ca_file_and_may_name_the_server() {
     let route = |tls: &str| {
         format!("[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:9443\", \"app2:9443\"]\nbackend_tls = {tls}\n")

@@ -491,6 +491,7 @@ impl Checker<'_> {
             subprotocols: self.list(&route.subprotocols, Field(i, "subprotocols"), subprotocol)?,
             origins: self.list(&route.origins, Field(i, "origins"), origin)?,
             backends: self.backends(&route.backends, Field(i, "backends"))?,
+            balance: route.balance,
             idle: (route.idle.as_ref())
                 .map(|d| self.timeout(d, &key("idle")))
                 .transpose()?,

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use crate::error::ProxyError;
+use crate::load::Busy;
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::websocket;
@@ -40,6 +41,8 @@ pub(crate) struct Tunnel {
     pub socket: BackendIo,
     /// Bytes the backend sent right behind its 101.
     pub early: Bytes,
+    /// The tunnel, counted in its backend's open connections until dropped.
+    pub busy: Busy,
 }
 
 /// What the backend said to the upgrade.
@@ -134,7 +137,8 @@ async fn exchange(
     let mut held = Vec::new();
     for closed in 1.. {
         // The leave is held until the try has ended: answered, or failed.
-        let (backend, dialed, began, leave) = connect_in_turn(leg, &mut turns, tried).await?;
+        let (won, dialed) = connect_in_turn(leg, &mut turns, tried).await?;
+        let (backend, began, busy) = (won.backend, won.began, won.busy);
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || dialed.redial || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
@@ -147,7 +151,7 @@ async fn exchange(
         let (addr, several) = (dialed.addr, dialed.several);
         let answering = async {
             let socket = secure(route, backend, dialed.socket).await?;
-            attempt(socket, request, &offer).await
+            attempt(socket, request, &offer, busy).await
         };
         let answered = match tokio::time::timeout_at(deadline, answering).await {
             Ok(answered) => answered,
@@ -195,7 +199,7 @@ async fn exchange(
         // just been put aside: the next backend, rather than those again); or the route's
         // only address once more (see `Dialed::redial`).
         turns.again = (dialed.more || redial).then_some(backend);
-        held.push(leave);
+        held.push(won.leave);
         request = copy;
     }
     Err(turns.outcome(tried))
@@ -285,11 +289,13 @@ async fn secure(route: &Route, backend: &str, socket: TcpStream) -> Result<Backe
     }
 }
 
-/// Forwards `request` on `socket` and takes the backend's answer.
+/// Forwards `request` on `socket` and takes the backend's answer; `busy` counts it in the
+/// backend's open connections, and goes with the tunnel if it opens.
 async fn attempt(
     socket: BackendIo,
     request: Request<Empty<Bytes>>,
     offer: &websocket::Offer<'_>,
+    busy: Busy,
 ) -> Result<Answer, Attempt> {
     let heard = Arc::new(AtomicBool::new(false));
     let socket = Heard {
@@ -326,7 +332,7 @@ async fn attempt(
         return Err(ProxyError::BadBackendUpgrade("101 not in HTTP/1.1").into());
     }
     websocket::check_response(response.headers(), offer)?;
-    let tunnel = take_tunnel(response, (!conn_done).then_some(conn)).await?;
+    let tunnel = take_tunnel(response, (!conn_done).then_some(conn), busy).await?;
     Ok(Answer::Upgraded(tunnel))
 }
 
@@ -447,6 +453,7 @@ fn check_refusal(response: &Response<Incoming>) -> Result<(), ProxyError> {
 async fn take_tunnel(
     mut response: Response<Incoming>,
     conn: Option<impl std::future::Future<Output = hyper::Result<()>>>,
+    busy: Busy,
 ) -> Result<Tunnel, ProxyError> {
     let on_upgrade = hyper::upgrade::on(&mut response);
     if let Some(conn) = conn {
@@ -463,6 +470,7 @@ async fn take_tunnel(
         head,
         socket: parts.io.into_inner().socket,
         early: parts.read_buf,
+        busy,
     })
 }
 
@@ -613,6 +621,7 @@ mod tests {
             subprotocols: None,
             origins: None,
             backends,
+            balance: Default::default(),
             idle: None,
             backend_tls: None,
             require_client_certificate: false,
@@ -937,7 +946,7 @@ mod tests {
         let timing = timing(Duration::from_secs(5), Duration::from_millis(250));
         let answer = open_counted(&table, timing, &metrics).await;
         assert!(matches!(answer, Ok(Answer::Upgraded(_))));
-        let text = metrics.render(0, 1);
+        let text = metrics.render(0, 1, &crate::routes::RouteTable::new(&[]));
         let series = format!(
             "wsgate_backend_connect_failures_total{{route=\"chat\",backend=\"{name}\",error=\"timeout\"}} 1"
         );

@@ -15,6 +15,7 @@ use super::dial::{connect, no_answer, share_of, Dialed, Progress, Window};
 use super::Leg;
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::health::{self, Health, Leave};
+use crate::load::Busy;
 use crate::race::{Event, Race};
 use crate::routes::Route;
 
@@ -127,7 +128,7 @@ pub(super) async fn connect_in_turn<'a, 'r>(
     leg: Leg<'r>,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
     tried: &mut Option<String>,
-) -> Result<(&'a str, Dialed, u64, Leave<'r>), ProxyError> {
+) -> Result<(Try<'a, 'r>, Dialed), ProxyError> {
     let deadline = leg.deadline;
     let mut race = Race::new(leg.timing.attempt_delay);
     // The last backend that failed, or what `tried` said before: named if the attempts left
@@ -159,7 +160,7 @@ pub(super) async fn connect_in_turn<'a, 'r>(
                 count_hidden(leg, attempt.backend, hidden);
                 settle_losers(leg, race, attempt.backend, turns);
                 name(tried, attempt.backend);
-                return Ok((attempt.backend, dialed, attempt.began, attempt.leave));
+                return Ok((attempt, dialed));
             }
             // Every address of it closed before answering already: nothing to count.
             Some(Ok(None)) => {
@@ -221,6 +222,7 @@ fn dial_next<'a, 'r>(
         began: health::now(),
         leave,
         progress,
+        busy: route.busy(backend),
     };
     Some((
         attempt,
@@ -263,16 +265,18 @@ fn name(tried: &mut Option<String>, backend: &str) {
 }
 
 /// One backend's connect attempt, as it races the others.
-struct Try<'a, 'r> {
-    backend: &'a str,
+pub(super) struct Try<'a, 'r> {
+    pub(super) backend: &'a str,
     /// Its share of the time: see `Turns::fair_share`.
     share: Duration,
     /// When it began, on [`health::now`]'s clock.
-    began: u64,
+    pub(super) began: u64,
     /// Held until the try has ended: answered, or failed.
-    leave: Leave<'r>,
+    pub(super) leave: Leave<'r>,
     /// How far its connect has got: see [`Progress`].
     progress: Arc<Progress>,
+    /// The attempt, counted in its backend's open connections from its connect on.
+    pub(super) busy: Busy,
 }
 
 /// The next backend to try now, with its leave to be tried; a backend that another request

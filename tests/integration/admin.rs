@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(crate) const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
 
 /// Closes `ws` as a client does: close frame, read to the end, drop the connection.
-async fn close(mut ws: Ws) {
+pub(crate) async fn close(mut ws: Ws) {
     use futures_util::StreamExt;
     ws.close(None).await.unwrap();
     within("the close handshake", async {

@@ -194,6 +194,55 @@ async fn backends_are_used_round_robin() {
     }
 }
 
+/// Opens a tunnel through `proxy` and asserts which backend took it; the tunnel stays open.
+async fn held_on(proxy: &Proxy, want: &str) -> Ws {
+    let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
+    assert_eq!(round_trip(&mut ws, "whoami").await, want);
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_sends_new_tunnels_to_the_backend_with_fewest_open() {
+    use crate::admin::{close, metrics, sample, scrape_until, ADMIN};
+    let a = WsBackend::start("a").await;
+    let b = WsBackend::start("b").await;
+    let balanced = |extra: &str| {
+        let backends = backends_list(&[a.addr, b.addr]);
+        format!("{ADMIN}[[route]]\nname = \"lc\"\npath = \"/ws\"\nbalance = \"least_connections\"\nbackends = {backends}\n\n{extra}")
+    };
+    let proxy = start_proxy(&balanced("")).await;
+    let admin = proxy.server.admin_addr().expect("admin endpoint bound");
+    let series = |backend: SocketAddr| {
+        format!(r#"wsgate_backend_connections_open{{route="lc",backend="{backend}"}}"#)
+    };
+    // Level: in turn.
+    let mut held = vec![
+        held_on(&proxy, "a").await,
+        held_on(&proxy, "b").await,
+        held_on(&proxy, "a").await,
+    ];
+    close(held.remove(1)).await;
+    scrape_until(admin, &series(b.addr), 0.0).await;
+    // b has none open, a two: round-robin would send the next two to b and a; this, both to b.
+    held.push(held_on(&proxy, "b").await);
+    held.push(held_on(&proxy, "b").await);
+    let text = metrics(admin).await;
+    assert_eq!(sample(&text, &series(a.addr)), Some(2.0), "{text}");
+    assert_eq!(sample(&text, &series(b.addr)), Some(2.0), "{text}");
+    // A reload keeps the counts: the tunnels opened before it are still there.
+    let (mut status, before) = proxy.watched().await;
+    let other = route("other", "/other", &[a.addr]);
+    write_body(&proxy.config_path(), &balanced(&other));
+    generation(&mut status, before + 1).await;
+    close(held.remove(0)).await;
+    scrape_until(admin, &series(a.addr), 1.0).await;
+    held.push(held_on(&proxy, "a").await);
+    let text = metrics(admin).await;
+    assert_eq!(sample(&text, &series(a.addr)), Some(2.0), "{text}");
+    let other = r#"wsgate_backend_connections_open{route="other","#;
+    assert!(text.contains(other), "every route's backends: {text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_backend_is_skipped_for_the_next_one() {
     let refused = closed_port().await;
