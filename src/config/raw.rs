@@ -144,8 +144,7 @@ pub(super) struct RawRoute {
     pub(super) subprotocols: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) backends: Spanned<Vec<Spanned<String>>>,
-    #[serde(default)]
-    pub(super) balance: Balance,
+    pub(super) balance: Option<Spanned<Balance>>,
     pub(super) idle: Option<Spanned<HumanDuration>>,
     pub(super) backend_tls: Option<Spanned<RawBackendTls>>,
     pub(super) require_client_certificate: Option<Spanned<bool>>,

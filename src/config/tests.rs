@@ -161,6 +161,23 @@ fn a_route_balances_round_robin_unless_it_says_least_connections() {
     );
     let least = parse(&route("balance = \"least_connections\"\n")).unwrap();
     assert_eq!(least.routes[0].balance, Balance::LeastConnections);
+    let warned = |config: &Config| {
+        (config.warnings.iter()).any(|w| {
+            w.location
+                .as_ref()
+                .is_some_and(|l| l.key == "route[0].balance")
+        })
+    };
+    assert!(!warned(&least), "the cool-down is on");
+    let off = parse(&format!(
+        "[timeouts]\nbackend_cooldown = \"0s\"\n\n{}",
+        route("balance = \"least_connections\"\n")
+    ))
+    .unwrap();
+    assert!(!warned(&off), "one backend: nothing to balance");
+    let two = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:9\", \"app2:9\"]\nbalance = \"least_connections\"\n";
+    let off = parse(&format!("[timeouts]\nbackend_cooldown = \"0s\"\n\n{two}")).unwrap();
+    assert!(warned(&off), "{:?}", off.warnings);
     let message = error(&route("balance = \"leastconn\"\n"));
     let expected = "route[0].balance: unknown variant `leastconn`, expected `round_robin` or `least_connections`";
     assert!(message.contains(expected), "{message}");

@@ -22,7 +22,7 @@ use super::values::{
     route_name, route_path, server_name, split_port, subprotocol, surrounded_by_space,
 };
 use super::{
-    BackendTlsConfig, CertificatePaths, ClientAuth, ClientAuthConfig, Config, ConfigError,
+    BackendTlsConfig, Balance, CertificatePaths, ClientAuth, ClientAuthConfig, Config, ConfigError,
     HostPattern, Limits, RouteConfig, Timeouts,
 };
 
@@ -74,7 +74,7 @@ impl Checker<'_> {
         let admin_location =
             (raw.admin.as_ref()).map(|admin| self.locate(&admin.listen.span(), "admin.listen"));
         let mut warnings = Vec::new();
-        Ok(Config {
+        let mut config = Config {
             path: self.path.to_path_buf(),
             admin: raw
                 .admin
@@ -97,7 +97,31 @@ impl Checker<'_> {
             recheck: self.recheck(&raw.reload.recheck)?,
             routes: self.routes(&raw.routes, &mut warnings)?,
             warnings,
-        })
+        };
+        self.unguarded_balance(&raw.routes, &mut config);
+        Ok(config)
+    }
+
+    /// Least-connections with putting aside off: a backend that refuses every connection
+    /// never has one open, so it would be every request's first try. A warning: the config
+    /// works, at a cost to every request while a backend is down.
+    fn unguarded_balance(&self, raw: &[RawRoute], config: &mut Config) {
+        if !config.timeouts.backend_cooldown.is_zero() {
+            return;
+        }
+        for (i, (route, checked)) in raw.iter().zip(&config.routes).enumerate() {
+            let several = (checked.backends.iter()).any(|b| Some(b) != checked.backends.first());
+            let Some(balance) = route.balance.as_ref().filter(|_| several) else {
+                continue;
+            };
+            if *balance.get_ref() == Balance::LeastConnections {
+                let message = "with timeouts.backend_cooldown = \"0s\", a backend that refuses every connection never has one open, and would be every request's first try: keep the cool-down on with least_connections";
+                let key = format!("route[{i}].balance");
+                config
+                    .warnings
+                    .push(self.error(&balance.span(), &key, message));
+            }
+        }
     }
 
     fn listen(&self, raw: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -491,7 +515,7 @@ impl Checker<'_> {
             subprotocols: self.list(&route.subprotocols, Field(i, "subprotocols"), subprotocol)?,
             origins: self.list(&route.origins, Field(i, "origins"), origin)?,
             backends: self.backends(&route.backends, Field(i, "backends"))?,
-            balance: route.balance,
+            balance: (route.balance.as_ref()).map_or_else(Balance::default, |b| *b.get_ref()),
             idle: (route.idle.as_ref())
                 .map(|d| self.timeout(d, &key("idle")))
                 .transpose()?,
