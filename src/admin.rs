@@ -115,7 +115,7 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         "/metrics" => {
             let current = shared.current();
             let open = shared.open_connections();
-            let body = (shared.metrics).render(open, current.generation, &current.routes);
+            let body = (shared.metrics).render(open, current.generation, &shared.loads);
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response
                 .headers_mut()

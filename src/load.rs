@@ -1,15 +1,21 @@
-//! How many connections each of a route's backends has open now: its tunnels, and the
-//! upgrades under way to it (from the connect on). What `balance = "least_connections"`
-//! picks by, and what `wsgate_backend_connections_open` shows.
+//! How many connections each backend has open now: its tunnels, and the upgrades under way
+//! to it (from the connect on), from every route that names it. What `balance =
+//! "least_connections"` picks by, and what `wsgate_backend_connections_open` shows.
 //!
-//! A count is shared, not copied, by the route of the same name in the next config (see
-//! `RouteTable::continue_from`): a tunnel opened before a reload still counts, and still
-//! leaves, in the count its route's requests read after it.
+//! One count per backend, as written, in [`Loads`]: shared by every route naming it (a
+//! backend's load is what all of them send it; with thousands of per-tenant routes over a
+//! few backends, each route's own share would be too small to tell them apart), and by the
+//! configs before and after a reload, so a tunnel opened under one config still counts,
+//! and still leaves, in the count the next one reads, even across a reload that dropped its
+//! backend for a while.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
-/// One backend's open connections, in one route.
+use crate::sync::lock;
+
+/// One backend's open connections.
 #[derive(Default)]
 pub(crate) struct Load(AtomicUsize);
 
@@ -36,6 +42,44 @@ impl Drop for Busy {
     }
 }
 
+/// Every backend's [`Load`] that a route table or a connection still holds, by backend as
+/// written.
+#[derive(Default)]
+pub(crate) struct Loads(Mutex<HashMap<String, Weak<Load>>>);
+
+impl Loads {
+    /// The registry, to look backends up in; counts no one holds any more are let go first.
+    pub(crate) fn lock(&self) -> Registry<'_> {
+        let mut loads = lock(&self.0);
+        loads.retain(|_, load| load.strong_count() > 0);
+        Registry(loads)
+    }
+
+    /// Each backend that has a count now (configured, or with connections left from a config
+    /// before), with its open connections, in no particular order.
+    pub(crate) fn open(&self) -> Vec<(String, usize)> {
+        let loads = self.lock();
+        let each = loads.0.iter();
+        (each.filter_map(|(backend, load)| Some((backend.clone(), load.upgrade()?.now()))))
+            .collect()
+    }
+}
+
+/// [`Loads`], locked.
+pub(crate) struct Registry<'a>(std::sync::MutexGuard<'a, HashMap<String, Weak<Load>>>);
+
+impl Registry<'_> {
+    /// `backend`'s count: the one it has, or a new one.
+    pub(crate) fn of(&mut self, backend: &str) -> Arc<Load> {
+        if let Some(load) = self.0.get(backend).and_then(Weak::upgrade) {
+            return load;
+        }
+        let load = Arc::new(Load::default());
+        self.0.insert(backend.to_string(), Arc::downgrade(&load));
+        load
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +94,21 @@ mod tests {
         assert_eq!(load.now(), 1);
         drop(second);
         assert_eq!(load.now(), 0);
+    }
+
+    #[test]
+    fn a_backend_keeps_its_count_while_anything_holds_it() {
+        let loads = Loads::default();
+        let held = loads.lock().of("a:1");
+        let tunnel = Busy::on(&held);
+        assert!(Arc::ptr_eq(&held, &loads.lock().of("a:1")));
+        // Its table gone (a reload dropped the backend), its tunnel still counts in it.
+        drop(held);
+        assert_eq!(loads.open(), [("a:1".to_string(), 1)]);
+        let again = loads.lock().of("a:1");
+        assert_eq!(again.now(), 1, "listed again: its tunnel is still counted");
+        drop((again, tunnel));
+        assert!(loads.open().is_empty(), "let go once nothing holds it");
+        assert_eq!(loads.lock().of("a:1").now(), 0);
     }
 }

@@ -26,8 +26,8 @@ use prometheus_client::registry::Registry;
 
 use crate::config::RouteConfig;
 use crate::error::ProxyError;
+use crate::load::Loads;
 use crate::reload::ReloadStatus;
-use crate::routes::RouteTable;
 use crate::snapshot::Snapshot;
 use crate::splice::{CloseReason, Outcome, Peer};
 use crate::sync::lock;
@@ -71,6 +71,12 @@ struct BackendLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairLabels {
     route: String,
+    /// As written in the config.
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendOnlyLabels {
     /// As written in the config.
     backend: String,
 }
@@ -203,9 +209,11 @@ pub(crate) struct Metrics {
     closed_early: Family<EarlyLabels, Counter>,
     backend_failures: Family<BackendLabels, Counter>,
     backend_put_aside: Family<PairLabels, Counter>,
-    backend_connections: Family<PairLabels, Gauge>,
-    /// The pairs `backend_connections` has series for, to retire those a reload drops.
-    connection_pairs: Mutex<HashSet<PairLabels>>,
+    backend_connections: Family<BackendOnlyLabels, Gauge>,
+    /// The backends `backend_connections` has series for, to retire those no longer counted;
+    /// held through a scrape's refresh and encoding, so that two scrapes at once cannot
+    /// remove each other's series.
+    connection_backends: Mutex<HashSet<BackendOnlyLabels>>,
     certificate_expiry: Family<FileLabels, Gauge>,
     /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
     certificate_files: Mutex<Vec<FileLabels>>,
@@ -235,7 +243,7 @@ impl Default for Metrics {
             backend_failures: Family::default(),
             backend_put_aside: Family::default(),
             backend_connections: Family::default(),
-            connection_pairs: Mutex::default(),
+            connection_backends: Mutex::default(),
             certificate_expiry: Family::default(),
             certificate_files: Mutex::default(),
             crl_next_update: Family::default(),
@@ -266,7 +274,7 @@ impl Default for Metrics {
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
             "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
-            "backend_connections_open", "Connections open now to each backend of each route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
+            "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
             "client_crl_next_update_timestamp_seconds", "Unix time at which the first of the revocation lists in tls.client_crl is due to be replaced (their earliest nextUpdate)", crl_next_update;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
@@ -491,27 +499,21 @@ impl Metrics {
         *previous = file;
     }
 
-    /// Each route's backends' open connections, as `routes` (the table in force) counts them;
-    /// the series of pairs it no longer has go away. Under one lock, so that two scrapes at
-    /// once cannot remove each other's series.
-    fn backend_loads(&self, routes: &RouteTable) {
-        let mut previous = lock(&self.connection_pairs);
-        let mut pairs = HashSet::new();
-        for route in routes.iter() {
-            for (backend, open) in route.loads() {
-                let labels = PairLabels {
-                    route: route.config.name.clone(),
-                    backend: backend.to_string(),
-                };
-                let open = i64::try_from(open).unwrap_or(i64::MAX);
-                self.backend_connections.get_or_create(&labels).set(open);
-                pairs.insert(labels);
-            }
+    /// Each backend's open connections, as `loads` counts them; the series of backends it
+    /// no longer counts (out of the config, their last connection gone) go away. `shown`: the
+    /// backends with a series.
+    fn backend_loads(&self, shown: &mut HashSet<BackendOnlyLabels>, loads: &Loads) {
+        let mut now = HashSet::new();
+        for (backend, open) in loads.open() {
+            let labels = BackendOnlyLabels { backend };
+            let open = i64::try_from(open).unwrap_or(i64::MAX);
+            self.backend_connections.get_or_create(&labels).set(open);
+            now.insert(labels);
         }
-        for gone in previous.difference(&pairs) {
+        for gone in shown.difference(&now) {
             self.backend_connections.remove(gone);
         }
-        *previous = pairs;
+        *shown = now;
     }
 
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {
@@ -532,17 +534,13 @@ impl Metrics {
     }
 
     /// The OpenMetrics text, with the gauges that mirror live state refreshed first.
-    pub(crate) fn render(
-        &self,
-        open_connections: usize,
-        generation: u64,
-        routes: &RouteTable,
-    ) -> String {
+    pub(crate) fn render(&self, open_connections: usize, generation: u64, loads: &Loads) -> String {
         self.open
             .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        self.backend_loads(routes);
+        let mut shown = lock(&self.connection_backends);
+        self.backend_loads(&mut shown, loads);
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -641,7 +639,7 @@ mod tests {
         };
         open.closed("chat", &ended);
         assert_eq!(metrics.tunnels_open.get(), 0);
-        let text = metrics.render(0, 1, &RouteTable::new(&[]));
+        let text = metrics.render(0, 1, &Loads::default());
         let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_closed"} 1"#;
         assert!(text.contains(closed), "{text}");
 
@@ -696,7 +694,7 @@ mod tests {
         metrics.answered(None, 404);
 
         metrics.routes(&[route("b", &["kept:1", "new:1"])]);
-        let text = metrics.render(0, 2, &RouteTable::new(&[]));
+        let text = metrics.render(0, 2, &Loads::default());
         assert!(!text.contains(r#"route="a""#), "{text}");
         assert!(!text.contains(r#"backend="old:1""#), "{text}");
         for kept in [
@@ -717,10 +715,10 @@ mod tests {
         // from 0, and listed: the next reload retires it too.
         metrics.answered(Some("a"), 499);
         let again = r#"wsgate_requests_total{route="a",status="499"} 1"#;
-        assert!(metrics.render(0, 2, &RouteTable::new(&[])).contains(again));
+        assert!(metrics.render(0, 2, &Loads::default()).contains(again));
         metrics.routes(&[route("b", &["kept:1"])]);
         assert!(!metrics
-            .render(0, 3, &RouteTable::new(&[]))
+            .render(0, 3, &Loads::default())
             .contains(r#"route="a""#));
     }
 
@@ -736,20 +734,20 @@ mod tests {
         // Still the series a scrape sees: bytes moved after the reload are in it.
         first.report(7, 0);
         let bytes = r#"wsgate_tunnel_bytes_total{route="a",direction="client_to_backend"} 7"#;
-        assert!(metrics.render(0, 2, &RouteTable::new(&[])).contains(bytes));
+        assert!(metrics.render(0, 2, &Loads::default()).contains(bytes));
         drop(first);
         metrics.routes(&[]);
         assert!(
-            metrics.render(0, 3, &RouteTable::new(&[])).contains(bytes),
+            metrics.render(0, 3, &Loads::default()).contains(bytes),
             "one tunnel still lives"
         );
 
         // The last one ended: its final counts stay in view until the next reload.
         drop(second);
-        assert!(metrics.render(0, 3, &RouteTable::new(&[])).contains(bytes));
+        assert!(metrics.render(0, 3, &Loads::default()).contains(bytes));
         metrics.routes(&[]);
         assert!(!metrics
-            .render(0, 4, &RouteTable::new(&[]))
+            .render(0, 4, &Loads::default())
             .contains(r#"route="a""#));
         assert!(lock(&metrics.series).live.is_empty());
     }

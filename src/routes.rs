@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::config::{Balance, HostPattern, RouteConfig};
 use crate::health::{self, Health, Leave};
-use crate::load::{Busy, Load};
+use crate::load::{Busy, Load, Loads};
 use crate::path::{read_path, Read};
 use crate::tls::BackendTls;
 
@@ -71,6 +71,20 @@ fn per_backend<T: Default>(backends: &[String]) -> Box<[Arc<T>]> {
     each.into_boxed_slice()
 }
 
+/// Where a round-robin walk starts for the request of turn `turn`: its place among the
+/// backends up (or among them all, when every one is aside). The counter wraps (after 2^64
+/// requests); the sums must not overflow.
+fn round_robin_start(turn: usize, n: usize, aside: u128) -> usize {
+    let up = n - (aside.count_ones() as usize).min(n);
+    match up {
+        0 => turn % n.max(1),
+        up => (0..n)
+            .filter(|&i| !is_set(aside, i))
+            .nth(turn % up)
+            .unwrap_or(0),
+    }
+}
+
 /// How many of a route's backends can be put aside (the bits of [`InTurn::aside`]): any after
 /// these are always taken as up.
 const TRACKED: usize = 128;
@@ -79,17 +93,26 @@ fn is_set(bits: u128, i: usize) -> bool {
     i < TRACKED && bits & (1 << i) != 0
 }
 
-/// A route's backends in the order one request tries them (see [`Route::backends_in_turn`]):
-/// a walk round the list from `start` taking those up, then another taking those put aside.
-/// No allocation: this runs for every upgrade.
+/// A route's backends in the order one request tries them (see [`Route::backends_in_turn`]).
 pub(crate) struct InTurn<'a> {
     backends: &'a [String],
-    start: usize,
-    /// Bit `i`: backend `i` is put aside.
-    aside: u128,
-    /// Steps taken in the two walks (`0..2n`).
-    step: usize,
+    order: Order,
     left: usize,
+}
+
+/// How [`InTurn`] goes through the backends.
+enum Order {
+    /// Round-robin: a walk round the list from `start` taking those up, then another taking
+    /// those put aside. No allocation: this runs for every upgrade.
+    Walk {
+        start: usize,
+        /// Bit `i`: backend `i` is put aside.
+        aside: u128,
+        /// Steps taken in the two walks (`0..2n`).
+        step: usize,
+    },
+    /// Least connections: the indices, in order.
+    Sorted(std::vec::IntoIter<usize>),
 }
 
 impl<'a> Iterator for InTurn<'a> {
@@ -97,16 +120,22 @@ impl<'a> Iterator for InTurn<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         let n = self.backends.len();
-        while self.step < 2 * n {
-            let i = (self.start + self.step % n) % n;
-            let first_walk = self.step < n;
-            self.step += 1;
-            if first_walk != is_set(self.aside, i) {
-                self.left -= 1;
-                return Some(&self.backends[i]);
-            }
-        }
-        None
+        let i = match &mut self.order {
+            Order::Sorted(order) => order.next()?,
+            Order::Walk { start, aside, step } => loop {
+                if *step >= 2 * n {
+                    return None;
+                }
+                let i = (*start + *step % n) % n;
+                let first_walk = *step < n;
+                *step += 1;
+                if first_walk != is_set(*aside, i) {
+                    break i;
+                }
+            },
+        };
+        self.left = self.left.saturating_sub(1);
+        self.backends.get(i).map(String::as_str)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -131,11 +160,13 @@ pub enum Selection<'a> {
 }
 
 impl Route {
-    /// The backends in the order to try them for one request: those up first, from the next
-    /// round-robin position among them, wrapping around, then those put aside (see
-    /// [`health`]), so a refused connect moves on to the next backend and a request is never
-    /// refused without trying them all. The position counts the backends that are up, so they
-    /// share the load evenly: a backend put aside does not hand its share to the one after it.
+    /// The backends in the order to try them for one request: those up first, then those put
+    /// aside (see [`health`]), so a refused connect moves on to the next backend and a request
+    /// is never refused without trying them all. Among each, from the next round-robin
+    /// position, wrapping around; or, with `balance = "least_connections"`, the fewest open
+    /// connections first, ties from that position. The position counts the backends that are
+    /// up, so they share the load evenly: a backend put aside does not hand its share to the
+    /// one after it.
     pub(crate) fn backends_in_turn(&self) -> InTurn<'_> {
         let backends = &self.config.backends;
         let turn = self.next_backend.fetch_add(1, Ordering::Relaxed);
@@ -144,28 +175,34 @@ impl Route {
             .filter(|(_, h)| !h.is_up(now))
             .fold(0u128, |aside, (i, _)| aside | 1 << i);
         let n = backends.len();
-        let count_up = n - aside.count_ones() as usize;
-        // The counter wraps (after 2^64 requests); the sums must not overflow.
-        let start = match (count_up, self.config.balance) {
-            (0, Balance::RoundRobin) => turn % n.max(1),
-            (up, Balance::RoundRobin) => (0..n)
-                .filter(|&i| !is_set(aside, i))
-                .nth(turn % up)
-                .unwrap_or(0),
-            // Put-aside backends only when every one is: then the least loaded of them all.
-            (up, Balance::LeastConnections) => (0..n)
-                .map(|k| (turn % n + k) % n)
-                .filter(|&i| up == 0 || !is_set(aside, i))
-                .min_by_key(|&i| self.load[i].now())
-                .unwrap_or(0),
+        let order = match self.config.balance {
+            Balance::RoundRobin => Order::Walk {
+                start: round_robin_start(turn, n, aside),
+                aside,
+                step: 0,
+            },
+            Balance::LeastConnections => Order::Sorted(self.least_loaded(turn, aside)),
         };
         InTurn {
             backends,
-            start,
-            aside,
-            step: 0,
+            order,
             left: n,
         }
+    }
+
+    /// The backends' indices, those up first, each part by its open connections, fewest
+    /// first, ties in turn from `turn`. Each count read once: they move as this runs.
+    fn least_loaded(&self, turn: usize, aside: u128) -> std::vec::IntoIter<usize> {
+        let n = self.config.backends.len();
+        let start = turn % n.max(1);
+        let mut keyed: Vec<(bool, usize, usize)> = (self.load.iter().enumerate())
+            .map(|(i, load)| (is_set(aside, i), load.now(), (i + n - start) % n))
+            .collect();
+        keyed.sort_unstable();
+        let order: Vec<usize> = (keyed.into_iter())
+            .map(|(_, _, from_start)| (from_start + start) % n)
+            .collect();
+        order.into_iter()
     }
 
     /// Whether a request whose turn `backend` is may try it now, and its leave to (see
@@ -192,14 +229,6 @@ impl Route {
     /// count, for a backend not of this route).
     pub(crate) fn busy(&self, backend: &str) -> Busy {
         (self.load_of(backend)).map_or_else(|| Busy::on(&Arc::default()), Busy::on)
-    }
-
-    /// Each of the route's backends, once, with its open connections.
-    pub(crate) fn loads(&self) -> impl Iterator<Item = (&str, usize)> {
-        let backends = self.config.backends.iter().enumerate();
-        (backends.zip(self.load.iter()))
-            .filter(|((i, b), _)| self.config.backends.iter().position(|x| x == *b) == Some(*i))
-            .map(|((_, b), load)| (b.as_str(), load.now()))
     }
 
     /// Whether requests have other backends to go to while one of them is put aside.
@@ -278,26 +307,33 @@ impl RouteTable {
         table
     }
 
+    /// Counts each route's connections to a backend in the backend's count in `loads`,
+    /// shared by every route naming it and by the tables before and after this one (see
+    /// [`crate::load`]). Before the table goes into force.
+    pub(crate) fn count_in(&mut self, loads: &Loads) {
+        let mut loads = loads.lock();
+        for route in &mut self.routes {
+            for (backend, load) in route.config.backends.iter().zip(route.load.iter_mut()) {
+                *load = loads.of(backend);
+            }
+        }
+    }
+
     /// Continues each route's backend rotation where the route of the same name in `old` (the
     /// table in force) has it: frequent reloads (a Kubernetes sync loop) must not skew the
-    /// spread by restarting every rotation. Its backends keep their counts of open
-    /// connections, by name (see [`crate::load`]); with `keep_health`, their health too: one
-    /// put aside stays aside (without, putting aside is off: all start afresh).
-    pub(crate) fn continue_from(&mut self, old: &RouteTable, keep_health: bool) {
+    /// spread by restarting every rotation. With `keep_health`, its backends keep their
+    /// health, by name: one put aside stays aside (without, putting aside is off: all start
+    /// afresh).
+    pub(crate) fn continue_from(&self, old: &RouteTable, keep_health: bool) {
         let routes: HashMap<&str, &Route> = (old.routes.iter())
             .map(|r| (r.config.name.as_str(), r))
             .collect();
-        for route in &mut self.routes {
+        for route in &self.routes {
             let Some(old) = routes.get(route.config.name.as_str()) else {
                 continue;
             };
             let at = old.next_backend.load(Ordering::Relaxed);
             route.next_backend.store(at, Ordering::Relaxed);
-            for (backend, load) in route.config.backends.iter().zip(route.load.iter_mut()) {
-                if let Some(was) = old.load_of(backend) {
-                    *load = was.clone();
-                }
-            }
             if !keep_health {
                 continue;
             }
@@ -307,11 +343,6 @@ impl RouteTable {
                 }
             }
         }
-    }
-
-    /// Every route, in file order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter()
     }
 
     /// Picks the route for a request. `host` is the Host header (a port is ignored), `path`
@@ -737,7 +768,7 @@ mod tests {
             panic!()
         };
         assert_eq!(r.backends_in_turn().next(), Some("a:1"));
-        let mut new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
+        let new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
         new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
@@ -865,7 +896,7 @@ mod tests {
             .unwrap();
         let mut config = route("r", None, "/", None);
         config.backends.reverse();
-        let mut new = RouteTable::new(&[config]);
+        let new = RouteTable::new(&[config]);
         new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
@@ -874,7 +905,7 @@ mod tests {
         let up = |b: &str| r.health_of(b).unwrap().is_up(now);
         assert_eq!((up("a:1"), up("b:2"), up("c:3")), (true, false, true));
         // Reloaded with putting aside turned off: all start afresh.
-        let mut off = RouteTable::new(&[route("r", None, "/", None)]);
+        let off = RouteTable::new(&[route("r", None, "/", None)]);
         off.continue_from(&new, false);
         let Selection::Matched { route: r, .. } = off.select(None, "/", &[]) else {
             panic!()
@@ -896,35 +927,58 @@ mod tests {
         route
     }
 
+    /// Each backend counted in `loads`, with its open connections, by name.
+    fn open_in(loads: &Loads) -> Vec<(String, usize)> {
+        let mut open = loads.open();
+        open.sort();
+        open
+    }
+
+    /// `["a:1 2"]`: backend `a:1`, 2 open.
+    fn counted(each: &[&str]) -> Vec<(String, usize)> {
+        let split = |e: &&str| {
+            e.split_once(' ')
+                .map(|(b, n)| (b.to_string(), n.parse().unwrap()))
+        };
+        each.iter().filter_map(split).collect()
+    }
+
     #[test]
-    fn least_connections_starts_with_the_least_loaded_backend_and_breaks_ties_in_turn() {
-        let table = least_connections(&["a:1", "b:2", "c:3"]);
+    fn least_connections_tries_the_fewest_open_first_ties_in_turn() {
+        let loads = Loads::default();
+        let mut table = least_connections(&["a:1", "b:2", "c:3"]);
+        table.count_in(&loads);
         let route = the_route(&table);
         // All at 0: in turn, as round-robin.
         let firsts: Vec<&str> = (0..3)
             .map(|_| route.backends_in_turn().next().unwrap())
             .collect();
         assert_eq!(firsts, ["a:1", "b:2", "c:3"]);
-        let _a = [route.busy("a:1"), route.busy("a:1")];
+        let a = [route.busy("a:1"), route.busy("a:1")];
         let _c = route.busy("c:3");
         for _ in 0..3 {
             let turn: Vec<&str> = route.backends_in_turn().collect();
-            assert_eq!(turn, ["b:2", "c:3", "a:1"], "the rest in turn after it");
+            assert_eq!(
+                turn,
+                ["b:2", "c:3", "a:1"],
+                "fewest first, failover included"
+            );
         }
         let _b = [route.busy("b:2"), route.busy("b:2")];
-        // b:2 and a:1 at 2, c:3 at 1.
-        assert_eq!(route.backends_in_turn().next(), Some("c:3"));
-        drop(_a);
+        // a:1 and b:2 at 2, c:3 at 1: the tie between the two in turn.
+        let turns: Vec<Vec<&str>> = (0..2).map(|_| route.backends_in_turn().collect()).collect();
+        assert_eq!(turns, [["c:3", "a:1", "b:2"], ["c:3", "b:2", "a:1"]]);
+        drop(a);
         assert_eq!(route.backends_in_turn().next(), Some("a:1"));
-        let loads: Vec<(&str, usize)> = route.loads().collect();
-        assert_eq!(loads, [("a:1", 0), ("b:2", 2), ("c:3", 1)]);
+        assert_eq!(open_in(&loads), counted(&["a:1 0", "b:2 2", "c:3 1"]));
     }
 
     #[test]
     fn least_connections_passes_over_a_backend_put_aside_unless_all_are() {
-        let table = least_connections(&["a:1", "b:2"]);
+        let table = least_connections(&["a:1", "b:2", "c:3"]);
         let route = the_route(&table);
         let _b = route.busy("b:2");
+        let _c = [route.busy("c:3"), route.busy("c:3")];
         let put_aside = |backend: &str| {
             let health = route.health_of(backend).unwrap();
             health.failed(Duration::from_secs(60), health::now());
@@ -932,37 +986,65 @@ mod tests {
         put_aside("a:1");
         for _ in 0..2 {
             let turn: Vec<&str> = route.backends_in_turn().collect();
-            assert_eq!(turn, ["b:2", "a:1"], "the idle one is aside");
+            assert_eq!(turn, ["b:2", "c:3", "a:1"], "the idle one is aside");
         }
         put_aside("b:2");
-        assert_eq!(route.backends_in_turn().next(), Some("a:1"), "all aside");
+        put_aside("c:3");
+        let turn: Vec<&str> = route.backends_in_turn().collect();
+        assert_eq!(turn, ["a:1", "b:2", "c:3"], "all aside: fewest first");
     }
 
     #[test]
     fn a_backend_listed_twice_counts_its_connections_once_in_both_places() {
-        let table = least_connections(&["a:1", "b:2", "a:1"]);
+        let loads = Loads::default();
+        let mut table = least_connections(&["a:1", "b:2", "a:1"]);
+        table.count_in(&loads);
         let route = the_route(&table);
         let _a = route.busy("a:1");
         for _ in 0..3 {
-            assert_eq!(route.backends_in_turn().next(), Some("b:2"));
+            let turn: Vec<&str> = route.backends_in_turn().collect();
+            assert_eq!(turn[0], "b:2", "{turn:?}");
         }
-        let loads: Vec<(&str, usize)> = route.loads().collect();
-        assert_eq!(loads, [("a:1", 1), ("b:2", 0)]);
+        assert_eq!(open_in(&loads), counted(&["a:1 1", "b:2 0"]));
     }
 
     #[test]
-    fn a_reloaded_route_shares_its_backends_connection_counts_by_name() {
-        let old = least_connections(&["a:1", "b:2"]);
+    fn a_backend_has_one_count_across_routes_and_reloads() {
+        let loads = Loads::default();
+        let mut old = least_connections(&["a:1", "b:2"]);
+        old.count_in(&loads);
         let before = the_route(&old).busy("b:2");
-        let mut new = least_connections(&["c:3", "b:2", "a:1"]);
-        // Whatever `keep_health` says: the tunnels are there either way.
-        new.continue_from(&old, false);
-        let route = the_route(&new);
-        let loads: Vec<(&str, usize)> = route.loads().collect();
-        assert_eq!(loads, [("c:3", 0), ("b:2", 1), ("a:1", 0)]);
-        // The tunnel opened before the reload leaves the count the new table reads.
+        // The next config: b:2 dropped, and named by another route.
+        let mut other = route("other", None, "/other", None);
+        other.backends = vec!["b:2".into()];
+        let mut lone = least_connections(&["a:1"]);
+        lone.count_in(&loads);
+        drop(old);
+        assert_eq!(
+            open_in(&loads),
+            counted(&["a:1 0", "b:2 1"]),
+            "its tunnel lives on"
+        );
+        // And the one after: b:2 back, also named by another route.
+        let mut config = route("r", None, "/", None);
+        config.backends = vec!["b:2".into(), "a:1".into()];
+        config.balance = Balance::LeastConnections;
+        let mut new = RouteTable::new(&[config, other]);
+        new.count_in(&loads);
+        drop(lone);
+        let r = the_route(&new);
+        assert_eq!(
+            r.backends_in_turn().next(),
+            Some("a:1"),
+            "b:2 still has its tunnel"
+        );
+        let Selection::Matched { route: o, .. } = new.select(None, "/other", &[]) else {
+            panic!()
+        };
+        let _through_other = o.busy("b:2");
+        assert_eq!(open_in(&loads), counted(&["a:1 0", "b:2 2"]));
         drop(before);
-        assert_eq!(route.loads().nth(1), Some(("b:2", 0)));
+        assert_eq!(open_in(&loads), counted(&["a:1 0", "b:2 1"]));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) recheck: Arc<crate::recheck::Recheck>,
     pub(crate) reload_status: watch::Sender<ReloadStatus>,
     pub(crate) metrics: Metrics,
+    /// Each backend's open connections, across routes and configs.
+    pub(crate) loads: crate::load::Loads,
     /// Set when shutdown begins: the readiness probe fails from then on.
     stopping: AtomicBool,
     /// When accepting last found no descriptor: the readiness probe fails meanwhile.
@@ -116,6 +118,7 @@ impl Shared {
         let current = self.current();
         let cooling = !next.config.timeouts.backend_cooldown.is_zero();
         next.routes.continue_from(&current.routes, cooling);
+        next.routes.count_in(&self.loads);
         let before = (
             current.config.limits.max_connections,
             current.config.reuse_port,
@@ -261,7 +264,7 @@ impl Server {
         // folder as it was at start-up, and go stale if that folder is replaced (the watch
         // promise is about paths). Symlinks stay as they are, to be followed on every read.
         let path = crate::watch::absolute(config_path.as_ref());
-        let snapshot = match Snapshot::build(&path, 1) {
+        let mut snapshot = match Snapshot::build(&path, 1) {
             Ok(snapshot) => snapshot,
             // Said as `wsgate check` says it, with the paths as given (read again, from the
             // same working folder, only to word the error).
@@ -289,6 +292,8 @@ impl Server {
             ..ReloadStatus::default()
         });
         let client_scope = snapshot.client_scope;
+        let loads = crate::load::Loads::default();
+        snapshot.routes.count_in(&loads);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             listeners: Mutex::new(Some(Vec::new())),
@@ -299,6 +304,7 @@ impl Server {
             recheck: Arc::new(crate::recheck::Recheck::starting(client_scope)),
             reload_status,
             metrics: Metrics::default(),
+            loads,
             stopping: AtomicBool::new(false),
             shortage: Default::default(),
         });

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use crate::config::Balance;
 use crate::error::ProxyError;
 use crate::load::Busy;
 use crate::metrics::Metrics;
@@ -161,8 +162,11 @@ async fn exchange(
                 return Err(unanswered(leg, at, given, began));
             }
         };
-        // Anything but a close before answering: the backend takes connections.
-        if !matches!(answered, Err(Attempt::Gone(_))) {
+        let at = (backend, several.then_some(addr));
+        if let Some(error) = server_error(route, &answered) {
+            answer_failed(leg, at, &error, (began, asked));
+        } else if !matches!(answered, Err(Attempt::Gone(_))) {
+            // Anything but a close before answering: the backend takes connections.
             back_in_turn(route, backend);
             // Every answer, so that failures in a row are counted between answers only.
             if several {
@@ -206,37 +210,68 @@ async fn exchange(
 }
 
 /// A backend took the connection but did not answer the upgrade within the time (its
-/// process hung, or overloaded): 504, and the backend put aside as one that failed to take
-/// the connection is, so that the route's next requests go to its others meanwhile; for one
-/// of a name's several addresses (`at`: the backend, and that address), the address set
-/// aside, and the name only once all its addresses have failed, or as many tries of them in
-/// a row (one hung pod of a headless Service is no reason to skip the others). Not if the
-/// backends before it (or its own slow connect) left it less than half of an even share of
-/// the time to answer in. `given`: when the request was sent, and that even share.
+/// process hung, or overloaded): 504, and the backend put aside (see [`answer_failed`]), so
+/// that the route's next requests go to its others meanwhile. Not if the backends before it
+/// (or its own slow connect) left it less than half of an even share of the time to answer
+/// in. `given`: when the request was sent, and that even share.
 fn unanswered(
     leg: Leg<'_>,
     at: (&str, Option<std::net::SocketAddr>),
     given: (tokio::time::Instant, Duration),
     began: u64,
 ) -> ProxyError {
-    let ((backend, addr), (asked, fair_share)) = (at, given);
+    let (asked, fair_share) = given;
     if asked.elapsed() >= fair_share / 2 {
         let error = std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "took the connection but did not answer the upgrade in time",
         );
-        (leg.metrics).backend_connect_failed(&leg.route.config.name, backend, &error);
-        if let Some(addr) = addr {
-            dial::set_aside(backend, addr, leg.timing.cooldown, asked, &error);
-        }
-        // The name too once every address of it has failed since it last answered, or as
-        // many tries in a row (all its pods hung): its turns go to the route's other
-        // backends meanwhile.
-        if addr.is_none() || crate::resolve::all_failed(backend) {
-            put_aside(leg, backend, &error, began);
-        }
+        (leg.metrics).backend_connect_failed(&leg.route.config.name, at.0, &error);
+        answer_failed(leg, at, &error, (began, asked));
     }
     ProxyError::BackendTimeout
+}
+
+/// A backend took the connection and failed the request (hung, or a server error under
+/// least-connections): put aside as one that failed to take the connection is; for one of a
+/// name's several addresses (`at`: the backend, and that address), the address set aside,
+/// and the name only once all its addresses have failed, or as many tries of them in a row
+/// (one bad pod of a headless Service is no reason to skip the others). `when`: when the
+/// try began (on [`crate::health::now`]'s clock), and when the request was sent.
+fn answer_failed(
+    leg: Leg<'_>,
+    at: (&str, Option<std::net::SocketAddr>),
+    error: &dyn std::fmt::Display,
+    when: (u64, tokio::time::Instant),
+) {
+    let ((backend, addr), (began, asked)) = (at, when);
+    if let Some(addr) = addr {
+        dial::set_aside(backend, addr, leg.timing.cooldown, asked, error);
+    }
+    // The name too once every address of it has failed since it last answered, or as many
+    // tries in a row (all its pods hung): its turns go to the route's other backends
+    // meanwhile.
+    if addr.is_none() || crate::resolve::all_failed(backend) {
+        put_aside(leg, backend, error, began);
+    }
+}
+
+/// With `balance = "least_connections"`, an answer that is the backend's failure: a server
+/// error (5xx), or an answer or 101 that fails its checks. Such a backend holds no tunnel,
+/// so it would be every request's first choice; it is put aside instead, as one that refuses
+/// connections is. (Round-robin sends it its turns only, and takes such answers as answers.)
+fn server_error(route: &Route, answered: &Result<Answer, Attempt>) -> Option<String> {
+    if route.config.balance != Balance::LeastConnections {
+        return None;
+    }
+    match answered {
+        Ok(Answer::NotUpgraded(answer)) if answer.response.status().is_server_error() => Some(
+            format!("answered the upgrade with {}", answer.response.status()),
+        ),
+        Err(Attempt::Failed(ProxyError::Internal(_))) => None,
+        Err(Attempt::Failed(error)) => Some(error.to_string()),
+        _ => None,
+    }
 }
 
 /// How many backends (or addresses, or a route's only address dialed again) may close before
@@ -946,7 +981,7 @@ mod tests {
         let timing = timing(Duration::from_secs(5), Duration::from_millis(250));
         let answer = open_counted(&table, timing, &metrics).await;
         assert!(matches!(answer, Ok(Answer::Upgraded(_))));
-        let text = metrics.render(0, 1, &crate::routes::RouteTable::new(&[]));
+        let text = metrics.render(0, 1, &crate::load::Loads::default());
         let series = format!(
             "wsgate_backend_connect_failures_total{{route=\"chat\",backend=\"{name}\",error=\"timeout\"}} 1"
         );

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::admin::{close, metrics, sample, scrape_until, ADMIN};
 use crate::support::*;
 
 fn host_route(
@@ -201,20 +202,21 @@ async fn held_on(proxy: &Proxy, want: &str) -> Ws {
     ws
 }
 
+fn least_connections_to(backends: &[SocketAddr], extra: &str) -> String {
+    let backends = backends_list(backends);
+    format!("{ADMIN}[[route]]\nname = \"lc\"\npath = \"/ws\"\nbalance = \"least_connections\"\nbackends = {backends}\n\n{extra}")
+}
+
+fn open_to(backend: SocketAddr) -> String {
+    format!(r#"wsgate_backend_connections_open{{backend="{backend}"}}"#)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_sends_new_tunnels_to_the_backend_with_fewest_open() {
-    use crate::admin::{close, metrics, sample, scrape_until, ADMIN};
     let a = WsBackend::start("a").await;
     let b = WsBackend::start("b").await;
-    let balanced = |extra: &str| {
-        let backends = backends_list(&[a.addr, b.addr]);
-        format!("{ADMIN}[[route]]\nname = \"lc\"\npath = \"/ws\"\nbalance = \"least_connections\"\nbackends = {backends}\n\n{extra}")
-    };
-    let proxy = start_proxy(&balanced("")).await;
+    let proxy = start_proxy(&least_connections_to(&[a.addr, b.addr], "")).await;
     let admin = proxy.server.admin_addr().expect("admin endpoint bound");
-    let series = |backend: SocketAddr| {
-        format!(r#"wsgate_backend_connections_open{{route="lc",backend="{backend}"}}"#)
-    };
     // Level: in turn.
     let mut held = vec![
         held_on(&proxy, "a").await,
@@ -222,25 +224,70 @@ async fn least_connections_sends_new_tunnels_to_the_backend_with_fewest_open() {
         held_on(&proxy, "a").await,
     ];
     close(held.remove(1)).await;
-    scrape_until(admin, &series(b.addr), 0.0).await;
+    scrape_until(admin, &open_to(b.addr), 0.0).await;
     // b has none open, a two: round-robin would send the next two to b and a; this, both to b.
     held.push(held_on(&proxy, "b").await);
     held.push(held_on(&proxy, "b").await);
     let text = metrics(admin).await;
-    assert_eq!(sample(&text, &series(a.addr)), Some(2.0), "{text}");
-    assert_eq!(sample(&text, &series(b.addr)), Some(2.0), "{text}");
-    // A reload keeps the counts: the tunnels opened before it are still there.
+    assert_eq!(sample(&text, &open_to(a.addr)), Some(2.0), "{text}");
+    assert_eq!(sample(&text, &open_to(b.addr)), Some(2.0), "{text}");
+    // A reload keeps the counts, and a backend's count is one across routes: a tunnel to a
+    // through another route weighs on this one's choice.
     let (mut status, before) = proxy.watched().await;
-    let other = route("other", "/other", &[a.addr]);
-    write_body(&proxy.config_path(), &balanced(&other));
+    let other = format!(
+        "[[route]]\nname = \"other\"\npath = \"/other\"\nbackends = [\"{}\"]\n\n",
+        a.addr
+    );
+    write_body(
+        &proxy.config_path(),
+        &least_connections_to(&[a.addr, b.addr], &other),
+    );
     generation(&mut status, before + 1).await;
-    close(held.remove(0)).await;
-    scrape_until(admin, &series(a.addr), 1.0).await;
-    held.push(held_on(&proxy, "a").await);
-    let text = metrics(admin).await;
-    assert_eq!(sample(&text, &series(a.addr)), Some(2.0), "{text}");
-    let other = r#"wsgate_backend_connections_open{route="other","#;
-    assert!(text.contains(other), "every route's backends: {text}");
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/other").await;
+        assert_eq!(round_trip(&mut ws, "whoami").await, "a");
+        others.push(ws);
+    }
+    // Two of this route's and two of the other's: the reload lost none.
+    scrape_until(admin, &open_to(a.addr), 4.0).await;
+    // b has two, a four: both to b (counted per route, it would be a tie, then a).
+    held.push(held_on(&proxy, "b").await);
+    held.push(held_on(&proxy, "b").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_puts_aside_a_backend_that_answers_with_server_errors() {
+    let good = WsBackend::start("good").await;
+    let failing = RawBackend::start().await;
+    let cooldown = "[timeouts]\nbackend_cooldown = \"60s\"\n\n";
+    let config = format!(
+        "{cooldown}{}",
+        least_connections_to(&[good.addr, failing.addr], "")
+    );
+    let proxy = start_proxy(&config).await;
+    let admin = proxy.server.admin_addr().expect("admin endpoint bound");
+    let mut held = vec![held_on(&proxy, "good").await];
+    // The failing backend, with no tunnel, is the next choice: it answers 503 at once.
+    let mut client = raw_client(proxy.addr).await;
+    client
+        .send(Req::upgrade("chat.example.com", "/ws").bytes())
+        .await;
+    let mut back = failing.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    assert_eq!(client.read_head().await.status, 503);
+    // Put aside for its cool-down: the next tunnels go to the backend that has them all.
+    for _ in 0..3 {
+        held.push(held_on(&proxy, "good").await);
+    }
+    assert!(failing.waiting().await.is_none(), "not dialed again");
+    let aside = format!(
+        r#"wsgate_backend_put_aside_total{{route="lc",backend="{}"}}"#,
+        failing.addr
+    );
+    assert_eq!(sample(&metrics(admin).await, &aside), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
