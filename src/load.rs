@@ -10,13 +10,14 @@
 //! backend for a while.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::sync::lock;
 
 /// One backend's open connections.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Load(AtomicUsize);
 
 impl Load {
@@ -27,6 +28,7 @@ impl Load {
 
 /// One connection counted in its backend's [`Load`], until dropped: when its connect fails,
 /// its upgrade is refused, or its tunnel ends.
+#[derive(Debug)]
 pub(crate) struct Busy(Arc<Load>);
 
 impl Busy {
@@ -43,40 +45,105 @@ impl Drop for Busy {
 }
 
 /// Every backend's [`Load`] that a route table or a connection still holds, by backend as
-/// written.
+/// written; and the addresses' of names with several (a headless Service's pods), which a
+/// least-connections route picks among.
 #[derive(Default)]
-pub(crate) struct Loads(Mutex<HashMap<String, Weak<Load>>>);
+pub(crate) struct Loads(Mutex<Counts>);
+
+#[derive(Default)]
+struct Counts {
+    backends: Held<String>,
+    addresses: Held<SocketAddr>,
+}
+
+/// Counts by key, let go once nothing holds them.
+struct Held<K> {
+    counts: HashMap<K, Weak<Load>>,
+    /// Entries after the last sweep of those let go: the next comes at twice as many, so a
+    /// name's addresses churning (pods replaced) cannot grow the map without bound, at a cost
+    /// per insert that stays constant.
+    swept: usize,
+}
+
+impl<K> Default for Held<K> {
+    fn default() -> Self {
+        Held {
+            counts: HashMap::new(),
+            swept: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Held<K> {
+    fn of<Q>(&mut self, key: &Q) -> Arc<Load>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(load) = self.counts.get(key).and_then(Weak::upgrade) {
+            return load;
+        }
+        if self.counts.len() >= (2 * self.swept).max(64) {
+            self.sweep();
+        }
+        let load = Arc::new(Load::default());
+        self.counts.insert(key.to_owned(), Arc::downgrade(&load));
+        load
+    }
+
+    fn now<Q>(&self, key: &Q) -> usize
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        (self.counts.get(key).and_then(Weak::upgrade)).map_or(0, |load| load.now())
+    }
+
+    fn sweep(&mut self) {
+        self.counts.retain(|_, load| load.strong_count() > 0);
+        self.swept = self.counts.len();
+    }
+}
 
 impl Loads {
-    /// The registry, to look backends up in; counts no one holds any more are let go first.
     pub(crate) fn lock(&self) -> Registry<'_> {
-        let mut loads = lock(&self.0);
-        loads.retain(|_, load| load.strong_count() > 0);
-        Registry(loads)
+        Registry(lock(&self.0))
     }
 
     /// Each backend that has a count now (configured, or with connections left from a config
     /// before), with its open connections, in no particular order.
     pub(crate) fn open(&self) -> Vec<(String, usize)> {
-        let loads = self.lock();
-        let each = loads.0.iter();
+        let mut loads = self.lock();
+        loads.0.backends.sweep();
+        let each = loads.0.backends.counts.iter();
         (each.filter_map(|(backend, load)| Some((backend.clone(), load.upgrade()?.now()))))
             .collect()
     }
 }
 
 /// [`Loads`], locked.
-pub(crate) struct Registry<'a>(std::sync::MutexGuard<'a, HashMap<String, Weak<Load>>>);
+pub(crate) struct Registry<'a>(std::sync::MutexGuard<'a, Counts>);
 
 impl Registry<'_> {
     /// `backend`'s count: the one it has, or a new one.
     pub(crate) fn of(&mut self, backend: &str) -> Arc<Load> {
-        if let Some(load) = self.0.get(backend).and_then(Weak::upgrade) {
-            return load;
-        }
-        let load = Arc::new(Load::default());
-        self.0.insert(backend.to_string(), Arc::downgrade(&load));
-        load
+        self.0.backends.of(backend)
+    }
+
+    /// The count of `addr`, one of a name's several addresses: the one it has, or a new one.
+    pub(crate) fn at(&mut self, addr: SocketAddr) -> Arc<Load> {
+        self.0.addresses.of(&addr)
+    }
+
+    /// The connections open to `addr`, one of a name's several addresses.
+    pub(crate) fn now_at(&self, addr: SocketAddr) -> usize {
+        self.0.addresses.now(&addr)
+    }
+
+    /// Lets go of the counts nothing holds any more.
+    pub(crate) fn sweep(&mut self) {
+        self.0.backends.sweep();
+        self.0.addresses.sweep();
     }
 }
 

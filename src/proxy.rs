@@ -190,7 +190,7 @@ async fn route_and_forward(
             attempt_delay: snapshot.config.timeouts.attempt_delay,
         },
         &mut log.backend,
-        &conn.shared.metrics,
+        (&conn.shared.metrics, &conn.shared.loads),
     )
     .await?;
     match answer {

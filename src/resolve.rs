@@ -67,6 +67,9 @@ pub(crate) struct Order {
     pub(crate) addrs: Vec<SocketAddr>,
     /// Whether every address to dial is set aside.
     pub(crate) all_aside: bool,
+    /// Where in `addrs` the addresses taken in turn are: after the one tried again after its
+    /// cool-down, if any, and before those set aside.
+    pub(crate) in_turn: std::ops::Range<usize>,
 }
 
 /// The order to dial `backend`'s `addrs` in, but for the `gone` ones: from its next address
@@ -129,12 +132,14 @@ pub(crate) fn in_turn(
     }
     // The address being tried again goes first: its try is what ends its cool-down.
     let mut order: Vec<SocketAddr> = retry.into_iter().collect();
+    let retried = order.len();
     order.append(&mut up);
     let up = order.len();
     order.extend(down);
     Order {
         all_aside: up == 0 && !order.is_empty(),
         addrs: order,
+        in_turn: retried..up,
     }
 }
 

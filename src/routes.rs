@@ -312,6 +312,7 @@ impl RouteTable {
     /// [`crate::load`]). Before the table goes into force.
     pub(crate) fn count_in(&mut self, loads: &Loads) {
         let mut loads = loads.lock();
+        loads.sweep();
         for route in &mut self.routes {
             for (backend, load) in route.config.backends.iter().zip(route.load.iter_mut()) {
                 *load = loads.of(backend);

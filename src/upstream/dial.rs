@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use super::Timing;
 use crate::error::out_of_descriptors;
+use crate::load::{Busy, Loads};
 use crate::race::{Event, Race};
 
 /// How far one backend's connect has got, for the race across backends to judge it by: when
@@ -99,6 +100,7 @@ pub(super) async fn connect(
     timing: Timing,
     alone: bool,
     progress: Arc<Progress>,
+    fewest: Option<&Loads>,
 ) -> std::io::Result<Option<Dialed>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is; but the process out of
@@ -118,17 +120,30 @@ pub(super) async fn connect(
         timing,
         progress: &progress,
         split: true,
+        fewest: None,
     };
     // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
     // its failures are the backend's (see `health`).
     if let ([addr], true) = (&addrs[..], gone.is_empty()) {
         return connect_one(*addr, window, dial, alone).await.map(Some);
     }
-    let order = crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown, timing.timeout);
+    let mut order =
+        crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown, timing.timeout);
     if order.addrs.is_empty() {
         return Ok(None);
     }
+    if let Some(loads) = fewest {
+        // Least-connections among the name's addresses (a headless Service's pods), ties in
+        // turn (the sort is stable); one tried again after its cool-down still first.
+        let loads = loads.lock();
+        let in_turn = order
+            .addrs
+            .get_mut(order.in_turn.clone())
+            .unwrap_or_default();
+        in_turn.sort_by_key(|addr| loads.now_at(*addr));
+    }
     dial.backend = Some(backend);
+    dial.fewest = fewest;
     progress.all_aside.store(order.all_aside, Ordering::Relaxed);
     connect_any(&order.addrs, window, dial).await.map(Some)
 }
@@ -188,6 +203,9 @@ struct Dial<'a> {
     /// Whether the addresses split the window's time among them; if not (the same address
     /// dialed again), each may use all of it.
     split: bool,
+    /// For a least-connections route, where each of the name's several addresses' open
+    /// connections are counted: each connect counts in its address's from its start on.
+    fewest: Option<&'a Loads>,
 }
 
 impl Dial<'_> {
@@ -273,8 +291,9 @@ async fn connect_any(
             let addr = addrs[next];
             let connecting = tokio::time::timeout_at(window.deadline, TcpStream::connect(addr));
             let began = tokio::time::Instant::now();
+            let busy = dial.fewest.map(|loads| Busy::on(&loads.lock().at(addr)));
             race.race
-                .start((addr, share, began), connecting, began + share);
+                .start((addr, share, began, busy), connecting, began + share);
             next += 1;
             dial.progress.dialed(next == count);
         }
@@ -283,7 +302,7 @@ async fn connect_any(
         }
         let more = next < count && time_left;
         // `None`: out of time, its share's or the request's.
-        let ((addr, share, began), connected) = match race.race.next(more).await {
+        let ((addr, share, began, busy), connected) = match race.race.next(more).await {
             Event::Start => continue,
             Event::Ended(tag, connected) => (tag, connected.ok()),
             Event::Expired(tag) => (tag, None),
@@ -291,7 +310,8 @@ async fn connect_any(
         match connected {
             Some(Ok(socket)) => {
                 let untried = next < count;
-                return Ok(won(&race, socket, addr, untried, hidden));
+                let dialed = won(&race, socket, addr, untried, hidden);
+                return Ok(Dialed { busy, ..dialed });
             }
             Some(Err(e)) if out_of_descriptors(&e) => {
                 dial.progress.disarm();
@@ -344,6 +364,7 @@ fn won<F: std::future::Future>(
         redial: false,
         several: race.dial.backend.is_some(),
         hidden,
+        busy: None,
     }
 }
 
@@ -351,8 +372,9 @@ fn won<F: std::future::Future>(
 /// another backend did, the request ran out of time or went), the addresses still unanswered
 /// after the attempt delay are as good as silent, and are set aside (see [`Dial::failed`]).
 struct Unanswered<'d, F: std::future::Future> {
-    /// Each connect's address, its share of the time, and when it began.
-    race: Race<(SocketAddr, Duration, tokio::time::Instant), F>,
+    /// Each connect's address, its share of the time, when it began, and its count in the
+    /// address's open connections (least-connections only).
+    race: Race<(SocketAddr, Duration, tokio::time::Instant, Option<Busy>), F>,
     dial: Dial<'d>,
 }
 
@@ -365,7 +387,7 @@ impl<F: std::future::Future> Drop for Unanswered<'_, F> {
         if delay.is_zero() || self.dial.progress.disarmed.load(Ordering::Relaxed) {
             return;
         }
-        for (&(addr, _, _), began) in self.race.under_way() {
+        for (&(addr, _, _, _), began) in self.race.under_way() {
             if now - began >= delay && self.dial.backend.is_some() {
                 let error = "no answer to the connect, while another address or backend answered";
                 self.dial.failed(addr, began, &error);
@@ -393,6 +415,9 @@ pub(super) struct Dialed {
     /// [`connect_one`]) failed before this one answered: the request never sees those
     /// failures, so they are counted for the operator (a headless Service's dead pod).
     pub(super) hidden: Vec<std::io::ErrorKind>,
+    /// The connection, counted in `addr`'s open connections (least-connections, with several
+    /// addresses).
+    pub(super) busy: Option<Busy>,
 }
 
 /// An equal share of the time left until `deadline` for each of `remaining` tries (the last
@@ -509,6 +534,7 @@ mod tests {
                     timing,
                     alone,
                     progress,
+                    None,
                 )
                 .await
             });
@@ -537,9 +563,17 @@ mod tests {
         let progress = Arc::new(Progress::new());
         let window = whole(start + timing.timeout);
         let backend = silent.addr.to_string();
-        let error = connect(&backend, Vec::new(), window, timing, true, progress.clone())
-            .await
-            .unwrap_err();
+        let error = connect(
+            &backend,
+            Vec::new(),
+            window,
+            timing,
+            true,
+            progress.clone(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), timing.timeout);
         // The third began at 800 ms, two delays in: none of the first two was given up.
@@ -561,9 +595,17 @@ mod tests {
         let progress = Arc::new(Progress::new());
         let window = whole(tokio::time::Instant::now() + timing.timeout);
         let backend = silent.addr.to_string();
-        let error = connect(&backend, Vec::new(), window, timing, true, progress.clone())
-            .await
-            .unwrap_err();
+        let error = connect(
+            &backend,
+            Vec::new(),
+            window,
+            timing,
+            true,
+            progress.clone(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
         // One dial, at 0 µs (stored plus one), and not the last of the three tries.
         assert_eq!(progress.dialed.load(Ordering::Relaxed), 1 << 1);
@@ -611,6 +653,7 @@ mod tests {
             timing,
             progress,
             split: true,
+            fewest: None,
         }
     }
 
@@ -632,6 +675,7 @@ mod tests {
             timing,
             true,
             Arc::new(Progress::new()),
+            None,
         );
         let dropped = tokio::time::timeout(Duration::from_millis(100), connecting).await;
         assert!(

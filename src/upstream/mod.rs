@@ -22,7 +22,7 @@ use tokio_util::either::Either;
 
 use crate::config::Balance;
 use crate::error::ProxyError;
-use crate::load::Busy;
+use crate::load::{Busy, Loads};
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::websocket;
@@ -43,8 +43,12 @@ pub(crate) struct Tunnel {
     /// Bytes the backend sent right behind its 101.
     pub early: Bytes,
     /// The tunnel, counted in its backend's open connections until dropped.
-    pub busy: Busy,
+    pub busy: Counted,
 }
+
+/// A backend connection counted in its backend's open connections, and in its address's
+/// when it is one of a name's several on a least-connections route.
+pub(crate) type Counted = (Busy, Option<Busy>);
 
 /// What the backend said to the upgrade.
 pub(crate) enum Answer {
@@ -88,6 +92,8 @@ struct Leg<'r> {
     /// The end of the whole exchange: connect, and the backend's complete answer head.
     deadline: tokio::time::Instant,
     metrics: &'r Metrics,
+    /// Where backends' open connections are counted.
+    loads: &'r Loads,
 }
 
 /// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
@@ -100,7 +106,7 @@ pub(crate) async fn open(
     protocols: &[&str],
     timing: Timing,
     tried: &mut Option<String>,
-    metrics: &Metrics,
+    (metrics, loads): (&Metrics, &Loads),
 ) -> Result<Answer, ProxyError> {
     let deadline = tokio::time::Instant::now() + timing.timeout;
     let leg = Leg {
@@ -108,6 +114,7 @@ pub(crate) async fn open(
         timing,
         deadline,
         metrics,
+        loads,
     };
     // Each stage inside keeps the deadline itself (every connect, the answer), and says what
     // ran out (a hung backend is put aside); this is only the net under them, a moment
@@ -139,7 +146,8 @@ async fn exchange(
     for closed in 1.. {
         // The leave is held until the try has ended: answered, or failed.
         let (won, dialed) = connect_in_turn(leg, &mut turns, tried).await?;
-        let (backend, began, busy) = (won.backend, won.began, won.busy);
+        let (backend, began) = (won.backend, won.began);
+        let busy = (won.busy, dialed.busy);
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || dialed.redial || turns.left() > 0;
         let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
@@ -330,7 +338,7 @@ async fn attempt(
     socket: BackendIo,
     request: Request<Empty<Bytes>>,
     offer: &websocket::Offer<'_>,
-    busy: Busy,
+    busy: Counted,
 ) -> Result<Answer, Attempt> {
     let heard = Arc::new(AtomicBool::new(false));
     let socket = Heard {
@@ -488,7 +496,7 @@ fn check_refusal(response: &Response<Incoming>) -> Result<(), ProxyError> {
 async fn take_tunnel(
     mut response: Response<Incoming>,
     conn: Option<impl std::future::Future<Output = hyper::Result<()>>>,
-    busy: Busy,
+    busy: Counted,
 ) -> Result<Tunnel, ProxyError> {
     let on_upgrade = hyper::upgrade::on(&mut response);
     if let Some(conn) = conn {
@@ -573,6 +581,7 @@ impl AsyncWrite for Heard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Balance;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -649,6 +658,10 @@ mod tests {
 
     /// A table of one route, `/` to `backends`.
     fn table_of(backends: Vec<String>) -> crate::routes::RouteTable {
+        balanced_table(backends, Balance::RoundRobin)
+    }
+
+    fn balanced_table(backends: Vec<String>, balance: Balance) -> crate::routes::RouteTable {
         let config = crate::config::RouteConfig {
             name: "chat".into(),
             host: None,
@@ -656,7 +669,7 @@ mod tests {
             subprotocols: None,
             origins: None,
             backends,
-            balance: Default::default(),
+            balance,
             idle: None,
             backend_tls: None,
             require_client_certificate: false,
@@ -716,7 +729,8 @@ mod tests {
             .body(Empty::new())
             .unwrap();
         let mut tried = None;
-        open(the_route(table), request, &[], timing, &mut tried, metrics).await
+        let counts = (metrics, &Loads::default());
+        open(the_route(table), request, &[], timing, &mut tried, counts).await
     }
 
     /// Timing with this connect timeout and attempt delay, and a first cool-down of 1 s.
@@ -1064,6 +1078,62 @@ mod tests {
             answered_by.push(reached(&table).await);
         }
         assert_eq!(answered_by, [addrs[0], addrs[1], addrs[2], addrs[0]]);
+    }
+
+    /// A tunnel through the table's route, its connections counted in `loads`, and the
+    /// address it reached.
+    async fn tunnel_counted(
+        table: &crate::routes::RouteTable,
+        loads: &Loads,
+    ) -> (Tunnel, SocketAddr) {
+        let request = Request::builder()
+            .uri("/")
+            .header("host", "pods.test")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(Empty::new())
+            .unwrap();
+        let timing = timing(Duration::from_secs(5), Duration::from_millis(250));
+        let counts = (&Metrics::default(), loads);
+        let answer = open(the_route(table), request, &[], timing, &mut None, counts).await;
+        let Ok(Answer::Upgraded(tunnel)) = answer else {
+            panic!("no tunnel: {:?}", answer.err());
+        };
+        let addr = tcp_of(&tunnel.socket).peer_addr().unwrap();
+        (tunnel, addr)
+    }
+
+    /// A name of three addresses (a headless Service's pods) on a least-connections route:
+    /// each new tunnel goes to the address with the fewest open, ties in turn (round-robin
+    /// would take the fourth and fifth to the first and second).
+    #[tokio::test]
+    async fn least_connections_picks_among_a_names_addresses_by_their_tunnels() {
+        let mut pods = Vec::new();
+        for _ in 0..3 {
+            pods.push(answering_backend().await);
+        }
+        let addrs: Vec<SocketAddr> = pods.iter().map(|(addr, _)| *addr).collect();
+        let name = "least-loaded-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &addrs);
+        let loads = Loads::default();
+        let mut table = balanced_table(vec![name.clone()], Balance::LeastConnections);
+        table.count_in(&loads);
+        let mut held = Vec::new();
+        for want in &addrs {
+            let (tunnel, reached) = tunnel_counted(&table, &loads).await;
+            assert_eq!(reached, *want, "level: in turn");
+            held.push(tunnel);
+        }
+        drop(held.remove(1));
+        let (fourth, reached) = tunnel_counted(&table, &loads).await;
+        assert_eq!(reached, addrs[1], "the one with none open");
+        held.push(fourth);
+        drop(held.remove(0));
+        let (_fifth, reached) = tunnel_counted(&table, &loads).await;
+        assert_eq!(reached, addrs[0], "the one with none open");
+        assert_eq!(loads.open(), [(name, 3)], "the name counts them all");
     }
 
     /// A name of three addresses, the first silent (a pod on a dead node): the first request

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::dial::{connect, no_answer, share_of, Dialed, Progress, Window};
 use super::Leg;
+use crate::config::Balance;
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::health::{self, Health, Leave};
 use crate::load::Busy;
@@ -128,7 +129,10 @@ pub(super) async fn connect_in_turn<'a, 'r>(
     leg: Leg<'r>,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
     tried: &mut Option<String>,
-) -> Result<(Try<'a, 'r>, Dialed), ProxyError> {
+) -> Result<(Try<'a, 'r>, Dialed), ProxyError>
+where
+    'r: 'a,
+{
     let deadline = leg.deadline;
     let mut race = Race::new(leg.timing.attempt_delay);
     // The last backend that failed, or what `tried` said before: named if the attempts left
@@ -195,11 +199,15 @@ type Connected = Result<std::io::Result<Option<Dialed>>, tokio::time::error::Ela
 fn dial_next<'a, 'r>(
     leg: Leg<'r>,
     turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
-) -> Option<(Try<'a, 'r>, impl Future<Output = Connected> + 'a, Instant)> {
+) -> Option<(Try<'a, 'r>, impl Future<Output = Connected> + 'a, Instant)>
+where
+    'r: 'a,
+{
     let Leg {
         route,
         deadline,
         timing,
+        loads,
         ..
     } = leg;
     let (backend, leave) = next_backend(route, turns)?;
@@ -215,6 +223,7 @@ fn dial_next<'a, 'r>(
         timing,
         alone,
         progress.clone(),
+        (route.config.balance == Balance::LeastConnections).then_some(loads),
     );
     let attempt = Try {
         backend,
