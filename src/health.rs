@@ -1,7 +1,8 @@
 //! Passive health of a route's backends: one that failed to take a connection (refused, no
 //! address, silent past its share of the connect timeout or for `timeouts.attempt_delay` while
 //! another backend answered, or closed before a byte of answer), or that took it and did not
-//! answer the upgrade in time (a hung process), is put aside for a cool-down,
+//! answer the upgrade in time (a hung process), or, on a route with `balance =
+//! "least_connections"`, answered 502, 503, 504 or a bad 101, is put aside for a cool-down,
 //! `timeouts.backend_cooldown` (1 s by default) doubling with each failure in a row up to
 //! 30 s, and the route's requests go to its other backends meanwhile. No probes of its own:
 //! once the cool-down is over, one request tries it again (the others whose turn it is go on to the

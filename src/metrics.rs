@@ -211,8 +211,8 @@ pub(crate) struct Metrics {
     backend_put_aside: Family<PairLabels, Counter>,
     backend_connections: Family<BackendOnlyLabels, Gauge>,
     /// The backends `backend_connections` has series for, to retire those no longer counted;
-    /// held through a scrape's refresh and encoding, so that two scrapes at once cannot
-    /// remove each other's series.
+    /// held through a scrape's refresh, so that two scrapes at once cannot remove each
+    /// other's series.
     connection_backends: Mutex<HashSet<BackendOnlyLabels>>,
     certificate_expiry: Family<FileLabels, Gauge>,
     /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
@@ -273,7 +273,7 @@ impl Default for Metrics {
             "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
-            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
+            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
             "client_crl_next_update_timestamp_seconds", "Unix time at which the first of the revocation lists in tls.client_crl is due to be replaced (their earliest nextUpdate)", crl_next_update;
@@ -539,8 +539,7 @@ impl Metrics {
             .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        let mut shown = lock(&self.connection_backends);
-        self.backend_loads(&mut shown, loads);
+        self.backend_loads(&mut lock(&self.connection_backends), loads);
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -191,10 +191,12 @@ impl Route {
     }
 
     /// The backends' indices, those up first, each part by its open connections, fewest
-    /// first, ties in turn from `turn`. Each count read once: they move as this runs.
+    /// first, ties in turn from `turn`'s round-robin position (among those up, so that a
+    /// backend put aside does not hand its share of the ties to the one after it). Each
+    /// count read once: they move as this runs.
     fn least_loaded(&self, turn: usize, aside: u128) -> std::vec::IntoIter<usize> {
         let n = self.config.backends.len();
-        let start = turn % n.max(1);
+        let start = round_robin_start(turn, n, aside);
         let mut keyed: Vec<(bool, usize, usize)> = (self.load.iter().enumerate())
             .map(|(i, load)| (is_set(aside, i), load.now(), (i + n - start) % n))
             .collect();
@@ -993,6 +995,22 @@ mod tests {
         put_aside("c:3");
         let turn: Vec<&str> = route.backends_in_turn().collect();
         assert_eq!(turn, ["a:1", "b:2", "c:3"], "all aside: fewest first");
+    }
+
+    #[test]
+    fn least_connections_shares_ties_evenly_among_the_backends_up() {
+        let table = least_connections(&["a:1", "b:2", "c:3"]);
+        let route = the_route(&table);
+        let health = route.health_of("a:1").unwrap();
+        health.failed(Duration::from_secs(60), health::now());
+        let firsts: Vec<&str> = (0..4)
+            .map(|_| route.backends_in_turn().next().unwrap())
+            .collect();
+        assert_eq!(
+            firsts,
+            ["b:2", "c:3", "b:2", "c:3"],
+            "not two turns to the one after it"
+        );
     }
 
     #[test]

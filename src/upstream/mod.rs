@@ -264,18 +264,25 @@ fn answer_failed(
     }
 }
 
-/// With `balance = "least_connections"`, an answer that is the backend's failure: a server
-/// error (5xx), or an answer or 101 that fails its checks. Such a backend holds no tunnel,
-/// so it would be every request's first choice; it is put aside instead, as one that refuses
-/// connections is. (Round-robin sends it its turns only, and takes such answers as answers.)
+/// With `balance = "least_connections"`, an answer that says the backend cannot serve: 502,
+/// 503 or 504 (it is down, overloaded, or draining: not a status a client's request can
+/// provoke from a working app, as a 500 can), or an answer or 101 that fails its checks.
+/// Such a backend holds no tunnel, so it would be every request's first choice; it is put
+/// aside instead, as one that refuses connections is. (Round-robin sends it its turns only,
+/// and takes such answers as answers.)
 fn server_error(route: &Route, answered: &Result<Answer, Attempt>) -> Option<String> {
     if route.config.balance != Balance::LeastConnections {
         return None;
     }
     match answered {
-        Ok(Answer::NotUpgraded(answer)) if answer.response.status().is_server_error() => Some(
-            format!("answered the upgrade with {}", answer.response.status()),
-        ),
+        Ok(Answer::NotUpgraded(answer))
+            if (502..=504).contains(&answer.response.status().as_u16()) =>
+        {
+            Some(format!(
+                "answered the upgrade with {}",
+                answer.response.status()
+            ))
+        }
         Err(Attempt::Failed(ProxyError::Internal(_))) => None,
         Err(Attempt::Failed(error)) => Some(error.to_string()),
         _ => None,

@@ -256,38 +256,74 @@ async fn least_connections_sends_new_tunnels_to_the_backend_with_fewest_open() {
     held.push(held_on(&proxy, "b").await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_connections_puts_aside_a_backend_that_answers_with_server_errors() {
-    let good = WsBackend::start("good").await;
-    let failing = RawBackend::start().await;
-    let cooldown = "[timeouts]\nbackend_cooldown = \"60s\"\n\n";
-    let config = format!(
-        "{cooldown}{}",
-        least_connections_to(&[good.addr, failing.addr], "")
-    );
-    let proxy = start_proxy(&config).await;
-    let admin = proxy.server.admin_addr().expect("admin endpoint bound");
-    let mut held = vec![held_on(&proxy, "good").await];
-    // The failing backend, with no tunnel, is the next choice: it answers 503 at once.
+/// An upgrade through `proxy` that `backend` answers with `answer` (its bytes as they are):
+/// the status the client gets.
+async fn answered_by(proxy: &Proxy, backend: &RawBackend, answer: &str) -> u16 {
     let mut client = raw_client(proxy.addr).await;
     client
         .send(Req::upgrade("chat.example.com", "/ws").bytes())
         .await;
-    let mut back = failing.accept().await;
+    let mut back = backend.accept().await;
     back.read_head().await;
-    back.send("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-        .await;
-    assert_eq!(client.read_head().await.status, 503);
-    // Put aside for its cool-down: the next tunnels go to the backend that has them all.
-    for _ in 0..3 {
-        held.push(held_on(&proxy, "good").await);
+    back.send(answer).await;
+    client.read_head().await.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_puts_aside_a_backend_that_cannot_serve_but_not_one_that_erred() {
+    let unavailable = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+    let bad_accept = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n";
+    let erred = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+    for (answer, status, put_aside) in [
+        (unavailable, 503, true),
+        (bad_accept, 502, true),
+        (erred, 500, false),
+    ] {
+        let good = WsBackend::start("good").await;
+        let failing = RawBackend::start().await;
+        let cooldown = "[timeouts]\nbackend_cooldown = \"60s\"\n\n";
+        let config = format!(
+            "{cooldown}{}",
+            least_connections_to(&[good.addr, failing.addr], "")
+        );
+        let proxy = start_proxy(&config).await;
+        let admin = proxy.server.admin_addr().expect("admin endpoint bound");
+        let mut held = vec![held_on(&proxy, "good").await];
+        // The failing backend, with no tunnel, is the next choice.
+        assert_eq!(answered_by(&proxy, &failing, answer).await, status);
+        let aside = format!(
+            r#"wsgate_backend_put_aside_total{{route="lc",backend="{}"}}"#,
+            failing.addr
+        );
+        let counted = sample(&metrics(admin).await, &aside);
+        if put_aside {
+            // For its cool-down: the next tunnels go to the backend that has them all.
+            for _ in 0..3 {
+                held.push(held_on(&proxy, "good").await);
+            }
+            assert!(failing.waiting().await.is_none(), "not dialed again");
+            assert_eq!(counted, Some(1.0), "{status}");
+        } else {
+            // An error a client's request can provoke: the backend stays first choice.
+            assert_eq!(answered_by(&proxy, &failing, answer).await, status);
+            assert_eq!(counted, None, "{status}");
+        }
     }
-    assert!(failing.waiting().await.is_none(), "not dialed again");
-    let aside = format!(
-        r#"wsgate_backend_put_aside_total{{route="lc",backend="{}"}}"#,
-        failing.addr
-    );
-    assert_eq!(sample(&metrics(admin).await, &aside), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_takes_a_backends_server_error_as_an_answer() {
+    let good = WsBackend::start("good").await;
+    let failing = RawBackend::start().await;
+    let proxy = start_proxy(&route("rr", "/ws", &[good.addr, failing.addr])).await;
+    let unavailable = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+    for _ in 0..2 {
+        assert_eq!(
+            which_backend(proxy.addr, "wss://chat.example.com/ws").await,
+            "good"
+        );
+        assert_eq!(answered_by(&proxy, &failing, unavailable).await, 503);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
