@@ -30,7 +30,7 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<Format>,
         /// Worker threads (default: one per CPU; 1 runs a single-threaded runtime).
-        #[arg(long, value_parser = at_least_one)]
+        #[arg(long, value_parser = thread_count)]
         threads: Option<usize>,
     },
     /// Load and fully validate a config file, then exit.
@@ -76,11 +76,16 @@ fn say(mut out: impl Write, line: std::fmt::Arguments) {
     let _ = writeln!(out, "{line}");
 }
 
+/// The most worker threads `--threads` takes: far more than any machine has cores, and few
+/// enough that a typo (an extra digit or five) is a usage error, not an attempt to start a
+/// million threads or an allocation that aborts the process.
+const MAX_THREADS: usize = 1024;
+
 /// `--threads 0` would silently mean "the default": refuse it instead.
-fn at_least_one(text: &str) -> Result<usize, String> {
+fn thread_count(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must be at least 1 and at most {MAX_THREADS}")),
         Err(e) => Err(e.to_string()),
     }
 }

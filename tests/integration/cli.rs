@@ -137,10 +137,13 @@ fn help_names_the_subcommands() {
 }
 
 #[test]
-fn zero_threads_is_a_usage_error() {
-    let out = wsgate(&["run", "--config", "/nonexistent.toml", "--threads", "0"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("must be at least 1"), "{}", text(&out));
+fn zero_or_too_many_threads_is_a_usage_error() {
+    for threads in ["0", "1025", "18446744073709551615"] {
+        let out = wsgate(&["run", "--config", "/nonexistent.toml", "--threads", threads]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let said = "must be at least 1 and at most 1024";
+        assert!(text(&out).contains(said), "{}", text(&out));
+    }
 }
 
 #[test]
