@@ -4,10 +4,18 @@
 //! files on disk are not in force when they are not, as the unit's status line in `systemctl
 //! status`; stopping once the drain begins. Not started by systemd (no `NOTIFY_SOCKET`),
 //! nothing is sent.
+//!
+//! The protocol is one datagram of `KEY=value` lines to the socket `NOTIFY_SOCKET` names: a
+//! path, or `@name` for a socket in Linux's abstract namespace (which systemd's own manager
+//! and some container runtimes use, sd_notify(3)); written here, as the crate that did it
+//! took `@name` for a file.
 
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::{Arc, Mutex};
 
-use sd_notify::NotifyState;
 use tokio::sync::watch;
 
 use crate::reload::ReloadStatus;
@@ -33,7 +41,7 @@ pub(crate) fn ready(mut status: watch::Receiver<ReloadStatus>) -> Notifier {
         return Notifier(None);
     }
     let mut said = status_line(&status.borrow_and_update());
-    send(&[NotifyState::Ready, NotifyState::Status(&said)]);
+    send(&format!("READY=1\nSTATUS={said}\n"));
     let told = Arc::new(Mutex::new(Told::Ready));
     let updates = told.clone();
     tokio::spawn(async move {
@@ -46,7 +54,7 @@ pub(crate) fn ready(mut status: watch::Receiver<ReloadStatus>) -> Notifier {
                 return;
             }
             if line != said {
-                send(&[NotifyState::Status(&line)]);
+                send(&format!("STATUS={line}\n"));
                 said = line;
             }
         }
@@ -60,17 +68,35 @@ impl Notifier {
         let Some(told) = self.0 else { return };
         let mut told = lock(&told);
         *told = Told::Stopping;
-        let draining = NotifyState::Status("shutting down: no new connections; live tunnels drain");
-        send(&[NotifyState::Stopping, draining]);
+        send("STOPPING=1\nSTATUS=shutting down: no new connections; live tunnels drain\n");
     }
 }
 
-fn send(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        let socket = std::env::var_os("NOTIFY_SOCKET").unwrap_or_default();
+fn send(message: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = notify(socket.as_bytes(), message) {
         let socket = socket.to_string_lossy();
         tracing::warn!(error = %e, %socket, "cannot notify systemd at NOTIFY_SOCKET");
     }
+}
+
+/// Sends `message` to the socket `NOTIFY_SOCKET` names (`socket`): a path, or `@name` in the
+/// abstract namespace.
+fn notify(socket: &[u8], message: &str) -> io::Result<()> {
+    let addr = match socket.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(socket))?,
+    };
+    let sent = UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &addr)?;
+    if sent < message.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "message cut short",
+        ));
+    }
+    Ok(())
 }
 
 /// One line: the generation in force, the reloads so far, and what keeps the files on disk
@@ -102,6 +128,25 @@ fn status_line(status: &ReloadStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_reaches_a_socket_by_path_or_by_abstract_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        notify(path.as_os_str().as_bytes(), "READY=1\n").unwrap();
+        let name = format!("wsgate-test-notify-{}", std::process::id());
+        let abstract_addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let by_name = UnixDatagram::bind_addr(&abstract_addr).unwrap();
+        notify(format!("@{name}").as_bytes(), "STOPPING=1\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = by_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\n");
+        let n = by_name.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1\n");
+        let missing = notify(dir.path().join("none").as_os_str().as_bytes(), "READY=1\n");
+        assert!(missing.is_err());
+    }
 
     #[test]
     fn the_status_line_is_one_line_naming_the_generation_and_what_keeps_the_files_out() {
