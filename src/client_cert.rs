@@ -237,6 +237,14 @@ mod tests {
             rfc4514(parsed.subject()).unwrap(),
             r"O=Real,C=DE,CN=dev\,O=Admins"
         );
+        // In the header, between quotes as it is: no escaping of its own (docs say how to
+        // read it).
+        let header = forwarded(cert.der()).unwrap();
+        let header = header.to_str().unwrap();
+        assert!(
+            header.ends_with(r#";Subject="O=Real,C=DE,CN=dev\,O=Admins""#),
+            "{header}"
+        );
         assert_eq!(escaped_value("#a b "), r"\#a b\ ");
         assert_eq!(escaped_value(" x\0"), "\\ x\\00");
         assert_eq!(escaped_value(r#"a+b;c<d>e"f\g"#), r#"a\+b\;c\<d\>e\"f\\g"#);
