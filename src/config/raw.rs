@@ -228,10 +228,15 @@ impl serde::de::Visitor<'_> for DurationVisitor {
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
-            .map_err(|_| {
-                E::custom(format!(
+            .map_err(|e| match e {
+                // Written right, but more than a duration holds (about 584 years): said as
+                // what it is, not as a spelling mistake.
+                humantime::DurationError::NumberOverflow => E::custom(format!(
+                    "invalid duration {text:?}: too long (no setting takes more than 30 days), or finer than a nanosecond"
+                )),
+                _ => E::custom(format!(
                     "invalid duration {text:?}: write it like \"500ms\", \"10s\" or \"5m\" (units are case-sensitive)"
-                ))
+                )),
             })
     }
 }

@@ -430,6 +430,10 @@ fn errors_name_file_line_column_and_key() {
         ("[timeouts]\nhandshake = \"500us\"\n", "timeouts.handshake: must be at least 1ms and at most 30 days (read as 500us)"),
         ("[timeouts]\nattempt_delay = \"1ns\"\n", "timeouts.attempt_delay: must be from 1ms to 30 days, or 0s"),
         ("[limits]\nmax_connections = 99999999999999999999\n", "limits.max_connections: 99999999999999999999 is too large for a number here"),
+        ("[limits]\nmax_connections = 9223372036854775808\n", "limits.max_connections: 9223372036854775808 is too large for a number here (no setting takes more than 9223372036854775807)"),
+        ("[limits]\nmax_connections_per_client = 18446744073709551615\n", "limits.max_connections_per_client: 18446744073709551615 is too large for a number here"),
+        ("[timeouts]\nidle = \"99999999999999999999s\"\n", "timeouts.idle: invalid duration \"99999999999999999999s\": too long (no setting takes more than 30 days)"),
+        ("[reload]\nrecheck = \"999ms\"\n", "reload.recheck: must be at least 1s and at most 30 days (read as 999ms)"),
         ("[[route]]\nname = \"a\"\npath = \"/a%2fb\"\nbackends = [\"h:1\"]\n", "route[0].path: \"/a%2fb\" has a '\\' or an encoded '/'"),
         ("[[route]]\nname = \"a\"\npath = '/a\\b'\nbackends = [\"h:1\"]\n", "route[0].path:"),
         (

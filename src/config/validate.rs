@@ -321,12 +321,11 @@ impl Checker<'_> {
         // Both bounds said, whichever was crossed: "0s" is told the real floor, not "longer
         // than zero".
         let value = d.get_ref().0;
-        let message = "must be at least 1s and at most 30 days";
-        if value < Duration::from_secs(1) {
-            return Err(self.error(&d.span(), "reload.recheck", message));
-        }
-        if value > MAX_TIMEOUT {
-            let message = format!("{message} ({})", self.read_as(d));
+        if value < Duration::from_secs(1) || value > MAX_TIMEOUT {
+            let message = format!(
+                "must be at least 1s and at most 30 days ({})",
+                self.read_as(d)
+            );
             return Err(self.error(&d.span(), "reload.recheck", message));
         }
         Ok(value)

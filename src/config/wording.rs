@@ -117,6 +117,9 @@ pub(super) fn plain_types(message: &str) -> String {
 /// type: integer `99999999999999999999` as i128, expected i64"), in plain words: no setting
 /// takes a number that large, whatever its type.
 fn beyond_64_bits(message: &str) -> Option<String> {
+    if let Some(plain) = beyond_i64(message) {
+        return Some(plain);
+    }
     let rest = message.strip_prefix("invalid type: integer `")?;
     let (number, rest) = rest.split_once('`')?;
     if !(rest.starts_with(" as i128,") || rest.starts_with(" as u128,")) {
@@ -130,6 +133,21 @@ fn beyond_64_bits(message: &str) -> Option<String> {
             "{number} is too large for a number here (no setting takes more than {})",
             i64::MAX
         ),
+    })
+}
+
+/// An integer that fits 64 bits unsigned but not signed (2^63 to 2^64 − 1), which serde reads
+/// as a `u64` and refuses as "invalid value: integer `9223372036854775808`, expected i64":
+/// the same plain words as a larger one.
+fn beyond_i64(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid value: integer `")?;
+    let (number, rest) = rest.split_once('`')?;
+    let large = number.parse::<u64>().ok()? > i64::MAX as u64;
+    (large && rest.starts_with(", expected i64")).then(|| {
+        format!(
+            "{number} is too large for a number here (no setting takes more than {})",
+            i64::MAX
+        )
     })
 }
 
