@@ -117,7 +117,9 @@ pub(crate) fn bind_all(
 /// to share it.
 fn bind_error_words(e: &io::Error, addr: SocketAddr, held: &[SocketAddr], reuse: bool) -> String {
     let mut message = format!("cannot listen on {addr}: {e}");
-    let ours = held.iter().find(|&&h| h != addr && takes_port_of(h, addr));
+    // The very address too: held by a listener of the other kind (the admin endpoint's port
+    // given to the proxy in one save).
+    let ours = held.iter().find(|&&h| takes_port_of(h, addr));
     match (e.kind(), ours) {
         (io::ErrorKind::AddrInUse, Some(ours)) => {
             message.push_str(&format!(" (held by this wsgate's own listener {ours}, which this config drops: remove it in one save, then add {addr} in the next)"));

@@ -93,6 +93,27 @@ async fn moving_a_port_in_one_save_names_the_own_listener_in_the_way() {
     );
 }
 
+/// The admin endpoint's address given to the proxy in the same save: the same words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_admin_port_to_the_proxy_in_one_save_names_the_own_listener_in_the_way() {
+    let backend = WsBackend::start("one").await;
+    let body = route("a", "/a", &[backend.addr]);
+    let proxy = start_proxy(&format!("{}{body}", crate::admin::ADMIN)).await;
+    let admin = proxy.server.admin_addr().expect("admin endpoint bound");
+    let mut rx = proxy.server.reload_status();
+    let listen = admin.to_string();
+    std::fs::write(
+        proxy.config_path(),
+        format!("{}{body}", head_listening(&[&listen])),
+    )
+    .unwrap();
+    let status = failures(&mut rx, 1).await;
+    let error = status.last_error.unwrap_or_default();
+    let ours = format!("held by this wsgate's own listener {admin}");
+    assert!(error.contains(&ours), "{error}");
+    assert_eq!(proxy.server.admin_addr(), Some(admin), "nothing changed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_addrs_follow_the_config_order() {
     let backend = WsBackend::start("one").await;
