@@ -85,7 +85,7 @@ fn round_robin_start(turn: usize, n: usize, aside: u128) -> usize {
     }
 }
 
-/// How many of a route's backends can be put aside (the bits of [`InTurn::aside`]): any after
+/// How many of a route's backends can be put aside (the bits of `aside` in [`Order::Walk`]): any after
 /// these are always taken as up.
 const TRACKED: usize = 128;
 
