@@ -85,8 +85,8 @@ fn round_robin_start(turn: usize, n: usize, aside: u128) -> usize {
     }
 }
 
-/// How many of a route's backends can be put aside (the bits of `aside` in [`Order::Walk`]): any after
-/// these are always taken as up.
+/// How many of a route's backends can be put aside (the bits of `aside` in
+/// [`Order::Walk`]): any after these are always taken as up.
 const TRACKED: usize = 128;
 
 fn is_set(bits: u128, i: usize) -> bool {
