@@ -65,7 +65,7 @@ pub(crate) fn warn_if_short(max_connections: usize) {
         tracing::warn!(
             limit,
             max_connections,
-            "the open-files limit (ulimit -n) leaves room for about {fit} tunnels, fewer than limits.max_connections: raise it (LimitNOFILE= in a systemd unit, ulimit -n, the container's nofile limit) to at least {}, or lower max_connections",
+            "the open-files limit (ulimit -n) leaves room for about {fit} tunnels (two descriptors each, after {OWN} kept for wsgate's own), fewer than limits.max_connections: raise it (LimitNOFILE= in a systemd unit, ulimit -n, the container's nofile limit) to at least {}, or lower max_connections",
             2 * max_connections as u64 + OWN
         );
     }
