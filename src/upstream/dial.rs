@@ -100,7 +100,7 @@ pub(super) async fn connect(
     timing: Timing,
     alone: bool,
     progress: Arc<Progress>,
-    fewest: Option<&Loads>,
+    counting: Counting<'_>,
 ) -> std::io::Result<Option<Dialed>> {
     // Resolution failures carry no kind of their own (getaddrinfo's are "uncategorized"):
     // mark them NotFound, as a name that resolves to nothing is; but the process out of
@@ -120,7 +120,7 @@ pub(super) async fn connect(
         timing,
         progress: &progress,
         split: true,
-        fewest: None,
+        loads: Some(counting.loads),
     };
     // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
     // its failures are the backend's (see `health`).
@@ -132,18 +132,17 @@ pub(super) async fn connect(
     if order.addrs.is_empty() {
         return Ok(None);
     }
-    if let Some(loads) = fewest {
+    if counting.fewest_first {
         // Least-connections among the name's addresses (a headless Service's pods), ties in
-        // turn (the sort is stable); one tried again after its cool-down still first.
-        let loads = loads.lock();
-        let in_turn = order
-            .addrs
-            .get_mut(order.in_turn.clone())
-            .unwrap_or_default();
-        in_turn.sort_by_key(|addr| loads.now_at(*addr));
+        // turn (the sort is stable); one tried again after its cool-down still first, those
+        // set aside still last. Each count read once: they fall as tunnels end, without the
+        // lock, and a sort whose keys change under it may panic.
+        let loads = counting.loads.lock();
+        if let Some(in_turn) = order.addrs.get_mut(order.in_turn.clone()) {
+            in_turn.sort_by_cached_key(|addr| loads.now_at(*addr));
+        }
     }
     dial.backend = Some(backend);
-    dial.fewest = fewest;
     progress.all_aside.store(order.all_aside, Ordering::Relaxed);
     connect_any(&order.addrs, window, dial).await.map(Some)
 }
@@ -203,9 +202,18 @@ struct Dial<'a> {
     /// Whether the addresses split the window's time among them; if not (the same address
     /// dialed again), each may use all of it.
     split: bool,
-    /// For a least-connections route, where each of the name's several addresses' open
-    /// connections are counted: each connect counts in its address's from its start on.
-    fewest: Option<&'a Loads>,
+    /// Where each address's open connections are counted: each connect counts in its
+    /// address's from its start on (`None`: not counted).
+    loads: Option<&'a Loads>,
+}
+
+/// How a backend's connections are counted at their addresses: in `loads`, always (a route
+/// that balances by them must see every route's connections, and those made while the name
+/// had one address); and whether its addresses are dialed fewest first (least-connections).
+#[derive(Clone, Copy)]
+pub(super) struct Counting<'a> {
+    pub(super) loads: &'a Loads,
+    pub(super) fewest_first: bool,
 }
 
 impl Dial<'_> {
@@ -291,7 +299,7 @@ async fn connect_any(
             let addr = addrs[next];
             let connecting = tokio::time::timeout_at(window.deadline, TcpStream::connect(addr));
             let began = tokio::time::Instant::now();
-            let busy = dial.fewest.map(|loads| Busy::on(&loads.lock().at(addr)));
+            let busy = dial.loads.map(|loads| Busy::on(&loads.lock().at(addr)));
             race.race
                 .start((addr, share, began, busy), connecting, began + share);
             next += 1;
@@ -415,8 +423,7 @@ pub(super) struct Dialed {
     /// [`connect_one`]) failed before this one answered: the request never sees those
     /// failures, so they are counted for the operator (a headless Service's dead pod).
     pub(super) hidden: Vec<std::io::ErrorKind>,
-    /// The connection, counted in `addr`'s open connections (least-connections, with several
-    /// addresses).
+    /// The connection, counted in `addr`'s open connections.
     pub(super) busy: Option<Busy>,
 }
 
@@ -437,6 +444,15 @@ mod tests {
     use crate::upstream::tests::{
         answering_backend, first_syn_dropped, listen_overflows, timing, Unreachable,
     };
+
+    /// Counted where no one reads the counts.
+    fn uncounted() -> Counting<'static> {
+        static LOADS: std::sync::LazyLock<Loads> = std::sync::LazyLock::new(Loads::default);
+        Counting {
+            loads: &LOADS,
+            fewest_first: false,
+        }
+    }
 
     /// A name's first address silent (its SYNs dropped: a listen queue of one, filled), its
     /// second working: the second is reached within the time, not after it. One at a time,
@@ -534,7 +550,7 @@ mod tests {
                     timing,
                     alone,
                     progress,
-                    None,
+                    uncounted(),
                 )
                 .await
             });
@@ -570,7 +586,7 @@ mod tests {
             timing,
             true,
             progress.clone(),
-            None,
+            uncounted(),
         )
         .await
         .unwrap_err();
@@ -602,7 +618,7 @@ mod tests {
             timing,
             true,
             progress.clone(),
-            None,
+            uncounted(),
         )
         .await
         .unwrap_err();
@@ -653,7 +669,7 @@ mod tests {
             timing,
             progress,
             split: true,
-            fewest: None,
+            loads: None,
         }
     }
 
@@ -675,7 +691,7 @@ mod tests {
             timing,
             true,
             Arc::new(Progress::new()),
-            None,
+            uncounted(),
         );
         let dropped = tokio::time::timeout(Duration::from_millis(100), connecting).await;
         assert!(

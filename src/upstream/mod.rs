@@ -1143,6 +1143,59 @@ mod tests {
         assert_eq!(loads.open(), [(name, 3)], "the name counts them all");
     }
 
+    /// A name that had one address (a pod drained away, one left) then two: the tunnels of
+    /// the lone address's time count, so the new pod gets the next one, though the turn
+    /// would start at the old.
+    #[tokio::test]
+    async fn least_connections_counts_an_address_while_it_is_its_names_only_one() {
+        let (old, _a) = answering_backend().await;
+        let (new, _b) = answering_backend().await;
+        let name = "drained-pods.test:9001".to_string();
+        crate::resolve::seed(&name, &[old]);
+        let loads = Loads::default();
+        let mut table = balanced_table(vec![name.clone()], Balance::LeastConnections);
+        table.count_in(&loads);
+        let (_first, reached) = tunnel_counted(&table, &loads).await;
+        assert_eq!(reached, old);
+        crate::resolve::seed(&name, &[old, new]);
+        let (_second, reached) = tunnel_counted(&table, &loads).await;
+        assert_eq!(reached, new, "the old pod's tunnel was counted");
+    }
+
+    /// Least-connections sorts only the addresses in turn: one set aside after a failure stays
+    /// last though it has no tunnel; and a connect that failed, or was dropped, leaves no
+    /// count behind.
+    #[tokio::test(start_paused = true)]
+    async fn least_connections_keeps_a_set_aside_address_last_and_counts_only_live_ones() {
+        let silent = Unreachable::start();
+        let (live_1, _a) = answering_backend().await;
+        let (live_2, _b) = answering_backend().await;
+        let name = "one-silent-pod.test:9001".to_string();
+        crate::resolve::seed(&name, &[silent.addr, live_1, live_2]);
+        let loads = Loads::default();
+        let mut table = balanced_table(vec![name.clone()], Balance::LeastConnections);
+        table.count_in(&loads);
+        // Starts at the silent one (all at 0, its turn), and reaches live_1 after the delay.
+        let (_first, reached) = tunnel_counted(&table, &loads).await;
+        assert_eq!(reached, live_1);
+        let now_at = |addr| loads.lock().now_at(addr);
+        assert_eq!((now_at(silent.addr), now_at(live_1)), (0, 1));
+        // Set aside now, at 0 against 1 and 0: live_2, then live_1, never the silent one.
+        let mut held = Vec::new();
+        let start = tokio::time::Instant::now();
+        for want in [live_2, live_1, live_2] {
+            let (tunnel, reached) = tunnel_counted(&table, &loads).await;
+            assert_eq!(reached, want);
+            held.push(tunnel);
+        }
+        // None of them dialed the silent one first and waited the delay on it (the paused
+        // clock: the order of events, not a timing).
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(250), "{took:?}");
+        assert_eq!(now_at(silent.addr), 0);
+        assert_eq!(loads.open(), [(name, 4)]);
+    }
+
     /// A name of three addresses, the first silent (a pod on a dead node): the first request
     /// starts at it and reaches the second after the delay; the silent one is set aside, so
     /// the next request that would start at it (the fourth) starts at a live one instead.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::dial::{connect, no_answer, share_of, Dialed, Progress, Window};
+use super::dial::{connect, no_answer, share_of, Counting, Dialed, Progress, Window};
 use super::Leg;
 use crate::config::Balance;
 use crate::error::{out_of_descriptors, ProxyError};
@@ -223,7 +223,10 @@ where
         timing,
         alone,
         progress.clone(),
-        (route.config.balance == Balance::LeastConnections).then_some(loads),
+        Counting {
+            loads,
+            fewest_first: route.config.balance == Balance::LeastConnections,
+        },
     );
     let attempt = Try {
         backend,
