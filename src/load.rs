@@ -7,7 +7,9 @@
 //! few backends, each route's own share would be too small to tell them apart), and by the
 //! configs before and after a reload, so a tunnel opened under one config still counts,
 //! and still leaves, in the count the next one reads, even across a reload that dropped its
-//! backend for a while.
+//! backend for a while. Each connection is also counted at the address it went to: what a
+//! least-connections route picks by among a name's several addresses (a headless Service's
+//! pods).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,8 +47,7 @@ impl Drop for Busy {
 }
 
 /// Every backend's [`Load`] that a route table or a connection still holds, by backend as
-/// written; and the addresses' of names with several (a headless Service's pods), which a
-/// least-connections route picks among.
+/// written; and every address's that a connection holds.
 #[derive(Default)]
 pub(crate) struct Loads(Mutex<Counts>);
 
@@ -130,12 +131,12 @@ impl Registry<'_> {
         self.0.backends.of(backend)
     }
 
-    /// The count of `addr`, one of a name's several addresses: the one it has, or a new one.
+    /// The count of `addr`, an address a connection went to: the one it has, or a new one.
     pub(crate) fn at(&mut self, addr: SocketAddr) -> Arc<Load> {
         self.0.addresses.of(&addr)
     }
 
-    /// The connections open to `addr`, one of a name's several addresses.
+    /// The connections open to `addr` (0 for one that has none).
     pub(crate) fn now_at(&self, addr: SocketAddr) -> usize {
         self.0.addresses.now(&addr)
     }

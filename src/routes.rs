@@ -196,6 +196,9 @@ impl Route {
     /// count read once: they move as this runs.
     fn least_loaded(&self, turn: usize, aside: u128) -> std::vec::IntoIter<usize> {
         let n = self.config.backends.len();
+        if n == 0 {
+            return Vec::new().into_iter();
+        }
         let start = round_robin_start(turn, n, aside);
         let mut keyed: Vec<(bool, usize, usize)> = (self.load.iter().enumerate())
             .map(|(i, load)| (is_set(aside, i), load.now(), (i + n - start) % n))

@@ -381,7 +381,7 @@ fn won<F: std::future::Future>(
 /// after the attempt delay are as good as silent, and are set aside (see [`Dial::failed`]).
 struct Unanswered<'d, F: std::future::Future> {
     /// Each connect's address, its share of the time, when it began, and its count in the
-    /// address's open connections (least-connections only).
+    /// address's open connections.
     race: Race<(SocketAddr, Duration, tokio::time::Instant, Option<Busy>), F>,
     dial: Dial<'d>,
 }

@@ -47,7 +47,7 @@ pub(crate) struct Tunnel {
 }
 
 /// A backend connection counted in its backend's open connections, and in its address's
-/// when it is one of a name's several on a least-connections route.
+/// (`None` only where connects are not counted: some unit tests).
 pub(crate) type Counted = (Busy, Option<Busy>);
 
 /// What the backend said to the upgrade.
@@ -588,7 +588,6 @@ impl AsyncWrite for Heard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Balance;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -720,13 +719,9 @@ mod tests {
         open_counted(table, timing, &Metrics::default()).await
     }
 
-    /// The same, counted in `metrics`.
-    async fn open_counted(
-        table: &crate::routes::RouteTable,
-        timing: Timing,
-        metrics: &Metrics,
-    ) -> Result<Answer, ProxyError> {
-        let request = Request::builder()
+    /// An upgrade request for the table's route.
+    fn upgrade_request() -> Request<Empty<Bytes>> {
+        Request::builder()
             .uri("/")
             .header("host", "pods.test")
             .header("upgrade", "websocket")
@@ -734,7 +729,16 @@ mod tests {
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
             .header("sec-websocket-version", "13")
             .body(Empty::new())
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The same, counted in `metrics`.
+    async fn open_counted(
+        table: &crate::routes::RouteTable,
+        timing: Timing,
+        metrics: &Metrics,
+    ) -> Result<Answer, ProxyError> {
+        let request = upgrade_request();
         let mut tried = None;
         let counts = (metrics, &Loads::default());
         open(the_route(table), request, &[], timing, &mut tried, counts).await
@@ -1093,15 +1097,7 @@ mod tests {
         table: &crate::routes::RouteTable,
         loads: &Loads,
     ) -> (Tunnel, SocketAddr) {
-        let request = Request::builder()
-            .uri("/")
-            .header("host", "pods.test")
-            .header("upgrade", "websocket")
-            .header("connection", "Upgrade")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("sec-websocket-version", "13")
-            .body(Empty::new())
-            .unwrap();
+        let request = upgrade_request();
         let timing = timing(Duration::from_secs(5), Duration::from_millis(250));
         let counts = (&Metrics::default(), loads);
         let answer = open(the_route(table), request, &[], timing, &mut None, counts).await;
