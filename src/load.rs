@@ -104,6 +104,16 @@ impl<K: std::hash::Hash + Eq> Held<K> {
         self.counts.retain(|_, load| load.strong_count() > 0);
         self.swept = self.counts.len();
     }
+
+    /// Each key something still holds, with its count.
+    fn open(&mut self) -> Vec<(K, usize)>
+    where
+        K: Clone,
+    {
+        self.sweep();
+        let each = self.counts.iter();
+        (each.filter_map(|(key, load)| Some((key.clone(), load.upgrade()?.now())))).collect()
+    }
 }
 
 impl Loads {
@@ -114,11 +124,13 @@ impl Loads {
     /// Each backend that has a count now (configured, or with connections left from a config
     /// before), with its open connections, in no particular order.
     pub(crate) fn open(&self) -> Vec<(String, usize)> {
-        let mut loads = self.lock();
-        loads.0.backends.sweep();
-        let each = loads.0.backends.counts.iter();
-        (each.filter_map(|(backend, load)| Some((backend.clone(), load.upgrade()?.now()))))
-            .collect()
+        self.lock().0.backends.open()
+    }
+
+    /// Each address that has a count now (a connection to it open), with its open
+    /// connections, in no particular order.
+    pub(crate) fn open_at(&self) -> Vec<(SocketAddr, usize)> {
+        self.lock().0.addresses.open()
     }
 }
 

@@ -82,6 +82,12 @@ struct BackendOnlyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AddressLabels {
+    /// `IP:port`, as connected to.
+    address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FileLabels {
     file: String,
 }
@@ -210,10 +216,11 @@ pub(crate) struct Metrics {
     backend_failures: Family<BackendLabels, Counter>,
     backend_put_aside: Family<PairLabels, Counter>,
     backend_connections: Family<BackendOnlyLabels, Gauge>,
-    /// The backends `backend_connections` has series for, to retire those no longer counted;
-    /// held through a scrape's refresh, so that two scrapes at once cannot remove each
-    /// other's series.
-    connection_backends: Mutex<HashSet<BackendOnlyLabels>>,
+    address_connections: Family<AddressLabels, Gauge>,
+    /// The backends and addresses those two have series for, to retire those no longer
+    /// counted; held through a scrape's refresh, so that two scrapes at once cannot remove
+    /// each other's series.
+    connections_shown: Mutex<(HashSet<BackendOnlyLabels>, HashSet<AddressLabels>)>,
     certificate_expiry: Family<FileLabels, Gauge>,
     /// The files `certificate_expiry` has series for, to retire the ones a reload drops.
     certificate_files: Mutex<Vec<FileLabels>>,
@@ -243,7 +250,8 @@ impl Default for Metrics {
             backend_failures: Family::default(),
             backend_put_aside: Family::default(),
             backend_connections: Family::default(),
-            connection_backends: Mutex::default(),
+            address_connections: Family::default(),
+            connections_shown: Mutex::default(),
             certificate_expiry: Family::default(),
             certificate_files: Mutex::default(),
             crl_next_update: Family::default(),
@@ -275,6 +283,7 @@ impl Default for Metrics {
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
             "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
+            "backend_address_connections_open", "Connections open now to each backend address (a headless Service's pods, one by one), from every route", address_connections;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
             "client_crl_next_update_timestamp_seconds", "Unix time at which the first of the revocation lists in tls.client_crl is due to be replaced (their earliest nextUpdate)", crl_next_update;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
@@ -499,21 +508,20 @@ impl Metrics {
         *previous = file;
     }
 
-    /// Each backend's open connections, as `loads` counts them; the series of backends it
-    /// no longer counts (out of the config, their last connection gone) go away. `shown`: the
-    /// backends with a series.
-    fn backend_loads(&self, shown: &mut HashSet<BackendOnlyLabels>, loads: &Loads) {
-        let mut now = HashSet::new();
-        for (backend, open) in loads.open() {
-            let labels = BackendOnlyLabels { backend };
-            let open = i64::try_from(open).unwrap_or(i64::MAX);
-            self.backend_connections.get_or_create(&labels).set(open);
-            now.insert(labels);
-        }
-        for gone in shown.difference(&now) {
-            self.backend_connections.remove(gone);
-        }
-        *shown = now;
+    /// Each backend's and each backend address's open connections, as `loads` counts them;
+    /// the series of those it no longer counts (out of the config, their last connection
+    /// gone) go away.
+    fn backend_loads(&self, loads: &Loads) {
+        let mut shown = lock(&self.connections_shown);
+        let backends = loads.open().into_iter();
+        let backends = backends.map(|(backend, open)| (BackendOnlyLabels { backend }, open));
+        refresh(&self.backend_connections, &mut shown.0, backends);
+        let addresses = loads.open_at().into_iter();
+        let addresses = addresses.map(|(addr, open)| {
+            let address = addr.to_string();
+            (AddressLabels { address }, open)
+        });
+        refresh(&self.address_connections, &mut shown.1, addresses);
     }
 
     pub(crate) fn reloaded(&self, status: &ReloadStatus, ok: bool) {
@@ -539,12 +547,34 @@ impl Metrics {
             .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        self.backend_loads(&mut lock(&self.connection_backends), loads);
+        self.backend_loads(loads);
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+/// Sets `family`'s gauges to `now`, and removes those of labels `shown` had but `now` has not;
+/// `shown` becomes `now`'s labels.
+fn refresh<L>(
+    family: &Family<L, Gauge>,
+    shown: &mut HashSet<L>,
+    now: impl Iterator<Item = (L, usize)>,
+) where
+    L: Clone + Eq + Hash + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut seen = HashSet::new();
+    for (labels, open) in now {
+        family
+            .get_or_create(&labels)
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        seen.insert(labels);
+    }
+    for gone in shown.difference(&seen) {
+        family.remove(gone);
+    }
+    *shown = seen;
 }
 
 /// One tunnel in `wsgate_tunnels_open`. The count comes down on drop, so a tunnel whose task

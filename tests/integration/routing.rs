@@ -231,6 +231,12 @@ async fn least_connections_sends_new_tunnels_to_the_backend_with_fewest_open() {
     let text = metrics(admin).await;
     assert_eq!(sample(&text, &open_to(a.addr)), Some(2.0), "{text}");
     assert_eq!(sample(&text, &open_to(b.addr)), Some(2.0), "{text}");
+    // Each address too (here, each backend's only one).
+    let at = format!(
+        r#"wsgate_backend_address_connections_open{{address="{}"}}"#,
+        b.addr
+    );
+    assert_eq!(sample(&text, &at), Some(2.0), "{text}");
     // A reload keeps the counts, and a backend's count is one across routes: a tunnel to a
     // through another route weighs on this one's choice.
     let (mut status, before) = proxy.watched().await;
