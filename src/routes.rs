@@ -1069,6 +1069,46 @@ mod tests {
         assert_eq!(open_in(&loads), counted(&["a:1 0", "b:2 1"]));
     }
 
+    proptest::proptest! {
+        /// Whatever the loads and which backends are aside (past the 128 tracked too): every
+        /// backend comes once, those up before those aside, each part fewest open first.
+        #[test]
+        fn least_connections_tries_each_backend_once_up_first_fewest_first(
+            backends in proptest::collection::vec((0usize..4, proptest::bool::weighted(0.2)), 1..200),
+            turns in 0usize..5,
+        ) {
+            let names: Vec<String> = (0..backends.len()).map(|i| format!("b{i}:1")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let table = least_connections(&refs);
+            let route = the_route(&table);
+            let mut held = Vec::new();
+            for (name, &(open, aside)) in names.iter().zip(&backends) {
+                held.extend((0..open).map(|_| route.busy(name)));
+                if aside {
+                    let health = route.health_of(name).unwrap();
+                    health.failed(Duration::from_secs(60), health::now());
+                }
+            }
+            for _ in 0..turns {
+                drop(route.backends_in_turn());
+            }
+            let turn: Vec<&str> = route.backends_in_turn().collect();
+            let mut seen = turn.clone();
+            seen.sort_unstable();
+            let mut all = refs.clone();
+            all.sort_unstable();
+            proptest::prop_assert_eq!(seen, all);
+            let index = |name: &str| names.iter().position(|n| n == name).unwrap();
+            // Aside as the route sees it: only the first 128 are tracked.
+            let key = |name: &&str| {
+                let i = index(name);
+                (i < TRACKED && backends[i].1, backends[i].0)
+            };
+            let keys: Vec<(bool, usize)> = turn.iter().map(key).collect();
+            proptest::prop_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{:?}", keys);
+        }
+    }
+
     #[test]
     fn origins_compare_case_insensitively_and_a_missing_origin_passes() {
         let mut config = route("r", None, "/", None);
