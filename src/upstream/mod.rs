@@ -171,13 +171,17 @@ async fn exchange(
             }
         };
         let at = (backend, several.then_some(addr));
-        if let Some(error) = server_error(route, &answered) {
-            answer_failed(leg, at, &error, (began, asked));
+        let cannot = cannot_serve(&answered);
+        let least = route.config.balance == Balance::LeastConnections;
+        if let Some(error) = cannot.as_ref().filter(|_| least) {
+            answer_failed(leg, at, error, (began, asked));
         } else if !matches!(answered, Err(Attempt::Gone(_))) {
             // Anything but a close before answering: the backend takes connections.
             back_in_turn(route, backend);
-            // Every answer, so that failures in a row are counted between answers only.
-            if several {
+            // Every answer that serves, so that failures in a row are counted between answers
+            // only; not one saying it cannot serve, which must not take an address another
+            // route set aside for it back into turn (the set-aside is the name's, for all).
+            if several && cannot.is_none() {
                 dial::answered(backend, addr);
             }
         }
@@ -264,16 +268,13 @@ fn answer_failed(
     }
 }
 
-/// With `balance = "least_connections"`, an answer that says the backend cannot serve: 502,
-/// 503 or 504 (it is down, overloaded, or draining: not a status a client's request can
-/// provoke from a working app, as a 500 can), or an answer or 101 that fails its checks.
-/// Such a backend holds no tunnel, so it would be every request's first choice; it is put
-/// aside instead, as one that refuses connections is. (Round-robin sends it its turns only,
-/// and takes such answers as answers.)
-fn server_error(route: &Route, answered: &Result<Answer, Attempt>) -> Option<String> {
-    if route.config.balance != Balance::LeastConnections {
-        return None;
-    }
+/// An answer that says the backend cannot serve: 502, 503 or 504 (it is down, overloaded, or
+/// draining: not a status a client's request can provoke from a working app, as a 500 can),
+/// or an answer or 101 that fails its checks. With `balance = "least_connections"`, such a
+/// backend, holding no tunnel, would be every request's first choice: it is put aside
+/// instead, as one that refuses connections is. (Round-robin sends it its turns only, and
+/// takes such answers as answers.)
+fn cannot_serve(answered: &Result<Answer, Attempt>) -> Option<String> {
     match answered {
         Ok(Answer::NotUpgraded(answer))
             if (502..=504).contains(&answer.response.status().as_u16()) =>
@@ -1190,6 +1191,57 @@ mod tests {
         assert!(took < Duration::from_millis(250), "{took:?}");
         assert_eq!(now_at(silent.addr), 0);
         assert_eq!(loads.open(), [(name, 4)]);
+    }
+
+    /// A backend that answers every upgrade with `status`.
+    async fn refusing_backend(status: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answering = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8];
+                        socket.read_exact(&mut byte).await?;
+                        head.push(byte[0]);
+                    }
+                    let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                    socket.write_all(answer.as_bytes()).await
+                });
+            }
+        });
+        (addr, answering)
+    }
+
+    /// A name's address set aside (another route's least-connections saw it answer 503),
+    /// reached by a round-robin request that gets 503 from it too: still set aside, as only
+    /// an answer that serves takes an address back into turn; one that serves does.
+    #[tokio::test]
+    async fn an_address_answering_503_is_not_taken_back_into_turn() {
+        let (unavailable, _a) = refusing_backend("503 Service Unavailable").await;
+        let name = "draining-pod.test:9001".to_string();
+        let refused = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        crate::resolve::seed(&name, &[unavailable, refused]);
+        let at = tokio::time::Instant::now();
+        crate::resolve::set_aside(&name, unavailable, Duration::from_secs(60), at);
+        let table = table_of(vec![name.clone()]);
+        let answer = open_on(&table).await;
+        let Ok(Answer::NotUpgraded(answer)) = answer else {
+            panic!("not the backend's answer: {:?}", answer.err());
+        };
+        assert_eq!(answer.response.status(), 503);
+        assert!(crate::resolve::is_aside(&name, unavailable));
+        // The same for an address that serves: back in turn.
+        let (serving, _b) = answering_backend().await;
+        let name = "back-pod.test:9001".to_string();
+        crate::resolve::seed(&name, &[serving, refused]);
+        crate::resolve::set_aside(&name, serving, Duration::from_secs(60), at);
+        assert_eq!(reached(&table_of(vec![name.clone()])).await, serving);
+        assert!(!crate::resolve::is_aside(&name, serving));
     }
 
     /// A name of three addresses, the first silent (a pod on a dead node): the first request
