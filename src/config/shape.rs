@@ -39,11 +39,14 @@ const ROUTE: &str =
     "[[route]], or { name = \"a\", path = \"/\", backends = [\"h:1\"] } in route = [...]";
 const CERTIFICATE: &str = "{ cert = \"a.crt\", key = \"a.key\" }";
 /// The settings that are one of a few words (the enums in `raw`), and the words.
-const WORDS: [(&str, &str, [&str; 2]); 3] = [
+const WORDS: [(&str, &str, [&str; 2]); 4] = [
     ("proxy", "log_format", ["json", "text"]),
     ("tls", "min_version", ["1.2", "1.3"]),
+    ("tls", "client_auth", ["optional", "required"]),
     ("reload", "watch", ["events", "poll"]),
 ];
+/// A route's setting of a few words, and its words.
+const ROUTE_WORDS: (&str, [&str; 2]) = ("balance", ["least_connections", "round_robin"]);
 
 /// Refuses what serde would misread: a section or entry that is not a table, a date-time.
 /// (`root` is `src` parsed: a document that does not parse gets toml's own error first.)
@@ -80,6 +83,11 @@ pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), Co
         for (i, item) in items.iter().enumerate() {
             let key = format!("{name}[{i}]");
             must_be_table(item, how).or_else(|m| refuse(&item.span(), &key, m))?;
+            let (setting, words) = ROUTE_WORDS;
+            if let Some(value) = field(item, setting).filter(|_| name == "route") {
+                let key = format!("{key}.{setting}");
+                must_be_word(value, words).or_else(|m| refuse(&value.span(), &key, m))?;
+            }
         }
     }
     match first_datetime(root) {

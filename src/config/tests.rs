@@ -141,7 +141,7 @@ fn client_ca_asks_clients_for_certificates_required_unless_said_optional() {
         ("client_ca = \"\"\n", "tls.client_ca: must name a file"),
         (
             "client_ca = \"/ca.pem\"\nclient_auth = \"maybe\"\n",
-            "tls.client_auth: unknown variant `maybe`",
+            "tls.client_auth: must be \"optional\" or \"required\", not \"maybe\"",
         ),
     ];
     for (keys, expected) in refused {
@@ -179,8 +179,14 @@ fn a_route_balances_round_robin_unless_it_says_least_connections() {
     let off = parse(&format!("[timeouts]\nbackend_cooldown = \"0s\"\n\n{two}")).unwrap();
     assert!(warned(&off), "{:?}", off.warnings);
     let message = error(&route("balance = \"leastconn\"\n"));
-    let expected = "route[0].balance: unknown variant `leastconn`, expected `round_robin` or `least_connections`";
+    let expected =
+        "route[0].balance: must be \"least_connections\" or \"round_robin\", not \"leastconn\"";
     assert!(message.contains(expected), "{message}");
+    for table in ["{ least_connections = [] }", "{}"] {
+        let message = error(&route(&format!("balance = {table}\n")));
+        let expected = "route[0].balance: must be a quoted string (\"least_connections\" or \"round_robin\"), not a table";
+        assert!(message.contains(expected), "{message}");
+    }
 }
 
 #[test]
