@@ -174,7 +174,10 @@ fn a_route_balances_round_robin_unless_it_says_least_connections() {
         route("balance = \"least_connections\"\n")
     ))
     .unwrap();
-    assert!(!warned(&off), "one backend: nothing to balance");
+    assert!(warned(&off), "one name, which may have several addresses");
+    let one = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"10.0.0.1:9\"]\nbalance = \"least_connections\"\n";
+    let off = parse(&format!("[timeouts]\nbackend_cooldown = \"0s\"\n\n{one}")).unwrap();
+    assert!(!warned(&off), "one address: nothing to balance");
     let two = "[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"app:9\", \"app2:9\"]\nbalance = \"least_connections\"\n";
     let off = parse(&format!("[timeouts]\nbackend_cooldown = \"0s\"\n\n{two}")).unwrap();
     assert!(warned(&off), "{:?}", off.warnings);

@@ -110,7 +110,10 @@ impl Checker<'_> {
             return;
         }
         for (i, (route, checked)) in raw.iter().zip(&config.routes).enumerate() {
-            let several = (checked.backends.iter()).any(|b| Some(b) != checked.backends.first());
+            // A name may have several addresses (a headless Service), to pick among alike.
+            let name = |b: &String| b.parse::<std::net::SocketAddr>().is_err();
+            let several = (checked.backends.iter()).any(|b| Some(b) != checked.backends.first())
+                || checked.backends.iter().any(name);
             let Some(balance) = route.balance.as_ref().filter(|_| several) else {
                 continue;
             };

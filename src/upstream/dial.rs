@@ -125,7 +125,13 @@ pub(super) async fn connect(
     // One address (an IP, a Service's cluster IP) is the common case: nothing to order, and
     // its failures are the backend's (see `health`).
     if let ([addr], true) = (&addrs[..], gone.is_empty()) {
-        return connect_one(*addr, window, dial, alone).await.map(Some);
+        // One count for the address, however many times it is dialed beside itself.
+        let busy = dial
+            .loads
+            .take()
+            .map(|loads| Busy::on(&loads.lock().at(*addr)));
+        let dialed = connect_one(*addr, window, dial, alone).await?;
+        return Ok(Some(Dialed { busy, ..dialed }));
     }
     let mut order =
         crate::resolve::in_turn(backend, &addrs, &gone, timing.cooldown, timing.timeout);

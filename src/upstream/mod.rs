@@ -1193,6 +1193,27 @@ mod tests {
         assert_eq!(loads.open(), [(name, 4)]);
     }
 
+    /// A route's only backend at one address, silent: dialed again beside itself, and
+    /// counted once at its address, as at the backend, however many of its connects are
+    /// under way; and not at all once the request is gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_address_dialed_beside_itself_counts_once() {
+        let silent = Unreachable::start();
+        let loads = Loads::default();
+        let mut table = table_of(vec![silent.addr.to_string()]);
+        table.count_in(&loads);
+        let mut request = Box::pin(tunnel_counted(&table, &loads));
+        // Two attempt delays: three connects under way.
+        tokio::select! {
+            _ = &mut request => panic!("a silent backend answered"),
+            _ = tokio::time::sleep(Duration::from_millis(600)) => {}
+        }
+        assert_eq!(loads.lock().now_at(silent.addr), 1);
+        assert_eq!(loads.open(), [(silent.addr.to_string(), 1)]);
+        drop(request);
+        assert_eq!(loads.lock().now_at(silent.addr), 0);
+    }
+
     /// A backend that answers every upgrade with `status`.
     async fn refusing_backend(status: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
