@@ -2,7 +2,8 @@
 //! address, silent past its share of the connect timeout or for `timeouts.attempt_delay` while
 //! another backend answered, or closed before a byte of answer), or that took it and did not
 //! answer the upgrade in time (a hung process), or, on a route with `balance =
-//! "least_connections"`, answered 502, 503, 504 or a bad 101, is put aside for a cool-down,
+//! "least_connections"`, answered 502, 503, 504 or a bad 101, or refused five upgrades in a
+//! row, is put aside for a cool-down,
 //! `timeouts.backend_cooldown` (1 s by default) doubling with each failure in a row up to
 //! 30 s, and the route's requests go to its other backends meanwhile. No probes of its own:
 //! once the cool-down is over, one request tries it again (the others whose turn it is go on to the
@@ -13,7 +14,7 @@
 //! connect, a blackholed one's share of `timeouts.connect`), and keeps its share of the load
 //! from piling onto the backend after it in the list.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,18 @@ pub(crate) struct Health {
     aside_since: AtomicU64,
     /// The claim of the one request trying it again after a cool-down ([`Leave`]); 0: none.
     probe: AtomicU64,
+    /// Upgrades it refused in a row (answered other than 101), since its last 101: see
+    /// [`REFUSALS_IN_A_ROW`].
+    refused: AtomicU32,
 }
+
+/// Upgrades in a row a backend may refuse, on a route with `balance = "least_connections"`,
+/// before it is put aside as one that failed: a backend refusing every upgrade (a 500, or a
+/// 404 from a deploy whose WebSocket path is broken) holds no tunnel, so least-connections
+/// would send it every new client. Five, as Envoy's consecutive-5xx ejection: a refusal a
+/// client's own request provoked (a stale token) comes between others' 101s, not five times
+/// in a row.
+pub(crate) const REFUSALS_IN_A_ROW: u32 = 5;
 
 /// What a failure did to a backend's health: put it aside for this long, in the `nth` failure
 /// in a row.
@@ -126,6 +138,21 @@ impl Health {
                 }
                 Err(now_state) => state = now_state,
             }
+        }
+    }
+
+    /// Notes an upgrade it refused; how many in a row now.
+    pub(crate) fn refused(&self) -> u32 {
+        self.refused
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+    }
+
+    /// Notes an upgrade it accepted: its refusals in a row are over.
+    pub(crate) fn upgraded(&self) {
+        // Read first: a backend that accepts (nearly all of them) writes nothing.
+        if self.refused.load(Ordering::Relaxed) != 0 {
+            self.refused.store(0, Ordering::Relaxed);
         }
     }
 

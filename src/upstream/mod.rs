@@ -173,6 +173,7 @@ async fn exchange(
         let at = (backend, several.then_some(addr));
         let cannot = cannot_serve(&answered);
         let least = route.config.balance == Balance::LeastConnections;
+        let cannot = cannot.or_else(|| refused_too_often(route, backend, &answered));
         if let Some(error) = cannot.as_ref().filter(|_| least) {
             answer_failed(leg, at, error, (began, asked));
         } else if !matches!(answered, Err(Attempt::Gone(_))) {
@@ -286,6 +287,31 @@ fn cannot_serve(answered: &Result<Answer, Attempt>) -> Option<String> {
         }
         Err(Attempt::Failed(ProxyError::Internal(_))) => None,
         Err(Attempt::Failed(error)) => Some(error.to_string()),
+        _ => None,
+    }
+}
+
+/// Counts `backend`'s refusals in a row (answers other than 101) and says so once they are
+/// [`crate::health::REFUSALS_IN_A_ROW`] or more: on a least-connections route, a failure, as
+/// [`cannot_serve`]'s are (see the constant for why). A 101 ends the count.
+fn refused_too_often(
+    route: &Route,
+    backend: &str,
+    answered: &Result<Answer, Attempt>,
+) -> Option<String> {
+    let health = route.health_of(backend)?;
+    match answered {
+        Ok(Answer::Upgraded(_)) => {
+            health.upgraded();
+            None
+        }
+        Ok(Answer::NotUpgraded(answer)) if route.config.balance == Balance::LeastConnections => {
+            let in_a_row = health.refused();
+            (in_a_row >= crate::health::REFUSALS_IN_A_ROW).then(|| {
+                let status = answer.response.status();
+                format!("refused {in_a_row} upgrades in a row, the last with {status}")
+            })
+        }
         _ => None,
     }
 }

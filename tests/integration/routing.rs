@@ -318,6 +318,35 @@ async fn least_connections_puts_aside_a_backend_that_cannot_serve_but_not_one_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_puts_aside_a_backend_that_refuses_five_upgrades_in_a_row() {
+    let good = WsBackend::start("good").await;
+    let broken = RawBackend::start().await;
+    let cooldown = "[timeouts]\nbackend_cooldown = \"60s\"\n\n";
+    let config = format!(
+        "{cooldown}{}",
+        least_connections_to(&[good.addr, broken.addr], "")
+    );
+    let proxy = start_proxy(&config).await;
+    let admin = proxy.server.admin_addr().expect("admin endpoint bound");
+    let mut held = vec![held_on(&proxy, "good").await];
+    // A deploy whose WebSocket path is broken: every upgrade answered 404. With no tunnel,
+    // it is every request's first choice, until the fifth refusal in a row.
+    let not_found = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+    for _ in 0..5 {
+        assert_eq!(answered_by(&proxy, &broken, not_found).await, 404);
+    }
+    for _ in 0..3 {
+        held.push(held_on(&proxy, "good").await);
+    }
+    assert!(broken.waiting().await.is_none(), "not dialed again");
+    let aside = format!(
+        r#"wsgate_backend_put_aside_total{{route="lc",backend="{}"}}"#,
+        broken.addr
+    );
+    assert_eq!(sample(&metrics(admin).await, &aside), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_takes_a_backends_server_error_as_an_answer() {
     let good = WsBackend::start("good").await;
     let failing = RawBackend::start().await;
