@@ -451,6 +451,26 @@ mod tests {
         answering_backend, first_syn_dropped, listen_overflows, timing, Unreachable,
     };
 
+    /// A connect to a route's only backend, `backend`, that fails: its error.
+    async fn connect_alone(
+        backend: &str,
+        window: Window,
+        timing: Timing,
+        progress: &Arc<Progress>,
+    ) -> std::io::Error {
+        let progress = progress.clone();
+        let connecting = connect(
+            backend,
+            Vec::new(),
+            window,
+            timing,
+            true,
+            progress,
+            uncounted(),
+        );
+        connecting.await.unwrap_err()
+    }
+
     /// Counted where no one reads the counts.
     fn uncounted() -> Counting<'static> {
         static LOADS: std::sync::LazyLock<Loads> = std::sync::LazyLock::new(Loads::default);
@@ -585,17 +605,7 @@ mod tests {
         let progress = Arc::new(Progress::new());
         let window = whole(start + timing.timeout);
         let backend = silent.addr.to_string();
-        let error = connect(
-            &backend,
-            Vec::new(),
-            window,
-            timing,
-            true,
-            progress.clone(),
-            uncounted(),
-        )
-        .await
-        .unwrap_err();
+        let error = connect_alone(&backend, window, timing, &progress).await;
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), timing.timeout);
         // The third began at 800 ms, two delays in: none of the first two was given up.
@@ -617,17 +627,7 @@ mod tests {
         let progress = Arc::new(Progress::new());
         let window = whole(tokio::time::Instant::now() + timing.timeout);
         let backend = silent.addr.to_string();
-        let error = connect(
-            &backend,
-            Vec::new(),
-            window,
-            timing,
-            true,
-            progress.clone(),
-            uncounted(),
-        )
-        .await
-        .unwrap_err();
+        let error = connect_alone(&backend, window, timing, &progress).await;
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
         // One dial, at 0 µs (stored plus one), and not the last of the three tries.
         assert_eq!(progress.dialed.load(Ordering::Relaxed), 1 << 1);
