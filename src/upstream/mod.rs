@@ -1099,15 +1099,20 @@ mod tests {
         assert!(!name_health(&table).ever_put_aside());
     }
 
+    /// `n` answering backends: their addresses, and the tasks that answer.
+    async fn pods(n: usize) -> (Vec<SocketAddr>, Vec<tokio::task::JoinHandle<()>>) {
+        let mut pods = Vec::new();
+        for _ in 0..n {
+            pods.push(answering_backend().await);
+        }
+        pods.into_iter().unzip()
+    }
+
     /// A name of three addresses (a headless Service's three pods): requests start at each
     /// in turn, not all at the first the resolver listed.
     #[tokio::test]
     async fn a_names_addresses_are_taken_in_turn() {
-        let mut pods = Vec::new();
-        for _ in 0..3 {
-            pods.push(answering_backend().await);
-        }
-        let addrs: Vec<SocketAddr> = pods.iter().map(|(addr, _)| *addr).collect();
+        let (addrs, _pods) = pods(3).await;
         let name = "three-pods.test:9001".to_string();
         crate::resolve::seed(&name, &addrs);
         let table = table_of(vec![name]);
@@ -1140,11 +1145,7 @@ mod tests {
     /// would take the fourth and fifth to the first and second).
     #[tokio::test]
     async fn least_connections_picks_among_a_names_addresses_by_their_tunnels() {
-        let mut pods = Vec::new();
-        for _ in 0..3 {
-            pods.push(answering_backend().await);
-        }
-        let addrs: Vec<SocketAddr> = pods.iter().map(|(addr, _)| *addr).collect();
+        let (addrs, _pods) = pods(3).await;
         let name = "least-loaded-pods.test:9001".to_string();
         crate::resolve::seed(&name, &addrs);
         let loads = Loads::default();

@@ -275,6 +275,45 @@ async fn answered_by(proxy: &Proxy, backend: &RawBackend, answer: &str) -> u16 {
     client.read_head().await.status
 }
 
+/// A least-connections route (60 s cool-down) over a good backend holding one tunnel and a
+/// scripted one holding none, so the next choice: the admin address, and the scripted
+/// backend's put-aside series.
+struct BesideGood {
+    proxy: Proxy,
+    failing: RawBackend,
+    admin: SocketAddr,
+    aside: String,
+    held: Vec<Ws>,
+    _good: WsBackend,
+}
+
+impl BesideGood {
+    async fn start() -> BesideGood {
+        let good = WsBackend::start("good").await;
+        let failing = RawBackend::start().await;
+        let cooldown = "[timeouts]\nbackend_cooldown = \"60s\"\n\n";
+        let config = format!(
+            "{cooldown}{}",
+            least_connections_to(&[good.addr, failing.addr], "")
+        );
+        let proxy = start_proxy(&config).await;
+        let admin = proxy.server.admin_addr().expect("admin endpoint bound");
+        let held = vec![held_on(&proxy, "good").await];
+        let aside = format!(
+            r#"wsgate_backend_put_aside_total{{route="lc",backend="{}"}}"#,
+            failing.addr
+        );
+        BesideGood {
+            proxy,
+            failing,
+            admin,
+            aside,
+            held,
+            _good: good,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_puts_aside_a_backend_that_cannot_serve_but_not_one_that_erred() {
     let unavailable = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
@@ -285,22 +324,16 @@ async fn least_connections_puts_aside_a_backend_that_cannot_serve_but_not_one_th
         (bad_accept, 502, true),
         (erred, 500, false),
     ] {
-        let good = WsBackend::start("good").await;
-        let failing = RawBackend::start().await;
-        let cooldown = "[timeouts]\nbackend_cooldown = \"60s\"\n\n";
-        let config = format!(
-            "{cooldown}{}",
-            least_connections_to(&[good.addr, failing.addr], "")
-        );
-        let proxy = start_proxy(&config).await;
-        let admin = proxy.server.admin_addr().expect("admin endpoint bound");
-        let mut held = vec![held_on(&proxy, "good").await];
+        let BesideGood {
+            proxy,
+            failing,
+            admin,
+            aside,
+            mut held,
+            _good,
+        } = BesideGood::start().await;
         // The failing backend, with no tunnel, is the next choice.
         assert_eq!(answered_by(&proxy, &failing, answer).await, status);
-        let aside = format!(
-            r#"wsgate_backend_put_aside_total{{route="lc",backend="{}"}}"#,
-            failing.addr
-        );
         let counted = sample(&metrics(admin).await, &aside);
         if put_aside {
             // For its cool-down: the next tunnels go to the backend that has them all.
@@ -319,16 +352,14 @@ async fn least_connections_puts_aside_a_backend_that_cannot_serve_but_not_one_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_puts_aside_a_backend_that_refuses_five_upgrades_in_a_row() {
-    let good = WsBackend::start("good").await;
-    let broken = RawBackend::start().await;
-    let cooldown = "[timeouts]\nbackend_cooldown = \"60s\"\n\n";
-    let config = format!(
-        "{cooldown}{}",
-        least_connections_to(&[good.addr, broken.addr], "")
-    );
-    let proxy = start_proxy(&config).await;
-    let admin = proxy.server.admin_addr().expect("admin endpoint bound");
-    let mut held = vec![held_on(&proxy, "good").await];
+    let BesideGood {
+        proxy,
+        failing: broken,
+        admin,
+        aside,
+        mut held,
+        _good,
+    } = BesideGood::start().await;
     // A deploy whose WebSocket path is broken: every upgrade answered 404. With no tunnel,
     // it is every request's first choice, until the fifth refusal in a row.
     let not_found = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
@@ -339,10 +370,6 @@ async fn least_connections_puts_aside_a_backend_that_refuses_five_upgrades_in_a_
         held.push(held_on(&proxy, "good").await);
     }
     assert!(broken.waiting().await.is_none(), "not dialed again");
-    let aside = format!(
-        r#"wsgate_backend_put_aside_total{{route="lc",backend="{}"}}"#,
-        broken.addr
-    );
     assert_eq!(sample(&metrics(admin).await, &aside), Some(1.0));
 }
 
