@@ -435,6 +435,7 @@ impl Checker<'_> {
             }
             out.push(self.route(i, name, route)?);
             self.default_ports(i, route, &out[i], warnings);
+            self.listed_twice(i, route, &out[i], warnings);
             let this = &out[i];
             let path = crate::routes::route_key(&this.path);
             // A wildcard ranks with every other wildcard: an earlier one whose suffix covers
@@ -499,6 +500,35 @@ impl Checker<'_> {
                     &format!("route[{i}].origins[{j}]"),
                     message,
                 ));
+            }
+        }
+    }
+
+    /// An `origins` or `subprotocols` entry the same as an earlier one (as compared: origins
+    /// normalised, subprotocols exactly): harmless, but a slip, often of an entry meant to
+    /// be another one (`v1` twice where `v2` was meant).
+    fn listed_twice(
+        &self,
+        i: usize,
+        route: &RawRoute,
+        checked: &RouteConfig,
+        warnings: &mut Vec<ConfigError>,
+    ) {
+        let lists = [
+            ("origins", &route.origins, &checked.origins),
+            ("subprotocols", &route.subprotocols, &checked.subprotocols),
+        ];
+        for (field, raw, compared) in lists {
+            let (Some(raw), Some(compared)) = (raw, compared) else {
+                continue;
+            };
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for (j, (entry, text)) in raw.get_ref().iter().zip(compared).enumerate() {
+                if let Some(first) = seen.insert(text, j) {
+                    let message = format!("{text:?} is listed twice (first as route[{i}].{field}[{first}]): one entry is enough, or another was meant");
+                    let key = format!("route[{i}].{field}[{j}]");
+                    warnings.push(self.error(&entry.span(), &key, message));
+                }
             }
         }
     }
