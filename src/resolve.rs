@@ -238,7 +238,7 @@ async fn system_lookup(name: String) -> io::Result<Arc<[SocketAddr]>> {
     let permit = LOOKUPS.acquire().await.map_err(io::Error::other)?;
     let addrs = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let addrs = name.to_socket_addrs().map(Iterator::collect::<Vec<_>>);
+        let addrs = name.to_socket_addrs().map(distinct);
         addrs.map_err(|e| {
             if descriptors_left() {
                 e
@@ -250,6 +250,14 @@ async fn system_lookup(name: String) -> io::Result<Arc<[SocketAddr]>> {
     .await
     .map_err(io::Error::other)??;
     Ok(addrs.into())
+}
+
+/// An answer's addresses, each once, in the resolver's order: an address listed twice (in
+/// /etc/hosts under two lines, or by a DNS server) would take two turns of the name's, and
+/// be counted twice where a name's addresses are counted.
+fn distinct(addrs: impl Iterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let mut seen = std::collections::HashSet::new();
+    addrs.filter(|addr| seen.insert(*addr)).collect()
 }
 
 /// Whether the process can still open a descriptor. getaddrinfo that could open neither
@@ -559,6 +567,12 @@ mod tests {
         assert!(named
             .iter()
             .all(|a| a.ip().is_loopback() && a.port() == 9001));
+    }
+
+    #[test]
+    fn an_address_answered_twice_is_kept_once_in_the_answers_order() {
+        let [a, b]: [SocketAddr; 2] = ["10.0.0.2:80".parse().unwrap(), "[::1]:80".parse().unwrap()];
+        assert_eq!(distinct([b, a, b, a, b].into_iter()), [b, a]);
     }
 
     #[test]
