@@ -316,9 +316,11 @@ impl RouteTable {
     /// shared by every route naming it and by the tables before and after this one (see
     /// [`crate::load`]). Before the table goes into force.
     pub(crate) fn count_in(&mut self, loads: &Loads) {
-        let mut loads = loads.lock();
-        loads.sweep();
+        loads.lock().sweep();
         for route in &mut self.routes {
+            // Locked route by route, not for the whole table: every connect takes the lock
+            // to count at its address, and must not wait out tens of thousands of routes.
+            let mut loads = loads.lock();
             for (backend, load) in route.config.backends.iter().zip(route.load.iter_mut()) {
                 *load = loads.of(backend);
             }

@@ -114,11 +114,24 @@ impl Shared {
     /// Binds the listeners `next` adds, then swaps it in, then stops the listeners it drops:
     /// a listener that stays is never paused, and a bind failure changes nothing. Once
     /// shutdown has taken the listeners nothing changes either: the new sockets close unused.
-    pub(crate) async fn apply(self: &Arc<Self>, mut next: Snapshot) -> Result<(), Error> {
+    pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
         let current = self.current();
         let cooling = !next.config.timeouts.backend_cooldown.is_zero();
-        next.routes.continue_from(&current.routes, cooling);
-        next.routes.count_in(&self.loads);
+        // On the blocking pool: tens of thousands of routes take milliseconds to carry over,
+        // which a thread that accepts and relays must not spend. (Reloads are applied one at
+        // a time, so `current` stays the table in force meanwhile.)
+        let (shared, was) = (self.clone(), current.clone());
+        let next = tokio::task::spawn_blocking(move || {
+            let mut next = next;
+            next.routes.continue_from(&was.routes, cooling);
+            next.routes.count_in(&shared.loads);
+            next
+        });
+        let next = next.await.map_err(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // The pool takes no more work once the runtime is shutting down.
+            Err(_) => Error::ShuttingDown,
+        })?;
         let before = (
             current.config.limits.max_connections,
             current.config.reuse_port,
