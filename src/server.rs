@@ -392,6 +392,9 @@ impl Server {
     pub async fn shutdown(self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.stop_watching.cancel();
+        let grace = self.shared.current().config.timeouts.shutdown_grace;
+        // Said before the first await: a second signal's line must come after it.
+        tracing::info!(connections = self.active_connections(), grace = ?grace, "shutting down: no new connections");
         let listeners = lock(&self.shared.listeners).take().unwrap_or_default();
         // The admin endpoint answers through the grace (`/readyz` failing, metrics of the
         // drain), unless its address is shared with a wsgate taking over (`reuse_port`):
@@ -403,10 +406,8 @@ impl Server {
         for listener in now {
             listener.close().await;
         }
-        let grace = self.shared.current().config.timeouts.shutdown_grace;
         let tracker = &self.shared.tracker;
         tracker.close();
-        tracing::info!(connections = self.active_connections(), grace = ?grace, "shutting down: no new connections");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::info!(
                 connections = self.active_connections(),

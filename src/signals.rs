@@ -70,12 +70,17 @@ pub async fn serve_until_terminated(
     termination.recv().await;
     systemd.stopping();
     let closer = server.closer();
-    tokio::spawn(async move {
-        termination.recv().await;
-        tracing::warn!("second signal: closing every connection now");
-        closer.close_now();
-    });
-    server.shutdown().await;
+    // Polled first, so the shutdown's first line comes before a second signal's.
+    let mut shutdown = Box::pin(server.shutdown());
+    tokio::select! {
+        biased;
+        () = &mut shutdown => return,
+        () = termination.recv() => {
+            tracing::warn!("second signal: closing every connection now");
+            closer.close_now();
+        }
+    }
+    shutdown.await;
 }
 
 /// SIGTERM, SIGINT and SIGQUIT, registered once so that a second one sent right after the
