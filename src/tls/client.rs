@@ -114,7 +114,7 @@ fn client_config(
             let key = load_certified_key(paths, Chain::Client, &provider)
                 .map_err(|refused| refused.at(config, paths))?;
             out.expiry
-                .extend(Expiry::of(&paths.cert, &key, Chain::Client));
+                .extend(Expiry::of(&paths.cert, &key.cert, Chain::Client));
             (out.warnings).extend(chain_warning(config, paths, &key, Chain::Client));
             builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
         }

@@ -5,37 +5,88 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::CertificateDer;
 
 use super::Chain;
 use crate::config::{escape_controls, CertificatePaths, Config, ConfigError};
 
-/// When a certificate wsgate presents stops being valid (one it serves, or a client
+/// When a certificate chain wsgate presents stops being valid (one it serves, or a client
 /// certificate it shows backends): exported as a metric and warned about, since a renewal
 /// that silently failed (cert-manager, certbot) is the classic outage.
 #[derive(Clone, Debug)]
 pub(crate) struct Expiry {
     pub file: PathBuf,
-    /// Unix seconds of the leaf's notBefore and notAfter.
+    /// Unix seconds from which the chain is valid: the latest notBefore of its certificates.
     pub not_before: i64,
+    /// Unix seconds at which the chain stops being valid: the first notAfter of its
+    /// certificates, the leaf's unless an intermediate ends before it.
     pub not_after: i64,
+    /// The intermediates deciding `not_before` and `not_after`, if not the leaf (for the
+    /// warnings' words).
+    starts_with: Option<Intermediate>,
+    ends_with: Option<Intermediate>,
     /// Who checks it, for the warnings' words.
     role: Chain,
 }
 
+/// A certificate of a chain after its leaf: its place (2 for the one after the leaf) and its
+/// subject.
+#[derive(Clone, Debug)]
+struct Intermediate {
+    place: usize,
+    subject: String,
+}
+
 impl Expiry {
-    /// The validity of `key`'s leaf, the first certificate of `file`'s chain (rustls has
-    /// already parsed it, so this cannot fail on a certificate it accepted; `None` keeps it
-    /// that way regardless).
-    pub(super) fn of(file: &Path, key: &CertifiedKey, role: Chain) -> Option<Expiry> {
-        let (_, cert) = x509_parser::parse_x509_certificate(key.cert.first()?).ok()?;
-        let validity = cert.validity();
-        Some(Expiry {
+    /// The validity of `chain` as `file` has it (rustls has already parsed the leaf, so
+    /// this cannot fail on a certificate it accepted; `None` keeps it that way regardless).
+    /// A chain is only as valid as each certificate in it: a peer that cannot build another
+    /// path refuses it when an intermediate has run out. A root sent along (self-signed, and
+    /// not the leaf) is left out: peers check against their own copy.
+    pub(super) fn of(file: &Path, chain: &[CertificateDer<'_>], role: Chain) -> Option<Expiry> {
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+        let mut expiry = Expiry {
             file: file.to_path_buf(),
-            not_before: validity.not_before.timestamp(),
-            not_after: validity.not_after.timestamp(),
+            not_before: leaf.validity().not_before.timestamp(),
+            not_after: leaf.validity().not_after.timestamp(),
+            starts_with: None,
+            ends_with: None,
             role,
-        })
+        };
+        for (i, der) in chain.iter().enumerate().skip(1) {
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                continue;
+            };
+            if cert.subject() == cert.issuer() {
+                continue;
+            }
+            let (validity, place) = (cert.validity(), i + 1);
+            let intermediate = || {
+                let subject = cert.subject().to_string();
+                Some(Intermediate { place, subject })
+            };
+            if validity.not_after.timestamp() < expiry.not_after {
+                expiry.not_after = validity.not_after.timestamp();
+                expiry.ends_with = intermediate();
+            }
+            if validity.not_before.timestamp() > expiry.not_before {
+                expiry.not_before = validity.not_before.timestamp();
+                expiry.starts_with = intermediate();
+            }
+        }
+        Some(expiry)
+    }
+}
+
+/// The words for the certificate of a chain that decides one of its dates: the leaf's, or
+/// an intermediate's by place and subject.
+fn which(intermediate: &Option<Intermediate>) -> String {
+    match intermediate {
+        None => "certificate".to_string(),
+        Some(i) => format!(
+            "chain's intermediate certificate {} ({:?})",
+            i.place, i.subject
+        ),
     }
 }
 
@@ -57,14 +108,21 @@ pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<Strin
                 Chain::Client => "backends asking for it",
                 Chain::Served | Chain::Trusted => "clients",
             };
+            let (starts, ends) = (which(&cert.starts_with), which(&cert.ends_with));
+            // An intermediate's end is a chain to replace with the leaf, if peers cannot
+            // build another path.
+            let unless = match cert.ends_with {
+                Some(_) => " unless they find another path to a root they trust",
+                None => "",
+            };
             let message = if cert.not_before > now {
                 let from = rfc3339(cert.not_before);
-                format!("{file}: certificate is not valid before {from}; {checkers} will refuse it until then")
+                format!("{file}: {starts} is not valid before {from}; {checkers} will refuse it until then")
             } else if left <= 0 {
-                format!("{file}: certificate has expired; {checkers} will refuse it")
+                format!("{file}: {ends} has expired; {checkers} will refuse it{unless}")
             } else if left < soon {
                 let when = time_left(left);
-                format!("{file}: certificate expires in {when}; is its renewal working?")
+                format!("{file}: {ends} expires in {when}; is its renewal working?")
             } else {
                 return None;
             };
@@ -165,7 +223,46 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{rfc3339, time_left};
+    use super::{rfc3339, time_left, Chain, Expiry};
+
+    /// A CA certificate named `name` valid until `year`, signed by `issuer` (self-signed
+    /// without), and its key.
+    fn ca(
+        name: &str,
+        year: i32,
+        issuer: Option<&(rcgen::Certificate, rcgen::KeyPair)>,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (params.distinguished_name).push(rcgen::DnType::CommonName, name);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match issuer {
+            Some((cert, issuer_key)) => params.signed_by(&key, cert, issuer_key),
+            None => params.self_signed(&key),
+        };
+        (cert.unwrap(), key)
+    }
+
+    #[test]
+    fn a_chain_ends_with_its_first_certificate_to_end_but_a_root_sent_along() {
+        let root = ca("root", 2030, None);
+        let issuing = ca("issuing", 2040, Some(&root));
+        let second = ca("second", 2035, Some(&issuing));
+        let leaf = ca("leaf", 2050, Some(&second));
+        let chain = [&leaf, &second, &issuing, &root].map(|(cert, _)| cert.der().clone());
+        let file = std::path::Path::new("a.crt");
+        let expiry = Expiry::of(file, &chain, Chain::Served).unwrap();
+        // The root ends first, but peers check against their own copy of it.
+        assert_eq!(rfc3339(expiry.not_after), "2035-01-01T00:00:00Z");
+        let ends = expiry.ends_with.unwrap();
+        assert_eq!((ends.place, ends.subject.as_str()), (2, "CN=second"));
+        // Alone, the leaf decides.
+        let expiry = Expiry::of(file, &chain[..1], Chain::Served).unwrap();
+        assert_eq!(rfc3339(expiry.not_after), "2050-01-01T00:00:00Z");
+        assert!(expiry.ends_with.is_none());
+    }
 
     #[test]
     fn time_left_is_in_days_to_the_nearest() {

@@ -211,7 +211,7 @@ fn load_certificates(
     for (index, paths) in config.certificates.iter().enumerate() {
         let key = load_certified_key(paths, Chain::Served, provider)
             .map_err(|refused| refused.at(config, paths))?;
-        expiry.extend(Expiry::of(&paths.cert, &key, Chain::Served));
+        expiry.extend(Expiry::of(&paths.cert, &key.cert, Chain::Served));
         warnings.extend(chain_warning(config, paths, &key, Chain::Served));
         let (names, first_for) = resolver.add(key);
         // The first certificate also serves every name no other covers; a later one serves

@@ -186,6 +186,40 @@ fn check_warns_about_an_expired_certificate() {
     );
 }
 
+/// A chain is only as valid as its intermediates: one run out, or about to, is warned about
+/// and decides the summary's date (the leaf here runs to 4096).
+#[test]
+fn check_warns_about_an_intermediate_that_has_expired_or_expires_soon() {
+    let now = time::OffsetDateTime::now_utc();
+    let cases = [
+        (
+            now - time::Duration::days(30),
+            "has expired; clients will refuse it unless they find another path to a root they trust",
+        ),
+        (
+            now + time::Duration::days(5),
+            "expires in 5 day(s); is its renewal working?",
+        ),
+    ];
+    for (until, said) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), ROUTE);
+        let issuing = pki().intermediate_until("issuing CA", until);
+        let (cert, key) = issuing.leaf(SERVER_NAMES);
+        let chain = cert + &issuing.ca_pem();
+        std::fs::write(dir.path().join("server.crt"), chain).unwrap();
+        std::fs::write(dir.path().join("server.key"), key).unwrap();
+        let out = check(&path);
+        assert!(out.status.success(), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warning =
+            format!("server.crt: chain's intermediate certificate 2 (\"CN=issuing CA\") {said}");
+        assert!(stderr.contains(&warning), "{stderr:?}\n{warning}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("4096"), "{stdout:?}");
+    }
+}
+
 #[test]
 fn check_names_file_line_and_key_of_a_bad_value() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,8 +119,19 @@ impl Pki {
     /// An intermediate CA named `name`, signed by this one: its leaves chain to this CA
     /// through it (a client shows its [`Pki::ca_pem`] after its own certificate).
     pub fn intermediate(&self, name: &str) -> Pki {
+        self.intermediate_with(ca_params(name))
+    }
+
+    /// [`Pki::intermediate`] valid until `until`, from a year before it.
+    pub fn intermediate_until(&self, name: &str, until: time::OffsetDateTime) -> Pki {
+        let mut params = ca_params(name);
+        (params.not_before, params.not_after) = (until - time::Duration::days(365), until);
+        self.intermediate_with(params)
+    }
+
+    fn intermediate_with(&self, params: rcgen::CertificateParams) -> Pki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca_cert = (ca_params(name))
+        let ca_cert = params
             .signed_by(&ca_key, &self.ca_cert, &self.ca_key)
             .unwrap();
         Pki {
