@@ -1,6 +1,7 @@
 //! The process's logging: set up once at start (text or JSON on stderr, filtered by
-//! `RUST_LOG`), what a reload that changes `proxy.log_format` is told about it, and the
-//! throttle for lines that could repeat thousands of times a second.
+//! `RUST_LOG`, written by a thread of its own), what a reload that changes
+//! `proxy.log_format` is told about it, and the throttle for lines that could repeat
+//! thousands of times a second.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,10 +12,38 @@ use tokio::time::Instant;
 use crate::config::LogFormat;
 use crate::sync::lock;
 
+/// Lines queued for stderr at most; more are dropped (and counted) until the reader catches
+/// up. About 5 MiB of lines of 300 bytes: a burst of connections' lines rides through a
+/// reader that pauses, a reader that stopped costs no more.
+const QUEUED_LINES: usize = 16_384;
+
+/// Log lines dropped because stderr's reader fell behind, for the metrics.
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far because stderr's reader fell behind (see [`init`]).
+pub(crate) fn dropped_lines() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// The logging set up by [`init`]: lines still queued are written when it is dropped (for up
+/// to a second), so hold it until the process is done logging.
+pub struct Logging {
+    _queue: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
 /// Sets up the process's logging: `format`, filtered by `RUST_LOG` (`info` by default), on
 /// stderr; `by_flag` if the command line chose the format (then the config's key does not
 /// matter to reloads).
-pub fn init(format: LogFormat, by_flag: bool) {
+///
+/// Lines are written to stderr by a thread of their own, from a queue of [`QUEUED_LINES`]:
+/// a write to a pipe whose reader is slow or stopped (a stalled log shipper, a terminal
+/// paused with Ctrl-S) blocks, and written from the threads that serve, one connection's
+/// line would hold up every connection, timeouts and health checks included. A full queue
+/// drops lines instead, counted in `wsgate_log_lines_dropped_total`.
+#[must_use = "lines still queued are lost when it is dropped early"]
+pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     let _ = IN_USE.set((format, by_flag));
     let json = format == LogFormat::Json;
     // Blank, or nothing but commas: no directive at all, which would log errors only.
@@ -44,22 +73,31 @@ pub fn init(format: LogFormat, by_flag: bool) {
     // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("wsgate-log")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // A line that cannot be written (stderr a pipe whose reader is gone) is lost, not
         // reported: the library's report goes through `eprintln!`, which panics on the same
         // broken pipe, and would end the process mid-serving.
         .log_internal_errors(false);
     // `try_init`: a second set-up (a program embedding wsgate with its own logger) keeps the
     // first rather than panic.
-    let _ = match json {
+    let set = match json {
         true => builder.json().flatten_event(true).try_init(),
         false => builder.try_init(),
     };
     if let Some(Err(e)) = parsed {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
+    }
+    Logging {
+        _queue: set.is_ok().then_some(guard),
     }
 }
 

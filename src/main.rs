@@ -127,15 +127,25 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
         // load is reported by the server, in the format it asks for if that can be read.
         None => Config::log_format_of(&path),
     };
-    wsgate::init_logging(in_use, format.is_some());
+    let logging = wsgate::init_logging(in_use, format.is_some());
     if let Some((was, now)) = raised {
         tracing::info!("open-files limit (ulimit -n) raised from {was} to the hard limit, {now}");
     }
-    let code = serve(&runtime, &path, in_use == LogFormat::Json);
+    let ended = serve(&runtime, &path, in_use == LogFormat::Json);
     // Tasks on the blocking pool (a name lookup, a file read on a slow mount) must not hold
     // the exit past the grace the server already gave its connections.
     runtime.shutdown_timeout(EXIT_WAIT);
-    code
+    // The lines still queued, written before anything said on stderr directly.
+    drop(logging);
+    match ended {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, said)) => {
+            if let Some(said) = said {
+                say(std::io::stderr(), format_args!("error: {said}"));
+            }
+            code
+        }
+    }
 }
 
 /// Below this many open files the runtime, the signal handlers and the listeners cannot all
@@ -147,30 +157,37 @@ const MIN_OPEN_FILES: u64 = 32;
 /// How long exiting waits for stray blocking tasks.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn serve(runtime: &tokio::runtime::Runtime, path: &Path, json: bool) -> ExitCode {
+/// Serves until terminated; a failure to start is its exit code, and the words to say on
+/// stderr (text logs: JSON logs log it).
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    path: &Path,
+    json: bool,
+) -> Result<(), (ExitCode, Option<String>)> {
     runtime.block_on(async {
         // Before the listeners: a SIGTERM sent as soon as the port answers drains.
         let termination = wsgate::signals::Termination::register();
         let server = match wsgate::Server::start(path).await {
             Ok(server) => server,
             Err(e) => {
-                // Said once: a structured line for a log collector, a plain one otherwise.
-                if json {
-                    tracing::error!(error = %e, "cannot start");
-                } else {
-                    say(std::io::stderr(), format_args!("error: {e}"));
-                }
                 // 2 is a bad config; an address in use is the machine's state, not the file's.
-                return match e {
+                let code = match e {
                     wsgate::Error::Config(_) => ExitCode::from(2),
                     wsgate::Error::Bind(_) | wsgate::Error::ShuttingDown => ExitCode::FAILURE,
                 };
+                // Said once: a structured line for a log collector, a plain one otherwise
+                // (once the lines before it are out).
+                if json {
+                    tracing::error!(error = %e, "cannot start");
+                    return Err((code, None));
+                }
+                return Err((code, Some(e.to_string())));
             }
         };
         wsgate::signals::serve_until_terminated(server, termination, || {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
         })
         .await;
-        ExitCode::SUCCESS
+        Ok(())
     })
 }

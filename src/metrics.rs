@@ -233,6 +233,7 @@ pub(crate) struct Metrics {
     generation: Gauge,
     last_reload: Gauge<f64, AtomicU64>,
     files_in_force: Gauge,
+    log_lines_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -261,6 +262,7 @@ impl Default for Metrics {
             generation: Gauge::default(),
             last_reload: Gauge::default(),
             files_in_force: Gauge::default(),
+            log_lines_dropped: Counter::default(),
             registry: Registry::with_prefix("wsgate"),
         };
         let registry = &mut metrics.registry;
@@ -281,7 +283,7 @@ impl Default for Metrics {
             "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
-            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, or refused five upgrades in a row, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
+            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, refused five upgrades in a row, or ended five tunnels in a row at once, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
             "backend_address_connections_open", "Connections open now to each backend address (a headless Service's pods, one by one), from every route", address_connections;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
@@ -290,6 +292,7 @@ impl Default for Metrics {
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
             "config_last_reload_success_timestamp_seconds", "Unix time of the last applied reload (0 if none since start)", last_reload;
             "config_files_in_force", "1 if the config files on disk are the config in force; 0 while a rejected change or a deleted file keeps an older config serving", files_in_force;
+            "log_lines_dropped", "Log lines dropped because stderr's reader fell behind (the queue to it full)", log_lines_dropped;
         }
         // The config in force at start is the one on disk.
         metrics.files_in_force.set(1);
@@ -548,6 +551,9 @@ impl Metrics {
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.backend_loads(loads);
+        // Counted by the logger's writer; a counter's value is set, not added to, here.
+        let dropped = crate::logging::dropped_lines();
+        (self.log_lines_dropped.inner()).store(dropped, std::sync::atomic::Ordering::Relaxed);
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

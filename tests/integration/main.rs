@@ -16,6 +16,7 @@ mod descriptors;
 mod head;
 mod limits;
 mod listeners;
+mod logging;
 mod model;
 mod origin;
 mod proxy_protocol;
