@@ -37,7 +37,7 @@ pub struct Logging {
 /// stderr; `by_flag` if the command line chose the format (then the config's key does not
 /// matter to reloads).
 ///
-/// Lines are written to stderr by a thread of their own, from a queue of [`QUEUED_LINES`]:
+/// Lines are written to stderr by a thread of their own, from a queue of 16,384 lines:
 /// a write to a pipe whose reader is slow or stopped (a stalled log shipper, a terminal
 /// paused with Ctrl-S) blocks, and written from the threads that serve, one connection's
 /// line would hold up every connection, timeouts and health checks included. A full queue
