@@ -208,6 +208,12 @@ async fn exchange(
         // pod), or the next backend, may take the request. Counted: failover hides it from
         // clients, not from operators.
         metrics.backend_closed_early(&route.config.name, backend, &error);
+        // That address of a name's several is set aside, as one that refused the connect
+        // is: a pod that takes connections and drops them (killed, or crashing on each) would
+        // otherwise cost every request whose turn starts there a connection and a round trip.
+        if several {
+            dial::set_aside(backend, addr, leg.timing.cooldown, asked, &error);
+        }
         // Put aside once this request goes to none of its other addresses: one pod of a
         // headless Service closing is no reason to skip the name, whose next address is tried
         // right after; but a request given up here (MAX_CLOSED) is a reason.
@@ -642,13 +648,16 @@ mod tests {
         let dying = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         // Only a key for the cache: the seeded addresses are what is dialled.
         let name = "two-pods.test:9001".to_string();
-        crate::resolve::seed(&name, &[dying.local_addr().unwrap(), good_addr]);
+        let dying_addr = dying.local_addr().unwrap();
+        crate::resolve::seed(&name, &[dying_addr, good_addr]);
         tokio::spawn(async move { drop(dying.accept().await) });
         // Another backend, so that the name could be put aside.
-        let table = table_of(vec![name, "127.0.0.1:1".into()]);
+        let table = table_of(vec![name.clone(), "127.0.0.1:1".into()]);
         assert_eq!(reached(&table).await, good_addr);
-        // One pod gone is no reason to put the name aside: its next address answered.
+        // One pod gone is no reason to put the name aside: its next address answered. That
+        // address is set aside, as one refusing connects is.
         assert!(!name_health(&table).ever_put_aside());
+        assert!(crate::resolve::is_aside(&name, dying_addr));
     }
 
     /// Every address of a name closing before answering (a failing deploy): the request is
