@@ -2,9 +2,8 @@
 //! address, silent past its share of the connect timeout or for `timeouts.attempt_delay` while
 //! another backend answered, or closed before a byte of answer), or that took it and did not
 //! answer the upgrade in time (a hung process), or, on a route with `balance =
-//! "least_connections"`, answered 502, 503, 504 or a bad 101, refused five upgrades in a
-//! row, or ended five tunnels in a row at once (see `upstream::trial`), is put aside for a
-//! cool-down,
+//! "least_connections"`, answered 502, 503, 504 or a bad 101, or refused five upgrades in a
+//! row, is put aside for a cool-down,
 //! `timeouts.backend_cooldown` (1 s by default) doubling with each failure in a row up to
 //! 30 s, and the route's requests go to its other backends meanwhile. No probes of its own:
 //! once the cool-down is over, one request tries it again (the others whose turn it is go on to the
@@ -42,9 +41,6 @@ pub(crate) struct Health {
     /// Upgrades it refused in a row (answered other than 101), since its last 101: see
     /// [`REFUSALS_IN_A_ROW`].
     refused: AtomicU32,
-    /// Tunnels it ended at once in a row, since one last took: see
-    /// `upstream::trial`.
-    ended_at_once: AtomicU32,
 }
 
 /// Upgrades in a row a backend may refuse, on a route with `balance = "least_connections"`,
@@ -152,27 +148,6 @@ impl Health {
             .saturating_add(1)
     }
 
-    /// Notes a tunnel it ended at once; how many in a row now.
-    pub(crate) fn ended_at_once(&self) -> u32 {
-        (self.ended_at_once)
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1)
-    }
-
-    /// Notes a tunnel that took (carried its bytes, or lasted); whether it had ended
-    /// [`REFUSALS_IN_A_ROW`] or more at once until now.
-    pub(crate) fn tunnel_took(&self) -> bool {
-        // Read first: tunnels of a backend that is fine (all of them, nearly) write nothing.
-        self.ended_at_once.load(Ordering::Relaxed) != 0
-            && self.ended_at_once.swap(0, Ordering::Relaxed) >= REFUSALS_IN_A_ROW
-    }
-
-    /// Whether its last [`REFUSALS_IN_A_ROW`] tunnels or more ended at once: a 101 from it
-    /// proves nothing until one takes.
-    pub(crate) fn on_trial(&self) -> bool {
-        self.ended_at_once.load(Ordering::Relaxed) >= REFUSALS_IN_A_ROW
-    }
-
     /// Notes an upgrade it accepted: its refusals in a row are over.
     pub(crate) fn upgraded(&self) {
         // Read first: a backend that accepts (nearly all of them) writes nothing.
@@ -222,24 +197,6 @@ mod tests {
     use super::*;
 
     const FIRST: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn tunnels_ended_at_once_count_in_a_row_until_one_takes() {
-        let health = Health::default();
-        for n in 1..REFUSALS_IN_A_ROW {
-            assert_eq!(health.ended_at_once(), n);
-            assert!(!health.on_trial());
-        }
-        assert_eq!(health.ended_at_once(), REFUSALS_IN_A_ROW);
-        assert!(health.on_trial());
-        // One that takes ends the trial, and says it was one.
-        assert!(health.tunnel_took());
-        assert!(!health.on_trial());
-        // Fewer in a row were no trial.
-        health.ended_at_once();
-        assert!(!health.tunnel_took());
-        assert_eq!(health.ended_at_once(), 1);
-    }
 
     /// Its cool-down over, as if that much time had passed.
     fn cooled(health: &Health) {

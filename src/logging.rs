@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::LogFormat;
 use crate::sync::lock;
@@ -30,7 +31,33 @@ pub(crate) fn dropped_lines() -> u64 {
 /// The logging set up by [`init`]: lines still queued are written when it is dropped (for up
 /// to a second), so hold it until the process is done logging.
 pub struct Logging {
-    _queue: Option<tracing_appender::non_blocking::WorkerGuard>,
+    queue: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+/// How long exiting waits for the queued lines to be written.
+const FLUSH_WAIT: Duration = Duration::from_millis(1_100);
+
+impl Drop for Logging {
+    /// Waits for the lines still queued, at most [`FLUSH_WAIT`]. The queue's own guard is
+    /// dropped on a thread of its own: with the queue full (a reader that stopped), it
+    /// prints on stdout that it cannot stop the writer, and where stdout is a closed pipe
+    /// that print panics, and the panic's report blocks on the full stderr for ever; the
+    /// process must exit all the same.
+    fn drop(&mut self) {
+        let Some(queue) = self.queue.take() else {
+            return;
+        };
+        let (done, flushed) = std::sync::mpsc::channel();
+        let dropping = std::thread::Builder::new()
+            .name("wsgate-log-flush".into())
+            .spawn(move || {
+                drop(queue);
+                let _ = done.send(());
+            });
+        if dropping.is_ok() {
+            let _ = flushed.recv_timeout(FLUSH_WAIT);
+        }
+    }
 }
 
 /// Sets up the process's logging: `format`, filtered by `RUST_LOG` (`info` by default), on
@@ -73,12 +100,19 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(QUEUED_LINES)
-        .thread_name("wsgate-log")
-        .finish(std::io::stderr());
-    let _ = DROPPED.set(writer.error_counter());
+    // The writer's thread cannot be started (a pids limit reached): stderr written
+    // directly, as better than no log at all. (The library panics rather than say so.)
+    let queued = std::panic::catch_unwind(|| {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(QUEUED_LINES)
+            .thread_name("wsgate-log")
+            .finish(std::io::stderr())
+    });
+    let (writer, guard) = match queued {
+        Ok((writer, guard)) => (BoxMakeWriter::new(writer.clone()), Some((writer, guard))),
+        Err(_) => (BoxMakeWriter::new(std::io::stderr), None),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
@@ -96,9 +130,11 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     if let Some(Err(e)) = parsed {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
     }
-    Logging {
-        _queue: set.is_ok().then_some(guard),
-    }
+    let Some((writer, guard)) = guard.filter(|_| set.is_ok()) else {
+        return Logging { queue: None };
+    };
+    let _ = DROPPED.set(writer.error_counter());
+    Logging { queue: Some(guard) }
 }
 
 /// Whether a `RUST_LOG` value has a directive for `library` (or one of its modules), not

@@ -283,10 +283,10 @@ impl Default for Metrics {
             "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
             "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
-            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, refused five upgrades in a row, or ended five tunnels in a row at once, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
+            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, or refused five upgrades in a row, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
             "backend_address_connections_open", "Connections open now to each backend address (a headless Service's pods, one by one), from every route", address_connections;
-            "certificate_expiry_timestamp_seconds", "Unix time at which each certificate wsgate presents (by file: served, or a backend client certificate) expires", certificate_expiry;
+            "certificate_expiry_timestamp_seconds", "Unix time at which each certificate chain wsgate presents (by file: served, or a backend client certificate) stops being valid: the first end among its leaf and the intermediates sent with it", certificate_expiry;
             "client_crl_next_update_timestamp_seconds", "Unix time at which the first of the revocation lists in tls.client_crl is due to be replaced (their earliest nextUpdate)", crl_next_update;
             "config_reloads", "Config reloads, by result (success, failure)", reloads;
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;

@@ -278,7 +278,6 @@ fn spawn_tunnel(
         socket,
         early,
         busy,
-        trial,
         ..
     } = tunnel;
     shared.tracker.spawn(async move {
@@ -294,9 +293,6 @@ fn spawn_tunnel(
         let outcome = (&mut splice).await;
         // The backend's side is over: it has one connection less to balance by.
         drop(busy);
-        if let Some(trial) = trial {
-            trial.ended(&outcome, (&route, &backend), &conn.shared.metrics);
-        }
         open.closed(&route, &outcome);
         let detail = splice.client_failure();
         access_log::tunnel_line(&conn, &route, &backend, &outcome, detail.as_deref());

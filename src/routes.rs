@@ -221,13 +221,8 @@ impl Route {
 
     /// The health of `backend`, one of this route's (the first, if listed twice).
     pub(crate) fn health_of(&self, backend: &str) -> Option<&Health> {
-        self.shared_health_of(backend).map(|health| &**health)
-    }
-
-    /// [`Self::health_of`], to keep beyond the table's life (a tunnel's).
-    pub(crate) fn shared_health_of(&self, backend: &str) -> Option<&Arc<Health>> {
         let index = self.config.backends.iter().position(|b| b == backend)?;
-        self.health.get(index)
+        self.health.get(index).map(|health| &**health)
     }
 
     fn load_of(&self, backend: &str) -> Option<&Arc<Load>> {

@@ -554,10 +554,17 @@ fn a_config_without_routes_loads_with_a_warning() {
 /// second entry naming the first.
 #[test]
 fn an_entry_listed_twice_is_warned_about() {
-    let body = "[[route]]\nname = \"a\"\npath = \"/\"\norigins = [\"https://a.com\", \"https://b.com\", \"HTTPS://A.com/\"]\nsubprotocols = [\"v1\", \"v1\", \"V1\"]\nbackends = [\"h:1\"]\n";
+    let body = "[[route]]\nname = \"a\"\npath = \"/\"\norigins = [\"https://a.com\", \"https://b.com\", \"HTTPS://A.com/\"]\nsubprotocols = [\"v1\", \"v1\", \"V1\", \"v1\"]\nbackends = [\"h:1\"]\n";
     let config = parse(body).unwrap();
     let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    // A third names the first too.
+    assert!(
+        warnings[2].contains(
+            "route[0].subprotocols[3]: \"v1\" is listed twice (first as route[0].subprotocols[0])"
+        ),
+        "{warnings:?}"
+    );
     assert!(
         warnings[0].contains(":9:46: route[0].origins[2]: \"https://a.com\" is listed twice (first as route[0].origins[0])"),
         "{warnings:?}"

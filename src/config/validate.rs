@@ -524,10 +524,12 @@ impl Checker<'_> {
             };
             let mut seen: HashMap<&str, usize> = HashMap::new();
             for (j, (entry, text)) in raw.get_ref().iter().zip(compared).enumerate() {
-                if let Some(first) = seen.insert(text, j) {
+                if let Some(&first) = seen.get(text.as_str()) {
                     let message = format!("{text:?} is listed twice (first as route[{i}].{field}[{first}]): one entry is enough, or another was meant");
                     let key = format!("route[{i}].{field}[{j}]");
                     warnings.push(self.error(&entry.span(), &key, message));
+                } else {
+                    seen.insert(text, j);
                 }
             }
         }

@@ -25,6 +25,9 @@ pub(crate) struct Expiry {
     /// warnings' words).
     starts_with: Option<Intermediate>,
     ends_with: Option<Intermediate>,
+    /// The leaf's own notBefore and notAfter: a leaf out of its validity is refused
+    /// whatever path a peer finds, and is the one to name then.
+    leaf: (i64, i64),
     /// Who checks it, for the warnings' words.
     role: Chain,
 }
@@ -45,12 +48,15 @@ impl Expiry {
     /// not the leaf) is left out: peers check against their own copy.
     pub(super) fn of(file: &Path, chain: &[CertificateDer<'_>], role: Chain) -> Option<Expiry> {
         let (_, leaf) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+        let (from, until) = (leaf.validity().not_before, leaf.validity().not_after);
+        let (from, until) = (from.timestamp(), until.timestamp());
         let mut expiry = Expiry {
             file: file.to_path_buf(),
-            not_before: leaf.validity().not_before.timestamp(),
-            not_after: leaf.validity().not_after.timestamp(),
+            not_before: from,
+            not_after: until,
             starts_with: None,
             ends_with: None,
+            leaf: (from, until),
             role,
         };
         for (i, der) in chain.iter().enumerate().skip(1) {
@@ -108,10 +114,15 @@ pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<Strin
                 Chain::Client => "backends asking for it",
                 Chain::Served | Chain::Trusted => "clients",
             };
-            let (starts, ends) = (which(&cert.starts_with), which(&cert.ends_with));
+            // The leaf, when it is out of its own validity; else the certificate deciding.
+            let (from, until) = cert.leaf;
+            let starts = which(if from > now { &None } else { &cert.starts_with });
+            let leaf_over = until <= now;
+            let ends_with = if leaf_over { &None } else { &cert.ends_with };
+            let ends = which(ends_with);
             // An intermediate's end is a chain to replace with the leaf, if peers cannot
             // build another path.
-            let unless = match cert.ends_with {
+            let unless = match ends_with {
                 Some(_) => " unless they find another path to a root they trust",
                 None => "",
             };

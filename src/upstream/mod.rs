@@ -22,7 +22,6 @@ use tokio_util::either::Either;
 
 use crate::config::Balance;
 use crate::error::ProxyError;
-use crate::health::Health;
 use crate::load::{Busy, Loads};
 use crate::metrics::Metrics;
 use crate::routes::Route;
@@ -30,11 +29,9 @@ use crate::websocket;
 
 mod dial;
 mod stream;
-mod trial;
 mod turns;
 
 pub(crate) use stream::{tcp_of, tcp_of_mut, BackendIo};
-pub(crate) use trial::Trial;
 
 use turns::{back_in_turn, connect_in_turn, put_aside, Turns};
 
@@ -47,8 +44,6 @@ pub(crate) struct Tunnel {
     pub early: Bytes,
     /// The tunnel, counted in its backend's open connections until dropped.
     pub busy: Counted,
-    /// On a least-connections route, what judges the backend by how the tunnel ends.
-    pub trial: Option<Box<Trial>>,
 }
 
 /// A backend connection counted in its backend's open connections, and in its address's
@@ -167,7 +162,7 @@ async fn exchange(
             let socket = secure(route, backend, dialed.socket).await?;
             attempt(socket, request, &offer, busy).await
         };
-        let mut answered = match tokio::time::timeout_at(deadline, answering).await {
+        let answered = match tokio::time::timeout_at(deadline, answering).await {
             Ok(answered) => answered,
             Err(_) => {
                 let given = (asked, turns.fair_share());
@@ -179,16 +174,9 @@ async fn exchange(
         let cannot = cannot_serve(&answered);
         let least = route.config.balance == Balance::LeastConnections;
         let cannot = cannot.or_else(|| refused_too_often(route, backend, &answered));
-        // A backend whose last tunnels ended at once: its 101 proves nothing until one takes
-        // (see `trial`).
-        let mut proves = true;
-        if let (true, Ok(Answer::Upgraded(tunnel))) = (least, &mut answered) {
-            tunnel.trial = Trial::of(route, at, leg.timing.cooldown, (began, asked));
-            proves = !route.health_of(backend).is_some_and(Health::on_trial);
-        }
         if let Some(error) = cannot.as_ref().filter(|_| least) {
             answer_failed(leg, at, error, (began, asked));
-        } else if proves && !matches!(answered, Err(Attempt::Gone(_))) {
+        } else if !matches!(answered, Err(Attempt::Gone(_))) {
             // Anything but a close before answering: the backend takes connections.
             back_in_turn(route, backend);
             // Every answer that serves, so that failures in a row are counted between answers
@@ -566,7 +554,6 @@ async fn take_tunnel(
         socket: parts.io.into_inner().socket,
         early: parts.read_buf,
         busy,
-        trial: None,
     })
 }
 

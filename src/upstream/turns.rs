@@ -17,7 +17,6 @@ use crate::config::Balance;
 use crate::error::{out_of_descriptors, ProxyError};
 use crate::health::{self, Health, Leave};
 use crate::load::Busy;
-use crate::metrics::Metrics;
 use crate::race::{Event, Race};
 use crate::routes::Route;
 
@@ -371,27 +370,15 @@ pub(super) fn put_aside(leg: Leg<'_>, backend: &str, error: &dyn std::fmt::Displ
     if !route.has_others() || cooldown.is_zero() {
         return;
     }
-    if let Some(health) = route.health_of(backend) {
-        let at = (route.config.name.as_str(), backend);
-        put_aside_said(health, at, cooldown, began, (metrics, error));
-    }
-}
-
-/// [`put_aside`]'s work once the route allows it: `at` is the route's name and the backend.
-pub(super) fn put_aside_said(
-    health: &Health,
-    at: (&str, &str),
-    cooldown: Duration,
-    began: u64,
-    (metrics, error): (&Metrics, &dyn std::fmt::Display),
-) {
-    let Some(aside) = health.failed(cooldown, began) else {
+    let Some(aside) = route
+        .health_of(backend)
+        .and_then(|h| h.failed(cooldown, began))
+    else {
         return;
     };
-    let (route, backend) = at;
-    metrics.backend_put_aside(route, backend);
+    metrics.backend_put_aside(&route.config.name, backend);
     tracing::warn!(
-        route,
+        route = %route.config.name,
         backend,
         %error,
         failures_in_a_row = aside.nth,

@@ -218,6 +218,16 @@ fn check_warns_about_an_intermediate_that_has_expired_or_expires_soon() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(!stdout.contains("4096"), "{stdout:?}");
     }
+    // A leaf run out itself is named, whatever ended before it: no other path saves it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), ROUTE);
+    let issuing = pki().intermediate_until("issuing CA", now - time::Duration::days(30));
+    let (cert, key) = issuing.leaf_until(SERVER_NAMES, Some((2020, 6, 30)));
+    std::fs::write(dir.path().join("server.crt"), cert + &issuing.ca_pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
+    let stderr = String::from_utf8_lossy(&check(&path).stderr).into_owned();
+    let said = "server.crt: certificate has expired; clients will refuse it\n";
+    assert!(stderr.contains(said), "{stderr:?}");
 }
 
 #[test]

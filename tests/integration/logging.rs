@@ -54,11 +54,13 @@ async fn a_log_reader_that_stopped_reading_holds_up_no_connection() {
     assert_eq!(sample(&text, "wsgate_log_lines_dropped_total"), Some(0.0));
     // Read again: the lines held back come through, the tunnel's among them.
     close(ws).await;
-    tokio::task::block_in_place(|| {
-        let seen = (&mut stderr).lines().map_while(Result::ok);
-        let tunnel = seen
-            .filter(|line| line.contains("\"tunnel closed\""))
-            .take(1);
-        assert_eq!(tunnel.count(), 1);
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
     });
+    line_containing(seen, "\"tunnel closed\"").await;
 }

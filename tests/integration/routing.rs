@@ -374,49 +374,6 @@ async fn least_connections_puts_aside_a_backend_that_refuses_five_upgrades_in_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_connections_puts_aside_a_backend_that_ends_five_tunnels_in_a_row_at_once() {
-    let BesideGood {
-        proxy,
-        failing: crashing,
-        admin,
-        aside,
-        mut held,
-        _good,
-    } = BesideGood::start().await;
-    // A backend whose process fails each WebSocket session right after its 101: holding no
-    // tunnel, it is every request's first choice. `says`: bytes it sends before closing.
-    let tunnel = |says: &'static [u8]| {
-        let (proxy, crashing) = (&proxy, &crashing);
-        async move {
-            let req = Req::upgrade("chat.example.com", "/ws");
-            let (mut client, mut back, head, _) = raw_tunnel(proxy.addr, crashing, &req).await;
-            assert_eq!(head.status, 101);
-            back.send(says).await;
-            drop(back);
-            assert_eq!(client.read_to_end().await, says);
-            drop(client);
-            // Its count back to none: the next request's choice again.
-            scrape_until(admin, &open_to(crashing.addr), 0.0).await;
-        }
-    };
-    for _ in 0..4 {
-        tunnel(b"").await;
-    }
-    // A close frame (a server ending a session, even at once) is a tunnel that took.
-    tunnel(b"\x88\x02\x03\xe8").await;
-    for _ in 0..4 {
-        tunnel(b"").await;
-    }
-    assert_eq!(sample(&metrics(admin).await, &aside), None);
-    tunnel(b"").await;
-    scrape_until(admin, &aside, 1.0).await;
-    for _ in 0..3 {
-        held.push(held_on(&proxy, "good").await);
-    }
-    assert!(crashing.waiting().await.is_none(), "not dialed again");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_takes_a_backends_server_error_as_an_answer() {
     let good = WsBackend::start("good").await;
     let failing = RawBackend::start().await;
