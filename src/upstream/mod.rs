@@ -384,6 +384,7 @@ async fn attempt(
     let socket = Heard {
         socket,
         heard: heard.clone(),
+        read: 0,
     };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         // The answer's head must fit (64 KiB: four times nginx's proxy_buffer_size ceiling),
@@ -565,7 +566,16 @@ const BACKEND_BUFFER: usize = 64 * 1024;
 struct Heard {
     socket: BackendIo,
     heard: Arc<AtomicBool>,
+    /// Bytes read so far, framing included (see [`ANSWER_MOST`]).
+    read: u64,
 }
+
+/// The most of a backend's answer read, head and body with their framing, before its
+/// connection is given up: a refusal's body is relayed at the client's pace, but an endless
+/// one, or framing that yields no byte of body (a chunk size of endless zeros, a stream of
+/// 100 Continue heads), would keep a core parsing until the connection's deadline. Far above
+/// any page a refusal carries; a 101's socket is taken over long before.
+const ANSWER_MOST: u64 = 16 << 20;
 
 impl AsyncRead for Heard {
     fn poll_read(
@@ -575,8 +585,17 @@ impl AsyncRead for Heard {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.socket).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
             self.heard.store(true, Ordering::Relaxed);
+            self.read += read;
+            if self.read > ANSWER_MOST {
+                let why = "answer over 16 MiB: the rest is not read";
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    why,
+                )));
+            }
         }
         polled
     }

@@ -571,6 +571,36 @@ async fn a_large_refusal_body_is_relayed_whole_at_the_clients_pace() {
     client.expect_close_notify().await;
 }
 
+/// A refusal whose body never ends (or whose framing never yields a byte of it) is read to
+/// 16 MiB, framing included, and its relay ends there: not at the connection's deadline,
+/// a core parsing all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_refusal_body_is_cut_after_16_mib() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    for chunk in ["1000\r\n", "0000000000000000"] {
+        let mut client = raw_client(proxy.addr).await;
+        client.send(ws().bytes()).await;
+        let mut back = backend.accept().await;
+        back.read_head().await;
+        back.send("HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        // 4 KiB chunks, or a chunk size of zeros never ended, until the proxy lets go.
+        let piece = match chunk {
+            "1000\r\n" => [chunk.as_bytes(), &[b'x'; 4096], b"\r\n"].concat(),
+            _ => chunk.repeat(4096).into_bytes(),
+        };
+        let feeding = async { while back.try_send(&piece).await.is_ok() {} };
+        let reading = async {
+            let head = client.read_head().await;
+            assert_eq!(head.status, 500, "{head:?}");
+            client.read_to_end().await.len()
+        };
+        let ((), got) = tokio::join!(feeding, reading);
+        assert!(got < 17 << 20, "{got} bytes relayed");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answer_head_up_to_64_kib_is_relayed_and_a_larger_one_is_502() {
     let backend = RawBackend::start().await;
