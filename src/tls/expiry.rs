@@ -116,7 +116,8 @@ pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<Strin
             };
             // The leaf, when it is out of its own validity; else the certificate deciding.
             let (from, until) = cert.leaf;
-            let starts = which(if from > now { &None } else { &cert.starts_with });
+            let leaf_early = from > now;
+            let starts = which(if leaf_early { &None } else { &cert.starts_with });
             let leaf_over = until <= now;
             let ends_with = if leaf_over { &None } else { &cert.ends_with };
             let ends = which(ends_with);
@@ -127,7 +128,8 @@ pub(crate) fn validity_warnings(expiry: &[Expiry], config: &Config) -> Vec<Strin
                 None => "",
             };
             let message = if cert.not_before > now {
-                let from = rfc3339(cert.not_before);
+                // The date of the certificate named: the leaf's own, when it is the leaf.
+                let from = rfc3339(if leaf_early { from } else { cert.not_before });
                 format!("{file}: {starts} is not valid before {from}; {checkers} will refuse it until then")
             } else if left <= 0 {
                 format!("{file}: {ends} has expired; {checkers} will refuse it{unless}")
