@@ -57,6 +57,11 @@ pub(super) struct Direction {
     /// The last write found the writer full, with bytes still to go.
     pub(super) stuck: bool,
     pub(super) bytes: u64,
+    /// The reader failed (or its connection was reset, which a write to it took first): the
+    /// direction ends with that failure once what it read before is written, not at once,
+    /// so a client's last frame in front of its reset or a broken record still reaches the
+    /// backend, as the kernel hands out what arrived before a reset.
+    read_failed: Option<io::ErrorKind>,
 }
 
 impl Direction {
@@ -71,7 +76,20 @@ impl Direction {
             finished: false,
             stuck: false,
             bytes: 0,
+            read_failed: None,
         }
+    }
+
+    /// The reader's connection was reset (a write to it said so): its end of stream, once
+    /// what it sent before is relayed, is that failure, not a half-close to pass on.
+    pub(super) fn reader_reset(&mut self) {
+        self.read_failed
+            .get_or_insert(io::ErrorKind::ConnectionReset);
+    }
+
+    /// How the reader failed, if it did.
+    pub(super) fn read_failure(&self) -> Option<io::ErrorKind> {
+        self.read_failed
     }
 
     /// Client → backend: the reader keeps its own buffer (the TLS stream's plaintext, one
@@ -98,7 +116,11 @@ impl Direction {
             let data = match Pin::new(&mut *reader).poll_fill_buf(cx) {
                 Poll::Ready(Ok(data)) => data,
                 Poll::Ready(Err(e)) if is_eof(&e) => &[],
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e.kind()))),
+                Poll::Ready(Err(e)) => {
+                    // Bytes gathered before it are still to go: end once they have.
+                    self.read_failed.get_or_insert(e.kind());
+                    &[]
+                }
                 Poll::Pending => {
                     ready!(self.poll_write_held(cx, writer, active))?;
                     return self.poll_idle_flush(cx, writer);
@@ -237,12 +259,16 @@ impl Direction {
         Poll::Pending
     }
 
-    /// Pass the half-close on: flush and shut down the writer's sending side.
+    /// Pass the half-close on: flush and shut down the writer's sending side. Unless the
+    /// reader failed: a stream cut short is not a close, and the tunnel ends with the failure.
     fn poll_finish<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         writer: &mut W,
     ) -> Poll<Result<()>> {
+        if let Some(kind) = self.read_failed {
+            return Poll::Ready(Err(Failure::Read(kind)));
+        }
         match ready!(Pin::new(writer).poll_shutdown(cx)) {
             // The peer may already be gone; the other direction decides what that means.
             Ok(()) | Err(_) => {}
@@ -364,11 +390,40 @@ mod tests {
         }
     }
 
-    /// Takes everything, and notes the size of each write.
+    /// Hands out a small record's plaintext, then fails as a reset does.
+    struct ThenReset(&'static [u8]);
+
+    impl AsyncRead for ThenReset {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            unreachable!("read through its buffer")
+        }
+    }
+
+    impl AsyncBufRead for ThenReset {
+        fn poll_fill_buf(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+            let this = self.get_mut();
+            match this.0.is_empty() {
+                true => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+                false => Poll::Ready(Ok(this.0)),
+            }
+        }
+
+        fn consume(self: Pin<&mut Self>, n: usize) {
+            let this = self.get_mut();
+            this.0 = &this.0[n..];
+        }
+    }
+
+    /// Takes everything, and notes the size of each write and whether it was shut down.
     #[derive(Default)]
     struct Writes {
         sizes: Vec<usize>,
         bytes: Vec<u8>,
+        shut: bool,
     }
 
     impl AsyncWrite for Writes {
@@ -388,6 +443,7 @@ mod tests {
         }
 
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().shut = true;
             Poll::Ready(Ok(()))
         }
     }
@@ -427,6 +483,44 @@ mod tests {
         assert_eq!(
             (writer.sizes.as_slice(), writer.bytes.as_slice()),
             (&[5][..], &b"hello"[..])
+        );
+    }
+
+    /// A client's close frame, gathered (a small record), then its reset in the same read:
+    /// the frame still goes out, then the failure ends the direction, without a half-close.
+    #[test]
+    fn bytes_gathered_before_a_failed_read_are_written_first() {
+        let mut direction = Direction::new(Bytes::new());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let (mut reader, mut writer) = (ThenReset(b"close frame"), Writes::default());
+        let relayed = direction.poll_from_buffered(&mut cx, &mut reader, &mut writer, &mut false);
+        assert!(matches!(
+            relayed,
+            Poll::Ready(Err(Failure::Read(io::ErrorKind::ConnectionReset)))
+        ));
+        assert_eq!(
+            (writer.bytes.as_slice(), writer.shut),
+            (&b"close frame"[..], false)
+        );
+    }
+
+    /// A backend whose reset a write took first: what it sent before is relayed, then its
+    /// end of stream is the failure it is, not a half-close (a close_notify) to pass on.
+    #[test]
+    fn the_end_of_a_reset_readers_stream_is_a_failure() {
+        let mut direction = Direction::new(Bytes::new());
+        direction.reader_reset();
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut reader = io::Cursor::new(b"last words".to_vec());
+        let mut writer = Writes::default();
+        let relayed = direction.poll_from_raw(&mut cx, &mut reader, &mut writer, &mut false);
+        assert!(matches!(
+            relayed,
+            Poll::Ready(Err(Failure::Read(io::ErrorKind::ConnectionReset)))
+        ));
+        assert_eq!(
+            (writer.bytes.as_slice(), writer.shut),
+            (&b"last words"[..], false)
         );
     }
 }

@@ -7,10 +7,11 @@
 //!   read, and keeps it only while read bytes wait to be written (the way HAProxy does it,
 //!   rather than `copy_bidirectional`'s two 8 KiB buffers held for the tunnel's whole life).
 //!
-//! A half-close is passed on; a failed read ends both sides at once, a failed write only the
-//! direction writing to the broken peer (what that peer sent before it went is still
-//! delivered); and the idle timer is re-armed lazily (only when it fires) so traffic never
-//! touches the timer wheel.
+//! A half-close is passed on; a failed read ends both sides once what was read before it is
+//! written on (a client's last frame in front of its reset still reaches the backend), a
+//! failed write only the direction writing to the broken peer (what that peer sent before it
+//! went is still delivered); and the idle timer is re-armed lazily (only when it fires) so
+//! traffic never touches the timer wheel.
 //!
 //! Layout: `direction` is one way of the relay (its buffers borrowed from `crate::pool`),
 //! `peer` what the relay asks of a connection beyond reads and writes, `linger` the close once
@@ -226,20 +227,13 @@ where
     /// sent before it went, still waiting for the stuck writer, is dropped with it, as a reset
     /// drops data in flight.
     ///
-    /// A reset a write to that reader already took (the other direction's) is as good as
-    /// one still held: that peer is gone either way.
+    /// A reset a write to that reader already took (the other direction's), or a failure the
+    /// reader reported while bytes it sent before wait, is as good as one still held: that
+    /// peer is gone either way.
     fn probe(&self) -> Option<CloseReason> {
-        let gone = |stuck: bool, socket: &dyn PeerSocket, peer| {
-            let reset = match self.write_failure {
-                Some((failed, kind))
-                    if failed == peer && kind == io::ErrorKind::ConnectionReset =>
-                {
-                    Some(kind)
-                }
-                _ => None,
-            };
-            let kind = if stuck {
-                reset.or_else(|| socket.peer_error())
+        let gone = |direction: &Direction, socket: &dyn PeerSocket, peer| {
+            let kind = if direction.stuck {
+                direction.read_failure().or_else(|| socket.peer_error())
             } else {
                 None
             };
@@ -250,8 +244,8 @@ where
                 kind => CloseReason::Error(peer, kind),
             })
         };
-        gone(self.up.stuck, &self.client, Peer::Client)
-            .or_else(|| gone(self.down.stuck, &self.backend, Peer::Backend))
+        gone(&self.up, &self.client, Peer::Client)
+            .or_else(|| gone(&self.down, &self.backend, Peer::Backend))
     }
 
     /// A write to `to` failed: its connection is broken (typically its reset answering bytes
@@ -260,12 +254,20 @@ where
     /// what `to` sent before it went (a backend's last message and close frame must not be
     /// thrown away because the client sent a ping meanwhile), and the same broken connection
     /// soon ends its reads with an EOF or an error.
+    ///
+    /// A reset (ECONNRESET: an abort, not a close) is also the other direction's news: the
+    /// end of stream it then reads from `to` is a stream cut short, so it ends the tunnel as
+    /// `to`'s failure rather than being passed on as a half-close (a TLS close_notify would
+    /// tell the client its backend closed when it crashed).
     fn write_failed(&mut self, to: Peer, kind: io::ErrorKind) {
-        let this = match to {
-            Peer::Backend => &mut self.up,
-            Peer::Client => &mut self.down,
+        let (this, other) = match to {
+            Peer::Backend => (&mut self.up, &mut self.down),
+            Peer::Client => (&mut self.down, &mut self.up),
         };
         this.abandon();
+        if kind == io::ErrorKind::ConnectionReset {
+            other.reader_reset();
+        }
         self.write_failure.get_or_insert((to, kind));
     }
 

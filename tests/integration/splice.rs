@@ -663,3 +663,64 @@ async fn a_client_tls_failure_in_the_tunnel_is_logged_in_tls_words() {
     assert!(line.contains("client error: invalid data ("), "{line}");
     assert!(line.to_lowercase().contains("decrypt"), "{line}");
 }
+
+/// A client's last frame right in front of a record that does not decrypt, read by the proxy
+/// in one go, still reaches the backend before the tunnel ends as the client's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_frame_right_before_a_broken_record_reaches_the_backend() {
+    use std::io::Write;
+    use tokio::io::AsyncWriteExt;
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let last = frame(true, OP_CLOSE, &close_payload(1000, "bye"), true);
+    // The frame's record, then 32 bytes no key decrypts, in one write.
+    let (tcp, tls) = client.stream.get_mut();
+    tls.writer().write_all(&last).unwrap();
+    let mut flight = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut flight).unwrap();
+    }
+    flight.extend([0x17, 0x03, 0x03, 0x00, 0x20]);
+    flight.extend([0x5a; 32]);
+    tcp.write_all(&flight).await.unwrap();
+    assert_eq!(back.read_exact(last.len()).await, last);
+    back.expect_closed().await;
+    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_error"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+}
+
+/// A backend that aborts while the client uploads to it faster than it reads: the proxy's
+/// write meets the reset first, after which the backend's stream reads as ended. The client
+/// must still be told its stream was cut (a FIN without TLS close_notify), not that the
+/// backend closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_aborting_under_an_upload_cuts_the_client_without_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;
+    let (client, back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    let (mut from_proxy, mut to_proxy) = tokio::io::split(client.stream);
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 16];
+        while to_proxy.write_all(&chunk).await.is_ok() {}
+    });
+    until("the proxy's writes to the backend to be held up", || {
+        proxy_cannot_write_to(&back.stream)
+    })
+    .await;
+    back.stream.set_zero_linger().unwrap();
+    drop(back);
+    let end = within("the client's connection to end", async {
+        let mut rest = Vec::new();
+        from_proxy.read_to_end(&mut rest).await.map(|_| rest)
+    })
+    .await;
+    upload.abort();
+    match end {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}"),
+        Ok(rest) => panic!("a close_notify after {} more bytes", rest.len()),
+    }
+    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="backend_error"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+}
