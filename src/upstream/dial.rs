@@ -29,6 +29,8 @@ pub(super) struct Progress {
     /// Addresses set aside as the connect was dropped unanswered (see [`Unanswered`]), for
     /// the metrics when another backend took the request.
     silent: AtomicU32,
+    /// How the tries before the last failed, when every try did (see [`Progress::earlier`]).
+    earlier: std::sync::Mutex<Vec<std::io::ErrorKind>>,
 }
 
 impl Progress {
@@ -39,7 +41,15 @@ impl Progress {
             all_aside: AtomicBool::new(false),
             disarmed: AtomicBool::new(false),
             silent: AtomicU32::new(0),
+            earlier: std::sync::Mutex::default(),
         }
+    }
+
+    /// How the tries before the last one failed, when all failed (the connect's error is the
+    /// last one's): a route's only address dialed three times, or a name's three addresses
+    /// each refusing, are three failed connects for the metrics, not one.
+    pub(super) fn earlier(&self) -> Vec<std::io::ErrorKind> {
+        std::mem::take(&mut *self.earlier.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn dialed(&self, last: bool) {
@@ -297,6 +307,8 @@ async fn connect_any(
     let mut next = 0;
     // The failures an address that answers hides from the request: see [`Dialed::hidden`].
     let mut hidden = Vec::new();
+    // Whether `last` is among them.
+    let mut last_counted = false;
     loop {
         // None started with no time left: it could only connect for a request given up.
         let time_left = tokio::time::Instant::now() < window.deadline;
@@ -312,6 +324,15 @@ async fn connect_any(
             dial.progress.dialed(next == count);
         }
         if race.race.is_empty() {
+            // The last failure is the connect's error; those before it are the tries' own.
+            if !hidden.is_empty() && last_counted {
+                hidden.pop();
+            }
+            *dial
+                .progress
+                .earlier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = hidden;
             return Err(last);
         }
         let more = next < count && time_left;
@@ -334,12 +355,13 @@ async fn connect_any(
             Some(Err(e)) => {
                 dial.failed(addr, began, &e);
                 hidden.push(e.kind());
-                last = e;
+                (last, last_counted) = (e, true);
             }
             None => {
                 last = no_answer();
                 // One whose share was cut short (or came to nothing) is not to blame.
-                if !share.is_zero() && share >= fair_share / 2 {
+                last_counted = !share.is_zero() && share >= fair_share / 2;
+                if last_counted {
                     hidden.push(std::io::ErrorKind::TimedOut);
                     dial.failed(addr, began, &last);
                 }
@@ -592,6 +614,23 @@ mod tests {
                 assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
             }
         }
+    }
+
+    /// A route's only backend refusing: dialed again at once after each refusal, three
+    /// times; the connect's error is the last refusal, and the two before it are kept for
+    /// the metrics (three failed connects, not one).
+    #[tokio::test]
+    async fn each_refused_try_of_a_lone_address_is_kept_for_the_metrics() {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = refused.local_addr().unwrap().to_string();
+        drop(refused);
+        let timing = timing(Duration::from_secs(5), Duration::from_millis(250));
+        let progress = Arc::new(Progress::new());
+        let window = whole(tokio::time::Instant::now() + timing.timeout);
+        let error = connect_alone(&backend, window, timing, &progress).await;
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+        let refusal = std::io::ErrorKind::ConnectionRefused;
+        assert_eq!(progress.earlier(), [refusal; SINGLE_ADDRESS_TRIES - 1]);
     }
 
     /// A route's only address dialed again with an attempt delay over a third of the time:

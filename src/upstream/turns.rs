@@ -258,7 +258,9 @@ fn note_failure<'a, 'r>(
     if timed_out && turns.timed_out.is_none() {
         turns.timed_out = Some(backend);
     }
-    // Failover hides a dead backend from clients; the counter shows it to operators.
+    // Failover hides a dead backend from clients; the counter shows it to operators, each
+    // failed try (its addresses', or its only address dialed again).
+    count_hidden(leg, backend, attempt.progress.earlier().into_iter());
     (leg.metrics).backend_connect_failed(&route.config.name, backend, error);
     let cut_short = timed_out && attempt.share < turns.fair_share / 2;
     if !cut_short {

@@ -39,6 +39,21 @@ async fn every_backend_refusing_is_502_without_addresses() {
     assert_no_address(&body, &[a, b]);
 }
 
+/// A route's only backend is dialed again at once after a refusal (another pod may be
+/// behind its address), three times in all: each refused connect is counted, not only the
+/// last, which is the one the request's 502 is about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refused_connect_to_a_routes_only_backend_is_counted() {
+    let refusing = closed_port().await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[refusing]))).await;
+    let (head, _) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    let failed = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{refusing}",error="refused"}}"#
+    );
+    scrape_until(proxy.server.admin_addr().unwrap(), &failed, 3.0).await;
+}
+
 /// A backend that fails is put aside for longer than any test runs: which backend takes each
 /// request does not depend on how fast the test runs.
 const SET_ASIDE_LONG: &str = "[timeouts]\nbackend_cooldown = \"1h\"\n\n";
