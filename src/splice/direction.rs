@@ -110,7 +110,14 @@ impl Direction {
         ready!(self.poll_early(cx, writer, active))?;
         loop {
             if self.eof {
-                ready!(self.poll_write_held(cx, writer, active))?;
+                let held = ready!(self.poll_write_held(cx, writer, active));
+                // The reader failed first: that is how the tunnel ends, whatever became of
+                // what it had sent before (the writer may have gone meanwhile, too).
+                if let (Some(kind), Err(_)) = (self.read_failed, &held) {
+                    release(self.buf.take());
+                    return Poll::Ready(Err(Failure::Read(kind)));
+                }
+                held?;
                 return self.poll_finish(cx, writer);
             }
             let data = match Pin::new(&mut *reader).poll_fill_buf(cx) {
@@ -522,5 +529,20 @@ mod tests {
             (writer.bytes.as_slice(), writer.shut),
             (&b"last words"[..], false)
         );
+    }
+
+    /// The same, but the backend had gone too (the write of the gathered bytes meets its
+    /// reset): the client's failure, which came first, is still the one reported.
+    #[test]
+    fn a_failed_read_is_reported_even_if_its_last_bytes_cannot_be_written() {
+        let mut direction = Direction::new(Bytes::new());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut reader = ThenReset(b"close frame");
+        let mut writer = crate::splice::test_peers::ResetAfter::closed(b"");
+        let relayed = direction.poll_from_buffered(&mut cx, &mut reader, &mut writer, &mut false);
+        assert!(matches!(
+            relayed,
+            Poll::Ready(Err(Failure::Read(io::ErrorKind::ConnectionReset)))
+        ));
     }
 }

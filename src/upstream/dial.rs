@@ -29,8 +29,9 @@ pub(super) struct Progress {
     /// Addresses set aside as the connect was dropped unanswered (see [`Unanswered`]), for
     /// the metrics when another backend took the request.
     silent: AtomicU32,
-    /// How the tries before the last failed, when every try did (see [`Progress::earlier`]).
-    earlier: std::sync::Mutex<Vec<std::io::ErrorKind>>,
+    /// How its tries failed so far, but for one that is the connect's own error (see
+    /// [`Progress::earlier`]).
+    failed: std::sync::Mutex<Vec<std::io::ErrorKind>>,
 }
 
 impl Progress {
@@ -41,15 +42,21 @@ impl Progress {
             all_aside: AtomicBool::new(false),
             disarmed: AtomicBool::new(false),
             silent: AtomicU32::new(0),
-            earlier: std::sync::Mutex::default(),
+            failed: std::sync::Mutex::default(),
         }
     }
 
-    /// How the tries before the last one failed, when all failed (the connect's error is the
-    /// last one's): a route's only address dialed three times, or a name's three addresses
-    /// each refusing, are three failed connects for the metrics, not one.
+    /// How its tries failed, taken for the metrics: those before an address that answered
+    /// (the request never sees them), before the last when all failed (the connect's error
+    /// is the last one's), or before the connect was dropped (another backend answered, or
+    /// the time ran out). A route's only address dialed three times, or a name's three
+    /// addresses each refusing, are three failed connects, not one.
     pub(super) fn earlier(&self) -> Vec<std::io::ErrorKind> {
-        std::mem::take(&mut *self.earlier.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.failures())
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Vec<std::io::ErrorKind>> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn dialed(&self, last: bool) {
@@ -305,9 +312,7 @@ async fn connect_any(
         dial,
     };
     let mut next = 0;
-    // The failures an address that answers hides from the request: see [`Dialed::hidden`].
-    let mut hidden = Vec::new();
-    // Whether `last` is among them.
+    // Whether `last` is among the failures noted in `progress` (one cut short is not).
     let mut last_counted = false;
     loop {
         // None started with no time left: it could only connect for a request given up.
@@ -325,14 +330,9 @@ async fn connect_any(
         }
         if race.race.is_empty() {
             // The last failure is the connect's error; those before it are the tries' own.
-            if !hidden.is_empty() && last_counted {
-                hidden.pop();
+            if last_counted {
+                dial.progress.failures().pop();
             }
-            *dial
-                .progress
-                .earlier
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = hidden;
             return Err(last);
         }
         let more = next < count && time_left;
@@ -345,7 +345,7 @@ async fn connect_any(
         match connected {
             Some(Ok(socket)) => {
                 let untried = next < count;
-                let dialed = won(&race, socket, addr, untried, hidden);
+                let dialed = won(&race, socket, addr, untried);
                 return Ok(Dialed { busy, ..dialed });
             }
             Some(Err(e)) if out_of_descriptors(&e) => {
@@ -354,7 +354,7 @@ async fn connect_any(
             }
             Some(Err(e)) => {
                 dial.failed(addr, began, &e);
-                hidden.push(e.kind());
+                dial.progress.failures().push(e.kind());
                 (last, last_counted) = (e, true);
             }
             None => {
@@ -362,7 +362,7 @@ async fn connect_any(
                 // One whose share was cut short (or came to nothing) is not to blame.
                 last_counted = !share.is_zero() && share >= fair_share / 2;
                 if last_counted {
-                    hidden.push(std::io::ErrorKind::TimedOut);
+                    (dial.progress.failures()).push(std::io::ErrorKind::TimedOut);
                     dial.failed(addr, began, &last);
                 }
             }
@@ -380,7 +380,6 @@ fn won<F: std::future::Future>(
     socket: TcpStream,
     addr: SocketAddr,
     untried: bool,
-    mut hidden: Vec<std::io::ErrorKind>,
 ) -> Dialed {
     crate::socket::tune(&socket);
     let delay = race.dial.timing.attempt_delay;
@@ -390,6 +389,7 @@ fn won<F: std::future::Future>(
     // address's, or the same address's tries through a cluster IP that met a dead pod (or a
     // connect slower than the delay it is set to exceed).
     let silent = (race.race.under_way()).filter(|(_, b)| now - *b >= delay);
+    let mut hidden = race.dial.progress.earlier();
     if !delay.is_zero() {
         hidden.extend(silent.map(|_| std::io::ErrorKind::TimedOut));
     }

@@ -1068,6 +1068,38 @@ mod tests {
         assert!(text.contains(&series), "{text}");
     }
 
+    /// A name's first address refusing, its second silent, while another backend takes the
+    /// request: raced (the other dialed beside the silent one), or one after the other (the
+    /// name's share of the time runs out). Either way its connect is dropped, and both its
+    /// failures are counted, the refusal before it as well as the silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_connects_earlier_failures_are_counted() {
+        for (n, delay) in [Duration::from_millis(250), Duration::ZERO]
+            .into_iter()
+            .enumerate()
+        {
+            let silent = Unreachable::start();
+            let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let refused_addr = refused.local_addr().unwrap();
+            drop(refused);
+            let (good, _answering) = answering_backend().await;
+            let name = format!("refused-then-silent-{n}.test:9001");
+            crate::resolve::seed(&name, &[refused_addr, silent.addr]);
+            let table = table_of(vec![name.clone(), good.to_string()]);
+            let metrics = Metrics::default();
+            let answer =
+                open_counted(&table, timing(Duration::from_secs(5), delay), &metrics).await;
+            assert!(matches!(answer, Ok(Answer::Upgraded(_))), "{delay:?}");
+            let text = metrics.render(0, 1, &crate::load::Loads::default());
+            for error in ["refused", "timeout"] {
+                let series = format!(
+                    "wsgate_backend_connect_failures_total{{route=\"chat\",backend=\"{name}\",error=\"{error}\"}} 1"
+                );
+                assert!(text.contains(&series), "{delay:?}: {text}");
+            }
+        }
+    }
+
     /// A listener that takes connections and holds them unanswered (a hung process).
     async fn hung_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -337,6 +337,9 @@ fn settle_losers<'a, 'r, F: Future>(
         if attempt.backend == winner {
             continue;
         }
+        // Its addresses that failed before it was dropped (refused, or silent past their
+        // share) are failures the request never saw.
+        count_hidden(leg, attempt.backend, attempt.progress.earlier().into_iter());
         if !attempt.progress.silent_for(delay) {
             // Its addresses left silent (set aside as its connect was dropped) are failures
             // the request never saw, as those an answering address hides.
