@@ -509,6 +509,12 @@ impl WsConn {
             self.rend -= self.rstart;
             self.rstart = 0;
         }
+        // Still full: bytes not parsed yet fill it (those that came right behind the 101 can).
+        // Grow it: a read into no room reads nothing, which would look like a close.
+        if self.rend == self.rbuf.len() {
+            let len = self.rbuf.len();
+            self.rbuf.resize(len * 2, 0);
+        }
         let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..]);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {

@@ -262,6 +262,35 @@ async fn a_target_that_dies_during_a_handshake_run_fails_the_run() {
     assert_eq!(report["connection_errors"], report["errors"], "{report}");
 }
 
+/// A target that upgrades the probe at once, then every later connection only after a second:
+/// a handshake run of 300 ms completes none, and says so rather than reporting nothing as a
+/// success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_run_that_completes_none_fails() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = wsgate_bench::server::handshake(&mut tcp).await;
+        }
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let _ = wsgate_bench::server::handshake(&mut tcp).await;
+            });
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let out = bench_async(short_json(&["handshake", &url, "-c", "2"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no handshake completed in the measured window"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(report(&out)["handshakes"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_run_refused_over_http_is_measured_not_failed() {
     // A proxy at its connection limit: the probe is upgraded, every later upgrade gets a 503.
@@ -307,6 +336,57 @@ async fn an_idle_run_whose_tunnels_end_before_the_reading_fails() {
         stderr(&out)
     );
     assert_eq!(report(&out)["held"], 0);
+}
+
+/// A target that sends a message right behind each 101, in the same write, larger than the
+/// tool's read buffer for an idle tunnel, and a ping later: the tunnels are held, not taken
+/// for closed (a read into the buffer those first bytes filled read nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_whose_target_greets_each_tunnel_holds_them_all() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 2048];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let Ok(answer) = wsgate_bench::server::response(&head) else {
+                    return;
+                };
+                // A 300-byte binary message, unmasked, behind the 101.
+                let mut flight = answer.into_bytes();
+                flight.extend([0x82, 126, 0x01, 0x2c]);
+                flight.extend([b'g'; 300]);
+                if tcp.write_all(&flight).await.is_err() {
+                    return;
+                }
+                // Then a ping, once the tunnel is held (within the settle): the read that
+                // wakes for it is the one that found no room.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if tcp.write_all(&[0x89, 0]).await.is_ok() {
+                    let _ = tokio::io::copy(&mut tcp, &mut tokio::io::sink()).await;
+                }
+            });
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let args = [
+        "idle", &url, "-n", "4", "--settle", "300ms", "--hold", "300ms", "--json",
+    ];
+    let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = report(&out);
+    assert_eq!(
+        (&report["held"], &report["dropped"]),
+        (&4.into(), &0.into()),
+        "{report}"
+    );
 }
 
 /// The process given with `--pid` ending mid-run (the proxy crashing) is when the report

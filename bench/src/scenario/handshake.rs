@@ -1,9 +1,13 @@
 //! New connections per second: TCP connect + TLS handshake (full, no resumption) + upgrade.
 //!
 //! Each worker opens one connection after another. A handshake is timed from the start of the
-//! TCP connect until the 101 response has been read and checked. The connection is then closed
-//! without waiting: a close frame (1000) and the TLS close_notify are sent, then the socket is
-//! closed (the server's close reply, if any, is not awaited).
+//! TCP connect until the 101 response has been read and checked. The percentiles are of the
+//! handshakes begun in the measured window, those that end after it included (a target that
+//! stalls at the window's end must show in them): they are waited for a few seconds past the
+//! window, and one still under way then counts with that wait as its time (a lower bound),
+//! and is reported as `unfinished`. The connection is then closed without waiting: a close
+//! frame (1000) and the TLS close_notify are sent, then the socket is closed (the server's
+//! close reply, if any, is not awaited).
 //!
 //! A server that answers without upgrading (a 503 at its connection limit, say) is part of what
 //! is measured: counted in `errors`, the run goes on. Connections that fail below HTTP (refused,
@@ -12,7 +16,7 @@
 //! or broke, and the figures would measure that.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -39,13 +43,21 @@ struct Counts {
     errors: Errors,
     /// The failed attempts that got no HTTP answer.
     broken: Errors,
+    /// The times of the handshakes begun in the measured window.
+    times: Mutex<Option<Histogram<u64>>>,
+    /// Handshakes begun in the measured window and not over yet.
+    under_way: AtomicU64,
 }
+
+/// How long past the window the handshakes begun in it are waited for.
+const GRACE: Duration = Duration::from_secs(3);
 
 pub async fn run(args: &HandshakeArgs) -> Result<Report> {
     let target = Arc::new(Target::new(&args.client).await?);
     probe(&target).await?;
     let phase = Arc::new(Phase::default());
     let counts = Arc::new(Counts::default());
+    *lock(&counts.times) = Some(stats::histogram());
 
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency {
@@ -57,9 +69,13 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
     })
     .await?;
     let handshakes = last - first;
-    let mut hist = stats::histogram();
-    for h in join_with_grace(&mut workers, Duration::from_secs(3)).await {
-        hist.add(&h).ok();
+    // Each worker returns once the handshake it had under way at the window's end is over.
+    join_with_grace(&mut workers, GRACE).await;
+    let unfinished = counts.under_way.load(Ordering::Relaxed);
+    let mut hist = lock(&counts.times).take().unwrap_or_else(stats::histogram);
+    for _ in 0..unfinished {
+        // As long as they were waited for, at least: the window's end and the grace.
+        stats::record(&mut hist, GRACE);
     }
 
     let mut r = Report::new("handshake", &target_url(&target));
@@ -68,7 +84,16 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
         .int("handshakes", handshakes, "")
         .num("handshakes_per_s", handshakes as f64 / window.secs, "/s")
         .percentiles("handshake_", &Percentiles::of(&hist))
+        .int(
+            "unfinished",
+            unfinished,
+            "still under way past the window and grace",
+        )
         .cpu(&window, handshakes as f64, "handshake");
+    // Refusals are answers, measured as such (see above); no answer at all is a failure.
+    if handshakes == 0 && counts.errors.count() == 0 {
+        r.fail("no handshake completed in the measured window: the target did not answer in time");
+    }
     counts.errors.report(&mut r);
     let broken = &counts.broken;
     r.int(
@@ -94,15 +119,22 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
 /// One worker: opens one connection after another until STOP; returns the handshake times of
 /// the measured window. An error is counted, and followed by a short pause, so that a dead
 /// target is not hammered in a busy loop.
-async fn worker(target: Arc<Target>, phase: Arc<Phase>, counts: Arc<Counts>) -> Histogram<u64> {
-    let mut hist = stats::histogram();
+async fn worker(target: Arc<Target>, phase: Arc<Phase>, counts: Arc<Counts>) {
     while phase.get() != STOP {
         let t0 = Instant::now();
-        match ws::open(&target, 256).await {
+        let measured = phase.get() == MEASURE;
+        counts
+            .under_way
+            .fetch_add(u64::from(measured), Ordering::Relaxed);
+        let opened = ws::open(&target, 256).await;
+        counts
+            .under_way
+            .fetch_sub(u64::from(measured), Ordering::Relaxed);
+        match opened {
             Ok(conn) => {
                 let took = t0.elapsed();
-                if phase.get() == MEASURE {
-                    stats::record(&mut hist, took);
+                if let (true, Some(hist)) = (measured, lock(&counts.times).as_mut()) {
+                    stats::record(hist, took);
                 }
                 counts.done.fetch_add(1, Ordering::Relaxed);
                 conn.close_now().await;
@@ -118,7 +150,11 @@ async fn worker(target: Arc<Target>, phase: Arc<Phase>, counts: Arc<Counts>) -> 
             }
         }
     }
-    hist
+}
+
+/// The histogram, whatever a worker that panicked holding it left.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `broken` connection-level failures out of `attempts` exceed [`MAX_BROKEN_PCT`].

@@ -7,7 +7,6 @@
 //! cost plus whatever holding idle tunnels costs it (timers, keep-alive pings).
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,7 +50,7 @@ pub async fn run(args: &IdleArgs) -> Result<Report> {
 
     tokio::time::sleep(args.settle).await;
     let after = memory(pids);
-    let held = tunnels.up - tunnels.dropped.load(Ordering::Relaxed);
+    let held = tunnels.up - tunnels.dropped.count();
     match args.hold {
         Some(hold) => tokio::time::sleep(hold.saturating_sub(args.settle)).await,
         None => wait_for_signal().await?,
@@ -69,7 +68,7 @@ struct Tunnels {
     open_secs: f64,
     errors: Arc<Errors>,
     /// Ended since they were opened.
-    dropped: Arc<AtomicU64>,
+    dropped: Arc<Errors>,
 }
 
 /// Opens `count` tunnels, at most `concurrency` at a time, each held by its own task; returns
@@ -77,7 +76,7 @@ struct Tunnels {
 async fn open_tunnels(target: &Arc<Target>, count: u32, concurrency: u32) -> Result<Tunnels> {
     let sem = Arc::new(Semaphore::new(concurrency as usize));
     let errors = Arc::new(Errors::default());
-    let dropped = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(Errors::default());
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
     let t0 = Instant::now();
     for _ in 0..count {
@@ -116,7 +115,7 @@ async fn open_and_hold(
     target: Arc<Target>,
     sem: Arc<Semaphore>,
     errors: Arc<Errors>,
-    dropped: Arc<AtomicU64>,
+    dropped: Arc<Errors>,
     ready: mpsc::UnboundedSender<bool>,
 ) {
     let permit = sem.acquire_owned().await;
@@ -136,8 +135,8 @@ async fn open_and_hold(
     drop(ready);
     // Hold: answer pings; any end of the tunnel is counted.
     loop {
-        if conn.recv().await.is_err() {
-            dropped.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = conn.recv().await {
+            dropped.add(&e);
             return;
         }
     }
@@ -215,7 +214,10 @@ fn report(
         );
     }
     // Read again, not taken from `held`: this counts the drops during the whole hold.
-    r.int("dropped", dropped.load(Ordering::Relaxed), "during hold");
+    r.int("dropped", dropped.count(), "during hold");
+    if let Some(why) = dropped.first() {
+        r.text("first_drop", &why);
+    }
     errors.report(&mut r);
     r
 }
