@@ -35,8 +35,8 @@ pub struct EchoArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: SocketAddr,
-    /// Runtime worker threads (1 = single-threaded runtime).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Runtime worker threads (1 = single-threaded runtime), at most 1024.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
     /// Serve wss:// with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
@@ -91,8 +91,8 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Load generator runtime threads (1 = single-threaded runtime).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Load generator runtime threads (1 = single-threaded runtime), at most 1024.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
     /// Longest a connection may take to become a WebSocket (TCP connect, TLS handshake and
     /// upgrade): a silent target is an error, not a hang. Far above any handshake under load.
@@ -109,20 +109,41 @@ impl ClientArgs {
             Ok(url) => url,
             Err(e) => return Some(format!("{e:#}")),
         };
-        let tls_options = self.ca.is_some() || self.insecure || self.sni.is_some();
+        let tls_options =
+            self.ca.is_some() || self.insecure || self.sni.is_some() || self.cert.is_some();
         match url.tls {
             true if self.ca.is_none() && !self.insecure => Some(
-                "wss:// needs --ca PEM (the CA or self-signed certificate) or --insecure".into(),
+                "wss:// needs --ca PEM (the CA that signed the target's certificate) or --insecure".into(),
             ),
             false if tls_options || self.tls_defaults => {
-                Some("--ca, --insecure, --sni and --tls-defaults only apply to wss:// URLs".into())
+                Some("--ca, --insecure, --sni, --cert, --key and --tls-defaults only apply to wss:// URLs".into())
+            }
+            _ if has_duplicate(&self.pids) => {
+                Some("--pid names the same process twice: its CPU would count twice".into())
             }
             _ => None,
         }
     }
 }
 
+fn has_duplicate(pids: &[u32]) -> bool {
+    let mut sorted = pids.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|w| w[0] == w[1])
+}
+
 impl Command {
+    /// The connections a load scenario holds open at once (each a file descriptor).
+    pub fn connections(&self) -> u64 {
+        u64::from(match self {
+            Command::Echo(_) | Command::Bulk(_) => 1,
+            Command::Handshake(a) => a.concurrency,
+            Command::Latency(a) => a.connections,
+            Command::Throughput(a) => a.connections,
+            Command::Idle(a) => a.count,
+        })
+    }
+
     /// The client options of a load scenario; `None` for the echo backend.
     pub fn client(&self) -> Option<&ClientArgs> {
         match self {

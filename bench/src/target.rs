@@ -206,7 +206,9 @@ pub fn client_config(
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
     } else {
         let ca = ca.ok_or_else(|| {
-            anyhow!("wss:// needs --ca PEM (the CA or self-signed certificate) or --insecure")
+            anyhow!(
+                "wss:// needs --ca PEM (the CA that signed the target's certificate) or --insecure"
+            )
         })?;
         let mut roots = RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(ca)

@@ -49,6 +49,32 @@ fn more_in_flight_than_memory_allows_is_refused_before_any_load() {
     );
 }
 
+/// More connections than this process may open files is refused before any load (it used to
+/// start, and fail partway with errors that looked like the target's; at 4,294,967,295 it
+/// grew by a gigabyte a second, then aborted).
+#[test]
+fn more_connections_than_open_files_are_refused_before_any_load() {
+    for (args, count) in [
+        (
+            &["handshake", "ws://127.0.0.1:9/", "-c", "4294967295"][..],
+            "4294967295",
+        ),
+        (
+            &["idle", "ws://127.0.0.1:9/", "-n", "4294967295"][..],
+            "4294967295",
+        ),
+    ] {
+        let out = bench(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let expected = format!("{count} connections open at once need");
+        assert!(
+            stderr(&out).contains(&expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn a_zero_length_window_is_refused() {
     let out = bench(&["latency", "ws://127.0.0.1:9/", "-d", "0s"]);
@@ -84,6 +110,27 @@ fn bad_values_are_usage_errors() {
         (&["latency", "wss://127.0.0.1:9/"][..], "--ca"),
         (&["latency", "ws://127.0.0.1:9/", "-k"][..], "--insecure"),
         (&["latency", "http://127.0.0.1:9/"][..], "ws://"),
+        (
+            &[
+                "latency",
+                "ws://127.0.0.1:9/",
+                "--cert",
+                "c.pem",
+                "--key",
+                "k.pem",
+            ][..],
+            "--cert",
+        ),
+        // Used to abort starting 65,535 threads.
+        (
+            &["handshake", "ws://127.0.0.1:9/", "--threads", "65535"][..],
+            "--threads",
+        ),
+        // Its CPU would count twice.
+        (
+            &["handshake", "ws://127.0.0.1:9/", "--pid", "1", "--pid", "1"][..],
+            "--pid",
+        ),
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -2,8 +2,10 @@
 //!
 //! A pacer thread (precise timer slack) walks the schedule `start + j / rate` and hands send `j`
 //! to connection `j % C`. Latency is measured from the scheduled time (corrected for coordinated
-//! omission), and also from the moment the message was written ("service" time). The difference
-//! of the two is the tool's own send lag, reported too.
+//! omission), and also from the moment the message was handed to its connection ("service"
+//! time). The difference of the two is the tool's own send lag, reported too. A tool too busy
+//! to read the echoes as they come adds its own wait to both, which neither shows: such a run
+//! fails (see `tool_bound`).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -92,7 +94,26 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
     if let Some(why) = shortfall(measured, total.lost, args.rate, args.measure.duration) {
         r.fail(why);
     }
+    if let Some(why) = tool_bound(window.tool_us, window.secs, args.client.threads) {
+        r.fail(why);
+    }
     Ok(r)
+}
+
+/// Why the latencies measure this tool rather than the target, if they do: its threads were
+/// (nearly) always busy, so echoes waited in its sockets for it to read them, and that wait is
+/// in every figure (service time included), while its send lag, taken as a message is handed
+/// to the socket, does not show it.
+fn tool_bound(tool_us: u64, secs: f64, threads: u16) -> Option<String> {
+    let busy = tool_us as f64 / 1e6 / secs.max(1e-9);
+    (busy >= 0.9 * f64::from(threads)).then(|| {
+        format!(
+            "this tool was {:.0} % busy on {threads} runtime thread(s): echoes waited for it to \
+             read them, so the latencies above are its own as much as the target's; give it \
+             more --threads (and a CPU of its own) or lower --rate",
+            busy * 100.0
+        )
+    })
 }
 
 /// The most bytes a run may schedule: open loop, what a target that falls behind has not taken
@@ -101,7 +122,8 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
 const MAX_SCHEDULED: f64 = super::MAX_QUEUED as f64;
 
 fn check_backlog(rate: f64, size: usize, span: Duration) -> Result<()> {
-    let scheduled = rate * size as f64 * span.as_secs_f64();
+    let each = (size as u64 + super::PER_MESSAGE) as f64;
+    let scheduled = rate * each * span.as_secs_f64();
     if scheduled > MAX_SCHEDULED {
         bail!(
             "--rate {rate} × {size} B over {:.1} s (warm-up included) is {:.0} MiB to send, \
@@ -208,7 +230,7 @@ fn report(args: &LatencyArgs, target: &Target, total: &ConnResult, window: &CpuW
         .num("rate", args.rate, "msg/s target")
         .int("size", args.size as u64, "B")
         .num("duration_s", secs, "s")
-        .int("messages", messages, "echoed in window")
+        .int("messages", messages, "sent in the window, echoed")
         .num("msgs_per_s", messages as f64 / secs, "msg/s")
         .percentiles("", &Percentiles::of(&total.corrected))
         .num("service_p50_us", service.p50_us, "µs")
@@ -307,11 +329,30 @@ mod tests {
         let span = Duration::from_secs(11);
         assert!(check_backlog(5000.0, 64, span).is_ok(), "the defaults");
         assert!(check_backlog(100.0, 1 << 20, span).is_ok());
+        // A million 1-byte messages a second are their bookkeeping's size, not a few MiB.
+        assert!(check_backlog(1e6, 1, Duration::from_secs(70)).is_err());
         let refused = check_backlog(5000.0, 1 << 20, span)
             .unwrap_err()
             .to_string();
-        assert!(refused.contains("55000 MiB to send"), "{refused}");
+        assert!(refused.contains("55003 MiB to send"), "{refused}");
         assert!(refused.contains("at most 4096 MiB"), "{refused}");
+    }
+
+    #[test]
+    fn a_run_that_kept_the_tool_busy_measures_the_tool() {
+        assert_eq!(tool_bound(500_000, 10.0, 1), None, "5 % busy");
+        assert_eq!(tool_bound(8_500_000, 10.0, 1), None, "85 %");
+        let why = tool_bound(9_250_000, 10.0, 1).unwrap();
+        assert!(
+            why.starts_with("this tool was 92 % busy on 1 runtime"),
+            "{why}"
+        );
+        assert_eq!(
+            tool_bound(9_250_000, 10.0, 2),
+            None,
+            "92 % of two threads' time"
+        );
+        assert!(tool_bound(19_000_000, 10.0, 2).is_some());
     }
 
     #[test]

@@ -18,6 +18,11 @@ use tokio::task::JoinSet;
 /// flight, latency's scheduled): past it a run is refused up front, not aborted on allocation.
 const MAX_QUEUED: u64 = 4 << 30;
 
+/// What each queued message costs the tool beside its payload: its frame header and the
+/// bookkeeping of its send (its times, its place in the write buffer). Counted with the
+/// payload against [`MAX_QUEUED`]: a billion 1-byte messages are 64 GiB, not 1.
+const PER_MESSAGE: u64 = 64;
+
 use crate::cli::{Command, MeasureArgs};
 use crate::procstat::{CpuSnapshot, CpuWindow};
 use crate::report::Report;
@@ -26,8 +31,9 @@ use crate::ws::{self, WsConn};
 
 /// Runs a command to completion, printing its report.
 pub fn run(command: Command) -> Result<()> {
-    if let Err(e) = crate::sys::raise_nofile_limit() {
-        eprintln!("warning: cannot raise the open-files limit: {e}");
+    match crate::sys::raise_nofile_limit() {
+        Ok(limit) => check_open_files(command.connections(), limit)?,
+        Err(e) => eprintln!("warning: cannot raise the open-files limit: {e}"),
     }
     if let Command::Echo(args) = &command {
         return crate::echo::run(args);
@@ -56,6 +62,24 @@ pub fn run(command: Command) -> Result<()> {
     // Held connections and stragglers are dropped with the runtime, without waiting for them.
     runtime.shutdown_background();
     verdict(&command, &report)
+}
+
+/// Descriptors the tool needs beside its connections: the runtime's, the standard streams,
+/// /proc files read for CPU and memory.
+const OWN_FILES: u64 = 64;
+
+/// Refuses a run that would hold more connections than this process may open files (`limit`,
+/// its open-files limit once raised): it would fail partway, its connections' errors then
+/// looking like the target's.
+fn check_open_files(connections: u64, limit: u64) -> Result<()> {
+    if connections + OWN_FILES > limit {
+        bail!(
+            "{connections} connections open at once need {} open files, and this process may \
+             open {limit} (its hard limit, `ulimit -Hn`): raise that or lower -c / -n",
+            connections + OWN_FILES
+        );
+    }
+    Ok(())
 }
 
 /// Whether the printed figures measure the target: a run whose report says they do not, or a

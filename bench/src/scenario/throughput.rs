@@ -99,10 +99,12 @@ async fn pump(
 const MAX_IN_FLIGHT: u64 = super::MAX_QUEUED;
 
 fn check_in_flight(connections: u32, window: u32, size: usize) -> Result<()> {
-    let in_flight = u64::from(connections) * u64::from(window) * size as u64;
+    let each = size as u64 + super::PER_MESSAGE;
+    let in_flight = u64::from(connections) * u64::from(window) * each;
     if in_flight > MAX_IN_FLIGHT {
         bail!(
-            "{connections} connections × {window} in flight × {size} B is {} MiB in flight; at most {} MiB: lower -c, -w or -s",
+            "{connections} connections × {window} in flight × {size} B (and {} B of bookkeeping each) is {} MiB in flight; at most {} MiB: lower -c, -w or -s",
+            super::PER_MESSAGE,
             in_flight >> 20,
             MAX_IN_FLIGHT >> 20
         );
