@@ -270,6 +270,25 @@ async fn a_target_that_never_echoes_fails_the_run_after_its_report() {
     }
 }
 
+/// A target that pushes messages of its own as fast as it can, echoing nothing: a throughput
+/// run must not count them as echoes (it reported millions per second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_pushing_messages_of_its_own_fails_a_throughput_run() {
+    let addr = upgrading(|mut tcp| async move {
+        let pushed = [0x82u8, 1, b'p'].repeat(1000);
+        while tcp.write_all(&pushed).await.is_ok() {}
+    })
+    .await;
+    let url = format!("ws://{addr}/");
+    let out = bench_async(short_json(&["throughput", &url, "-c", "2"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sends messages of its own"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Reads a request head (to its blank line) and answers `response`, then closes.
 async fn answer(mut tcp: TcpStream, response: &[u8]) {
     let mut head = Vec::new();

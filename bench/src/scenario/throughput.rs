@@ -137,6 +137,18 @@ async fn keep_window_full(
     }
     while phase.get() != STOP {
         match conn.recv().await {
+            // Each echo is replaced at once, so `window` are in flight whenever it reads: more
+            // in one read are messages of the target's own (pushed, not echoed), and counting
+            // them would measure nothing.
+            Ok((got, _)) if got.messages > u64::from(window) => {
+                if phase.get() != STOP {
+                    let got = got.messages;
+                    errors.add(&anyhow::anyhow!(
+                        "received {got} messages at once with {window} in flight: the target sends messages of its own, not only echoes"
+                    ));
+                }
+                return;
+            }
             Ok((got, _)) => {
                 counters
                     .recv_msgs
