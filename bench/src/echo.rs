@@ -165,7 +165,11 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(stream: S, engine: EchoEngine
 }
 
 async fn handle_tungstenite<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
-    let config = WebSocketConfig::default();
+    // Any message the load tool may send (`--size` up to its MAX_SIZE), in one frame.
+    let most = Some(crate::cli::MAX_SIZE as usize);
+    let config = WebSocketConfig::default()
+        .max_message_size(most)
+        .max_frame_size(most);
     let Ok(mut ws) =
         tokio_tungstenite::accept_hdr_async_with_config(stream, select_subprotocol, Some(config))
             .await
