@@ -44,6 +44,7 @@ pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
 
 /// How a file is not there to be read, if it clearly is not: about to be written (between a
 /// delete and the new file, or truncated first), so waited for rather than reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NotThere {
     Absent,
     Empty,

@@ -21,9 +21,17 @@ pub(super) enum Look {
     /// The content last rejected: not tried (or logged) again.
     StillRejected,
     /// The config file, or a certificate or key file it serves, is not there (deleted, to
-    /// be written again): what is gone, the error naming it, and the files' fingerprint if
-    /// they were read (the same files are then not built again while it lasts).
-    Missing(&'static str, String, Option<u64>),
+    /// be written again): what is gone, the error naming it, the files' fingerprint if they
+    /// were read (the same files are then not built again while it lasts), and their stamp
+    /// and when it was taken (see [`holds_still`]: a file truncated by an in-place write
+    /// that is still to come is gone only for that moment).
+    Missing {
+        what: &'static str,
+        error: String,
+        seen: Option<u64>,
+        stamp: u64,
+        stamped_at: Instant,
+    },
     /// Something new, built (or not): its fingerprint, whether the disk held still while it
     /// was read, and the result.
     Built {
@@ -58,11 +66,6 @@ pub(super) fn look(
     rejected: Option<u64>,
     generation: u64,
 ) -> Look {
-    if trigger == Trigger::Files {
-        if let Some(missing) = config_file_missing(path) {
-            return missing;
-        }
-    }
     // Stamped first: the config's parse, which the stamp needs for the names of the files
     // it serves (and which the fingerprint and the build then find made), is part of the
     // read that the files must hold still through.
@@ -72,6 +75,22 @@ pub(super) fn look(
         stamp,
         fresh,
     } = on_disk_now(path, DEBOUNCE);
+    let gone = absent_or_empty(path);
+    if let (Trigger::Files, Some(gone)) = (trigger, gone) {
+        let (what, error) = config_file_missing(path, gone);
+        return Look::Missing {
+            what,
+            error,
+            seen: None,
+            stamp,
+            stamped_at,
+        };
+    }
+    // An empty config file is one being written (truncated, its content still to come: an
+    // in-place write that a SIGHUP raced), whatever its write time says (a read in the
+    // middle of the truncation finds it empty with the time of the write before): waited
+    // on, as one written a moment ago is, before a SIGHUP is answered with "empty".
+    let fresh = fresh || gone == Some(Empty);
     if trigger == Trigger::Files && on_disk == in_force.fingerprint {
         return Look::InForce;
     }
@@ -85,7 +104,13 @@ pub(super) fn look(
     // someone asked, and gets the error.)
     if let (Trigger::Files, Err(e)) = (trigger, &built) {
         if let Some((what, error)) = served_file_gone(path, &in_force.config, e) {
-            return Look::Missing(what, error, Some(on_disk));
+            return Look::Missing {
+                what,
+                error,
+                seen: Some(on_disk),
+                stamp,
+                stamped_at,
+            };
         }
     }
     // Files written to while they were read: a failed build may be a file caught mid-write
@@ -102,21 +127,18 @@ pub(super) fn look(
     }
 }
 
-/// The config file at `path` deleted or truncated, and not written yet: nothing to try.
+/// The config file at `path` deleted or truncated (`gone`), and not written yet: nothing to
+/// try; what is gone, and the error naming it.
 /// Between a delete and the new file (`rm; cp`, a deploy script), or truncated by a slow
 /// generator (`generate-config > wsgate.toml`): an empty file is never a config. Only a
 /// clear "not there" (a dangling link included): an unreadable folder is an error to report,
 /// not a file to wait for.
-fn config_file_missing(path: &Path) -> Option<Look> {
-    let (what, why) = match absent_or_empty(path)? {
+fn config_file_missing(path: &Path, gone: NotThere) -> (&'static str, String) {
+    let (what, why) = match gone {
         Absent => ("config file", "config file not found"),
         Empty => ("config file's content", "config file is empty"),
     };
-    Some(Look::Missing(
-        what,
-        format!("{}: {why}", path.display()),
-        None,
-    ))
+    (what, format!("{}: {why}", path.display()))
 }
 
 /// Whether `error`, the failure to build the config at `path`, is only that a file the
@@ -229,7 +251,9 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
 
     fn missing(look: &Look) -> Option<(&'static str, &str, Option<u64>)> {
         match look {
-            Look::Missing(what, error, seen) => Some((*what, error.as_str(), *seen)),
+            Look::Missing {
+                what, error, seen, ..
+            } => Some((*what, error.as_str(), *seen)),
             _ => None,
         }
     }
@@ -328,6 +352,30 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         );
         let asked = look(&files.config, Trigger::Manual, &in_force, None, 2);
         assert!(built(asked).is_some_and(|(_, _, b)| b.is_err()));
+    }
+
+    /// An in-place write caught between its truncation and its bytes: the file is gone only
+    /// once it stays so (its stamp, taken before the look, no longer holds once written), and
+    /// a SIGHUP that finds it empty waits as for a file written a moment ago, whatever its
+    /// write time says (a read in the middle of the truncation sees the time of the write
+    /// before).
+    #[tokio::test]
+    async fn an_emptied_config_file_is_waited_on_before_it_counts_as_gone_or_empty() {
+        let files = Files::new();
+        let in_force = files.in_force();
+        files.write_config("");
+        let Look::Missing {
+            stamp, stamped_at, ..
+        } = look(&files.config, Trigger::Files, &in_force, None, 2)
+        else {
+            panic!("an empty config file is missing");
+        };
+        files.write_config(&format!("{CONFIG}\n[limits]\nmax_connections = 10\n"));
+        assert!(!holds_still(&files.config, stamp, stamped_at).await);
+
+        files.write_config("");
+        let asked = look(&files.config, Trigger::Manual, &in_force, None, 2);
+        assert!(matches!(asked, Look::Built { fresh: true, .. }));
     }
 
     #[test]

@@ -356,6 +356,19 @@ impl Reloader {
                 return Outcome::Unsettled;
             }
         }
+        // A file gone may be one an in-place write truncated a moment ago, its content about
+        // to come (two writes in a row, the second's read landing between its truncation and
+        // its bytes): "gone" only once it has stayed so for a debounce.
+        if let Look::Missing {
+            stamp, stamped_at, ..
+        } = &look
+        {
+            let waiting = patience == Patience::WaitForStill;
+            if waiting && !self.holds_still_serving(*stamp, *stamped_at, trigger).await {
+                tracing::debug!("a config file gone came back while waited on; reading them again");
+                return Outcome::Unsettled;
+            }
+        }
         self.decide(look, *trigger, patience).await
     }
 
@@ -492,7 +505,9 @@ impl Reloader {
                 Outcome::InForce
             }
             Look::StillRejected => Outcome::Nothing,
-            Look::Missing(what, error, seen) => {
+            Look::Missing {
+                what, error, seen, ..
+            } => {
                 // Whatever comes back is news, a content rejected before included; files
                 // that still lack the same file are not built again (a poll every second).
                 self.rejected = seen;
