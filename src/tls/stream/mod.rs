@@ -392,6 +392,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, C: Side> TlsStream<IO, C> {
             }
             match self.process(Sealing::Not) {
                 Ok(Outcome::Plaintext) => {}
+                // A close_notify right behind the client's Finished (a TLS health check, `s_client
+                // </dev/null`): the handshake is done, and the first read is the end of stream.
+                Ok(Outcome::PeerClosed) if !self.conn.is_handshaking() => self.peer_closed = true,
                 Ok(Outcome::PeerClosed) => return Poll::Ready(Err(handshake_eof())),
                 // Something to send, or the handshake over with nothing to send: the top of the
                 // loop writes it, or returns. (A full TLS 1.2 handshake ends, for the client, on

@@ -144,6 +144,27 @@ async fn close_notify_reads_as_the_end_and_a_bare_close_as_cut_short() {
     assert!(cut.to_string().contains("close_notify"), "{cut}");
 }
 
+/// A client that finishes its handshake and closes at once (a TLS health check): its
+/// close_notify, arriving with its Finished, ends a handshake that succeeded; the first read
+/// is the end of the stream, not a handshake cut short.
+#[tokio::test]
+async fn a_close_notify_right_behind_the_finished_is_an_end_after_the_handshake() {
+    let (server_config, client_config) = configs();
+    let (server, client) = tokio::io::duplex(1 << 16);
+    let connector = tokio_rustls::TlsConnector::from(client_config);
+    let name = ServerName::try_from("localhost").unwrap();
+    let client = async {
+        let mut client = connector.connect(name, client).await.unwrap();
+        client.shutdown().await.unwrap();
+        client
+    };
+    let (server, _client) = tokio::join!(accept(server, Opening::new(), server_config), client);
+    let mut server = server.expect("a handshake that completed");
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
 #[tokio::test]
 async fn a_key_update_from_the_client_is_followed() {
     let (mut server, mut client) = handshake().await;
