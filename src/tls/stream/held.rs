@@ -124,6 +124,9 @@ impl Held {
             match fill(self.spare(want)) {
                 Ok(n) => {
                     self.end += n;
+                    // Nothing written (an encoder with nothing to add): a buffer just lent
+                    // goes back rather than stay with nothing in it.
+                    self.consume(0);
                     return Ok(());
                 }
                 Err(e) => match e.needs() {
