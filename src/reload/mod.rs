@@ -368,6 +368,11 @@ impl Reloader {
                 tracing::debug!("a config file gone came back while waited on; reading them again");
                 return Outcome::Unsettled;
             }
+            // A SIGHUP came meanwhile: it asks for the files, and is answered as one (the
+            // error of a file gone), by a read of its own.
+            if waiting && *trigger == Trigger::Manual {
+                return Outcome::Unsettled;
+            }
         }
         self.decide(look, *trigger, patience).await
     }

@@ -576,6 +576,38 @@ async fn a_reload_by_hand_waits_for_a_file_still_being_written() {
     assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
 }
 
+/// A SIGHUP that finds the config file empty (an in-place write truncated it, its bytes still
+/// to come) waits for the write, as for one written a moment ago; one that finds it empty for
+/// good is answered with the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_by_hand_waits_for_an_emptied_config_file() {
+    use std::io::Write;
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let whole = format!(
+        "{CONFIG_HEAD}{}{}",
+        route("a", "/a", &[backend.addr]),
+        route("b", "/b", &[backend.addr])
+    );
+    let mut file = std::fs::File::create(proxy.config_path()).unwrap();
+    proxy.server.reload();
+    // Pacing a slow writer: its bytes come well within the reload's wait.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    file.write_all(whole.as_bytes()).unwrap();
+    drop(file);
+    let status = generation(&mut rx, 2).await;
+    assert_eq!((status.successes, status.failures), (1, 0), "{status:?}");
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+
+    std::fs::write(proxy.config_path(), "").unwrap();
+    proxy.server.reload();
+    let refused = status_where(&mut rx, "the manual reload refused", |s| s.failures == 1).await;
+    let error = refused.last_error.unwrap_or_default();
+    assert!(error.ends_with("config file is empty"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_style_reload_always_rebuilds() {
     let backend = WsBackend::start("one").await;
