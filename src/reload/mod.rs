@@ -227,7 +227,13 @@ impl Reloader {
                 0 => Patience::TakeAsRead,
                 _ => Patience::WaitForStill,
             };
-            let read = self.reload(&mut trigger, patience).await;
+            let asked = trigger;
+            let mut read = self.reload(&mut trigger, patience).await;
+            // A SIGHUP taken during the last try's wait for still files, which did not hold
+            // still: served now, by a read of its own (a manual look taken as read settles).
+            if tries_left == 0 && read == Read::Unsettled && asked != trigger {
+                read = self.reload(&mut trigger, patience).await;
+            }
             // After the last try nothing would serve a SIGHUP taken here: leave it queued.
             if read == Read::Settled || tries_left == 0 {
                 break;
@@ -358,19 +364,19 @@ impl Reloader {
         }
         // A file gone may be one an in-place write truncated a moment ago, its content about
         // to come (two writes in a row, the second's read landing between its truncation and
-        // its bytes): "gone" only once it has stayed so for a debounce.
+        // its bytes): "gone" only once it has stayed so for a debounce, whatever the patience
+        // (as a failed build is reported only once its files held still).
         if let Look::Missing {
             stamp, stamped_at, ..
         } = &look
         {
-            let waiting = patience == Patience::WaitForStill;
-            if waiting && !self.holds_still_serving(*stamp, *stamped_at, trigger).await {
+            if !self.holds_still_serving(*stamp, *stamped_at, trigger).await {
                 tracing::debug!("a config file gone came back while waited on; reading them again");
                 return Outcome::Unsettled;
             }
             // A SIGHUP came meanwhile: it asks for the files, and is answered as one (the
             // error of a file gone), by a read of its own.
-            if waiting && *trigger == Trigger::Manual {
+            if *trigger == Trigger::Manual {
                 return Outcome::Unsettled;
             }
         }

@@ -811,15 +811,6 @@ fn in_proxy(text: &str, line: &str) -> String {
     text.replacen("[proxy]\n", &format!("[proxy]\n{line}\n"), 1)
 }
 
-/// The lines up to and including the first one containing `needle`.
-fn lines_until(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    while !seen.last().is_some_and(|l: &String| l.contains(needle)) {
-        seen.push(wait_for_line(lines, ""));
-    }
-    seen
-}
-
 /// Too few open files to start at all is said in words (it used to end in a panic inside the
 /// signal set-up).
 #[test]

@@ -2,7 +2,9 @@
 //! are never touched. Real files in a temp folder, a real proxy, real clients; every wait is on
 //! the proxy's reload status (a `watch` channel), never a guess.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -606,6 +608,68 @@ async fn a_reload_by_hand_waits_for_an_emptied_config_file() {
     let refused = status_where(&mut rx, "the manual reload refused", |s| s.failures == 1).await;
     let error = refused.last_error.unwrap_or_default();
     assert!(error.ends_with("config file is empty"), "{error}");
+}
+
+/// A `wsgate run` process on a config routing `/a`, logging the reloader's waits (its debug
+/// lines are what these tests await): its folder, config, process and log lines.
+fn reloader_logging() -> (
+    tempfile::TempDir,
+    PathBuf,
+    WsgateChild,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("a", "/a", &[CLOSED]));
+    let (child, lines, _) = started_wsgate_logging(&config, "info,wsgate::reload=debug");
+    (dir, config, child, lines)
+}
+
+/// No backend listens there: these tests look at the reloads only.
+const CLOSED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
+/// The config emptied by an in-place write whose content comes while the look that found it
+/// empty waits for the files to hold still: it is not taken for gone (no warning, the gauge
+/// of files in force untouched), and the content applies.
+#[test]
+fn an_emptied_config_written_during_the_wait_is_not_taken_for_gone() {
+    let (_dir, config, _child, lines) = reloader_logging();
+    std::fs::write(&config, "").unwrap();
+    let before = lines_until(&lines, "waiting for them to hold still");
+    write_body(&config, &route("b", "/b", &[CLOSED]));
+    let after = lines_until(&lines, "config reloaded");
+    let said: Vec<_> = before.iter().chain(&after).collect();
+    assert!(!said.iter().any(|l| l.contains("gone;")), "{said:#?}");
+}
+
+/// A SIGHUP that comes while a look waits on a config file gone is answered as a SIGHUP: the
+/// error of the file gone, not the wait's warning.
+#[test]
+fn a_sighup_during_the_wait_on_a_file_gone_is_answered_with_the_error() {
+    let (_dir, config, child, lines) = reloader_logging();
+    std::fs::remove_file(&config).unwrap();
+    wait_for_line(&lines, "waiting for them to hold still");
+    // SAFETY: a signal to the child this test started, which is still running.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let seen = lines_until(&lines, "config reload rejected");
+    assert!(!seen.iter().any(|l| l.contains("gone;")), "{seen:#?}");
+}
+
+/// A SIGHUP that finds the config file empty, written long enough ago not to count as fresh
+/// (as a read in the middle of an in-place write's truncation sees it), waits for its
+/// content rather than answering "config file is empty".
+#[test]
+fn a_sighup_finding_an_old_empty_config_waits_for_its_content() {
+    let (_dir, config, child, lines) = reloader_logging();
+    std::fs::write(&config, "").unwrap();
+    wait_for_line(&lines, "content gone");
+    // Older than a debounce: its write time says nothing of a write under way.
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(child.id(), "HUP");
+    // Pacing a slow writer: its bytes come well within the reload's wait.
+    std::thread::sleep(Duration::from_millis(30));
+    write_body(&config, &route("b", "/b", &[CLOSED]));
+    let seen = lines_until(&lines, "config reloaded");
+    assert!(!seen.iter().any(|l| l.contains("rejected")), "{seen:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

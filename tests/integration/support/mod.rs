@@ -1616,6 +1616,15 @@ pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) ->
     }
 }
 
+/// The lines up to and including the first one containing `needle`.
+pub fn lines_until(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    while !seen.last().is_some_and(|l: &String| l.contains(needle)) {
+        seen.push(wait_for_line(lines, ""));
+    }
+    seen
+}
+
 /// [`wait_for_line`] off the async threads, for a test whose backends run on its runtime.
 pub async fn line_containing(
     lines: std::sync::mpsc::Receiver<String>,
