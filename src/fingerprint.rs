@@ -82,8 +82,9 @@ pub(crate) struct OnDisk {
     pub(crate) content: u64,
     /// [`on_disk_stamp`]'s.
     pub(crate) stamp: u64,
-    /// Whether one of them was written (or renamed into place) less than the given time ago:
-    /// a reload asked for by hand right behind a write may have caught it halfway.
+    /// Whether one of them was written (or renamed into place) less than the given time ago,
+    /// or is empty: a reload asked for by hand right behind a write, or during one, may have
+    /// caught it halfway.
     pub(crate) fresh: bool,
 }
 
@@ -100,16 +101,22 @@ pub(crate) fn on_disk_now(path: &Path, lately: Duration) -> OnDisk {
     }
 }
 
-/// Whether any of `files` was written less than `lately` ago.
+/// Whether any of `files` was written less than `lately` ago, or is empty: an empty file is one
+/// being written (truncated, its bytes still to come), whatever its write time says (a read in
+/// the middle of an in-place write's truncation finds it empty with the time of the write
+/// before).
 fn written_within(files: &[PathBuf], lately: Duration) -> bool {
     let now = SystemTime::now();
+    let empty =
+        |file: &PathBuf| crate::files::absent_or_empty(file) == Some(crate::files::NotThere::Empty);
     files.iter().any(|file| {
-        last_written(file).is_some_and(|at| {
-            // A time ahead of the clock (a file server's, or the clock stepped back) is
-            // fresh only if it is that little ahead.
-            now.duration_since(at)
-                .map_or_else(|ahead| ahead.duration() < lately, |ago| ago < lately)
-        })
+        empty(file)
+            || last_written(file).is_some_and(|at| {
+                // A time ahead of the clock (a file server's, or the clock stepped back) is
+                // fresh only if it is that little ahead.
+                now.duration_since(at)
+                    .map_or_else(|ahead| ahead.duration() < lately, |ago| ago < lately)
+            })
     })
 }
 

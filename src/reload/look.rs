@@ -86,11 +86,6 @@ pub(super) fn look(
             stamped_at,
         };
     }
-    // An empty config file is one being written (truncated, its content still to come: an
-    // in-place write that a SIGHUP raced), whatever its write time says (a read in the
-    // middle of the truncation finds it empty with the time of the write before): waited
-    // on, as one written a moment ago is, before a SIGHUP is answered with "empty".
-    let fresh = fresh || gone == Some(Empty);
     if trigger == Trigger::Files && on_disk == in_force.fingerprint {
         return Look::InForce;
     }
