@@ -76,7 +76,7 @@ async fn handshake(
     guard: &mut ConnGuard,
 ) -> Option<Opened> {
     let started = Instant::now();
-    crate::socket::tune(&tcp);
+    crate::socket::tune(&tcp, peer);
     let snapshot = shared.current();
     let deadline = started + snapshot.config.timeouts.handshake;
     // The connection's line, when it ends on the way.

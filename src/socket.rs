@@ -1,20 +1,26 @@
 //! The TCP options every proxied connection gets, on the client's side and the backend's.
 
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
-/// Quiet time before the kernel first checks that the peer is still there.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-/// Between unanswered checks.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Quiet time before the kernel first checks that the peer is still there, in seconds: one
+/// of these per connection (see [`keepalive_for`]).
+const KEEPALIVE_IDLE: RangeInclusive<u64> = 45..=75;
+/// Between unanswered checks, in seconds, likewise.
+const KEEPALIVE_INTERVAL: RangeInclusive<u64> = 8..=12;
 /// Unanswered checks after which the connection is dead (its reads fail, the tunnel ends).
 const KEEPALIVE_PROBES: u32 = 5;
 /// Unsent bytes the kernel holds before a write waits (see [`tune`]).
 const NOTSENT_LOWAT: u32 = 128 * 1024;
 
-/// Sets `socket`'s options; a failure costs only the option, never the connection.
+/// Sets the options of `socket`, connected to `peer`; a failure costs only the option, never
+/// the connection.
 ///
 /// - `TCP_NODELAY`: small writes (a 101, a WebSocket frame) go out at once; Nagle would hold
 ///   each back for the peer's delayed ACK.
@@ -22,23 +28,51 @@ const NOTSENT_LOWAT: u32 = 128 * 1024;
 ///   that forgot the flow) is found within about two minutes of quiet, not at the tunnel's
 ///   idle timeout, which a route may set to days: until then it would hold a connection slot
 ///   and its descriptors. The probes are the kernel's, with no cost to an idle tunnel's
-///   memory, and invisible to the WebSocket on top.
+///   memory, and invisible to the WebSocket on top. Not on loopback, and spread in time (see
+///   [`keepalive_for`]).
 /// - `TCP_NOTSENT_LOWAT`: a write waits once this much is queued but not yet sent, and goes on
 ///   as soon as the peer takes some. Without it the kernel queues up to its whole send buffer
 ///   (4 MiB here) and wakes the writer only when a third of that has drained, which a slow
 ///   reader (a phone on a poor link) takes longer to read than the idle timeout: the tunnel
 ///   looked idle with data moving the whole time, and was cut. It also keeps a slow reader's
 ///   backlog, and the latency of whatever is sent behind it, small.
-pub(crate) fn tune(socket: &TcpStream) {
+pub(crate) fn tune(socket: &TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_PROBES);
     let sock = SockRef::from(socket);
-    let _ = sock.set_tcp_keepalive(&keepalive);
+    if let Some(keepalive) = keepalive_for(peer) {
+        let _ = sock.set_tcp_keepalive(&keepalive);
+    }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = sock.set_tcp_notsent_lowat(NOTSENT_LOWAT);
+}
+
+/// The keepalive for a connection to `peer`: none on loopback, where a peer cannot vanish
+/// without its kernel, which is ours, saying so (a sidecar's backend, a local balancer), and
+/// where probes cost the most: the kernel fires the keepalive timers of connections opened
+/// together (a reconnect storm) in the same tick, and over loopback every probe and its
+/// answer go through the CPU's input backlog (`net.core.netdev_max_backlog`, 1,000 packets),
+/// which thousands of them overflow; dropped five times in a row, live tunnels were ended as
+/// dead (1,454 of 5,000 opened at once, two minutes later, in a test of 2026-12-06). Else
+/// its timing is spread over [`KEEPALIVE_IDLE`] and [`KEEPALIVE_INTERVAL`] by the peer's
+/// address, so that thousands of connections opened together probe over half a minute, not
+/// in one tick (on a node, pods' traffic crosses veth pairs, which use that backlog too).
+fn keepalive_for(peer: SocketAddr) -> Option<TcpKeepalive> {
+    if peer.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    // Per process: a peer's spread is not the same in every replica.
+    static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(Default::default);
+    let spread = SEED.hash_one(peer);
+    let within = |range: RangeInclusive<u64>, bits: u64| {
+        let width = range.end() - range.start() + 1;
+        Duration::from_secs(range.start() + bits % width)
+    };
+    Some(
+        TcpKeepalive::new()
+            .with_time(within(KEEPALIVE_IDLE, spread))
+            .with_interval(within(KEEPALIVE_INTERVAL, spread >> 32))
+            .with_retries(KEEPALIVE_PROBES),
+    )
 }
 
 /// Bytes the kernel holds for the peer, not yet sent or not yet acknowledged: while a writer
@@ -72,15 +106,53 @@ mod tests {
         let socket = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        tune(&socket);
+        tune(&socket, socket.peer_addr().unwrap());
         let sock = SockRef::from(&socket);
         assert!(sock.tcp_nodelay().unwrap());
-        assert!(sock.keepalive().unwrap());
-        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
-        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
-        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert!(!sock.keepalive().unwrap(), "no keepalive on loopback");
         #[cfg(any(target_os = "linux", target_os = "android"))]
         assert_eq!(sock.tcp_notsent_lowat().unwrap(), NOTSENT_LOWAT);
+    }
+
+    /// Set on a socket, as a connection to `peer` gets it: its idle time, interval and
+    /// probes, in seconds.
+    fn keepalive_to(peer: &str) -> Option<(u64, u64, u32)> {
+        let keepalive = keepalive_for(peer.parse().unwrap())?;
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        let socket = socket.unwrap();
+        socket.set_tcp_keepalive(&keepalive).unwrap();
+        assert!(socket.keepalive().unwrap());
+        let secs = |d: Duration| d.as_secs();
+        Some((
+            secs(socket.tcp_keepalive_time().unwrap()),
+            secs(socket.tcp_keepalive_interval().unwrap()),
+            socket.tcp_keepalive_retries().unwrap(),
+        ))
+    }
+
+    #[test]
+    fn keepalive_is_spread_over_its_ranges_and_off_on_loopback() {
+        for loopback in [
+            "127.0.0.1:4000",
+            "127.9.9.9:1",
+            "[::1]:4000",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(
+                keepalive_for(loopback.parse().unwrap()).is_none(),
+                "{loopback}"
+            );
+        }
+        let mut idle = std::collections::BTreeSet::new();
+        for port in 40_000..40_200 {
+            let (time, interval, probes) = keepalive_to(&format!("10.1.2.3:{port}")).unwrap();
+            assert!(KEEPALIVE_IDLE.contains(&time), "{time}");
+            assert!(KEEPALIVE_INTERVAL.contains(&interval), "{interval}");
+            assert_eq!(probes, KEEPALIVE_PROBES);
+            idle.insert(time);
+        }
+        // 200 connections from one host: spread over most of the range, not one tick.
+        assert!(idle.len() > 20, "{idle:?}");
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -381,7 +381,7 @@ fn won<F: std::future::Future>(
     addr: SocketAddr,
     untried: bool,
 ) -> Dialed {
-    crate::socket::tune(&socket);
+    crate::socket::tune(&socket, addr);
     let delay = race.dial.timing.attempt_delay;
     let now = tokio::time::Instant::now();
     let more = untried || (race.race.under_way()).any(|(_, began)| now - began < delay);
