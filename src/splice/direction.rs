@@ -455,7 +455,12 @@ mod tests {
         }
     }
 
-    fn relay_once(reader: &mut TinyRecords, writer: &mut Writes) -> Poll<Result<()>> {
+    /// One poll of a new client → backend direction.
+    fn relay_once<R, W>(reader: &mut R, writer: &mut W) -> Poll<Result<()>>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut direction = Direction::new(Bytes::new());
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         direction.poll_from_buffered(&mut cx, reader, writer, &mut false)
@@ -497,14 +502,8 @@ mod tests {
     /// the frame still goes out, then the failure ends the direction, without a half-close.
     #[test]
     fn bytes_gathered_before_a_failed_read_are_written_first() {
-        let mut direction = Direction::new(Bytes::new());
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let (mut reader, mut writer) = (ThenReset(b"close frame"), Writes::default());
-        let relayed = direction.poll_from_buffered(&mut cx, &mut reader, &mut writer, &mut false);
-        assert!(matches!(
-            relayed,
-            Poll::Ready(Err(Failure::Read(io::ErrorKind::ConnectionReset)))
-        ));
+        assert!(ended_by_a_reset_read(relay_once(&mut reader, &mut writer)));
         assert_eq!(
             (writer.bytes.as_slice(), writer.shut),
             (&b"close frame"[..], false)
@@ -521,28 +520,27 @@ mod tests {
         let mut reader = io::Cursor::new(b"last words".to_vec());
         let mut writer = Writes::default();
         let relayed = direction.poll_from_raw(&mut cx, &mut reader, &mut writer, &mut false);
-        assert!(matches!(
-            relayed,
-            Poll::Ready(Err(Failure::Read(io::ErrorKind::ConnectionReset)))
-        ));
+        assert!(ended_by_a_reset_read(relayed));
         assert_eq!(
             (writer.bytes.as_slice(), writer.shut),
             (&b"last words"[..], false)
         );
     }
 
-    /// The same, but the backend had gone too (the write of the gathered bytes meets its
-    /// reset): the client's failure, which came first, is still the one reported.
+    /// A client's close frame then its reset, as above, with the backend gone too (the write
+    /// of the gathered bytes meets its reset): the client's failure, which came first, is
+    /// still the one reported.
     #[test]
     fn a_failed_read_is_reported_even_if_its_last_bytes_cannot_be_written() {
-        let mut direction = Direction::new(Bytes::new());
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let mut reader = ThenReset(b"close frame");
         let mut writer = crate::splice::test_peers::ResetAfter::closed(b"");
-        let relayed = direction.poll_from_buffered(&mut cx, &mut reader, &mut writer, &mut false);
-        assert!(matches!(
+        assert!(ended_by_a_reset_read(relay_once(&mut reader, &mut writer)));
+    }
+
+    fn ended_by_a_reset_read(relayed: Poll<Result<()>>) -> bool {
+        matches!(
             relayed,
             Poll::Ready(Err(Failure::Read(io::ErrorKind::ConnectionReset)))
-        ));
+        )
     }
 }
