@@ -365,11 +365,34 @@ mod tests {
     }
 
     /// Hands out its plaintext as rustls does, a record at a time, here a byte per record;
-    /// after `pending_after` bytes it has nothing more for now (Pending), at the end EOF.
+    /// after `pending_after` bytes it has nothing more for now (Pending), at the end EOF, or
+    /// `then` (a reset, say).
     struct TinyRecords {
         data: Vec<u8>,
         pos: usize,
         pending_after: usize,
+        then: Option<io::ErrorKind>,
+    }
+
+    impl TinyRecords {
+        /// `data`, then EOF, with nothing pending on the way.
+        fn of(data: &[u8]) -> TinyRecords {
+            TinyRecords {
+                data: data.to_vec(),
+                pos: 0,
+                pending_after: usize::MAX,
+                then: None,
+            }
+        }
+
+        /// A client's last small records, then its reset.
+        fn then_reset(data: &[u8]) -> TinyRecords {
+            let then = Some(io::ErrorKind::ConnectionReset);
+            TinyRecords {
+                then,
+                ..Self::of(data)
+            }
+        }
     }
 
     impl AsyncRead for TinyRecords {
@@ -388,40 +411,15 @@ mod tests {
             if this.pos == this.pending_after {
                 return Poll::Pending;
             }
+            if let (true, Some(kind)) = (this.pos == this.data.len(), this.then) {
+                return Poll::Ready(Err(kind.into()));
+            }
             let end = (this.pos + 1).min(this.data.len());
             Poll::Ready(Ok(&this.data[this.pos..end]))
         }
 
         fn consume(self: Pin<&mut Self>, n: usize) {
             self.get_mut().pos += n;
-        }
-    }
-
-    /// Hands out a small record's plaintext, then fails as a reset does.
-    struct ThenReset(&'static [u8]);
-
-    impl AsyncRead for ThenReset {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            unreachable!("read through its buffer")
-        }
-    }
-
-    impl AsyncBufRead for ThenReset {
-        fn poll_fill_buf(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
-            let this = self.get_mut();
-            match this.0.is_empty() {
-                true => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
-                false => Poll::Ready(Ok(this.0)),
-            }
-        }
-
-        fn consume(self: Pin<&mut Self>, n: usize) {
-            let this = self.get_mut();
-            this.0 = &this.0[n..];
         }
     }
 
@@ -469,11 +467,7 @@ mod tests {
     #[test]
     fn a_byte_per_tls_record_is_written_a_buffer_at_a_time() {
         let data: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
-        let mut reader = TinyRecords {
-            data: data.clone(),
-            pos: 0,
-            pending_after: usize::MAX,
-        };
+        let mut reader = TinyRecords::of(&data);
         let mut writer = Writes::default();
         assert!(matches!(
             relay_once(&mut reader, &mut writer),
@@ -486,9 +480,8 @@ mod tests {
     #[test]
     fn gathered_bytes_go_out_as_soon_as_the_reader_has_no_more() {
         let mut reader = TinyRecords {
-            data: b"hello world".to_vec(),
-            pos: 0,
             pending_after: 5,
+            ..TinyRecords::of(b"hello world")
         };
         let mut writer = Writes::default();
         assert!(relay_once(&mut reader, &mut writer).is_pending());
@@ -498,11 +491,11 @@ mod tests {
         );
     }
 
-    /// A client's close frame, gathered (a small record), then its reset in the same read:
+    /// A client's close frame, gathered (small records), then its reset in the same read:
     /// the frame still goes out, then the failure ends the direction, without a half-close.
     #[test]
     fn bytes_gathered_before_a_failed_read_are_written_first() {
-        let (mut reader, mut writer) = (ThenReset(b"close frame"), Writes::default());
+        let (mut reader, mut writer) = (TinyRecords::then_reset(b"close frame"), Writes::default());
         assert!(ended_by_a_reset_read(relay_once(&mut reader, &mut writer)));
         assert_eq!(
             (writer.bytes.as_slice(), writer.shut),
@@ -532,7 +525,7 @@ mod tests {
     /// still the one reported.
     #[test]
     fn a_failed_read_is_reported_even_if_its_last_bytes_cannot_be_written() {
-        let mut reader = ThenReset(b"close frame");
+        let mut reader = TinyRecords::then_reset(b"close frame");
         let mut writer = crate::splice::test_peers::ResetAfter::closed(b"");
         assert!(ended_by_a_reset_read(relay_once(&mut reader, &mut writer)));
     }

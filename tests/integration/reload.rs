@@ -554,6 +554,34 @@ async fn a_renewal_is_served_while_the_config_file_cannot_bind() {
 /// half written is neither applied nor reported as a failed reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_by_hand_waits_for_a_file_still_being_written() {
+    // Cut inside route b: its name is written, its path and backends not yet.
+    a_reload_by_hand_during_a_write_cut_at(|whole| whole.find("path = \"/b\"").unwrap()).await;
+}
+
+/// A SIGHUP that finds the config file empty (an in-place write truncated it, its bytes still
+/// to come) waits for the write, as for one written a moment ago; one that finds it empty for
+/// good is answered with the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_by_hand_waits_for_an_emptied_config_file() {
+    let (proxy, mut rx, _backend) = a_reload_by_hand_during_a_write_cut_at(|_| 0).await;
+    std::fs::write(proxy.config_path(), "").unwrap();
+    proxy.server.reload();
+    let refused = status_where(&mut rx, "the manual reload refused", |s| s.failures == 1).await;
+    let error = refused.last_error.unwrap_or_default();
+    assert!(error.ends_with("config file is empty"), "{error}");
+}
+
+/// A config routing `/a` rewritten in place to route `/b` too, in two writes 30 ms apart, the
+/// first ending at `cut` of the whole, with a SIGHUP sent between them: served once the file
+/// holds still, with the whole file (one success, no failure). The proxy, its reload status
+/// and its backend.
+async fn a_reload_by_hand_during_a_write_cut_at(
+    cut: fn(&str) -> usize,
+) -> (
+    Proxy,
+    tokio::sync::watch::Receiver<wsgate::ReloadStatus>,
+    WsBackend,
+) {
     use std::io::Write;
     let backend = WsBackend::start("one").await;
     let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
@@ -564,8 +592,7 @@ async fn a_reload_by_hand_waits_for_a_file_still_being_written() {
         route("a", "/a", &[backend.addr]),
         route("b", "/b", &[backend.addr])
     );
-    // Cut inside route b: its name is written, its path and backends not yet.
-    let cut = whole.find("path = \"/b\"").unwrap();
+    let cut = cut(&whole);
     let mut file = std::fs::File::create(proxy.config_path()).unwrap();
     file.write_all(&whole.as_bytes()[..cut]).unwrap();
     proxy.server.reload();
@@ -576,38 +603,7 @@ async fn a_reload_by_hand_waits_for_a_file_still_being_written() {
     let status = generation(&mut rx, 2).await;
     assert_eq!((status.successes, status.failures), (1, 0), "{status:?}");
     assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
-}
-
-/// A SIGHUP that finds the config file empty (an in-place write truncated it, its bytes still
-/// to come) waits for the write, as for one written a moment ago; one that finds it empty for
-/// good is answered with the error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_by_hand_waits_for_an_emptied_config_file() {
-    use std::io::Write;
-    let backend = WsBackend::start("one").await;
-    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
-    let mut rx = proxy.server.reload_status();
-    first_look(&mut rx).await;
-    let whole = format!(
-        "{CONFIG_HEAD}{}{}",
-        route("a", "/a", &[backend.addr]),
-        route("b", "/b", &[backend.addr])
-    );
-    let mut file = std::fs::File::create(proxy.config_path()).unwrap();
-    proxy.server.reload();
-    // Pacing a slow writer: its bytes come well within the reload's wait.
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-    file.write_all(whole.as_bytes()).unwrap();
-    drop(file);
-    let status = generation(&mut rx, 2).await;
-    assert_eq!((status.successes, status.failures), (1, 0), "{status:?}");
-    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
-
-    std::fs::write(proxy.config_path(), "").unwrap();
-    proxy.server.reload();
-    let refused = status_where(&mut rx, "the manual reload refused", |s| s.failures == 1).await;
-    let error = refused.last_error.unwrap_or_default();
-    assert!(error.ends_with("config file is empty"), "{error}");
+    (proxy, rx, backend)
 }
 
 /// A `wsgate run` process on a config routing `/a`, logging the reloader's waits (its debug
