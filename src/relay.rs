@@ -26,9 +26,15 @@ pub(crate) fn answer(
 ) -> Response<Relayed> {
     if let Some(backend) = non_upgrade.backend {
         // The client's side of a body cut short is in the connection's line; this is why.
+        // It ends when hyper drops the body (the client connection gone), or on the drain:
+        // shutdown must not rest on that drop alone.
+        let shared = conn.shared.clone();
         conn.shared.tracker.spawn(async move {
-            if let Err(error) = backend.await {
-                tracing::debug!(%error, "backend connection failed while relaying its refusal");
+            tokio::select! {
+                ended = backend => if let Err(error) = ended {
+                    tracing::debug!(%error, "backend connection failed while relaying its refusal");
+                },
+                () = shared.drain.started() => {}
             }
         });
     }

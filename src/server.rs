@@ -258,6 +258,10 @@ impl Closer {
     }
 }
 
+/// How long exiting waits, after the grace, for the connections the drain closes: each
+/// ends at once on it, so only a stuck one waits this long.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running proxy on the current tokio runtime.
 pub struct Server {
     shared: Arc<Shared>,
@@ -414,7 +418,18 @@ impl Server {
                 "shutdown grace over; closing the connections still open"
             );
             self.shared.drain.start();
-            tracker.wait().await;
+            // Every task ends on the drain; one that does not (a bug, a write no peer takes)
+            // must not hold the exit: the runtime drops what is left.
+            if tokio::time::timeout(CLOSE_WAIT, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    tasks = tracker.len(),
+                    "connections not closed {} s after the grace; exiting anyway",
+                    CLOSE_WAIT.as_secs()
+                );
+            }
         }
         for listener in admin {
             listener.close().await;

@@ -405,6 +405,29 @@ async fn a_request_still_waiting_for_its_backend_at_the_end_of_the_grace_says_so
     assert!(client.try_read_head().await.is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_whose_body_is_still_coming_when_the_grace_ends_does_not_hold_the_exit() {
+    // The backend's connection is read by a task of its own while the client takes the body:
+    // the drain ends it too, and the client's body is cut, not finished or hung.
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
+    let (child, lines, addr) = started_wsgate(&config);
+    let mut client = raw_client(addr).await;
+    client.send(Req::upgrade("localhost", "/a").bytes()).await;
+    let mut refusing = backend.accept().await;
+    refusing.read_head().await;
+    refusing
+        .send("HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nnot yet")
+        .await;
+    assert_eq!(client.read_head().await.status, 403);
+    assert_eq!(client.read_exact(7).await, b"not yet");
+
+    let line = line_after_sigterm(child, lines, "\"status\":403").await;
+    assert!(line.contains("\"route\":\"a\""), "{line}");
+    client.expect_closed().await;
+}
+
 /// Every connection's end line, whoever writes it (a tunnel, a refusal, a connection that
 /// never sent a request), has the one target `wsgate::access_log`, so one `RUST_LOG` directive
 /// keeps or drops the whole access log.
