@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper::header::{CONNECTION, CONTENT_LOCATION, HOST, LOCATION, UPGRADE};
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
 
@@ -203,6 +203,56 @@ pub(crate) fn relay_refusal<B>(mut response: Response<B>) -> Response<B> {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Makes a backend's answer's `Location` and `Content-Location` relative where they name the
+/// backend itself, as configured (`named`) or as dialed (`at`): a backend that builds them
+/// from its own address (a pod's IP and port) would send the client past the proxy, to an
+/// address it cannot reach, and tell it internals. Relative, they resolve against the URL the
+/// client asked for, through wsgate (nginx's `proxy_redirect default` does the like).
+pub(crate) fn unname_backend(headers: &mut HeaderMap, named: &str, at: SocketAddr) {
+    for name in [LOCATION, CONTENT_LOCATION] {
+        let relative = headers
+            .get(&name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|url| relative_if_at(url, named, at))
+            .and_then(|relative| HeaderValue::from_str(&relative).ok());
+        if let Some(relative) = relative {
+            headers.insert(name, relative);
+        }
+    }
+}
+
+/// `url` without its scheme and authority, if it is absolute and its authority is the
+/// backend's; `None` if it is anything else.
+fn relative_if_at(url: &str, named: &str, at: SocketAddr) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        _ => return None,
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    // Credentials in the URL are not part of the address.
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let port_given = match host_port.rfind(']') {
+        Some(end) => host_port[end..].contains(':'),
+        None => host_port.contains(':'),
+    };
+    let address = if port_given {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:{default_port}")
+    };
+    let backends = address.eq_ignore_ascii_case(named) || address.parse() == Ok(at);
+    if !backends {
+        return None;
+    }
+    Some(if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    })
 }
 
 #[cfg(test)]
@@ -522,5 +572,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_location_naming_the_backend_is_made_relative_and_any_other_is_kept() {
+        let at: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let named = "app.internal:8080";
+        let relative = |url| relative_if_at(url, named, at);
+        assert_eq!(
+            relative("http://10.0.0.7:8080/x?y#z").as_deref(),
+            Some("/x?y#z")
+        );
+        assert_eq!(relative("WS://App.Internal:8080").as_deref(), Some("/"));
+        assert_eq!(
+            relative("http://u:p@10.0.0.7:8080?q").as_deref(),
+            Some("/?q")
+        );
+        assert_eq!(relative("https://chat.example.com/x"), None);
+        assert_eq!(relative("http://10.0.0.7:8081/x"), None);
+        assert_eq!(relative("/already/relative"), None);
+        assert_eq!(relative("mailto://10.0.0.7:8080/x"), None);
+        // A default port stands for itself when left out.
+        let at80: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(
+            relative_if_at("http://[::1]/a", "[::1]:80", at80).as_deref(),
+            Some("/a")
+        );
+        assert_eq!(relative_if_at("https://[::1]/a", "[::1]:80", at80), None);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LOCATION,
+            HeaderValue::from_static("http://10.0.0.7:8080/next"),
+        );
+        headers.insert(
+            CONTENT_LOCATION,
+            HeaderValue::from_static("https://cdn.example/x"),
+        );
+        unname_backend(&mut headers, named, at);
+        assert_eq!(headers[LOCATION], "/next");
+        assert_eq!(headers[CONTENT_LOCATION], "https://cdn.example/x");
     }
 }

@@ -187,6 +187,11 @@ async fn exchange(
             }
         }
         let error = match answered {
+            Ok(Answer::NotUpgraded(mut refusal)) => {
+                let headers = refusal.response.headers_mut();
+                crate::forwarding::unname_backend(headers, backend, addr);
+                return Ok(Answer::NotUpgraded(refusal));
+            }
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),
             Err(Attempt::Gone(error)) => error,

@@ -705,6 +705,33 @@ async fn other_refusals_are_relayed_with_their_status() {
     }
 }
 
+/// A backend that builds its redirect from its own address would send the client past the
+/// proxy, to an address it cannot reach: made relative, it resolves through wsgate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_the_backends_own_address_is_made_relative() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let own = format!("http://{}/ws/elsewhere?room=2", backend.addr);
+    for (location, relayed) in [
+        (own.as_str(), "/ws/elsewhere?room=2"),
+        ("https://chat.example.com/ws", "https://chat.example.com/ws"),
+    ] {
+        let mut client = raw_client(proxy.addr).await;
+        client.send(ws().bytes()).await;
+        let mut back = backend.accept().await;
+        back.read_head().await;
+        back.send(format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+        let head = client.read_head().await;
+        assert_eq!(head.status, 307, "{head:?}");
+        assert_eq!(head.get("location"), Some(relayed), "{head:?}");
+        let raw = String::from_utf8_lossy(&head.raw).into_owned();
+        assert!(!raw.contains(&backend.addr.to_string()), "{raw}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_bytes_sent_behind_the_request_never_reach_a_refusing_backend() {
     // RFC 9931 / request smuggling: bytes after the upgrade request are not HTTP to the backend.
