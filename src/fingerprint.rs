@@ -27,11 +27,7 @@ fn fingerprints(files: &[PathBuf]) -> (u64, u64) {
     let files: BTreeSet<&PathBuf> = files.iter().collect();
     let (mut content, mut stamp) = (DefaultHasher::new(), DefaultHasher::new());
     for file in files {
-        // A file that cannot be read hashes as why: a folder, a named pipe and a file over
-        // the size limit put in each other's place are changes, each rejected (and logged)
-        // once, as two different bad contents are. Not as its size too: a file growing past
-        // the limit (a log written at the config's path) would be a new rejection each look.
-        let read = crate::files::read(file).map_err(|e| e.to_string());
+        let read = read_hash(file);
         for hasher in [&mut content, &mut stamp] {
             file.hash(hasher);
             read.hash(hasher);
@@ -39,6 +35,45 @@ fn fingerprints(files: &[PathBuf]) -> (u64, u64) {
         write_times(file).hash(&mut stamp);
     }
     (content.finish(), stamp.finish())
+}
+
+/// The content fingerprint of `files` (as [`fingerprint_of`] takes it) with `config`'s
+/// content the one whose hash is given (see [`bytes_hash`]) rather than what is on disk now.
+pub(crate) fn fingerprint_as_read(files: &[PathBuf], config: (&Path, u64)) -> u64 {
+    let files: BTreeSet<&PathBuf> = files.iter().collect();
+    let mut content = DefaultHasher::new();
+    for file in files {
+        file.hash(&mut content);
+        let read = if file == config.0 {
+            config.1
+        } else {
+            read_hash(file)
+        };
+        read.hash(&mut content);
+    }
+    content.finish()
+}
+
+/// Hash of `file`'s content, or of why it cannot be read: a folder, a named pipe and a file
+/// over the size limit put in each other's place are changes, each rejected (and logged) once,
+/// as two different bad contents are. Not of its size too: a file growing past the limit (a
+/// log written at the config's path) would be a new rejection each look.
+fn read_hash(file: &Path) -> u64 {
+    match crate::files::read(file) {
+        Ok(bytes) => bytes_hash(&bytes),
+        Err(e) => {
+            let mut hasher = DefaultHasher::new();
+            (1u8, e.to_string()).hash(&mut hasher);
+            hasher.finish()
+        }
+    }
+}
+
+/// Hash of a file's `bytes`, as the fingerprints take it.
+pub(crate) fn bytes_hash(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (0u8, bytes).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(unix)]

@@ -8,9 +8,19 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 use crate::config::{escape_controls, ClientAuth, Config, ConfigError};
-use crate::fingerprint::{fingerprint_of, on_disk_fingerprint};
+use crate::fingerprint::{fingerprint_as_read, fingerprint_of, on_disk_fingerprint};
 use crate::routes::RouteTable;
 use crate::tls;
+
+/// What [`Snapshot::renewed`] found.
+pub(crate) enum Renewed {
+    /// The certificate, key and CA files hold what is served.
+    AsServed,
+    /// One of them is gone or empty: being written, most likely.
+    Gap,
+    /// They changed: the hash they had as read, and the snapshot built from them.
+    Read(u64, Box<Result<Snapshot, ConfigError>>),
+}
 
 /// Everything a new connection needs, built and validated as one unit.
 pub(crate) struct Snapshot {
@@ -79,20 +89,29 @@ impl Snapshot {
     }
 
     /// This config with its certificates and keys read again, as generation `generation`, if
-    /// their files changed since they were read; with it, the hash of those files as they were
-    /// before this read them. For a config file on disk that is rejected (or cannot bind): a
-    /// certificate renewal must not wait for someone to fix that file, or a typo becomes an
-    /// expired certificate.
-    pub(crate) fn renewed(&self, generation: u64) -> Option<(u64, Result<Snapshot, ConfigError>)> {
-        let read = served_hash(&self.config);
+    /// their files changed since they were read ([`Renewed::Read`], with the hash of those
+    /// files as they were before this read them). For a config file on disk that is rejected
+    /// (or cannot bind): a certificate renewal must not wait for someone to fix that file, or
+    /// a typo becomes an expired certificate.
+    pub(crate) fn renewed(&self, generation: u64) -> Renewed {
+        let config = &self.config;
+        let read = served_hash(config);
         // A file gone or emptied is no renewal (the "file gone" wait covers it, as a reload
         // does: it is about to be written); it is renewed once back.
         let gap = |file: &PathBuf| crate::files::absent_or_empty(file).is_some();
-        if read == self.served || self.config.tls_files().iter().any(gap) {
-            return None;
+        if read == self.served {
+            return Renewed::AsServed;
         }
-        let renewed = Self::from_config(self.config.clone(), generation, self.fingerprint);
-        Some((read, renewed))
+        if config.tls_files().iter().any(gap) {
+            return Renewed::Gap;
+        }
+        // Fingerprinted as this config file with the files now read: that config file back
+        // on disk with these files is this snapshot, and with the files it had before is not.
+        // (Taken before the build reads them, as for any build.)
+        let files = config.watched_files();
+        let fingerprint = fingerprint_as_read(&files, (&config.path, config.source_hash));
+        let renewed = Self::from_config(config.clone(), generation, fingerprint);
+        Renewed::Read(read, Box::new(renewed))
     }
 
     /// The hash of this config's certificate, key and CA files as they are on disk now.

@@ -58,6 +58,10 @@ pub struct Config {
     /// What loads but is surely a mistake (a route that can never be chosen), each pointing
     /// at its place like an error: logged at every load, printed by `wsgate check`.
     pub warnings: Vec<ConfigError>,
+    /// Hash of the bytes this was read from, as the reload's fingerprints take a file's: a
+    /// snapshot whose certificates are renewed while another config file is on disk is still
+    /// fingerprinted as this one with its new certificates.
+    pub(crate) source_hash: u64,
 }
 
 /// One certificate chain and its key, paths resolved against the config's folder.

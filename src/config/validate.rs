@@ -97,6 +97,7 @@ impl Checker<'_> {
             recheck: self.recheck(&raw.reload.recheck)?,
             routes: self.routes(&raw.routes, &mut warnings)?,
             warnings,
+            source_hash: crate::fingerprint::bytes_hash(self.src.as_bytes()),
         };
         self.unguarded_balance(&raw.routes, &mut config);
         Ok(config)

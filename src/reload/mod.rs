@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, WatchMode};
 use crate::server::{Error, Shared};
 use crate::signals::{recv_hangup, Hangup};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Renewed, Snapshot};
 use crate::watch::{self, Events, Wanted, Watches};
 use look::{holds_still, look, Look, Patience};
 pub use status::ReloadStatus;
@@ -433,7 +433,15 @@ impl Reloader {
         let shared = &self.shared;
         let current = shared.current();
         let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
-        let (read, renewed) = renewed.await.ok()??;
+        let (read, renewed) = match renewed.await.ok()? {
+            Renewed::Read(read, renewed) => (read, *renewed),
+            // Back to what is served: a failure said before is news again.
+            Renewed::AsServed => {
+                self.renewal_failed = None;
+                return None;
+            }
+            Renewed::Gap => return None,
+        };
         // As for any reload: files still being written (a chain in pieces, a certificate
         // whose key comes next) are neither applied nor reported; their next write is looked
         // at anyway.
@@ -510,9 +518,11 @@ impl Reloader {
         match look {
             Look::InForce => {
                 tracing::debug!("config files touched but their content did not change");
-                // Back to what is in force: a rejected content saved again is news again.
+                // Back to what is in force: a rejected content saved again is news again,
+                // and so is a renewal failing as one did before.
                 self.rejected = None;
                 self.unbindable = None;
+                self.renewal_failed = None;
                 Outcome::InForce
             }
             Look::StillRejected => Outcome::Nothing,

@@ -490,6 +490,80 @@ async fn a_bad_renewal_while_the_config_file_is_rejected_counts_as_a_failure() {
     assert_eq!(status.failures, 2, "the bad renewal is counted once");
 }
 
+/// The files of a [`CertFolderProxy`]: its config file, certificate and key, as they are now.
+fn files_of(proxy: &CertFolderProxy) -> Vec<(PathBuf, Vec<u8>)> {
+    let files = [
+        &proxy.config,
+        &proxy.folder.join("tls.crt"),
+        &proxy.folder.join("tls.key"),
+    ];
+    (files.into_iter())
+        .map(|path| (path.clone(), std::fs::read(path).unwrap()))
+        .collect()
+}
+
+/// A config file rejected, a renewal served meanwhile, then the config file and the
+/// certificate it had put back together (a restore of both volumes from one backup): that is
+/// a change, served, not the config in force come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_put_back_with_the_config_file_after_a_renewal_is_served() {
+    let proxy = CertFolderProxy::start().await;
+    let (addr, mut rx) = (proxy.addr, proxy.server.reload_status());
+    let (before, served) = (files_of(&proxy), served_leaf(addr).await);
+    let good = String::from_utf8(before[0].1.clone()).unwrap();
+    std::fs::write(&proxy.config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    failures(&mut rx, 1).await;
+    let renewed = renew_in_place(&proxy.folder);
+    generation(&mut rx, 2).await;
+    assert_eq!(served_leaf(addr).await, der_of(&renewed));
+
+    for (path, bytes) in &before {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let status = generation(&mut rx, 3).await;
+    assert_eq!(status.last_error, None);
+    assert_eq!(served_leaf(addr).await, served);
+}
+
+/// A config file rejected, a renewal served meanwhile, then the config file mended as it was:
+/// the files are the config in force again (its certificate the renewed one), nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_mended_after_a_renewal_is_back_to_the_config_in_force() {
+    let (proxy, mut rx) = proxy_with_a_rejected_config().await;
+    let renewed = renew_in_place(&proxy.folder);
+    generation(&mut rx, 2).await;
+    let spoiled = std::fs::read_to_string(&proxy.config).unwrap();
+    let good = spoiled.strip_suffix(ROUTE_WITHOUT_PATH).unwrap();
+    std::fs::write(&proxy.config, good).unwrap();
+    let status = status_where(&mut rx, "the files back in force", |s| {
+        s.last_error.is_none()
+    })
+    .await;
+    assert_eq!(status.generation, 2, "{status:?}");
+    assert_eq!(served_leaf(proxy.addr).await, der_of(&renewed));
+}
+
+/// A certificate rejected, then put back, then the config file rejected, then the certificate
+/// spoiled the same way again: a new failure, said and counted, not taken for the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_renewal_like_one_put_right_before_is_counted_again() {
+    let proxy = CertFolderProxy::start().await;
+    let mut rx = proxy.server.reload_status();
+    let cert = proxy.folder.join("tls.crt");
+    let good = std::fs::read(&cert).unwrap();
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    failures(&mut rx, 1).await;
+    std::fs::write(&cert, &good).unwrap();
+    status_where(&mut rx, "the certificate back", |s| s.last_error.is_none()).await;
+    let config = std::fs::read_to_string(&proxy.config).unwrap();
+    std::fs::write(&proxy.config, format!("{config}{ROUTE_WITHOUT_PATH}")).unwrap();
+    failures(&mut rx, 2).await;
+
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let status = failures(&mut rx, 3).await;
+    assert_eq!(status.generation, 1, "nothing went into force");
+}
+
 /// A writer rewriting the rejected config file with the same bytes nonstop (a sync loop)
 /// brings a look every time; a renewal of the certificate in force is not held off by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
