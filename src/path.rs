@@ -63,9 +63,10 @@ fn needs_reading(path: &str) -> bool {
 /// `path` as a backend that decodes and normalises may read it: every `%XX` escape decoded
 /// (one that is not two hex digits kept as it is; bytes that decode to no UTF-8 read as
 /// U+FFFD), every `\` made `/`, and the text in Unicode's NFKC form, which normalising
-/// frameworks (and, roughly, IIS's "best fit") read paths in: fullwidth and other
+/// frameworks (and, mostly, Windows' "best fit") read paths in: fullwidth and other
 /// compatibility forms become what they stand for (`／` is `/`, `．．` and `︰` are `..`, `ａ`
-/// and `ᵃ` are `a`), and combining sequences compose (`e` + U+0301 is `é`).
+/// and `ᵃ` are `a`), and combining sequences compose (`e` + U+0301 is `é`). Plus what best
+/// fit reads as a separator and NFKC does not ([`BEST_FIT_SEPARATORS`]).
 pub(crate) fn canonical(path: &str) -> String {
     let decoded = percent_decode(path);
     let text = String::from_utf8_lossy(&decoded);
@@ -75,10 +76,23 @@ pub(crate) fn canonical(path: &str) -> String {
         return text.replace('\\', "/");
     }
     // NFKC can make a `\` (from `＼`): mapped after it.
-    (text.nfkc())
-        .map(|c| if c == '\\' { '/' } else { c })
-        .collect()
+    text.nfkc().map(as_read).collect()
 }
+
+/// `c` as a backend reads it once normalised: `/` for anything it takes for a separator.
+fn as_read(c: char) -> char {
+    if c == '\\' || BEST_FIT_SEPARATORS.contains(&c) {
+        '/'
+    } else {
+        c
+    }
+}
+
+/// What a Windows backend reading a path through an "ANSI" code page may take for `/` or `\`
+/// where NFKC does not: the division and fraction slashes and the set minus (`∕ ⁄ ∖`, code
+/// page 1252's best fit), and the yen and won signs (`¥ ₩`, which code pages 932 and 949 put
+/// at the byte of `\`). `/public/..∕admin` is `/public/../admin` to such a backend.
+const BEST_FIT_SEPARATORS: [char; 5] = ['\u{2215}', '\u{2044}', '\u{2216}', '\u{A5}', '\u{20A9}'];
 
 /// `path`'s bytes with every `%XX` of two hex digits decoded.
 pub(crate) fn percent_decode(path: &str) -> Vec<u8> {
@@ -147,9 +161,7 @@ mod tests {
         #[test]
         fn canonical_is_the_decoded_path_in_nfkc(path in "(%[0-9A-Fa-f]{2}|[ -~]|\\PC){0,40}") {
             let decoded = percent_decode(&path);
-            let slow: String = (String::from_utf8_lossy(&decoded).nfkc())
-                .map(|c| if c == '\\' { '/' } else { c })
-                .collect();
+            let slow: String = String::from_utf8_lossy(&decoded).nfkc().map(as_read).collect();
             prop_assert_eq!(canonical(&path), slow);
         }
     }

@@ -734,7 +734,7 @@ mod tests {
         ] {
             assert_eq!(pick(&table, None, sneaky, &[]), "404", "{sneaky}");
         }
-        // The compatibility forms NFKC reads as dots and separators (IIS "best fit" too).
+        // The compatibility forms NFKC reads as dots and separators (Windows' best fit too).
         for lookalike in [
             "/public/%EF%BC%8E%EF%BC%8E/admin",
             "/public/\u{FF0E}\u{FF0E}/admin",
@@ -745,6 +745,12 @@ mod tests {
             // U+FE30 is ".." and U+2025 too, in NFKC.
             "/public/%EF%B8%B0/admin",
             "/public/%EF%B8%B0%EF%B9%A8admin",
+            // And what Windows' best fit reads as separators, which NFKC keeps.
+            "/public/..%E2%88%95admin",
+            "/public/..%E2%81%84admin",
+            "/public/..%E2%88%96admin",
+            "/public/..%C2%A5admin",
+            "/public/..%E2%82%A9admin",
         ] {
             assert_eq!(pick(&table, None, lookalike, &[]), "404", "{lookalike}");
         }
