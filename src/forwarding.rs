@@ -245,7 +245,11 @@ fn relative_if_at(url: &str, named: &str, at: SocketAddr) -> Option<String> {
         format!("{host_port}:{default_port}")
     };
     let backends = address.eq_ignore_ascii_case(named) || address.parse() == Ok(at);
-    if !backends {
+    // What follows the authority could read as one itself once alone (`//evil.example/x`,
+    // `/\evil.example`, which browsers take for `//`): the backend's address, unreachable,
+    // is better than a redirect to another site.
+    let another_authority = path.starts_with("//") || path.starts_with("/\\");
+    if !backends || another_authority {
         return None;
     }
     Some(if path.starts_with('/') {
@@ -592,6 +596,8 @@ mod tests {
         assert_eq!(relative("http://10.0.0.7:8081/x"), None);
         assert_eq!(relative("/already/relative"), None);
         assert_eq!(relative("mailto://10.0.0.7:8080/x"), None);
+        assert_eq!(relative("http://10.0.0.7:8080//evil.example/x"), None);
+        assert_eq!(relative("http://10.0.0.7:8080/\\evil.example/x"), None);
         // A default port stands for itself when left out.
         let at80: SocketAddr = "[::1]:80".parse().unwrap();
         assert_eq!(

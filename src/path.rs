@@ -31,12 +31,14 @@ pub(crate) fn read_path(path: &str) -> Read<'_> {
     } else {
         Cow::Owned(canonical(path))
     };
-    // ".", "..", and what Windows reads as one of them ("...", ". .").
-    if segments(&canonical).any(|segment| segment.is_empty()) {
+    // ".", "..", and what Windows reads as one of them ("...", ". ."), also where its best
+    // fit makes a separator.
+    let best_fit = |c: char| c == '/' || BEST_FIT_SEPARATORS.contains(&c);
+    if segments(&canonical, best_fit).any(|segment| segment.is_empty()) {
         return Read::DotSegment;
     }
     let mut out = String::with_capacity(canonical.len());
-    for segment in segments(&canonical) {
+    for segment in segments(&canonical, |c| c == '/') {
         out.push('/');
         out.push_str(segment);
     }
@@ -65,8 +67,7 @@ fn needs_reading(path: &str) -> bool {
 /// U+FFFD), every `\` made `/`, and the text in Unicode's NFKC form, which normalising
 /// frameworks (and, mostly, Windows' "best fit") read paths in: fullwidth and other
 /// compatibility forms become what they stand for (`／` is `/`, `．．` and `︰` are `..`, `ａ`
-/// and `ᵃ` are `a`), and combining sequences compose (`e` + U+0301 is `é`). Plus what best
-/// fit reads as a separator and NFKC does not ([`BEST_FIT_SEPARATORS`]).
+/// and `ᵃ` are `a`), and combining sequences compose (`e` + U+0301 is `é`).
 pub(crate) fn canonical(path: &str) -> String {
     let decoded = percent_decode(path);
     let text = String::from_utf8_lossy(&decoded);
@@ -79,9 +80,9 @@ pub(crate) fn canonical(path: &str) -> String {
     text.nfkc().map(as_read).collect()
 }
 
-/// `c` as a backend reads it once normalised: `/` for anything it takes for a separator.
+/// `c` as a backend reads it once normalised: `/` for `\`.
 fn as_read(c: char) -> char {
-    if c == '\\' || BEST_FIT_SEPARATORS.contains(&c) {
+    if c == '\\' {
         '/'
     } else {
         c
@@ -91,7 +92,9 @@ fn as_read(c: char) -> char {
 /// What a Windows backend reading a path through an "ANSI" code page may take for `/` or `\`
 /// where NFKC does not: the division and fraction slashes and the set minus (`∕ ⁄ ∖`, code
 /// page 1252's best fit), and the yen and won signs (`¥ ₩`, which code pages 932 and 949 put
-/// at the byte of `\`). `/public/..∕admin` is `/public/../admin` to such a backend.
+/// at the byte of `\`). `/public/..∕admin` is `/public/../admin` to such a backend. Read as
+/// separators only where they could end a dot segment: anywhere else they are what they are
+/// (`/shop/¥100` is one segment, and no two separators), as to every other backend.
 const BEST_FIT_SEPARATORS: [char; 5] = ['\u{2215}', '\u{2044}', '\u{2216}', '\u{A5}', '\u{20A9}'];
 
 /// `path`'s bytes with every `%XX` of two hex digits decoded.
@@ -134,10 +137,11 @@ pub(crate) fn escapes_sound(path: &str) -> bool {
     whole && !decoded.contains(&0) && std::str::from_utf8(&decoded).is_ok()
 }
 
-/// The segments of a [`canonical`] path as [`read_path`] reads them: empty ones dropped,
-/// `;parameters` cut, then trailing dots and spaces, so that a dot segment reads as empty.
-fn segments(canonical: &str) -> impl Iterator<Item = &str> {
-    (canonical.split('/'))
+/// The segments of a [`canonical`] path as [`read_path`] reads them, split where
+/// `separator`: empty ones dropped, `;parameters` cut, then trailing dots and spaces, so that
+/// a dot segment reads as empty.
+fn segments(canonical: &str, separator: impl Fn(char) -> bool) -> impl Iterator<Item = &str> {
+    (canonical.split(separator))
         .map(|segment| segment.split(';').next().unwrap_or_default())
         .filter(|segment| !segment.is_empty())
         .map(|segment| segment.trim_end_matches(['.', ' ']))

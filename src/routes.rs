@@ -759,6 +759,9 @@ mod tests {
             "/public/a%2Fb",
             "/public/.well-known",
             "/public/;x",
+            "/public/%C2%A5100",
+            "/public/a%E2%88%95b",
+            "/public/%C2%BD",
         ] {
             assert_ne!(pick(&table, None, fine, &[]), "404", "{fine}");
         }
