@@ -18,44 +18,29 @@ use crate::sync::lock;
 /// reader that pauses, a reader that stopped costs no more.
 const QUEUED_LINES: usize = 16_384;
 
-/// Log lines dropped because stderr's reader fell behind, for the metrics.
-static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+/// The queue of lines for stderr, for the metrics' count of lines it dropped.
+static QUEUE: OnceLock<crate::log_queue::Queue> = OnceLock::new();
 
 /// Log lines dropped so far because stderr's reader fell behind (see [`init`]).
 pub(crate) fn dropped_lines() -> u64 {
-    DROPPED
-        .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
+    QUEUE.get().map_or(0, crate::log_queue::Queue::dropped)
 }
 
 /// The logging set up by [`init`]: lines still queued are written when it is dropped (for up
 /// to a second), so hold it until the process is done logging.
 pub struct Logging {
-    queue: Option<tracing_appender::non_blocking::WorkerGuard>,
+    queue: Option<crate::log_queue::Writing>,
 }
 
 /// How long exiting waits for the queued lines to be written.
 const FLUSH_WAIT: Duration = Duration::from_millis(1_100);
 
 impl Drop for Logging {
-    /// Waits for the lines still queued, at most [`FLUSH_WAIT`]. The queue's own guard is
-    /// dropped on a thread of its own: with the queue full (a reader that stopped), it
-    /// prints on stdout that it cannot stop the writer, and where stdout is a closed pipe
-    /// that print panics, and the panic's report blocks on the full stderr for ever; the
-    /// process must exit all the same.
+    /// Waits for the lines still queued, at most [`FLUSH_WAIT`]: a reader that stopped for
+    /// good must not hold the exit.
     fn drop(&mut self) {
-        let Some(queue) = self.queue.take() else {
-            return;
-        };
-        let (done, flushed) = std::sync::mpsc::channel();
-        let dropping = std::thread::Builder::new()
-            .name("wsgate-log-flush".into())
-            .spawn(move || {
-                drop(queue);
-                let _ = done.send(());
-            });
-        if dropping.is_ok() {
-            let _ = flushed.recv_timeout(FLUSH_WAIT);
+        if let Some(queue) = self.queue.take() {
+            queue.finish(FLUSH_WAIT);
         }
     }
 }
@@ -64,11 +49,9 @@ impl Drop for Logging {
 /// stderr; `by_flag` if the command line chose the format (then the config's key does not
 /// matter to reloads).
 ///
-/// Lines are written to stderr by a thread of their own, from a queue of 16,384 lines:
-/// a write to a pipe whose reader is slow or stopped (a stalled log shipper, a terminal
-/// paused with Ctrl-S) blocks, and written from the threads that serve, one connection's
-/// line would hold up every connection, timeouts and health checks included. A full queue
-/// drops lines instead, counted in `wsgate_log_lines_dropped_total`.
+/// Lines are written to stderr by a thread of their own, from a queue of 16,384 lines (see
+/// [`crate::log_queue`]); a full queue drops lines, counted in
+/// `wsgate_log_lines_dropped_total`.
 #[must_use = "lines still queued are lost when it is dropped early"]
 pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     let _ = IN_USE.set((format, by_flag));
@@ -101,16 +84,9 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // The writer's thread cannot be started (a pids limit reached): stderr written
-    // directly, as better than no log at all. (The library panics rather than say so.)
-    let queued = std::panic::catch_unwind(|| {
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(true)
-            .buffered_lines_limit(QUEUED_LINES)
-            .thread_name("wsgate-log")
-            .finish(std::io::stderr())
-    });
-    let (writer, guard) = match queued {
-        Ok((writer, guard)) => (BoxMakeWriter::new(writer.clone()), Some((writer, guard))),
+    // directly, as better than no log at all.
+    let (writer, queued) = match crate::log_queue::start(std::io::stderr(), QUEUED_LINES) {
+        Ok((queue, writing)) => (BoxMakeWriter::new(queue.clone()), Some((queue, writing))),
         Err(_) => (BoxMakeWriter::new(std::io::stderr), None),
     };
     let builder = tracing_subscriber::fmt()
@@ -130,11 +106,13 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     if let Some(Err(e)) = parsed {
         tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
     }
-    let Some((writer, guard)) = guard.filter(|_| set.is_ok()) else {
+    let Some((queue, writing)) = queued.filter(|_| set.is_ok()) else {
         return Logging { queue: None };
     };
-    let _ = DROPPED.set(writer.error_counter());
-    Logging { queue: Some(guard) }
+    let _ = QUEUE.set(queue);
+    Logging {
+        queue: Some(writing),
+    }
 }
 
 /// Whether a `RUST_LOG` value has a directive for `library` (or one of its modules), not

@@ -83,8 +83,10 @@ pub async fn serve_until_terminated(
     shutdown.await;
 }
 
-/// SIGTERM, SIGINT and SIGQUIT, registered once so that a second one sent right after the
-/// first is not missed.
+/// SIGTERM, SIGINT and SIGQUIT, registered once so that a second one sent after the first
+/// is seen, however soon after it is handled. (Not one sent before the first is handled: the
+/// kernel keeps one pending signal of each kind, so two `kill -TERM` back to back, within
+/// microseconds, are one; a SIGINT behind a SIGTERM is not merged.)
 pub struct Termination {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,

@@ -1,0 +1,194 @@
+//! Log lines written to stderr by a thread of their own, from a bounded queue: a write to a
+//! pipe whose reader is slow or stopped (a stalled log shipper, a terminal paused with
+//! Ctrl-S) blocks, and written from the threads that serve, one connection's line would hold
+//! up every connection, timeouts and health checks included. A full queue drops lines
+//! instead, and counts them. At exit, the lines queued are written, for as long as the
+//! caller gives them.
+//!
+//! (tracing-appender's queue gives up on them after 100 ms when it is full, and says so on
+//! stdout: a log shipper pausing a moment under back-pressure lost the shutdown's lines.)
+
+use std::io::{self, BufWriter, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// What the writing thread is sent.
+enum Msg {
+    Line(Vec<u8>),
+    /// Write what is queued before this, then stop.
+    Stop,
+}
+
+/// The queue's sending side: a [`MakeWriter`] for the subscriber, one line per write.
+#[derive(Clone)]
+pub(crate) struct Queue {
+    lines: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// What [`Queue::finish`] needs to wait for the queued lines.
+pub(crate) struct Writing {
+    lines: SyncSender<Msg>,
+    stopped: Receiver<()>,
+}
+
+/// Starts the thread writing to `out` from a queue of at most `capacity` lines.
+pub(crate) fn start(
+    out: impl Write + Send + 'static,
+    capacity: usize,
+) -> io::Result<(Queue, Writing)> {
+    let (lines, queued) = mpsc::sync_channel(capacity);
+    let (done, stopped) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("wsgate-log".into())
+        .spawn(move || write_lines(&queued, out, &done))?;
+    let queue = Queue {
+        lines: lines.clone(),
+        dropped: Arc::default(),
+    };
+    Ok((queue, Writing { lines, stopped }))
+}
+
+/// Writes each line queued to `out`, those queued together in one write where they fit:
+/// fewer system calls when lines come in bursts.
+fn write_lines(queued: &Receiver<Msg>, out: impl Write, done: &mpsc::Sender<()>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(first) = queued.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                // A write that fails (stderr a pipe whose reader is gone) loses its line:
+                // there is nowhere to say so.
+                Msg::Line(line) => drop(out.write_all(&line)),
+                Msg::Stop => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            next = queued.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+impl Queue {
+    /// Lines dropped so far because the queue was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Writing {
+    /// Waits for the lines queued so far to be written, at most `wait`.
+    pub(crate) fn finish(self, wait: Duration) {
+        let Writing { lines, stopped } = self;
+        // Behind every line queued, whenever the queue has room: sent from a thread of its
+        // own, as a reader that stopped for good leaves it full for ever.
+        let stop = std::thread::Builder::new()
+            .name("wsgate-log-stop".into())
+            .spawn(move || drop(lines.send(Msg::Stop)));
+        if stop.is_ok() {
+            let _ = stopped.recv_timeout(wait);
+        }
+    }
+}
+
+impl Write for &Queue {
+    /// Queues `line` (the subscriber writes each line whole, in one call), or drops it if the
+    /// queue is full.
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        if let Err(TrySendError::Full(_)) = self.lines.try_send(Msg::Line(line.to_vec())) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Queue {
+    type Writer = &'a Queue;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An output that takes nothing until `open` (a reader paused), then keeps what it gets.
+    #[derive(Clone)]
+    struct Paused {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Paused {
+        fn new() -> Paused {
+            Paused {
+                open: Arc::default(),
+                got: Arc::default(),
+            }
+        }
+
+        fn resume(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for Paused {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let (open, resumed) = &*self.open;
+            drop(
+                resumed
+                    .wait_while(open.lock().unwrap(), |open| !*open)
+                    .unwrap(),
+            );
+            self.got.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_and_at_exit_writes_every_line_it_took_once_the_reader_is_back() {
+        let out = Paused::new();
+        let (queue, writing) = start(out.clone(), 4).unwrap();
+        // The writer takes the first line and waits in its write; four more fill the queue.
+        let mut taken = Vec::new();
+        for n in 0..40 {
+            let line = format!("line {n}\n");
+            (&queue).write_all(line.as_bytes()).unwrap();
+            taken.push(line);
+        }
+        assert!(queue.dropped() >= 35, "{}", queue.dropped());
+        let finishing = std::thread::spawn(move || writing.finish(Duration::from_secs(30)));
+        // The reader comes back while the exit waits.
+        std::thread::sleep(Duration::from_millis(100));
+        out.resume();
+        finishing.join().unwrap();
+
+        let got = String::from_utf8(out.got.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len() as u64, 40 - queue.dropped(), "{got}");
+        // In order, none cut: a subsequence of what was written.
+        let mut written = taken.iter().map(|l| l.trim_end());
+        for line in lines {
+            assert!(written.any(|w| w == line), "{line} out of order in {got}");
+        }
+    }
+}
