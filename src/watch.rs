@@ -487,8 +487,34 @@ fn paths_through_links(path: &Path) -> Vec<PathBuf> {
 /// Links followed per file, as the kernel's own limit on a path.
 const MAX_LINKS: usize = 40;
 
+/// `path` made absolute, a relative one against the folder wsgate was started in as the shell
+/// that started it named that folder (`$PWD`, `/srv/app/current`, a link to the release in
+/// force) where `$PWD` is that folder, and else as the kernel names it (the link's target,
+/// `/srv/app/releases/41`): watched through the link, a deploy flipping it to the next
+/// release is followed; through the target, it never would be.
 pub(crate) fn absolute(path: &Path) -> PathBuf {
+    let named = (path.is_relative())
+        .then(started_in)
+        .flatten()
+        .map(|folder| folder.join(path));
+    let path = named.as_deref().unwrap_or(path);
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `$PWD`, if it is an absolute path to the current folder (a shell keeps it so; a program
+/// that changed folders without updating it leaves a stale one, not used).
+#[cfg(unix)]
+fn started_in() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let pwd = PathBuf::from(std::env::var_os("PWD")?);
+    let (named, current) = (std::fs::metadata(&pwd).ok()?, std::fs::metadata(".").ok()?);
+    let same = named.dev() == current.dev() && named.ino() == current.ino();
+    (pwd.is_absolute() && same).then_some(pwd)
+}
+
+#[cfg(not(unix))]
+fn started_in() -> Option<PathBuf> {
+    None
 }
 
 #[cfg(test)]

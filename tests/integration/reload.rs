@@ -1924,6 +1924,36 @@ fn a_config_rewritten_nonstop_is_applied_as_last_read_with_a_warning() {
     child.kill().unwrap();
 }
 
+/// Started in a folder reached through a link (`cd /srv/app/current`, `current -> v1`) with a
+/// relative `--config`: the config is watched through the link (the shell's `$PWD`), so a
+/// deploy flipping the link to the next release is applied.
+#[test]
+fn a_relative_config_in_a_folder_reached_through_a_link_follows_a_flip_of_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (release, path) in [("v1", "/a"), ("v2", "/b")] {
+        std::fs::create_dir(dir.path().join(release)).unwrap();
+        write_config(&dir.path().join(release), &route(release, path, &[closed]));
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+    let mut command = wsgate_command(Path::new("wsgate.toml"), "info");
+    command.current_dir(&current).env("PWD", &current);
+    let mut child = WsgateChild::spawn(&mut command);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    wait_for_line(&lines, "wsgate started");
+
+    let next = dir.path().join("current.next");
+    std::os::unix::fs::symlink("v2", &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    let reloaded = wait_for_line(&lines, "config reloaded");
+    assert!(reloaded.contains("\"generation\":2"), "{reloaded}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(rt.block_on(upgrade_status(addr, "/a")), 404, "v1's route");
+    assert_eq!(rt.block_on(upgrade_status(addr, "/b")), 502, "v2's");
+}
+
 /// How a step of [`every_kind_of_save_after_every_other_is_applied`] writes the config.
 #[derive(Clone, Copy, Debug)]
 enum Save {
