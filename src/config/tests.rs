@@ -240,6 +240,10 @@ fn backend_tls_names_a_ca_file_and_may_name_the_server() {
             "route[0].backend_tls.server_name: \"app:9443\" has a port: write the name alone",
         ),
         (
+            r#"{ ca = "/ca.pem", server_name = "https://app.internal/" }"#,
+            "route[0].backend_tls.server_name: \"https://app.internal/\" is a URL: write the name alone (\"app.internal\")",
+        ),
+        (
             r#"{ ca = "/ca.pem", server_name = "a b" }"#,
             "route[0].backend_tls.server_name: \"a b\" is not a server name",
         ),
@@ -465,6 +469,7 @@ fn errors_name_file_line_column_and_key() {
         ("[[route]]\nname = \"a\"\nhost = \"a..com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host:"),
         ("[[route]]\nname = \"a\"\nhost = \"a.com:443\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: \"a.com:443\" has a port, which a route's host leaves out: write \"a.com\""),
         ("[[route]]\nname = \"a\"\nhost = \"\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: must not be empty: leave `host` out"),
+        ("[[route]]\nname = \"a\"\nhost = \"wss://chat.example.com:443/ws\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: \"wss://chat.example.com:443/ws\" is a URL: write the host name alone (\"chat.example.com\")"),
         ("[[route]]\nname = \"a\"\nhost = \"[::1]\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "is an IPv6 address, which a route's host cannot be"),
         ("[[route]]\nname = \"a\"\nhost = \"bücher.example\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "write the name in its punycode form"),
         ("[[route]]\nname = \"a\"\nhost = \"*.*.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "has a wildcard other than one leading \"*.\" before a name"),
@@ -1079,6 +1084,10 @@ fn whitespace_around_a_value_is_refused() {
     let cases = [
         (config("\" 127.0.0.1:8443\\n\"", "\"127.0.0.1:9090\""), "proxy.listen[0]: \" 127.0.0.1:8443\\n\" has whitespace around it: write \"127.0.0.1:8443\""),
         (config("\"127.0.0.1:8443\"", "\"\\t127.0.0.1:9090 \""), "admin.listen: \"\\t127.0.0.1:9090 \" has whitespace around it"),
+        (
+            "[proxy]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncertificates = [{ cert = \"tls.crt \", key = \"b\" }]\n".to_string(),
+            "tls.certificates[0].cert: \"tls.crt \" has whitespace around it: write \"tls.crt\"",
+        ),
     ];
     for (body, expected) in cases {
         let message = error_in(&body);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -64,6 +64,20 @@ impl Checker<'_> {
 
     fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::at(self.path, &self.locate(span, key), message)
+    }
+
+    /// A file named at `key`, resolved against the config file's folder: a name, without
+    /// whitespace around it (a stray space in `"tls.crt "` would read as a file not found,
+    /// next to one `ls` shows).
+    fn file(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let written = value.get_ref();
+        if written.trim().is_empty() {
+            return Err(self.error(&value.span(), key, "must name a file"));
+        }
+        if let Some(message) = surrounded_by_space(written) {
+            return Err(self.error(&value.span(), key, message));
+        }
+        Ok(self.path.parent().unwrap_or(Path::new(".")).join(written))
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -215,23 +229,13 @@ impl Checker<'_> {
                 "needs at least one certificate",
             ));
         }
-        let base = self.path.parent().unwrap_or(Path::new("."));
         let mut out = Vec::new();
         for (i, entry) in raw.get_ref().iter().enumerate() {
             let key = format!("tls.certificates[{i}]");
             let c = entry.get_ref();
-            for (field, value) in [("cert", &c.cert), ("key", &c.key)] {
-                if value.get_ref().trim().is_empty() {
-                    return Err(self.error(
-                        &value.span(),
-                        &format!("{key}.{field}"),
-                        "must name a file",
-                    ));
-                }
-            }
             out.push(CertificatePaths {
-                cert: base.join(c.cert.get_ref()),
-                key: base.join(c.key.get_ref()),
+                cert: self.file(&c.cert, &format!("{key}.cert"))?,
+                key: self.file(&c.key, &format!("{key}.key"))?,
                 location: self.locate(&entry.span(), &key),
                 cert_location: self.locate(&c.cert.span(), &format!("{key}.cert")),
                 key_location: self.locate(&c.key.span(), &format!("{key}.key")),
@@ -270,22 +274,16 @@ impl Checker<'_> {
                 None => Ok(None),
             };
         };
-        if ca.get_ref().trim().is_empty() {
-            return Err(self.error(&ca.span(), "tls.client_ca", "must name a file"));
-        }
-        let base = self.path.parent().unwrap_or(Path::new("."));
+        let ca_path = self.file(ca, "tls.client_ca")?;
         let crl = match &tls.client_crl {
-            Some(crl) if crl.get_ref().trim().is_empty() => {
-                return Err(self.error(&crl.span(), "tls.client_crl", "must name a file"));
-            }
             Some(crl) => Some((
-                base.join(crl.get_ref()),
+                self.file(crl, "tls.client_crl")?,
                 self.locate(&crl.span(), "tls.client_crl"),
             )),
             None => None,
         };
         Ok(Some(ClientAuthConfig {
-            ca: base.join(ca.get_ref()),
+            ca: ca_path,
             ca_location: self.locate(&ca.span(), "tls.client_ca"),
             mode: tls
                 .client_auth
@@ -597,18 +595,15 @@ impl Checker<'_> {
     ) -> Result<BackendTlsConfig, ConfigError> {
         let raw = spanned.get_ref();
         let ca_key = format!("{key}.ca");
-        if raw.ca.get_ref().trim().is_empty() {
-            return Err(self.error(&raw.ca.span(), &ca_key, "must name a file"));
-        }
+        let ca = self.file(&raw.ca, &ca_key)?;
         let server_name = (raw.server_name.as_ref())
             .map(|name| {
                 server_name(name.get_ref())
                     .map_err(|m| self.error(&name.span(), &format!("{key}.server_name"), m))
             })
             .transpose()?;
-        let base = self.path.parent().unwrap_or(Path::new("."));
         Ok(BackendTlsConfig {
-            ca: base.join(raw.ca.get_ref()),
+            ca,
             server_name,
             ca_location: self.locate(&raw.ca.span(), &ca_key),
             client: self.client_certificate(spanned, key)?,
@@ -634,16 +629,9 @@ impl Checker<'_> {
             (Some(cert), None) => return alone(cert, "cert", "key"),
             (None, Some(private)) => return alone(private, "key", "cert"),
         };
-        for (field, value) in [("cert", cert), ("key", private)] {
-            if value.get_ref().trim().is_empty() {
-                let key = format!("{key}.{field}");
-                return Err(self.error(&value.span(), &key, "must name a file"));
-            }
-        }
-        let base = self.path.parent().unwrap_or(Path::new("."));
         Ok(Some(CertificatePaths {
-            cert: base.join(cert.get_ref()),
-            key: base.join(private.get_ref()),
+            cert: self.file(cert, &format!("{key}.cert"))?,
+            key: self.file(private, &format!("{key}.key"))?,
             // Where a pair's mistakes are reported, as a served entry's are at the entry.
             location: self.locate(&spanned.span(), key),
             cert_location: self.locate(&cert.span(), &format!("{key}.cert")),

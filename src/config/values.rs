@@ -75,6 +75,9 @@ fn host_pattern_problem(text: &str, name: &str) -> String {
             "{text:?} is an IPv6 address, which a route's host cannot be: leave `host` out to match every host"
         );
     }
+    if let Some(name) = url_host(text) {
+        return format!("{text:?} is a URL: write the host name alone ({name:?})");
+    }
     if let Some((host, _)) = text.split_once(':') {
         return format!("{text:?} has a port, which a route's host leaves out: write {host:?}");
     }
@@ -404,6 +407,14 @@ fn no_peer(ip: std::net::IpAddr) -> Option<&'static str> {
     }
 }
 
+/// The host of `text` if it is a URL (`https://chat.example.com:443/ws`), where a host name
+/// belongs.
+fn url_host(text: &str) -> Option<&str> {
+    let (_, rest) = text.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    Some(split_port(authority).0).filter(|host| !host.is_empty())
+}
+
 /// What to write instead of the URL `text` (`scheme://rest`) in `backends`.
 fn url_instead(text: &str, scheme: &str, rest: &str) -> String {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
@@ -429,6 +440,11 @@ pub(super) fn server_name(text: &str) -> Result<String, String> {
     }
     if text.parse::<std::net::IpAddr>().is_ok() {
         return Ok(text.to_string());
+    }
+    if let Some(name) = url_host(text) {
+        return Err(format!(
+            "{text:?} is a URL: write the name alone ({name:?})"
+        ));
     }
     if text.contains(':') && !text.starts_with('[') {
         return Err(format!("{text:?} has a port: write the name alone"));

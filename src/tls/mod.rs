@@ -445,10 +445,13 @@ fn read_chain(path: &Path, role: Chain) -> Result<Vec<CertificateDer<'static>>, 
                 "no certificate in {}: it holds a private key, not the CA's certificate",
                 path.display()
             ),
-            false => format!(
-                "no certificate in {}: wsgate reads PEM (-----BEGIN CERTIFICATE-----); convert DER with `openssl x509 -inform der -in CERT -out CERT.pem`",
-                path.display()
-            ),
+            false => match holds_instead(&cert_pem) {
+                Some(instead) => format!("no certificate in {}: {instead}", path.display()),
+                None => format!(
+                    "no certificate in {}: wsgate reads PEM (-----BEGIN CERTIFICATE-----); convert DER with `openssl x509 -inform der -in CERT -out CERT.pem`",
+                    path.display()
+                ),
+            },
         };
         return Err(Refused::new(Part::Cert, msg));
     }
@@ -480,6 +483,19 @@ fn holds_private_key(pem: &[u8]) -> bool {
     pem.windows(11).any(|w| w == b"PRIVATE KEY")
 }
 
+/// What a file lacking the PEM block it should hold has instead, where that is not DER (for
+/// which the advice is to convert it): nothing, or other PEM blocks (a certificate request,
+/// a public key).
+fn holds_instead(pem: &[u8]) -> Option<String> {
+    if pem.iter().all(u8::is_ascii_whitespace) {
+        return Some("the file is empty".to_string());
+    }
+    let text = String::from_utf8_lossy(pem);
+    let label = text.split("-----BEGIN ").nth(1)?.split("-----").next()?;
+    let label: String = label.chars().take(40).collect();
+    Some(format!("it holds a PEM {label:?} block instead"))
+}
+
 /// The private key, parsed and accepted by the provider for signing.
 fn read_key(path: &Path, provider: &CryptoProvider) -> Result<PrivateKeyDer<'static>, Refused> {
     let key_pem = read_file(path, Part::Key, "private key")?;
@@ -504,9 +520,10 @@ fn read_key(path: &Path, provider: &CryptoProvider) -> Result<PrivateKeyDer<'sta
     }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         let why = match e {
-            rustls_pki_types::pem::Error::NoItemsFound => {
-                "no private key in it (PKCS#8, SEC1 or PKCS#1 PEM; convert DER with `openssl pkey -inform der -in KEY -out KEY.pem`)".to_string()
-            }
+            rustls_pki_types::pem::Error::NoItemsFound => match holds_instead(&key_pem) {
+                Some(instead) => format!("no private key in it: {instead}"),
+                None => "no private key in it (PKCS#8, SEC1 or PKCS#1 PEM; convert DER with `openssl pkey -inform der -in KEY -out KEY.pem`)".to_string(),
+            },
             other => pem(other),
         };
         let msg = format!("cannot read private key {}: {why}", path.display());
@@ -746,6 +763,23 @@ mod tests {
         let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let junk = write("junk.pem", &format!("{}{junk}", leaf.cert.pem()));
         assert!(message(read_chain(&junk, Chain::Served)).contains("certificate 2 of the chain"));
+        // Nothing, or another PEM block, is not DER to convert.
+        let empty = message(read_chain(&write("empty.pem", "\n"), Chain::Served));
+        assert!(empty.ends_with("the file is empty"), "{empty}");
+        let csr = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
+        let csr = message(read_chain(&write("csr.pem", csr), Chain::Trusted));
+        assert!(
+            csr.ends_with("a PEM \"CERTIFICATE REQUEST\" block instead"),
+            "{csr}"
+        );
+        let public = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+        let public = message(read_key(&write("pub.pem", public), &provider()));
+        assert!(
+            public.ends_with("no private key in it: it holds a PEM \"PUBLIC KEY\" block instead"),
+            "{public}"
+        );
+        let der = message(read_chain(&write("der.crt", "0\u{82}\u{1}"), Chain::Served));
+        assert!(der.contains("convert DER"), "{der}");
         // The key where the certificate belongs.
         let swapped = write("swapped.pem", &leaf.key_pair.serialize_pem());
         let error = message(read_chain(&swapped, Chain::Served));
