@@ -197,10 +197,13 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
             if line.starts_with('[') {
                 return None;
             }
-            line.split('=')
-                .next()
-                .map(|k| last_ident(k.trim()))
-                .filter(|k| !k.is_empty())
+            match line.split_once('=') {
+                Some((left, _)) => Some(last_ident(left.trim())),
+                // No `=` at all (`name: "echo"`, `name "echo"`): the key is what the line
+                // starts with, not the last word of its value.
+                None => Some(first_ident(line)),
+            }
+            .filter(|k| !k.is_empty())
         })
         .unwrap_or_default();
     match (table.is_empty(), key.is_empty()) {
@@ -254,6 +257,13 @@ pub(super) fn skip_string<T>(chars: impl Iterator<Item = (T, char)>, quote: char
             _ => escaped = false,
         }
     }
+}
+
+/// The key `text` starts with (a dotted one whole).
+fn first_ident(text: &str) -> String {
+    (text.chars())
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .collect()
 }
 
 fn last_ident(text: &str) -> String {

@@ -417,6 +417,9 @@ fn errors_name_file_line_column_and_key() {
         ("[limits]\nmax_connectionz = 5\n", ":7:1: limits.max_connectionz:"),
         ("[proxy]\nlog_format = \"json\"\n", ":6:2: proxy: the table [proxy] is written twice (first at line 1): put its keys under one header"),
         ("[[route]]\nname = \"a\"\nname = \"b\"\n", ":8:1: route[0].name: `name` is set twice (first at line 7): keep one"),
+        // A key written YAML's way, or without its `=`: named as the key, not its value.
+        ("[[route]]\nname: \"echo\"\n", ": route[0].name: "),
+        ("[[route]]\npath \"/ws\"\n", ": route[0].path: "),
         ("timeouts = { idle = \"1s\", idle = \"2s\" }\n", "`idle` is set twice: keep one"),
         ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
         ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections: 0 is out of range: must be from 1 to 10000000"),
