@@ -158,8 +158,17 @@ async fn exchange(
             return Err(ProxyError::BackendTimeout);
         }
         let (addr, several) = (dialed.addr, dialed.several);
+        // With another backend or address left to try, the TLS handshake gets an even share
+        // of the time: a backend that takes the connection and never finishes it (a plain
+        // server on the port, a hung one) has had nothing of the request, and the next may
+        // take it. The last one has all the time left, and its 504 says what it did not do.
+        let share_ends = asked + turns.fair_share();
+        let left = dialed.more || turns.left() > 0;
+        let handshake_by = (left && share_ends < deadline).then_some(share_ends);
+        let secured = AtomicBool::new(route.backend_tls.is_none());
         let answering = async {
-            let socket = secure(route, backend, dialed.socket).await?;
+            let socket = secure_by(handshake_by, route, backend, dialed.socket).await?;
+            secured.store(true, Ordering::Relaxed);
             attempt(socket, request, &offer, busy).await
         };
         let answered = match tokio::time::timeout_at(deadline, answering).await {
@@ -167,7 +176,8 @@ async fn exchange(
             Err(_) => {
                 let given = (asked, turns.fair_share());
                 let at = (backend, several.then_some(addr));
-                return Err(unanswered(leg, at, given, began));
+                let secured = secured.load(Ordering::Relaxed);
+                return Err(unanswered(leg, at, given, began, secured));
             }
         };
         let at = (backend, several.then_some(addr));
@@ -243,13 +253,15 @@ fn unanswered(
     at: (&str, Option<std::net::SocketAddr>),
     given: (tokio::time::Instant, Duration),
     began: u64,
+    secured: bool,
 ) -> ProxyError {
     let (asked, fair_share) = given;
     if asked.elapsed() >= fair_share / 2 {
-        let error = std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "took the connection but did not answer the upgrade in time",
-        );
+        let what = match secured {
+            true => "took the connection but did not answer the upgrade in time",
+            false => "took the connection but did not finish the TLS handshake in time",
+        };
+        let error = std::io::Error::new(std::io::ErrorKind::TimedOut, what);
         (leg.metrics).backend_connect_failed(&leg.route.config.name, at.0, &error);
         answer_failed(leg, at, &error, (began, asked));
     }
@@ -362,6 +374,26 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
 /// midway, it is a close like any other (a pod going away behind a cluster IP, whose next
 /// connection may reach another). (A TLS 1.3 backend refusing the client certificate says
 /// so after the handshake, to the request's first read: see [`ProxyError::backend_gone`].)
+/// Not finished `by` (if given), it is a TLS failure too: a backend that does not finish
+/// its handshake now will not finish the next either.
+async fn secure_by(
+    by: Option<tokio::time::Instant>,
+    route: &Route,
+    backend: &str,
+    socket: TcpStream,
+) -> Result<BackendIo, Attempt> {
+    let Some(by) = by else {
+        return secure(route, backend, socket).await;
+    };
+    match tokio::time::timeout_at(by, secure(route, backend, socket)).await {
+        Ok(secured) => secured,
+        Err(_) => Err(Attempt::Gone(ProxyError::BackendTls(
+            "not finished within its share of timeouts.connect".to_string(),
+        ))),
+    }
+}
+
+/// [`secure_by`] without a time of its own.
 async fn secure(route: &Route, backend: &str, socket: TcpStream) -> Result<BackendIo, Attempt> {
     let Some(tls) = &route.backend_tls else {
         return Ok(Either::Left(socket));

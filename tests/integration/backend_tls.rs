@@ -126,6 +126,34 @@ async fn an_untrusted_backend_is_skipped_for_the_next_one() {
 }
 
 #[tokio::test]
+async fn a_backend_that_never_finishes_the_tls_handshake_is_skipped_for_the_next_one() {
+    // [silent, trusted]: the silent one takes the connection and never answers the
+    // ClientHello (a hung server, or a plain one waiting for a request line). Nothing of the
+    // request reached it: after its share of the connect time the trusted one takes it.
+    let ca = Pki::new("backend CA");
+    let silent = BlackHole::start().await;
+    let trusted = WsBackend::start_tls("trusted", &ca, &["127.0.0.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = tls_route(&[silent.addr, trusted.addr], &trusting(&ca, &dir, None));
+    let timeouts = "[timeouts]\nconnect = \"2s\"\nbackend_cooldown = \"1h\"\n\n";
+    let proxy = start_proxy(&format!("{timeouts}{body}")).await;
+    for _ in 0..3 {
+        assert_eq!(
+            which_backend(proxy.addr, "wss://localhost/ws").await,
+            "trusted"
+        );
+    }
+    // Alone, it has the whole time, and its client a 504.
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"1s\"\n\n{}",
+        tls_route(&[silent.addr], &trusting(&ca, &dir, None))
+    ))
+    .await;
+    let (head, _) = request(proxy.addr, Req::upgrade("localhost", "/ws").bytes()).await;
+    assert_eq!(head.status, 504);
+}
+
+#[tokio::test]
 async fn a_plain_backend_on_a_tls_route_is_502_with_the_reason_logged_not_sent() {
     let plain = WsBackend::start("plain").await;
     let (ca, dir) = (Pki::new("backend CA"), tempfile::tempdir().unwrap());
