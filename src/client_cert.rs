@@ -124,14 +124,14 @@ fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
 /// `dev,O=Admins` cannot read as an `O` of the name. `None` for a value that is no string
 /// (the field is then left out rather than shown other than as written).
 fn rfc4514(name: &X509Name<'_>) -> Option<String> {
-    let registry = x509_parser::objects::oid_registry();
     let mut rdns = Vec::new();
     for rdn in name.iter().collect::<Vec<_>>().into_iter().rev() {
         let mut attributes = Vec::new();
         for attribute in rdn.iter() {
-            let oid = attribute.attr_type();
-            let key = x509_parser::objects::oid2abbrev(oid, registry)
-                .map_or_else(|_| oid.to_id_string(), str::to_string);
+            let oid = attribute.attr_type().to_id_string();
+            let key = (ATTRIBUTE_NAMES.iter())
+                .find(|(known, _)| *known == oid)
+                .map_or(oid.as_str(), |(_, name)| name);
             let value = attribute.as_str().ok()?;
             attributes.push(format!("{key}={}", escaped_value(value)));
         }
@@ -139,6 +139,36 @@ fn rfc4514(name: &X509Name<'_>) -> Option<String> {
     }
     Some(rdns.join(","))
 }
+
+/// Attribute types by the names Envoy writes them in (OpenSSL's short names: RFC 4514's nine,
+/// `CN` to `UID`, and others' such as `emailAddress`), so a backend matching
+/// `emailAddress=…` behind Envoy matches it behind wsgate. Any other as its dotted OID.
+const ATTRIBUTE_NAMES: [(&str, &str); 24] = [
+    ("2.5.4.3", "CN"),
+    ("2.5.4.7", "L"),
+    ("2.5.4.8", "ST"),
+    ("2.5.4.10", "O"),
+    ("2.5.4.11", "OU"),
+    ("2.5.4.6", "C"),
+    ("2.5.4.9", "street"),
+    ("0.9.2342.19200300.100.1.25", "DC"),
+    ("0.9.2342.19200300.100.1.1", "UID"),
+    ("1.2.840.113549.1.9.1", "emailAddress"),
+    ("2.5.4.5", "serialNumber"),
+    ("2.5.4.4", "SN"),
+    ("2.5.4.42", "GN"),
+    ("2.5.4.43", "initials"),
+    ("2.5.4.44", "generationQualifier"),
+    ("2.5.4.12", "title"),
+    ("2.5.4.13", "description"),
+    ("2.5.4.15", "businessCategory"),
+    ("2.5.4.17", "postalCode"),
+    ("2.5.4.41", "name"),
+    ("2.5.4.46", "dnQualifier"),
+    ("2.5.4.65", "pseudonym"),
+    ("2.5.4.97", "organizationIdentifier"),
+    ("1.3.6.1.4.1.311.60.2.1.3", "jurisdictionC"),
+];
 
 /// An attribute value with RFC 4514 §2.4's escapes: `"+,;<>\` anywhere, `#` or a space
 /// leading, a space trailing, NUL as `\00`.
@@ -191,6 +221,28 @@ mod tests {
         assert_eq!(quoted("CN=a\\b"), "CN=a\\\\b");
         assert_eq!(quoted("CN=\r\nX"), "CN=\\0D\\0AX");
         assert_eq!(quoted("CN=é"), "CN=\\C3\\A9");
+    }
+
+    #[test]
+    fn attribute_types_are_named_as_envoy_names_them() {
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        let name = &mut params.distinguished_name;
+        name.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 9]), "Main St");
+        name.push(
+            rcgen::DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 1]),
+            "u1",
+        );
+        name.push(
+            rcgen::DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            "a@b.c",
+        );
+        name.push(rcgen::DnType::CustomDnType(vec![1, 2, 3, 4]), "x");
+        name.push(rcgen::DnType::CommonName, "dev");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let value = forwarded(cert.der()).unwrap();
+        let subject = r#"Subject="1.2.3.4=x,emailAddress=a@b.c,UID=u1,street=Main St,CN=dev""#;
+        assert!(value.to_str().unwrap().contains(subject), "{value:?}");
     }
 
     #[test]
