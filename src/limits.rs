@@ -84,7 +84,9 @@ pub(crate) struct ConnGuard {
     counts: Arc<Counts>,
     over: Option<Over>,
     /// The client's place, when the client was known at accept (see [`ConnGuard::for_client`]).
-    early: Option<ClientSlot>,
+    /// Boxed: taken out when the connection settles its client (and held elsewhere), the
+    /// field stays in the connection for its life, a tunnel's included.
+    early: Option<Box<ClientSlot>>,
 }
 
 impl ConnGuard {
@@ -127,7 +129,7 @@ impl ConnGuard {
         // Over `max`, it gets its 503 and holds no place of its client's: the slot goes.
         let mut guard = ConnGuard::new(counts, max)?;
         if guard.over.is_none() {
-            guard.early = Some(slot);
+            guard.early = Some(Box::new(slot));
         }
         Ok(guard)
     }
@@ -155,7 +157,7 @@ impl ConnGuard {
         // then makes the header's address the client: the socket's place is given back).
         if let Some(early) = self.early.take() {
             if early.key == client_key(client) {
-                return Ok(Some(early));
+                return Ok(Some(*early));
             }
         }
         let max = max.unwrap_or(usize::MAX);

@@ -280,8 +280,18 @@ fn spawn_tunnel(
         busy,
         ..
     } = tunnel;
+    // Boxed: what only opening the tunnel needs would otherwise be held in this future for
+    // the tunnel's whole life (a task keeps room for its captures in every later state). And
+    // tokio allocates a task in steps of 128 bytes: 8 bytes more here once cost 128 per
+    // tunnel (2026-12-06: 5,455 → 5,624 bytes in use per idle tunnel; boxed, 5,498).
+    let mut opening = Box::new((on_upgrade, socket, early, rules));
     shared.tracker.spawn(async move {
-        let upgraded = on_upgrade.await;
+        let upgraded = (&mut opening.0).await;
+        // Moved out of the task's captures, so that the box is freed here.
+        let (_, socket, early, rules) = {
+            let opening = opening;
+            *opening
+        };
         // Built in a plain function so that nothing but the splice itself is held across the
         // await below: every byte of this future is kept for the tunnel's whole life.
         let Some(mut splice) = client_splice(upgraded, socket, early, rules, &conn, &route) else {
