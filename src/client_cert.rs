@@ -124,14 +124,18 @@ fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
 /// `dev,O=Admins` cannot read as an `O` of the name. `None` for a value that is no string
 /// (the field is then left out rather than shown other than as written).
 fn rfc4514(name: &X509Name<'_>) -> Option<String> {
+    let registry = x509_parser::objects::oid_registry();
     let mut rdns = Vec::new();
     for rdn in name.iter().collect::<Vec<_>>().into_iter().rev() {
         let mut attributes = Vec::new();
         for attribute in rdn.iter() {
-            let oid = attribute.attr_type().to_id_string();
+            let oid = attribute.attr_type();
+            let dotted = oid.to_id_string();
             let key = (ATTRIBUTE_NAMES.iter())
-                .find(|(known, _)| *known == oid)
-                .map_or(oid.as_str(), |(_, name)| name);
+                .find(|(known, _)| *known == dotted)
+                .map(|(_, name)| *name)
+                .or_else(|| x509_parser::objects::oid2abbrev(oid, registry).ok())
+                .unwrap_or(&dotted);
             let value = attribute.as_str().ok()?;
             attributes.push(format!("{key}={}", escaped_value(value)));
         }
@@ -142,8 +146,10 @@ fn rfc4514(name: &X509Name<'_>) -> Option<String> {
 
 /// Attribute types by the names Envoy writes them in (OpenSSL's short names: RFC 4514's nine,
 /// `CN` to `UID`, and others' such as `emailAddress`), so a backend matching
-/// `emailAddress=…` behind Envoy matches it behind wsgate. Any other as its dotted OID.
-const ATTRIBUTE_NAMES: [(&str, &str); 24] = [
+/// `emailAddress=…` behind Envoy matches it behind wsgate. Any other by x509-parser's name for
+/// it (OpenSSL's too, for those it knows: `postalAddress`, `unstructuredName`), else as its
+/// dotted OID.
+const ATTRIBUTE_NAMES: [(&str, &str); 29] = [
     ("2.5.4.3", "CN"),
     ("2.5.4.7", "L"),
     ("2.5.4.8", "ST"),
@@ -167,7 +173,12 @@ const ATTRIBUTE_NAMES: [(&str, &str); 24] = [
     ("2.5.4.46", "dnQualifier"),
     ("2.5.4.65", "pseudonym"),
     ("2.5.4.97", "organizationIdentifier"),
+    ("1.3.6.1.4.1.311.60.2.1.1", "jurisdictionL"),
+    ("1.3.6.1.4.1.311.60.2.1.2", "jurisdictionST"),
     ("1.3.6.1.4.1.311.60.2.1.3", "jurisdictionC"),
+    ("2.5.4.20", "telephoneNumber"),
+    ("0.9.2342.19200300.100.1.3", "mail"),
+    ("2.5.4.72", "role"),
 ];
 
 /// An attribute value with RFC 4514 §2.4's escapes: `"+,;<>\` anywhere, `#` or a space

@@ -8,7 +8,7 @@
 //! (tracing-appender's queue gives up on them after 100 ms when it is full, and says so on
 //! stdout: a log shipper pausing a moment under back-pressure lost the shutdown's lines.)
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -53,28 +53,43 @@ pub(crate) fn start(
     Ok((queue, Writing { lines, stopped }))
 }
 
-/// Writes each line queued to `out`, those queued together in one write where they fit:
-/// fewer system calls when lines come in bursts.
-fn write_lines(queued: &Receiver<Msg>, out: impl Write, done: &mpsc::Sender<()>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
+/// Writes each line queued to `out`, those queued together in one write up to [`PIPE_BUF`]
+/// bytes (fewer system calls when lines come in bursts), and never a line in two writes but
+/// one longer than that.
+fn write_lines(queued: &Receiver<Msg>, mut out: impl Write, done: &mpsc::Sender<()>) {
+    let mut batch = Vec::with_capacity(PIPE_BUF);
+    // A write that fails (stderr a pipe whose reader is gone) loses its lines: there is
+    // nowhere to say so.
+    let mut write = |batch: &mut Vec<u8>| {
+        let _ = out.write_all(batch);
+        batch.clear();
+    };
     while let Ok(first) = queued.recv() {
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                // A write that fails (stderr a pipe whose reader is gone) loses its line:
-                // there is nowhere to say so.
-                Msg::Line(line) => drop(out.write_all(&line)),
+                Msg::Line(line) => {
+                    if !batch.is_empty() && batch.len() + line.len() > PIPE_BUF {
+                        write(&mut batch);
+                    }
+                    batch.extend_from_slice(&line);
+                }
                 Msg::Stop => {
-                    let _ = out.flush();
+                    write(&mut batch);
                     let _ = done.send(());
                     return;
                 }
             }
             next = queued.try_recv().ok();
         }
-        let _ = out.flush();
+        write(&mut batch);
     }
 }
+
+/// The most a write to a pipe puts in it whole, never interleaved with another process's
+/// writes to it (a wsgate taking over beside this one, on the same journald pipe): POSIX's
+/// least, Linux's too.
+const PIPE_BUF: usize = 4096;
 
 impl Queue {
     /// Lines dropped so far because the queue was full.
@@ -190,5 +205,44 @@ mod tests {
         for line in lines {
             assert!(written.any(|w| w == line), "{line} out of order in {got}");
         }
+    }
+
+    /// Keeps each write apart.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(bytes.to_vec());
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_go_out_whole_in_writes_a_pipe_keeps_whole() {
+        let out = Writes::default();
+        let (queue, writing) = start(out.clone(), 1024).unwrap();
+        let long = format!("{}\n", "x".repeat(5000));
+        let lines: Vec<String> = (0..300)
+            .map(|n| match n {
+                150 => long.clone(),
+                n => format!("{n:0>99}\n"),
+            })
+            .collect();
+        for line in &lines {
+            (&queue).write_all(line.as_bytes()).unwrap();
+        }
+        writing.finish(Duration::from_secs(30));
+        let writes = out.0.lock().unwrap().clone();
+        for write in &writes {
+            let one_line = write.iter().filter(|b| **b == b'\n').count() == 1;
+            assert!(write.len() <= PIPE_BUF || one_line, "{} bytes", write.len());
+            assert!(write.ends_with(b"\n"), "a line cut");
+        }
+        assert_eq!(writes.concat(), lines.concat().into_bytes());
     }
 }

@@ -259,8 +259,12 @@ pub(super) fn skip_string<T>(chars: impl Iterator<Item = (T, char)>, quote: char
     }
 }
 
-/// The key `text` starts with (a dotted one whole).
+/// The key `text` starts with (a dotted one whole); none where it starts with no letter (an
+/// array's element on a line of its own, `8443,`, is no key).
 fn first_ident(text: &str) -> String {
+    if !text.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        return String::new();
+    }
     (text.chars())
         .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         .collect()
@@ -279,7 +283,7 @@ fn last_ident(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::LineIndex;
+    use super::{key_at, LineIndex};
 
     /// The index finds what [`locate`] finds by reading the text, at every offset
     /// (inside a character, past the end, on a newline, in a CRLF file).
@@ -305,5 +309,12 @@ mod tests {
             );
         }
         assert_eq!(LineIndex::new("").locate("", &(0..0), "k").line, 1);
+    }
+
+    #[test]
+    fn a_key_is_what_a_line_without_its_equals_sign_starts_with_and_an_element_is_none() {
+        let at = |src: &str, needle: &str| key_at(src, src.find(needle).unwrap());
+        assert_eq!(at("[[route]]\nname: \"echo\"\n", "echo"), "route[0].name");
+        assert_eq!(at("[proxy]\nlisten = [\n  8443,\n]\n", "8443"), "proxy");
     }
 }

@@ -158,13 +158,16 @@ async fn exchange(
             return Err(ProxyError::BackendTimeout);
         }
         let (addr, several) = (dialed.addr, dialed.several);
-        // With another backend or address left to try, the TLS handshake gets an even share
-        // of the time: a backend that takes the connection and never finishes it (a plain
-        // server on the port, a hung one) has had nothing of the request, and the next may
-        // take it. The last one has all the time left, and its 504 says what it did not do.
-        let share_ends = asked + turns.fair_share();
-        let left = dialed.more || turns.left() > 0;
-        let handshake_by = (left && share_ends < deadline).then_some(share_ends);
+        // With another backend or address to try after it, the TLS handshake gets a share of
+        // the time (an even one, or half of what is left if more): a backend that takes the
+        // connection and never finishes it (a plain server on the port, a hung one) has had
+        // nothing of the request, and the next may take it. The last try has all the time
+        // left, and its 504 says what it did not do.
+        let share = turns
+            .fair_share()
+            .max(deadline.saturating_duration_since(asked) / 2);
+        let left = (dialed.more || turns.left() > 0) && copy.is_some();
+        let handshake_by = (left && asked + share < deadline).then_some(asked + share);
         let secured = AtomicBool::new(route.backend_tls.is_none());
         let answering = async {
             let socket = secure_by(handshake_by, route, backend, dialed.socket).await?;
@@ -209,22 +212,41 @@ async fn exchange(
         // Died before a byte of answer (a backend restarting, killed mid-deploy): nothing of
         // it reached the client, and another address of the name (a headless Service's next
         // pod), or the next backend, may take the request. Counted: failover hides it from
-        // clients, not from operators.
-        metrics.backend_closed_early(&route.config.name, backend, &error);
+        // clients, not from operators. A TLS handshake not finished in its share is as a
+        // connect unanswered in its own: counted as a timeout, and the request's 504 if no
+        // other backend answers.
+        let stalled = matches!(error, ProxyError::BackendTimeout);
+        let stall = stalled.then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, STALLED));
+        let reason: &dyn std::fmt::Display = match &stall {
+            Some(stall) => {
+                metrics.backend_connect_failed(&route.config.name, backend, stall);
+                turns.timed_out.get_or_insert(backend);
+                stall
+            }
+            None => {
+                metrics.backend_closed_early(&route.config.name, backend, &error);
+                &error
+            }
+        };
         // That address of a name's several is set aside, as one that refused the connect
         // is: a pod that takes connections and drops them (killed, or crashing on each) would
         // otherwise cost every request whose turn starts there a connection and a round trip.
         if several {
-            dial::set_aside(backend, addr, leg.timing.cooldown, asked, &error);
+            dial::set_aside(backend, addr, leg.timing.cooldown, asked, reason);
         }
         // Put aside once this request goes to none of its other addresses: one pod of a
         // headless Service closing is no reason to skip the name, whose next address is tried
         // right after; but a request given up here (MAX_CLOSED) is a reason.
         if !dialed.more || copy.is_none() {
-            put_aside(leg, backend, &error, began);
+            put_aside(leg, backend, reason, began);
         }
-        // A certificate refused would be refused again: its address is not dialed once more.
-        let redial = dialed.redial && !matches!(error, ProxyError::BackendTls(_));
+        // A certificate refused would be refused again, a handshake stalled stall again: its
+        // address is not dialed once more.
+        let redial = dialed.redial
+            && !matches!(
+                error,
+                ProxyError::BackendTls(_) | ProxyError::BackendTimeout
+            );
         if !redial {
             turns.gone.push(dialed.addr);
         }
@@ -374,8 +396,8 @@ fn copy_of(request: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
 /// midway, it is a close like any other (a pod going away behind a cluster IP, whose next
 /// connection may reach another). (A TLS 1.3 backend refusing the client certificate says
 /// so after the handshake, to the request's first read: see [`ProxyError::backend_gone`].)
-/// Not finished `by` (if given), it is a TLS failure too: a backend that does not finish
-/// its handshake now will not finish the next either.
+/// Not finished `by` (if given), it is as a connect not answered in its share: a timeout
+/// (see `exchange`).
 async fn secure_by(
     by: Option<tokio::time::Instant>,
     route: &Route,
@@ -387,11 +409,13 @@ async fn secure_by(
     };
     match tokio::time::timeout_at(by, secure(route, backend, socket)).await {
         Ok(secured) => secured,
-        Err(_) => Err(Attempt::Gone(ProxyError::BackendTls(
-            "not finished within its share of timeouts.connect".to_string(),
-        ))),
+        Err(_) => Err(Attempt::Gone(ProxyError::BackendTimeout)),
     }
 }
+
+/// Why a backend whose TLS handshake did not finish in its share of the time is put aside.
+const STALLED: &str =
+    "took the connection but did not finish the TLS handshake in its share of the time";
 
 /// [`secure_by`] without a time of its own.
 async fn secure(route: &Route, backend: &str, socket: TcpStream) -> Result<BackendIo, Attempt> {

@@ -39,7 +39,7 @@ pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
     /// they were tried with (a cool-down's retry stays this request's).
     resume: VecDeque<(&'a str, Leave<'r>)>,
     /// The first backend that did not answer in its share: what a 504 is about.
-    timed_out: Option<&'a str>,
+    pub(super) timed_out: Option<&'a str>,
     /// Addresses that closed before answering: not tried again in this request (a backend
     /// listed twice, or a name's other addresses, are).
     pub(super) gone: Vec<SocketAddr>,

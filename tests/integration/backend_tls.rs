@@ -154,6 +154,27 @@ async fn a_backend_that_never_finishes_the_tls_handshake_is_skipped_for_the_next
 }
 
 #[tokio::test]
+async fn backends_that_never_finish_the_tls_handshake_are_a_504_with_or_without_others() {
+    // Four silent ones (more than a request tries after closes), or one silent and one
+    // refusing: out of time, not a backend error.
+    let ca = Pki::new("backend CA");
+    let dir = tempfile::tempdir().unwrap();
+    let holes = [
+        BlackHole::start().await,
+        BlackHole::start().await,
+        BlackHole::start().await,
+        BlackHole::start().await,
+    ];
+    let four: Vec<_> = holes.iter().map(|hole| hole.addr).collect();
+    for backends in [four, vec![holes[0].addr, closed_port().await]] {
+        let body = tls_route(&backends, &trusting(&ca, &dir, None));
+        let proxy = start_proxy(&format!("[timeouts]\nconnect = \"1s\"\n\n{body}")).await;
+        let (head, _) = request(proxy.addr, Req::upgrade("localhost", "/ws").bytes()).await;
+        assert_eq!(head.status, 504, "{backends:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_plain_backend_on_a_tls_route_is_502_with_the_reason_logged_not_sent() {
     let plain = WsBackend::start("plain").await;
     let (ca, dir) = (Pki::new("backend CA"), tempfile::tempdir().unwrap());
