@@ -30,7 +30,7 @@ pub(crate) struct Queue {
     dropped: Arc<AtomicU64>,
 }
 
-/// What [`Queue::finish`] needs to wait for the queued lines.
+/// The writing thread, as [`Writing::finish`] waits for it to write the lines queued.
 pub(crate) struct Writing {
     lines: SyncSender<Msg>,
     stopped: Receiver<()>,

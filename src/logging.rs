@@ -50,7 +50,7 @@ impl Drop for Logging {
 /// matter to reloads).
 ///
 /// Lines are written to stderr by a thread of their own, from a queue of 16,384 lines (see
-/// [`crate::log_queue`]); a full queue drops lines, counted in
+/// `log_queue`); a full queue drops lines, counted in
 /// `wsgate_log_lines_dropped_total`.
 #[must_use = "lines still queued are lost when it is dropped early"]
 pub fn init(format: LogFormat, by_flag: bool) -> Logging {
