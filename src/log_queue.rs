@@ -141,36 +141,36 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// An output that takes nothing until `open` (a reader paused), then keeps what it gets.
-    #[derive(Clone)]
-    struct Paused {
-        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
-        got: Arc<Mutex<Vec<u8>>>,
+    /// An output that keeps each write apart; a paused one takes nothing until resumed (a
+    /// reader that pauses).
+    #[derive(Clone, Default)]
+    struct Out {
+        paused: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
     }
 
-    impl Paused {
-        fn new() -> Paused {
-            Paused {
-                open: Arc::default(),
-                got: Arc::default(),
-            }
+    impl Out {
+        fn paused() -> Out {
+            let out = Out::default();
+            *out.paused.0.lock().unwrap() = true;
+            out
         }
 
         fn resume(&self) {
-            *self.open.0.lock().unwrap() = true;
-            self.open.1.notify_all();
+            *self.paused.0.lock().unwrap() = false;
+            self.paused.1.notify_all();
+        }
+
+        fn writes(&self) -> Vec<Vec<u8>> {
+            self.writes.lock().unwrap().clone()
         }
     }
 
-    impl Write for Paused {
+    impl Write for Out {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            let (open, resumed) = &*self.open;
-            drop(
-                resumed
-                    .wait_while(open.lock().unwrap(), |open| !*open)
-                    .unwrap(),
-            );
-            self.got.lock().unwrap().extend_from_slice(bytes);
+            let (paused, resumed) = &*self.paused;
+            drop(resumed.wait_while(paused.lock().unwrap(), |p| *p).unwrap());
+            self.writes.lock().unwrap().push(bytes.to_vec());
             Ok(bytes.len())
         }
 
@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_lines_and_at_exit_writes_every_line_it_took_once_the_reader_is_back() {
-        let out = Paused::new();
+        let out = Out::paused();
         let (queue, writing) = start(out.clone(), 4).unwrap();
         // The writer takes the first line and waits in its write; four more fill the queue.
         let mut taken = Vec::new();
@@ -197,7 +197,7 @@ mod tests {
         out.resume();
         finishing.join().unwrap();
 
-        let got = String::from_utf8(out.got.lock().unwrap().clone()).unwrap();
+        let got = String::from_utf8(out.writes().concat()).unwrap();
         let lines: Vec<&str> = got.lines().collect();
         assert_eq!(lines.len() as u64, 40 - queue.dropped(), "{got}");
         // In order, none cut: a subsequence of what was written.
@@ -207,24 +207,9 @@ mod tests {
         }
     }
 
-    /// Keeps each write apart.
-    #[derive(Clone, Default)]
-    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
-
-    impl Write for Writes {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().push(bytes.to_vec());
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn lines_go_out_whole_in_writes_a_pipe_keeps_whole() {
-        let out = Writes::default();
+        let out = Out::default();
         let (queue, writing) = start(out.clone(), 1024).unwrap();
         let long = format!("{}\n", "x".repeat(5000));
         let lines: Vec<String> = (0..300)
@@ -237,7 +222,7 @@ mod tests {
             (&queue).write_all(line.as_bytes()).unwrap();
         }
         writing.finish(Duration::from_secs(30));
-        let writes = out.0.lock().unwrap().clone();
+        let writes = out.writes();
         for write in &writes {
             let one_line = write.iter().filter(|b| **b == b'\n').count() == 1;
             assert!(write.len() <= PIPE_BUF || one_line, "{} bytes", write.len());

@@ -387,17 +387,49 @@ async fn a_second_sigterm_closes_live_tunnels_without_waiting_for_the_grace_and_
     assert!(status.success(), "exits 0, got {status:?}");
 }
 
+/// A `wsgate` process with a 200 ms shutdown grace, and a client's upgrade its backend has
+/// read and not answered yet.
+struct Asked {
+    child: WsgateChild,
+    lines: std::sync::mpsc::Receiver<String>,
+    client: RawConn<Tls>,
+    /// The backend's side of the connection the upgrade came on.
+    backend: RawConn<tokio::net::TcpStream>,
+    _listening: (RawBackend, tempfile::TempDir),
+}
+
+impl Asked {
+    async fn of_a_backend() -> Asked {
+        let listening = RawBackend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), &config_with_grace("200ms", "", listening.addr));
+        let (child, lines, addr) = started_wsgate(&config);
+        let mut client = raw_client(addr).await;
+        client.send(Req::upgrade("localhost", "/a").bytes()).await;
+        let mut backend = listening.accept().await;
+        backend.read_head().await;
+        Asked {
+            child,
+            lines,
+            client,
+            backend,
+            _listening: (listening, dir),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_still_waiting_for_its_backend_at_the_end_of_the_grace_says_so() {
     // Not "client went away" (499): the client is still there, the shutdown ended it.
-    let backend = RawBackend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
-    let (child, lines, addr) = started_wsgate(&config);
-    let mut client = raw_client(addr).await;
-    client.send(Req::upgrade("localhost", "/a").bytes()).await;
-    let mut silent = backend.accept().await;
-    silent.read_head().await;
+    // Every part bound: a part left out would be dropped here, the backend's connection
+    // closed before answering.
+    let Asked {
+        child,
+        lines,
+        mut client,
+        backend: _silent,
+        _listening,
+    } = Asked::of_a_backend().await;
 
     let line = line_after_sigterm(child, lines, "shutdown before the answer").await;
     assert!(line.contains("\"status\":0"), "{line}");
@@ -409,15 +441,14 @@ async fn a_request_still_waiting_for_its_backend_at_the_end_of_the_grace_says_so
 async fn a_refusal_whose_body_is_still_coming_when_the_grace_ends_does_not_hold_the_exit() {
     // The backend's connection is read by a task of its own while the client takes the body:
     // the drain ends it too, and the client's body is cut, not finished or hung.
-    let backend = RawBackend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
-    let (child, lines, addr) = started_wsgate(&config);
-    let mut client = raw_client(addr).await;
-    client.send(Req::upgrade("localhost", "/a").bytes()).await;
-    let mut refusing = backend.accept().await;
-    refusing.read_head().await;
-    refusing
+    let Asked {
+        child,
+        lines,
+        mut client,
+        mut backend,
+        _listening,
+    } = Asked::of_a_backend().await;
+    backend
         .send("HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nnot yet")
         .await;
     assert_eq!(client.read_head().await.status, 403);
