@@ -143,14 +143,16 @@ async fn exchange(
     // The leaves of backends whose address closed before answering: held until the request
     // is done with them, as their next addresses are tried (`again`) without asking again.
     let mut held = Vec::new();
-    for closed in 1.. {
+    // Closes before answering so far; a handshake stalled is not one (see below).
+    let mut closed = 0;
+    loop {
         // The leave is held until the try has ended: answered, or failed.
         let (won, dialed) = connect_in_turn(leg, &mut turns, tried).await?;
         let (backend, began) = (won.backend, won.began);
         let busy = (won.busy, dialed.busy);
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || dialed.redial || turns.left() > 0;
-        let copy = (others && closed < MAX_CLOSED).then(|| copy_of(&request));
+        let copy = (others && closed + 1 < MAX_CLOSED).then(|| copy_of(&request));
         let asked = tokio::time::Instant::now();
         // Connected as the time ran out: the backend is not to start on a request whose
         // client gets its 504 (a timeout polls what it bounds once more, past its deadline).
@@ -158,16 +160,15 @@ async fn exchange(
             return Err(ProxyError::BackendTimeout);
         }
         let (addr, several) = (dialed.addr, dialed.several);
-        // With another backend or address to try after it, the TLS handshake gets a share of
-        // the time (an even one, or half of what is left if more): a backend that takes the
-        // connection and never finishes it (a plain server on the port, a hung one) has had
-        // nothing of the request, and the next may take it. The last try has all the time
-        // left, and its 504 says what it did not do.
-        let share = turns
-            .fair_share()
-            .max(deadline.saturating_duration_since(asked) / 2);
-        let left = (dialed.more || turns.left() > 0) && copy.is_some();
-        let handshake_by = (left && asked + share < deadline).then_some(asked + share);
+        // With another backend or address to try after it, the TLS handshake gets an even
+        // share of the time left among the tries left: a backend that takes the connection
+        // and never finishes it (a plain server on the port, a hung one) has had nothing of
+        // the request, and the next may take it. The last try has all the time left, and its
+        // 504 says what it did not do.
+        let left = turns.left() + usize::from(dialed.more);
+        let tries = u32::try_from(left).unwrap_or(u32::MAX).saturating_add(1);
+        let share = deadline.saturating_duration_since(asked) / tries;
+        let handshake_by = (left > 0 && copy.is_some()).then_some(asked + share);
         let secured = AtomicBool::new(route.backend_tls.is_none());
         let answering = async {
             let socket = secure_by(handshake_by, route, backend, dialed.socket).await?;
@@ -215,7 +216,10 @@ async fn exchange(
         // clients, not from operators. A TLS handshake not finished in its share is as a
         // connect unanswered in its own: counted as a timeout, and the request's 504 if no
         // other backend answers.
+        // Silent through its share, as a connect can be: not counted among the closes, which
+        // would stop the request before it reaches a backend that works.
         let stalled = matches!(error, ProxyError::BackendTimeout);
+        closed += usize::from(!stalled);
         let stall = stalled.then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, STALLED));
         let reason: &dyn std::fmt::Display = match &stall {
             Some(stall) => {
@@ -262,7 +266,6 @@ async fn exchange(
         held.push(won.leave);
         request = copy;
     }
-    Err(turns.outcome(tried))
 }
 
 /// A backend took the connection but did not answer the upgrade within the time (its

@@ -143,6 +143,16 @@ async fn a_backend_that_never_finishes_the_tls_handshake_is_skipped_for_the_next
             "trusted"
         );
     }
+    // Three of them first: each had an even share of what was left, and is no close (which
+    // would give the request up after three), so the fourth is reached.
+    let more = [BlackHole::start().await, BlackHole::start().await];
+    let behind = [silent.addr, more[0].addr, more[1].addr, trusted.addr];
+    let body = tls_route(&behind, &trusting(&ca, &dir, None));
+    let proxy = start_proxy(&format!("[timeouts]\nconnect = \"3s\"\n\n{body}")).await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/ws").await,
+        "trusted"
+    );
     // Alone, it has the whole time, and its client a 504.
     let proxy = start_proxy(&format!(
         "[timeouts]\nconnect = \"1s\"\n\n{}",
