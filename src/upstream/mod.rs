@@ -152,7 +152,7 @@ async fn exchange(
         let busy = (won.busy, dialed.busy);
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || dialed.redial || turns.left() > 0;
-        let copy = (others && closed + 1 < MAX_CLOSED).then(|| copy_of(&request));
+        let copy = others.then(|| copy_of(&request));
         let asked = tokio::time::Instant::now();
         // Connected as the time ran out: the backend is not to start on a request whose
         // client gets its 504 (a timeout polls what it bounds once more, past its deadline).
@@ -160,15 +160,12 @@ async fn exchange(
             return Err(ProxyError::BackendTimeout);
         }
         let (addr, several) = (dialed.addr, dialed.several);
-        // With another backend or address to try after it, the TLS handshake gets an even
-        // share of the time left among the tries left: a backend that takes the connection
-        // and never finishes it (a plain server on the port, a hung one) has had nothing of
-        // the request, and the next may take it. The last try has all the time left, and its
-        // 504 says what it did not do.
-        let left = turns.left() + usize::from(dialed.more);
-        let tries = u32::try_from(left).unwrap_or(u32::MAX).saturating_add(1);
-        let share = deadline.saturating_duration_since(asked) / tries;
-        let handshake_by = (left > 0 && copy.is_some()).then_some(asked + share);
+        // With another backend or address to try after it, the TLS handshake gets a share of
+        // the time: a backend that takes the connection and never finishes it (a plain server
+        // on the port, a hung one) has had nothing of the request, and the next may take it.
+        // The last try has all the time left, and its 504 says what it did not do.
+        let share = turns.handshake_share(dialed.more, deadline.saturating_duration_since(asked));
+        let handshake_by = share.map(|share| asked + share);
         let secured = AtomicBool::new(route.backend_tls.is_none());
         let answering = async {
             let socket = secure_by(handshake_by, route, backend, dialed.socket).await?;
@@ -214,12 +211,12 @@ async fn exchange(
         // it reached the client, and another address of the name (a headless Service's next
         // pod), or the next backend, may take the request. Counted: failover hides it from
         // clients, not from operators. A TLS handshake not finished in its share is as a
-        // connect unanswered in its own: counted as a timeout, and the request's 504 if no
-        // other backend answers.
-        // Silent through its share, as a connect can be: not counted among the closes, which
-        // would stop the request before it reaches a backend that works.
+        // connect unanswered in its own: counted as a timeout, the request's 504 if no other
+        // backend answers, and not among the closes, which give the request up after
+        // MAX_CLOSED (before it reaches a backend that works).
         let stalled = matches!(error, ProxyError::BackendTimeout);
         closed += usize::from(!stalled);
+        let copy = copy.filter(|_| closed < MAX_CLOSED);
         let stall = stalled.then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, STALLED));
         let reason: &dyn std::fmt::Display = match &stall {
             Some(stall) => {
@@ -235,13 +232,16 @@ async fn exchange(
         // That address of a name's several is set aside, as one that refused the connect
         // is: a pod that takes connections and drops them (killed, or crashing on each) would
         // otherwise cost every request whose turn starts there a connection and a round trip.
-        if several {
+        // A stall in a share cut short (the time nearly out) is not held against it, as a
+        // connect's is not.
+        let blamed = !stalled || share >= Some(turns.fair_share() / 2);
+        if several && blamed {
             dial::set_aside(backend, addr, leg.timing.cooldown, asked, reason);
         }
         // Put aside once this request goes to none of its other addresses: one pod of a
         // headless Service closing is no reason to skip the name, whose next address is tried
         // right after; but a request given up here (MAX_CLOSED) is a reason.
-        if !dialed.more || copy.is_none() {
+        if (!dialed.more || copy.is_none()) && blamed {
             put_aside(leg, backend, reason, began);
         }
         // A certificate refused would be refused again, a handshake stalled stall again: its

@@ -109,6 +109,21 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
         self.fair_share
     }
 
+    /// The time the TLS handshake of the backend being tried gets when another try is left
+    /// after it (`more`: the name's next address): an even share of `remaining` among the
+    /// tries left, and no less than the route's even share of the whole (or half of what
+    /// remains, if less), so that a slow handshake is not cut shorter than a connect would
+    /// be. `None` for the last try, which has all the time left.
+    pub(super) fn handshake_share(&self, more: bool, remaining: Duration) -> Option<Duration> {
+        let left = self.left() + usize::from(more);
+        if left == 0 {
+            return None;
+        }
+        let tries = u32::try_from(left).unwrap_or(u32::MAX).saturating_add(1);
+        let share = (remaining / tries).max(self.fair_share.min(remaining / 2));
+        (share < remaining).then_some(share)
+    }
+
     /// How many backends are left to try after the one being tried.
     pub(super) fn left(&self) -> usize {
         self.resume.len() + self.backends.len() + self.later.len()

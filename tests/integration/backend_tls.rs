@@ -125,6 +125,18 @@ async fn an_untrusted_backend_is_skipped_for_the_next_one() {
     }
 }
 
+/// A backend that takes every connection and closes it at once.
+async fn closing() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            drop(tcp);
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn a_backend_that_never_finishes_the_tls_handshake_is_skipped_for_the_next_one() {
     // [silent, trusted]: the silent one takes the connection and never answers the
@@ -147,6 +159,14 @@ async fn a_backend_that_never_finishes_the_tls_handshake_is_skipped_for_the_next
     // would give the request up after three), so the fourth is reached.
     let more = [BlackHole::start().await, BlackHole::start().await];
     let behind = [silent.addr, more[0].addr, more[1].addr, trusted.addr];
+    let body = tls_route(&behind, &trusting(&ca, &dir, None));
+    let proxy = start_proxy(&format!("[timeouts]\nconnect = \"3s\"\n\n{body}")).await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/ws").await,
+        "trusted"
+    );
+    // Nor after two that closed (a third close would give the request up).
+    let behind = [closing().await, closing().await, silent.addr, trusted.addr];
     let body = tls_route(&behind, &trusting(&ca, &dir, None));
     let proxy = start_proxy(&format!("[timeouts]\nconnect = \"3s\"\n\n{body}")).await;
     assert_eq!(
