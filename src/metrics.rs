@@ -691,6 +691,7 @@ mod tests {
         RouteConfig {
             name: name.to_string(),
             host: None,
+            host_location: None,
             path: format!("/{name}"),
             subprotocols: None,
             origins: None,

@@ -498,6 +498,7 @@ mod tests {
                 Some(suffix) => HostPattern::Wildcard(suffix.into()),
                 None => HostPattern::Exact(h.into()),
             }),
+            host_location: None,
             path: path.into(),
             subprotocols: protocols.map(|p| p.iter().map(|s| s.to_string()).collect()),
             origins: None,
@@ -1263,6 +1264,7 @@ mod reference {
                         Some(_) => HostPattern::Wildcard(h.to_string()),
                         None => HostPattern::Exact(h.to_string()),
                     }),
+                    host_location: None,
                     path: PATHS[*p].to_string(),
                     subprotocols: protocols.as_ref().map(|on| {
                         PROTOCOLS.iter().zip(on).filter(|(_, on)| **on).map(|(p, _)| p.to_string()).collect()

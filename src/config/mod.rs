@@ -171,6 +171,8 @@ pub enum WatchMode {
 pub struct RouteConfig {
     pub name: String,
     pub host: Option<HostPattern>,
+    /// Where `host` is written, for a warning about it.
+    pub host_location: Option<Location>,
     /// Starts with '/', no trailing '/' except the root.
     pub path: String,
     pub subprotocols: Option<Vec<String>>,

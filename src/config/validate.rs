@@ -543,6 +543,7 @@ impl Checker<'_> {
         Ok(RouteConfig {
             name: name.to_string(),
             host,
+            host_location: (route.host.as_ref()).map(|h| self.locate(&h.span(), &key("host"))),
             path: route_path(route.path.get_ref())
                 .map_err(|m| self.error(&route.path.span(), &key("path"), m))?,
             subprotocols: self.list(&route.subprotocols, Field(i, "subprotocols"), subprotocol)?,

@@ -31,7 +31,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{CertificatePaths, ClientAuth, Config, ConfigError, TlsVersion};
+use crate::config::{CertificatePaths, ClientAuth, Config, ConfigError, HostPattern, TlsVersion};
 pub(crate) use client::{backend_clients, BackendTls};
 pub(crate) use expiry::{expiry_summary, lists_summary, validity_warnings, Expiry};
 pub(crate) use hello::{read as read_hello, tell_to_use_tls, Hello};
@@ -225,7 +225,29 @@ fn load_certificates(
             warnings.push(ConfigError::at(&config.path, &paths.location, message));
         }
     }
+    warnings.extend(uncovered_hosts(config, &resolver));
     Ok((resolver, expiry, warnings))
+}
+
+/// A warning for each route whose exact `host` no certificate names: its clients get the
+/// first certificate, which browsers refuse for that name (a wildcard route's hosts may each
+/// have a certificate of their own, and is not judged).
+fn uncovered_hosts(config: &Config, resolver: &SniResolver) -> Vec<ConfigError> {
+    (config.routes.iter())
+        .filter_map(|route| {
+            let Some(HostPattern::Exact(host)) = &route.host else {
+                return None;
+            };
+            if resolver.covers(host) {
+                return None;
+            }
+            let message = format!(
+                "no certificate in tls.certificates names {host:?}: its clients get the first one, which a browser refuses for that name"
+            );
+            let location = route.host_location.as_ref()?;
+            Some(ConfigError::at(&config.path, location, message))
+        })
+        .collect()
 }
 
 /// [`chain_problem`] of the pair `paths` as a warning at its `cert`.
@@ -640,15 +662,24 @@ impl SniResolver {
     }
 
     fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
-        let by_name = sni.and_then(|name| {
-            let name = name.to_ascii_lowercase();
-            self.exact.get(&name).or_else(|| {
-                // A certificate wildcard covers exactly one label (RFC 6125 §6.4.3).
-                let dot = name.find('.')?;
-                self.wildcard.get(&name[dot..])
-            })
+        let by_name = sni.and_then(|name| self.named(name));
+        self.keys.get(by_name.unwrap_or(0))
+    }
+
+    /// Whether a certificate names `host` (not merely the first, served for any name).
+    fn covers(&self, host: &str) -> bool {
+        self.named(host.trim_end_matches('.')).is_some()
+    }
+
+    /// The certificate that names `name`, if one does.
+    fn named(&self, name: &str) -> Option<usize> {
+        let name = name.to_ascii_lowercase();
+        let by_name = self.exact.get(&name).or_else(|| {
+            // A certificate wildcard covers exactly one label (RFC 6125 §6.4.3).
+            let dot = name.find('.')?;
+            self.wildcard.get(&name[dot..])
         });
-        self.keys.get(by_name.copied().unwrap_or(0))
+        by_name.copied()
     }
 }
 

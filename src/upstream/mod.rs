@@ -790,6 +790,7 @@ mod tests {
         let config = crate::config::RouteConfig {
             name: "chat".into(),
             host: None,
+            host_location: None,
             path: "/".into(),
             subprotocols: None,
             origins: None,

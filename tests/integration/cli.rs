@@ -322,6 +322,35 @@ fn check_warns_about_a_certificate_not_valid_yet() {
     );
 }
 
+/// A route whose host no certificate names loads, with a warning at its `host`: its clients
+/// would get the first certificate, which browsers refuse for that name. A name the
+/// certificates cover (by a wildcard too), or a wildcard route, gets none.
+#[test]
+fn check_warns_about_a_route_host_no_certificate_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = ["chat.example.org", "localhost", "*.example.org"]
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            format!("[[route]]\nname = \"r{i}\"\nhost = \"{host}\"\npath = \"/\"\nbackends = [\"127.0.0.1:9001\"]\n")
+        })
+        .collect::<String>();
+    let path = write_config(dir.path(), &routes);
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = head_lines() + 3;
+    let at = format!("wsgate.toml:{line}:8: route[0].host: no certificate in tls.certificates names \"chat.example.org\"");
+    assert!(stderr.contains(&at), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("no certificate in tls.certificates names")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// A later certificate that SNI can never pick (no DNS name in its subjectAltName, or every
 /// name already covered by an earlier one) loads, with a warning naming its line.
 #[test]
