@@ -133,23 +133,18 @@ async fn exchange(
     tried: &mut Option<String>,
 ) -> Result<Answer, ProxyError> {
     let Leg {
-        route,
-        deadline,
-        metrics,
-        ..
+        route, deadline, ..
     } = leg;
     let offer = websocket::Offer::of(request.headers(), protocols)?;
     let mut turns = Turns::new(route, deadline);
     // The leaves of backends whose address closed before answering: held until the request
     // is done with them, as their next addresses are tried (`again`) without asking again.
     let mut held = Vec::new();
-    // Closes before answering so far; a handshake stalled is not one (see below).
+    // Closes before answering so far; a handshake stalled is not one (see `after_close`).
     let mut closed = 0;
     loop {
         // The leave is held until the try has ended: answered, or failed.
         let (won, dialed) = connect_in_turn(leg, &mut turns, tried).await?;
-        let (backend, began) = (won.backend, won.began);
-        let busy = (won.busy, dialed.busy);
         // Copied only when there is somewhere to send it again.
         let others = dialed.more || dialed.redial || turns.left() > 0;
         let copy = others.then(|| copy_of(&request));
@@ -159,136 +154,198 @@ async fn exchange(
         if asked >= deadline {
             return Err(ProxyError::BackendTimeout);
         }
-        let (addr, several) = (dialed.addr, dialed.several);
         // With another backend or address to try after it, the TLS handshake gets a share of
         // the time: a backend that takes the connection and never finishes it (a plain server
         // on the port, a hung one) has had nothing of the request, and the next may take it.
         // The last try has all the time left, and its 504 says what it did not do.
-        let share = turns.handshake_share(dialed.more, deadline.saturating_duration_since(asked));
-        let handshake_by = share.map(|share| asked + share);
+        let remaining = deadline.saturating_duration_since(asked);
+        let reached = Reached {
+            backend: won.backend,
+            addr: dialed.addr,
+            several: dialed.several,
+            more: dialed.more,
+            redial: dialed.redial,
+            share: turns.handshake_share(dialed.more, remaining),
+            began: won.began,
+            asked,
+        };
+        let busy = (won.busy, dialed.busy);
         let secured = AtomicBool::new(route.backend_tls.is_none());
         let answering = async {
-            let socket = secure_by(handshake_by, route, backend, dialed.socket).await?;
+            let handshake_by = reached.share.map(|share| asked + share);
+            let socket = secure_by(handshake_by, route, reached.backend, dialed.socket).await?;
             secured.store(true, Ordering::Relaxed);
             attempt(socket, request, &offer, busy).await
         };
-        let answered = match tokio::time::timeout_at(deadline, answering).await {
-            Ok(answered) => answered,
-            Err(_) => {
-                let given = (asked, turns.fair_share());
-                let at = (backend, several.then_some(addr));
-                let secured = secured.load(Ordering::Relaxed);
-                return Err(unanswered(leg, at, given, began, secured));
-            }
+        let Ok(answered) = tokio::time::timeout_at(deadline, answering).await else {
+            let secured = secured.load(Ordering::Relaxed);
+            return Err(unanswered(leg, reached, turns.fair_share(), secured));
         };
-        let at = (backend, several.then_some(addr));
-        let cannot = cannot_serve(&answered);
-        let least = route.config.balance == Balance::LeastConnections;
-        let cannot = cannot.or_else(|| refused_too_often(route, backend, &answered));
-        if let Some(error) = cannot.as_ref().filter(|_| least) {
-            answer_failed(leg, at, error, (began, asked));
-        } else if !matches!(answered, Err(Attempt::Gone(_))) {
-            // Anything but a close before answering: the backend takes connections.
-            back_in_turn(route, backend);
-            // Every answer that serves, so that failures in a row are counted between answers
-            // only; not one saying it cannot serve, which must not take an address another
-            // route set aside for it back into turn (the set-aside is the name's, for all).
-            if several && cannot.is_none() {
-                dial::answered(backend, addr);
-            }
-        }
+        note_answer(leg, reached, &answered);
         let error = match answered {
             Ok(Answer::NotUpgraded(mut refusal)) => {
                 let headers = refusal.response.headers_mut();
-                crate::forwarding::unname_backend(headers, backend, addr);
+                crate::forwarding::unname_backend(headers, reached.backend, reached.addr);
                 return Ok(Answer::NotUpgraded(refusal));
             }
             Ok(answer) => return Ok(answer),
             Err(Attempt::Failed(error)) => return Err(error),
             Err(Attempt::Gone(error)) => error,
         };
-        // Died before a byte of answer (a backend restarting, killed mid-deploy): nothing of
-        // it reached the client, and another address of the name (a headless Service's next
-        // pod), or the next backend, may take the request. Counted: failover hides it from
-        // clients, not from operators. A TLS handshake not finished in its share is as a
-        // connect unanswered in its own: counted as a timeout, the request's 504 if no other
-        // backend answers, and not among the closes, which give the request up after
-        // MAX_CLOSED (before it reaches a backend that works).
-        let stalled = matches!(error, ProxyError::BackendTimeout);
-        closed += usize::from(!stalled);
-        let copy = copy.filter(|_| closed < MAX_CLOSED);
-        let stall = stalled.then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, STALLED));
-        let reason: &dyn std::fmt::Display = match &stall {
-            Some(stall) => {
-                metrics.backend_connect_failed(&route.config.name, backend, stall);
-                turns.timed_out.get_or_insert(backend);
-                stall
-            }
-            None => {
-                metrics.backend_closed_early(&route.config.name, backend, &error);
-                &error
-            }
-        };
-        // That address of a name's several is set aside, as one that refused the connect
-        // is: a pod that takes connections and drops them (killed, or crashing on each) would
-        // otherwise cost every request whose turn starts there a connection and a round trip.
-        // A stall in a share cut short (the time nearly out) is not held against it, as a
-        // connect's is not.
-        let blamed = !stalled || share >= Some(turns.fair_share() / 2);
-        if several && blamed {
-            dial::set_aside(backend, addr, leg.timing.cooldown, asked, reason);
-        }
-        // Put aside once this request goes to none of its other addresses: one pod of a
-        // headless Service closing is no reason to skip the name, whose next address is tried
-        // right after; but a request given up here (MAX_CLOSED) is a reason.
-        if (!dialed.more || copy.is_none()) && blamed {
-            put_aside(leg, backend, reason, began);
-        }
-        // A certificate refused would be refused again, a handshake stalled stall again: its
-        // address is not dialed once more.
-        let redial = dialed.redial
-            && !matches!(
-                error,
-                ProxyError::BackendTls(_) | ProxyError::BackendTimeout
-            );
-        if !redial {
-            turns.gone.push(dialed.addr);
-        }
-        turns.gone_error = Some((backend, error));
-        let Some(copy) = copy else {
+        let go_on = after_close(
+            leg,
+            &mut turns,
+            reached,
+            error,
+            (&mut closed, copy.is_some()),
+        );
+        let Some(copy) = copy.filter(|_| go_on) else {
             return Err(turns.outcome(tried));
         };
-        tracing::debug!(route = %route.config.name, backend, "backend closed before answering; trying another");
-        // Its other addresses, unless those left had gone unanswered already (the name has
-        // just been put aside: the next backend, rather than those again); or the route's
-        // only address once more (see `Dialed::redial`).
-        turns.again = (dialed.more || redial).then_some(backend);
+        tracing::debug!(route = %route.config.name, backend = reached.backend, "backend closed before answering; trying another");
         held.push(won.leave);
         request = copy;
     }
 }
 
+/// Where one try of a request reached, and when: what its failure is held against.
+#[derive(Clone, Copy)]
+struct Reached<'a> {
+    backend: &'a str,
+    /// The address connected to.
+    addr: std::net::SocketAddr,
+    /// Whether `addr` is one of the backend name's several (see `Dialed::several`).
+    several: bool,
+    /// Whether the name has another address to try after it.
+    more: bool,
+    /// Whether `addr` may be dialed again (see `Dialed::redial`).
+    redial: bool,
+    /// The TLS handshake's share of the time, if another try is left after this one.
+    share: Option<Duration>,
+    /// When the try began, on [`crate::health::now`]'s clock.
+    began: u64,
+    /// When the connection was made and the request about to be sent.
+    asked: tokio::time::Instant,
+}
+
+impl Reached<'_> {
+    /// The backend, and its address if that is one of the name's several: whose failure it is.
+    fn at(&self) -> (&str, Option<std::net::SocketAddr>) {
+        (self.backend, self.several.then_some(self.addr))
+    }
+}
+
+/// What an answer (or a failure other than a close) tells of the backend's health: one that
+/// cannot serve is put aside on a least-connections route (see [`cannot_serve`]); any other
+/// answer says the backend takes connections, and takes it back into turn.
+fn note_answer(leg: Leg<'_>, reached: Reached<'_>, answered: &Result<Answer, Attempt>) {
+    let route = leg.route;
+    let cannot = cannot_serve(answered);
+    let least = route.config.balance == Balance::LeastConnections;
+    let cannot = cannot.or_else(|| refused_too_often(route, reached.backend, answered));
+    if let Some(error) = cannot.as_ref().filter(|_| least) {
+        answer_failed(leg, reached.at(), error, (reached.began, reached.asked));
+    } else if !matches!(answered, Err(Attempt::Gone(_))) {
+        // Anything but a close before answering: the backend takes connections.
+        back_in_turn(route, reached.backend);
+        // Every answer that serves, so that failures in a row are counted between answers
+        // only; not one saying it cannot serve, which must not take an address another
+        // route set aside for it back into turn (the set-aside is the name's, for all).
+        if reached.several && cannot.is_none() {
+            dial::answered(reached.backend, reached.addr);
+        }
+    }
+}
+
+/// A try that died before a byte of answer (a backend restarting, killed mid-deploy), or whose
+/// TLS handshake stalled in its share: counts it, holds it against the backend, and sets up
+/// `turns` for the next try. True if the request may go on to another (`closes`: the closes
+/// before answering so far, and whether the request was copied for another try).
+///
+/// Nothing of the answer reached the client, so another address of the name (a headless
+/// Service's next pod), or the next backend, may take the request. Counted: failover hides
+/// it from clients, not from operators. A TLS handshake not finished in its share is as a
+/// connect unanswered in its own: counted as a timeout, the request's 504 if no other backend
+/// answers, and not among the closes, which give the request up after [`MAX_CLOSED`] (before
+/// it reaches a backend that works).
+fn after_close<'a>(
+    leg: Leg<'_>,
+    turns: &mut Turns<'a, '_, impl ExactSizeIterator<Item = &'a str>>,
+    reached: Reached<'a>,
+    error: ProxyError,
+    closes: (&mut usize, bool),
+) -> bool {
+    let ((closed, copied), backend) = (closes, reached.backend);
+    let stalled = matches!(error, ProxyError::BackendTimeout);
+    *closed += usize::from(!stalled);
+    let go_on = copied && *closed < MAX_CLOSED;
+    let stall = stalled.then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, STALLED));
+    let name = &leg.route.config.name;
+    let reason: &dyn std::fmt::Display = match &stall {
+        Some(stall) => {
+            leg.metrics.backend_connect_failed(name, backend, stall);
+            turns.timed_out.get_or_insert(backend);
+            stall
+        }
+        None => {
+            leg.metrics.backend_closed_early(name, backend, &error);
+            &error
+        }
+    };
+    // That address of a name's several is set aside, as one that refused the connect is: a
+    // pod that takes connections and drops them (killed, or crashing on each) would otherwise
+    // cost every request whose turn starts there a connection and a round trip. A stall in a
+    // share cut short (the time nearly out) is not held against it, as a connect's is not.
+    let blamed = !stalled || reached.share >= Some(turns.fair_share() / 2);
+    if reached.several && blamed {
+        let cooldown = leg.timing.cooldown;
+        dial::set_aside(backend, reached.addr, cooldown, reached.asked, reason);
+    }
+    // Put aside once this request goes to none of its other addresses: one pod of a headless
+    // Service closing is no reason to skip the name, whose next address is tried right after;
+    // but a request given up here (MAX_CLOSED) is a reason.
+    if (!reached.more || !go_on) && blamed {
+        put_aside(leg, backend, reason, reached.began);
+    }
+    // A certificate refused would be refused again, a handshake stalled stall again: its
+    // address is not dialed once more.
+    let redial = reached.redial
+        && !matches!(
+            error,
+            ProxyError::BackendTls(_) | ProxyError::BackendTimeout
+        );
+    if !redial {
+        turns.gone.push(reached.addr);
+    }
+    turns.gone_error = Some((backend, error));
+    // Its other addresses, unless those left had gone unanswered already (the name has just
+    // been put aside: the next backend, rather than those again); or the route's only
+    // address once more (see `Dialed::redial`).
+    if go_on {
+        turns.again = (reached.more || redial).then_some(backend);
+    }
+    go_on
+}
+
 /// A backend took the connection but did not answer the upgrade within the time (its
 /// process hung, or overloaded): 504, and the backend put aside (see [`answer_failed`]), so
 /// that the route's next requests go to its others meanwhile. Not if the backends before it
-/// (or its own slow connect) left it less than half of an even share of the time to answer
-/// in. `given`: when the request was sent, and that even share.
+/// (or its own slow connect) left it less than half of `fair_share`, an even share of the
+/// time, to answer in. `secured`: whether its TLS handshake (if any) was done.
 fn unanswered(
     leg: Leg<'_>,
-    at: (&str, Option<std::net::SocketAddr>),
-    given: (tokio::time::Instant, Duration),
-    began: u64,
+    reached: Reached<'_>,
+    fair_share: Duration,
     secured: bool,
 ) -> ProxyError {
-    let (asked, fair_share) = given;
-    if asked.elapsed() >= fair_share / 2 {
+    if reached.asked.elapsed() >= fair_share / 2 {
         let what = match secured {
             true => "took the connection but did not answer the upgrade in time",
             false => "took the connection but did not finish the TLS handshake in time",
         };
         let error = std::io::Error::new(std::io::ErrorKind::TimedOut, what);
-        (leg.metrics).backend_connect_failed(&leg.route.config.name, at.0, &error);
-        answer_failed(leg, at, &error, (began, asked));
+        (leg.metrics).backend_connect_failed(&leg.route.config.name, reached.backend, &error);
+        answer_failed(leg, reached.at(), &error, (reached.began, reached.asked));
     }
     ProxyError::BackendTimeout
 }
