@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
-use super::locate::{key_at, key_by_line, locate, path_around, path_to, unclosed_value};
+use super::locate::{
+    key_at, key_by_line, locate, path_around, path_to, unclosed_string_before, unclosed_value,
+};
 use super::wording::{first_quoted, plain_types, single_route_table, too_deep, written_twice};
 
 /// A place in the config file: 1-based line and column, and the key written there.
@@ -59,7 +61,14 @@ impl ConfigError {
         if let Some(deep) = too_deep(e, src, path) {
             return deep;
         }
-        let span = e.span().unwrap_or(0..0);
+        let mut span = e.span().unwrap_or(0..0);
+        let mut message = plain_types(e.message().trim());
+        if let Some(end) = unclosed_string_before(src, span.start) {
+            span = end..end;
+            message =
+                "a string is not closed: its closing quote is missing at the end of this line"
+                    .to_string();
+        }
         // A document that parses is its own map of keys; one that does not is read line by
         // line around the error.
         let key = match DeTable::parse(src) {
@@ -74,7 +83,6 @@ impl ConfigError {
         };
         // A top-level problem ("missing field `tls`") is reported on the whole document: the
         // field is the key, and a section is what is missing.
-        let mut message = plain_types(e.message().trim());
         let key = key.unwrap_or_else(|| {
             let field = first_quoted(e.message());
             if let Some(field) = field.filter(|_| message.starts_with("missing field")) {

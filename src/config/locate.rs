@@ -245,6 +245,67 @@ pub(super) fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
     open.first().copied()
 }
 
+/// Where the closing quote belongs of the first one-line string left open on a line before
+/// `offset`'s (the end of that line): no TOML string runs past its line, but the parser reads
+/// on and may notice only further down (a missing comma before the next line of an array, a
+/// `[table]` read as an element), where the operator would look in vain.
+pub(super) fn unclosed_string_before(src: &str, offset: usize) -> Option<usize> {
+    let offset = floor_char_boundary(src, offset.min(src.len()));
+    let lines_before = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    // Quotes, backslashes, `#` and newlines are ASCII: bytes are enough.
+    let text = &src.as_bytes()[..lines_before];
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'#' => i = next_line(text, i),
+            quote @ (b'"' | b'\'') if text[i..].starts_with(&[quote; 3]) => {
+                i = past_multiline(text, i + 3, quote)?;
+            }
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                loop {
+                    match text.get(i) {
+                        None => return None,
+                        Some(b'\n') => {
+                            let crlf = i > 0 && text[i - 1] == b'\r';
+                            return Some(i - usize::from(crlf));
+                        }
+                        Some(b'\\') if quote == b'"' && text.get(i + 1) != Some(&b'\n') => i += 2,
+                        Some(&c) if c == quote => break i += 1,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index of the line after the one `i` is on (or the text's end).
+fn next_line(text: &[u8], i: usize) -> usize {
+    (text[i..].iter().position(|&b| b == b'\n')).map_or(text.len(), |n| i + n + 1)
+}
+
+/// Past the multi-line string whose body starts at `i`, up to its closing `quote` three
+/// times (and the up to two more a body may end with); `None` if it is not closed.
+fn past_multiline(text: &[u8], mut i: usize, quote: u8) -> Option<usize> {
+    while i < text.len() {
+        if quote == b'"' && text[i] == b'\\' {
+            i += 2;
+        } else if text[i..].starts_with(&[quote; 3]) {
+            i += 3;
+            while text.get(i) == Some(&quote) {
+                i += 1;
+            }
+            return Some(i);
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// Past a string whose opening `quote` was just read: to its closing quote (a basic one's
 /// `\"` does not close it) or the end of its line.
 pub(super) fn skip_string<T>(chars: impl Iterator<Item = (T, char)>, quote: char) {

@@ -290,6 +290,9 @@ impl Config {
     /// Parses and validates `src`; `path` names the file in errors and its folder anchors
     /// relative paths.
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        // A byte order mark (Windows editors write one) is no character an editor shows: left
+        // in, every column of the first line would be one off.
+        let src = src.strip_prefix('\u{feff}').unwrap_or(src);
         let toml_error = |e: toml::de::Error| ConfigError::from_toml(&e, src, path);
         // Parsed once, for the shape check and then for serde.
         let root = toml::de::DeTable::parse(src).map_err(toml_error)?;

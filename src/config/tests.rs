@@ -490,6 +490,30 @@ fn errors_name_file_line_column_and_key() {
     }
 }
 
+/// A byte order mark before the first line is not counted in its columns: editors do not show
+/// it.
+#[test]
+fn a_byte_order_mark_is_not_a_column() {
+    let path = Path::new("/etc/wsgate/wsgate.toml");
+    for (src, expected) in [
+        ("\u{feff}[proxyx]\n", ":1:2: proxyx: unknown field"),
+        ("\u{feff}x = 1\n", ":1:1: x: unknown field"),
+        (
+            "\u{feff}[proxy]\nfoo = 1\n",
+            ":2:1: proxy.foo: unknown field",
+        ),
+    ] {
+        let message = match Config::from_toml_str(src, path) {
+            Ok(_) => panic!("expected an error for {src:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+}
+
 /// A route behind an earlier one with the same host and path, whose subprotocol rule fits
 /// every request it would take, could never be chosen: a warning (file order among equal
 /// routes is the documented rule, so such a config still loads).
@@ -719,6 +743,32 @@ fn an_unclosed_value_names_its_own_key() {
     assert_eq!(key_of(dotted), "proxy.tls.certificates");
     let in_a_route = "[[route]]\nname = \"a\" # [\nbackends = [\"h:1\"\n[[route]]\nname = \"b\"\n";
     assert_eq!(key_of(in_a_route), "route[0].backends");
+}
+
+/// A one-line string left open is named on its own line, where the quote is missing, though
+/// the parser reads on and stumbles further down.
+#[test]
+fn an_unclosed_string_is_named_on_its_line() {
+    let place = |src: &str| {
+        let err = Config::from_toml_str(src, Path::new("w.toml")).unwrap_err();
+        let at = err.location.clone().expect("located");
+        (at.line, at.column, at.key, err.message)
+    };
+    let missing = "a string is not closed: its closing quote is missing at the end of this line";
+    let in_array = "[proxy]\nlisten = [\n  \"127.0.0.1:1,\n  \"127.0.0.1:2\",\n]\n";
+    assert_eq!(
+        place(in_array),
+        (3, 16, "proxy.listen".into(), missing.into())
+    );
+    let before_table = "[proxy]\nlisten = [\"127.0.0.1:1]\r\n[tls]\n";
+    assert_eq!(
+        place(before_table),
+        (2, 24, "proxy.listen".into(), missing.into())
+    );
+    // Strings closed, multi-line ones and comments included, are read past.
+    let closed = "[proxy] # \"\nlisten = [\"\"\"a\n\"b\" \\\"\"\"\", 'c']\nx = [\"a\"\n[tls]\n";
+    let (line, _, key, message) = place(closed);
+    assert_ne!(message, missing, "{closed:?} at {line}: {key}");
 }
 
 #[test]
