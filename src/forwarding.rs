@@ -246,9 +246,12 @@ fn relative_if_at(url: &str, named: &str, at: SocketAddr) -> Option<String> {
     };
     let backends = address.eq_ignore_ascii_case(named) || address.parse() == Ok(at);
     // What follows the authority could read as one itself once alone (`//evil.example/x`,
-    // `/\evil.example`, which browsers take for `//`): the backend's address, unreachable,
-    // is better than a redirect to another site.
-    let another_authority = path.starts_with("//") || path.starts_with("/\\");
+    // `/\evil.example`, which browsers take for `//`, also with a tab or newline between,
+    // which browsers drop from a URL first): the backend's address, unreachable, is better
+    // than a redirect to another site.
+    let mut squeezed = path.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r'));
+    let another_authority =
+        squeezed.next() == Some('/') && matches!(squeezed.next(), Some('/' | '\\'));
     if !backends || another_authority {
         return None;
     }
@@ -598,6 +601,13 @@ mod tests {
         assert_eq!(relative("mailto://10.0.0.7:8080/x"), None);
         assert_eq!(relative("http://10.0.0.7:8080//evil.example/x"), None);
         assert_eq!(relative("http://10.0.0.7:8080/\\evil.example/x"), None);
+        assert_eq!(relative("http://10.0.0.7:8080/\t/evil.example/x"), None);
+        assert_eq!(relative("http://10.0.0.7:8080/\t\\evil.example/x"), None);
+        assert_eq!(relative("http://10.0.0.7:8080/\r\n/evil.example"), None);
+        assert_eq!(
+            relative("http://10.0.0.7:8080/a\t/b").as_deref(),
+            Some("/a\t/b")
+        );
         // A default port stands for itself when left out.
         let at80: SocketAddr = "[::1]:80".parse().unwrap();
         assert_eq!(
