@@ -52,6 +52,10 @@ pub enum ProxyError {
     BadKey,
     #[error("Sec-WebSocket-Version is not 13")]
     UnsupportedVersion,
+    /// Version 13 said more than once (two lines, or a list): a 426 naming 13 would tell
+    /// the client to send what it sent.
+    #[error("Sec-WebSocket-Version repeated")]
+    RepeatedVersion,
     #[error("Host header missing, repeated, malformed or not the target's host")]
     BadHost,
     #[error("malformed request head")]
@@ -200,9 +204,9 @@ impl ProxyError {
         match self {
             NoRoute => (StatusCode::NOT_FOUND, Side::Client),
             NotUpgrade | UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, Side::Client),
-            MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | BadHost
-            | MalformedRequest | BadPath | SecondRequest | UnexpectedBody | NoSubprotocol
-            | BadProtocolOffer => (StatusCode::BAD_REQUEST, Side::Client),
+            MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | RepeatedVersion
+            | BadHost | MalformedRequest | BadPath | SecondRequest | UnexpectedBody
+            | NoSubprotocol | BadProtocolOffer => (StatusCode::BAD_REQUEST, Side::Client),
             HeadTooLarge | TooManyFields => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
             }
@@ -238,6 +242,7 @@ impl ProxyError {
             NoConnectionUpgrade => "Connection header must contain upgrade\n",
             BadKey => "invalid Sec-WebSocket-Key\n",
             UnsupportedVersion => "unsupported Sec-WebSocket-Version\n",
+            RepeatedVersion => "invalid Sec-WebSocket-Version\n",
             BadHost => "invalid Host header, or not the host the request target names\n",
             MalformedRequest => "malformed request\n",
             BadPath => "malformed request path\n",
@@ -278,6 +283,7 @@ impl ProxyError {
             | HttpVersionNotSupported
             | NoConnectionUpgrade
             | BadKey
+            | RepeatedVersion
             | BadHost
             | MalformedRequest
             | BadPath
@@ -500,6 +506,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         HttpVersionNotSupported => 505,
         NoConnectionUpgrade => 400,
         BadKey => 400,
+        RepeatedVersion => 400,
         BadHost => 400,
         UnexpectedBody => 400,
         MalformedRequest => 400,

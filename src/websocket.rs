@@ -94,9 +94,7 @@ pub fn check_request(
     for length in headers.get_all(CONTENT_LENGTH) {
         head::no_body(length.as_bytes())?;
     }
-    if !single_value_is(headers, &SEC_WEBSOCKET_VERSION, "13") {
-        return Err(ProxyError::UnsupportedVersion);
-    }
+    version_is_13(headers)?;
     match single(headers, &SEC_WEBSOCKET_KEY) {
         Some(key) if is_valid_key(key) => {}
         _ => return Err(ProxyError::BadKey),
@@ -198,6 +196,28 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
 
 fn single_value_is(headers: &HeaderMap, name: &HeaderName, expected: &str) -> bool {
     single(headers, name).is_some_and(|v| v.as_bytes().trim_ascii() == expected.as_bytes())
+}
+
+/// The one version RFC 6455 defines, said once; said more than once (over lines, or as a
+/// list), the head is malformed (400), unless a value is another version: then the client
+/// is told which one to speak (426).
+fn version_is_13(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if single_value_is(headers, &SEC_WEBSOCKET_VERSION, "13") {
+        return Ok(());
+    }
+    let mut said = 0;
+    for line in headers.get_all(&SEC_WEBSOCKET_VERSION) {
+        for value in line.as_bytes().split(|&b| b == b',') {
+            if value.trim_ascii() != b"13" {
+                return Err(ProxyError::UnsupportedVersion);
+            }
+            said += 1;
+        }
+    }
+    match said {
+        0 => Err(ProxyError::UnsupportedVersion),
+        _ => Err(ProxyError::RepeatedVersion),
+    }
 }
 
 /// A key is the base64 encoding of exactly 16 bytes (RFC 6455 §4.1, item 7).
@@ -483,6 +503,14 @@ mod tests {
                 without("sec-websocket-version"),
                 ProxyError::UnsupportedVersion,
             ),
+            (
+                with("sec-websocket-version", "13, 13"),
+                ProxyError::RepeatedVersion,
+            ),
+            (
+                with("sec-websocket-version", "13, 8"),
+                ProxyError::UnsupportedVersion,
+            ),
             (without("host"), ProxyError::BadHost),
             (with("content-length", "5"), ProxyError::UnexpectedBody),
             (
@@ -516,6 +544,9 @@ mod tests {
         let mut twice = with("sec-websocket-protocol", "chat");
         twice.push(("sec-websocket-protocol", "chat"));
         assert_eq!(check(&twice), Err(ProxyError::BadProtocolOffer));
+        let mut version_twice = with("sec-websocket-version", "13");
+        version_twice.push(("sec-websocket-version", "13"));
+        assert_eq!(check(&version_twice), Err(ProxyError::RepeatedVersion));
     }
 
     #[test]
