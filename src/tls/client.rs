@@ -149,6 +149,23 @@ fn host_of(backend: &str) -> &str {
 }
 
 #[cfg(test)]
+impl BackendTls {
+    /// TLS to backends that trusts no certificate, for tests whose backends never get as far
+    /// as showing one.
+    pub(crate) fn trusting_nothing() -> BackendTls {
+        let config = ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the provider's versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        BackendTls {
+            config: Arc::new(config),
+            server_name: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -208,7 +208,7 @@ async fn connect_one(
     // it may be dialed again: a pod behind a cluster IP that is shutting down closes the
     // connections it had accepted, and the next one goes to another.
     Ok(Dialed {
-        more: false,
+        further: 0,
         redial: true,
         ..dialed
     })
@@ -344,8 +344,7 @@ async fn connect_any(
         };
         match connected {
             Some(Ok(socket)) => {
-                let untried = next < count;
-                let dialed = won(&race, socket, addr, untried);
+                let dialed = won(&race, socket, addr, count - next);
                 return Ok(Dialed { busy, ..dialed });
             }
             Some(Err(e)) if out_of_descriptors(&e) => {
@@ -372,19 +371,20 @@ async fn connect_any(
 }
 
 /// `addr` answered the connect first: the socket, with what is left to go on to if it closes
-/// before answering — the addresses `untried`, and those given up on here before they had
-/// waited the attempt delay (the others are set aside as the race ends, and would only be
-/// waited on again) — and the failures it hides.
+/// before answering — the addresses `untried` (how many), and those given up on here before
+/// they had waited the attempt delay (the others are set aside as the race ends, and would
+/// only be waited on again) — and the failures it hides.
 fn won<F: std::future::Future>(
     race: &Unanswered<'_, F>,
     socket: TcpStream,
     addr: SocketAddr,
-    untried: bool,
+    untried: usize,
 ) -> Dialed {
     crate::socket::tune(&socket, addr);
     let delay = race.dial.timing.attempt_delay;
     let now = tokio::time::Instant::now();
-    let more = untried || (race.race.under_way()).any(|(_, began)| now - began < delay);
+    let cut_off = (race.race.under_way()).filter(|(_, began)| now - *began < delay);
+    let further = untried + cut_off.count();
     // Those left unanswered for the delay count as silent (see [`Unanswered`]): another
     // address's, or the same address's tries through a cluster IP that met a dead pod (or a
     // connect slower than the delay it is set to exceed).
@@ -396,7 +396,7 @@ fn won<F: std::future::Future>(
     Dialed {
         socket,
         addr,
-        more,
+        further,
         redial: false,
         several: race.dial.backend.is_some(),
         hidden,
@@ -433,13 +433,13 @@ impl<F: std::future::Future> Drop for Unanswered<'_, F> {
     }
 }
 
-/// A backend connection, the address it went to, and whether the name has addresses after
+/// A backend connection, the address it went to, and how many addresses the name has after
 /// it (to go on to if this one closes before answering).
 #[derive(Debug)]
 pub(super) struct Dialed {
     pub(super) socket: TcpStream,
     pub(super) addr: SocketAddr,
-    pub(super) more: bool,
+    pub(super) further: usize,
     /// Whether `addr` itself may be dialed again if it closes before answering: the route's
     /// only backend at a single address (see [`connect_one`]), where the next connection may
     /// reach another server behind it.
@@ -453,6 +453,13 @@ pub(super) struct Dialed {
     pub(super) hidden: Vec<std::io::ErrorKind>,
     /// The connection, counted in `addr`'s open connections.
     pub(super) busy: Option<Busy>,
+}
+
+impl Dialed {
+    /// Whether the name has an address after this one.
+    pub(super) fn more(&self) -> bool {
+        self.further > 0
+    }
 }
 
 /// An equal share of the time left until `deadline` for each of `remaining` tries (the last
@@ -523,7 +530,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(dialed.socket.peer_addr().unwrap(), working_addr);
-        assert_eq!((dialed.addr, dialed.more), (working_addr, false));
+        assert_eq!((dialed.addr, dialed.more()), (working_addr, false));
         // The silent one's failure, hidden from the request, is there to be counted.
         assert_eq!(dialed.hidden, [std::io::ErrorKind::TimedOut]);
         // The silent address had its half of the time, and the working one got through in
@@ -546,7 +553,7 @@ mod tests {
             took >= delay && took < Duration::from_millis(2500),
             "{took:?}"
         );
-        assert!(!dialed.more);
+        assert!(!dialed.more());
         assert_eq!(dialed.hidden, [std::io::ErrorKind::TimedOut], "left silent");
 
         // A refusal before an answer is hidden too; an answer at once hides nothing.
@@ -608,7 +615,7 @@ mod tests {
             let connected = connecting.await.unwrap();
             if alone {
                 let dialed = connected.unwrap().unwrap();
-                assert_eq!((dialed.addr, dialed.more), (silent.addr, false));
+                assert_eq!((dialed.addr, dialed.more()), (silent.addr, false));
             } else {
                 let error = connected.unwrap_err();
                 assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");

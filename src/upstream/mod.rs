@@ -146,7 +146,7 @@ async fn exchange(
         // The leave is held until the try has ended: answered, or failed.
         let (won, dialed) = connect_in_turn(leg, &mut turns, tried).await?;
         // Copied only when there is somewhere to send it again.
-        let others = dialed.more || dialed.redial || turns.left() > 0;
+        let others = dialed.more() || dialed.redial || turns.left() > 0;
         let copy = others.then(|| copy_of(&request));
         let asked = tokio::time::Instant::now();
         // Connected as the time ran out: the backend is not to start on a request whose
@@ -158,14 +158,20 @@ async fn exchange(
         // the time: a backend that takes the connection and never finishes it (a plain server
         // on the port, a hung one) has had nothing of the request, and the next may take it.
         // The last try has all the time left, and its 504 says what it did not do.
-        let remaining = deadline.saturating_duration_since(asked);
+        let redials = match dialed.redial {
+            true => MAX_CLOSED.saturating_sub(closed + 1),
+            false => 0,
+        };
+        let after = turns.left() + dialed.further + redials;
+        let (share, even) = turns.asking(after, deadline.saturating_duration_since(asked));
         let reached = Reached {
             backend: won.backend,
             addr: dialed.addr,
             several: dialed.several,
-            more: dialed.more,
+            more: dialed.more(),
             redial: dialed.redial,
-            share: turns.handshake_share(dialed.more, remaining),
+            share,
+            even,
             began: won.began,
             asked,
         };
@@ -179,7 +185,7 @@ async fn exchange(
         };
         let Ok(answered) = tokio::time::timeout_at(deadline, answering).await else {
             let secured = secured.load(Ordering::Relaxed);
-            return Err(unanswered(leg, reached, turns.fair_share(), secured));
+            return Err(unanswered(leg, reached, secured));
         };
         note_answer(leg, reached, &answered);
         let error = match answered {
@@ -222,6 +228,9 @@ struct Reached<'a> {
     redial: bool,
     /// The TLS handshake's share of the time, if another try is left after this one.
     share: Option<Duration>,
+    /// Its even share of the whole time (see `Turns::asking`): a try given less than half of
+    /// it is not to blame when it runs out.
+    even: Duration,
     /// When the try began, on [`crate::health::now`]'s clock.
     began: u64,
     /// When the connection was made and the request about to be sent.
@@ -277,7 +286,8 @@ fn after_close<'a>(
 ) -> bool {
     let ((closed, copied), backend) = (closes, reached.backend);
     let stalled = matches!(error, ProxyError::BackendTimeout);
-    *closed += usize::from(!stalled);
+    // The same address dialed again counts every try, its stalls too.
+    *closed += usize::from(!stalled || reached.redial);
     let go_on = copied && *closed < MAX_CLOSED;
     let stall = stalled.then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, STALLED));
     let name = &leg.route.config.name;
@@ -296,7 +306,7 @@ fn after_close<'a>(
     // pod that takes connections and drops them (killed, or crashing on each) would otherwise
     // cost every request whose turn starts there a connection and a round trip. A stall in a
     // share cut short (the time nearly out) is not held against it, as a connect's is not.
-    let blamed = !stalled || reached.share >= Some(turns.fair_share() / 2);
+    let blamed = !stalled || reached.share >= Some(reached.even / 2);
     if reached.several && blamed {
         let cooldown = leg.timing.cooldown;
         dial::set_aside(backend, reached.addr, cooldown, reached.asked, reason);
@@ -307,13 +317,10 @@ fn after_close<'a>(
     if (!reached.more || !go_on) && blamed {
         put_aside(leg, backend, reason, reached.began);
     }
-    // A certificate refused would be refused again, a handshake stalled stall again: its
-    // address is not dialed once more.
-    let redial = reached.redial
-        && !matches!(
-            error,
-            ProxyError::BackendTls(_) | ProxyError::BackendTimeout
-        );
+    // A certificate refused would be refused again: its address is not dialed once more; nor
+    // is one whose handshake stalled, which would stall again, unless it is the route's only
+    // address (a cluster IP), whose next connection may reach another pod.
+    let redial = reached.redial && !matches!(error, ProxyError::BackendTls(_));
     if !redial {
         turns.gone.push(reached.addr);
     }
@@ -329,16 +336,11 @@ fn after_close<'a>(
 
 /// A backend took the connection but did not answer the upgrade within the time (its
 /// process hung, or overloaded): 504, and the backend put aside (see [`answer_failed`]), so
-/// that the route's next requests go to its others meanwhile. Not if the backends before it
-/// (or its own slow connect) left it less than half of `fair_share`, an even share of the
-/// time, to answer in. `secured`: whether its TLS handshake (if any) was done.
-fn unanswered(
-    leg: Leg<'_>,
-    reached: Reached<'_>,
-    fair_share: Duration,
-    secured: bool,
-) -> ProxyError {
-    if reached.asked.elapsed() >= fair_share / 2 {
+/// that the route's next requests go to its others meanwhile. Not if the tries before it (or
+/// its own slow connect) left it less than half of its even share of the time to answer in.
+/// `secured`: whether its TLS handshake (if any) was done.
+fn unanswered(leg: Leg<'_>, reached: Reached<'_>, secured: bool) -> ProxyError {
+    if reached.asked.elapsed() >= reached.even / 2 {
         let what = match secured {
             true => "took the connection but did not answer the upgrade in time",
             false => "took the connection but did not finish the TLS handshake in time",
@@ -858,6 +860,28 @@ mod tests {
             require_client_certificate: false,
         };
         crate::routes::RouteTable::new(&[config])
+    }
+
+    /// A name's two addresses, the first taking the connection and never finishing the TLS
+    /// handshake (a hung pod of a headless Service), the second refusing: the stall had half
+    /// of the time, its even share, so its address is set aside, though it was the route's
+    /// only backend (whose even share of the whole would be all of it).
+    #[tokio::test]
+    async fn a_lone_names_address_stalled_in_the_tls_handshake_is_set_aside() {
+        let (hung, _held) = hung_backend().await;
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = refused.local_addr().unwrap();
+        let name = "stalled-tls-pod.test:9443".to_string();
+        crate::resolve::seed(&name, &[hung, refused]);
+        let config = crate::config::RouteConfig {
+            backend_tls: None,
+            ..the_route(&table_of(vec![name.clone()])).config.clone()
+        };
+        let tls = Some(Arc::new(crate::tls::BackendTls::trusting_nothing()));
+        let table = crate::routes::RouteTable::with_backend_tls(&[config], vec![tls]);
+        let answer = open_with(&table, timing(Duration::from_secs(1), Duration::ZERO)).await;
+        assert!(matches!(answer, Err(ProxyError::BackendTimeout)));
+        assert!(crate::resolve::is_aside(&name, hung));
     }
 
     fn the_route(table: &crate::routes::RouteTable) -> &Route {

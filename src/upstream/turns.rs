@@ -26,6 +26,10 @@ pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
     /// left came to much less (earlier backends took the rest) is not the backend's failure
     /// when it runs out.
     fair_share: Duration,
+    /// The whole time, connects and answer, from the request's start.
+    whole: Duration,
+    /// The tries that reached a backend so far (see [`Turns::asking`]).
+    asked: usize,
     /// The backends not tried yet, in round-robin order.
     backends: I,
     /// Backends another request is trying again after a failure (see [`crate::health`]):
@@ -55,6 +59,8 @@ impl<'r> Turns<'r, 'r, crate::routes::InTurn<'r>> {
     pub(super) fn new(route: &'r Route, deadline: Instant) -> Self {
         Turns {
             fair_share: share_of(deadline, route.config.backends.len()),
+            whole: deadline.saturating_duration_since(Instant::now()),
+            asked: 0,
             backends: route.backends_in_turn(),
             later: VecDeque::new(),
             again: None,
@@ -104,24 +110,29 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
         }
     }
 
-    /// The time each backend would get if every one were slow.
-    pub(super) fn fair_share(&self) -> Duration {
-        self.fair_share
-    }
-
-    /// The time the TLS handshake of the backend being tried gets when another try is left
-    /// after it (`more`: the name's next address): an even share of `remaining` among the
-    /// tries left, and no less than the route's even share of the whole (or half of what
-    /// remains, if less), so that a slow handshake is not cut shorter than a connect would
-    /// be. `None` for the last try, which has all the time left.
-    pub(super) fn handshake_share(&self, more: bool, remaining: Duration) -> Option<Duration> {
-        let left = self.left() + usize::from(more);
-        if left == 0 {
-            return None;
+    /// A try reaching its backend with `remaining` time, and `after` tries possible after it
+    /// (backends left, the name's next addresses, or the same address dialed again): the time
+    /// its TLS handshake gets, and its even share of the whole.
+    ///
+    /// The handshake gets an even share of `remaining` among the tries left, and no less than
+    /// the route's even share of the whole (or half of what remains, if less), so that a slow
+    /// handshake is not cut shorter than a connect would be; `None` for the last try, which
+    /// has all the time left. The even share is what the try would have had if every try
+    /// before it had been quick: one whose time came to less than half of it (those before
+    /// it took the rest) is not to blame when it runs out.
+    pub(super) fn asking(
+        &mut self,
+        after: usize,
+        remaining: Duration,
+    ) -> (Option<Duration>, Duration) {
+        let tries = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        let even = self.whole / tries(self.asked + 1 + after);
+        self.asked += 1;
+        if after == 0 {
+            return (None, even);
         }
-        let tries = u32::try_from(left).unwrap_or(u32::MAX).saturating_add(1);
-        let share = (remaining / tries).max(self.fair_share.min(remaining / 2));
-        (share < remaining).then_some(share)
+        let share = (remaining / tries(after + 1)).max(self.fair_share.min(remaining / 2));
+        ((share < remaining).then_some(share), even)
     }
 
     /// How many backends are left to try after the one being tried.

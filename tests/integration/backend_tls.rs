@@ -313,19 +313,34 @@ async fn a_backend_speaking_only_tls_1_2_is_reached() {
     }
 }
 
-/// A TLS backend at one address that resets the first connection it takes, once it has the
-/// ClientHello (a pod going away behind a cluster IP), and serves every later one: `(its address, its WebSocket backend)`.
-async fn resetting_first(ca: &Pki) -> (std::net::SocketAddr, WsBackend) {
-    let backend = WsBackend::start_tls("after the reset", ca, &["127.0.0.1"]).await;
+/// What a TLS backend at one address does with the first connection it takes, once it has
+/// the ClientHello (in the handshake, not the connect).
+#[derive(Clone, Copy)]
+enum First {
+    /// Resets it: a pod going away behind a cluster IP.
+    Reset,
+    /// Holds it and never answers: a hung pod behind it.
+    Stall,
+}
+
+/// A TLS backend at one address that does `first` with the first connection it takes and
+/// serves every later one: `(its address, its WebSocket backend)`.
+async fn odd_first(ca: &Pki, first: First) -> (std::net::SocketAddr, WsBackend) {
+    let backend = WsBackend::start_tls("after the first", ca, &["127.0.0.1"]).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let target = backend.addr;
     tokio::spawn(async move {
-        // Reset once its ClientHello is in: in the handshake, not the connect.
-        let (mut first, _) = listener.accept().await.unwrap();
-        let _ = tokio::io::AsyncReadExt::read(&mut first, &mut [0u8; 1]).await;
-        first.set_zero_linger().unwrap();
-        drop(first);
+        let (mut taken, _) = listener.accept().await.unwrap();
+        let _ = tokio::io::AsyncReadExt::read(&mut taken, &mut [0u8; 1]).await;
+        let _held = match first {
+            First::Reset => {
+                taken.set_zero_linger().unwrap();
+                drop(taken);
+                None
+            }
+            First::Stall => Some(taken),
+        };
         // Later connections go on to the real backend, byte for byte.
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -342,7 +357,7 @@ async fn a_lone_tls_backend_reset_during_the_handshake_is_dialed_again() {
     // A reset is a close, not a certificate refused: as with a plain backend, the route's
     // only address is dialed again, and the failure counted as a close.
     let ca = Pki::new("backend CA");
-    let (addr, _backend) = resetting_first(&ca).await;
+    let (addr, _backend) = odd_first(&ca, First::Reset).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_proxy(&format!(
         "{ADMIN}{}",
@@ -351,12 +366,35 @@ async fn a_lone_tls_backend_reset_during_the_handshake_is_dialed_again() {
     .await;
     assert_eq!(
         which_backend(proxy.addr, "wss://localhost/ws").await,
-        "after the reset"
+        "after the first"
     );
     let closed = format!(
         r#"wsgate_backend_connect_failures_total{{route="chat",backend="{addr}",error="closed"}}"#
     );
     scrape_until(proxy.server.admin_addr().unwrap(), &closed, 1.0).await;
+}
+
+#[tokio::test]
+async fn a_lone_tls_backend_stalled_in_the_handshake_is_dialed_again() {
+    // The route's only address, a cluster IP say: the next connection may reach another
+    // pod, so a stall has a share of the time (a third: the address is tried at most three
+    // times), and the address is dialed again after it, the stall counted as a timeout.
+    let ca = Pki::new("backend CA");
+    let (addr, _backend) = odd_first(&ca, First::Stall).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&format!(
+        "{ADMIN}[timeouts]\nconnect = \"2s\"\n\n{}",
+        tls_route(&[addr], &trusting(&ca, &dir, None))
+    ))
+    .await;
+    assert_eq!(
+        which_backend(proxy.addr, "wss://localhost/ws").await,
+        "after the first"
+    );
+    let timeout = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{addr}",error="timeout"}}"#
+    );
+    scrape_until(proxy.server.admin_addr().unwrap(), &timeout, 1.0).await;
 }
 
 /// A client certificate `issuer` signed for wsgate, written as `client.crt` and `client.key`
