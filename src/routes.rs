@@ -20,6 +20,7 @@ use crate::load::{Busy, Load, Loads};
 use crate::path::{read_path, Read};
 use crate::tls::BackendTls;
 
+#[derive(Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
     exact: HashMap<String, Paths>,

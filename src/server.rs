@@ -142,10 +142,9 @@ impl Shared {
         let (added, held) = self.listeners_to_add(&wanted)?;
         let bound = listener::bind_all(&added, &held, &next.config)?;
         let (removed, old) = self.swap_in(next.clone(), added, bound, &wanted)?;
-        // Freed on the blocking pool (if no request still holds it): tens of thousands of
-        // routes take tens of milliseconds to free, which a thread that accepts and relays
-        // must not spend.
-        drop(tokio::task::spawn_blocking(move || drop(old)));
+        // Its routes are freed off this thread, whoever lets go of it last (see
+        // `Snapshot`'s `Drop`).
+        drop(old);
         let recheck = (next.config.client_auth.as_ref()).is_some_and(|auth| auth.recheck_tunnels);
         if recheck {
             (self.recheck).publish(next.client_scope, next.client_verifier.clone());

@@ -46,6 +46,18 @@ pub(crate) struct Snapshot {
     tls_warnings: Vec<ConfigError>,
 }
 
+/// The routes (the table, their configs and warnings), freed by [`crate::memory::free_aside`]:
+/// the last holder of a replaced snapshot may be any connection, on a thread that serves
+/// others.
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let routes = std::mem::take(&mut self.routes);
+        let configs = std::mem::take(&mut self.config.routes);
+        let warnings = std::mem::take(&mut self.config.warnings);
+        crate::memory::free_aside((routes, configs, warnings));
+    }
+}
+
 impl Snapshot {
     /// Loads the config at `path` and everything it names.
     pub(crate) fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
