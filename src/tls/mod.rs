@@ -666,8 +666,16 @@ impl SniResolver {
         self.keys.get(by_name.unwrap_or(0))
     }
 
-    /// Whether a certificate names `host` (not merely the first, served for any name).
+    /// Whether a certificate names `host` (not merely the first, served for any name). A
+    /// client asking for an IP address sends no name (RFC 6066 §3): it gets the first
+    /// certificate, which must name the address itself.
     fn covers(&self, host: &str) -> bool {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            let first = self.keys.first().and_then(|key| key.cert.first());
+            let first = first.and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok());
+            let name = rustls_pki_types::ServerName::IpAddress(ip.into());
+            return first.is_some_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok());
+        }
         self.named(host.trim_end_matches('.')).is_some()
     }
 

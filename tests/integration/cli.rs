@@ -351,6 +351,31 @@ fn check_warns_about_a_route_host_no_certificate_names() {
     );
 }
 
+/// A route for an IP address: its clients send no name, and get the first certificate, which
+/// is fine where that names the address (and warned about where it does not).
+#[test]
+fn check_warns_about_a_route_address_the_first_certificate_does_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = ["127.0.0.1", "10.0.0.1"]
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            format!("[[route]]\nname = \"r{i}\"\nhost = \"{host}\"\npath = \"/\"\nbackends = [\"127.0.0.1:9001\"]\n")
+        })
+        .collect::<String>();
+    let path = write_config(dir.path(), &routes);
+    pki().write_leaf(dir.path(), "server", &["localhost", "127.0.0.1"]);
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warned = "no certificate in tls.certificates names";
+    assert!(
+        stderr.contains(&format!("route[1].host: {warned} \"10.0.0.1\"")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(warned).count(), 1, "{stderr}");
+}
+
 /// A later certificate that SNI can never pick (no DNS name in its subjectAltName, or every
 /// name already covered by an earlier one) loads, with a warning naming its line.
 #[test]
