@@ -31,14 +31,14 @@ pub(crate) fn read_path(path: &str) -> Read<'_> {
     } else {
         Cow::Owned(canonical(path))
     };
-    // ".", "..", and what Windows reads as one of them ("...", ". ."), also where its best
-    // fit makes a separator.
-    let best_fit = |c: char| c == '/' || BEST_FIT_SEPARATORS.contains(&c);
-    if segments(&canonical, best_fit).any(|segment| segment.is_empty()) {
+    // Segments as a Windows backend reading through its best fit may split them too.
+    let separator = |c: char| c == '/' || BEST_FIT_SEPARATORS.contains(&c);
+    // ".", "..", and what Windows reads as one of them ("...", ". .").
+    if segments(&canonical, separator).any(|segment| segment.is_empty()) {
         return Read::DotSegment;
     }
     let mut out = String::with_capacity(canonical.len());
-    for segment in segments(&canonical, |c| c == '/') {
+    for segment in segments(&canonical, separator) {
         out.push('/');
         out.push_str(segment);
     }
@@ -92,10 +92,16 @@ fn as_read(c: char) -> char {
 /// What a Windows backend reading a path through an "ANSI" code page may take for `/` or `\`
 /// where NFKC does not: the division and fraction slashes and the set minus (`∕ ⁄ ∖`, code
 /// page 1252's best fit), and the yen and won signs (`¥ ₩`, which code pages 932 and 949 put
-/// at the byte of `\`). `/public/..∕admin` is `/public/../admin` to such a backend. Read as
-/// separators only where they could end a dot segment: anywhere else they are what they are
-/// (`/shop/¥100` is one segment, and no two separators), as to every other backend.
+/// at the byte of `\`). `/public/..∕admin` is `/public/../admin` to such a backend, and
+/// `/admin∕x` is `/admin/x`: matched as separators, so that neither slips past the `/admin`
+/// route's rules. (Not for [`canonical`]'s other readers: to a URL parser, `/¥100` starts with
+/// no two separators.)
 const BEST_FIT_SEPARATORS: [char; 5] = ['\u{2215}', '\u{2044}', '\u{2216}', '\u{A5}', '\u{20A9}'];
+
+/// Whether `text` holds what Windows' best fit reads as a separator.
+pub(crate) fn has_best_fit_separator(text: &str) -> bool {
+    text.contains(BEST_FIT_SEPARATORS)
+}
 
 /// `path`'s bytes with every `%XX` of two hex digits decoded.
 pub(crate) fn percent_decode(path: &str) -> Vec<u8> {

@@ -770,6 +770,25 @@ mod tests {
     }
 
     #[test]
+    fn what_windows_best_fit_reads_as_a_separator_is_matched_as_one() {
+        let table = RouteTable::new(&[
+            route("admin", None, "/admin", None),
+            route("all", None, "/", None),
+        ]);
+        for split in [
+            "/admin%E2%88%95x",
+            "/admin%C2%A5x",
+            "/admin%E2%81%84",
+            "/admin\u{2216}x",
+        ] {
+            assert_eq!(pick(&table, None, split, &[]), "admin", "{split}");
+        }
+        // `¥admin¥` is `\admin\` to such a backend.
+        assert_eq!(pick(&table, None, "/%C2%A5admin%C2%A5", &[]), "admin");
+        assert_eq!(pick(&table, None, "/adminx", &[]), "all");
+    }
+
+    #[test]
     fn a_segment_is_matched_without_its_trailing_dots_and_spaces() {
         let table = RouteTable::new(&[route("f", None, "/f", None), route("all", None, "/", None)]);
         for windows in ["/f.", "/f%2E", "/f%20", "/f. .", "/f./x", "/f%2e%20/x"] {

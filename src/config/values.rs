@@ -134,6 +134,11 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '\\' or an encoded '/' or '\\': requests are matched with these read as '/', so write '/'"
         ));
     }
+    if crate::path::has_best_fit_separator(&read) {
+        return Err(format!(
+            "{text:?} has what Windows' best fit reads as '/' or '\\' (one of ∕ ⁄ ∖ ¥ ₩): requests are matched with these read as '/', so write '/'"
+        ));
+    }
     // A path written in a form requests are not matched in (`／`, `ａ`, a decomposed accent):
     // the form to write, unless that is no route path either (`‥` is `..`).
     let decoded = crate::path::percent_decode(text);
