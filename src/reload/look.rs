@@ -8,7 +8,7 @@ use std::path::Path;
 use tokio::time::Instant;
 
 use super::{Trigger, DEBOUNCE};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Location};
 use crate::files::{absent_or_empty, NotThere};
 use crate::fingerprint::{on_disk_fingerprint, on_disk_now, on_disk_stamp, OnDisk};
 use crate::snapshot::Snapshot;
@@ -151,43 +151,68 @@ fn served_file_gone(
     let config = Config::load(path).ok()?;
     let served = in_force.tls_files();
     let served = |file: &Path| served.iter().any(|f| f == file);
+    let named = named_files(&config).into_iter();
+    named
+        .filter(|(_, file, at)| error.location.as_ref() == Some(*at) && served(file))
+        .find_map(|(what, file, at)| gone_at(path, what, file, at))
+}
+
+/// The first of the files the config in force serves (see [`served_file_gone`]) that is gone
+/// or empty now, as [`served_file_gone`] says it: for a file gone while the config file on
+/// disk is rejected, which no look reads (its content is what was rejected).
+pub(super) fn in_force_file_gone(in_force: &Config) -> Option<(&'static str, String)> {
+    (named_files(in_force).into_iter())
+        .find_map(|(what, file, at)| gone_at(&in_force.path, what, file, at))
+}
+
+/// `file`, which the config at `path` names at `at`, as gone (`what`: how to say a file of its
+/// kind gone, and emptied) and the error naming it, if it is absent or empty.
+fn gone_at(
+    path: &Path,
+    [gone, emptied]: [&'static str; 2],
+    file: &Path,
+    at: &Location,
+) -> Option<(&'static str, String)> {
+    let (what, why) = match absent_or_empty(file)? {
+        Absent => (gone, "not found"),
+        Empty => (emptied, "is empty"),
+    };
+    let error = ConfigError::at(path, at, format!("{} {why}", file.display()));
+    Some((what, error.to_string()))
+}
+
+/// The certificate, key, CA and revocation list files `config` names, each with how to say
+/// one of its kind gone (and emptied), and where it is named.
+fn named_files(config: &Config) -> Vec<([&'static str; 2], &Path, &Location)> {
     let backend_tls = (config.routes.iter()).filter_map(|r| r.backend_tls.as_ref());
     let clients = backend_tls.clone().filter_map(|tls| tls.client.as_ref());
     let certificates = (config.certificates.iter()).chain(clients).flat_map(|c| {
         [
             (
                 ["certificate file", "certificate file's content"],
-                &c.cert,
+                c.cert.as_path(),
                 &c.cert_location,
             ),
-            (["key file", "key file's content"], &c.key, &c.key_location),
+            (
+                ["key file", "key file's content"],
+                c.key.as_path(),
+                &c.key_location,
+            ),
         ]
     });
     let client_cas = (config.client_auth.iter()).map(|auth| (&auth.ca, &auth.ca_location));
     let cas = (backend_tls.map(|tls| (&tls.ca, &tls.ca_location)))
         .chain(client_cas)
-        .map(|(ca, at)| (["CA file", "CA file's content"], ca, at));
+        .map(|(ca, at)| (["CA file", "CA file's content"], ca.as_path(), at));
     let crls = (config.client_auth.iter()).filter_map(|auth| auth.crl.as_ref());
     let crls = crls.map(|(crl, at)| {
         (
             ["revocation list file", "revocation list file's content"],
-            crl,
+            crl.as_path(),
             at,
         )
     });
-    let gone = certificates
-        .chain(cas)
-        .chain(crls)
-        .filter(|(_, file, at)| error.location.as_ref() == Some(*at) && served(file))
-        .find_map(|([gone, emptied], file, at)| {
-            let (what, why) = match absent_or_empty(file)? {
-                Absent => (gone, "not found"),
-                Empty => (emptied, "is empty"),
-            };
-            let error = ConfigError::at(path, at, format!("{} {why}", file.display()));
-            Some((what, error.to_string()))
-        });
-    gone
+    certificates.chain(cas).chain(crls).collect()
 }
 
 /// Whether the files at `path`, stamped `stamp` at `stamped_at` before they were read, still

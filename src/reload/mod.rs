@@ -74,6 +74,7 @@ pub(crate) fn spawn_reloader(
         mode: WatchMode::Events,
         renewal_failed: None,
         renewals_deferred: 0,
+        gap_said: None,
     };
     state.announce_mode(state.watch_mode());
     let wanted = watch::wanted(&state.relevant_files());
@@ -138,6 +139,9 @@ struct Reloader {
     renewal_failed: Option<String>,
     /// Renewals in a row left to the look a write since brings.
     renewals_deferred: u8,
+    /// A file the config in force serves, said gone while the config file on disk is not in
+    /// force: not said again until it is back.
+    gap_said: Option<String>,
 }
 
 impl Reloader {
@@ -433,14 +437,21 @@ impl Reloader {
         let shared = &self.shared;
         let current = shared.current();
         let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
-        let (read, renewed) = match renewed.await.ok()? {
+        let renewed = renewed.await.ok()?;
+        if !matches!(renewed, Renewed::Gap) && self.gap_said.take().is_some() {
+            tracing::info!("the files the config in force serves are back");
+        }
+        let (read, renewed) = match renewed {
             Renewed::Read(read, renewed) => (read, *renewed),
             // Back to what is served: a failure said before is news again.
             Renewed::AsServed => {
                 self.renewal_failed = None;
                 return None;
             }
-            Renewed::Gap => return None,
+            Renewed::Gap => {
+                self.say_gap().await;
+                return None;
+            }
         };
         // As for any reload: files still being written (a chain in pieces, a certificate
         // whose key comes next) are neither applied nor reported; their next write is looked
@@ -470,6 +481,23 @@ impl Reloader {
             // Out of open files: nothing is known; the next look tries again.
             Err(e) if e.for_now => None,
             Err(e) => Some(Renewal::Failed(e.to_string())),
+        }
+    }
+
+    /// A file the config in force serves gone, while the config file on disk is not in force
+    /// (no look reads that file, so none says it gone): said once it has stayed gone for a
+    /// [`DEBOUNCE`] (a renewal by `rm; cp` is not news), and once only, as a config file's
+    /// gone is. What is served goes on; a restart would fail on it.
+    async fn say_gap(&mut self) {
+        tokio::time::sleep(DEBOUNCE).await;
+        let current = self.shared.current();
+        let Some((what, error)) = look::in_force_file_gone(&current.config) else {
+            return;
+        };
+        if self.gap_said.as_ref() != Some(&error) {
+            let generation = current.generation;
+            tracing::warn!(generation, %error, "{what} gone; the certificates in force are still served (the config file on disk is not in force)");
+            self.gap_said = Some(error);
         }
     }
 

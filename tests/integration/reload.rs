@@ -711,6 +711,28 @@ fn an_emptied_config_written_during_the_wait_is_not_taken_for_gone() {
     assert!(!said.iter().any(|l| l.contains("gone;")), "{said:#?}");
 }
 
+/// A served key deleted while the config file on disk is rejected (so no look reads it): said
+/// gone once, naming the file and its line, as with a config in force (a restart would fail
+/// on it), and said back once it is.
+#[test]
+fn a_served_key_gone_while_the_config_file_is_rejected_is_said() {
+    let (dir, config, _child, lines) = reloader_logging();
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    wait_for_line(&lines, "config reload rejected");
+    let key = dir.path().join("server.key");
+    let held = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let said = wait_for_line(
+        &lines,
+        "key file gone; the certificates in force are still served",
+    );
+    assert!(said.contains("server.key not found"), "{said}");
+    assert!(said.contains("tls.certificates[0].key"), "{said}");
+    std::fs::write(&key, held).unwrap();
+    wait_for_line(&lines, "the files the config in force serves are back");
+}
+
 /// A SIGHUP that comes while a look waits on a config file gone is answered as a SIGHUP: the
 /// error of the file gone, not the wait's warning.
 #[test]
