@@ -416,8 +416,13 @@ impl Reloader {
         // the config file gone or emptied for a while): the certificates in force are still
         // renewed. (A certificate or key file of theirs gone is no renewal: see `renewed`.)
         let renewal = match outcome {
-            Outcome::Nothing | Outcome::Rejected(_) | Outcome::Missing(..) => {
-                self.renew(generation).await
+            Outcome::Nothing | Outcome::Rejected(_) => self.renew(generation, true).await,
+            // A served file gone, while the config on disk is the one in force, is said as
+            // such (the look's own warning); the config file gone, a served file gone with it
+            // is said by the renewal.
+            Outcome::Missing(what, _) => {
+                let config_gone = what.starts_with("config file");
+                self.renew(generation, config_gone).await
             }
             _ => None,
         };
@@ -432,8 +437,9 @@ impl Reloader {
     }
 
     /// The config in force with its certificates and keys read again, swapped in, if their
-    /// files changed; `None` if they did not (or the process is shutting down).
-    async fn renew(&mut self, generation: u64) -> Option<Renewal> {
+    /// files changed; `None` if they did not (or the process is shutting down). `say_gaps`: a
+    /// file of theirs gone is said here (no look says it).
+    async fn renew(&mut self, generation: u64, say_gaps: bool) -> Option<Renewal> {
         let shared = &self.shared;
         let current = shared.current();
         let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
@@ -449,7 +455,9 @@ impl Reloader {
                 return None;
             }
             Renewed::Gap => {
-                self.say_gap().await;
+                if say_gaps {
+                    self.say_gap().await;
+                }
                 return None;
             }
         };
@@ -489,9 +497,14 @@ impl Reloader {
     /// [`DEBOUNCE`] (a renewal by `rm; cp` is not news), and once only, as a config file's
     /// gone is. What is served goes on; a restart would fail on it.
     async fn say_gap(&mut self) {
+        let gone = |current: &Snapshot| look::in_force_file_gone(&current.config);
+        // Said already: nothing to wait for.
+        if gone(&self.shared.current()).map(|(_, error)| error) == self.gap_said {
+            return;
+        }
         tokio::time::sleep(DEBOUNCE).await;
         let current = self.shared.current();
-        let Some((what, error)) = look::in_force_file_gone(&current.config) else {
+        let Some((what, error)) = gone(&current) else {
             return;
         };
         if self.gap_said.as_ref() != Some(&error) {
@@ -551,6 +564,7 @@ impl Reloader {
                 self.rejected = None;
                 self.unbindable = None;
                 self.renewal_failed = None;
+                self.gap_said = None;
                 Outcome::InForce
             }
             Look::StillRejected => Outcome::Nothing,
@@ -646,6 +660,7 @@ impl Reloader {
             self.rejected = None;
             self.unbindable = None;
             self.renewal_failed = None;
+            self.gap_said = None;
         }
         // A look still short of descriptors is not announced again; said at debug level only
         // (a test awaits these looks).

@@ -733,6 +733,29 @@ fn a_served_key_gone_while_the_config_file_is_rejected_is_said() {
     wait_for_line(&lines, "the files the config in force serves are back");
 }
 
+/// A served key deleted while the config file on disk is the one in force is said gone as
+/// such, not as gone while that file is not in force; once it is back, a config file then
+/// rejected says nothing of files back.
+#[test]
+fn a_served_key_gone_with_the_config_in_force_is_said_as_such() {
+    let (dir, config, _child, lines) = reloader_logging();
+    let key = dir.path().join("server.key");
+    let held = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let said = lines_until(&lines, "key file gone; the current config stays in force");
+    let not_in_force = "the config file on disk is not in force";
+    assert!(!said.iter().any(|l| l.contains(not_in_force)), "{said:#?}");
+    std::fs::write(&key, held).unwrap();
+    wait_for_line(&lines, "config files are back to the config in force");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    let said = lines_until(&lines, "config reload rejected");
+    assert!(
+        !said.iter().any(|l| l.contains("serves are back")),
+        "{said:#?}"
+    );
+}
+
 /// A SIGHUP that comes while a look waits on a config file gone is answered as a SIGHUP: the
 /// error of the file gone, not the wait's warning.
 #[test]
