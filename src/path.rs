@@ -32,7 +32,11 @@ pub(crate) fn read_path(path: &str) -> Read<'_> {
         Cow::Owned(canonical(path))
     };
     // Segments as a Windows backend reading through its best fit may split them too.
-    let separator = |c: char| c == '/' || BEST_FIT_SEPARATORS.contains(&c);
+    let best_fit = match canonical.contains(BEST_FIT_SEPARATORS) {
+        true => best_fit_written(path),
+        false => Vec::new(),
+    };
+    let separator = |c: char| c == '/' || best_fit.contains(&c);
     // ".", "..", and what Windows reads as one of them ("...", ". .").
     if segments(&canonical, separator).any(|segment| segment.is_empty()) {
         return Read::DotSegment;
@@ -98,9 +102,20 @@ fn as_read(c: char) -> char {
 /// no two separators.)
 const BEST_FIT_SEPARATORS: [char; 5] = ['\u{2215}', '\u{2044}', '\u{2216}', '\u{A5}', '\u{20A9}'];
 
-/// Whether `text` holds what Windows' best fit reads as a separator.
-pub(crate) fn has_best_fit_separator(text: &str) -> bool {
-    text.contains(BEST_FIT_SEPARATORS)
+/// Whether `path` holds what Windows' best fit reads as a separator.
+pub(crate) fn has_best_fit_separator(path: &str) -> bool {
+    !best_fit_written(path).is_empty()
+}
+
+/// The best-fit separators written in `path` (once percent-decoded), not those NFKC makes
+/// of something else (`½` is `1⁄2`, `￥` is `¥`): a backend reading through best fit does not
+/// normalise, and one that normalises does not read them as separators.
+fn best_fit_written(path: &str) -> Vec<char> {
+    let decoded = percent_decode(path);
+    let text = String::from_utf8_lossy(&decoded);
+    (BEST_FIT_SEPARATORS.into_iter())
+        .filter(|&c| text.contains(c))
+        .collect()
 }
 
 /// `path`'s bytes with every `%XX` of two hex digits decoded.

@@ -786,6 +786,15 @@ mod tests {
         // `¥admin¥` is `\admin\` to such a backend.
         assert_eq!(pick(&table, None, "/%C2%A5admin%C2%A5", &[]), "admin");
         assert_eq!(pick(&table, None, "/adminx", &[]), "all");
+        // Not where NFKC makes one of something else: `½` is `1⁄2`, `￥` is `¥`, which no
+        // backend reads as separators.
+        let table = RouteTable::new(&[
+            route("v1", None, "/v1", None),
+            route("admin", None, "/admin", None),
+            route("all", None, "/", None),
+        ]);
+        assert_eq!(pick(&table, None, "/v%C2%BD", &[]), "all");
+        assert_eq!(pick(&table, None, "/admin%EF%BF%A5x", &[]), "all");
     }
 
     #[test]

@@ -207,8 +207,13 @@ fn version_is_13(headers: &HeaderMap) -> Result<(), ProxyError> {
     }
     let mut said = 0;
     for line in headers.get_all(&SEC_WEBSOCKET_VERSION) {
-        for value in line.as_bytes().split(|&b| b == b',') {
-            if value.trim_ascii() != b"13" {
+        // Empty list elements are no values (RFC 9110 §5.6.1): `13,` is 13.
+        let values = line
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii);
+        for value in values.filter(|value| !value.is_empty()) {
+            if value != b"13" {
                 return Err(ProxyError::UnsupportedVersion);
             }
             said += 1;
@@ -216,6 +221,7 @@ fn version_is_13(headers: &HeaderMap) -> Result<(), ProxyError> {
     }
     match said {
         0 => Err(ProxyError::UnsupportedVersion),
+        1 => Ok(()),
         _ => Err(ProxyError::RepeatedVersion),
     }
 }
@@ -511,6 +517,10 @@ mod tests {
                 with("sec-websocket-version", "13, 8"),
                 ProxyError::UnsupportedVersion,
             ),
+            (
+                with("sec-websocket-version", ", "),
+                ProxyError::UnsupportedVersion,
+            ),
             (without("host"), ProxyError::BadHost),
             (with("content-length", "5"), ProxyError::UnexpectedBody),
             (
@@ -547,6 +557,7 @@ mod tests {
         let mut version_twice = with("sec-websocket-version", "13");
         version_twice.push(("sec-websocket-version", "13"));
         assert_eq!(check(&version_twice), Err(ProxyError::RepeatedVersion));
+        assert_eq!(check(&with("sec-websocket-version", "13, ")), Ok(()));
     }
 
     #[test]

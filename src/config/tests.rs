@@ -1725,4 +1725,7 @@ fn a_route_path_with_what_windows_best_fit_reads_as_a_separator_is_refused() {
         let read = super::values::route_path(path);
         assert!(read.is_err_and(|e| e.contains("best fit")), "{path}");
     }
+    // `½` is no separator, but `1⁄2` in NFKC, and that cannot be a route path.
+    let read = super::values::route_path("/\u{BD}");
+    assert!(read.is_err_and(|e| e.contains("Unicode normal form")));
 }

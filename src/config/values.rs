@@ -134,7 +134,7 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '\\' or an encoded '/' or '\\': requests are matched with these read as '/', so write '/'"
         ));
     }
-    if crate::path::has_best_fit_separator(&read) {
+    if crate::path::has_best_fit_separator(text) {
         return Err(format!(
             "{text:?} has what Windows' best fit reads as '/' or '\\' (one of ∕ ⁄ ∖ ¥ ₩): requests are matched with these read as '/', so write '/'"
         ));

@@ -306,7 +306,9 @@ fn after_close<'a>(
     // pod that takes connections and drops them (killed, or crashing on each) would otherwise
     // cost every request whose turn starts there a connection and a round trip. A stall in a
     // share cut short (the time nearly out) is not held against it, as a connect's is not.
-    let blamed = !stalled || reached.share >= Some(reached.even / 2);
+    // Nor is a stall of the route's only address: it is dialed again anyway, and a slow
+    // handshake there may merely be slower than its share.
+    let blamed = !stalled || (!reached.redial && reached.share >= Some(reached.even / 2));
     if reached.several && blamed {
         let cooldown = leg.timing.cooldown;
         dial::set_aside(backend, reached.addr, cooldown, reached.asked, reason);

@@ -377,8 +377,9 @@ async fn a_lone_tls_backend_reset_during_the_handshake_is_dialed_again() {
 #[tokio::test]
 async fn a_lone_tls_backend_stalled_in_the_handshake_is_dialed_again() {
     // The route's only address, a cluster IP say: the next connection may reach another
-    // pod, so a stall has a share of the time (a third: the address is tried at most three
-    // times), and the address is dialed again after it, the stall counted as a timeout.
+    // pod, so a stall has a share of the time (half, then a quarter: the address is tried at
+    // most three times, the last with all that is left), and the address is dialed again
+    // after it, the stall counted as a timeout.
     let ca = Pki::new("backend CA");
     let (addr, _backend) = odd_first(&ca, First::Stall).await;
     let dir = tempfile::tempdir().unwrap();
