@@ -1,12 +1,11 @@
-//! Memory the serving threads must not spend time on: large values freed on a thread of their
-//! own ([`free_aside`]), and memory freed after a burst of connections given back to the
+//! Memory the serving threads must not spend long on: large values freed a batch at a time
+//! ([`drop_gradually`]), and memory freed after a burst of connections given back to the
 //! system. glibc's malloc keeps what its per-thread arenas freed for reuse, so a burst of
 //! 5,000 connections left the process 36 MB larger for good (an audit's slowloris: 8 MB
 //! before, 44 MB after every connection had ended), memory a container's limit goes on
 //! charging. Every [`LOOK_EVERY`], if a connection has ended since the last look,
 //! `malloc_trim` returns the free pages.
 
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,43 +13,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::server::Shared;
 
-/// Frees `value` on a thread kept for that: a replaced config of tens of thousands of routes
-/// takes tens of milliseconds to free, which must not stall the worker thread of whichever
-/// connection let go of it last (all the tunnels and handshakes on that thread would wait).
-/// Inline if that thread cannot be started.
-pub(crate) fn free_aside<T: Send + 'static>(value: T) {
-    type Garbage = Box<dyn Send>;
-    static FREER: std::sync::OnceLock<Option<Sender<Garbage>>> = std::sync::OnceLock::new();
-    let freer = FREER.get_or_init(|| {
-        let (send, receive) = std::sync::mpsc::channel::<Garbage>();
-        let started = std::thread::Builder::new()
-            .name("wsgate-free".into())
-            .spawn(move || {
-                // Below the serving threads: on a busy machine, freeing can wait for them.
-                lower_priority();
-                receive.into_iter().for_each(drop);
-            });
-        started.ok().map(|_| send)
-    });
-    let garbage: Garbage = Box::new(value);
-    if let Some(freer) = freer {
-        // A send fails only if the thread is gone; then the value comes back, freed here.
-        drop(freer.send(garbage));
+/// How many items [`drop_gradually`] frees between yields: a few hundred routes, well under a
+/// millisecond.
+const FREED_AT_ONCE: usize = 256;
+
+/// Frees what `items` yields a batch at a time, letting the runtime's other tasks run between
+/// batches: a replaced config of tens of thousands of routes takes tens of milliseconds to
+/// free, which must not stall the worker thread of whichever connection let go of it last
+/// (every tunnel and handshake on that thread would wait). Freed on a thread of its own
+/// instead, the memory goes back to the arena of the thread that allocated it, under that
+/// arena's lock, which the thread then waits on.
+pub(crate) async fn drop_gradually<I: Iterator>(mut items: I) {
+    loop {
+        if items.by_ref().take(FREED_AT_ONCE).count() < FREED_AT_ONCE {
+            return;
+        }
+        tokio::task::yield_now().await;
     }
 }
-
-/// Gives the calling thread the lowest scheduling priority (nice 19), on Linux.
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
-    unsafe {
-        let thread = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, 19);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 /// How often the count of ended connections is looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(10);
@@ -104,19 +84,22 @@ fn trim() {}
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_value_freed_aside_is_freed_on_the_freeing_thread() {
-        /// Says on which thread it is dropped.
-        struct Noted(Sender<Option<String>>);
-        impl Drop for Noted {
-            fn drop(&mut self) {
-                let thread = std::thread::current().name().map(String::from);
-                let _ = self.0.send(thread);
-            }
+    #[tokio::test]
+    async fn items_dropped_gradually_are_all_dropped_with_yields_between_batches() {
+        let items = std::sync::Arc::new(());
+        let many = vec![items.clone(); 3 * FREED_AT_ONCE + 1];
+        let mut dropping = std::pin::pin!(drop_gradually(many.into_iter()));
+        let mut yields = 0;
+        while futures_poll(&mut dropping).is_pending() {
+            yields += 1;
         }
-        let (noted, dropped) = std::sync::mpsc::channel();
-        free_aside(Noted(noted));
-        assert_eq!(dropped.recv().unwrap().as_deref(), Some("wsgate-free"));
+        assert_eq!((yields, std::sync::Arc::strong_count(&items)), (3, 1));
+    }
+
+    /// Polls `future` once.
+    fn futures_poll<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        std::pin::Pin::new(future).poll(&mut std::task::Context::from_waker(waker))
     }
 
     #[test]

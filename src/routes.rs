@@ -277,6 +277,15 @@ impl RouteTable {
         RouteTable::with_backend_tls(configs, Vec::new())
     }
 
+    /// Frees the table a batch at a time (see [`crate::memory::drop_gradually`]).
+    pub(crate) async fn drop_gradually(self) {
+        use crate::memory::drop_gradually;
+        drop_gradually(self.routes.into_iter()).await;
+        drop_gradually(self.exact.into_iter()).await;
+        drop_gradually(self.wildcard.into_iter()).await;
+        drop_gradually(self.any_host.routes.into_iter()).await;
+    }
+
     /// [`RouteTable::new`], each route with its backends' TLS (`backend_tls[i]` for the
     /// `i`th; missing ones plain), built by [`crate::tls::backend_clients`].
     pub(crate) fn with_backend_tls(

@@ -142,7 +142,7 @@ impl Shared {
         let (added, held) = self.listeners_to_add(&wanted)?;
         let bound = listener::bind_all(&added, &held, &next.config)?;
         let (removed, old) = self.swap_in(next.clone(), added, bound, &wanted)?;
-        // Its routes are freed off this thread, whoever lets go of it last (see
+        // Its routes are freed a batch at a time, whoever lets go of it last (see
         // `Snapshot`'s `Drop`).
         drop(old);
         let recheck = (next.config.client_auth.as_ref()).is_some_and(|auth| auth.recheck_tunnels);

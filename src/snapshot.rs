@@ -46,15 +46,22 @@ pub(crate) struct Snapshot {
     tls_warnings: Vec<ConfigError>,
 }
 
-/// The routes (the table, their configs and warnings), freed by [`crate::memory::free_aside`]:
-/// the last holder of a replaced snapshot may be any connection, on a thread that serves
-/// others.
+/// The routes (the table, their configs and warnings) freed a batch at a time by a task of
+/// their own (see [`crate::memory::drop_gradually`]): the last holder of a replaced snapshot
+/// may be any connection, on a thread that serves others. Freed here outside a runtime.
 impl Drop for Snapshot {
     fn drop(&mut self) {
-        let routes = std::mem::take(&mut self.routes);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let table = std::mem::take(&mut self.routes);
         let configs = std::mem::take(&mut self.config.routes);
         let warnings = std::mem::take(&mut self.config.warnings);
-        crate::memory::free_aside((routes, configs, warnings));
+        runtime.spawn(async move {
+            table.drop_gradually().await;
+            crate::memory::drop_gradually(configs.into_iter()).await;
+            crate::memory::drop_gradually(warnings.into_iter()).await;
+        });
     }
 }
 
