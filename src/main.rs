@@ -91,7 +91,7 @@ fn thread_count(text: &str) -> Result<usize, String> {
 }
 
 fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
-    wsgate::signals::ignore_hangup_until_taken_over();
+    wsgate::signals::ignore_until_taken_over();
     let raised = wsgate::descriptors::raise();
     if let Some(limit) = wsgate::descriptors::limit().filter(|&l| l < MIN_OPEN_FILES) {
         say(std::io::stderr(), format_args!(

@@ -9,21 +9,24 @@ pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
 pub(crate) type Hangup = Option<()>;
 
-/// Sets SIGHUP aside (ignored) until [`hangup`] takes it over: the first thing `wsgate run`
-/// does, so that a SIGHUP from a deploy hook in the millisecond or two before the runtime is
-/// up (building it starts threads) is not the default action, which ends the process. Nothing
-/// is lost by ignoring one then: the config has not been read yet, and start-up reads it.
+/// Sets SIGHUP, SIGUSR1 and SIGUSR2 aside (ignored) until wsgate takes them over ([`hangup`],
+/// and the user signals once serving): the first thing `wsgate run` does, so that such a
+/// signal in the moments before (a deploy hook's SIGHUP, a log-rotation job's `kill -USR1`
+/// during a restart) is not the default action, which ends the process. Nothing is lost by
+/// ignoring one then: the config has not been read yet, and start-up reads it.
 #[cfg(unix)]
-pub fn ignore_hangup_until_taken_over() {
+pub fn ignore_until_taken_over() {
     // SAFETY: SIG_IGN installs no handler code, and this runs on the main thread before any
-    // other thread exists; tokio's handler, installed later, replaces the disposition.
+    // other thread exists; tokio's handlers, installed later, replace the disposition.
     unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        for signal in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
     }
 }
 
 #[cfg(not(unix))]
-pub fn ignore_hangup_until_taken_over() {}
+pub fn ignore_until_taken_over() {}
 
 /// SIGHUP, taken over from its default action (ending the process) from now on. Call it
 /// before anything slow at start-up: a SIGHUP from a deploy hook during a restart must

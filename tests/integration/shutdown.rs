@@ -216,6 +216,27 @@ async fn sigterm_as_soon_as_the_port_is_bound_drains_and_exits_zero() {
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
 }
 
+/// SIGUSR1 and SIGUSR2 sent as soon as the port is bound (a log-rotation job's `kill -USR1`
+/// landing on a restart) end nothing: the process then drains on SIGTERM as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_and_sigusr2_as_soon_as_the_port_is_bound_end_nothing() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
+    let mut child = spawn_wsgate(&config);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    wait_for_line(&lines, "\"listening\"");
+    send_signal(child.id(), "USR1");
+    send_signal(child.id(), "USR2");
+    wait_for_line(&lines, "wsgate started");
+    send_signal(child.id(), "TERM");
+    let status = exit_after(child, lines, &["shutdown complete"]).await;
+    assert!(
+        status.success(),
+        "exits 0 on SIGTERM, not killed by SIGUSR1, got {status:?}"
+    );
+}
+
 /// SIGQUIT stops gracefully, as it does nginx; SIGUSR1 and SIGUSR2 (a log-rotation job's
 /// habit) are noted and end nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
