@@ -108,7 +108,7 @@ mod upstream;
 mod watch;
 pub mod websocket;
 
-pub use logging::init as init_logging;
+pub use logging::{init as init_logging, Logging};
 pub use reload::ReloadStatus;
 pub use server::{Closer, Error, Server};
 

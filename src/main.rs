@@ -93,11 +93,19 @@ fn thread_count(text: &str) -> Result<usize, String> {
 fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCode {
     wsgate::signals::ignore_until_taken_over();
     let raised = wsgate::descriptors::raise();
+    let in_use = match format {
+        Some(Format::Json) => LogFormat::Json,
+        Some(Format::Text) => LogFormat::Text,
+        // Logging starts before the server loads the config for good: a config that does not
+        // load is reported by the server, in the format it asks for if that can be read.
+        None => Config::log_format_of(&path),
+    };
+    let logging = wsgate::init_logging(in_use, format.is_some());
     if let Some(limit) = wsgate::descriptors::limit().filter(|&l| l < MIN_OPEN_FILES) {
-        say(std::io::stderr(), format_args!(
-            "error: the open-files limit (ulimit -n) is {limit}; wsgate needs at least {MIN_OPEN_FILES}, plus one per client connection and another per tunnel"
-        ));
-        return ExitCode::FAILURE;
+        let error = format!(
+            "the open-files limit (ulimit -n) is {limit}; wsgate needs at least {MIN_OPEN_FILES}, plus one per client connection and another per tunnel"
+        );
+        return cannot_start(logging, in_use, &error);
     }
     let mut runtime = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -108,26 +116,12 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
     }
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            say(
-                std::io::stderr(),
-                format_args!("error: cannot start the runtime: {e}"),
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return cannot_start(logging, in_use, &format!("cannot start the runtime: {e}")),
     };
     // Before anything slow (reading the config, certificates): a SIGHUP from a deploy hook
     // during a restart must reload, not end the process. The handler stays installed for
     // the process's life; the server takes its own stream of the signal.
     runtime.block_on(async { drop(wsgate::signals::hangup()) });
-    let in_use = match format {
-        Some(Format::Json) => LogFormat::Json,
-        Some(Format::Text) => LogFormat::Text,
-        // Logging starts before the server loads the config for good: a config that does not
-        // load is reported by the server, in the format it asks for if that can be read.
-        None => Config::log_format_of(&path),
-    };
-    let logging = wsgate::init_logging(in_use, format.is_some());
     if let Some((was, now)) = raised {
         tracing::info!("open-files limit (ulimit -n) raised from {was} to the hard limit, {now}");
     }
@@ -146,6 +140,19 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
             code
         }
     }
+}
+
+/// Says once why wsgate cannot start, and fails: a structured line for a log collector with
+/// JSON logs, words on stderr otherwise (once the lines before them are out).
+fn cannot_start(logging: wsgate::Logging, format: LogFormat, error: &str) -> ExitCode {
+    if format == LogFormat::Json {
+        tracing::error!(%error, "cannot start");
+    }
+    drop(logging);
+    if format == LogFormat::Text {
+        say(std::io::stderr(), format_args!("error: {error}"));
+    }
+    ExitCode::FAILURE
 }
 
 /// Below this many open files the runtime, the signal handlers and the listeners cannot all

@@ -883,6 +883,23 @@ fn too_low_an_open_files_limit_is_refused_in_words() {
         text(&out)
     );
     assert!(!text(&out).contains("panicked"), "{}", text(&out));
+    // With JSON logs, as a JSON line, as any other failure to start.
+    let script = run_under_ulimit("-n 8", &path, "--log-format json");
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &script]);
+    let out = exited(sh, "wsgate under ulimit -n 8, JSON logs");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    let line = said.trim();
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "one JSON line: {said}"
+    );
+    assert!(line.contains("\"message\":\"cannot start\""), "{line}");
+    assert!(
+        line.contains("the open-files limit (ulimit -n) is 8;"),
+        "{line}"
+    );
 }
 
 /// The soft open-files limit most processes start with (1024) fits about 500 tunnels: `run`
