@@ -5,7 +5,8 @@
 //! Why: a socket closed with input unread makes the kernel answer with a reset, and a reset
 //! can destroy an answer the client has not read yet (Windows throws its receive queue away);
 //! a client's upload may well cross the answer. Bounded in bytes and time, so a refused
-//! client cannot hold its slot, nor shutdown. A tunnel's own end is `splice::linger`.
+//! client cannot hold its slot for long (it holds it meanwhile, so that refused connections
+//! cannot pile up beyond its limit), nor shutdown. A tunnel's own end is `splice::linger`.
 
 use std::future::Future;
 use std::pin::Pin;
