@@ -36,7 +36,7 @@ pub struct Logging {
 const FLUSH_WAIT: Duration = Duration::from_millis(1_100);
 
 impl Drop for Logging {
-    /// Waits for the lines still queued, at most [`FLUSH_WAIT`]: a reader that stopped for
+    /// Waits for the lines still queued, at most `FLUSH_WAIT` (1.1 s): a reader that stopped for
     /// good must not hold the exit.
     fn drop(&mut self) {
         if let Some(queue) = self.queue.take() {
