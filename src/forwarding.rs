@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::header::{CONNECTION, CONTENT_LOCATION, HOST, LOCATION, UPGRADE};
+use hyper::header::{CONNECTION, CONTENT_LOCATION, HOST, LOCATION, SEC_WEBSOCKET_VERSION, UPGRADE};
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
 
@@ -45,6 +45,9 @@ const PROXY_AUTH: &[&str] = &[
 /// so a client cannot make us drop what we add (Traefik CVE-2024-45410).
 const SET_HERE: &[&str] = &[
     "sec-websocket-protocol",
+    // Checked to be 13, said once, but a client may say it as `13,` or over two lines, which
+    // strict backends refuse: said here, once.
+    "sec-websocket-version",
     "x-forwarded-proto",
     "x-forwarded-host",
     "forwarded",
@@ -115,6 +118,7 @@ pub(crate) fn backend_request(
     }
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
     if !protocols.is_empty() {
         if let Ok(value) = HeaderValue::from_str(&protocols.join(", ")) {
             headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
@@ -370,10 +374,13 @@ mod tests {
                 ("sec-websocket-protocol", "chat.v2, admin"),
                 ("x-forwarded-for", "203.0.113.1, , 198.51.100.2"),
                 ("x-forwarded-for", "198.51.100.3"),
+                ("sec-websocket-version", "13, "),
+                ("sec-websocket-version", ""),
             ],
             &["chat.v2"],
         );
         assert_eq!(values(&headers, "upgrade"), ["websocket"]);
+        assert_eq!(values(&headers, "sec-websocket-version"), ["13"]);
         assert_eq!(values(&headers, "connection"), ["Upgrade"]);
         assert_eq!(values(&headers, "sec-websocket-protocol"), ["chat.v2"]);
         assert_eq!(

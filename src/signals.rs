@@ -150,8 +150,13 @@ fn ignore_user_signals() {
             (SignalKind::user_defined1(), "SIGUSR1"),
             (SignalKind::user_defined2(), "SIGUSR2"),
         ] {
-            let Ok(mut signal) = signal(kind) else {
-                continue;
+            let mut signal = match signal(kind) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    // Ignored since start-up (see `ignore_until_taken_over`): it stays so.
+                    tracing::warn!(%error, "cannot take over {name}; it is ignored, without a line");
+                    continue;
+                }
             };
             tokio::spawn(async move {
                 while signal.recv().await.is_some() {

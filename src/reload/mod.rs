@@ -567,13 +567,23 @@ impl Reloader {
                 self.gap_said = None;
                 Outcome::InForce
             }
-            Look::StillRejected => Outcome::Nothing,
+            Look::StillRejected => {
+                // (A test awaits this line.)
+                tracing::debug!("config files as last rejected or missing; nothing to build");
+                Outcome::Nothing
+            }
             Look::Missing {
                 what, error, seen, ..
             } => {
                 // Whatever comes back is news, a content rejected before included; files
                 // that still lack the same file are not built again (a poll every second).
                 self.rejected = seen;
+                // A served file gone with the config on disk in force: said here, so the
+                // looks that follow (the same content, `rejected`) do not say it again as
+                // gone while that file is not in force.
+                if !what.starts_with("config file") {
+                    self.gap_said = Some(error.clone());
+                }
                 Outcome::Missing(what, error)
             }
             Look::Built { settled: false, .. } if patience == Patience::WaitForStill => {
