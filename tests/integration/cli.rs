@@ -322,19 +322,22 @@ fn check_warns_about_a_certificate_not_valid_yet() {
     );
 }
 
+/// A route `/` for each of `hosts`, named `r0`, `r1`…
+fn routes_for_hosts(hosts: &[&str]) -> String {
+    (hosts.iter().enumerate())
+        .map(|(i, host)| {
+            format!("[[route]]\nname = \"r{i}\"\nhost = \"{host}\"\npath = \"/\"\nbackends = [\"127.0.0.1:9001\"]\n")
+        })
+        .collect()
+}
+
 /// A route whose host no certificate names loads, with a warning at its `host`: its clients
 /// would get the first certificate, which browsers refuse for that name. A name the
 /// certificates cover (by a wildcard too), or a wildcard route, gets none.
 #[test]
 fn check_warns_about_a_route_host_no_certificate_names() {
     let dir = tempfile::tempdir().unwrap();
-    let routes = ["chat.example.org", "localhost", "*.example.org"]
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            format!("[[route]]\nname = \"r{i}\"\nhost = \"{host}\"\npath = \"/\"\nbackends = [\"127.0.0.1:9001\"]\n")
-        })
-        .collect::<String>();
+    let routes = routes_for_hosts(&["chat.example.org", "localhost", "*.example.org"]);
     let path = write_config(dir.path(), &routes);
     let out = check(&path);
     assert!(out.status.success(), "{}", text(&out));
@@ -356,13 +359,7 @@ fn check_warns_about_a_route_host_no_certificate_names() {
 #[test]
 fn check_warns_about_a_route_address_the_first_certificate_does_not_name() {
     let dir = tempfile::tempdir().unwrap();
-    let routes = ["127.0.0.1", "10.0.0.1"]
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            format!("[[route]]\nname = \"r{i}\"\nhost = \"{host}\"\npath = \"/\"\nbackends = [\"127.0.0.1:9001\"]\n")
-        })
-        .collect::<String>();
+    let routes = routes_for_hosts(&["127.0.0.1", "10.0.0.1"]);
     let path = write_config(dir.path(), &routes);
     pki().write_leaf(dir.path(), "server", &["localhost", "127.0.0.1"]);
     let out = check(&path);

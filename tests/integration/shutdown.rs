@@ -201,16 +201,28 @@ async fn sigterm_closes_live_tunnels_after_the_grace_and_exits_zero() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
-/// A signal sent as soon as the port is bound (a rollout that replaces a pod just started)
-/// drains: the handlers are in place before the listeners, not after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_as_soon_as_the_port_is_bound_drains_and_exits_zero() {
+/// A `wsgate run` whose port has just been bound (its start not finished yet), with its
+/// backend, folder, process and log lines.
+async fn bound_just_now() -> (
+    WsBackend,
+    tempfile::TempDir,
+    WsgateChild,
+    std::sync::mpsc::Receiver<String>,
+) {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
     let mut child = spawn_wsgate(&config);
     let lines = stderr_lines(child.stderr.take().unwrap());
     wait_for_line(&lines, "\"listening\"");
+    (backend, dir, child, lines)
+}
+
+/// A signal sent as soon as the port is bound (a rollout that replaces a pod just started)
+/// drains: the handlers are in place before the listeners, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_as_soon_as_the_port_is_bound_drains_and_exits_zero() {
+    let (_backend, _dir, child, lines) = bound_just_now().await;
     send_signal(child.id(), "TERM");
     let status = exit_after(child, lines, &["shutdown complete"]).await;
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
@@ -220,12 +232,7 @@ async fn sigterm_as_soon_as_the_port_is_bound_drains_and_exits_zero() {
 /// landing on a restart) end nothing: the process then drains on SIGTERM as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_and_sigusr2_as_soon_as_the_port_is_bound_end_nothing() {
-    let backend = WsBackend::start("one").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
-    let mut child = spawn_wsgate(&config);
-    let lines = stderr_lines(child.stderr.take().unwrap());
-    wait_for_line(&lines, "\"listening\"");
+    let (_backend, _dir, child, lines) = bound_just_now().await;
     send_signal(child.id(), "USR1");
     send_signal(child.id(), "USR2");
     wait_for_line(&lines, "wsgate started");
