@@ -356,22 +356,7 @@ async fn odd_first(ca: &Pki, first: First) -> (std::net::SocketAddr, WsBackend) 
 async fn a_lone_tls_backend_reset_during_the_handshake_is_dialed_again() {
     // A reset is a close, not a certificate refused: as with a plain backend, the route's
     // only address is dialed again, and the failure counted as a close.
-    let ca = Pki::new("backend CA");
-    let (addr, _backend) = odd_first(&ca, First::Reset).await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = start_proxy(&format!(
-        "{ADMIN}{}",
-        tls_route(&[addr], &trusting(&ca, &dir, None))
-    ))
-    .await;
-    assert_eq!(
-        which_backend(proxy.addr, "wss://localhost/ws").await,
-        "after the first"
-    );
-    let closed = format!(
-        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{addr}",error="closed"}}"#
-    );
-    scrape_until(proxy.server.admin_addr().unwrap(), &closed, 1.0).await;
+    a_lone_tls_backend_is_dialed_again_after(First::Reset, "closed").await;
 }
 
 #[tokio::test]
@@ -380,8 +365,14 @@ async fn a_lone_tls_backend_stalled_in_the_handshake_is_dialed_again() {
     // pod, so a stall has a share of the time (half, then a quarter: the address is tried at
     // most three times, the last with all that is left), and the address is dialed again
     // after it, the stall counted as a timeout.
+    a_lone_tls_backend_is_dialed_again_after(First::Stall, "timeout").await;
+}
+
+/// A route's only backend, at one address, doing `first` with its first connection: the
+/// request reaches it on the next, and the first is counted as `error`.
+async fn a_lone_tls_backend_is_dialed_again_after(first: First, error: &str) {
     let ca = Pki::new("backend CA");
-    let (addr, _backend) = odd_first(&ca, First::Stall).await;
+    let (addr, _backend) = odd_first(&ca, first).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_proxy(&format!(
         "{ADMIN}[timeouts]\nconnect = \"2s\"\n\n{}",
@@ -392,10 +383,10 @@ async fn a_lone_tls_backend_stalled_in_the_handshake_is_dialed_again() {
         which_backend(proxy.addr, "wss://localhost/ws").await,
         "after the first"
     );
-    let timeout = format!(
-        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{addr}",error="timeout"}}"#
+    let counted = format!(
+        r#"wsgate_backend_connect_failures_total{{route="chat",backend="{addr}",error="{error}"}}"#
     );
-    scrape_until(proxy.server.admin_addr().unwrap(), &timeout, 1.0).await;
+    scrape_until(proxy.server.admin_addr().unwrap(), &counted, 1.0).await;
 }
 
 /// A client certificate `issuer` signed for wsgate, written as `client.crt` and `client.key`
