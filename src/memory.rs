@@ -20,9 +20,10 @@ const FREED_AT_ONCE: usize = 256;
 /// Frees what `items` yields a batch at a time, letting the runtime's other tasks run between
 /// batches: a replaced config of tens of thousands of routes takes tens of milliseconds to
 /// free, which must not stall the worker thread of whichever connection let go of it last
-/// (every tunnel and handshake on that thread would wait). Freed on a thread of its own
-/// instead, the memory goes back to the arena of the thread that allocated it, under that
-/// arena's lock, which the thread then waits on.
+/// (every tunnel and handshake on that thread would wait). A thread of its own freeing it
+/// was tried: each free takes the lock of glibc's arena the memory came from, and the serving
+/// thread was measured waiting on those locks (`__lll_lock_wait_private`) meanwhile, with
+/// stalls of 17–33 ms against 7–24 ms this way (30,000 routes, 2 cores).
 pub(crate) async fn drop_gradually<I: Iterator>(mut items: I) {
     loop {
         if items.by_ref().take(FREED_AT_ONCE).count() < FREED_AT_ONCE {
