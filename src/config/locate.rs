@@ -187,9 +187,8 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
     }
     let upto = &src[line_begin..offset.max(line_begin)];
     // The key is the last `name =` before the offset on its line, or the name at the offset.
-    let key = upto
-        .rsplit_once('=')
-        .map(|(left, _)| last_ident(left))
+    let key = last_equals(upto)
+        .map(|at| last_ident(&upto[..at]))
         .filter(|k| !k.is_empty())
         .or_else(|| {
             // A table header names no key of its own: the table is the place.
@@ -211,6 +210,22 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// Where the last `=` of `text` (a line, or its start) is that is no string's or comment's:
+/// `balance = "x=y` is `balance`'s value, whether its string is closed or not.
+fn last_equals(text: &str) -> Option<usize> {
+    let mut last = None;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '#' => break,
+            '"' | '\'' => skip_string(chars.by_ref(), c),
+            '=' => last = Some(i),
+            _ => {}
+        }
+    }
+    last
 }
 
 /// Where the outermost array or inline table still open at `offset` starts, if one is: a

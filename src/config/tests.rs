@@ -743,6 +743,11 @@ fn an_unclosed_value_names_its_own_key() {
     assert_eq!(key_of(dotted), "proxy.tls.certificates");
     let in_a_route = "[[route]]\nname = \"a\" # [\nbackends = [\"h:1\"\n[[route]]\nname = \"b\"\n";
     assert_eq!(key_of(in_a_route), "route[0].backends");
+    // An `=` inside a string left open, or in a comment, is no key's.
+    let in_a_string = "[[route]]\nname = \"a\"\nbalance = \"x=y\n";
+    assert_eq!(key_of(in_a_string), "route[0].balance");
+    let in_a_comment = "[[route]]\nname = \"a\"\nidle = \"5m    # was = 10m\n[limits]\n";
+    assert_eq!(key_of(in_a_comment), "route[0].idle");
 }
 
 /// A one-line string left open is named on its own line, where the quote is missing, though
