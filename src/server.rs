@@ -409,6 +409,8 @@ impl Server {
         for listener in now {
             listener.close().await;
         }
+        // (A test awaits this line: a connect from now on is refused, or another process's.)
+        tracing::debug!("listeners closed");
         let tracker = &self.shared.tracker;
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
