@@ -202,9 +202,6 @@ fn single_value_is(headers: &HeaderMap, name: &HeaderName, expected: &str) -> bo
 /// list), the head is malformed (400), unless a value is another version: then the client
 /// is told which one to speak (426).
 fn version_is_13(headers: &HeaderMap) -> Result<(), ProxyError> {
-    if single_value_is(headers, &SEC_WEBSOCKET_VERSION, "13") {
-        return Ok(());
-    }
     let mut said = 0;
     for line in headers.get_all(&SEC_WEBSOCKET_VERSION) {
         // Empty list elements are no values (RFC 9110 §5.6.1): `13,` is 13.

@@ -136,6 +136,12 @@ fn config_file_missing(path: &Path, gone: NotThere) -> (&'static str, String) {
     (what, format!("{}: {why}", path.display()))
 }
 
+/// Whether `what`, a [`Look::Missing`]'s, is the config file (gone or emptied), as
+/// [`config_file_missing`] says it, rather than a file it serves.
+pub(super) fn is_config_file(what: &str) -> bool {
+    what.starts_with("config file")
+}
+
 /// Whether `error`, the failure to build the config at `path`, is only that a file the
 /// config `in_force` serves (a certificate, a key, a client or backend CA file, a backend
 /// client certificate or key, a client revocation list) is clearly not there (a dangling link included), or is there but

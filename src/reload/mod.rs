@@ -421,7 +421,7 @@ impl Reloader {
             // such (the look's own warning); the config file gone, a served file gone with it
             // is said by the renewal.
             Outcome::Missing(what, _) => {
-                let config_gone = what.starts_with("config file");
+                let config_gone = look::is_config_file(what);
                 self.renew(generation, config_gone).await
             }
             _ => None,
@@ -581,7 +581,7 @@ impl Reloader {
                 // A served file gone with the config on disk in force: said here, so the
                 // looks that follow (the same content, `rejected`) do not say it again as
                 // gone while that file is not in force.
-                if !what.starts_with("config file") {
+                if !look::is_config_file(what) {
                     self.gap_said = Some(error.clone());
                 }
                 Outcome::Missing(what, error)
