@@ -18,7 +18,8 @@ use NotThere::{Absent, Empty};
 pub(super) enum Look {
     /// The content in force: nothing to do.
     InForce,
-    /// The content last rejected: not tried (or logged) again.
+    /// The content last rejected, or lacking a file as last seen: not tried (or logged)
+    /// again.
     StillRejected,
     /// The config file, or a certificate or key file it serves, is not there (deleted, to
     /// be written again): what is gone, the error naming it, the files' fingerprint if they
@@ -58,12 +59,13 @@ pub(super) enum Patience {
 
 /// Looks at the files at `path` (blocking work: reading files, parsing PEM) and builds a
 /// snapshot of generation `generation` from them unless there is nothing to build: the
-/// content `in_force` or the content last rejected (`rejected`), unless asked by hand.
+/// content `in_force`, or content `known` already (last rejected, or lacking a file), unless
+/// asked by hand.
 pub(super) fn look(
     path: &Path,
     trigger: Trigger,
     in_force: &Snapshot,
-    rejected: Option<u64>,
+    known: [Option<u64>; 2],
     generation: u64,
 ) -> Look {
     // Stamped first: the config's parse, which the stamp needs for the names of the files
@@ -89,7 +91,7 @@ pub(super) fn look(
     if trigger == Trigger::Files && on_disk == in_force.fingerprint {
         return Look::InForce;
     }
-    if trigger == Trigger::Files && Some(on_disk) == rejected {
+    if trigger == Trigger::Files && known.contains(&Some(on_disk)) {
         return Look::StillRejected;
     }
     let built = Snapshot::build_hashed(path, generation, on_disk);
@@ -301,7 +303,7 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
     fn the_content_in_force_is_built_again_only_when_asked_by_hand() {
         let files = Files::new();
         let in_force = files.in_force();
-        let look_by = |trigger| look(&files.config, trigger, &in_force, None, 2);
+        let look_by = |trigger| look(&files.config, trigger, &in_force, [None; 2], 2);
         assert!(matches!(look_by(Trigger::Files), Look::InForce));
         let (on_disk, settled, snapshot) = built(look_by(Trigger::Manual)).unwrap();
         assert_eq!(on_disk, in_force.fingerprint);
@@ -314,19 +316,32 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         let files = Files::new();
         let in_force = files.in_force();
         files.write_config(&format!("{CONFIG}\n[limits]\nmax_connections = 10\n"));
-        let (_, settled, snapshot) = built(look(&files.config, Trigger::Files, &in_force, None, 2))
-            .expect("a changed config is built");
+        let (_, settled, snapshot) =
+            built(look(&files.config, Trigger::Files, &in_force, [None; 2], 2))
+                .expect("a changed config is built");
         assert!(settled);
         assert_eq!(snapshot.unwrap().config.limits.max_connections, 10);
 
         files.write_config(&format!("{CONFIG}\n[limits]\nmax_connections = \"many\"\n"));
         let (on_disk, _, rejected) =
-            built(look(&files.config, Trigger::Files, &in_force, None, 2)).unwrap();
+            built(look(&files.config, Trigger::Files, &in_force, [None; 2], 2)).unwrap();
         assert!(rejected.is_err());
-        let again = look(&files.config, Trigger::Files, &in_force, Some(on_disk), 2);
+        let again = look(
+            &files.config,
+            Trigger::Files,
+            &in_force,
+            [Some(on_disk), None],
+            2,
+        );
         assert!(matches!(again, Look::StillRejected));
         // A SIGHUP is answered with the error again.
-        let asked = look(&files.config, Trigger::Manual, &in_force, Some(on_disk), 2);
+        let asked = look(
+            &files.config,
+            Trigger::Manual,
+            &in_force,
+            [Some(on_disk), None],
+            2,
+        );
         assert!(built(asked).is_some_and(|(_, _, b)| b.is_err()));
     }
 
@@ -337,7 +352,15 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
     fn unreadable_configs_in_each_other_s_place_are_each_tried() {
         let files = Files::new();
         let in_force = files.in_force();
-        let look_at = |rejected| look(&files.config, Trigger::Files, &in_force, rejected, 2);
+        let look_at = |rejected| {
+            look(
+                &files.config,
+                Trigger::Files,
+                &in_force,
+                [rejected, None],
+                2,
+            )
+        };
         let rejected = |look: Look| built(look).map(|(on_disk, _, b)| (on_disk, b.is_err()));
         files.write_config(&"#".repeat(5 << 20));
         let (large, failed) = rejected(look_at(None)).expect("an over-large file is built");
@@ -360,7 +383,7 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         let files = Files::new();
         let in_force = files.in_force();
         files.write_config("");
-        let empty = look(&files.config, Trigger::Files, &in_force, None, 2);
+        let empty = look(&files.config, Trigger::Files, &in_force, [None; 2], 2);
         let (what, error, seen) = missing(&empty).unwrap();
         assert_eq!((what, seen), ("config file's content", None));
         assert!(
@@ -369,14 +392,14 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         );
 
         std::fs::remove_file(&files.config).unwrap();
-        let gone = look(&files.config, Trigger::Files, &in_force, None, 2);
+        let gone = look(&files.config, Trigger::Files, &in_force, [None; 2], 2);
         let (what, error, _) = missing(&gone).unwrap();
         assert_eq!(what, "config file");
         assert!(
             error.ends_with("wsgate.toml: config file not found"),
             "{error}"
         );
-        let asked = look(&files.config, Trigger::Manual, &in_force, None, 2);
+        let asked = look(&files.config, Trigger::Manual, &in_force, [None; 2], 2);
         assert!(built(asked).is_some_and(|(_, _, b)| b.is_err()));
     }
 
@@ -392,7 +415,7 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         files.write_config("");
         let Look::Missing {
             stamp, stamped_at, ..
-        } = look(&files.config, Trigger::Files, &in_force, None, 2)
+        } = look(&files.config, Trigger::Files, &in_force, [None; 2], 2)
         else {
             panic!("an empty config file is missing");
         };
@@ -400,7 +423,7 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         assert!(!holds_still(&files.config, stamp, stamped_at).await);
 
         files.write_config("");
-        let asked = look(&files.config, Trigger::Manual, &in_force, None, 2);
+        let asked = look(&files.config, Trigger::Manual, &in_force, [None; 2], 2);
         assert!(matches!(asked, Look::Built { fresh: true, .. }));
     }
 
@@ -409,7 +432,7 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
         let files = Files::new();
         let in_force = files.in_force();
         std::fs::remove_file(files.dir.path().join("server.crt")).unwrap();
-        let gone = look(&files.config, Trigger::Files, &in_force, None, 2);
+        let gone = look(&files.config, Trigger::Files, &in_force, [None; 2], 2);
         let (what, error, seen) = missing(&gone).unwrap();
         assert_eq!(what, "certificate file");
         assert!(error.contains("server.crt not found"), "{error}");
@@ -417,7 +440,7 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
 
         // A file the config in force does not serve: a mistake in the new config.
         files.write_config(&CONFIG.replace("server.crt", "other.crt"));
-        let new = look(&files.config, Trigger::Files, &in_force, None, 2);
+        let new = look(&files.config, Trigger::Files, &in_force, [None; 2], 2);
         assert!(built(new).is_some_and(|(_, _, b)| b.is_err()));
     }
 

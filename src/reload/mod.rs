@@ -67,6 +67,7 @@ pub(crate) fn spawn_reloader(
         stop,
         watches: Watches::new(events_tx.clone()),
         rejected: None,
+        lacking: None,
         unbindable: None,
         short_of_files: None,
         retrying: false,
@@ -122,6 +123,9 @@ struct Reloader {
     watches: Watches,
     /// The content of a rejected config: the same bytes are not retried (or logged) again.
     rejected: Option<u64>,
+    /// The content of files lacking one (deleted, to be written again): the same bytes are
+    /// not built again (a poll every second) while it lasts.
+    lacking: Option<u64>,
     /// Why the files failed to bind: retried on every event (the port may have been freed),
     /// but the same failure again is not logged or counted again, whatever else changed
     /// meanwhile (a certificate renewed: the address is still taken).
@@ -309,10 +313,11 @@ impl Reloader {
         // Events so far are of writes this read will see: only one arriving from now on says
         // the files were written to again.
         self.events.mark_unchanged();
-        let (path_owned, rejected, asked) = (self.path.clone(), self.rejected, *trigger);
+        let (path_owned, asked) = (self.path.clone(), *trigger);
+        let known = [self.rejected, self.lacking];
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let looked = tokio::task::spawn_blocking(move || {
-            look(&path_owned, asked, &current, rejected, generation)
+            look(&path_owned, asked, &current, known, generation)
         })
         .await;
         let outcome = match looked {
@@ -445,7 +450,10 @@ impl Reloader {
         let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
         let renewed = renewed.await.ok()?;
         if !matches!(renewed, Renewed::Gap) && self.gap_said.take().is_some() {
-            tracing::info!("the files the config in force serves are back");
+            tracing::info!(
+                "the files the config in force serves are back (the config file on disk is \
+                 still not in force)"
+            );
         }
         let (read, renewed) = match renewed {
             Renewed::Read(read, renewed) => (read, *renewed),
@@ -562,6 +570,7 @@ impl Reloader {
                 // Back to what is in force: a rejected content saved again is news again,
                 // and so is a renewal failing as one did before.
                 self.rejected = None;
+                self.lacking = None;
                 self.unbindable = None;
                 self.renewal_failed = None;
                 self.gap_said = None;
@@ -575,15 +584,25 @@ impl Reloader {
             Look::Missing {
                 what, error, seen, ..
             } => {
-                // Whatever comes back is news, a content rejected before included; files
-                // that still lack the same file are not built again (a poll every second).
-                self.rejected = seen;
-                // A served file gone with the config on disk in force: said here, so the
-                // looks that follow (the same content, `rejected`) do not say it again as
-                // gone while that file is not in force.
-                if !look::is_config_file(what) {
-                    self.gap_said = Some(error.clone());
+                self.lacking = seen;
+                // The config file back is news, whatever it holds (a content rejected before
+                // included): it was written again.
+                if look::is_config_file(what) {
+                    self.rejected = None;
+                    return Outcome::Missing(what, error);
                 }
+                // A served file gone while the config file on disk is not in force: said by
+                // the renewal, as a file of the config in force gone (the rejection or bind
+                // failure said stays why the files on disk are not in force). Once it is
+                // back, that config file is as it was: not tried again, or tried and failing
+                // to bind as before, news neither.
+                if self.rejected.is_some() || self.unbindable.is_some() {
+                    return Outcome::Nothing;
+                }
+                // With the config on disk in force: said here, so the looks that follow (the
+                // same content, `lacking`) do not say it again as gone while that file is not
+                // in force.
+                self.gap_said = Some(error.clone());
                 Outcome::Missing(what, error)
             }
             Look::Built { settled: false, .. } if patience == Patience::WaitForStill => {
@@ -608,14 +627,28 @@ impl Reloader {
                 }
                 Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
                 Err(e) => {
-                    self.rejected = settled.then_some(on_disk);
                     // Something else was saved since: that content failing to bind again
                     // would be news again.
                     self.unbindable = None;
-                    Outcome::Rejected(e.to_string())
+                    let error = e.to_string();
+                    if settled && self.fails_for_a_gap(&error) {
+                        self.lacking = Some(on_disk);
+                        return Outcome::Nothing;
+                    }
+                    self.rejected = settled.then_some(on_disk);
+                    Outcome::Rejected(error)
                 }
             },
         }
+    }
+
+    /// Whether the files on disk fail with the `error` said last only because a file the
+    /// config in force serves is gone: the gap is said by the renewal, as while the config
+    /// file on disk is not in force, and once that file is back the files are as last
+    /// rejected (not tried or said again).
+    fn fails_for_a_gap(&self, error: &str) -> bool {
+        let said = self.shared.reload_status.borrow().last_error.as_deref() == Some(error);
+        said && look::in_force_file_gone(&self.shared.current().config).is_some()
     }
 
     /// [`Self::apply`], and the log switched to the new config's format if it asks for
@@ -668,6 +701,7 @@ impl Reloader {
         let quiet = was_short && (trigger == Trigger::Files || retrying);
         if matches!(outcome, Outcome::Applied) {
             self.rejected = None;
+            self.lacking = None;
             self.unbindable = None;
             self.renewal_failed = None;
             self.gap_said = None;

@@ -733,6 +733,50 @@ fn a_served_key_gone_while_the_config_file_is_rejected_is_said() {
     wait_for_line(&lines, "the files the config in force serves are back");
 }
 
+/// A served key deleted while the config file on disk loads but is not in force (it names a
+/// certificate that is not there, or an address already taken): said gone as while that file
+/// is not in force, not as a wait for it to come back (it would not go into force then); and
+/// once the key is back, that config file's failure, said already, is not said again.
+#[test]
+fn a_served_key_gone_while_the_config_on_disk_fails_is_said_as_such() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    let head = CONFIG_HEAD.replace(
+        "certificates = [",
+        "certificates = [ { cert = \"nothere.crt\", key = \"server.key\" },",
+    );
+    let failing = [
+        (head, "nothere.crt", "nothing to build"),
+        (
+            CONFIG_HEAD.replace("127.0.0.1:0\"", &format!("127.0.0.1:0\", \"{busy}\"")),
+            "cannot listen",
+            "still cannot bind",
+        ),
+    ];
+    for (head, failure, looked_again) in failing {
+        let (dir, config, _child, lines) = reloader_logging();
+        let body = route("a", "/a", &[CLOSED]);
+        std::fs::write(&config, format!("{head}{body}")).unwrap();
+        assert!(wait_for_line(&lines, "config reload rejected").contains(failure));
+        let key = dir.path().join("server.key");
+        let held = std::fs::read(&key).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        let mut said = lines_until(&lines, "key file gone");
+        std::fs::write(&key, held).unwrap();
+        said.extend(lines_until(&lines, "serves are back"));
+        // Touched: the look this brings is concluded after the one the key's return brought.
+        std::fs::write(&config, format!("{head}{body}")).unwrap();
+        said.extend(lines_until(&lines, looked_again));
+        let gone = said.iter().find(|l| l.contains("key file gone")).unwrap();
+        assert!(
+            gone.contains("the config file on disk is not in force"),
+            "{said:#?}"
+        );
+        assert!(!said.iter().any(|l| l.contains("rejected;")), "{said:#?}");
+    }
+    drop(taken);
+}
+
 /// A served key deleted while the config file on disk is the one in force is said gone as
 /// such, not as gone while that file is not in force; once it is back, a config file then
 /// rejected says nothing of files back.
