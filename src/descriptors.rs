@@ -62,10 +62,15 @@ pub(crate) fn warn_if_short(max_connections: usize) {
     let Some(limit) = limit() else { return };
     let fit = limit.saturating_sub(OWN) / 2;
     if fit < max_connections as u64 {
+        // Below `OWN` wsgate still serves (it starts with far fewer), but not many.
+        let room = match fit {
+            0 => "hardly any tunnels".to_string(),
+            fit => format!("about {fit} tunnels"),
+        };
         tracing::warn!(
             limit,
             max_connections,
-            "the open-files limit (ulimit -n) leaves room for about {fit} tunnels (two descriptors each, after {OWN} kept for wsgate's own), fewer than limits.max_connections: raise it (LimitNOFILE= in a systemd unit, ulimit -n, the container's nofile limit) to at least {}, or lower max_connections",
+            "the open-files limit (ulimit -n) leaves room for {room} (two descriptors each, after {OWN} kept for wsgate's own), fewer than limits.max_connections: raise it (LimitNOFILE= in a systemd unit, ulimit -n, the container's nofile limit) to at least {}, or lower max_connections",
             2 * max_connections as u64 + OWN
         );
     }

@@ -929,7 +929,7 @@ fn run_raises_the_open_files_limit_to_the_hard_one_and_says_when_it_is_short() {
     let (soft, _) = open_files_limits(&child.0.id().to_string());
     assert_eq!(soft, hard, "the soft limit of the running process");
     if 2 * max_connections + 64 > hard {
-        assert!(said("leaves room for about"), "{seen:#?}");
+        assert!(said("leaves room for"), "{seen:#?}");
         assert!(said("WARN"), "{seen:#?}");
     }
 }

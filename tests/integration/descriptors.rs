@@ -44,6 +44,11 @@ impl Limited {
         let seen = lines_until(&mut lines, "content did not change").await;
         let line = |needle: &str| seen.iter().find(|line| line.contains(needle)).cloned();
         let addr = listening_addr(&line("\"listening\"").unwrap_or_default());
+        // Under wsgate's own reserve: said as such, not as room for "about 0" tunnels.
+        assert!(
+            line("leaves room for hardly any tunnels").is_some(),
+            "{seen:#?}"
+        );
         let admin = line("admin endpoint listening").map(|line| {
             let admin = line.split("\"admin\":\"").nth(1).unwrap_or_default();
             admin.split('"').next().unwrap_or_default().parse().unwrap()
