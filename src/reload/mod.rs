@@ -605,21 +605,26 @@ impl Reloader {
                 self.gap_said = Some(error.clone());
                 Outcome::Missing(what, error)
             }
-            Look::Built { settled: false, .. } if patience == Patience::WaitForStill => {
-                // Good or bad, what was read may be no file's finished content.
-                tracing::debug!("config files changed while being read; reading them again");
-                Outcome::Unsettled
-            }
-            Look::Built {
-                on_disk,
-                settled,
-                built,
-                ..
-            } => match *built {
+            // Good or bad, what was read may be no file's finished content, or a mix of old
+            // and new files (a certificate with the key of another, a route without the
+            // `origins` of its next line): never applied, not even on the last try.
+            Look::Built { settled: false, .. } => match patience {
+                Patience::WaitForStill => {
+                    tracing::debug!("config files changed while being read; reading them again");
+                    Outcome::Unsettled
+                }
+                // Said, as a SIGHUP's answer too; the next write brings another look.
+                Patience::TakeAsRead => {
+                    tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
+                    Outcome::Nothing
+                }
+            },
+            // Files that held still while they were read.
+            Look::Built { on_disk, built, .. } => match *built {
                 Ok(snapshot) => {
-                    // Taken as read after MAX_REREADS: they never held still (while being
-                    // read, or in the debounce after).
-                    if !settled || patience == Patience::TakeAsRead {
+                    // Taken as read after MAX_REREADS: they never held still in the
+                    // debounce after the read (but did while it lasted).
+                    if patience == Patience::TakeAsRead {
                         tracing::warn!("config files kept changing while being read; applying them as last read");
                     }
                     self.rejected = None;
@@ -631,11 +636,11 @@ impl Reloader {
                     // would be news again.
                     self.unbindable = None;
                     let error = e.to_string();
-                    if settled && self.fails_for_a_gap(&error) {
+                    if self.fails_for_a_gap(&error) {
                         self.lacking = Some(on_disk);
                         return Outcome::Nothing;
                     }
-                    self.rejected = settled.then_some(on_disk);
+                    self.rejected = Some(on_disk);
                     Outcome::Rejected(error)
                 }
             },
