@@ -38,6 +38,10 @@ pub enum Error {
     /// Shutdown began: a reload finishing now changes nothing.
     #[error("shutting down")]
     ShuttingDown,
+    /// A bug met while carrying the state of the config in force (backend health, tunnel
+    /// counts) over to a new one: that reload is rejected, not the reloader's end.
+    #[error("internal error while applying the config: {0}")]
+    Internal(String),
 }
 
 /// State shared by the accept loops, connections, tunnels and the reloader.
@@ -128,7 +132,7 @@ impl Shared {
             next
         });
         let next = next.await.map_err(|e| match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
+            Ok(panic) => Error::Internal(panic_message(panic.as_ref())),
             // The pool takes no more work once the runtime is shutting down.
             Err(_) => Error::ShuttingDown,
         })?;
@@ -448,5 +452,31 @@ impl Drop for Server {
         for listener in lock(&self.shared.listeners).take().unwrap_or_default() {
             listener.stop();
         }
+    }
+}
+
+/// What a panic said, if it said it as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = (panic.downcast_ref::<&str>().copied())
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    text.unwrap_or("a panic").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic while a reload carries state over is that reload's error, said in its words.
+    #[tokio::test]
+    async fn a_panic_on_the_blocking_pool_becomes_an_error_with_its_message() {
+        let said = |task: tokio::task::JoinHandle<()>| async {
+            let panic = task.await.unwrap_err().into_panic();
+            Error::Internal(panic_message(panic.as_ref())).to_string()
+        };
+        let text = tokio::task::spawn_blocking(|| panic!("carried {} over", 2));
+        let fixed = tokio::task::spawn_blocking(|| std::panic::panic_any(7u8));
+        let expected = "internal error while applying the config: carried 2 over";
+        assert_eq!(said(text).await, expected);
+        assert!(said(fixed).await.ends_with(": a panic"));
     }
 }
