@@ -167,14 +167,6 @@ impl Health {
     pub(crate) fn ever_put_aside(&self) -> bool {
         self.aside_since.load(Ordering::Relaxed) != 0
     }
-
-    /// Takes over `old`'s state: the same backend in a reloaded route.
-    pub(crate) fn continue_from(&self, old: &Health) {
-        let state = old.state.load(Ordering::Relaxed);
-        self.state.store(state, Ordering::Relaxed);
-        let since = old.aside_since.load(Ordering::Relaxed);
-        self.aside_since.store(since, Ordering::Relaxed);
-    }
 }
 
 /// The cool-down after the `nth` failure in a row, the first being `first`.
@@ -286,14 +278,5 @@ mod tests {
         assert!(!health.is_up(now()));
         assert!(health.answered());
         assert!(health.is_up(now()));
-    }
-
-    #[test]
-    fn a_reloaded_route_keeps_its_backends_health() {
-        let (old, new) = (Health::default(), Health::default());
-        old.failed(FIRST, now()).unwrap();
-        new.continue_from(&old);
-        assert!(!new.is_up(now()));
-        assert!(new.answered());
     }
 }

@@ -222,8 +222,12 @@ impl Route {
 
     /// The health of `backend`, one of this route's (the first, if listed twice).
     pub(crate) fn health_of(&self, backend: &str) -> Option<&Health> {
+        self.shared_health_of(backend).map(|health| &**health)
+    }
+
+    fn shared_health_of(&self, backend: &str) -> Option<&Arc<Health>> {
         let index = self.config.backends.iter().position(|b| b == backend)?;
-        self.health.get(index).map(|health| &**health)
+        self.health.get(index)
     }
 
     fn load_of(&self, backend: &str) -> Option<&Arc<Load>> {
@@ -339,14 +343,15 @@ impl RouteTable {
 
     /// Continues each route's backend rotation where the route of the same name in `old` (the
     /// table in force) has it: frequent reloads (a Kubernetes sync loop) must not skew the
-    /// spread by restarting every rotation. With `keep_health`, its backends keep their
-    /// health, by name: one put aside stays aside (without, putting aside is off: all start
-    /// afresh).
-    pub(crate) fn continue_from(&self, old: &RouteTable, keep_health: bool) {
+    /// spread by restarting every rotation. With `keep_health`, its backends share their
+    /// health with `old`'s, by name: one put aside stays aside, and what requests still on
+    /// `old` learn (a failure, an answer) while this table is bound and swapped in, or after,
+    /// is this table's too (without, putting aside is off: all start afresh).
+    pub(crate) fn continue_from(&mut self, old: &RouteTable, keep_health: bool) {
         let routes: HashMap<&str, &Route> = (old.routes.iter())
             .map(|r| (r.config.name.as_str(), r))
             .collect();
-        for route in &self.routes {
+        for route in &mut self.routes {
             let Some(old) = routes.get(route.config.name.as_str()) else {
                 continue;
             };
@@ -355,9 +360,10 @@ impl RouteTable {
             if !keep_health {
                 continue;
             }
-            for (backend, health) in route.config.backends.iter().zip(&route.health) {
-                if let Some(was) = old.health_of(backend) {
-                    health.continue_from(was);
+            let backends = route.config.backends.iter();
+            for (backend, health) in backends.zip(route.health.iter_mut()) {
+                if let Some(was) = old.shared_health_of(backend) {
+                    *health = was.clone();
                 }
             }
         }
@@ -824,7 +830,7 @@ mod tests {
             panic!()
         };
         assert_eq!(r.backends_in_turn().next(), Some("a:1"));
-        let new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
+        let mut new = RouteTable::new(&[route("n", None, "/n", None), route("r", None, "/", None)]);
         new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
@@ -943,16 +949,16 @@ mod tests {
     #[test]
     fn a_reloaded_route_keeps_its_backends_health_by_name() {
         let old = RouteTable::new(&[route("r", None, "/", None)]);
-        let Selection::Matched { route: r, .. } = old.select(None, "/", &[]) else {
+        let Selection::Matched { route: was, .. } = old.select(None, "/", &[]) else {
             panic!()
         };
-        r.health_of("b:2")
+        was.health_of("b:2")
             .unwrap()
             .failed(Duration::from_secs(1), health::now())
             .unwrap();
         let mut config = route("r", None, "/", None);
         config.backends.reverse();
-        let new = RouteTable::new(&[config]);
+        let mut new = RouteTable::new(&[config]);
         new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
             panic!()
@@ -960,8 +966,21 @@ mod tests {
         let now = health::now();
         let up = |b: &str| r.health_of(b).unwrap().is_up(now);
         assert_eq!((up("a:1"), up("b:2"), up("c:3")), (true, false, true));
+        // What a request still on the old table learns after the new one took over is the
+        // new one's too: a failure, and then an answer.
+        was.health_of("c:3")
+            .unwrap()
+            .failed(Duration::from_secs(1), health::now())
+            .unwrap();
+        assert!(!up("c:3"));
+        assert!(was.health_of("b:2").unwrap().answered());
+        assert!(up("b:2"));
         // Reloaded with putting aside turned off: all start afresh.
-        let off = RouteTable::new(&[route("r", None, "/", None)]);
+        was.health_of("b:2")
+            .unwrap()
+            .failed(Duration::from_secs(1), health::now())
+            .unwrap();
+        let mut off = RouteTable::new(&[route("r", None, "/", None)]);
         off.continue_from(&new, false);
         let Selection::Matched { route: r, .. } = off.select(None, "/", &[]) else {
             panic!()
