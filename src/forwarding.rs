@@ -199,10 +199,12 @@ pub(crate) fn relay_refusal<B>(mut response: Response<B>) -> Response<B> {
     }
     // A 426 must say which upgrade it wants (RFC 9110 §15.5.22): the backend's `Upgrade` went
     // with the hop-by-hop headers, so say it again, for this hop. A backend's 426 is how it
-    // asks for another `Sec-WebSocket-Version` (RFC 6455 §4.4), which is passed on.
+    // asks for another `Sec-WebSocket-Version` (RFC 6455 §4.4), which is passed on. Its
+    // `Connection` is `Upgrade`, as wsgate's own 426 says it (see `error.rs`): the connection
+    // closes after it all the same.
     if upgrade_required {
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade, close"));
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     } else {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -475,7 +477,7 @@ mod tests {
         let relayed = relay_refusal(refusal);
         let headers = relayed.headers();
         assert_eq!(values(headers, "upgrade"), ["websocket"]);
-        assert_eq!(values(headers, "connection"), ["Upgrade, close"]);
+        assert_eq!(values(headers, "connection"), ["Upgrade"]);
         assert_eq!(values(headers, "sec-websocket-version"), ["13, 8"]);
     }
 

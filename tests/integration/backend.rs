@@ -699,6 +699,8 @@ async fn other_refusals_are_relayed_with_their_status() {
         assert_eq!(head.status, status, "{head:?}");
         if status == 426 {
             assert_eq!(head.get("upgrade"), Some("websocket"), "{head:?}");
+            // As wsgate's own 426 says it; the connection closes all the same.
+            assert_eq!(head.get("connection"), Some("Upgrade"), "{head:?}");
         }
         assert_eq!(client.read_body(&head).await, b"nope");
         client.expect_closed().await;
