@@ -425,6 +425,9 @@ fn tls_words(e: &io::Error) -> String {
 /// [`Unanswered::PlainHttp`]'s status.
 pub(crate) const USE_TLS: &str = "this port speaks TLS: connect with wss:// (or https://)\n";
 
+/// The status of [`USE_TLS`]'s answer.
+pub(crate) const USE_TLS_STATUS: StatusCode = StatusCode::BAD_REQUEST;
+
 impl Unanswered {
     /// The status its line gives: the answer's, for the two that got one without a request
     /// being read; 0, no answer, for the rest.
@@ -432,8 +435,8 @@ impl Unanswered {
         use Unanswered::*;
         match self {
             // hyper answers a head over its buffer itself.
-            HeadTooLarge => 431,
-            PlainHttp => 400,
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16(),
+            PlainHttp => USE_TLS_STATUS.as_u16(),
             // hyper answers a head it cannot parse too, but which answer it wrote is its own:
             // `head::check` refuses, with a status of its own line, what it could tell apart.
             BadRequest(_) => 0,

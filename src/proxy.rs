@@ -127,8 +127,7 @@ pub(crate) fn refuse_unparsed(err: &ProxyError, conn: &Conn) -> Vec<u8> {
 /// The answer to a plain-HTTP client at the TLS port, in the HTTP it spoke: its status and
 /// body are [`crate::error::Unanswered::PlainHttp`]'s.
 pub(crate) fn use_tls_answer() -> Vec<u8> {
-    use crate::error::{Unanswered, USE_TLS};
-    let status = hyper::StatusCode::from_u16(Unanswered::PlainHttp.status());
+    use crate::error::{USE_TLS, USE_TLS_STATUS};
     let mut headers = hyper::HeaderMap::new();
     headers.insert(
         hyper::header::CONTENT_TYPE,
@@ -138,11 +137,7 @@ pub(crate) fn use_tls_answer() -> Vec<u8> {
         hyper::header::CONNECTION,
         hyper::header::HeaderValue::from_static("close"),
     );
-    raw_answer(
-        status.unwrap_or(hyper::StatusCode::BAD_REQUEST),
-        &headers,
-        USE_TLS,
-    )
+    raw_answer(USE_TLS_STATUS, &headers, USE_TLS)
 }
 
 /// An HTTP/1.1 answer written by wsgate itself rather than hyper, framed by its length.

@@ -24,19 +24,19 @@ pub(crate) enum Renewed {
 
 /// Everything a new connection needs, built and validated as one unit.
 pub(crate) struct Snapshot {
-    pub config: Config,
-    pub routes: RouteTable,
-    pub tls: Arc<ServerConfig>,
+    pub(crate) config: Config,
+    pub(crate) routes: RouteTable,
+    pub(crate) tls: Arc<ServerConfig>,
     /// Who checks clients' certificates, if `tls.client_ca` is set.
-    pub client_verifier: Option<Arc<dyn tls::ClientCertVerifier>>,
+    pub(crate) client_verifier: Option<Arc<dyn tls::ClientCertVerifier>>,
     /// How clients are checked: the same for configs that check them alike (see
     /// `tls::Served::client_scope`).
-    pub client_scope: u64,
+    pub(crate) client_scope: u64,
     /// When each served certificate expires.
-    pub expiry: Vec<tls::Expiry>,
+    pub(crate) expiry: Vec<tls::Expiry>,
     /// The `tls.client_crl` file, and when the first of its lists is due to be replaced.
-    pub crl_due: Option<(PathBuf, i64)>,
-    pub generation: u64,
+    pub(crate) crl_due: Option<(PathBuf, i64)>,
+    pub(crate) generation: u64,
     /// Hash of the bytes of every file the config depends on.
     pub(crate) fingerprint: u64,
     /// Hash of the bytes of the certificate, key and CA files, as they were when read: tells a

@@ -56,7 +56,7 @@ impl Progress {
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, Vec<std::io::ErrorKind>> {
-        self.failed.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.failed)
     }
 
     fn dialed(&self, last: bool) {

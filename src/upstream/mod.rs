@@ -38,12 +38,12 @@ use turns::{back_in_turn, connect_in_turn, put_aside, Turns};
 /// A backend that accepted the upgrade.
 pub(crate) struct Tunnel {
     /// The 101 head to pass to the client.
-    pub head: response::Parts,
-    pub socket: BackendIo,
+    pub(crate) head: response::Parts,
+    pub(crate) socket: BackendIo,
     /// Bytes the backend sent right behind its 101.
-    pub early: Bytes,
+    pub(crate) early: Bytes,
     /// The tunnel, counted in its backend's open connections until dropped.
-    pub busy: Counted,
+    pub(crate) busy: Counted,
 }
 
 /// A backend connection counted in its backend's open connections, and in its address's
@@ -60,10 +60,10 @@ pub(crate) enum Answer {
 
 /// A backend's answer other than 101, to relay.
 pub(crate) struct NonUpgrade {
-    pub response: Response<Incoming>,
+    pub(crate) response: Response<Incoming>,
     /// The body's first frame, already read (`None` for an empty body).
-    pub first: Option<Frame<Bytes>>,
-    pub backend: Option<BackendConn>,
+    pub(crate) first: Option<Frame<Bytes>>,
+    pub(crate) backend: Option<BackendConn>,
 }
 
 /// A backend connection that still has an answer's body to read (hyper does not name the
