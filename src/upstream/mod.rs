@@ -33,7 +33,7 @@ mod turns;
 
 pub(crate) use stream::{tcp_of, tcp_of_mut, BackendIo};
 
-use turns::{back_in_turn, connect_in_turn, put_aside, Turns};
+use turns::{back_in_turn, connect_in_turn, put_aside, Try, Turns};
 
 /// A backend that accepted the upgrade.
 pub(crate) struct Tunnel {
@@ -154,27 +154,7 @@ async fn exchange(
         if asked >= deadline {
             return Err(ProxyError::BackendTimeout);
         }
-        // With another backend or address to try after it, the TLS handshake gets a share of
-        // the time: a backend that takes the connection and never finishes it (a plain server
-        // on the port, a hung one) has had nothing of the request, and the next may take it.
-        // The last try has all the time left, and its 504 says what it did not do.
-        let redials = match dialed.redial {
-            true => MAX_CLOSED.saturating_sub(closed + 1),
-            false => 0,
-        };
-        let after = turns.left() + dialed.further + redials;
-        let (share, even) = turns.asking(after, deadline.saturating_duration_since(asked));
-        let reached = Reached {
-            backend: won.backend,
-            addr: dialed.addr,
-            several: dialed.several,
-            more: dialed.more(),
-            redial: dialed.redial,
-            share,
-            even,
-            began: won.began,
-            asked,
-        };
+        let reached = Reached::of(&won, &dialed, (&mut turns, closed), (asked, deadline));
         let busy = (won.busy, dialed.busy);
         let secured = AtomicBool::new(route.backend_tls.is_none());
         let answering = async {
@@ -237,7 +217,42 @@ struct Reached<'a> {
     asked: tokio::time::Instant,
 }
 
-impl Reached<'_> {
+impl<'a> Reached<'a> {
+    /// Where `won` reached (`dialed`), asked at `asked` to answer by `deadline`: `closed`
+    /// closes before answering so far, and what is left of the `turns` after it, set its
+    /// share of the time.
+    fn of<'r>(
+        won: &Try<'a, 'r>,
+        dialed: &dial::Dialed,
+        (turns, closed): (
+            &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+            usize,
+        ),
+        (asked, deadline): (tokio::time::Instant, tokio::time::Instant),
+    ) -> Reached<'a> {
+        // With another backend or address to try after it, the TLS handshake gets a share of
+        // the time: a backend that takes the connection and never finishes it (a plain server
+        // on the port, a hung one) has had nothing of the request, and the next may take it.
+        // The last try has all the time left, and its 504 says what it did not do.
+        let redials = match dialed.redial {
+            true => MAX_CLOSED.saturating_sub(closed + 1),
+            false => 0,
+        };
+        let after = turns.left() + dialed.further + redials;
+        let (share, even) = turns.asking(after, deadline.saturating_duration_since(asked));
+        Reached {
+            backend: won.backend,
+            addr: dialed.addr,
+            several: dialed.several,
+            more: dialed.more(),
+            redial: dialed.redial,
+            share,
+            even,
+            began: won.began,
+            asked,
+        }
+    }
+
     /// The backend, and its address if that is one of the name's several: whose failure it is.
     fn at(&self) -> (&str, Option<std::net::SocketAddr>) {
         (self.backend, self.several.then_some(self.addr))

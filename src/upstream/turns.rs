@@ -307,7 +307,7 @@ fn name(tried: &mut Option<String>, backend: &str) {
 /// One backend's connect attempt, as it races the others.
 pub(super) struct Try<'a, 'r> {
     pub(super) backend: &'a str,
-    /// Its share of the time: see `Turns::fair_share`.
+    /// Its share of the time: see [`Turns::asking`].
     share: Duration,
     /// When it began, on [`health::now`]'s clock.
     pub(super) began: u64,
