@@ -101,12 +101,14 @@ fn client_config(
     tls: &BackendTlsConfig,
     out: &mut BackendClients,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
-    let (roots, _) = trusted(&tls.ca)
-        .map_err(|message| ConfigError::at(&config.path, &tls.ca_location, message))?;
+    let at = |message| ConfigError::at(&config.path, &tls.ca_location, message);
+    let (roots, anchors) = trusted(&tls.ca).map_err(at)?;
+    let dated = super::expiry::anchor_warnings(&tls.ca, &anchors);
+    out.warnings.extend(dated.into_iter().map(at));
     let provider = Arc::new(provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::at(&config.path, &tls.ca_location, e.to_string()))?
+        .map_err(|e| at(e.to_string()))?
         .with_root_certificates(roots);
     let mut client = match &tls.client {
         None => builder.with_no_client_auth(),

@@ -84,6 +84,32 @@ impl Expiry {
     }
 }
 
+/// What is off about the dates of the CAs of `file` (`tls.client_ca`, a route's
+/// `backend_tls.ca`), one line each: a CA that has expired, or is not valid yet. rustls
+/// checks no trust anchor's dates (a trust anchor is a name and a key), so wsgate still trusts
+/// it, where other TLS stacks (OpenSSL) refuse what it issued: worth a look either way.
+pub(super) fn anchor_warnings(file: &Path, anchors: &[CertificateDer<'_>]) -> Vec<String> {
+    let now = unix_now();
+    let parsed = anchors.iter().enumerate().filter_map(|(i, der)| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let validity = cert.validity();
+        let (from, until) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+        let name = format!("CA certificate {} ({:?})", i + 1, cert.subject().to_string());
+        let file = file.display();
+        let said = if until <= now {
+            let until = rfc3339(until);
+            format!("{file}: {name} expired at {until}; wsgate still trusts it (rustls checks no CA's dates), other TLS stacks refuse what it issued: replace it")
+        } else if from > now {
+            let from = rfc3339(from);
+            format!("{file}: {name} is not valid before {from}; wsgate trusts it already (rustls checks no CA's dates), other TLS stacks will not until then")
+        } else {
+            return None;
+        };
+        Some(escape_controls(&said))
+    });
+    parsed.collect()
+}
+
 /// The words for the certificate of a chain that decides one of its dates: the leaf's, or
 /// an intermediate's by place and subject.
 fn which(intermediate: &Option<Intermediate>) -> String {

@@ -136,6 +136,7 @@ fn client_verifier(
     };
     let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
     let (roots, anchors) = client::trusted(&auth.ca).map_err(at)?;
+    let dated = expiry::anchor_warnings(&auth.ca, &anchors);
     let lists = match &auth.crl {
         Some((file, location)) => {
             let at = |message: String| ConfigError::at(&config.path, location, message);
@@ -176,6 +177,10 @@ fn client_verifier(
         }
         None => (builder, Vec::new(), None),
     };
+    let warnings = warnings
+        .into_iter()
+        .chain(dated.into_iter().map(at))
+        .collect();
     let verifier = builder.build().map_err(|e| at(e.to_string()))?;
     Ok(Clients {
         verifier: Some(verifier),

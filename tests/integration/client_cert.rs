@@ -232,6 +232,33 @@ fn client_auth_and_required_routes_need_a_client_ca_named_at_their_lines() {
     );
 }
 
+/// rustls checks no trust anchor's dates: a CA of `client_ca` or of a route's
+/// `backend_tls.ca` that has expired is still trusted, and said (other TLS stacks refuse what
+/// it issued), naming its key.
+#[test]
+fn an_expired_ca_is_warned_about_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ended = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    let ca = Pki::new_until("old device CA", ended);
+    let backend_ca = dir.path().join("backend-ca.pem");
+    std::fs::write(&backend_ca, ca.ca_pem()).unwrap();
+    let body = format!(
+        "{}[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\nbackend_tls = {{ ca = \"{}\" }}\n",
+        asking(&ca, &dir, "optional"),
+        backend_ca.display()
+    );
+    let (_, warnings) = wsgate::check(&write_config(dir.path(), &body)).unwrap();
+    for key in ["tls.client_ca", "route[0].backend_tls.ca"] {
+        let said = warnings.iter().find(|w| w.contains(key));
+        let said = said.unwrap_or_else(|| panic!("{key}: {warnings:#?}"));
+        assert!(
+            said.contains("CA certificate 1 (\"CN=old device CA\") expired at"),
+            "{said}"
+        );
+        assert!(said.contains("wsgate still trusts it"), "{said}");
+    }
+}
+
 #[tokio::test]
 async fn a_resumed_session_is_checked_against_the_client_ca_in_force() {
     // rustls restores a resumed session's certificate as it was checked when the session

@@ -88,8 +88,19 @@ impl Pki {
     /// A new CA named `name`. [`pki`] is the one every test client trusts; make others for
     /// rotations to a different issuer.
     pub fn new(name: &str) -> Pki {
+        Pki::with(ca_params(name))
+    }
+
+    /// [`Pki::new`] valid until `until`, from a year before it.
+    pub fn new_until(name: &str, until: time::OffsetDateTime) -> Pki {
+        let mut params = ca_params(name);
+        (params.not_before, params.not_after) = (until - time::Duration::days(365), until);
+        Pki::with(params)
+    }
+
+    fn with(params: rcgen::CertificateParams) -> Pki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca_cert = ca_params(name).self_signed(&ca_key).unwrap();
+        let ca_cert = params.self_signed(&ca_key).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca_cert.der().clone()).unwrap();
         Pki {
