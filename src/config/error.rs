@@ -68,6 +68,10 @@ impl ConfigError {
             message =
                 "a string is not closed: its closing quote is missing at the end of this line"
                     .to_string();
+            // `"C:\dir\"`: the last quote is the backslash's.
+            if src[..end].ends_with("\\\"") {
+                message.push_str(" (a \\\" inside a string is a quote, not its end: a backslash is written \\\\)");
+            }
         }
         // A document that parses is its own map of keys; one that does not is read line by
         // line around the error.

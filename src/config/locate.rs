@@ -260,15 +260,16 @@ pub(super) fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
     open.first().copied()
 }
 
-/// Where the closing quote belongs of the first one-line string left open on a line before
-/// `offset`'s (the end of that line): no TOML string runs past its line, but the parser reads
-/// on and may notice only further down (a missing comma before the next line of an array, a
-/// `[table]` read as an element), where the operator would look in vain.
+/// Where the closing quote belongs of the first one-line string left open on `offset`'s line
+/// or one before it (the end of that line): no TOML string runs past its line, but the parser
+/// reads on and may notice only further down (a missing comma before the next line of an
+/// array, a `[table]` read as an element), where the operator would look in vain, or say it
+/// in its own words ("invalid basic string").
 pub(super) fn unclosed_string_before(src: &str, offset: usize) -> Option<usize> {
     let offset = floor_char_boundary(src, offset.min(src.len()));
-    let lines_before = src[..offset].rfind('\n').map_or(0, |i| i + 1);
     // Quotes, backslashes, `#` and newlines are ASCII: bytes are enough.
-    let text = &src.as_bytes()[..lines_before];
+    let through = next_line(src.as_bytes(), offset);
+    let text = &src.as_bytes()[..through];
     let mut i = 0;
     while i < text.len() {
         match text[i] {
@@ -280,7 +281,8 @@ pub(super) fn unclosed_string_before(src: &str, offset: usize) -> Option<usize> 
                 i += 1;
                 loop {
                     match text.get(i) {
-                        None => return None,
+                        // The file's last line, without a newline.
+                        None => return Some(text.len()),
                         Some(b'\n') => {
                             let crlf = i > 0 && text[i - 1] == b'\r';
                             return Some(i - usize::from(crlf));

@@ -770,6 +770,21 @@ fn an_unclosed_string_is_named_on_its_line() {
         place(before_table),
         (2, 24, "proxy.listen".into(), missing.into())
     );
+    // Left open on the very line the parser stopped at, the last line too, or closed by what
+    // is an escaped quote.
+    let last_line = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"r";
+    assert_eq!(
+        place(last_line),
+        (4, 10, "route[0].name".into(), missing.into())
+    );
+    let escaped = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"r\\\"\npath = \"/\"\n";
+    let (line, column, key, message) = place(escaped);
+    assert_eq!((line, column, key.as_str()), (4, 12, "route[0].name"));
+    assert!(message.starts_with(missing), "{message}");
+    assert!(
+        message.ends_with("a backslash is written \\\\)"),
+        "{message}"
+    );
     // Strings closed, multi-line ones and comments included, are read past.
     let closed = "[proxy] # \"\nlisten = [\"\"\"a\n\"b\" \\\"\"\"\", 'c']\nx = [\"a\"\n[tls]\n";
     let (line, _, key, message) = place(closed);
