@@ -583,28 +583,7 @@ impl Reloader {
             }
             Look::Missing {
                 what, error, seen, ..
-            } => {
-                self.lacking = seen;
-                // The config file back is news, whatever it holds (a content rejected before
-                // included): it was written again.
-                if look::is_config_file(what) {
-                    self.rejected = None;
-                    return Outcome::Missing(what, error);
-                }
-                // A served file gone while the config file on disk is not in force: said by
-                // the renewal, as a file of the config in force gone (the rejection or bind
-                // failure said stays why the files on disk are not in force). Once it is
-                // back, that config file is as it was: not tried again, or tried and failing
-                // to bind as before, news neither.
-                if self.rejected.is_some() || self.unbindable.is_some() {
-                    return Outcome::Nothing;
-                }
-                // With the config on disk in force: said here, so the looks that follow (the
-                // same content, `lacking`) do not say it again as gone while that file is not
-                // in force.
-                self.gap_said = Some(error.clone());
-                Outcome::Missing(what, error)
-            }
+            } => self.missing(what, error, seen),
             // Good or bad, what was read may be no file's finished content, or a mix of old
             // and new files (a certificate with the key of another, a route without the
             // `origins` of its next line): never applied, not even on the last try.
@@ -631,20 +610,45 @@ impl Reloader {
                     self.apply_built(snapshot, trigger).await
                 }
                 Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
-                Err(e) => {
-                    // Something else was saved since: that content failing to bind again
-                    // would be news again.
-                    self.unbindable = None;
-                    let error = e.to_string();
-                    if self.fails_for_a_gap(&error) {
-                        self.lacking = Some(on_disk);
-                        return Outcome::Nothing;
-                    }
-                    self.rejected = Some(on_disk);
-                    Outcome::Rejected(error)
-                }
+                Err(e) => self.failed(on_disk, e.to_string()),
             },
         }
+    }
+
+    /// A file gone (`what`, said by `error`) from the files on disk, whose content was `seen`
+    /// if they were read.
+    fn missing(&mut self, what: &'static str, error: String, seen: Option<u64>) -> Outcome {
+        self.lacking = seen;
+        // The config file back is news, whatever it holds (a content rejected before
+        // included): it was written again.
+        if look::is_config_file(what) {
+            self.rejected = None;
+            return Outcome::Missing(what, error);
+        }
+        // A served file gone while the config file on disk is not in force: said by the
+        // renewal, as a file of the config in force gone (the rejection or bind failure said
+        // stays why the files on disk are not in force). Once it is back, that config file is
+        // as it was: not tried again, or tried and failing to bind as before, news neither.
+        if self.rejected.is_some() || self.unbindable.is_some() {
+            return Outcome::Nothing;
+        }
+        // With the config on disk in force: said here, so the looks that follow (the same
+        // content, `lacking`) do not say it again as gone while that file is not in force.
+        self.gap_said = Some(error.clone());
+        Outcome::Missing(what, error)
+    }
+
+    /// The files on disk, whose content is `on_disk`, failed to build with `error`.
+    fn failed(&mut self, on_disk: u64, error: String) -> Outcome {
+        // Something else was saved since: that content failing to bind again would be news
+        // again.
+        self.unbindable = None;
+        if self.fails_for_a_gap(&error) {
+            self.lacking = Some(on_disk);
+            return Outcome::Nothing;
+        }
+        self.rejected = Some(on_disk);
+        Outcome::Rejected(error)
     }
 
     /// Whether the files on disk fail with the `error` said last only because a file the
