@@ -103,12 +103,13 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     })
 }
 
-/// Who checks clients' certificates, as [`client_verifier`] builds it.
+/// Who checks clients' certificates, as [`client_verifier`] builds it: by default no one.
+#[derive(Default)]
 struct Clients {
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The scope of the sessions clients may resume: the same for configs that check clients
     /// alike (none, or the same CAs in the same mode with revocation lists that say the same),
-    /// another when that changes.
+    /// another when that changes; 0 for no check.
     scope: u64,
     /// What is off about the revocation lists: one overdue, a CA of `client_ca` without one
     /// that clients reach through another.
@@ -126,13 +127,7 @@ fn client_verifier(
     provider: &Arc<CryptoProvider>,
 ) -> Result<Clients, ConfigError> {
     let Some(auth) = &config.client_auth else {
-        let none = Clients {
-            verifier: None,
-            scope: 0,
-            warnings: Vec::new(),
-            crl_due: None,
-        };
-        return Ok(none);
+        return Ok(Clients::default());
     };
     let at = |message: String| ConfigError::at(&config.path, &auth.ca_location, message);
     let (roots, anchors) = client::trusted(&auth.ca).map_err(at)?;
