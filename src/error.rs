@@ -75,7 +75,7 @@ pub enum ProxyError {
     HeadTooLarge,
     #[error("request head has more than 100 header fields")]
     TooManyFields,
-    /// The refused `Origin`, as [`crate::websocket::origin_in_words`] shows it: in the log
+    /// The refused `Origin`, as `websocket::origin_in_words` shows it: in the log
     /// line, so an operator sees what to add to the list; never in the answer's body.
     #[error("origin not allowed: {0}")]
     OriginDenied(String),
@@ -109,7 +109,7 @@ pub enum ProxyError {
     #[error("backend sent an invalid upgrade response: {0}")]
     BadBackendUpgrade(&'static str),
     /// A backend connection that failed after the connect: the words say how (see
-    /// [`ProxyError::backend_failed`]).
+    /// `ProxyError::backend_failed`).
     #[error("{0}")]
     BackendFailed(String),
     /// The TLS handshake with a backend of a route with `backend_tls` failed (its

@@ -108,6 +108,8 @@ mod upstream;
 mod watch;
 pub mod websocket;
 
+/// Why [`websocket`]'s checks refuse a request, with the status and body it is answered with.
+pub use error::ProxyError;
 pub use logging::{init as init_logging, Logging};
 pub use reload::ReloadStatus;
 pub use server::{Closer, Error, Server};
