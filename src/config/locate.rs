@@ -156,16 +156,27 @@ fn value_path(
 /// `[[route]]`, counted in `arrays`).
 pub(super) fn opened_table(line: &str, arrays: &mut HashMap<String, usize>) -> Option<String> {
     let header = line.trim();
-    if let Some(name) = header.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
-        let name = name.trim().trim_end_matches(']').to_string();
+    if let Some(rest) = header.strip_prefix("[[") {
+        let name = header_name(rest, "]]").to_string();
         let n = arrays
             .entry(name.clone())
             .and_modify(|n| *n += 1)
             .or_insert(0);
         return Some(format!("{name}[{n}]"));
     }
-    let name = header.strip_prefix('[').and_then(|t| t.split(']').next())?;
-    Some(name.trim().to_string())
+    let rest = header.strip_prefix('[')?;
+    Some(header_name(rest, "]").to_string())
+}
+
+/// The table name of a header whose text after its opening bracket is `rest`, closed by
+/// `close`: up to it, or, left open, its first word before a comment or a value (`[limits
+/// max_connections = 5` is `limits`'s, not a name with a key and its value in it).
+fn header_name<'a>(rest: &'a str, close: &str) -> &'a str {
+    if let Some((name, _)) = rest.split_once(close) {
+        return name.trim();
+    }
+    let end = rest.find([']', '#', '=', '[']).unwrap_or(rest.len());
+    rest[..end].split_whitespace().next().unwrap_or("")
 }
 
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position

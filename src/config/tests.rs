@@ -725,6 +725,17 @@ fn broken_toml_points_at_the_line() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("w.toml:1:7: proxy: "), "{err}");
+    // Left open with a key, its value and a comment behind it on the same line: the table.
+    for (header, key) in [
+        ("[limits max_connections = 5  # \"q\"", "limits"),
+        ("[[route] = \"billing\"", "route[0]"),
+        ("[[route]", "route[0]"),
+    ] {
+        let src = format!("[proxy]\nlisten = [\"127.0.0.1:1\"]\n{header}\nname = \"x\"\n");
+        let err = Config::from_toml_str(&src, Path::new("w.toml")).unwrap_err();
+        let at = err.location.expect("located");
+        assert_eq!((at.line, at.key.as_str()), (3, key), "{header}");
+    }
 }
 
 /// An array or inline table left open is the mistake of the key whose value it is, not of
