@@ -1242,6 +1242,10 @@ fn listen_addresses_a_listener_cannot_take_are_refused() {
         (config("\"127.0.0.1:65536\"", ""), "proxy.listen[0]: \"127.0.0.1:65536\" has a port that is not a number from 0 to 65535"),
         (config("\"::1\"", ""), "proxy.listen[0]: \"::1\" is not an IP:port address"),
         (config("\"127.0.0.1:08443\"", ""), "proxy.listen[0]: \"127.0.0.1:08443\" has a port with a leading zero: write \"127.0.0.1:8443\""),
+        (config("\"127.0.0.1:021444\"", ""), "has a port with a leading zero: write \"127.0.0.1:21444\""),
+        (config("\"127.0.0.1:0000080\"", ""), "has a port with a leading zero: write \"127.0.0.1:80\""),
+        (config("\"127.0.0.1:00\"", ""), "has a port with a leading zero: write \"127.0.0.1:0\""),
+        (config("\"127.0.0.1:099999\"", ""), "has a port that is not a number from 0 to 65535"),
     ];
     for (body, expected) in cases {
         let message = error_in(&body);

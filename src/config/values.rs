@@ -265,8 +265,13 @@ pub(super) fn split_port(authority: &str) -> (&str, Option<&str>) {
 /// `Origin`).
 pub(super) fn port_problem(written: &str, host: &str, port: &str, lowest: u16) -> Option<String> {
     let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
-    let number = (digits && port.len() <= 5)
-        .then(|| port.parse::<u16>().ok())
+    // Its value, however many zeros lead it (`021444` is 21444, with a leading zero).
+    let significant = port.trim_start_matches('0');
+    let number = (digits && significant.len() <= 5)
+        .then(|| match significant {
+            "" => Some(0),
+            significant => significant.parse::<u16>().ok(),
+        })
         .flatten()
         .filter(|&p| p >= lowest);
     match number {
