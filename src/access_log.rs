@@ -70,6 +70,11 @@ impl Ending {
 /// Why a relayed answer was cut short, when its body broke off on the backend's side.
 pub(crate) const BACKEND_BROKE_OFF: &str = "the backend broke off its body";
 
+/// Why a relayed answer was cut short, when the backend sent more of it than is read of an
+/// answer (see `upstream::ANSWER_MOST`): the backend's doing, though wsgate cut it.
+pub(crate) const BACKEND_ANSWER_TOO_LONG: &str =
+    "the backend's answer ran past 16 MiB: the rest is not relayed";
+
 /// How the delivery of a connection's answer ended.
 pub(crate) enum Delivery {
     Delivered,
@@ -193,7 +198,7 @@ pub(crate) fn end_line(conn: &Conn, delivery: Delivery) {
     // decided the answer: its line is a warning, like any other backend fault.
     let backend_cut = match &delivery {
         Delivery::Late => ending.backend_stalled,
-        Delivery::Failed(why) => why == BACKEND_BROKE_OFF,
+        Delivery::Failed(why) => why == BACKEND_BROKE_OFF || why == BACKEND_ANSWER_TOO_LONG,
         Delivery::Delivered | Delivery::Shutdown => false,
     };
     if backend_cut {

@@ -392,6 +392,13 @@ async fn close_refused(upgrade: OnUpgrade, shared: &Shared) {
     }
 }
 
+/// `e`'s causes, the nearest first.
+fn sources<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |cause| cause.source())
+}
+
 /// hyper's own words for a failed answer ("error writing a body to connection") name neither
 /// side: an error of the body is the backend's (a relayed body cut off), any other the
 /// client connection's, named by its I/O error where there is one.
@@ -399,19 +406,24 @@ fn which_side_failed(e: &hyper::Error) -> String {
     // The relayed body's errors are the backend connection's own hyper errors.
     let from_body = std::error::Error::source(e).is_some_and(|c| c.is::<hyper::Error>());
     if e.is_user() && from_body {
-        return access_log::BACKEND_BROKE_OFF.to_string();
+        // Cut by wsgate past what it reads of an answer, or broken off by the backend.
+        let too_long = sources(e).any(|cause| {
+            (cause.downcast_ref::<io::Error>())
+                .is_some_and(|io| io.to_string() == crate::upstream::ANSWER_TOO_LONG)
+        });
+        let why = match too_long {
+            true => access_log::BACKEND_ANSWER_TOO_LONG,
+            false => access_log::BACKEND_BROKE_OFF,
+        };
+        return why.to_string();
     }
     if e.is_user() {
         return e.to_string();
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return format!("the client's connection failed: {io}");
-        }
-        source = cause.source();
+    match sources(e).find_map(|cause| cause.downcast_ref::<io::Error>()) {
+        Some(io) => format!("the client's connection failed: {io}"),
+        None => format!("the client's connection failed: {e}"),
     }
-    format!("the client's connection failed: {e}")
 }
 
 /// Reads the request head (see [`head::read`]): its length (`None` if over the limit), the

@@ -717,6 +717,9 @@ struct Heard {
 /// any page a refusal carries; a 101's socket is taken over long before.
 const ANSWER_MOST: u64 = 16 << 20;
 
+/// The error of a backend connection that sent more than [`ANSWER_MOST`].
+pub(crate) const ANSWER_TOO_LONG: &str = "answer over 16 MiB: the rest is not read";
+
 impl AsyncRead for Heard {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -730,7 +733,7 @@ impl AsyncRead for Heard {
             self.heard.store(true, Ordering::Relaxed);
             self.read += read;
             if self.read > ANSWER_MOST {
-                let why = "answer over 16 MiB: the rest is not read";
+                let why = ANSWER_TOO_LONG;
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     why,

@@ -588,13 +588,15 @@ async fn a_large_refusal_body_is_relayed_whole_at_the_clients_pace() {
 
 /// A refusal whose body never ends (or whose framing never yields a byte of it) is read to
 /// 16 MiB, framing included, and its relay ends there: not at the connection's deadline,
-/// a core parsing all along.
+/// a core parsing all along. The log says so, not that the backend broke it off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_refusal_body_is_cut_after_16_mib() {
     let backend = RawBackend::start().await;
-    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
     for chunk in ["1000\r\n", "0000000000000000"] {
-        let mut client = raw_client(proxy.addr).await;
+        let (_child, lines, addr) = started_wsgate(&config);
+        let mut client = raw_client(addr).await;
         client.send(ws().bytes()).await;
         let mut back = backend.accept().await;
         back.read_head().await;
@@ -613,6 +615,9 @@ async fn an_endless_refusal_body_is_cut_after_16_mib() {
         };
         let ((), got) = tokio::join!(feeding, reading);
         assert!(got < 17 << 20, "{got} bytes relayed");
+        let line = line_containing(lines, "backend refused the upgrade").await;
+        assert!(line.contains("answer ran past 16 MiB"), "{line}");
+        assert!(line.contains("\"level\":\"WARN\""), "{line}");
     }
 }
 
