@@ -14,8 +14,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BACKEND: &str = "127.0.0.1:9001";
 
+const USAGE: &str = "Starts a WebSocket echo backend on 127.0.0.1:9001 and wsgate in front of it
+on config/wsgate.toml (wss://localhost:8443, the dev certificates in certs/), sends one message
+through both, then serves until Ctrl-C. Takes no options.
+";
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // No options: any argument (`--help`) gets the usage, not a demo binding ports.
+    if std::env::args().len() > 1 {
+        println!(
+            "usage: cargo run --release --example demo\n\n{}",
+            USAGE.trim_end()
+        );
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

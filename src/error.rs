@@ -407,7 +407,7 @@ fn tls_words(e: &io::Error) -> String {
         // rustls: "peer doesn't support any known protocol", which does not say which.
         Some(rustls::Error::NoApplicationProtocol) => {
             "client's ALPN offers no protocol wsgate speaks (http/1.1 or http/1.0, in lower \
-             case): an HTTP/2-only client, most likely"
+             case), as an HTTP/2-only client's (h2 alone) does"
                 .to_string()
         }
         // rustls: "received corrupt message of type InvalidContentType" (plain HTTP is told
@@ -630,7 +630,7 @@ mod tests {
         assert_eq!(
             tls_failed(rustls::Error::NoApplicationProtocol),
             "TLS handshake failed: client's ALPN offers no protocol wsgate speaks (http/1.1 or \
-             http/1.0, in lower case): an HTTP/2-only client, most likely"
+             http/1.0, in lower case), as an HTTP/2-only client's (h2 alone) does"
         );
         let not_tls = rustls::InvalidMessage::InvalidContentType;
         assert_eq!(
