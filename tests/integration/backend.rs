@@ -387,6 +387,16 @@ async fn each_backend_failure_is_logged_as_what_went_wrong() {
     let line = wait_for_line(&lines, "connection closed");
     assert!(line.contains("backend sent a malformed answer: "), "{line}");
 
+    // An HTTP version no backend server speaks, whatever the status.
+    let mut client = refused("/garbage").await;
+    let mut back = garbage.accept().await;
+    back.read_head().await;
+    back.send("HTTP/1.2 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    assert_eq!(client.read_head().await.status, 502);
+    let line = wait_for_line(&lines, "connection closed");
+    assert!(line.contains("invalid HTTP version parsed"), "{line}");
+
     let mut client = refused("/short").await;
     let mut back = short.accept().await;
     back.read_head().await;
