@@ -32,6 +32,7 @@ pub enum Side {
 
 /// Every way the request path can end without a tunnel.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyError {
     #[error("no route for this host and path")]
     NoRoute,

@@ -58,7 +58,7 @@ pub(crate) fn fingerprint_as_read(files: &[PathBuf], config: (&Path, u64)) -> u6
 /// over the size limit put in each other's place are changes, each rejected (and logged) once,
 /// as two different bad contents are. Not of its size too: a file growing past the limit (a
 /// log written at the config's path) would be a new rejection each look.
-fn read_hash(file: &Path) -> u64 {
+pub(crate) fn read_hash(file: &Path) -> u64 {
     match crate::files::read(file) {
         Ok(bytes) => bytes_hash(&bytes),
         Err(e) => {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::{Trigger, DEBOUNCE};
 use crate::config::{Config, ConfigError, Location};
 use crate::files::{absent_or_empty, NotThere};
-use crate::fingerprint::{on_disk_fingerprint, on_disk_now, on_disk_stamp, OnDisk};
+use crate::fingerprint::{on_disk_fingerprint, on_disk_now, on_disk_stamp, read_hash, OnDisk};
 use crate::snapshot::Snapshot;
 use NotThere::{Absent, Empty};
 
@@ -30,6 +30,8 @@ pub(super) enum Look {
         what: &'static str,
         error: String,
         seen: Option<u64>,
+        /// The hash of the config file's content, when a file it names is what is gone.
+        config_file: Option<u64>,
         stamp: u64,
         stamped_at: Instant,
     },
@@ -44,6 +46,8 @@ pub(super) enum Look {
         settled: bool,
         /// Whether a file was written less than a [`DEBOUNCE`] before the read.
         fresh: bool,
+        /// The hash of the config file's content.
+        config_file: u64,
         built: Box<Result<Snapshot, ConfigError>>,
     },
 }
@@ -84,6 +88,7 @@ pub(super) fn look(
             what,
             error,
             seen: None,
+            config_file: None,
             stamp,
             stamped_at,
         };
@@ -105,6 +110,7 @@ pub(super) fn look(
                 what,
                 error,
                 seen: Some(on_disk),
+                config_file: Some(read_hash(path)),
                 stamp,
                 stamped_at,
             };
@@ -120,6 +126,7 @@ pub(super) fn look(
         stamped_at,
         settled,
         fresh,
+        config_file: read_hash(path),
         built: Box::new(built),
     }
 }

@@ -68,6 +68,7 @@ pub(crate) fn spawn_reloader(
         watches: Watches::new(events_tx.clone()),
         rejected: None,
         lacking: None,
+        failing_config: None,
         unbindable: None,
         short_of_files: None,
         retrying: false,
@@ -126,6 +127,9 @@ struct Reloader {
     /// The content of files lacking one (deleted, to be written again): the same bytes are
     /// not built again (a poll every second) while it lasts.
     lacking: Option<u64>,
+    /// The content of the config file on disk, when it was rejected or failed to bind (said
+    /// then): a file it names gone is no news of that config file.
+    failing_config: Option<u64>,
     /// Why the files failed to bind: retried on every event (the port may have been freed),
     /// but the same failure again is not logged or counted again, whatever else changed
     /// meanwhile (a certificate renewed: the address is still taken).
@@ -571,6 +575,7 @@ impl Reloader {
                 // and so is a renewal failing as one did before.
                 self.rejected = None;
                 self.lacking = None;
+                self.failing_config = None;
                 self.unbindable = None;
                 self.renewal_failed = None;
                 self.gap_said = None;
@@ -582,8 +587,12 @@ impl Reloader {
                 Outcome::Nothing
             }
             Look::Missing {
-                what, error, seen, ..
-            } => self.missing(what, error, seen),
+                what,
+                error,
+                seen,
+                config_file,
+                ..
+            } => self.missing(what, error, (seen, config_file)),
             // Good or bad, what was read may be no file's finished content, or a mix of old
             // and new files (a certificate with the key of another, a route without the
             // `origins` of its next line): never applied, not even on the last try.
@@ -592,14 +601,20 @@ impl Reloader {
                     tracing::debug!("config files changed while being read; reading them again");
                     Outcome::Unsettled
                 }
-                // Said, as a SIGHUP's answer too; the next write brings another look.
+                // Said, as a SIGHUP's answer too; the next write brings another look. (Not
+                // concluded as a look that found nothing new: what is on disk is not known.)
                 Patience::TakeAsRead => {
                     tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
-                    Outcome::Nothing
+                    Outcome::Unsettled
                 }
             },
             // Files that held still while they were read.
-            Look::Built { on_disk, built, .. } => match *built {
+            Look::Built {
+                on_disk,
+                config_file,
+                built,
+                ..
+            } => match *built {
                 Ok(snapshot) => {
                     // Taken as read after MAX_REREADS: they never held still in the
                     // debounce after the read (but did while it lasted).
@@ -607,47 +622,66 @@ impl Reloader {
                         tracing::warn!("config files kept changing while being read; applying them as last read");
                     }
                     self.rejected = None;
-                    self.apply_built(snapshot, trigger).await
+                    self.apply_built(snapshot, trigger, (on_disk, config_file))
+                        .await
                 }
                 Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
-                Err(e) => self.failed(on_disk, e.to_string()),
+                Err(e) => self.failed((on_disk, config_file), e.to_string(), trigger),
             },
         }
     }
 
     /// A file gone (`what`, said by `error`) from the files on disk, whose content was `seen`
-    /// if they were read.
-    fn missing(&mut self, what: &'static str, error: String, seen: Option<u64>) -> Outcome {
+    /// if they were read, with the config file's (`config_file`) if a file it names is gone.
+    fn missing(
+        &mut self,
+        what: &'static str,
+        error: String,
+        (seen, config_file): (Option<u64>, Option<u64>),
+    ) -> Outcome {
         self.lacking = seen;
         // The config file back is news, whatever it holds (a content rejected before
         // included): it was written again.
         if look::is_config_file(what) {
-            self.rejected = None;
+            (self.rejected, self.failing_config) = (None, None);
             return Outcome::Missing(what, error);
         }
-        // A served file gone while the config file on disk is not in force: said by the
-        // renewal, as a file of the config in force gone (the rejection or bind failure said
-        // stays why the files on disk are not in force). Once it is back, that config file is
-        // as it was: not tried again, or tried and failing to bind as before, news neither.
-        if self.rejected.is_some() || self.unbindable.is_some() {
+        // A served file gone while the config file on disk is one that failed (rejected, or
+        // not bindable): said by the renewal, as a file of the config in force gone (the
+        // failure said stays why the files on disk are not in force). Once it is back, that
+        // config file is as it was: not tried again, or tried and failing as before, news
+        // neither. A config file saved since is news: it waits for that file.
+        if config_file.is_some() && config_file == self.failing_config {
             return Outcome::Nothing;
         }
-        // With the config on disk in force: said here, so the looks that follow (the same
-        // content, `lacking`) do not say it again as gone while that file is not in force.
+        // Said here, so the looks that follow (the same content, `lacking`) do not say it
+        // again as gone while that file is not in force.
         self.gap_said = Some(error.clone());
         Outcome::Missing(what, error)
     }
 
-    /// The files on disk, whose content is `on_disk`, failed to build with `error`.
-    fn failed(&mut self, on_disk: u64, error: String) -> Outcome {
+    /// The files on disk, whose content is `on_disk` (the config file's `config_file`),
+    /// failed to build with `error`, in a look `trigger` asked for.
+    fn failed(
+        &mut self,
+        (on_disk, config_file): (u64, u64),
+        error: String,
+        trigger: Trigger,
+    ) -> Outcome {
         // Something else was saved since: that content failing to bind again would be news
         // again.
         self.unbindable = None;
+        self.failing_config = Some(config_file);
         if self.fails_for_a_gap(&error) {
             self.lacking = Some(on_disk);
-            return Outcome::Nothing;
+            // A SIGHUP is answered, whatever was said before; the content last rejected stays
+            // what the files are once that file is back.
+            return match trigger {
+                Trigger::Files => Outcome::Nothing,
+                Trigger::Manual => Outcome::Rejected(error),
+            };
         }
-        self.rejected = Some(on_disk);
+        (self.rejected, self.lacking) = (Some(on_disk), None);
         Outcome::Rejected(error)
     }
 
@@ -662,10 +696,15 @@ impl Reloader {
 
     /// [`Self::apply`], and the log switched to the new config's format if it asks for
     /// another.
-    async fn apply_built(&mut self, snapshot: Snapshot, trigger: Trigger) -> Outcome {
+    async fn apply_built(
+        &mut self,
+        snapshot: Snapshot,
+        trigger: Trigger,
+        read: (u64, u64),
+    ) -> Outcome {
         let format = snapshot.config.log_format;
         let format_in_force = self.shared.current().config.log_format;
-        let outcome = self.apply(snapshot, trigger).await;
+        let outcome = self.apply(snapshot, trigger, read).await;
         if matches!(outcome, Outcome::Applied) && format != format_in_force {
             crate::logging::format_changed(format);
         }
@@ -674,15 +713,28 @@ impl Reloader {
 
     /// Swaps `snapshot` in, binding its new listeners; nothing new if it failed to bind exactly
     /// as the last file-triggered try of this content did (not logged or counted again).
-    async fn apply(&mut self, snapshot: Snapshot, trigger: Trigger) -> Outcome {
-        // An address that cannot be bound is the machine's state, not the file's: the very
-        // same content is retried on the next event (the port may be free by then).
+    /// `(on_disk, config_file)`: the content it was built from, and its config file's.
+    async fn apply(
+        &mut self,
+        snapshot: Snapshot,
+        trigger: Trigger,
+        (on_disk, config_file): (u64, u64),
+    ) -> Outcome {
         let e = match self.shared.apply(snapshot).await {
             Ok(()) => return Outcome::Applied,
             Err(Error::ShuttingDown) => return Outcome::Nothing,
             Err(e) => e,
         };
+        (self.failing_config, self.lacking) = (Some(config_file), None);
         let failure = e.to_string();
+        // wsgate's own failure: that content is not tried again (it would fail alike), as a
+        // rejected one is not.
+        if let Error::Internal(_) = e {
+            self.rejected = Some(on_disk);
+            return Outcome::Rejected(failure);
+        }
+        // An address that cannot be bound is the machine's state, not the file's: the very
+        // same content is retried on the next event (the port may be free by then).
         if trigger == Trigger::Files && self.unbindable.as_ref() == Some(&failure) {
             tracing::debug!(error = %failure, "still cannot bind; the current config stays in force");
             return Outcome::Nothing;
@@ -711,6 +763,7 @@ impl Reloader {
         if matches!(outcome, Outcome::Applied) {
             self.rejected = None;
             self.lacking = None;
+            self.failing_config = None;
             self.unbindable = None;
             self.renewal_failed = None;
             self.gap_said = None;

@@ -754,7 +754,7 @@ fn a_served_key_gone_while_the_config_on_disk_fails_is_said_as_such() {
         ),
     ];
     for (head, failure, looked_again) in failing {
-        let (dir, config, _child, lines) = reloader_logging();
+        let (dir, config, child, lines) = reloader_logging();
         let body = route("a", "/a", &[CLOSED]);
         std::fs::write(&config, format!("{head}{body}")).unwrap();
         assert!(wait_for_line(&lines, "config reload rejected").contains(failure));
@@ -762,6 +762,12 @@ fn a_served_key_gone_while_the_config_on_disk_fails_is_said_as_such() {
         let held = std::fs::read(&key).unwrap();
         std::fs::remove_file(&key).unwrap();
         let mut said = lines_until(&lines, "key file gone");
+        // A SIGHUP meanwhile is answered, whatever was said before (the config file failing
+        // as it did first); the key's return then is as quiet as without it.
+        if failure == "nothere.crt" {
+            send_signal(child.id(), "HUP");
+            assert!(wait_for_line(&lines, "config reload rejected").contains(failure));
+        }
         std::fs::write(&key, held).unwrap();
         said.extend(lines_until(&lines, "serves are back"));
         // Touched: the look this brings is concluded after the one the key's return brought.
@@ -775,6 +781,44 @@ fn a_served_key_gone_while_the_config_on_disk_fails_is_said_as_such() {
         assert!(!said.iter().any(|l| l.contains("rejected;")), "{said:#?}");
     }
     drop(taken);
+}
+
+/// A served key deleted, then the config file saved while it is gone: a config file that
+/// failed before and was fixed meanwhile, or one that just failed and was put back, waits for
+/// that key (said as such, the failure before no longer why the files are not in force), and
+/// goes into force once it is back.
+#[test]
+fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
+    let (dir, config, _child, lines) = reloader_logging();
+    let good = std::fs::read_to_string(&config).unwrap();
+    let failing = good.replace(
+        "certificates = [",
+        "certificates = [ { cert = \"nothere.crt\", key = \"server.key\" },",
+    );
+    let key = dir.path().join("server.key");
+    let held = std::fs::read(&key).unwrap();
+    let waits = "key file gone; the current config stays in force until it is back";
+    // Failed before, fixed while the key is gone.
+    std::fs::write(&config, &failing).unwrap();
+    wait_for_line(&lines, "config reload rejected");
+    std::fs::remove_file(&key).unwrap();
+    wait_for_line(
+        &lines,
+        "key file gone; the certificates in force are still served",
+    );
+    std::fs::write(&config, &good).unwrap();
+    wait_for_line(&lines, waits);
+    std::fs::write(&key, &held).unwrap();
+    wait_for_line(&lines, "config files are back to the config in force");
+    // In force, the key gone, a failing config saved and then put back.
+    std::fs::remove_file(&key).unwrap();
+    wait_for_line(&lines, waits);
+    std::fs::write(&config, &failing).unwrap();
+    wait_for_line(&lines, "config reload rejected");
+    std::fs::write(&config, &good).unwrap();
+    wait_for_line(&lines, waits);
+    std::fs::write(&key, &held).unwrap();
+    wait_for_line(&lines, "config files are back to the config in force");
 }
 
 /// A served key deleted while the config file on disk is the one in force is said gone as
