@@ -530,7 +530,9 @@ impl Reloader {
     /// written before its key, say) is counted and said once: the next write is looked at
     /// anyway. Not at all when it failed as the reload just `rejected` did (the config on disk
     /// is the one in force, and its certificate files are what is wrong): that error was said
-    /// already.
+    /// already. Nor counted when it failed otherwise in a look that rejected the files (one
+    /// change, a Kubernetes volume swapped, that brought a bad config and a certificate
+    /// without its key: one reload rejected), only said beside it.
     fn record_renewal(&mut self, generation: u64, renewal: Renewal, rejected: Option<&str>) {
         let shared = &self.shared;
         let error = match renewal {
@@ -549,6 +551,14 @@ impl Reloader {
             }
         };
         if self.renewal_failed.as_ref() == Some(&error) || rejected == Some(error.as_str()) {
+            self.renewal_failed = Some(error);
+            return;
+        }
+        if rejected.is_some() {
+            tracing::warn!(
+                %error,
+                "the certificates in force are not renewed either: their files on disk fail too"
+            );
             self.renewal_failed = Some(error);
             return;
         }

@@ -1227,6 +1227,49 @@ async fn a_secret_volume_rotated_by_a_data_swap_serves_the_new_certificate() {
     }
 }
 
+/// One volume swap bringing a bad config file and, for the config in force, a certificate
+/// without its key: one reload rejected, counted once (the certificates in force stay, their
+/// files' failure said beside it, not as a second rejection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_swap_of_a_bad_config_and_a_broken_certificate_is_one_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = CONFIG_HEAD
+        .replace("server.crt", "tls.crt")
+        .replace("server.key", "tls.key");
+    let config = |body: &str| format!("{head}{body}");
+    let (cert, key) = pki().leaf(SERVER_NAMES);
+    let good = config(&route("a", "/a", &[CLOSED]));
+    let files = |config: String, cert: &str, key: &str| {
+        vec![
+            ("wsgate.toml", config),
+            ("tls.crt", cert.to_string()),
+            ("tls.key", key.to_string()),
+        ]
+    };
+    let mut volume = ConfigMap::volume(dir.path(), &files(good.clone(), &cert, &key), false);
+    let server = wsgate::Server::start(dir.path().join("wsgate.toml"))
+        .await
+        .unwrap();
+    let mut rx = server.reload_status();
+    first_look(&mut rx).await;
+    let looks = rx.borrow().checks;
+    let (other, _) = pki().leaf(SERVER_NAMES);
+    volume.publish(&files(format!("{good}{ROUTE_WITHOUT_PATH}"), &other, &key));
+    let status = status_where(&mut rx, "the swap looked at", |s| {
+        s.failures > 0 && s.checks > looks
+    })
+    .await;
+    assert_eq!((status.failures, status.generation), (1, 1), "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("route[1]")),
+        "{status:?}"
+    );
+    assert_eq!(served_leaf(server.local_addrs()[0]).await, der_of(&cert));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_folder_named_by_a_reload_is_watched_from_then_on() {
     let backend = WsBackend::start("one").await;
