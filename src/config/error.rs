@@ -63,13 +63,12 @@ impl ConfigError {
         }
         let mut span = e.span().unwrap_or(0..0);
         let mut message = plain_types(e.message().trim());
-        if let Some(end) = unclosed_string_before(src, span.start) {
+        if let Some((end, escaped_quote)) = unclosed_string_before(src, span.start) {
             span = end..end;
             message =
                 "a string is not closed: its closing quote is missing at the end of this line"
                     .to_string();
-            // `"C:\dir\"`: the last quote is the backslash's.
-            if src[..end].ends_with("\\\"") {
+            if escaped_quote {
                 message.push_str(" (a \\\" inside a string is a quote, not its end: a backslash is written \\\\)");
             }
         }

@@ -271,12 +271,14 @@ pub(super) fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
     open.first().copied()
 }
 
-/// Where the closing quote belongs of the first one-line string left open on `offset`'s line
-/// or one before it (the end of that line): no TOML string runs past its line, but the parser
-/// reads on and may notice only further down (a missing comma before the next line of an
-/// array, a `[table]` read as an element), where the operator would look in vain, or say it
-/// in its own words ("invalid basic string").
-pub(super) fn unclosed_string_before(src: &str, offset: usize) -> Option<usize> {
+/// Where the closing quote belongs of the first one-line string left open on a line before
+/// `offset`'s, or opened on its line at or before it (the end of that line), and whether that
+/// string holds an escaped quote (`"C:\dir\"`, whose last quote is the backslash's): no TOML
+/// string runs past its line, but the parser reads on and may notice only further down (a
+/// missing comma before the next line of an array, a `[table]` read as an element), where the
+/// operator would look in vain, or say it in its own words ("invalid basic string"). A quote
+/// after `offset` is not the mistake (`name = chat"` lacks its opening one).
+pub(super) fn unclosed_string_before(src: &str, offset: usize) -> Option<(usize, bool)> {
     let offset = floor_char_boundary(src, offset.min(src.len()));
     // Quotes, backslashes, `#` and newlines are ASCII: bytes are enough.
     let through = next_line(src.as_bytes(), offset);
@@ -285,20 +287,25 @@ pub(super) fn unclosed_string_before(src: &str, offset: usize) -> Option<usize> 
     while i < text.len() {
         match text[i] {
             b'#' => i = next_line(text, i),
+            b'"' | b'\'' if i > offset => return None,
             quote @ (b'"' | b'\'') if text[i..].starts_with(&[quote; 3]) => {
                 i = past_multiline(text, i + 3, quote)?;
             }
             quote @ (b'"' | b'\'') => {
                 i += 1;
+                let mut escaped_quote = false;
                 loop {
                     match text.get(i) {
                         // The file's last line, without a newline.
-                        None => return Some(text.len()),
+                        None => return Some((text.len(), escaped_quote)),
                         Some(b'\n') => {
                             let crlf = i > 0 && text[i - 1] == b'\r';
-                            return Some(i - usize::from(crlf));
+                            return Some((i - usize::from(crlf), escaped_quote));
                         }
-                        Some(b'\\') if quote == b'"' && text.get(i + 1) != Some(&b'\n') => i += 2,
+                        Some(b'\\') if quote == b'"' && text.get(i + 1) != Some(&b'\n') => {
+                            escaped_quote |= text.get(i + 1) == Some(&b'"');
+                            i += 2;
+                        }
                         Some(&c) if c == quote => break i += 1,
                         Some(_) => i += 1,
                     }

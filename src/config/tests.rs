@@ -796,6 +796,22 @@ fn an_unclosed_string_is_named_on_its_line() {
         message.ends_with("a backslash is written \\\\)"),
         "{message}"
     );
+    // A quote past where the parser stopped is not the mistake: an opening one is missing, or
+    // something stands between two strings. A literal string has no escapes.
+    for line in [
+        "name = chat\"",
+        "name = 'it's'",
+        "name = \"a\" x \"",
+        "n = [\"a\", b\"]",
+    ] {
+        let src = format!("[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\n{line}\n");
+        let (_, _, _, message) = place(&src);
+        assert!(!message.starts_with(missing), "{line}: {message}");
+    }
+    let literal = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = 'C:\\d\\\"\n";
+    assert_eq!(place(literal).3, missing);
+    let commented = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"C:\\d\\\" # x\n";
+    assert!(place(commented).3.ends_with("written \\\\)"));
     // Strings closed, multi-line ones and comments included, are read past.
     let closed = "[proxy] # \"\nlisten = [\"\"\"a\n\"b\" \\\"\"\"\", 'c']\nx = [\"a\"\n[tls]\n";
     let (line, _, key, message) = place(closed);
