@@ -346,7 +346,8 @@ impl RouteTable {
     /// spread by restarting every rotation. With `keep_health`, its backends share their
     /// health with `old`'s, by name: one put aside stays aside, and what requests still on
     /// `old` learn (a failure, an answer) while this table is bound and swapped in, or after,
-    /// is this table's too (without, putting aside is off: all start afresh).
+    /// is this table's too (without, putting aside is off: all start afresh, as do the
+    /// backends of a route whose `balance` changed).
     pub(crate) fn continue_from(&mut self, old: &RouteTable, keep_health: bool) {
         let routes: HashMap<&str, &Route> = (old.routes.iter())
             .map(|r| (r.config.name.as_str(), r))
@@ -357,7 +358,9 @@ impl RouteTable {
             };
             let at = old.next_backend.load(Ordering::Relaxed);
             route.next_backend.store(at, Ordering::Relaxed);
-            if !keep_health {
+            // Another balance judges its backends by other rules (a refusal streak counts
+            // with least-connections only): start afresh.
+            if !keep_health || old.config.balance != route.config.balance {
                 continue;
             }
             let backends = route.config.backends.iter();
@@ -975,6 +978,15 @@ mod tests {
         assert!(!up("c:3"));
         assert!(was.health_of("b:2").unwrap().answered());
         assert!(up("b:2"));
+        // Reloaded with another balance: all start afresh.
+        let mut config = route("r", None, "/", None);
+        config.balance = Balance::LeastConnections;
+        let mut other = RouteTable::new(&[config]);
+        other.continue_from(&new, true);
+        let Selection::Matched { route: o, .. } = other.select(None, "/", &[]) else {
+            panic!()
+        };
+        assert!(o.health_of("c:3").unwrap().is_up(now));
         // Reloaded with putting aside turned off: all start afresh.
         was.health_of("b:2")
             .unwrap()

@@ -121,7 +121,11 @@ impl Shared {
     /// shutdown has taken the listeners nothing changes either: the new sockets close unused.
     pub(crate) async fn apply(self: &Arc<Self>, next: Snapshot) -> Result<(), Error> {
         let current = self.current();
-        let cooling = !next.config.timeouts.backend_cooldown.is_zero();
+        // Health is kept only while putting aside was on and stays on: what was counted with
+        // it off (a refusal streak, on a least-connections route) must not put a backend
+        // aside the moment it is turned on.
+        let cooling = |s: &Snapshot| !s.config.timeouts.backend_cooldown.is_zero();
+        let cooling = cooling(&current) && cooling(&next);
         // On the blocking pool: tens of thousands of routes take milliseconds to carry over,
         // which a thread that accepts and relays must not spend. (Reloads are applied one at
         // a time, so `current` stays the table in force meanwhile.)
