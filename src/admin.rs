@@ -113,9 +113,13 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
     }
     match req.uri().path() {
         "/metrics" => {
-            let current = shared.current();
             let open = shared.open_connections();
-            let body = (shared.metrics).render(open, current.generation, &shared.loads);
+            // The generation as the reload counters have it, read with them: the config is
+            // swapped in a moment before its reload is counted, and a scrape in between would
+            // show a generation its counters and last success time do not account for yet.
+            let status = shared.reload_status.borrow();
+            let body = (shared.metrics).render(open, status.generation, &shared.loads);
+            drop(status);
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response
                 .headers_mut()
