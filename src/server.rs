@@ -277,41 +277,9 @@ pub struct Server {
     stop_watching: CancellationToken,
 }
 
-impl Server {
-    /// Loads and validates the config file, binds every listener, starts serving and watching
-    /// the config for changes.
-    pub async fn start(config_path: impl AsRef<Path>) -> Result<Server, Error> {
-        // First of all: from here on a SIGHUP (a deploy hook during a restart) reloads, and
-        // never kills the process, even one still starting.
-        let hangup = crate::signals::hangup();
-        crate::tls::install_default_provider();
-        // Absolute from the start: a relative path would be followed through the working
-        // folder as it was at start-up, and go stale if that folder is replaced (the watch
-        // promise is about paths). Symlinks stay as they are, to be followed on every read.
-        let path = crate::watch::absolute(config_path.as_ref());
-        let mut snapshot = match Snapshot::build(&path, 1) {
-            Ok(snapshot) => snapshot,
-            // Said as `wsgate check` says it, with the paths as given (read again, from the
-            // same working folder, only to word the error).
-            Err(e) => {
-                return Err(Snapshot::build(config_path.as_ref(), 1)
-                    .err()
-                    .unwrap_or(e)
-                    .into())
-            }
-        };
-        snapshot.log_warnings();
-        crate::descriptors::warn_if_short(snapshot.config.limits.max_connections);
-        listener::warn_if_handover_resets(&snapshot.config);
-        let wanted = listener::wanted(&snapshot.config);
-        let sockets = listener::bind_all(&wanted, &[], &snapshot.config).map_err(|e| match e {
-            // Named as the config error above is: by the path as given.
-            Error::Bind(mut e) => {
-                e.file = config_path.as_ref().to_path_buf();
-                Error::Bind(e)
-            }
-            other => other,
-        })?;
+impl Shared {
+    /// The state of a server starting on `snapshot`, generation 1, with no listener yet.
+    fn starting(mut snapshot: Snapshot) -> Arc<Shared> {
         let (reload_status, _) = watch::channel(ReloadStatus {
             generation: 1,
             ..ReloadStatus::default()
@@ -334,6 +302,46 @@ impl Server {
             shortage: Default::default(),
         });
         shared.metrics.certificates(&shared.current());
+        shared
+    }
+}
+
+impl Server {
+    /// Loads and validates the config file, binds every listener, starts serving and watching
+    /// the config for changes.
+    pub async fn start(config_path: impl AsRef<Path>) -> Result<Server, Error> {
+        // First of all: from here on a SIGHUP (a deploy hook during a restart) reloads, and
+        // never kills the process, even one still starting.
+        let hangup = crate::signals::hangup();
+        crate::tls::install_default_provider();
+        // Absolute from the start: a relative path would be followed through the working
+        // folder as it was at start-up, and go stale if that folder is replaced (the watch
+        // promise is about paths). Symlinks stay as they are, to be followed on every read.
+        let path = crate::watch::absolute(config_path.as_ref());
+        let snapshot = match Snapshot::build(&path, 1) {
+            Ok(snapshot) => snapshot,
+            // Said as `wsgate check` says it, with the paths as given (read again, from the
+            // same working folder, only to word the error).
+            Err(e) => {
+                return Err(Snapshot::build(config_path.as_ref(), 1)
+                    .err()
+                    .unwrap_or(e)
+                    .into())
+            }
+        };
+        snapshot.log_warnings();
+        crate::descriptors::warn_if_short(snapshot.config.limits.max_connections);
+        listener::warn_if_handover_resets(&snapshot.config);
+        let wanted = listener::wanted(&snapshot.config);
+        let sockets = listener::bind_all(&wanted, &[], &snapshot.config).map_err(|e| match e {
+            // Named as the config error above is: by the path as given.
+            Error::Bind(mut e) => {
+                e.file = config_path.as_ref().to_path_buf();
+                Error::Bind(e)
+            }
+            other => other,
+        })?;
+        let shared = Shared::starting(snapshot);
         let started: Vec<Listener> = wanted
             .into_iter()
             .zip(sockets)
