@@ -29,7 +29,7 @@ enum Command {
         /// Log format (overrides `[proxy] log_format`).
         #[arg(long, value_enum)]
         log_format: Option<Format>,
-        /// Worker threads (default: one per CPU; 1 runs a single-threaded runtime).
+        /// Worker threads (default: one per CPU; 1 runs a single-threaded runtime; at most 1024).
         #[arg(long, value_parser = thread_count)]
         threads: Option<usize>,
     },

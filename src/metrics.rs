@@ -282,7 +282,7 @@ impl Default for Metrics {
             "tunnel_bytes", "Bytes relayed by tunnels, by route and direction, counted as they move", tunnel_bytes;
             "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
-            "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\"), by route, backend and error; the request moves on to the next backend", backend_failures;
+            "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\") or whose TLS handshake failed (error=\"tls\"), by route, backend and error; the request moves on to the next backend", backend_failures;
             "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, or refused five upgrades in a row, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
             "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
             "backend_address_connections_open", "Connections open now to each backend address (a headless Service's pods, one by one), from every route", address_connections;
