@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // No options: any argument (`--help`) gets the usage, not a demo binding ports.
     if std::env::args().len() > 1 {
         println!(
-            "usage: cargo run --release --example demo\n\n{}",
+            "usage: cargo run --release --locked --example demo\n\n{}",
             USAGE.trim_end()
         );
         return Ok(());
@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(Ok(_)) = ws.next().await {}
     drop(ws);
     println!("  wsgate is serving {url} → ws://{BACKEND} (Ctrl-C to stop)");
-    println!("  try it:  cargo run --release --example wsclient -- {url}\n");
+    println!("  try it:  cargo run --release --locked --example wsclient -- {url}\n");
     tokio::signal::ctrl_c().await?;
     server.shutdown().await;
     Ok(())

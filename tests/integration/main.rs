@@ -20,6 +20,7 @@ mod logging;
 mod model;
 mod origin;
 mod proxy_protocol;
+mod readme;
 mod reject;
 mod reload;
 mod revocation;

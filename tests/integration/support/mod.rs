@@ -1598,7 +1598,9 @@ impl WsgateChild {
 }
 
 /// Stderr lines of a child process, delivered as they are written.
-pub fn stderr_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
+pub fn stderr_lines(
+    stderr: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
