@@ -114,12 +114,12 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
     match req.uri().path() {
         "/metrics" => {
             let open = shared.open_connections();
-            // The generation as the reload counters have it, read with them: the config is
-            // swapped in a moment before its reload is counted, and a scrape in between would
-            // show a generation its counters and last success time do not account for yet.
-            let status = shared.reload_status.borrow();
-            let body = (shared.metrics).render(open, status.generation, &shared.loads);
-            drop(status);
+            // The generation as the reload counters have it, published with them: the config
+            // is swapped in some milliseconds before its reload is counted, and a scrape in
+            // between would show a generation its counters and last success time do not
+            // account for yet. (Not held while rendering: a reload would wait for the scrape.)
+            let generation = shared.reload_status.borrow().generation;
+            let body = (shared.metrics).render(open, generation, &shared.loads);
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response
                 .headers_mut()

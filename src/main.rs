@@ -180,7 +180,9 @@ fn serve(
                 // 2 is a bad config; an address in use is the machine's state, not the file's.
                 let code = match e {
                     wsgate::Error::Config(_) => ExitCode::from(2),
-                    _ => ExitCode::FAILURE,
+                    wsgate::Error::Bind(_)
+                    | wsgate::Error::ShuttingDown
+                    | wsgate::Error::Internal(_) => ExitCode::FAILURE,
                 };
                 // Said once: a structured line for a log collector, a plain one otherwise
                 // (once the lines before it are out).

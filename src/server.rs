@@ -28,7 +28,6 @@ use crate::sync::lock;
 
 /// Why the server could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -169,14 +169,41 @@ pub(super) fn opened_table(line: &str, arrays: &mut HashMap<String, usize>) -> O
 }
 
 /// The table name of a header whose text after its opening bracket is `rest`, closed by
-/// `close`: up to it, or, left open, its first word before a comment or a value (`[limits
-/// max_connections = 5` is `limits`'s, not a name with a key and its value in it).
+/// `close`: up to it, or, left open, its first word (`[limits max_connections = 5` is
+/// `limits`'s, not a name with a key and its value in it). A name ends at what no name holds
+/// outside its quotes (`]`, `#`, `=`, `[`): a `]` in a comment or a value behind a header left
+/// open does not close it.
 fn header_name<'a>(rest: &'a str, close: &str) -> &'a str {
-    if let Some((name, _)) = rest.split_once(close) {
-        return name.trim();
+    let mut chars = rest.char_indices();
+    let mut end = rest.len();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' | '\'' => skip_string(chars.by_ref(), c),
+            ']' | '#' | '=' | '[' => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
     }
-    let end = rest.find([']', '#', '=', '[']).unwrap_or(rest.len());
-    rest[..end].split_whitespace().next().unwrap_or("")
+    let name = rest[..end].trim();
+    if rest[end..].starts_with(close) {
+        return name;
+    }
+    first_word(name)
+}
+
+/// The first word of `text`, a quoted one whole (`"my table"`).
+fn first_word(text: &str) -> &str {
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' | '\'' => skip_string(chars.by_ref(), c),
+            c if c.is_whitespace() => return &text[..i],
+            _ => {}
+        }
+    }
+    text
 }
 
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
@@ -273,7 +300,8 @@ pub(super) fn unclosed_value(src: &str, offset: usize) -> Option<usize> {
 
 /// Where the closing quote belongs of the first one-line string left open on a line before
 /// `offset`'s, or opened on its line at or before it (the end of that line), and whether that
-/// string holds an escaped quote (`"C:\dir\"`, whose last quote is the backslash's): no TOML
+/// string was meant to end at an escaped quote (`"C:\dir\"`, whose last quote is the
+/// backslash's, with nothing but blanks or a comment behind it): no TOML
 /// string runs past its line, but the parser reads on and may notice only further down (a
 /// missing comma before the next line of an array, a `[table]` read as an element), where the
 /// operator would look in vain, or say it in its own words ("invalid basic string"). A quote
@@ -293,17 +321,29 @@ pub(super) fn unclosed_string_before(src: &str, offset: usize) -> Option<(usize,
             }
             quote @ (b'"' | b'\'') => {
                 i += 1;
-                let mut escaped_quote = false;
+                // Just past the last `\"`, if there is one.
+                let mut past_escaped_quote = None;
+                // Whether the string was meant to end at that `\"`: nothing but blanks or a
+                // comment follows it on the line.
+                let meant = |end: usize, past: Option<usize>| {
+                    past.is_some_and(|past: usize| {
+                        let rest = text[past..end].iter().find(|b| !b" \t\r".contains(b));
+                        rest.is_none_or(|&b| b == b'#')
+                    })
+                };
                 loop {
                     match text.get(i) {
                         // The file's last line, without a newline.
-                        None => return Some((text.len(), escaped_quote)),
+                        None => return Some((text.len(), meant(text.len(), past_escaped_quote))),
                         Some(b'\n') => {
                             let crlf = i > 0 && text[i - 1] == b'\r';
-                            return Some((i - usize::from(crlf), escaped_quote));
+                            let end = i - usize::from(crlf);
+                            return Some((end, meant(end, past_escaped_quote)));
                         }
                         Some(b'\\') if quote == b'"' && text.get(i + 1) != Some(&b'\n') => {
-                            escaped_quote |= text.get(i + 1) == Some(&b'"');
+                            if text.get(i + 1) == Some(&b'"') {
+                                past_escaped_quote = Some(i + 2);
+                            }
                             i += 2;
                         }
                         Some(&c) if c == quote => break i += 1,

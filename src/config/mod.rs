@@ -58,7 +58,8 @@ pub struct Config {
     /// What loads but is surely a mistake (a route that can never be chosen), each pointing
     /// at its place like an error: logged at every load, printed by `wsgate check`.
     pub warnings: Vec<ConfigError>,
-    /// Hash of the bytes this was read from, as the reload's fingerprints take a file's: a
+    /// Hash of the bytes this was read from (a byte order mark included), as the reload's
+    /// fingerprints take a file's: a
     /// snapshot whose certificates are renewed while another config file is on disk is still
     /// fingerprinted as this one with its new certificates.
     pub(crate) source_hash: u64,
@@ -290,6 +291,9 @@ impl Config {
     /// Parses and validates `src`; `path` names the file in errors and its folder anchors
     /// relative paths.
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Config, ConfigError> {
+        // The file's content as read, byte order mark included: what a look at the file
+        // hashes, to tell whether this is the config on disk.
+        let source_hash = crate::fingerprint::bytes_hash(src.as_bytes());
         // A byte order mark (Windows editors write one) is no character an editor shows: left
         // in, every column of the first line would be one off.
         let src = src.strip_prefix('\u{feff}').unwrap_or(src);
@@ -301,7 +305,9 @@ impl Config {
         shape::check(root.get_ref(), src, path)
             .map_err(|refused| unknown_key(&root).map_or(refused, toml_error))?;
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(toml_error)?;
-        Validator { src, path }.config(raw)
+        let mut config = Validator { src, path }.config(raw)?;
+        config.source_hash = source_hash;
+        Ok(config)
     }
 
     /// An error about the listener on `addr` (the admin one if `admin`), pointing at where

@@ -730,6 +730,10 @@ fn broken_toml_points_at_the_line() {
         ("[limits max_connections = 5  # \"q\"", "limits"),
         ("[[route] = \"billing\"", "route[0]"),
         ("[[route]", "route[0]"),
+        ("[limits # see [docs]", "limits"),
+        ("[[route] # was [[x]]", "route[0]"),
+        ("[limits x = \"a]\"", "limits"),
+        ("[ \"my table\"", "\"my table\""),
     ] {
         let src = format!("[proxy]\nlisten = [\"127.0.0.1:1\"]\n{header}\nname = \"x\"\n");
         let err = Config::from_toml_str(&src, Path::new("w.toml")).unwrap_err();
@@ -812,6 +816,9 @@ fn an_unclosed_string_is_named_on_its_line() {
     assert_eq!(place(literal).3, missing);
     let commented = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"C:\\d\\\" # x\n";
     assert!(place(commented).3.ends_with("written \\\\)"));
+    // Quotes escaped inside, the closing one forgotten: no word on escapes.
+    let inside = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"say \\\"hi\\\" and\n";
+    assert_eq!(place(inside).3, missing);
     // Strings closed, multi-line ones and comments included, are read past.
     let closed = "[proxy] # \"\nlisten = [\"\"\"a\n\"b\" \\\"\"\"\", 'c']\nx = [\"a\"\n[tls]\n";
     let (line, _, key, message) = place(closed);

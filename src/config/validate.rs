@@ -111,7 +111,8 @@ impl Checker<'_> {
             recheck: self.recheck(&raw.reload.recheck)?,
             routes: self.routes(&raw.routes, &mut warnings)?,
             warnings,
-            source_hash: crate::fingerprint::bytes_hash(self.src.as_bytes()),
+            // The file's, byte order mark included, is set by `Config::from_toml_str`.
+            source_hash: 0,
         };
         self.unguarded_balance(&raw.routes, &mut config);
         Ok(config)

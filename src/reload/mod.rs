@@ -441,7 +441,8 @@ impl Reloader {
         };
         self.record(generation, outcome, trigger);
         if let Some(renewal) = renewal {
-            self.record_renewal(generation, renewal, rejected.as_deref());
+            let rejected = rejected.as_deref().map(|error| (error, trigger));
+            self.record_renewal(generation, renewal, rejected);
         }
     }
 
@@ -530,10 +531,16 @@ impl Reloader {
     /// written before its key, say) is counted and said once: the next write is looked at
     /// anyway. Not at all when it failed as the reload just `rejected` did (the config on disk
     /// is the one in force, and its certificate files are what is wrong): that error was said
-    /// already. Nor counted when it failed otherwise in a look that rejected the files (one
-    /// change, a Kubernetes volume swapped, that brought a bad config and a certificate
-    /// without its key: one reload rejected), only said beside it.
-    fn record_renewal(&mut self, generation: u64, renewal: Renewal, rejected: Option<&str>) {
+    /// already. Nor counted when it failed otherwise in a look the files triggered that
+    /// rejected them (one change, a Kubernetes volume swapped, that brought a bad config and a
+    /// certificate without its key: one reload rejected), only said beside it; a SIGHUP's look
+    /// may have come before the file's, and a failed renewal is counted then.
+    fn record_renewal(
+        &mut self,
+        generation: u64,
+        renewal: Renewal,
+        rejected: Option<(&str, Trigger)>,
+    ) {
         let shared = &self.shared;
         let error = match renewal {
             Renewal::Failed(error) => error,
@@ -550,11 +557,12 @@ impl Reloader {
                 return;
             }
         };
-        if self.renewal_failed.as_ref() == Some(&error) || rejected == Some(error.as_str()) {
+        let said = rejected.is_some_and(|(rejection, _)| rejection == error);
+        if self.renewal_failed.as_ref() == Some(&error) || said {
             self.renewal_failed = Some(error);
             return;
         }
-        if rejected.is_some() {
+        if rejected.is_some_and(|(_, trigger)| trigger == Trigger::Files) {
             tracing::warn!(
                 %error,
                 "the certificates in force are not renewed either: their files on disk fail too"
@@ -659,11 +667,13 @@ impl Reloader {
         // A served file gone while the config file on disk is one that failed (rejected, or
         // not bindable): said by the renewal, as a file of the config in force gone (the
         // failure said stays why the files on disk are not in force). Once it is back, that
-        // config file is as it was: not tried again, or tried and failing as before, news
-        // neither. A config file saved since is news: it waits for that file.
+        // config file is as it was: tried and failing as before, no news.
         if config_file.is_some() && config_file == self.failing_config {
             return Outcome::Nothing;
         }
+        // A config file saved since is news: it waits for that file, and whatever failed
+        // before is no longer why the files on disk are not in force.
+        (self.rejected, self.failing_config) = (None, None);
         // Said here, so the looks that follow (the same content, `lacking`) do not say it
         // again as gone while that file is not in force.
         self.gap_said = Some(error.clone());
@@ -681,27 +691,25 @@ impl Reloader {
         // Something else was saved since: that content failing to bind again would be news
         // again.
         self.unbindable = None;
-        self.failing_config = Some(config_file);
-        if self.fails_for_a_gap(&error) {
-            self.lacking = Some(on_disk);
-            // A SIGHUP is answered, whatever was said before; the content last rejected stays
-            // what the files are once that file is back.
-            return match trigger {
-                Trigger::Files => Outcome::Nothing,
-                Trigger::Manual => Outcome::Rejected(error),
-            };
-        }
         (self.rejected, self.lacking) = (Some(on_disk), None);
+        // The config file failing as it did when said: only a file it names changed (a
+        // certificate renewed for the config in force, or a served file gone and back), and
+        // not what fails. No news, nor another failure to count; a SIGHUP is answered all
+        // the same.
+        let said = self.shared.reload_status.borrow().last_error.as_deref() == Some(&error);
+        if trigger == Trigger::Files && said && self.failing_config == Some(config_file) {
+            tracing::debug!("config file failing as already said");
+            return Outcome::Nothing;
+        }
+        self.failing_config = self.not_in_force(config_file);
         Outcome::Rejected(error)
     }
 
-    /// Whether the files on disk fail with the `error` said last only because a file the
-    /// config in force serves is gone: the gap is said by the renewal, as while the config
-    /// file on disk is not in force, and once that file is back the files are as last
-    /// rejected (not tried or said again).
-    fn fails_for_a_gap(&self, error: &str) -> bool {
-        let said = self.shared.reload_status.borrow().last_error.as_deref() == Some(error);
-        said && look::in_force_file_gone(&self.shared.current().config).is_some()
+    /// `config_file`, the hash of a config file's content, unless it is the config in force's
+    /// (its served files failing, a SIGHUP's look while one is gone): the config on disk is
+    /// still the one in force.
+    fn not_in_force(&self, config_file: u64) -> Option<u64> {
+        (config_file != self.shared.current().config.source_hash).then_some(config_file)
     }
 
     /// [`Self::apply`], and the log switched to the new config's format if it asks for
@@ -735,7 +743,7 @@ impl Reloader {
             Err(Error::ShuttingDown) => return Outcome::Nothing,
             Err(e) => e,
         };
-        (self.failing_config, self.lacking) = (Some(config_file), None);
+        (self.failing_config, self.lacking) = (self.not_in_force(config_file), None);
         let failure = e.to_string();
         // wsgate's own failure: that content is not tried again (it would fail alike), as a
         // rejected one is not.

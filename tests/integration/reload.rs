@@ -789,7 +789,7 @@ fn a_served_key_gone_while_the_config_on_disk_fails_is_said_as_such() {
 /// goes into force once it is back.
 #[test]
 fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
-    let (dir, config, _child, lines) = reloader_logging();
+    let (dir, config, child, lines) = reloader_logging();
     let good = std::fs::read_to_string(&config).unwrap();
     let failing = good.replace(
         "certificates = [",
@@ -817,8 +817,22 @@ fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
     wait_for_line(&lines, "config reload rejected");
     std::fs::write(&config, &good).unwrap();
     wait_for_line(&lines, waits);
+    // The failing one again, said again: the wait was the last word.
+    std::fs::write(&config, &failing).unwrap();
+    wait_for_line(&lines, "config reload rejected");
+    std::fs::write(&config, &good).unwrap();
+    wait_for_line(&lines, waits);
     std::fs::write(&key, &held).unwrap();
     wait_for_line(&lines, "config files are back to the config in force");
+    // In force, the key gone and a SIGHUP answered: the certificate gone next is still one
+    // of the config on disk, which is in force.
+    std::fs::remove_file(&key).unwrap();
+    wait_for_line(&lines, waits);
+    send_signal(child.id(), "HUP");
+    wait_for_line(&lines, "config reload rejected");
+    std::fs::remove_file(dir.path().join("server.crt")).unwrap();
+    let said = wait_for_line(&lines, "certificate file gone");
+    assert!(said.contains("until it is back"), "{said}");
 }
 
 /// A served key deleted while the config file on disk is the one in force is said gone as
@@ -1224,6 +1238,31 @@ async fn a_secret_volume_rotated_by_a_data_swap_serves_the_new_certificate() {
         generation(&mut rx, n).await;
         assert_eq!(served_leaf(addr).await, der_of(&renewed.0), "renewal {n}");
         assert_eq!(round_trip(&mut old, "still here").await, "still here");
+    }
+}
+
+/// Certificates of the config in force renewed while the config file on disk is rejected (it
+/// loads, but names a certificate that is not there): the renewal goes into force, and the
+/// config file, failing as it did, is neither said nor counted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_while_the_config_is_rejected_counts_no_new_failure() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let path = proxy.config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    let failing = good.replace(
+        "certificates = [",
+        "certificates = [ { cert = \"nothere.crt\", key = \"server.key\" },",
+    );
+    std::fs::write(&path, failing).unwrap();
+    failures(&mut rx, 1).await;
+    for n in 2..=3 {
+        let (cert, _) = pki().write_leaf(proxy.dir.path(), "server", SERVER_NAMES);
+        let status = generation(&mut rx, n).await;
+        assert_eq!(status.failures, 1, "{status:?}");
+        let served = served_leaf(proxy.addr).await;
+        assert_eq!(served, der_of(&std::fs::read_to_string(cert).unwrap()));
     }
 }
 
