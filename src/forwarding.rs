@@ -200,11 +200,13 @@ pub(crate) fn relay_refusal<B>(mut response: Response<B>) -> Response<B> {
     // A 426 must say which upgrade it wants (RFC 9110 §15.5.22): the backend's `Upgrade` went
     // with the hop-by-hop headers, so say it again, for this hop. A backend's 426 is how it
     // asks for another `Sec-WebSocket-Version` (RFC 6455 §4.4), which is passed on. Its
-    // `Connection` is `Upgrade`, as wsgate's own 426 says it (see `error.rs`): the connection
-    // closes after it all the same.
+    // `Connection` says `close` too, unlike wsgate's own 426 (see `error.rs`): that one's
+    // connection is closed when its body is done with (`proxy::FixedBody`), a relayed
+    // answer's by hyper, which only the `close` token asks; without it the connection would
+    // wait for a second request until the head's deadline.
     if upgrade_required {
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade, close"));
     } else {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -477,7 +479,7 @@ mod tests {
         let relayed = relay_refusal(refusal);
         let headers = relayed.headers();
         assert_eq!(values(headers, "upgrade"), ["websocket"]);
-        assert_eq!(values(headers, "connection"), ["Upgrade"]);
+        assert_eq!(values(headers, "connection"), ["Upgrade, close"]);
         assert_eq!(values(headers, "sec-websocket-version"), ["13, 8"]);
     }
 

@@ -701,7 +701,9 @@ async fn other_refusals_are_relayed_with_their_status() {
         (426, "Upgrade Required"),
     ] {
         let backend = RawBackend::start().await;
-        let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+        let timeouts = "[timeouts]\nhandshake = \"60s\"\n\n";
+        let body = format!("{timeouts}{}", route("chat", "/ws", &[backend.addr]));
+        let proxy = start_proxy(&body).await;
         let mut client = raw_client(proxy.addr).await;
         client.send(ws().bytes()).await;
         let mut back = backend.accept().await;
@@ -714,10 +716,12 @@ async fn other_refusals_are_relayed_with_their_status() {
         assert_eq!(head.status, status, "{head:?}");
         if status == 426 {
             assert_eq!(head.get("upgrade"), Some("websocket"), "{head:?}");
-            // As wsgate's own 426 says it; the connection closes all the same.
-            assert_eq!(head.get("connection"), Some("Upgrade"), "{head:?}");
+            // `close` closes it (wsgate's own 426 closes as its body ends).
+            assert_eq!(head.get("connection"), Some("Upgrade, close"), "{head:?}");
         }
         assert_eq!(client.read_body(&head).await, b"nope");
+        // Closed behind it, not left waiting for a second request until the head's
+        // deadline (a minute here, past the wait for the close).
         client.expect_closed().await;
     }
 }
