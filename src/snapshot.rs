@@ -138,6 +138,12 @@ impl Snapshot {
         served_hash(&self.config)
     }
 
+    /// Whether this config's certificate, key and CA files changed on disk since they were
+    /// read.
+    pub(crate) fn served_changed(&self) -> bool {
+        self.served_hash() != self.served
+    }
+
     /// What loads but is surely a mistake (a route that can never be chosen), and what is
     /// wrong with the certificates' validity: logged when the snapshot goes into force (not
     /// at every build: a file still being written is built several times), printed by

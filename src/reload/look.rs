@@ -48,6 +48,9 @@ pub(super) enum Look {
         fresh: bool,
         /// The hash of the config file's content.
         config_file: u64,
+        /// Whether the certificate, key and CA files of the config in force changed since
+        /// they were read (a renewal under way).
+        served_changed: bool,
         built: Box<Result<Snapshot, ConfigError>>,
     },
 }
@@ -127,6 +130,7 @@ pub(super) fn look(
         settled,
         fresh,
         config_file: read_hash(path),
+        served_changed: in_force.served_changed(),
         built: Box::new(built),
     }
 }

@@ -69,6 +69,7 @@ pub(crate) fn spawn_reloader(
         rejected: None,
         lacking: None,
         failing_config: None,
+        missing_said: None,
         unbindable: None,
         short_of_files: None,
         retrying: false,
@@ -130,6 +131,9 @@ struct Reloader {
     /// The content of the config file on disk, when it was rejected or failed to bind (said
     /// then): a file it names gone is no news of that config file.
     failing_config: Option<u64>,
+    /// The file gone last said (its error, and the content of the config file naming it):
+    /// not said again while it stays gone, a SIGHUP's answer between.
+    missing_said: Option<(String, Option<u64>)>,
     /// Why the files failed to bind: retried on every event (the port may have been freed),
     /// but the same failure again is not logged or counted again, whatever else changed
     /// meanwhile (a certificate renewed: the address is still taken).
@@ -385,6 +389,11 @@ impl Reloader {
         {
             if !self.holds_still_serving(*stamp, *stamped_at, trigger).await {
                 tracing::debug!("a config file gone came back while waited on; reading them again");
+                // The last try: a file truncated and written nonstop is said as any file
+                // that keeps changing.
+                if patience == Patience::TakeAsRead {
+                    tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
+                }
                 return Outcome::Unsettled;
             }
             // A SIGHUP came meanwhile: it asks for the files, and is answered as one (the
@@ -594,6 +603,7 @@ impl Reloader {
                 self.rejected = None;
                 self.lacking = None;
                 self.failing_config = None;
+                self.missing_said = None;
                 self.unbindable = None;
                 self.renewal_failed = None;
                 self.gap_said = None;
@@ -630,22 +640,33 @@ impl Reloader {
             Look::Built {
                 on_disk,
                 config_file,
+                served_changed,
                 built,
                 ..
-            } => match *built {
-                Ok(snapshot) => {
-                    // Taken as read after MAX_REREADS: they never held still in the
-                    // debounce after the read (but did while it lasted).
-                    if patience == Patience::TakeAsRead {
-                        tracing::warn!("config files kept changing while being read; applying them as last read");
-                    }
-                    self.rejected = None;
-                    self.apply_built(snapshot, trigger, (on_disk, config_file))
-                        .await
+            } => {
+                // Every file there, unless asked by hand (a SIGHUP builds whatever is there):
+                // one gone again is news again.
+                if trigger == Trigger::Files {
+                    self.missing_said = None;
                 }
-                Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
-                Err(e) => self.failed((on_disk, config_file), e.to_string(), trigger),
-            },
+                match *built {
+                    Ok(snapshot) => {
+                        // Taken as read after MAX_REREADS: they never held still in the
+                        // debounce after the read (but did while it lasted).
+                        if patience == Patience::TakeAsRead {
+                            tracing::warn!("config files kept changing while being read; applying them as last read");
+                        }
+                        self.rejected = None;
+                        let read = (on_disk, config_file);
+                        self.apply_built(snapshot, trigger, read).await
+                    }
+                    Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
+                    Err(e) => {
+                        let read = (on_disk, config_file, served_changed);
+                        self.failed(read, e.to_string(), trigger)
+                    }
+                }
+            }
         }
     }
 
@@ -658,58 +679,61 @@ impl Reloader {
         (seen, config_file): (Option<u64>, Option<u64>),
     ) -> Outcome {
         self.lacking = seen;
-        // The config file back is news, whatever it holds (a content rejected before
-        // included): it was written again.
-        if look::is_config_file(what) {
-            (self.rejected, self.failing_config) = (None, None);
-            return Outcome::Missing(what, error);
-        }
-        // A served file gone while the config file on disk is one that failed (rejected, or
-        // not bindable): said by the renewal, as a file of the config in force gone (the
-        // failure said stays why the files on disk are not in force). Once it is back, that
-        // config file is as it was: tried and failing as before, no news.
+        let in_force = self.shared.current().config.source_hash;
         if config_file.is_some() && config_file == self.failing_config {
+            // A served file gone while the config file on disk is one that failed (rejected,
+            // or not bindable): said by the renewal, as a file of the config in force gone
+            // (the failure said stays why the files on disk are not in force). Once it is
+            // back, that config file is as it was: tried and failing as before, no news.
+            if config_file != Some(in_force) {
+                return Outcome::Nothing;
+            }
+        } else {
+            // The config file gone, or another saved since: news, whatever it holds once back
+            // (a content rejected before included), and whatever failed before is no longer
+            // why the files on disk are not in force.
+            (self.rejected, self.failing_config) = (None, None);
+        }
+        // Said once while it stays gone, for this config file.
+        let said = Some((error.clone(), config_file));
+        if self.missing_said == said {
             return Outcome::Nothing;
         }
-        // A config file saved since is news: it waits for that file, and whatever failed
-        // before is no longer why the files on disk are not in force.
-        (self.rejected, self.failing_config) = (None, None);
-        // Said here, so the looks that follow (the same content, `lacking`) do not say it
-        // again as gone while that file is not in force.
-        self.gap_said = Some(error.clone());
+        self.missing_said = said;
+        // A served file: said here, so the looks that follow (the same content, `lacking`) do
+        // not say it again as gone while that file is not in force.
+        if config_file.is_some() {
+            self.gap_said = Some(error.clone());
+        }
         Outcome::Missing(what, error)
     }
 
-    /// The files on disk, whose content is `on_disk` (the config file's `config_file`),
-    /// failed to build with `error`, in a look `trigger` asked for.
+    /// The files on disk, whose content is `on_disk` (the config file's `config_file`; whether
+    /// the certificate files of the config in force changed since they were read,
+    /// `served_changed`), failed to build with `error`, in a look `trigger` asked for.
     fn failed(
         &mut self,
-        (on_disk, config_file): (u64, u64),
+        (on_disk, config_file, served_changed): (u64, u64, bool),
         error: String,
         trigger: Trigger,
     ) -> Outcome {
-        // Something else was saved since: that content failing to bind again would be news
-        // again.
-        self.unbindable = None;
+        let same_config = self.failing_config == Some(config_file);
+        // Another config file saved: its failing to bind would be news again.
+        if !same_config {
+            self.unbindable = None;
+        }
         (self.rejected, self.lacking) = (Some(on_disk), None);
-        // The config file failing as it did when said: only a file it names changed (a
-        // certificate renewed for the config in force, or a served file gone and back), and
-        // not what fails. No news, nor another failure to count; a SIGHUP is answered all
-        // the same.
+        self.failing_config = Some(config_file);
+        // The config file failing as it did when said, or failing now while the certificates
+        // of the config in force are renewed (their renewal says that, whatever the config
+        // file on disk): only files it names changed. No news, nor a failure to count; a
+        // SIGHUP is answered all the same.
         let said = self.shared.reload_status.borrow().last_error.as_deref() == Some(&error);
-        if trigger == Trigger::Files && said && self.failing_config == Some(config_file) {
-            tracing::debug!("config file failing as already said");
+        if trigger == Trigger::Files && same_config && (said || served_changed) {
+            tracing::debug!("config file failing as already said, or for a renewal");
             return Outcome::Nothing;
         }
-        self.failing_config = self.not_in_force(config_file);
         Outcome::Rejected(error)
-    }
-
-    /// `config_file`, the hash of a config file's content, unless it is the config in force's
-    /// (its served files failing, a SIGHUP's look while one is gone): the config on disk is
-    /// still the one in force.
-    fn not_in_force(&self, config_file: u64) -> Option<u64> {
-        (config_file != self.shared.current().config.source_hash).then_some(config_file)
     }
 
     /// [`Self::apply`], and the log switched to the new config's format if it asks for
@@ -743,7 +767,8 @@ impl Reloader {
             Err(Error::ShuttingDown) => return Outcome::Nothing,
             Err(e) => e,
         };
-        (self.failing_config, self.lacking) = (self.not_in_force(config_file), None);
+        let same_config = self.failing_config.replace(config_file) == Some(config_file);
+        self.lacking = None;
         let failure = e.to_string();
         // wsgate's own failure: that content is not tried again (it would fail alike), as a
         // rejected one is not.
@@ -752,8 +777,10 @@ impl Reloader {
             return Outcome::Rejected(failure);
         }
         // An address that cannot be bound is the machine's state, not the file's: the very
-        // same content is retried on the next event (the port may be free by then).
-        if trigger == Trigger::Files && self.unbindable.as_ref() == Some(&failure) {
+        // same content is retried on the next event (the port may be free by then). The same
+        // config file failing alike again (a certificate renewed meanwhile: the address is
+        // still taken) is no news; another config file is.
+        if trigger == Trigger::Files && same_config && self.unbindable.as_ref() == Some(&failure) {
             tracing::debug!(error = %failure, "still cannot bind; the current config stays in force");
             return Outcome::Nothing;
         }

@@ -65,11 +65,11 @@ pub(super) fn publish(
     let news = match outcome {
         Outcome::Nothing | Outcome::Unsettled => None,
         Outcome::Unreadable(error) => (!quiet).then_some(News::Unreadable(at, error)),
-        Outcome::Missing(what, error) if status.last_error.as_ref() != Some(&error) => {
+        // Said once while it stays gone: the reloader does not tell it again.
+        Outcome::Missing(what, error) => {
             status.last_error = Some(error.clone());
             Some(News::Missing(at, what, error))
         }
-        Outcome::Missing(..) => None,
         // Said once, so the last line about reloads is not a stale error.
         Outcome::InForce => (status.last_error.take()).map(|_| News::BackInForce(at)),
         Outcome::Applied => {

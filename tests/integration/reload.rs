@@ -810,8 +810,11 @@ fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
     wait_for_line(&lines, waits);
     std::fs::write(&key, &held).unwrap();
     wait_for_line(&lines, "config files are back to the config in force");
-    // In force, the key gone, a failing config saved and then put back.
+    // In force, the key gone, another good config saved (said again: someone saved it), a
+    // failing one, and then the first put back.
     std::fs::remove_file(&key).unwrap();
+    wait_for_line(&lines, waits);
+    std::fs::write(&config, good.replace("\"a\"", "\"a2\"")).unwrap();
     wait_for_line(&lines, waits);
     std::fs::write(&config, &failing).unwrap();
     wait_for_line(&lines, "config reload rejected");
@@ -833,6 +836,33 @@ fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
     std::fs::remove_file(dir.path().join("server.crt")).unwrap();
     let said = wait_for_line(&lines, "certificate file gone");
     assert!(said.contains("until it is back"), "{said}");
+}
+
+/// The config file gone, said once: a SIGHUP's answer between, and a renewal of the
+/// certificates in force after it, do not make it news again.
+#[test]
+fn a_config_file_gone_is_said_once_across_a_sighup() {
+    let (dir, config, child, lines) = reloader_logging();
+    let held = std::fs::read(&config).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    let mut said = lines_until(&lines, "config file gone");
+    send_signal(child.id(), "HUP");
+    said.extend(lines_until(&lines, "config reload rejected"));
+    pki().write_leaf(dir.path(), "server", SERVER_NAMES);
+    said.extend(lines_until(
+        &lines,
+        "certificates renewed for the config in force",
+    ));
+    std::fs::write(&config, held).unwrap();
+    said.extend(lines_until(
+        &lines,
+        "config files are back to the config in force",
+    ));
+    let gone = said
+        .iter()
+        .filter(|l| l.contains("config file gone"))
+        .count();
+    assert_eq!(gone, 1, "{said:#?}");
 }
 
 /// A served key deleted while the config file on disk is the one in force is said gone as
@@ -1264,6 +1294,48 @@ async fn a_renewal_while_the_config_is_rejected_counts_no_new_failure() {
         let served = served_leaf(proxy.addr).await;
         assert_eq!(served, der_of(&std::fs::read_to_string(cert).unwrap()));
     }
+}
+
+/// A config file that cannot bind: another one failing alike is said and counted (someone
+/// saved it); a certificate of the config in force then renewed in two steps, its key second,
+/// is one failed renewal while the certificate waits for its key, and the renewal once the key
+/// is there, the bind failure not said or counted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_in_two_steps_beside_an_unbindable_config_counts_one_failure() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let path = proxy.config_path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    for (n, name) in [(1, "b"), (2, "c")] {
+        let body = route(name, &format!("/{name}"), &[backend.addr]);
+        std::fs::write(
+            &path,
+            format!("{}{body}", head_listening(&["127.0.0.1:0", &busy])),
+        )
+        .unwrap();
+        let status = failures(&mut rx, n).await;
+        assert!(status
+            .last_error
+            .is_some_and(|e| e.contains("cannot listen")));
+    }
+    let (cert, key) = pki().leaf(SERVER_NAMES);
+    std::fs::write(proxy.dir.path().join("server.crt"), &cert).unwrap();
+    // The renewal's failure; the bind failure stays why the files on disk are not in force.
+    let status = failures(&mut rx, 3).await;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot listen")),
+        "{status:?}"
+    );
+    std::fs::write(proxy.dir.path().join("server.key"), key).unwrap();
+    let status = generation(&mut rx, 2).await;
+    assert_eq!(status.failures, 3, "{status:?}");
+    assert_eq!(served_leaf(proxy.addr).await, der_of(&cert));
+    drop(taken);
 }
 
 /// One volume swap bringing a bad config file and, for the config in force, a certificate
