@@ -724,12 +724,15 @@ impl Reloader {
         }
         (self.rejected, self.lacking) = (Some(on_disk), None);
         self.failing_config = Some(config_file);
-        // The config file failing as it did when said, or failing now while the certificates
-        // of the config in force are renewed (their renewal says that, whatever the config
-        // file on disk): only files it names changed. No news, nor a failure to count; a
-        // SIGHUP is answered all the same.
+        // The config file failing as it did when said, or, not the one in force, failing now
+        // while the certificates of the config in force are renewed (their renewal says
+        // that): only files it names changed. No news, nor a failure to count; a SIGHUP is
+        // answered all the same. (The config in force's own files failing are its reload's
+        // failure, said as such.)
         let said = self.shared.reload_status.borrow().last_error.as_deref() == Some(&error);
-        if trigger == Trigger::Files && same_config && (said || served_changed) {
+        let in_force = self.shared.current().config.source_hash == config_file;
+        let renewing = served_changed && !in_force;
+        if trigger == Trigger::Files && same_config && (said || renewing) {
             tracing::debug!("config file failing as already said, or for a renewal");
             return Outcome::Nothing;
         }
