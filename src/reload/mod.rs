@@ -598,15 +598,7 @@ impl Reloader {
         match look {
             Look::InForce => {
                 tracing::debug!("config files touched but their content did not change");
-                // Back to what is in force: a rejected content saved again is news again,
-                // and so is a renewal failing as one did before.
-                self.rejected = None;
-                self.lacking = None;
-                self.failing_config = None;
-                self.missing_said = None;
-                self.unbindable = None;
-                self.renewal_failed = None;
-                self.gap_said = None;
+                self.forget_failures();
                 Outcome::InForce
             }
             Look::StillRejected => {
@@ -649,24 +641,50 @@ impl Reloader {
                 if trigger == Trigger::Files {
                     self.missing_said = None;
                 }
-                match *built {
-                    Ok(snapshot) => {
-                        // Taken as read after MAX_REREADS: they never held still in the
-                        // debounce after the read (but did while it lasted).
-                        if patience == Patience::TakeAsRead {
-                            tracing::warn!("config files kept changing while being read; applying them as last read");
-                        }
-                        self.rejected = None;
-                        let read = (on_disk, config_file);
-                        self.apply_built(snapshot, trigger, read).await
-                    }
-                    Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
-                    Err(e) => {
-                        let read = (on_disk, config_file, served_changed);
-                        self.failed(read, e.to_string(), trigger)
-                    }
-                }
+                let read = (on_disk, config_file, served_changed);
+                self.built(*built, read, trigger, patience).await
             }
+        }
+    }
+
+    /// Back to what is in force (the files went back to it, or were applied): a failure like
+    /// one said before is news again, as is a renewal failing as one did before.
+    fn forget_failures(&mut self) {
+        self.rejected = None;
+        self.lacking = None;
+        self.failing_config = None;
+        self.missing_said = None;
+        self.unbindable = None;
+        self.renewal_failed = None;
+        self.gap_said = None;
+    }
+
+    /// What to do with files that held still while they were read, `read` (their content,
+    /// the config file's, and whether the certificates of the config in force changed), and
+    /// `built` into a snapshot or not.
+    async fn built(
+        &mut self,
+        built: Result<Snapshot, crate::config::ConfigError>,
+        read: (u64, u64, bool),
+        trigger: Trigger,
+        patience: Patience,
+    ) -> Outcome {
+        let (on_disk, config_file, _) = read;
+        match built {
+            Ok(snapshot) => {
+                // Taken as read after MAX_REREADS: they never held still in the debounce
+                // after the read (but did while it lasted).
+                if patience == Patience::TakeAsRead {
+                    tracing::warn!(
+                        "config files kept changing while being read; applying them as last read"
+                    );
+                }
+                self.rejected = None;
+                self.apply_built(snapshot, trigger, (on_disk, config_file))
+                    .await
+            }
+            Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
+            Err(e) => self.failed(read, e.to_string(), trigger),
         }
     }
 
@@ -793,7 +811,6 @@ impl Reloader {
 
     /// Publishes what a look at the files came to, then logs it.
     fn record(&mut self, generation: u64, outcome: Outcome, trigger: Trigger) {
-        let shared = &self.shared;
         // Only a read that got through ends a shortage: a look that decided nothing (files
         // still being written) says nothing about it. A SIGHUP asked for is not forgotten.
         let was_short = self.short_of_files.is_some();
@@ -809,12 +826,7 @@ impl Reloader {
         let retrying = std::mem::take(&mut self.retrying);
         let quiet = was_short && (trigger == Trigger::Files || retrying);
         if matches!(outcome, Outcome::Applied) {
-            self.rejected = None;
-            self.lacking = None;
-            self.failing_config = None;
-            self.unbindable = None;
-            self.renewal_failed = None;
-            self.gap_said = None;
+            self.forget_failures();
         }
         // A look still short of descriptors is not announced again; said at debug level only
         // (a test awaits these looks).
@@ -825,6 +837,7 @@ impl Reloader {
             );
         }
         let mut news = None;
+        let shared = &self.shared;
         shared.reload_status.send_modify(|status| {
             news = publish(shared, status, generation, outcome, quiet);
         });
