@@ -128,15 +128,17 @@ struct Reloader {
     /// The content of files lacking one (deleted, to be written again): the same bytes are
     /// not built again (a poll every second) while it lasts.
     lacking: Option<u64>,
-    /// The content of the config file on disk, when it was rejected or failed to bind (said
-    /// then): a file it names gone is no news of that config file.
+    /// The content of the config file on disk, when it (or a file it names) was rejected or
+    /// failed to bind (said then): failing alike again while only files it names change is
+    /// no news, and a file it names gone is no news of that config file unless it is the one
+    /// in force.
     failing_config: Option<u64>,
     /// The file gone last said (its error, and the content of the config file naming it):
     /// not said again while it stays gone, a SIGHUP's answer between.
     missing_said: Option<(String, Option<u64>)>,
     /// Why the files failed to bind: retried on every event (the port may have been freed),
-    /// but the same failure again is not logged or counted again, whatever else changed
-    /// meanwhile (a certificate renewed: the address is still taken).
+    /// but the same config file failing the same way again is not logged or counted again,
+    /// whatever else changed meanwhile (a certificate renewed: the address is still taken).
     unbindable: Option<String>,
     /// The last look could not read the files for want of open files: look again after a
     /// [`POLL`], not at the next recheck, as what asked for that look (a SIGHUP that could
