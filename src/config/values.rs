@@ -97,6 +97,18 @@ fn host_pattern_problem(text: &str, name: &str) -> String {
 }
 
 pub(super) fn route_path(text: &str) -> Result<String, String> {
+    written_problem(text)?;
+    read_problem(text)?;
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+/// What is wrong with `text`, a route path, as written: what no request path holds.
+fn written_problem(text: &str) -> Result<(), String> {
     // Before the rules below, whose messages would be about '%' escapes or whitespace.
     if text.contains(char::is_control) {
         return Err(format!(
@@ -114,6 +126,12 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of NUL, or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
         ));
     }
+    Ok(())
+}
+
+/// What is wrong with `text`, a route path, as requests are matched: what would match more
+/// or other than it says, or nothing at all.
+fn read_problem(text: &str) -> Result<(), String> {
     // Requests are matched as `path::canonical` reads them, with `;parameters` cut and
     // empty segments dropped, so a route holding either, however spelled (`%3B`, `；`),
     // would match more than it says ("/;v1" every path).
@@ -164,12 +182,7 @@ pub(super) fn route_path(text: &str) -> Result<String, String> {
             "{text:?} has a segment ending in '.' or a space: requests are matched without them, as Windows servers read them, so write the path without them"
         ));
     }
-    let trimmed = text.trim_end_matches('/');
-    Ok(if trimmed.is_empty() {
-        "/".to_string()
-    } else {
-        trimmed.to_string()
-    })
+    Ok(())
 }
 
 /// RFC 9110 token characters, which is what a subprotocol name must be (RFC 6455 §4.1).
