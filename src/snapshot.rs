@@ -138,10 +138,10 @@ impl Snapshot {
         served_hash(&self.config)
     }
 
-    /// Whether this config's certificate, key and CA files changed on disk since they were
-    /// read.
-    pub(crate) fn served_changed(&self) -> bool {
-        self.served_hash() != self.served
+    /// Whether `hash` (a [`Snapshot::served_hash`]) is of this config's certificate, key and
+    /// CA files as they were read.
+    pub(crate) fn serves(&self, hash: u64) -> bool {
+        hash == self.served
     }
 
     /// What loads but is surely a mistake (a route that can never be chosen), and what is

@@ -48,9 +48,9 @@ pub(super) enum Look {
         fresh: bool,
         /// The hash of the config file's content.
         config_file: u64,
-        /// Whether the certificate, key and CA files of the config in force changed since
-        /// they were read (a renewal under way).
-        served_changed: bool,
+        /// The hash of the certificate, key and CA files of the config in force as they are
+        /// now (see [`Snapshot::serves`]).
+        served: u64,
         built: Box<Result<Snapshot, ConfigError>>,
     },
 }
@@ -130,7 +130,7 @@ pub(super) fn look(
         settled,
         fresh,
         config_file: read_hash(path),
-        served_changed: in_force.served_changed(),
+        served: in_force.served_hash(),
         built: Box::new(built),
     }
 }

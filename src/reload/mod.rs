@@ -70,7 +70,7 @@ pub(crate) fn spawn_reloader(
         lacking: None,
         failing_config: None,
         missing_said: None,
-        unbindable: None,
+        served_seen: None,
         short_of_files: None,
         retrying: false,
         // What runs before any config asks: said only if the config asks otherwise.
@@ -136,10 +136,9 @@ struct Reloader {
     /// The file gone last said (its error, and the content of the config file naming it):
     /// not said again while it stays gone, a SIGHUP's answer between.
     missing_said: Option<(String, Option<u64>)>,
-    /// Why the files failed to bind: retried on every event (the port may have been freed),
-    /// but the same config file failing the same way again is not logged or counted again,
-    /// whatever else changed meanwhile (a certificate renewed: the address is still taken).
-    unbindable: Option<String>,
+    /// The hash of the certificate, key and CA files of the config in force as the last look
+    /// found them: a look that finds them changed since sees a renewal under way.
+    served_seen: Option<u64>,
     /// The last look could not read the files for want of open files: look again after a
     /// [`POLL`], not at the next recheck, as what asked for that look (a SIGHUP that could
     /// not be served is served once the files can be read).
@@ -436,7 +435,12 @@ impl Reloader {
         // the config file gone or emptied for a while): the certificates in force are still
         // renewed. (A certificate or key file of theirs gone is no renewal: see `renewed`.)
         let renewal = match outcome {
-            Outcome::Nothing | Outcome::Rejected(_) => self.renew(generation, true).await,
+            // A served file gone is said by the renewal only while the config file on disk
+            // is not the one in force (else the look says it, or the rejection names it).
+            Outcome::Nothing | Outcome::Rejected(_) => {
+                let say_gaps = self.disk_not_in_force();
+                self.renew(generation, say_gaps).await
+            }
             // A served file gone, while the config on disk is the one in force, is said as
             // such (the look's own warning); the config file gone, a served file gone with it
             // is said by the renewal.
@@ -634,7 +638,7 @@ impl Reloader {
             Look::Built {
                 on_disk,
                 config_file,
-                served_changed,
+                served,
                 built,
                 ..
             } => {
@@ -643,7 +647,7 @@ impl Reloader {
                 if trigger == Trigger::Files {
                     self.missing_said = None;
                 }
-                let read = (on_disk, config_file, served_changed);
+                let read = (on_disk, config_file, served);
                 self.built(*built, read, trigger, patience).await
             }
         }
@@ -656,7 +660,6 @@ impl Reloader {
         self.lacking = None;
         self.failing_config = None;
         self.missing_said = None;
-        self.unbindable = None;
         self.renewal_failed = None;
         self.gap_said = None;
     }
@@ -667,7 +670,7 @@ impl Reloader {
     async fn built(
         &mut self,
         built: Result<Snapshot, crate::config::ConfigError>,
-        read: (u64, u64, bool),
+        read: (u64, u64, u64),
         trigger: Trigger,
         patience: Patience,
     ) -> Outcome {
@@ -720,43 +723,51 @@ impl Reloader {
             return Outcome::Nothing;
         }
         self.missing_said = said;
-        // A served file: said here, so the looks that follow (the same content, `lacking`) do
-        // not say it again as gone while that file is not in force.
-        if config_file.is_some() {
-            self.gap_said = Some(error.clone());
-        }
         Outcome::Missing(what, error)
     }
 
-    /// The files on disk, whose content is `on_disk` (the config file's `config_file`; whether
-    /// the certificate files of the config in force changed since they were read,
-    /// `served_changed`), failed to build with `error`, in a look `trigger` asked for.
+    /// The files on disk, whose content is `on_disk` (the config file's `config_file`; the
+    /// certificate files' of the config in force, `served`), failed to build with `error`, in
+    /// a look `trigger` asked for.
     fn failed(
         &mut self,
-        (on_disk, config_file, served_changed): (u64, u64, bool),
+        (on_disk, config_file, served): (u64, u64, u64),
         error: String,
         trigger: Trigger,
     ) -> Outcome {
-        let same_config = self.failing_config == Some(config_file);
-        // Another config file saved: its failing to bind would be news again.
-        if !same_config {
-            self.unbindable = None;
-        }
+        let same_config = self.failing_config.replace(config_file) == Some(config_file);
         (self.rejected, self.lacking) = (Some(on_disk), None);
-        self.failing_config = Some(config_file);
+        let current = self.shared.current();
+        // The certificates of the config in force renewed since the last look (and not back
+        // to what is served): their renewal says how that went.
+        let renewing = self.served_seen != Some(served) && !current.serves(served);
+        self.served_seen = Some(served);
         // The config file failing as it did when said, or, not the one in force, failing now
-        // while the certificates of the config in force are renewed (their renewal says
-        // that): only files it names changed. No news, nor a failure to count; a SIGHUP is
-        // answered all the same. (The config in force's own files failing are its reload's
-        // failure, said as such.)
-        let said = self.shared.reload_status.borrow().last_error.as_deref() == Some(&error);
-        let in_force = self.shared.current().config.source_hash == config_file;
-        let renewing = served_changed && !in_force;
-        if trigger == Trigger::Files && same_config && (said || renewing) {
+        // while the certificates of the config in force are renewed: only files it names
+        // changed. No news, nor a failure to count; a SIGHUP is answered all the same. (The
+        // config in force's own files failing are its reload's failure, said as such.)
+        let said = self.said(&error);
+        let in_force = current.config.source_hash == config_file;
+        if trigger == Trigger::Files && same_config && (said || (renewing && !in_force)) {
             tracing::debug!("config file failing as already said, or for a renewal");
             return Outcome::Nothing;
         }
         Outcome::Rejected(error)
+    }
+
+    /// Whether `error` is why the files on disk are not in force, as last said.
+    fn said(&self, error: &str) -> bool {
+        self.shared.reload_status.borrow().last_error.as_deref() == Some(error)
+    }
+
+    /// Whether the config file on disk is not the one in force, as last said: gone, or one
+    /// that failed (rejected, or not bindable).
+    fn disk_not_in_force(&self) -> bool {
+        let in_force = self.shared.current().config.source_hash;
+        match self.failing_config {
+            Some(config) => config != in_force,
+            None => matches!(self.missing_said, Some((_, None))),
+        }
     }
 
     /// [`Self::apply`], and the log switched to the new config's format if it asks for
@@ -801,13 +812,12 @@ impl Reloader {
         }
         // An address that cannot be bound is the machine's state, not the file's: the very
         // same content is retried on the next event (the port may be free by then). The same
-        // config file failing alike again (a certificate renewed meanwhile: the address is
-        // still taken) is no news; another config file is.
-        if trigger == Trigger::Files && same_config && self.unbindable.as_ref() == Some(&failure) {
+        // config file failing as last said (a certificate renewed meanwhile: the address is
+        // still taken) is no news; another config file is, and so is a failure after another.
+        if trigger == Trigger::Files && same_config && self.said(&failure) {
             tracing::debug!(error = %failure, "still cannot bind; the current config stays in force");
             return Outcome::Nothing;
         }
-        self.unbindable = Some(failure.clone());
         Outcome::Rejected(failure)
     }
 
@@ -829,6 +839,10 @@ impl Reloader {
         let quiet = was_short && (trigger == Trigger::Files || retrying);
         if matches!(outcome, Outcome::Applied) {
             self.forget_failures();
+        }
+        // Deferrals in a row: a look that decided something ends the row.
+        if !matches!(outcome, Outcome::Nothing | Outcome::Unsettled) {
+            self.renewals_deferred = 0;
         }
         // A look still short of descriptors is not announced again; said at debug level only
         // (a test awaits these looks).

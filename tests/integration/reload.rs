@@ -838,6 +838,27 @@ fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
     assert!(said.contains("until it is back"), "{said}");
 }
 
+/// A served key deleted with the config file on disk in force: a SIGHUP right behind it is
+/// answered with the rejection naming the key (which says it gone), and no line says the
+/// config file on disk is not in force; a key that does not match written then is a
+/// rejection, not a key "back".
+#[test]
+fn a_served_key_gone_then_asked_for_or_spoiled_with_the_config_in_force_says_no_gap() {
+    let (dir, _config, child, lines) = reloader_logging();
+    let key = dir.path().join("server.key");
+    std::fs::remove_file(&key).unwrap();
+    send_signal(child.id(), "HUP");
+    let mut said = lines_until(&lines, "config reload rejected");
+    let (_, other_key) = pki().leaf(SERVER_NAMES);
+    std::fs::write(&key, other_key).unwrap();
+    said.extend(lines_until(&lines, "does not match"));
+    let wrong = ["not in force", "serves are back"];
+    assert!(
+        !said.iter().any(|l| wrong.iter().any(|w| l.contains(w))),
+        "{said:#?}"
+    );
+}
+
 /// The config file gone, said once: a SIGHUP's answer between, and a renewal of the
 /// certificates in force after it, do not make it news again.
 #[test]
@@ -1335,6 +1356,44 @@ async fn a_renewal_in_two_steps_beside_an_unbindable_config_counts_one_failure()
     let status = generation(&mut rx, 2).await;
     assert_eq!(status.failures, 3, "{status:?}");
     assert_eq!(served_leaf(proxy.addr).await, der_of(&cert));
+    drop(taken);
+}
+
+/// A config file that cannot bind, then failing otherwise (a certificate it adds written with
+/// the wrong key), then mended but for the address: the bind failure is news again, said and
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_failure_after_another_failure_is_said_again() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let (cert, key) = pki().leaf(SERVER_NAMES);
+    let dir = proxy.dir.path();
+    std::fs::write(dir.join("b.crt"), &cert).unwrap();
+    std::fs::write(dir.join("b.key"), &key).unwrap();
+    let head = head_listening(&["127.0.0.1:0", &busy]).replace(
+        "certificates = [",
+        "certificates = [ { cert = \"b.crt\", key = \"b.key\" },",
+    );
+    let body = route("a", "/a", &[backend.addr]);
+    std::fs::write(proxy.config_path(), format!("{head}{body}")).unwrap();
+    let status = failures(&mut rx, 1).await;
+    assert!(status
+        .last_error
+        .is_some_and(|e| e.contains("cannot listen")));
+    let (_, other_key) = pki().leaf(SERVER_NAMES);
+    std::fs::write(dir.join("b.key"), other_key).unwrap();
+    let status = failures(&mut rx, 2).await;
+    assert!(status
+        .last_error
+        .is_some_and(|e| e.contains("does not match")));
+    std::fs::write(dir.join("b.key"), key).unwrap();
+    let status = failures(&mut rx, 3).await;
+    assert!(status
+        .last_error
+        .is_some_and(|e| e.contains("cannot listen")));
     drop(taken);
 }
 
