@@ -69,7 +69,7 @@ pub(crate) fn spawn_reloader(
         rejected: None,
         lacking: None,
         failing_config: None,
-        missing_said: None,
+        missing_said: Vec::new(),
         served_seen: None,
         short_of_files: None,
         retrying: false,
@@ -133,9 +133,10 @@ struct Reloader {
     /// no news, and a file it names gone is no news of that config file unless it is the one
     /// in force.
     failing_config: Option<u64>,
-    /// The file gone last said (its error, and the content of the config file naming it):
-    /// not said again while it stays gone, a SIGHUP's answer between.
-    missing_said: Option<(String, Option<u64>)>,
+    /// The files gone said since all were last there (each one's error, and the content of
+    /// the config file naming it): not said again while they stay gone, a SIGHUP's answer
+    /// between.
+    missing_said: Vec<(String, Option<u64>)>,
     /// The hash of the certificate, key and CA files of the config in force as the last look
     /// found them: a look that finds them changed since sees a renewal under way.
     served_seen: Option<u64>,
@@ -479,7 +480,9 @@ impl Reloader {
             Renewed::Read(read, renewed) => (read, *renewed),
             // Back to what is served: a failure said before is news again.
             Renewed::AsServed => {
-                self.renewal_failed = None;
+                if self.renewal_failed.take().is_some() {
+                    tracing::info!("certificate files are back to those in force");
+                }
                 return None;
             }
             Renewed::Gap => {
@@ -572,7 +575,8 @@ impl Reloader {
                 return;
             }
         };
-        let said = rejected.is_some_and(|(rejection, _)| rejection == error);
+        // Said already: by this look's rejection, or as why the files on disk are not in force.
+        let said = rejected.is_some_and(|(rejection, _)| rejection == error) || self.said(&error);
         if self.renewal_failed.as_ref() == Some(&error) || said {
             self.renewal_failed = Some(error);
             return;
@@ -645,7 +649,7 @@ impl Reloader {
                 // Every file there, unless asked by hand (a SIGHUP builds whatever is there):
                 // one gone again is news again.
                 if trigger == Trigger::Files {
-                    self.missing_said = None;
+                    self.missing_said.clear();
                 }
                 let read = (on_disk, config_file, served);
                 self.built(*built, read, trigger, patience).await
@@ -659,7 +663,7 @@ impl Reloader {
         self.rejected = None;
         self.lacking = None;
         self.failing_config = None;
-        self.missing_said = None;
+        self.missing_said.clear();
         self.renewal_failed = None;
         self.gap_said = None;
     }
@@ -718,11 +722,13 @@ impl Reloader {
             (self.rejected, self.failing_config) = (None, None);
         }
         // Said once while it stays gone, for this config file.
-        let said = Some((error.clone(), config_file));
-        if self.missing_said == said {
+        let said = (error.clone(), config_file);
+        if self.missing_said.contains(&said) {
+            // (A test awaits this line.)
+            tracing::debug!(%error, "a file gone, said already");
             return Outcome::Nothing;
         }
-        self.missing_said = said;
+        self.missing_said.push(said);
         Outcome::Missing(what, error)
     }
 
@@ -766,7 +772,7 @@ impl Reloader {
         let in_force = self.shared.current().config.source_hash;
         match self.failing_config {
             Some(config) => config != in_force,
-            None => matches!(self.missing_said, Some((_, None))),
+            None => self.missing_said.iter().any(|(_, config)| config.is_none()),
         }
     }
 

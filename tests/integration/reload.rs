@@ -859,6 +859,43 @@ fn a_served_key_gone_then_asked_for_or_spoiled_with_the_config_in_force_says_no_
     );
 }
 
+/// Two served files gone, one back: the other, still gone, is not said gone again.
+#[test]
+fn a_served_file_still_gone_is_said_once() {
+    let (dir, _config, _child, lines) = reloader_logging();
+    let (key, cert) = (dir.path().join("server.key"), dir.path().join("server.crt"));
+    let (held_key, held_cert) = (std::fs::read(&key).unwrap(), std::fs::read(&cert).unwrap());
+    std::fs::remove_file(&key).unwrap();
+    let mut said = lines_until(&lines, "key file gone");
+    std::fs::remove_file(&cert).unwrap();
+    said.extend(lines_until(&lines, "certificate file gone"));
+    std::fs::write(&cert, held_cert).unwrap();
+    said.extend(lines_until(&lines, "a file gone, said already"));
+    std::fs::write(&key, held_key).unwrap();
+    said.extend(lines_until(
+        &lines,
+        "config files are back to the config in force",
+    ));
+    let gone = said.iter().filter(|l| l.contains("key file gone")).count();
+    assert_eq!(gone, 1, "{said:#?}");
+}
+
+/// A renewal of the certificates in force rejected while the config file on disk is, and then
+/// undone: said back, so the last line about them is no stale error.
+#[test]
+fn a_rejected_renewal_undone_is_said_back() {
+    let (dir, config, _child, lines) = reloader_logging();
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    wait_for_line(&lines, "config reload rejected");
+    let cert = dir.path().join("server.crt");
+    let held = std::fs::read(&cert).unwrap();
+    std::fs::write(&cert, "garbage\n").unwrap();
+    wait_for_line(&lines, "renewed certificate files rejected");
+    std::fs::write(&cert, held).unwrap();
+    wait_for_line(&lines, "certificate files are back to those in force");
+}
+
 /// The config file gone, said once: a SIGHUP's answer between, and a renewal of the
 /// certificates in force after it, do not make it news again.
 #[test]
