@@ -694,6 +694,29 @@ fn reloader_logging() -> (
     (dir, config, child, lines)
 }
 
+/// [`reloader_logging`], its config file then rejected (a route without its path appended).
+fn reloader_with_a_rejected_config() -> (
+    tempfile::TempDir,
+    PathBuf,
+    WsgateChild,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let (dir, config, child, lines) = reloader_logging();
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    wait_for_line(&lines, "config reload rejected");
+    (dir, config, child, lines)
+}
+
+/// `config` (a config file's text) with a first certificate whose file is not there: it
+/// loads, and is rejected when built.
+fn naming_a_missing_certificate(config: &str) -> String {
+    config.replace(
+        "certificates = [",
+        "certificates = [ { cert = \"nothere.crt\", key = \"server.key\" },",
+    )
+}
+
 /// No backend listens there: these tests look at the reloads only.
 const CLOSED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
 
@@ -716,10 +739,7 @@ fn an_emptied_config_written_during_the_wait_is_not_taken_for_gone() {
 /// on it), and said back once it is.
 #[test]
 fn a_served_key_gone_while_the_config_file_is_rejected_is_said() {
-    let (dir, config, _child, lines) = reloader_logging();
-    let good = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
-    wait_for_line(&lines, "config reload rejected");
+    let (dir, _config, _child, lines) = reloader_with_a_rejected_config();
     let key = dir.path().join("server.key");
     let held = std::fs::read(&key).unwrap();
     std::fs::remove_file(&key).unwrap();
@@ -741,10 +761,7 @@ fn a_served_key_gone_while_the_config_file_is_rejected_is_said() {
 fn a_served_key_gone_while_the_config_on_disk_fails_is_said_as_such() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap();
-    let head = CONFIG_HEAD.replace(
-        "certificates = [",
-        "certificates = [ { cert = \"nothere.crt\", key = \"server.key\" },",
-    );
+    let head = naming_a_missing_certificate(CONFIG_HEAD);
     let failing = [
         (head, "nothere.crt", "nothing to build"),
         (
@@ -791,10 +808,7 @@ fn a_served_key_gone_while_the_config_on_disk_fails_is_said_as_such() {
 fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
     let (dir, config, child, lines) = reloader_logging();
     let good = std::fs::read_to_string(&config).unwrap();
-    let failing = good.replace(
-        "certificates = [",
-        "certificates = [ { cert = \"nothere.crt\", key = \"server.key\" },",
-    );
+    let failing = naming_a_missing_certificate(&good);
     let key = dir.path().join("server.key");
     let held = std::fs::read(&key).unwrap();
     let waits = "key file gone; the current config stays in force until it is back";
@@ -884,10 +898,7 @@ fn a_served_file_still_gone_is_said_once() {
 /// undone: said back, so the last line about them is no stale error.
 #[test]
 fn a_rejected_renewal_undone_is_said_back() {
-    let (dir, config, _child, lines) = reloader_logging();
-    let good = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
-    wait_for_line(&lines, "config reload rejected");
+    let (dir, _config, _child, lines) = reloader_with_a_rejected_config();
     let cert = dir.path().join("server.crt");
     let held = std::fs::read(&cert).unwrap();
     std::fs::write(&cert, "garbage\n").unwrap();
@@ -1339,10 +1350,7 @@ async fn a_renewal_while_the_config_is_rejected_counts_no_new_failure() {
     let mut rx = proxy.server.reload_status();
     let path = proxy.config_path();
     let good = std::fs::read_to_string(&path).unwrap();
-    let failing = good.replace(
-        "certificates = [",
-        "certificates = [ { cert = \"nothere.crt\", key = \"server.key\" },",
-    );
+    let failing = naming_a_missing_certificate(&good);
     std::fs::write(&path, failing).unwrap();
     failures(&mut rx, 1).await;
     for n in 2..=3 {
