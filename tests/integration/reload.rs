@@ -812,41 +812,41 @@ fn a_config_saved_while_a_served_key_is_gone_waits_for_it() {
     let key = dir.path().join("server.key");
     let held = std::fs::read(&key).unwrap();
     let waits = "key file gone; the current config stays in force until it is back";
+    let rejected = "config reload rejected";
+    let back = "config files are back to the config in force";
+    // Each step: a file written (or deleted), then the line that says it.
+    let save = |text: &str, said: &str| {
+        std::fs::write(&config, text).unwrap();
+        wait_for_line(&lines, said)
+    };
+    let remove_key = |said: &str| {
+        std::fs::remove_file(&key).unwrap();
+        wait_for_line(&lines, said)
+    };
+    let restore_key = || {
+        std::fs::write(&key, &held).unwrap();
+        wait_for_line(&lines, back)
+    };
     // Failed before, fixed while the key is gone.
-    std::fs::write(&config, &failing).unwrap();
-    wait_for_line(&lines, "config reload rejected");
-    std::fs::remove_file(&key).unwrap();
-    wait_for_line(
-        &lines,
-        "key file gone; the certificates in force are still served",
-    );
-    std::fs::write(&config, &good).unwrap();
-    wait_for_line(&lines, waits);
-    std::fs::write(&key, &held).unwrap();
-    wait_for_line(&lines, "config files are back to the config in force");
+    save(&failing, rejected);
+    remove_key("key file gone; the certificates in force are still served");
+    save(&good, waits);
+    restore_key();
     // In force, the key gone, another good config saved (said again: someone saved it), a
-    // failing one, and then the first put back.
-    std::fs::remove_file(&key).unwrap();
-    wait_for_line(&lines, waits);
-    std::fs::write(&config, good.replace("\"a\"", "\"a2\"")).unwrap();
-    wait_for_line(&lines, waits);
-    std::fs::write(&config, &failing).unwrap();
-    wait_for_line(&lines, "config reload rejected");
-    std::fs::write(&config, &good).unwrap();
-    wait_for_line(&lines, waits);
-    // The failing one again, said again: the wait was the last word.
-    std::fs::write(&config, &failing).unwrap();
-    wait_for_line(&lines, "config reload rejected");
-    std::fs::write(&config, &good).unwrap();
-    wait_for_line(&lines, waits);
-    std::fs::write(&key, &held).unwrap();
-    wait_for_line(&lines, "config files are back to the config in force");
+    // failing one, and then the first put back; the failing one again is said again (the
+    // wait was the last word).
+    remove_key(waits);
+    save(&good.replace("\"a\"", "\"a2\""), waits);
+    save(&failing, rejected);
+    save(&good, waits);
+    save(&failing, rejected);
+    save(&good, waits);
+    restore_key();
     // In force, the key gone and a SIGHUP answered: the certificate gone next is still one
     // of the config on disk, which is in force.
-    std::fs::remove_file(&key).unwrap();
-    wait_for_line(&lines, waits);
+    remove_key(waits);
     send_signal(child.id(), "HUP");
-    wait_for_line(&lines, "config reload rejected");
+    wait_for_line(&lines, rejected);
     std::fs::remove_file(dir.path().join("server.crt")).unwrap();
     let said = wait_for_line(&lines, "certificate file gone");
     assert!(said.contains("until it is back"), "{said}");
