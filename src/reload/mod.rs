@@ -17,6 +17,7 @@
 //! before it (then after the files have held still).
 
 mod look;
+mod memory;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use crate::signals::{recv_hangup, Hangup};
 use crate::snapshot::{Renewed, Snapshot};
 use crate::watch::{self, Events, Wanted, Watches};
 use look::{holds_still, look, Look, Patience};
+use memory::{Facts, Gone, Memory, RenewalFailure};
 pub use status::ReloadStatus;
 use status::{in_force, publish};
 
@@ -66,18 +68,12 @@ pub(crate) fn spawn_reloader(
         asks: Asks { manual, hangup },
         stop,
         watches: Watches::new(events_tx.clone()),
-        rejected: None,
-        lacking: None,
-        failing_config: None,
-        missing_said: Vec::new(),
-        served_seen: None,
+        memory: Memory::default(),
         short_of_files: None,
         retrying: false,
         // What runs before any config asks: said only if the config asks otherwise.
         mode: WatchMode::Events,
-        renewal_failed: None,
         renewals_deferred: 0,
-        gap_said: None,
     };
     state.announce_mode(state.watch_mode());
     let wanted = watch::wanted(&state.relevant_files());
@@ -123,23 +119,8 @@ struct Reloader {
     asks: Asks,
     stop: CancellationToken,
     watches: Watches,
-    /// The content of a rejected config: the same bytes are not retried (or logged) again.
-    rejected: Option<u64>,
-    /// The content of files lacking one (deleted, to be written again): the same bytes are
-    /// not built again (a poll every second) while it lasts.
-    lacking: Option<u64>,
-    /// The content of the config file on disk, when it (or a file it names) was rejected or
-    /// failed to bind (said then): failing alike again while only files it names change is
-    /// no news, and a file it names gone is no news of that config file unless it is the one
-    /// in force.
-    failing_config: Option<u64>,
-    /// The files gone said since all were last there (each one's error, and the content of
-    /// the config file naming it): not said again while they stay gone, a SIGHUP's answer
-    /// between.
-    missing_said: Vec<(String, Option<u64>)>,
-    /// The hash of the certificate, key and CA files of the config in force as the last look
-    /// found them: a look that finds them changed since sees a renewal under way.
-    served_seen: Option<u64>,
+    /// What failed, and what was said about it.
+    memory: Memory,
     /// The last look could not read the files for want of open files: look again after a
     /// [`POLL`], not at the next recheck, as what asked for that look (a SIGHUP that could
     /// not be served is served once the files can be read).
@@ -149,13 +130,8 @@ struct Reloader {
     retrying: bool,
     /// How the files are watched for changes now.
     mode: WatchMode,
-    /// Why the last renewal of the certificates in force failed: not said again.
-    renewal_failed: Option<String>,
     /// Renewals in a row left to the look a write since brings.
     renewals_deferred: u8,
-    /// A file the config in force serves, said gone while the config file on disk is not in
-    /// force: not said again until it is back.
-    gap_said: Option<String>,
 }
 
 impl Reloader {
@@ -324,7 +300,7 @@ impl Reloader {
         // the files were written to again.
         self.events.mark_unchanged();
         let (path_owned, asked) = (self.path.clone(), *trigger);
-        let known = [self.rejected, self.lacking];
+        let known = self.memory.known();
         // Reading files and parsing PEM is blocking work: keep it off the threads that accept.
         let looked = tokio::task::spawn_blocking(move || {
             look(&path_owned, asked, &current, known, generation)
@@ -470,7 +446,7 @@ impl Reloader {
         let current = shared.current();
         let renewed = tokio::task::spawn_blocking(move || current.renewed(generation));
         let renewed = renewed.await.ok()?;
-        if !matches!(renewed, Renewed::Gap) && self.gap_said.take().is_some() {
+        if !matches!(renewed, Renewed::Gap) && self.memory.gap_over() {
             tracing::info!(
                 "the files the config in force serves are back (the config file on disk is \
                  still not in force)"
@@ -480,7 +456,7 @@ impl Reloader {
             Renewed::Read(read, renewed) => (read, *renewed),
             // Back to what is served: a failure said before is news again.
             Renewed::AsServed => {
-                if self.renewal_failed.take().is_some() {
+                if self.memory.renewal_back() {
                     tracing::info!("certificate files are back to those in force");
                 }
                 return None;
@@ -530,7 +506,8 @@ impl Reloader {
     async fn say_gap(&mut self) {
         let gone = |current: &Snapshot| look::in_force_file_gone(&current.config);
         // Said already: nothing to wait for.
-        if gone(&self.shared.current()).map(|(_, error)| error) == self.gap_said {
+        let now = gone(&self.shared.current());
+        if now.as_ref().map(|(_, error)| error.as_str()) == self.memory.gap_said() {
             return;
         }
         tokio::time::sleep(DEBOUNCE).await;
@@ -538,10 +515,9 @@ impl Reloader {
         let Some((what, error)) = gone(&current) else {
             return;
         };
-        if self.gap_said.as_ref() != Some(&error) {
-            let generation = current.generation;
+        let generation = current.generation;
+        if self.memory.gap(error.clone()) {
             tracing::warn!(generation, %error, "{what} gone; the certificates in force are still served (the config file on disk is not in force)");
-            self.gap_said = Some(error);
         }
     }
 
@@ -563,7 +539,7 @@ impl Reloader {
         let error = match renewal {
             Renewal::Failed(error) => error,
             Renewal::Applied => {
-                self.renewal_failed = None;
+                self.memory.renewed();
                 shared
                     .reload_status
                     .send_modify(|status| in_force(shared, status, generation));
@@ -577,17 +553,17 @@ impl Reloader {
         };
         // Said already: by this look's rejection, or as why the files on disk are not in force.
         let said = rejected.is_some_and(|(rejection, _)| rejection == error) || self.said(&error);
-        if self.renewal_failed.as_ref() == Some(&error) || said {
-            self.renewal_failed = Some(error);
-            return;
-        }
-        if rejected.is_some_and(|(_, trigger)| trigger == Trigger::Files) {
-            tracing::warn!(
-                %error,
-                "the certificates in force are not renewed either: their files on disk fail too"
-            );
-            self.renewal_failed = Some(error);
-            return;
+        let beside = rejected.is_some_and(|(_, trigger)| trigger == Trigger::Files);
+        match self.memory.renewal_failed(error.clone(), said, beside) {
+            RenewalFailure::SaidAlready => return,
+            RenewalFailure::BesideRejection => {
+                tracing::warn!(
+                    %error,
+                    "the certificates in force are not renewed either: their files on disk fail too"
+                );
+                return;
+            }
+            RenewalFailure::News => {}
         }
         // A rejected reload like any other: counted, and said with the generation that stays.
         let mut in_force = 0;
@@ -600,7 +576,6 @@ impl Reloader {
             %error,
             "renewed certificate files rejected; the certificates in force stay"
         );
-        self.renewal_failed = Some(error);
     }
 
     /// What to do about what [`look()`] found: apply a good build, remember a rejected one.
@@ -608,7 +583,7 @@ impl Reloader {
         match look {
             Look::InForce => {
                 tracing::debug!("config files touched but their content did not change");
-                self.forget_failures();
+                self.memory.forget_failures();
                 Outcome::InForce
             }
             Look::StillRejected => {
@@ -649,23 +624,12 @@ impl Reloader {
                 // Every file there, unless asked by hand (a SIGHUP builds whatever is there):
                 // one gone again is news again.
                 if trigger == Trigger::Files {
-                    self.missing_said.clear();
+                    self.memory.all_files_there();
                 }
                 let read = (on_disk, config_file, served);
                 self.built(*built, read, trigger, patience).await
             }
         }
-    }
-
-    /// Back to what is in force (the files went back to it, or were applied): a failure like
-    /// one said before is news again, as is a renewal failing as one did before.
-    fn forget_failures(&mut self) {
-        self.rejected = None;
-        self.lacking = None;
-        self.failing_config = None;
-        self.missing_said.clear();
-        self.renewal_failed = None;
-        self.gap_said = None;
     }
 
     /// What to do with files that held still while they were read, `read` (their content,
@@ -688,7 +652,7 @@ impl Reloader {
                         "config files kept changing while being read; applying them as last read"
                     );
                 }
-                self.rejected = None;
+                self.memory.built();
                 self.apply_built(snapshot, trigger, (on_disk, config_file))
                     .await
             }
@@ -697,64 +661,38 @@ impl Reloader {
         }
     }
 
-    /// A file gone (`what`, said by `error`) from the files on disk, whose content was `seen`
-    /// if they were read, with the config file's (`config_file`) if a file it names is gone.
+    /// A file gone (`what`, said by `error`) from the files on disk: `read` is their content
+    /// if they were read, and the config file's if a file it names is gone (see
+    /// [`Memory::gone`]).
     fn missing(
         &mut self,
         what: &'static str,
         error: String,
-        (seen, config_file): (Option<u64>, Option<u64>),
+        read: (Option<u64>, Option<u64>),
     ) -> Outcome {
-        self.lacking = seen;
         let in_force = self.shared.current().config.source_hash;
-        if config_file.is_some() && config_file == self.failing_config {
-            // A served file gone while the config file on disk is one that failed (rejected,
-            // or not bindable): said by the renewal, as a file of the config in force gone
-            // (the failure said stays why the files on disk are not in force). Once it is
-            // back, that config file is as it was: tried and failing as before, no news.
-            if config_file != Some(in_force) {
-                return Outcome::Nothing;
+        match self.memory.gone(error.clone(), read, in_force) {
+            Gone::News => Outcome::Missing(what, error),
+            Gone::ForTheRenewal => Outcome::Nothing,
+            Gone::SaidAlready => {
+                // (A test awaits this line.)
+                tracing::debug!(%error, "a file gone, said already");
+                Outcome::Nothing
             }
-        } else {
-            // The config file gone, or another saved since: news, whatever it holds once back
-            // (a content rejected before included), and whatever failed before is no longer
-            // why the files on disk are not in force.
-            (self.rejected, self.failing_config) = (None, None);
         }
-        // Said once while it stays gone, for this config file.
-        let said = (error.clone(), config_file);
-        if self.missing_said.contains(&said) {
-            // (A test awaits this line.)
-            tracing::debug!(%error, "a file gone, said already");
-            return Outcome::Nothing;
-        }
-        self.missing_said.push(said);
-        Outcome::Missing(what, error)
     }
 
-    /// The files on disk, whose content is `on_disk` (the config file's `config_file`; the
-    /// certificate files' of the config in force, `served`), failed to build with `error`, in
-    /// a look `trigger` asked for.
-    fn failed(
-        &mut self,
-        (on_disk, config_file, served): (u64, u64, u64),
-        error: String,
-        trigger: Trigger,
-    ) -> Outcome {
-        let same_config = self.failing_config.replace(config_file) == Some(config_file);
-        (self.rejected, self.lacking) = (Some(on_disk), None);
+    /// The files on disk failed to build with `error`, in a look `trigger` asked for: `read`
+    /// is their content, the config file's, and the certificate files' of the config in force
+    /// (see [`Memory::failed`]).
+    fn failed(&mut self, read: (u64, u64, u64), error: String, trigger: Trigger) -> Outcome {
         let current = self.shared.current();
-        // The certificates of the config in force renewed since the last look (and not back
-        // to what is served): their renewal says how that went.
-        let renewing = self.served_seen != Some(served) && !current.serves(served);
-        self.served_seen = Some(served);
-        // The config file failing as it did when said, or, not the one in force, failing now
-        // while the certificates of the config in force are renewed: only files it names
-        // changed. No news, nor a failure to count; a SIGHUP is answered all the same. (The
-        // config in force's own files failing are its reload's failure, said as such.)
-        let said = self.said(&error);
-        let in_force = current.config.source_hash == config_file;
-        if trigger == Trigger::Files && same_config && (said || (renewing && !in_force)) {
+        let facts = Facts {
+            served_read: current.serves(read.2),
+            said: self.said(&error),
+            in_force: current.config.source_hash,
+        };
+        if !self.memory.failed(read, trigger, facts) {
             tracing::debug!("config file failing as already said, or for a renewal");
             return Outcome::Nothing;
         }
@@ -770,10 +708,7 @@ impl Reloader {
     /// that failed (rejected, or not bindable).
     fn disk_not_in_force(&self) -> bool {
         let in_force = self.shared.current().config.source_hash;
-        match self.failing_config {
-            Some(config) => config != in_force,
-            None => self.missing_said.iter().any(|(_, config)| config.is_none()),
-        }
+        self.memory.disk_not_in_force(in_force)
     }
 
     /// [`Self::apply`], and the log switched to the new config's format if it asks for
@@ -807,20 +742,10 @@ impl Reloader {
             Err(Error::ShuttingDown) => return Outcome::Nothing,
             Err(e) => e,
         };
-        let same_config = self.failing_config.replace(config_file) == Some(config_file);
-        self.lacking = None;
         let failure = e.to_string();
-        // wsgate's own failure: that content is not tried again (it would fail alike), as a
-        // rejected one is not.
-        if let Error::Internal(_) = e {
-            self.rejected = Some(on_disk);
-            return Outcome::Rejected(failure);
-        }
-        // An address that cannot be bound is the machine's state, not the file's: the very
-        // same content is retried on the next event (the port may be free by then). The same
-        // config file failing as last said (a certificate renewed meanwhile: the address is
-        // still taken) is no news; another config file is, and so is a failure after another.
-        if trigger == Trigger::Files && same_config && self.said(&failure) {
+        let internal = matches!(e, Error::Internal(_));
+        let said = self.said(&failure);
+        if !(self.memory).not_applied((on_disk, config_file), internal, trigger, said) {
             tracing::debug!(error = %failure, "still cannot bind; the current config stays in force");
             return Outcome::Nothing;
         }
@@ -844,7 +769,7 @@ impl Reloader {
         let retrying = std::mem::take(&mut self.retrying);
         let quiet = was_short && (trigger == Trigger::Files || retrying);
         if matches!(outcome, Outcome::Applied) {
-            self.forget_failures();
+            self.memory.forget_failures();
         }
         // Deferrals in a row: a look that decided something ends the row.
         if !matches!(outcome, Outcome::Nothing | Outcome::Unsettled) {
