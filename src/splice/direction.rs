@@ -87,6 +87,12 @@ impl Direction {
             .get_or_insert(io::ErrorKind::ConnectionReset);
     }
 
+    /// Its reader ended the stream and the half-close was passed on: nothing of it is left
+    /// to relay, and its reader is read no more.
+    pub(super) fn over(&self) -> bool {
+        self.finished && self.eof
+    }
+
     /// How the reader failed, if it did.
     pub(super) fn read_failure(&self) -> Option<io::ErrorKind> {
         self.read_failed

@@ -16,7 +16,8 @@
 //! Layout: `direction` is one way of the relay (its buffers borrowed from `crate::pool`),
 //! `peer` what the relay asks of a connection beyond reads and writes, `linger` the close once
 //! the relay is over, `outcome` what a finished tunnel reports; this module is the tunnel
-//! itself, both directions under one idle timer, its stuck-reader probe and the drain.
+//! itself, both directions under one idle timer, its probe of readers no longer read, and the
+//! drain.
 
 mod direction;
 mod linger;
@@ -46,7 +47,8 @@ pub(crate) use peer::PeerSocket;
 
 /// The idle timeout of a tunnel one of whose directions is over, if its own is longer.
 const HALF_CLOSED_IDLE: Duration = Duration::from_secs(30);
-/// How often a stuck direction's reader is checked for having gone (see [`Splice::probe`]).
+/// How often the reader of a stuck or finished direction is checked for having gone (see
+/// [`Splice::probe`]).
 const PROBE: Duration = Duration::from_secs(2);
 
 /// The relay of one tunnel, as a hand-written future: an `async fn` would store its
@@ -184,7 +186,7 @@ where
             // That replaced any probe the timer was set for: a stuck direction sets it again.
             self.probing = false;
         }
-        if self.stuck() && !self.probing {
+        if self.probed() && !self.probing {
             self.probing = true;
             self.queued = self.queue_sizes();
             let probe = Instant::now() + PROBE;
@@ -199,6 +201,12 @@ where
     /// reader is not read meanwhile, so nothing would notice that reader going.
     fn stuck(&self) -> bool {
         self.up.stuck || self.down.stuck
+    }
+
+    /// A direction's reader is read no more, stuck or [over](Direction::over): nothing but
+    /// the [probe](Self::probe) would notice it going.
+    fn probed(&self) -> bool {
+        self.stuck() || self.up.over() || self.down.over()
     }
 
     /// What the kernel holds for the peer of each stuck direction.
@@ -230,10 +238,17 @@ where
     /// A reset a write to that reader already took (the other direction's), or a failure the
     /// reader reported while bytes it sent before wait, is as good as one still held: that
     /// peer is gone either way.
+    ///
+    /// So for the reader of a direction that is over: a peer that half-closed and then went
+    /// (its reset answering what the other side sent it since) leaves nothing to read and
+    /// nothing to write to; without the probe the tunnel would wait for the other side's next
+    /// byte, or the half-closed wait.
     fn probe(&self) -> Option<CloseReason> {
         let gone = |direction: &Direction, socket: &dyn PeerSocket, peer| {
             let kind = if direction.stuck {
                 direction.read_failure().or_else(|| socket.peer_error())
+            } else if direction.over() {
+                socket.peer_error()
             } else {
                 None
             };
@@ -299,8 +314,9 @@ where
     }
 
     /// Re-armed only when it fires: traffic costs an `Instant::now()`, not a timer reset.
-    /// While a direction is stuck it also fires every [`PROBE`], to [`Self::probe`] and to see
-    /// whether its peer [took some](Self::peer_took_some) of what waits for it.
+    /// While a direction is stuck or [over](Direction::over) it also fires every [`PROBE`],
+    /// to [`Self::probe`], and for a stuck one to see whether its peer
+    /// [took some](Self::peer_took_some) of what waits for it.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
@@ -314,7 +330,7 @@ where
                     false => CloseReason::IdleTimeout,
                 });
             }
-            self.probing = self.stuck();
+            self.probing = self.probed();
             if !self.probing {
                 self.timer.as_mut().reset(deadline);
                 continue;
@@ -373,6 +389,8 @@ mod tests {
     #[derive(Clone, Copy)]
     enum Write {
         Stuck,
+        /// Takes bytes and its close.
+        Takes,
         /// Takes bytes, never its close (a TLS peer not reading the close_notify).
         StuckOnClose,
         Fails(io::ErrorKind),
@@ -417,7 +435,7 @@ mod tests {
             match self.write {
                 // Never woken: only the tunnel's timer polls it again.
                 Write::Stuck => Poll::Pending,
-                Write::StuckOnClose => Poll::Ready(Ok(data.len())),
+                Write::StuckOnClose | Write::Takes => Poll::Ready(Ok(data.len())),
                 Write::Fails(kind) => Poll::Ready(Err(kind.into())),
             }
         }
@@ -538,6 +556,49 @@ mod tests {
             "{:?}",
             stuck.started.elapsed()
         );
+    }
+
+    /// A peer that half-closed and then went (its reset answering what the other side sent
+    /// it since: EPIPE after a FIN, ECONNRESET without one): found by the probe, not left to
+    /// the half-closed wait or to the other side's next byte.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_peer_that_went_is_found_by_the_probe() {
+        for (gone, kind, reason) in [
+            (
+                Peer::Backend,
+                io::ErrorKind::BrokenPipe,
+                CloseReason::Closed(Peer::Backend),
+            ),
+            (
+                Peer::Client,
+                io::ErrorKind::ConnectionReset,
+                CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset),
+            ),
+        ] {
+            let (client, client_feed, client_error) = Scripted::new(Write::Takes);
+            let (backend, backend_feed, backend_error) = Scripted::new(Write::Takes);
+            // The peer that goes half-closes first; the other's pipe stays open.
+            let (error, _open, half_closes) = match gone {
+                Peer::Backend => (backend_error, client_feed, backend_feed),
+                Peer::Client => (client_error, backend_feed, client_feed),
+            };
+            drop(half_closes);
+            let drain = Arc::new(Drain::default());
+            let idle = Duration::from_secs(300);
+            let started = Instant::now();
+            let relay = tokio::spawn(async move {
+                without_early(BufReader::new(client), backend, idle, &drain).await
+            });
+            tokio::time::sleep(PROBE * 3 + PROBE / 2).await;
+            assert!(
+                !relay.is_finished(),
+                "a half-closed peer still there is waited for"
+            );
+            *error.lock().unwrap() = Some(kind);
+            let outcome = relay.await.unwrap();
+            assert_eq!(outcome.reason, reason);
+            assert_eq!(started.elapsed(), PROBE * 4);
+        }
     }
 
     #[tokio::test]

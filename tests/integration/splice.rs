@@ -299,6 +299,43 @@ async fn a_backend_half_close_is_passed_on_and_the_client_can_still_send() {
     back.expect_closed().await;
 }
 
+/// A backend that half-closed and then went (its socket closed: the reset answers what the
+/// client sends it next) ends the tunnel soon, though the client sends nothing more: not after
+/// the half-closed wait (30 s, beyond the test's patience).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_gone_after_its_half_close_ends_the_tunnel() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    back.shutdown_write().await;
+    client.expect_closed().await;
+    drop(back);
+    client
+        .send(&frame(true, OP_TEXT, b"anyone there?", true))
+        .await;
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+}
+
+/// The same the other way: a client that half-closed and then went, and the backend's answer
+/// meets its reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_after_its_half_close_ends_the_tunnel() {
+    let backend = RawBackend::start().await;
+    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    client.shutdown_write().await;
+    back.expect_closed().await;
+    drop(client);
+    back.send(&frame(true, OP_TEXT, b"too late", false)).await;
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_backend_closes_the_client() {
     let backend = RawBackend::start().await;
