@@ -4,7 +4,9 @@
 
 use hyper::header::{HeaderMap, HeaderName};
 
-/// Every comma-separated token of every `name` header line, trimmed, empty ones skipped.
+/// Every comma-separated element of every `name` header line, trimmed, empty ones skipped.
+/// A comma inside a `"quoted string"` separates nothing: `x="a, upgrade"` is one element (no
+/// token of any list), not one that ends in `upgrade`.
 pub(crate) fn tokens<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
@@ -13,9 +15,29 @@ pub(crate) fn tokens<'a>(
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(split_outside_quotes)
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+/// `line` split at the commas outside `"quoted strings"` (with their `\` escapes).
+pub(crate) fn split_outside_quotes(line: &str) -> Vec<&str> {
+    let (mut parts, mut start) = (Vec::new(), 0);
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, b) in line.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                parts.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&line[start..]);
+    parts
 }
 
 /// Whether any line of `name` lists `token` (case-insensitively).

@@ -13,7 +13,7 @@ use hyper::{Method, Uri, Version};
 use sha1::{Digest, Sha1};
 
 use crate::error::ProxyError;
-use crate::grammar::{has_token, is_label, is_tchar, tokens};
+use crate::grammar::{has_token, is_label, is_tchar, split_outside_quotes, tokens};
 use crate::head;
 
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
@@ -294,26 +294,6 @@ fn extension_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|name| !name.is_empty())
 }
 
-/// `line` split at the commas outside `"quoted strings"` (with their `\` escapes).
-fn split_outside_quotes(line: &str) -> Vec<&str> {
-    let (mut parts, mut start) = (Vec::new(), 0);
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, b) in line.bytes().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                parts.push(&line[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&line[start..]);
-    parts
-}
-
 /// Checks a backend's 101 against the request we forwarded (RFC 6455 §4.2.2 / §4.1 client
 /// rules): only a checked 101 may open a tunnel.
 pub(crate) fn check_response(headers: &HeaderMap, offer: &Offer) -> Result<(), ProxyError> {
@@ -491,6 +471,15 @@ mod tests {
             (
                 with("connection", "keep-alive"),
                 ProxyError::NoConnectionUpgrade,
+            ),
+            // A quoted string is one element, whatever commas and words it holds.
+            (
+                with("connection", "x=\"a, upgrade, b\""),
+                ProxyError::NoConnectionUpgrade,
+            ),
+            (
+                with("upgrade", "x=\"a, websocket, b\""),
+                ProxyError::NotUpgrade,
             ),
             (without("sec-websocket-key"), ProxyError::BadKey),
             (with("sec-websocket-key", "c2hvcnQ="), ProxyError::BadKey),
@@ -817,6 +806,12 @@ mod tests {
             ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         ];
         assert!(response(&not_websocket, &[]).is_err());
+        let upgrade_only_quoted = [
+            ("upgrade", "websocket"),
+            ("connection", "x=\"a, upgrade, b\""),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        assert!(response(&upgrade_only_quoted, &[]).is_err());
         // Websocket and something else, on one line or two.
         let mut also_h2c = not_websocket.to_vec();
         also_h2c[0] = ("upgrade", "WebSocket, h2c");

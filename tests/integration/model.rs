@@ -35,6 +35,8 @@ const UPGRADES: &[Part] = &[
     (Some("foo, websocket"), None),
     (Some("foo\nwebsocket"), None),
     (Some("h2c"), Some(426)),
+    // A quoted string is one element, whatever commas and words it holds.
+    (Some("x=\"a, websocket, b\""), Some(426)),
     (None, Some(426)),
 ];
 const CONNECTIONS: &[Part] = &[
@@ -42,6 +44,7 @@ const CONNECTIONS: &[Part] = &[
     (Some("keep-alive, Upgrade"), None),
     (Some("keep-alive\nUpgrade"), None),
     (Some("keep-alive"), Some(400)),
+    (Some("x=\"a, upgrade, b\""), Some(400)),
     (None, Some(400)),
 ];
 const KEYS: &[Part] = &[
@@ -237,6 +240,7 @@ const ANSWER_CONNECTIONS: &[Line] = &[
     (&["Connection: Upgrade"], false),
     (&["Connection: keep-alive", "connection: upgrade"], false),
     (&["Connection: keep-alive"], true),
+    (&["Connection: x=\"a, upgrade, b\""], true),
     (&[], true),
 ];
 /// `{accept}` stands for the right value.
