@@ -43,6 +43,7 @@ impl Url {
         } else {
             bail!("URL {s:?} must start with ws:// or wss://");
         };
+        check_no_fragment(s)?;
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -51,6 +52,10 @@ impl Url {
         if authority.is_empty() || authority.contains('@') {
             bail!("URL {s:?} needs a host (and no user info)");
         }
+        // Both go into the request as written: a character a request cannot carry would be
+        // sent raw (a CR or LF would even add headers of its own).
+        check_chars(s, authority, "[]")?;
+        check_chars(s, &path, "/?")?;
         let default_port = if tls { 443 } else { 80 };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let end = v6
@@ -79,6 +84,46 @@ impl Url {
             authority: authority.to_string(),
         })
     }
+}
+
+/// Refuses a fragment: a WebSocket URI has none (RFC 6455 §3), and a client never sends one.
+fn check_no_fragment(url: &str) -> Result<()> {
+    if url.contains('#') {
+        bail!(
+            "URL {url:?} has a fragment ('#'), which a WebSocket URL must not have (RFC 6455 §3)"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses what `part` of `url` (its authority, or its path and query) could not carry as
+/// written into the request line or Host header: any character outside RFC 3986's grammar
+/// for it (controls, space, non-ASCII, quotes, angle brackets...), or a `%` not starting a
+/// percent-encoded byte. Refused rather than percent-encoded here, so that the target is sent
+/// exactly what was written on the command line.
+fn check_chars(url: &str, part: &str, extra: &str) -> Result<()> {
+    let bytes = part.as_bytes();
+    for (i, c) in part.char_indices() {
+        if c == '%' && !bytes.get(i + 1..i + 3).is_some_and(is_hex_pair) {
+            bail!("URL {url:?}: a '%' that does not start a percent-encoded byte (%XX)");
+        }
+        if !(is_pchar(c) || extra.contains(c)) {
+            bail!(
+                "URL {url:?}: {c:?} cannot be sent in a request; percent-encode it (its UTF-8 \
+                 bytes as %XX)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3986's `pchar` (unreserved, sub-delims, `:`, `@`), with `%` (checked apart).
+fn is_pchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@%".contains(c)
+}
+
+fn is_hex_pair(pair: &[u8]) -> bool {
+    pair.iter().all(u8::is_ascii_hexdigit)
 }
 
 fn parse_port(p: &str, url: &str) -> Result<u16> {
@@ -349,9 +394,36 @@ mod tests {
         let u = Url::parse("ws://[::1]:9001?q").unwrap();
         assert_eq!((u.port, u.path.as_str()), (9001, "/?q"));
 
+        // Every character RFC 3986 allows, percent-encoded bytes included, goes through.
+        let u = Url::parse("ws://h/a-b._~%2F%c3%a9:@!$&'()*+,;=?q=%5Bx%5D/y?").unwrap();
+        assert_eq!(u.path, "/a-b._~%2F%c3%a9:@!$&'()*+,;=?q=%5Bx%5D/y?");
+
         assert!(Url::parse("http://x/").is_err());
         assert!(Url::parse("ws://host:notaport/").is_err());
         assert!(Url::parse("ws:///").is_err());
+    }
+
+    #[test]
+    fn refuses_what_a_request_line_cannot_carry() {
+        for (url, why) in [
+            ("ws://h/x#frag", "fragment"),
+            ("ws://h/#", "fragment"),
+            ("ws://h#frag", "fragment"),
+            ("ws://h/a b", "' '"),
+            ("ws://h/x\r\nX-Injected: 1", "'\\r'"),
+            ("ws://h\r\nX-Injected: 1/", "'\\r'"),
+            ("ws://h/\t", "'\\t'"),
+            ("ws://h/caf\u{e9}", "'é'"),
+            ("ws://h/<x>", "'<'"),
+            ("ws://h/a\"b", "'\"'"),
+            ("ws://h/[x]", "'['"),
+            ("ws://h/%", "'%'"),
+            ("ws://h/%2", "'%'"),
+            ("ws://h/%zz", "'%'"),
+        ] {
+            let err = format!("{:#}", Url::parse(url).unwrap_err());
+            assert!(err.contains(why), "{url:?}: {err}");
+        }
     }
 
     #[test]

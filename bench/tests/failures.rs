@@ -110,6 +110,18 @@ fn bad_values_are_usage_errors() {
         (&["latency", "wss://127.0.0.1:9/"][..], "--ca"),
         (&["latency", "ws://127.0.0.1:9/", "-k"][..], "--insecure"),
         (&["latency", "http://127.0.0.1:9/"][..], "ws://"),
+        // Used to go into the request line as written: `GET /x#frag`, a raw space, or a CR LF
+        // adding a header of its own.
+        (&["latency", "ws://127.0.0.1:9/x#frag"][..], "fragment"),
+        (&["latency", "ws://127.0.0.1:9/a b"][..], "percent-encode"),
+        (
+            &["latency", "ws://127.0.0.1:9/x\r\nX-Injected: 1"][..],
+            "percent-encode",
+        ),
+        (
+            &["latency", "ws://127.0.0.1:9/caf\u{e9}"][..],
+            "percent-encode",
+        ),
         (
             &[
                 "latency",
