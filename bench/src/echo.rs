@@ -33,13 +33,22 @@ pub fn run(args: &EchoArgs) -> Result<()> {
         };
         let listener = bind(args.listen).await?;
         let addr = listener.local_addr()?;
-        println!(
-            "LISTENING {}://{addr}",
-            if tls.is_some() { "wss" } else { "ws" }
-        );
+        say_listening(&mut std::io::stdout().lock(), tls.is_some(), addr)
+            .context("cannot write LISTENING to stdout")?;
         serve(listener, tls, args.engine).await;
         Ok(())
     })
+}
+
+/// Says where the backend listens, for whoever waits to connect; fallible, not `println!`: a
+/// closed stdout is an error, not a panic.
+fn say_listening(
+    out: &mut impl std::io::Write,
+    tls: bool,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
+    writeln!(out, "LISTENING {}://{addr}", if tls { "wss" } else { "ws" })?;
+    out.flush()
 }
 
 /// Binds the listener (with a large backlog for handshake storms).

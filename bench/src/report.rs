@@ -154,12 +154,15 @@ impl Report {
         out
     }
 
-    pub fn print(&self, json: bool) {
+    /// Writes the report (JSON on one line, or the table) to `out` and flushes it. Fallible, not
+    /// `println!`: a closed pipe or a full disk on stdout is the run's error, not a panic.
+    pub fn write_to(&self, out: &mut impl std::io::Write, json: bool) -> std::io::Result<()> {
         if json {
-            println!("{}", self.to_json());
+            writeln!(out, "{}", self.to_json())?;
         } else {
-            print!("{}", self.to_table());
+            write!(out, "{}", self.to_table())?;
         }
+        out.flush()
     }
 }
 
@@ -182,6 +185,9 @@ mod tests {
             keys,
             ["scenario", "target", "messages", "msgs_per_s", "nan"]
         );
+        let mut written = Vec::new();
+        r.write_to(&mut written, true).unwrap();
+        assert_eq!(written, format!("{j}\n").into_bytes());
         let t = r.to_table();
         assert!(
             t.contains("msgs_per_s") && t.contains("1234.568 msg/s"),

@@ -3,7 +3,7 @@
 //! that measure nothing.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -502,4 +502,47 @@ async fn a_pid_that_ends_during_the_run_keeps_the_report_and_fails_it() {
         report(&out)["messages"].as_u64() > Some(0),
         "the report is kept"
     );
+}
+
+/// A stdout that cannot be written (a closed pipe, a full disk) ends the run with a one-line
+/// error and the failure status, not a panic (it was exit 101, "failed printing to stdout").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_cannot_be_written_is_an_error_not_a_panic() {
+    let url = format!("ws://{}/", echo_backend().await);
+    let args = short_json(&["handshake", &url, "-c", "1"]);
+    let full = tokio::task::spawn_blocking({
+        let args = args.clone();
+        move || {
+            let dev_full = std::fs::File::create("/dev/full").unwrap();
+            Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
+                .args(&args)
+                .stdout(dev_full)
+                .output()
+                .unwrap()
+        }
+    });
+    let closed_pipe = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end closed before the tool writes anything: its write gets EPIPE.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    });
+    for (out, why) in [
+        (full.await.unwrap(), "No space left on device"),
+        (closed_pipe.await.unwrap(), "Broken pipe"),
+    ] {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: cannot write the report to stdout") && last.contains(why),
+            "{err}"
+        );
+    }
 }

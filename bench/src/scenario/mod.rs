@@ -58,9 +58,11 @@ pub fn run(command: Command) -> Result<()> {
     if let Some(e) = report.get("first_error").and_then(|v| v.as_str()) {
         eprintln!("warning: errors during the run; first: {e}");
     }
-    report.print(json);
     // Held connections and stragglers are dropped with the runtime, without waiting for them.
     runtime.shutdown_background();
+    report
+        .write_to(&mut std::io::stdout().lock(), json)
+        .context("cannot write the report to stdout")?;
     verdict(&command, &report)
 }
 
