@@ -15,22 +15,56 @@ pub fn clock_ticks() -> u64 {
     }
 }
 
+/// The fields of /proc/PID/stat after the command name: the state (field 3) is the first.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    // The command name (field 2) may contain spaces and ')': fields resume after the last ')'.
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().collect())
+}
+
 /// utime + stime in clock ticks from the text of /proc/PID/stat.
 pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) may contain spaces and ')': fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(stat)?;
     // After ')': field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
 }
 
-/// CPU time (user + system) of a process in microseconds.
+/// The state letter (field 3) from the text of /proc/PID/stat: `R`, `S`, `Z`...
+pub fn parse_stat_state(stat: &str) -> Option<char> {
+    stat_fields(stat)?.first()?.chars().next()
+}
+
+/// A `--pid` process that has exited but whose parent has not reaped it yet: its /proc entry
+/// stays (a zombie, state `Z`, or `X` while it goes), but there is no process left to
+/// measure, so it is treated as one whose entry is gone.
+#[derive(Debug)]
+pub struct Ended {
+    pub pid: u32,
+    pub state: char,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (pid, state) = (self.pid, self.state);
+        write!(
+            f,
+            "process {pid} has ended (state {state} in /proc/{pid}/stat: exited, not yet reaped)"
+        )
+    }
+}
+
+impl std::error::Error for Ended {}
+
+/// CPU time (user + system) of a process in microseconds; an error if it has ended, reaped
+/// or not.
 pub fn process_cpu_us(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path)
         .with_context(|| format!("read {path} (is process {pid} running?)"))?;
+    if let Some(state @ ('Z' | 'X')) = parse_stat_state(&stat) {
+        return Err(Ended { pid, state }.into());
+    }
     let ticks = parse_stat_ticks(&stat).ok_or_else(|| anyhow!("cannot parse {path}"))?;
     Ok(ticks * 1_000_000 / clock_ticks())
 }
@@ -206,6 +240,39 @@ mod tests {
                     250 75 0 0 20 0 1 0 100 1000000 200 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some(325));
         assert_eq!(parse_stat_ticks("garbage"), None);
+        assert_eq!(parse_stat_state(stat), Some('S'));
+        assert_eq!(parse_stat_state("7 (x) Z 1 7 7 0 -1"), Some('Z'));
+        assert_eq!(parse_stat_state("garbage"), None);
+    }
+
+    /// A child that has exited, left unreaped (a zombie) until `reap` is called.
+    fn zombie() -> std::process::Child {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        // Waits for the exit without reaping (WNOWAIT): the /proc entry stays, in state Z.
+        // SAFETY: waitid writes only into the zeroed siginfo it is given.
+        let waited = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(waited, 0, "{}", std::io::Error::last_os_error());
+        child
+    }
+
+    #[test]
+    fn a_zombie_is_an_ended_process_not_one_using_no_cpu() {
+        let mut child = zombie();
+        let err = process_cpu_us(child.id()).unwrap_err();
+        assert!(err.downcast_ref::<Ended>().is_some(), "{err:#}");
+        assert!(format!("{err:#}").contains("has ended (state Z"), "{err:#}");
+        // As one whose entry is gone: the snapshot says the proxy was lost.
+        let snapshot = CpuSnapshot::take(&[std::process::id(), child.id()]);
+        assert!(snapshot.proxy_lost && snapshot.proxy_us.is_none());
+        child.wait().unwrap();
     }
 
     #[test]

@@ -546,3 +546,59 @@ async fn a_report_that_cannot_be_written_is_an_error_not_a_panic() {
         );
     }
 }
+
+/// Blocks until process `pid` (a child of this one) has exited, without reaping it: it stays
+/// a zombie (state Z) until waited for.
+fn wait_exited_unreaped(pid: u32) {
+    // SAFETY: waitid writes only into the zeroed siginfo it is given.
+    let waited = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+    };
+    assert_eq!(waited, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// A `--pid` process that has exited but is not reaped yet (a zombie) has ended: it used to be
+/// read as alive, using no CPU (proxy_cpu_us 0, exit status 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pid_left_a_zombie_has_ended_before_or_during_the_run() {
+    // Before the run: refused before any connection, as a PID that is gone.
+    let mut zombie = Command::new("true").spawn().unwrap();
+    wait_exited_unreaped(zombie.id());
+    let pid = zombie.id().to_string();
+    let out = bench(&["handshake", "ws://127.0.0.1:9/", "--pid", &pid]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--pid") && err.contains("has ended"), "{err}");
+    zombie.wait().unwrap();
+
+    // During the run: the stand-in proxy (`cat`, ending when its input does) is made a zombie
+    // once the probe is served, before the run's first connection is answered.
+    let mut proxy = Command::new("cat").stdin(Stdio::piped()).spawn().unwrap();
+    let proxy_pid = proxy.id();
+    let mut input = proxy.stdin.take();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((probe, _)) = listener.accept().await {
+            tokio::spawn(wsgate_bench::server::serve_conn(probe));
+        }
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Some(input) = input.take() {
+                drop(input);
+                tokio::task::spawn_blocking(move || wait_exited_unreaped(proxy_pid))
+                    .await
+                    .unwrap();
+            }
+            tokio::spawn(wsgate_bench::server::serve_conn(tcp));
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let pid = proxy_pid.to_string();
+    let out = bench_async(short_json(&["handshake", &url, "-c", "1", "--pid", &pid])).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ended during the run"), "{err}");
+    assert!(report(&out).get("proxy_cpu_us").is_none(), "{err}");
+    proxy.wait().unwrap();
+}
