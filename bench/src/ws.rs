@@ -134,7 +134,7 @@ pub async fn upgrade(stream: &mut Stream, target: &Target) -> Result<Vec<u8>> {
 /// 404): the connection itself worked. Marks such an error apart from a failed connection (a
 /// refused connect, a reset, a TLS failure, a timeout); see [`is_answered`].
 #[derive(Debug)]
-pub struct Answered(String);
+pub struct Answered(pub(crate) String);
 
 impl std::fmt::Display for Answered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

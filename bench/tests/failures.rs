@@ -602,3 +602,52 @@ async fn a_pid_left_a_zombie_has_ended_before_or_during_the_run() {
     assert!(report(&out).get("proxy_cpu_us").is_none(), "{err}");
     proxy.wait().unwrap();
 }
+
+/// A target refusing (503) its first connections after the probe, then upgrading every one:
+/// the refusals, all in the warm-up, are not counted with the handshakes of the window (the
+/// errors used to include the warm-up's, the handshakes not), but reported apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_run_counts_its_errors_in_the_same_window_as_its_handshakes() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            accepted += 1;
+            // The probe (the first) is upgraded, the next three are refused.
+            if (2..=4).contains(&accepted) {
+                tokio::spawn(answer(
+                    tcp,
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                ));
+            } else {
+                tokio::spawn(async move {
+                    let _ = wsgate_bench::server::handshake(&mut tcp).await;
+                });
+            }
+        }
+    });
+    let url = format!("ws://{addr}/");
+    // Three refusals, each followed by the tool's 10 ms pause, end well within a 1 s warm-up.
+    let args = [
+        "handshake",
+        &url,
+        "-c",
+        "1",
+        "-d",
+        "300ms",
+        "--warmup",
+        "1s",
+    ];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push("--json".into());
+    let out = bench_async(args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = report(&out);
+    assert!(report["handshakes"].as_u64() > Some(0), "{report}");
+    assert_eq!(
+        (&report["errors"], &report["warmup_errors"]),
+        (&0.into(), &3.into()),
+        "{report}"
+    );
+}

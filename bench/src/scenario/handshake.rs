@@ -10,7 +10,8 @@
 //! close reply, if any, is not awaited).
 //!
 //! A server that answers without upgrading (a 503 at its connection limit, say) is part of what
-//! is measured: counted in `errors`, the run goes on. Connections that fail below HTTP (refused,
+//! is measured: counted in `errors`, the run goes on. Errors are counted in the window in which
+//! they end, as the handshakes are; the warm-up's apart, in `warmup_errors`. Connections that fail below HTTP (refused,
 //! reset, TLS failure, timeout) are counted apart in `connection_errors` too; above
 //! [`MAX_BROKEN_PCT`] % of the attempts they fail the run (after its report): the target died
 //! or broke, and the figures would measure that.
@@ -23,7 +24,9 @@ use anyhow::Result;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
-use super::{join_with_grace, measure_window, probe, target_url, Errors, Phase, MEASURE, STOP};
+use super::{
+    join_with_grace, measure_window, probe, target_url, Errors, Phase, MEASURE, STOP, WARMUP,
+};
 use crate::cli::HandshakeArgs;
 use crate::report::Report;
 use crate::stats::{self, Percentiles};
@@ -39,10 +42,14 @@ pub const MAX_BROKEN_PCT: u64 = 1;
 struct Counts {
     /// Upgrades completed, warm-up included.
     done: AtomicU64,
-    /// Every failed attempt until STOP.
+    /// The failed attempts that ended in the measured window, as the upgrades counted are
+    /// those that ended in it.
     errors: Errors,
-    /// The failed attempts that got no HTTP answer.
+    /// Of `errors`, those that got no HTTP answer.
     broken: Errors,
+    /// The failed attempts that ended in the warm-up: not part of the measurement, but
+    /// reported apart (a target refusing at first shows).
+    warmup_errors: AtomicU64,
     /// The times of the handshakes begun in the measured window.
     times: Mutex<Option<Histogram<u64>>>,
     /// Handshakes begun in the measured window and not over yet.
@@ -95,15 +102,19 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
         r.fail("no handshake completed in the measured window: the target did not answer in time");
     }
     counts.errors.report(&mut r);
+    r.int(
+        "warmup_errors",
+        counts.warmup_errors.load(Ordering::Relaxed),
+        "in the warm-up, not counted above",
+    );
     let broken = &counts.broken;
     r.int(
         "connection_errors",
         broken.count(),
         "refused, reset, TLS or timeout",
     );
-    // Both counts end at STOP: the upgrades done until then and the errors, which are not
-    // counted after it.
-    let attempts = last + counts.errors.count();
+    // Both counts are of the measured window: the upgrades and the failures that ended in it.
+    let attempts = handshakes + counts.errors.count();
     if too_many_broken(broken.count(), attempts) {
         r.fail(format!(
             "{} of {attempts} connection attempts failed below HTTP (refused, reset, TLS \
@@ -140,14 +151,28 @@ async fn worker(target: Arc<Target>, phase: Arc<Phase>, counts: Arc<Counts>) {
                 conn.close_now().await;
             }
             Err(e) => {
-                if phase.get() != STOP {
-                    counts.errors.add(&e);
-                    if !ws::is_answered(&e) {
-                        counts.broken.add(&e);
-                    }
-                }
+                counts.failed(phase.get(), &e);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+impl Counts {
+    /// Counts a failed attempt in the phase in which it ended, as an upgrade is counted in
+    /// the window in which it ends: in the warm-up apart, after STOP not at all.
+    fn failed(&self, phase: u8, e: &anyhow::Error) {
+        match phase {
+            WARMUP => {
+                self.warmup_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            MEASURE => {
+                self.errors.add(e);
+                if !ws::is_answered(e) {
+                    self.broken.add(e);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -165,6 +190,24 @@ fn too_many_broken(broken: u64, attempts: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_counts_in_the_phase_it_ends_in() {
+        let counts = Counts::default();
+        let refused = anyhow::Error::new(ws::Answered("server answered 503".into()));
+        let reset = anyhow::anyhow!("read: connection reset");
+        counts.failed(WARMUP, &refused);
+        counts.failed(WARMUP, &reset);
+        counts.failed(MEASURE, &refused);
+        counts.failed(MEASURE, &reset);
+        counts.failed(STOP, &reset);
+        assert_eq!(counts.warmup_errors.load(Ordering::Relaxed), 2);
+        assert_eq!((counts.errors.count(), counts.broken.count()), (2, 1));
+        assert_eq!(
+            counts.errors.first().as_deref(),
+            Some("server answered 503")
+        );
+    }
 
     #[test]
     fn more_than_one_percent_broken_fails() {
