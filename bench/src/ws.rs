@@ -1,8 +1,9 @@
 //! A lean WebSocket client: the HTTP/1.1 upgrade and a frame codec.
 //!
 //! The load generator must not be the bottleneck, so messages are pre-built masked frames that are
-//! copied into the write buffer, and received data frames are counted and skipped without
-//! buffering their payloads. Reads and writes are driven from one task by [`WsConn::poll_drive`],
+//! copied into the write buffer (their first few payload bytes overwritten with their number),
+//! and received data frames are counted and skipped without buffering their payloads, only
+//! their type, length and number checked against the message whose echo is owed. Reads and writes are driven from one task by [`WsConn::poll_drive`],
 //! so a connection never blocks writing while the peer waits for it to read.
 
 use std::collections::VecDeque;
@@ -79,10 +80,138 @@ pub fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     f
 }
 
-/// A binary message of `size` bytes as a masked frame, with a random mask.
-pub fn binary_message(size: usize) -> Vec<u8> {
-    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    masked_frame(OP_BINARY, &payload, (random_u64() as u32).to_ne_bytes())
+/// Payload bytes at the start of each message sent that carry its number on its connection
+/// (little-endian; fewer in a smaller message, the number then taken modulo what they hold).
+const NUMBER_BYTES: usize = 8;
+
+/// A message the tool sends over and over: a pre-built masked frame, copied into the write
+/// buffer as is but for its first payload bytes, which are overwritten with its number on the
+/// connection. Every reply can then be checked cheaply to be the echo owed (same type, same
+/// length, same number): a message echoed twice or out of order, or one that is not an echo,
+/// would otherwise be counted as one.
+#[derive(Debug, Clone)]
+pub struct Message {
+    frame: Vec<u8>,
+    /// Where the payload starts in `frame`.
+    payload_at: usize,
+    mask: [u8; 4],
+    echo: Echo,
+}
+
+impl Message {
+    /// A binary message of `size` bytes, with a random mask.
+    pub fn binary(size: usize) -> Message {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        Message::new(OP_BINARY, &payload, (random_u64() as u32).to_ne_bytes())
+    }
+
+    fn new(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Message {
+        let frame = masked_frame(opcode, payload, mask);
+        Message {
+            payload_at: frame.len() - payload.len(),
+            frame,
+            mask,
+            echo: Echo {
+                opcode,
+                len: payload.len() as u64,
+            },
+        }
+    }
+
+    /// Writes `number` into `frame`, a copy of this message's frame.
+    fn number(&self, frame: &mut [u8], number: u64) {
+        let bytes = number.to_le_bytes();
+        let payload = &mut frame[self.payload_at..];
+        for (i, b) in payload.iter_mut().take(NUMBER_BYTES).enumerate() {
+            *b = bytes[i] ^ self.mask[i & 3];
+        }
+    }
+}
+
+/// What the echo of a [`Message`] must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Echo {
+    opcode: u8,
+    len: u64,
+}
+
+impl Echo {
+    /// Payload bytes that carry the message's number.
+    fn numbered(&self) -> usize {
+        self.len.min(NUMBER_BYTES as u64) as usize
+    }
+}
+
+/// A reply that is not the echo owed: the run counts it as an error rather than as an echo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAnEcho {
+    /// A message came back when every message sent had been echoed already.
+    Unasked { sent: u64 },
+    /// Text for binary, or binary for text.
+    Opcode { message: u64, sent: u8, got: u8 },
+    /// More payload than the message sent had (known at the frame that exceeds it).
+    Longer { message: u64, sent: u64, got: u64 },
+    /// Less payload than the message sent had.
+    Shorter { message: u64, sent: u64, got: u64 },
+    /// Its first bytes, the message's number as sent, differ.
+    Number {
+        message: u64,
+        sent: [u8; NUMBER_BYTES],
+        got: [u8; NUMBER_BYTES],
+        len: usize,
+    },
+}
+
+impl std::fmt::Display for NotAnEcho {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not an echo: ")?;
+        match self {
+            NotAnEcho::Unasked { sent } => write!(
+                f,
+                "a message came back when all {sent} sent on the connection had been echoed \
+                 (the target sends messages of its own, or echoes some twice)"
+            ),
+            NotAnEcho::Opcode { message, sent, got } => write!(
+                f,
+                "message {message} was sent {} and came back {}",
+                opcode_name(*sent),
+                opcode_name(*got)
+            ),
+            NotAnEcho::Longer { message, sent, got } => write!(
+                f,
+                "message {message} of {sent} B came back with {got} B or more"
+            ),
+            NotAnEcho::Shorter { message, sent, got } => {
+                write!(f, "message {message} of {sent} B came back with {got} B")
+            }
+            NotAnEcho::Number {
+                message,
+                sent,
+                got,
+                len,
+            } => write!(
+                f,
+                "message {message} came back beginning with {}, sent beginning with {} (its \
+                 number on the connection): a message echoed twice or out of order, or altered",
+                hex(&got[..*len]),
+                hex(&sent[..*len])
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotAnEcho {}
+
+fn opcode_name(opcode: u8) -> &'static str {
+    match opcode {
+        OP_TEXT => "text",
+        OP_BINARY => "binary",
+        _ => "a continuation",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes the upgrade request and reads the 101 response. Returns bytes that arrived after the
@@ -219,13 +348,38 @@ pub struct Received {
     pub payload_bytes: u64,
 }
 
-/// Incremental parser for server-to-client frames. Data payloads are skipped, not buffered.
+/// Incremental parser for server-to-client frames. Data payloads are skipped, not buffered;
+/// once messages are sent ([`WsConn::send`]), each reply is checked to be the echo owed.
 #[derive(Debug, Default)]
 pub struct FrameParser {
     /// Payload bytes of the current data frame still to skip.
     skip: u64,
     /// Whether the current data frame ends a message.
     fin: bool,
+    /// The current data frame's mask key (a server must not mask, but one that does is read
+    /// right).
+    mask: Option<[u8; 4]>,
+    /// Payload bytes of the current data frame already skipped.
+    frame_pos: u64,
+    /// A message has begun and not ended.
+    in_message: bool,
+    /// Payload bytes of the current message already skipped (all its frames).
+    message_pos: u64,
+    /// The first payload bytes of the current message, its number if it is an echo.
+    number: [u8; NUMBER_BYTES],
+    owed: Owed,
+}
+
+/// The echoes a connection is owed.
+#[derive(Debug, Default)]
+struct Owed {
+    /// What each must be; none before a message is sent (an idle tunnel's messages are not
+    /// echoes).
+    echo: Option<Echo>,
+    /// Messages sent.
+    sent: u64,
+    /// Replies begun: the one under way is the echo of message `begun - 1`.
+    begun: u64,
 }
 
 /// A control frame the connection must act on.
@@ -236,8 +390,15 @@ pub enum Control {
 }
 
 impl FrameParser {
+    /// Records a message sent, whose echo is now owed; returns its number on the connection.
+    fn owe(&mut self, echo: Echo) -> u64 {
+        self.owed.echo = Some(echo);
+        self.owed.sent += 1;
+        self.owed.sent - 1
+    }
+
     /// Consumes what it can from `buf`; returns bytes consumed. Control frames are pushed to
-    /// `controls` (only once complete).
+    /// `controls` (only once complete). A reply that is not the echo owed is a [`NotAnEcho`].
     pub fn parse(
         &mut self,
         buf: &[u8],
@@ -246,7 +407,7 @@ impl FrameParser {
     ) -> Result<usize> {
         let mut pos = 0;
         loop {
-            pos += self.skip_payload(buf.len() - pos, got);
+            pos += self.skip_payload(&buf[pos..], got)?;
             if self.skip > 0 {
                 return Ok(pos);
             }
@@ -254,10 +415,13 @@ impl FrameParser {
             let Some(head) = FrameHead::decode(rest) else {
                 return Ok(pos);
             };
+            if head.rsv != 0 {
+                bail!("server sent a frame with reserved bits set (no extension was agreed)");
+            }
             match head.opcode {
                 OP_CONT | OP_TEXT | OP_BINARY => {
                     pos += head.hdr;
-                    self.start_data(head, got);
+                    self.start_data(head, got)?;
                 }
                 OP_PING | OP_PONG | OP_CLOSE => match take_control(head, rest, controls)? {
                     Some(total) => pos += total,
@@ -268,31 +432,130 @@ impl FrameParser {
         }
     }
 
-    /// Skips what `available` bytes cover of the current data frame's payload, counting the
-    /// message if this frame ends one; returns the bytes skipped.
+    /// Skips what `available` holds of the current data frame's payload, checking the bytes
+    /// that carry an echo's number and ending the message if this frame ends one; returns the
+    /// bytes skipped.
     #[inline]
-    fn skip_payload(&mut self, available: usize, got: &mut Received) -> usize {
+    fn skip_payload(&mut self, available: &[u8], got: &mut Received) -> Result<usize> {
         if self.skip == 0 {
-            return 0;
+            return Ok(0);
         }
-        let take = self.skip.min(available as u64);
+        let take = self.skip.min(available.len() as u64);
+        if let Some(echo) = self.owed.echo {
+            // Only the first few bytes of a message: the rest is skipped unread.
+            if self.message_pos < echo.numbered() as u64 {
+                self.read_number(&available[..take as usize], echo)?;
+            }
+        }
         self.skip -= take;
+        self.frame_pos += take;
+        self.message_pos += take;
         got.payload_bytes += take;
         if self.skip == 0 && self.fin {
-            got.messages += 1;
+            self.end_message(got)?;
         }
-        take as usize
+        Ok(take as usize)
     }
 
-    /// Starts skipping a data frame's payload. An empty frame ending a message counts it at
-    /// once: it has no payload whose end would.
+    /// Keeps the bytes of `payload` (the next of the current frame) that carry the echo's
+    /// number, and checks the number once all are in.
+    fn read_number(&mut self, payload: &[u8], echo: Echo) -> Result<()> {
+        let numbered = echo.numbered();
+        let from = self.message_pos as usize;
+        let count = payload.len().min(numbered - from);
+        for (i, &b) in payload[..count].iter().enumerate() {
+            let key = self
+                .mask
+                .map_or(0, |m| m[(self.frame_pos as usize + i) & 3]);
+            self.number[from + i] = b ^ key;
+        }
+        if from + count < numbered {
+            return Ok(());
+        }
+        let message = self.owed.begun - 1;
+        let sent = message.to_le_bytes();
+        if self.number[..numbered] != sent[..numbered] {
+            bail!(NotAnEcho::Number {
+                message,
+                sent,
+                got: self.number,
+                len: numbered,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts skipping a data frame's payload, after checking that it continues a message
+    /// begun or begins one, and that, as an echo, it is of the type and (so far) no longer
+    /// than the message owed. An empty frame ending a message ends it at once: it has no
+    /// payload whose end would.
     #[inline]
-    fn start_data(&mut self, head: FrameHead, got: &mut Received) {
+    fn start_data(&mut self, head: FrameHead, got: &mut Received) -> Result<()> {
+        match (head.opcode, self.in_message) {
+            (OP_CONT, false) => bail!("server sent a continuation frame with no message begun"),
+            (OP_CONT, true) => {}
+            (_, true) => bail!("server began a message before ending the one before"),
+            (opcode, false) => self.begin_message(opcode)?,
+        }
+        if let Some(echo) = self.owed.echo {
+            let len = self.message_pos + head.len;
+            if len > echo.len {
+                bail!(NotAnEcho::Longer {
+                    message: self.owed.begun - 1,
+                    sent: echo.len,
+                    got: len,
+                });
+            }
+        }
         self.fin = head.fin;
         self.skip = head.len;
+        self.mask = head.mask;
+        self.frame_pos = 0;
         if head.len == 0 && head.fin {
-            got.messages += 1;
+            self.end_message(got)?;
         }
+        Ok(())
+    }
+
+    /// A message begins: as a reply, it must be owed and of the type sent.
+    fn begin_message(&mut self, opcode: u8) -> Result<()> {
+        self.in_message = true;
+        self.message_pos = 0;
+        let Some(echo) = self.owed.echo else {
+            return Ok(());
+        };
+        let message = self.owed.begun;
+        if message >= self.owed.sent {
+            bail!(NotAnEcho::Unasked {
+                sent: self.owed.sent
+            });
+        }
+        self.owed.begun += 1;
+        if opcode != echo.opcode {
+            bail!(NotAnEcho::Opcode {
+                message,
+                sent: echo.opcode,
+                got: opcode,
+            });
+        }
+        Ok(())
+    }
+
+    /// The current message has ended: counted, once, as an echo, checked to be as long as
+    /// the message owed.
+    fn end_message(&mut self, got: &mut Received) -> Result<()> {
+        self.in_message = false;
+        if let Some(echo) = self.owed.echo {
+            if self.message_pos != echo.len {
+                bail!(NotAnEcho::Shorter {
+                    message: self.owed.begun - 1,
+                    sent: echo.len,
+                    got: self.message_pos,
+                });
+            }
+        }
+        got.messages += 1;
+        Ok(())
     }
 }
 
@@ -353,6 +616,8 @@ pub(crate) fn payload_len(rest: &[u8]) -> Option<(u64, usize)> {
 #[derive(Debug, Clone, Copy)]
 struct FrameHead {
     fin: bool,
+    /// The RSV1-3 bits, which no extension was agreed to use.
+    rsv: u8,
     opcode: u8,
     len: u64,
     /// Bytes of the head, mask key included: where the payload starts.
@@ -368,6 +633,7 @@ impl FrameHead {
         let (len, hdr) = payload_len(rest)?;
         let head = FrameHead {
             fin: rest[0] & 0x80 != 0,
+            rsv: rest[0] & 0x70,
             opcode: rest[0] & 0x0F,
             len,
             hdr,
@@ -400,7 +666,8 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn queue(&mut self, frame: &[u8]) {
+    /// Queues a copy of `frame`; returns the copy, for the caller to number.
+    fn queue(&mut self, frame: &[u8]) -> &mut [u8] {
         // A write backlog that never drains (bulk against a slow target) must not keep what
         // was written: drop it once it is most of the buffer.
         if self.pos > 0 && self.pos >= self.buf.len() / 2 {
@@ -410,8 +677,10 @@ impl Outbox {
             }
             self.pos = 0;
         }
+        let start = self.buf.len();
         self.buf.extend_from_slice(frame);
         self.ends.push_back(self.buf.len());
+        &mut self.buf[start..]
     }
 
     fn pending(&self) -> usize {
@@ -484,6 +753,14 @@ impl WsConn {
     /// Queues a pre-built frame, to go out in its own write.
     pub fn queue(&mut self, frame: &[u8]) {
         self.out.queue(frame);
+    }
+
+    /// Queues `message`, numbered as the next one sent on this connection (to go out in its
+    /// own write); from then on every message received must be the echo owed, in order.
+    pub fn send(&mut self, message: &Message) {
+        let number = self.parser.owe(message.echo);
+        let copy = self.out.queue(&message.frame);
+        message.number(copy, number);
     }
 
     /// Bytes queued but not yet handed to the socket.
@@ -752,6 +1029,115 @@ mod tests {
                 vec![Control::Ping(b"hi".to_vec())],
                 "chunk {chunk}"
             );
+        }
+    }
+
+    /// The payload of `message` as sent numbered `number`, unmasked.
+    fn payload_sent(message: &Message, number: u64) -> Vec<u8> {
+        let mut frame = message.frame.clone();
+        message.number(&mut frame, number);
+        let payload = &frame[message.payload_at..];
+        let unmasked = payload.iter().enumerate();
+        unmasked.map(|(i, b)| b ^ message.mask[i & 3]).collect()
+    }
+
+    /// Feeds `stream` to a parser owed `sent` echoes of `message`, in chunks of `chunk` bytes.
+    fn parse_replies(
+        message: &Message,
+        sent: u64,
+        stream: &[u8],
+        chunk: usize,
+    ) -> Result<Received> {
+        let mut parser = FrameParser::default();
+        for _ in 0..sent {
+            parser.owe(message.echo);
+        }
+        let (mut got, mut controls, mut pending) = (Received::default(), Vec::new(), Vec::new());
+        for piece in stream.chunks(chunk) {
+            pending.extend_from_slice(piece);
+            let n = parser.parse(&pending, &mut got, &mut controls)?;
+            pending.drain(..n);
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn a_message_is_numbered_in_its_first_bytes_and_nothing_else_changes() {
+        let message = Message::binary(300);
+        let plain: Vec<u8> = (0..300).map(|i| (i % 251) as u8).collect();
+        let sent = payload_sent(&message, 0x0102_0304_0506_0708);
+        assert_eq!(sent[..8], [8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(sent[8..], plain[8..]);
+        // A message shorter than the number carries its low bytes.
+        assert_eq!(payload_sent(&Message::binary(3), 0x0102_0304), [4, 3, 2]);
+    }
+
+    #[test]
+    fn echoes_owed_pass_however_split_or_fragmented() {
+        let message = Message::binary(300);
+        let mut stream = server_frame(OP_BINARY, true, &payload_sent(&message, 0));
+        // Echo 1 fragmented (one byte of its number in the first frame), a ping between.
+        let second = payload_sent(&message, 1);
+        stream.extend(server_frame(OP_BINARY, false, &second[..1]));
+        stream.extend(server_frame(OP_PING, true, b"hi"));
+        stream.extend(server_frame(OP_CONT, false, &second[1..200]));
+        stream.extend(server_frame(OP_CONT, true, &second[200..]));
+        // Echo 2 masked, which a server must not do but is read right.
+        let third = payload_sent(&message, 2);
+        stream.extend(masked_frame(OP_BINARY, &third, [9, 8, 7, 6]));
+        for chunk in [1usize, 3, 7, 1000, stream.len()] {
+            let got = parse_replies(&message, 3, &stream, chunk).unwrap();
+            assert_eq!((got.messages, got.payload_bytes), (3, 900), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_reply_that_is_not_the_echo_owed_is_an_error_naming_what_differs() {
+        let message = Message::binary(64);
+        let first = payload_sent(&message, 0);
+        let mut flipped = first.clone();
+        flipped[0] ^= 0xFF;
+        let twice = [first.as_slice(), first.as_slice()].map(|p| server_frame(OP_BINARY, true, p));
+        for (sent, stream, why) in [
+            (2, twice.concat(), "message 1 came back beginning with 0000000000000000, sent beginning with 0100000000000000"),
+            (1, twice.concat(), "a message came back when all 1 sent on the connection had been echoed"),
+            (1, server_frame(OP_BINARY, true, &flipped), "message 0 came back beginning with ff00"),
+            (1, server_frame(OP_BINARY, true, &first[..63]), "message 0 of 64 B came back with 63 B"),
+            (1, server_frame(OP_BINARY, true, &[&first[..], &[0]].concat()), "message 0 of 64 B came back with 65 B or more"),
+            (1, server_frame(OP_TEXT, true, &first), "message 0 was sent binary and came back text"),
+        ] {
+            for chunk in [1usize, 5, stream.len()] {
+                let err = parse_replies(&message, sent, &stream, chunk).unwrap_err();
+                assert!(err.downcast_ref::<NotAnEcho>().is_some(), "{err}");
+                let err = err.to_string();
+                assert!(err.starts_with("not an echo: ") && err.contains(why), "chunk {chunk}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn frames_out_of_place_or_with_reserved_bits_are_refused() {
+        let message = Message::binary(4);
+        let first = payload_sent(&message, 0);
+        let mut rsv = server_frame(OP_BINARY, true, &first);
+        rsv[0] |= 0x40;
+        for (stream, why) in [
+            (
+                server_frame(OP_CONT, true, &first),
+                "continuation frame with no message begun",
+            ),
+            (
+                [
+                    server_frame(OP_BINARY, false, &first[..2]),
+                    server_frame(OP_BINARY, true, &first[2..]),
+                ]
+                .concat(),
+                "began a message before ending the one before",
+            ),
+            (rsv, "reserved bits"),
+        ] {
+            let err = parse_replies(&message, 1, &stream, stream.len()).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
         }
     }
 

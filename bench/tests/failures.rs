@@ -283,7 +283,8 @@ async fn a_target_that_never_echoes_fails_the_run_after_its_report() {
 }
 
 /// A target that pushes messages of its own as fast as it can, echoing nothing: a throughput
-/// run must not count them as echoes (it reported millions per second).
+/// run must not count them as echoes (it reported millions per second). They are not echoes
+/// of what it sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_pushing_messages_of_its_own_fails_a_throughput_run() {
     let addr = upgrading(|mut tcp| async move {
@@ -294,11 +295,144 @@ async fn a_target_pushing_messages_of_its_own_fails_a_throughput_run() {
     let url = format!("ws://{addr}/");
     let out = bench_async(short_json(&["throughput", &url, "-c", "2"])).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("sends messages of its own"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("not an echo"), "{}", stderr(&out));
+}
+
+/// How a misbehaving target answers each message.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Twice,
+    FirstByteFlipped,
+    OneByteShorter,
+    OneByteLonger,
+    AsText,
+}
+
+impl Reply {
+    /// The frames sent back for a message of `opcode` with `payload` (unmasked).
+    fn to(self, opcode: u8, mut payload: Vec<u8>) -> Vec<u8> {
+        let mut opcode = opcode;
+        match self {
+            Reply::Twice => {
+                return [self_frame(opcode, &payload), self_frame(opcode, &payload)].concat()
+            }
+            Reply::FirstByteFlipped => payload[0] ^= 0xFF,
+            Reply::OneByteShorter => {
+                payload.pop();
+            }
+            Reply::OneByteLonger => payload.push(0),
+            Reply::AsText => opcode = 1,
+        }
+        self_frame(opcode, &payload)
+    }
+
+    /// What the tool's error says.
+    fn why(self) -> &'static str {
+        match self {
+            // A copy arriving with another echo owed has the wrong number; one arriving with
+            // none owed (latency, at a low rate) is a message too many.
+            Reply::Twice => "twice",
+            Reply::FirstByteFlipped => "came back beginning with ff",
+            Reply::OneByteShorter => "came back with 63 B",
+            Reply::OneByteLonger => "came back with 65 B or more",
+            Reply::AsText => "was sent binary and came back text",
+        }
+    }
+}
+
+/// An unmasked server frame (FIN set).
+fn self_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n <= 0xFFFF => {
+            f.push(126);
+            f.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend((n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads one client frame (masked, unfragmented): its opcode and unmasked payload.
+async fn read_client_frame(tcp: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).await?;
+    let len = match head[1] & 0x7F {
+        126 => u64::from(tcp.read_u16().await?),
+        127 => tcp.read_u64().await?,
+        n => u64::from(n),
+    };
+    let mut mask = [0u8; 4];
+    tcp.read_exact(&mut mask).await?;
+    let mut payload = vec![0u8; len as usize];
+    tcp.read_exact(&mut payload).await?;
+    payload
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b ^= mask[i & 3]);
+    Ok((head[0] & 0x0F, payload))
+}
+
+/// A target that upgrades every connection and answers each message it is sent with `reply`.
+async fn replying(reply: Reply) -> SocketAddr {
+    upgrading(move |mut tcp| async move {
+        while let Ok((opcode, payload)) = read_client_frame(&mut tcp).await {
+            if tcp.write_all(&reply.to(opcode, payload)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// A reply that is not the echo of the message sent (a copy too many, a byte changed, one
+/// byte short or over, text for binary) fails every steady run, naming what differed: each
+/// was counted as an echo (bulk's MB/s doubled by a target echoing twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_is_not_the_echo_fails_every_steady_run() {
+    let mut runs = Vec::new();
+    for reply in [
+        Reply::Twice,
+        Reply::FirstByteFlipped,
+        Reply::OneByteShorter,
+        Reply::OneByteLonger,
+        Reply::AsText,
+    ] {
+        let url = format!("ws://{}/", replying(reply).await);
+        for args in [
+            &["latency", &url, "-c", "1", "-r", "100", "-s", "64"][..],
+            &["throughput", &url, "-c", "1", "-s", "64"],
+            &["bulk", &url, "-s", "64"],
+        ] {
+            let (what, args) = (format!("{reply:?} {}", args[0]), short_json(args));
+            runs.push(async move { (what, reply.why(), bench_async(args).await) });
+        }
+    }
+    for (what, why, out) in futures_util::future::join_all(runs).await {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains("not an echo") && err.contains(why),
+            "{what}: {err}"
+        );
+        assert!(report(&out)["errors"].as_u64() > Some(0), "{what}");
+    }
+}
+
+/// The tester's case: bulk at its defaults (64 KiB messages) against a target echoing each
+/// message twice reported twice the MB/s, with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_run_against_a_target_echoing_twice_fails() {
+    let url = format!("ws://{}/", replying(Reply::Twice).await);
+    let out = bench_async(short_json(&["bulk", &url])).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a message echoed twice"), "{err}");
 }
 
 /// Reads a request head (to its blank line) and answers `response`, then closes.

@@ -24,7 +24,7 @@ use crate::procstat::{CpuSnapshot, CpuWindow};
 use crate::report::Report;
 use crate::stats::{self, connection_for, scheduled_offset, Percentiles};
 use crate::target::Target;
-use crate::ws::{self, WsConn};
+use crate::ws::{Message, WsConn};
 
 /// How long to wait for outstanding replies after the last send.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -65,14 +65,14 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
     super::probe(&target).await?;
     let conns = open_many(&target, args.connections, 64, 16 * 1024).await?;
     let errors = Arc::new(Errors::default());
-    let frame: Arc<[u8]> = ws::binary_message(args.size).into();
+    let message = Arc::new(Message::binary(args.size));
 
     // 20 ms ahead: time for the tasks and the pacer thread to start before the first send is due.
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + args.measure.warmup;
     let end = measure_from + args.measure.duration;
 
-    let (senders, mut tasks) = spawn_drivers(conns, &errors, &frame, measure_from, end);
+    let (senders, mut tasks) = spawn_drivers(conns, &errors, &message, measure_from, end);
     let pacer = spawn_pacer(senders, start, end, args.rate, args.connections)?;
 
     tokio::time::sleep_until(measure_from.into()).await;
@@ -166,7 +166,7 @@ fn shortfall(measured: u64, lost: u64, rate: f64, window: Duration) -> Option<St
 fn spawn_drivers(
     conns: Vec<WsConn>,
     errors: &Arc<Errors>,
-    frame: &Arc<[u8]>,
+    message: &Arc<Message>,
     measure_from: Instant,
     end: Instant,
 ) -> (Vec<mpsc::UnboundedSender<Instant>>, JoinSet<ConnResult>) {
@@ -175,10 +175,10 @@ fn spawn_drivers(
     for conn in conns {
         let (tx, rx) = mpsc::unbounded_channel();
         senders.push(tx);
-        let (errors, frame) = (errors.clone(), frame.clone());
+        let (errors, message) = (errors.clone(), message.clone());
         tasks.spawn(async move {
             let mut r = ConnResult::new();
-            if let Err(e) = drive(conn, rx, &frame, measure_from, end + DRAIN, &mut r).await {
+            if let Err(e) = drive(conn, rx, &message, measure_from, end + DRAIN, &mut r).await {
                 errors.add(&e);
             }
             r
@@ -269,7 +269,7 @@ impl Oversleep {
 async fn drive(
     mut conn: WsConn,
     mut rx: mpsc::UnboundedReceiver<Instant>,
-    frame: &[u8],
+    message: &Message,
     measure_from: Instant,
     give_up: Instant,
     r: &mut ConnResult,
@@ -282,7 +282,7 @@ async fn drive(
             while !closed {
                 match rx.poll_recv(cx) {
                     Poll::Ready(Some(scheduled)) => {
-                        conn.queue(frame);
+                        conn.send(message);
                         in_flight.push_back((scheduled, Instant::now()));
                     }
                     Poll::Ready(None) => closed = true,

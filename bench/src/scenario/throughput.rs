@@ -14,7 +14,7 @@ use crate::cli::{BulkArgs, ClientArgs, MeasureArgs, ThroughputArgs};
 use crate::procstat::CpuWindow;
 use crate::report::Report;
 use crate::target::Target;
-use crate::ws::{self, WsConn};
+use crate::ws::{Message, WsConn};
 
 #[derive(Default)]
 struct Counters {
@@ -68,14 +68,14 @@ async fn pump(
     let phase = Arc::new(Phase::default());
     let errors = Arc::new(Errors::default());
     let counters = Arc::new(Counters::default());
-    let frame: Arc<[u8]> = ws::binary_message(size).into();
+    let message = Arc::new(Message::binary(size));
 
     let mut tasks = JoinSet::new();
     for conn in conns {
         tasks.spawn(keep_window_full(
             conn,
             window,
-            frame.clone(),
+            message.clone(),
             phase.clone(),
             errors.clone(),
             counters.clone(),
@@ -123,32 +123,23 @@ fn read_buffer(size: usize) -> usize {
 }
 
 /// One connection: sends `window` messages, then a new one for each echo received, until the
-/// run's end (STOP). A failure after STOP is not counted: the measured window is over.
+/// run's end (STOP). A failure after STOP is not counted: the measured window is over. Each
+/// reply is checked to be the echo owed (see [`WsConn::send`]): a target echoing a message
+/// twice, or sending messages of its own, would otherwise have its extra messages replaced
+/// and counted as echoes (bulk's MB/s doubled).
 async fn keep_window_full(
     mut conn: WsConn,
     window: u32,
-    frame: Arc<[u8]>,
+    message: Arc<Message>,
     phase: Arc<Phase>,
     errors: Arc<Errors>,
     counters: Arc<Counters>,
 ) {
     for _ in 0..window {
-        conn.queue(&frame);
+        conn.send(&message);
     }
     while phase.get() != STOP {
         match conn.recv().await {
-            // Each echo is replaced at once, so `window` are in flight whenever it reads: more
-            // in one read are messages of the target's own (pushed, not echoed), and counting
-            // them would measure nothing.
-            Ok((got, _)) if got.messages > u64::from(window) => {
-                if phase.get() != STOP {
-                    let got = got.messages;
-                    errors.add(&anyhow::anyhow!(
-                        "received {got} messages at once with {window} in flight: the target sends messages of its own, not only echoes"
-                    ));
-                }
-                return;
-            }
             Ok((got, _)) => {
                 counters
                     .recv_msgs
@@ -157,7 +148,7 @@ async fn keep_window_full(
                     .recv_bytes
                     .fetch_add(got.payload_bytes, Ordering::Relaxed);
                 for _ in 0..got.messages {
-                    conn.queue(&frame);
+                    conn.send(&message);
                 }
             }
             Err(e) => {
