@@ -785,3 +785,100 @@ async fn a_handshake_run_counts_its_errors_in_the_same_window_as_its_handshakes(
         "{report}"
     );
 }
+
+/// Starts the tool with stdout and stderr piped.
+fn spawn_bench(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `idle` with `args` (its READY on stderr with --json), sends it `signal` once READY is
+/// said, and returns its output (stderr: what followed READY).
+fn idle_signalled_after_ready(args: &[&str], signal: libc::c_int) -> Output {
+    use std::io::{BufRead, Read};
+    let mut child = spawn_bench(args);
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("READY") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "ended before READY");
+    }
+    // SAFETY: kill only sends a signal, to the child started above.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+    let mut rest = Vec::new();
+    err.read_to_end(&mut rest).unwrap();
+    let mut out = child.wait_with_output().unwrap();
+    out.stderr = rest;
+    out
+}
+
+/// A signal just after READY, in the settle (1 s by default), used to end `idle` by the
+/// signal with no report; in the hold it ends the hold. Either way the run reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_reports_on_a_signal_at_any_point_after_ready() {
+    let url = format!("ws://{}/", echo_backend().await);
+    for (extra, signal) in [
+        (&["--settle", "600s"][..], libc::SIGTERM),
+        (&["--settle", "600s"], libc::SIGINT),
+        (&["--settle", "0s"], libc::SIGINT),
+        (&["--settle", "0s", "--hold", "600s"], libc::SIGTERM),
+    ] {
+        let mut args = vec![
+            "idle".to_string(),
+            url.clone(),
+            "-n".into(),
+            "3".into(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            idle_signalled_after_ready(&args, signal)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{extra:?} {signal}: {}",
+            stderr(&out)
+        );
+        let report = report(&out);
+        assert_eq!(
+            (&report["tunnels"], &report["held"]),
+            (&3.into(), &3.into()),
+            "{report}"
+        );
+        assert!(report["settle_s"].as_f64() < Some(600.0), "{report}");
+    }
+}
+
+/// A signal before READY (here while the probe waits for a silent target) ends the run with a
+/// clear error and the failure status, not the process by the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_interrupted_before_ready_fails_with_a_clear_error() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let url = format!("ws://{addr}/");
+    let child = spawn_bench(&["idle", &url, "-n", "3", "--open-timeout", "600s"]);
+    // The probe's connection, accepted and never answered: the tool is opening.
+    let (_held, _) = silent.accept().await.unwrap();
+    // SAFETY: kill only sends a signal, to the child started above.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted by SIGINT before the tunnels were open"),
+        "{err}"
+    );
+}

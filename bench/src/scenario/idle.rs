@@ -5,12 +5,17 @@
 //! beside it, and that includes the tool's and the backend's sockets. The proxy's CPU time from
 //! before the first connect to the end of the hold is reported per tunnel opened: the handshakes'
 //! cost plus whatever holding idle tunnels costs it (timers, keep-alive pings).
+//!
+//! SIGINT and SIGTERM are handled from before the first connection: after READY (during the
+//! settle too, which then ends with the memory read at once) one ends the hold and the run
+//! reports; before READY it ends the run with an error, not the process by the signal.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{probe, target_url, Errors};
@@ -40,24 +45,126 @@ fn memory(pids: &[u32]) -> Memory {
 }
 
 pub async fn run(args: &IdleArgs) -> Result<Report> {
+    // Before anything is opened: from here on a SIGINT or SIGTERM is the run's to handle (by
+    // default it would end the process at once, with no report), whenever it comes.
+    let mut stop = Stop::install()?;
+    let opened = tokio::select! {
+        opened = open(args) => opened?,
+        signal = stop.next() => bail!(Interrupted(signal)),
+    };
+    let Opened {
+        target,
+        before,
+        cpu_start,
+        tunnels,
+    } = opened;
+    print_ready(args.client.json, tunnels.up, args.count as u64 - tunnels.up)?;
+
+    // A signal during the settle ends it and the hold: the memory is read at once, and the
+    // report says how long the settle lasted.
+    let ready = Instant::now();
+    let stopped = wait(Some(args.settle), &mut stop).await;
+    let pids = &args.client.pids;
+    let reading = Reading {
+        before,
+        after: memory(pids),
+        held: tunnels.up - tunnels.dropped.count(),
+        settle_secs: ready.elapsed().as_secs_f64(),
+    };
+    if !stopped {
+        let rest = args.hold.map(|hold| hold.saturating_sub(args.settle));
+        wait(rest, &mut stop).await;
+    }
+    let cpu = CpuWindow::between(&cpu_start, &CpuSnapshot::take(pids));
+    Ok(report(&target, tunnels, &reading, &cpu))
+}
+
+/// What is known once the tunnels are open.
+struct Opened {
+    target: Arc<Target>,
+    /// Memory before the tunnels were opened.
+    before: Memory,
+    cpu_start: CpuSnapshot,
+    tunnels: Tunnels,
+}
+
+/// Checks the target, reads memory and CPU, and opens the tunnels.
+async fn open(args: &IdleArgs) -> Result<Opened> {
     let target = Arc::new(Target::new(&args.client).await?);
     probe(&target).await?;
     let pids = &args.client.pids;
     let before = memory(pids);
     let cpu_start = CpuSnapshot::take(pids);
     let tunnels = open_tunnels(&target, args.count, args.concurrency).await?;
-    print_ready(args.client.json, tunnels.up, args.count as u64 - tunnels.up)?;
-
-    tokio::time::sleep(args.settle).await;
-    let after = memory(pids);
-    let held = tunnels.up - tunnels.dropped.count();
-    match args.hold {
-        Some(hold) => tokio::time::sleep(hold.saturating_sub(args.settle)).await,
-        None => wait_for_signal().await?,
-    }
-    let cpu = CpuWindow::between(&cpu_start, &CpuSnapshot::take(pids));
-    Ok(report(&target, tunnels, held, before, after, &cpu))
+    Ok(Opened {
+        target,
+        before,
+        cpu_start,
+        tunnels,
+    })
 }
+
+/// The memory reading the per-tunnel figures come from.
+struct Reading {
+    before: Memory,
+    after: Memory,
+    /// Tunnels still open when `after` was read.
+    held: u64,
+    /// From READY to the reading: `--settle`, or less if a signal cut it short.
+    settle_secs: f64,
+}
+
+/// SIGINT and SIGTERM, handled by the run from before anything is opened.
+struct Stop {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Stop> {
+        let handle = |kind| signal(kind).context("cannot handle SIGINT and SIGTERM");
+        Ok(Stop {
+            interrupt: handle(SignalKind::interrupt())?,
+            terminate: handle(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM; returns its name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Waits `limit` (forever if none) or until a signal; returns whether a signal ended it.
+async fn wait(limit: Option<Duration>, stop: &mut Stop) -> bool {
+    let Some(limit) = limit else {
+        stop.next().await;
+        return true;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(limit) => false,
+        _ = stop.next() => true,
+    }
+}
+
+/// A signal came before the tunnels were open: there is nothing to report.
+#[derive(Debug)]
+pub struct Interrupted(&'static str);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted by {} before the tunnels were open (before READY): nothing to report",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// The tunnels once all tries to open them are over. The tasks holding them go on counting in
 /// `dropped` until the runtime ends.
@@ -159,16 +266,15 @@ fn print_ready(json: bool, up: u64, failed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The report: memory grown between `before` and `after` is divided among the `held` tunnels,
-/// CPU used while opening and holding them among the tunnels opened.
-fn report(
-    target: &Target,
-    tunnels: Tunnels,
-    held: u64,
-    before: Memory,
-    after: Memory,
-    cpu: &CpuWindow,
-) -> Report {
+/// The report: memory grown between the reading's `before` and `after` is divided among the
+/// tunnels it `held`, CPU used while opening and holding them among the tunnels opened.
+fn report(target: &Target, tunnels: Tunnels, reading: &Reading, cpu: &CpuWindow) -> Report {
+    let Reading {
+        before,
+        after,
+        held,
+        settle_secs,
+    } = *reading;
     let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) if held > 0 => Some((b as f64 - a as f64) / held as f64),
         _ => None,
@@ -183,7 +289,12 @@ fn report(
     r.int("tunnels", up, "opened")
         .int("held", held, "still open at measurement")
         .num("open_s", open_secs, "s")
-        .num("opens_per_s", up as f64 / open_secs.max(1e-9), "/s");
+        .num("opens_per_s", up as f64 / open_secs.max(1e-9), "/s")
+        .num(
+            "settle_s",
+            settle_secs,
+            "s from READY to the memory reading",
+        );
     if let (Some(b), Some(a)) = (before.proxy_rss_kib, after.proxy_rss_kib) {
         r.int("proxy_rss_before_kib", b, "KiB")
             .int("proxy_rss_after_kib", a, "KiB");
@@ -220,13 +331,4 @@ fn report(
     }
     errors.report(&mut r);
     r
-}
-
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }
