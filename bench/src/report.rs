@@ -15,6 +15,16 @@ pub struct Report {
     failure: Option<String>,
 }
 
+/// Rounds to 3 decimals, or below 1 to 3 significant digits: 3 decimals would print a small
+/// figure (a `--rate` of 0.000001, a CPU time per operation) as 0.
+fn round(value: f64) -> f64 {
+    if value == 0.0 || value.abs() >= 1.0 || !value.is_finite() {
+        return (value * 1000.0).round() / 1000.0;
+    }
+    let scale = 10f64.powi(2 - value.abs().log10().floor() as i32);
+    (value * scale).round() / scale
+}
+
 #[derive(Debug, Clone)]
 struct Row {
     key: String,
@@ -45,9 +55,10 @@ impl Report {
         self.failure.as_deref()
     }
 
-    /// Adds a number (rounded to 3 decimals; non-finite becomes null).
+    /// Adds a number (rounded to 3 decimals, or below 1 to 3 significant digits; non-finite
+    /// becomes null).
     pub fn num(&mut self, key: &str, value: f64, unit: &'static str) -> &mut Self {
-        let v = Number::from_f64((value * 1000.0).round() / 1000.0)
+        let v = Number::from_f64(round(value))
             .map(Value::Number)
             .unwrap_or(Value::Null);
         self.push(key, v, unit)
@@ -193,6 +204,25 @@ mod tests {
             t.contains("msgs_per_s") && t.contains("1234.568 msg/s"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn small_figures_keep_three_significant_digits_not_three_decimals() {
+        let mut r = Report::new("latency", "ws://127.0.0.1:9001/");
+        for (key, value) in [
+            ("a", 1e-6),
+            ("b", 0.000_123_456),
+            ("c", 0.5),
+            ("d", -0.0421),
+        ] {
+            r.num(key, value, "");
+        }
+        let j = r.to_json();
+        assert_eq!(
+            [&j["a"], &j["b"], &j["c"], &j["d"]],
+            [1e-6, 0.000123, 0.5, -0.0421]
+        );
+        assert!(r.to_table().contains("0.000123"), "{}", r.to_table());
     }
 
     #[test]
