@@ -287,3 +287,16 @@ async fn standard_client_against(addr: SocketAddr) {
         }
     }
 }
+
+/// One send in a window shorter than the interval between two: 1 message in 0.3 s read as 3.3
+/// msg/s at a rate of 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_run_never_reports_more_echoes_per_second_than_its_rate() {
+    let url = format!("ws://{}/", echo_backend().await);
+    let args = [
+        "latency", &url, "-c", "1", "-r", "1", "-d", "300ms", "--warmup", "0s",
+    ];
+    let r = run(command(&args)).await.unwrap();
+    assert_clean(&r, "messages");
+    assert!(num(&r, "msgs_per_s") <= 1.0, "{}", r.to_json());
+}

@@ -231,7 +231,7 @@ fn report(args: &LatencyArgs, target: &Target, total: &ConnResult, window: &CpuW
         .int("size", args.size as u64, "B")
         .num("duration_s", secs, "s")
         .int("messages", messages, "sent in the window, echoed")
-        .num("msgs_per_s", messages as f64 / secs, "msg/s")
+        .num("msgs_per_s", echo_rate(messages, secs, args.rate), "msg/s")
         .percentiles("", &Percentiles::of(&total.corrected))
         .num("service_p50_us", service.p50_us, "µs")
         .num("service_p99_us", service.p99_us, "µs")
@@ -240,6 +240,15 @@ fn report(args: &LatencyArgs, target: &Target, total: &ConnResult, window: &CpuW
         .int("lost", total.lost, "no reply")
         .cpu(window, messages as f64, "msg");
     r
+}
+
+/// Echoes per second over a window of `secs`, of `messages` sent on a schedule at `rate`: at
+/// most `rate`. A window holds the whole sends due in it, one more than `rate × secs` at
+/// worst, so the plain quotient exceeds the rate when the window is short (one send in a
+/// window shorter than the interval between two read as more than the rate), while the sends
+/// went at the rate.
+fn echo_rate(messages: u64, secs: f64, rate: f64) -> f64 {
+    (messages as f64 / secs).min(rate)
 }
 
 /// Wakes close to a deadline without spinning (the backend and the runtime thread may share this
@@ -336,6 +345,22 @@ mod tests {
             .to_string();
         assert!(refused.contains("55003 MiB to send"), "{refused}");
         assert!(refused.contains("at most 4096 MiB"), "{refused}");
+    }
+
+    #[test]
+    fn the_echo_rate_is_never_above_the_rate_sent_at() {
+        assert_eq!(
+            echo_rate(1, 0.3, 1.0),
+            1.0,
+            "one send in a window of 0.3 intervals"
+        );
+        assert_eq!(echo_rate(3, 2.5, 1.0), 1.0);
+        assert_eq!(echo_rate(5000, 1.0, 5000.0), 5000.0);
+        assert_eq!(
+            echo_rate(4000, 1.0, 5000.0),
+            4000.0,
+            "below it, as measured"
+        );
     }
 
     #[test]
