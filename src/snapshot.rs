@@ -46,6 +46,11 @@ pub(crate) struct Snapshot {
     tls_warnings: Vec<ConfigError>,
 }
 
+/// The most warnings logged as a config goes into force: one that warns about each of
+/// thousands of routes (hosts no certificate names) would flood the log at every reload.
+/// `wsgate check` prints them all.
+const LOGGED_WARNINGS: usize = 20;
+
 /// The routes (the table, their configs and warnings) freed a batch at a time by a task of
 /// their own (see [`crate::memory::drop_gradually`]): the last holder of a replaced snapshot
 /// may be any connection, on a thread that serves others. Freed here outside a runtime.
@@ -157,9 +162,18 @@ impl Snapshot {
             .collect()
     }
 
+    /// [`Self::warnings`], the first [`LOGGED_WARNINGS`] of them, then how many more.
     pub(crate) fn log_warnings(&self) {
-        for warning in self.warnings() {
+        let warnings = self.warnings();
+        let more = warnings.len().saturating_sub(LOGGED_WARNINGS);
+        for warning in warnings.into_iter().take(LOGGED_WARNINGS) {
             tracing::warn!("{warning}");
+        }
+        if more > 0 {
+            tracing::warn!(
+                more,
+                "and {more} more warnings about this config, not logged: `wsgate check` lists them all"
+            );
         }
     }
 
