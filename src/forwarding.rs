@@ -83,8 +83,10 @@ fn underscored_alias(name: &str) -> bool {
 }
 
 /// The header names a message's own `Connection` lists: hop-by-hop too (RFC 9110 §7.6.1).
+/// Split at every comma, quoted or not: `Connection` holds no quoted strings, and a stray
+/// quote must not hide the names after it from being stripped (stripping too much is safe).
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
-    (crate::grammar::tokens(headers, &CONNECTION))
+    (crate::grammar::plain_elements(headers, &CONNECTION))
         .map(str::to_ascii_lowercase)
         .collect()
 }
@@ -145,10 +147,14 @@ pub(crate) fn backend_request(
 
 /// The client's `X-Forwarded-For` list (all its lines, empty elements left out) with the
 /// client's address appended: one line, so a backend reading only the first line or only
-/// the last element gets what it expects.
+/// the last element gets what it expects. An element with a `"` is left out too: no address
+/// has one, and a backend reading the list quote-aware would see the address wsgate
+/// appends inside the client's string.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_canonical().to_string();
-    let mut list: Vec<&str> = crate::grammar::tokens(headers, &X_FORWARDED_FOR).collect();
+    let mut list: Vec<&str> = crate::grammar::plain_elements(headers, &X_FORWARDED_FOR)
+        .filter(|element| !element.contains('"'))
+        .collect();
     list.push(&ip);
     let joined = list.join(", ");
     if let Ok(value) = HeaderValue::from_str(&joined) {
@@ -465,6 +471,55 @@ mod tests {
         for gone in ["x-hop", "transfer-encoding", "content-length"] {
             assert!(headers.get(gone).is_none(), "{gone}");
         }
+    }
+
+    /// `Connection` holds no quoted strings: a stray quote hides no name after it from being
+    /// stripped, in a 101, a relayed refusal, or the request forwarded.
+    #[test]
+    fn a_stray_quote_in_connection_hides_no_name_from_being_stripped() {
+        let backend = Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade, \"x, x-hop")
+            .header("x-hop", "secret")
+            .body(())
+            .unwrap();
+        assert!(crate::grammar::has_token(
+            backend.headers(),
+            &CONNECTION,
+            "upgrade"
+        ));
+        let (parts, ()) = backend.into_parts();
+        assert!(client_switching_head(&parts)
+            .headers()
+            .get("x-hop")
+            .is_none());
+        let refusal = Response::builder()
+            .status(403)
+            .header("connection", "\"x, x-hop")
+            .header("x-hop", "secret")
+            .body(())
+            .unwrap();
+        assert!(relay_refusal(refusal).headers().get("x-hop").is_none());
+        let headers = forwarded(
+            &[("connection", "Upgrade, \"x, x-trace"), ("x-trace", "1")],
+            &[],
+        );
+        assert!(headers.get("x-trace").is_none());
+    }
+
+    /// No address holds a `"`: such an element of the client's list is left out, so a backend
+    /// reading the list quote-aware cannot find the address appended here inside it.
+    #[test]
+    fn an_x_forwarded_for_element_with_a_quote_is_left_out() {
+        let headers = forwarded(
+            &[("x-forwarded-for", "203.0.113.1, \"a, b\", 198.51.100.2, \"")],
+            &[],
+        );
+        assert_eq!(
+            values(&headers, "x-forwarded-for"),
+            ["203.0.113.1, 198.51.100.2, 192.0.2.7"]
+        );
     }
 
     #[test]

@@ -40,6 +40,22 @@ pub(crate) fn split_outside_quotes(line: &str) -> Vec<&str> {
     parts
 }
 
+/// Every element of every `name` header line split at every comma (quoted or not), trimmed,
+/// empty ones skipped: for lists that hold no quoted strings, where reading more elements
+/// than meant is the safe side.
+pub(crate) fn plain_elements<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Whether any line of `name` lists `token` (case-insensitively).
 pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))

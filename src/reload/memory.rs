@@ -14,7 +14,7 @@ pub(super) struct Memory {
     /// The content of a rejected config: the same bytes are not retried (or logged) again.
     rejected: Option<Hash>,
     /// The content of files lacking one (deleted, to be written again): the same bytes are
-    /// not built again (a poll every second) while it lasts.
+    /// not built again (at every poll) while it lasts.
     lacking: Option<Hash>,
     /// The content of the config file on disk, when it (or a file it names) was rejected or
     /// failed to bind (said then): failing alike again while only files it names change is

@@ -305,7 +305,7 @@ async fn a_backend_half_close_is_passed_on_and_the_client_can_still_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_gone_after_its_half_close_ends_the_tunnel() {
     let backend = RawBackend::start().await;
-    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;
     let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     back.shutdown_write().await;
     client.expect_closed().await;
@@ -317,6 +317,9 @@ async fn a_backend_gone_after_its_half_close_ends_the_tunnel() {
         proxy.server.active_connections() == 0
     })
     .await;
+    // Its reset came after its FIN: it had closed cleanly.
+    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="backend_closed"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
 }
 
 /// The same the other way: a client that half-closed and then went, and the backend's answer
@@ -324,7 +327,7 @@ async fn a_backend_gone_after_its_half_close_ends_the_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_after_its_half_close_ends_the_tunnel() {
     let backend = RawBackend::start().await;
-    let proxy = start_proxy(&route("chat", "/ws", &[backend.addr])).await;
+    let proxy = start_proxy(&format!("{ADMIN}{}", route("chat", "/ws", &[backend.addr]))).await;
     let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     client.shutdown_write().await;
     back.expect_closed().await;
@@ -334,6 +337,8 @@ async fn a_client_gone_after_its_half_close_ends_the_tunnel() {
         proxy.server.active_connections() == 0
     })
     .await;
+    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_closed"}"#;
+    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
