@@ -344,16 +344,24 @@ impl Reloader {
             ..
         } = &look
         {
+            // A failure is its content's only once the files held still, whatever asked: on
+            // the last try too (a SIGHUP into a file rewritten nonstop must not report, and
+            // count, the half of it it caught).
             let wait_for_still = match *trigger {
                 Trigger::Files => {
                     built.is_err() || (*settled && patience == Patience::WaitForStill)
                 }
-                Trigger::Manual => *fresh && patience == Patience::WaitForStill,
+                Trigger::Manual => *fresh && (built.is_err() || patience == Patience::WaitForStill),
             };
             if wait_for_still && !self.holds_still_serving(*stamp, *stamped_at, trigger).await {
-                tracing::debug!(
-                    "config files written to again after they were read; reading them again"
-                );
+                match patience {
+                    Patience::WaitForStill => tracing::debug!(
+                        "config files written to again after they were read; reading them again"
+                    ),
+                    Patience::TakeAsRead => tracing::warn!(
+                        "config files kept changing while being read; nothing applied until they hold still"
+                    ),
+                }
                 return Outcome::Unsettled;
             }
         }

@@ -1116,6 +1116,20 @@ async fn a_burst_of_writes_is_applied_as_one_reload_of_the_last_content() {
 async fn a_config_rewritten_piece_by_piece_nonstop_is_never_reported_half_written() {
     // In place, in ten pieces 2 ms apart, over and over for longer than the debounce's cap:
     // reads land mid-write. None may count as a failure, and the last content wins.
+    rewritten_piece_by_piece_nonstop(std::time::Duration::from_millis(1500), false).await;
+}
+
+/// The same with a SIGHUP (a manual reload) into the writes, and for longer than its tries
+/// (about 3 s): its last try, taking what it reads, must not report the half file it caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_into_a_config_rewritten_nonstop_never_reports_it_half_written() {
+    rewritten_piece_by_piece_nonstop(std::time::Duration::from_millis(4000), true).await;
+}
+
+/// The config file rewritten in place, piece by piece, nonstop for `lasting` (with a manual
+/// reload asked for as it starts, if `by_hand`): no failure counted, and the last content
+/// wins.
+async fn rewritten_piece_by_piece_nonstop(lasting: std::time::Duration, by_hand: bool) {
     let backend = WsBackend::start("one").await;
     let proxy = start_proxy(&route("r", "/r", &[backend.addr])).await;
     let rx = proxy.server.reload_status();
@@ -1125,10 +1139,14 @@ async fn a_config_rewritten_piece_by_piece_nonstop_is_never_reported_half_writte
         let route = route("r", &format!("/p{n}"), &[addr]);
         format!("{CONFIG_HEAD}{route}")
     };
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
         let started = std::time::Instant::now();
         let mut n = 0;
-        while started.elapsed() < std::time::Duration::from_millis(1500) {
+        while started.elapsed() < lasting {
+            if n == 1 {
+                let _ = started_tx.send(());
+            }
             n += 1;
             let text = body(n);
             let mut file = std::fs::File::create(&path).unwrap();
@@ -1140,6 +1158,11 @@ async fn a_config_rewritten_piece_by_piece_nonstop_is_never_reported_half_writte
         }
         n
     });
+    if by_hand {
+        let started = tokio::task::spawn_blocking(move || started_rx.recv());
+        started.await.unwrap().unwrap();
+        proxy.server.reload();
+    }
     let last = tokio::task::spawn_blocking(move || writer.join().unwrap())
         .await
         .unwrap();
