@@ -1,10 +1,11 @@
 //! A lean WebSocket client: the HTTP/1.1 upgrade and a frame codec.
 //!
-//! The load generator must not be the bottleneck, so messages are pre-built masked frames that are
-//! copied into the write buffer (their first few payload bytes overwritten with their number),
-//! and received data frames are counted and skipped without buffering their payloads, only
-//! their type, length and number checked against the message whose echo is owed. Reads and writes are driven from one task by [`WsConn::poll_drive`],
-//! so a connection never blocks writing while the peer waits for it to read.
+//! The load generator must not be the bottleneck, so messages are pre-built masked frames that
+//! are copied into the write buffer (their first few payload bytes overwritten with their
+//! number), and received data frames are counted and skipped without buffering their payloads,
+//! only their type, length and number checked against the message whose echo is owed. Reads
+//! and writes are driven from one task by [`WsConn::poll_drive`], so a connection never blocks
+//! writing while the peer waits for it to read.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;

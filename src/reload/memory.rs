@@ -154,10 +154,10 @@ impl Memory {
 
     /// The files on disk built, from a config file whose content is `config_file` (with the
     /// certificate files of the config in force as `served`, held with a new config file: see
-    /// [`Self::failed`]), but could not be applied: wsgate's own failure (`internal`, then that content, `on_disk`, is not
-    /// tried again: it would fail alike) or an address that cannot be bound (the machine's
-    /// state, not the file's: the very same content is retried on the next event, the port
-    /// may be free by then). Whether that is news: the same config file failing as last said
+    /// [`Self::failed`]), but could not be applied: wsgate's own failure (`internal`, then
+    /// that content, `on_disk`, is not tried again: it would fail alike) or an address that
+    /// cannot be bound (the machine's state, not the file's: the very same content is retried
+    /// on the next event, the port may be free by then). Whether that is news: the same config file failing as last said
     /// (`said`; a certificate renewed meanwhile, the address still taken) is not; another
     /// config file is, and so is a failure after another.
     pub(super) fn not_applied(

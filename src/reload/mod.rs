@@ -16,8 +16,9 @@
 //! certificates in force while the file on disk is not going into force; `status` what is
 //! published about reloads, and the log line with it. This module is the state machine
 //! around them: when to look, and what becomes of each look (published, logged, and the
-//! certificates in force renewed when the files on disk are not going into force). A SIGHUP is served at
-//! once, unless a file was written a moment before it (then after the files have held still).
+//! certificates in force renewed when the files on disk are not going into force). A SIGHUP
+//! is served at once, unless a file was written a moment before it (then after the files
+//! have held still).
 //!
 //! [`Snapshot`]: crate::snapshot::Snapshot
 

@@ -11,8 +11,9 @@
 //!
 //! A server that answers without upgrading (a 503 at its connection limit, say) is part of what
 //! is measured: counted in `errors`, the run goes on. Errors are counted in the window in which
-//! they end, as the handshakes are; the warm-up's apart, in `warmup_errors`. Connections that fail below HTTP (refused,
-//! reset, TLS failure, timeout) are counted apart in `connection_errors` too; above
+//! they end, as the handshakes are; the warm-up's apart, in `warmup_errors`. Connections that
+//! fail below HTTP (refused, reset, TLS failure, timeout) are counted apart in
+//! `connection_errors` too; above
 //! [`MAX_BROKEN_PCT`] % of the attempts they fail the run (after its report): the target died
 //! or broke, and the figures would measure that.
 
