@@ -41,7 +41,8 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let live = Arc::new(Live::default());
-    let reserve = Arc::new(Reserve::new());
+    let oldest = live.clone();
+    let reserve = Arc::new(Reserve::new(move || oldest.close_oldest()));
     let mut acceptor = Acceptor::new(&listener, &stop, &shared, Some(&reserve));
     while let Some((tcp, _)) = acceptor.next().await {
         let (id, evict) = live.admit();
@@ -81,6 +82,13 @@ impl Live {
         }
         connections.push_back((id, token.clone()));
         (id, token)
+    }
+
+    /// Closes the oldest connection, for its descriptor (the process is out of them, and a
+    /// probe waits); whether there was one.
+    fn close_oldest(&self) -> bool {
+        let oldest = lock(&self.connections).pop_front();
+        oldest.map(|(_, token)| token.cancel()).is_some()
     }
 
     fn leave(&self, id: u64) {

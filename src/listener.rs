@@ -252,6 +252,11 @@ impl<'a> Acceptor<'a> {
                     tracing::debug!("out of open files: a reserved one given up for it");
                     continue;
                 }
+                // The reserve spent (on connections kept open: scrapers' keep-alives): one of
+                // those closed makes room, by the time the backoff below is over.
+                if self.reserve.is_some_and(Reserve::make_room) {
+                    tracing::debug!("out of open files, the reserve spent: the oldest connection holding one closed for it");
+                }
             }
             let (listen, ended) = (&self.listen, self.listen.clone());
             logging::throttled(
@@ -271,22 +276,31 @@ impl<'a> Acceptor<'a> {
 /// Descriptors held back for the admin endpoint, given up one at a time when accepting finds
 /// none left, and taken back as its connections end: a liveness probe must keep being answered
 /// while the proxy is out of open files (a failing probe gets a healthy process killed, and
-/// every live tunnel with it), and so must a scrape that would show why.
-pub(crate) struct Reserve(Mutex<Vec<std::fs::File>>);
+/// every live tunnel with it), and so must a scrape that would show why. Once they are all
+/// given up, to connections that stay open, `make_room` closes one of those.
+pub(crate) struct Reserve {
+    held: Mutex<Vec<std::fs::File>>,
+    make_room: Box<dyn Fn() -> bool + Send + Sync>,
+}
 
 /// How many [`Reserve`] holds: a probe or two and a scrape at once.
 const RESERVED: usize = 4;
 
 impl Reserve {
-    pub(crate) fn new() -> Reserve {
-        let reserve = Reserve(Mutex::new(Vec::with_capacity(RESERVED)));
+    /// A full reserve; `make_room` closes a connection a descriptor was given up for, if one is
+    /// open (whether one was).
+    pub(crate) fn new(make_room: impl Fn() -> bool + Send + Sync + 'static) -> Reserve {
+        let reserve = Reserve {
+            held: Mutex::new(Vec::with_capacity(RESERVED)),
+            make_room: Box::new(make_room),
+        };
         reserve.refill();
         reserve
     }
 
     /// Takes descriptors back into reserve, as many as are missing and free.
     pub(crate) fn refill(&self) {
-        let mut held = lock(&self.0);
+        let mut held = lock(&self.held);
         while held.len() < RESERVED {
             // Any file will do; only its descriptor matters.
             match std::fs::File::open("/dev/null") {
@@ -298,6 +312,12 @@ impl Reserve {
 
     /// Gives one descriptor back to the process; whether there was one.
     fn give_up_one(&self) -> bool {
-        lock(&self.0).pop().is_some()
+        lock(&self.held).pop().is_some()
+    }
+
+    /// Closes a connection a descriptor was given up for; whether there was one. Its
+    /// descriptor is free once its task has ended (soon, not now).
+    fn make_room(&self) -> bool {
+        (self.make_room)()
     }
 }

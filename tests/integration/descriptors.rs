@@ -206,6 +206,54 @@ async fn the_admin_endpoint_answers_while_the_proxy_is_out_of_descriptors() {
     proxy.child.kill().await.unwrap();
 }
 
+/// Scrapers keeping their admin connections open spend the admin endpoint's reserve of
+/// descriptors: out of them, a probe still gets its answer, the oldest of those connections
+/// closed to make room (as a connection over the admin limit closes the oldest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_is_answered_when_kept_open_scrapes_spent_the_reserve() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        route("a", "/a", &[backend.addr])
+    );
+    let mut proxy = Limited::start(&write_config(dir.path(), &body)).await;
+    let admin = proxy.admin.unwrap();
+    let mut hogs = Vec::new();
+    for _ in 0..LIMIT + 20 {
+        hogs.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    proxy.line_with("accept failed; backing off").await;
+    // Six scrapers keeping their connections open, each scraping every 200 ms (so no idle
+    // timeout frees them): the reserve (four) spent, and what the hogs left.
+    let mut scrapers = Vec::new();
+    for _ in 0..6 {
+        let mut scraper = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request = "GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
+        let (answered, mut first) = tokio::sync::mpsc::channel::<()>(1);
+        scrapers.push(tokio::spawn(async move {
+            let mut answer = [0u8; 512];
+            // Until the proxy closes it.
+            while scraper.write_all(request.as_bytes()).await.is_ok() {
+                match scraper.read(&mut answer).await {
+                    Ok(n) if n > 0 => _ = answered.try_send(()),
+                    _ => return,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }));
+        within("a scrape's answer", first.recv()).await;
+    }
+    for path in ["/healthz", "/healthz", "/readyz"] {
+        let answer = admin_get(admin, path).await;
+        assert!(answer.starts_with("HTTP/1.1 "), "{path}: {answer:?}");
+    }
+    scrapers.iter().for_each(|scraper| scraper.abort());
+    drop(hogs);
+    proxy.child.kill().await.unwrap();
+}
+
 /// GET `path` on the admin endpoint at `admin`: the whole answer.
 async fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
