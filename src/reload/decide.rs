@@ -78,6 +78,7 @@ impl Reloader {
         trigger: Trigger,
         patience: Patience,
     ) -> Outcome {
+        let (on_disk, config_file, _) = read;
         match built {
             Ok(snapshot) => {
                 // Taken as read after MAX_REREADS: they never held still in the debounce
@@ -88,7 +89,8 @@ impl Reloader {
                     );
                 }
                 self.memory.built();
-                self.apply_built(snapshot, trigger, read).await
+                self.apply_built(snapshot, trigger, (on_disk, config_file))
+                    .await
             }
             Err(e) if e.for_now => Outcome::Unreadable(e.to_string()),
             Err(e) => self.failed(read, e.to_string(), trigger),
@@ -139,7 +141,7 @@ impl Reloader {
         &mut self,
         snapshot: Snapshot,
         trigger: Trigger,
-        read: (u64, u64, u64),
+        read: (u64, u64),
     ) -> Outcome {
         let format = snapshot.config.log_format;
         let format_in_force = self.shared.current().config.log_format;
@@ -152,13 +154,12 @@ impl Reloader {
 
     /// Swaps `snapshot` in, binding its new listeners; nothing new if it failed to bind exactly
     /// as the last file-triggered try of this content did (not logged or counted again).
-    /// `read`: the content it was built from, its config file's, and the certificate files'
-    /// of the config in force (see [`Memory::not_applied`](super::memory::Memory::not_applied)).
+    /// `(on_disk, config_file)`: the content it was built from, and its config file's.
     async fn apply(
         &mut self,
         snapshot: Snapshot,
         trigger: Trigger,
-        read: (u64, u64, u64),
+        (on_disk, config_file): (u64, u64),
     ) -> Outcome {
         let e = match self.shared.apply(snapshot).await {
             Ok(()) => return Outcome::Applied,
@@ -168,7 +169,7 @@ impl Reloader {
         let failure = e.to_string();
         let internal = matches!(e, Error::Internal(_));
         let said = self.said(&failure);
-        if !(self.memory).not_applied(read, internal, trigger, said) {
+        if !(self.memory).not_applied((on_disk, config_file), internal, trigger, said) {
             tracing::debug!(error = %failure, "still cannot bind; the current config stays in force");
             return Outcome::Nothing;
         }

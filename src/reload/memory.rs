@@ -126,8 +126,7 @@ impl Memory {
     /// certificate files' of the config in force, `served`), failed to build, in a look
     /// `trigger` asked for; whether that is news. `facts`: whether the certificate files
     /// read are those served, whether the error is the one last said, and the content of the
-    /// config file in force. A new config file failing holds the certificate files read with
-    /// it (see `held`).
+    /// config file in force.
     pub(super) fn failed(
         &mut self,
         (on_disk, config_file, served): (Hash, Hash, Hash),
@@ -152,26 +151,22 @@ impl Memory {
         trigger == Trigger::Manual || !quiet
     }
 
-    /// The files on disk built, from a config file whose content is `config_file` (with the
-    /// certificate files of the config in force as `served`, held with a new config file: see
-    /// [`Self::failed`]), but could not be applied: wsgate's own failure (`internal`, then
-    /// that content, `on_disk`, is not tried again: it would fail alike) or an address that
-    /// cannot be bound (the machine's state, not the file's: the very same content is retried
-    /// on the next event, the port may be free by then). Whether that is news: the same config file failing as last said
+    /// The files on disk built, from a config file whose content is `config_file`, but could
+    /// not be applied: wsgate's own failure (`internal`, then that content, `on_disk`, is not
+    /// tried again: it would fail alike) or an address that cannot be bound (the machine's
+    /// state, not the file's: the very same content is retried on the next event, the port
+    /// may be free by then). Whether that is news: the same config file failing as last said
     /// (`said`; a certificate renewed meanwhile, the address still taken) is not; another
     /// config file is, and so is a failure after another.
     pub(super) fn not_applied(
         &mut self,
-        (on_disk, config_file, served): (Hash, Hash, Hash),
+        (on_disk, config_file): (Hash, Hash),
         internal: bool,
         trigger: Trigger,
         said: bool,
     ) -> bool {
         let same_config = self.failing_config.replace(config_file) == Some(config_file);
         self.lacking = None;
-        if !same_config {
-            self.held = Some(served);
-        }
         if internal {
             self.rejected = Some(on_disk);
             return true;
@@ -348,15 +343,13 @@ mod tests {
     #[test]
     fn a_bind_failure_is_retried_but_said_once() {
         let mut memory = Memory::default();
-        assert!(memory.not_applied((100, OTHER, SERVED), false, Trigger::Files, false));
-        // Not remembered as rejected: the port may be free by the next event. The certificate
-        // files read with it are held with it.
+        assert!(memory.not_applied((100, OTHER), false, Trigger::Files, false));
+        // Not remembered as rejected: the port may be free by the next event.
         assert_eq!(memory.known(), [None, None]);
-        assert!(memory.holds(SERVED));
-        assert!(!memory.not_applied((100, OTHER, SERVED), false, Trigger::Files, true));
-        assert!(memory.not_applied((100, OTHER, SERVED), false, Trigger::Manual, true));
+        assert!(!memory.not_applied((100, OTHER), false, Trigger::Files, true));
+        assert!(memory.not_applied((100, OTHER), false, Trigger::Manual, true));
         // wsgate's own failure: that content is not tried again.
-        assert!(memory.not_applied((100, OTHER, SERVED), true, Trigger::Files, true));
+        assert!(memory.not_applied((100, OTHER), true, Trigger::Files, true));
         assert_eq!(memory.known(), [Some(100), None]);
     }
 
