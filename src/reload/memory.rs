@@ -28,11 +28,6 @@ pub(super) struct Memory {
     /// The hash of the certificate, key and CA files of the config in force as the last look
     /// found them: a look that finds them changed since sees a renewal under way.
     served_seen: Option<Hash>,
-    /// The certificate, key and CA files of the config in force as read by the look that
-    /// rejected a new config file: they came with it (one change, a volume swapped, a SIGHUP
-    /// after editing both), and go into force with it or not at all. Only files changed
-    /// since are a renewal.
-    held: Option<Hash>,
     /// Why the last renewal of the certificates in force failed: not said again.
     renewal_failed: Option<String>,
     /// A file the config in force serves, said gone while the config file on disk is not in
@@ -135,9 +130,6 @@ impl Memory {
     ) -> bool {
         let same_config = self.failing_config.replace(config_file) == Some(config_file);
         (self.rejected, self.lacking) = (Some(on_disk), None);
-        if !same_config {
-            self.held = Some(served);
-        }
         // The certificates of the config in force renewed since the last look (and not back
         // to what is served): their renewal says how that went.
         let renewing = self.served_seen != Some(served) && !facts.served_read;
@@ -174,12 +166,6 @@ impl Memory {
         trigger == Trigger::Manual || !(same_config && said)
     }
 
-    /// Whether the certificate files of the config in force, as `read` now, came with a
-    /// config file rejected (see `held`): not to be renewed apart from it.
-    pub(super) fn holds(&self, read: Hash) -> bool {
-        self.held == Some(read)
-    }
-
     /// Whether the config file on disk (not `in_force`) is not the one in force, as last
     /// said: gone, or one that failed (rejected, or not bindable).
     pub(super) fn disk_not_in_force(&self, in_force: Hash) -> bool {
@@ -202,8 +188,8 @@ impl Memory {
 
     /// A renewal of the certificates in force failed with `error`; `said`: as why the files
     /// on disk are not in force, or by this look's rejection; `beside`: this look, which the
-    /// files triggered, rejected them (one change that brought the config file failing anew
-    /// and a renewal without its key: one reload rejected).
+    /// files triggered, rejected them (one change, a Kubernetes volume swapped, that brought
+    /// a bad config and a certificate without its key: one reload rejected).
     pub(super) fn renewal_failed(
         &mut self,
         error: String,
@@ -295,20 +281,6 @@ mod tests {
         assert!(memory.failed((100, IN_FORCE, SERVED), Trigger::Files, facts(true, false)));
         let renewing = (101, IN_FORCE, RENEWED);
         assert!(memory.failed(renewing, Trigger::Files, facts(false, false)));
-    }
-
-    #[test]
-    fn certificate_files_that_came_with_a_rejected_config_file_are_held_with_it() {
-        let mut memory = Memory::default();
-        // One change: a new config file, rejected, and the served files renewed with it.
-        assert!(memory.failed((100, OTHER, RENEWED), Trigger::Files, facts(false, false)));
-        assert!(memory.holds(RENEWED));
-        // Renewed again since, the config file failing as before: a renewal of its own.
-        assert!(!memory.failed((101, OTHER, 12), Trigger::Files, facts(false, true)));
-        assert!(memory.holds(RENEWED) && !memory.holds(12));
-        // Back in force: nothing is held.
-        memory.forget_failures();
-        assert!(!memory.holds(RENEWED));
     }
 
     #[test]

@@ -37,10 +37,6 @@ impl Reloader {
             );
         }
         let (read, renewed) = match renewed {
-            Renewed::Read(read, _) if self.memory.holds(read) => {
-                tracing::debug!("certificate files as they came with the rejected config file: not renewed apart from it");
-                return None;
-            }
             Renewed::Read(read, renewed) => (read, *renewed),
             // Back to what is served: a failure said before is news again.
             Renewed::AsServed => {
@@ -114,8 +110,8 @@ impl Reloader {
     /// anyway. Not at all when it failed as the reload just `rejected` did (the config on disk
     /// is the one in force, and its certificate files are what is wrong): that error was said
     /// already. Nor counted when it failed otherwise in a look the files triggered that
-    /// rejected them (one change that brought the config file failing anew and a renewal
-    /// without its key: one reload rejected), only said beside it; a SIGHUP's look
+    /// rejected them (one change, a Kubernetes volume swapped, that brought a bad config and a
+    /// certificate without its key: one reload rejected), only said beside it; a SIGHUP's look
     /// may have come before the file's, and a failed renewal is counted then.
     pub(super) fn record_renewal(
         &mut self,

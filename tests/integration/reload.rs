@@ -1508,58 +1508,6 @@ async fn one_swap_of_a_bad_config_and_a_broken_certificate_is_one_rejection() {
     assert_eq!(served_leaf(server.local_addrs()[0]).await, der_of(&cert));
 }
 
-/// One volume swap bringing a bad config file and a good certificate for the config in force
-/// (for other names, say, meant for the new config): one change, rejected whole; the
-/// certificate in force stays. A renewal after it (the config file failing as before) is
-/// served, and the config file mended is applied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_swapped_in_with_a_rejected_config_file_is_not_served_apart_from_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let head = CONFIG_HEAD
-        .replace("server.crt", "tls.crt")
-        .replace("server.key", "tls.key");
-    let good = format!("{head}{}", route("a", "/a", &[CLOSED]));
-    let bad = format!("{good}{ROUTE_WITHOUT_PATH}");
-    let files = |config: &str, (cert, key): &(String, String)| {
-        vec![
-            ("wsgate.toml", config.to_string()),
-            ("tls.crt", cert.clone()),
-            ("tls.key", key.clone()),
-        ]
-    };
-    let first = pki().leaf(SERVER_NAMES);
-    let mut volume = ConfigMap::volume(dir.path(), &files(&good, &first), false);
-    let server = wsgate::Server::start(dir.path().join("wsgate.toml"))
-        .await
-        .unwrap();
-    let addr = server.local_addrs()[0];
-    let mut rx = server.reload_status();
-    first_look(&mut rx).await;
-
-    let other = pki().leaf(&["other.example"]);
-    volume.publish(&files(&bad, &other));
-    let status = failures(&mut rx, 1).await;
-    assert_eq!(status.generation, 1, "{status:?}");
-    // Every look after it finds the same, and holds it: a SIGHUP's too.
-    let looks = rx.borrow().checks;
-    server.reload();
-    status_where(&mut rx, "the SIGHUP's look", |s| s.checks > looks).await;
-    assert_eq!(served_leaf(addr).await, der_of(&first.0));
-
-    let renewed = pki().leaf(SERVER_NAMES);
-    volume.publish(&files(&bad, &renewed));
-    let status = generation(&mut rx, 2).await;
-    assert_eq!(served_leaf(addr).await, der_of(&renewed.0));
-    let mended = format!("{head}{}", route("b", "/b", &[CLOSED]));
-    volume.publish(&files(&mended, &renewed));
-    let status_after = generation(&mut rx, 3).await;
-    assert_eq!(
-        (status.failures, status_after.failures),
-        (2, 2),
-        "the rejection, and the SIGHUP's answer: {status_after:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_folder_named_by_a_reload_is_watched_from_then_on() {
     let backend = WsBackend::start("one").await;
