@@ -44,6 +44,9 @@ pub(crate) struct Snapshot {
     served: u64,
     /// What is wrong with the certificates (a name no route's host uses, say).
     tls_warnings: Vec<ConfigError>,
+    /// The DNS names of each served certificate, in `tls.certificates` order: a renewal must
+    /// keep them (see [`Snapshot::names_kept`]).
+    names: Vec<Vec<String>>,
 }
 
 /// The most warnings logged as a config goes into force: one that warns about each of
@@ -109,6 +112,7 @@ impl Snapshot {
             fingerprint,
             served: served_hash,
             tls_warnings: [served.warnings, backends.warnings].concat(),
+            names: served.names,
         })
     }
 
@@ -134,8 +138,33 @@ impl Snapshot {
         // (Taken before the build reads them, as for any build.)
         let files = config.watched_files();
         let fingerprint = fingerprint_as_read(&files, (&config.path, config.source_hash));
-        let renewed = Self::from_config(config.clone(), generation, fingerprint);
+        let renewed = Self::from_config(config.clone(), generation, fingerprint)
+            .and_then(|renewed| self.names_kept(renewed));
         Renewed::Read(read, Box::new(renewed))
+    }
+
+    /// `renewed`, if each of its certificates still names every name the one in force in its
+    /// place names. One that drops a name is no renewal (a certificate for other names,
+    /// swapped in with a new config file that was rejected): served under this config, it
+    /// would fail the handshakes of clients it serves. It goes into force with a config file
+    /// that is accepted, or not at all.
+    fn names_kept(&self, renewed: Snapshot) -> Result<Snapshot, ConfigError> {
+        let config = &self.config;
+        let places = self
+            .names
+            .iter()
+            .zip(&renewed.names)
+            .zip(&config.certificates);
+        for ((served, now), paths) in places {
+            if let Some(dropped) = served.iter().find(|name| !tls::names_cover(now, name)) {
+                let message = format!(
+                    "{}: the certificate there now does not name {dropped:?}, which the one in force does: not a renewal, so not served while the config file on disk is not in force",
+                    paths.cert.display()
+                );
+                return Err(ConfigError::at(&config.path, &paths.cert_location, message));
+            }
+        }
+        Ok(renewed)
     }
 
     /// The hash of this config's certificate, key and CA files as they are on disk now.

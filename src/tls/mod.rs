@@ -50,6 +50,9 @@ pub(crate) struct Served {
     pub expiry: Vec<Expiry>,
     /// The `tls.client_crl` file, and when the first of its lists is due to be replaced.
     pub crl_due: Option<(PathBuf, i64)>,
+    /// The DNS names of each certificate of `tls.certificates`, in its order (lowercase,
+    /// without a trailing dot).
+    pub names: Vec<Vec<String>>,
     /// Certificates that load but that SNI can never pick, revocation lists overdue: surely a
     /// mistake, or a renewal that stopped.
     pub warnings: Vec<ConfigError>,
@@ -65,6 +68,7 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
     let clients = client_verifier(config, &provider)?;
+    let names = resolver.names();
     let verifier = (clients.verifier.clone()).unwrap_or_else(WebPkiClientVerifier::no_client_auth);
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -99,8 +103,18 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         client_scope: clients.scope,
         expiry,
         crl_due: clients.crl_due,
+        names,
         warnings,
     })
+}
+
+/// Whether `names` (a certificate's, as [`Served::names`] has them) covers `name`: as one of
+/// them, or by a wildcard one for its parent (one label, RFC 6125 §6.4.3).
+pub(crate) fn names_cover(names: &[String], name: &str) -> bool {
+    let parent = name.find('.').map(|dot| format!("*{}", &name[dot..]));
+    names
+        .iter()
+        .any(|n| n == name || parent.as_deref() == Some(n.as_str()))
 }
 
 /// Who checks clients' certificates, as [`client_verifier`] builds it: by default no one.
@@ -649,8 +663,7 @@ impl SniResolver {
         let count = names.len();
         let mut first_for = 0;
         for name in names {
-            // SNI is compared without its trailing dot: so are the names.
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let name = normalized(&name);
             let owner = match name.strip_prefix('*') {
                 Some(suffix) => self.wildcard.entry(suffix.to_string()).or_insert(index),
                 None => self.exact.entry(name).or_insert(index),
@@ -659,6 +672,13 @@ impl SniResolver {
         }
         self.keys.push(Arc::new(key));
         (count, first_for)
+    }
+
+    /// Each certificate's DNS names, in the order added, as SNI compares them.
+    fn names(&self) -> Vec<Vec<String>> {
+        let names =
+            |key: &Arc<CertifiedKey>| dns_names(key).iter().map(|n| normalized(n)).collect();
+        self.keys.iter().map(names).collect()
     }
 
     fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
@@ -691,6 +711,11 @@ impl SniResolver {
     }
 }
 
+/// A certificate's DNS name as SNI is compared with it: lowercase, without a trailing dot.
+fn normalized(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
 fn dns_names(key: &CertifiedKey) -> Vec<String> {
     let Some(leaf) = key.cert.first() else {
         return Vec::new();
@@ -710,6 +735,17 @@ impl ResolvesServerCert for SniResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cover_a_name_as_it_or_by_a_wildcard_for_its_parent() {
+        let names = ["chat.example.com".to_string(), "*.example.org".to_string()];
+        assert!(names_cover(&names, "chat.example.com"));
+        assert!(names_cover(&names, "a.example.org"));
+        assert!(names_cover(&names, "*.example.org"));
+        assert!(!names_cover(&names, "a.b.example.org"), "one label only");
+        assert!(!names_cover(&names, "example.org"));
+        assert!(!names_cover(&names, "other.example.com"));
+    }
 
     #[test]
     fn sessions_are_kept_for_the_last_few_scopes_only() {

@@ -1508,6 +1508,55 @@ async fn one_swap_of_a_bad_config_and_a_broken_certificate_is_one_rejection() {
     assert_eq!(served_leaf(server.local_addrs()[0]).await, der_of(&cert));
 }
 
+/// One volume swap bringing a bad config file and, in the place of the certificate in force,
+/// one for other names (meant for the new config): one reload rejected; the certificate is no
+/// renewal of the one in force (it drops a name that one serves), so the certificate in force
+/// stays, its clients' handshakes unbroken. A renewal after it, keeping the names, is served;
+/// the config file mended is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_other_names_swapped_in_with_a_rejected_config_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = CONFIG_HEAD
+        .replace("server.crt", "tls.crt")
+        .replace("server.key", "tls.key");
+    let good = format!("{head}{}", route("a", "/a", &[CLOSED]));
+    let bad = format!("{good}{ROUTE_WITHOUT_PATH}");
+    let files = |config: &str, (cert, key): &(String, String)| {
+        vec![
+            ("wsgate.toml", config.to_string()),
+            ("tls.crt", cert.clone()),
+            ("tls.key", key.clone()),
+        ]
+    };
+    let first = pki().leaf(SERVER_NAMES);
+    let mut volume = ConfigMap::volume(dir.path(), &files(&good, &first), false);
+    let config = dir.path().join("wsgate.toml");
+    let mut child = spawn_wsgate_logging(&config, "info");
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let addr = listening_addr(&wait_for_line(&lines, "\"listening\""));
+    wait_for_line(&lines, "wsgate started");
+
+    let other = pki().leaf(&["other.example"]);
+    volume.publish(&files(&bad, &other));
+    let rejected = wait_for_line(&lines, "config reload rejected");
+    assert!(rejected.contains("route[1]"), "{rejected}");
+    let beside = wait_for_line(&lines, "the certificates in force are not renewed either");
+    assert!(
+        beside.contains("does not name \\\"localhost\\\""),
+        "{beside}"
+    );
+    assert_eq!(served_leaf(addr).await, der_of(&first.0));
+
+    let renewed = pki().leaf(SERVER_NAMES);
+    volume.publish(&files(&bad, &renewed));
+    wait_for_line(&lines, "certificates renewed for the config in force");
+    assert_eq!(served_leaf(addr).await, der_of(&renewed.0));
+    let mended = format!("{head}{}", route("b", "/b", &[CLOSED]));
+    volume.publish(&files(&mended, &renewed));
+    let reloaded = wait_for_line(&lines, "config reloaded");
+    assert!(reloaded.contains("\"generation\":3"), "{reloaded}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_folder_named_by_a_reload_is_watched_from_then_on() {
     let backend = WsBackend::start("one").await;
