@@ -81,6 +81,8 @@ pub(crate) fn spawn_reloader(
         // What runs before any config asks: said only if the config asks otherwise.
         mode: WatchMode::Events,
         renewals_deferred: 0,
+        manual_pending: false,
+        answering_pending: false,
     };
     state.announce_mode(state.watch_mode());
     let wanted = watch::wanted(&state.relevant_files());
@@ -133,6 +135,10 @@ struct Reloader {
     mode: WatchMode,
     /// Renewals in a row left to the look a write since brings.
     renewals_deferred: u8,
+    /// A SIGHUP whose tries ran out while the files kept changing: the next look answers it.
+    manual_pending: bool,
+    /// This look answers such a SIGHUP: if its tries run out too, that was its answer.
+    answering_pending: bool,
 }
 
 impl Reloader {
@@ -190,7 +196,11 @@ impl Reloader {
             }
             Wake::Manual => Trigger::Manual,
         };
-        Some(trigger)
+        self.answering_pending = std::mem::take(&mut self.manual_pending);
+        match self.answering_pending {
+            true => Some(Trigger::Manual),
+            false => Some(trigger),
+        }
     }
 
     /// [`Self::reload_settled`], then the folders the files are in now watched; false if
@@ -217,6 +227,7 @@ impl Reloader {
     /// Files that never hold still (rewritten nonstop) are taken as they were last read after
     /// [`MAX_REREADS`] tries, about three seconds, so a change still takes effect.
     async fn reload_settled(&mut self, mut trigger: Trigger) -> bool {
+        let answering = std::mem::take(&mut self.answering_pending);
         for tries_left in (0..MAX_REREADS).rev() {
             let patience = match tries_left {
                 0 => Patience::TakeAsRead,
@@ -225,12 +236,19 @@ impl Reloader {
             let asked = trigger;
             let mut read = self.reload(&mut trigger, patience).await;
             // A SIGHUP taken during the last try's wait for still files, which did not hold
-            // still: served now, by a read of its own (a manual look taken as read settles).
+            // still: served now, by a read of its own.
             if tries_left == 0 && read == Read::Unsettled && asked != trigger {
                 read = self.reload(&mut trigger, patience).await;
             }
             // After the last try nothing would serve a SIGHUP taken here: leave it queued.
-            if read == Read::Settled || tries_left == 0 {
+            if read == Read::Settled {
+                break;
+            }
+            // A SIGHUP's tries ran out on files that kept changing (said so): the look their
+            // next write brings answers it, once (files that never hold still get that line
+            // twice, not one every few seconds for as long as they change).
+            if tries_left == 0 {
+                self.manual_pending = trigger == Trigger::Manual && !answering;
                 break;
             }
             tokio::select! {
@@ -336,35 +354,9 @@ impl Reloader {
         // reported once it holds still: only then is its error its content's).
         // Asked for by hand, the files are taken at once, unless one was written a moment
         // ago: a SIGHUP sent right behind a write (or during one) may have caught it halfway.
-        if let Look::Built {
-            stamp,
-            stamped_at,
-            settled,
-            fresh,
-            built,
-            ..
-        } = &look
+        if matches!(look, Look::Built { .. }) && !self.built_settles(&look, trigger, patience).await
         {
-            // A failure is its content's only once the files held still, whatever asked: on
-            // the last try too (a SIGHUP into a file rewritten nonstop must not report, and
-            // count, the half of it it caught).
-            let wait_for_still = match *trigger {
-                Trigger::Files => {
-                    built.is_err() || (*settled && patience == Patience::WaitForStill)
-                }
-                Trigger::Manual => *fresh && (built.is_err() || patience == Patience::WaitForStill),
-            };
-            if wait_for_still && !self.holds_still_serving(*stamp, *stamped_at, trigger).await {
-                match patience {
-                    Patience::WaitForStill => tracing::debug!(
-                        "config files written to again after they were read; reading them again"
-                    ),
-                    Patience::TakeAsRead => tracing::warn!(
-                        "config files kept changing while being read; nothing applied until they hold still"
-                    ),
-                }
-                return Outcome::Unsettled;
-            }
+            return Outcome::Unsettled;
         }
         // A file gone may be one an in-place write truncated a moment ago, its content about
         // to come (two writes in a row, the second's read landing between its truncation and
@@ -390,6 +382,50 @@ impl Reloader {
             }
         }
         self.decide(look, *trigger, patience).await
+    }
+
+    /// Whether what `look` built may be decided on (see [`Self::decide_settled`]): a failure
+    /// is its content's only once the files held still, whatever asked, on the last try too
+    /// (a SIGHUP into a file rewritten nonstop must not report, and count, the half of it it
+    /// caught; nor can the content alone tell: a file rewritten with the same bytes may be
+    /// whole before and after a read that caught it half written).
+    async fn built_settles(
+        &mut self,
+        look: &Look,
+        trigger: &mut Trigger,
+        patience: Patience,
+    ) -> bool {
+        let Look::Built {
+            stamp,
+            stamped_at,
+            settled,
+            fresh,
+            built,
+            ..
+        } = look
+        else {
+            return true;
+        };
+        let wait_for_still = match *trigger {
+            Trigger::Files => built.is_err() || (*settled && patience == Patience::WaitForStill),
+            Trigger::Manual => *fresh && (built.is_err() || patience == Patience::WaitForStill),
+        };
+        if !wait_for_still {
+            return true;
+        }
+        if self.holds_still_serving(*stamp, *stamped_at, trigger).await {
+            return true;
+        }
+        // The last try of a SIGHUP (which may have come during the wait) is said; its answer
+        // is left to the next look (see `reload_settled`).
+        if *trigger == Trigger::Manual && patience == Patience::TakeAsRead {
+            tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
+        } else {
+            tracing::debug!(
+                "config files written to again after they were read; reading them again"
+            );
+        }
+        false
     }
 
     /// [`holds_still`], serving a SIGHUP (or manual reload) that comes meanwhile: the files

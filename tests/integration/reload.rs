@@ -1176,6 +1176,50 @@ async fn rewritten_piece_by_piece_nonstop(lasting: std::time::Duration, by_hand:
     assert_eq!(rx.borrow().failures, 0, "{:?}", rx.borrow().last_error);
 }
 
+/// A config file rejected (said), then rewritten in place piece by piece with the same bytes
+/// for longer than a SIGHUP's tries, the SIGHUP sent as the writes start: once the writer
+/// stops, the SIGHUP is answered (said and counted again), not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_whose_tries_ran_out_is_answered_once_the_files_hold_still() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("r", "/r", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let path = proxy.config_path();
+    let text = format!(
+        "{CONFIG_HEAD}{}{ROUTE_WITHOUT_PATH}",
+        route("r", "/r", &[backend.addr])
+    );
+    std::fs::write(&path, &text).unwrap();
+    failures(&mut rx, 1).await;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        while started.elapsed() < std::time::Duration::from_millis(4000) {
+            if n == 1 {
+                let _ = started_tx.send(());
+            }
+            n += 1;
+            let mut file = std::fs::File::create(&path).unwrap();
+            for piece in text.as_bytes().chunks(text.len().div_ceil(10)) {
+                std::io::Write::write_all(&mut file, piece).unwrap();
+                // Not a wait for anything: the writer pauses mid-file, as slow writers do.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    });
+    let started = tokio::task::spawn_blocking(move || started_rx.recv());
+    started.await.unwrap().unwrap();
+    proxy.server.reload();
+    tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let status = failures(&mut rx, 2).await;
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("route[1]"), "{error}");
+}
+
 /// A writer that pauses mid-file for less than the debounce, over and over (a slow script, a
 /// config management tool writing in pieces): a valid prefix that lacks a rule still to come
 /// (here the route's `origins`) must never be applied, only the finished file.
