@@ -72,7 +72,11 @@ pub(crate) fn spawn_reloader(
         shared,
         path,
         events,
-        asks: Asks { manual, hangup },
+        asks: Asks {
+            manual,
+            hangup,
+            asked: 0,
+        },
         stop,
         watches: Watches::new(events_tx.clone()),
         memory: Memory::default(),
@@ -81,8 +85,8 @@ pub(crate) fn spawn_reloader(
         // What runs before any config asks: said only if the config asks otherwise.
         mode: WatchMode::Events,
         renewals_deferred: 0,
-        manual_pending: false,
-        answering_pending: false,
+        owed: false,
+        unsettled_said: None,
     };
     state.announce_mode(state.watch_mode());
     let wanted = watch::wanted(&state.relevant_files());
@@ -135,10 +139,12 @@ struct Reloader {
     mode: WatchMode,
     /// Renewals in a row left to the look a write since brings.
     renewals_deferred: u8,
-    /// A SIGHUP whose tries ran out while the files kept changing: the next look answers it.
-    manual_pending: bool,
-    /// This look answers such a SIGHUP: if its tries run out too, that was its answer.
-    answering_pending: bool,
+    /// A SIGHUP (or manual reload) whose tries ran out while the files kept changing: owed
+    /// its answer, which the next look gives (as one asked for by hand) once they hold still.
+    owed: bool,
+    /// The count of asks by hand when the files kept changing under one was last said: said
+    /// once per ask, not at every round of tries while they go on changing.
+    unsettled_said: Option<u64>,
 }
 
 impl Reloader {
@@ -196,8 +202,7 @@ impl Reloader {
             }
             Wake::Manual => Trigger::Manual,
         };
-        self.answering_pending = std::mem::take(&mut self.manual_pending);
-        match self.answering_pending {
+        match std::mem::take(&mut self.owed) {
             true => Some(Trigger::Manual),
             false => Some(trigger),
         }
@@ -217,7 +222,10 @@ impl Reloader {
             if !(self.watches).refresh(wanted, self.watch_mode()) {
                 return true;
             }
-            trigger = Trigger::Files;
+            trigger = match std::mem::take(&mut self.owed) {
+                true => Trigger::Manual,
+                false => Trigger::Files,
+            };
         }
     }
 
@@ -227,7 +235,6 @@ impl Reloader {
     /// Files that never hold still (rewritten nonstop) are taken as they were last read after
     /// [`MAX_REREADS`] tries, about three seconds, so a change still takes effect.
     async fn reload_settled(&mut self, mut trigger: Trigger) -> bool {
-        let answering = std::mem::take(&mut self.answering_pending);
         for tries_left in (0..MAX_REREADS).rev() {
             let patience = match tries_left {
                 0 => Patience::TakeAsRead,
@@ -245,10 +252,9 @@ impl Reloader {
                 break;
             }
             // A SIGHUP's tries ran out on files that kept changing (said so): the look their
-            // next write brings answers it, once (files that never hold still get that line
-            // twice, not one every few seconds for as long as they change).
+            // next write brings answers it, as one asked for by hand.
             if tries_left == 0 {
-                self.manual_pending = trigger == Trigger::Manual && !answering;
+                self.owed |= trigger == Trigger::Manual;
                 break;
             }
             tokio::select! {
@@ -416,9 +422,10 @@ impl Reloader {
         if self.holds_still_serving(*stamp, *stamped_at, trigger).await {
             return true;
         }
-        // The last try of a SIGHUP (which may have come during the wait) is said; its answer
-        // is left to the next look (see `reload_settled`).
-        if *trigger == Trigger::Manual && patience == Patience::TakeAsRead {
+        // The last try of a SIGHUP (which may have come during the wait) is said, once per
+        // ask; its answer is owed (see `reload_settled`).
+        let last_manual = *trigger == Trigger::Manual && patience == Patience::TakeAsRead;
+        if last_manual && self.unsettled_said.replace(self.asks.asked) != Some(self.asks.asked) {
             tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
         } else {
             tracing::debug!(
@@ -570,6 +577,8 @@ enum Outcome {
 struct Asks {
     manual: mpsc::UnboundedReceiver<()>,
     hangup: Hangup,
+    /// Asks received so far.
+    asked: u64,
 }
 
 impl Asks {
@@ -580,6 +589,7 @@ impl Asks {
             Some(()) = recv_hangup(&mut self.hangup) => {}
             else => std::future::pending().await,
         }
+        self.asked += 1;
     }
 }
 

@@ -1220,6 +1220,50 @@ async fn a_sighup_whose_tries_ran_out_is_answered_once_the_files_hold_still() {
     assert!(error.contains("route[1]"), "{error}");
 }
 
+/// The same with the config file swapped in Kubernetes-style (`..data` to a new folder) over
+/// and over: each swap also brings a look of its own to watch the new folder, and the SIGHUP
+/// owed its answer is answered by one of them once the swaps stop, not left to the recheck a
+/// minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_into_a_volume_swapped_nonstop_is_answered_once_the_swaps_stop() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = route("r", "/r", &[backend.addr]);
+    let mut map = ConfigMap::create(dir.path(), &good);
+    let server = wsgate::Server::start(dir.path().join("wsgate.toml"))
+        .await
+        .unwrap();
+    let mut rx = server.reload_status();
+    first_look(&mut rx).await;
+    let bad = format!("{good}{ROUTE_WITHOUT_PATH}");
+    map.publish_config(&bad);
+    failures(&mut rx, 1).await;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        while started.elapsed() < std::time::Duration::from_millis(4500) {
+            if n == 1 {
+                let _ = started_tx.send(());
+            }
+            n += 1;
+            map.publish_config(&format!("{bad}# {n}\n"));
+            // Not a wait for anything: a swap every 20 ms.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        map.publish_config(&bad);
+        map
+    });
+    let started = tokio::task::spawn_blocking(move || started_rx.recv());
+    started.await.unwrap().unwrap();
+    server.reload();
+    let _map = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let status = failures(&mut rx, 2).await;
+    assert!(status.last_error.is_some_and(|e| e.contains("route[1]")));
+}
+
 /// A writer that pauses mid-file for less than the debounce, over and over (a slow script, a
 /// config management tool writing in pieces): a valid prefix that lacks a rule still to come
 /// (here the route's `origins`) must never be applied, only the finished file.
