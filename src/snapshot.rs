@@ -143,22 +143,25 @@ impl Snapshot {
         Renewed::Read(read, Box::new(renewed))
     }
 
-    /// `renewed`, if each of its certificates still names every name the one in force in its
-    /// place names. One that drops a name is no renewal (a certificate for other names,
-    /// swapped in with a new config file that was rejected): served under this config, it
-    /// would fail the handshakes of clients it serves. It goes into force with a config file
-    /// that is accepted, or not at all.
+    /// `renewed`, if its certificates still name, between them, every DNS name the ones in
+    /// force name. Certificates that drop a name are no renewal (one for other names, swapped
+    /// in with a new config file that was rejected): served under this config, they would
+    /// fail the handshakes of clients it serves. They go into force with a config file that
+    /// is accepted, or not at all; unless the certificate in force that named it has run out
+    /// (it serves no one any more: a renewal, whatever it names, can only help).
     fn names_kept(&self, renewed: Snapshot) -> Result<Snapshot, ConfigError> {
         let config = &self.config;
-        let places = self
-            .names
-            .iter()
-            .zip(&renewed.names)
-            .zip(&config.certificates);
-        for ((served, now), paths) in places {
-            if let Some(dropped) = served.iter().find(|name| !tls::names_cover(now, name)) {
+        let named_now = renewed.names.concat();
+        for (served, paths) in self.names.iter().zip(&config.certificates) {
+            if tls::run_out(&self.expiry, &paths.cert) {
+                continue;
+            }
+            if let Some(dropped) = served
+                .iter()
+                .find(|name| !tls::names_cover(&named_now, name))
+            {
                 let message = format!(
-                    "{}: the certificate there now does not name {dropped:?}, which the one in force does: not a renewal, so not served while the config file on disk is not in force",
+                    "{}: no certificate in tls.certificates now names {dropped:?}, which this one in force does: not a renewal, so not served while the config file on disk is not in force",
                     paths.cert.display()
                 );
                 return Err(ConfigError::at(&config.path, &paths.cert_location, message));
@@ -253,4 +256,77 @@ fn presented(served: Vec<tls::Expiry>, clients: Vec<tls::Expiry>) -> Vec<tls::Ex
 /// The hash of the certificate, key and CA files `config` names, as they are on disk now.
 fn served_hash(config: &Config) -> u64 {
     fingerprint_of(&config.tls_files(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Renewed, Snapshot};
+
+    /// A self-signed certificate for `names` and its key, as `stem.crt` and `stem.key`; one
+    /// that ran out in 2001 for names starting with `expired.`.
+    fn leaf(dir: &std::path::Path, stem: &str, names: &[&str]) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let expired = names.iter().any(|n| n.starts_with("expired."));
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+    }
+
+    /// A config in force with a certificate for each of `before`, whose files are then
+    /// rewritten for `after`: what the renewal comes to.
+    fn renew(before: &[&[&str]], after: &[&[&str]]) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut list = Vec::new();
+        for (i, names) in before.iter().enumerate() {
+            leaf(dir.path(), &format!("c{i}"), names);
+            list.push(format!("{{ cert = \"c{i}.crt\", key = \"c{i}.key\" }}"));
+        }
+        let config = dir.path().join("wsgate.toml");
+        let route = "[[route]]\nname = \"r\"\npath = \"/r\"\nbackends = [\"127.0.0.1:1\"]\n";
+        let head = format!(
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n\n[tls]\ncertificates = [ {} ]\n\n",
+            list.join(", ")
+        );
+        std::fs::write(&config, head + route).unwrap();
+        let snapshot = Snapshot::build(&config, 1).unwrap();
+        for (i, names) in after.iter().enumerate() {
+            leaf(dir.path(), &format!("c{i}"), names);
+        }
+        match snapshot.renewed(2) {
+            Renewed::Read(_, built) => (*built).map(|_| ()).map_err(|e| e.to_string()),
+            _ => Err("not read".into()),
+        }
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_names_served_between_its_certificates() {
+        // The same names, or more, or a wildcard for them: renewals.
+        assert!(renew(&[&["a.example"]], &[&["a.example"]]).is_ok());
+        assert!(renew(&[&["a.example"]], &[&["a.example", "b.example"]]).is_ok());
+        assert!(renew(&[&["a.b.example"]], &[&["*.b.example"]]).is_ok());
+        // A name moved from one certificate to another: still served.
+        let moved = renew(
+            &[&["a.example", "b.example"], &["b.example", "c.example"]],
+            &[&["a.example", "b.example"], &["c.example"]],
+        );
+        assert!(moved.is_ok(), "{moved:?}");
+        // A certificate for other names in the place of one in force: refused, naming it.
+        let other = renew(&[&["localhost"]], &[&["other.example"]]);
+        let error = other.unwrap_err();
+        assert!(
+            error.contains("c0.crt: no certificate in tls.certificates now names \"localhost\""),
+            "{error}"
+        );
+        // A wildcard narrowed to some of its names: the others clients may use are dropped.
+        assert!(renew(&[&["*.example.com"]], &[&["chat.example.com"]]).is_err());
+        // A certificate in force that ran out serves no one: whatever replaces it can only
+        // help.
+        assert!(renew(&[&["expired.example"]], &[&["other.example"]]).is_ok());
+    }
 }

@@ -143,7 +143,7 @@ impl Reloader {
             RenewalFailure::BesideRejection => {
                 tracing::warn!(
                     %error,
-                    "the certificates in force are not renewed either: their files on disk fail too"
+                    "the certificates in force are not renewed either: their files on disk are refused too"
                 );
                 return;
             }

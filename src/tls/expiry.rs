@@ -225,6 +225,13 @@ fn time_left(left: i64) -> String {
     }
 }
 
+/// Whether the chain read from `file` has run out (past the first notAfter of its
+/// certificates), as `expiry` has it.
+pub(crate) fn run_out(expiry: &[Expiry], file: &Path) -> bool {
+    let now = unix_now();
+    expiry.iter().any(|e| e.file == file && e.not_after <= now)
+}
+
 pub(super) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

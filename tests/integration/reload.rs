@@ -1630,7 +1630,7 @@ async fn a_certificate_for_other_names_swapped_in_with_a_rejected_config_is_not_
     assert!(rejected.contains("route[1]"), "{rejected}");
     let beside = wait_for_line(&lines, "the certificates in force are not renewed either");
     assert!(
-        beside.contains("does not name \\\"localhost\\\""),
+        beside.contains("now names \\\"localhost\\\", which this one in force does"),
         "{beside}"
     );
     assert_eq!(served_leaf(addr).await, der_of(&first.0));
