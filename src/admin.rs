@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,7 @@ pub(crate) async fn accept_loop(
             // The connection's descriptor is closed: back into reserve with it, if one was
             // given up for it, before anything else takes it.
             reserve.refill();
+            live.room_made();
         });
     }
 }
@@ -66,6 +67,9 @@ pub(crate) async fn accept_loop(
 struct Live {
     connections: Mutex<VecDeque<(u64, CancellationToken)>>,
     next_id: AtomicU64,
+    /// A connection was closed for its descriptor and has not ended yet: the room is coming,
+    /// and closing another for the same accept would only cost a scraper its connection.
+    making_room: AtomicBool,
 }
 
 impl Live {
@@ -85,10 +89,20 @@ impl Live {
     }
 
     /// Closes the oldest connection, for its descriptor (the process is out of them, and a
-    /// probe waits); whether there was one.
+    /// probe waits), unless one closed for that has not ended yet; whether room is coming.
     fn close_oldest(&self) -> bool {
+        if self.making_room.swap(true, Ordering::AcqRel) {
+            return true;
+        }
         let oldest = lock(&self.connections).pop_front();
-        oldest.map(|(_, token)| token.cancel()).is_some()
+        let closing = oldest.map(|(_, token)| token.cancel()).is_some();
+        self.making_room.store(closing, Ordering::Release);
+        closing
+    }
+
+    /// A connection ended, its descriptor back in the reserve: room made.
+    fn room_made(&self) {
+        self.making_room.store(false, Ordering::Release);
     }
 
     fn leave(&self, id: u64) {

@@ -255,7 +255,7 @@ impl<'a> Acceptor<'a> {
                 // The reserve spent (on connections kept open: scrapers' keep-alives): one of
                 // those closed makes room, by the time the backoff below is over.
                 if self.reserve.is_some_and(Reserve::make_room) {
-                    tracing::debug!("out of open files, the reserve spent: the oldest connection holding one closed for it");
+                    tracing::debug!("out of open files, the reserve spent: the oldest admin connection closed for it");
                 }
             }
             let (listen, ended) = (&self.listen, self.listen.clone());
@@ -277,7 +277,7 @@ impl<'a> Acceptor<'a> {
 /// none left, and taken back as its connections end: a liveness probe must keep being answered
 /// while the proxy is out of open files (a failing probe gets a healthy process killed, and
 /// every live tunnel with it), and so must a scrape that would show why. Once they are all
-/// given up, to connections that stay open, `make_room` closes one of those.
+/// given up, to connections that stay open, `make_room` closes the oldest connection.
 pub(crate) struct Reserve {
     held: Mutex<Vec<std::fs::File>>,
     make_room: Box<dyn Fn() -> bool + Send + Sync>,
@@ -287,8 +287,8 @@ pub(crate) struct Reserve {
 const RESERVED: usize = 4;
 
 impl Reserve {
-    /// A full reserve; `make_room` closes a connection a descriptor was given up for, if one is
-    /// open (whether one was).
+    /// A full reserve; `make_room` closes one of the connections served, if one is open
+    /// (whether room is coming).
     pub(crate) fn new(make_room: impl Fn() -> bool + Send + Sync + 'static) -> Reserve {
         let reserve = Reserve {
             held: Mutex::new(Vec::with_capacity(RESERVED)),
@@ -315,8 +315,9 @@ impl Reserve {
         lock(&self.held).pop().is_some()
     }
 
-    /// Closes a connection a descriptor was given up for; whether there was one. Its
-    /// descriptor is free once its task has ended (soon, not now).
+    /// Closes the oldest of the connections served (one closed for this and not ended yet
+    /// does); whether room is coming. Its descriptor is free once its task has ended (soon,
+    /// not now).
     fn make_room(&self) -> bool {
         (self.make_room)()
     }
