@@ -29,7 +29,7 @@ pub(super) struct Memory {
     /// found them: a look that finds them changed since sees a renewal under way.
     served_seen: Option<Hash>,
     /// Why the last renewal of the certificates in force failed: not said again.
-    renewal_failed: Option<String>,
+    renewal_failed: Option<(String, Hash)>,
     /// A file the config in force serves, said gone while the config file on disk is not in
     /// force: not said again until it is back.
     gap_said: Option<String>,
@@ -186,24 +186,28 @@ impl Memory {
         self.renewal_failed.take().is_some()
     }
 
-    /// A renewal of the certificates in force failed with `error`; `said`: as why the files
-    /// on disk are not in force, or by this look's rejection; `beside`: this look, which the
-    /// files triggered, rejected them (one change, a Kubernetes volume swapped, that brought
-    /// a bad config and a certificate without its key: one reload rejected).
+    /// A renewal of the certificates in force, from files whose content is `read`, failed
+    /// with `error`; `said`: as why the files on disk are not in force, or by this look's
+    /// rejection; `rejected`: this look rejected the config file on disk too, and whether by
+    /// hand. Beside a rejection the files triggered (one change, a Kubernetes volume swapped,
+    /// that brought a bad config and a certificate without its key: one reload rejected), it
+    /// is said, not counted; so is the same failure again beside a SIGHUP's, which asks to be
+    /// told everything. Other files failing alike are news, as any new content is.
     pub(super) fn renewal_failed(
         &mut self,
-        error: String,
+        (error, read): (String, Hash),
         said: bool,
-        beside: bool,
+        rejected: Option<Trigger>,
     ) -> RenewalFailure {
-        let news = if said || self.renewal_failed.as_ref() == Some(&error) {
-            RenewalFailure::SaidAlready
-        } else if beside {
-            RenewalFailure::BesideRejection
-        } else {
-            RenewalFailure::News
+        let again = self.renewal_failed.as_ref() == Some(&(error.clone(), read));
+        let news = match rejected {
+            _ if said => RenewalFailure::SaidAlready,
+            Some(Trigger::Manual) if again => RenewalFailure::BesideRejection,
+            _ if again => RenewalFailure::SaidAlready,
+            Some(Trigger::Files) => RenewalFailure::BesideRejection,
+            _ => RenewalFailure::News,
         };
-        self.renewal_failed = Some(error);
+        self.renewal_failed = Some((error, read));
         news
     }
 
@@ -342,8 +346,9 @@ mod tests {
     #[test]
     fn a_renewal_failure_is_said_once_and_counted_unless_beside_a_rejection() {
         let mut memory = Memory::default();
-        let fail = |memory: &mut Memory, said, beside| {
-            memory.renewal_failed("no key".into(), said, beside)
+        let fail = |memory: &mut Memory, said, beside: bool| {
+            let rejected = beside.then_some(Trigger::Files);
+            memory.renewal_failed(("no key".into(), SERVED), said, rejected)
         };
         assert_eq!(fail(&mut memory, true, false), RenewalFailure::SaidAlready);
         memory.renewed();
@@ -357,6 +362,19 @@ mod tests {
         assert_eq!(fail(&mut memory, false, false), RenewalFailure::News);
         memory.forget_failures();
         assert_eq!(fail(&mut memory, false, false), RenewalFailure::News);
+        // Other files failing alike: news, beside a rejection or not.
+        let other = |memory: &mut Memory, rejected| {
+            memory.renewal_failed(("no key".into(), RENEWED), false, rejected)
+        };
+        assert_eq!(other(&mut memory, None), RenewalFailure::News);
+        assert_eq!(other(&mut memory, None), RenewalFailure::SaidAlready);
+        // The same again beside a SIGHUP's rejection: said (asked for), not counted.
+        assert_eq!(
+            other(&mut memory, Some(Trigger::Manual)),
+            RenewalFailure::BesideRejection
+        );
+        let third = memory.renewal_failed(("no key".into(), 12), false, Some(Trigger::Files));
+        assert_eq!(third, RenewalFailure::BesideRejection);
     }
 
     #[test]

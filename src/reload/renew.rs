@@ -18,7 +18,8 @@ const MAX_DEFERRED_RENEWALS: u8 = 1;
 /// What came of reading the certificates in force again.
 pub(super) enum Renewal {
     Applied,
-    Failed(String),
+    /// Why, and the content of the files that failed.
+    Failed(String, u64),
 }
 
 impl Reloader {
@@ -75,11 +76,11 @@ impl Reloader {
             Ok(snapshot) => match shared.apply(snapshot).await {
                 Ok(()) => Some(Renewal::Applied),
                 Err(Error::ShuttingDown) => None,
-                Err(e) => Some(Renewal::Failed(e.to_string())),
+                Err(e) => Some(Renewal::Failed(e.to_string(), read)),
             },
             // Out of open files: nothing is known; the next look tries again.
             Err(e) if e.for_now => None,
-            Err(e) => Some(Renewal::Failed(e.to_string())),
+            Err(e) => Some(Renewal::Failed(e.to_string(), read)),
         }
     }
 
@@ -106,8 +107,8 @@ impl Reloader {
     }
 
     /// Publishes and logs a renewal of the certificates in force. A failed one (a certificate
-    /// written before its key, say) is counted and said once: the next write is looked at
-    /// anyway. Not at all when it failed as the reload just `rejected` did (the config on disk
+    /// written before its key, say) is counted and said once for those files: the next write
+    /// is looked at anyway (see [`Memory::renewal_failed`](super::memory::Memory::renewal_failed)). Not at all when it failed as the reload just `rejected` did (the config on disk
     /// is the one in force, and its certificate files are what is wrong): that error was said
     /// already. Nor counted when it failed otherwise in a look the files triggered that
     /// rejected them (one change, a Kubernetes volume swapped, that brought a bad config and a
@@ -120,8 +121,8 @@ impl Reloader {
         rejected: Option<(&str, Trigger)>,
     ) {
         let shared = &self.shared;
-        let error = match renewal {
-            Renewal::Failed(error) => error,
+        let (error, read) = match renewal {
+            Renewal::Failed(error, read) => (error, read),
             Renewal::Applied => {
                 self.memory.renewed();
                 shared
@@ -137,8 +138,11 @@ impl Reloader {
         };
         // Said already: by this look's rejection, or as why the files on disk are not in force.
         let said = rejected.is_some_and(|(rejection, _)| rejection == error) || self.said(&error);
-        let beside = rejected.is_some_and(|(_, trigger)| trigger == Trigger::Files);
-        match self.memory.renewal_failed(error.clone(), said, beside) {
+        let rejected = rejected.map(|(_, trigger)| trigger);
+        match self
+            .memory
+            .renewal_failed((error.clone(), read), said, rejected)
+        {
             RenewalFailure::SaidAlready => return,
             RenewalFailure::BesideRejection => {
                 tracing::warn!(

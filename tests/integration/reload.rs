@@ -465,6 +465,23 @@ async fn proxy_with_a_rejected_config() -> (
     (proxy, rx)
 }
 
+/// Renewals that drop a name the certificate in force serves, written while the config file
+/// on disk is rejected: each refused, and each said and counted, not only the first (their
+/// errors read alike, but their files are new).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_renewal_dropping_a_served_name_is_refused_and_counted() {
+    let (proxy, mut rx) = proxy_with_a_rejected_config().await;
+    let served = served_leaf(proxy.addr).await;
+    for failed in 2..=3 {
+        let (cert, key) = pki().leaf(&["other.example"]);
+        std::fs::write(proxy.folder.join("tls.key"), key).unwrap();
+        std::fs::write(proxy.folder.join("tls.crt"), &cert).unwrap();
+        let status = failures(&mut rx, failed).await;
+        assert_eq!(status.generation, 1, "{status:?}");
+    }
+    assert_eq!(served_leaf(proxy.addr).await, served);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_served_while_the_config_file_is_rejected() {
     a_renewal_is_served_while_the_config_file_is(|good| format!("{good}{ROUTE_WITHOUT_PATH}"))
