@@ -93,6 +93,29 @@ impl Limited {
     async fn line_with(&mut self, needle: &str) -> String {
         next_line_with(&mut self.lines, needle).await
     }
+
+    /// More connections than descriptors (plain TCP, never starting TLS), once accepting has
+    /// failed for want of one and backs off.
+    async fn flooded(&mut self) -> Vec<tokio::net::TcpStream> {
+        let mut hogs = Vec::new();
+        for _ in 0..LIMIT + 20 {
+            hogs.push(tokio::net::TcpStream::connect(self.addr).await.unwrap());
+        }
+        self.line_with("accept failed; backing off").await;
+        hogs
+    }
+}
+
+/// A [`Limited`] proxy with an admin endpoint and one route, `/a`, to `backend`; and the
+/// folder of its config.
+async fn with_admin(backend: std::net::SocketAddr) -> (Limited, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        route("a", "/a", &[backend])
+    );
+    let proxy = Limited::start(&write_config(dir.path(), &body)).await;
+    (proxy, dir)
 }
 
 /// Reads the child's stderr until a line contains `needle`; fails after [`TIMEOUT`].
@@ -146,21 +169,10 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoint_answers_while_the_proxy_is_out_of_descriptors() {
     let backend = WsBackend::start("one").await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
-        route("a", "/a", &[backend.addr])
-    );
-    let mut proxy = Limited::start(&write_config(dir.path(), &body)).await;
+    let (mut proxy, _dir) = with_admin(backend.addr).await;
     let admin = proxy.admin.unwrap();
     let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
-
-    // More connections than descriptors: accepting fails, and backs off.
-    let mut hogs = Vec::new();
-    for _ in 0..LIMIT + 20 {
-        hogs.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
-    }
-    proxy.line_with("accept failed; backing off").await;
+    let hogs = proxy.flooded().await;
 
     // Probes one after another, as a kubelet sends them, and a scrape: each answered, alive
     // but not ready for more clients.
@@ -213,18 +225,9 @@ async fn the_admin_endpoint_answers_while_the_proxy_is_out_of_descriptors() {
 async fn a_probe_is_answered_when_kept_open_scrapes_spent_the_reserve() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = WsBackend::start("one").await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
-        route("a", "/a", &[backend.addr])
-    );
-    let mut proxy = Limited::start(&write_config(dir.path(), &body)).await;
+    let (mut proxy, _dir) = with_admin(backend.addr).await;
     let admin = proxy.admin.unwrap();
-    let mut hogs = Vec::new();
-    for _ in 0..LIMIT + 20 {
-        hogs.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
-    }
-    proxy.line_with("accept failed; backing off").await;
+    let hogs = proxy.flooded().await;
     // Six scrapers keeping their connections open, each scraping every 200 ms (so no idle
     // timeout frees them): the reserve (four) spent, and what the hogs left.
     let mut scrapers = Vec::new();

@@ -1156,31 +1156,11 @@ async fn rewritten_piece_by_piece_nonstop(lasting: std::time::Duration, by_hand:
         let route = route("r", &format!("/p{n}"), &[addr]);
         format!("{CONFIG_HEAD}{route}")
     };
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let writer = std::thread::spawn(move || {
-        let started = std::time::Instant::now();
-        let mut n = 0;
-        while started.elapsed() < lasting {
-            if n == 1 {
-                let _ = started_tx.send(());
-            }
-            n += 1;
-            let text = body(n);
-            let mut file = std::fs::File::create(&path).unwrap();
-            for piece in text.as_bytes().chunks(text.len().div_ceil(10)) {
-                std::io::Write::write_all(&mut file, piece).unwrap();
-                // Not a wait for anything: the writer pauses mid-file, as slow writers do.
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-        }
-        n
-    });
+    let writer = nonstop(lasting, (), move |(), n| write_in_pieces(&path, &body(n))).await;
     if by_hand {
-        let started = tokio::task::spawn_blocking(move || started_rx.recv());
-        started.await.unwrap().unwrap();
         proxy.server.reload();
     }
-    let last = tokio::task::spawn_blocking(move || writer.join().unwrap())
+    let ((), last) = tokio::task::spawn_blocking(move || writer.join().unwrap())
         .await
         .unwrap();
     let last_path = format!("/p{last}");
@@ -1209,25 +1189,8 @@ async fn a_sighup_whose_tries_ran_out_is_answered_once_the_files_hold_still() {
     );
     std::fs::write(&path, &text).unwrap();
     failures(&mut rx, 1).await;
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let writer = std::thread::spawn(move || {
-        let started = std::time::Instant::now();
-        let mut n = 0;
-        while started.elapsed() < std::time::Duration::from_millis(4000) {
-            if n == 1 {
-                let _ = started_tx.send(());
-            }
-            n += 1;
-            let mut file = std::fs::File::create(&path).unwrap();
-            for piece in text.as_bytes().chunks(text.len().div_ceil(10)) {
-                std::io::Write::write_all(&mut file, piece).unwrap();
-                // Not a wait for anything: the writer pauses mid-file, as slow writers do.
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-        }
-    });
-    let started = tokio::task::spawn_blocking(move || started_rx.recv());
-    started.await.unwrap().unwrap();
+    let lasting = std::time::Duration::from_millis(4000);
+    let writer = nonstop(lasting, (), move |(), _| write_in_pieces(&path, &text)).await;
     proxy.server.reload();
     tokio::task::spawn_blocking(move || writer.join().unwrap())
         .await
@@ -1255,30 +1218,57 @@ async fn a_sighup_into_a_volume_swapped_nonstop_is_answered_once_the_swaps_stop(
     let bad = format!("{good}{ROUTE_WITHOUT_PATH}");
     map.publish_config(&bad);
     failures(&mut rx, 1).await;
+    let lasting = std::time::Duration::from_millis(4500);
+    let swapped = bad.clone();
+    let writer = nonstop(lasting, map, move |map, n| {
+        map.publish_config(&format!("{swapped}# {n}\n"));
+        // Not a wait for anything: a swap every 20 ms.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    })
+    .await;
+    server.reload();
+    let (mut map, _) = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    map.publish_config(&bad);
+    let status = failures(&mut rx, 2).await;
+    assert!(status.last_error.is_some_and(|e| e.contains("route[1]")));
+}
+
+/// Runs `round` (given `state` and the round's number, from 1) over and over on a thread of
+/// its own for `lasting`, once its first round is done: the writer to join, which hands back
+/// `state` and the number of rounds.
+async fn nonstop<T: Send + 'static>(
+    lasting: std::time::Duration,
+    mut state: T,
+    mut round: impl FnMut(&mut T, usize) + Send + 'static,
+) -> std::thread::JoinHandle<(T, usize)> {
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
         let started = std::time::Instant::now();
         let mut n = 0;
-        while started.elapsed() < std::time::Duration::from_millis(4500) {
+        while started.elapsed() < lasting {
             if n == 1 {
                 let _ = started_tx.send(());
             }
             n += 1;
-            map.publish_config(&format!("{bad}# {n}\n"));
-            // Not a wait for anything: a swap every 20 ms.
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            round(&mut state, n);
         }
-        map.publish_config(&bad);
-        map
+        (state, n)
     });
     let started = tokio::task::spawn_blocking(move || started_rx.recv());
     started.await.unwrap().unwrap();
-    server.reload();
-    let _map = tokio::task::spawn_blocking(move || writer.join().unwrap())
-        .await
-        .unwrap();
-    let status = failures(&mut rx, 2).await;
-    assert!(status.last_error.is_some_and(|e| e.contains("route[1]")));
+    writer
+}
+
+/// Writes `text` to `path` in place, in ten pieces 2 ms apart.
+fn write_in_pieces(path: &Path, text: &str) {
+    let mut file = std::fs::File::create(path).unwrap();
+    for piece in text.as_bytes().chunks(text.len().div_ceil(10)) {
+        std::io::Write::write_all(&mut file, piece).unwrap();
+        // Not a wait for anything: the writer pauses mid-file, as slow writers do.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// A writer that pauses mid-file for less than the debounce, over and over (a slow script, a
