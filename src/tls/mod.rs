@@ -62,13 +62,13 @@ pub(crate) struct Served {
 /// leaf expires.
 pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     let provider = Arc::new(provider());
-    let (resolver, expiry, mut warnings) = load_certificates(config, &provider)?;
+    let (mut resolver, expiry, mut warnings) = load_certificates(config, &provider)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match config.tls_min_version {
         TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
     let clients = client_verifier(config, &provider)?;
-    let names = resolver.names();
+    let names = std::mem::take(&mut resolver.names);
     let verifier = (clients.verifier.clone()).unwrap_or_else(WebPkiClientVerifier::no_client_auth);
     let mut tls = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -652,6 +652,9 @@ struct SniResolver {
     exact: HashMap<String, usize>,
     /// Wildcard suffix (".example.com" for "*.example.com") → index.
     wildcard: HashMap<String, usize>,
+    /// Each certificate's DNS names, in the order added, as SNI compares them (taken for
+    /// [`Served::names`] before the resolver goes into the rustls config).
+    names: Vec<Vec<String>>,
 }
 
 impl SniResolver {
@@ -659,26 +662,19 @@ impl SniResolver {
     /// first to cover.
     fn add(&mut self, key: CertifiedKey) -> (usize, usize) {
         let index = self.keys.len();
-        let names = dns_names(&key);
-        let count = names.len();
+        let names: Vec<String> = dns_names(&key).iter().map(|n| normalized(n)).collect();
         let mut first_for = 0;
-        for name in names {
-            let name = normalized(&name);
+        for name in &names {
             let owner = match name.strip_prefix('*') {
                 Some(suffix) => self.wildcard.entry(suffix.to_string()).or_insert(index),
-                None => self.exact.entry(name).or_insert(index),
+                None => self.exact.entry(name.clone()).or_insert(index),
             };
             first_for += usize::from(*owner == index);
         }
+        let count = names.len();
+        self.names.push(names);
         self.keys.push(Arc::new(key));
         (count, first_for)
-    }
-
-    /// Each certificate's DNS names, in the order added, as SNI compares them.
-    fn names(&self) -> Vec<Vec<String>> {
-        let names =
-            |key: &Arc<CertifiedKey>| dns_names(key).iter().map(|n| normalized(n)).collect();
-        self.keys.iter().map(names).collect()
     }
 
     fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
