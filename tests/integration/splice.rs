@@ -47,6 +47,17 @@ where
     }
 }
 
+/// Waits for `proxy`'s tunnel to be released, and counted as closed for `reason` (on a config
+/// with the admin endpoint, route `chat`).
+async fn released_as(proxy: &Proxy, reason: &str) {
+    until("the tunnel to be released", || {
+        proxy.server.active_connections() == 0
+    })
+    .await;
+    let closed = format!("wsgate_tunnels_closed_total{{route=\"chat\",reason=\"{reason}\"}}");
+    scrape_until(proxy.server.admin_addr().unwrap(), &closed, 1.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_pass_byte_for_byte_from_client_to_backend() {
     let backend = RawBackend::start().await;
@@ -313,13 +324,8 @@ async fn a_backend_gone_after_its_half_close_ends_the_tunnel() {
     client
         .send(&frame(true, OP_TEXT, b"anyone there?", true))
         .await;
-    until("the tunnel to be released", || {
-        proxy.server.active_connections() == 0
-    })
-    .await;
     // Its reset came after its FIN: it had closed cleanly.
-    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="backend_closed"}"#;
-    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+    released_as(&proxy, "backend_closed").await;
 }
 
 /// The same the other way: a client that half-closed and then went, and the backend's answer
@@ -333,12 +339,7 @@ async fn a_client_gone_after_its_half_close_ends_the_tunnel() {
     back.expect_closed().await;
     drop(client);
     back.send(&frame(true, OP_TEXT, b"too late", false)).await;
-    until("the tunnel to be released", || {
-        proxy.server.active_connections() == 0
-    })
-    .await;
-    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_closed"}"#;
-    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+    released_as(&proxy, "client_closed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,12 +402,7 @@ async fn an_idle_tunnel_is_closed_on_both_sides() {
         "closed before the idle timeout: {:?}",
         started.elapsed()
     );
-    until("the tunnel to be released", || {
-        proxy.server.active_connections() == 0
-    })
-    .await;
-    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="idle_timeout"}"#;
-    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+    released_as(&proxy, "idle_timeout").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,12 +500,7 @@ async fn a_reader_that_stopped_reading_is_idle() {
         let data = vec![7u8; 64 << 20];
         let _ = back.try_send(&data).await;
     });
-    until("the tunnel to be released", || {
-        proxy.server.active_connections() == 0
-    })
-    .await;
-    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="idle_timeout"}"#;
-    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+    released_as(&proxy, "idle_timeout").await;
     sender.abort();
 }
 
@@ -673,12 +664,7 @@ async fn a_client_vanishing_behind_a_backend_that_stopped_reading_is_noticed() {
     .await;
     client_flood.abort();
     let _ = client_flood.await;
-    until("the tunnel to be released", || {
-        proxy.server.active_connections() == 0
-    })
-    .await;
-    let closed = r#"wsgate_tunnels_closed_total{route="chat",reason="client_error"}"#;
-    scrape_until(proxy.server.admin_addr().unwrap(), closed, 1.0).await;
+    released_as(&proxy, "client_error").await;
 }
 
 /// A client whose TLS fails inside the tunnel (a record that does not decrypt, a
