@@ -105,14 +105,21 @@ impl ConfigMap {
     }
 }
 
+/// A Kubernetes-style volume in `dir` whose config file holds `body`, and wsgate serving
+/// from it.
+async fn serving_configmap(dir: &Path, body: &str) -> (ConfigMap, wsgate::Server) {
+    let map = ConfigMap::create(dir, body);
+    let server = wsgate::Server::start(dir.join("wsgate.toml"))
+        .await
+        .unwrap();
+    (map, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_symlink_swap_is_applied_twice_in_a_row() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut map = ConfigMap::create(dir.path(), &route("a", "/a", &[backend.addr]));
-    let server = wsgate::Server::start(dir.path().join("wsgate.toml"))
-        .await
-        .unwrap();
+    let (mut map, server) = serving_configmap(dir.path(), &route("a", "/a", &[backend.addr])).await;
     let addr = server.local_addrs()[0];
     let mut rx = server.reload_status();
     map.publish_config(&route("b", "/b", &[backend.addr]));
@@ -1209,10 +1216,7 @@ async fn a_sighup_into_a_volume_swapped_nonstop_is_answered_once_the_swaps_stop(
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let good = route("r", "/r", &[backend.addr]);
-    let mut map = ConfigMap::create(dir.path(), &good);
-    let server = wsgate::Server::start(dir.path().join("wsgate.toml"))
-        .await
-        .unwrap();
+    let (mut map, server) = serving_configmap(dir.path(), &good).await;
     let mut rx = server.reload_status();
     first_look(&mut rx).await;
     let bad = format!("{good}{ROUTE_WITHOUT_PATH}");
@@ -1374,10 +1378,7 @@ async fn a_configmap_update_with_identical_content_does_nothing() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
     let body = route("a", "/a", &[backend.addr]);
-    let mut map = ConfigMap::create(dir.path(), &body);
-    let server = wsgate::Server::start(dir.path().join("wsgate.toml"))
-        .await
-        .unwrap();
+    let (mut map, server) = serving_configmap(dir.path(), &body).await;
     let addr = server.local_addrs()[0];
     let mut rx = server.reload_status();
     // A new folder and a new `..data` link, same bytes: nothing to apply.
