@@ -4,9 +4,9 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -26,6 +26,11 @@ use crate::sync::lock;
 /// must not become a way to exhaust the process. One more closes the oldest: refusing the
 /// newcomer instead would let a few idle connections starve the kubelet's probes.
 const MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection is served before it may be closed for its descriptor: a probe or a
+/// scrape is answered well within it, so out of descriptors, the one just accepted is not
+/// closed for the next one before its answer.
+const SERVED_FIRST: Duration = Duration::from_secs(1);
 
 /// Any admin connection ends after this long, idle keep-alive included; clients reconnect.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
@@ -57,7 +62,7 @@ pub(crate) async fn accept_loop(
             // The connection's descriptor is closed: back into reserve with it, if one was
             // given up for it, before anything else takes it.
             reserve.refill();
-            live.room_made();
+            live.room_made(id);
         });
     }
 }
@@ -65,11 +70,11 @@ pub(crate) async fn accept_loop(
 /// The admin connections open now, oldest first.
 #[derive(Default)]
 struct Live {
-    connections: Mutex<VecDeque<(u64, CancellationToken)>>,
+    connections: Mutex<VecDeque<(u64, CancellationToken, Instant)>>,
     next_id: AtomicU64,
-    /// A connection was closed for its descriptor and has not ended yet: the room is coming,
+    /// The connection closed for its descriptor that has not ended yet: the room is coming,
     /// and closing another for the same accept would only cost a scraper its connection.
-    making_room: AtomicBool,
+    making_room: Mutex<Option<u64>>,
 }
 
 impl Live {
@@ -79,34 +84,47 @@ impl Live {
         let token = CancellationToken::new();
         let mut connections = lock(&self.connections);
         if connections.len() >= MAX_CONNECTIONS {
-            if let Some((_, oldest)) = connections.pop_front() {
+            if let Some((_, oldest, _)) = connections.pop_front() {
                 tracing::debug!("admin connection limit reached; oldest connection closed");
                 oldest.cancel();
             }
         }
-        connections.push_back((id, token.clone()));
+        connections.push_back((id, token.clone(), Instant::now()));
         (id, token)
     }
 
     /// Closes the oldest connection, for its descriptor (the process is out of them, and a
-    /// probe waits), unless one closed for that has not ended yet; whether room is coming.
+    /// probe waits), unless one closed for that has not ended yet, or the oldest has been
+    /// served for less than [`SERVED_FIRST`]; whether room is coming.
     fn close_oldest(&self) -> bool {
-        if self.making_room.swap(true, Ordering::AcqRel) {
+        let mut making_room = lock(&self.making_room);
+        if making_room.is_some() {
             return true;
         }
-        let oldest = lock(&self.connections).pop_front();
-        let closing = oldest.map(|(_, token)| token.cancel()).is_some();
-        self.making_room.store(closing, Ordering::Release);
-        closing
+        let mut connections = lock(&self.connections);
+        match connections.front() {
+            Some((_, _, since)) if since.elapsed() >= SERVED_FIRST => {}
+            _ => return false,
+        }
+        let Some((id, oldest, _)) = connections.pop_front() else {
+            return false;
+        };
+        oldest.cancel();
+        *making_room = Some(id);
+        true
     }
 
-    /// A connection ended, its descriptor back in the reserve: room made.
-    fn room_made(&self) {
-        self.making_room.store(false, Ordering::Release);
+    /// Connection `id` ended, its descriptor back in the reserve: if it was closed for that,
+    /// room made.
+    fn room_made(&self, id: u64) {
+        let mut making_room = lock(&self.making_room);
+        if *making_room == Some(id) {
+            *making_room = None;
+        }
     }
 
     fn leave(&self, id: u64) {
-        lock(&self.connections).retain(|(live, _)| *live != id);
+        lock(&self.connections).retain(|(live, _, _)| *live != id);
     }
 }
 
@@ -184,4 +202,46 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections as if admitted this long ago, oldest first.
+    fn admitted(ages: &[Duration]) -> (Live, Vec<CancellationToken>) {
+        let live = Live::default();
+        let tokens: Vec<_> = ages.iter().map(|_| CancellationToken::new()).collect();
+        let mut connections = lock(&live.connections);
+        for (id, (age, token)) in ages.iter().zip(&tokens).enumerate() {
+            connections.push_back((id as u64, token.clone(), Instant::now() - *age));
+        }
+        drop(connections);
+        (live, tokens)
+    }
+
+    #[test]
+    fn the_oldest_is_closed_once_served_long_enough_and_one_at_a_time() {
+        let (live, tokens) = admitted(&[Duration::from_secs(5), Duration::from_secs(3)]);
+        assert!(live.close_oldest());
+        assert!(tokens[0].is_cancelled() && !tokens[1].is_cancelled());
+        // Its room is coming: no other is closed for it meanwhile, whoever else ends.
+        live.leave(0);
+        live.room_made(1);
+        assert!(live.close_oldest());
+        assert!(!tokens[1].is_cancelled());
+        // Once it has ended, the next shortage closes the next.
+        live.room_made(0);
+        assert!(live.close_oldest());
+        assert!(tokens[1].is_cancelled());
+    }
+
+    #[test]
+    fn a_connection_just_accepted_is_not_closed_for_its_descriptor() {
+        let (live, tokens) = admitted(&[Duration::from_millis(10)]);
+        assert!(!live.close_oldest(), "no room coming");
+        assert!(!tokens[0].is_cancelled());
+        let (empty, _) = admitted(&[]);
+        assert!(!empty.close_oldest());
+    }
 }

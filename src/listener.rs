@@ -200,7 +200,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 /// spin the loop: a peer gone between SYN and accept is skipped, and anything else (EMFILE and
 /// friends) is counted and backs off for 50 ms, giving closing connections a moment, logged
 /// at most once a second. Out of descriptors, one of the reserve's (if it has one) is given up
-/// for the connection first.
+/// for the connection first; and with no connection waiting, nothing has failed: it only
+/// backs off.
 pub(crate) struct Acceptor<'a> {
     listener: &'a TcpListener,
     stop: &'a CancellationToken,
@@ -245,9 +246,20 @@ impl<'a> Acceptor<'a> {
             ) {
                 continue;
             }
-            self.shared.metrics.accept_failed();
-            if out_of_descriptors(&e) {
+            let short = out_of_descriptors(&e);
+            if short {
                 self.shared.shortage.noted();
+                // No one waits (see `connection_waiting`): nothing failed, and there is
+                // nothing to give a reserved descriptor up or close a connection for.
+                if !crate::socket::connection_waiting(self.listener) {
+                    match self.backed_off().await {
+                        true => continue,
+                        false => return None,
+                    }
+                }
+            }
+            self.shared.metrics.accept_failed();
+            if short {
                 if self.reserve.is_some_and(Reserve::give_up_one) {
                     tracing::debug!("out of open files: a reserved one given up for it");
                     continue;
@@ -264,11 +276,18 @@ impl<'a> Acceptor<'a> {
                 |suppressed| tracing::error!(error = %e, %listen, suppressed, "accept failed; backing off"),
                 move |suppressed| tracing::error!(listen = %ended, suppressed, "accept failed; the rest of the burst"),
             );
-            // A listener being closed (a reload removing it, a shutdown) does not wait this out.
-            tokio::select! {
-                _ = self.stop.cancelled() => return None,
-                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            if !self.backed_off().await {
+                return None;
             }
+        }
+    }
+
+    /// Waits 50 ms before the next accept: whether to go on (a listener being closed, by a
+    /// reload removing it or a shutdown, does not wait this out).
+    async fn backed_off(&self) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            () = tokio::time::sleep(Duration::from_millis(50)) => true,
         }
     }
 }

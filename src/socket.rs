@@ -96,9 +96,45 @@ pub(crate) fn queued(_: &TcpStream) -> Option<u32> {
     None
 }
 
+/// Whether a connection waits in the listener's queue. Out of descriptors, accept(2) fails
+/// with EMFILE before it looks at that queue, so the failure alone does not say a client
+/// waits; and tokio keeps a listener ready until an accept finds nothing, so after every
+/// accept in a shortage the next one fails that way. poll(2) takes no descriptor.
+#[cfg(unix)]
+pub(crate) fn connection_waiting(listener: &tokio::net::TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut waiting = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, valid for the call; the descriptor is borrowed from a live
+    // listener; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut waiting, 1, 0) };
+    // A failed poll says nothing: taken as a connection waiting, as before this check.
+    ready != 0 && (ready < 0 || waiting.revents & libc::POLLIN != 0)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn connection_waiting(_: &tokio::net::TcpListener) -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_waiting_to_be_accepted_is_seen() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(!connection_waiting(&listener));
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert!(connection_waiting(&listener));
+        let _accepted = listener.accept().await.unwrap();
+        assert!(!connection_waiting(&listener));
+    }
 
     #[tokio::test]
     async fn every_option_is_set() {

@@ -257,6 +257,53 @@ async fn a_probe_is_answered_when_kept_open_scrapes_spent_the_reserve() {
     proxy.child.kill().await.unwrap();
 }
 
+/// Out of descriptors, admin connections kept open stay open while no one else waits for
+/// one: accept(2) fails for want of a descriptor after each connection taken, queue empty or
+/// not, and that alone gives no reserved descriptor up and closes no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_open_admin_connections_stay_open_while_no_one_waits() {
+    let backend = WsBackend::start("one").await;
+    let (mut proxy, _dir) = with_admin(backend.addr).await;
+    let admin = proxy.admin.unwrap();
+    let hogs = proxy.flooded().await;
+    // As many scrapers as the reserve holds, one after another, each answered; the last two
+    // once the first have been served for over a second, so that their age (a connection
+    // just accepted is never closed for a descriptor) does not keep them open.
+    let mut scrapers = Vec::new();
+    for i in 0..4 {
+        if i == 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+        let mut scraper = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let answer = within("a scrape's answer", keep_alive_get(&mut scraper)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        scrapers.push(scraper);
+    }
+    // Every one of them still open and answering.
+    for (i, scraper) in scrapers.iter_mut().enumerate() {
+        let answer = within("a second scrape's answer", keep_alive_get(scraper)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "scraper {i}: {answer:?}"
+        );
+    }
+    drop(hogs);
+    proxy.child.kill().await.unwrap();
+}
+
+/// GET /healthz on a kept-open admin connection: the answer's first bytes (empty if the
+/// connection was closed).
+async fn keep_alive_get(scraper: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = "GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
+    if scraper.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut answer = [0u8; 512];
+    let n = scraper.read(&mut answer).await.unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// GET `path` on the admin endpoint at `admin`: the whole answer.
 async fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
