@@ -148,7 +148,8 @@ impl Snapshot {
     /// in with a new config file that was rejected): served under this config, they would
     /// fail the handshakes of clients it serves. They go into force with a config file that
     /// is accepted, or not at all; unless the certificate in force that named it has run out
-    /// (it serves no one any more: a renewal, whatever it names, can only help).
+    /// (it serves no one any more: a renewal, whatever it names, can only help; the reloader
+    /// looks at the files again as a leaf in force runs out, for this).
     fn names_kept(&self, renewed: Snapshot) -> Result<Snapshot, ConfigError> {
         let config = &self.config;
         let named_now = renewed.names.concat();

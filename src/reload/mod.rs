@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, WatchMode};
 use crate::server::Shared;
 use crate::signals::{recv_hangup, Hangup};
+use crate::tls;
 use crate::watch::{self, Events, Wanted, Watches};
 use look::{holds_still, look, Look, Patience};
 use memory::Memory;
@@ -179,15 +180,22 @@ impl Reloader {
         // all are, because a watch can die or miss a change without an event (its file
         // system mounted again, a queue overflow notify does not report, a write through
         // mmap).
+        let current = self.shared.current();
         let period = match self.watches.degraded() || self.short_of_files.is_some() {
             true => POLL,
-            false => self.shared.current().config.recheck,
+            false => current.config.recheck,
         };
+        // And as a leaf in force runs out: a renewal refused for the names it served is
+        // taken then (see `Snapshot::names_kept`).
+        let due = (tls::until_a_leaf_runs_out(&current.expiry))
+            .and_then(|until| Instant::now().checked_add(until))
+            .map_or(looked + period, |end| end.min(looked + period));
+        drop(current);
         let first = tokio::select! {
             _ = self.stop.cancelled() => return None,
             Ok(()) = self.events.changed() => Wake::Event,
             () = self.asks.by_hand() => Wake::Manual,
-            _ = tokio::time::sleep_until(looked + period) => Wake::Poll,
+            _ = tokio::time::sleep_until(due) => Wake::Poll,
         };
         let trigger = match first {
             // A manual reload asked for while a burst settles is served at once.

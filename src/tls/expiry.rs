@@ -225,11 +225,28 @@ fn time_left(left: i64) -> String {
     }
 }
 
-/// Whether the chain read from `file` has run out (past the first notAfter of its
-/// certificates), as `expiry` has it.
+/// Whether the leaf read from `file` has run out (past its own notAfter), as `expiry` has
+/// it. Its leaf, not its chain: a chain whose cross-signing intermediate ended still serves
+/// every client that finds another path, as Let's Encrypt's long chain did.
 pub(crate) fn run_out(expiry: &[Expiry], file: &Path) -> bool {
     let now = unix_now();
-    expiry.iter().any(|e| e.file == file && e.not_after <= now)
+    expiry.iter().any(|e| e.file == file && e.leaf.1 <= now)
+}
+
+/// How long until the next leaf in `expiry` runs out, if one is still to: the reloader looks
+/// at the files then, so that a renewal refused while that leaf served (see `Snapshot`'s
+/// `names_kept`) goes into force when it runs out, not at the next recheck.
+pub(crate) fn until_a_leaf_runs_out(expiry: &[Expiry]) -> Option<std::time::Duration> {
+    let now = unix_now();
+    let end = expiry
+        .iter()
+        .map(|e| e.leaf.1)
+        .filter(|&end| end > now)
+        .min()?;
+    // A second past it: at its notAfter a leaf is still valid.
+    Some(std::time::Duration::from_secs(
+        (end - now).unsigned_abs() + 1,
+    ))
 }
 
 pub(super) fn unix_now() -> i64 {
@@ -269,7 +286,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{rfc3339, time_left, Chain, Expiry};
+    use std::path::Path;
+
+    use super::{rfc3339, run_out, time_left, until_a_leaf_runs_out, Chain, Expiry};
 
     /// A CA certificate named `name` valid until `year`, signed by `issuer` (self-signed
     /// without), and its key.
@@ -308,6 +327,40 @@ mod tests {
         let expiry = Expiry::of(file, &chain[..1], Chain::Served).unwrap();
         assert_eq!(rfc3339(expiry.not_after), "2050-01-01T00:00:00Z");
         assert!(expiry.ends_with.is_none());
+    }
+
+    /// A chain has run out when its leaf has, not when an intermediate has: a client that
+    /// finds another path still takes it.
+    #[test]
+    fn a_chain_has_run_out_with_its_leaf_not_with_an_intermediate() {
+        let root = ca("root", 2090, None);
+        let cross = ca("cross", 2021, Some(&root));
+        let leaf = ca("leaf", 2090, Some(&cross));
+        let file = std::path::Path::new("a.crt");
+        let chain = [&leaf, &cross].map(|(cert, _)| cert.der().clone());
+        let expiry = [Expiry::of(file, &chain, Chain::Served).unwrap()];
+        assert!(!run_out(&expiry, file));
+        let gone = ca("gone", 2021, Some(&root));
+        let expiry = [Expiry::of(file, &[gone.0.der().clone()], Chain::Served).unwrap()];
+        assert!(run_out(&expiry, file));
+        assert!(!run_out(&expiry, std::path::Path::new("b.crt")));
+        assert_eq!(until_a_leaf_runs_out(&expiry), None);
+    }
+
+    #[test]
+    fn the_next_leaf_to_run_out_is_the_earliest_still_valid() {
+        let root = ca("root", 2200, None);
+        let (early, late) = (
+            ca("early", 2100, Some(&root)),
+            ca("late", 2150, Some(&root)),
+        );
+        let gone = ca("gone", 2021, Some(&root));
+        let expiry = [&late, &gone, &early]
+            .map(|(cert, _)| Expiry::of(Path::new("a.crt"), &[cert.der().clone()], Chain::Served));
+        let expiry = expiry.map(Option::unwrap);
+        let until = until_a_leaf_runs_out(&expiry).unwrap().as_secs() as i64;
+        // 2100-01-01T00:00:00Z, and a second.
+        assert_eq!(super::unix_now() + until, 4_102_444_800 + 1);
     }
 
     #[test]

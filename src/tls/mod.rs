@@ -33,7 +33,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{CertificatePaths, ClientAuth, Config, ConfigError, HostPattern, TlsVersion};
 pub(crate) use client::{backend_clients, BackendTls};
-pub(crate) use expiry::{expiry_summary, lists_summary, run_out, validity_warnings, Expiry};
+pub(crate) use expiry::{
+    expiry_summary, lists_summary, run_out, until_a_leaf_runs_out, validity_warnings, Expiry,
+};
 pub(crate) use hello::{read as read_hello, tell_to_use_tls, Hello};
 pub(crate) use rustls::server::danger::ClientCertVerifier;
 pub(crate) use stream::{accept, TlsStream};

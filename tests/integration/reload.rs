@@ -489,6 +489,33 @@ async fn each_renewal_dropping_a_served_name_is_refused_and_counted() {
     assert_eq!(served_leaf(proxy.addr).await, served);
 }
 
+/// A renewal refused for a name it drops goes into force when the certificate in force that
+/// named it runs out (serving no one, it has nothing left to keep): then, not at the next
+/// recheck, a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_refused_for_its_names_is_served_once_the_certificate_in_force_runs_out() {
+    let runs_out = std::time::SystemTime::now() + std::time::Duration::from_secs(4);
+    let proxy = CertFolderProxy::serving(pki().leaf_until_time(SERVER_NAMES, runs_out)).await;
+    let mut rx = proxy.server.reload_status();
+    let good = std::fs::read_to_string(&proxy.config).unwrap();
+    std::fs::write(&proxy.config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+    failures(&mut rx, 1).await;
+    let (cert, key) = pki().leaf(&["other.example"]);
+    std::fs::write(proxy.folder.join("tls.key"), key).unwrap();
+    std::fs::write(proxy.folder.join("tls.crt"), &cert).unwrap();
+    let status = failures(&mut rx, 2).await;
+    assert_eq!(
+        status.generation, 1,
+        "refused while the one in force is valid"
+    );
+
+    // What the reloader waits for is the clock.
+    let left = runs_out.duration_since(std::time::SystemTime::now());
+    tokio::time::sleep(left.unwrap_or_default()).await;
+    generation(&mut rx, 2).await;
+    assert_eq!(served(proxy.addr, "localhost", true).await, der_of(&cert));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_served_while_the_config_file_is_rejected() {
     a_renewal_is_served_while_the_config_file_is(|good| format!("{good}{ROUTE_WITHOUT_PATH}"))
@@ -2162,11 +2189,21 @@ struct CertFolderProxy {
 
 impl CertFolderProxy {
     async fn start() -> CertFolderProxy {
+        Self::serving(pki().leaf(SERVER_NAMES)).await
+    }
+
+    /// Serving `leaf` (cert and key PEM).
+    async fn serving((cert, key): (String, String)) -> CertFolderProxy {
         let backend = WsBackend::start("one").await;
         let (conf, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let folder = secrets.path().join("tls");
         std::fs::create_dir(&folder).unwrap();
-        let (cert, key) = pki().write_leaf(&folder, "tls", SERVER_NAMES);
+        let (cert, key) = [("tls.crt", cert), ("tls.key", key)]
+            .map(|(name, pem)| {
+                std::fs::write(folder.join(name), pem).unwrap();
+                folder.join(name)
+            })
+            .into();
         let config = conf.path().join("wsgate.toml");
         let body = route("a", "/a", &[backend.addr]);
         std::fs::write(&config, format!("{}{body}", head_with_cert(&cert, &key))).unwrap();

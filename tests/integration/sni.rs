@@ -1,7 +1,6 @@
 //! Certificate choice by SNI: the certificate whose names cover the requested name, the first
 //! configured one for any other name (or none), and the choice follows reloads.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::support::*;
@@ -30,13 +29,6 @@ fn write_sni_config(dir: &Path, certs: &[(&str, &[&str])]) -> (std::path::PathBu
     )
     .unwrap();
     (config, ders)
-}
-
-/// The leaf the proxy serves for `sni` (an IP address sends no SNI). Verified against the
-/// test CA; with `any_name` a certificate that does not cover `sni` is accepted too.
-async fn served(addr: SocketAddr, sni: &str, any_name: bool) -> Vec<u8> {
-    let config = client_config_trusting(&[pki()], any_name);
-    peer_leaf(&tls_connect_with(addr, sni, config).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,13 +180,34 @@ impl Pki {
 
     /// [`Pki::client_leaf`] valid from a minute ago until `until`, to the second.
     pub fn client_leaf_until(&self, name: &str, until: std::time::SystemTime) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let purpose = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
+        self.leaf_to_the_second(&[name], until, purpose)
+    }
+
+    /// [`Pki::leaf`] valid from a minute ago until `until`, to the second.
+    pub fn leaf_until_time(
+        &self,
+        names: &[&str],
+        until: std::time::SystemTime,
+    ) -> (String, String) {
+        let purpose = rcgen::ExtendedKeyUsagePurpose::ServerAuth;
+        self.leaf_to_the_second(names, until, purpose)
+    }
+
+    fn leaf_to_the_second(
+        &self,
+        names: &[&str],
+        until: std::time::SystemTime,
+        purpose: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
         params.not_after = time::OffsetDateTime::from(until);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            .push(rcgen::DnType::CommonName, &names[0]);
+        params.extended_key_usages = vec![purpose];
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -726,6 +747,13 @@ pub fn peer_leaf(tls: &Tls) -> Vec<u8> {
 /// The DER of the leaf the proxy at `addr` serves for SNI `localhost` (test CA only).
 pub async fn served_leaf(addr: SocketAddr) -> Vec<u8> {
     peer_leaf(&tls_connect(addr).await)
+}
+
+/// The leaf the proxy serves for `sni` (an IP address sends no SNI). Verified against the
+/// test CA; with `any_name` a certificate that does not cover `sni` is accepted too.
+pub async fn served(addr: SocketAddr, sni: &str, any_name: bool) -> Vec<u8> {
+    let config = client_config_trusting(&[pki()], any_name);
+    peer_leaf(&tls_connect_with(addr, sni, config).await)
 }
 
 /// The serial number of the first certificate in `pem`, as its DER writes it.
