@@ -508,6 +508,30 @@ mod tests {
         assert!(headers.get("x-trace").is_none());
     }
 
+    /// A byte outside ASCII in a backend's `Connection` line (a client's is refused with 400
+    /// before this) hides no other name on it from being stripped.
+    #[test]
+    fn obs_text_in_connection_hides_no_name_from_being_stripped() {
+        let line = HeaderValue::from_bytes(b"upgrade, x-secret, caf\xe9").unwrap();
+        let backend = Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", line.clone())
+            .header("x-secret", "1")
+            .body(())
+            .unwrap();
+        let (parts, ()) = backend.into_parts();
+        let head = client_switching_head(&parts);
+        assert!(head.headers().get("x-secret").is_none());
+        let refusal = Response::builder()
+            .status(403)
+            .header("connection", line)
+            .header("x-secret", "1")
+            .body(())
+            .unwrap();
+        assert!(relay_refusal(refusal).headers().get("x-secret").is_none());
+    }
+
     /// No address holds a `"`: such an element of the client's list is left out, so a backend
     /// reading the list quote-aware cannot find the address appended here inside it.
     #[test]

@@ -42,7 +42,9 @@ pub(crate) fn split_outside_quotes(line: &str) -> Vec<&str> {
 
 /// Every element of every `name` header line split at every comma (quoted or not), trimmed,
 /// empty ones skipped: for lists that hold no quoted strings, where reading more elements
-/// than meant is the safe side.
+/// than meant is the safe side. An element with a byte outside ASCII (obs-text, which hyper
+/// lets through) is left out, not its whole line: `x-secret, caf\xe9` still names
+/// `x-secret`.
 pub(crate) fn plain_elements<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
@@ -50,10 +52,10 @@ pub(crate) fn plain_elements<'a>(
     headers
         .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|element| std::str::from_utf8(element).ok())
         .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && t.is_ascii())
 }
 
 /// Whether any line of `name` lists `token` (case-insensitively).
