@@ -45,7 +45,7 @@ impl Reloader {
                 // Said, as a SIGHUP's answer too; the next write brings another look. (Not
                 // concluded as a look that found nothing new: what is on disk is not known.)
                 Patience::TakeAsRead => {
-                    tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
+                    self.say_kept_changing(trigger);
                     Outcome::Unsettled
                 }
             },

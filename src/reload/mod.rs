@@ -88,6 +88,7 @@ pub(crate) fn spawn_reloader(
         renewals_deferred: 0,
         owed: false,
         unsettled_said: None,
+        unsettled_files_said: false,
     };
     state.announce_mode(state.watch_mode());
     let wanted = watch::wanted(&state.relevant_files());
@@ -146,6 +147,9 @@ struct Reloader {
     /// The count of asks by hand when the files kept changing under one was last said: said
     /// once per ask, not at every round of tries while they go on changing.
     unsettled_said: Option<u64>,
+    /// Files kept changing through the last try of a look their events brought, said since
+    /// a look last settled: once per run of writes, not every round while a writer goes on.
+    unsettled_files_said: bool,
 }
 
 impl Reloader {
@@ -257,6 +261,7 @@ impl Reloader {
             }
             // After the last try nothing would serve a SIGHUP taken here: leave it queued.
             if read == Read::Settled {
+                self.unsettled_files_said = false;
                 break;
             }
             // A SIGHUP's tries ran out on files that kept changing (said so): the look their
@@ -385,7 +390,7 @@ impl Reloader {
                 // The last try: a file truncated and written nonstop is said as any file
                 // that keeps changing.
                 if patience == Patience::TakeAsRead {
-                    tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
+                    self.say_kept_changing(*trigger);
                 }
                 return Outcome::Unsettled;
             }
@@ -430,17 +435,33 @@ impl Reloader {
         if self.holds_still_serving(*stamp, *stamped_at, trigger).await {
             return true;
         }
-        // The last try of a SIGHUP (which may have come during the wait) is said, once per
-        // ask; its answer is owed (see `reload_settled`).
-        let last_manual = *trigger == Trigger::Manual && patience == Patience::TakeAsRead;
-        if last_manual && self.unsettled_said.replace(self.asks.asked) != Some(self.asks.asked) {
-            tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
-        } else {
-            tracing::debug!(
+        // The last try (of a SIGHUP, which may have come during the wait, its answer then
+        // owed: see `reload_settled`) is said.
+        match patience {
+            Patience::TakeAsRead => self.say_kept_changing(*trigger),
+            Patience::WaitForStill => tracing::debug!(
                 "config files written to again after they were read; reading them again"
-            );
+            ),
         }
         false
+    }
+
+    /// Says that the files kept changing through a look's last try, so nothing was applied:
+    /// a WARN once per SIGHUP (whose answer it is) and once per run of writes that never let
+    /// them hold still (a writer that never stops would have it every round of tries), at
+    /// debug after that.
+    fn say_kept_changing(&mut self, trigger: Trigger) {
+        let news = match trigger {
+            Trigger::Manual => {
+                self.unsettled_said.replace(self.asks.asked) != Some(self.asks.asked)
+            }
+            Trigger::Files => !std::mem::replace(&mut self.unsettled_files_said, true),
+        };
+        if news {
+            tracing::warn!("config files kept changing while being read; nothing applied until they hold still");
+        } else {
+            tracing::debug!("config files still changing while being read; nothing applied");
+        }
     }
 
     /// [`holds_still`], serving a SIGHUP (or manual reload) that comes meanwhile: the files

@@ -1292,6 +1292,36 @@ async fn nonstop<T: Send + 'static>(
     writer
 }
 
+/// A config file rewritten in place piece by piece nonstop, for several rounds of tries,
+/// each time a different mistake (so no round can end by applying what it read): that the
+/// files kept changing is a WARN once, not once every round (about 3 s) while the writer goes
+/// on; and what it last wrote is judged once it stops.
+#[test]
+fn files_that_keep_changing_are_said_once_per_run_of_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = write_config(dir.path(), &route("a", "/a", &[closed]));
+    let (mut child, lines, _) = started_wsgate_logging(&config, "info,wsgate::reload=debug");
+    wait_for_line(&lines, "content did not change");
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < std::time::Duration::from_secs(8) {
+        n += 1;
+        let unnamed = format!("[[route]]\npath = \"/p{n}\"\n");
+        write_in_pieces(&config, &format!("{CONFIG_HEAD}{unnamed}"));
+    }
+    let seen = lines_until(&lines, "config reload rejected");
+    let said = |needle: &str| seen.iter().filter(|line| line.contains(needle)).count();
+    let warned = said("nothing applied until they hold still");
+    let rounds = warned + said("still changing while being read; nothing applied");
+    assert!(
+        rounds >= 2,
+        "the writes outlasted one round of tries: {seen:#?}"
+    );
+    assert_eq!(warned, 1, "{seen:#?}");
+    child.kill().unwrap();
+}
+
 /// Writes `text` to `path` in place, in ten pieces 2 ms apart.
 fn write_in_pieces(path: &Path, text: &str) {
     let mut file = std::fs::File::create(path).unwrap();
