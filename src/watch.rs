@@ -7,6 +7,10 @@
 //! is seen; and every folder above them, for the one change a watch on a folder cannot see: the
 //! folder itself, or one above it, swapped by rename (a release directory, a deploy tool's
 //! `mv new current`). A folder replaced is watched anew.
+//! Each file is watched as well, its inode as found now (taken anew when that changes): a
+//! write in place reaches the watch of the folder the writer wrote it through, which is not
+//! the folder wsgate sees it in when the file is a bind mount of its own (a container's
+//! `-v ./wsgate.toml:/etc/wsgate/wsgate.toml`) or a hard link.
 //! In a folder that holds a file, only an event about a name on the way to one says "look":
 //! the file's own, a link's on the way, a folder's on the way; a neighbour written nonstop in
 //! the same folder (a log in `/etc`, anything in `/tmp`) neither delays a reload nor causes one.
@@ -34,6 +38,9 @@ enum Role {
     /// It is above such a folder: only a change to the path down to it matters (a folder on
     /// the way made, deleted or renamed), not the other files in it (`/tmp` is busy).
     Above,
+    /// One of the files itself, by its real path: any change to it matters. Its folder's
+    /// watch sees it come and go; this one, writes made through another path to it.
+    File,
 }
 
 /// The names in a folder holding a file whose changes matter.
@@ -73,10 +80,20 @@ impl Want {
 /// Folders to watch.
 pub(crate) type Wanted = BTreeMap<PathBuf, Want>;
 
-/// The folders to watch for `files` now: those that hold them, and every folder above those.
+/// What to watch for `files` now: the folders that hold them, every folder above those, and
+/// each file that is there.
 pub(crate) fn wanted(files: &[PathBuf]) -> Wanted {
     let holding = wanted_folders(files);
     let mut wanted = Wanted::new();
+    // By real path, so that two names of one file (a link to it) are one watch: the kernel
+    // keeps one watch per inode, and unwatching either name would end both.
+    for file in files
+        .iter()
+        .filter_map(|file| std::fs::canonicalize(file).ok())
+    {
+        let want = Want::of(&file, Role::File);
+        wanted.insert(file, want);
+    }
     for above in holding.keys().flat_map(|folder| folder.ancestors().skip(1)) {
         (wanted.entry(above.to_path_buf())).or_insert_with(|| Want::of(above, Role::Above));
     }
@@ -249,6 +266,9 @@ impl Watches {
     /// holding a file): events about it were dropped until now. `None` (the lookup failed)
     /// changes nothing.
     ///
+    /// A file watched anew (its inode changed) counts as well: written to through another
+    /// path until now, it went unseen.
+    ///
     /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
     /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
     /// its creation is noticed and it is watched from then on.
@@ -301,7 +321,8 @@ impl Watches {
                 }
                 // A folder above that cannot be watched (not readable) costs only the swap
                 // of a folder on the way being seen late, by the recheck: no polling for it.
-                Err(_) if want.role == Role::Above => {}
+                // A file's own watch only adds to its folder's, which sees it come and go.
+                Err(_) if matches!(want.role, Role::Above | Role::File) => {}
                 Err(e) => {
                     self.degraded = true;
                     // Gone since it was looked up (a Kubernetes volume's folder replaced by
@@ -395,8 +416,8 @@ fn limit_hint(e: &notify::Error) -> &'static str {
     }
 }
 
-/// A folder's identity: a folder deleted and made again, or swapped by rename, is a new one
-/// at the same path, and needs a new watch.
+/// A folder's (or file's) identity: one deleted and made again, or swapped by rename, is a
+/// new one at the same path, and needs a new watch.
 #[cfg(unix)]
 fn folder_id(folder: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -533,6 +554,22 @@ mod tests {
 
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Each file that is there is watched itself, once, by its real path (however many names
+    /// lead to it); one still to come only through its folder.
+    #[test]
+    fn each_file_there_is_watched_itself_by_its_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(root.join("tls.pem"), "x").unwrap();
+        symlink(root.join("tls.pem"), root.join("key.pem")).unwrap();
+        let files = ["tls.pem", "key.pem", "missing.pem"].map(|f| root.join(f));
+        let files: Vec<PathBuf> = (wanted(&files).into_iter())
+            .filter(|(_, want)| want.role == Role::File)
+            .map(|(file, _)| file)
+            .collect();
+        assert_eq!(files, [root.join("tls.pem")]);
     }
 
     #[test]
@@ -761,6 +798,7 @@ mod tests {
                     Role::Holds(Names::Only(names)) => names,
                     Role::Holds(Names::Any) => panic!("any name in {folder}"),
                     Role::Above => BTreeSet::new(),
+                    Role::File => return None,
                 };
                 let names = names.iter().map(|n| n.to_string_lossy().into_owned());
                 Some((folder, names.collect()))

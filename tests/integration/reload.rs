@@ -28,6 +28,27 @@ async fn an_in_place_edit_is_applied() {
     assert_eq!(which_backend(proxy.addr, "wss://localhost/b").await, "one");
 }
 
+/// A write in place through another path to the config file, twice: a hard link in another
+/// folder here, and to the kernel a bind mount of the file alone (a container's `-v
+/// ./wsgate.toml:/etc/wsgate/wsgate.toml`, edited on the host) is the same. The folder wsgate
+/// sees the file in hears nothing of it; the file's own watch does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_place_edit_through_a_hard_link_elsewhere_is_applied() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("linked.toml");
+    std::fs::hard_link(proxy.config_path(), &link).unwrap();
+    write_body(&link, &route("b", "/b", &[backend.addr]));
+    generation(&mut rx, 2).await;
+    assert_eq!(upgrade_status(proxy.addr, "/b").await, 101);
+    write_body(&link, &route("c", "/c", &[backend.addr]));
+    generation(&mut rx, 3).await;
+    assert_eq!(upgrade_status(proxy.addr, "/c").await, 101);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_save_by_rename_is_applied_twice_in_a_row() {
     let backend = WsBackend::start("one").await;
