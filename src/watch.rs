@@ -85,14 +85,18 @@ pub(crate) type Wanted = BTreeMap<PathBuf, Want>;
 pub(crate) fn wanted(files: &[PathBuf]) -> Wanted {
     let holding = wanted_folders(files);
     let mut wanted = Wanted::new();
-    // By real path, so that two names of one file (a link to it) are one watch: the kernel
-    // keeps one watch per inode, and unwatching either name would end both.
+    // One per file, by its real path and its inode: the kernel keeps one watch per inode,
+    // and unwatching either of two names for it (a symlink, a hard link, two bind mounts of
+    // one file) would end the other's too.
+    let mut inodes = BTreeSet::new();
     for file in files
         .iter()
         .filter_map(|file| std::fs::canonicalize(file).ok())
     {
         let want = Want::of(&file, Role::File);
-        wanted.insert(file, want);
+        if want.id.is_some_and(|id| inodes.insert(id)) {
+            wanted.insert(file, want);
+        }
     }
     for above in holding.keys().flat_map(|folder| folder.ancestors().skip(1)) {
         (wanted.entry(above.to_path_buf())).or_insert_with(|| Want::of(above, Role::Above));
@@ -187,6 +191,8 @@ pub(crate) struct Watches {
     degraded: bool,
     /// Folders whose watch failed, already reported.
     unwatchable: BTreeSet<PathBuf>,
+    /// Files whose own watch failed, already reported.
+    unwatchable_files: BTreeSet<PathBuf>,
     /// Making the watcher failed, and that was reported: its return is news too.
     no_watcher_reported: bool,
 }
@@ -249,6 +255,7 @@ impl Watches {
             lost,
             degraded: false,
             unwatchable: BTreeSet::new(),
+            unwatchable_files: BTreeSet::new(),
             no_watcher_reported: false,
         }
     }
@@ -265,9 +272,6 @@ impl Watches {
     /// did not (a file the config newly names, a folder already watched as one on the way now
     /// holding a file): events about it were dropped until now. `None` (the lookup failed)
     /// changes nothing.
-    ///
-    /// A file watched anew (its inode changed) counts as well: written to through another
-    /// path until now, it went unseen.
     ///
     /// A folder that does not exist yet (a Secret mounted later, a path still to be created)
     /// is covered by watching its nearest existing ancestor, and retried on every refresh, so
@@ -293,8 +297,8 @@ impl Watches {
         added || news
     }
 
-    /// Watches the `wanted` folders and stops watching the rest; a folder replaced, or
-    /// reported `lost` (deleted or renamed), is watched anew. Whether a folder is watched now
+    /// Watches the `wanted` folders and stops watching the rest; a folder replaced, or at or
+    /// below a path reported `lost` (deleted or renamed), is watched anew. Whether a folder is watched now
     /// that was not; `None` without a watcher.
     fn watch_only(&mut self, wanted: &Wanted, lost: &BTreeSet<PathBuf>) -> Option<bool> {
         let watcher = self.watcher.as_mut()?;
@@ -306,7 +310,9 @@ impl Watches {
         self.degraded = false;
         for (folder, want) in wanted {
             if let Some(known) = self.watched.get(folder) {
-                if *known == want.id && !lost.contains(folder) {
+                // notify ends the watches below a path deleted or renamed away along with
+                // its own: a folder moved away and back (its inode the same) ends them too.
+                if *known == want.id && !lost.iter().any(|gone| folder.starts_with(gone)) {
                     continue;
                 }
                 // Replaced: the old watch follows the old folder (or died with it).
@@ -317,12 +323,24 @@ impl Watches {
             match watcher.watch(folder, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     self.watched.insert(folder.clone(), want.id);
-                    added = true;
+                    // Not a file's: whatever made it be taken anew (the file replaced,
+                    // made, or its folder moved) is an event its folder's watch saw, and
+                    // counting it would have a writer replacing the file nonstop make look
+                    // after look, past the debounce.
+                    added |= want.role != Role::File;
                 }
                 // A folder above that cannot be watched (not readable) costs only the swap
                 // of a folder on the way being seen late, by the recheck: no polling for it.
-                // A file's own watch only adds to its folder's, which sees it come and go.
-                Err(_) if matches!(want.role, Role::Above | Role::File) => {}
+                Err(_) if want.role == Role::Above => {}
+                // A file's own watch only adds to its folder's, which sees it come and go:
+                // without it, a write through another path is seen by the recheck.
+                Err(e) if want.role == Role::File => {
+                    let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
+                    if !vanished && self.unwatchable_files.insert(folder.clone()) {
+                        let error = words(&e);
+                        tracing::warn!(file = %folder.display(), %error, "cannot watch file; a write to it through another path (a bind mount of the file alone, a hard link) is seen at the next reload.recheck");
+                    }
+                }
                 Err(e) => {
                     self.degraded = true;
                     // Gone since it was looked up (a Kubernetes volume's folder replaced by
@@ -346,6 +364,13 @@ impl Watches {
             let back = self.watched.contains_key(folder);
             if back {
                 tracing::info!(folder = %folder.display(), "watching folder for changes again");
+            }
+            !back
+        });
+        self.unwatchable_files.retain(|file| {
+            let back = self.watched.contains_key(file);
+            if back {
+                tracing::info!(file = %file.display(), "watching file for changes again");
             }
             !back
         });
@@ -557,14 +582,15 @@ mod tests {
     }
 
     /// Each file that is there is watched itself, once, by its real path (however many names
-    /// lead to it); one still to come only through its folder.
+    /// lead to it, links of either kind); one still to come only through its folder.
     #[test]
     fn each_file_there_is_watched_itself_by_its_real_path() {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(dir.path()).unwrap();
         std::fs::write(root.join("tls.pem"), "x").unwrap();
         symlink(root.join("tls.pem"), root.join("key.pem")).unwrap();
-        let files = ["tls.pem", "key.pem", "missing.pem"].map(|f| root.join(f));
+        std::fs::hard_link(root.join("tls.pem"), root.join("hard.pem")).unwrap();
+        let files = ["tls.pem", "key.pem", "hard.pem", "missing.pem"].map(|f| root.join(f));
         let files: Vec<PathBuf> = (wanted(&files).into_iter())
             .filter(|(_, want)| want.role == Role::File)
             .map(|(file, _)| file)

@@ -1426,6 +1426,57 @@ async fn a_folder_above_the_config_swapped_by_rename_is_applied_twice_in_a_row()
     }
 }
 
+/// A folder above the config's moved away and back (the same folder: a deploy tool setting
+/// it aside and restoring it): the watches below it, which went with the move, are taken
+/// again, so an in-place edit after it is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_after_a_folder_above_was_moved_away_and_back_is_applied() {
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("site/conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let config = write_config(&conf, &route("a", "/a", &[backend.addr]));
+    let server = wsgate::Server::start(&config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
+    first_look(&mut rx).await;
+    let checks = rx.borrow().checks;
+    std::fs::rename(dir.path().join("site"), dir.path().join("aside")).unwrap();
+    std::fs::rename(dir.path().join("aside"), dir.path().join("site")).unwrap();
+    // The look the move brings, its watches taken again after it.
+    status_where(&mut rx, "a look after the move", |s| s.checks > checks).await;
+    write_body(&config, &route("b", "/b", &[backend.addr]));
+    generation(&mut rx, 2).await;
+    assert_eq!(upgrade_status(addr, "/b").await, 101);
+}
+
+/// A writer replacing the config by rename nonstop with the same bytes (a sync loop): looks
+/// come at the debounce's pace, not one after another as fast as the reloader can read.
+#[test]
+fn a_file_replaced_nonstop_is_looked_at_at_the_debounces_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = write_config(dir.path(), &route("a", "/a", &[closed]));
+    let (mut child, lines, _) = started_wsgate_logging(&config, "info,wsgate::reload=debug");
+    let unchanged = "content did not change";
+    wait_for_line(&lines, unchanged);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let temp = config.with_extension("toml.new");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        std::fs::write(&temp, &text).unwrap();
+        std::fs::rename(&temp, &config).unwrap();
+    }
+    let looks = lines
+        .try_iter()
+        .filter(|line| line.contains(unchanged))
+        .count();
+    // At most one a debounce (150 ms), about 14 in 2 s; hundreds if every look that found
+    // the file replaced made another at once.
+    assert!(looks <= 30, "{looks} looks in 2 s");
+    child.kill().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_that_deletes_the_old_folder_like_kubelet_is_applied_twice() {
     let backend = WsBackend::start("one").await;
