@@ -34,6 +34,9 @@ pub(crate) struct Listener {
     configured: SocketAddr,
     /// The address bound.
     pub(crate) local: SocketAddr,
+    /// Bound with `SO_REUSEPORT` (`proxy.reuse_port` on when it was bound, whatever the
+    /// config says now): another process may listen on its address too.
+    pub(crate) shared_port: bool,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -60,6 +63,7 @@ impl Listener {
         socket: TcpListener,
     ) -> Listener {
         let local = socket.local_addr().unwrap_or(configured);
+        let shared_port = crate::socket::port_shared(&socket);
         let stop = CancellationToken::new();
         let task = match kind {
             Kind::Proxy => {
@@ -75,6 +79,7 @@ impl Listener {
             kind,
             configured,
             local,
+            shared_port,
             stop,
             task,
         }

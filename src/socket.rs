@@ -120,6 +120,23 @@ pub(crate) fn connection_waiting(_: &tokio::net::TcpListener) -> bool {
     true
 }
 
+/// Whether `listener` was bound with `SO_REUSEPORT`: another process may listen on its address.
+#[cfg(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+))]
+pub(crate) fn port_shared(listener: &tokio::net::TcpListener) -> bool {
+    SockRef::from(listener).reuse_port().unwrap_or(false)
+}
+
+#[cfg(not(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+)))]
+pub(crate) fn port_shared(_: &tokio::net::TcpListener) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

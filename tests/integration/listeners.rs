@@ -297,6 +297,45 @@ async fn with_reuse_port_a_second_wsgate_takes_over_the_port_without_closing_it(
     assert!(status.success(), "{status:?}");
 }
 
+/// `reuse_port` turned on by a reload leaves the admin listener bound as it was, its address
+/// its own: in a drain it answers until the end (`/readyz` failing), as without `reuse_port`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_endpoint_bound_before_reuse_port_was_turned_on_answers_through_a_drain() {
+    let backend = WsBackend::start("echo").await;
+    let admin = free_addr("127.0.0.1");
+    let admin_table = format!("[admin]\nlisten = \"{admin}\"\n\n");
+    let proxy = start_proxy(&format!(
+        "{admin_table}{}",
+        route("a", "/a", &[backend.addr])
+    ))
+    .await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    // The same listeners (as the config writes them), one option more.
+    let config = reusing_port("127.0.0.1:0", Some(admin), backend.addr);
+    std::fs::write(proxy.config_path(), config).unwrap();
+    generation(&mut rx, 2).await;
+    // A tunnel keeps the drain going.
+    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
+    let shutdown = tokio::spawn(proxy.server.shutdown());
+    // Ready until the shutdown task has begun; answering all along (a refused connect fails).
+    within("/readyz to fail", async {
+        while crate::admin::admin_request(admin, "GET", "/readyz").await.0 != 503 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Still there once the proxy's listeners are closed.
+    crate::shutdown::refused(proxy.addr).await;
+    let ready = crate::admin::admin_request(admin, "GET", "/readyz").await;
+    assert_eq!(ready, (503, "shutting down\n".to_string()));
+    assert_eq!(round_trip(&mut ws, "in the grace").await, "in the grace");
+    drop(ws);
+    within("the shutdown once the tunnel is gone", shutdown)
+        .await
+        .unwrap();
+}
+
 /// Without `reuse_port` (the default), a second wsgate on a held address does not start: a
 /// second process started by mistake must not silently take half the connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ fn config_with_grace(grace: &str, extra: &str, backend: std::net::SocketAddr) ->
 }
 
 /// Waits until connects to `addr` are refused (the listener is closed); returns when.
-async fn refused(addr: std::net::SocketAddr) -> Instant {
+pub(crate) async fn refused(addr: std::net::SocketAddr) -> Instant {
     within("new connections to be refused", async {
         // Each attempt is a real connect; a socket that still accepted is dropped at once.
         while tokio::net::TcpStream::connect(addr).await.is_ok() {
