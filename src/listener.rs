@@ -263,12 +263,13 @@ impl<'a> Acceptor<'a> {
                     }
                 }
             }
+            // Served with a reserved descriptor, the connection waiting is no failure.
+            if short && self.reserve.is_some_and(Reserve::give_up_one) {
+                tracing::debug!("out of open files: a reserved one given up for it");
+                continue;
+            }
             self.shared.metrics.accept_failed();
             if short {
-                if self.reserve.is_some_and(Reserve::give_up_one) {
-                    tracing::debug!("out of open files: a reserved one given up for it");
-                    continue;
-                }
                 // The reserve spent (on connections kept open: scrapers' keep-alives): one of
                 // those closed makes room, by the time the backoff below is over.
                 if self.reserve.is_some_and(Reserve::make_room) {

@@ -291,6 +291,25 @@ async fn kept_open_admin_connections_stay_open_while_no_one_waits() {
     proxy.child.kill().await.unwrap();
 }
 
+/// Out of descriptors with no client queued, probes served from the admin endpoint's reserve
+/// are no failed accepts, and neither is an accept that finds no client waiting:
+/// `wsgate_accept_errors_total` counts only what failed, as the log's lines do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepts_served_from_the_reserve_or_with_no_one_waiting_are_not_failures() {
+    let backend = WsBackend::start("one").await;
+    let (proxy, _dir) = with_admin(backend.addr).await;
+    let admin = proxy.admin.unwrap();
+    let hogs = proxy.hog(LIMIT).await;
+    for _ in 0..3 {
+        let answer = admin_get(admin, "/healthz").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    }
+    let metrics = admin_get(admin, "/metrics").await;
+    let failed = crate::admin::sample(&metrics, "wsgate_accept_errors_total");
+    assert_eq!(failed.unwrap_or_default(), 0.0, "{metrics}");
+    drop(hogs);
+}
+
 /// GET /healthz on a kept-open admin connection: the answer's first bytes (empty if the
 /// connection was closed).
 async fn keep_alive_get(scraper: &mut tokio::net::TcpStream) -> String {
