@@ -407,7 +407,8 @@ impl Server {
 
     /// Stops accepting, lets live tunnels run for the configured grace, then closes them.
     /// The admin endpoint answers until the end, with `/readyz` failing, unless it was bound
-    /// with `proxy.reuse_port` on: then it stops with the other listeners.
+    /// with `proxy.reuse_port` on and the config still has it: then it stops with the other
+    /// listeners.
     pub async fn shutdown(self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.stop_watching.cancel();
@@ -416,12 +417,13 @@ impl Server {
         tracing::info!(connections = self.active_connections(), grace = ?grace, "shutting down: no new connections");
         let listeners = lock(&self.shared.listeners).take().unwrap_or_default();
         // The admin endpoint answers through the grace (`/readyz` failing, metrics of the
-        // drain), unless its address may be shared with a wsgate taking over (bound with
-        // `reuse_port`, whatever the config says now): probes and scrapes there are the new
-        // process's business from now on.
+        // drain), unless its address is shared with a wsgate taking over: bound with
+        // `reuse_port`, and the config still asking for it (one started without it could not
+        // bind there). Probes and scrapes there are the new process's business from now on.
+        let handing_over = self.shared.current().config.reuse_port;
         let (now, admin): (Vec<Listener>, Vec<Listener>) = listeners
             .into_iter()
-            .partition(|l| l.kind == Kind::Proxy || l.shared_port);
+            .partition(|l| l.kind == Kind::Proxy || (l.shared_port && handing_over));
         for listener in now {
             listener.close().await;
         }

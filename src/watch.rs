@@ -298,26 +298,36 @@ impl Watches {
     }
 
     /// Watches the `wanted` folders and stops watching the rest; a folder replaced, or at or
-    /// below a path reported `lost` (deleted or renamed), is watched anew. Whether a folder is watched now
-    /// that was not; `None` without a watcher.
+    /// below a path reported `lost` (deleted or renamed), is watched anew. Whether a folder is
+    /// watched now that was not; `None` without a watcher.
+    ///
+    /// Every watch to end is ended before any is taken: the kernel keeps one watch per inode,
+    /// so a path taken on an inode another path still held would share its watch, and that
+    /// path's unwatch after it would end both. And folders before files: a file's own watch
+    /// only adds to its folder's, and must not take the last one the inotify limit allows.
     fn watch_only(&mut self, wanted: &Wanted, lost: &BTreeSet<PathBuf>) -> Option<bool> {
         let watcher = self.watcher.as_mut()?;
-        for gone in self.watched.keys().filter(|f| !wanted.contains_key(*f)) {
-            let _ = watcher.unwatch(gone);
+        // notify ends the watches below a path deleted or renamed away along with its own: a
+        // folder moved away and back (its inode the same) ends them too.
+        let still = |path: &PathBuf, known: &Option<(u64, u64)>| {
+            let want = wanted.get(path);
+            want.is_some_and(|want| want.id == *known)
+                && !lost.iter().any(|gone| path.starts_with(gone))
+        };
+        for (path, known) in &self.watched {
+            if !still(path, known) {
+                // Gone, or replaced: the old watch follows the old inode (or died with it).
+                let _ = watcher.unwatch(path);
+            }
         }
-        self.watched.retain(|folder, _| wanted.contains_key(folder));
+        self.watched.retain(|path, known| still(path, known));
         let mut added = false;
         self.degraded = false;
-        for (folder, want) in wanted {
-            if let Some(known) = self.watched.get(folder) {
-                // notify ends the watches below a path deleted or renamed away along with
-                // its own: a folder moved away and back (its inode the same) ends them too.
-                if *known == want.id && !lost.iter().any(|gone| folder.starts_with(gone)) {
-                    continue;
-                }
-                // Replaced: the old watch follows the old folder (or died with it).
-                let _ = watcher.unwatch(folder);
-                self.watched.remove(folder);
+        let (files, folders): (Vec<_>, Vec<_>) =
+            wanted.iter().partition(|(_, want)| want.role == Role::File);
+        for (folder, want) in folders.into_iter().chain(files) {
+            if self.watched.contains_key(folder) {
+                continue;
             }
             // Only recorded when the watch took: a failed one is tried again at every refresh.
             match watcher.watch(folder, RecursiveMode::NonRecursive) {
@@ -596,6 +606,53 @@ mod tests {
             .map(|(file, _)| file)
             .collect();
         assert_eq!(files, [root.join("tls.pem")]);
+    }
+
+    /// The inodes some inotify instance of this process watches, from /proc (`ino:` is hex).
+    #[cfg(target_os = "linux")]
+    fn inodes_watched() -> BTreeSet<u64> {
+        let fds = std::fs::read_dir("/proc/self/fd").unwrap().flatten();
+        let inotify = fds.filter(|fd| {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            target.to_string_lossy() == "anon_inode:inotify"
+        });
+        let info = inotify.filter_map(|fd| {
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.file_name().to_str()?)).ok()
+        });
+        (info.collect::<Vec<_>>().iter())
+            .flat_map(|info| {
+                info.split_whitespace()
+                    .filter_map(|w| w.strip_prefix("ino:"))
+            })
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .collect()
+    }
+
+    /// One file's path moved onto the inode another's watch held (a hard link made over it),
+    /// and the other's replaced, in one refresh: both inodes are watched after it. (Ended in
+    /// the wrong order, the second path's unwatch would end the watch the first just shared.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_path_moved_onto_an_inode_another_path_held_keeps_its_watch() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (one, two) = (root.join("cert-1.pem"), root.join("cert-2.pem"));
+        std::fs::write(&one, "1").unwrap();
+        std::fs::write(&two, "2").unwrap();
+        let mut state = quiet_watch_state();
+        state.refresh(Some(wanted(&[one.clone(), two.clone()])), WatchMode::Events);
+        // `ln -f cert-2.pem cert-1.pem; mv new cert-2.pem`.
+        std::fs::remove_file(&one).unwrap();
+        std::fs::hard_link(&two, &one).unwrap();
+        std::fs::write(root.join("new"), "3").unwrap();
+        std::fs::rename(root.join("new"), &two).unwrap();
+        state.refresh(Some(wanted(&[one.clone(), two.clone()])), WatchMode::Events);
+        let watched = inodes_watched();
+        for file in [&one, &two] {
+            let inode = std::fs::metadata(file).unwrap().ino();
+            assert!(watched.contains(&inode), "{} not watched", file.display());
+        }
     }
 
     #[test]

@@ -301,23 +301,38 @@ async fn with_reuse_port_a_second_wsgate_takes_over_the_port_without_closing_it(
 /// its own: in a drain it answers until the end (`/readyz` failing), as without `reuse_port`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_endpoint_bound_before_reuse_port_was_turned_on_answers_through_a_drain() {
+    admin_answers_through_a_drain_once_reuse_port_is_turned(true).await;
+}
+
+/// Bound with `reuse_port`, turned off by a reload since: a wsgate started on that config
+/// could not bind beside it, so there is no one to hand its address to, and it answers
+/// through a drain too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_endpoint_whose_reuse_port_was_turned_off_answers_through_a_drain() {
+    admin_answers_through_a_drain_once_reuse_port_is_turned(false).await;
+}
+
+/// A wsgate with an admin endpoint, `proxy.reuse_port` turned `on` (or off) by a reload: its
+/// admin endpoint answers through the drain of a shutdown, `/readyz` failing.
+async fn admin_answers_through_a_drain_once_reuse_port_is_turned(on: bool) {
     let backend = WsBackend::start("echo").await;
     let admin = free_addr("127.0.0.1");
-    let admin_table = format!("[admin]\nlisten = \"{admin}\"\n\n");
-    let proxy = start_proxy(&format!(
-        "{admin_table}{}",
-        route("a", "/a", &[backend.addr])
-    ))
-    .await;
-    let mut rx = proxy.server.reload_status();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "");
+    // The same listeners (as the config writes them), with and without the option.
+    let with = reusing_port("127.0.0.1:0", Some(admin), backend.addr);
+    let without = with.replace("reuse_port = true\n", "");
+    let (first, then) = if on { (without, with) } else { (with, without) };
+    std::fs::write(&path, first).unwrap();
+    let server = wsgate::Server::start(&path).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let mut rx = server.reload_status();
     first_look(&mut rx).await;
-    // The same listeners (as the config writes them), one option more.
-    let config = reusing_port("127.0.0.1:0", Some(admin), backend.addr);
-    std::fs::write(proxy.config_path(), config).unwrap();
+    std::fs::write(&path, then).unwrap();
     generation(&mut rx, 2).await;
     // A tunnel keeps the drain going.
-    let mut ws = ws_connect_ok(proxy.addr, "wss://localhost/a").await;
-    let shutdown = tokio::spawn(proxy.server.shutdown());
+    let mut ws = ws_connect_ok(addr, "wss://localhost/a").await;
+    let shutdown = tokio::spawn(server.shutdown());
     // Ready until the shutdown task has begun; answering all along (a refused connect fails).
     within("/readyz to fail", async {
         while crate::admin::admin_request(admin, "GET", "/readyz").await.0 != 503 {
@@ -326,7 +341,7 @@ async fn an_admin_endpoint_bound_before_reuse_port_was_turned_on_answers_through
     })
     .await;
     // Still there once the proxy's listeners are closed.
-    crate::shutdown::refused(proxy.addr).await;
+    crate::shutdown::refused(addr).await;
     let ready = crate::admin::admin_request(admin, "GET", "/readyz").await;
     assert_eq!(ready, (503, "shutting down\n".to_string()));
     assert_eq!(round_trip(&mut ws, "in the grace").await, "in the grace");
