@@ -144,6 +144,34 @@ impl Command {
         })
     }
 
+    /// What clap's attributes cannot check (see [`ClientArgs::usage_error`]), and an idle
+    /// `--hold` shorter than its `--settle`: the memory is read `--settle` after READY, within
+    /// the hold.
+    pub fn usage_error(&self) -> Option<String> {
+        if let Command::Idle(a) = self {
+            if a.hold.is_some_and(|hold| hold < a.settle) {
+                return Some(format!(
+                    "--hold ({:?}) is shorter than --settle ({:?}): the memory is read --settle after READY, while the tunnels are held",
+                    a.hold.unwrap_or_default(),
+                    a.settle
+                ));
+            }
+        }
+        self.client()?.usage_error()
+    }
+
+    /// Its name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Echo(_) => "echo",
+            Command::Handshake(_) => "handshake",
+            Command::Latency(_) => "latency",
+            Command::Throughput(_) => "throughput",
+            Command::Bulk(_) => "bulk",
+            Command::Idle(_) => "idle",
+        }
+    }
+
     /// The client options of a load scenario; `None` for the echo backend.
     pub fn client(&self) -> Option<&ClientArgs> {
         match self {
@@ -513,6 +541,14 @@ mod tests {
         }
         assert!(parse(&["handshake", "ws://h/", "--threads", "0"]).is_err());
         assert!(parse(&["idle", "ws://h/", "--hold", "soon"]).is_err());
+        let Command::Idle(a) = parse(&["idle", "ws://h/", "--hold", "500ms", "--settle", "2s"])
+            .unwrap()
+            .command
+        else {
+            panic!("not idle");
+        };
+        let short = Command::Idle(a).usage_error().unwrap_or_default();
+        assert!(short.contains("shorter than --settle"), "{short}");
         assert!(
             parse(&["echo", "--tls-cert", "c.pem"]).is_err(),
             "needs --tls-key"

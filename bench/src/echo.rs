@@ -125,7 +125,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, engine: Echo
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                eprintln!("echo: accept: {e}");
+                crate::scenario::say(format_args!("echo: accept: {e}"));
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }

@@ -74,6 +74,18 @@ pub fn processes_cpu_us(pids: &[u32]) -> Result<u64> {
     pids.iter().map(|&p| process_cpu_us(p)).sum()
 }
 
+/// CPU time (user + system, µs) of this process's thread `tid` so far; `None` if unreadable.
+pub fn thread_cpu_us(tid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    Some(parse_stat_ticks(&stat)? * 1_000_000 / clock_ticks())
+}
+
+/// The calling thread's id, as /proc/self/task names it.
+pub fn this_thread() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 /// This process's CPU time (user + system) in microseconds.
 pub fn self_cpu_us() -> u64 {
     // SAFETY: getrusage writes into the zeroed struct we pass.

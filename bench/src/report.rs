@@ -109,9 +109,11 @@ impl Report {
         if window.proxy_lost {
             self.fail("a process given with --pid ended during the run (did the proxy crash?): no CPU figure for it");
         }
-        // No CPU at all over this many operations is no proxy's: the PID of a wrapper (a
-        // shell, `taskset`, a container runtime) rather than of the process doing the work.
-        if window.proxy_us == Some(0) && ops >= 1000.0 {
+        // No CPU at all over this many operations, or while this tool spent a tenth of a
+        // second pushing them through (megabytes moved, say, count few operations), is no
+        // proxy's: the PID of a wrapper (a shell, `taskset`, a container runtime) rather than
+        // of the process doing the work.
+        if window.proxy_us == Some(0) && (ops >= 1000.0 || window.tool_us >= 100_000) {
             self.fail(format!(
                 "the process given with --pid used no CPU over {ops:.0} {op}s: is it the proxy itself, not a wrapper that started it?"
             ));
@@ -245,6 +247,17 @@ mod tests {
             tool_us: 1,
             load_cpu_busy_pct: None,
         };
+        // Few operations (megabytes) that took this tool real work: no proxy did none.
+        let busy_tool = CpuWindow {
+            tool_us: 500_000,
+            ..window(Some(0), false)
+        };
+        let bulk = |w: CpuWindow| {
+            let mut r = Report::new("bulk", "ws://127.0.0.1:9001/");
+            r.cpu(&w, 354.0, "mb");
+            r.failure().map(str::to_string)
+        };
+        assert!(bulk(busy_tool).is_some_and(|why| why.contains("used no CPU over 354 mbs")));
         let verdict = |w: CpuWindow, ops: f64| {
             let mut r = Report::new("throughput", "ws://127.0.0.1:9001/");
             r.cpu(&w, ops, "msg");

@@ -62,9 +62,15 @@ impl Url {
                 .find(']')
                 .ok_or_else(|| anyhow!("URL {s:?}: unclosed '['"))?;
             let host = &v6[..end];
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                bail!("URL {s:?}: {host:?} between '[' and ']' is no IPv6 address");
+            }
             let port = match &v6[end + 1..] {
                 "" => default_port,
-                p => parse_port(p.strip_prefix(':').unwrap_or(p), s)?,
+                p => match p.strip_prefix(':') {
+                    Some(p) => parse_port(p, s)?,
+                    None => bail!("URL {s:?}: ':' and a port, or nothing, after ']'"),
+                },
             };
             (host.to_string(), port)
         } else {
@@ -75,6 +81,10 @@ impl Url {
         };
         if host.is_empty() {
             bail!("URL {s:?} needs a host");
+        }
+        // An IPv6 address goes in brackets; a host name has no ':' (`h:1:2` is no authority).
+        if !authority.starts_with('[') && host.contains(':') {
+            bail!("URL {s:?}: a host with ':' in it (an IPv6 address goes in brackets: ws://[::1]:9001/)");
         }
         Ok(Url {
             tls,
@@ -420,6 +430,10 @@ mod tests {
             ("ws://h/%", "'%'"),
             ("ws://h/%2", "'%'"),
             ("ws://h/%zz", "'%'"),
+            ("ws://[::1]45013/", "after ']'"),
+            ("ws://[nope]:1/", "no IPv6 address"),
+            ("ws://::1:45013/", "in brackets"),
+            ("ws://127.0.0.1:45001:45001/", "in brackets"),
         ] {
             let err = format!("{:#}", Url::parse(url).unwrap_err());
             assert!(err.contains(why), "{url:?}: {err}");

@@ -116,6 +116,16 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
     );
     // Both counts are of the measured window: the upgrades and the failures that ended in it.
     let attempts = handshakes + counts.errors.count();
+    // The proxy's work on refused attempts (a TLS handshake each, a 503 or a 404) is in its
+    // CPU too: per attempt beside per upgrade, which alone would overstate an upgrade's cost.
+    if let (Some(proxy), true) = (window.proxy_us, attempts > handshakes) {
+        let per = proxy as f64 / attempts as f64;
+        r.num(
+            "proxy_cpu_us_per_attempt",
+            per,
+            "µs, refused attempts included",
+        );
+    }
     if too_many_broken(broken.count(), attempts) {
         r.fail(format!(
             "{} of {attempts} connection attempts failed below HTTP (refused, reset, TLS \

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::{open_many, target_url, Errors};
 use crate::cli::LatencyArgs;
-use crate::procstat::{CpuSnapshot, CpuWindow};
+use crate::procstat::{this_thread, thread_cpu_us, CpuSnapshot, CpuWindow};
 use crate::report::Report;
 use crate::stats::{self, connection_for, scheduled_offset, Percentiles};
 use crate::target::Target;
@@ -73,7 +73,8 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
     let end = measure_from + args.measure.duration;
 
     let (senders, mut tasks) = spawn_drivers(conns, &errors, &message, measure_from, end);
-    let pacer = spawn_pacer(senders, start, end, args.rate, args.connections)?;
+    let window_span = (start, measure_from, end);
+    let pacer = spawn_pacer(senders, window_span, args.rate, args.connections)?;
 
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_start = CpuSnapshot::take(&args.client.pids);
@@ -87,21 +88,23 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
             total.add(&r);
         }
     }
-    let _ = pacer.join();
+    // The runtime threads' share of the tool's CPU: the pacer's sends go on whatever they do.
+    let runtime_us = window.tool_us.saturating_sub(pacer.join().unwrap_or(0));
     let mut r = report(args, &target, &total, &window);
     errors.report(&mut r);
     let measured = total.corrected.len();
     if let Some(why) = shortfall(measured, total.lost, args.rate, args.measure.duration) {
         r.fail(why);
     }
-    if let Some(why) = tool_bound(window.tool_us, window.secs, args.client.threads) {
+    if let Some(why) = tool_bound(runtime_us, window.secs, args.client.threads) {
         r.fail(why);
     }
     Ok(r)
 }
 
-/// Why the latencies measure this tool rather than the target, if they do: its threads were
-/// (nearly) always busy, so echoes waited in its sockets for it to read them, and that wait is
+/// Why the latencies measure this tool rather than the target, if they do: its runtime
+/// threads (`tool_us` of CPU between them, the pacer thread's left out) were (nearly) always
+/// busy, so echoes waited in its sockets for it to read them, and that wait is
 /// in every figure (service time included), while its send lag, taken as a message is handed
 /// to the socket, does not show it.
 fn tool_bound(tool_us: u64, secs: f64, threads: u16) -> Option<String> {
@@ -188,12 +191,11 @@ fn spawn_drivers(
 }
 
 /// The pacer thread: hands each send its scheduled time, on the connection whose turn it is,
-/// until `end`; returns how many it scheduled. A thread of its own, not a task: it sleeps
+/// until `end`; returns its own CPU time (µs) from `measure_from` on. A thread of its own, not a task: it sleeps
 /// blocking, with a precise timer slack (a per-thread setting) the runtime's threads need not have.
 fn spawn_pacer(
     senders: Vec<mpsc::UnboundedSender<Instant>>,
-    start: Instant,
-    end: Instant,
+    (start, measure_from, end): (Instant, Instant, Instant),
     rate: f64,
     connections: u32,
 ) -> std::io::Result<std::thread::JoinHandle<u64>> {
@@ -201,19 +203,24 @@ fn spawn_pacer(
         .name("pacer".into())
         .spawn(move || {
             crate::sys::precise_timer_slack();
+            let own_cpu = || thread_cpu_us(this_thread()).unwrap_or(0);
             let mut j = 0u64;
             let mut oversleep = Oversleep::default();
+            let mut measured_from = None;
             loop {
                 let due = start + scheduled_offset(j, rate);
                 if due >= end {
                     break;
+                }
+                if due >= measure_from && measured_from.is_none() {
+                    measured_from = Some(own_cpu());
                 }
                 oversleep.wait_until(due);
                 // A closed channel means that connection failed; its error is recorded.
                 let _ = senders[connection_for(j, connections)].send(due);
                 j += 1;
             }
-            j
+            own_cpu().saturating_sub(measured_from.unwrap_or(0))
         })
 }
 

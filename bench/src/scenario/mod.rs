@@ -29,11 +29,20 @@ use crate::report::Report;
 use crate::target::Target;
 use crate::ws::{self, WsConn};
 
+/// A line on stderr, if it can be written: a warning lost to a full disk or a closed pipe must
+/// not end the run (`eprintln!` panics then) and take its report with it.
+pub(crate) fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Runs a command to completion, printing its report.
 pub fn run(command: Command) -> Result<()> {
     match crate::sys::raise_nofile_limit() {
         Ok(limit) => check_open_files(command.connections(), limit)?,
-        Err(e) => eprintln!("warning: cannot raise the open-files limit: {e}"),
+        Err(e) => say(format_args!(
+            "warning: cannot raise the open-files limit: {e}"
+        )),
     }
     if let Command::Echo(args) = &command {
         return crate::echo::run(args);
@@ -56,7 +65,7 @@ pub fn run(command: Command) -> Result<()> {
         }
     })?;
     if let Some(e) = report.get("first_error").and_then(|v| v.as_str()) {
-        eprintln!("warning: errors during the run; first: {e}");
+        say(format_args!("warning: errors during the run; first: {e}"));
     }
     // Held connections and stragglers are dropped with the runtime, without waiting for them.
     runtime.shutdown_background();
