@@ -11,13 +11,17 @@ pub(crate) fn tokens<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
 ) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(split_outside_quotes)
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    let lines = headers.get_all(name).iter();
+    trimmed(
+        lines
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(split_outside_quotes),
+    )
+}
+
+/// `elements` trimmed, the empty ones left out.
+fn trimmed<'a>(elements: impl Iterator<Item = &'a str>) -> impl Iterator<Item = &'a str> {
+    elements.map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// `line` split at the commas outside `"quoted strings"` (with their `\` escapes).
@@ -49,13 +53,9 @@ pub(crate) fn plain_elements<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
 ) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|element| std::str::from_utf8(element).ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.is_ascii())
+    let elements = (headers.get_all(name).iter()).flat_map(|v| v.as_bytes().split(|&b| b == b','));
+    trimmed(elements.filter_map(|element| std::str::from_utf8(element).ok()))
+        .filter(|t| t.is_ascii())
 }
 
 /// Whether any line of `name` lists `token` (case-insensitively).

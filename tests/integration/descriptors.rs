@@ -223,7 +223,6 @@ async fn the_admin_endpoint_answers_while_the_proxy_is_out_of_descriptors() {
 /// closed to make room (as a connection over the admin limit closes the oldest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_is_answered_when_kept_open_scrapes_spent_the_reserve() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = WsBackend::start("one").await;
     let (mut proxy, _dir) = with_admin(backend.addr).await;
     let admin = proxy.admin.unwrap();
@@ -233,16 +232,11 @@ async fn a_probe_is_answered_when_kept_open_scrapes_spent_the_reserve() {
     let mut scrapers = Vec::new();
     for _ in 0..6 {
         let mut scraper = tokio::net::TcpStream::connect(admin).await.unwrap();
-        let request = "GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
         let (answered, mut first) = tokio::sync::mpsc::channel::<()>(1);
         scrapers.push(tokio::spawn(async move {
-            let mut answer = [0u8; 512];
             // Until the proxy closes it.
-            while scraper.write_all(request.as_bytes()).await.is_ok() {
-                match scraper.read(&mut answer).await {
-                    Ok(n) if n > 0 => _ = answered.try_send(()),
-                    _ => return,
-                }
+            while !keep_alive_get(&mut scraper).await.is_empty() {
+                _ = answered.try_send(());
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }));
