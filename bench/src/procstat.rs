@@ -74,16 +74,18 @@ pub fn processes_cpu_us(pids: &[u32]) -> Result<u64> {
     pids.iter().map(|&p| process_cpu_us(p)).sum()
 }
 
-/// CPU time (user + system, µs) of this process's thread `tid` so far; `None` if unreadable.
-pub fn thread_cpu_us(tid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    Some(parse_stat_ticks(&stat)? * 1_000_000 / clock_ticks())
-}
-
-/// The calling thread's id, as /proc/self/task names it.
-pub fn this_thread() -> i32 {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    unsafe { libc::gettid() }
+/// The calling thread's CPU time (user + system) in microseconds, to the nanosecond
+/// (/proc's figures are in 10 ms ticks).
+pub fn this_thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the pointer, valid for the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 /// This process's CPU time (user + system) in microseconds.
@@ -145,6 +147,15 @@ pub fn tcp_mem_kib() -> Option<u64> {
 
 /// The one CPU this process may run on, if it is pinned to exactly one (`taskset -c N`).
 pub fn pinned_cpu() -> Option<usize> {
+    let cpus = allowed_cpus()?;
+    match cpus[..] {
+        [cpu] => Some(cpu),
+        _ => None,
+    }
+}
+
+/// The CPUs this process may run on (its affinity: `taskset` narrows it), if they can be read.
+pub fn allowed_cpus() -> Option<Vec<usize>> {
     // SAFETY: sched_getaffinity writes into the zeroed set whose size we pass; CPU_ISSET only
     // reads it.
     unsafe {
@@ -152,11 +163,8 @@ pub fn pinned_cpu() -> Option<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return None;
         }
-        let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set));
-        match (cpus.next(), cpus.next()) {
-            (Some(cpu), None) => Some(cpu),
-            _ => None,
-        }
+        let cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set));
+        Some(cpus.collect())
     }
 }
 

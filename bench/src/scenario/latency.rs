@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::{open_many, target_url, Errors};
 use crate::cli::LatencyArgs;
-use crate::procstat::{this_thread, thread_cpu_us, CpuSnapshot, CpuWindow};
+use crate::procstat::{allowed_cpus, this_thread_cpu_us, CpuSnapshot, CpuWindow};
 use crate::report::Report;
 use crate::stats::{self, connection_for, scheduled_offset, Percentiles};
 use crate::target::Target;
@@ -88,35 +88,61 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
             total.add(&r);
         }
     }
-    // The runtime threads' share of the tool's CPU: the pacer's sends go on whatever they do.
-    let runtime_us = window.tool_us.saturating_sub(pacer.join().unwrap_or(0));
+    let pacer_us = pacer.join().unwrap_or(0);
     let mut r = report(args, &target, &total, &window);
     errors.report(&mut r);
     let measured = total.corrected.len();
     if let Some(why) = shortfall(measured, total.lost, args.rate, args.measure.duration) {
         r.fail(why);
     }
-    if let Some(why) = tool_bound(runtime_us, window.secs, args.client.threads) {
+    let cpus = allowed_cpus().map_or(usize::MAX, |cpus| cpus.len().max(1));
+    let busy = ToolCpu {
+        tool_us: window.tool_us,
+        pacer_us,
+        secs: window.secs,
+    };
+    if let Some(why) = tool_bound(busy, args.client.threads, cpus) {
         r.fail(why);
     }
     Ok(r)
 }
 
-/// Why the latencies measure this tool rather than the target, if they do: its runtime
-/// threads (`tool_us` of CPU between them, the pacer thread's left out) were (nearly) always
-/// busy, so echoes waited in its sockets for it to read them, and that wait is
-/// in every figure (service time included), while its send lag, taken as a message is handed
-/// to the socket, does not show it.
-fn tool_bound(tool_us: u64, secs: f64, threads: u16) -> Option<String> {
-    let busy = tool_us as f64 / 1e6 / secs.max(1e-9);
-    (busy >= 0.9 * f64::from(threads)).then(|| {
-        format!(
-            "this tool was {:.0} % busy on {threads} runtime thread(s): echoes waited for it to \
-             read them, so the latencies above are its own as much as the target's; give it \
-             more --threads (and a CPU of its own) or lower --rate",
-            busy * 100.0
+/// The tool's CPU over the measured window: all of it, and its pacer thread's share.
+#[derive(Clone, Copy)]
+struct ToolCpu {
+    tool_us: u64,
+    pacer_us: u64,
+    secs: f64,
+}
+
+/// Why the latencies measure this tool rather than the target, if they do: its `threads`
+/// runtime threads were (nearly) always busy (the pacer's CPU left out: it only schedules
+/// the sends), or all its threads together (nearly) filled the `cpus` CPUs it may run on (a
+/// `taskset` to one CPU: the pacer's share is then the runtime's loss). Echoes then waited in
+/// its sockets for it to read them, and that wait is in every figure (service time
+/// included), while its send lag, taken as a message is handed to the socket, does not show
+/// it.
+fn tool_bound(cpu: ToolCpu, threads: u16, cpus: usize) -> Option<String> {
+    let busy = |us: u64| us as f64 / 1e6 / cpu.secs.max(1e-9);
+    let runtime = busy(cpu.tool_us.saturating_sub(cpu.pacer_us));
+    let whole = busy(cpu.tool_us);
+    let room = (usize::from(threads) + 1).min(cpus);
+    let (pct, on) = if runtime >= 0.9 * f64::from(threads) {
+        (runtime, format!("{threads} runtime thread(s)"))
+    } else if whole >= 0.9 * room as f64 {
+        (
+            whole,
+            format!("the {room} CPU(s) it may use (its runtime and pacer threads together)"),
         )
-    })
+    } else {
+        return None;
+    };
+    Some(format!(
+        "this tool was {:.0} % busy on {on}: echoes waited for it to read them, so the \
+         latencies above are its own as much as the target's; give it more --threads (and a \
+         CPU of its own) or lower --rate",
+        pct * 100.0
+    ))
 }
 
 /// The most bytes a run may schedule: open loop, what a target that falls behind has not taken
@@ -203,7 +229,6 @@ fn spawn_pacer(
         .name("pacer".into())
         .spawn(move || {
             crate::sys::precise_timer_slack();
-            let own_cpu = || thread_cpu_us(this_thread()).unwrap_or(0);
             let mut j = 0u64;
             let mut oversleep = Oversleep::default();
             let mut measured_from = None;
@@ -213,14 +238,15 @@ fn spawn_pacer(
                     break;
                 }
                 if due >= measure_from && measured_from.is_none() {
-                    measured_from = Some(own_cpu());
+                    measured_from = Some(this_thread_cpu_us());
                 }
                 oversleep.wait_until(due);
                 // A closed channel means that connection failed; its error is recorded.
                 let _ = senders[connection_for(j, connections)].send(due);
                 j += 1;
             }
-            own_cpu().saturating_sub(measured_from.unwrap_or(0))
+            // No send due in the window: none of its CPU was.
+            measured_from.map_or(0, |from| this_thread_cpu_us().saturating_sub(from))
         })
 }
 
@@ -372,19 +398,37 @@ mod tests {
 
     #[test]
     fn a_run_that_kept_the_tool_busy_measures_the_tool() {
-        assert_eq!(tool_bound(500_000, 10.0, 1), None, "5 % busy");
-        assert_eq!(tool_bound(8_500_000, 10.0, 1), None, "85 %");
-        let why = tool_bound(9_250_000, 10.0, 1).unwrap();
+        let cpu = |tool_us, pacer_us| ToolCpu {
+            tool_us,
+            pacer_us,
+            secs: 10.0,
+        };
+        assert_eq!(tool_bound(cpu(500_000, 0), 1, 2), None, "5 % busy");
+        assert_eq!(tool_bound(cpu(8_500_000, 0), 1, 2), None, "85 %");
+        let why = tool_bound(cpu(9_250_000, 0), 1, 2).unwrap();
         assert!(
             why.starts_with("this tool was 92 % busy on 1 runtime"),
             "{why}"
         );
         assert_eq!(
-            tool_bound(9_250_000, 10.0, 2),
+            tool_bound(cpu(9_250_000, 0), 2, 4),
             None,
             "92 % of two threads' time"
         );
-        assert!(tool_bound(19_000_000, 10.0, 2).is_some());
+        assert!(tool_bound(cpu(19_000_000, 0), 2, 4).is_some());
+        // The pacer's share is not the runtime's, on two CPUs; on one, it is taken from it.
+        let paced = cpu(10_300_000, 5_800_000);
+        assert_eq!(
+            tool_bound(paced, 1, 2),
+            None,
+            "45 % runtime, 103 % of two CPUs"
+        );
+        let pinned = cpu(9_990_000, 4_200_000);
+        let why = tool_bound(pinned, 1, 1).unwrap();
+        assert!(
+            why.contains("100 % busy on the 1 CPU(s) it may use"),
+            "{why}"
+        );
     }
 
     #[test]
