@@ -262,19 +262,17 @@ impl<'a> Acceptor<'a> {
                         false => return None,
                     }
                 }
-            }
-            // Served with a reserved descriptor, the connection waiting is no failure.
-            if short && self.reserve.is_some_and(Reserve::give_up_one) {
-                tracing::debug!("out of open files: a reserved one given up for it");
-                continue;
+                // Served with a reserved descriptor, the connection waiting is no failure.
+                if self.reserve.is_some_and(Reserve::give_up_one) {
+                    tracing::debug!("out of open files: a reserved one given up for it");
+                    continue;
+                }
             }
             self.shared.metrics.accept_failed();
-            if short {
-                // The reserve spent (on connections kept open: scrapers' keep-alives): one of
-                // those closed makes room, by the time the backoff below is over.
-                if self.reserve.is_some_and(Reserve::make_room) {
-                    tracing::debug!("out of open files, the reserve spent: the oldest admin connection closed for it");
-                }
+            // The reserve spent (on connections kept open: scrapers' keep-alives): one of those
+            // closed makes room, by the time the backoff below is over.
+            if short && self.reserve.is_some_and(Reserve::make_room) {
+                tracing::debug!("out of open files, the reserve spent: the oldest admin connection closed for it");
             }
             let (listen, ended) = (&self.listen, self.listen.clone());
             logging::throttled(
