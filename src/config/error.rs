@@ -181,6 +181,10 @@ pub(crate) fn escape_controls(text: &str) -> String {
 /// route names. std has no category lookup: the Cf ranges are those of Unicode 16.0
 /// (`DerivedGeneralCategory.txt`; unchanged from 15.0, which added U+13439–U+1343F).
 pub(crate) fn is_hidden(c: char) -> bool {
+    // Nearly every character of a config is ASCII: one comparison answers for it.
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
     c.is_control()
         || matches!(
             c,
