@@ -235,7 +235,10 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
                 return None;
             }
             match line.split_once('=') {
-                Some((left, _)) => Some(last_ident(left.trim())),
+                // Before its `=`, the parser read the key up to where it stopped making
+                // sense: `min version =` is key `min` with no value, `nam$e =` the key it
+                // could not read, written as it is, not the part after the mistake.
+                Some((left, _)) => Some(first_word(left.trim()).to_string()),
                 // No `=` at all (`name: "echo"`, `name "echo"`): the key is what the line
                 // starts with, not the last word of its value.
                 None => Some(first_ident(line)),
@@ -250,16 +253,21 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
     }
 }
 
-/// Where the last `=` of `text` (a line, or its start) is that is no string's or comment's:
-/// `balance = "x=y` is `balance`'s value, whether its string is closed or not.
+/// Where the last `=` of `text` (a line, or its start) is that is no string's or comment's,
+/// nor inside a closed array or inline table: `balance = "x=y` is `balance`'s value, whether
+/// its string is closed or not, and what follows `certificates = [{ cert = "a" }]` belongs
+/// to `certificates`, not `cert`.
 fn last_equals(text: &str) -> Option<usize> {
     let mut last = None;
+    let mut depth = 0usize;
     let mut chars = text.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
             '#' => break,
             '"' | '\'' => skip_string(chars.by_ref(), c),
-            '=' => last = Some(i),
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '=' if depth == 0 => last = Some(i),
             _ => {}
         }
     }
@@ -452,5 +460,21 @@ mod tests {
         let at = |src: &str, needle: &str| key_at(src, src.find(needle).unwrap());
         assert_eq!(at("[[route]]\nname: \"echo\"\n", "echo"), "route[0].name");
         assert_eq!(at("[proxy]\nlisten = [\n  8443,\n]\n", "8443"), "proxy");
+    }
+
+    /// Where the parser stopped inside a key, the key is the one it was reading, whole, not
+    /// the word after the mistake; behind a closed inline table, the table's own key.
+    #[test]
+    fn a_key_is_named_as_written_not_by_a_fragment_or_a_key_inside_a_value() {
+        let at = |src: &str, needle: &str| key_at(src, src.find(needle).unwrap());
+        assert_eq!(at("[tls]\nmin version = \"1.2\"\n", "version"), "tls.min");
+        assert_eq!(at("[[route]]\nnam$e = \"a\"\n", "$"), "route[0].nam$e");
+        assert_eq!(
+            at("[[route]]\nna\u{1b}me = \"a\"\n", "\u{1b}"),
+            "route[0].na\u{1b}me"
+        );
+        let trailing = "[tls]\ncertificates = [{ cert = \"a\", key = \"b\" }] x\n";
+        assert_eq!(at(trailing, "] x"), "tls.certificates");
+        assert_eq!(at("[tls]\nx = { a = 1 } = 2\n", "2"), "tls.x");
     }
 }
