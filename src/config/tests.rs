@@ -421,6 +421,15 @@ fn errors_name_file_line_column_and_key() {
         ("[[route]]\nname: \"echo\"\n", ": route[0].name: "),
         ("[[route]]\npath \"/ws\"\n", ": route[0].path: "),
         ("timeouts = { idle = \"1s\", idle = \"2s\" }\n", "`idle` is set twice: keep one"),
+        // Set once by a dotted key, once whole: the first is the dotted line.
+        (
+            "[[route]]\nname = \"a\"\nbackend_tls.ca = \"a.pem\"\nbackend_tls = { ca = \"b.pem\" }\n",
+            ":9:1: route[0].backend_tls: `backend_tls` is set twice (first at line 8): keep one",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nbackend_tls.ca = \"a.pem\"\nbackend_tls . ca = \"b.pem\"\n",
+            "`ca` is set twice (first at line 8): keep one",
+        ),
         ("[timeouts]\nidle = \"soon\"\n", ":7:8: timeouts.idle:"),
         ("[limits]\nmax_connections = 0\n", ":7:19: limits.max_connections: 0 is out of range: must be from 1 to 10000000"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"nope\"]\n", ":9:13: route[0].backends[0]:"),

@@ -36,7 +36,10 @@ pub(super) fn written_twice(src: &str, offset: usize, key: &str) -> String {
             let name = name
                 .as_deref()
                 .unwrap_or_else(|| key.rsplit('.').next().unwrap_or(key));
-            match first_in_table(&before, name) {
+            // The line's own key, when that is what is set twice (not a key inside its
+            // inline table): a dotted one is matched whole, and against its parts.
+            let own = Some(dotted_key(here)).filter(|k| k.rsplit('.').next() == Some(name));
+            match first_in_table(&before, name, own.as_deref()) {
                 Some(line) => format!("`{name}` is set twice (first at line {line}): keep one"),
                 None => format!("`{name}` is set twice: keep one"),
             }
@@ -63,19 +66,36 @@ fn key_written_at(text: &str) -> Option<String> {
 }
 
 /// The 1-based line among `lines` (the file up to the duplicate) where `name` was first set,
-/// looking back no further than the table the duplicate is in.
-fn first_in_table(lines: &[&str], name: &str) -> Option<usize> {
+/// looking back no further than the table the duplicate is in. With the duplicate's own
+/// dotted key `own`, a line setting a key inside it or a table around it counts too:
+/// `backend_tls.ca = …` sets `backend_tls`, which `backend_tls = { … }` then sets again.
+fn first_in_table(lines: &[&str], name: &str, own: Option<&str>) -> Option<usize> {
+    let within = |outer: &str, inner: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
     for (i, line) in lines.iter().enumerate().rev() {
         if header_name(line).is_some() {
             return None;
         }
-        let written = line.split('=').next().map(str::trim);
-        let written = written.map(|k| k.trim_matches(['"', '\'']));
-        if written == Some(name) {
+        let written = dotted_key(line);
+        let same = |own: &str| written == own || within(own, &written) || within(&written, own);
+        if written == name || own.is_some_and(same) {
             return Some(i + 1);
         }
     }
     None
+}
+
+/// The key a `key = value` line sets, its dotted parts unquoted and trimmed
+/// (`"a" . b` is `a.b`); empty for a line without `=`.
+fn dotted_key(line: &str) -> String {
+    let Some((left, _)) = line.split_once('=') else {
+        return String::new();
+    };
+    let parts = left.split('.').map(|p| p.trim().trim_matches(['"', '\'']));
+    parts.collect::<Vec<_>>().join(".")
 }
 
 /// Whether the file has a `[route]` table header, the likely cause of whatever went wrong
