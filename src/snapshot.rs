@@ -60,6 +60,7 @@ const LOGGED_WARNINGS: usize = 20;
 impl Drop for Snapshot {
     fn drop(&mut self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            crate::memory::config_freed();
             return;
         };
         let table = std::mem::take(&mut self.routes);
@@ -69,6 +70,7 @@ impl Drop for Snapshot {
             table.drop_gradually().await;
             crate::memory::drop_gradually(configs.into_iter()).await;
             crate::memory::drop_gradually(warnings.into_iter()).await;
+            crate::memory::config_freed();
         });
     }
 }

@@ -103,6 +103,11 @@ pub(super) fn look(
         return Look::StillRejected;
     }
     let built = Snapshot::build_hashed(path, generation, on_disk);
+    if built.is_err() {
+        // What it read and parsed before failing is freed: memory to give back, as a
+        // replaced snapshot's is (counted as it drops).
+        crate::memory::config_freed();
+    }
     // A served certificate renewed by `rm; cp` is gone for a moment, like a config file
     // written that way: wait for it rather than count a failure. A file the config in force
     // does not serve is a mistake in the new config: rejected. (SIGHUP reports either:
@@ -308,6 +313,36 @@ certificates = [ { cert = "server.crt", key = "server.key" } ]
             } => Some((on_disk, settled, *built)),
             _ => None,
         }
+    }
+
+    /// A rejected build and a replaced snapshot both leave memory the trimmer is to give
+    /// back (other tests count too, in parallel: only a rise is certain).
+    #[tokio::test]
+    async fn a_rejected_build_and_a_dropped_snapshot_count_as_configs_freed() {
+        let files = Files::new();
+        let in_force = files.in_force();
+        let before = crate::memory::configs_freed();
+        files.write_config("[proxy]\nlisten = 5\n");
+        let (_, _, rejected) = built(look(
+            &files.config,
+            Trigger::Manual,
+            &in_force,
+            [None; 2],
+            2,
+        ))
+        .unwrap();
+        assert!(rejected.is_err());
+        assert!(crate::memory::configs_freed() > before);
+        let before = crate::memory::configs_freed();
+        drop(in_force);
+        // Freed a batch at a time by a task of its own, which counts it at the end.
+        let counted = async {
+            while crate::memory::configs_freed() == before {
+                tokio::task::yield_now().await;
+            }
+        };
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), counted).await;
+        assert!(waited.is_ok(), "the dropped snapshot was never counted");
     }
 
     #[test]
