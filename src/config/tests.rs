@@ -501,6 +501,41 @@ fn errors_name_file_line_column_and_key() {
 
 /// A byte order mark before the first line is not counted in its columns: editors do not show
 /// it.
+/// Of several values out of bounds, the one written first is reported, whatever order the
+/// sections and keys are checked in.
+#[test]
+fn of_several_mistakes_the_one_written_first_is_reported() {
+    let cases = [
+        (
+            "[timeouts]\nconnect = \"0s\"\nhandshake = \"0s\"\n",
+            ":7:11: timeouts.connect:",
+        ),
+        (
+            "[limits]\nmax_connections = 0\n[timeouts]\nidle = \"0s\"\n",
+            ":7:19: limits.max_connections:",
+        ),
+        (
+            "[limits]\nmax_connections_per_client = 0\nmax_connections = 0\n",
+            ":7:30: limits.max_connections_per_client:",
+        ),
+        (
+            "[reload]\nrecheck = \"0s\"\n[timeouts]\nidle = \"0s\"\n",
+            ":7:11: reload.recheck:",
+        ),
+        (
+            "[timeouts]\nidle = \"0s\"\n[reload]\nrecheck = \"0s\"\n",
+            ":7:8: timeouts.idle:",
+        ),
+    ];
+    for (body, expected) in cases {
+        let message = error(body);
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+}
+
 #[test]
 fn a_byte_order_mark_is_not_a_column() {
     let path = Path::new("/etc/wsgate/wsgate.toml");

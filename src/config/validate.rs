@@ -32,6 +32,43 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// would be a millisecond anyway, and is a slip of the unit.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
+/// The error written first in the file among those kept: the one to report when a config
+/// has several, so that an operator fixing them top-down meets them in that order.
+#[derive(Default)]
+struct Earliest(Option<ConfigError>);
+
+impl Earliest {
+    /// `result`'s value, or none, its error kept if it comes before the one kept so far.
+    fn keep<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let place = |e: &ConfigError| e.location.as_ref().map(|l| (l.line, l.column));
+                // An error at no line (about the file as a whole) comes first.
+                if self.0.as_ref().is_none_or(|kept| place(&e) < place(kept)) {
+                    self.0 = Some(e);
+                }
+                None
+            }
+        }
+    }
+
+    /// The error kept: one is, wherever a value was missing.
+    fn error(self, path: &Path) -> ConfigError {
+        (self.0).unwrap_or_else(|| ConfigError::new(path, "invalid config"))
+    }
+}
+
+/// Every value of `results`, or the error among them written first (see [`Earliest`]).
+fn all_or_earliest<T, const N: usize>(
+    path: &Path,
+    results: [Result<T, ConfigError>; N],
+) -> Result<[T; N], ConfigError> {
+    let mut first = Earliest::default();
+    let values: Vec<T> = results.into_iter().filter_map(|r| first.keep(r)).collect();
+    values.try_into().map_err(|_| first.error(path))
+}
+
 /// Checks a [`RawConfig`] against the rules, with the source at hand to locate errors.
 pub(super) struct Validator<'a> {
     pub(super) src: &'a str,
@@ -81,35 +118,67 @@ impl Checker<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen = self.listen(&raw.proxy.listen)?;
+        // Every part is checked, and the mistake reported is the one written first: fixed
+        // top-down, a file with several shows them in the order they are read.
+        let mut first = Earliest::default();
+        let listen = first.keep(self.listen(&raw.proxy.listen));
+        let admin = match (&raw.admin, &listen) {
+            (Some(admin), Some(listen)) => first.keep(self.admin(&admin.listen, listen).map(Some)),
+            (Some(_), None) => None,
+            (None, _) => Some(None),
+        };
+        let certificates = first.keep(self.certificates(&raw.tls.certificates));
+        let client_auth = first.keep(self.client_auth(&raw.tls, &raw.routes));
+        let timeouts = first.keep(self.timeouts(&raw.timeouts));
+        let limits = first.keep(self.limits(&raw.limits));
+        let recheck = first.keep(self.recheck(&raw.reload.recheck));
+        let mut warnings = Vec::new();
+        let routes = first.keep(self.routes(&raw.routes, &mut warnings));
+        let (
+            Some(listen),
+            Some(admin),
+            Some(certificates),
+            Some(client_auth),
+            Some(timeouts),
+            Some(limits),
+            Some(recheck),
+            Some(routes),
+        ) = (
+            listen,
+            admin,
+            certificates,
+            client_auth,
+            timeouts,
+            limits,
+            recheck,
+            routes,
+        )
+        else {
+            return Err(first.error(self.path));
+        };
         let listen_locations = (raw.proxy.listen.get_ref().iter().enumerate())
             .map(|(i, text)| self.locate(&text.span(), &format!("proxy.listen[{i}]")))
             .collect();
         let admin_location =
             (raw.admin.as_ref()).map(|admin| self.locate(&admin.listen.span(), "admin.listen"));
-        let mut warnings = Vec::new();
         let mut config = Config {
             path: self.path.to_path_buf(),
-            admin: raw
-                .admin
-                .as_ref()
-                .map(|admin| self.admin(&admin.listen, &listen))
-                .transpose()?,
+            admin,
             listen,
             listen_locations,
             admin_location,
-            certificates: self.certificates(&raw.tls.certificates)?,
+            certificates,
             tls_min_version: raw.tls.min_version,
             session_resumption: raw.tls.session_resumption,
-            client_auth: self.client_auth(&raw.tls, &raw.routes)?,
-            timeouts: self.timeouts(&raw.timeouts)?,
-            limits: self.limits(&raw.limits)?,
+            client_auth,
+            timeouts,
+            limits,
             log_format: raw.proxy.log_format,
             proxy_protocol: raw.proxy.proxy_protocol,
             reuse_port: raw.proxy.reuse_port,
             watch: raw.reload.watch,
-            recheck: self.recheck(&raw.reload.recheck)?,
-            routes: self.routes(&raw.routes, &mut warnings)?,
+            recheck,
+            routes,
             warnings,
             // The file's, byte order mark included, is set by `Config::from_toml_str`.
             source_hash: 0,
@@ -354,21 +423,33 @@ impl Checker<'_> {
     fn timeouts(&self, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
         let positive =
             |d: &Spanned<HumanDuration>, name: &str| self.timeout(d, &format!("timeouts.{name}"));
+        let [handshake, connect, idle, shutdown_grace, backend_cooldown, attempt_delay] =
+            all_or_earliest(
+                self.path,
+                [
+                    positive(&raw.handshake, "handshake"),
+                    positive(&raw.connect, "connect"),
+                    positive(&raw.idle, "idle"),
+                    positive(&raw.shutdown_grace, "shutdown_grace"),
+                    self.zero_or_timeout(
+                        &raw.backend_cooldown,
+                        "timeouts.backend_cooldown",
+                        "to never put a backend aside",
+                    ),
+                    self.zero_or_timeout(
+                        &raw.attempt_delay,
+                        "timeouts.attempt_delay",
+                        "to dial one backend address at a time",
+                    ),
+                ],
+            )?;
         Ok(Timeouts {
-            handshake: positive(&raw.handshake, "handshake")?,
-            connect: positive(&raw.connect, "connect")?,
-            idle: positive(&raw.idle, "idle")?,
-            shutdown_grace: positive(&raw.shutdown_grace, "shutdown_grace")?,
-            backend_cooldown: self.zero_or_timeout(
-                &raw.backend_cooldown,
-                "timeouts.backend_cooldown",
-                "to never put a backend aside",
-            )?,
-            attempt_delay: self.zero_or_timeout(
-                &raw.attempt_delay,
-                "timeouts.attempt_delay",
-                "to dial one backend address at a time",
-            )?,
+            handshake,
+            connect,
+            idle,
+            shutdown_grace,
+            backend_cooldown,
+            attempt_delay,
         })
     }
 
@@ -389,18 +470,30 @@ impl Checker<'_> {
                 ))
             }
         };
+        let mut first = Earliest::default();
+        let header_bytes = in_range(
+            &raw.max_request_header_bytes,
+            "max_request_header_bytes",
+            1024..1_048_577,
+        );
+        let header_bytes = first.keep(header_bytes);
+        let connections = first.keep(in_range(
+            &raw.max_connections,
+            "max_connections",
+            1..10_000_001,
+        ));
+        let per_client = (raw.max_connections_per_client.as_ref())
+            .map(|v| in_range(v, "max_connections_per_client", 1..10_000_001));
+        let per_client = first.keep(per_client.transpose());
+        let (Some(max_request_header_bytes), Some(max_connections), Some(per_client)) =
+            (header_bytes, connections, per_client)
+        else {
+            return Err(first.error(self.path));
+        };
         Ok(Limits {
-            max_request_header_bytes: in_range(
-                &raw.max_request_header_bytes,
-                "max_request_header_bytes",
-                1024..1_048_577,
-            )?,
-            max_connections: in_range(&raw.max_connections, "max_connections", 1..10_000_001)?,
-            max_connections_per_client: raw
-                .max_connections_per_client
-                .as_ref()
-                .map(|v| in_range(v, "max_connections_per_client", 1..10_000_001))
-                .transpose()?,
+            max_request_header_bytes,
+            max_connections,
+            max_connections_per_client: per_client,
         })
     }
 
