@@ -442,7 +442,7 @@ impl Metrics {
     // retires. Acceptable: it is rare, bounded by the requests in flight at the reload, and
     // nothing is counted into a series no scrape sees. A tunnel closing on a dropped route
     // cannot do this: its route is live, so its `tunnels_closed` series was kept.
-    pub(crate) fn routes(&self, routes: &[RouteConfig]) {
+    pub(crate) fn routes(&self, routes: &[std::sync::Arc<RouteConfig>]) {
         let names: HashSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         let pairs: HashSet<(&str, &str)> = (routes.iter())
             .flat_map(|r| r.backends.iter().map(|b| (r.name.as_str(), b.as_str())))
@@ -687,8 +687,8 @@ mod tests {
         assert_eq!(metrics.tunnels_open.get(), 0);
     }
 
-    fn route(name: &str, backends: &[&str]) -> RouteConfig {
-        RouteConfig {
+    fn route(name: &str, backends: &[&str]) -> std::sync::Arc<RouteConfig> {
+        std::sync::Arc::new(RouteConfig {
             name: name.to_string(),
             host: None,
             host_location: None,
@@ -700,7 +700,7 @@ mod tests {
             idle: None,
             backend_tls: None,
             require_client_certificate: false,
-        }
+        })
     }
 
     fn client_closed() -> Outcome {

@@ -49,7 +49,7 @@ impl Paths {
 }
 
 pub struct Route {
-    pub config: RouteConfig,
+    pub config: Arc<RouteConfig>,
     next_backend: AtomicUsize,
     /// Each of `config.backends`' health, in the same order: a backend listed twice shares
     /// one (the first place's), so it is put aside in both places.
@@ -277,7 +277,7 @@ impl Route {
 }
 
 impl RouteTable {
-    pub fn new(configs: &[RouteConfig]) -> RouteTable {
+    pub fn new(configs: &[Arc<RouteConfig>]) -> RouteTable {
         RouteTable::with_backend_tls(configs, Vec::new())
     }
 
@@ -293,7 +293,7 @@ impl RouteTable {
     /// [`RouteTable::new`], each route with its backends' TLS (`backend_tls[i]` for the
     /// `i`th; missing ones plain), built by [`crate::tls::backend_clients`].
     pub(crate) fn with_backend_tls(
-        configs: &[RouteConfig],
+        configs: &[Arc<RouteConfig>],
         backend_tls: Vec<Option<Arc<BackendTls>>>,
     ) -> RouteTable {
         let mut backend_tls = backend_tls.into_iter();
@@ -510,8 +510,8 @@ mod tests {
         host: Option<&str>,
         path: &str,
         protocols: Option<&[&str]>,
-    ) -> RouteConfig {
-        RouteConfig {
+    ) -> Arc<RouteConfig> {
+        Arc::new(RouteConfig {
             name: name.into(),
             host: host.map(|h| match h.strip_prefix('*') {
                 Some(suffix) => HostPattern::Wildcard(suffix.into()),
@@ -526,7 +526,7 @@ mod tests {
             idle: None,
             backend_tls: None,
             require_client_certificate: false,
-        }
+        })
     }
 
     fn pick(table: &RouteTable, host: Option<&str>, path: &str, offered: &[&str]) -> String {
@@ -903,7 +903,7 @@ mod tests {
     #[test]
     fn every_backend_comes_once_in_each_turn_however_many_are_aside() {
         let mut config = route("r", None, "/", None);
-        config.backends = (0..200).map(|i| format!("b{i}:1")).collect();
+        Arc::make_mut(&mut config).backends = (0..200).map(|i| format!("b{i}:1")).collect();
         let table = RouteTable::new(&[config]);
         let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
             panic!()
@@ -934,7 +934,7 @@ mod tests {
     #[test]
     fn a_backend_listed_twice_is_put_aside_in_both_places() {
         let mut config = route("r", None, "/", None);
-        config.backends = vec!["a:1".into(), "b:2".into(), "a:1".into()];
+        Arc::make_mut(&mut config).backends = vec!["a:1".into(), "b:2".into(), "a:1".into()];
         let table = RouteTable::new(&[config]);
         let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
             panic!()
@@ -960,7 +960,7 @@ mod tests {
             .failed(Duration::from_secs(1), health::now())
             .unwrap();
         let mut config = route("r", None, "/", None);
-        config.backends.reverse();
+        Arc::make_mut(&mut config).backends.reverse();
         let mut new = RouteTable::new(&[config]);
         new.continue_from(&old, true);
         let Selection::Matched { route: r, .. } = new.select(None, "/", &[]) else {
@@ -980,7 +980,7 @@ mod tests {
         assert!(up("b:2"));
         // Reloaded with another balance: all start afresh.
         let mut config = route("r", None, "/", None);
-        config.balance = Balance::LeastConnections;
+        Arc::make_mut(&mut config).balance = Balance::LeastConnections;
         let mut other = RouteTable::new(&[config]);
         other.continue_from(&new, true);
         let Selection::Matched { route: o, .. } = other.select(None, "/", &[]) else {
@@ -1002,8 +1002,8 @@ mod tests {
 
     fn least_connections(backends: &[&str]) -> RouteTable {
         let mut config = route("r", None, "/", None);
-        config.backends = backends.iter().map(ToString::to_string).collect();
-        config.balance = Balance::LeastConnections;
+        Arc::make_mut(&mut config).backends = backends.iter().map(ToString::to_string).collect();
+        Arc::make_mut(&mut config).balance = Balance::LeastConnections;
         RouteTable::new(&[config])
     }
 
@@ -1119,7 +1119,7 @@ mod tests {
         let before = the_route(&old).busy("b:2");
         // The next config: b:2 dropped, and named by another route.
         let mut other = route("other", None, "/other", None);
-        other.backends = vec!["b:2".into()];
+        Arc::make_mut(&mut other).backends = vec!["b:2".into()];
         let mut lone = least_connections(&["a:1"]);
         lone.count_in(&loads);
         drop(old);
@@ -1130,8 +1130,8 @@ mod tests {
         );
         // And the one after: b:2 back, also named by another route.
         let mut config = route("r", None, "/", None);
-        config.backends = vec!["b:2".into(), "a:1".into()];
-        config.balance = Balance::LeastConnections;
+        Arc::make_mut(&mut config).backends = vec!["b:2".into(), "a:1".into()];
+        Arc::make_mut(&mut config).balance = Balance::LeastConnections;
         let mut new = RouteTable::new(&[config, other]);
         new.count_in(&loads);
         drop(lone);
@@ -1193,7 +1193,7 @@ mod tests {
     #[test]
     fn origins_compare_case_insensitively_and_a_missing_origin_passes() {
         let mut config = route("r", None, "/", None);
-        config.origins = Some(vec!["https://chat.example.com".into()]);
+        Arc::make_mut(&mut config).origins = Some(vec!["https://chat.example.com".into()]);
         let table = RouteTable::new(&[config]);
         let Selection::Matched { route, .. } = table.select(None, "/", &[]) else {
             panic!()
@@ -1208,7 +1208,7 @@ mod tests {
 
     #[test]
     fn ten_thousand_routes_select_correctly() {
-        let configs: Vec<RouteConfig> = (0..10_000)
+        let configs: Vec<Arc<RouteConfig>> = (0..10_000)
             .map(|i| {
                 route(
                     &format!("r{i}"),
@@ -1276,7 +1276,7 @@ mod reference {
     }
 
     fn expected(
-        configs: &[RouteConfig],
+        configs: &[Arc<RouteConfig>],
         host: Option<&str>,
         path: &str,
         offered: &[&str],
@@ -1324,10 +1324,10 @@ mod reference {
             path in 0..REQUEST_PATHS.len(),
             offered in proptest::collection::vec(any::<bool>(), PROTOCOLS.len()),
         ) {
-            let configs: Vec<RouteConfig> = routes
+            let configs: Vec<Arc<RouteConfig>> = routes
                 .iter()
                 .enumerate()
-                .map(|(i, (h, p, protocols))| RouteConfig {
+                .map(|(i, (h, p, protocols))| Arc::new(RouteConfig {
                     name: format!("r{i}"),
                     host: HOSTS[*h].map(|h| match h.strip_prefix('.') {
                         Some(_) => HostPattern::Wildcard(h.to_string()),
@@ -1344,7 +1344,7 @@ mod reference {
                     idle: None,
                     backend_tls: None,
                     require_client_certificate: false,
-                })
+                }))
                 .collect();
             let offered: Vec<&str> = PROTOCOLS.iter().zip(&offered).filter(|(_, on)| **on).map(|(p, _)| *p).collect();
             let table = RouteTable::new(&configs);

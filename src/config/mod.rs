@@ -13,6 +13,7 @@ mod wording;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -54,7 +55,7 @@ pub struct Config {
     listen_locations: Vec<Location>,
     admin_location: Option<Location>,
     /// In file order.
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<Arc<RouteConfig>>,
     /// What loads but is surely a mistake (a route that can never be chosen), each pointing
     /// at its place like an error: logged at every load, printed by `wsgate check`.
     pub warnings: Vec<ConfigError>,

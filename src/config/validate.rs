@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -502,7 +503,7 @@ impl Checker<'_> {
         &self,
         raw: &[RawRoute],
         warnings: &mut Vec<ConfigError>,
-    ) -> Result<Vec<RouteConfig>, ConfigError> {
+    ) -> Result<Vec<Arc<RouteConfig>>, ConfigError> {
         // Spans, not lines: a line is found only for a message.
         let mut first_seen: HashMap<&str, Range<usize>> = HashMap::new();
         // Earlier routes by the requests they match (host, path key): a later one there may
@@ -513,7 +514,7 @@ impl Checker<'_> {
             let message = "no [[route]]: every request gets 404";
             warnings.push(self.error(&(0..0), "route", message));
         }
-        let mut out: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+        let mut out: Vec<Arc<RouteConfig>> = Vec::with_capacity(raw.len());
         for (i, route) in raw.iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
             let name = route.name.get_ref().as_str();
@@ -526,7 +527,7 @@ impl Checker<'_> {
                     format!("duplicate route name {name:?} (first at line {first})"),
                 ));
             }
-            out.push(self.route(i, name, route)?);
+            out.push(Arc::new(self.route(i, name, route)?));
             self.default_ports(i, route, &out[i], warnings);
             self.listed_twice(i, route, &out[i], warnings);
             let this = &out[i];
@@ -820,7 +821,7 @@ impl Place {
     /// [`takes_all_of`]). A route whose list holds all of `later`'s protocols holds its
     /// rarest one: only those are tried, not every earlier route, so thousands of routes at
     /// one place, each with protocols of its own, are checked in linear time.
-    fn shadow(&self, routes: &[RouteConfig], later: &RouteConfig) -> Option<usize> {
+    fn shadow(&self, routes: &[Arc<RouteConfig>], later: &RouteConfig) -> Option<usize> {
         let listed = later.subprotocols.as_ref().and_then(|list| {
             let holders = |p: &String| self.by_protocol.get(p);
             let rarest = list

@@ -879,7 +879,7 @@ mod tests {
             backend_tls: None,
             require_client_certificate: false,
         };
-        crate::routes::RouteTable::new(&[config])
+        crate::routes::RouteTable::new(&[config.into()])
     }
 
     /// A name's two addresses, the first taking the connection and never finishing the TLS
@@ -895,10 +895,13 @@ mod tests {
         crate::resolve::seed(&name, &[hung, refused]);
         let config = crate::config::RouteConfig {
             backend_tls: None,
-            ..the_route(&table_of(vec![name.clone()])).config.clone()
+            ..the_route(&table_of(vec![name.clone()]))
+                .config
+                .as_ref()
+                .clone()
         };
         let tls = Some(Arc::new(crate::tls::BackendTls::trusting_nothing()));
-        let table = crate::routes::RouteTable::with_backend_tls(&[config], vec![tls]);
+        let table = crate::routes::RouteTable::with_backend_tls(&[config.into()], vec![tls]);
         let answer = open_with(&table, timing(Duration::from_secs(1), Duration::ZERO)).await;
         assert!(matches!(answer, Err(ProxyError::BackendTimeout)));
         assert!(crate::resolve::is_aside(&name, hung));
