@@ -1314,9 +1314,11 @@ async fn nonstop<T: Send + 'static>(
 }
 
 /// A config file rewritten in place piece by piece nonstop, for several rounds of tries,
-/// each time a different mistake (so no round can end by applying what it read): that the
-/// files kept changing is a WARN once, not once every round (about 3 s) while the writer goes
-/// on; and what it last wrote is judged once it stops.
+/// each time a different mistake (so no round can end by applying what it read: the mistake
+/// comes first, so no prefix of the file is valid either; with the route last, a round whose
+/// last read caught only the sections above it applied that): that the files kept changing
+/// is a WARN once, not once every round (about 3 s) while the writer goes on; and what it
+/// last wrote is judged once it stops.
 #[test]
 fn files_that_keep_changing_are_said_once_per_run_of_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1329,7 +1331,7 @@ fn files_that_keep_changing_are_said_once_per_run_of_writes() {
     while started.elapsed() < std::time::Duration::from_secs(8) {
         n += 1;
         let unnamed = format!("[[route]]\npath = \"/p{n}\"\n");
-        write_in_pieces(&config, &format!("{CONFIG_HEAD}{unnamed}"));
+        write_in_pieces(&config, &format!("{unnamed}{CONFIG_HEAD}"));
     }
     let seen = lines_until(&lines, "config reload rejected");
     let said = |needle: &str| seen.iter().filter(|line| line.contains(needle)).count();
