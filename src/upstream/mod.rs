@@ -98,8 +98,9 @@ struct Leg<'r> {
 
 /// Dials the route's backends in turn and forwards `request`; the whole exchange (connect and
 /// the backend's complete answer head) must fit in `timing.timeout`. `tried` names, for the
-/// log line, the backend that answered; failing that, the one the error is about (the first
-/// out of time for a 504, the last that closed or failed otherwise).
+/// log line, the backend that answered; failing that, the one the error is about (for a 504,
+/// the one that took the connection and did not answer, else the first out of time to
+/// connect; the last that closed or failed otherwise).
 pub(crate) async fn open(
     route: &Route,
     request: Request<Empty<Bytes>>,

@@ -28,8 +28,9 @@ pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
     fair_share: Duration,
     /// The whole time, connects and answer, from the request's start.
     whole: Duration,
-    /// The tries that reached a backend so far (see [`Turns::asking`]).
-    asked: usize,
+    /// The tries so far that reached a backend, or failed to (see [`Turns::asking`]): a
+    /// backend silent through its share took a try's time as surely as one that answered.
+    tried: usize,
     /// The backends not tried yet, in round-robin order.
     backends: I,
     /// Backends another request is trying again after a failure (see [`crate::health`]):
@@ -60,7 +61,7 @@ impl<'r> Turns<'r, 'r, crate::routes::InTurn<'r>> {
         Turns {
             fair_share: share_of(deadline, route.config.backends.len()),
             whole: deadline.saturating_duration_since(Instant::now()),
-            asked: 0,
+            tried: 0,
             backends: route.backends_in_turn(),
             later: VecDeque::new(),
             again: None,
@@ -126,8 +127,8 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
         remaining: Duration,
     ) -> (Option<Duration>, Duration) {
         let tries = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
-        let even = self.whole / tries(self.asked + 1 + after);
-        self.asked += 1;
+        let even = self.whole / tries(self.tried + 1 + after);
+        self.tried += 1;
         if after == 0 {
             return (None, even);
         }
@@ -280,6 +281,7 @@ fn note_failure<'a, 'r>(
 ) {
     let route = leg.route;
     let backend = attempt.backend;
+    turns.tried += 1;
     let timed_out = error.kind() == std::io::ErrorKind::TimedOut;
     if timed_out && turns.timed_out.is_none() {
         turns.timed_out = Some(backend);

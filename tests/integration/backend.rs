@@ -484,6 +484,33 @@ async fn backends_that_drop_syns_or_refuse_are_504_within_the_connect_timeout() 
     }
 }
 
+/// One at a time (`attempt_delay = "0s"`), [silent, silent, hung]: each silent backend takes
+/// its even third of `connect`, and the hung one (it takes the connection and never answers)
+/// has its even third to answer in, so it failed as surely as they did: put aside and counted
+/// like them. The time the silent ones took before it is no excuse for it (it was, when only
+/// the tries that reached a backend counted in the even share: 1.5 s, not 0.5 s, to blame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_tried_after_silent_ones_is_put_aside_like_them() {
+    let (first, second) = (Unreachable::start(), Unreachable::start());
+    let hung = BlackHole::start().await;
+    let body = route("chat", "/ws", &[first.addr, second.addr, hung.addr]);
+    let proxy = start_proxy(&format!(
+        "[timeouts]\nconnect = \"1500ms\"\nattempt_delay = \"0s\"\nbackend_cooldown = \"1h\"\n\n{ADMIN}{body}"
+    ))
+    .await;
+    let (head, _) = request(proxy.addr, ws().bytes()).await;
+    assert_eq!(head.status, 504, "{head:?}");
+    let admin = proxy.server.admin_addr().unwrap();
+    for addr in [first.addr, second.addr, hung.addr] {
+        let failed = format!(
+            r#"wsgate_backend_connect_failures_total{{route="chat",backend="{addr}",error="timeout"}}"#
+        );
+        scrape_until(admin, &failed, 1.0).await;
+        let aside = format!(r#"wsgate_backend_put_aside_total{{route="chat",backend="{addr}"}}"#);
+        scrape_until(admin, &aside, 1.0).await;
+    }
+}
+
 /// A 504's line names the backend that did not answer, not whichever was tried last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_504_is_logged_against_the_backend_that_timed_out() {
