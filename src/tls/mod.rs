@@ -257,9 +257,15 @@ fn uncovered_hosts(config: &Config, resolver: &SniResolver) -> Vec<ConfigError> 
             if resolver.covers(host) {
                 return None;
             }
-            let message = format!(
-                "no certificate in tls.certificates names {host:?}: its clients get the first one, which a browser refuses for that name"
-            );
+            let later = host.parse().ok().and_then(|ip| resolver.naming_address(ip));
+            let message = match later {
+                Some(i) => format!(
+                    "only tls.certificates[{i}] names {host:?}, and a client connecting to an IP address sends no name (SNI) to pick it by: it gets the first certificate, which a browser refuses for that address; list that one first"
+                ),
+                None => format!(
+                    "no certificate in tls.certificates names {host:?}: its clients get the first one, which a browser refuses for that name"
+                ),
+            };
             let location = route.host_location.as_ref()?;
             Some(ConfigError::at(&config.path, location, message))
         })
@@ -688,13 +694,20 @@ impl SniResolver {
     /// client asking for an IP address sends no name (RFC 6066 §3): it gets the first
     /// certificate, which must name the address itself.
     fn covers(&self, host: &str) -> bool {
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            let first = self.keys.first().and_then(|key| key.cert.first());
-            let first = first.and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok());
-            let name = rustls_pki_types::ServerName::IpAddress(ip.into());
-            return first.is_some_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok());
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => self.naming_address(ip) == Some(0),
+            Err(_) => self.named(host.trim_end_matches('.')).is_some(),
         }
-        self.named(host.trim_end_matches('.')).is_some()
+    }
+
+    /// The first certificate whose leaf names the address `ip`, if one does.
+    fn naming_address(&self, ip: std::net::IpAddr) -> Option<usize> {
+        let name = rustls_pki_types::ServerName::IpAddress(ip.into());
+        self.keys.iter().position(|key| {
+            let leaf = key.cert.first();
+            let leaf = leaf.and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok());
+            leaf.is_some_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        })
     }
 
     /// The certificate that names `name`, if one does.

@@ -398,6 +398,23 @@ fn check_warns_about_a_route_address_the_first_certificate_does_not_name() {
         "{stderr}"
     );
     assert_eq!(stderr.matches(warned).count(), 1, "{stderr}");
+    // Named by a later certificate only, which such clients never get: said so, and what to
+    // do, not that no certificate names it.
+    let body = std::fs::read_to_string(&path).unwrap().replace(
+        r#"{ cert = "server.crt", key = "server.key" }"#,
+        r#"{ cert = "server.crt", key = "server.key" }, { cert = "ip.crt", key = "ip.key" }"#,
+    );
+    std::fs::write(&path, body).unwrap();
+    pki().write_leaf(dir.path(), "ip", &["ip.example.org", "10.0.0.1"]);
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let later = "route[1].host: only tls.certificates[1] names \"10.0.0.1\"";
+    assert!(
+        stderr.contains(later) && stderr.contains("list that one first"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(warned), "{stderr}");
 }
 
 /// A later certificate that SNI can never pick (no DNS name in its subjectAltName, or every
