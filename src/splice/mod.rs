@@ -50,6 +50,17 @@ const HALF_CLOSED_IDLE: Duration = Duration::from_secs(30);
 /// How often the reader of a stuck or finished direction is checked for having gone (see
 /// [`Splice::probe`]).
 const PROBE: Duration = Duration::from_secs(2);
+/// The first look at a direction that just got stuck, and the step its looks grow by while
+/// its peer's queue keeps moving (see [`Splice::peer_took_some`]). Soon, because the write
+/// that waits does not mean the peer has stopped taking bytes: its kernel goes on taking what
+/// was in flight until its receive window closes, on loopback within a millisecond, across
+/// a network within a few round trips. Counted as the tunnel's activity at a look 2 s later,
+/// that drain kept a reader that stopped as the write began open for up to 2 s past its idle
+/// timeout; looked at soon, and then at growing steps while it lasts, it costs a fraction
+/// of the step the drain ended in.
+const FIRST_LOOK: Duration = Duration::from_millis(100);
+/// [`PROBE`] in steps of [`FIRST_LOOK`].
+const PROBE_STEPS: u8 = (PROBE.as_millis() / FIRST_LOOK.as_millis()) as u8;
 
 /// The relay of one tunnel, as a hand-written future: an `async fn` would store its
 /// arguments twice (once as arguments, once as locals), and the TLS stream alone is over 1 KiB;
@@ -64,8 +75,9 @@ pub(crate) struct Splice<C, B> {
     idle: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
-    /// The timer is set for a [`PROBE`], not (only) for the idle deadline.
-    probing: bool,
+    /// 0: the timer is set for the idle deadline only; else it is set for a look at the
+    /// readers nobody reads, and looks come every `looks` × [`FIRST_LOOK`].
+    looks: u8,
     /// What the kernel held for each stuck direction's peer (up, down) when last looked at.
     queued: [Option<u32>; 2],
     drain: Arc<Drain>,
@@ -110,7 +122,7 @@ where
             idle,
             last_activity: now,
             timer: Box::pin(sleep_until(now + idle)),
-            probing: false,
+            looks: 0,
             queued: [None; 2],
             drain: drain.clone(),
             wakeup: None,
@@ -184,17 +196,21 @@ where
             self.idle = HALF_CLOSED_IDLE;
             self.timer.as_mut().reset(self.last_activity + self.idle);
             // That replaced any probe the timer was set for: a stuck direction sets it again.
-            self.probing = false;
+            self.looks = 0;
         }
-        if self.probed() && !self.probing {
-            self.probing = true;
+        if self.probed() && self.looks == 0 {
+            self.looks = if self.stuck() { 1 } else { PROBE_STEPS };
             self.queued = self.queue_sizes();
-            let probe = Instant::now() + PROBE;
-            if probe < self.timer.deadline() {
-                self.timer.as_mut().reset(probe);
+            let look = Instant::now() + self.look_every();
+            if look < self.timer.deadline() {
+                self.timer.as_mut().reset(look);
             }
         }
         Poll::Pending
+    }
+
+    fn look_every(&self) -> Duration {
+        FIRST_LOOK * u32::from(self.looks)
     }
 
     /// A direction holds bytes its writer does not take (a peer that stopped reading): its
@@ -316,11 +332,13 @@ where
     /// Re-armed only when it fires: traffic costs an `Instant::now()`, not a timer reset.
     /// While a direction is stuck or [over](Direction::over) it also fires every [`PROBE`],
     /// to [`Self::probe`], and for a stuck one to see whether its peer
-    /// [took some](Self::peer_took_some) of what waits for it.
+    /// [took some](Self::peer_took_some) of what waits for it: first after [`FIRST_LOOK`],
+    /// then at doubling steps while the peer keeps taking, at [`PROBE`] once it does not.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            if self.stuck() && self.peer_took_some() {
+            let took = self.stuck() && self.peer_took_some();
+            if took {
                 self.last_activity = now;
             }
             let deadline = self.last_activity + self.idle;
@@ -330,15 +348,20 @@ where
                     false => CloseReason::IdleTimeout,
                 });
             }
-            self.probing = self.probed();
-            if !self.probing {
+            self.looks = match (self.probed(), took) {
+                (false, _) => 0,
+                (true, true) => self.looks.saturating_mul(2).clamp(1, PROBE_STEPS),
+                (true, false) => PROBE_STEPS,
+            };
+            if self.looks == 0 {
                 self.timer.as_mut().reset(deadline);
                 continue;
             }
             if let Some(gone) = self.probe() {
                 return Poll::Ready(gone);
             }
-            self.timer.as_mut().reset(deadline.min(now + PROBE));
+            let look = now + self.look_every();
+            self.timer.as_mut().reset(deadline.min(look));
         }
         Poll::Pending
     }
@@ -378,12 +401,29 @@ mod tests {
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadBuf};
 
     /// A peer for the probe: reads come from a pipe the test feeds, writes are taken, never
-    /// taken (a peer that stopped reading), or fail; the kernel's error for the connection
+    /// taken (a peer that stopped reading), or fail; what the kernel says of the connection
     /// is whatever the test sets.
     struct Scripted {
         read: DuplexStream,
         write: Write,
-        error: Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
+        kernel: Arc<Kernel>,
+    }
+
+    /// What the kernel says of a scripted peer's connection.
+    #[derive(Default)]
+    struct Kernel {
+        error: std::sync::Mutex<Option<io::ErrorKind>>,
+        queued: std::sync::Mutex<Option<u32>>,
+    }
+
+    impl Kernel {
+        fn fails(&self, kind: io::ErrorKind) {
+            *self.error.lock().unwrap() = Some(kind);
+        }
+
+        fn holds(&self, bytes: u32) {
+            *self.queued.lock().unwrap() = Some(bytes);
+        }
     }
 
     #[derive(Clone, Copy)]
@@ -397,22 +437,16 @@ mod tests {
     }
 
     impl Scripted {
-        /// The peer, the test's end of its pipe, and the handle to set its error.
-        fn new(
-            write: Write,
-        ) -> (
-            Scripted,
-            DuplexStream,
-            Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
-        ) {
+        /// The peer, the test's end of its pipe, and what its kernel says.
+        fn new(write: Write) -> (Scripted, DuplexStream, Arc<Kernel>) {
             let (read, feed) = duplex(1 << 16);
-            let error = Arc::new(std::sync::Mutex::new(None));
+            let kernel = Arc::new(Kernel::default());
             let peer = Scripted {
                 read,
                 write,
-                error: error.clone(),
+                kernel: kernel.clone(),
             };
-            (peer, feed, error)
+            (peer, feed, kernel)
         }
     }
 
@@ -452,7 +486,11 @@ mod tests {
 
     impl PeerSocket for Scripted {
         fn peer_error(&self) -> Option<io::ErrorKind> {
-            *self.error.lock().unwrap()
+            *self.kernel.error.lock().unwrap()
+        }
+
+        fn queued(&self) -> Option<u32> {
+            *self.kernel.queued.lock().unwrap()
         }
     }
 
@@ -460,8 +498,10 @@ mod tests {
     /// writes to the client `client_write`, the backend having sent `backend_sent`.
     struct StuckUp {
         relay: tokio::task::JoinHandle<Outcome>,
-        /// The client's kernel error, for the probe to find.
-        client_error: Arc<std::sync::Mutex<Option<io::ErrorKind>>>,
+        /// The client's kernel, whose error is for the probe to find.
+        client: Arc<Kernel>,
+        /// The backend's kernel, whose queue the looks read.
+        backend: Arc<Kernel>,
         /// The backend's end of its pipe: dropping it is the backend's FIN.
         backend_feed: DuplexStream,
         _client_feed: DuplexStream,
@@ -470,17 +510,22 @@ mod tests {
 
     impl StuckUp {
         async fn start(client_write: Write, backend_sent: &[u8]) -> StuckUp {
-            let (client, mut client_feed, client_error) = Scripted::new(client_write);
-            let (backend, mut backend_feed, _) = Scripted::new(Write::Stuck);
+            Self::idling(client_write, backend_sent, Duration::from_secs(300)).await
+        }
+
+        async fn idling(client_write: Write, backend_sent: &[u8], idle: Duration) -> StuckUp {
+            let (client, mut client_feed, client_kernel) = Scripted::new(client_write);
+            let (backend, mut backend_feed, backend_kernel) = Scripted::new(Write::Stuck);
+            backend_kernel.holds(64 * 1024);
             client_feed.write_all(b"never taken").await.unwrap();
             backend_feed.write_all(backend_sent).await.unwrap();
             let drain = Arc::new(Drain::default());
-            let idle = Duration::from_secs(300);
             StuckUp {
                 relay: tokio::spawn(async move {
                     without_early(BufReader::new(client), backend, idle, &drain).await
                 }),
-                client_error,
+                client: client_kernel,
+                backend: backend_kernel,
                 backend_feed,
                 _client_feed: client_feed,
                 started: Instant::now(),
@@ -488,7 +533,7 @@ mod tests {
         }
 
         fn client_fails(&self, kind: io::ErrorKind) {
-            *self.client_error.lock().unwrap() = Some(kind);
+            self.client.fails(kind);
         }
     }
 
@@ -508,7 +553,47 @@ mod tests {
             outcome.reason,
             CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset)
         );
-        assert_eq!(stuck.started.elapsed(), PROBE * 4);
+        assert_eq!(stuck.started.elapsed(), FIRST_LOOK + PROBE * 4);
+    }
+
+    /// A backend whose kernel goes on taking what was in flight as the proxy's write begins
+    /// to wait (its receive window not yet closed), and whose reader had stopped: the tunnel
+    /// is idle from that drain, seen at the first look, not from a look 2 s later.
+    #[tokio::test(start_paused = true)]
+    async fn a_peers_kernel_taking_what_was_in_flight_is_activity_seen_soon() {
+        let idle = Duration::from_secs(5);
+        let stuck = StuckUp::idling(Write::Stuck, b"", idle).await;
+        tokio::task::yield_now().await;
+        stuck.backend.holds(16 * 1024);
+        let outcome = stuck.relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+        assert_eq!(stuck.started.elapsed(), FIRST_LOOK + idle);
+        assert!(
+            stuck.started.elapsed() < idle + PROBE,
+            "idle from a look 2 s later"
+        );
+    }
+
+    /// A reader taking a little now and then, more slowly than any look: each take is the
+    /// tunnel's activity, and it outlives the idle timeout while it reads; once it stops,
+    /// the tunnel idles out one idle timeout after the last look that saw it take some.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_is_active_at_each_look_that_sees_it_take_some() {
+        let idle = Duration::from_secs(5);
+        let stuck = StuckUp::idling(Write::Stuck, b"", idle).await;
+        for left in (1..=4u32).rev() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stuck.backend.holds(left * 1024);
+        }
+        let last_take = stuck.started.elapsed();
+        let outcome = stuck.relay.await.unwrap();
+        assert_eq!(outcome.reason, CloseReason::IdleTimeout);
+        let seen_within = stuck.started.elapsed() - idle - last_take;
+        assert!(
+            seen_within <= PROBE,
+            "idled out {:?} after the last take",
+            stuck.started.elapsed() - last_take
+        );
     }
 
     /// A reader whose reset followed its FIN (EPIPE) had closed cleanly: found by the probe,
@@ -575,12 +660,12 @@ mod tests {
                 CloseReason::Error(Peer::Client, io::ErrorKind::ConnectionReset),
             ),
         ] {
-            let (client, client_feed, client_error) = Scripted::new(Write::Takes);
-            let (backend, backend_feed, backend_error) = Scripted::new(Write::Takes);
+            let (client, client_feed, client_kernel) = Scripted::new(Write::Takes);
+            let (backend, backend_feed, backend_kernel) = Scripted::new(Write::Takes);
             // The peer that goes half-closes first; the other's pipe stays open.
-            let (error, _open, half_closes) = match gone {
-                Peer::Backend => (backend_error, client_feed, backend_feed),
-                Peer::Client => (client_error, backend_feed, client_feed),
+            let (kernel, _open, half_closes) = match gone {
+                Peer::Backend => (backend_kernel, client_feed, backend_feed),
+                Peer::Client => (client_kernel, backend_feed, client_feed),
             };
             drop(half_closes);
             let drain = Arc::new(Drain::default());
@@ -594,7 +679,7 @@ mod tests {
                 !relay.is_finished(),
                 "a half-closed peer still there is waited for"
             );
-            *error.lock().unwrap() = Some(kind);
+            kernel.fails(kind);
             let outcome = relay.await.unwrap();
             assert_eq!(outcome.reason, reason);
             assert_eq!(started.elapsed(), PROBE * 4);
