@@ -526,6 +526,20 @@ fn of_several_mistakes_the_one_written_first_is_reported() {
             "[timeouts]\nidle = \"0s\"\n[reload]\nrecheck = \"0s\"\n",
             ":7:8: timeouts.idle:",
         ),
+        // Mistakes the parse into types finds (a value of the wrong kind, an unknown key)
+        // come in file order too, not in the order of the sections' names.
+        (
+            "[timeouts]\nidle = \"5x\"\n[limits]\nmax_connections = \"many\"\n",
+            ":7:8: timeouts.idle:",
+        ),
+        (
+            "[zzz]\nfoo = 1\n[limits]\nmax_connections = \"many\"\n",
+            ":6:2: zzz:",
+        ),
+        (
+            "[timeouts]\nidle = \"5x\"\nconnect = \"5y\"\n",
+            ":7:8: timeouts.idle:",
+        ),
     ];
     for (body, expected) in cases {
         let message = error(body);
