@@ -189,7 +189,7 @@ pub(crate) struct Watches {
     /// A folder holding a file could not be watched (or there is no watcher): poll until it
     /// can.
     degraded: bool,
-    /// Folders whose watch failed, already reported.
+    /// Folders whose watch failed, already reported (as [`reported_as`] names them).
     unwatchable: BTreeSet<PathBuf>,
     /// Files whose own watch failed, already reported.
     unwatchable_files: BTreeSet<PathBuf>,
@@ -357,7 +357,7 @@ impl Watches {
                     // the next update): nothing wrong, the poll finds what replaced it.
                     let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
                     // Said once per folder, not on every poll while it lasts.
-                    if !vanished && self.unwatchable.insert(folder.clone()) {
+                    if !vanished && self.unwatchable.insert(reported_as(folder)) {
                         let error = words(&e);
                         tracing::warn!(folder = %folder.display(), %error, "cannot watch folder; checking it every {} s instead", POLL.as_secs_f64());
                     }
@@ -370,12 +370,15 @@ impl Watches {
     /// Says which folders reported unwatchable are watched now, so the warning is not the
     /// last word on them.
     fn say_watched_again(&mut self) {
-        self.unwatchable.retain(|folder| {
-            let back = self.watched.contains_key(folder);
-            if back {
+        let watched = &self.watched;
+        self.unwatchable.retain(|reported| {
+            let back = watched
+                .keys()
+                .find(|folder| reported_as(folder) == *reported);
+            if let Some(folder) = back {
                 tracing::info!(folder = %folder.display(), "watching folder for changes again");
             }
-            !back
+            back.is_none()
         });
         self.unwatchable_files.retain(|file| {
             let back = self.watched.contains_key(file);
@@ -573,6 +576,18 @@ fn started_in() -> Option<PathBuf> {
     None
 }
 
+/// How a folder whose watch failed is remembered as reported: a Kubernetes volume's
+/// timestamped folder (`..2026_12_07_05_00_00.123`) as its volume's, since every update of
+/// the volume brings a new one, which fails alike: said once, not at every update (nor kept
+/// once per update for the life of the process).
+fn reported_as(folder: &Path) -> PathBuf {
+    let name = folder.file_name().and_then(|name| name.to_str());
+    match (name, folder.parent()) {
+        (Some(name), Some(volume)) if name.starts_with("..") && name != ".." => volume.join("..*"),
+        _ => folder.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,6 +732,27 @@ mod tests {
     }
 
     /// Just `folder`, holding a file.
+    /// A volume whose folders cannot be watched, updated twice: each update's timestamped
+    /// folder fails alike, and is one report (and one entry), not one per update.
+    #[test]
+    fn a_volumes_timestamped_folders_that_cannot_be_watched_are_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, "").unwrap();
+        let mut state = quiet_watch_state();
+        for update in ["..2026_12_07_00_00_00.1", "..2026_12_07_01_00_00.2"] {
+            assert!(!state.refresh(Some(holding(&blocked.join(update))), WatchMode::Events));
+            assert!(state.degraded);
+            assert_eq!(state.unwatchable, [blocked.join("..*")].into());
+        }
+        // Once the volume's folder of the day can be watched, that is said.
+        std::fs::remove_file(&blocked).unwrap();
+        let watchable = blocked.join("..2026_12_07_02_00_00.3");
+        std::fs::create_dir_all(&watchable).unwrap();
+        assert!(state.refresh(Some(holding(&watchable)), WatchMode::Events));
+        assert!(!state.degraded && state.unwatchable.is_empty());
+    }
+
     fn holding(folder: &Path) -> Wanted {
         let role = Role::Holds(Names::Only(["wsgate.toml".into()].into()));
         [(folder.to_path_buf(), Want::of(folder, role))].into()

@@ -184,8 +184,15 @@ fn served_file_gone(
 /// The first of the files the config in force serves (see [`served_file_gone`]) that is gone
 /// or empty now, as [`served_file_gone`] says it: for a file gone while the config file on
 /// disk is rejected, which no look reads (its content is what was rejected).
+///
+/// Not a file named through the config file's folder while that folder is gone (a relative
+/// `../secrets/tls.crt` goes through it): the file may be where it was, and what is gone is
+/// the config file, said as such.
 pub(super) fn in_force_file_gone(in_force: &Config) -> Option<(&'static str, String)> {
+    let folder = (in_force.path.parent()).filter(|folder| !folder.as_os_str().is_empty());
+    let folder_gone = folder.filter(|folder| matches!(folder.try_exists(), Ok(false)));
     (named_files(in_force).into_iter())
+        .filter(|(_, file, _)| !folder_gone.is_some_and(|folder| file.starts_with(folder)))
         .find_map(|(what, file, at)| gone_at(&in_force.path, what, file, at))
 }
 

@@ -979,6 +979,37 @@ fn a_rejected_renewal_undone_is_said_back() {
     wait_for_line(&lines, "certificate files are back to those in force");
 }
 
+/// The config file's folder deleted, its certificates named through it (`../secrets/…`) and
+/// still where they were: the config file is gone, not its certificates.
+#[test]
+fn a_config_folder_gone_is_said_as_the_config_file_gone_not_its_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, secrets) = (dir.path().join("conf"), dir.path().join("secrets"));
+    std::fs::create_dir(&secrets).unwrap();
+    pki().write_leaf(&secrets, "server", SERVER_NAMES);
+    let head = CONFIG_HEAD.replace("\"server.", "\"../secrets/server.");
+    let body = format!("{head}{}", route("a", "/a", &[CLOSED]));
+    let write_config = || {
+        std::fs::create_dir(&conf).unwrap();
+        let config = conf.join("wsgate.toml");
+        std::fs::write(&config, &body).unwrap();
+        config
+    };
+    let config = write_config();
+    let (_child, lines, _) = started_wsgate_logging(&config, "info,wsgate::reload=debug");
+    std::fs::remove_dir_all(&conf).unwrap();
+    let mut said = lines_until(&lines, "config file gone");
+    write_config();
+    said.extend(lines_until(
+        &lines,
+        "config files are back to the config in force",
+    ));
+    assert!(
+        !said.iter().any(|l| l.contains("certificate file gone")),
+        "{said:#?}"
+    );
+}
+
 /// The config file gone, said once: a SIGHUP's answer between, and a renewal of the
 /// certificates in force after it, do not make it news again.
 #[test]
