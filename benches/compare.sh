@@ -48,14 +48,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+usage() { echo "benches/compare.sh: $*" >&2; exit 2; }
 QUICK=${QUICK:-0}
+# Only 0 and 1: `QUICK=yes` must not quietly start the full 10-minute run.
+[[ $QUICK =~ ^[01]$ ]] || usage "QUICK must be 0 or 1, not '$QUICK'"
 if [[ $QUICK == 1 ]]; then
   REPS=${REPS:-1}; DUR=${DUR:-1s}; WARMUP=${WARMUP:-0.3s}; IDLE_N=${IDLE_N:-1000}
 fi
 REPS=${REPS:-3}
 if [[ $QUICK == 1 ]]; then LAT_REPS=${LAT_REPS:-$REPS}; fi
 LAT_REPS=${LAT_REPS:-7}
-((LAT_REPS >= REPS)) || LAT_REPS=$REPS
 DUR=${DUR:-5s}
 WARMUP=${WARMUP:-1s}
 TARGETS=${TARGETS:-"wsgate nginx haproxy direct direct-tls"}
@@ -73,7 +75,17 @@ KEEP_TMP=${KEEP_TMP:-0}
 VERIFY=${VERIFY:-0}
 BACKEND_TLS=${BACKEND_TLS:-0}
 CLIENT_CERTS=${CLIENT_CERTS:-0}
-[[ $BACKEND_TLS =~ ^(0|1|mutual)$ ]] || { echo "BACKEND_TLS must be 0, 1 or mutual" >&2; exit 2; }
+# Checked before any use: a count that is not one fails here, not as bash's "unbound
+# variable" or as the table's crash after every run has been made.
+for name in REPS LAT_REPS HS_CONC LAT_RATE LAT_CONNS LAT_SIZE TP_CONNS TP_SIZE TP_WINDOW \
+  BULK_SIZE BULK_WINDOW IDLE_N; do
+  [[ ${!name} =~ ^[1-9][0-9]*$ ]] || usage "$name must be a whole number of at least 1, not '${!name}'"
+done
+((LAT_REPS >= REPS)) || LAT_REPS=$REPS
+[[ $VERIFY =~ ^[01]$ ]] || usage "VERIFY must be 0 or 1, not '$VERIFY'"
+[[ $KEEP_TMP =~ ^[01]$ ]] || usage "KEEP_TMP must be 0 or 1, not '$KEEP_TMP'"
+[[ $CLIENT_CERTS =~ ^(0|1|crl)$ ]] || usage "CLIENT_CERTS must be 0, 1 or crl, not '$CLIENT_CERTS'"
+[[ $BACKEND_TLS =~ ^(0|1|mutual)$ ]] || usage "BACKEND_TLS must be 0, 1 or mutual, not '$BACKEND_TLS'"
 if [[ $BACKEND_TLS == mutual ]]; then TARGETS=${TARGETS//direct-tls/}; fi
 
 BACKEND_PORT=${BACKEND_PORT:-9001}

@@ -68,7 +68,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub ca: Option<PathBuf>,
     /// Skip certificate verification for wss:// (benchmarking only).
-    #[arg(long, short = 'k')]
+    #[arg(long, short = 'k', conflicts_with = "ca")]
     pub insecure: bool,
     /// TLS server name to send and verify (default: the URL's host).
     #[arg(long)]

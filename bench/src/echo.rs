@@ -9,8 +9,6 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -70,12 +68,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// [`crypto_provider`](crate::target::crypto_provider)); with `client_ca`, one that requires
 /// each client's certificate, signed by a CA in that file.
 pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("read {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parse {}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("read {}", key.display()))?;
+    let certs = crate::pem::certificates(cert)?;
+    let key = crate::pem::private_key(key)?;
     // Set up as the proxies are in the comparison (TLS 1.3 only, TLS_AES_128_GCM_SHA256 and
     // X25519, no resumption): the direct wss row is their baseline, tickets would cost it work
     // they do not do, and each proxy's own TLS to it (`BACKEND_TLS=1`) then negotiates the
@@ -105,10 +99,7 @@ fn client_verifier(
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))?
-    {
-        let cert = cert.with_context(|| format!("parse {}", ca.display()))?;
+    for cert in crate::pem::certificates(ca)? {
         roots
             .add(cert)
             .map_err(|e| anyhow!("{}: {e}", ca.display()))?;

@@ -9,6 +9,7 @@
 //!   by default (tokio-tungstenite on request).
 //! - [`server`]: the lean echo engine: the server's side of the upgrade and a streaming
 //!   frame echo that assembles no message.
+//! - `pem`: the certificate and key files its TLS is given, read with limits.
 //! - [`sys`]: the runtime and the process's open-files limit.
 //! - [`stats`]: HDR histograms, percentiles and the coordinated-omission-free send schedule.
 //! - [`procstat`]: CPU time and memory of the proxy process and of the tool itself.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod echo;
+mod pem;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

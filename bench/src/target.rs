@@ -12,7 +12,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -207,10 +206,13 @@ impl Target {
         match &self.tls {
             None => Ok(Stream::Plain(tcp)),
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| anyhow!("TLS handshake with {} failed: {e}", self.addr))?;
+                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                    anyhow!(
+                        "TLS handshake with {} failed: {e}{}",
+                        self.addr,
+                        not_tls(&e)
+                    )
+                })?;
                 Ok(Stream::Tls(Box::new(tls)))
             }
         }
@@ -266,10 +268,7 @@ pub fn client_config(
             )
         })?;
         let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(ca)
-            .with_context(|| format!("read CA file {}", ca.display()))?;
-        for cert in certs {
-            let cert = cert.with_context(|| format!("parse CA file {}", ca.display()))?;
+        for cert in crate::pem::certificates(ca).context("CA file")? {
             roots
                 .add(cert)
                 .with_context(|| format!("add CA certificate from {}", ca.display()))?;
@@ -282,12 +281,8 @@ pub fn client_config(
     let mut config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("read {}", cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("parse {}", cert.display()))?;
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("read {}", key.display()))?;
+            let chain = crate::pem::certificates(cert)?;
+            let key = crate::pem::private_key(key)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| anyhow!("client certificate/key: {e}"))?
@@ -296,6 +291,18 @@ pub fn client_config(
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
     Ok(config)
+}
+
+/// A hint for a TLS handshake that failed on an answer that was not TLS: the URL's scheme and
+/// the target's port do not match, the usual slip.
+fn not_tls(e: &std::io::Error) -> &'static str {
+    let error = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    match error {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            " (the target answered in plain text, not TLS: is it a ws:// port?)"
+        }
+        _ => "",
+    }
 }
 
 /// Accepts any certificate and signature (`--insecure`): skips the client's verification work

@@ -242,9 +242,17 @@ pub async fn upgrade(stream: &mut Stream, target: &Target) -> Result<Vec<u8>> {
             .await
             .with_context(|| format!("read upgrade response from {}", target.addr))?;
         if n == 0 {
+            // A TLS record (an alert, 0x15, or a handshake, 0x16, then version 3.x): a TLS
+            // server refusing the plain request, the URL's scheme not matching the port.
+            let tls = matches!(buf[..], [0x15 | 0x16, 0x03, ..]);
             bail!(
-                "{} closed the connection instead of answering the upgrade",
-                target.addr
+                "{} closed the connection instead of answering the upgrade{}",
+                target.addr,
+                if tls {
+                    " (it answered in TLS: is it a wss:// port?)"
+                } else {
+                    ""
+                }
             );
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -309,6 +317,11 @@ pub fn check_response(head: &[u8], key: &str) -> Result<()> {
             upgrade_ok = value.eq_ignore_ascii_case("websocket");
         } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
             accept_ok = value == accept_key(key);
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            // The client offers none (RFC 6455 §4.1: it must then fail the connection).
+            bail!("101 response picks subprotocol {value:?}, which was not offered");
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            bail!("101 response uses extension {value:?}, which was not offered");
         }
     }
     if !upgrade_ok {
@@ -973,6 +986,18 @@ mod tests {
         );
         let bad = b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
         assert!(check_response(bad, key).is_err());
+        let ok = std::str::from_utf8(ok).unwrap();
+        for (unasked, expected) in [
+            ("Sec-WebSocket-Protocol: chat\r\n", "subprotocol \"chat\""),
+            (
+                "sec-websocket-extensions: permessage-deflate\r\n",
+                "extension \"permessage-deflate\"",
+            ),
+        ] {
+            let head = ok.replace("\r\n\r\n", &format!("\r\n{unasked}\r\n"));
+            let err = check_response(head.as_bytes(), key).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 
     #[test]

@@ -54,25 +54,47 @@ fn more_in_flight_than_memory_allows_is_refused_before_any_load() {
 /// grew by a gigabyte a second, then aborted).
 #[test]
 fn more_connections_than_open_files_are_refused_before_any_load() {
-    for (args, count) in [
+    for (args, count, hint) in [
         (
             &["handshake", "ws://127.0.0.1:9/", "-c", "4294967295"][..],
             "4294967295",
+            "raise that or lower -c",
         ),
         (
             &["idle", "ws://127.0.0.1:9/", "-n", "4294967295"][..],
             "4294967295",
+            "raise that or lower -n",
         ),
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
-        let expected = format!("{count} connections open at once need");
-        assert!(
-            stderr(&out).contains(&expected),
-            "{args:?}: {}",
-            stderr(&out)
-        );
+        let expected = format!("{count} connection(s) open at once need");
+        for expected in [expected.as_str(), hint] {
+            assert!(
+                stderr(&out).contains(expected),
+                "{args:?}: {}",
+                stderr(&out)
+            );
+        }
     }
+}
+
+/// The echo backend under an open-files limit too low to serve a connection: told to raise
+/// it, not to lower options it does not have.
+#[test]
+fn an_echo_backend_without_open_files_says_so_in_its_own_terms() {
+    let bin = env!("CARGO_BIN_EXE_wsgate-bench");
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -n 40 && exec {bin} echo --listen 127.0.0.1:0"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1 connection(s) open at once need"));
+    assert!(stderr(&out).contains("raise that"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("lower"), "{}", stderr(&out));
 }
 
 #[test]
@@ -109,6 +131,11 @@ fn bad_values_are_usage_errors() {
         // The URL and the TLS options its scheme needs, checked together.
         (&["latency", "wss://127.0.0.1:9/"][..], "--ca"),
         (&["latency", "ws://127.0.0.1:9/", "-k"][..], "--insecure"),
+        // Verifying or not: both asked for is a slip, not a run that only seems to verify.
+        (
+            &["latency", "wss://127.0.0.1:9/", "-k", "--ca", "ca.pem"][..],
+            "--ca",
+        ),
         (&["latency", "http://127.0.0.1:9/"][..], "ws://"),
         // Used to go into the request line as written: `GET /x#frag`, a raw space, or a CR LF
         // adding a header of its own.
@@ -179,6 +206,64 @@ async fn tls_to_the_plain_echo_backend_fails_at_once_not_at_the_open_timeout() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot open"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("no answer"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is it a ws:// port?"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The other slip: ws:// to the TLS echo backend, which answers the plain request with a TLS
+/// alert; said as such, not only as a connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_ws_to_a_tls_echo_backend_says_it_answered_in_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path, None).unwrap();
+    let lean = wsgate_bench::cli::EchoEngine::Lean;
+    let addr = wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls), lean)
+        .await
+        .unwrap();
+    let out = bench_async(short_json(&["latency", &format!("ws://{addr}/")])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("it answered in TLS: is it a wss:// port?"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A target that echoes for a moment and then goes quiet, its connections open: the run's
+/// rate would average work and silence, so it fails, saying so (it passed with exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stalls_partway_fails_a_steady_run() {
+    let addr = upgrading(|mut tcp| async move {
+        let quiet_from = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        while let Ok((opcode, payload)) = read_client_frame(&mut tcp).await {
+            if tokio::time::Instant::now() < quiet_from
+                && tcp.write_all(&self_frame(opcode, &payload)).await.is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    let url = format!("ws://{addr}/");
+    for args in [&["throughput", &url, "-c", "2"][..], &["bulk", &url]] {
+        let args = [args, &["-d", "2s", "--warmup", "50ms", "--json"]].concat();
+        let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("the target stalled"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        let quiet = report(&out)["longest_quiet_s"].as_f64().unwrap();
+        assert!(quiet > 1.0, "{quiet}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,9 +121,11 @@ struct ToolCpu {
 /// `taskset` to one CPU: the pacer's share is then the runtime's loss). Echoes then waited in
 /// its sockets for it to read them, and that wait is in every figure (service time
 /// included), while its send lag, taken as a message is handed to the socket, does not show
-/// it.
+/// it. Or its pacer was: at a rate beyond what it can schedule it never sleeps, and sends go
+/// out late and in bursts.
 fn tool_bound(cpu: ToolCpu, threads: u16, cpus: usize) -> Option<String> {
     let busy = |us: u64| us as f64 / 1e6 / cpu.secs.max(1e-9);
+    let pacer = busy(cpu.pacer_us);
     let runtime = busy(cpu.tool_us.saturating_sub(cpu.pacer_us));
     let whole = busy(cpu.tool_us);
     let room = (usize::from(threads) + 1).min(cpus);
@@ -134,6 +136,13 @@ fn tool_bound(cpu: ToolCpu, threads: u16, cpus: usize) -> Option<String> {
             whole,
             format!("the {room} CPU(s) it may use (its runtime and pacer threads together)"),
         )
+    } else if pacer >= 0.9 {
+        return Some(format!(
+            "this tool's pacer thread was {:.0} % busy: the rate is more than it can schedule, \
+             so sends went out late and in bursts, and the latencies above are its own as much \
+             as the target's; lower --rate",
+            pacer * 100.0
+        ));
     } else {
         return None;
     };
@@ -422,6 +431,11 @@ mod tests {
             tool_bound(paced, 1, 2),
             None,
             "45 % runtime, 103 % of two CPUs"
+        );
+        let behind = tool_bound(cpu(12_000_000, 9_500_000), 1, 2).unwrap();
+        assert!(
+            behind.starts_with("this tool's pacer thread was 95 % busy"),
+            "{behind}"
         );
         let pinned = cpu(9_990_000, 4_200_000);
         let why = tool_bound(pinned, 1, 1).unwrap();

@@ -39,7 +39,7 @@ pub(crate) fn say(line: std::fmt::Arguments) {
 /// Runs a command to completion, printing its report.
 pub fn run(command: Command) -> Result<()> {
     match crate::sys::raise_nofile_limit() {
-        Ok(limit) => check_open_files(command.connections(), limit)?,
+        Ok(limit) => check_open_files(&command, limit)?,
         Err(e) => say(format_args!(
             "warning: cannot raise the open-files limit: {e}"
         )),
@@ -82,11 +82,18 @@ const OWN_FILES: u64 = 64;
 /// Refuses a run that would hold more connections than this process may open files (`limit`,
 /// its open-files limit once raised): it would fail partway, its connections' errors then
 /// looking like the target's.
-fn check_open_files(connections: u64, limit: u64) -> Result<()> {
+fn check_open_files(command: &Command, limit: u64) -> Result<()> {
+    let connections = command.connections();
     if connections + OWN_FILES > limit {
+        // Named by the option that sets the count, where there is one.
+        let lower = match command {
+            Command::Echo(_) | Command::Bulk(_) => "",
+            Command::Idle(_) => " or lower -n",
+            _ => " or lower -c",
+        };
         bail!(
-            "{connections} connections open at once need {} open files, and this process may \
-             open {limit} (its hard limit, `ulimit -Hn`): raise that or lower -c / -n",
+            "{connections} connection(s) open at once need {} open files, and this process may \
+             open {limit} (its hard limit, `ulimit -Hn`): raise that{lower}",
             connections + OWN_FILES
         );
     }

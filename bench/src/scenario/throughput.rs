@@ -4,47 +4,103 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use tokio::task::JoinSet;
 
-use super::{join_with_grace, measure_window, open_many, target_url, Errors, Phase, STOP};
+use super::{join_with_grace, measure_window, open_many, target_url, Errors, Phase, MEASURE, STOP};
 use crate::cli::{BulkArgs, ClientArgs, MeasureArgs, ThroughputArgs};
 use crate::procstat::CpuWindow;
 use crate::report::Report;
 use crate::target::Target;
 use crate::ws::{Message, WsConn};
 
-#[derive(Default)]
 struct Counters {
     recv_msgs: AtomicU64,
     recv_bytes: AtomicU64,
+    /// What the two below count from.
+    clock: Instant,
+    /// When bytes last came back, in ns from `clock`.
+    last_echo_ns: AtomicU64,
+    /// The longest time in the measured window with nothing coming back, up to the last echo.
+    longest_quiet_ns: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Snapshot {
     recv_msgs: u64,
     recv_bytes: u64,
+    /// The longest quiet so far, the one still going on included.
+    quiet_ns: u64,
 }
 
 impl Counters {
+    fn new() -> Counters {
+        Counters {
+            recv_msgs: AtomicU64::new(0),
+            recv_bytes: AtomicU64::new(0),
+            clock: Instant::now(),
+            last_echo_ns: AtomicU64::new(0),
+            longest_quiet_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes came back: the quiet before them ends (counted if in the measured window).
+    fn echoed(&self, measured: bool) {
+        let now = self.now_ns();
+        let before = self.last_echo_ns.swap(now, Ordering::Relaxed);
+        if measured {
+            (self.longest_quiet_ns).fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+        }
+    }
+
     fn snapshot(&self) -> Snapshot {
+        let still_quiet = self
+            .now_ns()
+            .saturating_sub(self.last_echo_ns.load(Ordering::Relaxed));
         Snapshot {
             recv_msgs: self.recv_msgs.load(Ordering::Relaxed),
             recv_bytes: self.recv_bytes.load(Ordering::Relaxed),
+            quiet_ns: self
+                .longest_quiet_ns
+                .load(Ordering::Relaxed)
+                .max(still_quiet),
         }
     }
 }
 
 impl Snapshot {
-    /// The counts from `earlier` to this one.
+    /// The counts from `earlier` to this one; the longest quiet of the window ending here.
     fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
             recv_msgs: self.recv_msgs - earlier.recv_msgs,
             recv_bytes: self.recv_bytes - earlier.recv_bytes,
+            quiet_ns: self.quiet_ns,
         }
     }
+}
+
+/// A measured window with a quiet this long, and longer than a quarter of the window, did
+/// not measure the target's rate: it stopped answering for much of it, and the figures are
+/// an average over work and silence.
+const STALL: Duration = Duration::from_secs(1);
+
+/// Why the figures do not measure the target, if it went quiet for `quiet_ns` of a window of
+/// `secs`.
+fn stalled(quiet_ns: u64, secs: f64) -> Option<String> {
+    let quiet = Duration::from_nanos(quiet_ns);
+    (quiet > STALL && quiet.as_secs_f64() > secs / 4.0).then(|| {
+        format!(
+            "nothing came back for {:.1} s of the {secs:.1} s measured window: the target \
+             stalled, so the rate is an average over work and silence",
+            quiet.as_secs_f64()
+        )
+    })
 }
 
 struct PumpResult {
@@ -67,7 +123,7 @@ async fn pump(
     let conns = open_many(&target, connections, 64, read_buffer(size)).await?;
     let phase = Arc::new(Phase::default());
     let errors = Arc::new(Errors::default());
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::new());
     let message = Arc::new(Message::binary(size));
 
     let mut tasks = JoinSet::new();
@@ -141,6 +197,7 @@ async fn keep_window_full(
     while phase.get() != STOP {
         match conn.recv().await {
             Ok((got, _)) => {
+                counters.echoed(phase.get() == MEASURE);
                 counters
                     .recv_msgs
                     .fetch_add(got.messages, Ordering::Relaxed);
@@ -183,10 +240,13 @@ pub async fn run(args: &ThroughputArgs) -> Result<Report> {
             p.delta.recv_bytes as f64 / 1e6 / secs,
             "MB/s each way",
         )
-        .cpu(&p.window, p.delta.recv_msgs as f64, "msg");
+        .cpu(&p.window, p.delta.recv_msgs as f64, "msg")
+        .num("longest_quiet_s", quiet_secs(&p), "s with nothing echoed");
     p.errors.report(&mut r);
     if p.delta.recv_msgs == 0 {
         r.fail(nothing_echoed("no echoed message", p.window.secs));
+    } else if let Some(why) = stalled(p.delta.quiet_ns, secs) {
+        r.fail(why);
     }
     Ok(r)
 }
@@ -206,13 +266,20 @@ pub async fn run_bulk(args: &BulkArgs) -> Result<Report> {
             p.delta.recv_bytes as f64 / 1e6 / secs,
             "MB/s each way",
         )
-        .cpu(&p.window, p.delta.recv_bytes as f64 / 1e6, "mb");
+        .cpu(&p.window, p.delta.recv_bytes as f64 / 1e6, "mb")
+        .num("longest_quiet_s", quiet_secs(&p), "s with nothing echoed");
     p.errors.report(&mut r);
     // Bytes, not messages: a message too large to end within the window still measures MB/s.
     if p.delta.recv_bytes == 0 {
         r.fail(nothing_echoed("not one echoed byte", p.window.secs));
+    } else if let Some(why) = stalled(p.delta.quiet_ns, secs) {
+        r.fail(why);
     }
     Ok(r)
+}
+
+fn quiet_secs(p: &PumpResult) -> f64 {
+    Duration::from_nanos(p.delta.quiet_ns).as_secs_f64()
 }
 
 /// Why a run that received `nothing` in its measured window of `secs` does not measure the
@@ -222,4 +289,24 @@ fn nothing_echoed(nothing: &str, secs: f64) -> String {
         "{nothing} came back in the {secs:.1} s measured window: the target answered nothing \
          (or not within the window), so there is no rate to report"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_over_a_second_and_a_quarter_of_the_window_is_a_stall() {
+        let ns = |secs: f64| (secs * 1e9) as u64;
+        assert!(stalled(ns(1.4), 2.0).is_some());
+        assert!(
+            stalled(ns(0.9), 2.0).is_none(),
+            "a second at most: a hiccup"
+        );
+        assert!(
+            stalled(ns(1.2), 10.0).is_none(),
+            "a small part of a long window"
+        );
+        assert!(stalled(ns(3.0), 10.0).is_some());
+    }
 }
