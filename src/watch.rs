@@ -191,7 +191,7 @@ pub(crate) struct Watches {
     degraded: bool,
     /// Folders whose watch failed, already reported (as [`reported_as`] names them).
     unwatchable: BTreeSet<PathBuf>,
-    /// Files whose own watch failed, already reported.
+    /// Files whose own watch failed, already reported (as [`file_reported_as`] names them).
     unwatchable_files: BTreeSet<PathBuf>,
     /// Making the watcher failed, and that was reported: its return is news too.
     no_watcher_reported: bool,
@@ -346,7 +346,7 @@ impl Watches {
                 // without it, a write through another path is seen by the recheck.
                 Err(e) if want.role == Role::File => {
                     let vanished = matches!(e.kind, notify::ErrorKind::PathNotFound);
-                    if !vanished && self.unwatchable_files.insert(folder.clone()) {
+                    if !vanished && self.unwatchable_files.insert(file_reported_as(folder)) {
                         let error = words(&e);
                         tracing::warn!(file = %folder.display(), %error, "cannot watch file; a write to it through another path (a bind mount of the file alone, a hard link) is seen at the next reload.recheck");
                     }
@@ -380,12 +380,14 @@ impl Watches {
             }
             back.is_none()
         });
-        self.unwatchable_files.retain(|file| {
-            let back = self.watched.contains_key(file);
-            if back {
+        self.unwatchable_files.retain(|reported| {
+            let back = watched
+                .keys()
+                .find(|file| file_reported_as(file) == *reported);
+            if let Some(file) = back {
                 tracing::info!(file = %file.display(), "watching file for changes again");
             }
-            !back
+            back.is_none()
         });
     }
 
@@ -582,9 +584,21 @@ fn started_in() -> Option<PathBuf> {
 /// once per update for the life of the process).
 fn reported_as(folder: &Path) -> PathBuf {
     let name = folder.file_name().and_then(|name| name.to_str());
+    // The kubelet's names: `..` and the date (`..data`, the link to it, is no folder here).
+    let timestamped = |name: &str| {
+        (name.strip_prefix("..")).is_some_and(|date| date.starts_with(|c: char| c.is_ascii_digit()))
+    };
     match (name, folder.parent()) {
-        (Some(name), Some(volume)) if name.starts_with("..") && name != ".." => volume.join("..*"),
+        (Some(name), Some(volume)) if timestamped(name) => volume.join("..*"),
         _ => folder.to_path_buf(),
+    }
+}
+
+/// [`reported_as`] for a file: its folder's report, its own name.
+fn file_reported_as(file: &Path) -> PathBuf {
+    match (file.parent(), file.file_name()) {
+        (Some(folder), Some(name)) => reported_as(folder).join(name),
+        _ => file.to_path_buf(),
     }
 }
 
@@ -731,7 +745,6 @@ mod tests {
         assert!(!state.refresh(Some(after), WatchMode::Events));
     }
 
-    /// Just `folder`, holding a file.
     /// A volume whose folders cannot be watched, updated twice: each update's timestamped
     /// folder fails alike, and is one report (and one entry), not one per update.
     #[test]
@@ -753,6 +766,18 @@ mod tests {
         assert!(!state.degraded && state.unwatchable.is_empty());
     }
 
+    #[test]
+    fn only_the_kubelets_timestamped_folders_are_reported_as_their_volumes() {
+        let volume = Path::new("/etc/tls");
+        let update = volume.join("..2026_12_07_05_00_00.123");
+        assert_eq!(reported_as(&update), volume.join("..*"));
+        assert_eq!(reported_as(&volume.join("..cache")), volume.join("..cache"));
+        assert_eq!(reported_as(volume), volume);
+        let file = update.join("tls.crt");
+        assert_eq!(file_reported_as(&file), volume.join("..*/tls.crt"));
+    }
+
+    /// Just `folder`, holding a file.
     fn holding(folder: &Path) -> Wanted {
         let role = Role::Holds(Names::Only(["wsgate.toml".into()].into()));
         [(folder.to_path_buf(), Want::of(folder, role))].into()

@@ -90,8 +90,6 @@ struct Opened {
 
 /// Checks the target, reads memory and CPU, and opens the tunnels.
 async fn open(args: &IdleArgs) -> Result<Opened> {
-    let target = Arc::new(Target::new(&args.client).await?);
-    probe(&target).await?;
     let pids = &args.client.pids;
     // The proxy's memory per tunnel is what `--pid` is given for: a process whose memory
     // cannot be read (a kernel thread, another user's) is said before anything is opened,
@@ -99,6 +97,8 @@ async fn open(args: &IdleArgs) -> Result<Opened> {
     if !pids.is_empty() {
         procstat::processes_rss_kib(pids).context("the memory of the process given with --pid")?;
     }
+    let target = Arc::new(Target::new(&args.client).await?);
+    probe(&target).await?;
     let before = memory(pids);
     let cpu_start = CpuSnapshot::take(pids);
     let tunnels = open_tunnels(&target, args.count, args.concurrency).await?;

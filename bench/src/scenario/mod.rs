@@ -89,7 +89,7 @@ fn check_open_files(command: &Command, limit: u64) -> Result<()> {
         let lower = match command {
             Command::Echo(_) | Command::Bulk(_) => "",
             Command::Idle(_) => " or lower -n",
-            _ => " or lower -c",
+            Command::Handshake(_) | Command::Latency(_) | Command::Throughput(_) => " or lower -c",
         };
         bail!(
             "{connections} connection(s) open at once need {} open files, and this process may \

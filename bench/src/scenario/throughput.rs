@@ -53,7 +53,9 @@ impl Counters {
     /// Bytes came back: the quiet before them ends (counted if in the measured window).
     fn echoed(&self, measured: bool) {
         let now = self.now_ns();
-        let before = self.last_echo_ns.swap(now, Ordering::Relaxed);
+        // The latest wins: a thread storing an older time after a newer one would lengthen
+        // the next gap.
+        let before = self.last_echo_ns.fetch_max(now, Ordering::Relaxed);
         if measured {
             (self.longest_quiet_ns).fetch_max(now.saturating_sub(before), Ordering::Relaxed);
         }
