@@ -2,6 +2,8 @@
 //! or a failing target ends the run with a clear error (exit status 1), never with figures
 //! that measure nothing.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 
@@ -217,17 +219,8 @@ async fn tls_to_the_plain_echo_backend_fails_at_once_not_at_the_open_timeout() {
 /// alert; said as such, not only as a connection closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_ws_to_a_tls_echo_backend_says_it_answered_in_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path, None).unwrap();
-    let lean = wsgate_bench::cli::EchoEngine::Lean;
-    let addr = wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls), lean)
-        .await
-        .unwrap();
-    let out = bench_async(short_json(&["latency", &format!("ws://{addr}/")])).await;
+    let echo = common::tls_echo(false).await;
+    let out = bench_async(short_json(&["latency", &format!("ws://{}/", echo.addr)])).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("it answered in TLS: is it a wss:// port?"),

@@ -1,6 +1,8 @@
 //! Short runs of every scenario against the built-in echo backend on 127.0.0.1:0. They check
 //! that work was done without errors; no timing is asserted.
 
+mod common;
+
 use std::net::SocketAddr;
 
 use clap::Parser;
@@ -111,19 +113,9 @@ async fn every_scenario_against_the_echo_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_with_ca_and_sni() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path, None).unwrap();
-    let addr =
-        wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls), EchoEngine::Lean)
-            .await
-            .unwrap();
-    let url = format!("wss://{addr}/");
-    let ca = cert_path.to_str().unwrap();
+    let echo = common::tls_echo(false).await;
+    let url = format!("wss://{}/", echo.addr);
+    let ca = echo.cert.to_str().unwrap();
     let mut args = vec![
         "handshake",
         &url,
@@ -152,17 +144,8 @@ async fn wss_with_ca_and_sni() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wss_echo_asking_for_client_certificates_refuses_a_client_without() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls = wsgate_bench::echo::tls_acceptor(&cert_path, &key_path, Some(&cert_path)).unwrap();
-    let addr =
-        wsgate_bench::echo::spawn("127.0.0.1:0".parse().unwrap(), Some(tls), EchoEngine::Lean)
-            .await
-            .unwrap();
-    let url = format!("wss://{addr}/");
+    let echo = common::tls_echo(true).await;
+    let url = format!("wss://{}/", echo.addr);
     let mut args = vec!["latency", &url, "--insecure"];
     args.extend(SHORT);
     let err = run(command(&args)).await.unwrap_err();
@@ -171,7 +154,7 @@ async fn a_wss_echo_asking_for_client_certificates_refuses_a_client_without() {
         "{err:#}"
     );
     // Showing one (the same self-signed certificate, which the echo trusts) gets through.
-    let (cert, key) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let (cert, key) = (echo.cert.to_str().unwrap(), echo.key.to_str().unwrap());
     let mut args = vec!["latency", &url, "--insecure", "--cert", cert, "--key", key];
     args.extend(SHORT);
     let r = run(command(&args)).await.unwrap();
