@@ -25,6 +25,9 @@ struct Counters {
     last_echo_ns: AtomicU64,
     /// The longest time in the measured window with nothing coming back, up to the last echo.
     longest_quiet_ns: AtomicU64,
+    /// When the measured window opened (the first snapshot), in ns from `clock`; `u64::MAX`
+    /// before. A quiet that began in the warm-up counts from here, not from its start.
+    window_ns: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,6 +46,7 @@ impl Counters {
             clock: Instant::now(),
             last_echo_ns: AtomicU64::new(0),
             longest_quiet_ns: AtomicU64::new(0),
+            window_ns: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -52,19 +56,38 @@ impl Counters {
 
     /// Bytes came back: the quiet before them ends (counted if in the measured window).
     fn echoed(&self, measured: bool) {
-        let now = self.now_ns();
+        self.echoed_at(self.now_ns(), measured);
+    }
+
+    fn echoed_at(&self, now: u64, measured: bool) {
         // The latest wins: a thread storing an older time after a newer one would lengthen
         // the next gap.
         let before = self.last_echo_ns.fetch_max(now, Ordering::Relaxed);
         if measured {
-            (self.longest_quiet_ns).fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+            let gap = now.saturating_sub(self.quiet_from(before));
+            (self.longest_quiet_ns).fetch_max(gap, Ordering::Relaxed);
         }
     }
 
+    /// Where a quiet since the echo at `before` counts from: the window's opening if it began
+    /// earlier (an echo between the phase's change and the first snapshot counts nothing, as
+    /// the window is not open yet).
+    fn quiet_from(&self, before: u64) -> u64 {
+        match self.window_ns.load(Ordering::Relaxed) {
+            u64::MAX => u64::MAX,
+            opened => before.max(opened),
+        }
+    }
+
+    /// The counts now; the first call opens the measured window.
     fn snapshot(&self) -> Snapshot {
-        let still_quiet = self
-            .now_ns()
-            .saturating_sub(self.last_echo_ns.load(Ordering::Relaxed));
+        self.snapshot_at(self.now_ns())
+    }
+
+    fn snapshot_at(&self, now: u64) -> Snapshot {
+        self.window_ns.fetch_min(now, Ordering::Relaxed);
+        let still_quiet =
+            now.saturating_sub(self.quiet_from(self.last_echo_ns.load(Ordering::Relaxed)));
         Snapshot {
             recv_msgs: self.recv_msgs.load(Ordering::Relaxed),
             recv_bytes: self.recv_bytes.load(Ordering::Relaxed),
@@ -310,5 +333,38 @@ mod tests {
             "a small part of a long window"
         );
         assert!(stalled(ns(3.0), 10.0).is_some());
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_quiet_begun_in_the_warm_up_counts_from_the_window_opening() {
+        let c = Counters::new();
+        c.echoed_at(S, false);
+        let first = c.snapshot_at(3 * S);
+        c.echoed_at(4 * S, true);
+        let last = c.snapshot_at(4 * S + S / 2);
+        assert_eq!(
+            last.since(&first).quiet_ns,
+            S,
+            "3 s quiet, 1 s of it measured"
+        );
+        // Still quiet at the window's end: also counted from the opening.
+        let c = Counters::new();
+        c.echoed_at(S, false);
+        let first = c.snapshot_at(2 * S);
+        let last = c.snapshot_at(5 * S);
+        assert_eq!(last.since(&first).quiet_ns, 3 * S);
+    }
+
+    #[test]
+    fn a_quiet_inside_the_window_counts_whole() {
+        let c = Counters::new();
+        c.echoed_at(S, false);
+        let first = c.snapshot_at(S + 1);
+        c.echoed_at(2 * S, true);
+        c.echoed_at(5 * S, true);
+        let last = c.snapshot_at(5 * S + 10);
+        assert_eq!(last.since(&first).quiet_ns, 3 * S);
     }
 }
