@@ -2,9 +2,12 @@
 //! unmasks each client frame straight into the write buffer as a server frame (same opcode, same
 //! FIN bit), so fragmented messages come back fragmented alike and no message is assembled.
 //! Pings are answered with pongs, a close frame is answered with the same close and ends the
-//! connection.
+//! connection. A client that breaks the protocol (an unmasked or reserved frame, a bad control
+//! frame, a close with a code no endpoint may send) gets a close with 1002, or 1007 for a
+//! close reason that is not UTF-8 (RFC 6455 §7.4.1), before the connection is dropped, so a
+//! proxy's test against this backend sees the answer a conforming server gives.
 
-use std::io;
+use std::{fmt, io};
 
 use anyhow::{anyhow, bail, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -115,6 +118,33 @@ pub fn response(head: &[u8]) -> Result<String> {
     Ok(resp)
 }
 
+/// A client broke the protocol: the close code it is answered with, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    why: &'static str,
+}
+
+impl Violation {
+    fn protocol(why: &'static str) -> Violation {
+        Violation { code: 1002, why }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (answered with close {})", self.why, self.code)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Whether a close frame received may carry `code` (RFC 6455 §7.4: 1004–1006 and 1015 are
+/// never sent, 1016–2999 are reserved for the protocol, 3000–4999 are for applications).
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// What the echo state machine wants after consuming input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -136,7 +166,7 @@ pub struct Echoer {
 
 impl Echoer {
     /// Consumes client bytes from `input`, appending the echo to `out`. Returns bytes consumed.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, Next)> {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, Next), Violation> {
         let mut pos = 0;
         loop {
             pos += self.echo_payload(&input[pos..], out);
@@ -160,7 +190,7 @@ impl Echoer {
                     Some((total, Next::Close)) => return Ok((pos + total, Next::Close)),
                     None => return Ok((pos, Next::More)),
                 },
-                other => bail!("reserved opcode {other:#x}"),
+                _ => return Err(Violation::protocol("reserved opcode")),
             }
         }
     }
@@ -195,12 +225,12 @@ impl ClientHead {
     /// The head at the start of `rest`, or None until all of it is in. An unmasked frame fails
     /// as soon as its second byte is in.
     #[inline]
-    fn decode(rest: &[u8]) -> Result<Option<ClientHead>> {
+    fn decode(rest: &[u8]) -> Result<Option<ClientHead>, Violation> {
         if rest.len() < 2 {
             return Ok(None);
         }
         if rest[1] & 0x80 == 0 {
-            bail!("client frame without mask");
+            return Err(Violation::protocol("client frame without mask"));
         }
         let Some((len, hdr)) = payload_len(rest) else {
             return Ok(None);
@@ -228,9 +258,11 @@ fn answer_control(
     head: ClientHead,
     rest: &[u8],
     out: &mut Vec<u8>,
-) -> Result<Option<(usize, Next)>> {
+) -> Result<Option<(usize, Next)>, Violation> {
     if head.len > 125 || head.b0 & 0x80 == 0 {
-        bail!("invalid control frame");
+        return Err(Violation::protocol(
+            "control frame fragmented or over 125 bytes",
+        ));
     }
     let total = head.hdr + head.len as usize;
     let Some(masked) = rest.get(head.hdr..total) else {
@@ -247,6 +279,7 @@ fn answer_control(
             out.extend_from_slice(&payload);
         }
         OP_CLOSE => {
+            check_close(&payload)?;
             // Echo the status code back (RFC 6455 §5.5.1), without the reason.
             let code = &payload[..payload.len().min(2)];
             push_header(out, 0x80 | OP_CLOSE, code.len() as u64);
@@ -256,6 +289,31 @@ fn answer_control(
         _ => {}
     }
     Ok(Some((total, Next::More)))
+}
+
+/// A received close's payload: empty, or a code an endpoint may send and a UTF-8 reason.
+fn check_close(payload: &[u8]) -> Result<(), Violation> {
+    match payload {
+        [] => Ok(()),
+        [_] => Err(Violation::protocol("close payload of one byte")),
+        [hi, lo, reason @ ..] => {
+            if !sendable_close_code(u16::from_be_bytes([*hi, *lo])) {
+                return Err(Violation::protocol("close code no endpoint may send"));
+            }
+            std::str::from_utf8(reason)
+                .map(|_| ())
+                .map_err(|_| Violation {
+                    code: 1007,
+                    why: "close reason not UTF-8",
+                })
+        }
+    }
+}
+
+/// The close frame answering `v`.
+fn violation_close(v: Violation, out: &mut Vec<u8>) {
+    push_header(out, 0x80 | OP_CLOSE, 2);
+    out.extend_from_slice(&v.code.to_be_bytes());
 }
 
 /// Appends `src` unmasked with `mask`, `offset` bytes into the frame's payload; 8 bytes at a time.
@@ -307,7 +365,16 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Result<(
     let mut echo = Echoer::default();
     loop {
         if rbuf.len() > start {
-            let (used, next) = echo.feed(&rbuf[start..], &mut out)?;
+            let (used, next) = match echo.feed(&rbuf[start..], &mut out) {
+                Ok(fed) => fed,
+                Err(v) => {
+                    // `out` holds whole frames only: a violation is found at a frame's head.
+                    violation_close(v, &mut out);
+                    let _ = s.write_all(&out).await;
+                    let _ = s.shutdown().await;
+                    return Err(v.into());
+                }
+            };
             start += used;
             if !out.is_empty() {
                 s.write_all(&out).await?;
@@ -399,10 +466,82 @@ mod tests {
     #[test]
     fn refuses_unmasked_frames() {
         let mut out = Vec::new();
-        assert!(Echoer::default()
-            .feed(&[0x82, 0x01, 0x00], &mut out)
-            .is_err());
+        let refused = |r: Result<_, Violation>| r.map_err(|v| v.code);
+        assert_eq!(
+            refused(Echoer::default().feed(&[0x82, 0x01, 0x00], &mut out)),
+            Err(1002)
+        );
         // As soon as the second byte is in, before the extended length.
-        assert!(Echoer::default().feed(&[0x82, 126], &mut out).is_err());
+        assert_eq!(
+            refused(Echoer::default().feed(&[0x82, 126], &mut out)),
+            Err(1002)
+        );
+    }
+
+    #[test]
+    fn a_close_with_a_code_no_endpoint_sends_is_a_protocol_error() {
+        let close = |payload: &[u8]| {
+            let frame = masked_frame(OP_CLOSE, payload, [3, 1, 4, 1]);
+            let mut out = Vec::new();
+            Echoer::default()
+                .feed(&frame, &mut out)
+                .map(|(_, next)| (next, out))
+                .map_err(|v| v.code)
+        };
+        for ok in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let code = ok.to_be_bytes();
+            let mut echoed = vec![0x88, 2];
+            echoed.extend(code);
+            assert_eq!(close(&code), Ok((Next::Close, echoed)), "{ok}");
+        }
+        assert_eq!(close(&[]), Ok((Next::Close, vec![0x88, 0])));
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(close(&bad.to_be_bytes()), Err(1002), "{bad}");
+        }
+        assert_eq!(close(&[0x03]), Err(1002), "one byte");
+        assert_eq!(close(&[0x03, 0xE8, 0xC3, 0x28]), Err(1007), "bad UTF-8");
+        assert_eq!(
+            close(&[0x03, 0xE8, b'o', b'k']).map(|c| c.0),
+            Ok(Next::Close)
+        );
+    }
+
+    /// Over a real (in-memory) stream: the 1002 close is written before the connection ends.
+    #[tokio::test]
+    async fn a_client_breaking_the_protocol_is_told_1002_before_the_end() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let served = tokio::spawn(serve_conn(server));
+        let req = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        client.write_all(req.as_bytes()).await.unwrap();
+        client
+            .write_all(&masked_frame(
+                OP_CLOSE,
+                &1005u16.to_be_bytes(),
+                [9, 9, 9, 9],
+            ))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(got.starts_with(b"HTTP/1.1 101"));
+        assert_eq!(got[head_end..], [0x88, 2, 0x03, 0xEA]);
+        let err = served.await.unwrap().unwrap_err();
+        assert_eq!(err.downcast_ref::<Violation>().map(|v| v.code), Some(1002));
+    }
+
+    #[test]
+    fn a_reserved_opcode_is_a_protocol_error_after_the_frames_before_it() {
+        let mut input = masked_frame(OP_TEXT, b"hi", [1, 2, 3, 4]);
+        input.extend(masked_frame(0x3, b"", [1, 2, 3, 4]));
+        let mut out = Vec::new();
+        let err = Echoer::default().feed(&input, &mut out).unwrap_err();
+        assert_eq!(err.code, 1002);
+        assert_eq!(
+            out,
+            [0x81, 2, b'h', b'i'],
+            "the whole frame before it is echoed"
+        );
     }
 }
