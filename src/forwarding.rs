@@ -157,9 +157,13 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
         .collect();
     list.push(&ip);
     let joined = list.join(", ");
-    if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+    // The head's checks let through only bytes a header value may hold, so the join is one
+    // too; were it ever not, the client's own lines must still not reach the backend
+    // unappended, as if they were the whole path: the address alone then (an IP is ASCII).
+    let value = HeaderValue::from_str(&joined)
+        .or_else(|_| HeaderValue::from_str(&ip))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    headers.insert(X_FORWARDED_FOR, value);
 }
 
 /// The 101 the client gets: the backend's headers (extensions, chosen protocol, cookies…)
