@@ -497,6 +497,34 @@ async fn bytes_neither_tls_nor_http_get_no_http_answer() {
     raw.send(b"\x00\x01\x02 not a protocol\r\n\r\n").await;
     let rest = raw.read_to_end().await;
     assert!(!rest.windows(5).any(|w| w == b"HTTP/"), "{rest:?}");
+    assert_eq!(rest.first(), Some(&0x15), "an alert record: {rest:?}");
+}
+
+/// A hello that is TLS but malformed gets TLS's fatal alert before the close, also where
+/// rustls itself leaves it unsaid: a handshake message declared over 64 KiB
+/// (decode_error, 50), and a record of another type inside a hello split over two
+/// (unexpected_message, 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_hello_is_answered_with_a_tls_alert() {
+    let proxy = proxy("").await;
+    let cases: [(&[u8], u8); 3] = [
+        // A ClientHello declaring 16 MiB, in a 5-byte record.
+        (b"\x16\x03\x01\x00\x05\x01\xff\xff\xff\x00", 50),
+        // The same, as the black-box finding sent it: "hello" for a handshake message.
+        (b"\x16\x03\x01\x00\x05hello", 50),
+        // A ClientHello's first 4 bytes (declaring 100), then an alert record.
+        (
+            b"\x16\x03\x01\x00\x04\x01\x00\x00\x64\x15\x03\x01\x00\x02\x01\x00",
+            10,
+        ),
+    ];
+    for (hello, alert) in cases {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut raw = RawConn::new(tcp);
+        raw.send(hello).await;
+        let answer = raw.read_to_end().await;
+        assert_eq!(answer, [0x15, 3, 3, 0, 2, 2, alert], "{hello:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus,
 };
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{AlertDescription, ClientConfig, ServerConfig};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use held::Held;
@@ -284,6 +284,11 @@ impl<IO, C: Side> TlsStream<IO, C> {
     fn fail(&mut self, e: rustls::Error) -> rustls::Error {
         if self.failed.is_none() {
             self.queue_alert();
+            if self.outgoing.is_empty() && self.conn.protocol_version().is_none() {
+                if let Some(alert) = unsaid_alert(&e) {
+                    self.outgoing.push(&alert);
+                }
+            }
             self.failed = Some(Box::new(e.clone()));
         }
         e
@@ -379,6 +384,23 @@ impl<IO, C: Side> TlsStream<IO, C> {
             Err(e) => Err(invalid_data(e)),
         }
     }
+}
+
+/// The fatal alert, as a plaintext record, that rustls leaves unsent for `e` when its
+/// handshake-message joiner fails (a hello declaring a message over 64 KiB, a record of
+/// another type in the middle of a split hello, too many empty records): it returns those
+/// errors without the alert it sends for every other malformed message (RFC 8446 §6: the
+/// peer should hear why). Sent only before a version is agreed, when nothing has been sent
+/// and no key is in use, so plaintext is what the peer expects.
+fn unsaid_alert(e: &rustls::Error) -> Option<[u8; 7]> {
+    let description = match e {
+        rustls::Error::InvalidMessage(_) => AlertDescription::DecodeError,
+        rustls::Error::PeerMisbehaved(_) => AlertDescription::UnexpectedMessage,
+        _ => return None,
+    };
+    // Content type alert (21), TLS 1.2 on the record (as rustls writes its own first
+    // records), length 2, level fatal (2).
+    Some([21, 3, 3, 0, 2, 2, u8::from(description)])
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin, C: Side> TlsStream<IO, C> {
