@@ -412,8 +412,10 @@ impl Watches {
                     }
                     self.watcher = Some(watcher);
                 }
-                // Said once: later refreshes try again quietly, polling meanwhile.
-                Err(e) if !self.degraded => {
+                // Said once: later refreshes try again quietly, polling meanwhile. (Not
+                // keyed on `degraded`: poll mode, left for events, leaves that set, and the
+                // first failure after it is news.)
+                Err(e) if !self.no_watcher_reported => {
                     let (error, hint) = (words(&e), limit_hint(&e));
                     tracing::warn!(%error, "cannot watch the config for changes{hint}; checking it every {} s instead", POLL.as_secs_f64());
                     self.no_watcher_reported = true;
@@ -726,6 +728,24 @@ mod tests {
         assert!(state.watcher.is_none() && state.degraded && state.watched.is_empty());
         assert!(state.refresh(Some(wanted), WatchMode::Events));
         assert!(state.watcher.is_some() && !state.degraded && state.watched.len() == 1);
+    }
+
+    /// Back to events from poll mode with no watcher to be had (inotify instances used up,
+    /// the usual reason poll mode was on): said, as at start-up, not left to the line that
+    /// announces events.
+    #[test]
+    fn events_mode_without_a_watcher_after_poll_mode_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = holding(dir.path());
+        let no_watcher = || Err(notify::Error::generic("no inotify instance left"));
+        let mut state = Watches::with(Box::new(no_watcher), Arc::default(), Arc::default());
+        assert!(!state.refresh(Some(wanted.clone()), WatchMode::Poll));
+        assert!(!state.no_watcher_reported);
+        assert!(!state.refresh(Some(wanted.clone()), WatchMode::Events));
+        assert!(state.no_watcher_reported && state.degraded);
+        // Said once: the next refresh tries again quietly.
+        assert!(!state.refresh(Some(wanted), WatchMode::Events));
+        assert!(state.no_watcher_reported);
     }
 
     /// A folder watched as one on the way that comes to hold a file (a certificate named in
