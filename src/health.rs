@@ -122,7 +122,10 @@ impl Health {
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
             let (until, failures) = unpack(state);
-            if until > now {
+            // Aside still, or the try began while it was (a last resort, failing now that
+            // the cool-down is over): the retry after the cool-down, which holds the claim,
+            // is the one that counts.
+            if until > now || began < until {
                 return None;
             }
             let nth = failures.saturating_add(1);
@@ -194,6 +197,20 @@ mod tests {
     fn cooled(health: &Health) {
         let (_, failures) = unpack(health.state.load(Ordering::Relaxed));
         health.state.store(pack(1, failures), Ordering::Relaxed);
+    }
+
+    /// A try begun while the backend was aside fails after the cool-down has ended: it adds
+    /// nothing (the docs' "one made while it is aside"); a try begun after it counts.
+    #[test]
+    fn a_try_begun_while_aside_adds_nothing_when_it_fails_after_the_cool_down() {
+        let health = Health::default();
+        let t = now();
+        // Put aside until t: over now.
+        health.state.store(pack(t, 1), Ordering::Relaxed);
+        assert!(health.failed(FIRST, t - 1).is_none());
+        assert_eq!(unpack(health.state.load(Ordering::Relaxed)), (t, 1));
+        let again = health.failed(FIRST, t).expect("the retry's failure counts");
+        assert_eq!(again.nth, 2);
     }
 
     #[test]
