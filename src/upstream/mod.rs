@@ -226,7 +226,7 @@ impl<'a> Reached<'a> {
         won: &Try<'a, 'r>,
         dialed: &dial::Dialed,
         (turns, closed): (
-            &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+            &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
             usize,
         ),
         (asked, deadline): (tokio::time::Instant, tokio::time::Instant),
@@ -295,7 +295,7 @@ fn note_answer(leg: Leg<'_>, reached: Reached<'_>, answered: &Result<Answer, Att
 /// it reaches a backend that works).
 fn after_close<'a>(
     leg: Leg<'_>,
-    turns: &mut Turns<'a, '_, impl ExactSizeIterator<Item = &'a str>>,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     reached: Reached<'a>,
     error: ProxyError,
     closes: (&mut usize, bool),

@@ -21,7 +21,7 @@ use crate::race::{Event, Race};
 use crate::routes::Route;
 
 /// Where a request is in its route's backends, across the backends it tries.
-pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
+pub(super) struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
     /// The time each backend would get if every one were slow: a try whose share of what was
     /// left came to much less (earlier backends took the rest) is not the backend's failure
     /// when it runs out.
@@ -40,9 +40,11 @@ pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
     /// may have others.
     pub(super) again: Option<&'a str>,
     /// Backends whose connect was dropped when another answered first, not for being silent
-    /// (see [`settle_losers`]): next in turn if this request needs another, with the leave
-    /// they were tried with (a cool-down's retry stays this request's).
-    resume: VecDeque<(&'a str, Leave<'r>)>,
+    /// (see [`settle_losers`]): next in turn if this request needs another, tried then
+    /// without asking. A cool-down's retry claim is not kept for that: the try ended, and
+    /// another request may try the backend meanwhile (the docs: skipped "until that try has
+    /// ended"), rather than it waiting out this request's answer from the winner.
+    resume: VecDeque<&'a str>,
     /// The first backend that did not answer in its share: what a 504 is about.
     pub(super) timed_out: Option<&'a str>,
     /// Addresses that closed before answering: not tried again in this request (a backend
@@ -55,7 +57,7 @@ pub(super) struct Turns<'a, 'r, I: ExactSizeIterator<Item = &'a str>> {
     connect_error: Option<String>,
 }
 
-impl<'r> Turns<'r, 'r, crate::routes::InTurn<'r>> {
+impl<'r> Turns<'r, crate::routes::InTurn<'r>> {
     /// A request's turns through `route`'s backends, with its whole connect time to `deadline`.
     pub(super) fn new(route: &'r Route, deadline: Instant) -> Self {
         Turns {
@@ -74,7 +76,7 @@ impl<'r> Turns<'r, 'r, crate::routes::InTurn<'r>> {
     }
 }
 
-impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
+impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
     /// The refusal once every backend failed: if any of them was merely slow, the request ran
     /// out of time, and the line names that one (the others' failures are in the metrics).
     pub(super) fn outcome(&mut self, tried: &mut Option<String>) -> ProxyError {
@@ -98,12 +100,12 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
     /// The next backend to try, and its leave to be tried if it needs none asked for: one
     /// this request tries again (`again`: it has just been tried, and holds its leave),
     /// resumes (`resume`) or has put off (`later`); `None`: ask first.
-    fn next(&mut self) -> Option<(&'a str, Option<Leave<'r>>)> {
+    fn next<'r>(&mut self) -> Option<(&'a str, Option<Leave<'r>>)> {
         if let Some(backend) = self.again.take() {
             return Some((backend, Some(Leave::default())));
         }
-        if let Some((backend, leave)) = self.resume.pop_front() {
-            return Some((backend, Some(leave)));
+        if let Some(backend) = self.resume.pop_front() {
+            return Some((backend, Some(Leave::default())));
         }
         match self.backends.next() {
             Some(backend) => Some((backend, None)),
@@ -154,7 +156,7 @@ impl<'a, 'r, I: ExactSizeIterator<Item = &'a str>> Turns<'a, 'r, I> {
 /// `cooldown` (see [`crate::health`]).
 pub(super) async fn connect_in_turn<'a, 'r>(
     leg: Leg<'r>,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     tried: &mut Option<String>,
 ) -> Result<(Try<'a, 'r>, Dialed), ProxyError>
 where
@@ -225,7 +227,7 @@ type Connected = Result<std::io::Result<Option<Dialed>>, tokio::time::error::Ela
 /// (ending at the request's `deadline` at the latest), and when its share of the time ends.
 fn dial_next<'a, 'r>(
     leg: Leg<'r>,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
 ) -> Option<(Try<'a, 'r>, impl Future<Output = Connected> + 'a, Instant)>
 where
     'r: 'a,
@@ -275,7 +277,7 @@ where
 /// short by the backends tried before it.
 fn note_failure<'a, 'r>(
     leg: Leg<'_>,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
     attempt: &Try<'a, 'r>,
     error: &std::io::Error,
 ) {
@@ -325,7 +327,7 @@ pub(super) struct Try<'a, 'r> {
 /// is trying again after its failure is put off until the others have been tried.
 fn next_backend<'a, 'r>(
     route: &'r Route,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
 ) -> Option<(&'a str, Leave<'r>)> {
     loop {
         let (backend, leave) = turns.next()?;
@@ -356,7 +358,7 @@ fn settle_losers<'a, 'r, F: Future>(
     leg: Leg<'_>,
     race: Race<Try<'a, 'r>, F>,
     winner: &str,
-    turns: &mut Turns<'a, 'r, impl ExactSizeIterator<Item = &'a str>>,
+    turns: &mut Turns<'a, impl ExactSizeIterator<Item = &'a str>>,
 ) {
     let delay = leg.timing.attempt_delay;
     let mut resume = VecDeque::new();
@@ -374,7 +376,8 @@ fn settle_losers<'a, 'r, F: Future>(
             let silent = usize::try_from(attempt.progress.silent()).unwrap_or(usize::MAX);
             let timeouts = std::iter::repeat_n(std::io::ErrorKind::TimedOut, silent);
             count_hidden(leg, attempt.backend, timeouts);
-            resume.push_back((attempt.backend, attempt.leave));
+            // Its claim, if a retry's, is given back here (dropped with `attempt`).
+            resume.push_back(attempt.backend);
             continue;
         }
         let error = std::io::Error::new(
