@@ -302,9 +302,17 @@ fn after_close<'a>(
 ) -> bool {
     let ((closed, copied), backend) = (closes, reached.backend);
     let stalled = matches!(error, ProxyError::BackendTimeout);
-    // The same address dialed again counts every try, its stalls too.
-    *closed += usize::from(!stalled || reached.redial);
-    let go_on = copied && *closed < MAX_CLOSED;
+    let verdict = CloseVerdict::of(Close {
+        stalled,
+        refused_tls: matches!(error, ProxyError::BackendTls(_)),
+        redial: reached.redial,
+        several: reached.several,
+        more: reached.more,
+        fair_share: reached.share >= Some(reached.even / 2),
+        copied,
+        closed: *closed,
+    });
+    *closed += usize::from(verdict.counted);
     let stall = stalled.then(|| std::io::Error::new(std::io::ErrorKind::TimedOut, STALLED));
     let name = &leg.route.config.name;
     let reason: &dyn std::fmt::Display = match &stall {
@@ -318,38 +326,95 @@ fn after_close<'a>(
             &error
         }
     };
-    // That address of a name's several is set aside, as one that refused the connect is: a
-    // pod that takes connections and drops them (killed, or crashing on each) would otherwise
-    // cost every request whose turn starts there a connection and a round trip. A stall in a
-    // share cut short (the time nearly out) is not held against it, as a connect's is not.
-    // Nor is a stall of the route's only address: it is dialed again anyway, and a slow
-    // handshake there may merely be slower than its share.
-    let blamed = !stalled || (!reached.redial && reached.share >= Some(reached.even / 2));
-    if reached.several && blamed {
+    if verdict.set_aside_address {
         let cooldown = leg.timing.cooldown;
         dial::set_aside(backend, reached.addr, cooldown, reached.asked, reason);
     }
-    // Put aside once this request goes to none of its other addresses: one pod of a headless
-    // Service closing is no reason to skip the name, whose next address is tried right after;
-    // but a request given up here (MAX_CLOSED) is a reason.
-    if (!reached.more || !go_on) && blamed {
+    if verdict.put_aside {
         put_aside(leg, backend, reason, reached.began);
     }
-    // A certificate refused would be refused again: its address is not dialed once more; nor
-    // is one whose handshake stalled, which would stall again, unless it is the route's only
-    // address (a cluster IP), whose next connection may reach another pod.
-    let redial = reached.redial && !matches!(error, ProxyError::BackendTls(_));
-    if !redial {
+    if !verdict.redial {
         turns.gone.push(reached.addr);
     }
     turns.gone_error = Some((backend, error));
-    // Its other addresses, unless those left had gone unanswered already (the name has just
-    // been put aside: the next backend, rather than those again); or the route's only
-    // address once more (see `Dialed::redial`).
-    if go_on {
-        turns.again = (reached.more || redial).then_some(backend);
+    if verdict.go_on {
+        turns.again = verdict.again.then_some(backend);
     }
-    go_on
+    verdict.go_on
+}
+
+/// A try that closed before answering, or stalled in its TLS handshake, as [`after_close`]
+/// judges it.
+#[derive(Debug, Clone, Copy)]
+struct Close {
+    /// The TLS handshake stalled in its share (else: closed before a byte of answer).
+    stalled: bool,
+    /// The backend refused wsgate's TLS handshake (its certificate).
+    refused_tls: bool,
+    /// The address may be dialed again (see `Dialed::redial`: the route's only address).
+    redial: bool,
+    /// The address is one of the backend name's several.
+    several: bool,
+    /// The name has another address to try after it.
+    more: bool,
+    /// The try had at least half its even share of the time (its stall is its own).
+    fair_share: bool,
+    /// The request was copied for another try.
+    copied: bool,
+    /// Closes before answering in this request so far, this one not included.
+    closed: usize,
+}
+
+/// What [`after_close`] does about a [`Close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CloseVerdict {
+    /// Counted among the closes that give the request up at [`MAX_CLOSED`].
+    counted: bool,
+    /// The request goes on to another try.
+    go_on: bool,
+    /// The address is set aside for the cool-down (one of a name's several).
+    set_aside_address: bool,
+    /// The backend is put aside (see [`crate::health`]).
+    put_aside: bool,
+    /// The address may be dialed again in this request.
+    redial: bool,
+    /// The next try is this backend again: its other addresses, or its only one once more.
+    again: bool,
+}
+
+impl CloseVerdict {
+    fn of(close: Close) -> CloseVerdict {
+        // The same address dialed again counts every try, its stalls too.
+        let counted = !close.stalled || close.redial;
+        let go_on = close.copied && close.closed + usize::from(counted) < MAX_CLOSED;
+        // A stall in a share cut short (the time nearly out) is not held against it, as a
+        // connect's is not. Nor is a stall of the route's only address: it is dialed again
+        // anyway, and a slow handshake there may merely be slower than its share.
+        let blamed = !close.stalled || (!close.redial && close.fair_share);
+        // A certificate refused would be refused again: its address is not dialed once
+        // more; nor is one whose handshake stalled, which would stall again, unless it is
+        // the route's only address (a cluster IP), whose next connection may reach another
+        // pod.
+        let redial = close.redial && !close.refused_tls;
+        CloseVerdict {
+            counted,
+            go_on,
+            // That address of a name's several is set aside, as one that refused the connect
+            // is: a pod that takes connections and drops them (killed, or crashing on each)
+            // would otherwise cost every request whose turn starts there a connection and a
+            // round trip.
+            set_aside_address: close.several && blamed,
+            // Put aside once this request goes to none of its other addresses: one pod of a
+            // headless Service closing is no reason to skip the name, whose next address is
+            // tried right after; but a request given up here (MAX_CLOSED) is a reason.
+            put_aside: (!close.more || !go_on) && blamed,
+            redial,
+            // Its other addresses, unless those left had gone unanswered already (the name
+            // has just been put aside: the next backend, rather than those again); or the
+            // route's only address once more.
+            again: go_on && (close.more || redial),
+        }
+    }
 }
 
 /// A backend took the connection but did not answer the upgrade within the time (its
@@ -784,6 +849,128 @@ impl AsyncWrite for Heard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a close or a stall before any answer decides, case by case: the intent of
+    /// [`after_close`]'s rules pinned down (review: several flags combine there).
+    #[test]
+    fn a_close_before_any_answer_is_judged_by_its_kind_and_what_is_left() {
+        // A lone backend at one address, not the route's only one: closed before answering.
+        let plain = Close {
+            stalled: false,
+            refused_tls: false,
+            redial: false,
+            several: false,
+            more: false,
+            fair_share: true,
+            copied: true,
+            closed: 0,
+        };
+        let v = |counted, go_on, set_aside_address, put_aside, redial, again| CloseVerdict {
+            counted,
+            go_on,
+            set_aside_address,
+            put_aside,
+            redial,
+            again,
+        };
+        let cases = [
+            // Counted; on to the next backend; put aside; not dialed again.
+            ("close", plain, v(true, true, false, true, false, false)),
+            // One of a name's several, with more: that address set aside, the name tried
+            // again at its next address, and not put aside.
+            (
+                "close of one of several, more left",
+                Close {
+                    several: true,
+                    more: true,
+                    ..plain
+                },
+                v(true, true, true, false, false, true),
+            ),
+            // The last of its addresses: the name put aside too.
+            (
+                "close of the last of several",
+                Close {
+                    several: true,
+                    ..plain
+                },
+                v(true, true, true, true, false, false),
+            ),
+            // The third close gives the request up, and blames the name even with more.
+            (
+                "third close",
+                Close {
+                    several: true,
+                    more: true,
+                    closed: MAX_CLOSED - 1,
+                    ..plain
+                },
+                v(true, false, true, true, false, false),
+            ),
+            // A request not copied cannot go on; the backend is blamed.
+            (
+                "not copied",
+                Close {
+                    copied: false,
+                    ..plain
+                },
+                v(true, false, false, true, false, false),
+            ),
+            // The route's only address: dialed once more, as its next connection may reach
+            // another pod; a close is still blamed.
+            (
+                "close of the only address",
+                Close {
+                    redial: true,
+                    ..plain
+                },
+                v(true, true, false, true, true, true),
+            ),
+            // A TLS stall with its fair share: not counted among the closes, blamed.
+            (
+                "stall",
+                Close {
+                    stalled: true,
+                    ..plain
+                },
+                v(false, true, false, true, false, false),
+            ),
+            // A stall in a share cut short is not the backend's fault.
+            (
+                "stall in a share cut short",
+                Close {
+                    stalled: true,
+                    fair_share: false,
+                    several: true,
+                    ..plain
+                },
+                v(false, true, false, false, false, false),
+            ),
+            // The only address stalling: counted (each redial is), not blamed, dialed again.
+            (
+                "stall of the only address",
+                Close {
+                    stalled: true,
+                    redial: true,
+                    ..plain
+                },
+                v(true, true, false, false, true, true),
+            ),
+            // Its certificate refused: not dialed again, even as the only address.
+            (
+                "TLS refused at the only address",
+                Close {
+                    refused_tls: true,
+                    redial: true,
+                    ..plain
+                },
+                v(true, true, false, true, false, false),
+            ),
+        ];
+        for (what, close, expected) in cases {
+            assert_eq!(CloseVerdict::of(close), expected, "{what}");
+        }
+    }
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
