@@ -55,6 +55,13 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
+    /// Whether this error is written before `other` in the file: by line, then column; one
+    /// at no line (about the file as a whole) before any.
+    pub(super) fn written_before(&self, other: &ConfigError) -> bool {
+        let place = |e: &ConfigError| e.location.as_ref().map(|l| (l.line, l.column));
+        place(self) < place(other)
+    }
+
     /// The TOML parser's (or serde's) error about `src`, the text of the config at `path`,
     /// located: file, line and column, and the dotted key.
     pub(super) fn from_toml(e: &toml::de::Error, src: &str, path: &Path) -> ConfigError {

@@ -301,10 +301,8 @@ impl Config {
         let toml_error = |e: toml::de::Error| ConfigError::from_toml(&e, src, path);
         // Parsed once, for the shape check and then for serde.
         let root = toml::de::DeTable::parse(src).map_err(toml_error)?;
-        // A date-time (which no setting takes) under a misspelt key: the key is the mistake
-        // to name, as it would be under any other value.
         shape::check(root.get_ref(), src, path)
-            .map_err(|refused| unknown_key(&root).map_or(refused, toml_error))?;
+            .map_err(|refused| written_first(&root, refused, src, path))?;
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(toml_error)?;
         let mut config = Validator { src, path }.config(raw)?;
         config.source_hash = source_hash;
@@ -378,16 +376,29 @@ impl Config {
 
 /// serde's "unknown field" for a document holding date-times, read with them as text; `None`
 /// if it has none, or no unknown key.
-fn unknown_key(root: &toml::Spanned<toml::de::DeTable<'_>>) -> Option<toml::de::Error> {
+/// What the shape check `refused`, or serde's first mistake in the document if that is
+/// written before it (an unknown key above a misspelt word, the misspelt key a date-time
+/// sits under): the keys-and-types stage reports the one written first, as every stage
+/// does. Date-times are read as text for this, so that serde reads past them.
+fn written_first(
+    root: &toml::Spanned<toml::de::DeTable<'_>>,
+    refused: ConfigError,
+    src: &str,
+    path: &Path,
+) -> ConfigError {
     let mut as_text = root.clone();
-    if !shape::datetimes_as_text(as_text.get_mut()) {
-        return None;
+    shape::datetimes_as_text(as_text.get_mut());
+    match RawConfig::deserialize(toml::de::Deserializer::from(as_text)) {
+        Err(e) => {
+            let serde = ConfigError::from_toml(&e, src, path);
+            if serde.written_before(&refused) {
+                serde
+            } else {
+                refused
+            }
+        }
+        Ok(_) => refused,
     }
-    let error = RawConfig::deserialize(toml::de::Deserializer::from(as_text)).err()?;
-    error
-        .message()
-        .starts_with("unknown field")
-        .then_some(error)
 }
 
 #[cfg(test)]

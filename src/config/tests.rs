@@ -540,6 +540,38 @@ fn of_several_mistakes_the_one_written_first_is_reported() {
             "[timeouts]\nidle = \"5x\"\nconnect = \"5y\"\n",
             ":7:8: timeouts.idle:",
         ),
+        // Within a route, whatever order its keys are checked in (the host before the
+        // backends, the name before all).
+        (
+            "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"app\"]\nhost = \"a.com:443\"\n",
+            ":9:13: route[0].backends[0]:",
+        ),
+        (
+            "[[route]]\npath = \"ws\"\nname = \"a b\"\nbackends = [\"127.0.0.1:1\"]\n",
+            ":7:8: route[0].path:",
+        ),
+        (
+            "[[route]]\nidle = \"0s\"\nname = \"a\"\npath = \"/x y\"\nbackends = [\"127.0.0.1:1\"]\n",
+            ":7:8: route[0].idle:",
+        ),
+        // An unknown key above a word misspelt, and the other way round.
+        (
+            "[reload]\nbogus = 1\nwatch = \"Poll\"\n",
+            ":7:1: reload.bogus: unknown field",
+        ),
+        (
+            "[reload]\nwatch = \"Poll\"\nbogus = 1\n",
+            ":7:9: reload.watch:",
+        ),
+        // Settings that need tls.client_ca, in file order (still in HEAD's [tls]).
+        (
+            "client_crl = \"c.pem\"\nclient_auth = \"optional\"\n",
+            ":6:14: tls.client_crl:",
+        ),
+        (
+            "recheck_tunnels = true\nclient_auth = \"optional\"\n",
+            ":6:19: tls.recheck_tunnels:",
+        ),
     ];
     for (body, expected) in cases {
         let message = error(body);

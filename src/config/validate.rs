@@ -44,9 +44,7 @@ impl Earliest {
         match result {
             Ok(value) => Some(value),
             Err(e) => {
-                let place = |e: &ConfigError| e.location.as_ref().map(|l| (l.line, l.column));
-                // An error at no line (about the file as a whole) comes first.
-                if self.0.as_ref().is_none_or(|kept| place(&e) < place(kept)) {
+                if self.0.as_ref().is_none_or(|kept| e.written_before(kept)) {
                     self.0 = Some(e);
                 }
                 None
@@ -323,25 +321,32 @@ impl Checker<'_> {
         routes: &[RawRoute],
     ) -> Result<Option<ClientAuthConfig>, ConfigError> {
         let Some(ca) = &tls.client_ca else {
+            // Every setting that needs it, the one written first reported.
             let needs = "needs tls.client_ca, the CA file client certificates are checked against";
+            let mut first = Earliest::default();
+            let mut refuse = |span: Range<usize>, key: &str| {
+                first.keep::<()>(Err(self.error(&span, key, needs)));
+            };
             if let Some(mode) = &tls.client_auth {
-                return Err(self.error(&mode.span(), "tls.client_auth", needs));
+                refuse(mode.span(), "tls.client_auth");
             }
             if let Some(crl) = &tls.client_crl {
-                return Err(self.error(&crl.span(), "tls.client_crl", needs));
+                refuse(crl.span(), "tls.client_crl");
             }
             if let Some(recheck) = tls.recheck_tunnels.as_ref().filter(|r| *r.get_ref()) {
-                return Err(self.error(&recheck.span(), "tls.recheck_tunnels", needs));
+                refuse(recheck.span(), "tls.recheck_tunnels");
             }
-            let required = (routes.iter().enumerate()).find_map(|(i, route)| {
-                let flag = route.require_client_certificate.as_ref()?;
-                flag.get_ref().then_some((i, flag.span()))
-            });
-            return match required {
-                Some((i, span)) => {
-                    let key = format!("route[{i}].require_client_certificate");
-                    Err(self.error(&span, &key, needs))
+            for (i, route) in routes.iter().enumerate() {
+                let flag = route.require_client_certificate.as_ref();
+                if let Some(flag) = flag.filter(|flag| *flag.get_ref()) {
+                    refuse(
+                        flag.span(),
+                        &format!("route[{i}].require_client_certificate"),
+                    );
                 }
+            }
+            return match first.0 {
+                Some(error) => Err(error),
                 None => Ok(None),
             };
         };
@@ -518,16 +523,26 @@ impl Checker<'_> {
         for (i, route) in raw.iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
             let name = route.name.get_ref().as_str();
-            route_name(name).map_err(|m| self.error(&route.name.span(), &key("name"), m))?;
-            if let Some(first) = first_seen.insert(name, route.name.span()) {
-                let first = self.locate(&first, "").line;
-                return Err(self.error(
-                    &route.name.span(),
-                    &key("name"),
-                    format!("duplicate route name {name:?} (first at line {first})"),
-                ));
-            }
-            out.push(Arc::new(self.route(i, name, route)?));
+            let named = route_name(name)
+                .map_err(|m| self.error(&route.name.span(), &key("name"), m))
+                .and_then(|()| match first_seen.insert(name, route.name.span()) {
+                    Some(first) => Err(self.error(
+                        &route.name.span(),
+                        &key("name"),
+                        format!(
+                            "duplicate route name {name:?} (first at line {})",
+                            self.locate(&first, "").line
+                        ),
+                    )),
+                    None => Ok(()),
+                });
+            // The name need not be the route's first key: the mistake written first wins.
+            let mut first = Earliest::default();
+            let named = first.keep(named);
+            let (Some(()), Some(checked)) = (named, first.keep(self.route(i, name, route))) else {
+                return Err(first.error(self.path));
+            };
+            out.push(Arc::new(checked));
             self.default_ports(i, route, &out[i], warnings);
             self.listed_twice(i, route, &out[i], warnings);
             let this = &out[i];
@@ -629,32 +644,71 @@ impl Checker<'_> {
         }
     }
 
-    /// One route's rules checked, `name` already (`route[i]`).
+    /// One route's rules checked, `name` already (`route[i]`). Of several mistakes, the one
+    /// written first is reported, whatever order its keys are in.
     fn route(&self, i: usize, name: &str, route: &RawRoute) -> Result<RouteConfig, ConfigError> {
         let key = |field: &str| format!("route[{i}].{field}");
-        let host = (route.host.as_ref())
-            .map(|h| host_pattern(h.get_ref()).map_err(|m| self.error(&h.span(), &key("host"), m)))
-            .transpose()?;
-        Ok(RouteConfig {
+        let mut first = Earliest::default();
+        let host = first.keep(
+            (route.host.as_ref())
+                .map(|h| {
+                    host_pattern(h.get_ref()).map_err(|m| self.error(&h.span(), &key("host"), m))
+                })
+                .transpose(),
+        );
+        let path = first.keep(
+            route_path(route.path.get_ref())
+                .map_err(|m| self.error(&route.path.span(), &key("path"), m)),
+        );
+        let subprotocols =
+            first.keep(self.list(&route.subprotocols, Field(i, "subprotocols"), subprotocol));
+        let origins = first.keep(self.list(&route.origins, Field(i, "origins"), origin));
+        let backends = first.keep(self.backends(&route.backends, Field(i, "backends")));
+        let idle = first.keep(
+            (route.idle.as_ref())
+                .map(|d| self.timeout(d, &key("idle")))
+                .transpose(),
+        );
+        let backend_tls = first.keep(
+            (route.backend_tls.as_ref())
+                .map(|tls| self.backend_tls(tls, &key("backend_tls")))
+                .transpose(),
+        );
+        let (
+            Some(host),
+            Some(path),
+            Some(subprotocols),
+            Some(origins),
+            Some(backends),
+            Some(idle),
+            Some(backend_tls),
+        ) = (
+            host,
+            path,
+            subprotocols,
+            origins,
+            backends,
+            idle,
+            backend_tls,
+        )
+        else {
+            return Err(first.error(self.path));
+        };
+        let config = RouteConfig {
             name: name.to_string(),
             host,
             host_location: (route.host.as_ref()).map(|h| self.locate(&h.span(), &key("host"))),
-            path: route_path(route.path.get_ref())
-                .map_err(|m| self.error(&route.path.span(), &key("path"), m))?,
-            subprotocols: self.list(&route.subprotocols, Field(i, "subprotocols"), subprotocol)?,
-            origins: self.list(&route.origins, Field(i, "origins"), origin)?,
-            backends: self.backends(&route.backends, Field(i, "backends"))?,
+            path,
+            subprotocols,
+            origins,
+            backends,
             balance: (route.balance.as_ref()).map_or_else(Balance::default, |b| *b.get_ref()),
-            idle: (route.idle.as_ref())
-                .map(|d| self.timeout(d, &key("idle")))
-                .transpose()?,
-            backend_tls: (route.backend_tls.as_ref())
-                .map(|tls| self.backend_tls(tls, &key("backend_tls")))
-                .transpose()?,
+            idle,
+            backend_tls,
             require_client_certificate: (route.require_client_certificate.as_ref())
                 .is_some_and(|flag| *flag.get_ref()),
-        })
-        .and_then(|config| self.named_for_tls(i, route, config))
+        };
+        self.named_for_tls(i, route, config)
     }
 
     /// A route with `backend_tls` but no `server_name` checks each backend's certificate for
