@@ -259,6 +259,96 @@ async fn a_target_that_stalls_partway_fails_a_steady_run() {
     }
 }
 
+/// One tunnel stalls while the other echoes on: the total never goes quiet, and the run fails
+/// on that tunnel (a proxy that wedged some of its tunnels is not measured working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_that_stalls_while_the_others_echo_fails_the_run() {
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = upgrading(move |mut tcp| {
+        // The probe is the first connection; the run's first stops echoing 300 ms in.
+        let nth = accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let quiet_from =
+            (nth == 1).then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(300));
+        async move {
+            while let Ok((opcode, payload)) = read_client_frame(&mut tcp).await {
+                let echoing = quiet_from.is_none_or(|t| tokio::time::Instant::now() < t);
+                if echoing && tcp.write_all(&self_frame(opcode, &payload)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let url = format!("ws://{addr}/");
+    let args = [
+        "throughput",
+        &url,
+        "-c",
+        "2",
+        "-d",
+        "2s",
+        "--warmup",
+        "50ms",
+        "--json",
+    ];
+    let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("connection 1 of 2 had nothing come back"),
+        "{}",
+        stderr(&out)
+    );
+    let report = report(&out);
+    let tunnel = report["longest_connection_quiet_s"].as_f64().unwrap();
+    let any = report["longest_quiet_s"].as_f64().unwrap();
+    assert!(tunnel > 1.0 && any < 1.0, "{tunnel} {any}");
+}
+
+/// A target that stops answering upgrades for most of a handshake run: not averaged into a
+/// rate, but a failed run, as a stall of the steady runs is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stalls_partway_fails_a_handshake_run() {
+    use std::time::Duration;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // From the probe (the first connection) on: answered at once, except those arriving
+        // from 0.4 s to 2.4 s after it, held until then.
+        let mut first = None;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let start = *first.get_or_insert_with(tokio::time::Instant::now);
+            tokio::spawn(async move {
+                let since = start.elapsed();
+                if since > Duration::from_millis(400) && since < Duration::from_millis(2400) {
+                    tokio::time::sleep_until(start + Duration::from_millis(2400)).await;
+                }
+                let _ = wsgate_bench::server::serve_conn(tcp).await;
+            });
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let args = [
+        "handshake",
+        &url,
+        "-c",
+        "2",
+        "-d",
+        "3s",
+        "--warmup",
+        "50ms",
+        "--json",
+    ];
+    let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the target stalled"),
+        "{}",
+        stderr(&out)
+    );
+    let quiet = report(&out)["longest_quiet_s"].as_f64().unwrap();
+    assert!(quiet > 1.0, "{quiet}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_dies_during_a_steady_run_fails_the_run() {
     // Upgrades, then drops every connection 300 ms later.

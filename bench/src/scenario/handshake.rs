@@ -15,7 +15,9 @@
 //! fail below HTTP (refused, reset, TLS failure, timeout) are counted apart in
 //! `connection_errors` too; above
 //! [`MAX_BROKEN_PCT`] % of the attempts they fail the run (after its report): the target died
-//! or broke, and the figures would measure that.
+//! or broke, and the figures would measure that. So does a stall: no attempt answered (an
+//! upgrade, or a refusal) for over a second and a quarter of the window (`longest_quiet_s`),
+//! whose handshakes/s would be an average over work and silence.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,7 @@ use anyhow::Result;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
+use super::quiet::{self, Clock, Quiet};
 use super::{
     join_with_grace, measure_window, probe, target_url, Errors, Phase, MEASURE, STOP, WARMUP,
 };
@@ -39,7 +42,7 @@ use crate::ws;
 pub const MAX_BROKEN_PCT: u64 = 1;
 
 /// What the workers count.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Counts {
     /// Upgrades completed, warm-up included.
     done: AtomicU64,
@@ -55,6 +58,9 @@ struct Counts {
     times: Mutex<Option<Histogram<u64>>>,
     /// Handshakes begun in the measured window and not over yet.
     under_way: AtomicU64,
+    /// Time with no attempt answered (an upgrade or a refusal: the target at work).
+    quiet: Quiet,
+    clock: Clock,
 }
 
 /// How long past the window the handshakes begun in it are waited for.
@@ -72,10 +78,12 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
         workers.spawn(worker(target.clone(), phase.clone(), counts.clone()));
     }
 
-    let (window, first, last) = measure_window(&phase, &args.client.pids, &args.measure, || {
-        counts.done.load(Ordering::Relaxed)
-    })
-    .await?;
+    let (window, (first, _), (last, quiet_ns)) =
+        measure_window(&phase, &args.client.pids, &args.measure, || {
+            let quiet = counts.quiet.longest(counts.clock.now_ns());
+            (counts.done.load(Ordering::Relaxed), quiet)
+        })
+        .await?;
     let handshakes = last - first;
     // Each worker returns once the handshake it had under way at the window's end is over.
     join_with_grace(&mut workers, GRACE).await;
@@ -97,10 +105,21 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
             unfinished,
             "still under way past the window and grace",
         )
-        .cpu(&window, handshakes as f64, "handshake");
+        .cpu(&window, handshakes as f64, "handshake")
+        .num(
+            "longest_quiet_s",
+            Duration::from_nanos(quiet_ns).as_secs_f64(),
+            "s with no attempt answered",
+        );
     // Refusals are answers, measured as such (see above); no answer at all is a failure.
     if handshakes == 0 && counts.errors.count() == 0 {
         r.fail("no handshake completed in the measured window: the target did not answer in time");
+    } else if let Some(quiet) = quiet::stall(quiet_ns, window.secs) {
+        r.fail(format!(
+            "no attempt was answered for {quiet:.1} s of the {:.1} s measured window: the \
+             target stalled, so handshakes/s is an average over work and silence",
+            window.secs
+        ));
     }
     counts.errors.report(&mut r);
     r.int(
@@ -159,6 +178,10 @@ async fn worker(target: Arc<Target>, phase: Arc<Phase>, counts: Arc<Counts>) {
                     stats::record(hist, took);
                 }
                 counts.done.fetch_add(1, Ordering::Relaxed);
+                // Heard in the window it ends in, as it is counted.
+                counts
+                    .quiet
+                    .heard(counts.clock.now_ns(), phase.get() == MEASURE);
                 conn.close_now().await;
             }
             Err(e) => {
@@ -179,7 +202,9 @@ impl Counts {
             }
             MEASURE => {
                 self.errors.add(e);
-                if !ws::is_answered(e) {
+                if ws::is_answered(e) {
+                    self.quiet.heard(self.clock.now_ns(), true);
+                } else {
                     self.broken.add(e);
                 }
             }

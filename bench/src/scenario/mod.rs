@@ -4,6 +4,7 @@
 pub mod handshake;
 pub mod idle;
 pub mod latency;
+mod quiet;
 pub mod throughput;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -4,11 +4,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tokio::task::JoinSet;
 
+use super::quiet::{self, Clock, Quiet};
 use super::{join_with_grace, measure_window, open_many, target_url, Errors, Phase, MEASURE, STOP};
 use crate::cli::{BulkArgs, ClientArgs, MeasureArgs, ThroughputArgs};
 use crate::procstat::CpuWindow;
@@ -19,15 +20,12 @@ use crate::ws::{Message, WsConn};
 struct Counters {
     recv_msgs: AtomicU64,
     recv_bytes: AtomicU64,
-    /// What the two below count from.
-    clock: Instant,
-    /// When bytes last came back, in ns from `clock`.
-    last_echo_ns: AtomicU64,
-    /// The longest time in the measured window with nothing coming back, up to the last echo.
-    longest_quiet_ns: AtomicU64,
-    /// When the measured window opened (the first snapshot), in ns from `clock`; `u64::MAX`
-    /// before. A quiet that began in the warm-up counts from here, not from its start.
-    window_ns: AtomicU64,
+    clock: Clock,
+    /// Nothing echoed on any connection.
+    any: Quiet,
+    /// Nothing echoed on each connection: one tunnel stalled while the others went on is a
+    /// target that does not work, however steady the total looks.
+    each: Vec<Quiet>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,94 +34,74 @@ struct Snapshot {
     recv_bytes: u64,
     /// The longest quiet so far, the one still going on included.
     quiet_ns: u64,
+    /// The longest quiet so far on one connection, and which.
+    conn_quiet: (u64, usize),
 }
 
 impl Counters {
-    fn new() -> Counters {
+    fn new(connections: usize) -> Counters {
         Counters {
             recv_msgs: AtomicU64::new(0),
             recv_bytes: AtomicU64::new(0),
-            clock: Instant::now(),
-            last_echo_ns: AtomicU64::new(0),
-            longest_quiet_ns: AtomicU64::new(0),
-            window_ns: AtomicU64::new(u64::MAX),
+            clock: Clock::new(),
+            any: Quiet::default(),
+            each: (0..connections).map(|_| Quiet::default()).collect(),
         }
     }
 
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Bytes came back: the quiet before them ends (counted if in the measured window).
-    fn echoed(&self, measured: bool) {
-        self.echoed_at(self.now_ns(), measured);
-    }
-
-    fn echoed_at(&self, now: u64, measured: bool) {
-        // The latest wins: a thread storing an older time after a newer one would lengthen
-        // the next gap.
-        let before = self.last_echo_ns.fetch_max(now, Ordering::Relaxed);
-        if measured {
-            let gap = now.saturating_sub(self.quiet_from(before));
-            (self.longest_quiet_ns).fetch_max(gap, Ordering::Relaxed);
-        }
-    }
-
-    /// Where a quiet since the echo at `before` counts from: the window's opening if it began
-    /// earlier (an echo between the phase's change and the first snapshot counts nothing, as
-    /// the window is not open yet).
-    fn quiet_from(&self, before: u64) -> u64 {
-        match self.window_ns.load(Ordering::Relaxed) {
-            u64::MAX => u64::MAX,
-            opened => before.max(opened),
+    /// Bytes came back on connection `conn`: the quiets before them end (counted if in the
+    /// measured window).
+    fn echoed(&self, conn: usize, measured: bool) {
+        let now = self.clock.now_ns();
+        self.any.heard(now, measured);
+        if let Some(quiet) = self.each.get(conn) {
+            quiet.heard(now, measured);
         }
     }
 
     /// The counts now; the first call opens the measured window.
     fn snapshot(&self) -> Snapshot {
-        self.snapshot_at(self.now_ns())
-    }
-
-    fn snapshot_at(&self, now: u64) -> Snapshot {
-        self.window_ns.fetch_min(now, Ordering::Relaxed);
-        let still_quiet =
-            now.saturating_sub(self.quiet_from(self.last_echo_ns.load(Ordering::Relaxed)));
+        let now = self.clock.now_ns();
+        let conn_quiet = (self.each.iter().enumerate())
+            .map(|(i, quiet)| (quiet.longest(now), i))
+            .max()
+            .unwrap_or_default();
         Snapshot {
             recv_msgs: self.recv_msgs.load(Ordering::Relaxed),
             recv_bytes: self.recv_bytes.load(Ordering::Relaxed),
-            quiet_ns: self
-                .longest_quiet_ns
-                .load(Ordering::Relaxed)
-                .max(still_quiet),
+            quiet_ns: self.any.longest(now),
+            conn_quiet,
         }
     }
 }
 
 impl Snapshot {
-    /// The counts from `earlier` to this one; the longest quiet of the window ending here.
+    /// The counts from `earlier` to this one; the longest quiets of the window ending here.
     fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
             recv_msgs: self.recv_msgs - earlier.recv_msgs,
             recv_bytes: self.recv_bytes - earlier.recv_bytes,
-            quiet_ns: self.quiet_ns,
+            ..*self
         }
     }
 }
 
-/// A measured window with a quiet this long, and longer than a quarter of the window, did
-/// not measure the target's rate: it stopped answering for much of it, and the figures are
-/// an average over work and silence.
-const STALL: Duration = Duration::from_secs(1);
-
-/// Why the figures do not measure the target, if it went quiet for `quiet_ns` of a window of
-/// `secs`.
-fn stalled(quiet_ns: u64, secs: f64) -> Option<String> {
-    let quiet = Duration::from_nanos(quiet_ns);
-    (quiet > STALL && quiet.as_secs_f64() > secs / 4.0).then(|| {
+/// Why the figures do not measure the target, if it went quiet for too long of a window of
+/// `secs` (see [`quiet::stall`]): all of it, or one of `connections`.
+fn stalled(delta: &Snapshot, secs: f64, connections: u32) -> Option<String> {
+    if let Some(quiet) = quiet::stall(delta.quiet_ns, secs) {
+        return Some(format!(
+            "nothing came back for {quiet:.1} s of the {secs:.1} s measured window: the target \
+             stalled, so the rate is an average over work and silence"
+        ));
+    }
+    let (conn_quiet, conn) = delta.conn_quiet;
+    quiet::stall(conn_quiet, secs).map(|quiet| {
         format!(
-            "nothing came back for {:.1} s of the {secs:.1} s measured window: the target \
-             stalled, so the rate is an average over work and silence",
-            quiet.as_secs_f64()
+            "connection {} of {connections} had nothing come back for {quiet:.1} s of the \
+             {secs:.1} s measured window while the others did: a tunnel stalled, so the \
+             figures are not those of a working target",
+            conn + 1
         )
     })
 }
@@ -148,13 +126,13 @@ async fn pump(
     let conns = open_many(&target, connections, 64, read_buffer(size)).await?;
     let phase = Arc::new(Phase::default());
     let errors = Arc::new(Errors::default());
-    let counters = Arc::new(Counters::new());
+    let counters = Arc::new(Counters::new(conns.len()));
     let message = Arc::new(Message::binary(size));
 
     let mut tasks = JoinSet::new();
-    for conn in conns {
+    for (i, conn) in conns.into_iter().enumerate() {
         tasks.spawn(keep_window_full(
-            conn,
+            (i, conn),
             window,
             message.clone(),
             phase.clone(),
@@ -209,7 +187,7 @@ fn read_buffer(size: usize) -> usize {
 /// twice, or sending messages of its own, would otherwise have its extra messages replaced
 /// and counted as echoes (bulk's MB/s doubled).
 async fn keep_window_full(
-    mut conn: WsConn,
+    (index, mut conn): (usize, WsConn),
     window: u32,
     message: Arc<Message>,
     phase: Arc<Phase>,
@@ -222,7 +200,7 @@ async fn keep_window_full(
     while phase.get() != STOP {
         match conn.recv().await {
             Ok((got, _)) => {
-                counters.echoed(phase.get() == MEASURE);
+                counters.echoed(index, phase.get() == MEASURE);
                 counters
                     .recv_msgs
                     .fetch_add(got.messages, Ordering::Relaxed);
@@ -266,11 +244,16 @@ pub async fn run(args: &ThroughputArgs) -> Result<Report> {
             "MB/s each way",
         )
         .cpu(&p.window, p.delta.recv_msgs as f64, "msg")
-        .num("longest_quiet_s", quiet_secs(&p), "s with nothing echoed");
+        .num("longest_quiet_s", quiet_secs(&p), "s with nothing echoed")
+        .num(
+            "longest_connection_quiet_s",
+            Duration::from_nanos(p.delta.conn_quiet.0).as_secs_f64(),
+            "s with nothing echoed on one connection",
+        );
     p.errors.report(&mut r);
     if p.delta.recv_msgs == 0 {
         r.fail(nothing_echoed("no echoed message", p.window.secs));
-    } else if let Some(why) = stalled(p.delta.quiet_ns, secs) {
+    } else if let Some(why) = stalled(&p.delta, secs, args.connections) {
         r.fail(why);
     }
     Ok(r)
@@ -297,7 +280,7 @@ pub async fn run_bulk(args: &BulkArgs) -> Result<Report> {
     // Bytes, not messages: a message too large to end within the window still measures MB/s.
     if p.delta.recv_bytes == 0 {
         r.fail(nothing_echoed("not one echoed byte", p.window.secs));
-    } else if let Some(why) = stalled(p.delta.quiet_ns, secs) {
+    } else if let Some(why) = stalled(&p.delta, secs, 1) {
         r.fail(why);
     }
     Ok(r)
@@ -320,51 +303,35 @@ fn nothing_echoed(nothing: &str, secs: f64) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_quiet_over_a_second_and_a_quarter_of_the_window_is_a_stall() {
-        let ns = |secs: f64| (secs * 1e9) as u64;
-        assert!(stalled(ns(1.4), 2.0).is_some());
-        assert!(
-            stalled(ns(0.9), 2.0).is_none(),
-            "a second at most: a hiccup"
-        );
-        assert!(
-            stalled(ns(1.2), 10.0).is_none(),
-            "a small part of a long window"
-        );
-        assert!(stalled(ns(3.0), 10.0).is_some());
-    }
-
     const S: u64 = 1_000_000_000;
 
     #[test]
-    fn a_quiet_begun_in_the_warm_up_counts_from_the_window_opening() {
-        let c = Counters::new();
-        c.echoed_at(S, false);
-        let first = c.snapshot_at(3 * S);
-        c.echoed_at(4 * S, true);
-        let last = c.snapshot_at(4 * S + S / 2);
-        assert_eq!(
-            last.since(&first).quiet_ns,
-            S,
-            "3 s quiet, 1 s of it measured"
+    fn one_connection_stalled_while_the_others_went_on_fails_the_run() {
+        let c = Counters::new(3);
+        c.snapshot();
+        // Connections 0 and 2 echo all along; connection 1 once, at the start.
+        c.each[1].heard(S / 10, true);
+        for quiet in [&c.any, &c.each[0], &c.each[2]] {
+            for t in 1..=20 {
+                quiet.heard(t * S / 4, true);
+            }
+        }
+        let last = c.each.iter().map(|q| q.longest(5 * S)).collect::<Vec<_>>();
+        assert!(last[1] > 4 * S && last[0] <= S / 4, "{last:?}");
+        let delta = Snapshot {
+            quiet_ns: c.any.longest(5 * S),
+            conn_quiet: (last[1], 1),
+            ..Snapshot::default()
+        };
+        let why = stalled(&delta, 5.0, 3).expect("a stalled tunnel");
+        assert!(
+            why.starts_with("connection 2 of 3 had nothing come back"),
+            "{why}"
         );
-        // Still quiet at the window's end: also counted from the opening.
-        let c = Counters::new();
-        c.echoed_at(S, false);
-        let first = c.snapshot_at(2 * S);
-        let last = c.snapshot_at(5 * S);
-        assert_eq!(last.since(&first).quiet_ns, 3 * S);
-    }
-
-    #[test]
-    fn a_quiet_inside_the_window_counts_whole() {
-        let c = Counters::new();
-        c.echoed_at(S, false);
-        let first = c.snapshot_at(S + 1);
-        c.echoed_at(2 * S, true);
-        c.echoed_at(5 * S, true);
-        let last = c.snapshot_at(5 * S + 10);
-        assert_eq!(last.since(&first).quiet_ns, 3 * S);
+        let fine = Snapshot {
+            conn_quiet: (S / 2, 1),
+            ..delta
+        };
+        assert_eq!(stalled(&fine, 5.0, 3), None);
     }
 }
