@@ -2,8 +2,10 @@
 //! unmasks each client frame straight into the write buffer as a server frame (same opcode, same
 //! FIN bit), so fragmented messages come back fragmented alike and no message is assembled.
 //! Pings are answered with pongs, a close frame is answered with the same close and ends the
-//! connection. A client that breaks the protocol (an unmasked or reserved frame, a bad control
-//! frame, a close with a code no endpoint may send) gets a close with 1002, or 1007 for a
+//! connection. A client that breaks the protocol (an unmasked or reserved frame, reserved bits
+//! set with no extension agreed, a continuation with no message begun or a new message inside
+//! a fragmented one, a length over 2^63, a bad control frame, a close with a code no endpoint
+//! may send) gets a close with 1002, or 1007 for a
 //! close reason that is not UTF-8 (RFC 6455 §7.4.1), before the connection is dropped, so a
 //! proxy's test against this backend sees the answer a conforming server gives.
 
@@ -162,6 +164,8 @@ pub struct Echoer {
     mask: [u8; 4],
     /// Offset into the current frame's payload (mask phase).
     offset: usize,
+    /// A fragmented message is under way: its first frame came without FIN.
+    in_message: bool,
 }
 
 impl Echoer {
@@ -179,6 +183,7 @@ impl Echoer {
             };
             match head.opcode() {
                 OP_CONT | OP_TEXT | OP_BINARY => {
+                    self.in_message = self.next_in_message(head)?;
                     push_header(out, head.b0, head.len);
                     pos += head.hdr;
                     self.remaining = head.len;
@@ -192,6 +197,20 @@ impl Echoer {
                 },
                 _ => return Err(Violation::protocol("reserved opcode")),
             }
+        }
+    }
+
+    /// Whether a fragmented message is under way after the data frame `head` (RFC 6455 §5.4:
+    /// a continuation only inside a message, a new message only outside one).
+    fn next_in_message(&self, head: ClientHead) -> Result<bool, Violation> {
+        match (head.opcode(), self.in_message) {
+            (OP_CONT, false) => Err(Violation::protocol(
+                "continuation frame with no message begun",
+            )),
+            (OP_TEXT | OP_BINARY, true) => {
+                Err(Violation::protocol("new message inside a fragmented one"))
+            }
+            _ => Ok(head.b0 & 0x80 == 0),
         }
     }
 
@@ -232,9 +251,19 @@ impl ClientHead {
         if rest[1] & 0x80 == 0 {
             return Err(Violation::protocol("client frame without mask"));
         }
+        // No extension is agreed (the handshake answers none), so none may use them.
+        if rest[0] & 0x70 != 0 {
+            return Err(Violation::protocol(
+                "reserved bits set, no extension agreed",
+            ));
+        }
         let Some((len, hdr)) = payload_len(rest) else {
             return Ok(None);
         };
+        // RFC 6455 §5.2: the 64-bit length's most significant bit must be 0.
+        if len > i64::MAX as u64 {
+            return Err(Violation::protocol("payload length over 2^63"));
+        }
         let Some(key) = rest.get(hdr..hdr + 4) else {
             return Ok(None);
         };
@@ -529,6 +558,38 @@ mod tests {
         assert_eq!(got[head_end..], [0x88, 2, 0x03, 0xEA]);
         let err = served.await.unwrap().unwrap_err();
         assert_eq!(err.downcast_ref::<Violation>().map(|v| v.code), Some(1002));
+    }
+
+    #[test]
+    fn fragments_out_of_place_reserved_bits_and_huge_lengths_are_protocol_errors() {
+        let frame = |b0: u8, payload: &[u8]| {
+            let mut f = masked_frame(b0 & 0x0F, payload, [1, 2, 3, 4]);
+            f[0] = b0;
+            f
+        };
+        let fed = |frames: &[Vec<u8>]| {
+            let mut out = Vec::new();
+            Echoer::default()
+                .feed(&frames.concat(), &mut out)
+                .map(|_| out)
+                .map_err(|v| v.code)
+        };
+        // A fragmented message, a ping inside it: echoed alike.
+        let fragmented = [frame(0x01, b"a"), frame(0x89, b""), frame(0x80, b"b")];
+        let echoed = fed(&fragmented).expect("a fragmented message");
+        assert_eq!(echoed, [0x01, 1, b'a', 0x8A, 0, 0x80, 1, b'b']);
+        assert_eq!(fed(&[frame(0x80, b"x")]), Err(1002), "no message begun");
+        assert_eq!(
+            fed(&[frame(0x01, b"a"), frame(0x82, b"b")]),
+            Err(1002),
+            "a new message inside one"
+        );
+        assert_eq!(fed(&[frame(0xC1, b"x")]), Err(1002), "RSV1");
+        assert_eq!(fed(&[frame(0x92, b"x")]), Err(1002), "RSV3");
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend((1u64 << 63).to_be_bytes());
+        huge.extend([0; 4]);
+        assert_eq!(fed(&[huge]), Err(1002), "length with its top bit set");
     }
 
     #[test]
