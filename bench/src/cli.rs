@@ -190,7 +190,7 @@ impl Command {
 #[derive(Debug, Clone, Args)]
 pub struct MeasureArgs {
     /// Measured window (e.g. 10s, 500ms).
-    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_window)]
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_measured)]
     pub duration: Duration,
     /// Warm-up before the measured window (not counted).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -324,6 +324,23 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The shortest measured window: below it a rate is of a handful of operations and the
+/// timers' granularity, and the proxy's CPU (counted by /proc in 10 ms ticks) is one tick
+/// or none.
+pub const MIN_WINDOW: Duration = Duration::from_millis(100);
+
+/// A measured window: at least [`MIN_WINDOW`].
+pub fn parse_measured(s: &str) -> Result<Duration, String> {
+    match parse_window(s)? {
+        d if d < MIN_WINDOW => Err(format!(
+            "{s:?} is too short to measure: at least {}ms (a rate over less is of a handful \
+             of operations, and /proc counts the proxy's CPU in 10 ms ticks)",
+            MIN_WINDOW.as_millis()
+        )),
+        d => Ok(d),
+    }
+}
+
 /// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`, `250us`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -378,6 +395,13 @@ mod tests {
         }
         assert_eq!(parse_duration("720h").unwrap(), MAX_DURATION);
         assert_eq!(parse_window("2s").unwrap(), Duration::from_secs(2));
+        for short in ["1us", "0.001s", "99ms"] {
+            assert!(parse_measured(short).is_err(), "{short:?} accepted");
+        }
+        assert_eq!(parse_measured("100ms").unwrap(), MIN_WINDOW);
+        assert!(parse_measured("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
     }
 
     #[test]

@@ -32,6 +32,12 @@ struct Row {
     unit: &'static str,
 }
 
+/// /proc's unit of CPU time (USER_HZ = 100).
+const TICK_US: u64 = 10_000;
+
+/// Proxy CPU below this many µs (50 ticks) is coarse: a tick is over 2 % of it.
+const COARSE_CPU_US: u64 = 50 * TICK_US;
+
 impl Report {
     pub fn new(scenario: &'static str, target: &str) -> Report {
         Report {
@@ -98,6 +104,8 @@ impl Report {
 
     /// Adds proxy and tool CPU for `ops` operations over the window.
     /// `ops` may be fractional (megabytes moved, say).
+    /// The proxy's CPU time in the window, with figures per `op` over `ops` operations; a
+    /// note on stderr when that time is a few of /proc's ticks (the figures are that coarse).
     pub fn cpu(&mut self, window: &CpuWindow, ops: f64, op: &str) -> &mut Self {
         let per = |us: u64| {
             if ops > 0.0 {
@@ -114,12 +122,24 @@ impl Report {
         // proxy's: the PID of a wrapper (a shell, `taskset`, a container runtime) rather than
         // of the process doing the work.
         if window.proxy_us == Some(0) && (ops >= 1000.0 || window.tool_us >= 100_000) {
+            let counted = match op {
+                "mb" => format!("{ops:.0} MB"),
+                _ => format!("{ops:.0} {op}s"),
+            };
             self.fail(format!(
-                "the process given with --pid used no CPU over {ops:.0} {op}s: is it the proxy itself, not a wrapper that started it?"
+                "the process given with --pid used no CPU over {counted}: is it the proxy itself, not a wrapper that started it?"
+            ));
+        }
+        if let Some(proxy) = window.proxy_us.filter(|us| (1..COARSE_CPU_US).contains(us)) {
+            let ticks = proxy / TICK_US;
+            crate::scenario::say(format_args!(
+                "note: the proxy's CPU in the window is {ticks} ticks of 10 ms (/proc's unit): \
+                 figures per {op} are ±{:.0} %; a longer --duration steadies them",
+                100.0 / ticks.max(1) as f64
             ));
         }
         if let Some(proxy) = window.proxy_us {
-            self.int("proxy_cpu_us", proxy, "µs")
+            self.int("proxy_cpu_us", proxy, "µs, in 10 ms ticks")
                 .num(&format!("proxy_cpu_us_per_{op}"), per(proxy), "µs")
                 .num(
                     "proxy_cpu_pct",
@@ -257,7 +277,7 @@ mod tests {
             r.cpu(&w, 354.0, "mb");
             r.failure().map(str::to_string)
         };
-        assert!(bulk(busy_tool).is_some_and(|why| why.contains("used no CPU over 354 mbs")));
+        assert!(bulk(busy_tool).is_some_and(|why| why.contains("used no CPU over 354 MB:")));
         let verdict = |w: CpuWindow, ops: f64| {
             let mut r = Report::new("throughput", "ws://127.0.0.1:9001/");
             r.cpu(&w, ops, "msg");

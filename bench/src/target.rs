@@ -146,6 +146,8 @@ pub struct Target {
     pub url: Url,
     pub addr: SocketAddr,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// TLS as rustls's defaults, not the comparison's one suite and group (`--tls-defaults`).
+    tls_defaults: bool,
     /// How long one connection may take to become a WebSocket.
     pub open_timeout: std::time::Duration,
 }
@@ -188,6 +190,7 @@ impl Target {
             url,
             addr,
             tls,
+            tls_defaults: args.tls_defaults,
             open_timeout: args.open_timeout,
         })
     }
@@ -210,7 +213,7 @@ impl Target {
                     anyhow!(
                         "TLS handshake with {} failed: {e}{}",
                         self.addr,
-                        not_tls(&e)
+                        tls_hint(&e, self.tls_defaults)
                     )
                 })?;
                 Ok(Stream::Tls(Box::new(tls)))
@@ -293,13 +296,21 @@ pub fn client_config(
     Ok(config)
 }
 
-/// A hint for a TLS handshake that failed on an answer that was not TLS: the URL's scheme and
-/// the target's port do not match, the usual slip.
-fn not_tls(e: &std::io::Error) -> &'static str {
+/// A hint for a TLS handshake that failed: on an answer that was not TLS (the URL's scheme
+/// and the target's port do not match, the usual slip), or refused for its version or suite
+/// when only the comparison's TLS 1.3 suite and group were offered.
+fn tls_hint(e: &std::io::Error, tls_defaults: bool) -> &'static str {
+    use rustls::AlertDescription::{HandshakeFailure, InsufficientSecurity, ProtocolVersion};
     let error = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
     match error {
         Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
             " (the target answered in plain text, not TLS: is it a ws:// port?)"
+        }
+        Some(rustls::Error::AlertReceived(
+            ProtocolVersion | HandshakeFailure | InsufficientSecurity,
+        )) if !tls_defaults => {
+            " (only TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519 was offered, the comparison's \
+             setting: --tls-defaults offers rustls's defaults, TLS 1.2 included)"
         }
         _ => "",
     }

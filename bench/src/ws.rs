@@ -263,8 +263,10 @@ pub async fn upgrade(stream: &mut Stream, target: &Target) -> Result<Vec<u8>> {
             bail!("{}: upgrade response head too large", target.addr);
         }
     };
-    check_response(&buf[..head_end], &key)
-        .map_err(|e| anyhow::Error::new(Answered(format!("{}: {e}", target.addr))))?;
+    check_response(&buf[..head_end], &key).map_err(|e| {
+        let said = said_in(&buf[head_end..]);
+        anyhow::Error::new(Answered(format!("{}: {e}{said}", target.addr)))
+    })?;
     Ok(buf.split_off(head_end))
 }
 
@@ -285,6 +287,24 @@ impl std::error::Error for Answered {}
 /// Whether an error of [`open`] is the server's HTTP answer rather than a failed connection.
 pub fn is_answered(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Answered>().is_some()
+}
+
+/// The first line of a refusal's body, if already read and plain text (wsgate's and many
+/// servers' bodies say why in a line: `this port speaks TLS: connect with wss://`), for the
+/// error; an HTML page's first line says nothing and is left out.
+fn said_in(body: &[u8]) -> String {
+    const MOST: usize = 160;
+    let line = body.split(|&b| b == b'\n').next().unwrap_or_default();
+    let Ok(line) = std::str::from_utf8(line) else {
+        return String::new();
+    };
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('<') || line.chars().any(char::is_control) {
+        return String::new();
+    }
+    let cut: String = line.chars().take(MOST).collect();
+    let more = if cut.len() < line.len() { "…" } else { "" };
+    format!(" ({cut:?}{more})")
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -971,6 +991,19 @@ mod tests {
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn a_refusals_plain_text_line_is_quoted() {
+        let tls = b"this port speaks TLS: connect with wss:// (or https://)\n";
+        assert_eq!(
+            said_in(tls),
+            " (\"this port speaks TLS: connect with wss:// (or https://)\")"
+        );
+        assert_eq!(said_in(b"<html>\r\n<head><title>400</title>"), "");
+        assert_eq!(said_in(b""), "");
+        assert_eq!(said_in(b"\x1b[31mred\n"), "");
+        assert!(said_in(&[b'x'; 500]).ends_with("…)"));
     }
 
     #[test]

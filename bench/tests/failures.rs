@@ -229,6 +229,31 @@ async fn plain_ws_to_a_tls_echo_backend_says_it_answered_in_tls() {
     );
 }
 
+/// A refusal whose body says why in a line of plain text (as wsgate's to a plain request on
+/// its TLS port does) is quoted in the error, not only its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusals_reason_in_its_body_is_quoted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let body = "this port speaks TLS: connect with wss:// (or https://)\n";
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(answer.as_bytes()).await;
+        }
+    });
+    let out = bench_async(short_json(&["latency", &format!("ws://{addr}/")])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("400 Bad Request instead of 101 (\"this port speaks TLS"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// A target that echoes for a moment and then goes quiet, its connections open: the run's
 /// rate would average work and silence, so it fails, saying so (it passed with exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

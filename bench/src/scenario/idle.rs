@@ -334,6 +334,15 @@ fn report(target: &Target, tunnels: Tunnels, reading: &Reading, cpu: &CpuWindow)
     r.int("dropped", dropped.count(), "during hold");
     if let Some(why) = dropped.first() {
         r.text("first_drop", &why);
+        // The memory figures stand (read with every tunnel up), but a target that ends idle
+        // tunnels during the hold is worth a word where a person looks, not only a field.
+        if held == up {
+            super::say(format_args!(
+                "warning: {} of the {up} tunnels ended after the memory was read, during the \
+                 hold (first: {why}): the target closes idle tunnels",
+                dropped.count()
+            ));
+        }
     }
     errors.report(&mut r);
     r
