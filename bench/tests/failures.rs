@@ -319,7 +319,10 @@ async fn a_tunnel_that_stalls_while_the_others_echo_fails_the_run() {
     let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("connection 1 of 2 had nothing come back"),
+        // Numbered in the order the connections finished opening, not the server's accepts.
+        ["connection 1 of 2", "connection 2 of 2"]
+            .iter()
+            .any(|n| stderr(&out).contains(&format!("{n} had nothing come back"))),
         "{}",
         stderr(&out)
     );
@@ -798,12 +801,29 @@ async fn an_idle_run_whose_target_greets_each_tunnel_holds_them_all() {
 /// matters most: it is printed, and the run fails saying what happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pid_that_ends_during_the_run_keeps_the_report_and_fails_it() {
-    let echo = echo_backend().await;
-    // Stands in for the proxy: ends within the run's window, and is reaped at once so that
-    // its /proc entry goes with it.
-    let mut proxy = Command::new("sleep").arg("0.8").spawn().unwrap();
+    // Stands in for the proxy: ended (and reaped at once, so that its /proc entry goes with
+    // it) once the run's connections are open, the probe's and both of the run's.
+    let mut proxy = Command::new("sleep").arg("600").spawn().unwrap();
     let pid = proxy.id().to_string();
-    std::thread::spawn(move || proxy.wait());
+    let (opened, end_it) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        // Also if the test ends first (the sender dropped).
+        let _ = end_it.recv();
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(wsgate_bench::server::serve_conn(tcp));
+            accepted += 1;
+            if accepted == 3 {
+                let _ = opened.send(());
+            }
+        }
+    });
     let url = format!("ws://{echo}/");
     let args = [
         "throughput",

@@ -1200,7 +1200,13 @@ mod tests {
     /// drop since `dropped` (the count of [`listen_overflows`] before). The count is the
     /// whole namespace's, other tests' drops included; the socket's state is this one's.
     pub(super) async fn first_syn_dropped(addr: SocketAddr, dropped: u64) {
+        // Real time (the tests' clock may be paused): a SYN never dropped fails, not hangs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while listen_overflows() == dropped || !syn_sent_to(addr) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no SYN to {addr} dropped within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

@@ -120,8 +120,9 @@ async fn with_no_attempt_delay_backends_are_dialed_one_at_a_time() {
     ))
     .await;
     let mut client = raw_client(proxy.addr).await;
-    client.send(ws().bytes()).await;
+    // Before the request goes: the proxy's connect clock starts after this.
     let asked = std::time::Instant::now();
+    client.send(ws().bytes()).await;
     let mut back = good.accept().await;
     let waited = asked.elapsed();
     let seen = back.read_head().await;

@@ -244,7 +244,13 @@ async fn a_probe_is_answered_when_kept_open_scrapes_spent_the_reserve() {
     }
     for path in ["/healthz", "/healthz", "/readyz"] {
         let answer = admin_get(admin, path).await;
-        assert!(answer.starts_with("HTTP/1.1 "), "{path}: {answer:?}");
+        // Liveness holds; readiness may say 503 out of descriptors (the docs): answered.
+        let expected = if path == "/healthz" {
+            "HTTP/1.1 200"
+        } else {
+            "HTTP/1.1 "
+        };
+        assert!(answer.starts_with(expected), "{path}: {answer:?}");
     }
     scrapers.iter().for_each(|scraper| scraper.abort());
     drop(hogs);

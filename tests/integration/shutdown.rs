@@ -45,9 +45,11 @@ pub(crate) async fn tunnel_end(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_connections_at_once_and_closes_tunnels_after_the_grace() {
-    const GRACE: Duration = Duration::from_secs(1);
+    // Long enough that a loaded machine's pauses fit in it: the checks inside it are of
+    // order (refused at once, carrying bytes meanwhile, closed after it), not of speed.
+    const GRACE: Duration = Duration::from_secs(3);
     let backend = RawBackend::start().await;
-    let proxy = start_proxy(&config_with_grace("1s", "", backend.addr)).await;
+    let proxy = start_proxy(&config_with_grace("3s", "", backend.addr)).await;
     let addr = proxy.addr;
     let (mut client, mut back, _, _) =
         raw_tunnel(addr, &backend, &Req::upgrade("localhost", "/a")).await;
@@ -134,8 +136,9 @@ async fn shutdown_with_nothing_open_returns_at_once() {
     let proxy = start_proxy(&config_with_grace("30s", "", backend.addr)).await;
     let started = Instant::now();
     within("shutdown to return", proxy.server.shutdown()).await;
+    // Far under the 30 s grace: not waited out.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -374,7 +377,9 @@ async fn line_after_sigterm(
 async fn a_client_silent_after_tls_is_logged_when_the_grace_ends() {
     let backend = WsBackend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config_with_grace("200ms", "", backend.addr));
+    // A grace that leaves the server time to take the client's Finished (TLS 1.3's client
+    // is done before the server has read it) on a loaded machine.
+    let config = write_config(dir.path(), &config_with_grace("1s", "", backend.addr));
     let (child, lines, addr) = started_wsgate(&config);
     // TLS done, request never sent: no request-level line exists for this connection.
     let mut silent = raw_client(addr).await;

@@ -393,8 +393,10 @@ async fn an_idle_tunnel_is_closed_on_both_sides() {
         route("chat", "/ws", &[backend.addr])
     ))
     .await;
-    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    // Before the tunnel opens: its idle clock starts after this, so a late start here
+    // cannot make the timeout look early.
     let started = std::time::Instant::now();
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     client.read_to_end().await;
     back.read_to_end().await;
     assert!(
@@ -414,8 +416,10 @@ async fn a_routes_own_idle_timeout_overrides_the_global_one() {
         backend.addr
     ))
     .await;
-    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
+    // Before the tunnel opens: its idle clock starts after this, so a late start here
+    // cannot make the timeout look early.
     let started = std::time::Instant::now();
+    let (mut client, mut back, _, _) = raw_tunnel(proxy.addr, &backend, &ws()).await;
     client.read_to_end().await;
     back.read_to_end().await;
     assert!(
