@@ -16,8 +16,9 @@ use super::stream::Opening;
 pub(crate) enum Hello {
     /// TLS, as far as its first bytes tell: the handshake starts from them.
     Tls(TcpStream, Opening),
-    /// A plain-text request: its first byte was an ASCII capital, as an HTTP method starts,
-    /// which no TLS record does (they start with a content type, 20–24, or SSLv2's 0x80).
+    /// A plain-text request: it opened with a method (ASCII capitals, and `-`) and a space, as
+    /// an HTTP request line does, which no TLS record does (they start with a content type,
+    /// 20–24, or SSLv2's 0x80).
     PlainHttp(TcpStream),
     /// A PROXY protocol header (v1 or v2) on a listener not told to expect one: a load
     /// balancer set up for it in front of a wsgate that is not.
@@ -51,12 +52,16 @@ pub(crate) async fn read(mut tcp: TcpStream) -> io::Result<Hello> {
 const PROXY_V1: &[u8] = b"PROXY ";
 const PROXY_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
+/// The longest HTTP method taken for one: the registered ones are 16 bytes at most
+/// (`BASELINE-CONTROL`).
+const MAX_METHOD: usize = 20;
+
 /// What a connection's first bytes say it speaks.
 #[derive(Debug, PartialEq, Eq)]
 enum Sniff {
     /// TLS, as far as these bytes tell: rustls decides.
     Tls,
-    /// The start of a PROXY signature: more bytes tell.
+    /// The start of a PROXY signature or of a method: more bytes tell.
     Undecided,
     Not(NotTls),
 }
@@ -77,9 +82,17 @@ fn sniff(seen: &[u8]) -> Sniff {
             return Sniff::Undecided;
         }
     }
-    match seen.first() {
-        Some(byte) if byte.is_ascii_uppercase() => Sniff::Not(NotTls::PlainHttp),
-        _ => Sniff::Tls,
+    // A method and its space: capitals alone may be anything (an SSH banner starts
+    // `SSH-2.0`, a stray byte is one), and get TLS's alert, as other bytes that are not TLS do.
+    let method = seen
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase() || **b == b'-')
+        .count();
+    match seen.get(method) {
+        _ if method == 0 || !seen[0].is_ascii_uppercase() || method > MAX_METHOD => Sniff::Tls,
+        Some(b' ') => Sniff::Not(NotTls::PlainHttp),
+        Some(_) => Sniff::Tls,
+        None => Sniff::Undecided,
     }
 }
 
@@ -122,7 +135,22 @@ mod tests {
             sniff(b"GET /ws HTTP/1.1\r\n"),
             Sniff::Not(NotTls::PlainHttp)
         );
-        assert_eq!(sniff(b"POST"), Sniff::Not(NotTls::PlainHttp));
+        assert_eq!(sniff(b"POST /"), Sniff::Not(NotTls::PlainHttp));
+        assert_eq!(sniff(b"M-SEARCH * HTTP/1.1"), Sniff::Not(NotTls::PlainHttp));
+        // Capitals that are no request line: TLS's alert, not an HTTP answer.
+        for other in [
+            &b"SSH-2.0-OpenSSH_9.0\r\n"[..],
+            b"D\x05$",
+            b"K\n",
+            b"-GET /",
+        ] {
+            assert_eq!(sniff(other), Sniff::Tls, "{other:?}");
+        }
+        assert_eq!(
+            sniff(&[b'A'; MAX_METHOD + 1]),
+            Sniff::Tls,
+            "too long a method"
+        );
         assert_eq!(
             sniff(b"PROXY TCP4 1.2.3.4"),
             Sniff::Not(NotTls::ProxyHeader)
@@ -131,7 +159,7 @@ mod tests {
             sniff(b"\r\n\r\n\0\r\nQUIT\n\x21"),
             Sniff::Not(NotTls::ProxyHeader)
         );
-        for start in [&b"P"[..], b"PROX", b"\r\n\r"] {
+        for start in [&b"P"[..], b"PROX", b"\r\n\r", b"K", b"GET", b"SSH"] {
             assert_eq!(sniff(start), Sniff::Undecided, "{start:?}");
         }
     }

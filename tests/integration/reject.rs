@@ -492,12 +492,26 @@ async fn plain_http_on_the_tls_port_is_told_to_use_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_neither_tls_nor_http_get_no_http_answer() {
     let proxy = proxy("").await;
-    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let mut raw = RawConn::new(tcp);
-    raw.send(b"\x00\x01\x02 not a protocol\r\n\r\n").await;
-    let rest = raw.read_to_end().await;
-    assert!(!rest.windows(5).any(|w| w == b"HTTP/"), "{rest:?}");
-    assert_eq!(rest.first(), Some(&0x15), "an alert record: {rest:?}");
+    // Capitals too, when no method and space follow (an SSH client's banner, junk).
+    for junk in [
+        &b"\x00\x01\x02 not a protocol\r\n\r\n"[..],
+        b"SSH-2.0-OpenSSH_9.0\r\n",
+        b"D\x05$\x08\xd9I\xd4\xdfE+",
+    ] {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut raw = RawConn::new(tcp);
+        raw.send(junk).await;
+        let rest = raw.read_to_end().await;
+        assert!(
+            !rest.windows(5).any(|w| w == b"HTTP/"),
+            "{junk:?}: {rest:?}"
+        );
+        assert_eq!(
+            rest.first(),
+            Some(&0x15),
+            "{junk:?}: an alert record: {rest:?}"
+        );
+    }
 }
 
 /// A hello that is TLS but malformed gets TLS's fatal alert before the close, also where
