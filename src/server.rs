@@ -349,7 +349,7 @@ impl Server {
         *lock(&shared.listeners) = Some(started);
         let (manual_reload, manual) = mpsc::unbounded_channel();
         let stop_watching = CancellationToken::new();
-        reload::spawn_reloader(shared.clone(), path, manual, hangup, stop_watching.clone());
+        reload::spawn_reloader(shared.clone(), path, manual, hangup, stop_watching.clone()).await;
         crate::memory::spawn_trimmer(shared.clone(), stop_watching.clone());
         Ok(Server {
             shared,

@@ -57,11 +57,36 @@ enum Trigger {
     Manual,
 }
 
+/// [`Watches::refresh`] off the async threads: notify's watch and unwatch wait for its own
+/// thread to add the watch, which resolves the path, so a folder on a hung mount would hold
+/// an async thread (with `--threads 1`, every connection) until it answers.
+async fn refresh_off_thread(
+    watches: &mut Option<Watches>,
+    wanted: Option<Wanted>,
+    mode: WatchMode,
+) -> bool {
+    let Some(mut taken) = watches.take() else {
+        return false;
+    };
+    let refreshed = tokio::task::spawn_blocking(move || {
+        let added = taken.refresh(wanted, mode);
+        (taken, added)
+    });
+    match refreshed.await {
+        Ok((taken, added)) => {
+            *watches = Some(taken);
+            added
+        }
+        // It panicked (said by the panic hook): no watches from here on, the files polled.
+        Err(_) => false,
+    }
+}
+
 /// Starts watching the config's folders, SIGHUP (`hangup`, registered by the caller before
 /// anything else, so a SIGHUP during start-up cannot kill the process) and `manual`, and
 /// reloading, until `stop`. The watches are in place when this returns, and the files are
 /// checked once more right after, so a write during start-up is not missed.
-pub(crate) fn spawn_reloader(
+pub(crate) async fn spawn_reloader(
     shared: Arc<Shared>,
     path: PathBuf,
     manual: mpsc::UnboundedReceiver<()>,
@@ -79,7 +104,7 @@ pub(crate) fn spawn_reloader(
             asked: 0,
         },
         stop,
-        watches: Watches::new(events_tx.clone()),
+        watches: Some(Watches::new(events_tx.clone())),
         memory: Memory::default(),
         short_of_files: None,
         retrying: false,
@@ -91,8 +116,8 @@ pub(crate) fn spawn_reloader(
         unsettled_files_said: false,
     };
     state.announce_mode(state.watch_mode());
-    let wanted = watch::wanted(&state.relevant_files());
-    (state.watches).refresh(Some(wanted), state.watch_mode());
+    let (wanted, mode) = (state.wanted().await, state.watch_mode());
+    refresh_off_thread(&mut state.watches, wanted, mode).await;
     // Covers writes between the start-up read and the watches taking.
     events_tx.send_replace(());
     tokio::spawn(async move {
@@ -127,7 +152,8 @@ struct Reloader {
     events: Events,
     asks: Asks,
     stop: CancellationToken,
-    watches: Watches,
+    /// `None` only if a refresh panicked: then the files are polled for.
+    watches: Option<Watches>,
     /// What failed, and what was said about it.
     memory: Memory,
     /// The last look could not read the files for want of open files: look again after a
@@ -185,7 +211,8 @@ impl Reloader {
         // system mounted again, a queue overflow notify does not report, a write through
         // mmap).
         let current = self.shared.current();
-        let period = match self.watches.degraded() || self.short_of_files.is_some() {
+        let degraded = self.watches.as_ref().is_none_or(Watches::degraded);
+        let period = match degraded || self.short_of_files.is_some() {
             true => POLL,
             false => current.config.recheck,
         };
@@ -230,8 +257,8 @@ impl Reloader {
             self.announce_mode(self.watch_mode());
             // A folder that just started being watched may have changed between the reload's
             // read and the watch: look once more (cheap: unchanged content is skipped).
-            let wanted = self.wanted_in().await;
-            if !(self.watches).refresh(wanted, self.watch_mode()) {
+            let (wanted, mode) = (self.wanted_in().await, self.watch_mode());
+            if !refresh_off_thread(&mut self.watches, wanted, mode).await {
                 return true;
             }
             trigger = match std::mem::take(&mut self.owed) {
@@ -303,11 +330,6 @@ impl Reloader {
     /// How the config in force asks for its files to be watched.
     fn watch_mode(&self) -> WatchMode {
         self.shared.current().config.watch
-    }
-
-    /// The files to watch now: see [`relevant_files`].
-    fn relevant_files(&self) -> Vec<PathBuf> {
-        relevant_files(&self.shared, &self.path)
     }
 
     /// [`Self::wanted`], unless the config in force polls: then no folder is watched, and

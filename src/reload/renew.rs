@@ -3,6 +3,8 @@
 //! CA files read again and swapped in, and what is said about it; and a file of theirs gone,
 //! said once, since no look at the config file on disk reads it.
 
+use std::sync::Arc;
+
 use super::memory::RenewalFailure;
 use super::{look, status, Reloader, Trigger, DEBOUNCE};
 use crate::server::Error;
@@ -89,18 +91,21 @@ impl Reloader {
     /// [`DEBOUNCE`] (a renewal by `rm; cp` is not news), and once only, as a config file's
     /// gone is. What is served goes on; a restart would fail on it.
     async fn say_gap(&mut self) {
-        let gone = |current: &Snapshot| look::in_force_file_gone(&current.config);
+        // Off the async threads: it looks at files, which may sit on a slow mount.
+        let gone = |current: Arc<Snapshot>| {
+            tokio::task::spawn_blocking(move || look::in_force_file_gone(&current.config))
+        };
         // Said already: nothing to wait for.
-        let now = gone(&self.shared.current());
+        let now = gone(self.shared.current()).await.ok().flatten();
         if now.as_ref().map(|(_, error)| error.as_str()) == self.memory.gap_said() {
             return;
         }
         tokio::time::sleep(DEBOUNCE).await;
         let current = self.shared.current();
-        let Some((what, error)) = gone(&current) else {
+        let generation = current.generation;
+        let Some((what, error)) = gone(current).await.ok().flatten() else {
             return;
         };
-        let generation = current.generation;
         if self.memory.gap(error.clone()) {
             tracing::warn!(generation, %error, "{what} gone; the certificates in force are still served (the config file on disk is not in force)");
         }
