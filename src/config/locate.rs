@@ -206,6 +206,51 @@ fn first_word(text: &str) -> &str {
     text
 }
 
+/// `src` with the bodies of its multi-line strings (`"""…"""`, `'''…'''`) blanked, newlines
+/// kept: the same bytes at the same offsets and lines, for the scans that read the file line
+/// by line for table headers and keys, which a string's line such as `[[route]]` must not
+/// fool. One-line strings and comments are read past, so a `"""` inside one opens nothing.
+pub(super) fn multiline_strings_blanked(src: &str) -> std::borrow::Cow<'_, str> {
+    let text = src.as_bytes();
+    let mut blanked: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'#' => i = next_line(text, i),
+            quote @ (b'"' | b'\'') if text[i..].starts_with(&[quote; 3]) => {
+                let end = past_multiline(text, i + 3, quote).unwrap_or(text.len());
+                let out = blanked.get_or_insert_with(|| text.to_vec());
+                for b in &mut out[i..end] {
+                    if *b != b'\n' {
+                        *b = b' ';
+                    }
+                }
+                i = end;
+            }
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while let Some(&b) = text.get(i) {
+                    match b {
+                        b'\n' => break,
+                        b'\\' if quote == b'"' => i += 2,
+                        b if b == quote => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    match blanked {
+        // Whole characters blanked (a multi-byte one's every byte) or kept: still UTF-8.
+        Some(bytes) => std::borrow::Cow::Owned(String::from_utf8(bytes).unwrap_or_default()),
+        None => std::borrow::Cow::Borrowed(src),
+    }
+}
+
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position
 /// only: the enclosing `[table]` / `[[array]]` header plus the key written on that line.
 pub(super) fn key_at(src: &str, offset: usize) -> String {
@@ -216,8 +261,9 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
     let line_end = src[offset..].find('\n').map_or(src.len(), |i| offset + i);
     let line = &src[line_begin..line_end];
     // The headers before the offset's line, and its own if it is one (read whole: a
-    // repeated `[proxy]` is reported inside its brackets).
-    let lines = src[..line_begin].split_inclusive('\n');
+    // repeated `[proxy]` is reported inside its brackets); none inside a multi-line string.
+    let before = multiline_strings_blanked(&src[..line_begin]);
+    let lines = before.split_inclusive('\n');
     for header in lines.chain([line]) {
         if let Some(name) = opened_table(header, &mut arrays) {
             table = name;

@@ -582,6 +582,39 @@ fn of_several_mistakes_the_one_written_first_is_reported() {
     }
 }
 
+/// A multi-line string's lines are no table headers: a `[[route]]` or `[tls]` written inside
+/// one does not move the key an error names, nor the line a duplicate was first set on.
+#[test]
+fn lines_of_a_multiline_string_are_not_headers() {
+    let cases = [
+        (
+            "[[route]]\nname = \"a\"\npath = \"\"\"/\n[[route]]\n\"\"\"\nbackends = [\"127.0.0.1:1\" \"127.0.0.1:2\"]\n",
+            ": route[0].backends",
+        ),
+        (
+            "[[route]]\nname = \"a\"\npath = '''/\n[tls]\n'''\nbackends = [\"127.0.0.1:1\"] junk\n",
+            ": route[0].backends",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nidle = '''\n[timeouts]\n'''\npath = \"/\"\nidle = \"5s\"\nbackends = [\"127.0.0.1:1\"]\n",
+            "`idle` is set twice (first at line 8)",
+        ),
+    ];
+    for (body, expected) in cases {
+        let message = error(body);
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+    // No `[route]` header, only a string's line: no hint about writing one.
+    let body =
+        "[[route]]\nname = \"\"\"\n[route]\n\"\"\"\npath = 5\nbackends = [\"127.0.0.1:1\"]\n";
+    let message = error(body);
+    assert!(message.contains("route[0].path"), "{message}");
+    assert!(!message.contains("[[route]]"), "{message}");
+}
+
 #[test]
 fn a_byte_order_mark_is_not_a_column() {
     let path = Path::new("/etc/wsgate/wsgate.toml");

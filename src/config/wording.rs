@@ -8,7 +8,8 @@ use std::path::Path;
 
 use super::error::ConfigError;
 use super::locate::{
-    floor_char_boundary, key_at, locate, opened_table, skip_string, unclosed_value,
+    floor_char_boundary, key_at, locate, multiline_strings_blanked, opened_table, skip_string,
+    unclosed_value,
 };
 
 /// toml's "duplicate key" for `key`, found at `offset`, as what to do about it, with the
@@ -18,7 +19,9 @@ pub(super) fn written_twice(src: &str, offset: usize, key: &str) -> String {
     let offset = floor_char_boundary(src, offset.min(src.len()));
     let line_begin = src[..offset].rfind('\n').map_or(0, |i| i + 1);
     let here = src[line_begin..].lines().next().unwrap_or_default();
-    let before: Vec<&str> = src[..line_begin].lines().collect();
+    // A multi-line string's lines are neither headers nor keys.
+    let blanked = multiline_strings_blanked(&src[..line_begin]);
+    let before: Vec<&str> = blanked.lines().collect();
     match header_name(here) {
         Some(table) => {
             let first =
@@ -101,7 +104,7 @@ fn dotted_key(line: &str) -> String {
 /// Whether the file has a `[route]` table header, the likely cause of whatever went wrong
 /// with `route`: routes are an array of tables.
 pub(super) fn single_route_table(src: &str) -> bool {
-    src.lines().any(|line| {
+    multiline_strings_blanked(src).lines().any(|line| {
         let line = line.trim();
         line.strip_prefix('[')
             .and_then(|l| l.strip_suffix(']'))
@@ -283,7 +286,8 @@ fn deepest_key(src: &str) -> Option<(usize, String, usize)> {
     let mut deepest: Option<(usize, String, usize)> = None;
     let mut line_start = 0;
     let (mut table, mut arrays) = (String::new(), HashMap::new());
-    for line in src.split_inclusive('\n') {
+    let blanked = multiline_strings_blanked(src);
+    for line in blanked.split_inclusive('\n') {
         let begin = line_start;
         line_start += line.len();
         // A header's name, or what stands before a line's `=`: a suffix of the line, so its
