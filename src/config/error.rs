@@ -135,7 +135,12 @@ impl ConfigError {
 
     /// The config file's bytes are not UTF-8 (`e`): where the first bad byte is.
     pub(super) fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> ConfigError {
-        let good = e.valid_up_to();
+        // Without a byte order mark, as the text is read when it is UTF-8: it is no
+        // character an editor shows, and would make every column of the first line one off.
+        let (bytes, good) = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+            Some(rest) => (rest, e.valid_up_to() - 3),
+            None => (bytes, e.valid_up_to()),
+        };
         // The bytes before the bad one are UTF-8 by definition; `from_utf8` cannot fail.
         let src = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
         // The file read with the bad bytes replaced (the text before the first is unchanged)

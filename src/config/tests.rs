@@ -582,6 +582,18 @@ fn of_several_mistakes_the_one_written_first_is_reported() {
     }
 }
 
+/// `[admin] listen` written above a bad `proxy.listen` is reported first: checked on its own,
+/// not only once the proxy's addresses are valid.
+#[test]
+fn an_admin_address_above_a_bad_proxy_address_is_reported_first() {
+    let src = "[admin]\nlisten = \"localhost:9090\"\n\n[proxy]\nlisten = [\"127.0.0.1:99999\"]\n\n\
+               [tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n";
+    let message = Config::from_toml_str(src, Path::new("w.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("w.toml:2:10: admin.listen:"), "{message}");
+}
+
 /// A multi-line string's lines are no table headers: a `[[route]]` or `[tls]` written inside
 /// one does not move the key an error names, nor the line a duplicate was first set on.
 #[test]
@@ -634,6 +646,11 @@ fn a_byte_order_mark_is_not_a_column() {
             message.contains(expected),
             "{message:?} should contain {expected:?}"
         );
+    } // Nor for a byte that is not UTF-8: column 9 with the mark as without it.
+    for bytes in [&b"\xEF\xBB\xBFname = \"\xE9\"\n"[..], b"name = \"\xE9\"\n"] {
+        let e = std::str::from_utf8(bytes).unwrap_err();
+        let message = ConfigError::not_utf8(path, bytes, e).to_string();
+        assert!(message.contains(":1:9: name:"), "{message}");
     }
 }
 

@@ -121,10 +121,13 @@ impl Checker<'_> {
         // top-down, a file with several shows them in the order they are read.
         let mut first = Earliest::default();
         let listen = first.keep(self.listen(&raw.proxy.listen));
-        let admin = match (&raw.admin, &listen) {
-            (Some(admin), Some(listen)) => first.keep(self.admin(&admin.listen, listen).map(Some)),
-            (Some(_), None) => None,
-            (None, _) => Some(None),
+        // Its own rules whatever `proxy.listen` is; beside it only once that is valid.
+        let admin = match &raw.admin {
+            Some(admin) => first.keep(
+                self.admin(&admin.listen, listen.as_deref().unwrap_or_default())
+                    .map(Some),
+            ),
+            None => Some(None),
         };
         let certificates = first.keep(self.certificates(&raw.tls.certificates));
         let client_auth = first.keep(self.client_auth(&raw.tls, &raw.routes));

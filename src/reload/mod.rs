@@ -640,6 +640,9 @@ impl Asks {
             Some(()) = recv_hangup(&mut self.hangup) => {}
             else => std::future::pending().await,
         }
+        // Asks queued meanwhile are served by this one, as SIGHUPs pending together are one:
+        // each would otherwise be a rebuild of the same files (and a line) of its own.
+        while self.manual.try_recv().is_ok() {}
         self.asked += 1;
     }
 }
