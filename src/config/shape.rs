@@ -48,23 +48,52 @@ const WORDS: [(&str, &str, [&str; 2]); 4] = [
 /// A route's setting of a few words, and its words.
 const ROUTE_WORDS: (&str, [&str; 2]) = ("balance", ["least_connections", "round_robin"]);
 
-/// Refuses what serde would misread: a section or entry that is not a table, a date-time.
+/// The keys a section must have, if written: serde's `missing field`, found here too so that
+/// one missing, placed at its table's start, is reported before a mistake written inside the
+/// table (serde finds it only after reading the table's keys, and stops at a bad one).
+const REQUIRED: [(&str, &[&str]); 3] = [
+    ("proxy", &["listen"]),
+    ("tls", &["certificates"]),
+    ("admin", &["listen"]),
+];
+/// The keys each entry of `[[route]]` and `tls.certificates` must have, in serde's order.
+const ROUTE_REQUIRED: &[&str] = &["name", "path", "backends"];
+const CERTIFICATE_REQUIRED: &[&str] = &["cert", "key"];
+
+/// Refuses what serde would misread (a section or entry that is not a table, a date-time),
+/// and what it would find late (a missing key); of several, the one written first.
 /// (`root` is `src` parsed: a document that does not parse gets toml's own error first.)
 pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), ConfigError> {
-    let refuse = |span: &Range<usize>, key: &str, message: String| {
-        Err(ConfigError::at(path, &locate(src, span, key), message))
+    let mut first: Option<ConfigError> = None;
+    let mut refuse = |span: &Range<usize>, key: &str, message: String| {
+        let refusal = ConfigError::at(path, &locate(src, span, key), message);
+        if first
+            .as_ref()
+            .is_none_or(|kept| refusal.written_before(kept))
+        {
+            first = Some(refusal);
+        }
     };
     for (name, how) in SECTIONS {
         if let Some(value) = get(root, name) {
-            must_be_table(value, how).or_else(|m| refuse(&value.span(), name, m))?;
+            if let Err(m) = must_be_table(value, how) {
+                refuse(&value.span(), name, m);
+            }
+        }
+    }
+    for (name, required) in REQUIRED {
+        if let Some(missing) = get(root, name).and_then(|t| first_missing(t, required)) {
+            let table = get(root, name).map(Spanned::span).unwrap_or_default();
+            refuse(&table, name, format!("missing field `{missing}`"));
         }
     }
     for (section, name, words) in WORDS {
         let Some(value) = get(root, section).and_then(|t| field(t, name)) else {
             continue;
         };
-        let key = format!("{section}.{name}");
-        must_be_word(value, words).or_else(|m| refuse(&value.span(), &key, m))?;
+        if let Err(m) = must_be_word(value, words) {
+            refuse(&value.span(), &format!("{section}.{name}"), m);
+        }
     }
     let entries = [
         ("route", get(root, "route")),
@@ -79,20 +108,45 @@ pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), Co
         let Some(DeValue::Array(items)) = list.map(Spanned::get_ref) else {
             continue;
         };
-        let how = if name == "route" { ROUTE } else { CERTIFICATE };
+        let (how, required) = match name {
+            "route" => (ROUTE, ROUTE_REQUIRED),
+            _ => (CERTIFICATE, CERTIFICATE_REQUIRED),
+        };
         for (i, item) in items.iter().enumerate() {
             let key = format!("{name}[{i}]");
-            must_be_table(item, how).or_else(|m| refuse(&item.span(), &key, m))?;
+            if let Err(m) = must_be_table(item, how) {
+                refuse(&item.span(), &key, m);
+                continue;
+            }
+            if let Some(missing) = first_missing(item, required) {
+                refuse(&item.span(), &key, format!("missing field `{missing}`"));
+            }
             let (setting, words) = ROUTE_WORDS;
             if let Some(value) = field(item, setting).filter(|_| name == "route") {
-                let key = format!("{key}.{setting}");
-                must_be_word(value, words).or_else(|m| refuse(&value.span(), &key, m))?;
+                if let Err(m) = must_be_word(value, words) {
+                    refuse(&value.span(), &format!("{key}.{setting}"), m);
+                }
             }
         }
     }
-    match first_datetime(root) {
-        Some((span, key)) => refuse(&span, &key, datetime_message(&key)),
+    if let Some((span, key)) = first_datetime(root) {
+        refuse(&span, &key, datetime_message(&key));
+    }
+    match first {
+        Some(refusal) => Err(refusal),
         None => Ok(()),
+    }
+}
+
+/// The first of `required` that the table `value` lacks; none if it is no table (said
+/// apart).
+fn first_missing(value: &Spanned<DeValue<'_>>, required: &[&'static str]) -> Option<&'static str> {
+    match value.get_ref() {
+        DeValue::Table(table) => required
+            .iter()
+            .copied()
+            .find(|key| get(table, key).is_none()),
+        _ => None,
     }
 }
 

@@ -582,6 +582,43 @@ fn of_several_mistakes_the_one_written_first_is_reported() {
     }
 }
 
+/// A key missing from a table is placed at the table's start, and reported before a value of
+/// the wrong type written inside it (serde finds it only after reading the table, and stops
+/// at the bad value); a misspelt key is still named as written, not as the key it misses.
+#[test]
+fn a_missing_key_comes_before_a_bad_value_below_it() {
+    let cases = [
+        (
+            "[[route]]\npath = \"/\"\nbackends = \"127.0.0.1:1\"\n",
+            ":6:1: route[0]: missing field `name`",
+        ),
+        (
+            "[[route]]\nnme = \"a\"\npath = \"/\"\nbackends = [\"127.0.0.1:1\"]\n",
+            ":7:1: route[0].nme: unknown field",
+        ),
+        // The first route's bad value, above the second's missing name.
+        (
+            "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = \"x\"\n[[route]]\npath = \"/b\"\nbackends = [\"127.0.0.1:1\"]\n",
+            ":9:12: route[0].backends:",
+        ),
+    ];
+    for (body, expected) in cases {
+        let message = error(body);
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+    let src = "[proxy]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncertificates = [{ cert = 5 }]\n";
+    let message = Config::from_toml_str(src, Path::new("w.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("w.toml:4:17: tls.certificates[0]: missing field `key`"),
+        "{message}"
+    );
+}
+
 /// `[admin] listen` written above a bad `proxy.listen` is reported first: checked on its own,
 /// not only once the proxy's addresses are valid.
 #[test]
