@@ -47,6 +47,9 @@ pub(crate) struct Snapshot {
     /// The DNS names of each served certificate, in `tls.certificates` order: a renewal must
     /// keep them (see [`Snapshot::names_kept`]).
     names: Vec<Vec<String>>,
+    /// The ticket keys and session caches, for the next config to resume clients' sessions
+    /// with (see [`tls::Resumption`]).
+    pub(crate) resumption: Arc<tls::Resumption>,
 }
 
 /// The most warnings logged as a config goes into force: one that warns about each of
@@ -76,30 +79,36 @@ impl Drop for Snapshot {
 }
 
 impl Snapshot {
-    /// Loads the config at `path` and everything it names.
+    /// Loads the config at `path` and everything it names, with sessions of its own: the
+    /// first of a server (or `wsgate check`'s).
     pub(crate) fn build(path: &Path, generation: u64) -> Result<Snapshot, ConfigError> {
-        Self::build_hashed(path, generation, on_disk_fingerprint(path))
+        let fingerprint = on_disk_fingerprint(path);
+        Self::build_hashed(path, generation, fingerprint, &Arc::default())
     }
 
     /// Like `build`, with the files' fingerprint taken by the caller *before* reading: a
     /// write landing during the build then still looks like a change afterwards, and is
     /// applied by its own event (never hidden under this hash).
+    /// `resumption`: the sessions of the config in force, resumed by this one (if it has
+    /// `session_resumption` on).
     pub(crate) fn build_hashed(
         path: &Path,
         generation: u64,
         fingerprint: u64,
+        resumption: &Arc<tls::Resumption>,
     ) -> Result<Snapshot, ConfigError> {
-        Self::from_config(Config::load(path)?, generation, fingerprint)
+        Self::from_config(Config::load(path)?, generation, fingerprint, resumption)
     }
 
     fn from_config(
         config: Config,
         generation: u64,
         fingerprint: u64,
+        resumption: &Arc<tls::Resumption>,
     ) -> Result<Snapshot, ConfigError> {
         // Hashed before the PEM files are read: a write in between reads as a change later.
         let served_hash = served_hash(&config);
-        let served = tls::server_config(&config)?;
+        let served = tls::server_config(&config, resumption)?;
         let backends = tls::backend_clients(&config)?;
         let routes = RouteTable::with_backend_tls(&config.routes, backends.routes);
         Ok(Snapshot {
@@ -115,6 +124,7 @@ impl Snapshot {
             served: served_hash,
             tls_warnings: [served.warnings, backends.warnings].concat(),
             names: served.names,
+            resumption: served.resumption,
         })
     }
 
@@ -140,7 +150,7 @@ impl Snapshot {
         // (Taken before the build reads them, as for any build.)
         let files = config.watched_files();
         let fingerprint = fingerprint_as_read(&files, (&config.path, config.source_hash));
-        let renewed = Self::from_config(config.clone(), generation, fingerprint)
+        let renewed = Self::from_config(config.clone(), generation, fingerprint, &self.resumption)
             .and_then(|renewed| self.names_kept(renewed));
         Renewed::Read(read, Box::new(renewed))
     }

@@ -102,7 +102,7 @@ pub(super) fn look(
     if trigger == Trigger::Files && known.contains(&Some(on_disk)) {
         return Look::StillRejected;
     }
-    let built = Snapshot::build_hashed(path, generation, on_disk);
+    let built = Snapshot::build_hashed(path, generation, on_disk, &in_force.resumption);
     if built.is_err() {
         // What it read and parsed before failing is freed: memory to give back, as a
         // replaced snapshot's is (counted as it drops).

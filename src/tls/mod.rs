@@ -58,11 +58,16 @@ pub(crate) struct Served {
     /// Certificates that load but that SNI can never pick, revocation lists overdue: surely a
     /// mistake, or a renewal that stopped.
     pub warnings: Vec<ConfigError>,
+    /// What the next config resumes sessions with (see [`Resumption`]).
+    pub resumption: Arc<Resumption>,
 }
 
 /// Builds the TLS server config for every certificate the config names, and says when each
 /// leaf expires.
-pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
+pub(crate) fn server_config(
+    config: &Config,
+    resumption: &Arc<Resumption>,
+) -> Result<Served, ConfigError> {
     let provider = Arc::new(provider());
     let (mut resolver, expiry, mut warnings) = load_certificates(config, &provider)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match config.tls_min_version {
@@ -84,8 +89,15 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
     // from a longer list must not. HTTP/1.0 is agreed to only so that a client offering
     // nothing else gets the handshake's answer to it (400), not a TLS alert it cannot read.
     tls.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    // Kept by the snapshot, for the next config to resume with: the one in force's if on,
+    // a new one if off, so that turned on again it honours no ticket issued before (the
+    // docs' promise: off is off, not paused).
+    let resumption = match config.session_resumption {
+        true => resumption.clone(),
+        false => Arc::default(),
+    };
     if config.session_resumption {
-        let (ticketer, cache) = sessions(clients.scope);
+        let (ticketer, cache) = resumption.sessions(clients.scope);
         // Stateless tickets make a reconnect (the common case after a network blip) cheap.
         if let Some(ticketer) = ticketer {
             tls.ticketer = ticketer;
@@ -107,6 +119,7 @@ pub(crate) fn server_config(config: &Config) -> Result<Served, ConfigError> {
         crl_due: clients.crl_due,
         names,
         warnings,
+        resumption,
     })
 }
 
@@ -332,44 +345,54 @@ pub(crate) fn install_default_provider() {
     let _ = CryptoProvider::install_default(provider());
 }
 
-/// The ticket key and TLS 1.2 session cache of `scope` (see [`client_verifier`]): one per
-/// scope, kept for the process, so a reload does not forget clients' sessions, but a change
-/// in how clients are checked does. rustls restores a resumed session's client certificate
-/// as it was checked when the session began, and keeps issuing tickets that carry it: under a
-/// new `client_ca` or revocation list, such sessions cannot be resumed at all (a full
-/// handshake, checked by the new CAs and lists, a refusal told in a TLS alert), rather than
-/// resumed and refused again with every new ticket (see [`crate::client_cert::at_handshake`],
-/// which checks what is resumed within a scope).
+/// The ticket keys and TLS 1.2 session caches a server resumes sessions with: one per
+/// client-check scope (see [`client_verifier`]), carried from the config in force to the
+/// next, so a reload does not forget clients' sessions, but a change in how clients are
+/// checked does, and so does a config with `session_resumption` off. One per server, not
+/// per process: servers in one process (tests) do not share keys.
+#[derive(Default)]
+pub(crate) struct Resumption(std::sync::Mutex<Vec<(u64, Sessions)>>);
+
+/// The ticket key and TLS 1.2 session cache of a scope (see [`Resumption`]). Why a scope of
+/// their own: rustls restores a resumed session's client certificate as it was checked when
+/// the session began, and keeps issuing tickets that carry it: under a new `client_ca` or
+/// revocation list, such sessions cannot be resumed at all (a full handshake, checked by the
+/// new CAs and lists, a refusal told in a TLS alert), rather than resumed and refused again
+/// with every new ticket (see [`crate::client_cert::at_handshake`], which checks what is
+/// resumed within a scope).
 type Sessions = (
     Option<Arc<dyn rustls::server::ProducesTickets>>,
     Arc<dyn rustls::server::StoresServerSessions>,
 );
 
-fn sessions(scope: u64) -> Sessions {
-    static KEPT: std::sync::Mutex<Vec<(u64, Sessions)>> = std::sync::Mutex::new(Vec::new());
-    let mut kept = crate::sync::lock(&KEPT);
-    let entry = match kept.iter().position(|(kept, _)| *kept == scope) {
-        Some(i) => kept.remove(i),
-        None => {
-            let cache: Arc<dyn rustls::server::StoresServerSessions> =
-                rustls::server::ServerSessionMemoryCache::new(256);
-            (
-                scope,
-                (rustls::crypto::aws_lc_rs::Ticketer::new().ok(), cache),
-            )
+impl Resumption {
+    /// The sessions of `scope`, made if this keeps none for it.
+    fn sessions(&self, scope: u64) -> Sessions {
+        let mut kept = crate::sync::lock(&self.0);
+        let entry = match kept.iter().position(|(kept, _)| *kept == scope) {
+            Some(i) => kept.remove(i),
+            None => {
+                let cache: Arc<dyn rustls::server::StoresServerSessions> =
+                    rustls::server::ServerSessionMemoryCache::new(256);
+                (
+                    scope,
+                    (rustls::crypto::aws_lc_rs::Ticketer::new().ok(), cache),
+                )
+            }
+        };
+        let sessions = entry.1.clone();
+        // Most recent last; the oldest goes, with its sessions (each cache holds up to 256,
+        // with their clients' chains): a list renewed hourly must not grow the process for
+        // ever.
+        kept.push(entry);
+        if kept.len() > SCOPES_KEPT {
+            kept.remove(0);
         }
-    };
-    let sessions = entry.1.clone();
-    // Most recent last; the oldest goes, with its sessions (each cache holds up to 256, with
-    // their clients' chains): a list renewed hourly must not grow the process for ever.
-    kept.push(entry);
-    if kept.len() > SCOPES_KEPT {
-        kept.remove(0);
+        sessions
     }
-    sessions
 }
 
-/// How many scopes' sessions [`sessions`] keeps: the one in force and a few before it, which
+/// How many scopes' sessions a [`Resumption`] keeps: the one in force and a few before it, which
 /// a reload may come back to (a change reverted).
 const SCOPES_KEPT: usize = 4;
 
@@ -760,10 +783,9 @@ mod tests {
 
     #[test]
     fn sessions_are_kept_for_the_last_few_scopes_only() {
-        // Scopes of this test alone (other tests build configs of scope 0 meanwhile, which
-        // can only push these out sooner).
+        let resumption = Resumption::default();
         let scope = |i: u64| 0x5e55_1000 + i;
-        let cache = |i: u64| sessions(scope(i)).1;
+        let cache = |i: u64| resumption.sessions(scope(i)).1;
         let first = cache(0);
         assert!(
             Arc::ptr_eq(&first, &cache(0)),

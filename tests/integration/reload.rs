@@ -2499,6 +2499,9 @@ async fn session_resumption_false_sends_no_tickets_and_honours_none() {
         Some(Resumed),
         "on by default"
     );
+    // A client holding tickets from before, kept aside until resumption is back on.
+    let before = pki().client_config();
+    assert_eq!(handshake(before.clone()).await, Some(Full));
 
     let off = CONFIG_HEAD.replace("[tls]\n", "[tls]\nsession_resumption = false\n");
     std::fs::write(proxy.config_path(), format!("{off}{body}")).unwrap();
@@ -2519,6 +2522,8 @@ async fn session_resumption_false_sends_no_tickets_and_honours_none() {
         Some(Resumed),
         "back on after a reload"
     );
+    // Off was off, not paused: a ticket issued before is not honoured when it is back on.
+    assert_eq!(handshake(before).await, Some(Full), "a ticket from before");
 }
 
 /// Points the symlink `link` at `target` atomically, as a deploy script does (`ln -s` beside
