@@ -377,11 +377,20 @@ pub(crate) enum Unanswered {
 /// what happened, not where to read about it.
 fn words(e: &io::Error) -> String {
     let text = e.to_string();
-    match text.split_once(": https://") {
+    let text = match text.split_once(": https://") {
         Some((words, _)) => words.to_string(),
+        None => text,
+    };
+    match text.char_indices().nth(MOST_WORDS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
     }
 }
+
+/// The most characters of an error's words in a log line: rustls's may carry what a client
+/// sent (every purpose its certificate's extended key usage lists, tens of thousands for a
+/// certificate built for it), and a client must not choose how long a line is.
+const MOST_WORDS: usize = 512;
 
 /// A client gone, in words: an end of file is said one way, whichever step of the handshake
 /// met it (the handshake says "tls handshake eof" past the hello's first bytes, the hello's
@@ -541,6 +550,20 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client cannot make a line as long as it likes through the error's words (rustls
+    /// lists every purpose of a certificate's extended key usage).
+    #[test]
+    fn an_errors_words_are_cut_to_a_bound() {
+        let listed = format!("allows {}", "1, 3, 6, 1, ".repeat(5000));
+        let said = words(&io::Error::other(listed));
+        assert_eq!(said.chars().count(), MOST_WORDS + 1);
+        assert!(
+            said.starts_with("allows 1, 3") && said.ends_with('…'),
+            "{said}"
+        );
+        assert_eq!(words(&io::Error::other("short")), "short");
+    }
 
     #[test]
     fn refusals_map_to_the_documented_statuses() {

@@ -1,16 +1,17 @@
 //! Log lines written to stderr by a thread of their own, from a bounded queue: a write to a
 //! pipe whose reader is slow or stopped (a stalled log shipper, a terminal paused with
 //! Ctrl-S) blocks, and written from the threads that serve, one connection's line would hold
-//! up every connection, timeouts and health checks included. A full queue drops lines
-//! instead, and counts them. At exit, the lines queued are written, for as long as the
+//! up every connection, timeouts and health checks included. A full queue (in lines, or in
+//! bytes: a line may be long, a client's certificate's words in it) drops lines instead, and
+//! counts them. At exit, the lines queued are written, for as long as the
 //! caller gives them.
 //!
 //! (tracing-appender's queue gives up on them after 100 ms when it is full, and says so on
 //! stdout: a log shipper pausing a moment under back-pressure lost the shutdown's lines.)
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ enum Msg {
 pub(crate) struct Queue {
     lines: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Bytes of the lines queued and not yet taken by the writing thread.
+    queued: Arc<AtomicUsize>,
+    /// The most bytes queued at once.
+    most_bytes: usize,
 }
 
 /// The writing thread, as [`Writing::finish`] waits for it to write the lines queued.
@@ -36,19 +41,25 @@ pub(crate) struct Writing {
     stopped: Receiver<()>,
 }
 
-/// Starts the thread writing to `out` from a queue of at most `capacity` lines.
+/// Starts the thread writing to `out` from a queue of at most `capacity` lines and
+/// `most_bytes` bytes.
 pub(crate) fn start(
     out: impl Write + Send + 'static,
     capacity: usize,
+    most_bytes: usize,
 ) -> io::Result<(Queue, Writing)> {
-    let (lines, queued) = mpsc::sync_channel(capacity);
+    let (lines, taken) = mpsc::sync_channel(capacity);
     let (done, stopped) = mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let counted = queued.clone();
     std::thread::Builder::new()
         .name("wsgate-log".into())
-        .spawn(move || write_lines(&queued, out, &done))?;
+        .spawn(move || write_lines(&taken, &counted, out, &done))?;
     let queue = Queue {
         lines: lines.clone(),
         dropped: Arc::default(),
+        queued,
+        most_bytes,
     };
     Ok((queue, Writing { lines, stopped }))
 }
@@ -56,7 +67,12 @@ pub(crate) fn start(
 /// Writes each line queued to `out`, those queued together in one write up to [`PIPE_BUF`]
 /// bytes (fewer system calls when lines come in bursts), and never a line in two writes but
 /// one longer than that.
-fn write_lines(queued: &Receiver<Msg>, mut out: impl Write, done: &mpsc::Sender<()>) {
+fn write_lines(
+    queued: &Receiver<Msg>,
+    bytes: &AtomicUsize,
+    mut out: impl Write,
+    done: &mpsc::Sender<()>,
+) {
     let mut batch = Vec::with_capacity(PIPE_BUF);
     // A write that fails (stderr a pipe whose reader is gone) loses its lines: there is
     // nowhere to say so.
@@ -69,6 +85,7 @@ fn write_lines(queued: &Receiver<Msg>, mut out: impl Write, done: &mpsc::Sender<
         while let Some(msg) = next {
             match msg {
                 Msg::Line(line) => {
+                    bytes.fetch_sub(line.len(), Ordering::Relaxed);
                     if !batch.is_empty() && batch.len() + line.len() > PIPE_BUF {
                         write(&mut batch);
                     }
@@ -117,7 +134,12 @@ impl Write for &Queue {
     /// Queues `line` (the subscriber writes each line whole, in one call), or drops it if the
     /// queue is full.
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        if let Err(TrySendError::Full(_)) = self.lines.try_send(Msg::Line(line.to_vec())) {
+        let before = self.queued.fetch_add(line.len(), Ordering::Relaxed);
+        let room = before + line.len() <= self.most_bytes;
+        // Full, or the writing thread gone (its lines lost all the same): dropped.
+        let sent = room && self.lines.try_send(Msg::Line(line.to_vec())).is_ok();
+        if !sent {
+            self.queued.fetch_sub(line.len(), Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         Ok(line.len())
@@ -182,7 +204,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_lines_and_at_exit_writes_every_line_it_took_once_the_reader_is_back() {
         let out = Out::paused();
-        let (queue, writing) = start(out.clone(), 4).unwrap();
+        let (queue, writing) = start(out.clone(), 4, 1 << 20).unwrap();
         // The writer takes the first line and waits in its write; four more fill the queue.
         let mut taken = Vec::new();
         for n in 0..40 {
@@ -207,10 +229,34 @@ mod tests {
         }
     }
 
+    /// Long lines fill the queue by their bytes, however few: a stopped reader holds at most
+    /// the budget, the rest dropped and counted; taken lines give their bytes back.
+    #[test]
+    fn a_queue_is_bounded_in_bytes_too() {
+        let out = Out::paused();
+        let (queue, writing) = start(out.clone(), 1024, 3 << 20).unwrap();
+        let line = [vec![b'x'; (1 << 20) - 1], vec![b'\n']].concat();
+        for _ in 0..100 {
+            (&queue).write_all(&line).unwrap();
+        }
+        // The writer holds one (taken, waiting in its write); three more fit the budget.
+        assert!(queue.queued.load(Ordering::Relaxed) <= 3 << 20);
+        let dropped = queue.dropped();
+        assert!((96..=97).contains(&dropped), "{dropped}");
+        out.resume();
+        writing.finish(Duration::from_secs(30));
+        assert_eq!(out.writes().concat().len(), (100 - dropped as usize) << 20);
+        assert_eq!(
+            queue.queued.load(Ordering::Relaxed),
+            0,
+            "every byte given back"
+        );
+    }
+
     #[test]
     fn lines_go_out_whole_in_writes_a_pipe_keeps_whole() {
         let out = Out::default();
-        let (queue, writing) = start(out.clone(), 1024).unwrap();
+        let (queue, writing) = start(out.clone(), 1024, 1 << 20).unwrap();
         let long = format!("{}\n", "x".repeat(5000));
         let lines: Vec<String> = (0..300)
             .map(|n| match n {

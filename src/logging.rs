@@ -18,6 +18,11 @@ use crate::sync::lock;
 /// reader that pauses, a reader that stopped costs no more.
 const QUEUED_LINES: usize = 16_384;
 
+/// Bytes of lines queued at most, whatever their count: a line's length is partly the
+/// client's (a certificate's words in a failed handshake's reason), so the lines alone do
+/// not bound the memory a stopped reader costs.
+const QUEUED_BYTES: usize = 8 << 20;
+
 /// The queue of lines for stderr, for the metrics' count of lines it dropped.
 static QUEUE: OnceLock<crate::log_queue::Queue> = OnceLock::new();
 
@@ -85,10 +90,11 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // The writer's thread cannot be started (a pids limit reached): stderr written
     // directly, as better than no log at all.
-    let (writer, queued) = match crate::log_queue::start(std::io::stderr(), QUEUED_LINES) {
-        Ok((queue, writing)) => (BoxMakeWriter::new(queue.clone()), Some((queue, writing))),
-        Err(_) => (BoxMakeWriter::new(std::io::stderr), None),
-    };
+    let (writer, queued) =
+        match crate::log_queue::start(std::io::stderr(), QUEUED_LINES, QUEUED_BYTES) {
+            Ok((queue, writing)) => (BoxMakeWriter::new(queue.clone()), Some((queue, writing))),
+            Err(_) => (BoxMakeWriter::new(std::io::stderr), None),
+        };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)

@@ -383,7 +383,6 @@ impl Metrics {
             .inc();
     }
 
-    /// A backend that took the connection and closed it before a byte of answer.
     /// A backend connection that ended before a byte of answer: closed (or reset), or, to a
     /// backend spoken to in TLS, its handshake failed.
     pub(crate) fn backend_closed_early(&self, route: &str, backend: &str, error: &ProxyError) {
