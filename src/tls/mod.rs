@@ -242,6 +242,10 @@ fn load_certificates(
             .map_err(|refused| refused.at(config, paths))?;
         expiry.extend(Expiry::of(&paths.cert, &key.cert, Chain::Served));
         warnings.extend(chain_warning(config, paths, &key, Chain::Served));
+        if let Some(why) = key.cert.first().and_then(|leaf| not_a_servers(leaf)) {
+            let message = format!("{}: {why}", paths.cert.display());
+            warnings.push(ConfigError::at(&config.path, &paths.cert_location, message));
+        }
         let (names, first_for) = resolver.add(key);
         // The first certificate also serves every name no other covers; a later one serves
         // only the names it is the first to cover.
@@ -285,6 +289,31 @@ fn uncovered_hosts(config: &Config, resolver: &SniResolver) -> Vec<ConfigError> 
         .collect()
 }
 
+/// Why every client refuses `leaf` as a server's certificate, if one does: it loads (its key
+/// matches), and `wsgate check` would say ok, but no handshake with it succeeds.
+fn not_a_servers(leaf: &CertificateDer<'_>) -> Option<&'static str> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    if cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca)
+    {
+        return Some("it is a CA certificate (basicConstraints CA:TRUE), which clients refuse as a server's: serve the certificate it issued");
+    }
+    let eku = cert.extended_key_usage().ok().flatten();
+    if eku.is_some_and(|eku| !eku.value.server_auth && !eku.value.any) {
+        return Some("its extended key usage does not include serverAuth, so clients refuse it for a server (a client certificate?)");
+    }
+    let san = cert.subject_alternative_name().ok().flatten();
+    let names_a_host = san.is_some_and(|san| {
+        (san.value.general_names.iter())
+            .any(|name| matches!(name, GeneralName::DNSName(_) | GeneralName::IPAddress(_)))
+    });
+    (!names_a_host).then_some("its subjectAltName names no host (a name only in the subject's CN): clients check the subjectAltName alone, and refuse it for every name")
+}
+
 /// [`chain_problem`] of the pair `paths` as a warning at its `cert`.
 fn chain_warning(
     config: &Config,
@@ -309,9 +338,20 @@ fn chain_problem(chain: &[CertificateDer<'_>], role: Chain) -> Option<String> {
     if parsed.len() < 2 {
         return None;
     }
-    let in_order = (parsed.windows(2)).all(|pair| pair[0].issuer() == pair[1].subject());
+    let broken = (parsed.windows(2)).position(|pair| pair[0].issuer() != pair[1].subject());
     let (own, peers) = (role.own(), role.peers());
-    if !in_order {
+    if let Some(i) = broken {
+        // The issuer sent further down (an order to mend), or not at all (another chain's).
+        let issuer = parsed[i].issuer();
+        if !parsed[i + 1..]
+            .iter()
+            .any(|later| later.subject() == issuer)
+        {
+            return Some(format!(
+                "certificate {} of the chain was not issued by the one after it, nor by any other in the file: that one is another chain's intermediate ({peers} cannot build a path with it); put in the intermediate that issued it",
+                i + 1
+            ));
+        }
         return Some(format!("the chain is out of order: put {own} first, then the intermediate that signed it, then the one that signed that ({peers} that build the path in the order sent refuse it as it is)"));
     }
     let last = parsed.last()?;
@@ -781,6 +821,42 @@ mod tests {
         assert!(!names_cover(&names, "other.example.com"));
     }
 
+    /// Certificates that load but that every client refuses for a server are said: a CA's,
+    /// a client's (extended key usage without serverAuth), one naming its host in the CN only.
+    #[test]
+    fn a_certificate_no_client_takes_from_a_server_is_said() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let made = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+            let mut params = rcgen::CertificateParams::new(vec!["a.example.com".into()]).unwrap();
+            edit(&mut params);
+            let cert = params.self_signed(&key).unwrap();
+            not_a_servers(cert.der())
+        };
+        assert_eq!(made(&|_| {}), None, "a server's certificate");
+        let server_auth = |p: &mut rcgen::CertificateParams| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        };
+        assert_eq!(made(&server_auth), None);
+        let ip_only = |p: &mut rcgen::CertificateParams| {
+            p.subject_alt_names = vec![rcgen::SanType::IpAddress([10, 0, 0, 7].into())];
+        };
+        assert_eq!(made(&ip_only), None, "an address is a host");
+        let ca = |p: &mut rcgen::CertificateParams| {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        };
+        assert!(made(&ca).is_some_and(|why| why.contains("CA certificate")));
+        let client = |p: &mut rcgen::CertificateParams| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        };
+        assert!(made(&client).is_some_and(|why| why.contains("serverAuth")));
+        let cn_only = |p: &mut rcgen::CertificateParams| {
+            p.subject_alt_names.clear();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "a.example.com");
+        };
+        assert!(made(&cn_only).is_some_and(|why| why.contains("CN")));
+    }
+
     #[test]
     fn sessions_are_kept_for_the_last_few_scopes_only() {
         let resumption = Resumption::default();
@@ -1015,6 +1091,18 @@ mod tests {
         assert!(with_root.is_some_and(|w| w.contains("ends with its root")));
         let shuffled = chain_problem(&[der(&leaf), der(&root), der(&int)], Chain::Served);
         assert!(shuffled.is_some_and(|w| w.contains("out of order")));
+        // Another chain's intermediate: not an order to mend.
+        let (other_params, other_key) = ca("another intermediate");
+        let other = other_params
+            .signed_by(&other_key, &root, &root_key)
+            .unwrap();
+        let foreign = chain_problem(&[der(&leaf), der(&other)], Chain::Served);
+        assert!(
+            foreign
+                .as_ref()
+                .is_some_and(|w| w.contains("another chain's intermediate")),
+            "{foreign:?}"
+        );
         // A client certificate's chain, in a backend's words.
         let with_root = chain_problem(&[der(&leaf), der(&int), der(&root)], Chain::Client);
         assert!(with_root.is_some_and(|w| w.contains("backends have their roots already")));
