@@ -239,10 +239,11 @@ mod tests {
         for _ in 0..100 {
             (&queue).write_all(&line).unwrap();
         }
-        // The writer holds one (taken, waiting in its write); three more fit the budget.
+        // The writer holds up to two (one waiting in its write, the next taken to batch);
+        // three more fit the budget.
         assert!(queue.queued.load(Ordering::Relaxed) <= 3 << 20);
         let dropped = queue.dropped();
-        assert!((96..=97).contains(&dropped), "{dropped}");
+        assert!((95..=97).contains(&dropped), "{dropped}");
         out.resume();
         writing.finish(Duration::from_secs(30));
         assert_eq!(out.writes().concat().len(), (100 - dropped as usize) << 20);

@@ -151,8 +151,19 @@ impl Snapshot {
         let files = config.watched_files();
         let fingerprint = fingerprint_as_read(&files, (&config.path, config.source_hash));
         let renewed = Self::from_config(config.clone(), generation, fingerprint, &self.resumption)
-            .and_then(|renewed| self.names_kept(renewed));
+            .and_then(|renewed| self.names_kept(renewed))
+            .and_then(|renewed| self.not_run_out_over(renewed));
         Renewed::Read(read, Box::new(renewed))
+    }
+
+    /// `next`, unless it swaps a certificate in force for one that has run out, read from
+    /// the same file (see [`tls::run_out_over_valid`]): as a config reloaded or a renewal,
+    /// refused, the one in force staying.
+    pub(crate) fn not_run_out_over(&self, next: Snapshot) -> Result<Snapshot, ConfigError> {
+        match tls::run_out_over_valid(&self.expiry, &next.expiry) {
+            Some(why) => Err(ConfigError::new(&self.config.path, why)),
+            None => Ok(next),
+        }
     }
 
     /// `renewed`, if its certificates still name, between them, every DNS name the ones in

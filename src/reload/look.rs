@@ -102,7 +102,8 @@ pub(super) fn look(
     if trigger == Trigger::Files && known.contains(&Some(on_disk)) {
         return Look::StillRejected;
     }
-    let built = Snapshot::build_hashed(path, generation, on_disk, &in_force.resumption);
+    let built = Snapshot::build_hashed(path, generation, on_disk, &in_force.resumption)
+        .and_then(|built| in_force.not_run_out_over(built));
     if built.is_err() {
         // What it read and parsed before failing is freed: memory to give back, as a
         // replaced snapshot's is (counted as it drops).

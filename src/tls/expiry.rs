@@ -228,6 +228,23 @@ fn time_left(left: i64) -> String {
 /// Whether the leaf read from `file` has run out (past its own notAfter), as `expiry` has
 /// it. Its leaf, not its chain: a chain whose cross-signing intermediate ended still serves
 /// every client that finds another path, as Let's Encrypt's long chain did.
+/// A certificate file whose leaf has run out in `next` while the one read from the same file
+/// in `in_force` has not (an old certificate written over a renewed one: a stale backup, a
+/// sync gone backwards): in words, to refuse it. Serving it would fail every client that the
+/// certificate in force serves.
+pub(crate) fn run_out_over_valid(in_force: &[Expiry], next: &[Expiry]) -> Option<String> {
+    let now = unix_now();
+    next.iter().filter(|e| e.leaf.1 <= now).find_map(|e| {
+        let valid = in_force.iter().find(|f| f.file == e.file && f.leaf.1 > now)?;
+        Some(format!(
+            "{}: its certificate ran out at {}, while the one in force from this file is valid until {}: not served, the one in force stays (write the current certificate there)",
+            e.file.display(),
+            rfc3339(e.leaf.1),
+            rfc3339(valid.leaf.1)
+        ))
+    })
+}
+
 pub(crate) fn run_out(expiry: &[Expiry], file: &Path) -> bool {
     let now = unix_now();
     expiry.iter().any(|e| e.file == file && e.leaf.1 <= now)

@@ -34,7 +34,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::{CertificatePaths, ClientAuth, Config, ConfigError, HostPattern, TlsVersion};
 pub(crate) use client::{backend_clients, BackendTls};
 pub(crate) use expiry::{
-    expiry_summary, lists_summary, run_out, until_a_leaf_runs_out, validity_warnings, Expiry,
+    expiry_summary, lists_summary, run_out, run_out_over_valid, until_a_leaf_runs_out,
+    validity_warnings, Expiry,
 };
 pub(crate) use hello::{read as read_hello, tell_to_use_tls, Hello};
 pub(crate) use rustls::server::danger::ClientCertVerifier;

@@ -2368,6 +2368,38 @@ impl CertFolderProxy {
     }
 }
 
+/// A certificate file written over with one that has run out (a stale backup restored, a
+/// sync gone backwards) does not replace the valid one in force: the reload is rejected,
+/// saying so, and the next good write goes in. Also while the config file on disk is
+/// rejected (a renewal, not a reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_has_run_out_does_not_replace_a_valid_one() {
+    for config_rejected in [false, true] {
+        let proxy = CertFolderProxy::start().await;
+        let mut rx = proxy.server.reload_status();
+        let mut failed = 0;
+        if config_rejected {
+            let good = std::fs::read_to_string(&proxy.config).unwrap();
+            std::fs::write(&proxy.config, format!("{good}{ROUTE_WITHOUT_PATH}")).unwrap();
+            failed = failures(&mut rx, 1).await.failures;
+        }
+        let served = served_leaf(proxy.addr).await;
+        let (cert, key) = pki().leaf_ran_out(SERVER_NAMES);
+        std::fs::write(proxy.folder.join("tls.key"), key).unwrap();
+        std::fs::write(proxy.folder.join("tls.crt"), cert).unwrap();
+        let status = failures(&mut rx, failed + 1).await;
+        assert_eq!(status.generation, 1, "{status:?}");
+        // (A renewal's failure is said in the log; the status keeps the config file's.)
+        let error = status.last_error.unwrap_or_default();
+        assert!(config_rejected || error.contains("ran out at"), "{error}");
+        assert_eq!(served_leaf(proxy.addr).await, served, "the valid one stays");
+
+        let renewed = renew_in_place(&proxy.folder);
+        generation(&mut rx, 2).await;
+        assert_eq!(served_leaf(proxy.addr).await, der_of(&renewed));
+    }
+}
+
 /// Rewrites the leaf in `folder` in place, key first; returns the new certificate.
 fn renew_in_place(folder: &Path) -> String {
     let (cert, key) = pki().leaf(SERVER_NAMES);

@@ -194,16 +194,39 @@ impl Pki {
         self.leaf_to_the_second(names, until, purpose)
     }
 
+    /// [`Pki::leaf`] valid for a day that ended yesterday: one that has run out.
+    pub fn leaf_ran_out(&self, names: &[&str]) -> (String, String) {
+        let now = time::OffsetDateTime::now_utc();
+        let purpose = rcgen::ExtendedKeyUsagePurpose::ServerAuth;
+        self.leaf_between(
+            names,
+            now - time::Duration::days(2),
+            now - time::Duration::days(1),
+            purpose,
+        )
+    }
+
     fn leaf_to_the_second(
         &self,
         names: &[&str],
         until: std::time::SystemTime,
         purpose: rcgen::ExtendedKeyUsagePurpose,
     ) -> (String, String) {
+        let from = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        self.leaf_between(names, from, time::OffsetDateTime::from(until), purpose)
+    }
+
+    fn leaf_between(
+        &self,
+        names: &[&str],
+        from: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+        purpose: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
-        params.not_after = time::OffsetDateTime::from(until);
+        params.not_before = from;
+        params.not_after = until;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, &names[0]);
