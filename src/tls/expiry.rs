@@ -228,18 +228,23 @@ fn time_left(left: i64) -> String {
 /// Whether the leaf read from `file` has run out (past its own notAfter), as `expiry` has
 /// it. Its leaf, not its chain: a chain whose cross-signing intermediate ended still serves
 /// every client that finds another path, as Let's Encrypt's long chain did.
-/// A certificate file whose leaf has run out in `next` while the one read from the same file
-/// in `in_force` has not (an old certificate written over a renewed one: a stale backup, a
-/// sync gone backwards): in words, to refuse it. Serving it would fail every client that the
-/// certificate in force serves.
+/// A certificate file whose leaf is not valid now in `next` (run out: an old certificate
+/// written over a renewed one, a stale backup, a sync gone backwards; or not valid yet) while
+/// the one read from the same file in `in_force` is: in words, to refuse it. Serving it would
+/// fail every client that the certificate in force serves.
 pub(crate) fn run_out_over_valid(in_force: &[Expiry], next: &[Expiry]) -> Option<String> {
     let now = unix_now();
-    next.iter().filter(|e| e.leaf.1 <= now).find_map(|e| {
-        let valid = in_force.iter().find(|f| f.file == e.file && f.leaf.1 > now)?;
+    let valid_now = |(from, until): (i64, i64)| from <= now && now < until;
+    next.iter().filter(|e| !valid_now(e.leaf)).find_map(|e| {
+        let valid = in_force.iter().find(|f| f.file == e.file && valid_now(f.leaf))?;
+        let (from, until) = e.leaf;
+        let what = match from > now {
+            true => format!("is not valid yet (from {})", rfc3339(from)),
+            false => format!("ran out at {}", rfc3339(until)),
+        };
         Some(format!(
-            "{}: its certificate ran out at {}, while the one in force from this file is valid until {}: not served, the one in force stays (write the current certificate there)",
+            "{}: its certificate {what}, while the one in force from this file is valid until {}: not served, the one in force stays (write the current certificate there)",
             e.file.display(),
-            rfc3339(e.leaf.1),
             rfc3339(valid.leaf.1)
         ))
     })

@@ -328,9 +328,10 @@ fn chain_warning(
 }
 
 /// What is off about a chain that still works with lenient peers: intermediates out of
-/// order (each certificate must be signed by the one after it), or the root sent along
-/// (peers have it already: bytes in every handshake for nothing). By names, as a peer
-/// builds a path: each certificate's issuer is the next one's subject.
+/// order (each certificate must be signed by the one after it), one that is no part of the
+/// path from the first certificate (a duplicate, another chain's), or the root sent along
+/// (peers have it already: bytes in every handshake for nothing). By names, as a peer builds
+/// a path: each certificate's issuer is the next one's subject.
 fn chain_problem(chain: &[CertificateDer<'_>], role: Chain) -> Option<String> {
     let parsed: Vec<_> = (chain.iter())
         .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
@@ -339,20 +340,27 @@ fn chain_problem(chain: &[CertificateDer<'_>], role: Chain) -> Option<String> {
     if parsed.len() < 2 {
         return None;
     }
-    let broken = (parsed.windows(2)).position(|pair| pair[0].issuer() != pair[1].subject());
     let (own, peers) = (role.own(), role.peers());
-    if let Some(i) = broken {
-        // The issuer sent further down (an order to mend), or not at all (another chain's).
-        let issuer = parsed[i].issuer();
-        if !parsed[i + 1..]
-            .iter()
-            .any(|later| later.subject() == issuer)
-        {
-            return Some(format!(
-                "certificate {} of the chain was not issued by the one after it, nor by any other in the file: that one is another chain's intermediate ({peers} cannot build a path with it); put in the intermediate that issued it",
-                i + 1
-            ));
+    // The path a peer builds from the first certificate with what was sent: each step the
+    // first certificate not on it yet whose subject is the last one's issuer.
+    let mut path = vec![0];
+    while let Some(&last) = path.last() {
+        let cert = &parsed[last];
+        let self_signed = cert.subject() == cert.issuer();
+        let next =
+            (0..parsed.len()).find(|i| !path.contains(i) && parsed[*i].subject() == cert.issuer());
+        match next {
+            Some(i) if !self_signed => path.push(i),
+            _ => break,
         }
+    }
+    if let Some(stray) = (0..parsed.len()).find(|i| !path.contains(i)) {
+        return Some(format!(
+            "certificate {} of the chain is no part of the path from {own} (a duplicate, or another chain's certificate): {peers} may refuse the chain; leave it out",
+            stray + 1
+        ));
+    }
+    if path.iter().enumerate().any(|(place, i)| place != *i) {
         return Some(format!("the chain is out of order: put {own} first, then the intermediate that signed it, then the one that signed that ({peers} that build the path in the order sent refuse it as it is)"));
     }
     let last = parsed.last()?;
@@ -1092,18 +1100,26 @@ mod tests {
         assert!(with_root.is_some_and(|w| w.contains("ends with its root")));
         let shuffled = chain_problem(&[der(&leaf), der(&root), der(&int)], Chain::Served);
         assert!(shuffled.is_some_and(|w| w.contains("out of order")));
-        // Another chain's intermediate: not an order to mend.
+        // Certificates no part of the leaf's path: another chain's intermediate, a
+        // duplicate, beside a path that builds (the root left out, as it should be).
         let (other_params, other_key) = ca("another intermediate");
         let other = other_params
             .signed_by(&other_key, &root, &root_key)
             .unwrap();
-        let foreign = chain_problem(&[der(&leaf), der(&other)], Chain::Served);
-        assert!(
-            foreign
-                .as_ref()
-                .is_some_and(|w| w.contains("another chain's intermediate")),
-            "{foreign:?}"
-        );
+        let root_alone = [der(&leaf), der(&root)];
+        for (chain, stray) in [
+            (&[der(&leaf), der(&int), der(&other)][..], "certificate 3"),
+            (&[der(&leaf), der(&int), der(&int)], "certificate 3"),
+            (&[der(&leaf), der(&other)], "certificate 2"),
+            // The root, not the leaf's issuer: its intermediate is missing.
+            (&root_alone, "certificate 2"),
+        ] {
+            let said = chain_problem(chain, Chain::Served);
+            let stray_said = |w: &String| w.contains(stray) && w.contains("no part of the path");
+            assert!(said.as_ref().is_some_and(stray_said), "{said:?}");
+        }
+        let shuffled = chain_problem(&[der(&leaf), der(&root), der(&int)], Chain::Served);
+        assert!(shuffled.is_some_and(|w| w.contains("out of order")));
         // A client certificate's chain, in a backend's words.
         let with_root = chain_problem(&[der(&leaf), der(&int), der(&root)], Chain::Client);
         assert!(with_root.is_some_and(|w| w.contains("backends have their roots already")));

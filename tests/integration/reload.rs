@@ -2374,7 +2374,17 @@ impl CertFolderProxy {
 /// rejected (a renewal, not a reload).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_that_has_run_out_does_not_replace_a_valid_one() {
-    for config_rejected in [false, true] {
+    type Leaf = fn(&[&str]) -> (String, String);
+    let (ran_out, not_yet): (Leaf, Leaf) = (
+        |names| pki().leaf_ran_out(names),
+        |names| pki().leaf_not_yet_valid(names),
+    );
+    let cases = [
+        (false, ran_out, "ran out at"),
+        (true, ran_out, "ran out at"),
+        (false, not_yet, "is not valid yet"),
+    ];
+    for (config_rejected, bad, said) in cases {
         let proxy = CertFolderProxy::start().await;
         let mut rx = proxy.server.reload_status();
         let mut failed = 0;
@@ -2384,14 +2394,14 @@ async fn a_certificate_that_has_run_out_does_not_replace_a_valid_one() {
             failed = failures(&mut rx, 1).await.failures;
         }
         let served = served_leaf(proxy.addr).await;
-        let (cert, key) = pki().leaf_ran_out(SERVER_NAMES);
+        let (cert, key) = bad(SERVER_NAMES);
         std::fs::write(proxy.folder.join("tls.key"), key).unwrap();
         std::fs::write(proxy.folder.join("tls.crt"), cert).unwrap();
         let status = failures(&mut rx, failed + 1).await;
         assert_eq!(status.generation, 1, "{status:?}");
         // (A renewal's failure is said in the log; the status keeps the config file's.)
         let error = status.last_error.unwrap_or_default();
-        assert!(config_rejected || error.contains("ran out at"), "{error}");
+        assert!(config_rejected || error.contains(said), "{error}");
         assert_eq!(served_leaf(proxy.addr).await, served, "the valid one stays");
 
         let renewed = renew_in_place(&proxy.folder);

@@ -206,6 +206,18 @@ impl Pki {
         )
     }
 
+    /// [`Pki::leaf`] valid from tomorrow: one that is not valid yet.
+    pub fn leaf_not_yet_valid(&self, names: &[&str]) -> (String, String) {
+        let now = time::OffsetDateTime::now_utc();
+        let purpose = rcgen::ExtendedKeyUsagePurpose::ServerAuth;
+        self.leaf_between(
+            names,
+            now + time::Duration::days(1),
+            now + time::Duration::days(90),
+            purpose,
+        )
+    }
+
     fn leaf_to_the_second(
         &self,
         names: &[&str],
