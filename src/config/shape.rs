@@ -139,15 +139,38 @@ pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), Co
 }
 
 /// The first of `required` that the table `value` lacks; none if it is no table (said
-/// apart).
+/// apart), or if the table has a key that looks like it misspelt (`lisen`, `nme`): that key
+/// is the mistake to name, where it is written, and serde does (an unknown key), after any
+/// mistake written before it in the table.
 fn first_missing(value: &Spanned<DeValue<'_>>, required: &[&'static str]) -> Option<&'static str> {
-    match value.get_ref() {
-        DeValue::Table(table) => required
-            .iter()
-            .copied()
-            .find(|key| get(table, key).is_none()),
-        _ => None,
+    let DeValue::Table(table) = value.get_ref() else {
+        return None;
+    };
+    let misspelt =
+        |key: &str| (table.iter()).any(|(written, _)| edits(written.get_ref(), key) <= MISSPELT);
+    (required.iter().copied()).find(|key| get(table, key).is_none() && !misspelt(key))
+}
+
+/// The most edits (a letter added, dropped or changed) that make a key written a misspelling
+/// of one missing: `lisen` for `listen` is one, `nme` for `name` one, `bakends` one.
+const MISSPELT: usize = 2;
+
+/// Levenshtein's distance between `a` and `b`, by characters.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
     }
+    row[b.len()]
 }
 
 fn get<'a, 'i>(table: &'a DeTable<'i>, name: &str) -> Option<&'a Spanned<DeValue<'i>>> {
@@ -278,5 +301,20 @@ fn datetime_message(key: &str) -> String {
         false => {
             "invalid type: date-time: no setting takes one (quote it if it is text)".to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_count_letters_added_dropped_or_changed() {
+        assert_eq!(edits("listen", "listen"), 0);
+        assert_eq!(edits("lisen", "listen"), 1);
+        assert_eq!(edits("nme", "name"), 1);
+        assert_eq!(edits("bakcends", "backends"), 2);
+        assert_eq!(edits("host", "path"), 4);
+        assert_eq!(edits("", "key"), 3);
     }
 }

@@ -596,6 +596,16 @@ fn a_missing_key_comes_before_a_bad_value_below_it() {
             "[[route]]\nnme = \"a\"\npath = \"/\"\nbackends = [\"127.0.0.1:1\"]\n",
             ":7:1: route[0].nme: unknown field",
         ),
+        // A misspelt key with a mistake above it in its table: that mistake first (then the
+        // misspelt key, once it is mended), not the key it misspelt as missing.
+        (
+            "[[route]]\nbalance = \"rr\"\nnme = \"x\"\npath = \"/\"\nbackends = [\"127.0.0.1:1\"]\n",
+            ":7:11: route[0].balance:",
+        ),
+        (
+            "[[route]]\nname = 5\npth = \"/\"\nbackends = [\"127.0.0.1:1\"]\n",
+            ":7:8: route[0].name:",
+        ),
         // The first route's bad value, above the second's missing name.
         (
             "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = \"x\"\n[[route]]\npath = \"/b\"\nbackends = [\"127.0.0.1:1\"]\n",
@@ -609,6 +619,23 @@ fn a_missing_key_comes_before_a_bad_value_below_it() {
             "{message:?} should contain {expected:?}"
         );
     }
+    let src = "[proxy]\nlog_format = \"jsn\"\nlisen = [\"127.0.0.1:8443\"]\n[tls]\n\
+               certificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n";
+    let message = Config::from_toml_str(src, Path::new("w.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("w.toml:2:14: proxy.log_format:"),
+        "{message}"
+    );
+    let mended = src.replace("\"jsn\"", "\"json\"");
+    let message = Config::from_toml_str(&mended, Path::new("w.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("w.toml:3:1: proxy.lisen: unknown field"),
+        "{message}"
+    );
     let src = "[proxy]\nlisten = [\"127.0.0.1:8443\"]\n[tls]\ncertificates = [{ cert = 5 }]\n";
     let message = Config::from_toml_str(src, Path::new("w.toml"))
         .unwrap_err()
