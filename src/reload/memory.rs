@@ -65,6 +65,13 @@ impl Memory {
         [self.rejected, self.lacking]
     }
 
+    /// A certificate in force ran out: content rejected while it was valid (a certificate
+    /// not valid now written over it) may be good now, and is built again, not skipped as
+    /// known to fail. (Failing as it did, it is no news: see `failing_config`.)
+    pub(super) fn retry_rejected(&mut self) {
+        self.rejected = None;
+    }
+
     /// Back to what is in force (the files went back to it, or were applied): a failure like
     /// one said before is news again, as is a renewal failing as one did before.
     pub(super) fn forget_failures(&mut self) {

@@ -218,9 +218,9 @@ impl Reloader {
         };
         // And as a leaf in force runs out: a renewal refused for the names it served is
         // taken then (see `Snapshot::names_kept`).
-        let due = (tls::until_a_leaf_runs_out(&current.expiry))
-            .and_then(|until| Instant::now().checked_add(until))
-            .map_or(looked + period, |end| end.min(looked + period));
+        let leaf_ends = (tls::until_a_leaf_runs_out(&current.expiry))
+            .and_then(|until| Instant::now().checked_add(until));
+        let due = leaf_ends.map_or(looked + period, |end| end.min(looked + period));
         drop(current);
         let first = tokio::select! {
             _ = self.stop.cancelled() => return None,
@@ -228,6 +228,9 @@ impl Reloader {
             () = self.asks.by_hand() => Wake::Manual,
             _ = tokio::time::sleep_until(due) => Wake::Poll,
         };
+        if matches!(first, Wake::Poll) && leaf_ends.is_some_and(|end| end <= Instant::now()) {
+            self.memory.retry_rejected();
+        }
         let trigger = match first {
             // A manual reload asked for while a burst settles is served at once.
             Wake::Event => tokio::select! {

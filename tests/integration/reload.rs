@@ -2410,6 +2410,43 @@ async fn a_certificate_that_has_run_out_does_not_replace_a_valid_one() {
     }
 }
 
+/// A certificate that has run out, refused over the valid one in force, goes in once that one
+/// runs out too: as a reload of the config file on disk (in force all along, nothing about it
+/// rejected), not as a renewal beside a config file said not in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_certificate_goes_in_as_a_reload_when_the_one_in_force_runs_out() {
+    // Time for start-up and the refused write on a loaded machine before it runs out.
+    let runs_out = std::time::SystemTime::now() + std::time::Duration::from_secs(8);
+    let proxy = CertFolderProxy::serving(pki().leaf_until_time(SERVER_NAMES, runs_out)).await;
+    let mut rx = proxy.server.reload_status();
+    let (cert, key) = pki().leaf_ran_out(SERVER_NAMES);
+    std::fs::write(proxy.folder.join("tls.key"), key).unwrap();
+    std::fs::write(proxy.folder.join("tls.crt"), &cert).unwrap();
+    let status = failures(&mut rx, 1).await;
+    assert_eq!(status.generation, 1, "{status:?}");
+
+    // What the reloader waits for is the clock.
+    let left = runs_out.duration_since(std::time::SystemTime::now());
+    tokio::time::sleep(left.unwrap_or_default()).await;
+    let status = generation(&mut rx, 2).await;
+    assert_eq!(
+        status.last_error, None,
+        "the files on disk are in force: {status:?}"
+    );
+    // Served: a client refuses it as the certificate that ran out (by its notAfter).
+    let der = der_of(&cert);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let not_after = parsed.validity().not_after.timestamp();
+    let connector = tokio_rustls::TlsConnector::from(pki().client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let refused = connector.connect(name, tcp).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!("not valid after {not_after}")),
+        "{refused}"
+    );
+}
+
 /// Rewrites the leaf in `folder` in place, key first; returns the new certificate.
 fn renew_in_place(folder: &Path) -> String {
     let (cert, key) = pki().leaf(SERVER_NAMES);
