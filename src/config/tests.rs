@@ -24,6 +24,18 @@ fn error(body: &str) -> String {
     }
 }
 
+/// Each `(body, expected)`: the config of [`HEAD`] and `body` is refused with an error
+/// containing `expected`.
+fn each_error_contains(cases: &[(&str, &str)]) {
+    for (body, expected) in cases {
+        let message = error(body);
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+}
+
 #[test]
 fn a_minimal_config_gets_the_documented_defaults() {
     let config = parse("").unwrap();
@@ -573,13 +585,7 @@ fn of_several_mistakes_the_one_written_first_is_reported() {
             ":6:19: tls.recheck_tunnels:",
         ),
     ];
-    for (body, expected) in cases {
-        let message = error(body);
-        assert!(
-            message.contains(expected),
-            "{message:?} should contain {expected:?}"
-        );
-    }
+    each_error_contains(&cases);
 }
 
 /// A key missing from a table is placed at the table's start, and reported before a value of
@@ -612,13 +618,7 @@ fn a_missing_key_comes_before_a_bad_value_below_it() {
             ":9:12: route[0].backends:",
         ),
     ];
-    for (body, expected) in cases {
-        let message = error(body);
-        assert!(
-            message.contains(expected),
-            "{message:?} should contain {expected:?}"
-        );
-    }
+    each_error_contains(&cases);
     let src = "[proxy]\nlog_format = \"jsn\"\nlisen = [\"127.0.0.1:8443\"]\n[tls]\n\
                certificates = [{ cert = \"a.crt\", key = \"a.key\" }]\n";
     let message = Config::from_toml_str(src, Path::new("w.toml"))
@@ -676,13 +676,7 @@ fn lines_of_a_multiline_string_are_not_headers() {
             "`idle` is set twice (first at line 8)",
         ),
     ];
-    for (body, expected) in cases {
-        let message = error(body);
-        assert!(
-            message.contains(expected),
-            "{message:?} should contain {expected:?}"
-        );
-    }
+    each_error_contains(&cases);
     // No `[route]` header, only a string's line: no hint about writing one.
     let body =
         "[[route]]\nname = \"\"\"\n[route]\n\"\"\"\npath = 5\nbackends = [\"127.0.0.1:1\"]\n";
