@@ -273,15 +273,20 @@ async fn a_target_that_stalls_partway_fails_a_steady_run() {
     for args in [&["throughput", &url, "-c", "2"][..], &["bulk", &url]] {
         let args = [args, &["-d", "2s", "--warmup", "50ms", "--json"]].concat();
         let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("the target stalled"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-        let quiet = report(&out)["longest_quiet_s"].as_f64().unwrap();
-        assert!(quiet > 1.0, "{quiet}");
+        failed_as_stalled(&out);
     }
+}
+
+/// A run that failed for its target's stall: exit 1, said so, its quiet over a second.
+fn failed_as_stalled(out: &Output) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    assert!(
+        stderr(out).contains("the target stalled"),
+        "{}",
+        stderr(out)
+    );
+    let quiet = report(out)["longest_quiet_s"].as_f64().unwrap();
+    assert!(quiet > 1.0, "{quiet}");
 }
 
 /// One tunnel stalls while the other echoes on: the total never goes quiet, and the run fails
@@ -367,14 +372,7 @@ async fn a_target_that_stalls_partway_fails_a_handshake_run() {
         "--json",
     ];
     let out = bench_async(args.iter().map(|a| a.to_string()).collect()).await;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("the target stalled"),
-        "{}",
-        stderr(&out)
-    );
-    let quiet = report(&out)["longest_quiet_s"].as_f64().unwrap();
-    assert!(quiet > 1.0, "{quiet}");
+    failed_as_stalled(&out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
