@@ -458,6 +458,72 @@ fn limit_hint(e: &notify::Error) -> &'static str {
     }
 }
 
+/// Says which of `files` is a mount point of its own (a Kubernetes `subPath` mount, a
+/// container's bind mount of one file), once, at start: such a file is the inode it was
+/// mounted with for the life of the mount, so a Kubernetes update (a `..data` swap) never
+/// reaches it, nor does a rename over its source (an editor's save, a deploy tool's), and no
+/// watch or poll could see them; only a write in place to that inode does. Mounts are fixed at
+/// a container's start, so a look then covers a pod's whole life.
+pub(crate) fn say_own_mounts(files: &[PathBuf]) {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for file in own_mounts(files, &mount_points(&table)) {
+        tracing::warn!(
+            file = %file.display(),
+            "file is a mount of its own (a Kubernetes subPath mount, or a bind mount of one file): \
+             changes reach wsgate only when written in place to it; a ConfigMap or Secret update \
+             never does, nor a rename over its source; mount the folder instead"
+        );
+    }
+}
+
+/// Those of `files` at one of the `mounts`, by the path named or its real path; each once.
+fn own_mounts(files: &[PathBuf], mounts: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+    files
+        .iter()
+        .filter(|file| {
+            let real = std::fs::canonicalize(file).ok();
+            mounts.contains(&absolute(file)) || real.is_some_and(|real| mounts.contains(&real))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The mount points in a `/proc/self/mountinfo` table: each line's fifth field, with the
+/// kernel's octal escapes (`\040` for a space, `\011`, `\012`, `\134`) undone.
+fn mount_points(table: &str) -> BTreeSet<PathBuf> {
+    table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescaped(field)))
+        .collect()
+}
+
+/// A mountinfo field with its `\NNN` octal escapes undone (a malformed one kept as it is).
+fn unescaped(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest
+            .get(at + 1..at + 4)
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A folder's (or file's) identity: one deleted and made again, or swapped by rename, is a
 /// new one at the same path, and needs a new watch.
 #[cfg(unix)]
@@ -624,6 +690,28 @@ mod tests {
 
     /// Each file that is there is watched itself, once, by its real path (however many names
     /// lead to it, links of either kind); one still to come only through its folder.
+    #[test]
+    fn a_file_mounted_on_its_own_is_told_from_one_in_a_mounted_folder() {
+        let table = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+            31 27 0:5 /pods/vol/..2026_12_07/wsgate.toml /etc/wsgate/wsgate.toml ro - ext4 /dev/vda rw\n\
+            32 27 0:6 / /etc/wsgate/certs ro - tmpfs tmpfs rw\n\
+            33 27 0:7 /x /etc/my\\040app/a\\134b.toml ro - ext4 /dev/vda rw\n";
+        let mounts = mount_points(table);
+        assert!(mounts.contains(Path::new("/etc/my app/a\\b.toml")));
+        let files = [
+            PathBuf::from("/etc/wsgate/wsgate.toml"),
+            PathBuf::from("/etc/wsgate/certs/tls.crt"),
+            PathBuf::from("/etc/my app/a\\b.toml"),
+        ];
+        let own = own_mounts(&files, &mounts);
+        assert_eq!(own, BTreeSet::from([files[0].clone(), files[2].clone()]));
+        assert_eq!(
+            unescaped("a\\04b\\"),
+            "a\\04b\\",
+            "a malformed escape is kept"
+        );
+    }
+
     #[test]
     fn each_file_there_is_watched_itself_by_its_real_path() {
         let dir = tempfile::tempdir().unwrap();
