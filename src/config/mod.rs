@@ -374,23 +374,6 @@ impl Config {
     }
 }
 
-/// serde's "unknown field" for a document holding date-times, read with them as text; `None`
-/// if it has none, or no unknown key.
-/// Whether `serde`'s error is an unknown key inside the table `refused` finds a key missing
-/// from: most likely the missing key misspelt (`lisen`), which serde's message names where
-/// it is written, with the keys the table takes.
-fn misspelt(serde: &ConfigError, refused: &ConfigError) -> bool {
-    let key = |e: &ConfigError| {
-        e.location
-            .as_ref()
-            .map(|l| l.key.clone())
-            .unwrap_or_default()
-    };
-    refused.message.starts_with("missing field")
-        && serde.message.starts_with("unknown field")
-        && key(serde).starts_with(&format!("{}.", key(refused)))
-}
-
 /// What the shape check `refused`, or serde's first mistake in the document if that is
 /// written before it (an unknown key above a misspelt word, the misspelt key a date-time
 /// sits under): the keys-and-types stage reports the one written first, as every stage
@@ -406,7 +389,7 @@ fn written_first(
     match RawConfig::deserialize(toml::de::Deserializer::from(as_text)) {
         Err(e) => {
             let serde = ConfigError::from_toml(&e, src, path);
-            if serde.written_before(&refused) || misspelt(&serde, &refused) {
+            if serde.written_before(&refused) {
                 serde
             } else {
                 refused

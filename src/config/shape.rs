@@ -139,16 +139,21 @@ pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), Co
 }
 
 /// The first of `required` that the table `value` lacks; none if it is no table (said
-/// apart), or if the table has a key that looks like it misspelt (`lisen`, `nme`): that key
-/// is the mistake to name, where it is written, and serde does (an unknown key), after any
-/// mistake written before it in the table.
+/// apart), or if the table has a key that looks like one it lacks misspelt (`lisen`, `nme`):
+/// that key is the mistake to name, where it is written, and serde does (an unknown key),
+/// after any mistake written before it in the table. Any other unknown key (`foo`) is a
+/// mistake too, but the missing key, placed at the table's start, is written before it.
 fn first_missing(value: &Spanned<DeValue<'_>>, required: &[&'static str]) -> Option<&'static str> {
     let DeValue::Table(table) = value.get_ref() else {
         return None;
     };
     let misspelt =
         |key: &str| (table.iter()).any(|(written, _)| edits(written.get_ref(), key) <= MISSPELT);
-    (required.iter().copied()).find(|key| get(table, key).is_none() && !misspelt(key))
+    let mut missing = (required.iter().copied()).filter(|key| get(table, key).is_none());
+    match missing.clone().any(misspelt) {
+        true => None,
+        false => missing.next(),
+    }
 }
 
 /// The most edits (a letter added, dropped or changed) that make a key written a misspelling

@@ -602,6 +602,16 @@ fn a_missing_key_comes_before_a_bad_value_below_it() {
             "[[route]]\nnme = \"a\"\npath = \"/\"\nbackends = [\"127.0.0.1:1\"]\n",
             ":7:1: route[0].nme: unknown field",
         ),
+        // Misspelt, with another key missing too: still the misspelt key.
+        (
+            "[[route]]\nnme = \"a\"\npath = \"/\"\n",
+            ":7:1: route[0].nme: unknown field",
+        ),
+        // An unknown key like no missing one: a mistake of its own, after the missing key.
+        (
+            "[[route]]\nname = \"a\"\nfoo = 1\npath = \"/\"\n",
+            ":6:1: route[0]: missing field `backends`",
+        ),
         // A misspelt key with a mistake above it in its table: that mistake first (then the
         // misspelt key, once it is mended), not the key it misspelt as missing.
         (
@@ -692,8 +702,8 @@ fn a_byte_order_mark_is_not_a_column() {
         ("\u{feff}[proxyx]\n", ":1:2: proxyx: unknown field"),
         ("\u{feff}x = 1\n", ":1:1: x: unknown field"),
         (
-            "\u{feff}[proxy]\nfoo = 1\n",
-            ":2:1: proxy.foo: unknown field",
+            "\u{feff}[proxy]\nlisen = 1\n",
+            ":2:1: proxy.lisen: unknown field",
         ),
     ] {
         let message = match Config::from_toml_str(src, path) {
