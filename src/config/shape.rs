@@ -38,6 +38,7 @@ const SECTIONS: [(&str, &str); 6] = [
 const ROUTE: &str =
     "[[route]], or { name = \"a\", path = \"/\", backends = [\"h:1\"] } in route = [...]";
 const CERTIFICATE: &str = "{ cert = \"a.crt\", key = \"a.key\" }";
+const BACKEND_TLS: &str = "backend_tls = { ca = \"backend-ca.crt\" }";
 /// The settings that are one of a few words (the enums in `raw`), and the words.
 const WORDS: [(&str, &str, [&str; 2]); 4] = [
     ("proxy", "log_format", ["json", "text"]),
@@ -120,6 +121,12 @@ pub(super) fn check(root: &DeTable<'_>, src: &str, path: &Path) -> Result<(), Co
             }
             if let Some(missing) = first_missing(item, required) {
                 refuse(&item.span(), &key, format!("missing field `{missing}`"));
+            }
+            // A route's one table: serde would read an array into it by position too.
+            if let Some(value) = field(item, "backend_tls").filter(|_| name == "route") {
+                if let Err(m) = must_be_table(value, BACKEND_TLS) {
+                    refuse(&value.span(), &format!("{key}.backend_tls"), m);
+                }
             }
             let (setting, words) = ROUTE_WORDS;
             if let Some(value) = field(item, setting).filter(|_| name == "route") {

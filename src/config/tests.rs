@@ -1065,6 +1065,8 @@ fn sections_and_entries_written_as_arrays_are_refused() {
         ("proxy = { listen = [\"127.0.0.1:1\"] }\ntls = [[[\"a\", \"b\"]], \"1.3\"]\n".into(), "w.toml:2:7: tls: must be a table ("),
         (format!("route = [[\"a\", \"/\", [\"h:1\"]]]\n{HEAD}"), "w.toml:1:10: route[0]: must be a table ([[route]]"),
         (HEAD.replace("[{ cert = \"a.crt\", key = \"a.key\" }]", "[[\"a.crt\", \"a.key\"]]"), "w.toml:5:17: tls.certificates[0]: must be a table ({ cert = "),
+        (format!("{HEAD}[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\nbackend_tls = [\"ca.crt\", \"x\", \"c.crt\", \"c.key\", 5]\n"), "w.toml:10:15: route[0].backend_tls: must be a table (backend_tls = { ca = "),
+        (format!("{HEAD}[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n[[route.backend_tls]]\nca = \"ca.crt\"\n"), "w.toml:10:1: route[0].backend_tls: must be a table ("),
         // Any other kind, too, in the operator's words rather than serde's `struct RawProxy`.
         (format!("proxy = 5\n{tls}"), "w.toml:1:9: proxy: must be a table ([proxy] or proxy = { listen = [\"127.0.0.1:8443\"] }), not an integer"),
         (format!("timeouts = \"10s\"\n{HEAD}"), "w.toml:1:12: timeouts: must be a table ([timeouts] or timeouts = { handshake = \"10s\" }), not a string"),
