@@ -100,6 +100,10 @@ impl ConfigError {
             }
             field.unwrap_or("(top level)").to_string()
         });
+        // toml's words for `\d` in "C:\dir" say nothing of what to write instead.
+        if message.starts_with("missing escaped value") {
+            message.push_str(" (a backslash in a \"string\" starts an escape: write it \\\\, or write the path as a 'literal string')");
+        }
         if message == "duplicate key" {
             message = written_twice(src, span.start, &key);
         }

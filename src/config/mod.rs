@@ -300,7 +300,7 @@ impl Config {
         let src = src.strip_prefix('\u{feff}').unwrap_or(src);
         let toml_error = |e: toml::de::Error| ConfigError::from_toml(&e, src, path);
         // Parsed once, for the shape check and then for serde.
-        let root = toml::de::DeTable::parse(src).map_err(toml_error)?;
+        let root = toml::de::DeTable::parse(src).map_err(|e| toml_error(syntax_first(src, e)))?;
         shape::check(root.get_ref(), src, path)
             .map_err(|refused| written_first(&root, refused, src, path))?;
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(toml_error)?;
@@ -371,6 +371,19 @@ impl Config {
             .filter(|file| seen.insert(*file))
             .map(Path::to_path_buf)
             .collect()
+    }
+}
+
+/// The syntax error written first in `src`, of those the parser finds reading on past each
+/// (`parsed`, the one it stopped at, if it finds none before): it reports the first it
+/// notices, which is not always the first written (the bad escape in `"C:\dir\", key = "k"`
+/// is noticed after the missing comma its `\"` leads to, further on).
+fn syntax_first(src: &str, parsed: toml::de::Error) -> toml::de::Error {
+    let start = |e: &toml::de::Error| e.span().map_or(usize::MAX, |span| span.start);
+    let (_, errors) = toml::de::DeTable::parse_recoverable(src);
+    match errors.into_iter().min_by_key(start) {
+        Some(first) if start(&first) < start(&parsed) => first,
+        _ => parsed,
     }
 }
 

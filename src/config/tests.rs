@@ -1024,6 +1024,19 @@ fn an_unclosed_string_is_named_on_its_line() {
     assert_eq!(place(literal).3, missing);
     let commented = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"C:\\d\\\" # x\n";
     assert!(place(commented).3.ends_with("written \\\\)"));
+    // A Windows path in an inline table: its bad escape is the mistake, not the missing comma
+    // the parser finds first, further on, where `\"` leads it.
+    let inline = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"C:\\dir\\\", key = \"k\" }]\n";
+    let (line, column, key, message) = place(inline);
+    assert_eq!(
+        (line, column, key.as_str()),
+        (4, 30, "tls.certificates"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("write it \\\\, or write the path as a 'literal string')"),
+        "{message}"
+    );
     // Quotes escaped inside, the closing one forgotten: no word on escapes.
     let inside = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"say \\\"hi\\\" and\n";
     assert_eq!(place(inside).3, missing);
