@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::header::{CONNECTION, CONTENT_LOCATION, HOST, LOCATION, SEC_WEBSOCKET_VERSION, UPGRADE};
+use hyper::header::{
+    CONNECTION, CONTENT_LOCATION, HOST, LOCATION, SEC_WEBSOCKET_VERSION, UPGRADE, VIA,
+};
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
 
@@ -54,13 +56,34 @@ const SET_HERE: &[&str] = &[
     "x-real-ip",
 ];
 
+/// Headers by which some frameworks, CDNs and web servers take a client's address, URL or
+/// method from the request instead of from the connection and request line: a client
+/// claiming them through wsgate would be believed (`X-Original-URL: /admin` routes old IIS
+/// and Symfony apps past a path rule; `True-Client-IP` and `CF-Connecting-IP` name whatever
+/// address the client likes). wsgate keeps none of them up, so none is forwarded.
+const CLAIMS: &[&str] = &[
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Whether the client's header `name` is never forwarded, whatever its `Connection` says.
 /// Besides the lists: every `X-Forwarded-*` but `-For` (which gets the client's address
 /// appended), and `Front-End-Https`. wsgate is where TLS ends, so the scheme, port, prefix or
 /// server a client claims there (`X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`…, which
 /// Spring and Rack trust) can only be a lie.
 fn not_forwarded(name: &str) -> bool {
-    [HOP_BY_HOP, PROXY_AUTH, SET_HERE]
+    [HOP_BY_HOP, PROXY_AUTH, SET_HERE, CLAIMS]
         .iter()
         .any(|list| list.contains(&name))
         || (name.starts_with("x-forwarded-") && name != X_FORWARDED_FOR.as_str())
@@ -127,6 +150,8 @@ pub(crate) fn backend_request(
         }
     }
     append_forwarded_for(&mut headers, peer);
+    // This hop, after any the client's `Via` names (RFC 9110 §7.6.3: a gateway must say it).
+    headers.append(VIA, HeaderValue::from_static("1.1 wsgate"));
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(host) = client.headers().get(HOST) {
         headers.insert(X_FORWARDED_HOST, host.clone());
@@ -598,6 +623,11 @@ mod tests {
         ("sec_websocket_protocol", true),
         ("sec-websocket-extensions", false),
         ("front-end-https", true),
+        ("True-Client-IP", true),
+        ("cf_connecting_ip", true),
+        ("x-original-url", true),
+        ("X-HTTP-Method-Override", true),
+        ("via", false),
     ];
 
     /// A value for any of them: addresses, token lists naming other headers, empty ones.
@@ -610,6 +640,7 @@ mod tests {
         "Upgrade",
         "keep-alive, Upgrade",
         "cookie, x-custom",
+        "via, cookie",
         "host, X-Forwarded-For",
         "x-real-ip,sec-websocket-key",
         "websocket",
@@ -645,10 +676,20 @@ mod tests {
                 .flat_map(|v| v.to_str().unwrap().split(','))
                 .map(|t| t.trim().to_ascii_lowercase())
                 .collect();
+            // The client's hops (unless its Connection named them), then this one.
+            let via = one("via");
+            proptest::prop_assert_eq!(via.last().copied(), Some("1.1 wsgate"));
+            let mut theirs: Vec<&str> = (client.headers().get_all("via").iter())
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            if named.iter().any(|c| c == "via") {
+                theirs.clear();
+            }
+            proptest::prop_assert_eq!(&via[..via.len() - 1], &theirs[..]);
             for (name, value) in client.headers() {
                 let n = name.as_str();
                 let ours = ["upgrade", "connection", "x-forwarded-for", "x-forwarded-proto",
-                    "x-forwarded-host"];
+                    "x-forwarded-host", "via"];
                 if ours.contains(&n) {
                     continue;
                 }

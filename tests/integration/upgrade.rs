@@ -152,8 +152,18 @@ async fn a_clients_own_claims_about_itself_are_replaced_or_dropped() {
         .add("X-Forwarded-Prefix", "/admin")
         .add("X-Forwarded-Ssl", "off")
         .add("Front-End-Https", "off")
-        .add("Sec_WebSocket_Key", "AAAAAAAAAAAAAAAAAAAAAA==");
+        .add("Sec_WebSocket_Key", "AAAAAAAAAAAAAAAAAAAAAA==")
+        // Addresses, URLs and methods some frameworks and CDNs take from the request.
+        .add("True-Client-IP", "10.0.0.1")
+        .add("CF-Connecting-IP", "10.0.0.1")
+        .add("X-Client-IP", "10.0.0.1")
+        .add("X-Original-URL", "/admin")
+        .add("X-Rewrite-URL", "/admin")
+        .add("X-HTTP-Method-Override", "POST")
+        .add("Via", "1.1 edge");
     let (_client, _back, _head, seen) = raw_tunnel(proxy.addr, &backend, &req).await;
+    // The client's hops, then this one.
+    assert_eq!(seen.list("via"), ["1.1 edge", "1.1 wsgate"]);
     assert_eq!(seen.get("forwarded"), None, "{seen:?}");
     assert_eq!(seen.get("x-real-ip"), None, "{seen:?}");
     for alias in [
@@ -166,6 +176,12 @@ async fn a_clients_own_claims_about_itself_are_replaced_or_dropped() {
         "x-forwarded-ssl",
         "front-end-https",
         "sec_websocket_key",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
     ] {
         assert_eq!(seen.get(alias), None, "{alias}: {seen:?}");
     }
