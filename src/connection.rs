@@ -407,11 +407,7 @@ fn which_side_failed(e: &hyper::Error) -> String {
     let from_body = std::error::Error::source(e).is_some_and(|c| c.is::<hyper::Error>());
     if e.is_user() && from_body {
         // Cut by wsgate past what it reads of an answer, or broken off by the backend.
-        let too_long = sources(e).any(|cause| {
-            (cause.downcast_ref::<io::Error>())
-                .is_some_and(|io| io.to_string() == crate::upstream::ANSWER_TOO_LONG)
-        });
-        let why = match too_long {
+        let why = match crate::upstream::past_answer_most(e) {
             true => access_log::BACKEND_ANSWER_TOO_LONG,
             false => access_log::BACKEND_BROKE_OFF,
         };

@@ -30,6 +30,20 @@ pub enum Side {
     Internal,
 }
 
+/// What is wrong with a request's `Host`: said in the log line, so an operator can tell a
+/// client that left it out from one whose target names another host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostFault {
+    #[error("missing")]
+    Missing,
+    #[error("repeated")]
+    Repeated,
+    #[error("malformed (not one host name or IP literal, with or without a port)")]
+    Malformed,
+    #[error("not the host the request target names")]
+    NotTarget,
+}
+
 /// Every way the request path can end without a tunnel.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -57,13 +71,17 @@ pub enum ProxyError {
     /// the client to send what it sent.
     #[error("Sec-WebSocket-Version repeated")]
     RepeatedVersion,
-    #[error("Host header missing, repeated, malformed or not the target's host")]
-    BadHost,
+    #[error("Host header {0}")]
+    BadHost(HostFault),
     #[error("malformed request head")]
     MalformedRequest,
     /// A target backends may read in more ways than one: see `head::check`.
     #[error("request target with bytes outside ASCII, or a path with a broken or NUL escape or escapes that are no UTF-8")]
     BadPath,
+    /// A path that starts with two separators however spelled (`//x`, `/%2Fx`): see
+    /// `head::check`.
+    #[error("path starts with two separators (URL parsers read what follows as a host)")]
+    PathReadsAsHost,
     /// A request pipelined behind the connection's first: one request per connection.
     #[error("a second request on the connection")]
     SecondRequest,
@@ -165,6 +183,13 @@ impl ProxyError {
                 "backend closed the connection before completing its answer".to_string(),
             );
         }
+        // Cut before a head was complete, which is at most 64 KiB: interim answers, endless.
+        if crate::upstream::past_answer_most(e) {
+            return ProxyError::BackendFailed(
+                "backend sent a malformed answer: over 16 MiB of interim (1xx) answers and no final one"
+                    .to_string(),
+            );
+        }
         let mut source = std::error::Error::source(e);
         // Over a socket's failure hyper's words are only "connection error": the OS's say it.
         let mut text = match source {
@@ -206,8 +231,10 @@ impl ProxyError {
             NoRoute => (StatusCode::NOT_FOUND, Side::Client),
             NotUpgrade | UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, Side::Client),
             MethodNotGet | HttpTooOld | NoConnectionUpgrade | BadKey | RepeatedVersion
-            | BadHost | MalformedRequest | BadPath | SecondRequest | UnexpectedBody
-            | NoSubprotocol | BadProtocolOffer => (StatusCode::BAD_REQUEST, Side::Client),
+            | BadHost(_) | MalformedRequest | BadPath | PathReadsAsHost | SecondRequest
+            | UnexpectedBody | NoSubprotocol | BadProtocolOffer => {
+                (StatusCode::BAD_REQUEST, Side::Client)
+            }
             HeadTooLarge | TooManyFields => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
             }
@@ -244,9 +271,9 @@ impl ProxyError {
             BadKey => "invalid Sec-WebSocket-Key\n",
             UnsupportedVersion => "unsupported Sec-WebSocket-Version\n",
             RepeatedVersion => "invalid Sec-WebSocket-Version\n",
-            BadHost => "invalid Host header, or not the host the request target names\n",
+            BadHost(_) => "invalid Host header, or not the host the request target names\n",
             MalformedRequest => "malformed request\n",
-            BadPath => "malformed request path\n",
+            BadPath | PathReadsAsHost => "malformed request path\n",
             SecondRequest => "one request per connection\n",
             UnexpectedBody => "upgrade request must not have a body\n",
             HeadTooLarge | TooManyFields => "request header fields too large\n",
@@ -285,9 +312,10 @@ impl ProxyError {
             | NoConnectionUpgrade
             | BadKey
             | RepeatedVersion
-            | BadHost
+            | BadHost(_)
             | MalformedRequest
             | BadPath
+            | PathReadsAsHost
             | SecondRequest
             | UnexpectedBody
             | HeadTooLarge
@@ -520,10 +548,11 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         NoConnectionUpgrade => 400,
         BadKey => 400,
         RepeatedVersion => 400,
-        BadHost => 400,
+        BadHost(HostFault::Missing) => 400,
         UnexpectedBody => 400,
         MalformedRequest => 400,
         BadPath => 400,
+        PathReadsAsHost => 400,
         SecondRequest => 400,
         NoSubprotocol => 400,
         BadProtocolOffer => 400,

@@ -223,7 +223,7 @@ fn checked_route<'a>(
     // routing, not a 404 when only host-bound routes have the path. (HTTP/1.0, which may
     // leave Host out, is refused as too old once a route is known.)
     if host.is_none() && req.version() >= hyper::Version::HTTP_11 {
-        return Err(ProxyError::BadHost);
+        return Err(ProxyError::BadHost(crate::error::HostFault::Missing));
     }
     let offered = websocket::offered_protocols(req.headers());
     let selection = snapshot.routes.select(host, req.uri().path(), &offered);

@@ -12,7 +12,7 @@ use hyper::http::uri::Authority;
 use hyper::{Method, Uri, Version};
 use sha1::{Digest, Sha1};
 
-use crate::error::ProxyError;
+use crate::error::{HostFault, ProxyError};
 use crate::grammar::{has_token, is_label, is_tchar, split_outside_quotes, tokens};
 use crate::head;
 
@@ -82,8 +82,10 @@ pub fn check_request(
     if !has_token(headers, &CONNECTION, "upgrade") {
         return Err(ProxyError::NoConnectionUpgrade);
     }
-    if headers.get_all(HOST).iter().count() != 1 {
-        return Err(ProxyError::BadHost);
+    match headers.get_all(HOST).iter().count() {
+        1 => {}
+        0 => return Err(ProxyError::BadHost(HostFault::Missing)),
+        _ => return Err(ProxyError::BadHost(HostFault::Repeated)),
     }
     // A body on an upgrade request is a smuggling vector: the bytes after the head belong to
     // the tunnel, so a declared body makes the framing ambiguous. The length is read by the
@@ -115,14 +117,16 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
     let value = match (values.next(), values.next()) {
         (Some(value), None) => value,
         (None, _) if uri.authority().is_none() => return Ok(None),
-        _ => return Err(ProxyError::BadHost),
+        (None, _) => return Err(ProxyError::BadHost(HostFault::Missing)),
+        (Some(_), Some(_)) => return Err(ProxyError::BadHost(HostFault::Repeated)),
     };
-    let host = value.to_str().map_err(|_| ProxyError::BadHost)?;
-    let parsed: Authority = host.parse().map_err(|_| ProxyError::BadHost)?;
+    let malformed = ProxyError::BadHost(HostFault::Malformed);
+    let host = value.to_str().map_err(|_| malformed.clone())?;
+    let parsed: Authority = host.parse().map_err(|_| malformed.clone())?;
     // "user@a.example.com" would match "*.example.com" by its suffix.
     let port = host.strip_prefix(parsed.host());
     if !is_host(parsed.host()) || !port.is_some_and(is_port) {
-        return Err(ProxyError::BadHost);
+        return Err(malformed);
     }
     if let Some(target) = uri.authority() {
         // Ports compare with the scheme's default filled in: https://a/ and "a:443" agree.
@@ -139,7 +143,7 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
             && same_name(target.host(), parsed.host())
             && target.port_u16().unwrap_or(default) == parsed.port_u16().unwrap_or(default);
         if !same {
-            return Err(ProxyError::BadHost);
+            return Err(ProxyError::BadHost(HostFault::NotTarget));
         }
     }
     Ok(Some(host))
@@ -507,7 +511,7 @@ mod tests {
                 with("sec-websocket-version", ", "),
                 ProxyError::UnsupportedVersion,
             ),
-            (without("host"), ProxyError::BadHost),
+            (without("host"), ProxyError::BadHost(HostFault::Missing)),
             (with("content-length", "5"), ProxyError::UnexpectedBody),
             (
                 with("transfer-encoding", "chunked"),
@@ -559,6 +563,10 @@ mod tests {
         );
     }
 
+    fn bad_host(fault: HostFault) -> ProxyError {
+        ProxyError::BadHost(fault)
+    }
+
     fn host_of(target: &str, hosts: &[&'static str]) -> Result<Option<String>, ProxyError> {
         let lines: Vec<_> = hosts.iter().map(|h| ("host", *h)).collect();
         let h = headers(&lines);
@@ -567,6 +575,7 @@ mod tests {
 
     #[test]
     fn the_host_is_one_plain_authority() {
+        use HostFault::{Malformed, Repeated};
         assert_eq!(
             host_of("/ws", &["a.example.com:8443"]),
             Ok(Some("a.example.com:8443".into()))
@@ -597,16 +606,17 @@ mod tests {
             "-",
             "a.-b.example.com",
         ] {
-            assert_eq!(host_of("/ws", &[bad]), Err(ProxyError::BadHost), "{bad:?}");
+            assert_eq!(host_of("/ws", &[bad]), Err(bad_host(Malformed)), "{bad:?}");
         }
         assert_eq!(
             host_of("/ws", &["a.example.com", "b.example.com"]),
-            Err(ProxyError::BadHost)
+            Err(bad_host(Repeated))
         );
     }
 
     #[test]
     fn an_absolute_target_must_agree_with_host() {
+        use HostFault::NotTarget;
         let target = "https://chat.example.com/ws";
         assert_eq!(
             host_of(target, &["Chat.Example.com"]),
@@ -614,11 +624,11 @@ mod tests {
         );
         assert_eq!(
             host_of(target, &["admin.example.com"]),
-            Err(ProxyError::BadHost)
+            Err(bad_host(NotTarget))
         );
         assert_eq!(
             host_of(target, &["chat.example.com:444"]),
-            Err(ProxyError::BadHost)
+            Err(bad_host(NotTarget))
         );
         let ok = |h: &str| Ok(Some(h.to_string()));
         assert_eq!(
@@ -632,20 +642,20 @@ mod tests {
         );
         let literal = "https://[::1]/ws";
         assert_eq!(host_of(literal, &["[0:0::1]:443"]), ok("[0:0::1]:443"));
-        assert_eq!(host_of(literal, &["[::2]"]), Err(ProxyError::BadHost));
+        assert_eq!(host_of(literal, &["[::2]"]), Err(bad_host(NotTarget)));
         let rooted = "https://chat.example.com./ws";
         assert_eq!(
             host_of(rooted, &["chat.example.com"]),
             ok("chat.example.com")
         );
-        assert_eq!(host_of(target, &[]), Err(ProxyError::BadHost));
+        assert_eq!(host_of(target, &[]), Err(bad_host(HostFault::Missing)));
         assert_eq!(
             host_of("https://chat.example.com:/ws", &["chat.example.com"]),
-            Err(ProxyError::BadHost)
+            Err(bad_host(NotTarget))
         );
         assert_eq!(
             host_of("https://u@chat.example.com/ws", &["chat.example.com"]),
-            Err(ProxyError::BadHost)
+            Err(bad_host(NotTarget))
         );
         assert_eq!(
             host_of("HTTPS://chat.example.com/ws", &["chat.example.com"]),

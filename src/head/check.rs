@@ -163,7 +163,7 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
         return Err(ProxyError::MalformedRequest);
     }
     if reads_as_authority(uri.path()) {
-        return Err(ProxyError::MalformedRequest);
+        return Err(ProxyError::PathReadsAsHost);
     }
     // A path escape that is broken, NUL or no UTF-8 (`%u002e`, `.%00.`, the overlong
     // `%c0%ae`) is read as a dot or a separator by some backends and not by others: each
@@ -368,7 +368,7 @@ mod tests {
             "http://a//x/admin",
             "/%EF%BC%8Fevil.example/admin",
         ] {
-            assert_eq!(get(sneaky), Err(ProxyError::MalformedRequest), "{sneaky}");
+            assert_eq!(get(sneaky), Err(ProxyError::PathReadsAsHost), "{sneaky}");
         }
         // What Windows' best fit reads as `\` (¥, ₩) or `/` (∕) reads as no host to a URL
         // parser: only a dot segment's end, there.

@@ -784,7 +784,15 @@ struct Heard {
 const ANSWER_MOST: u64 = 16 << 20;
 
 /// The error of a backend connection that sent more than [`ANSWER_MOST`].
-pub(crate) const ANSWER_TOO_LONG: &str = "answer over 16 MiB: the rest is not read";
+const ANSWER_TOO_LONG: &str = "answer over 16 MiB: the rest is not read";
+
+/// Whether `e`, or an error it was caused by, is a backend connection's cut at
+/// [`ANSWER_MOST`].
+pub(crate) fn past_answer_most(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |cause| cause.source()).any(|cause| {
+        (cause.downcast_ref::<std::io::Error>()).is_some_and(|io| io.to_string() == ANSWER_TOO_LONG)
+    })
+}
 
 impl AsyncRead for Heard {
     fn poll_read(

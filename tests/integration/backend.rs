@@ -659,6 +659,30 @@ async fn an_endless_refusal_body_is_cut_after_16_mib() {
     }
 }
 
+/// Interim answers that never end are read to 16 MiB too, then 502: the backend was up and
+/// answering, badly, and its line says so rather than that its connection failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_interim_answers_are_a_malformed_answer() {
+    let backend = RawBackend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
+    let (_child, lines, addr) = started_wsgate(&config);
+    let mut client = raw_client(addr).await;
+    client.send(ws().bytes()).await;
+    let mut back = backend.accept().await;
+    back.read_head().await;
+    let piece = "HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
+    let feeding = async { while back.try_send(&piece).await.is_ok() {} };
+    let ((), head) = tokio::join!(feeding, client.read_head());
+    assert_eq!(head.status, 502, "{head:?}");
+    let line = line_containing(lines, "interim (1xx) answers").await;
+    assert!(
+        line.contains("backend sent a malformed answer: over 16 MiB of interim (1xx) answers"),
+        "{line}"
+    );
+    assert!(line.contains("502"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answer_head_up_to_64_kib_is_relayed_and_a_larger_one_is_502() {
     let backend = RawBackend::start().await;
