@@ -125,6 +125,10 @@ pub enum ProxyError {
     BackendUnavailable(String),
     #[error("backend timed out")]
     BackendTimeout,
+    /// Out of time before the backend's name was looked up: the resolver's stall, said so
+    /// that an operator checks DNS, not the backend.
+    #[error("backend timed out: its name lookup did not answer (check the DNS resolver)")]
+    BackendLookupTimeout,
     #[error("backend sent an invalid upgrade response: {0}")]
     BadBackendUpgrade(&'static str),
     /// A backend connection that failed after the connect: the words say how (see
@@ -251,7 +255,7 @@ impl ProxyError {
             | BackendFailed(_)
             | BackendTls(_)
             | BadBackendAnswer(_) => (StatusCode::BAD_GATEWAY, Side::Backend),
-            BackendTimeout => (StatusCode::GATEWAY_TIMEOUT, Side::Backend),
+            BackendTimeout | BackendLookupTimeout => (StatusCode::GATEWAY_TIMEOUT, Side::Backend),
             // Another replica may have descriptors to spare: 503 with Retry-After, not 502.
             OutOfDescriptors => (StatusCode::SERVICE_UNAVAILABLE, Side::Internal),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, Side::Internal),
@@ -287,7 +291,7 @@ impl ProxyError {
             ClientOverLimit => "too many connections from your address\n",
             ShuttingDown => "server shutting down, retry\n",
             BackendUnavailable(_) => "backend unavailable\n",
-            BackendTimeout => "backend timeout\n",
+            BackendTimeout | BackendLookupTimeout => "backend timeout\n",
             BadBackendUpgrade(_) => "backend sent an invalid upgrade response\n",
             BackendFailed(_) | BackendTls(_) | BadBackendAnswer(_) => "backend error\n",
             Internal(_) => "internal error\n",
@@ -328,6 +332,7 @@ impl ProxyError {
             | BadProtocolOffer
             | BackendUnavailable(_)
             | BackendTimeout
+            | BackendLookupTimeout
             | BadBackendUpgrade(_)
             | BackendFailed(_)
             | BackendTls(_)
@@ -571,6 +576,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         BackendFailed("x".into()) => 502,
         BackendTls("x".into()) => 502,
         BackendTimeout => 504,
+        BackendLookupTimeout => 504,
         OutOfDescriptors => 503,
         Internal("x") => 500,
     }

@@ -489,6 +489,21 @@ pub(crate) fn seed(name: &str, addrs: &[SocketAddr]) {
     lock(&NAMES.0).insert(name.to_owned(), entry);
 }
 
+/// Makes `name`'s lookup one that never answers (a resolver down, dropping queries), for
+/// tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn seed_stalled(name: &str) {
+    let (never, pending) = watch::channel(None);
+    // Kept for the life of the process: a lookup whose sender is gone counts as dead.
+    std::mem::forget(never);
+    let entry = Entry {
+        pending: Some(pending),
+        asked: Some(Instant::now()),
+        ..Entry::default()
+    };
+    lock(&NAMES.0).insert(name.to_owned(), entry);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,11 @@ impl Progress {
             .store(at << 1 | u64::from(last), Ordering::Relaxed);
     }
 
+    /// Whether no address has been dialed yet: its name is still being looked up.
+    pub(super) fn looking_up(&self) -> bool {
+        self.dialed.load(Ordering::Relaxed) == 0
+    }
+
     /// How many of its addresses were set aside as it was dropped unanswered.
     pub(super) fn silent(&self) -> u32 {
         self.silent.load(Ordering::Relaxed)
@@ -471,6 +476,12 @@ pub(super) fn share_of(deadline: tokio::time::Instant, remaining: usize) -> Dura
 
 pub(super) fn no_answer() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connect")
+}
+
+/// A connect whose time ran out before its name's lookup answered: the resolver's stall
+/// (a DNS server down or dropping queries), not the backend's, and its line says so.
+pub(super) fn lookup_unanswered() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "name lookup did not answer")
 }
 
 #[cfg(test)]

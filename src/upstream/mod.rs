@@ -1355,6 +1355,24 @@ mod tests {
         held.abort();
     }
 
+    /// A name whose lookup never answers: 504 as for a backend that does not answer, said as
+    /// the resolver's stall; and beside a working backend, that one answers.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_lookup_that_never_answers_is_a_504_said_as_such() {
+        let name = "stalled-lookup.test:9001".to_string();
+        crate::resolve::seed_stalled(&name);
+        let timing = timing(Duration::from_secs(2), Duration::from_millis(250));
+        let answer = open_with(&table_of(vec![name.clone()]), timing).await;
+        assert!(
+            matches!(answer, Err(ProxyError::BackendLookupTimeout)),
+            "{:?}",
+            answer.err()
+        );
+        let (good, _answering) = answering_backend().await;
+        let table = table_of(vec![name, good.to_string()]);
+        assert_eq!(reached(&table).await, good);
+    }
+
     /// Every address of a name hung: each 504 sets one aside, and once all are, the name is
     /// put aside too, so the route's next requests go to its other backend.
     #[tokio::test(start_paused = true)]

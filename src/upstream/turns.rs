@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::dial::{connect, no_answer, share_of, Counting, Dialed, Progress, Window};
+use super::dial::{
+    connect, lookup_unanswered, no_answer, share_of, Counting, Dialed, Progress, Window,
+};
 use super::Leg;
 use crate::config::Balance;
 use crate::error::{out_of_descriptors, ProxyError};
@@ -47,6 +49,8 @@ pub(super) struct Turns<'a, I: ExactSizeIterator<Item = &'a str>> {
     resume: VecDeque<&'a str>,
     /// The first backend that did not answer in its share: what a 504 is about.
     pub(super) timed_out: Option<&'a str>,
+    /// That backend's name lookup had not answered by then.
+    lookup_stalled: bool,
     /// Addresses that closed before answering: not tried again in this request (a backend
     /// listed twice, or a name's other addresses, are).
     pub(super) gone: Vec<SocketAddr>,
@@ -69,6 +73,7 @@ impl<'r> Turns<'r, crate::routes::InTurn<'r>> {
             again: None,
             resume: VecDeque::new(),
             timed_out: None,
+            lookup_stalled: false,
             gone: Vec::new(),
             gone_error: None,
             connect_error: None,
@@ -82,7 +87,10 @@ impl<'a, I: ExactSizeIterator<Item = &'a str>> Turns<'a, I> {
     pub(super) fn outcome(&mut self, tried: &mut Option<String>) -> ProxyError {
         if let Some(slow) = self.timed_out {
             *tried = Some(slow.to_string());
-            return ProxyError::BackendTimeout;
+            return match self.lookup_stalled {
+                true => ProxyError::BackendLookupTimeout,
+                false => ProxyError::BackendTimeout,
+            };
         }
         match self.gone_error.take() {
             Some((backend, error)) => {
@@ -212,6 +220,7 @@ where
                 return Err(ProxyError::OutOfDescriptors);
             }
             Some(Err(e)) => e,
+            None if attempt.progress.looking_up() => lookup_unanswered(),
             None => no_answer(),
         };
         race.failed();
@@ -287,6 +296,7 @@ fn note_failure<'a, 'r>(
     let timed_out = error.kind() == std::io::ErrorKind::TimedOut;
     if timed_out && turns.timed_out.is_none() {
         turns.timed_out = Some(backend);
+        turns.lookup_stalled = attempt.progress.looking_up();
     }
     // Failover hides a dead backend from clients; the counter shows it to operators, each
     // failed try (its addresses', or its only address dialed again).
