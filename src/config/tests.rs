@@ -1265,6 +1265,15 @@ fn origins_are_origins_as_browsers_send_them() {
             "\"https://a.com:08443/\"",
             "has a port with a leading zero: write \"https://a.com:8443\"",
         ),
+        // The scheme's default port, which browsers leave out.
+        (
+            "\"https://a.com:0443\"",
+            "has a port with a leading zero: write \"https://a.com\"",
+        ),
+        (
+            "\"http://a.com:080\"",
+            "has a port with a leading zero: write \"http://a.com\"",
+        ),
         ("\"https://a..com\"", "does not name a host"),
         (
             "\"https://a.com\\n\"",

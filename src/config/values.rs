@@ -233,7 +233,18 @@ pub(super) fn origin(text: &str) -> Result<String, String> {
     // Browsers write the port as a plain number, without leading zeros.
     let origin = format!("{scheme}://{host}");
     if let Some(problem) = port.and_then(|port| port_problem(text, &origin, port, 1)) {
-        return Err(problem);
+        // Browsers leave the scheme's default port out: `https://a.com:0443` is written
+        // `https://a.com`, not `https://a.com:443`, which matches no browser's Origin.
+        let default = match scheme {
+            "https" => Some("443"),
+            "http" => Some("80"),
+            _ => None,
+        };
+        let port = port.map(|port| port.trim_start_matches('0'));
+        return Err(match default.is_some_and(|default| port == Some(default)) {
+            true => format!("{text:?} has a port with a leading zero: write {origin:?}"),
+            false => problem,
+        });
     }
     if matches!(scheme, "http" | "https") {
         host_part(host, true)
