@@ -238,6 +238,9 @@ impl<'a> Acceptor<'a> {
     pub(crate) async fn next(&mut self) -> Option<(TcpStream, SocketAddr)> {
         loop {
             let accepted = tokio::select! {
+                // The stop first: a connection ready beside it stays in the kernel's queue, for
+                // the process taking the port over (`tcp_migrate_req`), rather than get a 503.
+                biased;
                 _ = self.stop.cancelled() => return None,
                 accepted = self.listener.accept() => accepted,
             };
