@@ -459,16 +459,20 @@ fn limit_hint(e: &notify::Error) -> &'static str {
 }
 
 /// Says which of `files` is a mount point of its own (a Kubernetes `subPath` mount, a
-/// container's bind mount of one file), once, at start: such a file is the inode it was
+/// container's bind mount of one file), once for each: such a file is the inode it was
 /// mounted with for the life of the mount, so a Kubernetes update (a `..data` swap) never
 /// reaches it, nor does a rename over its source (an editor's save, a deploy tool's), and no
-/// watch or poll could see them; only a write in place to that inode does. Mounts are fixed at
-/// a container's start, so a look then covers a pod's whole life.
+/// watch or poll could see them; only a write in place to that inode does. Asked at start and
+/// whenever the files are looked up to be watched, so a file a reload names is looked at too.
 pub(crate) fn say_own_mounts(files: &[PathBuf]) {
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    static SAID: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let Ok(table) = std::fs::read("/proc/self/mountinfo") else {
         return;
     };
     for file in own_mounts(files, &mount_points(&table)) {
+        if !lock(&SAID).insert(file.clone()) {
+            continue;
+        }
         tracing::warn!(
             file = %file.display(),
             "file is a mount of its own (a Kubernetes subPath mount, or a bind mount of one file): \
@@ -491,36 +495,48 @@ fn own_mounts(files: &[PathBuf], mounts: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf
 }
 
 /// The mount points in a `/proc/self/mountinfo` table: each line's fifth field, with the
-/// kernel's octal escapes (`\040` for a space, `\011`, `\012`, `\134`) undone.
-fn mount_points(table: &str) -> BTreeSet<PathBuf> {
-    table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescaped(field)))
+/// kernel's octal escapes (`\040` for a space, `\011`, `\012`, `\134`) undone. Bytes, not
+/// text: a path is any bytes but NUL, and one mount elsewhere whose path is no UTF-8 must not
+/// hide the rest.
+fn mount_points(table: &[u8]) -> BTreeSet<PathBuf> {
+    (table.split(|&b| b == b'\n'))
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| path_of(unescaped(field)))
         .collect()
 }
 
+#[cfg(unix)]
+fn path_of(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(OsString::from_vec(bytes))
+}
+
+#[cfg(not(unix))]
+fn path_of(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// A mountinfo field with its `\NNN` octal escapes undone (a malformed one kept as it is).
-fn unescaped(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
+fn unescaped(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
     let mut rest = field;
-    while let Some(at) = rest.find('\\') {
-        out.push_str(&rest[..at]);
-        let code = rest
-            .get(at + 1..at + 4)
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        out.extend_from_slice(&rest[..at]);
+        let code = (rest.get(at + 1..at + 4))
+            .and_then(|digits| std::str::from_utf8(digits).ok())
             .and_then(|digits| u8::from_str_radix(digits, 8).ok());
         match code {
             Some(byte) => {
-                out.push(char::from(byte));
+                out.push(byte);
                 rest = &rest[at + 4..];
             }
             None => {
-                out.push('\\');
+                out.push(b'\\');
                 rest = &rest[at + 1..];
             }
         }
     }
-    out.push_str(rest);
+    out.extend_from_slice(rest);
     out
 }
 
@@ -688,11 +704,11 @@ mod tests {
         items.iter().map(|s| s.to_string()).collect()
     }
 
-    /// Each file that is there is watched itself, once, by its real path (however many names
-    /// lead to it, links of either kind); one still to come only through its folder.
+    /// A file that is a mount point of its own is told from one in a mounted folder, by the
+    /// kernel's table of mounts, whose paths are bytes with a few escapes.
     #[test]
     fn a_file_mounted_on_its_own_is_told_from_one_in_a_mounted_folder() {
-        let table = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+        let table = b"27 1 254:0 / / rw - ext4 /dev/vda rw\n\
             31 27 0:5 /pods/vol/..2026_12_07/wsgate.toml /etc/wsgate/wsgate.toml ro - ext4 /dev/vda rw\n\
             32 27 0:6 / /etc/wsgate/certs ro - tmpfs tmpfs rw\n\
             33 27 0:7 /x /etc/my\\040app/a\\134b.toml ro - ext4 /dev/vda rw\n";
@@ -706,11 +722,21 @@ mod tests {
         let own = own_mounts(&files, &mounts);
         assert_eq!(own, BTreeSet::from([files[0].clone(), files[2].clone()]));
         assert_eq!(
-            unescaped("a\\04b\\"),
-            "a\\04b\\",
+            unescaped(b"a\\04b\\"),
+            b"a\\04b\\",
             "a malformed escape is kept"
         );
+        // A path elsewhere that is no UTF-8 hides nothing.
+        let odd = [
+            &b"40 27 0:9 / /mnt/bad\xff rw - ext4 /dev/vda rw\n"[..],
+            table,
+        ]
+        .concat();
+        assert_eq!(own_mounts(&files, &mount_points(&odd)).len(), 2);
     }
+
+    /// Each file that is there is watched itself, once, by its real path (however many names
+    /// lead to it, links of either kind); one still to come only through its folder.
 
     #[test]
     fn each_file_there_is_watched_itself_by_its_real_path() {

@@ -138,9 +138,11 @@ pub fn request_host<'a>(uri: &Uri, headers: &'a HeaderMap) -> Result<Option<&'a 
             _ if is("http") || is("ws") => 80,
             _ => return Err(ProxyError::MalformedRequest),
         };
-        let same = !target.as_str().contains('@')
-            && !target.as_str().ends_with(':')
-            && same_name(target.host(), parsed.host())
+        // A user name or an empty port is the target's fault, whatever the Host says.
+        if target.as_str().contains('@') || target.as_str().ends_with(':') {
+            return Err(ProxyError::MalformedRequest);
+        }
+        let same = same_name(target.host(), parsed.host())
             && target.port_u16().unwrap_or(default) == parsed.port_u16().unwrap_or(default);
         if !same {
             return Err(ProxyError::BadHost(HostFault::NotTarget));
@@ -651,11 +653,11 @@ mod tests {
         assert_eq!(host_of(target, &[]), Err(bad_host(HostFault::Missing)));
         assert_eq!(
             host_of("https://chat.example.com:/ws", &["chat.example.com"]),
-            Err(bad_host(NotTarget))
+            Err(ProxyError::MalformedRequest)
         );
         assert_eq!(
             host_of("https://u@chat.example.com/ws", &["chat.example.com"]),
-            Err(bad_host(NotTarget))
+            Err(ProxyError::MalformedRequest)
         );
         assert_eq!(
             host_of("HTTPS://chat.example.com/ws", &["chat.example.com"]),

@@ -54,6 +54,10 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Said of a string a `\"` inside it ran on past where its writer meant it to end.
+const ESCAPED_QUOTE: &str =
+    " (a \\\" inside a string is a quote, not its end: a backslash is written \\\\)";
+
 impl ConfigError {
     /// Whether this error is written before `other` in the file: by line, then column; one
     /// at no line (about the file as a whole) before any.
@@ -76,7 +80,7 @@ impl ConfigError {
                 "a string is not closed: its closing quote is missing at the end of this line"
                     .to_string();
             if escaped_quote {
-                message.push_str(" (a \\\" inside a string is a quote, not its end: a backslash is written \\\\)");
+                message.push_str(ESCAPED_QUOTE);
             }
         }
         // A document that parses is its own map of keys; one that does not is read line by
@@ -100,8 +104,19 @@ impl ConfigError {
             }
             field.unwrap_or("(top level)").to_string()
         });
-        // toml's words for `\d` in "C:\dir" say nothing of what to write instead.
-        if message.starts_with("missing escaped value") {
+        // toml's words for `\d` in "C:\dir", or `\U` in "C:\Users", say nothing of what
+        // to write instead.
+        let escape = message.starts_with("missing escaped value")
+            || message.contains("unicode hexadecimal value");
+        // "C:\temp\", key = "k": its `\t` is an escape, its `\"` a quote, and the string
+        // runs on into what follows, where the parser stumbles.
+        let line = src
+            .get(..span.start)
+            .map_or("", |before| before.rsplit('\n').next().unwrap_or(before));
+        if message.starts_with("missing comma") && line.contains("\\\"") {
+            message.push_str(ESCAPED_QUOTE);
+        }
+        if escape {
             message.push_str(" (a backslash in a \"string\" starts an escape: write it \\\\, or write the path as a 'literal string')");
         }
         if message == "duplicate key" {

@@ -374,16 +374,23 @@ impl Config {
     }
 }
 
-/// The syntax error written first in `src`, of those the parser finds reading on past each
-/// (`parsed`, the one it stopped at, if it finds none before): it reports the first it
-/// notices, which is not always the first written (the bad escape in `"C:\dir\", key = "k"`
-/// is noticed after the missing comma its `\"` leads to, further on).
+/// The syntax error written first on the line of `parsed`, the one the parser stopped at: it
+/// reports the first it notices, which is not always the first written (the bad escape in
+/// `"C:\dir\", key = "k"` is noticed after the missing comma its `\"` leads to, further
+/// on). Only on that line: past a mistake the parser reads on as best it can, and what it
+/// finds after one (a string left open swallows the lines below it, and a backslash there
+/// reads as a bad escape) is no mistake of the file's.
 fn syntax_first(src: &str, parsed: toml::de::Error) -> toml::de::Error {
     let start = |e: &toml::de::Error| e.span().map_or(usize::MAX, |span| span.start);
+    let stopped = start(&parsed);
+    let line_start = src
+        .get(..stopped)
+        .map_or(0, |before| before.rfind('\n').map_or(0, |at| at + 1));
     let (_, errors) = toml::de::DeTable::parse_recoverable(src);
-    match errors.into_iter().min_by_key(start) {
-        Some(first) if start(&first) < start(&parsed) => first,
-        _ => parsed,
+    let same_line = |e: &toml::de::Error| (line_start..stopped).contains(&start(e));
+    match errors.into_iter().filter(same_line).min_by_key(start) {
+        Some(first) => first,
+        None => parsed,
     }
 }
 

@@ -1037,6 +1037,24 @@ fn an_unclosed_string_is_named_on_its_line() {
         message.ends_with("write it \\\\, or write the path as a 'literal string')"),
         "{message}"
     );
+    // `\U` and `\t` are escapes too: the first a broken one, the second a good one, with the
+    // string run on past the `\"` meant to close it.
+    let users = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"C:\\Users\\a.crt\", key = \"k\" }]\n";
+    assert!(place(users)
+        .3
+        .ends_with("or write the path as a 'literal string')"));
+    let temp = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \"C:\\temp\\\", key = \"k\" }]\n";
+    assert!(
+        place(temp).3.ends_with("a backslash is written \\\\)"),
+        "{}",
+        place(temp).3
+    );
+    // A multi-line string left open swallows the lines below: a backslash there is not the
+    // mistake, the string is.
+    let open = "[proxy]\nlisten = [\"127.0.0.1:1\"]\nlog_format = \"\"\"json\n[tls]\ncertificates = [{ cert = 'C:\\dir\\a.crt', key = 'k' }]\n";
+    let (line, _, _, message) = place(open);
+    assert_eq!(line, 6, "{message}");
+    assert!(!message.contains("escape"), "{message}");
     // Quotes escaped inside, the closing one forgotten: no word on escapes.
     let inside = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"say \\\"hi\\\" and\n";
     assert_eq!(place(inside).3, missing);

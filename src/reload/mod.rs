@@ -353,9 +353,12 @@ impl Reloader {
     /// at folders, which may sit on a slow mount, and accepting must not wait for that.
     async fn wanted(&self) -> Option<Wanted> {
         let (shared, path) = (self.shared.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || watch::wanted(&relevant_files(&shared, &path)))
-            .await
-            .ok()
+        let wanted = move || {
+            let files = relevant_files(&shared, &path);
+            watch::say_own_mounts(&files);
+            watch::wanted(&files)
+        };
+        tokio::task::spawn_blocking(wanted).await.ok()
     }
 
     /// Builds and applies a new snapshot, or keeps the current one and says why. `trigger`
