@@ -51,13 +51,14 @@ pub(crate) fn start(
     let (lines, taken) = mpsc::sync_channel(capacity);
     let (done, stopped) = mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
-    let counted = queued.clone();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (counted, lost) = (queued.clone(), dropped.clone());
     std::thread::Builder::new()
         .name("wsgate-log".into())
-        .spawn(move || write_lines(&taken, &counted, out, &done))?;
+        .spawn(move || write_lines(&taken, (&counted, &lost), out, &done))?;
     let queue = Queue {
         lines: lines.clone(),
-        dropped: Arc::default(),
+        dropped,
         queued,
         most_bytes,
     };
@@ -69,16 +70,21 @@ pub(crate) fn start(
 /// one longer than that.
 fn write_lines(
     queued: &Receiver<Msg>,
-    bytes: &AtomicUsize,
+    (bytes, dropped): (&AtomicUsize, &AtomicU64),
     mut out: impl Write,
     done: &mpsc::Sender<()>,
 ) {
     let mut batch = Vec::with_capacity(PIPE_BUF);
-    // A write that fails (stderr a pipe whose reader is gone) loses its lines: there is
-    // nowhere to say so.
-    let mut write = |batch: &mut Vec<u8>| {
-        let _ = out.write_all(batch);
+    // Lines in `batch`.
+    let mut lines = 0;
+    // A write that fails (stderr a pipe whose reader is gone) loses its lines: counted with
+    // those the full queue drops, the one place left to say the log is missing lines.
+    let mut write = |batch: &mut Vec<u8>, lines: &mut u64| {
+        if !batch.is_empty() && out.write_all(batch).is_err() {
+            dropped.fetch_add(*lines, Ordering::Relaxed);
+        }
         batch.clear();
+        *lines = 0;
     };
     while let Ok(first) = queued.recv() {
         let mut next = Some(first);
@@ -87,19 +93,20 @@ fn write_lines(
                 Msg::Line(line) => {
                     bytes.fetch_sub(line.len(), Ordering::Relaxed);
                     if !batch.is_empty() && batch.len() + line.len() > PIPE_BUF {
-                        write(&mut batch);
+                        write(&mut batch, &mut lines);
                     }
                     batch.extend_from_slice(&line);
+                    lines += 1;
                 }
                 Msg::Stop => {
-                    write(&mut batch);
+                    write(&mut batch, &mut lines);
                     let _ = done.send(());
                     return;
                 }
             }
             next = queued.try_recv().ok();
         }
-        write(&mut batch);
+        write(&mut batch, &mut lines);
     }
 }
 
@@ -109,7 +116,7 @@ fn write_lines(
 const PIPE_BUF: usize = 4096;
 
 impl Queue {
-    /// Lines dropped so far because the queue was full.
+    /// Lines dropped so far because the queue was full, or lost in a write that failed.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -252,6 +259,32 @@ mod tests {
             0,
             "every byte given back"
         );
+    }
+
+    /// stderr whose reader is gone: every write fails.
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Lines lost in a failed write are counted as dropped: the log misses them as surely.
+    #[test]
+    fn lines_a_failed_write_loses_are_counted() {
+        let (queue, writing) = start(Broken, 1024, 1 << 20).unwrap();
+        for n in 0..10 {
+            (&queue)
+                .write_all(format!("line {n}\n").as_bytes())
+                .unwrap();
+        }
+        writing.finish(Duration::from_secs(30));
+        assert_eq!(queue.dropped(), 10);
     }
 
     #[test]

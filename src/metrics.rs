@@ -277,14 +277,14 @@ impl Default for Metrics {
             "accept_errors", "Accepts that failed, on any listener (out of open files, mostly: each is retried)", accept_errors;
             "connections_open", "Client connections open now, tunnels included (what max_connections limits)", open;
             "tunnels_open", "WebSocket tunnels open now", tunnels_open;
-            "requests", "Upgrade requests answered, by route (\"-\" if none matched) and status (101 = tunnel opened; 499 = client left first)", requests;
+            "requests", "Upgrade requests answered, by route (- if none matched) and status (101 = tunnel opened; 499 = client left first)", requests;
             "upgrade_duration_seconds", "Time from the complete request head to the backend's checked 101, by route", upgrade_seconds;
             "tunnel_bytes", "Bytes relayed by tunnels, by route and direction, counted as they move", tunnel_bytes;
             "tunnels_closed", "Tunnels ended, by route and reason", tunnels_closed;
             "connections_closed_early", "Connections ended before a request was answered, by reason", closed_early;
-            "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error=\"closed\") or whose TLS handshake failed (error=\"tls\"), by route, backend and error; the request moves on to the next backend", backend_failures;
-            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance = \"least_connections\", answered 502, 503, 504 or a bad 101, or refused five upgrades in a row, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
-            "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance = \"least_connections\" picks by)", backend_connections;
+            "backend_connect_failures", "Failed TCP connects to a backend, and connections it closed before answering (error closed) or whose TLS handshake failed (error tls), by route, backend and error; the request moves on to the next backend", backend_failures;
+            "backend_put_aside", "Times a backend was put aside after it failed to take a connection (timeouts.backend_cooldown), or, with balance least_connections, answered 502, 503, 504 or a bad 101, or refused five upgrades in a row, by route and backend; the route's requests go to its other backends meanwhile", backend_put_aside;
+            "backend_connections_open", "Connections open now to each backend, from every route: tunnels, and upgrades under way from their connect on (what balance least_connections picks by)", backend_connections;
             "backend_address_connections_open", "Connections open now to each backend address (a headless Service's pods, one by one), from every route", address_connections;
             "certificate_expiry_timestamp_seconds", "Unix time at which each certificate chain wsgate presents (by file: served, or a backend client certificate) stops being valid: the first end among its leaf and the intermediates sent with it", certificate_expiry;
             "client_crl_next_update_timestamp_seconds", "Unix time at which the first of the revocation lists in tls.client_crl is due to be replaced (their earliest nextUpdate)", crl_next_update;
@@ -292,7 +292,7 @@ impl Default for Metrics {
             "config_generation", "Generation of the config in force (1 at start, +1 per applied reload)", generation;
             "config_last_reload_success_timestamp_seconds", "Unix time of the last applied reload (0 if none since start)", last_reload;
             "config_files_in_force", "1 if the config files on disk are the config in force; 0 while a rejected change or a deleted file keeps an older config serving", files_in_force;
-            "log_lines_dropped", "Log lines dropped because stderr's reader fell behind (the queue to it full)", log_lines_dropped;
+            "log_lines_dropped", "Log lines dropped because stderr's reader fell behind (the queue to it full), or lost in a write that failed", log_lines_dropped;
         }
         // The config in force at start is the one on disk.
         metrics.files_in_force.set(1);

@@ -131,6 +131,10 @@ async fn metrics_follow_upgrades_refusals_and_tunnels() {
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics text ends with # EOF"
     );
+    // OpenMetrics' HELP is an escaped string: a raw `"` in one fails a strict parser.
+    for help in text.lines().filter(|l| l.starts_with("# HELP")) {
+        assert!(!help.contains('"'), "{help}");
+    }
 
     close(ws).await;
     let text = scrape_until(admin, "wsgate_tunnels_open", 0.0).await;
