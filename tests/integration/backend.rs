@@ -634,10 +634,7 @@ async fn an_endless_refusal_body_is_cut_after_16_mib() {
     let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
     for chunk in ["1000\r\n", "0000000000000000"] {
         let (_child, lines, addr) = started_wsgate(&config);
-        let mut client = raw_client(addr).await;
-        client.send(ws().bytes()).await;
-        let mut back = backend.accept().await;
-        back.read_head().await;
+        let (mut client, mut back, _) = raw_request(addr, &backend, &ws()).await;
         back.send("HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n")
             .await;
         // 4 KiB chunks, or a chunk size of zeros never ended, until the proxy lets go.
@@ -667,10 +664,7 @@ async fn endless_interim_answers_are_a_malformed_answer() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
     let (_child, lines, addr) = started_wsgate(&config);
-    let mut client = raw_client(addr).await;
-    client.send(ws().bytes()).await;
-    let mut back = backend.accept().await;
-    back.read_head().await;
+    let (mut client, mut back, _) = raw_request(addr, &backend, &ws()).await;
     let piece = "HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
     let feeding = async { while back.try_send(&piece).await.is_ok() {} };
     let ((), head) = tokio::join!(feeding, client.read_head());

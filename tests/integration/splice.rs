@@ -680,12 +680,7 @@ async fn a_client_tls_failure_in_the_tunnel_is_logged_in_tls_words() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &route("chat", "/ws", &[backend.addr]));
     let (_child, lines, addr) = started_wsgate(&config);
-    let mut client = raw_client(addr).await;
-    client.send(ws().bytes()).await;
-    let mut back = backend.accept().await;
-    let seen = back.read_head().await;
-    back.send(switching(&seen, "")).await;
-    assert_eq!(client.read_head().await.status, 101);
+    let (mut client, _back, _, _) = raw_tunnel(addr, &backend, &ws()).await;
     // An application-data record of 32 bytes that no key decrypts, under the TLS layer.
     let tcp = client.stream.get_mut().0;
     let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];

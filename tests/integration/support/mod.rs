@@ -1510,14 +1510,25 @@ pub async fn raw_tunnel(
     backend: &RawBackend,
     req: &Req,
 ) -> (RawConn<Tls>, RawConn<TcpStream>, Head, Head) {
-    let mut client = raw_client(addr).await;
-    client.send(req.bytes()).await;
-    let mut back = backend.accept().await;
-    let seen = back.read_head().await;
+    let (mut client, mut back, seen) = raw_request(addr, backend, req).await;
     back.send(switching(&seen, "")).await;
     let head = client.read_head().await;
     assert_eq!(head.status, 101, "expected 101, got {:?}", head.start_line);
     (client, back, head, seen)
+}
+
+/// Sends `req` through the proxy at `addr` with raw bytes, and has `backend` read it: returns
+/// (client, backend, request head seen by the backend), the backend's answer still to come.
+pub async fn raw_request(
+    addr: SocketAddr,
+    backend: &RawBackend,
+    req: &Req,
+) -> (RawConn<Tls>, RawConn<TcpStream>, Head) {
+    let mut client = raw_client(addr).await;
+    client.send(req.bytes()).await;
+    let mut back = backend.accept().await;
+    let seen = back.read_head().await;
+    (client, back, seen)
 }
 
 /// Accepts connections and never answers (for connect/answer timeouts).
