@@ -96,7 +96,17 @@ pub(super) fn anchor_warnings(file: &Path, anchors: &[CertificateDer<'_>]) -> Ve
         let (from, until) = (validity.not_before.timestamp(), validity.not_after.timestamp());
         let name = format!("CA certificate {} ({:?})", i + 1, cert.subject().to_string());
         let file = file.display();
-        let said = if until <= now {
+        // A leaf pasted where its issuer belongs (a client's own certificate as client_ca):
+        // it loads, and nothing chains to it. RFC 5280 §4.2.1.9: a version 3 certificate
+        // verifies others' signatures only with basicConstraints CA:TRUE; an old version 1
+        // root has no extensions at all, and is fine.
+        let v3 = cert.version() == x509_parser::x509::X509Version::V3;
+        let ca = (cert.basic_constraints().ok().flatten()).is_some_and(|bc| bc.value.ca);
+        let no_ca = v3 && !ca;
+        let said = if no_ca {
+            let name = format!("certificate {} ({:?})", i + 1, cert.subject().to_string());
+            format!("{file}: {name} is no CA certificate (no basicConstraints CA:TRUE): no certificate chains to it, so every one it is to check is refused; name the CA that issued it")
+        } else if until <= now {
             let until = rfc3339(until);
             format!("{file}: {name} expired at {until}; wsgate still trusts it (rustls checks no CA's dates), other TLS stacks refuse what it issued: replace it")
         } else if from > now {

@@ -259,6 +259,36 @@ fn an_expired_ca_is_warned_about_at_its_key() {
     }
 }
 
+/// A client's own certificate pasted where its CA belongs loads, and no certificate chains to
+/// it: said, for `client_ca` and a route's `backend_tls.ca` alike.
+#[test]
+fn a_certificate_that_is_no_ca_named_as_a_ca_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leaf, _) = Pki::new("device CA").client_leaf("device-7", None);
+    let pasted = dir.path().join("device-7.pem");
+    std::fs::write(&pasted, &leaf).unwrap();
+    let body = format!(
+        "client_ca = \"{0}\"\n\n[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\nbackend_tls = {{ ca = \"{0}\" }}\n",
+        pasted.display()
+    );
+    let (_, warnings) = wsgate::check(&write_config(dir.path(), &body)).unwrap();
+    for key in ["tls.client_ca", "route[0].backend_tls.ca"] {
+        let said = warnings.iter().find(|w| w.contains(key));
+        let said = said.unwrap_or_else(|| panic!("{key}: {warnings:#?}"));
+        assert!(said.contains("is no CA certificate"), "{said}");
+    }
+    // The CA itself is not.
+    let body = format!(
+        "{}[[route]]\nname = \"r\"\npath = \"/\"\nbackends = [\"127.0.0.1:9\"]\n",
+        asking(&Pki::new("device CA"), &dir, "optional")
+    );
+    let (_, warnings) = wsgate::check(&write_config(dir.path(), &body)).unwrap();
+    assert!(
+        !warnings.iter().any(|w| w.contains("no CA")),
+        "{warnings:#?}"
+    );
+}
+
 #[tokio::test]
 async fn a_resumed_session_is_checked_against_the_client_ca_in_force() {
     // rustls restores a resumed session's certificate as it was checked when the session
