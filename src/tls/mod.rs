@@ -355,6 +355,18 @@ fn chain_problem(chain: &[CertificateDer<'_>], role: Chain) -> Option<String> {
         }
     }
     if let Some(stray) = (0..parsed.len()).find(|i| !path.contains(i)) {
+        // Nothing in the file signed the first certificate, yet more are sent: its issuer, an
+        // intermediate, left out (the stray likely the one above it, or its root). Leaving
+        // the stray out would not mend that. (A path that goes on and stops at an
+        // intermediate is the usual one: the root left out.)
+        let alone = (path.len() == 1).then(|| &parsed[0]);
+        if let Some(first) = alone.filter(|c| c.subject() != c.issuer()) {
+            return Some(format!(
+                "certificate {} of the chain is no part of the path from {own}, whose issuer ({:?}) is not in the file: an intermediate left out? Put its certificate right after {own} ({peers} may refuse the chain as it is)",
+                stray + 1,
+                first.issuer().to_string()
+            ));
+        }
         return Some(format!(
             "certificate {} of the chain is no part of the path from {own} (a duplicate, or another chain's certificate): {peers} may refuse the chain; leave it out",
             stray + 1
@@ -1117,6 +1129,15 @@ mod tests {
             let said = chain_problem(chain, Chain::Served);
             let stray_said = |w: &String| w.contains(stray) && w.contains("no part of the path");
             assert!(said.as_ref().is_some_and(stray_said), "{said:?}");
+            // Nothing signed the leaf: that issuer is named, and no stray is to be left out.
+            let missing =
+                |w: &String| w.contains("issuer (\"CN=intermediate\") is not in the file");
+            let leaf_alone = chain.len() == 2 && chain[1] != der(&int);
+            assert_eq!(said.as_ref().is_some_and(missing), leaf_alone, "{said:?}");
+            assert_eq!(
+                said.as_ref().is_some_and(|w| w.contains("leave it out")),
+                !leaf_alone
+            );
         }
         let shuffled = chain_problem(&[der(&leaf), der(&root), der(&int)], Chain::Served);
         assert!(shuffled.is_some_and(|w| w.contains("out of order")));
