@@ -198,9 +198,22 @@ fn pair_of<'a>(config: &'a Config, file: &Path) -> Option<&'a CertificatePaths> 
 /// `wsgate check`'s words on the certificates: when the first runs out, or which one already
 /// has; empty without certificates.
 pub(crate) fn expiry_summary(expiry: &[Expiry]) -> String {
+    let now = unix_now();
+    // One not valid yet is as unserviceable as one run out, and said first (it is valid until
+    // a date all the same).
+    if let Some(early) = (expiry.iter())
+        .filter(|e| e.not_before > now)
+        .min_by_key(|e| e.not_before)
+    {
+        return format!(
+            ", WARNING: certificate {} is not valid before {}",
+            early.file.display(),
+            rfc3339(early.not_before)
+        );
+    }
     match expiry.iter().min_by_key(|e| e.not_after) {
         None => String::new(),
-        Some(first) if first.not_after > unix_now() => {
+        Some(first) if first.not_after > now => {
             format!(", certificates valid until {}", rfc3339(first.not_after))
         }
         Some(first) => format!(

@@ -320,6 +320,13 @@ fn check_warns_about_a_certificate_not_valid_yet() {
         stderr.contains("server.crt: certificate is not valid before 2999-01-01T00:00:00Z"),
         "{stderr:?}"
     );
+    // The summary says so too, not that the certificates are valid until some date.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("WARNING: certificate")
+            && stdout.contains("server.crt is not valid before 2999-01-01T00:00:00Z"),
+        "{stdout:?}"
+    );
 }
 
 /// A route `/` for each of `hosts`, named `r0`, `r1`…
