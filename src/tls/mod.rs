@@ -235,7 +235,10 @@ fn load_certificates(
     config: &Config,
     provider: &CryptoProvider,
 ) -> Result<(SniResolver, Vec<Expiry>, Vec<ConfigError>), ConfigError> {
-    let mut resolver = SniResolver::default();
+    let mut resolver = SniResolver {
+        suites: serving_suites(config, provider),
+        ..SniResolver::default()
+    };
     let mut expiry = Vec::with_capacity(config.certificates.len());
     let mut warnings = Vec::new();
     for (index, paths) in config.certificates.iter().enumerate() {
@@ -253,7 +256,7 @@ fn load_certificates(
         if index > 0 && first_for == 0 {
             let why = match names {
                 0 => "its subjectAltName holds no DNS name an SNI name can match, and SNI picks by those alone (IP addresses, malformed names and a name only in the subject's CN count for nothing)",
-                _ => "an earlier certificate already covers each of its names (the first one listed wins)",
+                _ => "an earlier certificate with the same kind of key (RSA, ECDSA or Ed25519) already covers each of its names (the first one listed wins; one with another kind of key is served beside it, to clients that take that kind and not the first's)",
             };
             let message = format!("{} is never served: {why}", paths.cert.display());
             warnings.push(ConfigError::at(&config.path, &paths.location, message));
@@ -736,42 +739,112 @@ fn key_fits_later(
         .any(|cert| CertifiedKey::from_der(vec![cert.clone()], key.clone_key(), provider).is_ok())
 }
 
-/// Picks the certificate whose names cover the SNI name; the first certificate otherwise.
+/// Picks, among the certificates whose names cover the SNI name (the first certificate's
+/// otherwise), the first the client can take: one of each kind of key per name (RSA, ECDSA,
+/// Ed25519), so an RSA certificate beside an ECDSA one for the same names serves the clients
+/// that take only RSA, as nginx and HAProxy do with such a pair.
 #[derive(Debug, Default)]
 struct SniResolver {
     keys: Vec<Arc<CertifiedKey>>,
-    /// Lowercased DNS name → index; the first certificate naming it wins.
-    exact: HashMap<String, usize>,
-    /// Wildcard suffix (".example.com" for "*.example.com") → index.
-    wildcard: HashMap<String, usize>,
+    /// Lowercased DNS name → the certificates naming it, in file order, one of each kind of
+    /// key (a later one of a kind already there is never picked).
+    exact: HashMap<String, Vec<usize>>,
+    /// Wildcard suffix (".example.com" for "*.example.com") → its certificates, alike.
+    wildcard: HashMap<String, Vec<usize>>,
     /// Each certificate's DNS names, in the order added, as SNI compares them (taken for
     /// [`Served::names`] before the resolver goes into the rustls config).
     names: Vec<Vec<String>>,
+    /// The cipher suites served with, at the versions the config allows: over TLS 1.2 a key
+    /// is usable only with a suite of its kind.
+    suites: Vec<rustls::SupportedCipherSuite>,
+    /// The first certificate's first DNS name: its certificates are served to a client that
+    /// names none (kept apart from `names`, which the config takes).
+    fallback: Option<String>,
 }
 
+/// What a client's hello offers that decides which kind of key it takes.
+struct Offered<'a> {
+    schemes: &'a [rustls::SignatureScheme],
+    suites: &'a [rustls::CipherSuite],
+}
+
+/// The cipher suites `config` serves with: the provider's, at the TLS versions it allows.
+fn serving_suites(config: &Config, provider: &CryptoProvider) -> Vec<rustls::SupportedCipherSuite> {
+    (provider.cipher_suites.iter())
+        .filter(|suite| match config.tls_min_version {
+            TlsVersion::Tls12 => true,
+            TlsVersion::Tls13 => matches!(suite, rustls::SupportedCipherSuite::Tls13(_)),
+        })
+        .copied()
+        .collect()
+}
+
+/// The first certificate, when no name picks one.
+const FIRST: &[usize] = &[0];
+
 impl SniResolver {
-    /// Adds a certificate; returns how many DNS names it has, and how many of them it is the
-    /// first to cover.
+    /// Adds a certificate; returns how many DNS names it has, and for how many of them it is
+    /// the first of its kind of key.
     fn add(&mut self, key: CertifiedKey) -> (usize, usize) {
         let index = self.keys.len();
+        let kind = key.key.algorithm();
         let names: Vec<String> = dns_names(&key).iter().map(|n| normalized(n)).collect();
         let mut first_for = 0;
         for name in &names {
-            let owner = match name.strip_prefix('*') {
-                Some(suffix) => self.wildcard.entry(suffix.to_string()).or_insert(index),
-                None => self.exact.entry(name.clone()).or_insert(index),
+            let owners = match name.strip_prefix('*') {
+                Some(suffix) => self.wildcard.entry(suffix.to_string()).or_default(),
+                None => self.exact.entry(name.clone()).or_default(),
             };
-            first_for += usize::from(*owner == index);
+            if !(owners.iter()).any(|&owner| self.keys[owner].key.algorithm() == kind) {
+                owners.push(index);
+                first_for += 1;
+            }
         }
         let count = names.len();
+        if index == 0 {
+            self.fallback = names.first().cloned();
+        }
         self.names.push(names);
         self.keys.push(Arc::new(key));
         (count, first_for)
     }
 
-    fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
-        let by_name = sni.and_then(|name| self.named(name));
-        self.keys.get(by_name.unwrap_or(0))
+    /// The certificate for a client that asked for `sni` and `offered` these.
+    fn pick(&self, sni: Option<&str>, offered: &Offered<'_>) -> Option<&Arc<CertifiedKey>> {
+        let candidates = (sni.and_then(|name| self.named(name))).unwrap_or_else(|| self.first());
+        // The common case, one certificate for the name: nothing to choose.
+        if let [only] = candidates {
+            return self.keys.get(*only);
+        }
+        let fits = (candidates.iter())
+            .find(|&&i| self.keys.get(i).is_some_and(|key| self.takes(offered, key)));
+        // None the client takes: the first, for rustls to refuse in its own words.
+        self.keys.get(*fits.or(candidates.first())?)
+    }
+
+    /// The certificates served to a client that names none of theirs: the first, and those
+    /// beside it for its first name, of other kinds of key.
+    fn first(&self) -> &[usize] {
+        let owners = (self.fallback.as_deref()).and_then(|name| match name.strip_prefix('*') {
+            Some(suffix) => self.wildcard.get(suffix),
+            None => self.exact.get(name),
+        });
+        match owners {
+            Some(owners) if owners.first() == Some(&0) => owners,
+            _ => FIRST,
+        }
+    }
+
+    /// Whether a client that `offered` these can take `key`: it signs with a scheme the
+    /// client offered, and a suite the client offered is usable with it (any over TLS 1.3;
+    /// over TLS 1.2, one of its kind: ECDHE-ECDSA for ECDSA and Ed25519, ECDHE-RSA for RSA).
+    fn takes(&self, offered: &Offered<'_>, key: &CertifiedKey) -> bool {
+        let kind = key.key.algorithm();
+        key.key.choose_scheme(offered.schemes).is_some()
+            && (self.suites.iter()).any(|suite| {
+                offered.suites.contains(&suite.suite())
+                    && suite.usable_for_signature_algorithm(kind)
+            })
     }
 
     /// Whether a certificate names `host` (not merely the first, served for any name). A
@@ -794,15 +867,15 @@ impl SniResolver {
         })
     }
 
-    /// The certificate that names `name`, if one does.
-    fn named(&self, name: &str) -> Option<usize> {
+    /// The certificates that name `name`, if one does.
+    fn named(&self, name: &str) -> Option<&[usize]> {
         let name = name.to_ascii_lowercase();
         let by_name = self.exact.get(&name).or_else(|| {
             // A certificate wildcard covers exactly one label (RFC 6125 §6.4.3).
             let dot = name.find('.')?;
             self.wildcard.get(&name[dot..])
         });
-        by_name.copied()
+        by_name.map(Vec::as_slice)
     }
 }
 
@@ -823,7 +896,11 @@ fn dns_names(key: &CertifiedKey) -> Vec<String> {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name()).cloned()
+        let offered = Offered {
+            schemes: hello.signature_schemes(),
+            suites: hello.cipher_suites(),
+        };
+        self.pick(hello.server_name(), &offered).cloned()
     }
 }
 

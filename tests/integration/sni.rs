@@ -94,6 +94,79 @@ async fn certificates_added_and_removed_by_a_reload_change_the_choice() {
     assert_eq!(conn.read_head().await.status, 404);
 }
 
+/// Two certificates for the same names with different kinds of key (ECDSA first, Ed25519
+/// second, as an RSA one would be beside an ECDSA one): each client gets the first it can
+/// take, by the signature schemes and (over TLS 1.2) the suites it offers; the second is
+/// no "never served" certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_certificates_of_two_kinds_of_key_serves_each_client_one_it_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, der) = write_sni_config(dir.path(), &[("ec", &["a.test"])]);
+    let (cert, key) = pki().leaf_ed25519(&["a.test"]);
+    std::fs::write(dir.path().join("ed.crt"), &cert).unwrap();
+    std::fs::write(dir.path().join("ed.key"), key).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let both = text.replace(
+        "key = \"ec.key\" },\n",
+        "key = \"ec.key\" },\n  { cert = \"ed.crt\", key = \"ed.key\" },\n",
+    );
+    std::fs::write(&config, both).unwrap();
+    let (_, warnings) = wsgate::check(&config).unwrap();
+    assert!(
+        !warnings.iter().any(|w| w.contains("never served")),
+        "{warnings:#?}"
+    );
+    let ed = der_of(&cert);
+
+    let server = wsgate::Server::start(&config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    // Both kinds offered (any client's default): the first listed.
+    assert_eq!(served(addr, "a.test", false).await, der[0]);
+    // A client that verifies Ed25519 signatures only, over TLS 1.3 and over TLS 1.2; and
+    // without a name (the first certificate's names then).
+    let suites = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+    let (tls13, tls12): (Vec<_>, Vec<_>) = suites.into_iter().partition(|s| s.tls13().is_some());
+    for (suites, sni) in [(tls13.clone(), true), (tls12, true), (tls13, false)] {
+        let tls = tls_connect_with(addr, "a.test", ed25519_only(suites, sni)).await;
+        assert_eq!(peer_leaf(&tls), ed, "SNI sent: {sni}");
+    }
+}
+
+/// Signature schemes a client verifies: Ed25519 alone.
+const ED25519_ONLY: &[(
+    rustls::SignatureScheme,
+    &[&dyn rustls::pki_types::SignatureVerificationAlgorithm],
+)] = &[(
+    rustls::SignatureScheme::ED25519,
+    &[webpki::aws_lc_rs::ED25519],
+)];
+
+/// A client offering `suites` (at their TLS version) that verifies Ed25519 signatures only,
+/// so offers that scheme alone; sending SNI or not; trusting the test CA.
+fn ed25519_only(
+    suites: Vec<rustls::SupportedCipherSuite>,
+    sni: bool,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let tls13 = suites.iter().any(|s| s.tls13().is_some());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls13 {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS12]
+    };
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = suites;
+    provider.signature_verification_algorithms.mapping = ED25519_ONLY;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der_of(&pki().ca_pem()).into()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_sni = sni;
+    std::sync::Arc::new(config)
+}
+
 /// A client that speaks only TLS 1.2, trusting the test CA.
 fn tls12_only() -> std::sync::Arc<rustls::ClientConfig> {
     let mut suites = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;

@@ -296,6 +296,15 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// [`Pki::leaf`] with an Ed25519 key rather than an ECDSA P-256 one: (cert PEM, key PEM).
+    pub fn leaf_ed25519(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A leaf naming `cn` only in its subject's common name (no subjectAltName), as old
     /// tooling made them: (cert PEM, key PEM).
     pub fn leaf_cn_only(&self, cn: &str) -> (String, String) {
