@@ -443,10 +443,22 @@ fn tls_words(e: &io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(rustls::Error::PeerIncompatible(why)) => format!(
-            "client incompatible (an old TLS version, or no cipher suite, group or signature \
-             scheme in common): {why:?}"
-        ),
+        Some(rustls::Error::PeerIncompatible(why)) => {
+            // What each piece missing most often means, where rustls's name does not say it.
+            let likely = match why {
+                rustls::PeerIncompatible::SignatureAlgorithmsExtensionRequired => {
+                    " (a TLS 1.1 or older client: wsgate speaks TLS 1.2 and 1.3)"
+                }
+                rustls::PeerIncompatible::NoKxGroupsInCommon => {
+                    " (or a client offering only RSA key exchange suites, which wsgate does not serve)"
+                }
+                _ => "",
+            };
+            format!(
+                "client incompatible (an old TLS version, or no cipher suite, group or signature \
+                 scheme in common): {why:?}{likely}"
+            )
+        }
         // rustls: "peer doesn't support any known protocol", which does not say which.
         Some(rustls::Error::NoApplicationProtocol) => {
             "client's ALPN offers no protocol wsgate speaks (http/1.1 or http/1.0, in lower \
@@ -681,7 +693,8 @@ mod tests {
         assert_eq!(
             Unanswered::TlsFailed(e).to_string(),
             "TLS handshake failed: client incompatible (an old TLS version, or no cipher suite, \
-             group or signature scheme in common): SignatureAlgorithmsExtensionRequired"
+             group or signature scheme in common): SignatureAlgorithmsExtensionRequired (a TLS \
+             1.1 or older client: wsgate speaks TLS 1.2 and 1.3)"
         );
         let tls_failed = |e: rustls::Error| {
             Unanswered::TlsFailed(io::Error::new(io::ErrorKind::InvalidData, e)).to_string()
