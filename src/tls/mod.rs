@@ -256,7 +256,7 @@ fn load_certificates(
         if index > 0 && first_for == 0 {
             let why = match names {
                 0 => "its subjectAltName holds no DNS name an SNI name can match, and SNI picks by those alone (IP addresses, malformed names and a name only in the subject's CN count for nothing)",
-                _ => "an earlier certificate with the same kind of key (RSA, ECDSA or Ed25519) already covers each of its names (the first one listed wins; one with another kind of key is served beside it, to clients that take that kind and not the first's)",
+                _ => "an earlier certificate with the same kind of key (RSA, ECDSA on the same curve, or Ed25519) already covers each of its names (the first one listed wins; one with another kind of key is served beside it, to clients that take that kind and not the first's)",
             };
             let message = format!("{} is never served: {why}", paths.cert.display());
             warnings.push(ConfigError::at(&config.path, &paths.location, message));
@@ -740,9 +740,9 @@ fn key_fits_later(
 }
 
 /// Picks, among the certificates whose names cover the SNI name (the first certificate's
-/// otherwise), the first the client can take: one of each kind of key per name (RSA, ECDSA,
-/// Ed25519), so an RSA certificate beside an ECDSA one for the same names serves the clients
-/// that take only RSA, as nginx and HAProxy do with such a pair.
+/// otherwise), the first the client can take: one of each kind of key per name (RSA, ECDSA
+/// on each curve, Ed25519), so an RSA certificate beside an ECDSA one for the same names
+/// serves the clients that take only RSA, as nginx and HAProxy do with such a pair.
 #[derive(Debug, Default)]
 struct SniResolver {
     keys: Vec<Arc<CertifiedKey>>,
@@ -757,6 +757,8 @@ struct SniResolver {
     /// The cipher suites served with, at the versions the config allows: over TLS 1.2 a key
     /// is usable only with a suite of its kind.
     suites: Vec<rustls::SupportedCipherSuite>,
+    /// Each certificate's kind of key (see [`kind_of`]), in the order added.
+    kinds: Vec<Vec<rustls::SignatureScheme>>,
     /// The first certificate's first DNS name: its certificates are served to a client that
     /// names none (kept apart from `names`, which the config takes).
     fallback: Option<String>,
@@ -779,6 +781,38 @@ fn serving_suites(config: &Config, provider: &CryptoProvider) -> Vec<rustls::Sup
         .collect()
 }
 
+/// Whether TLS 1.3 allows a certificate's signature with `scheme` (RFC 8446 §4.2.3): not
+/// RSA PKCS#1 v1.5, nor a hash older than SHA-256 (none, MD5, SHA-1, SHA-224), as rustls
+/// holds it (its own test is not public).
+fn allowed_in_tls13(scheme: rustls::SignatureScheme) -> bool {
+    let [hash, sign] = u16::from(scheme).to_be_bytes();
+    hash > 3 && sign != 1
+}
+
+/// The key's kind as clients take it: the signature schemes it signs with (RSA keys all
+/// alike; an ECDSA key with its curve's alone, so P-256 and P-384 are two kinds).
+fn kind_of(key: &CertifiedKey) -> Vec<rustls::SignatureScheme> {
+    use rustls::SignatureScheme as S;
+    const ALL: [S; 13] = [
+        S::RSA_PKCS1_SHA1,
+        S::ECDSA_SHA1_Legacy,
+        S::RSA_PKCS1_SHA256,
+        S::ECDSA_NISTP256_SHA256,
+        S::RSA_PKCS1_SHA384,
+        S::ECDSA_NISTP384_SHA384,
+        S::RSA_PKCS1_SHA512,
+        S::ECDSA_NISTP521_SHA512,
+        S::RSA_PSS_SHA256,
+        S::RSA_PSS_SHA384,
+        S::RSA_PSS_SHA512,
+        S::ED25519,
+        S::ED448,
+    ];
+    (ALL.into_iter())
+        .filter(|scheme| key.key.choose_scheme(&[*scheme]).is_some())
+        .collect()
+}
+
 /// The first certificate, when no name picks one.
 const FIRST: &[usize] = &[0];
 
@@ -787,7 +821,7 @@ impl SniResolver {
     /// the first of its kind of key.
     fn add(&mut self, key: CertifiedKey) -> (usize, usize) {
         let index = self.keys.len();
-        let kind = key.key.algorithm();
+        let kind = kind_of(&key);
         let names: Vec<String> = dns_names(&key).iter().map(|n| normalized(n)).collect();
         let mut first_for = 0;
         for name in &names {
@@ -795,7 +829,7 @@ impl SniResolver {
                 Some(suffix) => self.wildcard.entry(suffix.to_string()).or_default(),
                 None => self.exact.entry(name.clone()).or_default(),
             };
-            if !(owners.iter()).any(|&owner| self.keys[owner].key.algorithm() == kind) {
+            if !(owners.iter()).any(|&owner| self.kinds[owner] == kind) {
                 owners.push(index);
                 first_for += 1;
             }
@@ -805,6 +839,7 @@ impl SniResolver {
             self.fallback = names.first().cloned();
         }
         self.names.push(names);
+        self.kinds.push(kind);
         self.keys.push(Arc::new(key));
         (count, first_for)
     }
@@ -816,8 +851,17 @@ impl SniResolver {
         if let [only] = candidates {
             return self.keys.get(*only);
         }
-        let fits = (candidates.iter())
-            .find(|&&i| self.keys.get(i).is_some_and(|key| self.takes(offered, key)));
+        // One the client takes whichever version it ends up speaking, else one it takes at
+        // one of them (a hello that offers TLS 1.3 suites but speaks 1.2 is unusual).
+        let takes = |i: &&usize, both: bool| {
+            let key = self.keys.get(**i).map(|key| self.takes(offered, key));
+            key.is_some_and(|(tls13, tls12)| match both {
+                true => tls13 != Some(false) && tls12 != Some(false),
+                false => tls13 == Some(true) || tls12 == Some(true),
+            })
+        };
+        let fits = (candidates.iter().find(|i| takes(i, true)))
+            .or_else(|| candidates.iter().find(|i| takes(i, false)));
         // None the client takes: the first, for rustls to refuse in its own words.
         self.keys.get(*fits.or(candidates.first())?)
     }
@@ -835,16 +879,33 @@ impl SniResolver {
         }
     }
 
-    /// Whether a client that `offered` these can take `key`: it signs with a scheme the
-    /// client offered, and a suite the client offered is usable with it (any over TLS 1.3;
-    /// over TLS 1.2, one of its kind: ECDHE-ECDSA for ECDSA and Ed25519, ECDHE-RSA for RSA).
-    fn takes(&self, offered: &Offered<'_>, key: &CertifiedKey) -> bool {
+    /// Whether a client that `offered` these can take `key` over TLS 1.3 and over TLS 1.2
+    /// (`None`: it offers none of the suites of that version served here). Over TLS 1.3, the
+    /// key signs with a scheme the client offered that TLS 1.3 allows (no RSA PKCS#1, SHA-1
+    /// or SHA-224: rustls drops those after the choice, and an RSA key that signs only with
+    /// them would fail the handshake); over TLS 1.2, with any scheme offered, and a suite of
+    /// its kind is offered (ECDHE-ECDSA for ECDSA and Ed25519, ECDHE-RSA for RSA).
+    fn takes(&self, offered: &Offered<'_>, key: &CertifiedKey) -> (Option<bool>, Option<bool>) {
         let kind = key.key.algorithm();
-        key.key.choose_scheme(offered.schemes).is_some()
-            && (self.suites.iter()).any(|suite| {
-                offered.suites.contains(&suite.suite())
-                    && suite.usable_for_signature_algorithm(kind)
-            })
+        let ours = |suite: &&rustls::SupportedCipherSuite| offered.suites.contains(&suite.suite());
+        let (mut tls13, mut tls12) = (None, None);
+        for suite in self.suites.iter().filter(ours) {
+            match suite {
+                rustls::SupportedCipherSuite::Tls13(_) if tls13.is_none() => {
+                    let allowed: Vec<_> = (offered.schemes.iter().copied())
+                        .filter(|scheme| allowed_in_tls13(*scheme))
+                        .collect();
+                    tls13 = Some(key.key.choose_scheme(&allowed).is_some());
+                }
+                rustls::SupportedCipherSuite::Tls12(_) if tls12 != Some(true) => {
+                    let usable = suite.usable_for_signature_algorithm(kind)
+                        && key.key.choose_scheme(offered.schemes).is_some();
+                    tls12 = Some(usable);
+                }
+                _ => {}
+            }
+        }
+        (tls13, tls12)
     }
 
     /// Whether a certificate names `host` (not merely the first, served for any name). A
@@ -907,6 +968,24 @@ impl ResolvesServerCert for SniResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The schemes a TLS 1.3 CertificateVerify may use, as rustls allows them after a
+    /// certificate is chosen: an RSA key offered only PKCS#1 schemes cannot sign there.
+    #[test]
+    fn tls_1_3_allows_no_rsa_pkcs1_nor_old_hashes() {
+        use rustls::SignatureScheme as S;
+        for (scheme, allowed) in [
+            (S::RSA_PKCS1_SHA256, false),
+            (S::RSA_PKCS1_SHA1, false),
+            (S::ECDSA_SHA1_Legacy, false),
+            (S::RSA_PSS_SHA256, true),
+            (S::ECDSA_NISTP256_SHA256, true),
+            (S::ECDSA_NISTP384_SHA384, true),
+            (S::ED25519, true),
+        ] {
+            assert_eq!(allowed_in_tls13(scheme), allowed, "{scheme:?}");
+        }
+    }
 
     #[test]
     fn names_cover_a_name_as_it_or_by_a_wildcard_for_its_parent() {

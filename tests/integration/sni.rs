@@ -94,56 +94,79 @@ async fn certificates_added_and_removed_by_a_reload_change_the_choice() {
     assert_eq!(conn.read_head().await.status, 404);
 }
 
-/// Two certificates for the same names with different kinds of key (ECDSA first, Ed25519
-/// second, as an RSA one would be beside an ECDSA one): each client gets the first it can
-/// take, by the signature schemes and (over TLS 1.2) the suites it offers; the second is
-/// no "never served" certificate.
+/// Certificates for the same names with different kinds of key (ECDSA P-256 first, then
+/// Ed25519 and ECDSA P-384, as an RSA one would be beside an ECDSA one): each client gets the
+/// first it can take, by the signature schemes and (over TLS 1.2) the suites it offers; none
+/// is a "never served" certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_with_certificates_of_two_kinds_of_key_serves_each_client_one_it_takes() {
+async fn a_name_with_certificates_of_several_kinds_of_key_serves_each_client_one_it_takes() {
     let dir = tempfile::tempdir().unwrap();
     let (config, der) = write_sni_config(dir.path(), &[("ec", &["a.test"])]);
-    let (cert, key) = pki().leaf_ed25519(&["a.test"]);
-    std::fs::write(dir.path().join("ed.crt"), &cert).unwrap();
-    std::fs::write(dir.path().join("ed.key"), key).unwrap();
+    let mut extra = Vec::new();
+    for (stem, algorithm) in [
+        ("ed", &rcgen::PKCS_ED25519),
+        ("p384", &rcgen::PKCS_ECDSA_P384_SHA384),
+    ] {
+        let (cert, key) = pki().leaf_keyed(&["a.test"], algorithm);
+        std::fs::write(dir.path().join(format!("{stem}.crt")), &cert).unwrap();
+        std::fs::write(dir.path().join(format!("{stem}.key")), key).unwrap();
+        extra.push(format!(
+            "  {{ cert = \"{stem}.crt\", key = \"{stem}.key\" }},\n"
+        ));
+    }
     let text = std::fs::read_to_string(&config).unwrap();
-    let both = text.replace(
+    let all = text.replace(
         "key = \"ec.key\" },\n",
-        "key = \"ec.key\" },\n  { cert = \"ed.crt\", key = \"ed.key\" },\n",
+        &format!("key = \"ec.key\" }},\n{}", extra.concat()),
     );
-    std::fs::write(&config, both).unwrap();
+    std::fs::write(&config, all).unwrap();
     let (_, warnings) = wsgate::check(&config).unwrap();
     assert!(
         !warnings.iter().any(|w| w.contains("never served")),
         "{warnings:#?}"
     );
-    let ed = der_of(&cert);
+    let leaf = |stem: &str| {
+        der_of(&std::fs::read_to_string(dir.path().join(format!("{stem}.crt"))).unwrap())
+    };
 
     let server = wsgate::Server::start(&config).await.unwrap();
     let addr = server.local_addrs()[0];
-    // Both kinds offered (any client's default): the first listed.
+    // Every kind offered (any client's default): the first listed.
     assert_eq!(served(addr, "a.test", false).await, der[0]);
-    // A client that verifies Ed25519 signatures only, over TLS 1.3 and over TLS 1.2; and
+    // A client that verifies one kind of signature only, over TLS 1.3 and over TLS 1.2; and
     // without a name (the first certificate's names then).
     let suites = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
     let (tls13, tls12): (Vec<_>, Vec<_>) = suites.into_iter().partition(|s| s.tls13().is_some());
-    for (suites, sni) in [(tls13.clone(), true), (tls12, true), (tls13, false)] {
-        let tls = tls_connect_with(addr, "a.test", ed25519_only(suites, sni)).await;
-        assert_eq!(peer_leaf(&tls), ed, "SNI sent: {sni}");
+    for (only, stem) in [(ED25519, "ed"), (P384, "p384")] {
+        for (suites, sni) in [
+            (tls13.clone(), true),
+            (tls12.clone(), true),
+            (tls13.clone(), false),
+        ] {
+            let tls = tls_connect_with(addr, "a.test", verifying_only(only, suites, sni)).await;
+            assert_eq!(peer_leaf(&tls), leaf(stem), "{stem}, SNI sent: {sni}");
+        }
     }
 }
 
-/// Signature schemes a client verifies: Ed25519 alone.
-const ED25519_ONLY: &[(
+/// Signature schemes a client verifies: one alone.
+type Verifies = &'static [(
     rustls::SignatureScheme,
-    &[&dyn rustls::pki_types::SignatureVerificationAlgorithm],
-)] = &[(
+    &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm],
+)];
+const ED25519: Verifies = &[(
     rustls::SignatureScheme::ED25519,
     &[webpki::aws_lc_rs::ED25519],
 )];
+const P384: Verifies = &[(
+    rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+    &[webpki::aws_lc_rs::ECDSA_P384_SHA384],
+)];
 
-/// A client offering `suites` (at their TLS version) that verifies Ed25519 signatures only,
-/// so offers that scheme alone; sending SNI or not; trusting the test CA.
-fn ed25519_only(
+/// A client offering `suites` (at their TLS version) that verifies only the signatures
+/// `only` maps, so offers those schemes alone; sending SNI or not; trusting the test CA.
+fn verifying_only(
+    only: Verifies,
     suites: Vec<rustls::SupportedCipherSuite>,
     sni: bool,
 ) -> std::sync::Arc<rustls::ClientConfig> {
@@ -155,7 +178,7 @@ fn ed25519_only(
     };
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = suites;
-    provider.signature_verification_algorithms.mapping = ED25519_ONLY;
+    provider.signature_verification_algorithms.mapping = only;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der_of(&pki().ca_pem()).into()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))

@@ -296,11 +296,16 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
-    /// [`Pki::leaf`] with an Ed25519 key rather than an ECDSA P-256 one: (cert PEM, key PEM).
-    pub fn leaf_ed25519(&self, names: &[&str]) -> (String, String) {
+    /// [`Pki::leaf`] with a key for `algorithm` (`rcgen::PKCS_ED25519`,
+    /// `rcgen::PKCS_ECDSA_P384_SHA384`) rather than an ECDSA P-256 one: (cert PEM, key PEM).
+    pub fn leaf_keyed(
+        &self,
+        names: &[&str],
+        algorithm: &'static rcgen::SignatureAlgorithm,
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let params = rcgen::CertificateParams::new(names).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     }
