@@ -149,7 +149,58 @@ async fn a_name_with_certificates_of_several_kinds_of_key_serves_each_client_one
     }
 }
 
-/// Signature schemes a client verifies: one alone.
+/// RSA first and ECDSA beside it, the pair operators serve: a TLS 1.3 client that verifies
+/// RSA only with PKCS#1 (which TLS 1.3 does not allow) and ECDSA gets the ECDSA certificate,
+/// one that verifies RSA-PSS alone the RSA one, and a TLS 1.2 client offering only ECDHE-RSA
+/// suites the RSA one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rsa_certificate_beside_an_ecdsa_one_goes_to_the_clients_that_take_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa, key) = pki().leaf_keyed(&["a.test"], &rcgen::PKCS_RSA_SHA256);
+    std::fs::write(dir.path().join("rsa.crt"), &rsa).unwrap();
+    std::fs::write(dir.path().join("rsa.key"), key).unwrap();
+    let (config, der) = write_sni_config(dir.path(), &[("ec", &["a.test"])]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let both = text.replace(
+        "certificates = [\n",
+        "certificates = [\n  { cert = \"rsa.crt\", key = \"rsa.key\" },\n",
+    );
+    std::fs::write(&config, both).unwrap();
+    let (rsa, ecdsa) = (der_of(&rsa), der[0].clone());
+    let server = wsgate::Server::start(&config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    assert_eq!(served(addr, "a.test", false).await, rsa, "the first listed");
+    let suites = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+    let (tls13, tls12): (Vec<_>, Vec<_>) = suites.into_iter().partition(|s| s.tls13().is_some());
+    let rsa_kx: Vec<_> = (tls12.into_iter())
+        .filter(|s| format!("{:?}", s.suite()).contains("ECDHE_RSA"))
+        .collect();
+    for (only, suites, expected) in [
+        (PKCS1_OR_ECDSA, tls13.clone(), &ecdsa),
+        (PSS, tls13, &rsa),
+        (PKCS1_OR_ECDSA, rsa_kx, &rsa),
+    ] {
+        let tls = tls_connect_with(addr, "a.test", verifying_only(only, suites, true)).await;
+        assert_eq!(&peer_leaf(&tls), expected);
+    }
+}
+
+const PKCS1_OR_ECDSA: Verifies = &[
+    (
+        rustls::SignatureScheme::RSA_PKCS1_SHA256,
+        &[webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256],
+    ),
+    (
+        rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+        &[webpki::aws_lc_rs::ECDSA_P256_SHA256],
+    ),
+];
+const PSS: Verifies = &[(
+    rustls::SignatureScheme::RSA_PSS_SHA256,
+    &[webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+)];
+
+/// Signature schemes a client verifies, and with what.
 type Verifies = &'static [(
     rustls::SignatureScheme,
     &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm],
