@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 use super::locate::{
-    key_at, key_by_line, locate, path_around, path_to, unclosed_string_before, unclosed_value,
+    key_at, key_by_line, locate, path_around, path_to, unclosed_multiline, unclosed_string_before,
+    unclosed_value,
 };
 use super::wording::{first_quoted, plain_types, single_route_table, too_deep, written_twice};
 
@@ -74,7 +75,15 @@ impl ConfigError {
         }
         let mut span = e.span().unwrap_or(0..0);
         let mut message = plain_types(e.message().trim());
-        if let Some((end, escaped_quote)) = unclosed_string_before(src, span.start) {
+        // A multi-line string left open swallows the file below it, and the parser notices
+        // only at its end (or at a quote further down): it is named where it opens.
+        if let Some(opened) = unclosed_multiline(src).filter(|&at| at <= span.start) {
+            let quotes = src.get(opened..opened + 3).unwrap_or("\"\"\"");
+            span = opened..opened;
+            message = format!(
+                "a multi-line string is not closed: no {quotes} closes the one opened here, so it runs to the end of the file"
+            );
+        } else if let Some((end, escaped_quote)) = unclosed_string_before(src, span.start) {
             span = end..end;
             message =
                 "a string is not closed: its closing quote is missing at the end of this line"

@@ -209,23 +209,48 @@ fn first_word(text: &str) -> &str {
 /// `src` with the bodies of its multi-line strings (`"""…"""`, `'''…'''`) blanked, newlines
 /// kept: the same bytes at the same offsets and lines, for the scans that read the file line
 /// by line for table headers and keys, which a string's line such as `[[route]]` must not
-/// fool. One-line strings and comments are read past, so a `"""` inside one opens nothing.
+/// fool.
 pub(super) fn multiline_strings_blanked(src: &str) -> std::borrow::Cow<'_, str> {
     let text = src.as_bytes();
     let mut blanked: Option<Vec<u8>> = None;
+    for (start, end) in multiline_strings(text) {
+        let out = blanked.get_or_insert_with(|| text.to_vec());
+        for b in &mut out[start..end.unwrap_or(text.len())] {
+            if *b != b'\n' {
+                *b = b' ';
+            }
+        }
+    }
+    match blanked {
+        // Whole characters blanked (a multi-byte one's every byte) or kept: still UTF-8.
+        Some(bytes) => std::borrow::Cow::Owned(String::from_utf8(bytes).unwrap_or_default()),
+        None => std::borrow::Cow::Borrowed(src),
+    }
+}
+
+/// Where a multi-line string left open starts (its opening quotes), if one is: it runs to
+/// the end of the file, where the parser notices it, past every line it swallowed.
+pub(super) fn unclosed_multiline(src: &str) -> Option<usize> {
+    let last = multiline_strings(src.as_bytes()).pop()?;
+    match last {
+        (start, None) => Some(start),
+        _ => None,
+    }
+}
+
+/// The multi-line strings (`"""…"""`, `'''…'''`) of `text`: where each starts, and where it
+/// ends past its closing quotes (`None`: never closed, the last one). One-line strings and
+/// comments are read past, so a `"""` inside one opens nothing.
+fn multiline_strings(text: &[u8]) -> Vec<(usize, Option<usize>)> {
+    let mut found = Vec::new();
     let mut i = 0;
     while i < text.len() {
         match text[i] {
             b'#' => i = next_line(text, i),
             quote @ (b'"' | b'\'') if text[i..].starts_with(&[quote; 3]) => {
-                let end = past_multiline(text, i + 3, quote).unwrap_or(text.len());
-                let out = blanked.get_or_insert_with(|| text.to_vec());
-                for b in &mut out[i..end] {
-                    if *b != b'\n' {
-                        *b = b' ';
-                    }
-                }
-                i = end;
+                let end = past_multiline(text, i + 3, quote);
+                found.push((i, end));
+                i = end.unwrap_or(text.len());
             }
             quote @ (b'"' | b'\'') => {
                 i += 1;
@@ -244,11 +269,7 @@ pub(super) fn multiline_strings_blanked(src: &str) -> std::borrow::Cow<'_, str> 
             _ => i += 1,
         }
     }
-    match blanked {
-        // Whole characters blanked (a multi-byte one's every byte) or kept: still UTF-8.
-        Some(bytes) => std::borrow::Cow::Owned(String::from_utf8(bytes).unwrap_or_default()),
-        None => std::borrow::Cow::Borrowed(src),
-    }
+    found
 }
 
 /// Best-effort dotted key for a byte offset, for errors the TOML parser reports by position

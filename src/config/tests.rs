@@ -1052,9 +1052,25 @@ fn an_unclosed_string_is_named_on_its_line() {
     // A multi-line string left open swallows the lines below: a backslash there is not the
     // mistake, the string is.
     let open = "[proxy]\nlisten = [\"127.0.0.1:1\"]\nlog_format = \"\"\"json\n[tls]\ncertificates = [{ cert = 'C:\\dir\\a.crt', key = 'k' }]\n";
-    let (line, _, _, message) = place(open);
-    assert_eq!(line, 6, "{message}");
-    assert!(!message.contains("escape"), "{message}");
+    let (line, column, key, message) = place(open);
+    assert_eq!(
+        (line, column, key.as_str()),
+        (3, 14, "proxy.log_format"),
+        "{message}"
+    );
+    assert!(
+        message.starts_with("a multi-line string is not closed: no \"\"\" closes"),
+        "{message}"
+    );
+    // In an inline table, and a literal one: named where it opens too, not as the table.
+    let inline = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[tls]\ncertificates = [{ cert = \'\'\'a.crt, key = \"k\" }]\n[[route]]\nname = \"a\"\n";
+    let (line, column, key, message) = place(inline);
+    assert_eq!(
+        (line, column, key.as_str()),
+        (4, 26, "tls.certificates"),
+        "{message}"
+    );
+    assert!(message.contains("no \'\'\' closes"), "{message}");
     // Quotes escaped inside, the closing one forgotten: no word on escapes.
     let inside = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[[route]]\nname = \"say \\\"hi\\\" and\n";
     assert_eq!(place(inside).3, missing);
