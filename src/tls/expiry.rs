@@ -105,7 +105,7 @@ pub(super) fn anchor_warnings(file: &Path, anchors: &[CertificateDer<'_>]) -> Ve
         let no_ca = v3 && !ca;
         let said = if no_ca {
             let name = format!("certificate {} ({:?})", i + 1, cert.subject().to_string());
-            format!("{file}: {name} is no CA certificate (no basicConstraints CA:TRUE): no certificate chains to it, so every one it is to check is refused; name the CA that issued it")
+            format!("{file}: {name} is no CA certificate (no basicConstraints CA:TRUE): nothing chains to it, so no certificate is accepted through it; name the CA that issued it instead")
         } else if until <= now {
             let until = rfc3339(until);
             format!("{file}: {name} expired at {until}; wsgate still trusts it (rustls checks no CA's dates), other TLS stacks refuse what it issued: replace it")
