@@ -777,6 +777,36 @@ fn a_route_that_could_never_be_chosen_is_warned_about() {
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains("route \"c\" can never be chosen: route \"b\""));
     assert!(warnings[1].contains("route \"d\" can never be chosen: route \"a\""));
+    // Several earlier routes that together allow each of a later one's subprotocols, at its
+    // host or a wildcard covering it: named together.
+    let together = [
+        route("a", "", "/x", &list("\"v1\""))
+            + &route("b", "", "/x", &list("\"v2\""))
+            + &route("c", "", "/x", &list("\"v1\", \"v2\"")),
+        route("a", "host = \"*.a.com\"\n", "/x", &list("\"v1\""))
+            + &route("b", "host = \"*.eu.a.com\"\n", "/x", &list("\"v2\""))
+            + &route(
+                "c",
+                "host = \"*.x.eu.a.com\"\n",
+                "/x",
+                &list("\"v2\", \"v1\""),
+            ),
+    ];
+    for body in &together {
+        let config = parse(body).unwrap();
+        let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("route \"c\" can never be chosen: each of its subprotocols")
+                && warnings[0].ends_with("(routes \"a\", \"b\")"),
+            "{warnings:?}"
+        );
+    }
+    // One of its protocols allowed by none before it: reachable.
+    let body = route("a", "", "/x", &list("\"v1\""))
+        + &route("b", "", "/x", &list("\"v2\""))
+        + &route("c", "", "/x", &list("\"v1\", \"v3\""));
+    assert!(parse(&body).unwrap().warnings.is_empty());
 }
 
 #[test]

@@ -558,10 +558,27 @@ impl Checker<'_> {
                     .collect(),
                 host => vec![host.clone()],
             };
-            let shadow = covering.into_iter().find_map(|host| {
-                let earlier = same_place.get(&(host.clone(), path.clone()))?;
-                Some((earlier.shadow(&out, this)?, host == this.host))
-            });
+            let places: Vec<(&Place, bool)> = (covering.into_iter())
+                .filter_map(|host| {
+                    let place = same_place.get(&(host.clone(), path.clone()))?;
+                    Some((place, host == this.host))
+                })
+                .collect();
+            let shadow = (places.iter())
+                .find_map(|(earlier, same_host)| Some((earlier.shadow(&out, this)?, *same_host)));
+            if shadow.is_none() {
+                if let Some(earlier) = shadowed_together(&places, this) {
+                    let names: Vec<String> = earlier
+                        .iter()
+                        .map(|&e| format!("{:?}", out[e].name))
+                        .collect();
+                    let message = format!(
+                        "route {name:?} can never be chosen: each of its subprotocols is allowed by an earlier route with its host (or a wildcard covering it) and the same path, which comes first for every request offering it (routes {})",
+                        names.join(", ")
+                    );
+                    warnings.push(self.error(&route.path.span(), &key("path"), message));
+                }
+            }
             if let Some((shadow, same_host)) = shadow {
                 // A warning, not an error: equal routes taken in file order is the documented
                 // rule, and a config relying on it must keep loading.
@@ -846,6 +863,23 @@ impl std::fmt::Display for Field {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "route[{}].{}", self.0, self.1)
     }
+}
+
+/// The earlier routes that, together, take every request `later` would, when no one of them
+/// does: one allowing each of its subprotocols, at one of the `places` ranking with it (its
+/// host's, or a covering wildcard's, at its path). A request offering any of them goes to the
+/// first of those that allows one. In file order, each once.
+fn shadowed_together(places: &[(&Place, bool)], later: &RouteConfig) -> Option<Vec<usize>> {
+    let list = later.subprotocols.as_ref()?;
+    let first_allowing = |protocol: &String| {
+        (places.iter())
+            .filter_map(|(place, _)| place.by_protocol.get(protocol)?.first().copied())
+            .min()
+    };
+    let mut earlier: Vec<usize> = list.iter().map(first_allowing).collect::<Option<_>>()?;
+    earlier.sort_unstable();
+    earlier.dedup();
+    Some(earlier)
 }
 
 /// The earlier routes at one place (host, path key), indexed for [`Place::shadow`].
