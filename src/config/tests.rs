@@ -495,6 +495,12 @@ fn errors_name_file_line_column_and_key() {
         ("[[route]]\nname = \"a\"\nhost = \"\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: must not be empty: leave `host` out"),
         ("[[route]]\nname = \"a\"\nhost = \"wss://chat.example.com:443/ws\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: \"wss://chat.example.com:443/ws\" is a URL: write the host name alone (\"chat.example.com\")"),
         ("[[route]]\nname = \"a\"\nhost = \"[::1]\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "is an IPv6 address, which a route's host cannot be"),
+        // Addresses: no wildcard over one, and written plainly.
+        ("[[route]]\nname = \"a\"\nhost = \"*.0.0.1\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: \"*.0.0.1\" is a wildcard over an IPv4 address"),
+        ("[[route]]\nname = \"a\"\nhost = \"*.1\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "is a wildcard over an IPv4 address"),
+        ("[[route]]\nname = \"a\"\nhost = \"127.1\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "route[0].host: \"127.1\" ends in a number but is not an IPv4 address"),
+        ("[[route]]\nname = \"a\"\nhost = \"010.0.0.1\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "ends in a number"),
+        ("[[route]]\nname = \"a\"\nhost = \"0x7f.0.0.1\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "ends in a number"),
         ("[[route]]\nname = \"a\"\nhost = \"bücher.example\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "write the name in its punycode form"),
         ("[[route]]\nname = \"a\"\nhost = \"*.*.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "has a wildcard other than one leading \"*.\" before a name"),
         ("[[route]]\nname = \"a\"\nhost = \"-a.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "is not a host name (dot-separated labels"),

@@ -56,6 +56,22 @@ pub(super) fn host_pattern(text: &str) -> Result<HostPattern, String> {
     if name.is_empty() || !name.split('.').all(crate::grammar::is_label) {
         return Err(host_pattern_problem(text, name));
     }
+    // A name ending in a number is an IPv4 address (as for a backend's host, see
+    // `host_part`): written plainly, as browsers send it, and never under a wildcard, which
+    // would take addresses (`*.0.0.1` for 10.0.0.1): addresses have no subdomains.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if is_number(last) {
+        if wildcard {
+            return Err(format!(
+                "{text:?} is a wildcard over an IPv4 address, which has no subdomains: write the address itself (\"10.0.0.7\"), or a wildcard over a name"
+            ));
+        }
+        if name.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!(
+                "{text:?} ends in a number but is not an IPv4 address written as four decimal numbers 0-255 (\"10.0.0.7\"), as browsers send it"
+            ));
+        }
+    }
     Ok(if wildcard {
         HostPattern::Wildcard(format!(".{name}"))
     } else {
