@@ -76,7 +76,7 @@ pub enum ProxyError {
     #[error("malformed request head")]
     MalformedRequest,
     /// A target backends may read in more ways than one: see `head::check`.
-    #[error("request target with bytes outside ASCII, or a path with a broken or NUL escape or escapes that are no UTF-8")]
+    #[error("request target with bytes outside ASCII, or a path with a broken or control-character escape or escapes that are no UTF-8")]
     BadPath,
     /// A path that starts with two separators however spelled (`//x`, `/%2Fx`): see
     /// `head::check`.

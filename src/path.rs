@@ -144,8 +144,10 @@ pub(crate) fn percent_decode(path: &str) -> Vec<u8> {
     out
 }
 
-/// Whether every `%` in `path` starts an escape of two hex digits, none of them encodes NUL,
-/// and together they decode to UTF-8: a path every backend decodes the same way.
+/// Whether every `%` in `path` starts an escape of two hex digits, none of them encodes a
+/// control character (NUL, which C-based servers cut at; a tab, a line feed or DEL, which
+/// backends that trim a segment, as Java's `String.trim` does, drop), and together they decode
+/// to UTF-8: a path every backend decodes the same way.
 pub(crate) fn escapes_sound(path: &str) -> bool {
     let bytes = path.as_bytes();
     let whole = (bytes.iter().enumerate())
@@ -155,7 +157,8 @@ pub(crate) fn escapes_sound(path: &str) -> bool {
                 if high.is_ascii_hexdigit() && low.is_ascii_hexdigit())
         });
     let decoded = percent_decode(path);
-    whole && !decoded.contains(&0) && std::str::from_utf8(&decoded).is_ok()
+    let control = decoded.iter().any(|b| b.is_ascii_control());
+    whole && !control && std::str::from_utf8(&decoded).is_ok()
 }
 
 /// The segments of a [`canonical`] path as [`read_path`] reads them, split where
@@ -192,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn only_whole_nul_free_utf8_escapes_are_sound() {
+    fn only_whole_control_free_utf8_escapes_are_sound() {
         for sound in [
             "/",
             "/a%20b",
@@ -204,7 +207,19 @@ mod tests {
             assert!(escapes_sound(sound), "{sound}");
         }
         for broken in [
-            "/%u002e", "/%", "/a%2", "/%zz", "/..%00/x", "/%c0%ae", "/%ff", "/%C3",
+            "/%u002e",
+            "/%",
+            "/a%2",
+            "/%zz",
+            "/..%00/x",
+            "/%c0%ae",
+            "/%ff",
+            "/%C3",
+            "/admin%09",
+            "/admin%0a",
+            "/a%0Db",
+            "/x%7F",
+            "/%1f",
         ] {
             assert!(!escapes_sound(broken), "{broken}");
         }

@@ -139,7 +139,7 @@ fn written_problem(text: &str) -> Result<(), String> {
     // The escapes requests may carry (see `head::check`): others are refused with 400.
     if !crate::path::escapes_sound(text) {
         return Err(format!(
-            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of NUL, or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
+            "{text:?} has a '%' that does not start an escape of two hex digits (write '%25' for a '%'), an escape of a control character (NUL, a tab, a line feed, DEL…), or escapes that are no UTF-8: requests with one are refused, so this route could not be reached"
         ));
     }
     Ok(())
