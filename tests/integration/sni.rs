@@ -214,31 +214,14 @@ const P384: Verifies = &[(
     &[webpki::aws_lc_rs::ECDSA_P384_SHA384],
 )];
 
-/// A client offering `suites` (at their TLS version) that verifies only the signatures
-/// `only` maps, so offers those schemes alone; sending SNI or not; trusting the test CA.
+/// [`client_offering`] that verifies only the signatures `only` maps, so offers those schemes
+/// alone; sending SNI or not.
 fn verifying_only(
     only: Verifies,
     suites: Vec<rustls::SupportedCipherSuite>,
     sni: bool,
 ) -> std::sync::Arc<rustls::ClientConfig> {
-    let tls13 = suites.iter().any(|s| s.tls13().is_some());
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls13 {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS12]
-    };
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.cipher_suites = suites;
-    provider.signature_verification_algorithms.mapping = only;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der_of(&pki().ca_pem()).into()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.enable_sni = sni;
-    std::sync::Arc::new(config)
+    client_with(suites, Some(only), sni)
 }
 
 /// A client that speaks only TLS 1.2, trusting the test CA.
@@ -253,6 +236,16 @@ fn tls12_only() -> std::sync::Arc<rustls::ClientConfig> {
 fn client_offering(
     suites: Vec<rustls::SupportedCipherSuite>,
 ) -> std::sync::Arc<rustls::ClientConfig> {
+    client_with(suites, None, true)
+}
+
+/// A client (aws-lc-rs) offering `suites` at their TLS version, verifying only the
+/// signatures `only` maps if given, sending SNI if `sni`, trusting the test CA.
+fn client_with(
+    suites: Vec<rustls::SupportedCipherSuite>,
+    only: Option<Verifies>,
+    sni: bool,
+) -> std::sync::Arc<rustls::ClientConfig> {
     let tls13 = suites.iter().any(|s| s.tls13().is_some());
     let versions: &[&rustls::SupportedProtocolVersion] = if tls13 {
         &[&rustls::version::TLS13]
@@ -261,16 +254,17 @@ fn client_offering(
     };
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = suites;
-    let roots = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der_of(&pki().ca_pem()).into()).unwrap();
-        roots
-    };
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+    if let Some(only) = only {
+        provider.signature_verification_algorithms.mapping = only;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der_of(&pki().ca_pem()).into()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.enable_sni = sni;
     std::sync::Arc::new(config)
 }
 
