@@ -116,11 +116,14 @@ pub(crate) async fn spawn_reloader(
         unsettled_files_said: false,
     };
     state.announce_mode(state.watch_mode());
-    // Off the async threads, as [`Reloader::wanted`]: it reads the config and looks at files.
-    let (shared, config) = (state.shared.clone(), state.path.clone());
-    let mounts = move || watch::say_own_mounts(&relevant_files(&shared, &config));
-    // It panicked (said by the panic hook): only a warning is missing.
-    let _ = tokio::task::spawn_blocking(mounts).await;
+    // `wanted` says which files are mounts of their own as it looks them up; a config that
+    // polls takes no watches, so the files of the config in force (just read) are looked at
+    // here, off the async threads (they may sit on a slow mount), without reading it again.
+    if state.watch_mode() == WatchMode::Poll {
+        let files = state.shared.current().config.watched_files();
+        // It panicked (said by the panic hook): only a warning is missing.
+        let _ = tokio::task::spawn_blocking(move || watch::say_own_mounts(&files)).await;
+    }
     let (wanted, mode) = (state.wanted().await, state.watch_mode());
     refresh_off_thread(&mut state.watches, wanted, mode).await;
     // Covers writes between the start-up read and the watches taking.
