@@ -813,6 +813,10 @@ fn kind_of(key: &CertifiedKey) -> Vec<rustls::SignatureScheme> {
         .collect()
 }
 
+/// Whether a client takes a key over TLS 1.3 and over TLS 1.2; `None` for a version none of
+/// whose suites it offers (see [`SniResolver::takes`]).
+type Takes = (Option<bool>, Option<bool>);
+
 /// The first certificate, when no name picks one.
 const FIRST: &[usize] = &[0];
 
@@ -851,19 +855,23 @@ impl SniResolver {
         if let [only] = candidates {
             return self.keys.get(*only);
         }
+        // Each candidate judged once, against the schemes TLS 1.3 allows filtered once.
+        let tls13_schemes: Vec<_> = (offered.schemes.iter().copied())
+            .filter(|scheme| allowed_in_tls13(*scheme))
+            .collect();
+        let verdicts: Vec<(usize, Takes)> = (candidates.iter())
+            .filter_map(|&i| Some((i, self.takes(offered, &tls13_schemes, self.keys.get(i)?))))
+            .collect();
         // One the client takes whichever version it ends up speaking, else one it takes at
         // one of them (a hello that offers TLS 1.3 suites but speaks 1.2 is unusual).
-        let takes = |i: &&usize, both: bool| {
-            let key = self.keys.get(**i).map(|key| self.takes(offered, key));
-            key.is_some_and(|(tls13, tls12)| match both {
-                true => tls13 != Some(false) && tls12 != Some(false),
-                false => tls13 == Some(true) || tls12 == Some(true),
-            })
-        };
-        let fits = (candidates.iter().find(|i| takes(i, true)))
-            .or_else(|| candidates.iter().find(|i| takes(i, false)));
+        let both =
+            |(_, (tls13, tls12)): &&(usize, _)| *tls13 != Some(false) && *tls12 != Some(false);
+        let either =
+            |(_, (tls13, tls12)): &&(usize, _)| *tls13 == Some(true) || *tls12 == Some(true);
+        let fits = (verdicts.iter().find(both)).or_else(|| verdicts.iter().find(either));
         // None the client takes: the first, for rustls to refuse in its own words.
-        self.keys.get(*fits.or(candidates.first())?)
+        let chosen = fits.map(|(i, _)| *i).or(candidates.first().copied())?;
+        self.keys.get(chosen)
     }
 
     /// The certificates served to a client that names none of theirs: the first, and those
@@ -881,30 +889,26 @@ impl SniResolver {
 
     /// Whether a client that `offered` these can take `key` over TLS 1.3 and over TLS 1.2
     /// (`None`: it offers none of the suites of that version served here). Over TLS 1.3, the
-    /// key signs with a scheme the client offered that TLS 1.3 allows (no RSA PKCS#1, SHA-1
-    /// or SHA-224: rustls drops those after the choice, and an RSA key that signs only with
-    /// them would fail the handshake); over TLS 1.2, with any scheme offered, and a suite of
-    /// its kind is offered (ECDHE-ECDSA for ECDSA and Ed25519, ECDHE-RSA for RSA).
-    fn takes(&self, offered: &Offered<'_>, key: &CertifiedKey) -> (Option<bool>, Option<bool>) {
+    /// key signs with one of `tls13_schemes`, those offered that TLS 1.3 allows (no RSA
+    /// PKCS#1, SHA-1 or SHA-224: rustls drops those after the choice, and an RSA key that signs
+    /// only with them would fail the handshake); over TLS 1.2, with any scheme offered, and a
+    /// suite of its kind is offered (ECDHE-ECDSA for ECDSA and Ed25519, ECDHE-RSA for RSA).
+    fn takes(
+        &self,
+        offered: &Offered<'_>,
+        tls13_schemes: &[rustls::SignatureScheme],
+        key: &CertifiedKey,
+    ) -> Takes {
+        use rustls::SupportedCipherSuite::{Tls12, Tls13};
+        let ours = || (self.suites.iter()).filter(|suite| offered.suites.contains(&suite.suite()));
         let kind = key.key.algorithm();
-        let ours = |suite: &&rustls::SupportedCipherSuite| offered.suites.contains(&suite.suite());
-        let (mut tls13, mut tls12) = (None, None);
-        for suite in self.suites.iter().filter(ours) {
-            match suite {
-                rustls::SupportedCipherSuite::Tls13(_) if tls13.is_none() => {
-                    let allowed: Vec<_> = (offered.schemes.iter().copied())
-                        .filter(|scheme| allowed_in_tls13(*scheme))
-                        .collect();
-                    tls13 = Some(key.key.choose_scheme(&allowed).is_some());
-                }
-                rustls::SupportedCipherSuite::Tls12(_) if tls12 != Some(true) => {
-                    let usable = suite.usable_for_signature_algorithm(kind)
-                        && key.key.choose_scheme(offered.schemes).is_some();
-                    tls12 = Some(usable);
-                }
-                _ => {}
-            }
-        }
+        let tls13 = (ours().any(|suite| matches!(suite, Tls13(_))))
+            .then(|| key.key.choose_scheme(tls13_schemes).is_some());
+        let tls12 = (ours().any(|suite| matches!(suite, Tls12(_)))).then(|| {
+            ours().any(|suite| {
+                matches!(suite, Tls12(_)) && suite.usable_for_signature_algorithm(kind)
+            }) && key.key.choose_scheme(offered.schemes).is_some()
+        });
         (tls13, tls12)
     }
 
