@@ -122,7 +122,12 @@ async fn handshake(
     let (head, head_bytes, max_head) =
         match in_time(shared, deadline, read_head, "request head").await {
             Ok(read) => read,
-            Err(why) => return early_close(peer, why, guard.over()),
+            Err(why) => {
+                if matches!(why, Unanswered::NoRequest | Unanswered::ClosedMidHead) {
+                    answer_close_notify(&mut tls, shared).await;
+                }
+                return early_close(peer, why, guard.over());
+            }
         };
     Some(Opened {
         peer,
@@ -136,6 +141,16 @@ async fn handshake(
         head_bytes,
         max_head,
     })
+}
+
+/// A client that ended TLS with its `close_notify` before a complete request gets one back
+/// (RFC 8446 §6.1: each side sends it before closing its writing side); without it, a strict
+/// client reads the close as a truncation. Bounded as a refusal's close is, and by shutdown.
+async fn answer_close_notify(tls: &mut TlsStream<TcpStream>, shared: &Shared) {
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER_TIME, tls.shutdown()) => {}
+        _ = shared.drain.started() => {}
+    }
 }
 
 /// Answers the request whose head `opened` holds: a refusal that needs no routing, or hyper

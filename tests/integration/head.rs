@@ -312,3 +312,27 @@ async fn a_target_over_64_kib_is_414() {
     .await;
     assert_eq!(head.status, 502, "{head:?}");
 }
+
+/// A client that ends TLS with its `close_notify` before its request is complete (or before
+/// any) gets one back before the connection closes, as RFC 8446 §6.1 asks: it reads a clean
+/// end, not a truncation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_closing_tls_before_its_request_gets_a_close_notify_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = proxy_to_nowhere("", None).await;
+    let partial = b"GET /ws HTTP/1.1\r\nHost: chat.example.com\r\n".as_slice();
+    for sent in [partial, b""] {
+        let mut tls = tls_connect(proxy.addr).await;
+        tls.write_all(sent).await.unwrap();
+        // Sends the close_notify and shuts the TCP sending side.
+        tls.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let read = within("the proxy's close", tls.read_to_end(&mut rest)).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Ok(0),
+            "{} bytes sent",
+            sent.len()
+        );
+    }
+}
