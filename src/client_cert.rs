@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use hyper::header::HeaderValue;
 use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::asn1_rs::ToDer as _;
 use x509_parser::extensions::GeneralName;
 use x509_parser::x509::X509Name;
 
@@ -121,8 +122,8 @@ fn forwarded(der: &CertificateDer<'_>) -> Option<HeaderValue> {
 
 /// A name as RFC 4514 writes it (as Envoy's `Subject` does): its last RDN first, `,` between
 /// RDNs, `+` within one, and each value's special characters escaped, so that a CN of
-/// `dev,O=Admins` cannot read as an `O` of the name. `None` for a value that is no string
-/// (the field is then left out rather than shown other than as written).
+/// `dev,O=Admins` cannot read as an `O` of the name. `None` for a named type's value that is
+/// no string (the field is then left out rather than shown other than as written).
 fn rfc4514(name: &X509Name<'_>) -> Option<String> {
     let registry = x509_parser::objects::oid_registry();
     let mut rdns = Vec::new();
@@ -134,10 +135,18 @@ fn rfc4514(name: &X509Name<'_>) -> Option<String> {
             let key = (ATTRIBUTE_NAMES.iter())
                 .find(|(known, _)| *known == dotted)
                 .map(|(_, name)| *name)
-                .or_else(|| x509_parser::objects::oid2abbrev(oid, registry).ok())
-                .unwrap_or(&dotted);
-            let value = attribute.as_str().ok()?;
-            attributes.push(format!("{key}={}", escaped_value(value)));
+                .or_else(|| x509_parser::objects::oid2abbrev(oid, registry).ok());
+            let written = match key {
+                Some(key) => format!("{key}={}", escaped_value(attribute.as_str().ok()?)),
+                // RFC 4514 §2.4: a type written as its dotted OID has its value as `#` and
+                // the hex of its BER encoding (as OpenSSL and Envoy write it), whatever type.
+                None => {
+                    let ber = attribute.attr_value().to_der_vec().ok()?;
+                    let hex: String = ber.iter().map(|b| format!("{b:02X}")).collect();
+                    format!("{dotted}=#{hex}")
+                }
+            };
+            attributes.push(written);
         }
         rdns.push(attributes.join("+"));
     }
@@ -252,7 +261,8 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let value = forwarded(cert.der()).unwrap();
-        let subject = r#"Subject="1.2.3.4=x,emailAddress=a@b.c,UID=u1,street=Main St,CN=dev""#;
+        let subject =
+            r#"Subject="1.2.3.4=#0C0178,emailAddress=a@b.c,UID=u1,street=Main St,CN=dev""#;
         assert!(value.to_str().unwrap().contains(subject), "{value:?}");
     }
 
