@@ -153,7 +153,7 @@ fn parse<'a>(
 ) -> Result<List<'a>, String> {
     let parsed = match x509_parser::parse_x509_crl(der) {
         Ok((_, parsed)) => parsed,
-        Err(e) => return Err(format!("{name} cannot be read: {e}")),
+        Err(_) => return Err(format!("{name} cannot be read: {}", malformed(der))),
     };
     if parsed.version().is_none_or(|v| v.0 < 1) {
         return Err(format!("{name} is a version 1 list: wsgate takes version 2 lists, with a CRL number (`openssl ca -gencrl` writes those once its `crlnumber` file exists)"));
@@ -362,6 +362,17 @@ fn element(der: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
+/// Why a list the parser refused is no list, in words (the parser's own are its internals,
+/// "NomError(Eof)"): most often a file cut short, which its outer length tells.
+fn malformed(der: &[u8]) -> &'static str {
+    match der {
+        [0x30, ..] if element(der).is_none() => {
+            "it ends before the list does (is the file cut short?)"
+        }
+        _ => "it is not a well-formed revocation list (a damaged file, or something else encoded?)",
+    }
+}
+
 /// The lists in `bytes`: every `X509 CRL` block of a PEM file, or the whole of a file without
 /// PEM as one DER list.
 fn split(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
@@ -378,7 +389,7 @@ fn split(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, Str
     }
     let lists = CertificateRevocationListDer::pem_slice_iter(text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("is not valid PEM: {e}"))?;
+        .map_err(|e| format!("is not valid PEM: {}", super::pem(e)))?;
     if lists.is_empty() {
         let why = match text.windows(19).any(|w| w == b"-----BEGIN CRL-----") {
             true => "its blocks are labelled `CRL`: label them `X509 CRL` (`-----BEGIN X509 CRL-----`)",
@@ -411,6 +422,17 @@ mod tests {
     }
 
     #[test]
+    fn a_list_that_does_not_parse_is_told_in_words() {
+        let algorithms = &super::super::provider().signature_verification_algorithms;
+        let why = |der: &[u8]| parse(der, "the list".into(), 1, algorithms).err().unwrap();
+        assert!(why(&[0x30, 0x82, 0x01, 0x00, 0x30]).contains("cut short"));
+        assert!(why(&[0x30, 0x03, 0x02, 0x01, 0x01]).contains("not a well-formed"));
+        for refused in [why(&[0x30, 0x00]), why(&[0x30, 0x82, 0x01])] {
+            assert!(!refused.contains("Nom"), "{refused}");
+        }
+    }
+
+    #[test]
     fn a_file_is_pem_blocks_or_one_der_list_and_nothing_else() {
         let pem = "-----BEGIN X509 CRL-----\nMAA=\n-----END X509 CRL-----\n";
         assert_eq!(split(pem.as_bytes()).unwrap().len(), 1);
@@ -424,6 +446,10 @@ mod tests {
             (b"hello", "neither PEM"),
             (certificate.as_bytes(), "a certificate where"),
             (labelled.as_bytes(), "label them `X509 CRL`"),
+            (
+                b"-----BEGIN X509 CRL-----\nMAA=\n",
+                "no \"-----END X509 CRL-----\" line",
+            ),
         ];
         for (bytes, expected) in refusals {
             let why = split(bytes).unwrap_err();
