@@ -119,7 +119,10 @@ fn parse(input: &[u8]) -> Parsed {
         // its CR, and waiting on would hold the connection until the handshake timeout.
         let line_ended = input.contains(&b'\n');
         if !line_ended && input.len() < V1_MAX {
-            return Parsed::Incomplete;
+            return match v1_hopeless(input) {
+                true => Parsed::Invalid,
+                false => Parsed::Incomplete,
+            };
         }
         // Complete (a shorter input matching the prefix is a prefix of `PROXY `, without
         // CRLF): whatever ppp says, "need more" is no longer an answer.
@@ -127,6 +130,12 @@ fn parse(input: &[u8]) -> Parsed {
             Ok(header) if is_v1_line(header.header.as_ref()) => v1_header(&header),
             _ => Parsed::Invalid,
         };
+    }
+    // Neither `PROXY ` nor the v2 signature, nor a beginning of one: no header (ppp would
+    // wait on some, `P OXY` say, for bytes that cannot make it one).
+    let v2_prefix = &V2_SIGNATURE[..input.len().min(V2_SIGNATURE.len())];
+    if !input.starts_with(v2_prefix) {
+        return Parsed::Invalid;
     }
     if let Some(decided) = v2_fixed_part(input) {
         return decided;
@@ -198,6 +207,28 @@ fn v2_fixed_part(input: &[u8]) -> Option<Parsed> {
         }),
         true => Some(Parsed::Incomplete),
         false => None,
+    }
+}
+
+/// Whether a v1 line not ended yet can no longer become a header, so that it is refused at
+/// once rather than at the handshake timeout: a CR with a byte behind it (the line has no LF
+/// yet, so not its CRLF), a protocol that none of `TCP4`, `TCP6` and `UNKNOWN` begins with,
+/// or, in a TCP line, a byte no address or port has. (An `UNKNOWN` line's rest is anything.)
+fn v1_hopeless(input: &[u8]) -> bool {
+    if input.iter().rev().skip(1).any(|&b| b == b'\r') {
+        return true;
+    }
+    let rest = input.get(6..).unwrap_or_default();
+    let known = [&b"TCP4"[..], b"TCP6", b"UNKNOWN"];
+    let Some(end) = rest.iter().position(|&b| b == b' ' || b == b'\r') else {
+        return !known.iter().any(|protocol| protocol.starts_with(rest));
+    };
+    match &rest[..end] {
+        b"UNKNOWN" => false,
+        b"TCP4" | b"TCP6" => {
+            !(rest[end..].iter()).all(|&b| b.is_ascii_hexdigit() || b" .:\r".contains(&b))
+        }
+        _ => true,
     }
 }
 
@@ -396,6 +427,12 @@ mod tests {
             Parsed::Invalid
         );
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Parsed::Invalid);
+        // Damaged at its start, whatever follows.
+        assert_eq!(
+            parse(b"P OXY T\rP4 1.2.3.4 5.6.7.8 1 2\r\n"),
+            Parsed::Invalid
+        );
+        assert_eq!(parse(b"\r\n\r\n\0\r\nQUIX\n\x21"), Parsed::Invalid);
         assert_eq!(
             parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n"),
             Parsed::Invalid
@@ -441,6 +478,47 @@ mod tests {
                     Parsed::Invalid,
                     "{:?}",
                     String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_v1_line_that_cannot_become_a_header_is_refused_before_its_end() {
+        // No LF in: without these refusals, each would wait out the handshake timeout.
+        for line in [
+            &b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\x16\x03"[..],
+            b"PROXY TCP4 1.2.3.4\rX",
+            b"PROXY UNKNOWN \r ",
+            b"PROXY X",
+            b"PROXY TCPX",
+            b"PROXY TCP44",
+            b"PROXY UNKNOWNX",
+            b"PROXY TCP5 1.2.3.4",
+            b"PROXY TCP4 1.2.3.4%",
+            b"PROXY TCP6 fe80::1%eth0",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 +1",
+            b"PROXY TCP4 \x16\x03\x01",
+        ] {
+            assert_eq!(
+                parse(line),
+                Parsed::Invalid,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // Every prefix of a valid line, and an UNKNOWN line's anything, still wait.
+        for line in [
+            &b"PROXY TCP6 2001:DB8::a 10.0.0.1 51000 443\r"[..],
+            b"PROXY UNKNOWN whatever % + x",
+            b"PROXY UNKNOWN\r",
+        ] {
+            for cut in 0..=line.len() {
+                assert_eq!(
+                    parse(&line[..cut]),
+                    Parsed::Incomplete,
+                    "{:?}",
+                    &line[..cut]
                 );
             }
         }
@@ -556,5 +634,20 @@ mod tests {
                 }
             }
         }
+    }
+}
+#[cfg(test)]
+mod probe {
+    #[test]
+    fn probe() {
+        let mut input = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n".to_vec();
+        input[1] = b' ';
+        input[7] = b'\r';
+        eprintln!(
+            "PROBE {:?} {:?} {:?}",
+            String::from_utf8_lossy(&input),
+            super::parse(&input),
+            super::parse(&input[..2])
+        );
     }
 }
