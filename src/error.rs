@@ -94,6 +94,10 @@ pub enum ProxyError {
     HeadTooLarge,
     #[error("request head has more than 100 header fields")]
     TooManyFields,
+    /// A header name of 64 KiB or more, which the HTTP library refuses (only possible with
+    /// `max_request_header_bytes` raised past it).
+    #[error("a header field name of 64 KiB or more")]
+    FieldNameTooLong,
     /// The refused `Origin`, as `websocket::origin_in_words` shows it: in the log
     /// line, so an operator sees what to add to the list; never in the answer's body.
     #[error("origin not allowed: {0}")]
@@ -239,7 +243,7 @@ impl ProxyError {
             | UnexpectedBody | NoSubprotocol | BadProtocolOffer => {
                 (StatusCode::BAD_REQUEST, Side::Client)
             }
-            HeadTooLarge | TooManyFields => {
+            HeadTooLarge | TooManyFields | FieldNameTooLong => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Side::Client)
             }
             UriTooLong => (StatusCode::URI_TOO_LONG, Side::Client),
@@ -280,7 +284,7 @@ impl ProxyError {
             BadPath | PathReadsAsHost => "malformed request path\n",
             SecondRequest => "one request per connection\n",
             UnexpectedBody => "upgrade request must not have a body\n",
-            HeadTooLarge | TooManyFields => "request header fields too large\n",
+            HeadTooLarge | TooManyFields | FieldNameTooLong => "request header fields too large\n",
             UriTooLong => "request target too long\n",
             OriginDenied(_) => "origin not allowed\n",
             ClientCertificateRequired => "client certificate required\n",
@@ -324,6 +328,7 @@ impl ProxyError {
             | UnexpectedBody
             | HeadTooLarge
             | TooManyFields
+            | FieldNameTooLong
             | UriTooLong
             | OriginDenied(_)
             | ClientCertificateRequired
@@ -578,6 +583,7 @@ pub(crate) fn every_refusal() -> Vec<(ProxyError, u16)> {
         ClientCertificateRefused("x".into()) => 403,
         HeadTooLarge => 431,
         TooManyFields => 431,
+        FieldNameTooLong => 431,
         UriTooLong => 414,
         Overloaded => 503,
         ShuttingDown => 503,

@@ -12,6 +12,9 @@ use crate::path;
 /// Header fields a request may have: hyper's limit, checked here so that the refusal is ours.
 const MAX_HEADERS: usize = 100;
 
+/// The longest header name hyper takes, plus one.
+const NAME_TOO_LONG: usize = 1 << 16;
+
 /// The longest request target the `http` crate's `Uri` takes.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
@@ -173,6 +176,9 @@ pub(crate) fn check(head: &[u8]) -> Result<(), ProxyError> {
     }
     for header in request.headers.iter() {
         let name = header.name;
+        if name.len() >= NAME_TOO_LONG {
+            return Err(ProxyError::FieldNameTooLong);
+        }
         // Values the proxy reads as token lists or addresses must be plain ASCII: a byte it
         // would skip (say, a `Connection` token it then fails to strip) is refused instead.
         if is_parsed(name) && !header.value.is_ascii() {
@@ -461,5 +467,11 @@ mod tests {
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(check(head.as_bytes()), Err(ProxyError::TooManyFields));
+        let named = |len: usize| format!("GET / HTTP/1.1\r\n{}: v\r\n\r\n", "X".repeat(len));
+        assert_eq!(check(named(65_535).as_bytes()), Ok(()));
+        assert_eq!(
+            check(named(65_536).as_bytes()),
+            Err(ProxyError::FieldNameTooLong)
+        );
     }
 }

@@ -313,6 +313,19 @@ async fn a_target_over_64_kib_is_414() {
     assert_eq!(head.status, 502, "{head:?}");
 }
 
+/// A header name of 64 KiB or more (which hyper refuses with a bare 431 of its own), in a head
+/// within a larger head limit: the proxy's 431, with its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_over_64_kib_gets_the_proxys_431() {
+    let proxy = proxy_to_nowhere("[limits]\nmax_request_header_bytes = 1048576\n", None).await;
+    let (head, body) = request(proxy.addr, ws().add(&"X".repeat(65_536), "v").bytes()).await;
+    assert_eq!(head.status, 431, "{head:?}");
+    assert_eq!(body, b"request header fields too large\n");
+    // Just within it, the request is routed (502: its backend's port is closed).
+    let (head, _) = request(proxy.addr, ws().add(&"X".repeat(65_535), "v").bytes()).await;
+    assert_eq!(head.status, 502, "{head:?}");
+}
+
 /// A client that ends TLS with its `close_notify` before its request is complete (or before
 /// any) gets one back before the connection closes, as RFC 8446 §6.1 asks: it reads a clean
 /// end, not a truncation.
