@@ -71,6 +71,13 @@ impl Progress {
         self.dialed.load(Ordering::Relaxed) == 0
     }
 
+    /// Whether it has waited on its name's lookup for `delay` or more: a resolver that has not
+    /// answered in that long (queries dropped, CoreDNS down) will most often not answer within
+    /// the request's time, and each request meeting the lookup in flight would wait `delay`.
+    pub(super) fn lookup_stalled_for(&self, delay: Duration) -> bool {
+        self.looking_up() && self.began.elapsed() >= delay
+    }
+
     /// How many of its addresses were set aside as it was dropped unanswered.
     pub(super) fn silent(&self) -> u32 {
         self.silent.load(Ordering::Relaxed)

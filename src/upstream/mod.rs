@@ -1373,6 +1373,20 @@ mod tests {
         assert_eq!(reached(&table).await, good);
     }
 
+    /// A name whose lookup has not answered for `attempt_delay` while another backend
+    /// answered is put aside, as a silent connect is: else every request whose turn it is
+    /// would wait `attempt_delay` for it, for as long as the lookup lasts.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_lookup_unanswered_while_another_answers_is_put_aside() {
+        let name = "stalled-beside.test:9001".to_string();
+        crate::resolve::seed_stalled(&name);
+        let (good, _answering) = answering_backend().await;
+        let table = table_of(vec![name, good.to_string()]);
+        assert!(!name_health(&table).ever_put_aside());
+        assert_eq!(reached(&table).await, good);
+        assert!(name_health(&table).ever_put_aside());
+    }
+
     /// Every address of a name hung: each 504 sets one aside, and once all are, the name is
     /// put aside too, so the route's next requests go to its other backend.
     #[tokio::test(start_paused = true)]

@@ -361,9 +361,11 @@ fn count_hidden(leg: Leg<'_>, backend: &str, kinds: impl Iterator<Item = std::io
 /// `winner` answered first: the attempts still under way are dropped. One that has dialed
 /// every address of its name and heard nothing for `attempt_delay` is as good as silent (a
 /// connect on a working network takes a round trip) and is put aside, as a backend whose
-/// connect timed out would be; the others (still resolving, on to a further address, or
-/// only just started) owe nothing, and are next in turn should this request need another
-/// backend (the winner closing before it answers).
+/// connect timed out would be; so is one that has waited that long for its name's lookup
+/// (else, while a resolver drops queries, every request whose turn it is would wait
+/// `attempt_delay` for it, for as long as the lookup lasts). The others (on to a further
+/// address, or only just started) owe nothing, and are next in turn should this request
+/// need another backend (the winner closing before it answers).
 fn settle_losers<'a, 'r, F: Future>(
     leg: Leg<'_>,
     race: Race<Try<'a, 'r>, F>,
@@ -380,7 +382,8 @@ fn settle_losers<'a, 'r, F: Future>(
         // Its addresses that failed before it was dropped (refused, or silent past their
         // share) are failures the request never saw.
         count_hidden(leg, attempt.backend, attempt.progress.earlier().into_iter());
-        if !attempt.progress.silent_for(delay) {
+        let lookup_stalled = attempt.progress.lookup_stalled_for(delay);
+        if !lookup_stalled && !attempt.progress.silent_for(delay) {
             // Its addresses left silent (set aside as its connect was dropped) are failures
             // the request never saw, as those an answering address hides.
             let silent = usize::try_from(attempt.progress.silent()).unwrap_or(usize::MAX);
@@ -390,9 +393,13 @@ fn settle_losers<'a, 'r, F: Future>(
             resume.push_back(attempt.backend);
             continue;
         }
+        let what = match lookup_stalled {
+            true => "its name lookup",
+            false => "the connect",
+        };
         let error = std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no answer to the connect for over {delay:?}, while another backend answered"),
+            format!("no answer to {what} for over {delay:?}, while another backend answered"),
         );
         (leg.metrics).backend_connect_failed(&leg.route.config.name, attempt.backend, &error);
         put_aside(leg, attempt.backend, &error, attempt.began);
