@@ -14,14 +14,34 @@ pub(crate) type Hangup = Option<()>;
 /// signal in the moments before (a deploy hook's SIGHUP, a log-rotation job's `kill -USR1`
 /// during a restart) is not the default action, which ends the process. Nothing is lost by
 /// ignoring one then: the config has not been read yet, and start-up reads it.
+///
+/// It also unblocks every signal wsgate handles: a blocked mask survives `exec`, and a
+/// launcher that blocked them (a multithreaded supervisor forking, a script's
+/// `pthread_sigmask`) would leave SIGTERM and SIGHUP pending for ever, the process stoppable
+/// only by SIGKILL, its tunnels cut without a drain. Go's runtime unblocks them likewise.
 #[cfg(unix)]
 pub fn ignore_until_taken_over() {
+    const HANDLED: [libc::c_int; 6] = [
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+    ];
     // SAFETY: SIG_IGN installs no handler code, and this runs on the main thread before any
-    // other thread exists; tokio's handlers, installed later, replace the disposition.
+    // other thread exists (the threads started later inherit its mask); tokio's handlers,
+    // installed later, replace the disposition. The set is initialised before it is used.
     unsafe {
         for signal in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
             libc::signal(signal, libc::SIG_IGN);
         }
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for signal in HANDLED {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
 

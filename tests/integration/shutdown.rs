@@ -231,6 +231,38 @@ async fn sigterm_as_soon_as_the_port_is_bound_drains_and_exits_zero() {
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
 }
 
+/// A launcher that blocked the stop and reload signals before starting wsgate (the mask
+/// survives `exec`) does not leave them pending for ever: SIGHUP reloads, SIGTERM drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_blocked_by_the_launcher_are_handled_all_the_same() {
+    use std::os::unix::process::CommandExt;
+    let backend = WsBackend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config_with_grace("300ms", "", backend.addr));
+    let mut command = wsgate_command(&config, "info");
+    // SAFETY: between fork and exec only async-signal-safe calls (sigemptyset, sigaddset,
+    // pthread_sigmask), on memory of the child's own stack.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+                libc::sigaddset(&mut set, signal);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = WsgateChild::spawn(&mut command);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    wait_for_line(&lines, "wsgate started");
+    send_signal(child.id(), "HUP");
+    wait_for_line(&lines, "config reloaded");
+    send_signal(child.id(), "TERM");
+    let status = exit_after(child, lines, &["shutdown complete"]).await;
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+}
+
 /// SIGUSR1 and SIGUSR2 sent as soon as the port is bound (a log-rotation job's `kill -USR1`
 /// landing on a restart) end nothing: the process then drains on SIGTERM as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
