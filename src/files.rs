@@ -19,7 +19,10 @@ const MAX_BYTES: u64 = 4 << 20;
 
 /// The contents of the regular file at `path`, at most [`MAX_BYTES`] of them.
 pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = open(path)?;
+    let mut file = open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => io::Error::new(e.kind(), not_found(path)),
+        _ => e,
+    })?;
     let meta = file.metadata()?;
     if meta.is_dir() {
         return Err(io::Error::other("it is a folder, not a file"));
@@ -48,6 +51,16 @@ pub(crate) fn read(path: &Path) -> io::Result<Vec<u8>> {
 pub(crate) enum NotThere {
     Absent,
     Empty,
+}
+
+/// Why `file` is not found, in words: a link whose target is not there (a Kubernetes volume's
+/// `tls.crt → ..data/tls.crt` while `..data` is being swapped, a link left dangling by hand)
+/// is there to `ls`, and "not found" alone would send the operator looking at the wrong file.
+pub(crate) fn not_found(file: &Path) -> String {
+    match std::fs::read_link(file) {
+        Ok(target) => format!("is a link to {}, which is not there", target.display()),
+        Err(_) => "not found".to_string(),
+    }
 }
 
 /// Whether `file` is clearly not there (a dangling link included) or is there but empty.
@@ -91,6 +104,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = read(dir.path()).unwrap_err();
         assert!(err.to_string().contains("folder"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dangling_link_is_said_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("tls.crt");
+        std::os::unix::fs::symlink("..data/tls.crt", &link).unwrap();
+        let err = read(&link).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            err.to_string(),
+            "is a link to ..data/tls.crt, which is not there"
+        );
+        let err = read(&dir.path().join("none.crt")).unwrap_err();
+        assert_eq!(err.to_string(), "not found");
     }
 
     #[cfg(unix)]

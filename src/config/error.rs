@@ -92,6 +92,11 @@ impl ConfigError {
                 message.push_str(ESCAPED_QUOTE);
             }
         }
+        // NUL is never TOML: a file with one is binary, or was cut off by a crash mid-write
+        // (zero-filled), which the parser's "invalid unquoted key" does not say.
+        if src.get(span.start..).is_some_and(|at| at.starts_with('\0')) {
+            message = "a NUL byte: a config is text (is this a binary file, or one a crash left zero-filled?)".to_string();
+        }
         // A document that parses is its own map of keys; one that does not is read line by
         // line around the error.
         let key = match DeTable::parse(src) {
@@ -107,8 +112,10 @@ impl ConfigError {
         // A top-level problem ("missing field `tls`") is reported on the whole document: the
         // field is the key, and a section is what is missing.
         let key = key.unwrap_or_else(|| {
-            let field = first_quoted(e.message());
-            if let Some(field) = field.filter(|_| message.starts_with("missing field")) {
+            // (Only there: another message's first quoted word is no key, "expected
+            // letters, numbers, `-`".)
+            let field = first_quoted(e.message()).filter(|_| message.starts_with("missing field"));
+            if let Some(field) = field {
                 message = format!("missing section [{field}]");
             }
             field.unwrap_or("(top level)").to_string()

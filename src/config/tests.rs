@@ -2089,3 +2089,25 @@ fn a_route_path_with_what_windows_best_fit_reads_as_a_separator_is_refused() {
     let read = super::values::route_path("/\u{BD}");
     assert!(read.is_err_and(|e| e.contains("Unicode normal form")));
 }
+/// A file whose first byte no key can start with (a control character, binary data) is
+/// about the top level: no word of the parser's message is taken for a key.
+#[test]
+fn a_bad_first_byte_is_at_the_top_level() {
+    for src in ["\u{1}", "\u{0}", "\u{7f}"] {
+        let e = Config::from_toml_str(src, Path::new("/x.toml"))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().starts_with("/x.toml:1:1: (top level): "),
+            "{e}"
+        );
+    }
+    let e = Config::from_toml_str("x = 1\n\0\0", Path::new("/x.toml"))
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .starts_with("/x.toml:2:1: (top level): a NUL byte"),
+        "{e}"
+    );
+}

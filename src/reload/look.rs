@@ -149,8 +149,11 @@ pub(super) fn look(
 /// not a file to wait for.
 fn config_file_missing(path: &Path, gone: NotThere) -> (&'static str, String) {
     let (what, why) = match gone {
-        Absent => ("config file", "config file not found"),
-        Empty => ("config file's content", "config file is empty"),
+        Absent => (
+            "config file",
+            format!("config file {}", crate::files::not_found(path)),
+        ),
+        Empty => ("config file's content", "config file is empty".to_string()),
     };
     (what, format!("{}: {why}", path.display()))
 }
@@ -206,8 +209,8 @@ fn gone_at(
     at: &Location,
 ) -> Option<(&'static str, String)> {
     let (what, why) = match absent_or_empty(file)? {
-        Absent => (gone, "not found"),
-        Empty => (emptied, "is empty"),
+        Absent => (gone, crate::files::not_found(file)),
+        Empty => (emptied, "is empty".to_string()),
     };
     let error = ConfigError::at(path, at, format!("{} {why}", file.display()));
     Some((what, error.to_string()))
