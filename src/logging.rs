@@ -61,13 +61,22 @@ impl Drop for Logging {
 pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     let _ = IN_USE.set((format, by_flag));
     let json = format == LogFormat::Json;
-    // Blank, or nothing but commas: no directive at all, which would log errors only.
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| v.split(',').any(|d| !d.trim().is_empty()));
-    let parsed = from_env
-        .as_deref()
-        .map(tracing_subscriber::EnvFilter::try_new);
+    // Blank, or nothing but commas: no directive at all, which would log errors only. Spaces
+    // around a directive (`RUST_LOG='wsgate=debug '`) are no part of it.
+    let from_env = std::env::var("RUST_LOG").ok().map(|v| {
+        let directives = v.split(',').map(str::trim).filter(|d| !d.is_empty());
+        directives.collect::<Vec<_>>().join(",")
+    });
+    let from_env = from_env.filter(|v| !v.is_empty());
+    // A value that sets no level for wsgate's own lines would silence them all, its errors
+    // and access lines included: a typo such as `warning` (read as a module's name) or
+    // `wsgate:debug` is far likelier than that wish, so its directives go on top of `info`
+    // (`off` silences everything, as ever).
+    let on_top = from_env.as_deref().filter(|v| !sets_wsgates_level(v));
+    let parsed = (from_env.as_deref()).map(|v| match on_top {
+        Some(_) => tracing_subscriber::EnvFilter::try_new(format!("info,{v}")),
+        None => tracing_subscriber::EnvFilter::try_new(v),
+    });
     let mut filter = match &parsed {
         Some(Ok(filter)) => filter.clone(),
         _ => tracing_subscriber::EnvFilter::new("info"),
@@ -109,8 +118,15 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
         true => builder.json().flatten_event(true).try_init(),
         false => builder.try_init(),
     };
-    if let Some(Err(e)) = parsed {
-        tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
+    match (parsed, on_top) {
+        (Some(Err(e)), _) => {
+            tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
+        }
+        (Some(Ok(_)), Some(value)) => tracing::warn!(
+            rust_log = value,
+            "RUST_LOG sets no level for wsgate's own lines (a word that is no level, such as `warning`, names a module): they are logged at info, its directives on top"
+        ),
+        _ => {}
     }
     let Some((queue, writing)) = queued.filter(|_| set.is_ok()) else {
         return Logging { queue: None };
@@ -119,6 +135,18 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     Logging {
         queue: Some(writing),
     }
+}
+
+/// Whether a `RUST_LOG` value sets the level of wsgate's own lines: a level for every target
+/// (`warn`, `off`), or one for the `wsgate` target as a whole (`wsgate=debug`, `wsgate`);
+/// not one for a module of it only (`wsgate::access_log=off` leaves the others without one).
+fn sets_wsgates_level(filter: &str) -> bool {
+    filter.split(',').map(str::trim).any(|directive| {
+        directive
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
+            || directive.split(['=', '[']).next() == Some("wsgate")
+    })
 }
 
 /// Whether a `RUST_LOG` value has a directive for `library` (or one of its modules), not
@@ -275,5 +303,34 @@ mod tests {
         drop(tx);
         tokio::time::advance(THROTTLE_WINDOW * 3).await;
         assert!(rx.try_recv().is_err());
+    }
+}
+
+#[cfg(test)]
+mod rust_log_tests {
+    use super::sets_wsgates_level;
+
+    #[test]
+    fn a_value_sets_wsgates_level_by_a_bare_level_or_its_whole_target() {
+        for set in [
+            "warn",
+            "OFF",
+            "info,hyper=debug",
+            "wsgate=debug",
+            "wsgate",
+            "hyper=debug,3",
+        ] {
+            assert!(sets_wsgates_level(set), "{set}");
+        }
+        for unset in [
+            "warning",
+            "information",
+            "wsgate:debug",
+            "hyper=debug",
+            "wsgate::access_log=off",
+            "wsgatex=debug",
+        ] {
+            assert!(!sets_wsgates_level(unset), "{unset}");
+        }
     }
 }

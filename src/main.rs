@@ -145,14 +145,22 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
 /// Says once why wsgate cannot start, and fails: a structured line for a log collector with
 /// JSON logs, words on stderr otherwise (once the lines before them are out).
 fn cannot_start(logging: wsgate::Logging, format: LogFormat, error: &str) -> ExitCode {
-    if format == LogFormat::Json {
-        tracing::error!(%error, "cannot start");
-    }
+    let logged = format == LogFormat::Json && cannot_start_logged(&error);
     drop(logging);
-    if format == LogFormat::Text {
+    if !logged {
         say(std::io::stderr(), format_args!("error: {error}"));
     }
     ExitCode::FAILURE
+}
+
+/// Logs the JSON `cannot start` line, unless `RUST_LOG` silences wsgate's errors (`off`): then
+/// the words on stderr say it, as with text logs, rather than nothing at all.
+fn cannot_start_logged(error: &dyn std::fmt::Display) -> bool {
+    if !tracing::enabled!(tracing::Level::ERROR) {
+        return false;
+    }
+    tracing::error!(%error, "cannot start");
+    true
 }
 
 /// Below this many open files the runtime, the signal handlers and the listeners cannot all
@@ -186,8 +194,7 @@ fn serve(
                 };
                 // Said once: a structured line for a log collector, a plain one otherwise
                 // (once the lines before it are out).
-                if json {
-                    tracing::error!(error = %e, "cannot start");
+                if json && cannot_start_logged(&e) {
                     return Err((code, None));
                 }
                 return Err((code, Some(e.to_string())));

@@ -588,6 +588,39 @@ fn run_with_a_missing_certificate_exits_non_zero_without_panicking() {
     assert_clean_failure(&out);
 }
 
+/// A `RUST_LOG` that silences wsgate's lines does not silence why it cannot start: with
+/// `off`, the JSON line gives way to the words on stderr; a typo that sets no level for
+/// wsgate (`warning`, read as a module's name) is said, and its lines are logged at info.
+#[test]
+fn a_rust_log_silencing_wsgate_neither_hides_why_it_cannot_start_nor_its_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[timeouts]\nidle = \"forever\"\n\n{ROUTE}"),
+    );
+    let run_json = |rust_log: &str| {
+        let mut command = Command::new(wsgate_bin());
+        command
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&path);
+        command.env("RUST_LOG", rust_log);
+        let out = exited(command, "run");
+        assert_clean_failure(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = run_json("off");
+    assert!(
+        said.starts_with("error: ") && said.contains("idle"),
+        "{said}"
+    );
+    let said = run_json("warning");
+    assert!(
+        said.contains("RUST_LOG sets no level for wsgate's own lines"),
+        "{said}"
+    );
+    assert!(said.contains(r#""message":"cannot start""#), "{said}");
+}
+
 /// A bad config at start-up is refused with check's message, word for word, paths as given
 /// (a relative `--config`, a certificate beside it), whatever `run` makes of them later.
 #[test]
