@@ -210,17 +210,24 @@ impl Snapshot {
     /// at every build: a file still being written is built several times), printed by
     /// `wsgate check`.
     pub(crate) fn warnings(&self) -> Vec<String> {
+        let (config, validity) = self.warnings_apart();
+        config.chain(validity).collect()
+    }
+
+    /// The config's warnings, and those about the certificates' validity.
+    fn warnings_apart(&self) -> (impl Iterator<Item = String> + '_, Vec<String>) {
         let config = (self.config.warnings.iter())
             .chain(&self.tls_warnings)
             .map(ToString::to_string);
-        config
-            .chain(tls::validity_warnings(&self.expiry, &self.config))
-            .collect()
+        (config, tls::validity_warnings(&self.expiry, &self.config))
     }
 
-    /// [`Self::warnings`], the first [`LOGGED_WARNINGS`] of them, then how many more.
+    /// [`Self::warnings`], the first [`LOGGED_WARNINGS`] of them, then how many more: those
+    /// about a certificate expired or about to be first, so that a config with many route
+    /// warnings cannot push the one that will stop clients out of the log.
     pub(crate) fn log_warnings(&self) {
-        let warnings = self.warnings();
+        let (config, validity) = self.warnings_apart();
+        let warnings: Vec<String> = validity.into_iter().chain(config).collect();
         let more = warnings.len().saturating_sub(LOGGED_WARNINGS);
         for warning in warnings.into_iter().take(LOGGED_WARNINGS) {
             tracing::warn!("{warning}");

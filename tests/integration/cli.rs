@@ -363,27 +363,37 @@ fn check_warns_about_a_route_host_no_certificate_names() {
 
 /// Thousands of routes may warn alike (hosts no certificate names): `check` prints every
 /// warning, but a running wsgate logs the first 20 and how many more, not a flood at every
-/// reload.
+/// reload; a certificate's validity first, whatever else there is to say.
 #[test]
 fn check_prints_every_warning_and_run_logs_twenty_and_the_count() {
     let dir = tempfile::tempdir().unwrap();
     let hosts: Vec<String> = (0..25).map(|i| format!("h{i}.example.org")).collect();
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let path = write_config(dir.path(), &routes_for_hosts(&hosts));
+    let (cert, key) = pki().leaf_until(SERVER_NAMES, Some((2020, 6, 30)));
+    std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), key).unwrap();
     let warned = "no certificate in tls.certificates names";
+    let expired = "certificate has expired";
     let out = check(&path);
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches(warned).count(), 25, "{stderr}");
+    assert_eq!(stderr.matches(expired).count(), 1, "{stderr}");
 
     let mut child = spawn_wsgate_logging(&path, "info");
     let lines = stderr_lines(child.stderr.take().unwrap());
     let seen = lines_until(&lines, "wsgate started");
     let logged = seen.iter().filter(|line| line.contains(warned)).count();
-    assert_eq!(logged, 20, "{seen:#?}");
+    assert_eq!(logged, 19, "{seen:#?}");
+    assert_eq!(
+        seen.iter().filter(|l| l.contains(expired)).count(),
+        1,
+        "{seen:#?}"
+    );
     let more = seen.iter().find(|line| line.contains("more warnings"));
     assert!(
-        more.is_some_and(|line| line.contains("\"more\":5") && line.contains("wsgate check")),
+        more.is_some_and(|line| line.contains("\"more\":6") && line.contains("wsgate check")),
         "{seen:#?}"
     );
 }
