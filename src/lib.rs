@@ -51,8 +51,9 @@
 //!   client certificates checked again when the rules for them change;
 //!   `error`: each refusal's status, body and headers, in one place;
 //! - `access_log`: each connection's end line; `metrics`: Prometheus counters; `admin`: the
-//!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up, and
-//!   `log_queue`: its lines written to stderr by a thread of their own;
+//!   plain-HTTP metrics and probe endpoint; `logging`: the process's log set-up,
+//!   `log_queue`: its lines written to stderr by a thread of their own, and `log_text`: the
+//!   text format's fields, as logfmt reads them;
 //!   `descriptors`: the open-files limit, raised at start and checked against
 //!   `max_connections`; `memory`: giving memory freed after a burst of connections back to
 //!   the system (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM, Ctrl-C, SIGQUIT and the
@@ -81,6 +82,7 @@ mod limits;
 mod listener;
 mod load;
 mod log_queue;
+mod log_text;
 mod logging;
 mod memory;
 mod metrics;

@@ -116,7 +116,7 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
     // first rather than panic.
     let set = match json {
         true => builder.json().flatten_event(true).try_init(),
-        false => builder.try_init(),
+        false => builder.fmt_fields(crate::log_text::TextFields).try_init(),
     };
     match (parsed, on_top) {
         (Some(Err(e)), _) => {
