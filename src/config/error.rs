@@ -92,6 +92,19 @@ impl ConfigError {
                 message.push_str(ESCAPED_QUOTE);
             }
         }
+        // A number past 128 bits stops the parser itself, in its own words: said as a
+        // number past 64 bits is (see `wording`).
+        if message.ends_with("number overflowed") {
+            let written = src.get(span.clone()).unwrap_or_default();
+            let number = written
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .next();
+            message = format!(
+                "{} is too large for a number here (no setting takes more than {})",
+                number.filter(|n| !n.is_empty()).unwrap_or("the number"),
+                i64::MAX
+            );
+        }
         // NUL is never TOML: a file with one is binary, or was cut off by a crash mid-write
         // (zero-filled), which the parser's "invalid unquoted key" does not say.
         if src.get(span.start..).is_some_and(|at| at.starts_with('\0')) {

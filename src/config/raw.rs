@@ -226,6 +226,13 @@ impl serde::de::Visitor<'_> for DurationVisitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
+        // humantime joins digits across spaces ("1 0s" is 10 s): a typo would be a value ten
+        // times another, taken without a word.
+        if split_number(text) {
+            return Err(E::custom(format!(
+                "invalid duration {text:?}: a space inside a number (write \"10s\" or \"1s 500ms\")"
+            )));
+        }
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
             .map_err(|e| match e {
@@ -239,4 +246,14 @@ impl serde::de::Visitor<'_> for DurationVisitor {
                 )),
             })
     }
+}
+
+/// Whether `text` has two digits with only white space between them (`"1 0s"`; `"1s 500ms"`
+/// and `"5 s"` have none).
+fn split_number(text: &str) -> bool {
+    let pieces: Vec<&str> = text.split_whitespace().collect();
+    pieces.windows(2).any(|pair| {
+        pair[0].ends_with(|c: char| c.is_ascii_digit())
+            && pair[1].starts_with(|c: char| c.is_ascii_digit())
+    })
 }
