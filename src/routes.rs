@@ -63,13 +63,13 @@ pub struct Route {
 /// A `T` (a health, a load) for each of `backends`, one shared by the places of a backend
 /// listed twice.
 fn per_backend<T: Default>(backends: &[String]) -> Box<[Arc<T>]> {
-    let mut each: Vec<Arc<T>> = Vec::with_capacity(backends.len());
-    for (i, backend) in backends.iter().enumerate() {
-        let first = backends.iter().position(|b| b == backend).unwrap_or(i);
-        let shared = each.get(first).cloned().unwrap_or_default();
-        each.push(shared);
-    }
-    each.into_boxed_slice()
+    // By name, not by a search of the list for each: a route may list thousands.
+    let mut first: HashMap<&str, Arc<T>> = HashMap::with_capacity(backends.len());
+    let each = backends.iter().map(|backend| {
+        let shared = first.entry(backend.as_str()).or_default();
+        Arc::clone(shared)
+    });
+    each.collect()
 }
 
 /// Where a round-robin walk starts for the request of turn `turn`: its place among the
