@@ -507,6 +507,8 @@ fn errors_name_file_line_column_and_key() {
         ("[[route]]\nname = \"a\"\nhost = \"010.0.0.1\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "ends in a number"),
         ("[[route]]\nname = \"a\"\nhost = \"0x7f.0.0.1\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "ends in a number"),
         ("[[route]]\nname = \"a\"\nhost = \"bücher.example\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "write the name in its punycode form"),
+        ("[[route]]\nname = \"a\"\nhost = \"chat.example.com\u{200b}\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "has an invisible character (U+200B): delete it"),
+        ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h\u{200b}:1\"]\n", "invisible character (U+200B): delete it"),
         ("[[route]]\nname = \"a\"\nhost = \"*.*.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "has a wildcard other than one leading \"*.\" before a name"),
         ("[[route]]\nname = \"a\"\nhost = \"-a.com\"\npath = \"/\"\nbackends = [\"h:1\"]\n", "is not a host name (dot-separated labels"),
         ("[[route]]\nname = \"a\"\npath = \"/\"\nbackends = []\n", "route[0].backends: needs at least one"),

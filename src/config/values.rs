@@ -12,6 +12,15 @@ use super::HostPattern;
 /// would start a forged line in a text log; metrics escape only `\n`, `"` and `\\`), no
 /// invisible one (a bidi override, a zero-width space: `error::is_hidden`), and not `-`,
 /// which is what the log and metrics say for a request no route took.
+/// The first character of `text` no one sees (a zero-width space pasted with a name): told
+/// as such, not as a name outside ASCII to write in punycode.
+fn invisible(text: &str) -> Option<u32> {
+    let c = text
+        .chars()
+        .find(|&c| !c.is_ascii() && super::error::is_hidden(c))?;
+    Some(u32::from(c))
+}
+
 pub(super) fn route_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("must not be empty".to_string());
@@ -96,6 +105,9 @@ fn host_pattern_problem(text: &str, name: &str) -> String {
     }
     if let Some((host, _)) = text.split_once(':') {
         return format!("{text:?} has a port, which a route's host leaves out: write {host:?}");
+    }
+    if let Some(c) = invisible(text) {
+        return format!("{text:?} has an invisible character (U+{c:04X}): delete it");
     }
     if !text.is_ascii() {
         return format!(
@@ -342,6 +354,11 @@ fn host_part(host: &str, canonical: bool) -> Result<(), String> {
             return Err(format!("write the IPv6 address as [{url_form}]"));
         }
         return Ok(());
+    }
+    if let Some(c) = invisible(host) {
+        return Err(format!(
+            "it has an invisible character (U+{c:04X}): delete it"
+        ));
     }
     if !host.is_ascii() {
         return Err("a name outside ASCII is written in its punycode form (\"xn--…\", as `idn2` or a browser's address bar shows it)".to_string());
