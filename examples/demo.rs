@@ -20,7 +20,18 @@ through both, then serves until Ctrl-C. Takes no options.
 ";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match demo().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // Words, not a `Debug` of them in quotes.
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     // No options: any argument (`--help`) gets the usage, not a demo binding ports.
     if std::env::args().len() > 1 {
         println!(
@@ -29,13 +40,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        // Colours for a terminal only, as wsgate itself does.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    // wsgate's own logging (text on stderr, `RUST_LOG`, `NO_COLOR`, libraries kept quiet), so
+    // the demo's log reads as `wsgate run`'s does.
+    let _logging = wsgate::init_logging(wsgate::config::LogFormat::Text, true);
+    // As `wsgate run`: Ctrl-C drains, a second one closes every connection at once.
+    let termination = wsgate::signals::Termination::register();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let backend = TcpListener::bind(BACKEND)
         .await
@@ -58,10 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ws.close(None).await?;
     while let Some(Ok(_)) = ws.next().await {}
     drop(ws);
-    println!("  wsgate is serving {url} → ws://{BACKEND} (Ctrl-C to stop)");
+    println!("  wsgate is serving {url} → ws://{BACKEND} (Ctrl-C to stop; twice to close open tunnels at once)");
     println!("  try it:  cargo run --release --locked --example wsclient -- {url}\n");
-    tokio::signal::ctrl_c().await?;
-    server.shutdown().await;
+    wsgate::signals::serve_until_terminated(server, termination, || {}).await;
     Ok(())
 }
 

@@ -7,33 +7,73 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+const USAGE: &str = "usage: cargo run --release --locked --example wsclient -- [URL] [--ca PATH]
+
+Connects to URL (default wss://localhost:8443/echo), sends each line typed as a text message
+and prints each message received; Ctrl-D closes. --ca: the CA file to trust (default
+certs/dev-ca.crt).";
+
 #[tokio::main]
-async fn main() -> Result<(), common::Error> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "wss://localhost:8443/echo".into());
-    let ca = match (args.next().as_deref(), args.next()) {
-        (Some("--ca"), Some(path)) => PathBuf::from(path),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs/dev-ca.crt"),
+async fn main() -> ExitCode {
+    let (url, ca) = match arguments() {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    let ws = common::connect(&url, &ca).await?;
+    match chat(&url, &ca).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The URL and the CA file, `None` for `--help`.
+fn arguments() -> Result<Option<(String, PathBuf)>, String> {
+    let mut url = None;
+    let mut ca = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--ca" => ca = Some(PathBuf::from(args.next().ok_or("--ca needs a file")?)),
+            option if option.starts_with('-') => return Err(format!("unknown option {option}")),
+            _ if url.is_some() => return Err(format!("one URL only, not also {arg:?}")),
+            _ => url = Some(arg),
+        }
+    }
+    let url = url.unwrap_or_else(|| "wss://localhost:8443/echo".into());
+    let ca =
+        ca.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("certs/dev-ca.crt"));
+    Ok(Some((url, ca)))
+}
+
+async fn chat(url: &str, ca: &std::path::Path) -> Result<(), common::Error> {
+    let ws = common::connect(url, ca).await?;
     eprintln!("connected to {url}; type lines, Ctrl-D to close");
     let (mut sink, mut stream) = ws.split();
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut typing = true;
+    let mut lines = typed_lines();
+    let mut closing = false;
     loop {
         tokio::select! {
-            line = lines.next_line(), if typing => match line? {
+            line = lines.recv(), if !closing => match line {
                 Some(line) => sink.send(Message::text(line)).await?,
                 None => {
                     // End of input: close politely, then wait for the server's close.
-                    typing = false;
+                    closing = true;
                     sink.send(Message::Close(None)).await?;
                 }
             },
@@ -41,17 +81,33 @@ async fn main() -> Result<(), common::Error> {
                 // Read on to the end of the connection: dropping it with the proxy's TLS
                 // close still unread would make the kernel reset it.
                 Some(Ok(Message::Close(frame))) => {
+                    let by = if closing { "closed" } else { "closed by the server" };
                     match frame {
-                        Some(frame) => eprintln!("closed by the server: code {}, reason {:?}", u16::from(frame.code), frame.reason.as_str()),
-                        None => eprintln!("closed by the server"),
+                        Some(frame) => eprintln!("{by}: code {}, reason {:?}", u16::from(frame.code), frame.reason.as_str()),
+                        None => eprintln!("{by}"),
                     }
-                    typing = false;
+                    closing = true;
                 }
                 Some(Ok(msg)) => println!("< {msg}"),
-                Some(Err(e)) => return Err(e.into()),
-                None => break,
+                Some(Err(e)) => return Err(format!("the connection ended: {e}").into()),
+                None => return Ok(()),
             },
         }
     }
-    Ok(())
+}
+
+/// The lines typed, read on a thread of their own: a read of stdin cannot be cancelled, and
+/// one left waiting in the runtime's blocking pool would keep the program from exiting when
+/// the server ends the connection. (Returning from `main` ends the process, thread and all.)
+fn typed_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

@@ -13,12 +13,23 @@ use tokio_tungstenite::WebSocketStream;
 pub type Error = Box<dyn std::error::Error>;
 
 pub async fn connect(url: &str, ca: &Path) -> Result<WebSocketStream<TlsStream<TcpStream>>, Error> {
-    let uri: hyper::Uri = url.parse()?;
-    let host = uri.host().ok_or("URL has no host")?.to_string();
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is no URL: {e}"))?;
+    if uri.scheme_str() != Some("wss") {
+        return Err(
+            format!("{url:?}: only wss:// URLs (wsgate serves WebSockets over TLS)").into(),
+        );
+    }
+    // An IPv6 address is written in brackets in a URL, and without them to connect.
+    let host = (uri.host().ok_or("the URL has no host")?)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(443);
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
+    let unreadable =
+        |e: &dyn std::fmt::Display| format!("cannot read CA file {}: {e}", ca.display());
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| unreadable(&e))? {
+        roots.add(cert.map_err(|e| unreadable(&e))?)?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -29,6 +40,14 @@ pub async fn connect(url: &str, ca: &Path) -> Result<WebSocketStream<TlsStream<T
     let stream = TlsConnector::from(Arc::new(tls))
         .connect(ServerName::try_from(host)?, tcp)
         .await?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    Ok(ws)
+    match tokio_tungstenite::client_async(url, stream).await {
+        Ok((ws, _)) => Ok(ws),
+        // The refusal's status and its body's words, not the bytes of the body.
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
+            let body = answer.body().as_deref().unwrap_or_default();
+            let said = String::from_utf8_lossy(body);
+            Err(format!("refused: {} {}", answer.status(), said.trim()).into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
