@@ -36,8 +36,20 @@ struct Visitor<'w> {
 }
 
 impl Visitor<'_> {
+    /// Writes `name=` and `value` as [`Value`] takes it; the message as it is, but for
+    /// characters that would rewrite the terminal.
     fn write(&mut self, name: &str, value: fmt::Arguments<'_>) {
-        if self.result.is_err() {
+        self.write_as(name, |writer, space| match name {
+            "message" => write!(writer, "{space}{}", controls_escaped(&value.to_string())),
+            _ => write!(writer, "{space}{name}={}", Value(&value.to_string())),
+        });
+    }
+
+    /// Writes a field by `how`, given the space that comes before it. Numbers and text are
+    /// written straight (every access line has several: no string made for each).
+    fn write_as(&mut self, name: &str, how: impl FnOnce(&mut Writer<'_>, &str) -> fmt::Result) {
+        // The `log` crate's metadata, which the formatter shows in the line's own place.
+        if self.result.is_err() || name.starts_with("log.") {
             return;
         }
         let space = if std::mem::take(&mut self.first) {
@@ -45,15 +57,7 @@ impl Visitor<'_> {
         } else {
             " "
         };
-        self.result = match name {
-            // The message as it is, but for characters that would rewrite the terminal.
-            "message" => write!(
-                self.writer,
-                "{space}{}",
-                controls_escaped(&value.to_string())
-            ),
-            _ => write!(self.writer, "{space}{name}={}", Value(&value.to_string())),
-        };
+        self.result = how(&mut self.writer, space);
     }
 }
 
@@ -63,15 +67,26 @@ impl Visit for Visitor<'_> {
         // does not change with what it holds.
         match field.name() {
             "message" => self.write("message", format_args!("{value}")),
-            name => self.write(name, format_args!("{value:?}")),
+            name => self.write_as(name, |w, space| write!(w, "{space}{name}={value:?}")),
         }
     }
 
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        let name = field.name();
+        self.write_as(name, |w, space| write!(w, "{space}{name}={value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        let name = field.name();
+        self.write_as(name, |w, space| write!(w, "{space}{name}={value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        let name = field.name();
+        self.write_as(name, |w, space| write!(w, "{space}{name}={value}"));
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        // The `log` crate's metadata, which the formatter shows in the line's own place.
-        if field.name().starts_with("log.") {
-            return;
-        }
         self.write(field.name(), format_args!("{value:?}"))
     }
 }
@@ -152,6 +167,8 @@ mod tests {
                 backend = %"10.0.0.1:9001",
                 %error,
                 failures = 2,
+                late = false,
+                delta = -3,
                 empty = %"",
                 quoted = %"a \"b\" c",
                 esc = %"x\u{1b}[31m",
@@ -163,7 +180,7 @@ mod tests {
         assert_eq!(
             line,
             " WARN backend put aside for 1s\\u{1b}[2J route=\"chat\" backend=10.0.0.1:9001 \
-             error=\"connection refused\" failures=2 empty=\"\" quoted=\"a \\\"b\\\" c\" \
+             error=\"connection refused\" failures=2 late=false delta=-3 empty=\"\" quoted=\"a \\\"b\\\" c\" \
              esc=\"x\\u{1b}[31m\" path=\"/etc/wsgate.toml\"\n"
         );
     }
