@@ -13,7 +13,9 @@ use super::locate::{
     key_at, key_by_line, locate, path_around, path_to, unclosed_multiline, unclosed_string_before,
     unclosed_value,
 };
-use super::wording::{first_quoted, plain_types, single_route_table, too_deep, written_twice};
+use super::wording::{
+    first_quoted, plain_types, retold, single_route_table, too_deep, written_twice,
+};
 
 /// A place in the config file: 1-based line and column, and the key written there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,23 +94,10 @@ impl ConfigError {
                 message.push_str(ESCAPED_QUOTE);
             }
         }
-        // A number past 128 bits stops the parser itself, in its own words: said as a
-        // number past 64 bits is (see `wording`).
-        if message.ends_with("number overflowed") {
-            let written = src.get(span.clone()).unwrap_or_default();
-            let number = written
-                .split(|c: char| c.is_whitespace() || c == ',')
-                .next();
-            message = format!(
-                "{} is too large for a number here (no setting takes more than {})",
-                number.filter(|n| !n.is_empty()).unwrap_or("the number"),
-                i64::MAX
-            );
-        }
-        // NUL is never TOML: a file with one is binary, or was cut off by a crash mid-write
-        // (zero-filled), which the parser's "invalid unquoted key" does not say.
-        if src.get(span.start..).is_some_and(|at| at.starts_with('\0')) {
-            message = "a NUL byte: a config is text (is this a binary file, or one a crash left zero-filled?)".to_string();
+        // The parser's words where they would mislead (see `retold`).
+        let syntax = DeTable::parse(src).is_err();
+        if let Some((at, said)) = retold(src, &span, &message, syntax) {
+            (span, message) = (at, said);
         }
         // A document that parses is its own map of keys; one that does not is read line by
         // line around the error.

@@ -313,11 +313,41 @@ pub(super) fn key_at(src: &str, offset: usize) -> String {
             .filter(|k| !k.is_empty())
         })
         .unwrap_or_default();
+    // What the parser stopped on may be no key at all (`{`, `#`, `[0]` of a line cut short):
+    // the place is then the table, not a made-up key.
+    let key = if plausible_key(&key) {
+        key
+    } else {
+        String::new()
+    };
+    let table = if plausible_key(&table) {
+        table
+    } else {
+        String::new()
+    };
     match (table.is_empty(), key.is_empty()) {
         (true, _) => key,
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// Whether `key` reads as a dotted key, however misspelt (`tls.certificates[0].cert`,
+/// `route[0].nam$e`): each part a name, with indexes after it; not punctuation the parser
+/// stopped on (`tls.{`, `proxy.#`, `[0]`).
+fn plausible_key(key: &str) -> bool {
+    let part = |part: &str| {
+        let name = part.split('[').next().unwrap_or_default();
+        let indexes = &part[name.len()..];
+        !name.is_empty()
+            && !name.starts_with(['{', '}', '#', ']', '=', ','])
+            && (indexes.split_terminator(']')).all(|index| {
+                index
+                    .strip_prefix('[')
+                    .is_some_and(|n| n.parse::<usize>().is_ok())
+            })
+    };
+    key.split('.').all(part)
 }
 
 /// Where the last `=` of `text` (a line, or its start) is that is no string's or comment's,

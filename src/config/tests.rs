@@ -2118,3 +2118,42 @@ fn a_bad_first_byte_is_at_the_top_level() {
         "{e}"
     );
 }
+
+/// Syntax errors whose parser words would mislead are told as what they are, where they are:
+/// a value on the line after its `=`, a bare word for a boolean, an invisible character where
+/// a key starts; and the place named is a key or table, never the punctuation the parser
+/// stopped on.
+#[test]
+fn syntax_errors_are_told_where_the_mistake_is() {
+    let route = "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+    each_error_contains(&[
+        (
+            "[timeouts]\nidle =\n  \"5s\"\n",
+            ":7:7: timeouts.idle: `idle =` has no value on its line",
+        ),
+        (
+            "[timeouts]\nidle =   # the idle time\n\n  \"5s\"\n",
+            ":7:7: timeouts.idle: `idle =` has no value on its line",
+        ),
+        (
+            &format!("{route}require_client_certificate = on\n"),
+            "`on` is no TOML value: a boolean is written true or false",
+        ),
+        (
+            "\u{200b}[timeouts]\nidle = \"5s\"\n",
+            ":6:1: tls: an invisible character (U+200B) here",
+        ),
+        (
+            "[timeouts]\nidle = \"5s\"\n\u{a0}connect = \"1s\"\n",
+            "(U+00A0)",
+        ),
+    ]);
+    for (body, stopped_on) in [("[timeouts]\n{\n", "{"), ("[timeouts]\n[[\n", "[")] {
+        let said = error(body);
+        assert!(
+            said.contains(": timeouts: ") || said.contains(": (top level): "),
+            "{said}"
+        );
+        assert!(!said.contains(&format!(".{stopped_on}:")), "{said}");
+    }
+}

@@ -323,3 +323,109 @@ pub(super) fn first_quoted(message: &str) -> Option<&str> {
     let (_, rest) = message.split_once('`')?;
     rest.split_once('`').map(|(word, _)| word)
 }
+
+/// A parser's error at `span` that its own words would send the operator the wrong way,
+/// told again: where the fault is, and what it is. `None`: the parser's words stand.
+///
+/// - a value on the line after its key's `=` (TOML wants it on the key's line): the parser
+///   stumbles on the next line ("key with no value", "expected key");
+/// - a bare word where a boolean goes (`reuse_port = yes`): "string values must be quoted",
+///   which, followed, gives a string where a boolean is wanted;
+/// - an invisible character (a zero-width space, a no-break space pasted with the text)
+///   where a key or a header starts: "invalid unquoted key", with nothing seen to be wrong;
+/// - a NUL byte (a binary file, or one a crash left zero-filled);
+/// - a number past 128 bits, which stops the parser itself ("integer number overflowed").
+///
+/// `syntax`: the file does not parse as TOML (the first three are about syntax errors only:
+/// a key with an invisible character in a file that parses is named, escaped, by the error
+/// about the key).
+pub(super) fn retold(
+    src: &str,
+    span: &Range<usize>,
+    message: &str,
+    syntax: bool,
+) -> Option<(Range<usize>, String)> {
+    let at = floor_char_boundary(src, span.start.min(src.len()));
+    let here = &src[at..];
+    if here.starts_with('\0') {
+        let said = "a NUL byte: a config is text (is this a binary file, or one a crash left zero-filled?)";
+        return Some((span.clone(), said.to_string()));
+    }
+    if message.ends_with("number overflowed") {
+        let number = here.split(|c: char| c.is_whitespace() || c == ',').next();
+        let number = number.filter(|n| !n.is_empty()).unwrap_or("the number");
+        let said = format!(
+            "{number} is too large for a number here (no setting takes more than {})",
+            i64::MAX
+        );
+        return Some((span.clone(), said));
+    }
+    if !syntax {
+        return None;
+    }
+    if let Some(c) = here.chars().next().filter(|&c| unseen(c)) {
+        let said = format!(
+            "an invisible character (U+{:04X}) here, which TOML reads as part of a key: delete it",
+            u32::from(c)
+        );
+        return Some((span.clone(), said));
+    }
+    if let Some((line_start, key)) = value_left_for_next_line(src, at) {
+        let said = format!(
+            "`{key} =` has no value on its line: in TOML a value starts on its key's line (an array or inline table may then run on over lines)"
+        );
+        let end = line_start + src[line_start..].find('=').map_or(0, |i| i + 1);
+        return Some((end..end, said));
+    }
+    if message.starts_with("string values must be quoted") {
+        let word: String = here.chars().take_while(char::is_ascii_alphabetic).collect();
+        let boolean = [
+            "yes", "no", "on", "off", "true", "false", "enabled", "disabled",
+        ];
+        if boolean.contains(&word.to_ascii_lowercase().as_str()) {
+            let said = format!("`{word}` is no TOML value: a boolean is written true or false (lower case, no quotes)");
+            return Some((span.clone(), said));
+        }
+    }
+    None
+}
+
+/// A character no one sees where a key would start: a format character (zero-width space,
+/// bidi mark) or a space outside ASCII (a no-break space).
+fn unseen(c: char) -> bool {
+    !c.is_ascii() && (super::error::is_hidden(c) || c.is_whitespace())
+}
+
+/// The `key =` line left without a value that the parser's error at `offset` comes from: the
+/// error's own line, or the one before it (blank lines and comments between), ending in `=`.
+/// Where that line starts, and its key.
+fn value_left_for_next_line(src: &str, offset: usize) -> Option<(usize, String)> {
+    let blanked = multiline_strings_blanked(src);
+    let line_start = |at: usize| blanked[..at].rfind('\n').map_or(0, |i| i + 1);
+    let mut start = line_start(offset.min(blanked.len()));
+    for _ in 0..64 {
+        let end = blanked[start..]
+            .find('\n')
+            .map_or(blanked.len(), |i| start + i);
+        // A line a multi-line string opens, closes or runs through is blanked from the string
+        // on: `path = """/` would read as a key left without a value.
+        let (line, whole) = (
+            &blanked[start..end],
+            src.get(start..end).unwrap_or_default(),
+        );
+        let code = line.split('#').next().unwrap_or_default().trim();
+        if let Some(key) = code.strip_suffix('=').filter(|_| line == whole) {
+            let key = key.trim();
+            let bare = |c: char| {
+                c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'' | ' ')
+            };
+            return (!key.is_empty() && key.chars().all(bare)).then(|| (start, key.to_string()));
+        }
+        // Up past blank and comment lines only; the error's own line is looked at whatever it is.
+        if start == 0 || (!code.is_empty() && start != line_start(offset.min(blanked.len()))) {
+            return None;
+        }
+        start = line_start(start - 1);
+    }
+    None
+}
