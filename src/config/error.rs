@@ -52,8 +52,55 @@ impl fmt::Display for ConfigError {
             None => format!("{}: {}", self.file.display(), self.message),
         };
         // The last step before a log line or a terminal: a key or value from the file (a
-        // quoted key, serde's `unknown variant` echo) must not start a forged line.
-        f.write_str(&escape_controls(&line))
+        // quoted key, serde's `unknown variant` echo) must not start a forged line, nor make
+        // it megabytes long.
+        f.write_str(&shortened(&escape_controls(&line)))
+    }
+}
+
+/// The longest quoted value a message shows whole, in characters.
+const QUOTED_MAX: usize = 120;
+/// The longest message line, in characters (a key of a megabyte, say).
+const LINE_MAX: usize = 2048;
+
+/// `line` with each quoted value (`"…"`, its `\"` escapes read as such) longer than
+/// [`QUOTED_MAX`] cut to its start and `…`, and the whole cut at [`LINE_MAX`]: a value of a
+/// megabyte echoed into an error would be a log line no collector takes whole.
+fn shortened(line: &str) -> String {
+    if line.chars().count() <= QUOTED_MAX {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len().min(LINE_MAX * 4));
+    let (mut quoted, mut escaped, mut inside) = (false, false, 0usize);
+    for c in line.chars() {
+        let ends = quoted && !escaped && c == '"';
+        escaped = quoted && !escaped && c == '\\';
+        match (quoted, ends) {
+            (true, true) => {
+                quoted = false;
+                if inside > QUOTED_MAX {
+                    out.push('…');
+                }
+                out.push(c);
+            }
+            (true, false) => {
+                inside += 1;
+                if inside <= QUOTED_MAX {
+                    out.push(c);
+                }
+            }
+            (false, _) => {
+                (quoted, inside) = (c == '"', 0);
+                out.push(c);
+            }
+        }
+    }
+    match out.char_indices().nth(LINE_MAX) {
+        Some((cut, _)) => {
+            let left = out[cut..].chars().count();
+            format!("{}… ({left} more characters)", &out[..cut])
+        }
+        None => out,
     }
 }
 

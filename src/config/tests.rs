@@ -2157,3 +2157,18 @@ fn syntax_errors_are_told_where_the_mistake_is() {
         assert!(!said.contains(&format!(".{stopped_on}:")), "{said}");
     }
 }
+
+/// A value of a megabyte echoed into an error is shown by its start, and the line stays short.
+#[test]
+fn an_error_shows_a_long_value_by_its_start() {
+    let long = "a.".repeat(200_000);
+    let said = error(&format!("[reload]\nwatch = \"{long}\"\n"));
+    assert!(said.len() < 600, "{} characters", said.len());
+    assert!(said.contains(&format!("\"{}…\"", &long[..120])), "{said}");
+    let key = "k".repeat(10_000);
+    let said = error(&format!("[timeouts]\n{key} = \"1s\"\n"));
+    assert!(
+        said.len() < 2200 && said.ends_with("more characters)"),
+        "{said}"
+    );
+}
