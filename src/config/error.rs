@@ -58,6 +58,42 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// What to write instead of a backslash escape the parser refused at `offset` in `key`'s
+/// value: a path (a Windows one, mostly) as a literal string; a surrogate (`\ud800`, half of
+/// a UTF-16 pair, no character on its own) as the character it stands for.
+fn escape_hint(src: &str, offset: usize, key: &str) -> String {
+    let from = offset.saturating_sub(6);
+    let near = src
+        .get(from..(offset + 6).min(src.len()))
+        .unwrap_or_default();
+    let surrogate = near.match_indices("\\u").any(|(i, _)| {
+        let hex = near.get(i + 2..i + 6).unwrap_or_default();
+        u32::from_str_radix(hex, 16).is_ok_and(|n| (0xD800..=0xDFFF).contains(&n))
+    });
+    if surrogate {
+        return " (a \\uD800–\\uDFFF escape is half of a UTF-16 pair, no character: write the character itself, or \\U and its 8 hex digits)".to_string();
+    }
+    // The keys whose values are files, and the tables of them (an inline table's error is
+    // named by the table's key).
+    let files = [
+        "cert",
+        "key",
+        "ca",
+        "client_ca",
+        "client_crl",
+        "certificates",
+        "backend_tls",
+    ];
+    let names = key
+        .split('.')
+        .map(|part| part.split('[').next().unwrap_or(part));
+    let path = names.into_iter().any(|name| files.contains(&name));
+    match path {
+        true => " (a backslash in a \"string\" starts an escape: write it \\\\, or write the path as a 'literal string')".to_string(),
+        false => " (a backslash in a \"string\" starts an escape: write it \\\\, or write the value as a 'literal string')".to_string(),
+    }
+}
+
 /// The longest quoted value a message shows whole, in characters.
 const QUOTED_MAX: usize = 120;
 /// The longest message line, in characters (a key of a megabyte, say).
@@ -182,7 +218,7 @@ impl ConfigError {
             message.push_str(ESCAPED_QUOTE);
         }
         if escape {
-            message.push_str(" (a backslash in a \"string\" starts an escape: write it \\\\, or write the path as a 'literal string')");
+            message.push_str(&escape_hint(src, span.start, &key));
         }
         if message == "duplicate key" {
             message = written_twice(src, span.start, &key);

@@ -2172,3 +2172,15 @@ fn an_error_shows_a_long_value_by_its_start() {
         "{said}"
     );
 }
+
+/// A refused backslash escape gets the fix for what it is in: a path, another value, or a
+/// surrogate (`\ud800`), which is hex all right but no character.
+#[test]
+fn a_refused_escape_is_told_for_what_it_is_in() {
+    let route =
+        |name: &str| format!("[[route]]\nname = \"{name}\"\npath = \"/\"\nbackends = [\"h:1\"]\n");
+    each_error_contains(&[
+        (&route("a\\d"), "or write the value as a 'literal string')"),
+        (&route("a\\ud800"), "half of a UTF-16 pair"),
+    ]);
+}
