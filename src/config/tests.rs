@@ -2184,3 +2184,14 @@ fn a_refused_escape_is_told_for_what_it_is_in() {
         (&route("a\\ud800"), "half of a UTF-16 pair"),
     ]);
 }
+
+/// A table set as a value and then by a header is told as such (no header can add to a
+/// value), not as a header written twice.
+#[test]
+fn a_table_set_as_a_value_and_by_a_header_is_told_as_such() {
+    let route = "[[route]]\nname = \"a\"\npath = \"/\"\nbackends = [\"h:1\"]\n";
+    each_error_contains(&[(
+        &format!("{route}backend_tls = {{ ca = \"ca.crt\" }}\n[route.backend_tls]\nca = \"x\"\n"),
+        "`backend_tls` is set as a value at line 10 and again by the header [route.backend_tls]: write it one way",
+    )]);
+}

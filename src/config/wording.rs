@@ -26,12 +26,35 @@ pub(super) fn written_twice(src: &str, offset: usize, key: &str) -> String {
         Some(table) => {
             let first =
                 (before.iter()).rposition(|line| header_name(line).as_ref() == Some(&table));
-            match first {
-                Some(i) => format!(
+            // Set before as a value (`route = [{ … }]`, `backend_tls = { … }`), which no
+            // header may add to: one way of writing it, not one header.
+            let last = table.rsplit('.').next().unwrap_or(&table);
+            let as_value = (before.iter()).rposition(|line| {
+                let key = dotted_key(line);
+                key == table || key == last
+            });
+            let header = here
+                .trim()
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+                + "]";
+            let header = if header.starts_with("[[") {
+                header + "]"
+            } else {
+                header
+            };
+            match (first, as_value) {
+                (Some(i), _) => format!(
                     "the table [{table}] is written twice (first at line {}): put its keys under one header",
                     i + 1
                 ),
-                None => format!("the table [{table}] is written twice: put its keys under one header"),
+                (None, Some(i)) => format!(
+                    "`{last}` is set as a value at line {} and again by the header {header}: write it one way, all as a value or all under headers",
+                    i + 1
+                ),
+                (None, None) => format!("the table [{table}] is written twice: put its keys under one header"),
             }
         }
         None => {
