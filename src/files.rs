@@ -56,11 +56,29 @@ pub(crate) enum NotThere {
 /// Why `file` is not found, in words: a link whose target is not there (a Kubernetes volume's
 /// `tls.crt → ..data/tls.crt` while `..data` is being swapped, a link left dangling by hand)
 /// is there to `ls`, and "not found" alone would send the operator looking at the wrong file.
+/// Through a chain of links, the last one is named: the one whose target is missing.
 pub(crate) fn not_found(file: &Path) -> String {
-    match std::fs::read_link(file) {
-        Ok(target) => format!("is a link to {}, which is not there", target.display()),
-        Err(_) => "not found".to_string(),
+    let mut link = file.to_path_buf();
+    let mut through = Vec::new();
+    // A loop of links ends the walk (the kernel gives up after 40 too).
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&link) else {
+            break;
+        };
+        let next = link
+            .parent()
+            .map_or_else(|| target.clone(), |dir| dir.join(&target));
+        if next.symlink_metadata().is_err() {
+            let via = match through.is_empty() {
+                true => String::new(),
+                false => format!(" (through {})", through.join(" → ")),
+            };
+            return format!("is a link{via} to {}, which is not there", target.display());
+        }
+        through.push(target.display().to_string());
+        link = next;
     }
+    "not found".to_string()
 }
 
 /// Whether `file` is clearly not there (a dangling link included) or is there but empty.
@@ -117,6 +135,13 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "is a link to ..data/tls.crt, which is not there"
+        );
+        let chain = dir.path().join("chain.crt");
+        std::os::unix::fs::symlink("tls.crt", &chain).unwrap();
+        let err = read(&chain).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "is a link (through tls.crt) to ..data/tls.crt, which is not there"
         );
         let err = read(&dir.path().join("none.crt")).unwrap_err();
         assert_eq!(err.to_string(), "not found");

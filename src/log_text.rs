@@ -99,12 +99,31 @@ impl fmt::Display for Value<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.0;
         let plain = |c: char| !(c.is_whitespace() || c.is_control() || matches!(c, '"' | '='));
-        let quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
+        let quoted = is_quoted(text);
         if quoted || (!text.is_empty() && text.chars().all(plain)) {
             return f.write_str(text);
         }
         write!(f, "{text:?}")
     }
+}
+
+/// Whether `text` is one string as `{:?}` writes it: quotes around, every quote and
+/// backslash inside escaped, no control character (a displayed value that merely starts and
+/// ends with a quote, `"a" b="c"`, is not, and is quoted whole).
+fn is_quoted(text: &str) -> bool {
+    let Some(inner) = (text.strip_prefix('"')).and_then(|t| t.strip_suffix('"')) else {
+        return false;
+    };
+    let mut escaped = false;
+    for c in inner.chars() {
+        match (escaped, c) {
+            (false, '\\') => escaped = true,
+            (false, '"') => return false,
+            (_, c) if c.is_control() => return false,
+            _ => escaped = false,
+        }
+    }
+    !escaped
 }
 
 /// `text` with its control characters escaped (`\u{1b}`), the rest as it is.
@@ -171,6 +190,7 @@ mod tests {
                 delta = -3,
                 empty = %"",
                 quoted = %"a \"b\" c",
+                forged = %"\"a\" b=\"c\"",
                 esc = %"x\u{1b}[31m",
                 path = ?std::path::Path::new("/etc/wsgate.toml"),
                 "backend put aside for {:?}\u{1b}[2J",
@@ -180,7 +200,7 @@ mod tests {
         assert_eq!(
             line,
             " WARN backend put aside for 1s\\u{1b}[2J route=\"chat\" backend=10.0.0.1:9001 \
-             error=\"connection refused\" failures=2 late=false delta=-3 empty=\"\" quoted=\"a \\\"b\\\" c\" \
+             error=\"connection refused\" failures=2 late=false delta=-3 empty=\"\" quoted=\"a \\\"b\\\" c\" forged=\"\\\"a\\\" b=\\\"c\\\"\" \
              esc=\"x\\u{1b}[31m\" path=\"/etc/wsgate.toml\"\n"
         );
     }

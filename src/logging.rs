@@ -122,7 +122,7 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
         (Some(Err(e)), _) => {
             tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
         }
-        (Some(Ok(_)), Some(value)) => tracing::warn!(
+        (Some(Ok(_)), Some(value)) if !names_wsgate(value) => tracing::warn!(
             rust_log = value,
             "RUST_LOG sets no level for wsgate's own lines (a word that is no level, such as `warning`, names a module): they are logged at info, its directives on top"
         ),
@@ -138,14 +138,30 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
 }
 
 /// Whether a `RUST_LOG` value sets the level of wsgate's own lines: a level for every target
-/// (`warn`, `off`), or one for the `wsgate` target as a whole (`wsgate=debug`, `wsgate`);
-/// not one for a module of it only (`wsgate::access_log=off` leaves the others without one).
+/// (`warn`, `off`), or one for the `wsgate` target as a whole (`wsgate=debug`, `wsgate`, or a
+/// prefix of it, as the filter matches targets: `ws=debug`); not one for a module of it only
+/// (`wsgate::access_log=off` leaves the others without one), nor one inside spans
+/// (`wsgate[conn]=debug`: wsgate's lines are in none).
 fn sets_wsgates_level(filter: &str) -> bool {
     filter.split(',').map(str::trim).any(|directive| {
+        let target = directive.split('=').next().unwrap_or_default();
         directive
             .parse::<tracing_subscriber::filter::LevelFilter>()
             .is_ok()
-            || directive.split(['=', '[']).next() == Some("wsgate")
+            || (!target.is_empty() && !target.contains('[') && "wsgate".starts_with(target))
+    })
+}
+
+/// Whether a `RUST_LOG` value names wsgate or a module of it at all: then its directives are
+/// about wsgate's lines, and taking them on top of `info` is what they mean, not a typo.
+fn names_wsgate(filter: &str) -> bool {
+    filter.split(',').any(|directive| {
+        let target = directive
+            .trim()
+            .split(['=', '['])
+            .next()
+            .unwrap_or_default();
+        target == "wsgate" || target.starts_with("wsgate::")
     })
 }
 
@@ -308,18 +324,20 @@ mod tests {
 
 #[cfg(test)]
 mod rust_log_tests {
-    use super::sets_wsgates_level;
+    use super::{names_wsgate, sets_wsgates_level};
 
     #[test]
     fn a_value_sets_wsgates_level_by_a_bare_level_or_its_whole_target() {
-        for set in [
+        let set = [
             "warn",
             "OFF",
             "info,hyper=debug",
             "wsgate=debug",
             "wsgate",
-            "hyper=debug,3",
-        ] {
+            "ws=debug",
+            "3",
+        ];
+        for set in set {
             assert!(sets_wsgates_level(set), "{set}");
         }
         for unset in [
@@ -329,8 +347,12 @@ mod rust_log_tests {
             "hyper=debug",
             "wsgate::access_log=off",
             "wsgatex=debug",
+            "wsgate[conn]=debug",
         ] {
             assert!(!sets_wsgates_level(unset), "{unset}");
         }
+        // On top of info, without a warning: a module of wsgate's named is meant.
+        assert!(names_wsgate("wsgate::access_log=off") && names_wsgate("wsgate[conn]=debug"));
+        assert!(!names_wsgate("warning") && !names_wsgate("wsgatex=debug"));
     }
 }

@@ -636,18 +636,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod probe {
-    #[test]
-    fn probe() {
-        let mut input = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n".to_vec();
-        input[1] = b' ';
-        input[7] = b'\r';
-        eprintln!(
-            "PROBE {:?} {:?} {:?}",
-            String::from_utf8_lossy(&input),
-            super::parse(&input),
-            super::parse(&input[..2])
-        );
-    }
-}

@@ -12,12 +12,11 @@ use super::HostPattern;
 /// would start a forged line in a text log; metrics escape only `\n`, `"` and `\\`), no
 /// invisible one (a bidi override, a zero-width space: `error::is_hidden`), and not `-`,
 /// which is what the log and metrics say for a request no route took.
-/// The first character of `text` no one sees (a zero-width space pasted with a name): told
-/// as such, not as a name outside ASCII to write in punycode.
+/// The first character of `text` no one sees (a zero-width or no-break space pasted with a
+/// name): told as such, not as a name outside ASCII to write in punycode.
 fn invisible(text: &str) -> Option<u32> {
-    let c = text
-        .chars()
-        .find(|&c| !c.is_ascii() && super::error::is_hidden(c))?;
+    let unseen = |c: char| super::error::is_hidden(c) || c.is_whitespace();
+    let c = text.chars().find(|&c| !c.is_ascii() && unseen(c))?;
     Some(u32::from(c))
 }
 

@@ -377,10 +377,15 @@ pub(super) fn retold(
     if message.ends_with("number overflowed") {
         let number = here.split(|c: char| c.is_whitespace() || c == ',').next();
         let number = number.filter(|n| !n.is_empty()).unwrap_or("the number");
-        let said = format!(
-            "{number} is too large for a number here (no setting takes more than {})",
-            i64::MAX
-        );
+        let said = match number.starts_with('-') {
+            true => {
+                format!("{number} is too small for a number here (no setting takes a negative one)")
+            }
+            false => format!(
+                "{number} is too large for a number here (no setting takes more than {})",
+                i64::MAX
+            ),
+        };
         return Some((span.clone(), said));
     }
     if !syntax {
