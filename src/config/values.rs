@@ -94,7 +94,13 @@ fn host_pattern_problem(text: &str, name: &str) -> String {
     if text.is_empty() {
         return format!("must not be empty: leave `host` out to match every host, or {example}");
     }
-    if text.starts_with('[') || text.parse::<std::net::Ipv6Addr>().is_ok() {
+    // With a scope id (`fe80::1%eth0`) too, and under a wildcard: its colons are no port's.
+    let unscoped = text
+        .trim_start_matches("*.")
+        .split('%')
+        .next()
+        .unwrap_or(text);
+    if text.starts_with('[') || unscoped.parse::<std::net::Ipv6Addr>().is_ok() {
         return format!(
             "{text:?} is an IPv6 address, which a route's host cannot be: leave `host` out to match every host"
         );
@@ -448,13 +454,25 @@ pub(super) fn backend(text: &str) -> Result<String, String> {
     host_part(host, false).map_err(|why| format!("{text:?} is not host:port: {why}"))?;
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = ip.parse::<std::net::IpAddr>() {
-        if let Some(kind) = no_peer(ip) {
+        // An IPv4 address in IPv6 form is that IPv4 address (the kernel connects to it so).
+        if let Some(kind) = no_peer(ip.to_canonical()) {
             return Err(format!(
                 "{text:?} is {kind}, which names no server to connect to: write the backend's own address"
             ));
         }
+        if is_link_local(ip) {
+            return Err(format!(
+                "{text:?} is a link-local address, reachable only through the interface a scope id would name, which a backend cannot: use the backend's global or unique local address (or a name)"
+            ));
+        }
     }
     Ok(text.to_string())
+}
+
+/// Whether `ip` is an IPv6 link-local address, fe80::/10 (`Ipv6Addr::is_unicast_link_local`
+/// is newer than the supported Rust).
+fn is_link_local(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// What kind of address `ip` is if no TCP connection can go to it: the unspecified address
@@ -552,12 +570,17 @@ pub(super) fn bindable(written: &str, addr: SocketAddr) -> Result<(), String> {
                 "{written:?} is an IPv4 address in IPv6 form: write it as {plain}"
             ));
         }
-        // fe80::/10 (`Ipv6Addr::is_unicast_link_local` is newer than the supported Rust).
-        let link_local = v6.ip().segments()[0] & 0xffc0 == 0xfe80;
+        let link_local = is_link_local(ip);
         if v6.scope_id() != 0 && !link_local {
             let plain = SocketAddr::new(ip, addr.port());
             return Err(format!(
                 "{written:?} has a scope id, which only a link-local address (fe80::/10) uses: write it as {plain}"
+            ));
+        }
+        // The kernel binds a link-local address only on the interface its scope id names.
+        if v6.scope_id() == 0 && link_local {
+            return Err(format!(
+                "{written:?} is a link-local address without a scope id: add the interface's number (\"[fe80::1%2]:8443\", `ip -6 addr` shows it)"
             ));
         }
     }
