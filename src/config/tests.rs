@@ -1365,6 +1365,18 @@ fn origins_are_origins_as_browsers_send_them() {
         ),
         ("\"https://é.com\"", "punycode"),
         ("\"https://[0::1]\"", "write the IPv6 address as [::1]"),
+        (
+            "\"https://::1\"",
+            "an IPv6 address is written in brackets in an origin",
+        ),
+        (
+            "\"https://[::1\"",
+            "an IPv6 address is written in brackets in an origin",
+        ),
+        (
+            "\"https://::1]:8443\"",
+            "an IPv6 address is written in brackets in an origin",
+        ),
         // Browsers write an IPv4-mapped address in hex, never dotted.
         (
             "\"http://[::ffff:127.0.0.1]\"",

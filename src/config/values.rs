@@ -262,6 +262,16 @@ pub(super) fn origin(text: &str) -> Result<String, String> {
             "{text:?} has a path, query, fragment or user name, which an Origin never holds: {example}"
         ));
     }
+    // An IPv6 address without its brackets (`https://::1`), or with one missing: its colons
+    // would read as a port's.
+    let bare_v6 = authority.trim_start_matches('[').trim_end_matches(']');
+    let v6 = bare_v6.parse::<std::net::Ipv6Addr>().is_ok()
+        || (authority.starts_with('[') != authority.contains(']'));
+    if v6 && !(authority.starts_with('[') && authority.contains(']')) {
+        return Err(format!(
+            "{text:?}: an IPv6 address is written in brackets in an origin, as browsers send it (\"{scheme}://[::1]:8443\")"
+        ));
+    }
     let (host, port) = split_port(authority);
     // Browsers write the port as a plain number, without leading zeros.
     let origin = format!("{scheme}://{host}");
