@@ -88,10 +88,8 @@ fn escape_hint(src: &str, offset: usize, key: &str) -> String {
         .split('.')
         .map(|part| part.split('[').next().unwrap_or(part));
     let path = names.into_iter().any(|name| files.contains(&name));
-    match path {
-        true => " (a backslash in a \"string\" starts an escape: write it \\\\, or write the path as a 'literal string')".to_string(),
-        false => " (a backslash in a \"string\" starts an escape: write it \\\\, or write the value as a 'literal string')".to_string(),
-    }
+    let what = if path { "path" } else { "value" };
+    format!(" (a backslash in a \"string\" starts an escape: write it \\\\, or write the {what} as a 'literal string')")
 }
 
 /// The longest quoted value a message shows whole, in characters.
@@ -177,14 +175,14 @@ impl ConfigError {
                 message.push_str(ESCAPED_QUOTE);
             }
         }
+        let parsed = DeTable::parse(src);
         // The parser's words where they would mislead (see `retold`).
-        let syntax = DeTable::parse(src).is_err();
-        if let Some((at, said)) = retold(src, &span, &message, syntax) {
+        if let Some((at, said)) = retold(src, &span, &message, parsed.is_err()) {
             (span, message) = (at, said);
         }
         // A document that parses is its own map of keys; one that does not is read line by
         // line around the error.
-        let key = match DeTable::parse(src) {
+        let key = match parsed {
             Ok(root) => path_to(root.get_ref(), "", &span),
             // Inside an array or inline table left open, the mistake belongs to the key whose
             // value that is, wherever the parser noticed it (a `[table]` header further down
@@ -303,6 +301,14 @@ pub(crate) fn escape_controls(text: &str) -> String {
             false => c.to_string(),
         })
         .collect()
+}
+
+/// A character outside ASCII that shows as nothing, or as a plain space, where a key or a name
+/// is read: one [`is_hidden`] matches (a zero-width space, a bidi mark), or a space outside
+/// ASCII (a no-break space). Pasted in with a name, it is told as such, not as what the
+/// character would otherwise make of the text.
+pub(super) fn is_unseen(c: char) -> bool {
+    !c.is_ascii() && (is_hidden(c) || c.is_whitespace())
 }
 
 /// A character that is not seen as itself where text is shown: a control (Unicode category

@@ -15,8 +15,7 @@ use super::HostPattern;
 /// The first character of `text` no one sees (a zero-width or no-break space pasted with a
 /// name): told as such, not as a name outside ASCII to write in punycode.
 fn invisible(text: &str) -> Option<u32> {
-    let unseen = |c: char| super::error::is_hidden(c) || c.is_whitespace();
-    let c = text.chars().find(|&c| !c.is_ascii() && unseen(c))?;
+    let c = text.chars().find(|&c| super::error::is_unseen(c))?;
     Some(u32::from(c))
 }
 

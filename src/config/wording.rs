@@ -171,7 +171,12 @@ fn beyond_64_bits(message: &str) -> Option<String> {
     if !(rest.starts_with(" as i128,") || rest.starts_with(" as u128,")) {
         return None;
     }
-    Some(match number.starts_with('-') {
+    Some(out_of_range(number))
+}
+
+/// `number`, as written, beyond what any setting takes: too small if negative, else too large.
+fn out_of_range(number: &str) -> String {
+    match number.starts_with('-') {
         true => {
             format!("{number} is too small for a number here (no setting takes a negative one)")
         }
@@ -179,7 +184,7 @@ fn beyond_64_bits(message: &str) -> Option<String> {
             "{number} is too large for a number here (no setting takes more than {})",
             i64::MAX
         ),
-    })
+    }
 }
 
 /// An integer that fits 64 bits unsigned but not signed (2^63 to 2^64 − 1), which serde reads
@@ -189,12 +194,7 @@ fn beyond_i64(message: &str) -> Option<String> {
     let rest = message.strip_prefix("invalid value: integer `")?;
     let (number, rest) = rest.split_once('`')?;
     let large = number.parse::<u64>().ok()? > i64::MAX as u64;
-    (large && rest.starts_with(", expected i64")).then(|| {
-        format!(
-            "{number} is too large for a number here (no setting takes more than {})",
-            i64::MAX
-        )
-    })
+    (large && rest.starts_with(", expected i64")).then(|| out_of_range(number))
 }
 
 /// serde's "floating point `1.5`" as TOML's "float `1.5`", and a float of many digits (it
@@ -377,21 +377,13 @@ pub(super) fn retold(
     if message.ends_with("number overflowed") {
         let number = here.split(|c: char| c.is_whitespace() || c == ',').next();
         let number = number.filter(|n| !n.is_empty()).unwrap_or("the number");
-        let said = match number.starts_with('-') {
-            true => {
-                format!("{number} is too small for a number here (no setting takes a negative one)")
-            }
-            false => format!(
-                "{number} is too large for a number here (no setting takes more than {})",
-                i64::MAX
-            ),
-        };
+        let said = out_of_range(number);
         return Some((span.clone(), said));
     }
     if !syntax {
         return None;
     }
-    if let Some(c) = here.chars().next().filter(|&c| unseen(c)) {
+    if let Some(c) = here.chars().next().filter(|&c| super::error::is_unseen(c)) {
         let said = format!(
             "an invisible character (U+{:04X}) here, which TOML reads as part of a key: delete it",
             u32::from(c)
@@ -416,12 +408,6 @@ pub(super) fn retold(
         }
     }
     None
-}
-
-/// A character no one sees where a key would start: a format character (zero-width space,
-/// bidi mark) or a space outside ASCII (a no-break space).
-fn unseen(c: char) -> bool {
-    !c.is_ascii() && (super::error::is_hidden(c) || c.is_whitespace())
 }
 
 /// The `key =` line left without a value that the parser's error at `offset` comes from: the
