@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 use super::locate::{
-    key_at, key_by_line, locate, path_around, path_to, unclosed_multiline, unclosed_string_before,
-    unclosed_value,
+    floor_char_boundary, key_at, key_by_line, locate, path_around, path_to, unclosed_multiline,
+    unclosed_string_before, unclosed_value,
 };
 use super::wording::{
     first_quoted, plain_types, retold, single_route_table, too_deep, written_twice,
@@ -62,13 +62,16 @@ impl fmt::Display for ConfigError {
 /// value: a path (a Windows one, mostly) as a literal string; a surrogate (`\ud800`, half of
 /// a UTF-16 pair, no character on its own) as the character it stands for.
 fn escape_hint(src: &str, offset: usize, key: &str) -> String {
-    let from = offset.saturating_sub(6);
-    let near = src
-        .get(from..(offset + 6).min(src.len()))
-        .unwrap_or_default();
-    let surrogate = near.match_indices("\\u").any(|(i, _)| {
-        let hex = near.get(i + 2..i + 6).unwrap_or_default();
-        u32::from_str_radix(hex, 16).is_ok_and(|n| (0xD800..=0xDFFF).contains(&n))
+    // The escape's neighbourhood, on character boundaries (the text may be any script).
+    let from = floor_char_boundary(src, offset.saturating_sub(10));
+    let near: String = src[from..].chars().take(24).collect();
+    let surrogate = ["\\u", "\\U0000"].iter().any(|escape| {
+        near.match_indices(escape).any(|(i, _)| {
+            let hex = near
+                .get(i + escape.len()..i + escape.len() + 4)
+                .unwrap_or_default();
+            u32::from_str_radix(hex, 16).is_ok_and(|n| (0xD800..=0xDFFF).contains(&n))
+        })
     });
     if surrogate {
         return " (a \\uD800–\\uDFFF escape is half of a UTF-16 pair, no character: write the character itself, or \\U and its 8 hex digits)".to_string();
@@ -97,48 +100,67 @@ const QUOTED_MAX: usize = 120;
 /// The longest message line, in characters (a key of a megabyte, say).
 const LINE_MAX: usize = 2048;
 
-/// `line` with each quoted value (`"…"`, its `\"` escapes read as such) longer than
-/// [`QUOTED_MAX`] cut to its start and `…`, and the whole cut at [`LINE_MAX`]: a value of a
-/// megabyte echoed into an error would be a log line no collector takes whole.
+/// `line` with each quoted value (`"…"`, its `\\"` escapes read as such) longer than
+/// [`QUOTED_MAX`] cut to its start and `…`, and the whole, if still over [`LINE_MAX`], cut in
+/// its middle, so that its end (the OS's reason, say) stays: a value of a megabyte echoed
+/// into an error would be a log line no collector takes whole. A `"` that no other closes
+/// (one inside a path) quotes nothing.
 fn shortened(line: &str) -> String {
-    if line.chars().count() <= QUOTED_MAX {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= QUOTED_MAX {
         return line.to_string();
     }
     let mut out = String::with_capacity(line.len().min(LINE_MAX * 4));
-    let (mut quoted, mut escaped, mut inside) = (false, false, 0usize);
-    for c in line.chars() {
-        let ends = quoted && !escaped && c == '"';
-        escaped = quoted && !escaped && c == '\\';
-        match (quoted, ends) {
-            (true, true) => {
-                quoted = false;
-                if inside > QUOTED_MAX {
-                    out.push('…');
-                }
-                out.push(c);
+    let mut i = 0;
+    while i < chars.len() {
+        let closing = (chars[i] == '"')
+            .then(|| closing_quote(&chars[i + 1..]))
+            .flatten();
+        match closing {
+            Some(len) if len > QUOTED_MAX => {
+                out.extend(&chars[i..=i + QUOTED_MAX]);
+                out.push_str("…\"");
+                i += len + 2;
             }
-            (true, false) => {
-                inside += 1;
-                if inside <= QUOTED_MAX {
-                    out.push(c);
-                }
+            // A short string whole, so that its closing quote opens nothing.
+            Some(len) => {
+                out.extend(&chars[i..i + len + 2]);
+                i += len + 2;
             }
-            (false, _) => {
-                (quoted, inside) = (c == '"', 0);
-                out.push(c);
+            None => {
+                out.push(chars[i]);
+                i += 1;
             }
         }
     }
-    match out.char_indices().nth(LINE_MAX) {
-        Some((cut, _)) => {
-            let left = out[cut..].chars().count();
-            format!("{}… ({left} more characters)", &out[..cut])
-        }
-        None => out,
+    let count = out.chars().count();
+    if count <= LINE_MAX {
+        return out;
     }
+    let (head, tail) = (LINE_MAX - 200, 200);
+    let start: String = out.chars().take(head).collect();
+    let end: String = out.chars().skip(count - tail).collect();
+    format!(
+        "{start}… ({} characters left out) …{end}",
+        count - head - tail
+    )
 }
 
-/// Said of a string a `\"` inside it ran on past where its writer meant it to end.
+/// How many characters of `rest` come before the quote that closes a string opened just
+/// before it, `\\"` read as an escaped quote; `None` if none does.
+fn closing_quote(rest: &[char]) -> Option<usize> {
+    let mut escaped = false;
+    for (n, &c) in rest.iter().enumerate() {
+        match (escaped, c) {
+            (false, '"') => return Some(n),
+            (false, '\\') => escaped = true,
+            _ => escaped = false,
+        }
+    }
+    None
+}
+
+/// Said of a string a `\\"` inside it ran on past where its writer meant it to end.
 const ESCAPED_QUOTE: &str =
     " (a \\\" inside a string is a quote, not its end: a backslash is written \\\\)";
 
@@ -347,4 +369,24 @@ pub(crate) fn is_hidden(c: char) -> bool {
                 | '\u{1d173}'..='\u{1d17a}' // musical symbol beams and slurs
                 | '\u{e0001}' | '\u{e0020}'..='\u{e007f}' // tag characters
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortened;
+
+    /// A quote no other closes (one inside a path) quotes nothing, and short strings stay
+    /// whole, their closing quotes opening nothing.
+    #[test]
+    fn only_whole_quoted_values_are_shortened() {
+        let path = format!(
+            "cannot read certificate /a\"{}/x.crt: not found",
+            "b".repeat(150)
+        );
+        assert_eq!(shortened(&path), path);
+        let between = format!("\"a\" {} \"b\"", "c".repeat(150));
+        assert_eq!(shortened(&between), between);
+        let long = format!("x \"{}\" y", "d".repeat(150));
+        assert_eq!(shortened(&long), format!("x \"{}…\" y", "d".repeat(120)));
+    }
 }

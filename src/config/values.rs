@@ -478,10 +478,9 @@ pub(super) fn backend(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// Whether `ip` is an IPv6 link-local address, fe80::/10 (`Ipv6Addr::is_unicast_link_local`
-/// is newer than the supported Rust).
+/// Whether `ip` is an IPv6 link-local address, fe80::/10.
 fn is_link_local(ip: std::net::IpAddr) -> bool {
-    matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+    matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
 /// What kind of address `ip` is if no TCP connection can go to it: the unspecified address

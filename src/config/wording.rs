@@ -29,10 +29,7 @@ pub(super) fn written_twice(src: &str, offset: usize, key: &str) -> String {
             // Set before as a value (`route = [{ … }]`, `backend_tls = { … }`), which no
             // header may add to: one way of writing it, not one header.
             let last = table.rsplit('.').next().unwrap_or(&table);
-            let as_value = (before.iter()).rposition(|line| {
-                let key = dotted_key(line);
-                key == table || key == last
-            });
+            let as_value = set_as_value(&before, &table, last);
             let header = here
                 .trim()
                 .split(']')
@@ -71,6 +68,29 @@ pub(super) fn written_twice(src: &str, offset: usize, key: &str) -> String {
             }
         }
     }
+}
+
+/// The line index among `before` (the file up to a header for `table`) where `table` was set
+/// as a value (`route = [{ … }]`, `backend_tls = { … }`, `backend_tls.ca = …`), in the table
+/// that holds it: the file's top before any header for a top-level table; for a table inside
+/// another (`route.backend_tls`), the section of the last header, if that is its parent's.
+fn set_as_value(before: &[&str], table: &str, last: &str) -> Option<usize> {
+    let sets = |line: &&str| {
+        let key = dotted_key(line);
+        key == last || key.starts_with(&format!("{last}."))
+    };
+    let Some((parent, _)) = table.rsplit_once('.') else {
+        let mut top = before.iter().take_while(|line| header_name(line).is_none());
+        return top.position(sets);
+    };
+    let header = before
+        .iter()
+        .rposition(|line| header_name(line).is_some())?;
+    if header_name(before[header]).as_deref() != Some(parent) {
+        return None;
+    }
+    let section = &before[header + 1..];
+    section.iter().rposition(sets).map(|i| header + 1 + i)
 }
 
 /// The name of the table `line` is the header of, if it is one (`[a.b]`, `[[route]]`).
@@ -375,7 +395,10 @@ pub(super) fn retold(
         return Some((span.clone(), said.to_string()));
     }
     if message.ends_with("number overflowed") {
-        let number = here.split(|c: char| c.is_whitespace() || c == ',').next();
+        // The number as the parser spanned it (a comment or a brace may follow it closely).
+        let spanned = src.get(span.clone()).filter(|n| !n.trim().is_empty());
+        let number = spanned.or_else(|| here.split(|c: char| c.is_whitespace() || c == ',').next());
+        let number = number.map(str::trim);
         let number = number.filter(|n| !n.is_empty()).unwrap_or("the number");
         let said = out_of_range(number);
         return Some((span.clone(), said));
@@ -385,7 +408,7 @@ pub(super) fn retold(
     }
     if let Some(c) = here.chars().next().filter(|&c| super::error::is_unseen(c)) {
         let said = format!(
-            "an invisible character (U+{:04X}) here, which TOML reads as part of a key: delete it",
+            "an invisible character (U+{:04X}) here, which TOML takes only inside a string: delete it",
             u32::from(c)
         );
         return Some((span.clone(), said));
@@ -398,12 +421,14 @@ pub(super) fn retold(
         return Some((end..end, said));
     }
     if message.starts_with("string values must be quoted") {
+        // A whole bare word of the kinds people write for a switch, not the start of a longer
+        // one (`on.example.com`), nor `true` or `false` (TOML's own, so not the fault here).
         let word: String = here.chars().take_while(char::is_ascii_alphabetic).collect();
-        let boolean = [
-            "yes", "no", "on", "off", "true", "false", "enabled", "disabled",
-        ];
-        if boolean.contains(&word.to_ascii_lowercase().as_str()) {
-            let said = format!("`{word}` is no TOML value: a boolean is written true or false (lower case, no quotes)");
+        let after = here[word.len()..].chars().next();
+        let whole = after.is_none_or(|c| c.is_whitespace() || matches!(c, '#' | ',' | ']' | '}'));
+        let switch = ["yes", "no", "on", "off", "enabled", "disabled"];
+        if whole && switch.contains(&word.to_ascii_lowercase().as_str()) {
+            let said = format!("`{word}` is no TOML value: a boolean is written true or false (lower case, no quotes), a string in quotes (\"{word}\")");
             return Some((span.clone(), said));
         }
     }
@@ -430,9 +455,9 @@ fn value_left_for_next_line(src: &str, offset: usize) -> Option<(usize, String)>
         let code = line.split('#').next().unwrap_or_default().trim();
         if let Some(key) = code.strip_suffix('=').filter(|_| line == whole) {
             let key = key.trim();
-            let bare = |c: char| {
-                c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'' | ' ')
-            };
+            // Bare keys only: a quote there is more likely a string's, cut open by this very
+            // mistake (`"token=` in an array), than a quoted key's.
+            let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ');
             return (!key.is_empty() && key.chars().all(bare)).then(|| (start, key.to_string()));
         }
         // Up past blank and comment lines only; the error's own line is looked at whatever it is.
