@@ -122,7 +122,9 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
         (Some(Err(e)), _) => {
             tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
         }
-        (Some(Ok(_)), Some(value)) if !names_wsgate(value) => tracing::warn!(
+        // Naming wsgate or a module of it, the directives are about wsgate's lines, and taking
+        // them on top of `info` is what they mean, not a typo.
+        (Some(Ok(_)), Some(value)) if !names(value, "wsgate") => tracing::warn!(
             rust_log = value,
             "RUST_LOG sets no level for wsgate's own lines (a word that is no level, such as `warning`, names a module): they are logged at info, its directives on top"
         ),
@@ -149,19 +151,6 @@ fn sets_wsgates_level(filter: &str) -> bool {
             .parse::<tracing_subscriber::filter::LevelFilter>()
             .is_ok()
             || (!target.is_empty() && !target.contains('[') && "wsgate".starts_with(target))
-    })
-}
-
-/// Whether a `RUST_LOG` value names wsgate or a module of it at all: then its directives are
-/// about wsgate's lines, and taking them on top of `info` is what they mean, not a typo.
-fn names_wsgate(filter: &str) -> bool {
-    filter.split(',').any(|directive| {
-        let target = directive
-            .trim()
-            .split(['=', '['])
-            .next()
-            .unwrap_or_default();
-        target == "wsgate" || target.starts_with("wsgate::")
     })
 }
 
@@ -324,7 +313,7 @@ mod tests {
 
 #[cfg(test)]
 mod rust_log_tests {
-    use super::{names_wsgate, sets_wsgates_level};
+    use super::{names, sets_wsgates_level};
 
     #[test]
     fn a_value_sets_wsgates_level_by_a_bare_level_or_its_whole_target() {
@@ -352,7 +341,7 @@ mod rust_log_tests {
             assert!(!sets_wsgates_level(unset), "{unset}");
         }
         // On top of info, without a warning: a module of wsgate's named is meant.
-        assert!(names_wsgate("wsgate::access_log=off") && names_wsgate("wsgate[conn]=debug"));
-        assert!(!names_wsgate("warning") && !names_wsgate("wsgatex=debug"));
+        assert!(names("wsgate::access_log=off", "wsgate") && names("wsgate[conn]=debug", "wsgate"));
+        assert!(!names("warning", "wsgate") && !names("wsgatex=debug", "wsgate"));
     }
 }
