@@ -40,7 +40,7 @@ impl Visitor<'_> {
     /// characters that would rewrite the terminal.
     fn write(&mut self, name: &str, value: fmt::Arguments<'_>) {
         self.write_as(name, |writer, space| match name {
-            "message" => write!(writer, "{space}{}", controls_escaped(&value.to_string())),
+            "message" => write!(writer, "{space}{}", Escaped(&value.to_string(), false)),
             _ => write!(writer, "{space}{name}={}", Value(&value.to_string())),
         });
     }
@@ -67,7 +67,9 @@ impl Visit for Visitor<'_> {
         // does not change with what it holds.
         match field.name() {
             "message" => self.write("message", format_args!("{value}")),
-            name => self.write_as(name, |w, space| write!(w, "{space}{name}={value:?}")),
+            name => self.write_as(name, |w, space| {
+                write!(w, "{space}{name}=\"{}\"", Escaped(value, true))
+            }),
         }
     }
 
@@ -92,55 +94,41 @@ impl Visit for Visitor<'_> {
 }
 
 /// A value as logfmt takes it: as it is if it is one plain word (`10.1.2.3:51344`, `502`),
-/// already quoted (text fields, and `?` values that quote themselves), else quoted here.
+/// else [`Escaped`] in quotes.
 struct Value<'a>(&'a str);
 
 impl fmt::Display for Value<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.0;
         let plain = |c: char| !(c.is_whitespace() || c.is_control() || matches!(c, '"' | '='));
-        let quoted = is_quoted(text);
-        if quoted || (!text.is_empty() && text.chars().all(plain)) {
-            return f.write_str(text);
+        match !text.is_empty() && text.chars().all(plain) {
+            true => f.write_str(text),
+            false => write!(f, "\"{}\"", Escaped(text, true)),
         }
-        write!(f, "{text:?}")
     }
 }
 
-/// Whether `text` is one string as `{:?}` writes it: quotes around, every quote and
-/// backslash inside escaped, no control character (a displayed value that merely starts and
-/// ends with a quote, `"a" b="c"`, is not, and is quoted whole).
-fn is_quoted(text: &str) -> bool {
-    let Some(inner) = (text.strip_prefix('"')).and_then(|t| t.strip_suffix('"')) else {
-        return false;
-    };
-    let mut escaped = false;
-    for c in inner.chars() {
-        match (escaped, c) {
-            (false, '\\') => escaped = true,
-            (false, '"') => return false,
-            (_, c) if c.is_control() => return false,
-            _ => escaped = false,
-        }
-    }
-    !escaped
-}
+/// Text with the escapes logfmt readers decode (go-logfmt's, which Loki's parser is adapted
+/// from, are JSON's): a newline, a return and a tab as `\n`, `\r`, `\t`, any other control
+/// character as `\u00XX`, and, in a quoted value (`.1`), `"` and `\` after a backslash; every
+/// other character as it is (an accent, a no-break space), as the JSON lines have it.
+struct Escaped<'a>(&'a str, bool);
 
-/// `text` with its control characters escaped (`\u{1b}`), the rest as it is.
-fn controls_escaped(text: &str) -> String {
-    if !text.contains(char::is_control) {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c.is_control() {
-            true => {
-                let _ = write!(out, "{}", c.escape_default());
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Escaped(text, quoted) = *self;
+        for c in text.chars() {
+            match c {
+                '"' | '\\' if quoted => write!(f, "\\{c}")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\u{:04x}", u32::from(c))?,
+                c => f.write_char(c)?,
             }
-            false => out.push(c),
         }
+        Ok(())
     }
-    out
 }
 
 #[cfg(test)]
@@ -192,16 +180,19 @@ mod tests {
                 quoted = %"a \"b\" c",
                 forged = %"\"a\" b=\"c\"",
                 esc = %"x\u{1b}[31m",
-                path = ?std::path::Path::new("/etc/wsgate.toml"),
+                path = %std::path::Path::new("/etc/wsgate.toml").display(),
+                named = %"\"chat\"",
+                accent = "cafe\u{301} x\u{a0}y",
                 "backend put aside for {:?}\u{1b}[2J",
                 std::time::Duration::from_secs(1)
             )
         });
         assert_eq!(
             line,
-            " WARN backend put aside for 1s\\u{1b}[2J route=\"chat\" backend=10.0.0.1:9001 \
+            " WARN backend put aside for 1s\\u001b[2J route=\"chat\" backend=10.0.0.1:9001 \
              error=\"connection refused\" failures=2 late=false delta=-3 empty=\"\" quoted=\"a \\\"b\\\" c\" forged=\"\\\"a\\\" b=\\\"c\\\"\" \
-             esc=\"x\\u{1b}[31m\" path=\"/etc/wsgate.toml\"\n"
+             esc=\"x\\u001b[31m\" path=/etc/wsgate.toml \
+             named=\"\\\"chat\\\"\" accent=\"cafe\u{301} x\u{a0}y\"\n"
         );
     }
 }
