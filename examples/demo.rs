@@ -1,7 +1,8 @@
 //! The newcomer's demo: a WebSocket echo backend on 127.0.0.1:9001, wsgate in front of it on
 //! the default config (`config/wsgate.toml`, wss://localhost:8443 with the dev certificates),
 //! and one message sent through both to prove the path works. Then it keeps serving until
-//! Ctrl-C; try it with `cargo run --release --example wsclient`.
+//! Ctrl-C (or its terminal closing); try it with
+//! `cargo run --release --locked --example wsclient`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -46,9 +47,11 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     // As `wsgate run`: Ctrl-C drains, a second one closes every connection at once.
     let termination = wsgate::signals::Termination::register();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let backend = TcpListener::bind(BACKEND)
-        .await
-        .map_err(|e| format!("cannot start the demo echo backend on {BACKEND}: {e}"))?;
+    let backend = TcpListener::bind(BACKEND).await.map_err(|e| {
+        format!(
+            "cannot start the demo echo backend on {BACKEND}: {e} (is another demo still running?)"
+        )
+    })?;
     tokio::spawn(echo_backend(backend));
     let server = wsgate::Server::start(root.join("config/wsgate.toml"))
         .await
@@ -69,6 +72,15 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     drop(ws);
     println!("  wsgate is serving {url} → ws://{BACKEND} (Ctrl-C to stop; twice to close open tunnels at once)");
     println!("  try it:  cargo run --release --locked --example wsclient -- {url}\n");
+    // `wsgate run` reloads on SIGHUP; the demo, a program of a terminal, ends with it (its
+    // window closed), as Ctrl-C ends it, rather than stay behind holding both ports.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        if hangup.recv().await.is_some() {
+            // SAFETY: kill(2) on this very process, with a signal it handles.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        }
+    });
     wsgate::signals::serve_until_terminated(server, termination, || {}).await;
     Ok(())
 }

@@ -6,6 +6,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -88,11 +89,31 @@ async fn chat(url: &str, ca: &std::path::Path) -> Result<(), common::Error> {
                     }
                     closing = true;
                 }
-                Some(Ok(msg)) => println!("< {msg}"),
-                Some(Err(e)) => return Err(format!("the connection ended: {e}").into()),
+                Some(Ok(msg)) => {
+                    // A reader gone (`| head -1`) ends the program, not a panic.
+                    if writeln!(std::io::stdout(), "< {msg}").is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(ended(&e).into()),
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// How the connection ended, in words: cut (no WebSocket close, no TLS close: the server
+/// shutting down at once, or a network fault) rather than the libraries' own.
+fn ended(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+    match e {
+        Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the server cut the connection (no WebSocket close, no TLS close)".to_string()
+        }
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            "the server cut the connection (no WebSocket close)".to_string()
+        }
+        other => format!("the connection ended: {other}"),
     }
 }
 

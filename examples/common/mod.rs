@@ -24,19 +24,40 @@ pub async fn connect(url: &str, ca: &Path) -> Result<WebSocketStream<TlsStream<T
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = uri.port_u16().unwrap_or(443);
+    // A port that is no number in range (`:99999`) is an error, not the default.
+    let written = uri.authority().and_then(|a| a.as_str().rsplit_once(':'));
+    let written = written
+        .map(|(_, port)| port)
+        .filter(|port| !port.ends_with(']'));
+    let port = match written.map(str::parse::<u16>) {
+        Some(Ok(port)) => port,
+        Some(Err(_)) => {
+            return Err(format!("{url:?}: {:?} is no port", written.unwrap_or_default()).into())
+        }
+        None => 443,
+    };
     let mut roots = rustls::RootCertStore::empty();
     let unreadable =
         |e: &dyn std::fmt::Display| format!("cannot read CA file {}: {e}", ca.display());
     for cert in CertificateDer::pem_file_iter(ca).map_err(|e| unreadable(&e))? {
         roots.add(cert.map_err(|e| unreadable(&e))?)?;
     }
+    if roots.is_empty() {
+        return Err(format!("no certificate in CA file {}", ca.display()).into());
+    }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    let tcp = (TcpStream::connect((host.as_str(), port)).await).map_err(|e| {
+        let at = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        format!("cannot connect to {at}: {e}")
+    })?;
     let stream = TlsConnector::from(Arc::new(tls))
         .connect(ServerName::try_from(host)?, tcp)
         .await?;
