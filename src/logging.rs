@@ -122,9 +122,7 @@ pub fn init(format: LogFormat, by_flag: bool) -> Logging {
         (Some(Err(e)), _) => {
             tracing::warn!(error = %e, "RUST_LOG is not a valid filter; logging at info");
         }
-        // Naming wsgate or a module of it, the directives are about wsgate's lines, and taking
-        // them on top of `info` is what they mean, not a typo.
-        (Some(Ok(_)), Some(value)) if !names(value, "wsgate") => tracing::warn!(
+        (Some(Ok(_)), Some(value)) if !means_wsgate(value) => tracing::warn!(
             rust_log = value,
             "RUST_LOG sets no level for wsgate's own lines (a word that is no level, such as `warning`, names a module): they are logged at info, its directives on top"
         ),
@@ -152,6 +150,17 @@ fn sets_wsgates_level(filter: &str) -> bool {
             .is_ok()
             || (!target.is_empty() && !target.contains('[') && "wsgate".starts_with(target))
     })
+}
+
+/// Whether a `RUST_LOG` value that sets no level for wsgate's own lines is still about them:
+/// it names wsgate or a module of it (`wsgate::access_log=off`), so taking its directives on
+/// top of `info` is what it means, not a typo. Not inside spans (`wsgate[conn]=debug`):
+/// wsgate's lines are in none, so that one would change nothing, unsaid.
+fn means_wsgate(filter: &str) -> bool {
+    let outside_spans = filter
+        .split(',')
+        .filter(|directive| !directive.contains('['));
+    names(&outside_spans.collect::<Vec<_>>().join(","), "wsgate")
 }
 
 /// Whether a `RUST_LOG` value has a directive for `library` (or one of its modules), not
@@ -313,7 +322,7 @@ mod tests {
 
 #[cfg(test)]
 mod rust_log_tests {
-    use super::{names, sets_wsgates_level};
+    use super::{means_wsgate, sets_wsgates_level};
 
     #[test]
     fn a_value_sets_wsgates_level_by_a_bare_level_or_its_whole_target() {
@@ -341,7 +350,14 @@ mod rust_log_tests {
             assert!(!sets_wsgates_level(unset), "{unset}");
         }
         // On top of info, without a warning: a module of wsgate's named is meant.
-        assert!(names("wsgate::access_log=off", "wsgate") && names("wsgate[conn]=debug", "wsgate"));
-        assert!(!names("warning", "wsgate") && !names("wsgatex=debug", "wsgate"));
+        assert!(means_wsgate("wsgate::access_log=off") && means_wsgate("info,wsgate::listener"));
+        for typo in [
+            "warning",
+            "wsgatex=debug",
+            "wsgate[conn]=debug",
+            "rustls=debug",
+        ] {
+            assert!(!means_wsgate(typo), "{typo}");
+        }
     }
 }
