@@ -439,6 +439,12 @@ mod tests {
         );
     }
 
+    /// Asserts that `input` is refused, named in words if it is not.
+    fn refused(input: &[u8]) {
+        let lossy = String::from_utf8_lossy(input);
+        assert_eq!(parse(input), Parsed::Invalid, "{lossy:?}");
+    }
+
     #[test]
     fn a_v1_line_that_ends_too_soon_is_refused_at_once() {
         // Its CRLF is in, so it is complete: no more bytes can make it valid, and the ones
@@ -472,13 +478,7 @@ mod tests {
                 b"PROXY UNKNOWN \n",
                 b"PROXY UNKNOWN 1.2.3.4\n",
             ] {
-                let input = [line, trailing].concat();
-                assert_eq!(
-                    parse(&input),
-                    Parsed::Invalid,
-                    "{:?}",
-                    String::from_utf8_lossy(&input)
-                );
+                refused(&[line, trailing].concat());
             }
         }
     }
@@ -500,12 +500,7 @@ mod tests {
             b"PROXY TCP4 1.2.3.4 5.6.7.8 +1",
             b"PROXY TCP4 \x16\x03\x01",
         ] {
-            assert_eq!(
-                parse(line),
-                Parsed::Invalid,
-                "{:?}",
-                String::from_utf8_lossy(line)
-            );
+            refused(line);
         }
         // Every prefix of a valid line, and an UNKNOWN line's anything, still wait.
         for line in [
