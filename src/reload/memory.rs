@@ -21,6 +21,10 @@ pub(super) struct Memory {
     /// no news, and a file it names gone is no news of that config file unless it is the one
     /// in force.
     failing_config: Option<Hash>,
+    /// The content of all the files when that config file failed: with the config file in
+    /// force, only files it names can fail, and each new content of them that fails is a
+    /// reload that failed again (a second certificate rotation as wrong as the first).
+    failing_files: Option<Hash>,
     /// The files gone said since all were last there (each one's error, and the content of
     /// the config file naming it): not said again while they stay gone, a SIGHUP's answer
     /// between.
@@ -113,7 +117,7 @@ impl Memory {
             // The config file gone, or another saved since: news, whatever it holds once back
             // (a content rejected before included), and whatever failed before is no longer
             // why the files on disk are not in force.
-            (self.rejected, self.failing_config) = (None, None);
+            (self.rejected, self.failing_config, self.failing_files) = (None, None, None);
         }
         // Said once while it stays gone, for this config file.
         let said = (error, config_file);
@@ -136,17 +140,22 @@ impl Memory {
         facts: Facts,
     ) -> bool {
         let same_config = self.failing_config.replace(config_file) == Some(config_file);
+        let same_files = self.failing_files.replace(on_disk) == Some(on_disk);
         (self.rejected, self.lacking) = (Some(on_disk), None);
         // The certificates of the config in force renewed since the last look (and not back
         // to what is served): their renewal says how that went.
         let renewing = self.served_seen != Some(served) && !facts.served_read;
         self.served_seen = Some(served);
-        // The config file failing as it did when said, or, not the one in force, failing now
-        // while the certificates of the config in force are renewed: only files it names
-        // changed. No news, nor a failure to count; a SIGHUP is answered all the same. (The
-        // config in force's own files failing are its reload's failure, said as such.)
-        let in_force = facts.in_force == config_file;
-        let quiet = same_config && (facts.said || (renewing && !in_force));
+        // A config file not in force failing as it did when said, or failing now while the
+        // certificates of the config in force are renewed: only files it names changed. No
+        // news, nor a failure to count; a SIGHUP is answered all the same. The config file
+        // in force can fail only by the files it names, and those failing with new content
+        // are its reload failing again; the same content failing again (tried once more
+        // when a certificate in force ran out) is not news.
+        let quiet = match facts.in_force == config_file {
+            true => same_config && facts.said && same_files,
+            false => same_config && (facts.said || renewing),
+        };
         trigger == Trigger::Manual || !quiet
     }
 
@@ -165,6 +174,7 @@ impl Memory {
         said: bool,
     ) -> bool {
         let same_config = self.failing_config.replace(config_file) == Some(config_file);
+        self.failing_files = Some(on_disk);
         self.lacking = None;
         if internal {
             self.rejected = Some(on_disk);
@@ -278,6 +288,18 @@ mod tests {
         assert!(memory.failed(read, Trigger::Files, facts(true, false)));
         // So is the same error from another config file.
         assert!(memory.failed((101, 3, SERVED), Trigger::Files, facts(true, true)));
+    }
+
+    #[test]
+    fn the_config_in_force_failing_by_new_files_is_news_each_time() {
+        let mut memory = Memory::default();
+        assert!(memory.failed((100, IN_FORCE, SERVED), Trigger::Files, facts(true, false)));
+        // A certificate rotated again to one that fails alike: another failed reload.
+        let again = (101, IN_FORCE, RENEWED);
+        assert!(memory.failed(again, Trigger::Files, facts(false, true)));
+        // The same files failing again (retried once a certificate in force ran out): not.
+        memory.retry_rejected();
+        assert!(!memory.failed(again, Trigger::Files, facts(false, true)));
     }
 
     #[test]

@@ -238,6 +238,32 @@ async fn a_certificate_gone_for_a_while_is_no_failure() {
     assert!(error.contains("does not match certificate"), "{error}");
 }
 
+/// Certificate rotations that each fail (a certificate that does not match the key in force)
+/// are each a rejected reload, said and counted: the second is no repeat of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failed_certificate_rotation_is_counted() {
+    let backend = WsBackend::start("one").await;
+    let proxy = start_proxy(&route("a", "/a", &[backend.addr])).await;
+    let mut rx = proxy.server.reload_status();
+    first_look(&mut rx).await;
+    let crt = proxy.dir.path().join("server.crt");
+    for n in 1..=2 {
+        let (wrong, _key) = pki().leaf(SERVER_NAMES);
+        rename_over(&crt, &wrong);
+        let refused = failures(&mut rx, n).await;
+        let error = refused.last_error.unwrap_or_default();
+        assert!(error.contains("does not match certificate"), "{error}");
+        assert_eq!(refused.generation, 1, "the certificate in force stays");
+    }
+}
+
+/// Writes `text` to `path` as an editor saves: a file beside it, renamed over it.
+fn rename_over(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_emptied_for_a_while_is_no_failure() {
     // `cat new.key > tls.key`, or a tool writing the file in two steps: truncated first.
