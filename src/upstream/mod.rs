@@ -189,7 +189,11 @@ async fn exchange(
         let Some(copy) = copy.filter(|_| go_on) else {
             return Err(turns.outcome(tried));
         };
-        tracing::debug!(route = %route.config.name, backend = reached.backend, "backend closed before answering; trying another");
+        tracing::debug!(
+            route = route.config.name.as_str(),
+            backend = reached.backend,
+            "backend closed before answering; trying another"
+        );
         held.push(won.leave);
         request = copy;
     }

@@ -306,7 +306,7 @@ fn note_failure<'a, 'r>(
     if !cut_short {
         put_aside(leg, backend, error, attempt.began);
     }
-    tracing::debug!(route = %route.config.name, backend, %error, "backend connect failed");
+    tracing::debug!(route = route.config.name.as_str(), backend, %error, "backend connect failed");
     turns.connect_error = Some(error.to_string());
 }
 
@@ -431,7 +431,7 @@ pub(super) fn put_aside(leg: Leg<'_>, backend: &str, error: &dyn std::fmt::Displ
     };
     metrics.backend_put_aside(&route.config.name, backend);
     tracing::warn!(
-        route = %route.config.name,
+        route = route.config.name.as_str(),
         backend,
         %error,
         failures_in_a_row = aside.nth,
@@ -444,6 +444,10 @@ pub(super) fn put_aside(leg: Leg<'_>, backend: &str, error: &dyn std::fmt::Displ
 /// Notes that `backend` answered; says so if it was put aside until now.
 pub(super) fn back_in_turn(route: &Route, backend: &str) {
     if route.health_of(backend).is_some_and(Health::answered) {
-        tracing::info!(route = %route.config.name, backend, "backend answers again; back in turn");
+        tracing::info!(
+            route = route.config.name.as_str(),
+            backend,
+            "backend answers again; back in turn"
+        );
     }
 }

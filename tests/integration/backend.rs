@@ -1245,3 +1245,36 @@ async fn an_http_1_0_refusal_is_relayed_as_http_1_1_with_its_body_framed() {
     let body = String::from_utf8(client.read_to_end().await).unwrap();
     assert_eq!(body, "9\r\nforbidden\r\n0\r\n\r\n");
 }
+
+/// In the text log, the lines about a backend put aside quote the route, as the connection's
+/// line does (`route="chat"`): a search for the route finds them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_log_lines_about_a_backend_put_aside_quote_the_route() {
+    let (refusing, live) = (closed_port().await, WsBackend::start("one").await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("chat", "/ws", &[refusing, live.addr]));
+    let mut command = std::process::Command::new(wsgate_bin());
+    command
+        .args(["run", "--log-format", "text", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = WsgateChild::spawn(&mut command);
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let listening = wait_for_line(&lines, "listening");
+    let addr: SocketAddr = (listening.split("listen=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {listening}"));
+    assert_eq!(which_backend(addr, "wss://localhost/ws").await, "one");
+    let aside = tokio::task::spawn_blocking(move || wait_for_line(&lines, "put aside"))
+        .await
+        .unwrap();
+    assert!(
+        aside.contains(r#"route="chat""#) && aside.contains(&format!("backend=\"{refusing}\"")),
+        "{aside}"
+    );
+}
