@@ -56,7 +56,8 @@
 //!   text format's fields, as logfmt reads them;
 //!   `descriptors`: the open-files limit, raised at start and checked against
 //!   `max_connections`; `memory`: giving memory freed after a burst of connections back to
-//!   the system (`malloc_trim`); [`signals`]: SIGHUP, SIGTERM, Ctrl-C, SIGQUIT and the
+//!   the system (`malloc_trim`); [`coalesce`]: a busy runtime thread's short wait for
+//!   more before it sleeps, so small messages are relayed in batches; [`signals`]: SIGHUP, SIGTERM, Ctrl-C, SIGQUIT and the
 //!   ignored SIGUSR1 and SIGUSR2; `systemd`: readiness and status for a `Type=notify` unit;
 //!   `sync`: locking that survives a panic; `trickle` (tests only): a pipe end that moves
 //!   a few bytes at a time, for the streaming code's property tests.
@@ -67,6 +68,7 @@ mod access_log;
 mod admin;
 mod client_cert;
 mod closing;
+pub mod coalesce;
 pub mod config;
 mod connection;
 pub mod descriptors;

@@ -114,6 +114,7 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
     if let Some(n) = threads.filter(|n| *n > 1) {
         runtime.worker_threads(n);
     }
+    wsgate::coalesce::install(&mut runtime);
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return cannot_start(logging, in_use, &format!("cannot start the runtime: {e}")),

@@ -197,6 +197,7 @@ impl Shared {
     ) -> Result<(Vec<Listener>, Arc<Snapshot>), Error> {
         let mut guard = lock(&self.listeners);
         let listeners = guard.as_mut().ok_or(Error::ShuttingDown)?;
+        crate::coalesce::set_pause(next.config.coalesce);
         let old = self.snapshot.swap(next);
         for ((kind, configured), socket) in added.into_iter().zip(bound) {
             listeners.push(Listener::start(self, kind, configured, socket));
@@ -284,6 +285,7 @@ impl Shared {
             ..ReloadStatus::default()
         });
         let client_scope = snapshot.client_scope;
+        crate::coalesce::set_pause(snapshot.config.coalesce);
         let loads = crate::load::Loads::default();
         snapshot.routes.count_in(&loads);
         let shared = Arc::new(Shared {

@@ -44,6 +44,9 @@ pub struct Config {
     /// Listeners are bound with `SO_REUSEPORT`, so a second wsgate (a new version taking
     /// over) can listen on the same addresses.
     pub reuse_port: bool,
+    /// How long a busy runtime thread relaying small messages waits for more before it
+    /// sleeps (see `coalesce`); zero: never.
+    pub coalesce: Duration,
     /// How changes to the config's files are noticed.
     pub watch: WatchMode,
     /// How often the files are read again while every folder is watched, in case a change

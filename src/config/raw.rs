@@ -34,6 +34,8 @@ pub(super) struct RawProxy {
     pub(super) proxy_protocol: bool,
     #[serde(default)]
     pub(super) reuse_port: bool,
+    #[serde(default = "defaults::coalesce")]
+    pub(super) coalesce: Spanned<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +191,9 @@ mod defaults {
     /// RFC 8305's recommended Connection Attempt Delay.
     pub(super) fn attempt_delay() -> Spanned<HumanDuration> {
         Spanned::new(0..0, HumanDuration(Duration::from_millis(250)))
+    }
+    pub(super) fn coalesce() -> Spanned<HumanDuration> {
+        Spanned::new(0..0, HumanDuration(Duration::from_micros(50)))
     }
     pub(super) fn recheck() -> Spanned<HumanDuration> {
         secs(60)

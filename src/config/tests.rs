@@ -51,6 +51,7 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.admin, None);
     assert!(!config.proxy_protocol);
     assert!(!config.reuse_port);
+    assert_eq!(config.coalesce, Duration::from_micros(50));
     assert_eq!(config.watch, WatchMode::Events);
     assert_eq!(config.recheck, Duration::from_secs(60));
     assert_eq!(config.tls_min_version, TlsVersion::Tls12);
@@ -69,6 +70,23 @@ fn reuse_port_is_a_bool_of_the_proxy_section() {
     let refused = with("\"yes\"").unwrap_err().to_string();
     assert!(
         refused.contains("w.toml:2:14: proxy.reuse_port"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn coalesce_is_a_pause_of_at_most_a_millisecond_or_off() {
+    let with = |value: &str| {
+        let text = HEAD.replace("[proxy]\n", &format!("[proxy]\ncoalesce = \"{value}\"\n"));
+        Config::from_toml_str(&text, Path::new("w.toml"))
+    };
+    assert_eq!(with("0s").unwrap().coalesce, Duration::ZERO, "off");
+    assert_eq!(with("20us").unwrap().coalesce, Duration::from_micros(20));
+    assert_eq!(with("1ms").unwrap().coalesce, Duration::from_millis(1));
+    let refused = with("2ms").unwrap_err().to_string();
+    assert!(
+        refused
+            .starts_with("w.toml:2:12: proxy.coalesce: must be at most 1ms, or 0s to never wait"),
         "{refused}"
     );
 }

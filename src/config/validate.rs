@@ -32,6 +32,8 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The shortest: the runtime's timers tick in milliseconds, so anything less ("1ns", "500us")
 /// would be a millisecond anyway, and is a slip of the unit.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest `proxy.coalesce`: a pause each message relayed under load may wait out.
+const MAX_COALESCE: Duration = Duration::from_millis(1);
 
 /// The error written first in the file among those kept: the one to report when a config
 /// has several, so that an operator fixing them top-down meets them in that order.
@@ -134,6 +136,7 @@ impl Checker<'_> {
         let timeouts = first.keep(self.timeouts(&raw.timeouts));
         let limits = first.keep(self.limits(&raw.limits));
         let recheck = first.keep(self.recheck(&raw.reload.recheck));
+        let coalesce = first.keep(self.coalesce(&raw.proxy.coalesce));
         let mut warnings = Vec::new();
         let routes = first.keep(self.routes(&raw.routes, &mut warnings));
         let (
@@ -144,6 +147,7 @@ impl Checker<'_> {
             Some(timeouts),
             Some(limits),
             Some(recheck),
+            Some(coalesce),
             Some(routes),
         ) = (
             listen,
@@ -153,6 +157,7 @@ impl Checker<'_> {
             timeouts,
             limits,
             recheck,
+            coalesce,
             routes,
         )
         else {
@@ -178,6 +183,7 @@ impl Checker<'_> {
             log_format: raw.proxy.log_format,
             proxy_protocol: raw.proxy.proxy_protocol,
             reuse_port: raw.proxy.reuse_port,
+            coalesce,
             watch: raw.reload.watch,
             recheck,
             routes,
@@ -408,6 +414,20 @@ impl Checker<'_> {
                 self.read_as(d)
             );
             return Err(self.error(&d.span(), "reload.recheck", message));
+        }
+        Ok(value)
+    }
+
+    /// `proxy.coalesce`: a pause of a busy thread, which every message relayed meanwhile may
+    /// wait for, so at most a millisecond; zero turns it off.
+    fn coalesce(&self, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
+        let value = d.get_ref().0;
+        if value > MAX_COALESCE {
+            let message = format!(
+                "must be at most 1ms, or 0s to never wait ({})",
+                self.read_as(d)
+            );
+            return Err(self.error(&d.span(), "proxy.coalesce", message));
         }
         Ok(value)
     }

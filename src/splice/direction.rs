@@ -143,6 +143,7 @@ impl Direction {
                 self.eof = true;
                 continue;
             }
+            crate::coalesce::read(data.len());
             if self.buf.is_none() && data.len() >= GATHER_BELOW {
                 let written = poll_write_some(cx, writer, data);
                 self.stuck = written.is_pending();
@@ -186,6 +187,7 @@ impl Direction {
                 Poll::Ready(Ok(())) if read.filled().is_empty() => self.eof = true,
                 Poll::Ready(Ok(())) => {
                     self.end = read.filled().len();
+                    crate::coalesce::read(self.end);
                     self.pos = 0;
                     self.buf = Some(buf);
                     continue;
