@@ -132,9 +132,14 @@ impl Report {
         }
         if let Some(proxy) = window.proxy_us.filter(|us| (1..COARSE_CPU_US).contains(us)) {
             let ticks = proxy / TICK_US;
+            // The idle scenario has no --duration: its CPU is mostly the tunnels' opening.
+            let steadier = match op {
+                "tunnel" => "more tunnels (-n) steady them",
+                _ => "a longer --duration steadies them",
+            };
             crate::scenario::say(format_args!(
                 "note: the proxy's CPU in the window is {ticks} ticks of 10 ms (/proc's unit): \
-                 figures per {op} are ±{:.0} %; a longer --duration steadies them",
+                 figures per {op} are ±{:.0} %; {steadier}",
                 100.0 / ticks.max(1) as f64
             ));
         }

@@ -111,6 +111,20 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
             Duration::from_nanos(quiet_ns).as_secs_f64(),
             "s with no attempt answered",
         );
+    // Connections failing below HTTP first: a target gone mid-run is that, and its silence
+    // after is what follows from it, not a stall of a target still there.
+    let broken = &counts.broken;
+    // Both counts are of the measured window: the upgrades and the failures that ended in it.
+    let attempts = handshakes + counts.errors.count();
+    if too_many_broken(broken.count(), attempts) {
+        r.fail(format!(
+            "{} of {attempts} connection attempts failed below HTTP (refused, reset, TLS \
+             failure or timeout), more than {MAX_BROKEN_PCT} %: the target failed during the \
+             run; first: {}",
+            broken.count(),
+            broken.first().unwrap_or_default()
+        ));
+    }
     // Refusals are answers, measured as such (see above); no answer at all is a failure.
     if handshakes == 0 && counts.errors.count() == 0 {
         r.fail("no handshake completed in the measured window: the target did not answer in time");
@@ -127,14 +141,11 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
         counts.warmup_errors.load(Ordering::Relaxed),
         "in the warm-up, not counted above",
     );
-    let broken = &counts.broken;
     r.int(
         "connection_errors",
         broken.count(),
         "refused, reset, TLS or timeout",
     );
-    // Both counts are of the measured window: the upgrades and the failures that ended in it.
-    let attempts = handshakes + counts.errors.count();
     // The proxy's work on refused attempts (a TLS handshake each, a 503 or a 404) is in its
     // CPU too: per attempt beside per upgrade, which alone would overstate an upgrade's cost.
     if let (Some(proxy), true) = (window.proxy_us, attempts > handshakes) {
@@ -144,15 +155,6 @@ pub async fn run(args: &HandshakeArgs) -> Result<Report> {
             per,
             "µs, refused attempts included",
         );
-    }
-    if too_many_broken(broken.count(), attempts) {
-        r.fail(format!(
-            "{} of {attempts} connection attempts failed below HTTP (refused, reset, TLS \
-             failure or timeout), more than {MAX_BROKEN_PCT} %: the target failed during the \
-             run; first: {}",
-            broken.count(),
-            broken.first().unwrap_or_default()
-        ));
     }
     Ok(r)
 }
@@ -219,7 +221,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether `broken` connection-level failures out of `attempts` exceed [`MAX_BROKEN_PCT`].
-fn too_many_broken(broken: u64, attempts: u64) -> bool {
+pub(super) fn too_many_broken(broken: u64, attempts: u64) -> bool {
     broken * 100 > attempts * MAX_BROKEN_PCT
 }
 

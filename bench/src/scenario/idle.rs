@@ -336,13 +336,25 @@ fn report(target: &Target, tunnels: Tunnels, reading: &Reading, cpu: &CpuWindow)
         r.text("first_drop", &why);
         // The memory figures stand (read with every tunnel up), but a target that ends idle
         // tunnels during the hold is worth a word where a person looks, not only a field.
-        if held == up {
+        if held == up && !cpu.proxy_lost {
             super::say(format_args!(
                 "warning: {} of the {up} tunnels ended after the memory was read, during the \
                  hold (first: {why}): the target closes idle tunnels",
                 dropped.count()
             ));
         }
+    }
+    // Fewer tunnels than asked for: the figures are per tunnel held, but not of the run asked
+    // for (5,000 idle tunnels), and the proxy refusing or failing them is worth a failure.
+    let asked = up + errors.count();
+    if super::handshake::too_many_broken(errors.count(), asked) {
+        r.fail(format!(
+            "{} of the {asked} tunnels could not be opened, more than {} %: the figures are of \
+             the {up} opened, not of the run asked for; first: {}",
+            errors.count(),
+            super::handshake::MAX_BROKEN_PCT,
+            errors.first().unwrap_or_default()
+        ));
     }
     errors.report(&mut r);
     r
