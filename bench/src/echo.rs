@@ -111,12 +111,27 @@ fn client_verifier(
 
 /// Accepts connections forever, one task each.
 pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, engine: EchoEngine) {
+    // Failed accepts since the last said, and when that was: out of descriptors, every
+    // retry fails alike, and a line per retry (a hundred a second) would bury the rest.
+    let mut unsaid = 0u64;
+    let mut said_at: Option<std::time::Instant> = None;
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                let due =
+                    said_at.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1));
+                if due {
+                    let more = match unsaid {
+                        0 => String::new(),
+                        n => format!(" ({n} more failed accepts since the last line)"),
+                    };
+                    crate::scenario::say(format_args!("echo: accept: {e}{more}"));
+                    (unsaid, said_at) = (0, Some(std::time::Instant::now()));
+                } else {
+                    unsaid += 1;
+                }
                 // EMFILE and friends: back off briefly instead of spinning.
-                crate::scenario::say(format_args!("echo: accept: {e}"));
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
