@@ -140,6 +140,22 @@ fn parse_port(p: &str, url: &str) -> Result<u16> {
         .map_err(|_| anyhow!("URL {url:?}: invalid port {p:?}"))
 }
 
+/// Of a name's several addresses (`localhost`: `127.0.0.1` and `::1`), the first that takes a
+/// TCP connection within `wait`, as a browser would fall back: the target may listen on one
+/// family only. A single address is taken as it is, untried.
+async fn listening(addrs: &[SocketAddr], wait: std::time::Duration) -> Option<SocketAddr> {
+    if let [only] = addrs {
+        return Some(*only);
+    }
+    for &addr in addrs {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(wait, connect).await {
+            return Some(addr);
+        }
+    }
+    None
+}
+
 /// Everything needed to open connections to the target.
 #[derive(Clone)]
 pub struct Target {
@@ -156,10 +172,13 @@ impl Target {
     /// Resolves the host once and builds the TLS config (fresh, resumption disabled).
     pub async fn new(args: &ClientArgs) -> Result<Target> {
         let url = Url::parse(&args.url)?;
-        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
             .await
             .with_context(|| format!("cannot resolve {}", url.host))?
-            .next()
+            .collect();
+        let addr = listening(&addrs, args.open_timeout)
+            .await
+            .or(addrs.first().copied())
             .ok_or_else(|| anyhow!("{} has no address", url.host))?;
         let tls = if url.tls {
             let identity = args.cert.as_deref().zip(args.key.as_deref());
