@@ -1,14 +1,18 @@
 //! Relaying small messages in batches while busy: a runtime thread that spent most of its last
-//! millisecond working, on many small reads, waits `proxy.coalesce` before it sleeps for new
-//! events. What arrives meanwhile is then read in fewer reads and relayed in fewer writes, and
-//! the peers writing to wsgate find it awake instead of having to wake it, which is what a
-//! busy proxy's messages cost most on loopback and on a shared machine: the interrupt
-//! coalescing of network cards, in the proxy. A thread idle or lightly loaded, or relaying
-//! large reads (a bulk transfer, which gains nothing from it), never waits, so a message's
-//! latency is untouched there; under load a message may wait up to the pause.
+//! window (a millisecond or more) working, on many small reads, waits `proxy.coalesce` before
+//! it sleeps for new events. What arrives meanwhile is then read in fewer reads and relayed in
+//! fewer writes, and the peers writing to wsgate find it awake instead of having to wake it,
+//! which is what a busy proxy's messages cost most on loopback and on a shared machine: the
+//! interrupt coalescing of network cards, in the proxy. A thread idle or lightly loaded, busy
+//! with handshakes beside a trickle of messages, or relaying large reads (a bulk transfer,
+//! which gains nothing from it), never waits, so a message's latency is untouched there;
+//! under load a message may wait up to the pause.
 //!
 //! The runtime's park hooks ([`install`]) measure each thread's busy share; the relay counts
-//! its reads ([`read`]); the config in force sets the pause ([`set_pause`]).
+//! its reads (`read`); the config in force sets the pause (`set_pause`), process-wide: the
+//! last server started or reloaded in a process wins; the metrics show how many were taken
+//! (`pauses`). Only a runtime built with [`install`] pauses (the `wsgate` binary's): a
+//! server run on another, as the tests run it, relays every message at once.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,17 +25,27 @@ const WINDOW: Duration = Duration::from_millis(1);
 /// TLS records (16 KiB), and a pause would only delay them.
 const SMALL_READ: u64 = 2048;
 
-/// A pause is worth taking when at least this many reads are expected to arrive during it,
-/// at the window's rate: fewer, and it only adds a sleep to what was there anyway.
-const EXPECTED_DURING_PAUSE: u128 = 2;
+/// Relay reads a window must hold per millisecond for a pause to be worth taking: 40,000 a
+/// second, at which a pause of 50 µs gathers two or more. The floor does not depend on the
+/// pause: a thread busy with handshakes beside a trickle of messages must not pause, however
+/// long the pause is set.
+const READS_PER_MS: u128 = 40;
 
 /// The pause of the config in force, in nanoseconds; zero: never pause.
 static PAUSE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Pauses taken, by every thread, since start.
+static PAUSES: AtomicU64 = AtomicU64::new(0);
 
 /// Puts the config's pause in force (at start and at each reload).
 pub(crate) fn set_pause(pause: Duration) {
     let ns = u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX);
     PAUSE_NS.store(ns, Ordering::Relaxed);
+}
+
+/// Pauses taken since start, for the metrics.
+pub(crate) fn pauses() -> u64 {
+    PAUSES.load(Ordering::Relaxed)
 }
 
 /// Adds the hooks that measure and pause to the runtime `builder` makes.
@@ -55,22 +69,21 @@ pub(crate) fn read(bytes: usize) {
 /// One thread's work over the current window.
 #[derive(Clone, Copy, Default, Debug)]
 struct Window {
-    /// Time spent working (between an unpark and the next park).
+    /// Time spent working (between an unpark and the next park; a pause is not work).
     busy: Duration,
     reads: u64,
     bytes: u64,
 }
 
 impl Window {
-    /// Whether a thread whose last window, `elapsed` long, held this work should pause for
-    /// `pause` before each sleep of the next: busy at least half the time, on small reads
-    /// coming fast enough that a pause gathers some.
-    fn worth_pausing(&self, elapsed: Duration, pause: Duration) -> bool {
+    /// Whether a thread whose last window, `elapsed` long, held this work should pause
+    /// before each sleep of the next: busy at least half the time, on small reads coming
+    /// fast enough that a pause gathers some.
+    fn worth_pausing(&self, elapsed: Duration) -> bool {
         let busy = self.busy * 2 >= elapsed;
         let small = self.bytes < self.reads.saturating_mul(SMALL_READ);
-        let gathers =
-            u128::from(self.reads) * pause.as_nanos() >= EXPECTED_DURING_PAUSE * elapsed.as_nanos();
-        !pause.is_zero() && busy && small && gathers
+        let fast = u128::from(self.reads) * 1_000_000 >= READS_PER_MS * elapsed.as_nanos();
+        busy && small && fast
     }
 }
 
@@ -83,8 +96,38 @@ struct Thread {
     window: Window,
     /// What the last whole window decided.
     pausing: bool,
-    /// Its timer slack has been lowered (see [`pause`]).
+    /// Its timer slack is lowered (see [`precise_timers`]).
     precise: bool,
+}
+
+impl Thread {
+    /// The thread is about to sleep at `now`: closes the window if it is a millisecond old,
+    /// and says whether to wait `pause` first.
+    fn pause_now(&mut self, now: Instant, pause: Duration) -> Option<Duration> {
+        if let Some(unparked) = self.unparked {
+            self.window.busy += now.saturating_duration_since(unparked);
+        }
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= WINDOW {
+            self.pausing = self.window.worth_pausing(elapsed);
+            (self.window, self.window_start) = (Window::default(), Some(now));
+        }
+        let pausing = self.pausing && !pause.is_zero();
+        // Precise timers only while pausing: the default slack back after, so the thread's
+        // other sleeps (and the threads it starts meanwhile, which inherit it) are as before.
+        if pausing != self.precise {
+            self.precise = pausing;
+            precise_timers(pausing);
+        }
+        pausing.then_some(pause)
+    }
+
+    /// The thread woke up at `now`.
+    fn unparked(&mut self, now: Instant) {
+        self.unparked = Some(now);
+        self.window_start.get_or_insert(now);
+    }
 }
 
 thread_local! {
@@ -92,27 +135,15 @@ thread_local! {
 }
 
 fn before_park() {
-    let Ok(mut state) = THREAD.try_with(Cell::get) else {
-        return;
-    };
-    let now = Instant::now();
-    if let Some(unparked) = state.unparked {
-        state.window.busy += now.saturating_duration_since(unparked);
-    }
-    let start = *state.window_start.get_or_insert(now);
     let pause = Duration::from_nanos(PAUSE_NS.load(Ordering::Relaxed));
-    let elapsed = now.saturating_duration_since(start);
-    if elapsed >= WINDOW {
-        state.pausing = state.window.worth_pausing(elapsed, pause);
-        (state.window, state.window_start) = (Window::default(), Some(now));
-    }
-    let pausing = state.pausing && !pause.is_zero();
-    if pausing && !state.precise {
-        state.precise = true;
-        precise_timers();
-    }
-    let _ = THREAD.try_with(|t| t.set(state));
-    if pausing {
+    let pause = THREAD.try_with(|t| {
+        let mut state = t.get();
+        let pause = state.pause_now(Instant::now(), pause);
+        t.set(state);
+        pause
+    });
+    if let Ok(Some(pause)) = pause {
+        PAUSES.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(pause);
     }
 }
@@ -120,22 +151,27 @@ fn before_park() {
 fn after_unpark() {
     let _ = THREAD.try_with(|t| {
         let mut state = t.get();
-        let now = Instant::now();
-        state.unparked = Some(now);
-        state.window_start.get_or_insert(now);
+        state.unparked(Instant::now());
         t.set(state);
     });
 }
 
-/// Lowers this thread's timer slack from Linux's default 50 µs to 1 µs: a pause of tens of
-/// microseconds would otherwise last twice as long or more.
-fn precise_timers() {
+/// Lowers this thread's timer slack from Linux's default 50 µs to 1 µs (`on`), or puts the
+/// default back: a pause of tens of microseconds would otherwise last twice as long or more.
+#[cfg(target_os = "linux")]
+fn precise_timers(on: bool) {
+    // Zero puts the thread's default back (prctl(2)).
+    let slack: libc::c_ulong = if on { 1_000 } else { 0 };
     // SAFETY: PR_SET_TIMERSLACK takes a plain number and changes only the calling thread's
-    // timer slack; a failure (an old kernel) leaves the default, which is only less precise.
+    // timer slack; a failure (an old kernel) leaves it as it was, which is only less precise.
     unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong, 0, 0, 0);
+        libc::prctl(libc::PR_SET_TIMERSLACK, slack, 0, 0, 0);
     }
 }
+
+/// Elsewhere the timer slack is left as it is: a pause is only less precise.
+#[cfg(not(target_os = "linux"))]
+fn precise_timers(_: bool) {}
 
 #[cfg(test)]
 mod tests {
@@ -154,41 +190,54 @@ mod tests {
     #[test]
     fn a_busy_thread_on_many_small_reads_pauses() {
         // 1,000 tunnels echoing 64-byte messages: 200 reads in a millisecond, 80 % busy.
-        assert!(window(800, 200, 90).worth_pausing(WINDOW, PAUSE));
+        assert!(window(800, 200, 90).worth_pausing(WINDOW));
     }
 
     #[test]
     fn a_lightly_loaded_thread_never_pauses() {
         // 5,000 messages a second: a few reads a millisecond, a fifth of it busy.
-        assert!(!window(200, 10, 90).worth_pausing(WINDOW, PAUSE));
-        // Busy, but the reads are few (handshakes): a pause would gather next to nothing.
-        assert!(!window(950, 20, 90).worth_pausing(WINDOW, PAUSE));
+        assert!(!window(200, 10, 90).worth_pausing(WINDOW));
+        // Busy, but with few reads (handshakes, beside a trickle of messages): a pause would
+        // gather next to nothing, and hold up the handshakes.
+        assert!(!window(950, 20, 90).worth_pausing(WINDOW));
     }
 
     #[test]
     fn a_bulk_transfer_never_pauses() {
-        assert!(!window(900, 60, 16 * 1024).worth_pausing(WINDOW, PAUSE));
+        assert!(!window(900, 60, 16 * 1024).worth_pausing(WINDOW));
+    }
+
+    /// A thread's windows as the hooks keep them, at instants given, not read from a clock.
+    #[test]
+    fn a_window_decides_for_the_next_and_an_idle_gap_ends_the_pausing() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut thread = Thread::default();
+        thread.unparked(at(0));
+        thread.window.reads = 100;
+        thread.window.bytes = 6_400;
+        // A millisecond of work on small reads: from this park on, it pauses.
+        assert_eq!(thread.pause_now(at(1_000), PAUSE), Some(PAUSE));
+        // Off in the config: no pause, whatever the window said.
+        thread.unparked(at(1_100));
+        assert_eq!(thread.pause_now(at(1_200), Duration::ZERO), None);
+        // Then a long idle gap: the window spanning it was not busy, so no pause after it.
+        thread.unparked(at(50_000));
+        assert_eq!(thread.pause_now(at(50_010), PAUSE), None);
     }
 
     #[test]
-    fn no_pause_set_is_never_a_pause() {
-        assert!(!window(1000, 1000, 64).worth_pausing(WINDOW, Duration::ZERO));
-    }
-
-    #[test]
-    fn the_hooks_measure_and_pause_as_the_window_decided() {
-        set_pause(PAUSE);
-        after_unpark();
-        for _ in 0..100 {
-            read(64);
-        }
-        // A whole window of work, then a park: it decides to pause.
-        let busy_until = Instant::now() + WINDOW;
-        while Instant::now() < busy_until {
-            std::hint::spin_loop();
-        }
+    fn a_pause_is_taken_and_counted() {
+        let before = pauses();
+        THREAD.with(|t| {
+            let mut state = t.get();
+            state.pausing = true;
+            state.unparked(Instant::now());
+            t.set(state);
+        });
+        set_pause(Duration::from_micros(1));
         before_park();
-        assert!(THREAD.with(Cell::get).pausing);
         set_pause(Duration::ZERO);
+        assert!(pauses() > before);
     }
 }

@@ -234,6 +234,7 @@ pub(crate) struct Metrics {
     last_reload: Gauge<f64, AtomicU64>,
     files_in_force: Gauge,
     log_lines_dropped: Counter,
+    coalesce_pauses: Counter,
 }
 
 impl Default for Metrics {
@@ -263,6 +264,7 @@ impl Default for Metrics {
             last_reload: Gauge::default(),
             files_in_force: Gauge::default(),
             log_lines_dropped: Counter::default(),
+            coalesce_pauses: Counter::default(),
             registry: Registry::with_prefix("wsgate"),
         };
         let registry = &mut metrics.registry;
@@ -293,6 +295,7 @@ impl Default for Metrics {
             "config_last_reload_success_timestamp_seconds", "Unix time of the last applied reload (0 if none since start)", last_reload;
             "config_files_in_force", "1 if the config files on disk are the config in force; 0 while a rejected change or a deleted file keeps an older config serving", files_in_force;
             "log_lines_dropped", "Log lines dropped because stderr's reader fell behind (the queue to it full), or lost in a write that failed", log_lines_dropped;
+            "coalesce_pauses", "Pauses of proxy.coalesce taken: a runtime thread busy relaying many small messages waiting for more before it sleeps", coalesce_pauses;
         }
         // The config in force at start is the one on disk.
         metrics.files_in_force.set(1);
@@ -553,6 +556,8 @@ impl Metrics {
         // Counted by the logger's writer; a counter's value is set, not added to, here.
         let dropped = crate::logging::dropped_lines();
         (self.log_lines_dropped.inner()).store(dropped, std::sync::atomic::Ordering::Relaxed);
+        let pauses = crate::coalesce::pauses();
+        (self.coalesce_pauses.inner()).store(pauses, std::sync::atomic::Ordering::Relaxed);
         let mut text = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -45,7 +45,8 @@ pub struct Config {
     /// over) can listen on the same addresses.
     pub reuse_port: bool,
     /// How long a busy runtime thread relaying small messages waits for more before it
-    /// sleeps (see `coalesce`); zero: never.
+    /// sleeps (see [`crate::coalesce`]); zero: never. Only on a runtime the hooks are
+    /// installed in (the binary's), and process-wide.
     pub coalesce: Duration,
     /// How changes to the config's files are noticed.
     pub watch: WatchMode,

@@ -75,20 +75,19 @@ fn reuse_port_is_a_bool_of_the_proxy_section() {
 }
 
 #[test]
-fn coalesce_is_a_pause_of_at_most_a_millisecond_or_off() {
+fn coalesce_is_a_pause_of_tens_of_microseconds_or_off() {
     let with = |value: &str| {
         let text = HEAD.replace("[proxy]\n", &format!("[proxy]\ncoalesce = \"{value}\"\n"));
         Config::from_toml_str(&text, Path::new("w.toml"))
     };
     assert_eq!(with("0s").unwrap().coalesce, Duration::ZERO, "off");
     assert_eq!(with("20us").unwrap().coalesce, Duration::from_micros(20));
-    assert_eq!(with("1ms").unwrap().coalesce, Duration::from_millis(1));
-    let refused = with("2ms").unwrap_err().to_string();
-    assert!(
-        refused
-            .starts_with("w.toml:2:12: proxy.coalesce: must be at most 1ms, or 0s to never wait"),
-        "{refused}"
-    );
+    assert_eq!(with("100us").unwrap().coalesce, Duration::from_micros(100));
+    for slip in ["1ms", "101us", "5us", "50ns"] {
+        let refused = with(slip).unwrap_err().to_string();
+        let said = "w.toml:2:12: proxy.coalesce: must be from 10us to 100us, or 0s to never wait";
+        assert!(refused.starts_with(said), "{slip}: {refused}");
+    }
 }
 
 #[test]

@@ -32,8 +32,12 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The shortest: the runtime's timers tick in milliseconds, so anything less ("1ns", "500us")
 /// would be a millisecond anyway, and is a slip of the unit.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
-/// The longest `proxy.coalesce`: a pause each message relayed under load may wait out.
-const MAX_COALESCE: Duration = Duration::from_millis(1);
+/// The bounds of `proxy.coalesce` but zero. Shorter, a pause costs about what it saves (a
+/// sleep is a few microseconds of system work): "5ns" is a slip of the unit. Longer, each
+/// message relayed under load waits out more for little more batching, and the thread's
+/// other work (new connections, handshakes) with it.
+const COALESCE: std::ops::RangeInclusive<Duration> =
+    Duration::from_micros(10)..=Duration::from_micros(100);
 
 /// The error written first in the file among those kept: the one to report when a config
 /// has several, so that an operator fixing them top-down meets them in that order.
@@ -419,12 +423,12 @@ impl Checker<'_> {
     }
 
     /// `proxy.coalesce`: a pause of a busy thread, which every message relayed meanwhile may
-    /// wait for, so at most a millisecond; zero turns it off.
+    /// wait for (see `COALESCE`); zero turns it off.
     fn coalesce(&self, d: &Spanned<HumanDuration>) -> Result<Duration, ConfigError> {
         let value = d.get_ref().0;
-        if value > MAX_COALESCE {
+        if !value.is_zero() && !COALESCE.contains(&value) {
             let message = format!(
-                "must be at most 1ms, or 0s to never wait ({})",
+                "must be from 10us to 100us, or 0s to never wait ({})",
                 self.read_as(d)
             );
             return Err(self.error(&d.span(), "proxy.coalesce", message));

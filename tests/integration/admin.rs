@@ -497,3 +497,39 @@ async fn idle_connections_cannot_starve_the_probes() {
     .await;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+/// The metrics table of docs/operations.md is the registry's: every family a scrape shows is
+/// documented there (a counter under its `_total` name), and every one documented is
+/// registered (families with no sample yet are not in a scrape, so the source is read).
+#[tokio::test]
+async fn the_documented_metrics_are_the_registered_ones() {
+    let backend = WsBackend::start("one").await;
+    let body = route("chat", "/ws", &[backend.addr]);
+    let proxy = start_proxy(&format!("{ADMIN}{body}")).await;
+    let text = metrics(proxy.server.admin_addr().unwrap()).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let documented: Vec<&str> = (doc.lines())
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|name| name.starts_with("wsgate_"))
+        .collect();
+    for family in text.lines().filter_map(|line| line.strip_prefix("# TYPE ")) {
+        let name = match family.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            _ => family.split(' ').next().unwrap_or_default().to_string(),
+        };
+        assert!(
+            documented.contains(&name.as_str()),
+            "{name} is not in operations.md"
+        );
+    }
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    for name in &documented {
+        let bare = name.trim_start_matches("wsgate_");
+        let registered = [bare, bare.trim_end_matches("_total")]
+            .iter()
+            .any(|bare| source.contains(&format!("\"{bare}\", \"")));
+        assert!(registered, "{name} is documented but not registered");
+    }
+}
