@@ -10,8 +10,13 @@ use crate::support::*;
 
 /// Saves like an editor: write a temporary file beside it, then rename it over the original.
 fn rename_save(path: &Path, body: &str) {
-    let tmp = path.with_extension("toml.swp");
-    std::fs::write(&tmp, format!("{CONFIG_HEAD}{body}")).unwrap();
+    rename_over(path, &format!("{CONFIG_HEAD}{body}"));
+}
+
+/// Writes `text` to `path` as an editor saves: a file beside it, renamed over it.
+fn rename_over(path: &Path, text: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
@@ -247,21 +252,24 @@ async fn each_failed_certificate_rotation_is_counted() {
     let mut rx = proxy.server.reload_status();
     first_look(&mut rx).await;
     let crt = proxy.dir.path().join("server.crt");
+    let in_force = std::fs::read_to_string(&crt).unwrap();
+    let mut wrong = String::new();
     for n in 1..=2 {
-        let (wrong, _key) = pki().leaf(SERVER_NAMES);
+        wrong = pki().leaf(SERVER_NAMES).0;
         rename_over(&crt, &wrong);
         let refused = failures(&mut rx, n).await;
         let error = refused.last_error.unwrap_or_default();
         assert!(error.contains("does not match certificate"), "{error}");
         assert_eq!(refused.generation, 1, "the certificate in force stays");
     }
-}
-
-/// Writes `text` to `path` as an editor saves: a file beside it, renamed over it.
-fn rename_over(path: &Path, text: &str) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    // The same wrong certificate saved again is no new failure: looked at (the checks count
+    // up), then the one in force put back, which a later look sees.
+    let checks = rx.borrow().checks;
+    rename_over(&crt, &wrong);
+    status_where(&mut rx, "a look at it", |s| s.checks > checks).await;
+    rename_over(&crt, &in_force);
+    let back = status_where(&mut rx, "the certificate back", |s| s.last_error.is_none()).await;
+    assert_eq!((back.failures, back.generation), (2, 1), "{back:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
