@@ -117,6 +117,13 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, engine: Echo
     let mut said_at: Option<std::time::Instant> = None;
     loop {
         let (tcp, _) = match listener.accept().await {
+            Ok(c) if unsaid > 0 => {
+                let n = std::mem::take(&mut unsaid);
+                crate::scenario::say(format_args!(
+                    "echo: accept: working again, after {n} more failed accepts"
+                ));
+                c
+            }
             Ok(c) => c,
             Err(e) => {
                 let due =
