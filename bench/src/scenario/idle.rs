@@ -347,12 +347,12 @@ fn report(target: &Target, tunnels: Tunnels, reading: &Reading, cpu: &CpuWindow)
     // Fewer tunnels than asked for: the figures are per tunnel held, but not of the run asked
     // for (5,000 idle tunnels), and the proxy refusing or failing them is worth a failure.
     let asked = up + errors.count();
-    if super::handshake::too_many_broken(errors.count(), asked) {
+    if super::too_many_broken(errors.count(), asked) {
         r.fail(format!(
             "{} of the {asked} tunnels could not be opened, more than {} %: the figures are of \
              the {up} opened, not of the run asked for; first: {}",
             errors.count(),
-            super::handshake::MAX_BROKEN_PCT,
+            super::MAX_BROKEN_PCT,
             errors.first().unwrap_or_default()
         ));
     }

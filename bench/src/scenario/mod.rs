@@ -122,6 +122,16 @@ fn verdict(command: &Command, report: &Report) -> Result<()> {
     }
 }
 
+/// Connection-level failures, in percent of the attempts, above which a run fails (the
+/// handshake scenario's attempts, the idle one's tunnels). A loaded server may drop a rare
+/// connection; a dying one drops most.
+pub const MAX_BROKEN_PCT: u64 = 1;
+
+/// Whether `broken` connection-level failures out of `attempts` exceed [`MAX_BROKEN_PCT`].
+fn too_many_broken(broken: u64, attempts: u64) -> bool {
+    broken * 100 > attempts * MAX_BROKEN_PCT
+}
+
 pub const WARMUP: u8 = 0;
 pub const MEASURE: u8 = 1;
 pub const STOP: u8 = 2;
@@ -244,4 +254,19 @@ pub async fn join_with_grace<T: 'static>(set: &mut JoinSet<T>, grace: Duration) 
     }
     set.abort_all();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_than_one_percent_broken_fails() {
+        assert!(!too_many_broken(0, 0));
+        assert!(!too_many_broken(0, 1000));
+        assert!(!too_many_broken(10, 1000), "exactly 1 % is tolerated");
+        assert!(too_many_broken(11, 1000));
+        assert!(too_many_broken(1, 50), "one in a short run is 2 %");
+        assert!(too_many_broken(300, 300), "a dead target");
+    }
 }
