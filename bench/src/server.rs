@@ -45,15 +45,33 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<V
             Ok(buf.split_off(end))
         }
         Err(e) => {
-            let _ = s
-                .write_all(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                )
-                .await;
+            let _ = s.write_all(refusal(&e).as_bytes()).await;
             let _ = s.shutdown().await;
             Err(e)
         }
     }
+}
+
+/// A request for a WebSocket version other than 13: answered 426 with the version spoken
+/// (RFC 6455 §4.4), where every other refusal is a 400.
+#[derive(Debug)]
+struct OtherVersion;
+
+impl fmt::Display for OtherVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not WebSocket version 13")
+    }
+}
+
+impl std::error::Error for OtherVersion {}
+
+/// The answer to a request refused for `why`.
+fn refusal(why: &anyhow::Error) -> String {
+    let (status, extra) = match why.downcast_ref::<OtherVersion>() {
+        Some(_) => ("426 Upgrade Required", "Sec-WebSocket-Version: 13\r\n"),
+        None => ("400 Bad Request", ""),
+    };
+    format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
 }
 
 /// How long a client may take to send its request head.
@@ -99,6 +117,10 @@ pub fn response(head: &[u8]) -> Result<String> {
     if req.method != Some("GET") {
         bail!("not a GET");
     }
+    // An upgrade needs HTTP/1.1 (RFC 6455 §4.1); HTTP/1.0 has no 101 to answer with.
+    if req.version != Some(1) {
+        bail!("not HTTP/1.1");
+    }
     let (mut key, mut upgrade, mut version_ok, mut protocol) = (None, false, false, None);
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).unwrap_or("").trim();
@@ -115,8 +137,11 @@ pub fn response(head: &[u8]) -> Result<String> {
         }
     }
     let key = key.ok_or_else(|| anyhow!("no Sec-WebSocket-Key"))?;
-    if !upgrade || !version_ok {
-        bail!("not a WebSocket version 13 upgrade");
+    if !upgrade {
+        bail!("not a WebSocket upgrade");
+    }
+    if !version_ok {
+        return Err(OtherVersion.into());
     }
     let mut resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -453,6 +478,23 @@ mod tests {
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: chat\r\n"));
         assert!(response(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn http_1_0_is_400_and_another_websocket_version_426_with_13() {
+        let upgrade = "GET /any HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                       Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                       Sec-WebSocket-Version: 13\r\n\r\n";
+        let old_http = upgrade.replacen("HTTP/1.1", "HTTP/1.0", 1);
+        let why = response(old_http.as_bytes()).unwrap_err();
+        assert!(refusal(&why).starts_with("HTTP/1.1 400 "), "{why}");
+        let version_8 = upgrade.replace("Version: 13", "Version: 8");
+        let answer = refusal(&response(version_8.as_bytes()).unwrap_err());
+        assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+        assert!(
+            answer.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+            "{answer}"
+        );
     }
 
     #[test]
