@@ -87,7 +87,17 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Echoes every text and binary message back; tungstenite answers pings and closes.
 async fn echo_backend(listener: TcpListener) {
-    while let Ok((stream, _)) = listener.accept().await {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors, say: the backend waits and goes on, rather than leaving
+            // the demo's proxy with nothing behind it.
+            Err(e) => {
+                tracing::warn!(error = %e, "demo echo backend: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         tokio::spawn(async move {
             let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                 return;
