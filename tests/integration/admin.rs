@@ -332,7 +332,8 @@ async fn backend_failures_hidden_by_failover_are_counted_per_backend() {
     let good = WsBackend::start("good").await;
     let refused = closed_port().await;
     let body = format!(
-        "{ADMIN}[[route]]\nname = \"chat\"\npath = \"/chat\"\nbackends = [\"{refused}\", \"backend.invalid:9001\", \"{}\"]\n",
+        // One at a time: a slow name lookup must not be raced (and lost) to the good backend.
+        "{ADMIN}[timeouts]\nattempt_delay = \"0s\"\n\n[[route]]\nname = \"chat\"\npath = \"/chat\"\nbackends = [\"{refused}\", \"backend.invalid:9001\", \"{}\"]\n",
         good.addr
     );
     let proxy = start_proxy(&body).await;

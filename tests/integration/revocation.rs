@@ -422,7 +422,10 @@ async fn a_list_put_in_force_while_the_backend_answers_is_checked_by_the_new_tun
     let none = clients.crl(&[], in_a_week()).der().to_vec();
     let tls = rechecking(&clients, &dir, &none, true);
     let routes = route("r", "/", &[backend.addr]);
-    let proxy = start_proxy(&format!("{tls}{ADMIN}{routes}")).await;
+    // The backend holds its answer while the reload is awaited (up to the suite's limit):
+    // the default 5 s connect timeout must not answer 504 first.
+    let timeouts = "[timeouts]\nconnect = \"60s\"\n\n";
+    let proxy = start_proxy(&format!("{tls}{timeouts}{ADMIN}{routes}")).await;
     let admin = proxy.server.admin_addr().unwrap();
     let (mut status, before) = proxy.watched().await;
     let lost = clients.client_leaf("lost-phone", None);

@@ -435,16 +435,17 @@ async fn a_routes_own_idle_timeout_overrides_the_global_one() {
 async fn a_busy_tunnel_outlives_the_idle_timeout() {
     let backend = WsBackend::start("echo").await;
     let proxy = start_proxy(&format!(
-        "[timeouts]\nidle = \"600ms\"\n\n{}",
+        "[timeouts]\nidle = \"2s\"\n\n{}",
         route("chat", "/ws", &[backend.addr])
     ))
     .await;
     let mut ws = ws_connect_ok(proxy.addr, "wss://chat.example.com/ws").await;
-    // Traffic every 150 ms for about 1.5 s: pacing, not synchronisation.
-    for i in 0..10 {
+    // Traffic every 200 ms for about 3 s, past the idle timeout: pacing, not synchronisation
+    // (a 1.8 s stall of the test between two messages is what it takes to fail it).
+    for i in 0..15 {
         let text = format!("tick {i}");
         assert_eq!(round_trip(&mut ws, &text).await, text);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
