@@ -11,8 +11,11 @@
 //! The runtime's park hooks ([`install`]) measure each thread's busy share; the relay counts
 //! its reads (`read`); the config in force sets the pause (`set_pause`), process-wide: the
 //! last server started or reloaded in a process wins; the metrics show how many were taken
-//! (`pauses`). Only a runtime built with [`install`] pauses (the `wsgate` binary's): a
-//! server run on another, as the tests run it, relays every message at once.
+//! (`pauses`). Only a runtime built with [`install`] pauses: the `wsgate` binary's when it has
+//! one worker thread. With several, the events a pausing thread would gather are taken up by
+//! another thread waiting for them, so nothing is batched and the pause only costs (measured:
+//! 5 % more CPU per message on two workers). A server run on another runtime, as the tests
+//! run it, relays every message at once.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,9 +51,12 @@ pub(crate) fn pauses() -> u64 {
     PAUSES.load(Ordering::Relaxed)
 }
 
-/// Adds the hooks that measure and pause to the runtime `builder` makes.
+/// Adds the hooks that measure and pause to the runtime `builder` makes: for a runtime of one
+/// worker thread (see the module's doc).
 pub fn install(builder: &mut tokio::runtime::Builder) {
+    timer_slack::remember();
     builder
+        .on_thread_start(timer_slack::restore)
         .on_thread_park(before_park)
         .on_thread_unpark(after_unpark);
 }
@@ -96,7 +102,7 @@ struct Thread {
     window: Window,
     /// What the last whole window decided.
     pausing: bool,
-    /// Its timer slack is lowered (see [`precise_timers`]).
+    /// Its timer slack is lowered (see [`timer_slack`]).
     precise: bool,
 }
 
@@ -114,11 +120,14 @@ impl Thread {
             (self.window, self.window_start) = (Window::default(), Some(now));
         }
         let pausing = self.pausing && !pause.is_zero();
-        // Precise timers only while pausing: the default slack back after, so the thread's
-        // other sleeps (and the threads it starts meanwhile, which inherit it) are as before.
+        // Precise timers only while pausing: the usual slack back after, so that the
+        // thread's other sleeps are as before.
         if pausing != self.precise {
             self.precise = pausing;
-            precise_timers(pausing);
+            match pausing {
+                true => timer_slack::lower(),
+                false => timer_slack::restore(),
+            }
         }
         pausing.then_some(pause)
     }
@@ -156,22 +165,57 @@ fn after_unpark() {
     });
 }
 
-/// Lowers this thread's timer slack from Linux's default 50 µs to 1 µs (`on`), or puts the
-/// default back: a pause of tens of microseconds would otherwise last twice as long or more.
+/// The timer slack of the runtime's threads: lowered from Linux's default 50 µs to 1 µs while a
+/// thread pauses (a pause of tens of microseconds would otherwise last twice as long or
+/// more), and the process's own put back after. Put back as a value, not by asking for the
+/// thread's default: a thread takes the slack of the one that started it as its default, so a
+/// thread started by a pausing one (the blocking pool's, for a reload or a name lookup) would
+/// keep 1 µs for its life.
 #[cfg(target_os = "linux")]
-fn precise_timers(on: bool) {
-    // Zero puts the thread's default back (prctl(2)).
-    let slack: libc::c_ulong = if on { 1_000 } else { 0 };
-    // SAFETY: PR_SET_TIMERSLACK takes a plain number and changes only the calling thread's
-    // timer slack; a failure (an old kernel) leaves it as it was, which is only less precise.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, slack, 0, 0, 0);
+mod timer_slack {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The slack the process started with, in nanoseconds; zero before [`remember`].
+    static USUAL: AtomicUsize = AtomicUsize::new(0);
+
+    /// Notes the calling thread's slack as the one to put back.
+    pub(super) fn remember() {
+        // SAFETY: PR_GET_TIMERSLACK reads the calling thread's slack; it takes no pointer.
+        let slack = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+        if let Ok(slack) = usize::try_from(slack) {
+            USUAL.store(slack, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn lower() {
+        set(1_000);
+    }
+
+    /// Puts the remembered slack back on the calling thread (nothing if none was noted).
+    pub(super) fn restore() {
+        match USUAL.load(Ordering::Relaxed) {
+            0 => {}
+            usual => set(usual),
+        }
+    }
+
+    /// `ns`: a `usize`, as wide as the kernel's `unsigned long` on every Linux target.
+    fn set(ns: usize) {
+        // SAFETY: PR_SET_TIMERSLACK takes a plain number and changes only the calling
+        // thread's slack; a failure (an old kernel) leaves it as it was, only less precise.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0);
+        }
     }
 }
 
 /// Elsewhere the timer slack is left as it is: a pause is only less precise.
 #[cfg(not(target_os = "linux"))]
-fn precise_timers(_: bool) {}
+mod timer_slack {
+    pub(super) fn remember() {}
+    pub(super) fn lower() {}
+    pub(super) fn restore() {}
+}
 
 #[cfg(test)]
 mod tests {
@@ -224,6 +268,45 @@ mod tests {
         // Then a long idle gap: the window spanning it was not busy, so no pause after it.
         thread.unparked(at(50_000));
         assert_eq!(thread.pause_now(at(50_010), PAUSE), None);
+    }
+
+    /// The calling thread's timer slack, in nanoseconds.
+    #[cfg(target_os = "linux")]
+    fn slack() -> i32 {
+        // SAFETY: reads the calling thread's slack; no pointer.
+        unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) }
+    }
+
+    /// Lowered while pausing, the usual slack back after, also on a thread started meanwhile
+    /// (which takes its starter's slack as its own default).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_timer_slack_is_lowered_only_while_pausing() {
+        std::thread::spawn(|| {
+            timer_slack::remember();
+            let usual = slack();
+            let t0 = Instant::now();
+            let at = |us: u64| t0 + Duration::from_micros(us);
+            let mut thread = Thread::default();
+            thread.unparked(at(0));
+            (thread.window.reads, thread.window.bytes) = (100, 6_400);
+            assert_eq!(thread.pause_now(at(1_000), PAUSE), Some(PAUSE));
+            assert_eq!(slack(), 1_000);
+            // A thread started now: its own default is 1 µs, put back to the usual by the
+            // runtime's start hook.
+            let started = std::thread::spawn(|| {
+                let inherited = slack();
+                timer_slack::restore();
+                (inherited, slack())
+            });
+            assert_eq!(started.join().unwrap(), (1_000, usual));
+            // An idle gap ends the pausing, and the usual slack is back.
+            thread.unparked(at(50_000));
+            assert_eq!(thread.pause_now(at(50_010), PAUSE), None);
+            assert_eq!(slack(), usual);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

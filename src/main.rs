@@ -111,10 +111,18 @@ fn run(path: PathBuf, format: Option<Format>, threads: Option<usize>) -> ExitCod
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
-    if let Some(n) = threads.filter(|n| *n > 1) {
-        runtime.worker_threads(n);
+    // By default a worker per CPU the process may use (its affinity and cgroup quota
+    // counted), as tokio would choose, but said here: tokio would first read
+    // TOKIO_WORKER_THREADS, and panic on a value that is not a number.
+    let workers = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if threads != Some(1) {
+        runtime.worker_threads(workers);
     }
-    wsgate::coalesce::install(&mut runtime);
+    if workers == 1 {
+        wsgate::coalesce::install(&mut runtime);
+    }
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return cannot_start(logging, in_use, &format!("cannot start the runtime: {e}")),

@@ -238,7 +238,9 @@ impl serde::de::Visitor<'_> for DurationVisitor {
                 "invalid duration {text:?}: a space inside a number (write \"10s\" or \"1s 500ms\")"
             )));
         }
-        humantime::parse_duration(text.trim())
+        // The Greek small mu (U+03BC), which keyboards give for "µ", is read as the micro
+        // sign (U+00B5) that humantime knows.
+        humantime::parse_duration(&text.trim().replace('\u{3bc}', "\u{b5}"))
             .map(HumanDuration)
             .map_err(|e| match e {
                 // Written right, but more than a duration holds (about 584 years): said as
@@ -247,7 +249,7 @@ impl serde::de::Visitor<'_> for DurationVisitor {
                     "invalid duration {text:?}: too long (no setting takes more than 30 days), or finer than a nanosecond"
                 )),
                 _ => E::custom(format!(
-                    "invalid duration {text:?}: write it like \"500ms\", \"10s\" or \"5m\" (units are case-sensitive)"
+                    "invalid duration {text:?}: write it like \"50us\", \"500ms\", \"10s\" or \"5m\" (units are case-sensitive)"
                 )),
             })
     }

@@ -83,6 +83,17 @@ fn coalesce_is_a_pause_of_tens_of_microseconds_or_off() {
     assert_eq!(with("0s").unwrap().coalesce, Duration::ZERO, "off");
     assert_eq!(with("20us").unwrap().coalesce, Duration::from_micros(20));
     assert_eq!(with("100us").unwrap().coalesce, Duration::from_micros(100));
+    // The micro sign, and the Greek mu keyboards give for it.
+    assert_eq!(
+        with("50\u{b5}s").unwrap().coalesce,
+        Duration::from_micros(50)
+    );
+    assert_eq!(
+        with("50\u{3bc}s").unwrap().coalesce,
+        Duration::from_micros(50)
+    );
+    let hint = with("50 micros").unwrap_err().to_string();
+    assert!(hint.contains("write it like \"50us\", \"500ms\""), "{hint}");
     for slip in ["1ms", "101us", "5us", "50ns"] {
         let refused = with(slip).unwrap_err().to_string();
         let said = "w.toml:2:12: proxy.coalesce: must be from 10us to 100us, or 0s to never wait";

@@ -146,6 +146,20 @@ fn zero_or_too_many_threads_is_a_usage_error() {
     }
 }
 
+/// tokio's own knob for its worker count is not wsgate's (`--threads` is): a value tokio would
+/// panic on is never read.
+#[test]
+fn tokios_worker_threads_variable_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), ROUTE);
+    let mut command = wsgate_command(&config, "info");
+    let mut child = WsgateChild::spawn(command.env("TOKIO_WORKER_THREADS", "abc"));
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    wait_for_line(&lines, "wsgate started");
+    send_signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn check_accepts_a_good_config_with_a_one_line_summary() {
     let dir = tempfile::tempdir().unwrap();
