@@ -257,10 +257,19 @@ async fn tls_handshake(
         Hello::ProxyHeader if header_taken => return Err(Unanswered::SecondProxyHeader),
         Hello::ProxyHeader => return Err(Unanswered::UnexpectedProxyHeader),
     };
+    // A handshake record first: an unknown record type later is garbage after a hello, not a
+    // client that never spoke TLS.
+    let opened_tls = opening.bytes().first() == Some(&HANDSHAKE_RECORD);
     let current = shared.current();
     let tls = tls::accept(tcp, opening, current.tls.clone())
         .await
-        .map_err(unanswered)?;
+        .map_err(|e| match opened_tls && no_tls_record(&e) {
+            true => Unanswered::TlsFailed(io::Error::new(
+                io::ErrorKind::InvalidData,
+                crate::error::NoTlsRecordAfterHello,
+            )),
+            false => unanswered(e),
+        })?;
     let certificate = client_cert::at_handshake(&tls, current.client_verifier.as_ref())
         .map_err(|e| Unanswered::TlsFailed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     Ok(Handshaken::Tls(tls, certificate))
@@ -278,15 +287,26 @@ enum Handshaken {
     PlainHttp(TcpStream),
 }
 
-/// An error that only says the client's connection went away.
+/// An error that only says the client's connection went away, or that the client ended its
+/// handshake by choice (a `close_notify` or `user_canceled` alert).
 fn gone(e: &io::Error) -> bool {
-    matches!(
+    let dropped = matches!(
         e.kind(),
         io::ErrorKind::UnexpectedEof
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
-    )
+    );
+    dropped || crate::error::leaving_alert(e).is_some()
+}
+
+/// The content type of a TLS handshake record, which a ClientHello comes in.
+const HANDSHAKE_RECORD: u8 = 22;
+
+/// rustls's error for a record of no TLS content type.
+fn no_tls_record(e: &io::Error) -> bool {
+    let invalid = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+    (e.get_ref()).and_then(|inner| inner.downcast_ref::<rustls::Error>()) == Some(&invalid)
 }
 
 /// hyper serves the request (its head already read from the stream into `client`, within

@@ -434,11 +434,33 @@ const MOST_WORDS: usize = 512;
 /// met it (the handshake says "tls handshake eof" past the hello's first bytes, the hello's
 /// read "unexpected end of file"), so log searches find them all.
 fn gone_words(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof => io::Error::from(io::ErrorKind::UnexpectedEof).to_string(),
+    match (e.kind(), leaving_alert(e)) {
+        (_, Some(rustls::AlertDescription::CloseNotify)) => "the client sent close_notify".into(),
+        (_, Some(_)) => "the client sent user_canceled".into(),
+        (io::ErrorKind::UnexpectedEof, None) => {
+            io::Error::from(io::ErrorKind::UnexpectedEof).to_string()
+        }
         _ => words(e),
     }
 }
+
+/// The alert of a client that ended its handshake by choice: `close_notify` (a scanner or a
+/// client closing before it is done) or `user_canceled`. rustls reports either as "received
+/// fatal alert", though neither is fatal nor says anything is wrong with the TLS.
+pub(crate) fn leaving_alert(e: &io::Error) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription::{CloseNotify, UserCanceled};
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert @ (CloseNotify | UserCanceled)) => Some(*alert),
+        _ => None,
+    }
+}
+
+/// A record of no TLS content type after the client's hello, which was a TLS handshake
+/// record: the client spoke TLS, then sent something else (rustls says "InvalidContentType",
+/// which wsgate reads as "not TLS" on a connection's first record).
+#[derive(Debug, thiserror::Error)]
+#[error("a record of no TLS type after the client's hello (a corrupted or garbled stream)")]
+pub(crate) struct NoTlsRecordAfterHello;
 
 /// A failed TLS handshake in words: rustls names a client it shares nothing with only by the
 /// missing piece (`SignatureAlgorithmsExtensionRequired` for a TLS 1.0 client), which does not
@@ -476,6 +498,20 @@ fn tls_words(e: &io::Error) -> String {
             "not TLS: the client sent bytes that are no TLS record (or an SSLv2-format hello, \
              from a client too old for any TLS wsgate speaks)"
                 .to_string()
+        }
+        // rustls words the checks of rustls-webpki it has no name for by their debug form,
+        // "Other(OtherError(CaUsedAsEndEntity))": the check's own name is enough.
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            let hint = match other.0.downcast_ref::<webpki::Error>() {
+                Some(webpki::Error::CaUsedAsEndEntity) => {
+                    " (the client showed a CA's certificate as its own, as a self-signed one \
+                     made with CA:TRUE is)"
+                }
+                _ => "",
+            };
+            words(&io::Error::other(format!(
+                "invalid peer certificate: {other}{hint}"
+            )))
         }
         _ => words(e),
     }
@@ -720,6 +756,30 @@ mod tests {
         assert_eq!(
             Unanswered::TlsFailed(other).to_string(),
             "TLS handshake failed: cannot decrypt peer's message"
+        );
+    }
+
+    /// A client ending its own handshake is a client gone (counted as no request), in words
+    /// that do not call its alert fatal; a client certificate check rustls has no name for is
+    /// said by the check's.
+    #[test]
+    fn alerts_and_certificate_checks_are_said_in_plain_words() {
+        let alert = |a| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        let left = Unanswered::GoneDuringTls(alert(rustls::AlertDescription::CloseNotify));
+        assert_eq!(left.kind(), EarlyClose::NoRequest);
+        assert_eq!(
+            left.to_string(),
+            "closed during the TLS handshake: the client sent close_notify"
+        );
+        assert!(leaving_alert(&alert(rustls::AlertDescription::UserCanceled)).is_some());
+        assert!(leaving_alert(&alert(rustls::AlertDescription::BadCertificate)).is_none());
+        let ca = rustls::OtherError(std::sync::Arc::new(webpki::Error::CaUsedAsEndEntity));
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(ca));
+        let said = Unanswered::TlsFailed(io::Error::new(io::ErrorKind::InvalidData, refused));
+        assert_eq!(
+            said.to_string(),
+            "TLS handshake failed: invalid peer certificate: CaUsedAsEndEntity (the client \
+             showed a CA's certificate as its own, as a self-signed one made with CA:TRUE is)"
         );
     }
 

@@ -578,3 +578,46 @@ async fn alpn_agrees_to_http_1_only() {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     assert!(connector.connect(name, tcp).await.is_err());
 }
+
+/// A client that ends its handshake itself (a `close_notify` after its hello, as scanners and
+/// clients giving up do) is a client gone, not a TLS failure; a record of no TLS type after a
+/// hello is garbage after TLS, not a client that never spoke it; bytes that never were TLS are
+/// said to be so. Each in the connection's one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_ended_by_the_client_or_garbled_after_its_hello_is_said_as_such() {
+    let nowhere = closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &route("chat", "/ws", &[nowhere]));
+    let (_child, lines, addr) = started_wsgate(&config);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(pki().client_config(), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let cases: [(Vec<u8>, &str); 3] = [
+        (
+            [&hello[..], b"\x15\x03\x03\x00\x02\x01\x00"].concat(),
+            "\"closed during the TLS handshake: the client sent close_notify\"",
+        ),
+        (
+            [&hello[..], b"\x63\x03\x03\x00\x05hello"].concat(),
+            "\"TLS handshake failed: a record of no TLS type after the client's hello",
+        ),
+        (
+            b"\x63\x03\x03\x00\x05hello".to_vec(),
+            "\"TLS handshake failed: not TLS: the client sent bytes that are no TLS record",
+        ),
+    ];
+    for (sent, _) in &cases {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut raw = RawConn::new(tcp);
+        raw.send(sent).await;
+        raw.read_to_end().await;
+    }
+    // In any order: each line is written as its connection ends.
+    let ended: Vec<String> = (0..cases.len())
+        .map(|_| wait_for_line(&lines, "\"status\":0"))
+        .collect();
+    for (_, said) in cases {
+        assert!(ended.iter().any(|l| l.contains(said)), "{said}: {ended:#?}");
+    }
+}
