@@ -310,12 +310,41 @@ fn not_a_servers(leaf: &CertificateDer<'_>) -> Option<&'static str> {
     if eku.is_some_and(|eku| !eku.value.server_auth && !eku.value.any) {
         return Some("its extended key usage does not include serverAuth, so clients refuse it for a server (a client certificate?)");
     }
+    // A self-signed one's own signature is not checked by a client that trusts it as it is.
+    let signature = cert.signature_algorithm.algorithm.to_id_string();
+    if WEAK_SIGNATURES.contains(&signature.as_str()) && cert.issuer() != cert.subject() {
+        return Some("it is signed with SHA-1 (or MD5), which clients have refused for years: have it issued again");
+    }
+    if must_staple(&cert) {
+        return Some("it requires an OCSP response stapled to every handshake (TLS feature status_request, \"must-staple\"), which wsgate does not send, so clients that enforce it (Firefox) refuse it: have it issued without must-staple");
+    }
     let san = cert.subject_alternative_name().ok().flatten();
     let names_a_host = san.is_some_and(|san| {
         (san.value.general_names.iter())
             .any(|name| matches!(name, GeneralName::DNSName(_) | GeneralName::IPAddress(_)))
     });
     (!names_a_host).then_some("its subjectAltName names no host (a name only in the subject's CN): clients check the subjectAltName alone, and refuse it for every name")
+}
+
+/// Signature algorithms no client takes any more: SHA-1 with RSA, ECDSA or DSA, and MD5 with
+/// RSA.
+const WEAK_SIGNATURES: [&str; 4] = [
+    "1.2.840.113549.1.1.5",
+    "1.2.840.10045.4.1",
+    "1.2.840.10040.4.3",
+    "1.2.840.113549.1.1.4",
+];
+
+/// Whether `cert` has the TLS feature extension (RFC 7633) asking for `status_request` (5):
+/// its value is a SEQUENCE of small INTEGERs, each `02 01 NN`.
+fn must_staple(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    const TLS_FEATURE: &str = "1.3.6.1.5.5.7.1.24";
+    (cert.extensions().iter())
+        .filter(|ext| ext.oid.to_id_string() == TLS_FEATURE)
+        .any(|ext| {
+            let features = ext.value.get(2..).unwrap_or_default();
+            features.chunks(3).any(|feature| feature == [2, 1, 5])
+        })
 }
 
 /// [`chain_problem`] of the pair `paths` as a warning at its `cert`.
@@ -1036,6 +1065,39 @@ mod tests {
                 .push(rcgen::DnType::CommonName, "a.example.com");
         };
         assert!(made(&cn_only).is_some_and(|why| why.contains("CN")));
+        let must_staple = |p: &mut rcgen::CertificateParams| {
+            let status_request = vec![0x30, 0x03, 0x02, 0x01, 0x05];
+            let tls_feature = [1, 3, 6, 1, 5, 5, 7, 1, 24];
+            (p.custom_extensions).push(rcgen::CustomExtension::from_oid_content(
+                &tls_feature,
+                status_request,
+            ));
+        };
+        assert!(made(&must_staple).is_some_and(|why| why.contains("must-staple")));
+    }
+
+    /// A certificate signed with SHA-1 (ecdsa-with-SHA1, by another key: made with `openssl
+    /// x509 -req -sha1`, which rcgen cannot sign with).
+    #[test]
+    fn a_certificate_signed_with_sha1_is_said() {
+        const SHA1_SIGNED: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBiDCCAS6gAwIBAgIUHXO80Bt1vtYt2YvMPxA86uyrK5YwCQYHKoZIzj0EATAR
+MQ8wDQYDVQQDDAZvbGQgQ0EwIBcNMjYxMjA3MTIzMDEwWhgPMjEyNjExMTMxMjMw
+MTBaMBgxFjAUBgNVBAMMDWEuZXhhbXBsZS5jb20wWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAAQ1aqkUa63bFcAYY2zYlkyRTc/b3wc6iPPfArrEHfkHmtQhd1KJfQ5L
+0QO8J7wvXd+gi3++p4ABjmYYEf2DL2dwo1wwWjAYBgNVHREEETAPgg1hLmV4YW1w
+bGUuY29tMB0GA1UdDgQWBBR1eABgt24RqLXpeGXibVtu9S+hTDAfBgNVHSMEGDAW
+gBSC1SnxdzC/cyMux4gdxf0qKTjUPzAJBgcqhkjOPQQBA0kAMEYCIQDpipRBRG/g
+92bXNbT+m/nZcfRMQ0zzI2/tEW60dQtJHwIhAMQ/Rf0/iS28nxA0zYctrKGeCDXf
+FvgUF0GQO46WMFwX
+-----END CERTIFICATE-----
+";
+        let der = rustls::pki_types::CertificateDer::pem_slice_iter(SHA1_SIGNED.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(not_a_servers(&der).is_some_and(|why| why.contains("SHA-1")));
     }
 
     #[test]
