@@ -499,6 +499,13 @@ fn tls_words(e: &io::Error) -> String {
              from a client too old for any TLS wsgate speaks)"
                 .to_string()
         }
+        // rustls: "received corrupt message of type HandshakePayloadTooLarge", which reads as
+        // if the client sent much; it declared much, usually garbage read as a length.
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge)) => {
+            "malformed handshake: a handshake message declaring over 64 KiB (garbage read as \
+             its length?)"
+                .to_string()
+        }
         // rustls words the checks of rustls-webpki it has no name for by their debug form,
         // "Other(OtherError(CaUsedAsEndEntity))": the check's own name is enough.
         Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
@@ -751,6 +758,12 @@ mod tests {
             tls_failed(rustls::Error::InvalidMessage(not_tls)),
             "TLS handshake failed: not TLS: the client sent bytes that are no TLS record (or an \
              SSLv2-format hello, from a client too old for any TLS wsgate speaks)"
+        );
+        let huge = rustls::InvalidMessage::HandshakePayloadTooLarge;
+        assert_eq!(
+            tls_failed(rustls::Error::InvalidMessage(huge)),
+            "TLS handshake failed: malformed handshake: a handshake message declaring over 64 KiB \
+             (garbage read as its length?)"
         );
         let other = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
         assert_eq!(
