@@ -187,6 +187,7 @@ mod timer_slack {
         }
     }
 
+    /// Lowers the calling thread's slack to 1 µs, for a pause to last what it says.
     pub(super) fn lower() {
         set(1_000);
     }
@@ -304,6 +305,27 @@ mod tests {
             thread.unparked(at(50_000));
             assert_eq!(thread.pause_now(at(50_010), PAUSE), None);
             assert_eq!(slack(), usual);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The start hook [`install`] adds puts the usual slack on every thread the runtime starts,
+    /// the blocking pool's among them, also when the thread starting it is pausing.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn threads_started_while_pausing_get_the_usual_slack() {
+        std::thread::spawn(|| {
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            install(&mut builder);
+            let usual = slack();
+            let runtime = builder.build().unwrap();
+            let started = runtime.block_on(async {
+                timer_slack::lower();
+                tokio::task::spawn_blocking(slack).await.unwrap()
+            });
+            assert_eq!(started, usual);
+            assert_ne!(usual, 1_000, "the usual slack is not the lowered one");
         })
         .join()
         .unwrap();

@@ -264,10 +264,7 @@ async fn tls_handshake(
     let tls = tls::accept(tcp, opening, current.tls.clone())
         .await
         .map_err(|e| match opened_tls && no_tls_record(&e) {
-            true => Unanswered::TlsFailed(io::Error::new(
-                io::ErrorKind::InvalidData,
-                crate::error::NoTlsRecordAfterHello,
-            )),
+            true => garbled_after_tls(),
             false => unanswered(e),
         })?;
     let certificate = client_cert::at_handshake(&tls, current.client_verifier.as_ref())
@@ -302,6 +299,12 @@ fn gone(e: &io::Error) -> bool {
 
 /// The content type of a TLS handshake record, which a ClientHello comes in.
 const HANDSHAKE_RECORD: u8 = 22;
+
+/// See [`crate::error::NoTlsRecordAfterHello`].
+fn garbled_after_tls() -> Unanswered {
+    let why = crate::error::NoTlsRecordAfterHello;
+    Unanswered::TlsFailed(io::Error::new(io::ErrorKind::InvalidData, why))
+}
 
 /// rustls's error for a record of no TLS content type.
 fn no_tls_record(e: &io::Error) -> bool {

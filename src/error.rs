@@ -445,8 +445,10 @@ fn gone_words(e: &io::Error) -> String {
 }
 
 /// The alert of a client that ended its handshake by choice: `close_notify` (a scanner or a
-/// client closing before it is done) or `user_canceled`. rustls reports either as "received
-/// fatal alert", though neither is fatal nor says anything is wrong with the TLS.
+/// client closing before it is done) or `user_canceled`. rustls reports either (over TLS 1.3,
+/// or sent at the fatal level; over TLS 1.2 it ignores a warning one) as "received fatal
+/// alert", though neither says anything is wrong with the TLS. (rustls reports an alert of
+/// a level that does not exist alike, by its description: rare, and taken alike.)
 pub(crate) fn leaving_alert(e: &io::Error) -> Option<rustls::AlertDescription> {
     use rustls::AlertDescription::{CloseNotify, UserCanceled};
     match e.get_ref()?.downcast_ref::<rustls::Error>()? {
@@ -455,11 +457,12 @@ pub(crate) fn leaving_alert(e: &io::Error) -> Option<rustls::AlertDescription> {
     }
 }
 
-/// A record of no TLS content type after the client's hello, which was a TLS handshake
-/// record: the client spoke TLS, then sent something else (rustls says "InvalidContentType",
-/// which wsgate reads as "not TLS" on a connection's first record).
+/// rustls's "InvalidContentType" on a connection that opened with a TLS handshake record:
+/// the client spoke TLS, then sent a record of no TLS type (or a hello field of a type that
+/// does not exist, which rustls reports alike). On a connection's first record it means the
+/// bytes were never TLS, and is said so.
 #[derive(Debug, thiserror::Error)]
-#[error("a record of no TLS type after the client's hello (a corrupted or garbled stream)")]
+#[error("malformed TLS after a TLS start: a content type TLS does not have, in a record after the hello or in the hello itself (a garbled stream)")]
 pub(crate) struct NoTlsRecordAfterHello;
 
 /// A failed TLS handshake in words: rustls names a client it shares nothing with only by the
@@ -502,8 +505,8 @@ fn tls_words(e: &io::Error) -> String {
         // rustls: "received corrupt message of type HandshakePayloadTooLarge", which reads as
         // if the client sent much; it declared much, usually garbage read as a length.
         Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge)) => {
-            "malformed handshake: a handshake message declaring over 64 KiB (garbage read as \
-             its length?)"
+            "malformed handshake: a handshake message declaring 64 KiB or more (garbage read \
+             as its length?)"
                 .to_string()
         }
         // rustls words the checks of rustls-webpki it has no name for by their debug form,
@@ -762,8 +765,8 @@ mod tests {
         let huge = rustls::InvalidMessage::HandshakePayloadTooLarge;
         assert_eq!(
             tls_failed(rustls::Error::InvalidMessage(huge)),
-            "TLS handshake failed: malformed handshake: a handshake message declaring over 64 KiB \
-             (garbage read as its length?)"
+            "TLS handshake failed: malformed handshake: a handshake message declaring 64 KiB or \
+             more (garbage read as its length?)"
         );
         let other = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
         assert_eq!(

@@ -313,7 +313,7 @@ fn not_a_servers(leaf: &CertificateDer<'_>) -> Option<&'static str> {
     // A self-signed one's own signature is not checked by a client that trusts it as it is.
     let signature = cert.signature_algorithm.algorithm.to_id_string();
     if WEAK_SIGNATURES.contains(&signature.as_str()) && cert.issuer() != cert.subject() {
-        return Some("it is signed with SHA-1 (or MD5), which clients have refused for years: have it issued again");
+        return Some("it is signed with SHA-1 or an MD hash (MD2, MD4, MD5), which clients have refused for years: have it issued again");
     }
     if must_staple(&cert) {
         return Some("it requires an OCSP response stapled to every handshake (TLS feature status_request, \"must-staple\"), which wsgate does not send, so clients that enforce it (Firefox) refuse it: have it issued without must-staple");
@@ -326,24 +326,30 @@ fn not_a_servers(leaf: &CertificateDer<'_>) -> Option<&'static str> {
     (!names_a_host).then_some("its subjectAltName names no host (a name only in the subject's CN): clients check the subjectAltName alone, and refuse it for every name")
 }
 
-/// Signature algorithms no client takes any more: SHA-1 with RSA, ECDSA or DSA, and MD5 with
-/// RSA.
-const WEAK_SIGNATURES: [&str; 4] = [
+/// Signature algorithms no client takes any more: SHA-1 with RSA, ECDSA or DSA (also under
+/// their old OIW numbers), and MD2, MD4 or MD5 with RSA.
+const WEAK_SIGNATURES: [&str; 8] = [
     "1.2.840.113549.1.1.5",
     "1.2.840.10045.4.1",
     "1.2.840.10040.4.3",
+    "1.3.14.3.2.29",
+    "1.3.14.3.2.27",
+    "1.2.840.113549.1.1.2",
+    "1.2.840.113549.1.1.3",
     "1.2.840.113549.1.1.4",
 ];
 
 /// Whether `cert` has the TLS feature extension (RFC 7633) asking for `status_request` (5):
-/// its value is a SEQUENCE of small INTEGERs, each `02 01 NN`.
+/// its value is a SEQUENCE OF INTEGER (TLS extension numbers).
 fn must_staple(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    use x509_parser::asn1_rs::FromDer;
     const TLS_FEATURE: &str = "1.3.6.1.5.5.7.1.24";
+    const STATUS_REQUEST: u64 = 5;
     (cert.extensions().iter())
         .filter(|ext| ext.oid.to_id_string() == TLS_FEATURE)
         .any(|ext| {
-            let features = ext.value.get(2..).unwrap_or_default();
-            features.chunks(3).any(|feature| feature == [2, 1, 5])
+            <Vec<u64>>::from_der(ext.value)
+                .is_ok_and(|(_, features)| features.contains(&STATUS_REQUEST))
         })
 }
 
@@ -1065,15 +1071,36 @@ mod tests {
                 .push(rcgen::DnType::CommonName, "a.example.com");
         };
         assert!(made(&cn_only).is_some_and(|why| why.contains("CN")));
-        let must_staple = |p: &mut rcgen::CertificateParams| {
-            let status_request = vec![0x30, 0x03, 0x02, 0x01, 0x05];
-            let tls_feature = [1, 3, 6, 1, 5, 5, 7, 1, 24];
-            (p.custom_extensions).push(rcgen::CustomExtension::from_oid_content(
-                &tls_feature,
-                status_request,
-            ));
+        // TLS features as DER: a SEQUENCE OF INTEGER.
+        let features = |der: &[u8]| {
+            let der = der.to_vec();
+            move |p: &mut rcgen::CertificateParams| {
+                let tls_feature = [1, 3, 6, 1, 5, 5, 7, 1, 24];
+                (p.custom_extensions).push(rcgen::CustomExtension::from_oid_content(
+                    &tls_feature,
+                    der.clone(),
+                ));
+            }
         };
-        assert!(made(&must_staple).is_some_and(|why| why.contains("must-staple")));
+        // [5]; [65281, 5] (an integer of three bytes before it); [5, 17].
+        for staple in [
+            &[0x30, 0x03, 0x02, 0x01, 0x05][..],
+            &[0x30, 0x08, 0x02, 0x03, 0x00, 0xff, 0x01, 0x02, 0x01, 0x05],
+            &[0x30, 0x06, 0x02, 0x01, 0x05, 0x02, 0x01, 0x11],
+        ] {
+            let said = made(&features(staple));
+            assert!(
+                said.is_some_and(|why| why.contains("must-staple")),
+                "{staple:x?}"
+            );
+        }
+        // [200] (two bytes), and one INTEGER whose bytes look like a feature list's.
+        for other in [
+            &[0x30, 0x04, 0x02, 0x02, 0x00, 0xc8][..],
+            &[0x30, 0x06, 0x02, 0x04, 0x01, 0x02, 0x01, 0x05],
+        ] {
+            assert_eq!(made(&features(other)), None, "{other:x?}");
+        }
     }
 
     /// A certificate signed with SHA-1 (ecdsa-with-SHA1, by another key: made with `openssl

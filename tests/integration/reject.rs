@@ -600,7 +600,7 @@ async fn a_handshake_ended_by_the_client_or_garbled_after_its_hello_is_said_as_s
         ),
         (
             [&hello[..], b"\x63\x03\x03\x00\x05hello"].concat(),
-            "\"TLS handshake failed: a record of no TLS type after the client's hello",
+            "\"TLS handshake failed: malformed TLS after a TLS start: a content type TLS does not have",
         ),
         (
             b"\x63\x03\x03\x00\x05hello".to_vec(),
