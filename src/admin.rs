@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::{Acceptor, Reserve};
+use crate::scrape;
 use crate::server::Shared;
 use crate::sync::lock;
 
@@ -46,16 +47,18 @@ pub(crate) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let live = Arc::new(Live::default());
+    let places = Arc::new(scrape::Places::default());
     let oldest = live.clone();
     let reserve = Arc::new(Reserve::new(move || oldest.close_oldest()));
     let mut acceptor = Acceptor::new(&listener, &stop, &shared, Some(&reserve));
     while let Some((tcp, _)) = acceptor.next().await {
         let (id, evict) = live.admit();
         let (shared, live, reserve) = (shared.clone(), live.clone(), reserve.clone());
+        let places = places.clone();
         // Not on the proxy's task tracker: an open scrape connection must not delay shutdown.
         tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_LIFETIME, serve(tcp, shared)) => {}
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, serve(tcp, shared, places)) => {}
                 _ = evict.cancelled() => {}
             }
             live.leave(id);
@@ -128,10 +131,16 @@ impl Live {
     }
 }
 
-async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
+async fn serve(tcp: TcpStream, shared: Arc<Shared>, places: Arc<scrape::Places>) {
     let service = service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(respond(&req, &shared)) }
+        let (shared, places) = (shared.clone(), places.clone());
+        async move {
+            let answer = match req.uri().path() == "/metrics" && is_read(&req) {
+                true => metrics(&req, &shared, &places).await,
+                false => respond(&req, &shared).map(Either::Left),
+            };
+            Ok::<_, Infallible>(answer)
+        }
     });
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -140,8 +149,42 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
         .await;
 }
 
+/// A GET or a HEAD: the requests the endpoint answers.
+fn is_read<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET || req.method() == Method::HEAD
+}
+
+/// The answer to a `/metrics` request.
+async fn metrics(
+    req: &Request<hyper::body::Incoming>,
+    shared: &Arc<Shared>,
+    places: &scrape::Places,
+) -> Response<Either<Full<Bytes>, scrape::Text>> {
+    if !has_one_host(req) {
+        let refused = text(StatusCode::BAD_REQUEST, "a request needs one Host header\n");
+        return refused.map(Either::Left);
+    }
+    match scrape::render(places, shared).await {
+        Ok(body) => {
+            let mut response = Response::new(Either::Right(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            response
+        }
+        Err(scrape::Refused::Busy) => {
+            let busy = "busy: other scrapers have not taken their answers yet\n";
+            text(StatusCode::SERVICE_UNAVAILABLE, busy).map(Either::Left)
+        }
+        Err(scrape::Refused::Failed) => {
+            let failed = "the metrics could not be rendered\n";
+            text(StatusCode::INTERNAL_SERVER_ERROR, failed).map(Either::Left)
+        }
+    }
+}
+
 fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if !is_read(req) {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         response
             .headers_mut()
@@ -152,20 +195,6 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         return text(StatusCode::BAD_REQUEST, "a request needs one Host header\n");
     }
     match req.uri().path() {
-        "/metrics" => {
-            let open = shared.open_connections();
-            // The generation as the reload counters have it, published with them: the config
-            // is swapped in some milliseconds before its reload is counted, and a scrape in
-            // between would show a generation its counters and last success time do not
-            // account for yet. (Not held while rendering: a reload would wait for the scrape.)
-            let generation = shared.reload_status.borrow().generation;
-            let body = (shared.metrics).render(open, generation, &shared.loads);
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
-            response
-        }
         // Alive as long as the runtime answers at all.
         "/healthz" => text(StatusCode::OK, "ok\n"),
         // Not ready once shutdown began: a load balancer should stop sending new clients.

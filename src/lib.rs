@@ -98,6 +98,7 @@ mod relay;
 mod reload;
 mod resolve;
 pub mod routes;
+mod scrape;
 mod server;
 pub mod signals;
 mod snapshot;

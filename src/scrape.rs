@@ -1,0 +1,173 @@
+//! The `/metrics` answer: rendered off the runtime's threads, and sent in pieces by a body
+//! that holds one of a few places until its last piece is taken.
+//!
+//! Why: with thousands of routes that have seen traffic the text runs to megabytes (8 MB at
+//! 5,000 routes) and takes tens of milliseconds to render, which on a runtime thread would
+//! hold up every tunnel it serves; and every connection answered holds its text until the
+//! scraper has read it, so scrapers that do not read (hung, or hostile) would hold one
+//! each, up to the admin connection limit. A place is waited for briefly, then refused: a
+//! Prometheus scrapes a target one request at a time, so only a stuck scraper ever waits.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::server::Shared;
+
+/// Metrics texts held for their scrapers at once: a Prometheus pair, and room for a person
+/// with `curl`.
+const HELD_AT_ONCE: usize = 4;
+
+/// How long a scrape waits for a place before it is refused.
+const PLACE_WAIT: Duration = Duration::from_secs(5);
+
+/// The most of the text handed to hyper at once: hyper takes pieces only while its write
+/// queue has room, so a scraper that stops reading leaves the rest here, in the text it
+/// already holds, not in copies.
+const PIECE: usize = 64 * 1024;
+
+/// The places of one admin endpoint.
+pub(crate) struct Places(Arc<Semaphore>);
+
+impl Default for Places {
+    fn default() -> Self {
+        Places(Arc::new(Semaphore::new(HELD_AT_ONCE)))
+    }
+}
+
+/// Why a scrape got no text.
+pub(crate) enum Refused {
+    /// Every place held (scrapers not reading what they were sent) for [`PLACE_WAIT`].
+    Busy,
+    /// The render failed (it panicked, or the runtime is shutting down).
+    Failed,
+}
+
+/// Renders the metrics for a scrape, once a place is free.
+pub(crate) async fn render(places: &Places, shared: &Arc<Shared>) -> Result<Text, Refused> {
+    let place = place(places).await?;
+    let open = shared.open_connections();
+    // The generation as the reload counters have it, published with them: the config is
+    // swapped in some milliseconds before its reload is counted, and a scrape in between
+    // would show a generation its counters and last success time do not account for yet.
+    // (Not held while rendering: a reload would wait for the scrape.)
+    let generation = shared.reload_status.borrow().generation;
+    let shared = shared.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        (shared.metrics).render(open, generation, &shared.loads)
+    })
+    .await
+    .map_err(|_| Refused::Failed)?;
+    Ok(Text::new(Bytes::from(text), place))
+}
+
+/// A place for one more text, waited for up to [`PLACE_WAIT`].
+async fn place(places: &Places) -> Result<OwnedSemaphorePermit, Refused> {
+    match tokio::time::timeout(PLACE_WAIT, places.0.clone().acquire_owned()).await {
+        Ok(Ok(place)) => Ok(place),
+        Ok(Err(_closed)) => Err(Refused::Failed),
+        Err(_late) => Err(Refused::Busy),
+    }
+}
+
+/// A rendered metrics text as a response body, in pieces of [`PIECE`], holding its place
+/// until the last is taken (or the body is dropped with the connection).
+pub(crate) struct Text {
+    rest: Bytes,
+    place: Option<OwnedSemaphorePermit>,
+}
+
+impl Text {
+    fn new(text: Bytes, place: OwnedSemaphorePermit) -> Self {
+        Text {
+            rest: text,
+            place: Some(place),
+        }
+    }
+}
+
+impl Body for Text {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.rest.is_empty() {
+            self.place = None;
+            return Poll::Ready(None);
+        }
+        let size = self.rest.len().min(PIECE);
+        let piece = self.rest.split_to(size);
+        if self.rest.is_empty() {
+            // Taken whole: the place is free for the next scrape.
+            self.place = None;
+        }
+        Poll::Ready(Some(Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn polled(text: &mut Text) -> Option<Bytes> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match Pin::new(text).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+            _ => None,
+        }
+    }
+
+    /// Sent in pieces, with an exact length (a Content-Length, not chunks), and its place
+    /// held until the last piece is taken.
+    #[test]
+    fn a_text_goes_in_pieces_and_frees_its_place_when_taken_whole() {
+        let places = Places::default();
+        let place = places.0.clone().try_acquire_owned().unwrap();
+        let whole: Vec<u8> = (0..PIECE * 2 + 10).map(|i| (i % 251) as u8).collect();
+        let mut text = Text::new(Bytes::from(whole.clone()), place);
+        assert_eq!(text.size_hint().exact(), Some(whole.len() as u64));
+        let mut got = Vec::new();
+        for expected in [PIECE, PIECE, 10] {
+            assert_eq!(places.0.available_permits(), HELD_AT_ONCE - 1, "held");
+            let piece = polled(&mut text).unwrap();
+            assert_eq!(piece.len(), expected);
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, whole);
+        assert!(text.is_end_stream());
+        assert_eq!(places.0.available_permits(), HELD_AT_ONCE, "freed");
+        assert!(polled(&mut text).is_none());
+    }
+
+    /// Scrapers holding every place: the next waits, and is refused if none frees in time; a
+    /// place freed (a text dropped with its connection) lets the next in.
+    #[tokio::test(start_paused = true)]
+    async fn a_scrape_waits_for_a_place_then_is_refused() {
+        let places = Places::default();
+        let held: Vec<_> = (0..HELD_AT_ONCE)
+            .map(|_| places.0.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert!(matches!(place(&places).await, Err(Refused::Busy)));
+        let waiting = tokio::spawn(async move { place(&places).await.is_ok() });
+        drop(held);
+        assert!(waiting.await.unwrap(), "a place freed is taken");
+    }
+}
