@@ -28,8 +28,8 @@ const HELD_AT_ONCE: usize = 4;
 const PLACE_WAIT: Duration = Duration::from_secs(5);
 
 /// The most of the text handed to hyper at once: hyper takes pieces only while its write
-/// queue has room, so a scraper that stops reading leaves the rest here, in the text it
-/// already holds, not in copies.
+/// queue has room (about 400 KB), so a scraper that stops reading leaves the rest here, in
+/// the text its place accounts for.
 const PIECE: usize = 64 * 1024;
 
 /// The places of one admin endpoint.
@@ -105,9 +105,13 @@ impl Body for Text {
             return Poll::Ready(None);
         }
         let size = self.rest.len().min(PIECE);
-        let piece = self.rest.split_to(size);
+        // A copy, not a slice: a slice would keep the whole text allocated for as long as
+        // hyper holds its last pieces unwritten, after the place is given up.
+        let piece = Bytes::copy_from_slice(&self.rest[..size]);
+        bytes::Buf::advance(&mut self.rest, size);
         if self.rest.is_empty() {
-            // Taken whole: the place is free for the next scrape.
+            // Taken whole (the text freed): the place is free for the next scrape.
+            self.rest = Bytes::new();
             self.place = None;
         }
         Poll::Ready(Some(Ok(Frame::data(piece))))
