@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, HOST};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -161,8 +161,7 @@ async fn metrics(
     places: &scrape::Places,
 ) -> Response<Either<Full<Bytes>, scrape::Text>> {
     if !has_one_host(req) {
-        let refused = text(StatusCode::BAD_REQUEST, "a request needs one Host header\n");
-        return refused.map(Either::Left);
+        return no_host().map(Either::Left);
     }
     match scrape::render(places, shared).await {
         Ok(body) => {
@@ -192,7 +191,7 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
         return response;
     }
     if !has_one_host(req) {
-        return text(StatusCode::BAD_REQUEST, "a request needs one Host header\n");
+        return no_host();
     }
     match req.uri().path() {
         // Alive as long as the runtime answers at all.
@@ -212,6 +211,14 @@ fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Fu
             "not found: try /metrics, /healthz or /readyz\n",
         ),
     }
+}
+
+/// The 400 for a request without one Host header, closing the connection: a client that
+/// sends such requests is not one to keep an admin connection open for.
+fn no_host() -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::BAD_REQUEST, "a request needs one Host header\n");
+    (response.headers_mut()).insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// RFC 9112 §3.2 makes a server refuse an HTTP/1.1 request with no Host or several; hyper

@@ -224,6 +224,19 @@ async fn a_request_without_exactly_one_host_is_refused() {
     );
     assert_eq!(admin_exchange(admin, two_hosts).await.0, 400);
     assert_eq!(admin_exchange(admin, old).await, (200, "ok\n".into()));
+    // Closed with its answer, though the client did not ask: not kept open for more.
+    for path in ["/healthz", "/metrics"] {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        within("the answer", tcp.read_to_end(&mut raw))
+            .await
+            .unwrap();
+        let text = String::from_utf8(raw).unwrap().to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 400 "), "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
