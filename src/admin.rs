@@ -52,6 +52,7 @@ pub(crate) async fn accept_loop(
     let reserve = Arc::new(Reserve::new(move || oldest.close_oldest()));
     let mut acceptor = Acceptor::new(&listener, &stop, &shared, Some(&reserve));
     while let Some((tcp, _)) = acceptor.next().await {
+        small_send_buffer(&tcp);
         let (id, evict) = live.admit();
         let (shared, live, reserve) = (shared.clone(), live.clone(), reserve.clone());
         let places = places.clone();
@@ -67,6 +68,17 @@ pub(crate) async fn accept_loop(
             reserve.refill();
             live.room_made(id);
         });
+    }
+}
+
+/// An admin connection's send buffer: enough for a scrape to flow at tens of MB/s, where the
+/// kernel would let it grow to megabytes, which a scraper that does not read would hold (a
+/// metrics text is rendered whole; see `scrape`), on each of the connections it may open.
+const SEND_BUFFER: usize = 64 * 1024;
+
+fn small_send_buffer(tcp: &TcpStream) {
+    if let Err(error) = socket2::SockRef::from(tcp).set_send_buffer_size(SEND_BUFFER) {
+        tracing::debug!(%error, "admin connection: send buffer not set");
     }
 }
 

@@ -28,8 +28,9 @@ const HELD_AT_ONCE: usize = 4;
 const PLACE_WAIT: Duration = Duration::from_secs(5);
 
 /// The most of the text handed to hyper at once: hyper takes pieces only while its write
-/// queue has room (about 400 KB), so a scraper that stops reading leaves the rest here, in
-/// the text its place accounts for.
+/// queue has room (under 408 KiB queued: seven pieces), and the kernel only what the
+/// connection's send buffer holds (kept small: `admin::SEND_BUFFER`), so a scraper that
+/// stops reading leaves the rest here, in the text its place accounts for.
 const PIECE: usize = 64 * 1024;
 
 /// The places of one admin endpoint.
@@ -159,6 +160,67 @@ mod tests {
         assert!(text.is_end_stream());
         assert_eq!(places.0.available_permits(), HELD_AT_ONCE, "freed");
         assert!(polled(&mut text).is_none());
+    }
+
+    /// Yields until `places` has `free` places, within a second.
+    async fn until_free(places: &Places, free: usize) {
+        let settled = async {
+            while places.0.available_permits() != free {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(1), settled)
+            .await
+            .expect("the places settle");
+    }
+
+    /// Through hyper: a HEAD is answered with the text's length and gives its place back at
+    /// once; a GET whose client does not read holds its place (the text is larger than
+    /// what the connection and hyper buffer), and gives it back when the connection drops.
+    #[tokio::test]
+    async fn through_hyper_a_place_is_held_only_while_its_text_waits_for_a_reader() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let places = Arc::new(Places::default());
+        let serve = |places: Arc<Places>| {
+            let (client, server) = tokio::io::duplex(16 * 1024);
+            let service = hyper::service::service_fn(move |_| {
+                let places = places.clone();
+                async move {
+                    let place = place(&places).await.ok().expect("a place");
+                    let text = Text::new(Bytes::from(vec![b'm'; 1 << 20]), place);
+                    Ok::<_, Infallible>(hyper::Response::new(text))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(server);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+            client
+        };
+        let mut head = serve(places.clone());
+        head.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0; 4096];
+        let n = head.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
+        assert!(
+            answer.contains("\r\ncontent-length: 1048576\r\n"),
+            "{answer}"
+        );
+        until_free(&places, HELD_AT_ONCE).await;
+
+        let mut unread = serve(places.clone());
+        unread
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        until_free(&places, HELD_AT_ONCE - 1).await;
+        // However long hyper is let run, the text cannot all go: still held.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(places.0.available_permits(), HELD_AT_ONCE - 1);
+        drop(unread);
+        until_free(&places, HELD_AT_ONCE).await;
     }
 
     /// Scrapers holding every place: the next waits, and is refused if none frees in time; a
