@@ -146,13 +146,7 @@ impl Live {
 async fn serve(tcp: TcpStream, shared: Arc<Shared>, places: Arc<scrape::Places>) {
     let service = service_fn(move |req| {
         let (shared, places) = (shared.clone(), places.clone());
-        async move {
-            let answer = match req.uri().path() == "/metrics" && is_read(&req) {
-                true => metrics(&req, &shared, &places).await,
-                false => respond(&req, &shared).map(Either::Left),
-            };
-            Ok::<_, Infallible>(answer)
-        }
+        async move { Ok::<_, Infallible>(respond(&req, &shared, &places).await) }
     });
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -161,20 +155,33 @@ async fn serve(tcp: TcpStream, shared: Arc<Shared>, places: Arc<scrape::Places>)
         .await;
 }
 
-/// A GET or a HEAD: the requests the endpoint answers.
-fn is_read<B>(req: &Request<B>) -> bool {
-    req.method() == Method::GET || req.method() == Method::HEAD
+/// The answer to an admin request: the metrics (a body of their own), or a short text.
+async fn respond<B>(
+    req: &Request<B>,
+    shared: &Arc<Shared>,
+    places: &scrape::Places,
+) -> Response<Either<Full<Bytes>, scrape::Text>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response.map(Either::Left);
+    }
+    if !has_one_host(req) {
+        return no_host().map(Either::Left);
+    }
+    match req.uri().path() {
+        "/metrics" => metrics(shared, places).await,
+        path => probe(path, shared).map(Either::Left),
+    }
 }
 
 /// The answer to a `/metrics` request.
 async fn metrics(
-    req: &Request<hyper::body::Incoming>,
     shared: &Arc<Shared>,
     places: &scrape::Places,
 ) -> Response<Either<Full<Bytes>, scrape::Text>> {
-    if !has_one_host(req) {
-        return no_host().map(Either::Left);
-    }
     match scrape::render(places, shared).await {
         Ok(body) => {
             let mut response = Response::new(Either::Right(body));
@@ -194,18 +201,9 @@ async fn metrics(
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    if !is_read(req) {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    if !has_one_host(req) {
-        return no_host();
-    }
-    match req.uri().path() {
+/// The answer to a probe, or to a path the endpoint does not serve.
+fn probe(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+    match path {
         // Alive as long as the runtime answers at all.
         "/healthz" => text(StatusCode::OK, "ok\n"),
         // Not ready once shutdown began: a load balancer should stop sending new clients.
