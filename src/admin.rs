@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE, HOST, VARY};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -172,22 +172,26 @@ async fn respond<B>(
         return no_host().map(Either::Left);
     }
     match req.uri().path() {
-        "/metrics" => metrics(shared, places).await,
+        "/metrics" => metrics(shared, places, scrape::takes_gzip(req.headers())).await,
         path => probe(path, shared).map(Either::Left),
     }
 }
 
-/// The answer to a `/metrics` request.
+/// The answer to a `/metrics` request, gzipped if `gzip`.
 async fn metrics(
     shared: &Arc<Shared>,
     places: &scrape::Places,
+    gzip: bool,
 ) -> Response<Either<Full<Bytes>, scrape::Text>> {
-    match scrape::render(places, shared).await {
+    match scrape::render(places, shared, gzip).await {
         Ok(body) => {
             let mut response = Response::new(Either::Right(body));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+            if gzip {
+                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
             response
         }
         Err(scrape::Refused::Busy) => {

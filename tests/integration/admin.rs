@@ -207,6 +207,44 @@ async fn probes_answer_and_unknown_paths_or_methods_are_refused() {
     assert_ne!(admin, proxy.addr);
 }
 
+/// A scraper taking gzip (Prometheus asks for it) gets the metrics gzipped, with their length;
+/// one refusing it by weight, plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_gzipped_for_a_scraper_that_takes_it() {
+    let backend = WsBackend::start("one").await;
+    let proxy = proxy_with_admin(&backend).await;
+    let admin = proxy.server.admin_addr().unwrap();
+    let scrape = |accept: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: a\r\nAccept-Encoding: {accept}\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        within("the metrics", tcp.read_to_end(&mut raw))
+            .await
+            .unwrap();
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(raw[..end].to_vec())
+            .unwrap()
+            .to_ascii_lowercase();
+        (head, raw[end + 4..].to_vec())
+    };
+    let (head, body) = scrape("gzip, deflate").await;
+    assert!(head.contains("\r\ncontent-encoding: gzip"), "{head}");
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}", body.len())),
+        "{head}"
+    );
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).unwrap();
+    assert!(text.contains("wsgate_connections_accepted_total"), "{text}");
+    let (head, body) = scrape("gzip;q=0, identity").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("wsgate_connections_accepted_total"), "{text}");
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is answered 400; HTTP/1.0
 /// never needed one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
