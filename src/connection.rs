@@ -309,7 +309,7 @@ fn garbled_after_tls() -> Unanswered {
 /// rustls's error for a record of no TLS content type.
 fn no_tls_record(e: &io::Error) -> bool {
     let invalid = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
-    (e.get_ref()).and_then(|inner| inner.downcast_ref::<rustls::Error>()) == Some(&invalid)
+    crate::error::tls_error(e) == Some(&invalid)
 }
 
 /// hyper serves the request (its head already read from the stream into `client`, within

@@ -158,12 +158,16 @@ pub enum ProxyError {
     Internal(&'static str),
 }
 
+/// The rustls error an I/O error of a TLS stream carries, if TLS failed it.
+pub(crate) fn tls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
 /// The TLS error under a backend connection's failure, if TLS failed it.
 fn rustls_error(e: &hyper::Error) -> Option<&rustls::Error> {
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        let inner = (cause.downcast_ref::<std::io::Error>()).and_then(|io| io.get_ref());
-        if let Some(tls) = inner.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        if let Some(tls) = (cause.downcast_ref::<std::io::Error>()).and_then(tls_error) {
             return Some(tls);
         }
         source = cause.source();
@@ -451,7 +455,7 @@ fn gone_words(e: &io::Error) -> String {
 /// a level that does not exist alike, by its description: rare, and taken alike.)
 pub(crate) fn leaving_alert(e: &io::Error) -> Option<rustls::AlertDescription> {
     use rustls::AlertDescription::{CloseNotify, UserCanceled};
-    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+    match tls_error(e)? {
         rustls::Error::AlertReceived(alert @ (CloseNotify | UserCanceled)) => Some(*alert),
         _ => None,
     }
@@ -469,10 +473,7 @@ pub(crate) struct NoTlsRecordAfterHello;
 /// missing piece (`SignatureAlgorithmsExtensionRequired` for a TLS 1.0 client), which does not
 /// say "too old" to an operator.
 fn tls_words(e: &io::Error) -> String {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
+    match tls_error(e) {
         Some(rustls::Error::PeerIncompatible(why)) => {
             // What each piece missing most often means, where rustls's name does not say it.
             let likely = match why {
