@@ -25,6 +25,11 @@
 #   BULK_SIZE [65536] BULK_WINDOW [8]
 #   IDLE_N [5000]    tunnels for the memory run
 #   PROXY_CPU [0] LOAD_CPU [1]
+#   LOAD_SCHED [batch]  batch: in the runs that go as fast as they can (handshake, throughput,
+#                    bulk) the load generator and the echo backend are SCHED_BATCH (chrt), so a
+#                    proxy's write does not make the woken one preempt the other on the load
+#                    CPU (a context switch per few messages, paid by the load side alone);
+#                    other: as any process (the method before 2026-12-07 15:00)
 #   WSGATE_PORT [8443] NGINX_PORT [8444] HAPROXY_PORT [8445]  the proxies' listeners (loopback)
 #   BACKEND_PORT [9001] BACKEND_TLS_PORT [9443]               the echo backend's, ws and wss
 #   OUT [benches/results.md, or the first argument]  the markdown table is written here too
@@ -70,6 +75,7 @@ BULK_SIZE=${BULK_SIZE:-65536}; BULK_WINDOW=${BULK_WINDOW:-8}
 IDLE_N=${IDLE_N:-5000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+LOAD_SCHED=${LOAD_SCHED:-batch}
 OUT=${1:-${OUT:-$ROOT/benches/results.md}}
 KEEP_TMP=${KEEP_TMP:-0}
 VERIFY=${VERIFY:-0}
@@ -86,6 +92,8 @@ done
 [[ $KEEP_TMP =~ ^[01]$ ]] || usage "KEEP_TMP must be 0 or 1, not '$KEEP_TMP'"
 [[ $CLIENT_CERTS =~ ^(0|1|crl)$ ]] || usage "CLIENT_CERTS must be 0, 1 or crl, not '$CLIENT_CERTS'"
 [[ $BACKEND_TLS =~ ^(0|1|mutual)$ ]] || usage "BACKEND_TLS must be 0, 1 or mutual, not '$BACKEND_TLS'"
+[[ $LOAD_SCHED =~ ^(batch|other)$ ]] || usage "LOAD_SCHED must be batch or other, not '$LOAD_SCHED'"
+command -v chrt >/dev/null || usage "chrt (util-linux) is needed to set the load side's scheduling policy"
 if [[ $BACKEND_TLS == mutual ]]; then TARGETS=${TARGETS//direct-tls/}; fi
 
 BACKEND_PORT=${BACKEND_PORT:-9001}
@@ -429,13 +437,27 @@ for t in $TARGETS; do
   if start_proxy "$t"; then ACTIVE+=("$t"); fi
 done
 ((${#ACTIVE[@]})) || die "no target came up"
-log "targets: ${ACTIVE[*]}; reps=$REPS dur=$DUR warmup=$WARMUP"
+log "targets: ${ACTIVE[*]}; reps=$REPS dur=$DUR warmup=$WARMUP load_sched=$LOAD_SCHED"
+
+# The load side's scheduling policy in a scenario (see LOAD_SCHED): the fixed-rate latency run
+# keeps the default, where a woken task preempts at once (its timing is what it measures), as
+# does the idle run (no load to speak of).
+load_policy() { # scenario -> chrt policy option
+  case $1 in
+    handshake | throughput | bulk) [[ $LOAD_SCHED == batch ]] && echo --batch && return ;;
+  esac
+  echo --other
+}
 
 run_one() { # scenario target rep args…
   local sc=$1 t=$2 rep=$3; shift 3
-  local out="$TMP/results/$sc.$t.$rep.json"
+  local out="$TMP/results/$sc.$t.$rep.json" policy p
+  policy=$(load_policy "$sc")
+  for p in "${BACKEND_PIDS[@]}"; do
+    chrt --all-tasks "$policy" --pid 0 "$p" || die "chrt $policy on the echo backend ($p) failed"
+  done
   # shellcheck disable=SC2046
-  if ! taskset -c "$LOAD_CPU" "$BENCH" "$sc" "$(url_of "$t")" $(tls_opts "$t") $(pids_of "$t") \
+  if ! chrt "$policy" 0 taskset -c "$LOAD_CPU" "$BENCH" "$sc" "$(url_of "$t")" $(tls_opts "$t") $(pids_of "$t") \
       --json "$@" >"$out.raw" 2>"$out.err"; then
     log "$sc on $t failed: $(tail -1 "$out.err")"
     FAILED+=("$sc/$t")
@@ -501,6 +523,7 @@ fi
 # --- table ---------------------------------------------------------------------------------------
 LAT_RATE=$LAT_RATE LAT_CONNS=$LAT_CONNS LAT_SIZE=$LAT_SIZE TP_CONNS=$TP_CONNS TP_SIZE=$TP_SIZE BULK_SIZE=$BULK_SIZE \
   IDLE_N=$IDLE_N DUR=$DUR WARMUP=$WARMUP QUICK=$QUICK BACKEND_TLS=$BACKEND_TLS CLIENT_CERTS=$CLIENT_CERTS \
+  LOAD_SCHED=$LOAD_SCHED \
   python3 - "$TMP/results" "$OUT" "$REPS" "${ACTIVE[*]}" "$LAT_REPS" <<'PY'
 import datetime, glob, json, os, statistics, sys
 env = os.environ
@@ -592,6 +615,10 @@ notes = [
     f"{env['DUR']} measured after {env['WARMUP']} of warm-up per run.",
     f"Median of {reps} run(s) per cell{lat_note}; targets alternated within each repetition.",
     "Proxy alone on one CPU with one worker; load generator and echo backend share the other.",
+    *(["LOAD_SCHED=batch: in the handshake, throughput and bulk runs the load generator and the",
+       "echo backend are SCHED_BATCH (no wake-up preemption between them on the load CPU)."]
+      if env.get("LOAD_SCHED") == "batch" else
+      ["LOAD_SCHED=other: the load generator and the echo backend run SCHED_OTHER throughout."]),
     *(["BACKEND_TLS=1: each proxy speaks TLS to the echo backend, verifying its certificate."]
       if env.get("BACKEND_TLS") == "1" else []),
     *(["CLIENT_CERTS=1: each proxy requires the load tool's client certificate (a P-256 leaf of a",
