@@ -16,8 +16,22 @@ fn example(name: &str) -> PathBuf {
     profile.join("examples").join(name)
 }
 
+/// The README's ports must be free: a demo still running from the README's first command would
+/// make this one exit at once, and the test fail with only "no log line" to say why.
+fn readme_ports_free() {
+    for port in ["127.0.0.1:8443", "127.0.0.1:9001"] {
+        if let Err(e) = std::net::TcpListener::bind(port) {
+            panic!(
+                "{port} is taken ({e}): is the README's demo still running? Stop it (Ctrl-C) \
+                 and run the tests again"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_readme_demo_echoes_through_the_proxy_and_wsclient_talks_to_it() {
+    readme_ports_free();
     let mut demo = Command::new(example("demo"));
     demo.stdin(Stdio::null())
         .stdout(Stdio::piped())
